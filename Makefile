@@ -1,0 +1,42 @@
+# The two commands a newcomer needs (see README.md):
+#   make run    set up this Debian machine and open the workstation on the bundled demo study
+#   make test   set up and run every check and test (what CI runs)
+#
+# CARGO_TARGET_DIR may point outside the clone (CI keeps one at /var/tmp/lightbox-target).
+
+SHELL := /bin/bash
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+export CARGO_TARGET_DIR := $(TARGET_DIR)
+DEMO := demo/prostate-adc
+
+.PHONY: run test setup ui lint layering build rust-test ui-test
+
+run: setup ui
+	cargo build --workspace --bins
+	$(TARGET_DIR)/debug/lightbox info $(DEMO)
+	$(TARGET_DIR)/debug/lightbox-workstation $(DEMO)
+
+test: setup ui lint build rust-test ui-test
+
+setup:
+	@bash scripts/setup-debian.sh
+
+# The workstation embeds ui/dist at compile time, so the UI is built before any cargo command.
+ui: setup
+	cd ui && npm run build --silent
+
+lint: ui layering
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+layering:
+	@bash scripts/check-layering.sh
+
+build: ui
+	cargo build --workspace --bins --locked
+
+rust-test: build
+	cargo test --workspace --locked
+
+ui-test: setup build
+	cd ui && npm test --silent

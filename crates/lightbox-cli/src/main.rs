@@ -1,0 +1,129 @@
+//! `lightbox`: the headless Lightbox commands.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lightbox_core::SeriesInfo;
+use lightbox_workflow::ScanReport;
+
+#[derive(Parser)]
+#[command(name = "lightbox", version, about = "Lightbox radiology workstation, headless commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Scan a DICOM file or folder and list its patients, studies and series.
+    Info {
+        /// File or folder (searched recursively).
+        path: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("LIGHTBOX_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lightbox: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Commands::Info { path } => {
+            let report = lightbox_workflow::scan(&path)?;
+            let mut out = std::io::stdout().lock();
+            print_report(&mut out, &report).context("writing to stdout")?;
+        }
+    }
+    Ok(())
+}
+
+fn print_report(out: &mut impl Write, report: &ScanReport) -> std::io::Result<()> {
+    let mut last_patient = None;
+    for study in &report.studies {
+        if last_patient != Some(&study.patient) {
+            writeln!(out, "Patient {} ({})", or_dash(&study.patient.id), or_dash(&study.patient.name))?;
+            last_patient = Some(&study.patient);
+        }
+        writeln!(
+            out,
+            "  Study {} {} [{}]",
+            or_dash(&study.date),
+            quoted(&study.description),
+            study.uid
+        )?;
+        for series in &study.series {
+            writeln!(out, "    {}", series_line(series))?;
+        }
+    }
+    if !report.issues.is_empty() {
+        writeln!(out, "Unreadable ({}):", report.issues.len())?;
+        for issue in &report.issues {
+            writeln!(out, "  {}: {}", issue.path.display(), issue.reason)?;
+        }
+    }
+    let series_count: usize = report.studies.iter().map(|s| s.series.len()).sum();
+    let mut patients: Vec<_> = report.studies.iter().map(|s| &s.patient).collect();
+    patients.dedup();
+    writeln!(
+        out,
+        "{} files: {} patients, {} studies, {} series, {} unreadable",
+        report.files_scanned,
+        patients.len(),
+        report.studies.len(),
+        series_count,
+        report.issues.len()
+    )
+}
+
+/// One line per series: number, modality, dimensions, instances, transfer syntax, description.
+fn series_line(s: &SeriesInfo) -> String {
+    let number = s.number.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    let dims = if s.rows == 0 {
+        "no pixels".to_owned()
+    } else {
+        let (rows, columns, slices, times) = s.shape();
+        let mut d = format!("{columns}x{rows}x{slices}");
+        if times > 1 {
+            d.push_str(&format!("x{times}"));
+        }
+        if s.mosaic {
+            d.push_str(" mosaic");
+        }
+        d
+    };
+    let mut instances = format!("{} instances", s.instance_count);
+    if s.file_count > s.instance_count {
+        instances.push_str(&format!(" in {} files", s.file_count));
+    }
+    if s.frame_count as usize > s.instance_count && s.rows > 0 {
+        instances.push_str(&format!(", {} frames", s.frame_count));
+    }
+    format!(
+        "series {number:>4}  {:<3} {dims:<16} {instances:<26} {:<32} {}",
+        or_dash(&s.modality),
+        s.transfer_syntaxes.join(", "),
+        quoted(&s.description),
+    )
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+fn quoted(s: &str) -> String {
+    format!("\"{s}\"")
+}

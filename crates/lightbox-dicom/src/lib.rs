@@ -1,0 +1,15 @@
+//! DICOM for Lightbox, on dicom-rs: scan folders into patients / studies / series, decode pixels,
+//! assemble volumes in patient space.
+//!
+//! This is the only crate that sees dicom-rs types; everything it returns is `lightbox-core`
+//! vocabulary. Bad files become [`FileIssue`](lightbox_core::FileIssue)s or [`DicomError`]s that
+//! name the file, never panics.
+
+mod error;
+mod header;
+mod scan;
+mod volume;
+
+pub use error::DicomError;
+pub use scan::{ScanReport, scan_path};
+pub use volume::{LoadWarning, load_series_volume};

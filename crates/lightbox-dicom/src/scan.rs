@@ -1,0 +1,203 @@
+//! Scanning a folder into patients / studies / series, reading headers only.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+
+use lightbox_core::{FileIssue, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid};
+use rayon::prelude::*;
+
+use crate::DicomError;
+use crate::header::{InstanceHeader, Skip, open_header};
+
+/// What a scan found: studies (each with its series), and the files it could not use.
+#[derive(Clone, Debug, Default)]
+pub struct ScanReport {
+    /// Sorted by patient, then study date, then UID.
+    pub studies: Vec<StudyInfo>,
+    /// Files that are not DICOM instances, with the reason; sorted by path.
+    pub issues: Vec<FileIssue>,
+    /// Regular files looked at.
+    pub files_scanned: usize,
+}
+
+impl ScanReport {
+    pub fn series(&self) -> impl Iterator<Item = (&StudyInfo, &SeriesInfo)> {
+        self.studies.iter().flat_map(|st| st.series.iter().map(move |se| (st, se)))
+    }
+
+    pub fn find_series(&self, uid: &str) -> Option<&SeriesInfo> {
+        self.series().map(|(_, se)| se).find(|se| se.uid.as_str() == uid)
+    }
+}
+
+/// Scans a file or a folder (recursively, in parallel). Only a root that cannot be read is an
+/// error; every unusable file below it becomes a [`FileIssue`].
+pub fn scan_path(root: &Path) -> Result<ScanReport, DicomError> {
+    let metadata = std::fs::metadata(root).map_err(|source| DicomError::Io { path: root.to_owned(), source })?;
+    let mut issues = Vec::new();
+    let files: Vec<PathBuf> = if metadata.is_file() {
+        vec![root.to_owned()]
+    } else {
+        walkdir::WalkDir::new(root)
+            .follow_links(true)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(|entry| match entry {
+                Ok(e) if e.file_type().is_file() => Some(e.into_path()),
+                Ok(_) => None,
+                Err(e) => {
+                    let path = e.path().unwrap_or(root).to_owned();
+                    issues.push(FileIssue { path, reason: format!("cannot read: {e}") });
+                    None
+                }
+            })
+            .collect()
+    };
+
+    let results: Vec<Result<InstanceHeader, (PathBuf, Skip)>> =
+        files.par_iter().map(|path| open_header(path).map_err(|skip| (path.clone(), skip))).collect();
+
+    let mut headers = Vec::with_capacity(results.len());
+    for result in results {
+        match result {
+            Ok(h) => headers.push(h),
+            Err((path, Skip::Directory)) => issues.push(FileIssue {
+                path,
+                reason: "DICOMDIR index, not an instance (the files it lists are scanned directly)".into(),
+            }),
+            Err((path, Skip::Error(e))) => issues.push(FileIssue { path, reason: reason_without_path(&e) }),
+        }
+    }
+    issues.sort_by(|a, b| a.path.cmp(&b.path));
+
+    Ok(ScanReport { studies: group(headers), issues, files_scanned: files.len() })
+}
+
+/// The error's message without the leading path (a [`FileIssue`] carries the path already).
+fn reason_without_path(e: &DicomError) -> String {
+    let mut reason = e.to_string();
+    let path_prefix = match e {
+        DicomError::Io { path, .. }
+        | DicomError::NotDicom { path, .. }
+        | DicomError::Parse { path, .. }
+        | DicomError::MissingAttribute { path, .. }
+        | DicomError::Decode { path, .. }
+        | DicomError::Unsupported { path, .. } => Some(format!("{}: ", path.display())),
+        DicomError::Series { .. } => None,
+    };
+    if let Some(prefix) = path_prefix
+        && let Some(rest) = reason.strip_prefix(&prefix)
+    {
+        reason = rest.to_owned();
+    }
+    reason
+}
+
+#[derive(Default)]
+struct SeriesAcc {
+    headers: Vec<InstanceHeader>,
+}
+
+fn group(headers: Vec<InstanceHeader>) -> Vec<StudyInfo> {
+    let mut studies: BTreeMap<StudyInstanceUid, (InstanceHeader, BTreeMap<SeriesInstanceUid, SeriesAcc>)> =
+        BTreeMap::new();
+    for h in headers {
+        let (_, series) = studies.entry(h.study_uid.clone()).or_insert_with(|| (h.clone(), BTreeMap::new()));
+        series.entry(h.series_uid.clone()).or_default().headers.push(h);
+    }
+
+    let mut out: Vec<StudyInfo> = studies
+        .into_iter()
+        .map(|(uid, (first, series))| {
+            let mut series: Vec<SeriesInfo> = series.into_values().map(summarize_series).collect();
+            series.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| a.uid.cmp(&b.uid)));
+            StudyInfo {
+                uid,
+                patient: first.patient,
+                date: first.study_date,
+                description: first.study_description,
+                accession_number: first.accession_number,
+                series,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (&a.patient, &a.date, &a.uid).cmp(&(&b.patient, &b.date, &b.uid))
+    });
+    out
+}
+
+fn summarize_series(mut acc: SeriesAcc) -> SeriesInfo {
+    acc.headers.sort_by(|a, b| a.path.cmp(&b.path));
+    let file_count = acc.headers.len();
+    let mut seen = HashSet::new();
+    let distinct: Vec<&InstanceHeader> =
+        acc.headers.iter().filter(|h| seen.insert(h.sop_instance_uid.as_str())).collect();
+
+    let first = distinct[0];
+    let mut transfer_syntaxes: Vec<String> = Vec::new();
+    for h in &acc.headers {
+        if !transfer_syntaxes.contains(&h.transfer_syntax) {
+            transfer_syntaxes.push(h.transfer_syntax.clone());
+        }
+    }
+    // Positions rounded to 1/100 mm: the same slice written twice must compare equal.
+    let positions: BTreeSet<[i64; 3]> = distinct
+        .iter()
+        .filter(|h| h.frames == 1)
+        .filter_map(|h| h.image_position)
+        .map(|p| p.map(|c| (c * 100.0).round() as i64))
+        .collect();
+
+    SeriesInfo {
+        uid: first.series_uid.clone(),
+        number: first.series_number,
+        modality: first.modality.clone(),
+        description: first.series_description.clone(),
+        instance_count: distinct.len(),
+        file_count,
+        rows: distinct.iter().map(|h| h.rows).max().unwrap_or(0),
+        columns: distinct.iter().map(|h| h.columns).max().unwrap_or(0),
+        frame_count: distinct.iter().filter(|h| h.rows > 0).map(|h| h.frames).sum(),
+        distinct_positions: positions.len(),
+        transfer_syntaxes,
+        mosaic: distinct.iter().any(|h| h.mosaic),
+        files: acc.headers.iter().map(|h| h.path.clone()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_root_is_an_error_naming_it() {
+        let err = scan_path(Path::new("/nonexistent/lightbox")).unwrap_err();
+        assert!(err.to_string().starts_with("/nonexistent/lightbox: cannot read"), "{err}");
+    }
+
+    #[test]
+    fn junk_files_become_issues_not_panics() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("notes.txt"), "hello")?;
+        let mut fake = vec![0u8; 128];
+        fake.extend_from_slice(b"DICM");
+        fake.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I', 0xff, 0x7f]);
+        std::fs::write(dir.path().join("broken.dcm"), &fake)?;
+        std::fs::write(dir.path().join("empty.dcm"), [])?;
+
+        let report = scan_path(dir.path())?;
+        assert_eq!(report.files_scanned, 3);
+        assert!(report.studies.is_empty());
+        let reasons: Vec<(String, &str)> = report
+            .issues
+            .iter()
+            .map(|i| (i.path.file_name().unwrap_or_default().to_string_lossy().into_owned(), i.reason.as_str()))
+            .collect();
+        assert_eq!(reasons[0].0, "broken.dcm");
+        assert!(reasons[0].1.starts_with("invalid DICOM"), "{reasons:?}");
+        assert_eq!(reasons[1], ("empty.dcm".into(), "not a DICOM file (shorter than a DICOM preamble)"));
+        assert_eq!(reasons[2], ("notes.txt".into(), "not a DICOM file (shorter than a DICOM preamble)"));
+        Ok(())
+    }
+}

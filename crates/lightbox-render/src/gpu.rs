@@ -1,0 +1,281 @@
+use std::borrow::Cow;
+
+use lightbox_core::Volume;
+
+use crate::{RenderError, SliceParams, shaders};
+
+/// A device and queue. The viewer passes egui's; headless callers (tests, CLI) open their own.
+pub struct GpuContext {
+    pub adapter_name: String,
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+}
+
+impl GpuContext {
+    /// Opens a GPU without a window. Backends follow `WGPU_BACKEND` when set (e.g. `vulkan`),
+    /// otherwise the primary native ones; Mesa's lavapipe counts as a Vulkan GPU.
+    pub fn headless() -> Result<Self, RenderError> {
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        }))
+        .map_err(|_| RenderError::NoAdapter { backends: format!("{backends:?}") })?;
+        let adapter_name = adapter.get_info().name;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("lightbox-render headless"),
+            required_limits: adapter.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| RenderError::Device(e.to_string()))?;
+        Ok(Self { adapter_name, device, queue })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SliceUniforms {
+    slice: u32,
+    window_center: f32,
+    window_width: f32,
+    _pad: f32,
+}
+
+/// Draws axial slices of one volume into its own RGBA8 texture (`columns × rows`).
+///
+/// The volume is uploaded once as a 3-D `r32float` texture; each [`render`](Self::render) only
+/// updates a uniform and draws one triangle.
+pub struct SliceRenderer {
+    pipeline: wgpu::RenderPipeline,
+    bind_group: wgpu::BindGroup,
+    uniforms: wgpu::Buffer,
+    target: wgpu::Texture,
+    target_view: wgpu::TextureView,
+    dims: [u32; 3],
+}
+
+impl SliceRenderer {
+    /// Format of the target texture (what egui's `register_native_texture` expects).
+    pub const TARGET_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unorm;
+
+    pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, volume: &Volume<f32>) -> Result<Self, RenderError> {
+        let limit = device.limits().max_texture_dimension_3d;
+        let [nx, ny, nz] = volume.dims();
+        let dims = [nx, ny, nz].map(|d| u32::try_from(d).unwrap_or(u32::MAX));
+        if dims.iter().any(|&d| d > limit || d == 0) {
+            return Err(RenderError::VolumeTooLarge { dims: volume.dims(), limit });
+        }
+        let size = wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: dims[2] };
+        let volume_texture = device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("volume"),
+            size,
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D3,
+            format: wgpu::TextureFormat::R32Float,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        queue.write_texture(
+            wgpu::TexelCopyTextureInfo {
+                texture: &volume_texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            bytemuck::cast_slice(volume.voxels()),
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(4 * dims[0]),
+                rows_per_image: Some(dims[1]),
+            },
+            size,
+        );
+        let volume_view = volume_texture.create_view(&wgpu::TextureViewDescriptor::default());
+
+        let target = device.create_texture(&wgpu::TextureDescriptor {
+            label: Some("slice target"),
+            size: wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: 1 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: Self::TARGET_FORMAT,
+            usage: wgpu::TextureUsages::RENDER_ATTACHMENT
+                | wgpu::TextureUsages::TEXTURE_BINDING
+                | wgpu::TextureUsages::COPY_SRC,
+            view_formats: &[],
+        });
+        let target_view = target.create_view(&wgpu::TextureViewDescriptor::default());
+
+        let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("slice uniforms"),
+            size: std::mem::size_of::<SliceUniforms>() as u64,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+
+        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("slice"),
+            entries: &[
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::FRAGMENT,
+                    ty: wgpu::BindingType::Texture {
+                        sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                        view_dimension: wgpu::TextureViewDimension::D3,
+                        multisampled: false,
+                    },
+                    count: None,
+                },
+                wgpu::BindGroupLayoutEntry {
+                    binding: 1,
+                    visibility: wgpu::ShaderStages::FRAGMENT,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: None,
+                    },
+                    count: None,
+                },
+            ],
+        });
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("slice"),
+            layout: &layout,
+            entries: &[
+                wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&volume_view) },
+                wgpu::BindGroupEntry { binding: 1, resource: uniforms.as_entire_binding() },
+            ],
+        });
+
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some("slice.wgsl"),
+            source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shaders::SLICE)),
+        });
+        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some("slice"),
+            bind_group_layouts: &[Some(&layout)],
+            immediate_size: 0,
+        });
+        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+            label: Some("slice"),
+            layout: Some(&pipeline_layout),
+            vertex: wgpu::VertexState {
+                module: &module,
+                entry_point: Some("vs_main"),
+                compilation_options: Default::default(),
+                buffers: &[],
+            },
+            primitive: wgpu::PrimitiveState::default(),
+            depth_stencil: None,
+            multisample: wgpu::MultisampleState::default(),
+            fragment: Some(wgpu::FragmentState {
+                module: &module,
+                entry_point: Some("fs_main"),
+                compilation_options: Default::default(),
+                targets: &[Some(wgpu::ColorTargetState {
+                    format: Self::TARGET_FORMAT,
+                    blend: None,
+                    write_mask: wgpu::ColorWrites::ALL,
+                })],
+            }),
+            multiview_mask: None,
+            cache: None,
+        });
+
+        Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims })
+    }
+
+    /// `[columns, rows, slices]` of the uploaded volume.
+    pub fn dims(&self) -> [u32; 3] {
+        self.dims
+    }
+
+    /// The texture [`render`](Self::render) draws into.
+    pub fn target_view(&self) -> &wgpu::TextureView {
+        &self.target_view
+    }
+
+    /// Draws one slice into the target texture and submits the work.
+    pub fn render(&self, device: &wgpu::Device, queue: &wgpu::Queue, params: SliceParams) -> Result<(), RenderError> {
+        if params.slice >= self.dims[2] {
+            return Err(RenderError::SliceOutOfRange { slice: params.slice, depth: self.dims[2] });
+        }
+        let uniforms = SliceUniforms {
+            slice: params.slice,
+            window_center: params.window.center,
+            window_width: params.window.width,
+            _pad: 0.0,
+        };
+        queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("slice") });
+        {
+            let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+                label: Some("slice"),
+                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                    view: &self.target_view,
+                    depth_slice: None,
+                    resolve_target: None,
+                    ops: wgpu::Operations { load: wgpu::LoadOp::Clear(wgpu::Color::BLACK), store: wgpu::StoreOp::Store },
+                })],
+                ..Default::default()
+            });
+            pass.set_pipeline(&self.pipeline);
+            pass.set_bind_group(0, &self.bind_group, &[]);
+            pass.draw(0..3, 0..1);
+        }
+        queue.submit(Some(encoder.finish()));
+        Ok(())
+    }
+
+    /// Copies the target back to the CPU as tightly packed RGBA8 rows (for tests and snapshots).
+    pub fn read_target(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<u8>, RenderError> {
+        let [width, height, _] = self.dims;
+        let row_bytes = 4 * width;
+        let padded_row = row_bytes.div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("slice readback"),
+            size: u64::from(padded_row) * u64::from(height),
+            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+            mapped_at_creation: false,
+        });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+        encoder.copy_texture_to_buffer(
+            wgpu::TexelCopyTextureInfo {
+                texture: &self.target,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            wgpu::TexelCopyBufferInfo {
+                buffer: &buffer,
+                layout: wgpu::TexelCopyBufferLayout {
+                    offset: 0,
+                    bytes_per_row: Some(padded_row),
+                    rows_per_image: Some(height),
+                },
+            },
+            wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+        );
+        queue.submit(Some(encoder.finish()));
+
+        let (sender, receiver) = std::sync::mpsc::channel();
+        buffer.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = sender.send(result);
+        });
+        device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| RenderError::Readback(e.to_string()))?;
+        receiver
+            .recv()
+            .map_err(|e| RenderError::Readback(e.to_string()))?
+            .map_err(|e| RenderError::Readback(e.to_string()))?;
+        let mapped = buffer.get_mapped_range(..).map_err(|e| RenderError::Readback(e.to_string()))?;
+        let mut pixels = Vec::with_capacity((row_bytes * height) as usize);
+        for row in mapped.chunks(padded_row as usize) {
+            pixels.extend_from_slice(&row[..row_bytes as usize]);
+        }
+        Ok(pixels)
+    }
+}

@@ -1,0 +1,40 @@
+//! The Lightbox renderer, on wgpu. It draws volumes into textures and owns no window: the viewer
+//! shows those textures, tests read them back, the CLI will save them.
+//!
+//! All WGSL lives in the top-level `shaders/` folder and is embedded at build time
+//! ([`shaders::ALL`]). Every GPU path has a CPU reference of the same sampling in [`cpu`], which
+//! the golden tests compare against.
+
+pub mod cpu;
+mod gpu;
+pub mod shaders;
+
+pub use gpu::{GpuContext, SliceRenderer};
+use lightbox_core::WindowLevel;
+
+/// What to draw of a volume.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SliceParams {
+    /// Index along the volume's third axis.
+    pub slice: u32,
+    pub window: WindowLevel,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RenderError {
+    #[error("no GPU adapter found (tried backends {backends}); install Mesa's lavapipe for software Vulkan")]
+    NoAdapter { backends: String },
+
+    #[error("cannot open the GPU device: {0}")]
+    Device(String),
+
+    #[error("volume {dims:?} exceeds this GPU's 3-D texture limit of {limit} per axis")]
+    VolumeTooLarge { dims: [usize; 3], limit: u32 },
+
+    #[error("slice {slice} is outside the volume's {depth} slices")]
+    SliceOutOfRange { slice: u32, depth: u32 },
+
+    #[error("reading the rendered image back failed: {0}")]
+    Readback(String),
+}

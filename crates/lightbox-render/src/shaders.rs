@@ -1,0 +1,35 @@
+//! WGSL sources from the top-level `shaders/` folder, embedded at build time.
+
+/// One axial slice with window/level.
+pub const SLICE: &str = include_str!("../../../shaders/slice.wgsl");
+
+/// Every shader, by file name, for validation.
+pub const ALL: &[(&str, &str)] = &[("slice.wgsl", SLICE)];
+
+#[cfg(test)]
+mod tests {
+    /// Every embedded shader parses and validates with naga, and every `.wgsl` file in
+    /// `shaders/` is embedded (a new shader cannot be forgotten here).
+    #[test]
+    fn all_shaders_validate_with_naga() -> anyhow::Result<()> {
+        let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shaders");
+        let mut on_disk: Vec<String> = std::fs::read_dir(&folder)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".wgsl"))
+            .collect();
+        on_disk.sort();
+        let mut embedded: Vec<String> = super::ALL.iter().map(|(name, _)| (*name).to_owned()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded, "shaders/ and shaders::ALL disagree");
+
+        for (name, source) in super::ALL {
+            let module = naga::front::wgsl::parse_str(source)
+                .map_err(|e| anyhow::anyhow!("{name}: {}", e.emit_to_string(source)))?;
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+                .validate(&module)
+                .map_err(|e| anyhow::anyhow!("{name}: {}", e.emit_to_string(source)))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! `lightbox-viewer`: the diagnostic viewer window.
+//!
+//! Opens a file or folder, picks a series (the one named by `--series`, or the largest), and shows
+//! its slices drawn by `lightbox-render` on the GPU. Mouse drag sets window/level (horizontal:
+//! width, vertical: centre), the wheel or the arrow keys step through slices.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, anyhow};
+use clap::Parser;
+use lightbox_core::{SeriesInfo, Volume, WindowLevel};
+use lightbox_dicom::LoadWarning;
+use lightbox_render::{SliceParams, SliceRenderer};
+
+#[derive(Parser)]
+#[command(name = "lightbox-viewer", version, about = "Lightbox diagnostic viewer")]
+struct Args {
+    /// DICOM file or folder.
+    path: PathBuf,
+    /// Series Instance UID to show (default: the largest series).
+    #[arg(long)]
+    series: Option<String>,
+}
+
+/// Printed on stdout once the first frame has been presented, so tests and the workstation can
+/// wait for it instead of sleeping.
+const READY_LINE: &str = "lightbox-viewer: first frame presented";
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("LIGHTBOX_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lightbox-viewer: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let report = lightbox_dicom::scan_path(&args.path)?;
+    let series = pick_series(&report, args.series.as_deref())
+        .ok_or_else(|| match &args.series {
+            Some(uid) => anyhow!("{}: no series {uid}", args.path.display()),
+            None => anyhow!("{}: no image series found", args.path.display()),
+        })?
+        .clone();
+    let (volume, warnings) = lightbox_dicom::load_series_volume(&series)?;
+    for w in &warnings {
+        eprintln!("lightbox-viewer: warning: {w}");
+    }
+    let title = format!("Lightbox viewer - {}", series_title(&series));
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default().with_title(&title).with_inner_size([900.0, 800.0]),
+        renderer: eframe::Renderer::Wgpu,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "lightbox-viewer",
+        options,
+        Box::new(move |cc| {
+            let app = ViewerApp::new(cc, series, volume, warnings).map_err(|e| format!("{e:#}"))?;
+            Ok(Box::new(app))
+        }),
+    )
+    .map_err(|e| anyhow!("cannot open the viewer window: {e}"))
+}
+
+fn pick_series<'a>(report: &'a lightbox_dicom::ScanReport, uid: Option<&str>) -> Option<&'a SeriesInfo> {
+    match uid {
+        Some(uid) => report.find_series(uid),
+        None => report.series().map(|(_, s)| s).filter(|s| s.rows > 0).max_by_key(|s| s.voxel_count()),
+    }
+}
+
+fn series_title(s: &SeriesInfo) -> String {
+    let number = s.number.map_or_else(String::new, |n| format!("#{n} "));
+    format!("{number}{} {}", s.modality, s.description)
+}
+
+/// A window covering the 1st to 99th percentile of the values: robust to a few hot voxels.
+fn default_window(volume: &Volume<f32>) -> WindowLevel {
+    let step = (volume.voxels().len() / 200_000).max(1);
+    let mut sample: Vec<f32> = volume.voxels().iter().step_by(step).copied().filter(|v| v.is_finite()).collect();
+    if sample.is_empty() {
+        return WindowLevel { center: 0.0, width: 1.0 };
+    }
+    sample.sort_by(f32::total_cmp);
+    let at = |q: f64| sample[((sample.len() - 1) as f64 * q).round() as usize];
+    WindowLevel::from_range(at(0.01), at(0.99))
+}
+
+struct ViewerApp {
+    series: SeriesInfo,
+    warnings: Vec<LoadWarning>,
+    renderer: SliceRenderer,
+    texture: egui::TextureId,
+    /// Width / height of the slice in millimetres.
+    aspect: f32,
+    params: SliceParams,
+    rendered: Option<SliceParams>,
+    frames_presented: u32,
+}
+
+impl ViewerApp {
+    fn new(
+        cc: &eframe::CreationContext<'_>,
+        series: SeriesInfo,
+        volume: Volume<f32>,
+        warnings: Vec<LoadWarning>,
+    ) -> anyhow::Result<Self> {
+        let state = cc.wgpu_render_state.as_ref().context("eframe started without its wgpu renderer")?;
+        let renderer = SliceRenderer::new(&state.device, &state.queue, &volume)?;
+        let texture = state.renderer.write().register_native_texture(
+            &state.device,
+            renderer.target_view(),
+            wgpu::FilterMode::Linear,
+        );
+        let [nx, ny, nz] = volume.dims();
+        let [sx, sy, _] = volume.spacing_mm();
+        let aspect = ((nx as f64 * sx) / (ny as f64 * sy).max(1e-6)) as f32;
+        tracing::info!(adapter = %state.adapter.get_info().name, "viewer GPU");
+        Ok(Self {
+            series,
+            warnings,
+            renderer,
+            texture,
+            aspect,
+            params: SliceParams { slice: (nz / 2) as u32, window: default_window(&volume) },
+            rendered: None,
+            frames_presented: 0,
+        })
+    }
+
+    fn step_slice(&mut self, delta: i64) {
+        let depth = i64::from(self.renderer.dims()[2]);
+        self.params.slice = (i64::from(self.params.slice) + delta).clamp(0, depth - 1) as u32;
+    }
+
+    fn image_ui(&mut self, ui: &mut egui::Ui) {
+        let available = ui.available_size();
+        let size = if available.x / available.y > self.aspect {
+            egui::vec2(available.y * self.aspect, available.y)
+        } else {
+            egui::vec2(available.x, available.x / self.aspect)
+        };
+        let response = ui
+            .centered_and_justified(|ui| {
+                ui.add(egui::Image::new((self.texture, size)).sense(egui::Sense::click_and_drag()))
+            })
+            .inner;
+        if response.dragged() {
+            let d = response.drag_delta();
+            let w = &mut self.params.window;
+            let scale = w.width.max(1.0) / 200.0;
+            w.width = (w.width + d.x * scale).max(WindowLevel::MIN_WIDTH);
+            w.center -= d.y * scale;
+        }
+        if response.hovered() {
+            let wheel: f32 = ui.input(|i| {
+                i.events
+                    .iter()
+                    .filter_map(|e| match e {
+                        egui::Event::MouseWheel { delta, .. } => Some(delta.y),
+                        _ => None,
+                    })
+                    .sum()
+            });
+            if wheel != 0.0 {
+                self.step_slice(if wheel > 0.0 { 1 } else { -1 });
+            }
+        }
+    }
+}
+
+impl eframe::App for ViewerApp {
+    fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
+        let keys = ui.input(|i| {
+            i64::from(i.key_pressed(egui::Key::ArrowUp)) - i64::from(i.key_pressed(egui::Key::ArrowDown))
+                + 10 * (i64::from(i.key_pressed(egui::Key::PageUp)) - i64::from(i.key_pressed(egui::Key::PageDown)))
+        });
+        if keys != 0 {
+            self.step_slice(keys);
+        }
+
+        egui::Panel::top("status").show(ui, |ui| {
+            ui.horizontal(|ui| {
+                ui.strong(series_title(&self.series));
+                ui.separator();
+                ui.label(format!("slice {}/{}", self.params.slice + 1, self.renderer.dims()[2]));
+                ui.separator();
+                ui.label(format!("W {:.0} L {:.0}", self.params.window.width, self.params.window.center));
+            });
+            for w in &self.warnings {
+                ui.colored_label(egui::Color32::from_rgb(230, 180, 60), format!("⚠ {w}"));
+            }
+        });
+        egui::CentralPanel::default().show(ui, |ui| self.image_ui(ui));
+
+        if self.rendered != Some(self.params)
+            && let Some(state) = frame.wgpu_render_state()
+        {
+            match self.renderer.render(&state.device, &state.queue, self.params) {
+                Ok(()) => self.rendered = Some(self.params),
+                Err(e) => tracing::error!("render failed: {e}"),
+            }
+        }
+
+        // The ui of frame N runs after frame N-1 was presented.
+        if self.frames_presented == 1 {
+            println!("{READY_LINE}");
+        }
+        if self.frames_presented < 2 {
+            self.frames_presented += 1;
+            ui.ctx().request_repaint();
+        }
+    }
+}

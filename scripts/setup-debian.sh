@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs every system package Lightbox needs on Debian 12, and the ui/ npm packages.
+# Idempotent: packages already present are skipped, so a warm run takes a second or two.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+packages=(
+  # Rust crates that build C, and pkg-config for -sys crates
+  build-essential pkg-config curl wget file
+  # Tauri 2 on Linux (WebKitGTK 4.1 and friends)
+  libwebkit2gtk-4.1-dev libgtk-3-dev libxdo-dev libssl-dev libayatana-appindicator3-dev librsvg2-dev
+  # winit/eframe load these at run time
+  libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1
+  # Software Vulkan (lavapipe) for wgpu without a GPU, and a virtual X server for window tests
+  mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth x11-utils imagemagick
+  # Reference PACS and DICOM tools
+  orthanc orthanc-dicomweb orthanc-gdcm dcmtk
+  # Real browser for UI tests
+  chromium chromium-driver
+  # Node for the web UI (Debian's, only when no node is installed)
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  missing+=(nodejs npm)
+fi
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${#missing[@]} Debian packages: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "setup: Debian packages already installed"
+fi
+
+# Web UI packages (lockfile-exact); skipped when node_modules matches the lockfile.
+if [ -f "$here/ui/package-lock.json" ]; then
+  stamp="$here/ui/node_modules/.lightbox-lock-stamp"
+  if [ ! -f "$stamp" ] || ! cmp -s "$here/ui/package-lock.json" "$stamp"; then
+    echo "setup: installing ui/ npm packages"
+    (cd "$here/ui" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$here/ui/package-lock.json" "$stamp"
+  else
+    echo "setup: ui/ npm packages up to date"
+  fi
+fi

@@ -1,0 +1,18 @@
+//! Lightbox integration tests: one binary, a module per area.
+//!
+//! They need the workspace binaries built first (`cargo build --workspace --bins`, done by
+//! `make test`) and the shared test data beside the project (or `LIGHTBOX_TEST_DATA`).
+
+mod cli;
+mod render;
+mod viewer;
+mod workstation;
+
+/// Where tests leave screenshots for a person to look at.
+pub fn screenshot_dir() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let target = exe.ancestors().nth(3).ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))?;
+    let dir = target.join("lightbox-screenshots");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}

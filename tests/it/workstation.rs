@@ -1,0 +1,42 @@
+//! The Tauri workstation in a real window under Xvfb: the web UI lists the demo study's series
+//! through a Tauri command into the engine.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use lightbox_tests::{KillOnDrop, Lines, Rgb, Xvfb, bin, demo_study};
+
+use crate::screenshot_dir;
+
+/// Colours from ui/src/App.svelte: the header bar and the selected row.
+const HEADER_BG: [u8; 3] = [0x1b, 0x20, 0x27];
+const SELECTED_ROW: [u8; 3] = [0x1f, 0x6f, 0xeb];
+
+#[test]
+fn workstation_lists_demo_series_in_a_window() -> anyhow::Result<()> {
+    let x = Xvfb::start()?;
+    let mut child = x
+        .command(&bin("lightbox-workstation")?)
+        .arg(demo_study())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
+    let _stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let child = KillOnDrop(child);
+
+    stderr.wait_for("list_series: 1 series", Duration::from_secs(120))?;
+    stderr.wait_for("ui ready: 1 rows", Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let shot = screenshot_dir()?.join("workstation-demo.png");
+    x.screenshot(&shot)?;
+    drop(child);
+
+    let image = Rgb::load(&shot)?;
+    let header = image.count_near(HEADER_BG, 2);
+    let selected = image.count_near(SELECTED_ROW, 2);
+    assert!(header > 20_000, "{}: header bar not drawn ({header} px)", shot.display());
+    assert!(selected > 5_000, "{}: selected series row not drawn ({selected} px)", shot.display());
+    assert!(image.distinct_colours() > 50, "{}: too few colours, text missing?", shot.display());
+    Ok(())
+}

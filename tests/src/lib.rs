@@ -1,0 +1,213 @@
+//! Helpers shared by the integration tests: where the test data and the built binaries are, a
+//! private X server, screenshots and their statistics, and waiting for a process to say a line.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `../shared/data` beside the project, or `LIGHTBOX_TEST_DATA`.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("LIGHTBOX_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/data"))
+}
+
+/// A path under [`data_dir`], which must exist: missing data fails the test, never skips it.
+pub fn data(relative: &str) -> anyhow::Result<PathBuf> {
+    let path = data_dir().join(relative);
+    if !path.exists() {
+        bail!("test data {} is missing (set LIGHTBOX_TEST_DATA to the shared data folder)", path.display());
+    }
+    Ok(path)
+}
+
+/// The bundled demo study.
+pub fn demo_study() -> PathBuf {
+    workspace_root().join("demo/prostate-adc")
+}
+
+/// A binary of the workspace, built beside this test binary (`cargo build --workspace --bins`).
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/it-<hash>  ->  target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
+    let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    if !path.is_file() {
+        bail!("{} not built; run `cargo build --workspace --bins` first", path.display());
+    }
+    Ok(path)
+}
+
+/// Runs a command to completion and returns its stdout, failing on a non-zero exit.
+pub fn run_ok(command: &mut Command) -> anyhow::Result<String> {
+    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} exited with {}\nstdout:\n{}\nstderr:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// A private X server (Xvfb) on a free display, killed on drop.
+pub struct Xvfb {
+    child: Child,
+    pub display: String,
+    runtime_dir: tempfile::TempDir,
+}
+
+impl Xvfb {
+    pub fn start() -> anyhow::Result<Self> {
+        let mut child = Command::new("Xvfb")
+            .args(["-displayfd", "1", "-screen", "0", "1280x900x24", "-nolisten", "tcp", "-noreset"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting Xvfb (run scripts/setup-debian.sh)")?;
+        let stdout = child.stdout.take().context("Xvfb stdout")?;
+        let line = read_line_within(stdout, Duration::from_secs(20)).context("Xvfb did not report a display")?;
+        let runtime_dir = tempfile::Builder::new().prefix("lightbox-xdg-").tempdir()?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(runtime_dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        }
+        Ok(Self { child, display: format!(":{}", line.trim()), runtime_dir })
+    }
+
+    /// A command that runs on this display with Mesa's software Vulkan available.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        c.env("DISPLAY", &self.display)
+            .env("XDG_RUNTIME_DIR", self.runtime_dir.path())
+            .env_remove("WAYLAND_DISPLAY")
+            .env("LIBGL_ALWAYS_SOFTWARE", "1")
+            .env("WEBKIT_DISABLE_DMABUF_RENDERER", "1");
+        c
+    }
+
+    /// Saves the whole screen as PNG (ImageMagick's `import`).
+    pub fn screenshot(&self, out: &Path) -> anyhow::Result<()> {
+        run_ok(Command::new("import").args(["-display", &self.display, "-window", "root"]).arg(out))?;
+        Ok(())
+    }
+}
+
+impl Drop for Xvfb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_line_within(stdout: ChildStdout, timeout: Duration) -> anyhow::Result<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(timeout)?;
+    if line.is_empty() {
+        bail!("stream closed");
+    }
+    Ok(line)
+}
+
+/// Collects a child's output lines in the background, so a test can wait for one of them.
+pub struct Lines {
+    rx: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Lines {
+    pub fn new(stream: impl Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { rx, seen: Vec::new() }
+    }
+
+    /// Waits until a line contains `needle`; fails with everything seen so far.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Err(_) => bail!("no line containing {needle:?} within {timeout:?}; saw:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+}
+
+/// Kills a child on drop, so a failing test leaves no window behind.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An RGB image read from a PNG.
+pub struct Rgb {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<[u8; 3]>,
+}
+
+impl Rgb {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let decoder = png::Decoder::new(BufReader::new(std::fs::File::open(path)?));
+        let mut reader = decoder.read_info()?;
+        let mut buf = vec![0; reader.output_buffer_size().context("PNG too large")?];
+        let info = reader.next_frame(&mut buf)?;
+        let channels = info.color_type.samples();
+        if info.bit_depth != png::BitDepth::Eight || channels < 3 {
+            bail!("{}: expected 8-bit RGB(A), got {:?} {:?}", path.display(), info.bit_depth, info.color_type);
+        }
+        let pixels = buf[..info.buffer_size()].chunks_exact(channels).map(|p| [p[0], p[1], p[2]]).collect();
+        Ok(Self { width: info.width, height: info.height, pixels })
+    }
+
+    pub fn distinct_colours(&self) -> usize {
+        let set: std::collections::HashSet<[u8; 3]> = self.pixels.iter().copied().collect();
+        set.len()
+    }
+
+    /// Pixels whose colour is within `tolerance` (per channel) of `colour`.
+    pub fn count_near(&self, colour: [u8; 3], tolerance: u8) -> usize {
+        self.pixels.iter().filter(|p| (0..3).all(|c| p[c].abs_diff(colour[c]) <= tolerance)).count()
+    }
+
+    /// Distinct grey levels (r = g = b) among the pixels: an image drawn by the viewer has many.
+    pub fn distinct_greys(&self) -> usize {
+        let set: std::collections::HashSet<u8> =
+            self.pixels.iter().filter(|p| p[0] == p[1] && p[1] == p[2]).map(|p| p[0]).collect();
+        set.len()
+    }
+}
