@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 fail=0
-packages=$(cargo metadata --no-deps --format-version 1 --offline 2>/dev/null \
+packages=$(cargo metadata --no-deps --format-version 1 --locked 2>/dev/null \
   | python3 -c 'import json,sys; print(" ".join(p["name"] for p in json.load(sys.stdin)["packages"]))')
 
 # Crates below the UI and GPU layers: nothing in their whole tree may be a window or GPU stack.
@@ -12,13 +12,13 @@ for pkg in $packages; do
   case "$pkg" in
     src-tauri|lightbox-viewer|lightbox-render|lightbox-ai|lightbox-cli|lightbox-tests) continue ;;
   esac
-  bad=$(cargo tree -p "$pkg" -e normal --prefix none --offline | awk '{print $1}' | sort -u \
+  bad=$(cargo tree -p "$pkg" -e normal --prefix none --locked | awk '{print $1}' | sort -u \
     | grep -E '^(tauri|tauri-runtime|wry|egui|eframe|winit|wgpu|webkit2gtk)$' | tr '\n' ' ' || true)
   if [ -n "$bad" ]; then echo "layering: $pkg depends on $bad"; fail=1; fi
 done
 
 # Direct dependencies that only one crate may have.
-direct() { cargo tree -p "$1" -e normal --depth 1 --prefix none --offline | tail -n +2 | awk '{print $1}' | sort -u; }
+direct() { cargo tree -p "$1" -e normal --depth 1 --prefix none --locked | tail -n +2 | awk '{print $1}' | sort -u; }
 for pkg in $packages; do
   deps=$(direct "$pkg")
   check() { # $1 = regex of crates, $2 = allowed packages

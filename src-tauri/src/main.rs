@@ -18,7 +18,10 @@ struct Folder(PathBuf);
 #[tauri::command]
 async fn list_series(folder: tauri::State<'_, Folder>) -> Result<SeriesListDto, ErrorDto> {
     let report = lightbox_workflow::scan(&folder.0)?;
-    eprintln!("lightbox-workstation: list_series: {} series", report.series().count());
+    eprintln!(
+        "lightbox-workstation: list_series: {} series",
+        report.series().count()
+    );
     Ok(SeriesListDto::new(&folder.0, &report))
 }
 
@@ -39,9 +42,10 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("LIGHTBOX_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let folder = std::env::args_os().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demo/prostate-adc")
-    });
+    let folder = std::env::args_os()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demo/prostate-adc"));
     tauri::Builder::default()
         .manage(Folder(folder))
         .invoke_handler(tauri::generate_handler![list_series, open_viewer, ui_ready])

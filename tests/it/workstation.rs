@@ -21,8 +21,18 @@ fn workstation_lists_demo_series_in_a_window() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let mut stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
-    let _stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let mut stderr = Lines::new(
+        child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stderr"))?,
+    );
+    let _stdout = Lines::new(
+        child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
+    );
     let child = KillOnDrop(child);
 
     stderr.wait_for("list_series: 1 series", Duration::from_secs(120))?;
@@ -35,8 +45,20 @@ fn workstation_lists_demo_series_in_a_window() -> anyhow::Result<()> {
     let image = Rgb::load(&shot)?;
     let header = image.count_near(HEADER_BG, 2);
     let selected = image.count_near(SELECTED_ROW, 2);
-    assert!(header > 20_000, "{}: header bar not drawn ({header} px)", shot.display());
-    assert!(selected > 5_000, "{}: selected series row not drawn ({selected} px)", shot.display());
-    assert!(image.distinct_colours() > 50, "{}: too few colours, text missing?", shot.display());
+    assert!(
+        header > 20_000,
+        "{}: header bar not drawn ({header} px)",
+        shot.display()
+    );
+    assert!(
+        selected > 5_000,
+        "{}: selected series row not drawn ({selected} px)",
+        shot.display()
+    );
+    assert!(
+        image.distinct_colours() > 50,
+        "{}: too few colours, text missing?",
+        shot.display()
+    );
     Ok(())
 }

@@ -25,7 +25,10 @@ pub enum DicomError {
     },
 
     #[error("{path}: missing {attribute}")]
-    MissingAttribute { path: PathBuf, attribute: &'static str },
+    MissingAttribute {
+        path: PathBuf,
+        attribute: &'static str,
+    },
 
     #[error("{path}: cannot decode pixel data: {source}")]
     Decode {
@@ -38,5 +41,8 @@ pub enum DicomError {
     Unsupported { path: PathBuf, what: String },
 
     #[error("series {series}: {reason}")]
-    Series { series: SeriesInstanceUid, reason: String },
+    Series {
+        series: SeriesInstanceUid,
+        reason: String,
+    },
 }

@@ -3,12 +3,12 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use dicom_core::Tag;
+use dicom_core::{Tag, VR};
 use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use lightbox_core::{PatientInfo, SeriesInstanceUid, StudyInstanceUid};
+use lightbox_core::{PatientInfo, SeriesInstanceUid, StudyInstanceUid, WindowLevel};
 
 use crate::DicomError;
 
@@ -38,6 +38,7 @@ pub(crate) struct InstanceHeader {
     pub image_orientation: Option<[f64; 6]>,
     pub pixel_spacing: Option<[f64; 2]>,
     pub slice_spacing: Option<f64>,
+    pub window: Option<WindowLevel>,
     pub mosaic: bool,
 }
 
@@ -50,7 +51,12 @@ pub(crate) enum Skip {
 
 pub(crate) fn open_header(path: &Path) -> Result<InstanceHeader, Skip> {
     let obj = open(path, false).map_err(Skip::Error)?;
-    if obj.meta().media_storage_sop_class_uid().trim_end_matches('\0') == MEDIA_STORAGE_DIRECTORY {
+    if obj
+        .meta()
+        .media_storage_sop_class_uid()
+        .trim_end_matches('\0')
+        == MEDIA_STORAGE_DIRECTORY
+    {
         return Err(Skip::Directory);
     }
     header_from(path, &obj).map_err(Skip::Error)
@@ -62,7 +68,9 @@ pub(crate) fn open(path: &Path, pixels: bool) -> Result<DefaultDicomObject, Dico
     if !pixels {
         options = options.read_until(tags::PIXEL_DATA);
     }
-    options.open_file(path).map_err(|source| classify_open_error(path, source))
+    options
+        .open_file(path)
+        .map_err(|source| classify_open_error(path, source))
 }
 
 /// Files without the `DICM` marker get a short reason instead of a parser message.
@@ -74,12 +82,18 @@ fn classify_open_error(path: &Path, source: dicom_object::ReadError) -> DicomErr
             path: path.to_owned(),
             reason: "shorter than a DICOM preamble".into(),
         },
-        Err(source) => DicomError::Io { path: path.to_owned(), source },
+        Err(source) => DicomError::Io {
+            path: path.to_owned(),
+            source,
+        },
         Ok(()) if &head[128..132] != b"DICM" => DicomError::NotDicom {
             path: path.to_owned(),
-            reason: "no 'DICM' marker at byte 128".into(),
+            reason: "no Part 10 header: no 'DICM' marker at byte 128".into(),
         },
-        Ok(()) => DicomError::Parse { path: path.to_owned(), source: Box::new(source) },
+        Ok(()) => DicomError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        },
     }
 }
 
@@ -87,7 +101,10 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
     let required = |tag: Tag, attribute: &'static str| {
         text(obj, tag)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| DicomError::MissingAttribute { path: path.to_owned(), attribute })
+            .ok_or_else(|| DicomError::MissingAttribute {
+                path: path.to_owned(),
+                attribute,
+            })
     };
     let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0');
     let transfer_syntax = TransferSyntaxRegistry
@@ -101,7 +118,10 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
             id: text(obj, tags::PATIENT_ID).unwrap_or_default(),
             name: text(obj, tags::PATIENT_NAME).unwrap_or_default(),
         },
-        study_uid: StudyInstanceUid::new(required(tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?),
+        study_uid: StudyInstanceUid::new(required(
+            tags::STUDY_INSTANCE_UID,
+            "Study Instance UID (0020,000D)",
+        )?),
         study_date: text(obj, tags::STUDY_DATE).unwrap_or_default(),
         study_description: text(obj, tags::STUDY_DESCRIPTION).unwrap_or_default(),
         accession_number: text(obj, tags::ACCESSION_NUMBER).unwrap_or_default(),
@@ -124,12 +144,28 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
         slice_spacing: floats::<1>(obj, tags::SPACING_BETWEEN_SLICES)
             .or_else(|| floats::<1>(obj, tags::SLICE_THICKNESS))
             .map(|[s]| s),
-        mosaic: image_type.split('\\').any(|v| v.trim().eq_ignore_ascii_case("MOSAIC")),
+        window: floats::<1>(obj, tags::WINDOW_CENTER)
+            .zip(floats::<1>(obj, tags::WINDOW_WIDTH))
+            .filter(|(_, [width])| *width > 0.0)
+            .map(|([center], [width])| WindowLevel {
+                center: center as f32,
+                width: width as f32,
+            }),
+        mosaic: image_type
+            .split('\\')
+            .any(|v| v.trim().eq_ignore_ascii_case("MOSAIC")),
     })
 }
 
 pub(crate) fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let value = obj.get(tag)?.to_str().ok()?;
+    let element = obj.get(tag)?;
+    let value = if element.vr() == VR::UN {
+        // A text attribute written with VR UN (e.g. implicit VR from an unknown dictionary):
+        // its bytes are the text.
+        String::from_utf8_lossy(&element.to_bytes().ok()?).into_owned()
+    } else {
+        element.to_str().ok()?.into_owned()
+    };
     Some(value.trim_end_matches(['\0', ' ']).trim_start().to_owned())
 }
 
