@@ -13,7 +13,7 @@ packages=(
   # winit/eframe load these at run time
   libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1
   # Software Vulkan (lavapipe) for wgpu without a GPU, and a virtual X server for window tests
-  mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth x11-utils imagemagick
+  mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth x11-utils xdotool imagemagick
   # Reference PACS and DICOM tools
   orthanc orthanc-dicomweb orthanc-gdcm dcmtk
   # Real browser for UI tests

@@ -51,10 +51,7 @@ pub struct FileIssueDto {
 
 impl From<&FileIssue> for FileIssueDto {
     fn from(i: &FileIssue) -> Self {
-        Self {
-            path: i.path.display().to_string(),
-            reason: i.reason.clone(),
-        }
+        Self { path: i.path.display().to_string(), reason: i.reason.clone() }
     }
 }
 
@@ -69,10 +66,7 @@ impl SeriesListDto {
     pub fn new(folder: &std::path::Path, report: &ScanReport) -> Self {
         Self {
             folder: folder.display().to_string(),
-            series: report
-                .series()
-                .map(|(study, s)| SeriesDto::new(study, s))
-                .collect(),
+            series: report.series().map(|(study, s)| SeriesDto::new(study, s)).collect(),
             unreadable: report.issues.iter().map(FileIssueDto::from).collect(),
         }
     }
@@ -87,9 +81,6 @@ pub struct ErrorDto {
 
 impl From<WorkflowError> for ErrorDto {
     fn from(e: WorkflowError) -> Self {
-        Self {
-            code: e.code(),
-            message: e.to_string(),
-        }
+        Self { code: e.code(), message: e.to_string() }
     }
 }

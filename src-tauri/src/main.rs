@@ -18,10 +18,7 @@ struct Folder(PathBuf);
 #[tauri::command]
 async fn list_series(folder: tauri::State<'_, Folder>) -> Result<SeriesListDto, ErrorDto> {
     let report = lightbox_workflow::scan(&folder.0)?;
-    eprintln!(
-        "lightbox-workstation: list_series: {} series",
-        report.series().count()
-    );
+    eprintln!("lightbox-workstation: list_series: {} series", report.series().count());
     Ok(SeriesListDto::new(&folder.0, &report))
 }
 

@@ -23,29 +23,15 @@ struct SeriesLine {
 fn info(path: &Path) -> anyhow::Result<(Vec<SeriesLine>, String)> {
     let out = run_ok(Command::new(bin("lightbox")?).arg("info").arg(path))?;
     let mut series = Vec::new();
-    for line in out
-        .lines()
-        .filter(|l| l.trim_start().starts_with("series "))
-    {
+    for line in out.lines().filter(|l| l.trim_start().starts_with("series ")) {
         let words: Vec<&str> = line.split_whitespace().collect();
         let dims = if words[3] == "no" {
             [0; 4]
         } else {
-            let parts: Vec<u32> = words[3]
-                .split('x')
-                .map(str::parse)
-                .collect::<Result<_, _>>()?;
-            [
-                parts[0],
-                parts[1],
-                parts[2],
-                parts.get(3).copied().unwrap_or(1),
-            ]
+            let parts: Vec<u32> = words[3].split('x').map(str::parse).collect::<Result<_, _>>()?;
+            [parts[0], parts[1], parts[2], parts.get(3).copied().unwrap_or(1)]
         };
-        let instances_at = words
-            .iter()
-            .position(|w| w.starts_with("instances"))
-            .context("no instance count")?;
+        let instances_at = words.iter().position(|w| w.starts_with("instances")).context("no instance count")?;
         series.push(SeriesLine {
             number: words[1].to_owned(),
             modality: words[2].to_owned(),
@@ -67,22 +53,13 @@ fn nifti_dims(path: &Path) -> anyhow::Result<[u32; 4]> {
     }
     let dim = |i: usize| i16::from_le_bytes([header[40 + 2 * i], header[41 + 2 * i]]);
     let ndim = dim(0);
-    Ok([1, 2, 3, 4].map(|i| {
-        if i as i16 <= ndim {
-            dim(i).max(1) as u32
-        } else {
-            1
-        }
-    }))
+    Ok([1, 2, 3, 4].map(|i| if i as i16 <= ndim { dim(i).max(1) as u32 } else { 1 }))
 }
 
 /// dcm2niix names outputs `<description>_<series number>[_e<echo>][_<derived>].nii`: the series
 /// number is the last all-digit part.
 fn ref_series_number(file_stem: &str) -> Option<String> {
-    file_stem
-        .rsplit('_')
-        .find(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
-        .map(str::to_owned)
+    file_stem.rsplit('_').find(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit())).map(str::to_owned)
 }
 
 fn reference_dims(dataset: &str) -> anyhow::Result<BTreeMap<String, Vec<[u32; 4]>>> {
@@ -90,10 +67,7 @@ fn reference_dims(dataset: &str) -> anyhow::Result<BTreeMap<String, Vec<[u32; 4]
     for entry in std::fs::read_dir(data(dataset)?.join("Ref"))? {
         let path = entry?.path();
         if path.extension().is_some_and(|e| e == "nii") {
-            let stem = path
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .context("file name")?;
+            let stem = path.file_stem().and_then(|s| s.to_str()).context("file name")?;
             if stem.ends_with("_ph") {
                 continue; // the phase image of a series whose magnitude is listed already
             }
@@ -107,15 +81,9 @@ fn reference_dims(dataset: &str) -> anyhow::Result<BTreeMap<String, Vec<[u32; 4]
 #[test]
 fn demo_study_is_one_adc_series() -> anyhow::Result<()> {
     let (series, summary) = info(&demo_study())?;
-    assert_eq!(
-        summary,
-        "20 files: 1 patients, 1 studies, 1 series, 0 unreadable"
-    );
+    assert_eq!(summary, "20 files: 1 patients, 1 studies, 1 series, 0 unreadable");
     assert_eq!(series.len(), 1);
-    assert_eq!(
-        (series[0].number.as_str(), series[0].modality.as_str()),
-        ("701", "MR")
-    );
+    assert_eq!((series[0].number.as_str(), series[0].modality.as_str()), ("701", "MR"));
     assert_eq!(series[0].dims, [256, 256, 20, 1]);
     Ok(())
 }
@@ -123,40 +91,24 @@ fn demo_study_is_one_adc_series() -> anyhow::Result<()> {
 #[test]
 fn dcm_qa_nih_matches_dcm2niix() -> anyhow::Result<()> {
     let (series, summary) = info(&data("dcm_qa_nih")?)?;
-    assert!(
-        summary.contains("1 patients, 2 studies, 8 series"),
-        "{summary}"
-    );
+    assert!(summary.contains("1 patients, 2 studies, 8 series"), "{summary}");
     // Series numbers repeat across the GE and the Siemens study: each series must match one
     // reference of its number, and every reference must be matched once.
     let mut refs = reference_dims("dcm_qa_nih")?;
     assert_eq!(refs.values().map(Vec::len).sum::<usize>(), 8, "{refs:?}");
     for s in &series {
-        let candidates = refs
-            .get_mut(&s.number)
-            .with_context(|| format!("no Ref for {}", s.line))?;
+        let candidates = refs.get_mut(&s.number).with_context(|| format!("no Ref for {}", s.line))?;
         // Mosaic frames are a whole number of tiles of the reference's width.
         let at = candidates
             .iter()
-            .position(|r| {
-                if s.mosaic {
-                    s.dims[0] % r[0] == 0 && s.dims[0] != r[0]
-                } else {
-                    r[0] == s.dims[0]
-                }
-            })
+            .position(|r| if s.mosaic { s.dims[0] % r[0] == 0 && s.dims[0] != r[0] } else { r[0] == s.dims[0] })
             .with_context(|| format!("no Ref of matching shape for {}", s.line))?;
         let expected = &candidates.remove(at);
         if s.mosaic {
             // Siemens mosaic: slices tiled in a square grid inside one frame, e.g. 216 = 3 x 72.
             let tiles = s.dims[0] / expected[0];
             assert_eq!(s.dims[0], tiles * expected[0], "{}", s.line);
-            assert!(
-                expected[2] <= tiles * tiles,
-                "{}: {} slices don't fit {tiles}x{tiles}",
-                s.line,
-                expected[2]
-            );
+            assert!(expected[2] <= tiles * tiles, "{}: {} slices don't fit {tiles}x{tiles}", s.line, expected[2]);
             assert_eq!(s.dims[3], expected[3], "{}: time points", s.line);
             assert_eq!(s.instances as u32, expected[3], "{}", s.line);
         } else {
@@ -164,37 +116,22 @@ fn dcm_qa_nih_matches_dcm2niix() -> anyhow::Result<()> {
             assert_eq!(s.instances as u32, expected[2] * expected[3], "{}", s.line);
         }
     }
-    assert!(
-        refs.values().all(Vec::is_empty),
-        "references without a series: {refs:?}"
-    );
+    assert!(refs.values().all(Vec::is_empty), "references without a series: {refs:?}");
     Ok(())
 }
 
 #[test]
 fn dcm_qa_enh_multiframe_matches_dcm2niix() -> anyhow::Result<()> {
     let (series, summary) = info(&data("dcm_qa_enh")?)?;
-    assert!(
-        summary.contains("2 patients, 2 studies, 2 series"),
-        "{summary}"
-    );
+    assert!(summary.contains("2 patients, 2 studies, 2 series"), "{summary}");
     let refs = reference_dims("dcm_qa_enh")?;
     // Siemens XA10: 4 instances of 6 frames = dcm2niix's 64x64x6x4.
-    let siemens = series
-        .iter()
-        .find(|s| s.number == "6")
-        .context("series 6")?;
+    let siemens = series.iter().find(|s| s.number == "6").context("series 6")?;
     assert_eq!(refs["6"], vec![siemens.dims]);
     // Philips B0: one instance of 64 frames that dcm2niix splits by echo into 2 x 64x64x32.
-    let philips = series
-        .iter()
-        .find(|s| s.number == "801")
-        .context("series 801")?;
+    let philips = series.iter().find(|s| s.number == "801").context("series 801")?;
     let frames: u32 = refs["801"].iter().map(|d| d[2] * d[3]).sum();
-    assert_eq!(
-        (philips.dims[0], philips.dims[1], philips.dims[2]),
-        (64, 64, frames)
-    );
+    assert_eq!((philips.dims[0], philips.dims[1], philips.dims[2]), (64, 64, frames));
     assert_eq!(refs["801"].len(), 2);
     Ok(())
 }
@@ -203,17 +140,9 @@ fn dcm_qa_enh_multiframe_matches_dcm2niix() -> anyhow::Result<()> {
 fn dcm_qa_ts_reads_every_transfer_syntax() -> anyhow::Result<()> {
     let dir = data("dcm_qa_ts")?;
     let (series, summary) = info(&dir)?;
-    assert!(
-        summary.contains("1 patients, 1 studies, 1 series"),
-        "{summary}"
-    );
+    assert!(summary.contains("1 patients, 1 studies, 1 series"), "{summary}");
     let s = &series[0];
-    assert_eq!(
-        (s.instances, s.mosaic, s.dims[0], s.dims[1]),
-        (9, true, 384, 384),
-        "{}",
-        s.line
-    );
+    assert_eq!((s.instances, s.mosaic, s.dims[0], s.dims[1]), (9, true, 384, 384), "{}", s.line);
     // Each of the 9 encodings is one mosaic of dcm2niix's 64x64x35 (6 x 6 tiles of 64).
     for n in 1..=9 {
         let d = nifti_dims(&dir.join(format!("Ref/{n}.nii")))?;
@@ -236,15 +165,9 @@ fn dcm_qa_ts_reads_every_transfer_syntax() -> anyhow::Result<()> {
 #[test]
 fn dcmqi_data_lists_images_segmentations_and_reports() -> anyhow::Result<()> {
     let (series, summary) = info(&data("dcmqi_data")?)?;
-    assert!(
-        summary.contains("4 patients, 4 studies, 11 series"),
-        "{summary}"
-    );
+    assert!(summary.contains("4 patients, 4 studies, 11 series"), "{summary}");
     let count = |m: &str| series.iter().filter(|s| s.modality == m).count();
-    assert_eq!(
-        (count("SEG"), count("SR"), count("CT"), count("MR")),
-        (5, 1, 3, 1)
-    );
+    assert_eq!((count("SEG"), count("SR"), count("CT"), count("MR")), (5, 1, 3, 1));
     let adc = series.iter().find(|s| s.modality == "MR").context("MR")?;
     assert_eq!(adc.dims, [256, 256, 20, 1]);
     Ok(())
@@ -255,27 +178,16 @@ fn pydicom_testfiles_broken_files_get_reasons_not_panics() -> anyhow::Result<()>
     let dir = data("pydicom_testfiles")?;
     let out = run_ok(Command::new(bin("lightbox")?).arg("info").arg(&dir))?;
     let reason = |file: &str| {
-        out.lines()
-            .find(|l| {
-                l.trim_start()
-                    .starts_with(&format!("{}: ", dir.join(file).display()))
-            })
-            .map(str::to_owned)
+        out.lines().find(|l| l.trim_start().starts_with(&format!("{}: ", dir.join(file).display()))).map(str::to_owned)
     };
     let no_meta = reason("no_meta.dcm").context("no_meta.dcm not listed")?;
-    assert!(
-        no_meta.ends_with("no Part 10 header: no 'DICM' marker at byte 128)"),
-        "{no_meta}"
-    );
+    assert!(no_meta.ends_with("no Part 10 header: no 'DICM' marker at byte 128)"), "{no_meta}");
     let truncated = reason("rtplan_truncated.dcm").context("rtplan_truncated.dcm not listed")?;
     assert!(truncated.contains("invalid DICOM"), "{truncated}");
     let dicomdir = reason("dicomdirtests/DICOMDIR").context("DICOMDIR not listed")?;
     assert!(dicomdir.contains("DICOMDIR index"), "{dicomdir}");
     // A well-formed file among the broken ones is still read: CT_small is 128x128.
-    assert!(
-        out.lines().any(|l| l.contains(" CT  128x128x1 ")),
-        "CT_small missing"
-    );
+    assert!(out.lines().any(|l| l.contains(" CT  128x128x1 ")), "CT_small missing");
     Ok(())
 }
 
@@ -291,14 +203,9 @@ fn nifti_only_folders_list_no_series() -> anyhow::Result<()> {
 
 #[test]
 fn missing_folder_is_a_clear_error() -> anyhow::Result<()> {
-    let output = Command::new(bin("lightbox")?)
-        .args(["info", "/nonexistent/studies"])
-        .output()?;
+    let output = Command::new(bin("lightbox")?).args(["info", "/nonexistent/studies"]).output()?;
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8(output.stderr)?;
-    assert!(
-        stderr.starts_with("lightbox: error: /nonexistent/studies: cannot read"),
-        "{stderr}"
-    );
+    assert!(stderr.starts_with("lightbox: error: /nonexistent/studies: cannot read"), "{stderr}");
     Ok(())
 }

@@ -11,10 +11,7 @@ mod workstation;
 /// Where tests leave screenshots for a person to look at.
 pub fn screenshot_dir() -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
-    let target = exe
-        .ancestors()
-        .nth(3)
-        .ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))?;
+    let target = exe.ancestors().nth(3).ok_or_else(|| anyhow::anyhow!("no target dir above {}", exe.display()))?;
     let dir = target.join("lightbox-screenshots");
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

@@ -21,18 +21,8 @@ fn workstation_lists_demo_series_in_a_window() -> anyhow::Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    let mut stderr = Lines::new(
-        child
-            .stderr
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stderr"))?,
-    );
-    let _stdout = Lines::new(
-        child
-            .stdout
-            .take()
-            .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
-    );
+    let mut stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
     let child = KillOnDrop(child);
 
     stderr.wait_for("list_series: 1 series", Duration::from_secs(120))?;
@@ -40,25 +30,24 @@ fn workstation_lists_demo_series_in_a_window() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(1000));
     let shot = screenshot_dir()?.join("workstation-demo.png");
     x.screenshot(&shot)?;
-    drop(child);
 
     let image = Rgb::load(&shot)?;
     let header = image.count_near(HEADER_BG, 2);
     let selected = image.count_near(SELECTED_ROW, 2);
-    assert!(
-        header > 20_000,
-        "{}: header bar not drawn ({header} px)",
-        shot.display()
-    );
-    assert!(
-        selected > 5_000,
-        "{}: selected series row not drawn ({selected} px)",
-        shot.display()
-    );
-    assert!(
-        image.distinct_colours() > 50,
-        "{}: too few colours, text missing?",
-        shot.display()
-    );
+    assert!(header > 20_000, "{}: header bar not drawn ({header} px)", shot.display());
+    assert!(selected > 5_000, "{}: selected series row not drawn ({selected} px)", shot.display());
+    assert!(image.distinct_colours() > 50, "{}: too few colours, text missing?", shot.display());
+
+    // Click "Open in viewer" (below the table, left): the workstation starts the viewer on the
+    // selected series; the viewer inherits the workstation's stdout and reports its first frame.
+    x.xdotool(&["mousemove", "100", "200", "click", "1"])?;
+    stdout.wait_for("lightbox-viewer: first frame presented", Duration::from_secs(120))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let both = screenshot_dir()?.join("workstation-opened-viewer.png");
+    x.screenshot(&both)?;
+    let both = Rgb::load(&both)?;
+    assert!(both.crop(350, 300, 200, 200).distinct_greys() > 100, "viewer image not on screen");
+    // The viewer is the workstation's child; it ends with the X server when `x` drops.
+    drop(child);
     Ok(())
 }

@@ -17,19 +17,14 @@ pub fn workspace_root() -> PathBuf {
 
 /// `../shared/data` beside the project, or `LIGHTBOX_TEST_DATA`.
 pub fn data_dir() -> PathBuf {
-    std::env::var_os("LIGHTBOX_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/data"))
+    std::env::var_os("LIGHTBOX_TEST_DATA").map(PathBuf::from).unwrap_or_else(|| workspace_root().join("../shared/data"))
 }
 
 /// A path under [`data_dir`], which must exist: missing data fails the test, never skips it.
 pub fn data(relative: &str) -> anyhow::Result<PathBuf> {
     let path = data_dir().join(relative);
     if !path.exists() {
-        bail!(
-            "test data {} is missing (set LIGHTBOX_TEST_DATA to the shared data folder)",
-            path.display()
-        );
+        bail!("test data {} is missing (set LIGHTBOX_TEST_DATA to the shared data folder)", path.display());
     }
     Ok(path)
 }
@@ -43,25 +38,17 @@ pub fn demo_study() -> PathBuf {
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     // target/<profile>/deps/it-<hash>  ->  target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary has no target dir")?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
     let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.is_file() {
-        bail!(
-            "{} not built; run `cargo build --workspace --bins` first",
-            path.display()
-        );
+        bail!("{} not built; run `cargo build --workspace --bins` first", path.display());
     }
     Ok(path)
 }
 
 /// Runs a command to completion and returns its stdout, failing on a non-zero exit.
 pub fn run_ok(command: &mut Command) -> anyhow::Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("running {command:?}"))?;
+    let output = command.output().with_context(|| format!("running {command:?}"))?;
     if !output.status.success() {
         bail!(
             "{command:?} exited with {}\nstdout:\n{}\nstderr:\n{}",
@@ -83,34 +70,20 @@ pub struct Xvfb {
 impl Xvfb {
     pub fn start() -> anyhow::Result<Self> {
         let mut child = Command::new("Xvfb")
-            .args([
-                "-displayfd",
-                "1",
-                "-screen",
-                "0",
-                "1280x900x24",
-                "-nolisten",
-                "tcp",
-                "-noreset",
-            ])
+            .args(["-displayfd", "1", "-screen", "0", "1280x900x24", "-nolisten", "tcp", "-noreset"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("starting Xvfb (run scripts/setup-debian.sh)")?;
         let stdout = child.stdout.take().context("Xvfb stdout")?;
-        let line = read_line_within(stdout, Duration::from_secs(20))
-            .context("Xvfb did not report a display")?;
+        let line = read_line_within(stdout, Duration::from_secs(20)).context("Xvfb did not report a display")?;
         let runtime_dir = tempfile::Builder::new().prefix("lightbox-xdg-").tempdir()?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(runtime_dir.path(), std::fs::Permissions::from_mode(0o700))?;
         }
-        Ok(Self {
-            child,
-            display: format!(":{}", line.trim()),
-            runtime_dir,
-        })
+        Ok(Self { child, display: format!(":{}", line.trim()), runtime_dir })
     }
 
     /// A command that runs on this display with Mesa's software Vulkan available.
@@ -122,6 +95,12 @@ impl Xvfb {
             .env("LIBGL_ALWAYS_SOFTWARE", "1")
             .env("WEBKIT_DISABLE_DMABUF_RENDERER", "1");
         c
+    }
+
+    /// Runs `xdotool` on this display (pointer and keyboard input, as a person would give it).
+    pub fn xdotool(&self, args: &[&str]) -> anyhow::Result<()> {
+        run_ok(Command::new("xdotool").env("DISPLAY", &self.display).args(args))?;
+        Ok(())
     }
 
     /// Saves the whole screen as PNG (ImageMagick's `import`).
@@ -172,10 +151,7 @@ impl Lines {
                 }
             }
         });
-        Self {
-            rx,
-            seen: Vec::new(),
-        }
+        Self { rx, seen: Vec::new() }
     }
 
     /// Waits until a line contains `needle`; fails with everything seen so far.
@@ -190,10 +166,7 @@ impl Lines {
                         return Ok(line);
                     }
                 }
-                Err(_) => bail!(
-                    "no line containing {needle:?} within {timeout:?}; saw:\n{}",
-                    self.seen.join("\n")
-                ),
+                Err(_) => bail!("no line containing {needle:?} within {timeout:?}; saw:\n{}", self.seen.join("\n")),
             }
         }
     }
@@ -224,22 +197,10 @@ impl Rgb {
         let info = reader.next_frame(&mut buf)?;
         let channels = info.color_type.samples();
         if info.bit_depth != png::BitDepth::Eight || channels < 3 {
-            bail!(
-                "{}: expected 8-bit RGB(A), got {:?} {:?}",
-                path.display(),
-                info.bit_depth,
-                info.color_type
-            );
+            bail!("{}: expected 8-bit RGB(A), got {:?} {:?}", path.display(), info.bit_depth, info.color_type);
         }
-        let pixels = buf[..info.buffer_size()]
-            .chunks_exact(channels)
-            .map(|p| [p[0], p[1], p[2]])
-            .collect();
-        Ok(Self {
-            width: info.width,
-            height: info.height,
-            pixels,
-        })
+        let pixels = buf[..info.buffer_size()].chunks_exact(channels).map(|p| [p[0], p[1], p[2]]).collect();
+        Ok(Self { width: info.width, height: info.height, pixels })
     }
 
     pub fn distinct_colours(&self) -> usize {
@@ -249,10 +210,7 @@ impl Rgb {
 
     /// Pixels whose colour is within `tolerance` (per channel) of `colour`.
     pub fn count_near(&self, colour: [u8; 3], tolerance: u8) -> usize {
-        self.pixels
-            .iter()
-            .filter(|p| (0..3).all(|c| p[c].abs_diff(colour[c]) <= tolerance))
-            .count()
+        self.pixels.iter().filter(|p| (0..3).all(|c| p[c].abs_diff(colour[c]) <= tolerance)).count()
     }
 
     /// The pixels of a rectangle (clipped to the image).
@@ -263,21 +221,24 @@ impl Rgb {
             let start = (row * self.width) as usize;
             pixels.extend_from_slice(&self.pixels[start + x.min(x1) as usize..start + x1 as usize]);
         }
-        Self {
-            width: x1.saturating_sub(x),
-            height: y1.saturating_sub(y),
-            pixels,
-        }
+        Self { width: x1.saturating_sub(x), height: y1.saturating_sub(y), pixels }
+    }
+
+    /// Mean absolute difference per channel between two images of the same size.
+    pub fn mean_abs_diff(&self, other: &Self) -> f64 {
+        let total: u64 = self
+            .pixels
+            .iter()
+            .zip(&other.pixels)
+            .map(|(a, b)| (0..3).map(|c| u64::from(a[c].abs_diff(b[c]))).sum::<u64>())
+            .sum();
+        total as f64 / (3 * self.pixels.len().max(1)) as f64
     }
 
     /// Distinct grey levels (r = g = b) among the pixels: an image drawn by the viewer has many.
     pub fn distinct_greys(&self) -> usize {
-        let set: std::collections::HashSet<u8> = self
-            .pixels
-            .iter()
-            .filter(|p| p[0] == p[1] && p[1] == p[2])
-            .map(|p| p[0])
-            .collect();
+        let set: std::collections::HashSet<u8> =
+            self.pixels.iter().filter(|p| p[0] == p[1] && p[1] == p[2]).map(|p| p[0]).collect();
         set.len()
     }
 }

@@ -10,11 +10,7 @@ use lightbox_core::SeriesInfo;
 use lightbox_workflow::ScanReport;
 
 #[derive(Parser)]
-#[command(
-    name = "lightbox",
-    version,
-    about = "Lightbox radiology workstation, headless commands"
-)]
+#[command(name = "lightbox", version, about = "Lightbox radiology workstation, headless commands")]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -59,21 +55,10 @@ fn print_report(out: &mut impl Write, report: &ScanReport) -> std::io::Result<()
     let mut last_patient = None;
     for study in &report.studies {
         if last_patient != Some(&study.patient) {
-            writeln!(
-                out,
-                "Patient {} ({})",
-                or_dash(&study.patient.id),
-                or_dash(&study.patient.name)
-            )?;
+            writeln!(out, "Patient {} ({})", or_dash(&study.patient.id), or_dash(&study.patient.name))?;
             last_patient = Some(&study.patient);
         }
-        writeln!(
-            out,
-            "  Study {} {} [{}]",
-            or_dash(&study.date),
-            quoted(&study.description),
-            study.uid
-        )?;
+        writeln!(out, "  Study {} {} [{}]", or_dash(&study.date), quoted(&study.description), study.uid)?;
         for series in &study.series {
             writeln!(out, "    {}", series_line(series))?;
         }

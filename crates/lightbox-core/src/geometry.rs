@@ -7,21 +7,10 @@ pub struct Affine3 {
 }
 
 impl Affine3 {
-    pub const IDENTITY: Self = Self {
-        rows: [
-            [1.0, 0.0, 0.0, 0.0],
-            [0.0, 1.0, 0.0, 0.0],
-            [0.0, 0.0, 1.0, 0.0],
-        ],
-    };
+    pub const IDENTITY: Self = Self { rows: [[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]] };
 
     /// Builds the transform that maps `(i, j, k)` to `origin + i*x_axis + j*y_axis + k*z_axis`.
-    pub fn from_columns(
-        x_axis: [f64; 3],
-        y_axis: [f64; 3],
-        z_axis: [f64; 3],
-        origin: [f64; 3],
-    ) -> Self {
+    pub fn from_columns(x_axis: [f64; 3], y_axis: [f64; 3], z_axis: [f64; 3], origin: [f64; 3]) -> Self {
         let mut rows = [[0.0; 4]; 3];
         for (r, row) in rows.iter_mut().enumerate() {
             *row = [x_axis[r], y_axis[r], z_axis[r], origin[r]];
@@ -59,12 +48,7 @@ mod tests {
 
     #[test]
     fn from_columns_maps_voxel_corners() {
-        let a = Affine3::from_columns(
-            [0.5, 0.0, 0.0],
-            [0.0, 0.5, 0.0],
-            [0.0, 0.0, 3.0],
-            [10.0, -20.0, 5.0],
-        );
+        let a = Affine3::from_columns([0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 3.0], [10.0, -20.0, 5.0]);
         assert_eq!(a.transform_point([0.0, 0.0, 0.0]), [10.0, -20.0, 5.0]);
         assert_eq!(a.transform_point([2.0, 4.0, 1.0]), [11.0, -18.0, 8.0]);
         assert_eq!(a.axis(2), [0.0, 0.0, 3.0]);

@@ -8,7 +8,5 @@ mod metadata;
 mod volume;
 
 pub use geometry::Affine3;
-pub use metadata::{
-    FileIssue, PatientInfo, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid,
-};
+pub use metadata::{FileIssue, PatientInfo, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid};
 pub use volume::{Volume, VolumeError, WindowLevel};

@@ -142,10 +142,7 @@ mod tests {
 
     #[test]
     fn uid_trims_dicom_padding() {
-        assert_eq!(
-            SeriesInstanceUid::new("1.2.840.10008\0").as_str(),
-            "1.2.840.10008"
-        );
+        assert_eq!(SeriesInstanceUid::new("1.2.840.10008\0").as_str(), "1.2.840.10008");
     }
 
     #[test]

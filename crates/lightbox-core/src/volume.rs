@@ -19,23 +19,12 @@ pub enum VolumeError {
 }
 
 impl<T: Copy> Volume<T> {
-    pub fn new(
-        dims: [usize; 3],
-        voxels: Vec<T>,
-        patient_from_voxel: Affine3,
-    ) -> Result<Self, VolumeError> {
+    pub fn new(dims: [usize; 3], voxels: Vec<T>, patient_from_voxel: Affine3) -> Result<Self, VolumeError> {
         let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
         if expected != Some(voxels.len()) {
-            return Err(VolumeError::WrongLength {
-                dims,
-                len: voxels.len(),
-            });
+            return Err(VolumeError::WrongLength { dims, len: voxels.len() });
         }
-        Ok(Self {
-            dims,
-            voxels,
-            patient_from_voxel,
-        })
+        Ok(Self { dims, voxels, patient_from_voxel })
     }
 
     /// `[columns, rows, slices]`.
@@ -67,13 +56,10 @@ impl<T: Copy> Volume<T> {
 impl Volume<f32> {
     /// Smallest and largest finite value, or `None` if there is none.
     pub fn value_range(&self) -> Option<(f32, f32)> {
-        self.voxels
-            .iter()
-            .filter(|v| v.is_finite())
-            .fold(None, |acc, &v| match acc {
-                None => Some((v, v)),
-                Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-            })
+        self.voxels.iter().filter(|v| v.is_finite()).fold(None, |acc, &v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        })
     }
 }
 
@@ -89,10 +75,7 @@ impl WindowLevel {
 
     /// A window spanning `[lo, hi]`.
     pub fn from_range(lo: f32, hi: f32) -> Self {
-        Self {
-            center: 0.5 * (lo + hi),
-            width: (hi - lo).max(Self::MIN_WIDTH),
-        }
+        Self { center: 0.5 * (lo + hi), width: (hi - lo).max(Self::MIN_WIDTH) }
     }
 
     /// Maps a value to display intensity in `[0, 1]`. The GPU shader computes the same formula.
@@ -108,21 +91,13 @@ mod tests {
 
     #[test]
     fn rejects_wrong_buffer_length() {
-        let err =
-            Volume::new([2, 2, 2], vec![0.0f32; 7], Affine3::IDENTITY).expect_err("must fail");
-        assert_eq!(
-            err.to_string(),
-            "volume of 2x2x2 voxels cannot hold 7 values"
-        );
+        let err = Volume::new([2, 2, 2], vec![0.0f32; 7], Affine3::IDENTITY).expect_err("must fail");
+        assert_eq!(err.to_string(), "volume of 2x2x2 voxels cannot hold 7 values");
     }
 
     #[test]
     fn indexes_column_row_slice() -> Result<(), VolumeError> {
-        let v = Volume::new(
-            [3, 2, 2],
-            (0..12).map(|x| x as f32).collect(),
-            Affine3::IDENTITY,
-        )?;
+        let v = Volume::new([3, 2, 2], (0..12).map(|x| x as f32).collect(), Affine3::IDENTITY)?;
         assert_eq!(v.get(2, 1, 1), Some(11.0));
         assert_eq!(v.get(1, 0, 1), Some(7.0));
         assert_eq!(v.get(3, 0, 0), None);
@@ -141,19 +116,10 @@ mod tests {
 
     #[test]
     fn window_maps_edges_to_black_and_white() {
-        let w = WindowLevel {
-            center: 100.0,
-            width: 200.0,
-        };
+        let w = WindowLevel { center: 100.0, width: 200.0 };
         assert_eq!(w.apply(0.0), 0.0);
         assert_eq!(w.apply(100.0), 0.5);
         assert_eq!(w.apply(250.0), 1.0);
-        assert_eq!(
-            WindowLevel::from_range(10.0, 30.0),
-            WindowLevel {
-                center: 20.0,
-                width: 20.0
-            }
-        );
+        assert_eq!(WindowLevel::from_range(10.0, 30.0), WindowLevel { center: 20.0, width: 20.0 });
     }
 }

@@ -25,10 +25,7 @@ pub enum DicomError {
     },
 
     #[error("{path}: missing {attribute}")]
-    MissingAttribute {
-        path: PathBuf,
-        attribute: &'static str,
-    },
+    MissingAttribute { path: PathBuf, attribute: &'static str },
 
     #[error("{path}: cannot decode pixel data: {source}")]
     Decode {
@@ -41,8 +38,5 @@ pub enum DicomError {
     Unsupported { path: PathBuf, what: String },
 
     #[error("series {series}: {reason}")]
-    Series {
-        series: SeriesInstanceUid,
-        reason: String,
-    },
+    Series { series: SeriesInstanceUid, reason: String },
 }

@@ -51,12 +51,7 @@ pub(crate) enum Skip {
 
 pub(crate) fn open_header(path: &Path) -> Result<InstanceHeader, Skip> {
     let obj = open(path, false).map_err(Skip::Error)?;
-    if obj
-        .meta()
-        .media_storage_sop_class_uid()
-        .trim_end_matches('\0')
-        == MEDIA_STORAGE_DIRECTORY
-    {
+    if obj.meta().media_storage_sop_class_uid().trim_end_matches('\0') == MEDIA_STORAGE_DIRECTORY {
         return Err(Skip::Directory);
     }
     header_from(path, &obj).map_err(Skip::Error)
@@ -68,9 +63,7 @@ pub(crate) fn open(path: &Path, pixels: bool) -> Result<DefaultDicomObject, Dico
     if !pixels {
         options = options.read_until(tags::PIXEL_DATA);
     }
-    options
-        .open_file(path)
-        .map_err(|source| classify_open_error(path, source))
+    options.open_file(path).map_err(|source| classify_open_error(path, source))
 }
 
 /// Files without the `DICM` marker get a short reason instead of a parser message.
@@ -78,22 +71,15 @@ fn classify_open_error(path: &Path, source: dicom_object::ReadError) -> DicomErr
     let mut head = [0u8; 132];
     let marker = std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut head));
     match marker {
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => DicomError::NotDicom {
-            path: path.to_owned(),
-            reason: "shorter than a DICOM preamble".into(),
-        },
-        Err(source) => DicomError::Io {
-            path: path.to_owned(),
-            source,
-        },
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DicomError::NotDicom { path: path.to_owned(), reason: "shorter than a DICOM preamble".into() }
+        }
+        Err(source) => DicomError::Io { path: path.to_owned(), source },
         Ok(()) if &head[128..132] != b"DICM" => DicomError::NotDicom {
             path: path.to_owned(),
             reason: "no Part 10 header: no 'DICM' marker at byte 128".into(),
         },
-        Ok(()) => DicomError::Parse {
-            path: path.to_owned(),
-            source: Box::new(source),
-        },
+        Ok(()) => DicomError::Parse { path: path.to_owned(), source: Box::new(source) },
     }
 }
 
@@ -101,15 +87,11 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
     let required = |tag: Tag, attribute: &'static str| {
         text(obj, tag)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| DicomError::MissingAttribute {
-                path: path.to_owned(),
-                attribute,
-            })
+            .ok_or_else(|| DicomError::MissingAttribute { path: path.to_owned(), attribute })
     };
     let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0');
-    let transfer_syntax = TransferSyntaxRegistry
-        .get(ts_uid)
-        .map_or_else(|| format!("unknown ({ts_uid})"), |ts| ts.name().to_owned());
+    let transfer_syntax =
+        TransferSyntaxRegistry.get(ts_uid).map_or_else(|| format!("unknown ({ts_uid})"), |ts| ts.name().to_owned());
     let image_type = text(obj, tags::IMAGE_TYPE).unwrap_or_default();
 
     Ok(InstanceHeader {
@@ -118,17 +100,11 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
             id: text(obj, tags::PATIENT_ID).unwrap_or_default(),
             name: text(obj, tags::PATIENT_NAME).unwrap_or_default(),
         },
-        study_uid: StudyInstanceUid::new(required(
-            tags::STUDY_INSTANCE_UID,
-            "Study Instance UID (0020,000D)",
-        )?),
+        study_uid: StudyInstanceUid::new(required(tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?),
         study_date: text(obj, tags::STUDY_DATE).unwrap_or_default(),
         study_description: text(obj, tags::STUDY_DESCRIPTION).unwrap_or_default(),
         accession_number: text(obj, tags::ACCESSION_NUMBER).unwrap_or_default(),
-        series_uid: SeriesInstanceUid::new(required(
-            tags::SERIES_INSTANCE_UID,
-            "Series Instance UID (0020,000E)",
-        )?),
+        series_uid: SeriesInstanceUid::new(required(tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?),
         series_number: int(obj, tags::SERIES_NUMBER),
         series_description: text(obj, tags::SERIES_DESCRIPTION).unwrap_or_default(),
         modality: text(obj, tags::MODALITY).unwrap_or_default(),
@@ -147,13 +123,8 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
         window: floats::<1>(obj, tags::WINDOW_CENTER)
             .zip(floats::<1>(obj, tags::WINDOW_WIDTH))
             .filter(|(_, [width])| *width > 0.0)
-            .map(|([center], [width])| WindowLevel {
-                center: center as f32,
-                width: width as f32,
-            }),
-        mosaic: image_type
-            .split('\\')
-            .any(|v| v.trim().eq_ignore_ascii_case("MOSAIC")),
+            .map(|([center], [width])| WindowLevel { center: center as f32, width: width as f32 }),
+        mosaic: image_type.split('\\').any(|v| v.trim().eq_ignore_ascii_case("MOSAIC")),
     })
 }
 

@@ -22,25 +22,18 @@ pub struct ScanReport {
 
 impl ScanReport {
     pub fn series(&self) -> impl Iterator<Item = (&StudyInfo, &SeriesInfo)> {
-        self.studies
-            .iter()
-            .flat_map(|st| st.series.iter().map(move |se| (st, se)))
+        self.studies.iter().flat_map(|st| st.series.iter().map(move |se| (st, se)))
     }
 
     pub fn find_series(&self, uid: &str) -> Option<&SeriesInfo> {
-        self.series()
-            .map(|(_, se)| se)
-            .find(|se| se.uid.as_str() == uid)
+        self.series().map(|(_, se)| se).find(|se| se.uid.as_str() == uid)
     }
 }
 
 /// Scans a file or a folder (recursively, in parallel). Only a root that cannot be read is an
 /// error; every unusable file below it becomes a [`FileIssue`].
 pub fn scan_path(root: &Path) -> Result<ScanReport, DicomError> {
-    let metadata = std::fs::metadata(root).map_err(|source| DicomError::Io {
-        path: root.to_owned(),
-        source,
-    })?;
+    let metadata = std::fs::metadata(root).map_err(|source| DicomError::Io { path: root.to_owned(), source })?;
     let mut issues = Vec::new();
     let files: Vec<PathBuf> = if metadata.is_file() {
         vec![root.to_owned()]
@@ -54,20 +47,15 @@ pub fn scan_path(root: &Path) -> Result<ScanReport, DicomError> {
                 Ok(_) => None,
                 Err(e) => {
                     let path = e.path().unwrap_or(root).to_owned();
-                    issues.push(FileIssue {
-                        path,
-                        reason: format!("cannot read: {e}"),
-                    });
+                    issues.push(FileIssue { path, reason: format!("cannot read: {e}") });
                     None
                 }
             })
             .collect()
     };
 
-    let results: Vec<Result<InstanceHeader, (PathBuf, Skip)>> = files
-        .par_iter()
-        .map(|path| open_header(path).map_err(|skip| (path.clone(), skip)))
-        .collect();
+    let results: Vec<Result<InstanceHeader, (PathBuf, Skip)>> =
+        files.par_iter().map(|path| open_header(path).map_err(|skip| (path.clone(), skip))).collect();
 
     let mut headers = Vec::with_capacity(results.len());
     for result in results {
@@ -75,22 +63,14 @@ pub fn scan_path(root: &Path) -> Result<ScanReport, DicomError> {
             Ok(h) => headers.push(h),
             Err((path, Skip::Directory)) => issues.push(FileIssue {
                 path,
-                reason: "DICOMDIR index, not an instance (the files it lists are scanned directly)"
-                    .into(),
+                reason: "DICOMDIR index, not an instance (the files it lists are scanned directly)".into(),
             }),
-            Err((path, Skip::Error(e))) => issues.push(FileIssue {
-                path,
-                reason: reason_without_path(&e),
-            }),
+            Err((path, Skip::Error(e))) => issues.push(FileIssue { path, reason: reason_without_path(&e) }),
         }
     }
     issues.sort_by(|a, b| a.path.cmp(&b.path));
 
-    Ok(ScanReport {
-        studies: group(headers),
-        issues,
-        files_scanned: files.len(),
-    })
+    Ok(ScanReport { studies: group(headers), issues, files_scanned: files.len() })
 }
 
 /// The error's message without the leading path (a [`FileIssue`] carries the path already).
@@ -119,19 +99,11 @@ struct SeriesAcc {
 }
 
 fn group(headers: Vec<InstanceHeader>) -> Vec<StudyInfo> {
-    let mut studies: BTreeMap<
-        StudyInstanceUid,
-        (InstanceHeader, BTreeMap<SeriesInstanceUid, SeriesAcc>),
-    > = BTreeMap::new();
+    let mut studies: BTreeMap<StudyInstanceUid, (InstanceHeader, BTreeMap<SeriesInstanceUid, SeriesAcc>)> =
+        BTreeMap::new();
     for h in headers {
-        let (_, series) = studies
-            .entry(h.study_uid.clone())
-            .or_insert_with(|| (h.clone(), BTreeMap::new()));
-        series
-            .entry(h.series_uid.clone())
-            .or_default()
-            .headers
-            .push(h);
+        let (_, series) = studies.entry(h.study_uid.clone()).or_insert_with(|| (h.clone(), BTreeMap::new()));
+        series.entry(h.series_uid.clone()).or_default().headers.push(h);
     }
 
     let mut out: Vec<StudyInfo> = studies
@@ -157,11 +129,8 @@ fn summarize_series(mut acc: SeriesAcc) -> SeriesInfo {
     acc.headers.sort_by(|a, b| a.path.cmp(&b.path));
     let file_count = acc.headers.len();
     let mut seen = HashSet::new();
-    let distinct: Vec<&InstanceHeader> = acc
-        .headers
-        .iter()
-        .filter(|h| seen.insert(h.sop_instance_uid.as_str()))
-        .collect();
+    let distinct: Vec<&InstanceHeader> =
+        acc.headers.iter().filter(|h| seen.insert(h.sop_instance_uid.as_str())).collect();
 
     let first = distinct[0];
     let mut transfer_syntaxes: Vec<String> = Vec::new();
@@ -187,11 +156,7 @@ fn summarize_series(mut acc: SeriesAcc) -> SeriesInfo {
         file_count,
         rows: distinct.iter().map(|h| h.rows).max().unwrap_or(0),
         columns: distinct.iter().map(|h| h.columns).max().unwrap_or(0),
-        frame_count: distinct
-            .iter()
-            .filter(|h| h.rows > 0)
-            .map(|h| h.frames)
-            .sum(),
+        frame_count: distinct.iter().filter(|h| h.rows > 0).map(|h| h.frames).sum(),
         frames_per_instance: {
             let mut counts = distinct.iter().filter(|h| h.rows > 0).map(|h| h.frames);
             counts.next().filter(|&first| counts.all(|n| n == first))
@@ -211,11 +176,7 @@ mod tests {
     #[test]
     fn missing_root_is_an_error_naming_it() {
         let err = scan_path(Path::new("/nonexistent/lightbox")).expect_err("must fail");
-        assert!(
-            err.to_string()
-                .starts_with("/nonexistent/lightbox: cannot read"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("/nonexistent/lightbox: cannot read"), "{err}");
     }
 
     #[test]
@@ -234,33 +195,12 @@ mod tests {
         let reasons: Vec<(String, &str)> = report
             .issues
             .iter()
-            .map(|i| {
-                (
-                    i.path
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned(),
-                    i.reason.as_str(),
-                )
-            })
+            .map(|i| (i.path.file_name().unwrap_or_default().to_string_lossy().into_owned(), i.reason.as_str()))
             .collect();
         assert_eq!(reasons[0].0, "broken.dcm");
         assert!(reasons[0].1.starts_with("invalid DICOM"), "{reasons:?}");
-        assert_eq!(
-            reasons[1],
-            (
-                "empty.dcm".into(),
-                "not a DICOM file (shorter than a DICOM preamble)"
-            )
-        );
-        assert_eq!(
-            reasons[2],
-            (
-                "notes.txt".into(),
-                "not a DICOM file (shorter than a DICOM preamble)"
-            )
-        );
+        assert_eq!(reasons[1], ("empty.dcm".into(), "not a DICOM file (shorter than a DICOM preamble)"));
+        assert_eq!(reasons[2], ("notes.txt".into(), "not a DICOM file (shorter than a DICOM preamble)"));
         Ok(())
     }
 }

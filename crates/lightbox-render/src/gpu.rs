@@ -23,9 +23,7 @@ impl GpuContext {
             power_preference: wgpu::PowerPreference::HighPerformance,
             ..Default::default()
         }))
-        .map_err(|_| RenderError::NoAdapter {
-            backends: format!("{backends:?}"),
-        })?;
+        .map_err(|_| RenderError::NoAdapter { backends: format!("{backends:?}") })?;
         let adapter_name = adapter.get_info().name;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("lightbox-render headless"),
@@ -33,11 +31,7 @@ impl GpuContext {
             ..Default::default()
         }))
         .map_err(|e| RenderError::Device(e.to_string()))?;
-        Ok(Self {
-            adapter_name,
-            device,
-            queue,
-        })
+        Ok(Self { adapter_name, device, queue })
     }
 }
 
@@ -67,25 +61,14 @@ impl SliceRenderer {
     /// Format of the target texture (what egui's `register_native_texture` expects).
     pub const TARGET_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unorm;
 
-    pub fn new(
-        device: &wgpu::Device,
-        queue: &wgpu::Queue,
-        volume: &Volume<f32>,
-    ) -> Result<Self, RenderError> {
+    pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, volume: &Volume<f32>) -> Result<Self, RenderError> {
         let limit = device.limits().max_texture_dimension_3d;
         let [nx, ny, nz] = volume.dims();
         let dims = [nx, ny, nz].map(|d| u32::try_from(d).unwrap_or(u32::MAX));
         if dims.iter().any(|&d| d > limit || d == 0) {
-            return Err(RenderError::VolumeTooLarge {
-                dims: volume.dims(),
-                limit,
-            });
+            return Err(RenderError::VolumeTooLarge { dims: volume.dims(), limit });
         }
-        let size = wgpu::Extent3d {
-            width: dims[0],
-            height: dims[1],
-            depth_or_array_layers: dims[2],
-        };
+        let size = wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: dims[2] };
         let volume_texture = device.create_texture(&wgpu::TextureDescriptor {
             label: Some("volume"),
             size,
@@ -104,22 +87,14 @@ impl SliceRenderer {
                 aspect: wgpu::TextureAspect::All,
             },
             bytemuck::cast_slice(volume.voxels()),
-            wgpu::TexelCopyBufferLayout {
-                offset: 0,
-                bytes_per_row: Some(4 * dims[0]),
-                rows_per_image: Some(dims[1]),
-            },
+            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(4 * dims[0]), rows_per_image: Some(dims[1]) },
             size,
         );
         let volume_view = volume_texture.create_view(&wgpu::TextureViewDescriptor::default());
 
         let target = device.create_texture(&wgpu::TextureDescriptor {
             label: Some("slice target"),
-            size: wgpu::Extent3d {
-                width: dims[0],
-                height: dims[1],
-                depth_or_array_layers: 1,
-            },
+            size: wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: 1 },
             mip_level_count: 1,
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
@@ -167,14 +142,8 @@ impl SliceRenderer {
             label: Some("slice"),
             layout: &layout,
             entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::TextureView(&volume_view),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: uniforms.as_entire_binding(),
-                },
+                wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&volume_view) },
+                wgpu::BindGroupEntry { binding: 1, resource: uniforms.as_entire_binding() },
             ],
         });
 
@@ -213,14 +182,7 @@ impl SliceRenderer {
             cache: None,
         });
 
-        Ok(Self {
-            pipeline,
-            bind_group,
-            uniforms,
-            target,
-            target_view,
-            dims,
-        })
+        Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims })
     }
 
     /// `[columns, rows, slices]` of the uploaded volume.
@@ -234,17 +196,9 @@ impl SliceRenderer {
     }
 
     /// Draws one slice into the target texture and submits the work.
-    pub fn render(
-        &self,
-        device: &wgpu::Device,
-        queue: &wgpu::Queue,
-        params: SliceParams,
-    ) -> Result<(), RenderError> {
+    pub fn render(&self, device: &wgpu::Device, queue: &wgpu::Queue, params: SliceParams) -> Result<(), RenderError> {
         if params.slice >= self.dims[2] {
-            return Err(RenderError::SliceOutOfRange {
-                slice: params.slice,
-                depth: self.dims[2],
-            });
+            return Err(RenderError::SliceOutOfRange { slice: params.slice, depth: self.dims[2] });
         }
         let uniforms = SliceUniforms {
             slice: params.slice,
@@ -253,9 +207,7 @@ impl SliceRenderer {
             _pad: 0.0,
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("slice"),
-        });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("slice") });
         {
             let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
                 label: Some("slice"),
@@ -279,24 +231,17 @@ impl SliceRenderer {
     }
 
     /// Copies the target back to the CPU as tightly packed RGBA8 rows (for tests and snapshots).
-    pub fn read_target(
-        &self,
-        device: &wgpu::Device,
-        queue: &wgpu::Queue,
-    ) -> Result<Vec<u8>, RenderError> {
+    pub fn read_target(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<u8>, RenderError> {
         let [width, height, _] = self.dims;
         let row_bytes = 4 * width;
-        let padded_row = row_bytes.div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT)
-            * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
+        let padded_row = row_bytes.div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("slice readback"),
             size: u64::from(padded_row) * u64::from(height),
             usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
             mapped_at_creation: false,
         });
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("readback"),
-        });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
         encoder.copy_texture_to_buffer(
             wgpu::TexelCopyTextureInfo {
                 texture: &self.target,
@@ -312,11 +257,7 @@ impl SliceRenderer {
                     rows_per_image: Some(height),
                 },
             },
-            wgpu::Extent3d {
-                width,
-                height,
-                depth_or_array_layers: 1,
-            },
+            wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
         );
         queue.submit(Some(encoder.finish()));
 
@@ -324,16 +265,12 @@ impl SliceRenderer {
         buffer.map_async(wgpu::MapMode::Read, .., move |result| {
             let _ = sender.send(result);
         });
-        device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| RenderError::Readback(e.to_string()))?;
+        device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| RenderError::Readback(e.to_string()))?;
         receiver
             .recv()
             .map_err(|e| RenderError::Readback(e.to_string()))?
             .map_err(|e| RenderError::Readback(e.to_string()))?;
-        let mapped = buffer
-            .get_mapped_range(..)
-            .map_err(|e| RenderError::Readback(e.to_string()))?;
+        let mapped = buffer.get_mapped_range(..).map_err(|e| RenderError::Readback(e.to_string()))?;
         let mut pixels = Vec::with_capacity((row_bytes * height) as usize);
         for row in mapped.chunks(padded_row as usize) {
             pixels.extend_from_slice(&row[..row_bytes as usize]);

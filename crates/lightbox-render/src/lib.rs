@@ -23,9 +23,7 @@ pub struct SliceParams {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RenderError {
-    #[error(
-        "no GPU adapter found (tried backends {backends}); install Mesa's lavapipe for software Vulkan"
-    )]
+    #[error("no GPU adapter found (tried backends {backends}); install Mesa's lavapipe for software Vulkan")]
     NoAdapter { backends: String },
 
     #[error("cannot open the GPU device: {0}")]

@@ -19,22 +19,16 @@ mod tests {
             .filter(|name| name.ends_with(".wgsl"))
             .collect();
         on_disk.sort();
-        let mut embedded: Vec<String> = super::ALL
-            .iter()
-            .map(|(name, _)| (*name).to_owned())
-            .collect();
+        let mut embedded: Vec<String> = super::ALL.iter().map(|(name, _)| (*name).to_owned()).collect();
         embedded.sort();
         assert_eq!(on_disk, embedded, "shaders/ and shaders::ALL disagree");
 
         for (name, source) in super::ALL {
             let module = naga::front::wgsl::parse_str(source)
                 .map_err(|e| anyhow::anyhow!("{name}: {}", e.emit_to_string(source)))?;
-            naga::valid::Validator::new(
-                naga::valid::ValidationFlags::all(),
-                naga::valid::Capabilities::all(),
-            )
-            .validate(&module)
-            .map_err(|e| anyhow::anyhow!("{name}: {}", e.emit_to_string(source)))?;
+            naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())
+                .validate(&module)
+                .map_err(|e| anyhow::anyhow!("{name}: {}", e.emit_to_string(source)))?;
         }
         Ok(())
     }

@@ -14,11 +14,7 @@ use lightbox_dicom::LoadWarning;
 use lightbox_render::{SliceParams, SliceRenderer};
 
 #[derive(Parser)]
-#[command(
-    name = "lightbox-viewer",
-    version,
-    about = "Lightbox diagnostic viewer"
-)]
+#[command(name = "lightbox-viewer", version, about = "Lightbox diagnostic viewer")]
 struct Args {
     /// DICOM file or folder.
     path: PathBuf,
@@ -59,9 +55,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let title = format!("Lightbox viewer - {}", series_title(&series));
     let options = eframe::NativeOptions {
-        viewport: egui::ViewportBuilder::default()
-            .with_title(&title)
-            .with_inner_size([900.0, 800.0]),
+        viewport: egui::ViewportBuilder::default().with_title(&title).with_inner_size([900.0, 800.0]),
         renderer: eframe::Renderer::Wgpu,
         ..Default::default()
     };
@@ -76,17 +70,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     .map_err(|e| anyhow!("cannot open the viewer window: {e}"))
 }
 
-fn pick_series<'a>(
-    report: &'a lightbox_dicom::ScanReport,
-    uid: Option<&str>,
-) -> Option<&'a SeriesInfo> {
+fn pick_series<'a>(report: &'a lightbox_dicom::ScanReport, uid: Option<&str>) -> Option<&'a SeriesInfo> {
     match uid {
         Some(uid) => report.find_series(uid),
-        None => report
-            .series()
-            .map(|(_, s)| s)
-            .filter(|s| s.rows > 0)
-            .max_by_key(|s| s.voxel_count()),
+        None => report.series().map(|(_, s)| s).filter(|s| s.rows > 0).max_by_key(|s| s.voxel_count()),
     }
 }
 
@@ -99,18 +86,9 @@ fn series_title(s: &SeriesInfo) -> String {
 /// hot voxels.
 fn default_window(volume: &Volume<f32>) -> WindowLevel {
     let step = (volume.voxels().len() / 200_000).max(1);
-    let mut sample: Vec<f32> = volume
-        .voxels()
-        .iter()
-        .step_by(step)
-        .copied()
-        .filter(|v| v.is_finite())
-        .collect();
+    let mut sample: Vec<f32> = volume.voxels().iter().step_by(step).copied().filter(|v| v.is_finite()).collect();
     if sample.is_empty() {
-        return WindowLevel {
-            center: 0.0,
-            width: 1.0,
-        };
+        return WindowLevel { center: 0.0, width: 1.0 };
     }
     sample.sort_by(f32::total_cmp);
     let at = |q: f64| sample[((sample.len() - 1) as f64 * q).round() as usize];
@@ -136,10 +114,7 @@ impl ViewerApp {
         volume: Volume<f32>,
         warnings: Vec<LoadWarning>,
     ) -> anyhow::Result<Self> {
-        let state = cc
-            .wgpu_render_state
-            .as_ref()
-            .context("eframe started without its wgpu renderer")?;
+        let state = cc.wgpu_render_state.as_ref().context("eframe started without its wgpu renderer")?;
         let renderer = SliceRenderer::new(&state.device, &state.queue, &volume)?;
         let texture = state.renderer.write().register_native_texture(
             &state.device,
@@ -157,10 +132,7 @@ impl ViewerApp {
             renderer,
             texture,
             aspect,
-            params: SliceParams {
-                slice: (nz / 2) as u32,
-                window,
-            },
+            params: SliceParams { slice: (nz / 2) as u32, window },
             rendered: None,
             frames_presented: 0,
         })
@@ -210,10 +182,8 @@ impl ViewerApp {
 impl eframe::App for ViewerApp {
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         let keys = ui.input(|i| {
-            i64::from(i.key_pressed(egui::Key::ArrowUp))
-                - i64::from(i.key_pressed(egui::Key::ArrowDown))
-                + 10 * (i64::from(i.key_pressed(egui::Key::PageUp))
-                    - i64::from(i.key_pressed(egui::Key::PageDown)))
+            i64::from(i.key_pressed(egui::Key::ArrowUp)) - i64::from(i.key_pressed(egui::Key::ArrowDown))
+                + 10 * (i64::from(i.key_pressed(egui::Key::PageUp)) - i64::from(i.key_pressed(egui::Key::PageDown)))
         });
         if keys != 0 {
             self.step_slice(keys);
@@ -223,16 +193,9 @@ impl eframe::App for ViewerApp {
             ui.horizontal(|ui| {
                 ui.strong(series_title(&self.series));
                 ui.separator();
-                ui.label(format!(
-                    "slice {}/{}",
-                    self.params.slice + 1,
-                    self.renderer.dims()[2]
-                ));
+                ui.label(format!("slice {}/{}", self.params.slice + 1, self.renderer.dims()[2]));
                 ui.separator();
-                ui.label(format!(
-                    "W {:.0} L {:.0}",
-                    self.params.window.width, self.params.window.center
-                ));
+                ui.label(format!("W {:.0} L {:.0}", self.params.window.width, self.params.window.center));
             });
             for w in &self.warnings {
                 ui.colored_label(egui::Color32::from_rgb(230, 180, 60), format!("⚠ {w}"));
@@ -243,10 +206,7 @@ impl eframe::App for ViewerApp {
         if self.rendered != Some(self.params)
             && let Some(state) = frame.wgpu_render_state()
         {
-            match self
-                .renderer
-                .render(&state.device, &state.queue, self.params)
-            {
+            match self.renderer.render(&state.device, &state.queue, self.params) {
                 Ok(()) => self.rendered = Some(self.params),
                 Err(e) => tracing::error!("render failed: {e}"),
             }

@@ -51,10 +51,7 @@ pub const VIEWER_BIN_ENV: &str = "LIGHTBOX_VIEWER_BIN";
 ///
 /// The viewer is its own process: it reads pixels from disk itself, so pixels never cross the
 /// process boundary. Returns the child so the caller can wait for it or leave it running.
-pub fn open_viewer(
-    folder: &Path,
-    series: Option<&SeriesInstanceUid>,
-) -> Result<Child, WorkflowError> {
+pub fn open_viewer(folder: &Path, series: Option<&SeriesInstanceUid>) -> Result<Child, WorkflowError> {
     let program = viewer_program();
     let mut command = Command::new(&program);
     command.arg(folder);
@@ -62,9 +59,7 @@ pub fn open_viewer(
         command.arg("--series").arg(uid.as_str());
     }
     tracing::info!(program = %program.display(), "opening viewer");
-    command
-        .spawn()
-        .map_err(|source| WorkflowError::ViewerLaunch { program, source })
+    command.spawn().map_err(|source| WorkflowError::ViewerLaunch { program, source })
 }
 
 fn viewer_program() -> PathBuf {
@@ -80,16 +75,9 @@ fn viewer_program() -> PathBuf {
 }
 
 /// Checks that `uid` names a series of `report`, for front ends that take a UID from the user.
-pub fn require_series(
-    report: &ScanReport,
-    folder: &Path,
-    uid: &str,
-) -> Result<SeriesInstanceUid, WorkflowError> {
+pub fn require_series(report: &ScanReport, folder: &Path, uid: &str) -> Result<SeriesInstanceUid, WorkflowError> {
     report
         .find_series(uid)
         .map(|s| s.uid.clone())
-        .ok_or_else(|| WorkflowError::UnknownSeries {
-            uid: uid.to_owned(),
-            folder: folder.to_owned(),
-        })
+        .ok_or_else(|| WorkflowError::UnknownSeries { uid: uid.to_owned(), folder: folder.to_owned() })
 }
