@@ -38,5 +38,5 @@ build: ui
 rust-test: build
 	cargo test --workspace --locked
 
-ui-test: setup build
+ui-test: ui
 	cd ui && npm test --silent
