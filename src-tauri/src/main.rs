@@ -24,7 +24,7 @@ async fn list_series(folder: tauri::State<'_, Folder>) -> Result<SeriesListDto, 
 
 #[tauri::command]
 async fn open_viewer(folder: tauri::State<'_, Folder>, series_uid: String) -> Result<(), ErrorDto> {
-    lightbox_workflow::open_viewer(&folder.0, Some(&SeriesInstanceUid::new(series_uid)))?;
+    lightbox_workflow::open_viewer_detached(&folder.0, Some(&SeriesInstanceUid::new(series_uid)))?;
     Ok(())
 }
 

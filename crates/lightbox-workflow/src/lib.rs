@@ -62,6 +62,19 @@ pub fn open_viewer(folder: &Path, series: Option<&SeriesInstanceUid>) -> Result<
     command.spawn().map_err(|source| WorkflowError::ViewerLaunch { program, source })
 }
 
+/// Opens the viewer like [`open_viewer`] and lets it run on its own: a background thread waits
+/// for it, so a closed viewer leaves no zombie process behind. Returns the viewer's process id.
+pub fn open_viewer_detached(folder: &Path, series: Option<&SeriesInstanceUid>) -> Result<u32, WorkflowError> {
+    let mut child = open_viewer(folder, series)?;
+    let pid = child.id();
+    std::thread::spawn(move || match child.wait() {
+        Ok(status) if !status.success() => tracing::warn!(pid, %status, "viewer exited with an error"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(pid, "waiting for the viewer failed: {e}"),
+    });
+    Ok(pid)
+}
+
 fn viewer_program() -> PathBuf {
     if let Some(path) = std::env::var_os(VIEWER_BIN_ENV) {
         return PathBuf::from(path);
