@@ -10,6 +10,8 @@ packages=(
   build-essential pkg-config curl wget file
   # Tauri 2 on Linux (WebKitGTK 4.1 and friends)
   libwebkit2gtk-4.1-dev libgtk-3-dev libxdo-dev libssl-dev libayatana-appindicator3-dev librsvg2-dev
+  # JPEG-LS decoding: dicom-pixeldata's "charls" feature builds CharLS with cmake
+  cmake
   # winit/eframe load these at run time
   libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1
   # Software Vulkan (lavapipe) for wgpu without a GPU, and a virtual X server for window tests

@@ -97,6 +97,9 @@ fn series_line(s: &SeriesInfo) -> String {
         if s.mosaic {
             d.push_str(" mosaic");
         }
+        if s.display_sets.len() > 1 {
+            d.push_str(&format!(" +{} sets", s.display_sets.len() - 1));
+        }
         d
     };
     let mut instances = format!("{} instances", s.instance_count);

@@ -28,6 +28,37 @@ impl Affine3 {
         self.axis(3)
     }
 
+    /// `self ∘ other`: for `a_from_b.compose(&b_from_c)` the result is `a_from_c`.
+    pub fn compose(&self, other: &Self) -> Self {
+        let mut rows = [[0.0; 4]; 3];
+        for (r, row) in rows.iter_mut().enumerate() {
+            for (c, out) in row.iter_mut().enumerate() {
+                let linear: f64 = (0..3).map(|k| self.rows[r][k] * other.rows[k][c]).sum();
+                *out = linear + if c == 3 { self.rows[r][3] } else { 0.0 };
+            }
+        }
+        Self { rows }
+    }
+
+    /// The inverse transform, or `None` when the linear part is singular.
+    pub fn inverse(&self) -> Option<Self> {
+        let m = |r: usize, c: usize| self.rows[r][c];
+        let cofactor = |r0: usize, r1: usize, c0: usize, c1: usize| m(r0, c0) * m(r1, c1) - m(r0, c1) * m(r1, c0);
+        let det = m(0, 0) * cofactor(1, 2, 1, 2) - m(0, 1) * cofactor(1, 2, 0, 2) + m(0, 2) * cofactor(1, 2, 0, 1);
+        if det.abs() < 1e-12 || !det.is_finite() {
+            return None;
+        }
+        let inv = [
+            [cofactor(1, 2, 1, 2), -cofactor(0, 2, 1, 2), cofactor(0, 1, 1, 2)],
+            [-cofactor(1, 2, 0, 2), cofactor(0, 2, 0, 2), -cofactor(0, 1, 0, 2)],
+            [cofactor(1, 2, 0, 1), -cofactor(0, 2, 0, 1), cofactor(0, 1, 0, 1)],
+        ]
+        .map(|row| row.map(|v| v / det));
+        let t = self.translation();
+        let rows = inv.map(|r| [r[0], r[1], r[2], -(r[0] * t[0] + r[1] * t[1] + r[2] * t[2])]);
+        Some(Self { rows })
+    }
+
     pub fn transform_point(&self, p: [f64; 3]) -> [f64; 3] {
         let mut out = [0.0; 3];
         for (r, o) in out.iter_mut().enumerate() {
@@ -52,5 +83,23 @@ mod tests {
         assert_eq!(a.transform_point([0.0, 0.0, 0.0]), [10.0, -20.0, 5.0]);
         assert_eq!(a.transform_point([2.0, 4.0, 1.0]), [11.0, -18.0, 8.0]);
         assert_eq!(a.axis(2), [0.0, 0.0, 3.0]);
+    }
+
+    #[test]
+    fn inverse_undoes_an_oblique_transform() {
+        let a = Affine3::from_columns([0.6, 0.8, 0.0], [-0.8, 0.6, 0.1], [0.0, 0.5, 3.0], [10.0, -20.0, 5.0]);
+        let inv = a.inverse().expect("invertible");
+        let p = [3.5, -2.0, 7.25];
+        let back = inv.transform_point(a.transform_point(p));
+        assert!(back.iter().zip(p).all(|(x, y)| (x - y).abs() < 1e-12), "{back:?}");
+        let id = a.compose(&inv);
+        for (r, row) in id.rows.iter().enumerate() {
+            for (c, v) in row.iter().enumerate() {
+                let want = if r == c { 1.0 } else { 0.0 };
+                assert!((v - want).abs() < 1e-12, "[{r}][{c}] = {v}");
+            }
+        }
+        let flat = Affine3::from_columns([1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0; 3]);
+        assert_eq!(flat.inverse(), None);
     }
 }

@@ -8,5 +8,7 @@ mod metadata;
 mod volume;
 
 pub use geometry::Affine3;
-pub use metadata::{FileIssue, PatientInfo, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid};
+pub use metadata::{
+    DisplaySetInfo, FileIssue, PatientInfo, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid,
+};
 pub use volume::{Volume, VolumeError, WindowLevel};

@@ -30,16 +30,33 @@ pub(crate) struct InstanceHeader {
     pub modality: String,
     pub sop_instance_uid: String,
     pub instance_number: Option<i32>,
+    pub acquisition_number: Option<i32>,
     pub rows: u32,
     pub columns: u32,
     pub frames: u32,
     pub transfer_syntax: String,
-    pub image_position: Option<[f64; 3]>,
-    pub image_orientation: Option<[f64; 6]>,
-    pub pixel_spacing: Option<[f64; 2]>,
     pub slice_spacing: Option<f64>,
     pub window: Option<WindowLevel>,
     pub mosaic: bool,
+    /// Siemens NumberOfImagesInMosaic (0019,100A), when the private tag is there.
+    pub mosaic_images: Option<u32>,
+    /// What each frame is and where it lies: one entry per frame.
+    pub frame_meta: Vec<FrameMeta>,
+}
+
+/// Per-frame attributes: from the top level of a single-frame instance, or from the shared and
+/// per-frame functional groups of an enhanced multi-frame one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct FrameMeta {
+    pub position: Option<[f64; 3]>,
+    pub orientation: Option<[f64; 6]>,
+    pub pixel_spacing: Option<[f64; 2]>,
+    /// Echo time in ms.
+    pub echo_ms: Option<f64>,
+    pub temporal_index: Option<i64>,
+    pub b_value: Option<f64>,
+    /// ImageType, or FrameType for enhanced frames.
+    pub image_type: String,
 }
 
 /// Why a file was not taken as an instance.
@@ -93,6 +110,17 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
     let transfer_syntax =
         TransferSyntaxRegistry.get(ts_uid).map_or_else(|| format!("unknown ({ts_uid})"), |ts| ts.name().to_owned());
     let image_type = text(obj, tags::IMAGE_TYPE).unwrap_or_default();
+    let frames: u32 = int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1);
+    let top_level = FrameMeta {
+        position: floats::<3>(obj, tags::IMAGE_POSITION_PATIENT),
+        orientation: floats::<6>(obj, tags::IMAGE_ORIENTATION_PATIENT),
+        pixel_spacing: floats::<2>(obj, tags::PIXEL_SPACING),
+        echo_ms: floats::<1>(obj, tags::ECHO_TIME).map(|[e]| e),
+        temporal_index: int(obj, tags::TEMPORAL_POSITION_IDENTIFIER),
+        b_value: floats::<1>(obj, tags::DIFFUSION_B_VALUE).map(|[b]| b),
+        image_type: image_type.clone(),
+    };
+    let frame_meta = functional_group_frames(obj, frames, &top_level);
 
     Ok(InstanceHeader {
         path: path.to_owned(),
@@ -110,13 +138,11 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
         modality: text(obj, tags::MODALITY).unwrap_or_default(),
         sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?,
         instance_number: int(obj, tags::INSTANCE_NUMBER),
+        acquisition_number: int(obj, tags::ACQUISITION_NUMBER),
         rows: int(obj, tags::ROWS).unwrap_or(0),
         columns: int(obj, tags::COLUMNS).unwrap_or(0),
-        frames: int(obj, tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1),
+        frames,
         transfer_syntax,
-        image_position: floats::<3>(obj, tags::IMAGE_POSITION_PATIENT),
-        image_orientation: floats::<6>(obj, tags::IMAGE_ORIENTATION_PATIENT),
-        pixel_spacing: floats::<2>(obj, tags::PIXEL_SPACING),
         slice_spacing: floats::<1>(obj, tags::SPACING_BETWEEN_SLICES)
             .or_else(|| floats::<1>(obj, tags::SLICE_THICKNESS))
             .map(|[s]| s),
@@ -125,7 +151,75 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
             .filter(|(_, [width])| *width > 0.0)
             .map(|([center], [width])| WindowLevel { center: center as f32, width: width as f32 }),
         mosaic: image_type.split('\\').any(|v| v.trim().eq_ignore_ascii_case("MOSAIC")),
+        mosaic_images: siemens_mosaic_images(obj),
+        frame_meta,
     })
+}
+
+/// Siemens writes NumberOfImagesInMosaic at (0019,xx0A) in the block of private creator
+/// "SIEMENS MR HEADER".
+fn siemens_mosaic_images(obj: &InMemDicomObject) -> Option<u32> {
+    let block = (0x10u16..=0xff)
+        .find(|&e| text(obj, Tag(0x0019, e)).is_some_and(|creator| creator.trim() == "SIEMENS MR HEADER"))?;
+    let element = obj.get(Tag(0x0019, (block << 8) | 0x0a))?;
+    match element.vr() {
+        VR::UN | VR::OB => {
+            let bytes = element.to_bytes().ok()?;
+            (bytes.len() >= 2).then(|| u32::from(u16::from_le_bytes([bytes[0], bytes[1]])))
+        }
+        _ => element.to_int::<i64>().ok().and_then(|n| u32::try_from(n).ok()),
+    }
+    .filter(|&n| n > 0)
+}
+
+/// One [`FrameMeta`] per frame. Enhanced multi-frame objects keep per-frame values in
+/// PerFrameFunctionalGroupsSequence and common ones in SharedFunctionalGroupsSequence; anything
+/// found in neither falls back to the top level.
+fn functional_group_frames(obj: &InMemDicomObject, frames: u32, top: &FrameMeta) -> Vec<FrameMeta> {
+    let shared = first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
+    let per_frame = obj.get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE).and_then(|e| e.items());
+    if shared.is_none() && per_frame.is_none() {
+        return vec![top.clone(); frames as usize];
+    }
+    // The first item of functional group macro `sequence`: per frame first, then shared.
+    fn group<'a>(
+        frame: Option<&'a InMemDicomObject>,
+        shared: Option<&'a InMemDicomObject>,
+        sequence: Tag,
+    ) -> Option<&'a InMemDicomObject> {
+        frame.and_then(|f| first_item(f, sequence)).or_else(|| shared.and_then(|s| first_item(s, sequence)))
+    }
+    let lookup = |frame, sequence| group(frame, shared, sequence);
+    (0..frames as usize)
+        .map(|i| {
+            let frame = per_frame.as_ref().and_then(|v| v.get(i));
+            let position =
+                lookup(frame, tags::PLANE_POSITION_SEQUENCE).and_then(|m| floats::<3>(m, tags::IMAGE_POSITION_PATIENT));
+            let orientation = lookup(frame, tags::PLANE_ORIENTATION_SEQUENCE)
+                .and_then(|m| floats::<6>(m, tags::IMAGE_ORIENTATION_PATIENT));
+            let pixel_spacing =
+                lookup(frame, tags::PIXEL_MEASURES_SEQUENCE).and_then(|m| floats::<2>(m, tags::PIXEL_SPACING));
+            let echo_ms = lookup(frame, tags::MR_ECHO_SEQUENCE).and_then(|m| floats::<1>(m, tags::EFFECTIVE_ECHO_TIME));
+            let temporal_index =
+                lookup(frame, tags::FRAME_CONTENT_SEQUENCE).and_then(|m| int(m, tags::TEMPORAL_POSITION_INDEX));
+            let b_value =
+                lookup(frame, tags::MR_DIFFUSION_SEQUENCE).and_then(|m| floats::<1>(m, tags::DIFFUSION_B_VALUE));
+            let image_type = lookup(frame, tags::MR_IMAGE_FRAME_TYPE_SEQUENCE).and_then(|m| text(m, tags::FRAME_TYPE));
+            FrameMeta {
+                position: position.or(top.position),
+                orientation: orientation.or(top.orientation),
+                pixel_spacing: pixel_spacing.or(top.pixel_spacing),
+                echo_ms: echo_ms.map(|[e]| e).or(top.echo_ms),
+                temporal_index: temporal_index.or(top.temporal_index),
+                b_value: b_value.map(|[b]| b).or(top.b_value),
+                image_type: image_type.unwrap_or_else(|| top.image_type.clone()),
+            }
+        })
+        .collect()
+}
+
+fn first_item(obj: &InMemDicomObject, tag: Tag) -> Option<&InMemDicomObject> {
+    obj.get(tag)?.items()?.first()
 }
 
 pub(crate) fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {

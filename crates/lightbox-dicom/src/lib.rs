@@ -12,4 +12,4 @@ mod volume;
 
 pub use error::DicomError;
 pub use scan::{ScanReport, scan_path};
-pub use volume::{LoadWarning, load_series_volume};
+pub use volume::{DisplaySet, LoadWarning, display_sets, load_series_volume};

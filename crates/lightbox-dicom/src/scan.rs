@@ -1,13 +1,14 @@
 //! Scanning a folder into patients / studies / series, reading headers only.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use lightbox_core::{FileIssue, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid};
+use lightbox_core::{DisplaySetInfo, FileIssue, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid};
 use rayon::prelude::*;
 
 use crate::DicomError;
 use crate::header::{InstanceHeader, Skip, open_header};
+use crate::volume::{DisplaySet, build_display_sets};
 
 /// What a scan found: studies (each with its series), and the files it could not use.
 #[derive(Clone, Debug, Default)]
@@ -139,13 +140,11 @@ fn summarize_series(mut acc: SeriesAcc) -> SeriesInfo {
             transfer_syntaxes.push(h.transfer_syntax.clone());
         }
     }
-    // Positions rounded to 1/100 mm: the same slice written twice must compare equal.
-    let positions: BTreeSet<[i64; 3]> = distinct
-        .iter()
-        .filter(|h| h.frames == 1)
-        .filter_map(|h| h.image_position)
-        .map(|p| p.map(|c| (c * 100.0).round() as i64))
-        .collect();
+    let mut display_sets: Vec<DisplaySetInfo> =
+        build_display_sets(acc.headers.clone()).iter().map(DisplaySet::info).collect();
+    display_sets.sort_by_key(|d| {
+        std::cmp::Reverse(u64::from(d.columns) * u64::from(d.rows) * u64::from(d.slices) * u64::from(d.time_points))
+    });
 
     SeriesInfo {
         uid: first.series_uid.clone(),
@@ -157,13 +156,9 @@ fn summarize_series(mut acc: SeriesAcc) -> SeriesInfo {
         rows: distinct.iter().map(|h| h.rows).max().unwrap_or(0),
         columns: distinct.iter().map(|h| h.columns).max().unwrap_or(0),
         frame_count: distinct.iter().filter(|h| h.rows > 0).map(|h| h.frames).sum(),
-        frames_per_instance: {
-            let mut counts = distinct.iter().filter(|h| h.rows > 0).map(|h| h.frames);
-            counts.next().filter(|&first| counts.all(|n| n == first))
-        },
-        distinct_positions: positions.len(),
         transfer_syntaxes,
         window: distinct.iter().find_map(|h| h.window),
+        display_sets,
         mosaic: distinct.iter().any(|h| h.mosaic),
         files: acc.headers.iter().map(|h| h.path.clone()).collect(),
     }

@@ -1,14 +1,22 @@
-//! Assembling a series into a volume in patient space.
+//! From instances to display sets to volumes.
+//!
+//! Every instance is cut into frames (one per single-frame instance, one per frame of an enhanced
+//! multi-frame instance, one per tile of a Siemens mosaic). Frames that differ in what they show
+//! (orientation, size, echo, b-value, image type) go to different display sets. Inside a display
+//! set, frames are sorted by the projection of their position on the slice normal, never by
+//! instance number or file name; a position that repeats makes time points.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use dicom_pixeldata::PixelDecoder;
-use lightbox_core::{Affine3, SeriesInfo, Volume};
+use lightbox_core::{Affine3, DisplaySetInfo, SeriesInfo, Volume};
 use rayon::prelude::*;
 
 use crate::DicomError;
-use crate::header::{InstanceHeader, int, open, open_header};
+use crate::header::{FrameMeta, InstanceHeader, Skip, int, open, open_header};
 
 /// Something odd about a series that did not stop it from loading. Shown to the user.
 #[derive(Clone, Debug, PartialEq)]
@@ -16,16 +24,19 @@ use crate::header::{InstanceHeader, int, open, open_header};
 pub enum LoadWarning {
     /// Several files carry the same SOP Instance UID; the first (by path) was used.
     DuplicateInstances { files: usize, instances: usize },
-    /// Every slice position occurs this often (a 4-D series); only the first time point is loaded.
-    TimePoints { count: usize },
     /// No Image Position/Orientation (Patient): slices are in instance-number order, 1 mm apart.
     NoGeometry,
     /// Slice gaps differ; the volume uses the mean gap and is not resampled.
     UnevenSpacing { min_mm: f64, max_mm: f64 },
-    /// Siemens mosaic shown as stored (tiles not yet unpacked into slices).
+    /// A gap between slices is much larger than the others: slices are probably missing.
+    MissingSlices { largest_gap_mm: f64, usual_gap_mm: f64 },
+    /// Slices are stacked off the slice normal (CT gantry tilt); the affine is sheared, the
+    /// voxels are not resampled.
+    GantryTilt { degrees: f64 },
+    /// Positions do not all repeat equally often; only complete time points are kept.
+    UnequalTimePoints { positions: usize, frames: usize },
+    /// Siemens mosaic without NumberOfImagesInMosaic: shown as stored.
     MosaicNotUnpacked,
-    /// Multi-frame instance: frames are stacked in stored order with shared geometry.
-    MultiFrameStoredOrder,
 }
 
 impl fmt::Display for LoadWarning {
@@ -34,71 +45,138 @@ impl fmt::Display for LoadWarning {
             Self::DuplicateInstances { files, instances } => {
                 write!(f, "{files} files hold only {instances} distinct instances; duplicates ignored")
             }
-            Self::TimePoints { count } => {
-                write!(f, "{count} time points per slice; showing the first")
-            }
             Self::NoGeometry => f.write_str("no image position/orientation; slices in instance order, 1 mm apart"),
             Self::UnevenSpacing { min_mm, max_mm } => {
                 write!(f, "uneven slice spacing: {min_mm:.3} to {max_mm:.3} mm (not resampled)")
             }
-            Self::MosaicNotUnpacked => f.write_str("Siemens mosaic shown as stored (not yet unpacked)"),
-            Self::MultiFrameStoredOrder => f.write_str("multi-frame instance: frames in stored order"),
+            Self::MissingSlices { largest_gap_mm, usual_gap_mm } => {
+                write!(f, "slices missing? a gap of {largest_gap_mm:.2} mm where slices are {usual_gap_mm:.2} mm apart")
+            }
+            Self::GantryTilt { degrees } => write!(f, "gantry tilt of {degrees:.2} degrees (sheared, not resampled)"),
+            Self::UnequalTimePoints { positions, frames } => {
+                write!(f, "{frames} frames over {positions} positions do not form whole time points")
+            }
+            Self::MosaicNotUnpacked => f.write_str("Siemens mosaic without NumberOfImagesInMosaic, shown as stored"),
         }
     }
 }
 
-/// Loads a series' pixels as rescaled values (Modality LUT applied), slices sorted along the
-/// slice normal (never by file name). Values are `f32` for now; native integer types come with
-/// the full ingest.
-pub fn load_series_volume(series: &SeriesInfo) -> Result<(Volume<f32>, Vec<LoadWarning>), DicomError> {
-    let series_error = |reason: String| DicomError::Series { series: series.uid.clone(), reason };
-    let mut warnings = Vec::new();
+/// Where one slice's pixels come from.
+#[derive(Clone, Debug)]
+struct FrameRef {
+    /// Index into [`DisplaySet::instances`].
+    instance: usize,
+    /// Frame within the file.
+    frame: u32,
+    /// Mosaic tile `(tiles per side, index)`.
+    tile: Option<(u32, u32)>,
+}
 
+/// A stack of frames that forms one volume per time point.
+#[derive(Clone, Debug)]
+pub struct DisplaySet {
+    /// What sets it apart from the other display sets of its series ("" when it is the only one).
+    pub label: String,
+    pub columns: u32,
+    pub rows: u32,
+    pub slices: u32,
+    pub time_points: u32,
+    /// Voxel to LPS mm, the same for every time point.
+    pub patient_from_voxel: Affine3,
+    pub warnings: Vec<LoadWarning>,
+    instances: Arc<Vec<InstanceHeader>>,
+    /// `time_points * slices` frames, time point by time point, slices in order along the normal.
+    frames: Vec<FrameRef>,
+}
+
+impl DisplaySet {
+    pub fn info(&self) -> DisplaySetInfo {
+        DisplaySetInfo {
+            label: self.label.clone(),
+            columns: self.columns,
+            rows: self.rows,
+            slices: self.slices,
+            time_points: self.time_points,
+        }
+    }
+
+    /// Decodes time point `t` (rescale slope/intercept applied) into a volume. Each file is
+    /// decoded once, files in parallel.
+    pub fn load(&self, t: u32) -> Result<Volume<f32>, DicomError> {
+        let slices = self.slices as usize;
+        let wanted =
+            self.frames.get(t as usize * slices..(t as usize + 1) * slices).ok_or_else(|| DicomError::Series {
+                series: self.instances[0].series_uid.clone(),
+                reason: format!("time point {t} is outside the display set's {}", self.time_points),
+            })?;
+        let mut by_instance: BTreeMap<usize, Vec<(usize, &FrameRef)>> = BTreeMap::new();
+        for (z, f) in wanted.iter().enumerate() {
+            by_instance.entry(f.instance).or_default().push((z, f));
+        }
+        let (columns, rows) = (self.columns as usize, self.rows as usize);
+        let decoded: Vec<Vec<(usize, Vec<f32>)>> = by_instance
+            .into_par_iter()
+            .map(|(instance, frames)| {
+                let h = &self.instances[instance];
+                let values = decode(h)?;
+                let frame_len = h.rows as usize * h.columns as usize;
+                frames
+                    .into_iter()
+                    .map(|(z, f)| {
+                        let frame = &values[f.frame as usize * frame_len..(f.frame as usize + 1) * frame_len];
+                        Ok((z, cut_tile(frame, h.columns as usize, f.tile, columns, rows)))
+                    })
+                    .collect::<Result<Vec<_>, DicomError>>()
+            })
+            .collect::<Result<_, _>>()?;
+        let mut voxels = vec![0f32; columns * rows * slices];
+        for (z, slice) in decoded.into_iter().flatten() {
+            voxels[z * columns * rows..(z + 1) * columns * rows].copy_from_slice(&slice);
+        }
+        Volume::new([columns, rows, slices], voxels, self.patient_from_voxel)
+            .map_err(|e| DicomError::Series { series: self.instances[0].series_uid.clone(), reason: e.to_string() })
+    }
+}
+
+/// The pixels of one frame, or of one mosaic tile of it.
+fn cut_tile(frame: &[f32], frame_columns: usize, tile: Option<(u32, u32)>, columns: usize, rows: usize) -> Vec<f32> {
+    let Some((_, index)) = tile else {
+        return frame.to_vec();
+    };
+    let per_row = frame_columns / columns;
+    let (tile_row, tile_col) = (index as usize / per_row, index as usize % per_row);
+    let mut out = Vec::with_capacity(columns * rows);
+    for r in 0..rows {
+        let start = (tile_row * rows + r) * frame_columns + tile_col * columns;
+        out.extend_from_slice(&frame[start..start + columns]);
+    }
+    out
+}
+
+/// Reads the headers of a series' files again and builds its display sets.
+pub fn display_sets(series: &SeriesInfo) -> Result<Vec<DisplaySet>, DicomError> {
     let mut headers = Vec::with_capacity(series.files.len());
     for path in &series.files {
         match open_header(path) {
             Ok(h) => headers.push(h),
-            Err(crate::header::Skip::Error(e)) => return Err(e),
-            Err(crate::header::Skip::Directory) => {}
+            Err(Skip::Error(e)) => return Err(e),
+            Err(Skip::Directory) => {}
         }
     }
-    let mut seen = HashSet::new();
-    headers.retain(|h| seen.insert(h.sop_instance_uid.clone()));
-    if headers.len() < series.files.len() {
-        warnings.push(LoadWarning::DuplicateInstances { files: series.files.len(), instances: headers.len() });
-    }
-    let headers: Vec<InstanceHeader> = headers.into_iter().filter(|h| h.rows > 0 && h.columns > 0).collect();
-    let Some(first) = headers.first() else {
-        return Err(series_error("has no image instances".into()));
-    };
-    let (rows, columns) = (first.rows, first.columns);
-    if let Some(odd) = headers.iter().find(|h| (h.rows, h.columns) != (rows, columns)) {
-        return Err(series_error(format!(
-            "{}: {}x{} differs from the series' {columns}x{rows}",
-            odd.path.display(),
-            odd.columns,
-            odd.rows
-        )));
-    }
-    if headers.iter().any(|h| h.mosaic) {
-        warnings.push(LoadWarning::MosaicNotUnpacked);
-    }
-
-    let (ordered, patient_from_voxel) = order_slices(headers, &mut warnings);
-    if ordered.iter().any(|h| h.frames > 1) {
-        warnings.push(LoadWarning::MultiFrameStoredOrder);
-    }
-
-    let frame_len = rows as usize * columns as usize;
-    let slices: Vec<Vec<f32>> = ordered.par_iter().map(|h| decode(h, frame_len)).collect::<Result<_, _>>()?;
-    let voxels: Vec<f32> = slices.concat();
-    let depth = voxels.len() / frame_len;
-    let volume = Volume::new([columns as usize, rows as usize, depth], voxels, patient_from_voxel)
-        .map_err(|e| series_error(e.to_string()))?;
-    Ok((volume, warnings))
+    Ok(build_display_sets(headers))
 }
 
-fn decode(h: &InstanceHeader, frame_len: usize) -> Result<Vec<f32>, DicomError> {
+/// Loads the first time point of a series' largest display set: what a viewer shows first.
+pub fn load_series_volume(series: &SeriesInfo) -> Result<(Volume<f32>, Vec<LoadWarning>), DicomError> {
+    let sets = display_sets(series)?;
+    let set = sets
+        .iter()
+        .max_by_key(|s| u64::from(s.columns) * u64::from(s.rows) * u64::from(s.slices))
+        .ok_or_else(|| DicomError::Series { series: series.uid.clone(), reason: "has no image instances".into() })?;
+    Ok((set.load(0)?, set.warnings.clone()))
+}
+
+fn decode(h: &InstanceHeader) -> Result<Vec<f32>, DicomError> {
     let obj = open(&h.path, true)?;
     let samples: u16 = int(&obj, dicom_dictionary_std::tags::SAMPLES_PER_PIXEL).unwrap_or(1);
     if samples != 1 {
@@ -109,64 +187,274 @@ fn decode(h: &InstanceHeader, frame_len: usize) -> Result<Vec<f32>, DicomError> 
         .map_err(|source| DicomError::Decode { path: h.path.clone(), source: Box::new(source) })?;
     let values: Vec<f32> =
         decoded.to_vec().map_err(|source| DicomError::Decode { path: h.path.clone(), source: Box::new(source) })?;
-    if values.len() != frame_len * h.frames as usize {
+    let expected = h.rows as usize * h.columns as usize * h.frames as usize;
+    if values.len() != expected {
         return Err(DicomError::Decode {
             path: h.path.clone(),
-            source: format!("{} values decoded, expected {}", values.len(), frame_len * h.frames as usize).into(),
+            source: format!(
+                "{} values decoded, {expected} expected ({}x{}x{})",
+                values.len(),
+                h.columns,
+                h.rows,
+                h.frames
+            )
+            .into(),
         });
     }
     Ok(values)
 }
 
-/// Sorts instances along the slice normal, keeps the first time point of a 4-D series, and
-/// derives `patient_from_voxel`.
-fn order_slices(mut headers: Vec<InstanceHeader>, warnings: &mut Vec<LoadWarning>) -> (Vec<InstanceHeader>, Affine3) {
-    let first = &headers[0];
-    let [row_mm, col_mm] = first.pixel_spacing.unwrap_or([1.0, 1.0]);
-    let first_spacing = first.slice_spacing.unwrap_or(1.0);
-    let geometry = first.image_orientation.zip(first.image_position);
-    let Some((iop, _)) = geometry.filter(|_| headers.iter().all(|h| h.image_position.is_some())) else {
-        warnings.push(LoadWarning::NoGeometry);
-        headers.sort_by_key(|h| h.instance_number);
-        let spacing = first_spacing;
-        let a = Affine3::from_columns([col_mm, 0.0, 0.0], [0.0, row_mm, 0.0], [0.0, 0.0, spacing], [0.0; 3]);
-        return (headers, a);
-    };
-    let x_dir = [iop[0], iop[1], iop[2]];
-    let y_dir = [iop[3], iop[4], iop[5]];
-    let normal = cross(x_dir, y_dir);
-    let along = |h: &InstanceHeader| h.image_position.map_or(0.0, |p| dot(p, normal));
+/// A frame before sorting.
+struct Candidate {
+    frame: FrameRef,
+    meta: FrameMeta,
+    columns: u32,
+    rows: u32,
+    /// Ordering of repeats at one position: temporal index, acquisition, instance, frame.
+    order: (i64, i64, i64, u32, u32),
+}
 
-    headers.sort_by(|a, b| along(a).total_cmp(&along(b)).then_with(|| a.instance_number.cmp(&b.instance_number)));
-    // A 4-D series repeats each position: keep the first time point (lowest instance number).
-    let before = headers.len();
-    let mut kept: Vec<InstanceHeader> = Vec::with_capacity(headers.len());
-    for h in headers {
-        match kept.last() {
-            Some(prev) if (along(prev) - along(&h)).abs() < 1e-3 && h.frames == 1 => {}
-            _ => kept.push(h),
+/// Groups frames into display sets. Also used by the folder scan, from headers alone.
+pub(crate) fn build_display_sets(headers: Vec<InstanceHeader>) -> Vec<DisplaySet> {
+    let files = headers.len();
+    let mut seen = HashSet::new();
+    let mut headers: Vec<InstanceHeader> = headers;
+    headers.sort_by(|a, b| a.path.cmp(&b.path));
+    headers.retain(|h| seen.insert(h.sop_instance_uid.clone()));
+    let duplicates =
+        (headers.len() < files).then_some(LoadWarning::DuplicateInstances { files, instances: headers.len() });
+    headers.retain(|h| h.rows > 0 && h.columns > 0);
+    let instances = Arc::new(headers);
+
+    let mut groups: BTreeMap<String, Vec<Candidate>> = BTreeMap::new();
+    let mut mosaic_warning = false;
+    for (index, h) in instances.iter().enumerate() {
+        for candidate in candidates(index, h, &mut mosaic_warning) {
+            groups.entry(group_key(&candidate)).or_default().push(candidate);
         }
     }
-    if before > kept.len() {
-        warnings.push(LoadWarning::TimePoints { count: before.div_ceil(kept.len()) });
+    let labels = labels(&groups);
+    groups
+        .into_values()
+        .zip(labels)
+        .map(|(group, label)| {
+            let mut set = stack(group, label, Arc::clone(&instances));
+            set.warnings.extend(duplicates.clone());
+            if mosaic_warning {
+                set.warnings.push(LoadWarning::MosaicNotUnpacked);
+            }
+            set
+        })
+        .collect()
+}
+
+fn candidates(index: usize, h: &InstanceHeader, mosaic_warning: &mut bool) -> Vec<Candidate> {
+    let order = |frame: u32, meta: &FrameMeta| {
+        (
+            meta.temporal_index.unwrap_or(0),
+            i64::from(h.acquisition_number.unwrap_or(0)),
+            i64::from(h.instance_number.unwrap_or(0)),
+            frame,
+            0,
+        )
+    };
+    if h.mosaic && h.frames == 1 {
+        if let Some(count) = h.mosaic_images {
+            let per_side = (f64::from(count).sqrt().ceil() as u32).max(1);
+            let (columns, rows) = (h.columns / per_side, h.rows / per_side);
+            let meta = h.frame_meta.first().cloned().unwrap_or_default();
+            let first = mosaic_first_slice(h, &meta, columns, rows);
+            return (0..count)
+                .map(|k| {
+                    let position = first.map(|(p0, step)| [0, 1, 2].map(|c| p0[c] + f64::from(k) * step[c]));
+                    let mut order = order(0, &meta);
+                    order.4 = k;
+                    Candidate {
+                        frame: FrameRef { instance: index, frame: 0, tile: Some((per_side, k)) },
+                        meta: FrameMeta { position, ..meta.clone() },
+                        columns,
+                        rows,
+                        order,
+                    }
+                })
+                .collect();
+        }
+        *mosaic_warning = true;
+    }
+    (0..h.frames)
+        .map(|f| {
+            let meta = h.frame_meta.get(f as usize).cloned().unwrap_or_default();
+            Candidate {
+                frame: FrameRef { instance: index, frame: f, tile: None },
+                order: order(f, &meta),
+                meta,
+                columns: h.columns,
+                rows: h.rows,
+            }
+        })
+        .collect()
+}
+
+/// Position of the first tile of a mosaic and the step to the next one. The mosaic's Image
+/// Position is the corner of the whole tiled frame centred on the slice; the slices are
+/// SpacingBetweenSlices apart along the normal.
+fn mosaic_first_slice(h: &InstanceHeader, meta: &FrameMeta, columns: u32, rows: u32) -> Option<([f64; 3], [f64; 3])> {
+    let ipp = meta.position?;
+    let iop = meta.orientation?;
+    let [row_mm, col_mm] = meta.pixel_spacing.unwrap_or([1.0, 1.0]);
+    let (row_dir, col_dir) = ([iop[0], iop[1], iop[2]], [iop[3], iop[4], iop[5]]);
+    let shift_cols = f64::from(h.columns - columns) / 2.0;
+    let shift_rows = f64::from(h.rows - rows) / 2.0;
+    let p0 = [0, 1, 2].map(|c| ipp[c] + row_dir[c] * col_mm * shift_cols + col_dir[c] * row_mm * shift_rows);
+    let spacing = h.slice_spacing.unwrap_or(1.0);
+    let normal = cross(row_dir, col_dir);
+    Some((p0, normal.map(|c| c * spacing)))
+}
+
+fn group_key(c: &Candidate) -> String {
+    let orientation = c
+        .meta
+        .orientation
+        .map_or_else(String::new, |o| o.iter().map(|v| format!("{:.3}", v + 0.0)).collect::<Vec<_>>().join(","));
+    let echo = c.meta.echo_ms.map_or_else(String::new, |e| format!("{e:012.3}"));
+    let b = c.meta.b_value.map_or_else(String::new, |b| format!("{b:09.1}"));
+    format!("{}x{}|{echo}|{b}|{}|{orientation}", c.columns, c.rows, c.meta.image_type)
+}
+
+/// Names each group by what differs between groups: echo, b-value, image type, orientation, size.
+fn labels(groups: &BTreeMap<String, Vec<Candidate>>) -> Vec<String> {
+    if groups.len() < 2 {
+        return vec![String::new(); groups.len()];
+    }
+    let parts: Vec<Vec<&str>> = groups.keys().map(|k| k.split('|').collect()).collect();
+    let varies = |i: usize| parts.iter().any(|p| p[i] != parts[0][i]);
+    groups
+        .values()
+        .map(|group| {
+            let c = &group[0];
+            let mut label = Vec::new();
+            if varies(1) {
+                label.push(c.meta.echo_ms.map_or_else(|| "no TE".into(), |e| format!("TE {e:.1} ms")));
+            }
+            if varies(2) {
+                label.push(c.meta.b_value.map_or_else(|| "no b".into(), |b| format!("b={b:.0}")));
+            }
+            if varies(3) {
+                label.push(c.meta.image_type.clone());
+            }
+            if varies(4) || varies(0) {
+                label.push(format!("{}x{} plane {}", c.columns, c.rows, plane_name(c.meta.orientation)));
+            }
+            label.join(", ")
+        })
+        .collect()
+}
+
+fn plane_name(orientation: Option<[f64; 6]>) -> &'static str {
+    let Some(o) = orientation else { return "unknown" };
+    let n = cross([o[0], o[1], o[2]], [o[3], o[4], o[5]]).map(f64::abs);
+    if n[2] >= n[0] && n[2] >= n[1] {
+        "axial"
+    } else if n[1] >= n[0] {
+        "coronal"
+    } else {
+        "sagittal"
+    }
+}
+
+/// Sorts one group along its normal into slices and time points and derives its affine.
+fn stack(mut group: Vec<Candidate>, label: String, instances: Arc<Vec<InstanceHeader>>) -> DisplaySet {
+    let mut warnings = Vec::new();
+    let first = &group[0];
+    let (columns, rows) = (first.columns, first.rows);
+    let [row_mm, col_mm] = first.meta.pixel_spacing.unwrap_or([1.0, 1.0]);
+    let orientation = first.meta.orientation;
+    let geometry = orientation.filter(|_| group.iter().all(|c| c.meta.position.is_some()));
+
+    let first_instance = first.frame.instance;
+    let Some(iop) = geometry else {
+        warnings.push(LoadWarning::NoGeometry);
+        group.sort_by_key(|c| c.order);
+        let spacing = instances[first_instance].slice_spacing.unwrap_or(1.0);
+        let a = Affine3::from_columns([col_mm, 0.0, 0.0], [0.0, row_mm, 0.0], [0.0, 0.0, spacing], [0.0; 3]);
+        let slices = group.len() as u32;
+        return DisplaySet {
+            label,
+            columns,
+            rows,
+            slices,
+            time_points: 1,
+            patient_from_voxel: a,
+            warnings,
+            instances,
+            frames: group.into_iter().map(|c| c.frame).collect(),
+        };
+    };
+    let (row_dir, col_dir) = ([iop[0], iop[1], iop[2]], [iop[3], iop[4], iop[5]]);
+    let normal = cross(row_dir, col_dir);
+    let along = |c: &Candidate| c.meta.position.map_or(0.0, |p| dot(p, normal));
+    group.sort_by(|a, b| along(a).total_cmp(&along(b)).then(a.order.cmp(&b.order)));
+
+    // Cluster equal positions (within 1/100 mm): each cluster is one slice over time.
+    let mut clusters: Vec<Vec<Candidate>> = Vec::new();
+    for c in group {
+        match clusters.last_mut() {
+            Some(last) if (along(&last[0]) - along(&c)).abs() < 0.01 => last.push(c),
+            _ => clusters.push(vec![c]),
+        }
+    }
+    for cluster in &mut clusters {
+        cluster.sort_by_key(|c| c.order);
+    }
+    let slices = clusters.len();
+    let frames: usize = clusters.iter().map(Vec::len).sum();
+    let time_points = clusters.iter().map(Vec::len).min().unwrap_or(1);
+    if time_points * slices != frames {
+        warnings.push(LoadWarning::UnequalTimePoints { positions: slices, frames });
     }
 
-    let origin = kept[0].image_position.unwrap_or([0.0; 3]);
-    let z_axis = if kept.len() > 1 {
-        let gaps: Vec<f64> = kept.windows(2).map(|w| along(&w[1]) - along(&w[0])).collect();
+    let origin = clusters[0][0].meta.position.unwrap_or([0.0; 3]);
+    let z_axis = if slices > 1 {
+        let distances: Vec<f64> = clusters.iter().map(|c| along(&c[0])).collect();
+        let gaps: Vec<f64> = distances.windows(2).map(|w| w[1] - w[0]).collect();
         let (min, max) = gaps.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &g| (lo.min(g), hi.max(g)));
-        let mean = (along(&kept[kept.len() - 1]) - along(&kept[0])) / (kept.len() - 1) as f64;
-        if max - min > 0.01 * mean.abs().max(1e-6) {
+        if max > 1.5 * min {
+            warnings.push(LoadWarning::MissingSlices { largest_gap_mm: max, usual_gap_mm: min });
+        } else if max - min > 0.01 * min.max(1e-6) {
             warnings.push(LoadWarning::UnevenSpacing { min_mm: min, max_mm: max });
         }
-        let last = kept[kept.len() - 1].image_position.unwrap_or(origin);
-        [0, 1, 2].map(|c| (last[c] - origin[c]) / (kept.len() - 1) as f64)
+        let last = clusters[slices - 1][0].meta.position.unwrap_or(origin);
+        let z = [0, 1, 2].map(|c| (last[c] - origin[c]) / (slices - 1) as f64);
+        let cos = dot(z, normal) / (dot(z, z).sqrt() * dot(normal, normal).sqrt()).max(1e-12);
+        let degrees = cos.clamp(-1.0, 1.0).acos().to_degrees();
+        if degrees > 0.01 {
+            warnings.push(LoadWarning::GantryTilt { degrees });
+        }
+        z
     } else {
-        let spacing = kept[0].slice_spacing.unwrap_or(1.0);
+        let spacing = instances[clusters[0][0].frame.instance].slice_spacing.unwrap_or(1.0);
         normal.map(|c| c * spacing)
     };
-    let a = Affine3::from_columns(x_dir.map(|c| c * col_mm), y_dir.map(|c| c * row_mm), z_axis, origin);
-    (kept, a)
+    let patient_from_voxel =
+        Affine3::from_columns(row_dir.map(|c| c * col_mm), col_dir.map(|c| c * row_mm), z_axis, origin);
+
+    let mut ordered = Vec::with_capacity(time_points * slices);
+    for t in 0..time_points {
+        for cluster in &clusters {
+            ordered.push(cluster[t].frame.clone());
+        }
+    }
+    DisplaySet {
+        label,
+        columns,
+        rows,
+        slices: slices as u32,
+        time_points: time_points as u32,
+        patient_from_voxel,
+        warnings,
+        instances,
+        frames: ordered,
+    }
 }
 
 fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
@@ -175,4 +463,14 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
 
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+/// Paths of the instances a display set reads (for tests and error messages).
+impl DisplaySet {
+    pub fn files(&self) -> Vec<PathBuf> {
+        let used: HashSet<usize> = self.frames.iter().map(|f| f.instance).collect();
+        let mut files: Vec<PathBuf> = used.into_iter().map(|i| self.instances[i].path.clone()).collect();
+        files.sort();
+        files
+    }
 }
