@@ -198,3 +198,43 @@ fn dcm_qa_ts_every_transfer_syntax_matches_dcm2niix() -> anyhow::Result<()> {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
 }
+
+#[test]
+fn exported_nifti_matches_dcm2niix() -> anyhow::Result<()> {
+    let root = data("dcm_qa_nih")?;
+    let out = tempfile::tempdir()?;
+    let listed = lightbox_tests::run_ok(
+        std::process::Command::new(lightbox_tests::bin("lightbox")?)
+            .args(["export", "--nifti"])
+            .arg(out.path())
+            .arg(root.join("In")),
+    )?;
+    let files: Vec<&str> = listed.lines().collect();
+    assert_eq!(files.len(), 8, "{listed}");
+    // dcm2niix names its files after the protocol, we after the description: pair by series
+    // number and shape.
+    let mut pairs = 0;
+    for file in files {
+        let ours = lightbox_nifti::read(Path::new(file))?;
+        let number = Path::new(file)
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.rsplit('_').next())
+            .context("number")?;
+        let reference = std::fs::read_dir(root.join("Ref"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "nii"))
+            .filter(|p| p.file_stem().and_then(|s| s.to_str()).is_some_and(|s| s.ends_with(&format!("_{number}"))))
+            .map(|p| lightbox_nifti::read(&p))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .find(|r| r.dims == ours.dims)
+            .with_context(|| format!("no Ref of shape {:?} for {file}", ours.dims))?;
+        for t in 0..ours.time_points() {
+            assert_same_volume(&format!("{file} t={t}"), &ours.volume(t)?, &reference.volume(t)?, Values::Identical)?;
+        }
+        pairs += 1;
+    }
+    assert_eq!(pairs, 8);
+    Ok(())
+}

@@ -23,6 +23,20 @@ enum Commands {
         /// File or folder (searched recursively).
         path: PathBuf,
     },
+    /// Convert image series to NIfTI, one file per display set (4-D with time points).
+    Export {
+        /// File or folder (searched recursively).
+        path: PathBuf,
+        /// Output folder for NIfTI files.
+        #[arg(long, value_name = "DIR")]
+        nifti: PathBuf,
+        /// Only this Series Instance UID.
+        #[arg(long)]
+        series: Option<String>,
+        /// Write .nii.gz instead of .nii.
+        #[arg(long)]
+        gzip: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +60,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = lightbox_workflow::scan(&path)?;
             let mut out = std::io::stdout().lock();
             print_report(&mut out, &report).context("writing to stdout")?;
+        }
+        Commands::Export { path, nifti, series, gzip } => {
+            for file in lightbox_workflow::export_nifti(&path, &nifti, series.as_deref(), gzip)? {
+                println!("{}", file.display());
+            }
         }
     }
     Ok(())

@@ -217,12 +217,27 @@ fn lps_from_ras(a: Affine3) -> Affine3 {
 /// Writes a volume as NIfTI-1 (`float32`, sform and qform both "scanner"), gzipped when the name
 /// ends in `.gz`.
 pub fn write(path: &Path, volume: &Volume<f32>) -> Result<(), NiftiError> {
-    let mut out = Vec::with_capacity(DATA_OFFSET + 4 * volume.voxels().len());
-    out.extend_from_slice(&header_bytes(volume));
-    for v in volume.voxels() {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+    write_time_series(path, std::slice::from_ref(volume))
+}
+
+/// Writes time points of one grid as a 4-D NIfTI-1 file (3-D when there is one). The grid and
+/// affine of the first volume are used; the others must have the same size.
+pub fn write_time_series(path: &Path, volumes: &[Volume<f32>]) -> Result<(), NiftiError> {
     let write_err = |source| NiftiError::Write { path: path.to_owned(), source };
+    let Some(first) = volumes.first() else {
+        return Err(write_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no volume to write")));
+    };
+    if volumes.iter().any(|v| v.dims() != first.dims()) {
+        return Err(write_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "time points differ in size")));
+    }
+    let voxels = first.voxels().len();
+    let mut out = Vec::with_capacity(DATA_OFFSET + 4 * voxels * volumes.len());
+    out.extend_from_slice(&header_bytes(first, volumes.len()));
+    for volume in volumes {
+        for v in volume.voxels() {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
     let file = std::fs::File::create(path).map_err(write_err)?;
     if path.extension().is_some_and(|e| e == "gz") {
         let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
@@ -236,12 +251,13 @@ pub fn write(path: &Path, volume: &Volume<f32>) -> Result<(), NiftiError> {
     Ok(())
 }
 
-fn header_bytes(volume: &Volume<f32>) -> [u8; DATA_OFFSET] {
+fn header_bytes(volume: &Volume<f32>, time_points: usize) -> [u8; DATA_OFFSET] {
     let mut h = [0u8; DATA_OFFSET];
     let put = |h: &mut [u8; DATA_OFFSET], at: usize, bytes: &[u8]| h[at..at + bytes.len()].copy_from_slice(bytes);
     put(&mut h, 0, &(HEADER_BYTES as i32).to_le_bytes());
     let [nx, ny, nz] = volume.dims();
-    for (i, d) in [3usize, nx, ny, nz, 1, 1, 1, 1].into_iter().enumerate() {
+    let ndim = if time_points > 1 { 4 } else { 3 };
+    for (i, d) in [ndim, nx, ny, nz, time_points, 1, 1, 1].into_iter().enumerate() {
         put(&mut h, 40 + 2 * i, &(d.min(i16::MAX as usize) as i16).to_le_bytes());
     }
     put(&mut h, 70, &16i16.to_le_bytes()); // float32
@@ -342,9 +358,23 @@ mod tests {
     }
 
     #[test]
+    fn time_series_round_trip() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("4d.nii");
+        let a = oblique_volume();
+        let b = Volume::new(a.dims(), a.voxels().iter().map(|v| v * 2.0).collect(), a.patient_from_voxel)?;
+        write_time_series(&path, &[a.clone(), b.clone()])?;
+        let image = read(&path)?;
+        assert_eq!(image.dims, [4, 3, 2, 2]);
+        assert_eq!(image.volume(1)?.voxels(), b.voxels());
+        assert!(image.volume(2).is_err());
+        Ok(())
+    }
+
+    #[test]
     fn qform_alone_gives_the_same_affine_as_sform() -> anyhow::Result<()> {
         let original = oblique_volume();
-        let mut bytes = header_bytes(&original).to_vec();
+        let mut bytes = header_bytes(&original, 1).to_vec();
         bytes[254..256].copy_from_slice(&0i16.to_le_bytes()); // drop the sform
         for v in original.voxels() {
             bytes.extend_from_slice(&v.to_le_bytes());
@@ -363,7 +393,7 @@ mod tests {
         let path = Path::new("x.nii");
         let err = parse(path, &[0u8; 10]).expect_err("too short");
         assert_eq!(err.to_string(), "x.nii: not a NIfTI-1 file (shorter than a NIfTI-1 header)");
-        let mut bytes = header_bytes(&oblique_volume()).to_vec();
+        let mut bytes = header_bytes(&oblique_volume(), 1).to_vec();
         bytes.extend_from_slice(&[0u8; 10]);
         let err = parse(path, &bytes).expect_err("truncated");
         assert_eq!(err.to_string(), "x.nii: 96 bytes of voxel data expected after byte 352, file has 362");

@@ -19,6 +19,16 @@ pub enum WorkflowError {
     #[error("no series {uid} in {folder}")]
     UnknownSeries { uid: String, folder: PathBuf },
 
+    #[error(transparent)]
+    Nifti(#[from] lightbox_nifti::NiftiError),
+
+    #[error("{path}: cannot create the output folder: {source}")]
+    OutputFolder {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("cannot start the viewer ({program}): {source}")]
     ViewerLaunch {
         program: PathBuf,
@@ -32,6 +42,8 @@ impl WorkflowError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Dicom(_) => "dicom",
+            Self::Nifti(_) => "nifti",
+            Self::OutputFolder { .. } => "output_folder",
             Self::UnknownSeries { .. } => "unknown_series",
             Self::ViewerLaunch { .. } => "viewer_launch",
         }
@@ -41,6 +53,58 @@ impl WorkflowError {
 /// Scans a file or folder of DICOM files into patients / studies / series (headers only).
 pub fn scan(path: &Path) -> Result<ScanReport, WorkflowError> {
     Ok(lightbox_dicom::scan_path(path)?)
+}
+
+/// Converts the image series under `path` (all, or the one named) to NIfTI files in `out_dir`,
+/// one file per display set (4-D when it has time points), named like dcm2niix does:
+/// `<description>_<series number>[_<display set>].nii[.gz]`. Returns the files written.
+pub fn export_nifti(
+    path: &Path,
+    out_dir: &Path,
+    series: Option<&str>,
+    gzip: bool,
+) -> Result<Vec<PathBuf>, WorkflowError> {
+    let report = scan(path)?;
+    let chosen: Vec<&lightbox_core::SeriesInfo> = match series {
+        Some(uid) => vec![
+            report
+                .find_series(uid)
+                .ok_or_else(|| WorkflowError::UnknownSeries { uid: uid.to_owned(), folder: path.to_owned() })?,
+        ],
+        None => report.series().map(|(_, s)| s).filter(|s| !s.display_sets.is_empty()).collect(),
+    };
+    std::fs::create_dir_all(out_dir)
+        .map_err(|source| WorkflowError::OutputFolder { path: out_dir.to_owned(), source })?;
+    let mut written = Vec::new();
+    for s in chosen {
+        let sets = lightbox_dicom::display_sets(s)?;
+        for set in &sets {
+            let mut name = sanitize(&s.description);
+            if let Some(n) = s.number {
+                name.push_str(&format!("_{n}"));
+            }
+            if !set.label.is_empty() {
+                name.push('_');
+                name.push_str(&sanitize(&set.label));
+            }
+            let file = out_dir.join(format!("{name}.nii{}", if gzip { ".gz" } else { "" }));
+            let volumes = (0..set.time_points).map(|t| set.load(t)).collect::<Result<Vec<_>, _>>()?;
+            lightbox_nifti::write_time_series(&file, &volumes)?;
+            tracing::info!(file = %file.display(), "exported");
+            written.push(file);
+        }
+    }
+    Ok(written)
+}
+
+/// Keeps letters, digits, `-`, `.` and `=`; everything else becomes `_` (as dcm2niix does).
+fn sanitize(text: &str) -> String {
+    let cleaned: String = text
+        .trim()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '=') { c } else { '_' })
+        .collect();
+    if cleaned.is_empty() { "series".to_owned() } else { cleaned }
 }
 
 /// The environment variable that names the viewer binary, overriding the search next to the
