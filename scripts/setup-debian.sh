@@ -18,6 +18,8 @@ packages=(
   mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth x11-utils xdotool imagemagick
   # Reference PACS and DICOM tools
   orthanc orthanc-dicomweb orthanc-gdcm dcmtk
+  # Reference DICOM -> NIfTI converter (benchmark peer) and /usr/bin/time for peak RSS
+  dcm2niix time
   # Real browser for UI tests
   chromium chromium-driver
   # Node for the web UI (Debian's, only when no node is installed)

@@ -10,8 +10,12 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 /// The workspace root.
+/// The workspace root. Cargo sets `CARGO_MANIFEST_DIR` when it runs tests and binaries; the
+/// compile-time value is only a fallback (a shared target dir may hold a build from another clone).
 pub fn workspace_root() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest =
+        std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    let root = manifest.join("..");
     root.canonicalize().unwrap_or(root)
 }
 
@@ -37,8 +41,11 @@ pub fn demo_study() -> PathBuf {
 /// A binary of the workspace, built beside this test binary (`cargo build --workspace --bins`).
 pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    // target/<profile>/deps/it-<hash>  ->  target/<profile>/<name>
-    let profile_dir = exe.parent().and_then(Path::parent).context("test binary has no target dir")?;
+    // target/<profile>/deps/it-<hash> or target/<profile>/bench-ingest  ->  target/<profile>/<name>
+    let mut profile_dir = exe.parent().context("binary has no folder")?;
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().context("deps has no parent")?;
+    }
     let path = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     if !path.is_file() {
         bail!("{} not built; run `cargo build --workspace --bins` first", path.display());

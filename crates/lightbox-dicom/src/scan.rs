@@ -1,6 +1,6 @@
 //! Scanning a folder into patients / studies / series, reading headers only.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use lightbox_core::{DisplaySetInfo, FileIssue, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid};
@@ -19,6 +19,8 @@ pub struct ScanReport {
     pub issues: Vec<FileIssue>,
     /// Regular files looked at.
     pub files_scanned: usize,
+    /// Display sets of every series, built from the headers read by the scan.
+    sets: HashMap<SeriesInstanceUid, Vec<DisplaySet>>,
 }
 
 impl ScanReport {
@@ -28,6 +30,11 @@ impl ScanReport {
 
     pub fn find_series(&self, uid: &str) -> Option<&SeriesInfo> {
         self.series().map(|(_, se)| se).find(|se| se.uid.as_str() == uid)
+    }
+
+    /// The display sets of a series of this report, largest first (no file is read again).
+    pub fn display_sets(&self, series: &SeriesInfo) -> &[DisplaySet] {
+        self.sets.get(&series.uid).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -71,7 +78,8 @@ pub fn scan_path(root: &Path) -> Result<ScanReport, DicomError> {
     }
     issues.sort_by(|a, b| a.path.cmp(&b.path));
 
-    Ok(ScanReport { studies: group(headers), issues, files_scanned: files.len() })
+    let (studies, sets) = group(headers);
+    Ok(ScanReport { studies, issues, files_scanned: files.len(), sets })
 }
 
 /// The error's message without the leading path (a [`FileIssue`] carries the path already).
@@ -99,7 +107,7 @@ struct SeriesAcc {
     headers: Vec<InstanceHeader>,
 }
 
-fn group(headers: Vec<InstanceHeader>) -> Vec<StudyInfo> {
+fn group(headers: Vec<InstanceHeader>) -> (Vec<StudyInfo>, HashMap<SeriesInstanceUid, Vec<DisplaySet>>) {
     let mut studies: BTreeMap<StudyInstanceUid, (InstanceHeader, BTreeMap<SeriesInstanceUid, SeriesAcc>)> =
         BTreeMap::new();
     for h in headers {
@@ -107,10 +115,18 @@ fn group(headers: Vec<InstanceHeader>) -> Vec<StudyInfo> {
         series.entry(h.series_uid.clone()).or_default().headers.push(h);
     }
 
+    let mut all_sets = HashMap::new();
     let mut out: Vec<StudyInfo> = studies
         .into_iter()
         .map(|(uid, (first, series))| {
-            let mut series: Vec<SeriesInfo> = series.into_values().map(summarize_series).collect();
+            let mut series: Vec<SeriesInfo> = series
+                .into_values()
+                .map(|acc| {
+                    let (info, sets) = summarize_series(acc);
+                    all_sets.insert(info.uid.clone(), sets);
+                    info
+                })
+                .collect();
             series.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| a.uid.cmp(&b.uid)));
             StudyInfo {
                 uid,
@@ -123,10 +139,10 @@ fn group(headers: Vec<InstanceHeader>) -> Vec<StudyInfo> {
         })
         .collect();
     out.sort_by(|a, b| (&a.patient, &a.date, &a.uid).cmp(&(&b.patient, &b.date, &b.uid)));
-    out
+    (out, all_sets)
 }
 
-fn summarize_series(mut acc: SeriesAcc) -> SeriesInfo {
+fn summarize_series(mut acc: SeriesAcc) -> (SeriesInfo, Vec<DisplaySet>) {
     acc.headers.sort_by(|a, b| a.path.cmp(&b.path));
     let file_count = acc.headers.len();
     let mut seen = HashSet::new();
@@ -140,13 +156,13 @@ fn summarize_series(mut acc: SeriesAcc) -> SeriesInfo {
             transfer_syntaxes.push(h.transfer_syntax.clone());
         }
     }
-    let mut display_sets: Vec<DisplaySetInfo> =
-        build_display_sets(acc.headers.clone()).iter().map(DisplaySet::info).collect();
-    display_sets.sort_by_key(|d| {
+    let mut sets = build_display_sets(acc.headers.clone());
+    sets.sort_by_key(|d| {
         std::cmp::Reverse(u64::from(d.columns) * u64::from(d.rows) * u64::from(d.slices) * u64::from(d.time_points))
     });
+    let display_sets: Vec<DisplaySetInfo> = sets.iter().map(DisplaySet::info).collect();
 
-    SeriesInfo {
+    let info = SeriesInfo {
         uid: first.series_uid.clone(),
         number: first.series_number,
         modality: first.modality.clone(),
@@ -161,7 +177,8 @@ fn summarize_series(mut acc: SeriesAcc) -> SeriesInfo {
         display_sets,
         mosaic: distinct.iter().any(|h| h.mosaic),
         files: acc.headers.iter().map(|h| h.path.clone()).collect(),
-    }
+    };
+    (info, sets)
 }
 
 #[cfg(test)]

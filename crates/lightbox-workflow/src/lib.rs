@@ -77,8 +77,7 @@ pub fn export_nifti(
         .map_err(|source| WorkflowError::OutputFolder { path: out_dir.to_owned(), source })?;
     let mut written = Vec::new();
     for s in chosen {
-        let sets = lightbox_dicom::display_sets(s)?;
-        for set in &sets {
+        for set in report.display_sets(s) {
             let mut name = sanitize(&s.description);
             if let Some(n) = s.number {
                 name.push_str(&format!("_{n}"));
