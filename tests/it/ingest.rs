@@ -238,3 +238,28 @@ fn exported_nifti_matches_dcm2niix() -> anyhow::Result<()> {
     assert_eq!(pairs, 8);
     Ok(())
 }
+
+#[test]
+fn nifti_brain_becomes_a_dicom_series_in_the_same_place() -> anyhow::Result<()> {
+    let nifti = data("open_ms_longitudinal/raw/patient01/study1_T1W.nii.gz")?;
+    let out = tempfile::tempdir()?;
+    let printed = lightbox_tests::run_ok(
+        std::process::Command::new(lightbox_tests::bin("lightbox")?)
+            .arg("to-dicom")
+            .arg(&nifti)
+            .arg("--out")
+            .arg(out.path())
+            .args(["--patient-id", "MS-01", "--patient-name", "Open^MS", "--series-description", "T1W"]),
+    )?;
+    let image = lightbox_nifti::read(&nifti)?;
+    assert_eq!(printed.trim(), format!("{} files in {}", image.dims[2], out.path().display()));
+    let report = lightbox_dicom::scan_path(out.path())?;
+    assert!(report.issues.is_empty(), "{:?}", report.issues);
+    let (study, series) = report.series().next().context("a series")?;
+    assert_eq!((study.patient.name.as_str(), series.description.as_str()), ("Open^MS", "T1W"));
+    let set = &report.display_sets(series)[0];
+    let reference = image.volume(0)?;
+    // Integer T1 values that fit 16 bits are stored exactly; the grid lies where the NIfTI says.
+    assert_same_volume("open_ms T1W as DICOM", &set.load(0)?, &reference, Values::Identical)?;
+    Ok(())
+}

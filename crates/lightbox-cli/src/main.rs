@@ -37,6 +37,27 @@ enum Commands {
         #[arg(long)]
         gzip: bool,
     },
+    /// Convert a NIfTI volume into a DICOM MR series (new UIDs, geometry per slice).
+    ToDicom {
+        /// NIfTI file (.nii or .nii.gz); its first time point is converted.
+        nifti: PathBuf,
+        /// Output folder for the series' files.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long)]
+        patient_id: String,
+        #[arg(long, default_value = "")]
+        patient_name: String,
+        /// Study date, YYYYMMDD.
+        #[arg(long, default_value = "")]
+        study_date: String,
+        #[arg(long, default_value = "")]
+        study_description: String,
+        #[arg(long, default_value = "")]
+        series_description: String,
+        #[arg(long, default_value_t = 1)]
+        series_number: i32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -60,6 +81,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = lightbox_workflow::scan(&path)?;
             let mut out = std::io::stdout().lock();
             print_report(&mut out, &report).context("writing to stdout")?;
+        }
+        Commands::ToDicom {
+            nifti,
+            out,
+            patient_id,
+            patient_name,
+            study_date,
+            study_description,
+            series_description,
+            series_number,
+        } => {
+            let derivation = format!(
+                "converted from NIfTI {}",
+                nifti.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            );
+            let series = lightbox_workflow::NewSeries {
+                patient: lightbox_core::PatientInfo { id: patient_id, name: patient_name },
+                study_uid: None,
+                study_date,
+                study_description,
+                series_description,
+                series_number,
+                derivation,
+            };
+            let files = lightbox_workflow::nifti_to_dicom(&nifti, &out, &series)?;
+            println!("{} files in {}", files.len(), out.display());
         }
         Commands::Export { path, nifti, series, gzip } => {
             for file in lightbox_workflow::export_nifti(&path, &nifti, series.as_deref(), gzip)? {

@@ -37,6 +37,13 @@ pub enum DicomError {
     #[error("{path}: {what} is not supported yet")]
     Unsupported { path: PathBuf, what: String },
 
+    #[error("{path}: cannot write: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: Source,
+    },
+
     #[error("series {series}: {reason}")]
     Series { series: SeriesInstanceUid, reason: String },
 }

@@ -9,7 +9,9 @@ mod error;
 mod header;
 mod scan;
 mod volume;
+mod write;
 
 pub use error::DicomError;
 pub use scan::{ScanReport, scan_path};
 pub use volume::{DisplaySet, LoadWarning, display_sets, load_series_volume};
+pub use write::{NewSeries, new_uid, write_mr_series};

@@ -91,7 +91,8 @@ fn reason_without_path(e: &DicomError) -> String {
         | DicomError::Parse { path, .. }
         | DicomError::MissingAttribute { path, .. }
         | DicomError::Decode { path, .. }
-        | DicomError::Unsupported { path, .. } => Some(format!("{}: ", path.display())),
+        | DicomError::Unsupported { path, .. }
+        | DicomError::Write { path, .. } => Some(format!("{}: ", path.display())),
         DicomError::Series { .. } => None,
     };
     if let Some(prefix) = path_prefix

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use lightbox_core::SeriesInstanceUid;
-pub use lightbox_dicom::ScanReport;
+pub use lightbox_dicom::{NewSeries, ScanReport};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -94,6 +94,18 @@ pub fn export_nifti(
         }
     }
     Ok(written)
+}
+
+/// Converts a NIfTI volume (its first time point) into a DICOM MR series in `out_dir`, for the
+/// patient and study the caller names. Returns the files written, in slice order.
+pub fn nifti_to_dicom(
+    nifti: &Path,
+    out_dir: &Path,
+    series: &lightbox_dicom::NewSeries,
+) -> Result<Vec<PathBuf>, WorkflowError> {
+    let image = lightbox_nifti::read(nifti)?;
+    let volume = image.volume(0)?;
+    Ok(lightbox_dicom::write_mr_series(&volume, series, out_dir)?)
 }
 
 /// Keeps letters, digits, `-`, `.` and `=`; everything else becomes `_` (as dcm2niix does).
