@@ -5,6 +5,10 @@
 
 use libfuzzer_sys::fuzz_target;
 
+/// Bounds what parsing one DICOM file may allocate (see `lightbox_dicom::ParseGuardAllocator`).
+#[global_allocator]
+static ALLOC: lightbox_dicom::ParseGuardAllocator = lightbox_dicom::ParseGuardAllocator;
+
 fuzz_target!(|data: &[u8]| {
     // The ingest path reads files by name (as it does for a user's folder); tmpfs keeps it fast.
     let dir = if std::path::Path::new("/dev/shm").is_dir() {

@@ -34,6 +34,10 @@ fn ui_ready(rows: usize) {
     eprintln!("lightbox-workstation: ui ready: {rows} rows");
 }
 
+/// Bounds what parsing one DICOM file may allocate (see `lightbox_dicom::ParseGuardAllocator`).
+#[global_allocator]
+static ALLOC: lightbox_workflow::ParseGuardAllocator = lightbox_workflow::ParseGuardAllocator;
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("LIGHTBOX_LOG"))

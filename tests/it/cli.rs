@@ -200,3 +200,26 @@ fn missing_folder_is_a_clear_error() -> anyhow::Result<()> {
     assert!(stderr.starts_with("lightbox: error: /nonexistent/studies: cannot read"), "{stderr}");
     Ok(())
 }
+
+/// Regression (found by fuzzing): files declaring elements far larger than themselves made
+/// dicom-rs reserve gigabytes (3.7 GB for 674 bytes). They must be rejected with a reason, in
+/// little memory.
+#[test]
+fn files_claiming_huge_elements_are_rejected_without_huge_allocations() -> anyhow::Result<()> {
+    for file in ["pydicom_testfiles/UN_sequence.dcm", "pydicom_testfiles/SC_rgb_jpeg.dcm"] {
+        let path = data(file)?;
+        let rss = tempfile::NamedTempFile::new()?;
+        let out = run_ok(
+            Command::new("/usr/bin/time")
+                .args(["-f", "%M", "-o"])
+                .arg(rss.path())
+                .arg(bin("lightbox")?)
+                .arg("info")
+                .arg(&path),
+        )?;
+        assert!(out.contains("invalid DICOM"), "{file}: {out}");
+        let kb: u64 = std::fs::read_to_string(rss.path())?.trim().lines().last().unwrap_or("0").parse()?;
+        assert!(kb < 100 * 1024, "{file}: peak RSS {kb} KB");
+    }
+    Ok(())
+}

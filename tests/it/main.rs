@@ -9,6 +9,10 @@ mod render;
 mod viewer;
 mod workstation;
 
+/// The ingest tests run under the same allocation guard as the binaries.
+#[global_allocator]
+static ALLOC: lightbox_dicom::ParseGuardAllocator = lightbox_dicom::ParseGuardAllocator;
+
 /// Where tests leave screenshots for a person to look at.
 pub fn screenshot_dir() -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;

@@ -60,6 +60,10 @@ enum Commands {
     },
 }
 
+/// Bounds what parsing one DICOM file may allocate (see `lightbox_dicom::ParseGuardAllocator`).
+#[global_allocator]
+static ALLOC: lightbox_workflow::ParseGuardAllocator = lightbox_workflow::ParseGuardAllocator;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("LIGHTBOX_LOG"))

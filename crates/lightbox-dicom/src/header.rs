@@ -80,7 +80,9 @@ pub(crate) fn open(path: &Path, pixels: bool) -> Result<DefaultDicomObject, Dico
     if !pixels {
         options = options.read_until(tags::PIXEL_DATA);
     }
-    options.open_file(path).map_err(|source| classify_open_error(path, source))
+    let bytes = std::fs::metadata(path).map_err(|source| DicomError::Io { path: path.to_owned(), source })?.len();
+    crate::budget::with_parse_budget(bytes, || options.open_file(path))
+        .map_err(|source| classify_open_error(path, source))
 }
 
 /// Files without the `DICM` marker get a short reason instead of a parser message.
@@ -96,8 +98,23 @@ fn classify_open_error(path: &Path, source: dicom_object::ReadError) -> DicomErr
             path: path.to_owned(),
             reason: "no Part 10 header: no 'DICM' marker at byte 128".into(),
         },
-        Ok(()) => DicomError::Parse { path: path.to_owned(), source: Box::new(source) },
+        Ok(()) => DicomError::Parse { path: path.to_owned(), source: error_chain(&source).into() },
     }
+}
+
+/// "outer: inner: innermost": dicom-rs's top-level messages alone ("Could not read data set
+/// token") do not say what was wrong.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(e) = source {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = e.source();
+    }
+    parts.join(": ")
 }
 
 fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, DicomError> {

@@ -5,12 +5,14 @@
 //! vocabulary. Bad files become [`FileIssue`](lightbox_core::FileIssue)s or [`DicomError`]s that
 //! name the file, never panics.
 
+mod budget;
 mod error;
 mod header;
 mod scan;
 mod volume;
 mod write;
 
+pub use budget::ParseGuardAllocator;
 pub use error::DicomError;
 pub use scan::{ScanReport, scan_path};
 pub use volume::{DisplaySet, LoadWarning, display_sets, load_series_volume};

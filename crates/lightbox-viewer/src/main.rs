@@ -27,6 +27,10 @@ struct Args {
 /// wait for it instead of sleeping.
 const READY_LINE: &str = "lightbox-viewer: first frame presented";
 
+/// Bounds what parsing one DICOM file may allocate (see `lightbox_dicom::ParseGuardAllocator`).
+#[global_allocator]
+static ALLOC: lightbox_dicom::ParseGuardAllocator = lightbox_dicom::ParseGuardAllocator;
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("LIGHTBOX_LOG"))

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use lightbox_core::SeriesInstanceUid;
-pub use lightbox_dicom::{NewSeries, ScanReport};
+pub use lightbox_dicom::{NewSeries, ParseGuardAllocator, ScanReport};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
