@@ -206,8 +206,17 @@ fn missing_folder_is_a_clear_error() -> anyhow::Result<()> {
 /// little memory.
 #[test]
 fn files_claiming_huge_elements_are_rejected_without_huge_allocations() -> anyhow::Result<()> {
-    for file in ["pydicom_testfiles/UN_sequence.dcm", "pydicom_testfiles/SC_rgb_jpeg.dcm"] {
-        let path = data(file)?;
+    let fixtures = lightbox_tests::workspace_root().join("tests/fixtures/fuzz");
+    let mut paths = vec![data("pydicom_testfiles/UN_sequence.dcm")?, data("pydicom_testfiles/SC_rgb_jpeg.dcm")?];
+    for entry in std::fs::read_dir(&fixtures)? {
+        let path = entry?.path();
+        if path.extension().is_none() {
+            paths.push(path);
+        }
+    }
+    assert!(paths.len() >= 4, "fuzz fixtures missing in {}", fixtures.display());
+    for path in paths {
+        let file = path.display().to_string();
         let rss = tempfile::NamedTempFile::new()?;
         let out = run_ok(
             Command::new("/usr/bin/time")

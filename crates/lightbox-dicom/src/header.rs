@@ -80,7 +80,11 @@ pub(crate) fn open(path: &Path, pixels: bool) -> Result<DefaultDicomObject, Dico
     if !pixels {
         options = options.read_until(tags::PIXEL_DATA);
     }
-    let bytes = std::fs::metadata(path).map_err(|source| DicomError::Io { path: path.to_owned(), source })?.len();
+    let io = |source| DicomError::Io { path: path.to_owned(), source };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let bytes = file.metadata().map_err(io)?.len();
+    crate::precheck::check_lengths(std::io::BufReader::new(file), bytes)
+        .map_err(|reason| DicomError::Parse { path: path.to_owned(), source: reason.into() })?;
     crate::budget::with_parse_budget(bytes, || options.open_file(path))
         .map_err(|source| classify_open_error(path, source))
 }

@@ -8,6 +8,7 @@
 mod budget;
 mod error;
 mod header;
+mod precheck;
 mod scan;
 mod volume;
 mod write;
