@@ -232,3 +232,27 @@ fn files_claiming_huge_elements_are_rejected_without_huge_allocations() -> anyho
     }
     Ok(())
 }
+
+/// Regression (found by fuzzing): RLE data that makes dicom-rs's RLE decoder panic. Export must
+/// fail with an error naming the file, not crash.
+#[test]
+fn a_codec_panic_becomes_an_error_naming_the_file() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let fixture =
+        lightbox_tests::workspace_root().join("tests/fixtures/fuzz/crash-d3d506007228b7ef06180c38c55332f9ce0a370f");
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input)?;
+    std::fs::copy(&fixture, input.join("rle.dcm"))?;
+    let output = Command::new(bin("lightbox")?)
+        .args(["export", "--nifti"])
+        .arg(dir.path().join("out"))
+        .arg(&input)
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8(output.stderr)?;
+    let expected =
+        format!("{}: cannot decode pixel data: the RLE Lossless decoder failed", input.join("rle.dcm").display());
+    assert!(stderr.contains(&expected), "{stderr}");
+    Ok(())
+}

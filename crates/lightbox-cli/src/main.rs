@@ -73,7 +73,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lightbox: error: {e:#}");
+            eprintln!("lightbox: error: {e}");
             ExitCode::from(2)
         }
     }

@@ -176,7 +176,23 @@ pub fn load_series_volume(series: &SeriesInfo) -> Result<(Volume<f32>, Vec<LoadW
     Ok((set.load(0)?, set.warnings.clone()))
 }
 
+/// Decodes one file's frames. A codec that panics on a malformed stream (dicom-rs's RLE decoder
+/// indexes out of bounds on some, found by fuzzing) becomes an error naming the file.
 fn decode(h: &InstanceHeader) -> Result<Vec<f32>, DicomError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode_unguarded(h))).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| payload.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        Err(DicomError::Decode {
+            path: h.path.clone(),
+            source: format!("the {} decoder failed on malformed data ({message})", h.transfer_syntax).into(),
+        })
+    })
+}
+
+fn decode_unguarded(h: &InstanceHeader) -> Result<Vec<f32>, DicomError> {
     let obj = open(&h.path, true)?;
     let samples: u16 = int(&obj, dicom_dictionary_std::tags::SAMPLES_PER_PIXEL).unwrap_or(1);
     if samples != 1 {

@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lightbox-viewer: error: {e:#}");
+            eprintln!("lightbox-viewer: error: {e}");
             ExitCode::from(2)
         }
     }
