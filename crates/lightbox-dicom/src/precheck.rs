@@ -50,16 +50,29 @@ pub(crate) fn check_lengths<R: Read + Seek>(mut source: R, len: u64) -> Result<(
     let mut w = Walker { source, len, pos: 132 };
     let meta = Encoding { implicit: false, big_endian: false };
     let mut transfer_syntax = String::new();
-    // File meta group: explicit VR little endian, group 0002 only.
-    while let Some((tag, length)) = w.peek_group(0x0002, meta)? {
-        w.fits(tag, length, w.len)?;
-        if tag == (0x0002, 0x0010) && length < 128 {
+    // File meta group: explicit VR little endian. Like dicom-rs, trust its group length
+    // (0002,0000) for where it ends; without one, it ends at the first other group.
+    let mut meta_end = None;
+    while meta_end.is_none_or(|end| w.pos + 8 <= end) {
+        let Some((tag, length)) = w.peek_group(0x0002, meta, meta_end.is_some())? else { break };
+        w.fits(tag, length, meta_end.unwrap_or(w.len))?;
+        if tag == (0x0002, 0x0000) && length == 4 && meta_end.is_none() {
+            let group_length = w.u32(meta)?;
+            meta_end = Some(w.pos + u64::from(group_length));
+        } else if tag == (0x0002, 0x0010) && length < 128 {
             let mut uid = vec![0u8; length as usize];
             w.read(&mut uid)?;
             transfer_syntax = String::from_utf8_lossy(&uid).trim_end_matches(['\0', ' ']).to_owned();
         } else {
             w.skip(length)?;
         }
+    }
+    if let Some(end) = meta_end {
+        if end > w.len {
+            return Err(format!("file meta group claims {} bytes, the file has {}", end - 132, w.len - 132));
+        }
+        w.pos = end;
+        w.source.seek(SeekFrom::Start(end)).map_err(|e| e.to_string())?;
     }
     let data_set = match transfer_syntax.as_str() {
         "" => return Ok(()), // no transfer syntax: dicom-rs says so better than a guess would
@@ -96,14 +109,15 @@ impl<R: Read + Seek> Walker<R> {
         Ok(if e.big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) })
     }
 
-    /// Reads the next element header if it belongs to `group` (tag and length); rewinds otherwise.
-    fn peek_group(&mut self, group: u16, e: Encoding) -> Result<Option<(TagPair, u32)>, String> {
+    /// Reads the next element header if it belongs to `group` (or, with `any_group`, whatever it
+    /// is): tag and length. Rewinds otherwise.
+    fn peek_group(&mut self, group: u16, e: Encoding, any_group: bool) -> Result<Option<(TagPair, u32)>, String> {
         if self.pos + 8 > self.len {
             return Ok(None);
         }
         let start = self.pos;
         let g = self.u16(e)?;
-        if g != group {
+        if g != group && !any_group {
             self.pos = start;
             self.source.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
             return Ok(None);
