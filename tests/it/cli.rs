@@ -232,16 +232,13 @@ fn files_claiming_huge_elements_are_rejected_without_huge_allocations() -> anyho
     Ok(())
 }
 
-/// Regression (found by fuzzing): RLE data that makes dicom-rs's RLE decoder panic. Export must
-/// fail with an error naming the file, not crash.
-#[test]
-fn a_codec_panic_becomes_an_error_naming_the_file() -> anyhow::Result<()> {
+/// Export of a fuzz fixture: it must fail with exit code 2 and an error naming the file.
+fn export_fails(fixture: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
     let dir = tempfile::tempdir()?;
-    let fixture =
-        lightbox_tests::workspace_root().join("tests/fixtures/fuzz/crash-d3d506007228b7ef06180c38c55332f9ce0a370f");
+    let fixture = lightbox_tests::workspace_root().join("tests/fixtures/fuzz").join(fixture);
     let input = dir.path().join("in");
     std::fs::create_dir(&input)?;
-    std::fs::copy(&fixture, input.join("rle.dcm"))?;
+    std::fs::copy(&fixture, input.join("fuzzed.dcm"))?;
     let output = Command::new(bin("lightbox")?)
         .args(["export", "--nifti"])
         .arg(dir.path().join("out"))
@@ -249,9 +246,25 @@ fn a_codec_panic_becomes_an_error_naming_the_file() -> anyhow::Result<()> {
         .env("RUST_BACKTRACE", "0")
         .output()?;
     assert_eq!(output.status.code(), Some(2), "{output:?}");
-    let stderr = String::from_utf8(output.stderr)?;
-    let expected =
-        format!("{}: cannot decode pixel data: the RLE Lossless decoder failed", input.join("rle.dcm").display());
+    Ok((input.join("fuzzed.dcm"), String::from_utf8(output.stderr)?))
+}
+
+/// Regression (found by fuzzing): RLE data whose last fragment runs past the end of the file
+/// made dicom-rs's RLE decoder panic. The pre-check now stops it before decoding; a codec that
+/// still panics is turned into a decode error at the decode boundary.
+#[test]
+fn malformed_rle_is_an_error_naming_the_file() -> anyhow::Result<()> {
+    let (file, stderr) = export_fails("crash-d3d506007228b7ef06180c38c55332f9ce0a370f")?;
+    assert!(stderr.contains(&format!("lightbox: error: {}: ", file.display())), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    Ok(())
+}
+
+/// Regression (found by fuzzing): a huge element after the pixel data, read only when decoding.
+#[test]
+fn a_huge_element_after_the_pixels_is_an_error_when_decoding() -> anyhow::Result<()> {
+    let (file, stderr) = export_fails("crash-d74fd1c5b45f4d20504c2262abdc6dea11aecd9c")?;
+    let expected = format!("{}: invalid DICOM: element (0121,00FB) declares 19202330 bytes", file.display());
     assert!(stderr.contains(&expected), "{stderr}");
     Ok(())
 }

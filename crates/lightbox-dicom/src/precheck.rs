@@ -38,16 +38,18 @@ struct Walker<R> {
     source: R,
     len: u64,
     pos: u64,
+    whole_file: bool,
 }
 
 /// `Ok` when every length fits; `Err` says which element claims too much. Files that are not
 /// Part 10 or use a deflated data set are left to dicom-rs.
-pub(crate) fn check_lengths<R: Read + Seek>(mut source: R, len: u64) -> Result<(), String> {
+/// With `whole_file` false the walk stops at the top-level pixel data, where a header scan stops.
+pub(crate) fn check_lengths<R: Read + Seek>(mut source: R, len: u64, whole_file: bool) -> Result<(), String> {
     let mut head = [0u8; 132];
     if len < 132 || source.read_exact(&mut head).is_err() || &head[128..132] != b"DICM" {
         return Ok(());
     }
-    let mut w = Walker { source, len, pos: 132 };
+    let mut w = Walker { source, len, pos: 132, whole_file };
     let meta = Encoding { implicit: false, big_endian: false };
     let mut transfer_syntax = String::new();
     // File meta group: explicit VR little endian. Like dicom-rs, trust its group length
@@ -172,8 +174,8 @@ impl<R: Read + Seek> Walker<R> {
             let sequence = &vr == b"SQ"
                 || (&vr == b"UN" && (length == UNDEFINED || dictionary_sequence(tag)))
                 || (e.implicit && (length == UNDEFINED || dictionary_sequence(tag)));
-            if tag == PIXEL_DATA && top {
-                return Ok(()); // the header scan stops here; decoding checks frame sizes
+            if tag == PIXEL_DATA && top && !self.whole_file {
+                return Ok(()); // the header scan stops here
             }
             if sequence || (tag == PIXEL_DATA && length == UNDEFINED) {
                 // UN of undefined length holds an implicit little-endian sequence.
@@ -240,7 +242,7 @@ mod tests {
     }
 
     fn check(bytes: &[u8]) -> Result<(), String> {
-        check_lengths(Cursor::new(bytes), bytes.len() as u64)
+        check_lengths(Cursor::new(bytes), bytes.len() as u64, true)
     }
 
     #[test]
