@@ -6,6 +6,7 @@
 mod cli;
 mod ingest;
 mod render;
+mod store;
 mod viewer;
 mod workstation;
 

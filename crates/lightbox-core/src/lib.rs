@@ -9,6 +9,6 @@ mod volume;
 
 pub use geometry::Affine3;
 pub use metadata::{
-    DisplaySetInfo, FileIssue, PatientInfo, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid,
+    DisplaySetInfo, FileIssue, InstanceRecord, PatientInfo, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid,
 };
 pub use volume::{Volume, VolumeError, WindowLevel};

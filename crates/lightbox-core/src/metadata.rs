@@ -110,6 +110,25 @@ impl SeriesInfo {
     }
 }
 
+/// What the store indexes about one instance (one file), from its header.
+#[derive(Clone, Debug, PartialEq)]
+pub struct InstanceRecord {
+    pub patient: PatientInfo,
+    pub study_uid: StudyInstanceUid,
+    /// DICOM DA, `YYYYMMDD`, as found.
+    pub study_date: String,
+    pub study_description: String,
+    pub accession_number: String,
+    pub series_uid: SeriesInstanceUid,
+    pub series_number: Option<i32>,
+    pub series_description: String,
+    pub modality: String,
+    pub sop_instance_uid: String,
+    pub sop_class_uid: String,
+    pub instance_number: Option<i32>,
+    pub transfer_syntax: String,
+}
+
 /// A file that could not be used, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileIssue {

@@ -29,6 +29,7 @@ pub(crate) struct InstanceHeader {
     pub series_description: String,
     pub modality: String,
     pub sop_instance_uid: String,
+    pub sop_class_uid: String,
     pub instance_number: Option<i32>,
     pub acquisition_number: Option<i32>,
     pub rows: u32,
@@ -158,6 +159,7 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
         series_description: text(obj, tags::SERIES_DESCRIPTION).unwrap_or_default(),
         modality: text(obj, tags::MODALITY).unwrap_or_default(),
         sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?,
+        sop_class_uid: text(obj, tags::SOP_CLASS_UID).unwrap_or_default(),
         instance_number: int(obj, tags::INSTANCE_NUMBER),
         acquisition_number: int(obj, tags::ACQUISITION_NUMBER),
         rows: int(obj, tags::ROWS).unwrap_or(0),
@@ -263,4 +265,30 @@ pub(crate) fn floats<const N: usize>(obj: &InMemDicomObject, tag: Tag) -> Option
     let values = obj.get(tag)?.to_multi_float64().ok()?;
     let array: [f64; N] = values.get(..N)?.try_into().ok()?;
     array.iter().all(|v| v.is_finite()).then_some(array)
+}
+
+/// The header of one file as the store indexes it.
+pub fn read_instance(path: &Path) -> Result<lightbox_core::InstanceRecord, DicomError> {
+    let h = match open_header(path) {
+        Ok(h) => h,
+        Err(Skip::Error(e)) => return Err(e),
+        Err(Skip::Directory) => {
+            return Err(DicomError::Unsupported { path: path.to_owned(), what: "a DICOMDIR as an instance".into() });
+        }
+    };
+    Ok(lightbox_core::InstanceRecord {
+        patient: h.patient,
+        study_uid: h.study_uid,
+        study_date: h.study_date,
+        study_description: h.study_description,
+        accession_number: h.accession_number,
+        series_uid: h.series_uid,
+        series_number: h.series_number,
+        series_description: h.series_description,
+        modality: h.modality,
+        sop_instance_uid: h.sop_instance_uid,
+        sop_class_uid: h.sop_class_uid,
+        instance_number: h.instance_number,
+        transfer_syntax: h.transfer_syntax,
+    })
 }

@@ -15,6 +15,7 @@ mod write;
 
 pub use budget::ParseGuardAllocator;
 pub use error::DicomError;
+pub use header::read_instance;
 pub use scan::{ScanReport, scan_path};
 pub use volume::{DisplaySet, LoadWarning, display_sets, load_series_volume};
 pub use write::{NewSeries, new_uid, write_mr_series};

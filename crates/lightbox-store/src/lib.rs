@@ -1,0 +1,332 @@
+//! Lightbox's local study store: works offline, survives crashes, never keeps an instance twice.
+//!
+//! - An SQLite index (WAL) of patients, studies, series and instances, with the attributes a
+//!   worklist filters and sorts on, plus an audit table (who opened, exported or sent what),
+//!   a jobs table and an outbox table. The schema is versioned (`PRAGMA user_version`) and
+//!   migrated on open.
+//! - Instance files in a content-addressed folder (`objects/ab/cdef….dcm`, by SHA-256), written
+//!   atomically: temporary file, fsync, rename, fsync of the folder.
+//!
+//! Importing an instance whose SOP Instance UID is already stored is a no-op.
+
+mod schema;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use lightbox_core::InstanceRecord;
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("store index {path}: {source}")]
+    Sql {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(transparent)]
+    Dicom(#[from] lightbox_dicom::DicomError),
+    #[error("store index {path} has schema version {found}; this Lightbox knows up to {known}")]
+    NewerSchema { path: PathBuf, found: i64, known: i64 },
+}
+
+/// What importing one file did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportOutcome {
+    Imported,
+    /// The SOP Instance UID was stored already; nothing was written.
+    AlreadyStored,
+}
+
+/// Worklist filters. Text filters take DICOM-style wildcards: `*` any run, `?` one character.
+#[derive(Clone, Debug, Default)]
+pub struct WorklistQuery {
+    pub patient_name: Option<String>,
+    pub patient_id: Option<String>,
+    pub accession_number: Option<String>,
+    pub modality: Option<String>,
+    /// Inclusive `YYYYMMDD` bounds.
+    pub date_from: Option<String>,
+    pub date_to: Option<String>,
+    pub sort: WorklistSort,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WorklistSort {
+    #[default]
+    DateNewestFirst,
+    DateOldestFirst,
+    PatientName,
+}
+
+/// One worklist line: a study.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StudyRow {
+    pub study_uid: String,
+    pub patient_id: String,
+    pub patient_name: String,
+    pub date: String,
+    pub description: String,
+    pub accession_number: String,
+    /// Modalities of its series, sorted, joined by `\`.
+    pub modalities: String,
+    pub series: u32,
+    pub instances: u32,
+}
+
+pub struct Store {
+    root: PathBuf,
+    db_path: PathBuf,
+    db: Connection,
+}
+
+impl Store {
+    /// Opens (or creates) a store in `root`, migrating its index to the current schema.
+    pub fn open(root: &Path) -> Result<Self, StoreError> {
+        let io = |source| StoreError::Io { path: root.to_owned(), source };
+        std::fs::create_dir_all(root.join("objects")).map_err(io)?;
+        let db_path = root.join("index.sqlite");
+        let sql = |source| StoreError::Sql { path: db_path.clone(), source };
+        let db = Connection::open(&db_path).map_err(sql)?;
+        db.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
+        db.pragma_update(None, "synchronous", "FULL").map_err(sql)?;
+        db.pragma_update(None, "foreign_keys", "ON").map_err(sql)?;
+        db.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql)?;
+        schema::migrate(&db, &db_path)?;
+        Ok(Self { root: root.to_owned(), db_path, db })
+    }
+
+    fn sql(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        |source| StoreError::Sql { path: self.db_path.clone(), source }
+    }
+
+    /// Copies one DICOM file into the store and indexes it. The file is written (atomically)
+    /// before the index row commits, so a crash leaves at worst an unindexed object, never an
+    /// index row without its file.
+    pub fn import_file(&mut self, path: &Path) -> Result<ImportOutcome, StoreError> {
+        let record = lightbox_dicom::read_instance(path)?;
+        let stored: Option<String> = self
+            .db
+            .query_row("SELECT object FROM instances WHERE sop_uid = ?1", [&record.sop_instance_uid], |r| r.get(0))
+            .optional()
+            .map_err(self.sql())?;
+        if stored.is_some() {
+            return Ok(ImportOutcome::AlreadyStored);
+        }
+        let bytes = std::fs::read(path).map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
+        let object = hex(&Sha256::digest(&bytes));
+        self.write_object(&object, &bytes)?;
+        let tx = self.db.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
+        insert(&tx, &record, &object, bytes.len() as u64)
+            .and_then(|()| tx.commit())
+            .map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
+        Ok(ImportOutcome::Imported)
+    }
+
+    /// The stored file of an instance.
+    pub fn instance_file(&self, sop_uid: &str) -> Result<Option<PathBuf>, StoreError> {
+        let object: Option<String> = self
+            .db
+            .query_row("SELECT object FROM instances WHERE sop_uid = ?1", [sop_uid], |r| r.get(0))
+            .optional()
+            .map_err(self.sql())?;
+        Ok(object.map(|o| self.object_path(&o)))
+    }
+
+    fn object_path(&self, object: &str) -> PathBuf {
+        self.root.join("objects").join(&object[..2]).join(format!("{}.dcm", &object[2..]))
+    }
+
+    /// temp file + fsync + rename + fsync(dir): the object is either whole or absent.
+    fn write_object(&self, object: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let target = self.object_path(object);
+        if target.is_file() {
+            return Ok(()); // same content stored already
+        }
+        let dir = target.parent().unwrap_or(&self.root).to_owned();
+        let io = |source| StoreError::Io { path: target.clone(), source };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let temp = dir.join(format!(".{}.{}.tmp", &object[2..], std::process::id()));
+        let mut file = std::fs::File::create(&temp).map_err(io)?;
+        file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
+        std::fs::rename(&temp, &target).map_err(io)?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
+        Ok(())
+    }
+
+    /// Studies matching `query`, sorted and paged.
+    pub fn worklist(&self, query: &WorklistQuery) -> Result<Vec<StudyRow>, StoreError> {
+        let mut sql = String::from(
+            "SELECT s.uid, p.patient_id, p.name, s.date, s.description, s.accession, \
+             (SELECT group_concat(m, '\\') FROM (SELECT DISTINCT modality AS m FROM series WHERE study_uid = s.uid ORDER BY m)), \
+             (SELECT count(*) FROM series WHERE study_uid = s.uid), s.instances \
+             FROM studies s JOIN patients p ON p.id = s.patient WHERE 1 = 1",
+        );
+        let mut args: Vec<String> = Vec::new();
+        let mut glob = |column: &str, pattern: &Option<String>, sql: &mut String| {
+            if let Some(p) = pattern.as_deref().filter(|p| !p.is_empty()) {
+                args.push(glob_pattern(p));
+                sql.push_str(&format!(" AND {column} GLOB ?{}", args.len()));
+            }
+        };
+        glob("p.name_upper", &query.patient_name.as_ref().map(|n| n.to_uppercase()), &mut sql);
+        glob("p.patient_id", &query.patient_id, &mut sql);
+        glob("s.accession", &query.accession_number, &mut sql);
+        if let Some(m) = query.modality.as_deref().filter(|m| !m.is_empty()) {
+            args.push(m.to_owned());
+            sql.push_str(&format!(
+                " AND EXISTS (SELECT 1 FROM series WHERE study_uid = s.uid AND modality = ?{})",
+                args.len()
+            ));
+        }
+        if let Some(d) = &query.date_from {
+            args.push(d.clone());
+            sql.push_str(&format!(" AND s.date >= ?{}", args.len()));
+        }
+        if let Some(d) = &query.date_to {
+            args.push(d.clone());
+            sql.push_str(&format!(" AND s.date <= ?{}", args.len()));
+        }
+        sql.push_str(match query.sort {
+            WorklistSort::DateNewestFirst => " ORDER BY s.date DESC, s.uid",
+            WorklistSort::DateOldestFirst => " ORDER BY s.date ASC, s.uid",
+            WorklistSort::PatientName => " ORDER BY p.name_upper, s.date DESC, s.uid",
+        });
+        sql.push_str(&format!(" LIMIT {} OFFSET {}", if query.limit == 0 { 100 } else { query.limit }, query.offset));
+        let mut statement = self.db.prepare_cached(&sql).map_err(self.sql())?;
+        let rows = statement
+            .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                Ok(StudyRow {
+                    study_uid: r.get(0)?,
+                    patient_id: r.get(1)?,
+                    patient_name: r.get(2)?,
+                    date: r.get(3)?,
+                    description: r.get(4)?,
+                    accession_number: r.get(5)?,
+                    modalities: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+                    series: r.get(7)?,
+                    instances: r.get(8)?,
+                })
+            })
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// Records who did what to which object (PHI access log). `detail` must not hold PHI.
+    pub fn audit(&self, actor: &str, action: &str, object: &str, detail: &str) -> Result<(), StoreError> {
+        self.db
+            .execute(
+                "INSERT INTO audit (at, actor, action, object, detail) VALUES (strftime('%Y-%m-%dT%H:%M:%fZ','now'), ?1, ?2, ?3, ?4)",
+                params![actor, action, object, detail],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// `(actor, action, object)` of the audit log, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<(String, String, String)>, StoreError> {
+        let mut s = self.db.prepare("SELECT actor, action, object FROM audit ORDER BY id").map_err(self.sql())?;
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// Instances indexed, for tests and status lines.
+    pub fn instance_count(&self) -> Result<u64, StoreError> {
+        let count: i64 = self.db.query_row("SELECT count(*) FROM instances", [], |r| r.get(0)).map_err(self.sql())?;
+        Ok(count.unsigned_abs())
+    }
+
+    /// Raw index access for benchmarks that fill it with generated rows.
+    #[doc(hidden)]
+    pub fn connection(&mut self) -> &mut Connection {
+        &mut self.db
+    }
+}
+
+fn insert(tx: &rusqlite::Transaction<'_>, r: &InstanceRecord, object: &str, size: u64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO patients (patient_id, name, name_upper) VALUES (?1, ?2, upper(?2)) ON CONFLICT (patient_id, name) DO NOTHING",
+        params![r.patient.id, r.patient.name],
+    )?;
+    let patient: i64 = tx.query_row(
+        "SELECT id FROM patients WHERE patient_id = ?1 AND name = ?2",
+        params![r.patient.id, r.patient.name],
+        |row| row.get(0),
+    )?;
+    tx.execute(
+        "INSERT INTO studies (uid, patient, date, description, accession, instances) VALUES (?1, ?2, ?3, ?4, ?5, 0) \
+         ON CONFLICT (uid) DO NOTHING",
+        params![r.study_uid.as_str(), patient, r.study_date, r.study_description, r.accession_number],
+    )?;
+    tx.execute(
+        "INSERT INTO series (uid, study_uid, number, modality, description) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (uid) DO NOTHING",
+        params![r.series_uid.as_str(), r.study_uid.as_str(), r.series_number, r.modality, r.series_description],
+    )?;
+    tx.execute(
+        "INSERT INTO instances (sop_uid, series_uid, sop_class, number, transfer_syntax, object, bytes, imported_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, strftime('%Y-%m-%dT%H:%M:%fZ','now'))",
+        params![
+            r.sop_instance_uid,
+            r.series_uid.as_str(),
+            r.sop_class_uid,
+            r.instance_number,
+            r.transfer_syntax,
+            object,
+            size as i64
+        ],
+    )?;
+    tx.execute("UPDATE studies SET instances = instances + 1 WHERE uid = ?1", [r.study_uid.as_str()])?;
+    Ok(())
+}
+
+/// DICOM wildcards (`*`, `?`) to an SQLite GLOB pattern, with GLOB's own specials escaped.
+fn glob_pattern(dicom: &str) -> String {
+    dicom
+        .chars()
+        .map(|c| match c {
+            '[' => "[[]".to_owned(),
+            ']' => "[]]".to_owned(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_keeps_dicom_wildcards_and_escapes_brackets() {
+        assert_eq!(glob_pattern("DOE^J*"), "DOE^J*");
+        assert_eq!(glob_pattern("A?[1]"), "A?[[]1[]]");
+    }
+
+    #[test]
+    fn opening_twice_keeps_the_schema() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        drop(Store::open(dir.path())?);
+        let store = Store::open(dir.path())?;
+        assert_eq!(store.instance_count()?, 0);
+        let version: i64 = store.db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        assert_eq!(version, schema::VERSION);
+        let mode: String = store.db.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        assert_eq!(mode, "wal");
+        Ok(())
+    }
+}

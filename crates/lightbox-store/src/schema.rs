@@ -1,0 +1,93 @@
+//! The index schema and its migrations, applied in order on open (`PRAGMA user_version`).
+
+use std::path::Path;
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// Each entry upgrades the schema by one version.
+const MIGRATIONS: &[&str] = &[
+    // 1: the study index, audit log, jobs and outbox.
+    "CREATE TABLE patients (
+        id INTEGER PRIMARY KEY,
+        patient_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        name_upper TEXT NOT NULL,
+        UNIQUE (patient_id, name)
+    );
+    CREATE INDEX patients_name ON patients (name_upper);
+    CREATE TABLE studies (
+        uid TEXT PRIMARY KEY,
+        patient INTEGER NOT NULL REFERENCES patients (id),
+        date TEXT NOT NULL,
+        description TEXT NOT NULL,
+        accession TEXT NOT NULL,
+        instances INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX studies_date ON studies (date, uid);
+    CREATE INDEX studies_patient ON studies (patient);
+    CREATE INDEX studies_accession ON studies (accession);
+    CREATE TABLE series (
+        uid TEXT PRIMARY KEY,
+        study_uid TEXT NOT NULL REFERENCES studies (uid),
+        number INTEGER,
+        modality TEXT NOT NULL,
+        description TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX series_study ON series (study_uid, modality);
+    CREATE TABLE instances (
+        sop_uid TEXT PRIMARY KEY,
+        series_uid TEXT NOT NULL REFERENCES series (uid),
+        sop_class TEXT NOT NULL,
+        number INTEGER,
+        transfer_syntax TEXT NOT NULL,
+        object TEXT NOT NULL,
+        bytes INTEGER NOT NULL,
+        imported_at TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX instances_series ON instances (series_uid);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        object TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        sop_uid TEXT NOT NULL UNIQUE,
+        object TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        sent_at TEXT
+    );",
+];
+
+pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(crate) fn migrate(db: &Connection, path: &Path) -> Result<(), StoreError> {
+    let sql = |source| StoreError::Sql { path: path.to_owned(), source };
+    let found: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql)?;
+    if found > VERSION {
+        return Err(StoreError::NewerSchema { path: path.to_owned(), found, known: VERSION });
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i64 + 1;
+        db.execute_batch(&format!("BEGIN; {migration}; PRAGMA user_version = {version}; COMMIT;")).map_err(sql)?;
+        tracing::info!(version, "store index migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,128 @@
+//! The local store on a real SQLite file: idempotent import, content-addressed files, worklist
+//! queries, audit log.
+
+use std::path::Path;
+
+use lightbox_store::{ImportOutcome, Store, WorklistQuery, WorklistSort};
+use lightbox_tests::{data, demo_study};
+
+fn import_folder(store: &mut Store, folder: &Path) -> anyhow::Result<(usize, usize)> {
+    let (mut imported, mut already) = (0, 0);
+    for entry in walk(folder)? {
+        match store.import_file(&entry) {
+            Ok(ImportOutcome::Imported) => imported += 1,
+            Ok(ImportOutcome::AlreadyStored) => already += 1,
+            Err(_) => {} // non-DICOM files beside the data
+        }
+    }
+    Ok((imported, already))
+}
+
+fn walk(folder: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(folder)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(walk(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+#[test]
+fn importing_twice_stores_each_instance_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut store = Store::open(dir.path())?;
+    assert_eq!(import_folder(&mut store, &demo_study())?, (20, 0));
+    drop(store);
+    // Reopen: the index is on disk, a second import writes nothing.
+    let mut store = Store::open(dir.path())?;
+    assert_eq!(import_folder(&mut store, &demo_study())?, (0, 20));
+    assert_eq!(store.instance_count()?, 20);
+
+    // The stored file is byte-identical to the source, and no temporary file is left.
+    let source = demo_study().join("000007.dcm");
+    let record = lightbox_dicom::read_instance(&source)?;
+    let stored = store.instance_file(&record.sop_instance_uid)?.ok_or_else(|| anyhow::anyhow!("not stored"))?;
+    assert_eq!(std::fs::read(&stored)?, std::fs::read(&source)?);
+    let leftovers =
+        walk(&dir.path().join("objects"))?.into_iter().filter(|p| p.to_string_lossy().ends_with(".tmp")).count();
+    assert_eq!(leftovers, 0);
+    Ok(())
+}
+
+#[test]
+fn a_file_that_is_not_dicom_is_refused_by_name() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut store = Store::open(&dir.path().join("store"))?;
+    let junk = dir.path().join("notes.txt");
+    std::fs::write(&junk, "not an image")?;
+    let err = store.import_file(&junk).expect_err("not DICOM");
+    assert!(err.to_string().starts_with(&format!("{}: not a DICOM file", junk.display())), "{err}");
+    assert_eq!(store.instance_count()?, 0);
+    Ok(())
+}
+
+#[test]
+fn worklist_filters_sorts_and_pages() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut store = Store::open(dir.path())?;
+    import_folder(&mut store, &demo_study())?;
+    import_folder(&mut store, &data("dcm_qa_nih/In")?)?;
+
+    let all = store.worklist(&WorklistQuery::default())?;
+    assert_eq!(all.len(), 3);
+    // Newest first: the two 2018 studies, then the 1971 prostate study.
+    assert_eq!(all.iter().map(|s| s.date.as_str()).collect::<Vec<_>>(), ["20180918", "20180918", "19710714"]);
+    let prostate = &all[2];
+    assert_eq!((prostate.patient_id.as_str(), prostate.modalities.as_str()), ("QIN-PROSTATE-01-0001", "MR"));
+    assert_eq!((prostate.series, prostate.instances), (1, 20));
+    let ge = all.iter().find(|s| s.instances == 600).ok_or_else(|| anyhow::anyhow!("GE study: {all:?}"))?;
+    assert_eq!(ge.series, 4);
+
+    // Case-insensitive name wildcard, and `?` for one character.
+    let by_name = |pattern: &str| -> anyhow::Result<usize> {
+        Ok(store.worklist(&WorklistQuery { patient_name: Some(pattern.into()), ..Default::default() })?.len())
+    };
+    assert_eq!(by_name("test^*")?, 2);
+    assert_eq!(by_name("TEST^REGRESSIO?")?, 2);
+    assert_eq!(by_name("nobody*")?, 0);
+
+    let dated = store.worklist(&WorklistQuery {
+        date_from: Some("19700101".into()),
+        date_to: Some("19791231".into()),
+        ..Default::default()
+    })?;
+    assert_eq!(dated.len(), 1);
+    assert_eq!(dated[0].study_uid, prostate.study_uid);
+
+    let id = store.worklist(&WorklistQuery { patient_id: Some("QIN-*".into()), ..Default::default() })?;
+    assert_eq!(id.len(), 1);
+    let ct = store.worklist(&WorklistQuery { modality: Some("CT".into()), ..Default::default() })?;
+    assert!(ct.is_empty());
+
+    let oldest = WorklistQuery { sort: WorklistSort::DateOldestFirst, limit: 1, offset: 1, ..Default::default() };
+    let page = store.worklist(&oldest)?;
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].date, "20180918");
+    Ok(())
+}
+
+#[test]
+fn audit_log_keeps_who_did_what_in_order() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Store::open(dir.path())?;
+    store.audit("radiologist-1", "open", "1.2.3", "viewer")?;
+    store.audit("lightbox", "export", "1.2.4", "nifti")?;
+    assert_eq!(
+        store.audit_log()?,
+        vec![
+            ("radiologist-1".to_owned(), "open".to_owned(), "1.2.3".to_owned()),
+            ("lightbox".to_owned(), "export".to_owned(), "1.2.4".to_owned())
+        ]
+    );
+    Ok(())
+}
