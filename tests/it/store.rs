@@ -126,3 +126,29 @@ fn audit_log_keeps_who_did_what_in_order() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn cli_import_then_worklist() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let lightbox = lightbox_tests::bin("lightbox")?;
+    let import = || {
+        lightbox_tests::run_ok(
+            std::process::Command::new(&lightbox).arg("import").arg(demo_study()).arg("--store").arg(dir.path()),
+        )
+    };
+    let first = import()?;
+    assert!(
+        first.ends_with(&format!("imported 20, already stored 0, not imported 0 (store {})\n", dir.path().display())),
+        "{first}"
+    );
+    let second = import()?;
+    assert!(second.starts_with("imported 0, already stored 20, not imported 0"), "{second}");
+    let list = lightbox_tests::run_ok(
+        std::process::Command::new(&lightbox).arg("worklist").arg("--store").arg(dir.path()).args(["--id", "QIN-*"]),
+    )?;
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 1, "{list}");
+    assert!(lines[0].starts_with("19710714   QIN-PROSTATE-01-0001"), "{list}");
+    assert!(lines[0].contains("1 series     20 instances"), "{list}");
+    Ok(())
+}

@@ -37,6 +37,37 @@ enum Commands {
         #[arg(long)]
         gzip: bool,
     },
+    /// Import DICOM files into the local store (instances already stored are skipped).
+    Import {
+        /// File or folder (searched recursively).
+        path: PathBuf,
+        /// Store folder (default: LIGHTBOX_STORE or ~/.local/share/lightbox/store).
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// List studies in the local store. Text filters take * and ? wildcards.
+    Worklist {
+        #[arg(long)]
+        store: Option<PathBuf>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        accession: Option<String>,
+        #[arg(long)]
+        modality: Option<String>,
+        /// Earliest study date, YYYYMMDD.
+        #[arg(long)]
+        from: Option<String>,
+        /// Latest study date, YYYYMMDD.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+    },
     /// Convert a NIfTI volume into a DICOM MR series (new UIDs, geometry per slice).
     ToDicom {
         /// NIfTI file (.nii or .nii.gz); its first time point is converted.
@@ -111,6 +142,47 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let files = lightbox_workflow::nifti_to_dicom(&nifti, &out, &series)?;
             println!("{} files in {}", files.len(), out.display());
+        }
+        Commands::Import { path, store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let summary = lightbox_workflow::import(&store, &path)?;
+            for issue in &summary.failed {
+                println!("not imported: {}: {}", issue.path.display(), issue.reason);
+            }
+            println!(
+                "imported {}, already stored {}, not imported {} (store {})",
+                summary.imported,
+                summary.already_stored,
+                summary.failed.len(),
+                store.display()
+            );
+        }
+        Commands::Worklist { store, name, id, accession, modality, from, to, limit, offset } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let query = lightbox_workflow::WorklistQuery {
+                patient_name: name,
+                patient_id: id,
+                accession_number: accession,
+                modality,
+                date_from: from,
+                date_to: to,
+                limit,
+                offset,
+                ..Default::default()
+            };
+            for s in lightbox_workflow::worklist(&store, &query)? {
+                println!(
+                    "{:<10} {:<22} {:<24} {:<8} {:>3} series {:>6} instances  \"{}\"  [{}]",
+                    or_dash(&s.date),
+                    or_dash(&s.patient_id),
+                    or_dash(&s.patient_name),
+                    or_dash(&s.modalities),
+                    s.series,
+                    s.instances,
+                    s.description,
+                    s.study_uid
+                );
+            }
         }
         Commands::Export { path, nifti, series, gzip } => {
             for file in lightbox_workflow::export_nifti(&path, &nifti, series.as_deref(), gzip)? {

@@ -9,6 +9,7 @@ use std::process::{Child, Command};
 
 use lightbox_core::SeriesInstanceUid;
 pub use lightbox_dicom::{NewSeries, ParseGuardAllocator, ScanReport};
+pub use lightbox_store::{StudyRow, WorklistQuery, WorklistSort};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -21,6 +22,9 @@ pub enum WorkflowError {
 
     #[error(transparent)]
     Nifti(#[from] lightbox_nifti::NiftiError),
+
+    #[error(transparent)]
+    Store(#[from] lightbox_store::StoreError),
 
     #[error("{path}: cannot create the output folder: {source}")]
     OutputFolder {
@@ -43,6 +47,7 @@ impl WorkflowError {
         match self {
             Self::Dicom(_) => "dicom",
             Self::Nifti(_) => "nifti",
+            Self::Store(_) => "store",
             Self::OutputFolder { .. } => "output_folder",
             Self::UnknownSeries { .. } => "unknown_series",
             Self::ViewerLaunch { .. } => "viewer_launch",
@@ -106,6 +111,51 @@ pub fn nifti_to_dicom(
     let image = lightbox_nifti::read(nifti)?;
     let volume = image.volume(0)?;
     Ok(lightbox_dicom::write_mr_series(&volume, series, out_dir)?)
+}
+
+/// The local store: `LIGHTBOX_STORE`, else `$XDG_DATA_HOME/lightbox/store`, else
+/// `~/.local/share/lightbox/store`.
+pub fn default_store_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LIGHTBOX_STORE") {
+        return PathBuf::from(dir);
+    }
+    let data = std::env::var_os("XDG_DATA_HOME").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from).join(".local/share")
+    });
+    data.join("lightbox/store")
+}
+
+/// What an import did.
+#[derive(Clone, Debug, Default)]
+pub struct ImportSummary {
+    pub imported: usize,
+    pub already_stored: usize,
+    /// Files not imported, with the reason.
+    pub failed: Vec<lightbox_core::FileIssue>,
+}
+
+/// Imports every DICOM instance under `path` into the store at `store_dir`. Instances already
+/// stored are skipped; unreadable files are listed, and the rest still imports.
+pub fn import(store_dir: &Path, path: &Path) -> Result<ImportSummary, WorkflowError> {
+    let report = scan(path)?;
+    let mut store = lightbox_store::Store::open(store_dir)?;
+    let mut summary = ImportSummary { failed: report.issues.clone(), ..Default::default() };
+    for (_, series) in report.series() {
+        for file in &series.files {
+            match store.import_file(file) {
+                Ok(lightbox_store::ImportOutcome::Imported) => summary.imported += 1,
+                Ok(lightbox_store::ImportOutcome::AlreadyStored) => summary.already_stored += 1,
+                Err(e) => summary.failed.push(lightbox_core::FileIssue { path: file.clone(), reason: e.to_string() }),
+            }
+        }
+    }
+    store.audit("local-user", "import", &path.display().to_string(), &format!("{} instances", summary.imported))?;
+    Ok(summary)
+}
+
+/// Studies in the store matching `query`.
+pub fn worklist(store_dir: &Path, query: &WorklistQuery) -> Result<Vec<StudyRow>, WorkflowError> {
+    Ok(lightbox_store::Store::open(store_dir)?.worklist(query)?)
 }
 
 /// Keeps letters, digits, `-`, `.` and `=`; everything else becomes `_` (as dcm2niix does).
