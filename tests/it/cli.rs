@@ -213,6 +213,7 @@ fn files_claiming_huge_elements_are_rejected_without_huge_allocations() -> anyho
         fixtures.join("oom-6f9bdca5acebc473c43a63317889e7d3aae5c59b"),
         fixtures.join("crash-46e82bfefa48c1515e537cb9a1e87537a2ba78c6"),
         fixtures.join("crash-1a5de81d64f5208d1b8530dec92fe7bff5b1e1c5"),
+        fixtures.join("crash-3f611b425a4ab07fed0aa6fe7072beebc4812690"),
     ];
     for path in paths {
         let file = path.display().to_string();

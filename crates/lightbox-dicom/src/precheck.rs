@@ -80,7 +80,22 @@ pub(crate) fn check_lengths<R: Read + Seek>(mut source: R, len: u64, whole_file:
         "" => return Ok(()), // no transfer syntax: dicom-rs says so better than a guess would
         "1.2.840.10008.1.2" => Encoding { implicit: true, big_endian: false },
         "1.2.840.10008.1.2.2" => Encoding { implicit: false, big_endian: true },
-        "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => return Ok(()), // deflated
+        "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => {
+            // Deflated data set: inflate it (no further than dicom-rs's parse budget allows)
+            // and walk the result as explicit VR little endian.
+            let budget = len.saturating_mul(64).saturating_add(16 << 20);
+            let mut inflated = Vec::new();
+            flate2::read::DeflateDecoder::new(w.source.by_ref().take(len - w.pos))
+                .take(budget + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|e| format!("deflated data set does not inflate: {e}"))?;
+            if inflated.len() as u64 > budget {
+                return Err(format!("deflated data set inflates past {budget} bytes"));
+            }
+            let inflated_len = inflated.len() as u64;
+            let mut inner = Walker { source: std::io::Cursor::new(inflated), len: inflated_len, pos: 0, whole_file };
+            return inner.data_set(inflated_len, Encoding { implicit: false, big_endian: false }, 0, true);
+        }
         _ => Encoding { implicit: false, big_endian: false },
     };
     w.data_set(w.len, data_set, 0, true)
