@@ -84,7 +84,7 @@ pub(crate) fn open(path: &Path, pixels: bool) -> Result<DefaultDicomObject, Dico
     let io = |source| DicomError::Io { path: path.to_owned(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let bytes = file.metadata().map_err(io)?.len();
-    crate::precheck::check_lengths(std::io::BufReader::new(file), bytes, pixels)
+    crate::precheck::check_lengths(std::io::BufReader::with_capacity(64 << 10, file), bytes, pixels)
         .map_err(|reason| DicomError::Parse { path: path.to_owned(), source: reason.into() })?;
     crate::budget::with_parse_budget(bytes, || options.open_file(path))
         .map_err(|source| classify_open_error(path, source))

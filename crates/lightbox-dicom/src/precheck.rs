@@ -6,7 +6,7 @@
 //! This walk reads only tags and lengths and seeks over values, so it costs a few reads per
 //! element and never allocates by what the file claims.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
 
 use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, VirtualVr};
 use dicom_core::{Tag, VR};
@@ -24,6 +24,28 @@ const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
 const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
 const PIXEL_DATA: (u16, u16) = (0x7FE0, 0x0010);
 const MAX_DEPTH: u32 = 32;
+
+/// A byte source that can jump forward cheaply: a buffered file keeps its buffer for short
+/// skips (`seek_relative`), an in-memory cursor just moves.
+pub(crate) trait Source: Read {
+    fn jump_to(&mut self, from: u64, to: u64) -> std::io::Result<()>;
+}
+
+impl<R: Read + Seek> Source for BufReader<R> {
+    fn jump_to(&mut self, from: u64, to: u64) -> std::io::Result<()> {
+        match i64::try_from(to).ok().zip(i64::try_from(from).ok()) {
+            Some((to, from)) => self.seek_relative(to - from),
+            None => self.seek(SeekFrom::Start(to)).map(|_| ()),
+        }
+    }
+}
+
+impl<T: AsRef<[u8]>> Source for Cursor<T> {
+    fn jump_to(&mut self, _from: u64, to: u64) -> std::io::Result<()> {
+        self.set_position(to);
+        Ok(())
+    }
+}
 
 /// `(group, element)`.
 type TagPair = (u16, u16);
@@ -44,7 +66,7 @@ struct Walker<R> {
 /// `Ok` when every length fits; `Err` says which element claims too much. Files that are not
 /// Part 10 or use a deflated data set are left to dicom-rs.
 /// With `whole_file` false the walk stops at the top-level pixel data, where a header scan stops.
-pub(crate) fn check_lengths<R: Read + Seek>(mut source: R, len: u64, whole_file: bool) -> Result<(), String> {
+pub(crate) fn check_lengths<R: Source>(mut source: R, len: u64, whole_file: bool) -> Result<(), String> {
     let mut head = [0u8; 132];
     if len < 132 || source.read_exact(&mut head).is_err() || &head[128..132] != b"DICM" {
         return Ok(());
@@ -73,8 +95,7 @@ pub(crate) fn check_lengths<R: Read + Seek>(mut source: R, len: u64, whole_file:
         if end > w.len {
             return Err(format!("file meta group claims {} bytes, the file has {}", end - 132, w.len - 132));
         }
-        w.pos = end;
-        w.source.seek(SeekFrom::Start(end)).map_err(|e| e.to_string())?;
+        w.goto(end)?;
     }
     let data_set = match transfer_syntax.as_str() {
         "" => return Ok(()), // no transfer syntax: dicom-rs says so better than a guess would
@@ -93,7 +114,7 @@ pub(crate) fn check_lengths<R: Read + Seek>(mut source: R, len: u64, whole_file:
                 return Err(format!("deflated data set inflates past {budget} bytes"));
             }
             let inflated_len = inflated.len() as u64;
-            let mut inner = Walker { source: std::io::Cursor::new(inflated), len: inflated_len, pos: 0, whole_file };
+            let mut inner = Walker { source: Cursor::new(inflated), len: inflated_len, pos: 0, whole_file };
             return inner.data_set(inflated_len, Encoding { implicit: false, big_endian: false }, 0, true);
         }
         _ => Encoding { implicit: false, big_endian: false },
@@ -101,7 +122,13 @@ pub(crate) fn check_lengths<R: Read + Seek>(mut source: R, len: u64, whole_file:
     w.data_set(w.len, data_set, 0, true)
 }
 
-impl<R: Read + Seek> Walker<R> {
+impl<R: Source> Walker<R> {
+    fn goto(&mut self, to: u64) -> Result<(), String> {
+        self.source.jump_to(self.pos, to).map_err(|e| e.to_string())?;
+        self.pos = to;
+        Ok(())
+    }
+
     fn read(&mut self, buf: &mut [u8]) -> Result<(), String> {
         self.source.read_exact(buf).map_err(|_| format!("file ends inside an element header at byte {}", self.pos))?;
         self.pos += buf.len() as u64;
@@ -109,9 +136,7 @@ impl<R: Read + Seek> Walker<R> {
     }
 
     fn skip(&mut self, n: u32) -> Result<(), String> {
-        self.pos += u64::from(n);
-        self.source.seek(SeekFrom::Start(self.pos)).map_err(|e| e.to_string())?;
-        Ok(())
+        self.goto(self.pos + u64::from(n))
     }
 
     fn u16(&mut self, e: Encoding) -> Result<u16, String> {
@@ -135,8 +160,7 @@ impl<R: Read + Seek> Walker<R> {
         let start = self.pos;
         let g = self.u16(e)?;
         if g != group && !any_group {
-            self.pos = start;
-            self.source.seek(SeekFrom::Start(start)).map_err(|e| e.to_string())?;
+            self.goto(start)?;
             return Ok(None);
         }
         let el = self.u16(e)?;
@@ -198,8 +222,7 @@ impl<R: Read + Seek> Walker<R> {
                 let item_end = if length == UNDEFINED { end } else { self.pos + u64::from(length) };
                 self.items(item_end, inner, depth + 1, tag == PIXEL_DATA)?;
                 if length != UNDEFINED {
-                    self.pos = item_end;
-                    self.source.seek(SeekFrom::Start(item_end)).map_err(|e| e.to_string())?;
+                    self.goto(item_end)?;
                 }
             } else {
                 self.skip(length)?;
@@ -231,8 +254,7 @@ impl<R: Read + Seek> Walker<R> {
             } else {
                 let item_end = self.pos + u64::from(length);
                 self.data_set(item_end, e, depth, false)?;
-                self.pos = item_end;
-                self.source.seek(SeekFrom::Start(item_end)).map_err(|e| e.to_string())?;
+                self.goto(item_end)?;
             }
         }
         Ok(())
