@@ -8,7 +8,7 @@ use dicom_dictionary_std::tags;
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, OpenFileOptions};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use lightbox_core::{PatientInfo, SeriesInstanceUid, StudyInstanceUid, WindowLevel};
+use lightbox_core::{InstanceRecord, PatientInfo, SeriesInstanceUid, StudyInstanceUid, WindowLevel};
 
 use crate::DicomError;
 
@@ -19,23 +19,12 @@ const MEDIA_STORAGE_DIRECTORY: &str = "1.2.840.10008.1.3.10";
 #[derive(Clone, Debug)]
 pub(crate) struct InstanceHeader {
     pub path: PathBuf,
-    pub patient: PatientInfo,
-    pub study_uid: StudyInstanceUid,
-    pub study_date: String,
-    pub study_description: String,
-    pub accession_number: String,
-    pub series_uid: SeriesInstanceUid,
-    pub series_number: Option<i32>,
-    pub series_description: String,
-    pub modality: String,
-    pub sop_instance_uid: String,
-    pub sop_class_uid: String,
-    pub instance_number: Option<i32>,
+    /// Who, which study and series, which instance: what the store indexes.
+    pub record: InstanceRecord,
     pub acquisition_number: Option<i32>,
     pub rows: u32,
     pub columns: u32,
     pub frames: u32,
-    pub transfer_syntax: String,
     pub slice_spacing: Option<f64>,
     pub window: Option<WindowLevel>,
     pub mosaic: bool,
@@ -146,26 +135,28 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
 
     Ok(InstanceHeader {
         path: path.to_owned(),
-        patient: PatientInfo {
-            id: text(obj, tags::PATIENT_ID).unwrap_or_default(),
-            name: text(obj, tags::PATIENT_NAME).unwrap_or_default(),
+        record: InstanceRecord {
+            patient: PatientInfo {
+                id: text(obj, tags::PATIENT_ID).unwrap_or_default(),
+                name: text(obj, tags::PATIENT_NAME).unwrap_or_default(),
+            },
+            study_uid: StudyInstanceUid::new(required(tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?),
+            study_date: text(obj, tags::STUDY_DATE).unwrap_or_default(),
+            study_description: text(obj, tags::STUDY_DESCRIPTION).unwrap_or_default(),
+            accession_number: text(obj, tags::ACCESSION_NUMBER).unwrap_or_default(),
+            series_uid: SeriesInstanceUid::new(required(tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?),
+            series_number: int(obj, tags::SERIES_NUMBER),
+            series_description: text(obj, tags::SERIES_DESCRIPTION).unwrap_or_default(),
+            modality: text(obj, tags::MODALITY).unwrap_or_default(),
+            sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?,
+            sop_class_uid: text(obj, tags::SOP_CLASS_UID).unwrap_or_default(),
+            instance_number: int(obj, tags::INSTANCE_NUMBER),
+            transfer_syntax,
         },
-        study_uid: StudyInstanceUid::new(required(tags::STUDY_INSTANCE_UID, "Study Instance UID (0020,000D)")?),
-        study_date: text(obj, tags::STUDY_DATE).unwrap_or_default(),
-        study_description: text(obj, tags::STUDY_DESCRIPTION).unwrap_or_default(),
-        accession_number: text(obj, tags::ACCESSION_NUMBER).unwrap_or_default(),
-        series_uid: SeriesInstanceUid::new(required(tags::SERIES_INSTANCE_UID, "Series Instance UID (0020,000E)")?),
-        series_number: int(obj, tags::SERIES_NUMBER),
-        series_description: text(obj, tags::SERIES_DESCRIPTION).unwrap_or_default(),
-        modality: text(obj, tags::MODALITY).unwrap_or_default(),
-        sop_instance_uid: required(tags::SOP_INSTANCE_UID, "SOP Instance UID (0008,0018)")?,
-        sop_class_uid: text(obj, tags::SOP_CLASS_UID).unwrap_or_default(),
-        instance_number: int(obj, tags::INSTANCE_NUMBER),
         acquisition_number: int(obj, tags::ACQUISITION_NUMBER),
         rows: int(obj, tags::ROWS).unwrap_or(0),
         columns: int(obj, tags::COLUMNS).unwrap_or(0),
         frames,
-        transfer_syntax,
         slice_spacing: floats::<1>(obj, tags::SPACING_BETWEEN_SLICES)
             .or_else(|| floats::<1>(obj, tags::SLICE_THICKNESS))
             .map(|[s]| s),
@@ -276,19 +267,5 @@ pub fn read_instance(path: &Path) -> Result<lightbox_core::InstanceRecord, Dicom
             return Err(DicomError::Unsupported { path: path.to_owned(), what: "a DICOMDIR as an instance".into() });
         }
     };
-    Ok(lightbox_core::InstanceRecord {
-        patient: h.patient,
-        study_uid: h.study_uid,
-        study_date: h.study_date,
-        study_description: h.study_description,
-        accession_number: h.accession_number,
-        series_uid: h.series_uid,
-        series_number: h.series_number,
-        series_description: h.series_description,
-        modality: h.modality,
-        sop_instance_uid: h.sop_instance_uid,
-        sop_class_uid: h.sop_class_uid,
-        instance_number: h.instance_number,
-        transfer_syntax: h.transfer_syntax,
-    })
+    Ok(h.record)
 }

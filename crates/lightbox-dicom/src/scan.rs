@@ -112,8 +112,8 @@ fn group(headers: Vec<InstanceHeader>) -> (Vec<StudyInfo>, HashMap<SeriesInstanc
     let mut studies: BTreeMap<StudyInstanceUid, (InstanceHeader, BTreeMap<SeriesInstanceUid, SeriesAcc>)> =
         BTreeMap::new();
     for h in headers {
-        let (_, series) = studies.entry(h.study_uid.clone()).or_insert_with(|| (h.clone(), BTreeMap::new()));
-        series.entry(h.series_uid.clone()).or_default().headers.push(h);
+        let (_, series) = studies.entry(h.record.study_uid.clone()).or_insert_with(|| (h.clone(), BTreeMap::new()));
+        series.entry(h.record.series_uid.clone()).or_default().headers.push(h);
     }
 
     let mut all_sets = HashMap::new();
@@ -131,10 +131,10 @@ fn group(headers: Vec<InstanceHeader>) -> (Vec<StudyInfo>, HashMap<SeriesInstanc
             series.sort_by(|a, b| a.number.cmp(&b.number).then_with(|| a.uid.cmp(&b.uid)));
             StudyInfo {
                 uid,
-                patient: first.patient,
-                date: first.study_date,
-                description: first.study_description,
-                accession_number: first.accession_number,
+                patient: first.record.patient,
+                date: first.record.study_date,
+                description: first.record.study_description,
+                accession_number: first.record.accession_number,
                 series,
             }
         })
@@ -148,13 +148,13 @@ fn summarize_series(mut acc: SeriesAcc) -> (SeriesInfo, Vec<DisplaySet>) {
     let file_count = acc.headers.len();
     let mut seen = HashSet::new();
     let distinct: Vec<&InstanceHeader> =
-        acc.headers.iter().filter(|h| seen.insert(h.sop_instance_uid.as_str())).collect();
+        acc.headers.iter().filter(|h| seen.insert(h.record.sop_instance_uid.as_str())).collect();
 
     let first = distinct[0];
     let mut transfer_syntaxes: Vec<String> = Vec::new();
     for h in &acc.headers {
-        if !transfer_syntaxes.contains(&h.transfer_syntax) {
-            transfer_syntaxes.push(h.transfer_syntax.clone());
+        if !transfer_syntaxes.contains(&h.record.transfer_syntax) {
+            transfer_syntaxes.push(h.record.transfer_syntax.clone());
         }
     }
     let mut sets = build_display_sets(acc.headers.clone());
@@ -164,10 +164,10 @@ fn summarize_series(mut acc: SeriesAcc) -> (SeriesInfo, Vec<DisplaySet>) {
     let display_sets: Vec<DisplaySetInfo> = sets.iter().map(DisplaySet::info).collect();
 
     let info = SeriesInfo {
-        uid: first.series_uid.clone(),
-        number: first.series_number,
-        modality: first.modality.clone(),
-        description: first.series_description.clone(),
+        uid: first.record.series_uid.clone(),
+        number: first.record.series_number,
+        modality: first.record.modality.clone(),
+        description: first.record.series_description.clone(),
         instance_count: distinct.len(),
         file_count,
         rows: distinct.iter().map(|h| h.rows).max().unwrap_or(0),

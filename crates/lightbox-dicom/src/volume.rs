@@ -106,7 +106,7 @@ impl DisplaySet {
         let slices = self.slices as usize;
         let wanted =
             self.frames.get(t as usize * slices..(t as usize + 1) * slices).ok_or_else(|| DicomError::Series {
-                series: self.instances[0].series_uid.clone(),
+                series: self.instances[0].record.series_uid.clone(),
                 reason: format!("time point {t} is outside the display set's {}", self.time_points),
             })?;
         let mut by_instance: BTreeMap<usize, Vec<(usize, &FrameRef)>> = BTreeMap::new();
@@ -133,8 +133,10 @@ impl DisplaySet {
         for (z, slice) in decoded.into_iter().flatten() {
             voxels[z * columns * rows..(z + 1) * columns * rows].copy_from_slice(&slice);
         }
-        Volume::new([columns, rows, slices], voxels, self.patient_from_voxel)
-            .map_err(|e| DicomError::Series { series: self.instances[0].series_uid.clone(), reason: e.to_string() })
+        Volume::new([columns, rows, slices], voxels, self.patient_from_voxel).map_err(|e| DicomError::Series {
+            series: self.instances[0].record.series_uid.clone(),
+            reason: e.to_string(),
+        })
     }
 }
 
@@ -187,7 +189,7 @@ fn decode(h: &InstanceHeader) -> Result<Vec<f32>, DicomError> {
             .unwrap_or_default();
         Err(DicomError::Decode {
             path: h.path.clone(),
-            source: format!("the {} decoder failed on malformed data ({message})", h.transfer_syntax).into(),
+            source: format!("the {} decoder failed on malformed data ({message})", h.record.transfer_syntax).into(),
         })
     })
 }
@@ -236,7 +238,7 @@ pub(crate) fn build_display_sets(headers: Vec<InstanceHeader>) -> Vec<DisplaySet
     let mut seen = HashSet::new();
     let mut headers: Vec<InstanceHeader> = headers;
     headers.sort_by(|a, b| a.path.cmp(&b.path));
-    headers.retain(|h| seen.insert(h.sop_instance_uid.clone()));
+    headers.retain(|h| seen.insert(h.record.sop_instance_uid.clone()));
     let duplicates =
         (headers.len() < files).then_some(LoadWarning::DuplicateInstances { files, instances: headers.len() });
     headers.retain(|h| h.rows > 0 && h.columns > 0);
@@ -269,7 +271,7 @@ fn candidates(index: usize, h: &InstanceHeader, mosaic_warning: &mut bool) -> Ve
         (
             meta.temporal_index.unwrap_or(0),
             i64::from(h.acquisition_number.unwrap_or(0)),
-            i64::from(h.instance_number.unwrap_or(0)),
+            i64::from(h.record.instance_number.unwrap_or(0)),
             frame,
             0,
         )
