@@ -85,6 +85,27 @@ pub struct StudyRow {
     pub instances: u32,
 }
 
+/// What [`Store::verify`] found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub instances: usize,
+    /// SOP Instance UIDs whose file is gone.
+    pub missing: Vec<String>,
+    /// SOP Instance UIDs whose file no longer matches its hash.
+    pub corrupt: Vec<String>,
+    /// Stored files no index row points to (left by a crash before the row committed).
+    pub unindexed_objects: usize,
+    /// Leftover temporary files (a crash while writing one).
+    pub temporary_files: usize,
+}
+
+impl VerifyReport {
+    /// No indexed instance is missing or damaged.
+    pub fn is_consistent(&self) -> bool {
+        self.missing.is_empty() && self.corrupt.is_empty()
+    }
+}
+
 pub struct Store {
     root: PathBuf,
     db_path: PathBuf,
@@ -241,6 +262,42 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
+    /// Checks that every indexed instance has its file and that the file's content still hashes
+    /// to its name. Objects without an index row (a crash between writing the file and
+    /// committing the row) are harmless and counted apart.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut report = VerifyReport::default();
+        let mut s = self.db.prepare("SELECT sop_uid, object FROM instances").map_err(self.sql())?;
+        let rows = s
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .map_err(self.sql())?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(self.sql())?;
+        let mut indexed = std::collections::HashSet::new();
+        for (sop_uid, object) in rows {
+            report.instances += 1;
+            let path = self.object_path(&object);
+            match std::fs::read(&path) {
+                Ok(bytes) if hex(&Sha256::digest(&bytes)) == object => {}
+                Ok(_) => report.corrupt.push(sop_uid),
+                Err(_) => report.missing.push(sop_uid),
+            }
+            indexed.insert(object);
+        }
+        for entry in
+            walk(&self.root.join("objects")).map_err(|source| StoreError::Io { path: self.root.clone(), source })?
+        {
+            let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let prefix = entry.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
+            match name.strip_suffix(".dcm") {
+                Some(rest) if !indexed.contains(&format!("{prefix}{rest}")) => report.unindexed_objects += 1,
+                Some(_) => {}
+                None => report.temporary_files += 1,
+            }
+        }
+        Ok(report)
+    }
+
     /// Instances indexed, for tests and status lines.
     pub fn instance_count(&self) -> Result<u64, StoreError> {
         let count: i64 = self.db.query_row("SELECT count(*) FROM instances", [], |r| r.get(0)).map_err(self.sql())?;
@@ -301,6 +358,19 @@ fn glob_pattern(dicom: &str) -> String {
             c => c.to_string(),
         })
         .collect()
+}
+
+fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(walk(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
 }
 
 fn hex(bytes: &[u8]) -> String {
