@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Runs the ingest fuzz target for SECONDS (default 1800) with the shared test data as seeds.
+# Runs a fuzz target for SECONDS (default 1800) with the shared test data as seeds.
+#   scripts/fuzz.sh [seconds] [ingest|nifti]
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); on a stable toolchain RUSTC_BOOTSTRAP=1 lets
-# it use the sanitizer flags. Findings land in fuzz/artifacts/ingest/.
+# it use the sanitizer flags. Findings land in fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-1800}
+target=${2:-ingest}
 data=${LIGHTBOX_TEST_DATA:-../shared/data}
-mkdir -p fuzz/corpus/ingest
+mkdir -p "fuzz/corpus/$target"
+case "$target" in
+  ingest) seed_dirs=(pydicom_testfiles dcm_qa_ts/In dcmqi_data/segmentations dcm_qa_enh/In/Siemens); max_len=1048576 ;;
+  nifti)  seed_dirs=(dcm_qa_ts/Ref dcm_qa_enh/Ref nilearn_mni152); max_len=8388608 ;;
+  *) echo "unknown target $target" >&2; exit 2 ;;
+esac
 seeds=()
-for d in "$data"/pydicom_testfiles "$data"/dcm_qa_ts/In "$data"/dcmqi_data/segmentations "$data"/dcm_qa_enh/In/Siemens; do
-  [ -d "$d" ] && seeds+=("$(realpath "$d")")
+for d in "${seed_dirs[@]}"; do
+  [ -d "$data/$d" ] && seeds+=("$(realpath "$data/$d")")
 done
 export RUSTC_BOOTSTRAP=1
 cd fuzz
-exec cargo fuzz run ingest corpus/ingest "${seeds[@]}" -- \
-  -max_total_time="$seconds" -max_len=1048576 -rss_limit_mb=2048 -print_final_stats=1
+exec cargo fuzz run "$target" "corpus/$target" "${seeds[@]}" -- \
+  -max_total_time="$seconds" -max_len="$max_len" -rss_limit_mb=2048 -print_final_stats=1

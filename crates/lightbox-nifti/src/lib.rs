@@ -69,19 +69,38 @@ impl NiftiImage {
 
 /// Reads a `.nii` or `.nii.gz` file.
 pub fn read(path: &Path) -> Result<NiftiImage, NiftiError> {
+    let raw = std::fs::read(path).map_err(|source| NiftiError::Read { path: path.to_owned(), source })?;
+    read_bytes(path, &raw)
+}
+
+/// Reads NIfTI-1 from memory (gzipped or not); `path` only names it in errors. A gzipped file is
+/// inflated no further than its header says the image needs, so a small file cannot inflate
+/// into gigabytes.
+pub fn read_bytes(path: &Path, raw: &[u8]) -> Result<NiftiImage, NiftiError> {
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return parse(path, raw);
+    }
     let read_err = |source| NiftiError::Read { path: path.to_owned(), source };
-    let raw = std::fs::read(path).map_err(read_err)?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(read_err)?;
-        out
-    } else {
-        raw
-    };
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw);
+    let mut bytes = Vec::with_capacity(DATA_OFFSET);
+    (&mut decoder).take(DATA_OFFSET as u64).read_to_end(&mut bytes).map_err(read_err)?;
+    let needed = layout(path, &bytes)?.end;
+    (&mut decoder).take(needed.saturating_sub(bytes.len()) as u64).read_to_end(&mut bytes).map_err(read_err)?;
     parse(path, &bytes)
 }
 
-fn parse(path: &Path, bytes: &[u8]) -> Result<NiftiImage, NiftiError> {
+/// Where the voxels are and what they are, from the header alone.
+struct Layout {
+    dims: [usize; 4],
+    datatype: i16,
+    sample: usize,
+    offset: usize,
+    expected: usize,
+    /// `offset + expected`: how many bytes the file must have.
+    end: usize,
+}
+
+fn layout(path: &Path, bytes: &[u8]) -> Result<Layout, NiftiError> {
     let not_nifti = |reason: &str| NiftiError::NotNifti { path: path.to_owned(), reason: reason.to_owned() };
     if bytes.len() < HEADER_BYTES {
         return Err(not_nifti("shorter than a NIfTI-1 header"));
@@ -95,7 +114,10 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<NiftiImage, NiftiError> {
         return Err(not_nifti(&format!("dim[0] = {ndim}")));
     }
     let dim = |i: usize| if i as i16 <= ndim { usize::try_from(h.i16(40 + 2 * i)).unwrap_or(0).max(1) } else { 1 };
-    let dims = [dim(1), dim(2), dim(3), dim(4) * dim(5) * dim(6) * dim(7)];
+    let too_big = || not_nifti("dimensions too large");
+    let time =
+        [dim(4), dim(5), dim(6), dim(7)].iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(too_big)?;
+    let dims = [dim(1), dim(2), dim(3), time];
     let datatype = h.i16(70);
     let sample = match datatype {
         2 | 256 => 1,
@@ -104,10 +126,18 @@ fn parse(path: &Path, bytes: &[u8]) -> Result<NiftiImage, NiftiError> {
         64 => 8,
         _ => return Err(NiftiError::UnsupportedType { path: path.to_owned(), datatype }),
     };
-    let count = dims.iter().product::<usize>();
-    let offset = (h.f32(108) as usize).max(DATA_OFFSET.min(bytes.len()));
-    let expected = count * sample;
-    let data = bytes.get(offset..offset + expected).ok_or(NiftiError::Truncated {
+    let expected = dims.iter().try_fold(sample, |a, &d| a.checked_mul(d)).ok_or_else(too_big)?;
+    let declared = h.f32(108);
+    let offset = if declared.is_finite() && declared >= DATA_OFFSET as f32 { declared as usize } else { DATA_OFFSET };
+    let end = offset.checked_add(expected).ok_or_else(too_big)?;
+    Ok(Layout { dims, datatype, sample, offset, expected, end })
+}
+
+fn parse(path: &Path, bytes: &[u8]) -> Result<NiftiImage, NiftiError> {
+    let Layout { dims, datatype, sample, offset, expected, end } = layout(path, bytes)?;
+    let h = Header::new(bytes)
+        .ok_or_else(|| NiftiError::NotNifti { path: path.to_owned(), reason: "sizeof_hdr is not 348".into() })?;
+    let data = bytes.get(offset..end).ok_or(NiftiError::Truncated {
         path: path.to_owned(),
         expected,
         offset,
