@@ -119,7 +119,7 @@ fn layout(path: &Path, bytes: &[u8]) -> Result<Layout, NiftiError> {
         [dim(4), dim(5), dim(6), dim(7)].iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(too_big)?;
     let dims = [dim(1), dim(2), dim(3), time];
     let datatype = h.i16(70);
-    let sample = match datatype {
+    let sample: usize = match datatype {
         2 | 256 => 1,
         4 | 512 => 2,
         8 | 16 | 768 => 4,
@@ -415,6 +415,34 @@ mod tests {
                 assert!((v - original.patient_from_voxel.rows[r][c]).abs() < 1e-4, "[{r}][{c}] {v}");
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn huge_dimensions_are_an_error_not_an_overflow() {
+        let mut bytes = header_bytes(&oblique_volume(), 1).to_vec();
+        bytes[40..42].copy_from_slice(&7i16.to_le_bytes());
+        for i in 1..=7 {
+            bytes[40 + 2 * i..42 + 2 * i].copy_from_slice(&i16::MAX.to_le_bytes());
+        }
+        let err = parse(Path::new("big.nii"), &bytes).expect_err("too large");
+        assert_eq!(err.to_string(), "big.nii: not a NIfTI-1 file (dimensions too large)");
+    }
+
+    #[test]
+    fn gzipped_image_with_50_mb_of_trailing_bytes_reads_its_voxels() -> anyhow::Result<()> {
+        let volume = oblique_volume();
+        let mut plain = header_bytes(&volume, 1).to_vec();
+        for v in volume.voxels() {
+            plain.extend_from_slice(&v.to_le_bytes());
+        }
+        plain.extend(std::iter::repeat_n(0u8, 50 << 20)); // 50 MB of trailing zeros
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        gz.write_all(&plain)?;
+        let packed = gz.finish()?;
+        assert!(packed.len() < 200_000);
+        let image = read_bytes(Path::new("bomb.nii.gz"), &packed)?;
+        assert_eq!(image.volume(0)?.voxels(), volume.voxels());
         Ok(())
     }
 
