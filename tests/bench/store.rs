@@ -32,7 +32,7 @@ fn main() -> anyhow::Result<()> {
                  VALUES (?1, ?2, '1.2.840.10008.5.1.4.1.1.4', ?3, 'Explicit VR Little Endian', ?4, 500000, '2026-11-25T00:00:00Z')",
             )?;
             for p in 0..STUDIES / 2 {
-                patient.execute(rusqlite_params(&[&format!("P{p:06}"), &format!("PATIENT^{p:06}")]))?;
+                patient.execute(rusqlite::params![format!("P{p:06}"), format!("PATIENT^{p:06}")])?;
             }
             for s in 0..STUDIES {
                 let uid = format!("1.2.826.0.1.3680043.99.{s}");
@@ -104,8 +104,4 @@ fn main() -> anyhow::Result<()> {
         println!("{name:<34} {:>8.2} {rows:>6}", median.as_secs_f64() * 1e3);
     }
     Ok(())
-}
-
-fn rusqlite_params<'a>(values: &'a [&'a String]) -> impl rusqlite::Params + 'a {
-    rusqlite::params_from_iter(values.iter())
 }

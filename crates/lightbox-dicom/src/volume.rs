@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use dicom_pixeldata::PixelDecoder;
@@ -481,14 +480,4 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
 
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
-}
-
-/// Paths of the instances a display set reads (for tests and error messages).
-impl DisplaySet {
-    pub fn files(&self) -> Vec<PathBuf> {
-        let used: HashSet<usize> = self.frames.iter().map(|f| f.instance).collect();
-        let mut files: Vec<PathBuf> = used.into_iter().map(|i| self.instances[i].path.clone()).collect();
-        files.sort();
-        files
-    }
 }
