@@ -19,7 +19,7 @@ fn assert_rgba_close(gpu: &[u8], reference: &[u8], what: &str) {
 fn gpu_slice_matches_cpu_reference_on_demo_study() -> anyhow::Result<()> {
     let report = lightbox_dicom::scan_path(&demo_study())?;
     let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("demo study has no series"))?;
-    let (volume, _) = lightbox_dicom::load_series_volume(series)?;
+    let volume = report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?.load(0)?;
     let gpu = GpuContext::headless()?;
     eprintln!("render test on {}", gpu.adapter_name);
     let renderer = SliceRenderer::new(&gpu.device, &gpu.queue, &volume)?;

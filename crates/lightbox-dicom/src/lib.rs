@@ -17,5 +17,5 @@ pub use budget::ParseGuardAllocator;
 pub use error::DicomError;
 pub use header::read_instance;
 pub use scan::{ScanReport, scan_path};
-pub use volume::{DisplaySet, LoadWarning, display_sets, load_series_volume};
+pub use volume::{DisplaySet, LoadWarning, display_sets};
 pub use write::{NewSeries, new_uid, write_mr_series};

@@ -167,16 +167,6 @@ pub fn display_sets(series: &SeriesInfo) -> Result<Vec<DisplaySet>, DicomError> 
     Ok(build_display_sets(headers))
 }
 
-/// Loads the first time point of a series' largest display set: what a viewer shows first.
-pub fn load_series_volume(series: &SeriesInfo) -> Result<(Volume<f32>, Vec<LoadWarning>), DicomError> {
-    let sets = display_sets(series)?;
-    let set = sets
-        .iter()
-        .max_by_key(|s| u64::from(s.columns) * u64::from(s.rows) * u64::from(s.slices))
-        .ok_or_else(|| DicomError::Series { series: series.uid.clone(), reason: "has no image instances".into() })?;
-    Ok((set.load(0)?, set.warnings.clone()))
-}
-
 /// Decodes one file's frames. A codec that panics on a malformed stream (dicom-rs's RLE decoder
 /// indexes out of bounds on some, found by fuzzing) becomes an error naming the file.
 fn decode(h: &InstanceHeader) -> Result<Vec<f32>, DicomError> {

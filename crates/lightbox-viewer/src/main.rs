@@ -53,7 +53,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             None => anyhow!("{}: no image series found", args.path.display()),
         })?
         .clone();
-    let (volume, warnings) = lightbox_dicom::load_series_volume(&series)?;
+    // The scan built the display sets already (largest first); show the first time point.
+    let set = report
+        .display_sets(&series)
+        .first()
+        .ok_or_else(|| anyhow!("{}: series {} has no image frames", args.path.display(), series.uid))?;
+    let (volume, warnings) = (set.load(0)?, set.warnings.clone());
     for w in &warnings {
         eprintln!("lightbox-viewer: warning: {w}");
     }
