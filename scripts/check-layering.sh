@@ -28,7 +28,8 @@ for pkg in $packages; do
       echo "layering: $pkg uses $hit directly (only $2 may)"; fail=1
     fi
   }
-  check '^dicom-' "lightbox-dicom"
+  # lightbox-pacs speaks DIMSE (dicom-ul and the command sets it carries), per the crate map.
+  check '^dicom-' "lightbox-dicom lightbox-pacs"
   check '^tauri$' "src-tauri"
   check '^(egui|eframe|egui-wgpu|winit)$' "lightbox-viewer"
   check '^wgpu$' "lightbox-render lightbox-viewer"

@@ -9,7 +9,10 @@
 //!
 //! Importing an instance whose SOP Instance UID is already stored is a no-op.
 
+mod outbox;
 mod schema;
+
+pub use outbox::{Enqueued, OutboxItem, OutboxState};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -35,6 +38,8 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Dicom(#[from] lightbox_dicom::DicomError),
+    #[error("no outbox item {0}")]
+    NoSuchOutboxItem(i64),
     #[error("store index {path} has schema version {found}; this Lightbox knows up to {known}")]
     NewerSchema { path: PathBuf, found: i64, known: i64 },
 }
@@ -109,7 +114,7 @@ impl VerifyReport {
 pub struct Store {
     root: PathBuf,
     db_path: PathBuf,
-    db: Connection,
+    pub(crate) db: Connection,
 }
 
 impl Store {
@@ -128,7 +133,7 @@ impl Store {
         Ok(Self { root: root.to_owned(), db_path, db })
     }
 
-    fn sql(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+    pub(crate) fn sql(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         |source| StoreError::Sql { path: self.db_path.clone(), source }
     }
 
@@ -165,12 +170,12 @@ impl Store {
         Ok(object.map(|o| self.object_path(&o)))
     }
 
-    fn object_path(&self, object: &str) -> PathBuf {
+    pub(crate) fn object_path(&self, object: &str) -> PathBuf {
         self.root.join("objects").join(&object[..2]).join(format!("{}.dcm", &object[2..]))
     }
 
     /// temp file + fsync + rename + fsync(dir): the object is either whole or absent.
-    fn write_object(&self, object: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    pub(crate) fn write_object(&self, object: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let target = self.object_path(object);
         if target.is_file() {
             return Ok(()); // same content stored already
@@ -284,6 +289,11 @@ impl Store {
             }
             indexed.insert(object);
         }
+        let mut s = self.db.prepare("SELECT object FROM outbox").map_err(self.sql())?;
+        let queued = s.query_map([], |r| r.get::<_, String>(0)).map_err(self.sql())?;
+        for object in queued {
+            indexed.insert(object.map_err(self.sql())?);
+        }
         for entry in
             walk(&self.root.join("objects")).map_err(|source| StoreError::Io { path: self.root.clone(), source })?
         {
@@ -296,6 +306,11 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// The store's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Instances indexed, for tests and status lines.
@@ -373,7 +388,7 @@ fn walk(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -1,0 +1,375 @@
+//! WADO-RS retrieval. Instances stream part by part to files on disk; a series interrupted
+//! midway resumes with only the instances still missing.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use futures_util::StreamExt;
+use lightbox_store::{ImportOutcome, Store};
+use reqwest::Method;
+
+use crate::multipart::{MemoryParts, PartSink, RelatedParts, boundary_of, params_of};
+use crate::{DicomJson, DicomWebClient, PacsError, QidoQuery};
+
+/// Instances in the encoding the PACS stored them in: no transcoding on either side.
+const ACCEPT_INSTANCES: &str = "multipart/related; type=\"application/dicom\"; transfer-syntax=*";
+
+/// What a retrieval brought.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetrieveSummary {
+    /// The files written (one per instance).
+    pub files: Vec<PathBuf>,
+    pub bytes: u64,
+    /// Instances fetched one by one after the series transfer broke.
+    pub resumed_instances: usize,
+    /// Of `files`, imported into the store now / stored already (only for `*_into` calls).
+    pub imported: usize,
+    pub already_stored: usize,
+}
+
+/// The encoding asked for frames.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameSyntax {
+    /// Uncompressed (Explicit VR Little Endian) pixels.
+    Uncompressed,
+    /// Whatever the PACS stored (JPEG-LS, JPEG 2000, RLE…): no transcoding.
+    Stored,
+    /// A given transfer syntax UID with its media type, e.g. `("image/jls", "1.2.840.10008.1.2.4.80")`.
+    Specific { media_type: String, transfer_syntax: String },
+}
+
+impl FrameSyntax {
+    fn accept(&self) -> String {
+        match self {
+            Self::Uncompressed => "multipart/related; type=\"application/octet-stream\"".into(),
+            Self::Stored => "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*".into(),
+            Self::Specific { media_type, transfer_syntax } => {
+                format!("multipart/related; type=\"{media_type}\"; transfer-syntax={transfer_syntax}")
+            }
+        }
+    }
+}
+
+/// One frame's bytes as the server sent them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub number: u32,
+    pub content_type: Option<String>,
+    /// From the part's or the response's content type, when the server says.
+    pub transfer_syntax: Option<String>,
+    pub data: Vec<u8>,
+}
+
+/// Writes each part to its own file in a folder: `.part` while it arrives, renamed to `.dcm`
+/// when whole, so a broken transfer never leaves a truncated `.dcm`.
+struct DirSink {
+    dir: PathBuf,
+    prefix: String,
+    next: usize,
+    current: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
+    files: Vec<PathBuf>,
+    bytes: u64,
+}
+
+impl DirSink {
+    fn new(dir: &Path, prefix: &str) -> Self {
+        Self { dir: dir.to_owned(), prefix: prefix.to_owned(), next: 0, current: None, files: Vec::new(), bytes: 0 }
+    }
+
+    fn discard_partial(&mut self) {
+        if let Some((path, _)) = self.current.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl PartSink for DirSink {
+    fn begin(&mut self, _content_type: Option<&str>) -> std::io::Result<()> {
+        self.discard_partial();
+        let path = self.dir.join(format!("{}-{:06}.part", self.prefix, self.next));
+        self.next += 1;
+        let file = std::fs::File::create(&path)?;
+        self.current = Some((path, std::io::BufWriter::with_capacity(256 * 1024, file)));
+        Ok(())
+    }
+
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        if let Some((_, file)) = &mut self.current {
+            file.write_all(chunk)?;
+            self.bytes += chunk.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn end(&mut self) -> std::io::Result<()> {
+        if let Some((path, file)) = self.current.take() {
+            file.into_inner().map_err(|e| e.into_error())?;
+            let done = path.with_extension("dcm");
+            std::fs::rename(&path, &done)?;
+            self.files.push(done);
+        }
+        Ok(())
+    }
+}
+
+impl DicomWebClient {
+    /// Streams the instances at `path` (`/studies/{uid}`, `…/series/{uid}` or
+    /// `…/instances/{uid}`) into files in `dir`. Waiting for the response is retried; a stream
+    /// that breaks midway is an error (see [`Self::retrieve_series_to_dir`] for resuming).
+    async fn stream_instances(&self, path: &str, dir: &Path, sink: &mut DirSink) -> Result<(), PacsError> {
+        let url = self.url(path);
+        let response = self.send(Method::GET, &url, |r| r.header("Accept", ACCEPT_INSTANCES)).await?;
+        let content_type = response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let Some(boundary) = boundary_of(content_type) else {
+            return Err(PacsError::Malformed {
+                url,
+                detail: format!("expected multipart/related, got content type {content_type:?}"),
+            });
+        };
+        std::fs::create_dir_all(dir).map_err(|source| PacsError::Io { path: dir.to_owned(), source })?;
+        let stream =
+            response.bytes_stream().map(|chunk| chunk.map_err(|e| std::io::Error::other(crate::client::chain(&e))));
+        let result = RelatedParts::new(stream, &boundary).copy_to(sink).await;
+        if let Err(detail) = result {
+            sink.discard_partial();
+            return Err(PacsError::Transfer { url, detail });
+        }
+        Ok(())
+    }
+
+    /// Retrieves one instance into `dir`; returns its file.
+    pub async fn retrieve_instance_to_dir(
+        &self,
+        study: &str,
+        series: &str,
+        sop: &str,
+        dir: &Path,
+    ) -> Result<PathBuf, PacsError> {
+        let path = format!("/studies/{study}/series/{series}/instances/{sop}");
+        let mut retry = 0;
+        loop {
+            let mut sink = DirSink::new(dir, &format!("i{}", fastrand::u32(..)));
+            match self.stream_instances(&path, dir, &mut sink).await {
+                Ok(()) if sink.files.len() == 1 => return Ok(sink.files.remove(0)),
+                Ok(()) => {
+                    return Err(PacsError::Malformed {
+                        url: self.url(&path),
+                        detail: format!("expected one instance, got {}", sink.files.len()),
+                    });
+                }
+                Err(e) if e.is_transient() && retry + 1 < self.retry.attempts => {
+                    tokio::time::sleep(self.retry.delay(retry)).await;
+                    retry += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Retrieves a whole study into `dir`.
+    pub async fn retrieve_study_to_dir(&self, study: &str, dir: &Path) -> Result<RetrieveSummary, PacsError> {
+        let mut sink = DirSink::new(dir, "study");
+        self.stream_instances(&format!("/studies/{study}"), dir, &mut sink).await?;
+        Ok(RetrieveSummary { files: sink.files, bytes: sink.bytes, ..Default::default() })
+    }
+
+    /// Retrieves a series into `dir` in one request. If the transfer breaks midway, the
+    /// instances that arrived whole are kept, the series' instance list is asked with QIDO,
+    /// and only the missing ones are fetched, one request each.
+    pub async fn retrieve_series_to_dir(
+        &self,
+        study: &str,
+        series: &str,
+        dir: &Path,
+    ) -> Result<RetrieveSummary, PacsError> {
+        let mut sink = DirSink::new(dir, "series");
+        let first = self.stream_instances(&format!("/studies/{study}/series/{series}"), dir, &mut sink).await;
+        let mut summary =
+            RetrieveSummary { files: std::mem::take(&mut sink.files), bytes: sink.bytes, ..Default::default() };
+        match first {
+            Ok(()) => return Ok(summary),
+            Err(e) if !e.is_transient() => return Err(e),
+            Err(e) => tracing::warn!("series transfer broke after {} instances ({e}); resuming", summary.files.len()),
+        }
+        let mut have = HashSet::new();
+        for file in &summary.files {
+            have.insert(lightbox_dicom::read_instance(file)?.sop_instance_uid);
+        }
+        let listed = self.search_instances(study, Some(series), &QidoQuery::new()).await?;
+        for instance in listed {
+            let Some(sop) = instance.string(crate::json::tags::SOP_INSTANCE_UID) else { continue };
+            if have.contains(&sop) {
+                continue;
+            }
+            let file = self.retrieve_instance_to_dir(study, series, &sop, dir).await?;
+            summary.bytes += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+            summary.files.push(file);
+            summary.resumed_instances += 1;
+            have.insert(sop);
+        }
+        Ok(summary)
+    }
+
+    /// Retrieves a series (`Some`) or a whole study (`None`) and imports it into the store. The
+    /// download goes to a temporary folder inside the store's root, deleted afterwards.
+    pub async fn retrieve_into(
+        &self,
+        store: &mut Store,
+        study: &str,
+        series: Option<&str>,
+    ) -> Result<RetrieveSummary, PacsError> {
+        let root = store.root().join("incoming");
+        std::fs::create_dir_all(&root).map_err(|source| PacsError::Io { path: root.clone(), source })?;
+        let temp = tempfile::tempdir_in(&root).map_err(|source| PacsError::Io { path: root.clone(), source })?;
+        let mut summary = match series {
+            Some(series) => self.retrieve_series_to_dir(study, series, temp.path()).await?,
+            None => self.retrieve_study_to_dir(study, temp.path()).await?,
+        };
+        for file in &summary.files {
+            match store.import_file(file)? {
+                ImportOutcome::Imported => summary.imported += 1,
+                ImportOutcome::AlreadyStored => summary.already_stored += 1,
+            }
+        }
+        summary.files.clear(); // they were temporary
+        Ok(summary)
+    }
+
+    /// Study- or series-level metadata (DICOM JSON, bulk data as URIs).
+    pub async fn retrieve_metadata(&self, study: &str, series: Option<&str>) -> Result<Vec<DicomJson>, PacsError> {
+        let url = match series {
+            Some(series) => self.url(&format!("/studies/{study}/series/{series}/metadata")),
+            None => self.url(&format!("/studies/{study}/metadata")),
+        };
+        let (_, body) = self.get_bytes(&url, "application/dicom+json").await?;
+        DicomJson::parse_array(&body).map_err(|detail| PacsError::Malformed { url, detail })
+    }
+
+    /// Frames of one instance (numbers from 1).
+    pub async fn retrieve_frames(
+        &self,
+        study: &str,
+        series: &str,
+        sop: &str,
+        frames: &[u32],
+        syntax: &FrameSyntax,
+    ) -> Result<Vec<Frame>, PacsError> {
+        let list: Vec<String> = frames.iter().map(u32::to_string).collect();
+        let url = self.url(&format!("/studies/{study}/series/{series}/instances/{sop}/frames/{}", list.join(",")));
+        let (content_type, body) = self.get_bytes(&url, &syntax.accept()).await?;
+        let content_type = content_type.unwrap_or_default();
+        let parts = parse_whole(&url, &content_type, body).await?;
+        if parts.len() != frames.len() {
+            return Err(PacsError::Malformed {
+                url,
+                detail: format!("asked {} frames, got {}", frames.len(), parts.len()),
+            });
+        }
+        let response_syntax = transfer_syntax_of(&content_type);
+        Ok(frames
+            .iter()
+            .zip(parts)
+            .map(|(&number, (part_type, data))| Frame {
+                number,
+                transfer_syntax: part_type.as_deref().and_then(transfer_syntax_of).or_else(|| response_syntax.clone()),
+                content_type: part_type,
+                data,
+            })
+            .collect())
+    }
+
+    /// The value behind a `BulkDataURI` from metadata.
+    pub async fn retrieve_bulk_data(&self, uri: &str) -> Result<Vec<u8>, PacsError> {
+        let (content_type, body) =
+            self.get_bytes(uri, "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*").await?;
+        let content_type = content_type.unwrap_or_default();
+        if boundary_of(&content_type).is_none() {
+            return Ok(body.to_vec());
+        }
+        let mut parts = parse_whole(uri, &content_type, body).await?;
+        if parts.len() != 1 {
+            return Err(PacsError::Malformed {
+                url: uri.to_owned(),
+                detail: format!("expected one part, got {}", parts.len()),
+            });
+        }
+        Ok(parts.remove(0).1)
+    }
+}
+
+async fn parse_whole(
+    url: &str,
+    content_type: &str,
+    body: bytes::Bytes,
+) -> Result<Vec<(Option<String>, Vec<u8>)>, PacsError> {
+    let boundary = boundary_of(content_type).ok_or_else(|| PacsError::Malformed {
+        url: url.to_owned(),
+        detail: format!("expected multipart/related, got content type {content_type:?}"),
+    })?;
+    let mut parts = MemoryParts::default();
+    RelatedParts::new(futures_util::stream::iter([Ok::<_, std::io::Error>(body)]), &boundary)
+        .copy_to(&mut parts)
+        .await
+        .map_err(|detail| PacsError::Malformed { url: url.to_owned(), detail })?;
+    Ok(parts.parts)
+}
+
+/// The `transfer-syntax` parameter of a content type, also when it hides inside a quoted
+/// `type="…; transfer-syntax=…"` parameter (Orthanc does that).
+fn transfer_syntax_of(content_type: &str) -> Option<String> {
+    let (_, params) = content_type.split_once(';')?;
+    for (key, value) in params_of(params) {
+        if key.eq_ignore_ascii_case("transfer-syntax") && value != "*" {
+            return Some(value);
+        }
+        if key.eq_ignore_ascii_case("type")
+            && let Some(inner) = transfer_syntax_of(&value)
+        {
+            return Some(inner);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transfer_syntax_in_part_or_inside_quoted_type() {
+        assert_eq!(
+            transfer_syntax_of("image/jls; transfer-syntax=1.2.840.10008.1.2.4.80").as_deref(),
+            Some("1.2.840.10008.1.2.4.80")
+        );
+        assert_eq!(
+            transfer_syntax_of(
+                "multipart/related; type=\"image/jp2; transfer-syntax=1.2.840.10008.1.2.4.90\"; boundary=x"
+            )
+            .as_deref(),
+            Some("1.2.840.10008.1.2.4.90")
+        );
+        assert_eq!(transfer_syntax_of("application/octet-stream"), None);
+        assert_eq!(transfer_syntax_of("application/octet-stream; transfer-syntax=*"), None);
+    }
+
+    #[test]
+    fn dir_sink_never_leaves_a_partial_dcm() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut sink = DirSink::new(dir.path(), "s");
+        sink.begin(None)?;
+        sink.write(b"whole")?;
+        sink.end()?;
+        sink.begin(None)?;
+        sink.write(b"half")?;
+        sink.discard_partial();
+        let names: Vec<String> = std::fs::read_dir(dir.path())?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["s-000000.dcm"]);
+        assert_eq!(std::fs::read(&sink.files[0])?, b"whole");
+        assert_eq!(sink.bytes, 9);
+        Ok(())
+    }
+}
