@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every system package Lightbox needs on Debian 12, and the ui/ npm packages.
+# Installs every system package Lightbox needs on Debian 12, the ui/ npm packages, and a Python
+# venv with the reference DICOMweb client (benchmark/interop peer).
 # Idempotent: packages already present are skipped, so a warm run takes a second or two.
 set -euo pipefail
 
@@ -16,8 +17,10 @@ packages=(
   libxkbcommon-x11-0 libxcursor1 libxrandr2 libxi6 libx11-xcb1
   # Software Vulkan (lavapipe) for wgpu without a GPU, and a virtual X server for window tests
   mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth x11-utils xdotool imagemagick
-  # Reference PACS and DICOM tools
-  orthanc orthanc-dicomweb orthanc-gdcm dcmtk
+  # Reference PACS and DICOM tools; openssl makes the mutual-TLS test certificates
+  orthanc orthanc-dicomweb orthanc-gdcm dcmtk openssl
+  # Python for the dicomweb-client interop/benchmark peer (venv below)
+  python3 python3-venv
   # Reference DICOM -> NIfTI converter (benchmark peer) and /usr/bin/time for peak RSS
   dcm2niix time
   # Real browser for UI tests
@@ -55,4 +58,18 @@ if [ -f "$here/ui/package-lock.json" ]; then
   else
     echo "setup: ui/ npm packages up to date"
   fi
+fi
+
+# Reference Python DICOMweb client (interop/benchmark peer) in its own venv, version-pinned;
+# skipped when the venv already imports that version. Uses whichever python3 is first on PATH.
+py_venv="${LIGHTBOX_PY_VENV:-/var/tmp/lightbox-py}"
+dicomweb_client_version="0.61.2"
+if "$py_venv/bin/python" -c "import dicomweb_client, importlib.metadata as m
+assert m.version('dicomweb-client') == '$dicomweb_client_version'" >/dev/null 2>&1; then
+  echo "setup: Python venv $py_venv has dicomweb-client"
+else
+  echo "setup: creating Python venv $py_venv with dicomweb-client==$dicomweb_client_version"
+  python3 -m venv "$py_venv"
+  "$py_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "dicomweb-client==$dicomweb_client_version"
 fi

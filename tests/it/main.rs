@@ -4,6 +4,7 @@
 //! `make test`) and the shared test data beside the project (or `LIGHTBOX_TEST_DATA`).
 
 mod cli;
+mod harness;
 mod ingest;
 mod render;
 mod store;

@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub mod orthanc;
+pub mod proxy;
+
 /// The workspace root.
 /// The workspace root. Cargo sets `CARGO_MANIFEST_DIR` when it runs tests and binaries; the
 /// compile-time value is only a fallback (a shared target dir may hold a build from another clone).
