@@ -68,6 +68,30 @@ enum Commands {
         #[arg(long, default_value_t = 0)]
         offset: u32,
     },
+    /// Talk to the PACS: query, retrieve, send. Connection settings come from flags or LIGHTBOX_PACS_*.
+    Pacs {
+        #[command(flatten)]
+        pacs: PacsArgs,
+        #[command(subcommand)]
+        command: PacsCommand,
+    },
+    /// The local outbox of results waiting for the PACS.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+    /// Receive DICOM pushes (C-STORE SCP, C-ECHO) into the local store until interrupted.
+    Listen {
+        #[arg(long, env = "LIGHTBOX_AET", default_value = "LIGHTBOX")]
+        aet: String,
+        #[arg(long, default_value_t = 11112)]
+        port: u16,
+        /// Address to listen on (0.0.0.0 for every interface).
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: std::net::IpAddr,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Convert a NIfTI volume into a DICOM MR series (new UIDs, geometry per slice).
     ToDicom {
         /// NIfTI file (.nii or .nii.gz); its first time point is converted.
@@ -88,6 +112,153 @@ enum Commands {
         series_description: String,
         #[arg(long, default_value_t = 1)]
         series_number: i32,
+    },
+}
+
+/// How to reach the PACS. Secrets come from the environment only, never from the command line
+/// (which other users can see in the process list).
+#[derive(clap::Args)]
+struct PacsArgs {
+    /// DICOMweb root, e.g. https://pacs.example.org/dicom-web
+    #[arg(global = true, long, env = "LIGHTBOX_PACS_URL")]
+    url: Option<String>,
+    /// Name of this PACS in the outbox and the audit log.
+    #[arg(global = true, id = "pacs_name", long = "pacs-name", env = "LIGHTBOX_PACS_NAME", default_value = "pacs")]
+    name: String,
+    /// HTTP basic user; the password is read from LIGHTBOX_PACS_PASSWORD.
+    #[arg(global = true, long, env = "LIGHTBOX_PACS_USER")]
+    user: Option<String>,
+    /// PEM file of CA certificates to trust in addition to the system's.
+    #[arg(global = true, long, env = "LIGHTBOX_PACS_CA")]
+    ca: Option<PathBuf>,
+    /// Trust only --ca, not the system's certificate authorities.
+    #[arg(global = true, long)]
+    ca_only: bool,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(global = true, long, env = "LIGHTBOX_PACS_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    #[arg(global = true, long, env = "LIGHTBOX_PACS_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// DIMSE fallback for sending: the PACS's AE title (with --dimse-host/--dimse-port).
+    #[arg(global = true, long, env = "LIGHTBOX_PACS_AET")]
+    dimse_aet: Option<String>,
+    #[arg(global = true, long, env = "LIGHTBOX_PACS_DIMSE_HOST", default_value = "127.0.0.1")]
+    dimse_host: String,
+    #[arg(global = true, long, env = "LIGHTBOX_PACS_DIMSE_PORT", default_value_t = 104)]
+    dimse_port: u16,
+    /// Our AE title.
+    #[arg(global = true, long, env = "LIGHTBOX_AET", default_value = "LIGHTBOX")]
+    aet: String,
+    /// Tries per request (connection errors and 5xx are retried, 4xx never).
+    #[arg(global = true, long, default_value_t = 4)]
+    attempts: u32,
+    /// Longest wait for the PACS to answer or send more bytes, in seconds.
+    #[arg(global = true, long, default_value_t = 60)]
+    timeout_secs: u64,
+}
+
+impl PacsArgs {
+    fn settings(&self) -> anyhow::Result<lightbox_workflow::pacs::PacsSettings> {
+        use lightbox_workflow::pacs::{Auth, DicomWebConfig, DimsePeer, TlsOptions};
+        let auth = match (&self.user, std::env::var("LIGHTBOX_PACS_TOKEN")) {
+            (Some(user), _) => Auth::Basic {
+                user: user.clone(),
+                password: std::env::var("LIGHTBOX_PACS_PASSWORD")
+                    .context("--user given but LIGHTBOX_PACS_PASSWORD is not set")?,
+            },
+            (None, Ok(token)) => Auth::Bearer(token),
+            (None, Err(_)) => Auth::None,
+        };
+        let url = self.url.clone().context("no PACS URL: give --url or set LIGHTBOX_PACS_URL")?;
+        let mut web = DicomWebConfig::new(url);
+        web.auth = auth;
+        web.tls = TlsOptions {
+            ca_file: self.ca.clone(),
+            ca_only: self.ca_only,
+            client_cert: self.cert.clone(),
+            client_key: self.key.clone(),
+        };
+        web.retry.attempts = self.attempts.max(1);
+        web.read_timeout = std::time::Duration::from_secs(self.timeout_secs.max(1));
+        let dimse = self.dimse_aet.as_ref().map(|aet| DimsePeer {
+            ae_title: aet.clone(),
+            host: self.dimse_host.clone(),
+            port: self.dimse_port,
+            calling_ae_title: self.aet.clone(),
+        });
+        Ok(lightbox_workflow::pacs::PacsSettings { name: self.name.clone(), web, dimse })
+    }
+}
+
+#[derive(Subcommand)]
+enum PacsCommand {
+    /// Search the PACS (QIDO-RS). Text filters take * and ? wildcards. With --study, list its series.
+    Query {
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        accession: Option<String>,
+        #[arg(long)]
+        modality: Option<String>,
+        /// Earliest study date, YYYYMMDD.
+        #[arg(long)]
+        from: Option<String>,
+        /// Latest study date, YYYYMMDD.
+        #[arg(long)]
+        to: Option<String>,
+        /// Fuzzy matching of person names (where the PACS supports it).
+        #[arg(long)]
+        fuzzy: bool,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long, default_value_t = 0)]
+        offset: u32,
+        /// List the series of this study instead.
+        #[arg(long)]
+        study: Option<String>,
+    },
+    /// Retrieve a study or series (WADO-RS) into the local store.
+    Retrieve {
+        #[arg(long)]
+        study: String,
+        #[arg(long)]
+        series: Option<String>,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Queue DICOM files (a file or folder) in the outbox and send them (STOW-RS, C-STORE fallback).
+    Send {
+        path: PathBuf,
+        #[arg(long)]
+        store: Option<PathBuf>,
+        /// Only queue; send at the next `outbox drain`.
+        #[arg(long)]
+        queue_only: bool,
+    },
+    /// Send what is due in the outbox.
+    Drain {
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// C-ECHO the PACS's DIMSE port (needs --dimse-aet).
+    Echo,
+}
+
+#[derive(Subcommand)]
+enum OutboxCommand {
+    /// List the outbox.
+    List {
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Put a refused row back in the queue.
+    Retry {
+        id: i64,
+        #[arg(long)]
+        store: Option<PathBuf>,
     },
 }
 
@@ -184,6 +355,54 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Commands::Pacs { pacs, command } => pacs_command(&pacs, command)?,
+        Commands::Outbox { command } => match command {
+            OutboxCommand::List { store } => {
+                let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+                for item in lightbox_workflow::pacs::outbox_list(&store)? {
+                    println!(
+                        "{:>5} {:<8} {:<10} attempts {:>2}  {}  {}{}",
+                        item.id,
+                        item.state.as_str(),
+                        item.destination,
+                        item.attempts,
+                        item.sop_uid,
+                        item.sent_at.as_deref().unwrap_or(""),
+                        item.last_error.map(|e| format!("  last error: {e}")).unwrap_or_default()
+                    );
+                }
+            }
+            OutboxCommand::Retry { id, store } => {
+                let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+                lightbox_workflow::pacs::outbox_retry(&store, id)?;
+                println!("outbox item {id} queued again");
+            }
+        },
+        Commands::Listen { aet, port, bind, store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let (events, received) = std::sync::mpsc::channel();
+            let handle = lightbox_workflow::pacs::listen(&store, &aet, (bind, port).into(), Some(events))?;
+            println!("listening as {aet} on {} (store {})", handle.local_addr(), store.display());
+            let mut out = std::io::stdout();
+            for event in received {
+                use lightbox_workflow::pacs::ScpEvent;
+                let line = match event {
+                    ScpEvent::Associated { calling_ae, peer } => format!("association from {calling_ae} ({peer})"),
+                    ScpEvent::Echo { calling_ae } => format!("echo from {calling_ae}"),
+                    ScpEvent::Stored { sop_uid, already_stored, bytes, .. } => {
+                        format!(
+                            "stored {sop_uid} ({bytes} bytes{})",
+                            if already_stored { ", had it already" } else { "" }
+                        )
+                    }
+                    ScpEvent::Failed { calling_ae, detail } => format!("failed ({calling_ae}): {detail}"),
+                    ScpEvent::Released { calling_ae, instances } => {
+                        format!("released by {calling_ae}: {instances} instances")
+                    }
+                };
+                writeln!(out, "{line}").and_then(|()| out.flush()).context("writing to stdout")?;
+            }
+        }
         Commands::Export { path, nifti, series, gzip } => {
             for file in lightbox_workflow::export_nifti(&path, &nifti, series.as_deref(), gzip)? {
                 println!("{}", file.display());
@@ -191,6 +410,107 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
+    use lightbox_workflow::pacs;
+    let settings = args.settings()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    match command {
+        PacsCommand::Query { name, id, accession, modality, from, to, fuzzy, limit, offset, study } => {
+            if let Some(study) = study {
+                for s in runtime.block_on(pacs::pacs_search_series(&settings, &study))? {
+                    println!(
+                        "series {:>4}  {:<3} {:>5} instances  \"{}\"  [{}]",
+                        s.number.map_or_else(|| "-".into(), |n| n.to_string()),
+                        or_dash(&s.modality),
+                        s.instances.map_or_else(|| "?".into(), |n| n.to_string()),
+                        s.description,
+                        s.series_uid
+                    );
+                }
+                return Ok(());
+            }
+            let mut query = pacs::QidoQuery::new().limit(limit).offset(offset);
+            for (key, value) in [
+                ("PatientName", name),
+                ("PatientID", id),
+                ("AccessionNumber", accession),
+                ("ModalitiesInStudy", modality),
+            ] {
+                if let Some(value) = value {
+                    query = query.matching(key, &value);
+                }
+            }
+            if from.is_some() || to.is_some() {
+                query =
+                    query.matching("StudyDate", &format!("{}-{}", from.unwrap_or_default(), to.unwrap_or_default()));
+            }
+            if fuzzy {
+                query = query.fuzzy();
+            }
+            for s in runtime.block_on(pacs::pacs_search_studies(&settings, &query))? {
+                println!(
+                    "{:<10} {:<22} {:<24} {:<8} {:>3} series {:>6} instances  \"{}\"  [{}]",
+                    or_dash(&s.date),
+                    or_dash(&s.patient_id),
+                    or_dash(&s.patient_name),
+                    or_dash(&s.modalities),
+                    s.series.map_or_else(|| "?".into(), |n| n.to_string()),
+                    s.instances.map_or_else(|| "?".into(), |n| n.to_string()),
+                    s.description,
+                    s.study_uid
+                );
+            }
+        }
+        PacsCommand::Retrieve { study, series, store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let started = std::time::Instant::now();
+            let summary = runtime.block_on(pacs::pacs_retrieve(&store, &settings, &study, series.as_deref()))?;
+            println!(
+                "retrieved {} instances ({:.1} MB in {:.1} s): imported {}, already stored {}{}",
+                summary.imported + summary.already_stored,
+                summary.bytes as f64 / 1e6,
+                started.elapsed().as_secs_f64(),
+                summary.imported,
+                summary.already_stored,
+                if summary.resumed_instances > 0 {
+                    format!(" ({} fetched again after a broken transfer)", summary.resumed_instances)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        PacsCommand::Send { path, store, queue_only } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let queued = pacs::outbox_enqueue(&store, &settings.name, &path)?;
+            for (file, reason) in &queued.not_dicom {
+                let _ = file;
+                println!("not queued: {reason}");
+            }
+            println!("queued {}, queued before {}", queued.queued, queued.already_queued);
+            if !queue_only {
+                print_drain(&runtime.block_on(pacs::outbox_drain(&store, &settings))?);
+            }
+        }
+        PacsCommand::Drain { store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            print_drain(&runtime.block_on(pacs::outbox_drain(&store, &settings))?);
+        }
+        PacsCommand::Echo => {
+            let peer = settings.dimse.as_ref().context("C-ECHO needs --dimse-aet (or LIGHTBOX_PACS_AET)")?;
+            pacs::echo(peer)?;
+            println!("C-ECHO {}@{}:{}: success", peer.ae_title, peer.host, peer.port);
+        }
+    }
+    Ok(())
+}
+
+fn print_drain(report: &lightbox_workflow::pacs::DrainReport) {
+    println!(
+        "sent {}, already on the PACS {}, sent by C-STORE {}, deferred {}, refused {}",
+        report.sent, report.already_there, report.sent_by_dimse, report.deferred, report.failed
+    );
 }
 
 fn print_report(out: &mut impl Write, report: &ScanReport) -> std::io::Result<()> {

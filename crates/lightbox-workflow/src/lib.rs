@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+pub mod pacs;
+
 use lightbox_core::SeriesInstanceUid;
 pub use lightbox_dicom::{NewSeries, ParseGuardAllocator, ScanReport};
 pub use lightbox_store::{StudyRow, WorklistQuery, WorklistSort};
@@ -33,6 +35,16 @@ pub enum WorkflowError {
         source: std::io::Error,
     },
 
+    #[error(transparent)]
+    Pacs(#[from] lightbox_pacs::PacsError),
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("cannot start the viewer ({program}): {source}")]
     ViewerLaunch {
         program: PathBuf,
@@ -51,6 +63,8 @@ impl WorkflowError {
             Self::OutputFolder { .. } => "output_folder",
             Self::UnknownSeries { .. } => "unknown_series",
             Self::ViewerLaunch { .. } => "viewer_launch",
+            Self::Pacs(e) => e.code(),
+            Self::Io { .. } => "io",
         }
     }
 }

@@ -1,0 +1,199 @@
+//! PACS operations for front ends: search, retrieve into the store, send through the outbox,
+//! receive pushes. Every transfer of patient data is written to the audit log.
+
+use std::path::{Path, PathBuf};
+
+pub use lightbox_pacs::dimse::{DimsePeer, ScpConfig, ScpEvent, ScpHandle};
+pub use lightbox_pacs::outbox::DrainReport;
+use lightbox_pacs::tags;
+pub use lightbox_pacs::{
+    Auth, DicomWebClient, DicomWebConfig, PacsError, QidoQuery, RetrieveSummary, RetryPolicy, TlsOptions,
+};
+use lightbox_store::Store;
+pub use lightbox_store::{Enqueued, OutboxItem, OutboxState};
+
+use crate::WorkflowError;
+
+/// One configured PACS: its DICOMweb endpoint and, optionally, its DIMSE storage SCP as the
+/// outbox's fallback.
+#[derive(Clone, Debug)]
+pub struct PacsSettings {
+    /// Name used for outbox rows and the audit log.
+    pub name: String,
+    pub web: DicomWebConfig,
+    pub dimse: Option<DimsePeer>,
+}
+
+impl PacsSettings {
+    pub fn client(&self) -> Result<DicomWebClient, WorkflowError> {
+        Ok(DicomWebClient::new(self.web.clone())?)
+    }
+}
+
+/// A study on the PACS, as its worklist line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteStudy {
+    pub study_uid: String,
+    pub patient_id: String,
+    pub patient_name: String,
+    pub date: String,
+    pub description: String,
+    pub accession_number: String,
+    pub modalities: String,
+    pub series: Option<i64>,
+    pub instances: Option<i64>,
+}
+
+/// A series on the PACS.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RemoteSeries {
+    pub series_uid: String,
+    pub number: Option<i64>,
+    pub modality: String,
+    pub description: String,
+    pub instances: Option<i64>,
+}
+
+/// QIDO-RS study search.
+pub async fn pacs_search_studies(
+    settings: &PacsSettings,
+    query: &QidoQuery,
+) -> Result<Vec<RemoteStudy>, WorkflowError> {
+    let found = settings.client()?.search_studies(query).await?;
+    Ok(found
+        .iter()
+        .map(|d| RemoteStudy {
+            study_uid: d.string(tags::STUDY_INSTANCE_UID).unwrap_or_default(),
+            patient_id: d.string(tags::PATIENT_ID).unwrap_or_default(),
+            patient_name: d.string(tags::PATIENT_NAME).unwrap_or_default(),
+            date: d.string(tags::STUDY_DATE).unwrap_or_default(),
+            description: d.string(tags::STUDY_DESCRIPTION).unwrap_or_default(),
+            accession_number: d.string(tags::ACCESSION_NUMBER).unwrap_or_default(),
+            modalities: d.strings(tags::MODALITIES_IN_STUDY).join("\\"),
+            series: d.int(tags::NUMBER_OF_STUDY_RELATED_SERIES),
+            instances: d.int(tags::NUMBER_OF_STUDY_RELATED_INSTANCES),
+        })
+        .collect())
+}
+
+/// QIDO-RS series of one study.
+pub async fn pacs_search_series(settings: &PacsSettings, study_uid: &str) -> Result<Vec<RemoteSeries>, WorkflowError> {
+    let found = settings.client()?.search_series(study_uid, &QidoQuery::new()).await?;
+    Ok(found
+        .iter()
+        .map(|d| RemoteSeries {
+            series_uid: d.string(tags::SERIES_INSTANCE_UID).unwrap_or_default(),
+            number: d.int(tags::SERIES_NUMBER),
+            modality: d.string(tags::MODALITY).unwrap_or_default(),
+            description: d.string(tags::SERIES_DESCRIPTION).unwrap_or_default(),
+            instances: d.int(tags::NUMBER_OF_SERIES_RELATED_INSTANCES),
+        })
+        .collect())
+}
+
+/// WADO-RS retrieval of a study (or one series) into the local store.
+pub async fn pacs_retrieve(
+    store_dir: &Path,
+    settings: &PacsSettings,
+    study_uid: &str,
+    series_uid: Option<&str>,
+) -> Result<RetrieveSummary, WorkflowError> {
+    let client = settings.client()?;
+    let mut store = Store::open(store_dir)?;
+    let summary = client.retrieve_into(&mut store, study_uid, series_uid).await?;
+    store.audit(&actor(), "retrieve", series_uid.unwrap_or(study_uid), &settings.name)?;
+    Ok(summary)
+}
+
+/// What [`pacs_send`] queued.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Queued {
+    pub queued: usize,
+    /// Queued (or sent) before: not queued again.
+    pub already_queued: usize,
+    pub not_dicom: Vec<(PathBuf, String)>,
+}
+
+/// Puts DICOM files (a file or a folder, recursively) in the outbox for `settings.name`. Nothing
+/// is sent here: [`outbox_drain`] sends.
+pub fn outbox_enqueue(store_dir: &Path, settings_name: &str, path: &Path) -> Result<Queued, WorkflowError> {
+    let mut store = Store::open(store_dir)?;
+    let mut queued = Queued::default();
+    for file in files_under(path)? {
+        match store.outbox_enqueue(&file, settings_name) {
+            Ok(Enqueued::Queued(_)) => queued.queued += 1,
+            Ok(Enqueued::AlreadyQueued(_)) => queued.already_queued += 1,
+            Err(lightbox_store::StoreError::Dicom(e)) => queued.not_dicom.push((file, e.to_string())),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(queued)
+}
+
+/// Sends what is due in the outbox for this PACS.
+pub async fn outbox_drain(store_dir: &Path, settings: &PacsSettings) -> Result<DrainReport, WorkflowError> {
+    let client = settings.client()?;
+    let store = Store::open(store_dir)?;
+    let destination = lightbox_pacs::outbox::Destination {
+        name: &settings.name,
+        web: &client,
+        dimse_fallback: settings.dimse.as_ref(),
+    };
+    Ok(lightbox_pacs::outbox::drain(&store, &destination).await?)
+}
+
+/// Outbox rows, oldest first.
+pub fn outbox_list(store_dir: &Path) -> Result<Vec<OutboxItem>, WorkflowError> {
+    Ok(Store::open(store_dir)?.outbox(None)?)
+}
+
+/// Puts a refused row back in the queue.
+pub fn outbox_retry(store_dir: &Path, id: i64) -> Result<(), WorkflowError> {
+    Ok(Store::open(store_dir)?.outbox_requeue(id)?)
+}
+
+/// Starts the C-STORE SCP: pushed instances land in the store at `store_dir`.
+pub fn listen(
+    store_dir: &Path,
+    ae_title: &str,
+    bind: std::net::SocketAddr,
+    events: Option<std::sync::mpsc::Sender<ScpEvent>>,
+) -> Result<ScpHandle, WorkflowError> {
+    let scp = lightbox_pacs::dimse::StoreScp::bind(ScpConfig {
+        ae_title: ae_title.to_owned(),
+        bind,
+        store_root: store_dir.to_owned(),
+        check_called_ae: false,
+    })?;
+    Ok(scp.spawn(events)?)
+}
+
+/// C-ECHO to a DIMSE peer.
+pub fn echo(peer: &DimsePeer) -> Result<(), WorkflowError> {
+    Ok(lightbox_pacs::dimse::echo(peer)?)
+}
+
+fn actor() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "lightbox".into())
+}
+
+fn files_under(path: &Path) -> Result<Vec<PathBuf>, WorkflowError> {
+    let io = |source| WorkflowError::Io { path: path.to_owned(), source };
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![path.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).map_err(io)? {
+            let entry = entry.map_err(io)?.path();
+            if entry.is_dir() {
+                dirs.push(entry);
+            } else {
+                files.push(entry);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
