@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a fuzz target for SECONDS (default 1800) with the shared test data as seeds.
-#   scripts/fuzz.sh [seconds] [ingest|nifti]
+#   scripts/fuzz.sh [seconds] [ingest|nifti|dicomweb]
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); on a stable toolchain RUSTC_BOOTSTRAP=1 lets
 # it use the sanitizer flags. Findings land in fuzz/artifacts/<target>/.
 set -euo pipefail
@@ -12,12 +12,14 @@ mkdir -p "fuzz/corpus/$target"
 case "$target" in
   ingest) seed_dirs=(pydicom_testfiles dcm_qa_ts/In dcmqi_data/segmentations dcm_qa_enh/In/Siemens); max_len=1048576 ;;
   nifti)  seed_dirs=(dcm_qa_ts/Ref dcm_qa_enh/Ref nilearn_mni152); max_len=8388608 ;;
+  dicomweb) seed_dirs=(); max_len=65536 ;;
   *) echo "unknown target $target" >&2; exit 2 ;;
 esac
 seeds=()
 for d in "${seed_dirs[@]}"; do
   [ -d "$data/$d" ] && seeds+=("$(realpath "$data/$d")")
 done
+[ "$target" = dicomweb ] && seeds+=("$(realpath tests/fixtures/dicomweb)")
 export RUSTC_BOOTSTRAP=1
 cd fuzz
 exec cargo fuzz run "$target" "corpus/$target" "${seeds[@]}" -- \

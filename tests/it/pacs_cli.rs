@@ -178,9 +178,21 @@ fn outbox_waits_while_the_pacs_is_down() -> anyhow::Result<()> {
     assert_eq!(list.lines().count(), 20);
     assert!(list.lines().all(|l| l.contains("pending")), "{list}");
     assert!(list.contains("last error") && list.contains("cannot reach the PACS"), "{list}");
+    // A watching drain started while the PACS is still down sends everything once it is back.
+    let mut watcher = KillOnDrop(
+        lightbox(&url, &orthanc)?
+            .args(["pacs", "drain", "--attempts", "1", "--every", "1"])
+            .arg("--store")
+            .arg(store.path())
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = Lines::new(watcher.0.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    lines.wait_for("deferred 20", Duration::from_secs(10))?;
     orthanc.restart()?;
-    let out = run_ok(lightbox(&url, &orthanc)?.args(["pacs", "drain"]).arg("--store").arg(store.path()))?;
-    assert!(out.starts_with("sent 20,"), "{out}");
+    lines.wait_for("sent 20,", Duration::from_secs(15))?;
+    assert_eq!(orthanc.instance_count()?, 20);
+    lines.wait_for("sent 0, already on the PACS 0", Duration::from_secs(5))?;
     assert_eq!(orthanc.instance_count()?, 20);
     Ok(())
 }

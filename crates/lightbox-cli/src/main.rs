@@ -242,6 +242,10 @@ enum PacsCommand {
     Drain {
         #[arg(long)]
         store: Option<PathBuf>,
+        /// Keep draining every SECS seconds until interrupted (a result queued while the PACS
+        /// is down goes out at the first drain after it is back).
+        #[arg(long, value_name = "SECS")]
+        every: Option<u64>,
     },
     /// C-ECHO the PACS's DIMSE port (needs --dimse-aet).
     Echo,
@@ -493,9 +497,13 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
                 print_drain(&runtime.block_on(pacs::outbox_drain(&store, &settings))?);
             }
         }
-        PacsCommand::Drain { store } => {
+        PacsCommand::Drain { store, every } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
-            print_drain(&runtime.block_on(pacs::outbox_drain(&store, &settings))?);
+            loop {
+                print_drain(&runtime.block_on(pacs::outbox_drain(&store, &settings))?);
+                let Some(secs) = every else { break };
+                std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
+            }
         }
         PacsCommand::Echo => {
             let peer = settings.dimse.as_ref().context("C-ECHO needs --dimse-aet (or LIGHTBOX_PACS_AET)")?;

@@ -122,6 +122,7 @@ impl StoreScp {
     pub fn bind(config: ScpConfig) -> Result<Self, PacsError> {
         // Open the store once here so a bad store path fails now, not at the first push.
         Store::open(&config.store_root)?;
+        crate::wado::sweep_incoming(&config.store_root.join("incoming"));
         let listener = TcpListener::bind(config.bind)
             .map_err(|e| PacsError::Dimse { peer: config.bind.to_string(), detail: format!("cannot listen: {e}") })?;
         Ok(Self { listener, config, stop: Arc::new(AtomicBool::new(false)) })

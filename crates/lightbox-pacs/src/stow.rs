@@ -91,8 +91,14 @@ impl DicomWebClient {
     }
 }
 
-/// Reads a STOW-RS response body (one dataset in the DICOM JSON model, or an array of one).
-pub(crate) fn parse_response(body: &[u8]) -> Result<StowResult, String> {
+impl StowResult {
+    /// Reads a STOW-RS response body (one dataset in the DICOM JSON model, or an array of one).
+    pub fn from_response_body(body: &[u8]) -> Result<Self, String> {
+        parse_response(body)
+    }
+}
+
+fn parse_response(body: &[u8]) -> Result<StowResult, String> {
     let trimmed = body.trim_ascii();
     let dataset = if trimmed.is_empty() {
         return Ok(StowResult::default());

@@ -221,6 +221,7 @@ impl DicomWebClient {
     ) -> Result<RetrieveSummary, PacsError> {
         let root = store.root().join("incoming");
         std::fs::create_dir_all(&root).map_err(|source| PacsError::Io { path: root.clone(), source })?;
+        sweep_incoming(&root);
         let temp = tempfile::tempdir_in(&root).map_err(|source| PacsError::Io { path: root.clone(), source })?;
         let mut summary = match series {
             Some(series) => self.retrieve_series_to_dir(study, series, temp.path()).await?,
@@ -295,6 +296,23 @@ impl DicomWebClient {
             });
         }
         Ok(parts.remove(0).1)
+    }
+}
+
+/// Removes what killed transfers left in a store's `incoming/` folder (older than an hour, so
+/// a transfer running in another process is never touched).
+pub(crate) fn sweep_incoming(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for entry in entries.flatten() {
+        let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < hour_ago);
+        if old {
+            let path = entry.path();
+            let removed = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            if removed.is_ok() {
+                tracing::info!("removed leftover {}", path.display());
+            }
+        }
     }
 }
 
