@@ -71,7 +71,7 @@ enum Commands {
     /// Talk to the PACS: query, retrieve, send. Connection settings come from flags or LIGHTBOX_PACS_*.
     Pacs {
         #[command(flatten)]
-        pacs: PacsArgs,
+        pacs: Box<PacsArgs>,
         #[command(subcommand)]
         command: PacsCommand,
     },
