@@ -8,6 +8,7 @@ mod harness;
 mod ingest;
 mod pacs_cli;
 mod render;
+mod sources;
 mod store;
 mod viewer;
 mod workstation;

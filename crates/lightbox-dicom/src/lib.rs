@@ -10,6 +10,7 @@ mod error;
 mod header;
 mod precheck;
 mod scan;
+mod sources;
 mod volume;
 mod write;
 

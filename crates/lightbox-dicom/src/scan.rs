@@ -21,6 +21,9 @@ pub struct ScanReport {
     pub files_scanned: usize,
     /// Display sets of every series, built from the headers read by the scan.
     sets: HashMap<SeriesInstanceUid, Vec<DisplaySet>>,
+    /// Temporary folders holding expanded zip archives: the files listed in the series live
+    /// there as long as this report (or a clone of it) does.
+    _expanded_archives: Vec<std::sync::Arc<tempfile::TempDir>>,
 }
 
 impl ScanReport {
@@ -38,29 +41,11 @@ impl ScanReport {
     }
 }
 
-/// Scans a file or a folder (recursively, in parallel). Only a root that cannot be read is an
-/// error; every unusable file below it becomes a [`FileIssue`].
+/// Scans a file, a folder (recursively, in parallel), a DICOMDIR (the files it lists) or a zip
+/// archive (expanded into a temporary folder that lives as long as the report). Only a root
+/// that cannot be read is an error; every unusable file below it becomes a [`FileIssue`].
 pub fn scan_path(root: &Path) -> Result<ScanReport, DicomError> {
-    let metadata = std::fs::metadata(root).map_err(|source| DicomError::Io { path: root.to_owned(), source })?;
-    let mut issues = Vec::new();
-    let files: Vec<PathBuf> = if metadata.is_file() {
-        vec![root.to_owned()]
-    } else {
-        walkdir::WalkDir::new(root)
-            .follow_links(true)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_map(|entry| match entry {
-                Ok(e) if e.file_type().is_file() => Some(e.into_path()),
-                Ok(_) => None,
-                Err(e) => {
-                    let path = e.path().unwrap_or(root).to_owned();
-                    issues.push(FileIssue { path, reason: format!("cannot read: {e}") });
-                    None
-                }
-            })
-            .collect()
-    };
+    let crate::sources::Sources { files, mut issues, keep } = crate::sources::collect(root)?;
 
     let results: Vec<Result<InstanceHeader, (PathBuf, Skip)>> =
         files.par_iter().map(|path| open_header(path).map_err(|skip| (path.clone(), skip))).collect();
@@ -79,7 +64,7 @@ pub fn scan_path(root: &Path) -> Result<ScanReport, DicomError> {
     issues.sort_by(|a, b| a.path.cmp(&b.path));
 
     let (studies, sets) = group(headers);
-    Ok(ScanReport { studies, issues, files_scanned: files.len(), sets })
+    Ok(ScanReport { studies, issues, files_scanned: files.len(), sets, _expanded_archives: keep })
 }
 
 /// The error's message without the leading path (a [`FileIssue`] carries the path already).
