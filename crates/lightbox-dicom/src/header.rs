@@ -11,6 +11,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use lightbox_core::{InstanceRecord, PatientInfo, SeriesInstanceUid, StudyInstanceUid, WindowLevel};
 
 use crate::DicomError;
+use crate::precheck::PixelSpan;
 
 /// SOP Class UID of a DICOMDIR (Media Storage Directory Storage).
 const MEDIA_STORAGE_DIRECTORY: &str = "1.2.840.10008.1.3.10";
@@ -32,6 +33,22 @@ pub(crate) struct InstanceHeader {
     pub mosaic_images: Option<u32>,
     /// What each frame is and where it lies: one entry per frame.
     pub frame_meta: Vec<FrameMeta>,
+    /// Set when the pixels can be read straight from the file (see [`NativePixels`]).
+    pub native: Option<NativePixels>,
+}
+
+/// Uncompressed little-endian monochrome pixels of a single-frame instance, at a known place
+/// in the file: the loader reads them there and applies the rescale itself, with the same
+/// arithmetic as dicom-pixeldata (mask to Bits Stored, sign-extend, `slope·v + intercept` in
+/// f64), instead of parsing the file a second time.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct NativePixels {
+    pub offset: u64,
+    pub bits_allocated: u16,
+    pub bits_stored: u16,
+    pub signed: bool,
+    pub slope: f64,
+    pub intercept: f64,
 }
 
 /// Per-frame attributes: from the top level of a single-frame instance, or from the shared and
@@ -57,15 +74,50 @@ pub(crate) enum Skip {
 }
 
 pub(crate) fn open_header(path: &Path) -> Result<InstanceHeader, Skip> {
-    let obj = open(path, false).map_err(Skip::Error)?;
+    let (obj, span) = open_located(path, false).map_err(Skip::Error)?;
     if obj.meta().media_storage_sop_class_uid().trim_end_matches('\0') == MEDIA_STORAGE_DIRECTORY {
         return Err(Skip::Directory);
     }
-    header_from(path, &obj).map_err(Skip::Error)
+    let mut header = header_from(path, &obj).map_err(Skip::Error)?;
+    header.native = span.and_then(|span| native_pixels(&obj, &header, span));
+    Ok(header)
+}
+
+/// Whether (and how) this instance's pixels can be read directly.
+fn native_pixels(obj: &DefaultDicomObject, h: &InstanceHeader, span: PixelSpan) -> Option<NativePixels> {
+    let ts = obj.meta().transfer_syntax().trim_end_matches('\0');
+    if !matches!(ts, "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1") || h.frames != 1 {
+        return None;
+    }
+    let samples: u16 = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let photometric = text(obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
+    let bits_allocated: u16 = int(obj, tags::BITS_ALLOCATED)?;
+    let bits_stored: u16 = int(obj, tags::BITS_STORED).unwrap_or(bits_allocated);
+    let signed = int::<u16>(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1;
+    let needed = u64::from(h.rows) * u64::from(h.columns) * u64::from(bits_allocated / 8);
+    let usable = samples == 1
+        && matches!(photometric.trim(), "MONOCHROME1" | "MONOCHROME2")
+        && matches!(bits_allocated, 8 | 16)
+        && (1..=bits_allocated).contains(&bits_stored)
+        && span.length >= needed
+        && needed > 0;
+    usable.then(|| NativePixels {
+        offset: span.offset,
+        bits_allocated,
+        bits_stored,
+        signed,
+        slope: floats::<1>(obj, tags::RESCALE_SLOPE).map_or(1.0, |[s]| s),
+        intercept: floats::<1>(obj, tags::RESCALE_INTERCEPT).map_or(0.0, |[i]| i),
+    })
 }
 
 /// Opens a file; with `pixels` false, stops before the pixel data.
 pub(crate) fn open(path: &Path, pixels: bool) -> Result<DefaultDicomObject, DicomError> {
+    open_located(path, pixels).map(|(obj, _)| obj)
+}
+
+/// [`open`], also telling where native pixel data lies in the file.
+pub(crate) fn open_located(path: &Path, pixels: bool) -> Result<(DefaultDicomObject, Option<PixelSpan>), DicomError> {
     let mut options = OpenFileOptions::new();
     if !pixels {
         options = options.read_until(tags::PIXEL_DATA);
@@ -73,10 +125,11 @@ pub(crate) fn open(path: &Path, pixels: bool) -> Result<DefaultDicomObject, Dico
     let io = |source| DicomError::Io { path: path.to_owned(), source };
     let file = std::fs::File::open(path).map_err(io)?;
     let bytes = file.metadata().map_err(io)?.len();
-    crate::precheck::check_lengths(std::io::BufReader::with_capacity(64 << 10, file), bytes, pixels)
+    let span = crate::precheck::check_lengths(std::io::BufReader::with_capacity(64 << 10, file), bytes, pixels)
         .map_err(|reason| DicomError::Parse { path: path.to_owned(), source: reason.into() })?;
-    crate::budget::with_parse_budget(bytes, || options.open_file(path))
-        .map_err(|source| classify_open_error(path, source))
+    let obj = crate::budget::with_parse_budget(bytes, || options.open_file(path))
+        .map_err(|source| classify_open_error(path, source))?;
+    Ok((obj, span))
 }
 
 /// Files without the `DICM` marker get a short reason instead of a parser message.
@@ -167,6 +220,7 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
         mosaic: image_type.split('\\').any(|v| v.trim().eq_ignore_ascii_case("MOSAIC")),
         mosaic_images: siemens_mosaic_images(obj),
         frame_meta,
+        native: None,
     })
 }
 

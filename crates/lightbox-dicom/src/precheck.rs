@@ -61,17 +61,29 @@ struct Walker<R> {
     len: u64,
     pos: u64,
     whole_file: bool,
+    /// Where the top-level native (defined-length) pixel data's value lies in the file.
+    pixel_data: Option<PixelSpan>,
+}
+
+/// Byte range of a file's native pixel data value, found by the length walk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PixelSpan {
+    pub offset: u64,
+    pub length: u64,
 }
 
 /// `Ok` when every length fits; `Err` says which element claims too much. Files that are not
 /// Part 10 or use a deflated data set are left to dicom-rs.
 /// With `whole_file` false the walk stops at the top-level pixel data, where a header scan stops.
-pub(crate) fn check_lengths<R: Source>(mut source: R, len: u64, whole_file: bool) -> Result<(), String> {
+///
+/// Also returns where the top-level pixel data value lies when it is native (defined length) in
+/// a little-endian, non-deflated data set: the volume loader reads it from there directly.
+pub(crate) fn check_lengths<R: Source>(mut source: R, len: u64, whole_file: bool) -> Result<Option<PixelSpan>, String> {
     let mut head = [0u8; 132];
     if len < 132 || source.read_exact(&mut head).is_err() || &head[128..132] != b"DICM" {
-        return Ok(());
+        return Ok(None);
     }
-    let mut w = Walker { source, len, pos: 132, whole_file };
+    let mut w = Walker { source, len, pos: 132, whole_file, pixel_data: None };
     let meta = Encoding { implicit: false, big_endian: false };
     let mut transfer_syntax = String::new();
     // File meta group: explicit VR little endian. Like dicom-rs, trust its group length
@@ -98,7 +110,7 @@ pub(crate) fn check_lengths<R: Source>(mut source: R, len: u64, whole_file: bool
         w.goto(end)?;
     }
     let data_set = match transfer_syntax.as_str() {
-        "" => return Ok(()), // no transfer syntax: dicom-rs says so better than a guess would
+        "" => return Ok(None), // no transfer syntax: dicom-rs says so better than a guess would
         "1.2.840.10008.1.2" => Encoding { implicit: true, big_endian: false },
         "1.2.840.10008.1.2.2" => Encoding { implicit: false, big_endian: true },
         "1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.4.95" => {
@@ -114,12 +126,16 @@ pub(crate) fn check_lengths<R: Source>(mut source: R, len: u64, whole_file: bool
                 return Err(format!("deflated data set inflates past {budget} bytes"));
             }
             let inflated_len = inflated.len() as u64;
-            let mut inner = Walker { source: Cursor::new(inflated), len: inflated_len, pos: 0, whole_file };
-            return inner.data_set(inflated_len, Encoding { implicit: false, big_endian: false }, 0, true);
+            let mut inner =
+                Walker { source: Cursor::new(inflated), len: inflated_len, pos: 0, whole_file, pixel_data: None };
+            return inner
+                .data_set(inflated_len, Encoding { implicit: false, big_endian: false }, 0, true)
+                .map(|()| None);
         }
         _ => Encoding { implicit: false, big_endian: false },
     };
-    w.data_set(w.len, data_set, 0, true)
+    w.data_set(w.len, data_set, 0, true)?;
+    Ok(if data_set.big_endian { None } else { w.pixel_data })
 }
 
 impl<R: Source> Walker<R> {
@@ -213,6 +229,9 @@ impl<R: Source> Walker<R> {
             let sequence = &vr == b"SQ"
                 || (&vr == b"UN" && (length == UNDEFINED || dictionary_sequence(tag)))
                 || (e.implicit && (length == UNDEFINED || dictionary_sequence(tag)));
+            if tag == PIXEL_DATA && top && length != UNDEFINED {
+                self.pixel_data = Some(PixelSpan { offset: self.pos, length: u64::from(length) });
+            }
             if tag == PIXEL_DATA && top && !self.whole_file {
                 return Ok(()); // the header scan stops here
             }
@@ -279,7 +298,23 @@ mod tests {
     }
 
     fn check(bytes: &[u8]) -> Result<(), String> {
-        check_lengths(Cursor::new(bytes), bytes.len() as u64, true)
+        check_lengths(Cursor::new(bytes), bytes.len() as u64, true).map(|_| ())
+    }
+
+    #[test]
+    fn finds_native_pixel_data_but_not_encapsulated() -> Result<(), String> {
+        // (0028,0010) Rows US 1, then (7FE0,0010) OW of 4 bytes.
+        let mut body = vec![0x28, 0x00, 0x10, 0x00, b'U', b'S', 2, 0, 1, 0];
+        body.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'W', 0, 0, 4, 0, 0, 0, 1, 2, 3, 4]);
+        let native = file(&body);
+        let span = check_lengths(Cursor::new(&native), native.len() as u64, false)?.ok_or("no span")?;
+        assert_eq!(span.length, 4);
+        assert_eq!(&native[span.offset as usize..span.offset as usize + 4], &[1, 2, 3, 4]);
+        let mut encapsulated = vec![0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF];
+        encapsulated.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0, 0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        let encapsulated = file(&encapsulated);
+        assert_eq!(check_lengths(Cursor::new(&encapsulated), encapsulated.len() as u64, true)?, None);
+        Ok(())
     }
 
     #[test]

@@ -15,7 +15,7 @@ use lightbox_core::{Affine3, DisplaySetInfo, SeriesInfo, Volume};
 use rayon::prelude::*;
 
 use crate::DicomError;
-use crate::header::{FrameMeta, InstanceHeader, Skip, int, open, open_header};
+use crate::header::{FrameMeta, InstanceHeader, NativePixels, Skip, int, open, open_header};
 
 /// Something odd about a series that did not stop it from loading. Shown to the user.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,15 +99,56 @@ impl DisplaySet {
         }
     }
 
-    /// Decodes time point `t` (rescale slope/intercept applied) into a volume. Each file is
-    /// decoded once, files in parallel.
+    /// Decodes time point `t` (rescale slope/intercept applied) into a volume. Uncompressed
+    /// single-frame instances are read straight from the file, each slice into its place in
+    /// the volume; the others are decoded by dicom-pixeldata, each file once. Files in parallel.
     pub fn load(&self, t: u32) -> Result<Volume<f32>, DicomError> {
+        let wanted = self.time_point(t)?;
+        if wanted.iter().all(|f| self.instances[f.instance].native.is_some()) {
+            return self.load_native(wanted);
+        }
+        self.load_decoded(wanted)
+    }
+
+    /// [`Self::load`] through dicom-pixeldata for every file, whatever its encoding. The
+    /// reference the direct path is tested against.
+    #[doc(hidden)]
+    pub fn load_reference(&self, t: u32) -> Result<Volume<f32>, DicomError> {
+        self.load_decoded(self.time_point(t)?)
+    }
+
+    fn time_point(&self, t: u32) -> Result<&[FrameRef], DicomError> {
         let slices = self.slices as usize;
-        let wanted =
-            self.frames.get(t as usize * slices..(t as usize + 1) * slices).ok_or_else(|| DicomError::Series {
+        self.frames.get(t as usize * slices..(t as usize + 1) * slices).ok_or_else(|| DicomError::Series {
+            series: self.instances[0].record.series_uid.clone(),
+            reason: format!("time point {t} is outside the display set's {}", self.time_points),
+        })
+    }
+
+    fn volume(&self, voxels: Vec<f32>) -> Result<Volume<f32>, DicomError> {
+        Volume::new([self.columns as usize, self.rows as usize, self.slices as usize], voxels, self.patient_from_voxel)
+            .map_err(|e| DicomError::Series {
                 series: self.instances[0].record.series_uid.clone(),
-                reason: format!("time point {t} is outside the display set's {}", self.time_points),
-            })?;
+                reason: e.to_string(),
+            })
+    }
+
+    /// Reads each slice's pixels from its file into its place in the volume.
+    fn load_native(&self, wanted: &[FrameRef]) -> Result<Volume<f32>, DicomError> {
+        let (columns, rows) = (self.columns as usize, self.rows as usize);
+        let mut voxels = vec![0f32; columns * rows * wanted.len()];
+        voxels.par_chunks_mut(columns * rows).zip(wanted.par_iter()).try_for_each(|(slice, f)| {
+            let h = &self.instances[f.instance];
+            match h.native {
+                Some(native) => read_native(h, &native, f.tile, columns, rows, slice),
+                None => Err(DicomError::Decode { path: h.path.clone(), source: "not native pixel data".into() }),
+            }
+        })?;
+        self.volume(voxels)
+    }
+
+    fn load_decoded(&self, wanted: &[FrameRef]) -> Result<Volume<f32>, DicomError> {
+        let slices = self.slices as usize;
         let mut by_instance: BTreeMap<usize, Vec<(usize, &FrameRef)>> = BTreeMap::new();
         for (z, f) in wanted.iter().enumerate() {
             by_instance.entry(f.instance).or_default().push((z, f));
@@ -132,11 +173,64 @@ impl DisplaySet {
         for (z, slice) in decoded.into_iter().flatten() {
             voxels[z * columns * rows..(z + 1) * columns * rows].copy_from_slice(&slice);
         }
-        Volume::new([columns, rows, slices], voxels, self.patient_from_voxel).map_err(|e| DicomError::Series {
-            series: self.instances[0].record.series_uid.clone(),
-            reason: e.to_string(),
-        })
+        self.volume(voxels)
     }
+}
+
+/// Reads one slice (a whole frame, or one mosaic tile of it) of native pixels into `out`,
+/// masked to Bits Stored, sign-extended and rescaled as dicom-pixeldata does.
+fn read_native(
+    h: &InstanceHeader,
+    native: &NativePixels,
+    tile: Option<(u32, u32)>,
+    columns: usize,
+    rows: usize,
+    out: &mut [f32],
+) -> Result<(), DicomError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |source: std::io::Error| DicomError::Decode { path: h.path.clone(), source: Box::new(source) };
+    let bytes_per = usize::from(native.bits_allocated / 8);
+    let frame_columns = h.columns as usize;
+    // Byte ranges to read: the whole frame, or the rows of one tile.
+    let (first_row, first_column) = match tile {
+        None => (0, 0),
+        Some((_, index)) => {
+            let per_row = frame_columns / columns;
+            ((index as usize / per_row) * rows, (index as usize % per_row) * columns)
+        }
+    };
+    let mut file = std::fs::File::open(&h.path).map_err(io)?;
+    let mut raw = vec![0u8; columns * rows * bytes_per];
+    if tile.is_none() {
+        file.seek(SeekFrom::Start(native.offset)).map_err(io)?;
+        file.read_exact(&mut raw).map_err(io)?;
+    } else {
+        let mut reader = std::io::BufReader::with_capacity(256 << 10, file);
+        for (r, chunk) in raw.chunks_exact_mut(columns * bytes_per).enumerate() {
+            let at = native.offset + (((first_row + r) * frame_columns + first_column) * bytes_per) as u64;
+            reader.seek(SeekFrom::Start(at)).map_err(io)?;
+            reader.read_exact(chunk).map_err(io)?;
+        }
+    }
+    let bits = u32::from(native.bits_stored);
+    let mask: u32 = if bits >= 32 { u32::MAX } else { (1u32 << bits) - 1 };
+    let sign_bit = 1u32 << (bits - 1);
+    let (slope, intercept) = (native.slope, native.intercept);
+    let value = |sample: u32| -> f32 {
+        let v = sample & mask;
+        let x = if native.signed && v & sign_bit != 0 { f64::from(v) - f64::from(mask) - 1.0 } else { f64::from(v) };
+        (slope * x + intercept) as f32
+    };
+    if bytes_per == 2 {
+        for (o, b) in out.iter_mut().zip(raw.chunks_exact(2)) {
+            *o = value(u32::from(u16::from_le_bytes([b[0], b[1]])));
+        }
+    } else {
+        for (o, &b) in out.iter_mut().zip(&raw) {
+            *o = value(u32::from(b));
+        }
+    }
+    Ok(())
 }
 
 /// The pixels of one frame, or of one mosaic tile of it.
