@@ -118,6 +118,13 @@ fn check_display_set(what: &str, set: &DisplaySet, reference: &Path, values: Val
             if differ > 0 {
                 bail!("{what}: {differ} voxels differ between the direct read and dicom-pixeldata");
             }
+            // The stored-type volume gives the same real values.
+            let stored = set.load_stored(t)?;
+            let real = stored.to_f32();
+            let differ = ours.voxels().iter().zip(real.voxels()).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+            if differ > 0 || real.dims() != ours.dims() {
+                bail!("{what}: {differ} voxels differ between the stored-type volume and the real values");
+            }
         }
         assert_same_volume(&format!("{what} t={t}"), &ours, &image.volume(t as usize)?, values)?;
     }

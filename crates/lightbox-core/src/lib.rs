@@ -11,4 +11,4 @@ pub use geometry::Affine3;
 pub use metadata::{
     DisplaySetInfo, FileIssue, InstanceRecord, PatientInfo, SeriesInfo, SeriesInstanceUid, StudyInfo, StudyInstanceUid,
 };
-pub use volume::{Volume, VolumeError, WindowLevel};
+pub use volume::{StoredVolume, StoredVoxels, Volume, VolumeError, WindowLevel};

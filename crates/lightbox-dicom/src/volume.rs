@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use dicom_pixeldata::PixelDecoder;
-use lightbox_core::{Affine3, DisplaySetInfo, SeriesInfo, Volume};
+use lightbox_core::{Affine3, DisplaySetInfo, SeriesInfo, StoredVolume, StoredVoxels, Volume};
 use rayon::prelude::*;
 
 use crate::DicomError;
@@ -110,6 +110,74 @@ impl DisplaySet {
         self.load_decoded(wanted)
     }
 
+    /// Time point `t` in the type the scanner stored (16-bit integers for most MR) with its
+    /// rescale, when every slice is uncompressed with one shared rescale; otherwise the real
+    /// values as f32 (slope 1, intercept 0). `to_f32()` of the result equals [`Self::load`].
+    pub fn load_stored(&self, t: u32) -> Result<StoredVolume, DicomError> {
+        let wanted = self.time_point(t)?;
+        let natives: Vec<NativePixels> = wanted.iter().filter_map(|f| self.instances[f.instance].native).collect();
+        let shared = natives.first().copied().filter(|first| {
+            natives.len() == wanted.len()
+                && natives.iter().all(|n| {
+                    n.bits_allocated == first.bits_allocated
+                        && n.signed == first.signed
+                        && n.slope == first.slope
+                        && n.intercept == first.intercept
+                })
+        });
+        let Some(first) = shared.filter(|n| n.bits_allocated == 16 || !n.signed) else {
+            return Ok(self.load(t)?.into());
+        };
+        let (columns, rows) = (self.columns as usize, self.rows as usize);
+        let count = columns * rows * wanted.len();
+        let read = |z: usize| {
+            let f = &wanted[z];
+            let h = &self.instances[f.instance];
+            let native = h.native.unwrap_or(first);
+            read_native_raw(h, &native, f.tile, columns, rows).map(|raw| (native, raw))
+        };
+        let voxels = match (first.bits_allocated, first.signed) {
+            (16, true) => {
+                let mut v = vec![0i16; count];
+                v.par_chunks_mut(columns * rows).enumerate().try_for_each(|(z, out)| {
+                    let (native, raw) = read(z)?;
+                    for (o, s) in out.iter_mut().zip(samples(&native, &raw)) {
+                        *o = s as i16;
+                    }
+                    Ok::<_, DicomError>(())
+                })?;
+                StoredVoxels::I16(v)
+            }
+            (16, false) => {
+                let mut v = vec![0u16; count];
+                v.par_chunks_mut(columns * rows).enumerate().try_for_each(|(z, out)| {
+                    let (native, raw) = read(z)?;
+                    for (o, s) in out.iter_mut().zip(samples(&native, &raw)) {
+                        *o = s as u16;
+                    }
+                    Ok::<_, DicomError>(())
+                })?;
+                StoredVoxels::U16(v)
+            }
+            _ => {
+                let mut v = vec![0u8; count];
+                v.par_chunks_mut(columns * rows).enumerate().try_for_each(|(z, out)| {
+                    let (native, raw) = read(z)?;
+                    for (o, s) in out.iter_mut().zip(samples(&native, &raw)) {
+                        *o = s as u8;
+                    }
+                    Ok::<_, DicomError>(())
+                })?;
+                StoredVoxels::U8(v)
+            }
+        };
+        StoredVolume::new([columns, rows, wanted.len()], voxels, self.patient_from_voxel, first.slope, first.intercept)
+            .map_err(|e| DicomError::Series {
+                series: self.instances[0].record.series_uid.clone(),
+                reason: e.to_string(),
+            })
+    }
+
     /// [`Self::load`] through dicom-pixeldata for every file, whatever its encoding. The
     /// reference the direct path is tested against.
     #[doc(hidden)]
@@ -177,21 +245,18 @@ impl DisplaySet {
     }
 }
 
-/// Reads one slice (a whole frame, or one mosaic tile of it) of native pixels into `out`,
-/// masked to Bits Stored, sign-extended and rescaled as dicom-pixeldata does.
-fn read_native(
+/// The stored bytes of one slice (a whole frame, or one mosaic tile of it) of native pixels.
+fn read_native_raw(
     h: &InstanceHeader,
     native: &NativePixels,
     tile: Option<(u32, u32)>,
     columns: usize,
     rows: usize,
-    out: &mut [f32],
-) -> Result<(), DicomError> {
+) -> Result<Vec<u8>, DicomError> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |source: std::io::Error| DicomError::Decode { path: h.path.clone(), source: Box::new(source) };
     let bytes_per = usize::from(native.bits_allocated / 8);
     let frame_columns = h.columns as usize;
-    // Byte ranges to read: the whole frame, or the rows of one tile.
     let (first_row, first_column) = match tile {
         None => (0, 0),
         Some((_, index)) => {
@@ -199,9 +264,10 @@ fn read_native(
             ((index as usize / per_row) * rows, (index as usize % per_row) * columns)
         }
     };
-    let mut file = std::fs::File::open(&h.path).map_err(io)?;
+    let file = std::fs::File::open(&h.path).map_err(io)?;
     let mut raw = vec![0u8; columns * rows * bytes_per];
     if tile.is_none() {
+        let mut file = file;
         file.seek(SeekFrom::Start(native.offset)).map_err(io)?;
         file.read_exact(&mut raw).map_err(io)?;
     } else {
@@ -212,23 +278,36 @@ fn read_native(
             reader.read_exact(chunk).map_err(io)?;
         }
     }
+    Ok(raw)
+}
+
+/// Samples of a slice, masked to Bits Stored and sign-extended as dicom-pixeldata does.
+fn samples<'a>(native: &NativePixels, raw: &'a [u8]) -> impl Iterator<Item = i64> + 'a {
     let bits = u32::from(native.bits_stored);
     let mask: u32 = if bits >= 32 { u32::MAX } else { (1u32 << bits) - 1 };
     let sign_bit = 1u32 << (bits - 1);
-    let (slope, intercept) = (native.slope, native.intercept);
-    let value = |sample: u32| -> f32 {
+    let signed = native.signed;
+    let two = native.bits_allocated == 16;
+    let step = if two { 2 } else { 1 };
+    raw.chunks_exact(step).map(move |b| {
+        let sample = if two { u32::from(u16::from_le_bytes([b[0], b[1]])) } else { u32::from(b[0]) };
         let v = sample & mask;
-        let x = if native.signed && v & sign_bit != 0 { f64::from(v) - f64::from(mask) - 1.0 } else { f64::from(v) };
-        (slope * x + intercept) as f32
-    };
-    if bytes_per == 2 {
-        for (o, b) in out.iter_mut().zip(raw.chunks_exact(2)) {
-            *o = value(u32::from(u16::from_le_bytes([b[0], b[1]])));
-        }
-    } else {
-        for (o, &b) in out.iter_mut().zip(&raw) {
-            *o = value(u32::from(b));
-        }
+        if signed && v & sign_bit != 0 { i64::from(v) - i64::from(mask) - 1 } else { i64::from(v) }
+    })
+}
+
+/// Reads one slice of native pixels into `out` as real values (`slope·v + intercept` in f64).
+fn read_native(
+    h: &InstanceHeader,
+    native: &NativePixels,
+    tile: Option<(u32, u32)>,
+    columns: usize,
+    rows: usize,
+    out: &mut [f32],
+) -> Result<(), DicomError> {
+    let raw = read_native_raw(h, native, tile, columns, rows)?;
+    for (o, v) in out.iter_mut().zip(samples(native, &raw)) {
+        *o = (native.slope * v as f64 + native.intercept) as f32;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use lightbox_core::{Affine3, Volume};
+use lightbox_core::{Affine3, StoredVolume, StoredVoxels, Volume};
 
 const HEADER_BYTES: usize = 348;
 const DATA_OFFSET: usize = 352;
@@ -253,6 +253,14 @@ pub fn write(path: &Path, volume: &Volume<f32>) -> Result<(), NiftiError> {
 /// Writes time points of one grid as a 4-D NIfTI-1 file (3-D when there is one). The grid and
 /// affine of the first volume are used; the others must have the same size.
 pub fn write_time_series(path: &Path, volumes: &[Volume<f32>]) -> Result<(), NiftiError> {
+    let stored: Vec<StoredVolume> = volumes.iter().cloned().map(StoredVolume::from).collect();
+    write_stored_series(path, &stored)
+}
+
+/// Writes time points in their stored type (`uint8`, `uint16`, `int16` or `float32`) with the
+/// rescale in `scl_slope`/`scl_inter`, as dcm2niix does. Time points of different types or
+/// rescales are all written as `float32` real values.
+pub fn write_stored_series(path: &Path, volumes: &[StoredVolume]) -> Result<(), NiftiError> {
     let write_err = |source| NiftiError::Write { path: path.to_owned(), source };
     let Some(first) = volumes.first() else {
         return Err(write_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "no volume to write")));
@@ -260,12 +268,24 @@ pub fn write_time_series(path: &Path, volumes: &[Volume<f32>]) -> Result<(), Nif
     if volumes.iter().any(|v| v.dims() != first.dims()) {
         return Err(write_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "time points differ in size")));
     }
+    let uniform = volumes.iter().all(|v| {
+        std::mem::discriminant(v.voxels()) == std::mem::discriminant(first.voxels())
+            && v.slope == first.slope
+            && v.intercept == first.intercept
+    });
+    if !uniform {
+        let real: Vec<StoredVolume> = volumes.iter().map(|v| StoredVolume::from(v.to_f32())).collect();
+        return write_stored_series(path, &real);
+    }
     let voxels = first.voxels().len();
-    let mut out = Vec::with_capacity(DATA_OFFSET + 4 * voxels * volumes.len());
+    let mut out = Vec::with_capacity(DATA_OFFSET + first.voxels().bytes_per_voxel() * voxels * volumes.len());
     out.extend_from_slice(&header_bytes(first, volumes.len()));
     for volume in volumes {
-        for v in volume.voxels() {
-            out.extend_from_slice(&v.to_le_bytes());
+        match volume.voxels() {
+            StoredVoxels::U8(v) => out.extend_from_slice(v),
+            StoredVoxels::U16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            StoredVoxels::I16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+            StoredVoxels::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         }
     }
     let file = std::fs::File::create(path).map_err(write_err)?;
@@ -281,7 +301,7 @@ pub fn write_time_series(path: &Path, volumes: &[Volume<f32>]) -> Result<(), Nif
     Ok(())
 }
 
-fn header_bytes(volume: &Volume<f32>, time_points: usize) -> [u8; DATA_OFFSET] {
+fn header_bytes(volume: &StoredVolume, time_points: usize) -> [u8; DATA_OFFSET] {
     let mut h = [0u8; DATA_OFFSET];
     let put = |h: &mut [u8; DATA_OFFSET], at: usize, bytes: &[u8]| h[at..at + bytes.len()].copy_from_slice(bytes);
     put(&mut h, 0, &(HEADER_BYTES as i32).to_le_bytes());
@@ -290,8 +310,14 @@ fn header_bytes(volume: &Volume<f32>, time_points: usize) -> [u8; DATA_OFFSET] {
     for (i, d) in [ndim, nx, ny, nz, time_points, 1, 1, 1].into_iter().enumerate() {
         put(&mut h, 40 + 2 * i, &(d.min(i16::MAX as usize) as i16).to_le_bytes());
     }
-    put(&mut h, 70, &16i16.to_le_bytes()); // float32
-    put(&mut h, 72, &32i16.to_le_bytes());
+    let (datatype, bitpix): (i16, i16) = match volume.voxels() {
+        StoredVoxels::U8(_) => (2, 8),
+        StoredVoxels::I16(_) => (4, 16),
+        StoredVoxels::U16(_) => (512, 16),
+        StoredVoxels::F32(_) => (16, 32),
+    };
+    put(&mut h, 70, &datatype.to_le_bytes());
+    put(&mut h, 72, &bitpix.to_le_bytes());
     let ras = lps_from_ras(volume.patient_from_voxel);
     let spacing = volume.spacing_mm();
     let (quaternion, qfac) = quaternion_of(&ras, spacing);
@@ -299,7 +325,8 @@ fn header_bytes(volume: &Volume<f32>, time_points: usize) -> [u8; DATA_OFFSET] {
         put(&mut h, 76 + 4 * i, &(v as f32).to_le_bytes());
     }
     put(&mut h, 108, &(DATA_OFFSET as f32).to_le_bytes());
-    put(&mut h, 112, &1f32.to_le_bytes()); // scl_slope
+    put(&mut h, 112, &(volume.slope as f32).to_le_bytes()); // scl_slope
+    put(&mut h, 116, &(volume.intercept as f32).to_le_bytes()); // scl_inter
     put(&mut h, 123, &[2 | 8]); // mm, seconds
     put(&mut h, 148, b"Lightbox export");
     put(&mut h, 252, &1i16.to_le_bytes()); // qform: scanner
@@ -404,7 +431,7 @@ mod tests {
     #[test]
     fn qform_alone_gives_the_same_affine_as_sform() -> anyhow::Result<()> {
         let original = oblique_volume();
-        let mut bytes = header_bytes(&original, 1).to_vec();
+        let mut bytes = header_bytes(&StoredVolume::from(original.clone()), 1).to_vec();
         bytes[254..256].copy_from_slice(&0i16.to_le_bytes()); // drop the sform
         for v in original.voxels() {
             bytes.extend_from_slice(&v.to_le_bytes());
@@ -420,7 +447,7 @@ mod tests {
 
     #[test]
     fn huge_dimensions_are_an_error_not_an_overflow() {
-        let mut bytes = header_bytes(&oblique_volume(), 1).to_vec();
+        let mut bytes = header_bytes(&StoredVolume::from(oblique_volume()), 1).to_vec();
         bytes[40..42].copy_from_slice(&7i16.to_le_bytes());
         for i in 1..=7 {
             bytes[40 + 2 * i..42 + 2 * i].copy_from_slice(&i16::MAX.to_le_bytes());
@@ -432,7 +459,7 @@ mod tests {
     #[test]
     fn gzipped_image_with_50_mb_of_trailing_bytes_reads_its_voxels() -> anyhow::Result<()> {
         let volume = oblique_volume();
-        let mut plain = header_bytes(&volume, 1).to_vec();
+        let mut plain = header_bytes(&StoredVolume::from(volume.clone()), 1).to_vec();
         for v in volume.voxels() {
             plain.extend_from_slice(&v.to_le_bytes());
         }
@@ -447,11 +474,31 @@ mod tests {
     }
 
     #[test]
+    fn stored_types_round_trip_with_their_rescale() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let affine = oblique_volume().patient_from_voxel;
+        for voxels in [
+            StoredVoxels::I16(vec![-300, 0, 7, 32767, -32768, 12, 5, 9]),
+            StoredVoxels::U16(vec![0, 1, 65535, 4095, 12, 7, 300, 2]),
+            StoredVoxels::U8(vec![0, 1, 255, 128, 3, 4, 5, 6]),
+        ] {
+            let stored = StoredVolume::new([2, 2, 2], voxels, affine, 0.5, -12.0)?;
+            let path = dir.path().join("s.nii.gz");
+            write_stored_series(&path, std::slice::from_ref(&stored))?;
+            let back = read(&path)?.volume(0)?;
+            assert_eq!(back.voxels(), stored.to_f32().voxels());
+            let raw = read_bytes(&path, &std::fs::read(&path)?)?;
+            assert_eq!(raw.volume(0)?.voxels(), back.voxels());
+        }
+        Ok(())
+    }
+
+    #[test]
     fn bad_files_are_named_errors() {
         let path = Path::new("x.nii");
         let err = parse(path, &[0u8; 10]).expect_err("too short");
         assert_eq!(err.to_string(), "x.nii: not a NIfTI-1 file (shorter than a NIfTI-1 header)");
-        let mut bytes = header_bytes(&oblique_volume(), 1).to_vec();
+        let mut bytes = header_bytes(&StoredVolume::from(oblique_volume()), 1).to_vec();
         bytes.extend_from_slice(&[0u8; 10]);
         let err = parse(path, &bytes).expect_err("truncated");
         assert_eq!(err.to_string(), "x.nii: 96 bytes of voxel data expected after byte 352, file has 362");

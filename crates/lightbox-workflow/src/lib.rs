@@ -106,8 +106,8 @@ pub fn export_nifti(
                 name.push_str(&sanitize(&set.label));
             }
             let file = out_dir.join(format!("{name}.nii{}", if gzip { ".gz" } else { "" }));
-            let volumes = (0..set.time_points).map(|t| set.load(t)).collect::<Result<Vec<_>, _>>()?;
-            lightbox_nifti::write_time_series(&file, &volumes)?;
+            let volumes = (0..set.time_points).map(|t| set.load_stored(t)).collect::<Result<Vec<_>, _>>()?;
+            lightbox_nifti::write_stored_series(&file, &volumes)?;
             tracing::info!(file = %file.display(), "exported");
             written.push(file);
         }
