@@ -6,6 +6,7 @@
 mod cli;
 mod harness;
 mod ingest;
+mod pacs;
 mod pacs_cli;
 mod render;
 mod sources;

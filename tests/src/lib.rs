@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub mod dcmtk;
+pub mod dicomfile;
 pub mod orthanc;
 pub mod proxy;
+pub mod pypeer;
 
 /// The workspace root.
 /// The workspace root. Cargo sets `CARGO_MANIFEST_DIR` when it runs tests and binaries; the

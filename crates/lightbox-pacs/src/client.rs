@@ -88,6 +88,7 @@ pub struct DicomWebClient {
     auth: Auth,
     pub(crate) retry: RetryPolicy,
     read_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl DicomWebClient {
@@ -105,7 +106,14 @@ impl DicomWebClient {
             .user_agent(concat!("Lightbox/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| PacsError::Config(format!("HTTP client: {}", chain(&e))))?;
-        Ok(Self { http, base, auth: config.auth, retry: config.retry, read_timeout: config.read_timeout })
+        Ok(Self {
+            http,
+            base,
+            auth: config.auth,
+            retry: config.retry,
+            read_timeout: config.read_timeout,
+            connect_timeout: config.connect_timeout,
+        })
     }
 
     /// The DICOMweb root this client talks to.
@@ -157,8 +165,14 @@ impl DicomWebClient {
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return PacsError::Unauthorized { url: url.to_owned(), status: status.as_u16() };
         }
-        let body = response.text().await.unwrap_or_default();
-        let mut body: String = body.chars().take(600).collect();
+        let mut body = String::new();
+        let mut response = response;
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.push_str(&String::from_utf8_lossy(&chunk));
+            if body.len() > 1 << 20 {
+                break;
+            }
+        }
         if body.trim().is_empty() {
             body = status.canonical_reason().unwrap_or("no reason given").to_owned();
         }
@@ -166,12 +180,20 @@ impl DicomWebClient {
     }
 
     pub(crate) fn transport_error(&self, url: &str, e: &reqwest::Error) -> PacsError {
-        if e.is_timeout() {
-            PacsError::Timeout { url: url.to_owned(), secs: self.read_timeout.as_secs() }
+        let detail = chain(e);
+        if is_tls_failure(&detail) {
+            PacsError::TlsHandshake { url: url.to_owned(), detail }
+        } else if e.is_timeout() && e.is_connect() {
+            PacsError::Connect {
+                url: url.to_owned(),
+                detail: format!("no connection within {:?}", self.connect_timeout),
+            }
+        } else if e.is_timeout() {
+            PacsError::Timeout { url: url.to_owned(), millis: self.read_timeout.as_millis() as u64 }
         } else if e.is_connect() {
-            PacsError::Connect { url: url.to_owned(), detail: chain(e) }
+            PacsError::Connect { url: url.to_owned(), detail }
         } else {
-            PacsError::Transfer { url: url.to_owned(), detail: chain(e) }
+            PacsError::Transfer { url: url.to_owned(), detail }
         }
     }
 
@@ -194,6 +216,23 @@ impl DicomWebClient {
             }
         }
     }
+}
+
+/// A certificate or handshake problem: retrying will not help, a person must fix the setup.
+fn is_tls_failure(detail: &str) -> bool {
+    [
+        "invalid peer certificate",
+        "CertificateRequired",
+        "UnknownCA",
+        "BadCertificate",
+        "CertificateExpired",
+        "HandshakeFailure",
+        "received fatal alert",
+        "certificate verify failed",
+        "NotValidForName",
+    ]
+    .iter()
+    .any(|needle| detail.contains(needle))
 }
 
 /// An error and its causes on one line ("error sending request: …: connection refused").

@@ -6,12 +6,22 @@ use std::path::PathBuf;
 pub enum PacsError {
     #[error("{url}: cannot reach the PACS: {detail}")]
     Connect { url: String, detail: String },
-    #[error("{url}: the PACS did not answer within {secs} s")]
-    Timeout { url: String, secs: u64 },
+    #[error("{url}: the PACS did not answer within {:.1} s", *millis as f64 / 1000.0)]
+    Timeout { url: String, millis: u64 },
+    #[error(
+        "{url}: TLS handshake failed: {detail}; check the trusted CA (--ca) and the client certificate (--cert, --key)"
+    )]
+    TlsHandshake { url: String, detail: String },
     #[error("{url}: the PACS refused the credentials (HTTP {status}); check the user name and password or the token")]
     Unauthorized { url: String, status: u16 },
-    #[error("{method} {url}: HTTP {status}: {body}")]
-    Status { method: String, url: String, status: u16, body: String },
+    #[error("{method} {url}: HTTP {status}: {}", shorten(body))]
+    Status {
+        method: String,
+        url: String,
+        status: u16,
+        /// The response body, whole (up to 1 MiB); messages show its start.
+        body: String,
+    },
     #[error("{url}: transfer broken: {detail}")]
     Transfer { url: String, detail: String },
     #[error("{url}: malformed response: {detail}")]
@@ -51,6 +61,7 @@ impl PacsError {
         match self {
             Self::Connect { .. } => "pacs-unreachable",
             Self::Timeout { .. } => "pacs-timeout",
+            Self::TlsHandshake { .. } => "pacs-tls",
             Self::Unauthorized { .. } => "pacs-unauthorized",
             Self::Status { .. } => "pacs-http-error",
             Self::Transfer { .. } => "pacs-transfer-broken",
@@ -62,5 +73,14 @@ impl PacsError {
             Self::Store(_) => "store",
             Self::Dicom(_) => "dicom",
         }
+    }
+}
+
+fn shorten(body: &str) -> String {
+    let one_line = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 300 {
+        format!("{}…", one_line.chars().take(300).collect::<String>())
+    } else {
+        one_line
     }
 }

@@ -41,9 +41,11 @@ pub struct DrainReport {
 pub async fn drain(store: &Store, destination: &Destination<'_>) -> Result<DrainReport, PacsError> {
     let mut report = DrainReport::default();
     let due: Vec<OutboxItem> = store.outbox_due()?.into_iter().filter(|i| i.destination == destination.name).collect();
-    let mut unreachable = false;
+    let mut unreachable: Option<String> = None;
     for item in due {
-        if unreachable {
+        if let Some(reason) = &unreachable {
+            // Not tried: say why in the row, without counting an attempt.
+            store.outbox_mark_retry(item.id, &format!("not tried: {reason}"))?;
             report.deferred += 1;
             continue;
         }
@@ -55,7 +57,7 @@ pub async fn drain(store: &Store, destination: &Destination<'_>) -> Result<Drain
                 tracing::warn!(sop_uid = item.sop_uid, "outbox: {e}; will retry");
                 store.outbox_mark_retry(item.id, &e.to_string())?;
                 report.deferred += 1;
-                unreachable = true;
+                unreachable = Some(e.to_string());
             }
             Err(e) => {
                 tracing::warn!(sop_uid = item.sop_uid, "outbox: refused: {e}");
