@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use futures_util::StreamExt;
 use reqwest::Method;
 
 use crate::json::tags;
@@ -12,6 +13,9 @@ use crate::{DicomJson, DicomWebClient, PacsError};
 /// Most bytes in one STOW request; more go in further requests.
 const BATCH_BYTES: u64 = 256 * 1024 * 1024;
 const BATCH_FILES: usize = 500;
+/// STOW requests in flight at once: a PACS stores the instances of concurrent requests in
+/// parallel (bench-pacs: 4 in flight against Orthanc on 2 cores beat 1 in flight).
+const IN_FLIGHT: usize = 4;
 
 /// An instance the PACS did not store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,29 +44,43 @@ impl DicomWebClient {
             let size = std::fs::metadata(file).map_err(|source| PacsError::Io { path: file.clone(), source })?.len();
             sized.push((file.clone(), size));
         }
-        let mut result = StowResult::default();
+        // Batches of at most BATCH_BYTES / BATCH_FILES; a large send is cut into IN_FLIGHT
+        // batches (of at least 50 files or 16 MiB) so the PACS can work on several at once.
+        let total: u64 = sized.iter().map(|(_, size)| size).sum();
+        let target = (total / IN_FLIGHT as u64).clamp(16 << 20, BATCH_BYTES);
+        let per_batch = sized.len().div_ceil(IN_FLIGHT).clamp(50, BATCH_FILES);
+        let mut batches: Vec<Vec<(PathBuf, u64)>> = Vec::new();
         let mut batch: Vec<(PathBuf, u64)> = Vec::new();
         let mut batch_bytes = 0;
         for (file, size) in sized {
-            if !batch.is_empty() && (batch_bytes + size > BATCH_BYTES || batch.len() >= BATCH_FILES) {
-                self.store_batch(study, std::mem::take(&mut batch), &mut result).await?;
+            if !batch.is_empty() && (batch_bytes + size > target || batch.len() >= per_batch) {
+                batches.push(std::mem::take(&mut batch));
                 batch_bytes = 0;
             }
             batch_bytes += size;
             batch.push((file, size));
         }
         if !batch.is_empty() {
-            self.store_batch(study, batch, &mut result).await?;
+            batches.push(batch);
+        }
+        // The first batch goes alone: a wrong password or URL fails once, not IN_FLIGHT times
+        // (and does not lock an account).
+        let mut batches = batches.into_iter();
+        let mut result = match batches.next() {
+            Some(first) => self.store_batch(study, first).await?,
+            None => StowResult::default(),
+        };
+        let mut results =
+            futures_util::stream::iter(batches).map(|batch| self.store_batch(study, batch)).buffer_unordered(IN_FLIGHT);
+        while let Some(outcome) = results.next().await {
+            let batch = outcome?;
+            result.stored.extend(batch.stored);
+            result.failed.extend(batch.failed);
         }
         Ok(result)
     }
 
-    async fn store_batch(
-        &self,
-        study: Option<&str>,
-        files: Vec<(PathBuf, u64)>,
-        result: &mut StowResult,
-    ) -> Result<(), PacsError> {
+    async fn store_batch(&self, study: Option<&str>, files: Vec<(PathBuf, u64)>) -> Result<StowResult, PacsError> {
         let url = match study {
             Some(study) => self.url(&format!("/studies/{study}")),
             None => self.url("/studies"),
@@ -84,10 +102,7 @@ impl DicomWebClient {
             }
             Err(e) => return Err(e),
         };
-        let parsed = parse_response(&body).map_err(|detail| PacsError::Malformed { url: url.clone(), detail })?;
-        result.stored.extend(parsed.stored);
-        result.failed.extend(parsed.failed);
-        Ok(())
+        parse_response(&body).map_err(|detail| PacsError::Malformed { url: url.clone(), detail })
     }
 }
 
