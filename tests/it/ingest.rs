@@ -123,7 +123,16 @@ fn check_display_set(what: &str, set: &DisplaySet, reference: &Path, values: Val
             let real = stored.to_f32();
             let differ = ours.voxels().iter().zip(real.voxels()).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
             if differ > 0 || real.dims() != ours.dims() {
-                bail!("{what}: {differ} voxels differ between the stored-type volume and the real values");
+                let first = ours.voxels().iter().zip(real.voxels()).position(|(a, b)| a.to_bits() != b.to_bits());
+                bail!(
+                    "{what}: {differ} voxels differ between the stored-type volume and the real values \
+                     (first at {first:?}: {:?} vs {:?}; stored as {} bytes/voxel, slope {}, intercept {})",
+                    first.map(|i| ours.voxels()[i]),
+                    first.map(|i| real.voxels()[i]),
+                    stored.voxels().bytes_per_voxel(),
+                    stored.slope,
+                    stored.intercept
+                );
             }
         }
         assert_same_volume(&format!("{what} t={t}"), &ours, &image.volume(t as usize)?, values)?;

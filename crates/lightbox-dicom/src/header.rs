@@ -37,10 +37,10 @@ pub(crate) struct InstanceHeader {
     pub native: Option<NativePixels>,
 }
 
-/// Uncompressed little-endian monochrome pixels of a single-frame instance, at a known place
-/// in the file: the loader reads them there and applies the rescale itself, with the same
-/// arithmetic as dicom-pixeldata (mask to Bits Stored, sign-extend, `slope·v + intercept` in
-/// f64), instead of parsing the file a second time.
+/// Uncompressed little-endian monochrome pixels at a known place in the file: the loader reads
+/// each frame there and applies the rescale itself (per frame for enhanced multi-frame), with
+/// the same arithmetic as dicom-pixeldata (mask to Bits Stored, sign-extend, `slope·v +
+/// intercept` in f64), instead of parsing the file a second time.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct NativePixels {
     pub offset: u64,
@@ -64,6 +64,8 @@ pub(crate) struct FrameMeta {
     pub b_value: Option<f64>,
     /// ImageType, or FrameType for enhanced frames.
     pub image_type: String,
+    /// Rescale slope and intercept (top level, or PixelValueTransformationSequence).
+    pub rescale: Option<(f64, f64)>,
 }
 
 /// Why a file was not taken as an instance.
@@ -83,10 +85,17 @@ pub(crate) fn open_header(path: &Path) -> Result<InstanceHeader, Skip> {
     Ok(header)
 }
 
+/// RescaleSlope/RescaleIntercept of a data set or functional group item, when it has either.
+fn rescale_of(obj: &InMemDicomObject) -> Option<(f64, f64)> {
+    let slope = floats::<1>(obj, tags::RESCALE_SLOPE).map(|[s]| s);
+    let intercept = floats::<1>(obj, tags::RESCALE_INTERCEPT).map(|[i]| i);
+    (slope.is_some() || intercept.is_some()).then(|| (slope.unwrap_or(1.0), intercept.unwrap_or(0.0)))
+}
+
 /// Whether (and how) this instance's pixels can be read directly.
 fn native_pixels(obj: &DefaultDicomObject, h: &InstanceHeader, span: PixelSpan) -> Option<NativePixels> {
     let ts = obj.meta().transfer_syntax().trim_end_matches('\0');
-    if !matches!(ts, "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1") || h.frames != 1 {
+    if !matches!(ts, "1.2.840.10008.1.2" | "1.2.840.10008.1.2.1") {
         return None;
     }
     let samples: u16 = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
@@ -94,7 +103,7 @@ fn native_pixels(obj: &DefaultDicomObject, h: &InstanceHeader, span: PixelSpan) 
     let bits_allocated: u16 = int(obj, tags::BITS_ALLOCATED)?;
     let bits_stored: u16 = int(obj, tags::BITS_STORED).unwrap_or(bits_allocated);
     let signed = int::<u16>(obj, tags::PIXEL_REPRESENTATION).unwrap_or(0) == 1;
-    let needed = u64::from(h.rows) * u64::from(h.columns) * u64::from(bits_allocated / 8);
+    let needed = u64::from(h.rows) * u64::from(h.columns) * u64::from(bits_allocated / 8) * u64::from(h.frames);
     let usable = samples == 1
         && matches!(photometric.trim(), "MONOCHROME1" | "MONOCHROME2")
         && matches!(bits_allocated, 8 | 16)
@@ -183,6 +192,7 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
         temporal_index: int(obj, tags::TEMPORAL_POSITION_IDENTIFIER),
         b_value: floats::<1>(obj, tags::DIFFUSION_B_VALUE).map(|[b]| b),
         image_type: image_type.clone(),
+        rescale: rescale_of(obj),
     };
     let frame_meta = functional_group_frames(obj, frames, &top_level);
 
@@ -273,6 +283,7 @@ fn functional_group_frames(obj: &InMemDicomObject, frames: u32, top: &FrameMeta)
             let b_value =
                 lookup(frame, tags::MR_DIFFUSION_SEQUENCE).and_then(|m| floats::<1>(m, tags::DIFFUSION_B_VALUE));
             let image_type = lookup(frame, tags::MR_IMAGE_FRAME_TYPE_SEQUENCE).and_then(|m| text(m, tags::FRAME_TYPE));
+            let rescale = lookup(frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE).and_then(rescale_of);
             FrameMeta {
                 position: position.or(top.position),
                 orientation: orientation.or(top.orientation),
@@ -281,6 +292,7 @@ fn functional_group_frames(obj: &InMemDicomObject, frames: u32, top: &FrameMeta)
                 temporal_index: temporal_index.or(top.temporal_index),
                 b_value: b_value.map(|[b]| b).or(top.b_value),
                 image_type: image_type.unwrap_or_else(|| top.image_type.clone()),
+                rescale: rescale.or(top.rescale),
             }
         })
         .collect()

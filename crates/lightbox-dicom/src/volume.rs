@@ -100,8 +100,9 @@ impl DisplaySet {
     }
 
     /// Decodes time point `t` (rescale slope/intercept applied) into a volume. Uncompressed
-    /// single-frame instances are read straight from the file, each slice into its place in
-    /// the volume; the others are decoded by dicom-pixeldata, each file once. Files in parallel.
+    /// instances (single- or multi-frame, per-frame rescale included) are read straight from
+    /// the file, each slice into its place in the volume; the others are decoded by
+    /// dicom-pixeldata, each file once. Slices and files in parallel.
     pub fn load(&self, t: u32) -> Result<Volume<f32>, DicomError> {
         let wanted = self.time_point(t)?;
         if wanted.iter().all(|f| self.instances[f.instance].native.is_some()) {
@@ -115,7 +116,7 @@ impl DisplaySet {
     /// values as f32 (slope 1, intercept 0). `to_f32()` of the result equals [`Self::load`].
     pub fn load_stored(&self, t: u32) -> Result<StoredVolume, DicomError> {
         let wanted = self.time_point(t)?;
-        let natives: Vec<NativePixels> = wanted.iter().filter_map(|f| self.instances[f.instance].native).collect();
+        let natives: Vec<NativePixels> = wanted.iter().filter_map(|f| self.native_frame(f)).collect();
         let shared = natives.first().copied().filter(|first| {
             natives.len() == wanted.len()
                 && natives.iter().all(|n| {
@@ -133,7 +134,7 @@ impl DisplaySet {
         let read = |z: usize| {
             let f = &wanted[z];
             let h = &self.instances[f.instance];
-            let native = h.native.unwrap_or(first);
+            let native = natives[z];
             read_native_raw(h, &native, f.tile, columns, rows).map(|raw| (native, raw))
         };
         let voxels = match (first.bits_allocated, first.signed) {
@@ -201,13 +202,26 @@ impl DisplaySet {
             })
     }
 
+    /// How to read frame `f` directly: its file offset and its own rescale.
+    fn native_frame(&self, f: &FrameRef) -> Option<NativePixels> {
+        let h = &self.instances[f.instance];
+        let mut native = h.native?;
+        let frame_bytes = u64::from(h.rows) * u64::from(h.columns) * u64::from(native.bits_allocated / 8);
+        native.offset += u64::from(f.frame) * frame_bytes;
+        if let Some((slope, intercept)) = h.frame_meta.get(f.frame as usize).and_then(|m| m.rescale) {
+            native.slope = slope;
+            native.intercept = intercept;
+        }
+        Some(native)
+    }
+
     /// Reads each slice's pixels from its file into its place in the volume.
     fn load_native(&self, wanted: &[FrameRef]) -> Result<Volume<f32>, DicomError> {
         let (columns, rows) = (self.columns as usize, self.rows as usize);
         let mut voxels = vec![0f32; columns * rows * wanted.len()];
         voxels.par_chunks_mut(columns * rows).zip(wanted.par_iter()).try_for_each(|(slice, f)| {
             let h = &self.instances[f.instance];
-            match h.native {
+            match self.native_frame(f) {
                 Some(native) => read_native(h, &native, f.tile, columns, rows, slice),
                 None => Err(DicomError::Decode { path: h.path.clone(), source: "not native pixel data".into() }),
             }
