@@ -292,11 +292,12 @@ pub fn write_stored_series(path: &Path, volumes: &[StoredVolume]) -> Result<(), 
     if path.extension().is_some_and(|e| e == "gz") {
         let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
         gz.write_all(&out).map_err(write_err)?;
-        gz.finish().map_err(write_err)?.sync_all().map_err(write_err)?;
+        gz.finish().map_err(write_err)?;
     } else {
         let mut file = file;
+        // No fsync: an export is derived data, written again in a moment if lost (dcm2niix
+        // does not sync either; it cost several ms per file here).
         file.write_all(&out).map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
     }
     Ok(())
 }
