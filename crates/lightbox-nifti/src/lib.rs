@@ -277,27 +277,44 @@ pub fn write_stored_series(path: &Path, volumes: &[StoredVolume]) -> Result<(), 
         let real: Vec<StoredVolume> = volumes.iter().map(|v| StoredVolume::from(v.to_f32())).collect();
         return write_stored_series(path, &real);
     }
-    let voxels = first.voxels().len();
-    let mut out = Vec::with_capacity(DATA_OFFSET + first.voxels().bytes_per_voxel() * voxels * volumes.len());
-    out.extend_from_slice(&header_bytes(first, volumes.len()));
-    for volume in volumes {
-        match volume.voxels() {
-            StoredVoxels::U8(v) => out.extend_from_slice(v),
-            StoredVoxels::U16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            StoredVoxels::I16(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-            StoredVoxels::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        }
-    }
-    let file = std::fs::File::create(path).map_err(write_err)?;
+    // Streamed through a small buffer: the file never sits in memory beside the volumes.
+    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).map_err(write_err)?);
     if path.extension().is_some_and(|e| e == "gz") {
         let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
-        gz.write_all(&out).map_err(write_err)?;
-        gz.finish().map_err(write_err)?;
+        write_body(&mut gz, first, volumes).map_err(write_err)?;
+        gz.finish().and_then(|mut f| f.flush()).map_err(write_err)?;
     } else {
-        let mut file = file;
         // No fsync: an export is derived data, written again in a moment if lost (dcm2niix
         // does not sync either; it cost several ms per file here).
-        file.write_all(&out).map_err(write_err)?;
+        let mut file = file;
+        write_body(&mut file, first, volumes).and_then(|()| file.flush()).map_err(write_err)?;
+    }
+    Ok(())
+}
+
+fn write_body(out: &mut impl Write, first: &StoredVolume, volumes: &[StoredVolume]) -> std::io::Result<()> {
+    out.write_all(&header_bytes(first, volumes.len()))?;
+    let mut buffer: Vec<u8> = Vec::with_capacity(256 << 10);
+    fn chunked<T: Copy, const N: usize>(
+        out: &mut impl Write,
+        buffer: &mut Vec<u8>,
+        values: &[T],
+        bytes: impl Fn(T) -> [u8; N],
+    ) -> std::io::Result<()> {
+        for chunk in values.chunks(64 << 10) {
+            buffer.clear();
+            chunk.iter().for_each(|&v| buffer.extend_from_slice(&bytes(v)));
+            out.write_all(buffer)?;
+        }
+        Ok(())
+    }
+    for volume in volumes {
+        match volume.voxels() {
+            StoredVoxels::U8(v) => out.write_all(v)?,
+            StoredVoxels::U16(v) => chunked(out, &mut buffer, v, u16::to_le_bytes)?,
+            StoredVoxels::I16(v) => chunked(out, &mut buffer, v, i16::to_le_bytes)?,
+            StoredVoxels::F32(v) => chunked(out, &mut buffer, v, f32::to_le_bytes)?,
+        }
     }
     Ok(())
 }
