@@ -230,10 +230,15 @@ impl<R: Source> Walker<R> {
                 || (&vr == b"UN" && (length == UNDEFINED || dictionary_sequence(tag)))
                 || (e.implicit && (length == UNDEFINED || dictionary_sequence(tag)));
             if tag == PIXEL_DATA && top && length != UNDEFINED {
+                // Native pixels: remember where they are and walk on over what follows them
+                // (seeks only), so a broken tail is found by the header scan too — the volume
+                // loader reads these pixels directly and never parses the rest.
                 self.pixel_data = Some(PixelSpan { offset: self.pos, length: u64::from(length) });
+                self.skip(length)?;
+                continue;
             }
             if tag == PIXEL_DATA && top && !self.whole_file {
-                return Ok(()); // the header scan stops here
+                return Ok(()); // the header scan stops at encapsulated pixel data
             }
             if sequence || (tag == PIXEL_DATA && length == UNDEFINED) {
                 // UN of undefined length holds an implicit little-endian sequence.

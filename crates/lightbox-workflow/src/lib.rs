@@ -35,6 +35,9 @@ pub enum WorkflowError {
         source: std::io::Error,
     },
 
+    #[error("{path}: no image series to export{}", if issues.is_empty() { String::new() } else { format!("; unreadable: {issues}") })]
+    NothingToExport { path: PathBuf, issues: String },
+
     #[error(transparent)]
     Pacs(#[from] lightbox_pacs::PacsError),
 
@@ -63,6 +66,7 @@ impl WorkflowError {
             Self::OutputFolder { .. } => "output_folder",
             Self::UnknownSeries { .. } => "unknown_series",
             Self::ViewerLaunch { .. } => "viewer_launch",
+            Self::NothingToExport { .. } => "nothing_to_export",
             Self::Pacs(e) => e.code(),
             Self::Io { .. } => "io",
         }
@@ -92,6 +96,11 @@ pub fn export_nifti(
         ],
         None => report.series().map(|(_, s)| s).filter(|s| !s.display_sets.is_empty()).collect(),
     };
+    if chosen.is_empty() {
+        let issues: Vec<String> =
+            report.issues.iter().take(5).map(|i| format!("{}: {}", i.path.display(), i.reason)).collect();
+        return Err(WorkflowError::NothingToExport { path: path.to_owned(), issues: issues.join("; ") });
+    }
     std::fs::create_dir_all(out_dir)
         .map_err(|source| WorkflowError::OutputFolder { path: out_dir.to_owned(), source })?;
     let mut written = Vec::new();
