@@ -1177,3 +1177,92 @@ async fn outbox_falls_back_to_dimse_when_dicomweb_is_unreachable() -> anyhow::Re
     ensure!(store.outbox(Some(OutboxState::Sent))?.len() == 3);
     Ok(())
 }
+
+/// A study of two series retrieved into the store with progress: counts only grow, end at the
+/// totals, and each series is imported as soon as it is whole. A cancelled retrieval fails
+/// with `Cancelled` and leaves no partial file behind.
+#[tokio::test]
+async fn study_retrieval_reports_progress_and_can_be_cancelled() -> anyhow::Result<()> {
+    let orthanc = Orthanc::start()?;
+    let work = tempfile::tempdir()?;
+    let first = Series::of(first_files(GE_SERIES, 12)?)?;
+    let second_files = copy_with_new_uids(
+        &first_files(GE_SERIES_2, 8)?,
+        &work.path().join("b"),
+        &Uids::Series { study: first.study.clone(), series: lightbox_tests::dcmtk::new_uid() },
+        &[],
+    )?;
+    let client = client(&orthanc)?;
+    client.store_files(None, &first.files).await?;
+    client.store_files(None, &second_files).await?;
+
+    let store_dir = work.path().join("store");
+    let mut store = Store::open(&store_dir)?;
+    let (sender, receiver) = mpsc::channel();
+    let control = lightbox_pacs::TransferControl::with_progress(sender);
+    let summary = client.retrieve_into_with(&mut store, &first.study, None, &control).await?;
+    ensure!(summary.imported == 20, "{summary:?}");
+    let steps: Vec<lightbox_pacs::TransferProgress> = receiver.try_iter().collect();
+    ensure!(steps.len() >= 20, "{} progress messages", steps.len());
+    ensure!(
+        steps
+            .windows(2)
+            .all(|w| w[1].instances >= w[0].instances && w[1].bytes >= w[0].bytes && w[1].imported >= w[0].imported)
+    );
+    let last = steps.last().context("no progress")?;
+    ensure!(last.instances == 20 && last.imported == 20 && last.bytes == summary.bytes, "{last:?} vs {summary:?}");
+    // The first series was imported before the second one arrived.
+    ensure!(steps.iter().any(|p| p.imported == 12 && p.instances == 12), "{steps:?}");
+
+    // Cancelled before it starts: an error, nothing imported, nothing left in incoming/.
+    let other_store = work.path().join("other");
+    let mut other = Store::open(&other_store)?;
+    let control = lightbox_pacs::TransferControl::default();
+    control.cancel();
+    let error =
+        client.retrieve_into_with(&mut other, &first.study, None, &control).await.err().context("not cancelled")?;
+    ensure!(matches!(error, PacsError::Cancelled { .. }) && !error.is_transient(), "{error:?}");
+    ensure!(other.instance_count()? == 0);
+    ensure!(partial_files(&other_store.join("incoming"))?.is_empty());
+    Ok(())
+}
+
+/// The workstation's worklist: local studies and the PACS's, merged by study; with the PACS
+/// down, the local ones and a reason (never an error).
+#[tokio::test]
+async fn worklist_merges_local_and_pacs_studies_and_survives_an_offline_pacs() -> anyhow::Result<()> {
+    use lightbox_workflow::pacs::{PacsSettings, worklist_with_pacs};
+    let mut orthanc = Orthanc::start()?;
+    let work = tempfile::tempdir()?;
+    let both = Series::of(first_files(GE_SERIES, 5)?)?;
+    let remote_only = Series::copy(&first_files(GE_SERIES_2, 3)?, &work.path().join("remote"))?;
+    let client = client(&orthanc)?;
+    client.store_files(None, &both.files).await?;
+    client.store_files(None, &remote_only.files).await?;
+    let store_dir = work.path().join("store");
+    let mut store = Store::open(&store_dir)?;
+    for file in &both.files {
+        store.import_file(file)?;
+    }
+    drop(store);
+
+    let settings =
+        PacsSettings { name: "orthanc".into(), web: config_for(&orthanc.dicomweb_url(), &orthanc), dimse: None };
+    let query = lightbox_store::WorklistQuery { limit: 50, ..Default::default() };
+    let (rows, warning) = worklist_with_pacs(&store_dir, Some(&settings), &query).await?;
+    ensure!(warning.is_none(), "{warning:?}");
+    ensure!(rows.len() == 2, "{rows:?}");
+    let local = rows.iter().find(|r| r.study_uid == both.study).context("local study missing")?;
+    ensure!(local.local_instances == 5 && local.pacs_instances == Some(5), "{local:?}");
+    let remote = rows.iter().find(|r| r.study_uid == remote_only.study).context("PACS study missing")?;
+    ensure!(remote.local_instances == 0 && remote.pacs_instances == Some(3), "{remote:?}");
+
+    orthanc.kill()?;
+    let mut offline = settings.clone();
+    offline.web.retry = RetryPolicy { attempts: 1, ..quick_retry() };
+    let (rows, warning) = worklist_with_pacs(&store_dir, Some(&offline), &query).await?;
+    ensure!(rows.len() == 1 && rows[0].study_uid == both.study, "{rows:?}");
+    let warning = warning.context("no warning while the PACS is down")?;
+    ensure!(warning.contains("not reachable, showing local studies only"), "{warning}");
+    Ok(())
+}

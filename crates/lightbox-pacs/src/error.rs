@@ -22,6 +22,8 @@ pub enum PacsError {
         /// The response body, whole (up to 1 MiB); messages show its start.
         body: String,
     },
+    #[error("{url}: cancelled")]
+    Cancelled { url: String },
     #[error("{url}: transfer broken: {detail}")]
     Transfer { url: String, detail: String },
     #[error("{url}: malformed response: {detail}")]
@@ -65,6 +67,7 @@ impl PacsError {
             Self::Unauthorized { .. } => "pacs-unauthorized",
             Self::Status { .. } => "pacs-http-error",
             Self::Transfer { .. } => "pacs-transfer-broken",
+            Self::Cancelled { .. } => "cancelled",
             Self::Malformed { .. } => "pacs-malformed-response",
             Self::Tls { .. } => "pacs-tls-config",
             Self::Config(_) => "pacs-config",

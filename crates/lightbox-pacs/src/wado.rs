@@ -4,6 +4,8 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::StreamExt;
 use lightbox_store::{ImportOutcome, Store};
@@ -61,6 +63,48 @@ pub struct Frame {
     pub data: Vec<u8>,
 }
 
+/// How far a retrieval is. Sent after each instance that arrived whole, and after each import.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransferProgress {
+    /// Instances received whole so far.
+    pub instances: usize,
+    pub bytes: u64,
+    /// Instances imported into the store so far (retrievals into the store only).
+    pub imported: usize,
+}
+
+/// Progress reporting and cancellation of a transfer, shared with whoever shows it.
+#[derive(Clone, Debug, Default)]
+pub struct TransferControl {
+    cancelled: Arc<AtomicBool>,
+    progress: Option<std::sync::mpsc::Sender<TransferProgress>>,
+}
+
+impl TransferControl {
+    /// Progress goes to `progress` (a dropped receiver is fine).
+    pub fn with_progress(progress: std::sync::mpsc::Sender<TransferProgress>) -> Self {
+        Self { cancelled: Arc::default(), progress: Some(progress) }
+    }
+
+    /// Stops the transfer at the next chunk; it then fails with [`PacsError::Cancelled`] and
+    /// leaves no partial file.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn report(&self, progress: &TransferProgress) {
+        if let Some(sender) = &self.progress {
+            let _ = sender.send(progress.clone());
+        }
+    }
+}
+
+const CANCELLED: &str = "cancelled by the user";
+
 /// Writes each part to its own file in a folder: `.part` while it arrives, renamed to `.dcm`
 /// when whole, so a broken transfer never leaves a truncated `.dcm`.
 struct DirSink {
@@ -70,11 +114,23 @@ struct DirSink {
     current: Option<(PathBuf, std::io::BufWriter<std::fs::File>)>,
     files: Vec<PathBuf>,
     bytes: u64,
+    control: TransferControl,
+    /// Progress so far, counted across the sinks of one retrieval.
+    progress: TransferProgress,
 }
 
 impl DirSink {
-    fn new(dir: &Path, prefix: &str) -> Self {
-        Self { dir: dir.to_owned(), prefix: prefix.to_owned(), next: 0, current: None, files: Vec::new(), bytes: 0 }
+    fn new(dir: &Path, prefix: &str, control: &TransferControl, progress: &TransferProgress) -> Self {
+        Self {
+            dir: dir.to_owned(),
+            prefix: prefix.to_owned(),
+            next: 0,
+            current: None,
+            files: Vec::new(),
+            bytes: 0,
+            control: control.clone(),
+            progress: progress.clone(),
+        }
     }
 
     fn discard_partial(&mut self) {
@@ -95,9 +151,13 @@ impl PartSink for DirSink {
     }
 
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        if self.control.is_cancelled() {
+            return Err(std::io::Error::other(CANCELLED));
+        }
         if let Some((_, file)) = &mut self.current {
             file.write_all(chunk)?;
             self.bytes += chunk.len() as u64;
+            self.progress.bytes += chunk.len() as u64;
         }
         Ok(())
     }
@@ -108,6 +168,8 @@ impl PartSink for DirSink {
             let done = path.with_extension("dcm");
             std::fs::rename(&path, &done)?;
             self.files.push(done);
+            self.progress.instances += 1;
+            self.control.report(&self.progress);
         }
         Ok(())
     }
@@ -133,6 +195,9 @@ impl DicomWebClient {
         let result = RelatedParts::new(stream, &boundary).copy_to(sink).await;
         if let Err(detail) = result {
             sink.discard_partial();
+            if sink.control.is_cancelled() {
+                return Err(PacsError::Cancelled { url });
+            }
             return Err(PacsError::Transfer { url, detail });
         }
         Ok(())
@@ -146,10 +211,22 @@ impl DicomWebClient {
         sop: &str,
         dir: &Path,
     ) -> Result<PathBuf, PacsError> {
+        self.instance_to_dir(study, series, sop, dir, &TransferControl::default(), &TransferProgress::default()).await
+    }
+
+    async fn instance_to_dir(
+        &self,
+        study: &str,
+        series: &str,
+        sop: &str,
+        dir: &Path,
+        control: &TransferControl,
+        progress: &TransferProgress,
+    ) -> Result<PathBuf, PacsError> {
         let path = format!("/studies/{study}/series/{series}/instances/{sop}");
         let mut retry = 0;
         loop {
-            let mut sink = DirSink::new(dir, &format!("i{}", fastrand::u32(..)));
+            let mut sink = DirSink::new(dir, &format!("i{}", fastrand::u32(..)), control, progress);
             match self.stream_instances(&path, dir, &mut sink).await {
                 Ok(()) if sink.files.len() == 1 => return Ok(sink.files.remove(0)),
                 Ok(()) => {
@@ -169,7 +246,7 @@ impl DicomWebClient {
 
     /// Retrieves a whole study into `dir`.
     pub async fn retrieve_study_to_dir(&self, study: &str, dir: &Path) -> Result<RetrieveSummary, PacsError> {
-        let mut sink = DirSink::new(dir, "study");
+        let mut sink = DirSink::new(dir, "study", &TransferControl::default(), &TransferProgress::default());
         self.stream_instances(&format!("/studies/{study}"), dir, &mut sink).await?;
         Ok(RetrieveSummary { files: sink.files, bytes: sink.bytes, ..Default::default() })
     }
@@ -183,7 +260,18 @@ impl DicomWebClient {
         series: &str,
         dir: &Path,
     ) -> Result<RetrieveSummary, PacsError> {
-        let mut sink = DirSink::new(dir, "series");
+        self.series_to_dir(study, series, dir, &TransferControl::default(), &TransferProgress::default()).await
+    }
+
+    async fn series_to_dir(
+        &self,
+        study: &str,
+        series: &str,
+        dir: &Path,
+        control: &TransferControl,
+        progress: &TransferProgress,
+    ) -> Result<RetrieveSummary, PacsError> {
+        let mut sink = DirSink::new(dir, &format!("s{}", fastrand::u32(..)), control, progress);
         let first = self.stream_instances(&format!("/studies/{study}/series/{series}"), dir, &mut sink).await;
         let mut summary =
             RetrieveSummary { files: std::mem::take(&mut sink.files), bytes: sink.bytes, ..Default::default() };
@@ -202,7 +290,12 @@ impl DicomWebClient {
             if have.contains(&sop) {
                 continue;
             }
-            let file = self.retrieve_instance_to_dir(study, series, &sop, dir).await?;
+            let so_far = TransferProgress {
+                instances: progress.instances + summary.files.len(),
+                bytes: progress.bytes + summary.bytes,
+                imported: progress.imported,
+            };
+            let file = self.instance_to_dir(study, series, &sop, dir, control, &so_far).await?;
             summary.bytes += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             summary.files.push(file);
             summary.resumed_instances += 1;
@@ -219,22 +312,53 @@ impl DicomWebClient {
         study: &str,
         series: Option<&str>,
     ) -> Result<RetrieveSummary, PacsError> {
+        self.retrieve_into_with(store, study, series, &TransferControl::default()).await
+    }
+
+    /// [`Self::retrieve_into`] with progress and cancellation. A study is fetched series by
+    /// series (each resumable); each series is imported as soon as it is whole, so a cancelled
+    /// or failed retrieval keeps the series that completed.
+    pub async fn retrieve_into_with(
+        &self,
+        store: &mut Store,
+        study: &str,
+        series: Option<&str>,
+        control: &TransferControl,
+    ) -> Result<RetrieveSummary, PacsError> {
         let root = store.root().join("incoming");
         std::fs::create_dir_all(&root).map_err(|source| PacsError::Io { path: root.clone(), source })?;
         sweep_incoming(&root);
-        let temp = tempfile::tempdir_in(&root).map_err(|source| PacsError::Io { path: root.clone(), source })?;
-        let mut summary = match series {
-            Some(series) => self.retrieve_series_to_dir(study, series, temp.path()).await?,
-            None => self.retrieve_study_to_dir(study, temp.path()).await?,
+        let series_uids: Vec<String> = match series {
+            Some(series) => vec![series.to_owned()],
+            None => self
+                .search_series(study, &QidoQuery::new())
+                .await?
+                .iter()
+                .filter_map(|s| s.string(crate::json::tags::SERIES_INSTANCE_UID))
+                .collect(),
         };
-        for file in &summary.files {
-            match store.import_file(file)? {
-                ImportOutcome::Imported => summary.imported += 1,
-                ImportOutcome::AlreadyStored => summary.already_stored += 1,
+        let mut total = RetrieveSummary::default();
+        let mut progress = TransferProgress::default();
+        for series in series_uids {
+            if control.is_cancelled() {
+                return Err(PacsError::Cancelled { url: self.url(&format!("/studies/{study}")) });
             }
+            let temp = tempfile::tempdir_in(&root).map_err(|source| PacsError::Io { path: root.clone(), source })?;
+            let summary = self.series_to_dir(study, &series, temp.path(), control, &progress).await?;
+            progress.instances += summary.files.len();
+            progress.bytes += summary.bytes;
+            for file in &summary.files {
+                match store.import_file(file)? {
+                    ImportOutcome::Imported => total.imported += 1,
+                    ImportOutcome::AlreadyStored => total.already_stored += 1,
+                }
+                progress.imported += 1;
+                control.report(&progress);
+            }
+            total.bytes += summary.bytes;
+            total.resumed_instances += summary.resumed_instances;
         }
-        summary.files.clear(); // they were temporary
-        Ok(summary)
+        Ok(total)
     }
 
     /// Study- or series-level metadata (DICOM JSON, bulk data as URIs).
@@ -372,9 +496,30 @@ mod tests {
     }
 
     #[test]
+    fn cancelling_stops_the_next_write_and_progress_counts_whole_parts() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let control = TransferControl::with_progress(sender);
+        let mut sink = DirSink::new(dir.path(), "s", &control, &TransferProgress::default());
+        sink.begin(None)?;
+        sink.write(b"abc")?;
+        sink.end()?;
+        sink.begin(None)?;
+        sink.write(b"de")?;
+        control.cancel();
+        let error = sink.write(b"f").err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(error, CANCELLED);
+        sink.discard_partial();
+        let progress: Vec<TransferProgress> = receiver.try_iter().collect();
+        assert_eq!(progress, [TransferProgress { instances: 1, bytes: 3, imported: 0 }]);
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 1);
+        Ok(())
+    }
+
+    #[test]
     fn dir_sink_never_leaves_a_partial_dcm() -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
-        let mut sink = DirSink::new(dir.path(), "s");
+        let mut sink = DirSink::new(dir.path(), "s", &TransferControl::default(), &TransferProgress::default());
         sink.begin(None)?;
         sink.write(b"whole")?;
         sink.end()?;

@@ -47,6 +47,7 @@ impl OutboxState {
 pub struct OutboxItem {
     pub id: i64,
     pub sop_uid: String,
+    pub study_uid: String,
     /// The stored copy of the object to send.
     pub file: PathBuf,
     /// Destination name (a configured PACS).
@@ -84,9 +85,9 @@ impl Store {
         self.write_object(&object, &bytes)?;
         self.db
             .execute(
-                "INSERT INTO outbox (sop_uid, object, destination, state, created_at) \
-                 VALUES (?1, ?2, ?3, 'pending', strftime('%Y-%m-%dT%H:%M:%fZ','now'))",
-                params![record.sop_instance_uid, object, destination],
+                "INSERT INTO outbox (sop_uid, object, destination, state, created_at, study_uid) \
+                 VALUES (?1, ?2, ?3, 'pending', strftime('%Y-%m-%dT%H:%M:%fZ','now'), ?4)",
+                params![record.sop_instance_uid, object, destination, record.study_uid.as_str()],
             )
             .map_err(self.sql())?;
         Ok(Enqueued::Queued(self.db.last_insert_rowid()))
@@ -97,7 +98,7 @@ impl Store {
         let mut s = self
             .db
             .prepare(
-                "SELECT id, sop_uid, object, destination, state, attempts, last_error, created_at, sent_at \
+                "SELECT id, sop_uid, object, destination, state, attempts, last_error, created_at, sent_at, study_uid \
                  FROM outbox WHERE ?1 IS NULL OR state = ?1 ORDER BY id",
             )
             .map_err(self.sql())?;
@@ -113,6 +114,7 @@ impl Store {
                     last_error: r.get(6)?,
                     created_at: r.get(7)?,
                     sent_at: r.get(8)?,
+                    study_uid: r.get(9)?,
                 })
             })
             .map_err(self.sql())?;

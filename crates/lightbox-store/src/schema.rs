@@ -74,6 +74,9 @@ const MIGRATIONS: &[&str] = &[
         created_at TEXT NOT NULL,
         sent_at TEXT
     );",
+    // 2: the study each outbox row belongs to (the worklist shows pending results per study).
+    "ALTER TABLE outbox ADD COLUMN study_uid TEXT NOT NULL DEFAULT '';
+    CREATE INDEX outbox_study ON outbox (study_uid);",
 ];
 
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;

@@ -8,6 +8,7 @@ pub use lightbox_pacs::outbox::DrainReport;
 use lightbox_pacs::tags;
 pub use lightbox_pacs::{
     Auth, DicomWebClient, DicomWebConfig, PacsError, QidoQuery, RetrieveSummary, RetryPolicy, TlsOptions,
+    TransferControl, TransferProgress,
 };
 use lightbox_store::Store;
 pub use lightbox_store::{Enqueued, OutboxItem, OutboxState};
@@ -98,11 +99,122 @@ pub async fn pacs_retrieve(
     study_uid: &str,
     series_uid: Option<&str>,
 ) -> Result<RetrieveSummary, WorkflowError> {
+    pacs_retrieve_with(store_dir, settings, study_uid, series_uid, &TransferControl::default()).await
+}
+
+/// [`pacs_retrieve`] with progress (instances, bytes, imported) and cancellation. Series that
+/// completed before a cancel stay in the store.
+pub async fn pacs_retrieve_with(
+    store_dir: &Path,
+    settings: &PacsSettings,
+    study_uid: &str,
+    series_uid: Option<&str>,
+    control: &TransferControl,
+) -> Result<RetrieveSummary, WorkflowError> {
     let client = settings.client()?;
     let mut store = Store::open(store_dir)?;
-    let summary = client.retrieve_into(&mut store, study_uid, series_uid).await?;
-    store.audit(&actor(), "retrieve", series_uid.unwrap_or(study_uid), &settings.name)?;
-    Ok(summary)
+    let outcome = client.retrieve_into_with(&mut store, study_uid, series_uid, control).await;
+    let detail = match &outcome {
+        Ok(s) => format!("{}: {} instances", settings.name, s.imported + s.already_stored),
+        Err(e) => format!("{}: {}", settings.name, e.code()),
+    };
+    store.audit(&actor(), "retrieve", series_uid.unwrap_or(study_uid), &detail)?;
+    Ok(outcome?)
+}
+
+/// One line of the workstation's worklist: a study that is local, on the PACS, or both.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorklistEntry {
+    pub study_uid: String,
+    pub patient_id: String,
+    pub patient_name: String,
+    pub date: String,
+    pub description: String,
+    pub accession_number: String,
+    pub modalities: String,
+    /// Instances in the local store (0 when only on the PACS).
+    pub local_instances: u32,
+    /// Instances the PACS reports (None when not on the PACS, or not asked).
+    pub pacs_instances: Option<i64>,
+    /// Results of this study waiting in the outbox.
+    pub outbox_pending: usize,
+}
+
+/// The local store's studies and, when a PACS is configured and reachable, its matching
+/// studies, merged by Study Instance UID, newest first. An unreachable PACS is not an error:
+/// the local list comes back with the reason (offline first).
+pub async fn worklist_with_pacs(
+    store_dir: &Path,
+    settings: Option<&PacsSettings>,
+    query: &lightbox_store::WorklistQuery,
+) -> Result<(Vec<WorklistEntry>, Option<String>), WorkflowError> {
+    let store = Store::open(store_dir)?;
+    let pending_uids: Vec<String> = store
+        .outbox(None)?
+        .into_iter()
+        .filter(|i| matches!(i.state, OutboxState::Pending | OutboxState::Sending | OutboxState::Failed))
+        .map(|i| i.study_uid)
+        .collect();
+    let mut entries: Vec<WorklistEntry> = store
+        .worklist(query)?
+        .into_iter()
+        .map(|s| WorklistEntry {
+            outbox_pending: pending_uids.iter().filter(|u| **u == s.study_uid).count(),
+            study_uid: s.study_uid,
+            patient_id: s.patient_id,
+            patient_name: s.patient_name,
+            date: s.date,
+            description: s.description,
+            accession_number: s.accession_number,
+            modalities: s.modalities,
+            local_instances: s.instances,
+            pacs_instances: None,
+        })
+        .collect();
+    drop(store);
+    let mut warning = None;
+    if let Some(settings) = settings {
+        let mut qido = QidoQuery::new().limit(query.limit.max(1)).offset(query.offset);
+        for (key, value) in [
+            ("PatientName", &query.patient_name),
+            ("PatientID", &query.patient_id),
+            ("AccessionNumber", &query.accession_number),
+            ("ModalitiesInStudy", &query.modality),
+        ] {
+            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+                qido = qido.matching(key, value);
+            }
+        }
+        if query.date_from.is_some() || query.date_to.is_some() {
+            let range =
+                format!("{}-{}", query.date_from.as_deref().unwrap_or(""), query.date_to.as_deref().unwrap_or(""));
+            qido = qido.matching("StudyDate", &range);
+        }
+        match pacs_search_studies(settings, &qido).await {
+            Ok(remote) => {
+                for r in remote {
+                    match entries.iter_mut().find(|e| e.study_uid == r.study_uid) {
+                        Some(e) => e.pacs_instances = r.instances,
+                        None => entries.push(WorklistEntry {
+                            study_uid: r.study_uid,
+                            patient_id: r.patient_id,
+                            patient_name: r.patient_name,
+                            date: r.date,
+                            description: r.description,
+                            accession_number: r.accession_number,
+                            modalities: r.modalities,
+                            local_instances: 0,
+                            pacs_instances: r.instances,
+                            outbox_pending: 0,
+                        }),
+                    }
+                }
+            }
+            Err(e) => warning = Some(format!("PACS {} not reachable, showing local studies only: {e}", settings.name)),
+        }
+    }
+    entries.sort_by(|a, b| b.date.cmp(&a.date).then_with(|| a.study_uid.cmp(&b.study_uid)));
+    Ok((entries, warning))
 }
 
 /// What [`pacs_send`] queued.
