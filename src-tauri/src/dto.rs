@@ -45,8 +45,8 @@ impl SeriesDto {
 
 #[derive(Serialize)]
 pub struct FileIssueDto {
-    path: String,
-    reason: String,
+    pub path: String,
+    pub reason: String,
 }
 
 impl From<&FileIssue> for FileIssueDto {
@@ -82,5 +82,163 @@ pub struct ErrorDto {
 impl From<WorkflowError> for ErrorDto {
     fn from(e: WorkflowError) -> Self {
         Self { code: e.code(), message: e.to_string() }
+    }
+}
+
+/// Worklist filters from the UI (text filters take `*` and `?`).
+#[derive(serde::Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+pub struct WorklistQueryDto {
+    pub patient_name: String,
+    pub patient_id: String,
+    pub accession_number: String,
+    pub modality: String,
+    /// `YYYYMMDD`
+    pub date_from: String,
+    pub date_to: String,
+}
+
+impl WorklistQueryDto {
+    pub fn to_query(&self) -> lightbox_workflow::WorklistQuery {
+        let some = |s: &str| (!s.trim().is_empty()).then(|| s.trim().to_owned());
+        lightbox_workflow::WorklistQuery {
+            patient_name: some(&self.patient_name),
+            patient_id: some(&self.patient_id),
+            accession_number: some(&self.accession_number),
+            modality: some(&self.modality),
+            date_from: some(&self.date_from),
+            date_to: some(&self.date_to),
+            limit: 200,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorklistRowDto {
+    study_uid: String,
+    patient_id: String,
+    patient_name: String,
+    date: String,
+    description: String,
+    accession_number: String,
+    modalities: String,
+    local_instances: u32,
+    pacs_instances: Option<i64>,
+    outbox_pending: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorklistDto {
+    rows: Vec<WorklistRowDto>,
+    /// Why the PACS part is missing (unreachable), if it is.
+    warning: Option<String>,
+    /// Name of the configured PACS, if any.
+    pacs: Option<String>,
+    store: String,
+}
+
+impl WorklistDto {
+    pub fn new(
+        entries: Vec<lightbox_workflow::pacs::WorklistEntry>,
+        warning: Option<String>,
+        pacs: Option<String>,
+        store: &std::path::Path,
+    ) -> Self {
+        let rows = entries
+            .into_iter()
+            .map(|e| WorklistRowDto {
+                study_uid: e.study_uid,
+                patient_id: e.patient_id,
+                patient_name: e.patient_name,
+                date: e.date,
+                description: e.description,
+                accession_number: e.accession_number,
+                modalities: e.modalities,
+                local_instances: e.local_instances,
+                pacs_instances: e.pacs_instances,
+                outbox_pending: e.outbox_pending,
+            })
+            .collect();
+        Self { rows, warning, pacs, store: store.display().to_string() }
+    }
+}
+
+#[derive(Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressDto {
+    pub done: usize,
+    /// 0 when unknown.
+    pub total: usize,
+    pub bytes: u64,
+    pub failed: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferSummaryDto {
+    pub imported: usize,
+    pub already_stored: usize,
+    pub bytes: u64,
+    pub failed: Vec<FileIssueDto>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxRowDto {
+    id: i64,
+    sop_uid: String,
+    study_uid: String,
+    destination: String,
+    state: &'static str,
+    attempts: u32,
+    last_error: Option<String>,
+    created_at: String,
+    sent_at: Option<String>,
+}
+
+impl From<lightbox_workflow::pacs::OutboxItem> for OutboxRowDto {
+    fn from(i: lightbox_workflow::pacs::OutboxItem) -> Self {
+        Self {
+            id: i.id,
+            sop_uid: i.sop_uid,
+            study_uid: i.study_uid,
+            destination: i.destination,
+            state: i.state.as_str(),
+            attempts: i.attempts,
+            last_error: i.last_error,
+            created_at: i.created_at,
+            sent_at: i.sent_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainDto {
+    sent: usize,
+    already_there: usize,
+    sent_by_dimse: usize,
+    deferred: usize,
+    failed: usize,
+}
+
+impl From<lightbox_workflow::pacs::DrainReport> for DrainDto {
+    fn from(r: lightbox_workflow::pacs::DrainReport) -> Self {
+        Self {
+            sent: r.sent,
+            already_there: r.already_there,
+            sent_by_dimse: r.sent_by_dimse,
+            deferred: r.deferred,
+            failed: r.failed,
+        }
+    }
+}
+
+impl ErrorDto {
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
     }
 }

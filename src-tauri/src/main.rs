@@ -7,13 +7,156 @@
 
 mod dto;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Mutex;
 
-use dto::{ErrorDto, SeriesListDto};
+use dto::{
+    DrainDto, ErrorDto, FileIssueDto, OutboxRowDto, ProgressDto, SeriesListDto, TransferSummaryDto, WorklistDto,
+    WorklistQueryDto,
+};
 use lightbox_core::SeriesInstanceUid;
+use lightbox_workflow::pacs::{PacsSettings, TransferControl};
+use tauri::ipc::Channel;
 
 /// The folder the workstation lists: the first argument, or the bundled demo study.
 struct Folder(PathBuf);
+
+/// The local store and the PACS (from `LIGHTBOX_STORE`, `LIGHTBOX_PACS_*`).
+struct Site {
+    store: PathBuf,
+    pacs: Option<PacsSettings>,
+    /// Retrievals running now, by Study Instance UID, so the UI can cancel them.
+    retrievals: Mutex<HashMap<String, TransferControl>>,
+}
+
+/// Runs PACS work on a blocking thread with its own current-thread runtime: the UI thread never
+/// waits, and transfers are not bounced between runtime threads.
+async fn off_ui<T: Send + 'static>(
+    work: impl FnOnce(&tokio::runtime::Runtime) -> Result<T, ErrorDto> + Send + 'static,
+) -> Result<T, ErrorDto> {
+    tauri::async_runtime::spawn_blocking(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ErrorDto::new("runtime", e.to_string()))?;
+        work(&runtime)
+    })
+    .await
+    .map_err(|e| ErrorDto::new("internal", e.to_string()))?
+}
+
+#[tauri::command]
+async fn worklist(site: tauri::State<'_, Site>, query: WorklistQueryDto) -> Result<WorklistDto, ErrorDto> {
+    let (store, pacs) = (site.store.clone(), site.pacs.clone());
+    off_ui(move |rt| {
+        let (rows, warning) =
+            rt.block_on(lightbox_workflow::pacs::worklist_with_pacs(&store, pacs.as_ref(), &query.to_query()))?;
+        let on_pacs = rows.iter().filter(|r| r.pacs_instances.is_some()).count();
+        eprintln!(
+            "lightbox-workstation: worklist: {} rows, {on_pacs} on the PACS{}",
+            rows.len(),
+            if warning.is_some() { " (PACS unreachable)" } else { "" }
+        );
+        Ok(WorklistDto::new(rows, warning, pacs.map(|p| p.name), &store))
+    })
+    .await
+}
+
+#[tauri::command]
+async fn retrieve_study(
+    site: tauri::State<'_, Site>,
+    study_uid: String,
+    total: usize,
+    on_progress: Channel<ProgressDto>,
+) -> Result<TransferSummaryDto, ErrorDto> {
+    let Some(pacs) = site.pacs.clone() else {
+        return Err(ErrorDto::new("no_pacs", "No PACS is configured (set LIGHTBOX_PACS_URL)."));
+    };
+    let (sender, receiver) = std::sync::mpsc::channel::<lightbox_workflow::pacs::TransferProgress>();
+    let control = TransferControl::with_progress(sender);
+    site.retrievals
+        .lock()
+        .map_err(|e| ErrorDto::new("internal", e.to_string()))?
+        .insert(study_uid.clone(), control.clone());
+    std::thread::spawn(move || {
+        for p in receiver {
+            let _ = on_progress.send(ProgressDto { done: p.imported, total, bytes: p.bytes, failed: 0 });
+        }
+    });
+    let store = site.store.clone();
+    let uid = study_uid.clone();
+    let outcome = off_ui(move |rt| {
+        let s = rt.block_on(lightbox_workflow::pacs::pacs_retrieve_with(&store, &pacs, &uid, None, &control))?;
+        eprintln!("lightbox-workstation: retrieved {} instances ({} new)", s.imported + s.already_stored, s.imported);
+        Ok(TransferSummaryDto {
+            imported: s.imported,
+            already_stored: s.already_stored,
+            bytes: s.bytes,
+            failed: vec![],
+        })
+    })
+    .await;
+    if let Ok(mut running) = site.retrievals.lock() {
+        running.remove(&study_uid);
+    }
+    outcome
+}
+
+#[tauri::command]
+fn cancel_retrieve(site: tauri::State<'_, Site>, study_uid: String) {
+    if let Some(control) = site.retrievals.lock().ok().and_then(|r| r.get(&study_uid).cloned()) {
+        control.cancel();
+    }
+}
+
+/// Imports the workstation's folder into the store, reporting progress.
+#[tauri::command]
+async fn import_folder(
+    site: tauri::State<'_, Site>,
+    folder: tauri::State<'_, Folder>,
+    on_progress: Channel<ProgressDto>,
+) -> Result<TransferSummaryDto, ErrorDto> {
+    let (store, path) = (site.store.clone(), folder.0.clone());
+    let (sender, receiver) = std::sync::mpsc::channel::<lightbox_workflow::ImportProgress>();
+    std::thread::spawn(move || {
+        for p in receiver {
+            let _ = on_progress.send(ProgressDto {
+                done: p.files_done,
+                total: p.files_total,
+                bytes: p.bytes,
+                failed: p.failed,
+            });
+        }
+    });
+    tauri::async_runtime::spawn_blocking(move || {
+        let s = lightbox_workflow::import_with_progress(&store, &path, Some(&sender))?;
+        Ok(TransferSummaryDto {
+            imported: s.imported,
+            already_stored: s.already_stored,
+            bytes: 0,
+            failed: s.failed.iter().map(FileIssueDto::from).collect(),
+        })
+    })
+    .await
+    .map_err(|e| ErrorDto::new("internal", e.to_string()))?
+}
+
+#[tauri::command]
+async fn outbox(site: tauri::State<'_, Site>) -> Result<Vec<OutboxRowDto>, ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| Ok(lightbox_workflow::pacs::outbox_list(&store)?.into_iter().map(OutboxRowDto::from).collect()))
+        .await
+}
+
+#[tauri::command]
+async fn drain_outbox(site: tauri::State<'_, Site>) -> Result<DrainDto, ErrorDto> {
+    let Some(pacs) = site.pacs.clone() else {
+        return Err(ErrorDto::new("no_pacs", "No PACS is configured (set LIGHTBOX_PACS_URL)."));
+    };
+    let store = site.store.clone();
+    off_ui(move |rt| Ok(rt.block_on(lightbox_workflow::pacs::outbox_drain(&store, &pacs))?.into())).await
+}
 
 #[tauri::command]
 async fn list_series(folder: tauri::State<'_, Folder>) -> Result<SeriesListDto, ErrorDto> {
@@ -47,9 +190,25 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demo/prostate-adc"));
+    let site = Site {
+        store: lightbox_workflow::default_store_dir(),
+        pacs: PacsSettings::from_env(),
+        retrievals: Mutex::new(HashMap::new()),
+    };
     tauri::Builder::default()
         .manage(Folder(folder))
-        .invoke_handler(tauri::generate_handler![list_series, open_viewer, ui_ready])
+        .manage(site)
+        .invoke_handler(tauri::generate_handler![
+            list_series,
+            open_viewer,
+            ui_ready,
+            worklist,
+            retrieve_study,
+            cancel_retrieve,
+            import_folder,
+            outbox,
+            drain_outbox
+        ])
         .run(tauri::generate_context!())?;
     Ok(())
 }

@@ -40,7 +40,7 @@ fn workstation_lists_demo_series_in_a_window() -> anyhow::Result<()> {
 
     // Click "Open in viewer" (below the table, left): the workstation starts the viewer on the
     // selected series; the viewer inherits the workstation's stdout and reports its first frame.
-    x.xdotool(&["mousemove", "100", "200", "click", "1"])?;
+    x.xdotool(&["mousemove", "100", "240", "click", "1"])?;
     stdout.wait_for("lightbox-viewer: first frame presented", Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_millis(500));
     let both = screenshot_dir()?.join("workstation-opened-viewer.png");
@@ -49,5 +49,61 @@ fn workstation_lists_demo_series_in_a_window() -> anyhow::Result<()> {
     assert!(both.crop(350, 300, 200, 200).distinct_greys() > 100, "viewer image not on screen");
     // The viewer is the workstation's child; it ends with the X server when `x` drops.
     drop(child);
+    Ok(())
+}
+
+/// The worklist tab in the real window: the local store (the demo study) and a real Orthanc
+/// holding another study, merged into one list.
+#[test]
+fn workstation_worklist_shows_local_and_pacs_studies() -> anyhow::Result<()> {
+    use lightbox_tests::orthanc::Orthanc;
+    let orthanc = Orthanc::start()?;
+    let ge = lightbox_tests::data("dcm_qa_nih/In/20180918GE/mr_0004")?;
+    let mut files: Vec<_> = std::fs::read_dir(&ge)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .collect();
+    files.sort();
+    for file in files.iter().take(3) {
+        orthanc.upload(file)?;
+    }
+    let store = tempfile::tempdir()?;
+    lightbox_workflow::import(store.path(), &demo_study())?;
+
+    let x = Xvfb::start()?;
+    let mut child = x
+        .command(&bin("lightbox-workstation")?)
+        .arg(demo_study())
+        .env("LIGHTBOX_STORE", store.path())
+        .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+        .env("LIGHTBOX_PACS_USER", orthanc.user())
+        .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
+    let _child = KillOnDrop(child);
+    stderr.wait_for("ui ready: 1 rows", Duration::from_secs(120))?;
+    // The "Worklist" tab, top left.
+    x.xdotool(&["mousemove", "144", "66", "click", "1"])?;
+    stderr.wait_for("worklist: 2 rows, 1 on the PACS", Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(800));
+    let shot = screenshot_dir()?.join("workstation-worklist.png");
+    x.screenshot(&shot)?;
+    let image = Rgb::load(&shot)?;
+    // The green "Retrieve" button of the study that is only on the PACS.
+    let green = image.count_near([0x23, 0x86, 0x36], 2);
+    assert!(green > 1_500, "{}: no Retrieve/Search buttons drawn ({green} px)", shot.display());
+
+    // "Retrieve" on the first row (the newest study, the one only on the PACS): WADO-RS into
+    // the store, then the list is asked again.
+    x.xdotool(&["mousemove", "1121", "243", "click", "1"])?;
+    stderr.wait_for("retrieved 3 instances (3 new)", Duration::from_secs(30))?;
+    stderr.wait_for("worklist: 2 rows, 1 on the PACS", Duration::from_secs(30))?;
+    let local = lightbox_store::Store::open(store.path())?;
+    assert_eq!(local.instance_count()?, 23);
+    assert!(local.verify()?.is_consistent());
+    std::thread::sleep(Duration::from_millis(500));
+    x.screenshot(&screenshot_dir()?.join("workstation-worklist-retrieved.png"))?;
     Ok(())
 }

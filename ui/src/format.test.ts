@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { formatDate, formatDims, formatName } from "./format";
+import { formatDate, formatDims, formatName, formatBytes, studyStatus } from "./format";
+import { wildcardMatch } from "./backend/mock";
 import type { Series } from "./backend";
 
 const series = (dims: Series["dims"]): Series => ({
@@ -29,5 +30,28 @@ describe("format", () => {
     expect(formatName("Doe^Jane^M")).toBe("Doe, Jane M");
     expect(formatName("QIN-PROSTATE-01-0001")).toBe("QIN-PROSTATE-01-0001");
     expect(formatName("Yamada^Tarou=山田^太郎")).toBe("Yamada, Tarou");
+  });
+});
+
+describe("worklist helpers", () => {
+  it("says where a study is and what waits to be sent", () => {
+    expect(studyStatus({ localInstances: 20, pacsInstances: 20, outboxPending: 1 })).toBe("local + PACS · 1 to send");
+    expect(studyStatus({ localInstances: 0, pacsInstances: 12, outboxPending: 0 })).toBe("on PACS");
+    expect(studyStatus({ localInstances: 5, pacsInstances: null, outboxPending: 0 })).toBe("local");
+  });
+
+  it("formats sizes", () => {
+    expect(formatBytes(999)).toBe("999 B");
+    expect(formatBytes(133_000)).toBe("133.0 kB");
+    expect(formatBytes(92_000_000)).toBe("92.0 MB");
+    expect(formatBytes(2_500_000_000)).toBe("2.50 GB");
+  });
+
+  it("matches DICOM wildcards like the store and the PACS", () => {
+    expect(wildcardMatch("DOE*", "Doe^Jane")).toBe(true);
+    expect(wildcardMatch("D?E^JANE", "Doe^Jane")).toBe(true);
+    expect(wildcardMatch("ROE*", "Doe^Jane")).toBe(false);
+    expect(wildcardMatch("a.b*", "axb")).toBe(false);
+    expect(wildcardMatch("", "anything")).toBe(true);
   });
 });

@@ -20,3 +20,25 @@ export function formatName(pn: string): string {
   const given = rest.filter(Boolean).join(" ");
   return given ? `${family}, ${given}` : family;
 }
+
+/** "12.3 MB" */
+export function formatBytes(bytes: number): string {
+  if (bytes < 1e3) return `${bytes} B`;
+  if (bytes < 1e6) return `${(bytes / 1e3).toFixed(1)} kB`;
+  if (bytes < 1e9) return `${(bytes / 1e6).toFixed(1)} MB`;
+  return `${(bytes / 1e9).toFixed(2)} GB`;
+}
+
+/** A study's place in words: where its images are, and what waits to be sent. */
+export function studyStatus(row: {
+  localInstances: number;
+  pacsInstances: number | null;
+  outboxPending: number;
+}): string {
+  const parts: string[] = [];
+  if (row.localInstances > 0 && row.pacsInstances !== null) parts.push("local + PACS");
+  else if (row.localInstances > 0) parts.push("local");
+  else if (row.pacsInstances !== null) parts.push("on PACS");
+  if (row.outboxPending > 0) parts.push(`${row.outboxPending} to send`);
+  return parts.join(" · ");
+}

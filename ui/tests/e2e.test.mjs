@@ -67,3 +67,80 @@ test("series list renders from the backend and Enter opens the viewer", async ()
   await page.screenshot({ path: join(out, "series-list.png") });
   assert.deepEqual(errors, []);
 });
+
+test("worklist: search, retrieve with progress, cancel, keyboard only", async () => {
+  const page = await browser.newPage({ viewport: { width: 1300, height: 700 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(base);
+  await page.getByTestId("status").filter({ hasText: "1 series in" }).waitFor();
+  // Reach the worklist tab by keyboard: Tab to it, Enter.
+  await page.getByTestId("tab-worklist").focus();
+  await page.keyboard.press("Enter");
+  const status = page.getByTestId("worklist-status");
+  await status.filter({ hasText: "3 studies in the local store and PACS mock-pacs" }).waitFor();
+  const rows = page.locator("[data-testid=worklist-table] tbody tr");
+  assert.equal(await rows.count(), 3);
+  assert.equal(await rows.first().locator("[data-testid=where]").innerText(), "local + PACS · 1 to send");
+
+  // Search by name with a wildcard, submitted with Enter.
+  await page.getByTestId("q-name").fill("doe*");
+  await page.keyboard.press("Enter");
+  await status.filter({ hasText: "1 studies" }).waitFor();
+  assert.equal(await rows.count(), 1);
+  assert.match(await rows.first().innerText(), /Doe, Jane/);
+  assert.equal(await rows.first().locator("[data-testid=where]").innerText(), "on PACS");
+
+  // Date range.
+  await page.getByTestId("q-name").fill("");
+  await page.getByTestId("q-from").fill("20250101");
+  await page.keyboard.press("Enter");
+  await status.filter({ hasText: "2 studies" }).waitFor();
+
+  // Retrieve Doe^Jane: progress shows, then the study is local.
+  await page.getByTestId("q-from").fill("");
+  await page.getByTestId("q-name").fill("DOE*");
+  await page.keyboard.press("Enter");
+  await status.filter({ hasText: "1 studies" }).waitFor();
+  await rows.first().getByRole("button", { name: "Retrieve" }).click();
+  await page.getByTestId("progress-text").filter({ hasText: /^[1-9]\d*\/12/ }).waitFor();
+  const out = fileURLToPath(new URL("../test-results/", import.meta.url));
+  await mkdir(out, { recursive: true });
+  await page.screenshot({ path: join(out, "worklist-retrieving.png") });
+  await status.filter({ hasText: "Retrieved: 12 new" }).waitFor();
+  assert.equal(await rows.first().locator("[data-testid=where]").innerText(), "local + PACS");
+
+  // A retrieval can be cancelled.
+  await page.getByTestId("q-name").fill("ROE*");
+  await page.keyboard.press("Enter");
+  await status.filter({ hasText: "1 studies" }).waitFor();
+  await rows.first().getByRole("button", { name: "Retrieve" }).click();
+  await page.getByTestId("progress-text").filter({ hasText: /^[1-9]\d*\/40/ }).waitFor();
+  await rows.first().getByRole("button", { name: "Cancel" }).click();
+  await status.filter({ hasText: "Retrieval cancelled" }).waitFor();
+  assert.equal(await rows.first().locator("[data-testid=where]").innerText(), "on PACS");
+  assert.deepEqual(errors, []);
+});
+
+test("outbox: pending results with their last error, sent on request", async () => {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 500 } });
+  await page.goto(base);
+  await page.getByTestId("tab-outbox").click();
+  const status = page.getByTestId("outbox-status");
+  await status.filter({ hasText: "1 results in the outbox, 1 not yet on the PACS" }).waitFor();
+  const row = page.locator("[data-testid=outbox-table] tbody tr").first();
+  assert.match(await row.innerText(), /pending[\s\S]*cannot reach the PACS/);
+  await page.getByTestId("send-now").click();
+  await status.filter({ hasText: "Sent 1, already on the PACS 0, waiting 0, refused 0" }).waitFor();
+  assert.match(await row.innerText(), /sent/);
+  const out = fileURLToPath(new URL("../test-results/", import.meta.url));
+  await page.screenshot({ path: join(out, "outbox.png") });
+});
+
+test("folder: import into the store shows its summary", async () => {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 500 } });
+  await page.goto(base);
+  await page.getByTestId("status").filter({ hasText: "1 series in" }).waitFor();
+  await page.getByTestId("import-folder").click();
+  await page.getByTestId("import-result").filter({ hasText: "Imported 20, already in the store 0, not imported 1" }).waitFor();
+});

@@ -160,16 +160,42 @@ pub struct ImportSummary {
 /// Imports every DICOM instance under `path` into the store at `store_dir`. Instances already
 /// stored are skipped; unreadable files are listed, and the rest still imports.
 pub fn import(store_dir: &Path, path: &Path) -> Result<ImportSummary, WorkflowError> {
+    import_with_progress(store_dir, path, None)
+}
+
+/// How far an import is: files done of those found, bytes copied, files refused so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportProgress {
+    pub files_done: usize,
+    pub files_total: usize,
+    pub bytes: u64,
+    pub failed: usize,
+}
+
+/// [`import`], reporting progress after each file on `progress`.
+pub fn import_with_progress(
+    store_dir: &Path,
+    path: &Path,
+    progress: Option<&std::sync::mpsc::Sender<ImportProgress>>,
+) -> Result<ImportSummary, WorkflowError> {
     let report = scan(path)?;
     let mut store = lightbox_store::Store::open(store_dir)?;
     let mut summary = ImportSummary { failed: report.issues.clone(), ..Default::default() };
-    for (_, series) in report.series() {
-        for file in &series.files {
-            match store.import_file(file) {
-                Ok(lightbox_store::ImportOutcome::Imported) => summary.imported += 1,
-                Ok(lightbox_store::ImportOutcome::AlreadyStored) => summary.already_stored += 1,
-                Err(e) => summary.failed.push(lightbox_core::FileIssue { path: file.clone(), reason: e.to_string() }),
+    let files: Vec<&PathBuf> = report.series().flat_map(|(_, series)| series.files.iter()).collect();
+    let mut state = ImportProgress { files_total: files.len(), failed: report.issues.len(), ..Default::default() };
+    for file in files {
+        match store.import_file(file) {
+            Ok(lightbox_store::ImportOutcome::Imported) => summary.imported += 1,
+            Ok(lightbox_store::ImportOutcome::AlreadyStored) => summary.already_stored += 1,
+            Err(e) => {
+                summary.failed.push(lightbox_core::FileIssue { path: file.clone(), reason: e.to_string() });
+                state.failed += 1;
             }
+        }
+        state.files_done += 1;
+        state.bytes += std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+        if let Some(progress) = progress {
+            let _ = progress.send(state.clone());
         }
     }
     store.audit("local-user", "import", &path.display().to_string(), &format!("{} instances", summary.imported))?;

@@ -29,6 +29,33 @@ impl PacsSettings {
     pub fn client(&self) -> Result<DicomWebClient, WorkflowError> {
         Ok(DicomWebClient::new(self.web.clone())?)
     }
+
+    /// The PACS configured in the environment (`LIGHTBOX_PACS_URL`, `_NAME`, `_USER` +
+    /// `_PASSWORD` or `_TOKEN`, `_CA`, `_CERT` + `_KEY`, `_AET` + `_DIMSE_HOST` + `_DIMSE_PORT`,
+    /// `LIGHTBOX_AET`), or `None` when no URL is set.
+    pub fn from_env() -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let url = var("LIGHTBOX_PACS_URL")?;
+        let mut web = DicomWebConfig::new(url);
+        web.auth = match (var("LIGHTBOX_PACS_USER"), var("LIGHTBOX_PACS_TOKEN")) {
+            (Some(user), _) => Auth::Basic { user, password: var("LIGHTBOX_PACS_PASSWORD").unwrap_or_default() },
+            (None, Some(token)) => Auth::Bearer(token),
+            (None, None) => Auth::None,
+        };
+        web.tls = TlsOptions {
+            ca_file: var("LIGHTBOX_PACS_CA").map(PathBuf::from),
+            ca_only: false,
+            client_cert: var("LIGHTBOX_PACS_CERT").map(PathBuf::from),
+            client_key: var("LIGHTBOX_PACS_KEY").map(PathBuf::from),
+        };
+        let dimse = var("LIGHTBOX_PACS_AET").map(|ae_title| DimsePeer {
+            ae_title,
+            host: var("LIGHTBOX_PACS_DIMSE_HOST").unwrap_or_else(|| "127.0.0.1".into()),
+            port: var("LIGHTBOX_PACS_DIMSE_PORT").and_then(|p| p.parse().ok()).unwrap_or(104),
+            calling_ae_title: var("LIGHTBOX_AET").unwrap_or_else(|| "LIGHTBOX".into()),
+        });
+        Some(Self { name: var("LIGHTBOX_PACS_NAME").unwrap_or_else(|| "pacs".into()), web, dimse })
+    }
 }
 
 /// A study on the PACS, as its worklist line.

@@ -4,7 +4,20 @@ import { mockBackend } from "./mock";
 import { tauriBackend } from "./tauri";
 import type { Backend } from "./types";
 
-export type { Backend, BackendError, FileIssue, Series, SeriesList } from "./types";
+export type {
+  Backend,
+  BackendError,
+  DrainReport,
+  FileIssue,
+  OutboxRow,
+  Progress,
+  Series,
+  SeriesList,
+  TransferSummary,
+  Worklist,
+  WorklistQuery,
+  WorklistRow,
+} from "./types";
 
 export function pickBackend(): Backend {
   const inTauri = typeof window !== "undefined" && "__TAURI_INTERNALS__" in window;

@@ -1,8 +1,31 @@
-import type { Backend, SeriesList } from "./types";
+import type { Backend, OutboxRow, Progress, SeriesList, WorklistQuery, WorklistRow } from "./types";
+
+/** DICOM-style wildcard match (`*`, `?`), case-insensitive, as the store and PACS do. */
+export function wildcardMatch(pattern: string, value: string): boolean {
+  if (!pattern) return true;
+  const escaped = pattern.replace(/[.+^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*").replace(/\?/g, ".");
+  return new RegExp(`^${escaped}$`, "i").test(value);
+}
+
+/** Worklist rows matching a query (the mock's stand-in for the store + QIDO). */
+export function filterWorklist(rows: WorklistRow[], q: WorklistQuery): WorklistRow[] {
+  return rows.filter(
+    (r) =>
+      wildcardMatch(q.patientName, r.patientName) &&
+      wildcardMatch(q.patientId, r.patientId) &&
+      wildcardMatch(q.accessionNumber, r.accessionNumber) &&
+      (!q.modality || r.modalities.split("\\").includes(q.modality.toUpperCase())) &&
+      (!q.dateFrom || r.date >= q.dateFrom) &&
+      (!q.dateTo || r.date <= q.dateTo),
+  );
+}
 
 /** A browser-only backend with fixed data, so the UI runs and is tested without Tauri. */
 export function mockBackend(list: SeriesList = demoList): Backend & { opened: string[] } {
   const opened: string[] = [];
+  const rows = structuredClone(demoWorklist);
+  const outbox = structuredClone(demoOutbox);
+  const cancelled = new Set<string>();
   return {
     kind: "browser-mock",
     opened,
@@ -14,6 +37,46 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       opened.push(uid);
     },
     uiReady: async () => {},
+    worklist: async (query) => ({
+      rows: filterWorklist(rows, query),
+      warning: null,
+      pacs: "mock-pacs",
+      store: "/mock/store",
+    }),
+    retrieveStudy: async (studyUid, total, onProgress) => {
+      const row = rows.find((r) => r.studyUid === studyUid);
+      if (!row || row.pacsInstances === null) throw { code: "pacs-http-error", message: `study ${studyUid} not on the PACS` };
+      cancelled.delete(studyUid);
+      const bytesEach = 133_000;
+      for (let done = 1; done <= total; done++) {
+        await new Promise((ok) => setTimeout(ok, 40));
+        if (cancelled.has(studyUid)) throw { code: "cancelled", message: "cancelled" };
+        onProgress({ done, total, bytes: done * bytesEach, failed: 0 } satisfies Progress);
+      }
+      row.localInstances = total;
+      return { imported: total, alreadyStored: 0, bytes: total * bytesEach, failed: [] };
+    },
+    cancelRetrieve: async (studyUid) => {
+      cancelled.add(studyUid);
+    },
+    importFolder: async (onProgress) => {
+      for (let done = 1; done <= 20; done++) onProgress({ done, total: 20, bytes: done * 133_000, failed: 0 });
+      return { imported: 20, alreadyStored: 0, bytes: 0, failed: [{ path: "demo/README.md", reason: "not a DICOM file" }] };
+    },
+    outbox: async () => structuredClone(outbox),
+    drainOutbox: async () => {
+      let sent = 0;
+      for (const item of outbox) {
+        if (item.state === "pending" || item.state === "sending") {
+          item.state = "sent";
+          item.attempts += 1;
+          item.lastError = null;
+          item.sentAt = "2026-11-25T12:00:00Z";
+          sent += 1;
+        }
+      }
+      return { sent, alreadyThere: 0, sentByDimse: 0, deferred: 0, failed: outbox.filter((i) => i.state === "failed").length };
+    },
   };
 }
 
@@ -37,3 +100,56 @@ const demoList: SeriesList = {
   ],
   unreadable: [{ path: "demo/prostate-adc/LICENSE.txt", reason: "not a DICOM file" }],
 };
+
+const demoWorklist: WorklistRow[] = [
+  {
+    studyUid: "1.2.826.0.1.1",
+    patientId: "MOCK-001",
+    patientName: "Mock^Patient",
+    date: "20260101",
+    description: "Prostate bpMRI",
+    accessionNumber: "ACC-1",
+    modalities: "MR",
+    localInstances: 20,
+    pacsInstances: 20,
+    outboxPending: 1,
+  },
+  {
+    studyUid: "1.2.826.0.1.2",
+    patientId: "MOCK-002",
+    patientName: "Doe^Jane",
+    date: "20251120",
+    description: "Brain MRI",
+    accessionNumber: "ACC-2",
+    modalities: "MR",
+    localInstances: 0,
+    pacsInstances: 12,
+    outboxPending: 0,
+  },
+  {
+    studyUid: "1.2.826.0.1.3",
+    patientId: "MOCK-003",
+    patientName: "Roe^Richard",
+    date: "20240305",
+    description: "Knee",
+    accessionNumber: "ACC-3",
+    modalities: "MR\\SR",
+    localInstances: 0,
+    pacsInstances: 40,
+    outboxPending: 0,
+  },
+];
+
+const demoOutbox: OutboxRow[] = [
+  {
+    id: 1,
+    sopUid: "1.2.826.0.1.1.99",
+    studyUid: "1.2.826.0.1.1",
+    destination: "mock-pacs",
+    state: "pending",
+    attempts: 1,
+    lastError: "cannot reach the PACS: connection refused",
+    createdAt: "2026-11-25T11:00:00Z",
+    sentAt: null,
+  },
+];

@@ -1,9 +1,22 @@
-import { invoke } from "@tauri-apps/api/core";
-import type { Backend, SeriesList } from "./types";
+import { Channel, invoke } from "@tauri-apps/api/core";
+import type { Backend, DrainReport, OutboxRow, Progress, SeriesList, TransferSummary, Worklist } from "./types";
+
+function channel(onProgress: (p: Progress) => void): Channel<Progress> {
+  const ch = new Channel<Progress>();
+  ch.onmessage = onProgress;
+  return ch;
+}
 
 export const tauriBackend: Backend = {
   kind: "tauri",
   listSeries: () => invoke<SeriesList>("list_series"),
   openViewer: (seriesUid) => invoke<void>("open_viewer", { seriesUid }),
   uiReady: (rows) => invoke<void>("ui_ready", { rows }),
+  worklist: (query) => invoke<Worklist>("worklist", { query }),
+  retrieveStudy: (studyUid, total, onProgress) =>
+    invoke<TransferSummary>("retrieve_study", { studyUid, total, onProgress: channel(onProgress) }),
+  cancelRetrieve: (studyUid) => invoke<void>("cancel_retrieve", { studyUid }),
+  importFolder: (onProgress) => invoke<TransferSummary>("import_folder", { onProgress: channel(onProgress) }),
+  outbox: () => invoke<OutboxRow[]>("outbox"),
+  drainOutbox: () => invoke<DrainReport>("drain_outbox"),
 };

@@ -33,9 +33,88 @@ export interface BackendError {
   message: string;
 }
 
-export interface Backend {
+export interface Backend extends SiteBackend {
   readonly kind: "tauri" | "browser-mock";
   listSeries(): Promise<SeriesList>;
   openViewer(seriesUid: string): Promise<void>;
   uiReady(rows: number): Promise<void>;
+}
+
+export interface WorklistQuery {
+  patientName: string;
+  patientId: string;
+  accessionNumber: string;
+  modality: string;
+  /** YYYYMMDD */
+  dateFrom: string;
+  dateTo: string;
+}
+
+export interface WorklistRow {
+  studyUid: string;
+  patientId: string;
+  patientName: string;
+  date: string;
+  description: string;
+  accessionNumber: string;
+  modalities: string;
+  /** Instances in the local store (0: only on the PACS). */
+  localInstances: number;
+  /** Instances the PACS reports (null: not on the PACS, or not asked). */
+  pacsInstances: number | null;
+  outboxPending: number;
+}
+
+export interface Worklist {
+  rows: WorklistRow[];
+  /** Why PACS studies are missing (e.g. unreachable), if they are. */
+  warning: string | null;
+  /** Name of the configured PACS, if any. */
+  pacs: string | null;
+  store: string;
+}
+
+export interface Progress {
+  done: number;
+  /** 0 when unknown */
+  total: number;
+  bytes: number;
+  failed: number;
+}
+
+export interface TransferSummary {
+  imported: number;
+  alreadyStored: number;
+  bytes: number;
+  failed: FileIssue[];
+}
+
+export interface OutboxRow {
+  id: number;
+  sopUid: string;
+  studyUid: string;
+  destination: string;
+  state: "pending" | "sending" | "sent" | "failed";
+  attempts: number;
+  lastError: string | null;
+  createdAt: string;
+  sentAt: string | null;
+}
+
+export interface DrainReport {
+  sent: number;
+  alreadyThere: number;
+  sentByDimse: number;
+  deferred: number;
+  failed: number;
+}
+
+/** What the worklist, PACS and outbox screens need. */
+export interface SiteBackend {
+  worklist(query: WorklistQuery): Promise<Worklist>;
+  retrieveStudy(studyUid: string, total: number, onProgress: (p: Progress) => void): Promise<TransferSummary>;
+  cancelRetrieve(studyUid: string): Promise<void>;
+  importFolder(onProgress: (p: Progress) => void): Promise<TransferSummary>;
+  outbox(): Promise<OutboxRow[]>;
+  drainOutbox(): Promise<DrainReport>;
 }
