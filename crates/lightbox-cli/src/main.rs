@@ -49,24 +49,8 @@ enum Commands {
     Worklist {
         #[arg(long)]
         store: Option<PathBuf>,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        id: Option<String>,
-        #[arg(long)]
-        accession: Option<String>,
-        #[arg(long)]
-        modality: Option<String>,
-        /// Earliest study date, YYYYMMDD.
-        #[arg(long)]
-        from: Option<String>,
-        /// Latest study date, YYYYMMDD.
-        #[arg(long)]
-        to: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        #[arg(long, default_value_t = 0)]
-        offset: u32,
+        #[command(flatten)]
+        filter: StudyFilter,
     },
     /// Talk to the PACS: query, retrieve, send. Connection settings come from flags or LIGHTBOX_PACS_*.
     Pacs {
@@ -113,6 +97,46 @@ enum Commands {
         #[arg(long, default_value_t = 1)]
         series_number: i32,
     },
+}
+
+/// Study filters shared by the local worklist and the PACS query.
+#[derive(clap::Args)]
+struct StudyFilter {
+    /// Patient name, e.g. 'DOE*'.
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    id: Option<String>,
+    #[arg(long)]
+    accession: Option<String>,
+    #[arg(long)]
+    modality: Option<String>,
+    /// Earliest study date, YYYYMMDD.
+    #[arg(long)]
+    from: Option<String>,
+    /// Latest study date, YYYYMMDD.
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    #[arg(long, default_value_t = 0)]
+    offset: u32,
+}
+
+impl StudyFilter {
+    fn worklist_query(self) -> lightbox_workflow::WorklistQuery {
+        lightbox_workflow::WorklistQuery {
+            patient_name: self.name,
+            patient_id: self.id,
+            accession_number: self.accession,
+            modality: self.modality,
+            date_from: self.from,
+            date_to: self.to,
+            limit: self.limit,
+            offset: self.offset,
+            ..Default::default()
+        }
+    }
 }
 
 /// How to reach the PACS. Secrets come from the environment only, never from the command line
@@ -195,27 +219,11 @@ impl PacsArgs {
 enum PacsCommand {
     /// Search the PACS (QIDO-RS). Text filters take * and ? wildcards. With --study, list its series.
     Query {
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        id: Option<String>,
-        #[arg(long)]
-        accession: Option<String>,
-        #[arg(long)]
-        modality: Option<String>,
-        /// Earliest study date, YYYYMMDD.
-        #[arg(long)]
-        from: Option<String>,
-        /// Latest study date, YYYYMMDD.
-        #[arg(long)]
-        to: Option<String>,
+        #[command(flatten)]
+        filter: StudyFilter,
         /// Fuzzy matching of person names (where the PACS supports it).
         #[arg(long)]
         fuzzy: bool,
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        #[arg(long, default_value_t = 0)]
-        offset: u32,
         /// List the series of this study instead.
         #[arg(long)]
         study: Option<String>,
@@ -332,19 +340,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 store.display()
             );
         }
-        Commands::Worklist { store, name, id, accession, modality, from, to, limit, offset } => {
+        Commands::Worklist { store, filter } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
-            let query = lightbox_workflow::WorklistQuery {
-                patient_name: name,
-                patient_id: id,
-                accession_number: accession,
-                modality,
-                date_from: from,
-                date_to: to,
-                limit,
-                offset,
-                ..Default::default()
-            };
+            let query = filter.worklist_query();
             for s in lightbox_workflow::worklist(&store, &query)? {
                 println!(
                     "{:<10} {:<22} {:<24} {:<8} {:>3} series {:>6} instances  \"{}\"  [{}]",
@@ -421,7 +419,7 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
     let settings = args.settings()?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
     match command {
-        PacsCommand::Query { name, id, accession, modality, from, to, fuzzy, limit, offset, study } => {
+        PacsCommand::Query { filter, fuzzy, study } => {
             if let Some(study) = study {
                 for s in runtime.block_on(pacs::pacs_search_series(&settings, &study))? {
                     println!(
@@ -435,21 +433,7 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let mut query = pacs::QidoQuery::new().limit(limit).offset(offset);
-            for (key, value) in [
-                ("PatientName", name),
-                ("PatientID", id),
-                ("AccessionNumber", accession),
-                ("ModalitiesInStudy", modality),
-            ] {
-                if let Some(value) = value {
-                    query = query.matching(key, &value);
-                }
-            }
-            if from.is_some() || to.is_some() {
-                query =
-                    query.matching("StudyDate", &format!("{}-{}", from.unwrap_or_default(), to.unwrap_or_default()));
-            }
+            let mut query = pacs::qido_for(&filter.worklist_query());
             if fuzzy {
                 query = query.fuzzy();
             }

@@ -137,40 +137,29 @@ impl DisplaySet {
             let native = natives[z];
             read_native_raw(h, &native, f.tile, columns, rows).map(|raw| (native, raw))
         };
+        /// Every slice's samples, converted to `T`, each slice read and filled in parallel.
+        fn fill<T: Copy + Default + Send>(
+            count: usize,
+            slice_len: usize,
+            read: &(impl Fn(usize) -> Result<(NativePixels, Vec<u8>), DicomError> + Sync),
+            convert: fn(i64) -> T,
+        ) -> Result<Vec<T>, DicomError> {
+            let mut v = vec![T::default(); count];
+            v.par_chunks_mut(slice_len).enumerate().try_for_each(|(z, out)| {
+                let (native, raw) = read(z)?;
+                for (o, s) in out.iter_mut().zip(samples(&native, &raw)) {
+                    *o = convert(s);
+                }
+                Ok::<_, DicomError>(())
+            })?;
+            Ok(v)
+        }
+        let slice_len = columns * rows;
+        // Samples are already masked to Bits Stored and sign-extended: they fit the type.
         let voxels = match (first.bits_allocated, first.signed) {
-            (16, true) => {
-                let mut v = vec![0i16; count];
-                v.par_chunks_mut(columns * rows).enumerate().try_for_each(|(z, out)| {
-                    let (native, raw) = read(z)?;
-                    for (o, s) in out.iter_mut().zip(samples(&native, &raw)) {
-                        *o = s as i16;
-                    }
-                    Ok::<_, DicomError>(())
-                })?;
-                StoredVoxels::I16(v)
-            }
-            (16, false) => {
-                let mut v = vec![0u16; count];
-                v.par_chunks_mut(columns * rows).enumerate().try_for_each(|(z, out)| {
-                    let (native, raw) = read(z)?;
-                    for (o, s) in out.iter_mut().zip(samples(&native, &raw)) {
-                        *o = s as u16;
-                    }
-                    Ok::<_, DicomError>(())
-                })?;
-                StoredVoxels::U16(v)
-            }
-            _ => {
-                let mut v = vec![0u8; count];
-                v.par_chunks_mut(columns * rows).enumerate().try_for_each(|(z, out)| {
-                    let (native, raw) = read(z)?;
-                    for (o, s) in out.iter_mut().zip(samples(&native, &raw)) {
-                        *o = s as u8;
-                    }
-                    Ok::<_, DicomError>(())
-                })?;
-                StoredVoxels::U8(v)
-            }
+            (16, true) => StoredVoxels::I16(fill(count, slice_len, &read, |s| s as i16)?),
+            (16, false) => StoredVoxels::U16(fill(count, slice_len, &read, |s| s as u16)?),
+            _ => StoredVoxels::U8(fill(count, slice_len, &read, |s| s as u8)?),
         };
         StoredVolume::new([columns, rows, wanted.len()], voxels, self.patient_from_voxel, first.slope, first.intercept)
             .map_err(|e| DicomError::Series {

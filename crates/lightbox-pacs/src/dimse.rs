@@ -448,6 +448,19 @@ fn uid_value(uid: &str) -> String {
     if uid.len() % 2 == 1 { format!("{uid}\0") } else { uid.to_owned() }
 }
 
+/// A command set as one P-DATA PDU on `context`.
+fn command_pdu(context: u8, set: &InMemDicomObject) -> Result<Pdu, String> {
+    let data = encode_command(set)?;
+    Ok(Pdu::PData {
+        data: vec![PDataValue {
+            presentation_context_id: context,
+            value_type: PDataValueType::Command,
+            is_last: true,
+            data,
+        }],
+    })
+}
+
 fn encode_command(set: &InMemDicomObject) -> Result<Vec<u8>, String> {
     let mut bytes = Vec::new();
     set.write_dataset_with_ts(&mut bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
@@ -460,17 +473,8 @@ fn send_command(
     context: u8,
     set: &InMemDicomObject,
 ) -> Result<(), String> {
-    let data = encode_command(set)?;
-    association
-        .send(&Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: context,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data,
-            }],
-        })
-        .map_err(|e| format!("send response: {e}"))
+    let pdu = command_pdu(context, set)?;
+    association.send(&pdu).map_err(|e| format!("send response: {e}"))
 }
 
 /// A DIMSE peer (a PACS's storage SCP).
@@ -511,17 +515,8 @@ pub fn echo(peer: &DimsePeer) -> Result<(), PacsError> {
         DataElement::new(tags::MESSAGE_ID, VR::US, PrimitiveValue::from(1u16)),
         DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(NO_DATA_SET)),
     ]);
-    let data = encode_command(&rq).map_err(dimse)?;
-    association
-        .send(&Pdu::PData {
-            data: vec![PDataValue {
-                presentation_context_id: context,
-                value_type: PDataValueType::Command,
-                is_last: true,
-                data,
-            }],
-        })
-        .map_err(|e| dimse(format!("send: {e}")))?;
+    let pdu = command_pdu(context, &rq).map_err(dimse)?;
+    association.send(&pdu).map_err(|e| dimse(format!("send: {e}")))?;
     let status = read_response_status(&mut association).map_err(dimse)?;
     let _ = association.release();
     if status != STATUS_SUCCESS {
@@ -595,17 +590,8 @@ pub fn store_scu(peer: &DimsePeer, files: &[PathBuf]) -> Result<Vec<StoreOutcome
             DataElement::new(tags::COMMAND_DATA_SET_TYPE, VR::US, PrimitiveValue::from(0u16)),
             DataElement::new(tags::AFFECTED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(uid_value(&sop_uid))),
         ]);
-        let command = encode_command(&rq).map_err(dimse)?;
-        association
-            .send(&Pdu::PData {
-                data: vec![PDataValue {
-                    presentation_context_id: context.id,
-                    value_type: PDataValueType::Command,
-                    is_last: true,
-                    data: command,
-                }],
-            })
-            .map_err(|e| dimse(format!("send: {e}")))?;
+        let pdu = command_pdu(context.id, &rq).map_err(dimse)?;
+        association.send(&pdu).map_err(|e| dimse(format!("send: {e}")))?;
         let mut source = std::fs::File::open(file).map_err(|source| PacsError::Io { path: file.clone(), source })?;
         std::io::Seek::seek(&mut source, std::io::SeekFrom::Start(*offset))
             .map_err(|source| PacsError::Io { path: file.clone(), source })?;

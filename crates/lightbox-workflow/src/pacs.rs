@@ -149,6 +149,26 @@ pub async fn pacs_retrieve_with(
     Ok(outcome?)
 }
 
+/// The QIDO-RS study search for worklist filters (same wildcards; dates as a DA range).
+pub fn qido_for(query: &lightbox_store::WorklistQuery) -> QidoQuery {
+    let mut qido = QidoQuery::new().limit(query.limit.max(1)).offset(query.offset);
+    for (key, value) in [
+        ("PatientName", &query.patient_name),
+        ("PatientID", &query.patient_id),
+        ("AccessionNumber", &query.accession_number),
+        ("ModalitiesInStudy", &query.modality),
+    ] {
+        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
+            qido = qido.matching(key, value);
+        }
+    }
+    if query.date_from.is_some() || query.date_to.is_some() {
+        let range = format!("{}-{}", query.date_from.as_deref().unwrap_or(""), query.date_to.as_deref().unwrap_or(""));
+        qido = qido.matching("StudyDate", &range);
+    }
+    qido
+}
+
 /// One line of the workstation's worklist: a study that is local, on the PACS, or both.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorklistEntry {
@@ -201,22 +221,7 @@ pub async fn worklist_with_pacs(
     drop(store);
     let mut warning = None;
     if let Some(settings) = settings {
-        let mut qido = QidoQuery::new().limit(query.limit.max(1)).offset(query.offset);
-        for (key, value) in [
-            ("PatientName", &query.patient_name),
-            ("PatientID", &query.patient_id),
-            ("AccessionNumber", &query.accession_number),
-            ("ModalitiesInStudy", &query.modality),
-        ] {
-            if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
-                qido = qido.matching(key, value);
-            }
-        }
-        if query.date_from.is_some() || query.date_to.is_some() {
-            let range =
-                format!("{}-{}", query.date_from.as_deref().unwrap_or(""), query.date_to.as_deref().unwrap_or(""));
-            qido = qido.matching("StudyDate", &range);
-        }
+        let qido = qido_for(query);
         match pacs_search_studies(settings, &qido).await {
             Ok(remote) => {
                 for r in remote {
