@@ -142,6 +142,44 @@ async fn import_folder(
     .map_err(|e| ErrorDto::new("internal", e.to_string()))?
 }
 
+/// Imports files and folders dropped on the window (or picked), one after the other, reporting
+/// progress per item; unreadable files are listed in the summary.
+#[tauri::command]
+async fn import_paths(
+    site: tauri::State<'_, Site>,
+    paths: Vec<String>,
+    on_progress: Channel<ProgressDto>,
+) -> Result<TransferSummaryDto, ErrorDto> {
+    let store = site.store.clone();
+    tauri::async_runtime::spawn_blocking(move || {
+        let mut total = TransferSummaryDto { imported: 0, already_stored: 0, bytes: 0, failed: vec![] };
+        for path in paths {
+            let (sender, receiver) = std::sync::mpsc::channel::<lightbox_workflow::ImportProgress>();
+            let channel = on_progress.clone();
+            let forward = std::thread::spawn(move || {
+                for p in receiver {
+                    let _ = channel.send(ProgressDto {
+                        done: p.files_done,
+                        total: p.files_total,
+                        bytes: p.bytes,
+                        failed: p.failed,
+                    });
+                }
+            });
+            let s = lightbox_workflow::import_with_progress(&store, std::path::Path::new(&path), Some(&sender))?;
+            drop(sender);
+            let _ = forward.join();
+            total.imported += s.imported;
+            total.already_stored += s.already_stored;
+            total.failed.extend(s.failed.iter().map(FileIssueDto::from));
+        }
+        eprintln!("lightbox-workstation: imported {} instances ({} unreadable)", total.imported, total.failed.len());
+        Ok(total)
+    })
+    .await
+    .map_err(|e| ErrorDto::new("internal", e.to_string()))?
+}
+
 #[tauri::command]
 async fn outbox(site: tauri::State<'_, Site>) -> Result<Vec<OutboxRowDto>, ErrorDto> {
     let store = site.store.clone();
@@ -206,6 +244,7 @@ fn main() -> anyhow::Result<()> {
             retrieve_study,
             cancel_retrieve,
             import_folder,
+            import_paths,
             outbox,
             drain_outbox
         ])

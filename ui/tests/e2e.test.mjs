@@ -144,3 +144,15 @@ test("folder: import into the store shows its summary", async () => {
   await page.getByTestId("import-folder").click();
   await page.getByTestId("import-result").filter({ hasText: "Imported 20, already in the store 0, not imported 1" }).waitFor();
 });
+
+test("drag and drop: dropped items are imported, unreadable ones listed with the reason", async () => {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 500 } });
+  await page.goto(base);
+  await page.getByTestId("tab-outbox").click();
+  await page.getByTestId("outbox-status").filter({ hasText: "results in the outbox" }).waitFor();
+  // The mock backend stands in for Tauri's drag-and-drop event.
+  await page.waitForFunction(() => typeof window.lightboxMockDrop === "function");
+  await page.evaluate(() => window.lightboxMockDrop(["/media/cdrom/DICOM/", "/media/cdrom/README.TXT"]));
+  await page.getByTestId("import-result").filter({ hasText: "Imported 1, already in the store 0, not imported 1" }).waitFor();
+  assert.match(await page.getByTestId("import-failed").innerText(), /README\.TXT: not a DICOM file/);
+});

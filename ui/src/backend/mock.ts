@@ -63,6 +63,19 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       for (let done = 1; done <= 20; done++) onProgress({ done, total: 20, bytes: done * 133_000, failed: 0 });
       return { imported: 20, alreadyStored: 0, bytes: 0, failed: [{ path: "demo/README.md", reason: "not a DICOM file" }] };
     },
+    importPaths: async (paths, onProgress) => {
+      const failed = paths
+        .filter((p) => !p.endsWith(".dcm") && !p.endsWith("/"))
+        .map((path) => ({ path, reason: "not a DICOM file (no Part 10 header)" }));
+      const good = paths.length - failed.length;
+      for (let done = 1; done <= good; done++) onProgress({ done, total: good, bytes: done * 133_000, failed: failed.length });
+      return { imported: good, alreadyStored: 0, bytes: good * 133_000, failed };
+    },
+    onFilesDropped: async (handler) => {
+      // Tests drop files with `window.lightboxMockDrop([...])`.
+      (globalThis as { lightboxMockDrop?: (paths: string[]) => void }).lightboxMockDrop = handler;
+      return () => delete (globalThis as { lightboxMockDrop?: unknown }).lightboxMockDrop;
+    },
     outbox: async () => structuredClone(outbox),
     drainOutbox: async () => {
       let sent = 0;

@@ -1,4 +1,5 @@
 import { Channel, invoke } from "@tauri-apps/api/core";
+import { getCurrentWebview } from "@tauri-apps/api/webview";
 import type { Backend, DrainReport, OutboxRow, Progress, SeriesList, TransferSummary, Worklist } from "./types";
 
 function channel(onProgress: (p: Progress) => void): Channel<Progress> {
@@ -17,6 +18,12 @@ export const tauriBackend: Backend = {
     invoke<TransferSummary>("retrieve_study", { studyUid, total, onProgress: channel(onProgress) }),
   cancelRetrieve: (studyUid) => invoke<void>("cancel_retrieve", { studyUid }),
   importFolder: (onProgress) => invoke<TransferSummary>("import_folder", { onProgress: channel(onProgress) }),
+  importPaths: (paths, onProgress) =>
+    invoke<TransferSummary>("import_paths", { paths, onProgress: channel(onProgress) }),
+  onFilesDropped: (handler) =>
+    getCurrentWebview().onDragDropEvent((event) => {
+      if (event.payload.type === "drop") handler(event.payload.paths);
+    }),
   outbox: () => invoke<OutboxRow[]>("outbox"),
   drainOutbox: () => invoke<DrainReport>("drain_outbox"),
 };

@@ -115,6 +115,10 @@ export interface SiteBackend {
   retrieveStudy(studyUid: string, total: number, onProgress: (p: Progress) => void): Promise<TransferSummary>;
   cancelRetrieve(studyUid: string): Promise<void>;
   importFolder(onProgress: (p: Progress) => void): Promise<TransferSummary>;
+  /** Imports files or folders (dropped on the window) into the store. */
+  importPaths(paths: string[], onProgress: (p: Progress) => void): Promise<TransferSummary>;
+  /** Calls `handler` with the paths of files dropped on the window; returns an unsubscribe. */
+  onFilesDropped(handler: (paths: string[]) => void): Promise<() => void>;
   outbox(): Promise<OutboxRow[]>;
   drainOutbox(): Promise<DrainReport>;
 }
