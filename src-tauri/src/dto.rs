@@ -242,3 +242,16 @@ impl ErrorDto {
         Self { code, message: message.into() }
     }
 }
+
+/// What the C-STORE SCP reports, for the UI's "incoming" line.
+#[derive(Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PushEventDto {
+    /// "associated", "echo", "stored", "failed" or "released"
+    pub kind: &'static str,
+    pub calling_ae: String,
+    /// Instances stored in this association so far (or in all, for "released").
+    pub instances: usize,
+    pub bytes: u64,
+    pub detail: String,
+}

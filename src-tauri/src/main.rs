@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use dto::{
-    DrainDto, ErrorDto, FileIssueDto, OutboxRowDto, ProgressDto, SeriesListDto, TransferSummaryDto, WorklistDto,
-    WorklistQueryDto,
+    DrainDto, ErrorDto, FileIssueDto, OutboxRowDto, ProgressDto, PushEventDto, SeriesListDto, TransferSummaryDto,
+    WorklistDto, WorklistQueryDto,
 };
 use lightbox_core::SeriesInstanceUid;
 use lightbox_workflow::pacs::{PacsSettings, TransferControl};
@@ -28,6 +28,71 @@ struct Site {
     pacs: Option<PacsSettings>,
     /// Retrievals running now, by Study Instance UID, so the UI can cancel them.
     retrievals: Mutex<HashMap<String, TransferControl>>,
+    /// The C-STORE SCP, when `LIGHTBOX_LISTEN_PORT` is set: "AET on port N".
+    listening: Option<String>,
+    /// Where pushes are reported (the UI subscribes once it is up).
+    push_listeners: std::sync::Arc<Mutex<Vec<Channel<PushEventDto>>>>,
+}
+
+/// Starts the C-STORE SCP if `LIGHTBOX_LISTEN_PORT` is set; its events go to the log and to
+/// every subscribed UI channel.
+fn start_listening(
+    store: &std::path::Path,
+    listeners: std::sync::Arc<Mutex<Vec<Channel<PushEventDto>>>>,
+) -> anyhow::Result<Option<(String, lightbox_workflow::pacs::ScpHandle)>> {
+    use lightbox_workflow::pacs::ScpEvent;
+    let Some(port) = std::env::var("LIGHTBOX_LISTEN_PORT").ok().filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("LIGHTBOX_LISTEN_PORT={port} is not a port number"))?;
+    let aet = std::env::var("LIGHTBOX_AET").unwrap_or_else(|_| "LIGHTBOX".into());
+    let (sender, events) = std::sync::mpsc::channel();
+    let handle =
+        lightbox_workflow::pacs::listen(store, &aet, (std::net::Ipv4Addr::UNSPECIFIED, port).into(), Some(sender))?;
+    std::thread::spawn(move || {
+        let mut counts: HashMap<String, (usize, u64)> = HashMap::new();
+        for event in events {
+            let dto = match event {
+                ScpEvent::Associated { calling_ae, .. } => {
+                    counts.insert(calling_ae.clone(), (0, 0));
+                    PushEventDto { kind: "associated", calling_ae, instances: 0, bytes: 0, detail: String::new() }
+                }
+                ScpEvent::Echo { calling_ae } => {
+                    PushEventDto { kind: "echo", calling_ae, instances: 0, bytes: 0, detail: String::new() }
+                }
+                ScpEvent::Stored { calling_ae, bytes, .. } => {
+                    let c = counts.entry(calling_ae.clone()).or_default();
+                    c.0 += 1;
+                    c.1 += bytes;
+                    PushEventDto { kind: "stored", calling_ae, instances: c.0, bytes: c.1, detail: String::new() }
+                }
+                ScpEvent::Failed { calling_ae, detail } => {
+                    PushEventDto { kind: "failed", calling_ae, instances: 0, bytes: 0, detail }
+                }
+                ScpEvent::Released { calling_ae, instances } => {
+                    let bytes = counts.remove(&calling_ae).map_or(0, |c| c.1);
+                    eprintln!("lightbox-workstation: received {instances} instances from {calling_ae}");
+                    PushEventDto { kind: "released", calling_ae, instances, bytes, detail: String::new() }
+                }
+            };
+            if let Ok(listeners) = listeners.lock() {
+                for channel in listeners.iter() {
+                    let _ = channel.send(dto.clone());
+                }
+            }
+        }
+    });
+    eprintln!("lightbox-workstation: listening as {aet} on port {}", handle.local_addr().port());
+    Ok(Some((format!("{aet} on port {}", handle.local_addr().port()), handle)))
+}
+
+/// The UI subscribes to incoming pushes; returns what the SCP listens as, if it does.
+#[tauri::command]
+fn subscribe_pushes(site: tauri::State<'_, Site>, on_event: Channel<PushEventDto>) -> Option<String> {
+    if let Ok(mut listeners) = site.push_listeners.lock() {
+        listeners.push(on_event);
+    }
+    site.listening.clone()
 }
 
 /// Runs PACS work on a blocking thread with its own current-thread runtime: the UI thread never
@@ -228,11 +293,17 @@ fn main() -> anyhow::Result<()> {
         .nth(1)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demo/prostate-adc"));
+    let store = lightbox_workflow::default_store_dir();
+    let push_listeners = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let scp = start_listening(&store, push_listeners.clone())?;
     let site = Site {
-        store: lightbox_workflow::default_store_dir(),
+        store,
         pacs: PacsSettings::from_env(),
         retrievals: Mutex::new(HashMap::new()),
+        listening: scp.as_ref().map(|(what, _)| what.clone()),
+        push_listeners,
     };
+    let _scp = scp.map(|(_, handle)| handle); // listens as long as the app runs
     tauri::Builder::default()
         .manage(Folder(folder))
         .manage(site)
@@ -245,6 +316,7 @@ fn main() -> anyhow::Result<()> {
             cancel_retrieve,
             import_folder,
             import_paths,
+            subscribe_pushes,
             outbox,
             drain_outbox
         ])

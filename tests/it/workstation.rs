@@ -107,3 +107,47 @@ fn workstation_worklist_shows_local_and_pacs_studies() -> anyhow::Result<()> {
     x.screenshot(&screenshot_dir()?.join("workstation-worklist-retrieved.png"))?;
     Ok(())
 }
+
+/// DICOM pushes to the workstation: Orthanc sends the demo study to its C-STORE SCP; the
+/// instances land in the store and the header says so.
+#[test]
+fn workstation_receives_a_push_from_the_pacs() -> anyhow::Result<()> {
+    use lightbox_tests::orthanc::{Orthanc, OrthancOptions, free_port};
+    let port = free_port()?;
+    let orthanc = Orthanc::start_with(OrthancOptions {
+        dicom_aet_peers: vec![("workstation".into(), "LIGHTBOX".into(), port)],
+        ..Default::default()
+    })?;
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(demo_study())? {
+        ids.push(orthanc.upload(&entry?.path())?);
+    }
+    let store = tempfile::tempdir()?;
+    let x = Xvfb::start()?;
+    let mut child = x
+        .command(&bin("lightbox-workstation")?)
+        .arg(demo_study())
+        .env("LIGHTBOX_STORE", store.path())
+        .env("LIGHTBOX_LISTEN_PORT", port.to_string())
+        .env("LIGHTBOX_AET", "LIGHTBOX")
+        .env_remove("LIGHTBOX_PACS_URL")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
+    let _child = KillOnDrop(child);
+    stderr.wait_for(&format!("listening as LIGHTBOX on port {port}"), Duration::from_secs(120))?;
+    stderr.wait_for("ui ready: 1 rows", Duration::from_secs(60))?;
+
+    let body = serde_json::to_vec(&ids)?;
+    let (status, answer) =
+        orthanc.request("POST", "/modalities/workstation/store", Some((&body, "application/json")))?;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    stderr.wait_for("received 20 instances from ORTHANC", Duration::from_secs(30))?;
+    let local = lightbox_store::Store::open(store.path())?;
+    assert_eq!(local.instance_count()?, 20);
+    assert!(local.verify()?.is_consistent());
+    std::thread::sleep(Duration::from_millis(500));
+    x.screenshot(&screenshot_dir()?.join("workstation-received-push.png"))?;
+    Ok(())
+}

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatDate, formatDims, formatName, formatBytes, studyStatus } from "./format";
+import { formatDate, formatDims, formatName, formatBytes, pushLine, studyStatus } from "./format";
 import { wildcardMatch } from "./backend/mock";
 import type { Series } from "./backend";
 
@@ -53,5 +53,14 @@ describe("worklist helpers", () => {
     expect(wildcardMatch("ROE*", "Doe^Jane")).toBe(false);
     expect(wildcardMatch("a.b*", "axb")).toBe(false);
     expect(wildcardMatch("", "anything")).toBe(true);
+  });
+});
+
+describe("incoming pushes", () => {
+  it("say who is sending and how much", () => {
+    const e = { callingAe: "ORTHANC", instances: 12, bytes: 1_600_000, detail: "" };
+    expect(pushLine({ ...e, kind: "stored" })).toBe("Receiving from ORTHANC: 12 instances (1.6 MB)");
+    expect(pushLine({ ...e, kind: "released" })).toBe("Received 12 instances from ORTHANC (1.6 MB)");
+    expect(pushLine({ ...e, kind: "failed", detail: "connection lost" })).toBe("A push from ORTHANC failed: connection lost");
   });
 });

@@ -42,3 +42,19 @@ export function studyStatus(row: {
   if (row.outboxPending > 0) parts.push(`${row.outboxPending} to send`);
   return parts.join(" · ");
 }
+
+/** One line about an incoming DIMSE push. */
+export function pushLine(e: { kind: string; callingAe: string; instances: number; bytes: number; detail: string }): string {
+  switch (e.kind) {
+    case "associated":
+      return `Receiving from ${e.callingAe}…`;
+    case "stored":
+      return `Receiving from ${e.callingAe}: ${e.instances} instances (${formatBytes(e.bytes)})`;
+    case "released":
+      return `Received ${e.instances} instances from ${e.callingAe} (${formatBytes(e.bytes)})`;
+    case "failed":
+      return `A push from ${e.callingAe} failed: ${e.detail}`;
+    default:
+      return `Echo from ${e.callingAe}`;
+  }
+}

@@ -156,3 +156,18 @@ test("drag and drop: dropped items are imported, unreadable ones listed with the
   await page.getByTestId("import-result").filter({ hasText: "Imported 1, already in the store 0, not imported 1" }).waitFor();
   assert.match(await page.getByTestId("import-failed").innerText(), /README\.TXT: not a DICOM file/);
 });
+
+test("incoming DICOM pushes are announced in the header", async () => {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 400 } });
+  await page.goto(base);
+  const incoming = page.getByTestId("incoming");
+  await incoming.filter({ hasText: "Listening for DICOM pushes as LIGHTBOX on port 11112" }).waitFor();
+  await page.evaluate(() =>
+    window.lightboxMockPush({ kind: "stored", callingAe: "ORTHANC", instances: 3, bytes: 400000, detail: "" }),
+  );
+  await incoming.filter({ hasText: "Receiving from ORTHANC: 3 instances (400.0 kB)" }).waitFor();
+  await page.evaluate(() =>
+    window.lightboxMockPush({ kind: "released", callingAe: "ORTHANC", instances: 20, bytes: 2700000, detail: "" }),
+  );
+  await incoming.filter({ hasText: "Received 20 instances from ORTHANC (2.7 MB)" }).waitFor();
+});

@@ -11,6 +11,7 @@ export type {
   FileIssue,
   OutboxRow,
   Progress,
+  PushEvent,
   Series,
   SeriesList,
   TransferSummary,

@@ -1,4 +1,4 @@
-import type { Backend, OutboxRow, Progress, SeriesList, WorklistQuery, WorklistRow } from "./types";
+import type { Backend, OutboxRow, Progress, PushEvent, SeriesList, WorklistQuery, WorklistRow } from "./types";
 
 /** DICOM-style wildcard match (`*`, `?`), case-insensitive, as the store and PACS do. */
 export function wildcardMatch(pattern: string, value: string): boolean {
@@ -75,6 +75,11 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       // Tests drop files with `window.lightboxMockDrop([...])`.
       (globalThis as { lightboxMockDrop?: (paths: string[]) => void }).lightboxMockDrop = handler;
       return () => delete (globalThis as { lightboxMockDrop?: unknown }).lightboxMockDrop;
+    },
+    subscribePushes: async (handler) => {
+      // Tests push with `window.lightboxMockPush({...})`.
+      (globalThis as { lightboxMockPush?: (e: PushEvent) => void }).lightboxMockPush = handler;
+      return "LIGHTBOX on port 11112";
     },
     outbox: async () => structuredClone(outbox),
     drainOutbox: async () => {

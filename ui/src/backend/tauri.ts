@@ -1,6 +1,15 @@
 import { Channel, invoke } from "@tauri-apps/api/core";
 import { getCurrentWebview } from "@tauri-apps/api/webview";
-import type { Backend, DrainReport, OutboxRow, Progress, SeriesList, TransferSummary, Worklist } from "./types";
+import type {
+  Backend,
+  DrainReport,
+  OutboxRow,
+  Progress,
+  PushEvent,
+  SeriesList,
+  TransferSummary,
+  Worklist,
+} from "./types";
 
 function channel(onProgress: (p: Progress) => void): Channel<Progress> {
   const ch = new Channel<Progress>();
@@ -24,6 +33,11 @@ export const tauriBackend: Backend = {
     getCurrentWebview().onDragDropEvent((event) => {
       if (event.payload.type === "drop") handler(event.payload.paths);
     }),
+  subscribePushes: (handler) => {
+    const ch = new Channel<PushEvent>();
+    ch.onmessage = handler;
+    return invoke<string | null>("subscribe_pushes", { onEvent: ch });
+  },
   outbox: () => invoke<OutboxRow[]>("outbox"),
   drainOutbox: () => invoke<DrainReport>("drain_outbox"),
 };

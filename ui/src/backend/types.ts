@@ -109,6 +109,15 @@ export interface DrainReport {
   failed: number;
 }
 
+/** What the C-STORE SCP reports as a PACS or modality pushes to the workstation. */
+export interface PushEvent {
+  kind: "associated" | "echo" | "stored" | "failed" | "released";
+  callingAe: string;
+  instances: number;
+  bytes: number;
+  detail: string;
+}
+
 /** What the worklist, PACS and outbox screens need. */
 export interface SiteBackend {
   worklist(query: WorklistQuery): Promise<Worklist>;
@@ -119,6 +128,8 @@ export interface SiteBackend {
   importPaths(paths: string[], onProgress: (p: Progress) => void): Promise<TransferSummary>;
   /** Calls `handler` with the paths of files dropped on the window; returns an unsubscribe. */
   onFilesDropped(handler: (paths: string[]) => void): Promise<() => void>;
+  /** Reports incoming DIMSE pushes; resolves to what the SCP listens as, or null when it is off. */
+  subscribePushes(handler: (e: PushEvent) => void): Promise<string | null>;
   outbox(): Promise<OutboxRow[]>;
   drainOutbox(): Promise<DrainReport>;
 }
