@@ -19,6 +19,8 @@ packages=(
   mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth x11-utils xdotool imagemagick
   # Reference PACS and DICOM tools; openssl makes the mutual-TLS test certificates
   orthanc orthanc-dicomweb orthanc-gdcm dcmtk openssl
+  # dciodvfy: IOD validation of the SEG/SR we write
+  dicom3tools
   # Python for the dicomweb-client interop/benchmark peer (venv below)
   python3 python3-venv
   # Reference DICOM -> NIfTI converter (benchmark peer) and /usr/bin/time for peak RSS
@@ -60,16 +62,19 @@ if [ -f "$here/ui/package-lock.json" ]; then
   fi
 fi
 
-# Reference Python DICOMweb client (interop/benchmark peer) in its own venv, version-pinned;
+# Reference Python DICOMweb client (interop/benchmark peer) and highdicom (reads back our SEG/SR)
+# in their own venv, version-pinned;
 # skipped when the venv already imports that version. Uses whichever python3 is first on PATH.
 py_venv="${LIGHTBOX_PY_VENV:-/var/tmp/lightbox-py}"
 dicomweb_client_version="0.61.2"
-if "$py_venv/bin/python" -c "import dicomweb_client, importlib.metadata as m
-assert m.version('dicomweb-client') == '$dicomweb_client_version'" >/dev/null 2>&1; then
-  echo "setup: Python venv $py_venv has dicomweb-client"
+highdicom_version="0.28.2"
+if "$py_venv/bin/python" -c "import dicomweb_client, highdicom, importlib.metadata as m
+assert m.version('dicomweb-client') == '$dicomweb_client_version'
+assert m.version('highdicom') == '$highdicom_version'" >/dev/null 2>&1; then
+  echo "setup: Python venv $py_venv has dicomweb-client and highdicom"
 else
-  echo "setup: creating Python venv $py_venv with dicomweb-client==$dicomweb_client_version"
+  echo "setup: Python venv $py_venv: dicomweb-client==$dicomweb_client_version highdicom==$highdicom_version"
   python3 -m venv "$py_venv"
   "$py_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "dicomweb-client==$dicomweb_client_version"
+    "dicomweb-client==$dicomweb_client_version" "highdicom==$highdicom_version"
 fi

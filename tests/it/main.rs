@@ -9,6 +9,7 @@ mod ingest;
 mod pacs;
 mod pacs_cli;
 mod render;
+mod seg;
 mod sources;
 mod store;
 mod viewer;

@@ -35,6 +35,12 @@ pub(crate) struct InstanceHeader {
     pub frame_meta: Vec<FrameMeta>,
     /// Set when the pixels can be read straight from the file (see [`NativePixels`]).
     pub native: Option<NativePixels>,
+    pub frame_of_reference_uid: String,
+    pub study_time: String,
+    pub study_id: String,
+    pub referring_physician: String,
+    pub patient_birth_date: String,
+    pub patient_sex: String,
 }
 
 /// Uncompressed little-endian monochrome pixels at a known place in the file: the loader reads
@@ -231,6 +237,12 @@ fn header_from(path: &Path, obj: &DefaultDicomObject) -> Result<InstanceHeader, 
         mosaic_images: siemens_mosaic_images(obj),
         frame_meta,
         native: None,
+        frame_of_reference_uid: text(obj, tags::FRAME_OF_REFERENCE_UID).unwrap_or_default(),
+        study_time: text(obj, tags::STUDY_TIME).unwrap_or_default(),
+        study_id: text(obj, tags::STUDY_ID).unwrap_or_default(),
+        referring_physician: text(obj, tags::REFERRING_PHYSICIAN_NAME).unwrap_or_default(),
+        patient_birth_date: text(obj, tags::PATIENT_BIRTH_DATE).unwrap_or_default(),
+        patient_sex: text(obj, tags::PATIENT_SEX).unwrap_or_default(),
     })
 }
 

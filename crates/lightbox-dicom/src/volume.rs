@@ -191,6 +191,18 @@ impl DisplaySet {
             })
     }
 
+    /// The instance (and frame, for multi-frame sources) behind each slice of time point `t`.
+    pub(crate) fn source_slices(&self, t: u32) -> Result<Vec<(&InstanceHeader, Option<u32>)>, DicomError> {
+        Ok(self
+            .time_point(t)?
+            .iter()
+            .map(|f| {
+                let h = &self.instances[f.instance];
+                (h, (h.frames > 1).then_some(f.frame + 1))
+            })
+            .collect())
+    }
+
     /// How to read frame `f` directly: its file offset and its own rescale.
     fn native_frame(&self, f: &FrameRef) -> Option<NativePixels> {
         let h = &self.instances[f.instance];

@@ -172,7 +172,7 @@ fn rescale_for(values: &[f32]) -> (f64, f64) {
 }
 
 /// A decimal string of at most 16 characters (the DS limit).
-fn ds(v: f64) -> String {
+pub(crate) fn ds(v: f64) -> String {
     let v = if v.abs() < 1e-12 { 0.0 } else { v };
     for precision in (0..=10).rev() {
         let s = format!("{v:.precision$}");

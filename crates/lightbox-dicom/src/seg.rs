@@ -1,0 +1,400 @@
+//! DICOM Segmentation (SEG) writing: a label volume on a display set's own grid, as a binary
+//! (bit-packed) multi-frame Segmentation instance that references its source images, with coded
+//! segment categories and types, readable by highdicom, OHIF, Slicer and PACS viewers.
+
+use std::path::Path;
+
+use dicom_core::value::{DataSetSequence, PrimitiveValue};
+use dicom_core::{DataElement, Tag, VR, dicom_value};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use lightbox_core::Volume;
+
+use crate::write::{ds, new_uid};
+use crate::{DicomError, DisplaySet};
+
+/// A coded concept (code value, coding scheme, meaning), e.g. SCT 49755003 "Morphologically
+/// abnormal structure".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Code {
+    pub value: String,
+    pub scheme: String,
+    pub meaning: String,
+}
+
+impl Code {
+    pub fn new(value: &str, scheme: &str, meaning: &str) -> Self {
+        Self { value: value.into(), scheme: scheme.into(), meaning: meaning.into() }
+    }
+}
+
+/// How a segment was made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SegmentAlgorithm {
+    /// By a program (an AI model): its name and version.
+    Automatic { name: String, version: String },
+    /// Drawn by a person.
+    Manual,
+}
+
+/// One segment: label value `number` in the label volume.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Segment {
+    pub label: String,
+    pub category: Code,
+    pub property_type: Code,
+    pub algorithm: SegmentAlgorithm,
+}
+
+/// The new SEG series.
+#[derive(Clone, Debug)]
+pub struct SegSeries {
+    pub series_description: String,
+    pub series_number: i32,
+    /// Content Label (CS: upper case, at most 16 characters).
+    pub content_label: String,
+    pub content_description: String,
+    /// Who made it (a person, or the algorithm's name for AI output).
+    pub creator: String,
+    pub software_version: String,
+}
+
+/// Writes `labels` (values 0 = background, `k` = `segments[k - 1]`) as a binary SEG of time
+/// point `t` of `set` to `path`. The label volume must have the display set's grid. Frames that
+/// hold no voxel of a segment are left out. Returns the new SOP Instance UID.
+pub fn write_seg(
+    set: &DisplaySet,
+    t: u32,
+    labels: &Volume<u8>,
+    segments: &[Segment],
+    series: &SegSeries,
+    path: &Path,
+) -> Result<String, DicomError> {
+    let bad = |what: String| DicomError::Unsupported { path: path.to_owned(), what };
+    let [nx, ny, nz] = labels.dims();
+    if [nx, ny, nz] != [set.columns as usize, set.rows as usize, set.slices as usize] {
+        return Err(bad(format!(
+            "a {nx}x{ny}x{nz} label volume on a {}x{}x{} display set",
+            set.columns, set.rows, set.slices
+        )));
+    }
+    if segments.is_empty() || segments.len() > 255 {
+        return Err(bad(format!("{} segments (1 to 255 are possible)", segments.len())));
+    }
+    let sources = set.source_slices(t)?;
+    let first = sources.first().map(|(h, _)| *h).ok_or_else(|| bad("an empty display set".into()))?;
+    let sop_uid = new_uid();
+    let a = &set.patient_from_voxel;
+    let spacing = [0, 1, 2].map(|c| {
+        let v = a.axis(c);
+        (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt()
+    });
+    let unit = |c: usize| a.axis(c).map(|v| v / spacing[c].max(1e-12));
+    let (row_dir, col_dir) = (unit(0), unit(1));
+
+    let mut obj = InMemDicomObject::new_empty();
+    let text = |obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str| {
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+    };
+    let r = &first.record;
+    text(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    text(&mut obj, tags::SOP_CLASS_UID, VR::UI, uids::SEGMENTATION_STORAGE);
+    text(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
+    text(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, r.study_uid.as_str());
+    text(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &new_uid());
+    text(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, &first.frame_of_reference_uid);
+    text(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
+    text(&mut obj, tags::MODALITY, VR::CS, "SEG");
+    text(&mut obj, tags::PATIENT_NAME, VR::PN, &r.patient.name);
+    text(&mut obj, tags::PATIENT_ID, VR::LO, &r.patient.id);
+    text(&mut obj, tags::PATIENT_BIRTH_DATE, VR::DA, &first.patient_birth_date);
+    text(&mut obj, tags::PATIENT_SEX, VR::CS, &first.patient_sex);
+    text(&mut obj, tags::STUDY_DATE, VR::DA, &r.study_date);
+    text(&mut obj, tags::STUDY_TIME, VR::TM, &first.study_time);
+    text(&mut obj, tags::STUDY_ID, VR::SH, &first.study_id);
+    text(&mut obj, tags::STUDY_DESCRIPTION, VR::LO, &r.study_description);
+    text(&mut obj, tags::REFERRING_PHYSICIAN_NAME, VR::PN, &first.referring_physician);
+    text(&mut obj, tags::ACCESSION_NUMBER, VR::SH, &r.accession_number);
+    text(&mut obj, tags::SERIES_NUMBER, VR::IS, &series.series_number.to_string());
+    text(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &series.series_description);
+    text(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
+    let (date, time) = now_da_tm();
+    text(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
+    text(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
+    text(&mut obj, tags::MANUFACTURER, VR::LO, "Lightbox");
+    text(&mut obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, "Lightbox workstation");
+    text(&mut obj, tags::DEVICE_SERIAL_NUMBER, VR::LO, "1");
+    text(&mut obj, tags::SOFTWARE_VERSIONS, VR::LO, &series.software_version);
+    text(&mut obj, tags::IMAGE_TYPE, VR::CS, "DERIVED\\PRIMARY");
+    text(&mut obj, tags::CONTENT_LABEL, VR::CS, &content_label(&series.content_label));
+    text(&mut obj, tags::CONTENT_DESCRIPTION, VR::LO, &series.content_description);
+    text(&mut obj, tags::CONTENT_CREATOR_NAME, VR::PN, &series.creator);
+    text(&mut obj, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
+    text(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
+    text(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+    for (tag, value) in [
+        (tags::SAMPLES_PER_PIXEL, 1u16),
+        (tags::ROWS, u16_dim(path, ny)?),
+        (tags::COLUMNS, u16_dim(path, nx)?),
+        (tags::BITS_ALLOCATED, 1),
+        (tags::BITS_STORED, 1),
+        (tags::HIGH_BIT, 0),
+        (tags::PIXEL_REPRESENTATION, 0),
+    ] {
+        obj.put(DataElement::new(tag, VR::US, dicom_value!(U16, [value])));
+    }
+
+    // Segments.
+    let segment_items: Vec<InMemDicomObject> = segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut item = InMemDicomObject::new_empty();
+            item.put(DataElement::new(tags::SEGMENT_NUMBER, VR::US, dicom_value!(U16, [i as u16 + 1])));
+            text(&mut item, tags::SEGMENT_LABEL, VR::LO, &s.label);
+            sequence(&mut item, tags::SEGMENTED_PROPERTY_CATEGORY_CODE_SEQUENCE, vec![code_item(&s.category)]);
+            sequence(&mut item, tags::SEGMENTED_PROPERTY_TYPE_CODE_SEQUENCE, vec![code_item(&s.property_type)]);
+            match &s.algorithm {
+                SegmentAlgorithm::Automatic { name, version } => {
+                    text(&mut item, tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "AUTOMATIC");
+                    text(&mut item, tags::SEGMENT_ALGORITHM_NAME, VR::LO, name);
+                    let mut algorithm = InMemDicomObject::new_empty();
+                    sequence(
+                        &mut algorithm,
+                        tags::ALGORITHM_FAMILY_CODE_SEQUENCE,
+                        vec![code_item(&Code::new("123110", "DCM", "Artificial Intelligence"))],
+                    );
+                    text(&mut algorithm, tags::ALGORITHM_NAME, VR::LO, name);
+                    text(&mut algorithm, tags::ALGORITHM_VERSION, VR::LO, version);
+                    sequence(&mut item, tags::SEGMENTATION_ALGORITHM_IDENTIFICATION_SEQUENCE, vec![algorithm]);
+                }
+                SegmentAlgorithm::Manual => text(&mut item, tags::SEGMENT_ALGORITHM_TYPE, VR::CS, "MANUAL"),
+            }
+            item
+        })
+        .collect();
+    sequence(&mut obj, tags::SEGMENT_SEQUENCE, segment_items);
+
+    // Dimensions: segment number, then position along the normal.
+    let dimension_uid = new_uid();
+    let mut organization = InMemDicomObject::new_empty();
+    text(&mut organization, tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dimension_uid);
+    sequence(&mut obj, tags::DIMENSION_ORGANIZATION_SEQUENCE, vec![organization]);
+    let dimension = |index: Tag, group: Tag, label: &str| {
+        let mut item = InMemDicomObject::new_empty();
+        item.put(DataElement::new(
+            tags::DIMENSION_ORGANIZATION_UID,
+            VR::UI,
+            PrimitiveValue::from(dimension_uid.as_str()),
+        ));
+        item.put(DataElement::new(tags::DIMENSION_INDEX_POINTER, VR::AT, PrimitiveValue::Tags(vec![index].into())));
+        item.put(DataElement::new(tags::FUNCTIONAL_GROUP_POINTER, VR::AT, PrimitiveValue::Tags(vec![group].into())));
+        item.put(DataElement::new(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, PrimitiveValue::from(label)));
+        item
+    };
+    sequence(
+        &mut obj,
+        tags::DIMENSION_INDEX_SEQUENCE,
+        vec![
+            dimension(
+                tags::REFERENCED_SEGMENT_NUMBER,
+                tags::SEGMENT_IDENTIFICATION_SEQUENCE,
+                "ReferencedSegmentNumber",
+            ),
+            dimension(tags::IMAGE_POSITION_PATIENT, tags::PLANE_POSITION_SEQUENCE, "ImagePositionPatient"),
+        ],
+    );
+
+    // Shared functional groups: the grid.
+    let mut measures = InMemDicomObject::new_empty();
+    measures.put(DataElement::new(tags::PIXEL_SPACING, VR::DS, dicom_value!(Strs, [ds(spacing[1]), ds(spacing[0])])));
+    measures.put(DataElement::new(tags::SLICE_THICKNESS, VR::DS, PrimitiveValue::from(ds(spacing[2]))));
+    measures.put(DataElement::new(tags::SPACING_BETWEEN_SLICES, VR::DS, PrimitiveValue::from(ds(spacing[2]))));
+    let mut orientation = InMemDicomObject::new_empty();
+    orientation.put(DataElement::new(
+        tags::IMAGE_ORIENTATION_PATIENT,
+        VR::DS,
+        dicom_value!(
+            Strs,
+            [ds(row_dir[0]), ds(row_dir[1]), ds(row_dir[2]), ds(col_dir[0]), ds(col_dir[1]), ds(col_dir[2])]
+        ),
+    ));
+    let mut shared = InMemDicomObject::new_empty();
+    sequence(&mut shared, tags::PIXEL_MEASURES_SEQUENCE, vec![measures]);
+    sequence(&mut shared, tags::PLANE_ORIENTATION_SEQUENCE, vec![orientation]);
+    sequence(&mut obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
+
+    // Frames: for each segment, each slice that holds some of it.
+    let slice_len = nx * ny;
+    let mut per_frame = Vec::new();
+    let mut bits: Vec<u8> = Vec::new();
+    let mut bit = 0usize;
+    for (s, _) in segments.iter().enumerate() {
+        let value = s as u8 + 1;
+        for (z, (source, frame_number)) in sources.iter().enumerate() {
+            let slice = &labels.voxels()[z * slice_len..(z + 1) * slice_len];
+            if !slice.contains(&value) {
+                continue;
+            }
+            bits.resize((bit + slice_len).div_ceil(8), 0);
+            for (i, &v) in slice.iter().enumerate() {
+                if v == value {
+                    bits[(bit + i) / 8] |= 1 << ((bit + i) % 8);
+                }
+            }
+            bit += slice_len;
+            let position = a.transform_point([0.0, 0.0, z as f64]);
+            let mut item = InMemDicomObject::new_empty();
+            let mut content = InMemDicomObject::new_empty();
+            content.put(DataElement::new(
+                tags::DIMENSION_INDEX_VALUES,
+                VR::UL,
+                dicom_value!(U32, [u32::from(value), z as u32 + 1]),
+            ));
+            sequence(&mut item, tags::FRAME_CONTENT_SEQUENCE, vec![content]);
+            let mut plane = InMemDicomObject::new_empty();
+            plane.put(DataElement::new(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                dicom_value!(Strs, [ds(position[0]), ds(position[1]), ds(position[2])]),
+            ));
+            sequence(&mut item, tags::PLANE_POSITION_SEQUENCE, vec![plane]);
+            let mut identification = InMemDicomObject::new_empty();
+            identification.put(DataElement::new(
+                tags::REFERENCED_SEGMENT_NUMBER,
+                VR::US,
+                dicom_value!(U16, [u16::from(value)]),
+            ));
+            sequence(&mut item, tags::SEGMENT_IDENTIFICATION_SEQUENCE, vec![identification]);
+            // Where the frame came from.
+            let mut source_item = reference(&source.record.sop_class_uid, &source.record.sop_instance_uid);
+            // Same grid as the source: each frame lies exactly on its source slice.
+            source_item.put(DataElement::new(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, PrimitiveValue::from("YES")));
+            if let Some(n) = frame_number {
+                source_item.put(DataElement::new(
+                    tags::REFERENCED_FRAME_NUMBER,
+                    VR::IS,
+                    PrimitiveValue::from(n.to_string()),
+                ));
+            }
+            sequence(
+                &mut source_item,
+                tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
+                vec![code_item(&Code::new("121322", "DCM", "Source image for image processing operation"))],
+            );
+            let mut derivation = InMemDicomObject::new_empty();
+            sequence(
+                &mut derivation,
+                tags::DERIVATION_CODE_SEQUENCE,
+                vec![code_item(&Code::new("113076", "DCM", "Segmentation"))],
+            );
+            sequence(&mut derivation, tags::SOURCE_IMAGE_SEQUENCE, vec![source_item]);
+            sequence(&mut item, tags::DERIVATION_IMAGE_SEQUENCE, vec![derivation]);
+            per_frame.push(item);
+        }
+    }
+    if per_frame.is_empty() {
+        return Err(bad("a label volume with no voxel of any segment".into()));
+    }
+    text(&mut obj, tags::NUMBER_OF_FRAMES, VR::IS, &per_frame.len().to_string());
+    sequence(&mut obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
+
+    // The source series (Common Instance Reference).
+    let mut seen = std::collections::BTreeSet::new();
+    let instances: Vec<InMemDicomObject> = sources
+        .iter()
+        .filter(|(h, _)| seen.insert(h.record.sop_instance_uid.clone()))
+        .map(|(h, _)| reference(&h.record.sop_class_uid, &h.record.sop_instance_uid))
+        .collect();
+    let mut referenced_series = InMemDicomObject::new_empty();
+    text(&mut referenced_series, tags::SERIES_INSTANCE_UID, VR::UI, r.series_uid.as_str());
+    sequence(&mut referenced_series, tags::REFERENCED_INSTANCE_SEQUENCE, instances);
+    sequence(&mut obj, tags::REFERENCED_SERIES_SEQUENCE, vec![referenced_series]);
+
+    if bits.len() % 2 == 1 {
+        bits.push(0);
+    }
+    obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(bits)));
+
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| DicomError::Io { path: dir.to_owned(), source })?;
+    }
+    let file = obj
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        .map_err(|source| DicomError::Write { path: path.to_owned(), source: Box::new(source) })?;
+    file.write_to_file(path).map_err(|source| DicomError::Write { path: path.to_owned(), source: Box::new(source) })?;
+    Ok(sop_uid)
+}
+
+fn sequence(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
+    obj.put(DataElement::new(tag, VR::SQ, DataSetSequence::from(items)));
+}
+
+fn code_item(code: &Code) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    item.put(DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(code.value.as_str())));
+    item.put(DataElement::new(tags::CODING_SCHEME_DESIGNATOR, VR::SH, PrimitiveValue::from(code.scheme.as_str())));
+    item.put(DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(code.meaning.as_str())));
+    item
+}
+
+fn reference(sop_class: &str, sop_uid: &str) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    item.put(DataElement::new(tags::REFERENCED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(sop_class)));
+    item.put(DataElement::new(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop_uid)));
+    item
+}
+
+/// CS: upper case letters, digits, space and underscore, at most 16 characters.
+fn content_label(label: &str) -> String {
+    let cleaned: String = label
+        .to_ascii_uppercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == ' ' || c == '_' { c } else { '_' })
+        .take(16)
+        .collect();
+    if cleaned.is_empty() { "SEGMENTATION".into() } else { cleaned }
+}
+
+fn u16_dim(path: &Path, n: usize) -> Result<u16, DicomError> {
+    u16::try_from(n)
+        .map_err(|_| DicomError::Unsupported { path: path.to_owned(), what: format!("{n} rows or columns") })
+}
+
+/// Today's date and time as DICOM DA and TM (UTC).
+fn now_da_tm() -> (String, String) {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let rest = secs % 86_400;
+    (format!("{year:04}{month:02}{day:02}"), format!("{:02}{:02}{:02}", rest / 3600, rest % 3600 / 60, rest % 60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_labels_are_valid_code_strings() {
+        assert_eq!(content_label("Lesions (AI)"), "LESIONS _AI_");
+        assert_eq!(content_label("a-very-long-label-indeed"), "A_VERY_LONG_LABE");
+        assert_eq!(content_label(""), "SEGMENTATION");
+    }
+
+    #[test]
+    fn dates_are_plausible() {
+        let (date, time) = now_da_tm();
+        assert_eq!(date.len(), 8);
+        assert!(date.as_str() >= "20250101", "{date}");
+        assert_eq!(time.len(), 6);
+    }
+}
