@@ -1,4 +1,4 @@
-//! DICOM SEG writing, checked by others: highdicom reads our segments back voxel for voxel,
+//! DICOM SEG and SR writing, checked by others: highdicom reads our segments back voxel for voxel,
 //! dciodvfy (dicom3tools) finds no error, and Orthanc stores it and returns it unchanged.
 
 use std::process::Command;
@@ -14,7 +14,7 @@ fn python() -> std::path::PathBuf {
 }
 
 /// Two segments on the demo ADC series: a threshold mask (a real computation) and a box.
-fn write_demo_seg(out: &std::path::Path) -> anyhow::Result<(Volume<u8>, String)> {
+fn write_demo_seg(out: &std::path::Path) -> anyhow::Result<(Volume<u8>, lightbox_dicom::Written)> {
     let report = lightbox_dicom::scan_path(&demo_study())?;
     let (_, series) = report.series().next().context("no series")?;
     let set = report.display_sets(series).first().context("no display set")?;
@@ -52,15 +52,16 @@ fn write_demo_seg(out: &std::path::Path) -> anyhow::Result<(Volume<u8>, String)>
         creator: "Lightbox^AI".into(),
         software_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let uid = write_seg(set, 0, &labels, &segments, &series, out)?;
-    Ok((labels, uid))
+    let written = write_seg(set, 0, &labels, &segments, &series, out)?;
+    Ok((labels, written))
 }
 
 #[test]
 fn seg_is_read_back_by_highdicom_and_passes_dciodvfy() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let seg = dir.path().join("seg.dcm");
-    let (labels, uid) = write_demo_seg(&seg)?;
+    let (labels, written) = write_demo_seg(&seg)?;
+    let uid = written.sop_uid;
     if let Ok(keep) = std::env::var("LIGHTBOX_KEEP_SEG") {
         std::fs::copy(&seg, keep)?;
     }
@@ -163,7 +164,7 @@ async fn seg_goes_to_orthanc_and_comes_back_unchanged() -> anyhow::Result<()> {
     let orthanc = lightbox_tests::orthanc::Orthanc::start()?;
     let dir = tempfile::tempdir()?;
     let seg = dir.path().join("seg.dcm");
-    let (_, uid) = write_demo_seg(&seg)?;
+    let uid = write_demo_seg(&seg)?.1.sop_uid;
     let mut config = DicomWebConfig::new(orthanc.dicomweb_url());
     config.auth = Auth::Basic { user: orthanc.user().into(), password: orthanc.password().into() };
     let client = DicomWebClient::new(config)?;
@@ -180,5 +181,82 @@ async fn seg_goes_to_orthanc_and_comes_back_unchanged() -> anyhow::Result<()> {
     let series = found[0].string(lightbox_pacs::tags::SERIES_INSTANCE_UID).context("no series")?;
     let back = client.retrieve_instance_to_dir(&study, &series, &uid, dir.path()).await?;
     ensure!(std::fs::read(&back)? == std::fs::read(&seg)?, "Orthanc changed the SEG");
+    Ok(())
+}
+
+/// A TID 1500 measurement report over the SEG: highdicom finds the measurement groups with their
+/// tracking identifiers, values, units and the referenced segment; dciodvfy finds no error.
+#[test]
+fn sr_measurement_report_is_read_back_by_highdicom_and_passes_dciodvfy() -> anyhow::Result<()> {
+    use lightbox_dicom::{Measurement, MeasurementGroup, MeasurementReport, Observer, SegmentRef, write_sr};
+    let dir = tempfile::tempdir()?;
+    let seg_path = dir.path().join("seg.dcm");
+    let (labels, seg) = write_demo_seg(&seg_path)?;
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let (_, series) = report.series().next().context("no series")?;
+    let set = report.display_sets(series).first().context("no display set")?;
+    let voxel_mm3: f64 = set.load(0)?.spacing_mm().iter().product();
+    let volume_mm3 = labels.voxels().iter().filter(|&&v| v == 1).count() as f64 * voxel_mm3;
+    let mm3 = Code::new("mm3", "UCUM", "cubic millimeter");
+    let sr = MeasurementReport {
+        observer: Observer::Device {
+            name: "Lightbox threshold".into(),
+            uid: lightbox_dicom::new_uid(),
+            version: "0.1".into(),
+        },
+        procedure: Code::new("25045-6", "LN", "MRI unspecified body region"),
+        groups: vec![MeasurementGroup {
+            tracking_id: "ADC region 1".into(),
+            tracking_uid: lightbox_dicom::new_uid(),
+            finding: Code::new("52988006", "SCT", "Lesion"),
+            finding_site: Some(Code::new("41216001", "SCT", "Prostate")),
+            segment: Some(SegmentRef { seg: seg.clone(), number: 1 }),
+            measurements: vec![Measurement {
+                concept: Code::new("118565006", "SCT", "Volume"),
+                value: volume_mm3,
+                unit: mm3,
+                algorithm: Some(("Lightbox threshold".into(), "0.1".into())),
+            }],
+            qualitative: vec![],
+        }],
+        series_description: "AI measurements (research, not for clinical use)".into(),
+        series_number: 902,
+        verified_by: None,
+    };
+    let sr_path = dir.path().join("sr.dcm");
+    let uid = write_sr(set, 0, &sr, &sr_path)?;
+
+    let output = Command::new("dciodvfy").arg(&sr_path).output().context("dciodvfy (Debian dicom3tools)")?;
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let errors: Vec<&str> = printed.lines().filter(|l| l.starts_with("Error")).collect();
+    ensure!(errors.is_empty(), "dciodvfy errors:\n{}\n\nfull report:\n{printed}", errors.join("\n"));
+
+    let script = r#"
+import sys, json, highdicom as hd, pydicom
+sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sys.argv[1]))
+groups = sr.content.get_volumetric_roi_measurement_groups()
+out = {"uid": sr.SOPInstanceUID, "verification": sr.VerificationFlag, "groups": []}
+for g in groups:
+    seg = g.referenced_segment
+    out["groups"].append({
+        "tracking_id": g.tracking_identifier,
+        "finding_sites": [s.value.meaning for s in g.finding_sites],
+        "measurements": [{"name": m.name.meaning, "value": float(m.value), "unit": m.unit.value} for m in g.get_measurements()],
+        "segment": [seg[0].referenced_sop_instance_uid, int(seg[0].referenced_segment_numbers[0])] if seg is not None else None,
+    })
+print(json.dumps(out))
+"#;
+    let printed = run_ok(Command::new(python()).args(["-c", script]).arg(&sr_path))?;
+    let read: serde_json::Value = serde_json::from_str(printed.trim())?;
+    ensure!(read["uid"] == uid.as_str() && read["verification"] == "UNVERIFIED", "{read}");
+    let groups = read["groups"].as_array().context("no groups")?;
+    ensure!(groups.len() == 1, "{read}");
+    let g = &groups[0];
+    ensure!(g["tracking_id"] == "ADC region 1" && g["finding_sites"][0] == "Prostate", "{g}");
+    ensure!(g["segment"][0] == seg.sop_uid.as_str() && g["segment"][1] == 1, "{g}");
+    let m = &g["measurements"][0];
+    ensure!(m["name"] == "Volume" && m["unit"] == "mm3", "{m}");
+    let value = m["value"].as_f64().context("no value")?;
+    ensure!((value - volume_mm3).abs() <= volume_mm3 * 1e-6, "{value} vs {volume_mm3}");
     Ok(())
 }

@@ -12,6 +12,7 @@ mod precheck;
 mod scan;
 mod seg;
 mod sources;
+mod sr;
 mod volume;
 mod write;
 
@@ -19,6 +20,7 @@ pub use budget::ParseGuardAllocator;
 pub use error::DicomError;
 pub use header::read_instance;
 pub use scan::{ScanReport, scan_path};
-pub use seg::{Code, SegSeries, Segment, SegmentAlgorithm, write_seg};
+pub use seg::{Code, SegSeries, Segment, SegmentAlgorithm, Written, write_seg};
+pub use sr::{Measurement, MeasurementGroup, MeasurementReport, Observer, SegmentRef, write_sr};
 pub use volume::{DisplaySet, LoadWarning, display_sets};
 pub use write::{NewSeries, new_uid, write_mr_series};

@@ -10,7 +10,7 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use lightbox_core::Volume;
 
-use crate::write::{ds, new_uid};
+use crate::write::{ds, new_uid, now_da_tm};
 use crate::{DicomError, DisplaySet};
 
 /// A coded concept (code value, coding scheme, meaning), e.g. SCT 49755003 "Morphologically
@@ -26,6 +26,13 @@ impl Code {
     pub fn new(value: &str, scheme: &str, meaning: &str) -> Self {
         Self { value: value.into(), scheme: scheme.into(), meaning: meaning.into() }
     }
+}
+
+/// The UIDs of an object written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Written {
+    pub sop_uid: String,
+    pub series_uid: String,
 }
 
 /// How a segment was made.
@@ -61,7 +68,7 @@ pub struct SegSeries {
 
 /// Writes `labels` (values 0 = background, `k` = `segments[k - 1]`) as a binary SEG of time
 /// point `t` of `set` to `path`. The label volume must have the display set's grid. Frames that
-/// hold no voxel of a segment are left out. Returns the new SOP Instance UID.
+/// hold no voxel of a segment are left out. Returns the new instance's and series' UIDs.
 pub fn write_seg(
     set: &DisplaySet,
     t: u32,
@@ -69,7 +76,7 @@ pub fn write_seg(
     segments: &[Segment],
     series: &SegSeries,
     path: &Path,
-) -> Result<String, DicomError> {
+) -> Result<Written, DicomError> {
     let bad = |what: String| DicomError::Unsupported { path: path.to_owned(), what };
     let [nx, ny, nz] = labels.dims();
     if [nx, ny, nz] != [set.columns as usize, set.rows as usize, set.slices as usize] {
@@ -101,7 +108,8 @@ pub fn write_seg(
     text(&mut obj, tags::SOP_CLASS_UID, VR::UI, uids::SEGMENTATION_STORAGE);
     text(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
     text(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, r.study_uid.as_str());
-    text(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &new_uid());
+    let series_uid = new_uid();
+    text(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
     text(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, &first.frame_of_reference_uid);
     text(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
     text(&mut obj, tags::MODALITY, VR::CS, "SEG");
@@ -323,7 +331,7 @@ pub fn write_seg(
         .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
         .map_err(|source| DicomError::Write { path: path.to_owned(), source: Box::new(source) })?;
     file.write_to_file(path).map_err(|source| DicomError::Write { path: path.to_owned(), source: Box::new(source) })?;
-    Ok(sop_uid)
+    Ok(Written { sop_uid, series_uid })
 }
 
 fn sequence(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
@@ -359,24 +367,6 @@ fn content_label(label: &str) -> String {
 fn u16_dim(path: &Path, n: usize) -> Result<u16, DicomError> {
     u16::try_from(n)
         .map_err(|_| DicomError::Unsupported { path: path.to_owned(), what: format!("{n} rows or columns") })
-}
-
-/// Today's date and time as DICOM DA and TM (UTC).
-fn now_da_tm() -> (String, String) {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let rest = secs % 86_400;
-    (format!("{year:04}{month:02}{day:02}"), format!("{:02}{:02}{:02}", rest / 3600, rest % 3600 / 60, rest % 60))
 }
 
 #[cfg(test)]

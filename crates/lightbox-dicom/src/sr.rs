@@ -1,0 +1,349 @@
+//! DICOM Structured Report writing: a Comprehensive 3D SR with the TID 1500 "Imaging
+//! Measurement Report" template, one volumetric measurement group (TID 1411) per finding,
+//! referencing the SEG segment it measures and its source series. AI-made values carry the
+//! algorithm's name and version (TID 4019); values a radiologist made say so.
+
+use std::path::Path;
+
+use dicom_core::value::{DataSetSequence, PrimitiveValue};
+use dicom_core::{DataElement, Tag, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+
+use crate::seg::Code;
+use crate::write::{ds, new_uid, now_da_tm};
+use crate::{DicomError, DisplaySet};
+
+/// Who made the report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observer {
+    /// A program: its name, a UID for this installation, and version.
+    Device {
+        name: String,
+        uid: String,
+        version: String,
+    },
+    Person {
+        name: String,
+    },
+}
+
+/// One measured value, e.g. Volume = 1234.5 mm3.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    /// What is measured, e.g. SCT 118565006 "Volume".
+    pub concept: Code,
+    pub value: f64,
+    /// A UCUM unit, e.g. ("mm3", "UCUM", "cubic millimeter").
+    pub unit: Code,
+    /// Made by an algorithm (name, version) rather than by the observer.
+    pub algorithm: Option<(String, String)>,
+}
+
+/// A segment of a SEG instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentRef {
+    pub seg: crate::seg::Written,
+    pub number: u16,
+}
+
+/// One finding: what it is, where, its segment, its measurements.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeasurementGroup {
+    pub tracking_id: String,
+    pub tracking_uid: String,
+    /// e.g. SCT 52988006 "Lesion".
+    pub finding: Code,
+    pub finding_site: Option<Code>,
+    /// The SEG segment this group measures.
+    pub segment: Option<SegmentRef>,
+    pub measurements: Vec<Measurement>,
+    /// Coded evaluations: (concept, value).
+    pub qualitative: Vec<(Code, Code)>,
+}
+
+/// The report.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MeasurementReport {
+    pub observer: Observer,
+    /// e.g. LN 25045-6 "MRI unspecified body region" (TID 1500 "Procedure reported").
+    pub procedure: Code,
+    pub groups: Vec<MeasurementGroup>,
+    pub series_description: String,
+    pub series_number: i32,
+    /// `VERIFIED` only when a person signed it.
+    pub verified_by: Option<String>,
+}
+
+/// Writes `report` about time point `t` of `set` as a Comprehensive 3D SR to `path`.
+/// Returns the new SOP Instance UID.
+pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Path) -> Result<String, DicomError> {
+    let bad = |what: String| DicomError::Unsupported { path: path.to_owned(), what };
+    let sources = set.source_slices(t)?;
+    let first = sources.first().map(|(h, _)| *h).ok_or_else(|| bad("an empty display set".into()))?;
+    let r = &first.record;
+    let sop_uid = new_uid();
+    let series_uid = new_uid();
+    let (date, time) = now_da_tm();
+    let mut obj = InMemDicomObject::new_empty();
+    let text = |obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str| {
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+    };
+    text(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+    text(&mut obj, tags::SOP_CLASS_UID, VR::UI, uids::COMPREHENSIVE3_DSR_STORAGE);
+    text(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
+    text(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, r.study_uid.as_str());
+    text(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
+    text(&mut obj, tags::MODALITY, VR::CS, "SR");
+    text(&mut obj, tags::PATIENT_NAME, VR::PN, &r.patient.name);
+    text(&mut obj, tags::PATIENT_ID, VR::LO, &r.patient.id);
+    text(&mut obj, tags::PATIENT_BIRTH_DATE, VR::DA, &first.patient_birth_date);
+    text(&mut obj, tags::PATIENT_SEX, VR::CS, &first.patient_sex);
+    text(&mut obj, tags::STUDY_DATE, VR::DA, &r.study_date);
+    text(&mut obj, tags::STUDY_TIME, VR::TM, &first.study_time);
+    text(&mut obj, tags::STUDY_ID, VR::SH, &first.study_id);
+    text(&mut obj, tags::STUDY_DESCRIPTION, VR::LO, &r.study_description);
+    text(&mut obj, tags::REFERRING_PHYSICIAN_NAME, VR::PN, &first.referring_physician);
+    text(&mut obj, tags::ACCESSION_NUMBER, VR::SH, &r.accession_number);
+    text(&mut obj, tags::SERIES_NUMBER, VR::IS, &report.series_number.to_string());
+    text(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &report.series_description);
+    text(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
+    text(&mut obj, tags::MANUFACTURER, VR::LO, "Lightbox");
+    text(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
+    text(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
+    text(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
+    match &report.verified_by {
+        Some(name) => {
+            text(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "VERIFIED");
+            let mut verifier = InMemDicomObject::new_empty();
+            text(&mut verifier, tags::VERIFYING_OBSERVER_NAME, VR::PN, name);
+            verifier.put(DataElement::new(
+                tags::VERIFYING_OBSERVER_IDENTIFICATION_CODE_SEQUENCE,
+                VR::SQ,
+                DataSetSequence::from(Vec::<InMemDicomObject>::new()),
+            ));
+            text(&mut verifier, tags::VERIFYING_ORGANIZATION, VR::LO, "");
+            text(&mut verifier, tags::VERIFICATION_DATE_TIME, VR::DT, &format!("{date}{time}"));
+            sequence(&mut obj, tags::VERIFYING_OBSERVER_SEQUENCE, vec![verifier]);
+        }
+        None => text(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"),
+    }
+    for empty in [tags::PERFORMED_PROCEDURE_CODE_SEQUENCE, tags::REFERENCED_PERFORMED_PROCEDURE_STEP_SEQUENCE] {
+        obj.put(DataElement::new(empty, VR::SQ, DataSetSequence::from(Vec::<InMemDicomObject>::new())));
+    }
+
+    // Evidence: the source images and the SEG instances referenced.
+    let mut seen = std::collections::BTreeSet::new();
+    let images: Vec<InMemDicomObject> = sources
+        .iter()
+        .filter(|(h, _)| seen.insert(h.record.sop_instance_uid.clone()))
+        .map(|(h, _)| reference(&h.record.sop_class_uid, &h.record.sop_instance_uid))
+        .collect();
+    let mut series_items = vec![series_ref(r.series_uid.as_str(), images)];
+    let mut seg_series: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> = Default::default();
+    for segment in report.groups.iter().filter_map(|g| g.segment.as_ref()) {
+        seg_series.entry(&segment.seg.series_uid).or_default().insert(&segment.seg.sop_uid);
+    }
+    for (series_uid, instances) in seg_series {
+        let refs = instances.into_iter().map(|uid| reference(uids::SEGMENTATION_STORAGE, uid)).collect();
+        series_items.push(series_ref(series_uid, refs));
+    }
+    let mut study = InMemDicomObject::new_empty();
+    text(&mut study, tags::STUDY_INSTANCE_UID, VR::UI, r.study_uid.as_str());
+    sequence(&mut study, tags::REFERENCED_SERIES_SEQUENCE, series_items);
+    sequence(&mut obj, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![study]);
+
+    // The content tree.
+    text(&mut obj, tags::VALUE_TYPE, VR::CS, "CONTAINER");
+    sequence(&mut obj, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code_item(&dcm("126000", "Imaging Measurement Report"))]);
+    text(&mut obj, tags::CONTINUITY_OF_CONTENT, VR::CS, "SEPARATE");
+    let mut template = InMemDicomObject::new_empty();
+    text(&mut template, tags::MAPPING_RESOURCE, VR::CS, "DCMR");
+    text(&mut template, tags::TEMPLATE_IDENTIFIER, VR::CS, "1500");
+    sequence(&mut obj, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template]);
+
+    let mut content = vec![code(
+        "HAS CONCEPT MOD",
+        &dcm("121049", "Language of Content Item and Descendants"),
+        &Code::new("en-US", "RFC5646", "English (United States)"),
+    )];
+    match &report.observer {
+        Observer::Device { name, uid, version } => {
+            content.push(code("HAS OBS CONTEXT", &dcm("121005", "Observer Type"), &dcm("121007", "Device")));
+            content.push(uidref("HAS OBS CONTEXT", &dcm("121012", "Device Observer UID"), uid));
+            content.push(text_item("HAS OBS CONTEXT", &dcm("121013", "Device Observer Name"), name));
+            content.push(text_item("HAS OBS CONTEXT", &dcm("121014", "Device Observer Manufacturer"), "Lightbox"));
+            content.push(text_item("HAS OBS CONTEXT", &dcm("121015", "Device Observer Model Name"), version));
+        }
+        Observer::Person { name } => {
+            content.push(code("HAS OBS CONTEXT", &dcm("121005", "Observer Type"), &dcm("121006", "Person")));
+            content.push(pname("HAS OBS CONTEXT", &dcm("121008", "Person Observer Name"), name));
+        }
+    }
+    content.push(code("HAS CONCEPT MOD", &dcm("121058", "Procedure reported"), &report.procedure));
+    let mut listed = std::collections::BTreeSet::new();
+    let library_images: Vec<InMemDicomObject> = sources
+        .iter()
+        .filter(|(h, _)| listed.insert(h.record.sop_instance_uid.clone()))
+        .map(|(h, _)| image_item("CONTAINS", None, &h.record.sop_class_uid, &h.record.sop_instance_uid, None))
+        .collect();
+    let group = container("CONTAINS", &dcm("126200", "Image Library Group"), library_images);
+    content.push(container("CONTAINS", &dcm("111028", "Image Library"), vec![group]));
+
+    let groups: Vec<InMemDicomObject> = report
+        .groups
+        .iter()
+        .map(|g| {
+            let mut items = vec![
+                text_item("HAS OBS CONTEXT", &dcm("112039", "Tracking Identifier"), &g.tracking_id),
+                uidref("HAS OBS CONTEXT", &dcm("112040", "Tracking Unique Identifier"), &g.tracking_uid),
+                code("CONTAINS", &dcm("121071", "Finding"), &g.finding),
+            ];
+            if let Some(site) = &g.finding_site {
+                items.push(code("HAS CONCEPT MOD", &Code::new("363698007", "SCT", "Finding Site"), site));
+            }
+            if let Some(segment) = &g.segment {
+                items.push(image_item(
+                    "CONTAINS",
+                    Some(&dcm("121191", "Referenced Segment")),
+                    uids::SEGMENTATION_STORAGE,
+                    &segment.seg.sop_uid,
+                    Some(segment.number),
+                ));
+                items.push(uidref("CONTAINS", &dcm("121232", "Source series for segmentation"), r.series_uid.as_str()));
+            }
+            for m in &g.measurements {
+                items.push(num("CONTAINS", m));
+            }
+            for (concept, value) in &g.qualitative {
+                items.push(code("CONTAINS", concept, value));
+            }
+            let mut group = container("CONTAINS", &dcm("125007", "Measurement Group"), items);
+            let mut template = InMemDicomObject::new_empty();
+            text(&mut template, tags::MAPPING_RESOURCE, VR::CS, "DCMR");
+            text(&mut template, tags::TEMPLATE_IDENTIFIER, VR::CS, "1411");
+            sequence(&mut group, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template]);
+            group
+        })
+        .collect();
+    content.push(container("CONTAINS", &dcm("126010", "Imaging Measurements"), groups));
+    sequence(&mut obj, tags::CONTENT_SEQUENCE, content);
+
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| DicomError::Io { path: dir.to_owned(), source })?;
+    }
+    let file = obj
+        .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        .map_err(|source| DicomError::Write { path: path.to_owned(), source: Box::new(source) })?;
+    file.write_to_file(path).map_err(|source| DicomError::Write { path: path.to_owned(), source: Box::new(source) })?;
+    Ok(sop_uid)
+}
+
+fn dcm(value: &str, meaning: &str) -> Code {
+    Code::new(value, "DCM", meaning)
+}
+
+fn sequence(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
+    obj.put(DataElement::new(tag, VR::SQ, DataSetSequence::from(items)));
+}
+
+fn code_item(code: &Code) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    item.put(DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(code.value.as_str())));
+    item.put(DataElement::new(tags::CODING_SCHEME_DESIGNATOR, VR::SH, PrimitiveValue::from(code.scheme.as_str())));
+    item.put(DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(code.meaning.as_str())));
+    item
+}
+
+fn reference(sop_class: &str, sop_uid: &str) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    item.put(DataElement::new(tags::REFERENCED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(sop_class)));
+    item.put(DataElement::new(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop_uid)));
+    item
+}
+
+fn series_ref(series_uid: &str, instances: Vec<InMemDicomObject>) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    item.put(DataElement::new(tags::SERIES_INSTANCE_UID, VR::UI, PrimitiveValue::from(series_uid)));
+    sequence(&mut item, tags::REFERENCED_SOP_SEQUENCE, instances);
+    item
+}
+
+/// A content item with its relationship, value type and concept name.
+fn item(relationship: &str, value_type: &str, concept: Option<&Code>) -> InMemDicomObject {
+    let mut item = InMemDicomObject::new_empty();
+    item.put(DataElement::new(tags::RELATIONSHIP_TYPE, VR::CS, PrimitiveValue::from(relationship)));
+    item.put(DataElement::new(tags::VALUE_TYPE, VR::CS, PrimitiveValue::from(value_type)));
+    if let Some(concept) = concept {
+        sequence(&mut item, tags::CONCEPT_NAME_CODE_SEQUENCE, vec![code_item(concept)]);
+    }
+    item
+}
+
+fn code(relationship: &str, concept: &Code, value: &Code) -> InMemDicomObject {
+    let mut i = item(relationship, "CODE", Some(concept));
+    sequence(&mut i, tags::CONCEPT_CODE_SEQUENCE, vec![code_item(value)]);
+    i
+}
+
+fn text_item(relationship: &str, concept: &Code, value: &str) -> InMemDicomObject {
+    let mut i = item(relationship, "TEXT", Some(concept));
+    i.put(DataElement::new(tags::TEXT_VALUE, VR::UT, PrimitiveValue::from(value)));
+    i
+}
+
+fn pname(relationship: &str, concept: &Code, value: &str) -> InMemDicomObject {
+    let mut i = item(relationship, "PNAME", Some(concept));
+    i.put(DataElement::new(tags::PERSON_NAME, VR::PN, PrimitiveValue::from(value)));
+    i
+}
+
+fn uidref(relationship: &str, concept: &Code, value: &str) -> InMemDicomObject {
+    let mut i = item(relationship, "UIDREF", Some(concept));
+    i.put(DataElement::new(tags::UID, VR::UI, PrimitiveValue::from(value)));
+    i
+}
+
+fn image_item(
+    relationship: &str,
+    concept: Option<&Code>,
+    sop_class: &str,
+    sop_uid: &str,
+    segment: Option<u16>,
+) -> InMemDicomObject {
+    let mut i = item(relationship, "IMAGE", concept);
+    let mut reference = reference(sop_class, sop_uid);
+    if let Some(number) = segment {
+        reference.put(DataElement::new(tags::REFERENCED_SEGMENT_NUMBER, VR::US, PrimitiveValue::from(number)));
+    }
+    sequence(&mut i, tags::REFERENCED_SOP_SEQUENCE, vec![reference]);
+    i
+}
+
+fn container(relationship: &str, concept: &Code, children: Vec<InMemDicomObject>) -> InMemDicomObject {
+    let mut i = item(relationship, "CONTAINER", Some(concept));
+    i.put(DataElement::new(tags::CONTINUITY_OF_CONTENT, VR::CS, PrimitiveValue::from("SEPARATE")));
+    if !children.is_empty() {
+        sequence(&mut i, tags::CONTENT_SEQUENCE, children);
+    }
+    i
+}
+
+fn num(relationship: &str, m: &Measurement) -> InMemDicomObject {
+    let mut i = item(relationship, "NUM", Some(&m.concept));
+    let mut value = InMemDicomObject::new_empty();
+    value.put(DataElement::new(tags::NUMERIC_VALUE, VR::DS, PrimitiveValue::from(ds(m.value))));
+    sequence(&mut value, tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code_item(&m.unit)]);
+    sequence(&mut i, tags::MEASURED_VALUE_SEQUENCE, vec![value]);
+    if let Some((name, version)) = &m.algorithm {
+        sequence(
+            &mut i,
+            tags::CONTENT_SEQUENCE,
+            vec![
+                text_item("HAS CONCEPT MOD", &dcm("111001", "Algorithm Name"), name),
+                text_item("HAS CONCEPT MOD", &dcm("111003", "Algorithm Version"), version),
+            ],
+        );
+    }
+    i
+}
