@@ -8,6 +8,7 @@ mod harness;
 mod ingest;
 mod pacs;
 mod pacs_cli;
+mod pipeline;
 mod render;
 mod seg;
 mod sources;

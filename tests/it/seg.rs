@@ -51,6 +51,7 @@ fn write_demo_seg(out: &std::path::Path) -> anyhow::Result<(Volume<u8>, lightbox
         content_description: "AI output: threshold mask and a manual box".into(),
         creator: "Lightbox^AI".into(),
         software_version: env!("CARGO_PKG_VERSION").into(),
+        uid_seed: None,
     };
     let written = write_seg(set, 0, &labels, &segments, &series, out)?;
     Ok((labels, written))
@@ -222,6 +223,7 @@ fn sr_measurement_report_is_read_back_by_highdicom_and_passes_dciodvfy() -> anyh
         series_description: "AI measurements (research, not for clinical use)".into(),
         series_number: 902,
         verified_by: None,
+        uid_seed: None,
     };
     let sr_path = dir.path().join("sr.dcm");
     let uid = write_sr(set, 0, &sr, &sr_path)?;

@@ -64,8 +64,37 @@ enum Commands {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// Run an analysis pipeline on a stored series (once per series, pipeline version and
+    /// parameters); the SEG and SR go into the store, and with --send-to into the outbox.
+    Run {
+        /// The pipeline: threshold-volume.
+        pipeline: String,
+        #[arg(long)]
+        series: String,
+        #[arg(long, default_value_t = 1000.0)]
+        threshold: f64,
+        /// Queue the results for this PACS (name as in the outbox).
+        #[arg(long)]
+        send_to: Option<String>,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Analyses that ran or failed, newest first.
+    Jobs {
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Dispatch rules: which rule matches which stored series, and why.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Receive DICOM pushes (C-STORE SCP, C-ECHO) into the local store until interrupted.
     Listen {
+        /// Dispatch rules (TOML): each received series that a rule matches is analysed; results
+        /// of rules with auto_send go to the PACS configured by LIGHTBOX_PACS_*.
+        #[arg(long)]
+        rules: Option<PathBuf>,
         #[arg(long, env = "LIGHTBOX_AET", default_value = "LIGHTBOX")]
         aet: String,
         #[arg(long, default_value_t = 11112)]
@@ -260,6 +289,16 @@ enum PacsCommand {
 }
 
 #[derive(Subcommand)]
+enum RulesCommand {
+    /// Explain, for every series in the store, which rule matches and why.
+    Check {
+        rules: PathBuf,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum OutboxCommand {
     /// List the outbox.
     List {
@@ -380,8 +419,49 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("outbox item {id} queued again");
             }
         },
-        Commands::Listen { aet, port, bind, store } => {
+        Commands::Run { pipeline, series, threshold, send_to, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let outcome =
+                lightbox_workflow::pipeline::run_pipeline(&store, &pipeline, &series, threshold, send_to.as_deref())?;
+            print_outcome(&pipeline, &series, &outcome);
+        }
+        Commands::Jobs { store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            for job in lightbox_workflow::jobs(&store)? {
+                println!(
+                    "{:>5} {:<8} {:<18} {}  {}{}",
+                    job.id,
+                    job.state,
+                    job.kind,
+                    job.updated_at,
+                    job.key,
+                    job.error.map(|e| format!("  error: {e}")).unwrap_or_default()
+                );
+            }
+        }
+        Commands::Rules { command: RulesCommand::Check { rules, store } } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let rules = lightbox_workflow::pipeline::Rules::load(&rules)?;
+            for (uid, modality, description, instances) in lightbox_workflow::stored_series(&store)? {
+                println!("series {uid} ({modality}, \"{description}\", {instances} instances)");
+                for (rule, matched, reasons) in rules.explain(&modality, &description, instances) {
+                    println!(
+                        "  {} rule {:?} -> {}: {}",
+                        if matched { "MATCH   " } else { "no match" },
+                        rule.name,
+                        rule.pipeline,
+                        if reasons.is_empty() { "no conditions".to_owned() } else { reasons.join(", ") }
+                    );
+                }
+            }
+        }
+        Commands::Listen { rules, aet, port, bind, store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let rules = rules.map(|r| lightbox_workflow::pipeline::Rules::load(&r)).transpose()?;
+            let pacs = lightbox_workflow::pacs::PacsSettings::from_env();
+            let runtime =
+                tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+            let mut stored: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
             let (events, received) = std::sync::mpsc::channel();
             let handle = lightbox_workflow::pacs::listen(&store, &aet, (bind, port).into(), Some(events))?;
             println!("listening as {aet} on {} (store {})", handle.local_addr(), store.display());
@@ -392,10 +472,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ScpEvent::Associated { calling_ae, peer } => format!("association from {calling_ae} ({peer})"),
                     ScpEvent::Echo { calling_ae } => format!("echo from {calling_ae}"),
                     ScpEvent::Stored { sop_uid, already_stored, bytes, .. } => {
-                        format!(
+                        let line = format!(
                             "stored {sop_uid} ({bytes} bytes{})",
                             if already_stored { ", had it already" } else { "" }
-                        )
+                        );
+                        stored.insert(sop_uid);
+                        line
                     }
                     ScpEvent::Failed { calling_ae, detail } => format!("failed ({calling_ae}): {detail}"),
                     ScpEvent::Released { calling_ae, instances } => {
@@ -403,6 +485,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                 };
                 writeln!(out, "{line}").and_then(|()| out.flush()).context("writing to stdout")?;
+                if line.starts_with("released by")
+                    && let Some(rules) = &rules
+                {
+                    let series = lightbox_workflow::series_of_instances(&store, &std::mem::take(&mut stored))?;
+                    for line in dispatch(&store, rules, pacs.as_ref(), &runtime, &series) {
+                        writeln!(out, "{line}").and_then(|()| out.flush()).context("writing to stdout")?;
+                    }
+                }
             }
         }
         Commands::Export { path, nifti, series, gzip } => {
@@ -496,6 +586,61 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs the matching rules on received series; returns what to print.
+fn dispatch(
+    store: &std::path::Path,
+    rules: &lightbox_workflow::pipeline::Rules,
+    pacs: Option<&lightbox_workflow::pacs::PacsSettings>,
+    runtime: &tokio::runtime::Runtime,
+    series: &[(String, String, String, u32)],
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut queued = 0;
+    for (uid, modality, description, instances) in series {
+        for (rule, matched, _) in rules.explain(modality, description, *instances) {
+            if !matched {
+                continue;
+            }
+            let send_to = if rule.auto_send { pacs.map(|p| p.name.as_str()) } else { None };
+            let threshold = rule.threshold.unwrap_or(1000.0);
+            match lightbox_workflow::pipeline::run_pipeline(store, &rule.pipeline, uid, threshold, send_to) {
+                Ok(outcome) => {
+                    queued += outcome.queued;
+                    lines.push(outcome_line(&rule.pipeline, uid, &outcome));
+                }
+                Err(e) => lines.push(format!("pipeline {} on {uid} failed: {e}", rule.pipeline)),
+            }
+        }
+    }
+    if queued > 0
+        && let Some(pacs) = pacs
+    {
+        match runtime.block_on(lightbox_workflow::pacs::outbox_drain(store, pacs)) {
+            Ok(r) => lines.push(format!(
+                "outbox: sent {}, already on the PACS {}, deferred {}, refused {}",
+                r.sent, r.already_there, r.deferred, r.failed
+            )),
+            Err(e) => lines.push(format!("outbox: {e}")),
+        }
+    }
+    lines
+}
+
+fn outcome_line(pipeline: &str, series: &str, o: &lightbox_workflow::pipeline::PipelineOutcome) -> String {
+    if o.ran {
+        format!(
+            "pipeline {pipeline} on {series}: job {} done, volume {:.1} mm3, SEG {} + SR {}, {} queued for the PACS",
+            o.job_id, o.volume_mm3, o.seg_uid, o.sr_uid, o.queued
+        )
+    } else {
+        format!("pipeline {pipeline} on {series}: done before (job {}), not run again", o.job_id)
+    }
+}
+
+fn print_outcome(pipeline: &str, series: &str, o: &lightbox_workflow::pipeline::PipelineOutcome) {
+    println!("{}", outcome_line(pipeline, series, o));
 }
 
 fn print_drain(report: &lightbox_workflow::pacs::DrainReport) {

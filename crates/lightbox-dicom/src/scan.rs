@@ -45,8 +45,20 @@ impl ScanReport {
 /// archive (expanded into a temporary folder that lives as long as the report). Only a root
 /// that cannot be read is an error; every unusable file below it becomes a [`FileIssue`].
 pub fn scan_path(root: &Path) -> Result<ScanReport, DicomError> {
-    let crate::sources::Sources { files, mut issues, keep } = crate::sources::collect(root)?;
+    let crate::sources::Sources { files, issues, keep } = crate::sources::collect(root)?;
+    Ok(scan_list(files, issues, keep))
+}
 
+/// Scans exactly these files (e.g. the stored instances of one series).
+pub fn scan_files(files: &[PathBuf]) -> ScanReport {
+    scan_list(files.to_vec(), Vec::new(), Vec::new())
+}
+
+fn scan_list(
+    files: Vec<PathBuf>,
+    mut issues: Vec<FileIssue>,
+    keep: Vec<std::sync::Arc<tempfile::TempDir>>,
+) -> ScanReport {
     let results: Vec<Result<InstanceHeader, (PathBuf, Skip)>> =
         files.par_iter().map(|path| open_header(path).map_err(|skip| (path.clone(), skip))).collect();
 
@@ -64,7 +76,7 @@ pub fn scan_path(root: &Path) -> Result<ScanReport, DicomError> {
     issues.sort_by(|a, b| a.path.cmp(&b.path));
 
     let (studies, sets) = group(headers);
-    Ok(ScanReport { studies, issues, files_scanned: files.len(), sets, _expanded_archives: keep })
+    ScanReport { studies, issues, files_scanned: files.len(), sets, _expanded_archives: keep }
 }
 
 /// The error's message without the leading path (a [`FileIssue`] carries the path already).

@@ -10,7 +10,7 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use lightbox_core::Volume;
 
-use crate::write::{ds, new_uid, now_da_tm};
+use crate::write::{ds, new_uid, now_da_tm, uid_from};
 use crate::{DicomError, DisplaySet};
 
 /// A coded concept (code value, coding scheme, meaning), e.g. SCT 49755003 "Morphologically
@@ -64,6 +64,9 @@ pub struct SegSeries {
     /// Who made it (a person, or the algorithm's name for AI output).
     pub creator: String,
     pub software_version: String,
+    /// Derive the instance and series UIDs from this name (see [`crate::uid_from`]) instead of
+    /// making new ones.
+    pub uid_seed: Option<String>,
 }
 
 /// Writes `labels` (values 0 = background, `k` = `segments[k - 1]`) as a binary SEG of time
@@ -90,7 +93,10 @@ pub fn write_seg(
     }
     let sources = set.source_slices(t)?;
     let first = sources.first().map(|(h, _)| *h).ok_or_else(|| bad("an empty display set".into()))?;
-    let sop_uid = new_uid();
+    let (sop_uid, series_uid) = match &series.uid_seed {
+        Some(seed) => (uid_from(&format!("{seed}/seg")), uid_from(&format!("{seed}/seg-series"))),
+        None => (new_uid(), new_uid()),
+    };
     let a = &set.patient_from_voxel;
     let spacing = [0, 1, 2].map(|c| {
         let v = a.axis(c);
@@ -108,7 +114,6 @@ pub fn write_seg(
     text(&mut obj, tags::SOP_CLASS_UID, VR::UI, uids::SEGMENTATION_STORAGE);
     text(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
     text(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, r.study_uid.as_str());
-    let series_uid = new_uid();
     text(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
     text(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, &first.frame_of_reference_uid);
     text(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
@@ -184,7 +189,7 @@ pub fn write_seg(
     sequence(&mut obj, tags::SEGMENT_SEQUENCE, segment_items);
 
     // Dimensions: segment number, then position along the normal.
-    let dimension_uid = new_uid();
+    let dimension_uid = series.uid_seed.as_ref().map_or_else(new_uid, |seed| uid_from(&format!("{seed}/dimensions")));
     let mut organization = InMemDicomObject::new_empty();
     text(&mut organization, tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dimension_uid);
     sequence(&mut obj, tags::DIMENSION_ORGANIZATION_SEQUENCE, vec![organization]);

@@ -11,7 +11,7 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 
 use crate::seg::Code;
-use crate::write::{ds, new_uid, now_da_tm};
+use crate::write::{ds, new_uid, now_da_tm, uid_from};
 use crate::{DicomError, DisplaySet};
 
 /// Who made the report.
@@ -73,6 +73,8 @@ pub struct MeasurementReport {
     pub series_number: i32,
     /// `VERIFIED` only when a person signed it.
     pub verified_by: Option<String>,
+    /// Derive the instance and series UIDs from this name instead of making new ones.
+    pub uid_seed: Option<String>,
 }
 
 /// Writes `report` about time point `t` of `set` as a Comprehensive 3D SR to `path`.
@@ -82,8 +84,10 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
     let sources = set.source_slices(t)?;
     let first = sources.first().map(|(h, _)| *h).ok_or_else(|| bad("an empty display set".into()))?;
     let r = &first.record;
-    let sop_uid = new_uid();
-    let series_uid = new_uid();
+    let (sop_uid, series_uid) = match &report.uid_seed {
+        Some(seed) => (uid_from(&format!("{seed}/sr")), uid_from(&format!("{seed}/sr-series"))),
+        None => (new_uid(), new_uid()),
+    };
     let (date, time) = now_da_tm();
     let mut obj = InMemDicomObject::new_empty();
     let text = |obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str| {

@@ -34,6 +34,12 @@ pub fn new_uid() -> String {
     format!("2.25.{}", uuid::Uuid::new_v4().as_u128())
 }
 
+/// The same UID for the same `name`, every time (a name-based UUID under `2.25`): a pipeline
+/// that runs again after a crash writes the same objects, so nothing reaches the PACS twice.
+pub fn uid_from(name: &str) -> String {
+    format!("2.25.{}", uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).as_u128())
+}
+
 /// Writes `volume` as an MR image series into `folder` (created if needed), one file per slice
 /// named `IM<slice>.dcm`. Returns the files in slice order.
 pub fn write_mr_series(volume: &Volume<f32>, series: &NewSeries, folder: &Path) -> Result<Vec<PathBuf>, DicomError> {

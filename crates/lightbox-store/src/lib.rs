@@ -9,9 +9,11 @@
 //!
 //! Importing an instance whose SOP Instance UID is already stored is a no-op.
 
+mod jobs;
 mod outbox;
 mod schema;
 
+pub use jobs::{Claim, Job};
 pub use outbox::{Enqueued, OutboxItem, OutboxState};
 
 use std::io::Write;
@@ -306,6 +308,34 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// The stored files of a series' instances.
+    pub fn series_files(&self, series_uid: &str) -> Result<Vec<PathBuf>, StoreError> {
+        let mut s = self.db.prepare("SELECT object FROM instances WHERE series_uid = ?1").map_err(self.sql())?;
+        let rows = s.query_map([series_uid], |r| r.get::<_, String>(0)).map_err(self.sql())?;
+        rows.map(|o| o.map(|o| self.object_path(&o))).collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// The series an instance belongs to.
+    pub fn series_of(&self, sop_uid: &str) -> Result<Option<String>, StoreError> {
+        self.db
+            .query_row("SELECT series_uid FROM instances WHERE sop_uid = ?1", [sop_uid], |r| r.get(0))
+            .optional()
+            .map_err(self.sql())
+    }
+
+    /// Every stored series: (series UID, modality, description, instances), by study date.
+    pub fn series_list(&self) -> Result<Vec<(String, String, String, u32)>, StoreError> {
+        let mut s = self
+            .db
+            .prepare(
+                "SELECT se.uid, se.modality, se.description, (SELECT count(*) FROM instances i WHERE i.series_uid = se.uid) \
+                 FROM series se JOIN studies st ON st.uid = se.study_uid ORDER BY st.date, se.number",
+            )
+            .map_err(self.sql())?;
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
     /// The store's folder.

@@ -77,6 +77,11 @@ const MIGRATIONS: &[&str] = &[
     // 2: the study each outbox row belongs to (the worklist shows pending results per study).
     "ALTER TABLE outbox ADD COLUMN study_uid TEXT NOT NULL DEFAULT '';
     CREATE INDEX outbox_study ON outbox (study_uid);",
+    // 3: jobs are keyed by input + pipeline version (never run twice) and keep their outcome.
+    "ALTER TABLE jobs ADD COLUMN key TEXT;
+    ALTER TABLE jobs ADD COLUMN result TEXT;
+    ALTER TABLE jobs ADD COLUMN error TEXT;
+    CREATE UNIQUE INDEX jobs_key ON jobs (key);",
 ];
 
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;

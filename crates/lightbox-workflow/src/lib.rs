@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 pub mod pacs;
+pub mod pipeline;
 
 use lightbox_core::SeriesInstanceUid;
 pub use lightbox_dicom::{NewSeries, ParseGuardAllocator, ScanReport};
@@ -41,6 +42,15 @@ pub enum WorkflowError {
     #[error(transparent)]
     Pacs(#[from] lightbox_pacs::PacsError),
 
+    #[error("dispatch rules {path}: {detail}")]
+    Rules { path: PathBuf, detail: String },
+
+    #[error("unknown pipeline {0:?} (known: threshold-volume)")]
+    UnknownPipeline(String),
+
+    #[error("analysis: {0}")]
+    Analysis(String),
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -68,6 +78,9 @@ impl WorkflowError {
             Self::ViewerLaunch { .. } => "viewer_launch",
             Self::NothingToExport { .. } => "nothing_to_export",
             Self::Pacs(e) => e.code(),
+            Self::Rules { .. } => "rules",
+            Self::UnknownPipeline(_) => "unknown_pipeline",
+            Self::Analysis(_) => "analysis",
             Self::Io { .. } => "io",
         }
     }
@@ -161,6 +174,31 @@ pub struct ImportSummary {
 /// stored are skipped; unreadable files are listed, and the rest still imports.
 pub fn import(store_dir: &Path, path: &Path) -> Result<ImportSummary, WorkflowError> {
     import_with_progress(store_dir, path, None)
+}
+
+/// Analyses that ran or failed, newest first.
+pub fn jobs(store_dir: &Path) -> Result<Vec<lightbox_store::Job>, WorkflowError> {
+    Ok(lightbox_store::Store::open(store_dir)?.jobs()?)
+}
+
+/// Every stored series: (UID, modality, description, instances).
+pub fn stored_series(store_dir: &Path) -> Result<Vec<(String, String, String, u32)>, WorkflowError> {
+    Ok(lightbox_store::Store::open(store_dir)?.series_list()?)
+}
+
+/// The stored series (UID, modality, description, instances) these instances belong to.
+pub fn series_of_instances(
+    store_dir: &Path,
+    sop_uids: &std::collections::BTreeSet<String>,
+) -> Result<Vec<(String, String, String, u32)>, WorkflowError> {
+    let store = lightbox_store::Store::open(store_dir)?;
+    let mut wanted = std::collections::BTreeSet::new();
+    for sop in sop_uids {
+        if let Some(series) = store.series_of(sop)? {
+            wanted.insert(series);
+        }
+    }
+    Ok(store.series_list()?.into_iter().filter(|(uid, ..)| wanted.contains(uid)).collect())
 }
 
 /// How far an import is: files done of those found, bytes copied, files refused so far.

@@ -1,0 +1,125 @@
+//! Dispatch rules and a real pipeline end to end: a series pushed by dcmtk `storescu` into
+//! `lightbox listen` is matched by a rule, analysed once (threshold volume → DICOM SEG + SR),
+//! and the results reach a real Orthanc exactly once, also when the series is pushed again.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use lightbox_tests::orthanc::{Orthanc, free_port};
+use lightbox_tests::{KillOnDrop, Lines, bin, demo_study, run_ok};
+
+const RULES: &str = r#"
+[[rule]]
+name = "diffusion maps"
+pipeline = "threshold-volume"
+modality = "MR"
+description = "diffusion"
+min_instances = 10
+threshold = 1500.0
+auto_send = true
+
+[[rule]]
+name = "CT only"
+pipeline = "threshold-volume"
+modality = "CT"
+"#;
+
+/// Our own count of voxels above 1500 in the demo volume, times the voxel volume.
+fn expected_volume_mm3() -> anyhow::Result<f64> {
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let (_, series) = report.series().next().context("no series")?;
+    let volume = report.display_sets(series).first().context("no set")?.load(0)?;
+    let voxels = volume.voxels().iter().filter(|&&v| v > 1500.0).count();
+    Ok(voxels as f64 * volume.spacing_mm().iter().product::<f64>())
+}
+
+#[test]
+fn rules_check_explains_and_run_happens_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RULES)?;
+    let store = dir.path().join("store");
+    run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
+
+    let check = run_ok(Command::new(bin("lightbox")?).args(["rules", "check"]).arg(&rules).arg("--store").arg(&store))?;
+    ensure!(check.contains("MATCH    rule \"diffusion maps\" -> threshold-volume: modality MR is MR"), "{check}");
+    ensure!(check.contains("matches /diffusion/") && check.contains("20 instances >= 10"), "{check}");
+    ensure!(check.contains("no match rule \"CT only\" -> threshold-volume: modality MR is not CT"), "{check}");
+
+    let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
+    let run = |extra: &[&str]| {
+        run_ok(
+            Command::new(bin("lightbox")?)
+                .args(["run", "threshold-volume", "--series", &series, "--threshold", "1500", "--store"])
+                .arg(&store)
+                .args(extra),
+        )
+    };
+    let first = run(&[])?;
+    let volume: f64 =
+        first.split(", volume ").nth(1).and_then(|v| v.split(' ').next()).context("no volume printed")?.parse()?;
+    let expected = expected_volume_mm3()?;
+    ensure!((volume - expected).abs() < 0.1, "{volume} vs {expected}: {first}");
+    let second = run(&[])?;
+    ensure!(second.contains("done before"), "{second}");
+    let jobs = run_ok(Command::new(bin("lightbox")?).arg("jobs").arg("--store").arg(&store))?;
+    ensure!(jobs.lines().count() == 1 && jobs.contains("done") && jobs.contains("threshold-volume"), "{jobs}");
+    // The results are in the store: the study now has the image series, a SEG and an SR.
+    let worklist = run_ok(Command::new(bin("lightbox")?).arg("worklist").arg("--store").arg(&store))?;
+    ensure!(worklist.contains("MR\\SEG\\SR") && worklist.contains("3 series"), "{worklist}");
+    Ok(())
+}
+
+#[test]
+fn pushed_series_is_analysed_and_results_reach_the_pacs_exactly_once() -> anyhow::Result<()> {
+    let orthanc = Orthanc::start()?;
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RULES)?;
+    let port = free_port()?;
+    let mut listener = KillOnDrop(
+        Command::new(bin("lightbox")?)
+            .args(["listen", "--bind", "127.0.0.1", "--port", &port.to_string(), "--rules"])
+            .arg(&rules)
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+            .env("LIGHTBOX_PACS_USER", orthanc.user())
+            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
+    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
+
+    let push = || {
+        run_ok(
+            Command::new("storescu")
+                .args(["-aec", "LIGHTBOX", "127.0.0.1", &port.to_string(), "+sd"])
+                .arg(demo_study()),
+        )
+    };
+    push()?;
+    let done = lines.wait_for("pipeline threshold-volume on", Duration::from_secs(60))?;
+    ensure!(done.contains("2 queued for the PACS"), "{done}");
+    let sent = lines.wait_for("outbox:", Duration::from_secs(30))?;
+    ensure!(sent.contains("sent 2,"), "{sent}");
+    ensure!(orthanc.instance_count()? == 2, "Orthanc has {} instances", orthanc.instance_count()?);
+    let modalities: Vec<String> = orthanc
+        .get_json("/series?expand")?
+        .as_array()
+        .context("no series list")?
+        .iter()
+        .filter_map(|s| s["MainDicomTags"]["Modality"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(modalities.contains(&"SEG".to_owned()) && modalities.contains(&"SR".to_owned()), "{modalities:?}");
+
+    // The same series again: no second analysis, nothing new on the PACS.
+    push()?;
+    let again = lines.wait_for("pipeline threshold-volume on", Duration::from_secs(60))?;
+    ensure!(again.contains("done before"), "{again}");
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(orthanc.instance_count()? == 2);
+    Ok(())
+}
