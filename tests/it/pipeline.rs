@@ -123,3 +123,47 @@ fn pushed_series_is_analysed_and_results_reach_the_pacs_exactly_once() -> anyhow
     ensure!(orthanc.instance_count()? == 2);
     Ok(())
 }
+
+/// A job cut short after writing its results (the state a kill -9 leaves) runs again on the
+/// next request, writes the very same SEG and SR (deterministic UIDs), and nothing reaches
+/// the PACS twice.
+#[test]
+fn a_job_cut_short_runs_again_with_the_same_results_and_sends_nothing_twice() -> anyhow::Result<()> {
+    let orthanc = Orthanc::start()?;
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
+    let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
+    let lightbox = |args: &[&str]| -> anyhow::Result<String> {
+        run_ok(
+            Command::new(bin("lightbox")?)
+                .args(args)
+                .arg("--store")
+                .arg(&store)
+                .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+                .env("LIGHTBOX_PACS_USER", orthanc.user())
+                .env("LIGHTBOX_PACS_PASSWORD", orthanc.password()),
+        )
+    };
+    let run = ["run", "threshold-volume", "--series", &series, "--threshold", "1500", "--send-to", "pacs"];
+    let first = lightbox(&run)?;
+    ensure!(first.contains("2 queued for the PACS"), "{first}");
+    ensure!(lightbox(&["pacs", "drain"])?.starts_with("sent 2,"));
+    ensure!(orthanc.instance_count()? == 2);
+
+    // The crash: results written and sent, the job never marked done.
+    let db = rusqlite::Connection::open(store.join("index.sqlite"))?;
+    ensure!(db.execute("UPDATE jobs SET state = 'running'", [])? == 1);
+    drop(db);
+
+    let again = lightbox(&run)?;
+    ensure!(again.contains("job 1 done") && again.contains("0 queued for the PACS"), "{again}");
+    let uids =
+        |line: &str| line.split("SEG ").nth(1).map(|rest| rest.split(", ").next().unwrap_or_default().to_owned());
+    ensure!(uids(&first) == uids(&again) && uids(&first).is_some(), "{first}\n{again}");
+    ensure!(lightbox(&["pacs", "drain"])?.starts_with("sent 0, already on the PACS 0"));
+    ensure!(orthanc.instance_count()? == 2, "a result reached the PACS twice");
+    let jobs = lightbox(&["jobs"])?;
+    ensure!(jobs.lines().count() == 1 && jobs.contains("done"), "{jobs}");
+    Ok(())
+}
