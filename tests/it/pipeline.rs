@@ -167,3 +167,50 @@ fn a_job_cut_short_runs_again_with_the_same_results_and_sends_nothing_twice() ->
     ensure!(jobs.lines().count() == 1 && jobs.contains("done"), "{jobs}");
     Ok(())
 }
+
+/// Without auto_send nothing leaves unsigned; the radiologist signs, and a VERIFIED SR naming
+/// them (with the SEG) reaches Orthanc.
+#[test]
+fn results_wait_for_sign_off_then_a_verified_report_reaches_the_pacs() -> anyhow::Result<()> {
+    let orthanc = Orthanc::start()?;
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
+    let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
+    let lightbox = |args: &[&str]| -> anyhow::Result<String> {
+        run_ok(
+            Command::new(bin("lightbox")?)
+                .args(args)
+                .arg("--store")
+                .arg(&store)
+                .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+                .env("LIGHTBOX_PACS_USER", orthanc.user())
+                .env("LIGHTBOX_PACS_PASSWORD", orthanc.password()),
+        )
+    };
+    let ran = lightbox(&["run", "threshold-volume", "--series", &series, "--threshold", "1500"])?;
+    ensure!(ran.contains("0 queued for the PACS"), "{ran}");
+    ensure!(lightbox(&["pacs", "drain"])?.starts_with("sent 0,"));
+    ensure!(orthanc.instance_count()? == 0, "an unsigned result left");
+    let results = lightbox(&["results"])?;
+    ensure!(results.contains("awaiting review") && results.contains("AI volume"), "{results}");
+
+    let signed = lightbox(&["sign", "--job", "1", "--as", "Doe^Jane"])?;
+    ensure!(signed.contains("signed by Doe^Jane") && signed.contains("2 queued for pacs"), "{signed}");
+    ensure!(lightbox(&["pacs", "drain"])?.starts_with("sent 2,"));
+    ensure!(orthanc.instance_count()? == 2);
+    let mut verified = Vec::new();
+    for id in orthanc.get_json("/instances")?.as_array().context("no instances")? {
+        let tags = orthanc.get_json(&format!("/instances/{}/simplified-tags", id.as_str().unwrap_or_default()))?;
+        if tags["Modality"] == "SR" {
+            verified.push((tags["VerificationFlag"].clone(), tags["SeriesDescription"].clone()));
+        }
+    }
+    ensure!(verified.len() == 1 && verified[0].0 == "VERIFIED", "{verified:?}");
+    ensure!(lightbox(&["results"])?.contains("signed by Doe^Jane"));
+    // Signing twice changes nothing on the PACS.
+    lightbox(&["sign", "--job", "1", "--as", "Doe^Jane"])?;
+    ensure!(lightbox(&["pacs", "drain"])?.starts_with("sent 0,"));
+    ensure!(orthanc.instance_count()? == 2);
+    Ok(())
+}

@@ -79,6 +79,25 @@ enum Commands {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+    /// Analysis results and whether a radiologist signed them.
+    Results {
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Sign a result as the reviewing radiologist: a VERIFIED SR naming you, with the SEG,
+    /// goes into the outbox (send it with `lightbox pacs drain`).
+    Sign {
+        /// The job of the result (see `lightbox results`).
+        #[arg(long)]
+        job: i64,
+        /// Your name as it should appear in the report, e.g. 'Doe^Jane'.
+        #[arg(long = "as")]
+        radiologist: String,
+        #[arg(long, default_value = "pacs")]
+        send_to: String,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Analyses that ran or failed, newest first.
     Jobs {
         #[arg(long)]
@@ -424,6 +443,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let outcome =
                 lightbox_workflow::pipeline::run_pipeline(&store, &pipeline, &series, threshold, send_to.as_deref())?;
             print_outcome(&pipeline, &series, &outcome);
+        }
+        Commands::Results { store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            for r in lightbox_workflow::pipeline::results(&store)? {
+                println!(
+                    "job {:>4}  {:<8} {:<18} {}  AI volume {}  {}",
+                    r.job_id,
+                    r.state,
+                    r.pipeline,
+                    r.series_uid,
+                    r.volume_mm3.map_or_else(|| "-".into(), |v| format!("{v:.1} mm3")),
+                    match (&r.signed_by, &r.error) {
+                        (Some(who), _) => format!("signed by {who}"),
+                        (None, Some(e)) => format!("failed: {e}"),
+                        (None, None) => "awaiting review".into(),
+                    }
+                );
+            }
+        }
+        Commands::Sign { job, radiologist, send_to, store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let o = lightbox_workflow::pipeline::sign(&store, job, &radiologist, &send_to)?;
+            println!(
+                "job {job} signed by {radiologist}: SR {} (VERIFIED), {} queued for {send_to}",
+                o.sr_uid, o.queued
+            );
         }
         Commands::Jobs { store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);

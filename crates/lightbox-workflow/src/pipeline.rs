@@ -147,7 +147,7 @@ pub fn run_pipeline(
         }
         Claim::Run(id) => id,
     };
-    match threshold_volume(&mut store, &key, series_uid, threshold, send_to) {
+    match threshold_volume(&mut store, &key, series_uid, threshold, send_to, None) {
         Ok(mut outcome) => {
             outcome.job_id = id;
             let result = serde_json::json!({
@@ -170,6 +170,7 @@ fn threshold_volume(
     series_uid: &str,
     threshold: f64,
     send_to: Option<&str>,
+    signed_by: Option<&str>,
 ) -> Result<PipelineOutcome, WorkflowError> {
     let files = store.series_files(series_uid)?;
     if files.is_empty() {
@@ -242,10 +243,16 @@ fn threshold_volume(
                 }],
                 qualitative: vec![],
             }],
-            series_description: "AI: measurements (research, not for clinical use)".into(),
+            series_description: match signed_by {
+                Some(_) => "AI measurements, reviewed and signed (research, not for clinical use)".into(),
+                None => "AI: measurements (research, not for clinical use)".into(),
+            },
             series_number: 9902,
-            verified_by: None,
-            uid_seed: Some(key.to_owned()),
+            verified_by: signed_by.map(str::to_owned),
+            uid_seed: Some(match signed_by {
+                Some(name) => format!("{key}/signed-by/{name}"),
+                None => key.to_owned(),
+            }),
         },
         &sr_path,
     )?;
@@ -259,4 +266,80 @@ fn threshold_volume(
         }
     }
     Ok(PipelineOutcome { job_id: 0, ran: true, seg_uid: seg.sop_uid, sr_uid, volume_mm3, queued })
+}
+
+/// One analysis result, for the results screen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResultRow {
+    pub job_id: i64,
+    pub pipeline: String,
+    pub series_uid: String,
+    /// `done`, `failed` or `running`.
+    pub state: String,
+    pub volume_mm3: Option<f64>,
+    pub seg_uid: Option<String>,
+    pub sr_uid: Option<String>,
+    /// Who signed it; `None` while it awaits review.
+    pub signed_by: Option<String>,
+    pub error: Option<String>,
+}
+
+/// Every analysis result, newest first.
+pub fn results(store_dir: &Path) -> Result<Vec<ResultRow>, WorkflowError> {
+    let store = Store::open(store_dir)?;
+    Ok(store
+        .jobs()?
+        .into_iter()
+        .map(|job| {
+            let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
+            let result: serde_json::Value =
+                job.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
+            let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+            ResultRow {
+                job_id: job.id,
+                pipeline: job.kind,
+                series_uid: text(&payload["series"]).unwrap_or_default(),
+                state: job.state,
+                volume_mm3: result["volume_mm3"].as_f64(),
+                seg_uid: text(&result["seg"]),
+                sr_uid: text(&result["signed_sr"]).or_else(|| text(&result["sr"])),
+                signed_by: text(&result["signed_by"]),
+                error: job.error,
+            }
+        })
+        .collect())
+}
+
+/// A radiologist signs a result: a VERIFIED SR naming them (a new instance, its UID derived
+/// from the job and the signer) and the SEG are put in the outbox for `send_to`. Unsigned AI
+/// results never reach the PACS unless a rule says auto_send.
+pub fn sign(store_dir: &Path, job_id: i64, radiologist: &str, send_to: &str) -> Result<PipelineOutcome, WorkflowError> {
+    let radiologist = radiologist.trim();
+    if radiologist.is_empty() {
+        return Err(WorkflowError::Analysis("a signature needs the radiologist's name".into()));
+    }
+    let mut store = Store::open(store_dir)?;
+    let job = store
+        .jobs()?
+        .into_iter()
+        .find(|j| j.id == job_id)
+        .ok_or_else(|| WorkflowError::Analysis(format!("no analysis job {job_id}")))?;
+    if job.state != "done" {
+        return Err(WorkflowError::Analysis(format!(
+            "job {job_id} is {}, only finished results can be signed",
+            job.state
+        )));
+    }
+    let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
+    let series = payload["series"].as_str().unwrap_or_default().to_owned();
+    let threshold = payload["threshold"].as_f64().unwrap_or(1000.0);
+    let mut outcome = threshold_volume(&mut store, &job.key, &series, threshold, Some(send_to), Some(radiologist))?;
+    outcome.job_id = job_id;
+    let mut result: serde_json::Value =
+        job.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_else(|| serde_json::json!({}));
+    result["signed_sr"] = serde_json::Value::from(outcome.sr_uid.clone());
+    result["signed_by"] = serde_json::Value::from(radiologist);
+    store.job_done(job_id, &result.to_string())?;
+    store.audit(radiologist, "sign", &series, &format!("job {job_id}: SR {}", outcome.sr_uid))?;
+    Ok(outcome)
 }
