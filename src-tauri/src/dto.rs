@@ -255,3 +255,34 @@ pub struct PushEventDto {
     pub bytes: u64,
     pub detail: String,
 }
+
+/// One analysis result (AI output unless signed).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResultDto {
+    job_id: i64,
+    pipeline: String,
+    series_uid: String,
+    state: String,
+    volume_mm3: Option<f64>,
+    seg_uid: Option<String>,
+    sr_uid: Option<String>,
+    signed_by: Option<String>,
+    error: Option<String>,
+}
+
+impl From<lightbox_workflow::pipeline::ResultRow> for ResultDto {
+    fn from(r: lightbox_workflow::pipeline::ResultRow) -> Self {
+        Self {
+            job_id: r.job_id,
+            pipeline: r.pipeline,
+            series_uid: r.series_uid,
+            state: r.state,
+            volume_mm3: r.volume_mm3,
+            seg_uid: r.seg_uid,
+            sr_uid: r.sr_uid,
+            signed_by: r.signed_by,
+            error: r.error,
+        }
+    }
+}

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use dto::{
-    DrainDto, ErrorDto, FileIssueDto, OutboxRowDto, ProgressDto, PushEventDto, SeriesListDto, TransferSummaryDto,
-    WorklistDto, WorklistQueryDto,
+    DrainDto, ErrorDto, FileIssueDto, OutboxRowDto, ProgressDto, PushEventDto, ResultDto, SeriesListDto,
+    TransferSummaryDto, WorklistDto, WorklistQueryDto,
 };
 use lightbox_core::SeriesInstanceUid;
 use lightbox_workflow::pacs::{PacsSettings, TransferControl};
@@ -246,6 +246,25 @@ async fn import_paths(
 }
 
 #[tauri::command]
+async fn results(site: tauri::State<'_, Site>) -> Result<Vec<ResultDto>, ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| Ok(lightbox_workflow::pipeline::results(&store)?.into_iter().map(ResultDto::from).collect())).await
+}
+
+/// The radiologist signs a result: a VERIFIED SR with the SEG goes into the outbox.
+#[tauri::command]
+async fn sign_result(site: tauri::State<'_, Site>, job_id: i64, radiologist: String) -> Result<String, ErrorDto> {
+    let store = site.store.clone();
+    let send_to = site.pacs.as_ref().map_or_else(|| "pacs".to_owned(), |p| p.name.clone());
+    off_ui(move |_| {
+        let o = lightbox_workflow::pipeline::sign(&store, job_id, &radiologist, &send_to)?;
+        eprintln!("lightbox-workstation: job {job_id} signed, SR {}, {} queued", o.sr_uid, o.queued);
+        Ok(o.sr_uid)
+    })
+    .await
+}
+
+#[tauri::command]
 async fn outbox(site: tauri::State<'_, Site>) -> Result<Vec<OutboxRowDto>, ErrorDto> {
     let store = site.store.clone();
     off_ui(move |_| Ok(lightbox_workflow::pacs::outbox_list(&store)?.into_iter().map(OutboxRowDto::from).collect()))
@@ -317,6 +336,8 @@ fn main() -> anyhow::Result<()> {
             import_folder,
             import_paths,
             subscribe_pushes,
+            results,
+            sign_result,
             outbox,
             drain_outbox
         ])

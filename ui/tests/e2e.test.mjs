@@ -171,3 +171,22 @@ test("incoming DICOM pushes are announced in the header", async () => {
   );
   await incoming.filter({ hasText: "Received 20 instances from ORTHANC (2.7 MB)" }).waitFor();
 });
+
+test("results: AI values are marked, signing needs a name, then the report is queued", async () => {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 500 } });
+  await page.goto(base);
+  await page.getByTestId("tab-results").click();
+  const status = page.getByTestId("results-status");
+  await status.filter({ hasText: "2 analyses, 1 awaiting review" }).waitFor();
+  const rows = page.locator("[data-testid=results-table] tbody tr");
+  assert.match(await rows.first().innerText(), /threshold-volume\s+AI[\s\S]*280\.0 mL[\s\S]*awaiting review/);
+  assert.match(await rows.nth(1).locator("[data-testid=review]").innerText(), /failed: no voxel/);
+  const signButton = rows.first().getByRole("button", { name: "Sign and send" });
+  assert.equal(await signButton.isDisabled(), true, "signing without a name must not be possible");
+  await page.getByTestId("signer").fill("Doe^Jane");
+  await signButton.click();
+  await status.filter({ hasText: "Signed by Doe^Jane" }).waitFor();
+  assert.equal(await rows.first().locator("[data-testid=review]").innerText(), "signed by Doe^Jane");
+  const out = fileURLToPath(new URL("../test-results/", import.meta.url));
+  await page.screenshot({ path: join(out, "results-signed.png") });
+});

@@ -5,6 +5,7 @@ import { tauriBackend } from "./tauri";
 import type { Backend } from "./types";
 
 export type {
+  AnalysisResult,
   Backend,
   BackendError,
   DrainReport,

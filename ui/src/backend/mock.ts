@@ -1,4 +1,4 @@
-import type { Backend, OutboxRow, Progress, PushEvent, SeriesList, WorklistQuery, WorklistRow } from "./types";
+import type { AnalysisResult, Backend, OutboxRow, Progress, PushEvent, SeriesList, WorklistQuery, WorklistRow } from "./types";
 
 /** DICOM-style wildcard match (`*`, `?`), case-insensitive, as the store and PACS do. */
 export function wildcardMatch(pattern: string, value: string): boolean {
@@ -26,6 +26,7 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
   const rows = structuredClone(demoWorklist);
   const outbox = structuredClone(demoOutbox);
   const cancelled = new Set<string>();
+  const results = structuredClone(demoResults);
   return {
     kind: "browser-mock",
     opened,
@@ -80,6 +81,26 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       // Tests push with `window.lightboxMockPush({...})`.
       (globalThis as { lightboxMockPush?: (e: PushEvent) => void }).lightboxMockPush = handler;
       return "LIGHTBOX on port 11112";
+    },
+    results: async () => structuredClone(results),
+    signResult: async (jobId, radiologist) => {
+      const r = results.find((x) => x.jobId === jobId);
+      if (!r || r.state !== "done") throw { code: "analysis", message: `job ${jobId} cannot be signed` };
+      if (!radiologist.trim()) throw { code: "analysis", message: "a signature needs the radiologist's name" };
+      r.signedBy = radiologist.trim();
+      r.srUid = `${r.srUid}.signed`;
+      outbox.push({
+        id: outbox.length + 1,
+        sopUid: r.srUid,
+        studyUid: "1.2.826.0.1.1",
+        destination: "mock-pacs",
+        state: "pending",
+        attempts: 0,
+        lastError: null,
+        createdAt: "2026-11-25T12:00:00Z",
+        sentAt: null,
+      });
+      return r.srUid;
     },
     outbox: async () => structuredClone(outbox),
     drainOutbox: async () => {
@@ -169,5 +190,30 @@ const demoOutbox: OutboxRow[] = [
     lastError: "cannot reach the PACS: connection refused",
     createdAt: "2026-11-25T11:00:00Z",
     sentAt: null,
+  },
+];
+
+const demoResults: AnalysisResult[] = [
+  {
+    jobId: 2,
+    pipeline: "threshold-volume",
+    seriesUid: "1.2.3.4.5",
+    state: "done",
+    volumeMm3: 280009.1,
+    segUid: "2.25.1",
+    srUid: "2.25.2",
+    signedBy: null,
+    error: null,
+  },
+  {
+    jobId: 1,
+    pipeline: "threshold-volume",
+    seriesUid: "1.2.3.4.6",
+    state: "failed",
+    volumeMm3: null,
+    segUid: null,
+    srUid: null,
+    signedBy: null,
+    error: "no voxel of series 1.2.3.4.6 is above 1500",
   },
 ];

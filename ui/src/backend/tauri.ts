@@ -1,6 +1,7 @@
 import { Channel, invoke } from "@tauri-apps/api/core";
 import { getCurrentWebview } from "@tauri-apps/api/webview";
 import type {
+  AnalysisResult,
   Backend,
   DrainReport,
   OutboxRow,
@@ -38,6 +39,8 @@ export const tauriBackend: Backend = {
     ch.onmessage = handler;
     return invoke<string | null>("subscribe_pushes", { onEvent: ch });
   },
+  results: () => invoke<AnalysisResult[]>("results"),
+  signResult: (jobId, radiologist) => invoke<string>("sign_result", { jobId, radiologist }),
   outbox: () => invoke<OutboxRow[]>("outbox"),
   drainOutbox: () => invoke<DrainReport>("drain_outbox"),
 };

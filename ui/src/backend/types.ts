@@ -109,6 +109,19 @@ export interface DrainReport {
   failed: number;
 }
 
+/** An analysis result: AI output until a radiologist signs it. */
+export interface AnalysisResult {
+  jobId: number;
+  pipeline: string;
+  seriesUid: string;
+  state: "done" | "failed" | "running" | "queued";
+  volumeMm3: number | null;
+  segUid: string | null;
+  srUid: string | null;
+  signedBy: string | null;
+  error: string | null;
+}
+
 /** What the C-STORE SCP reports as a PACS or modality pushes to the workstation. */
 export interface PushEvent {
   kind: "associated" | "echo" | "stored" | "failed" | "released";
@@ -130,6 +143,9 @@ export interface SiteBackend {
   onFilesDropped(handler: (paths: string[]) => void): Promise<() => void>;
   /** Reports incoming DIMSE pushes; resolves to what the SCP listens as, or null when it is off. */
   subscribePushes(handler: (e: PushEvent) => void): Promise<string | null>;
+  results(): Promise<AnalysisResult[]>;
+  /** Signs a result as `radiologist`; resolves to the signed SR's SOP Instance UID. */
+  signResult(jobId: number, radiologist: string): Promise<string>;
   outbox(): Promise<OutboxRow[]>;
   drainOutbox(): Promise<DrainReport>;
 }
