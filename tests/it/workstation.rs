@@ -151,3 +151,68 @@ fn workstation_receives_a_push_from_the_pacs() -> anyhow::Result<()> {
     x.screenshot(&screenshot_dir()?.join("workstation-received-push.png"))?;
     Ok(())
 }
+
+/// The sign-off path in the real window: an AI result awaits review, the radiologist types
+/// their name and signs, and the VERIFIED report arrives in a real Orthanc.
+#[test]
+fn workstation_sign_off_sends_the_verified_report_to_the_pacs() -> anyhow::Result<()> {
+    use lightbox_tests::orthanc::Orthanc;
+    let orthanc = Orthanc::start()?;
+    let store = tempfile::tempdir()?;
+    lightbox_workflow::import(store.path(), &demo_study())?;
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let series = report.series().next().map(|(_, s)| s.uid.to_string()).unwrap_or_default();
+    lightbox_workflow::pipeline::run_pipeline(store.path(), "threshold-volume", &series, 1500.0, None)?;
+
+    let x = Xvfb::start()?;
+    let mut child = x
+        .command(&bin("lightbox-workstation")?)
+        .arg(demo_study())
+        .env("LIGHTBOX_STORE", store.path())
+        .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+        .env("LIGHTBOX_PACS_USER", orthanc.user())
+        .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
+        .env_remove("LIGHTBOX_LISTEN_PORT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
+    let _child = KillOnDrop(child);
+    stderr.wait_for("ui ready: 1 rows", Duration::from_secs(120))?;
+    // The "Results" tab, then the "Signing as" field, then type the name.
+    x.xdotool(&["mousemove", "239", "66", "click", "1"])?;
+    std::thread::sleep(Duration::from_millis(700));
+    x.xdotool(&["mousemove", "190", "157", "click", "1"])?;
+    x.xdotool(&["type", "--delay", "20", "Doe^Jane"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let before = screenshot_dir()?.join("workstation-results.png");
+    x.screenshot(&before)?;
+    // "Sign and send" sits at the right end of the first result row.
+    let image = Rgb::load(&before)?;
+    let (bx, by) = green_button(&image).ok_or_else(|| anyhow::anyhow!("{}: no Sign button", before.display()))?;
+    x.xdotool(&["mousemove", &bx.to_string(), &by.to_string(), "click", "1"])?;
+    stderr.wait_for("job 1 signed", Duration::from_secs(30))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while orthanc.instance_count()? < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(orthanc.instance_count()?, 2, "SEG + verified SR in Orthanc");
+    std::thread::sleep(Duration::from_millis(500));
+    x.screenshot(&screenshot_dir()?.join("workstation-signed.png"))?;
+    Ok(())
+}
+
+/// Centre of the green button area below the header (the only green thing on the results tab).
+fn green_button(image: &Rgb) -> Option<(u32, u32)> {
+    let (mut sx, mut sy, mut n) = (0u64, 0u64, 0u64);
+    for y in 200..image.height {
+        for x in 0..image.width {
+            if image.pixels.get((y * image.width + x) as usize) == Some(&[0x23, 0x86, 0x36]) {
+                sx += u64::from(x);
+                sy += u64::from(y);
+                n += 1;
+            }
+        }
+    }
+    (n > 50).then(|| ((sx / n) as u32, (sy / n) as u32))
+}
