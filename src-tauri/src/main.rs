@@ -25,7 +25,8 @@ struct Folder(PathBuf);
 /// The local store and the PACS (from `LIGHTBOX_STORE`, `LIGHTBOX_PACS_*`).
 struct Site {
     store: PathBuf,
-    pacs: Option<PacsSettings>,
+    /// From `LIGHTBOX_PACS_*`, else the settings file; replaced when the settings screen saves.
+    pacs: Mutex<Option<PacsSettings>>,
     /// Retrievals running now, by Study Instance UID, so the UI can cancel them.
     retrievals: Mutex<HashMap<String, TransferControl>>,
     /// The C-STORE SCP, when `LIGHTBOX_LISTEN_PORT` is set: "AET on port N".
@@ -95,6 +96,40 @@ fn subscribe_pushes(site: tauri::State<'_, Site>, on_event: Channel<PushEventDto
     site.listening.clone()
 }
 
+impl Site {
+    fn pacs(&self) -> Option<PacsSettings> {
+        self.pacs.lock().ok().and_then(|p| p.clone())
+    }
+}
+
+/// The settings screen: what is saved (never the password).
+#[tauri::command]
+fn get_settings() -> Result<lightbox_workflow::settings::Settings, ErrorDto> {
+    Ok(lightbox_workflow::settings::Settings::load(&lightbox_workflow::settings::config_path())?)
+}
+
+/// Saves the settings file, the password or token (when given) in the OS keyring, and uses the
+/// new PACS from now on.
+#[tauri::command]
+fn save_settings(
+    site: tauri::State<'_, Site>,
+    settings: lightbox_workflow::settings::Settings,
+    secret: Option<String>,
+) -> Result<String, ErrorDto> {
+    let path = lightbox_workflow::settings::config_path();
+    settings.save(&path)?;
+    if let (Some(secret), Some(pacs)) = (secret.filter(|s| !s.is_empty()), &settings.pacs) {
+        let name = if pacs.name.is_empty() { "pacs" } else { pacs.name.as_str() };
+        let account = if pacs.bearer { "token" } else { pacs.user.as_str() };
+        lightbox_workflow::settings::store_secret(name, account, &secret)?;
+    }
+    if let Ok(mut current) = site.pacs.lock() {
+        *current = settings.pacs_settings();
+    }
+    eprintln!("lightbox-workstation: settings saved to {}", path.display());
+    Ok(path.display().to_string())
+}
+
 /// Runs PACS work on a blocking thread with its own current-thread runtime: the UI thread never
 /// waits, and transfers are not bounced between runtime threads.
 async fn off_ui<T: Send + 'static>(
@@ -113,7 +148,7 @@ async fn off_ui<T: Send + 'static>(
 
 #[tauri::command]
 async fn worklist(site: tauri::State<'_, Site>, query: WorklistQueryDto) -> Result<WorklistDto, ErrorDto> {
-    let (store, pacs) = (site.store.clone(), site.pacs.clone());
+    let (store, pacs) = (site.store.clone(), site.pacs());
     off_ui(move |rt| {
         let (rows, warning) =
             rt.block_on(lightbox_workflow::pacs::worklist_with_pacs(&store, pacs.as_ref(), &query.to_query()))?;
@@ -135,7 +170,7 @@ async fn retrieve_study(
     total: usize,
     on_progress: Channel<ProgressDto>,
 ) -> Result<TransferSummaryDto, ErrorDto> {
-    let Some(pacs) = site.pacs.clone() else {
+    let Some(pacs) = site.pacs() else {
         return Err(ErrorDto::new("no_pacs", "No PACS is configured (set LIGHTBOX_PACS_URL)."));
     };
     let (sender, receiver) = std::sync::mpsc::channel::<lightbox_workflow::pacs::TransferProgress>();
@@ -255,7 +290,7 @@ async fn results(site: tauri::State<'_, Site>) -> Result<Vec<ResultDto>, ErrorDt
 #[tauri::command]
 async fn sign_result(site: tauri::State<'_, Site>, job_id: i64, radiologist: String) -> Result<String, ErrorDto> {
     let store = site.store.clone();
-    let send_to = site.pacs.as_ref().map_or_else(|| "pacs".to_owned(), |p| p.name.clone());
+    let send_to = site.pacs().map_or_else(|| "pacs".to_owned(), |p| p.name);
     off_ui(move |_| {
         let o = lightbox_workflow::pipeline::sign(&store, job_id, &radiologist, &send_to)?;
         eprintln!("lightbox-workstation: job {job_id} signed, SR {}, {} queued", o.sr_uid, o.queued);
@@ -273,7 +308,7 @@ async fn outbox(site: tauri::State<'_, Site>) -> Result<Vec<OutboxRowDto>, Error
 
 #[tauri::command]
 async fn drain_outbox(site: tauri::State<'_, Site>) -> Result<DrainDto, ErrorDto> {
-    let Some(pacs) = site.pacs.clone() else {
+    let Some(pacs) = site.pacs() else {
         return Err(ErrorDto::new("no_pacs", "No PACS is configured (set LIGHTBOX_PACS_URL)."));
     };
     let store = site.store.clone();
@@ -313,11 +348,16 @@ fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../demo/prostate-adc"));
     let store = lightbox_workflow::default_store_dir();
+    let settings = lightbox_workflow::settings::Settings::load(&lightbox_workflow::settings::config_path())
+        .unwrap_or_else(|e| {
+            eprintln!("lightbox-workstation: {e}; starting without saved settings");
+            Default::default()
+        });
     let push_listeners = std::sync::Arc::new(Mutex::new(Vec::new()));
     let scp = start_listening(&store, push_listeners.clone())?;
     let site = Site {
         store,
-        pacs: PacsSettings::from_env(),
+        pacs: Mutex::new(settings.pacs_settings()),
         retrievals: Mutex::new(HashMap::new()),
         listening: scp.as_ref().map(|(what, _)| what.clone()),
         push_listeners,
@@ -338,6 +378,8 @@ fn main() -> anyhow::Result<()> {
             subscribe_pushes,
             results,
             sign_result,
+            get_settings,
+            save_settings,
             outbox,
             drain_outbox
         ])

@@ -190,3 +190,19 @@ test("results: AI values are marked, signing needs a name, then the report is qu
   const out = fileURLToPath(new URL("../test-results/", import.meta.url));
   await page.screenshot({ path: join(out, "results-signed.png") });
 });
+
+test("settings: a bad URL is refused with the reason; a good one is saved without the password", async () => {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 700 } });
+  await page.goto(base);
+  await page.getByTestId("tab-settings").click();
+  const status = page.getByTestId("settings-status");
+  await page.getByTestId("s-url").fill("pacs:8042");
+  await page.getByTestId("s-save").click();
+  await status.filter({ hasText: "Not saved" }).waitFor();
+  assert.match(await status.innerText(), /must start with http/);
+  await page.getByTestId("s-url").fill("https://pacs.example.org/dicom-web");
+  await page.getByTestId("s-secret").fill("s3cret!");
+  await page.getByTestId("s-save").click();
+  await status.filter({ hasText: "Saved to /mock/config.toml" }).waitFor();
+  assert.equal(await page.getByTestId("s-secret").inputValue(), "", "the password field is cleared");
+});

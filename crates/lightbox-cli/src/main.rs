@@ -242,7 +242,14 @@ impl PacsArgs {
             (None, Ok(token)) => Auth::Bearer(token),
             (None, Err(_)) => Auth::None,
         };
-        let url = self.url.clone().context("no PACS URL: give --url or set LIGHTBOX_PACS_URL")?;
+        let Some(url) = self.url.clone() else {
+            // Nothing on the command line or in the environment: the saved settings.
+            let path = lightbox_workflow::settings::config_path();
+            let saved = lightbox_workflow::settings::Settings::load(&path)?;
+            return saved.pacs_settings().with_context(|| {
+                format!("no PACS URL: give --url, set LIGHTBOX_PACS_URL, or save one in {}", path.display())
+            });
+        };
         let mut web = DicomWebConfig::new(url);
         web.auth = auth;
         web.tls = TlsOptions {

@@ -9,6 +9,7 @@ use std::process::{Child, Command};
 
 pub mod pacs;
 pub mod pipeline;
+pub mod settings;
 
 use lightbox_core::SeriesInstanceUid;
 pub use lightbox_dicom::{NewSeries, ParseGuardAllocator, ScanReport};
@@ -45,6 +46,9 @@ pub enum WorkflowError {
     #[error("dispatch rules {path}: {detail}")]
     Rules { path: PathBuf, detail: String },
 
+    #[error("settings {path}: {detail}")]
+    Settings { path: PathBuf, detail: String },
+
     #[error("unknown pipeline {0:?} (known: threshold-volume)")]
     UnknownPipeline(String),
 
@@ -80,6 +84,7 @@ impl WorkflowError {
             Self::Pacs(e) => e.code(),
             Self::Rules { .. } => "rules",
             Self::UnknownPipeline(_) => "unknown_pipeline",
+            Self::Settings { .. } => "settings",
             Self::Analysis(_) => "analysis",
             Self::Io { .. } => "io",
         }

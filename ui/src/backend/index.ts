@@ -15,6 +15,7 @@ export type {
   PushEvent,
   Series,
   SeriesList,
+  Settings,
   TransferSummary,
   Worklist,
   WorklistQuery,

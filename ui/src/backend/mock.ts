@@ -1,4 +1,4 @@
-import type { AnalysisResult, Backend, OutboxRow, Progress, PushEvent, SeriesList, WorklistQuery, WorklistRow } from "./types";
+import type { AnalysisResult, Backend, OutboxRow, Settings, Progress, PushEvent, SeriesList, WorklistQuery, WorklistRow } from "./types";
 
 /** DICOM-style wildcard match (`*`, `?`), case-insensitive, as the store and PACS do. */
 export function wildcardMatch(pattern: string, value: string): boolean {
@@ -27,6 +27,7 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
   const outbox = structuredClone(demoOutbox);
   const cancelled = new Set<string>();
   const results = structuredClone(demoResults);
+  let settings: Settings = { pacs: null, listen: null };
   return {
     kind: "browser-mock",
     opened,
@@ -81,6 +82,16 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       // Tests push with `window.lightboxMockPush({...})`.
       (globalThis as { lightboxMockPush?: (e: PushEvent) => void }).lightboxMockPush = handler;
       return "LIGHTBOX on port 11112";
+    },
+    getSettings: async () => structuredClone(settings),
+    saveSettings: async (next, secret) => {
+      const url = next.pacs?.url ?? "";
+      if (url && !/^https?:\/\//.test(url)) {
+        throw { code: "settings", message: `settings /mock/config.toml: PACS URL "${url}" must start with http:// or https://` };
+      }
+      if (secret !== null && JSON.stringify(next).includes(secret)) throw { code: "internal", message: "secret leaked" };
+      settings = structuredClone(next);
+      return "/mock/config.toml";
     },
     results: async () => structuredClone(results),
     signResult: async (jobId, radiologist) => {

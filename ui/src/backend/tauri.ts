@@ -8,6 +8,7 @@ import type {
   Progress,
   PushEvent,
   SeriesList,
+  Settings,
   TransferSummary,
   Worklist,
 } from "./types";
@@ -39,6 +40,8 @@ export const tauriBackend: Backend = {
     ch.onmessage = handler;
     return invoke<string | null>("subscribe_pushes", { onEvent: ch });
   },
+  getSettings: () => invoke<Settings>("get_settings"),
+  saveSettings: (settings, secret) => invoke<string>("save_settings", { settings, secret }),
   results: () => invoke<AnalysisResult[]>("results"),
   signResult: (jobId, radiologist) => invoke<string>("sign_result", { jobId, radiologist }),
   outbox: () => invoke<OutboxRow[]>("outbox"),

@@ -109,6 +109,25 @@ export interface DrainReport {
   failed: number;
 }
 
+/** The site settings file (snake_case, as stored). Secrets are never part of it. */
+export interface Settings {
+  pacs: {
+    name: string;
+    url: string;
+    user: string;
+    bearer: boolean;
+    ca_file: string | null;
+    ca_only: boolean;
+    client_cert: string | null;
+    client_key: string | null;
+    dimse_aet: string;
+    dimse_host: string;
+    dimse_port: number;
+    our_aet: string;
+  } | null;
+  listen: { aet: string; port: number } | null;
+}
+
 /** An analysis result: AI output until a radiologist signs it. */
 export interface AnalysisResult {
   jobId: number;
@@ -143,6 +162,9 @@ export interface SiteBackend {
   onFilesDropped(handler: (paths: string[]) => void): Promise<() => void>;
   /** Reports incoming DIMSE pushes; resolves to what the SCP listens as, or null when it is off. */
   subscribePushes(handler: (e: PushEvent) => void): Promise<string | null>;
+  getSettings(): Promise<Settings>;
+  /** Saves the settings; `secret` (password or token) goes to the OS keyring. Resolves to the file's path. */
+  saveSettings(settings: Settings, secret: string | null): Promise<string>;
   results(): Promise<AnalysisResult[]>;
   /** Signs a result as `radiologist`; resolves to the signed SR's SOP Instance UID. */
   signResult(jobId: number, radiologist: string): Promise<string>;
