@@ -47,9 +47,21 @@ fn start_listening(
     };
     let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("LIGHTBOX_LISTEN_PORT={port} is not a port number"))?;
     let aet = std::env::var("LIGHTBOX_AET").unwrap_or_else(|_| "LIGHTBOX".into());
+    let allow: Vec<String> = std::env::var("LIGHTBOX_LISTEN_ALLOW")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
+        .collect();
     let (sender, events) = std::sync::mpsc::channel();
-    let handle =
-        lightbox_workflow::pacs::listen(store, &aet, (std::net::Ipv4Addr::UNSPECIFIED, port).into(), Some(sender))?;
+    let handle = lightbox_workflow::pacs::listen(
+        store,
+        &aet,
+        &allow,
+        (std::net::Ipv4Addr::UNSPECIFIED, port).into(),
+        Some(sender),
+    )?;
     std::thread::spawn(move || {
         let mut counts: HashMap<String, (usize, u64)> = HashMap::new();
         for event in events {

@@ -588,6 +588,7 @@ fn scp(store: &Path) -> anyhow::Result<(dimse::ScpHandle, mpsc::Receiver<ScpEven
         bind: ([127, 0, 0, 1], 0).into(),
         store_root: store.to_owned(),
         check_called_ae: false,
+        allowed_calling_aets: vec![],
     })?;
     let (tx, rx) = mpsc::channel();
     Ok((scp.spawn(Some(tx))?, rx))

@@ -204,7 +204,8 @@ fn listen_receives_pushes_into_the_store() -> anyhow::Result<()> {
     let port = lightbox_tests::orthanc::free_port()?;
     let mut listener = KillOnDrop(
         Command::new(bin("lightbox")?)
-            .args(["listen", "--aet", "LIGHTBOX", "--bind", "127.0.0.1", "--port", &port.to_string(), "--store"])
+            .args(["listen", "--aet", "LIGHTBOX", "--allow", "STORESCU,ECHOSCU", "--bind", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--store"])
             .arg(store.path())
             .stdout(Stdio::piped())
             .spawn()?,
@@ -213,6 +214,15 @@ fn listen_receives_pushes_into_the_store() -> anyhow::Result<()> {
     let mut lines = Lines::new(stdout);
     lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
 
+    // Strangers are refused: a wrong called AE title, or a calling AE title not on the list.
+    let wrong_called = Command::new("echoscu").args(["-aec", "SOMEONE", "127.0.0.1", &port.to_string()]).output()?;
+    assert!(!wrong_called.status.success(), "an association to another AE title was accepted");
+    let stranger = Command::new("storescu")
+        .args(["-aet", "INTRUDER", "-aec", "LIGHTBOX", "127.0.0.1", &port.to_string(), "+sd"])
+        .arg(demo_study())
+        .output()?;
+    assert!(!stranger.status.success(), "a calling AE title not on the list could push");
+    assert_eq!(Store::open(store.path())?.instance_count()?, 0);
     run_ok(Command::new("echoscu").args(["-aec", "LIGHTBOX", "127.0.0.1", &port.to_string()]))?;
     lines.wait_for("echo from", Duration::from_secs(5))?;
     run_ok(

@@ -114,8 +114,13 @@ enum Commands {
         /// of rules with auto_send go to the PACS configured by LIGHTBOX_PACS_*.
         #[arg(long)]
         rules: Option<PathBuf>,
+        /// Our AE title: associations calling another title are refused.
         #[arg(long, env = "LIGHTBOX_AET", default_value = "LIGHTBOX")]
         aet: String,
+        /// Calling AE titles allowed to push (repeat, or comma-separated in LIGHTBOX_LISTEN_ALLOW);
+        /// without any, every caller that calls us by our AE title is accepted.
+        #[arg(long, env = "LIGHTBOX_LISTEN_ALLOW", value_delimiter = ',')]
+        allow: Vec<String>,
         #[arg(long, default_value_t = 11112)]
         port: u16,
         /// Address to listen on (0.0.0.0 for every interface).
@@ -507,7 +512,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Commands::Listen { rules, aet, port, bind, store } => {
+        Commands::Listen { rules, aet, allow, port, bind, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             let rules = rules.map(|r| lightbox_workflow::pipeline::Rules::load(&r)).transpose()?;
             let pacs = lightbox_workflow::pacs::PacsSettings::from_env();
@@ -515,7 +520,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
             let mut stored: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
             let (events, received) = std::sync::mpsc::channel();
-            let handle = lightbox_workflow::pacs::listen(&store, &aet, (bind, port).into(), Some(events))?;
+            let handle = lightbox_workflow::pacs::listen(&store, &aet, &allow, (bind, port).into(), Some(events))?;
             println!("listening as {aet} on {} (store {})", handle.local_addr(), store.display());
             let mut out = std::io::stdout();
             for event in received {

@@ -454,7 +454,12 @@ fn candidates(index: usize, h: &InstanceHeader, mosaic_warning: &mut bool) -> Ve
         )
     };
     if h.mosaic && h.frames == 1 {
-        if let Some(count) = h.mosaic_images {
+        // A tile count the image cannot hold (a damaged or hostile header) is not unpacked.
+        let tiles = h.mosaic_images.filter(|&count| {
+            let per_side = (f64::from(count).sqrt().ceil() as u32).max(1);
+            count > 0 && count <= per_side * per_side && h.columns / per_side >= 2 && h.rows / per_side >= 2
+        });
+        if let Some(count) = tiles {
             let per_side = (f64::from(count).sqrt().ceil() as u32).max(1);
             let (columns, rows) = (h.columns / per_side, h.rows / per_side);
             let meta = h.frame_meta.first().cloned().unwrap_or_default();

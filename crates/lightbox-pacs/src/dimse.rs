@@ -74,7 +74,41 @@ pub struct ScpConfig {
     pub store_root: PathBuf,
     /// Refuse associations whose called AE title is not ours.
     pub check_called_ae: bool,
+    /// Calling AE titles allowed to push (the PACS, the modalities); empty: any.
+    pub allowed_calling_aets: Vec<String>,
 }
+
+/// Who may associate: our called AE title (optionally) and a list of calling AE titles.
+struct Policy {
+    check_called_ae: bool,
+    allowed: Vec<String>,
+}
+
+impl dicom_ul::association::server::AccessControl for Policy {
+    fn check_access(
+        &self,
+        this_ae_title: &str,
+        calling_ae_title: &str,
+        called_ae_title: &str,
+        _user_identity: Option<&dicom_ul::pdu::UserIdentity>,
+    ) -> Result<(), dicom_ul::pdu::AssociationRJServiceUserReason> {
+        use dicom_ul::pdu::AssociationRJServiceUserReason as Reason;
+        if self.check_called_ae && called_ae_title.trim() != this_ae_title.trim() {
+            return Err(Reason::CalledAETitleNotRecognized);
+        }
+        if !self.allowed.is_empty() && !self.allowed.iter().any(|a| a.trim() == calling_ae_title.trim()) {
+            return Err(Reason::CallingAETitleNotRecognized);
+        }
+        Ok(())
+    }
+}
+
+/// Associations served at once; more are refused (closed) until one ends.
+const MAX_ASSOCIATIONS: usize = 32;
+/// The largest PDU we announce and accept (256 KiB less the PDU header).
+const MAX_PDU_BYTES: u32 = 262_144 - 6;
+/// Largest command set accepted (real ones are a few hundred bytes).
+const MAX_COMMAND_BYTES: usize = 64 * 1024;
 
 /// A listening C-STORE SCP.
 pub struct StoreScp {
@@ -147,14 +181,32 @@ impl StoreScp {
 
     /// Accepts associations until stopped (blocking).
     pub fn serve(self, events: Option<Sender<ScpEvent>>) {
+        let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for stream in self.listener.incoming() {
             if self.stop.load(Ordering::SeqCst) {
                 break;
             }
-            let Ok(stream) = stream else { continue };
+            let Ok(stream) = stream else {
+                // Out of file descriptors or similar: do not spin.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            };
+            if active.load(Ordering::SeqCst) >= MAX_ASSOCIATIONS {
+                tracing::warn!("{MAX_ASSOCIATIONS} associations open; refusing another");
+                continue; // dropping the stream closes it
+            }
+            active.fetch_add(1, Ordering::SeqCst);
+            let active = active.clone();
             let config = self.config.clone();
             let events = events.clone();
             let _ = std::thread::Builder::new().name("lightbox-scp-assoc".into()).spawn(move || {
+                struct Release(Arc<std::sync::atomic::AtomicUsize>);
+                impl Drop for Release {
+                    fn drop(&mut self) {
+                        self.0.fetch_sub(1, Ordering::SeqCst);
+                    }
+                }
+                let _release = Release(active);
                 let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
                 if let Err(e) = serve_association(stream, &config, events.as_ref()) {
                     tracing::warn!(peer, "association ended with an error: {e}");
@@ -185,21 +237,22 @@ fn serve_association(
 ) -> Result<(), PacsError> {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let dimse = |detail: String| PacsError::Dimse { peer: peer.clone(), detail };
+    // Strict: a PDU longer than the maximum we announce is refused before it is buffered.
     let mut options = ServerAssociationOptions::new()
+        .ae_access_control(Policy {
+            check_called_ae: config.check_called_ae,
+            allowed: config.allowed_calling_aets.clone(),
+        })
         .ae_title(config.ae_title.clone())
         .promiscuous(true)
-        .strict(false)
+        .strict(true)
+        .max_pdu_length(MAX_PDU_BYTES)
         .read_timeout(Duration::from_secs(120))
         .write_timeout(Duration::from_secs(120));
     for ts in ACCEPTED_TRANSFER_SYNTAXES {
         options = options.with_transfer_syntax(*ts);
     }
-    let mut association = if config.check_called_ae {
-        options.accept_called_ae_title().establish(stream)
-    } else {
-        options.establish(stream)
-    }
-    .map_err(|e| dimse(format!("association refused: {e}")))?;
+    let mut association = options.establish(stream).map_err(|e| dimse(format!("association refused: {e}")))?;
     let calling_ae = association.peer_ae_title().to_owned();
     let contexts = association.presentation_contexts().to_vec();
     emit(events, ScpEvent::Associated { calling_ae: calling_ae.clone(), peer: peer.clone() });
@@ -224,6 +277,11 @@ fn serve_association(
                     match value.value_type {
                         PDataValueType::Command => {
                             command.extend_from_slice(&value.data);
+                            if command.len() > MAX_COMMAND_BYTES {
+                                drop_incoming(current.take());
+                                let _ = association.abort();
+                                return Err(dimse(format!("command set over {MAX_COMMAND_BYTES} bytes")));
+                            }
                             if !value.is_last {
                                 continue;
                             }

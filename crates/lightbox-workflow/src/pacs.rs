@@ -297,9 +297,12 @@ pub fn outbox_retry(store_dir: &Path, id: i64) -> Result<(), WorkflowError> {
 }
 
 /// Starts the C-STORE SCP: pushed instances land in the store at `store_dir`.
+/// Only associations calling us by `ae_title` are accepted, and, when `allowed_calling_aets` is
+/// not empty, only from those calling AE titles.
 pub fn listen(
     store_dir: &Path,
     ae_title: &str,
+    allowed_calling_aets: &[String],
     bind: std::net::SocketAddr,
     events: Option<std::sync::mpsc::Sender<ScpEvent>>,
 ) -> Result<ScpHandle, WorkflowError> {
@@ -307,7 +310,8 @@ pub fn listen(
         ae_title: ae_title.to_owned(),
         bind,
         store_root: store_dir.to_owned(),
-        check_called_ae: false,
+        check_called_ae: true,
+        allowed_calling_aets: allowed_calling_aets.to_vec(),
     })?;
     Ok(scp.spawn(events)?)
 }
