@@ -195,6 +195,29 @@ fn results_wait_for_sign_off_then_a_verified_report_reaches_the_pacs() -> anyhow
     let results = lightbox(&["results"])?;
     ensure!(results.contains("awaiting review") && results.contains("AI volume"), "{results}");
 
+    // A result is only signed for the instances it was computed on.
+    let extra = tempfile::tempdir()?;
+    let first_file = std::fs::read_dir(demo_study())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+        .context("no demo file")?;
+    let copies = lightbox_tests::dcmtk::copy_with_new_uids(
+        &[first_file],
+        extra.path(),
+        &lightbox_tests::dcmtk::Uids::Keep,
+        &[],
+    )?;
+    let changed_store = dir.path().join("changed");
+    run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&changed_store))?;
+    let changed = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(bin("lightbox")?).args(args).arg("--store").arg(&changed_store).output()?)
+    };
+    changed(&["run", "threshold-volume", "--series", &series, "--threshold", "1500"])?;
+    run_ok(Command::new(bin("lightbox")?).arg("import").arg(&copies[0]).arg("--store").arg(&changed_store))?;
+    let refused = changed(&["sign", "--job", "1", "--as", "Doe^Jane"])?;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    ensure!(!refused.status.success() && stderr.contains("changed since job 1 ran"), "{stderr}");
+
     let signed = lightbox(&["sign", "--job", "1", "--as", "Doe^Jane"])?;
     ensure!(signed.contains("signed by Doe^Jane") && signed.contains("2 queued for pacs"), "{signed}");
     ensure!(lightbox(&["pacs", "drain"])?.starts_with("sent 2,"));

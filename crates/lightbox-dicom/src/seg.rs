@@ -92,7 +92,10 @@ pub fn write_seg(
         return Err(bad(format!("{} segments (1 to 255 are possible)", segments.len())));
     }
     let sources = set.source_slices(t)?;
-    let first = sources.first().map(|(h, _)| *h).ok_or_else(|| bad("an empty display set".into()))?;
+    let first = sources.first().map(|s| s.header).ok_or_else(|| bad("an empty display set".into()))?;
+    if first.frame_of_reference_uid.is_empty() {
+        return Err(bad("a source series without patient geometry (Frame of Reference, Image Position)".into()));
+    }
     let (sop_uid, series_uid) = match &series.uid_seed {
         Some(seed) => (uid_from(&format!("{seed}/seg")), uid_from(&format!("{seed}/seg-series"))),
         None => (new_uid(), new_uid()),
@@ -244,7 +247,8 @@ pub fn write_seg(
     let mut bit = 0usize;
     for (s, _) in segments.iter().enumerate() {
         let value = s as u8 + 1;
-        for (z, (source, frame_number)) in sources.iter().enumerate() {
+        for (z, slice_source) in sources.iter().enumerate() {
+            let (source, frame_number) = (slice_source.header, slice_source.frame_number);
             let slice = &labels.voxels()[z * slice_len..(z + 1) * slice_len];
             if !slice.contains(&value) {
                 continue;
@@ -256,7 +260,8 @@ pub fn write_seg(
                 }
             }
             bit += slice_len;
-            let position = a.transform_point([0.0, 0.0, z as f64]);
+            // The source slice's own position: exact also where slices are unevenly spaced.
+            let position = slice_source.position.unwrap_or_else(|| a.transform_point([0.0, 0.0, z as f64]));
             let mut item = InMemDicomObject::new_empty();
             let mut content = InMemDicomObject::new_empty();
             content.put(DataElement::new(
@@ -316,8 +321,8 @@ pub fn write_seg(
     let mut seen = std::collections::BTreeSet::new();
     let instances: Vec<InMemDicomObject> = sources
         .iter()
-        .filter(|(h, _)| seen.insert(h.record.sop_instance_uid.clone()))
-        .map(|(h, _)| reference(&h.record.sop_class_uid, &h.record.sop_instance_uid))
+        .filter(|s| seen.insert(s.header.record.sop_instance_uid.clone()))
+        .map(|s| reference(&s.header.record.sop_class_uid, &s.header.record.sop_instance_uid))
         .collect();
     let mut referenced_series = InMemDicomObject::new_empty();
     text(&mut referenced_series, tags::SERIES_INSTANCE_UID, VR::UI, r.series_uid.as_str());

@@ -82,7 +82,7 @@ pub struct MeasurementReport {
 pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Path) -> Result<String, DicomError> {
     let bad = |what: String| DicomError::Unsupported { path: path.to_owned(), what };
     let sources = set.source_slices(t)?;
-    let first = sources.first().map(|(h, _)| *h).ok_or_else(|| bad("an empty display set".into()))?;
+    let first = sources.first().map(|s| s.header).ok_or_else(|| bad("an empty display set".into()))?;
     let r = &first.record;
     let (sop_uid, series_uid) = match &report.uid_seed {
         Some(seed) => (uid_from(&format!("{seed}/sr")), uid_from(&format!("{seed}/sr-series"))),
@@ -140,8 +140,8 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
     let mut seen = std::collections::BTreeSet::new();
     let images: Vec<InMemDicomObject> = sources
         .iter()
-        .filter(|(h, _)| seen.insert(h.record.sop_instance_uid.clone()))
-        .map(|(h, _)| reference(&h.record.sop_class_uid, &h.record.sop_instance_uid))
+        .filter(|s| seen.insert(s.header.record.sop_instance_uid.clone()))
+        .map(|s| reference(&s.header.record.sop_class_uid, &s.header.record.sop_instance_uid))
         .collect();
     let mut series_items = vec![series_ref(r.series_uid.as_str(), images)];
     let mut seg_series: std::collections::BTreeMap<&str, std::collections::BTreeSet<&str>> = Default::default();
@@ -188,8 +188,8 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
     let mut listed = std::collections::BTreeSet::new();
     let library_images: Vec<InMemDicomObject> = sources
         .iter()
-        .filter(|(h, _)| listed.insert(h.record.sop_instance_uid.clone()))
-        .map(|(h, _)| image_item("CONTAINS", None, &h.record.sop_class_uid, &h.record.sop_instance_uid, None))
+        .filter(|s| listed.insert(s.header.record.sop_instance_uid.clone()))
+        .map(|s| image_item("CONTAINS", None, &s.header.record.sop_class_uid, &s.header.record.sop_instance_uid, None))
         .collect();
     let group = container("CONTAINS", &dcm("126200", "Image Library Group"), library_images);
     content.push(container("CONTAINS", &dcm("111028", "Image Library"), vec![group]));

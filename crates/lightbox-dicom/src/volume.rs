@@ -191,14 +191,18 @@ impl DisplaySet {
             })
     }
 
-    /// The instance (and frame, for multi-frame sources) behind each slice of time point `t`.
-    pub(crate) fn source_slices(&self, t: u32) -> Result<Vec<(&InstanceHeader, Option<u32>)>, DicomError> {
+    /// The instance (and frame, for multi-frame sources) behind each slice of time point `t`,
+    /// with the slice's own Image Position (Patient) when the source gives one (not for mosaic
+    /// tiles, whose positions come from the grid).
+    pub(crate) fn source_slices(&self, t: u32) -> Result<Vec<SourceSlice<'_>>, DicomError> {
         Ok(self
             .time_point(t)?
             .iter()
             .map(|f| {
                 let h = &self.instances[f.instance];
-                (h, (h.frames > 1).then_some(f.frame + 1))
+                let position =
+                    if f.tile.is_some() { None } else { h.frame_meta.get(f.frame as usize).and_then(|m| m.position) };
+                SourceSlice { header: h, frame_number: (h.frames > 1).then_some(f.frame + 1), position }
             })
             .collect())
     }
@@ -397,6 +401,14 @@ fn decode_unguarded(h: &InstanceHeader) -> Result<Vec<f32>, DicomError> {
         });
     }
     Ok(values)
+}
+
+/// Where one slice of a display set came from.
+pub(crate) struct SourceSlice<'a> {
+    pub header: &'a InstanceHeader,
+    /// 1-based, for multi-frame sources.
+    pub frame_number: Option<u32>,
+    pub position: Option<[f64; 3]>,
 }
 
 /// A frame before sorting.

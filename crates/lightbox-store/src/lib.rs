@@ -317,6 +317,13 @@ impl Store {
         rows.map(|o| o.map(|o| self.object_path(&o))).collect::<Result<_, _>>().map_err(self.sql())
     }
 
+    /// The SOP Instance UIDs of a series.
+    pub fn series_sop_uids(&self, series_uid: &str) -> Result<Vec<String>, StoreError> {
+        let mut s = self.db.prepare("SELECT sop_uid FROM instances WHERE series_uid = ?1").map_err(self.sql())?;
+        let rows = s.query_map([series_uid], |r| r.get::<_, String>(0)).map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
     /// The series an instance belongs to.
     pub fn series_of(&self, sop_uid: &str) -> Result<Option<String>, StoreError> {
         self.db

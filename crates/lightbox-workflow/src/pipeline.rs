@@ -129,8 +129,10 @@ pub fn run_pipeline(
         return Err(WorkflowError::UnknownPipeline(pipeline.to_owned()));
     }
     let mut store = Store::open(store_dir)?;
-    let key = format!("{series_uid}/{pipeline}@{THRESHOLD_VOLUME_VERSION}/threshold={threshold}");
-    let payload = serde_json::json!({ "series": series_uid, "threshold": threshold }).to_string();
+    // Keyed by the exact instances seen: more instances arriving later is a new input.
+    let digest = instances_digest(&store, series_uid)?;
+    let key = format!("{series_uid}/{pipeline}@{THRESHOLD_VOLUME_VERSION}/threshold={threshold}/{digest}");
+    let payload = serde_json::json!({ "series": series_uid, "threshold": threshold, "instances": digest }).to_string();
     let id = match store.job_claim(&key, pipeline, &payload)? {
         Claim::Done(id) => {
             let job = store.jobs()?.into_iter().find(|j| j.id == id);
@@ -330,9 +332,20 @@ pub fn sign(store_dir: &Path, job_id: i64, radiologist: &str, send_to: &str) -> 
             job.state
         )));
     }
+    if job.key.is_empty() {
+        return Err(WorkflowError::Analysis(format!(
+            "job {job_id} predates keyed jobs; run the analysis again to sign it"
+        )));
+    }
     let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
     let series = payload["series"].as_str().unwrap_or_default().to_owned();
     let threshold = payload["threshold"].as_f64().unwrap_or(1000.0);
+    // What is signed must be what was reviewed: the same computation on the same instances.
+    if payload["instances"].as_str() != Some(instances_digest(&store, &series)?.as_str()) {
+        return Err(WorkflowError::Analysis(format!(
+            "series {series} changed since job {job_id} ran (instances arrived or left); run the analysis again and review it"
+        )));
+    }
     let mut outcome = threshold_volume(&mut store, &job.key, &series, threshold, Some(send_to), Some(radiologist))?;
     outcome.job_id = job_id;
     let mut result: serde_json::Value =
@@ -342,4 +355,11 @@ pub fn sign(store_dir: &Path, job_id: i64, radiologist: &str, send_to: &str) -> 
     store.job_done(job_id, &result.to_string())?;
     store.audit(radiologist, "sign", &series, &format!("job {job_id}: SR {}", outcome.sr_uid))?;
     Ok(outcome)
+}
+
+/// A digest of the series' SOP Instance UIDs: which instances an analysis saw.
+fn instances_digest(store: &Store, series_uid: &str) -> Result<String, WorkflowError> {
+    let mut uids = store.series_sop_uids(series_uid)?;
+    uids.sort();
+    Ok(lightbox_dicom::uid_from(&uids.join("\\")))
 }
