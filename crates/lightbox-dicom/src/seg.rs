@@ -137,6 +137,7 @@ pub fn write_seg(
     let (date, time) = now_da_tm();
     text(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
     text(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
+    text(&mut obj, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000"); // dates and times are UTC
     text(&mut obj, tags::MANUFACTURER, VR::LO, "Lightbox");
     text(&mut obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, "Lightbox workstation");
     text(&mut obj, tags::DEVICE_SERIAL_NUMBER, VR::LO, "1");

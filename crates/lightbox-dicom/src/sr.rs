@@ -115,6 +115,7 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
     text(&mut obj, tags::MANUFACTURER, VR::LO, "Lightbox");
     text(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
     text(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
+    text(&mut obj, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000"); // dates and times are UTC
     text(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
     match &report.verified_by {
         Some(name) => {

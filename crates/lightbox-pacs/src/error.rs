@@ -53,7 +53,9 @@ impl PacsError {
         match self {
             Self::Connect { .. } | Self::Timeout { .. } | Self::Transfer { .. } => true,
             Self::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
-            Self::Dimse { .. } => true,
+            // A peer that rejects the association or the object will do so again; a lost
+            // connection may not.
+            Self::Dimse { detail, .. } => !(detail.contains("rejected") || detail.contains("accepts neither")),
             _ => false,
         }
     }

@@ -40,6 +40,14 @@ pub struct DrainReport {
 /// when the PACS turns out to be unreachable.
 pub async fn drain(store: &Store, destination: &Destination<'_>) -> Result<DrainReport, PacsError> {
     let mut report = DrainReport::default();
+    // One drain at a time per store, across processes (`pacs drain --every`, `listen --rules`,
+    // the workstation): two would both send a row before either marks it.
+    let lock_path = store.root().join("outbox.lock");
+    let lock = std::fs::File::create(&lock_path).map_err(|source| PacsError::Io { path: lock_path.clone(), source })?;
+    if lock.try_lock().is_err() {
+        tracing::info!("another drain of this outbox is running; leaving it to that one");
+        return Ok(report);
+    }
     let due: Vec<OutboxItem> = store.outbox_due()?.into_iter().filter(|i| i.destination == destination.name).collect();
     let mut unreachable: Option<String> = None;
     for item in due {
@@ -76,7 +84,10 @@ enum Sent {
 }
 
 async fn send_one(store: &Store, destination: &Destination<'_>, item: &OutboxItem) -> Result<Sent, PacsError> {
-    if (item.state == OutboxState::Sending || item.attempts > 0) && on_pacs(destination.web, &item.sop_uid).await? {
+    // A lookup that fails (DICOMweb down) is "unknown": go on and send, DIMSE fallback included.
+    if (item.state == OutboxState::Sending || item.attempts > 0)
+        && on_pacs(destination.web, &item.sop_uid).await.unwrap_or(false)
+    {
         store.outbox_mark_sent(item.id)?;
         store.audit("outbox", "confirmed-on-pacs", &item.sop_uid, destination.name)?;
         return Ok(Sent::AlreadyThere);
@@ -89,6 +100,12 @@ async fn send_one(store: &Store, destination: &Destination<'_>, item: &OutboxIte
             Ok(Sent::Now)
         }
         Ok(result) => {
+            // A resend after a lost answer may be refused as a duplicate: ask before failing it.
+            if on_pacs(destination.web, &item.sop_uid).await.unwrap_or(false) {
+                store.outbox_mark_sent(item.id)?;
+                store.audit("outbox", "confirmed-on-pacs", &item.sop_uid, destination.name)?;
+                return Ok(Sent::AlreadyThere);
+            }
             let reason = result.failed.iter().find(|f| f.sop_uid == item.sop_uid).map(|f| f.reason).unwrap_or(0);
             Err(PacsError::Status {
                 method: "POST".into(),

@@ -405,7 +405,14 @@ impl DicomWebClient {
     }
 
     /// The value behind a `BulkDataURI` from metadata.
+    /// Only URIs on this client's own server are fetched (the credentials go with the request).
     pub async fn retrieve_bulk_data(&self, uri: &str) -> Result<Vec<u8>, PacsError> {
+        if !same_origin(uri, self.base_url()) {
+            return Err(PacsError::Config(format!(
+                "bulk data URI {uri} is not on {}: not sending the PACS credentials there",
+                self.base_url()
+            )));
+        }
         let (content_type, body) =
             self.get_bytes(uri, "multipart/related; type=\"application/octet-stream\"; transfer-syntax=*").await?;
         let content_type = content_type.unwrap_or_default();
@@ -421,6 +428,16 @@ impl DicomWebClient {
         }
         Ok(parts.remove(0).1)
     }
+}
+
+/// Scheme, host and port of two URLs are the same.
+fn same_origin(a: &str, b: &str) -> bool {
+    fn origin(url: &str) -> Option<&str> {
+        let (scheme, rest) = url.split_once("://")?;
+        let end = rest.find('/').unwrap_or(rest.len());
+        Some(&url[..scheme.len() + 3 + end])
+    }
+    matches!((origin(a), origin(b)), (Some(x), Some(y)) if x.eq_ignore_ascii_case(y))
 }
 
 /// Removes what killed transfers left in a store's `incoming/` folder (older than an hour, so
@@ -477,6 +494,16 @@ fn transfer_syntax_of(content_type: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_only_go_to_the_same_origin() {
+        let base = "https://pacs.example.org:8443/dicom-web";
+        assert!(same_origin("https://pacs.example.org:8443/dicom-web/studies/1/bulk/2", base));
+        assert!(!same_origin("https://evil.example.com/dicom-web/bulk", base));
+        assert!(!same_origin("http://pacs.example.org:8443/dicom-web/bulk", base));
+        assert!(!same_origin("https://pacs.example.org:8443.evil.com/x", base));
+        assert!(!same_origin("not a url", base));
+    }
 
     #[test]
     fn transfer_syntax_in_part_or_inside_quoted_type() {
