@@ -25,6 +25,19 @@ pipeline = "threshold-volume"
 modality = "CT"
 "#;
 
+/// `lightbox <args> --store <store>` with the Orthanc as the configured PACS.
+fn with_pacs(store: &std::path::Path, orthanc: &Orthanc, args: &[&str]) -> anyhow::Result<String> {
+    run_ok(
+        Command::new(bin("lightbox")?)
+            .args(args)
+            .arg("--store")
+            .arg(store)
+            .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+            .env("LIGHTBOX_PACS_USER", orthanc.user())
+            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password()),
+    )
+}
+
 /// Our own count of voxels above 1500 in the demo volume, times the voxel volume.
 fn expected_volume_mm3() -> anyhow::Result<f64> {
     let report = lightbox_dicom::scan_path(&demo_study())?;
@@ -134,17 +147,7 @@ fn a_job_cut_short_runs_again_with_the_same_results_and_sends_nothing_twice() ->
     let store = dir.path().join("store");
     run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
     let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
-    let lightbox = |args: &[&str]| -> anyhow::Result<String> {
-        run_ok(
-            Command::new(bin("lightbox")?)
-                .args(args)
-                .arg("--store")
-                .arg(&store)
-                .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
-                .env("LIGHTBOX_PACS_USER", orthanc.user())
-                .env("LIGHTBOX_PACS_PASSWORD", orthanc.password()),
-        )
-    };
+    let lightbox = |args: &[&str]| with_pacs(&store, &orthanc, args);
     let run = ["run", "threshold-volume", "--series", &series, "--threshold", "1500", "--send-to", "pacs"];
     let first = lightbox(&run)?;
     ensure!(first.contains("2 queued for the PACS"), "{first}");
@@ -177,17 +180,7 @@ fn results_wait_for_sign_off_then_a_verified_report_reaches_the_pacs() -> anyhow
     let store = dir.path().join("store");
     run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
     let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
-    let lightbox = |args: &[&str]| -> anyhow::Result<String> {
-        run_ok(
-            Command::new(bin("lightbox")?)
-                .args(args)
-                .arg("--store")
-                .arg(&store)
-                .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
-                .env("LIGHTBOX_PACS_USER", orthanc.user())
-                .env("LIGHTBOX_PACS_PASSWORD", orthanc.password()),
-        )
-    };
+    let lightbox = |args: &[&str]| with_pacs(&store, &orthanc, args);
     let ran = lightbox(&["run", "threshold-volume", "--series", &series, "--threshold", "1500"])?;
     ensure!(ran.contains("0 queued for the PACS"), "{ran}");
     ensure!(lightbox(&["pacs", "drain"])?.starts_with("sent 0,"));

@@ -6,6 +6,7 @@
 //! name the file, never panics.
 
 mod budget;
+mod build;
 mod error;
 mod header;
 mod precheck;

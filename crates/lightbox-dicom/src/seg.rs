@@ -4,12 +4,13 @@
 
 use std::path::Path;
 
-use dicom_core::value::{DataSetSequence, PrimitiveValue};
+use dicom_core::value::PrimitiveValue;
 use dicom_core::{DataElement, Tag, VR, dicom_value};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom_object::InMemDicomObject;
 use lightbox_core::Volume;
 
+use crate::build::{code_item, reference, sequence, write_file};
 use crate::write::{ds, new_uid, now_da_tm, uid_from};
 use crate::{DicomError, DisplaySet};
 
@@ -335,33 +336,8 @@ pub fn write_seg(
     }
     obj.put(DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::from(bits)));
 
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| DicomError::Io { path: dir.to_owned(), source })?;
-    }
-    let file = obj
-        .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
-        .map_err(|source| DicomError::Write { path: path.to_owned(), source: Box::new(source) })?;
-    file.write_to_file(path).map_err(|source| DicomError::Write { path: path.to_owned(), source: Box::new(source) })?;
+    write_file(obj, path)?;
     Ok(Written { sop_uid, series_uid })
-}
-
-fn sequence(obj: &mut InMemDicomObject, tag: Tag, items: Vec<InMemDicomObject>) {
-    obj.put(DataElement::new(tag, VR::SQ, DataSetSequence::from(items)));
-}
-
-fn code_item(code: &Code) -> InMemDicomObject {
-    let mut item = InMemDicomObject::new_empty();
-    item.put(DataElement::new(tags::CODE_VALUE, VR::SH, PrimitiveValue::from(code.value.as_str())));
-    item.put(DataElement::new(tags::CODING_SCHEME_DESIGNATOR, VR::SH, PrimitiveValue::from(code.scheme.as_str())));
-    item.put(DataElement::new(tags::CODE_MEANING, VR::LO, PrimitiveValue::from(code.meaning.as_str())));
-    item
-}
-
-fn reference(sop_class: &str, sop_uid: &str) -> InMemDicomObject {
-    let mut item = InMemDicomObject::new_empty();
-    item.put(DataElement::new(tags::REFERENCED_SOP_CLASS_UID, VR::UI, PrimitiveValue::from(sop_class)));
-    item.put(DataElement::new(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, PrimitiveValue::from(sop_uid)));
-    item
 }
 
 /// CS: upper case letters, digits, space and underscore, at most 16 characters.

@@ -363,6 +363,7 @@ fn serve_association(
                 }
             }
             Pdu::ReleaseRQ => {
+                drop_incoming(current.take()); // a C-STORE the peer never finished
                 let _ = association.send(&Pdu::ReleaseRP);
                 emit(events, ScpEvent::Released { calling_ae: calling_ae.clone(), instances: stored });
                 return Ok(());
