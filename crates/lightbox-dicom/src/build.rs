@@ -39,3 +39,23 @@ pub(crate) fn write_file(obj: InMemDicomObject, path: &Path) -> Result<(), Dicom
         .map_err(|source| DicomError::Write { path: path.to_owned(), source: Box::new(source) })?;
     file.write_to_file(path).map_err(|source| DicomError::Write { path: path.to_owned(), source: Box::new(source) })
 }
+
+/// The Patient and General Study modules of a derived object, copied from its source instance.
+pub(crate) fn put_patient_and_study(obj: &mut InMemDicomObject, source: &crate::header::InstanceHeader) {
+    let r = &source.record;
+    for (tag, vr, value) in [
+        (tags::STUDY_INSTANCE_UID, VR::UI, r.study_uid.as_str()),
+        (tags::PATIENT_NAME, VR::PN, r.patient.name.as_str()),
+        (tags::PATIENT_ID, VR::LO, r.patient.id.as_str()),
+        (tags::PATIENT_BIRTH_DATE, VR::DA, source.patient_birth_date.as_str()),
+        (tags::PATIENT_SEX, VR::CS, source.patient_sex.as_str()),
+        (tags::STUDY_DATE, VR::DA, r.study_date.as_str()),
+        (tags::STUDY_TIME, VR::TM, source.study_time.as_str()),
+        (tags::STUDY_ID, VR::SH, source.study_id.as_str()),
+        (tags::STUDY_DESCRIPTION, VR::LO, r.study_description.as_str()),
+        (tags::REFERRING_PHYSICIAN_NAME, VR::PN, source.referring_physician.as_str()),
+        (tags::ACCESSION_NUMBER, VR::SH, r.accession_number.as_str()),
+    ] {
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+    }
+}

@@ -10,7 +10,7 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
 use lightbox_core::Volume;
 
-use crate::build::{code_item, reference, sequence, write_file};
+use crate::build::{code_item, put_patient_and_study, reference, sequence, write_file};
 use crate::write::{ds, new_uid, now_da_tm, uid_from};
 use crate::{DicomError, DisplaySet};
 
@@ -122,16 +122,7 @@ pub fn write_seg(
     text(&mut obj, tags::FRAME_OF_REFERENCE_UID, VR::UI, &first.frame_of_reference_uid);
     text(&mut obj, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
     text(&mut obj, tags::MODALITY, VR::CS, "SEG");
-    text(&mut obj, tags::PATIENT_NAME, VR::PN, &r.patient.name);
-    text(&mut obj, tags::PATIENT_ID, VR::LO, &r.patient.id);
-    text(&mut obj, tags::PATIENT_BIRTH_DATE, VR::DA, &first.patient_birth_date);
-    text(&mut obj, tags::PATIENT_SEX, VR::CS, &first.patient_sex);
-    text(&mut obj, tags::STUDY_DATE, VR::DA, &r.study_date);
-    text(&mut obj, tags::STUDY_TIME, VR::TM, &first.study_time);
-    text(&mut obj, tags::STUDY_ID, VR::SH, &first.study_id);
-    text(&mut obj, tags::STUDY_DESCRIPTION, VR::LO, &r.study_description);
-    text(&mut obj, tags::REFERRING_PHYSICIAN_NAME, VR::PN, &first.referring_physician);
-    text(&mut obj, tags::ACCESSION_NUMBER, VR::SH, &r.accession_number);
+    put_patient_and_study(&mut obj, first);
     text(&mut obj, tags::SERIES_NUMBER, VR::IS, &series.series_number.to_string());
     text(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &series.series_description);
     text(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
