@@ -1197,6 +1197,11 @@ async fn study_retrieval_reports_progress_and_can_be_cancelled() -> anyhow::Resu
     client.store_files(None, &first.files).await?;
     client.store_files(None, &second_files).await?;
 
+    // Paged listing: pages of 5 give every instance of the study once.
+    let level = lightbox_pacs::QidoLevel::Instances { study: Some(first.study.clone()), series: None };
+    let paged = client.search_paged(&level, &QidoQuery::new(), 5).await?;
+    ensure!(uid_set(&paged, tags::SOP_INSTANCE_UID).len() == 20 && paged.len() == 20, "{} listed", paged.len());
+
     let store_dir = work.path().join("store");
     let mut store = Store::open(&store_dir)?;
     let (sender, receiver) = mpsc::channel();

@@ -122,6 +122,31 @@ impl DicomWebClient {
         DicomJson::parse_array(&body).map_err(|detail| PacsError::Malformed { url, detail })
     }
 
+    /// Every match, asked page by page (servers cap how many they return at once).
+    pub async fn search_all(&self, level: &QidoLevel, query: &QidoQuery) -> Result<Vec<DicomJson>, PacsError> {
+        self.search_paged(level, query, 500).await
+    }
+
+    /// [`Self::search_all`] with a given page size.
+    pub async fn search_paged(
+        &self,
+        level: &QidoLevel,
+        query: &QidoQuery,
+        page_size: u32,
+    ) -> Result<Vec<DicomJson>, PacsError> {
+        let page_size = page_size.max(1);
+        let mut all = Vec::new();
+        loop {
+            let page = query.clone().limit(page_size).offset(u32::try_from(all.len()).unwrap_or(u32::MAX));
+            let found = self.search(level, &page).await?;
+            let short = found.len() < page_size as usize;
+            all.extend(found);
+            if short || all.len() >= 1_000_000 {
+                return Ok(all);
+            }
+        }
+    }
+
     pub async fn search_studies(&self, query: &QidoQuery) -> Result<Vec<DicomJson>, PacsError> {
         self.search(&QidoLevel::Studies, query).await
     }

@@ -284,7 +284,8 @@ impl DicomWebClient {
         for file in &summary.files {
             have.insert(lightbox_dicom::read_instance(file)?.sop_instance_uid);
         }
-        let listed = self.search_instances(study, Some(series), &QidoQuery::new()).await?;
+        let level = crate::QidoLevel::Instances { study: Some(study.to_owned()), series: Some(series.to_owned()) };
+        let listed = self.search_all(&level, &QidoQuery::new()).await?;
         for instance in listed {
             let Some(sop) = instance.string(crate::json::tags::SOP_INSTANCE_UID) else { continue };
             if have.contains(&sop) {
@@ -331,7 +332,7 @@ impl DicomWebClient {
         let series_uids: Vec<String> = match series {
             Some(series) => vec![series.to_owned()],
             None => self
-                .search_series(study, &QidoQuery::new())
+                .search_all(&crate::QidoLevel::Series { study: Some(study.to_owned()) }, &QidoQuery::new())
                 .await?
                 .iter()
                 .filter_map(|s| s.string(crate::json::tags::SERIES_INSTANCE_UID))
