@@ -71,18 +71,7 @@ fn workstation_worklist_shows_local_and_pacs_studies() -> anyhow::Result<()> {
     lightbox_workflow::import(store.path(), &demo_study())?;
 
     let x = Xvfb::start()?;
-    let mut child = x
-        .command(&bin("lightbox-workstation")?)
-        .arg(demo_study())
-        .env("LIGHTBOX_STORE", store.path())
-        .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
-        .env("LIGHTBOX_PACS_USER", orthanc.user())
-        .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
-    let _child = KillOnDrop(child);
+    let (mut stderr, _child) = workstation(&x, store.path(), Some(&orthanc), &[])?;
     stderr.wait_for("ui ready: 1 rows", Duration::from_secs(120))?;
     // The "Worklist" tab, top left.
     x.xdotool(&["mousemove", "144", "66", "click", "1"])?;
@@ -124,18 +113,12 @@ fn workstation_receives_a_push_from_the_pacs() -> anyhow::Result<()> {
     }
     let store = tempfile::tempdir()?;
     let x = Xvfb::start()?;
-    let mut child = x
-        .command(&bin("lightbox-workstation")?)
-        .arg(demo_study())
-        .env("LIGHTBOX_STORE", store.path())
-        .env("LIGHTBOX_LISTEN_PORT", port.to_string())
-        .env("LIGHTBOX_AET", "LIGHTBOX")
-        .env_remove("LIGHTBOX_PACS_URL")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
-    let _child = KillOnDrop(child);
+    let (mut stderr, _child) = workstation(
+        &x,
+        store.path(),
+        None,
+        &[("LIGHTBOX_LISTEN_PORT", port.to_string()), ("LIGHTBOX_AET", "LIGHTBOX".to_owned())],
+    )?;
     stderr.wait_for(&format!("listening as LIGHTBOX on port {port}"), Duration::from_secs(120))?;
     stderr.wait_for("ui ready: 1 rows", Duration::from_secs(60))?;
 
@@ -165,19 +148,7 @@ fn workstation_sign_off_sends_the_verified_report_to_the_pacs() -> anyhow::Resul
     lightbox_workflow::pipeline::run_pipeline(store.path(), "threshold-volume", &series, 1500.0, None)?;
 
     let x = Xvfb::start()?;
-    let mut child = x
-        .command(&bin("lightbox-workstation")?)
-        .arg(demo_study())
-        .env("LIGHTBOX_STORE", store.path())
-        .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
-        .env("LIGHTBOX_PACS_USER", orthanc.user())
-        .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
-        .env_remove("LIGHTBOX_LISTEN_PORT")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let mut stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
-    let _child = KillOnDrop(child);
+    let (mut stderr, _child) = workstation(&x, store.path(), Some(&orthanc), &[])?;
     stderr.wait_for("ui ready: 1 rows", Duration::from_secs(120))?;
     // The "Results" tab, then the "Signing as" field, then type the name.
     x.xdotool(&["mousemove", "239", "66", "click", "1"])?;
@@ -215,4 +186,35 @@ fn green_button(image: &Rgb) -> Option<(u32, u32)> {
         }
     }
     (n > 50).then(|| ((sx / n) as u32, (sy / n) as u32))
+}
+
+/// The workstation on the demo folder with its own store, settings file and (optionally) PACS,
+/// in the X server `x`: its stderr lines, and the process (killed when dropped).
+fn workstation(
+    x: &Xvfb,
+    store: &std::path::Path,
+    orthanc: Option<&lightbox_tests::orthanc::Orthanc>,
+    env: &[(&str, String)],
+) -> anyhow::Result<(Lines, KillOnDrop)> {
+    let mut command = x.command(&bin("lightbox-workstation")?);
+    command
+        .arg(demo_study())
+        .env("LIGHTBOX_STORE", store)
+        .env("LIGHTBOX_CONFIG", store.join("config.toml"))
+        .env_remove("LIGHTBOX_PACS_URL")
+        .env_remove("LIGHTBOX_LISTEN_PORT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    if let Some(orthanc) = orthanc {
+        command
+            .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+            .env("LIGHTBOX_PACS_USER", orthanc.user())
+            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password());
+    }
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn()?;
+    let stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
+    Ok((stderr, KillOnDrop(child)))
 }
