@@ -1,6 +1,7 @@
 //! The outbox: DICOM objects (AI results, signed reports) waiting to reach a PACS.
 //!
-//! Each row is keyed by SOP Instance UID, so the same object can never be queued twice, and its
+//! Each row is keyed by SOP Instance UID and destination, so the same object can never be queued
+//! twice for one PACS (and can be for two), and its
 //! file lives in the content-addressed object folder, so it survives restarts. A row moves
 //! `pending → sending → sent`; a send that fails for a reason worth retrying (network, 5xx) goes
 //! back to `pending`, one the PACS refused (4xx) to `failed` until a person re-queues it. A row
@@ -63,7 +64,8 @@ pub struct OutboxItem {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Enqueued {
     Queued(i64),
-    /// An object with this SOP Instance UID is queued (or was sent) already; nothing changed.
+    /// An object with this SOP Instance UID is queued (or was sent) for this destination
+    /// already; nothing changed.
     AlreadyQueued(i64),
 }
 
@@ -74,7 +76,11 @@ impl Store {
         let record = lightbox_dicom::read_instance(path)?;
         let existing: Option<i64> = self
             .db
-            .query_row("SELECT id FROM outbox WHERE sop_uid = ?1", [&record.sop_instance_uid], |r| r.get(0))
+            .query_row(
+                "SELECT id FROM outbox WHERE sop_uid = ?1 AND destination = ?2",
+                params![record.sop_instance_uid, destination],
+                |r| r.get(0),
+            )
             .optional()
             .map_err(self.sql())?;
         if let Some(id) = existing {
@@ -175,6 +181,39 @@ impl Store {
                 return Err(StoreError::NoSuchOutboxItem(id));
             }
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn demo_file() -> PathBuf {
+        let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo/prostate-adc");
+        std::fs::read_dir(&demo)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.extension().is_some_and(|e| e == "dcm"))
+            .unwrap_or(demo)
+    }
+
+    #[test]
+    fn one_row_per_object_and_destination() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut store = Store::open(dir.path())?;
+        let file = demo_file();
+        let Enqueued::Queued(a) = store.outbox_enqueue(&file, "pacs-a")? else { anyhow::bail!("not queued") };
+        let Enqueued::Queued(b) = store.outbox_enqueue(&file, "pacs-b")? else { anyhow::bail!("not queued for b") };
+        assert_ne!(a, b);
+        assert_eq!(store.outbox_enqueue(&file, "pacs-a")?, Enqueued::AlreadyQueued(a));
+        store.outbox_begin(a)?;
+        store.outbox_mark_sent(a)?;
+        let rows = store.outbox(None)?;
+        assert_eq!(rows.len(), 2);
+        assert_eq!(store.outbox_due()?.iter().map(|r| r.id).collect::<Vec<_>>(), [b]);
+        assert!(rows.iter().all(|r| r.file.is_file() && !r.study_uid.is_empty()));
         Ok(())
     }
 }

@@ -82,6 +82,25 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN result TEXT;
     ALTER TABLE jobs ADD COLUMN error TEXT;
     CREATE UNIQUE INDEX jobs_key ON jobs (key);",
+    // 4: an object can be queued for several destinations (one row each).
+    "CREATE TABLE outbox_new (
+        id INTEGER PRIMARY KEY,
+        sop_uid TEXT NOT NULL,
+        object TEXT NOT NULL,
+        destination TEXT NOT NULL,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        sent_at TEXT,
+        study_uid TEXT NOT NULL DEFAULT '',
+        UNIQUE (sop_uid, destination)
+    );
+    INSERT INTO outbox_new SELECT id, sop_uid, object, destination, state, attempts, last_error, created_at, sent_at, study_uid
+        FROM outbox;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_new RENAME TO outbox;
+    CREATE INDEX outbox_study ON outbox (study_uid);",
 ];
 
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
