@@ -230,3 +230,71 @@ fn results_wait_for_sign_off_then_a_verified_report_reaches_the_pacs() -> anyhow
     ensure!(orthanc.instance_count()? == 2);
     Ok(())
 }
+
+/// Exporter plugins: the shipped `copy-to-folder` copies the SEG and SR and writes the series as
+/// NIfTI; a failing plugin and one that hangs are reported (the latter killed at the timeout).
+#[test]
+fn exporter_plugins_run_with_the_manifest_and_a_timeout() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
+    let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
+    run_ok(
+        Command::new(bin("lightbox")?)
+            .args(["run", "threshold-volume", "--series", &series, "--threshold", "1500", "--store"])
+            .arg(&store),
+    )?;
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins)?;
+    std::fs::copy(lightbox_tests::workspace_root().join("plugins/copy-to-folder"), plugins.join("copy-to-folder"))?;
+    let lightbox_dir = bin("lightbox")?.parent().context("no bin dir")?.to_owned();
+    let path = format!("{}:{}", lightbox_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let export = dir.path().join("exported");
+    let out = run_ok(
+        Command::new(bin("lightbox")?)
+            .args(["export-results", "--job", "1", "--plugins"])
+            .arg(&plugins)
+            .arg("--store")
+            .arg(&store)
+            .env("LIGHTBOX_EXPORT_DIR", &export)
+            .env("PATH", &path),
+    )?;
+    ensure!(out.contains("plugin copy-to-folder: ok"), "{out}");
+    let mut files = Vec::new();
+    for study in std::fs::read_dir(&export)? {
+        for job in std::fs::read_dir(study?.path())? {
+            for f in std::fs::read_dir(job?.path())? {
+                files.push(f?.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    ensure!(files.iter().filter(|f| f.ends_with(".dcm")).count() == 2, "{files:?}");
+    ensure!(files.iter().any(|f| f.ends_with(".nii")), "{files:?}");
+
+    // A plugin that fails and one that hangs.
+    let write = |name: &str, body: &str| -> anyhow::Result<()> {
+        let p = plugins.join(name);
+        std::fs::write(&p, body)?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    };
+    write("fails", "#!/bin/sh\necho 'no disk space' >&2\necho '{\"status\":\"failed\"}'\nexit 3\n")?;
+    write("hangs", "#!/bin/sh\nsleep 30\n")?;
+    let started = std::time::Instant::now();
+    let output = Command::new(bin("lightbox")?)
+        .args(["export-results", "--job", "1", "--timeout-secs", "1", "--plugins"])
+        .arg(&plugins)
+        .arg("--store")
+        .arg(&store)
+        .env("LIGHTBOX_EXPORT_DIR", &export)
+        .env("PATH", &path)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    ensure!(!output.status.success(), "{stdout}");
+    ensure!(stdout.contains("plugin fails: failed (exit 3)") && stdout.contains("no disk space"), "{stdout}");
+    ensure!(stdout.contains("plugin hangs: killed after 1 s"), "{stdout}");
+    ensure!(stdout.contains("plugin copy-to-folder: ok"), "{stdout}");
+    ensure!(started.elapsed() < Duration::from_secs(20), "the hanging plugin was not killed");
+    Ok(())
+}

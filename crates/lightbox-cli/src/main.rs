@@ -98,6 +98,18 @@ enum Commands {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+    /// Run the exporter plugins (executables in --plugins, or LIGHTBOX_PLUGINS) on a result.
+    ExportResults {
+        #[arg(long)]
+        job: i64,
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+        /// Longest a plugin may run, in seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_secs: u64,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Analyses that ran or failed, newest first.
     Jobs {
         #[arg(long)]
@@ -481,6 +493,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "job {job} signed by {radiologist}: SR {} (VERIFIED), {} queued for {send_to}",
                 o.sr_uid, o.queued
             );
+        }
+        Commands::ExportResults { job, plugins, timeout_secs, store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let plugins = plugins.unwrap_or_else(lightbox_workflow::plugins::plugins_dir);
+            let manifest = lightbox_workflow::plugins::manifest(&store, job)?;
+            let runs = lightbox_workflow::plugins::run_exporters(
+                &plugins,
+                &manifest,
+                std::time::Duration::from_secs(timeout_secs.max(1)),
+            )?;
+            let mut failed = 0;
+            for run in &runs {
+                let outcome = match (run.ok(), run.timed_out, run.exit_code) {
+                    (true, ..) => "ok".to_owned(),
+                    (false, true, _) => format!("killed after {timeout_secs} s"),
+                    (false, false, Some(code)) => format!("failed (exit {code})"),
+                    (false, false, None) => "could not run".to_owned(),
+                };
+                failed += usize::from(!run.ok());
+                println!("plugin {}: {outcome}: {}", run.plugin, run.status);
+                if !run.ok() && !run.stderr.trim().is_empty() {
+                    println!("  stderr: {}", run.stderr.trim());
+                }
+            }
+            anyhow::ensure!(failed == 0, "{failed} of {} exporter plugins failed", runs.len());
         }
         Commands::Jobs { store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);

@@ -9,6 +9,7 @@ use std::process::{Child, Command};
 
 pub mod pacs;
 pub mod pipeline;
+pub mod plugins;
 pub mod settings;
 
 use lightbox_core::SeriesInstanceUid;

@@ -1,0 +1,172 @@
+//! Exporter plugins: plain executables in a plugins folder. Each is started with a JSON manifest
+//! of one result on stdin (study, series, job, the result files, the source files), must print a
+//! JSON status on stdout and exit 0 on success; it is killed after a timeout. Its stdout and
+//! stderr are kept in the job's audit trail.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lightbox_store::Store;
+
+use crate::WorkflowError;
+
+/// What a plugin is told about one result.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Manifest {
+    pub job_id: i64,
+    pub pipeline: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    /// The result objects (SEG, SR), as stored files.
+    pub results: Vec<ManifestFile>,
+    /// The analysed series' instances, as stored files.
+    pub source_files: Vec<PathBuf>,
+    pub volume_mm3: Option<f64>,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ManifestFile {
+    pub sop_uid: String,
+    pub path: PathBuf,
+}
+
+/// How one plugin run went.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginRun {
+    pub plugin: String,
+    /// `None` when it was killed (timeout) or could not start.
+    pub exit_code: Option<i32>,
+    /// The JSON it printed (`null` when it printed none).
+    pub status: serde_json::Value,
+    pub stderr: String,
+    pub timed_out: bool,
+}
+
+impl PluginRun {
+    pub fn ok(&self) -> bool {
+        self.exit_code == Some(0) && !self.timed_out
+    }
+}
+
+/// The plugins folder: `$LIGHTBOX_PLUGINS`, else `plugins/` in the config folder.
+pub fn plugins_dir() -> PathBuf {
+    std::env::var_os("LIGHTBOX_PLUGINS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::settings::config_path().with_file_name("plugins"))
+}
+
+/// The manifest of a finished analysis job.
+pub fn manifest(store_dir: &Path, job_id: i64) -> Result<Manifest, WorkflowError> {
+    let store = Store::open(store_dir)?;
+    let row = crate::pipeline::results(store_dir)?
+        .into_iter()
+        .find(|r| r.job_id == job_id && r.state == "done")
+        .ok_or_else(|| WorkflowError::Analysis(format!("no finished analysis job {job_id}")))?;
+    let mut results = Vec::new();
+    for uid in [&row.seg_uid, &row.sr_uid].into_iter().flatten() {
+        if let Some(path) = store.instance_file(uid)? {
+            results.push(ManifestFile { sop_uid: uid.clone(), path });
+        }
+    }
+    let source_files = store.series_files(&row.series_uid)?;
+    let study_uid = source_files
+        .first()
+        .and_then(|f| lightbox_dicom::read_instance(f).ok())
+        .map(|r| r.study_uid.as_str().to_owned())
+        .unwrap_or_default();
+    Ok(Manifest {
+        job_id,
+        pipeline: row.pipeline,
+        study_uid,
+        series_uid: row.series_uid,
+        results,
+        source_files,
+        volume_mm3: row.volume_mm3,
+    })
+}
+
+/// Runs every executable in `dir` (sorted by name) on the manifest, each at most `timeout`.
+pub fn run_exporters(dir: &Path, manifest: &Manifest, timeout: Duration) -> Result<Vec<PluginRun>, WorkflowError> {
+    let io = |source| WorkflowError::Io { path: dir.to_owned(), source };
+    let mut plugins: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| is_executable(p))
+        .collect();
+    plugins.sort();
+    let input = serde_json::to_vec_pretty(manifest).map_err(|e| WorkflowError::Analysis(e.to_string()))?;
+    Ok(plugins.iter().map(|plugin| run_one(plugin, &input, timeout)).collect())
+}
+
+fn is_executable(path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        path.is_file() && std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+    }
+    #[cfg(not(unix))]
+    {
+        path.is_file()
+    }
+}
+
+fn run_one(plugin: &Path, input: &[u8], timeout: Duration) -> PluginRun {
+    let name = plugin.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let failed = |stderr: String| PluginRun {
+        plugin: name.clone(),
+        exit_code: None,
+        status: serde_json::Value::Null,
+        stderr,
+        timed_out: false,
+    };
+    let mut command = Command::new(plugin);
+    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => return failed(format!("cannot start: {e}")),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input); // a plugin that ignores its input is not an error
+    }
+    // Read its output on threads so a chatty plugin cannot block on a full pipe.
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    // Readers report through channels: something the plugin started may keep its output open
+    // after it is killed, and must not keep us waiting.
+    let (out_tx, out) = std::sync::mpsc::channel();
+    let (err_tx, err) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = Vec::new();
+        if let Some(o) = stdout.as_mut() {
+            let _ = o.take(1 << 20).read_to_end(&mut s);
+        }
+        let _ = out_tx.send(s);
+    });
+    std::thread::spawn(move || {
+        let mut s = Vec::new();
+        if let Some(e) = stderr.as_mut() {
+            let _ = e.take(1 << 20).read_to_end(&mut s);
+        }
+        let _ = err_tx.send(s);
+    });
+    let started = Instant::now();
+    let (exit_code, timed_out) = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break (status.code(), false),
+            Ok(None) if started.elapsed() >= timeout => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break (None, true);
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(_) => break (None, false),
+        }
+    };
+    let grace = Duration::from_secs(2);
+    let stdout = out.recv_timeout(grace).unwrap_or_default();
+    let stderr = String::from_utf8_lossy(&err.recv_timeout(grace).unwrap_or_default()).into_owned();
+    let status = serde_json::from_slice(stdout.trim_ascii()).unwrap_or(serde_json::Value::Null);
+    PluginRun { plugin: name, exit_code, status, stderr, timed_out }
+}
