@@ -49,6 +49,8 @@ fn send_query_retrieve_as_a_user_would() -> anyhow::Result<()> {
     assert_eq!(orthanc.instance_count()?, 20);
     assert_eq!(orthanc.sop_instance_uids()?.into_iter().collect::<BTreeSet<_>>(), demo_uids()?);
     assert!(outbox_states(sender.path())?.iter().all(|s| *s == OutboxState::Sent));
+    let listed = run_ok(lightbox(&url, &orthanc)?.args(["pacs", "outbox", "--store"]).arg(sender.path()))?;
+    assert_eq!(listed.lines().filter(|l| l.contains(" sent ")).count(), 20, "{listed}");
 
     // Sending again queues nothing and sends nothing.
     let again =

@@ -327,6 +327,11 @@ enum PacsCommand {
         #[arg(long, value_name = "SECS")]
         every: Option<u64>,
     },
+    /// The outbox rows for this PACS: state, attempts, last error.
+    Outbox {
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// C-ECHO the PACS's DIMSE port (needs --dimse-aet).
     Echo,
 }
@@ -443,18 +448,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Outbox { command } => match command {
             OutboxCommand::List { store } => {
                 let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
-                for item in lightbox_workflow::pacs::outbox_list(&store)? {
-                    println!(
-                        "{:>5} {:<8} {:<10} attempts {:>2}  {}  {}{}",
-                        item.id,
-                        item.state.as_str(),
-                        item.destination,
-                        item.attempts,
-                        item.sop_uid,
-                        item.sent_at.as_deref().unwrap_or(""),
-                        item.last_error.map(|e| format!("  last error: {e}")).unwrap_or_default()
-                    );
-                }
+                print_outbox(lightbox_workflow::pacs::outbox_list(&store)?.into_iter());
             }
             OutboxCommand::Retry { id, store } => {
                 let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
@@ -673,6 +667,11 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
                 std::thread::sleep(std::time::Duration::from_secs(secs.max(1)));
             }
         }
+        PacsCommand::Outbox { store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let items = pacs::outbox_list(&store)?;
+            print_outbox(items.into_iter().filter(|i| i.destination == settings.name));
+        }
         PacsCommand::Echo => {
             let peer = settings.dimse.as_ref().context("C-ECHO needs --dimse-aet (or LIGHTBOX_PACS_AET)")?;
             pacs::echo(peer)?;
@@ -735,6 +734,21 @@ fn outcome_line(pipeline: &str, series: &str, o: &lightbox_workflow::pipeline::P
 
 fn print_outcome(pipeline: &str, series: &str, o: &lightbox_workflow::pipeline::PipelineOutcome) {
     println!("{}", outcome_line(pipeline, series, o));
+}
+
+fn print_outbox(items: impl Iterator<Item = lightbox_workflow::pacs::OutboxItem>) {
+    for item in items {
+        println!(
+            "{:>5} {:<8} {:<10} attempts {:>2}  {}  {}{}",
+            item.id,
+            item.state.as_str(),
+            item.destination,
+            item.attempts,
+            item.sop_uid,
+            item.sent_at.as_deref().unwrap_or(""),
+            item.last_error.map(|e| format!("  last error: {e}")).unwrap_or_default()
+        );
+    }
 }
 
 fn print_drain(report: &lightbox_workflow::pacs::DrainReport) {
