@@ -200,12 +200,8 @@ fn sr_measurement_report_is_read_back_by_highdicom_and_passes_dciodvfy() -> anyh
     let volume_mm3 = labels.voxels().iter().filter(|&&v| v == 1).count() as f64 * voxel_mm3;
     let mm3 = Code::new("mm3", "UCUM", "cubic millimeter");
     let sr = MeasurementReport {
-        observer: Observer::Device {
-            name: "Lightbox threshold".into(),
-            uid: lightbox_dicom::new_uid(),
-            version: "0.1".into(),
-        },
-        procedure: Code::new("25045-6", "LN", "MRI unspecified body region"),
+        observer: Observer::Device { name: "Lightbox threshold".into(), uid: lightbox_dicom::new_uid() },
+        procedure: Code::new("25056-3", "LN", "MRI unspecified body region"),
         groups: vec![MeasurementGroup {
             tracking_id: "ADC region 1".into(),
             tracking_uid: lightbox_dicom::new_uid(),

@@ -18,11 +18,11 @@ use crate::{DicomError, DisplaySet};
 /// Who made the report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observer {
-    /// A program: its name, a UID for this installation, and version.
+    /// A program: its name and a UID for this installation (its version goes with the values
+    /// it made, as TID 4019 algorithm identification).
     Device {
         name: String,
         uid: String,
-        version: String,
     },
     Person {
         name: String,
@@ -67,7 +67,7 @@ pub struct MeasurementGroup {
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeasurementReport {
     pub observer: Observer,
-    /// e.g. LN 25045-6 "MRI unspecified body region" (TID 1500 "Procedure reported").
+    /// e.g. LN 25056-3 "MRI unspecified body region" (TID 1500 "Procedure reported").
     pub procedure: Code,
     pub groups: Vec<MeasurementGroup>,
     pub series_description: String,
@@ -165,12 +165,12 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
         &Code::new("en-US", "RFC5646", "English (United States)"),
     )];
     match &report.observer {
-        Observer::Device { name, uid, version } => {
+        Observer::Device { name, uid } => {
             content.push(code("HAS OBS CONTEXT", &dcm("121005", "Observer Type"), &dcm("121007", "Device")));
             content.push(uidref("HAS OBS CONTEXT", &dcm("121012", "Device Observer UID"), uid));
             content.push(text_item("HAS OBS CONTEXT", &dcm("121013", "Device Observer Name"), name));
             content.push(text_item("HAS OBS CONTEXT", &dcm("121014", "Device Observer Manufacturer"), "Lightbox"));
-            content.push(text_item("HAS OBS CONTEXT", &dcm("121015", "Device Observer Model Name"), version));
+            content.push(text_item("HAS OBS CONTEXT", &dcm("121015", "Device Observer Model Name"), "Lightbox"));
         }
         Observer::Person { name } => {
             content.push(code("HAS OBS CONTEXT", &dcm("121005", "Observer Type"), &dcm("121006", "Person")));
@@ -223,7 +223,10 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
             group
         })
         .collect();
-    content.push(container("CONTAINS", &dcm("126010", "Imaging Measurements"), groups));
+    // TID 1500 has no empty "Imaging Measurements" container: leave it out when there is nothing.
+    if !groups.is_empty() {
+        content.push(container("CONTAINS", &dcm("126010", "Imaging Measurements"), groups));
+    }
     sequence(&mut obj, tags::CONTENT_SEQUENCE, content);
 
     write_file(obj, path)?;

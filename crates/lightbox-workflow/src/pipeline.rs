@@ -228,9 +228,8 @@ fn threshold_volume(
             observer: Observer::Device {
                 name: name.clone(),
                 uid: lightbox_dicom::uid_from("lightbox/device/threshold-volume"),
-                version: THRESHOLD_VOLUME_VERSION.into(),
             },
-            procedure: Code::new("25045-6", "LN", "MRI unspecified body region"),
+            procedure: Code::new("25056-3", "LN", "MRI unspecified body region"),
             groups: vec![MeasurementGroup {
                 tracking_id: format!("Above {threshold}"),
                 tracking_uid: lightbox_dicom::uid_from(&format!("{key}/tracking")),
