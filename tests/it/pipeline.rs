@@ -25,6 +25,14 @@ pipeline = "threshold-volume"
 modality = "CT"
 "#;
 
+/// A store in `dir` holding the demo study; the demo series' UID.
+fn demo_store(dir: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let store = dir.join("store");
+    run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
+    let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
+    Ok((store, series))
+}
+
 /// `lightbox <args> --store <store>` with the Orthanc as the configured PACS.
 fn with_pacs(store: &std::path::Path, orthanc: &Orthanc, args: &[&str]) -> anyhow::Result<String> {
     run_ok(
@@ -144,9 +152,7 @@ fn pushed_series_is_analysed_and_results_reach_the_pacs_exactly_once() -> anyhow
 fn a_job_cut_short_runs_again_with_the_same_results_and_sends_nothing_twice() -> anyhow::Result<()> {
     let orthanc = Orthanc::start()?;
     let dir = tempfile::tempdir()?;
-    let store = dir.path().join("store");
-    run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
-    let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
+    let (store, series) = demo_store(dir.path())?;
     let lightbox = |args: &[&str]| with_pacs(&store, &orthanc, args);
     let run = ["run", "threshold-volume", "--series", &series, "--threshold", "1500", "--send-to", "pacs"];
     let first = lightbox(&run)?;
@@ -177,9 +183,7 @@ fn a_job_cut_short_runs_again_with_the_same_results_and_sends_nothing_twice() ->
 fn results_wait_for_sign_off_then_a_verified_report_reaches_the_pacs() -> anyhow::Result<()> {
     let orthanc = Orthanc::start()?;
     let dir = tempfile::tempdir()?;
-    let store = dir.path().join("store");
-    run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
-    let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
+    let (store, series) = demo_store(dir.path())?;
     let lightbox = |args: &[&str]| with_pacs(&store, &orthanc, args);
     let ran = lightbox(&["run", "threshold-volume", "--series", &series, "--threshold", "1500"])?;
     ensure!(ran.contains("0 queued for the PACS"), "{ran}");
@@ -236,9 +240,7 @@ fn results_wait_for_sign_off_then_a_verified_report_reaches_the_pacs() -> anyhow
 #[test]
 fn exporter_plugins_run_with_the_manifest_and_a_timeout() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let store = dir.path().join("store");
-    run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
-    let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
+    let (store, series) = demo_store(dir.path())?;
     run_ok(
         Command::new(bin("lightbox")?)
             .args(["run", "threshold-volume", "--series", &series, "--threshold", "1500", "--store"])

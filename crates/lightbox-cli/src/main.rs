@@ -431,16 +431,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             let query = filter.worklist_query();
             for s in lightbox_workflow::worklist(&store, &query)? {
+                let (series, instances) = (s.series.to_string(), s.instances.to_string());
                 println!(
-                    "{:<10} {:<22} {:<24} {:<8} {:>3} series {:>6} instances  \"{}\"  [{}]",
-                    or_dash(&s.date),
-                    or_dash(&s.patient_id),
-                    or_dash(&s.patient_name),
-                    or_dash(&s.modalities),
-                    s.series,
-                    s.instances,
-                    s.description,
-                    s.study_uid
+                    "{}",
+                    study_line(
+                        &s.date,
+                        &s.patient_id,
+                        &s.patient_name,
+                        &s.modalities,
+                        &series,
+                        &instances,
+                        &s.description,
+                        &s.study_uid
+                    )
                 );
             }
         }
@@ -616,16 +619,20 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
                 query = query.fuzzy();
             }
             for s in runtime.block_on(pacs::pacs_search_studies(&settings, &query))? {
+                let count = |n: Option<i64>| n.map_or_else(|| "?".into(), |n| n.to_string());
+                let (series, instances) = (count(s.series), count(s.instances));
                 println!(
-                    "{:<10} {:<22} {:<24} {:<8} {:>3} series {:>6} instances  \"{}\"  [{}]",
-                    or_dash(&s.date),
-                    or_dash(&s.patient_id),
-                    or_dash(&s.patient_name),
-                    or_dash(&s.modalities),
-                    s.series.map_or_else(|| "?".into(), |n| n.to_string()),
-                    s.instances.map_or_else(|| "?".into(), |n| n.to_string()),
-                    s.description,
-                    s.study_uid
+                    "{}",
+                    study_line(
+                        &s.date,
+                        &s.patient_id,
+                        &s.patient_name,
+                        &s.modalities,
+                        &series,
+                        &instances,
+                        &s.description,
+                        &s.study_uid
+                    )
                 );
             }
         }
@@ -734,6 +741,27 @@ fn outcome_line(pipeline: &str, series: &str, o: &lightbox_workflow::pipeline::P
 
 fn print_outcome(pipeline: &str, series: &str, o: &lightbox_workflow::pipeline::PipelineOutcome) {
     println!("{}", outcome_line(pipeline, series, o));
+}
+
+/// One study as a worklist line, local or on the PACS.
+#[allow(clippy::too_many_arguments)]
+fn study_line(
+    date: &str,
+    patient_id: &str,
+    patient_name: &str,
+    modalities: &str,
+    series: &str,
+    instances: &str,
+    description: &str,
+    study_uid: &str,
+) -> String {
+    format!(
+        "{:<10} {:<22} {:<24} {:<8} {series:>3} series {instances:>6} instances  \"{description}\"  [{study_uid}]",
+        or_dash(date),
+        or_dash(patient_id),
+        or_dash(patient_name),
+        or_dash(modalities),
+    )
 }
 
 fn print_outbox(items: impl Iterator<Item = lightbox_workflow::pacs::OutboxItem>) {
