@@ -15,6 +15,9 @@ name = "diffusion maps"
 pipeline = "threshold-volume"
 modality = "MR"
 description = "diffusion"
+sequence = ["ADC", "DWI"]
+plane = "axial"
+body_part = "PROSTATE|PELVIS"
 min_instances = 10
 threshold = 1500.0
 auto_send = true
@@ -66,6 +69,8 @@ fn rules_check_explains_and_run_happens_once() -> anyhow::Result<()> {
     let check = run_ok(Command::new(bin("lightbox")?).args(["rules", "check"]).arg(&rules).arg("--store").arg(&store))?;
     ensure!(check.contains("MATCH    rule \"diffusion maps\" -> threshold-volume: modality MR is MR"), "{check}");
     ensure!(check.contains("matches /diffusion/") && check.contains("20 instances >= 10"), "{check}");
+    ensure!(check.contains("sequence ADC (echo-planar") && check.contains("is one of ADC/DWI"), "{check}");
+    ensure!(check.contains("plane axial is axial") && check.contains("body part PROSTATE matches"), "{check}");
     ensure!(check.contains("no match rule \"CT only\" -> threshold-volume: modality MR is not CT"), "{check}");
 
     let series = lightbox_dicom::scan_path(&demo_study())?.series().next().context("no series")?.1.uid.to_string();
@@ -108,22 +113,30 @@ fn pushed_series_is_analysed_and_results_reach_the_pacs_exactly_once() -> anyhow
             .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
             .env("LIGHTBOX_PACS_USER", orthanc.user())
             .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
+            .env("LIGHTBOX_SETTLE_MS", "1500")
             .stdout(Stdio::piped())
             .spawn()?,
     );
     let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
     lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
 
-    let push = || {
-        run_ok(
-            Command::new("storescu")
-                .args(["-aec", "LIGHTBOX", "127.0.0.1", &port.to_string(), "+sd"])
-                .arg(demo_study()),
-        )
+    let push = |files: &[std::path::PathBuf]| {
+        run_ok(Command::new("storescu").args(["-aec", "LIGHTBOX", "127.0.0.1", &port.to_string()]).args(files))
     };
-    push()?;
+    let mut files: Vec<_> = std::fs::read_dir(demo_study())?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    files.sort();
+    // In two associations, as a modality sending slice by slice does: the series settles
+    // first, so it is analysed once, whole.
+    let (first_half, second_half) = files.split_at(files.len() / 2);
+    push(first_half)?;
+    push(second_half)?;
     let done = lines.wait_for("pipeline threshold-volume on", Duration::from_secs(60))?;
     ensure!(done.contains("2 queued for the PACS"), "{done}");
+    let queued: Vec<&String> = lines.seen.iter().filter(|l| l.contains(" queued: rule")).collect();
+    ensure!(queued.len() == 1, "one job for the whole series, not one per part: {queued:?}");
+    let volume: f64 =
+        done.split(", volume ").nth(1).and_then(|v| v.split(' ').next()).context("no volume in the line")?.parse()?;
+    ensure!((volume - expected_volume_mm3()?).abs() < 0.5, "{volume} is not the whole series' volume");
     let sent = lines.wait_for("outbox:", Duration::from_secs(30))?;
     ensure!(sent.contains("sent 2,"), "{sent}");
     ensure!(orthanc.instance_count()? == 2, "Orthanc has {} instances", orthanc.instance_count()?);
@@ -137,7 +150,7 @@ fn pushed_series_is_analysed_and_results_reach_the_pacs_exactly_once() -> anyhow
     ensure!(modalities.contains(&"SEG".to_owned()) && modalities.contains(&"SR".to_owned()), "{modalities:?}");
 
     // The same series again: no second analysis, nothing new on the PACS.
-    push()?;
+    push(&files)?;
     let again = lines.wait_for("pipeline threshold-volume on", Duration::from_secs(60))?;
     ensure!(again.contains("done before"), "{again}");
     std::thread::sleep(Duration::from_millis(300));
@@ -174,6 +187,79 @@ fn a_job_cut_short_runs_again_with_the_same_results_and_sends_nothing_twice() ->
     ensure!(orthanc.instance_count()? == 2, "a result reached the PACS twice");
     let jobs = lightbox(&["jobs"])?;
     ensure!(jobs.lines().count() == 1 && jobs.contains("done"), "{jobs}");
+    Ok(())
+}
+
+/// A real crash: `lightbox run` is killed (SIGKILL) at the worst moment, its results stored
+/// and queued but the job not marked done. While its lease holds nobody else runs the job;
+/// once it lapses, `lightbox listen` picks the job up by itself, finishes it with the same
+/// UIDs, and the results reach Orthanc exactly once.
+#[test]
+fn a_job_killed_mid_run_is_finished_once_by_the_next_runner() -> anyhow::Result<()> {
+    let orthanc = Orthanc::start()?;
+    let dir = tempfile::tempdir()?;
+    let (store, series) = demo_store(dir.path())?;
+    let pacs_env = |c: &mut Command| {
+        c.env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+            .env("LIGHTBOX_PACS_USER", orthanc.user())
+            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
+            .env("LIGHTBOX_JOB_LEASE_SECS", "2");
+    };
+    let mut run = Command::new(bin("lightbox")?);
+    run.args(["run", "threshold-volume", "--series", &series, "--threshold", "1500", "--send-to", "pacs", "--store"])
+        .arg(&store)
+        .env("LIGHTBOX_FAULT_PAUSE", "finishing:60000")
+        .stdout(Stdio::null());
+    pacs_env(&mut run);
+    let mut child = KillOnDrop(run.spawn()?);
+    let db = rusqlite::Connection::open(store.join("index.sqlite"))?;
+    let stage = || -> rusqlite::Result<(String, String)> {
+        db.query_row("SELECT state, stage FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?)))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while stage().ok() != Some(("running".into(), "finishing".into())) {
+        ensure!(std::time::Instant::now() < deadline, "the job never reached 'finishing': {:?}", stage());
+        ensure!(child.0.try_wait()?.is_none(), "lightbox run ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.0.kill()?; // SIGKILL: no destructor, no clean-up
+    child.0.wait()?;
+    let queued: i64 = db.query_row("SELECT count(*) FROM outbox WHERE state = 'pending'", [], |r| r.get(0))?;
+    ensure!(queued == 2 && stage()?.0 == "running", "the crash state: {queued} queued, job {:?}", stage()?);
+
+    // While the dead runner's lease holds, a second runner does not take the job.
+    let mut again = Command::new(bin("lightbox")?);
+    again.args(["run", "threshold-volume", "--series", &series, "--threshold", "1500", "--send-to", "pacs", "--store"]);
+    again.arg(&store);
+    pacs_env(&mut again);
+    let busy = again.output()?;
+    let says = String::from_utf8_lossy(&busy.stderr).into_owned();
+    ensure!(!busy.status.success() && says.contains("running in another process"), "{says}");
+
+    // The daemon finds the orphan once the lease lapsed, finishes it and sends the results.
+    std::thread::sleep(Duration::from_millis(2100));
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RULES)?;
+    let mut listen = Command::new(bin("lightbox")?);
+    listen
+        .args(["listen", "--bind", "127.0.0.1", "--port", &free_port()?.to_string(), "--rules"])
+        .arg(&rules)
+        .arg("--store")
+        .arg(&store)
+        .stdout(Stdio::piped());
+    pacs_env(&mut listen);
+    let mut listener = KillOnDrop(listen.spawn()?);
+    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
+    let done = lines.wait_for("pipeline threshold-volume on", Duration::from_secs(60))?;
+    ensure!(done.contains("job 1 done") && done.contains("0 queued for the PACS"), "{done}");
+    let sent = lines.wait_for("outbox:", Duration::from_secs(30))?;
+    ensure!(sent.contains("sent 2,"), "{sent}");
+    ensure!(orthanc.instance_count()? == 2, "Orthanc has {} instances", orthanc.instance_count()?);
+    let (state, runs): (String, i64) =
+        db.query_row("SELECT state, runs FROM jobs", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    ensure!(state == "done" && runs == 2, "{state}, {runs} runs");
+    let jobs: i64 = db.query_row("SELECT count(*) FROM jobs", [], |r| r.get(0))?;
+    ensure!(jobs == 1, "{jobs} jobs");
     Ok(())
 }
 

@@ -110,9 +110,11 @@ enum Commands {
         #[arg(long)]
         store: Option<PathBuf>,
     },
-    /// Analyses that ran or failed, newest first.
+    /// Analyses queued, running, done, failed or cancelled, newest first; cancel or re-run one.
     Jobs {
-        #[arg(long)]
+        #[command(subcommand)]
+        command: Option<JobsCommand>,
+        #[arg(long, global = true)]
         store: Option<PathBuf>,
     },
     /// Dispatch rules: which rule matches which stored series, and why.
@@ -337,6 +339,14 @@ enum PacsCommand {
 }
 
 #[derive(Subcommand)]
+enum JobsCommand {
+    /// Cancel a queued or running job (a running one stops at its next stage).
+    Cancel { id: i64 },
+    /// Run a failed or cancelled job again, now, in this process.
+    Rerun { id: i64 },
+}
+
+#[derive(Subcommand)]
 enum RulesCommand {
     /// Explain, for every series in the store, which rule matches and why.
     Check {
@@ -516,26 +526,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             anyhow::ensure!(failed == 0, "{failed} of {} exporter plugins failed", runs.len());
         }
-        Commands::Jobs { store } => {
+        Commands::Jobs { command, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
-            for job in lightbox_workflow::jobs(&store)? {
-                println!(
-                    "{:>5} {:<8} {:<18} {}  {}{}",
-                    job.id,
-                    job.state,
-                    job.kind,
-                    job.updated_at,
-                    job.key,
-                    job.error.map(|e| format!("  error: {e}")).unwrap_or_default()
-                );
+            match command {
+                None => {
+                    for job in lightbox_workflow::jobs(&store)? {
+                        println!(
+                            "{:>5} {:<9} {:<18} {:<3} {:<16} {:>7}  runs {}  {}{}",
+                            job.id,
+                            job.state,
+                            job.kind,
+                            job.device,
+                            job.stage,
+                            job.seconds.map_or_else(|| "-".into(), |s| format!("{s:.1} s")),
+                            job.runs,
+                            job.key,
+                            job.error.map(|e| format!("  error: {e}")).unwrap_or_default()
+                        );
+                    }
+                }
+                Some(JobsCommand::Cancel { id }) => {
+                    anyhow::ensure!(
+                        lightbox_workflow::pipeline::cancel(&store, id)?,
+                        "job {id} is not queued or running"
+                    );
+                    println!("job {id} cancelled");
+                }
+                Some(JobsCommand::Rerun { id }) => {
+                    let outcome = lightbox_workflow::pipeline::rerun(&store, id)?;
+                    println!("{}", outcome_line("job", &id.to_string(), &outcome));
+                }
             }
         }
         Commands::Rules { command: RulesCommand::Check { rules, store } } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             let rules = lightbox_workflow::pipeline::Rules::load(&rules)?;
-            for (uid, modality, description, instances) in lightbox_workflow::stored_series(&store)? {
-                println!("series {uid} ({modality}, \"{description}\", {instances} instances)");
-                for (rule, matched, reasons) in rules.explain(&modality, &description, instances) {
+            for (uid, ..) in lightbox_workflow::stored_series(&store)? {
+                let series = lightbox_workflow::pipeline::series_to_match(&store, &uid)?;
+                let f = &series.facts;
+                println!(
+                    "series {uid} ({}, \"{}\", {} instances; sequence {}, plane {}, body part {}, {})",
+                    f.modality,
+                    f.description,
+                    series.instances,
+                    or_dash(&f.sequence),
+                    or_dash(&f.plane),
+                    or_dash(&f.body_part),
+                    or_dash(&f.acquisition)
+                );
+                for (rule, matched, reasons) in rules.explain(&series) {
                     println!(
                         "  {} rule {:?} -> {}: {}",
                         if matched { "MATCH   " } else { "no match" },
@@ -550,13 +589,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             let rules = rules.map(|r| lightbox_workflow::pipeline::Rules::load(&r)).transpose()?;
             let pacs = lightbox_workflow::pacs::PacsSettings::from_env();
-            let runtime =
-                tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
-            let mut stored: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
             let (events, received) = std::sync::mpsc::channel();
             let handle = lightbox_workflow::pacs::listen(&store, &aet, &allow, (bind, port).into(), Some(events))?;
             println!("listening as {aet} on {} (store {})", handle.local_addr(), store.display());
-            let mut out = std::io::stdout();
+            let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+            let say = |out: &std::sync::Mutex<std::io::Stdout>, line: &str| -> anyhow::Result<()> {
+                let mut out = out.lock().map_err(|_| anyhow::anyhow!("stdout lock poisoned"))?;
+                writeln!(out, "{line}").and_then(|()| out.flush()).context("writing to stdout")
+            };
+            // The engine: series settle, match rules, run as jobs, results go out.
+            let engine = match rules {
+                Some(rules) => {
+                    let (tx, engine_events) = std::sync::mpsc::channel();
+                    let engine = lightbox_workflow::engine::Engine::start(
+                        &store,
+                        rules,
+                        pacs,
+                        lightbox_workflow::engine::EngineConfig::from_env(),
+                        tx,
+                    );
+                    let out = out.clone();
+                    std::thread::spawn(move || {
+                        for event in engine_events {
+                            if say(&out, &engine_line(&event)).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                    Some(engine)
+                }
+                None => None,
+            };
+            let mut stored: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
             for event in received {
                 use lightbox_workflow::pacs::ScpEvent;
                 let line = match event {
@@ -575,14 +639,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         format!("released by {calling_ae}: {instances} instances")
                     }
                 };
-                writeln!(out, "{line}").and_then(|()| out.flush()).context("writing to stdout")?;
+                say(&out, &line)?;
                 if line.starts_with("released by")
-                    && let Some(rules) = &rules
+                    && let Some(engine) = &engine
                 {
                     let series = lightbox_workflow::series_of_instances(&store, &std::mem::take(&mut stored))?;
-                    for line in dispatch(&store, rules, pacs.as_ref(), &runtime, &series) {
-                        writeln!(out, "{line}").and_then(|()| out.flush()).context("writing to stdout")?;
-                    }
+                    engine.arrived(series.into_iter().map(|(uid, ..)| uid).collect());
                 }
             }
         }
@@ -688,44 +750,23 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the matching rules on received series; returns what to print.
-fn dispatch(
-    store: &std::path::Path,
-    rules: &lightbox_workflow::pipeline::Rules,
-    pacs: Option<&lightbox_workflow::pacs::PacsSettings>,
-    runtime: &tokio::runtime::Runtime,
-    series: &[(String, String, String, u32)],
-) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut queued = 0;
-    for (uid, modality, description, instances) in series {
-        for (rule, matched, _) in rules.explain(modality, description, *instances) {
-            if !matched {
-                continue;
-            }
-            let send_to = if rule.auto_send { pacs.map(|p| p.name.as_str()) } else { None };
-            let threshold = rule.threshold.unwrap_or(1000.0);
-            match lightbox_workflow::pipeline::run_pipeline(store, &rule.pipeline, uid, threshold, send_to) {
-                Ok(outcome) => {
-                    queued += outcome.queued;
-                    lines.push(outcome_line(&rule.pipeline, uid, &outcome));
-                }
-                Err(e) => lines.push(format!("pipeline {} on {uid} failed: {e}", rule.pipeline)),
-            }
+/// One engine event as a line of `lightbox listen`'s output.
+fn engine_line(event: &lightbox_workflow::engine::EngineEvent) -> String {
+    use lightbox_workflow::engine::EngineEvent as E;
+    match event {
+        E::Queued { job_id, pipeline, series_uid, rule } => {
+            format!("job {job_id} queued: rule {rule:?} -> {pipeline} on {series_uid}")
         }
-    }
-    if queued > 0
-        && let Some(pacs) = pacs
-    {
-        match runtime.block_on(lightbox_workflow::pacs::outbox_drain(store, pacs)) {
-            Ok(r) => lines.push(format!(
-                "outbox: sent {}, already on the PACS {}, deferred {}, refused {}",
-                r.sent, r.already_there, r.deferred, r.failed
-            )),
-            Err(e) => lines.push(format!("outbox: {e}")),
+        E::Unmatched { series_uid } => format!("series {series_uid}: no rule matches"),
+        E::AlreadyDone { job_id, pipeline, series_uid } => {
+            format!("pipeline {pipeline} on {series_uid}: done before (job {job_id}), not run again")
         }
+        E::Started { job_id, device } => format!("job {job_id} started on the {device}"),
+        E::Finished { pipeline, series_uid, outcome, .. } => outcome_line(pipeline, series_uid, outcome),
+        E::Failed { job_id, error } => format!("job {job_id} failed: {error}"),
+        E::Sent { sent, failed, detail } => format!("outbox: sent {sent}, refused {failed} ({detail})"),
+        E::Error { detail } => format!("error: {detail}"),
     }
-    lines
 }
 
 fn outcome_line(pipeline: &str, series: &str, o: &lightbox_workflow::pipeline::PipelineOutcome) -> String {

@@ -8,6 +8,7 @@
 mod budget;
 mod build;
 mod error;
+mod facts;
 mod header;
 mod precheck;
 mod scan;
@@ -19,6 +20,7 @@ mod write;
 
 pub use budget::ParseGuardAllocator;
 pub use error::DicomError;
+pub use facts::{SeriesFacts, series_facts};
 pub use header::read_instance;
 pub use scan::{ScanReport, scan_files, scan_path};
 pub use seg::{Code, SegSeries, Segment, SegmentAlgorithm, Written, write_seg};

@@ -1,18 +1,25 @@
 //! Jobs: one row per (input, pipeline, version), so a pipeline never runs twice on the same
-//! input. A job found `running` when the store opens again was cut short by a crash: claiming
-//! it again resumes it (pipelines write deterministic UIDs, so a re-run duplicates nothing).
+//! input. A job is `queued`, then `running` under a lease held by the process that runs it, then
+//! `done`, `failed` or `cancelled`. The runner renews its lease while it works; a job whose lease
+//! lapsed (its process crashed or was killed) is claimed again by the next runner, and only the
+//! lease holder can finish it, so a job completes once. Pipelines write deterministic UIDs, so a
+//! re-run duplicates nothing.
 
 use rusqlite::{OptionalExtension, params};
 
 use crate::{Store, StoreError};
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Now, in Unix seconds, as SQLite computes it (one clock for every process).
+const NOW: &str = "((julianday('now') - 2440587.5) * 86400.0)";
+const STAMP: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct Job {
     pub id: i64,
     pub key: String,
     /// The pipeline.
     pub kind: String,
-    /// `queued`, `running`, `done` or `failed`.
+    /// `queued`, `running`, `done`, `failed` or `cancelled`.
     pub state: String,
     /// The pipeline's input and parameters (JSON).
     pub payload: String,
@@ -20,86 +27,228 @@ pub struct Job {
     pub error: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// The device class it runs on: `cpu` or `gpu`.
+    pub device: String,
+    /// What it is doing now (while running) or did last.
+    pub stage: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    /// How many times it was started (more than 1 after a crash or a re-run).
+    pub runs: i64,
+    /// Seconds the last run took (or has taken so far).
+    pub seconds: Option<f64>,
 }
 
 /// What [`Store::job_claim`] found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Claim {
-    /// Run it: a new job, or one a crash left `running`, or one that failed before.
+    /// Run it: a new job, one whose runner's lease lapsed, or one that failed before.
     Run(i64),
     /// Done already: do not run again.
     Done(i64),
+    /// Another live runner holds it now.
+    Busy(i64),
+}
+
+const COLUMNS: &str = "id, coalesce(key, ''), kind, state, payload, result, error, created_at, updated_at, device, stage, \
+     started_at, finished_at, runs, \
+     (coalesce(julianday(finished_at), julianday('now')) - julianday(started_at)) * 86400.0";
+
+fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get(0)?,
+        key: r.get(1)?,
+        kind: r.get(2)?,
+        state: r.get(3)?,
+        payload: r.get(4)?,
+        result: r.get(5)?,
+        error: r.get(6)?,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+        device: r.get(9)?,
+        stage: r.get(10)?,
+        started_at: r.get(11)?,
+        finished_at: r.get(12)?,
+        runs: r.get(13)?,
+        seconds: r.get(14)?,
+    })
 }
 
 impl Store {
-    /// Claims the job `key` for running (creating it if new) and marks it `running`.
-    pub fn job_claim(&self, key: &str, kind: &str, payload: &str) -> Result<Claim, StoreError> {
-        let existing: Option<(i64, String)> = self
-            .db
-            .query_row("SELECT id, state FROM jobs WHERE key = ?1", [key], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()
-            .map_err(self.sql())?;
-        let id = match existing {
-            Some((id, state)) if state == "done" => return Ok(Claim::Done(id)),
-            Some((id, _)) => id,
-            None => {
-                self.db
-                    .execute(
-                        "INSERT INTO jobs (key, kind, state, payload, created_at, updated_at) VALUES \
-                         (?1, ?2, 'queued', ?3, strftime('%Y-%m-%dT%H:%M:%fZ','now'), strftime('%Y-%m-%dT%H:%M:%fZ','now'))",
-                        params![key, kind, payload],
-                    )
-                    .map_err(self.sql())?;
-                self.db.last_insert_rowid()
-            }
-        };
-        self.job_set(id, "running", None, None)?;
-        Ok(Claim::Run(id))
-    }
-
-    pub fn job_done(&self, id: i64, result: &str) -> Result<(), StoreError> {
-        self.job_set(id, "done", Some(result), None)
-    }
-
-    pub fn job_failed(&self, id: i64, error: &str) -> Result<(), StoreError> {
-        self.job_set(id, "failed", None, Some(error))
-    }
-
-    fn job_set(&self, id: i64, state: &str, result: Option<&str>, error: Option<&str>) -> Result<(), StoreError> {
+    /// Adds the job `key` as `queued` unless it exists; returns its id and state. A job that
+    /// exists keeps its state (a failed or cancelled one runs again only by [`Store::job_requeue`]).
+    pub fn job_enqueue(&self, key: &str, kind: &str, device: &str, payload: &str) -> Result<(i64, String), StoreError> {
         self.db
             .execute(
-                "UPDATE jobs SET state = ?2, result = ?3, error = ?4, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now') \
-                 WHERE id = ?1",
-                params![id, state, result, error],
+                &format!(
+                    "INSERT INTO jobs (key, kind, state, payload, device, created_at, updated_at) \
+                     VALUES (?1, ?2, 'queued', ?3, ?4, {STAMP}, {STAMP}) ON CONFLICT (key) DO NOTHING"
+                ),
+                params![key, kind, payload, device],
+            )
+            .map_err(self.sql())?;
+        self.db
+            .query_row("SELECT id, state FROM jobs WHERE key = ?1", [key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.sql())
+    }
+
+    /// Takes job `id` for `owner` for `lease_secs`, if it is queued or its last runner's lease
+    /// lapsed. Atomic: of several claimers, one wins.
+    pub fn job_take(&self, id: i64, owner: &str, lease_secs: f64) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .execute(
+                &format!(
+                    "UPDATE jobs SET state = 'running', lease_owner = ?2, lease_until = {NOW} + ?3, runs = runs + 1, \
+                     stage = 'started', started_at = {STAMP}, finished_at = NULL, error = NULL, updated_at = {STAMP} \
+                     WHERE id = ?1 AND (state = 'queued' OR (state = 'running' AND coalesce(lease_until, 0) < {NOW}))"
+                ),
+                params![id, owner, lease_secs],
+            )
+            .map_err(self.sql())?;
+        Ok(n == 1)
+    }
+
+    /// Enqueues and takes the job `key` in one go (what `lightbox run` does). A failed job
+    /// is queued again first.
+    pub fn job_claim(
+        &self,
+        key: &str,
+        kind: &str,
+        device: &str,
+        payload: &str,
+        owner: &str,
+        lease_secs: f64,
+    ) -> Result<Claim, StoreError> {
+        let (id, state) = self.job_enqueue(key, kind, device, payload)?;
+        match state.as_str() {
+            "done" => return Ok(Claim::Done(id)),
+            "failed" | "cancelled" => {
+                self.job_requeue(id)?;
+            }
+            _ => {}
+        }
+        Ok(if self.job_take(id, owner, lease_secs)? { Claim::Run(id) } else { Claim::Busy(id) })
+    }
+
+    /// Renews `owner`'s lease and records the stage. False when the job is no longer theirs
+    /// (cancelled, or taken over after their lease lapsed): the runner must stop.
+    pub fn job_heartbeat(
+        &self,
+        id: i64,
+        owner: &str,
+        lease_secs: f64,
+        stage: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .execute(
+                &format!(
+                    "UPDATE jobs SET lease_until = {NOW} + ?3, stage = coalesce(?4, stage), updated_at = {STAMP} \
+                     WHERE id = ?1 AND state = 'running' AND lease_owner = ?2"
+                ),
+                params![id, owner, lease_secs, stage],
+            )
+            .map_err(self.sql())?;
+        Ok(n == 1)
+    }
+
+    /// Finishes `owner`'s run. False when the job was not theirs any more (nothing changed).
+    pub fn job_done(&self, id: i64, owner: &str, result: &str) -> Result<bool, StoreError> {
+        self.job_finish(id, owner, "done", Some(result), None)
+    }
+
+    pub fn job_failed(&self, id: i64, owner: &str, error: &str) -> Result<bool, StoreError> {
+        self.job_finish(id, owner, "failed", None, Some(error))
+    }
+
+    fn job_finish(
+        &self,
+        id: i64,
+        owner: &str,
+        state: &str,
+        result: Option<&str>,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .execute(
+                &format!(
+                    "UPDATE jobs SET state = ?3, result = ?4, error = ?5, lease_owner = NULL, lease_until = NULL, \
+                     stage = ?3, finished_at = {STAMP}, updated_at = {STAMP} \
+                     WHERE id = ?1 AND state = 'running' AND lease_owner = ?2"
+                ),
+                params![id, owner, state, result, error],
+            )
+            .map_err(self.sql())?;
+        Ok(n == 1)
+    }
+
+    /// Replaces a finished job's result (e.g. after sign-off).
+    pub fn job_set_result(&self, id: i64, result: &str) -> Result<(), StoreError> {
+        self.db
+            .execute(
+                &format!("UPDATE jobs SET result = ?2, updated_at = {STAMP} WHERE id = ?1 AND state = 'done'"),
+                params![id, result],
             )
             .map_err(self.sql())?;
         Ok(())
     }
 
-    /// Every job, newest first.
-    pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
-        let mut s = self
+    /// Cancels a queued or running job. A running one stops at its next heartbeat and cannot
+    /// finish. False when it had ended already.
+    pub fn job_cancel(&self, id: i64) -> Result<bool, StoreError> {
+        let n = self
             .db
-            .prepare(
-                "SELECT id, coalesce(key, ''), kind, state, payload, result, error, created_at, updated_at \
-                 FROM jobs ORDER BY id DESC",
+            .execute(
+                &format!(
+                    "UPDATE jobs SET state = 'cancelled', stage = 'cancelled', lease_owner = NULL, lease_until = NULL, \
+                     finished_at = {STAMP}, updated_at = {STAMP} WHERE id = ?1 AND state IN ('queued', 'running')"
+                ),
+                [id],
             )
             .map_err(self.sql())?;
-        let rows = s
-            .query_map([], |r| {
-                Ok(Job {
-                    id: r.get(0)?,
-                    key: r.get(1)?,
-                    kind: r.get(2)?,
-                    state: r.get(3)?,
-                    payload: r.get(4)?,
-                    result: r.get(5)?,
-                    error: r.get(6)?,
-                    created_at: r.get(7)?,
-                    updated_at: r.get(8)?,
-                })
-            })
+        Ok(n == 1)
+    }
+
+    /// Queues a failed or cancelled job again (a re-run). False when it is queued, running or
+    /// done.
+    pub fn job_requeue(&self, id: i64) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .execute(
+                &format!(
+                    "UPDATE jobs SET state = 'queued', stage = 'queued', error = NULL, updated_at = {STAMP} \
+                     WHERE id = ?1 AND state IN ('failed', 'cancelled')"
+                ),
+                [id],
+            )
             .map_err(self.sql())?;
+        Ok(n == 1)
+    }
+
+    /// Jobs a runner may take now: queued ones, and running ones whose lease lapsed, oldest first.
+    pub fn jobs_runnable(&self) -> Result<Vec<Job>, StoreError> {
+        self.jobs_where(&format!(
+            "state = 'queued' OR (state = 'running' AND coalesce(lease_until, 0) < {NOW}) ORDER BY id"
+        ))
+    }
+
+    pub fn job(&self, id: i64) -> Result<Option<Job>, StoreError> {
+        self.db
+            .query_row(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"), [id], job_row)
+            .optional()
+            .map_err(self.sql())
+    }
+
+    /// Every job, newest first.
+    pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
+        self.jobs_where("1 ORDER BY id DESC")
+    }
+
+    fn jobs_where(&self, condition: &str) -> Result<Vec<Job>, StoreError> {
+        let mut s = self.db.prepare(&format!("SELECT {COLUMNS} FROM jobs WHERE {condition}")).map_err(self.sql())?;
+        let rows = s.query_map([], job_row).map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 }
@@ -109,22 +258,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_done_job_is_never_claimed_again_and_a_crashed_one_is() -> anyhow::Result<()> {
+    fn a_done_job_is_never_claimed_again_and_a_crashed_one_is_after_its_lease() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path())?;
-        let Claim::Run(id) = store.job_claim("series-1/threshold@1", "threshold", "{}")? else {
+        let claim =
+            |owner: &str, lease: f64| store.job_claim("series-1/threshold@1", "threshold", "cpu", "{}", owner, lease);
+        let Claim::Run(id) = claim("a", 0.2)? else {
             anyhow::bail!("a new job must run");
         };
-        // A crash now leaves it `running`: the next claim runs it again, same row.
-        drop(store);
-        let store = Store::open(dir.path())?;
-        assert_eq!(store.job_claim("series-1/threshold@1", "threshold", "{}")?, Claim::Run(id));
-        store.job_done(id, "{\"seg\":\"1.2\"}")?;
-        assert_eq!(store.job_claim("series-1/threshold@1", "threshold", "{}")?, Claim::Done(id));
+        // While a's lease holds, b cannot take it.
+        assert_eq!(claim("b", 0.2)?, Claim::Busy(id));
+        assert!(store.job_heartbeat(id, "a", 0.2, Some("segmenting"))?);
+        assert_eq!(store.job(id)?.map(|j| j.stage), Some("segmenting".into()));
+        // a dies: its lease lapses and b takes the same row over.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert_eq!(store.jobs_runnable()?.len(), 1);
+        assert_eq!(claim("b", 30.0)?, Claim::Run(id));
+        // a, come back to life, can neither renew nor finish it.
+        assert!(!store.job_heartbeat(id, "a", 30.0, None)?);
+        assert!(!store.job_done(id, "a", "{\"seg\":\"a\"}")?);
+        assert!(store.job_done(id, "b", "{\"seg\":\"1.2\"}")?);
+        assert_eq!(claim("c", 30.0)?, Claim::Done(id));
         let jobs = store.jobs()?;
         assert_eq!(jobs.len(), 1);
-        assert_eq!(jobs[0].state, "done");
+        assert_eq!((jobs[0].state.as_str(), jobs[0].runs), ("done", 2));
         assert_eq!(jobs[0].result.as_deref(), Some("{\"seg\":\"1.2\"}"));
+        assert!(jobs[0].seconds.is_some_and(|s| s >= 0.0));
+        assert!(store.jobs_runnable()?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn cancel_stops_a_running_job_and_rerun_queues_it_again() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let (id, state) = store.job_enqueue("k", "threshold", "gpu", "{}")?;
+        assert_eq!(state, "queued");
+        assert_eq!(store.job_enqueue("k", "threshold", "gpu", "{}")?, (id, "queued".into()));
+        assert!(store.job_take(id, "a", 30.0)?);
+        assert!(!store.job_take(id, "b", 30.0)?, "a live lease is exclusive");
+        assert!(store.job_cancel(id)?);
+        assert!(!store.job_heartbeat(id, "a", 30.0, None)?, "the runner learns it was cancelled");
+        assert!(!store.job_done(id, "a", "{}")?);
+        assert_eq!(store.job(id)?.map(|j| j.state), Some("cancelled".into()));
+        assert!(!store.job_cancel(id)?);
+        assert!(store.job_requeue(id)?);
+        assert_eq!(store.jobs_runnable()?.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
+        assert!(store.job_take(id, "b", 30.0)?);
+        assert!(store.job_failed(id, "b", "out of memory")?);
+        let job = store.job(id)?.ok_or_else(|| anyhow::anyhow!("gone"))?;
+        assert_eq!(
+            (job.state.as_str(), job.error.as_deref(), job.device.as_str()),
+            ("failed", Some("out of memory"), "gpu")
+        );
         Ok(())
     }
 }

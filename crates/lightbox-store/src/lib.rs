@@ -10,10 +10,12 @@
 //! Importing an instance whose SOP Instance UID is already stored is a no-op.
 
 mod jobs;
+mod measurements;
 mod outbox;
 mod schema;
 
 pub use jobs::{Claim, Job};
+pub use measurements::Measurement;
 pub use outbox::{Enqueued, OutboxItem, OutboxState};
 
 use std::io::Write;

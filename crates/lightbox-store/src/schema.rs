@@ -101,6 +101,27 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE outbox;
     ALTER TABLE outbox_new RENAME TO outbox;
     CREATE INDEX outbox_study ON outbox (study_uid);",
+    // 5: jobs are leased by the process running them (a crash lets the lease lapse), run on a
+    // device class, report their stage and timing; measurements a radiologist made on a series.
+    "ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_until REAL;
+    ALTER TABLE jobs ADD COLUMN device TEXT NOT NULL DEFAULT 'cpu';
+    ALTER TABLE jobs ADD COLUMN stage TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN started_at TEXT;
+    ALTER TABLE jobs ADD COLUMN finished_at TEXT;
+    ALTER TABLE jobs ADD COLUMN runs INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_state ON jobs (state);
+    CREATE TABLE measurements (
+        id INTEGER PRIMARY KEY,
+        series_uid TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        label TEXT NOT NULL,
+        value REAL NOT NULL,
+        unit TEXT NOT NULL,
+        author TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX measurements_series ON measurements (series_uid);",
 ];
 
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;

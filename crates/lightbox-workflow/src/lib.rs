@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+pub mod engine;
 pub mod pacs;
 pub mod pipeline;
 pub mod plugins;
@@ -56,6 +57,12 @@ pub enum WorkflowError {
     #[error("analysis: {0}")]
     Analysis(String),
 
+    #[error("job {0} was cancelled (or taken over by another runner after its lease lapsed)")]
+    Cancelled(i64),
+
+    #[error("job {0} is running in another process")]
+    Busy(i64),
+
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -87,6 +94,8 @@ impl WorkflowError {
             Self::UnknownPipeline(_) => "unknown_pipeline",
             Self::Settings { .. } => "settings",
             Self::Analysis(_) => "analysis",
+            Self::Cancelled(_) => "cancelled",
+            Self::Busy(_) => "busy",
             Self::Io { .. } => "io",
         }
     }

@@ -34,6 +34,16 @@ pub struct Rule {
     pub modality: Option<String>,
     /// Regular expression on the Series Description (case-insensitive).
     pub description: Option<String>,
+    /// MR sequence types, any of `T1`, `T2`, `FLAIR`, `PD`, `DWI`, `ADC` (classified from the
+    /// acquisition parameters, see `lightbox_dicom::series_facts`).
+    #[serde(default)]
+    pub sequence: Vec<String>,
+    /// Regular expression on Body Part Examined (case-insensitive), e.g. "BRAIN|HEAD".
+    pub body_part: Option<String>,
+    /// `axial`, `sagittal`, `coronal` or `oblique`.
+    pub plane: Option<String>,
+    /// MR Acquisition Type, `2D` or `3D`.
+    pub acquisition: Option<String>,
     /// Fewest instances a series needs (a localizer has few).
     pub min_instances: Option<u32>,
     /// `threshold-volume`: the threshold, in the series' real values.
@@ -43,63 +53,139 @@ pub struct Rule {
     pub auto_send: bool,
 }
 
+/// What a rule is matched against: one stored series.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SeriesToMatch {
+    pub uid: String,
+    pub instances: u32,
+    pub facts: lightbox_dicom::SeriesFacts,
+}
+
+/// The facts of a stored series (read from one of its files).
+pub fn series_to_match(store_dir: &Path, series_uid: &str) -> Result<SeriesToMatch, WorkflowError> {
+    let store = Store::open(store_dir)?;
+    let files = store.series_files(series_uid)?;
+    let first = files
+        .first()
+        .ok_or_else(|| WorkflowError::UnknownSeries { uid: series_uid.to_owned(), folder: store_dir.to_owned() })?;
+    Ok(SeriesToMatch {
+        uid: series_uid.to_owned(),
+        instances: u32::try_from(files.len()).unwrap_or(u32::MAX),
+        facts: lightbox_dicom::series_facts(first)?,
+    })
+}
+
+fn regex(re: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{re})$")).case_insensitive(true).build()
+}
+
 impl Rules {
     pub fn load(path: &Path) -> Result<Self, WorkflowError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| WorkflowError::Io { path: path.to_owned(), source })?;
         let rules: Self =
             toml::from_str(&text).map_err(|e| WorkflowError::Rules { path: path.to_owned(), detail: e.to_string() })?;
+        let bad = |rule: &Rule, detail: String| WorkflowError::Rules {
+            path: path.to_owned(),
+            detail: format!("rule {:?}: {detail}", rule.name),
+        };
         for rule in &rules.rules {
-            if rule.pipeline != THRESHOLD_VOLUME {
-                return Err(WorkflowError::Rules {
-                    path: path.to_owned(),
-                    detail: format!(
-                        "rule {:?}: unknown pipeline {:?} (known: {THRESHOLD_VOLUME})",
-                        rule.name, rule.pipeline
-                    ),
-                });
+            if pipeline_device(&rule.pipeline).is_none() {
+                return Err(bad(rule, format!("unknown pipeline {:?} (known: {THRESHOLD_VOLUME})", rule.pipeline)));
             }
             if let Some(re) = &rule.description {
-                regex::RegexBuilder::new(re).case_insensitive(true).build().map_err(|e| WorkflowError::Rules {
-                    path: path.to_owned(),
-                    detail: format!("rule {:?}: description {re:?}: {e}", rule.name),
-                })?;
+                regex::RegexBuilder::new(re)
+                    .case_insensitive(true)
+                    .build()
+                    .map_err(|e| bad(rule, format!("description {re:?}: {e}")))?;
+            }
+            if let Some(re) = &rule.body_part {
+                regex(re).map_err(|e| bad(rule, format!("body_part {re:?}: {e}")))?;
+            }
+            for s in &rule.sequence {
+                if !SEQUENCES.contains(&s.to_ascii_uppercase().as_str()) {
+                    return Err(bad(rule, format!("sequence {s:?} (known: {})", SEQUENCES.join(", "))));
+                }
+            }
+            if let Some(p) = &rule.plane
+                && !PLANES.contains(&p.to_ascii_lowercase().as_str())
+            {
+                return Err(bad(rule, format!("plane {p:?} (known: {})", PLANES.join(", "))));
+            }
+            if let Some(a) = &rule.acquisition
+                && !["2D", "3D"].contains(&a.to_ascii_uppercase().as_str())
+            {
+                return Err(bad(rule, format!("acquisition {a:?} (2D or 3D)")));
             }
         }
         Ok(rules)
     }
 
     /// For each rule, whether it matches the series and why (or why not).
-    pub fn explain(&self, modality: &str, description: &str, instances: u32) -> Vec<(&Rule, bool, Vec<String>)> {
+    pub fn explain(&self, series: &SeriesToMatch) -> Vec<(&Rule, bool, Vec<String>)> {
+        let f = &series.facts;
         self.rules
             .iter()
             .map(|rule| {
                 let mut reasons = Vec::new();
                 let mut ok = true;
-                if let Some(m) = &rule.modality {
-                    let hit = m.eq_ignore_ascii_case(modality);
+                let mut check = |hit: bool, reason: String| {
                     ok &= hit;
-                    reasons.push(format!("modality {modality} {} {m}", if hit { "is" } else { "is not" }));
+                    reasons.push(reason);
+                };
+                if let Some(m) = &rule.modality {
+                    let hit = m.eq_ignore_ascii_case(&f.modality);
+                    check(hit, format!("modality {} {} {m}", f.modality, if hit { "is" } else { "is not" }));
                 }
                 if let Some(re) = &rule.description {
                     let hit = regex::RegexBuilder::new(re)
                         .case_insensitive(true)
                         .build()
-                        .is_ok_and(|r| r.is_match(description));
-                    ok &= hit;
-                    reasons.push(format!(
-                        "description {description:?} {} /{re}/",
-                        if hit { "matches" } else { "does not match" }
-                    ));
+                        .is_ok_and(|r| r.is_match(&f.description));
+                    let verb = if hit { "matches" } else { "does not match" };
+                    check(hit, format!("description {:?} {verb} /{re}/", f.description));
+                }
+                if !rule.sequence.is_empty() {
+                    let hit =
+                        rule.sequence.iter().any(|s| !f.sequence.is_empty() && s.eq_ignore_ascii_case(&f.sequence));
+                    let found = if f.sequence.is_empty() { "unknown".to_owned() } else { f.sequence.clone() };
+                    let verb = if hit { "is one of" } else { "is not one of" };
+                    check(hit, format!("sequence {found} ({}) {verb} {}", f.sequence_reason, rule.sequence.join("/")));
+                }
+                if let Some(re) = &rule.body_part {
+                    let hit = regex(re).is_ok_and(|r| r.is_match(&f.body_part));
+                    let part = if f.body_part.is_empty() { "(not given)" } else { f.body_part.as_str() };
+                    check(hit, format!("body part {part} {} /{re}/", if hit { "matches" } else { "does not match" }));
+                }
+                if let Some(p) = &rule.plane {
+                    let hit = p.eq_ignore_ascii_case(&f.plane);
+                    let plane = if f.plane.is_empty() { "unknown" } else { f.plane.as_str() };
+                    check(hit, format!("plane {plane} {} {p}", if hit { "is" } else { "is not" }));
+                }
+                if let Some(a) = &rule.acquisition {
+                    let hit = a.eq_ignore_ascii_case(&f.acquisition);
+                    let found = if f.acquisition.is_empty() { "(not given)" } else { f.acquisition.as_str() };
+                    check(hit, format!("acquisition {found} {} {a}", if hit { "is" } else { "is not" }));
                 }
                 if let Some(min) = rule.min_instances {
-                    let hit = instances >= min;
-                    ok &= hit;
-                    reasons.push(format!("{instances} instances {} {min}", if hit { ">=" } else { "<" }));
+                    let hit = series.instances >= min;
+                    check(hit, format!("{} instances {} {min}", series.instances, if hit { ">=" } else { "<" }));
                 }
                 (rule, ok, reasons)
             })
             .collect()
+    }
+}
+
+const SEQUENCES: [&str; 6] = ["T1", "T2", "FLAIR", "PD", "DWI", "ADC"];
+const PLANES: [&str; 4] = ["axial", "sagittal", "coronal", "oblique"];
+
+/// Which device class a pipeline runs on (`None`: no such pipeline). The engine runs one GPU
+/// job at a time and CPU jobs within a budget.
+pub fn pipeline_device(pipeline: &str) -> Option<&'static str> {
+    match pipeline {
+        THRESHOLD_VOLUME => Some("cpu"),
+        _ => None,
     }
 }
 
@@ -116,8 +202,58 @@ pub struct PipelineOutcome {
     pub queued: usize,
 }
 
-/// Runs `pipeline` on a stored series: once per (series, pipeline version, parameters). With
-/// `send_to`, the SEG and SR also go into the outbox for that destination.
+/// A job to be: its key (input + pipeline version + parameters), device and payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobPlan {
+    pub key: String,
+    pub pipeline: String,
+    pub device: &'static str,
+    pub payload: serde_json::Value,
+}
+
+/// Plans `pipeline` on a stored series as it is now: keyed by the exact instances seen, so
+/// more instances arriving later is a new input. `send_to` (auto-send) rides in the payload.
+pub fn plan(
+    store: &Store,
+    pipeline: &str,
+    series_uid: &str,
+    threshold: f64,
+    send_to: Option<&str>,
+) -> Result<JobPlan, WorkflowError> {
+    let device = pipeline_device(pipeline).ok_or_else(|| WorkflowError::UnknownPipeline(pipeline.to_owned()))?;
+    let digest = instances_digest(store, series_uid)?;
+    Ok(JobPlan {
+        key: format!("{series_uid}/{pipeline}@{THRESHOLD_VOLUME_VERSION}/threshold={threshold}/{digest}"),
+        pipeline: pipeline.to_owned(),
+        device,
+        payload: serde_json::json!({
+            "series": series_uid, "threshold": threshold, "instances": digest, "send_to": send_to,
+        }),
+    })
+}
+
+/// Who this process is, as a job runner.
+pub fn runner_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        format!("pid{}-{nanos:08x}", std::process::id())
+    })
+}
+
+/// How long a runner's hold on a job lasts without renewal (`LIGHTBOX_JOB_LEASE_SECS`, default
+/// 30 s): after a crash, the job runs again once this has passed.
+pub fn lease_secs() -> f64 {
+    std::env::var("LIGHTBOX_JOB_LEASE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v: &f64| *v > 0.0)
+        .unwrap_or(30.0)
+}
+
+/// Runs `pipeline` on a stored series now, in this process: once per (series, pipeline
+/// version, parameters). With `send_to`, the SEG and SR also go into the outbox for that
+/// destination.
 pub fn run_pipeline(
     store_dir: &Path,
     pipeline: &str,
@@ -125,49 +261,158 @@ pub fn run_pipeline(
     threshold: f64,
     send_to: Option<&str>,
 ) -> Result<PipelineOutcome, WorkflowError> {
-    if pipeline != THRESHOLD_VOLUME {
-        return Err(WorkflowError::UnknownPipeline(pipeline.to_owned()));
-    }
-    let mut store = Store::open(store_dir)?;
-    // Keyed by the exact instances seen: more instances arriving later is a new input.
-    let digest = instances_digest(&store, series_uid)?;
-    let key = format!("{series_uid}/{pipeline}@{THRESHOLD_VOLUME_VERSION}/threshold={threshold}/{digest}");
-    let payload = serde_json::json!({ "series": series_uid, "threshold": threshold, "instances": digest }).to_string();
-    let id = match store.job_claim(&key, pipeline, &payload)? {
-        Claim::Done(id) => {
-            let job = store.jobs()?.into_iter().find(|j| j.id == id);
-            let result: serde_json::Value =
-                job.and_then(|j| j.result).and_then(|r| serde_json::from_str(&r).ok()).unwrap_or_default();
-            return Ok(PipelineOutcome {
-                job_id: id,
-                ran: false,
-                seg_uid: result["seg"].as_str().unwrap_or_default().to_owned(),
-                sr_uid: result["sr"].as_str().unwrap_or_default().to_owned(),
-                volume_mm3: result["volume_mm3"].as_f64().unwrap_or_default(),
-                queued: 0,
-            });
+    let store = Store::open(store_dir)?;
+    let plan = plan(&store, pipeline, series_uid, threshold, send_to)?;
+    let (owner, lease) = (runner_id(), lease_secs());
+    match store.job_claim(&plan.key, pipeline, plan.device, &plan.payload.to_string(), owner, lease)? {
+        Claim::Done(id) => Ok(finished_outcome(&store, id)?),
+        Claim::Busy(id) => Err(WorkflowError::Busy(id)),
+        Claim::Run(id) => {
+            drop(store);
+            execute(store_dir, id)
         }
-        Claim::Run(id) => id,
-    };
-    match threshold_volume(&mut store, &key, series_uid, threshold, send_to, None) {
+    }
+}
+
+/// The outcome of a job that finished before.
+fn finished_outcome(store: &Store, id: i64) -> Result<PipelineOutcome, WorkflowError> {
+    let result: serde_json::Value =
+        store.job(id)?.and_then(|j| j.result).and_then(|r| serde_json::from_str(&r).ok()).unwrap_or_default();
+    Ok(PipelineOutcome {
+        job_id: id,
+        ran: false,
+        seg_uid: result["seg"].as_str().unwrap_or_default().to_owned(),
+        sr_uid: result["sr"].as_str().unwrap_or_default().to_owned(),
+        volume_mm3: result["volume_mm3"].as_f64().unwrap_or_default(),
+        queued: 0,
+    })
+}
+
+/// A runner's hold on a job: renewed in the background while the pipeline works; each stage
+/// is recorded and checks that the job is still ours (not cancelled).
+struct Lease {
+    id: i64,
+    lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Lease {
+    fn hold(store_dir: &Path, id: i64) -> Self {
+        let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let (dir, flag) = (store_dir.to_owned(), lost.clone());
+        let every = std::time::Duration::from_secs_f64(lease_secs() / 3.0);
+        let thread = std::thread::spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
+                let held = Store::open(&dir).and_then(|s| s.job_heartbeat(id, runner_id(), lease_secs(), None));
+                if matches!(held, Ok(false)) {
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+            }
+        });
+        Self { id, lost, stop: Some(stop), thread: Some(thread) }
+    }
+
+    /// Records the stage; an error when the job is no longer ours.
+    fn stage(&self, store: &Store, stage: &str) -> Result<(), WorkflowError> {
+        if self.lost.load(std::sync::atomic::Ordering::SeqCst)
+            || !store.job_heartbeat(self.id, runner_id(), lease_secs(), Some(stage))?
+        {
+            return Err(WorkflowError::Cancelled(self.id));
+        }
+        fault_pause(stage);
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A test hook for crash tests: `LIGHTBOX_FAULT_PAUSE=<stage>:<ms>` sleeps when a job reaches
+/// that stage, so a test can kill the process there.
+fn fault_pause(stage: &str) {
+    if let Ok(spec) = std::env::var("LIGHTBOX_FAULT_PAUSE")
+        && let Some((at, ms)) = spec.split_once(':')
+        && at == stage
+        && let Ok(ms) = ms.parse::<u64>()
+    {
+        tracing::warn!(stage, ms, "LIGHTBOX_FAULT_PAUSE: pausing");
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
+/// Runs job `id`, which this process has taken (see [`Store::job_take`]), to its end: done,
+/// failed, or stopped because it was cancelled.
+pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowError> {
+    let mut store = Store::open(store_dir)?;
+    let job = store.job(id)?.ok_or_else(|| WorkflowError::Analysis(format!("no job {id}")))?;
+    let lease = Lease::hold(store_dir, id);
+    let run = (|| {
+        if pipeline_device(&job.kind).is_none() {
+            return Err(WorkflowError::UnknownPipeline(job.kind.clone()));
+        }
+        let payload: serde_json::Value = serde_json::from_str(&job.payload)
+            .map_err(|e| WorkflowError::Analysis(format!("job {id} has a bad payload: {e}")))?;
+        let series = payload["series"].as_str().unwrap_or_default().to_owned();
+        let threshold = payload["threshold"].as_f64().unwrap_or(1000.0);
+        let send_to = payload["send_to"].as_str();
+        lease.stage(&store, "checking input")?;
+        if payload["instances"].as_str() != Some(instances_digest(&store, &series)?.as_str()) {
+            return Err(WorkflowError::Analysis(format!(
+                "series {series} changed since job {id} was queued (a newer job covers it)"
+            )));
+        }
+        threshold_volume(&mut store, Some(&lease), &job.key, &series, threshold, send_to, None)
+    })();
+    let owner = runner_id();
+    match run {
         Ok(mut outcome) => {
             outcome.job_id = id;
+            lease.stage(&store, "finishing")?;
             let result = serde_json::json!({
                 "seg": outcome.seg_uid, "sr": outcome.sr_uid, "volume_mm3": outcome.volume_mm3,
             });
-            store.job_done(id, &result.to_string())?;
-            store.audit("lightbox", "analysis", series_uid, &format!("{pipeline}: job {id}"))?;
+            if !store.job_done(id, owner, &result.to_string())? {
+                return Err(WorkflowError::Cancelled(id));
+            }
+            store.audit(
+                "lightbox",
+                "analysis",
+                payload_series(&job.payload).as_str(),
+                &format!("{}: job {id}", job.kind),
+            )?;
             Ok(outcome)
         }
+        Err(WorkflowError::Cancelled(id)) => Err(WorkflowError::Cancelled(id)),
         Err(e) => {
-            store.job_failed(id, &e.to_string())?;
+            store.job_failed(id, owner, &e.to_string())?;
             Err(e)
         }
     }
 }
 
+fn stage(lease: Option<&Lease>, store: &Store, name: &str) -> Result<(), WorkflowError> {
+    lease.map_or(Ok(()), |l| l.stage(store, name))
+}
+
+pub(crate) fn payload_series(payload: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(payload)
+        .ok()
+        .and_then(|p| p["series"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
 fn threshold_volume(
     store: &mut Store,
+    lease: Option<&Lease>,
     key: &str,
     series_uid: &str,
     threshold: f64,
@@ -186,7 +431,9 @@ fn threshold_volume(
         path: store.root().to_owned(),
         issues: format!("series {series_uid} has no image volume"),
     })?;
+    stage(lease, store, "loading")?;
     let volume = set.load(0)?;
+    stage(lease, store, "segmenting")?;
     let labels: Vec<u8> = volume.voxels().iter().map(|&v| u8::from(f64::from(v) > threshold)).collect();
     let voxels = labels.iter().filter(|&&v| v == 1).count();
     if voxels == 0 {
@@ -198,6 +445,7 @@ fn threshold_volume(
     let name = format!("Lightbox {THRESHOLD_VOLUME}");
     let out = tempfile::tempdir_in(store.root())
         .map_err(|source| WorkflowError::Io { path: store.root().to_owned(), source })?;
+    stage(lease, store, "writing results")?;
     let seg_path = out.path().join("seg.dcm");
     let seg = lightbox_dicom::write_seg(
         set,
@@ -257,6 +505,7 @@ fn threshold_volume(
         },
         &sr_path,
     )?;
+    stage(lease, store, "storing results")?;
     let mut queued = 0;
     for path in [&seg_path, &sr_path] {
         store.import_file(path)?;
@@ -345,15 +594,41 @@ pub fn sign(store_dir: &Path, job_id: i64, radiologist: &str, send_to: &str) -> 
             "series {series} changed since job {job_id} ran (instances arrived or left); run the analysis again and review it"
         )));
     }
-    let mut outcome = threshold_volume(&mut store, &job.key, &series, threshold, Some(send_to), Some(radiologist))?;
+    let mut outcome =
+        threshold_volume(&mut store, None, &job.key, &series, threshold, Some(send_to), Some(radiologist))?;
     outcome.job_id = job_id;
     let mut result: serde_json::Value =
         job.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_else(|| serde_json::json!({}));
     result["signed_sr"] = serde_json::Value::from(outcome.sr_uid.clone());
     result["signed_by"] = serde_json::Value::from(radiologist);
-    store.job_done(job_id, &result.to_string())?;
+    store.job_set_result(job_id, &result.to_string())?;
     store.audit(radiologist, "sign", &series, &format!("job {job_id}: SR {}", outcome.sr_uid))?;
     Ok(outcome)
+}
+
+/// Cancels a queued or running job; false when it had ended.
+pub fn cancel(store_dir: &Path, job_id: i64) -> Result<bool, WorkflowError> {
+    let store = Store::open(store_dir)?;
+    let cancelled = store.job_cancel(job_id)?;
+    if cancelled {
+        store.audit("lightbox", "cancel", &job_id.to_string(), "job cancelled")?;
+    }
+    Ok(cancelled)
+}
+
+/// Runs a failed or cancelled job again, now, in this process.
+pub fn rerun(store_dir: &Path, job_id: i64) -> Result<PipelineOutcome, WorkflowError> {
+    let store = Store::open(store_dir)?;
+    let job = store.job(job_id)?.ok_or_else(|| WorkflowError::Analysis(format!("no job {job_id}")))?;
+    if job.state == "done" {
+        return finished_outcome(&store, job_id);
+    }
+    store.job_requeue(job_id)?;
+    if !store.job_take(job_id, runner_id(), lease_secs())? {
+        return Err(WorkflowError::Busy(job_id));
+    }
+    drop(store);
+    execute(store_dir, job_id)
 }
 
 /// A digest of the series' SOP Instance UIDs: which instances an analysis saw.

@@ -1,0 +1,404 @@
+//! The workflow engine: series arrive (DIMSE push, retrieval, import), are dispatched by the
+//! site's rules once they have settled (no new instance for a while, so a series pushed in parts
+//! is analysed once, whole), become persisted jobs, and run on their device class: one GPU job at
+//! a time, CPU jobs in parallel within a budget. Jobs left queued, or running by a process that
+//! died, are picked up again. Results of auto-send rules go to the outbox, which is drained.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use lightbox_store::Store;
+
+use crate::WorkflowError;
+use crate::pacs::PacsSettings;
+use crate::pipeline::{self, PipelineOutcome, Rules};
+
+/// How the engine runs.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// A series is dispatched once no instance of it arrived for this long.
+    pub settle: Duration,
+    /// CPU jobs that may run at once.
+    pub cpu_jobs: usize,
+    /// GPU jobs that may run at once (one: a second would only compete for the same memory).
+    pub gpu_jobs: usize,
+    /// How often the store is looked at for jobs queued by others or orphaned by a crash.
+    pub poll: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            settle: Duration::from_secs(5),
+            cpu_jobs: (cores / 2).max(1),
+            gpu_jobs: 1,
+            poll: Duration::from_secs(10),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The defaults, overridden by `LIGHTBOX_SETTLE_MS`, `LIGHTBOX_CPU_JOBS`.
+    pub fn from_env() -> Self {
+        let mut config = Self::default();
+        let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+        if let Some(ms) = var("LIGHTBOX_SETTLE_MS") {
+            config.settle = Duration::from_millis(ms);
+        }
+        if let Some(n) = var("LIGHTBOX_CPU_JOBS") {
+            config.cpu_jobs = (n as usize).max(1);
+        }
+        config
+    }
+}
+
+/// What the engine did, for the CLI or the workstation to show.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EngineEvent {
+    Queued {
+        job_id: i64,
+        pipeline: String,
+        series_uid: String,
+        rule: String,
+    },
+    /// A series settled but no rule matched it.
+    Unmatched {
+        series_uid: String,
+    },
+    /// The same input ran before; nothing is done again.
+    AlreadyDone {
+        job_id: i64,
+        pipeline: String,
+        series_uid: String,
+    },
+    Started {
+        job_id: i64,
+        device: String,
+    },
+    Finished {
+        job_id: i64,
+        pipeline: String,
+        series_uid: String,
+        outcome: PipelineOutcome,
+    },
+    Failed {
+        job_id: i64,
+        error: String,
+    },
+    /// The outbox was drained after results were queued: sent, failed.
+    Sent {
+        sent: usize,
+        failed: usize,
+        detail: String,
+    },
+    /// Dispatching a series failed (its facts could not be read, the store failed…).
+    Error {
+        detail: String,
+    },
+}
+
+enum Message {
+    Arrived(Vec<String>),
+    Finished(i64),
+    Stop,
+}
+
+/// A running engine. Dropping it stops dispatching; jobs already running finish.
+pub struct Engine {
+    tx: Sender<Message>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts the engine on a store: it first resumes jobs left queued or orphaned.
+    pub fn start(
+        store_dir: &Path,
+        rules: Rules,
+        pacs: Option<PacsSettings>,
+        config: EngineConfig,
+        events: Sender<EngineEvent>,
+    ) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let dispatcher = Dispatcher {
+            store_dir: store_dir.to_owned(),
+            rules,
+            pacs: pacs.map(Arc::new),
+            slots: Arc::new(Slots::new(config.cpu_jobs, config.gpu_jobs)),
+            config,
+            events,
+            tx: tx.clone(),
+            pending: BTreeMap::new(),
+            in_flight: BTreeSet::new(),
+        };
+        let thread = std::thread::Builder::new().name("lightbox-engine".into()).spawn(move || dispatcher.run(rx)).ok();
+        Self { tx, thread }
+    }
+
+    /// Instances of these series arrived (or the series was imported or retrieved).
+    pub fn arrived(&self, series_uids: Vec<String>) {
+        let _ = self.tx.send(Message::Arrived(series_uids));
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Message::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Dispatcher {
+    store_dir: PathBuf,
+    rules: Rules,
+    pacs: Option<Arc<PacsSettings>>,
+    slots: Arc<Slots>,
+    config: EngineConfig,
+    events: Sender<EngineEvent>,
+    tx: Sender<Message>,
+    /// Series waiting to settle: when their last instance arrived.
+    pending: BTreeMap<String, Instant>,
+    /// Jobs this process has handed to a worker.
+    in_flight: BTreeSet<i64>,
+}
+
+impl Dispatcher {
+    fn run(mut self, rx: Receiver<Message>) {
+        self.pick_up_runnable();
+        let mut last_poll = Instant::now();
+        loop {
+            let now = Instant::now();
+            let next_settle = self.pending.values().map(|t| *t + self.config.settle).min();
+            let wake = next_settle.unwrap_or(now + self.config.poll).min(last_poll + self.config.poll);
+            match rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(Message::Arrived(series)) => {
+                    for uid in series {
+                        self.pending.insert(uid, Instant::now());
+                    }
+                }
+                Ok(Message::Finished(id)) => {
+                    self.in_flight.remove(&id);
+                }
+                Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let settled: Vec<String> = self
+                .pending
+                .iter()
+                .filter(|(_, t)| t.elapsed() >= self.config.settle)
+                .map(|(uid, _)| uid.clone())
+                .collect();
+            for uid in settled {
+                self.pending.remove(&uid);
+                if let Err(e) = self.dispatch(&uid) {
+                    self.emit(EngineEvent::Error { detail: format!("dispatching series {uid}: {e}") });
+                }
+            }
+            if last_poll.elapsed() >= self.config.poll {
+                last_poll = Instant::now();
+                self.pick_up_runnable();
+            }
+        }
+    }
+
+    fn emit(&self, event: EngineEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Matches a settled series against the rules and queues a job per matching rule.
+    fn dispatch(&mut self, series_uid: &str) -> Result<(), WorkflowError> {
+        let series = pipeline::series_to_match(&self.store_dir, series_uid)?;
+        let store = Store::open(&self.store_dir)?;
+        let mut matched = false;
+        let mut runnable = Vec::new();
+        for (rule, hit, _) in self.rules.explain(&series) {
+            if !hit {
+                continue;
+            }
+            matched = true;
+            let send_to = if rule.auto_send { self.pacs.as_ref().map(|p| p.name.as_str()) } else { None };
+            let plan = pipeline::plan(&store, &rule.pipeline, series_uid, rule.threshold.unwrap_or(1000.0), send_to)?;
+            let (job_id, state) =
+                store.job_enqueue(&plan.key, &plan.pipeline, plan.device, &plan.payload.to_string())?;
+            match state.as_str() {
+                "queued" => {
+                    self.emit(EngineEvent::Queued {
+                        job_id,
+                        pipeline: plan.pipeline.clone(),
+                        series_uid: series_uid.to_owned(),
+                        rule: rule.name.clone(),
+                    });
+                    runnable.push((job_id, plan.device.to_owned()));
+                }
+                "done" => self.emit(EngineEvent::AlreadyDone {
+                    job_id,
+                    pipeline: plan.pipeline.clone(),
+                    series_uid: series_uid.to_owned(),
+                }),
+                _ => {} // running elsewhere, or failed/cancelled (a re-run is the user's call)
+            }
+        }
+        if !matched {
+            self.emit(EngineEvent::Unmatched { series_uid: series_uid.to_owned() });
+        }
+        for (id, device) in runnable {
+            self.spawn(id, device);
+        }
+        Ok(())
+    }
+
+    /// Jobs queued by others or left by a crashed runner.
+    fn pick_up_runnable(&mut self) {
+        match Store::open(&self.store_dir).and_then(|s| s.jobs_runnable()) {
+            Ok(jobs) => {
+                for job in jobs {
+                    self.spawn(job.id, job.device);
+                }
+            }
+            Err(e) => self.emit(EngineEvent::Error { detail: format!("looking for jobs to run: {e}") }),
+        }
+    }
+
+    /// Runs a job on a worker thread once its device has a free slot.
+    fn spawn(&mut self, id: i64, device: String) {
+        if !self.in_flight.insert(id) {
+            return;
+        }
+        let (store_dir, slots, events, tx, pacs) =
+            (self.store_dir.clone(), self.slots.clone(), self.events.clone(), self.tx.clone(), self.pacs.clone());
+        let worker = move || {
+            let gpu = device == "gpu";
+            let _slot = slots.acquire(gpu);
+            let taken = Store::open(&store_dir).and_then(|s| {
+                Ok(if s.job_take(id, pipeline::runner_id(), pipeline::lease_secs())? { s.job(id)? } else { None })
+            });
+            if let Ok(Some(job)) = taken {
+                let series_uid = pipeline::payload_series(&job.payload);
+                let _ = events.send(EngineEvent::Started { job_id: id, device: device.clone() });
+                match pipeline::execute(&store_dir, id) {
+                    Ok(outcome) => {
+                        let _ =
+                            events.send(EngineEvent::Finished { job_id: id, pipeline: job.kind, series_uid, outcome });
+                        // Also when this run queued nothing new: a runner that crashed may have
+                        // queued the results and never sent them.
+                        let auto_send = serde_json::from_str::<serde_json::Value>(&job.payload)
+                            .is_ok_and(|p| p["send_to"].is_string());
+                        if auto_send && let Some(pacs) = &pacs {
+                            let _ = events.send(drain(&store_dir, pacs));
+                        }
+                    }
+                    Err(e) => {
+                        let _ = events.send(EngineEvent::Failed { job_id: id, error: e.to_string() });
+                    }
+                }
+            }
+            let _ = tx.send(Message::Finished(id));
+        };
+        if let Err(e) = std::thread::Builder::new().name(format!("lightbox-job-{id}")).spawn(worker) {
+            self.in_flight.remove(&id);
+            self.emit(EngineEvent::Error { detail: format!("starting job {id}: {e}") });
+        }
+    }
+}
+
+fn drain(store_dir: &Path, pacs: &PacsSettings) -> EngineEvent {
+    // One drain at a time in this process: a drain that finds another running leaves the rest
+    // to it, and that one may have listed the rows before this job queued its results.
+    static DRAINING: Mutex<()> = Mutex::new(());
+    let _one = DRAINING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return EngineEvent::Error { detail: format!("starting the outbox runtime: {e}") },
+    };
+    match runtime.block_on(crate::pacs::outbox_drain(store_dir, pacs)) {
+        Ok(report) => EngineEvent::Sent {
+            sent: report.sent + report.already_there + report.sent_by_dimse,
+            failed: report.failed,
+            detail: format!("{report:?}"),
+        },
+        Err(e) => EngineEvent::Error { detail: format!("sending results: {e}") },
+    }
+}
+
+/// Per-device job slots: a counting semaphore for the GPU and one for the CPU budget.
+pub struct Slots {
+    used: Mutex<[usize; 2]>,
+    limits: [usize; 2],
+    freed: Condvar,
+}
+
+/// A held slot; released on drop.
+pub struct Slot<'a> {
+    slots: &'a Slots,
+    gpu: bool,
+}
+
+impl Slots {
+    pub fn new(cpu: usize, gpu: usize) -> Self {
+        Self { used: Mutex::new([0, 0]), limits: [cpu.max(1), gpu.max(1)], freed: Condvar::new() }
+    }
+
+    /// Waits for a free slot on the device.
+    pub fn acquire(&self, gpu: bool) -> Slot<'_> {
+        let i = usize::from(gpu);
+        let mut used = self.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while used[i] >= self.limits[i] {
+            used = self.freed.wait(used).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        used[i] += 1;
+        Slot { slots: self, gpu }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut used = self.slots.used.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        used[usize::from(self.gpu)] -= 1;
+        self.slots.freed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Runs `n` jobs of 50 ms on the device and returns the most that ran at once.
+    fn most_at_once(slots: &Arc<Slots>, gpu: bool, n: usize) -> usize {
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let threads: Vec<_> = (0..n)
+            .map(|_| {
+                let (slots, now, most) = (slots.clone(), now.clone(), most.clone());
+                std::thread::spawn(move || {
+                    let _slot = slots.acquire(gpu);
+                    let running = now.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(running, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(50));
+                    now.fetch_sub(1, Ordering::SeqCst);
+                })
+            })
+            .collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        most.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn one_gpu_job_at_a_time_and_cpu_jobs_within_the_budget() {
+        let slots = Arc::new(Slots::new(3, 1));
+        assert_eq!(most_at_once(&slots, true, 4), 1);
+        assert_eq!(most_at_once(&slots, false, 8), 3);
+        // Both at once: the GPU job does not take a CPU slot.
+        let (s1, s2) = (slots.clone(), slots.clone());
+        let gpu = std::thread::spawn(move || most_at_once(&s1, true, 3));
+        let cpu = std::thread::spawn(move || most_at_once(&s2, false, 6));
+        assert_eq!(gpu.join().ok(), Some(1));
+        assert_eq!(cpu.join().ok(), Some(3));
+    }
+}
