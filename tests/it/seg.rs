@@ -13,6 +13,35 @@ fn python() -> std::path::PathBuf {
         .join("bin/python")
 }
 
+fn demo_segments() -> Vec<Segment> {
+    vec![
+        Segment {
+            label: "ADC above 1500".into(),
+            category: Code::new("91723000", "SCT", "Anatomical Structure"),
+            property_type: Code::new("41216001", "SCT", "Prostate"),
+            algorithm: SegmentAlgorithm::Automatic { name: "Lightbox threshold".into(), version: "0.1".into() },
+        },
+        Segment {
+            label: "Region of interest".into(),
+            category: Code::new("49755003", "SCT", "Morphologically Altered Structure"),
+            property_type: Code::new("4147007", "SCT", "Mass"),
+            algorithm: SegmentAlgorithm::Manual,
+        },
+    ]
+}
+
+fn demo_series() -> SegSeries {
+    SegSeries {
+        series_description: "AI segmentation (research, not for clinical use)".into(),
+        series_number: 901,
+        content_label: "LIGHTBOX_AI".into(),
+        content_description: "AI output: threshold mask and a manual box".into(),
+        creator: "Lightbox^AI".into(),
+        software_version: env!("CARGO_PKG_VERSION").into(),
+        uid_seed: None,
+    }
+}
+
 /// Two segments on the demo ADC series: a threshold mask (a real computation) and a box.
 fn write_demo_seg(out: &std::path::Path) -> anyhow::Result<(Volume<u8>, lightbox_dicom::Written)> {
     let report = lightbox_dicom::scan_path(&demo_study())?;
@@ -30,31 +59,76 @@ fn write_demo_seg(out: &std::path::Path) -> anyhow::Result<(Volume<u8>, lightbox
         }
     }
     let labels = Volume::new([nx, ny, nz], labels, volume.patient_from_voxel)?;
-    let segments = vec![
-        Segment {
-            label: "ADC above 1500".into(),
-            category: Code::new("91723000", "SCT", "Anatomical Structure"),
-            property_type: Code::new("41216001", "SCT", "Prostate"),
-            algorithm: SegmentAlgorithm::Automatic { name: "Lightbox threshold".into(), version: "0.1".into() },
-        },
-        Segment {
-            label: "Region of interest".into(),
-            category: Code::new("49755003", "SCT", "Morphologically Altered Structure"),
-            property_type: Code::new("4147007", "SCT", "Mass"),
-            algorithm: SegmentAlgorithm::Manual,
-        },
-    ];
-    let series = SegSeries {
-        series_description: "AI segmentation (research, not for clinical use)".into(),
-        series_number: 901,
-        content_label: "LIGHTBOX_AI".into(),
-        content_description: "AI output: threshold mask and a manual box".into(),
-        creator: "Lightbox^AI".into(),
-        software_version: env!("CARGO_PKG_VERSION").into(),
-        uid_seed: None,
-    };
+    let (segments, series) = (demo_segments(), demo_series());
     let written = write_seg(set, 0, &labels, &segments, &series, out)?;
     Ok((labels, written))
+}
+
+/// dciodvfy: no errors (warnings about optional attributes are printed, not failed on).
+fn dciodvfy_clean(path: &std::path::Path) -> anyhow::Result<()> {
+    let output = Command::new("dciodvfy").arg(path).output().context("dciodvfy (Debian dicom3tools)")?;
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
+    ensure!(errors.is_empty(), "dciodvfy errors:\n{}\n\nfull report:\n{report}", errors.join("\n"));
+    Ok(())
+}
+
+/// highdicom's reading of a SEG: per segment, per source instance, the voxel count and the sum
+/// of values (fractional values rescaled to 0..1).
+fn highdicom_read(seg: &std::path::Path) -> anyhow::Result<serde_json::Value> {
+    let script = r#"
+import sys, json, highdicom as hd, pydicom, glob, numpy as np
+seg = hd.seg.segread(sys.argv[1])
+sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in glob.glob(sys.argv[2] + "/*")
+           if f.endswith(".dcm")}
+out = {"uid": seg.SOPInstanceUID, "type": seg.SegmentationType, "sop_class": seg.SOPClassUID, "segments": {}}
+for number in seg.segment_numbers:
+    desc = seg.get_segment_description(number)
+    counts, sums = {}, {}
+    for uid in sources:
+        try:
+            mask = seg.get_pixels_by_source_instance([uid], segment_numbers=[number])
+        except Exception:
+            continue
+        counts[uid] = int(np.count_nonzero(mask))
+        sums[uid] = float(np.sum(mask, dtype=np.float64))
+    out["segments"][str(number)] = {"label": desc.segment_label, "type": desc.segmented_property_type.meaning,
+                                    "algorithm": desc.algorithm_type.value, "counts": counts, "sums": sums}
+print(json.dumps(out))
+"#;
+    let printed = run_ok(Command::new(python()).args(["-c", script]).arg(seg).arg(demo_study()))?;
+    Ok(serde_json::from_str(printed.trim())?)
+}
+
+/// Checks highdicom's per-slice reading of segment `number` against `expected(z)` = (count, sum).
+fn check_slices(
+    read: &serde_json::Value,
+    number: u8,
+    slices: usize,
+    expected: impl Fn(usize) -> (u64, f64),
+) -> anyhow::Result<()> {
+    let segment = &read["segments"][number.to_string()];
+    let (counts, sums) =
+        (segment["counts"].as_object().context("no counts")?, segment["sums"].as_object().context("no sums")?);
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let (_, series) = report.series().next().context("no series")?;
+    let set = report.display_sets(series).first().context("no display set")?;
+    let uids = set_uids(set)?;
+    ensure!(uids.len() == slices);
+    let mut total = 0;
+    for (z, uid) in uids.iter().enumerate() {
+        let (count, sum) = expected(z);
+        let theirs = counts.get(uid).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let their_sum = sums.get(uid).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
+        ensure!(count == theirs, "segment {number}, slice {z}: {theirs} voxels in highdicom, {count} here");
+        ensure!(
+            (sum - their_sum).abs() <= 1e-6 * sum.max(1.0),
+            "segment {number}, slice {z}: sum {their_sum} vs {sum}"
+        );
+        total += count;
+    }
+    ensure!(total > 0, "segment {number} is empty");
+    Ok(())
 }
 
 #[test]
@@ -62,59 +136,130 @@ fn seg_is_read_back_by_highdicom_and_passes_dciodvfy() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let seg = dir.path().join("seg.dcm");
     let (labels, written) = write_demo_seg(&seg)?;
-    let uid = written.sop_uid;
     if let Ok(keep) = std::env::var("LIGHTBOX_KEEP_SEG") {
         std::fs::copy(&seg, keep)?;
     }
-
-    // dciodvfy: no errors (warnings about optional attributes are printed, not failed on).
-    let output = Command::new("dciodvfy").arg(&seg).output().context("dciodvfy (Debian dicom3tools)")?;
-    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
-    ensure!(errors.is_empty(), "dciodvfy errors:\n{}\n\nfull report:\n{report}", errors.join("\n"));
-
-    // highdicom: each segment's voxels, per source slice, equal ours.
-    let script = r#"
-import sys, json, highdicom as hd, pydicom, glob, numpy as np
-seg = hd.seg.segread(sys.argv[1])
-sources = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID: f for f in glob.glob(sys.argv[2] + "/*")
-           if f.endswith(".dcm")}
-out = {"uid": seg.SOPInstanceUID, "type": seg.SegmentationType, "segments": {}}
-for number in seg.segment_numbers:
-    desc = seg.get_segment_description(number)
-    counts = {}
-    for uid in sources:
-        try:
-            mask = seg.get_pixels_by_source_instance([uid], segment_numbers=[number])
-        except Exception:
-            continue
-        counts[uid] = int(np.count_nonzero(mask))
-    out["segments"][str(number)] = {"label": desc.segment_label, "type": desc.segmented_property_type.meaning,
-                                    "algorithm": desc.algorithm_type.value, "counts": counts}
-print(json.dumps(out))
-"#;
-    let printed = run_ok(Command::new(python()).args(["-c", script]).arg(&seg).arg(demo_study()))?;
-    let read: serde_json::Value = serde_json::from_str(printed.trim())?;
-    ensure!(read["uid"] == uid.as_str() && read["type"] == "BINARY", "{read}");
-    let report = lightbox_dicom::scan_path(&demo_study())?;
-    let (_, series) = report.series().next().context("no series")?;
-    let set = report.display_sets(series).first().context("no display set")?;
-    let [nx, ny, _] = labels.dims();
+    dciodvfy_clean(&seg)?;
+    let read = highdicom_read(&seg)?;
+    ensure!(read["uid"] == written.sop_uid.as_str() && read["type"] == "BINARY", "{read}");
+    let [nx, ny, nz] = labels.dims();
     for (number, label, algorithm) in [(1u8, "ADC above 1500", "AUTOMATIC"), (2, "Region of interest", "MANUAL")] {
         let segment = &read["segments"][number.to_string()];
         ensure!(segment["label"] == label && segment["algorithm"] == algorithm, "{segment}");
-        let counts = segment["counts"].as_object().context("no counts")?;
-        let total: u64 = counts.values().filter_map(serde_json::Value::as_u64).sum();
-        let ours = labels.voxels().iter().filter(|&&v| v == number).count() as u64;
-        ensure!(total == ours && ours > 0, "segment {number}: highdicom counts {total}, we wrote {ours}");
-        // Per slice too: the source instance of each slice.
-        for (z, uid) in set_uids(set)?.iter().enumerate() {
-            let here = labels.voxels()[z * nx * ny..(z + 1) * nx * ny].iter().filter(|&&v| v == number).count() as u64;
-            let theirs = counts.get(uid).and_then(serde_json::Value::as_u64).unwrap_or(0);
-            ensure!(here == theirs, "segment {number}, slice {z}: {theirs} voxels in highdicom, {here} here");
-        }
+        check_slices(&read, number, nz, |z| {
+            let n = labels.voxels()[z * nx * ny..(z + 1) * nx * ny].iter().filter(|&&v| v == number).count();
+            (n as u64, n as f64)
+        })?;
     }
     Ok(())
+}
+
+/// The same two segments as a Label Map SEG (one 8-bit frame per slice, pixel = segment number):
+/// highdicom reads each segment back voxel for voxel.
+#[test]
+fn label_map_seg_is_read_back_by_highdicom() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = dir.path().join("binary.dcm");
+    let (labels, _) = write_demo_seg(&binary)?;
+    let seg = dir.path().join("labelmap.dcm");
+    let (set_report, segments, series) = demo_seg_parts()?;
+    let (_, s) = set_report.series().next().context("no series")?;
+    let set = set_report.display_sets(s).first().context("no display set")?;
+    let written =
+        lightbox_dicom::write_seg_as(set, 0, lightbox_dicom::SegPixels::LabelMap(&labels), &segments, &series, &seg)?;
+    if let Ok(keep) = std::env::var("LIGHTBOX_KEEP_LABELMAP") {
+        std::fs::copy(&seg, keep)?;
+    }
+    let read = highdicom_read(&seg)?;
+    ensure!(read["uid"] == written.sop_uid.as_str() && read["type"] == "LABELMAP", "{read}");
+    ensure!(read["sop_class"] == lightbox_dicom::LABEL_MAP_SEGMENTATION_STORAGE, "{read}");
+    ensure!(std::fs::metadata(&seg)?.len() > 0);
+    let [nx, ny, nz] = labels.dims();
+    for number in [1u8, 2] {
+        check_slices(&read, number, nz, |z| {
+            let n = labels.voxels()[z * nx * ny..(z + 1) * nx * ny].iter().filter(|&&v| v == number).count();
+            (n as u64, n as f64)
+        })?;
+    }
+    dciodvfy_label_map(&seg)
+}
+
+/// dciodvfy from Debian 12 predates the Label Map SOP class (2024) and says "Information Object
+/// Not found". So a copy is checked against the (binary/fractional) Segmentation IOD instead: the
+/// only errors allowed are the two differences the Label Map IOD makes (Segmentation Type
+/// LABELMAP, no per-frame Segment Identification); every other rule must hold.
+fn dciodvfy_label_map(path: &std::path::Path) -> anyhow::Result<()> {
+    let copy = path.with_extension("as-seg.dcm");
+    std::fs::copy(path, &copy)?;
+    run_ok(Command::new("dcmodify").args(["-nb", "-m", "SOPClassUID=1.2.840.10008.5.1.4.1.1.66.4"]).arg(&copy))?;
+    let output = Command::new("dciodvfy").arg(&copy).output().context("dciodvfy (Debian dicom3tools)")?;
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let errors: Vec<&str> = report
+        .lines()
+        .filter(|l| l.starts_with("Error"))
+        .filter(|l| !l.contains("<LABELMAP> for value 1 of attribute <Segmentation Type>"))
+        .filter(|l| !l.contains("Element=<SegmentIdentificationSequence> Module=<SegmentationMacro>"))
+        .collect();
+    ensure!(errors.is_empty(), "dciodvfy errors:\n{}\n\nfull report:\n{report}", errors.join("\n"));
+    ensure!(report.contains("<LABELMAP>"), "dciodvfy did not read the copy as a Segmentation: {report}");
+    Ok(())
+}
+
+/// A probability map as a FRACTIONAL SEG: highdicom's values equal ours to the 1/255 step.
+#[test]
+fn fractional_seg_is_read_back_by_highdicom_and_passes_dciodvfy() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (report, segments, series) = demo_seg_parts()?;
+    let (_, s) = report.series().next().context("no series")?;
+    let set = report.display_sets(s).first().context("no display set")?;
+    let volume = set.load(0)?;
+    // A real probability: a logistic of the ADC value around 1500.
+    let probability = |v: f32| 1.0 / (1.0 + (-(f64::from(v) - 1500.0) / 100.0).exp());
+    let quantised = |v: f32| (probability(v).clamp(0.0, 1.0) * 255.0).round() / 255.0;
+    let p: Vec<f32> = volume.voxels().iter().map(|&v| probability(v) as f32).collect();
+    let first = Volume::new(volume.dims(), p, volume.patient_from_voxel)?;
+    let second = Volume::new(volume.dims(), vec![0.0f32; first.voxels().len()], volume.patient_from_voxel)?;
+    let mut second_voxels = second.voxels().to_vec();
+    let [nx, ny, nz] = volume.dims();
+    for z in 8..12 {
+        for y in 100..140 {
+            for x in 100..150 {
+                second_voxels[x + nx * (y + ny * z)] = 0.5;
+            }
+        }
+    }
+    let second = Volume::new(volume.dims(), second_voxels, volume.patient_from_voxel)?;
+    let seg = dir.path().join("fractional.dcm");
+    let written = lightbox_dicom::write_seg_as(
+        set,
+        0,
+        lightbox_dicom::SegPixels::Fractional(&[first.clone(), second.clone()]),
+        &segments,
+        &series,
+        &seg,
+    )?;
+    dciodvfy_clean(&seg)?;
+    let read = highdicom_read(&seg)?;
+    ensure!(read["uid"] == written.sop_uid.as_str() && read["type"] == "FRACTIONAL", "{read}");
+    for (number, v) in [(1u8, &first), (2, &second)] {
+        check_slices(&read, number, nz, |z| {
+            let slice = &volume.voxels()[z * nx * ny..(z + 1) * nx * ny];
+            let ours = &v.voxels()[z * nx * ny..(z + 1) * nx * ny];
+            let q: Vec<f64> = if number == 1 {
+                slice.iter().map(|&a| quantised(a)).collect()
+            } else {
+                ours.iter().map(|&p| (f64::from(p) * 255.0).round() / 255.0).collect()
+            };
+            (q.iter().filter(|&&x| x > 0.0).count() as u64, q.iter().sum())
+        })?;
+    }
+    Ok(())
+}
+
+/// The demo study, the two segments and the series description used by the SEG tests.
+fn demo_seg_parts() -> anyhow::Result<(lightbox_dicom::ScanReport, Vec<Segment>, SegSeries)> {
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    Ok((report, demo_segments(), demo_series()))
 }
 
 /// The SOP Instance UID of each slice of the demo study, in slice order (read by dcmdump).

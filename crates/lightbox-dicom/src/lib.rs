@@ -23,7 +23,10 @@ pub use error::DicomError;
 pub use facts::{SeriesFacts, series_facts};
 pub use header::read_instance;
 pub use scan::{ScanReport, scan_files, scan_path};
-pub use seg::{Code, SegSeries, Segment, SegmentAlgorithm, Written, write_seg};
+pub use seg::{
+    Code, LABEL_MAP_SEGMENTATION_STORAGE, SegPixels, SegSeries, Segment, SegmentAlgorithm, Written, write_seg,
+    write_seg_as,
+};
 pub use sr::{Measurement, MeasurementGroup, MeasurementReport, Observer, SegmentRef, write_sr};
 pub use volume::{DisplaySet, LoadWarning, display_sets};
 pub use write::{NewSeries, new_uid, uid_from, write_mr_series};

@@ -70,6 +70,23 @@ pub struct SegSeries {
     pub uid_seed: Option<String>,
 }
 
+/// The Label Map Segmentation Storage SOP class (DICOM 2024, Supplement 243).
+pub const LABEL_MAP_SEGMENTATION_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.66.7";
+
+/// What a SEG holds, and so how it is encoded.
+#[derive(Clone, Copy, Debug)]
+pub enum SegPixels<'a> {
+    /// Label values (0 = background, `k` = `segments[k - 1]`) as bit-packed binary frames,
+    /// one per segment and slice (Segmentation Storage, BINARY). Readable by every SEG reader.
+    Binary(&'a Volume<u8>),
+    /// Label values as one 8-bit frame per slice whose pixels are segment numbers (Label Map
+    /// Segmentation Storage, LABELMAP): compact for many labels (brain regions).
+    LabelMap(&'a Volume<u8>),
+    /// One probability volume (0 to 1) per segment, as 8-bit FRACTIONAL / PROBABILITY frames
+    /// (the maximum, 255, is 1.0).
+    Fractional(&'a [Volume<f32>]),
+}
+
 /// Writes `labels` (values 0 = background, `k` = `segments[k - 1]`) as a binary SEG of time
 /// point `t` of `set` to `path`. The label volume must have the display set's grid. Frames that
 /// hold no voxel of a segment are left out. Returns the new instance's and series' UIDs.
@@ -81,17 +98,46 @@ pub fn write_seg(
     series: &SegSeries,
     path: &Path,
 ) -> Result<Written, DicomError> {
+    write_seg_as(set, t, SegPixels::Binary(labels), segments, series, path)
+}
+
+/// Writes a SEG of time point `t` of `set` in any of the three encodings (see [`SegPixels`]).
+/// The volumes must have the display set's grid; frames with nothing in them are left out.
+pub fn write_seg_as(
+    set: &DisplaySet,
+    t: u32,
+    pixels: SegPixels<'_>,
+    segments: &[Segment],
+    series: &SegSeries,
+    path: &Path,
+) -> Result<Written, DicomError> {
     let bad = |what: String| DicomError::Unsupported { path: path.to_owned(), what };
-    let [nx, ny, nz] = labels.dims();
-    if [nx, ny, nz] != [set.columns as usize, set.rows as usize, set.slices as usize] {
+    let grid = [set.columns as usize, set.rows as usize, set.slices as usize];
+    let dims: Vec<[usize; 3]> = match pixels {
+        SegPixels::Binary(v) | SegPixels::LabelMap(v) => vec![v.dims()],
+        SegPixels::Fractional(vs) => {
+            if vs.len() != segments.len() {
+                return Err(bad(format!("{} probability volumes for {} segments", vs.len(), segments.len())));
+            }
+            vs.iter().map(Volume::dims).collect()
+        }
+    };
+    if let Some([nx, ny, nz]) = dims.iter().find(|d| **d != grid) {
         return Err(bad(format!(
-            "a {nx}x{ny}x{nz} label volume on a {}x{}x{} display set",
+            "a {nx}x{ny}x{nz} segmentation volume on a {}x{}x{} display set",
             set.columns, set.rows, set.slices
         )));
     }
+    let [nx, ny, _] = grid;
     if segments.is_empty() || segments.len() > 255 {
         return Err(bad(format!("{} segments (1 to 255 are possible)", segments.len())));
     }
+    let label_map = matches!(pixels, SegPixels::LabelMap(_));
+    let (sop_class, seg_type, bits) = match pixels {
+        SegPixels::Binary(_) => (uids::SEGMENTATION_STORAGE, "BINARY", 1u16),
+        SegPixels::LabelMap(_) => (LABEL_MAP_SEGMENTATION_STORAGE, "LABELMAP", 8),
+        SegPixels::Fractional(_) => (uids::SEGMENTATION_STORAGE, "FRACTIONAL", 8),
+    };
     let sources = set.source_slices(t)?;
     let first = sources.first().map(|s| s.header).ok_or_else(|| bad("an empty display set".into()))?;
     if first.frame_of_reference_uid.is_empty() {
@@ -115,7 +161,7 @@ pub fn write_seg(
     };
     let r = &first.record;
     text(&mut obj, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
-    text(&mut obj, tags::SOP_CLASS_UID, VR::UI, uids::SEGMENTATION_STORAGE);
+    text(&mut obj, tags::SOP_CLASS_UID, VR::UI, sop_class);
     text(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
     text(&mut obj, tags::STUDY_INSTANCE_UID, VR::UI, r.study_uid.as_str());
     text(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
@@ -138,16 +184,23 @@ pub fn write_seg(
     text(&mut obj, tags::CONTENT_LABEL, VR::CS, &content_label(&series.content_label));
     text(&mut obj, tags::CONTENT_DESCRIPTION, VR::LO, &series.content_description);
     text(&mut obj, tags::CONTENT_CREATOR_NAME, VR::PN, &series.creator);
-    text(&mut obj, tags::SEGMENTATION_TYPE, VR::CS, "BINARY");
+    text(&mut obj, tags::SEGMENTATION_TYPE, VR::CS, seg_type);
+    if let SegPixels::Fractional(_) = pixels {
+        text(&mut obj, tags::SEGMENTATION_FRACTIONAL_TYPE, VR::CS, "PROBABILITY");
+        obj.put(DataElement::new(tags::MAXIMUM_FRACTIONAL_VALUE, VR::US, dicom_value!(U16, [255])));
+    } else {
+        // One label per voxel: segments cannot overlap.
+        text(&mut obj, tags::SEGMENTS_OVERLAP, VR::CS, "NO");
+    }
     text(&mut obj, tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00");
     text(&mut obj, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
     for (tag, value) in [
         (tags::SAMPLES_PER_PIXEL, 1u16),
         (tags::ROWS, u16_dim(path, ny)?),
         (tags::COLUMNS, u16_dim(path, nx)?),
-        (tags::BITS_ALLOCATED, 1),
-        (tags::BITS_STORED, 1),
-        (tags::HIGH_BIT, 0),
+        (tags::BITS_ALLOCATED, bits),
+        (tags::BITS_STORED, bits),
+        (tags::HIGH_BIT, bits - 1),
         (tags::PIXEL_REPRESENTATION, 0),
     ] {
         obj.put(DataElement::new(tag, VR::US, dicom_value!(U16, [value])));
@@ -201,18 +254,22 @@ pub fn write_seg(
         item.put(DataElement::new(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, PrimitiveValue::from(label)));
         item
     };
-    sequence(
-        &mut obj,
-        tags::DIMENSION_INDEX_SEQUENCE,
+    let position_dimension =
+        dimension(tags::IMAGE_POSITION_PATIENT, tags::PLANE_POSITION_SEQUENCE, "ImagePositionPatient");
+    let dimensions = if label_map {
+        // A label-map frame holds every segment: only the position varies.
+        vec![position_dimension]
+    } else {
         vec![
             dimension(
                 tags::REFERENCED_SEGMENT_NUMBER,
                 tags::SEGMENT_IDENTIFICATION_SEQUENCE,
                 "ReferencedSegmentNumber",
             ),
-            dimension(tags::IMAGE_POSITION_PATIENT, tags::PLANE_POSITION_SEQUENCE, "ImagePositionPatient"),
-        ],
-    );
+            position_dimension,
+        ]
+    };
+    sequence(&mut obj, tags::DIMENSION_INDEX_SEQUENCE, dimensions);
 
     // Shared functional groups: the grid.
     let mut measures = InMemDicomObject::new_empty();
@@ -233,35 +290,58 @@ pub fn write_seg(
     sequence(&mut shared, tags::PLANE_ORIENTATION_SEQUENCE, vec![orientation]);
     sequence(&mut obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE, vec![shared]);
 
-    // Frames: for each segment, each slice that holds some of it.
+    // Frames: for each segment (one pass for a label map), each slice that holds some of it.
     let slice_len = nx * ny;
     let mut per_frame = Vec::new();
     let mut bits: Vec<u8> = Vec::new();
     let mut bit = 0usize;
-    for (s, _) in segments.iter().enumerate() {
-        let value = s as u8 + 1;
+    let passes: Vec<Option<u8>> = if label_map { vec![None] } else { (1..=segments.len() as u8).map(Some).collect() };
+    for segment in passes {
         for (z, slice_source) in sources.iter().enumerate() {
             let (source, frame_number) = (slice_source.header, slice_source.frame_number);
-            let slice = &labels.voxels()[z * slice_len..(z + 1) * slice_len];
-            if !slice.contains(&value) {
-                continue;
-            }
-            bits.resize((bit + slice_len).div_ceil(8), 0);
-            for (i, &v) in slice.iter().enumerate() {
-                if v == value {
-                    bits[(bit + i) / 8] |= 1 << ((bit + i) % 8);
+            let range = z * slice_len..(z + 1) * slice_len;
+            match (pixels, segment) {
+                (SegPixels::Binary(labels), Some(value)) => {
+                    let slice = &labels.voxels()[range];
+                    if !slice.contains(&value) {
+                        continue;
+                    }
+                    bits.resize((bit + slice_len).div_ceil(8), 0);
+                    for (i, &v) in slice.iter().enumerate() {
+                        if v == value {
+                            bits[(bit + i) / 8] |= 1 << ((bit + i) % 8);
+                        }
+                    }
+                    bit += slice_len;
                 }
+                (SegPixels::LabelMap(labels), _) => {
+                    let slice = &labels.voxels()[range];
+                    if slice.iter().all(|&v| v == 0 || usize::from(v) > segments.len()) {
+                        continue;
+                    }
+                    // Values with no segment are background.
+                    bits.extend(slice.iter().map(|&v| if usize::from(v) > segments.len() { 0 } else { v }));
+                }
+                (SegPixels::Fractional(volumes), Some(value)) => {
+                    let slice = &volumes[usize::from(value) - 1].voxels()[range];
+                    let frame: Vec<u8> =
+                        slice.iter().map(|&p| (f64::from(p).clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+                    if frame.iter().all(|&v| v == 0) {
+                        continue;
+                    }
+                    bits.extend(frame);
+                }
+                _ => continue,
             }
-            bit += slice_len;
             // The source slice's own position: exact also where slices are unevenly spaced.
             let position = slice_source.position.unwrap_or_else(|| a.transform_point([0.0, 0.0, z as f64]));
             let mut item = InMemDicomObject::new_empty();
             let mut content = InMemDicomObject::new_empty();
-            content.put(DataElement::new(
-                tags::DIMENSION_INDEX_VALUES,
-                VR::UL,
-                dicom_value!(U32, [u32::from(value), z as u32 + 1]),
-            ));
+            let index = match segment {
+                Some(value) => vec![u32::from(value), z as u32 + 1],
+                None => vec![z as u32 + 1],
+            };
+            content.put(DataElement::new(tags::DIMENSION_INDEX_VALUES, VR::UL, PrimitiveValue::U32(index.into())));
             sequence(&mut item, tags::FRAME_CONTENT_SEQUENCE, vec![content]);
             let mut plane = InMemDicomObject::new_empty();
             plane.put(DataElement::new(
@@ -270,13 +350,15 @@ pub fn write_seg(
                 dicom_value!(Strs, [ds(position[0]), ds(position[1]), ds(position[2])]),
             ));
             sequence(&mut item, tags::PLANE_POSITION_SEQUENCE, vec![plane]);
-            let mut identification = InMemDicomObject::new_empty();
-            identification.put(DataElement::new(
-                tags::REFERENCED_SEGMENT_NUMBER,
-                VR::US,
-                dicom_value!(U16, [u16::from(value)]),
-            ));
-            sequence(&mut item, tags::SEGMENT_IDENTIFICATION_SEQUENCE, vec![identification]);
+            if let Some(value) = segment {
+                let mut identification = InMemDicomObject::new_empty();
+                identification.put(DataElement::new(
+                    tags::REFERENCED_SEGMENT_NUMBER,
+                    VR::US,
+                    dicom_value!(U16, [u16::from(value)]),
+                ));
+                sequence(&mut item, tags::SEGMENT_IDENTIFICATION_SEQUENCE, vec![identification]);
+            }
             // Where the frame came from.
             let mut source_item = reference(&source.record.sop_class_uid, &source.record.sop_instance_uid);
             // Same grid as the source: each frame lies exactly on its source slice.
@@ -305,7 +387,7 @@ pub fn write_seg(
         }
     }
     if per_frame.is_empty() {
-        return Err(bad("a label volume with no voxel of any segment".into()));
+        return Err(bad("a segmentation with no voxel in any segment".into()));
     }
     text(&mut obj, tags::NUMBER_OF_FRAMES, VR::IS, &per_frame.len().to_string());
     sequence(&mut obj, tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE, per_frame);
