@@ -301,8 +301,36 @@ fn results_wait_for_sign_off_then_a_verified_report_reaches_the_pacs() -> anyhow
     let stderr = String::from_utf8_lossy(&refused.stderr);
     ensure!(!refused.status.success() && stderr.contains("changed since job 1 ran"), "{stderr}");
 
+    // The radiologist's own measurement goes into the report they sign, marked as theirs.
+    let bad = Command::new(bin("lightbox")?)
+        .args(["measure", "add", "--series", &series, "--kind", "girth", "--label", "x", "--value", "1"])
+        .args(["--unit", "mm", "--as", "Doe^Jane", "--store"])
+        .arg(&store)
+        .output()?;
+    ensure!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("unknown kind \"girth\""));
+    lightbox(&[
+        "measure",
+        "add",
+        "--series",
+        &series,
+        "--kind",
+        "diameter",
+        "--label",
+        "Lesion 1 long axis",
+        "--value",
+        "12.5",
+        "--unit",
+        "mm",
+        "--as",
+        "Doe^Jane",
+    ])?;
+    ensure!(lightbox(&["measure", "list", "--series", &series])?.contains("Lesion 1 long axis"));
+
     let signed = lightbox(&["sign", "--job", "1", "--as", "Doe^Jane"])?;
     ensure!(signed.contains("signed by Doe^Jane") && signed.contains("2 queued for pacs"), "{signed}");
+    let sr_uid = signed.split("SR ").nth(1).and_then(|s| s.split(' ').next()).context("no SR UID")?;
+    let sr_file = lightbox_store::Store::open(&store)?.instance_file(sr_uid)?.context("the signed SR is not stored")?;
+    check_signed_report(&sr_file)?;
     ensure!(lightbox(&["pacs", "drain"])?.starts_with("sent 2,"));
     ensure!(orthanc.instance_count()? == 2);
     let mut verified = Vec::new();
@@ -384,5 +412,48 @@ fn exporter_plugins_run_with_the_manifest_and_a_timeout() -> anyhow::Result<()> 
     ensure!(stdout.contains("plugin hangs: killed after 1 s"), "{stdout}");
     ensure!(stdout.contains("plugin copy-to-folder: ok"), "{stdout}");
     ensure!(started.elapsed() < Duration::from_secs(20), "the hanging plugin was not killed");
+    Ok(())
+}
+
+/// The signed report, read by highdicom: the AI's volumetric group carries the algorithm and no
+/// person; the radiologist's group carries their name as observer and no algorithm; both are
+/// observers of the document; dciodvfy finds no error.
+fn check_signed_report(sr: &std::path::Path) -> anyhow::Result<()> {
+    let output = Command::new("dciodvfy").arg(sr).output()?;
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let errors: Vec<&str> = report.lines().filter(|l| l.starts_with("Error")).collect();
+    ensure!(errors.is_empty(), "dciodvfy: {}", errors.join("\n"));
+    let script = r#"
+import sys, json, highdicom as hd, pydicom
+sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sys.argv[1]))
+def persons(group):
+    return [str(i.PersonName) for i in group[0].ContentSequence
+            if i.RelationshipType == "HAS OBS CONTEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121008"]
+def algorithms(m):
+    num = m[0]  # the NUM item; TID 4019 rides in its content
+    items = num.ContentSequence if "ContentSequence" in num else []
+    return [i.TextValue for i in items if i.ConceptNameCodeSequence[0].CodeValue == "111001"]
+out = {"verification": sr.VerificationFlag,
+       "observers": [str(o.observer_type.meaning) for o in sr.content.get_observer_contexts()],
+       "ai": [], "radiologist": []}
+for g in sr.content.get_volumetric_roi_measurement_groups():
+    out["ai"].append({"id": g.tracking_identifier, "persons": persons(g),
+                      "algorithms": [a for m in g.get_measurements() for a in algorithms(m)]})
+for g in sr.content.get_image_measurement_groups():
+    out["radiologist"].append({"id": g.tracking_identifier, "persons": [str(p) for p in persons(g)],
+        "values": [[m.name.meaning, float(m.value), m.unit.value, algorithms(m)] for m in g.get_measurements()]})
+print(json.dumps(out))
+"#;
+    let python = lightbox_tests::pypeer::python()?;
+    let printed = run_ok(Command::new(python).args(["-c", script]).arg(sr))?;
+    let read: serde_json::Value = serde_json::from_str(printed.trim())?;
+    ensure!(read["verification"] == "VERIFIED", "{read}");
+    ensure!(read["observers"] == serde_json::json!(["Person", "Device"]), "{read}");
+    let ai = &read["ai"][0];
+    ensure!(ai["persons"].as_array().is_some_and(Vec::is_empty), "{read}");
+    ensure!(ai["algorithms"][0] == "Lightbox threshold-volume", "{read}");
+    let ours = &read["radiologist"][0];
+    ensure!(ours["id"] == "Radiologist: Lesion 1 long axis" && ours["persons"][0] == "Doe^Jane", "{read}");
+    ensure!(ours["values"][0] == serde_json::json!(["Diameter", 12.5, "mm", []]), "{read}");
     Ok(())
 }

@@ -345,12 +345,13 @@ fn sr_measurement_report_is_read_back_by_highdicom_and_passes_dciodvfy() -> anyh
     let volume_mm3 = labels.voxels().iter().filter(|&&v| v == 1).count() as f64 * voxel_mm3;
     let mm3 = Code::new("mm3", "UCUM", "cubic millimeter");
     let sr = MeasurementReport {
-        observer: Observer::Device { name: "Lightbox threshold".into(), uid: lightbox_dicom::new_uid() },
+        observers: vec![Observer::Device { name: "Lightbox threshold".into(), uid: lightbox_dicom::new_uid() }],
         procedure: Code::new("25056-3", "LN", "MRI unspecified body region"),
         groups: vec![MeasurementGroup {
             tracking_id: "ADC region 1".into(),
             tracking_uid: lightbox_dicom::new_uid(),
-            finding: Code::new("52988006", "SCT", "Lesion"),
+            finding: Some(Code::new("52988006", "SCT", "Lesion")),
+            observer: None,
             finding_site: Some(Code::new("41216001", "SCT", "Prostate")),
             segment: Some(SegmentRef { seg: seg.clone(), number: 1 }),
             measurements: vec![Measurement {
@@ -364,6 +365,7 @@ fn sr_measurement_report_is_read_back_by_highdicom_and_passes_dciodvfy() -> anyh
         series_description: "AI measurements (research, not for clinical use)".into(),
         series_number: 902,
         verified_by: None,
+        verifying_organization: String::new(),
         uid_seed: None,
     };
     let sr_path = dir.path().join("sr.dcm");

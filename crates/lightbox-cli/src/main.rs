@@ -84,6 +84,14 @@ enum Commands {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+    /// Your own measurements on a series (length, diameter, area, volume, mean, sd): they go
+    /// into the report you sign, marked as yours.
+    Measure {
+        #[command(subcommand)]
+        command: MeasureCommand,
+        #[arg(long, global = true)]
+        store: Option<PathBuf>,
+    },
     /// Sign a result as the reviewing radiologist: a VERIFIED SR naming you, with the SEG,
     /// goes into the outbox (send it with `lightbox pacs drain`).
     Sign {
@@ -339,6 +347,34 @@ enum PacsCommand {
 }
 
 #[derive(Subcommand)]
+enum MeasureCommand {
+    /// Record a measurement, e.g. `--kind diameter --label "Lesion 1 long axis" --value 12.5 --unit mm`.
+    Add {
+        #[arg(long)]
+        series: String,
+        #[arg(long)]
+        kind: String,
+        #[arg(long)]
+        label: String,
+        #[arg(long)]
+        value: f64,
+        /// UCUM unit: mm, cm, mm2, cm2, mm3, cm3, mL, um2/s, {ratio}.
+        #[arg(long)]
+        unit: String,
+        /// Your name as it should appear in the report, e.g. 'Doe^Jane'.
+        #[arg(long = "as")]
+        author: String,
+    },
+    /// List the measurements on a series.
+    List {
+        #[arg(long)]
+        series: String,
+    },
+    /// Remove one.
+    Remove { id: i64 },
+}
+
+#[derive(Subcommand)]
 enum JobsCommand {
     /// Cancel a queued or running job (a running one stops at its next stage).
     Cancel { id: i64 },
@@ -491,6 +527,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         (None, None) => "awaiting review".into(),
                     }
                 );
+            }
+        }
+        Commands::Measure { command, store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            match command {
+                MeasureCommand::Add { series, kind, label, value, unit, author } => {
+                    let id = lightbox_workflow::pipeline::add_measurement(
+                        &store, &series, &kind, &label, value, &unit, &author,
+                    )?;
+                    println!("measurement {id}: {kind} {label:?} = {value} {unit} by {author}");
+                }
+                MeasureCommand::List { series } => {
+                    for m in lightbox_workflow::pipeline::measurements(&store, &series)? {
+                        println!(
+                            "{:>4}  {:<8} {:<32} {:>10} {:<6} by {}  {}",
+                            m.id, m.kind, m.label, m.value, m.unit, m.author, m.created_at
+                        );
+                    }
+                }
+                MeasureCommand::Remove { id } => {
+                    anyhow::ensure!(
+                        lightbox_workflow::pipeline::remove_measurement(&store, id)?,
+                        "no measurement {id}"
+                    );
+                    println!("measurement {id} removed");
+                }
             }
         }
         Commands::Sign { job, radiologist, send_to, store } => {

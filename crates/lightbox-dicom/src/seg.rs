@@ -170,7 +170,7 @@ pub fn write_seg_as(
     text(&mut obj, tags::MODALITY, VR::CS, "SEG");
     put_patient_and_study(&mut obj, first);
     text(&mut obj, tags::SERIES_NUMBER, VR::IS, &series.series_number.to_string());
-    text(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &series.series_description);
+    text(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &crate::sr::lo(&series.series_description));
     text(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
     let (date, time) = now_da_tm();
     text(&mut obj, tags::CONTENT_DATE, VR::DA, &date);

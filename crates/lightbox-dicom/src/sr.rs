@@ -48,13 +48,17 @@ pub struct SegmentRef {
     pub number: u16,
 }
 
-/// One finding: what it is, where, its segment, its measurements.
+/// One finding: what it is, where, its segment, its measurements. With a segment it is a
+/// volumetric ROI group (TID 1411), without one a plain measurement group (TID 1501).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeasurementGroup {
     pub tracking_id: String,
     pub tracking_uid: String,
     /// e.g. SCT 52988006 "Lesion".
-    pub finding: Code,
+    pub finding: Option<Code>,
+    /// Who made this group when not the report's observer: a radiologist's own measurements
+    /// in an AI report carry their name here (an observation context on the group).
+    pub observer: Option<Observer>,
     pub finding_site: Option<Code>,
     /// The SEG segment this group measures.
     pub segment: Option<SegmentRef>,
@@ -66,14 +70,18 @@ pub struct MeasurementGroup {
 /// The report.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MeasurementReport {
-    pub observer: Observer,
+    /// Who made the report (TID 1001): the AI device, and the radiologist when the report holds
+    /// their measurements.
+    pub observers: Vec<Observer>,
     /// e.g. LN 25056-3 "MRI unspecified body region" (TID 1500 "Procedure reported").
     pub procedure: Code,
     pub groups: Vec<MeasurementGroup>,
     pub series_description: String,
     pub series_number: i32,
-    /// `VERIFIED` only when a person signed it.
+    /// `VERIFIED` only when a person signed it: their name and organization.
     pub verified_by: Option<String>,
+    /// The signer's organization (Verifying Organization is required when signed).
+    pub verifying_organization: String,
     /// Derive the instance and series UIDs from this name instead of making new ones.
     pub uid_seed: Option<String>,
 }
@@ -102,7 +110,7 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
     text(&mut obj, tags::MODALITY, VR::CS, "SR");
     put_patient_and_study(&mut obj, first);
     text(&mut obj, tags::SERIES_NUMBER, VR::IS, &report.series_number.to_string());
-    text(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &report.series_description);
+    text(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &lo(&report.series_description));
     text(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
     text(&mut obj, tags::MANUFACTURER, VR::LO, "Lightbox");
     text(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
@@ -119,7 +127,11 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
                 VR::SQ,
                 DataSetSequence::from(Vec::<InMemDicomObject>::new()),
             ));
-            text(&mut verifier, tags::VERIFYING_ORGANIZATION, VR::LO, "");
+            let organization = report.verifying_organization.trim();
+            if organization.is_empty() {
+                return Err(bad("a signed report without the signer's organization".into()));
+            }
+            text(&mut verifier, tags::VERIFYING_ORGANIZATION, VR::LO, &lo(organization));
             text(&mut verifier, tags::VERIFICATION_DATE_TIME, VR::DT, &format!("{date}{time}"));
             sequence(&mut obj, tags::VERIFYING_OBSERVER_SEQUENCE, vec![verifier]);
         }
@@ -164,18 +176,14 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
         &dcm("121049", "Language of Content Item and Descendants"),
         &Code::new("en-US", "RFC5646", "English (United States)"),
     )];
-    match &report.observer {
-        Observer::Device { name, uid } => {
-            content.push(code("HAS OBS CONTEXT", &dcm("121005", "Observer Type"), &dcm("121007", "Device")));
-            content.push(uidref("HAS OBS CONTEXT", &dcm("121012", "Device Observer UID"), uid));
-            content.push(text_item("HAS OBS CONTEXT", &dcm("121013", "Device Observer Name"), name));
-            content.push(text_item("HAS OBS CONTEXT", &dcm("121014", "Device Observer Manufacturer"), "Lightbox"));
-            content.push(text_item("HAS OBS CONTEXT", &dcm("121015", "Device Observer Model Name"), "Lightbox"));
-        }
-        Observer::Person { name } => {
-            content.push(code("HAS OBS CONTEXT", &dcm("121005", "Observer Type"), &dcm("121006", "Person")));
-            content.push(pname("HAS OBS CONTEXT", &dcm("121008", "Person Observer Name"), name));
-        }
+    if report.observers.is_empty() {
+        return Err(bad("a report without an observer".into()));
+    }
+    // TID 1002: persons first, then devices.
+    let mut observers: Vec<&Observer> = report.observers.iter().collect();
+    observers.sort_by_key(|o| matches!(o, Observer::Device { .. }));
+    for observer in observers {
+        content.extend(observer_context(observer));
     }
     content.push(code("HAS CONCEPT MOD", &dcm("121058", "Procedure reported"), &report.procedure));
     let mut listed = std::collections::BTreeSet::new();
@@ -191,11 +199,12 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
         .groups
         .iter()
         .map(|g| {
-            let mut items = vec![
-                text_item("HAS OBS CONTEXT", &dcm("112039", "Tracking Identifier"), &g.tracking_id),
-                uidref("HAS OBS CONTEXT", &dcm("112040", "Tracking Unique Identifier"), &g.tracking_uid),
-                code("CONTAINS", &dcm("121071", "Finding"), &g.finding),
-            ];
+            let mut items = g.observer.as_ref().map(observer_context).unwrap_or_default();
+            items.push(text_item("HAS OBS CONTEXT", &dcm("112039", "Tracking Identifier"), &g.tracking_id));
+            items.push(uidref("HAS OBS CONTEXT", &dcm("112040", "Tracking Unique Identifier"), &g.tracking_uid));
+            if let Some(finding) = &g.finding {
+                items.push(code("CONTAINS", &dcm("121071", "Finding"), finding));
+            }
             if let Some(site) = &g.finding_site {
                 items.push(code("HAS CONCEPT MOD", &Code::new("363698007", "SCT", "Finding Site"), site));
             }
@@ -218,7 +227,8 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
             let mut group = container("CONTAINS", &dcm("125007", "Measurement Group"), items);
             let mut template = InMemDicomObject::new_empty();
             text(&mut template, tags::MAPPING_RESOURCE, VR::CS, "DCMR");
-            text(&mut template, tags::TEMPLATE_IDENTIFIER, VR::CS, "1411");
+            let id = if g.segment.is_some() { "1411" } else { "1501" };
+            text(&mut template, tags::TEMPLATE_IDENTIFIER, VR::CS, id);
             sequence(&mut group, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template]);
             group
         })
@@ -231,6 +241,28 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
 
     write_file(obj, path)?;
     Ok(sop_uid)
+}
+
+/// TID 1002 Observer Context: a person (TID 1003) or a device (TID 1004).
+fn observer_context(observer: &Observer) -> Vec<InMemDicomObject> {
+    match observer {
+        Observer::Device { name, uid } => vec![
+            code("HAS OBS CONTEXT", &dcm("121005", "Observer Type"), &dcm("121007", "Device")),
+            uidref("HAS OBS CONTEXT", &dcm("121012", "Device Observer UID"), uid),
+            text_item("HAS OBS CONTEXT", &dcm("121013", "Device Observer Name"), name),
+            text_item("HAS OBS CONTEXT", &dcm("121014", "Device Observer Manufacturer"), "Lightbox"),
+            text_item("HAS OBS CONTEXT", &dcm("121015", "Device Observer Model Name"), "Lightbox"),
+        ],
+        Observer::Person { name } => vec![
+            code("HAS OBS CONTEXT", &dcm("121005", "Observer Type"), &dcm("121006", "Person")),
+            pname("HAS OBS CONTEXT", &dcm("121008", "Person Observer Name"), name),
+        ],
+    }
+}
+
+/// An LO value: at most 64 characters.
+pub(crate) fn lo(value: &str) -> String {
+    value.chars().take(64).collect()
 }
 
 fn dcm(value: &str, meaning: &str) -> Code {

@@ -473,15 +473,18 @@ fn threshold_volume(
         set,
         0,
         &MeasurementReport {
-            observer: Observer::Device {
+            observers: std::iter::once(Observer::Device {
                 name: name.clone(),
                 uid: lightbox_dicom::uid_from("lightbox/device/threshold-volume"),
-            },
+            })
+            .chain(signed_by.map(|who| Observer::Person { name: who.to_owned() }))
+            .collect(),
             procedure: Code::new("25056-3", "LN", "MRI unspecified body region"),
-            groups: vec![MeasurementGroup {
+            groups: std::iter::once(MeasurementGroup {
                 tracking_id: format!("Above {threshold}"),
                 tracking_uid: lightbox_dicom::uid_from(&format!("{key}/tracking")),
-                finding: Code::new("85756007", "SCT", "Tissue"),
+                finding: Some(Code::new("85756007", "SCT", "Tissue")),
+                observer: None,
                 finding_site: None,
                 segment: Some(SegmentRef { seg: seg.clone(), number: 1 }),
                 measurements: vec![Measurement {
@@ -491,15 +494,19 @@ fn threshold_volume(
                     algorithm: Some((name, THRESHOLD_VOLUME_VERSION.into())),
                 }],
                 qualitative: vec![],
-            }],
+            })
+            .chain(radiologist_groups(store, series_uid, key, signed_by)?)
+            .collect(),
             series_description: match signed_by {
-                Some(_) => "AI measurements, reviewed and signed (research, not for clinical use)".into(),
+                Some(_) => "AI measurements, signed (research, not for clinical use)".into(),
                 None => "AI: measurements (research, not for clinical use)".into(),
             },
             series_number: 9902,
             verified_by: signed_by.map(str::to_owned),
+            verifying_organization: crate::settings::institution(),
             uid_seed: Some(match signed_by {
-                Some(name) => format!("{key}/signed-by/{name}"),
+                // A different set of measurements is a different report: a new UID.
+                Some(name) => format!("{key}/signed-by/{name}/{}", measurements_digest(store, series_uid)?),
                 None => key.to_owned(),
             }),
         },
@@ -516,6 +523,104 @@ fn threshold_volume(
         }
     }
     Ok(PipelineOutcome { job_id: 0, ran: true, seg_uid: seg.sop_uid, sr_uid, volume_mm3, queued })
+}
+
+/// The radiologist's own measurements on the series, as groups marked with them as observer
+/// and without algorithm identification. Only a signed report carries them.
+fn radiologist_groups(
+    store: &Store,
+    series_uid: &str,
+    key: &str,
+    signed_by: Option<&str>,
+) -> Result<Vec<MeasurementGroup>, WorkflowError> {
+    if signed_by.is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(store
+        .measurements(series_uid)?
+        .into_iter()
+        .map(|m| MeasurementGroup {
+            tracking_id: format!("Radiologist: {}", m.label),
+            tracking_uid: lightbox_dicom::uid_from(&format!("{key}/measurement/{}", m.id)),
+            finding: None,
+            finding_site: None,
+            observer: Some(Observer::Person { name: m.author.clone() }),
+            segment: None,
+            measurements: vec![Measurement {
+                concept: measurement_concept(&m.kind),
+                value: m.value,
+                unit: Code::new(&m.unit, "UCUM", &m.unit),
+                algorithm: None,
+            }],
+            qualitative: vec![],
+        })
+        .collect())
+}
+
+/// The measurement kinds a radiologist can record, with their SNOMED CT concepts.
+pub const MEASUREMENT_KINDS: [(&str, &str, &str); 6] = [
+    ("length", "410668003", "Length"),
+    ("diameter", "81827009", "Diameter"),
+    ("area", "42798000", "Area"),
+    ("volume", "118565006", "Volume"),
+    ("mean", "373098007", "Mean"),
+    ("sd", "386136009", "Standard Deviation"),
+];
+
+fn measurements_digest(store: &Store, series_uid: &str) -> Result<String, WorkflowError> {
+    let all: Vec<String> = store
+        .measurements(series_uid)?
+        .iter()
+        .map(|m| format!("{}|{}|{}|{}|{}|{}", m.id, m.kind, m.label, m.value, m.unit, m.author))
+        .collect();
+    Ok(if all.is_empty() { "none".into() } else { lightbox_dicom::uid_from(&all.join("\\")) })
+}
+
+fn measurement_concept(kind: &str) -> Code {
+    let (_, value, meaning) = MEASUREMENT_KINDS.iter().find(|(k, ..)| *k == kind).unwrap_or(&MEASUREMENT_KINDS[0]);
+    Code::new(value, "SCT", meaning)
+}
+
+/// Records a radiologist's measurement on a stored series; it goes into the report they sign.
+pub fn add_measurement(
+    store_dir: &Path,
+    series_uid: &str,
+    kind: &str,
+    label: &str,
+    value: f64,
+    unit: &str,
+    author: &str,
+) -> Result<i64, WorkflowError> {
+    let bad = |what: String| WorkflowError::Analysis(format!("measurement: {what}"));
+    if !MEASUREMENT_KINDS.iter().any(|(k, ..)| *k == kind) {
+        let known: Vec<&str> = MEASUREMENT_KINDS.iter().map(|(k, ..)| *k).collect();
+        return Err(bad(format!("unknown kind {kind:?} (known: {})", known.join(", "))));
+    }
+    if !value.is_finite() {
+        return Err(bad(format!("value {value} is not a number")));
+    }
+    const UNITS: [&str; 9] = ["mm", "cm", "mm2", "cm2", "mm3", "cm3", "mL", "um2/s", "{ratio}"];
+    if !UNITS.contains(&unit) {
+        return Err(bad(format!("unit {unit:?} (known UCUM units: {})", UNITS.join(", "))));
+    }
+    if label.trim().is_empty() || author.trim().is_empty() {
+        return Err(bad("a label and the radiologist's name are needed".into()));
+    }
+    let store = Store::open(store_dir)?;
+    if store.series_files(series_uid)?.is_empty() {
+        return Err(WorkflowError::UnknownSeries { uid: series_uid.to_owned(), folder: store_dir.to_owned() });
+    }
+    let id = store.measurement_add(series_uid, kind, label.trim(), value, unit, author.trim())?;
+    store.audit(author.trim(), "measure", series_uid, &format!("{kind} {label}: {value} {unit}"))?;
+    Ok(id)
+}
+
+pub fn remove_measurement(store_dir: &Path, id: i64) -> Result<bool, WorkflowError> {
+    Ok(Store::open(store_dir)?.measurement_remove(id)?)
+}
+
+pub fn measurements(store_dir: &Path, series_uid: &str) -> Result<Vec<lightbox_store::Measurement>, WorkflowError> {
+    Ok(Store::open(store_dir)?.measurements(series_uid)?)
 }
 
 /// One analysis result, for the results screen.

@@ -14,6 +14,20 @@ use crate::pacs::{Auth, DicomWebConfig, DimsePeer, PacsSettings, TlsOptions};
 pub struct Settings {
     pub pacs: Option<PacsConfig>,
     pub listen: Option<ListenConfig>,
+    /// The site, as signed reports name the signer's organization.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub institution: Option<String>,
+}
+
+/// The signer's organization for signed reports: `LIGHTBOX_INSTITUTION`, else the settings
+/// file's `institution`, else "Unspecified organization".
+pub fn institution() -> String {
+    std::env::var("LIGHTBOX_INSTITUTION")
+        .ok()
+        .or_else(|| Settings::load(&config_path()).ok().and_then(|s| s.institution))
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "Unspecified organization".into())
 }
 
 /// The PACS, as the settings screen edits it.
@@ -180,6 +194,7 @@ mod tests {
                 ..Default::default()
             }),
             listen: Some(ListenConfig { aet: "LIGHTBOX".into(), port: 11112 }),
+            institution: Some("St. Example Radiology".into()),
         };
         settings.save(&path)?;
         assert_eq!(Settings::load(&path)?, settings);
@@ -200,7 +215,11 @@ mod tests {
         std::fs::write(&path, "[pacs]\nurl = 5\n")?;
         let error = Settings::load(&path).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("config.toml"), "{error}");
-        let bad = Settings { pacs: Some(PacsConfig { url: "pacs:8042".into(), ..Default::default() }), listen: None };
+        let bad = Settings {
+            pacs: Some(PacsConfig { url: "pacs:8042".into(), ..Default::default() }),
+            listen: None,
+            institution: None,
+        };
         let error = bad.save(&path).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("must start with http"), "{error}");
         Ok(())

@@ -126,6 +126,8 @@ export interface Settings {
     our_aet: string;
   } | null;
   listen: { aet: string; port: number } | null;
+  /** The site, as signed reports name the signer's organization. */
+  institution?: string | null;
 }
 
 /** An analysis result: AI output until a radiologist signs it. */
