@@ -19,8 +19,8 @@ packages=(
   mesa-vulkan-drivers libvulkan1 vulkan-tools xvfb xauth x11-utils xdotool imagemagick
   # Reference PACS and DICOM tools; openssl makes the mutual-TLS test certificates
   orthanc orthanc-dicomweb orthanc-gdcm dcmtk openssl
-  # dciodvfy: IOD validation of the SEG/SR we write
-  dicom3tools
+  # dciodvfy: IOD validation of the SEG/SR we write; pdftotext/pdfinfo read the PDF summaries
+  dicom3tools poppler-utils
   # Python for the dicomweb-client interop/benchmark peer (venv below)
   python3 python3-venv
   # Reference DICOM -> NIfTI converter (benchmark peer) and /usr/bin/time for peak RSS

@@ -362,7 +362,9 @@ fn exporter_plugins_run_with_the_manifest_and_a_timeout() -> anyhow::Result<()> 
     )?;
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins)?;
-    std::fs::copy(lightbox_tests::workspace_root().join("plugins/copy-to-folder"), plugins.join("copy-to-folder"))?;
+    for plugin in ["copy-to-folder", "pdf-summary"] {
+        std::fs::copy(lightbox_tests::workspace_root().join("plugins").join(plugin), plugins.join(plugin))?;
+    }
     let lightbox_dir = bin("lightbox")?.parent().context("no bin dir")?.to_owned();
     let path = format!("{}:{}", lightbox_dir.display(), std::env::var("PATH").unwrap_or_default());
     let export = dir.path().join("exported");
@@ -376,16 +378,36 @@ fn exporter_plugins_run_with_the_manifest_and_a_timeout() -> anyhow::Result<()> 
             .env("PATH", &path),
     )?;
     ensure!(out.contains("plugin copy-to-folder: ok"), "{out}");
+    ensure!(out.contains("plugin pdf-summary: ok"), "{out}");
     let mut files = Vec::new();
     for study in std::fs::read_dir(&export)? {
         for job in std::fs::read_dir(study?.path())? {
             for f in std::fs::read_dir(job?.path())? {
-                files.push(f?.file_name().to_string_lossy().into_owned());
+                files.push(f?.path());
             }
         }
     }
-    ensure!(files.iter().filter(|f| f.ends_with(".dcm")).count() == 2, "{files:?}");
-    ensure!(files.iter().any(|f| f.ends_with(".nii")), "{files:?}");
+    let named = |suffix: &str| files.iter().filter(|f| f.to_string_lossy().ends_with(suffix)).count();
+    ensure!(named(".dcm") == 2 && named(".nii") == 1 && named("summary.pdf") == 1, "{files:?}");
+
+    // The PDF, read by poppler: one page, the AI banner, the patient, the measured volume, and
+    // that it awaits review.
+    let pdf = files.iter().find(|f| f.ends_with("summary.pdf")).context("no PDF")?;
+    let info = run_ok(Command::new("pdfinfo").arg(pdf))?;
+    ensure!(info.lines().any(|l| l.starts_with("Pages:") && l.trim_end().ends_with(" 1")), "{info}");
+    let text = run_ok(Command::new("pdftotext").args(["-layout"]).arg(pdf).arg("-"))?;
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let patient = report.series().next().context("no series")?.0.patient.id.clone();
+    let volume = format!("{:.0}", expected_volume_mm3()?);
+    for needle in
+        ["AI OUTPUT", "not for clinical use", "not a diagnosis", "Volume above 1500", "AWAITING RADIOLOGIST REVIEW"]
+    {
+        ensure!(text.contains(needle), "{needle:?} missing from the PDF:\n{text}");
+    }
+    ensure!(text.contains(&patient) && text.contains(&volume), "patient {patient} or volume {volume} missing:\n{text}");
+    let db = rusqlite::Connection::open(store.join("index.sqlite"))?;
+    let audited: i64 = db.query_row("SELECT count(*) FROM audit WHERE action LIKE 'export:%'", [], |r| r.get(0))?;
+    ensure!(audited == 2, "{audited} plugin runs in the audit log");
 
     // A plugin that fails and one that hangs.
     let write = |name: &str, body: &str| -> anyhow::Result<()> {

@@ -566,10 +566,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::ExportResults { job, plugins, timeout_secs, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             let plugins = plugins.unwrap_or_else(lightbox_workflow::plugins::plugins_dir);
-            let manifest = lightbox_workflow::plugins::manifest(&store, job)?;
-            let runs = lightbox_workflow::plugins::run_exporters(
+            let runs = lightbox_workflow::plugins::export(
+                &store,
+                job,
                 &plugins,
-                &manifest,
                 std::time::Duration::from_secs(timeout_secs.max(1)),
             )?;
             let mut failed = 0;

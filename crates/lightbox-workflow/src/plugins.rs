@@ -24,6 +24,37 @@ pub struct Manifest {
     /// The analysed series' instances, as stored files.
     pub source_files: Vec<PathBuf>,
     pub volume_mm3: Option<f64>,
+    /// What a human-readable export (a PDF, an e-mail) needs, so a plugin reads no DICOM.
+    pub summary: Summary,
+}
+
+/// The result in words: who, what, the findings and who made each.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Summary {
+    pub patient_name: String,
+    pub patient_id: String,
+    /// DICOM DA (YYYYMMDD).
+    pub study_date: String,
+    pub study_description: String,
+    pub series_description: String,
+    pub modality: String,
+    pub institution: String,
+    /// The radiologist who signed it; `None` while it awaits review.
+    pub signed_by: Option<String>,
+    pub findings: Vec<Finding>,
+}
+
+/// One finding or measurement.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Finding {
+    pub label: String,
+    pub value: f64,
+    /// UCUM.
+    pub unit: String,
+    /// `ai` or `radiologist`.
+    pub source: String,
+    /// The algorithm (name and version) or the radiologist's name.
+    pub made_by: String,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -71,11 +102,43 @@ pub fn manifest(store_dir: &Path, job_id: i64) -> Result<Manifest, WorkflowError
         }
     }
     let source_files = store.series_files(&row.series_uid)?;
-    let study_uid = source_files
-        .first()
-        .and_then(|f| lightbox_dicom::read_instance(f).ok())
-        .map(|r| r.study_uid.as_str().to_owned())
-        .unwrap_or_default();
+    let record = source_files.first().and_then(|f| lightbox_dicom::read_instance(f).ok());
+    let study_uid = record.as_ref().map(|r| r.study_uid.as_str().to_owned()).unwrap_or_default();
+    let mut findings = Vec::new();
+    if let Some(volume) = row.volume_mm3 {
+        let payload = store.job(job_id)?.map(|j| j.payload).unwrap_or_default();
+        let threshold = serde_json::from_str::<serde_json::Value>(&payload)
+            .ok()
+            .and_then(|p| p["threshold"].as_f64())
+            .map_or_else(String::new, |t| format!(" above {t}"));
+        findings.push(Finding {
+            label: format!("Volume{threshold}"),
+            value: volume,
+            unit: "mm3".into(),
+            source: "ai".into(),
+            made_by: format!("{} {}", row.pipeline, env!("CARGO_PKG_VERSION")),
+        });
+    }
+    for m in store.measurements(&row.series_uid)? {
+        findings.push(Finding {
+            label: format!("{} ({})", m.label, m.kind),
+            value: m.value,
+            unit: m.unit,
+            source: "radiologist".into(),
+            made_by: m.author,
+        });
+    }
+    let summary = Summary {
+        patient_name: record.as_ref().map(|r| r.patient.name.clone()).unwrap_or_default(),
+        patient_id: record.as_ref().map(|r| r.patient.id.clone()).unwrap_or_default(),
+        study_date: record.as_ref().map(|r| r.study_date.clone()).unwrap_or_default(),
+        study_description: record.as_ref().map(|r| r.study_description.clone()).unwrap_or_default(),
+        series_description: record.as_ref().map(|r| r.series_description.clone()).unwrap_or_default(),
+        modality: record.as_ref().map(|r| r.modality.clone()).unwrap_or_default(),
+        institution: crate::settings::institution(),
+        signed_by: row.signed_by.clone(),
+        findings,
+    };
     Ok(Manifest {
         job_id,
         pipeline: row.pipeline,
@@ -84,7 +147,30 @@ pub fn manifest(store_dir: &Path, job_id: i64) -> Result<Manifest, WorkflowError
         results,
         source_files,
         volume_mm3: row.volume_mm3,
+        summary,
     })
+}
+
+/// Runs the exporter plugins on a finished result and keeps each run (exit code, status,
+/// stderr) in the audit log.
+pub fn export(store_dir: &Path, job_id: i64, dir: &Path, timeout: Duration) -> Result<Vec<PluginRun>, WorkflowError> {
+    let manifest = manifest(store_dir, job_id)?;
+    let runs = run_exporters(dir, &manifest, timeout)?;
+    let store = Store::open(store_dir)?;
+    for run in &runs {
+        let mut detail = format!(
+            "job {job_id}: exit {}{}, status {}",
+            run.exit_code.map_or_else(|| "none".into(), |c| c.to_string()),
+            if run.timed_out { " (killed at the timeout)" } else { "" },
+            run.status
+        );
+        if !run.stderr.trim().is_empty() {
+            let stderr: String = run.stderr.trim().chars().take(2000).collect();
+            detail.push_str(&format!(", stderr: {stderr}"));
+        }
+        store.audit("lightbox", &format!("export:{}", run.plugin), &manifest.series_uid, &detail)?;
+    }
+    Ok(runs)
 }
 
 /// Runs every executable in `dir` (sorted by name) on the manifest, each at most `timeout`.
@@ -122,6 +208,15 @@ fn run_one(plugin: &Path, input: &[u8], timeout: Duration) -> PluginRun {
         timed_out: false,
     };
     let mut command = Command::new(plugin);
+    // Plugins find the `lightbox` command (and the binaries beside it) here.
+    if std::env::var_os("LIGHTBOX_BIN").is_none()
+        && let Some(lightbox) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.join(format!("lightbox{}", std::env::consts::EXE_SUFFIX))))
+            .filter(|p| p.is_file())
+    {
+        command.env("LIGHTBOX_BIN", lightbox);
+    }
     command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = match command.spawn() {
         Ok(child) => child,
