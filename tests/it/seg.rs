@@ -405,3 +405,147 @@ print(json.dumps(out))
     ensure!((value - volume_mm3).abs() <= volume_mm3 * 1e-6, "{value} vs {volume_mm3}");
     Ok(())
 }
+
+fn dcmqi(path: &str) -> anyhow::Result<std::path::PathBuf> {
+    lightbox_tests::data(&format!("dcmqi_data/{path}"))
+}
+
+/// Our SEG reader against highdicom on the dcmqi examples (binary with overlaps, Label Map with
+/// and without a palette, a PET lesion): the same segments, labels and voxels per segment.
+#[test]
+fn dcmqi_segmentations_read_as_highdicom_reads_them() -> anyhow::Result<()> {
+    let script = r#"
+import sys, json, highdicom as hd, numpy as np
+seg = hd.seg.segread(sys.argv[1])
+arr = seg.pixel_array if seg.NumberOfFrames > 1 else seg.pixel_array[None]
+frames = [int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber) if "SegmentIdentificationSequence" in f else 0
+          for f in seg.PerFrameFunctionalGroupsSequence]
+out = {}
+for n in seg.segment_numbers:
+    d = seg.get_segment_description(n)
+    if seg.SegmentationType == "LABELMAP":
+        count = int(np.count_nonzero(arr == n))
+    else:
+        count = sum(int(np.count_nonzero(arr[i])) for i, s in enumerate(frames) if s == n)
+    out[str(n)] = {"label": d.segment_label, "count": count}
+print(json.dumps(out))
+"#;
+    for file in [
+        "segmentations/liver.dcm",
+        "segmentations/partial_overlaps.dcm",
+        "segmentations/sparse-labelmap-noppv.dcm",
+        "segmentations/sparse-labelmap-ppv5.dcm",
+        "sr-example/seg.dcm",
+    ] {
+        let path = dcmqi(file)?;
+        let ours = lightbox_dicom::read_seg(&path)?;
+        let theirs: serde_json::Value =
+            serde_json::from_str(run_ok(Command::new(python()).args(["-c", script]).arg(&path))?.trim())?;
+        let numbers: Vec<u16> = ours.segments.iter().map(|s| s.number).collect();
+        let expected: Vec<u16> =
+            theirs.as_object().context("no segments")?.keys().filter_map(|k| k.parse().ok()).collect();
+        ensure!(
+            numbers.iter().all(|n| expected.contains(n)) && numbers.len() == expected.len(),
+            "{file}: {numbers:?} vs {expected:?}"
+        );
+        for s in &ours.segments {
+            let t = &theirs[s.number.to_string()];
+            ensure!(t["label"] == s.label.as_str(), "{file} segment {}: {:?} vs {}", s.number, s.label, t["label"]);
+            let count = ours.segment_voxels(s.number) as u64;
+            ensure!(
+                t["count"].as_u64() == Some(count),
+                "{file} segment {}: {count} voxels, highdicom {}",
+                s.number,
+                t["count"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A SEG placed on its source series by the instances its frames name: the dcmqi liver on the
+/// three CT slices, the label map on its 24x38x3 series.
+#[test]
+fn dcmqi_segmentations_land_on_their_source_slices() -> anyhow::Result<()> {
+    for (file, images) in [
+        ("segmentations/liver.dcm", "segmentations/ct-3slice"),
+        ("segmentations/sparse-labelmap-ppv5.dcm", "segmentations/24x38x3/image"),
+    ] {
+        let seg = lightbox_dicom::read_seg(&dcmqi(file)?)?;
+        let report = lightbox_dicom::scan_path(&dcmqi(images)?)?;
+        let (_, series) = report.series().next().context("no series")?;
+        let set = report.display_sets(series).first().context("no display set")?;
+        let overlay = lightbox_dicom::seg_overlay(set, 0, &seg)?;
+        ensure!(overlay.unplaced == 0 && overlay.placed == seg.frames.len(), "{file}: {overlay:?}");
+        for s in seg.segments.iter().filter(|s| s.number > 0) {
+            let placed = overlay.labels.voxels().iter().filter(|&&v| u16::from(v) == s.number).count();
+            ensure!(placed == seg.segment_voxels(s.number), "{file} segment {}: {placed} placed", s.number);
+        }
+    }
+    Ok(())
+}
+
+/// What we write, our reader reads back: binary, label map and fractional, voxel for voxel.
+#[test]
+fn our_segmentations_round_trip_through_our_reader() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let binary = dir.path().join("binary.dcm");
+    let (labels, _) = write_demo_seg(&binary)?;
+    let (report, segments, series) = demo_seg_parts()?;
+    let (_, s) = report.series().next().context("no series")?;
+    let set = report.display_sets(s).first().context("no display set")?;
+    let label_map = dir.path().join("labelmap.dcm");
+    lightbox_dicom::write_seg_as(set, 0, lightbox_dicom::SegPixels::LabelMap(&labels), &segments, &series, &label_map)?;
+    let as_probability = |n: u8| -> anyhow::Result<Volume<f32>> {
+        let p = labels.voxels().iter().map(|&v| if v == n { 0.9 } else { 0.1 }).collect();
+        Ok(Volume::new(labels.dims(), p, labels.patient_from_voxel)?)
+    };
+    let fractional = dir.path().join("fractional.dcm");
+    let probabilities = [as_probability(1)?, as_probability(2)?];
+    lightbox_dicom::write_seg_as(
+        set,
+        0,
+        lightbox_dicom::SegPixels::Fractional(&probabilities),
+        &segments,
+        &series,
+        &fractional,
+    )?;
+    for path in [&binary, &label_map, &fractional] {
+        let seg = lightbox_dicom::read_seg(path)?;
+        let overlay = lightbox_dicom::seg_overlay(set, 0, &seg)?;
+        ensure!(overlay.unplaced == 0 && overlay.overlapping == 0, "{}: {overlay:?}", path.display());
+        ensure!(overlay.labels.voxels() == labels.voxels(), "{} does not read back as written", path.display());
+    }
+    Ok(())
+}
+
+/// The dcmqi TID 1500 example read by us and by highdicom: the same groups and values.
+#[test]
+fn dcmqi_report_reads_as_highdicom_reads_it() -> anyhow::Result<()> {
+    let path = dcmqi("sr-example/sr.dcm")?;
+    let ours = lightbox_dicom::read_sr(&path)?;
+    let script = r#"
+import sys, json, highdicom as hd, pydicom
+sr = hd.sr.srread(sys.argv[1])
+groups = sr.content.get_volumetric_roi_measurement_groups() + sr.content.get_planar_roi_measurement_groups()
+print(json.dumps({g.tracking_identifier: sorted(float(m.value) for m in g.get_measurements()) for g in groups}))
+"#;
+    let theirs: serde_json::Value =
+        serde_json::from_str(run_ok(Command::new(python()).args(["-c", script]).arg(&path))?.trim())?;
+    ensure!(ours.title == "Imaging Measurement Report" && !ours.groups.is_empty(), "{ours:?}");
+    ensure!(theirs.as_object().map(|o| o.len()) == Some(ours.groups.len()), "{theirs} vs {} groups", ours.groups.len());
+    for g in &ours.groups {
+        let mut values: Vec<f64> = g.measurements.iter().map(|m| m.1).collect();
+        values.sort_by(f64::total_cmp);
+        let expected: Vec<f64> = theirs[&g.tracking_id]
+            .as_array()
+            .with_context(|| format!("highdicom has no group {:?}", g.tracking_id))?
+            .iter()
+            .filter_map(serde_json::Value::as_f64)
+            .collect();
+        ensure!(values == expected, "group {:?}: {values:?} vs {expected:?}", g.tracking_id);
+    }
+    let volume = ours.groups[0].measurements.iter().find(|m| m.0 == "Volume").context("no volume")?;
+    ensure!((volume.1 - 33.5824).abs() < 1e-4 && volume.2 == "ml", "{volume:?}");
+    Ok(())
+}

@@ -84,6 +84,14 @@ enum Commands {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+    /// Read a DICOM SEG or SR (ours or anyone's): segments and frames, or measurement groups
+    /// and values. With --images, places the SEG on that series and counts voxels per segment.
+    Inspect {
+        file: PathBuf,
+        /// The source series (file or folder) a SEG is drawn on.
+        #[arg(long)]
+        images: Option<PathBuf>,
+    },
     /// Your own measurements on a series (length, diameter, area, volume, mean, sd): they go
     /// into the report you sign, marked as yours.
     Measure {
@@ -529,6 +537,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+        Commands::Inspect { file, images } => inspect(&file, images.as_deref())?,
         Commands::Measure { command, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             match command {
@@ -808,6 +817,66 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
             pacs::echo(peer)?;
             println!("C-ECHO {}@{}:{}: success", peer.ae_title, peer.host, peer.port);
         }
+    }
+    Ok(())
+}
+
+fn inspect(file: &std::path::Path, images: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let modality = lightbox_workflow::read_instance(file)?.modality;
+    if modality == "SR" {
+        let sr = lightbox_workflow::read_sr(file)?;
+        println!("SR {} \"{}\" ({}), observers: {}", sr.sop_uid, sr.title, sr.verification, sr.observers.join(", "));
+        for g in &sr.groups {
+            println!(
+                "  group {:?}: finding {}, site {}{}{}",
+                g.tracking_id,
+                or_dash(&g.finding),
+                or_dash(&g.finding_site),
+                g.person.as_ref().map(|p| format!(", by {p}")).unwrap_or_default(),
+                g.segment.as_ref().map(|(uid, n)| format!(", segment {n} of {uid}")).unwrap_or_default()
+            );
+            for (name, value, unit, algorithm) in &g.measurements {
+                let by = algorithm.as_ref().map(|a| format!("  (AI: {a})")).unwrap_or_default();
+                println!("    {name} = {value} {unit}{by}");
+            }
+        }
+        return Ok(());
+    }
+    let seg = lightbox_workflow::read_seg(file)?;
+    println!("SEG {} {}: {} frames of {}x{}", seg.sop_uid, seg.kind, seg.frames.len(), seg.columns, seg.rows);
+    let overlay = match images {
+        Some(images) => {
+            let report = lightbox_workflow::scan(images)?;
+            let set = report
+                .series()
+                .filter(|(_, s)| seg.referenced_series_uid.is_empty() || s.uid.as_str() == seg.referenced_series_uid)
+                .find_map(|(_, s)| report.display_sets(s).first())
+                .with_context(|| format!("{}: no image series for this SEG", images.display()))?;
+            let o = lightbox_workflow::seg_overlay(set, 0, &seg)?;
+            println!(
+                "  on {}: {} frames placed, {} not in the series, {} overlapping voxels",
+                images.display(),
+                o.placed,
+                o.unplaced,
+                o.overlapping
+            );
+            Some(o)
+        }
+        None => None,
+    };
+    for s in &seg.segments {
+        let voxels = overlay
+            .as_ref()
+            .map(|o| format!(", {} voxels", o.labels.voxels().iter().filter(|&&v| u16::from(v) == s.number).count()))
+            .unwrap_or_default();
+        println!(
+            "  segment {} {:?}: {} ({}{}){voxels}",
+            s.number,
+            s.label,
+            or_dash(&s.property_type),
+            or_dash(&s.algorithm_type),
+            if s.algorithm_name.is_empty() { String::new() } else { format!(" {}", s.algorithm_name) }
+        );
     }
     Ok(())
 }

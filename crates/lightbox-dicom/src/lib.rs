@@ -11,6 +11,7 @@ mod error;
 mod facts;
 mod header;
 mod precheck;
+mod read_results;
 mod scan;
 mod seg;
 mod sources;
@@ -22,6 +23,9 @@ pub use budget::ParseGuardAllocator;
 pub use error::DicomError;
 pub use facts::{SeriesFacts, series_facts};
 pub use header::read_instance;
+pub use read_results::{
+    SegFrame, SegOverlay, SegReading, SegmentInfo, SrGroup, SrReading, read_seg, read_sr, seg_overlay,
+};
 pub use scan::{ScanReport, scan_files, scan_path};
 pub use seg::{
     Code, LABEL_MAP_SEGMENTATION_STORAGE, SegPixels, SegSeries, Segment, SegmentAlgorithm, Written, write_seg,

@@ -14,7 +14,10 @@ pub mod plugins;
 pub mod settings;
 
 use lightbox_core::SeriesInstanceUid;
-pub use lightbox_dicom::{NewSeries, ParseGuardAllocator, ScanReport};
+pub use lightbox_dicom::{
+    NewSeries, ParseGuardAllocator, ScanReport, SegOverlay, SegReading, SrReading, read_instance, read_seg, read_sr,
+    seg_overlay,
+};
 pub use lightbox_store::{StudyRow, WorklistQuery, WorklistSort};
 
 #[derive(Debug, thiserror::Error)]
