@@ -82,3 +82,56 @@ fn viewer_names_the_folder_when_there_is_nothing_to_show() -> anyhow::Result<()>
     assert!(stderr.contains(&format!("{}: no image series found", dir.path().display())), "stderr: {stderr}");
     Ok(())
 }
+
+/// Colourful pixels (a segment overlay) in the image region below the status bar.
+fn coloured_pixels(x: &Xvfb, name: &str) -> anyhow::Result<usize> {
+    let shot = screenshot_dir()?.join(name);
+    x.screenshot(&shot)?;
+    let image = Rgb::load(&shot)?.crop(0, 120, 900, 660);
+    Ok(image
+        .pixels
+        .iter()
+        .filter(|p| {
+            let (max, min) = (p.iter().max().copied().unwrap_or(0), p.iter().min().copied().unwrap_or(0));
+            max - min > 60
+        })
+        .count())
+}
+
+/// Someone else's SEG (dcmqi's liver, SEMIAUTOMATIC from Slicer) over its three CT slices: the
+/// viewer finds the source series from the SEG, draws the segment in colour, and `O` hides it.
+#[test]
+fn viewer_draws_a_segmentation_over_its_series() -> anyhow::Result<()> {
+    let x = Xvfb::start()?;
+    let images = lightbox_tests::data("dcmqi_data/segmentations/ct-3slice")?;
+    let seg = lightbox_tests::data("dcmqi_data/segmentations/liver.dcm")?;
+    let mut child = x
+        .command(&bin("lightbox-viewer")?)
+        .arg(&images)
+        .arg("--seg")
+        .arg(&seg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let mut stderr = Lines::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?);
+    let mut child = KillOnDrop(child);
+    let placed = stdout.wait_for("lightbox-viewer: SEG", Duration::from_secs(60))?;
+    assert!(placed.contains("1 segments, 3 frames placed, 0 not on this series"), "{placed}");
+    if let Err(e) = stdout.wait_for("first frame presented", Duration::from_secs(120)) {
+        let _ = child.0.kill();
+        let _ = stderr.wait_for("\u{0}", Duration::from_millis(500));
+        anyhow::bail!("{e}\nviewer stderr:\n{}", stderr.seen.join("\n"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let shown = coloured_pixels(&x, "viewer-seg-liver.png")?;
+    assert!(shown > 5_000, "only {shown} coloured pixels: the liver is not drawn");
+    // There is no window manager: give the viewer the keyboard focus, then press O.
+    x.xdotool(&["search", "--name", "Lightbox viewer", "windowfocus", "--sync"])?;
+    x.xdotool(&["key", "o"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let hidden = coloured_pixels(&x, "viewer-seg-hidden.png")?;
+    assert!(hidden < shown / 20, "O did not hide the segmentation: {shown} -> {hidden} coloured pixels");
+    assert!(child.0.try_wait()?.is_none(), "viewer exited");
+    Ok(())
+}

@@ -2,7 +2,9 @@
 //!
 //! Opens a file or folder, picks a series (the one named by `--series`, or the largest), and shows
 //! its slices drawn by `lightbox-render` on the GPU. Mouse drag sets window/level (horizontal:
-//! width, vertical: centre), the wheel or the arrow keys step through slices.
+//! width, vertical: centre), the wheel or the arrow keys step through slices. `--seg FILE`
+//! draws a DICOM SEG (ours or anyone's) over its source series, one colour per segment; `O`
+//! shows or hides it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,9 +20,12 @@ use lightbox_render::{SliceParams, SliceRenderer};
 struct Args {
     /// DICOM file or folder.
     path: PathBuf,
-    /// Series Instance UID to show (default: the largest series).
+    /// Series Instance UID to show (default: the series the SEG refers to, else the largest).
     #[arg(long)]
     series: Option<String>,
+    /// A DICOM SEG to draw over the series.
+    #[arg(long)]
+    seg: Option<PathBuf>,
 }
 
 /// Printed on stdout once the first frame has been presented, so tests and the workstation can
@@ -47,7 +52,11 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let report = lightbox_dicom::scan_path(&args.path)?;
-    let series = pick_series(&report, args.series.as_deref())
+    let seg = args.seg.as_deref().map(lightbox_dicom::read_seg).transpose()?;
+    let wanted = args.series.clone().or_else(|| {
+        seg.as_ref().map(|s| s.referenced_series_uid.clone()).filter(|uid| report.find_series(uid).is_some())
+    });
+    let series = pick_series(&report, wanted.as_deref())
         .ok_or_else(|| match &args.series {
             Some(uid) => anyhow!("{}: no series {uid}", args.path.display()),
             None => anyhow!("{}: no image series found", args.path.display()),
@@ -62,6 +71,21 @@ fn run(args: Args) -> anyhow::Result<()> {
     for w in &warnings {
         eprintln!("lightbox-viewer: warning: {w}");
     }
+    let overlay = match &seg {
+        Some(seg) => {
+            let placed = lightbox_dicom::seg_overlay(set, 0, seg)?;
+            println!(
+                "lightbox-viewer: SEG {} ({}): {} segments, {} frames placed, {} not on this series",
+                seg.sop_uid,
+                seg.kind,
+                seg.segments.len(),
+                placed.placed,
+                placed.unplaced
+            );
+            Some(Overlay::new(seg, placed.labels))
+        }
+        None => None,
+    };
     let title = format!("Lightbox viewer - {}", series_title(&series));
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default().with_title(&title).with_inner_size([900.0, 800.0]),
@@ -72,7 +96,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         "lightbox-viewer",
         options,
         Box::new(move |cc| {
-            let app = ViewerApp::new(cc, series, volume, warnings).map_err(|e| format!("{e:#}"))?;
+            let app = ViewerApp::new(cc, series, volume, warnings, overlay).map_err(|e| format!("{e:#}"))?;
             Ok(Box::new(app))
         }),
     )
@@ -104,8 +128,61 @@ fn default_window(volume: &Volume<f32>) -> WindowLevel {
     WindowLevel::from_range(at(0.01), at(0.99))
 }
 
+/// A segmentation drawn over the slices: labels on the series' grid, a colour per segment.
+struct Overlay {
+    labels: Volume<u8>,
+    /// (segment number, label, colour); AI-made segments are marked.
+    legend: Vec<(u16, String, egui::Color32)>,
+    shown: bool,
+    texture: Option<(u32, egui::TextureHandle)>,
+}
+
+impl Overlay {
+    fn new(seg: &lightbox_dicom::SegReading, labels: Volume<u8>) -> Self {
+        let legend = seg
+            .segments
+            .iter()
+            .filter(|s| s.number > 0)
+            .map(|s| {
+                let ai = if s.algorithm_type == "AUTOMATIC" { " (AI)" } else { "" };
+                (s.number, format!("{}{ai}", s.label), segment_colour(s.number))
+            })
+            .collect();
+        Self { labels, legend, shown: true, texture: None }
+    }
+
+    /// The overlay texture of slice `z`, made when the slice changes.
+    fn texture(&mut self, ctx: &egui::Context, z: u32) -> egui::TextureId {
+        if let Some((at, handle)) = &self.texture
+            && *at == z
+        {
+            return handle.id();
+        }
+        let [nx, ny, _] = self.labels.dims();
+        let slice = &self.labels.voxels()[z as usize * nx * ny..(z as usize + 1) * nx * ny];
+        let pixels = slice
+            .iter()
+            .map(
+                |&v| if v == 0 { egui::Color32::TRANSPARENT } else { segment_colour(u16::from(v)).gamma_multiply(0.5) },
+            )
+            .collect();
+        let image = egui::ColorImage { size: [nx, ny], source_size: egui::vec2(nx as f32, ny as f32), pixels };
+        let handle = ctx.load_texture("seg-overlay", image, egui::TextureOptions::NEAREST);
+        let id = handle.id();
+        self.texture = Some((z, handle));
+        id
+    }
+}
+
+/// Distinct, saturated colours by segment number (golden-angle hues).
+fn segment_colour(number: u16) -> egui::Color32 {
+    let hue = (f32::from(number) * 0.618_034).fract();
+    egui::ecolor::Hsva::new(hue, 0.85, 1.0, 1.0).into()
+}
+
 struct ViewerApp {
     series: SeriesInfo,
+    overlay: Option<Overlay>,
     warnings: Vec<LoadWarning>,
     renderer: SliceRenderer,
     texture: egui::TextureId,
@@ -122,6 +199,7 @@ impl ViewerApp {
         series: SeriesInfo,
         volume: Volume<f32>,
         warnings: Vec<LoadWarning>,
+        overlay: Option<Overlay>,
     ) -> anyhow::Result<Self> {
         let state = cc.wgpu_render_state.as_ref().context("eframe started without its wgpu renderer")?;
         let renderer = SliceRenderer::new(&state.device, &state.queue, &volume)?;
@@ -137,6 +215,7 @@ impl ViewerApp {
         let window = series.window.unwrap_or_else(|| default_window(&volume));
         Ok(Self {
             series,
+            overlay,
             warnings,
             renderer,
             texture,
@@ -164,6 +243,12 @@ impl ViewerApp {
                 ui.add(egui::Image::new((self.texture, size)).sense(egui::Sense::click_and_drag()))
             })
             .inner;
+        let slice = self.params.slice;
+        if let Some(overlay) = self.overlay.as_mut().filter(|o| o.shown) {
+            let texture = overlay.texture(ui.ctx(), slice);
+            let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
+            ui.painter().image(texture, response.rect, uv, egui::Color32::WHITE);
+        }
         if response.dragged() {
             let d = response.drag_delta();
             let w = &mut self.params.window;
@@ -197,6 +282,11 @@ impl eframe::App for ViewerApp {
         if keys != 0 {
             self.step_slice(keys);
         }
+        if ui.input(|i| i.key_pressed(egui::Key::O))
+            && let Some(overlay) = &mut self.overlay
+        {
+            overlay.shown = !overlay.shown;
+        }
 
         egui::Panel::top("status").show(ui, |ui| {
             ui.horizontal(|ui| {
@@ -206,6 +296,16 @@ impl eframe::App for ViewerApp {
                 ui.separator();
                 ui.label(format!("W {:.0} L {:.0}", self.params.window.width, self.params.window.center));
             });
+            if let Some(overlay) = &self.overlay {
+                ui.horizontal_wrapped(|ui| {
+                    ui.label(if overlay.shown { "SEG (O hides):" } else { "SEG hidden (O shows)" });
+                    for (number, label, colour) in &overlay.legend {
+                        let (swatch, _) = ui.allocate_exact_size(egui::vec2(10.0, 10.0), egui::Sense::hover());
+                        ui.painter().rect_filled(swatch, 2.0, *colour);
+                        ui.colored_label(*colour, format!("{number} {label}"));
+                    }
+                });
+            }
             for w in &self.warnings {
                 ui.colored_label(egui::Color32::from_rgb(230, 180, 60), format!("⚠ {w}"));
             }
