@@ -479,3 +479,37 @@ print(json.dumps(out))
     ensure!(ours["values"][0] == serde_json::json!(["Diameter", 12.5, "mm", []]), "{read}");
     Ok(())
 }
+
+/// Series that reach the store by another route than our SCP (an import here; a PACS retrieval
+/// writes the same way) are found by the engine's poll and analysed once; the SEG and SR it
+/// stores are not taken for new input.
+#[test]
+fn a_series_imported_while_the_engine_runs_is_analysed_once() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RULES)?;
+    let store = dir.path().join("store");
+    let mut listener = KillOnDrop(
+        Command::new(bin("lightbox")?)
+            .args(["listen", "--bind", "127.0.0.1", "--port", &free_port()?.to_string(), "--rules"])
+            .arg(&rules)
+            .arg("--store")
+            .arg(&store)
+            .env("LIGHTBOX_SETTLE_MS", "500")
+            .env("LIGHTBOX_ENGINE_POLL_MS", "300")
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
+    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
+    run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
+    let done = lines.wait_for("pipeline threshold-volume on", Duration::from_secs(60))?;
+    ensure!(done.contains("job 1 done"), "{done}");
+    // A few more polls: the results (SEG, SR) are not dispatched, nothing runs twice.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = lines.wait_for("\u{0}", Duration::from_millis(100));
+    let noise: Vec<&String> = lines.seen.iter().filter(|l| l.contains("failed") || l.starts_with("error")).collect();
+    ensure!(noise.is_empty(), "{noise:?}");
+    ensure!(lines.seen.iter().filter(|l| l.contains(" queued: rule")).count() == 1, "{:?}", lines.seen);
+    Ok(())
+}

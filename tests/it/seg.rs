@@ -327,6 +327,23 @@ async fn seg_goes_to_orthanc_and_comes_back_unchanged() -> anyhow::Result<()> {
     let series = found[0].string(lightbox_pacs::tags::SERIES_INSTANCE_UID).context("no series")?;
     let back = client.retrieve_instance_to_dir(&study, &series, &uid, dir.path()).await?;
     ensure!(std::fs::read(&back)? == std::fs::read(&seg)?, "Orthanc changed the SEG");
+
+    // The signed report of the pipeline too: STOW takes it, WADO gives back the same bytes.
+    let store = dir.path().join("store");
+    let (source, ..) = demo_seg_parts()?;
+    let (_, s) = source.series().next().context("no series")?;
+    let series_uid = s.uid.to_string();
+    lightbox_workflow::import(&store, &demo_study())?;
+    let job = lightbox_workflow::pipeline::run_pipeline(&store, "threshold-volume", &series_uid, 1500.0, None)?;
+    let signed = lightbox_workflow::pipeline::sign(&store, job.job_id, "Doe^Jane", "pacs")?;
+    let sr = lightbox_store::Store::open(&store)?.instance_file(&signed.sr_uid)?.context("no signed SR")?;
+    let stored = client.store_files(None, std::slice::from_ref(&sr)).await?;
+    ensure!(stored.stored == [signed.sr_uid.clone()] && stored.failed.is_empty(), "{stored:?}");
+    let sr_series = lightbox_dicom::read_instance(&sr)?.series_uid.to_string();
+    let out = dir.path().join("back");
+    std::fs::create_dir_all(&out)?;
+    let back = client.retrieve_instance_to_dir(&study, &sr_series, &signed.sr_uid, &out).await?;
+    ensure!(std::fs::read(&back)? == std::fs::read(&sr)?, "Orthanc changed the SR");
     Ok(())
 }
 
@@ -358,7 +375,11 @@ fn sr_measurement_report_is_read_back_by_highdicom_and_passes_dciodvfy() -> anyh
                 concept: Code::new("118565006", "SCT", "Volume"),
                 value: volume_mm3,
                 unit: mm3,
-                algorithm: Some(("Lightbox threshold".into(), "0.1".into())),
+                algorithm: Some(lightbox_dicom::Algorithm {
+                    name: "Lightbox threshold".into(),
+                    version: "0.1".into(),
+                    parameters: vec!["threshold=1500".into()],
+                }),
             }],
             qualitative: vec![],
         }],
@@ -547,5 +568,132 @@ print(json.dumps({g.tracking_identifier: sorted(float(m.value) for m in g.get_me
     }
     let volume = ours.groups[0].measurements.iter().find(|m| m.0 == "Volume").context("no volume")?;
     ensure!((volume.1 - 33.5824).abs() < 1e-4 && volume.2 == "ml", "{volume:?}");
+    Ok(())
+}
+
+/// Replaces what changes from run to run (dates, times, the writer's version) so the rest of a
+/// dump can be compared with a checked-in snapshot.
+fn normalise(dump: &str) -> String {
+    let mut out = Vec::new();
+    for line in dump.lines() {
+        // The file meta group names the toolkit version; the pixel data is checked elsewhere.
+        if line.starts_with("(0002,") || line.contains("PixelData") || line.starts_with("# Dicom-File-Format") {
+            continue;
+        }
+        let mut line = line.to_owned();
+        for (from, to) in [
+            (r"\d{4}-\d{2}-\d{2}", "YYYY-MM-DD"),
+            (r"\d{2}:\d{2}:\d{2}(\.\d+)?", "hh:mm:ss"),
+            (r"\[\d{14}(\.\d+)?\]", "[DATETIME]"),
+        ] {
+            line = regex::Regex::new(from).map(|r| r.replace_all(&line, to).into_owned()).unwrap_or(line);
+        }
+        for tag in ["ContentDate", "ContentTime", "SoftwareVersions"] {
+            if line.contains(tag)
+                && let (Some(a), Some(b)) = (line.find('['), line.rfind(']'))
+            {
+                line.replace_range(a + 1..b, "…");
+            }
+        }
+        out.push(line.trim_end().to_owned());
+    }
+    out.join("\n") + "\n"
+}
+
+/// Compares `actual` with `tests/golden/<name>`; `LIGHTBOX_BLESS=1` writes it instead.
+fn golden(name: &str, actual: &str) -> anyhow::Result<()> {
+    let path = lightbox_tests::workspace_root().join("tests/golden").join(name);
+    if std::env::var_os("LIGHTBOX_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().context("no parent")?)?;
+        std::fs::write(&path, actual)?;
+        return Ok(());
+    }
+    let expected = std::fs::read_to_string(&path)
+        .with_context(|| format!("{} is missing: run the test with LIGHTBOX_BLESS=1 and review it", path.display()))?;
+    if expected != actual {
+        let diff: Vec<String> = expected
+            .lines()
+            .zip(actual.lines())
+            .enumerate()
+            .filter(|(_, (e, a))| e != a)
+            .take(10)
+            .map(|(i, (e, a))| format!("line {}:\n  - {e}\n  + {a}", i + 1))
+            .collect();
+        anyhow::bail!(
+            "{} differs ({} vs {} lines); first differences:\n{}\n(LIGHTBOX_BLESS=1 rewrites it after review)",
+            path.display(),
+            expected.lines().count(),
+            actual.lines().count(),
+            diff.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Golden content trees: the SEG's attributes (dcmtk dcmdump) and the SR's content tree (dcmtk
+/// dsrdump) of a deterministic pipeline run are what was reviewed and checked in.
+#[test]
+fn seg_and_sr_content_trees_match_the_reviewed_snapshots() -> anyhow::Result<()> {
+    use lightbox_dicom::{Measurement, MeasurementGroup, MeasurementReport, Observer, SegmentRef, write_sr};
+    let dir = tempfile::tempdir()?;
+    let (report, segments, mut series) = demo_seg_parts()?;
+    series.uid_seed = Some("golden".into());
+    let (_, s) = report.series().next().context("no series")?;
+    let set = report.display_sets(s).first().context("no display set")?;
+    let (labels, _) = write_demo_seg(&dir.path().join("unused.dcm"))?;
+    let seg_path = dir.path().join("seg.dcm");
+    let seg = lightbox_dicom::write_seg(set, 0, &labels, &segments, &series, &seg_path)?;
+    let sr = MeasurementReport {
+        observers: vec![
+            Observer::Device { name: "Lightbox threshold".into(), uid: lightbox_dicom::uid_from("golden/device") },
+            Observer::Person { name: "Doe^Jane".into() },
+        ],
+        procedure: Code::new("25056-3", "LN", "MRI unspecified body region"),
+        groups: vec![
+            MeasurementGroup {
+                tracking_id: "ADC region 1".into(),
+                tracking_uid: lightbox_dicom::uid_from("golden/tracking/1"),
+                finding: Some(Code::new("52988006", "SCT", "Lesion")),
+                finding_site: Some(Code::new("41216001", "SCT", "Prostate")),
+                observer: None,
+                segment: Some(SegmentRef { seg, number: 1 }),
+                measurements: vec![Measurement {
+                    concept: Code::new("118565006", "SCT", "Volume"),
+                    value: 1234.5,
+                    unit: Code::new("mm3", "UCUM", "cubic millimeter"),
+                    algorithm: Some(lightbox_dicom::Algorithm {
+                        name: "Lightbox threshold".into(),
+                        version: "1".into(),
+                        parameters: vec!["threshold=1500".into()],
+                    }),
+                }],
+                qualitative: vec![],
+            },
+            MeasurementGroup {
+                tracking_id: "Radiologist: Lesion 1 long axis".into(),
+                tracking_uid: lightbox_dicom::uid_from("golden/tracking/2"),
+                finding: None,
+                finding_site: None,
+                observer: Some(Observer::Person { name: "Doe^Jane".into() }),
+                segment: None,
+                measurements: vec![Measurement {
+                    concept: Code::new("81827009", "SCT", "Diameter"),
+                    value: 12.5,
+                    unit: Code::new("mm", "UCUM", "millimeter"),
+                    algorithm: None,
+                }],
+                qualitative: vec![],
+            },
+        ],
+        series_description: "AI measurements, signed (research, not for clinical use)".into(),
+        series_number: 902,
+        verified_by: Some("Doe^Jane".into()),
+        verifying_organization: "St. Example Radiology".into(),
+        uid_seed: Some("golden".into()),
+    };
+    let sr_path = dir.path().join("sr.dcm");
+    write_sr(set, 0, &sr, &sr_path)?;
+    golden("seg.dcmdump.txt", &normalise(&run_ok(Command::new("dcmdump").args(["-q"]).arg(&seg_path))?))?;
+    golden("sr.dsrdump.txt", &normalise(&run_ok(Command::new("dsrdump").args(["-q", "+Pc"]).arg(&sr_path))?))?;
     Ok(())
 }

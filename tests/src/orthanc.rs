@@ -365,7 +365,19 @@ impl Drop for Orthanc {
 
 /// A free TCP port on 127.0.0.1 (bound, read, released).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    // Tests run in parallel in one process: a port handed out once (and perhaps not bound yet by
+    // the server it was meant for) is never handed out again, or two servers could race for it
+    // and a test would talk to the other test's server.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no unused loopback port after 100 tries")
 }
 
 /// Runs a curl command (which must not use `-o` or `-w`) and returns the HTTP status and body.

@@ -37,8 +37,17 @@ pub struct Measurement {
     pub value: f64,
     /// A UCUM unit, e.g. ("mm3", "UCUM", "cubic millimeter").
     pub unit: Code,
-    /// Made by an algorithm (name, version) rather than by the observer.
-    pub algorithm: Option<(String, String)>,
+    /// Made by an algorithm rather than by the observer.
+    pub algorithm: Option<Algorithm>,
+}
+
+/// TID 4019 Algorithm Identification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Algorithm {
+    pub name: String,
+    pub version: String,
+    /// Its parameters, as `name=value` texts.
+    pub parameters: Vec<String>,
 }
 
 /// A segment of a SEG instance.
@@ -112,7 +121,12 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
     text(&mut obj, tags::SERIES_NUMBER, VR::IS, &report.series_number.to_string());
     text(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &lo(&report.series_description));
     text(&mut obj, tags::INSTANCE_NUMBER, VR::IS, "1");
+    // General Equipment as IHE AI Results asks: who made it, which model, which version.
     text(&mut obj, tags::MANUFACTURER, VR::LO, "Lightbox");
+    text(&mut obj, tags::MANUFACTURER_MODEL_NAME, VR::LO, "Lightbox workstation");
+    text(&mut obj, tags::SOFTWARE_VERSIONS, VR::LO, env!("CARGO_PKG_VERSION"));
+    text(&mut obj, tags::DEVICE_SERIAL_NUMBER, VR::LO, "1");
+    text(&mut obj, tags::DEVICE_UID, VR::UI, &uid_from("lightbox/device"));
     text(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
     text(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
     text(&mut obj, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000"); // dates and times are UTC
@@ -342,15 +356,15 @@ fn num(relationship: &str, m: &Measurement) -> InMemDicomObject {
     value.put(DataElement::new(tags::NUMERIC_VALUE, VR::DS, PrimitiveValue::from(ds(m.value))));
     sequence(&mut value, tags::MEASUREMENT_UNITS_CODE_SEQUENCE, vec![code_item(&m.unit)]);
     sequence(&mut i, tags::MEASURED_VALUE_SEQUENCE, vec![value]);
-    if let Some((name, version)) = &m.algorithm {
-        sequence(
-            &mut i,
-            tags::CONTENT_SEQUENCE,
-            vec![
-                text_item("HAS CONCEPT MOD", &dcm("111001", "Algorithm Name"), name),
-                text_item("HAS CONCEPT MOD", &dcm("111003", "Algorithm Version"), version),
-            ],
-        );
+    if let Some(a) = &m.algorithm {
+        let mut items = vec![
+            text_item("HAS CONCEPT MOD", &dcm("111001", "Algorithm Name"), &a.name),
+            text_item("HAS CONCEPT MOD", &dcm("111003", "Algorithm Version"), &a.version),
+        ];
+        for parameter in &a.parameters {
+            items.push(text_item("HAS CONCEPT MOD", &dcm("111002", "Algorithm Parameters"), parameter));
+        }
+        sequence(&mut i, tags::CONTENT_SEQUENCE, items);
     }
     i
 }

@@ -253,6 +253,45 @@ impl Store {
     }
 }
 
+impl Store {
+    /// A value the engine keeps between runs (e.g. how far it has dispatched).
+    pub fn engine_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.db
+            .query_row("SELECT value FROM engine_state WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(self.sql())
+    }
+
+    pub fn set_engine_state(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.db
+            .execute(
+                "INSERT INTO engine_state (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = ?2",
+                params![key, value],
+            )
+            .map_err(self.sql())?;
+        Ok(())
+    }
+
+    /// The store's clock now, in the form `imported_at` uses.
+    pub fn now_stamp(&self) -> Result<String, StoreError> {
+        self.db.query_row(&format!("SELECT {STAMP}"), [], |r| r.get(0)).map_err(self.sql())
+    }
+
+    /// Series that received instances after `stamp` (by any route: push, retrieval, import),
+    /// with the newest arrival of each.
+    pub fn series_imported_after(&self, stamp: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut s = self
+            .db
+            .prepare(
+                "SELECT series_uid, max(imported_at) FROM instances WHERE imported_at > ?1 GROUP BY series_uid \
+                 ORDER BY 2",
+            )
+            .map_err(self.sql())?;
+        let rows = s.query_map([stamp], |r| Ok((r.get(0)?, r.get(1)?))).map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,7 +121,9 @@ const MIGRATIONS: &[&str] = &[
         author TEXT NOT NULL,
         created_at TEXT NOT NULL
     );
-    CREATE INDEX measurements_series ON measurements (series_uid);",
+    CREATE INDEX measurements_series ON measurements (series_uid);
+    CREATE TABLE engine_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    CREATE INDEX instances_imported ON instances (imported_at);",
 ];
 
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;

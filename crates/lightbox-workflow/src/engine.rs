@@ -25,7 +25,8 @@ pub struct EngineConfig {
     pub cpu_jobs: usize,
     /// GPU jobs that may run at once (one: a second would only compete for the same memory).
     pub gpu_jobs: usize,
-    /// How often the store is looked at for jobs queued by others or orphaned by a crash.
+    /// How often the store is looked at for series that arrived by other routes (retrieval,
+    /// import), and for jobs queued by others or orphaned by a crash.
     pub poll: Duration,
 }
 
@@ -48,6 +49,9 @@ impl EngineConfig {
         let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
         if let Some(ms) = var("LIGHTBOX_SETTLE_MS") {
             config.settle = Duration::from_millis(ms);
+        }
+        if let Some(ms) = var("LIGHTBOX_ENGINE_POLL_MS") {
+            config.poll = Duration::from_millis(ms.max(100));
         }
         if let Some(n) = var("LIGHTBOX_CPU_JOBS") {
             config.cpu_jobs = (n as usize).max(1);
@@ -103,6 +107,9 @@ pub enum EngineEvent {
 
 enum Message {
     Arrived(Vec<String>),
+    /// Found in the store by polling: dispatched like arrivals, but without "done before" or
+    /// "no rule matches" chatter.
+    Found(Vec<String>),
     Finished(i64),
     Stop,
 }
@@ -133,6 +140,7 @@ impl Engine {
             tx: tx.clone(),
             pending: BTreeMap::new(),
             in_flight: BTreeSet::new(),
+            watermark: None,
         };
         let thread = std::thread::Builder::new().name("lightbox-engine".into()).spawn(move || dispatcher.run(rx)).ok();
         Self { tx, thread }
@@ -153,6 +161,11 @@ impl Drop for Engine {
     }
 }
 
+const WATERMARK: &str = "dispatched_until";
+
+/// Modalities that are not images to analyse.
+const NOT_IMAGES: [&str; 7] = ["SEG", "SR", "PR", "KO", "RWV", "DOC", "REG"];
+
 struct Dispatcher {
     store_dir: PathBuf,
     rules: Rules,
@@ -161,8 +174,10 @@ struct Dispatcher {
     config: EngineConfig,
     events: Sender<EngineEvent>,
     tx: Sender<Message>,
-    /// Series waiting to settle: when their last instance arrived.
-    pending: BTreeMap<String, Instant>,
+    /// Series waiting to settle: when their last instance arrived, and whether quietly.
+    pending: BTreeMap<String, (Instant, bool)>,
+    /// Instances imported up to this store time have been seen.
+    watermark: Option<String>,
     /// Jobs this process has handed to a worker.
     in_flight: BTreeSet<i64>,
 }
@@ -170,15 +185,22 @@ struct Dispatcher {
 impl Dispatcher {
     fn run(mut self, rx: Receiver<Message>) {
         self.pick_up_runnable();
+        self.find_arrivals();
         let mut last_poll = Instant::now();
         loop {
             let now = Instant::now();
-            let next_settle = self.pending.values().map(|t| *t + self.config.settle).min();
+            let next_settle = self.pending.values().map(|(t, _)| *t + self.config.settle).min();
             let wake = next_settle.unwrap_or(now + self.config.poll).min(last_poll + self.config.poll);
             match rx.recv_timeout(wake.saturating_duration_since(now)) {
                 Ok(Message::Arrived(series)) => {
                     for uid in series {
-                        self.pending.insert(uid, Instant::now());
+                        self.pending.insert(uid, (Instant::now(), false));
+                    }
+                }
+                Ok(Message::Found(series)) => {
+                    for uid in series {
+                        let entry = self.pending.entry(uid).or_insert((Instant::now(), true));
+                        entry.0 = Instant::now();
                     }
                 }
                 Ok(Message::Finished(id)) => {
@@ -190,18 +212,22 @@ impl Dispatcher {
             let settled: Vec<String> = self
                 .pending
                 .iter()
-                .filter(|(_, t)| t.elapsed() >= self.config.settle)
+                .filter(|(_, (t, _))| t.elapsed() >= self.config.settle)
                 .map(|(uid, _)| uid.clone())
                 .collect();
             for uid in settled {
-                self.pending.remove(&uid);
-                if let Err(e) = self.dispatch(&uid) {
+                let quiet = self.pending.remove(&uid).is_some_and(|(_, quiet)| quiet);
+                if let Err(e) = self.dispatch(&uid, quiet) {
                     self.emit(EngineEvent::Error { detail: format!("dispatching series {uid}: {e}") });
                 }
+            }
+            if self.pending.is_empty() {
+                self.save_watermark();
             }
             if last_poll.elapsed() >= self.config.poll {
                 last_poll = Instant::now();
                 self.pick_up_runnable();
+                self.find_arrivals();
             }
         }
     }
@@ -210,9 +236,49 @@ impl Dispatcher {
         let _ = self.events.send(event);
     }
 
+    /// Series that received instances since the last look, by any route (a retrieval, an
+    /// import, another process's SCP). The first run starts from now; later runs from where
+    /// the last one finished dispatching, so nothing that arrived while it was down is missed.
+    fn find_arrivals(&mut self) {
+        let found = Store::open(&self.store_dir).and_then(|store| {
+            let since = match (&self.watermark, store.engine_state(WATERMARK)?) {
+                (Some(w), _) => w.clone(),
+                (None, Some(saved)) => saved,
+                (None, None) => {
+                    let now = store.now_stamp()?;
+                    store.set_engine_state(WATERMARK, &now)?;
+                    now
+                }
+            };
+            let series = store.series_imported_after(&since)?;
+            self.watermark = Some(series.last().map_or(since, |(_, at)| at.clone()));
+            Ok(series.into_iter().map(|(uid, _)| uid).collect::<Vec<_>>())
+        });
+        match found {
+            Ok(series) if !series.is_empty() => {
+                let _ = self.tx.send(Message::Found(series));
+            }
+            Ok(_) => {}
+            Err(e) => self.emit(EngineEvent::Error { detail: format!("looking for new series: {e}") }),
+        }
+    }
+
+    /// Records how far dispatching got (only when nothing is waiting to settle).
+    fn save_watermark(&self) {
+        if let Some(w) = &self.watermark
+            && let Err(e) = Store::open(&self.store_dir).and_then(|s| s.set_engine_state(WATERMARK, w))
+        {
+            self.emit(EngineEvent::Error { detail: format!("saving the dispatch watermark: {e}") });
+        }
+    }
+
     /// Matches a settled series against the rules and queues a job per matching rule.
-    fn dispatch(&mut self, series_uid: &str) -> Result<(), WorkflowError> {
+    fn dispatch(&mut self, series_uid: &str, quiet: bool) -> Result<(), WorkflowError> {
         let series = pipeline::series_to_match(&self.store_dir, series_uid)?;
+        // Results and documents are not analysed (ours would otherwise come back as input).
+        if NOT_IMAGES.contains(&series.facts.modality.as_str()) {
+            return Ok(());
+        }
         let store = Store::open(&self.store_dir)?;
         let mut matched = false;
         let mut runnable = Vec::new();
@@ -235,7 +301,7 @@ impl Dispatcher {
                     });
                     runnable.push((job_id, plan.device.to_owned()));
                 }
-                "done" => self.emit(EngineEvent::AlreadyDone {
+                "done" if !quiet => self.emit(EngineEvent::AlreadyDone {
                     job_id,
                     pipeline: plan.pipeline.clone(),
                     series_uid: series_uid.to_owned(),
@@ -243,7 +309,7 @@ impl Dispatcher {
                 _ => {} // running elsewhere, or failed/cancelled (a re-run is the user's call)
             }
         }
-        if !matched {
+        if !matched && !quiet {
             self.emit(EngineEvent::Unmatched { series_uid: series_uid.to_owned() });
         }
         for (id, device) in runnable {

@@ -491,7 +491,11 @@ fn threshold_volume(
                     concept: Code::new("118565006", "SCT", "Volume"),
                     value: volume_mm3,
                     unit: Code::new("mm3", "UCUM", "cubic millimeter"),
-                    algorithm: Some((name, THRESHOLD_VOLUME_VERSION.into())),
+                    algorithm: Some(lightbox_dicom::Algorithm {
+                        name,
+                        version: THRESHOLD_VOLUME_VERSION.into(),
+                        parameters: vec![format!("threshold={threshold}")],
+                    }),
                 }],
                 qualitative: vec![],
             })
@@ -549,7 +553,7 @@ fn radiologist_groups(
             measurements: vec![Measurement {
                 concept: measurement_concept(&m.kind),
                 value: m.value,
-                unit: Code::new(&m.unit, "UCUM", &m.unit),
+                unit: Code::new(&m.unit, "UCUM", ucum_meaning(&m.unit)),
                 algorithm: None,
             }],
             qualitative: vec![],
@@ -566,6 +570,23 @@ pub const MEASUREMENT_KINDS: [(&str, &str, &str); 6] = [
     ("mean", "373098007", "Mean"),
     ("sd", "386136009", "Standard Deviation"),
 ];
+
+/// The UCUM units a radiologist's measurement may have, with their meanings.
+const UCUM_UNITS: [(&str, &str); 9] = [
+    ("mm", "millimeter"),
+    ("cm", "centimeter"),
+    ("mm2", "square millimeter"),
+    ("cm2", "square centimeter"),
+    ("mm3", "cubic millimeter"),
+    ("cm3", "cubic centimeter"),
+    ("mL", "milliliter"),
+    ("um2/s", "square micrometer per second"),
+    ("{ratio}", "ratio"),
+];
+
+fn ucum_meaning(unit: &str) -> &str {
+    UCUM_UNITS.iter().find(|(u, _)| *u == unit).map_or(unit, |(_, meaning)| meaning)
+}
 
 fn measurements_digest(store: &Store, series_uid: &str) -> Result<String, WorkflowError> {
     let all: Vec<String> = store
@@ -599,9 +620,9 @@ pub fn add_measurement(
     if !value.is_finite() {
         return Err(bad(format!("value {value} is not a number")));
     }
-    const UNITS: [&str; 9] = ["mm", "cm", "mm2", "cm2", "mm3", "cm3", "mL", "um2/s", "{ratio}"];
-    if !UNITS.contains(&unit) {
-        return Err(bad(format!("unit {unit:?} (known UCUM units: {})", UNITS.join(", "))));
+    if !UCUM_UNITS.iter().any(|(u, _)| *u == unit) {
+        let known: Vec<&str> = UCUM_UNITS.iter().map(|(u, _)| *u).collect();
+        return Err(bad(format!("unit {unit:?} (known UCUM units: {})", known.join(", "))));
     }
     if label.trim().is_empty() || author.trim().is_empty() {
         return Err(bad("a label and the radiologist's name are needed".into()));
