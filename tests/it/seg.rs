@@ -697,3 +697,58 @@ fn seg_and_sr_content_trees_match_the_reviewed_snapshots() -> anyhow::Result<()>
     golden("sr.dsrdump.txt", &normalise(&run_ok(Command::new("dsrdump").args(["-q", "+Pc"]).arg(&sr_path))?))?;
     Ok(())
 }
+
+/// A segmentation made on another grid (as a model working at its own spacing would): half the
+/// in-plane resolution. The SEG carries that grid's own positions and spacing; highdicom
+/// rebuilds the same volume from it; dciodvfy finds no error.
+#[test]
+fn seg_on_a_resampled_grid_keeps_its_own_geometry() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (report, segments, series) = demo_seg_parts()?;
+    let (_, s) = report.series().next().context("no series")?;
+    let set = report.display_sets(s).first().context("no display set")?;
+    let volume = set.load(0)?;
+    let [nx, ny, nz] = volume.dims();
+    let (mx, my) = (nx / 2, ny / 2);
+    let a = volume.patient_from_voxel;
+    // Voxel (i, j, k) of the coarse grid is voxel (2i + 0.5, 2j + 0.5, k) of the source.
+    let coarse = lightbox_core::Affine3::from_columns(
+        a.axis(0).map(|v| 2.0 * v),
+        a.axis(1).map(|v| 2.0 * v),
+        a.axis(2),
+        a.transform_point([0.5, 0.5, 0.0]),
+    );
+    let mut labels = vec![0u8; mx * my * nz];
+    for k in 0..nz {
+        for j in 0..my {
+            for i in 0..mx {
+                let v = volume.voxels()[2 * i + nx * (2 * j + ny * k)];
+                labels[i + mx * (j + my * k)] = u8::from(v > 1500.0);
+            }
+        }
+    }
+    let labels = Volume::new([mx, my, nz], labels, coarse)?;
+    let seg = dir.path().join("coarse.dcm");
+    lightbox_dicom::write_seg_as(set, 0, lightbox_dicom::SegPixels::Binary(&labels), &segments[..1], &series, &seg)?;
+    dciodvfy_clean(&seg)?;
+    let script = r#"
+import sys, json, highdicom as hd, numpy as np
+seg = hd.seg.segread(sys.argv[1])
+vol = seg.get_volume(combine_segments=True)
+print(json.dumps({"shape": list(vol.spatial_shape), "affine": vol.affine.tolist(), "count": int(np.count_nonzero(vol.array))}))
+"#;
+    let read: serde_json::Value =
+        serde_json::from_str(run_ok(Command::new(python()).args(["-c", script]).arg(&seg))?.trim())?;
+    let ours = labels.voxels().iter().filter(|&&v| v != 0).count() as u64;
+    ensure!(read["count"].as_u64() == Some(ours), "highdicom counts {}, we wrote {ours}", read["count"]);
+    // highdicom's volume is (slice, row, column) with an affine in LPS: its first column steps
+    // along our slice axis, its last along our columns.
+    let affine = read["affine"].as_array().context("no affine")?;
+    let m = |r: usize, c: usize| affine.get(r).and_then(|row| row.get(c)).and_then(serde_json::Value::as_f64);
+    let column_step = [m(0, 2), m(1, 2), m(2, 2)];
+    let expected = coarse.axis(0);
+    for (got, want) in column_step.iter().zip(expected) {
+        ensure!(got.is_some_and(|g| (g - want).abs() < 1e-4), "column step {column_step:?} vs {expected:?}");
+    }
+    Ok(())
+}

@@ -102,7 +102,9 @@ pub fn write_seg(
 }
 
 /// Writes a SEG of time point `t` of `set` in any of the three encodings (see [`SegPixels`]).
-/// The volumes must have the display set's grid; frames with nothing in them are left out.
+/// On the display set's grid each frame references its source slice; on another grid (a
+/// resampled one) frames carry their own positions and reference the nearest source slice
+/// with Spatial Locations Preserved NO. Frames with nothing in them are left out.
 pub fn write_seg_as(
     set: &DisplaySet,
     t: u32,
@@ -113,22 +115,25 @@ pub fn write_seg_as(
 ) -> Result<Written, DicomError> {
     let bad = |what: String| DicomError::Unsupported { path: path.to_owned(), what };
     let grid = [set.columns as usize, set.rows as usize, set.slices as usize];
-    let dims: Vec<[usize; 3]> = match pixels {
-        SegPixels::Binary(v) | SegPixels::LabelMap(v) => vec![v.dims()],
+    let volumes: Vec<([usize; 3], &lightbox_core::Affine3)> = match pixels {
+        SegPixels::Binary(v) | SegPixels::LabelMap(v) => vec![(v.dims(), &v.patient_from_voxel)],
         SegPixels::Fractional(vs) => {
             if vs.len() != segments.len() {
                 return Err(bad(format!("{} probability volumes for {} segments", vs.len(), segments.len())));
             }
-            vs.iter().map(Volume::dims).collect()
+            vs.iter().map(|v| (v.dims(), &v.patient_from_voxel)).collect()
         }
     };
-    if let Some([nx, ny, nz]) = dims.iter().find(|d| **d != grid) {
-        return Err(bad(format!(
-            "a {nx}x{ny}x{nz} segmentation volume on a {}x{}x{} display set",
-            set.columns, set.rows, set.slices
-        )));
+    let ([nx, ny, nz], grid_affine) = *volumes.first().ok_or_else(|| bad("no segmentation volume".into()))?;
+    if volumes.iter().any(|(d, a)| *d != [nx, ny, nz] || !same_grid(a, grid_affine, [nx, ny, nz])) {
+        return Err(bad("probability volumes on different grids".into()));
     }
-    let [nx, ny, _] = grid;
+    if nx == 0 || ny == 0 || nz == 0 {
+        return Err(bad(format!("an empty {nx}x{ny}x{nz} segmentation volume")));
+    }
+    // On the source grid, each frame lies on its source slice; otherwise (resampled, e.g. at a
+    // model's spacing) the frames carry their own plane positions and orientation.
+    let on_source_grid = [nx, ny, nz] == grid && same_grid(grid_affine, &set.patient_from_voxel, grid);
     if segments.is_empty() || segments.len() > 255 {
         return Err(bad(format!("{} segments (1 to 255 are possible)", segments.len())));
     }
@@ -147,7 +152,34 @@ pub fn write_seg_as(
         Some(seed) => (uid_from(&format!("{seed}/seg")), uid_from(&format!("{seed}/seg-series"))),
         None => (new_uid(), new_uid()),
     };
-    let a = &set.patient_from_voxel;
+    let a = if on_source_grid { &set.patient_from_voxel } else { grid_affine };
+    // Per slice of the segmentation: the source it derives from, where it lies, and whether it
+    // lies exactly on that source slice.
+    let source_centre = |z: usize| {
+        let p = [(f64::from(set.columns) - 1.0) / 2.0, (f64::from(set.rows) - 1.0) / 2.0, z as f64];
+        set.patient_from_voxel.transform_point(p)
+    };
+    let slices: Vec<_> = if on_source_grid {
+        sources
+            .iter()
+            .enumerate()
+            .map(|(z, s)| {
+                let position = s.position.unwrap_or_else(|| a.transform_point([0.0, 0.0, z as f64]));
+                (s.header, s.frame_number, position, true)
+            })
+            .collect()
+    } else {
+        (0..nz)
+            .map(|z| {
+                let centre = a.transform_point([(nx as f64 - 1.0) / 2.0, (ny as f64 - 1.0) / 2.0, z as f64]);
+                let nearest = (0..sources.len())
+                    .min_by(|&i, &j| distance(source_centre(i), centre).total_cmp(&distance(source_centre(j), centre)))
+                    .unwrap_or(0);
+                let s = &sources[nearest];
+                (s.header, s.frame_number, a.transform_point([0.0, 0.0, z as f64]), false)
+            })
+            .collect()
+    };
     let spacing = [0, 1, 2].map(|c| {
         let v = a.axis(c);
         (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt()
@@ -297,8 +329,7 @@ pub fn write_seg_as(
     let mut bit = 0usize;
     let passes: Vec<Option<u8>> = if label_map { vec![None] } else { (1..=segments.len() as u8).map(Some).collect() };
     for segment in passes {
-        for (z, slice_source) in sources.iter().enumerate() {
-            let (source, frame_number) = (slice_source.header, slice_source.frame_number);
+        for (z, &(source, frame_number, position, preserved)) in slices.iter().enumerate() {
             let range = z * slice_len..(z + 1) * slice_len;
             match (pixels, segment) {
                 (SegPixels::Binary(labels), Some(value)) => {
@@ -333,8 +364,8 @@ pub fn write_seg_as(
                 }
                 _ => continue,
             }
-            // The source slice's own position: exact also where slices are unevenly spaced.
-            let position = slice_source.position.unwrap_or_else(|| a.transform_point([0.0, 0.0, z as f64]));
+            // The source slice's own position (exact also where slices are unevenly spaced), or
+            // the resampled grid's.
             let mut item = InMemDicomObject::new_empty();
             let mut content = InMemDicomObject::new_empty();
             let index = match segment {
@@ -361,8 +392,13 @@ pub fn write_seg_as(
             }
             // Where the frame came from.
             let mut source_item = reference(&source.record.sop_class_uid, &source.record.sop_instance_uid);
-            // Same grid as the source: each frame lies exactly on its source slice.
-            source_item.put(DataElement::new(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, PrimitiveValue::from("YES")));
+            // On the source grid each frame lies exactly on its source slice; resampled, not.
+            let preserved = if preserved { "YES" } else { "NO" };
+            source_item.put(DataElement::new(
+                tags::SPATIAL_LOCATIONS_PRESERVED,
+                VR::CS,
+                PrimitiveValue::from(preserved),
+            ));
             if let Some(n) = frame_number {
                 source_item.put(DataElement::new(
                     tags::REFERENCED_FRAME_NUMBER,
@@ -411,6 +447,18 @@ pub fn write_seg_as(
 
     write_file(obj, path)?;
     Ok(Written { sop_uid, series_uid })
+}
+
+/// Whether two voxel grids put every voxel in the same place (within a micrometre).
+fn same_grid(a: &lightbox_core::Affine3, b: &lightbox_core::Affine3, dims: [usize; 3]) -> bool {
+    let far = dims.map(|d| d.saturating_sub(1) as f64);
+    [[0.0, 0.0, 0.0], [far[0], 0.0, 0.0], [0.0, far[1], 0.0], [0.0, 0.0, far[2]], far]
+        .iter()
+        .all(|&p| distance(a.transform_point(p), b.transform_point(p)) < 1e-3)
+}
+
+fn distance(p: [f64; 3], q: [f64; 3]) -> f64 {
+    ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2) + (p[2] - q[2]).powi(2)).sqrt()
 }
 
 /// CS: upper case letters, digits, space and underscore, at most 16 characters.
