@@ -101,6 +101,9 @@ fn classify(f: &SeriesFacts, scanning: &str, b_value: Option<f64>) -> (&'static 
         return ("", format!("modality {} is not MR", f.modality));
     }
     let words: Vec<&str> = f.image_type.split('\\').collect();
+    if words.contains(&"LOCALIZER") || f.description.to_ascii_lowercase().contains("localizer") {
+        return ("", "a localizer (scout), not a diagnostic series".into());
+    }
     if words.iter().any(|w| *w == "ADC" || *w == "ADC_UNSPECIFIED") {
         return ("ADC", format!("image type {} says ADC", f.image_type));
     }
@@ -167,6 +170,8 @@ mod tests {
         assert_eq!(classify(&mr(9000.0, 120.0, Some(2500.0)), "SE\\IR", None).0, "FLAIR");
         assert_eq!(classify(&mr(3000.0, 20.0, None), "SE", None).0, "PD");
         assert_eq!(classify(&mr(3000.0, 80.0, None), "EP", Some(800.0)).0, "DWI");
+        let scout = SeriesFacts { image_type: "ORIGINAL\\PRIMARY\\LOCALIZER".into(), ..mr(8.6, 4.0, None) };
+        assert_eq!(classify(&scout, "GR", None).0, "");
         let adc = SeriesFacts { image_type: "DERIVED\\PRIMARY\\ADC".into(), ..mr(3000.0, 80.0, None) };
         assert_eq!(classify(&adc, "EP", Some(0.0)).0, "ADC");
         assert_eq!(classify(&SeriesFacts { modality: "CT".into(), ..Default::default() }, "", None).0, "");
