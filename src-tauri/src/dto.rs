@@ -286,3 +286,63 @@ impl From<lightbox_workflow::pipeline::ResultRow> for ResultDto {
         }
     }
 }
+
+/// One analysis job on the jobs screen.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobDto {
+    id: i64,
+    pipeline: String,
+    state: String,
+    device: String,
+    stage: String,
+    series_uid: String,
+    seconds: Option<f64>,
+    runs: i64,
+    error: Option<String>,
+    created_at: String,
+}
+
+impl From<lightbox_workflow::pipeline::JobRow> for JobDto {
+    fn from(j: lightbox_workflow::pipeline::JobRow) -> Self {
+        Self {
+            id: j.id,
+            pipeline: j.pipeline,
+            state: j.state,
+            device: j.device,
+            stage: j.stage,
+            series_uid: j.series_uid,
+            seconds: j.seconds,
+            runs: j.runs,
+            error: j.error,
+            created_at: j.created_at,
+        }
+    }
+}
+
+/// Whether the PACS answers (the header's indicator).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PacsStatusDto {
+    pub configured: bool,
+    pub name: String,
+    pub url: String,
+    pub reachable: bool,
+    pub millis: u64,
+    pub detail: String,
+    pub code: String,
+}
+
+impl From<lightbox_workflow::pacs::PacsStatus> for PacsStatusDto {
+    fn from(s: lightbox_workflow::pacs::PacsStatus) -> Self {
+        Self {
+            configured: true,
+            name: s.name,
+            url: s.url,
+            reachable: s.reachable,
+            millis: s.millis,
+            detail: s.detail,
+            code: s.code,
+        }
+    }
+}

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use dto::{
-    DrainDto, ErrorDto, FileIssueDto, OutboxRowDto, ProgressDto, PushEventDto, ResultDto, SeriesListDto,
-    TransferSummaryDto, WorklistDto, WorklistQueryDto,
+    DrainDto, ErrorDto, FileIssueDto, JobDto, OutboxRowDto, PacsStatusDto, ProgressDto, PushEventDto, ResultDto,
+    SeriesListDto, TransferSummaryDto, WorklistDto, WorklistQueryDto,
 };
 use lightbox_core::SeriesInstanceUid;
 use lightbox_workflow::pacs::{PacsSettings, TransferControl};
@@ -318,6 +318,61 @@ async fn outbox(site: tauri::State<'_, Site>) -> Result<Vec<OutboxRowDto>, Error
         .await
 }
 
+/// Takes a pending or refused row out of the outbox; false when it is being sent or was sent.
+#[tauri::command]
+async fn cancel_outbox(site: tauri::State<'_, Site>, id: i64) -> Result<bool, ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| Ok(lightbox_workflow::pacs::outbox_cancel(&store, id)?)).await
+}
+
+/// Puts a refused or cancelled row back in the outbox.
+#[tauri::command]
+async fn retry_outbox(site: tauri::State<'_, Site>, id: i64) -> Result<(), ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| Ok(lightbox_workflow::pacs::outbox_retry(&store, id)?)).await
+}
+
+#[tauri::command]
+async fn jobs(site: tauri::State<'_, Site>) -> Result<Vec<JobDto>, ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| Ok(lightbox_workflow::pipeline::job_rows(&store)?.into_iter().map(JobDto::from).collect())).await
+}
+
+/// Cancels a queued or running job (a running one stops at its next stage).
+#[tauri::command]
+async fn cancel_job(site: tauri::State<'_, Site>, id: i64) -> Result<bool, ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| Ok(lightbox_workflow::pipeline::cancel(&store, id)?)).await
+}
+
+/// Runs a failed or cancelled job again, off the UI thread; resolves when it has finished.
+#[tauri::command]
+async fn rerun_job(site: tauri::State<'_, Site>, id: i64) -> Result<(), ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| {
+        lightbox_workflow::pipeline::rerun(&store, id)?;
+        Ok(())
+    })
+    .await
+}
+
+/// Whether the configured PACS answers, and how fast.
+#[tauri::command]
+async fn pacs_status(site: tauri::State<'_, Site>) -> Result<PacsStatusDto, ErrorDto> {
+    let Some(pacs) = site.pacs() else {
+        return Ok(PacsStatusDto {
+            configured: false,
+            name: String::new(),
+            url: String::new(),
+            reachable: false,
+            millis: 0,
+            detail: "No PACS is configured (Settings, or LIGHTBOX_PACS_URL).".into(),
+            code: "no_pacs".into(),
+        });
+    };
+    off_ui(move |rt| Ok(rt.block_on(lightbox_workflow::pacs::pacs_status(&pacs)).into())).await
+}
+
 #[tauri::command]
 async fn drain_outbox(site: tauri::State<'_, Site>) -> Result<DrainDto, ErrorDto> {
     let Some(pacs) = site.pacs() else {
@@ -393,7 +448,13 @@ fn main() -> anyhow::Result<()> {
             get_settings,
             save_settings,
             outbox,
-            drain_outbox
+            drain_outbox,
+            cancel_outbox,
+            retry_outbox,
+            jobs,
+            cancel_job,
+            rerun_job,
+            pacs_status
         ])
         .run(tauri::generate_context!())?;
     Ok(())

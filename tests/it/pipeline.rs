@@ -273,6 +273,14 @@ fn results_wait_for_sign_off_then_a_verified_report_reaches_the_pacs() -> anyhow
     let lightbox = |args: &[&str]| with_pacs(&store, &orthanc, args);
     let ran = lightbox(&["run", "threshold-volume", "--series", &series, "--threshold", "1500"])?;
     ensure!(ran.contains("0 queued for the PACS"), "{ran}");
+    let status = run_ok(
+        Command::new(bin("lightbox")?)
+            .args(["pacs", "status"])
+            .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+            .env("LIGHTBOX_PACS_USER", orthanc.user())
+            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password()),
+    )?;
+    ensure!(status.contains("reachable (") && !status.contains("unreachable"), "{status}");
     ensure!(lightbox(&["pacs", "drain"])?.starts_with("sent 0,"));
     ensure!(orthanc.instance_count()? == 0, "an unsigned result left");
     let results = lightbox(&["results"])?;
@@ -511,5 +519,50 @@ fn a_series_imported_while_the_engine_runs_is_analysed_once() -> anyhow::Result<
     let noise: Vec<&String> = lines.seen.iter().filter(|l| l.contains("failed") || l.starts_with("error")).collect();
     ensure!(noise.is_empty(), "{noise:?}");
     ensure!(lines.seen.iter().filter(|l| l.contains(" queued: rule")).count() == 1, "{:?}", lines.seen);
+    Ok(())
+}
+
+/// A running job is cancelled from another process: it stops at its next stage and cannot
+/// finish; `jobs rerun` runs it again to the end. A PACS that is down says so in `pacs status`.
+#[test]
+fn a_running_job_is_cancelled_from_outside_and_rerun() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, series) = demo_store(dir.path())?;
+    let mut run = KillOnDrop(
+        Command::new(bin("lightbox")?)
+            .args(["run", "threshold-volume", "--series", &series, "--threshold", "1500", "--store"])
+            .arg(&store)
+            .env("LIGHTBOX_FAULT_PAUSE", "segmenting:2000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?,
+    );
+    let jobs = || run_ok(Command::new(bin("lightbox")?).arg("jobs").arg("--store").arg(&store));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !jobs()?.contains("segmenting") {
+        ensure!(std::time::Instant::now() < deadline, "the job never reached 'segmenting': {}", jobs()?);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cancelled = run_ok(Command::new(bin("lightbox")?).args(["jobs", "cancel", "1", "--store"]).arg(&store))?;
+    ensure!(cancelled.contains("job 1 cancelled"), "{cancelled}");
+    let status = run.0.wait()?;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut run.0.stderr.take().context("no stderr")?, &mut stderr)?;
+    ensure!(!status.success() && stderr.contains("job 1 was cancelled"), "{stderr}");
+    let listed = jobs()?;
+    ensure!(listed.contains("cancelled") && !listed.contains(" done "), "{listed}");
+    let again = run_ok(Command::new(bin("lightbox")?).args(["jobs", "rerun", "1", "--store"]).arg(&store))?;
+    ensure!(again.contains("job 1 done"), "{again}");
+    let listed = jobs()?;
+    ensure!(listed.contains("done") && listed.contains("runs 2"), "{listed}");
+    ensure!(listed.lines().count() == 1, "{listed}");
+
+    // No PACS listening there: the status says unreachable, with the reason, and fails.
+    let down = Command::new(bin("lightbox")?)
+        .args(["pacs", "status"])
+        .env("LIGHTBOX_PACS_URL", format!("http://127.0.0.1:{}/dicom-web", free_port()?))
+        .output()?;
+    let says = String::from_utf8_lossy(&down.stderr);
+    ensure!(!down.status.success() && says.contains("unreachable"), "{says}");
     Ok(())
 }

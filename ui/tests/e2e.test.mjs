@@ -137,6 +137,52 @@ test("outbox: pending results with their last error, sent on request", async () 
   await page.screenshot({ path: join(out, "outbox.png") });
 });
 
+test("outbox: a pending row can be taken out and put back", async () => {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 500 } });
+  await page.goto(base);
+  await page.getByTestId("tab-outbox").click();
+  const status = page.getByTestId("outbox-status");
+  await status.filter({ hasText: "1 not yet on the PACS" }).waitFor();
+  const row = page.locator("[data-testid=outbox-table] tbody tr").first();
+  await row.getByTestId("cancel-outbox").click();
+  await status.filter({ hasText: "taken out of the outbox" }).waitFor();
+  assert.match(await row.innerText(), /cancelled/);
+  // Sending now leaves it alone.
+  await page.getByTestId("send-now").click();
+  await status.filter({ hasText: "Sent 0," }).waitFor();
+  await row.getByTestId("retry-outbox").click();
+  await status.filter({ hasText: "queued again" }).waitFor();
+  assert.match(await row.innerText(), /pending/);
+});
+
+test("jobs: device, stage and errors shown; cancel a running job, re-run a failed one", async () => {
+  const page = await browser.newPage({ viewport: { width: 1400, height: 500 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(base);
+  await page.getByTestId("tab-jobs").click();
+  const status = page.getByTestId("jobs-status");
+  await status.filter({ hasText: "3 analyses: 1 queued or running, 1 failed" }).waitFor();
+  const running = page.locator("tr[data-job='3']");
+  const failedRow = page.locator("tr[data-job='2']");
+  assert.match(await running.innerText(), /running[\s\S]*CPU[\s\S]*segmenting/);
+  assert.match(await failedRow.innerText(), /no voxel of series/);
+  await running.getByTestId("cancel-job").click();
+  await status.filter({ hasText: "Job 3 cancelled" }).waitFor();
+  assert.match(await running.innerText(), /cancelled/);
+  await failedRow.getByTestId("rerun-job").click();
+  await status.filter({ hasText: "Job 2 ran again" }).waitFor();
+  assert.match(await failedRow.innerText(), /done[\s\S]*\b2\b/);
+  assert.equal(await failedRow.getByTestId("rerun-job").count(), 0);
+  // The header says the (mock) PACS cannot be reached, with the reason on hover.
+  const pacs = page.getByTestId("pacs-status");
+  await pacs.filter({ hasText: "unreachable" }).waitFor();
+  assert.match(await pacs.getAttribute("title"), /connection refused/);
+  const out = fileURLToPath(new URL("../test-results/", import.meta.url));
+  await page.screenshot({ path: join(out, "jobs.png") });
+  assert.deepEqual(errors, []);
+});
+
 test("folder: import into the store shows its summary", async () => {
   const page = await browser.newPage({ viewport: { width: 1200, height: 500 } });
   await page.goto(base);

@@ -352,6 +352,8 @@ enum PacsCommand {
     },
     /// C-ECHO the PACS's DIMSE port (needs --dimse-aet).
     Echo,
+    /// Whether the PACS answers DICOMweb, and how fast.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -407,8 +409,14 @@ enum OutboxCommand {
         #[arg(long)]
         store: Option<PathBuf>,
     },
-    /// Put a refused row back in the queue.
+    /// Put a refused or cancelled row back in the queue.
     Retry {
+        id: i64,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Take a pending or refused row out of the queue.
+    Cancel {
         id: i64,
         #[arg(long)]
         store: Option<PathBuf>,
@@ -506,6 +514,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             OutboxCommand::List { store } => {
                 let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
                 print_outbox(lightbox_workflow::pacs::outbox_list(&store)?.into_iter());
+            }
+            OutboxCommand::Cancel { id, store } => {
+                let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+                anyhow::ensure!(
+                    lightbox_workflow::pacs::outbox_cancel(&store, id)?,
+                    "outbox item {id} is being sent or was sent; it cannot be cancelled"
+                );
+                println!("outbox item {id} cancelled");
             }
             OutboxCommand::Retry { id, store } => {
                 let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
@@ -811,6 +827,14 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             let items = pacs::outbox_list(&store)?;
             print_outbox(items.into_iter().filter(|i| i.destination == settings.name));
+        }
+        PacsCommand::Status => {
+            let status = runtime.block_on(pacs::pacs_status(&settings));
+            if status.reachable {
+                println!("PACS {} at {}: reachable ({} ms)", status.name, status.url, status.millis);
+            } else {
+                anyhow::bail!("PACS {} at {}: unreachable: {}", status.name, status.url, status.detail);
+            }
         }
         PacsCommand::Echo => {
             let peer = settings.dimse.as_ref().context("C-ECHO needs --dimse-aet (or LIGHTBOX_PACS_AET)")?;

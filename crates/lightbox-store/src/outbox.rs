@@ -21,6 +21,8 @@ pub enum OutboxState {
     Sending,
     Sent,
     Failed,
+    /// Taken out of the queue by a person; never sent unless re-queued.
+    Cancelled,
 }
 
 impl OutboxState {
@@ -30,6 +32,7 @@ impl OutboxState {
             Self::Sending => "sending",
             Self::Sent => "sent",
             Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
         }
     }
 
@@ -38,6 +41,7 @@ impl OutboxState {
             "sending" => Self::Sending,
             "sent" => Self::Sent,
             "failed" => Self::Failed,
+            "cancelled" => Self::Cancelled,
             _ => Self::Pending,
         }
     }
@@ -160,9 +164,26 @@ impl Store {
         self.set_state(id, "UPDATE outbox SET state = 'failed', last_error = ?2 WHERE id = ?1", Some(error))
     }
 
-    /// Puts a `failed` row back in the queue.
+    /// Puts a `failed` or `cancelled` row back in the queue.
     pub fn outbox_requeue(&self, id: i64) -> Result<(), StoreError> {
-        self.set_state(id, "UPDATE outbox SET state = 'pending' WHERE id = ?1 AND state = 'failed'", None)
+        self.set_state(
+            id,
+            "UPDATE outbox SET state = 'pending' WHERE id = ?1 AND state IN ('failed', 'cancelled')",
+            None,
+        )
+    }
+
+    /// Takes a `pending` or `failed` row out of the queue (one being sent right now cannot be).
+    /// False when the row was in another state.
+    pub fn outbox_cancel(&self, id: i64) -> Result<bool, StoreError> {
+        let changed = self
+            .db
+            .execute("UPDATE outbox SET state = 'cancelled' WHERE id = ?1 AND state IN ('pending', 'failed')", [id])
+            .map_err(self.sql())?;
+        if changed == 0 && self.outbox(None)?.iter().all(|i| i.id != id) {
+            return Err(StoreError::NoSuchOutboxItem(id));
+        }
+        Ok(changed == 1)
     }
 
     fn set_state(&self, id: i64, sql: &str, error: Option<&str>) -> Result<(), StoreError> {
@@ -188,6 +209,24 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancelled_row_is_not_due_until_requeued() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut store = Store::open(dir.path())?;
+        let Enqueued::Queued(id) = store.outbox_enqueue(&demo_file(), "pacs")? else {
+            anyhow::bail!("not queued");
+        };
+        assert!(store.outbox_cancel(id)?);
+        assert!(store.outbox_due()?.is_empty());
+        assert!(!store.outbox_cancel(id)?, "cancelled already");
+        assert!(store.outbox_cancel(id + 100).is_err());
+        store.outbox_requeue(id)?;
+        assert_eq!(store.outbox_due()?.len(), 1);
+        store.outbox_mark_sent(id)?;
+        assert!(!store.outbox_cancel(id)?, "a sent row stays sent");
+        Ok(())
+    }
 
     fn demo_file() -> PathBuf {
         let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../demo/prostate-adc");

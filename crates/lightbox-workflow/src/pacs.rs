@@ -296,6 +296,40 @@ pub fn outbox_retry(store_dir: &Path, id: i64) -> Result<(), WorkflowError> {
     Ok(Store::open(store_dir)?.outbox_requeue(id)?)
 }
 
+/// Takes a pending or refused row out of the outbox; false when it is being sent or was sent.
+pub fn outbox_cancel(store_dir: &Path, id: i64) -> Result<bool, WorkflowError> {
+    let store = Store::open(store_dir)?;
+    let cancelled = store.outbox_cancel(id)?;
+    if cancelled {
+        store.audit("lightbox", "outbox-cancel", &id.to_string(), "taken out of the outbox")?;
+    }
+    Ok(cancelled)
+}
+
+/// Whether the PACS answers, and how fast: one QIDO for at most one study.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PacsStatus {
+    pub name: String,
+    pub url: String,
+    pub reachable: bool,
+    pub millis: u64,
+    /// Why not, in words (empty when reachable).
+    pub detail: String,
+    /// The stable error code when not reachable.
+    pub code: String,
+}
+
+pub async fn pacs_status(settings: &PacsSettings) -> PacsStatus {
+    let started = std::time::Instant::now();
+    let result = pacs_search_studies(settings, &QidoQuery::new().limit(1)).await;
+    let millis = started.elapsed().as_millis() as u64;
+    let (reachable, detail, code) = match result {
+        Ok(_) => (true, String::new(), String::new()),
+        Err(e) => (false, e.to_string(), e.code().to_owned()),
+    };
+    PacsStatus { name: settings.name.clone(), url: settings.web.base_url.clone(), reachable, millis, detail, code }
+}
+
 /// Starts the C-STORE SCP: pushed instances land in the store at `store_dir`.
 /// Only associations calling us by `ae_title` are accepted, and, when `allowed_calling_aets` is
 /// not empty, only from those calling AE titles.

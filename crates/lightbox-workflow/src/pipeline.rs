@@ -732,6 +732,43 @@ pub fn sign(store_dir: &Path, job_id: i64, radiologist: &str, send_to: &str) -> 
     Ok(outcome)
 }
 
+/// One job, for the jobs screen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobRow {
+    pub id: i64,
+    pub pipeline: String,
+    /// `queued`, `running`, `done`, `failed` or `cancelled`.
+    pub state: String,
+    /// `cpu` or `gpu`.
+    pub device: String,
+    pub stage: String,
+    pub series_uid: String,
+    pub seconds: Option<f64>,
+    pub runs: i64,
+    pub error: Option<String>,
+    pub created_at: String,
+}
+
+/// Every job, newest first.
+pub fn job_rows(store_dir: &Path) -> Result<Vec<JobRow>, WorkflowError> {
+    Ok(Store::open(store_dir)?
+        .jobs()?
+        .into_iter()
+        .map(|j| JobRow {
+            series_uid: payload_series(&j.payload),
+            id: j.id,
+            pipeline: j.kind,
+            state: j.state,
+            device: j.device,
+            stage: j.stage,
+            seconds: j.seconds,
+            runs: j.runs,
+            error: j.error,
+            created_at: j.created_at,
+        })
+        .collect())
+}
+
 /// Cancels a queued or running job; false when it had ended.
 pub fn cancel(store_dir: &Path, job_id: i64) -> Result<bool, WorkflowError> {
     let store = Store::open(store_dir)?;

@@ -1,4 +1,4 @@
-import type { AnalysisResult, Backend, OutboxRow, Settings, Progress, PushEvent, SeriesList, WorklistQuery, WorklistRow } from "./types";
+import type { AnalysisResult, Backend, Job, OutboxRow, Settings, Progress, PushEvent, SeriesList, WorklistQuery, WorklistRow } from "./types";
 
 /** DICOM-style wildcard match (`*`, `?`), case-insensitive, as the store and PACS do. */
 export function wildcardMatch(pattern: string, value: string): boolean {
@@ -27,6 +27,7 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
   const outbox = structuredClone(demoOutbox);
   const cancelled = new Set<string>();
   const results = structuredClone(demoResults);
+  const jobs = structuredClone(demoJobs);
   let settings: Settings = { pacs: null, listen: null };
   return {
     kind: "browser-mock",
@@ -127,8 +128,88 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       }
       return { sent, alreadyThere: 0, sentByDimse: 0, deferred: 0, failed: outbox.filter((i) => i.state === "failed").length };
     },
+    cancelOutbox: async (id) => {
+      const item = outbox.find((i) => i.id === id);
+      if (!item) throw { code: "store", message: `no outbox item ${id}` };
+      if (item.state !== "pending" && item.state !== "failed") return false;
+      item.state = "cancelled";
+      return true;
+    },
+    retryOutbox: async (id) => {
+      const item = outbox.find((i) => i.id === id);
+      if (item && (item.state === "failed" || item.state === "cancelled")) item.state = "pending";
+    },
+    jobs: async () => structuredClone(jobs),
+    cancelJob: async (id) => {
+      const job = jobs.find((j) => j.id === id);
+      if (!job || (job.state !== "queued" && job.state !== "running")) return false;
+      job.state = "cancelled";
+      job.stage = "cancelled";
+      return true;
+    },
+    rerunJob: async (id) => {
+      const job = jobs.find((j) => j.id === id);
+      if (!job) throw { code: "analysis", message: `no job ${id}` };
+      if (job.state !== "failed" && job.state !== "cancelled") return;
+      job.state = "running";
+      job.stage = "segmenting";
+      job.runs += 1;
+      await new Promise((ok) => setTimeout(ok, 300));
+      job.state = "done";
+      job.stage = "done";
+      job.error = null;
+      job.seconds = 0.3;
+    },
+    pacsStatus: async () => ({
+      configured: true,
+      name: "mock-pacs",
+      url: "http://pacs.example.org/dicom-web",
+      reachable: false,
+      millis: 3002,
+      detail: "cannot reach the PACS at http://pacs.example.org/dicom-web: connection refused",
+      code: "pacs-unreachable",
+    }),
   };
 }
+
+const demoJobs: Job[] = [
+  {
+    id: 3,
+    pipeline: "threshold-volume",
+    state: "running",
+    device: "cpu",
+    stage: "segmenting",
+    seriesUid: "1.2.826.0.1.3680043.2.1125.1.3",
+    seconds: 4.2,
+    runs: 1,
+    error: null,
+    createdAt: "2026-11-25T12:03:00Z",
+  },
+  {
+    id: 2,
+    pipeline: "threshold-volume",
+    state: "failed",
+    device: "cpu",
+    stage: "failed",
+    seriesUid: "1.2.826.0.1.3680043.2.1125.1.2",
+    seconds: 0.8,
+    runs: 1,
+    error: "analysis: no voxel of series 1.2.826.0.1.3680043.2.1125.1.2 is above 1500",
+    createdAt: "2026-11-25T12:02:00Z",
+  },
+  {
+    id: 1,
+    pipeline: "threshold-volume",
+    state: "done",
+    device: "cpu",
+    stage: "done",
+    seriesUid: "1.2.826.0.1.3680043.2.1125.1.1",
+    seconds: 1.9,
+    runs: 2,
+    error: null,
+    createdAt: "2026-11-25T12:00:00Z",
+  },
+];
 
 const demoList: SeriesList = {
   folder: "demo/prostate-adc",

@@ -94,7 +94,7 @@ export interface OutboxRow {
   sopUid: string;
   studyUid: string;
   destination: string;
-  state: "pending" | "sending" | "sent" | "failed";
+  state: "pending" | "sending" | "sent" | "failed" | "cancelled";
   attempts: number;
   lastError: string | null;
   createdAt: string;
@@ -143,6 +143,34 @@ export interface AnalysisResult {
   error: string | null;
 }
 
+/** One analysis job (queued, running or ended). */
+export interface Job {
+  id: number;
+  pipeline: string;
+  state: "queued" | "running" | "done" | "failed" | "cancelled";
+  device: "cpu" | "gpu" | string;
+  /** What it is doing now, or did last. */
+  stage: string;
+  seriesUid: string;
+  /** Seconds the last run took, or has taken so far. */
+  seconds: number | null;
+  /** How many times it was started (more than one after a crash or a re-run). */
+  runs: number;
+  error: string | null;
+  createdAt: string;
+}
+
+/** Whether the PACS answers (the header's indicator). */
+export interface PacsStatus {
+  configured: boolean;
+  name: string;
+  url: string;
+  reachable: boolean;
+  millis: number;
+  detail: string;
+  code: string;
+}
+
 /** What the C-STORE SCP reports as a PACS or modality pushes to the workstation. */
 export interface PushEvent {
   kind: "associated" | "echo" | "stored" | "failed" | "released";
@@ -172,4 +200,14 @@ export interface SiteBackend {
   signResult(jobId: number, radiologist: string): Promise<string>;
   outbox(): Promise<OutboxRow[]>;
   drainOutbox(): Promise<DrainReport>;
+  /** Takes a pending or refused row out of the outbox; false when it is being sent or was sent. */
+  cancelOutbox(id: number): Promise<boolean>;
+  /** Puts a refused or cancelled row back in the queue. */
+  retryOutbox(id: number): Promise<void>;
+  jobs(): Promise<Job[]>;
+  /** Cancels a queued or running job; false when it had ended. */
+  cancelJob(id: number): Promise<boolean>;
+  /** Runs a failed or cancelled job again; resolves when it has finished. */
+  rerunJob(id: number): Promise<void>;
+  pacsStatus(): Promise<PacsStatus>;
 }
