@@ -169,8 +169,27 @@ fn workstation_sign_off_sends_the_verified_report_to_the_pacs() -> anyhow::Resul
     }
     assert_eq!(orthanc.instance_count()?, 2, "SEG + verified SR in Orthanc");
     std::thread::sleep(Duration::from_millis(500));
-    x.screenshot(&screenshot_dir()?.join("workstation-signed.png"))?;
+    let signed = screenshot_dir()?.join("workstation-signed.png");
+    x.screenshot(&signed)?;
+    // The header's PACS indicator asked the real Orthanc: green ("reachable").
+    let header = Rgb::load(&signed)?.crop(400, 0, 880, 44);
+    assert!(count(&header, STATUS_GREEN) > 30, "the PACS indicator is not green: {}", signed.display());
+
+    // The Jobs tab lists the analysis, done (green), on the CPU.
+    x.xdotool(&["mousemove", "316", "66", "click", "1"])?;
+    std::thread::sleep(Duration::from_millis(800));
+    let jobs = screenshot_dir()?.join("workstation-jobs.png");
+    x.screenshot(&jobs)?;
+    let table = Rgb::load(&jobs)?.crop(0, 100, 1280, 300);
+    assert!(count(&table, STATUS_GREEN) > 30, "no finished job shown: {}", jobs.display());
     Ok(())
+}
+
+/// The UI's "good" colour (#56d364): reachable PACS, finished jobs, sent items.
+const STATUS_GREEN: [u8; 3] = [0x56, 0xd3, 0x64];
+
+fn count(image: &Rgb, colour: [u8; 3]) -> usize {
+    image.pixels.iter().filter(|p| p.iter().zip(colour).all(|(a, b)| a.abs_diff(b) < 24)).count()
 }
 
 /// Centre of the green button area below the header (the only green thing on the results tab).
