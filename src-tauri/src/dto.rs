@@ -268,6 +268,7 @@ pub struct ResultDto {
     seg_uid: Option<String>,
     sr_uid: Option<String>,
     signed_by: Option<String>,
+    review: Option<String>,
     error: Option<String>,
 }
 
@@ -282,6 +283,7 @@ impl From<lightbox_workflow::pipeline::ResultRow> for ResultDto {
             seg_uid: r.seg_uid,
             sr_uid: r.sr_uid,
             signed_by: r.signed_by,
+            review: r.review,
             error: r.error,
         }
     }

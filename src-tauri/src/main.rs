@@ -300,11 +300,24 @@ async fn results(site: tauri::State<'_, Site>) -> Result<Vec<ResultDto>, ErrorDt
 
 /// The radiologist signs a result: a VERIFIED SR with the SEG goes into the outbox.
 #[tauri::command]
-async fn sign_result(site: tauri::State<'_, Site>, job_id: i64, radiologist: String) -> Result<String, ErrorDto> {
+async fn sign_result(
+    site: tauri::State<'_, Site>,
+    job_id: i64,
+    radiologist: String,
+    review: String,
+    volume_ml: Option<f64>,
+) -> Result<String, ErrorDto> {
+    use lightbox_workflow::pipeline::Review;
+    let review = match (review.as_str(), volume_ml) {
+        ("accept", _) => Review::Accept,
+        ("reject", _) => Review::Reject,
+        ("edit", Some(volume_ml)) => Review::Edit { volume_ml },
+        _ => return Err(ErrorDto::new("analysis", format!("unknown review {review:?}"))),
+    };
     let store = site.store.clone();
     let send_to = site.pacs().map_or_else(|| "pacs".to_owned(), |p| p.name);
     off_ui(move |_| {
-        let o = lightbox_workflow::pipeline::sign(&store, job_id, &radiologist, &send_to)?;
+        let o = lightbox_workflow::pipeline::sign(&store, job_id, &radiologist, &send_to, review)?;
         eprintln!("lightbox-workstation: job {job_id} signed, SR {}, {} queued", o.sr_uid, o.queued);
         Ok(o.sr_uid)
     })

@@ -566,3 +566,37 @@ fn a_running_job_is_cancelled_from_outside_and_rerun() -> anyhow::Result<()> {
     ensure!(!down.status.success() && says.contains("unreachable"), "{says}");
     Ok(())
 }
+
+/// The radiologist's verdict on the AI finding shapes the signed report: rejected, it is left out
+/// and the segmentation stays home; edited, their value replaces the AI's, as their measurement
+/// of the same segment, without the algorithm's name.
+#[test]
+fn a_rejected_finding_stays_home_and_an_edited_one_becomes_the_radiologists() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (store, series) = demo_store(dir.path())?;
+    let lightbox = |args: &[&str]| run_ok(Command::new(bin("lightbox")?).args(args).arg("--store").arg(&store));
+    lightbox(&["run", "threshold-volume", "--series", &series, "--threshold", "1500"])?;
+    let sr_of = |line: &str| -> anyhow::Result<lightbox_dicom::SrReading> {
+        let uid = line.split("SR ").nth(1).and_then(|s| s.split(' ').next()).context("no SR UID")?;
+        let file = lightbox_store::Store::open(&store)?.instance_file(uid)?.context("the SR is not stored")?;
+        Ok(lightbox_dicom::read_sr(&file)?)
+    };
+
+    let rejected = lightbox(&["sign", "--job", "1", "--as", "Doe^Jane", "--reject"])?;
+    ensure!(rejected.contains("AI finding rejected") && rejected.contains("1 queued for pacs"), "{rejected}");
+    let sr = sr_of(&rejected)?;
+    ensure!(sr.verification == "VERIFIED" && sr.groups.is_empty(), "{sr:?}");
+    let queued: Vec<String> = lightbox(&["outbox", "list"])?.lines().map(str::to_owned).collect();
+    ensure!(queued.len() == 1, "only the report leaves: {queued:?}");
+
+    let edited = lightbox(&["sign", "--job", "1", "--as", "Doe^Jane", "--volume-ml", "250"])?;
+    ensure!(edited.contains("AI finding edited to 250 mL") && edited.contains("2 queued for pacs"), "{edited}");
+    let sr = sr_of(&edited)?;
+    ensure!(sr.groups.len() == 1, "{sr:?}");
+    let g = &sr.groups[0];
+    ensure!(g.tracking_id.contains("AI value edited") && g.person.as_deref() == Some("Doe^Jane"), "{g:?}");
+    ensure!(g.measurements == [("Volume".to_owned(), 250.0, "mL".to_owned(), None)], "{g:?}");
+    ensure!(g.segment.as_ref().is_some_and(|(_, n)| *n == 1), "the edit measures the same segment: {g:?}");
+    ensure!(lightbox(&["results"])?.contains("signed by Doe^Jane"));
+    Ok(())
+}

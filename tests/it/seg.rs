@@ -335,7 +335,13 @@ async fn seg_goes_to_orthanc_and_comes_back_unchanged() -> anyhow::Result<()> {
     let series_uid = s.uid.to_string();
     lightbox_workflow::import(&store, &demo_study())?;
     let job = lightbox_workflow::pipeline::run_pipeline(&store, "threshold-volume", &series_uid, 1500.0, None)?;
-    let signed = lightbox_workflow::pipeline::sign(&store, job.job_id, "Doe^Jane", "pacs")?;
+    let signed = lightbox_workflow::pipeline::sign(
+        &store,
+        job.job_id,
+        "Doe^Jane",
+        "pacs",
+        lightbox_workflow::pipeline::Review::Accept,
+    )?;
     let sr = lightbox_store::Store::open(&store)?.instance_file(&signed.sr_uid)?.context("no signed SR")?;
     let stored = client.store_files(None, std::slice::from_ref(&sr)).await?;
     ensure!(stored.stored == [signed.sr_uid.clone()] && stored.failed.is_empty(), "{stored:?}");

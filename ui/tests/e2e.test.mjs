@@ -232,9 +232,28 @@ test("results: AI values are marked, signing needs a name, then the report is qu
   await page.getByTestId("signer").fill("Doe^Jane");
   await signButton.click();
   await status.filter({ hasText: "Signed by Doe^Jane" }).waitFor();
-  assert.equal(await rows.first().locator("[data-testid=review]").innerText(), "signed by Doe^Jane");
+  assert.equal(await rows.first().locator("[data-testid=review]").innerText(), "signed by Doe^Jane (AI finding accepted)");
   const out = fileURLToPath(new URL("../test-results/", import.meta.url));
   await page.screenshot({ path: join(out, "results-signed.png") });
+});
+
+test("results: the radiologist replaces the AI value with their own before signing", async () => {
+  const page = await browser.newPage({ viewport: { width: 1300, height: 500 } });
+  await page.goto(base);
+  await page.getByTestId("tab-results").click();
+  const status = page.getByTestId("results-status");
+  await status.filter({ hasText: "1 awaiting review" }).waitFor();
+  const row = page.locator("[data-testid=results-table] tbody tr").first();
+  await page.getByTestId("signer").fill("Doe^Jane");
+  await row.getByTestId("verdict").selectOption("edit");
+  // No value typed yet: nothing is signed, and the reason is given.
+  await row.getByRole("button", { name: "Sign and send" }).click();
+  await status.filter({ hasText: "type your volume in mL" }).waitFor();
+  await row.getByTestId("edit-ml").fill("250");
+  await row.getByRole("button", { name: "Sign and send" }).click();
+  await status.filter({ hasText: "Signed by Doe^Jane" }).waitFor();
+  assert.equal(await row.locator("[data-testid=review]").innerText(), "signed by Doe^Jane (AI finding edited to 250 mL)");
+  assert.equal(await row.getByTestId("verdict").count(), 0, "a signed result cannot be reviewed again here");
 });
 
 test("settings: a bad URL is refused with the reason; a good one is saved without the password", async () => {

@@ -109,6 +109,12 @@ enum Commands {
         /// Your name as it should appear in the report, e.g. 'Doe^Jane'.
         #[arg(long = "as")]
         radiologist: String,
+        /// Leave the AI finding out of the report (its segmentation is not sent).
+        #[arg(long, conflicts_with = "volume_ml")]
+        reject: bool,
+        /// Replace the AI volume by your own value, in mL.
+        #[arg(long)]
+        volume_ml: Option<f64>,
         #[arg(long, default_value = "pacs")]
         send_to: String,
         #[arg(long)]
@@ -580,12 +586,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Commands::Sign { job, radiologist, send_to, store } => {
+        Commands::Sign { job, radiologist, reject, volume_ml, send_to, store } => {
+            use lightbox_workflow::pipeline::Review;
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
-            let o = lightbox_workflow::pipeline::sign(&store, job, &radiologist, &send_to)?;
+            let review = match (reject, volume_ml) {
+                (true, _) => Review::Reject,
+                (false, Some(volume_ml)) => Review::Edit { volume_ml },
+                (false, None) => Review::Accept,
+            };
+            let o = lightbox_workflow::pipeline::sign(&store, job, &radiologist, &send_to, review)?;
             println!(
-                "job {job} signed by {radiologist}: SR {} (VERIFIED), {} queued for {send_to}",
-                o.sr_uid, o.queued
+                "job {job} signed by {radiologist}: SR {} (VERIFIED), AI finding {}, {} queued for {send_to}",
+                o.sr_uid,
+                review.describe(),
+                o.queued
             );
         }
         Commands::ExportResults { job, plugins, timeout_secs, store } => {

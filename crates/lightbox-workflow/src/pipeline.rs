@@ -370,7 +370,7 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
                 "series {series} changed since job {id} was queued (a newer job covers it)"
             )));
         }
-        threshold_volume(&mut store, Some(&lease), &job.key, &series, threshold, send_to, None)
+        threshold_volume(&mut store, Some(&lease), &job.key, &series, threshold, send_to, None, Review::Accept)
     })();
     let owner = runner_id();
     match run {
@@ -418,6 +418,7 @@ fn threshold_volume(
     threshold: f64,
     send_to: Option<&str>,
     signed_by: Option<&str>,
+    review: Review,
 ) -> Result<PipelineOutcome, WorkflowError> {
     let files = store.series_files(series_uid)?;
     if files.is_empty() {
@@ -468,6 +469,43 @@ fn threshold_volume(
         },
         &seg_path,
     )?;
+    // The radiologist's verdict on the AI finding: kept as the AI's, left out, or replaced by
+    // their own value (still measuring the same segment).
+    let ai_group = MeasurementGroup {
+        tracking_id: format!("Above {threshold}"),
+        tracking_uid: lightbox_dicom::uid_from(&format!("{key}/tracking")),
+        finding: Some(Code::new("85756007", "SCT", "Tissue")),
+        observer: None,
+        finding_site: None,
+        segment: Some(SegmentRef { seg: seg.clone(), number: 1 }),
+        measurements: vec![Measurement {
+            concept: Code::new("118565006", "SCT", "Volume"),
+            value: volume_mm3,
+            unit: Code::new("mm3", "UCUM", "cubic millimeter"),
+            algorithm: Some(lightbox_dicom::Algorithm {
+                name: name.clone(),
+                version: THRESHOLD_VOLUME_VERSION.into(),
+                parameters: vec![format!("threshold={threshold}")],
+            }),
+        }],
+        qualitative: vec![],
+    };
+    let ai_groups = match (review, signed_by) {
+        (Review::Reject, Some(_)) => vec![],
+        (Review::Edit { volume_ml }, Some(who)) => vec![MeasurementGroup {
+            tracking_id: format!("Radiologist: volume above {threshold} (AI value edited)"),
+            tracking_uid: lightbox_dicom::uid_from(&format!("{key}/tracking/edited")),
+            observer: Some(Observer::Person { name: who.to_owned() }),
+            measurements: vec![Measurement {
+                concept: Code::new("118565006", "SCT", "Volume"),
+                value: volume_ml,
+                unit: Code::new("mL", "UCUM", "milliliter"),
+                algorithm: None,
+            }],
+            ..ai_group
+        }],
+        _ => vec![ai_group],
+    };
     let sr_path = out.path().join("sr.dcm");
     let sr_uid = lightbox_dicom::write_sr(
         set,
@@ -480,27 +518,7 @@ fn threshold_volume(
             .chain(signed_by.map(|who| Observer::Person { name: who.to_owned() }))
             .collect(),
             procedure: Code::new("25056-3", "LN", "MRI unspecified body region"),
-            groups: std::iter::once(MeasurementGroup {
-                tracking_id: format!("Above {threshold}"),
-                tracking_uid: lightbox_dicom::uid_from(&format!("{key}/tracking")),
-                finding: Some(Code::new("85756007", "SCT", "Tissue")),
-                observer: None,
-                finding_site: None,
-                segment: Some(SegmentRef { seg: seg.clone(), number: 1 }),
-                measurements: vec![Measurement {
-                    concept: Code::new("118565006", "SCT", "Volume"),
-                    value: volume_mm3,
-                    unit: Code::new("mm3", "UCUM", "cubic millimeter"),
-                    algorithm: Some(lightbox_dicom::Algorithm {
-                        name,
-                        version: THRESHOLD_VOLUME_VERSION.into(),
-                        parameters: vec![format!("threshold={threshold}")],
-                    }),
-                }],
-                qualitative: vec![],
-            })
-            .chain(radiologist_groups(store, series_uid, key, signed_by)?)
-            .collect(),
+            groups: ai_groups.into_iter().chain(radiologist_groups(store, series_uid, key, signed_by)?).collect(),
             series_description: match signed_by {
                 Some(_) => "AI measurements, signed (research, not for clinical use)".into(),
                 None => "AI: measurements (research, not for clinical use)".into(),
@@ -510,7 +528,9 @@ fn threshold_volume(
             verifying_organization: crate::settings::institution(),
             uid_seed: Some(match signed_by {
                 // A different set of measurements is a different report: a new UID.
-                Some(name) => format!("{key}/signed-by/{name}/{}", measurements_digest(store, series_uid)?),
+                Some(name) => {
+                    format!("{key}/signed-by/{name}/{}/{}", review.tag(), measurements_digest(store, series_uid)?)
+                }
                 None => key.to_owned(),
             }),
         },
@@ -520,6 +540,10 @@ fn threshold_volume(
     let mut queued = 0;
     for path in [&seg_path, &sr_path] {
         store.import_file(path)?;
+        // A rejected segmentation stays here; only the report saying so leaves.
+        if matches!(review, Review::Reject) && signed_by.is_some() && path == &seg_path {
+            continue;
+        }
         if let Some(destination) = send_to
             && let lightbox_store::Enqueued::Queued(_) = store.outbox_enqueue(path, destination)?
         {
@@ -644,6 +668,36 @@ pub fn measurements(store_dir: &Path, series_uid: &str) -> Result<Vec<lightbox_s
     Ok(Store::open(store_dir)?.measurements(series_uid)?)
 }
 
+/// What the radiologist decided about the AI finding when signing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Review {
+    /// The AI value goes into the report as the AI's.
+    Accept,
+    /// Left out of the report; the segmentation is not sent.
+    Reject,
+    /// Replaced by the radiologist's own value (mL), as their measurement of the same segment.
+    Edit { volume_ml: f64 },
+}
+
+impl Review {
+    fn tag(self) -> String {
+        match self {
+            Self::Accept => "accept".into(),
+            Self::Reject => "reject".into(),
+            Self::Edit { volume_ml } => format!("edit={volume_ml}"),
+        }
+    }
+
+    /// In words, for the results screen and the audit log.
+    pub fn describe(self) -> String {
+        match self {
+            Self::Accept => "accepted".into(),
+            Self::Reject => "rejected".into(),
+            Self::Edit { volume_ml } => format!("edited to {volume_ml} mL"),
+        }
+    }
+}
+
 /// One analysis result, for the results screen.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ResultRow {
@@ -657,6 +711,8 @@ pub struct ResultRow {
     pub sr_uid: Option<String>,
     /// Who signed it; `None` while it awaits review.
     pub signed_by: Option<String>,
+    /// What they decided about the AI finding ("accepted", "rejected", "edited to … mL").
+    pub review: Option<String>,
     pub error: Option<String>,
 }
 
@@ -680,6 +736,7 @@ pub fn results(store_dir: &Path) -> Result<Vec<ResultRow>, WorkflowError> {
                 seg_uid: text(&result["seg"]),
                 sr_uid: text(&result["signed_sr"]).or_else(|| text(&result["sr"])),
                 signed_by: text(&result["signed_by"]),
+                review: text(&result["review"]),
                 error: job.error,
             }
         })
@@ -689,7 +746,18 @@ pub fn results(store_dir: &Path) -> Result<Vec<ResultRow>, WorkflowError> {
 /// A radiologist signs a result: a VERIFIED SR naming them (a new instance, its UID derived
 /// from the job and the signer) and the SEG are put in the outbox for `send_to`. Unsigned AI
 /// results never reach the PACS unless a rule says auto_send.
-pub fn sign(store_dir: &Path, job_id: i64, radiologist: &str, send_to: &str) -> Result<PipelineOutcome, WorkflowError> {
+pub fn sign(
+    store_dir: &Path,
+    job_id: i64,
+    radiologist: &str,
+    send_to: &str,
+    review: Review,
+) -> Result<PipelineOutcome, WorkflowError> {
+    if let Review::Edit { volume_ml } = review
+        && !(volume_ml.is_finite() && volume_ml >= 0.0)
+    {
+        return Err(WorkflowError::Analysis(format!("an edited volume of {volume_ml} mL is not a volume")));
+    }
     let radiologist = radiologist.trim();
     if radiologist.is_empty() {
         return Err(WorkflowError::Analysis("a signature needs the radiologist's name".into()));
@@ -721,14 +789,20 @@ pub fn sign(store_dir: &Path, job_id: i64, radiologist: &str, send_to: &str) -> 
         )));
     }
     let mut outcome =
-        threshold_volume(&mut store, None, &job.key, &series, threshold, Some(send_to), Some(radiologist))?;
+        threshold_volume(&mut store, None, &job.key, &series, threshold, Some(send_to), Some(radiologist), review)?;
     outcome.job_id = job_id;
     let mut result: serde_json::Value =
         job.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_else(|| serde_json::json!({}));
     result["signed_sr"] = serde_json::Value::from(outcome.sr_uid.clone());
     result["signed_by"] = serde_json::Value::from(radiologist);
+    result["review"] = serde_json::Value::from(review.describe());
     store.job_set_result(job_id, &result.to_string())?;
-    store.audit(radiologist, "sign", &series, &format!("job {job_id}: SR {}", outcome.sr_uid))?;
+    store.audit(
+        radiologist,
+        "sign",
+        &series,
+        &format!("job {job_id}: SR {}, AI finding {}", outcome.sr_uid, review.describe()),
+    )?;
     Ok(outcome)
 }
 

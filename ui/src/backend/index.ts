@@ -15,6 +15,7 @@ export type {
   PacsStatus,
   Progress,
   PushEvent,
+  Review,
   Series,
   SeriesList,
   Settings,

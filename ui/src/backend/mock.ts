@@ -95,11 +95,15 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       return "/mock/config.toml";
     },
     results: async () => structuredClone(results),
-    signResult: async (jobId, radiologist) => {
+    signResult: async (jobId, radiologist, review) => {
       const r = results.find((x) => x.jobId === jobId);
       if (!r || r.state !== "done") throw { code: "analysis", message: `job ${jobId} cannot be signed` };
       if (!radiologist.trim()) throw { code: "analysis", message: "a signature needs the radiologist's name" };
+      if (review.kind === "edit" && !(review.volumeMl >= 0)) {
+        throw { code: "analysis", message: `an edited volume of ${review.volumeMl} mL is not a volume` };
+      }
       r.signedBy = radiologist.trim();
+      r.review = review.kind === "accept" ? "accepted" : review.kind === "reject" ? "rejected" : `edited to ${review.volumeMl} mL`;
       r.srUid = `${r.srUid}.signed`;
       outbox.push({
         id: outbox.length + 1,
@@ -295,6 +299,7 @@ const demoResults: AnalysisResult[] = [
     segUid: "2.25.1",
     srUid: "2.25.2",
     signedBy: null,
+    review: null,
     error: null,
   },
   {
@@ -306,6 +311,7 @@ const demoResults: AnalysisResult[] = [
     segUid: null,
     srUid: null,
     signedBy: null,
+    review: null,
     error: "no voxel of series 1.2.3.4.6 is above 1500",
   },
 ];

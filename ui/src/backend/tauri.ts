@@ -45,7 +45,13 @@ export const tauriBackend: Backend = {
   getSettings: () => invoke<Settings>("get_settings"),
   saveSettings: (settings, secret) => invoke<string>("save_settings", { settings, secret }),
   results: () => invoke<AnalysisResult[]>("results"),
-  signResult: (jobId, radiologist) => invoke<string>("sign_result", { jobId, radiologist }),
+  signResult: (jobId, radiologist, review) =>
+    invoke<string>("sign_result", {
+      jobId,
+      radiologist,
+      review: review.kind,
+      volumeMl: review.kind === "edit" ? review.volumeMl : null,
+    }),
   outbox: () => invoke<OutboxRow[]>("outbox"),
   drainOutbox: () => invoke<DrainReport>("drain_outbox"),
   cancelOutbox: (id) => invoke<boolean>("cancel_outbox", { id }),

@@ -140,8 +140,13 @@ export interface AnalysisResult {
   segUid: string | null;
   srUid: string | null;
   signedBy: string | null;
+  /** What the radiologist decided about the AI finding: "accepted", "rejected", "edited to … mL". */
+  review: string | null;
   error: string | null;
 }
+
+/** The radiologist's verdict on an AI finding when signing. */
+export type Review = { kind: "accept" } | { kind: "reject" } | { kind: "edit"; volumeMl: number };
 
 /** One analysis job (queued, running or ended). */
 export interface Job {
@@ -196,8 +201,8 @@ export interface SiteBackend {
   /** Saves the settings; `secret` (password or token) goes to the OS keyring. Resolves to the file's path. */
   saveSettings(settings: Settings, secret: string | null): Promise<string>;
   results(): Promise<AnalysisResult[]>;
-  /** Signs a result as `radiologist`; resolves to the signed SR's SOP Instance UID. */
-  signResult(jobId: number, radiologist: string): Promise<string>;
+  /** Signs a result as `radiologist` with their verdict on the AI finding; resolves to the signed SR's UID. */
+  signResult(jobId: number, radiologist: string, review: Review): Promise<string>;
   outbox(): Promise<OutboxRow[]>;
   drainOutbox(): Promise<DrainReport>;
   /** Takes a pending or refused row out of the outbox; false when it is being sent or was sent. */
