@@ -370,7 +370,7 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
                 "series {series} changed since job {id} was queued (a newer job covers it)"
             )));
         }
-        threshold_volume(&mut store, Some(&lease), &job.key, &series, threshold, send_to, None, Review::Accept)
+        threshold_volume(&mut store, Some(&lease), &job.key, &series, threshold, send_to, None)
     })();
     let owner = runner_id();
     match run {
@@ -417,9 +417,10 @@ fn threshold_volume(
     series_uid: &str,
     threshold: f64,
     send_to: Option<&str>,
-    signed_by: Option<&str>,
-    review: Review,
+    signoff: Option<(&str, Review)>,
 ) -> Result<PipelineOutcome, WorkflowError> {
+    let signed_by = signoff.map(|(who, _)| who);
+    let review = signoff.map_or(Review::Accept, |(_, review)| review);
     let files = store.series_files(series_uid)?;
     if files.is_empty() {
         return Err(WorkflowError::UnknownSeries { uid: series_uid.to_owned(), folder: store.root().to_owned() });
@@ -789,7 +790,7 @@ pub fn sign(
         )));
     }
     let mut outcome =
-        threshold_volume(&mut store, None, &job.key, &series, threshold, Some(send_to), Some(radiologist), review)?;
+        threshold_volume(&mut store, None, &job.key, &series, threshold, Some(send_to), Some((radiologist, review)))?;
     outcome.job_id = job_id;
     let mut result: serde_json::Value =
         job.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_else(|| serde_json::json!({}));
