@@ -369,6 +369,19 @@ async fn rerun_job(site: tauri::State<'_, Site>, id: i64) -> Result<(), ErrorDto
     .await
 }
 
+/// Opens the viewer on a result: its series with the segmentation drawn over it.
+#[tauri::command]
+async fn open_result(site: tauri::State<'_, Site>, job_id: i64) -> Result<(), ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| {
+        let mut child = lightbox_workflow::open_result_in_viewer(&store, job_id)?;
+        eprintln!("lightbox-workstation: viewer opened on job {job_id} (pid {})", child.id());
+        std::thread::spawn(move || child.wait());
+        Ok(())
+    })
+    .await
+}
+
 /// Whether the configured PACS answers, and how fast.
 #[tauri::command]
 async fn pacs_status(site: tauri::State<'_, Site>) -> Result<PacsStatusDto, ErrorDto> {
@@ -467,6 +480,7 @@ fn main() -> anyhow::Result<()> {
             jobs,
             cancel_job,
             rerun_job,
+            open_result,
             pacs_status
         ])
         .run(tauri::generate_context!())?;

@@ -135,3 +135,31 @@ fn viewer_draws_a_segmentation_over_its_series() -> anyhow::Result<()> {
     assert!(child.0.try_wait()?.is_none(), "viewer exited");
     Ok(())
 }
+
+/// An analysis result opened from the store (`lightbox view --job N`): the viewer shows the
+/// analysed series with the result's SEG placed on every slice it covers.
+#[test]
+fn a_result_opens_in_the_viewer_with_its_segmentation() -> anyhow::Result<()> {
+    let store = tempfile::tempdir()?;
+    lightbox_workflow::import(store.path(), &demo_study())?;
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let series = report.series().next().map(|(_, s)| s.uid.to_string()).unwrap_or_default();
+    lightbox_workflow::pipeline::run_pipeline(store.path(), "threshold-volume", &series, 1500.0, None)?;
+    let x = Xvfb::start()?;
+    let mut child = x
+        .command(&bin("lightbox")?)
+        .args(["view", "--job", "1", "--store"])
+        .arg(store.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let _child = KillOnDrop(child);
+    let placed = stdout.wait_for("lightbox-viewer: SEG", Duration::from_secs(60))?;
+    assert!(placed.contains("(BINARY): 1 segments") && placed.contains("0 not on this series"), "{placed}");
+    stdout.wait_for("first frame presented", Duration::from_secs(120))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let shown = coloured_pixels(&x, "viewer-result-seg.png")?;
+    assert!(shown > 500, "only {shown} coloured pixels: the result's segmentation is not drawn");
+    Ok(())
+}

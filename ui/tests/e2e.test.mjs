@@ -245,6 +245,8 @@ test("results: the radiologist replaces the AI value with their own before signi
   await status.filter({ hasText: "1 awaiting review" }).waitFor();
   const row = page.locator("[data-testid=results-table] tbody tr").first();
   await page.getByTestId("signer").fill("Doe^Jane");
+  await row.getByTestId("view-result").click();
+  await status.filter({ hasText: "Viewer opened on job 2 with its segmentation" }).waitFor();
   await row.getByTestId("verdict").selectOption("edit");
   // No value typed yet: nothing is signed, and the reason is given.
   await row.getByRole("button", { name: "Sign and send" }).click();

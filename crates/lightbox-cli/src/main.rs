@@ -84,6 +84,13 @@ enum Commands {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+    /// Open the viewer on an analysis result: its series with the segmentation drawn over it.
+    View {
+        #[arg(long)]
+        job: i64,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Read a DICOM SEG or SR (ours or anyone's): segments and frames, or measurement groups
     /// and values. With --images, places the SEG on that series and counts voxels per segment.
     Inspect {
@@ -560,6 +567,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Commands::Inspect { file, images } => inspect(&file, images.as_deref())?,
+        Commands::View { job, store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let status =
+                lightbox_workflow::open_result_in_viewer(&store, job)?.wait().context("waiting for the viewer")?;
+            anyhow::ensure!(status.success(), "the viewer ended with {status}");
+        }
         Commands::Measure { command, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             match command {

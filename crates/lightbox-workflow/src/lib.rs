@@ -294,6 +294,46 @@ pub fn open_viewer(folder: &Path, series: Option<&SeriesInstanceUid>) -> Result<
 
 /// Opens the viewer like [`open_viewer`] and lets it run on its own: a background thread waits
 /// for it, so a closed viewer leaves no zombie process behind. Returns the viewer's process id.
+/// Opens the viewer on an analysis result: the analysed series with its segmentation drawn
+/// over it (the viewer's `--seg`). The series' stored files are linked into a folder of their
+/// own under the store, so the viewer reads only them.
+pub fn open_result_in_viewer(store_dir: &Path, job_id: i64) -> Result<Child, WorkflowError> {
+    let row = pipeline::results(store_dir)?
+        .into_iter()
+        .find(|r| r.job_id == job_id)
+        .ok_or_else(|| WorkflowError::Analysis(format!("no analysis job {job_id}")))?;
+    let store = lightbox_store::Store::open(store_dir)?;
+    let files = store.series_files(&row.series_uid)?;
+    if files.is_empty() {
+        return Err(WorkflowError::UnknownSeries { uid: row.series_uid, folder: store_dir.to_owned() });
+    }
+    let seg = match &row.seg_uid {
+        Some(uid) => store.instance_file(uid)?,
+        None => None,
+    };
+    let folder = store_dir.join("tmp").join(format!("view-job-{job_id}"));
+    let io = |source| WorkflowError::Io { path: folder.clone(), source };
+    if folder.exists() {
+        std::fs::remove_dir_all(&folder).map_err(io)?;
+    }
+    std::fs::create_dir_all(&folder).map_err(io)?;
+    for (i, file) in files.iter().enumerate() {
+        let link = folder.join(format!("{i:05}.dcm"));
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(file, &link).map_err(io)?;
+        #[cfg(not(unix))]
+        std::fs::copy(file, &link).map(|_| ()).map_err(io)?;
+    }
+    let program = viewer_program();
+    let mut command = Command::new(&program);
+    command.arg(&folder).arg("--series").arg(&row.series_uid);
+    if let Some(seg) = seg {
+        command.arg("--seg").arg(seg);
+    }
+    tracing::info!(program = %program.display(), job_id, "opening viewer on a result");
+    command.spawn().map_err(|source| WorkflowError::ViewerLaunch { program, source })
+}
+
 pub fn open_viewer_detached(folder: &Path, series: Option<&SeriesInstanceUid>) -> Result<u32, WorkflowError> {
     let mut child = open_viewer(folder, series)?;
     let pid = child.id();

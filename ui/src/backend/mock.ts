@@ -164,6 +164,11 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       job.error = null;
       job.seconds = 0.3;
     },
+    openResult: async (jobId) => {
+      const r = results.find((x) => x.jobId === jobId);
+      if (!r || r.state !== "done") throw { code: "analysis", message: `no finished analysis job ${jobId}` };
+      opened.push(`job ${jobId}`);
+    },
     pacsStatus: async () => ({
       configured: true,
       name: "mock-pacs",

@@ -60,4 +60,5 @@ export const tauriBackend: Backend = {
   cancelJob: (id) => invoke<boolean>("cancel_job", { id }),
   rerunJob: (id) => invoke<void>("rerun_job", { id }),
   pacsStatus: () => invoke<PacsStatus>("pacs_status"),
+  openResult: (jobId) => invoke<void>("open_result", { jobId }),
 };

@@ -215,4 +215,6 @@ export interface SiteBackend {
   /** Runs a failed or cancelled job again; resolves when it has finished. */
   rerunJob(id: number): Promise<void>;
   pacsStatus(): Promise<PacsStatus>;
+  /** Opens the viewer on a result: its series with the segmentation drawn over it. */
+  openResult(jobId: number): Promise<void>;
 }
