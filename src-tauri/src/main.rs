@@ -99,6 +99,34 @@ fn start_listening(
     Ok(Some((format!("{aet} on port {}", handle.local_addr().port()), handle)))
 }
 
+/// Starts the workflow engine when `LIGHTBOX_RULES` names a rules file: series that arrive
+/// (pushes, retrievals, imports) are analysed as the rules say, shown on the Jobs and Results
+/// screens; results wait for sign-off unless a rule says auto_send.
+fn start_engine(
+    store: &std::path::Path,
+    pacs: Option<PacsSettings>,
+) -> anyhow::Result<Option<lightbox_workflow::engine::Engine>> {
+    let Some(path) = std::env::var_os("LIGHTBOX_RULES").filter(|p| !p.is_empty()) else {
+        return Ok(None);
+    };
+    let rules = lightbox_workflow::pipeline::Rules::load(std::path::Path::new(&path))?;
+    eprintln!("lightbox-workstation: analysing arrivals with {} rules from {}", rules.rules.len(), path.display());
+    let (events, received) = std::sync::mpsc::channel();
+    let engine = lightbox_workflow::engine::Engine::start(
+        store,
+        rules,
+        pacs,
+        lightbox_workflow::engine::EngineConfig::from_env(),
+        events,
+    );
+    std::thread::spawn(move || {
+        for event in received {
+            eprintln!("lightbox-workstation: engine: {event}");
+        }
+    });
+    Ok(Some(engine))
+}
+
 /// The UI subscribes to incoming pushes; returns what the SCP listens as, if it does.
 #[tauri::command]
 fn subscribe_pushes(site: tauri::State<'_, Site>, on_event: Channel<PushEventDto>) -> Option<String> {
@@ -456,6 +484,7 @@ fn main() -> anyhow::Result<()> {
         push_listeners,
     };
     let _scp = scp.map(|(_, handle)| handle); // listens as long as the app runs
+    let _engine = start_engine(&site.store, site.pacs())?; // analyses as long as the app runs
     tauri::Builder::default()
         .manage(Folder(folder))
         .manage(site)

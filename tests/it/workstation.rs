@@ -98,7 +98,8 @@ fn workstation_worklist_shows_local_and_pacs_studies() -> anyhow::Result<()> {
 }
 
 /// DICOM pushes to the workstation: Orthanc sends the demo study to its C-STORE SCP; the
-/// instances land in the store and the header says so.
+/// instances land in the store and the header says so. With dispatch rules the workstation
+/// analyses the pushed series by itself; the result waits for sign-off.
 #[test]
 fn workstation_receives_a_push_from_the_pacs() -> anyhow::Result<()> {
     use lightbox_tests::orthanc::{Orthanc, OrthancOptions, free_port};
@@ -112,12 +113,23 @@ fn workstation_receives_a_push_from_the_pacs() -> anyhow::Result<()> {
         ids.push(orthanc.upload(&entry?.path())?);
     }
     let store = tempfile::tempdir()?;
+    let rules = store.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"ADC maps\"\npipeline = \"threshold-volume\"\nsequence = [\"ADC\"]\nthreshold = 1500.0\n",
+    )?;
     let x = Xvfb::start()?;
     let (mut stderr, _child) = workstation(
         &x,
         store.path(),
         None,
-        &[("LIGHTBOX_LISTEN_PORT", port.to_string()), ("LIGHTBOX_AET", "LIGHTBOX".to_owned())],
+        &[
+            ("LIGHTBOX_LISTEN_PORT", port.to_string()),
+            ("LIGHTBOX_AET", "LIGHTBOX".to_owned()),
+            ("LIGHTBOX_RULES", rules.display().to_string()),
+            ("LIGHTBOX_SETTLE_MS", "500".to_owned()),
+            ("LIGHTBOX_ENGINE_POLL_MS", "300".to_owned()),
+        ],
     )?;
     stderr.wait_for(&format!("listening as LIGHTBOX on port {port}"), Duration::from_secs(120))?;
     stderr.wait_for("ui ready: 1 rows", Duration::from_secs(60))?;
@@ -127,8 +139,11 @@ fn workstation_receives_a_push_from_the_pacs() -> anyhow::Result<()> {
         orthanc.request("POST", "/modalities/workstation/store", Some((&body, "application/json")))?;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
     stderr.wait_for("received 20 instances from ORTHANC", Duration::from_secs(30))?;
+    let done = stderr.wait_for("engine: pipeline threshold-volume on", Duration::from_secs(60))?;
+    assert!(done.contains("job 1 done") && done.contains("0 queued for the PACS"), "{done}");
     let local = lightbox_store::Store::open(store.path())?;
-    assert_eq!(local.instance_count()?, 20);
+    // The 20 pushed instances, and the SEG and SR of the analysis, which wait for sign-off.
+    assert_eq!(local.instance_count()?, 22);
     assert!(local.verify()?.is_consistent());
     std::thread::sleep(Duration::from_millis(500));
     x.screenshot(&screenshot_dir()?.join("workstation-received-push.png"))?;

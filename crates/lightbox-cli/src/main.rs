@@ -668,7 +668,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Some(JobsCommand::Rerun { id }) => {
                     let outcome = lightbox_workflow::pipeline::rerun(&store, id)?;
-                    println!("{}", outcome_line("job", &id.to_string(), &outcome));
+                    println!("{}", outcome.describe("job", &id.to_string()));
                 }
             }
         }
@@ -725,7 +725,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let out = out.clone();
                     std::thread::spawn(move || {
                         for event in engine_events {
-                            if say(&out, &engine_line(&event)).is_err() {
+                            if say(&out, &event.to_string()).is_err() {
                                 break;
                             }
                         }
@@ -932,38 +932,8 @@ fn inspect(file: &std::path::Path, images: Option<&std::path::Path>) -> anyhow::
     Ok(())
 }
 
-/// One engine event as a line of `lightbox listen`'s output.
-fn engine_line(event: &lightbox_workflow::engine::EngineEvent) -> String {
-    use lightbox_workflow::engine::EngineEvent as E;
-    match event {
-        E::Queued { job_id, pipeline, series_uid, rule } => {
-            format!("job {job_id} queued: rule {rule:?} -> {pipeline} on {series_uid}")
-        }
-        E::Unmatched { series_uid } => format!("series {series_uid}: no rule matches"),
-        E::AlreadyDone { job_id, pipeline, series_uid } => {
-            format!("pipeline {pipeline} on {series_uid}: done before (job {job_id}), not run again")
-        }
-        E::Started { job_id, device } => format!("job {job_id} started on the {device}"),
-        E::Finished { pipeline, series_uid, outcome, .. } => outcome_line(pipeline, series_uid, outcome),
-        E::Failed { job_id, error } => format!("job {job_id} failed: {error}"),
-        E::Sent { sent, failed, detail } => format!("outbox: sent {sent}, refused {failed} ({detail})"),
-        E::Error { detail } => format!("error: {detail}"),
-    }
-}
-
-fn outcome_line(pipeline: &str, series: &str, o: &lightbox_workflow::pipeline::PipelineOutcome) -> String {
-    if o.ran {
-        format!(
-            "pipeline {pipeline} on {series}: job {} done, volume {:.1} mm3, SEG {} + SR {}, {} queued for the PACS",
-            o.job_id, o.volume_mm3, o.seg_uid, o.sr_uid, o.queued
-        )
-    } else {
-        format!("pipeline {pipeline} on {series}: done before (job {}), not run again", o.job_id)
-    }
-}
-
 fn print_outcome(pipeline: &str, series: &str, o: &lightbox_workflow::pipeline::PipelineOutcome) {
-    println!("{}", outcome_line(pipeline, series, o));
+    println!("{}", o.describe(pipeline, series));
 }
 
 /// One study as a worklist line, local or on the PACS.

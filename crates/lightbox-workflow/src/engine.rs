@@ -105,6 +105,27 @@ pub enum EngineEvent {
     },
 }
 
+impl std::fmt::Display for EngineEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Queued { job_id, pipeline, series_uid, rule } => {
+                write!(f, "job {job_id} queued: rule {rule:?} -> {pipeline} on {series_uid}")
+            }
+            Self::Unmatched { series_uid } => write!(f, "series {series_uid}: no rule matches"),
+            Self::AlreadyDone { job_id, pipeline, series_uid } => {
+                write!(f, "pipeline {pipeline} on {series_uid}: done before (job {job_id}), not run again")
+            }
+            Self::Started { job_id, device } => write!(f, "job {job_id} started on the {device}"),
+            Self::Finished { pipeline, series_uid, outcome, .. } => {
+                f.write_str(&outcome.describe(pipeline, series_uid))
+            }
+            Self::Failed { job_id, error } => write!(f, "job {job_id} failed: {error}"),
+            Self::Sent { sent, failed, detail } => write!(f, "outbox: sent {sent}, refused {failed} ({detail})"),
+            Self::Error { detail } => write!(f, "error: {detail}"),
+        }
+    }
+}
+
 enum Message {
     Arrived(Vec<String>),
     /// Found in the store by polling: dispatched like arrivals, but without "done before" or

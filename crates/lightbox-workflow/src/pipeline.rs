@@ -202,6 +202,20 @@ pub struct PipelineOutcome {
     pub queued: usize,
 }
 
+impl PipelineOutcome {
+    /// One line for logs and the CLI.
+    pub fn describe(&self, pipeline: &str, series: &str) -> String {
+        if self.ran {
+            format!(
+                "pipeline {pipeline} on {series}: job {} done, volume {:.1} mm3, SEG {} + SR {}, {} queued for the PACS",
+                self.job_id, self.volume_mm3, self.seg_uid, self.sr_uid, self.queued
+            )
+        } else {
+            format!("pipeline {pipeline} on {series}: done before (job {}), not run again", self.job_id)
+        }
+    }
+}
+
 /// A job to be: its key (input + pipeline version + parameters), device and payload.
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobPlan {
