@@ -348,3 +348,32 @@ impl From<lightbox_workflow::pacs::PacsStatus> for PacsStatusDto {
         }
     }
 }
+
+/// A measurement the radiologist made on a series.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeasurementDto {
+    id: i64,
+    series_uid: String,
+    kind: String,
+    label: String,
+    value: f64,
+    unit: String,
+    author: String,
+    created_at: String,
+}
+
+impl From<lightbox_store::Measurement> for MeasurementDto {
+    fn from(m: lightbox_store::Measurement) -> Self {
+        Self {
+            id: m.id,
+            series_uid: m.series_uid,
+            kind: m.kind,
+            label: m.label,
+            value: m.value,
+            unit: m.unit,
+            author: m.author,
+            created_at: m.created_at,
+        }
+    }
+}

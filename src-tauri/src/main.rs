@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use dto::{
-    DrainDto, ErrorDto, FileIssueDto, JobDto, OutboxRowDto, PacsStatusDto, ProgressDto, PushEventDto, ResultDto,
-    SeriesListDto, TransferSummaryDto, WorklistDto, WorklistQueryDto,
+    DrainDto, ErrorDto, FileIssueDto, JobDto, MeasurementDto, OutboxRowDto, PacsStatusDto, ProgressDto, PushEventDto,
+    ResultDto, SeriesListDto, TransferSummaryDto, WorklistDto, WorklistQueryDto,
 };
 use lightbox_core::SeriesInstanceUid;
 use lightbox_workflow::pacs::{PacsSettings, TransferControl};
@@ -397,6 +397,43 @@ async fn rerun_job(site: tauri::State<'_, Site>, id: i64) -> Result<(), ErrorDto
     .await
 }
 
+/// The radiologist's measurements on a series.
+#[tauri::command]
+async fn measurements(site: tauri::State<'_, Site>, series_uid: String) -> Result<Vec<MeasurementDto>, ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| {
+        Ok(lightbox_workflow::pipeline::measurements(&store, &series_uid)?
+            .into_iter()
+            .map(MeasurementDto::from)
+            .collect())
+    })
+    .await
+}
+
+/// Records a measurement; it goes into the report the radiologist signs.
+#[tauri::command]
+async fn add_measurement(
+    site: tauri::State<'_, Site>,
+    series_uid: String,
+    kind: String,
+    label: String,
+    value: f64,
+    unit: String,
+    author: String,
+) -> Result<i64, ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| {
+        Ok(lightbox_workflow::pipeline::add_measurement(&store, &series_uid, &kind, &label, value, &unit, &author)?)
+    })
+    .await
+}
+
+#[tauri::command]
+async fn remove_measurement(site: tauri::State<'_, Site>, id: i64) -> Result<bool, ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| Ok(lightbox_workflow::pipeline::remove_measurement(&store, id)?)).await
+}
+
 /// Opens the viewer on a result: its series with the segmentation drawn over it.
 #[tauri::command]
 async fn open_result(site: tauri::State<'_, Site>, job_id: i64) -> Result<(), ErrorDto> {
@@ -510,6 +547,9 @@ fn main() -> anyhow::Result<()> {
             cancel_job,
             rerun_job,
             open_result,
+            measurements,
+            add_measurement,
+            remove_measurement,
             pacs_status
         ])
         .run(tauri::generate_context!())?;

@@ -247,6 +247,15 @@ test("results: the radiologist replaces the AI value with their own before signi
   await page.getByTestId("signer").fill("Doe^Jane");
   await row.getByTestId("view-result").click();
   await status.filter({ hasText: "Viewer opened on job 2 with its segmentation" }).waitFor();
+  // Their own measurement first: it is recorded under their name for the report.
+  await row.getByTestId("measure-result").click();
+  const section = page.getByTestId("measurements");
+  await section.getByText("None yet.").waitFor();
+  await page.getByTestId("m-label").fill("Lesion 1 long axis");
+  await page.getByTestId("m-value").fill("12.5");
+  await page.getByTestId("m-add").click();
+  await status.filter({ hasText: "recorded; it goes into the report you sign" }).waitFor();
+  assert.match(await section.locator("tbody tr").first().innerText(), /Lesion 1 long axis\s+diameter\s+12\.5 mm\s+Doe\^Jane/);
   await row.getByTestId("verdict").selectOption("edit");
   // No value typed yet: nothing is signed, and the reason is given.
   await row.getByRole("button", { name: "Sign and send" }).click();
@@ -256,6 +265,8 @@ test("results: the radiologist replaces the AI value with their own before signi
   await status.filter({ hasText: "Signed by Doe^Jane" }).waitFor();
   assert.equal(await row.locator("[data-testid=review]").innerText(), "signed by Doe^Jane (AI finding edited to 250 mL)");
   assert.equal(await row.getByTestId("verdict").count(), 0, "a signed result cannot be reviewed again here");
+  const out = fileURLToPath(new URL("../test-results/", import.meta.url));
+  await page.screenshot({ path: join(out, "results-reviewed.png") });
 });
 
 test("settings: a bad URL is refused with the reason; a good one is saved without the password", async () => {

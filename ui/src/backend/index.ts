@@ -11,6 +11,7 @@ export type {
   DrainReport,
   FileIssue,
   Job,
+  Measurement,
   OutboxRow,
   PacsStatus,
   Progress,

@@ -1,4 +1,4 @@
-import type { AnalysisResult, Backend, Job, OutboxRow, Settings, Progress, PushEvent, SeriesList, WorklistQuery, WorklistRow } from "./types";
+import type { AnalysisResult, Backend, Job, Measurement, OutboxRow, Settings, Progress, PushEvent, SeriesList, WorklistQuery, WorklistRow } from "./types";
 
 /** DICOM-style wildcard match (`*`, `?`), case-insensitive, as the store and PACS do. */
 export function wildcardMatch(pattern: string, value: string): boolean {
@@ -28,6 +28,7 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
   const cancelled = new Set<string>();
   const results = structuredClone(demoResults);
   const jobs = structuredClone(demoJobs);
+  const measurements: Measurement[] = [];
   let settings: Settings = { pacs: null, listen: null };
   return {
     kind: "browser-mock",
@@ -168,6 +169,24 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       const r = results.find((x) => x.jobId === jobId);
       if (!r || r.state !== "done") throw { code: "analysis", message: `no finished analysis job ${jobId}` };
       opened.push(`job ${jobId}`);
+    },
+    measurements: async (seriesUid) => structuredClone(measurements.filter((m) => m.seriesUid === seriesUid)),
+    addMeasurement: async (m) => {
+      const units = ["mm", "cm", "mm2", "cm2", "mm3", "cm3", "mL", "um2/s", "{ratio}"];
+      if (!units.includes(m.unit)) throw { code: "analysis", message: `measurement: unit "${m.unit}"` };
+      if (!Number.isFinite(m.value)) throw { code: "analysis", message: `measurement: value ${m.value} is not a number` };
+      if (!m.label.trim() || !m.author.trim()) {
+        throw { code: "analysis", message: "measurement: a label and the radiologist's name are needed" };
+      }
+      const id = measurements.length + 1;
+      measurements.push({ ...m, id, createdAt: "2026-11-25T12:05:00Z" });
+      return id;
+    },
+    removeMeasurement: async (id) => {
+      const i = measurements.findIndex((m) => m.id === id);
+      if (i < 0) return false;
+      measurements.splice(i, 1);
+      return true;
     },
     pacsStatus: async () => ({
       configured: true,

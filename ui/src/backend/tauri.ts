@@ -5,6 +5,7 @@ import type {
   Backend,
   DrainReport,
   Job,
+  Measurement,
   OutboxRow,
   PacsStatus,
   Progress,
@@ -61,4 +62,7 @@ export const tauriBackend: Backend = {
   rerunJob: (id) => invoke<void>("rerun_job", { id }),
   pacsStatus: () => invoke<PacsStatus>("pacs_status"),
   openResult: (jobId) => invoke<void>("open_result", { jobId }),
+  measurements: (seriesUid) => invoke<Measurement[]>("measurements", { seriesUid }),
+  addMeasurement: (m) => invoke<number>("add_measurement", { ...m }),
+  removeMeasurement: (id) => invoke<boolean>("remove_measurement", { id }),
 };

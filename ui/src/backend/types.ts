@@ -145,6 +145,19 @@ export interface AnalysisResult {
   error: string | null;
 }
 
+/** A measurement the radiologist made on a series (it goes into the report they sign). */
+export interface Measurement {
+  id: number;
+  seriesUid: string;
+  kind: "length" | "diameter" | "area" | "volume" | "mean" | "sd";
+  label: string;
+  value: number;
+  /** UCUM: mm, cm, mm2, cm2, mm3, cm3, mL, um2/s, {ratio}. */
+  unit: string;
+  author: string;
+  createdAt: string;
+}
+
 /** The radiologist's verdict on an AI finding when signing. */
 export type Review = { kind: "accept" } | { kind: "reject" } | { kind: "edit"; volumeMl: number };
 
@@ -217,4 +230,8 @@ export interface SiteBackend {
   pacsStatus(): Promise<PacsStatus>;
   /** Opens the viewer on a result: its series with the segmentation drawn over it. */
   openResult(jobId: number): Promise<void>;
+  measurements(seriesUid: string): Promise<Measurement[]>;
+  /** Records a measurement; resolves to its id. */
+  addMeasurement(m: Omit<Measurement, "id" | "createdAt">): Promise<number>;
+  removeMeasurement(id: number): Promise<boolean>;
 }
