@@ -363,8 +363,8 @@ pub struct MeasurementDto {
     created_at: String,
 }
 
-impl From<lightbox_store::Measurement> for MeasurementDto {
-    fn from(m: lightbox_store::Measurement) -> Self {
+impl From<lightbox_workflow::Measurement> for MeasurementDto {
+    fn from(m: lightbox_workflow::Measurement) -> Self {
         Self {
             id: m.id,
             series_uid: m.series_uid,

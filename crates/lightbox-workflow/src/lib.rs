@@ -18,7 +18,7 @@ pub use lightbox_dicom::{
     NewSeries, ParseGuardAllocator, ScanReport, SegOverlay, SegReading, SrReading, read_instance, read_seg, read_sr,
     seg_overlay,
 };
-pub use lightbox_store::{StudyRow, WorklistQuery, WorklistSort};
+pub use lightbox_store::{Measurement, StudyRow, WorklistQuery, WorklistSort};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
