@@ -284,6 +284,58 @@ async fn import_folder(
 
 /// Imports files and folders dropped on the window (or picked), one after the other, reporting
 /// progress per item; unreadable files are listed in the summary.
+/// The native folder picker; `None` when the user closes it without choosing. Dialogs belong
+/// to the UI's main thread: the command asks it to run one and waits off the UI thread.
+#[tauri::command]
+async fn pick_folder(app: tauri::AppHandle, folder: tauri::State<'_, Folder>) -> Result<Option<String>, ErrorDto> {
+    let (sender, answer) = std::sync::mpsc::channel();
+    // It opens where the workstation is looking (the folder it was started on).
+    let start = folder.0.clone();
+    app.run_on_main_thread(move || {
+        native_pick_folder(&start, move |picked| {
+            let _ = sender.send(picked);
+        });
+    })
+    .map_err(|e| ErrorDto::new("internal", format!("cannot open the folder picker: {e}")))?;
+    let picked = tauri::async_runtime::spawn_blocking(move || answer.recv().ok().flatten())
+        .await
+        .map_err(|e| ErrorDto::new("internal", e.to_string()))?;
+    eprintln!(
+        "lightbox-workstation: folder picker: {}",
+        picked.as_ref().map_or_else(|| "closed".to_owned(), |p| p.display().to_string())
+    );
+    Ok(picked.map(|p| p.display().to_string()))
+}
+
+/// Shows GTK's folder chooser without a nested main loop (Tauri's loop keeps running) and
+/// calls `done` with the choice.
+#[cfg(target_os = "linux")]
+fn native_pick_folder(start: &std::path::Path, done: impl FnOnce(Option<PathBuf>) + 'static) {
+    use gtk::prelude::*;
+    let dialog = gtk::FileChooserDialog::with_buttons(
+        Some("Import a DICOM folder into Lightbox"),
+        None::<&gtk::Window>,
+        gtk::FileChooserAction::SelectFolder,
+        &[("Cancel", gtk::ResponseType::Cancel), ("Import", gtk::ResponseType::Accept)],
+    );
+    dialog.set_current_folder(start);
+    dialog.set_default_response(gtk::ResponseType::Accept); // Enter imports the folder shown
+    let done = std::cell::RefCell::new(Some(done));
+    dialog.connect_response(move |dialog, response| {
+        let chosen = (response == gtk::ResponseType::Accept).then(|| dialog.filename()).flatten();
+        if let Some(done) = done.borrow_mut().take() {
+            done(chosen);
+        }
+        dialog.close();
+    });
+    dialog.show_all();
+}
+
+#[cfg(not(target_os = "linux"))]
+fn native_pick_folder(start: &std::path::Path, done: impl FnOnce(Option<PathBuf>) + 'static) {
+    done(rfd::FileDialog::new().set_title("Import a DICOM folder into Lightbox").set_directory(start).pick_folder());
+}
+
 #[tauri::command]
 async fn import_paths(
     site: tauri::State<'_, Site>,
@@ -534,6 +586,7 @@ fn main() -> anyhow::Result<()> {
             cancel_retrieve,
             import_folder,
             import_paths,
+            pick_folder,
             subscribe_pushes,
             results,
             sign_result,

@@ -207,6 +207,27 @@ fn count(image: &Rgb, colour: [u8; 3]) -> usize {
     image.pixels.iter().filter(|p| p.iter().zip(colour).all(|(a, b)| a.abs_diff(b) < 24)).count()
 }
 
+/// Import with the native folder picker: "Choose a folder…" opens GTK's chooser on the folder
+/// the workstation shows; Enter imports it into the store.
+#[test]
+fn workstation_imports_a_folder_chosen_in_the_picker() -> anyhow::Result<()> {
+    let store = tempfile::tempdir()?;
+    let x = Xvfb::start()?;
+    let (mut stderr, _child) = workstation(&x, store.path(), None, &[])?;
+    stderr.wait_for("ui ready: 1 rows", Duration::from_secs(120))?;
+    // "Choose a folder…" is the third button under the series table.
+    x.xdotool(&["mousemove", "505", "241", "click", "1"])?;
+    std::thread::sleep(Duration::from_millis(1500));
+    x.screenshot(&screenshot_dir()?.join("workstation-picker.png"))?;
+    x.xdotool(&["search", "--name", "Import a DICOM folder", "windowfocus", "--sync", "key", "Return"])?;
+    let picked = stderr.wait_for("folder picker:", Duration::from_secs(30))?;
+    assert!(picked.ends_with(&demo_study().display().to_string()), "{picked}");
+    stderr.wait_for("imported 20 instances (0 unreadable)", Duration::from_secs(60))?;
+    let local = lightbox_store::Store::open(store.path())?;
+    assert_eq!(local.instance_count()?, 20);
+    Ok(())
+}
+
 /// Centre of the green button area below the header (the only green thing on the results tab).
 fn green_button(image: &Rgb) -> Option<(u32, u32)> {
     let (mut sx, mut sy, mut n) = (0u64, 0u64, 0u64);

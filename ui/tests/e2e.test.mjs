@@ -191,6 +191,18 @@ test("folder: import into the store shows its summary", async () => {
   await page.getByTestId("import-result").filter({ hasText: "Imported 20, already in the store 0, not imported 1" }).waitFor();
 });
 
+test("folder picker: a chosen folder is imported; closing the picker does nothing", async () => {
+  const page = await browser.newPage({ viewport: { width: 1200, height: 500 } });
+  await page.goto(base);
+  await page.getByTestId("status").filter({ hasText: "1 series in" }).waitFor();
+  await page.getByTestId("choose-folder").click();
+  await page.waitForTimeout(200);
+  assert.equal(await page.getByTestId("import-result").innerText(), "");
+  await page.evaluate(() => (window.lightboxMockPick = "/media/cdrom/DICOM/"));
+  await page.getByTestId("choose-folder").click();
+  await page.getByTestId("import-result").filter({ hasText: "Imported 1, already in the store 0, not imported 0" }).waitFor();
+});
+
 test("drag and drop: dropped items are imported, unreadable ones listed with the reason", async () => {
   const page = await browser.newPage({ viewport: { width: 1200, height: 500 } });
   await page.goto(base);

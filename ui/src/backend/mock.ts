@@ -67,6 +67,8 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       for (let done = 1; done <= 20; done++) onProgress({ done, total: 20, bytes: done * 133_000, failed: 0 });
       return { imported: 20, alreadyStored: 0, bytes: 0, failed: [{ path: "demo/README.md", reason: "not a DICOM file" }] };
     },
+    // Tests choose with `window.lightboxMockPick = "/some/folder/"` (unset: the picker is closed).
+    pickFolder: async () => (globalThis as { lightboxMockPick?: string }).lightboxMockPick ?? null,
     importPaths: async (paths, onProgress) => {
       const failed = paths
         .filter((p) => !p.endsWith(".dcm") && !p.endsWith("/"))

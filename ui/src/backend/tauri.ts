@@ -32,6 +32,7 @@ export const tauriBackend: Backend = {
     invoke<TransferSummary>("retrieve_study", { studyUid, total, onProgress: channel(onProgress) }),
   cancelRetrieve: (studyUid) => invoke<void>("cancel_retrieve", { studyUid }),
   importFolder: (onProgress) => invoke<TransferSummary>("import_folder", { onProgress: channel(onProgress) }),
+  pickFolder: () => invoke<string | null>("pick_folder"),
   importPaths: (paths, onProgress) =>
     invoke<TransferSummary>("import_paths", { paths, onProgress: channel(onProgress) }),
   onFilesDropped: (handler) =>

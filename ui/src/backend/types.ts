@@ -204,6 +204,8 @@ export interface SiteBackend {
   retrieveStudy(studyUid: string, total: number, onProgress: (p: Progress) => void): Promise<TransferSummary>;
   cancelRetrieve(studyUid: string): Promise<void>;
   importFolder(onProgress: (p: Progress) => void): Promise<TransferSummary>;
+  /** The native folder picker; null when closed without a choice. */
+  pickFolder(): Promise<string | null>;
   /** Imports files or folders (dropped on the window) into the store. */
   importPaths(paths: string[], onProgress: (p: Progress) => void): Promise<TransferSummary>;
   /** Calls `handler` with the paths of files dropped on the window; returns an unsubscribe. */
