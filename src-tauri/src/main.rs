@@ -449,6 +449,19 @@ async fn rerun_job(site: tauri::State<'_, Site>, id: i64) -> Result<(), ErrorDto
     .await
 }
 
+/// Opens the viewer on a series beside the patient's prior, slices linked; resolves to which
+/// prior was chosen and why.
+#[tauri::command]
+async fn compare_with_prior(site: tauri::State<'_, Site>, series_uid: String) -> Result<String, ErrorDto> {
+    let store = site.store.clone();
+    off_ui(move |_| {
+        let (prior, mut child) = lightbox_workflow::open_compare_with_prior(&store, &series_uid)?;
+        std::thread::spawn(move || child.wait());
+        Ok(format!("{} of {} ({})", prior.description, prior.study_date, prior.reason))
+    })
+    .await
+}
+
 /// The radiologist's measurements on a series.
 #[tauri::command]
 async fn measurements(site: tauri::State<'_, Site>, series_uid: String) -> Result<Vec<MeasurementDto>, ErrorDto> {
@@ -600,6 +613,7 @@ fn main() -> anyhow::Result<()> {
             cancel_job,
             rerun_job,
             open_result,
+            compare_with_prior,
             measurements,
             add_measurement,
             remove_measurement,

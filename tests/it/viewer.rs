@@ -163,3 +163,64 @@ fn a_result_opens_in_the_viewer_with_its_segmentation() -> anyhow::Result<()> {
     assert!(shown > 500, "only {shown} coloured pixels: the result's segmentation is not drawn");
     Ok(())
 }
+
+/// Compare with prior: two FLAIRs of the same MS patient a year apart (the open longitudinal
+/// data, made DICOM by `lightbox to-dicom`) are found as current and prior and shown side by
+/// side; scrolling the current moves the prior through the same place in the patient.
+#[test]
+fn compare_with_prior_shows_both_time_points_with_linked_slices() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    let mut current_uid = String::new();
+    for (study, date) in [("study1", "20190301"), ("study2", "20200305")] {
+        let out = dir.path().join(study);
+        let nifti = lightbox_tests::data(&format!("open_ms_longitudinal/raw/patient01/{study}_FLAIR.nii.gz"))?;
+        lightbox_tests::run_ok(
+            std::process::Command::new(bin("lightbox")?)
+                .arg("to-dicom")
+                .arg(&nifti)
+                .arg("--out")
+                .arg(&out)
+                .args(["--patient-id", "MS-01", "--patient-name", "Longitudinal^Patient", "--study-date", date])
+                .args(["--study-description", "MRI brain", "--series-description", "FLAIR"]),
+        )?;
+        lightbox_workflow::import(&store, &out)?;
+        current_uid =
+            lightbox_dicom::scan_path(&out)?.series().next().map(|(_, s)| s.uid.to_string()).unwrap_or_default();
+    }
+    let x = Xvfb::start()?;
+    let mut child = x
+        .command(&bin("lightbox")?)
+        .args(["compare", "--series", &current_uid, "--store"])
+        .arg(&store)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let _child = KillOnDrop(child);
+    let chosen = stdout.wait_for("comparing with series", Duration::from_secs(60))?;
+    assert!(chosen.contains("20190301") && chosen.contains("same description \"FLAIR\""), "{chosen}");
+    let linked = stdout.wait_for("lightbox-viewer: compare:", Duration::from_secs(60))?;
+    assert!(linked.contains("(20200305) with prior") && linked.contains("(20190301)"), "{linked}");
+    stdout.wait_for("first frame presented", Duration::from_secs(120))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let panes = |name: &str| -> anyhow::Result<(Rgb, Rgb)> {
+        let shot = screenshot_dir()?.join(name);
+        x.screenshot(&shot)?;
+        let image = Rgb::load(&shot)?;
+        Ok((image.crop(60, 250, 330, 330), image.crop(510, 250, 330, 330)))
+    };
+    let (left, right) = panes("viewer-compare.png")?;
+    assert!(left.distinct_greys() > 50 && right.distinct_greys() > 50, "both time points must be drawn");
+    // Five notches on the current pane: both panes move on.
+    x.xdotool(&["mousemove", "225", "400"])?;
+    for _ in 0..5 {
+        x.xdotool(&["click", "5"])?;
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (left2, right2) = panes("viewer-compare-scrolled.png")?;
+    assert!(left.mean_abs_diff(&left2) > 2.0, "the current did not move");
+    assert!(right.mean_abs_diff(&right2) > 2.0, "the prior did not follow the current");
+    Ok(())
+}

@@ -259,6 +259,8 @@ test("results: the radiologist replaces the AI value with their own before signi
   await page.getByTestId("signer").fill("Doe^Jane");
   await row.getByTestId("view-result").click();
   await status.filter({ hasText: "Viewer opened on job 2 with its segmentation" }).waitFor();
+  await row.getByTestId("compare-prior").click();
+  await status.filter({ hasText: "Comparing with the prior: Apparent Diffusion Coefficient of 20190301" }).waitFor();
   // Their own measurement first: it is recorded under their name for the report.
   await row.getByTestId("measure-result").click();
   const section = page.getByTestId("measurements");

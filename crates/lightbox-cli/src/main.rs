@@ -84,6 +84,14 @@ enum Commands {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+    /// Open the viewer on a stored series beside the patient's prior (same description or
+    /// sequence, newest earlier study), slices linked.
+    Compare {
+        #[arg(long)]
+        series: String,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// Open the viewer on an analysis result: its series with the segmentation drawn over it.
     View {
         #[arg(long)]
@@ -567,6 +575,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Commands::Inspect { file, images } => inspect(&file, images.as_deref())?,
+        Commands::Compare { series, store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            let (prior, mut viewer) = lightbox_workflow::open_compare_with_prior(&store, &series)?;
+            println!(
+                "comparing with series {} of {} ({:?}; {})",
+                prior.series_uid, prior.study_date, prior.description, prior.reason
+            );
+            let status = viewer.wait().context("waiting for the viewer")?;
+            anyhow::ensure!(status.success(), "the viewer ended with {status}");
+        }
         Commands::View { job, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             let status =

@@ -15,6 +15,17 @@ mod outbox;
 mod schema;
 
 pub use jobs::{Claim, Job};
+
+/// A series of an earlier study of the same patient.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EarlierSeries {
+    pub series_uid: String,
+    pub study_uid: String,
+    /// DICOM DA.
+    pub study_date: String,
+    pub modality: String,
+    pub description: String,
+}
 pub use measurements::Measurement;
 pub use outbox::{Enqueued, OutboxItem, OutboxState};
 
@@ -344,6 +355,33 @@ impl Store {
             )
             .map_err(self.sql())?;
         let rows = s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// The earlier series of the same patient, newest study first, for "compare with prior".
+    pub fn earlier_series(&self, series_uid: &str) -> Result<Vec<EarlierSeries>, StoreError> {
+        let mut s = self
+            .db
+            .prepare(
+                "SELECT se.uid, st.uid, st.date, se.modality, se.description FROM series se \
+                 JOIN studies st ON st.uid = se.study_uid \
+                 JOIN (SELECT st0.patient AS patient, st0.date AS date, st0.uid AS study FROM series se0 \
+                       JOIN studies st0 ON st0.uid = se0.study_uid WHERE se0.uid = ?1) cur \
+                   ON st.patient = cur.patient AND st.uid <> cur.study AND st.date < cur.date \
+                 ORDER BY st.date DESC, se.number",
+            )
+            .map_err(self.sql())?;
+        let rows = s
+            .query_map([series_uid], |r| {
+                Ok(EarlierSeries {
+                    series_uid: r.get(0)?,
+                    study_uid: r.get(1)?,
+                    study_date: r.get(2)?,
+                    modality: r.get(3)?,
+                    description: r.get(4)?,
+                })
+            })
+            .map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 

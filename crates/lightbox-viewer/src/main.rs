@@ -26,6 +26,13 @@ struct Args {
     /// A DICOM SEG to draw over the series.
     #[arg(long)]
     seg: Option<PathBuf>,
+    /// An earlier study of the patient (file or folder): shown beside the current one, its slice
+    /// following the current slice in patient space ("compare with prior").
+    #[arg(long)]
+    prior: Option<PathBuf>,
+    /// The series of --prior to show (default: its largest).
+    #[arg(long)]
+    prior_series: Option<String>,
 }
 
 /// Printed on stdout once the first frame has been presented, so tests and the workstation can
@@ -86,6 +93,36 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let study_date = |r: &lightbox_dicom::ScanReport, uid: &str| {
+        r.series().find(|(_, s)| s.uid.as_str() == uid).map(|(study, _)| study.date.clone()).unwrap_or_default()
+    };
+    let current_date = study_date(&report, series.uid.as_str());
+    let prior = match &args.prior {
+        Some(path) => {
+            let prior_report = lightbox_dicom::scan_path(path)?;
+            let prior_series = pick_series(&prior_report, args.prior_series.as_deref())
+                .ok_or_else(|| anyhow!("{}: no prior series to compare with", path.display()))?
+                .clone();
+            let prior_set = prior_report
+                .display_sets(&prior_series)
+                .first()
+                .ok_or_else(|| anyhow!("{}: series {} has no image frames", path.display(), prior_series.uid))?;
+            let date = study_date(&prior_report, prior_series.uid.as_str());
+            println!(
+                "lightbox-viewer: compare: current {} ({}) with prior {} ({}), slices linked in patient space",
+                series.uid,
+                or_dash(&current_date),
+                prior_series.uid,
+                or_dash(&date)
+            );
+            Some((
+                format!("Prior {} · {}", format_date(&date), series_title(&prior_series)),
+                prior_set.load(0)?,
+                prior_series.window,
+            ))
+        }
+        None => None,
+    };
     let title = format!("Lightbox viewer - {}", series_title(&series));
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default().with_title(&title).with_inner_size([900.0, 800.0]),
@@ -96,7 +133,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         "lightbox-viewer",
         options,
         Box::new(move |cc| {
-            let app = ViewerApp::new(cc, series, volume, warnings, overlay).map_err(|e| format!("{e:#}"))?;
+            let mut app = ViewerApp::new(cc, series, volume, warnings, overlay).map_err(|e| format!("{e:#}"))?;
+            if let Some((label, volume, window)) = prior {
+                app.add_prior(cc, label, volume, window, &current_date).map_err(|e| format!("{e:#}"))?;
+            }
             Ok(Box::new(app))
         }),
     )
@@ -108,6 +148,15 @@ fn pick_series<'a>(report: &'a lightbox_dicom::ScanReport, uid: Option<&str>) ->
         Some(uid) => report.find_series(uid),
         None => report.series().map(|(_, s)| s).filter(|s| s.rows > 0).max_by_key(|s| s.voxel_count()),
     }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() { "-" } else { s }
+}
+
+/// DICOM DA as YYYY-MM-DD.
+fn format_date(da: &str) -> String {
+    if da.len() == 8 { format!("{}-{}-{}", &da[..4], &da[4..6], &da[6..]) } else { or_dash(da).to_owned() }
 }
 
 fn series_title(s: &SeriesInfo) -> String {
@@ -180,9 +229,40 @@ fn segment_colour(number: u16) -> egui::Color32 {
     egui::ecolor::Hsva::new(hue, 0.85, 1.0, 1.0).into()
 }
 
+/// The earlier study beside the current one; its slice follows the current slice through
+/// patient space.
+struct Prior {
+    label: String,
+    renderer: SliceRenderer,
+    texture: egui::TextureId,
+    aspect: f32,
+    params: SliceParams,
+    rendered: Option<SliceParams>,
+    /// Current voxel -> patient, and patient -> prior voxel.
+    current_to_patient: lightbox_core::Affine3,
+    patient_to_prior: lightbox_core::Affine3,
+    current_dims: [usize; 3],
+}
+
+impl Prior {
+    /// The prior's slice through the point at the centre of current slice `z`.
+    fn follow(&mut self, z: u32) {
+        let [nx, ny, _] = self.current_dims;
+        let p =
+            self.current_to_patient.transform_point([(nx as f64 - 1.0) / 2.0, (ny as f64 - 1.0) / 2.0, f64::from(z)]);
+        let k = self.patient_to_prior.transform_point(p)[2].round();
+        let depth = f64::from(self.renderer.dims()[2]);
+        self.params.slice = k.clamp(0.0, depth - 1.0) as u32;
+    }
+}
+
 struct ViewerApp {
     series: SeriesInfo,
     overlay: Option<Overlay>,
+    prior: Option<Prior>,
+    current_label: String,
+    patient_from_voxel: lightbox_core::Affine3,
+    dims: [usize; 3],
     warnings: Vec<LoadWarning>,
     renderer: SliceRenderer,
     texture: egui::TextureId,
@@ -216,6 +296,10 @@ impl ViewerApp {
         Ok(Self {
             series,
             overlay,
+            prior: None,
+            current_label: String::new(),
+            patient_from_voxel: volume.patient_from_voxel,
+            dims: volume.dims(),
             warnings,
             renderer,
             texture,
@@ -226,9 +310,82 @@ impl ViewerApp {
         })
     }
 
+    fn add_prior(
+        &mut self,
+        cc: &eframe::CreationContext<'_>,
+        label: String,
+        volume: Volume<f32>,
+        window: Option<WindowLevel>,
+        current_date: &str,
+    ) -> anyhow::Result<()> {
+        let state = cc.wgpu_render_state.as_ref().context("eframe started without its wgpu renderer")?;
+        let renderer = SliceRenderer::new(&state.device, &state.queue, &volume)?;
+        let texture = state.renderer.write().register_native_texture(
+            &state.device,
+            renderer.target_view(),
+            wgpu::FilterMode::Linear,
+        );
+        let [nx, ny, _] = volume.dims();
+        let [sx, sy, _] = volume.spacing_mm();
+        let patient_to_prior =
+            volume.patient_from_voxel.inverse().context("the prior series has a degenerate geometry")?;
+        let mut prior = Prior {
+            label,
+            renderer,
+            texture,
+            aspect: ((nx as f64 * sx) / (ny as f64 * sy).max(1e-6)) as f32,
+            params: SliceParams { slice: 0, window: window.unwrap_or_else(|| default_window(&volume)) },
+            rendered: None,
+            current_to_patient: self.patient_from_voxel,
+            patient_to_prior,
+            current_dims: self.dims,
+        };
+        prior.follow(self.params.slice);
+        self.current_label = format!("Current {} · {}", format_date(current_date), series_title(&self.series));
+        self.prior = Some(prior);
+        Ok(())
+    }
+
     fn step_slice(&mut self, delta: i64) {
         let depth = i64::from(self.renderer.dims()[2]);
         self.params.slice = (i64::from(self.params.slice) + delta).clamp(0, depth - 1) as u32;
+        if let Some(prior) = &mut self.prior {
+            prior.follow(self.params.slice);
+        }
+    }
+
+    /// The current and the prior side by side (1×2), or the current alone.
+    fn panes_ui(&mut self, ui: &mut egui::Ui) {
+        if self.prior.is_none() {
+            self.image_ui(ui);
+            return;
+        }
+        ui.columns(2, |columns| {
+            columns[0].label(egui::RichText::new(&self.current_label).strong());
+            self.image_ui(&mut columns[0]);
+            if let Some(prior) = &mut self.prior {
+                columns[1].label(egui::RichText::new(&prior.label).strong());
+                let ui = &mut columns[1];
+                let available = ui.available_size();
+                let size = if available.x / available.y > prior.aspect {
+                    egui::vec2(available.y * prior.aspect, available.y)
+                } else {
+                    egui::vec2(available.x, available.x / prior.aspect)
+                };
+                let response = ui
+                    .centered_and_justified(|ui| {
+                        ui.add(egui::Image::new((prior.texture, size)).sense(egui::Sense::click_and_drag()))
+                    })
+                    .inner;
+                if response.dragged() {
+                    let d = response.drag_delta();
+                    let w = &mut prior.params.window;
+                    let scale = w.width.max(1.0) / 200.0;
+                    w.width = (w.width + d.x * scale).max(WindowLevel::MIN_WIDTH);
+                    w.center -= d.y * scale;
+                }
+            }
+        });
     }
 
     fn image_ui(&mut self, ui: &mut egui::Ui) {
@@ -310,7 +467,16 @@ impl eframe::App for ViewerApp {
                 ui.colored_label(egui::Color32::from_rgb(230, 180, 60), format!("⚠ {w}"));
             }
         });
-        egui::CentralPanel::default().show(ui, |ui| self.image_ui(ui));
+        egui::CentralPanel::default().show(ui, |ui| self.panes_ui(ui));
+        if let Some(prior) = &mut self.prior
+            && prior.rendered != Some(prior.params)
+            && let Some(state) = frame.wgpu_render_state()
+        {
+            match prior.renderer.render(&state.device, &state.queue, prior.params) {
+                Ok(()) => prior.rendered = Some(prior.params),
+                Err(e) => tracing::error!("render of the prior failed: {e}"),
+            }
+        }
 
         if self.rendered != Some(self.params)
             && let Some(state) = frame.wgpu_render_state()

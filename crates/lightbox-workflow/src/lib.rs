@@ -303,15 +303,66 @@ pub fn open_result_in_viewer(store_dir: &Path, job_id: i64) -> Result<Child, Wor
         .find(|r| r.job_id == job_id)
         .ok_or_else(|| WorkflowError::Analysis(format!("no analysis job {job_id}")))?;
     let store = lightbox_store::Store::open(store_dir)?;
-    let files = store.series_files(&row.series_uid)?;
-    if files.is_empty() {
-        return Err(WorkflowError::UnknownSeries { uid: row.series_uid, folder: store_dir.to_owned() });
-    }
     let seg = match &row.seg_uid {
         Some(uid) => store.instance_file(uid)?,
         None => None,
     };
-    let folder = store_dir.join("tmp").join(format!("view-job-{job_id}"));
+    let folder = series_folder(store_dir, &row.series_uid, &format!("view-job-{job_id}"))?;
+    let program = viewer_program();
+    let mut command = Command::new(&program);
+    command.arg(&folder).arg("--series").arg(&row.series_uid);
+    if let Some(seg) = seg {
+        command.arg("--seg").arg(seg);
+    }
+    tracing::info!(program = %program.display(), job_id, "opening viewer on a result");
+    command.spawn().map_err(|source| WorkflowError::ViewerLaunch { program, source })
+}
+
+/// The prior a series is compared with: the patient's newest earlier study's series of the same
+/// modality, the same description if there is one, else the same MR sequence type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PriorChoice {
+    pub series_uid: String,
+    pub study_date: String,
+    pub description: String,
+    /// Why this one.
+    pub reason: String,
+}
+
+pub fn find_prior(store_dir: &Path, series_uid: &str) -> Result<Option<PriorChoice>, WorkflowError> {
+    let store = lightbox_store::Store::open(store_dir)?;
+    let current = pipeline::series_to_match(store_dir, series_uid)?.facts;
+    let earlier = store.earlier_series(series_uid)?;
+    let Some(newest_date) = earlier.first().map(|e| e.study_date.clone()) else {
+        return Ok(None);
+    };
+    let candidates: Vec<_> =
+        earlier.iter().filter(|e| e.study_date == newest_date && e.modality == current.modality).collect();
+    let by_description =
+        candidates.iter().find(|e| !current.description.is_empty() && e.description == current.description);
+    let choice = match by_description {
+        Some(e) => Some((*e, format!("same description {:?}", current.description))),
+        None => candidates.iter().find_map(|e| {
+            let facts = pipeline::series_to_match(store_dir, &e.series_uid).ok()?.facts;
+            (!current.sequence.is_empty() && facts.sequence == current.sequence)
+                .then(|| (*e, format!("same sequence type {}", current.sequence)))
+        }),
+    };
+    Ok(choice.map(|(e, reason)| PriorChoice {
+        series_uid: e.series_uid.clone(),
+        study_date: e.study_date.clone(),
+        description: e.description.clone(),
+        reason,
+    }))
+}
+
+/// Links a stored series' files into a folder of its own under the store (for the viewer).
+fn series_folder(store_dir: &Path, series_uid: &str, name: &str) -> Result<PathBuf, WorkflowError> {
+    let files = lightbox_store::Store::open(store_dir)?.series_files(series_uid)?;
+    if files.is_empty() {
+        return Err(WorkflowError::UnknownSeries { uid: series_uid.to_owned(), folder: store_dir.to_owned() });
+    }
+    let folder = store_dir.join("tmp").join(name);
     let io = |source| WorkflowError::Io { path: folder.clone(), source };
     if folder.exists() {
         std::fs::remove_dir_all(&folder).map_err(io)?;
@@ -324,14 +375,23 @@ pub fn open_result_in_viewer(store_dir: &Path, job_id: i64) -> Result<Child, Wor
         #[cfg(not(unix))]
         std::fs::copy(file, &link).map(|_| ()).map_err(io)?;
     }
+    Ok(folder)
+}
+
+/// Opens the viewer on a stored series beside its prior (see [`find_prior`]), slices linked.
+pub fn open_compare_with_prior(store_dir: &Path, series_uid: &str) -> Result<(PriorChoice, Child), WorkflowError> {
+    let prior = find_prior(store_dir, series_uid)?.ok_or_else(|| {
+        WorkflowError::Analysis(format!("no earlier study of this patient with a comparable series to {series_uid}"))
+    })?;
+    let current = series_folder(store_dir, series_uid, "compare-current")?;
+    let earlier = series_folder(store_dir, &prior.series_uid, "compare-prior")?;
     let program = viewer_program();
     let mut command = Command::new(&program);
-    command.arg(&folder).arg("--series").arg(&row.series_uid);
-    if let Some(seg) = seg {
-        command.arg("--seg").arg(seg);
-    }
-    tracing::info!(program = %program.display(), job_id, "opening viewer on a result");
-    command.spawn().map_err(|source| WorkflowError::ViewerLaunch { program, source })
+    command.arg(&current).arg("--series").arg(series_uid).arg("--prior").arg(&earlier);
+    command.arg("--prior-series").arg(&prior.series_uid);
+    tracing::info!(program = %program.display(), prior = %prior.series_uid, "opening viewer to compare with prior");
+    let child = command.spawn().map_err(|source| WorkflowError::ViewerLaunch { program, source })?;
+    Ok((prior, child))
 }
 
 pub fn open_viewer_detached(folder: &Path, series: Option<&SeriesInstanceUid>) -> Result<u32, WorkflowError> {

@@ -172,6 +172,12 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       if (!r || r.state !== "done") throw { code: "analysis", message: `no finished analysis job ${jobId}` };
       opened.push(`job ${jobId}`);
     },
+    compareWithPrior: async (seriesUid) => {
+      const r = results.find((x) => x.seriesUid === seriesUid);
+      if (!r) throw { code: "analysis", message: `no earlier study of this patient with a comparable series to ${seriesUid}` };
+      opened.push(`compare ${seriesUid}`);
+      return 'Apparent Diffusion Coefficient of 20190301 (same description "Apparent Diffusion Coefficient")';
+    },
     measurements: async (seriesUid) => structuredClone(measurements.filter((m) => m.seriesUid === seriesUid)),
     addMeasurement: async (m) => {
       const units = ["mm", "cm", "mm2", "cm2", "mm3", "cm3", "mL", "um2/s", "{ratio}"];

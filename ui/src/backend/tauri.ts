@@ -63,6 +63,7 @@ export const tauriBackend: Backend = {
   rerunJob: (id) => invoke<void>("rerun_job", { id }),
   pacsStatus: () => invoke<PacsStatus>("pacs_status"),
   openResult: (jobId) => invoke<void>("open_result", { jobId }),
+  compareWithPrior: (seriesUid) => invoke<string>("compare_with_prior", { seriesUid }),
   measurements: (seriesUid) => invoke<Measurement[]>("measurements", { seriesUid }),
   addMeasurement: (m) => invoke<number>("add_measurement", { ...m }),
   removeMeasurement: (id) => invoke<boolean>("remove_measurement", { id }),

@@ -232,6 +232,8 @@ export interface SiteBackend {
   pacsStatus(): Promise<PacsStatus>;
   /** Opens the viewer on a result: its series with the segmentation drawn over it. */
   openResult(jobId: number): Promise<void>;
+  /** Opens the viewer on a series beside the patient's prior; resolves to which prior and why. */
+  compareWithPrior(seriesUid: string): Promise<string>;
   measurements(seriesUid: string): Promise<Measurement[]>;
   /** Records a measurement; resolves to its id. */
   addMeasurement(m: Omit<Measurement, "id" | "createdAt">): Promise<number>;
