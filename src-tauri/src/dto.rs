@@ -127,6 +127,9 @@ pub struct WorklistRowDto {
     local_instances: u32,
     pacs_instances: Option<i64>,
     outbox_pending: usize,
+    analysed: usize,
+    signed: usize,
+    sent: usize,
 }
 
 #[derive(Serialize)]
@@ -160,6 +163,9 @@ impl WorklistDto {
                 local_instances: e.local_instances,
                 pacs_instances: e.pacs_instances,
                 outbox_pending: e.outbox_pending,
+                analysed: e.analysed,
+                signed: e.signed,
+                sent: e.sent,
             })
             .collect();
         Self { rows, warning, pacs, store: store.display().to_string() }

@@ -38,6 +38,12 @@ describe("worklist helpers", () => {
     expect(studyStatus({ localInstances: 20, pacsInstances: 20, outboxPending: 1 })).toBe("local + PACS · 1 to send");
     expect(studyStatus({ localInstances: 0, pacsInstances: 12, outboxPending: 0 })).toBe("on PACS");
     expect(studyStatus({ localInstances: 5, pacsInstances: null, outboxPending: 0 })).toBe("local");
+    expect(studyStatus({ localInstances: 5, pacsInstances: null, outboxPending: 0, analysed: 2, signed: 1 })).toBe(
+      "local · analysed, 1 to review",
+    );
+    expect(
+      studyStatus({ localInstances: 5, pacsInstances: 7, outboxPending: 0, analysed: 1, signed: 1, sent: 2 }),
+    ).toBe("local + PACS · analysed, signed · report sent");
   });
 
   it("formats sizes", () => {

@@ -34,11 +34,18 @@ export function studyStatus(row: {
   localInstances: number;
   pacsInstances: number | null;
   outboxPending: number;
+  analysed?: number;
+  signed?: number;
+  sent?: number;
 }): string {
   const parts: string[] = [];
   if (row.localInstances > 0 && row.pacsInstances !== null) parts.push("local + PACS");
   else if (row.localInstances > 0) parts.push("local");
   else if (row.pacsInstances !== null) parts.push("on PACS");
+  const analysed = row.analysed ?? 0;
+  const signed = row.signed ?? 0;
+  if (analysed > 0) parts.push(signed >= analysed ? "analysed, signed" : `analysed, ${analysed - signed} to review`);
+  if ((row.sent ?? 0) > 0 && row.outboxPending === 0) parts.push("report sent");
   if (row.outboxPending > 0) parts.push(`${row.outboxPending} to send`);
   return parts.join(" · ");
 }

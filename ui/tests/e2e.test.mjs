@@ -81,7 +81,7 @@ test("worklist: search, retrieve with progress, cancel, keyboard only", async ()
   await status.filter({ hasText: "3 studies in the local store and PACS mock-pacs" }).waitFor();
   const rows = page.locator("[data-testid=worklist-table] tbody tr");
   assert.equal(await rows.count(), 3);
-  assert.equal(await rows.first().locator("[data-testid=where]").innerText(), "local + PACS · 1 to send");
+  assert.equal(await rows.first().locator("[data-testid=where]").innerText(), "local + PACS · analysed, 1 to review · 1 to send");
 
   // Search by name with a wildcard, submitted with Enter.
   await page.getByTestId("q-name").fill("doe*");
@@ -135,6 +135,34 @@ test("outbox: pending results with their last error, sent on request", async () 
   assert.match(await row.innerText(), /sent/);
   const out = fileURLToPath(new URL("../test-results/", import.meta.url));
   await page.screenshot({ path: join(out, "outbox.png") });
+});
+
+test("worklist: sort by any column and page through many studies", async () => {
+  const page = await browser.newPage({ viewport: { width: 1300, height: 900 } });
+  await page.goto(base);
+  await page.evaluate(() => (window.lightboxMockStudies = 60));
+  await page.getByTestId("tab-worklist").click();
+  const status = page.getByTestId("worklist-status");
+  await status.filter({ hasText: "63 studies" }).waitFor();
+  const rows = page.locator("[data-testid=worklist-table] tbody tr");
+  assert.equal(await rows.count(), 25);
+  assert.equal(await page.getByTestId("page-info").innerText(), "Page 1 of 3 · 63 studies");
+  // Newest first by default: the mock's 2026 study leads; its status says it awaits review.
+  assert.match(await rows.first().innerText(), /2026[\s\S]*analysed, 1 to review/);
+  await page.getByTestId("page-next").click();
+  await page.getByTestId("page-next").click();
+  assert.equal(await rows.count(), 13);
+  assert.equal(await page.getByTestId("page-next").isDisabled(), true);
+  // Sort by patient ID, by keyboard: ascending, then descending.
+  await page.getByTestId("sort-id").focus();
+  await page.keyboard.press("Enter");
+  assert.equal(await page.getByTestId("page-info").innerText(), "Page 1 of 3 · 63 studies");
+  const firstIds = await rows.locator("td:nth-child(2)").allInnerTexts();
+  assert.deepEqual(firstIds, [...firstIds].sort((a, b) => a.localeCompare(b)));
+  await page.keyboard.press("Enter");
+  const descending = await rows.locator("td:nth-child(2)").allInnerTexts();
+  assert.deepEqual(descending, [...descending].sort((a, b) => b.localeCompare(a)));
+  assert.equal(await page.getByTestId("sort-id").locator("xpath=..").getAttribute("aria-sort"), "descending");
 });
 
 test("outbox: a pending row can be taken out and put back", async () => {

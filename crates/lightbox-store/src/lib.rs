@@ -345,6 +345,14 @@ impl Store {
             .map_err(self.sql())
     }
 
+    /// The study a stored series belongs to.
+    pub fn study_of_series(&self, series_uid: &str) -> Result<Option<String>, StoreError> {
+        self.db
+            .query_row("SELECT study_uid FROM series WHERE uid = ?1", [series_uid], |r| r.get(0))
+            .optional()
+            .map_err(self.sql())
+    }
+
     /// Every stored series: (series UID, modality, description, instances), by study date.
     pub fn series_list(&self) -> Result<Vec<(String, String, String, u32)>, StoreError> {
         let mut s = self

@@ -185,6 +185,12 @@ pub struct WorklistEntry {
     pub pacs_instances: Option<i64>,
     /// Results of this study waiting in the outbox.
     pub outbox_pending: usize,
+    /// Finished analyses of its series.
+    pub analysed: usize,
+    /// Signed reports of it among them.
+    pub signed: usize,
+    /// Objects of it (results, reports) the PACS confirmed.
+    pub sent: usize,
 }
 
 /// The local store's studies and, when a PACS is configured and reachable, its matching
@@ -202,11 +208,24 @@ pub async fn worklist_with_pacs(
         .filter(|i| matches!(i.state, OutboxState::Pending | OutboxState::Sending | OutboxState::Failed))
         .map(|i| i.study_uid)
         .collect();
+    let sent_uids: Vec<String> = store.outbox(Some(OutboxState::Sent))?.into_iter().map(|i| i.study_uid).collect();
+    // Finished analyses (and how many are signed) per study.
+    let mut analysed: std::collections::HashMap<String, (usize, usize)> = Default::default();
+    for row in crate::pipeline::results(store_dir)?.into_iter().filter(|r| r.state == "done") {
+        if let Some(study) = store.study_of_series(&row.series_uid)? {
+            let counts = analysed.entry(study).or_default();
+            counts.0 += 1;
+            counts.1 += usize::from(row.signed_by.is_some());
+        }
+    }
     let mut entries: Vec<WorklistEntry> = store
         .worklist(query)?
         .into_iter()
         .map(|s| WorklistEntry {
             outbox_pending: pending_uids.iter().filter(|u| **u == s.study_uid).count(),
+            sent: sent_uids.iter().filter(|u| **u == s.study_uid).count(),
+            analysed: analysed.get(&s.study_uid).map_or(0, |c| c.0),
+            signed: analysed.get(&s.study_uid).map_or(0, |c| c.1),
             study_uid: s.study_uid,
             patient_id: s.patient_id,
             patient_name: s.patient_name,
@@ -237,7 +256,7 @@ pub async fn worklist_with_pacs(
                             modalities: r.modalities,
                             local_instances: 0,
                             pacs_instances: r.instances,
-                            outbox_pending: 0,
+                            ..Default::default()
                         }),
                     }
                 }

@@ -42,7 +42,8 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
     },
     uiReady: async () => {},
     worklist: async (query) => ({
-      rows: filterWorklist(rows, query),
+      // Tests add studies with `window.lightboxMockStudies = N`.
+      rows: filterWorklist([...rows, ...extraStudies((globalThis as { lightboxMockStudies?: number }).lightboxMockStudies ?? 0)], query),
       warning: null,
       pacs: "mock-pacs",
       store: "/mock/store",
@@ -208,6 +209,25 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
   };
 }
 
+/** `n` more local studies, for paging. */
+function extraStudies(n: number): WorklistRow[] {
+  return Array.from({ length: n }, (_, i) => ({
+    studyUid: `1.2.826.0.1.9.${i}`,
+    patientId: `P${String(i).padStart(3, "0")}`,
+    patientName: `Test^Patient${String(i).padStart(3, "0")}`,
+    date: `2020${String((i % 12) + 1).padStart(2, "0")}${String((i % 28) + 1).padStart(2, "0")}`,
+    description: "MR brain",
+    accessionNumber: `A${i}`,
+    modalities: "MR",
+    localInstances: 10,
+    pacsInstances: null,
+    outboxPending: 0,
+    analysed: 0,
+    signed: 0,
+    sent: 0,
+  }));
+}
+
 const demoJobs: Job[] = [
   {
     id: 3,
@@ -280,6 +300,9 @@ const demoWorklist: WorklistRow[] = [
     localInstances: 20,
     pacsInstances: 20,
     outboxPending: 1,
+    analysed: 1,
+    signed: 0,
+    sent: 0,
   },
   {
     studyUid: "1.2.826.0.1.2",
@@ -292,6 +315,9 @@ const demoWorklist: WorklistRow[] = [
     localInstances: 0,
     pacsInstances: 12,
     outboxPending: 0,
+    analysed: 0,
+    signed: 0,
+    sent: 0,
   },
   {
     studyUid: "1.2.826.0.1.3",
@@ -304,6 +330,9 @@ const demoWorklist: WorklistRow[] = [
     localInstances: 0,
     pacsInstances: 40,
     outboxPending: 0,
+    analysed: 0,
+    signed: 0,
+    sent: 0,
   },
 ];
 

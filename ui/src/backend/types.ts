@@ -63,6 +63,12 @@ export interface WorklistRow {
   /** Instances the PACS reports (null: not on the PACS, or not asked). */
   pacsInstances: number | null;
   outboxPending: number;
+  /** Finished analyses of its series. */
+  analysed: number;
+  /** Of those, signed by a radiologist. */
+  signed: number;
+  /** Results and reports of it the PACS confirmed. */
+  sent: number;
 }
 
 export interface Worklist {
