@@ -326,3 +326,66 @@ test("settings: a bad URL is refused with the reason; a good one is saved withou
   await status.filter({ hasText: "Saved to /mock/config.toml" }).waitFor();
   assert.equal(await page.getByTestId("s-secret").inputValue(), "", "the password field is cleared");
 });
+
+/** Text whose contrast with what is behind it is below WCAG AA (4.5:1, or 3:1 for large text). */
+async function lowContrast(page) {
+  return page.evaluate(() => {
+    const rgb = (c) => (c.match(/[\d.]+/g) ?? []).map(Number);
+    const lum = ([r, g, b]) => {
+      const f = (v) => ((v /= 255) <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4);
+      return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+    };
+    const background = (el) => {
+      for (let e = el; e; e = e.parentElement) {
+        const c = rgb(getComputedStyle(e).backgroundColor);
+        if (c.length >= 3 && (c.length < 4 || c[3] > 0.5)) return c.slice(0, 3);
+      }
+      return [17, 20, 24]; // the page's own background
+    };
+    const bad = [];
+    for (const el of document.querySelectorAll("body *")) {
+      const text = [...el.childNodes].filter((n) => n.nodeType === 3).map((n) => n.textContent.trim()).join("");
+      if (!text || el.offsetParent === null) continue;
+      const style = getComputedStyle(el);
+      if (el.closest("button:disabled, input:disabled, select:disabled")) continue; // WCAG exempts inactive controls
+      const [a, b] = [lum(rgb(style.color).slice(0, 3)), lum(background(el))];
+      const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+      const size = parseFloat(style.fontSize);
+      const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+      if (ratio < (large ? 3 : 4.5)) bad.push(`${text.slice(0, 40)}: ${ratio.toFixed(2)}`);
+    }
+    return bad;
+  });
+}
+
+/** Tabs through the page: each focused control must show a visible focus indicator. */
+async function focusWithoutIndicator(page, steps = 40) {
+  const missing = [];
+  for (let i = 0; i < steps; i++) {
+    await page.keyboard.press("Tab");
+    const found = await page.evaluate(() => {
+      const el = document.activeElement;
+      if (!el || el === document.body) return null;
+      const s = getComputedStyle(el);
+      const visible = (s.outlineStyle !== "none" && parseFloat(s.outlineWidth) > 0) || s.boxShadow !== "none";
+      return visible ? "" : `${el.tagName} ${el.textContent?.trim().slice(0, 30) ?? ""}`;
+    });
+    if (found) missing.push(found);
+  }
+  return missing;
+}
+
+test("accessibility: every screen keeps AA contrast and shows keyboard focus", async () => {
+  const page = await browser.newPage({ viewport: { width: 1300, height: 900 } });
+  await page.goto(base);
+  await page.getByTestId("status").filter({ hasText: "1 series in" }).waitFor();
+  const problems = [];
+  for (const tab of ["folder", "worklist", "jobs", "results", "outbox", "settings"]) {
+    await page.getByTestId(`tab-${tab}`).click();
+    await page.waitForTimeout(300);
+    for (const p of await lowContrast(page)) problems.push(`${tab}: contrast ${p}`);
+    await page.getByTestId(`tab-${tab}`).focus();
+    for (const p of await focusWithoutIndicator(page, 25)) problems.push(`${tab}: no focus indicator on ${p}`);
+  }
+  assert.deepEqual(problems, []);
+});
