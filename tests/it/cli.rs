@@ -271,3 +271,49 @@ fn a_huge_element_after_the_pixels_is_a_named_error() -> anyhow::Result<()> {
     assert!(stderr.contains(&expected), "{stderr}");
     Ok(())
 }
+
+/// The README's walkthrough starts with `scripts/demo-pacs.sh`: a local Orthanc holding the demo
+/// study that `lightbox pacs` reaches with the settings it prints; stopping the script stops
+/// Orthanc and removes its data.
+#[test]
+fn demo_pacs_script_serves_the_demo_study() -> anyhow::Result<()> {
+    use lightbox_tests::orthanc::free_port;
+    use std::process::Stdio;
+    let (http, dicom) = (free_port()?, free_port()?);
+    let mut script = lightbox_tests::KillOnDrop(
+        Command::new("bash")
+            .arg(lightbox_tests::workspace_root().join("scripts/demo-pacs.sh"))
+            .args([http.to_string(), dicom.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = lightbox_tests::Lines::new(script.0.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let export = lines.wait_for("export LIGHTBOX_PACS_URL=", std::time::Duration::from_secs(60))?;
+    let url =
+        export.split("LIGHTBOX_PACS_URL=").nth(1).and_then(|s| s.split(' ').next()).unwrap_or_default().to_owned();
+    assert_eq!(url, format!("http://127.0.0.1:{http}/dicom-web"));
+    let lightbox = |args: &[&str]| {
+        run_ok(
+            Command::new(bin("lightbox")?)
+                .args(args)
+                .env("LIGHTBOX_PACS_URL", &url)
+                .env("LIGHTBOX_PACS_USER", "lightbox")
+                .env("LIGHTBOX_PACS_PASSWORD", "lightbox"),
+        )
+    };
+    assert!(lightbox(&["pacs", "status"])?.contains("reachable ("));
+    let studies = lightbox(&["pacs", "query"])?;
+    assert!(studies.contains("20 instances") && studies.contains("QIN-PROSTATE-01-0001"), "{studies}");
+    // Stop it as Ctrl-C would: Orthanc goes with it.
+    run_ok(Command::new("kill").args(["-INT", &script.0.id().to_string()]))?;
+    script.0.wait()?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let gone = Command::new(bin("lightbox")?)
+        .args(["pacs", "status"])
+        .env("LIGHTBOX_PACS_URL", &url)
+        .env("LIGHTBOX_PACS_USER", "lightbox")
+        .env("LIGHTBOX_PACS_PASSWORD", "lightbox")
+        .output()?;
+    assert!(!gone.status.success(), "Orthanc still answers after the script stopped");
+    Ok(())
+}
