@@ -62,19 +62,21 @@ if [ -f "$here/ui/package-lock.json" ]; then
   fi
 fi
 
-# Reference Python DICOMweb client (interop/benchmark peer) and highdicom (reads back our SEG/SR)
-# in their own venv, version-pinned;
-# skipped when the venv already imports that version. Uses whichever python3 is first on PATH.
+# Reference Python DICOMweb client (interop/benchmark peer), highdicom (reads back our SEG/SR) and
+# schemathesis (fuzzes the REST API from its OpenAPI) in their own venv, version-pinned;
+# skipped when the venv already imports those versions. Uses whichever python3 is first on PATH.
 py_venv="${LIGHTBOX_PY_VENV:-/var/tmp/lightbox-py}"
 dicomweb_client_version="0.61.2"
 highdicom_version="0.28.2"
-if "$py_venv/bin/python" -c "import dicomweb_client, highdicom, importlib.metadata as m
+schemathesis_version="4.32.5"
+if "$py_venv/bin/python" -c "import dicomweb_client, highdicom, schemathesis, importlib.metadata as m
 assert m.version('dicomweb-client') == '$dicomweb_client_version'
-assert m.version('highdicom') == '$highdicom_version'" >/dev/null 2>&1; then
-  echo "setup: Python venv $py_venv has dicomweb-client and highdicom"
+assert m.version('highdicom') == '$highdicom_version'
+assert m.version('schemathesis') == '$schemathesis_version'" >/dev/null 2>&1; then
+  echo "setup: Python venv $py_venv has dicomweb-client, highdicom and schemathesis"
 else
-  echo "setup: Python venv $py_venv: dicomweb-client==$dicomweb_client_version highdicom==$highdicom_version"
+  echo "setup: Python venv $py_venv: dicomweb-client==$dicomweb_client_version highdicom==$highdicom_version schemathesis==$schemathesis_version"
   python3 -m venv "$py_venv"
   "$py_venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    "dicomweb-client==$dicomweb_client_version" "highdicom==$highdicom_version"
+    "dicomweb-client==$dicomweb_client_version" "highdicom==$highdicom_version" "schemathesis==$schemathesis_version"
 fi

@@ -11,6 +11,7 @@ mod pacs_cli;
 mod pipeline;
 mod render;
 mod seg;
+mod serve;
 mod sources;
 mod store;
 mod viewer;

@@ -84,6 +84,39 @@ enum Commands {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+    /// The workflow engine, the DIMSE SCP and the outbox behind a REST API, as one daemon
+    /// (see README "lightbox serve"). Loopback only unless --tokens is given.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1")]
+        bind: std::net::IpAddr,
+        #[arg(long, default_value_t = 8480)]
+        port: u16,
+        /// A file of SHA-256 hashes of the bearer tokens that may call the API, one per line
+        /// (`lightbox token-hash` makes one); required for a bind beyond loopback.
+        #[arg(long)]
+        tokens: Option<PathBuf>,
+        /// Dispatch rules (TOML) for what arrives; results go to the PACS only with auto_send.
+        #[arg(long)]
+        rules: Option<PathBuf>,
+        /// Also receive DICOM pushes (C-STORE SCP) on this port.
+        #[arg(long)]
+        listen_port: Option<u16>,
+        #[arg(long, default_value = "LIGHTBOX")]
+        aet: String,
+        /// Requests per second per client (a burst of twice that).
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+        /// Check the configuration, the store and the PACS, then exit.
+        #[arg(long)]
+        check: bool,
+        /// Print the OpenAPI document and exit.
+        #[arg(long)]
+        openapi: bool,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Print the SHA-256 hash of a bearer token read from stdin (for `serve --tokens`).
+    TokenHash,
     /// Open the viewer on a stored series beside the patient's prior (same description or
     /// sequence, newest earlier study), slices linked.
     Compare {
@@ -575,6 +608,52 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Commands::Inspect { file, images } => inspect(&file, images.as_deref())?,
+        Commands::Serve { bind, port, tokens, rules, listen_port, aet, rate, check, openapi, store } => {
+            if openapi {
+                print!("{}", lightbox_server::openapi_json());
+                return Ok(());
+            }
+            let mut config =
+                lightbox_server::ServeConfig::new(store.unwrap_or_else(lightbox_workflow::default_store_dir));
+            config.bind = (bind, port).into();
+            config.rate_per_second = rate;
+            if let Some(path) = tokens {
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                config.token_hashes = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned)
+                    .collect();
+            }
+            config.rules = rules.map(|r| lightbox_workflow::pipeline::Rules::load(&r)).transpose()?;
+            config.pacs = lightbox_workflow::pacs::PacsSettings::from_env();
+            config.scp = listen_port.map(|p| (aet, p));
+            if check {
+                let mut failed = 0;
+                for (what, result) in lightbox_server::check_blocking(&config)? {
+                    match result {
+                        Ok(detail) => println!("ok      {what}: {detail}"),
+                        Err(detail) => {
+                            failed += 1;
+                            println!("FAILED  {what}: {detail}");
+                        }
+                    }
+                }
+                anyhow::ensure!(failed == 0, "{failed} checks failed");
+                return Ok(());
+            }
+            lightbox_server::run_blocking(config, |addr| {
+                println!("serving the Lightbox API on http://{addr} (OpenAPI at /openapi.json)");
+                let _ = std::io::Write::flush(&mut std::io::stdout());
+            })?;
+        }
+        Commands::TokenHash => {
+            let mut token = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut token).context("reading the token")?;
+            anyhow::ensure!(!token.trim().is_empty(), "give the token on stdin");
+            println!("{}", lightbox_server::token_hash(token.trim()));
+        }
         Commands::Compare { series, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             let (prior, mut viewer) = lightbox_workflow::open_compare_with_prior(&store, &series)?;

@@ -81,8 +81,8 @@ impl Store {
         self.db
             .execute(
                 &format!(
-                    "INSERT INTO jobs (key, kind, state, payload, device, created_at, updated_at) \
-                     VALUES (?1, ?2, 'queued', ?3, ?4, {STAMP}, {STAMP}) ON CONFLICT (key) DO NOTHING"
+                    "INSERT INTO jobs (key, kind, state, stage, payload, device, created_at, updated_at) \
+                     VALUES (?1, ?2, 'queued', 'queued', ?3, ?4, {STAMP}, {STAMP}) ON CONFLICT (key) DO NOTHING"
                 ),
                 params![key, kind, payload, device],
             )

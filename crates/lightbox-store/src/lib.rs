@@ -16,6 +16,9 @@ mod schema;
 
 pub use jobs::{Claim, Job};
 
+/// A stored series as lists show it: (Series Instance UID, modality, description, instances).
+pub type SeriesRow = (String, String, String, u32);
+
 /// A series of an earlier study of the same patient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EarlierSeries {
@@ -345,6 +348,29 @@ impl Store {
             .map_err(self.sql())
     }
 
+    /// The series of a stored study: (UID, modality, description, instances); `None` when the
+    /// study is not stored.
+    pub fn series_of_study(&self, study_uid: &str) -> Result<Option<Vec<SeriesRow>>, StoreError> {
+        let known: Option<String> = self
+            .db
+            .query_row("SELECT uid FROM studies WHERE uid = ?1", [study_uid], |r| r.get(0))
+            .optional()
+            .map_err(self.sql())?;
+        if known.is_none() {
+            return Ok(None);
+        }
+        let mut s = self
+            .db
+            .prepare(
+                "SELECT se.uid, se.modality, se.description, (SELECT count(*) FROM instances i WHERE i.series_uid = se.uid) \
+                 FROM series se WHERE se.study_uid = ?1 ORDER BY se.number, se.uid",
+            )
+            .map_err(self.sql())?;
+        let rows =
+            s.query_map([study_uid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(self.sql())?;
+        Ok(Some(rows.collect::<Result<_, _>>().map_err(self.sql())?))
+    }
+
     /// The study a stored series belongs to.
     pub fn study_of_series(&self, series_uid: &str) -> Result<Option<String>, StoreError> {
         self.db
@@ -354,7 +380,7 @@ impl Store {
     }
 
     /// Every stored series: (series UID, modality, description, instances), by study date.
-    pub fn series_list(&self) -> Result<Vec<(String, String, String, u32)>, StoreError> {
+    pub fn series_list(&self) -> Result<Vec<SeriesRow>, StoreError> {
         let mut s = self
             .db
             .prepare(

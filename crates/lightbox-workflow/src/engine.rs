@@ -127,6 +127,8 @@ impl std::fmt::Display for EngineEvent {
 }
 
 enum Message {
+    /// Look for runnable jobs now (one was queued through the API).
+    Wake,
     Arrived(Vec<String>),
     /// Found in the store by polling: dispatched like arrivals, but without "done before" or
     /// "no rule matches" chatter.
@@ -170,6 +172,16 @@ impl Engine {
     /// Instances of these series arrived (or the series was imported or retrieved).
     pub fn arrived(&self, series_uids: Vec<String>) {
         let _ = self.tx.send(Message::Arrived(series_uids));
+    }
+
+    /// A job was queued (e.g. through the REST API): run it without waiting for the next poll.
+    pub fn wake(&self) {
+        let _ = self.tx.send(Message::Wake);
+    }
+
+    /// Jobs this process is running now (for a graceful shutdown).
+    pub fn running(store_dir: &Path) -> Result<usize, WorkflowError> {
+        Ok(Store::open(store_dir)?.jobs()?.iter().filter(|j| j.state == "running").count())
     }
 }
 
@@ -227,6 +239,7 @@ impl Dispatcher {
                 Ok(Message::Finished(id)) => {
                     self.in_flight.remove(&id);
                 }
+                Ok(Message::Wake) => self.pick_up_runnable(),
                 Ok(Message::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => {}
             }

@@ -199,6 +199,15 @@ pub fn jobs(store_dir: &Path) -> Result<Vec<lightbox_store::Job>, WorkflowError>
     Ok(lightbox_store::Store::open(store_dir)?.jobs()?)
 }
 
+/// The series of a stored study (UID, modality, description, instances); `None` when the study
+/// is not stored.
+pub fn study_series(
+    store_dir: &Path,
+    study_uid: &str,
+) -> Result<Option<Vec<lightbox_store::SeriesRow>>, WorkflowError> {
+    Ok(lightbox_store::Store::open(store_dir)?.series_of_study(study_uid)?)
+}
+
 /// Every stored series: (UID, modality, description, instances).
 pub fn stored_series(store_dir: &Path) -> Result<Vec<(String, String, String, u32)>, WorkflowError> {
     Ok(lightbox_store::Store::open(store_dir)?.series_list()?)

@@ -18,14 +18,14 @@ pub const THRESHOLD_VOLUME: &str = "threshold-volume";
 const THRESHOLD_VOLUME_VERSION: &str = "1";
 
 /// The site's dispatch rules (TOML, `[[rule]]` tables).
-#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
 pub struct Rules {
     #[serde(rename = "rule", default)]
     pub rules: Vec<Rule>,
 }
 
 /// One rule: which series (all conditions must hold) → which pipeline, with its parameters.
-#[derive(Clone, Debug, serde::Deserialize)]
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Rule {
     pub name: String,
@@ -180,6 +180,14 @@ impl Rules {
 const SEQUENCES: [&str; 6] = ["T1", "T2", "FLAIR", "PD", "DWI", "ADC"];
 const PLANES: [&str; 4] = ["axial", "sagittal", "coronal", "oblique"];
 
+/// The pipelines this build has: (name, version, device, what it does).
+pub const PIPELINES: [(&str, &str, &str, &str); 1] = [(
+    THRESHOLD_VOLUME,
+    THRESHOLD_VOLUME_VERSION,
+    "cpu",
+    "Volume of the voxels above a threshold, as a SEG segment and a TID 1500 SR (a demonstration, not a diagnostic model)",
+)];
+
 /// Which device class a pipeline runs on (`None`: no such pipeline). The engine runs one GPU
 /// job at a time and CPU jobs within a budget.
 pub fn pipeline_device(pipeline: &str) -> Option<&'static str> {
@@ -244,6 +252,35 @@ pub fn plan(
             "series": series_uid, "threshold": threshold, "instances": digest, "send_to": send_to,
         }),
     })
+}
+
+/// What [`enqueue`] did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Enqueued {
+    /// A new job, queued for the engine.
+    Created(i64),
+    /// The same input, pipeline version and parameters have a job already (in `state`).
+    Exists { id: i64, state: String },
+}
+
+/// Queues `pipeline` on a stored series for the engine to run (the REST API's POST /jobs).
+pub fn enqueue(store_dir: &Path, pipeline: &str, series_uid: &str, threshold: f64) -> Result<Enqueued, WorkflowError> {
+    let store = Store::open(store_dir)?;
+    if store.series_files(series_uid)?.is_empty() {
+        return Err(WorkflowError::UnknownSeries { uid: series_uid.to_owned(), folder: store_dir.to_owned() });
+    }
+    if !threshold.is_finite() {
+        return Err(WorkflowError::Analysis(format!("threshold {threshold} is not a number")));
+    }
+    let plan = plan(&store, pipeline, series_uid, threshold, None)?;
+    let before = store.jobs()?.len();
+    let (id, state) = store.job_enqueue(&plan.key, &plan.pipeline, plan.device, &plan.payload.to_string())?;
+    Ok(if store.jobs()?.len() > before { Enqueued::Created(id) } else { Enqueued::Exists { id, state } })
+}
+
+/// One job, by id.
+pub fn job_row(store_dir: &Path, id: i64) -> Result<Option<JobRow>, WorkflowError> {
+    Ok(job_rows(store_dir)?.into_iter().find(|j| j.id == id))
 }
 
 /// Who this process is, as a job runner.

@@ -1,0 +1,642 @@
+//! The resources, their JSON and their OpenAPI description.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use lightbox_workflow::WorkflowError;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+
+use crate::AppState;
+
+/// The one error body of the API.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine code, e.g. `unknown_series`.
+    pub code: String,
+    /// What went wrong, in words.
+    pub message: String,
+}
+
+pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (status, Json(ErrorBody { code: code.to_owned(), message: message.into() })).into_response()
+}
+
+/// A workflow error as an HTTP answer: the caller's mistakes are 4xx, ours 500.
+fn workflow_error(e: WorkflowError) -> Response {
+    let status = match &e {
+        WorkflowError::UnknownSeries { .. } | WorkflowError::UnknownPipeline(_) | WorkflowError::Analysis(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        WorkflowError::Busy(_) => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::error!("request failed: {e}");
+    }
+    error(status, e.code(), e.to_string())
+}
+
+/// Runs store work off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, WorkflowError> + Send + 'static,
+) -> Result<T, Response> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(workflow_error)
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `draining` while shutting down.
+    pub status: String,
+    pub version: String,
+    /// Jobs queued and running now.
+    pub queued: usize,
+    pub running: usize,
+}
+
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, description = "Up", body = Health), (status = 503, description = "Draining", body = Health)))]
+async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let store = state.config.store.clone();
+    let jobs = match blocking(move || lightbox_workflow::jobs(&store)).await {
+        Ok(jobs) => jobs,
+        Err(r) => return r,
+    };
+    let draining = state.draining.load(Ordering::SeqCst);
+    let body = Health {
+        status: if draining { "draining" } else { "ok" }.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        queued: jobs.iter().filter(|j| j.state == "queued").count(),
+        running: jobs.iter().filter(|j| j.state == "running").count(),
+    };
+    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    (status, Json(body)).into_response()
+}
+
+/// Filters and paging for `/studies` (DICOM wildcards `*` and `?` in names and IDs).
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct StudyQuery {
+    pub patient_name: Option<String>,
+    pub patient_id: Option<String>,
+    pub accession_number: Option<String>,
+    pub modality: Option<String>,
+    /// Earliest study date, YYYYMMDD.
+    #[param(pattern = "^[0-9]{8}$")]
+    pub date_from: Option<String>,
+    /// Latest study date, YYYYMMDD.
+    #[param(pattern = "^[0-9]{8}$")]
+    pub date_to: Option<String>,
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+    #[param(minimum = 0, maximum = 1000000)]
+    pub offset: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Study {
+    pub study_uid: String,
+    pub patient_id: String,
+    pub patient_name: String,
+    /// YYYYMMDD.
+    pub date: String,
+    pub description: String,
+    pub accession_number: String,
+    /// Modalities of its series, joined by `\`.
+    pub modalities: String,
+    pub series: u32,
+    pub instances: u32,
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct StudyPage {
+    pub items: Vec<Study>,
+    pub limit: u32,
+    pub offset: u32,
+    /// The next page, when this one was full.
+    pub next: Option<String>,
+}
+
+fn date_ok(d: &Option<String>) -> bool {
+    d.as_ref().is_none_or(|d| d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[utoipa::path(get, path = "/studies", tag = "studies", params(StudyQuery),
+    responses((status = 200, body = StudyPage), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn list_studies(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<StudyQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_query", e.body_text()),
+    };
+    if !date_ok(&q.date_from) || !date_ok(&q.date_to) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_date", "dates are YYYYMMDD");
+    }
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_limit", "limit is 1 to 500");
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset > 1_000_000 {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_offset", "offset is 0 to 1000000");
+    }
+    let query = lightbox_workflow::WorklistQuery {
+        patient_name: q.patient_name.clone().filter(|s| !s.is_empty()),
+        patient_id: q.patient_id.clone().filter(|s| !s.is_empty()),
+        accession_number: q.accession_number.clone().filter(|s| !s.is_empty()),
+        modality: q.modality.clone().filter(|s| !s.is_empty()),
+        date_from: q.date_from.clone(),
+        date_to: q.date_to.clone(),
+        sort: lightbox_workflow::WorklistSort::DateNewestFirst,
+        limit,
+        offset,
+    };
+    let store = state.config.store.clone();
+    let rows = match blocking(move || lightbox_workflow::worklist(&store, &query)).await {
+        Ok(rows) => rows,
+        Err(r) => return r,
+    };
+    let full = rows.len() as u32 == limit;
+    let items: Vec<Study> = rows
+        .into_iter()
+        .map(|s| Study {
+            study_uid: s.study_uid,
+            patient_id: s.patient_id,
+            patient_name: s.patient_name,
+            date: s.date,
+            description: s.description,
+            accession_number: s.accession_number,
+            modalities: s.modalities,
+            series: s.series,
+            instances: s.instances,
+        })
+        .collect();
+    let next = full.then(|| format!("/studies?limit={limit}&offset={}", offset + limit));
+    Json(StudyPage { items, limit, offset, next }).into_response()
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Series {
+    pub series_uid: String,
+    pub modality: String,
+    pub description: String,
+    pub instances: u32,
+}
+
+#[utoipa::path(get, path = "/studies/{study_uid}/series", tag = "studies",
+    params(("study_uid" = String, Path, description = "Study Instance UID")),
+    responses((status = 200, body = [Series]), (status = 404, description = "No such study", body = ErrorBody)))]
+async fn list_series(State(state): State<Arc<AppState>>, Path(study_uid): Path<String>) -> Response {
+    let store = state.config.store.clone();
+    let uid = study_uid.clone();
+    match blocking(move || lightbox_workflow::study_series(&store, &uid)).await {
+        Ok(Some(series)) => Json(
+            series
+                .into_iter()
+                .map(|(series_uid, modality, description, instances)| Series {
+                    series_uid,
+                    modality,
+                    description,
+                    instances,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "unknown_study", format!("no study {study_uid} in the store")),
+        Err(r) => r,
+    }
+}
+
+/// One analysis result of a series: AI output until a radiologist signs it.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct AnalysisResult {
+    pub job_id: i64,
+    pub pipeline: String,
+    /// `done`, `failed`, `running`, `queued` or `cancelled`.
+    pub state: String,
+    /// AI-measured volume, mm³.
+    pub volume_mm3: Option<f64>,
+    pub seg_uid: Option<String>,
+    pub sr_uid: Option<String>,
+    /// The radiologist who signed it; null while it awaits review.
+    pub signed_by: Option<String>,
+    pub review: Option<String>,
+    pub error: Option<String>,
+    /// Always true: these values come from an algorithm and are not a diagnosis.
+    pub ai_output: bool,
+}
+
+#[utoipa::path(get, path = "/studies/{study_uid}/series/{series_uid}/results", tag = "studies",
+    params(("study_uid" = String, Path, description = "Study Instance UID"),
+           ("series_uid" = String, Path, description = "Series Instance UID"),
+           ("If-None-Match" = Option<String>, Header, description = "An ETag from an earlier answer")),
+    responses((status = 200, body = [AnalysisResult], headers(("ETag" = String, description = "Changes when the results do"))),
+              (status = 304, description = "Unchanged since the ETag given"),
+              (status = 404, description = "No such study or series", body = ErrorBody)))]
+async fn series_results(
+    State(state): State<Arc<AppState>>,
+    Path((study_uid, series_uid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let store = state.config.store.clone();
+    let (study, series) = (study_uid.clone(), series_uid.clone());
+    let found = blocking(move || {
+        let Some(all) = lightbox_workflow::study_series(&store, &study)? else {
+            return Ok(None);
+        };
+        if !all.iter().any(|(uid, ..)| *uid == series) {
+            return Ok(Some(None));
+        }
+        let rows = lightbox_workflow::pipeline::results(&store)?;
+        Ok(Some(Some(rows.into_iter().filter(|r| r.series_uid == series).collect::<Vec<_>>())))
+    })
+    .await;
+    let rows = match found {
+        Ok(Some(Some(rows))) => rows,
+        Ok(Some(None)) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "unknown_series",
+                format!("no series {series_uid} in study {study_uid}"),
+            );
+        }
+        Ok(None) => return error(StatusCode::NOT_FOUND, "unknown_study", format!("no study {study_uid} in the store")),
+        Err(r) => return r,
+    };
+    let body: Vec<AnalysisResult> = rows
+        .into_iter()
+        .map(|r| AnalysisResult {
+            job_id: r.job_id,
+            pipeline: r.pipeline,
+            state: r.state,
+            volume_mm3: r.volume_mm3,
+            seg_uid: r.seg_uid,
+            sr_uid: r.sr_uid,
+            signed_by: r.signed_by,
+            review: r.review,
+            error: r.error,
+            ai_output: true,
+        })
+        .collect();
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let etag = format!("\"{}\"", &crate::token_hash(&String::from_utf8_lossy(&bytes))[..32]);
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag))
+    {
+        return (StatusCode::NOT_MODIFIED, [(header::ETAG, etag)]).into_response();
+    }
+    (StatusCode::OK, [(header::ETAG, etag), (header::CONTENT_TYPE, "application/json".to_owned())], bytes)
+        .into_response()
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: i64,
+    pub pipeline: String,
+    /// `queued`, `running`, `done`, `failed` or `cancelled`.
+    pub state: String,
+    /// `cpu` or `gpu`.
+    pub device: String,
+    pub stage: String,
+    pub series_uid: String,
+    pub seconds: Option<f64>,
+    pub runs: i64,
+    pub error: Option<String>,
+    pub created_at: String,
+}
+
+fn job_dto(j: lightbox_workflow::pipeline::JobRow) -> Job {
+    Job {
+        id: j.id,
+        pipeline: j.pipeline,
+        state: j.state,
+        device: j.device,
+        stage: j.stage,
+        series_uid: j.series_uid,
+        seconds: j.seconds,
+        runs: j.runs,
+        error: j.error,
+        created_at: j.created_at,
+    }
+}
+
+/// Run a pipeline on a stored series.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewJob {
+    /// A pipeline from `/models`.
+    #[schema(pattern = "^threshold-volume$", example = "threshold-volume")]
+    pub pipeline: String,
+    /// A Series Instance UID in the store (an unknown one is refused with 422).
+    #[schema(pattern = "^[0-9]+(\\.[0-9]+)*$", max_length = 64)]
+    pub series_uid: String,
+    /// `threshold-volume`: the threshold in the series' values (default 1000).
+    pub threshold: Option<f64>,
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    /// Only jobs in this state.
+    #[param(pattern = "^(queued|running|done|failed|cancelled)$")]
+    pub state: Option<String>,
+    /// At most this many, newest first (default 100).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/jobs", tag = "jobs", params(JobQuery),
+    responses((status = 200, body = [Job]), (status = 400, body = ErrorBody), (status = 422, body = ErrorBody)))]
+async fn list_jobs(
+    State(state): State<Arc<AppState>>,
+    query: Result<Query<JobQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "bad_query", e.body_text()),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_limit", "limit is 1 to 500");
+    }
+    const STATES: [&str; 5] = ["queued", "running", "done", "failed", "cancelled"];
+    if let Some(wanted) = &q.state
+        && !STATES.contains(&wanted.as_str())
+    {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_state", format!("state is one of {}", STATES.join(", ")));
+    }
+    let store = state.config.store.clone();
+    match blocking(move || lightbox_workflow::pipeline::job_rows(&store)).await {
+        Ok(rows) => Json(
+            rows.into_iter()
+                .filter(|j| q.state.as_ref().is_none_or(|s| *s == j.state))
+                .take(limit as usize)
+                .map(job_dto)
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+#[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = NewJob,
+    responses((status = 201, description = "Queued", body = Job, headers(("Location" = String, description = "The job"))),
+              (status = 400, description = "Not JSON", body = ErrorBody),
+              (status = 409, description = "The same input and pipeline have a job already", body = ErrorBody,
+                  headers(("Location" = String, description = "That job"))),
+              (status = 413, description = "Too large", body = ErrorBody),
+              (status = 415, description = "Not application/json", body = ErrorBody),
+              (status = 422, description = "Unknown pipeline or series", body = ErrorBody)))]
+async fn create_job(State(state): State<Arc<AppState>>, body: Result<Json<NewJob>, JsonRejection>) -> Response {
+    let Json(new) = match body {
+        Ok(b) => b,
+        Err(JsonRejection::JsonDataError(e)) => {
+            return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_job", e.body_text());
+        }
+        Err(JsonRejection::MissingJsonContentType(e)) => {
+            return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "not_json", e.body_text());
+        }
+        Err(e) => return error(e.status(), "bad_request", e.body_text()),
+    };
+    let store = state.config.store.clone();
+    let threshold = new.threshold.unwrap_or(1000.0);
+    let queued = blocking(move || {
+        let outcome = lightbox_workflow::pipeline::enqueue(&store, &new.pipeline, &new.series_uid, threshold)?;
+        let id = match &outcome {
+            lightbox_workflow::pipeline::Enqueued::Created(id)
+            | lightbox_workflow::pipeline::Enqueued::Exists { id, .. } => *id,
+        };
+        Ok((outcome, lightbox_workflow::pipeline::job_row(&store, id)?))
+    })
+    .await;
+    let (outcome, row) = match queued {
+        Ok((outcome, Some(row))) => (outcome, row),
+        Ok((_, None)) => return error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the job vanished"),
+        Err(r) => return r,
+    };
+    let location = HeaderValue::from_str(&format!("/jobs/{}", row.id)).unwrap_or(HeaderValue::from_static("/jobs"));
+    match outcome {
+        lightbox_workflow::pipeline::Enqueued::Created(_) => {
+            if let Some(engine) = &state.engine {
+                engine.wake();
+            }
+            (StatusCode::CREATED, [(header::LOCATION, location)], Json(job_dto(row))).into_response()
+        }
+        lightbox_workflow::pipeline::Enqueued::Exists { id, state } => {
+            let mut r = error(
+                StatusCode::CONFLICT,
+                "job_exists",
+                format!("job {id} ({state}) has the same input and pipeline"),
+            );
+            r.headers_mut().insert(header::LOCATION, location);
+            r
+        }
+    }
+}
+
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+async fn get_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathRejection>) -> Response {
+    let Ok(Path(id)) = id else {
+        return error(StatusCode::NOT_FOUND, "unknown_job", "no such job (ids are integers)");
+    };
+    let store = state.config.store.clone();
+    match blocking(move || lightbox_workflow::pipeline::job_row(&store, id)).await {
+        Ok(Some(row)) => Json(job_dto(row)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id}")),
+        Err(r) => r,
+    }
+}
+
+#[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 202, description = "Cancelled; a running job stops at its next stage", body = Job),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "It has ended already", body = ErrorBody)))]
+async fn cancel_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathRejection>) -> Response {
+    let Ok(Path(id)) = id else {
+        return error(StatusCode::NOT_FOUND, "unknown_job", "no such job (ids are integers)");
+    };
+    let store = state.config.store.clone();
+    let done = blocking(move || {
+        let Some(row) = lightbox_workflow::pipeline::job_row(&store, id)? else {
+            return Ok(None);
+        };
+        let cancelled = lightbox_workflow::pipeline::cancel(&store, id)?;
+        Ok(Some((cancelled, if cancelled { lightbox_workflow::pipeline::job_row(&store, id)? } else { Some(row) })))
+    })
+    .await;
+    match done {
+        Ok(Some((true, Some(row)))) => (StatusCode::ACCEPTED, Json(job_dto(row))).into_response(),
+        Ok(Some((_, row))) => error(
+            StatusCode::CONFLICT,
+            "job_ended",
+            format!("job {id} is {} and cannot be cancelled", row.map_or_else(|| "gone".into(), |r| r.state)),
+        ),
+        Ok(None) => error(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id}")),
+        Err(r) => r,
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct RuleDto {
+    pub name: String,
+    pub pipeline: String,
+    pub modality: Option<String>,
+    pub description: Option<String>,
+    pub sequence: Vec<String>,
+    pub body_part: Option<String>,
+    pub plane: Option<String>,
+    pub acquisition: Option<String>,
+    pub min_instances: Option<u32>,
+    pub threshold: Option<f64>,
+    pub auto_send: bool,
+}
+
+#[utoipa::path(get, path = "/rules", tag = "service", responses((status = 200, description = "The dispatch rules in force", body = [RuleDto])))]
+async fn list_rules(State(state): State<Arc<AppState>>) -> Response {
+    let rules: Vec<RuleDto> = state
+        .config
+        .rules
+        .iter()
+        .flat_map(|r| r.rules.iter())
+        .map(|r| RuleDto {
+            name: r.name.clone(),
+            pipeline: r.pipeline.clone(),
+            modality: r.modality.clone(),
+            description: r.description.clone(),
+            sequence: r.sequence.clone(),
+            body_part: r.body_part.clone(),
+            plane: r.plane.clone(),
+            acquisition: r.acquisition.clone(),
+            min_instances: r.min_instances,
+            threshold: r.threshold,
+            auto_send: r.auto_send,
+        })
+        .collect();
+    Json(rules).into_response()
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct OutboxItem {
+    pub id: i64,
+    pub sop_uid: String,
+    pub study_uid: String,
+    pub destination: String,
+    /// `pending`, `sending`, `sent`, `failed` or `cancelled`.
+    pub state: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub created_at: String,
+    pub sent_at: Option<String>,
+}
+
+#[utoipa::path(get, path = "/outbox", tag = "service", responses((status = 200, body = [OutboxItem])))]
+async fn list_outbox(State(state): State<Arc<AppState>>) -> Response {
+    let store = state.config.store.clone();
+    match blocking(move || lightbox_workflow::pacs::outbox_list(&store)).await {
+        Ok(items) => Json(
+            items
+                .into_iter()
+                .map(|i| OutboxItem {
+                    id: i.id,
+                    sop_uid: i.sop_uid,
+                    study_uid: i.study_uid,
+                    destination: i.destination,
+                    state: i.state.as_str().to_owned(),
+                    attempts: i.attempts,
+                    last_error: i.last_error,
+                    created_at: i.created_at,
+                    sent_at: i.sent_at,
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(r) => r,
+    }
+}
+
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Model {
+    pub name: String,
+    pub version: String,
+    /// `cpu` or `gpu`.
+    pub device: String,
+    pub description: String,
+}
+
+#[utoipa::path(get, path = "/models", tag = "service", responses((status = 200, description = "The pipelines this server runs", body = [Model])))]
+async fn list_models() -> Response {
+    Json(
+        lightbox_workflow::pipeline::PIPELINES
+            .iter()
+            .map(|(name, version, device, description)| Model {
+                name: (*name).into(),
+                version: (*version).into(),
+                device: (*device).into(),
+                description: (*description).into(),
+            })
+            .collect::<Vec<_>>(),
+    )
+    .into_response()
+}
+
+async fn openapi_json() -> Response {
+    Json(openapi()).into_response()
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such resource")
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Lightbox", description = "The Lightbox workflow engine: studies, analysis jobs and their results, the outbox. \
+Research use only; AI output is not a diagnosis."),
+    paths(health, list_studies, list_series, series_results, list_jobs, create_job, get_job, cancel_job, list_rules, list_outbox, list_models),
+    components(schemas(ErrorBody, Health, Study, StudyPage, Series, AnalysisResult, Job, NewJob, RuleDto, OutboxItem, Model)),
+    tags((name = "studies"), (name = "jobs"), (name = "service"))
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of this API, generated from the handlers above.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").into();
+    doc
+}
+
+pub(crate) fn router(state: Arc<AppState>) -> Router {
+    let max_body = state.config.max_body;
+    Router::new()
+        .route("/health", get(health))
+        .route("/openapi.json", get(openapi_json))
+        .route("/studies", get(list_studies))
+        .route("/studies/{study_uid}/series", get(list_series))
+        .route("/studies/{study_uid}/series/{series_uid}/results", get(series_results))
+        .route("/jobs", get(list_jobs).post(create_job))
+        .route("/jobs/{id}", get(get_job).delete(cancel_job))
+        .route("/rules", get(list_rules))
+        .route("/outbox", get(list_outbox))
+        .route("/models", get(list_models))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::guard))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
