@@ -41,14 +41,17 @@ fn serve(store: &std::path::Path, extra: &[&str], env: &[(&str, String)]) -> any
     Ok((child, ([127, 0, 0, 1], port).into()))
 }
 
-/// One HTTP/1.1 exchange: (status, headers in lower case, body).
+/// An HTTP answer: status, headers (names in lower case), body.
+type Answer = (u16, Vec<(String, String)>, String);
+
+/// One HTTP/1.1 exchange.
 fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: Option<&str>,
-) -> anyhow::Result<(u16, Vec<(String, String)>, String)> {
+) -> anyhow::Result<Answer> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
