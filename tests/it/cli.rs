@@ -304,8 +304,8 @@ fn demo_pacs_script_serves_the_demo_study() -> anyhow::Result<()> {
     assert!(lightbox(&["pacs", "status"])?.contains("reachable ("));
     let studies = lightbox(&["pacs", "query"])?;
     assert!(studies.contains("20 instances") && studies.contains("QIN-PROSTATE-01-0001"), "{studies}");
-    // Stop it as Ctrl-C would: Orthanc goes with it.
-    run_ok(Command::new("kill").args(["-INT", &script.0.id().to_string()]))?;
+    // Stop it (SIGTERM: a background job may have SIGINT ignored): Orthanc goes with it.
+    run_ok(Command::new("kill").args(["-TERM", &script.0.id().to_string()]))?;
     script.0.wait()?;
     std::thread::sleep(std::time::Duration::from_millis(500));
     let gone = Command::new(bin("lightbox")?)

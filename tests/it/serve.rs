@@ -322,3 +322,54 @@ fn two_hundred_clients_get_answers() -> anyhow::Result<()> {
     ensure!(p99 < Duration::from_secs(1), "p99 {p99:?}");
     Ok(())
 }
+
+/// HTTPS with mutual TLS: a client with a certificate from the site's CA gets answers; one
+/// without a certificate, or with one from another CA, gets no connection.
+#[test]
+fn mutual_tls_admits_only_the_sites_clients() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = demo_store(dir.path())?;
+    let pki = lightbox_tests::orthanc::Pki::generate(dir.path())?;
+    let port = free_port()?;
+    let mut child = KillOnDrop(
+        Command::new(bin("lightbox")?)
+            .args(["serve", "--port", &port.to_string(), "--tls-cert"])
+            .arg(&pki.server_cert)
+            .arg("--tls-key")
+            .arg(&pki.server_key)
+            .arg("--client-ca")
+            .arg(&pki.ca_cert)
+            .arg("--store")
+            .arg(&store)
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let ready = Lines::new(child.0.stdout.take().context("no stdout")?).wait_for("serving", Duration::from_secs(30))?;
+    ensure!(ready.contains("https://"), "{ready}");
+    let curl = |extra: &[&std::ffi::OsStr]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new("curl")
+            .args(["-s", "--max-time", "10", "--resolve", &format!("localhost:{port}:127.0.0.1"), "--cacert"])
+            .arg(&pki.ca_cert)
+            .args(extra)
+            .arg(format!("https://localhost:{port}/health"))
+            .output()?)
+    };
+    let trusted = curl(&[
+        std::ffi::OsStr::new("--cert"),
+        pki.client_cert.as_os_str(),
+        std::ffi::OsStr::new("--key"),
+        pki.client_key.as_os_str(),
+    ])?;
+    let body = String::from_utf8_lossy(&trusted.stdout);
+    ensure!(trusted.status.success() && body.contains("\"status\":\"ok\""), "trusted client: {body}");
+    let anonymous = curl(&[])?;
+    ensure!(!anonymous.status.success() || anonymous.stdout.is_empty(), "a client without a certificate got an answer");
+    let stranger = curl(&[
+        std::ffi::OsStr::new("--cert"),
+        pki.untrusted_client_cert.as_os_str(),
+        std::ffi::OsStr::new("--key"),
+        pki.untrusted_client_key.as_os_str(),
+    ])?;
+    ensure!(!stranger.status.success() || stranger.stdout.is_empty(), "a certificate from another CA got an answer");
+    Ok(())
+}

@@ -106,6 +106,15 @@ enum Commands {
         /// Requests per second per client (a burst of twice that).
         #[arg(long, default_value_t = 200)]
         rate: u32,
+        /// Serve HTTPS with this certificate chain (PEM) …
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// … and this private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Mutual TLS: only clients with a certificate signed by this CA (PEM) get a connection.
+        #[arg(long, requires = "tls_cert")]
+        client_ca: Option<PathBuf>,
         /// Check the configuration, the store and the PACS, then exit.
         #[arg(long)]
         check: bool,
@@ -608,7 +617,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Commands::Inspect { file, images } => inspect(&file, images.as_deref())?,
-        Commands::Serve { bind, port, tokens, rules, listen_port, aet, rate, check, openapi, store } => {
+        Commands::Serve {
+            bind,
+            port,
+            tokens,
+            rules,
+            listen_port,
+            aet,
+            rate,
+            tls_cert,
+            tls_key,
+            client_ca,
+            check,
+            openapi,
+            store,
+        } => {
             if openapi {
                 print!("{}", lightbox_server::openapi_json());
                 return Ok(());
@@ -629,6 +652,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             config.rules = rules.map(|r| lightbox_workflow::pipeline::Rules::load(&r)).transpose()?;
             config.pacs = lightbox_workflow::pacs::PacsSettings::from_env();
             config.scp = listen_port.map(|p| (aet, p));
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                config.tls = Some(lightbox_server::TlsFiles { cert, key, client_ca });
+            }
             if check {
                 let mut failed = 0;
                 for (what, result) in lightbox_server::check_blocking(&config)? {
@@ -643,8 +669,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::ensure!(failed == 0, "{failed} checks failed");
                 return Ok(());
             }
+            let scheme = if config.tls.is_some() { "https" } else { "http" };
             lightbox_server::run_blocking(config, |addr| {
-                println!("serving the Lightbox API on http://{addr} (OpenAPI at /openapi.json)");
+                println!("serving the Lightbox API on {scheme}://{addr} (OpenAPI at /openapi.json)");
                 let _ = std::io::Write::flush(&mut std::io::stdout());
             })?;
         }

@@ -9,6 +9,7 @@
 
 mod api;
 mod guard;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -55,6 +56,17 @@ pub struct ServeConfig {
     /// How long a shutdown waits for running jobs before leaving them to the next start (their
     /// lease lapses and the next runner takes them over).
     pub drain_timeout: Duration,
+    /// HTTPS instead of HTTP, optionally requiring client certificates.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The server's certificate chain and key (PEM) and, for mutual TLS, the CA whose client
+/// certificates are accepted.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -69,6 +81,7 @@ impl ServeConfig {
             pacs: None,
             scp: None,
             drain_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 
@@ -152,6 +165,7 @@ pub async fn start(config: ServeConfig) -> Result<Server, ServeError> {
         }
         None => None,
     };
+    let acceptor = config.tls.as_ref().map(tls::acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| ServeError::Bind { addr: config.bind, source })?;
@@ -175,9 +189,14 @@ pub async fn start(config: ServeConfig) -> Result<Server, ServeError> {
             }
             drain(&drain_state).await;
         };
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(signal)
-            .await?;
+        match acceptor {
+            Some(acceptor) => tls::serve(listener, acceptor, app, signal).await,
+            None => {
+                axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(signal)
+                    .await?;
+            }
+        }
         Ok(())
     });
     Ok(Server { local_addr, shutdown: Some(shutdown), handle })
