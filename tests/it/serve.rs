@@ -373,3 +373,45 @@ fn mutual_tls_admits_only_the_sites_clients() -> anyhow::Result<()> {
     ensure!(!stranger.status.success() || stranger.stdout.is_empty(), "a certificate from another CA got an answer");
     Ok(())
 }
+
+/// `lightbox serve --check` reads `[serve]` from the same settings file as the workstation
+/// (flags override it) and reports the configuration, the store, the rules and the PACS.
+#[test]
+fn serve_check_reads_the_settings_file() -> anyhow::Result<()> {
+    let orthanc = Orthanc::start()?;
+    let dir = tempfile::tempdir()?;
+    let store = demo_store(dir.path())?;
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RULES)?;
+    let port = free_port()?;
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[pacs]\nname = \"orthanc\"\nurl = \"{}\"\nuser = \"{}\"\n\n[serve]\nport = {port}\nrules = \"{}\"\n",
+            orthanc.dicomweb_url(),
+            orthanc.user(),
+            rules.display()
+        ),
+    )?;
+    let check = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(bin("lightbox")?)
+            .args(["serve", "--check", "--store"])
+            .arg(&store)
+            .args(extra)
+            .env("LIGHTBOX_CONFIG", &config)
+            .env_remove("LIGHTBOX_PACS_URL")
+            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
+            .output()?)
+    };
+    let out = check(&[])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    ensure!(text.contains(&format!("bind 127.0.0.1:{port}")) && text.contains("1 rules"), "{text}");
+    ensure!(text.contains("ok      PACS orthanc") && text.contains("reachable"), "{text}");
+    // A flag wins over the file; a wider bind without tokens fails the check.
+    let out = check(&["--bind", "0.0.0.0"])?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(!out.status.success() && text.contains("FAILED  configuration"), "{text}");
+    Ok(())
+}

@@ -87,10 +87,12 @@ enum Commands {
     /// The workflow engine, the DIMSE SCP and the outbox behind a REST API, as one daemon
     /// (see README "lightbox serve"). Loopback only unless --tokens is given.
     Serve {
-        #[arg(long, default_value = "127.0.0.1")]
-        bind: std::net::IpAddr,
-        #[arg(long, default_value_t = 8480)]
-        port: u16,
+        /// Address to bind (default 127.0.0.1; `[serve]` in the settings file may set it).
+        #[arg(long)]
+        bind: Option<std::net::IpAddr>,
+        /// Port (default 8480).
+        #[arg(long)]
+        port: Option<u16>,
         /// A file of SHA-256 hashes of the bearer tokens that may call the API, one per line
         /// (`lightbox token-hash` makes one); required for a bind beyond loopback.
         #[arg(long)]
@@ -103,9 +105,9 @@ enum Commands {
         listen_port: Option<u16>,
         #[arg(long, default_value = "LIGHTBOX")]
         aet: String,
-        /// Requests per second per client (a burst of twice that).
-        #[arg(long, default_value_t = 200)]
-        rate: u32,
+        /// Requests per second per client, a burst of twice that (default 200).
+        #[arg(long)]
+        rate: Option<u32>,
         /// Serve HTTPS with this certificate chain (PEM) …
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<PathBuf>,
@@ -636,11 +638,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", lightbox_server::openapi_json());
                 return Ok(());
             }
+            // Flags first, then `[serve]` in the settings file, then the defaults.
+            let settings = lightbox_workflow::settings::Settings::load(&lightbox_workflow::settings::config_path())?;
+            let file = settings.serve.clone().unwrap_or_default();
             let mut config =
                 lightbox_server::ServeConfig::new(store.unwrap_or_else(lightbox_workflow::default_store_dir));
-            config.bind = (bind, port).into();
-            config.rate_per_second = rate;
-            if let Some(path) = tokens {
+            let bind = match (bind, &file.bind) {
+                (Some(b), _) => b,
+                (None, Some(b)) => b.parse().with_context(|| format!("[serve] bind {b:?} is not an address"))?,
+                (None, None) => config.bind.ip(),
+            };
+            config.bind = (bind, port.or(file.port).unwrap_or(config.bind.port())).into();
+            config.rate_per_second = rate.or(file.rate).unwrap_or(config.rate_per_second);
+            if let Some(path) = tokens.or(file.tokens) {
                 let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
                 config.token_hashes = text
                     .lines()
@@ -649,11 +659,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .map(str::to_owned)
                     .collect();
             }
-            config.rules = rules.map(|r| lightbox_workflow::pipeline::Rules::load(&r)).transpose()?;
-            config.pacs = lightbox_workflow::pacs::PacsSettings::from_env();
-            config.scp = listen_port.map(|p| (aet, p));
-            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
-                config.tls = Some(lightbox_server::TlsFiles { cert, key, client_ca });
+            config.rules = rules.or(file.rules).map(|r| lightbox_workflow::pipeline::Rules::load(&r)).transpose()?;
+            config.pacs = settings.pacs_settings();
+            config.scp = listen_port.or(file.listen_port).map(|p| (aet, p));
+            if let (Some(cert), Some(key)) = (tls_cert.or(file.tls_cert), tls_key.or(file.tls_key)) {
+                config.tls = Some(lightbox_server::TlsFiles { cert, key, client_ca: client_ca.or(file.client_ca) });
             }
             if check {
                 let mut failed = 0;

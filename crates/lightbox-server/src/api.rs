@@ -452,13 +452,17 @@ async fn create_job(State(state): State<Arc<AppState>>, body: Result<Json<NewJob
 }
 
 #[utoipa::path(get, path = "/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "Job id")),
-    responses((status = 200, body = Job), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = Job), (status = 404, description = "No such job", body = ErrorBody),
+              (status = 410, description = "Cancelled (deleted); `/jobs?state=cancelled` still lists it", body = ErrorBody)))]
 async fn get_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathRejection>) -> Response {
     let Ok(Path(id)) = id else {
         return error(StatusCode::NOT_FOUND, "unknown_job", "no such job (ids are integers)");
     };
     let store = state.config.store.clone();
     match blocking(move || lightbox_workflow::pipeline::job_row(&store, id)).await {
+        Ok(Some(row)) if row.state == "cancelled" => {
+            error(StatusCode::GONE, "job_cancelled", format!("job {id} was cancelled"))
+        }
         Ok(Some(row)) => Json(job_dto(row)).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id}")),
         Err(r) => r,
@@ -467,8 +471,9 @@ async fn get_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathR
 
 #[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "Job id")),
     responses((status = 202, description = "Cancelled; a running job stops at its next stage", body = Job),
-              (status = 404, body = ErrorBody),
-              (status = 409, description = "It has ended already", body = ErrorBody)))]
+              (status = 404, description = "No such job", body = ErrorBody),
+              (status = 409, description = "It has finished or failed already", body = ErrorBody),
+              (status = 410, description = "Cancelled already", body = ErrorBody)))]
 async fn cancel_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathRejection>) -> Response {
     let Ok(Path(id)) = id else {
         return error(StatusCode::NOT_FOUND, "unknown_job", "no such job (ids are integers)");
@@ -484,6 +489,9 @@ async fn cancel_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, Pa
     .await;
     match done {
         Ok(Some((true, Some(row)))) => (StatusCode::ACCEPTED, Json(job_dto(row))).into_response(),
+        Ok(Some((false, Some(row)))) if row.state == "cancelled" => {
+            error(StatusCode::GONE, "job_cancelled", format!("job {id} was cancelled already"))
+        }
         Ok(Some((_, row))) => error(
             StatusCode::CONFLICT,
             "job_ended",

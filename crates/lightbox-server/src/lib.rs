@@ -177,6 +177,34 @@ pub async fn start(config: ServeConfig) -> Result<Server, ServeError> {
         engine,
     });
     let app = api::router(state.clone());
+    // The outbox is retried on a timer too: results queued while the PACS was down leave
+    // once it is back, without waiting for the next job.
+    if let Some(pacs) = state.config.pacs.clone() {
+        let (store, every) = (state.config.store.clone(), drain_interval());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                // The store is not Send: drain on a blocking thread with its own runtime.
+                let (store, pacs) = (store.clone(), pacs.clone());
+                let drained = tokio::task::spawn_blocking(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                    Ok::<_, std::io::Error>(runtime.block_on(lightbox_workflow::pacs::outbox_drain(&store, &pacs)))
+                })
+                .await;
+                match drained {
+                    Ok(Ok(Ok(report))) if report.sent + report.sent_by_dimse > 0 || report.failed > 0 => {
+                        tracing::info!(target: "lightbox::outbox", "drained: {report:?}");
+                    }
+                    Ok(Ok(Ok(_))) => {}
+                    Ok(Ok(Err(e))) => tracing::warn!(target: "lightbox::outbox", "drain failed: {e}"),
+                    Ok(Err(e)) => tracing::warn!(target: "lightbox::outbox", "drain runtime: {e}"),
+                    Err(e) => tracing::warn!(target: "lightbox::outbox", "drain task: {e}"),
+                }
+            }
+        });
+    }
     let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         let _scp = scp; // listens as long as the server runs
@@ -200,6 +228,12 @@ pub async fn start(config: ServeConfig) -> Result<Server, ServeError> {
         Ok(())
     });
     Ok(Server { local_addr, shutdown: Some(shutdown), handle })
+}
+
+/// How often the outbox is retried: `LIGHTBOX_DRAIN_SECS`, default 60.
+fn drain_interval() -> Duration {
+    let secs = std::env::var("LIGHTBOX_DRAIN_SECS").ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(60);
+    Duration::from_secs(secs.max(1))
 }
 
 /// Draining: new requests get 503, running jobs get up to the drain timeout to finish.

@@ -197,7 +197,7 @@ impl Drop for Engine {
 const WATERMARK: &str = "dispatched_until";
 
 /// Modalities that are not images to analyse.
-const NOT_IMAGES: [&str; 7] = ["SEG", "SR", "PR", "KO", "RWV", "DOC", "REG"];
+pub(crate) const NOT_IMAGES: [&str; 7] = ["SEG", "SR", "PR", "KO", "RWV", "DOC", "REG"];
 
 struct Dispatcher {
     store_dir: PathBuf,

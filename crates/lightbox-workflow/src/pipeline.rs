@@ -272,6 +272,10 @@ pub fn enqueue(store_dir: &Path, pipeline: &str, series_uid: &str, threshold: f6
     if !threshold.is_finite() {
         return Err(WorkflowError::Analysis(format!("threshold {threshold} is not a number")));
     }
+    let modality = series_to_match(store_dir, series_uid)?.facts.modality;
+    if crate::engine::NOT_IMAGES.contains(&modality.as_str()) {
+        return Err(WorkflowError::Analysis(format!("series {series_uid} is a {modality}, not images to analyse")));
+    }
     let plan = plan(&store, pipeline, series_uid, threshold, None)?;
     let before = store.jobs()?.len();
     let (id, state) = store.job_enqueue(&plan.key, &plan.pipeline, plan.device, &plan.payload.to_string())?;

@@ -17,6 +17,29 @@ pub struct Settings {
     /// The site, as signed reports name the signer's organization.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub institution: Option<String>,
+    /// `lightbox serve` (command-line flags override these).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serve: Option<ServeSettings>,
+}
+
+/// `[serve]` in the settings file: how `lightbox serve` runs on this machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeSettings {
+    /// Address to bind, e.g. "127.0.0.1" (the default) or "0.0.0.0" (needs `tokens`).
+    pub bind: Option<String>,
+    pub port: Option<u16>,
+    /// Dispatch rules (TOML).
+    pub rules: Option<PathBuf>,
+    /// File of SHA-256 hashes of the bearer tokens.
+    pub tokens: Option<PathBuf>,
+    /// Receive DICOM pushes on this port.
+    pub listen_port: Option<u16>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub client_ca: Option<PathBuf>,
+    /// Requests per second per client.
+    pub rate: Option<u32>,
 }
 
 /// The signer's organization for signed reports: `LIGHTBOX_INSTITUTION`, else the settings
@@ -195,6 +218,11 @@ mod tests {
             }),
             listen: Some(ListenConfig { aet: "LIGHTBOX".into(), port: 11112 }),
             institution: Some("St. Example Radiology".into()),
+            serve: Some(ServeSettings {
+                port: Some(8481),
+                rules: Some("/etc/lightbox/rules.toml".into()),
+                ..Default::default()
+            }),
         };
         settings.save(&path)?;
         assert_eq!(Settings::load(&path)?, settings);
@@ -219,6 +247,7 @@ mod tests {
             pacs: Some(PacsConfig { url: "pacs:8042".into(), ..Default::default() }),
             listen: None,
             institution: None,
+            serve: None,
         };
         let error = bad.save(&path).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains("must start with http"), "{error}");

@@ -134,6 +134,8 @@ export interface Settings {
   listen: { aet: string; port: number } | null;
   /** The site, as signed reports name the signer's organization. */
   institution?: string | null;
+  /** `[serve]` for `lightbox serve`: not edited here, kept as it is. */
+  serve?: Record<string, unknown> | null;
 }
 
 /** An analysis result: AI output until a radiologist signs it. */
