@@ -2,6 +2,9 @@
 
 use lightbox_core::Volume;
 
+use lightbox_core::WindowLevel;
+
+use crate::mpr::{MprPlane, SlabMode};
 use crate::{RenderError, SliceParams};
 
 /// RGBA8 pixels of one slice, row-major, exactly as `slice.wgsl` draws them.
@@ -13,6 +16,61 @@ pub fn slice_rgba(volume: &Volume<f32>, params: SliceParams) -> Result<Vec<u8>, 
     for &v in values {
         let grey = to_unorm8(params.window.apply(v));
         out.extend_from_slice(&[grey, grey, grey, 255]);
+    }
+    Ok(out)
+}
+
+/// RGBA8 pixels of a reformatted plane (or slab), exactly as `mpr.wgsl` draws them: trilinear
+/// samples in voxel space, projected along the normal by the plane's mode, window/levelled.
+pub fn mpr_rgba(volume: &Volume<f32>, plane: &MprPlane, window: WindowLevel) -> Result<Vec<u8>, RenderError> {
+    let v = plane
+        .in_voxels(&volume.patient_from_voxel)
+        .ok_or(RenderError::Device("the volume's geometry cannot be inverted".into()))?;
+    let [nx, ny, nz] = volume.dims();
+    let hi = [nx, ny, nz].map(|n| n as f32 - 1.0);
+    const EDGE: f32 = 0.001;
+    let at = |x: usize, y: usize, z: usize| volume.voxels()[x + nx * (y + ny * z)];
+    let sample = |p: [f32; 3]| -> Option<f32> {
+        if (0..3).any(|c| p[c] < -EDGE || p[c] > hi[c] + EDGE) {
+            return None;
+        }
+        let q = [0, 1, 2].map(|c| p[c].clamp(0.0, hi[c]));
+        let base = [0, 1, 2].map(|c| q[c].floor().min((hi[c] - 1.0).max(0.0)));
+        let f = [0, 1, 2].map(|c| q[c] - base[c]);
+        let b = base.map(|x| x as usize);
+        let b1 = [0, 1, 2].map(|c| (b[c] + 1).min(hi[c] as usize));
+        let c00 = at(b[0], b[1], b[2]) + (at(b1[0], b[1], b[2]) - at(b[0], b[1], b[2])) * f[0];
+        let c10 = at(b[0], b1[1], b[2]) + (at(b1[0], b1[1], b[2]) - at(b[0], b1[1], b[2])) * f[0];
+        let c01 = at(b[0], b[1], b1[2]) + (at(b1[0], b[1], b1[2]) - at(b[0], b[1], b1[2])) * f[0];
+        let c11 = at(b[0], b1[1], b1[2]) + (at(b1[0], b1[1], b1[2]) - at(b[0], b1[1], b1[2])) * f[0];
+        let c0 = c00 + (c10 - c00) * f[1];
+        let c1 = c01 + (c11 - c01) * f[1];
+        Some(c0 + (c1 - c0) * f[2])
+    };
+    let mut out = Vec::with_capacity(plane.width as usize * plane.height as usize * 4);
+    for j in 0..plane.height {
+        for i in 0..plane.width {
+            let (fi, fj) = (i as f32, j as f32);
+            let mut acc: Option<(f32, f32)> = None;
+            for k in 0..v.samples.max(1) {
+                let p = [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + k as f32 * v.step_z[c]);
+                let Some(value) = sample(p) else { continue };
+                acc = Some(match (acc, plane.mode) {
+                    (None, _) => (value, 1.0),
+                    (Some((a, n)), SlabMode::Max) => (a.max(value), n + 1.0),
+                    (Some((a, n)), SlabMode::Min) => (a.min(value), n + 1.0),
+                    (Some((a, n)), _) => (a + value, n + 1.0),
+                });
+            }
+            let grey = match acc {
+                None => 0,
+                Some((a, n)) => {
+                    let value = if matches!(plane.mode, SlabMode::Mean | SlabMode::Single) { a / n } else { a };
+                    to_unorm8(window.apply(value))
+                }
+            };
+            out.extend_from_slice(&[grey, grey, grey, 255]);
+        }
     }
     Ok(out)
 }

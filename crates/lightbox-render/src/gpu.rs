@@ -62,126 +62,15 @@ impl SliceRenderer {
     pub const TARGET_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unorm;
 
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, volume: &Volume<f32>) -> Result<Self, RenderError> {
-        let limit = device.limits().max_texture_dimension_3d;
-        let [nx, ny, nz] = volume.dims();
-        let dims = [nx, ny, nz].map(|d| u32::try_from(d).unwrap_or(u32::MAX));
-        if dims.iter().any(|&d| d > limit || d == 0) {
-            return Err(RenderError::VolumeTooLarge { dims: volume.dims(), limit });
-        }
-        let size = wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: dims[2] };
-        let volume_texture = device.create_texture(&wgpu::TextureDescriptor {
-            label: Some("volume"),
-            size,
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D3,
-            format: wgpu::TextureFormat::R32Float,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-            view_formats: &[],
-        });
-        queue.write_texture(
-            wgpu::TexelCopyTextureInfo {
-                texture: &volume_texture,
-                mip_level: 0,
-                origin: wgpu::Origin3d::ZERO,
-                aspect: wgpu::TextureAspect::All,
-            },
-            bytemuck::cast_slice(volume.voxels()),
-            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(4 * dims[0]), rows_per_image: Some(dims[1]) },
-            size,
+        let (volume_view, dims) = upload_volume(device, queue, volume)?;
+        let (target, target_view) = target_texture(device, dims[0], dims[1], "slice target");
+        let (pipeline, bind_group, uniforms) = fullscreen_pipeline(
+            device,
+            shaders::SLICE,
+            "slice",
+            &volume_view,
+            std::mem::size_of::<SliceUniforms>() as u64,
         );
-        let volume_view = volume_texture.create_view(&wgpu::TextureViewDescriptor::default());
-
-        let target = device.create_texture(&wgpu::TextureDescriptor {
-            label: Some("slice target"),
-            size: wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: 1 },
-            mip_level_count: 1,
-            sample_count: 1,
-            dimension: wgpu::TextureDimension::D2,
-            format: Self::TARGET_FORMAT,
-            usage: wgpu::TextureUsages::RENDER_ATTACHMENT
-                | wgpu::TextureUsages::TEXTURE_BINDING
-                | wgpu::TextureUsages::COPY_SRC,
-            view_formats: &[],
-        });
-        let target_view = target.create_view(&wgpu::TextureViewDescriptor::default());
-
-        let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("slice uniforms"),
-            size: std::mem::size_of::<SliceUniforms>() as u64,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-
-        let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("slice"),
-            entries: &[
-                wgpu::BindGroupLayoutEntry {
-                    binding: 0,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Texture {
-                        sample_type: wgpu::TextureSampleType::Float { filterable: false },
-                        view_dimension: wgpu::TextureViewDimension::D3,
-                        multisampled: false,
-                    },
-                    count: None,
-                },
-                wgpu::BindGroupLayoutEntry {
-                    binding: 1,
-                    visibility: wgpu::ShaderStages::FRAGMENT,
-                    ty: wgpu::BindingType::Buffer {
-                        ty: wgpu::BufferBindingType::Uniform,
-                        has_dynamic_offset: false,
-                        min_binding_size: None,
-                    },
-                    count: None,
-                },
-            ],
-        });
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("slice"),
-            layout: &layout,
-            entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&volume_view) },
-                wgpu::BindGroupEntry { binding: 1, resource: uniforms.as_entire_binding() },
-            ],
-        });
-
-        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some("slice.wgsl"),
-            source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shaders::SLICE)),
-        });
-        let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some("slice"),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
-            label: Some("slice"),
-            layout: Some(&pipeline_layout),
-            vertex: wgpu::VertexState {
-                module: &module,
-                entry_point: Some("vs_main"),
-                compilation_options: Default::default(),
-                buffers: &[],
-            },
-            primitive: wgpu::PrimitiveState::default(),
-            depth_stencil: None,
-            multisample: wgpu::MultisampleState::default(),
-            fragment: Some(wgpu::FragmentState {
-                module: &module,
-                entry_point: Some("fs_main"),
-                compilation_options: Default::default(),
-                targets: &[Some(wgpu::ColorTargetState {
-                    format: Self::TARGET_FORMAT,
-                    blend: None,
-                    write_mask: wgpu::ColorWrites::ALL,
-                })],
-            }),
-            multiview_mask: None,
-            cache: None,
-        });
-
         Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims })
     }
 
@@ -207,74 +96,322 @@ impl SliceRenderer {
             _pad: 0.0,
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("slice") });
-        {
-            let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
-                label: Some("slice"),
-                color_attachments: &[Some(wgpu::RenderPassColorAttachment {
-                    view: &self.target_view,
-                    depth_slice: None,
-                    resolve_target: None,
-                    ops: wgpu::Operations {
-                        load: wgpu::LoadOp::Clear(wgpu::Color::BLACK),
-                        store: wgpu::StoreOp::Store,
-                    },
-                })],
-                ..Default::default()
-            });
-            pass.set_pipeline(&self.pipeline);
-            pass.set_bind_group(0, &self.bind_group, &[]);
-            pass.draw(0..3, 0..1);
-        }
-        queue.submit(Some(encoder.finish()));
+        draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view);
         Ok(())
     }
 
     /// Copies the target back to the CPU as tightly packed RGBA8 rows (for tests and snapshots).
     pub fn read_target(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<u8>, RenderError> {
-        let [width, height, _] = self.dims;
-        let row_bytes = 4 * width;
-        let padded_row = row_bytes.div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
-        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("slice readback"),
-            size: u64::from(padded_row) * u64::from(height),
-            usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
-            mapped_at_creation: false,
-        });
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
-        encoder.copy_texture_to_buffer(
-            wgpu::TexelCopyTextureInfo {
-                texture: &self.target,
-                mip_level: 0,
-                origin: wgpu::Origin3d::ZERO,
-                aspect: wgpu::TextureAspect::All,
-            },
-            wgpu::TexelCopyBufferInfo {
-                buffer: &buffer,
-                layout: wgpu::TexelCopyBufferLayout {
-                    offset: 0,
-                    bytes_per_row: Some(padded_row),
-                    rows_per_image: Some(height),
-                },
-            },
-            wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
-        );
-        queue.submit(Some(encoder.finish()));
+        read_texture(device, queue, &self.target, self.dims[0], self.dims[1])
+    }
+}
 
-        let (sender, receiver) = std::sync::mpsc::channel();
-        buffer.map_async(wgpu::MapMode::Read, .., move |result| {
-            let _ = sender.send(result);
+/// Uploads a volume as a 3-D `r32float` texture; its `[columns, rows, slices]`.
+fn upload_volume(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    volume: &Volume<f32>,
+) -> Result<(wgpu::TextureView, [u32; 3]), RenderError> {
+    let limit = device.limits().max_texture_dimension_3d;
+    let [nx, ny, nz] = volume.dims();
+    let dims = [nx, ny, nz].map(|d| u32::try_from(d).unwrap_or(u32::MAX));
+    if dims.iter().any(|&d| d > limit || d == 0) {
+        return Err(RenderError::VolumeTooLarge { dims: volume.dims(), limit });
+    }
+    let size = wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: dims[2] };
+    let texture = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("volume"),
+        size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D3,
+        format: wgpu::TextureFormat::R32Float,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    queue.write_texture(
+        wgpu::TexelCopyTextureInfo {
+            texture: &texture,
+            mip_level: 0,
+            origin: wgpu::Origin3d::ZERO,
+            aspect: wgpu::TextureAspect::All,
+        },
+        bytemuck::cast_slice(volume.voxels()),
+        wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(4 * dims[0]), rows_per_image: Some(dims[1]) },
+        size,
+    );
+    Ok((texture.create_view(&wgpu::TextureViewDescriptor::default()), dims))
+}
+
+/// An RGBA8 render target that egui can show and tests can read back.
+fn target_texture(device: &wgpu::Device, width: u32, height: u32, label: &str) -> (wgpu::Texture, wgpu::TextureView) {
+    let target = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some(label),
+        size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D2,
+        format: SliceRenderer::TARGET_FORMAT,
+        usage: wgpu::TextureUsages::RENDER_ATTACHMENT
+            | wgpu::TextureUsages::TEXTURE_BINDING
+            | wgpu::TextureUsages::COPY_SRC,
+        view_formats: &[],
+    });
+    let view = target.create_view(&wgpu::TextureViewDescriptor::default());
+    (target, view)
+}
+
+/// A pipeline that draws one full-target triangle with `shader`, reading the volume (binding 0)
+/// and a uniform buffer of `uniform_size` bytes (binding 1).
+fn fullscreen_pipeline(
+    device: &wgpu::Device,
+    shader: &str,
+    label: &str,
+    volume_view: &wgpu::TextureView,
+    uniform_size: u64,
+) -> (wgpu::RenderPipeline, wgpu::BindGroup, wgpu::Buffer) {
+    let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: uniform_size,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some(label),
+        entries: &[
+            wgpu::BindGroupLayoutEntry {
+                binding: 0,
+                visibility: wgpu::ShaderStages::FRAGMENT,
+                ty: wgpu::BindingType::Texture {
+                    sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                    view_dimension: wgpu::TextureViewDimension::D3,
+                    multisampled: false,
+                },
+                count: None,
+            },
+            wgpu::BindGroupLayoutEntry {
+                binding: 1,
+                visibility: wgpu::ShaderStages::FRAGMENT,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            },
+        ],
+    });
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout: &layout,
+        entries: &[
+            wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(volume_view) },
+            wgpu::BindGroupEntry { binding: 1, resource: uniforms.as_entire_binding() },
+        ],
+    });
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shader)),
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(&layout)],
+        immediate_size: 0,
+    });
+    let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+        label: Some(label),
+        layout: Some(&pipeline_layout),
+        vertex: wgpu::VertexState {
+            module: &module,
+            entry_point: Some("vs_main"),
+            compilation_options: Default::default(),
+            buffers: &[],
+        },
+        primitive: wgpu::PrimitiveState::default(),
+        depth_stencil: None,
+        multisample: wgpu::MultisampleState::default(),
+        fragment: Some(wgpu::FragmentState {
+            module: &module,
+            entry_point: Some("fs_main"),
+            compilation_options: Default::default(),
+            targets: &[Some(wgpu::ColorTargetState {
+                format: SliceRenderer::TARGET_FORMAT,
+                blend: None,
+                write_mask: wgpu::ColorWrites::ALL,
+            })],
+        }),
+        multiview_mask: None,
+        cache: None,
+    });
+    (pipeline, bind_group, uniforms)
+}
+
+/// Draws the full-target triangle and submits.
+fn draw(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    pipeline: &wgpu::RenderPipeline,
+    bind_group: &wgpu::BindGroup,
+    target: &wgpu::TextureView,
+) {
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("draw") });
+    {
+        let mut pass = encoder.begin_render_pass(&wgpu::RenderPassDescriptor {
+            label: Some("draw"),
+            color_attachments: &[Some(wgpu::RenderPassColorAttachment {
+                view: target,
+                depth_slice: None,
+                resolve_target: None,
+                ops: wgpu::Operations { load: wgpu::LoadOp::Clear(wgpu::Color::BLACK), store: wgpu::StoreOp::Store },
+            })],
+            ..Default::default()
         });
-        device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| RenderError::Readback(e.to_string()))?;
-        receiver
-            .recv()
-            .map_err(|e| RenderError::Readback(e.to_string()))?
-            .map_err(|e| RenderError::Readback(e.to_string()))?;
-        let mapped = buffer.get_mapped_range(..).map_err(|e| RenderError::Readback(e.to_string()))?;
-        let mut pixels = Vec::with_capacity((row_bytes * height) as usize);
-        for row in mapped.chunks(padded_row as usize) {
-            pixels.extend_from_slice(&row[..row_bytes as usize]);
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, bind_group, &[]);
+        pass.draw(0..3, 0..1);
+    }
+    queue.submit(Some(encoder.finish()));
+}
+
+/// Copies an RGBA8 texture back to the CPU as tightly packed rows.
+fn read_texture(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    texture: &wgpu::Texture,
+    width: u32,
+    height: u32,
+) -> Result<Vec<u8>, RenderError> {
+    let row_bytes = 4 * width;
+    let padded_row = row_bytes.div_ceil(wgpu::COPY_BYTES_PER_ROW_ALIGNMENT) * wgpu::COPY_BYTES_PER_ROW_ALIGNMENT;
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size: u64::from(padded_row) * u64::from(height),
+        usage: wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ,
+        mapped_at_creation: false,
+    });
+    let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("readback") });
+    encoder.copy_texture_to_buffer(
+        wgpu::TexelCopyTextureInfo {
+            texture,
+            mip_level: 0,
+            origin: wgpu::Origin3d::ZERO,
+            aspect: wgpu::TextureAspect::All,
+        },
+        wgpu::TexelCopyBufferInfo {
+            buffer: &buffer,
+            layout: wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(padded_row),
+                rows_per_image: Some(height),
+            },
+        },
+        wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+    );
+    queue.submit(Some(encoder.finish()));
+    let (sender, receiver) = std::sync::mpsc::channel();
+    buffer.map_async(wgpu::MapMode::Read, .., move |result| {
+        let _ = sender.send(result);
+    });
+    device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| RenderError::Readback(e.to_string()))?;
+    receiver
+        .recv()
+        .map_err(|e| RenderError::Readback(e.to_string()))?
+        .map_err(|e| RenderError::Readback(e.to_string()))?;
+    let mapped = buffer.get_mapped_range(..).map_err(|e| RenderError::Readback(e.to_string()))?;
+    let mut pixels = Vec::with_capacity((row_bytes * height) as usize);
+    for row in mapped.chunks(padded_row as usize) {
+        pixels.extend_from_slice(&row[..row_bytes as usize]);
+    }
+    Ok(pixels)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MprUniforms {
+    origin: [f32; 4],
+    step_x: [f32; 4],
+    step_y: [f32; 4],
+    step_z: [f32; 4],
+    dims: [u32; 4],
+    slab: [u32; 4],
+    window: [f32; 4],
+}
+
+/// Multiplanar reformation of one volume: planes of any orientation (and thick-slab MIP, MinIP
+/// or average) drawn into an RGBA8 texture of a fixed size.
+pub struct MprRenderer {
+    pipeline: wgpu::RenderPipeline,
+    bind_group: wgpu::BindGroup,
+    uniforms: wgpu::Buffer,
+    target: wgpu::Texture,
+    target_view: wgpu::TextureView,
+    dims: [u32; 3],
+    size: [u32; 2],
+    patient_from_voxel: lightbox_core::Affine3,
+}
+
+impl MprRenderer {
+    /// Uploads the volume; planes drawn later must be `width × height` pixels.
+    pub fn new(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        volume: &Volume<f32>,
+        width: u32,
+        height: u32,
+    ) -> Result<Self, RenderError> {
+        let (volume_view, dims) = upload_volume(device, queue, volume)?;
+        let (target, target_view) = target_texture(device, width.max(1), height.max(1), "mpr target");
+        let (pipeline, bind_group, uniforms) =
+            fullscreen_pipeline(device, shaders::MPR, "mpr", &volume_view, std::mem::size_of::<MprUniforms>() as u64);
+        Ok(Self {
+            pipeline,
+            bind_group,
+            uniforms,
+            target,
+            target_view,
+            dims,
+            size: [width.max(1), height.max(1)],
+            patient_from_voxel: volume.patient_from_voxel,
+        })
+    }
+
+    pub fn target_view(&self) -> &wgpu::TextureView {
+        &self.target_view
+    }
+
+    /// Draws `plane` (its size must be the renderer's) with `window`.
+    pub fn render(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        plane: &crate::MprPlane,
+        window: lightbox_core::WindowLevel,
+    ) -> Result<(), RenderError> {
+        if [plane.width, plane.height] != self.size {
+            return Err(RenderError::Device(format!(
+                "a {}x{} plane on a {}x{} target",
+                plane.width, plane.height, self.size[0], self.size[1]
+            )));
         }
-        Ok(pixels)
+        let v = plane
+            .in_voxels(&self.patient_from_voxel)
+            .ok_or(RenderError::Device("the volume's geometry cannot be inverted".into()))?;
+        let four = |a: [f32; 3]| [a[0], a[1], a[2], 0.0];
+        let uniforms = MprUniforms {
+            origin: four(v.origin),
+            step_x: four(v.step_x),
+            step_y: four(v.step_y),
+            step_z: four(v.step_z),
+            dims: [self.dims[0], self.dims[1], self.dims[2], 0],
+            slab: [v.samples, plane.mode.code(), plane.width, plane.height],
+            window: [window.center, window.width, 0.0, 0.0],
+        };
+        queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
+        draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view);
+        Ok(())
+    }
+
+    pub fn read_target(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<u8>, RenderError> {
+        read_texture(device, queue, &self.target, self.size[0], self.size[1])
     }
 }

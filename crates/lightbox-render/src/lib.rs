@@ -7,10 +7,12 @@
 
 pub mod cpu;
 mod gpu;
+pub mod mpr;
 pub mod shaders;
 
-pub use gpu::{GpuContext, SliceRenderer};
+pub use gpu::{GpuContext, MprRenderer, SliceRenderer};
 use lightbox_core::WindowLevel;
+pub use mpr::{MprPlane, SlabMode};
 
 /// What to draw of a volume.
 #[derive(Clone, Copy, Debug, PartialEq)]

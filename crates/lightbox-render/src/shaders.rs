@@ -3,8 +3,11 @@
 /// One axial slice with window/level.
 pub const SLICE: &str = include_str!("../../../shaders/slice.wgsl");
 
+/// Multiplanar reformation at any orientation, with thick-slab projections.
+pub const MPR: &str = include_str!("../../../shaders/mpr.wgsl");
+
 /// Every shader, by file name, for validation.
-pub const ALL: &[(&str, &str)] = &[("slice.wgsl", SLICE)];
+pub const ALL: &[(&str, &str)] = &[("slice.wgsl", SLICE), ("mpr.wgsl", MPR)];
 
 #[cfg(test)]
 mod tests {

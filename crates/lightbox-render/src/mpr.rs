@@ -1,0 +1,217 @@
+//! Planes for multiplanar reformation: where in the patient (mm, LPS) each output pixel lies,
+//! and the same plane in a volume's voxel space, which is what the GPU and the CPU reference
+//! sample.
+
+use lightbox_core::Affine3;
+
+/// How a thick slab is projected along the plane's normal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlabMode {
+    /// The plane itself (a slab of one sample; thicker slabs average).
+    Single,
+    /// Maximum intensity projection.
+    Max,
+    /// Minimum intensity projection.
+    Min,
+    /// Average intensity.
+    Mean,
+}
+
+impl SlabMode {
+    pub(crate) fn code(self) -> u32 {
+        match self {
+            Self::Single => 0,
+            Self::Max => 1,
+            Self::Min => 2,
+            Self::Mean => 3,
+        }
+    }
+}
+
+/// A rectangle in patient space: output pixel `(i, j)` has its centre at
+/// `corner + (i + ½)·pixel_mm·right + (j + ½)·pixel_mm·down`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MprPlane {
+    /// The top-left corner of pixel (0, 0), mm (LPS).
+    pub corner: [f64; 3],
+    /// Unit vector along image rows (screen right).
+    pub right: [f64; 3],
+    /// Unit vector along image columns (screen down).
+    pub down: [f64; 3],
+    pub pixel_mm: f64,
+    pub width: u32,
+    pub height: u32,
+    /// Slab thickness along `right × down`, mm (0: the plane itself).
+    pub slab_mm: f64,
+    pub mode: SlabMode,
+}
+
+/// The plane in voxel space (voxel centres at integer coordinates), as the shader takes it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VoxelPlane {
+    pub origin: [f32; 3],
+    pub step_x: [f32; 3],
+    pub step_y: [f32; 3],
+    pub step_z: [f32; 3],
+    pub samples: u32,
+}
+
+fn add(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
+}
+
+fn scale(a: [f64; 3], s: f64) -> [f64; 3] {
+    a.map(|v| v * s)
+}
+
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+}
+
+fn unit(a: [f64; 3]) -> [f64; 3] {
+    let n = dot(a, a).sqrt().max(1e-12);
+    scale(a, 1.0 / n)
+}
+
+/// The eight corners of a volume's voxel-centre box, in patient space.
+fn corners(patient_from_voxel: &Affine3, dims: [usize; 3]) -> Vec<[f64; 3]> {
+    let far = dims.map(|d| d.saturating_sub(1) as f64);
+    (0..8)
+        .map(|c| {
+            let p = [0, 1, 2].map(|a| if c & (1 << a) != 0 { far[a] } else { 0.0 });
+            patient_from_voxel.transform_point(p)
+        })
+        .collect()
+}
+
+impl MprPlane {
+    /// The plane through `centre` spanned by `right` and `down`, just covering the volume,
+    /// with square pixels of `pixel_mm`.
+    pub fn covering(
+        patient_from_voxel: &Affine3,
+        dims: [usize; 3],
+        centre: [f64; 3],
+        right: [f64; 3],
+        down: [f64; 3],
+        pixel_mm: f64,
+    ) -> Self {
+        let (right, down) = (unit(right), unit(down));
+        // The volume's extent along each in-plane direction, measured from the centre.
+        let extent = |axis: [f64; 3]| {
+            corners(patient_from_voxel, dims)
+                .iter()
+                .map(|c| dot(axis, [c[0] - centre[0], c[1] - centre[1], c[2] - centre[2]]))
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), d| (lo.min(d), hi.max(d)))
+        };
+        let (x0, x1) = extent(right);
+        let (y0, y1) = extent(down);
+        let pixel_mm = pixel_mm.max(1e-3);
+        // Pixel centres at the extremes: half a pixel of margin on each side.
+        let width = (((x1 - x0) / pixel_mm).floor() as u32 + 1).clamp(1, 4096);
+        let height = (((y1 - y0) / pixel_mm).floor() as u32 + 1).clamp(1, 4096);
+        let corner = add(add(centre, scale(right, x0 - 0.5 * pixel_mm)), scale(down, y0 - 0.5 * pixel_mm));
+        Self { corner, right, down, pixel_mm, width, height, slab_mm: 0.0, mode: SlabMode::Single }
+    }
+
+    /// Axial, as radiologists read it: patient's right on the screen's left, anterior up.
+    pub fn axial(patient_from_voxel: &Affine3, dims: [usize; 3], centre: [f64; 3], pixel_mm: f64) -> Self {
+        Self::covering(patient_from_voxel, dims, centre, [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], pixel_mm)
+    }
+
+    /// Coronal: patient's right on the left, superior up.
+    pub fn coronal(patient_from_voxel: &Affine3, dims: [usize; 3], centre: [f64; 3], pixel_mm: f64) -> Self {
+        Self::covering(patient_from_voxel, dims, centre, [1.0, 0.0, 0.0], [0.0, 0.0, -1.0], pixel_mm)
+    }
+
+    /// Sagittal: anterior on the left, superior up.
+    pub fn sagittal(patient_from_voxel: &Affine3, dims: [usize; 3], centre: [f64; 3], pixel_mm: f64) -> Self {
+        Self::covering(patient_from_voxel, dims, centre, [0.0, 1.0, 0.0], [0.0, 0.0, -1.0], pixel_mm)
+    }
+
+    /// An oblique plane: `right` and `down` need not be orthogonal to each other exactly;
+    /// `down` is made orthogonal to `right`.
+    pub fn oblique(
+        patient_from_voxel: &Affine3,
+        dims: [usize; 3],
+        centre: [f64; 3],
+        right: [f64; 3],
+        down: [f64; 3],
+        pixel_mm: f64,
+    ) -> Self {
+        let right = unit(right);
+        let down = unit(add(down, scale(right, -dot(down, right))));
+        Self::covering(patient_from_voxel, dims, centre, right, down, pixel_mm)
+    }
+
+    /// The same plane as a slab of `slab_mm`, projected by `mode`.
+    pub fn with_slab(mut self, slab_mm: f64, mode: SlabMode) -> Self {
+        self.slab_mm = slab_mm.max(0.0);
+        self.mode = mode;
+        self
+    }
+
+    pub fn normal(&self) -> [f64; 3] {
+        unit(cross(self.right, self.down))
+    }
+
+    /// Where the centre of pixel `(i, j)` lies in the patient.
+    pub fn patient_point(&self, i: f64, j: f64) -> [f64; 3] {
+        add(add(self.corner, scale(self.right, (i + 0.5) * self.pixel_mm)), scale(self.down, (j + 0.5) * self.pixel_mm))
+    }
+
+    /// The pixel (fractional, centres at integers) a patient point projects onto.
+    pub fn pixel_of(&self, p: [f64; 3]) -> (f64, f64) {
+        let d = [p[0] - self.corner[0], p[1] - self.corner[1], p[2] - self.corner[2]];
+        (dot(d, self.right) / self.pixel_mm - 0.5, dot(d, self.down) / self.pixel_mm - 0.5)
+    }
+
+    /// The plane in the voxel space of a volume; slab samples are one step of the volume's
+    /// smallest spacing apart, centred on the plane.
+    pub fn in_voxels(&self, patient_from_voxel: &Affine3) -> Option<VoxelPlane> {
+        let voxel_from_patient = patient_from_voxel.inverse()?;
+        let spacing = [0, 1, 2].map(|c| dot(patient_from_voxel.axis(c), patient_from_voxel.axis(c)).sqrt());
+        let step = spacing.iter().copied().fold(f64::INFINITY, f64::min).max(1e-3);
+        let samples = if self.slab_mm > 0.0 { (self.slab_mm / step).round().max(1.0) as u32 } else { 1 };
+        let n = self.normal();
+        let first = add(self.patient_point(0.0, 0.0), scale(n, -0.5 * (f64::from(samples) - 1.0) * step));
+        let origin = voxel_from_patient.transform_point(first);
+        let direction = |v: [f64; 3]| {
+            let a = voxel_from_patient.transform_point([0.0; 3]);
+            let b = voxel_from_patient.transform_point(v);
+            [b[0] - a[0], b[1] - a[1], b[2] - a[2]].map(|x| x as f32)
+        };
+        Some(VoxelPlane {
+            origin: origin.map(|x| x as f32),
+            step_x: direction(scale(self.right, self.pixel_mm)),
+            step_y: direction(scale(self.down, self.pixel_mm)),
+            step_z: direction(scale(n, step)),
+            samples,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pixels_and_patient_points_round_trip() {
+        let a = Affine3::from_columns([0.8, 0.0, 0.0], [0.0, 0.8, 0.0], [0.0, 0.0, 3.0], [-100.0, -90.0, 20.0]);
+        let plane = MprPlane::axial(&a, [256, 256, 20], a.transform_point([127.5, 127.5, 10.0]), 0.8);
+        assert_eq!((plane.width, plane.height), (256, 256));
+        let p = plane.patient_point(17.0, 200.0);
+        let (i, j) = plane.pixel_of(p);
+        assert!((i - 17.0).abs() < 1e-9 && (j - 200.0).abs() < 1e-9);
+        // Pixel (i, j) of the axial plane through slice 10 is voxel (i, j, 10).
+        let v = plane.in_voxels(&a).expect("invertible");
+        let at = |i: f32, j: f32| [0, 1, 2].map(|c| v.origin[c] + i * v.step_x[c] + j * v.step_y[c]);
+        let q = at(17.0, 200.0);
+        assert!((q[0] - 17.0).abs() < 1e-3 && (q[1] - 200.0).abs() < 1e-3 && (q[2] - 10.0).abs() < 1e-3, "{q:?}");
+        let slab = plane.with_slab(9.0, SlabMode::Max).in_voxels(&a).expect("invertible");
+        assert_eq!(slab.samples, 11, "9 mm at the 0.8 mm step");
+    }
+}

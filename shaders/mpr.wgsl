@@ -1,0 +1,107 @@
+// Multiplanar reformation: a plane of any orientation through the volume, trilinear sampling in
+// voxel space, optionally a thick slab (maximum, minimum or mean intensity projection along the
+// plane's normal), window/level to grey.
+//
+// The plane arrives already mapped to voxel space (by `lightbox_render::mpr`): the voxel position
+// of output pixel (i, j) at slab step k is origin + i * step_x + j * step_y + k * step_z, voxel
+// centres at integer coordinates. The volume is r32float (not filterable), so the eight
+// neighbours are read with textureLoad and blended here. `cpu::mpr_rgba` computes the same.
+
+struct MprUniforms {
+    origin: vec4<f32>,
+    step_x: vec4<f32>,
+    step_y: vec4<f32>,
+    step_z: vec4<f32>,
+    dims: vec4<u32>,
+    // samples along the normal, mode (0 single, 1 max, 2 min, 3 mean), output width, height
+    slab: vec4<u32>,
+    window: vec4<f32>,
+}
+
+@group(0) @binding(0) var volume: texture_3d<f32>;
+@group(0) @binding(1) var<uniform> u: MprUniforms;
+
+struct VertexOutput {
+    @builtin(position) position: vec4<f32>,
+}
+
+@vertex
+fn vs_main(@builtin(vertex_index) index: u32) -> VertexOutput {
+    let x = f32((index << 1u) & 2u) * 2.0 - 1.0;
+    let y = f32(index & 2u) * 2.0 - 1.0;
+    var out: VertexOutput;
+    out.position = vec4<f32>(x, y, 0.0, 1.0);
+    return out;
+}
+
+const EDGE: f32 = 0.001;
+
+// Trilinear value at voxel position p; `inside` is false outside the volume's voxel centres.
+fn sample(p: vec3<f32>, inside: ptr<function, bool>) -> f32 {
+    let hi = vec3<f32>(u.dims.xyz) - vec3<f32>(1.0);
+    if (any(p < vec3<f32>(-EDGE)) || any(p > hi + vec3<f32>(EDGE))) {
+        *inside = false;
+        return 0.0;
+    }
+    *inside = true;
+    let q = clamp(p, vec3<f32>(0.0), hi);
+    let base = min(floor(q), max(hi - vec3<f32>(1.0), vec3<f32>(0.0)));
+    let f = q - base;
+    let b = vec3<i32>(base);
+    let n = vec3<i32>(u.dims.xyz) - vec3<i32>(1);
+    let b1 = min(b + vec3<i32>(1), n);
+    let c000 = textureLoad(volume, vec3<i32>(b.x, b.y, b.z), 0).r;
+    let c100 = textureLoad(volume, vec3<i32>(b1.x, b.y, b.z), 0).r;
+    let c010 = textureLoad(volume, vec3<i32>(b.x, b1.y, b.z), 0).r;
+    let c110 = textureLoad(volume, vec3<i32>(b1.x, b1.y, b.z), 0).r;
+    let c001 = textureLoad(volume, vec3<i32>(b.x, b.y, b1.z), 0).r;
+    let c101 = textureLoad(volume, vec3<i32>(b1.x, b.y, b1.z), 0).r;
+    let c011 = textureLoad(volume, vec3<i32>(b.x, b1.y, b1.z), 0).r;
+    let c111 = textureLoad(volume, vec3<i32>(b1.x, b1.y, b1.z), 0).r;
+    let c00 = c000 + (c100 - c000) * f.x;
+    let c10 = c010 + (c110 - c010) * f.x;
+    let c01 = c001 + (c101 - c001) * f.x;
+    let c11 = c011 + (c111 - c011) * f.x;
+    let c0 = c00 + (c10 - c00) * f.y;
+    let c1 = c01 + (c11 - c01) * f.y;
+    return c0 + (c1 - c0) * f.z;
+}
+
+@fragment
+fn fs_main(in: VertexOutput) -> @location(0) vec4<f32> {
+    let i = floor(in.position.x);
+    let j = floor(in.position.y);
+    let samples = max(u.slab.x, 1u);
+    let mode = u.slab.y;
+    var found = false;
+    var acc = 0.0;
+    var count = 0.0;
+    for (var k = 0u; k < samples; k = k + 1u) {
+        let p = u.origin.xyz + i * u.step_x.xyz + j * u.step_y.xyz + f32(k) * u.step_z.xyz;
+        var inside = false;
+        let v = sample(p, &inside);
+        if (!inside) {
+            continue;
+        }
+        if (!found) {
+            acc = v;
+        } else if (mode == 1u) {
+            acc = max(acc, v);
+        } else if (mode == 2u) {
+            acc = min(acc, v);
+        } else {
+            acc = acc + v;
+        }
+        found = true;
+        count = count + 1.0;
+    }
+    if (!found) {
+        return vec4<f32>(0.0, 0.0, 0.0, 1.0);
+    }
+    if (mode == 3u || mode == 0u) {
+        acc = acc / count;
+    }
+    let width = max(u.window.y, 1e-3);
+    let grey = clamp((acc - (u.window.x - 0.5 * width)) / width, 0.0, 1.0);
+    return vec4<f32>(grey, grey, grey, 1.0);
+}
