@@ -224,3 +224,49 @@ fn compare_with_prior_shows_both_time_points_with_linked_slices() -> anyhow::Res
     assert!(right.mean_abs_diff(&right2) > 2.0, "the prior did not follow the current");
     Ok(())
 }
+
+/// The 1×3 MPR layout: axial, coronal and sagittal reformations of the (tilted) demo study,
+/// drawn on the GPU; a click in the axial pane moves the crosshair, so the coronal plane moves
+/// through it; the wheel over the axial pane moves the axial plane along its normal.
+#[test]
+fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
+    let x = Xvfb::start()?;
+    let mut child = x
+        .command(&bin("lightbox-viewer")?)
+        .arg(demo_study())
+        .arg("--mpr")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let _child = KillOnDrop(child);
+    for plane in ["MPR Axial", "MPR Coronal", "MPR Sagittal"] {
+        stdout.wait_for(plane, Duration::from_secs(60))?;
+    }
+    stdout.wait_for("first frame presented", Duration::from_secs(120))?;
+    std::thread::sleep(Duration::from_millis(500));
+    // The window is 900 wide: three columns of 300.
+    let panes = |name: &str| -> anyhow::Result<Vec<Rgb>> {
+        let shot = screenshot_dir()?.join(name);
+        x.screenshot(&shot)?;
+        let image = Rgb::load(&shot)?;
+        Ok((0..3).map(|k| image.crop(40 + 300 * k, 360, 220, 90)).collect())
+    };
+    let first = panes("viewer-mpr.png")?;
+    for (k, pane) in first.iter().enumerate() {
+        assert!(pane.distinct_greys() > 30, "pane {k} shows only {} grey levels", pane.distinct_greys());
+    }
+    x.xdotool(&["mousemove", "150", "330", "click", "1"])?;
+    std::thread::sleep(Duration::from_millis(600));
+    let clicked = panes("viewer-mpr-clicked.png")?;
+    assert!(first[1].mean_abs_diff(&clicked[1]) > 2.0, "the coronal plane did not follow the crosshair");
+    x.xdotool(&["mousemove", "150", "400"])?;
+    for _ in 0..6 {
+        x.xdotool(&["click", "4"])?;
+        std::thread::sleep(Duration::from_millis(120));
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let scrolled = panes("viewer-mpr-scrolled.png")?;
+    assert!(clicked[0].mean_abs_diff(&scrolled[0]) > 2.0, "the wheel did not move the axial plane");
+    Ok(())
+}

@@ -6,6 +6,8 @@
 //! draws a DICOM SEG (ours or anyone's) over its source series, one colour per segment; `O`
 //! shows or hides it.
 
+mod mpr_view;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,6 +35,9 @@ struct Args {
     /// The series of --prior to show (default: its largest).
     #[arg(long)]
     prior_series: Option<String>,
+    /// Three planes (axial, coronal, sagittal) through one point, linked by a crosshair.
+    #[arg(long)]
+    mpr: bool,
 }
 
 /// Printed on stdout once the first frame has been presented, so tests and the workstation can
@@ -123,6 +128,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let mpr = args.mpr;
     let title = format!("Lightbox viewer - {}", series_title(&series));
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default().with_title(&title).with_inner_size([900.0, 800.0]),
@@ -133,7 +139,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         "lightbox-viewer",
         options,
         Box::new(move |cc| {
+            let mpr = if mpr {
+                let window = series.window.unwrap_or_else(|| default_window(&volume));
+                Some(mpr_view::MprView::new(cc, &volume, window).map_err(|e| format!("{e:#}"))?)
+            } else {
+                None
+            };
             let mut app = ViewerApp::new(cc, series, volume, warnings, overlay).map_err(|e| format!("{e:#}"))?;
+            app.mpr = mpr;
             if let Some((label, volume, window)) = prior {
                 app.add_prior(cc, label, volume, window, &current_date).map_err(|e| format!("{e:#}"))?;
             }
@@ -258,6 +271,8 @@ impl Prior {
 
 struct ViewerApp {
     series: SeriesInfo,
+    /// The 1×3 MPR layout, when asked for.
+    mpr: Option<mpr_view::MprView>,
     overlay: Option<Overlay>,
     prior: Option<Prior>,
     current_label: String,
@@ -295,6 +310,7 @@ impl ViewerApp {
         let window = series.window.unwrap_or_else(|| default_window(&volume));
         Ok(Self {
             series,
+            mpr: None,
             overlay,
             prior: None,
             current_label: String::new(),
@@ -449,9 +465,19 @@ impl eframe::App for ViewerApp {
             ui.horizontal(|ui| {
                 ui.strong(series_title(&self.series));
                 ui.separator();
-                ui.label(format!("slice {}/{}", self.params.slice + 1, self.renderer.dims()[2]));
-                ui.separator();
-                ui.label(format!("W {:.0} L {:.0}", self.params.window.width, self.params.window.center));
+                match &self.mpr {
+                    Some(mpr) => {
+                        let [x, y, z] = mpr.crosshair;
+                        ui.label(format!("crosshair {x:.1}, {y:.1}, {z:.1} mm (LPS)"));
+                        ui.separator();
+                        ui.label(format!("W {:.0} L {:.0}", mpr.window.width, mpr.window.center));
+                    }
+                    None => {
+                        ui.label(format!("slice {}/{}", self.params.slice + 1, self.renderer.dims()[2]));
+                        ui.separator();
+                        ui.label(format!("W {:.0} L {:.0}", self.params.window.width, self.params.window.center));
+                    }
+                }
             });
             if let Some(overlay) = &self.overlay {
                 ui.horizontal_wrapped(|ui| {
@@ -467,7 +493,14 @@ impl eframe::App for ViewerApp {
                 ui.colored_label(egui::Color32::from_rgb(230, 180, 60), format!("⚠ {w}"));
             }
         });
-        egui::CentralPanel::default().show(ui, |ui| self.panes_ui(ui));
+        if let Some(mpr) = &mut self.mpr {
+            egui::CentralPanel::default().show(ui, |ui| mpr.ui(ui));
+            if let Some(state) = frame.wgpu_render_state() {
+                mpr.render(state);
+            }
+        } else {
+            egui::CentralPanel::default().show(ui, |ui| self.panes_ui(ui));
+        }
         if let Some(prior) = &mut self.prior
             && prior.rendered != Some(prior.params)
             && let Some(state) = frame.wgpu_render_state()

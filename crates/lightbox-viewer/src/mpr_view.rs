@@ -1,0 +1,140 @@
+//! The 1×3 layout: axial, coronal and sagittal reformations through one point of the patient
+//! (the crosshair). A click in a pane moves the crosshair there, the wheel moves that pane's
+//! plane along its normal, dragging sets window/level for all three.
+
+use anyhow::Context;
+use lightbox_core::{Volume, WindowLevel};
+use lightbox_render::{MprPlane, MprRenderer};
+
+struct Pane {
+    name: &'static str,
+    make: fn(&lightbox_core::Affine3, [usize; 3], [f64; 3], f64) -> MprPlane,
+    renderer: MprRenderer,
+    texture: egui::TextureId,
+    plane: MprPlane,
+    rendered: Option<(MprPlane, WindowLevel)>,
+}
+
+pub struct MprView {
+    panes: Vec<Pane>,
+    /// The point all three planes pass through, mm (LPS).
+    pub crosshair: [f64; 3],
+    pub window: WindowLevel,
+    patient_from_voxel: lightbox_core::Affine3,
+    dims: [usize; 3],
+    pixel_mm: f64,
+    step_mm: f64,
+}
+
+impl MprView {
+    pub fn new(cc: &eframe::CreationContext<'_>, volume: &Volume<f32>, window: WindowLevel) -> anyhow::Result<Self> {
+        let state = cc.wgpu_render_state.as_ref().context("eframe started without its wgpu renderer")?;
+        let (a, dims) = (volume.patient_from_voxel, volume.dims());
+        let spacing = volume.spacing_mm();
+        let pixel_mm = spacing.iter().copied().fold(f64::INFINITY, f64::min).max(0.1);
+        let centre = a.transform_point(dims.map(|d| 0.5 * (d as f64 - 1.0)));
+        let makers: [(&'static str, fn(&lightbox_core::Affine3, [usize; 3], [f64; 3], f64) -> MprPlane); 3] =
+            [("Axial", MprPlane::axial), ("Coronal", MprPlane::coronal), ("Sagittal", MprPlane::sagittal)];
+        let mut panes = Vec::new();
+        for (name, make) in makers {
+            let plane = make(&a, dims, centre, pixel_mm);
+            let renderer = MprRenderer::new(&state.device, &state.queue, volume, plane.width, plane.height)?;
+            let texture = state.renderer.write().register_native_texture(
+                &state.device,
+                renderer.target_view(),
+                wgpu::FilterMode::Linear,
+            );
+            println!("lightbox-viewer: MPR {name} {}x{} at {pixel_mm:.2} mm", plane.width, plane.height);
+            panes.push(Pane { name, make, renderer, texture, plane, rendered: None });
+        }
+        Ok(Self { panes, crosshair: centre, window, patient_from_voxel: a, dims, pixel_mm, step_mm: pixel_mm })
+    }
+
+    fn replan(&mut self) {
+        for pane in &mut self.panes {
+            pane.plane = (pane.make)(&self.patient_from_voxel, self.dims, self.crosshair, self.pixel_mm);
+        }
+    }
+
+    /// The three panes side by side, with the crosshair drawn in each.
+    pub fn ui(&mut self, ui: &mut egui::Ui) {
+        let mut moved_to = None;
+        let mut window = self.window;
+        ui.columns(3, |columns| {
+            for (pane, ui) in self.panes.iter().zip(columns.iter_mut()) {
+                ui.label(egui::RichText::new(pane.name).strong());
+                let aspect = pane.plane.width as f32 / pane.plane.height.max(1) as f32;
+                let available = ui.available_size();
+                let size = if available.x / available.y.max(1.0) > aspect {
+                    egui::vec2(available.y * aspect, available.y)
+                } else {
+                    egui::vec2(available.x, available.x / aspect)
+                };
+                let response = ui
+                    .centered_and_justified(|ui| {
+                        ui.add(egui::Image::new((pane.texture, size)).sense(egui::Sense::click_and_drag()))
+                    })
+                    .inner;
+                // The image is letterboxed inside the widget: map through the image's own rect.
+                let rect = egui::Rect::from_center_size(response.rect.center(), size);
+                let to_screen = |(i, j): (f64, f64)| {
+                    egui::pos2(
+                        rect.left() + ((i + 0.5) / f64::from(pane.plane.width)) as f32 * rect.width(),
+                        rect.top() + ((j + 0.5) / f64::from(pane.plane.height)) as f32 * rect.height(),
+                    )
+                };
+                let at = to_screen(pane.plane.pixel_of(self.crosshair));
+                let stroke = egui::Stroke::new(1.0, egui::Color32::from_rgba_unmultiplied(90, 200, 255, 160));
+                ui.painter().line_segment([egui::pos2(rect.left(), at.y), egui::pos2(rect.right(), at.y)], stroke);
+                ui.painter().line_segment([egui::pos2(at.x, rect.top()), egui::pos2(at.x, rect.bottom())], stroke);
+                if response.clicked()
+                    && let Some(pos) = response.interact_pointer_pos()
+                {
+                    let i = f64::from((pos.x - rect.left()) / rect.width()) * f64::from(pane.plane.width) - 0.5;
+                    let j = f64::from((pos.y - rect.top()) / rect.height()) * f64::from(pane.plane.height) - 0.5;
+                    moved_to = Some(pane.plane.patient_point(i, j));
+                }
+                if response.dragged() {
+                    let d = response.drag_delta();
+                    let scale = window.width.max(1.0) / 200.0;
+                    window.width = (window.width + d.x * scale).max(WindowLevel::MIN_WIDTH);
+                    window.center -= d.y * scale;
+                }
+                if response.hovered() {
+                    let wheel: f32 = ui.input(|i| {
+                        i.events
+                            .iter()
+                            .filter_map(|e| match e {
+                                egui::Event::MouseWheel { delta, .. } => Some(delta.y),
+                                _ => None,
+                            })
+                            .sum()
+                    });
+                    if wheel != 0.0 {
+                        let n = pane.plane.normal();
+                        let s = if wheel > 0.0 { self.step_mm } else { -self.step_mm };
+                        moved_to = Some([0, 1, 2].map(|c| self.crosshair[c] + s * n[c]));
+                    }
+                }
+            }
+        });
+        self.window = window;
+        if let Some(p) = moved_to {
+            self.crosshair = p;
+            self.replan();
+        }
+    }
+
+    /// Renders the panes whose plane or window changed.
+    pub fn render(&mut self, state: &egui_wgpu::RenderState) {
+        for pane in &mut self.panes {
+            let wanted = (pane.plane, self.window);
+            if pane.rendered != Some(wanted) {
+                match pane.renderer.render(&state.device, &state.queue, &pane.plane, self.window) {
+                    Ok(()) => pane.rendered = Some(wanted),
+                    Err(e) => tracing::error!("MPR {} failed: {e}", pane.name),
+                }
+            }
+        }
+    }
+}
