@@ -6,9 +6,12 @@ use anyhow::Context;
 use lightbox_core::{Volume, WindowLevel};
 use lightbox_render::{MprPlane, MprRenderer};
 
+/// Makes a pane's plane: (volume geometry, dims, point it passes through, pixel size).
+type PlaneFn = fn(&lightbox_core::Affine3, [usize; 3], [f64; 3], f64) -> MprPlane;
+
 struct Pane {
     name: &'static str,
-    make: fn(&lightbox_core::Affine3, [usize; 3], [f64; 3], f64) -> MprPlane,
+    make: PlaneFn,
     renderer: MprRenderer,
     texture: egui::TextureId,
     plane: MprPlane,
@@ -33,7 +36,7 @@ impl MprView {
         let spacing = volume.spacing_mm();
         let pixel_mm = spacing.iter().copied().fold(f64::INFINITY, f64::min).max(0.1);
         let centre = a.transform_point(dims.map(|d| 0.5 * (d as f64 - 1.0)));
-        let makers: [(&'static str, fn(&lightbox_core::Affine3, [usize; 3], [f64; 3], f64) -> MprPlane); 3] =
+        let makers: [(&'static str, PlaneFn); 3] =
             [("Axial", MprPlane::axial), ("Coronal", MprPlane::coronal), ("Sagittal", MprPlane::sagittal)];
         let mut panes = Vec::new();
         for (name, make) in makers {
