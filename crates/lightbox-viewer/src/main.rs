@@ -269,8 +269,21 @@ impl Prior {
     }
 }
 
+/// The viewer's keys and mouse actions, as its help (F1) lists them.
+const SHORTCUTS: [(&str, &str); 8] = [
+    ("Up / Down, wheel", "next / previous slice (in MPR: move the plane under the pointer)"),
+    ("Page Up / Page Down", "ten slices"),
+    ("drag", "window / level (horizontal: width, vertical: level)"),
+    ("click (MPR)", "move the crosshair there; the other planes follow"),
+    ("O", "show / hide the segmentation overlay"),
+    ("F1", "this help"),
+    ("--mpr", "start in the 1×3 axial / coronal / sagittal layout"),
+    ("--prior PATH", "compare with an earlier study, slices linked"),
+];
+
 struct ViewerApp {
     series: SeriesInfo,
+    help: bool,
     /// The 1×3 MPR layout, when asked for.
     mpr: Option<mpr_view::MprView>,
     overlay: Option<Overlay>,
@@ -310,6 +323,7 @@ impl ViewerApp {
         let window = series.window.unwrap_or_else(|| default_window(&volume));
         Ok(Self {
             series,
+            help: false,
             mpr: None,
             overlay,
             prior: None,
@@ -454,6 +468,20 @@ impl eframe::App for ViewerApp {
         });
         if keys != 0 {
             self.step_slice(keys);
+        }
+        if ui.input(|i| i.key_pressed(egui::Key::F1)) {
+            self.help = !self.help;
+        }
+        if self.help {
+            egui::Window::new("Keyboard and mouse").collapsible(false).show(ui.ctx(), |ui| {
+                egui::Grid::new("shortcuts").striped(true).show(ui, |ui| {
+                    for (key, what) in SHORTCUTS {
+                        ui.strong(key);
+                        ui.label(what);
+                        ui.end_row();
+                    }
+                });
+            });
         }
         if ui.input(|i| i.key_pressed(egui::Key::O))
             && let Some(overlay) = &mut self.overlay

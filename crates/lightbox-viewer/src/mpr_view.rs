@@ -6,6 +6,47 @@ use anyhow::Context;
 use lightbox_core::{Volume, WindowLevel};
 use lightbox_render::{MprPlane, MprRenderer};
 
+/// The patient direction a vector points to, as the letters radiologists write on image edges
+/// (LPS: +x left, +y posterior, +z superior); two letters when it is oblique.
+pub fn direction_label(v: [f64; 3]) -> String {
+    let letters = [('L', 'R'), ('P', 'A'), ('S', 'I')];
+    let mut parts: Vec<(f64, char)> =
+        (0..3).map(|a| (v[a].abs(), if v[a] >= 0.0 { letters[a].0 } else { letters[a].1 })).collect();
+    parts.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut label: String = parts[0].1.to_string();
+    if parts[1].0 > 0.3 {
+        label.push(parts[1].1);
+    }
+    label
+}
+
+/// Orientation letters on the four edges of an image of `plane`, and a 1 cm scale bar.
+pub fn annotate(painter: &egui::Painter, rect: egui::Rect, plane: &MprPlane) {
+    let colour = egui::Color32::from_rgb(230, 200, 90);
+    let font = egui::FontId::proportional(14.0);
+    let minus = |v: [f64; 3]| v.map(|x| -x);
+    for (pos, align, dir) in [
+        (rect.left_center() + egui::vec2(4.0, 0.0), egui::Align2::LEFT_CENTER, minus(plane.right)),
+        (rect.right_center() - egui::vec2(4.0, 0.0), egui::Align2::RIGHT_CENTER, plane.right),
+        (rect.center_top() + egui::vec2(0.0, 4.0), egui::Align2::CENTER_TOP, minus(plane.down)),
+        (rect.center_bottom() - egui::vec2(0.0, 4.0), egui::Align2::CENTER_BOTTOM, plane.down),
+    ] {
+        painter.text(pos, align, direction_label(dir), font.clone(), colour);
+    }
+    // 10 mm in screen points.
+    let per_mm = rect.width() / (f64::from(plane.width) * plane.pixel_mm) as f32;
+    let start = rect.left_bottom() + egui::vec2(10.0, -20.0);
+    let end = start + egui::vec2(10.0 * per_mm, 0.0);
+    painter.line_segment([start, end], egui::Stroke::new(2.0, colour));
+    painter.text(
+        end + egui::vec2(4.0, 0.0),
+        egui::Align2::LEFT_CENTER,
+        "1 cm",
+        egui::FontId::proportional(11.0),
+        colour,
+    );
+}
+
 /// Makes a pane's plane: (volume geometry, dims, point it passes through, pixel size).
 type PlaneFn = fn(&lightbox_core::Affine3, [usize; 3], [f64; 3], f64) -> MprPlane;
 
@@ -65,7 +106,15 @@ impl MprView {
         let mut window = self.window;
         ui.columns(3, |columns| {
             for (pane, ui) in self.panes.iter().zip(columns.iter_mut()) {
-                ui.label(egui::RichText::new(pane.name).strong());
+                let [x, y, z] = pane.plane.normal().map(|v| v.abs());
+                let position = if z >= x && z >= y {
+                    self.crosshair[2]
+                } else if y >= x {
+                    self.crosshair[1]
+                } else {
+                    self.crosshair[0]
+                };
+                ui.label(egui::RichText::new(format!("{} · {position:.1} mm", pane.name)).strong());
                 let aspect = pane.plane.width as f32 / pane.plane.height.max(1) as f32;
                 let available = ui.available_size();
                 let size = if available.x / available.y.max(1.0) > aspect {
@@ -86,6 +135,7 @@ impl MprView {
                         rect.top() + ((j + 0.5) / f64::from(pane.plane.height)) as f32 * rect.height(),
                     )
                 };
+                annotate(ui.painter(), rect, &pane.plane);
                 let at = to_screen(pane.plane.pixel_of(self.crosshair));
                 let stroke = egui::Stroke::new(1.0, egui::Color32::from_rgba_unmultiplied(90, 200, 255, 160));
                 ui.painter().line_segment([egui::pos2(rect.left(), at.y), egui::pos2(rect.right(), at.y)], stroke);
@@ -139,5 +189,20 @@ impl MprView {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::direction_label;
+
+    #[test]
+    fn directions_read_as_radiologists_write_them() {
+        assert_eq!(direction_label([1.0, 0.0, 0.0]), "L");
+        assert_eq!(direction_label([-1.0, 0.0, 0.0]), "R");
+        assert_eq!(direction_label([0.0, -1.0, 0.0]), "A");
+        assert_eq!(direction_label([0.0, 0.0, -1.0]), "I");
+        assert_eq!(direction_label([0.0, 0.98, 0.17]), "P");
+        assert_eq!(direction_label([0.0, 0.8, -0.6]), "PI");
     }
 }
