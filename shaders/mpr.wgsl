@@ -6,6 +6,10 @@
 // of output pixel (i, j) at slab step k is origin + i * step_x + j * step_y + k * step_z, voxel
 // centres at integer coordinates. The volume is r32float (not filterable), so the eight
 // neighbours are read with textureLoad and blended here. `cpu::mpr_rgba` computes the same.
+//
+// A label map (segment numbers, r8uint) can be drawn over the image: each label its own colour
+// (golden-angle hues), filled with some opacity or as outlines; labels are read at the nearest
+// voxel of the plane itself (the middle of a slab).
 
 struct MprUniforms {
     origin: vec4<f32>,
@@ -16,10 +20,13 @@ struct MprUniforms {
     // samples along the normal, mode (0 single, 1 max, 2 min, 3 mean), output width, height
     slab: vec4<u32>,
     window: vec4<f32>,
+    // opacity, outline (1) or fill (0), labels present (1), _
+    overlay: vec4<f32>,
 }
 
 @group(0) @binding(0) var volume: texture_3d<f32>;
 @group(0) @binding(1) var<uniform> u: MprUniforms;
+@group(0) @binding(2) var labels: texture_3d<u32>;
 
 struct VertexOutput {
     @builtin(position) position: vec4<f32>,
@@ -67,10 +74,60 @@ fn sample(p: vec3<f32>, inside: ptr<function, bool>) -> f32 {
     return c0 + (c1 - c0) * f.z;
 }
 
+// The label at the voxel nearest to p (0 outside the volume).
+fn label_at(p: vec3<f32>) -> u32 {
+    let hi = vec3<f32>(u.dims.xyz) - vec3<f32>(1.0);
+    let r = floor(p + vec3<f32>(0.5));
+    if (any(r < vec3<f32>(0.0)) || any(r > hi)) {
+        return 0u;
+    }
+    return textureLoad(labels, vec3<i32>(r), 0).r;
+}
+
+// Each label's colour: hue from the golden angle, saturation 0.85, value 1.
+fn label_colour(label: u32) -> vec3<f32> {
+    let h = fract(f32(label) * 0.618034) * 6.0;
+    let c = 0.85;
+    let x = c * (1.0 - abs(h % 2.0 - 1.0));
+    var rgb = vec3<f32>(0.0);
+    if (h < 1.0) { rgb = vec3<f32>(c, x, 0.0); }
+    else if (h < 2.0) { rgb = vec3<f32>(x, c, 0.0); }
+    else if (h < 3.0) { rgb = vec3<f32>(0.0, c, x); }
+    else if (h < 4.0) { rgb = vec3<f32>(0.0, x, c); }
+    else if (h < 5.0) { rgb = vec3<f32>(x, 0.0, c); }
+    else { rgb = vec3<f32>(c, 0.0, x); }
+    return rgb + vec3<f32>(1.0 - c);
+}
+
 @fragment
 fn fs_main(in: VertexOutput) -> @location(0) vec4<f32> {
+    let grey = grey_at(in.position.xy);
+    if (u.overlay.z < 0.5) {
+        return vec4<f32>(grey, grey, grey, 1.0);
+    }
     let i = floor(in.position.x);
     let j = floor(in.position.y);
+    let mid = f32(max(u.slab.x, 1u) / 2u);
+    let p = u.origin.xyz + i * u.step_x.xyz + j * u.step_y.xyz + mid * u.step_z.xyz;
+    let label = label_at(p);
+    var show = label != 0u;
+    if (show && u.overlay.y > 0.5) {
+        // Outline: only where a neighbouring pixel has another label.
+        let edge = label_at(p + u.step_x.xyz) != label || label_at(p - u.step_x.xyz) != label
+            || label_at(p + u.step_y.xyz) != label || label_at(p - u.step_y.xyz) != label;
+        show = edge;
+    }
+    if (!show) {
+        return vec4<f32>(grey, grey, grey, 1.0);
+    }
+    let a = select(u.overlay.x, 1.0, u.overlay.y > 0.5);
+    let rgb = vec3<f32>(grey) * (1.0 - a) + label_colour(label) * a;
+    return vec4<f32>(rgb, 1.0);
+}
+
+fn grey_at(position: vec2<f32>) -> f32 {
+    let i = floor(position.x);
+    let j = floor(position.y);
     let samples = max(u.slab.x, 1u);
     let mode = u.slab.y;
     var found = false;
@@ -96,12 +153,11 @@ fn fs_main(in: VertexOutput) -> @location(0) vec4<f32> {
         count = count + 1.0;
     }
     if (!found) {
-        return vec4<f32>(0.0, 0.0, 0.0, 1.0);
+        return 0.0;
     }
     if (mode == 3u || mode == 0u) {
         acc = acc / count;
     }
     let width = max(u.window.y, 1e-3);
-    let grey = clamp((acc - (u.window.x - 0.5 * width)) / width, 0.0, 1.0);
-    return vec4<f32>(grey, grey, grey, 1.0);
+    return clamp((acc - (u.window.x - 0.5 * width)) / width, 0.0, 1.0);
 }

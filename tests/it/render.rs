@@ -71,8 +71,8 @@ fn gpu_mpr_matches_cpu_reference_on_demo_study() -> anyhow::Result<()> {
     ];
     let gpu = GpuContext::headless()?;
     for (name, plane) in planes {
-        let renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, plane.width, plane.height)?;
-        renderer.render(&gpu.device, &gpu.queue, &plane, window)?;
+        let renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, None, plane.width, plane.height)?;
+        renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba(&volume, &plane, window)?;
         assert_rgba_close(&image, &reference, name);
@@ -110,8 +110,8 @@ fn a_known_patient_point_lands_on_its_pixel() -> anyhow::Result<()> {
         ("oblique", MprPlane::oblique(&a, dims, point, [tilt.cos(), tilt.sin(), 0.0], [0.0, 0.0, -1.0], 0.5)),
         ("coronal MIP", MprPlane::coronal(&a, dims, point, 0.5).with_slab(30.0, SlabMode::Max)),
     ] {
-        let renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, plane.width, plane.height)?;
-        renderer.render(&gpu.device, &gpu.queue, &plane, window)?;
+        let renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, None, plane.width, plane.height)?;
+        renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         // The brightest pixels' centroid.
         let (mut sx, mut sy, mut n) = (0.0, 0.0, 0.0);
@@ -129,6 +129,46 @@ fn a_known_patient_point_lands_on_its_pixel() -> anyhow::Result<()> {
             (gx - ex).abs() <= 1.0 && (gy - ey).abs() <= 1.0,
             "{name}: marker at pixel ({gx:.1}, {gy:.1}), expected ({ex:.1}, {ey:.1})"
         );
+    }
+    Ok(())
+}
+
+/// A label map drawn over the MPR on the GPU, filled and as outlines, equals the CPU reference
+/// (two segments: the demo's bright voxels, and a box).
+#[test]
+fn gpu_label_overlay_matches_cpu_reference() -> anyhow::Result<()> {
+    use lightbox_render::{LabelStyle, MprPlane, MprRenderer, SlabMode};
+    let volume = demo_volume()?;
+    let (a, dims) = (volume.patient_from_voxel, volume.dims());
+    let [nx, ny, _] = dims;
+    let mut labels: Vec<u8> = volume.voxels().iter().map(|&v| u8::from(v > 1500.0)).collect();
+    for z in 8..13 {
+        for y in 100..150 {
+            for x in 90..160 {
+                labels[x + nx * (y + ny * z)] = 2;
+            }
+        }
+    }
+    let labels = lightbox_core::Volume::new(dims, labels, a)?;
+    let centre = a.transform_point([128.0, 125.0, 10.0]);
+    let window = WindowLevel { center: 1300.0, width: 2400.0 };
+    let gpu = GpuContext::headless()?;
+    for (name, plane, style) in [
+        ("axial, filled", MprPlane::axial(&a, dims, centre, 1.0), LabelStyle { opacity: 0.4, outline: false }),
+        ("coronal, outlines", MprPlane::coronal(&a, dims, centre, 1.0), LabelStyle { opacity: 0.4, outline: true }),
+        (
+            "sagittal MIP, filled",
+            MprPlane::sagittal(&a, dims, centre, 1.0).with_slab(10.0, SlabMode::Max),
+            LabelStyle { opacity: 0.6, outline: false },
+        ),
+    ] {
+        let renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, Some(&labels), plane.width, plane.height)?;
+        renderer.render(&gpu.device, &gpu.queue, &plane, window, Some(style))?;
+        let image = renderer.read_target(&gpu.device, &gpu.queue)?;
+        let reference = cpu::mpr_rgba_with_labels(&volume, Some((&labels, style)), &plane, window)?;
+        assert_rgba_close(&image, &reference, name);
+        let coloured = reference.chunks(4).filter(|p| p[0] != p[1] || p[1] != p[2]).count();
+        assert!(coloured > 100, "{name}: only {coloured} coloured pixels");
     }
     Ok(())
 }

@@ -270,3 +270,33 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
     assert!(clicked[0].mean_abs_diff(&scrolled[0]) > 2.0, "the wheel did not move the axial plane");
     Ok(())
 }
+
+/// The segmentation in the MPR layout is drawn by the GPU in every plane; `O` hides it.
+#[test]
+fn mpr_layout_draws_the_segmentation_on_the_gpu() -> anyhow::Result<()> {
+    let x = Xvfb::start()?;
+    let images = lightbox_tests::data("dcmqi_data/segmentations/ct-3slice")?;
+    let seg = lightbox_tests::data("dcmqi_data/segmentations/liver.dcm")?;
+    let mut child = x
+        .command(&bin("lightbox-viewer")?)
+        .arg(&images)
+        .arg("--mpr")
+        .arg("--seg")
+        .arg(&seg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let _child = KillOnDrop(child);
+    stdout.wait_for("first frame presented", Duration::from_secs(120))?;
+    std::thread::sleep(Duration::from_millis(600));
+    let shown = coloured_pixels(&x, "viewer-mpr-seg.png")?;
+    assert!(shown > 2_000, "only {shown} coloured pixels: the liver is not drawn in the MPR panes");
+    x.xdotool(&["search", "--name", "Lightbox viewer", "windowfocus", "--sync"])?;
+    x.xdotool(&["key", "o"])?;
+    std::thread::sleep(Duration::from_millis(600));
+    let hidden = coloured_pixels(&x, "viewer-mpr-seg-hidden.png")?;
+    // What stays coloured is the crosshair, the orientation letters and the scale bars.
+    assert!(hidden < shown / 4, "O did not hide it: {shown} -> {hidden}");
+    Ok(())
+}

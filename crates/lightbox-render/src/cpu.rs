@@ -4,7 +4,7 @@ use lightbox_core::Volume;
 
 use lightbox_core::WindowLevel;
 
-use crate::mpr::{MprPlane, SlabMode};
+use crate::mpr::{LabelStyle, MprPlane, SlabMode, label_colour};
 use crate::{RenderError, SliceParams};
 
 /// RGBA8 pixels of one slice, row-major, exactly as `slice.wgsl` draws them.
@@ -23,6 +23,16 @@ pub fn slice_rgba(volume: &Volume<f32>, params: SliceParams) -> Result<Vec<u8>, 
 /// RGBA8 pixels of a reformatted plane (or slab), exactly as `mpr.wgsl` draws them: trilinear
 /// samples in voxel space, projected along the normal by the plane's mode, window/levelled.
 pub fn mpr_rgba(volume: &Volume<f32>, plane: &MprPlane, window: WindowLevel) -> Result<Vec<u8>, RenderError> {
+    mpr_rgba_with_labels(volume, None, plane, window)
+}
+
+/// [`mpr_rgba`] with a label map drawn over it in `style`, exactly as `mpr.wgsl` draws it.
+pub fn mpr_rgba_with_labels(
+    volume: &Volume<f32>,
+    labels: Option<(&Volume<u8>, LabelStyle)>,
+    plane: &MprPlane,
+    window: WindowLevel,
+) -> Result<Vec<u8>, RenderError> {
     let v = plane
         .in_voxels(&volume.patient_from_voxel)
         .ok_or(RenderError::Device("the volume's geometry cannot be inverted".into()))?;
@@ -63,13 +73,39 @@ pub fn mpr_rgba(volume: &Volume<f32>, plane: &MprPlane, window: WindowLevel) -> 
                 });
             }
             let grey = match acc {
-                None => 0,
+                None => 0.0,
                 Some((a, n)) => {
                     let value = if matches!(plane.mode, SlabMode::Mean | SlabMode::Single) { a / n } else { a };
-                    to_unorm8(window.apply(value))
+                    window.apply(value)
                 }
             };
-            out.extend_from_slice(&[grey, grey, grey, 255]);
+            let mut rgb = [grey; 3];
+            if let Some((map, style)) = labels {
+                let mid = (v.samples.max(1) / 2) as f32;
+                let p = [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + mid * v.step_z[c]);
+                let label_at = |q: [f32; 3]| -> u8 {
+                    let r = q.map(|x| (x + 0.5).floor());
+                    if (0..3).any(|c| r[c] < 0.0 || r[c] > hi[c]) {
+                        return 0;
+                    }
+                    map.voxels()[r[0] as usize + nx * (r[1] as usize + ny * r[2] as usize)]
+                };
+                let shift = |q: [f32; 3], d: [f32; 3], s: f32| [0, 1, 2].map(|c| q[c] + s * d[c]);
+                let label = label_at(p);
+                let show = label != 0
+                    && (!style.outline
+                        || label_at(shift(p, v.step_x, 1.0)) != label
+                        || label_at(shift(p, v.step_x, -1.0)) != label
+                        || label_at(shift(p, v.step_y, 1.0)) != label
+                        || label_at(shift(p, v.step_y, -1.0)) != label);
+                if show {
+                    let a = if style.outline { 1.0 } else { style.opacity };
+                    let colour = label_colour(u32::from(label));
+                    rgb = [0, 1, 2].map(|c| grey * (1.0 - a) + colour[c] * a);
+                }
+            }
+            let [r, g, b] = rgb.map(to_unorm8);
+            out.extend_from_slice(&[r, g, b, 255]);
         }
     }
     Ok(out)

@@ -64,11 +64,13 @@ impl SliceRenderer {
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, volume: &Volume<f32>) -> Result<Self, RenderError> {
         let (volume_view, dims) = upload_volume(device, queue, volume)?;
         let (target, target_view) = target_texture(device, dims[0], dims[1], "slice target");
+        let labels_view = upload_labels(device, queue, None, dims)?;
         let (pipeline, bind_group, uniforms) = fullscreen_pipeline(
             device,
             shaders::SLICE,
             "slice",
             &volume_view,
+            &labels_view,
             std::mem::size_of::<SliceUniforms>() as u64,
         );
         Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims })
@@ -143,6 +145,47 @@ fn upload_volume(
     Ok((texture.create_view(&wgpu::TextureViewDescriptor::default()), dims))
 }
 
+/// Uploads a label map (segment numbers) as a 3-D `r8uint` texture on the volume's grid; without
+/// one, a single zero voxel (the binding must exist).
+fn upload_labels(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    labels: Option<&Volume<u8>>,
+    dims: [u32; 3],
+) -> Result<wgpu::TextureView, RenderError> {
+    let (size, data): (_, &[u8]) = match labels {
+        Some(l) => {
+            if l.dims() != dims.map(|d| d as usize) {
+                return Err(RenderError::Device(format!("a {:?} label map on a {dims:?} volume", l.dims())));
+            }
+            (wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: dims[2] }, l.voxels())
+        }
+        None => (wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 }, &[0]),
+    };
+    let texture = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("labels"),
+        size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D3,
+        format: wgpu::TextureFormat::R8Uint,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    queue.write_texture(
+        wgpu::TexelCopyTextureInfo {
+            texture: &texture,
+            mip_level: 0,
+            origin: wgpu::Origin3d::ZERO,
+            aspect: wgpu::TextureAspect::All,
+        },
+        data,
+        wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(size.width), rows_per_image: Some(size.height) },
+        size,
+    );
+    Ok(texture.create_view(&wgpu::TextureViewDescriptor::default()))
+}
+
 /// An RGBA8 render target that egui can show and tests can read back.
 fn target_texture(device: &wgpu::Device, width: u32, height: u32, label: &str) -> (wgpu::Texture, wgpu::TextureView) {
     let target = device.create_texture(&wgpu::TextureDescriptor {
@@ -168,6 +211,7 @@ fn fullscreen_pipeline(
     shader: &str,
     label: &str,
     volume_view: &wgpu::TextureView,
+    labels_view: &wgpu::TextureView,
     uniform_size: u64,
 ) -> (wgpu::RenderPipeline, wgpu::BindGroup, wgpu::Buffer) {
     let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
@@ -199,6 +243,16 @@ fn fullscreen_pipeline(
                 },
                 count: None,
             },
+            wgpu::BindGroupLayoutEntry {
+                binding: 2,
+                visibility: wgpu::ShaderStages::FRAGMENT,
+                ty: wgpu::BindingType::Texture {
+                    sample_type: wgpu::TextureSampleType::Uint,
+                    view_dimension: wgpu::TextureViewDimension::D3,
+                    multisampled: false,
+                },
+                count: None,
+            },
         ],
     });
     let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -207,6 +261,7 @@ fn fullscreen_pipeline(
         entries: &[
             wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(volume_view) },
             wgpu::BindGroupEntry { binding: 1, resource: uniforms.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::TextureView(labels_view) },
         ],
     });
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -335,6 +390,7 @@ struct MprUniforms {
     dims: [u32; 4],
     slab: [u32; 4],
     window: [f32; 4],
+    overlay: [f32; 4],
 }
 
 /// Multiplanar reformation of one volume: planes of any orientation (and thick-slab MIP, MinIP
@@ -348,21 +404,31 @@ pub struct MprRenderer {
     dims: [u32; 3],
     size: [u32; 2],
     patient_from_voxel: lightbox_core::Affine3,
+    has_labels: bool,
 }
 
 impl MprRenderer {
-    /// Uploads the volume; planes drawn later must be `width × height` pixels.
+    /// Uploads the volume (and a label map on its grid, to draw over it); planes drawn later
+    /// must be `width × height` pixels.
     pub fn new(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         volume: &Volume<f32>,
+        labels: Option<&Volume<u8>>,
         width: u32,
         height: u32,
     ) -> Result<Self, RenderError> {
         let (volume_view, dims) = upload_volume(device, queue, volume)?;
+        let labels_view = upload_labels(device, queue, labels, dims)?;
         let (target, target_view) = target_texture(device, width.max(1), height.max(1), "mpr target");
-        let (pipeline, bind_group, uniforms) =
-            fullscreen_pipeline(device, shaders::MPR, "mpr", &volume_view, std::mem::size_of::<MprUniforms>() as u64);
+        let (pipeline, bind_group, uniforms) = fullscreen_pipeline(
+            device,
+            shaders::MPR,
+            "mpr",
+            &volume_view,
+            &labels_view,
+            std::mem::size_of::<MprUniforms>() as u64,
+        );
         Ok(Self {
             pipeline,
             bind_group,
@@ -372,6 +438,7 @@ impl MprRenderer {
             dims,
             size: [width.max(1), height.max(1)],
             patient_from_voxel: volume.patient_from_voxel,
+            has_labels: labels.is_some(),
         })
     }
 
@@ -379,13 +446,15 @@ impl MprRenderer {
         &self.target_view
     }
 
-    /// Draws `plane` (its size must be the renderer's) with `window`.
+    /// Draws `plane` (its size must be the renderer's) with `window`, and the label map in
+    /// `style` when there is one and a style is given.
     pub fn render(
         &self,
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         plane: &crate::MprPlane,
         window: lightbox_core::WindowLevel,
+        style: Option<crate::LabelStyle>,
     ) -> Result<(), RenderError> {
         if [plane.width, plane.height] != self.size {
             return Err(RenderError::Device(format!(
@@ -405,6 +474,10 @@ impl MprRenderer {
             dims: [self.dims[0], self.dims[1], self.dims[2], 0],
             slab: [v.samples, plane.mode.code(), plane.width, plane.height],
             window: [window.center, window.width, 0.0, 0.0],
+            overlay: match style.filter(|_| self.has_labels) {
+                Some(s) => [s.opacity, if s.outline { 1.0 } else { 0.0 }, 1.0, 0.0],
+                None => [0.0; 4],
+            },
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
         draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view);

@@ -28,6 +28,37 @@ impl SlabMode {
     }
 }
 
+/// How a label map is drawn over the image.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LabelStyle {
+    /// 0 (invisible) to 1 (opaque), for filled labels.
+    pub opacity: f32,
+    /// Only the labels' edges, opaque.
+    pub outline: bool,
+}
+
+/// The colour of label `label` (golden-angle hues, saturation 0.85, value 1), as `mpr.wgsl`
+/// computes it.
+pub fn label_colour(label: u32) -> [f32; 3] {
+    let h = (label as f32 * 0.618_034).fract() * 6.0;
+    let c = 0.85f32;
+    let x = c * (1.0 - ((h % 2.0) - 1.0).abs());
+    let rgb = if h < 1.0 {
+        [c, x, 0.0]
+    } else if h < 2.0 {
+        [x, c, 0.0]
+    } else if h < 3.0 {
+        [0.0, c, x]
+    } else if h < 4.0 {
+        [0.0, x, c]
+    } else if h < 5.0 {
+        [x, 0.0, c]
+    } else {
+        [c, 0.0, x]
+    };
+    rgb.map(|v| v + 1.0 - c)
+}
+
 /// A rectangle in patient space: output pixel `(i, j)` has its centre at
 /// `corner + (i + ½)·pixel_mm·right + (j + ½)·pixel_mm·down`.
 #[derive(Clone, Copy, Debug, PartialEq)]

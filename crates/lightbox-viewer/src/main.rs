@@ -141,7 +141,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         Box::new(move |cc| {
             let mpr = if mpr {
                 let window = series.window.unwrap_or_else(|| default_window(&volume));
-                Some(mpr_view::MprView::new(cc, &volume, window).map_err(|e| format!("{e:#}"))?)
+                let labels = overlay.as_ref().map(|o| &o.labels);
+                Some(mpr_view::MprView::new(cc, &volume, labels, window).map_err(|e| format!("{e:#}"))?)
             } else {
                 None
             };
@@ -270,12 +271,13 @@ impl Prior {
 }
 
 /// The viewer's keys and mouse actions, as its help (F1) lists them.
-const SHORTCUTS: [(&str, &str); 8] = [
+const SHORTCUTS: [(&str, &str); 9] = [
     ("Up / Down, wheel", "next / previous slice (in MPR: move the plane under the pointer)"),
     ("Page Up / Page Down", "ten slices"),
     ("drag", "window / level (horizontal: width, vertical: level)"),
     ("click (MPR)", "move the crosshair there; the other planes follow"),
     ("O", "show / hide the segmentation overlay"),
+    ("L (MPR)", "segmentation as outlines / filled"),
     ("F1", "this help"),
     ("--mpr", "start in the 1×3 axial / coronal / sagittal layout"),
     ("--prior PATH", "compare with an earlier study, slices linked"),
@@ -487,6 +489,13 @@ impl eframe::App for ViewerApp {
             && let Some(overlay) = &mut self.overlay
         {
             overlay.shown = !overlay.shown;
+        }
+        let outline = ui.input(|i| i.key_pressed(egui::Key::L));
+        if let (Some(mpr), Some(overlay)) = (&mut self.mpr, &self.overlay) {
+            // The MPR panes draw the segmentation on the GPU: filled, or outlines (L).
+            let style = mpr.labels.unwrap_or(lightbox_render::LabelStyle { opacity: 0.45, outline: false });
+            let style = lightbox_render::LabelStyle { outline: style.outline != outline, ..style };
+            mpr.labels = overlay.shown.then_some(style);
         }
 
         egui::Panel::top("status").show(ui, |ui| {

@@ -56,7 +56,7 @@ struct Pane {
     renderer: MprRenderer,
     texture: egui::TextureId,
     plane: MprPlane,
-    rendered: Option<(MprPlane, WindowLevel)>,
+    rendered: Option<(MprPlane, WindowLevel, Option<lightbox_render::LabelStyle>)>,
 }
 
 pub struct MprView {
@@ -68,10 +68,17 @@ pub struct MprView {
     dims: [usize; 3],
     pixel_mm: f64,
     step_mm: f64,
+    /// How the segmentation is drawn (None: hidden, or none loaded).
+    pub labels: Option<lightbox_render::LabelStyle>,
 }
 
 impl MprView {
-    pub fn new(cc: &eframe::CreationContext<'_>, volume: &Volume<f32>, window: WindowLevel) -> anyhow::Result<Self> {
+    pub fn new(
+        cc: &eframe::CreationContext<'_>,
+        volume: &Volume<f32>,
+        labels: Option<&Volume<u8>>,
+        window: WindowLevel,
+    ) -> anyhow::Result<Self> {
         let state = cc.wgpu_render_state.as_ref().context("eframe started without its wgpu renderer")?;
         let (a, dims) = (volume.patient_from_voxel, volume.dims());
         let spacing = volume.spacing_mm();
@@ -82,7 +89,7 @@ impl MprView {
         let mut panes = Vec::new();
         for (name, make) in makers {
             let plane = make(&a, dims, centre, pixel_mm);
-            let renderer = MprRenderer::new(&state.device, &state.queue, volume, plane.width, plane.height)?;
+            let renderer = MprRenderer::new(&state.device, &state.queue, volume, labels, plane.width, plane.height)?;
             let texture = state.renderer.write().register_native_texture(
                 &state.device,
                 renderer.target_view(),
@@ -91,7 +98,8 @@ impl MprView {
             println!("lightbox-viewer: MPR {name} {}x{} at {pixel_mm:.2} mm", plane.width, plane.height);
             panes.push(Pane { name, make, renderer, texture, plane, rendered: None });
         }
-        Ok(Self { panes, crosshair: centre, window, patient_from_voxel: a, dims, pixel_mm, step_mm: pixel_mm })
+        let labels = labels.map(|_| lightbox_render::LabelStyle { opacity: 0.45, outline: false });
+        Ok(Self { panes, crosshair: centre, window, patient_from_voxel: a, dims, pixel_mm, step_mm: pixel_mm, labels })
     }
 
     fn replan(&mut self) {
@@ -181,9 +189,9 @@ impl MprView {
     /// Renders the panes whose plane or window changed.
     pub fn render(&mut self, state: &egui_wgpu::RenderState) {
         for pane in &mut self.panes {
-            let wanted = (pane.plane, self.window);
+            let wanted = (pane.plane, self.window, self.labels);
             if pane.rendered != Some(wanted) {
-                match pane.renderer.render(&state.device, &state.queue, &pane.plane, self.window) {
+                match pane.renderer.render(&state.device, &state.queue, &pane.plane, self.window, self.labels) {
                     Ok(()) => pane.rendered = Some(wanted),
                     Err(e) => tracing::error!("MPR {} failed: {e}", pane.name),
                 }
