@@ -22,9 +22,16 @@ struct MprUniforms {
     window: vec4<f32>,
     // opacity, outline (1) or fill (0), labels present (1), _
     overlay: vec4<f32>,
+    // stored value -> real value: slope, intercept (the volume is kept in its stored type)
+    rescale: vec4<f32>,
 }
 
+// `texture_3d<f32>` here; the renderer swaps in `<u32>` or `<i32>` for 8/16-bit stored volumes.
 @group(0) @binding(0) var volume: texture_3d<f32>;
+
+fn voxel(c: vec3<i32>) -> f32 {
+    return f32(textureLoad(volume, c, 0).r) * u.rescale.x + u.rescale.y;
+}
 @group(0) @binding(1) var<uniform> u: MprUniforms;
 @group(0) @binding(2) var labels: texture_3d<u32>;
 
@@ -57,14 +64,14 @@ fn sample(p: vec3<f32>, inside: ptr<function, bool>) -> f32 {
     let b = vec3<i32>(base);
     let n = vec3<i32>(u.dims.xyz) - vec3<i32>(1);
     let b1 = min(b + vec3<i32>(1), n);
-    let c000 = textureLoad(volume, vec3<i32>(b.x, b.y, b.z), 0).r;
-    let c100 = textureLoad(volume, vec3<i32>(b1.x, b.y, b.z), 0).r;
-    let c010 = textureLoad(volume, vec3<i32>(b.x, b1.y, b.z), 0).r;
-    let c110 = textureLoad(volume, vec3<i32>(b1.x, b1.y, b.z), 0).r;
-    let c001 = textureLoad(volume, vec3<i32>(b.x, b.y, b1.z), 0).r;
-    let c101 = textureLoad(volume, vec3<i32>(b1.x, b.y, b1.z), 0).r;
-    let c011 = textureLoad(volume, vec3<i32>(b.x, b1.y, b1.z), 0).r;
-    let c111 = textureLoad(volume, vec3<i32>(b1.x, b1.y, b1.z), 0).r;
+    let c000 = voxel(vec3<i32>(b.x, b.y, b.z));
+    let c100 = voxel(vec3<i32>(b1.x, b.y, b.z));
+    let c010 = voxel(vec3<i32>(b.x, b1.y, b.z));
+    let c110 = voxel(vec3<i32>(b1.x, b1.y, b.z));
+    let c001 = voxel(vec3<i32>(b.x, b.y, b1.z));
+    let c101 = voxel(vec3<i32>(b1.x, b.y, b1.z));
+    let c011 = voxel(vec3<i32>(b.x, b1.y, b1.z));
+    let c111 = voxel(vec3<i32>(b1.x, b1.y, b1.z));
     let c00 = c000 + (c100 - c000) * f.x;
     let c10 = c010 + (c110 - c010) * f.x;
     let c01 = c001 + (c101 - c001) * f.x;

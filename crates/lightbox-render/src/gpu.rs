@@ -69,7 +69,7 @@ impl SliceRenderer {
             device,
             shaders::SLICE,
             "slice",
-            &volume_view,
+            (&volume_view, FLOAT),
             &labels_view,
             std::mem::size_of::<SliceUniforms>() as u64,
         );
@@ -106,6 +106,59 @@ impl SliceRenderer {
     pub fn read_target(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<u8>, RenderError> {
         read_texture(device, queue, &self.target, self.dims[0], self.dims[1])
     }
+}
+
+const FLOAT: wgpu::TextureSampleType = wgpu::TextureSampleType::Float { filterable: false };
+
+/// Uploads a volume in its stored type (8/16-bit integers stay 1 or 2 bytes a voxel): the view,
+/// `[columns, rows, slices]`, how the shader reads it, and the WGSL texel type.
+fn upload_stored(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    volume: &lightbox_core::StoredVolume,
+) -> Result<(wgpu::TextureView, [u32; 3], wgpu::TextureSampleType, &'static str), RenderError> {
+    use lightbox_core::StoredVoxels as V;
+    let limit = device.limits().max_texture_dimension_3d;
+    let [nx, ny, nz] = volume.dims();
+    let dims = [nx, ny, nz].map(|d| u32::try_from(d).unwrap_or(u32::MAX));
+    if dims.iter().any(|&d| d > limit || d == 0) {
+        return Err(RenderError::VolumeTooLarge { dims: volume.dims(), limit });
+    }
+    let uint = wgpu::TextureSampleType::Uint;
+    let (format, bytes, sample, texel): (_, &[u8], _, _) = match volume.voxels() {
+        V::U8(v) => (wgpu::TextureFormat::R8Uint, v.as_slice(), uint, "u32"),
+        V::U16(v) => (wgpu::TextureFormat::R16Uint, bytemuck::cast_slice(v), uint, "u32"),
+        V::I16(v) => (wgpu::TextureFormat::R16Sint, bytemuck::cast_slice(v), wgpu::TextureSampleType::Sint, "i32"),
+        V::F32(v) => (wgpu::TextureFormat::R32Float, bytemuck::cast_slice(v), FLOAT, "f32"),
+    };
+    let size = wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: dims[2] };
+    let texture = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("stored volume"),
+        size,
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D3,
+        format,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    let per_voxel = volume.voxels().bytes_per_voxel() as u32;
+    queue.write_texture(
+        wgpu::TexelCopyTextureInfo {
+            texture: &texture,
+            mip_level: 0,
+            origin: wgpu::Origin3d::ZERO,
+            aspect: wgpu::TextureAspect::All,
+        },
+        bytes,
+        wgpu::TexelCopyBufferLayout {
+            offset: 0,
+            bytes_per_row: Some(per_voxel * dims[0]),
+            rows_per_image: Some(dims[1]),
+        },
+        size,
+    );
+    Ok((texture.create_view(&wgpu::TextureViewDescriptor::default()), dims, sample, texel))
 }
 
 /// Uploads a volume as a 3-D `r32float` texture; its `[columns, rows, slices]`.
@@ -210,7 +263,7 @@ fn fullscreen_pipeline(
     device: &wgpu::Device,
     shader: &str,
     label: &str,
-    volume_view: &wgpu::TextureView,
+    (volume_view, volume_sample): (&wgpu::TextureView, wgpu::TextureSampleType),
     labels_view: &wgpu::TextureView,
     uniform_size: u64,
 ) -> (wgpu::RenderPipeline, wgpu::BindGroup, wgpu::Buffer) {
@@ -227,7 +280,7 @@ fn fullscreen_pipeline(
                 binding: 0,
                 visibility: wgpu::ShaderStages::FRAGMENT,
                 ty: wgpu::BindingType::Texture {
-                    sample_type: wgpu::TextureSampleType::Float { filterable: false },
+                    sample_type: volume_sample,
                     view_dimension: wgpu::TextureViewDimension::D3,
                     multisampled: false,
                 },
@@ -391,6 +444,7 @@ struct MprUniforms {
     slab: [u32; 4],
     window: [f32; 4],
     overlay: [f32; 4],
+    rescale: [f32; 4],
 }
 
 /// Multiplanar reformation of one volume: planes of any orientation (and thick-slab MIP, MinIP
@@ -405,6 +459,10 @@ pub struct MprRenderer {
     size: [u32; 2],
     patient_from_voxel: lightbox_core::Affine3,
     has_labels: bool,
+    /// Stored value -> real value (identity for float volumes).
+    rescale: [f32; 2],
+    /// Bytes the volume takes on the GPU.
+    pub volume_bytes: u64,
 }
 
 impl MprRenderer {
@@ -419,13 +477,53 @@ impl MprRenderer {
         height: u32,
     ) -> Result<Self, RenderError> {
         let (volume_view, dims) = upload_volume(device, queue, volume)?;
+        let bytes = volume.voxels().len() as u64 * 4;
+        Self::build(
+            device,
+            queue,
+            (volume_view, dims, FLOAT, "f32"),
+            labels,
+            (width, height),
+            volume.patient_from_voxel,
+            [1.0, 0.0],
+            bytes,
+        )
+    }
+
+    /// Like [`new`](Self::new) for a volume in its stored type: 8- and 16-bit voxels stay 1 or
+    /// 2 bytes on the GPU (no float32 copy), the rescale is applied in the shader.
+    pub fn new_stored(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        volume: &lightbox_core::StoredVolume,
+        labels: Option<&Volume<u8>>,
+        width: u32,
+        height: u32,
+    ) -> Result<Self, RenderError> {
+        let uploaded = upload_stored(device, queue, volume)?;
+        let bytes = volume.voxels().len() as u64 * volume.voxels().bytes_per_voxel() as u64;
+        let rescale = [volume.slope as f32, volume.intercept as f32];
+        Self::build(device, queue, uploaded, labels, (width, height), volume.patient_from_voxel, rescale, bytes)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        (volume_view, dims, sample, texel): (wgpu::TextureView, [u32; 3], wgpu::TextureSampleType, &str),
+        labels: Option<&Volume<u8>>,
+        (width, height): (u32, u32),
+        patient_from_voxel: lightbox_core::Affine3,
+        rescale: [f32; 2],
+        volume_bytes: u64,
+    ) -> Result<Self, RenderError> {
         let labels_view = upload_labels(device, queue, labels, dims)?;
         let (target, target_view) = target_texture(device, width.max(1), height.max(1), "mpr target");
         let (pipeline, bind_group, uniforms) = fullscreen_pipeline(
             device,
-            shaders::MPR,
+            &shaders::mpr_for(texel),
             "mpr",
-            &volume_view,
+            (&volume_view, sample),
             &labels_view,
             std::mem::size_of::<MprUniforms>() as u64,
         );
@@ -437,8 +535,10 @@ impl MprRenderer {
             target_view,
             dims,
             size: [width.max(1), height.max(1)],
-            patient_from_voxel: volume.patient_from_voxel,
+            patient_from_voxel,
             has_labels: labels.is_some(),
+            rescale,
+            volume_bytes,
         })
     }
 
@@ -478,6 +578,7 @@ impl MprRenderer {
                 Some(s) => [s.opacity, if s.outline { 1.0 } else { 0.0 }, 1.0, 0.0],
                 None => [0.0; 4],
             },
+            rescale: [self.rescale[0], self.rescale[1], 0.0, 0.0],
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
         draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view);

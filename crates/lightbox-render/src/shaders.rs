@@ -6,6 +6,12 @@ pub const SLICE: &str = include_str!("../../../shaders/slice.wgsl");
 /// Multiplanar reformation at any orientation, with thick-slab projections.
 pub const MPR: &str = include_str!("../../../shaders/mpr.wgsl");
 
+/// `mpr.wgsl` for a volume kept in its stored type: `"u32"` (8- and 16-bit unsigned), `"i32"`
+/// (16-bit signed) or `"f32"`.
+pub fn mpr_for(texel: &str) -> String {
+    MPR.replacen("var volume: texture_3d<f32>;", &format!("var volume: texture_3d<{texel}>;"), 1)
+}
+
 /// Every shader, by file name, for validation.
 pub const ALL: &[(&str, &str)] = &[("slice.wgsl", SLICE), ("mpr.wgsl", MPR)];
 
@@ -26,7 +32,12 @@ mod tests {
         embedded.sort();
         assert_eq!(on_disk, embedded, "shaders/ and shaders::ALL disagree");
 
-        for (name, source) in super::ALL {
+        let variants: Vec<(String, String)> =
+            ["u32", "i32"].iter().map(|t| (format!("mpr.wgsl<{t}>"), super::mpr_for(t))).collect();
+        assert!(variants.iter().all(|(_, s)| s != super::MPR), "the stored-type variants must differ");
+        let all = super::ALL.iter().map(|(n, s)| ((*n).to_owned(), (*s).to_owned())).chain(variants);
+        for (name, source) in all {
+            let (name, source) = (name.as_str(), source.as_str());
             let module = naga::front::wgsl::parse_str(source)
                 .map_err(|e| anyhow::anyhow!("{name}: {}", e.emit_to_string(source)))?;
             naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::all())

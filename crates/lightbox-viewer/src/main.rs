@@ -129,6 +129,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let mpr = args.mpr;
+    // The MPR keeps the volume in its stored type on the GPU when the files allow it.
+    let stored = if mpr { set.load_stored(0).ok() } else { None };
     let title = format!("Lightbox viewer - {}", series_title(&series));
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default().with_title(&title).with_inner_size([900.0, 800.0]),
@@ -142,7 +144,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             let mpr = if mpr {
                 let window = series.window.unwrap_or_else(|| default_window(&volume));
                 let labels = overlay.as_ref().map(|o| &o.labels);
-                Some(mpr_view::MprView::new(cc, &volume, labels, window).map_err(|e| format!("{e:#}"))?)
+                Some(
+                    mpr_view::MprView::new(cc, &volume, stored.as_ref(), labels, window)
+                        .map_err(|e| format!("{e:#}"))?,
+                )
             } else {
                 None
             };

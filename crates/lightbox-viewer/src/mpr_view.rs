@@ -73,9 +73,11 @@ pub struct MprView {
 }
 
 impl MprView {
+    /// With `stored`, the GPU keeps the volume in its stored type (16-bit stays 16-bit).
     pub fn new(
         cc: &eframe::CreationContext<'_>,
         volume: &Volume<f32>,
+        stored: Option<&lightbox_core::StoredVolume>,
         labels: Option<&Volume<u8>>,
         window: WindowLevel,
     ) -> anyhow::Result<Self> {
@@ -89,13 +91,23 @@ impl MprView {
         let mut panes = Vec::new();
         for (name, make) in makers {
             let plane = make(&a, dims, centre, pixel_mm);
-            let renderer = MprRenderer::new(&state.device, &state.queue, volume, labels, plane.width, plane.height)?;
+            let renderer = match stored {
+                Some(stored) => {
+                    MprRenderer::new_stored(&state.device, &state.queue, stored, labels, plane.width, plane.height)?
+                }
+                None => MprRenderer::new(&state.device, &state.queue, volume, labels, plane.width, plane.height)?,
+            };
             let texture = state.renderer.write().register_native_texture(
                 &state.device,
                 renderer.target_view(),
                 wgpu::FilterMode::Linear,
             );
-            println!("lightbox-viewer: MPR {name} {}x{} at {pixel_mm:.2} mm", plane.width, plane.height);
+            println!(
+                "lightbox-viewer: MPR {name} {}x{} at {pixel_mm:.2} mm, volume {:.1} MB on the GPU",
+                plane.width,
+                plane.height,
+                renderer.volume_bytes as f64 / 1e6
+            );
             panes.push(Pane { name, make, renderer, texture, plane, rendered: None });
         }
         let labels = labels.map(|_| lightbox_render::LabelStyle { opacity: 0.45, outline: false });
