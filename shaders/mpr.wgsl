@@ -17,7 +17,8 @@ struct MprUniforms {
     step_y: vec4<f32>,
     step_z: vec4<f32>,
     dims: vec4<u32>,
-    // samples along the normal, mode (0 single, 1 max, 2 min, 3 mean), output width, height
+    // samples along the normal, mode (0 single, 1 max, 2 min, 3 mean, 4 volume rendering),
+    // output width, height
     slab: vec4<u32>,
     window: vec4<f32>,
     // opacity, outline (1) or fill (0), labels present (1), _
@@ -106,8 +107,55 @@ fn label_colour(label: u32) -> vec3<f32> {
     return rgb + vec3<f32>(1.0 - c);
 }
 
+// Direct volume rendering along the slab, front (k = 0) to back: the window is the transfer
+// function's ramp (opacity and colour rise from its lower to its upper edge), each sample is
+// shaded by its gradient against a headlight, and the ray stops once nearly opaque. Samples
+// below the ramp are empty space: no compositing, no gradient.
+fn volume_colour(position: vec2<f32>) -> vec3<f32> {
+    let i = floor(position.x);
+    let j = floor(position.y);
+    let width = max(u.window.y, 1e-3);
+    let lo = u.window.x - 0.5 * width;
+    let dir = normalize(u.step_z.xyz);
+    var colour = vec3<f32>(0.0);
+    var alpha = 0.0;
+    for (var k = 0u; k < max(u.slab.x, 1u); k = k + 1u) {
+        let p = u.origin.xyz + i * u.step_x.xyz + j * u.step_y.xyz + f32(k) * u.step_z.xyz;
+        var inside = false;
+        let v = sample(p, &inside);
+        if (!inside) {
+            continue;
+        }
+        let ramp = clamp((v - lo) / width, 0.0, 1.0);
+        if (ramp <= 0.0) {
+            continue;
+        }
+        var g = vec3<f32>(0.0);
+        var ok = false;
+        let gx = sample(p + vec3<f32>(1.0, 0.0, 0.0), &ok) - sample(p - vec3<f32>(1.0, 0.0, 0.0), &ok);
+        let gy = sample(p + vec3<f32>(0.0, 1.0, 0.0), &ok) - sample(p - vec3<f32>(0.0, 1.0, 0.0), &ok);
+        let gz = sample(p + vec3<f32>(0.0, 0.0, 1.0), &ok) - sample(p - vec3<f32>(0.0, 0.0, 1.0), &ok);
+        g = vec3<f32>(gx, gy, gz);
+        var shade = 1.0;
+        if (length(g) > 1e-6) {
+            shade = 0.35 + 0.65 * abs(dot(normalize(g), dir));
+        }
+        let base = mix(vec3<f32>(0.75, 0.3, 0.2), vec3<f32>(1.0, 0.95, 0.85), ramp);
+        let a = ramp * 0.12;
+        colour = colour + (1.0 - alpha) * a * base * shade;
+        alpha = alpha + (1.0 - alpha) * a;
+        if (alpha > 0.98) {
+            break;
+        }
+    }
+    return colour;
+}
+
 @fragment
 fn fs_main(in: VertexOutput) -> @location(0) vec4<f32> {
+    if (u.slab.y == 4u) {
+        return vec4<f32>(volume_colour(in.position.xy), 1.0);
+    }
     let grey = grey_at(in.position.xy);
     if (u.overlay.z < 0.5) {
         return vec4<f32>(grey, grey, grey, 1.0);

@@ -225,9 +225,10 @@ fn compare_with_prior_shows_both_time_points_with_linked_slices() -> anyhow::Res
     Ok(())
 }
 
-/// The 1×3 MPR layout: axial, coronal and sagittal reformations of the (tilted) demo study,
-/// drawn on the GPU; a click in the axial pane moves the crosshair, so the coronal plane moves
-/// through it; the wheel over the axial pane moves the axial plane along its normal.
+/// The 2×2 layout: axial, coronal and sagittal reformations of the (tilted) demo study and a
+/// volume rendering, drawn on the GPU; a click in the axial pane moves the crosshair, so the
+/// coronal plane moves through it; the wheel over the axial pane moves the axial plane along its
+/// normal; a drag in the 3-D pane turns it.
 #[test]
 fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
     let x = Xvfb::start()?;
@@ -240,27 +241,34 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
         .spawn()?;
     let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
     let _child = KillOnDrop(child);
-    for plane in ["MPR Axial", "MPR Coronal", "MPR Sagittal"] {
+    for plane in ["MPR Axial", "MPR Coronal", "MPR Sagittal", "MPR 3D"] {
         stdout.wait_for(plane, Duration::from_secs(60))?;
     }
     stdout.wait_for("first frame presented", Duration::from_secs(120))?;
-    std::thread::sleep(Duration::from_millis(500));
-    // The window is 900 wide: three columns of 300.
+    std::thread::sleep(Duration::from_millis(800));
+    // The window is 900×800: axial top left, coronal top right, sagittal bottom left, 3D bottom right.
     let panes = |name: &str| -> anyhow::Result<Vec<Rgb>> {
         let shot = screenshot_dir()?.join(name);
         x.screenshot(&shot)?;
         let image = Rgb::load(&shot)?;
-        Ok((0..3).map(|k| image.crop(40 + 300 * k, 360, 220, 90)).collect())
+        Ok(vec![
+            image.crop(100, 150, 220, 120),
+            image.crop(500, 180, 260, 80),
+            image.crop(120, 560, 220, 80),
+            image.crop(540, 520, 220, 200),
+        ])
     };
     let first = panes("viewer-mpr.png")?;
-    for (k, pane) in first.iter().enumerate() {
+    for (k, pane) in first.iter().take(3).enumerate() {
         assert!(pane.distinct_greys() > 30, "pane {k} shows only {} grey levels", pane.distinct_greys());
     }
-    x.xdotool(&["mousemove", "150", "330", "click", "1"])?;
+    let rendered = first[3].pixels.iter().filter(|p| p[0] > 40).count();
+    assert!(rendered > 1000, "the volume rendering is empty ({rendered} lit pixels)");
+    x.xdotool(&["mousemove", "200", "330", "click", "1"])?;
     std::thread::sleep(Duration::from_millis(600));
     let clicked = panes("viewer-mpr-clicked.png")?;
     assert!(first[1].mean_abs_diff(&clicked[1]) > 2.0, "the coronal plane did not follow the crosshair");
-    x.xdotool(&["mousemove", "150", "400"])?;
+    x.xdotool(&["mousemove", "200", "250"])?;
     for _ in 0..6 {
         x.xdotool(&["click", "4"])?;
         std::thread::sleep(Duration::from_millis(120));
@@ -268,6 +276,16 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(600));
     let scrolled = panes("viewer-mpr-scrolled.png")?;
     assert!(clicked[0].mean_abs_diff(&scrolled[0]) > 2.0, "the wheel did not move the axial plane");
+    // Turn the 3-D view by dragging in it.
+    x.xdotool(&["mousemove", "650", "620", "mousedown", "1"])?;
+    for step in 1..=10 {
+        x.xdotool(&["mousemove", &(650 + 12 * step).to_string(), &(620 - 4 * step).to_string()])?;
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    x.xdotool(&["mouseup", "1"])?;
+    std::thread::sleep(Duration::from_millis(800));
+    let turned = panes("viewer-mpr-turned.png")?;
+    assert!(scrolled[3].mean_abs_diff(&turned[3]) > 2.0, "dragging did not turn the 3-D view");
     Ok(())
 }
 

@@ -58,6 +58,54 @@ pub fn mpr_rgba_with_labels(
         Some(c0 + (c1 - c0) * f[2])
     };
     let mut out = Vec::with_capacity(plane.width as usize * plane.height as usize * 4);
+    if plane.mode == SlabMode::Volume {
+        let width = window.width.max(1e-3);
+        let lo = window.center - 0.5 * width;
+        let len = (v.step_z.iter().map(|x| x * x).sum::<f32>()).sqrt().max(1e-12);
+        let dir = v.step_z.map(|x| x / len);
+        let value = |p: [f32; 3]| sample(p).unwrap_or(0.0);
+        for j in 0..plane.height {
+            for i in 0..plane.width {
+                let (fi, fj) = (i as f32, j as f32);
+                let (mut colour, mut alpha) = ([0.0f32; 3], 0.0f32);
+                for k in 0..v.samples.max(1) {
+                    let p =
+                        [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + k as f32 * v.step_z[c]);
+                    let Some(s) = sample(p) else { continue };
+                    let ramp = ((s - lo) / width).clamp(0.0, 1.0);
+                    if ramp <= 0.0 {
+                        continue;
+                    }
+                    let d = |c: usize| {
+                        let mut a = p;
+                        let mut b = p;
+                        a[c] += 1.0;
+                        b[c] -= 1.0;
+                        value(a) - value(b)
+                    };
+                    let g = [d(0), d(1), d(2)];
+                    let gl = (g[0] * g[0] + g[1] * g[1] + g[2] * g[2]).sqrt();
+                    let shade = if gl > 1e-6 {
+                        0.35 + 0.65 * ((g[0] * dir[0] + g[1] * dir[1] + g[2] * dir[2]) / gl).abs()
+                    } else {
+                        1.0
+                    };
+                    let base = [0.75 + (1.0 - 0.75) * ramp, 0.3 + (0.95 - 0.3) * ramp, 0.2 + (0.85 - 0.2) * ramp];
+                    let a = ramp * 0.12;
+                    for c in 0..3 {
+                        colour[c] += (1.0 - alpha) * a * base[c] * shade;
+                    }
+                    alpha += (1.0 - alpha) * a;
+                    if alpha > 0.98 {
+                        break;
+                    }
+                }
+                let [r, g, b] = colour.map(to_unorm8);
+                out.extend_from_slice(&[r, g, b, 255]);
+            }
+        }
+        return Ok(out);
+    }
     for j in 0..plane.height {
         for i in 0..plane.width {
             let (fi, fj) = (i as f32, j as f32);

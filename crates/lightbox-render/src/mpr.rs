@@ -15,6 +15,9 @@ pub enum SlabMode {
     Min,
     /// Average intensity.
     Mean,
+    /// Direct volume rendering through the slab (front to back along the normal): the window is
+    /// the transfer function's ramp; gradient shading; early ray termination.
+    Volume,
 }
 
 impl SlabMode {
@@ -24,6 +27,7 @@ impl SlabMode {
             Self::Max => 1,
             Self::Min => 2,
             Self::Mean => 3,
+            Self::Volume => 4,
         }
     }
 }
@@ -178,6 +182,57 @@ impl MprPlane {
         Self::covering(patient_from_voxel, dims, centre, right, down, pixel_mm)
     }
 
+    /// A 3-D view of the whole volume from a direction given by `azimuth` (about the patient's
+    /// vertical axis, 0: from the front) and `elevation` (radians): the image plane faces the
+    /// viewer and the slab spans the volume's depth.
+    pub fn view_3d(
+        patient_from_voxel: &Affine3,
+        dims: [usize; 3],
+        azimuth: f64,
+        elevation: f64,
+        pixel_mm: f64,
+    ) -> Self {
+        let centre = patient_from_voxel.transform_point(dims.map(|d| 0.5 * (d as f64 - 1.0)));
+        // From the front (anterior) the viewer looks along +y (posterior); patient's right on the
+        // screen's left, superior up.
+        let (sa, ca, se, ce) = (azimuth.sin(), azimuth.cos(), elevation.sin(), elevation.cos());
+        let look = [sa * ce, ca * ce, se];
+        // Screen right = up × look (patient's right on the left from the front); screen down =
+        // look × right (superior up).
+        let right = cross([0.0, 0.0, -1.0], look);
+        let right = if dot(right, right) < 1e-6 { [1.0, 0.0, 0.0] } else { unit(right) };
+        let down = unit(cross(look, right));
+        // A square as wide as the volume's diagonal: the same size from every direction, so a
+        // renderer's target fits any rotation.
+        let all = corners(patient_from_voxel, dims);
+        let radius = all
+            .iter()
+            .map(|c| {
+                dot(
+                    [c[0] - centre[0], c[1] - centre[1], c[2] - centre[2]],
+                    [c[0] - centre[0], c[1] - centre[1], c[2] - centre[2]],
+                )
+                .sqrt()
+            })
+            .fold(0.0, f64::max);
+        let pixel_mm = pixel_mm.max(1e-3);
+        let side = ((2.0 * radius / pixel_mm).ceil() as u32).clamp(1, 4096);
+        let half = 0.5 * f64::from(side) * pixel_mm;
+        let corner = add(add(centre, scale(right, -half)), scale(down, -half));
+        let mut plane = Self {
+            corner,
+            right,
+            down,
+            pixel_mm,
+            width: side,
+            height: side,
+            slab_mm: 2.0 * radius + pixel_mm,
+            mode: SlabMode::Volume,
+        };
+        plane.mode = SlabMode::Volume;
+        plane
+    }
+
     /// The same plane as a slab of `slab_mm`, projected by `mode`.
     pub fn with_slab(mut self, slab_mm: f64, mode: SlabMode) -> Self {
         self.slab_mm = slab_mm.max(0.0);
@@ -206,6 +261,8 @@ impl MprPlane {
         let voxel_from_patient = patient_from_voxel.inverse()?;
         let spacing = [0, 1, 2].map(|c| dot(patient_from_voxel.axis(c), patient_from_voxel.axis(c)).sqrt());
         let step = spacing.iter().copied().fold(f64::INFINITY, f64::min).max(1e-3);
+        // A volume rendering takes at most 384 steps through the slab (a ray per pixel).
+        let step = if self.mode == SlabMode::Volume { step.max(self.slab_mm / 384.0) } else { step };
         let samples = if self.slab_mm > 0.0 { (self.slab_mm / step).round().max(1.0) as u32 } else { 1 };
         let n = self.normal();
         let first = add(self.patient_point(0.0, 0.0), scale(n, -0.5 * (f64::from(samples) - 1.0) * step));
@@ -244,5 +301,11 @@ mod tests {
         assert!((q[0] - 17.0).abs() < 1e-3 && (q[1] - 200.0).abs() < 1e-3 && (q[2] - 10.0).abs() < 1e-3, "{q:?}");
         let slab = plane.with_slab(9.0, SlabMode::Max).in_voxels(&a).expect("invertible");
         assert_eq!(slab.samples, 11, "9 mm at the 0.8 mm step");
+        // From the front: patient's right on the screen's left, superior up, looking posterior.
+        let front = MprPlane::view_3d(&a, [256, 256, 20], 0.0, 0.0, 1.0);
+        assert_eq!(front.right.map(f64::round), [1.0, 0.0, 0.0]);
+        assert_eq!(front.down.map(f64::round), [0.0, 0.0, -1.0]);
+        assert_eq!(front.normal().map(f64::round), [0.0, 1.0, 0.0]);
+        assert_eq!(front.width, front.height);
     }
 }

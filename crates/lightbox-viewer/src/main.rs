@@ -284,7 +284,7 @@ const SHORTCUTS: [(&str, &str); 9] = [
     ("O", "show / hide the segmentation overlay"),
     ("L (MPR)", "segmentation as outlines / filled"),
     ("F1", "this help"),
-    ("--mpr", "start in the 1×3 axial / coronal / sagittal layout"),
+    ("--mpr", "start in the 2×2 layout: axial, coronal, sagittal and 3-D (drag there turns it)"),
     ("--prior PATH", "compare with an earlier study, slices linked"),
 ];
 

@@ -1,6 +1,7 @@
-//! The 1×3 layout: axial, coronal and sagittal reformations through one point of the patient
-//! (the crosshair). A click in a pane moves the crosshair there, the wheel moves that pane's
-//! plane along its normal, dragging sets window/level for all three.
+//! The 2×2 layout: axial, coronal and sagittal reformations through one point of the patient
+//! (the crosshair), and a volume rendering. A click in a plane moves the crosshair there, the
+//! wheel moves that plane along its normal, dragging sets window/level for all (the window is
+//! also the volume rendering's transfer-function ramp); dragging in the 3-D pane turns it.
 
 use anyhow::Context;
 use lightbox_core::{Volume, WindowLevel};
@@ -70,6 +71,15 @@ pub struct MprView {
     step_mm: f64,
     /// How the segmentation is drawn (None: hidden, or none loaded).
     pub labels: Option<lightbox_render::LabelStyle>,
+    /// The 3-D view's direction (radians).
+    azimuth: f64,
+    elevation: f64,
+    pixel_3d: f64,
+}
+
+/// The 3-D pane's plane (its "make" ignores the crosshair; the angles come from the view).
+fn view_3d_front(a: &lightbox_core::Affine3, dims: [usize; 3], _at: [f64; 3], pixel_mm: f64) -> MprPlane {
+    MprPlane::view_3d(a, dims, 0.0, 0.0, pixel_mm)
 }
 
 impl MprView {
@@ -86,11 +96,18 @@ impl MprView {
         let spacing = volume.spacing_mm();
         let pixel_mm = spacing.iter().copied().fold(f64::INFINITY, f64::min).max(0.1);
         let centre = a.transform_point(dims.map(|d| 0.5 * (d as f64 - 1.0)));
-        let makers: [(&'static str, PlaneFn); 3] =
-            [("Axial", MprPlane::axial), ("Coronal", MprPlane::coronal), ("Sagittal", MprPlane::sagittal)];
+        let diagonal = (0..3).map(|c| (dims[c] as f64 * spacing[c]).powi(2)).sum::<f64>().sqrt();
+        let pixel_3d = (2.0 * pixel_mm).max(diagonal / 256.0);
+        let makers: [(&'static str, PlaneFn); 4] = [
+            ("Axial", MprPlane::axial),
+            ("Coronal", MprPlane::coronal),
+            ("Sagittal", MprPlane::sagittal),
+            ("3D", view_3d_front),
+        ];
         let mut panes = Vec::new();
         for (name, make) in makers {
-            let plane = make(&a, dims, centre, pixel_mm);
+            // The 3-D view at a coarser pixel: it casts a ray through the whole volume per pixel.
+            let plane = if name == "3D" { make(&a, dims, centre, pixel_3d) } else { make(&a, dims, centre, pixel_mm) };
             let renderer = match stored {
                 Some(stored) => {
                     MprRenderer::new_stored(&state.device, &state.queue, stored, labels, plane.width, plane.height)?
@@ -111,12 +128,28 @@ impl MprView {
             panes.push(Pane { name, make, renderer, texture, plane, rendered: None });
         }
         let labels = labels.map(|_| lightbox_render::LabelStyle { opacity: 0.45, outline: false });
-        Ok(Self { panes, crosshair: centre, window, patient_from_voxel: a, dims, pixel_mm, step_mm: pixel_mm, labels })
+        Ok(Self {
+            panes,
+            crosshair: centre,
+            window,
+            patient_from_voxel: a,
+            dims,
+            pixel_mm,
+            step_mm: pixel_mm,
+            labels,
+            azimuth: 0.0,
+            elevation: 0.0,
+            pixel_3d,
+        })
     }
 
     fn replan(&mut self) {
         for pane in &mut self.panes {
-            pane.plane = (pane.make)(&self.patient_from_voxel, self.dims, self.crosshair, self.pixel_mm);
+            pane.plane = if pane.name == "3D" {
+                MprPlane::view_3d(&self.patient_from_voxel, self.dims, self.azimuth, self.elevation, self.pixel_3d)
+            } else {
+                (pane.make)(&self.patient_from_voxel, self.dims, self.crosshair, self.pixel_mm)
+            };
         }
     }
 
@@ -124,74 +157,101 @@ impl MprView {
     pub fn ui(&mut self, ui: &mut egui::Ui) {
         let mut moved_to = None;
         let mut window = self.window;
-        ui.columns(3, |columns| {
-            for (pane, ui) in self.panes.iter().zip(columns.iter_mut()) {
-                let [x, y, z] = pane.plane.normal().map(|v| v.abs());
-                let position = if z >= x && z >= y {
-                    self.crosshair[2]
-                } else if y >= x {
-                    self.crosshair[1]
-                } else {
-                    self.crosshair[0]
-                };
-                ui.label(egui::RichText::new(format!("{} · {position:.1} mm", pane.name)).strong());
-                let aspect = pane.plane.width as f32 / pane.plane.height.max(1) as f32;
-                let available = ui.available_size();
-                let size = if available.x / available.y.max(1.0) > aspect {
-                    egui::vec2(available.y * aspect, available.y)
-                } else {
-                    egui::vec2(available.x, available.x / aspect)
-                };
-                let response = ui
-                    .centered_and_justified(|ui| {
-                        ui.add(egui::Image::new((pane.texture, size)).sense(egui::Sense::click_and_drag()))
-                    })
-                    .inner;
-                // The image is letterboxed inside the widget: map through the image's own rect.
-                let rect = egui::Rect::from_center_size(response.rect.center(), size);
-                let to_screen = |(i, j): (f64, f64)| {
-                    egui::pos2(
-                        rect.left() + ((i + 0.5) / f64::from(pane.plane.width)) as f32 * rect.width(),
-                        rect.top() + ((j + 0.5) / f64::from(pane.plane.height)) as f32 * rect.height(),
-                    )
-                };
-                annotate(ui.painter(), rect, &pane.plane);
-                let at = to_screen(pane.plane.pixel_of(self.crosshair));
-                let stroke = egui::Stroke::new(1.0, egui::Color32::from_rgba_unmultiplied(90, 200, 255, 160));
-                ui.painter().line_segment([egui::pos2(rect.left(), at.y), egui::pos2(rect.right(), at.y)], stroke);
-                ui.painter().line_segment([egui::pos2(at.x, rect.top()), egui::pos2(at.x, rect.bottom())], stroke);
-                if response.clicked()
-                    && let Some(pos) = response.interact_pointer_pos()
-                {
-                    let i = f64::from((pos.x - rect.left()) / rect.width()) * f64::from(pane.plane.width) - 0.5;
-                    let j = f64::from((pos.y - rect.top()) / rect.height()) * f64::from(pane.plane.height) - 0.5;
-                    moved_to = Some(pane.plane.patient_point(i, j));
-                }
-                if response.dragged() {
-                    let d = response.drag_delta();
-                    let scale = window.width.max(1.0) / 200.0;
-                    window.width = (window.width + d.x * scale).max(WindowLevel::MIN_WIDTH);
-                    window.center -= d.y * scale;
-                }
-                if response.hovered() {
-                    let wheel: f32 = ui.input(|i| {
-                        i.events
-                            .iter()
-                            .filter_map(|e| match e {
-                                egui::Event::MouseWheel { delta, .. } => Some(delta.y),
-                                _ => None,
+        let mut turn = egui::Vec2::ZERO;
+        let row_height = ui.available_height() / 2.0;
+        let row_width = ui.available_width();
+        for row in self.panes.chunks(2) {
+            ui.allocate_ui(egui::vec2(row_width, row_height), |ui| {
+                ui.columns(2, |columns| {
+                    for (pane, ui) in row.iter().zip(columns.iter_mut()) {
+                        let is_3d = pane.name == "3D";
+                        let [x, y, z] = pane.plane.normal().map(|v| v.abs());
+                        let position = if z >= x && z >= y {
+                            self.crosshair[2]
+                        } else if y >= x {
+                            self.crosshair[1]
+                        } else {
+                            self.crosshair[0]
+                        };
+                        let title = if is_3d {
+                            "3D (volume rendering; drag turns it)".to_owned()
+                        } else {
+                            format!("{} · {position:.1} mm", pane.name)
+                        };
+                        ui.label(egui::RichText::new(title).strong());
+                        let aspect = pane.plane.width as f32 / pane.plane.height.max(1) as f32;
+                        let available = ui.available_size();
+                        let size = if available.x / available.y.max(1.0) > aspect {
+                            egui::vec2(available.y * aspect, available.y)
+                        } else {
+                            egui::vec2(available.x, available.x / aspect)
+                        };
+                        let response = ui
+                            .centered_and_justified(|ui| {
+                                ui.add(egui::Image::new((pane.texture, size)).sense(egui::Sense::click_and_drag()))
                             })
-                            .sum()
-                    });
-                    if wheel != 0.0 {
-                        let n = pane.plane.normal();
-                        let s = if wheel > 0.0 { self.step_mm } else { -self.step_mm };
-                        moved_to = Some([0, 1, 2].map(|c| self.crosshair[c] + s * n[c]));
+                            .inner;
+                        // The image is letterboxed inside the widget: map through the image's own rect.
+                        let rect = egui::Rect::from_center_size(response.rect.center(), size);
+                        let to_screen = |(i, j): (f64, f64)| {
+                            egui::pos2(
+                                rect.left() + ((i + 0.5) / f64::from(pane.plane.width)) as f32 * rect.width(),
+                                rect.top() + ((j + 0.5) / f64::from(pane.plane.height)) as f32 * rect.height(),
+                            )
+                        };
+                        annotate(ui.painter(), rect, &pane.plane);
+                        if is_3d {
+                            if response.dragged() {
+                                turn += response.drag_delta();
+                            }
+                            continue;
+                        }
+                        let at = to_screen(pane.plane.pixel_of(self.crosshair));
+                        let stroke = egui::Stroke::new(1.0, egui::Color32::from_rgba_unmultiplied(90, 200, 255, 160));
+                        ui.painter()
+                            .line_segment([egui::pos2(rect.left(), at.y), egui::pos2(rect.right(), at.y)], stroke);
+                        ui.painter()
+                            .line_segment([egui::pos2(at.x, rect.top()), egui::pos2(at.x, rect.bottom())], stroke);
+                        if response.clicked()
+                            && let Some(pos) = response.interact_pointer_pos()
+                        {
+                            let i = f64::from((pos.x - rect.left()) / rect.width()) * f64::from(pane.plane.width) - 0.5;
+                            let j =
+                                f64::from((pos.y - rect.top()) / rect.height()) * f64::from(pane.plane.height) - 0.5;
+                            moved_to = Some(pane.plane.patient_point(i, j));
+                        }
+                        if response.dragged() {
+                            let d = response.drag_delta();
+                            let scale = window.width.max(1.0) / 200.0;
+                            window.width = (window.width + d.x * scale).max(WindowLevel::MIN_WIDTH);
+                            window.center -= d.y * scale;
+                        }
+                        if response.hovered() {
+                            let wheel: f32 = ui.input(|i| {
+                                i.events
+                                    .iter()
+                                    .filter_map(|e| match e {
+                                        egui::Event::MouseWheel { delta, .. } => Some(delta.y),
+                                        _ => None,
+                                    })
+                                    .sum()
+                            });
+                            if wheel != 0.0 {
+                                let n = pane.plane.normal();
+                                let s = if wheel > 0.0 { self.step_mm } else { -self.step_mm };
+                                moved_to = Some([0, 1, 2].map(|c| self.crosshair[c] + s * n[c]));
+                            }
+                        }
                     }
-                }
-            }
-        });
+                });
+            });
+        }
         self.window = window;
+        if turn != egui::Vec2::ZERO {
+            self.azimuth += f64::from(turn.x) * 0.01;
+            self.elevation = (self.elevation + f64::from(turn.y) * 0.01).clamp(-1.5, 1.5);
+            self.replan();
+        }
         if let Some(p) = moved_to {
             self.crosshair = p;
             self.replan();
@@ -201,9 +261,11 @@ impl MprView {
     /// Renders the panes whose plane or window changed.
     pub fn render(&mut self, state: &egui_wgpu::RenderState) {
         for pane in &mut self.panes {
-            let wanted = (pane.plane, self.window, self.labels);
+            // The volume rendering draws no labels: toggling them must not re-cast its rays.
+            let labels = if pane.name == "3D" { None } else { self.labels };
+            let wanted = (pane.plane, self.window, labels);
             if pane.rendered != Some(wanted) {
-                match pane.renderer.render(&state.device, &state.queue, &pane.plane, self.window, self.labels) {
+                match pane.renderer.render(&state.device, &state.queue, &pane.plane, self.window, labels) {
                     Ok(()) => pane.rendered = Some(wanted),
                     Err(e) => tracing::error!("MPR {} failed: {e}", pane.name),
                 }
