@@ -188,18 +188,15 @@ pub async fn start(config: ServeConfig) -> Result<Server, ServeError> {
                 tick.tick().await;
                 // The store is not Send: drain on a blocking thread with its own runtime.
                 let (store, pacs) = (store.clone(), pacs.clone());
-                let drained = tokio::task::spawn_blocking(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                    Ok::<_, std::io::Error>(runtime.block_on(lightbox_workflow::pacs::outbox_drain(&store, &pacs)))
-                })
-                .await;
+                let drained =
+                    tokio::task::spawn_blocking(move || lightbox_workflow::pacs::outbox_drain_blocking(&store, &pacs))
+                        .await;
                 match drained {
-                    Ok(Ok(Ok(report))) if report.sent + report.sent_by_dimse > 0 || report.failed > 0 => {
+                    Ok(Ok(report)) if report.sent + report.sent_by_dimse > 0 || report.failed > 0 => {
                         tracing::info!(target: "lightbox::outbox", "drained: {report:?}");
                     }
-                    Ok(Ok(Ok(_))) => {}
-                    Ok(Ok(Err(e))) => tracing::warn!(target: "lightbox::outbox", "drain failed: {e}"),
-                    Ok(Err(e)) => tracing::warn!(target: "lightbox::outbox", "drain runtime: {e}"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(target: "lightbox::outbox", "drain failed: {e}"),
                     Err(e) => tracing::warn!(target: "lightbox::outbox", "drain task: {e}"),
                 }
             }

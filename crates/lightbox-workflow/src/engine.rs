@@ -411,11 +411,7 @@ fn drain(store_dir: &Path, pacs: &PacsSettings) -> EngineEvent {
     // to it, and that one may have listed the rows before this job queued its results.
     static DRAINING: Mutex<()> = Mutex::new(());
     let _one = DRAINING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(r) => r,
-        Err(e) => return EngineEvent::Error { detail: format!("starting the outbox runtime: {e}") },
-    };
-    match runtime.block_on(crate::pacs::outbox_drain(store_dir, pacs)) {
+    match crate::pacs::outbox_drain_blocking(store_dir, pacs) {
         Ok(report) => EngineEvent::Sent {
             sent: report.sent + report.already_there + report.sent_by_dimse,
             failed: report.failed,

@@ -315,6 +315,15 @@ pub fn outbox_retry(store_dir: &Path, id: i64) -> Result<(), WorkflowError> {
     Ok(Store::open(store_dir)?.outbox_requeue(id)?)
 }
 
+/// [`outbox_drain`] from synchronous code (a worker thread): on its own small runtime.
+pub fn outbox_drain_blocking(store_dir: &Path, settings: &PacsSettings) -> Result<DrainReport, WorkflowError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| WorkflowError::Io { path: store_dir.to_owned(), source })?;
+    runtime.block_on(outbox_drain(store_dir, settings))
+}
+
 /// Takes a pending or refused row out of the outbox; false when it is being sent or was sent.
 pub fn outbox_cancel(store_dir: &Path, id: i64) -> Result<bool, WorkflowError> {
     let store = Store::open(store_dir)?;
