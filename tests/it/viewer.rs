@@ -318,3 +318,53 @@ fn mpr_layout_draws_the_segmentation_on_the_gpu() -> anyhow::Result<()> {
     assert!(hidden < shown / 4, "O did not hide it: {shown} -> {hidden}");
     Ok(())
 }
+
+/// The length tool: M, then two clicks on the image; the viewer prints the length in mm, which
+/// is the distance in patient space between the two voxel positions it names. Window presets
+/// (keys 1–4) and cine (C) change what is shown.
+#[test]
+fn lengths_presets_and_cine() -> anyhow::Result<()> {
+    let x = Xvfb::start()?;
+    let mut child =
+        x.command(&bin("lightbox-viewer")?).arg(demo_study()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let _child = KillOnDrop(child);
+    stdout.wait_for("first frame presented", Duration::from_secs(120))?;
+    std::thread::sleep(Duration::from_millis(400));
+    x.xdotool(&["search", "--name", "Lightbox viewer", "windowfocus", "--sync"])?;
+    x.xdotool(&["key", "m"])?;
+    std::thread::sleep(Duration::from_millis(200));
+    x.xdotool(&["mousemove", "350", "300", "click", "1"])?;
+    std::thread::sleep(Duration::from_millis(200));
+    x.xdotool(&["mousemove", "550", "450", "click", "1"])?;
+    let line = stdout.wait_for("lightbox-viewer: length", Duration::from_secs(10))?;
+    let numbers: Vec<f64> =
+        line.split(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-')).filter_map(|t| t.parse().ok()).collect();
+    // length, then the two voxel positions (x, y, slice).
+    anyhow::ensure!(numbers.len() >= 7, "{line}");
+    let (mm, a, b) = (numbers[0], [numbers[1], numbers[2], numbers[3]], [numbers[4], numbers[5], numbers[6]]);
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
+    let volume = report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no set"))?.load(0)?;
+    let (pa, pb) = (volume.patient_from_voxel.transform_point(a), volume.patient_from_voxel.transform_point(b));
+    let expected = ((pa[0] - pb[0]).powi(2) + (pa[1] - pb[1]).powi(2) + (pa[2] - pb[2]).powi(2)).sqrt();
+    anyhow::ensure!((mm - expected).abs() < 0.05 && mm > 20.0, "{line}: expected {expected:.2} mm");
+    // 200 x 150 screen points apart: the voxels are too (the image is square and letterboxed).
+    anyhow::ensure!(((b[0] - a[0]) / (b[1] - a[1]) - 200.0 / 150.0).abs() < 0.05, "{line}");
+
+    let shot = |name: &str| -> anyhow::Result<Rgb> {
+        let path = screenshot_dir()?.join(name);
+        x.screenshot(&path)?;
+        Ok(Rgb::load(&path)?.crop(150, 200, 300, 300))
+    };
+    let before = shot("viewer-preset-1.png")?;
+    x.xdotool(&["key", "4"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let narrow = shot("viewer-preset-4.png")?;
+    anyhow::ensure!(before.mean_abs_diff(&narrow) > 5.0, "the narrow window preset changed nothing");
+    x.xdotool(&["key", "c"])?;
+    std::thread::sleep(Duration::from_millis(700));
+    let playing = shot("viewer-cine.png")?;
+    anyhow::ensure!(narrow.mean_abs_diff(&playing) > 2.0, "cine did not advance the slices");
+    Ok(())
+}

@@ -183,6 +183,24 @@ fn series_title(s: &SeriesInfo) -> String {
     format!("{number}{} {}", s.modality, s.description)
 }
 
+/// The windows on keys 1–4: the header's (or automatic), and three from the value distribution.
+fn window_presets(volume: &Volume<f32>, header: Option<WindowLevel>) -> [WindowLevel; 4] {
+    let step = (volume.voxels().len() / 200_000).max(1);
+    let mut sample: Vec<f32> = volume.voxels().iter().step_by(step).copied().filter(|v| v.is_finite()).collect();
+    if sample.is_empty() {
+        return [WindowLevel { center: 0.0, width: 1.0 }; 4];
+    }
+    sample.sort_by(f32::total_cmp);
+    let at = |q: f64| sample[((sample.len() - 1) as f64 * q).round() as usize];
+    let auto = WindowLevel::from_range(at(0.01), at(0.99));
+    [
+        header.unwrap_or(auto),
+        auto,
+        WindowLevel::from_range(at(0.005), at(0.999)),
+        WindowLevel::from_range(at(0.25), at(0.75)),
+    ]
+}
+
 /// Without a window in the headers: the 1st to 99th percentile of the values, robust to a few
 /// hot voxels.
 fn default_window(volume: &Volume<f32>) -> WindowLevel {
@@ -276,13 +294,16 @@ impl Prior {
 }
 
 /// The viewer's keys and mouse actions, as its help (F1) lists them.
-const SHORTCUTS: [(&str, &str); 9] = [
+const SHORTCUTS: [(&str, &str); 12] = [
     ("Up / Down, wheel", "next / previous slice (in MPR: move the plane under the pointer)"),
     ("Page Up / Page Down", "ten slices"),
     ("drag", "window / level (horizontal: width, vertical: level)"),
     ("click (MPR)", "move the crosshair there; the other planes follow"),
     ("O", "show / hide the segmentation overlay"),
     ("L (MPR)", "segmentation as outlines / filled"),
+    ("1 2 3 4", "window presets: the series' own, automatic, wide, narrow"),
+    ("C", "cine: slices advance by themselves (again to stop)"),
+    ("M, click, click", "measure a length in mm (Esc clears the lengths)"),
     ("F1", "this help"),
     ("--mpr", "start in the 2×2 layout: axial, coronal, sagittal and 3-D (drag there turns it)"),
     ("--prior PATH", "compare with an earlier study, slices linked"),
@@ -291,6 +312,17 @@ const SHORTCUTS: [(&str, &str); 9] = [
 struct ViewerApp {
     series: SeriesInfo,
     help: bool,
+    /// Cine: slices advance by themselves.
+    cine: bool,
+    last_cine: std::time::Instant,
+    /// Window presets on keys 1–4: the series' own (or automatic), automatic 1–99 %, wide
+    /// 0.5–99.9 %, narrow 25–75 %.
+    presets: [WindowLevel; 4],
+    /// Length tool (M): the point clicked first, then finished lengths, on their slice (voxel
+    /// coordinates, mm).
+    measuring: bool,
+    first_point: Option<[f64; 3]>,
+    lengths: Vec<([f64; 3], [f64; 3], f64)>,
     /// The 1×3 MPR layout, when asked for.
     mpr: Option<mpr_view::MprView>,
     overlay: Option<Overlay>,
@@ -328,9 +360,16 @@ impl ViewerApp {
         let aspect = ((nx as f64 * sx) / (ny as f64 * sy).max(1e-6)) as f32;
         tracing::info!(adapter = %state.adapter.get_info().name, "viewer GPU");
         let window = series.window.unwrap_or_else(|| default_window(&volume));
+        let presets = window_presets(&volume, series.window);
         Ok(Self {
             series,
             help: false,
+            cine: false,
+            last_cine: std::time::Instant::now(),
+            presets,
+            measuring: false,
+            first_point: None,
+            lengths: Vec::new(),
             mpr: None,
             overlay,
             prior: None,
@@ -438,12 +477,64 @@ impl ViewerApp {
             })
             .inner;
         let slice = self.params.slice;
+        // The image is letterboxed in the widget: everything drawn over it uses its own rect.
+        let rect = egui::Rect::from_center_size(response.rect.center(), size);
         if let Some(overlay) = self.overlay.as_mut().filter(|o| o.shown) {
             let texture = overlay.texture(ui.ctx(), slice);
             let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
-            ui.painter().image(texture, response.rect, uv, egui::Color32::WHITE);
+            ui.painter().image(texture, rect, uv, egui::Color32::WHITE);
         }
-        if response.dragged() {
+        let [nx, ny, _] = self.dims;
+        let to_voxel = |pos: egui::Pos2| {
+            [
+                f64::from((pos.x - rect.left()) / rect.width()) * nx as f64 - 0.5,
+                f64::from((pos.y - rect.top()) / rect.height()) * ny as f64 - 0.5,
+                f64::from(slice),
+            ]
+        };
+        let to_screen = |v: [f64; 3]| {
+            egui::pos2(
+                rect.left() + ((v[0] + 0.5) / nx as f64) as f32 * rect.width(),
+                rect.top() + ((v[1] + 0.5) / ny as f64) as f32 * rect.height(),
+            )
+        };
+        if self.measuring
+            && response.clicked()
+            && let Some(pos) = response.interact_pointer_pos()
+        {
+            let point = to_voxel(pos);
+            match self.first_point.take() {
+                None => self.first_point = Some(point),
+                Some(first) => {
+                    let (a, b) = (
+                        self.patient_from_voxel.transform_point(first),
+                        self.patient_from_voxel.transform_point(point),
+                    );
+                    let mm = ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();
+                    println!(
+                        "lightbox-viewer: length {mm:.2} mm from voxel ({:.2}, {:.2}, {}) to ({:.2}, {:.2}, {})",
+                        first[0], first[1], first[2], point[0], point[1], point[2]
+                    );
+                    self.lengths.push((first, point, mm));
+                }
+            }
+        }
+        let ink = egui::Color32::from_rgb(255, 220, 80);
+        for (a, b, mm) in self.lengths.iter().filter(|(a, ..)| a[2] as u32 == slice) {
+            let (p, q) = (to_screen(*a), to_screen(*b));
+            ui.painter().line_segment([p, q], egui::Stroke::new(2.0, ink));
+            ui.painter().text(
+                q + egui::vec2(6.0, 0.0),
+                egui::Align2::LEFT_CENTER,
+                format!("{mm:.1} mm"),
+                egui::FontId::proportional(14.0),
+                ink,
+            );
+        }
+        if let Some(first) = self.first_point.filter(|f| f[2] as u32 == slice) {
+            ui.painter().circle_stroke(to_screen(first), 4.0, egui::Stroke::new(2.0, ink));
+        }
+        if response.dragged() && !self.measuring {
             let d = response.drag_delta();
             let w = &mut self.params.window;
             let scale = w.width.max(1.0) / 200.0;
@@ -478,6 +569,38 @@ impl eframe::App for ViewerApp {
         }
         if ui.input(|i| i.key_pressed(egui::Key::F1)) {
             self.help = !self.help;
+        }
+        if ui.input(|i| i.key_pressed(egui::Key::C)) {
+            self.cine = !self.cine;
+            self.last_cine = std::time::Instant::now();
+        }
+        if ui.input(|i| i.key_pressed(egui::Key::M)) {
+            self.measuring = !self.measuring;
+            self.first_point = None;
+        }
+        if ui.input(|i| i.key_pressed(egui::Key::Escape)) {
+            self.lengths.clear();
+            self.first_point = None;
+        }
+        for (k, key) in [egui::Key::Num1, egui::Key::Num2, egui::Key::Num3, egui::Key::Num4].into_iter().enumerate() {
+            if ui.input(|i| i.key_pressed(key)) {
+                self.params.window = self.presets[k];
+                if let Some(mpr) = &mut self.mpr {
+                    mpr.window = self.presets[k];
+                }
+            }
+        }
+        if self.cine {
+            // Ten slices a second, round and round.
+            if self.last_cine.elapsed() >= std::time::Duration::from_millis(100) {
+                self.last_cine = std::time::Instant::now();
+                let depth = self.renderer.dims()[2];
+                self.params.slice = (self.params.slice + 1) % depth.max(1);
+                if let Some(prior) = &mut self.prior {
+                    prior.follow(self.params.slice);
+                }
+            }
+            ui.ctx().request_repaint_after(std::time::Duration::from_millis(100));
         }
         if self.help {
             egui::Window::new("Keyboard and mouse").collapsible(false).show(ui.ctx(), |ui| {
