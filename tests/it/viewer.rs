@@ -148,7 +148,7 @@ fn a_result_opens_in_the_viewer_with_its_segmentation() -> anyhow::Result<()> {
     let x = Xvfb::start()?;
     let mut child = x
         .command(&bin("lightbox")?)
-        .args(["view", "--job", "1", "--store"])
+        .args(["view", "--job", "1", "--as", "Doe^Jane", "--store"])
         .arg(store.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -161,6 +161,20 @@ fn a_result_opens_in_the_viewer_with_its_segmentation() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let shown = coloured_pixels(&x, "viewer-result-seg.png")?;
     assert!(shown > 500, "only {shown} coloured pixels: the result's segmentation is not drawn");
+    // A length measured here is saved for the report the radiologist signs.
+    x.xdotool(&["search", "--name", "Lightbox viewer", "windowfocus", "--sync", "key", "m"])?;
+    std::thread::sleep(Duration::from_millis(200));
+    x.xdotool(&["mousemove", "350", "300", "click", "1"])?;
+    std::thread::sleep(Duration::from_millis(200));
+    x.xdotool(&["mousemove", "500", "300", "click", "1"])?;
+    let saved = stdout.wait_for("saved for the report", Duration::from_secs(10))?;
+    assert!(saved.contains("Length 1 (viewer)"), "{saved}");
+    let listed = lightbox_tests::run_ok(
+        std::process::Command::new(bin("lightbox")?)
+            .args(["measure", "list", "--series", &series, "--store"])
+            .arg(store.path()),
+    )?;
+    assert!(listed.contains("Length 1 (viewer)") && listed.contains("Doe^Jane"), "{listed}");
     Ok(())
 }
 

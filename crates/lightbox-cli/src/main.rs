@@ -140,6 +140,9 @@ enum Commands {
     View {
         #[arg(long)]
         job: i64,
+        /// Save the lengths you measure (M in the viewer) for the report you sign, as this name.
+        #[arg(long = "as")]
+        author: Option<String>,
         #[arg(long)]
         store: Option<PathBuf>,
     },
@@ -701,10 +704,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let status = viewer.wait().context("waiting for the viewer")?;
             anyhow::ensure!(status.success(), "the viewer ended with {status}");
         }
-        Commands::View { job, store } => {
+        Commands::View { job, author, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
-            let status =
-                lightbox_workflow::open_result_in_viewer(&store, job)?.wait().context("waiting for the viewer")?;
+            let status = lightbox_workflow::open_result_in_viewer(&store, job, author.as_deref())?
+                .wait()
+                .context("waiting for the viewer")?;
             anyhow::ensure!(status.success(), "the viewer ended with {status}");
         }
         Commands::Measure { command, store } => {

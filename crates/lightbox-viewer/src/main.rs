@@ -38,6 +38,13 @@ struct Args {
     /// Three planes (axial, coronal, sagittal) through one point, linked by a crosshair.
     #[arg(long)]
     mpr: bool,
+    /// Save the lengths measured here into this store, for the report the radiologist signs
+    /// (needs --as).
+    #[arg(long, requires = "author")]
+    store: Option<PathBuf>,
+    /// The radiologist measuring, as the report names them (e.g. 'Doe^Jane').
+    #[arg(long = "as", requires = "store")]
+    author: Option<String>,
 }
 
 /// Printed on stdout once the first frame has been presented, so tests and the workstation can
@@ -129,6 +136,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let mpr = args.mpr;
+    let save_to = args.store.clone().zip(args.author.clone());
     // The MPR keeps the volume in its stored type on the GPU when the files allow it.
     let stored = if mpr { set.load_stored(0).ok() } else { None };
     let title = format!("Lightbox viewer - {}", series_title(&series));
@@ -152,6 +160,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 None
             };
             let mut app = ViewerApp::new(cc, series, volume, warnings, overlay).map_err(|e| format!("{e:#}"))?;
+            app.save_to = save_to;
             app.mpr = mpr;
             if let Some((label, volume, window)) = prior {
                 app.add_prior(cc, label, volume, window, &current_date).map_err(|e| format!("{e:#}"))?;
@@ -321,6 +330,8 @@ struct ViewerApp {
     /// Length tool (M): the point clicked first, then finished lengths, on their slice (voxel
     /// coordinates, mm).
     measuring: bool,
+    /// Where finished lengths are saved (store, radiologist), when given.
+    save_to: Option<(PathBuf, String)>,
     first_point: Option<[f64; 3]>,
     lengths: Vec<([f64; 3], [f64; 3], f64)>,
     /// The 1×3 MPR layout, when asked for.
@@ -368,6 +379,7 @@ impl ViewerApp {
             last_cine: std::time::Instant::now(),
             presets,
             measuring: false,
+            save_to: None,
             first_point: None,
             lengths: Vec::new(),
             mpr: None,
@@ -516,6 +528,24 @@ impl ViewerApp {
                         first[0], first[1], first[2], point[0], point[1], point[2]
                     );
                     self.lengths.push((first, point, mm));
+                    if let Some((store, author)) = &self.save_to {
+                        let label = format!("Length {} (viewer)", self.lengths.len());
+                        let mm = (mm * 100.0).round() / 100.0;
+                        match lightbox_workflow::pipeline::add_measurement(
+                            store,
+                            self.series.uid.as_str(),
+                            "length",
+                            &label,
+                            mm,
+                            "mm",
+                            author,
+                        ) {
+                            Ok(id) => {
+                                println!("lightbox-viewer: measurement {id} saved for the report: {label} {mm} mm")
+                            }
+                            Err(e) => eprintln!("lightbox-viewer: the measurement was not saved: {e}"),
+                        }
+                    }
                 }
             }
         }

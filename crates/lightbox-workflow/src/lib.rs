@@ -301,12 +301,11 @@ pub fn open_viewer(folder: &Path, series: Option<&SeriesInstanceUid>) -> Result<
     command.spawn().map_err(|source| WorkflowError::ViewerLaunch { program, source })
 }
 
-/// Opens the viewer like [`open_viewer`] and lets it run on its own: a background thread waits
-/// for it, so a closed viewer leaves no zombie process behind. Returns the viewer's process id.
 /// Opens the viewer on an analysis result: the analysed series with its segmentation drawn
 /// over it (the viewer's `--seg`). The series' stored files are linked into a folder of their
 /// own under the store, so the viewer reads only them.
-pub fn open_result_in_viewer(store_dir: &Path, job_id: i64) -> Result<Child, WorkflowError> {
+/// With `author`, lengths measured in the viewer are saved for the report they sign.
+pub fn open_result_in_viewer(store_dir: &Path, job_id: i64, author: Option<&str>) -> Result<Child, WorkflowError> {
     let row = pipeline::results(store_dir)?
         .into_iter()
         .find(|r| r.job_id == job_id)
@@ -322,6 +321,9 @@ pub fn open_result_in_viewer(store_dir: &Path, job_id: i64) -> Result<Child, Wor
     command.arg(&folder).arg("--series").arg(&row.series_uid);
     if let Some(seg) = seg {
         command.arg("--seg").arg(seg);
+    }
+    if let Some(author) = author.map(str::trim).filter(|a| !a.is_empty()) {
+        command.arg("--store").arg(store_dir).arg("--as").arg(author);
     }
     tracing::info!(program = %program.display(), job_id, "opening viewer on a result");
     command.spawn().map_err(|source| WorkflowError::ViewerLaunch { program, source })
@@ -403,6 +405,8 @@ pub fn open_compare_with_prior(store_dir: &Path, series_uid: &str) -> Result<(Pr
     Ok((prior, child))
 }
 
+/// Opens the viewer like [`open_viewer`] and lets it run on its own: a background thread waits
+/// for it, so a closed viewer leaves no zombie process behind. Returns the viewer's process id.
 pub fn open_viewer_detached(folder: &Path, series: Option<&SeriesInstanceUid>) -> Result<u32, WorkflowError> {
     let mut child = open_viewer(folder, series)?;
     let pid = child.id();

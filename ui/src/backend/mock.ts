@@ -168,7 +168,7 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       job.error = null;
       job.seconds = 0.3;
     },
-    openResult: async (jobId) => {
+    openResult: async (jobId, _radiologist) => {
       const r = results.find((x) => x.jobId === jobId);
       if (!r || r.state !== "done") throw { code: "analysis", message: `no finished analysis job ${jobId}` };
       opened.push(`job ${jobId}`);

@@ -238,8 +238,9 @@ export interface SiteBackend {
   /** Runs a failed or cancelled job again; resolves when it has finished. */
   rerunJob(id: number): Promise<void>;
   pacsStatus(): Promise<PacsStatus>;
-  /** Opens the viewer on a result: its series with the segmentation drawn over it. */
-  openResult(jobId: number): Promise<void>;
+  /** Opens the viewer on a result: its series with the segmentation drawn over it; with
+   * `radiologist`, lengths measured there are saved for the report they sign. */
+  openResult(jobId: number, radiologist: string | null): Promise<void>;
   /** Opens the viewer on a series beside the patient's prior; resolves to which prior and why. */
   compareWithPrior(seriesUid: string): Promise<string>;
   measurements(seriesUid: string): Promise<Measurement[]>;
