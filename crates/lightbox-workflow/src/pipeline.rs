@@ -500,8 +500,11 @@ fn threshold_volume(
     let labels = lightbox_core::Volume::new(volume.dims(), labels, volume.patient_from_voxel)
         .map_err(|e| WorkflowError::Analysis(e.to_string()))?;
     let name = format!("Lightbox {THRESHOLD_VOLUME}");
-    let out = tempfile::tempdir_in(store.root())
-        .map_err(|source| WorkflowError::Io { path: store.root().to_owned(), source })?;
+    // Under incoming/, which is swept of hour-old leftovers: a run killed before its results
+    // were stored leaves nothing behind for long.
+    let incoming = store.root().join("incoming");
+    std::fs::create_dir_all(&incoming).map_err(|source| WorkflowError::Io { path: incoming.clone(), source })?;
+    let out = tempfile::tempdir_in(&incoming).map_err(|source| WorkflowError::Io { path: incoming.clone(), source })?;
     stage(lease, store, "writing results")?;
     let seg_path = out.path().join("seg.dcm");
     let seg = lightbox_dicom::write_seg(
