@@ -25,6 +25,9 @@ struct MprUniforms {
     overlay: vec4<f32>,
     // stored value -> real value: slope, intercept (the volume is kept in its stored type)
     rescale: vec4<f32>,
+    // scalar overlay (e.g. a probability map): lower and upper end of the colour map, opacity,
+    // present (1)
+    scalar: vec4<f32>,
 }
 
 // `texture_3d<f32>` here; the renderer swaps in `<u32>` or `<i32>` for 8/16-bit stored volumes.
@@ -35,6 +38,22 @@ fn voxel(c: vec3<i32>) -> f32 {
 }
 @group(0) @binding(1) var<uniform> u: MprUniforms;
 @group(0) @binding(2) var labels: texture_3d<u32>;
+@group(0) @binding(3) var scalars: texture_3d<f32>;
+
+// The scalar at the voxel nearest to p (-1 outside the volume).
+fn scalar_at(p: vec3<f32>) -> f32 {
+    let hi = vec3<f32>(u.dims.xyz) - vec3<f32>(1.0);
+    let r = floor(p + vec3<f32>(0.5));
+    if (any(r < vec3<f32>(0.0)) || any(r > hi)) {
+        return -1.0;
+    }
+    return textureLoad(scalars, vec3<i32>(r), 0).r;
+}
+
+// "Hot": black-red-yellow-white over 0..1.
+fn hot(t: f32) -> vec3<f32> {
+    return clamp(vec3<f32>(3.0 * t, 3.0 * t - 1.0, 3.0 * t - 2.0), vec3<f32>(0.0), vec3<f32>(1.0));
+}
 
 struct VertexOutput {
     @builtin(position) position: vec4<f32>,
@@ -157,13 +176,21 @@ fn fs_main(in: VertexOutput) -> @location(0) vec4<f32> {
         return vec4<f32>(volume_colour(in.position.xy), 1.0);
     }
     let grey = grey_at(in.position.xy);
-    if (u.overlay.z < 0.5) {
-        return vec4<f32>(grey, grey, grey, 1.0);
-    }
     let i = floor(in.position.x);
     let j = floor(in.position.y);
     let mid = f32(max(u.slab.x, 1u) / 2u);
     let p = u.origin.xyz + i * u.step_x.xyz + j * u.step_y.xyz + mid * u.step_z.xyz;
+    var base = vec3<f32>(grey);
+    if (u.scalar.w > 0.5) {
+        let s = scalar_at(p);
+        if (s >= u.scalar.x) {
+            let t = clamp((s - u.scalar.x) / max(u.scalar.y - u.scalar.x, 1e-6), 0.0, 1.0);
+            base = base * (1.0 - u.scalar.z) + hot(t) * u.scalar.z;
+        }
+    }
+    if (u.overlay.z < 0.5) {
+        return vec4<f32>(base, 1.0);
+    }
     let label = label_at(p);
     var show = label != 0u;
     if (show && u.overlay.y > 0.5) {
@@ -173,10 +200,10 @@ fn fs_main(in: VertexOutput) -> @location(0) vec4<f32> {
         show = edge;
     }
     if (!show) {
-        return vec4<f32>(grey, grey, grey, 1.0);
+        return vec4<f32>(base, 1.0);
     }
     let a = select(u.overlay.x, 1.0, u.overlay.y > 0.5);
-    let rgb = vec3<f32>(grey) * (1.0 - a) + label_colour(label) * a;
+    let rgb = base * (1.0 - a) + label_colour(label) * a;
     return vec4<f32>(rgb, 1.0);
 }
 

@@ -225,3 +225,34 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A probability map (the logistic of the ADC around 1500, as a fractional SEG would carry)
+/// drawn over the MPR with the "hot" colour map on the GPU equals the CPU reference.
+#[test]
+fn gpu_scalar_overlay_matches_cpu_reference() -> anyhow::Result<()> {
+    use lightbox_render::{MprPlane, MprRenderer, ScalarStyle, SlabMode};
+    let volume = demo_volume()?;
+    let (a, dims) = (volume.patient_from_voxel, volume.dims());
+    let probability: Vec<f32> =
+        volume.voxels().iter().map(|&v| (1.0 / (1.0 + (-(f64::from(v) - 1500.0) / 100.0).exp())) as f32).collect();
+    let map = lightbox_core::Volume::new(dims, probability, a)?;
+    let centre = a.transform_point([128.0, 125.0, 10.0]);
+    let window = WindowLevel { center: 1300.0, width: 2400.0 };
+    let style = ScalarStyle { lower: 0.5, upper: 1.0, opacity: 0.6 };
+    let gpu = GpuContext::headless()?;
+    for (name, plane) in [
+        ("axial", MprPlane::axial(&a, dims, centre, 1.0)),
+        ("coronal MIP", MprPlane::coronal(&a, dims, centre, 1.0).with_slab(10.0, SlabMode::Max)),
+    ] {
+        let mut renderer =
+            MprRenderer::with_scalars(&gpu.device, &gpu.queue, &volume, &map, plane.width, plane.height)?;
+        renderer.scalar_style = Some(style);
+        renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
+        let image = renderer.read_target(&gpu.device, &gpu.queue)?;
+        let reference = cpu::mpr_rgba_with_scalars(&volume, &map, style, &plane, window)?;
+        assert_rgba_close(&image, &reference, name);
+        let coloured = reference.chunks(4).filter(|p| p[0] != p[2]).count();
+        assert!(coloured > 100, "{name}: only {coloured} coloured pixels");
+    }
+    Ok(())
+}

@@ -4,7 +4,7 @@ use lightbox_core::Volume;
 
 use lightbox_core::WindowLevel;
 
-use crate::mpr::{LabelStyle, MprPlane, SlabMode, label_colour};
+use crate::mpr::{LabelStyle, MprPlane, ScalarStyle, SlabMode, hot, label_colour};
 use crate::{RenderError, SliceParams};
 
 /// RGBA8 pixels of one slice, row-major, exactly as `slice.wgsl` draws them.
@@ -26,10 +26,31 @@ pub fn mpr_rgba(volume: &Volume<f32>, plane: &MprPlane, window: WindowLevel) -> 
     mpr_rgba_with_labels(volume, None, plane, window)
 }
 
+/// [`mpr_rgba`] with a scalar map drawn over it in `style` ("hot"), as `mpr.wgsl` draws it.
+pub fn mpr_rgba_with_scalars(
+    volume: &Volume<f32>,
+    scalars: &Volume<f32>,
+    style: ScalarStyle,
+    plane: &MprPlane,
+    window: WindowLevel,
+) -> Result<Vec<u8>, RenderError> {
+    mpr_rgba_full(volume, None, Some((scalars, style)), plane, window)
+}
+
 /// [`mpr_rgba`] with a label map drawn over it in `style`, exactly as `mpr.wgsl` draws it.
 pub fn mpr_rgba_with_labels(
     volume: &Volume<f32>,
     labels: Option<(&Volume<u8>, LabelStyle)>,
+    plane: &MprPlane,
+    window: WindowLevel,
+) -> Result<Vec<u8>, RenderError> {
+    mpr_rgba_full(volume, labels, None, plane, window)
+}
+
+fn mpr_rgba_full(
+    volume: &Volume<f32>,
+    labels: Option<(&Volume<u8>, LabelStyle)>,
+    scalars: Option<(&Volume<f32>, ScalarStyle)>,
     plane: &MprPlane,
     window: WindowLevel,
 ) -> Result<Vec<u8>, RenderError> {
@@ -128,9 +149,20 @@ pub fn mpr_rgba_with_labels(
                 }
             };
             let mut rgb = [grey; 3];
+            let mid = (v.samples.max(1) / 2) as f32;
+            let p = [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + mid * v.step_z[c]);
+            if let Some((map, style)) = scalars {
+                let r = p.map(|x| (x + 0.5).floor());
+                if (0..3).all(|c| r[c] >= 0.0 && r[c] <= hi[c]) {
+                    let s = map.voxels()[r[0] as usize + nx * (r[1] as usize + ny * r[2] as usize)];
+                    if s >= style.lower {
+                        let t = ((s - style.lower) / (style.upper - style.lower).max(1e-6)).clamp(0.0, 1.0);
+                        let colour = hot(t);
+                        rgb = [0, 1, 2].map(|c| rgb[c] * (1.0 - style.opacity) + colour[c] * style.opacity);
+                    }
+                }
+            }
             if let Some((map, style)) = labels {
-                let mid = (v.samples.max(1) / 2) as f32;
-                let p = [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + mid * v.step_z[c]);
                 let label_at = |q: [f32; 3]| -> u8 {
                     let r = q.map(|x| (x + 0.5).floor());
                     if (0..3).any(|c| r[c] < 0.0 || r[c] > hi[c]) {
@@ -149,7 +181,7 @@ pub fn mpr_rgba_with_labels(
                 if show {
                     let a = if style.outline { 1.0 } else { style.opacity };
                     let colour = label_colour(u32::from(label));
-                    rgb = [0, 1, 2].map(|c| grey * (1.0 - a) + colour[c] * a);
+                    rgb = [0, 1, 2].map(|c| rgb[c] * (1.0 - a) + colour[c] * a);
                 }
             }
             let [r, g, b] = rgb.map(to_unorm8);

@@ -65,12 +65,13 @@ impl SliceRenderer {
         let (volume_view, dims) = upload_volume(device, queue, volume)?;
         let (target, target_view) = target_texture(device, dims[0], dims[1], "slice target");
         let labels_view = upload_labels(device, queue, None, dims)?;
+        let scalars_view = upload_scalars(device, queue, None, dims)?;
         let (pipeline, bind_group, uniforms) = fullscreen_pipeline(
             device,
             shaders::SLICE,
             "slice",
             (&volume_view, FLOAT),
-            &labels_view,
+            (&labels_view, &scalars_view),
             std::mem::size_of::<SliceUniforms>() as u64,
         );
         Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims })
@@ -239,6 +240,27 @@ fn upload_labels(
     Ok(texture.create_view(&wgpu::TextureViewDescriptor::default()))
 }
 
+/// Uploads a scalar map (e.g. probabilities) as a 3-D `r32float` texture on the volume's grid;
+/// without one, a single voxel.
+fn upload_scalars(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    scalars: Option<&Volume<f32>>,
+    dims: [u32; 3],
+) -> Result<wgpu::TextureView, RenderError> {
+    match scalars {
+        Some(v) if v.dims() != dims.map(|d| d as usize) => {
+            Err(RenderError::Device(format!("a {:?} scalar map on a {dims:?} volume", v.dims())))
+        }
+        Some(v) => Ok(upload_volume(device, queue, v)?.0),
+        None => {
+            let one = Volume::new([1, 1, 1], vec![0.0f32], lightbox_core::Affine3::IDENTITY)
+                .map_err(|e| RenderError::Device(e.to_string()))?;
+            Ok(upload_volume(device, queue, &one)?.0)
+        }
+    }
+}
+
 /// An RGBA8 render target that egui can show and tests can read back.
 fn target_texture(device: &wgpu::Device, width: u32, height: u32, label: &str) -> (wgpu::Texture, wgpu::TextureView) {
     let target = device.create_texture(&wgpu::TextureDescriptor {
@@ -264,7 +286,7 @@ fn fullscreen_pipeline(
     shader: &str,
     label: &str,
     (volume_view, volume_sample): (&wgpu::TextureView, wgpu::TextureSampleType),
-    labels_view: &wgpu::TextureView,
+    (labels_view, scalars_view): (&wgpu::TextureView, &wgpu::TextureView),
     uniform_size: u64,
 ) -> (wgpu::RenderPipeline, wgpu::BindGroup, wgpu::Buffer) {
     let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
@@ -306,6 +328,16 @@ fn fullscreen_pipeline(
                 },
                 count: None,
             },
+            wgpu::BindGroupLayoutEntry {
+                binding: 3,
+                visibility: wgpu::ShaderStages::FRAGMENT,
+                ty: wgpu::BindingType::Texture {
+                    sample_type: FLOAT,
+                    view_dimension: wgpu::TextureViewDimension::D3,
+                    multisampled: false,
+                },
+                count: None,
+            },
         ],
     });
     let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -315,6 +347,7 @@ fn fullscreen_pipeline(
             wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(volume_view) },
             wgpu::BindGroupEntry { binding: 1, resource: uniforms.as_entire_binding() },
             wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::TextureView(labels_view) },
+            wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::TextureView(scalars_view) },
         ],
     });
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -445,6 +478,7 @@ struct MprUniforms {
     window: [f32; 4],
     overlay: [f32; 4],
     rescale: [f32; 4],
+    scalar: [f32; 4],
 }
 
 /// Multiplanar reformation of one volume: planes of any orientation (and thick-slab MIP, MinIP
@@ -463,6 +497,9 @@ pub struct MprRenderer {
     rescale: [f32; 2],
     /// Bytes the volume takes on the GPU.
     pub volume_bytes: u64,
+    has_scalars: bool,
+    /// How the scalar map is drawn; `None` hides it.
+    pub scalar_style: Option<crate::ScalarStyle>,
 }
 
 impl MprRenderer {
@@ -482,7 +519,31 @@ impl MprRenderer {
             device,
             queue,
             (volume_view, dims, FLOAT, "f32"),
-            labels,
+            (labels, None),
+            (width, height),
+            volume.patient_from_voxel,
+            [1.0, 0.0],
+            bytes,
+        )
+    }
+
+    /// Like [`new`](Self::new) with a scalar map on the volume's grid (a probability or
+    /// difference map) drawn over the image with the "hot" colour map when `scalar_style` is set.
+    pub fn with_scalars(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        volume: &Volume<f32>,
+        scalars: &Volume<f32>,
+        width: u32,
+        height: u32,
+    ) -> Result<Self, RenderError> {
+        let (volume_view, dims) = upload_volume(device, queue, volume)?;
+        let bytes = volume.voxels().len() as u64 * 4;
+        Self::build(
+            device,
+            queue,
+            (volume_view, dims, FLOAT, "f32"),
+            (None, Some(scalars)),
             (width, height),
             volume.patient_from_voxel,
             [1.0, 0.0],
@@ -503,7 +564,7 @@ impl MprRenderer {
         let uploaded = upload_stored(device, queue, volume)?;
         let bytes = volume.voxels().len() as u64 * volume.voxels().bytes_per_voxel() as u64;
         let rescale = [volume.slope as f32, volume.intercept as f32];
-        Self::build(device, queue, uploaded, labels, (width, height), volume.patient_from_voxel, rescale, bytes)
+        Self::build(device, queue, uploaded, (labels, None), (width, height), volume.patient_from_voxel, rescale, bytes)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -511,20 +572,21 @@ impl MprRenderer {
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         (volume_view, dims, sample, texel): (wgpu::TextureView, [u32; 3], wgpu::TextureSampleType, &str),
-        labels: Option<&Volume<u8>>,
+        (labels, scalars): (Option<&Volume<u8>>, Option<&Volume<f32>>),
         (width, height): (u32, u32),
         patient_from_voxel: lightbox_core::Affine3,
         rescale: [f32; 2],
         volume_bytes: u64,
     ) -> Result<Self, RenderError> {
         let labels_view = upload_labels(device, queue, labels, dims)?;
+        let scalars_view = upload_scalars(device, queue, scalars, dims)?;
         let (target, target_view) = target_texture(device, width.max(1), height.max(1), "mpr target");
         let (pipeline, bind_group, uniforms) = fullscreen_pipeline(
             device,
             &shaders::mpr_for(texel),
             "mpr",
             (&volume_view, sample),
-            &labels_view,
+            (&labels_view, &scalars_view),
             std::mem::size_of::<MprUniforms>() as u64,
         );
         Ok(Self {
@@ -539,6 +601,8 @@ impl MprRenderer {
             has_labels: labels.is_some(),
             rescale,
             volume_bytes,
+            has_scalars: scalars.is_some(),
+            scalar_style: None,
         })
     }
 
@@ -579,6 +643,10 @@ impl MprRenderer {
                 None => [0.0; 4],
             },
             rescale: [self.rescale[0], self.rescale[1], 0.0, 0.0],
+            scalar: match self.scalar_style.filter(|_| self.has_scalars) {
+                Some(s) => [s.lower, s.upper, s.opacity, 1.0],
+                None => [0.0; 4],
+            },
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
         draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view);

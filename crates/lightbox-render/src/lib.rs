@@ -12,7 +12,7 @@ pub mod shaders;
 
 pub use gpu::{GpuContext, MprRenderer, SliceRenderer};
 use lightbox_core::WindowLevel;
-pub use mpr::{LabelStyle, MprPlane, SlabMode, label_colour};
+pub use mpr::{LabelStyle, MprPlane, ScalarStyle, SlabMode, hot, label_colour};
 
 /// What to draw of a volume.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -41,6 +41,20 @@ pub struct LabelStyle {
     pub outline: bool,
 }
 
+/// How a scalar map is drawn: values from `lower` (dark red) to `upper` (white) on the "hot"
+/// colour map, below `lower` not at all.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScalarStyle {
+    pub lower: f32,
+    pub upper: f32,
+    pub opacity: f32,
+}
+
+/// The "hot" colour map as `mpr.wgsl` computes it (black, red, yellow, white over 0..1).
+pub fn hot(t: f32) -> [f32; 3] {
+    [(3.0 * t).clamp(0.0, 1.0), (3.0 * t - 1.0).clamp(0.0, 1.0), (3.0 * t - 2.0).clamp(0.0, 1.0)]
+}
+
 /// The colour of label `label` (golden-angle hues, saturation 0.85, value 1), as `mpr.wgsl`
 /// computes it.
 pub fn label_colour(label: u32) -> [f32; 3] {
