@@ -278,17 +278,26 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
     }
     let rendered = first[3].pixels.iter().filter(|p| p[0] > 40).count();
     assert!(rendered > 1000, "the volume rendering is empty ({rendered} lit pixels)");
+    // Software Vulkan under a loaded CI machine can take a while per frame: wait for the change.
+    let changed = |before: &Rgb, pane: usize, name: &str| -> anyhow::Result<Vec<Rgb>> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            std::thread::sleep(Duration::from_millis(300));
+            let now = panes(name)?;
+            if before.mean_abs_diff(&now[pane]) > 2.0 || std::time::Instant::now() > deadline {
+                return Ok(now);
+            }
+        }
+    };
     x.xdotool(&["mousemove", "200", "330", "click", "1"])?;
-    std::thread::sleep(Duration::from_millis(600));
-    let clicked = panes("viewer-mpr-clicked.png")?;
+    let clicked = changed(&first[1], 1, "viewer-mpr-clicked.png")?;
     assert!(first[1].mean_abs_diff(&clicked[1]) > 2.0, "the coronal plane did not follow the crosshair");
     x.xdotool(&["mousemove", "200", "250"])?;
     for _ in 0..6 {
         x.xdotool(&["click", "4"])?;
         std::thread::sleep(Duration::from_millis(120));
     }
-    std::thread::sleep(Duration::from_millis(600));
-    let scrolled = panes("viewer-mpr-scrolled.png")?;
+    let scrolled = changed(&clicked[0], 0, "viewer-mpr-scrolled.png")?;
     assert!(clicked[0].mean_abs_diff(&scrolled[0]) > 2.0, "the wheel did not move the axial plane");
     // Turn the 3-D view by dragging in it.
     x.xdotool(&["mousemove", "650", "620", "mousedown", "1"])?;
@@ -297,8 +306,7 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(30));
     }
     x.xdotool(&["mouseup", "1"])?;
-    std::thread::sleep(Duration::from_millis(800));
-    let turned = panes("viewer-mpr-turned.png")?;
+    let turned = changed(&scrolled[3], 3, "viewer-mpr-turned.png")?;
     assert!(scrolled[3].mean_abs_diff(&turned[3]) > 2.0, "dragging did not turn the 3-D view");
     Ok(())
 }
@@ -371,14 +379,23 @@ fn lengths_presets_and_cine() -> anyhow::Result<()> {
         x.screenshot(&path)?;
         Ok(Rgb::load(&path)?.crop(150, 200, 300, 300))
     };
+    // Under a loaded CI machine a frame can take a while: wait (up to 15 s) for the change.
+    let changed = |before: &Rgb, name: &str, by: f64| -> anyhow::Result<Rgb> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = shot(name)?;
+            if before.mean_abs_diff(&now) > by || std::time::Instant::now() > deadline {
+                return Ok(now);
+            }
+        }
+    };
     let before = shot("viewer-preset-1.png")?;
     x.xdotool(&["key", "4"])?;
-    std::thread::sleep(Duration::from_millis(500));
-    let narrow = shot("viewer-preset-4.png")?;
+    let narrow = changed(&before, "viewer-preset-4.png", 5.0)?;
     anyhow::ensure!(before.mean_abs_diff(&narrow) > 5.0, "the narrow window preset changed nothing");
     x.xdotool(&["key", "c"])?;
-    std::thread::sleep(Duration::from_millis(700));
-    let playing = shot("viewer-cine.png")?;
+    let playing = changed(&narrow, "viewer-cine.png", 2.0)?;
     anyhow::ensure!(narrow.mean_abs_diff(&playing) > 2.0, "cine did not advance the slices");
     Ok(())
 }
