@@ -513,18 +513,7 @@ impl MprRenderer {
         width: u32,
         height: u32,
     ) -> Result<Self, RenderError> {
-        let (volume_view, dims) = upload_volume(device, queue, volume)?;
-        let bytes = volume.voxels().len() as u64 * 4;
-        Self::build(
-            device,
-            queue,
-            (volume_view, dims, FLOAT, "f32"),
-            (labels, None),
-            (width, height),
-            volume.patient_from_voxel,
-            [1.0, 0.0],
-            bytes,
-        )
+        Self::float(device, queue, volume, (labels, None), (width, height))
     }
 
     /// Like [`new`](Self::new) with a scalar map on the volume's grid (a probability or
@@ -537,18 +526,21 @@ impl MprRenderer {
         width: u32,
         height: u32,
     ) -> Result<Self, RenderError> {
+        Self::float(device, queue, volume, (None, Some(scalars)), (width, height))
+    }
+
+    /// A float32 volume: uploaded as is, no rescale.
+    fn float(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        volume: &Volume<f32>,
+        overlays: (Option<&Volume<u8>>, Option<&Volume<f32>>),
+        size: (u32, u32),
+    ) -> Result<Self, RenderError> {
         let (volume_view, dims) = upload_volume(device, queue, volume)?;
         let bytes = volume.voxels().len() as u64 * 4;
-        Self::build(
-            device,
-            queue,
-            (volume_view, dims, FLOAT, "f32"),
-            (None, Some(scalars)),
-            (width, height),
-            volume.patient_from_voxel,
-            [1.0, 0.0],
-            bytes,
-        )
+        let uploaded = (volume_view, dims, FLOAT, "f32");
+        Self::build(device, queue, uploaded, overlays, size, volume.patient_from_voxel, [1.0, 0.0], bytes)
     }
 
     /// Like [`new`](Self::new) for a volume in its stored type: 8- and 16-bit voxels stay 1 or

@@ -7,6 +7,7 @@
 //! shows or hides it.
 
 mod mpr_view;
+mod widgets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -453,44 +454,17 @@ impl ViewerApp {
             self.image_ui(&mut columns[0]);
             if let Some(prior) = &mut self.prior {
                 columns[1].label(egui::RichText::new(&prior.label).strong());
-                let ui = &mut columns[1];
-                let available = ui.available_size();
-                let size = if available.x / available.y > prior.aspect {
-                    egui::vec2(available.y * prior.aspect, available.y)
-                } else {
-                    egui::vec2(available.x, available.x / prior.aspect)
-                };
-                let response = ui
-                    .centered_and_justified(|ui| {
-                        ui.add(egui::Image::new((prior.texture, size)).sense(egui::Sense::click_and_drag()))
-                    })
-                    .inner;
+                let (response, _) = widgets::letterboxed_image(&mut columns[1], prior.texture, prior.aspect);
                 if response.dragged() {
-                    let d = response.drag_delta();
-                    let w = &mut prior.params.window;
-                    let scale = w.width.max(1.0) / 200.0;
-                    w.width = (w.width + d.x * scale).max(WindowLevel::MIN_WIDTH);
-                    w.center -= d.y * scale;
+                    widgets::drag_window(&mut prior.params.window, response.drag_delta());
                 }
             }
         });
     }
 
     fn image_ui(&mut self, ui: &mut egui::Ui) {
-        let available = ui.available_size();
-        let size = if available.x / available.y > self.aspect {
-            egui::vec2(available.y * self.aspect, available.y)
-        } else {
-            egui::vec2(available.x, available.x / self.aspect)
-        };
-        let response = ui
-            .centered_and_justified(|ui| {
-                ui.add(egui::Image::new((self.texture, size)).sense(egui::Sense::click_and_drag()))
-            })
-            .inner;
+        let (response, rect) = widgets::letterboxed_image(ui, self.texture, self.aspect);
         let slice = self.params.slice;
-        // The image is letterboxed in the widget: everything drawn over it uses its own rect.
-        let rect = egui::Rect::from_center_size(response.rect.center(), size);
         if let Some(overlay) = self.overlay.as_mut().filter(|o| o.shown) {
             let texture = overlay.texture(ui.ctx(), slice);
             let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
@@ -565,22 +539,10 @@ impl ViewerApp {
             ui.painter().circle_stroke(to_screen(first), 4.0, egui::Stroke::new(2.0, ink));
         }
         if response.dragged() && !self.measuring {
-            let d = response.drag_delta();
-            let w = &mut self.params.window;
-            let scale = w.width.max(1.0) / 200.0;
-            w.width = (w.width + d.x * scale).max(WindowLevel::MIN_WIDTH);
-            w.center -= d.y * scale;
+            widgets::drag_window(&mut self.params.window, response.drag_delta());
         }
         if response.hovered() {
-            let wheel: f32 = ui.input(|i| {
-                i.events
-                    .iter()
-                    .filter_map(|e| match e {
-                        egui::Event::MouseWheel { delta, .. } => Some(delta.y),
-                        _ => None,
-                    })
-                    .sum()
-            });
+            let wheel = widgets::wheel(ui);
             if wheel != 0.0 {
                 self.step_slice(if wheel > 0.0 { 1 } else { -1 });
             }

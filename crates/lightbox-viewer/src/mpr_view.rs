@@ -180,19 +180,7 @@ impl MprView {
                         };
                         ui.label(egui::RichText::new(title).strong());
                         let aspect = pane.plane.width as f32 / pane.plane.height.max(1) as f32;
-                        let available = ui.available_size();
-                        let size = if available.x / available.y.max(1.0) > aspect {
-                            egui::vec2(available.y * aspect, available.y)
-                        } else {
-                            egui::vec2(available.x, available.x / aspect)
-                        };
-                        let response = ui
-                            .centered_and_justified(|ui| {
-                                ui.add(egui::Image::new((pane.texture, size)).sense(egui::Sense::click_and_drag()))
-                            })
-                            .inner;
-                        // The image is letterboxed inside the widget: map through the image's own rect.
-                        let rect = egui::Rect::from_center_size(response.rect.center(), size);
+                        let (response, rect) = crate::widgets::letterboxed_image(ui, pane.texture, aspect);
                         let to_screen = |(i, j): (f64, f64)| {
                             egui::pos2(
                                 rect.left() + ((i + 0.5) / f64::from(pane.plane.width)) as f32 * rect.width(),
@@ -221,21 +209,10 @@ impl MprView {
                             moved_to = Some(pane.plane.patient_point(i, j));
                         }
                         if response.dragged() {
-                            let d = response.drag_delta();
-                            let scale = window.width.max(1.0) / 200.0;
-                            window.width = (window.width + d.x * scale).max(WindowLevel::MIN_WIDTH);
-                            window.center -= d.y * scale;
+                            crate::widgets::drag_window(&mut window, response.drag_delta());
                         }
                         if response.hovered() {
-                            let wheel: f32 = ui.input(|i| {
-                                i.events
-                                    .iter()
-                                    .filter_map(|e| match e {
-                                        egui::Event::MouseWheel { delta, .. } => Some(delta.y),
-                                        _ => None,
-                                    })
-                                    .sum()
-                            });
+                            let wheel = crate::widgets::wheel(ui);
                             if wheel != 0.0 {
                                 let n = pane.plane.normal();
                                 let s = if wheel > 0.0 { self.step_mm } else { -self.step_mm };
