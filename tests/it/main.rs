@@ -5,6 +5,7 @@
 
 mod cli;
 mod harness;
+mod imaging;
 mod ingest;
 mod pacs;
 mod pacs_cli;
