@@ -216,6 +216,16 @@ fn compare_with_prior_shows_both_time_points_with_linked_slices() -> anyhow::Res
     assert!(chosen.contains("20190301") && chosen.contains("same description \"FLAIR\""), "{chosen}");
     let linked = stdout.wait_for("lightbox-viewer: compare:", Duration::from_secs(60))?;
     assert!(linked.contains("(20200305) with prior") && linked.contains("(20190301)"), "{linked}");
+    // The two visits lie about 7° apart in the scanner (the published alignment); the viewer
+    // registers the prior onto the current scan before showing it.
+    let registered = stdout.wait_for("registered the prior", Duration::from_secs(120))?;
+    let degrees: f64 = registered
+        .split("rotation ")
+        .nth(1)
+        .and_then(|r| r.split('°').next())
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no rotation in {registered}"))?;
+    assert!((5.0..10.0).contains(&degrees), "{registered}");
     stdout.wait_for("first frame presented", Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_millis(500));
     let panes = |name: &str| -> anyhow::Result<(Rgb, Rgb)> {
@@ -236,6 +246,16 @@ fn compare_with_prior_shows_both_time_points_with_linked_slices() -> anyhow::Res
     let (left2, right2) = panes("viewer-compare-scrolled.png")?;
     assert!(left.mean_abs_diff(&left2) > 2.0, "the current did not move");
     assert!(right.mean_abs_diff(&right2) > 2.0, "the prior did not follow the current");
+    // D: the difference joins as a third pane; the first two narrow to make room for it.
+    x.xdotool(&["search", "--name", "Lightbox viewer", "windowfocus", "--sync", "key", "d"])?;
+    stdout.wait_for("difference view shown", Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_millis(800));
+    let shot = screenshot_dir()?.join("viewer-compare-difference.png");
+    x.screenshot(&shot)?;
+    let image = Rgb::load(&shot)?;
+    let third = image.crop(640, 300, 220, 220);
+    assert!(third.distinct_greys() > 30, "the difference pane is empty");
+    assert!(third.mean_abs_diff(&right2.crop(0, 0, 220, 220)) > 2.0, "the third pane is not a new image");
     Ok(())
 }
 

@@ -111,10 +111,8 @@ pub fn register_rigid(
     let centre = centre_of_mass(fixed, fixed_range.0).ok_or(ImagingError::NoContrast { what: "the fixed volume" })?;
     let moving_centre =
         centre_of_mass(moving, moving_range.0).ok_or(ImagingError::NoContrast { what: "the moving volume" })?;
-    let mut params = RigidParams {
-        rotation_rad: [0.0; 3],
-        translation_mm: [0, 1, 2].map(|c| moving_centre[c] - centre[c]),
-    };
+    let mut params =
+        RigidParams { rotation_rad: [0.0; 3], translation_mm: [0, 1, 2].map(|c| moving_centre[c] - centre[c]) };
     let initial = params;
     let bins = options.bins.clamp(4, 256);
     let (mut evaluations, mut nmi_start, mut nmi) = (0, 0.0, 0.0);
@@ -137,7 +135,8 @@ pub fn register_rigid(
         }
         nmi_start = -cost(initial.to_search());
         let step0 = 2.0 * spacing;
-        let (best, best_cost, n) = compass_search(&cost, start, start_cost, step0, options.min_step_mm.max(spacing / 32.0));
+        let (best, best_cost, n) =
+            compass_search(&cost, start, start_cost, step0, options.min_step_mm.max(spacing / 32.0));
         evaluations += n + 1;
         params = RigidParams::from_search(best);
         nmi = -best_cost;
@@ -209,7 +208,13 @@ fn lattice_samples(volume: &Volume<f32>, (lo, hi): (f32, f32), bins: usize, max_
 
 /// NMI = (H(F) + H(M)) / H(F, M) over the samples that land inside the moving volume; `None`
 /// when fewer than a tenth of them do.
-fn nmi_of(samples: &[Sample], moving: &Volume<f32>, to_voxel: &Affine3, (lo, hi): (f32, f32), bins: usize) -> Option<f64> {
+fn nmi_of(
+    samples: &[Sample],
+    moving: &Volume<f32>,
+    to_voxel: &Affine3,
+    (lo, hi): (f32, f32),
+    bins: usize,
+) -> Option<f64> {
     let scale = (bins - 1) as f32 / (hi - lo);
     let joint = samples
         .par_chunks(4096)

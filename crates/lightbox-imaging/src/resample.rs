@@ -96,7 +96,8 @@ mod tests {
 
     fn ramp(dims: [usize; 3]) -> Volume<f32> {
         let [nx, ny, nz] = dims;
-        let voxels = (0..nx * ny * nz).map(|n| (n % nx) as f32 + 10.0 * ((n / nx) % ny) as f32 + 100.0 * (n / (nx * ny)) as f32);
+        let voxels =
+            (0..nx * ny * nz).map(|n| (n % nx) as f32 + 10.0 * ((n / nx) % ny) as f32 + 100.0 * (n / (nx * ny)) as f32);
         let affine = Affine3::from_columns([0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 2.0], [-3.0, 4.0, 10.0]);
         Volume::new(dims, voxels.collect(), affine).unwrap_or_else(|_| unreachable!())
     }

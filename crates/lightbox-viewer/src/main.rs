@@ -6,6 +6,7 @@
 //! draws a DICOM SEG (ours or anyone's) over its source series, one colour per segment; `O`
 //! shows or hides it.
 
+mod compare;
 mod mpr_view;
 mod widgets;
 
@@ -36,6 +37,10 @@ struct Args {
     /// The series of --prior to show (default: its largest).
     #[arg(long)]
     prior_series: Option<String>,
+    /// Link the prior by patient coordinates only, without registering it onto the current scan
+    /// (for two series of one session, which share a frame of reference).
+    #[arg(long)]
+    no_register: bool,
     /// Three planes (axial, coronal, sagittal) through one point, linked by a crosshair.
     #[arg(long)]
     mpr: bool,
@@ -128,11 +133,17 @@ fn run(args: Args) -> anyhow::Result<()> {
                 prior_series.uid,
                 or_dash(&date)
             );
-            Some((
-                format!("Prior {} · {}", format_date(&date), series_title(&prior_series)),
-                prior_set.load(0)?,
-                prior_series.window,
-            ))
+            let prior_volume = prior_set.load(0)?;
+            let label = format!("Prior {} · {}", format_date(&date), series_title(&prior_series));
+            if args.no_register {
+                Some((label, prior_volume, prior_series.window, None))
+            } else {
+                let aligned = compare::align(&volume, &prior_volume)
+                    .with_context(|| format!("{}: cannot register the prior onto the current scan", path.display()))?;
+                println!("lightbox-viewer: {}", aligned.summary);
+                let difference = Some((aligned.difference, aligned.difference_window));
+                Some((format!("{label} · registered"), aligned.prior, prior_series.window, difference))
+            }
         }
         None => None,
     };
@@ -163,8 +174,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             let mut app = ViewerApp::new(cc, series, volume, warnings, overlay).map_err(|e| format!("{e:#}"))?;
             app.save_to = save_to;
             app.mpr = mpr;
-            if let Some((label, volume, window)) = prior {
-                app.add_prior(cc, label, volume, window, &current_date).map_err(|e| format!("{e:#}"))?;
+            if let Some((label, volume, window, difference)) = prior {
+                app.add_prior(cc, label, volume, window, difference, &current_date).map_err(|e| format!("{e:#}"))?;
             }
             Ok(Box::new(app))
         }),
@@ -276,15 +287,61 @@ fn segment_colour(number: u16) -> egui::Color32 {
     egui::ecolor::Hsva::new(hue, 0.85, 1.0, 1.0).into()
 }
 
-/// The earlier study beside the current one; its slice follows the current slice through
-/// patient space.
-struct Prior {
+/// A titled slice pane of its own volume (the prior, the difference).
+struct Pane {
     label: String,
     renderer: SliceRenderer,
     texture: egui::TextureId,
     aspect: f32,
     params: SliceParams,
     rendered: Option<SliceParams>,
+}
+
+impl Pane {
+    fn new(
+        state: &egui_wgpu::RenderState,
+        label: String,
+        volume: &Volume<f32>,
+        window: WindowLevel,
+    ) -> anyhow::Result<Self> {
+        let renderer = SliceRenderer::new(&state.device, &state.queue, volume)?;
+        let texture = state.renderer.write().register_native_texture(
+            &state.device,
+            renderer.target_view(),
+            wgpu::FilterMode::Linear,
+        );
+        let [nx, ny, _] = volume.dims();
+        let [sx, sy, _] = volume.spacing_mm();
+        let aspect = ((nx as f64 * sx) / (ny as f64 * sy).max(1e-6)) as f32;
+        Ok(Self { label, renderer, texture, aspect, params: SliceParams { slice: 0, window }, rendered: None })
+    }
+
+    /// Its title and image; a drag sets its own window.
+    fn ui(&mut self, ui: &mut egui::Ui) {
+        ui.label(egui::RichText::new(&self.label).strong());
+        let (response, _) = widgets::letterboxed_image(ui, self.texture, self.aspect);
+        if response.dragged() {
+            widgets::drag_window(&mut self.params.window, response.drag_delta());
+        }
+    }
+
+    fn render(&mut self, state: &egui_wgpu::RenderState) {
+        if self.rendered == Some(self.params) {
+            return;
+        }
+        match self.renderer.render(&state.device, &state.queue, self.params) {
+            Ok(()) => self.rendered = Some(self.params),
+            Err(e) => tracing::error!("render of {} failed: {e}", self.label),
+        }
+    }
+}
+
+/// The earlier study beside the current one; its slice follows the current slice through
+/// patient space. Registered, it lies on the current grid, with the difference beside it (D).
+struct Prior {
+    pane: Pane,
+    difference: Option<Pane>,
+    show_difference: bool,
     /// Current voxel -> patient, and patient -> prior voxel.
     current_to_patient: lightbox_core::Affine3,
     patient_to_prior: lightbox_core::Affine3,
@@ -298,13 +355,16 @@ impl Prior {
         let p =
             self.current_to_patient.transform_point([(nx as f64 - 1.0) / 2.0, (ny as f64 - 1.0) / 2.0, f64::from(z)]);
         let k = self.patient_to_prior.transform_point(p)[2].round();
-        let depth = f64::from(self.renderer.dims()[2]);
-        self.params.slice = k.clamp(0.0, depth - 1.0) as u32;
+        let depth = f64::from(self.pane.renderer.dims()[2]);
+        self.pane.params.slice = k.clamp(0.0, depth - 1.0) as u32;
+        if let Some(difference) = &mut self.difference {
+            difference.params.slice = z;
+        }
     }
 }
 
 /// The viewer's keys and mouse actions, as its help (F1) lists them.
-const SHORTCUTS: [(&str, &str); 12] = [
+const SHORTCUTS: [(&str, &str); 13] = [
     ("Up / Down, wheel", "next / previous slice (in MPR: move the plane under the pointer)"),
     ("Page Up / Page Down", "ten slices"),
     ("drag", "window / level (horizontal: width, vertical: level)"),
@@ -316,7 +376,8 @@ const SHORTCUTS: [(&str, &str); 12] = [
     ("M, click, click", "measure a length in mm (Esc clears the lengths)"),
     ("F1", "this help"),
     ("--mpr", "start in the 2×2 layout: axial, coronal, sagittal and 3-D (drag there turns it)"),
-    ("--prior PATH", "compare with an earlier study, slices linked"),
+    ("D (compare)", "difference: current − registered prior, beside both"),
+    ("--prior PATH", "compare with an earlier study: registered onto the current, slices linked"),
 ];
 
 struct ViewerApp {
@@ -405,26 +466,20 @@ impl ViewerApp {
         label: String,
         volume: Volume<f32>,
         window: Option<WindowLevel>,
+        difference: Option<(Volume<f32>, WindowLevel)>,
         current_date: &str,
     ) -> anyhow::Result<()> {
         let state = cc.wgpu_render_state.as_ref().context("eframe started without its wgpu renderer")?;
-        let renderer = SliceRenderer::new(&state.device, &state.queue, &volume)?;
-        let texture = state.renderer.write().register_native_texture(
-            &state.device,
-            renderer.target_view(),
-            wgpu::FilterMode::Linear,
-        );
-        let [nx, ny, _] = volume.dims();
-        let [sx, sy, _] = volume.spacing_mm();
         let patient_to_prior =
             volume.patient_from_voxel.inverse().context("the prior series has a degenerate geometry")?;
+        let window = window.unwrap_or_else(|| default_window(&volume));
+        let difference = difference
+            .map(|(d, w)| Pane::new(state, "Difference: current − prior (white: brighter now)".into(), &d, w))
+            .transpose()?;
         let mut prior = Prior {
-            label,
-            renderer,
-            texture,
-            aspect: ((nx as f64 * sx) / (ny as f64 * sy).max(1e-6)) as f32,
-            params: SliceParams { slice: 0, window: window.unwrap_or_else(|| default_window(&volume)) },
-            rendered: None,
+            pane: Pane::new(state, label, &volume, window)?,
+            difference,
+            show_difference: false,
             current_to_patient: self.patient_from_voxel,
             patient_to_prior,
             current_dims: self.dims,
@@ -443,20 +498,21 @@ impl ViewerApp {
         }
     }
 
-    /// The current and the prior side by side (1×2), or the current alone.
+    /// The current and the prior side by side (1×2), with their difference (1×3), or the
+    /// current alone.
     fn panes_ui(&mut self, ui: &mut egui::Ui) {
-        if self.prior.is_none() {
+        let Some(prior) = &self.prior else {
             self.image_ui(ui);
             return;
-        }
-        ui.columns(2, |columns| {
+        };
+        let count = if prior.show_difference && prior.difference.is_some() { 3 } else { 2 };
+        ui.columns(count, |columns| {
             columns[0].label(egui::RichText::new(&self.current_label).strong());
             self.image_ui(&mut columns[0]);
             if let Some(prior) = &mut self.prior {
-                columns[1].label(egui::RichText::new(&prior.label).strong());
-                let (response, _) = widgets::letterboxed_image(&mut columns[1], prior.texture, prior.aspect);
-                if response.dragged() {
-                    widgets::drag_window(&mut prior.params.window, response.drag_delta());
+                prior.pane.ui(&mut columns[1]);
+                if let (Some(difference), Some(column)) = (&mut prior.difference, columns.get_mut(2)) {
+                    difference.ui(column);
                 }
             }
         });
@@ -605,6 +661,12 @@ impl eframe::App for ViewerApp {
                 });
             });
         }
+        if ui.input(|i| i.key_pressed(egui::Key::D))
+            && let Some(prior) = &mut self.prior
+        {
+            prior.show_difference = !prior.show_difference && prior.difference.is_some();
+            println!("lightbox-viewer: difference view {}", if prior.show_difference { "shown" } else { "hidden" });
+        }
         if ui.input(|i| i.key_pressed(egui::Key::O))
             && let Some(overlay) = &mut self.overlay
         {
@@ -659,12 +721,11 @@ impl eframe::App for ViewerApp {
             egui::CentralPanel::default().show(ui, |ui| self.panes_ui(ui));
         }
         if let Some(prior) = &mut self.prior
-            && prior.rendered != Some(prior.params)
             && let Some(state) = frame.wgpu_render_state()
         {
-            match prior.renderer.render(&state.device, &state.queue, prior.params) {
-                Ok(()) => prior.rendered = Some(prior.params),
-                Err(e) => tracing::error!("render of the prior failed: {e}"),
+            prior.pane.render(state);
+            if let Some(difference) = prior.difference.as_mut().filter(|_| prior.show_difference) {
+                difference.render(state);
             }
         }
 
