@@ -15,7 +15,7 @@ fn flair(study: u32) -> anyhow::Result<Volume<f32>> {
 fn transform(study: u32) -> anyhow::Result<Affine3> {
     let path = data(&format!("open_ms_longitudinal/raw/patient01/study{study}_FLAIR_to_common_space.txt"))?;
     let text = std::fs::read_to_string(&path)?;
-    Ok(itk::parse_affine(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+    itk::parse_affine(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Mean and largest distance between where two transforms send the fixed scan's head voxels

@@ -328,6 +328,11 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
     x.xdotool(&["mouseup", "1"])?;
     let turned = changed(&scrolled[3], 3, "viewer-mpr-turned.png")?;
     assert!(scrolled[3].mean_abs_diff(&turned[3]) > 2.0, "dragging did not turn the 3-D view");
+    // G: the three planes in one row (1×3); the 3-D pane's place at the bottom right empties.
+    x.xdotool(&["search", "--name", "Lightbox viewer", "windowfocus", "--sync", "key", "g"])?;
+    let row = changed(&turned[3], 3, "viewer-mpr-1x3.png")?;
+    let lit = row[3].pixels.iter().filter(|p| p[0] > 40).count();
+    assert!(lit < rendered / 10, "the 3-D pane is still drawn in 1×3 ({lit} lit pixels)");
     Ok(())
 }
 
@@ -417,5 +422,113 @@ fn lengths_presets_and_cine() -> anyhow::Result<()> {
     x.xdotool(&["key", "c"])?;
     let playing = changed(&narrow, "viewer-cine.png", 2.0)?;
     anyhow::ensure!(narrow.mean_abs_diff(&playing) > 2.0, "cine did not advance the slices");
+    Ok(())
+}
+
+/// Reads the numbers that follow `key` in a JSON event line, e.g. `"value":12.5`.
+fn json_field(line: &str, key: &str) -> anyhow::Result<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(line)?;
+    value.get(key).cloned().ok_or_else(|| anyhow::anyhow!("no {key} in {line}"))
+}
+
+/// Angle, ellipse and freehand ROI tools, and the workstation protocol: commands on stdin move
+/// the slice, refuse a layout that does not fit, and close the window; every measurement leaves
+/// as a `measurement_added` event, and ROI values are saved for the report.
+#[test]
+fn roi_and_angle_tools_and_the_message_protocol() -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    lightbox_workflow::import(&store, &demo_study())?;
+    let x = Xvfb::start()?;
+    let mut child = x
+        .command(&bin("lightbox-viewer")?)
+        .arg(demo_study())
+        .args(["--protocol", "--as", "Doe^Jane", "--store"])
+        .arg(&store)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin"))?;
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let mut child = KillOnDrop(child);
+    let ready = stdout.wait_for(r#"{"event":"ready""#, Duration::from_secs(120))?;
+    assert_eq!(json_field(&ready, "layout")?, "1x1", "{ready}");
+    let series = json_field(&ready, "series_uid")?;
+
+    writeln!(stdin, r#"{{"cmd":"goto","slice":5}}"#)?;
+    let moved = stdout.wait_for(r#""event":"position_changed""#, Duration::from_secs(20))?;
+    assert_eq!(json_field(&moved, "slice")?, 5, "{moved}");
+    std::thread::sleep(Duration::from_millis(400));
+
+    // Angle: arm end, vertex, arm end, drawn as a right angle on screen. The image keeps its
+    // aspect in millimetres, so the angle in the patient is right too.
+    x.xdotool(&["search", "--name", "Lightbox viewer", "windowfocus", "--sync", "key", "a"])?;
+    for (px, py) in [("300", "300"), ("300", "450"), ("480", "450")] {
+        std::thread::sleep(Duration::from_millis(200));
+        x.xdotool(&["mousemove", px, py, "click", "1"])?;
+    }
+    let angle = stdout.wait_for(r#""kind":"angle""#, Duration::from_secs(10))?;
+    let degrees = json_field(&angle, "value")?.as_f64().unwrap_or(f64::NAN);
+    assert!((degrees - 90.0).abs() < 1.5, "{angle}");
+    assert_eq!(json_field(&angle, "slice")?, 5, "{angle}");
+
+    // Ellipse: two corners of its box. Its area must be π·a·b of the box it was drawn in,
+    // measured from the outline the event carries (patient mm).
+    x.xdotool(&["key", "a", "key", "e"])?;
+    for (px, py) in [("320", "320"), ("520", "440")] {
+        std::thread::sleep(Duration::from_millis(200));
+        x.xdotool(&["mousemove", px, py, "click", "1"])?;
+    }
+    let area = stdout.wait_for(r#""kind":"area""#, Duration::from_secs(10))?;
+    let points: Vec<[f64; 3]> = serde_json::from_value(json_field(&area, "points_mm")?)?;
+    let centre = [0, 1, 2].map(|c| points.iter().map(|p| p[c]).sum::<f64>() / points.len() as f64);
+    let radius = |n: usize| {
+        let p = points[n];
+        ((p[0] - centre[0]).powi(2) + (p[1] - centre[1]).powi(2) + (p[2] - centre[2]).powi(2)).sqrt()
+    };
+    // Outline point 0 lies at the end of one axis, point 18 (a quarter turn) on the other.
+    let expected = std::f64::consts::PI * radius(0) * radius(18);
+    let value = json_field(&area, "value")?.as_f64().unwrap_or(f64::NAN);
+    assert!((value - expected).abs() / expected < 0.01 && value > 100.0, "{area}: expected {expected:.1} mm2");
+    assert!(json_field(&area, "saved_as")?.is_i64(), "the ROI area was not saved: {area}");
+    let mean = stdout.wait_for(r#""kind":"mean""#, Duration::from_secs(5))?;
+    assert_eq!(json_field(&mean, "unit")?, "1", "MR signal has no unit: {mean}");
+    stdout.wait_for(r#""kind":"sd""#, Duration::from_secs(5))?;
+
+    // Freehand: press, trace a square, release.
+    x.xdotool(&["key", "e", "key", "f", "mousemove", "250", "250", "mousedown", "1"])?;
+    for (px, py) in [("300", "250"), ("350", "250"), ("350", "300"), ("350", "350"), ("300", "350"), ("250", "350")] {
+        std::thread::sleep(Duration::from_millis(60));
+        x.xdotool(&["mousemove", px, py])?;
+    }
+    x.xdotool(&["mousemove", "250", "300", "mouseup", "1"])?;
+    let freehand = stdout.wait_for("freehand ROI on slice 5", Duration::from_secs(10))?;
+    assert!(freehand.contains("mean"), "{freehand}");
+    std::thread::sleep(Duration::from_millis(300));
+    let shot = screenshot_dir()?.join("viewer-measurements.png");
+    x.screenshot(&shot)?;
+
+    writeln!(stdin, r#"{{"cmd":"layout","layout":"2x2"}}"#)?;
+    let refused = stdout.wait_for(r#""event":"error""#, Duration::from_secs(10))?;
+    assert!(refused.contains("does not fit"), "{refused}");
+    writeln!(stdin, r#"{{"cmd":"close"}}"#)?;
+    stdout.wait_for(r#"{"event":"closed"}"#, Duration::from_secs(10))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.0.try_wait()?.is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(child.0.try_wait()?.is_some_and(|s| s.success()), "the viewer did not close cleanly");
+
+    let listed = lightbox_tests::run_ok(
+        std::process::Command::new(bin("lightbox")?)
+            .args(["measure", "list", "--series", series.as_str().unwrap_or_default(), "--store"])
+            .arg(&store),
+    )?;
+    for label in ["ROI 2 area (viewer)", "ROI 2 mean (viewer)", "ROI 2 SD (viewer)", "ROI 3 area (viewer)"] {
+        assert!(listed.contains(label), "{label} missing from {listed}");
+    }
+    assert!(!listed.contains("Angle"), "angles are shown, not saved: {listed}");
     Ok(())
 }

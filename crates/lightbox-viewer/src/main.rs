@@ -7,7 +7,9 @@
 //! shows or hides it.
 
 mod compare;
+mod measure;
 mod mpr_view;
+mod protocol;
 mod widgets;
 
 use std::path::PathBuf;
@@ -51,6 +53,9 @@ struct Args {
     /// The radiologist measuring, as the report names them (e.g. 'Doe^Jane').
     #[arg(long = "as", requires = "store")]
     author: Option<String>,
+    /// Take commands from the workstation on stdin, one JSON object a line (see `protocol`).
+    #[arg(long)]
+    protocol: bool,
 }
 
 /// Printed on stdout once the first frame has been presented, so tests and the workstation can
@@ -148,6 +153,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     let mpr = args.mpr;
+    let listen = args.protocol;
     let save_to = args.store.clone().zip(args.author.clone());
     // The MPR keeps the volume in its stored type on the GPU when the files allow it.
     let stored = if mpr { set.load_stored(0).ok() } else { None };
@@ -174,6 +180,9 @@ fn run(args: Args) -> anyhow::Result<()> {
             let mut app = ViewerApp::new(cc, series, volume, warnings, overlay).map_err(|e| format!("{e:#}"))?;
             app.save_to = save_to;
             app.mpr = mpr;
+            if listen {
+                app.commands = Some(protocol::listen(cc.egui_ctx.clone()));
+            }
             if let Some((label, volume, window, difference)) = prior {
                 app.add_prior(cc, label, volume, window, difference, &current_date).map_err(|e| format!("{e:#}"))?;
             }
@@ -188,6 +197,10 @@ fn pick_series<'a>(report: &'a lightbox_dicom::ScanReport, uid: Option<&str>) ->
         Some(uid) => report.find_series(uid),
         None => report.series().map(|(_, s)| s).filter(|s| s.rows > 0).max_by_key(|s| s.voxel_count()),
     }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
 }
 
 fn or_dash(s: &str) -> &str {
@@ -342,6 +355,8 @@ struct Prior {
     pane: Pane,
     difference: Option<Pane>,
     show_difference: bool,
+    /// Layout 1×1 asked for: the current alone.
+    hidden: bool,
     /// Current voxel -> patient, and patient -> prior voxel.
     current_to_patient: lightbox_core::Affine3,
     patient_to_prior: lightbox_core::Affine3,
@@ -364,7 +379,7 @@ impl Prior {
 }
 
 /// The viewer's keys and mouse actions, as its help (F1) lists them.
-const SHORTCUTS: [(&str, &str); 13] = [
+const SHORTCUTS: [(&str, &str); 18] = [
     ("Up / Down, wheel", "next / previous slice (in MPR: move the plane under the pointer)"),
     ("Page Up / Page Down", "ten slices"),
     ("drag", "window / level (horizontal: width, vertical: level)"),
@@ -373,7 +388,12 @@ const SHORTCUTS: [(&str, &str); 13] = [
     ("L (MPR)", "segmentation as outlines / filled"),
     ("1 2 3 4", "window presets: the series' own, automatic, wide, narrow"),
     ("C", "cine: slices advance by themselves (again to stop)"),
-    ("M, click, click", "measure a length in mm (Esc clears the lengths)"),
+    ("M, click, click", "measure a length in mm"),
+    ("A, click ×3", "measure an angle: arm end, vertex, arm end"),
+    ("E, click, click", "ellipse ROI (corners of its box): mean, SD, area, slab volume"),
+    ("F, drag", "freehand ROI: mean, SD, area, slab volume"),
+    ("Esc", "clear the measurements; M/A/E/F again leaves the tool"),
+    ("G (MPR)", "layout 2×2 with 3-D, or the three planes 1×3"),
     ("F1", "this help"),
     ("--mpr", "start in the 2×2 layout: axial, coronal, sagittal and 3-D (drag there turns it)"),
     ("D (compare)", "difference: current − registered prior, beside both"),
@@ -389,13 +409,19 @@ struct ViewerApp {
     /// Window presets on keys 1–4: the series' own (or automatic), automatic 1–99 %, wide
     /// 0.5–99.9 %, narrow 25–75 %.
     presets: [WindowLevel; 4],
-    /// Length tool (M): the point clicked first, then finished lengths, on their slice (voxel
-    /// coordinates, mm).
-    measuring: bool,
-    /// Where finished lengths are saved (store, radiologist), when given.
+    /// The measuring tool in hand (M, A, E, F), the points placed so far (voxel coordinates on
+    /// the slice) and the finished measurements.
+    tool: Option<measure::Tool>,
+    pending: Vec<[f64; 3]>,
+    measurements: Vec<measure::Measurement>,
+    /// Where finished measurements are saved (store, radiologist), when given.
     save_to: Option<(PathBuf, String)>,
-    first_point: Option<[f64; 3]>,
-    lengths: Vec<([f64; 3], [f64; 3], f64)>,
+    /// Commands from the workstation (--protocol).
+    commands: Option<std::sync::mpsc::Receiver<Result<protocol::Command, String>>>,
+    /// The slice last announced as `position_changed`.
+    announced: Option<u32>,
+    /// The voxels, for ROI statistics.
+    volume: Volume<f32>,
     /// The 1×3 MPR layout, when asked for.
     mpr: Option<mpr_view::MprView>,
     overlay: Option<Overlay>,
@@ -440,10 +466,12 @@ impl ViewerApp {
             cine: false,
             last_cine: std::time::Instant::now(),
             presets,
-            measuring: false,
+            tool: None,
+            pending: Vec::new(),
+            measurements: Vec::new(),
             save_to: None,
-            first_point: None,
-            lengths: Vec::new(),
+            commands: None,
+            announced: None,
             mpr: None,
             overlay,
             prior: None,
@@ -457,6 +485,7 @@ impl ViewerApp {
             params: SliceParams { slice: (nz / 2) as u32, window },
             rendered: None,
             frames_presented: 0,
+            volume,
         })
     }
 
@@ -480,6 +509,7 @@ impl ViewerApp {
             pane: Pane::new(state, label, &volume, window)?,
             difference,
             show_difference: false,
+            hidden: false,
             current_to_patient: self.patient_from_voxel,
             patient_to_prior,
             current_dims: self.dims,
@@ -501,7 +531,7 @@ impl ViewerApp {
     /// The current and the prior side by side (1×2), with their difference (1×3), or the
     /// current alone.
     fn panes_ui(&mut self, ui: &mut egui::Ui) {
-        let Some(prior) = &self.prior else {
+        let Some(prior) = self.prior.as_ref().filter(|p| !p.hidden) else {
             self.image_ui(ui);
             return;
         };
@@ -516,6 +546,135 @@ impl ViewerApp {
                 }
             }
         });
+    }
+
+    /// Keeps a finished measurement, prints it, saves its values for the report when a store
+    /// and a radiologist were given, and announces each value as an event.
+    fn finish(&mut self, m: measure::Measurement) {
+        let n = self.measurements.len() + 1;
+        let a = self.patient_from_voxel;
+        let to_mm = |points: &[[f64; 3]]| points.iter().map(|p| a.transform_point(*p)).collect::<Vec<_>>();
+        // Mean and SD of CT are in Hounsfield units; MR signal has none.
+        let signal_unit = if self.series.modality == "CT" { "[hnsf'U]" } else { "1" };
+        // (kind, label, value, UCUM unit) per value, and the defining points in mm.
+        type Values = Vec<(&'static str, String, f64, &'static str)>;
+        let (values, points): (Values, Vec<[f64; 3]>) = match &m {
+            measure::Measurement::Length { a, b, mm } => {
+                println!(
+                    "lightbox-viewer: length {mm:.2} mm from voxel ({:.2}, {:.2}, {}) to ({:.2}, {:.2}, {})",
+                    a[0], a[1], a[2], b[0], b[1], b[2]
+                );
+                (vec![("length", format!("Length {n} (viewer)"), round2(*mm), "mm")], to_mm(&[*a, *b]))
+            }
+            measure::Measurement::Angle { a, vertex, b, degrees } => {
+                println!(
+                    "lightbox-viewer: angle {degrees:.2}° at voxel ({:.2}, {:.2}, {})",
+                    vertex[0], vertex[1], vertex[2]
+                );
+                (vec![("angle", format!("Angle {n} (viewer)"), round2(*degrees), "deg")], to_mm(&[*a, *vertex, *b]))
+            }
+            measure::Measurement::Roi { outline, stats, freehand } => {
+                let shape = if *freehand { "freehand" } else { "ellipse" };
+                println!(
+                    "lightbox-viewer: {shape} ROI on slice {}: {} (mean {:.3}, SD {:.3}, area {:.3} mm2, volume {:.5} mL)",
+                    m.slice(),
+                    m.text(),
+                    stats.mean,
+                    stats.sd,
+                    stats.area_mm2,
+                    stats.volume_ml
+                );
+                (
+                    vec![
+                        ("area", format!("ROI {n} area (viewer)"), round2(stats.area_mm2), "mm2"),
+                        ("mean", format!("ROI {n} mean (viewer)"), round2(stats.mean), signal_unit),
+                        ("sd", format!("ROI {n} SD (viewer)"), round2(stats.sd), signal_unit),
+                    ],
+                    to_mm(outline),
+                )
+            }
+        };
+        for (kind, label, value, unit) in values {
+            // Angles have no measurement concept in the report's vocabulary yet: shown, not saved.
+            let saved_as = match &self.save_to {
+                Some((store, author)) if kind != "angle" => {
+                    match lightbox_workflow::pipeline::add_measurement(
+                        store,
+                        self.series.uid.as_str(),
+                        kind,
+                        &label,
+                        value,
+                        unit,
+                        author,
+                    ) {
+                        Ok(id) => {
+                            println!("lightbox-viewer: measurement {id} saved for the report: {label} {value} {unit}");
+                            Some(id)
+                        }
+                        Err(e) => {
+                            eprintln!("lightbox-viewer: the measurement was not saved: {e}");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            protocol::emit(&protocol::Event::MeasurementAdded {
+                series_uid: self.series.uid.to_string(),
+                kind: kind.to_owned(),
+                label,
+                value,
+                unit: unit.to_owned(),
+                slice: m.slice(),
+                points_mm: points.clone(),
+                saved_as,
+            });
+        }
+        self.measurements.push(m);
+    }
+
+    /// Follows one command from the workstation.
+    fn command(&mut self, command: protocol::Command, ctx: &egui::Context) {
+        use protocol::{Command, Layout};
+        match command {
+            Command::Goto { slice, patient_mm } => {
+                let target = match (slice, patient_mm) {
+                    (Some(k), _) => Some(i64::from(k)),
+                    (None, Some(p)) => {
+                        if let Some(mpr) = &mut self.mpr {
+                            mpr.move_to(p);
+                        }
+                        self.patient_from_voxel.inverse().map(|inv| inv.transform_point(p)[2].round() as i64)
+                    }
+                    (None, None) => None,
+                };
+                match target {
+                    Some(k) => self.step_slice(k - i64::from(self.params.slice)),
+                    None => {
+                        protocol::emit(&protocol::Event::Error { message: "goto needs slice or patient_mm".into() })
+                    }
+                }
+            }
+            Command::Layout { layout } => match (layout, &mut self.mpr, &mut self.prior) {
+                (Layout::Grid | Layout::Three, Some(mpr), _) => mpr.three_planes = layout == Layout::Three,
+                (Layout::Pair | Layout::Three, None, Some(prior)) => {
+                    prior.hidden = false;
+                    prior.show_difference = layout == Layout::Three && prior.difference.is_some();
+                }
+                (Layout::Single, None, Some(prior)) => prior.hidden = true,
+                (Layout::Single, None, None) => {}
+                _ => protocol::emit(&protocol::Event::Error {
+                    message: format!("layout {layout:?} does not fit what this viewer shows"),
+                }),
+            },
+            Command::ShowLabels { visible } => {
+                if let Some(overlay) = &mut self.overlay {
+                    overlay.shown = visible;
+                }
+            }
+            // `on_exit` announces `closed`.
+            Command::Close => ctx.send_viewport_cmd(egui::ViewportCommand::Close),
+        }
     }
 
     fn image_ui(&mut self, ui: &mut egui::Ui) {
@@ -540,61 +699,78 @@ impl ViewerApp {
                 rect.top() + ((v[1] + 0.5) / ny as f64) as f32 * rect.height(),
             )
         };
-        if self.measuring
-            && response.clicked()
-            && let Some(pos) = response.interact_pointer_pos()
-        {
-            let point = to_voxel(pos);
-            match self.first_point.take() {
-                None => self.first_point = Some(point),
-                Some(first) => {
-                    let (a, b) = (
-                        self.patient_from_voxel.transform_point(first),
-                        self.patient_from_voxel.transform_point(point),
-                    );
-                    let mm = ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt();
-                    println!(
-                        "lightbox-viewer: length {mm:.2} mm from voxel ({:.2}, {:.2}, {}) to ({:.2}, {:.2}, {})",
-                        first[0], first[1], first[2], point[0], point[1], point[2]
-                    );
-                    self.lengths.push((first, point, mm));
-                    if let Some((store, author)) = &self.save_to {
-                        let label = format!("Length {} (viewer)", self.lengths.len());
-                        let mm = (mm * 100.0).round() / 100.0;
-                        match lightbox_workflow::pipeline::add_measurement(
-                            store,
-                            self.series.uid.as_str(),
-                            "length",
-                            &label,
-                            mm,
-                            "mm",
-                            author,
-                        ) {
-                            Ok(id) => {
-                                println!("lightbox-viewer: measurement {id} saved for the report: {label} {mm} mm")
-                            }
-                            Err(e) => eprintln!("lightbox-viewer: the measurement was not saved: {e}"),
-                        }
+        if let Some(tool) = self.tool {
+            let finished = if tool == measure::Tool::Freehand {
+                if response.drag_started() {
+                    self.pending.clear();
+                }
+                if response.dragged()
+                    && let Some(pos) = response.interact_pointer_pos()
+                {
+                    self.pending.push(to_voxel(pos));
+                }
+                if response.drag_stopped() {
+                    measure::roi(&self.volume, std::mem::take(&mut self.pending), true)
+                } else {
+                    None
+                }
+            } else if response.clicked()
+                && let Some(pos) = response.interact_pointer_pos()
+            {
+                self.pending.push(to_voxel(pos));
+                if self.pending.len() < tool.clicks() {
+                    None
+                } else {
+                    let p = std::mem::take(&mut self.pending);
+                    let a = &self.patient_from_voxel;
+                    match tool {
+                        measure::Tool::Length => Some(measure::length(a, p[0], p[1])),
+                        measure::Tool::Angle => Some(measure::angle(a, p[0], p[1], p[2])),
+                        _ => measure::roi(&self.volume, measure::ellipse_outline(p[0], p[1]), false),
                     }
                 }
+            } else {
+                None
+            };
+            if let Some(m) = finished {
+                self.finish(m);
             }
         }
         let ink = egui::Color32::from_rgb(255, 220, 80);
-        for (a, b, mm) in self.lengths.iter().filter(|(a, ..)| a[2] as u32 == slice) {
-            let (p, q) = (to_screen(*a), to_screen(*b));
-            ui.painter().line_segment([p, q], egui::Stroke::new(2.0, ink));
+        let stroke = egui::Stroke::new(2.0, ink);
+        let font = egui::FontId::proportional(14.0);
+        for m in self.measurements.iter().filter(|m| m.slice() == slice) {
+            let (points, closed, at) = match m {
+                measure::Measurement::Length { a, b, .. } => (vec![*a, *b], false, *b),
+                measure::Measurement::Angle { a, vertex, b, .. } => (vec![*a, *vertex, *b], false, *vertex),
+                measure::Measurement::Roi { outline, .. } => {
+                    let right = outline.iter().copied().fold(outline[0], |r, p| if p[0] > r[0] { p } else { r });
+                    (outline.clone(), true, right)
+                }
+            };
+            let mut screen: Vec<egui::Pos2> = points.into_iter().map(to_screen).collect();
+            if closed {
+                screen.push(screen[0]);
+            }
+            ui.painter().add(egui::Shape::line(screen, stroke));
             ui.painter().text(
-                q + egui::vec2(6.0, 0.0),
+                to_screen(at) + egui::vec2(8.0, 0.0),
                 egui::Align2::LEFT_CENTER,
-                format!("{mm:.1} mm"),
-                egui::FontId::proportional(14.0),
+                m.text(),
+                font.clone(),
                 ink,
             );
         }
-        if let Some(first) = self.first_point.filter(|f| f[2] as u32 == slice) {
-            ui.painter().circle_stroke(to_screen(first), 4.0, egui::Stroke::new(2.0, ink));
+        let pending: Vec<egui::Pos2> =
+            self.pending.iter().filter(|p| p[2] as u32 == slice).map(|p| to_screen(*p)).collect();
+        if self.tool == Some(measure::Tool::Freehand) {
+            ui.painter().add(egui::Shape::line(pending, stroke));
+        } else {
+            for p in pending {
+                ui.painter().circle_stroke(p, 4.0, stroke);
+            }
         }
-        if response.dragged() && !self.measuring {
+        if response.dragged() && self.tool.is_none() {
             widgets::drag_window(&mut self.params.window, response.drag_delta());
         }
         if response.hovered() {
@@ -607,6 +783,12 @@ impl ViewerApp {
 }
 
 impl eframe::App for ViewerApp {
+    fn on_exit(&mut self) {
+        if self.commands.is_some() {
+            protocol::emit(&protocol::Event::Closed);
+        }
+    }
+
     fn ui(&mut self, ui: &mut egui::Ui, frame: &mut eframe::Frame) {
         let keys = ui.input(|i| {
             i64::from(i.key_pressed(egui::Key::ArrowUp)) - i64::from(i.key_pressed(egui::Key::ArrowDown))
@@ -622,13 +804,32 @@ impl eframe::App for ViewerApp {
             self.cine = !self.cine;
             self.last_cine = std::time::Instant::now();
         }
-        if ui.input(|i| i.key_pressed(egui::Key::M)) {
-            self.measuring = !self.measuring;
-            self.first_point = None;
+        for (key, tool) in [
+            (egui::Key::M, measure::Tool::Length),
+            (egui::Key::A, measure::Tool::Angle),
+            (egui::Key::E, measure::Tool::Ellipse),
+            (egui::Key::F, measure::Tool::Freehand),
+        ] {
+            if ui.input(|i| i.key_pressed(key)) {
+                self.tool = if self.tool == Some(tool) { None } else { Some(tool) };
+                self.pending.clear();
+            }
         }
         if ui.input(|i| i.key_pressed(egui::Key::Escape)) {
-            self.lengths.clear();
-            self.first_point = None;
+            self.measurements.clear();
+            self.pending.clear();
+        }
+        if ui.input(|i| i.key_pressed(egui::Key::G))
+            && let Some(mpr) = &mut self.mpr
+        {
+            mpr.three_planes = !mpr.three_planes;
+        }
+        let commands: Vec<_> = self.commands.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default();
+        for command in commands {
+            match command {
+                Ok(command) => self.command(command, ui.ctx()),
+                Err(message) => protocol::emit(&protocol::Event::Error { message }),
+            }
         }
         for (k, key) in [egui::Key::Num1, egui::Key::Num2, egui::Key::Num3, egui::Key::Num4].into_iter().enumerate() {
             if ui.input(|i| i.key_pressed(key)) {
@@ -693,6 +894,10 @@ impl eframe::App for ViewerApp {
                     }
                     None => {
                         ui.label(format!("slice {}/{}", self.params.slice + 1, self.renderer.dims()[2]));
+                        if let Some(tool) = self.tool {
+                            ui.separator();
+                            ui.colored_label(egui::Color32::from_rgb(255, 220, 80), format!("tool: {}", tool.name()));
+                        }
                         ui.separator();
                         ui.label(format!("W {:.0} L {:.0}", self.params.window.width, self.params.window.center));
                     }
@@ -741,6 +946,27 @@ impl eframe::App for ViewerApp {
         // The ui of frame N runs after frame N-1 was presented.
         if self.frames_presented == 1 {
             println!("{READY_LINE}");
+            let layout = match (&self.mpr, &self.prior) {
+                (Some(mpr), _) if mpr.three_planes => protocol::Layout::Three,
+                (Some(_), _) => protocol::Layout::Grid,
+                (None, Some(_)) => protocol::Layout::Pair,
+                (None, None) => protocol::Layout::Single,
+            };
+            protocol::emit(&protocol::Event::Ready {
+                series_uid: self.series.uid.to_string(),
+                slices: self.renderer.dims()[2],
+                layout,
+            });
+            self.announced = Some(self.params.slice);
+        }
+        if self.frames_presented >= 1 && self.announced != Some(self.params.slice) {
+            self.announced = Some(self.params.slice);
+            let [nx, ny, _] = self.dims;
+            let centre = [(nx as f64 - 1.0) / 2.0, (ny as f64 - 1.0) / 2.0, f64::from(self.params.slice)];
+            protocol::emit(&protocol::Event::PositionChanged {
+                slice: self.params.slice,
+                patient_mm: self.patient_from_voxel.transform_point(centre),
+            });
         }
         if self.frames_presented < 2 {
             self.frames_presented += 1;

@@ -1,5 +1,5 @@
 //! The 2×2 layout: axial, coronal and sagittal reformations through one point of the patient
-//! (the crosshair), and a volume rendering. A click in a plane moves the crosshair there, the
+//! (the crosshair), and a volume rendering; or 1×3, the three planes alone. A click in a plane moves the crosshair there, the
 //! wheel moves that plane along its normal, dragging sets window/level for all (the window is
 //! also the volume rendering's transfer-function ramp); dragging in the 3-D pane turns it.
 
@@ -75,6 +75,8 @@ pub struct MprView {
     azimuth: f64,
     elevation: f64,
     pixel_3d: f64,
+    /// Layout 1×3: the three planes only, without the volume rendering.
+    pub three_planes: bool,
 }
 
 /// The 3-D pane's plane (its "make" ignores the crosshair; the angles come from the view).
@@ -140,7 +142,14 @@ impl MprView {
             azimuth: 0.0,
             elevation: 0.0,
             pixel_3d,
+            three_planes: false,
         })
+    }
+
+    /// Moves the crosshair to a point of the patient (LPS mm).
+    pub fn move_to(&mut self, p: [f64; 3]) {
+        self.crosshair = p;
+        self.replan();
     }
 
     fn replan(&mut self) {
@@ -158,11 +167,12 @@ impl MprView {
         let mut moved_to = None;
         let mut window = self.window;
         let mut turn = egui::Vec2::ZERO;
-        let row_height = ui.available_height() / 2.0;
+        let (per_row, shown) = if self.three_planes { (3, 3) } else { (2, self.panes.len()) };
+        let row_height = ui.available_height() / if self.three_planes { 1.0 } else { 2.0 };
         let row_width = ui.available_width();
-        for row in self.panes.chunks(2) {
+        for row in self.panes[..shown].chunks(per_row) {
             ui.allocate_ui(egui::vec2(row_width, row_height), |ui| {
-                ui.columns(2, |columns| {
+                ui.columns(per_row, |columns| {
                     for (pane, ui) in row.iter().zip(columns.iter_mut()) {
                         let is_3d = pane.name == "3D";
                         let [x, y, z] = pane.plane.normal().map(|v| v.abs());
@@ -237,7 +247,8 @@ impl MprView {
 
     /// Renders the panes whose plane or window changed.
     pub fn render(&mut self, state: &egui_wgpu::RenderState) {
-        for pane in &mut self.panes {
+        let shown = if self.three_planes { 3 } else { self.panes.len() };
+        for pane in &mut self.panes[..shown] {
             // The volume rendering draws no labels: toggling them must not re-cast its rays.
             let labels = if pane.name == "3D" { None } else { self.labels };
             let wanted = (pane.plane, self.window, labels);

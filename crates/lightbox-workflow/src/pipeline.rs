@@ -655,7 +655,7 @@ pub const MEASUREMENT_KINDS: [(&str, &str, &str); 6] = [
 ];
 
 /// The UCUM units a radiologist's measurement may have, with their meanings.
-const UCUM_UNITS: [(&str, &str); 9] = [
+const UCUM_UNITS: [(&str, &str); 11] = [
     ("mm", "millimeter"),
     ("cm", "centimeter"),
     ("mm2", "square millimeter"),
@@ -665,6 +665,8 @@ const UCUM_UNITS: [(&str, &str); 9] = [
     ("mL", "milliliter"),
     ("um2/s", "square micrometer per second"),
     ("{ratio}", "ratio"),
+    ("[hnsf'U]", "Hounsfield unit"),
+    ("1", "no units"),
 ];
 
 fn ucum_meaning(unit: &str) -> &str {
