@@ -33,6 +33,14 @@ impl GpuContext {
         .map_err(|e| RenderError::Device(e.to_string()))?;
         Ok(Self { adapter_name, device, queue })
     }
+
+    /// Blocks until the GPU has finished everything submitted so far (for timing).
+    pub fn wait_idle(&self) -> Result<(), RenderError> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| RenderError::Device(e.to_string()))
+    }
 }
 
 #[repr(C)]
