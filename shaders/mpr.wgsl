@@ -28,13 +28,29 @@ struct MprUniforms {
     // scalar overlay (e.g. a probability map): lower and upper end of the colour map, opacity,
     // present (1)
     scalar: vec4<f32>,
+    // a volume longer than the texture limit along one axis is folded (`lightbox_render::packing`):
+    // axis cut, axis along, voxels per piece, shift per piece; cut = 3: not folded
+    packing: vec4<u32>,
 }
 
 // `texture_3d<f32>` here; the renderer swaps in `<u32>` or `<i32>` for 8/16-bit stored volumes.
 @group(0) @binding(0) var volume: texture_3d<f32>;
 
 fn voxel(c: vec3<i32>) -> f32 {
-    return f32(textureLoad(volume, c, 0).r) * u.rescale.x + u.rescale.y;
+    return f32(textureLoad(volume, packed(c), 0).r) * u.rescale.x + u.rescale.y;
+}
+
+// Where voxel c lies in the (possibly folded) textures.
+fn packed(c: vec3<i32>) -> vec3<i32> {
+    if (u.packing.x > 2u) {
+        return c;
+    }
+    var q = c;
+    let piece = i32(u.packing.z);
+    let k = q[u.packing.x] / piece;
+    q[u.packing.x] = q[u.packing.x] - k * piece;
+    q[u.packing.y] = q[u.packing.y] + k * i32(u.packing.w);
+    return q;
 }
 @group(0) @binding(1) var<uniform> u: MprUniforms;
 @group(0) @binding(2) var labels: texture_3d<u32>;
@@ -47,7 +63,7 @@ fn scalar_at(p: vec3<f32>) -> f32 {
     if (any(r < vec3<f32>(0.0)) || any(r > hi)) {
         return -1.0;
     }
-    return textureLoad(scalars, vec3<i32>(r), 0).r;
+    return textureLoad(scalars, packed(vec3<i32>(r)), 0).r;
 }
 
 // "Hot": black-red-yellow-white over 0..1.
@@ -108,7 +124,7 @@ fn label_at(p: vec3<f32>) -> u32 {
     if (any(r < vec3<f32>(0.0)) || any(r > hi)) {
         return 0u;
     }
-    return textureLoad(labels, vec3<i32>(r), 0).r;
+    return textureLoad(labels, packed(vec3<i32>(r)), 0).r;
 }
 
 // Each label's colour: hue from the golden angle, saturation 0.85, value 1.

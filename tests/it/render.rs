@@ -256,3 +256,90 @@ fn gpu_scalar_overlay_matches_cpu_reference() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A volume longer than the GPU's 3-D texture limit is folded into one texture and renders the
+/// same pixels: 120 rows of the demo study (256 × 120 × 20, 16-bit, and transposed) under a
+/// pretended limit of 130 per axis are cut into two pieces along the columns (then the rows),
+/// laid along z, and every plane, slab, volume rendering and label overlay equals the unfolded
+/// render byte for byte.
+#[test]
+fn a_volume_beyond_the_texture_limit_renders_folded_exactly_like_unfolded() -> anyhow::Result<()> {
+    use lightbox_core::{StoredVolume, StoredVoxels, Volume};
+    use lightbox_render::{LabelStyle, MprPlane, MprRenderer, SlabMode};
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
+    let set = report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?;
+    let demo = set.load_stored(0)?;
+    let [nx, ny, nz] = demo.dims();
+    anyhow::ensure!(nx > 130 && ny > 180 && nz < 65, "demo dims {:?}", demo.dims());
+    // Rows 60..180 of every slice (the prostate): only the columns exceed the limit. The same
+    // voxels transposed make the rows the long axis.
+    let (rows, first_row) = (120, 60);
+    fn crop<T: Copy + Default>(v: &[T], [nx, ny, nz]: [usize; 3], (rows, first): (usize, usize), swap: bool) -> Vec<T> {
+        let mut out = vec![T::default(); nx * rows * nz];
+        for z in 0..nz {
+            for y in 0..rows {
+                for x in 0..nx {
+                    let to = if swap { y + rows * (x + nx * z) } else { x + nx * (y + rows * z) };
+                    out[to] = v[x + nx * (y + first + ny * z)];
+                }
+            }
+        }
+        out
+    }
+    let cropped = |swap: bool| -> anyhow::Result<StoredVoxels> {
+        Ok(match demo.voxels() {
+            StoredVoxels::U16(v) => StoredVoxels::U16(crop(v, demo.dims(), (rows, first_row), swap)),
+            StoredVoxels::I16(v) => StoredVoxels::I16(crop(v, demo.dims(), (rows, first_row), swap)),
+            _ => anyhow::bail!("the demo study is 16-bit"),
+        })
+    };
+    let a = demo.patient_from_voxel;
+    let origin = a.transform_point([0.0, first_row as f64, 0.0]);
+    let plain = lightbox_core::Affine3::from_columns(a.axis(0), a.axis(1), a.axis(2), origin);
+    let swapped = lightbox_core::Affine3::from_columns(a.axis(1), a.axis(0), a.axis(2), origin);
+    let volumes = [
+        ("long columns", StoredVolume::new([nx, rows, nz], cropped(false)?, plain, demo.slope, demo.intercept)?),
+        ("long rows", StoredVolume::new([rows, nx, nz], cropped(true)?, swapped, demo.slope, demo.intercept)?),
+    ];
+    let gpu = GpuContext::headless()?;
+    let window = WindowLevel { center: 1300.0, width: 2400.0 };
+    for (what, volume) in &volumes {
+        let (a, dims) = (volume.patient_from_voxel, volume.dims());
+        let float = volume.to_f32();
+        let labels: Vec<u8> = float.voxels().iter().map(|&v| u8::from(v > 1500.0) + u8::from(v > 2200.0)).collect();
+        let labels = Volume::new(dims, labels, a)?;
+        let centre = a.transform_point([dims[0] as f64 * 0.55, dims[1] as f64 * 0.5, 10.0]);
+        let style = Some(LabelStyle { opacity: 0.5, outline: false });
+        for (name, plane, style) in [
+            ("axial with labels", MprPlane::axial(&a, dims, centre, 1.0), style),
+            (
+                "coronal outlines",
+                MprPlane::coronal(&a, dims, centre, 1.0),
+                Some(LabelStyle { opacity: 0.5, outline: true }),
+            ),
+            ("sagittal MIP", MprPlane::sagittal(&a, dims, centre, 1.0).with_slab(30.0, SlabMode::Max), None),
+            ("oblique", MprPlane::oblique(&a, dims, centre, [0.9, 0.3, 0.3], [0.0, 0.6, -0.8], 0.8), style),
+            ("volume rendering", MprPlane::view_3d(&a, dims, 0.7, 0.3, 1.5), None),
+        ] {
+            let size = (plane.width, plane.height);
+            let whole = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, volume, Some(&labels), size, 4096)?;
+            let folded = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, volume, Some(&labels), size, 130)?;
+            assert_eq!(whole.packing.pieces, 1, "{what}");
+            assert_eq!((folded.packing.pieces, folded.packing.along), (2, 2), "{what}: {:?}", folded.packing);
+            let mut images = Vec::new();
+            for renderer in [&whole, &folded] {
+                renderer.render(&gpu.device, &gpu.queue, &plane, window, style)?;
+                images.push(renderer.read_target(&gpu.device, &gpu.queue)?);
+            }
+            let lit = images[0].chunks(4).filter(|p| p[0] > 20).count();
+            assert!(lit > 500, "{what}, {name}: only {lit} lit pixels");
+            assert!(images[0] == images[1], "{what}, {name}: the folded volume renders differently");
+        }
+    }
+    // Beyond what one fold can hold, the error names the volume and the limit.
+    let refused = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &volumes[0].1, None, (8, 8), 100);
+    let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("exceeds this GPU's 3-D texture limit of 100"), "{message}");
+    Ok(())
+}

@@ -2,6 +2,7 @@ use std::borrow::Cow;
 
 use lightbox_core::Volume;
 
+use crate::packing::{self, Packing};
 use crate::{RenderError, SliceParams, shaders};
 
 /// A device and queue. The viewer passes egui's; headless callers (tests, CLI) open their own.
@@ -70,10 +71,15 @@ impl SliceRenderer {
     pub const TARGET_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unorm;
 
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, volume: &Volume<f32>) -> Result<Self, RenderError> {
-        let (volume_view, dims) = upload_volume(device, queue, volume)?;
+        let limit = texture_limit(device);
+        let (volume_view, dims, packing) = upload_volume(device, queue, volume, limit)?;
+        if packing.pieces > 1 {
+            // The slice shader reads the texture directly; the MPR unpacks.
+            return Err(RenderError::VolumeTooLarge { dims: volume.dims(), limit });
+        }
         let (target, target_view) = target_texture(device, dims[0], dims[1], "slice target");
-        let labels_view = upload_labels(device, queue, None, dims)?;
-        let scalars_view = upload_scalars(device, queue, None, dims)?;
+        let labels_view = upload_labels(device, queue, None, dims, packing)?;
+        let scalars_view = upload_scalars(device, queue, None, dims, packing)?;
         let (pipeline, bind_group, uniforms) = fullscreen_pipeline(
             device,
             shaders::SLICE,
@@ -119,31 +125,40 @@ impl SliceRenderer {
 
 const FLOAT: wgpu::TextureSampleType = wgpu::TextureSampleType::Float { filterable: false };
 
-/// Uploads a volume in its stored type (8/16-bit integers stay 1 or 2 bytes a voxel): the view,
-/// `[columns, rows, slices]`, how the shader reads it, and the WGSL texel type.
-fn upload_stored(
+/// The largest 3-D texture side to use: the device's, or less with `LIGHTBOX_MAX_TEXTURE_3D`
+/// (for drivers that report more than they can hold).
+fn texture_limit(device: &wgpu::Device) -> u32 {
+    let device_limit = device.limits().max_texture_dimension_3d;
+    std::env::var("LIGHTBOX_MAX_TEXTURE_3D")
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map_or(device_limit, |l| l.clamp(1, device_limit))
+}
+
+/// The volume's size and its layout in one texture under `limit`.
+fn plan(dims: [usize; 3], limit: u32) -> Result<([u32; 3], Packing), RenderError> {
+    let too_large = || RenderError::VolumeTooLarge { dims, limit };
+    let sizes = dims.map(|d| u32::try_from(d).unwrap_or(u32::MAX));
+    let packing = Packing::plan(sizes, limit).ok_or_else(too_large)?;
+    Ok((sizes, packing))
+}
+
+/// A 3-D texture holding a volume of `dims` voxels (`bytes`, x fastest) laid out by `packing`.
+#[allow(clippy::too_many_arguments)]
+fn upload_packed(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
-    volume: &lightbox_core::StoredVolume,
-) -> Result<(wgpu::TextureView, [u32; 3], wgpu::TextureSampleType, &'static str), RenderError> {
-    use lightbox_core::StoredVoxels as V;
-    let limit = device.limits().max_texture_dimension_3d;
-    let [nx, ny, nz] = volume.dims();
-    let dims = [nx, ny, nz].map(|d| u32::try_from(d).unwrap_or(u32::MAX));
-    if dims.iter().any(|&d| d > limit || d == 0) {
-        return Err(RenderError::VolumeTooLarge { dims: volume.dims(), limit });
-    }
-    let uint = wgpu::TextureSampleType::Uint;
-    let (format, bytes, sample, texel): (_, &[u8], _, _) = match volume.voxels() {
-        V::U8(v) => (wgpu::TextureFormat::R8Uint, v.as_slice(), uint, "u32"),
-        V::U16(v) => (wgpu::TextureFormat::R16Uint, bytemuck::cast_slice(v), uint, "u32"),
-        V::I16(v) => (wgpu::TextureFormat::R16Sint, bytemuck::cast_slice(v), wgpu::TextureSampleType::Sint, "i32"),
-        V::F32(v) => (wgpu::TextureFormat::R32Float, bytemuck::cast_slice(v), FLOAT, "f32"),
-    };
-    let size = wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: dims[2] };
+    bytes: &[u8],
+    bytes_per_voxel: u32,
+    dims: [u32; 3],
+    packing: Packing,
+    format: wgpu::TextureFormat,
+    label: &str,
+) -> wgpu::TextureView {
+    let [tx, ty, tz] = packing.texture_dims(dims);
     let texture = device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("stored volume"),
-        size,
+        label: Some(label),
+        size: wgpu::Extent3d { width: tx, height: ty, depth_or_array_layers: tz },
         mip_level_count: 1,
         sample_count: 1,
         dimension: wgpu::TextureDimension::D3,
@@ -151,121 +166,122 @@ fn upload_stored(
         usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
         view_formats: &[],
     });
-    let per_voxel = volume.voxels().bytes_per_voxel() as u32;
-    queue.write_texture(
-        wgpu::TexelCopyTextureInfo {
-            texture: &texture,
-            mip_level: 0,
-            origin: wgpu::Origin3d::ZERO,
-            aspect: wgpu::TextureAspect::All,
-        },
-        bytes,
-        wgpu::TexelCopyBufferLayout {
-            offset: 0,
-            bytes_per_row: Some(per_voxel * dims[0]),
-            rows_per_image: Some(dims[1]),
-        },
-        size,
-    );
-    Ok((texture.create_view(&wgpu::TextureViewDescriptor::default()), dims, sample, texel))
+    for (start, len, origin) in packing.pieces(dims) {
+        let data = packing::piece_bytes(bytes, dims, bytes_per_voxel as usize, (packing.cut, start, len));
+        let mut extent = dims;
+        extent[packing.cut] = len;
+        queue.write_texture(
+            wgpu::TexelCopyTextureInfo {
+                texture: &texture,
+                mip_level: 0,
+                origin: wgpu::Origin3d { x: origin[0], y: origin[1], z: origin[2] },
+                aspect: wgpu::TextureAspect::All,
+            },
+            &data,
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(bytes_per_voxel * extent[0]),
+                rows_per_image: Some(extent[1]),
+            },
+            wgpu::Extent3d { width: extent[0], height: extent[1], depth_or_array_layers: extent[2] },
+        );
+    }
+    texture.create_view(&wgpu::TextureViewDescriptor::default())
 }
 
-/// Uploads a volume as a 3-D `r32float` texture; its `[columns, rows, slices]`.
+/// A volume as uploaded: its view, `[columns, rows, slices]`, layout, how the shader reads it
+/// and the WGSL texel type.
+type Uploaded = (wgpu::TextureView, [u32; 3], Packing, wgpu::TextureSampleType, &'static str);
+
+/// Uploads a volume in its stored type (8/16-bit integers stay 1 or 2 bytes a voxel).
+fn upload_stored(
+    device: &wgpu::Device,
+    queue: &wgpu::Queue,
+    volume: &lightbox_core::StoredVolume,
+    limit: u32,
+) -> Result<Uploaded, RenderError> {
+    use lightbox_core::StoredVoxels as V;
+    let (dims, packing) = plan(volume.dims(), limit)?;
+    let uint = wgpu::TextureSampleType::Uint;
+    let (format, bytes, sample, texel): (_, &[u8], _, _) = match volume.voxels() {
+        V::U8(v) => (wgpu::TextureFormat::R8Uint, v.as_slice(), uint, "u32"),
+        V::U16(v) => (wgpu::TextureFormat::R16Uint, bytemuck::cast_slice(v), uint, "u32"),
+        V::I16(v) => (wgpu::TextureFormat::R16Sint, bytemuck::cast_slice(v), wgpu::TextureSampleType::Sint, "i32"),
+        V::F32(v) => (wgpu::TextureFormat::R32Float, bytemuck::cast_slice(v), FLOAT, "f32"),
+    };
+    let per_voxel = volume.voxels().bytes_per_voxel() as u32;
+    let view = upload_packed(device, queue, bytes, per_voxel, dims, packing, format, "stored volume");
+    Ok((view, dims, packing, sample, texel))
+}
+
+/// Uploads a volume as a 3-D `r32float` texture.
 fn upload_volume(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     volume: &Volume<f32>,
-) -> Result<(wgpu::TextureView, [u32; 3]), RenderError> {
-    let limit = device.limits().max_texture_dimension_3d;
-    let [nx, ny, nz] = volume.dims();
-    let dims = [nx, ny, nz].map(|d| u32::try_from(d).unwrap_or(u32::MAX));
-    if dims.iter().any(|&d| d > limit || d == 0) {
-        return Err(RenderError::VolumeTooLarge { dims: volume.dims(), limit });
-    }
-    let size = wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: dims[2] };
-    let texture = device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("volume"),
-        size,
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D3,
-        format: wgpu::TextureFormat::R32Float,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-        view_formats: &[],
-    });
-    queue.write_texture(
-        wgpu::TexelCopyTextureInfo {
-            texture: &texture,
-            mip_level: 0,
-            origin: wgpu::Origin3d::ZERO,
-            aspect: wgpu::TextureAspect::All,
-        },
-        bytemuck::cast_slice(volume.voxels()),
-        wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(4 * dims[0]), rows_per_image: Some(dims[1]) },
-        size,
-    );
-    Ok((texture.create_view(&wgpu::TextureViewDescriptor::default()), dims))
+    limit: u32,
+) -> Result<(wgpu::TextureView, [u32; 3], Packing), RenderError> {
+    let (dims, packing) = plan(volume.dims(), limit)?;
+    let bytes = bytemuck::cast_slice(volume.voxels());
+    let view = upload_packed(device, queue, bytes, 4, dims, packing, wgpu::TextureFormat::R32Float, "volume");
+    Ok((view, dims, packing))
 }
 
-/// Uploads a label map (segment numbers) as a 3-D `r8uint` texture on the volume's grid; without
-/// one, a single zero voxel (the binding must exist).
+/// Uploads a label map (segment numbers) as a 3-D `r8uint` texture on the volume's grid and
+/// layout; without one, a single zero voxel (the binding must exist).
 fn upload_labels(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     labels: Option<&Volume<u8>>,
     dims: [u32; 3],
+    packing: Packing,
 ) -> Result<wgpu::TextureView, RenderError> {
-    let (size, data): (_, &[u8]) = match labels {
-        Some(l) => {
-            if l.dims() != dims.map(|d| d as usize) {
-                return Err(RenderError::Device(format!("a {:?} label map on a {dims:?} volume", l.dims())));
-            }
-            (wgpu::Extent3d { width: dims[0], height: dims[1], depth_or_array_layers: dims[2] }, l.voxels())
+    let format = wgpu::TextureFormat::R8Uint;
+    match labels {
+        Some(l) if l.dims() != dims.map(|d| d as usize) => {
+            Err(RenderError::Device(format!("a {:?} label map on a {dims:?} volume", l.dims())))
         }
-        None => (wgpu::Extent3d { width: 1, height: 1, depth_or_array_layers: 1 }, &[0]),
-    };
-    let texture = device.create_texture(&wgpu::TextureDescriptor {
-        label: Some("labels"),
-        size,
-        mip_level_count: 1,
-        sample_count: 1,
-        dimension: wgpu::TextureDimension::D3,
-        format: wgpu::TextureFormat::R8Uint,
-        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
-        view_formats: &[],
-    });
-    queue.write_texture(
-        wgpu::TexelCopyTextureInfo {
-            texture: &texture,
-            mip_level: 0,
-            origin: wgpu::Origin3d::ZERO,
-            aspect: wgpu::TextureAspect::All,
-        },
-        data,
-        wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(size.width), rows_per_image: Some(size.height) },
-        size,
-    );
-    Ok(texture.create_view(&wgpu::TextureViewDescriptor::default()))
+        Some(l) => Ok(upload_packed(device, queue, l.voxels(), 1, dims, packing, format, "labels")),
+        None => Ok(upload_packed(
+            device,
+            queue,
+            &[0],
+            1,
+            [1, 1, 1],
+            Packing::plan([1, 1, 1], 1).unwrap_or(packing),
+            format,
+            "labels",
+        )),
+    }
 }
 
-/// Uploads a scalar map (e.g. probabilities) as a 3-D `r32float` texture on the volume's grid;
-/// without one, a single voxel.
+/// Uploads a scalar map (e.g. probabilities) as a 3-D `r32float` texture on the volume's grid
+/// and layout; without one, a single voxel.
 fn upload_scalars(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     scalars: Option<&Volume<f32>>,
     dims: [u32; 3],
+    packing: Packing,
 ) -> Result<wgpu::TextureView, RenderError> {
+    let format = wgpu::TextureFormat::R32Float;
     match scalars {
         Some(v) if v.dims() != dims.map(|d| d as usize) => {
             Err(RenderError::Device(format!("a {:?} scalar map on a {dims:?} volume", v.dims())))
         }
-        Some(v) => Ok(upload_volume(device, queue, v)?.0),
-        None => {
-            let one = Volume::new([1, 1, 1], vec![0.0f32], lightbox_core::Affine3::IDENTITY)
-                .map_err(|e| RenderError::Device(e.to_string()))?;
-            Ok(upload_volume(device, queue, &one)?.0)
+        Some(v) => {
+            Ok(upload_packed(device, queue, bytemuck::cast_slice(v.voxels()), 4, dims, packing, format, "scalars"))
         }
+        None => Ok(upload_packed(
+            device,
+            queue,
+            &[0; 4],
+            4,
+            [1, 1, 1],
+            Packing::plan([1, 1, 1], 1).unwrap_or(packing),
+            format,
+            "scalars",
+        )),
     }
 }
 
@@ -487,6 +503,7 @@ struct MprUniforms {
     overlay: [f32; 4],
     rescale: [f32; 4],
     scalar: [f32; 4],
+    packing: [u32; 4],
 }
 
 /// Multiplanar reformation of one volume: planes of any orientation (and thick-slab MIP, MinIP
@@ -508,6 +525,8 @@ pub struct MprRenderer {
     has_scalars: bool,
     /// How the scalar map is drawn; `None` hides it.
     pub scalar_style: Option<crate::ScalarStyle>,
+    /// How the volume lies in its texture (folded when longer than the texture limit).
+    pub packing: Packing,
 }
 
 impl MprRenderer {
@@ -545,9 +564,9 @@ impl MprRenderer {
         overlays: (Option<&Volume<u8>>, Option<&Volume<f32>>),
         size: (u32, u32),
     ) -> Result<Self, RenderError> {
-        let (volume_view, dims) = upload_volume(device, queue, volume)?;
+        let (volume_view, dims, packing) = upload_volume(device, queue, volume, texture_limit(device))?;
         let bytes = volume.voxels().len() as u64 * 4;
-        let uploaded = (volume_view, dims, FLOAT, "f32");
+        let uploaded = (volume_view, dims, packing, FLOAT, "f32");
         Self::build(device, queue, uploaded, overlays, size, volume.patient_from_voxel, [1.0, 0.0], bytes)
     }
 
@@ -561,7 +580,20 @@ impl MprRenderer {
         width: u32,
         height: u32,
     ) -> Result<Self, RenderError> {
-        let uploaded = upload_stored(device, queue, volume)?;
+        Self::new_stored_within(device, queue, volume, labels, (width, height), texture_limit(device))
+    }
+
+    /// [`new_stored`](Self::new_stored) as if the GPU's 3-D texture limit were `limit` (tests
+    /// use it to fold small volumes).
+    pub fn new_stored_within(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        volume: &lightbox_core::StoredVolume,
+        labels: Option<&Volume<u8>>,
+        (width, height): (u32, u32),
+        limit: u32,
+    ) -> Result<Self, RenderError> {
+        let uploaded = upload_stored(device, queue, volume, limit.min(texture_limit(device)))?;
         let bytes = volume.voxels().len() as u64 * volume.voxels().bytes_per_voxel() as u64;
         let rescale = [volume.slope as f32, volume.intercept as f32];
         Self::build(device, queue, uploaded, (labels, None), (width, height), volume.patient_from_voxel, rescale, bytes)
@@ -571,15 +603,15 @@ impl MprRenderer {
     fn build(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
-        (volume_view, dims, sample, texel): (wgpu::TextureView, [u32; 3], wgpu::TextureSampleType, &str),
+        (volume_view, dims, packing, sample, texel): Uploaded,
         (labels, scalars): (Option<&Volume<u8>>, Option<&Volume<f32>>),
         (width, height): (u32, u32),
         patient_from_voxel: lightbox_core::Affine3,
         rescale: [f32; 2],
         volume_bytes: u64,
     ) -> Result<Self, RenderError> {
-        let labels_view = upload_labels(device, queue, labels, dims)?;
-        let scalars_view = upload_scalars(device, queue, scalars, dims)?;
+        let labels_view = upload_labels(device, queue, labels, dims, packing)?;
+        let scalars_view = upload_scalars(device, queue, scalars, dims, packing)?;
         let (target, target_view) = target_texture(device, width.max(1), height.max(1), "mpr target");
         let (pipeline, bind_group, uniforms) = fullscreen_pipeline(
             device,
@@ -603,6 +635,7 @@ impl MprRenderer {
             volume_bytes,
             has_scalars: scalars.is_some(),
             scalar_style: None,
+            packing,
         })
     }
 
@@ -647,6 +680,7 @@ impl MprRenderer {
                 Some(s) => [s.lower, s.upper, s.opacity, 1.0],
                 None => [0.0; 4],
             },
+            packing: self.packing.uniform(),
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
         draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view);

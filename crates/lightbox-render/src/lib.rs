@@ -8,6 +8,7 @@
 pub mod cpu;
 mod gpu;
 pub mod mpr;
+pub mod packing;
 pub mod shaders;
 
 pub use gpu::{GpuContext, MprRenderer, SliceRenderer};
