@@ -55,6 +55,17 @@ fn packed(c: vec3<i32>) -> vec3<i32> {
 @group(0) @binding(1) var<uniform> u: MprUniforms;
 @group(0) @binding(2) var labels: texture_3d<u32>;
 @group(0) @binding(3) var scalars: texture_3d<f32>;
+// A colour table over the window (`lightbox_render::Lut`), used when u.window.z is 1: the planes'
+// colours instead of grey, and the volume rendering's colour and opacity.
+@group(0) @binding(4) var<uniform> lut: array<vec4<f32>, 256>;
+
+// The table at t (0..1 over the window), linear between its entries.
+fn lut_at(t: f32) -> vec4<f32> {
+    let x = clamp(t, 0.0, 1.0) * 255.0;
+    let i = min(u32(floor(x)), 254u);
+    let f = x - f32(i);
+    return mix(lut[i], lut[i + 1u], f);
+}
 
 // The scalar at the voxel nearest to p (-1 outside the volume).
 fn scalar_at(p: vec3<f32>) -> f32 {
@@ -175,8 +186,13 @@ fn volume_colour(position: vec2<f32>) -> vec3<f32> {
         if (length(g) > 1e-6) {
             shade = 0.35 + 0.65 * abs(dot(normalize(g), dir));
         }
-        let base = mix(vec3<f32>(0.75, 0.3, 0.2), vec3<f32>(1.0, 0.95, 0.85), ramp);
-        let a = ramp * 0.12;
+        var base = mix(vec3<f32>(0.75, 0.3, 0.2), vec3<f32>(1.0, 0.95, 0.85), ramp);
+        var a = ramp * 0.12;
+        if (u.window.z > 0.5) {
+            let c = lut_at(ramp);
+            base = c.rgb;
+            a = c.a * 0.12;
+        }
         colour = colour + (1.0 - alpha) * a * base * shade;
         alpha = alpha + (1.0 - alpha) * a;
         if (alpha > 0.98) {
@@ -197,6 +213,9 @@ fn fs_main(in: VertexOutput) -> @location(0) vec4<f32> {
     let mid = f32(max(u.slab.x, 1u) / 2u);
     let p = u.origin.xyz + i * u.step_x.xyz + j * u.step_y.xyz + mid * u.step_z.xyz;
     var base = vec3<f32>(grey);
+    if (u.window.z > 0.5) {
+        base = lut_at(grey).rgb;
+    }
     if (u.scalar.w > 0.5) {
         let s = scalar_at(p);
         if (s >= u.scalar.x) {

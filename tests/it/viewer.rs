@@ -320,11 +320,15 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
     let scrolled = changed(&clicked[0], 0, "viewer-mpr-scrolled.png")?;
     assert!(clicked[0].mean_abs_diff(&scrolled[0]) > 2.0, "the wheel did not move the axial plane");
     // Turn the 3-D view by dragging in it.
+    // Slowly: a software-rendered frame can take a few hundred milliseconds, and a press, the
+    // moves and the release within one frame read as a click.
     x.xdotool(&["mousemove", "650", "620", "mousedown", "1"])?;
+    std::thread::sleep(Duration::from_millis(300));
     for step in 1..=10 {
         x.xdotool(&["mousemove", &(650 + 12 * step).to_string(), &(620 - 4 * step).to_string()])?;
-        std::thread::sleep(Duration::from_millis(30));
+        std::thread::sleep(Duration::from_millis(150));
     }
+    std::thread::sleep(Duration::from_millis(300));
     x.xdotool(&["mouseup", "1"])?;
     let turned = changed(&scrolled[3], 3, "viewer-mpr-turned.png")?;
     assert!(scrolled[3].mean_abs_diff(&turned[3]) > 2.0, "dragging did not turn the 3-D view");
@@ -333,6 +337,28 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
     let row = changed(&turned[3], 3, "viewer-mpr-1x3.png")?;
     let lit = row[3].pixels.iter().filter(|p| p[0] > 40).count();
     assert!(lit < rendered / 10, "the 3-D pane is still drawn in 1×3 ({lit} lit pixels)");
+    // K: the planes through the "hot" colour table.
+    let grey = {
+        let shot = screenshot_dir()?.join("viewer-mpr-1x3-axial.png");
+        x.screenshot(&shot)?;
+        Rgb::load(&shot)?.crop(20, 340, 260, 160)
+    };
+    x.xdotool(&["key", "k"])?;
+    stdout.wait_for("colour table hot", Duration::from_secs(10))?;
+    // In 1×3 the axial image lies at the left, half way down.
+    let axial = |name: &str| -> anyhow::Result<Rgb> {
+        let shot = screenshot_dir()?.join(name);
+        x.screenshot(&shot)?;
+        Ok(Rgb::load(&shot)?.crop(20, 340, 260, 160))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut hot = axial("viewer-mpr-hot.png")?;
+    while grey.mean_abs_diff(&hot) < 2.0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+        hot = axial("viewer-mpr-hot.png")?;
+    }
+    let coloured = hot.pixels.iter().filter(|p| p[0].abs_diff(p[2]) > 40).count();
+    assert!(coloured > 1000, "the hot table is not drawn ({coloured} coloured pixels)");
     Ok(())
 }
 
@@ -499,11 +525,14 @@ fn roi_and_angle_tools_and_the_message_protocol() -> anyhow::Result<()> {
 
     // Freehand: press, trace a square, release.
     x.xdotool(&["key", "e", "key", "f", "mousemove", "250", "250", "mousedown", "1"])?;
+    std::thread::sleep(Duration::from_millis(200));
     for (px, py) in [("300", "250"), ("350", "250"), ("350", "300"), ("350", "350"), ("300", "350"), ("250", "350")] {
-        std::thread::sleep(Duration::from_millis(60));
         x.xdotool(&["mousemove", px, py])?;
+        std::thread::sleep(Duration::from_millis(120));
     }
-    x.xdotool(&["mousemove", "250", "300", "mouseup", "1"])?;
+    x.xdotool(&["mousemove", "250", "300"])?;
+    std::thread::sleep(Duration::from_millis(200));
+    x.xdotool(&["mouseup", "1"])?;
     let freehand = stdout.wait_for("freehand ROI on slice 5", Duration::from_secs(10))?;
     assert!(freehand.contains("mean"), "{freehand}");
     std::thread::sleep(Duration::from_millis(300));

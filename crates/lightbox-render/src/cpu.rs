@@ -26,6 +26,17 @@ pub fn mpr_rgba(volume: &Volume<f32>, plane: &MprPlane, window: WindowLevel) -> 
     mpr_rgba_with_labels(volume, None, plane, window)
 }
 
+/// [`mpr_rgba`] through a colour table (`lut`): the planes' colours, or the volume rendering's
+/// transfer function, as `mpr.wgsl` draws them.
+pub fn mpr_rgba_lut(
+    volume: &Volume<f32>,
+    plane: &MprPlane,
+    window: WindowLevel,
+    lut: &crate::Lut,
+) -> Result<Vec<u8>, RenderError> {
+    mpr_rgba_full(volume, None, None, plane, window, Some(lut))
+}
+
 /// [`mpr_rgba`] with a scalar map drawn over it in `style` ("hot"), as `mpr.wgsl` draws it.
 pub fn mpr_rgba_with_scalars(
     volume: &Volume<f32>,
@@ -34,7 +45,7 @@ pub fn mpr_rgba_with_scalars(
     plane: &MprPlane,
     window: WindowLevel,
 ) -> Result<Vec<u8>, RenderError> {
-    mpr_rgba_full(volume, None, Some((scalars, style)), plane, window)
+    mpr_rgba_full(volume, None, Some((scalars, style)), plane, window, None)
 }
 
 /// [`mpr_rgba`] with a label map drawn over it in `style`, exactly as `mpr.wgsl` draws it.
@@ -44,7 +55,7 @@ pub fn mpr_rgba_with_labels(
     plane: &MprPlane,
     window: WindowLevel,
 ) -> Result<Vec<u8>, RenderError> {
-    mpr_rgba_full(volume, labels, None, plane, window)
+    mpr_rgba_full(volume, labels, None, plane, window, None)
 }
 
 fn mpr_rgba_full(
@@ -53,6 +64,7 @@ fn mpr_rgba_full(
     scalars: Option<(&Volume<f32>, ScalarStyle)>,
     plane: &MprPlane,
     window: WindowLevel,
+    lut: Option<&crate::Lut>,
 ) -> Result<Vec<u8>, RenderError> {
     let v = plane
         .in_voxels(&volume.patient_from_voxel)
@@ -111,8 +123,16 @@ fn mpr_rgba_full(
                     } else {
                         1.0
                     };
-                    let base = [0.75 + (1.0 - 0.75) * ramp, 0.3 + (0.95 - 0.3) * ramp, 0.2 + (0.85 - 0.2) * ramp];
-                    let a = ramp * 0.12;
+                    let (base, a) = match lut {
+                        Some(lut) => {
+                            let c = lut.at(ramp);
+                            ([c[0], c[1], c[2]], c[3] * 0.12)
+                        }
+                        None => (
+                            [0.75 + (1.0 - 0.75) * ramp, 0.3 + (0.95 - 0.3) * ramp, 0.2 + (0.85 - 0.2) * ramp],
+                            ramp * 0.12,
+                        ),
+                    };
                     for c in 0..3 {
                         colour[c] += (1.0 - alpha) * a * base[c] * shade;
                     }
@@ -148,7 +168,13 @@ fn mpr_rgba_full(
                     window.apply(value)
                 }
             };
-            let mut rgb = [grey; 3];
+            let mut rgb = match lut {
+                Some(lut) => {
+                    let c = lut.at(grey);
+                    [c[0], c[1], c[2]]
+                }
+                None => [grey; 3],
+            };
             let mid = (v.samples.max(1) / 2) as f32;
             let p = [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + mid * v.step_z[c]);
             if let Some((map, style)) = scalars {

@@ -80,7 +80,7 @@ impl SliceRenderer {
         let (target, target_view) = target_texture(device, dims[0], dims[1], "slice target");
         let labels_view = upload_labels(device, queue, None, dims, packing)?;
         let scalars_view = upload_scalars(device, queue, None, dims, packing)?;
-        let (pipeline, bind_group, uniforms) = fullscreen_pipeline(
+        let (pipeline, bind_group, uniforms, _) = fullscreen_pipeline(
             device,
             shaders::SLICE,
             "slice",
@@ -312,10 +312,16 @@ fn fullscreen_pipeline(
     (volume_view, volume_sample): (&wgpu::TextureView, wgpu::TextureSampleType),
     (labels_view, scalars_view): (&wgpu::TextureView, &wgpu::TextureView),
     uniform_size: u64,
-) -> (wgpu::RenderPipeline, wgpu::BindGroup, wgpu::Buffer) {
+) -> (wgpu::RenderPipeline, wgpu::BindGroup, wgpu::Buffer, wgpu::Buffer) {
     let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
         label: Some(label),
         size: uniform_size,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let lut = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("colour table"),
+        size: (crate::lut::ENTRIES * 16) as u64,
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
@@ -362,6 +368,16 @@ fn fullscreen_pipeline(
                 },
                 count: None,
             },
+            wgpu::BindGroupLayoutEntry {
+                binding: 4,
+                visibility: wgpu::ShaderStages::FRAGMENT,
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Uniform,
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            },
         ],
     });
     let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -372,6 +388,7 @@ fn fullscreen_pipeline(
             wgpu::BindGroupEntry { binding: 1, resource: uniforms.as_entire_binding() },
             wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::TextureView(labels_view) },
             wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::TextureView(scalars_view) },
+            wgpu::BindGroupEntry { binding: 4, resource: lut.as_entire_binding() },
         ],
     });
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -408,7 +425,7 @@ fn fullscreen_pipeline(
         multiview_mask: None,
         cache: None,
     });
-    (pipeline, bind_group, uniforms)
+    (pipeline, bind_group, uniforms, lut)
 }
 
 /// Draws the full-target triangle and submits.
@@ -527,6 +544,8 @@ pub struct MprRenderer {
     pub scalar_style: Option<crate::ScalarStyle>,
     /// How the volume lies in its texture (folded when longer than the texture limit).
     pub packing: Packing,
+    lut_buffer: wgpu::Buffer,
+    lut_on: bool,
 }
 
 impl MprRenderer {
@@ -613,7 +632,7 @@ impl MprRenderer {
         let labels_view = upload_labels(device, queue, labels, dims, packing)?;
         let scalars_view = upload_scalars(device, queue, scalars, dims, packing)?;
         let (target, target_view) = target_texture(device, width.max(1), height.max(1), "mpr target");
-        let (pipeline, bind_group, uniforms) = fullscreen_pipeline(
+        let (pipeline, bind_group, uniforms, lut_buffer) = fullscreen_pipeline(
             device,
             &shaders::mpr_for(texel),
             "mpr",
@@ -636,11 +655,22 @@ impl MprRenderer {
             has_scalars: scalars.is_some(),
             scalar_style: None,
             packing,
+            lut_buffer,
+            lut_on: false,
         })
     }
 
     pub fn target_view(&self) -> &wgpu::TextureView {
         &self.target_view
+    }
+
+    /// Draws through a colour table from now on (the planes' colours, the volume rendering's
+    /// transfer function), or in grey and the default ramp again with `None`.
+    pub fn set_lut(&mut self, queue: &wgpu::Queue, lut: Option<&crate::Lut>) {
+        if let Some(lut) = lut {
+            queue.write_buffer(&self.lut_buffer, 0, bytemuck::cast_slice(&lut.entries));
+        }
+        self.lut_on = lut.is_some();
     }
 
     /// Draws `plane` (its size must be the renderer's) with `window`, and the label map in
@@ -670,7 +700,7 @@ impl MprRenderer {
             step_z: four(v.step_z),
             dims: [self.dims[0], self.dims[1], self.dims[2], 0],
             slab: [v.samples, plane.mode.code(), plane.width, plane.height],
-            window: [window.center, window.width, 0.0, 0.0],
+            window: [window.center, window.width, if self.lut_on { 1.0 } else { 0.0 }, 0.0],
             overlay: match style.filter(|_| self.has_labels) {
                 Some(s) => [s.opacity, if s.outline { 1.0 } else { 0.0 }, 1.0, 0.0],
                 None => [0.0; 4],

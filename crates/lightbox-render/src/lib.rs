@@ -7,12 +7,14 @@
 
 pub mod cpu;
 mod gpu;
+pub mod lut;
 pub mod mpr;
 pub mod packing;
 pub mod shaders;
 
 pub use gpu::{GpuContext, MprRenderer, SliceRenderer};
 use lightbox_core::WindowLevel;
+pub use lut::Lut;
 pub use mpr::{LabelStyle, MprPlane, ScalarStyle, SlabMode, hot, label_colour};
 
 /// What to draw of a volume.
@@ -40,4 +42,7 @@ pub enum RenderError {
 
     #[error("reading the rendered image back failed: {0}")]
     Readback(String),
+
+    #[error("colour table {name}, line {line}: {problem}")]
+    Lut { name: String, line: usize, problem: String },
 }

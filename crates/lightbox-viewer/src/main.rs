@@ -56,6 +56,10 @@ struct Args {
     /// Take commands from the workstation on stdin, one JSON object a line (see `protocol`).
     #[arg(long)]
     protocol: bool,
+    /// A colour table for the MPR planes and the 3-D transfer function: a preset (grey, hot,
+    /// bone, tissue) or a file of control points ("position red green blue [opacity]" a line).
+    #[arg(long)]
+    lut: Option<String>,
 }
 
 /// Printed on stdout once the first frame has been presented, so tests and the workstation can
@@ -154,6 +158,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let mpr = args.mpr;
     let listen = args.protocol;
+    let user_lut = match &args.lut {
+        None => None,
+        Some(name) => Some(match lightbox_render::Lut::preset(name) {
+            Some(lut) => lut,
+            None => {
+                let text = std::fs::read_to_string(name).with_context(|| {
+                    format!("{name}: not a preset ({}) nor a readable file", lightbox_render::Lut::PRESETS.join(", "))
+                })?;
+                lightbox_render::Lut::parse(name, &text)?
+            }
+        }),
+    };
     let save_to = args.store.clone().zip(args.author.clone());
     // The MPR keeps the volume in its stored type on the GPU when the files allow it.
     let stored = if mpr { set.load_stored(0).ok() } else { None };
@@ -177,7 +193,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 None
             };
+            let mpr = mpr.map(|mut view| {
+                view.set_lut(user_lut.clone());
+                view
+            });
             let mut app = ViewerApp::new(cc, series, volume, warnings, overlay).map_err(|e| format!("{e:#}"))?;
+            app.user_lut = user_lut;
             app.save_to = save_to;
             app.mpr = mpr;
             if listen {
@@ -379,7 +400,7 @@ impl Prior {
 }
 
 /// The viewer's keys and mouse actions, as its help (F1) lists them.
-const SHORTCUTS: [(&str, &str); 18] = [
+const SHORTCUTS: [(&str, &str); 19] = [
     ("Up / Down, wheel", "next / previous slice (in MPR: move the plane under the pointer)"),
     ("Page Up / Page Down", "ten slices"),
     ("drag", "window / level (horizontal: width, vertical: level)"),
@@ -394,6 +415,7 @@ const SHORTCUTS: [(&str, &str); 18] = [
     ("F, drag", "freehand ROI: mean, SD, area, slab volume"),
     ("Esc", "clear the measurements; M/A/E/F again leaves the tool"),
     ("G (MPR)", "layout 2×2 with 3-D, or the three planes 1×3"),
+    ("K (MPR)", "colour table: grey, hot, bone, tissue, your --lut (planes and 3-D transfer function)"),
     ("F1", "this help"),
     ("--mpr", "start in the 2×2 layout: axial, coronal, sagittal and 3-D (drag there turns it)"),
     ("D (compare)", "difference: current − registered prior, beside both"),
@@ -422,6 +444,8 @@ struct ViewerApp {
     announced: Option<u32>,
     /// The voxels, for ROI statistics.
     volume: Volume<f32>,
+    /// The table given with --lut, which K also cycles through.
+    user_lut: Option<lightbox_render::Lut>,
     /// The 1×3 MPR layout, when asked for.
     mpr: Option<mpr_view::MprView>,
     overlay: Option<Overlay>,
@@ -486,6 +510,7 @@ impl ViewerApp {
             rendered: None,
             frames_presented: 0,
             volume,
+            user_lut: None,
         })
     }
 
@@ -823,6 +848,20 @@ impl eframe::App for ViewerApp {
             && let Some(mpr) = &mut self.mpr
         {
             mpr.three_planes = !mpr.three_planes;
+        }
+        if ui.input(|i| i.key_pressed(egui::Key::K))
+            && let Some(mpr) = &mut self.mpr
+        {
+            // Grey, the presets, the user's own table, grey again.
+            let mut cycle: Vec<lightbox_render::Lut> =
+                lightbox_render::Lut::PRESETS.iter().skip(1).filter_map(|p| lightbox_render::Lut::preset(p)).collect();
+            cycle.extend(self.user_lut.clone());
+            let next = match mpr.lut_name() {
+                None => cycle.first().cloned(),
+                Some(name) => cycle.iter().skip_while(|l| l.name != name).nth(1).cloned(),
+            };
+            println!("lightbox-viewer: colour table {}", next.as_ref().map_or("grey", |l| l.name.as_str()));
+            mpr.set_lut(next);
         }
         let commands: Vec<_> = self.commands.as_ref().map(|rx| rx.try_iter().collect()).unwrap_or_default();
         for command in commands {

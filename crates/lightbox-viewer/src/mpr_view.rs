@@ -58,6 +58,8 @@ struct Pane {
     texture: egui::TextureId,
     plane: MprPlane,
     rendered: Option<(MprPlane, WindowLevel, Option<lightbox_render::LabelStyle>)>,
+    /// The colour table generation this pane's renderer has.
+    lut_applied: u64,
 }
 
 pub struct MprView {
@@ -77,6 +79,9 @@ pub struct MprView {
     pixel_3d: f64,
     /// Layout 1×3: the three planes only, without the volume rendering.
     pub three_planes: bool,
+    /// The colour table (planes) and transfer function (3-D); `None`: grey and the default ramp.
+    lut: Option<lightbox_render::Lut>,
+    lut_generation: u64,
 }
 
 /// The 3-D pane's plane (its "make" ignores the crosshair; the angles come from the view).
@@ -127,7 +132,7 @@ impl MprView {
                 plane.height,
                 renderer.volume_bytes as f64 / 1e6
             );
-            panes.push(Pane { name, make, renderer, texture, plane, rendered: None });
+            panes.push(Pane { name, make, renderer, texture, plane, rendered: None, lut_applied: 0 });
         }
         let labels = labels.map(|_| lightbox_render::LabelStyle { opacity: 0.45, outline: false });
         Ok(Self {
@@ -143,7 +148,19 @@ impl MprView {
             elevation: 0.0,
             pixel_3d,
             three_planes: false,
+            lut: None,
+            lut_generation: 0,
         })
+    }
+
+    /// Draws through `lut` from the next frame on (`None`: grey).
+    pub fn set_lut(&mut self, lut: Option<lightbox_render::Lut>) {
+        self.lut = lut;
+        self.lut_generation += 1;
+    }
+
+    pub fn lut_name(&self) -> Option<&str> {
+        self.lut.as_ref().map(|l| l.name.as_str())
     }
 
     /// Moves the crosshair to a point of the patient (LPS mm).
@@ -252,6 +269,11 @@ impl MprView {
             // The volume rendering draws no labels: toggling them must not re-cast its rays.
             let labels = if pane.name == "3D" { None } else { self.labels };
             let wanted = (pane.plane, self.window, labels);
+            if pane.lut_applied != self.lut_generation {
+                pane.renderer.set_lut(&state.queue, self.lut.as_ref());
+                pane.lut_applied = self.lut_generation;
+                pane.rendered = None;
+            }
             if pane.rendered != Some(wanted) {
                 match pane.renderer.render(&state.device, &state.queue, &pane.plane, self.window, labels) {
                     Ok(()) => pane.rendered = Some(wanted),
