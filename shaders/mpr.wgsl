@@ -29,7 +29,7 @@ struct MprUniforms {
     // present (1)
     scalar: vec4<f32>,
     // a volume longer than the texture limit along one axis is folded (`lightbox_render::packing`):
-    // axis cut, axis along, voxels per piece, shift per piece; cut = 3: not folded
+    // axis cut, axis along, voxels per piece, shift per piece
     packing: vec4<u32>,
 }
 
@@ -40,17 +40,21 @@ fn voxel(c: vec3<i32>) -> f32 {
     return f32(textureLoad(volume, packed(c), 0).r) * u.rescale.x + u.rescale.y;
 }
 
-// Where voxel c lies in the (possibly folded) textures.
+// Where voxel c lies in the textures. The renderer swaps in `return c;` here for volumes that
+// are not folded: even a branch not taken costs software rasterisers dearly on every fetch.
 fn packed(c: vec3<i32>) -> vec3<i32> {
-    if (u.packing.x > 2u) {
-        return c;
-    }
-    var q = c;
+    return packed_folded(c);
+}
+
+// A folded volume (`lightbox_render::packing`): piece k of the cut axis lies k × shift voxels
+// along the other axis.
+fn packed_folded(c: vec3<i32>) -> vec3<i32> {
+    let axes = vec3<u32>(0u, 1u, 2u);
+    let cut = vec3<i32>(axes == vec3<u32>(u.packing.x));
+    let along = vec3<i32>(axes == vec3<u32>(u.packing.y));
     let piece = i32(u.packing.z);
-    let k = q[u.packing.x] / piece;
-    q[u.packing.x] = q[u.packing.x] - k * piece;
-    q[u.packing.y] = q[u.packing.y] + k * i32(u.packing.w);
-    return q;
+    let k = dot(c, cut) / piece;
+    return c - cut * (k * piece) + along * (k * i32(u.packing.w));
 }
 @group(0) @binding(1) var<uniform> u: MprUniforms;
 @group(0) @binding(2) var labels: texture_3d<u32>;
@@ -58,6 +62,36 @@ fn packed(c: vec3<i32>) -> vec3<i32> {
 // A colour table over the window (`lightbox_render::Lut`), used when u.window.z is 1: the planes'
 // colours instead of grey, and the volume rendering's colour and opacity.
 @group(0) @binding(4) var<uniform> lut: array<vec4<f32>, 256>;
+// The largest value in each brick of 8³ voxels (`lightbox_render::occupancy`), for empty-space
+// skipping in the volume rendering when u.window.w is 1.
+@group(0) @binding(5) var occupancy: texture_3d<f32>;
+
+// Steps along the ray (step_z per step) from p to where it leaves brick b, or 0 when the brick
+// is not empty below `lo`.
+fn empty_steps(p: vec3<f32>, lo: f32) -> f32 {
+    if (u.window.w < 0.5 || any(p < vec3<f32>(0.0))) {
+        return 0.0;
+    }
+    let b = vec3<i32>(floor(p / 8.0));
+    if (any(b >= vec3<i32>(textureDimensions(occupancy)))) {
+        return 0.0;
+    }
+    if (textureLoad(occupancy, b, 0).r > lo) {
+        return 0.0;
+    }
+    let d = u.step_z.xyz;
+    let near = vec3<f32>(b) * 8.0;
+    let far = near + vec3<f32>(8.0);
+    var t = 1e30;
+    for (var a = 0; a < 3; a = a + 1) {
+        if (d[a] > 1e-9) {
+            t = min(t, (far[a] - p[a]) / d[a]);
+        } else if (d[a] < -1e-9) {
+            t = min(t, (near[a] - p[a]) / d[a]);
+        }
+    }
+    return t;
+}
 
 // The table at t (0..1 over the window), linear between its entries.
 fn lut_at(t: f32) -> vec4<f32> {
@@ -165,8 +199,22 @@ fn volume_colour(position: vec2<f32>) -> vec3<f32> {
     let dir = normalize(u.step_z.xyz);
     var colour = vec3<f32>(0.0);
     var alpha = 0.0;
-    for (var k = 0u; k < max(u.slab.x, 1u); k = k + 1u) {
+    let samples = max(u.slab.x, 1u);
+    var k = 0u;
+    var next = 0u;
+    loop {
+        k = next;
+        if (k >= samples) {
+            break;
+        }
+        next = k + 1u;
         let p = u.origin.xyz + i * u.step_x.xyz + j * u.step_y.xyz + f32(k) * u.step_z.xyz;
+        // Samples strictly inside an empty brick add nothing: jump past them.
+        let skip = empty_steps(p, lo);
+        if (skip >= 2.0) {
+            next = k + u32(floor(skip));
+            continue;
+        }
         var inside = false;
         let v = sample(p, &inside);
         if (!inside) {

@@ -215,13 +215,18 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
     let gpu = GpuContext::headless()?;
     for (name, azimuth, elevation) in [("front", 0.0f64, 0.0f64), ("oblique", 0.6, 0.35)] {
         let plane = MprPlane::view_3d(&a, dims, azimuth, elevation, 1.5);
-        let renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, None, plane.width, plane.height)?;
+        let mut renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, None, plane.width, plane.height)?;
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba(&volume, &plane, tf)?;
         assert_rgba_close(&image, &reference, &format!("volume rendering, {name}"));
         let lit = reference.chunks(4).filter(|p| p[0] > 20).count();
         assert!(lit > 500, "{name}: only {lit} lit pixels");
+        // Empty-space skipping jumps over bricks below the ramp: exactly the same image.
+        renderer.skip_empty_space(&gpu.queue, &volume);
+        renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
+        let skipped = renderer.read_target(&gpu.device, &gpu.queue)?;
+        assert!(skipped == image, "{name}: empty-space skipping changed the image");
     }
     Ok(())
 }

@@ -80,12 +80,13 @@ impl SliceRenderer {
         let (target, target_view) = target_texture(device, dims[0], dims[1], "slice target");
         let labels_view = upload_labels(device, queue, None, dims, packing)?;
         let scalars_view = upload_scalars(device, queue, None, dims, packing)?;
+        let (_, occupancy_view) = occupancy_texture(device, [1, 1, 1]);
         let (pipeline, bind_group, uniforms, _) = fullscreen_pipeline(
             device,
             shaders::SLICE,
             "slice",
             (&volume_view, FLOAT),
-            (&labels_view, &scalars_view),
+            (&labels_view, &scalars_view, &occupancy_view),
             std::mem::size_of::<SliceUniforms>() as u64,
         );
         Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims })
@@ -285,6 +286,22 @@ fn upload_scalars(
     }
 }
 
+/// The brick-maximum texture (r32float); the shader ignores it until it is written.
+fn occupancy_texture(device: &wgpu::Device, bricks: [u32; 3]) -> (wgpu::Texture, wgpu::TextureView) {
+    let texture = device.create_texture(&wgpu::TextureDescriptor {
+        label: Some("occupancy"),
+        size: wgpu::Extent3d { width: bricks[0], height: bricks[1], depth_or_array_layers: bricks[2] },
+        mip_level_count: 1,
+        sample_count: 1,
+        dimension: wgpu::TextureDimension::D3,
+        format: wgpu::TextureFormat::R32Float,
+        usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        view_formats: &[],
+    });
+    let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+    (texture, view)
+}
+
 /// An RGBA8 render target that egui can show and tests can read back.
 fn target_texture(device: &wgpu::Device, width: u32, height: u32, label: &str) -> (wgpu::Texture, wgpu::TextureView) {
     let target = device.create_texture(&wgpu::TextureDescriptor {
@@ -310,7 +327,7 @@ fn fullscreen_pipeline(
     shader: &str,
     label: &str,
     (volume_view, volume_sample): (&wgpu::TextureView, wgpu::TextureSampleType),
-    (labels_view, scalars_view): (&wgpu::TextureView, &wgpu::TextureView),
+    (labels_view, scalars_view, occupancy_view): (&wgpu::TextureView, &wgpu::TextureView, &wgpu::TextureView),
     uniform_size: u64,
 ) -> (wgpu::RenderPipeline, wgpu::BindGroup, wgpu::Buffer, wgpu::Buffer) {
     let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
@@ -378,6 +395,16 @@ fn fullscreen_pipeline(
                 },
                 count: None,
             },
+            wgpu::BindGroupLayoutEntry {
+                binding: 5,
+                visibility: wgpu::ShaderStages::FRAGMENT,
+                ty: wgpu::BindingType::Texture {
+                    sample_type: FLOAT,
+                    view_dimension: wgpu::TextureViewDimension::D3,
+                    multisampled: false,
+                },
+                count: None,
+            },
         ],
     });
     let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -389,6 +416,7 @@ fn fullscreen_pipeline(
             wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::TextureView(labels_view) },
             wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::TextureView(scalars_view) },
             wgpu::BindGroupEntry { binding: 4, resource: lut.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 5, resource: wgpu::BindingResource::TextureView(occupancy_view) },
         ],
     });
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
@@ -546,6 +574,9 @@ pub struct MprRenderer {
     pub packing: Packing,
     lut_buffer: wgpu::Buffer,
     lut_on: bool,
+    /// The largest value per brick of 8³ voxels, for empty-space skipping in volume rendering.
+    occupancy: wgpu::Texture,
+    skipping: bool,
 }
 
 impl MprRenderer {
@@ -632,12 +663,14 @@ impl MprRenderer {
         let labels_view = upload_labels(device, queue, labels, dims, packing)?;
         let scalars_view = upload_scalars(device, queue, scalars, dims, packing)?;
         let (target, target_view) = target_texture(device, width.max(1), height.max(1), "mpr target");
+        let bricks = dims.map(|d| (d as usize).div_ceil(crate::occupancy::BRICK).max(1) as u32);
+        let (occupancy, occupancy_view) = occupancy_texture(device, bricks);
         let (pipeline, bind_group, uniforms, lut_buffer) = fullscreen_pipeline(
             device,
-            &shaders::mpr_for(texel),
+            &shaders::mpr_for(texel, packing.pieces > 1),
             "mpr",
             (&volume_view, sample),
-            (&labels_view, &scalars_view),
+            (&labels_view, &scalars_view, &occupancy_view),
             std::mem::size_of::<MprUniforms>() as u64,
         );
         Ok(Self {
@@ -657,6 +690,8 @@ impl MprRenderer {
             packing,
             lut_buffer,
             lut_on: false,
+            occupancy,
+            skipping: false,
         })
     }
 
@@ -671,6 +706,53 @@ impl MprRenderer {
             queue.write_buffer(&self.lut_buffer, 0, bytemuck::cast_slice(&lut.entries));
         }
         self.lut_on = lut.is_some();
+    }
+
+    /// Lets the volume rendering jump over bricks of 8³ voxels that hold nothing above the
+    /// transfer function's lower edge (the same image, fewer samples). `volume` must be the
+    /// one this renderer draws.
+    pub fn skip_empty_space(&mut self, queue: &wgpu::Queue, volume: &Volume<f32>) {
+        let voxels = volume.voxels();
+        self.write_occupancy(queue, volume.dims(), |i| voxels[i]);
+    }
+
+    /// [`skip_empty_space`](Self::skip_empty_space) for a volume in its stored type (the bricks
+    /// hold real values, after the rescale).
+    pub fn skip_empty_space_stored(&mut self, queue: &wgpu::Queue, volume: &lightbox_core::StoredVolume) {
+        use lightbox_core::StoredVoxels as V;
+        let (slope, intercept) = (volume.slope as f32, volume.intercept as f32);
+        let dims = volume.dims();
+        match volume.voxels() {
+            V::U8(v) => self.write_occupancy(queue, dims, |i| f32::from(v[i]) * slope + intercept),
+            V::U16(v) => self.write_occupancy(queue, dims, |i| f32::from(v[i]) * slope + intercept),
+            V::I16(v) => self.write_occupancy(queue, dims, |i| f32::from(v[i]) * slope + intercept),
+            V::F32(v) => self.write_occupancy(queue, dims, |i| v[i] * slope + intercept),
+        }
+    }
+
+    fn write_occupancy(&mut self, queue: &wgpu::Queue, dims: [usize; 3], value: impl Fn(usize) -> f32) {
+        let (bricks, max) = crate::occupancy::brick_max(dims, value);
+        let size = self.occupancy.size();
+        if [size.width, size.height, size.depth_or_array_layers] != bricks.map(|b| b as u32) {
+            tracing::error!("empty-space skipping: the volume is not the one this renderer draws");
+            return;
+        }
+        queue.write_texture(
+            wgpu::TexelCopyTextureInfo {
+                texture: &self.occupancy,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            bytemuck::cast_slice(&max),
+            wgpu::TexelCopyBufferLayout {
+                offset: 0,
+                bytes_per_row: Some(4 * size.width),
+                rows_per_image: Some(size.height),
+            },
+            size,
+        );
+        self.skipping = true;
     }
 
     /// Draws `plane` (its size must be the renderer's) with `window`, and the label map in
@@ -700,7 +782,12 @@ impl MprRenderer {
             step_z: four(v.step_z),
             dims: [self.dims[0], self.dims[1], self.dims[2], 0],
             slab: [v.samples, plane.mode.code(), plane.width, plane.height],
-            window: [window.center, window.width, if self.lut_on { 1.0 } else { 0.0 }, 0.0],
+            window: [
+                window.center,
+                window.width,
+                if self.lut_on { 1.0 } else { 0.0 },
+                if self.skipping { 1.0 } else { 0.0 },
+            ],
             overlay: match style.filter(|_| self.has_labels) {
                 Some(s) => [s.opacity, if s.outline { 1.0 } else { 0.0 }, 1.0, 0.0],
                 None => [0.0; 4],

@@ -9,6 +9,7 @@ pub mod cpu;
 mod gpu;
 pub mod lut;
 pub mod mpr;
+pub mod occupancy;
 pub mod packing;
 pub mod shaders;
 

@@ -7,9 +7,10 @@ pub const SLICE: &str = include_str!("../../../shaders/slice.wgsl");
 pub const MPR: &str = include_str!("../../../shaders/mpr.wgsl");
 
 /// `mpr.wgsl` for a volume kept in its stored type: `"u32"` (8- and 16-bit unsigned), `"i32"`
-/// (16-bit signed) or `"f32"`.
-pub fn mpr_for(texel: &str) -> String {
-    MPR.replacen("var volume: texture_3d<f32>;", &format!("var volume: texture_3d<{texel}>;"), 1)
+/// (16-bit signed) or `"f32"`; `folded` when it lies folded in its texture (see `packing`).
+pub fn mpr_for(texel: &str, folded: bool) -> String {
+    let source = MPR.replacen("var volume: texture_3d<f32>;", &format!("var volume: texture_3d<{texel}>;"), 1);
+    if folded { source } else { source.replacen("    return packed_folded(c);", "    return c;", 1) }
 }
 
 /// Every shader, by file name, for validation.
@@ -32,9 +33,20 @@ mod tests {
         embedded.sort();
         assert_eq!(on_disk, embedded, "shaders/ and shaders::ALL disagree");
 
-        let variants: Vec<(String, String)> =
-            ["u32", "i32"].iter().map(|t| (format!("mpr.wgsl<{t}>"), super::mpr_for(t))).collect();
-        assert!(variants.iter().all(|(_, s)| s != super::MPR), "the stored-type variants must differ");
+        let variants: Vec<(String, String)> = ["u32", "i32", "f32"]
+            .iter()
+            .flat_map(|t| {
+                [false, true].map(|folded| (format!("mpr.wgsl<{t}, folded {folded}>"), super::mpr_for(t, folded)))
+            })
+            .collect();
+        assert!(
+            variants.iter().any(|(_, s)| !s.contains("return packed_folded(c);")),
+            "the unfolded variant must differ"
+        );
+        assert!(
+            variants.iter().filter(|(n, _)| !n.contains("f32")).all(|(_, s)| s != super::MPR),
+            "the stored-type variants must differ"
+        );
         let all = super::ALL.iter().map(|(n, s)| ((*n).to_owned(), (*s).to_owned())).chain(variants);
         for (name, source) in all {
             let (name, source) = (name.as_str(), source.as_str());

@@ -115,12 +115,19 @@ impl MprView {
         for (name, make) in makers {
             // The 3-D view at a coarser pixel: it casts a ray through the whole volume per pixel.
             let plane = if name == "3D" { make(&a, dims, centre, pixel_3d) } else { make(&a, dims, centre, pixel_mm) };
-            let renderer = match stored {
+            let mut renderer = match stored {
                 Some(stored) => {
                     MprRenderer::new_stored(&state.device, &state.queue, stored, labels, plane.width, plane.height)?
                 }
                 None => MprRenderer::new(&state.device, &state.queue, volume, labels, plane.width, plane.height)?,
             };
+            if name == "3D" {
+                // The rays jump over bricks with nothing above the transfer function's edge.
+                match stored {
+                    Some(stored) => renderer.skip_empty_space_stored(&state.queue, stored),
+                    None => renderer.skip_empty_space(&state.queue, volume),
+                }
+            }
             let texture = state.renderer.write().register_native_texture(
                 &state.device,
                 renderer.target_view(),
