@@ -340,6 +340,13 @@ fn a_volume_beyond_the_texture_limit_renders_folded_exactly_like_unfolded() -> a
             let lit = images[0].chunks(4).filter(|p| p[0] > 20).count();
             assert!(lit > 500, "{what}, {name}: only {lit} lit pixels");
             assert!(images[0] == images[1], "{what}, {name}: the folded volume renders differently");
+            // A second renderer sharing the folded upload draws the same.
+            let shared = folded.sharing(&gpu.device, plane.width, plane.height);
+            shared.render(&gpu.device, &gpu.queue, &plane, window, style)?;
+            assert!(
+                shared.read_target(&gpu.device, &gpu.queue)? == images[1],
+                "{what}, {name}: sharing renders differently"
+            );
         }
     }
     // Beyond what one fold can hold, the error names the volume and the limit.

@@ -276,7 +276,9 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
     let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
     let _child = KillOnDrop(child);
     for plane in ["MPR Axial", "MPR Coronal", "MPR Sagittal", "MPR 3D"] {
-        stdout.wait_for(plane, Duration::from_secs(60))?;
+        let line = stdout.wait_for(plane, Duration::from_secs(60))?;
+        // One copy of the volume on the GPU: the first pane uploads it, the others share it.
+        assert_eq!(line.contains("(shared)"), plane != "MPR Axial", "{line}");
     }
     stdout.wait_for("first frame presented", Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_millis(800));

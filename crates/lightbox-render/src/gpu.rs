@@ -80,15 +80,11 @@ impl SliceRenderer {
         let (target, target_view) = target_texture(device, dims[0], dims[1], "slice target");
         let labels_view = upload_labels(device, queue, None, dims, packing)?;
         let scalars_view = upload_scalars(device, queue, None, dims, packing)?;
-        let (_, occupancy_view) = occupancy_texture(device, [1, 1, 1]);
-        let (pipeline, bind_group, uniforms, _) = fullscreen_pipeline(
-            device,
-            shaders::SLICE,
-            "slice",
-            (&volume_view, FLOAT),
-            (&labels_view, &scalars_view, &occupancy_view),
-            std::mem::size_of::<SliceUniforms>() as u64,
-        );
+        let (_, occupancy) = occupancy_texture(device, [1, 1, 1]);
+        let (pipeline, layout) = fullscreen_pipeline(device, shaders::SLICE, "slice", FLOAT);
+        let views = Views { volume: volume_view, labels: labels_view, scalars: scalars_view, occupancy };
+        let (bind_group, uniforms, _) =
+            bind_resources(device, &layout, "slice", &views, std::mem::size_of::<SliceUniforms>() as u64);
         Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims })
     }
 
@@ -326,22 +322,8 @@ fn fullscreen_pipeline(
     device: &wgpu::Device,
     shader: &str,
     label: &str,
-    (volume_view, volume_sample): (&wgpu::TextureView, wgpu::TextureSampleType),
-    (labels_view, scalars_view, occupancy_view): (&wgpu::TextureView, &wgpu::TextureView, &wgpu::TextureView),
-    uniform_size: u64,
-) -> (wgpu::RenderPipeline, wgpu::BindGroup, wgpu::Buffer, wgpu::Buffer) {
-    let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some(label),
-        size: uniform_size,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
-    let lut = device.create_buffer(&wgpu::BufferDescriptor {
-        label: Some("colour table"),
-        size: (crate::lut::ENTRIES * 16) as u64,
-        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        mapped_at_creation: false,
-    });
+    volume_sample: wgpu::TextureSampleType,
+) -> (wgpu::RenderPipeline, wgpu::BindGroupLayout) {
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(label),
         entries: &[
@@ -407,18 +389,6 @@ fn fullscreen_pipeline(
             },
         ],
     });
-    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-        label: Some(label),
-        layout: &layout,
-        entries: &[
-            wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(volume_view) },
-            wgpu::BindGroupEntry { binding: 1, resource: uniforms.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::TextureView(labels_view) },
-            wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::TextureView(scalars_view) },
-            wgpu::BindGroupEntry { binding: 4, resource: lut.as_entire_binding() },
-            wgpu::BindGroupEntry { binding: 5, resource: wgpu::BindingResource::TextureView(occupancy_view) },
-        ],
-    });
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(label),
         source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shader)),
@@ -453,7 +423,51 @@ fn fullscreen_pipeline(
         multiview_mask: None,
         cache: None,
     });
-    (pipeline, bind_group, uniforms, lut)
+    (pipeline, layout)
+}
+
+/// The textures a renderer reads: volume, labels, scalars, brick maxima.
+#[derive(Clone)]
+struct Views {
+    volume: wgpu::TextureView,
+    labels: wgpu::TextureView,
+    scalars: wgpu::TextureView,
+    occupancy: wgpu::TextureView,
+}
+
+/// A renderer's own uniforms and colour table, bound with the (possibly shared) textures.
+fn bind_resources(
+    device: &wgpu::Device,
+    layout: &wgpu::BindGroupLayout,
+    label: &str,
+    views: &Views,
+    uniform_size: u64,
+) -> (wgpu::BindGroup, wgpu::Buffer, wgpu::Buffer) {
+    let uniforms = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some(label),
+        size: uniform_size,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let lut = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("colour table"),
+        size: (crate::lut::ENTRIES * 16) as u64,
+        usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(label),
+        layout,
+        entries: &[
+            wgpu::BindGroupEntry { binding: 0, resource: wgpu::BindingResource::TextureView(&views.volume) },
+            wgpu::BindGroupEntry { binding: 1, resource: uniforms.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 2, resource: wgpu::BindingResource::TextureView(&views.labels) },
+            wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::TextureView(&views.scalars) },
+            wgpu::BindGroupEntry { binding: 4, resource: lut.as_entire_binding() },
+            wgpu::BindGroupEntry { binding: 5, resource: wgpu::BindingResource::TextureView(&views.occupancy) },
+        ],
+    });
+    (bind_group, uniforms, lut)
 }
 
 /// Draws the full-target triangle and submits.
@@ -555,6 +569,9 @@ struct MprUniforms {
 /// or average) drawn into an RGBA8 texture of a fixed size.
 pub struct MprRenderer {
     pipeline: wgpu::RenderPipeline,
+    layout: wgpu::BindGroupLayout,
+    /// The uploaded volume and overlays, shared by renderers made with `sharing`.
+    views: Views,
     bind_group: wgpu::BindGroup,
     uniforms: wgpu::Buffer,
     target: wgpu::Texture,
@@ -665,16 +682,16 @@ impl MprRenderer {
         let (target, target_view) = target_texture(device, width.max(1), height.max(1), "mpr target");
         let bricks = dims.map(|d| (d as usize).div_ceil(crate::occupancy::BRICK).max(1) as u32);
         let (occupancy, occupancy_view) = occupancy_texture(device, bricks);
-        let (pipeline, bind_group, uniforms, lut_buffer) = fullscreen_pipeline(
-            device,
-            &shaders::mpr_for(texel, packing.pieces > 1),
-            "mpr",
-            (&volume_view, sample),
-            (&labels_view, &scalars_view, &occupancy_view),
-            std::mem::size_of::<MprUniforms>() as u64,
-        );
+        let (pipeline, layout) =
+            fullscreen_pipeline(device, &shaders::mpr_for(texel, packing.pieces > 1), "mpr", sample);
+        let views =
+            Views { volume: volume_view, labels: labels_view, scalars: scalars_view, occupancy: occupancy_view };
+        let (bind_group, uniforms, lut_buffer) =
+            bind_resources(device, &layout, "mpr", &views, std::mem::size_of::<MprUniforms>() as u64);
         Ok(Self {
             pipeline,
+            layout,
+            views,
             bind_group,
             uniforms,
             target,
@@ -697,6 +714,37 @@ impl MprRenderer {
 
     pub fn target_view(&self) -> &wgpu::TextureView {
         &self.target_view
+    }
+
+    /// Another renderer of the same uploaded volume (and overlays) into its own `width × height`
+    /// target: the panes of a layout share one copy of the volume on the GPU. Its colour table
+    /// and empty-space skipping start off.
+    pub fn sharing(&self, device: &wgpu::Device, width: u32, height: u32) -> Self {
+        let (target, target_view) = target_texture(device, width.max(1), height.max(1), "mpr target");
+        let (bind_group, uniforms, lut_buffer) =
+            bind_resources(device, &self.layout, "mpr", &self.views, std::mem::size_of::<MprUniforms>() as u64);
+        Self {
+            pipeline: self.pipeline.clone(),
+            layout: self.layout.clone(),
+            views: self.views.clone(),
+            bind_group,
+            uniforms,
+            target,
+            target_view,
+            dims: self.dims,
+            size: [width.max(1), height.max(1)],
+            patient_from_voxel: self.patient_from_voxel,
+            has_labels: self.has_labels,
+            rescale: self.rescale,
+            volume_bytes: self.volume_bytes,
+            has_scalars: self.has_scalars,
+            scalar_style: self.scalar_style,
+            packing: self.packing,
+            lut_buffer,
+            lut_on: false,
+            occupancy: self.occupancy.clone(),
+            skipping: false,
+        }
     }
 
     /// Draws through a colour table from now on (the planes' colours, the volume rendering's

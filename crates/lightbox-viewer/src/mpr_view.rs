@@ -111,15 +111,19 @@ impl MprView {
             ("Sagittal", MprPlane::sagittal),
             ("3D", view_3d_front),
         ];
-        let mut panes = Vec::new();
+        let mut panes: Vec<Pane> = Vec::new();
         for (name, make) in makers {
             // The 3-D view at a coarser pixel: it casts a ray through the whole volume per pixel.
             let plane = if name == "3D" { make(&a, dims, centre, pixel_3d) } else { make(&a, dims, centre, pixel_mm) };
-            let mut renderer = match stored {
-                Some(stored) => {
+            // One copy of the volume on the GPU, shared by the panes.
+            let mut renderer = match (panes.first(), stored) {
+                (Some(first), _) => first.renderer.sharing(&state.device, plane.width, plane.height),
+                (None, Some(stored)) => {
                     MprRenderer::new_stored(&state.device, &state.queue, stored, labels, plane.width, plane.height)?
                 }
-                None => MprRenderer::new(&state.device, &state.queue, volume, labels, plane.width, plane.height)?,
+                (None, None) => {
+                    MprRenderer::new(&state.device, &state.queue, volume, labels, plane.width, plane.height)?
+                }
             };
             if name == "3D" {
                 // The rays jump over bricks with nothing above the transfer function's edge.
@@ -134,10 +138,11 @@ impl MprView {
                 wgpu::FilterMode::Linear,
             );
             println!(
-                "lightbox-viewer: MPR {name} {}x{} at {pixel_mm:.2} mm, volume {:.1} MB on the GPU",
+                "lightbox-viewer: MPR {name} {}x{} at {pixel_mm:.2} mm, volume {:.1} MB on the GPU{}",
                 plane.width,
                 plane.height,
-                renderer.volume_bytes as f64 / 1e6
+                renderer.volume_bytes as f64 / 1e6,
+                if panes.is_empty() { "" } else { " (shared)" }
             );
             panes.push(Pane { name, make, renderer, texture, plane, rendered: None, lut_applied: 0 });
         }
