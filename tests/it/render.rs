@@ -19,10 +19,13 @@ fn assert_rgba_close(gpu: &[u8], reference: &[u8], what: &str) {
 fn gpu_slice_matches_cpu_reference_on_demo_study() -> anyhow::Result<()> {
     let report = lightbox_dicom::scan_path(&demo_study())?;
     let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("demo study has no series"))?;
-    let volume = report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?.load(0)?;
+    let set = report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?;
+    let volume = set.load(0)?;
     let gpu = GpuContext::headless()?;
     eprintln!("render test on {}", gpu.adapter_name);
     let renderer = SliceRenderer::new(&gpu.device, &gpu.queue, &volume)?;
+    // The same slices from the voxels in their stored 16-bit type, rescaled by the shader.
+    let stored = SliceRenderer::new_stored(&gpu.device, &gpu.queue, &set.load_stored(0)?)?;
 
     let windows = [WindowLevel { center: 1300.0, width: 2400.0 }, WindowLevel { center: 500.0, width: 300.0 }];
     for (slice, window) in [(0, windows[0]), (10, windows[0]), (19, windows[1])] {
@@ -31,6 +34,8 @@ fn gpu_slice_matches_cpu_reference_on_demo_study() -> anyhow::Result<()> {
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::slice_rgba(&volume, params)?;
         assert_rgba_close(&image, &reference, &format!("slice {slice}"));
+        stored.render(&gpu.device, &gpu.queue, params)?;
+        assert_rgba_close(&stored.read_target(&gpu.device, &gpu.queue)?, &reference, &format!("stored slice {slice}"));
         // The slice is not trivially uniform: the comparison means something.
         let greys: std::collections::HashSet<u8> = reference.chunks(4).map(|p| p[0]).collect();
         assert!(greys.len() > 50, "slice {slice} has only {} grey levels", greys.len());

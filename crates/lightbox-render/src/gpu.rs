@@ -50,7 +50,9 @@ struct SliceUniforms {
     slice: u32,
     window_center: f32,
     window_width: f32,
-    _pad: f32,
+    slope: f32,
+    intercept: f32,
+    _pad: [f32; 3],
 }
 
 /// Draws axial slices of one volume into its own RGBA8 texture (`columns × rows`).
@@ -64,6 +66,8 @@ pub struct SliceRenderer {
     target: wgpu::Texture,
     target_view: wgpu::TextureView,
     dims: [u32; 3],
+    /// Stored value -> real value (identity for float volumes).
+    rescale: [f32; 2],
 }
 
 impl SliceRenderer {
@@ -72,20 +76,42 @@ impl SliceRenderer {
 
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, volume: &Volume<f32>) -> Result<Self, RenderError> {
         let limit = texture_limit(device);
-        let (volume_view, dims, packing) = upload_volume(device, queue, volume, limit)?;
+        let (view, dims, packing) = upload_volume(device, queue, volume, limit)?;
+        Self::build(device, queue, (view, dims, packing, FLOAT, "f32"), [1.0, 0.0], limit)
+    }
+
+    /// Like [`new`](Self::new) for a volume in its stored type: 8- and 16-bit voxels stay 1 or 2
+    /// bytes on the GPU (no float32 copy); the shader applies the rescale.
+    pub fn new_stored(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        volume: &lightbox_core::StoredVolume,
+    ) -> Result<Self, RenderError> {
+        let limit = texture_limit(device);
+        let uploaded = upload_stored(device, queue, volume, limit)?;
+        Self::build(device, queue, uploaded, [volume.slope as f32, volume.intercept as f32], limit)
+    }
+
+    fn build(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        (volume, dims, packing, sample, texel): Uploaded,
+        rescale: [f32; 2],
+        limit: u32,
+    ) -> Result<Self, RenderError> {
         if packing.pieces > 1 {
             // The slice shader reads the texture directly; the MPR unpacks.
-            return Err(RenderError::VolumeTooLarge { dims: volume.dims(), limit });
+            return Err(RenderError::VolumeTooLarge { dims: dims.map(|d| d as usize), limit });
         }
         let (target, target_view) = target_texture(device, dims[0], dims[1], "slice target");
-        let labels_view = upload_labels(device, queue, None, dims, packing)?;
-        let scalars_view = upload_scalars(device, queue, None, dims, packing)?;
+        let labels = upload_labels(device, queue, None, dims, packing)?;
+        let scalars = upload_scalars(device, queue, None, dims, packing)?;
         let (_, occupancy) = occupancy_texture(device, [1, 1, 1]);
-        let (pipeline, layout) = fullscreen_pipeline(device, shaders::SLICE, "slice", FLOAT);
-        let views = Views { volume: volume_view, labels: labels_view, scalars: scalars_view, occupancy };
+        let (pipeline, layout) = fullscreen_pipeline(device, &shaders::slice_for(texel), "slice", sample);
+        let views = Views { volume, labels, scalars, occupancy };
         let (bind_group, uniforms, _) =
             bind_resources(device, &layout, "slice", &views, std::mem::size_of::<SliceUniforms>() as u64);
-        Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims })
+        Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims, rescale })
     }
 
     /// `[columns, rows, slices]` of the uploaded volume.
@@ -107,7 +133,9 @@ impl SliceRenderer {
             slice: params.slice,
             window_center: params.window.center,
             window_width: params.window.width,
-            _pad: 0.0,
+            slope: self.rescale[0],
+            intercept: self.rescale[1],
+            _pad: [0.0; 3],
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
         draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view);

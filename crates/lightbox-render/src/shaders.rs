@@ -13,6 +13,11 @@ pub fn mpr_for(texel: &str, folded: bool) -> String {
     if folded { source } else { source.replacen("    return packed_folded(c);", "    return c;", 1) }
 }
 
+/// `slice.wgsl` for a volume kept in its stored type (see [`mpr_for`]).
+pub fn slice_for(texel: &str) -> String {
+    SLICE.replacen("var volume: texture_3d<f32>;", &format!("var volume: texture_3d<{texel}>;"), 1)
+}
+
 /// Every shader, by file name, for validation.
 pub const ALL: &[(&str, &str)] = &[("slice.wgsl", SLICE), ("mpr.wgsl", MPR)];
 
@@ -47,7 +52,9 @@ mod tests {
             variants.iter().filter(|(n, _)| !n.contains("f32")).all(|(_, s)| s != super::MPR),
             "the stored-type variants must differ"
         );
-        let all = super::ALL.iter().map(|(n, s)| ((*n).to_owned(), (*s).to_owned())).chain(variants);
+        assert!(super::slice_for("u32") != super::SLICE, "the stored-type slice variant must differ");
+        let slices = ["u32", "i32"].iter().map(|t| (format!("slice.wgsl<{t}>"), super::slice_for(t)));
+        let all = super::ALL.iter().map(|(n, s)| ((*n).to_owned(), (*s).to_owned())).chain(variants).chain(slices);
         for (name, source) in all {
             let (name, source) = (name.as_str(), source.as_str());
             let module = naga::front::wgsl::parse_str(source)

@@ -171,8 +171,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         }),
     };
     let save_to = args.store.clone().zip(args.author.clone());
-    // The MPR keeps the volume in its stored type on the GPU when the files allow it.
-    let stored = if mpr { set.load_stored(0).ok() } else { None };
+    // The GPU keeps the volume in its stored type when the files allow it (16-bit stays 16-bit).
+    let stored = set.load_stored(0).ok();
     let title = format!("Lightbox viewer - {}", series_title(&series));
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default().with_title(&title).with_inner_size([900.0, 800.0]),
@@ -197,7 +197,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 view.set_lut(user_lut.clone());
                 view
             });
-            let mut app = ViewerApp::new(cc, series, volume, warnings, overlay).map_err(|e| format!("{e:#}"))?;
+            let mut app =
+                ViewerApp::new(cc, series, volume, stored.as_ref(), warnings, overlay).map_err(|e| format!("{e:#}"))?;
             app.user_lut = user_lut;
             app.save_to = save_to;
             app.mpr = mpr;
@@ -468,11 +469,15 @@ impl ViewerApp {
         cc: &eframe::CreationContext<'_>,
         series: SeriesInfo,
         volume: Volume<f32>,
+        stored: Option<&lightbox_core::StoredVolume>,
         warnings: Vec<LoadWarning>,
         overlay: Option<Overlay>,
     ) -> anyhow::Result<Self> {
         let state = cc.wgpu_render_state.as_ref().context("eframe started without its wgpu renderer")?;
-        let renderer = SliceRenderer::new(&state.device, &state.queue, &volume)?;
+        let renderer = match stored {
+            Some(stored) => SliceRenderer::new_stored(&state.device, &state.queue, stored)?,
+            None => SliceRenderer::new(&state.device, &state.queue, &volume)?,
+        };
         let texture = state.renderer.write().register_native_texture(
             &state.device,
             renderer.target_view(),
