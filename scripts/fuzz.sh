@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a fuzz target for SECONDS (default 1800) with the shared test data as seeds.
-#   scripts/fuzz.sh [seconds] [ingest|nifti|dicomweb]
+#   scripts/fuzz.sh [seconds] [ingest|nifti|dicomweb|text_formats]
 # Needs cargo-fuzz (`cargo install cargo-fuzz`); on a stable toolchain RUSTC_BOOTSTRAP=1 lets
 # it use the sanitizer flags. Findings land in fuzz/artifacts/<target>/.
 set -euo pipefail
@@ -13,6 +13,7 @@ case "$target" in
   ingest) seed_dirs=(pydicom_testfiles dcm_qa_ts/In dcmqi_data/segmentations dcm_qa_enh/In/Siemens); max_len=1048576 ;;
   nifti)  seed_dirs=(dcm_qa_ts/Ref dcm_qa_enh/Ref nilearn_mni152); max_len=8388608 ;;
   dicomweb) seed_dirs=(); max_len=65536 ;;
+  text_formats) seed_dirs=(open_ms_longitudinal/raw/patient01); max_len=4096 ;;
   *) echo "unknown target $target" >&2; exit 2 ;;
 esac
 seeds=()
