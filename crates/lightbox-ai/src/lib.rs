@@ -1,0 +1,38 @@
+//! On-device inference on burn 0.22: one runtime `Device` (a GPU through wgpu when built with
+//! `gpu` and one is present, otherwise burn's `flex` backend on every CPU core), model packages
+//! from `models/<name>/` checked before use, nnU-Net's sliding-window inference, and the 3-D
+//! operations burn lacks (max pooling, trilinear resizing, transposed convolution with kernel =
+//! stride) as composites of the ones it has.
+
+pub mod device;
+pub mod job;
+pub mod ops;
+pub mod package;
+pub mod sliding;
+
+pub use device::{AiDevice, DevicePreference};
+pub use job::InferenceJob;
+pub use package::{ModelPackage, TensorInfo};
+pub use sliding::{Progress, SlidingWindow};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AiError {
+    #[error("{path}: {problem}")]
+    Package { path: std::path::PathBuf, problem: String },
+
+    #[error("model {model}: the weights do not fit the network: {problem}")]
+    Weights { model: String, problem: String },
+
+    #[error("LIGHTBOX_AI_DEVICE={value}: expected auto, cpu or gpu")]
+    DevicePreference { value: String },
+
+    #[error("no GPU for inference: {0}")]
+    NoGpu(String),
+
+    #[error("the input does not fit: {0}")]
+    Input(String),
+
+    #[error("cancelled after {done} of {total} windows")]
+    Cancelled { done: usize, total: usize },
+}

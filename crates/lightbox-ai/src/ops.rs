@@ -1,0 +1,164 @@
+//! The 3-D operations burn 0.22 lacks, built from the ones it has, exact by construction:
+//! - max pooling (burn #5785): a box maximum is separable, so two 2-D poolings on reshaped views;
+//! - trilinear resizing (burn's `interpolate` is 2-D only): bilinear over (H, W), then linear
+//!   over D on a view whose second axis keeps its size (the identity there);
+//! - transposed convolution with kernel = stride (nnU-Net's upsampling), which burn's GPU
+//!   backends run slowly (burn #5792): it writes disjoint blocks, so it is one matrix product
+//!   followed by a voxel shuffle.
+
+use burn::prelude::*;
+use burn::tensor::module::{interpolate, max_pool2d};
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
+
+/// 3-D max pooling of `[N, C, D, H, W]` with a cubic `kernel`, `stride` and `padding` (as
+/// PyTorch's `MaxPool3d`, floor mode).
+pub fn max_pool3d(x: Tensor<5>, kernel: usize, stride: usize, padding: usize) -> Tensor<5> {
+    let [n, c, d, h, w] = x.dims();
+    let plane = MaxPoolOptions::new([kernel, kernel]).with_stride([stride, stride]).with_padding([padding, padding]);
+    let pooled = max_pool2d(x.reshape([n, c * d, h, w]), plane);
+    let [_, _, h2, w2] = pooled.dims();
+    let depth = MaxPoolOptions::new([kernel, 1]).with_stride([stride, 1]).with_padding([padding, 0]);
+    let pooled = max_pool2d(pooled.reshape([n, c, d, h2 * w2]), depth);
+    let [_, _, d2, _] = pooled.dims();
+    pooled.reshape([n, c, d2, h2, w2])
+}
+
+/// Trilinear resizing of `[N, C, D, H, W]` to `size` (as PyTorch's
+/// `interpolate(mode='trilinear', align_corners=…)`).
+pub fn resize_trilinear(x: Tensor<5>, size: [usize; 3], align_corners: bool) -> Tensor<5> {
+    let [n, c, d, h, w] = x.dims();
+    let [d2, h2, w2] = size;
+    let options = |out: [usize; 2]| {
+        InterpolateOptions::new(InterpolateMode::Bilinear).with_align_corners(align_corners).with_output_size(out)
+    };
+    let planes = interpolate(x.reshape([n, c * d, h, w]), options([h2, w2]));
+    let depth = interpolate(planes.reshape([n, c, d, h2 * w2]), options([d2, h2 * w2]));
+    depth.reshape([n, c, d2, h2, w2])
+}
+
+/// `ConvTranspose3d` with kernel = stride = `s` and no padding: `x` `[N, I, D, H, W]`, `weight`
+/// `[I, O, s, s, s]` (PyTorch's layout), optional `bias` `[O]` → `[N, O, D·s, H·s, W·s]`.
+pub fn conv_transpose3d_stride(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, s: usize) -> Tensor<5> {
+    let [n, i, d, h, w] = x.dims();
+    let [_, o, _, _, _] = weight.dims();
+    // Every input voxel writes its own s³ block: out[o, a, b, c] = Σᵢ W[i, o, a, b, c] · x[i].
+    let columns = weight.reshape([i, o * s * s * s]).transpose().unsqueeze::<3>().expand([n, o * s * s * s, i]);
+    let blocks = columns.matmul(x.reshape([n, i, d * h * w]));
+    let shuffled: Tensor<8> = blocks.reshape([n, o, s, s, s, d, h, w]).permute([0, 1, 5, 2, 6, 3, 7, 4]);
+    let out = shuffled.reshape([n, o, d * s, h * s, w * s]);
+    match bias {
+        Some(b) => out + b.reshape([1, o, 1, 1, 1]),
+        None => out,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Distribution, TensorData};
+
+    fn device() -> Device {
+        Device::flex()
+    }
+
+    fn values(t: Tensor<5>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap_or_default()
+    }
+
+    fn random(shape: [usize; 5]) -> Tensor<5> {
+        Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device())
+    }
+
+    fn close(a: &[f32], b: &[f32], tolerance: f32) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tolerance)
+    }
+
+    #[test]
+    fn max_pool3d_equals_a_direct_box_maximum() {
+        let x = random([1, 2, 7, 6, 9]);
+        let data = values(x.clone());
+        let (k, s, p) = (3, 2, 1);
+        let out = max_pool3d(x, k, s, p);
+        let [_, c, d2, h2, w2] = out.dims();
+        assert_eq!([c, d2, h2, w2], [2, 4, 3, 5]);
+        let at = |c: usize, z: i64, y: i64, x: i64| -> f32 {
+            if z < 0 || y < 0 || x < 0 || z >= 7 || y >= 6 || x >= 9 {
+                f32::NEG_INFINITY
+            } else {
+                data[(((c * 7) + z as usize) * 6 + y as usize) * 9 + x as usize]
+            }
+        };
+        let mut expected = Vec::new();
+        for c in 0..2 {
+            for z in 0..d2 {
+                for y in 0..h2 {
+                    for x in 0..w2 {
+                        let mut m = f32::NEG_INFINITY;
+                        for dz in 0..k {
+                            for dy in 0..k {
+                                for dx in 0..k {
+                                    let o = |i: usize, d: usize| (i * s + d) as i64 - p as i64;
+                                    m = m.max(at(c, o(z, dz), o(y, dy), o(x, dx)));
+                                }
+                            }
+                        }
+                        expected.push(m);
+                    }
+                }
+            }
+        }
+        assert_eq!(values(out), expected);
+    }
+
+    /// Trilinear with align_corners, directly: each output voxel from its source coordinates.
+    fn trilinear_reference(data: &[f32], [d, h, w]: [usize; 3], [d2, h2, w2]: [usize; 3]) -> Vec<f32> {
+        let src = |o: usize, n_in: usize, n_out: usize| {
+            if n_out > 1 { o as f32 * (n_in - 1) as f32 / (n_out - 1) as f32 } else { 0.0 }
+        };
+        let at = |z: usize, y: usize, x: usize| data[(z * h + y) * w + x];
+        let mut out = Vec::new();
+        for z in 0..d2 {
+            for y in 0..h2 {
+                for x in 0..w2 {
+                    let (fz, fy, fx) = (src(z, d, d2), src(y, h, h2), src(x, w, w2));
+                    let (z0, y0, x0) = (fz.floor() as usize, fy.floor() as usize, fx.floor() as usize);
+                    let (z1, y1, x1) = ((z0 + 1).min(d - 1), (y0 + 1).min(h - 1), (x0 + 1).min(w - 1));
+                    let (tz, ty, tx) = (fz - z0 as f32, fy - y0 as f32, fx - x0 as f32);
+                    let lerp = |a: f32, b: f32, t: f32| a + (b - a) * t;
+                    let plane =
+                        |z| lerp(lerp(at(z, y0, x0), at(z, y0, x1), tx), lerp(at(z, y1, x0), at(z, y1, x1), tx), ty);
+                    out.push(lerp(plane(z0), plane(z1), tz));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn trilinear_resize_equals_the_direct_formula() {
+        let x = random([1, 1, 4, 5, 6]);
+        let data = values(x.clone());
+        let out = resize_trilinear(x, [7, 9, 11], true);
+        assert!(close(&values(out), &trilinear_reference(&data, [4, 5, 6], [7, 9, 11]), 1e-5));
+    }
+
+    #[test]
+    fn transposed_convolution_with_kernel_equal_stride_equals_burns_own() {
+        use burn::tensor::module::conv_transpose3d;
+        use burn::tensor::ops::ConvTransposeOptions;
+        let x = random([2, 3, 4, 3, 5]);
+        let weight = random([3, 4, 2, 2, 2]);
+        let bias: Tensor<1> = Tensor::random([4], Distribution::Uniform(-1.0, 1.0), &device());
+        let ours = conv_transpose3d_stride(x.clone(), weight.clone(), Some(bias.clone()), 2);
+        let options = ConvTransposeOptions::new([2, 2, 2], [0, 0, 0], [0, 0, 0], [1, 1, 1], 1);
+        let reference = conv_transpose3d(x, weight, Some(bias), options);
+        assert_eq!(ours.dims(), [2, 4, 8, 6, 10]);
+        assert!(close(&values(ours), &values(reference), 1e-5));
+    }
+
+    #[test]
+    fn tensors_round_trip_through_data() {
+        let t: Tensor<5> = Tensor::from_data(TensorData::new(vec![1.0f32, 2.0, 3.0, 4.0], [1, 1, 1, 2, 2]), &device());
+        assert_eq!(values(t), vec![1.0, 2.0, 3.0, 4.0]);
+    }
+}
