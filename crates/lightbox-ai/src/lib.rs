@@ -9,6 +9,7 @@ pub mod job;
 pub mod ops;
 pub mod package;
 pub mod sliding;
+pub mod torch;
 
 pub use device::{AiDevice, DevicePreference};
 pub use job::InferenceJob;

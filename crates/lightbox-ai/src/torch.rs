@@ -1,0 +1,384 @@
+//! Reads PyTorch's zip archives without Python: TorchScript modules (`torch.jit.save`, as
+//! deepbet ships) and checkpoints (`torch.save`, as nnU-Net's `checkpoint_final.pth`). A small
+//! pickle machine rebuilds the object tree from `<archive>/data.pkl` (classes stay names, tensors
+//! become references to their storage), and every tensor is named by its path through module
+//! attributes and dictionary keys (`down1.block1.double_conv.0.weight`,
+//! `network_weights.encoder.stages.0…`). Only float32 storages are read; anything else is
+//! refused with the tensor's name.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+/// A tensor found in an archive: its path, shape and values.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+#[derive(Clone, Debug, PartialEq)]
+enum Value {
+    None,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Tuple(Vec<Value>),
+    List(Vec<Value>),
+    Dict(Vec<(Value, Value)>),
+    Global(String),
+    Object { class: String, state: Box<Value> },
+    Storage { key: String, dtype: String },
+    Tensor { key: String, dtype: String, offset: usize, size: Vec<usize>, stride: Vec<usize> },
+    /// Something built by a call we do not model.
+    Opaque(String),
+    Mark,
+}
+
+fn as_usize(v: &Value) -> Result<usize, String> {
+    match v {
+        Value::Int(i) if *i >= 0 => Ok(*i as usize),
+        other => Err(format!("expected a size, found {other:?}")),
+    }
+}
+
+fn sizes(v: &Value) -> Result<Vec<usize>, String> {
+    match v {
+        Value::Tuple(items) | Value::List(items) => items.iter().map(as_usize).collect(),
+        other => Err(format!("expected a shape, found {other:?}")),
+    }
+}
+
+/// Runs the pickle program `data` and returns its result.
+fn unpickle(data: &[u8]) -> Result<Value, String> {
+    let mut stack: Vec<Value> = Vec::new();
+    let mut memo: BTreeMap<u32, Value> = BTreeMap::new();
+    let mut pos = 0usize;
+    let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
+        let end = pos.checked_add(n).filter(|&e| e <= data.len()).ok_or("the pickle ends early")?;
+        let s = &data[*pos..end];
+        *pos = end;
+        Ok(s)
+    };
+    let line = |pos: &mut usize| -> Result<String, String> {
+        let rest = &data[*pos..];
+        let end = rest.iter().position(|&b| b == b'\n').ok_or("a GLOBAL without its newline")?;
+        *pos += end + 1;
+        Ok(String::from_utf8_lossy(&rest[..end]).into_owned())
+    };
+    let pop = |stack: &mut Vec<Value>| stack.pop().ok_or_else(|| "the pickle pops an empty stack".to_owned());
+    let pop_mark = |stack: &mut Vec<Value>| -> Result<Vec<Value>, String> {
+        let at = stack.iter().rposition(|v| *v == Value::Mark).ok_or("no MARK on the stack")?;
+        let items = stack.split_off(at + 1);
+        stack.pop();
+        Ok(items)
+    };
+    loop {
+        let op = *take(&mut pos, 1)?.first().ok_or("empty")?;
+        match op {
+            0x80 => {
+                take(&mut pos, 1)?;
+            } // PROTO
+            0x95 => {
+                take(&mut pos, 8)?;
+            } // FRAME
+            b'.' => return pop(&mut stack), // STOP
+            b'(' => stack.push(Value::Mark),
+            b'N' => stack.push(Value::None),
+            0x88 => stack.push(Value::Bool(true)),
+            0x89 => stack.push(Value::Bool(false)),
+            b'K' => stack.push(Value::Int(i64::from(take(&mut pos, 1)?[0]))),
+            b'M' => {
+                let b = take(&mut pos, 2)?;
+                stack.push(Value::Int(i64::from(u16::from_le_bytes([b[0], b[1]]))));
+            }
+            b'J' => {
+                let b = take(&mut pos, 4)?;
+                stack.push(Value::Int(i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]))));
+            }
+            0x8a => {
+                // LONG1: little-endian two's complement of n bytes.
+                let n = usize::from(take(&mut pos, 1)?[0]);
+                let b = take(&mut pos, n)?;
+                if n > 8 {
+                    return Err("an integer wider than 64 bits".into());
+                }
+                let mut v: i64 = 0;
+                for (i, byte) in b.iter().enumerate() {
+                    v |= i64::from(*byte) << (8 * i);
+                }
+                if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
+                    v -= 1i64 << (8 * n);
+                }
+                stack.push(Value::Int(v));
+            }
+            b'G' => {
+                let b = take(&mut pos, 8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                stack.push(Value::Float(f64::from_be_bytes(a)));
+            }
+            b'X' => {
+                let b = take(&mut pos, 4)?;
+                let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                stack.push(Value::Str(String::from_utf8_lossy(take(&mut pos, n)?).into_owned()));
+            }
+            0x8c => {
+                let n = usize::from(take(&mut pos, 1)?[0]);
+                stack.push(Value::Str(String::from_utf8_lossy(take(&mut pos, n)?).into_owned()));
+            }
+            b'c' => {
+                let module = line(&mut pos)?;
+                let name = line(&mut pos)?;
+                stack.push(Value::Global(format!("{module}.{name}")));
+            }
+            0x93 => {
+                // STACK_GLOBAL
+                let name = pop(&mut stack)?;
+                let module = pop(&mut stack)?;
+                match (module, name) {
+                    (Value::Str(m), Value::Str(n)) => stack.push(Value::Global(format!("{m}.{n}"))),
+                    _ => return Err("STACK_GLOBAL without two names".into()),
+                }
+            }
+            b'q' => {
+                let k = u32::from(take(&mut pos, 1)?[0]);
+                memo.insert(k, stack.last().cloned().ok_or("BINPUT on an empty stack")?);
+            }
+            b'r' => {
+                let b = take(&mut pos, 4)?;
+                memo.insert(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), stack.last().cloned().ok_or("empty stack")?);
+            }
+            0x94 => {
+                let k = memo.len() as u32;
+                memo.insert(k, stack.last().cloned().ok_or("MEMOIZE on an empty stack")?);
+            }
+            b'h' => {
+                let k = u32::from(take(&mut pos, 1)?[0]);
+                stack.push(memo.get(&k).cloned().ok_or(format!("memo {k} was never stored"))?);
+            }
+            b'j' => {
+                let b = take(&mut pos, 4)?;
+                let k = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                stack.push(memo.get(&k).cloned().ok_or(format!("memo {k} was never stored"))?);
+            }
+            b')' => stack.push(Value::Tuple(Vec::new())),
+            b']' => stack.push(Value::List(Vec::new())),
+            b'}' => stack.push(Value::Dict(Vec::new())),
+            b't' => {
+                let items = pop_mark(&mut stack)?;
+                stack.push(Value::Tuple(items));
+            }
+            0x85..=0x87 => {
+                let n = usize::from(op - 0x84);
+                let at = stack.len().checked_sub(n).ok_or("TUPLEn on a short stack")?;
+                let items = stack.split_off(at);
+                stack.push(Value::Tuple(items));
+            }
+            b'l' => {
+                let items = pop_mark(&mut stack)?;
+                stack.push(Value::List(items));
+            }
+            b'a' | b'e' => {
+                let items = if op == b'a' { vec![pop(&mut stack)?] } else { pop_mark(&mut stack)? };
+                match stack.last_mut() {
+                    Some(Value::List(list)) => list.extend(items),
+                    _ => return Err("APPEND onto something that is not a list".into()),
+                }
+            }
+            b's' | b'u' => {
+                let items = if op == b's' {
+                    let v = pop(&mut stack)?;
+                    let k = pop(&mut stack)?;
+                    vec![k, v]
+                } else {
+                    pop_mark(&mut stack)?
+                };
+                if items.len() % 2 != 0 {
+                    return Err("SETITEMS with an odd number of items".into());
+                }
+                let pairs = items.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone()));
+                match stack.last_mut() {
+                    Some(Value::Dict(d)) => d.extend(pairs),
+                    Some(Value::Object { state, .. }) if matches!(**state, Value::Dict(_)) => {
+                        if let Value::Dict(d) = state.as_mut() {
+                            d.extend(pairs);
+                        }
+                    }
+                    _ => return Err("SETITEMS onto something that is not a dict".into()),
+                }
+            }
+            b'Q' => {
+                let pid = pop(&mut stack)?;
+                stack.push(match pid {
+                    Value::Tuple(items) if items.first() == Some(&Value::Str("storage".into())) && items.len() >= 3 => {
+                        let dtype = match &items[1] {
+                            Value::Global(g) => g.rsplit('.').next().unwrap_or_default().to_owned(),
+                            other => format!("{other:?}"),
+                        };
+                        let key = match &items[2] {
+                            Value::Str(s) => s.clone(),
+                            other => return Err(format!("a storage key that is not a string: {other:?}")),
+                        };
+                        Value::Storage { key, dtype }
+                    }
+                    other => Value::Opaque(format!("persistent id {other:?}")),
+                });
+            }
+            b'R' => {
+                let args = pop(&mut stack)?;
+                let func = pop(&mut stack)?;
+                stack.push(match (&func, args) {
+                    (Value::Global(g), Value::Tuple(a)) if g.ends_with("_rebuild_tensor_v2") || g.ends_with("_rebuild_tensor") => {
+                        let (key, dtype) = match a.first() {
+                            Some(Value::Storage { key, dtype }) => (key.clone(), dtype.clone()),
+                            other => return Err(format!("a tensor without its storage: {other:?}")),
+                        };
+                        let offset = as_usize(a.get(1).ok_or("a tensor without its offset")?)?;
+                        let size = sizes(a.get(2).ok_or("a tensor without its size")?)?;
+                        let stride = sizes(a.get(3).ok_or("a tensor without its stride")?)?;
+                        Value::Tensor { key, dtype, offset, size, stride }
+                    }
+                    (Value::Global(g), _) if g == "collections.OrderedDict" => Value::Dict(Vec::new()),
+                    (Value::Global(g), _) => Value::Opaque(g.clone()),
+                    _ => Value::Opaque("a call".into()),
+                });
+            }
+            0x81 => {
+                // NEWOBJ: cls.__new__(cls, *args)
+                let _args = pop(&mut stack)?;
+                let cls = pop(&mut stack)?;
+                let class = match cls {
+                    Value::Global(g) => g,
+                    other => format!("{other:?}"),
+                };
+                stack.push(Value::Object { class, state: Box::new(Value::None) });
+            }
+            b'b' => {
+                let state = pop(&mut stack)?;
+                match stack.last_mut() {
+                    Some(Value::Object { state: s, .. }) => *s = Box::new(state),
+                    // BUILD on a dict (an OrderedDict's __setstate__) or anything else: keep the
+                    // object; its state holds nothing we read.
+                    Some(_) => {}
+                    None => return Err("BUILD on an empty stack".into()),
+                }
+            }
+            b'0' => {
+                pop(&mut stack)?;
+            }
+            b'2' => {
+                let top = stack.last().cloned().ok_or("DUP on an empty stack")?;
+                stack.push(top);
+            }
+            other => return Err(format!("pickle opcode 0x{other:02x} at byte {} is not supported", pos - 1)),
+        }
+    }
+}
+
+/// Every tensor in the tree with its dotted path.
+fn walk(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
+    let join = |key: &str| if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") };
+    match value {
+        Value::Tensor { .. } => out.push((path.to_owned(), value.clone())),
+        Value::Object { state, .. } => walk(state, path, out),
+        Value::Dict(items) => {
+            for (k, v) in items {
+                let key = match k {
+                    Value::Str(s) => s.clone(),
+                    Value::Int(i) => i.to_string(),
+                    _ => continue,
+                };
+                walk(v, &join(&key), out);
+            }
+        }
+        Value::List(items) | Value::Tuple(items) => {
+            for (i, v) in items.iter().enumerate() {
+                walk(v, &join(&i.to_string()), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The float32 tensors of a PyTorch zip archive (TorchScript or `torch.save`), by path, in the
+/// order the pickle names them.
+pub fn read_zip(bytes: &[u8]) -> Result<Vec<NamedTensor>, String> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
+    let pkl = (0..archive.len())
+        .filter_map(|i| archive.name_for_index(i).and_then(|n| n.ok()).map(|n| n.into_owned()))
+        .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+        .ok_or("no <archive>/data.pkl: not a PyTorch archive")?;
+    let root = pkl.trim_end_matches("data.pkl").to_owned();
+    let mut read = |name: &str| -> Result<Vec<u8>, String> {
+        let mut entry = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
+        let mut buf = Vec::new();
+        entry.read_to_end(&mut buf).map_err(|e| format!("{name}: {e}"))?;
+        Ok(buf)
+    };
+    let tree = unpickle(&read(&pkl)?)?;
+    let mut found = Vec::new();
+    walk(&tree, "", &mut found);
+    let mut storages: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    let mut tensors = Vec::new();
+    for (name, t) in found {
+        let Value::Tensor { key, dtype, offset, size, stride } = t else { continue };
+        if dtype != "FloatStorage" {
+            return Err(format!("{name}: {dtype} tensors are not supported (float32 only)"));
+        }
+        let numel: usize = size.iter().product();
+        // Contiguous, row-major strides.
+        let mut expected = vec![0usize; size.len()];
+        let mut step = 1;
+        for d in (0..size.len()).rev() {
+            expected[d] = step;
+            step *= size[d];
+        }
+        if numel > 1 && size.iter().zip(&stride).zip(&expected).any(|((s, a), b)| *s > 1 && a != b) {
+            return Err(format!("{name}: strides {stride:?} for shape {size:?} are not contiguous"));
+        }
+        if !storages.contains_key(&key) {
+            let data = read(&format!("{root}data/{key}"))?;
+            storages.insert(key.clone(), data);
+        }
+        let data = &storages[&key];
+        let (start, end) = (offset * 4, (offset + numel) * 4);
+        let bytes = data.get(start..end).ok_or(format!("{name}: storage {key} is shorter than the tensor"))?;
+        let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        tensors.push((name, size, values));
+    }
+    Ok(tensors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hand_written_pickle_rebuilds_an_ordered_dict_of_tensors() -> Result<(), String> {
+        // {"w": rebuild(storage("0", FloatStorage), 1, (2,), (1,)), "n": 3} as an OrderedDict.
+        let mut p = vec![0x80, 2];
+        p.extend_from_slice(b"ccollections\nOrderedDict\n)R(");
+        p.extend_from_slice(&[0x8c, 1, b'w']);
+        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n(");
+        p.extend_from_slice(b"(");
+        p.extend_from_slice(&[0x8c, 7]);
+        p.extend_from_slice(b"storage");
+        p.extend_from_slice(b"ctorch\nFloatStorage\n");
+        p.extend_from_slice(&[0x8c, 1, b'0', 0x8c, 3]);
+        p.extend_from_slice(b"cpu");
+        p.extend_from_slice(&[b'K', 3, b't', b'Q', b'K', 1, b'K', 2, 0x85, b'K', 1, 0x85, 0x89, b'N', b't', b'R']);
+        p.extend_from_slice(&[0x8c, 1, b'n', b'K', 3, b'u', b'.']);
+        let tree = unpickle(&p)?;
+        let mut found = Vec::new();
+        walk(&tree, "", &mut found);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "w");
+        assert!(matches!(&found[0].1, Value::Tensor { offset: 1, size, .. } if size == &vec![2]));
+        Ok(())
+    }
+
+    #[test]
+    fn broken_pickles_are_errors_not_panics() {
+        for bad in [&b""[..], b"\x80", b"(t", b"h\x05", b"\xff", b"X\xff\xff\xff\x7f", b"u", b"R"] {
+            assert!(unpickle(bad).is_err(), "{bad:?}");
+        }
+        assert!(read_zip(b"not a zip").is_err());
+    }
+}
