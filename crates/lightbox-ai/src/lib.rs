@@ -6,6 +6,7 @@
 
 pub mod device;
 pub mod job;
+pub mod linknet;
 pub mod ops;
 pub mod package;
 pub mod sliding;

@@ -23,9 +23,21 @@ enum Value {
     List(Vec<Value>),
     Dict(Vec<(Value, Value)>),
     Global(String),
-    Object { class: String, state: Box<Value> },
-    Storage { key: String, dtype: String },
-    Tensor { key: String, dtype: String, offset: usize, size: Vec<usize>, stride: Vec<usize> },
+    Object {
+        class: String,
+        state: Box<Value>,
+    },
+    Storage {
+        key: String,
+        dtype: String,
+    },
+    Tensor {
+        key: String,
+        dtype: String,
+        offset: usize,
+        size: Vec<usize>,
+        stride: Vec<usize>,
+    },
     /// Something built by a call we do not model.
     Opaque(String),
     Mark,
@@ -225,7 +237,9 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
                 let args = pop(&mut stack)?;
                 let func = pop(&mut stack)?;
                 stack.push(match (&func, args) {
-                    (Value::Global(g), Value::Tuple(a)) if g.ends_with("_rebuild_tensor_v2") || g.ends_with("_rebuild_tensor") => {
+                    (Value::Global(g), Value::Tuple(a))
+                        if g.ends_with("_rebuild_tensor_v2") || g.ends_with("_rebuild_tensor") =>
+                    {
                         let (key, dtype) = match a.first() {
                             Some(Value::Storage { key, dtype }) => (key.clone(), dtype.clone()),
                             other => return Err(format!("a tensor without its storage: {other:?}")),
@@ -300,7 +314,8 @@ fn walk(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
 /// The float32 tensors of a PyTorch zip archive (TorchScript or `torch.save`), by path, in the
 /// order the pickle names them.
 pub fn read_zip(bytes: &[u8]) -> Result<Vec<NamedTensor>, String> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
     let pkl = (0..archive.len())
         .filter_map(|i| archive.name_for_index(i).and_then(|n| n.ok()).map(|n| n.into_owned()))
         .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
