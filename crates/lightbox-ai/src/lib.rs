@@ -4,6 +4,7 @@
 //! operations burn lacks (max pooling, trilinear resizing, transposed convolution with kernel =
 //! stride) as composites of the ones it has.
 
+pub mod deepbet;
 pub mod device;
 pub mod job;
 pub mod linknet;

@@ -1,10 +1,12 @@
 //! CPU image processing: resampling volumes between grids, rigid registration by normalised
-//! mutual information, and reading ITK transform files.
+//! mutual information, binary morphology (connected components, hole filling) and reading ITK
+//! transform files.
 //!
 //! Everything works in DICOM patient space (LPS millimetres): a transform here maps a point of
 //! one scan to the same anatomy in another, whatever their voxel grids.
 
 pub mod itk;
+pub mod morphology;
 pub mod register;
 pub mod resample;
 
