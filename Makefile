@@ -9,9 +9,9 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 DEMO := demo/prostate-adc
 
-.PHONY: run test setup ui lint layering build rust-test ui-test
+.PHONY: run test setup ui lint layering build models rust-test ui-test
 
-run: setup ui
+run: setup ui models
 	cargo build --workspace --bins
 	$(TARGET_DIR)/debug/lightbox info $(DEMO)
 	$(TARGET_DIR)/debug/lightbox-workstation $(DEMO)
@@ -35,7 +35,11 @@ layering:
 build: ui
 	cargo build --workspace --bins --locked
 
-rust-test: build
+# On-device models from their registry packages (deepbet from PyPI), converted and checked.
+models: build
+	LIGHTBOX_BIN=$(TARGET_DIR)/debug/lightbox bash scripts/install-models.sh
+
+rust-test: build models
 	cargo test --workspace --locked
 
 ui-test: ui

@@ -3,6 +3,7 @@
 //! They need the workspace binaries built first (`cargo build --workspace --bins`, done by
 //! `make test`) and the shared test data beside the project (or `LIGHTBOX_TEST_DATA`).
 
+mod ai;
 mod cli;
 mod harness;
 mod imaging;

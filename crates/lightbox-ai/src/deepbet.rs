@@ -289,6 +289,67 @@ fn bounding_box(
     Ok(out)
 }
 
+/// The packages' folder names under `models/`.
+pub const PACKAGES: [&str; 2] = ["deepbet-bbox", "deepbet"];
+
+/// Where each network lies in deepbet's wheel.
+const IN_WHEEL: [&str; 2] = ["data/models/bbox_model.pt", "data/models/model.pt"];
+
+impl Deepbet {
+    /// The two networks from their installed packages (`models/deepbet-bbox`, `models/deepbet`),
+    /// each checked: sha256, and exactly LinkNet3d's tensors.
+    pub fn from_packages(models: &std::path::Path, device: AiDevice) -> Result<Self, AiError> {
+        let mut tensors = Vec::new();
+        for name in PACKAGES {
+            let package = crate::ModelPackage::open(&models.join(name))?;
+            package.check(&LinkNet3d::expected_tensors())?;
+            let mut named = Vec::new();
+            for (tensor, info) in &package.tensors {
+                named.push((tensor.clone(), info.shape.clone(), package.tensor_f32(tensor)?));
+            }
+            tensors.push(named);
+        }
+        Self::new(&tensors[0], &tensors[1], device)
+    }
+}
+
+/// Installs deepbet from its wheel (`deepbet-1.0.2-py3-none-any.whl`, from PyPI): converts both
+/// TorchScript networks to safetensors in `models/deepbet-bbox` and `models/deepbet`, whose
+/// `model.toml` must already be there, and checks each result against its manifest's sha256.
+pub fn install(wheel: &std::path::Path, models: &std::path::Path) -> Result<(), AiError> {
+    use std::io::Read;
+    let bad = |problem: String| AiError::Package { path: wheel.to_owned(), problem };
+    let file = std::fs::File::open(wheel).map_err(|e| bad(e.to_string()))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(format!("not a wheel: {e}")))?;
+    for (name, entry) in PACKAGES.iter().zip(IN_WHEEL) {
+        let mut bytes = Vec::new();
+        archive
+            .by_name(entry)
+            .map_err(|e| bad(format!("{entry}: {e}")))?
+            .read_to_end(&mut bytes)
+            .map_err(|e| bad(format!("{entry}: {e}")))?;
+        let tensors = crate::torch::read_zip(&bytes).map_err(|e| bad(format!("{entry}: {e}")))?;
+        let dir = models.join(name);
+        let manifest = dir.join("model.toml");
+        let text = std::fs::read_to_string(&manifest)
+            .map_err(|e| AiError::Package { path: manifest.clone(), problem: e.to_string() })?;
+        let weights: crate::package::Manifest =
+            toml::from_str(&text).map_err(|e| AiError::Package { path: manifest.clone(), problem: e.to_string() })?;
+        let out = dir.join(&weights.weights.file);
+        let partial = out.with_extension("partial");
+        crate::package::write_safetensors(&partial, &tensors)
+            .map_err(|e| AiError::Package { path: partial.clone(), problem: e.to_string() })?;
+        std::fs::rename(&partial, &out).map_err(|e| AiError::Package { path: out.clone(), problem: e.to_string() })?;
+        // The package must now open: its sha256 and tensors are what model.toml describes.
+        if let Err(e) = crate::ModelPackage::open(&dir).and_then(|p| p.check(&LinkNet3d::expected_tensors())) {
+            let _ = std::fs::remove_file(&out);
+            return Err(e);
+        }
+        tracing::info!(package = name, "installed from {}", wheel.display());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -267,7 +267,7 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
             b'b' => {
                 let state = pop(&mut stack)?;
                 match stack.last_mut() {
-                    Some(Value::Object { state: s, .. }) => *s = Box::new(state),
+                    Some(Value::Object { state: s, .. }) => **s = state,
                     // BUILD on a dict (an OrderedDict's __setstate__) or anything else: keep the
                     // object; its state holds nothing we read.
                     Some(_) => {}

@@ -248,6 +248,40 @@ enum Commands {
         #[arg(long, default_value_t = 1)]
         series_number: i32,
     },
+    /// On-device model packages (models/, or LIGHTBOX_MODELS).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Brain extraction (deepbet, on this machine): writes the brain mask of a T1 (NIfTI file,
+    /// or the largest series of a DICOM file or folder) as NIfTI. AI output, not for clinical use.
+    BrainExtract {
+        input: PathBuf,
+        /// The mask to write (.nii or .nii.gz).
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the model packages are (default: LIGHTBOX_MODELS, else ./models).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// auto (a GPU when there is one), cpu or gpu (default: LIGHTBOX_AI_DEVICE, else auto).
+        #[arg(long)]
+        device: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Install a model from its registry package (scripts/install-models.sh fetches it):
+    /// deepbet from its PyPI wheel, converted to safetensors and checked against model.toml.
+    Install {
+        /// The model: deepbet.
+        name: String,
+        /// The package file (deepbet-1.0.2-py3-none-any.whl).
+        #[arg(long)]
+        wheel: PathBuf,
+        #[arg(long)]
+        models: Option<PathBuf>,
+    },
 }
 
 /// Study filters shared by the local worklist and the PACS query.
@@ -542,6 +576,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let files = lightbox_workflow::nifti_to_dicom(&nifti, &out, &series)?;
             println!("{} files in {}", files.len(), out.display());
+        }
+        Commands::Models { command: ModelsCommand::Install { name, wheel, models } } => {
+            let models = models.unwrap_or_else(lightbox_workflow::ai::models_dir);
+            lightbox_workflow::ai::install_model(&name, &wheel, &models)?;
+            println!("{name} installed in {} (weights checked against model.toml)", models.display());
+        }
+        Commands::BrainExtract { input, out, models, device } => {
+            let models = models.unwrap_or_else(lightbox_workflow::ai::models_dir);
+            let preference = match device {
+                Some(d) => lightbox_workflow::ai::DevicePreference::parse(&d)?,
+                None => lightbox_workflow::ai::DevicePreference::from_env()?,
+            };
+            let r = lightbox_workflow::ai::brain_extract(&input, &out, &models, preference)?;
+            println!(
+                "AI output (deepbet 1.0.2, not for clinical use): brain mask {} — {} voxels, intracranial volume {:.1} mL, {:.1} s on {}",
+                r.mask.display(),
+                r.brain_voxels,
+                r.tiv_ml,
+                r.seconds,
+                r.device
+            );
+            if let Some(w) = &r.warning {
+                eprintln!("lightbox: warning: {w}");
+            }
         }
         Commands::Import { path, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+pub mod ai;
 pub mod engine;
 pub mod pacs;
 pub mod pipeline;
@@ -60,6 +61,9 @@ pub enum WorkflowError {
     #[error("analysis: {0}")]
     Analysis(String),
 
+    #[error(transparent)]
+    Ai(#[from] lightbox_ai::AiError),
+
     #[error("job {0} was cancelled (or taken over by another runner after its lease lapsed)")]
     Cancelled(i64),
 
@@ -97,6 +101,7 @@ impl WorkflowError {
             Self::UnknownPipeline(_) => "unknown_pipeline",
             Self::Settings { .. } => "settings",
             Self::Analysis(_) => "analysis",
+            Self::Ai(_) => "ai",
             Self::Cancelled(_) => "cancelled",
             Self::Busy(_) => "busy",
             Self::Io { .. } => "io",

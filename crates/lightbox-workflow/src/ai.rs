@@ -1,0 +1,104 @@
+//! On-device AI for the CLI, the workstation and tests: installing model packages and brain
+//! extraction. Every result says it is AI output and which device made it.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use lightbox_ai::AiDevice;
+pub use lightbox_ai::DevicePreference;
+
+use crate::WorkflowError;
+
+/// Where model packages live: `LIGHTBOX_MODELS`, else `models/` in the current folder.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("LIGHTBOX_MODELS").map_or_else(|| PathBuf::from("models"), PathBuf::from)
+}
+
+/// Installs a model from its registry package (today: `deepbet`, from its PyPI wheel).
+pub fn install_model(name: &str, wheel: &Path, models: &Path) -> Result<(), WorkflowError> {
+    match name {
+        "deepbet" => Ok(lightbox_ai::deepbet::install(wheel, models)?),
+        other => Err(WorkflowError::Analysis(format!("unknown model {other:?} (known: deepbet)"))),
+    }
+}
+
+/// What a brain extraction made.
+#[derive(Clone, Debug)]
+pub struct BrainExtraction {
+    pub mask: PathBuf,
+    pub tiv_ml: f64,
+    pub brain_voxels: usize,
+    pub seconds: f64,
+    /// E.g. "CPU (burn flex, 2 threads)".
+    pub device: String,
+    /// Set when the result does not look like an adult head's brain.
+    pub warning: Option<String>,
+}
+
+/// Adult intracranial volumes, mL: outside this the input is probably not a head T1.
+pub const ADULT_TIV_ML: (f64, f64) = (900.0, 2200.0);
+
+/// Reads a T1 volume: a NIfTI file, or the largest series of a DICOM file or folder.
+pub fn read_volume(input: &Path) -> Result<lightbox_core::Volume<f32>, WorkflowError> {
+    let name = input.to_string_lossy().to_ascii_lowercase();
+    if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+        return Ok(lightbox_nifti::read(input)?.volume(0)?);
+    }
+    let report = lightbox_dicom::scan_path(input)?;
+    let series = report
+        .series()
+        .map(|(_, s)| s)
+        .filter(|s| s.rows > 0)
+        .max_by_key(|s| s.voxel_count())
+        .ok_or_else(|| WorkflowError::NothingToExport { path: input.to_owned(), issues: String::new() })?;
+    let set = report
+        .display_sets(series)
+        .first()
+        .ok_or_else(|| WorkflowError::NothingToExport { path: input.to_owned(), issues: String::new() })?;
+    Ok(set.load(0)?)
+}
+
+/// Extracts the brain of the T1 at `input` with deepbet from `models` and writes the mask (1 in
+/// the brain) as NIfTI to `out`, on the device `preference` picks.
+pub fn brain_extract(
+    input: &Path,
+    out: &Path,
+    models: &Path,
+    preference: DevicePreference,
+) -> Result<BrainExtraction, WorkflowError> {
+    for package in lightbox_ai::deepbet::PACKAGES {
+        if !models.join(package).join("model.safetensors").is_file() {
+            return Err(WorkflowError::Analysis(format!(
+                "deepbet is not installed in {} (run scripts/install-models.sh, or lightbox models install deepbet --wheel …)",
+                models.display()
+            )));
+        }
+    }
+    let volume = read_volume(input)?;
+    let device = AiDevice::choose(preference)?;
+    let description = device.description.clone();
+    let net = lightbox_ai::deepbet::Deepbet::from_packages(models, device)?;
+    let result = net.extract(&volume, 0.5, &AtomicBool::new(false), &mut |_| {})?;
+    let voxels: Vec<f32> = result.mask.voxels().iter().map(|&v| f32::from(v)).collect();
+    let brain_voxels = voxels.iter().filter(|v| **v > 0.0).count();
+    let mask = lightbox_core::Volume::new(result.mask.dims(), voxels, result.mask.patient_from_voxel)
+        .map_err(|e| WorkflowError::Analysis(e.to_string()))?;
+    lightbox_nifti::write(out, &mask)?;
+    let warning = (result.tiv_ml < ADULT_TIV_ML.0 || result.tiv_ml > ADULT_TIV_ML.1).then(|| {
+        format!(
+            "the intracranial volume {:.0} mL is outside the adult range {:.0}–{:.0} mL: is {} a T1-weighted scan of a head?",
+            result.tiv_ml,
+            ADULT_TIV_ML.0,
+            ADULT_TIV_ML.1,
+            input.display()
+        )
+    });
+    Ok(BrainExtraction {
+        mask: out.to_owned(),
+        tiv_ml: result.tiv_ml,
+        brain_voxels,
+        seconds: result.seconds,
+        device: description,
+        warning,
+    })
+}
