@@ -133,3 +133,134 @@ fn brain_extraction_refuses_missing_or_tampered_models_and_warns_on_a_non_head()
     assert!(out.status.success() && err.contains("is outside the adult range"), "{err}");
     Ok(())
 }
+
+/// An nnU-Net v2 result folder, as nnU-Net writes one (plans.json, dataset.json and a
+/// `torch.save` checkpoint whose state dict carries the aliases `all_modules` and
+/// `decoder.encoder` beside the network's own tensors), imported and run end to end on the demo
+/// study with no Python: the labels come back on the input's grid. The segmentation head is
+/// biased towards label 1, so the whole chain (transpose, resample, normalise, windows,
+/// mirroring, resample back, argmax) must carry it through.
+#[test]
+fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let folder = dir.path().join("Dataset001_Test/nnUNetTrainer__nnUNetPlans__3d_fullres");
+    std::fs::create_dir_all(folder.join("fold_0"))?;
+    let arch = serde_json::json!({
+        "n_stages": 3,
+        "features_per_stage": [4, 8, 16],
+        "conv_op": "torch.nn.modules.conv.Conv3d",
+        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
+        "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+        "n_conv_per_stage": [2, 2, 2],
+        "n_conv_per_stage_decoder": [2, 2],
+        "conv_bias": true,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+        "norm_op_kwargs": {"eps": 1e-5, "affine": true},
+        "dropout_op": null,
+        "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": true}
+    });
+    let plans = serde_json::json!({
+        "dataset_name": "Dataset001_Test",
+        "plans_name": "nnUNetPlans",
+        "transpose_forward": [0, 1, 2],
+        "transpose_backward": [0, 1, 2],
+        "configurations": {"3d_fullres": {
+            "patch_size": [8, 32, 32],
+            "spacing": [4.0, 1.5, 1.5],
+            "normalization_schemes": ["ZScoreNormalization"],
+            "use_mask_for_norm": [false],
+            "architecture": {
+                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "arch_kwargs": arch,
+                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]
+            }
+        }},
+        "foreground_intensity_properties_per_channel": {"0": {"mean": 1000.0, "std": 300.0}}
+    });
+    std::fs::write(folder.join("plans.json"), serde_json::to_string_pretty(&plans)?)?;
+    let dataset = serde_json::json!({
+        "channel_names": {"0": "ADC"},
+        "labels": {"background": 0, "lesion": 1},
+        "numTraining": 1,
+        "file_ending": ".nii.gz"
+    });
+    std::fs::write(folder.join("dataset.json"), serde_json::to_string(&dataset)?)?;
+    // The checkpoint: every tensor the plan implies, small deterministic values, the last head
+    // biased to label 1, plus nnU-Net's aliases that the import must drop.
+    let config: lightbox_ai::nnunet::PlainConvUNetConfig = serde_json::from_value(serde_json::json!({
+        "n_stages": 3, "features_per_stage": [4, 8, 16],
+        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+        "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": true,
+        "input_channels": 1, "num_classes": 2
+    }))?;
+    let mut tensors = Vec::new();
+    for (k, (name, shape)) in config.expected_tensors().into_iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let mut values: Vec<f32> =
+            (0..n).map(|i| (((i * 7919 + k * 104_729) % 1000) as f32 / 1000.0 - 0.5) * 0.3).collect();
+        if name == "decoder.seg_layers.1.bias" {
+            values = vec![-50.0, 50.0];
+        }
+        if name.ends_with("norm.weight") {
+            values = vec![1.0; n];
+        }
+        if name.starts_with("encoder.") {
+            let alias = name.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1.");
+            tensors.push((format!("network_weights.decoder.{name}"), shape.clone(), values.clone()));
+            tensors.push((format!("network_weights.{alias}"), shape.clone(), values.clone()));
+        }
+        tensors.push((format!("network_weights.{name}"), shape, values));
+    }
+    let plain: Vec<_> = tensors
+        .iter()
+        .map(|(n, s, v)| (n.trim_start_matches("network_weights.").to_owned(), s.clone(), v.clone()))
+        .collect();
+    lightbox_ai::torch::write_zip(&folder.join("fold_0/checkpoint_final.pth"), "network_weights", &plain)?;
+
+    let models = dir.path().join("models");
+    let imported = run_ok(
+        Command::new(bin("lightbox")?)
+            .args(["models", "import"])
+            .arg(&folder)
+            .args(["--name", "test-nnunet", "--models"])
+            .arg(&models),
+    )?;
+    assert!(imported.contains("imported into"), "{imported}");
+    let package = lightbox_ai::ModelPackage::open(&models.join("test-nnunet"))?;
+    assert_eq!(package.tensors.len(), config.expected_tensors().len(), "the aliases must be dropped");
+    assert!(std::fs::read_to_string(models.join("test-nnunet/README.md"))?.contains("to be completed by the site"));
+
+    let out = dir.path().join("labels.nii.gz");
+    let printed = run_ok(
+        Command::new(bin("lightbox")?)
+            .args(["predict", "--model", "test-nnunet"])
+            .arg(lightbox_tests::demo_study())
+            .arg("--out")
+            .arg(&out)
+            .arg("--models")
+            .arg(&models)
+            .args(["--device", "cpu"]),
+    )?;
+    assert!(printed.contains("AI output (test-nnunet, not for clinical use)"), "{printed}");
+    let labels = lightbox_nifti::read(&out)?.volume(0)?;
+    let input = lightbox_workflow::ai::read_volume(&lightbox_tests::demo_study())?;
+    assert_eq!(labels.dims(), input.dims());
+    assert!(labels.voxels().iter().all(|&l| l == 1.0), "the biased head must label every voxel 1: {printed}");
+
+    // A plan the runtime does not support is refused by name, before anything is written.
+    let mut resenc = plans.clone();
+    resenc["configurations"]["3d_fullres"]["architecture"]["network_class_name"] =
+        "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet".into();
+    std::fs::write(folder.join("plans.json"), serde_json::to_string(&resenc)?)?;
+    let refused = Command::new(bin("lightbox")?)
+        .args(["models", "import"])
+        .arg(&folder)
+        .args(["--name", "other", "--models"])
+        .arg(&models)
+        .output()?;
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("ResidualEncoderUNet is not supported yet"), "{err}");
+    assert!(!models.join("other").exists());
+    Ok(())
+}

@@ -8,6 +8,7 @@ pub mod deepbet;
 pub mod device;
 pub mod job;
 pub mod linknet;
+pub mod nnunet;
 pub mod ops;
 pub mod package;
 pub mod sliding;

@@ -36,16 +36,18 @@ pub fn resize_trilinear(x: Tensor<5>, size: [usize; 3], align_corners: bool) -> 
     depth.reshape([n, c, d2, h2, w2])
 }
 
-/// `ConvTranspose3d` with kernel = stride = `s` and no padding: `x` `[N, I, D, H, W]`, `weight`
-/// `[I, O, s, s, s]` (PyTorch's layout), optional `bias` `[O]` → `[N, O, D·s, H·s, W·s]`.
-pub fn conv_transpose3d_stride(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, s: usize) -> Tensor<5> {
+/// `ConvTranspose3d` with kernel = stride = `s` (per axis) and no padding: `x`
+/// `[N, I, D, H, W]`, `weight` `[I, O, s₀, s₁, s₂]` (PyTorch's layout), optional `bias` `[O]` →
+/// `[N, O, D·s₀, H·s₁, W·s₂]`.
+pub fn conv_transpose3d_stride(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, s: [usize; 3]) -> Tensor<5> {
     let [n, i, d, h, w] = x.dims();
     let [_, o, _, _, _] = weight.dims();
-    // Every input voxel writes its own s³ block: out[o, a, b, c] = Σᵢ W[i, o, a, b, c] · x[i].
-    let columns = weight.reshape([i, o * s * s * s]).transpose().unsqueeze::<3>().expand([n, o * s * s * s, i]);
+    let block = s[0] * s[1] * s[2];
+    // Every input voxel writes its own block: out[o, a, b, c] = Σᵢ W[i, o, a, b, c] · x[i].
+    let columns = weight.reshape([i, o * block]).transpose().unsqueeze::<3>().expand([n, o * block, i]);
     let blocks = columns.matmul(x.reshape([n, i, d * h * w]));
-    let shuffled: Tensor<8> = blocks.reshape([n, o, s, s, s, d, h, w]).permute([0, 1, 5, 2, 6, 3, 7, 4]);
-    let out = shuffled.reshape([n, o, d * s, h * s, w * s]);
+    let shuffled: Tensor<8> = blocks.reshape([n, o, s[0], s[1], s[2], d, h, w]).permute([0, 1, 5, 2, 6, 3, 7, 4]);
+    let out = shuffled.reshape([n, o, d * s[0], h * s[1], w * s[2]]);
     match bias {
         Some(b) => out + b.reshape([1, o, 1, 1, 1]),
         None => out,
@@ -146,14 +148,17 @@ mod tests {
     fn transposed_convolution_with_kernel_equal_stride_equals_burns_own() {
         use burn::tensor::module::conv_transpose3d;
         use burn::tensor::ops::ConvTransposeOptions;
-        let x = random([2, 3, 4, 3, 5]);
-        let weight = random([3, 4, 2, 2, 2]);
-        let bias: Tensor<1> = Tensor::random([4], Distribution::Uniform(-1.0, 1.0), &device());
-        let ours = conv_transpose3d_stride(x.clone(), weight.clone(), Some(bias.clone()), 2);
-        let options = ConvTransposeOptions::new([2, 2, 2], [0, 0, 0], [0, 0, 0], [1, 1, 1], 1);
-        let reference = conv_transpose3d(x, weight, Some(bias), options);
-        assert_eq!(ours.dims(), [2, 4, 8, 6, 10]);
-        assert!(close(&values(ours), &values(reference), 1e-5));
+        // Anisotropic, as nnU-Net plans for thick slices: [1, 2, 2].
+        for s in [[2, 2, 2], [1, 2, 2]] {
+            let x = random([2, 3, 4, 3, 5]);
+            let weight = random([3, 4, s[0], s[1], s[2]]);
+            let bias: Tensor<1> = Tensor::random([4], Distribution::Uniform(-1.0, 1.0), &device());
+            let ours = conv_transpose3d_stride(x.clone(), weight.clone(), Some(bias.clone()), s);
+            let options = ConvTransposeOptions::new(s, [0, 0, 0], [0, 0, 0], [1, 1, 1], 1);
+            let reference = conv_transpose3d(x, weight, Some(bias), options);
+            assert_eq!(ours.dims(), [2, 4, 4 * s[0], 3 * s[1], 5 * s[2]]);
+            assert!(close(&values(ours), &values(reference), 1e-5));
+        }
     }
 
     #[test]

@@ -361,6 +361,67 @@ pub fn read_zip(bytes: &[u8]) -> Result<Vec<NamedTensor>, String> {
     Ok(tensors)
 }
 
+/// Writes `tensors` as `torch.save({key: OrderedDict(...)}, path)` would (zip archive, pickle
+/// protocol 2, one float32 storage per tensor): nnU-Net checkpoints are this shape. Lightbox
+/// uses it to make test checkpoints; `read_zip` reads it back.
+pub fn write_zip(path: &std::path::Path, key: &str, tensors: &[NamedTensor]) -> std::io::Result<()> {
+    use std::io::Write;
+    fn text(p: &mut Vec<u8>, s: &str) {
+        p.push(b'X');
+        p.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        p.extend_from_slice(s.as_bytes());
+    }
+    fn int(p: &mut Vec<u8>, v: usize) {
+        p.push(b'J');
+        p.extend_from_slice(&(v as i32).to_le_bytes());
+    }
+    fn ints(p: &mut Vec<u8>, values: &[usize]) {
+        p.push(b'(');
+        for &v in values {
+            int(p, v);
+        }
+        p.push(b't');
+    }
+    let mut p = vec![0x80, 2, b'}', b'('];
+    text(&mut p, key);
+    p.extend_from_slice(b"ccollections\nOrderedDict\n)R(");
+    for (n, (name, shape, _)) in tensors.iter().enumerate() {
+        text(&mut p, name);
+        p.extend_from_slice(b"ctorch._utils\n_rebuild_tensor_v2\n((");
+        text(&mut p, "storage");
+        p.extend_from_slice(b"ctorch\nFloatStorage\n");
+        text(&mut p, &n.to_string());
+        text(&mut p, "cpu");
+        int(&mut p, shape.iter().product());
+        p.extend_from_slice(b"tQ");
+        int(&mut p, 0);
+        ints(&mut p, shape);
+        let mut stride = vec![1usize; shape.len()];
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * shape[d + 1];
+        }
+        ints(&mut p, &stride);
+        p.extend_from_slice(b"\x89ccollections\nOrderedDict\n)RtR");
+    }
+    p.extend_from_slice(b"uu.");
+    let file = std::fs::File::create(path)?;
+    let mut zip = zip::ZipWriter::new(file);
+    let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let io = |e: zip::result::ZipError| std::io::Error::other(e.to_string());
+    zip.start_file("archive/data.pkl", options).map_err(io)?;
+    zip.write_all(&p)?;
+    for (n, (_, _, values)) in tensors.iter().enumerate() {
+        zip.start_file(format!("archive/data/{n}"), options).map_err(io)?;
+        for v in values {
+            zip.write_all(&v.to_le_bytes())?;
+        }
+    }
+    zip.start_file("archive/version", options).map_err(io)?;
+    zip.write_all(b"3\n")?;
+    zip.finish().map_err(io)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,6 +447,22 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, "w");
         assert!(matches!(&found[0].1, Value::Tensor { offset: 1, size, .. } if size == &vec![2]));
+        Ok(())
+    }
+
+    #[test]
+    fn a_written_checkpoint_reads_back_with_its_names_shapes_and_values() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("checkpoint_final.pth");
+        let tensors = vec![
+            ("encoder.w".to_owned(), vec![2, 3], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            ("b".to_owned(), vec![1], vec![-0.5]),
+        ];
+        write_zip(&path, "network_weights", &tensors).map_err(|e| e.to_string())?;
+        let back = read_zip(&std::fs::read(&path).map_err(|e| e.to_string())?)?;
+        let expected: Vec<NamedTensor> =
+            tensors.into_iter().map(|(n, s, v)| (format!("network_weights.{n}"), s, v)).collect();
+        assert_eq!(back, expected);
         Ok(())
     }
 

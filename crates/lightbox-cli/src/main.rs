@@ -253,6 +253,21 @@ enum Commands {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+    /// Run an imported segmentation model (nnU-Net v2) on a scan: one input per channel, in the
+    /// model's channel order; writes the labels as NIfTI. AI output, not for clinical use.
+    Predict {
+        /// The model's folder name under the models folder.
+        #[arg(long)]
+        model: String,
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[arg(long)]
+        device: Option<String>,
+    },
     /// Brain extraction (deepbet, on this machine): writes the brain mask of a T1 (NIfTI file,
     /// or the largest series of a DICOM file or folder) as NIfTI. AI output, not for clinical use.
     BrainExtract {
@@ -279,6 +294,20 @@ enum ModelsCommand {
         /// The package file (deepbet-1.0.2-py3-none-any.whl).
         #[arg(long)]
         wheel: PathBuf,
+        #[arg(long)]
+        models: Option<PathBuf>,
+    },
+    /// Import a trained nnU-Net v2 result folder (plans.json, dataset.json,
+    /// fold_<k>/checkpoint_final.pth) as a model package, with no Python.
+    Import {
+        folder: PathBuf,
+        /// The package's name (its folder under the models folder).
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "3d_fullres")]
+        configuration: String,
+        #[arg(long, default_value_t = 0)]
+        fold: usize,
         #[arg(long)]
         models: Option<PathBuf>,
     },
@@ -581,6 +610,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let models = models.unwrap_or_else(lightbox_workflow::ai::models_dir);
             lightbox_workflow::ai::install_model(&name, &wheel, &models)?;
             println!("{name} installed in {} (weights checked against model.toml)", models.display());
+        }
+        Commands::Models { command: ModelsCommand::Import { folder, name, configuration, fold, models } } => {
+            let models = models.unwrap_or_else(lightbox_workflow::ai::models_dir);
+            let dir = lightbox_workflow::ai::import_nnunet(&folder, &configuration, fold, &name, &models)?;
+            println!(
+                "{name}: nnU-Net {configuration} fold {fold} imported into {} (complete its README.md model card)",
+                dir.display()
+            );
+        }
+        Commands::Predict { model, inputs, out, models, device } => {
+            let models = models.unwrap_or_else(lightbox_workflow::ai::models_dir);
+            let preference = match device {
+                Some(d) => lightbox_workflow::ai::DevicePreference::parse(&d)?,
+                None => lightbox_workflow::ai::DevicePreference::from_env()?,
+            };
+            let p = lightbox_workflow::ai::predict(&model, &inputs, &out, &models, preference)?;
+            println!(
+                "AI output ({model}, not for clinical use): labels {} — voxels per label {:?}, {} windows, {:.1} s on {}",
+                p.labels.display(),
+                p.counts,
+                p.windows,
+                p.seconds,
+                p.device
+            );
         }
         Commands::BrainExtract { input, out, models, device } => {
             let models = models.unwrap_or_else(lightbox_workflow::ai::models_dir);

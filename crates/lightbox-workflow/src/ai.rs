@@ -102,3 +102,62 @@ pub fn brain_extract(
         warning,
     })
 }
+
+/// Imports a trained nnU-Net v2 result folder as the model package `models/<name>`.
+pub fn import_nnunet(
+    folder: &Path,
+    configuration: &str,
+    fold: usize,
+    name: &str,
+    models: &Path,
+) -> Result<PathBuf, WorkflowError> {
+    let out = models.join(name);
+    lightbox_ai::nnunet::import(folder, configuration, fold, name, &out)?;
+    Ok(out)
+}
+
+/// What a segmentation model made.
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    pub labels: PathBuf,
+    /// Voxels per label value (index = label).
+    pub counts: Vec<usize>,
+    pub seconds: f64,
+    pub windows: usize,
+    pub device: String,
+}
+
+/// Runs the imported nnU-Net model `models/<name>` on `inputs` (one per channel, NIfTI or
+/// DICOM, on one grid) and writes its labels as NIfTI to `out`.
+pub fn predict(
+    name: &str,
+    inputs: &[PathBuf],
+    out: &Path,
+    models: &Path,
+    preference: DevicePreference,
+) -> Result<Prediction, WorkflowError> {
+    let started = std::time::Instant::now();
+    let channels = inputs.iter().map(|p| read_volume(p)).collect::<Result<Vec<_>, _>>()?;
+    let device = AiDevice::choose(preference)?;
+    let description = device.description.clone();
+    let model = lightbox_ai::nnunet::NnUnet::from_package(&models.join(name), device)?;
+    let mut windows = 0;
+    let labels = model.predict(&channels, &AtomicBool::new(false), &mut |p| windows = p.total)?;
+    let max = labels.voxels().iter().copied().max().unwrap_or(0) as usize;
+    let mut counts = vec![0usize; max + 1];
+    labels.voxels().iter().for_each(|&l| counts[l as usize] += 1);
+    let as_f32 = lightbox_core::Volume::new(
+        labels.dims(),
+        labels.voxels().iter().map(|&l| f32::from(l)).collect(),
+        labels.patient_from_voxel,
+    )
+    .map_err(|e| WorkflowError::Analysis(e.to_string()))?;
+    lightbox_nifti::write(out, &as_f32)?;
+    Ok(Prediction {
+        labels: out.to_owned(),
+        counts,
+        seconds: started.elapsed().as_secs_f64(),
+        windows,
+        device: description,
+    })
+}

@@ -1,0 +1,573 @@
+//! nnU-Net v2 models without Python: a trained model folder (`plans.json`, `dataset.json`,
+//! `fold_<k>/checkpoint_final.pth`) is imported into a model package, and the package runs
+//! the way nnU-Net predicts: the plan's axis order, resampling to the plan's spacing, its
+//! normalisation scheme per channel, the sliding window (`crate::sliding`) with the plan's
+//! mirroring, and the logits back on the input grid, argmax to labels.
+//!
+//! The network is `PlainConvUNet` of dynamic_network_architectures 0.4.4, as `arch_kwargs`
+//! parameterises it: per stage `n_conv_per_stage` blocks of conv → InstanceNorm (affine) →
+//! LeakyReLU 0.01, the first with the stage's stride; a decoder of transposed convolutions
+//! (kernel = stride), concatenation with the skip, `n_conv_per_stage_decoder` blocks, and the
+//! last 1×1 segmentation layer. Its tensors keep nnU-Net's names
+//! (`encoder.stages.{s}.0.convs.{i}.conv.weight`, `decoder.transpconvs.{s}.weight`, …); the
+//! checkpoint's aliases (`all_modules`, `decoder.encoder`) and training state are dropped.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn::tensor::activation::leaky_relu;
+use burn::tensor::module::conv3d;
+use burn::tensor::ops::ConvOptions;
+use serde::Deserialize;
+
+use crate::AiError;
+use crate::ops::conv_transpose3d_stride;
+
+/// The architecture, from a plan's `arch_kwargs`.
+#[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
+pub struct PlainConvUNetConfig {
+    pub n_stages: usize,
+    pub features_per_stage: Vec<usize>,
+    pub kernel_sizes: Vec<[usize; 3]>,
+    pub strides: Vec<[usize; 3]>,
+    pub n_conv_per_stage: Vec<usize>,
+    pub n_conv_per_stage_decoder: Vec<usize>,
+    #[serde(default = "yes")]
+    pub conv_bias: bool,
+    #[serde(default)]
+    pub input_channels: usize,
+    #[serde(default)]
+    pub num_classes: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PlainConvUNetConfig {
+    fn check(&self) -> Result<(), String> {
+        let n = self.n_stages;
+        if n < 2
+            || self.features_per_stage.len() != n
+            || self.kernel_sizes.len() != n
+            || self.strides.len() != n
+            || self.n_conv_per_stage.len() != n
+            || self.n_conv_per_stage_decoder.len() != n - 1
+        {
+            return Err(format!("arch_kwargs do not describe {n} stages consistently"));
+        }
+        if self.input_channels == 0 || self.num_classes == 0 {
+            return Err("no input channels or no classes".into());
+        }
+        Ok(())
+    }
+
+    /// Every tensor the network reads, with its shape.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let mut t = Vec::new();
+        let conv = |t: &mut Vec<(String, Vec<usize>)>, prefix: String, out: usize, inp: usize, k: [usize; 3]| {
+            t.push((format!("{prefix}.conv.weight"), vec![out, inp, k[0], k[1], k[2]]));
+            if self.conv_bias {
+                t.push((format!("{prefix}.conv.bias"), vec![out]));
+            }
+            t.push((format!("{prefix}.norm.weight"), vec![out]));
+            t.push((format!("{prefix}.norm.bias"), vec![out]));
+        };
+        let mut channels = self.input_channels;
+        for s in 0..self.n_stages {
+            for i in 0..self.n_conv_per_stage[s] {
+                let f = self.features_per_stage[s];
+                conv(
+                    &mut t,
+                    format!("encoder.stages.{s}.0.convs.{i}"),
+                    f,
+                    if i == 0 { channels } else { f },
+                    self.kernel_sizes[s],
+                );
+            }
+            channels = self.features_per_stage[s];
+        }
+        for s in 0..self.n_stages - 1 {
+            let below = self.features_per_stage[self.n_stages - 1 - s];
+            let skip = self.features_per_stage[self.n_stages - 2 - s];
+            let st = self.strides[self.n_stages - 1 - s];
+            t.push((format!("decoder.transpconvs.{s}.weight"), vec![below, skip, st[0], st[1], st[2]]));
+            if self.conv_bias {
+                t.push((format!("decoder.transpconvs.{s}.bias"), vec![skip]));
+            }
+            for i in 0..self.n_conv_per_stage_decoder[s] {
+                let k = self.kernel_sizes[self.n_stages - 2 - s];
+                conv(&mut t, format!("decoder.stages.{s}.convs.{i}"), skip, if i == 0 { 2 * skip } else { skip }, k);
+            }
+            // Every deep-supervision head is saved; only the last is used without it.
+            t.push((format!("decoder.seg_layers.{s}.weight"), vec![self.num_classes, skip, 1, 1, 1]));
+            t.push((format!("decoder.seg_layers.{s}.bias"), vec![self.num_classes]));
+        }
+        t
+    }
+}
+
+pub struct PlainConvUNet {
+    config: PlainConvUNetConfig,
+    tensors: BTreeMap<String, Tensor<5>>,
+    vectors: BTreeMap<String, Tensor<1>>,
+}
+
+impl PlainConvUNet {
+    pub fn from_tensors(
+        model: &str,
+        config: PlainConvUNetConfig,
+        tensors: &[(String, Vec<usize>, Vec<f32>)],
+        device: &Device,
+    ) -> Result<Self, AiError> {
+        config.check().map_err(|problem| AiError::Weights { model: model.to_owned(), problem })?;
+        let expected = config.expected_tensors();
+        let mut problems = Vec::new();
+        for (name, shape) in &expected {
+            match tensors.iter().find(|(n, ..)| n == name) {
+                None => problems.push(format!("missing {name} {shape:?}")),
+                Some((_, s, _)) if s != shape => problems.push(format!("{name} is {s:?}, the network needs {shape:?}")),
+                Some(_) => {}
+            }
+        }
+        for (name, ..) in tensors {
+            if !expected.iter().any(|(n, _)| n == name) {
+                problems.push(format!("unused {name}"));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(AiError::Weights { model: model.to_owned(), problem: problems.join("; ") });
+        }
+        let (mut map5, mut map1) = (BTreeMap::new(), BTreeMap::new());
+        for (name, shape, values) in tensors {
+            if let [a, b, c, d, e] = shape.as_slice() {
+                map5.insert(
+                    name.clone(),
+                    Tensor::from_data(TensorData::new(values.clone(), [*a, *b, *c, *d, *e]), device),
+                );
+            } else {
+                map1.insert(name.clone(), Tensor::from_data(TensorData::new(values.clone(), [values.len()]), device));
+            }
+        }
+        Ok(Self { config, tensors: map5, vectors: map1 })
+    }
+
+    fn t5(&self, name: &str) -> Tensor<5> {
+        self.tensors.get(name).cloned().unwrap_or_else(|| unreachable!("{name} was checked"))
+    }
+
+    fn t1(&self, name: &str) -> Option<Tensor<1>> {
+        self.vectors.get(name).cloned()
+    }
+
+    /// conv → InstanceNorm (affine) → LeakyReLU 0.01.
+    fn block(&self, x: Tensor<5>, prefix: &str, stride: [usize; 3], k: [usize; 3]) -> Tensor<5> {
+        let padding = k.map(|k| (k - 1) / 2);
+        let y = conv3d(
+            x,
+            self.t5(&format!("{prefix}.conv.weight")),
+            self.t1(&format!("{prefix}.conv.bias")),
+            ConvOptions::new(stride, padding, [1; 3], 1),
+        );
+        let c = y.dims()[1];
+        let y = crate::linknet::instance_norm(y);
+        let gamma = self.t1(&format!("{prefix}.norm.weight")).map(|g| g.reshape([1, c, 1, 1, 1]));
+        let beta = self.t1(&format!("{prefix}.norm.bias")).map(|b| b.reshape([1, c, 1, 1, 1]));
+        let y = match (gamma, beta) {
+            (Some(g), Some(b)) => y * g + b,
+            _ => y,
+        };
+        leaky_relu(y, 0.01)
+    }
+
+    /// Logits `[N, classes, D, H, W]` (no softmax, as nnU-Net accumulates them).
+    pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
+        let c = &self.config;
+        let mut skips = Vec::new();
+        let mut h = x;
+        for s in 0..c.n_stages {
+            for i in 0..c.n_conv_per_stage[s] {
+                let stride = if i == 0 { c.strides[s] } else { [1; 3] };
+                h = self.block(h, &format!("encoder.stages.{s}.0.convs.{i}"), stride, c.kernel_sizes[s]);
+            }
+            skips.push(h.clone());
+        }
+        let mut low = skips.pop().unwrap_or_else(|| unreachable!("at least two stages"));
+        for s in 0..c.n_stages - 1 {
+            let st = c.strides[c.n_stages - 1 - s];
+            let up = conv_transpose3d_stride(
+                low,
+                self.t5(&format!("decoder.transpconvs.{s}.weight")),
+                self.t1(&format!("decoder.transpconvs.{s}.bias")),
+                st,
+            );
+            let skip = skips.pop().unwrap_or_else(|| unreachable!("one skip per stage"));
+            let mut y = Tensor::cat(vec![up, skip], 1);
+            for i in 0..c.n_conv_per_stage_decoder[s] {
+                y = self.block(y, &format!("decoder.stages.{s}.convs.{i}"), [1; 3], c.kernel_sizes[c.n_stages - 2 - s]);
+            }
+            low = y;
+        }
+        let last = c.n_stages - 2;
+        conv3d(
+            low,
+            self.t5(&format!("decoder.seg_layers.{last}.weight")),
+            self.t1(&format!("decoder.seg_layers.{last}.bias")),
+            ConvOptions::new([1; 3], [0; 3], [1; 3], 1),
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct Plans {
+    transpose_forward: Vec<usize>,
+    configurations: BTreeMap<String, Configuration>,
+    #[serde(default)]
+    foreground_intensity_properties_per_channel: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Configuration {
+    patch_size: Vec<usize>,
+    spacing: Vec<f64>,
+    normalization_schemes: Vec<String>,
+    architecture: Architecture,
+}
+
+#[derive(Deserialize)]
+struct Architecture {
+    network_class_name: String,
+    arch_kwargs: PlainConvUNetConfig,
+}
+
+#[derive(Deserialize)]
+struct DatasetJson {
+    channel_names: BTreeMap<String, String>,
+    labels: BTreeMap<String, serde_json::Value>,
+}
+
+/// Imports an nnU-Net v2 result folder (`…/nnUNetTrainer__nnUNetPlans__3d_fullres`) into a model
+/// package at `out`: `model.toml` from the plan and dataset, `model.safetensors` from
+/// `fold_<fold>/checkpoint_final.pth` (the network's own tensors only), and a model card stub
+/// that the site must complete.
+pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: &Path) -> Result<(), AiError> {
+    let err = |path: &Path, problem: String| AiError::Package { path: path.to_owned(), problem };
+    let read_json = |file: &str| -> Result<serde_json::Value, AiError> {
+        let path = folder.join(file);
+        let text = std::fs::read_to_string(&path).map_err(|e| err(&path, e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| err(&path, e.to_string()))
+    };
+    let plans_path = folder.join("plans.json");
+    let plans: Plans = serde_json::from_value(read_json("plans.json")?).map_err(|e| err(&plans_path, e.to_string()))?;
+    let dataset_path = folder.join("dataset.json");
+    let dataset: DatasetJson =
+        serde_json::from_value(read_json("dataset.json")?).map_err(|e| err(&dataset_path, e.to_string()))?;
+    let config = plans.configurations.get(configuration).ok_or_else(|| {
+        err(
+            &plans_path,
+            format!(
+                "no configuration {configuration:?} (it has {:?})",
+                plans.configurations.keys().collect::<Vec<_>>()
+            ),
+        )
+    })?;
+    if !config.architecture.network_class_name.ends_with("PlainConvUNet") {
+        return Err(err(
+            &plans_path,
+            format!("{} is not supported yet (PlainConvUNet is)", config.architecture.network_class_name),
+        ));
+    }
+    if config.patch_size.len() != 3 || config.spacing.len() != 3 || plans.transpose_forward.len() != 3 {
+        return Err(err(&plans_path, "only 3-D configurations are supported".into()));
+    }
+    let mut arch = config.architecture.arch_kwargs.clone();
+    arch.input_channels = dataset.channel_names.len();
+    arch.num_classes = dataset.labels.len();
+    arch.check().map_err(|p| err(&plans_path, p))?;
+    let checkpoint = folder.join(format!("fold_{fold}")).join("checkpoint_final.pth");
+    let bytes = std::fs::read(&checkpoint).map_err(|e| err(&checkpoint, e.to_string()))?;
+    let all = crate::torch::read_zip(&bytes).map_err(|e| err(&checkpoint, e))?;
+    let expected = arch.expected_tensors();
+    let tensors: Vec<_> = all
+        .into_iter()
+        .filter_map(|(n, s, v)| n.strip_prefix("network_weights.").map(|n| (n.to_owned(), s, v)))
+        .filter(|(n, ..)| expected.iter().any(|(e, _)| e == n))
+        .collect();
+    // Refuse a checkpoint that does not fit its own plan before writing anything.
+    PlainConvUNet::from_tensors(name, arch.clone(), &tensors, &Device::flex())?;
+    std::fs::create_dir_all(out).map_err(|e| err(out, e.to_string()))?;
+    let weights = out.join("model.safetensors");
+    crate::package::write_safetensors(&weights, &tensors).map_err(|e| err(&weights, e.to_string()))?;
+    let sha = crate::package::sha256_file(&weights).map_err(|e| err(&weights, e.to_string()))?;
+    let channel = |i: usize| dataset.channel_names.get(&i.to_string()).cloned().unwrap_or_default();
+    let sequences: Vec<String> = (0..arch.input_channels).map(channel).collect();
+    let mut labels: Vec<(i64, String)> =
+        dataset.labels.iter().filter_map(|(k, v)| v.as_i64().map(|i| (i, k.clone()))).collect();
+    labels.sort();
+    let toml_labels: String = labels.iter().map(|(i, n)| format!("{i} = {:?}\n", n)).collect();
+    let parameters = toml::to_string(&arch).map_err(|e| err(out, e.to_string()))?;
+    let manifest = format!(
+        "name = {name:?}\nversion = \"fold {fold}\"\ndescription = \"nnU-Net v2 {configuration}, imported from {}\"\n\
+         architecture = \"nnunet-plain-conv-unet\"\nlicence = \"unknown: set by the site that installs it\"\n\
+         source = {:?}\n\n[parameters]\n{parameters}\
+         transpose_forward = {:?}\nnormalization_schemes = {:?}\nintensity_properties = {:?}\n\n\
+         [input]\nchannels = {}\nsequences = {:?}\ntarget_spacing_mm = [{}, {}, {}]\nnormalisation = {:?}\n\
+         patch_size = [{}, {}, {}]\n\n[labels]\n{toml_labels}\n[weights]\nfile = \"model.safetensors\"\nsha256 = \"{sha}\"\n",
+        folder.display(),
+        folder.display().to_string(),
+        plans.transpose_forward,
+        config.normalization_schemes,
+        serde_json::to_string(&plans.foreground_intensity_properties_per_channel).unwrap_or_default(),
+        arch.input_channels,
+        sequences,
+        config.spacing[0],
+        config.spacing[1],
+        config.spacing[2],
+        config.normalization_schemes.join(","),
+        config.patch_size[0],
+        config.patch_size[1],
+        config.patch_size[2],
+    );
+    let manifest_path = out.join("model.toml");
+    std::fs::write(&manifest_path, manifest).map_err(|e| err(&manifest_path, e.to_string()))?;
+    let card = out.join("README.md");
+    if !card.exists() {
+        let text = format!(
+            "# {name} (model card: to be completed by the site)\n\n**AI output. Not for clinical use unless your site has validated it.**\n\n\
+             Imported by `lightbox models import` from the nnU-Net v2 folder `{}` (configuration {configuration}, fold {fold}).\n\n\
+             State here: the training data, the measured accuracy, the licence of the weights and who validated them.\n",
+            folder.display()
+        );
+        std::fs::write(&card, text).map_err(|e| err(&card, e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// An imported nnU-Net model, ready to predict.
+pub struct NnUnet {
+    pub name: String,
+    net: PlainConvUNet,
+    transpose_forward: [usize; 3],
+    schemes: Vec<String>,
+    /// Per channel: (mean, std, 0.5 %, 99.5 %) for the `CTNormalization` scheme.
+    ct: BTreeMap<usize, (f64, f64, f64, f64)>,
+    spacing: [f64; 3],
+    patch: [usize; 3],
+    pub device: crate::AiDevice,
+}
+
+#[derive(Deserialize)]
+struct ExtraParameters {
+    transpose_forward: [usize; 3],
+    normalization_schemes: Vec<String>,
+    #[serde(default)]
+    intensity_properties: String,
+}
+
+/// `data` (C order, `dims`) with its axes permuted as numpy's `transpose(perm)`.
+fn transpose3(data: &[f32], dims: [usize; 3], perm: [usize; 3]) -> (Vec<f32>, [usize; 3]) {
+    let out_dims = perm.map(|p| dims[p]);
+    let strides = [dims[1] * dims[2], dims[2], 1];
+    let mut out = Vec::with_capacity(data.len());
+    for a in 0..out_dims[0] {
+        for b in 0..out_dims[1] {
+            for c in 0..out_dims[2] {
+                let mut src = [0usize; 3];
+                src[perm[0]] = a;
+                src[perm[1]] = b;
+                src[perm[2]] = c;
+                out.push(data[src[0] * strides[0] + src[1] * strides[1] + src[2] * strides[2]]);
+            }
+        }
+    }
+    (out, out_dims)
+}
+
+impl NnUnet {
+    pub fn from_package(dir: &Path, device: crate::AiDevice) -> Result<Self, AiError> {
+        let package = crate::ModelPackage::open(dir)?;
+        let m = &package.manifest;
+        let bad = |problem: String| AiError::Package { path: dir.join("model.toml"), problem };
+        if m.architecture != "nnunet-plain-conv-unet" {
+            return Err(bad(format!("architecture {} is not nnunet-plain-conv-unet", m.architecture)));
+        }
+        let mut config: PlainConvUNetConfig =
+            toml::Value::Table(m.parameters.clone()).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        config.input_channels = m.input.channels;
+        config.num_classes = m.labels.len();
+        let extra: ExtraParameters =
+            toml::Value::Table(m.parameters.clone()).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+        let properties: BTreeMap<String, BTreeMap<String, f64>> = if extra.intensity_properties.is_empty() {
+            BTreeMap::new()
+        } else {
+            serde_json::from_str(&extra.intensity_properties).map_err(|e| bad(format!("intensity_properties: {e}")))?
+        };
+        let mut ct = BTreeMap::new();
+        for (c, scheme) in extra.normalization_schemes.iter().enumerate() {
+            if scheme == "CTNormalization" {
+                let p = properties
+                    .get(&c.to_string())
+                    .ok_or_else(|| bad(format!("channel {c}: CT normalisation without intensity properties")))?;
+                let get = |k: &str| p.get(k).copied().ok_or_else(|| bad(format!("channel {c}: no {k}")));
+                ct.insert(c, (get("mean")?, get("std")?, get("percentile_00_5")?, get("percentile_99_5")?));
+            }
+        }
+        let mut tensors = Vec::new();
+        for (name, info) in &package.tensors {
+            tensors.push((name.clone(), info.shape.clone(), package.tensor_f32(name)?));
+        }
+        let net = PlainConvUNet::from_tensors(&m.name, config, &tensors, &device.device)?;
+        let spacing = m.input.target_spacing_mm.ok_or_else(|| bad("no target_spacing_mm".into()))?;
+        Ok(Self {
+            name: m.name.clone(),
+            net,
+            transpose_forward: extra.transpose_forward,
+            schemes: extra.normalization_schemes,
+            ct,
+            spacing,
+            patch: m.input.patch_size,
+            device,
+        })
+    }
+
+    /// Labels (the argmax of the logits) on the grid of `channels` (one volume per input
+    /// channel, all on one grid), predicted as nnU-Net does. `cancel` and `progress` reach the
+    /// sliding window.
+    pub fn predict(
+        &self,
+        channels: &[lightbox_core::Volume<f32>],
+        cancel: &std::sync::atomic::AtomicBool,
+        progress: &mut dyn FnMut(crate::Progress),
+    ) -> Result<lightbox_core::Volume<u8>, AiError> {
+        let first = channels.first().ok_or_else(|| AiError::Input("no input volume".into()))?;
+        if channels.len() != self.schemes.len() {
+            return Err(AiError::Input(format!(
+                "{} channels given, the model takes {}",
+                channels.len(),
+                self.schemes.len()
+            )));
+        }
+        if channels.iter().any(|c| c.dims() != first.dims()) {
+            return Err(AiError::Input("the channels are not on one grid (register them first)".into()));
+        }
+        // The volume's C order is (z, y, x), as nnU-Net's SimpleITK reader gives it.
+        let [nx, ny, nz] = first.dims();
+        let spacing_zyx = {
+            let s = first.spacing_mm();
+            [s[2], s[1], s[0]]
+        };
+        let t = self.transpose_forward;
+        let spacing = t.map(|i| spacing_zyx[i]);
+        let mut data = Vec::new();
+        let mut dims = [0; 3];
+        for (c, volume) in channels.iter().enumerate() {
+            let (mut v, d) = transpose3(volume.voxels(), [nz, ny, nx], t);
+            dims = d;
+            self.normalise(c, &mut v);
+            data.extend(v);
+        }
+        let channels_n = channels.len();
+        let target: [usize; 3] =
+            [0, 1, 2].map(|a| ((dims[a] as f64 * spacing[a] / self.spacing[a]).round() as usize).max(1));
+        let device = &self.device.device;
+        let resized: Tensor<5> = crate::ops::resize_trilinear(
+            Tensor::from_data(TensorData::new(data, [1, channels_n, dims[0], dims[1], dims[2]]), device),
+            target,
+            false,
+        );
+        let resized = resized.into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))?;
+        let mut window = crate::SlidingWindow::new(self.patch);
+        window.mirror_axes = vec![0, 1, 2];
+        let net = |x: Tensor<5>| self.net.forward(x);
+        let (logits, out) =
+            window.predict(device, &resized, [channels_n, target[0], target[1], target[2]], &net, cancel, progress)?;
+        let classes = out[0];
+        let back: Tensor<5> = crate::ops::resize_trilinear(
+            Tensor::from_data(TensorData::new(logits, [1, classes, target[0], target[1], target[2]]), device),
+            dims,
+            false,
+        );
+        let labels: Vec<f32> =
+            back.argmax(1).float().into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))?;
+        // Back to (z, y, x): the inverse permutation.
+        let mut inverse = [0; 3];
+        for (i, &p) in t.iter().enumerate() {
+            inverse[p] = i;
+        }
+        let (labels, _) = transpose3(&labels, dims, inverse);
+        let voxels = labels.iter().map(|&l| l as u8).collect();
+        lightbox_core::Volume::new(first.dims(), voxels, first.patient_from_voxel)
+            .map_err(|e| AiError::Input(e.to_string()))
+    }
+
+    /// nnU-Net's normalisation schemes: CT (clip to the dataset's 0.5–99.5 %, its mean and SD),
+    /// none, rescale to 0..1, and z-score over the image for everything else.
+    fn normalise(&self, channel: usize, v: &mut [f32]) {
+        match self.schemes.get(channel).map(String::as_str) {
+            Some("CTNormalization") => {
+                if let Some(&(mean, std, lo, hi)) = self.ct.get(&channel) {
+                    let sd = std.max(1e-8);
+                    v.iter_mut().for_each(|x| *x = ((f64::from(*x).clamp(lo, hi) - mean) / sd) as f32);
+                }
+            }
+            Some("NoNormalization") => {}
+            Some("RescaleTo01Normalization") => {
+                let (lo, hi) = v.iter().fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+                let range = (hi - lo).max(1e-8);
+                v.iter_mut().for_each(|x| *x = (*x - lo) / range);
+            }
+            _ => {
+                let n = v.len().max(1) as f64;
+                let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+                let std = (v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n).sqrt().max(1e-8);
+                v.iter_mut().for_each(|x| *x = ((f64::from(*x) - mean) / std) as f32);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposes_like_numpy() {
+        // (2, 3, 4) numbered in C order; transpose (2, 0, 1) → shape (4, 2, 3).
+        let data: Vec<f32> = (0..24).map(|v| v as f32).collect();
+        let (t, dims) = transpose3(&data, [2, 3, 4], [2, 0, 1]);
+        assert_eq!(dims, [4, 2, 3]);
+        // out[a, b, c] = in[b, c, a]: out[1, 1, 2] = in[1, 2, 1] = 12 + 8 + 1.
+        assert_eq!(t[11], 21.0);
+        let mut inverse = [0; 3];
+        for (i, p) in [2, 0, 1].iter().enumerate() {
+            inverse[*p] = i;
+        }
+        assert_eq!(transpose3(&t, dims, inverse).0, data);
+    }
+
+    #[test]
+    fn the_plain_conv_unet_names_its_tensors_as_nnunet_does() {
+        let config = PlainConvUNetConfig {
+            n_stages: 3,
+            features_per_stage: vec![4, 8, 16],
+            kernel_sizes: vec![[1, 3, 3], [3, 3, 3], [3, 3, 3]],
+            strides: vec![[1, 1, 1], [1, 2, 2], [2, 2, 2]],
+            n_conv_per_stage: vec![2, 2, 2],
+            n_conv_per_stage_decoder: vec![2, 2],
+            conv_bias: true,
+            input_channels: 2,
+            num_classes: 3,
+        };
+        let names: BTreeMap<String, Vec<usize>> = config.expected_tensors().into_iter().collect();
+        assert_eq!(names["encoder.stages.0.0.convs.0.conv.weight"], vec![4, 2, 1, 3, 3]);
+        assert_eq!(names["encoder.stages.2.0.convs.1.norm.bias"], vec![16]);
+        assert_eq!(names["decoder.transpconvs.0.weight"], vec![16, 8, 2, 2, 2]);
+        assert_eq!(names["decoder.transpconvs.1.weight"], vec![8, 4, 1, 2, 2]);
+        assert_eq!(names["decoder.stages.1.convs.0.conv.weight"], vec![4, 8, 1, 3, 3]);
+        assert_eq!(names["decoder.seg_layers.1.weight"], vec![3, 4, 1, 1, 1]);
+        // 3 stages × 2 convs × 4 + 2 transpconvs × 2 + 2 stages × 2 × 4 + 2 heads × 2.
+        assert_eq!(names.len(), 24 + 4 + 16 + 4);
+    }
+}
