@@ -182,6 +182,21 @@ impl PlainConvUNet {
         leaky_relu(y, 0.01)
     }
 
+    /// [`forward`](Self::forward) on plain values (`shape` = `[N, C, D, H, W]`, C order), for
+    /// callers that do not handle tensors (benchmarks, tests); waits for the result.
+    pub fn forward_values(
+        &self,
+        device: &crate::AiDevice,
+        input: Vec<f32>,
+        shape: [usize; 5],
+    ) -> Result<Vec<f32>, AiError> {
+        if input.len() != shape.iter().product::<usize>() {
+            return Err(AiError::Input(format!("{} values for shape {shape:?}", input.len())));
+        }
+        let x: Tensor<5> = Tensor::from_data(TensorData::new(input, shape), &device.device);
+        self.forward(x).into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))
+    }
+
     /// Logits `[N, classes, D, H, W]` (no softmax, as nnU-Net accumulates them).
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let c = &self.config;
