@@ -4,6 +4,7 @@
 //! - nnU-Net's PlainConvUNet (features 32…320, 6 stages) forward on 1×1×128³, against PyTorch
 //!   2.11 on an H100 (38.5 ms fp32; a CPU run only shows where we stand);
 //! - the peak memory.
+//!
 //! Run with `cargo run -p lightbox-tests --bin bench-ai [-- cpu|gpu|auto]` after
 //! `scripts/install-models.sh`.
 
