@@ -76,23 +76,7 @@ impl LinkNet3d {
         tensors: &[(String, Vec<usize>, Vec<f32>)],
         device: &Device,
     ) -> Result<Self, AiError> {
-        let expected = Self::expected_tensors();
-        let mut problems = Vec::new();
-        for (name, shape) in &expected {
-            match tensors.iter().find(|(n, ..)| n == name) {
-                None => problems.push(format!("missing {name} {shape:?}")),
-                Some((_, s, _)) if s != shape => problems.push(format!("{name} is {s:?}, the network needs {shape:?}")),
-                Some(_) => {}
-            }
-        }
-        for (name, ..) in tensors {
-            if !expected.iter().any(|(n, _)| n == name) {
-                problems.push(format!("unused {name}"));
-            }
-        }
-        if !problems.is_empty() {
-            return Err(AiError::Weights { model: model.to_owned(), problem: problems.join("; ") });
-        }
+        crate::package::check_named(model, &Self::expected_tensors(), tensors)?;
         let (mut weights, mut biases) = (BTreeMap::new(), BTreeMap::new());
         for (name, shape, values) in tensors {
             if shape.len() == 1 {

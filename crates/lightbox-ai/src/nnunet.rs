@@ -123,23 +123,7 @@ impl PlainConvUNet {
         device: &Device,
     ) -> Result<Self, AiError> {
         config.check().map_err(|problem| AiError::Weights { model: model.to_owned(), problem })?;
-        let expected = config.expected_tensors();
-        let mut problems = Vec::new();
-        for (name, shape) in &expected {
-            match tensors.iter().find(|(n, ..)| n == name) {
-                None => problems.push(format!("missing {name} {shape:?}")),
-                Some((_, s, _)) if s != shape => problems.push(format!("{name} is {s:?}, the network needs {shape:?}")),
-                Some(_) => {}
-            }
-        }
-        for (name, ..) in tensors {
-            if !expected.iter().any(|(n, _)| n == name) {
-                problems.push(format!("unused {name}"));
-            }
-        }
-        if !problems.is_empty() {
-            return Err(AiError::Weights { model: model.to_owned(), problem: problems.join("; ") });
-        }
+        crate::package::check_named(model, &config.expected_tensors(), tensors)?;
         let (mut map5, mut map1) = (BTreeMap::new(), BTreeMap::new());
         for (name, shape, values) in tensors {
             if let [a, b, c, d, e] = shape.as_slice() {

@@ -112,27 +112,9 @@ impl ModelPackage {
     /// Refuses weights that do not fit the network exactly: every tensor it expects present with
     /// its shape, and nothing else. All problems are listed at once.
     pub fn check(&self, expected: &[(String, Vec<usize>)]) -> Result<(), AiError> {
-        let mut problems = Vec::new();
-        for (name, shape) in expected {
-            match self.tensors.get(name) {
-                None => problems.push(format!("missing {name} {shape:?}")),
-                Some(t) if &t.shape != shape => {
-                    problems.push(format!("{name} is {:?}, the network needs {shape:?}", t.shape))
-                }
-                Some(t) if t.dtype != "F32" => problems.push(format!("{name} is {}, expected F32", t.dtype)),
-                Some(_) => {}
-            }
-        }
-        for name in self.tensors.keys() {
-            if !expected.iter().any(|(n, _)| n == name) {
-                problems.push(format!("unused {name}"));
-            }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(AiError::Weights { model: self.manifest.name.clone(), problem: problems.join("; ") })
-        }
+        let given: Vec<(&str, &[usize], &str)> =
+            self.tensors.iter().map(|(n, t)| (n.as_str(), t.shape.as_slice(), t.dtype.as_str())).collect();
+        check_tensors(&self.manifest.name, expected, &given)
     }
 
     /// A tensor's values (F32, little-endian).
@@ -144,6 +126,45 @@ impl ModelPackage {
         let bytes = std::fs::read(&self.weights_path).map_err(|e| package_error(&self.weights_path, e.to_string()))?;
         Ok(bytes[info.start..info.end].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
+}
+
+/// Refuses tensors (name, shape, dtype) that do not fit a network exactly: every tensor it
+/// expects present with its shape and as F32, and nothing else. All problems are listed at once.
+pub fn check_tensors(
+    model: &str,
+    expected: &[(String, Vec<usize>)],
+    given: &[(&str, &[usize], &str)],
+) -> Result<(), AiError> {
+    let mut problems = Vec::new();
+    for (name, shape) in expected {
+        match given.iter().find(|(n, ..)| n == name) {
+            None => problems.push(format!("missing {name} {shape:?}")),
+            Some((_, s, _)) if s != shape => problems.push(format!("{name} is {s:?}, the network needs {shape:?}")),
+            Some((_, _, dtype)) if *dtype != "F32" => problems.push(format!("{name} is {dtype}, expected F32")),
+            Some(_) => {}
+        }
+    }
+    for (name, ..) in given {
+        if !expected.iter().any(|(n, _)| n == name) {
+            problems.push(format!("unused {name}"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(AiError::Weights { model: model.to_owned(), problem: problems.join("; ") })
+    }
+}
+
+/// [`check_tensors`] for tensors already read (all F32).
+pub fn check_named(
+    model: &str,
+    expected: &[(String, Vec<usize>)],
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<(), AiError> {
+    let given: Vec<(&str, &[usize], &str)> =
+        tensors.iter().map(|(n, s, _)| (n.as_str(), s.as_slice(), "F32")).collect();
+    check_tensors(model, expected, &given)
 }
 
 fn hex(bytes: &[u8]) -> String {

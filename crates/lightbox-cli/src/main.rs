@@ -263,10 +263,8 @@ enum Commands {
         inputs: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
-        #[arg(long)]
-        models: Option<PathBuf>,
-        #[arg(long)]
-        device: Option<String>,
+        #[command(flatten)]
+        ai: AiArgs,
     },
     /// Brain extraction (deepbet, on this machine): writes the brain mask of a T1 (NIfTI file,
     /// or the largest series of a DICOM file or folder) as NIfTI. AI output, not for clinical use.
@@ -275,13 +273,31 @@ enum Commands {
         /// The mask to write (.nii or .nii.gz).
         #[arg(long)]
         out: PathBuf,
-        /// Where the model packages are (default: LIGHTBOX_MODELS, else ./models).
-        #[arg(long)]
-        models: Option<PathBuf>,
-        /// auto (a GPU when there is one), cpu or gpu (default: LIGHTBOX_AI_DEVICE, else auto).
-        #[arg(long)]
-        device: Option<String>,
+        #[command(flatten)]
+        ai: AiArgs,
     },
+}
+
+/// Where the models are and what runs them.
+#[derive(clap::Args)]
+struct AiArgs {
+    /// Where the model packages are (default: LIGHTBOX_MODELS, else ./models).
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// auto (a GPU when there is one), cpu or gpu (default: LIGHTBOX_AI_DEVICE, else auto).
+    #[arg(long)]
+    device: Option<String>,
+}
+
+impl AiArgs {
+    fn resolve(self) -> anyhow::Result<(PathBuf, lightbox_workflow::ai::DevicePreference)> {
+        let models = self.models.unwrap_or_else(lightbox_workflow::ai::models_dir);
+        let preference = match self.device {
+            Some(d) => lightbox_workflow::ai::DevicePreference::parse(&d)?,
+            None => lightbox_workflow::ai::DevicePreference::from_env()?,
+        };
+        Ok((models, preference))
+    }
 }
 
 #[derive(Subcommand)]
@@ -619,12 +635,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.display()
             );
         }
-        Commands::Predict { model, inputs, out, models, device } => {
-            let models = models.unwrap_or_else(lightbox_workflow::ai::models_dir);
-            let preference = match device {
-                Some(d) => lightbox_workflow::ai::DevicePreference::parse(&d)?,
-                None => lightbox_workflow::ai::DevicePreference::from_env()?,
-            };
+        Commands::Predict { model, inputs, out, ai } => {
+            let (models, preference) = ai.resolve()?;
             let p = lightbox_workflow::ai::predict(&model, &inputs, &out, &models, preference)?;
             println!(
                 "AI output ({model}, not for clinical use): labels {} — voxels per label {:?}, {} windows, {:.1} s on {}",
@@ -635,12 +647,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 p.device
             );
         }
-        Commands::BrainExtract { input, out, models, device } => {
-            let models = models.unwrap_or_else(lightbox_workflow::ai::models_dir);
-            let preference = match device {
-                Some(d) => lightbox_workflow::ai::DevicePreference::parse(&d)?,
-                None => lightbox_workflow::ai::DevicePreference::from_env()?,
-            };
+        Commands::BrainExtract { input, out, ai } => {
+            let (models, preference) = ai.resolve()?;
             let r = lightbox_workflow::ai::brain_extract(&input, &out, &models, preference)?;
             println!(
                 "AI output (deepbet 1.0.2, not for clinical use): brain mask {} — {} voxels, intracranial volume {:.1} mL, {:.1} s on {}",
