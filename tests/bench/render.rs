@@ -169,15 +169,17 @@ fn main() -> anyhow::Result<()> {
     first.render(&gpu.device, &gpu.queue, &plane, window, None)?;
     let pixels = first.read_target(&gpu.device, &gpu.queue)?;
     let mpr_first_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let float_series = series.to_f32();
+    // The slice view as the viewer opens it: the volume in its stored 16-bit type.
     let started = Instant::now();
-    let slices = SliceRenderer::new(&gpu.device, &gpu.queue, &float_series)?;
+    let slices = SliceRenderer::new_stored(&gpu.device, &gpu.queue, &series)?;
+    gpu.wait_idle()?;
+    let slice_upload_ms = started.elapsed().as_secs_f64() * 1000.0;
     slices.render(&gpu.device, &gpu.queue, SliceParams { slice: 150, window })?;
     let slice_pixels = slices.read_target(&gpu.device, &gpu.queue)?;
     let slice_first_ms = started.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(pixels.iter().any(|&p| p > 0) && slice_pixels.iter().any(|&p| p > 0), "nothing was drawn");
     println!(
-        "open → first pixels, 300 slices of 512²: MPR (16-bit) {mpr_first_ms:.0} ms ({uploaded_ms:.0} ms of it upload and pipeline), slice view (float) {slice_first_ms:.0} ms; goal < 300 ms: {:.2}x of goal",
+        "open → first pixels, 300 slices of 512²: MPR (16-bit) {mpr_first_ms:.0} ms ({uploaded_ms:.0} ms of it upload and pipeline), slice view (16-bit) {slice_first_ms:.0} ms ({slice_upload_ms:.0} ms upload and pipeline); goal < 300 ms: {:.2}x of goal",
         300.0 / mpr_first_ms.max(slice_first_ms)
     );
     Ok(())
