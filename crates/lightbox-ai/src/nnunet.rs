@@ -61,6 +61,12 @@ impl PlainConvUNetConfig {
         if self.input_channels == 0 || self.num_classes == 0 {
             return Err("no input channels or no classes".into());
         }
+        if self.kernel_sizes.iter().flatten().any(|&k| k == 0 || k % 2 == 0) {
+            return Err(format!("kernel sizes {:?} must be odd", self.kernel_sizes));
+        }
+        if self.strides.iter().flatten().any(|&s| s == 0) || self.features_per_stage.contains(&0) {
+            return Err("a stride or a stage's features is 0".into());
+        }
         Ok(())
     }
 
@@ -281,9 +287,27 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
     if config.patch_size.len() != 3 || config.spacing.len() != 3 || plans.transpose_forward.len() != 3 {
         return Err(err(&plans_path, "only 3-D configurations are supported".into()));
     }
+    // nnU-Net's heads have one output per integer label; "ignore" is not one of them, and
+    // region-based training (labels as lists) needs a sigmoid decoding not ported yet.
+    if let Some((name, _)) = dataset.labels.iter().find(|(n, v)| n.as_str() != "ignore" && !v.is_i64()) {
+        return Err(err(
+            &dataset_path,
+            format!("label {name:?} is a region: region-based models are not supported yet"),
+        ));
+    }
+    let labels: Vec<(i64, String)> = {
+        let mut l: Vec<_> = dataset
+            .labels
+            .iter()
+            .filter(|(n, _)| n.as_str() != "ignore")
+            .filter_map(|(k, v)| v.as_i64().map(|i| (i, k.clone())))
+            .collect();
+        l.sort();
+        l
+    };
     let mut arch = config.architecture.arch_kwargs.clone();
     arch.input_channels = dataset.channel_names.len();
-    arch.num_classes = dataset.labels.len();
+    arch.num_classes = labels.len();
     arch.check().map_err(|p| err(&plans_path, p))?;
     let checkpoint = folder.join(format!("fold_{fold}")).join("checkpoint_final.pth");
     let bytes = std::fs::read(&checkpoint).map_err(|e| err(&checkpoint, e.to_string()))?;
@@ -302,33 +326,54 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
     let sha = crate::package::sha256_file(&weights).map_err(|e| err(&weights, e.to_string()))?;
     let channel = |i: usize| dataset.channel_names.get(&i.to_string()).cloned().unwrap_or_default();
     let sequences: Vec<String> = (0..arch.input_channels).map(channel).collect();
-    let mut labels: Vec<(i64, String)> =
-        dataset.labels.iter().filter_map(|(k, v)| v.as_i64().map(|i| (i, k.clone()))).collect();
-    labels.sort();
-    let toml_labels: String = labels.iter().map(|(i, n)| format!("{i} = {:?}\n", n)).collect();
-    let parameters = toml::to_string(&arch).map_err(|e| err(out, e.to_string()))?;
-    let manifest = format!(
-        "name = {name:?}\nversion = \"fold {fold}\"\ndescription = \"nnU-Net v2 {configuration}, imported from {}\"\n\
-         architecture = \"nnunet-plain-conv-unet\"\nlicence = \"unknown: set by the site that installs it\"\n\
-         source = {:?}\n\n[parameters]\n{parameters}\
-         transpose_forward = {:?}\nnormalization_schemes = {:?}\nintensity_properties = {:?}\n\n\
-         [input]\nchannels = {}\nsequences = {:?}\ntarget_spacing_mm = [{}, {}, {}]\nnormalisation = {:?}\n\
-         patch_size = [{}, {}, {}]\n\n[labels]\n{toml_labels}\n[weights]\nfile = \"model.safetensors\"\nsha256 = \"{sha}\"\n",
-        folder.display(),
-        folder.display().to_string(),
-        plans.transpose_forward,
-        config.normalization_schemes,
-        serde_json::to_string(&plans.foreground_intensity_properties_per_channel).unwrap_or_default(),
-        arch.input_channels,
-        sequences,
-        config.spacing[0],
-        config.spacing[1],
-        config.spacing[2],
-        config.normalization_schemes.join(","),
-        config.patch_size[0],
-        config.patch_size[1],
-        config.patch_size[2],
+    let toml_err = |e: toml::ser::Error| err(out, e.to_string());
+    let mut parameters = match toml::Value::try_from(&arch).map_err(toml_err)? {
+        toml::Value::Table(t) => t,
+        _ => toml::Table::new(),
+    };
+    let ints = |v: &[usize]| toml::Value::Array(v.iter().map(|&x| toml::Value::Integer(x as i64)).collect());
+    parameters.insert("transpose_forward".into(), ints(&plans.transpose_forward));
+    parameters.insert(
+        "normalization_schemes".into(),
+        toml::Value::Array(config.normalization_schemes.iter().cloned().map(toml::Value::String).collect()),
     );
+    parameters.insert(
+        "intensity_properties".into(),
+        toml::Value::String(
+            serde_json::to_string(&plans.foreground_intensity_properties_per_channel).unwrap_or_default(),
+        ),
+    );
+    parameters.insert("mirror_axes".into(), ints(&[0, 1, 2]));
+    let mut input = toml::Table::new();
+    input.insert("channels".into(), toml::Value::Integer(arch.input_channels as i64));
+    input.insert("sequences".into(), toml::Value::Array(sequences.into_iter().map(toml::Value::String).collect()));
+    input.insert(
+        "target_spacing_mm".into(),
+        toml::Value::Array(config.spacing.iter().map(|&v| toml::Value::Float(v)).collect()),
+    );
+    input.insert("normalisation".into(), toml::Value::String(config.normalization_schemes.join(",")));
+    input.insert("patch_size".into(), ints(&config.patch_size));
+    let mut label_table = toml::Table::new();
+    for (i, n) in &labels {
+        label_table.insert(i.to_string(), toml::Value::String(n.clone()));
+    }
+    let mut weights_table = toml::Table::new();
+    weights_table.insert("file".into(), toml::Value::String("model.safetensors".into()));
+    weights_table.insert("sha256".into(), toml::Value::String(sha));
+    let mut manifest = toml::Table::new();
+    let text = |s: String| toml::Value::String(s);
+    manifest.insert("name".into(), text(name.to_owned()));
+    manifest.insert("version".into(), text(format!("fold {fold}")));
+    manifest
+        .insert("description".into(), text(format!("nnU-Net v2 {configuration}, imported from {}", folder.display())));
+    manifest.insert("architecture".into(), text("nnunet-plain-conv-unet".into()));
+    manifest.insert("licence".into(), text("unknown: set by the site that installs it".into()));
+    manifest.insert("source".into(), text(folder.display().to_string()));
+    manifest.insert("parameters".into(), toml::Value::Table(parameters));
+    manifest.insert("input".into(), toml::Value::Table(input));
+    manifest.insert("labels".into(), toml::Value::Table(label_table));
+    manifest.insert("weights".into(), toml::Value::Table(weights_table));
+    let manifest = toml::to_string(&manifest).map_err(toml_err)?;
     let manifest_path = out.join("model.toml");
     std::fs::write(&manifest_path, manifest).map_err(|e| err(&manifest_path, e.to_string()))?;
     let card = out.join("README.md");
@@ -354,6 +399,7 @@ pub struct NnUnet {
     ct: BTreeMap<usize, (f64, f64, f64, f64)>,
     spacing: [f64; 3],
     patch: [usize; 3],
+    mirror_axes: Vec<usize>,
     pub device: crate::AiDevice,
 }
 
@@ -363,6 +409,13 @@ struct ExtraParameters {
     normalization_schemes: Vec<String>,
     #[serde(default)]
     intensity_properties: String,
+    /// nnU-Net's `inference_allowed_mirroring_axes` (none for trainers without mirroring).
+    #[serde(default = "all_axes")]
+    mirror_axes: Vec<usize>,
+}
+
+fn all_axes() -> Vec<usize> {
+    vec![0, 1, 2]
 }
 
 /// `data` (C order, `dims`) with its axes permuted as numpy's `transpose(perm)`.
@@ -413,20 +466,55 @@ impl NnUnet {
                 ct.insert(c, (get("mean")?, get("std")?, get("percentile_00_5")?, get("percentile_99_5")?));
             }
         }
-        let mut tensors = Vec::new();
-        for (name, info) in &package.tensors {
-            tensors.push((name.clone(), info.shape.clone(), package.tensor_f32(name)?));
+        config.check().map_err(bad)?;
+        let mut sorted = extra.transpose_forward;
+        sorted.sort_unstable();
+        if sorted != [0, 1, 2] {
+            return Err(bad(format!(
+                "transpose_forward {:?} is not a permutation of the axes",
+                extra.transpose_forward
+            )));
         }
+        if extra.normalization_schemes.len() != m.input.channels {
+            return Err(bad(format!(
+                "{} normalisation schemes for {} channels",
+                extra.normalization_schemes.len(),
+                m.input.channels
+            )));
+        }
+        if ct.values().any(|&(_, _, lo, hi)| {
+            lo.partial_cmp(&hi) == Some(std::cmp::Ordering::Greater) || lo.is_nan() || hi.is_nan()
+        }) {
+            return Err(bad("a CT channel's 0.5 % percentile lies above its 99.5 %".into()));
+        }
+        if extra.mirror_axes.iter().any(|&a| a > 2) {
+            return Err(bad(format!("mirror_axes {:?}: axes are 0, 1, 2", extra.mirror_axes)));
+        }
+        // Every stage halves (or keeps) the patch: it must divide by the strides' product.
+        for a in 0..3 {
+            let total: usize = config.strides.iter().map(|s| s[a]).product();
+            if m.input.patch_size[a] == 0 || m.input.patch_size[a] % total != 0 {
+                return Err(bad(format!(
+                    "patch {:?} does not divide by the strides along axis {a}",
+                    m.input.patch_size
+                )));
+            }
+        }
+        let tensors = package.named_tensors(&config.expected_tensors())?;
         let net = PlainConvUNet::from_tensors(&m.name, config, &tensors, &device.device)?;
         let spacing = m.input.target_spacing_mm.ok_or_else(|| bad("no target_spacing_mm".into()))?;
+        if spacing.iter().any(|s| s.is_nan() || *s <= 0.0 || !s.is_finite()) {
+            return Err(bad(format!("target spacing {spacing:?}")));
+        }
         Ok(Self {
             name: m.name.clone(),
             net,
             transpose_forward: extra.transpose_forward,
-            schemes: extra.normalization_schemes,
+            schemes: extra.normalization_schemes.clone(),
             ct,
             spacing,
             patch: m.input.patch_size,
+            mirror_axes: extra.mirror_axes,
             device,
         })
     }
@@ -478,7 +566,7 @@ impl NnUnet {
         );
         let resized = resized.into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))?;
         let mut window = crate::SlidingWindow::new(self.patch);
-        window.mirror_axes = vec![0, 1, 2];
+        window.mirror_axes = self.mirror_axes.clone();
         let net = |x: Tensor<5>| self.net.forward(x);
         let (logits, out) =
             window.predict(device, &resized, [channels_n, target[0], target[1], target[2]], &net, cancel, progress)?;

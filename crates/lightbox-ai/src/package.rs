@@ -71,6 +71,9 @@ pub struct ModelPackage {
     pub manifest: Manifest,
     pub weights_path: PathBuf,
     pub tensors: BTreeMap<String, TensorInfo>,
+    /// The weights as read (and hashed) by `open`: tensors come from these bytes, never from a
+    /// file that may have changed since.
+    bytes: std::sync::Arc<Vec<u8>>,
 }
 
 fn package_error(path: &Path, problem: impl Into<String>) -> AiError {
@@ -106,7 +109,7 @@ impl ModelPackage {
             ));
         }
         let tensors = read_header(&bytes).map_err(|problem| package_error(&weights_path, problem))?;
-        Ok(Self { dir: dir.to_owned(), manifest, weights_path, tensors })
+        Ok(Self { dir: dir.to_owned(), manifest, weights_path, tensors, bytes: std::sync::Arc::new(bytes) })
     }
 
     /// Refuses weights that do not fit the network exactly: every tensor it expects present with
@@ -119,12 +122,20 @@ impl ModelPackage {
 
     /// A tensor's values (F32, little-endian).
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>, AiError> {
-        let info = self.tensors.get(name).ok_or_else(|| AiError::Weights {
-            model: self.manifest.name.clone(),
-            problem: format!("missing {name}"),
-        })?;
-        let bytes = std::fs::read(&self.weights_path).map_err(|e| package_error(&self.weights_path, e.to_string()))?;
-        Ok(bytes[info.start..info.end].chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        let problem = |p: String| AiError::Weights { model: self.manifest.name.clone(), problem: p };
+        let info = self.tensors.get(name).ok_or_else(|| problem(format!("missing {name}")))?;
+        if info.dtype != "F32" {
+            return Err(problem(format!("{name} is {}, expected F32", info.dtype)));
+        }
+        let bytes =
+            self.bytes.get(info.start..info.end).ok_or_else(|| problem(format!("{name} lies outside the file")))?;
+        Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    /// Every tensor, checked against what the network `expected` (see [`check`](Self::check)).
+    pub fn named_tensors(&self, expected: &[(String, Vec<usize>)]) -> Result<Vec<crate::torch::NamedTensor>, AiError> {
+        self.check(expected)?;
+        self.tensors.iter().map(|(name, info)| Ok((name.clone(), info.shape.clone(), self.tensor_f32(name)?))).collect()
     }
 }
 

@@ -99,8 +99,14 @@ impl SlidingWindow {
         if input.len() != dims.iter().product::<usize>() || channels == 0 {
             return Err(AiError::Input(format!("{} values for dims {dims:?}", input.len())));
         }
-        if self.patch.contains(&0) || self.mirror_axes.iter().any(|&a| a > 2) {
-            return Err(AiError::Input(format!("patch {:?}, mirror axes {:?}", self.patch, self.mirror_axes)));
+        if self.patch.contains(&0)
+            || self.mirror_axes.iter().any(|&a| a > 2)
+            || !(self.step_fraction > 0.0 && self.step_fraction <= 1.0)
+        {
+            return Err(AiError::Input(format!(
+                "patch {:?}, step {}, mirror axes {:?}: a patch of at least one voxel, a step in (0, 1], axes 0–2",
+                self.patch, self.step_fraction, self.mirror_axes
+            )));
         }
         // Pad to at least one patch, split evenly as nnU-Net's pad_nd_image does.
         let image = [d, h, w];

@@ -43,6 +43,51 @@ enum Value {
     Mark,
 }
 
+/// Containers nest at most this deep: a deeper pickle is refused (its tree would overflow the
+/// stack when walked or dropped).
+const MAX_DEPTH: usize = 200;
+
+/// Values the memo may copy over a whole pickle: a crafted pickle can double its tree with every
+/// copy; a model file copies a few names and classes.
+const MAX_COPIES: usize = 5_000_000;
+
+/// How deeply `v` nests (1 for a leaf). Bounded: no value deeper than `MAX_DEPTH` is built.
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Tuple(items) | Value::List(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Dict(items) => 1 + items.iter().map(|(k, v)| depth(k).max(depth(v))).max().unwrap_or(0),
+        Value::Object { state, .. } => 1 + depth(state),
+        _ => 1,
+    }
+}
+
+/// The values in `v`, counted up to `limit`.
+fn count(v: &Value, limit: usize) -> usize {
+    let mut n = 1;
+    let add = |c: &Value, n: &mut usize| {
+        if *n < limit {
+            *n += count(c, limit - *n);
+        }
+    };
+    match v {
+        Value::Tuple(items) | Value::List(items) => items.iter().for_each(|c| add(c, &mut n)),
+        Value::Dict(items) => items.iter().for_each(|(k, c)| {
+            add(k, &mut n);
+            add(c, &mut n);
+        }),
+        Value::Object { state, .. } => add(state, &mut n),
+        _ => {}
+    }
+    n
+}
+
+fn shallow_enough(v: Value) -> Result<Value, String> {
+    if depth(&v) > MAX_DEPTH {
+        return Err(format!("the pickle nests deeper than {MAX_DEPTH} levels"));
+    }
+    Ok(v)
+}
+
 fn as_usize(v: &Value) -> Result<usize, String> {
     match v {
         Value::Int(i) if *i >= 0 => Ok(*i as usize),
@@ -61,6 +106,16 @@ fn sizes(v: &Value) -> Result<Vec<usize>, String> {
 fn unpickle(data: &[u8]) -> Result<Value, String> {
     let mut stack: Vec<Value> = Vec::new();
     let mut memo: BTreeMap<u32, Value> = BTreeMap::new();
+    let mut copies_left = MAX_COPIES;
+    // Every memo store and fetch copies a tree; the budget stops a pickle that copies without end.
+    let mut copy = |v: &Value| -> Result<Value, String> {
+        let n = count(v, copies_left.saturating_add(1));
+        if n > copies_left {
+            return Err("the pickle copies more values than a model file holds".into());
+        }
+        copies_left -= n;
+        Ok(v.clone())
+    };
     let mut pos = 0usize;
     let take = |pos: &mut usize, n: usize| -> Result<&[u8], String> {
         let end = pos.checked_add(n).filter(|&e| e <= data.len()).ok_or("the pickle ends early")?;
@@ -151,44 +206,47 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
             }
             b'q' => {
                 let k = u32::from(take(&mut pos, 1)?[0]);
-                memo.insert(k, stack.last().cloned().ok_or("BINPUT on an empty stack")?);
+                memo.insert(k, copy(stack.last().ok_or("BINPUT on an empty stack")?)?);
             }
             b'r' => {
                 let b = take(&mut pos, 4)?;
-                memo.insert(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), stack.last().cloned().ok_or("empty stack")?);
+                memo.insert(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), copy(stack.last().ok_or("empty stack")?)?);
             }
             0x94 => {
                 let k = memo.len() as u32;
-                memo.insert(k, stack.last().cloned().ok_or("MEMOIZE on an empty stack")?);
+                memo.insert(k, copy(stack.last().ok_or("MEMOIZE on an empty stack")?)?);
             }
             b'h' => {
                 let k = u32::from(take(&mut pos, 1)?[0]);
-                stack.push(memo.get(&k).cloned().ok_or(format!("memo {k} was never stored"))?);
+                stack.push(copy(memo.get(&k).ok_or(format!("memo {k} was never stored"))?)?);
             }
             b'j' => {
                 let b = take(&mut pos, 4)?;
                 let k = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                stack.push(memo.get(&k).cloned().ok_or(format!("memo {k} was never stored"))?);
+                stack.push(copy(memo.get(&k).ok_or(format!("memo {k} was never stored"))?)?);
             }
             b')' => stack.push(Value::Tuple(Vec::new())),
             b']' => stack.push(Value::List(Vec::new())),
             b'}' => stack.push(Value::Dict(Vec::new())),
             b't' => {
                 let items = pop_mark(&mut stack)?;
-                stack.push(Value::Tuple(items));
+                stack.push(shallow_enough(Value::Tuple(items))?);
             }
             0x85..=0x87 => {
                 let n = usize::from(op - 0x84);
                 let at = stack.len().checked_sub(n).ok_or("TUPLEn on a short stack")?;
                 let items = stack.split_off(at);
-                stack.push(Value::Tuple(items));
+                stack.push(shallow_enough(Value::Tuple(items))?);
             }
             b'l' => {
                 let items = pop_mark(&mut stack)?;
-                stack.push(Value::List(items));
+                stack.push(shallow_enough(Value::List(items))?);
             }
             b'a' | b'e' => {
                 let items = if op == b'a' { vec![pop(&mut stack)?] } else { pop_mark(&mut stack)? };
+                if items.iter().any(|v| depth(v) >= MAX_DEPTH) {
+                    return Err(format!("the pickle nests deeper than {MAX_DEPTH} levels"));
+                }
                 match stack.last_mut() {
                     Some(Value::List(list)) => list.extend(items),
                     _ => return Err("APPEND onto something that is not a list".into()),
@@ -204,6 +262,9 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
                 };
                 if items.len() % 2 != 0 {
                     return Err("SETITEMS with an odd number of items".into());
+                }
+                if items.iter().any(|v| depth(v) >= MAX_DEPTH) {
+                    return Err(format!("the pickle nests deeper than {MAX_DEPTH} levels"));
                 }
                 let pairs = items.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone()));
                 match stack.last_mut() {
@@ -266,6 +327,9 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
             }
             b'b' => {
                 let state = pop(&mut stack)?;
+                if depth(&state) >= MAX_DEPTH {
+                    return Err(format!("the pickle nests deeper than {MAX_DEPTH} levels"));
+                }
                 match stack.last_mut() {
                     Some(Value::Object { state: s, .. }) => **s = state,
                     // BUILD on a dict (an OrderedDict's __setstate__) or anything else: keep the
@@ -278,7 +342,7 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
                 pop(&mut stack)?;
             }
             b'2' => {
-                let top = stack.last().cloned().ok_or("DUP on an empty stack")?;
+                let top = copy(stack.last().ok_or("DUP on an empty stack")?)?;
                 stack.push(top);
             }
             other => return Err(format!("pickle opcode 0x{other:02x} at byte {} is not supported", pos - 1)),
@@ -322,9 +386,12 @@ pub fn read_zip(bytes: &[u8]) -> Result<Vec<NamedTensor>, String> {
         .ok_or("no <archive>/data.pkl: not a PyTorch archive")?;
     let root = pkl.trim_end_matches("data.pkl").to_owned();
     let mut read = |name: &str| -> Result<Vec<u8>, String> {
-        let mut entry = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
+        let entry = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
+        // An entry holds at most what it declares, and a model's entries are not more than a
+        // thousand times their archive: a crafted archive cannot inflate without bound.
+        let limit = entry.size().min((bytes.len() as u64).saturating_mul(1000));
         let mut buf = Vec::new();
-        entry.read_to_end(&mut buf).map_err(|e| format!("{name}: {e}"))?;
+        entry.take(limit).read_to_end(&mut buf).map_err(|e| format!("{name}: {e}"))?;
         Ok(buf)
     };
     let tree = unpickle(&read(&pkl)?)?;
@@ -337,13 +404,16 @@ pub fn read_zip(bytes: &[u8]) -> Result<Vec<NamedTensor>, String> {
         if dtype != "FloatStorage" {
             return Err(format!("{name}: {dtype} tensors are not supported (float32 only)"));
         }
-        let numel: usize = size.iter().product();
+        let numel = size
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .ok_or(format!("{name}: its shape {size:?} overflows"))?;
         // Contiguous, row-major strides.
         let mut expected = vec![0usize; size.len()];
         let mut step = 1;
         for d in (0..size.len()).rev() {
             expected[d] = step;
-            step *= size[d];
+            step = step.saturating_mul(size[d]);
         }
         if numel > 1 && size.iter().zip(&stride).zip(&expected).any(|((s, a), b)| *s > 1 && a != b) {
             return Err(format!("{name}: strides {stride:?} for shape {size:?} are not contiguous"));
@@ -353,7 +423,8 @@ pub fn read_zip(bytes: &[u8]) -> Result<Vec<NamedTensor>, String> {
             storages.insert(key.clone(), data);
         }
         let data = &storages[&key];
-        let (start, end) = (offset * 4, (offset + numel) * 4);
+        let range = offset.checked_add(numel).and_then(|e| Some((offset.checked_mul(4)?, e.checked_mul(4)?)));
+        let (start, end) = range.ok_or(format!("{name}: offset {offset} and size {numel} overflow"))?;
         let bytes = data.get(start..end).ok_or(format!("{name}: storage {key} is shorter than the tensor"))?;
         let values = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         tensors.push((name, size, values));
@@ -471,6 +542,20 @@ mod tests {
         for bad in [&b""[..], b"\x80", b"(t", b"h\x05", b"\xff", b"X\xff\xff\xff\x7f", b"u", b"R"] {
             assert!(unpickle(bad).is_err(), "{bad:?}");
         }
+        // A list that doubles itself through the memo 40 times (330 bytes, 2⁴⁰ values).
+        let mut doubling = b"]q\0".to_vec();
+        for _ in 0..40 {
+            doubling.extend_from_slice(b"(h\0h\0lq\0");
+        }
+        doubling.push(b'.');
+        let err = unpickle(&doubling).err().unwrap_or_default();
+        assert!(err.contains("copies more values"), "{err}");
+        // A million nested tuples.
+        let mut deep = vec![b'('; 1_000_000];
+        deep.extend(std::iter::repeat_n(b't', 1_000_000));
+        deep.push(b'.');
+        let err = unpickle(&deep).err().unwrap_or_default();
+        assert!(err.contains("nests deeper"), "{err}");
         assert!(read_zip(b"not a zip").is_err());
     }
 }

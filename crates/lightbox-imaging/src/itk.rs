@@ -1,6 +1,7 @@
 //! ITK's text transform files ("#Insight Transform File V1.0"), as elastix, ANTs and ITK-SNAP
-//! write them: affine (`MatrixOffsetTransformBase`, `AffineTransform`) and rigid
-//! transforms in 3-D (`MatrixOffsetTransformBase_double_3_3`, `AffineTransform_double_3_3`).
+//! write them: 3-D matrix-offset transforms (`MatrixOffsetTransformBase_double_3_3`,
+//! `AffineTransform_double_3_3`). Parameterised rigid kinds (`Euler3DTransform`,
+//! `VersorRigid3DTransform`) are refused by name for now.
 //!
 //! ITK works in LPS like DICOM, and its transforms map a point of the *fixed* image to the
 //! *moving* image: `x ↦ A·(x − c) + t + c` with `A` the 9 matrix parameters (row-major), `t` the
@@ -48,6 +49,9 @@ pub fn parse_affine(text: &str) -> Result<Affine3, ImagingError> {
         return Err(err(0, "a parameter is not finite".into()));
     }
     let c = centre.unwrap_or([0.0; 3]);
+    if c.iter().any(|v| !v.is_finite()) {
+        return Err(err(0, "a fixed parameter (the centre) is not finite".into()));
+    }
     let mut rows = [[0.0; 4]; 3];
     for (r, row) in rows.iter_mut().enumerate() {
         let a = [p[3 * r], p[3 * r + 1], p[3 * r + 2]];

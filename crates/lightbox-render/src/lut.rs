@@ -73,6 +73,11 @@ impl Lut {
             if let Some(v) = numbers.iter().find(|v| !(0.0..=1.0).contains(*v)) {
                 return Err(bad(n, format!("{v} is outside 0..1")));
             }
+            if let Some(&(previous, _)) = points.last()
+                && numbers[0] < previous
+            {
+                return Err(bad(n, format!("position {} comes after {previous}: positions must rise", numbers[0])));
+            }
             points.push((numbers[0], [numbers[1], numbers[2], numbers[3], numbers.get(4).copied().unwrap_or(1.0)]));
         }
         Self::from_points(name, &points)
@@ -148,8 +153,8 @@ mod tests {
         );
         assert_eq!(err("0 0 0 2\n"), "colour table bad.lut, line 1: 2 is outside 0..1");
         assert_eq!(
-            err("0.5 0 0 0\n0.2 1 1 1\n"),
-            "colour table bad.lut, line 2: position 0.2 comes after 0.5: positions must rise"
+            err("0.5 0 0 0\n# a note\n0.2 1 1 1\n"),
+            "colour table bad.lut, line 3: position 0.2 comes after 0.5: positions must rise"
         );
         assert_eq!(err("# nothing\n"), "colour table bad.lut, line 0: no control points");
         Ok(())

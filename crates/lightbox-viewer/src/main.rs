@@ -147,11 +147,22 @@ fn run(args: Args) -> anyhow::Result<()> {
             if args.no_register {
                 Some((label, prior_volume, prior_series.window, None))
             } else {
-                let aligned = compare::align(&volume, &prior_volume)
-                    .with_context(|| format!("{}: cannot register the prior onto the current scan", path.display()))?;
-                println!("lightbox-viewer: {}", aligned.summary);
-                let difference = Some((aligned.difference, aligned.difference_window));
-                Some((format!("{label} · registered"), aligned.prior, prior_series.window, difference))
+                match compare::align(&volume, &prior_volume) {
+                    Ok(aligned) => {
+                        println!("lightbox-viewer: {}", aligned.summary);
+                        let difference = Some((aligned.difference, aligned.difference_window));
+                        Some((format!("{label} · registered"), aligned.prior, prior_series.window, difference))
+                    }
+                    // A localizer, a partial scan or an empty series: still show it, linked by
+                    // patient coordinates, and say why it is not registered.
+                    Err(e) => {
+                        eprintln!(
+                            "lightbox-viewer: warning: {}: not registered ({e:#}); slices linked by patient coordinates",
+                            path.display()
+                        );
+                        Some((format!("{label} · not registered"), prior_volume, prior_series.window, None))
+                    }
+                }
             }
         }
         None => None,
@@ -668,21 +679,23 @@ impl ViewerApp {
         use protocol::{Command, Layout};
         match command {
             Command::Goto { slice, patient_mm } => {
+                let depth = f64::from(self.renderer.dims()[2].max(1) - 1);
                 let target = match (slice, patient_mm) {
-                    (Some(k), _) => Some(i64::from(k)),
-                    (None, Some(p)) => {
+                    (Some(k), _) => Some(f64::from(k)),
+                    (None, Some(p)) if p.iter().all(|v| v.is_finite()) => {
                         if let Some(mpr) = &mut self.mpr {
                             mpr.move_to(p);
                         }
-                        self.patient_from_voxel.inverse().map(|inv| inv.transform_point(p)[2].round() as i64)
+                        self.patient_from_voxel.inverse().map(|inv| inv.transform_point(p)[2].round())
                     }
-                    (None, None) => None,
+                    _ => None,
                 };
                 match target {
-                    Some(k) => self.step_slice(k - i64::from(self.params.slice)),
-                    None => {
-                        protocol::emit(&protocol::Event::Error { message: "goto needs slice or patient_mm".into() })
-                    }
+                    // Clamped to the series in floating point: no overflow whatever is asked.
+                    Some(k) => self.step_slice(k.clamp(0.0, depth) as i64 - i64::from(self.params.slice)),
+                    None => protocol::emit(&protocol::Event::Error {
+                        message: "goto needs a slice or a finite patient_mm".into(),
+                    }),
                 }
             }
             Command::Layout { layout } => match (layout, &mut self.mpr, &mut self.prior) {

@@ -143,7 +143,7 @@ pub fn roi(volume: &Volume<f32>, outline: Vec<[f64; 3]>, freehand: bool) -> Opti
     let sd = if n > 1 { ((sum2 - n as f64 * mean * mean) / (n - 1) as f64).max(0.0).sqrt() } else { 0.0 };
     // The area in the slice's plane: the shoelace formula on the outline's in-plane mm.
     let a = &volume.patient_from_voxel;
-    let sz = volume.spacing_mm()[2];
+    let ez = a.axis(2);
     let (ex, ey) = (a.axis(0), a.axis(1));
     let cross = [ex[1] * ey[2] - ex[2] * ey[1], ex[2] * ey[0] - ex[0] * ey[2], ex[0] * ey[1] - ex[1] * ey[0]];
     let in_plane_area = (cross[0].powi(2) + cross[1].powi(2) + cross[2].powi(2)).sqrt();
@@ -151,7 +151,10 @@ pub fn roi(volume: &Volume<f32>, outline: Vec<[f64; 3]>, freehand: bool) -> Opti
         outline.iter().zip(outline.iter().cycle().skip(1)).map(|(p, q)| p[0] * q[1] - q[0] * p[1]).sum::<f64>().abs()
             / 2.0;
     let area_mm2 = shoelace * in_plane_area;
-    let stats = RoiStats { voxels: n, mean, sd, area_mm2, volume_ml: area_mm2 * sz / 1000.0 };
+    // The slab's volume: the outline's voxel area times a voxel's volume (|det|), right for
+    // tilted grids too (a gantry tilt makes slices thinner than the step between them).
+    let voxel_mm3 = (cross[0] * ez[0] + cross[1] * ez[1] + cross[2] * ez[2]).abs();
+    let stats = RoiStats { voxels: n, mean, sd, area_mm2, volume_ml: shoelace * voxel_mm3 / 1000.0 };
     Some(Measurement::Roi { outline, stats, freehand })
 }
 
@@ -210,6 +213,24 @@ mod tests {
         // About π·10² voxels of 0.4 mm².
         assert!((stats.voxels as f64 - std::f64::consts::PI * 100.0).abs() < 12.0, "{}", stats.voxels);
         assert!((stats.volume_ml - exact * 3.0 / 1000.0).abs() < 0.002);
+    }
+
+    #[test]
+    fn a_tilted_grid_measures_the_slab_perpendicular_to_its_plane() {
+        // 1 mm pixels; slices 2 mm apart along a direction tilted 60° from the normal: the slab
+        // is 1 mm thick, the voxel 1 mm³.
+        let tilt = 60f64.to_radians();
+        let affine = Affine3::from_columns(
+            [1.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0],
+            [0.0, 2.0 * tilt.sin(), 2.0 * tilt.cos()],
+            [0.0; 3],
+        );
+        let v = Volume::new([10, 10, 2], vec![1.0f32; 200], affine).unwrap_or_else(|_| unreachable!());
+        let square = vec![[1.5, 1.5, 0.0], [5.5, 1.5, 0.0], [5.5, 5.5, 0.0], [1.5, 5.5, 0.0]];
+        let Some(Measurement::Roi { stats, .. }) = roi(&v, square, true) else { unreachable!() };
+        assert!((stats.area_mm2 - 16.0).abs() < 1e-9);
+        assert!((stats.volume_ml - 0.016).abs() < 1e-9, "{}", stats.volume_ml);
     }
 
     #[test]
