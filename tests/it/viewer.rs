@@ -256,6 +256,25 @@ fn compare_with_prior_shows_both_time_points_with_linked_slices() -> anyhow::Res
     let third = image.crop(640, 300, 220, 220);
     assert!(third.distinct_greys() > 30, "the difference pane is empty");
     assert!(third.mean_abs_diff(&right2.crop(0, 0, 220, 220)) > 2.0, "the third pane is not a new image");
+    // Ctrl + wheel over the current pane zooms it, and the prior and the difference follow.
+    x.xdotool(&["mousemove", "150", "420", "keydown", "ctrl"])?;
+    for _ in 0..3 {
+        x.xdotool(&["click", "4"])?;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    x.xdotool(&["keyup", "ctrl"])?;
+    let zoomed = stdout.wait_for("lightbox-viewer: zoom ", Duration::from_secs(10))?;
+    assert!(zoomed.contains("zoom 1.") || zoomed.contains("zoom 2."), "{zoomed}");
+    std::thread::sleep(Duration::from_millis(800));
+    let shot = screenshot_dir()?.join("viewer-compare-zoomed.png");
+    x.screenshot(&shot)?;
+    let after = Rgb::load(&shot)?;
+    for (name, x0) in [("current", 40), ("prior", 340), ("difference", 640)] {
+        let (a, b) = (image.crop(x0, 300, 220, 220), after.crop(x0, 300, 220, 220));
+        assert!(a.mean_abs_diff(&b) > 2.0, "the {name} pane did not zoom");
+    }
+    x.xdotool(&["key", "z"])?;
+    stdout.wait_for("zoom reset", Duration::from_secs(10))?;
     Ok(())
 }
 

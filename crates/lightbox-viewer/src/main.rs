@@ -362,11 +362,12 @@ impl Pane {
         Ok(Self { label, renderer, texture, aspect, params: SliceParams { slice: 0, window }, rendered: None })
     }
 
-    /// Its title and image; a drag sets its own window.
-    fn ui(&mut self, ui: &mut egui::Ui) {
+    /// Its title and image, zoomed and panned with `view` (shared with the current pane); a drag
+    /// sets its own window.
+    fn ui(&mut self, ui: &mut egui::Ui, view: &mut widgets::View) {
         ui.label(egui::RichText::new(&self.label).strong());
-        let (response, _) = widgets::letterboxed_image(ui, self.texture, self.aspect);
-        if response.dragged() {
+        let (response, _) = widgets::zoomed_image(ui, self.texture, self.aspect, view);
+        if response.dragged_by(egui::PointerButton::Primary) {
             widgets::drag_window(&mut self.params.window, response.drag_delta());
         }
     }
@@ -412,10 +413,11 @@ impl Prior {
 }
 
 /// The viewer's keys and mouse actions, as its help (F1) lists them.
-const SHORTCUTS: [(&str, &str); 19] = [
+const SHORTCUTS: [(&str, &str); 20] = [
     ("Up / Down, wheel", "next / previous slice (in MPR: move the plane under the pointer)"),
     ("Page Up / Page Down", "ten slices"),
     ("drag", "window / level (horizontal: width, vertical: level)"),
+    ("Ctrl + wheel, right drag, Z", "zoom about the pointer, pan, reset (the compare panes follow)"),
     ("click (MPR)", "move the crosshair there; the other planes follow"),
     ("O", "show / hide the segmentation overlay"),
     ("L (MPR)", "segmentation as outlines / filled"),
@@ -456,6 +458,8 @@ struct ViewerApp {
     announced: Option<u32>,
     /// The voxels, for ROI statistics.
     volume: Volume<f32>,
+    /// Zoom and pan, shared by the current, prior and difference panes.
+    view: widgets::View,
     /// The table given with --lut, which K also cycles through.
     user_lut: Option<lightbox_render::Lut>,
     /// The 1×3 MPR layout, when asked for.
@@ -527,6 +531,7 @@ impl ViewerApp {
             frames_presented: 0,
             volume,
             user_lut: None,
+            view: widgets::View::default(),
         })
     }
 
@@ -581,9 +586,9 @@ impl ViewerApp {
             columns[0].label(egui::RichText::new(&self.current_label).strong());
             self.image_ui(&mut columns[0]);
             if let Some(prior) = &mut self.prior {
-                prior.pane.ui(&mut columns[1]);
+                prior.pane.ui(&mut columns[1], &mut self.view);
                 if let (Some(difference), Some(column)) = (&mut prior.difference, columns.get_mut(2)) {
-                    difference.ui(column);
+                    difference.ui(column, &mut self.view);
                 }
             }
         });
@@ -721,38 +726,42 @@ impl ViewerApp {
     }
 
     fn image_ui(&mut self, ui: &mut egui::Ui) {
-        let (response, rect) = widgets::letterboxed_image(ui, self.texture, self.aspect);
+        let before = self.view;
+        let (response, rect) = widgets::zoomed_image(ui, self.texture, self.aspect, &mut self.view);
+        if self.view != before {
+            println!(
+                "lightbox-viewer: zoom {:.2}, centre ({:.3}, {:.3})",
+                self.view.zoom, self.view.centre.x, self.view.centre.y
+            );
+        }
+        let view = self.view;
         let slice = self.params.slice;
         if let Some(overlay) = self.overlay.as_mut().filter(|o| o.shown) {
             let texture = overlay.texture(ui.ctx(), slice);
-            let uv = egui::Rect::from_min_max(egui::pos2(0.0, 0.0), egui::pos2(1.0, 1.0));
-            ui.painter().image(texture, rect, uv, egui::Color32::WHITE);
+            ui.painter().image(texture, rect, view.uv(), egui::Color32::WHITE);
         }
         let [nx, ny, _] = self.dims;
+        // Screen ↔ voxel through the zoomed part of the image.
         let to_voxel = |pos: egui::Pos2| {
-            [
-                f64::from((pos.x - rect.left()) / rect.width()) * nx as f64 - 0.5,
-                f64::from((pos.y - rect.top()) / rect.height()) * ny as f64 - 0.5,
-                f64::from(slice),
-            ]
+            let t = view.to_uv(pos, rect);
+            [f64::from(t.x) * nx as f64 - 0.5, f64::from(t.y) * ny as f64 - 0.5, f64::from(slice)]
         };
         let to_screen = |v: [f64; 3]| {
-            egui::pos2(
-                rect.left() + ((v[0] + 0.5) / nx as f64) as f32 * rect.width(),
-                rect.top() + ((v[1] + 0.5) / ny as f64) as f32 * rect.height(),
-            )
+            view.to_screen(egui::pos2(((v[0] + 0.5) / nx as f64) as f32, ((v[1] + 0.5) / ny as f64) as f32), rect)
         };
+        // Measurements drawn only over the image.
+        let painter = ui.painter_at(rect);
         if let Some(tool) = self.tool {
             let finished = if tool == measure::Tool::Freehand {
-                if response.drag_started() {
+                if response.drag_started_by(egui::PointerButton::Primary) {
                     self.pending.clear();
                 }
-                if response.dragged()
+                if response.dragged_by(egui::PointerButton::Primary)
                     && let Some(pos) = response.interact_pointer_pos()
                 {
                     self.pending.push(to_voxel(pos));
                 }
-                if response.drag_stopped() {
+                if response.drag_stopped_by(egui::PointerButton::Primary) {
                     measure::roi(&self.volume, std::mem::take(&mut self.pending), true)
                 } else {
                     None
@@ -795,28 +804,23 @@ impl ViewerApp {
             if closed {
                 screen.push(screen[0]);
             }
-            ui.painter().add(egui::Shape::line(screen, stroke));
-            ui.painter().text(
-                to_screen(at) + egui::vec2(8.0, 0.0),
-                egui::Align2::LEFT_CENTER,
-                m.text(),
-                font.clone(),
-                ink,
-            );
+            painter.add(egui::Shape::line(screen, stroke));
+            painter.text(to_screen(at) + egui::vec2(8.0, 0.0), egui::Align2::LEFT_CENTER, m.text(), font.clone(), ink);
         }
         let pending: Vec<egui::Pos2> =
             self.pending.iter().filter(|p| p[2] as u32 == slice).map(|p| to_screen(*p)).collect();
         if self.tool == Some(measure::Tool::Freehand) {
-            ui.painter().add(egui::Shape::line(pending, stroke));
+            painter.add(egui::Shape::line(pending, stroke));
         } else {
             for p in pending {
-                ui.painter().circle_stroke(p, 4.0, stroke);
+                painter.circle_stroke(p, 4.0, stroke);
             }
         }
-        if response.dragged() && self.tool.is_none() {
+        if response.dragged_by(egui::PointerButton::Primary) && self.tool.is_none() {
             widgets::drag_window(&mut self.params.window, response.drag_delta());
         }
-        if response.hovered() {
+        // The wheel steps through slices; with Ctrl it zooms (in `zoomed_image`).
+        if response.hovered() && !ui.input(|i| i.modifiers.ctrl) {
             let wheel = widgets::wheel(ui);
             if wheel != 0.0 {
                 self.step_slice(if wheel > 0.0 { 1 } else { -1 });
@@ -861,6 +865,10 @@ impl eframe::App for ViewerApp {
         if ui.input(|i| i.key_pressed(egui::Key::Escape)) {
             self.measurements.clear();
             self.pending.clear();
+        }
+        if ui.input(|i| i.key_pressed(egui::Key::Z)) {
+            self.view = widgets::View::default();
+            println!("lightbox-viewer: zoom reset");
         }
         if ui.input(|i| i.key_pressed(egui::Key::G))
             && let Some(mpr) = &mut self.mpr
