@@ -743,11 +743,11 @@ impl ViewerApp {
         let [nx, ny, _] = self.dims;
         // Screen ↔ voxel through the zoomed part of the image.
         let to_voxel = |pos: egui::Pos2| {
-            let t = view.to_uv(pos, rect);
+            let t = view.uv_of(pos, rect);
             [f64::from(t.x) * nx as f64 - 0.5, f64::from(t.y) * ny as f64 - 0.5, f64::from(slice)]
         };
         let to_screen = |v: [f64; 3]| {
-            view.to_screen(egui::pos2(((v[0] + 0.5) / nx as f64) as f32, ((v[1] + 0.5) / ny as f64) as f32), rect)
+            view.screen_of(egui::pos2(((v[0] + 0.5) / nx as f64) as f32, ((v[1] + 0.5) / ny as f64) as f32), rect)
         };
         // Measurements drawn only over the image.
         let painter = ui.painter_at(rect);

@@ -87,7 +87,7 @@ impl View {
     }
 
     /// Texture coordinates of a screen point over an image drawn in `rect`.
-    pub fn to_uv(&self, pos: egui::Pos2, rect: egui::Rect) -> egui::Pos2 {
+    pub fn uv_of(&self, pos: egui::Pos2, rect: egui::Rect) -> egui::Pos2 {
         let uv = self.uv();
         egui::pos2(
             uv.min.x + (pos.x - rect.left()) / rect.width() * uv.width(),
@@ -96,7 +96,7 @@ impl View {
     }
 
     /// The screen point of texture coordinates.
-    pub fn to_screen(&self, t: egui::Pos2, rect: egui::Rect) -> egui::Pos2 {
+    pub fn screen_of(&self, t: egui::Pos2, rect: egui::Rect) -> egui::Pos2 {
         let uv = self.uv();
         egui::pos2(
             rect.left() + (t.x - uv.min.x) / uv.width() * rect.width(),
@@ -127,7 +127,7 @@ pub fn zoomed_image(
         if (zoom - 1.0).abs() > 1e-3
             && let Some(pos) = response.hover_pos()
         {
-            let at = view.to_uv(pos, rect);
+            let at = view.uv_of(pos, rect);
             view.zoom_at(zoom, at);
         }
     }
@@ -146,11 +146,11 @@ mod tests {
         let rect = egui::Rect::from_min_size(egui::pos2(100.0, 50.0), egui::vec2(400.0, 400.0));
         let mut view = View::default();
         let pointer = egui::pos2(200.0, 150.0);
-        let before = view.to_uv(pointer, rect);
+        let before = view.uv_of(pointer, rect);
         view.zoom_at(2.0, before);
-        let after = view.to_uv(pointer, rect);
+        let after = view.uv_of(pointer, rect);
         assert!((before - after).length() < 1e-5, "{before:?} moved to {after:?}");
-        assert!((view.to_screen(after, rect) - pointer).length() < 1e-3);
+        assert!((view.screen_of(after, rect) - pointer).length() < 1e-3);
         view.pan(egui::vec2(-10_000.0, 0.0), rect);
         assert!(view.uv().max.x <= 1.0 + 1e-6, "panned beyond the image: {:?}", view.uv());
         view.zoom_at(0.01, egui::pos2(0.5, 0.5));
