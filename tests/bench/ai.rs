@@ -56,6 +56,8 @@ fn main() -> anyhow::Result<()> {
         kernel_sizes: vec![[3, 3, 3]; 6],
         strides: vec![[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
         n_conv_per_stage: vec![2; 6],
+        n_blocks_per_stage: vec![],
+        residual: false,
         n_conv_per_stage_decoder: vec![2; 5],
         conv_bias: true,
         input_channels: 1,

@@ -137,21 +137,82 @@ fn brain_extraction_refuses_missing_or_tampered_models_and_warns_on_a_non_head()
 /// An nnU-Net v2 result folder, as nnU-Net writes one (plans.json, dataset.json and a
 /// `torch.save` checkpoint whose state dict carries the aliases `all_modules` and
 /// `decoder.encoder` beside the network's own tensors), imported and run end to end on the demo
-/// study with no Python: the labels come back on the input's grid. The segmentation head is
+/// study with no Python, for both architectures nnU-Net v2 plans (PlainConvUNet and the
+/// residual-encoder presets): the labels come back on the input's grid. The segmentation head is
 /// biased towards label 1, so the whole chain (transpose, resample, normalise, windows,
 /// mirroring, resample back, argmax) must carry it through.
 #[test]
 fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let folder = dir.path().join("Dataset001_Test/nnUNetTrainer__nnUNetPlans__3d_fullres");
+    let models = dir.path().join("models");
+    for (class, blocks, name) in [
+        ("unet.PlainConvUNet", serde_json::json!({"n_conv_per_stage": [2, 2, 2]}), "test-plain"),
+        ("residual_unet.ResidualEncoderUNet", serde_json::json!({"n_blocks_per_stage": [1, 2, 2]}), "test-resenc"),
+    ] {
+        let folder = dir.path().join(format!("{name}/nnUNetTrainer__nnUNetPlans__3d_fullres"));
+        let plans = nnunet_folder(&folder, class, &blocks)?;
+        let imported = run_ok(
+            Command::new(bin("lightbox")?)
+                .args(["models", "import"])
+                .arg(&folder)
+                .args(["--name", name, "--models"])
+                .arg(&models),
+        )?;
+        assert!(imported.contains("imported into"), "{imported}");
+        let package = lightbox_ai::ModelPackage::open(&models.join(name))?;
+        assert!(package.tensors.keys().all(|k| !k.contains("all_modules") && !k.starts_with("decoder.encoder")));
+        assert!(std::fs::read_to_string(models.join(name).join("README.md"))?.contains("to be completed by the site"));
+
+        let out = dir.path().join(format!("{name}.nii.gz"));
+        let printed = run_ok(
+            Command::new(bin("lightbox")?)
+                .args(["predict", "--model", name])
+                .arg(lightbox_tests::demo_study())
+                .arg("--out")
+                .arg(&out)
+                .arg("--models")
+                .arg(&models)
+                .args(["--device", "cpu"]),
+        )?;
+        assert!(printed.contains(&format!("AI output ({name}, not for clinical use)")), "{printed}");
+        let labels = lightbox_nifti::read(&out)?.volume(0)?;
+        let input = lightbox_workflow::ai::read_volume(&lightbox_tests::demo_study())?;
+        assert_eq!(labels.dims(), input.dims());
+        assert!(
+            labels.voxels().iter().all(|&l| l == 1.0),
+            "{name}: the biased head must label every voxel 1: {printed}"
+        );
+
+        // A network class the runtime does not know is refused by name, before anything is written.
+        let mut other = plans.clone();
+        other["configurations"]["3d_fullres"]["architecture"]["network_class_name"] =
+            "dynamic_network_architectures.architectures.unetr.UNETR".into();
+        std::fs::write(folder.join("plans.json"), serde_json::to_string(&other)?)?;
+        let refused = Command::new(bin("lightbox")?)
+            .args(["models", "import"])
+            .arg(&folder)
+            .args(["--name", "other", "--models"])
+            .arg(&models)
+            .output()?;
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success() && err.contains("UNETR is not supported yet"), "{err}");
+        assert!(!models.join("other").exists());
+    }
+    Ok(())
+}
+
+/// Writes an nnU-Net v2 result folder for `class` (its encoder's `blocks` keyword: per-stage
+/// convolutions or residual blocks): plans.json, dataset.json and fold_0/checkpoint_final.pth
+/// with small deterministic weights, the last head biased to label 1, plus nnU-Net's aliases.
+/// Returns the plans.
+fn nnunet_folder(folder: &Path, class: &str, blocks: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
     std::fs::create_dir_all(folder.join("fold_0"))?;
-    let arch = serde_json::json!({
+    let mut arch = serde_json::json!({
         "n_stages": 3,
         "features_per_stage": [4, 8, 16],
         "conv_op": "torch.nn.modules.conv.Conv3d",
         "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
         "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
-        "n_conv_per_stage": [2, 2, 2],
         "n_conv_per_stage_decoder": [2, 2],
         "conv_bias": true,
         "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
@@ -160,6 +221,9 @@ fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
         "nonlin": "torch.nn.LeakyReLU",
         "nonlin_kwargs": {"inplace": true}
     });
+    if let (Some(a), Some(b)) = (arch.as_object_mut(), blocks.as_object()) {
+        a.extend(b.clone());
+    }
     let plans = serde_json::json!({
         "dataset_name": "Dataset001_Test",
         "plans_name": "nnUNetPlans",
@@ -171,7 +235,7 @@ fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
             "normalization_schemes": ["ZScoreNormalization"],
             "use_mask_for_norm": [false],
             "architecture": {
-                "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                "network_class_name": format!("dynamic_network_architectures.architectures.{class}"),
                 "arch_kwargs": arch,
                 "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]
             }
@@ -186,14 +250,10 @@ fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
         "file_ending": ".nii.gz"
     });
     std::fs::write(folder.join("dataset.json"), serde_json::to_string(&dataset)?)?;
-    // The checkpoint: every tensor the plan implies, small deterministic values, the last head
-    // biased to label 1, plus nnU-Net's aliases that the import must drop.
-    let config: lightbox_ai::nnunet::PlainConvUNetConfig = serde_json::from_value(serde_json::json!({
-        "n_stages": 3, "features_per_stage": [4, 8, 16],
-        "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
-        "n_conv_per_stage": [2, 2, 2], "n_conv_per_stage_decoder": [2, 2], "conv_bias": true,
-        "input_channels": 1, "num_classes": 2
-    }))?;
+    let mut config: lightbox_ai::nnunet::PlainConvUNetConfig = serde_json::from_value(arch)?;
+    config.residual = class.ends_with("ResidualEncoderUNet");
+    config.input_channels = 1;
+    config.num_classes = 2;
     let mut tensors = Vec::new();
     for (k, (name, shape)) in config.expected_tensors().into_iter().enumerate() {
         let n: usize = shape.iter().product();
@@ -207,60 +267,11 @@ fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
         }
         if name.starts_with("encoder.") {
             let alias = name.replace(".conv.", ".all_modules.0.").replace(".norm.", ".all_modules.1.");
-            tensors.push((format!("network_weights.decoder.{name}"), shape.clone(), values.clone()));
-            tensors.push((format!("network_weights.{alias}"), shape.clone(), values.clone()));
+            tensors.push((format!("decoder.{name}"), shape.clone(), values.clone()));
+            tensors.push((alias, shape.clone(), values.clone()));
         }
-        tensors.push((format!("network_weights.{name}"), shape, values));
+        tensors.push((name, shape, values));
     }
-    let plain: Vec<_> = tensors
-        .iter()
-        .map(|(n, s, v)| (n.trim_start_matches("network_weights.").to_owned(), s.clone(), v.clone()))
-        .collect();
-    lightbox_ai::torch::write_zip(&folder.join("fold_0/checkpoint_final.pth"), "network_weights", &plain)?;
-
-    let models = dir.path().join("models");
-    let imported = run_ok(
-        Command::new(bin("lightbox")?)
-            .args(["models", "import"])
-            .arg(&folder)
-            .args(["--name", "test-nnunet", "--models"])
-            .arg(&models),
-    )?;
-    assert!(imported.contains("imported into"), "{imported}");
-    let package = lightbox_ai::ModelPackage::open(&models.join("test-nnunet"))?;
-    assert_eq!(package.tensors.len(), config.expected_tensors().len(), "the aliases must be dropped");
-    assert!(std::fs::read_to_string(models.join("test-nnunet/README.md"))?.contains("to be completed by the site"));
-
-    let out = dir.path().join("labels.nii.gz");
-    let printed = run_ok(
-        Command::new(bin("lightbox")?)
-            .args(["predict", "--model", "test-nnunet"])
-            .arg(lightbox_tests::demo_study())
-            .arg("--out")
-            .arg(&out)
-            .arg("--models")
-            .arg(&models)
-            .args(["--device", "cpu"]),
-    )?;
-    assert!(printed.contains("AI output (test-nnunet, not for clinical use)"), "{printed}");
-    let labels = lightbox_nifti::read(&out)?.volume(0)?;
-    let input = lightbox_workflow::ai::read_volume(&lightbox_tests::demo_study())?;
-    assert_eq!(labels.dims(), input.dims());
-    assert!(labels.voxels().iter().all(|&l| l == 1.0), "the biased head must label every voxel 1: {printed}");
-
-    // A plan the runtime does not support is refused by name, before anything is written.
-    let mut resenc = plans.clone();
-    resenc["configurations"]["3d_fullres"]["architecture"]["network_class_name"] =
-        "dynamic_network_architectures.architectures.residual_unet.ResidualEncoderUNet".into();
-    std::fs::write(folder.join("plans.json"), serde_json::to_string(&resenc)?)?;
-    let refused = Command::new(bin("lightbox")?)
-        .args(["models", "import"])
-        .arg(&folder)
-        .args(["--name", "other", "--models"])
-        .arg(&models)
-        .output()?;
-    let err = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && err.contains("ResidualEncoderUNet is not supported yet"), "{err}");
-    assert!(!models.join("other").exists());
-    Ok(())
+    lightbox_ai::torch::write_zip(&folder.join("fold_0/checkpoint_final.pth"), "network_weights", &tensors)?;
+    Ok(plans)
 }

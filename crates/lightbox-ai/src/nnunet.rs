@@ -32,7 +32,15 @@ pub struct PlainConvUNetConfig {
     pub features_per_stage: Vec<usize>,
     pub kernel_sizes: Vec<[usize; 3]>,
     pub strides: Vec<[usize; 3]>,
+    /// PlainConvUNet: convolutions per encoder stage.
+    #[serde(default)]
     pub n_conv_per_stage: Vec<usize>,
+    /// ResidualEncoderUNet: residual blocks per encoder stage.
+    #[serde(default)]
+    pub n_blocks_per_stage: Vec<usize>,
+    /// The encoder is ResidualEncoderUNet's (a stem and BasicBlockD residual blocks).
+    #[serde(default)]
+    pub residual: bool,
     pub n_conv_per_stage_decoder: Vec<usize>,
     #[serde(default = "yes")]
     pub conv_bias: bool,
@@ -53,7 +61,8 @@ impl PlainConvUNetConfig {
             || self.features_per_stage.len() != n
             || self.kernel_sizes.len() != n
             || self.strides.len() != n
-            || self.n_conv_per_stage.len() != n
+            || (!self.residual && self.n_conv_per_stage.len() != n)
+            || (self.residual && self.n_blocks_per_stage.len() != n)
             || self.n_conv_per_stage_decoder.len() != n - 1
         {
             return Err(format!("arch_kwargs do not describe {n} stages consistently"));
@@ -82,18 +91,43 @@ impl PlainConvUNetConfig {
             t.push((format!("{prefix}.norm.bias"), vec![out]));
         };
         let mut channels = self.input_channels;
-        for s in 0..self.n_stages {
-            for i in 0..self.n_conv_per_stage[s] {
+        if self.residual {
+            // The stem, then per stage BasicBlockD blocks: conv1 (strided in the first block),
+            // conv2, and a shortcut that pools when strided and projects (1×1, no bias) when the
+            // channels change.
+            let f0 = self.features_per_stage[0];
+            conv(&mut t, "encoder.stem.convs.0".into(), f0, channels, self.kernel_sizes[0]);
+            channels = f0;
+            for s in 0..self.n_stages {
                 let f = self.features_per_stage[s];
-                conv(
-                    &mut t,
-                    format!("encoder.stages.{s}.0.convs.{i}"),
-                    f,
-                    if i == 0 { channels } else { f },
-                    self.kernel_sizes[s],
-                );
+                for b in 0..self.n_blocks_per_stage[s] {
+                    let p = format!("encoder.stages.{s}.blocks.{b}");
+                    let input = if b == 0 { channels } else { f };
+                    conv(&mut t, format!("{p}.conv1"), f, input, self.kernel_sizes[s]);
+                    conv(&mut t, format!("{p}.conv2"), f, f, self.kernel_sizes[s]);
+                    if b == 0 && input != f {
+                        let at = usize::from(self.strides[s] != [1, 1, 1]);
+                        t.push((format!("{p}.skip.{at}.conv.weight"), vec![f, input, 1, 1, 1]));
+                        t.push((format!("{p}.skip.{at}.norm.weight"), vec![f]));
+                        t.push((format!("{p}.skip.{at}.norm.bias"), vec![f]));
+                    }
+                }
+                channels = f;
             }
-            channels = self.features_per_stage[s];
+        } else {
+            for s in 0..self.n_stages {
+                for i in 0..self.n_conv_per_stage[s] {
+                    let f = self.features_per_stage[s];
+                    conv(
+                        &mut t,
+                        format!("encoder.stages.{s}.0.convs.{i}"),
+                        f,
+                        if i == 0 { channels } else { f },
+                        self.kernel_sizes[s],
+                    );
+                }
+                channels = self.features_per_stage[s];
+            }
         }
         for s in 0..self.n_stages - 1 {
             let below = self.features_per_stage[self.n_stages - 1 - s];
@@ -154,6 +188,11 @@ impl PlainConvUNet {
 
     /// conv → InstanceNorm (affine) → LeakyReLU 0.01.
     fn block(&self, x: Tensor<5>, prefix: &str, stride: [usize; 3], k: [usize; 3]) -> Tensor<5> {
+        leaky_relu(self.conv_norm(x, prefix, stride, k), 0.01)
+    }
+
+    /// conv → InstanceNorm (affine), no nonlinearity.
+    fn conv_norm(&self, x: Tensor<5>, prefix: &str, stride: [usize; 3], k: [usize; 3]) -> Tensor<5> {
         let padding = k.map(|k| (k - 1) / 2);
         let y = conv3d(
             x,
@@ -165,11 +204,31 @@ impl PlainConvUNet {
         let y = crate::linknet::instance_norm(y);
         let gamma = self.t1(&format!("{prefix}.norm.weight")).map(|g| g.reshape([1, c, 1, 1, 1]));
         let beta = self.t1(&format!("{prefix}.norm.bias")).map(|b| b.reshape([1, c, 1, 1, 1]));
-        let y = match (gamma, beta) {
+        match (gamma, beta) {
             (Some(g), Some(b)) => y * g + b,
             _ => y,
-        };
-        leaky_relu(y, 0.01)
+        }
+    }
+
+    /// ResidualEncoderUNet's BasicBlockD: `lrelu(conv2(conv1(x)) + shortcut(x))`, the shortcut
+    /// average-pooled when strided and projected (1×1, no bias, norm) when the channels change.
+    fn residual_block(&self, x: Tensor<5>, prefix: &str, stride: [usize; 3], k: [usize; 3]) -> Tensor<5> {
+        let [n, c, d, h, w] = x.dims();
+        let mut shortcut = x.clone();
+        let strided = stride != [1, 1, 1];
+        if strided {
+            // Average pooling with kernel = stride: a mean over each block.
+            let [s0, s1, s2] = stride;
+            let blocks: Tensor<8> = shortcut.reshape([n, c, d / s0, s0, h / s1, s1, w / s2, s2]);
+            shortcut = blocks.mean_dim(7).mean_dim(5).mean_dim(3).reshape([n, c, d / s0, h / s1, w / s2]);
+        }
+        let projection = format!("{prefix}.skip.{}", usize::from(strided));
+        if self.tensors.contains_key(&format!("{projection}.conv.weight")) {
+            shortcut = self.conv_norm(shortcut, &projection, [1; 3], [1; 3]);
+        }
+        let y = self.block(x, &format!("{prefix}.conv1"), stride, k);
+        let y = self.conv_norm(y, &format!("{prefix}.conv2"), [1; 3], k);
+        leaky_relu(y + shortcut, 0.01)
     }
 
     /// [`forward`](Self::forward) on plain values (`shape` = `[N, C, D, H, W]`, C order), for
@@ -192,10 +251,18 @@ impl PlainConvUNet {
         let c = &self.config;
         let mut skips = Vec::new();
         let mut h = x;
+        if c.residual {
+            h = self.block(h, "encoder.stem.convs.0", [1; 3], c.kernel_sizes[0]);
+        }
         for s in 0..c.n_stages {
-            for i in 0..c.n_conv_per_stage[s] {
+            let count = if c.residual { c.n_blocks_per_stage[s] } else { c.n_conv_per_stage[s] };
+            for i in 0..count {
                 let stride = if i == 0 { c.strides[s] } else { [1; 3] };
-                h = self.block(h, &format!("encoder.stages.{s}.0.convs.{i}"), stride, c.kernel_sizes[s]);
+                h = if c.residual {
+                    self.residual_block(h, &format!("encoder.stages.{s}.blocks.{i}"), stride, c.kernel_sizes[s])
+                } else {
+                    self.block(h, &format!("encoder.stages.{s}.0.convs.{i}"), stride, c.kernel_sizes[s])
+                };
             }
             skips.push(h.clone());
         }
@@ -278,10 +345,12 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
             ),
         )
     })?;
-    if !config.architecture.network_class_name.ends_with("PlainConvUNet") {
+    let class = &config.architecture.network_class_name;
+    let residual = class.ends_with("ResidualEncoderUNet");
+    if !residual && !class.ends_with("PlainConvUNet") {
         return Err(err(
             &plans_path,
-            format!("{} is not supported yet (PlainConvUNet is)", config.architecture.network_class_name),
+            format!("{class} is not supported yet (PlainConvUNet and ResidualEncoderUNet are)"),
         ));
     }
     if config.patch_size.len() != 3 || config.spacing.len() != 3 || plans.transpose_forward.len() != 3 {
@@ -306,6 +375,7 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
         l
     };
     let mut arch = config.architecture.arch_kwargs.clone();
+    arch.residual = residual;
     arch.input_channels = dataset.channel_names.len();
     arch.num_classes = labels.len();
     arch.check().map_err(|p| err(&plans_path, p))?;
@@ -366,7 +436,8 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
     manifest.insert("version".into(), text(format!("fold {fold}")));
     manifest
         .insert("description".into(), text(format!("nnU-Net v2 {configuration}, imported from {}", folder.display())));
-    manifest.insert("architecture".into(), text("nnunet-plain-conv-unet".into()));
+    let architecture = if residual { "nnunet-residual-encoder-unet" } else { "nnunet-plain-conv-unet" };
+    manifest.insert("architecture".into(), text(architecture.into()));
     manifest.insert("licence".into(), text("unknown: set by the site that installs it".into()));
     manifest.insert("source".into(), text(folder.display().to_string()));
     manifest.insert("parameters".into(), toml::Value::Table(parameters));
@@ -442,12 +513,16 @@ impl NnUnet {
         let package = crate::ModelPackage::open(dir)?;
         let m = &package.manifest;
         let bad = |problem: String| AiError::Package { path: dir.join("model.toml"), problem };
-        if m.architecture != "nnunet-plain-conv-unet" {
-            return Err(bad(format!("architecture {} is not nnunet-plain-conv-unet", m.architecture)));
+        if m.architecture != "nnunet-plain-conv-unet" && m.architecture != "nnunet-residual-encoder-unet" {
+            return Err(bad(format!(
+                "architecture {} is not nnunet-plain-conv-unet or nnunet-residual-encoder-unet",
+                m.architecture
+            )));
         }
         let mut config: PlainConvUNetConfig =
             toml::Value::Table(m.parameters.clone()).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
         config.input_channels = m.input.channels;
+        config.residual = m.architecture == "nnunet-residual-encoder-unet";
         config.num_classes = m.labels.len();
         let extra: ExtraParameters =
             toml::Value::Table(m.parameters.clone()).try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
@@ -642,6 +717,8 @@ mod tests {
             kernel_sizes: vec![[1, 3, 3], [3, 3, 3], [3, 3, 3]],
             strides: vec![[1, 1, 1], [1, 2, 2], [2, 2, 2]],
             n_conv_per_stage: vec![2, 2, 2],
+            n_blocks_per_stage: vec![],
+            residual: false,
             n_conv_per_stage_decoder: vec![2, 2],
             conv_bias: true,
             input_channels: 2,
@@ -656,5 +733,42 @@ mod tests {
         assert_eq!(names["decoder.seg_layers.1.weight"], vec![3, 4, 1, 1, 1]);
         // 3 stages × 2 convs × 4 + 2 transpconvs × 2 + 2 stages × 2 × 4 + 2 heads × 2.
         assert_eq!(names.len(), 24 + 4 + 16 + 4);
+    }
+
+    #[test]
+    fn the_residual_encoder_names_its_blocks_and_runs() -> Result<(), AiError> {
+        let config = PlainConvUNetConfig {
+            n_stages: 3,
+            features_per_stage: vec![4, 8, 16],
+            kernel_sizes: vec![[3, 3, 3]; 3],
+            strides: vec![[1, 1, 1], [2, 2, 2], [1, 2, 2]],
+            n_conv_per_stage: vec![],
+            n_blocks_per_stage: vec![1, 2, 2],
+            residual: true,
+            n_conv_per_stage_decoder: vec![1, 1],
+            conv_bias: true,
+            input_channels: 1,
+            num_classes: 2,
+        };
+        let expected = config.expected_tensors();
+        let names: BTreeMap<String, Vec<usize>> = expected.iter().cloned().collect();
+        assert_eq!(names["encoder.stem.convs.0.conv.weight"], vec![4, 1, 3, 3, 3]);
+        assert_eq!(names["encoder.stages.1.blocks.0.conv1.conv.weight"], vec![8, 4, 3, 3, 3]);
+        // Strided and wider: the projection comes after the pooling, at index 1, without bias.
+        assert_eq!(names["encoder.stages.1.blocks.0.skip.1.conv.weight"], vec![8, 4, 1, 1, 1]);
+        assert!(!names.contains_key("encoder.stages.1.blocks.0.skip.1.conv.bias"));
+        assert!(!names.keys().any(|k| k.starts_with("encoder.stages.0.blocks.0.skip")), "no shortcut needed");
+        let tensors: Vec<_> = expected
+            .into_iter()
+            .map(|(n, shape)| {
+                let count: usize = shape.iter().product();
+                (n, shape, (0..count).map(|i| ((i % 13) as f32 - 6.0) * 0.05).collect::<Vec<f32>>())
+            })
+            .collect();
+        let device = Device::flex();
+        let net = PlainConvUNet::from_tensors("resenc", config, &tensors, &device)?;
+        let out = net.forward(Tensor::ones([1, 1, 8, 16, 16], &device));
+        assert_eq!(out.dims(), [1, 2, 8, 16, 16]);
+        Ok(())
     }
 }
