@@ -150,7 +150,8 @@ fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
         ("residual_unet.ResidualEncoderUNet", serde_json::json!({"n_blocks_per_stage": [1, 2, 2]}), "test-resenc"),
     ] {
         let folder = dir.path().join(format!("{name}/nnUNetTrainer__nnUNetPlans__3d_fullres"));
-        let plans = nnunet_folder(&folder, class, &blocks)?;
+        // The residual variant also normalises over the non-zero region only.
+        let plans = nnunet_folder(&folder, class, &blocks, name == "test-resenc")?;
         let imported = run_ok(
             Command::new(bin("lightbox")?)
                 .args(["models", "import"])
@@ -178,10 +179,28 @@ fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
         let labels = lightbox_nifti::read(&out)?.volume(0)?;
         let input = lightbox_workflow::ai::read_volume(&lightbox_tests::demo_study())?;
         assert_eq!(labels.dims(), input.dims());
+        // nnU-Net crops to the box around the non-zero voxels and labels the rest background;
+        // inside it the biased head labels every voxel 1.
+        let [nx, ny, _] = input.dims();
+        let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+        for (i, v) in input.voxels().iter().enumerate() {
+            if *v != 0.0 {
+                let at = [i % nx, (i / nx) % ny, i / (nx * ny)];
+                for a in 0..3 {
+                    lo[a] = lo[a].min(at[a]);
+                    hi[a] = hi[a].max(at[a] + 1);
+                }
+            }
+        }
         assert!(
-            labels.voxels().iter().all(|&l| l == 1.0),
-            "{name}: the biased head must label every voxel 1: {printed}"
+            (0..3).any(|a| lo[a] > 0 || hi[a] < input.dims()[a]),
+            "the demo study has no zero border: the crop would not be tested ({lo:?}..{hi:?})"
         );
+        for (i, l) in labels.voxels().iter().enumerate() {
+            let at = [i % nx, (i / nx) % ny, i / (nx * ny)];
+            let inside = (0..3).all(|a| at[a] >= lo[a] && at[a] < hi[a]);
+            assert_eq!(*l, f32::from(u8::from(inside)), "{name}: voxel {at:?} (box {lo:?}..{hi:?}): {printed}");
+        }
 
         // A network class the runtime does not know is refused by name, before anything is written.
         let mut other = plans.clone();
@@ -205,7 +224,12 @@ fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
 /// convolutions or residual blocks): plans.json, dataset.json and fold_0/checkpoint_final.pth
 /// with small deterministic weights, the last head biased to label 1, plus nnU-Net's aliases.
 /// Returns the plans.
-fn nnunet_folder(folder: &Path, class: &str, blocks: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+fn nnunet_folder(
+    folder: &Path,
+    class: &str,
+    blocks: &serde_json::Value,
+    use_mask_for_norm: bool,
+) -> anyhow::Result<serde_json::Value> {
     std::fs::create_dir_all(folder.join("fold_0"))?;
     let mut arch = serde_json::json!({
         "n_stages": 3,
@@ -233,7 +257,7 @@ fn nnunet_folder(folder: &Path, class: &str, blocks: &serde_json::Value) -> anyh
             "patch_size": [8, 32, 32],
             "spacing": [4.0, 1.5, 1.5],
             "normalization_schemes": ["ZScoreNormalization"],
-            "use_mask_for_norm": [false],
+            "use_mask_for_norm": [use_mask_for_norm],
             "architecture": {
                 "network_class_name": format!("dynamic_network_architectures.architectures.{class}"),
                 "arch_kwargs": arch,

@@ -305,6 +305,8 @@ struct Configuration {
     patch_size: Vec<usize>,
     spacing: Vec<f64>,
     normalization_schemes: Vec<String>,
+    #[serde(default)]
+    use_mask_for_norm: Vec<bool>,
     architecture: Architecture,
 }
 
@@ -414,6 +416,10 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
         ),
     );
     parameters.insert("mirror_axes".into(), ints(&[0, 1, 2]));
+    parameters.insert(
+        "use_mask_for_norm".into(),
+        toml::Value::Array(config.use_mask_for_norm.iter().map(|&b| toml::Value::Boolean(b)).collect()),
+    );
     let mut input = toml::Table::new();
     input.insert("channels".into(), toml::Value::Integer(arch.input_channels as i64));
     input.insert("sequences".into(), toml::Value::Array(sequences.into_iter().map(toml::Value::String).collect()));
@@ -471,6 +477,8 @@ pub struct NnUnet {
     spacing: [f64; 3],
     patch: [usize; 3],
     mirror_axes: Vec<usize>,
+    /// Per channel: z-score over the non-zero region only (nnU-Net's `use_mask_for_norm`).
+    use_mask_for_norm: Vec<bool>,
     pub device: crate::AiDevice,
 }
 
@@ -483,10 +491,35 @@ struct ExtraParameters {
     /// nnU-Net's `inference_allowed_mirroring_axes` (none for trainers without mirroring).
     #[serde(default = "all_axes")]
     mirror_axes: Vec<usize>,
+    #[serde(default)]
+    use_mask_for_norm: Vec<bool>,
 }
 
 fn all_axes() -> Vec<usize> {
     vec![0, 1, 2]
+}
+
+/// The box (per axis: first, past-last) around the mask's voxels; the whole grid when it is empty.
+fn nonzero_box(mask: &[bool], dims: [usize; 3]) -> [(usize, usize); 3] {
+    let mut lo = dims;
+    let mut hi = [0usize; 3];
+    for a in 0..dims[0] {
+        for b in 0..dims[1] {
+            for c in 0..dims[2] {
+                if mask[(a * dims[1] + b) * dims[2] + c] {
+                    for (axis, i) in [a, b, c].into_iter().enumerate() {
+                        lo[axis] = lo[axis].min(i);
+                        hi[axis] = hi[axis].max(i + 1);
+                    }
+                }
+            }
+        }
+    }
+    if hi.contains(&0) {
+        [(0, dims[0]), (0, dims[1]), (0, dims[2])]
+    } else {
+        [(lo[0], hi[0]), (lo[1], hi[1]), (lo[2], hi[2])]
+    }
 }
 
 /// `data` (C order, `dims`) with its axes permuted as numpy's `transpose(perm)`.
@@ -590,6 +623,7 @@ impl NnUnet {
             spacing,
             patch: m.input.patch_size,
             mirror_axes: extra.mirror_axes,
+            use_mask_for_norm: extra.use_mask_for_norm,
             device,
         })
     }
@@ -622,12 +656,36 @@ impl NnUnet {
         };
         let t = self.transpose_forward;
         let spacing = t.map(|i| spacing_zyx[i]);
+        let mut transposed = Vec::new();
+        let mut full = [0; 3];
+        for volume in channels {
+            let (v, d) = transpose3(volume.voxels(), [nz, ny, nx], t);
+            full = d;
+            transposed.push(v);
+        }
+        // nnU-Net's crop_to_nonzero: the box around voxels that are non-zero in any channel
+        // (holes filled); what lies outside it is background.
+        let mut mask: Vec<bool> = (0..full.iter().product()).map(|i| transposed.iter().any(|c| c[i] != 0.0)).collect();
+        lightbox_imaging::morphology::fill_holes(&mut mask, full);
+        let bbox = nonzero_box(&mask, full);
+        let dims = [0, 1, 2].map(|a| bbox[a].1 - bbox[a].0);
+        let crop = |v: &[f32]| -> Vec<f32> {
+            let mut out = Vec::with_capacity(dims.iter().product());
+            for a in bbox[0].0..bbox[0].1 {
+                for b in bbox[1].0..bbox[1].1 {
+                    let row = (a * full[1] + b) * full[2];
+                    out.extend_from_slice(&v[row + bbox[2].0..row + bbox[2].1]);
+                }
+            }
+            out
+        };
+        let mask_f: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(m))).collect();
+        let inside: Vec<bool> = crop(&mask_f).iter().map(|&m| m > 0.5).collect();
         let mut data = Vec::new();
-        let mut dims = [0; 3];
-        for (c, volume) in channels.iter().enumerate() {
-            let (mut v, d) = transpose3(volume.voxels(), [nz, ny, nx], t);
-            dims = d;
-            self.normalise(c, &mut v);
+        for (c, v) in transposed.iter().enumerate() {
+            let mut v = crop(v);
+            let use_mask = self.use_mask_for_norm.get(c).copied().unwrap_or(false);
+            self.normalise(c, &mut v, use_mask.then_some(inside.as_slice()));
             data.extend(v);
         }
         let channels_n = channels.len();
@@ -651,8 +709,21 @@ impl NnUnet {
             dims,
             false,
         );
-        let labels: Vec<f32> =
+        let cropped: Vec<f32> =
             back.argmax(1).float().into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))?;
+        // Back into the full grid: background outside the box.
+        let mut labels = vec![0.0f32; full.iter().product()];
+        let mut k = 0;
+        for a in bbox[0].0..bbox[0].1 {
+            for b in bbox[1].0..bbox[1].1 {
+                let row = (a * full[1] + b) * full[2];
+                for c in bbox[2].0..bbox[2].1 {
+                    labels[row + c] = cropped[k];
+                    k += 1;
+                }
+            }
+        }
+        let dims = full;
         // Back to (z, y, x): the inverse permutation.
         let mut inverse = [0; 3];
         for (i, &p) in t.iter().enumerate() {
@@ -665,8 +736,9 @@ impl NnUnet {
     }
 
     /// nnU-Net's normalisation schemes: CT (clip to the dataset's 0.5–99.5 %, its mean and SD),
-    /// none, rescale to 0..1, and z-score over the image for everything else.
-    fn normalise(&self, channel: usize, v: &mut [f32]) {
+    /// none, rescale to 0..1, and z-score for everything else: over the image, or with
+    /// `use_mask_for_norm` over the non-zero region only (`mask`), leaving the rest as it is.
+    fn normalise(&self, channel: usize, v: &mut [f32], mask: Option<&[bool]>) {
         match self.schemes.get(channel).map(String::as_str) {
             Some("CTNormalization") => {
                 if let Some(&(mean, std, lo, hi)) = self.ct.get(&channel) {
@@ -681,10 +753,15 @@ impl NnUnet {
                 v.iter_mut().for_each(|x| *x = (*x - lo) / range);
             }
             _ => {
-                let n = v.len().max(1) as f64;
-                let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
-                let std = (v.iter().map(|&x| (f64::from(x) - mean).powi(2)).sum::<f64>() / n).sqrt().max(1e-8);
-                v.iter_mut().for_each(|x| *x = ((f64::from(*x) - mean) / std) as f32);
+                let selected = |i: usize| mask.is_none_or(|m| m.get(i).copied().unwrap_or(false));
+                let values = || v.iter().enumerate().filter(|(i, _)| selected(*i)).map(|(_, &x)| f64::from(x));
+                let n = values().count().max(1) as f64;
+                let mean = values().sum::<f64>() / n;
+                let std = (values().map(|x| (x - mean).powi(2)).sum::<f64>() / n).sqrt().max(1e-8);
+                v.iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| selected(*i))
+                    .for_each(|(_, x)| *x = ((f64::from(*x) - mean) / std) as f32);
             }
         }
     }
@@ -693,6 +770,16 @@ impl NnUnet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nonzero_box_holds_the_mask_and_an_empty_mask_keeps_everything() {
+        let dims = [3, 4, 5];
+        let mut mask = vec![false; 60];
+        mask[(4 + 2) * 5 + 1] = true; // (1, 2, 1)
+        mask[(2 * 4 + 3) * 5 + 3] = true; // (2, 3, 3)
+        assert_eq!(nonzero_box(&mask, dims), [(1, 3), (2, 4), (1, 4)]);
+        assert_eq!(nonzero_box(&[false; 60], dims), [(0, 3), (0, 4), (0, 5)]);
+    }
 
     #[test]
     fn transposes_like_numpy() {
