@@ -211,13 +211,7 @@ impl Deepbet {
         let bbox = bounding_box(&m_small, small_dims, shape, 0.1)?;
         // 4: the brain network on the box.
         let crop_dims = [0, 1, 2].map(|a| bbox[a].1 - bbox[a].0);
-        let mut crop = Vec::with_capacity(crop_dims.iter().product());
-        for a in bbox[0].0..bbox[0].1 {
-            for b in bbox[1].0..bbox[1].1 {
-                let row = (a * shape[1] + b) * shape[2];
-                crop.extend_from_slice(&x[row + bbox[2].0..row + bbox[2].1]);
-            }
-        }
+        let crop = lightbox_imaging::crop::crop(&x, shape, bbox);
         let big = [256; 3];
         let p_big =
             self.probability(&self.brain, normalise(&resize_nearest_exact(&crop, crop_dims, big), low, high), big)?;
@@ -228,16 +222,7 @@ impl Deepbet {
         morphology::keep_largest_component(&mut m_crop, crop_dims, 26);
         morphology::fill_holes(&mut m_crop, crop_dims);
         let mut mask = vec![false; x.len()];
-        let mut k = 0;
-        for a in bbox[0].0..bbox[0].1 {
-            for b in bbox[1].0..bbox[1].1 {
-                let row = (a * shape[1] + b) * shape[2];
-                for c in bbox[2].0..bbox[2].1 {
-                    mask[row + c] = m_crop[k];
-                    k += 1;
-                }
-            }
-        }
+        lightbox_imaging::crop::paste(&mut mask, shape, bbox, &m_crop);
         // 6: the volume's own orientation.
         let voxels = canonical.scatter(&mask, vdims);
         let voxel_ml = volume.spacing_mm().iter().product::<f64>() / 1000.0;

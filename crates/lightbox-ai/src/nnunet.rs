@@ -669,16 +669,7 @@ impl NnUnet {
         lightbox_imaging::morphology::fill_holes(&mut mask, full);
         let bbox = nonzero_box(&mask, full);
         let dims = [0, 1, 2].map(|a| bbox[a].1 - bbox[a].0);
-        let crop = |v: &[f32]| -> Vec<f32> {
-            let mut out = Vec::with_capacity(dims.iter().product());
-            for a in bbox[0].0..bbox[0].1 {
-                for b in bbox[1].0..bbox[1].1 {
-                    let row = (a * full[1] + b) * full[2];
-                    out.extend_from_slice(&v[row + bbox[2].0..row + bbox[2].1]);
-                }
-            }
-            out
-        };
+        let crop = |v: &[f32]| lightbox_imaging::crop::crop(v, full, bbox);
         let mask_f: Vec<f32> = mask.iter().map(|&m| f32::from(u8::from(m))).collect();
         let inside: Vec<bool> = crop(&mask_f).iter().map(|&m| m > 0.5).collect();
         let mut data = Vec::new();
@@ -713,16 +704,7 @@ impl NnUnet {
             back.argmax(1).float().into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))?;
         // Back into the full grid: background outside the box.
         let mut labels = vec![0.0f32; full.iter().product()];
-        let mut k = 0;
-        for a in bbox[0].0..bbox[0].1 {
-            for b in bbox[1].0..bbox[1].1 {
-                let row = (a * full[1] + b) * full[2];
-                for c in bbox[2].0..bbox[2].1 {
-                    labels[row + c] = cropped[k];
-                    k += 1;
-                }
-            }
-        }
+        lightbox_imaging::crop::paste(&mut labels, full, bbox, &cropped);
         let dims = full;
         // Back to (z, y, x): the inverse permutation.
         let mut inverse = [0; 3];

@@ -5,6 +5,7 @@
 //! Everything works in DICOM patient space (LPS millimetres): a transform here maps a point of
 //! one scan to the same anatomy in another, whatever their voxel grids.
 
+pub mod crop;
 pub mod itk;
 pub mod morphology;
 pub mod register;
