@@ -116,18 +116,7 @@ fn hot(t: f32) -> vec3<f32> {
     return clamp(vec3<f32>(3.0 * t, 3.0 * t - 1.0, 3.0 * t - 2.0), vec3<f32>(0.0), vec3<f32>(1.0));
 }
 
-struct VertexOutput {
-    @builtin(position) position: vec4<f32>,
-}
-
-@vertex
-fn vs_main(@builtin(vertex_index) index: u32) -> VertexOutput {
-    let x = f32((index << 1u) & 2u) * 2.0 - 1.0;
-    let y = f32(index & 2u) * 2.0 - 1.0;
-    var out: VertexOutput;
-    out.position = vec4<f32>(x, y, 0.0, 1.0);
-    return out;
-}
+// The vertex stage (`vs_main`, `VertexOutput`) comes from fullscreen.wgsl.
 
 const EDGE: f32 = 0.001;
 

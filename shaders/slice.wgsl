@@ -20,19 +20,7 @@ struct SliceUniforms {
 @group(0) @binding(0) var volume: texture_3d<f32>;
 @group(0) @binding(1) var<uniform> params: SliceUniforms;
 
-struct VertexOutput {
-    @builtin(position) position: vec4<f32>,
-}
-
-// A triangle that covers the whole target: no vertex buffer needed.
-@vertex
-fn vs_main(@builtin(vertex_index) index: u32) -> VertexOutput {
-    let x = f32((index << 1u) & 2u) * 2.0 - 1.0;
-    let y = f32(index & 2u) * 2.0 - 1.0;
-    var out: VertexOutput;
-    out.position = vec4<f32>(x, y, 0.0, 1.0);
-    return out;
-}
+// The vertex stage (`vs_main`, `VertexOutput`) comes from fullscreen.wgsl.
 
 @fragment
 fn fs_main(in: VertexOutput) -> @location(0) vec4<f32> {

@@ -1,10 +1,16 @@
 //! WGSL sources from the top-level `shaders/` folder, embedded at build time.
 
-/// One axial slice with window/level.
-pub const SLICE: &str = include_str!("../../../shaders/slice.wgsl");
+/// The full-target triangle: the vertex stage both passes share.
+pub const FULLSCREEN: &str = include_str!("../../../shaders/fullscreen.wgsl");
 
-/// Multiplanar reformation at any orientation, with thick-slab projections.
-pub const MPR: &str = include_str!("../../../shaders/mpr.wgsl");
+/// One axial slice with window/level (after the shared vertex stage).
+pub const SLICE: &str =
+    concat!(include_str!("../../../shaders/fullscreen.wgsl"), include_str!("../../../shaders/slice.wgsl"));
+
+/// Multiplanar reformation at any orientation, with thick-slab projections (after the shared
+/// vertex stage).
+pub const MPR: &str =
+    concat!(include_str!("../../../shaders/fullscreen.wgsl"), include_str!("../../../shaders/mpr.wgsl"));
 
 /// `mpr.wgsl` for a volume kept in its stored type: `"u32"` (8- and 16-bit unsigned), `"i32"`
 /// (16-bit signed) or `"f32"`; `folded` when it lies folded in its texture (see `packing`).
@@ -19,7 +25,7 @@ pub fn slice_for(texel: &str) -> String {
 }
 
 /// Every shader, by file name, for validation.
-pub const ALL: &[(&str, &str)] = &[("slice.wgsl", SLICE), ("mpr.wgsl", MPR)];
+pub const ALL: &[(&str, &str)] = &[("fullscreen.wgsl", FULLSCREEN), ("slice.wgsl", SLICE), ("mpr.wgsl", MPR)];
 
 #[cfg(test)]
 mod tests {
