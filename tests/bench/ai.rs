@@ -79,7 +79,9 @@ fn main() -> anyhow::Result<()> {
         std::env::var("LIGHTBOX_BENCH_UNET_SIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(128)
     };
     let shape = [1, 1, side, side, side];
-    let forward = || unet.forward_values(&device, vec![0.5f32; side * side * side], shape);
+    // Never time on constants: a fixed pseudo-random head-like input.
+    let input = lightbox_tests::parity_input([side; 3], 1, 3);
+    let forward = || unet.forward_values(&device, input.clone(), shape);
     forward()?;
     let runs = if gpu { 20 } else { 2 };
     let mut times = Vec::new();
@@ -91,11 +93,26 @@ fn main() -> anyhow::Result<()> {
     times.sort_by(f64::total_cmp);
     let ms = times[times.len() / 2];
     println!(
-        "PlainConvUNet 32…320, 6 stages, 1×1×{side}³ fp32 on {}: median {ms:.1} ms of {runs}; PyTorch 2.11 on an H100: 38.5 ms → {:.3}x PyTorch's speed{}",
+        "PlainConvUNet 32…320, 6 stages, 1×1×{side}³ fp32 on {} (upload and readback included): median {ms:.1} ms of {runs}; PyTorch 2.11 on an H100: 38.5 ms → {:.3}x PyTorch's speed{}",
         device.description,
         38.5 / ms,
         if gpu { "" } else { " (CPU against GPU: not comparable, shown for scale)" }
     );
+    // PyTorch on this same machine, timed just before by scripts/device/pytorch_reference.py.
+    if let Some(path) = std::env::var_os("LIGHTBOX_TORCH_BENCH") {
+        let torch: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+        for mode in ["fp32", "tf32", "fp16"] {
+            if let Some(theirs) = torch[format!("{mode}_ms")].as_f64() {
+                println!(
+                    "  PyTorch {} {mode} on {}: {theirs:.2} ms → burn fp32 at {:.3}x PyTorch {mode}'s speed (goal ≥ 1.0 at the same precision{})",
+                    torch["torch"].as_str().unwrap_or("?"),
+                    torch["gpu"].as_str().unwrap_or("?"),
+                    theirs / ms,
+                    if mode == "fp32" { "" } else { "; burn runs fp32 only" }
+                );
+            }
+        }
+    }
     println!("peak memory: {:.0} MB", peak_mb());
     Ok(())
 }

@@ -23,20 +23,19 @@ fn models() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Runs `lightbox brain-extract` and returns the mask and what it printed.
+/// Brain extraction as `lightbox brain-extract` runs it (the workflow's function, in-process, so
+/// that the GPU machine's run needs no CLI binary): the mask, and the time and device.
 fn extract(input: &Path, out: &Path) -> anyhow::Result<(lightbox_core::Volume<f32>, String)> {
-    let printed = run_ok(
-        Command::new(bin("lightbox")?)
-            .arg("brain-extract")
-            .arg(input)
-            .arg("--out")
-            .arg(out)
-            .arg("--models")
-            .arg(models()?)
-            .args(["--device", "cpu"]),
-    )?;
-    anyhow::ensure!(printed.contains("AI output") && printed.contains("not for clinical use"), "{printed}");
-    Ok((lightbox_nifti::read(out)?.volume(0)?, printed))
+    // CPU in CI; the GPU machine's run sets LIGHTBOX_AI_DEVICE=gpu.
+    let preference = lightbox_workflow::ai::DevicePreference::from_env()?;
+    let preference = if std::env::var_os("LIGHTBOX_AI_DEVICE").is_some() {
+        preference
+    } else {
+        lightbox_workflow::ai::DevicePreference::Cpu
+    };
+    let r = lightbox_workflow::ai::brain_extract(input, out, &models()?, preference)?;
+    anyhow::ensure!(r.warning.is_none(), "{}: {:?}", input.display(), r.warning);
+    Ok((lightbox_nifti::read(out)?.volume(0)?, format!("{:.1} s on {}", r.seconds, r.device)))
 }
 
 fn itk(path: &str) -> anyhow::Result<Affine3> {
@@ -131,6 +130,8 @@ fn brain_extraction_refuses_missing_or_tampered_models_and_warns_on_a_non_head()
     let out = run(&models()?, &lightbox_tests::demo_study())?;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("is outside the adult range"), "{err}");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains("AI output") && printed.contains("not for clinical use"), "{printed}");
     Ok(())
 }
 
@@ -173,7 +174,8 @@ fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
                 .arg(&out)
                 .arg("--models")
                 .arg(&models)
-                .args(["--device", "cpu"]),
+                // CPU in CI; the GPU machine's run sets LIGHTBOX_AI_DEVICE=gpu.
+                .args(["--device", &std::env::var("LIGHTBOX_AI_DEVICE").unwrap_or_else(|_| "cpu".into())]),
         )?;
         assert!(printed.contains(&format!("AI output ({name}, not for clinical use)")), "{printed}");
         let labels = lightbox_nifti::read(&out)?.volume(0)?;

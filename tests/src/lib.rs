@@ -255,3 +255,32 @@ impl Rgb {
         set.len()
     }
 }
+
+/// The inputs of the PyTorch parity fixtures, generated alike here and by
+/// `scripts/device/pytorch_reference.py` (exactly: integer hashing and sums of powers of two):
+/// per channel `c`, a hash of each voxel's index (seed `seed + c`) scaled to [0, 0.5), plus 0.5
+/// inside a ball at the centre (radius 3/10 of the shortest side). C order, `[channels, D, H, W]`.
+pub fn parity_input([d, h, w]: [usize; 3], channels: usize, seed: u32) -> Vec<f32> {
+    let r = d.min(h).min(w) as i64 * 3 / 10;
+    let centre = [d / 2, h / 2, w / 2].map(|c| c as i64);
+    let mut values = Vec::with_capacity(channels * d * h * w);
+    for c in 0..channels {
+        let seed = seed.wrapping_add(c as u32).wrapping_mul(40_503);
+        for z in 0..d {
+            for y in 0..h {
+                for x in 0..w {
+                    let i = (x + w * (y + h * z)) as u32;
+                    let mut k = i.wrapping_mul(2_654_435_761).wrapping_add(seed);
+                    k ^= k >> 15;
+                    k = k.wrapping_mul(2_246_822_519);
+                    k ^= k >> 13;
+                    let noise = (k >> 9) as f32 / 8_388_608.0 * 0.5;
+                    let [dz, dy, dx] = [z as i64 - centre[0], y as i64 - centre[1], x as i64 - centre[2]];
+                    let ball = if dz * dz + dy * dy + dx * dx < r * r { 0.5 } else { 0.0 };
+                    values.push(noise + ball);
+                }
+            }
+        }
+    }
+    values
+}

@@ -112,6 +112,21 @@ impl LinkNet3d {
         conv_transpose3d(x, self.w(name), bias, options)
     }
 
+    /// [`forward`](Self::forward) on plain values (`shape` = `[N, 1, D, H, W]`, C order), for
+    /// callers that do not handle tensors (parity tests, benchmarks); waits for the result.
+    pub fn forward_values(
+        &self,
+        device: &crate::AiDevice,
+        input: Vec<f32>,
+        shape: [usize; 5],
+    ) -> Result<Vec<f32>, AiError> {
+        if input.len() != shape.iter().product::<usize>() || shape[1] != 1 {
+            return Err(AiError::Input(format!("{} values for shape {shape:?} (one channel)", input.len())));
+        }
+        let x: Tensor<5> = Tensor::from_data(TensorData::new(input, shape), &device.device);
+        self.forward(x).into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))
+    }
+
     /// Softmax over the network's two channels: `[N, 1, D, H, W]` → `[N, 2, D, H, W]`, channel
     /// 1 the brain's probability.
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {

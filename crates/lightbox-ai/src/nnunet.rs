@@ -628,6 +628,11 @@ impl NnUnet {
         })
     }
 
+    /// The network itself (its logits, without nnU-Net's pre- and postprocessing).
+    pub fn network(&self) -> &PlainConvUNet {
+        &self.net
+    }
+
     /// Labels (the argmax of the logits) on the grid of `channels` (one volume per input
     /// channel, all on one grid), predicted as nnU-Net does. `cancel` and `progress` reach the
     /// sliding window.

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The GPU machine's checks for issues 5 (renderer) and 7 (AI runtime), in one call of the
+# workplace's device tool, from the repository root:
+#
+#   scripts/device/pack.sh                      # here: builds and packs .device/payload.tar.xz
+#   device run: bash scripts/device/check.sh    # carry .gl and .device
+#
+# It runs, each step capped in time and logged under $OUT:
+#   1. PyTorch references (scripts/device/pytorch_reference.py): parity fixtures for deepbet and
+#      an nnU-Net v2 folder saved by torch.save;
+#   2. the parity tests on burn wgpu against those fixtures;
+#   3. the renderer's golden and geometry tests on the NVIDIA GPU;
+#   4. bench-render (issue 5's figures);
+#   5. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures);
+#   6. brain extraction's Dice test on the GPU.
+set -u
+OUT=${OUT:-/tmp/lightbox-device-out}
+mkdir -p "$OUT"
+ROOT=$PWD
+X=$ROOT/.device/x
+# STEPS (default all): which of ai (1, 2, 5, 6) and render (3, 4) to run.
+STEPS=${STEPS:-ai,render}
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
+step() { echo; echo "=== $* ($(date +%T))"; }
+
+step setup
+if command -v nvidia-smi > /dev/null; then
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+fi
+if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
+    export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+fi
+mkdir -p "$X"
+python3 -c "import tarfile; tarfile.open('.device/payload.tar.xz').extractall('$X')" || exit 1
+for m in deepbet deepbet-bbox; do cp "$X/models/$m/model.safetensors" "models/$m/"; done
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .device/whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
+export CARGO_MANIFEST_DIR=$ROOT/tests LIGHTBOX_TEST_DATA=$X/data
+BIN=$X/target/debug
+IT=$BIN/deps/it
+
+# The device tool brings back at most 8 files from $OUT, two folders deep: the fixtures travel
+# as one tar, the PyTorch timings in their log.
+REF=/tmp/lightbox-reference
+mkdir -p "$REF"
+
+if want ai; then
+step "1. PyTorch references"
+timeout 100 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" deepbet,nnunet 2>&1 | tee "$OUT/torch.log"
+tar -cf "$OUT/parity.tar" -C "$REF" parity
+
+step "2. parity on burn wgpu"
+LIGHTBOX_AI_DEVICE=gpu LIGHTBOX_PARITY_FIXTURES=$REF/parity timeout 90 "$IT" parity:: --test-threads 1 --nocapture 2>&1 | tee "$OUT/parity.log"
+
+fi
+
+if want render; then
+step "3. renderer tests on the GPU"
+WGPU_BACKEND=vulkan timeout 45 "$IT" render:: --test-threads 2 2>&1 | tee "$OUT/render-tests.log"
+
+step "4. bench-render"
+WGPU_BACKEND=vulkan timeout 80 "$BIN/bench-render" 2>&1 | tee "$OUT/bench-render.log"
+
+fi
+
+if want ai; then
+step "5. PyTorch PlainConvUNet, then bench-ai on the GPU"
+timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"
+cat "$REF/torch_bench.json" >> "$OUT/torch.log"
+nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$REF/gpu-memory.csv" &
+SAMPLER=$!
+LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 90 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
+kill $SAMPLER 2>/dev/null
+echo "peak GPU memory in use during bench-ai (whole GPU, nvidia-smi): $(sort -n "$REF/gpu-memory.csv" | tail -1) MiB" | tee -a "$OUT/bench-ai.log"
+
+step "6. brain extraction Dice on the GPU"
+LIGHTBOX_AI_DEVICE=gpu timeout 60 "$IT" ai::brain_extraction_reaches_dice_095_on_real_brains --nocapture 2>&1 | tee "$OUT/dice.log"
+
+fi
+
+step summary
+grep -hE "test result|max abs error|FAILED|panicked|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|PlainConvUNet|PyTorch|peak" \
+    "$OUT"/*.log | cut -c1-400

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Builds what the GPU machine runs (burn's wgpu backend on) and packs it, with the model weights,
+# deepbet's TorchScript network (the PyTorch reference) and the test data those runs read, into
+# .device/payload.tar.xz for scripts/device/check.sh. The device tool carries .device and .gl
+# (the Vulkan loader's Debian packages); both stay out of git (.git/info/exclude).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+DATA=${LIGHTBOX_TEST_DATA:-$PWD/../shared/data}
+WHEEL=${LIGHTBOX_CACHE:-$HOME/.cache/lightbox}/deepbet-1.0.2-py3-none-any.whl
+FEATURES=(-p lightbox-tests --features lightbox-ai/gpu)
+
+cargo build "${FEATURES[@]}" --bins
+IT=$(cargo test "${FEATURES[@]}" --no-run --message-format=json 2>/dev/null |
+    python3 -c 'import json,sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-message" and m["message"]["level"] == "error":
+        print(m["message"]["rendered"], file=sys.stderr)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "it" and m.get("executable"):
+        print(m["executable"])')
+[ -x "$IT" ] || { echo "no it test binary" >&2; exit 1; }
+
+STAGE=$(mktemp -d)
+trap 'rm -rf "$STAGE"' EXIT
+mkdir -p "$STAGE/target/debug/deps" "$STAGE/deepbet"
+cp "$IT" "$STAGE/target/debug/deps/it"
+for b in bench-ai bench-render; do cp "$TARGET/debug/$b" "$STAGE/target/debug/"; done
+strip "$STAGE/target/debug/deps/it" "$STAGE"/target/debug/bench-*
+for m in deepbet deepbet-bbox; do
+    mkdir -p "$STAGE/models/$m"
+    cp "models/$m/model.safetensors" "$STAGE/models/$m/"
+done
+unzip -p "$WHEEL" data/models/model.pt > "$STAGE/deepbet/model.pt"
+for f in nilearn_mni152/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz \
+    open_ms_longitudinal/coregistered/patient01/brainmask.nii.gz \
+    open_ms_longitudinal/raw/patient01/study{1,2}_{T1W.nii.gz,FLAIR_to_common_space.txt,T1W_intrastudy_to_FLAIR.txt}; do
+    mkdir -p "$STAGE/data/$(dirname "$f")"
+    cp "$DATA/$f" "$STAGE/data/$f"
+done
+mkdir -p .device
+XZ_OPT="-6 -T2" tar -cJf .device/payload.tar.xz -C "$STAGE" .
+ls -la .device/payload.tar.xz

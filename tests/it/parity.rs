@@ -1,0 +1,159 @@
+//! Parity with PyTorch (issue 7). burn runs deepbet's brain network and an nnU-Net v2
+//! PlainConvUNet on the inputs PyTorch ran them on, and must agree to 1e-4 (max abs error).
+//!
+//! The fixtures in `tests/fixtures/parity` come from `scripts/device/pytorch_reference.py`, run
+//! on the GPU machine where PyTorch is installed: deepbet 1.0.2's own TorchScript network, and an
+//! nnU-Net result folder (plans.json, dataset.json, fold_0/checkpoint_final.pth written by
+//! `torch.save`, optimizer state and all) whose network dynamic_network_architectures built from
+//! that plan, as nnU-Net v2 does. Both sides generate the inputs exactly alike
+//! ([`lightbox_tests::parity_input`]); the fixtures hold PyTorch's outputs on a crop.
+//!
+//! CI runs them on burn flex (CPU). On the GPU machine `LIGHTBOX_AI_DEVICE=gpu` runs them on
+//! burn wgpu, and `LIGHTBOX_PARITY_FIXTURES` points them at fixtures made there and then.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use lightbox_ai::{AiDevice, DevicePreference, ModelPackage, linknet::LinkNet3d, nnunet::NnUnet};
+use lightbox_tests::{parity_input, workspace_root};
+
+/// The largest difference from PyTorch's output allowed (issue 7).
+const TOLERANCE: f64 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    std::env::var_os("LIGHTBOX_PARITY_FIXTURES")
+        .map_or_else(|| workspace_root().join("tests/fixtures/parity"), PathBuf::from)
+}
+
+fn device() -> anyhow::Result<AiDevice> {
+    Ok(AiDevice::choose(DevicePreference::from_env()?)?)
+}
+
+fn meta(name: &str) -> anyhow::Result<serde_json::Value> {
+    let path = fixtures().join(name);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_json::from_str(&text)?)
+}
+
+fn numbers<const N: usize>(value: &serde_json::Value) -> anyhow::Result<[usize; N]> {
+    let list: Vec<usize> = serde_json::from_value(value.clone())?;
+    list.try_into().map_err(|l: Vec<usize>| anyhow::anyhow!("{l:?} does not have {N} entries"))
+}
+
+fn read_f32(name: &str) -> anyhow::Result<Vec<f32>> {
+    let path = fixtures().join(name);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    anyhow::ensure!(bytes.len() % 4 == 0, "{}: not a whole number of f32", path.display());
+    Ok(bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+/// The input PyTorch ran on, generated here, checked against the sum the fixture recorded.
+fn input(meta: &serde_json::Value) -> anyhow::Result<([usize; 3], usize, Vec<f32>)> {
+    let dims = numbers::<3>(&meta["input"]["dims"])?;
+    let channels = meta["input"]["channels"].as_u64().context("input.channels")? as usize;
+    let seed = meta["input"]["seed"].as_u64().context("input.seed")? as u32;
+    let values = parity_input(dims, channels, seed);
+    let sum: f64 = values.iter().map(|&v| f64::from(v)).sum();
+    let theirs = meta["input"]["sum"].as_f64().context("input.sum")?;
+    anyhow::ensure!(
+        (sum - theirs).abs() <= 1e-9 * theirs.abs(),
+        "the inputs differ: sum {sum} here, {theirs} in PyTorch"
+    );
+    Ok((dims, channels, values))
+}
+
+/// `[channels, D, H, W]` values of `full` (`[N = 1, C, D, H, W]`) inside the box.
+fn crop(full: &[f32], [c, d, h, w]: [usize; 4], channels: &[usize], start: [usize; 3], size: [usize; 3]) -> Vec<f32> {
+    assert_eq!(full.len(), c * d * h * w);
+    let mut out = Vec::with_capacity(channels.len() * size.iter().product::<usize>());
+    for &ch in channels {
+        for z in start[0]..start[0] + size[0] {
+            for y in start[1]..start[1] + size[1] {
+                let row = w * (y + h * (z + d * ch));
+                out.extend_from_slice(&full[row + start[2]..row + start[2] + size[2]]);
+            }
+        }
+    }
+    out
+}
+
+/// The largest absolute difference, which must be within [`TOLERANCE`].
+fn assert_parity(what: &str, ours: &[f32], torch: &[f32]) -> anyhow::Result<f64> {
+    anyhow::ensure!(ours.len() == torch.len(), "{what}: {} values here, {} from PyTorch", ours.len(), torch.len());
+    anyhow::ensure!(ours.iter().all(|v| v.is_finite()), "{what}: burn gave a non-finite value");
+    let (worst, at) = ours
+        .iter()
+        .zip(torch)
+        .enumerate()
+        .map(|(i, (a, b))| ((f64::from(*a) - f64::from(*b)).abs(), i))
+        .fold((0.0, 0), |m, x| if x.0 > m.0 { x } else { m });
+    eprintln!("{what}: max abs error {worst:.2e} over {} values (tolerance {TOLERANCE:.0e})", ours.len());
+    anyhow::ensure!(
+        worst <= TOLERANCE,
+        "{what}: max abs error {worst:.3e} at value {at} (burn {}, PyTorch {}) exceeds {TOLERANCE:.0e}",
+        ours[at],
+        torch[at]
+    );
+    Ok(worst)
+}
+
+#[test]
+fn deepbet_brain_network_matches_pytorch() -> anyhow::Result<()> {
+    let meta = meta("deepbet.json")?;
+    let (dims, _, values) = input(&meta)?;
+    let device = device()?;
+    eprintln!("deepbet parity on {}", device.description);
+    let package = ModelPackage::open(&workspace_root().join("models/deepbet"))
+        .context("deepbet is not installed: run scripts/install-models.sh (make test does)")?;
+    let net =
+        LinkNet3d::from_tensors("deepbet", &package.named_tensors(&LinkNet3d::expected_tensors())?, &device.device)?;
+    let [d, h, w] = dims;
+    let out = net.forward_values(&device, values, [1, 1, d, h, w])?;
+    let start = numbers::<3>(&meta["crop"]["start"])?;
+    let size = numbers::<3>(&meta["crop"]["size"])?;
+    let ours = crop(&out, [2, d, h, w], &[1], start, size);
+    let torch = read_f32("deepbet.f32")?;
+    // The crop must exercise the network: voxels neither near 0 nor near 1.
+    let informative = torch.iter().filter(|&&p| p > 0.05 && p < 0.95).count();
+    anyhow::ensure!(informative >= 100, "the fixture's crop has only {informative} informative voxels");
+    assert_parity("deepbet brain probability", &ours, &torch)?;
+    let n = (d * h * w) as f64;
+    let mean = out[d * h * w..].iter().map(|&p| f64::from(p)).sum::<f64>() / n;
+    let theirs = meta["mean_probability"].as_f64().context("mean_probability")?;
+    anyhow::ensure!((mean - theirs).abs() <= 1e-5, "mean brain probability {mean} here, {theirs} in PyTorch");
+    Ok(())
+}
+
+#[test]
+fn nnunet_folder_saved_by_pytorch_converts_and_matches_pytorch() -> anyhow::Result<()> {
+    let meta = meta("nnunet.json")?;
+    let (dims, channels, values) = input(&meta)?;
+    let dir = tempfile::tempdir()?;
+    let package = dir.path().join("parity");
+    // The folder as nnU-Net v2 left it: plans.json, dataset.json, fold_0/checkpoint_final.pth.
+    lightbox_ai::nnunet::import(&fixtures().join("nnunet"), "3d_fullres", 0, "parity", &package)?;
+    let model = NnUnet::from_package(&package, device()?)?;
+    eprintln!("nnU-Net parity on {}", model.device.description);
+    let [d, h, w] = dims;
+    let out = model.network().forward_values(&model.device, values.clone(), [1, channels, d, h, w])?;
+    let classes = out.len() / (d * h * w);
+    anyhow::ensure!(classes == 3, "{classes} classes, the dataset has 3 labels");
+    let start = numbers::<3>(&meta["crop"]["start"])?;
+    let size = numbers::<3>(&meta["crop"]["size"])?;
+    let ours = crop(&out, [classes, d, h, w], &[0, 1, 2], start, size);
+    assert_parity("nnU-Net PlainConvUNet logits", &ours, &read_f32("nnunet.f32")?)?;
+    let abs_max = out.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
+    let theirs = meta["logits_abs_max"].as_f64().context("logits_abs_max")?;
+    anyhow::ensure!((abs_max - theirs).abs() <= TOLERANCE, "largest |logit| {abs_max} here, {theirs} in PyTorch");
+
+    // End to end through nnU-Net's inference on a two-channel study on the plan's grid.
+    let affine = lightbox_core::Affine3::from_columns([0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 3.0], [0.0; 3]);
+    let plane = d * h * w;
+    let volumes = (0..channels)
+        .map(|c| lightbox_core::Volume::new([w, h, d], values[c * plane..(c + 1) * plane].to_vec(), affine))
+        .collect::<Result<Vec<_>, _>>()?;
+    let labels = model.predict(&volumes, &std::sync::atomic::AtomicBool::new(false), &mut |_| {})?;
+    anyhow::ensure!(labels.dims() == [w, h, d], "labels on {:?}, the input is {:?}", labels.dims(), [w, h, d]);
+    anyhow::ensure!(labels.voxels().iter().all(|&l| l < 3), "a label outside the dataset's 0..=2");
+    Ok(())
+}
