@@ -6,13 +6,23 @@ use lightbox_render::{GpuContext, SliceParams, SliceRenderer, cpu};
 use lightbox_tests::demo_study;
 
 /// The one place that owns the tolerance between GPU and CPU images: 8-bit values may differ by
-/// one step (float rounding on the GPU), and nothing more.
-fn assert_rgba_close(gpu: &[u8], reference: &[u8], what: &str) {
-    assert_eq!(gpu.len(), reference.len(), "{what}: image sizes differ");
-    let worst = gpu.iter().zip(reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
-    let off_by_one = gpu.iter().zip(reference).filter(|(a, b)| a != b).count();
-    assert!(worst <= 1, "{what}: GPU and CPU differ by up to {worst} grey levels");
-    assert!(off_by_one * 1000 <= gpu.len(), "{what}: {off_by_one} of {} bytes differ", gpu.len());
+/// one step, and nothing more. How many may: on Mesa's lavapipe (CI) at most 0.1 % of the bytes;
+/// on a real GPU at most 3 %, since its texture units filter in fixed point and its shaders fuse
+/// multiply-adds, so values near a rounding edge fall either way (an NVIDIA H200 put up to 1.3 %
+/// of the bytes one step off, and none further).
+fn assert_rgba_close(gpu: &GpuContext, image: &[u8], reference: &[u8], what: &str) {
+    assert_eq!(image.len(), reference.len(), "{what}: image sizes differ");
+    let worst = image.iter().zip(reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
+    let off_by_one = image.iter().zip(reference).filter(|(a, b)| a != b).count();
+    let software = gpu.adapter_name.to_lowercase().contains("llvmpipe");
+    let per_mille = if software { 1 } else { 30 };
+    assert!(worst <= 1, "{what}: GPU and CPU differ by up to {worst} grey levels on {}", gpu.adapter_name);
+    assert!(
+        off_by_one * 1000 <= image.len() * per_mille,
+        "{what}: {off_by_one} of {} bytes differ by one on {} (at most {per_mille}‰ may)",
+        image.len(),
+        gpu.adapter_name
+    );
 }
 
 #[test]
@@ -33,9 +43,14 @@ fn gpu_slice_matches_cpu_reference_on_demo_study() -> anyhow::Result<()> {
         renderer.render(&gpu.device, &gpu.queue, params)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::slice_rgba(&volume, params)?;
-        assert_rgba_close(&image, &reference, &format!("slice {slice}"));
+        assert_rgba_close(&gpu, &image, &reference, &format!("slice {slice}"));
         stored.render(&gpu.device, &gpu.queue, params)?;
-        assert_rgba_close(&stored.read_target(&gpu.device, &gpu.queue)?, &reference, &format!("stored slice {slice}"));
+        assert_rgba_close(
+            &gpu,
+            &stored.read_target(&gpu.device, &gpu.queue)?,
+            &reference,
+            &format!("stored slice {slice}"),
+        );
         // The slice is not trivially uniform: the comparison means something.
         let greys: std::collections::HashSet<u8> = reference.chunks(4).map(|p| p[0]).collect();
         assert!(greys.len() > 50, "slice {slice} has only {} grey levels", greys.len());
@@ -80,7 +95,7 @@ fn gpu_mpr_matches_cpu_reference_on_demo_study() -> anyhow::Result<()> {
         renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba(&volume, &plane, window)?;
-        assert_rgba_close(&image, &reference, name);
+        assert_rgba_close(&gpu, &image, &reference, name);
         let greys: std::collections::HashSet<u8> = reference.chunks(4).map(|p| p[0]).collect();
         assert!(greys.len() > 40, "{name}: only {} grey levels", greys.len());
     }
@@ -171,7 +186,7 @@ fn gpu_label_overlay_matches_cpu_reference() -> anyhow::Result<()> {
         renderer.render(&gpu.device, &gpu.queue, &plane, window, Some(style))?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba_with_labels(&volume, Some((&labels, style)), &plane, window)?;
-        assert_rgba_close(&image, &reference, name);
+        assert_rgba_close(&gpu, &image, &reference, name);
         let coloured = reference.chunks(4).filter(|p| p[0] != p[1] || p[1] != p[2]).count();
         assert!(coloured > 100, "{name}: only {coloured} coloured pixels");
     }
@@ -203,7 +218,7 @@ fn stored_16_bit_volume_renders_like_the_float_one() -> anyhow::Result<()> {
         renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba(&float, &plane, window)?;
-        assert_rgba_close(&image, &reference, name);
+        assert_rgba_close(&gpu, &image, &reference, name);
     }
     Ok(())
 }
@@ -224,7 +239,7 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba(&volume, &plane, tf)?;
-        assert_rgba_close(&image, &reference, &format!("volume rendering, {name}"));
+        assert_rgba_close(&gpu, &image, &reference, &format!("volume rendering, {name}"));
         let lit = reference.chunks(4).filter(|p| p[0] > 20).count();
         assert!(lit > 500, "{name}: only {lit} lit pixels");
         // Empty-space skipping jumps over bricks below the ramp: exactly the same image.
@@ -260,7 +275,7 @@ fn gpu_scalar_overlay_matches_cpu_reference() -> anyhow::Result<()> {
         renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba_with_scalars(&volume, &map, style, &plane, window)?;
-        assert_rgba_close(&image, &reference, name);
+        assert_rgba_close(&gpu, &image, &reference, name);
         let coloured = reference.chunks(4).filter(|p| p[0] != p[2]).count();
         assert!(coloured > 100, "{name}: only {coloured} coloured pixels");
     }
@@ -389,13 +404,18 @@ fn colour_tables_match_the_cpu_reference() -> anyhow::Result<()> {
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba_lut(&volume, &plane, tf, lut)?;
-        assert_rgba_close(&image, &reference, name);
+        assert_rgba_close(&gpu, &image, &reference, name);
         let coloured = reference.chunks(4).filter(|p| p[0].abs_diff(p[2]) > 30).count();
         assert!(coloured > 500, "{name}: only {coloured} coloured pixels");
         // Without the table the same renderer draws as before.
         renderer.set_lut(&gpu.queue, None);
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
-        assert_rgba_close(&renderer.read_target(&gpu.device, &gpu.queue)?, &cpu::mpr_rgba(&volume, &plane, tf)?, name);
+        assert_rgba_close(
+            &gpu,
+            &renderer.read_target(&gpu.device, &gpu.queue)?,
+            &cpu::mpr_rgba(&volume, &plane, tf)?,
+            name,
+        );
     }
     Ok(())
 }

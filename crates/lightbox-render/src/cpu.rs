@@ -73,7 +73,9 @@ fn mpr_rgba_full(
     let hi = [nx, ny, nz].map(|n| n as f32 - 1.0);
     const EDGE: f32 = 0.001;
     let at = |x: usize, y: usize, z: usize| volume.voxels()[x + nx * (y + ny * z)];
-    let sample = |p: [f32; 3]| -> Option<f32> {
+    // The trilinear value at p and the gradient of the same cell (the interpolant's derivative,
+    // which the volume rendering shades by: mpr.wgsl's `sample_graded`).
+    let graded = |p: [f32; 3]| -> Option<(f32, [f32; 3])> {
         if (0..3).any(|c| p[c] < -EDGE || p[c] > hi[c] + EDGE) {
             return None;
         }
@@ -82,21 +84,29 @@ fn mpr_rgba_full(
         let f = [0, 1, 2].map(|c| q[c] - base[c]);
         let b = base.map(|x| x as usize);
         let b1 = [0, 1, 2].map(|c| (b[c] + 1).min(hi[c] as usize));
-        let c00 = at(b[0], b[1], b[2]) + (at(b1[0], b[1], b[2]) - at(b[0], b[1], b[2])) * f[0];
-        let c10 = at(b[0], b1[1], b[2]) + (at(b1[0], b1[1], b[2]) - at(b[0], b1[1], b[2])) * f[0];
-        let c01 = at(b[0], b[1], b1[2]) + (at(b1[0], b[1], b1[2]) - at(b[0], b[1], b1[2])) * f[0];
-        let c11 = at(b[0], b1[1], b1[2]) + (at(b1[0], b1[1], b1[2]) - at(b[0], b1[1], b1[2])) * f[0];
+        let (c000, c100, c010, c110) =
+            (at(b[0], b[1], b[2]), at(b1[0], b[1], b[2]), at(b[0], b1[1], b[2]), at(b1[0], b1[1], b[2]));
+        let (c001, c101, c011, c111) =
+            (at(b[0], b[1], b1[2]), at(b1[0], b[1], b1[2]), at(b[0], b1[1], b1[2]), at(b1[0], b1[1], b1[2]));
+        let c00 = c000 + (c100 - c000) * f[0];
+        let c10 = c010 + (c110 - c010) * f[0];
+        let c01 = c001 + (c101 - c001) * f[0];
+        let c11 = c011 + (c111 - c011) * f[0];
         let c0 = c00 + (c10 - c00) * f[1];
         let c1 = c01 + (c11 - c01) * f[1];
-        Some(c0 + (c1 - c0) * f[2])
+        let dx0 = (c100 - c000) + ((c110 - c010) - (c100 - c000)) * f[1];
+        let dx1 = (c101 - c001) + ((c111 - c011) - (c101 - c001)) * f[1];
+        let dy0 = (c010 - c000) + ((c110 - c100) - (c010 - c000)) * f[0];
+        let dy1 = (c011 - c001) + ((c111 - c101) - (c011 - c001)) * f[0];
+        Some((c0 + (c1 - c0) * f[2], [dx0 + (dx1 - dx0) * f[2], dy0 + (dy1 - dy0) * f[2], c1 - c0]))
     };
+    let sample = |p: [f32; 3]| graded(p).map(|(value, _)| value);
     let mut out = Vec::with_capacity(plane.width as usize * plane.height as usize * 4);
     if plane.mode == SlabMode::Volume {
         let width = window.width.max(1e-3);
         let lo = window.center - 0.5 * width;
         let len = (v.step_z.iter().map(|x| x * x).sum::<f32>()).sqrt().max(1e-12);
         let dir = v.step_z.map(|x| x / len);
-        let value = |p: [f32; 3]| sample(p).unwrap_or(0.0);
         for j in 0..plane.height {
             for i in 0..plane.width {
                 let (fi, fj) = (i as f32, j as f32);
@@ -104,19 +114,11 @@ fn mpr_rgba_full(
                 for k in 0..v.samples.max(1) {
                     let p =
                         [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + k as f32 * v.step_z[c]);
-                    let Some(s) = sample(p) else { continue };
+                    let Some((s, g)) = graded(p) else { continue };
                     let ramp = ((s - lo) / width).clamp(0.0, 1.0);
                     if ramp <= 0.0 {
                         continue;
                     }
-                    let d = |c: usize| {
-                        let mut a = p;
-                        let mut b = p;
-                        a[c] += 1.0;
-                        b[c] -= 1.0;
-                        value(a) - value(b)
-                    };
-                    let g = [d(0), d(1), d(2)];
                     let gl = (g[0] * g[0] + g[1] * g[1] + g[2] * g[2]).sqrt();
                     let shade = if gl > 1e-6 {
                         0.35 + 0.65 * ((g[0] * dir[0] + g[1] * dir[1] + g[2] * dir[2]) / gl).abs()

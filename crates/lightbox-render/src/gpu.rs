@@ -28,6 +28,8 @@ impl GpuContext {
         let adapter_name = adapter.get_info().name;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("lightbox-render headless"),
+            // Timestamps, where the GPU has them, let benchmarks read GPU time (GpuTimer).
+            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
             required_limits: adapter.limits(),
             ..Default::default()
         }))
@@ -41,6 +43,76 @@ impl GpuContext {
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
             .map_err(|e| RenderError::Device(e.to_string()))
+    }
+}
+
+/// Measures the GPU time of one draw with timestamp queries, for benchmarks: what the GPU spent
+/// on the pass, without the CPU's submission or the wait for the result.
+pub struct GpuTimer {
+    queries: wgpu::QuerySet,
+    resolved: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    period_ns: f64,
+}
+
+impl GpuTimer {
+    /// `None` where the device was opened without [`wgpu::Features::TIMESTAMP_QUERY`].
+    pub fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Option<Self> {
+        if !device.features().contains(wgpu::Features::TIMESTAMP_QUERY) {
+            return None;
+        }
+        let queries = device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("pass timestamps"),
+            ty: wgpu::QueryType::Timestamp,
+            count: 2,
+        });
+        let buffer = |label, usage| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: 16,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        Some(Self {
+            queries,
+            resolved: buffer("timestamps", wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC),
+            readback: buffer("timestamps readback", wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::MAP_READ),
+            period_ns: f64::from(queue.get_timestamp_period()),
+        })
+    }
+
+    fn writes(&self) -> wgpu::RenderPassTimestampWrites<'_> {
+        wgpu::RenderPassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
+    fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
+        encoder.resolve_query_set(&self.queries, 0..2, &self.resolved, 0);
+        encoder.copy_buffer_to_buffer(&self.resolved, 0, &self.readback, 0, 16);
+    }
+
+    /// Waits for the timed pass and returns its GPU time in milliseconds.
+    fn read_ms(&self, device: &wgpu::Device) -> Result<f64, RenderError> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        self.readback.map_async(wgpu::MapMode::Read, .., move |result| {
+            let _ = sender.send(result);
+        });
+        device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| RenderError::Readback(e.to_string()))?;
+        receiver
+            .recv()
+            .map_err(|e| RenderError::Readback(e.to_string()))?
+            .map_err(|e| RenderError::Readback(e.to_string()))?;
+        let ticks = {
+            let mapped = self.readback.get_mapped_range(..).map_err(|e| RenderError::Readback(e.to_string()))?;
+            let stamps: &[u64] = bytemuck::cast_slice(&mapped);
+            stamps[1].saturating_sub(stamps[0])
+        };
+        self.readback.unmap();
+        Ok(ticks as f64 * self.period_ns / 1e6)
     }
 }
 
@@ -138,7 +210,7 @@ impl SliceRenderer {
             _pad: [0.0; 3],
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
-        draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view);
+        draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view, None);
         Ok(())
     }
 
@@ -472,13 +544,14 @@ fn bind_resources(
     (bind_group, uniforms, lut)
 }
 
-/// Draws the full-target triangle and submits.
+/// Draws the full-target triangle and submits; with a timer, the pass is timed.
 fn draw(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     pipeline: &wgpu::RenderPipeline,
     bind_group: &wgpu::BindGroup,
     target: &wgpu::TextureView,
+    timer: Option<&GpuTimer>,
 ) {
     let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("draw") });
     {
@@ -490,11 +563,15 @@ fn draw(
                 resolve_target: None,
                 ops: wgpu::Operations { load: wgpu::LoadOp::Clear(wgpu::Color::BLACK), store: wgpu::StoreOp::Store },
             })],
+            timestamp_writes: timer.map(GpuTimer::writes),
             ..Default::default()
         });
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.draw(0..3, 0..1);
+    }
+    if let Some(timer) = timer {
+        timer.resolve(&mut encoder);
     }
     queue.submit(Some(encoder.finish()));
 }
@@ -815,6 +892,29 @@ impl MprRenderer {
         window: lightbox_core::WindowLevel,
         style: Option<crate::LabelStyle>,
     ) -> Result<(), RenderError> {
+        self.draw_plane(device, queue, (plane, window, style), None)
+    }
+
+    /// [`render`](Self::render), waiting for the GPU: returns the draw's GPU time in ms.
+    pub fn render_timed(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        plane: &crate::MprPlane,
+        window: lightbox_core::WindowLevel,
+        timer: &GpuTimer,
+    ) -> Result<f64, RenderError> {
+        self.draw_plane(device, queue, (plane, window, None), Some(timer))?;
+        timer.read_ms(device)
+    }
+
+    fn draw_plane(
+        &self,
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        (plane, window, style): (&crate::MprPlane, lightbox_core::WindowLevel, Option<crate::LabelStyle>),
+        timer: Option<&GpuTimer>,
+    ) -> Result<(), RenderError> {
         if [plane.width, plane.height] != self.size {
             return Err(RenderError::Device(format!(
                 "a {}x{} plane on a {}x{} target",
@@ -850,7 +950,7 @@ impl MprRenderer {
             packing: self.packing.uniform(),
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
-        draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view);
+        draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view, timer);
         Ok(())
     }
 
