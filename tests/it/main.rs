@@ -4,12 +4,14 @@
 //! `make test`) and the shared test data beside the project (or `LIGHTBOX_TEST_DATA`).
 
 mod ai;
+mod atrophy;
 mod cli;
 mod harness;
 mod imaging;
 mod ingest;
 mod pacs;
 mod pacs_cli;
+mod parity;
 mod pipeline;
 mod render;
 mod seg;

@@ -266,6 +266,27 @@ enum Commands {
         #[command(flatten)]
         ai: AiArgs,
     },
+    /// Brain atrophy between two T1s of one patient (NIfTI files, or DICOM files or folders):
+    /// percent brain volume change, its yearly rate, and how it compares with what a healthy
+    /// person of that age loses. Automated measurement (AI brain extraction), not for clinical use.
+    Atrophy {
+        baseline: PathBuf,
+        followup: PathBuf,
+        /// Years between the two scans (or give both dates).
+        #[arg(long, conflicts_with_all = ["baseline_date", "followup_date"])]
+        interval_years: Option<f64>,
+        /// The baseline's study date (YYYY-MM-DD or DICOM's YYYYMMDD).
+        #[arg(long, requires = "followup_date")]
+        baseline_date: Option<String>,
+        /// The follow-up's study date.
+        #[arg(long, requires = "baseline_date")]
+        followup_date: Option<String>,
+        /// The patient's age in years at the follow-up, for the healthy norm.
+        #[arg(long)]
+        age: Option<f64>,
+        #[command(flatten)]
+        ai: AiArgs,
+    },
     /// Brain extraction (deepbet, on this machine): writes the brain mask of a T1 (NIfTI file,
     /// or the largest series of a DICOM file or folder) as NIfTI. AI output, not for clinical use.
     BrainExtract {
@@ -646,6 +667,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 p.seconds,
                 p.device
             );
+        }
+        Commands::Atrophy { baseline, followup, interval_years, baseline_date, followup_date, age, ai } => {
+            let interval_years = match (interval_years, baseline_date, followup_date) {
+                (Some(years), ..) => years,
+                (None, Some(a), Some(b)) => (days_since_epoch(&b)? - days_since_epoch(&a)?) as f64 / 365.25,
+                _ => anyhow::bail!("give --interval-years, or --baseline-date and --followup-date"),
+            };
+            let (models, preference) = ai.resolve()?;
+            let (r, device) =
+                lightbox_workflow::ai::atrophy(&baseline, &followup, interval_years, age, &models, preference)?;
+            println!(
+                "AI output (automated measurement, not for clinical use): {} — brain {:.0} mL, follow-up turned {:.1}° against the baseline, {:.1} s (brain extraction on {device})",
+                r.summary(),
+                r.brain_ml,
+                r.rotation_deg,
+                r.seconds
+            );
+            println!("method: {}", lightbox_workflow::ai::ATROPHY_METHOD);
         }
         Commands::BrainExtract { input, out, ai } => {
             let (models, preference) = ai.resolve()?;
@@ -1308,4 +1347,38 @@ fn or_dash(s: &str) -> &str {
 
 fn quoted(s: &str) -> String {
     format!("\"{s}\"")
+}
+
+/// Days since 1970-01-01 of a date written YYYY-MM-DD or YYYYMMDD (DICOM's DA).
+fn days_since_epoch(date: &str) -> anyhow::Result<i64> {
+    let digits: String = date.chars().filter(|c| *c != '-').collect();
+    let bad = || anyhow::anyhow!("{date:?} is not a date (YYYY-MM-DD or YYYYMMDD)");
+    if digits.len() != 8 || !digits.chars().all(|c| c.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let (y, m, d): (i64, i64, i64) = (digits[..4].parse()?, digits[4..6].parse()?, digits[6..].parse()?);
+    let month_days = [
+        31,
+        if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    if !(1..=12).contains(&m) || d < 1 || d > month_days[(m - 1) as usize] {
+        return Err(bad());
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Ok(era * 146_097 + doe - 719_468)
 }

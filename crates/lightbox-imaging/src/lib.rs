@@ -5,6 +5,7 @@
 //! Everything works in DICOM patient space (LPS millimetres): a transform here maps a point of
 //! one scan to the same anatomy in another, whatever their voxel grids.
 
+pub mod atrophy;
 pub mod crop;
 pub mod itk;
 pub mod morphology;
@@ -25,6 +26,9 @@ pub enum ImagingError {
 
     #[error("the two volumes do not overlap in patient space, even after centring them")]
     NoOverlap,
+
+    #[error("{what}")]
+    Mismatch { what: &'static str },
 
     #[error("ITK transform file, line {line}: {problem}")]
     TransformFile { line: usize, problem: String },

@@ -110,6 +110,67 @@ pub fn dice(a: &[bool], b: &[bool]) -> f64 {
     if total == 0 { 1.0 } else { 2.0 * both as f64 / total as f64 }
 }
 
+/// Grows the mask by `steps` 6-connected layers (each step adds every voxel that touches the
+/// mask by a face).
+pub fn dilate(mask: &[bool], dims: [usize; 3], steps: usize) -> Vec<bool> {
+    let [n0, n1, n2] = dims;
+    let mut current = mask.to_vec();
+    for _ in 0..steps {
+        let previous = current.clone();
+        for i in 0..n0 {
+            for j in 0..n1 {
+                for k in 0..n2 {
+                    let at = (i * n1 + j) * n2 + k;
+                    if previous[at] {
+                        continue;
+                    }
+                    let touches = (i > 0 && previous[at - n1 * n2])
+                        || (i + 1 < n0 && previous[at + n1 * n2])
+                        || (j > 0 && previous[at - n2])
+                        || (j + 1 < n1 && previous[at + n2])
+                        || (k > 0 && previous[at - 1])
+                        || (k + 1 < n2 && previous[at + 1]);
+                    current[at] = touches;
+                }
+            }
+        }
+    }
+    current
+}
+
+/// Shrinks the mask by `steps` 6-connected layers (the grid's border counts as background).
+pub fn erode(mask: &[bool], dims: [usize; 3], steps: usize) -> Vec<bool> {
+    let [n0, n1, n2] = dims;
+    let mut outside: Vec<bool> = mask.iter().map(|m| !m).collect();
+    // The border is outside: pad by marking border voxels' missing neighbours as background.
+    for _ in 0..steps {
+        let previous = outside.clone();
+        for i in 0..n0 {
+            for j in 0..n1 {
+                for k in 0..n2 {
+                    let at = (i * n1 + j) * n2 + k;
+                    if previous[at] {
+                        continue;
+                    }
+                    outside[at] = i == 0
+                        || j == 0
+                        || k == 0
+                        || i + 1 == n0
+                        || j + 1 == n1
+                        || k + 1 == n2
+                        || previous[at - n1 * n2]
+                        || previous[at + n1 * n2]
+                        || previous[at - n2]
+                        || previous[at + n2]
+                        || previous[at - 1]
+                        || previous[at + 1];
+                }
+            }
+        }
+    }
+    outside.iter().map(|o| !o).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

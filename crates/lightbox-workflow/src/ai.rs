@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use lightbox_ai::AiDevice;
 pub use lightbox_ai::DevicePreference;
+pub use lightbox_analysis::brain::METHOD as ATROPHY_METHOD;
 
 use crate::WorkflowError;
 
@@ -66,14 +67,7 @@ pub fn brain_extract(
     models: &Path,
     preference: DevicePreference,
 ) -> Result<BrainExtraction, WorkflowError> {
-    for package in lightbox_ai::deepbet::PACKAGES {
-        if !models.join(package).join("model.safetensors").is_file() {
-            return Err(WorkflowError::Analysis(format!(
-                "deepbet is not installed in {} (run scripts/install-models.sh, or lightbox models install deepbet --wheel …)",
-                models.display()
-            )));
-        }
-    }
+    check_deepbet(models)?;
     let volume = read_volume(input)?;
     let device = AiDevice::choose(preference)?;
     let description = device.description.clone();
@@ -101,6 +95,42 @@ pub fn brain_extract(
         device: description,
         warning,
     })
+}
+
+/// Brain atrophy between two T1s of one patient (NIfTI files, or the largest series of DICOM
+/// files or folders), `interval_years` apart, against the healthy norm at `age_years`. Returns
+/// the report and the device that ran brain extraction.
+pub fn atrophy(
+    baseline: &Path,
+    followup: &Path,
+    interval_years: f64,
+    age_years: Option<f64>,
+    models: &Path,
+    preference: DevicePreference,
+) -> Result<(lightbox_analysis::brain::AtrophyReport, String), WorkflowError> {
+    check_deepbet(models)?;
+    let read = |path: &Path| {
+        read_volume(path).map_err(|e| WorkflowError::Analysis(format!("cannot read {}: {e}", path.display())))
+    };
+    let (base, follow) = (read(baseline)?, read(followup)?);
+    let device = AiDevice::choose(preference)?;
+    let description = device.description.clone();
+    let net = lightbox_ai::deepbet::Deepbet::from_packages(models, device)?;
+    let report = lightbox_analysis::brain::atrophy(&net, &base, &follow, interval_years, age_years)
+        .map_err(|e| WorkflowError::Analysis(format!("{} → {}: {e}", baseline.display(), followup.display())))?;
+    Ok((report, description))
+}
+
+fn check_deepbet(models: &Path) -> Result<(), WorkflowError> {
+    for package in lightbox_ai::deepbet::PACKAGES {
+        if !models.join(package).join("model.safetensors").is_file() {
+            return Err(WorkflowError::Analysis(format!(
+                "deepbet is not installed in {} (run scripts/install-models.sh, or lightbox models install deepbet --wheel …)",
+                models.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Imports a trained nnU-Net v2 result folder as the model package `models/<name>`.

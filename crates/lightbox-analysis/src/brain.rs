@@ -1,0 +1,159 @@
+//! Brain atrophy between two T1 scans of one patient, compared with what a healthy person of
+//! the patient's age loses.
+//!
+//! - The percent brain volume change (PBVC) is `lightbox_imaging::atrophy`'s boundary shift
+//!   integral in a halfway space, inside deepbet's brain mask of the baseline.
+//! - It is annualised by the interval between the two studies.
+//! - The healthy rate for the age comes from Hedman et al. 2012 (meta-analysis of 56
+//!   longitudinal studies: −0.2 %/yr at 35, −0.5 %/yr at 60, more after 60), continued past 60
+//!   to ADNI's healthy elderly (SIENA, −0.65 %/yr, mean age about 76; Cover 2011). Its spread is
+//!   De Stefano 2016's healthy SD (0.15 %/yr); "within" means within two SDs of the healthy mean.
+//! - The pathological cut-off is De Stefano 2016's −0.37 %/yr (MS against healthy adults).
+
+use std::sync::atomic::AtomicBool;
+
+use lightbox_ai::deepbet::Deepbet;
+use lightbox_core::Volume;
+use lightbox_imaging::atrophy::{AtrophyOptions, percent_brain_volume_change};
+
+use crate::AnalysisError;
+
+/// Healthy whole-brain volume change (%/yr) by age: (age, rate) points, linear between them.
+const HEALTHY_RATE: [(f64, f64); 3] = [(35.0, -0.2), (60.0, -0.5), (76.0, -0.65)];
+/// The spread of healthy adults' rates, %/yr (De Stefano 2016: −0.27 ± 0.15).
+pub const HEALTHY_SD_PERCENT_PER_YEAR: f64 = 0.15;
+/// The pathological cut-off, %/yr (De Stefano 2016).
+pub const PATHOLOGICAL_CUTOFF_PERCENT_PER_YEAR: f64 = -0.37;
+/// The measurement's own error, % (SIENA's, Smith 2002; ours is tested against it).
+pub const PBVC_ERROR_PERCENT: f64 = 0.15;
+/// What made the numbers, for the report.
+pub const METHOD: &str = "Lightbox atrophy 1: deepbet 1.0.2 brain mask, rigid NMI registration, halfway-space boundary shift integral with differential bias correction";
+
+/// The healthy mean rate of whole-brain volume change at `age_years`, %/yr (negative: loss).
+/// Younger than 35 keeps the value at 35; older than 76 the value at 76.
+pub fn healthy_rate_percent_per_year(age_years: f64) -> f64 {
+    let first = HEALTHY_RATE[0];
+    let last = HEALTHY_RATE[HEALTHY_RATE.len() - 1];
+    if age_years <= first.0 {
+        return first.1;
+    }
+    if age_years >= last.0 {
+        return last.1;
+    }
+    HEALTHY_RATE
+        .windows(2)
+        .find(|w| age_years <= w[1].0)
+        .map_or(last.1, |w| w[0].1 + (w[1].1 - w[0].1) * (age_years - w[0].0) / (w[1].0 - w[0].0))
+}
+
+/// How the patient's rate compares with a healthy person's of the same age.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Comparison {
+    /// Within two SDs of the healthy mean, or losing less.
+    WithinHealthy,
+    /// Losing more than two SDs beyond the healthy mean.
+    BeyondHealthy,
+}
+
+#[derive(Clone, Debug)]
+pub struct AtrophyReport {
+    pub pbvc_percent: f64,
+    pub interval_years: f64,
+    pub rate_percent_per_year: f64,
+    pub age_years: Option<f64>,
+    /// The healthy mean rate at the patient's age, %/yr (needs the age).
+    pub healthy_rate_percent_per_year: Option<f64>,
+    pub comparison: Option<Comparison>,
+    pub beyond_pathological_cutoff: bool,
+    /// The baseline's brain tissue volume, mL.
+    pub brain_ml: f64,
+    pub rotation_deg: f64,
+    pub seconds: f64,
+}
+
+impl AtrophyReport {
+    /// One line for a person: the numbers and what they mean against the norms.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "brain volume change {:+.2} % over {:.2} years ({:+.2} %/yr; measurement error ±{PBVC_ERROR_PERCENT} %)",
+            self.pbvc_percent, self.interval_years, self.rate_percent_per_year
+        );
+        if let (Some(age), Some(healthy), Some(c)) =
+            (self.age_years, self.healthy_rate_percent_per_year, self.comparison)
+        {
+            let lo = healthy - 2.0 * HEALTHY_SD_PERCENT_PER_YEAR;
+            s += &format!(
+                "; {} what a healthy person of {age:.0} loses ({healthy:+.2} %/yr, healthy down to {lo:+.2} %/yr, Hedman 2012)",
+                match c {
+                    Comparison::WithinHealthy => "within",
+                    Comparison::BeyondHealthy => "beyond",
+                }
+            );
+        }
+        s += &format!(
+            "; {} the pathological cut-off {PATHOLOGICAL_CUTOFF_PERCENT_PER_YEAR} %/yr (De Stefano 2016)",
+            if self.beyond_pathological_cutoff { "beyond" } else { "not beyond" }
+        );
+        s
+    }
+}
+
+/// Measures the brain volume change from `baseline` to `followup` (T1s of one head,
+/// `interval_years` apart) and compares its yearly rate with the healthy norm at `age_years`.
+pub fn atrophy(
+    deepbet: &Deepbet,
+    baseline: &Volume<f32>,
+    followup: &Volume<f32>,
+    interval_years: f64,
+    age_years: Option<f64>,
+) -> Result<AtrophyReport, AnalysisError> {
+    if !(interval_years.is_finite() && interval_years > 0.0) {
+        return Err(AnalysisError::Input(format!(
+            "the interval between the scans must be positive (got {interval_years} years): is the follow-up later than the baseline?"
+        )));
+    }
+    if let Some(age) = age_years.filter(|a| !(0.0..=130.0).contains(a)) {
+        return Err(AnalysisError::Input(format!("an age of {age} years is not plausible")));
+    }
+    let started = std::time::Instant::now();
+    let brain = deepbet.extract(baseline, 0.5, &AtomicBool::new(false), &mut |_| {})?;
+    let mask = Volume::new(
+        baseline.dims(),
+        brain.mask.voxels().iter().map(|&m| f32::from(m)).collect(),
+        baseline.patient_from_voxel,
+    )
+    .map_err(|e| AnalysisError::Input(e.to_string()))?;
+    let found = percent_brain_volume_change(baseline, followup, &mask, &AtrophyOptions::default())?;
+    let rate = found.pbvc_percent / interval_years;
+    let healthy = age_years.map(healthy_rate_percent_per_year);
+    let comparison = healthy.map(|h| {
+        if rate < h - 2.0 * HEALTHY_SD_PERCENT_PER_YEAR { Comparison::BeyondHealthy } else { Comparison::WithinHealthy }
+    });
+    Ok(AtrophyReport {
+        pbvc_percent: found.pbvc_percent,
+        interval_years,
+        rate_percent_per_year: rate,
+        age_years,
+        healthy_rate_percent_per_year: healthy,
+        comparison,
+        beyond_pathological_cutoff: rate < PATHOLOGICAL_CUTOFF_PERCENT_PER_YEAR,
+        brain_ml: found.brain_ml,
+        rotation_deg: found.rotation_deg,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_healthy_rate_follows_hedman_and_adni() {
+        assert_eq!(healthy_rate_percent_per_year(20.0), -0.2);
+        assert_eq!(healthy_rate_percent_per_year(35.0), -0.2);
+        assert!((healthy_rate_percent_per_year(47.5) + 0.35).abs() < 1e-12);
+        assert_eq!(healthy_rate_percent_per_year(60.0), -0.5);
+        assert!((healthy_rate_percent_per_year(68.0) + 0.575).abs() < 1e-12);
+        assert_eq!(healthy_rate_percent_per_year(90.0), -0.65);
+    }
+}
