@@ -69,6 +69,8 @@ pub struct AtrophyReport {
     pub brain_ml: f64,
     pub rotation_deg: f64,
     pub seconds: f64,
+    /// What makes the number less trustworthy (a brain cut by the field of view, thick slices).
+    pub warnings: Vec<String>,
 }
 
 impl AtrophyReport {
@@ -98,6 +100,17 @@ impl AtrophyReport {
     }
 }
 
+/// The interval between the scans must be positive and finite.
+pub fn check_interval(interval_years: f64) -> Result<(), AnalysisError> {
+    if interval_years.is_finite() && interval_years > 0.0 {
+        Ok(())
+    } else {
+        Err(AnalysisError::Input(format!(
+            "the interval between the scans must be positive (got {interval_years:.2} years): is the follow-up later than the baseline?"
+        )))
+    }
+}
+
 /// Measures the brain volume change from `baseline` to `followup` (T1s of one head,
 /// `interval_years` apart) and compares its yearly rate with the healthy norm at `age_years`.
 pub fn atrophy(
@@ -107,11 +120,7 @@ pub fn atrophy(
     interval_years: f64,
     age_years: Option<f64>,
 ) -> Result<AtrophyReport, AnalysisError> {
-    if !(interval_years.is_finite() && interval_years > 0.0) {
-        return Err(AnalysisError::Input(format!(
-            "the interval between the scans must be positive (got {interval_years} years): is the follow-up later than the baseline?"
-        )));
-    }
+    check_interval(interval_years)?;
     if let Some(age) = age_years.filter(|a| !(0.0..=130.0).contains(a)) {
         return Err(AnalysisError::Input(format!("an age of {age} years is not plausible")));
     }
@@ -140,6 +149,7 @@ pub fn atrophy(
         brain_ml: found.brain_ml,
         rotation_deg: found.rotation_deg,
         seconds: started.elapsed().as_secs_f64(),
+        warnings: found.warnings,
     })
 }
 

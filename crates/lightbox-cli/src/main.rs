@@ -685,6 +685,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 r.seconds
             );
             println!("method: {}", lightbox_workflow::ai::ATROPHY_METHOD);
+            for w in &r.warnings {
+                eprintln!("lightbox: warning: {w}");
+            }
         }
         Commands::BrainExtract { input, out, ai } => {
             let (models, preference) = ai.resolve()?;

@@ -10,10 +10,15 @@
 //!    interpolated alike;
 //! 3. the follow-up's intensities are matched to the baseline's by a smooth field fitted to their
 //!    ratio in clear tissue inside the brain (a global scale and a differential bias go);
-//! 4. each voxel of the brain mask (dilated a little) counts as tissue by the fraction its
-//!    intensity reaches into a window between CSF and grey matter (clipped to 0..1). The change
-//!    of that soft tissue volume is the BSI summed over every tissue/CSF boundary (the brain's
-//!    surface, sulci, ventricles); over the baseline's tissue volume it is the PBVC.
+//! 4. both are smoothed alike (σ 1.5 mm), so that every boundary spreads over a few voxels;
+//! 5. each voxel of the baseline's brain mask counts as tissue by the fraction its intensity
+//!    reaches into a window between CSF and grey matter (30 % to 70 % of the way between their
+//!    means, from a three-class k-means; clipped to 0..1). The change of that soft tissue volume
+//!    is the BSI summed over every tissue/CSF boundary (the brain's surface, sulci, ventricles);
+//!    over the baseline's tissue volume it is the PBVC.
+//!
+//! A scan that does not cover the whole brain, or has slices thicker than 1.5 mm, gets a warning
+//! with its number.
 //!
 //! A boundary profile that crosses the whole window and moves by δ changes the clipped sum by
 //! exactly δ (the sum telescopes), so the integral holds for any sub-voxel shift, and a small
@@ -28,23 +33,29 @@ use crate::{ImagingError, RegistrationOptions, register_rigid};
 
 #[derive(Clone, Debug)]
 pub struct AtrophyOptions {
-    /// Layers (voxels) by which the brain mask is grown, so that its surface's boundary lies
-    /// wholly inside.
+    /// Layers (voxels) by which the brain mask is grown for the integral (0: the mask itself,
+    /// which a shrinking brain stays inside; growing it takes in dura and vessels).
     pub boundary_voxels: usize,
-    /// The intensity window as fractions of the baseline brain's median intensity: below the
+    /// The intensity window, as fractions of the way from the baseline's mean CSF intensity to
+    /// its mean grey-matter intensity (three-class k-means inside the brain mask): below the
     /// lower end is CSF, above the upper end tissue.
     pub window: (f64, f64),
     /// Width (σ, mm) of the smooth field that matches the follow-up's intensities.
     pub bias_sigma_mm: f64,
+    /// Both scans are smoothed alike (Gaussian, σ in mm) in the halfway space before the
+    /// integral: it spreads each boundary over several voxels, so that the window sees every
+    /// boundary's whole profile, and evens out the noise that interpolation left unevenly.
+    pub smoothing_mm: f64,
     pub registration: RegistrationOptions,
 }
 
 impl Default for AtrophyOptions {
     fn default() -> Self {
         Self {
-            boundary_voxels: 2,
-            window: (0.4, 0.7),
+            boundary_voxels: 0,
+            window: (0.3, 0.7),
             bias_sigma_mm: 20.0,
+            smoothing_mm: 1.5,
             registration: RegistrationOptions { min_step_mm: 0.01, ..RegistrationOptions::default() },
         }
     }
@@ -64,7 +75,19 @@ pub struct Atrophy {
     pub translation_mm: [f64; 3],
     /// The intensity window used (baseline intensities).
     pub window: (f32, f32),
+    /// The baseline's mean CSF, grey and white matter intensities in the brain mask.
+    pub tissue_means: [f64; 3],
+    /// What makes the number less trustworthy (e.g. a brain cut by the field of view).
+    pub warnings: Vec<String>,
 }
+
+/// The share of the mask's voxels that lie on the grid's outer faces above which the brain
+/// counts as cut by the field of view.
+const CUT_BRAIN_SHARE: f64 = 0.005;
+/// Voxels thicker than this (mm) make the measurement unreliable: SIENA and the BSI are
+/// validated on 3-D T1s of about 1 mm, and on 3 mm slices ours finds only about three quarters
+/// of a simulated change (tests/it/atrophy.rs).
+pub const MAX_RELIABLE_SPACING_MM: f64 = 1.5;
 
 /// PBVC between two T1 scans of one head, `baseline_brain` the brain mask on the baseline's grid
 /// (e.g. from brain extraction; non-zero = brain). See the module's description.
@@ -76,6 +99,21 @@ pub fn percent_brain_volume_change(
 ) -> Result<Atrophy, ImagingError> {
     if baseline_brain.dims() != baseline.dims() {
         return Err(ImagingError::Mismatch { what: "the brain mask is not on the baseline's grid" });
+    }
+    let mut warnings = Vec::new();
+    if let Some(share) = border_share(baseline_brain).filter(|s| *s > CUT_BRAIN_SHARE) {
+        warnings.push(format!(
+            "the brain reaches the edge of the baseline's field of view ({:.1} % of its voxels lie on the outermost slices): the scan does not cover the whole brain, and a change at the cut is not measured",
+            100.0 * share
+        ));
+    }
+    for (scan, what) in [(baseline, "baseline"), (followup, "follow-up")] {
+        let thickest = scan.spacing_mm().into_iter().fold(0.0, f64::max);
+        if thickest > MAX_RELIABLE_SPACING_MM {
+            warnings.push(format!(
+                "the {what} has {thickest:.1} mm voxels: brain volume change needs a 3-D T1 of at most {MAX_RELIABLE_SPACING_MM} mm, and on thicker slices it is underestimated"
+            ));
+        }
     }
     let registration = register_rigid(baseline, followup, &options.registration)?;
     let half = half_rigid(&registration.moving_from_fixed)
@@ -90,9 +128,28 @@ pub fn percent_brain_volume_change(
     let order = [nz, ny, nx];
     let mask: Vec<bool> = mask_values.voxels().iter().map(|&v| v > 0.5).collect();
     let interior = erode(&mask, order, 3);
-    let median = median_of(base.voxels(), &interior).ok_or(ImagingError::NoContrast { what: "the baseline brain" })?;
-    let (lo, hi) = ((options.window.0 * median) as f32, (options.window.1 * median) as f32);
-    let follow = match_intensities(&base, &follow, &interior, options.bias_sigma_mm, 1.2 * hi)?;
+    let means = tissue_means(base.voxels(), &mask).ok_or(ImagingError::NoContrast { what: "the baseline brain" })?;
+    let [csf, grey, _] = means;
+    let at = |f: f64| (csf + f * (grey - csf)) as f32;
+    let (lo, hi) = (at(options.window.0), at(options.window.1));
+    let follow = match_intensities(&base, &follow, &interior, options.bias_sigma_mm, grey as f32)?;
+    let spacing = base.spacing_mm();
+    let sigma = spacing.map(|s| options.smoothing_mm / s);
+    let smooth = |v: &[f32]| -> Vec<f32> {
+        gaussian_blur(&v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>(), dims, sigma)
+            .into_iter()
+            .map(|x| x as f32)
+            .collect()
+    };
+    let (base, follow) = if options.smoothing_mm > 0.0 {
+        (
+            Volume::new(dims, smooth(base.voxels()), grid)
+                .map_err(|_| ImagingError::DegenerateGeometry { what: "the halfway grid" })?,
+            smooth(&follow),
+        )
+    } else {
+        (base, follow)
+    };
     let region = dilate(&mask, order, options.boundary_voxels);
     let tissue = |v: f32| f64::from(v.clamp(lo, hi) - lo) / f64::from(hi - lo);
     let (before, after) = base
@@ -116,7 +173,23 @@ pub fn percent_brain_volume_change(
         rotation_deg: registration.params.angle_deg(),
         translation_mm: registration.params.translation_mm,
         window: (lo, hi),
+        tissue_means: means,
+        warnings,
     })
+}
+
+/// The share of the mask's voxels (non-zero) that lie on the grid's outer faces.
+fn border_share(mask: &Volume<f32>) -> Option<f64> {
+    let [nx, ny, nz] = mask.dims();
+    let (mut on_border, mut total) = (0usize, 0usize);
+    for (at, v) in mask.voxels().iter().enumerate() {
+        if *v > 0.5 {
+            let (i, j, k) = (at % nx, (at / nx) % ny, at / (nx * ny));
+            total += 1;
+            on_border += usize::from(i == 0 || j == 0 || k == 0 || i + 1 == nx || j + 1 == ny || k + 1 == nz);
+        }
+    }
+    (total > 0).then(|| on_border as f64 / total as f64)
 }
 
 fn voxel_volume_mm3(a: &Affine3) -> f64 {
@@ -132,6 +205,39 @@ fn median_of(values: &[f32], mask: &[bool]) -> Option<f64> {
     let mid = inside.len() / 2;
     let (_, m, _) = inside.select_nth_unstable_by(mid, f32::total_cmp);
     Some(f64::from(*m))
+}
+
+/// Mean intensities of CSF, grey and white matter inside `mask`: 1-D k-means with three
+/// classes, started at the 10th, 50th and 90th percentiles. `None` when the mask is empty or has
+/// no contrast.
+fn tissue_means(values: &[f32], mask: &[bool]) -> Option<[f64; 3]> {
+    let mut inside: Vec<f32> = values.iter().zip(mask).filter(|(_, m)| **m).map(|(v, _)| *v).collect();
+    if inside.len() < 3 {
+        return None;
+    }
+    inside.sort_by(f32::total_cmp);
+    let at = |q: f64| f64::from(inside[((inside.len() - 1) as f64 * q) as usize]);
+    let mut means = [at(0.1), at(0.5), at(0.9)];
+    if means[2] <= means[0] {
+        return None;
+    }
+    for _ in 0..30 {
+        let cuts = [(means[0] + means[1]) / 2.0, (means[1] + means[2]) / 2.0];
+        let mut sums = [0.0f64; 3];
+        let mut counts = [0usize; 3];
+        for &v in &inside {
+            let v = f64::from(v);
+            let class = usize::from(v >= cuts[0]) + usize::from(v >= cuts[1]);
+            sums[class] += v;
+            counts[class] += 1;
+        }
+        let next = [0, 1, 2].map(|c| if counts[c] > 0 { sums[c] / counts[c] as f64 } else { means[c] });
+        if next == means {
+            break;
+        }
+        means = next;
+    }
+    (means[0] < means[1] && means[1] < means[2]).then_some(means)
 }
 
 /// The rigid motion that, applied twice, is `motion` (half the rotation about the same axis).
@@ -250,8 +356,9 @@ fn match_intensities(
     Ok(out)
 }
 
-/// Separable Gaussian blur (σ in voxels per axis, truncated at 3σ, edges renormalised by
-/// zero-padding: the caller divides two blurred fields).
+/// Separable Gaussian blur (σ in voxels per axis, truncated at 3σ, kernel summing to 1; beyond
+/// the grid counts as 0, so a caller that needs true values at the edges divides two blurred
+/// fields).
 fn gaussian_blur(values: &[f64], dims: [usize; 3], sigma: [f64; 3]) -> Vec<f64> {
     let mut current = values.to_vec();
     let strides = [1, dims[0], dims[0] * dims[1]];
@@ -261,9 +368,11 @@ fn gaussian_blur(values: &[f64], dims: [usize; 3], sigma: [f64; 3]) -> Vec<f64> 
             continue;
         }
         let kernel: Vec<f64> = (-radius..=radius).map(|d| (-0.5 * (d as f64 / sigma[axis]).powi(2)).exp()).collect();
+        let total: f64 = kernel.iter().sum();
+        let kernel: Vec<f64> = kernel.iter().map(|w| w / total).collect();
         let n = dims[axis] as i64;
         let mut next = vec![0.0; current.len()];
-        for (at, out) in next.iter_mut().enumerate() {
+        next.par_iter_mut().enumerate().for_each(|(at, out)| {
             let pos = ((at / strides[axis]) % dims[axis]) as i64;
             let mut acc = 0.0;
             for (w, d) in kernel.iter().zip(-radius..=radius) {
@@ -273,21 +382,24 @@ fn gaussian_blur(values: &[f64], dims: [usize; 3], sigma: [f64; 3]) -> Vec<f64> 
                 }
             }
             *out = acc;
-        }
+        });
         current = next;
     }
     current
 }
 
-/// The scan after a known, smooth, brain-only atrophy: the brain (inside `brain`, non-zero =
-/// brain) shrinks by `loss_fraction` of its volume (0.01 = 1 %) by a uniform scaling about its
-/// centroid; the scaling fades to none over the few millimetres outside the brain, so the skull
-/// and scalp stay where they were. Returns the atrophied scan on the same grid; its brain's
+/// The scan after a known, smooth, brain-only atrophy, seen in another head position: the brain
+/// (inside `brain`, non-zero = brain) shrinks by `loss_fraction` of its volume (0.01 = 1 %) by a
+/// uniform scaling about its centroid, the scaling fading to none over the few millimetres of
+/// CSF outside the brain so that the skull and scalp stay where they were; then the head moves by
+/// `moving_from_fixed` (patient space; identity for none). One interpolation does both, as a
+/// scanner would image the changed head once. The output is on the input's grid; its brain's
 /// volume is exactly `(1 − loss_fraction)` times the original's.
 pub fn simulate_atrophy(
     volume: &Volume<f32>,
     brain: &Volume<f32>,
     loss_fraction: f64,
+    moving_from_fixed: &Affine3,
 ) -> Result<Volume<f32>, ImagingError> {
     if brain.dims() != volume.dims() {
         return Err(ImagingError::Mismatch { what: "the brain mask is not on the scan's grid" });
@@ -295,8 +407,7 @@ pub fn simulate_atrophy(
     if !(0.0..0.5).contains(&loss_fraction) {
         return Err(ImagingError::Mismatch { what: "the simulated loss must be between 0 and 50 %" });
     }
-    let [nx, ny, nz] = volume.dims();
-    let order = [nz, ny, nx];
+    let [nx, ny, _] = volume.dims();
     let mask: Vec<bool> = brain.voxels().iter().map(|&v| v > 0.5).collect();
     let count = mask.iter().filter(|m| **m).count();
     if count == 0 {
@@ -310,35 +421,30 @@ pub fn simulate_atrophy(
         centroid[2] += k as f64;
     }
     let centroid = centroid.map(|c| c / count as f64);
-    // The scaling's weight: 1 on the brain and two voxels beyond (a shrinking brain only pulls
-    // in from within), then down to 0 over four more layers.
-    const FULL: usize = 2;
-    const FADE: usize = 4;
-    let mut weight: Vec<f32> = vec![0.0; mask.len()];
-    let mut grown = mask.clone();
-    for layer in 0..=FULL + FADE {
-        if layer > 0 {
-            grown = dilate(&grown, order, 1);
-        }
-        let w = if layer <= FULL { 1.0 } else { 1.0 - (layer - FULL) as f32 / (FADE + 1) as f32 };
-        for (at, g) in grown.iter().enumerate() {
-            if *g && weight[at] == 0.0 {
-                weight[at] = w;
-            }
-        }
-    }
-    // A point x of the atrophied scan shows what the original had at c + (x − c)/s.
+    // The scaling's weight: 1 on the brain and its partial-volume rim, fading to 0 within a few
+    // millimetres outside it (a smoothed mask, σ 1.5 mm, times 2.5, clipped), so that CSF, not
+    // the skull or dura, fills the space the brain leaves.
+    let spacing = volume.spacing_mm();
+    let smoothed = gaussian_blur(
+        &mask.iter().map(|&m| f64::from(u8::from(m))).collect::<Vec<_>>(),
+        volume.dims(),
+        spacing.map(|s| 1.5 / s),
+    );
+    let weight: Vec<f32> = smoothed.iter().map(|g| (2.5 * g).clamp(0.0, 1.0) as f32).collect();
+    let weight = Volume::new(volume.dims(), weight, volume.patient_from_voxel)
+        .map_err(|_| ImagingError::DegenerateGeometry { what: "the scan" })?;
+    let voxel_from_patient =
+        volume.patient_from_voxel.inverse().ok_or(ImagingError::DegenerateGeometry { what: "the scan" })?;
+    let to_original = voxel_from_patient.compose(moving_from_fixed).compose(&volume.patient_from_voxel);
+    // A point p of the moved head shows what the original had at c + (p − c)/s in the brain.
     let scale = (1.0 - loss_fraction).cbrt();
     let stretch = 1.0 / scale - 1.0;
-    let mut out = volume.voxels().to_vec();
+    let mut out = vec![0.0f32; volume.voxels().len()];
     out.par_chunks_mut(nx * ny).enumerate().for_each(|(k, slice)| {
         for (index, value) in slice.iter_mut().enumerate() {
             let (i, j) = (index % nx, index / nx);
-            let w = f64::from(weight[index + nx * ny * k]);
-            if w == 0.0 {
-                continue;
-            }
-            let p = [i as f64, j as f64, k as f64];
+            let p = to_original.transform_point([i as f64, j as f64, k as f64]);
+            let w = sample_trilinear(&weight, p).map_or(0.0, f64::from);
             let from = [0, 1, 2].map(|a| p[a] + w * stretch * (p[a] - centroid[a]));
             if let Some(v) = sample_trilinear(volume, from) {
                 *value = v;
@@ -387,7 +493,8 @@ mod tests {
         }
         let scan = Volume::new([n; 3], voxels, affine).expect("grid");
         let brain = Volume::new([n; 3], brain, affine).expect("grid");
-        let shrunk = simulate_atrophy(&scan, &brain, 0.02).expect("simulated");
+        let shrunk = simulate_atrophy(&scan, &brain, 0.02, &crate::RigidParams::default().to_affine([0.0; 3]))
+            .expect("simulated");
         let options = AtrophyOptions { bias_sigma_mm: 30.0, ..AtrophyOptions::default() };
         let same = percent_brain_volume_change(&scan, &scan, &brain, &options).expect("measured");
         assert!(same.pbvc_percent.abs() < 1e-6, "{same:?}");

@@ -108,6 +108,7 @@ pub fn atrophy(
     models: &Path,
     preference: DevicePreference,
 ) -> Result<(lightbox_analysis::brain::AtrophyReport, String), WorkflowError> {
+    lightbox_analysis::brain::check_interval(interval_years).map_err(|e| WorkflowError::Analysis(e.to_string()))?;
     check_deepbet(models)?;
     let read = |path: &Path| {
         read_volume(path).map_err(|e| WorkflowError::Analysis(format!("cannot read {}: {e}", path.display())))
