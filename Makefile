@@ -8,11 +8,13 @@ SHELL := /bin/bash
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 export CARGO_TARGET_DIR := $(TARGET_DIR)
 DEMO := demo/prostate-adc
+# GPU=1 builds the AI with burn's wgpu backend (a GPU when there is one, else the CPU).
+FEATURES := $(if $(GPU),--features lightbox-ai/gpu,)
 
 .PHONY: run test setup ui lint layering build models rust-test ui-test
 
 run: setup ui models
-	cargo build --workspace --bins
+	cargo build --workspace --bins $(FEATURES)
 	$(TARGET_DIR)/debug/lightbox info $(DEMO)
 	$(TARGET_DIR)/debug/lightbox-workstation $(DEMO)
 
@@ -33,7 +35,7 @@ layering:
 	@bash scripts/check-layering.sh
 
 build: ui
-	cargo build --workspace --bins --locked
+	cargo build --workspace --bins --locked $(FEATURES)
 
 # On-device models from their registry packages (deepbet from PyPI), converted and checked.
 models: build
