@@ -18,7 +18,7 @@ OUT=${OUT:-/tmp/lightbox-device-out}
 mkdir -p "$OUT"
 ROOT=$PWD
 X=$ROOT/.device/x
-# STEPS (default all): which of ai (1, 2, 5, 6) and render (3, 4) to run.
+# STEPS (default all): which of ai (1, 2, 5, 6), aibench (5) and render (3, 4) to run.
 STEPS=${STEPS:-ai,render}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 step() { echo; echo "=== $* ($(date +%T))"; }
@@ -65,15 +65,18 @@ WGPU_BACKEND=vulkan timeout 80 "$BIN/bench-render" 2>&1 | tee "$OUT/bench-render
 
 fi
 
-if want ai; then
+if want ai || want aibench; then
 step "5. PyTorch PlainConvUNet, then bench-ai on the GPU"
 timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"
 cat "$REF/torch_bench.json" >> "$OUT/torch.log"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$REF/gpu-memory.csv" &
 SAMPLER=$!
-LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 90 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
+LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 120 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
 kill $SAMPLER 2>/dev/null
 echo "peak GPU memory in use during bench-ai (whole GPU, nvidia-smi): $(sort -n "$REF/gpu-memory.csv" | tail -1) MiB" | tee -a "$OUT/bench-ai.log"
+fi
+
+if want ai; then
 
 step "6. brain extraction Dice on the GPU"
 LIGHTBOX_AI_DEVICE=gpu timeout 60 "$IT" ai::brain_extraction_reaches_dice_095_on_real_brains --nocapture 2>&1 | tee "$OUT/dice.log"
