@@ -9,6 +9,7 @@ mod cli;
 mod harness;
 mod imaging;
 mod ingest;
+mod lesions;
 mod pacs;
 mod pacs_cli;
 mod parity;

@@ -8,6 +8,7 @@
 pub mod atrophy;
 pub mod crop;
 pub mod itk;
+pub mod lesion_change;
 pub mod morphology;
 pub mod register;
 pub mod resample;
