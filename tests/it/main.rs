@@ -19,6 +19,7 @@ mod seg;
 mod serve;
 mod sources;
 mod store;
+mod tissue;
 mod viewer;
 mod workstation;
 

@@ -15,6 +15,7 @@ use std::sync::atomic::AtomicBool;
 use lightbox_ai::deepbet::Deepbet;
 use lightbox_core::Volume;
 use lightbox_imaging::atrophy::{AtrophyOptions, percent_brain_volume_change};
+use lightbox_imaging::tissue::{TissueOptions, classify};
 
 use crate::AnalysisError;
 
@@ -98,6 +99,42 @@ impl AtrophyReport {
         );
         s
     }
+}
+
+/// One time point's volumes, mL.
+#[derive(Clone, Debug)]
+pub struct BrainVolumes {
+    /// The intracranial volume: deepbet's brain mask (brain and the CSF around it).
+    pub icv_ml: f64,
+    pub grey_ml: f64,
+    pub white_ml: f64,
+    pub csf_ml: f64,
+    /// Brain parenchymal fraction: (grey + white) / intracranial volume.
+    pub bpf: f64,
+    pub seconds: f64,
+}
+
+/// What made the volumes, for the report.
+pub const VOLUMES_METHOD: &str = "Lightbox volumes 1: deepbet 1.0.2 brain mask, three-class Gaussian mixture with a Potts MRF (ICM) and linear partial-volume mixing at tissue boundaries";
+
+/// Cross-sectional volumes of a T1: intracranial volume, grey and white matter, CSF and the
+/// brain parenchymal fraction (issue 9, item 2; atlas regions are not here yet).
+pub fn volumes(deepbet: &Deepbet, t1: &Volume<f32>) -> Result<BrainVolumes, AnalysisError> {
+    let started = std::time::Instant::now();
+    let brain = deepbet.extract(t1, 0.5, &AtomicBool::new(false), &mut |_| {})?;
+    let mask =
+        Volume::new(t1.dims(), brain.mask.voxels().iter().map(|&m| f32::from(m)).collect(), t1.patient_from_voxel)
+            .map_err(|e| AnalysisError::Input(e.to_string()))?;
+    let tissues = classify(t1, &mask, &TissueOptions::default())?;
+    let [csf_ml, grey_ml, white_ml] = tissues.volumes_ml;
+    Ok(BrainVolumes {
+        icv_ml: tissues.mask_ml,
+        grey_ml,
+        white_ml,
+        csf_ml,
+        bpf: (grey_ml + white_ml) / tissues.mask_ml.max(1e-9),
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// The interval between the scans must be positive and finite.

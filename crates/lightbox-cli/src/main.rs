@@ -266,6 +266,14 @@ enum Commands {
         #[command(flatten)]
         ai: AiArgs,
     },
+    /// Brain volumes of a T1 (NIfTI file, or DICOM file or folder): intracranial volume, grey
+    /// and white matter, CSF and the brain parenchymal fraction. Automated measurement (AI brain
+    /// extraction), not for clinical use.
+    BrainVolumes {
+        input: PathBuf,
+        #[command(flatten)]
+        ai: AiArgs,
+    },
     /// Brain atrophy between two T1s of one patient (NIfTI files, or DICOM files or folders):
     /// percent brain volume change, its yearly rate, and how it compares with what a healthy
     /// person of that age loses. Automated measurement (AI brain extraction), not for clinical use.
@@ -667,6 +675,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 p.seconds,
                 p.device
             );
+        }
+        Commands::BrainVolumes { input, ai } => {
+            let (models, preference) = ai.resolve()?;
+            let (v, device) = lightbox_workflow::ai::brain_volumes(&input, &models, preference)?;
+            println!(
+                "AI output (automated measurement, not for clinical use): intracranial volume {:.0} mL, grey matter {:.0} mL, white matter {:.0} mL, CSF {:.0} mL, brain parenchymal fraction {:.3} — {:.1} s (brain extraction on {device})",
+                v.icv_ml, v.grey_ml, v.white_ml, v.csf_ml, v.bpf, v.seconds
+            );
+            println!("method: {}", lightbox_workflow::ai::VOLUMES_METHOD);
         }
         Commands::Atrophy { baseline, followup, interval_years, baseline_date, followup_date, age, ai } => {
             let interval_years = match (interval_years, baseline_date, followup_date) {

@@ -12,6 +12,7 @@ pub mod lesion_change;
 pub mod morphology;
 pub mod register;
 pub mod resample;
+pub mod tissue;
 
 pub use register::{Registration, RegistrationOptions, RigidParams, register_rigid};
 pub use resample::{downsample, resample_into, sample_trilinear};

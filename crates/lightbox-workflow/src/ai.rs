@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use lightbox_ai::AiDevice;
 pub use lightbox_ai::DevicePreference;
 pub use lightbox_analysis::brain::METHOD as ATROPHY_METHOD;
+pub use lightbox_analysis::brain::VOLUMES_METHOD;
 
 use crate::WorkflowError;
 
@@ -120,6 +121,24 @@ pub fn atrophy(
     let report = lightbox_analysis::brain::atrophy(&net, &base, &follow, interval_years, age_years)
         .map_err(|e| WorkflowError::Analysis(format!("{} → {}: {e}", baseline.display(), followup.display())))?;
     Ok((report, description))
+}
+
+/// Intracranial volume, grey and white matter, CSF and BPF of the T1 at `input`; with the device
+/// that ran brain extraction.
+pub fn brain_volumes(
+    input: &Path,
+    models: &Path,
+    preference: DevicePreference,
+) -> Result<(lightbox_analysis::brain::BrainVolumes, String), WorkflowError> {
+    check_deepbet(models)?;
+    let t1 =
+        read_volume(input).map_err(|e| WorkflowError::Analysis(format!("cannot read {}: {e}", input.display())))?;
+    let device = AiDevice::choose(preference)?;
+    let description = device.description.clone();
+    let net = lightbox_ai::deepbet::Deepbet::from_packages(models, device)?;
+    let volumes = lightbox_analysis::brain::volumes(&net, &t1)
+        .map_err(|e| WorkflowError::Analysis(format!("{}: {e}", input.display())))?;
+    Ok((volumes, description))
 }
 
 fn check_deepbet(models: &Path) -> Result<(), WorkflowError> {
