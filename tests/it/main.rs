@@ -14,6 +14,7 @@ mod pacs;
 mod pacs_cli;
 mod parity;
 mod pipeline;
+mod prostate;
 mod render;
 mod seg;
 mod serve;

@@ -1,10 +1,13 @@
 //! Clinical pipelines on top of the image processing (`lightbox-imaging`) and the on-device
-//! models (`lightbox-ai`). Today: longitudinal brain atrophy against healthy norms.
+//! models (`lightbox-ai`): brain volumes and atrophy against healthy norms (`brain`), prostate
+//! lesion candidates from a probability map (`prostate`), breast DCE kinetics (`breast`).
 //!
 //! Everything here is an automated measurement for research: callers label it as such ("AI
 //! output, not for clinical use") wherever it reaches a person.
 
 pub mod brain;
+pub mod breast;
+pub mod prostate;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
