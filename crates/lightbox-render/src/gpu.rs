@@ -424,7 +424,15 @@ fn fullscreen_pipeline(
     label: &str,
     volume_sample: wgpu::TextureSampleType,
 ) -> (wgpu::RenderPipeline, wgpu::BindGroupLayout) {
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+    let layout = bind_layout(device, label, volume_sample);
+    let pipeline = pipeline_for(device, shader, label, &layout);
+    (pipeline, layout)
+}
+
+/// The bind group layout every pass shares: the volume (binding 0, `volume_sample`), uniforms,
+/// labels, scalars, the colour table and the brick maxima.
+fn bind_layout(device: &wgpu::Device, label: &str, volume_sample: wgpu::TextureSampleType) -> wgpu::BindGroupLayout {
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(label),
         entries: &[
             texture_entry(0, volume_sample),
@@ -434,17 +442,26 @@ fn fullscreen_pipeline(
             uniform_entry(4),
             texture_entry(5, FLOAT),
         ],
-    });
+    })
+}
+
+/// The full-target triangle's pipeline for `shader` over `layout`.
+fn pipeline_for(
+    device: &wgpu::Device,
+    shader: &str,
+    label: &str,
+    layout: &wgpu::BindGroupLayout,
+) -> wgpu::RenderPipeline {
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some(label),
         source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shader)),
     });
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(label),
-        bind_group_layouts: &[Some(&layout)],
+        bind_group_layouts: &[Some(layout)],
         immediate_size: 0,
     });
-    let pipeline = device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
+    device.create_render_pipeline(&wgpu::RenderPipelineDescriptor {
         label: Some(label),
         layout: Some(&pipeline_layout),
         vertex: wgpu::VertexState {
@@ -468,8 +485,7 @@ fn fullscreen_pipeline(
         }),
         multiview_mask: None,
         cache: None,
-    });
-    (pipeline, layout)
+    })
 }
 
 /// A 3-D texture read by the fragment shader.
@@ -648,6 +664,10 @@ struct MprUniforms {
 /// or average) drawn into an RGBA8 texture of a fixed size.
 pub struct MprRenderer {
     pipeline: wgpu::RenderPipeline,
+    /// The volume rendering's own pipeline (`shaders::volume_for`), made on first use and shared
+    /// by renderers made with `sharing`.
+    volume_pipeline: std::sync::Arc<std::sync::OnceLock<wgpu::RenderPipeline>>,
+    volume_shader: std::sync::Arc<String>,
     layout: wgpu::BindGroupLayout,
     /// The uploaded volume and overlays, shared by renderers made with `sharing`.
     views: Views,
@@ -763,12 +783,15 @@ impl MprRenderer {
         let (occupancy, occupancy_view) = occupancy_texture(device, bricks);
         let (pipeline, layout) =
             fullscreen_pipeline(device, &shaders::mpr_for(texel, packing.pieces > 1), "mpr", sample);
+        let volume_shader = std::sync::Arc::new(shaders::volume_for(texel, packing.pieces > 1));
         let views =
             Views { volume: volume_view, labels: labels_view, scalars: scalars_view, occupancy: occupancy_view };
         let (bind_group, uniforms, lut_buffer) =
             bind_resources(device, &layout, "mpr", &views, std::mem::size_of::<MprUniforms>() as u64);
         Ok(Self {
             pipeline,
+            volume_pipeline: Default::default(),
+            volume_shader,
             layout,
             views,
             bind_group,
@@ -804,6 +827,8 @@ impl MprRenderer {
             bind_resources(device, &self.layout, "mpr", &self.views, std::mem::size_of::<MprUniforms>() as u64);
         Self {
             pipeline: self.pipeline.clone(),
+            volume_pipeline: self.volume_pipeline.clone(),
+            volume_shader: self.volume_shader.clone(),
             layout: self.layout.clone(),
             views: self.views.clone(),
             bind_group,
@@ -950,7 +975,12 @@ impl MprRenderer {
             packing: self.packing.uniform(),
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
-        draw(device, queue, &self.pipeline, &self.bind_group, &self.target_view, timer);
+        let pipeline = if plane.mode == crate::SlabMode::Volume {
+            self.volume_pipeline.get_or_init(|| pipeline_for(device, &self.volume_shader, "mpr volume", &self.layout))
+        } else {
+            &self.pipeline
+        };
+        draw(device, queue, pipeline, &self.bind_group, &self.target_view, timer);
         Ok(())
     }
 

@@ -19,6 +19,12 @@ pub fn mpr_for(texel: &str, folded: bool) -> String {
     if folded { source } else { source.replacen("    return packed_folded(c);", "    return c;", 1) }
 }
 
+/// [`mpr_for`] for volume rendering alone: the fragment stage takes the volume-rendering branch
+/// unconditionally, so the GPU's compiler drops the planes' code (and its registers).
+pub fn volume_for(texel: &str, folded: bool) -> String {
+    mpr_for(texel, folded).replacen("    if (u.slab.y == 4u) {", "    if (true) {", 1)
+}
+
 /// `slice.wgsl` for a volume kept in its stored type (see [`mpr_for`]).
 pub fn slice_for(texel: &str) -> String {
     SLICE.replacen("var volume: texture_3d<f32>;", &format!("var volume: texture_3d<{texel}>;"), 1)
@@ -47,9 +53,15 @@ mod tests {
         let variants: Vec<(String, String)> = ["u32", "i32", "f32"]
             .iter()
             .flat_map(|t| {
-                [false, true].map(|folded| (format!("mpr.wgsl<{t}, folded {folded}>"), super::mpr_for(t, folded)))
+                [false, true].into_iter().flat_map(move |folded| {
+                    [
+                        (format!("mpr.wgsl<{t}, folded {folded}>"), super::mpr_for(t, folded)),
+                        (format!("mpr.wgsl volume<{t}, folded {folded}>"), super::volume_for(t, folded)),
+                    ]
+                })
             })
             .collect();
+        assert!(super::volume_for("u32", false) != super::mpr_for("u32", false), "the volume variant must differ");
         assert!(
             variants.iter().any(|(_, s)| !s.contains("return packed_folded(c);")),
             "the unfolded variant must differ"
