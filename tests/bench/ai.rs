@@ -123,11 +123,7 @@ fn main() -> anyhow::Result<()> {
     let where_ = device.description.clone();
     let net = Deepbet::from_packages(&root.join("models"), device)?;
     let brain = net.extract(&volume, 0.5, &AtomicBool::new(false), &mut |_| {})?;
-    let mask = lightbox_core::Volume::new(
-        volume.dims(),
-        brain.mask.voxels().iter().map(|&m| f32::from(m)).collect(),
-        volume.patient_from_voxel,
-    )?;
+    let mask = brain.mask_f32();
     let motion =
         lightbox_imaging::RigidParams { rotation_rad: [0.02, -0.015, 0.025], translation_mm: [1.3, -0.7, 0.9] };
     let [nx, ny, nz] = volume.dims();

@@ -48,8 +48,7 @@ fn noise_and_bias(volume: &Volume<f32>, sigma: f32, bias: f32, seed: u64) -> any
 fn simulate_and_measure(deepbet: &Deepbet, path: &str, seed: u64) -> anyhow::Result<Vec<(f64, Atrophy)>> {
     let scan = lightbox_nifti::read(&data(path)?)?.volume(0)?;
     let brain = deepbet.extract(&scan, 0.5, &AtomicBool::new(false), &mut |_| {})?;
-    let mask =
-        Volume::new(scan.dims(), brain.mask.voxels().iter().map(|&m| f32::from(m)).collect(), scan.patient_from_voxel)?;
+    let mask = brain.mask_f32();
     let mut sorted: Vec<f32> = scan.voxels().iter().copied().filter(|v| *v > 0.0).step_by(13).collect();
     sorted.sort_by(f32::total_cmp);
     let noise = 0.02 * sorted[sorted.len() * 9 / 10];
@@ -130,8 +129,7 @@ fn a_brain_cut_by_the_field_of_view_is_flagged() -> anyhow::Result<()> {
     let scan = lightbox_nifti::read(&data("open_ms_longitudinal/raw/patient01/study1_T1W.nii.gz")?)?.volume(0)?;
     let deepbet = Deepbet::from_packages(&workspace_root().join("models"), AiDevice::cpu())?;
     let brain = deepbet.extract(&scan, 0.5, &AtomicBool::new(false), &mut |_| {})?;
-    let mask =
-        Volume::new(scan.dims(), brain.mask.voxels().iter().map(|&m| f32::from(m)).collect(), scan.patient_from_voxel)?;
+    let mask = brain.mask_f32();
     let found = percent_brain_volume_change(&scan, &scan, &mask, &AtrophyOptions::default())?;
     anyhow::ensure!(found.pbvc_percent.abs() < 1e-6, "a scan against itself changed by {} %", found.pbvc_percent);
     anyhow::ensure!(

@@ -21,8 +21,7 @@ fn tissue_classes_of_the_mni_template_match_its_own_maps() -> anyhow::Result<()>
     let wm = read("nilearn_mni152/mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")?;
     let deepbet = Deepbet::from_packages(&workspace_root().join("models"), AiDevice::cpu())?;
     let brain = deepbet.extract(&t1, 0.5, &AtomicBool::new(false), &mut |_| {})?;
-    let mask =
-        Volume::new(t1.dims(), brain.mask.voxels().iter().map(|&m| f32::from(m)).collect(), t1.patient_from_voxel)?;
+    let mask = brain.mask_f32();
     let tissues = classify(&t1, &mask, &TissueOptions::default())?;
     let inside: Vec<bool> = mask.voxels().iter().map(|&m| m > 0.5).collect();
     let ours = |c: usize| -> Vec<bool> { tissues.fractions[c].iter().map(|&f| f > 0.5).collect() };

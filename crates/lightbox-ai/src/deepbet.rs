@@ -36,6 +36,15 @@ pub struct BrainMask {
     pub seconds: f64,
 }
 
+impl BrainMask {
+    /// The mask as a float volume (1 in the brain), as the image processing takes masks.
+    pub fn mask_f32(&self) -> Volume<f32> {
+        let voxels = self.mask.voxels().iter().map(|&m| f32::from(m)).collect();
+        Volume::new(self.mask.dims(), voxels, self.mask.patient_from_voxel)
+            .unwrap_or_else(|_| unreachable!("the same grid as a valid volume"))
+    }
+}
+
 /// A volume's voxels in the closest RAS orientation, C order (the last axis fastest), as
 /// nibabel's `as_closest_canonical(...).get_fdata()` gives them to PyTorch.
 struct Canonical {

@@ -122,10 +122,7 @@ pub const VOLUMES_METHOD: &str = "Lightbox volumes 1: deepbet 1.0.2 brain mask, 
 pub fn volumes(deepbet: &Deepbet, t1: &Volume<f32>) -> Result<BrainVolumes, AnalysisError> {
     let started = std::time::Instant::now();
     let brain = deepbet.extract(t1, 0.5, &AtomicBool::new(false), &mut |_| {})?;
-    let mask =
-        Volume::new(t1.dims(), brain.mask.voxels().iter().map(|&m| f32::from(m)).collect(), t1.patient_from_voxel)
-            .map_err(|e| AnalysisError::Input(e.to_string()))?;
-    let tissues = classify(t1, &mask, &TissueOptions::default())?;
+    let tissues = classify(t1, &brain.mask_f32(), &TissueOptions::default())?;
     let [csf_ml, grey_ml, white_ml] = tissues.volumes_ml;
     Ok(BrainVolumes {
         icv_ml: tissues.mask_ml,
@@ -163,13 +160,7 @@ pub fn atrophy(
     }
     let started = std::time::Instant::now();
     let brain = deepbet.extract(baseline, 0.5, &AtomicBool::new(false), &mut |_| {})?;
-    let mask = Volume::new(
-        baseline.dims(),
-        brain.mask.voxels().iter().map(|&m| f32::from(m)).collect(),
-        baseline.patient_from_voxel,
-    )
-    .map_err(|e| AnalysisError::Input(e.to_string()))?;
-    let found = percent_brain_volume_change(baseline, followup, &mask, &AtrophyOptions::default())?;
+    let found = percent_brain_volume_change(baseline, followup, &brain.mask_f32(), &AtrophyOptions::default())?;
     let rate = found.pbvc_percent / interval_years;
     let healthy = age_years.map(healthy_rate_percent_per_year);
     let comparison = healthy.map(|h| {

@@ -160,7 +160,7 @@ pub fn percent_brain_volume_change(
         .filter(|(_, inside)| **inside)
         .map(|((b, f), _)| (tissue(*b), tissue(*f)))
         .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
-    let voxel_ml = voxel_volume_mm3(&grid) / 1000.0;
+    let voxel_ml = crate::voxel_volume_ml(&grid);
     let brain_ml = before * voxel_ml;
     if brain_ml <= 0.0 {
         return Err(ImagingError::NoContrast { what: "the brain mask" });
@@ -190,21 +190,6 @@ fn border_share(mask: &Volume<f32>) -> Option<f64> {
         }
     }
     (total > 0).then(|| on_border as f64 / total as f64)
-}
-
-fn voxel_volume_mm3(a: &Affine3) -> f64 {
-    let [x, y, z] = [a.axis(0), a.axis(1), a.axis(2)];
-    (x[0] * (y[1] * z[2] - y[2] * z[1]) - x[1] * (y[0] * z[2] - y[2] * z[0]) + x[2] * (y[0] * z[1] - y[1] * z[0])).abs()
-}
-
-fn median_of(values: &[f32], mask: &[bool]) -> Option<f64> {
-    let mut inside: Vec<f32> = values.iter().zip(mask).filter(|(_, m)| **m).map(|(v, _)| *v).collect();
-    if inside.is_empty() {
-        return None;
-    }
-    let mid = inside.len() / 2;
-    let (_, m, _) = inside.select_nth_unstable_by(mid, f32::total_cmp);
-    Some(f64::from(*m))
 }
 
 /// Mean intensities of CSF, grey and white matter inside `mask`: 1-D k-means with three
@@ -298,7 +283,7 @@ fn match_intensities(
 ) -> Result<Vec<f32>, ImagingError> {
     let [nx, ny, nz] = base.dims();
     let spacing = base.spacing_mm();
-    let scale = match (median_of(base.voxels(), interior), median_of(follow.voxels(), interior)) {
+    let scale = match (crate::median_inside(base.voxels(), interior), crate::median_inside(follow.voxels(), interior)) {
         (Some(b), Some(f)) if f > 0.0 => (b / f) as f32,
         _ => return Err(ImagingError::NoContrast { what: "the brain's interior" }),
     };

@@ -12,9 +12,9 @@
 
 use lightbox_core::Volume;
 
-use crate::ImagingError;
 use crate::atrophy::gaussian_blur;
 use crate::morphology::components;
+use crate::{ImagingError, median_inside};
 
 #[derive(Clone, Debug)]
 pub struct LesionChangeOptions {
@@ -85,10 +85,7 @@ pub fn subtraction_change(
         .collect();
     let [nx, ny, nz] = dims;
     let (labels, sizes) = components(&candidate, [nz, ny, nx], 26);
-    let voxel_mm3 = {
-        let s = baseline.spacing_mm();
-        s[0] * s[1] * s[2]
-    };
+    let voxel_mm3 = crate::voxel_volume_ml(&baseline.patient_from_voxel) * 1000.0;
     let keep: Vec<bool> = sizes.iter().map(|&n| n as f64 * voxel_mm3 >= options.min_volume_mm3).collect();
     let mut sums = vec![([0.0f64; 3], 0.0f32); sizes.len()];
     let mut mask = vec![false; candidate.len()];
@@ -116,14 +113,4 @@ pub fn subtraction_change(
         })
         .collect();
     Ok(LesionChange { mask, lesions })
-}
-
-fn median_inside(values: &[f32], mask: &[bool]) -> Option<f64> {
-    let mut inside: Vec<f32> = values.iter().zip(mask).filter(|(_, m)| **m).map(|(v, _)| *v).collect();
-    if inside.is_empty() {
-        return None;
-    }
-    let n = inside.len();
-    let (_, m, _) = inside.select_nth_unstable_by(n / 2, f32::total_cmp);
-    Some(f64::from(*m))
 }

@@ -144,12 +144,7 @@ pub fn classify(volume: &Volume<f32>, brain: &Volume<f32>, options: &TissueOptio
             fractions[c][at] = f[c] as f32;
         }
     }
-    let a = volume.patient_from_voxel;
-    let [x, y, z] = [a.axis(0), a.axis(1), a.axis(2)];
-    let voxel_ml = (x[0] * (y[1] * z[2] - y[2] * z[1]) - x[1] * (y[0] * z[2] - y[2] * z[0])
-        + x[2] * (y[0] * z[1] - y[1] * z[0]))
-        .abs()
-        / 1000.0;
+    let voxel_ml = crate::voxel_volume_ml(&volume.patient_from_voxel);
     let volumes_ml = [0, 1, 2].map(|c| fractions[c].iter().map(|&f| f64::from(f)).sum::<f64>() * voxel_ml);
     let mask_ml = inside.iter().filter(|m| **m).count() as f64 * voxel_ml;
     Ok(Tissues { fractions, labels, means, sds, volumes_ml, mask_ml })

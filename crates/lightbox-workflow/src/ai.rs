@@ -74,10 +74,8 @@ pub fn brain_extract(
     let description = device.description.clone();
     let net = lightbox_ai::deepbet::Deepbet::from_packages(models, device)?;
     let result = net.extract(&volume, 0.5, &AtomicBool::new(false), &mut |_| {})?;
-    let voxels: Vec<f32> = result.mask.voxels().iter().map(|&v| f32::from(v)).collect();
-    let brain_voxels = voxels.iter().filter(|v| **v > 0.0).count();
-    let mask = lightbox_core::Volume::new(result.mask.dims(), voxels, result.mask.patient_from_voxel)
-        .map_err(|e| WorkflowError::Analysis(e.to_string()))?;
+    let mask = result.mask_f32();
+    let brain_voxels = mask.voxels().iter().filter(|v| **v > 0.0).count();
     lightbox_nifti::write(out, &mask)?;
     let warning = (result.tiv_ml < ADULT_TIV_ML.0 || result.tiv_ml > ADULT_TIV_ML.1).then(|| {
         format!(
