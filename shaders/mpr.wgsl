@@ -121,39 +121,15 @@ fn hot(t: f32) -> vec3<f32> {
 const EDGE: f32 = 0.001;
 
 // Trilinear value at voxel position p; `inside` is false outside the volume's voxel centres.
+// (The gradient `sample_graded` also gives is dropped, and compiled away.)
 fn sample(p: vec3<f32>, inside: ptr<function, bool>) -> f32 {
-    let hi = vec3<f32>(u.dims.xyz) - vec3<f32>(1.0);
-    if (any(p < vec3<f32>(-EDGE)) || any(p > hi + vec3<f32>(EDGE))) {
-        *inside = false;
-        return 0.0;
-    }
-    *inside = true;
-    let q = clamp(p, vec3<f32>(0.0), hi);
-    let base = min(floor(q), max(hi - vec3<f32>(1.0), vec3<f32>(0.0)));
-    let f = q - base;
-    let b = vec3<i32>(base);
-    let n = vec3<i32>(u.dims.xyz) - vec3<i32>(1);
-    let b1 = min(b + vec3<i32>(1), n);
-    let c000 = voxel(vec3<i32>(b.x, b.y, b.z));
-    let c100 = voxel(vec3<i32>(b1.x, b.y, b.z));
-    let c010 = voxel(vec3<i32>(b.x, b1.y, b.z));
-    let c110 = voxel(vec3<i32>(b1.x, b1.y, b.z));
-    let c001 = voxel(vec3<i32>(b.x, b.y, b1.z));
-    let c101 = voxel(vec3<i32>(b1.x, b.y, b1.z));
-    let c011 = voxel(vec3<i32>(b.x, b1.y, b1.z));
-    let c111 = voxel(vec3<i32>(b1.x, b1.y, b1.z));
-    let c00 = c000 + (c100 - c000) * f.x;
-    let c10 = c010 + (c110 - c010) * f.x;
-    let c01 = c001 + (c101 - c001) * f.x;
-    let c11 = c011 + (c111 - c011) * f.x;
-    let c0 = c00 + (c10 - c00) * f.y;
-    let c1 = c01 + (c11 - c01) * f.y;
-    return c0 + (c1 - c0) * f.z;
+    var unused = vec3<f32>(0.0);
+    return sample_graded(p, inside, &unused);
 }
 
 // Trilinear value at p with the gradient of the same trilinear cell (the interpolant's
 // derivative, from the eight voxels the value reads: no further fetches), for the volume
-// rendering's shading; `inside` as in `sample`.
+// rendering's shading; `inside` is false outside the volume's voxel centres.
 fn sample_graded(p: vec3<f32>, inside: ptr<function, bool>, gradient: ptr<function, vec3<f32>>) -> f32 {
     let hi = vec3<f32>(u.dims.xyz) - vec3<f32>(1.0);
     if (any(p < vec3<f32>(-EDGE)) || any(p > hi + vec3<f32>(EDGE))) {

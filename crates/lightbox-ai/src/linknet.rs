@@ -120,11 +120,10 @@ impl LinkNet3d {
         input: Vec<f32>,
         shape: [usize; 5],
     ) -> Result<Vec<f32>, AiError> {
-        if input.len() != shape.iter().product::<usize>() || shape[1] != 1 {
-            return Err(AiError::Input(format!("{} values for shape {shape:?} (one channel)", input.len())));
+        if shape[1] != 1 {
+            return Err(AiError::Input(format!("shape {shape:?}: the network takes one channel")));
         }
-        let x: Tensor<5> = Tensor::from_data(TensorData::new(input, shape), &device.device);
-        self.forward(x).into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))
+        crate::ops::forward_values(device, input, shape, |x| self.forward(x))
     }
 
     /// Softmax over the network's two channels: `[N, 1, D, H, W]` → `[N, 2, D, H, W]`, channel

@@ -239,11 +239,7 @@ impl PlainConvUNet {
         input: Vec<f32>,
         shape: [usize; 5],
     ) -> Result<Vec<f32>, AiError> {
-        if input.len() != shape.iter().product::<usize>() {
-            return Err(AiError::Input(format!("{} values for shape {shape:?}", input.len())));
-        }
-        let x: Tensor<5> = Tensor::from_data(TensorData::new(input, shape), &device.device);
-        self.forward(x).into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))
+        crate::ops::forward_values(device, input, shape, |x| self.forward(x))
     }
 
     /// Logits `[N, classes, D, H, W]` (no softmax, as nnU-Net accumulates them).

@@ -54,6 +54,21 @@ pub fn conv_transpose3d_stride(x: Tensor<5>, weight: Tensor<5>, bias: Option<Ten
     }
 }
 
+/// Runs `network` on plain values (`shape` = `[N, C, D, H, W]`, C order) and waits for the
+/// result, for callers that do not handle tensors (parity tests, benchmarks).
+pub(crate) fn forward_values(
+    device: &crate::AiDevice,
+    input: Vec<f32>,
+    shape: [usize; 5],
+    network: impl FnOnce(Tensor<5>) -> Tensor<5>,
+) -> Result<Vec<f32>, crate::AiError> {
+    if input.len() != shape.iter().product::<usize>() {
+        return Err(crate::AiError::Input(format!("{} values for shape {shape:?}", input.len())));
+    }
+    let x: Tensor<5> = Tensor::from_data(burn::tensor::TensorData::new(input, shape), &device.device);
+    network(x).into_data().try_to_vec::<f32>().map_err(|e| crate::AiError::Input(format!("{e:?}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
