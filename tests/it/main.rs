@@ -5,6 +5,7 @@
 
 mod ai;
 mod atrophy;
+mod brain_pipeline;
 mod cli;
 mod harness;
 mod imaging;

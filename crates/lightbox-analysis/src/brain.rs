@@ -112,7 +112,14 @@ pub struct BrainVolumes {
     /// Brain parenchymal fraction: (grey + white) / intracranial volume.
     pub bpf: f64,
     pub seconds: f64,
+    /// Per voxel of the T1's grid, the likeliest tissue: 0 outside the intracranial mask, then
+    /// [`TISSUE_LABELS`]. (The volumes above come from partial-volume fractions, so they differ
+    /// slightly from counting these labels.)
+    pub labels: Volume<u8>,
 }
+
+/// The label values of [`BrainVolumes::labels`], in order: 1, 2, 3.
+pub const TISSUE_LABELS: [&str; 3] = lightbox_imaging::tissue::CLASSES;
 
 /// What made the volumes, for the report.
 pub const VOLUMES_METHOD: &str = "Lightbox volumes 1: deepbet 1.0.2 brain mask, three-class Gaussian mixture with a Potts MRF (ICM) and linear partial-volume mixing at tissue boundaries";
@@ -124,6 +131,8 @@ pub fn volumes(deepbet: &Deepbet, t1: &Volume<f32>) -> Result<BrainVolumes, Anal
     let brain = deepbet.extract(t1, 0.5, &AtomicBool::new(false), &mut |_| {})?;
     let tissues = classify(t1, &brain.mask_f32(), &TissueOptions::default())?;
     let [csf_ml, grey_ml, white_ml] = tissues.volumes_ml;
+    let labels = Volume::new(t1.dims(), tissues.labels, t1.patient_from_voxel)
+        .map_err(|e| AnalysisError::Input(format!("tissue labels: {e}")))?;
     Ok(BrainVolumes {
         icv_ml: tissues.mask_ml,
         grey_ml,
@@ -131,6 +140,7 @@ pub fn volumes(deepbet: &Deepbet, t1: &Volume<f32>) -> Result<BrainVolumes, Anal
         csf_ml,
         bpf: (grey_ml + white_ml) / tissues.mask_ml.max(1e-9),
         seconds: started.elapsed().as_secs_f64(),
+        labels,
     })
 }
 

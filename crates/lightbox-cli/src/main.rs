@@ -67,7 +67,8 @@ enum Commands {
     /// Run an analysis pipeline on a stored series (once per series, pipeline version and
     /// parameters); the SEG and SR go into the store, and with --send-to into the outbox.
     Run {
-        /// The pipeline: threshold-volume.
+        /// The pipeline: threshold-volume, or brain-atrophy (a T1; with the patient's prior T1 in
+        /// the store, also the brain volume change against the healthy norm).
         pipeline: String,
         #[arg(long)]
         series: String,
@@ -241,6 +242,9 @@ enum Commands {
         /// Study date, YYYYMMDD.
         #[arg(long, default_value = "")]
         study_date: String,
+        /// The patient's birth date, YYYYMMDD (age-dependent analyses such as atrophy need it).
+        #[arg(long)]
+        birth_date: Option<String>,
         #[arg(long, default_value = "")]
         study_description: String,
         #[arg(long, default_value = "")]
@@ -631,6 +635,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             patient_id,
             patient_name,
             study_date,
+            birth_date,
             study_description,
             series_description,
             series_number,
@@ -643,6 +648,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 patient: lightbox_core::PatientInfo { id: patient_id, name: patient_name },
                 study_uid: None,
                 study_date,
+                patient_birth_date: birth_date.unwrap_or_default(),
                 study_description,
                 series_description,
                 series_number,

@@ -30,6 +30,12 @@ pub struct SeriesFacts {
     pub image_type: String,
     /// Why `sequence` was chosen (or why it is unknown).
     pub sequence_reason: String,
+    /// Study Date, `YYYYMMDD` (empty when not given).
+    pub study_date: String,
+    /// Patient's Birth Date, `YYYYMMDD` (often empty or removed by anonymisation).
+    pub patient_birth_date: String,
+    /// Patient's Age, DICOM AS such as `067Y` (often empty).
+    pub patient_age: String,
 }
 
 /// Reads the facts of the series `path` belongs to.
@@ -68,6 +74,9 @@ pub fn series_facts(path: &Path) -> Result<SeriesFacts, DicomError> {
         inversion_ms: number(tags::INVERSION_TIME, None)
             .or_else(|| number(tags::INVERSION_TIMES, Some(tags::MR_MODIFIER_SEQUENCE))),
         image_type: text(obj, tags::IMAGE_TYPE).unwrap_or_default().to_ascii_uppercase(),
+        study_date: text(obj, tags::STUDY_DATE).unwrap_or_default(),
+        patient_birth_date: text(obj, tags::PATIENT_BIRTH_DATE).unwrap_or_default(),
+        patient_age: text(obj, tags::PATIENT_AGE).unwrap_or_default(),
         ..SeriesFacts::default()
     };
     let scanning = text(obj, tags::SCANNING_SEQUENCE).unwrap_or_default().to_ascii_uppercase();

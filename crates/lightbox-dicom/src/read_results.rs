@@ -244,6 +244,9 @@ pub struct SrGroup {
     pub person: Option<String>,
     /// The SEG instance and segment the group measures.
     pub segment: Option<(String, u16)>,
+    /// Other coded items: qualitative evaluations and the like, as (concept meaning, value
+    /// meaning).
+    pub qualitative: Vec<(String, String)>,
 }
 
 /// A structured report, read.
@@ -313,6 +316,7 @@ fn read_group(group: &InMemDicomObject) -> SrGroup {
         measurements: Vec::new(),
         person: None,
         segment: None,
+        qualitative: Vec::new(),
     };
     for item in items(group, tags::CONTENT_SEQUENCE) {
         let (code, _) = concept(item);
@@ -343,6 +347,7 @@ fn read_group(group: &InMemDicomObject) -> SrGroup {
                 };
                 g.measurements.push((name, number, unit, algorithm));
             }
+            (_, "CODE") => g.qualitative.push((concept(item).1, code_meaning(item, tags::CONCEPT_CODE_SEQUENCE))),
             _ => {}
         }
     }

@@ -22,6 +22,8 @@ pub struct NewSeries {
     pub study_uid: Option<StudyInstanceUid>,
     /// DICOM DA, `YYYYMMDD`.
     pub study_date: String,
+    /// DICOM DA, `YYYYMMDD`, or empty when not known (an age-dependent analysis needs it).
+    pub patient_birth_date: String,
     pub study_description: String,
     pub series_description: String,
     pub series_number: i32,
@@ -74,7 +76,7 @@ pub fn write_mr_series(volume: &Volume<f32>, series: &NewSeries, folder: &Path) 
         put_str(tags::MANUFACTURER, VR::LO, "Lightbox");
         put_str(tags::PATIENT_NAME, VR::PN, &series.patient.name);
         put_str(tags::PATIENT_ID, VR::LO, &series.patient.id);
-        put_str(tags::PATIENT_BIRTH_DATE, VR::DA, "");
+        put_str(tags::PATIENT_BIRTH_DATE, VR::DA, &series.patient_birth_date);
         put_str(tags::PATIENT_SEX, VR::CS, "");
         put_str(tags::STUDY_DATE, VR::DA, &series.study_date);
         put_str(tags::STUDY_TIME, VR::TM, "");
@@ -246,6 +248,7 @@ mod tests {
             patient: PatientInfo { id: "LB-TEST".into(), name: "Test^Writer".into() },
             study_uid: None,
             study_date: "20261125".into(),
+            patient_birth_date: "19560412".into(),
             study_description: "writer test".into(),
             series_description: "oblique".into(),
             series_number: 3,

@@ -139,7 +139,7 @@ pub fn brain_volumes(
     Ok((volumes, description))
 }
 
-fn check_deepbet(models: &Path) -> Result<(), WorkflowError> {
+pub(crate) fn check_deepbet(models: &Path) -> Result<(), WorkflowError> {
     for package in lightbox_ai::deepbet::PACKAGES {
         if !models.join(package).join("model.safetensors").is_file() {
             return Err(WorkflowError::Analysis(format!(

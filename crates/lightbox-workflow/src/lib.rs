@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 pub mod ai;
+pub mod brain;
 pub mod engine;
 pub mod pacs;
 pub mod pipeline;
@@ -55,7 +56,7 @@ pub enum WorkflowError {
     #[error("settings {path}: {detail}")]
     Settings { path: PathBuf, detail: String },
 
-    #[error("unknown pipeline {0:?} (known: threshold-volume)")]
+    #[error("unknown pipeline {0:?} (known: threshold-volume, brain-atrophy)")]
     UnknownPipeline(String),
 
     #[error("analysis: {0}")]

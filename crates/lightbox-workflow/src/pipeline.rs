@@ -2,8 +2,11 @@
 //! pipeline version, turned into DICOM SEG + SR in the store and, where the site allows it, the
 //! outbox.
 //!
-//! Until the AI crates land there is one real pipeline, `threshold-volume`: voxels above a
-//! threshold in the series' largest volume become a segment, and its volume is measured.
+//! Two pipelines:
+//! - `threshold-volume`: voxels above a threshold in the series' largest volume become a
+//!   segment, and its volume is measured (a demonstration, not a diagnostic model).
+//! - `brain-atrophy` (see [`crate::brain`]): a T1's tissue volumes and, when the patient has an
+//!   earlier T1 in the store, the brain volume change since then against the healthy norm.
 
 use std::path::Path;
 
@@ -91,7 +94,7 @@ impl Rules {
         };
         for rule in &rules.rules {
             if pipeline_device(&rule.pipeline).is_none() {
-                return Err(bad(rule, format!("unknown pipeline {:?} (known: {THRESHOLD_VOLUME})", rule.pipeline)));
+                return Err(bad(rule, format!("unknown pipeline {:?} (known: {})", rule.pipeline, known_pipelines())));
             }
             if let Some(re) = &rule.description {
                 regex::RegexBuilder::new(re)
@@ -181,20 +184,30 @@ const SEQUENCES: [&str; 6] = ["T1", "T2", "FLAIR", "PD", "DWI", "ADC"];
 const PLANES: [&str; 4] = ["axial", "sagittal", "coronal", "oblique"];
 
 /// The pipelines this build has: (name, version, device, what it does).
-pub const PIPELINES: [(&str, &str, &str, &str); 1] = [(
-    THRESHOLD_VOLUME,
-    THRESHOLD_VOLUME_VERSION,
-    "cpu",
-    "Volume of the voxels above a threshold, as a SEG segment and a TID 1500 SR (a demonstration, not a diagnostic model)",
-)];
+pub const PIPELINES: [(&str, &str, &str, &str); 2] = [
+    (
+        THRESHOLD_VOLUME,
+        THRESHOLD_VOLUME_VERSION,
+        "cpu",
+        "Volume of the voxels above a threshold, as a SEG segment and a TID 1500 SR (a demonstration, not a diagnostic model)",
+    ),
+    (
+        crate::brain::BRAIN_ATROPHY,
+        crate::brain::VERSION,
+        "gpu",
+        "Brain extraction (deepbet), grey/white matter and CSF volumes, and with a prior T1 of the patient the brain volume change per year against the healthy norm for the age: SEG + TID 1500 SR (AI output, not for clinical use)",
+    ),
+];
+
+/// The pipelines' names, for messages.
+fn known_pipelines() -> String {
+    PIPELINES.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+}
 
 /// Which device class a pipeline runs on (`None`: no such pipeline). The engine runs one GPU
 /// job at a time and CPU jobs within a budget.
 pub fn pipeline_device(pipeline: &str) -> Option<&'static str> {
-    match pipeline {
-        THRESHOLD_VOLUME => Some("cpu"),
-        _ => None,
-    }
+    PIPELINES.iter().find(|p| p.0 == pipeline).map(|p| p.2)
 }
 
 /// What running a pipeline on a series did.
@@ -208,12 +221,19 @@ pub struct PipelineOutcome {
     pub volume_mm3: f64,
     /// Objects put in the outbox now.
     pub queued: usize,
+    /// What the analysis found, in words (empty for threshold-volume, whose volume says it).
+    pub summary: String,
 }
 
 impl PipelineOutcome {
     /// One line for logs and the CLI.
     pub fn describe(&self, pipeline: &str, series: &str) -> String {
-        if self.ran {
+        if self.ran && !self.summary.is_empty() {
+            format!(
+                "pipeline {pipeline} on {series}: job {} done, {}; SEG {} + SR {}, {} queued for the PACS",
+                self.job_id, self.summary, self.seg_uid, self.sr_uid, self.queued
+            )
+        } else if self.ran {
             format!(
                 "pipeline {pipeline} on {series}: job {} done, volume {:.1} mm3, SEG {} + SR {}, {} queued for the PACS",
                 self.job_id, self.volume_mm3, self.seg_uid, self.sr_uid, self.queued
@@ -244,6 +264,23 @@ pub fn plan(
 ) -> Result<JobPlan, WorkflowError> {
     let device = pipeline_device(pipeline).ok_or_else(|| WorkflowError::UnknownPipeline(pipeline.to_owned()))?;
     let digest = instances_digest(store, series_uid)?;
+    if pipeline == crate::brain::BRAIN_ATROPHY {
+        // The prior is part of the input: a prior arriving later is a new analysis.
+        let prior = crate::find_prior(store.root(), series_uid)?;
+        let prior_key = match &prior {
+            Some(p) => format!("{}:{}", p.series_uid, instances_digest(store, &p.series_uid)?),
+            None => "none".into(),
+        };
+        return Ok(JobPlan {
+            key: format!("{series_uid}/{pipeline}@{}/prior={prior_key}/{digest}", crate::brain::VERSION),
+            pipeline: pipeline.to_owned(),
+            device,
+            payload: serde_json::json!({
+                "series": series_uid, "instances": digest, "send_to": send_to,
+                "prior": prior.map(|p| p.series_uid),
+            }),
+        });
+    }
     Ok(JobPlan {
         key: format!("{series_uid}/{pipeline}@{THRESHOLD_VOLUME_VERSION}/threshold={threshold}/{digest}"),
         pipeline: pipeline.to_owned(),
@@ -340,12 +377,13 @@ fn finished_outcome(store: &Store, id: i64) -> Result<PipelineOutcome, WorkflowE
         sr_uid: result["sr"].as_str().unwrap_or_default().to_owned(),
         volume_mm3: result["volume_mm3"].as_f64().unwrap_or_default(),
         queued: 0,
+        summary: result["summary"].as_str().unwrap_or_default().to_owned(),
     })
 }
 
 /// A runner's hold on a job: renewed in the background while the pipeline works; each stage
 /// is recorded and checks that the job is still ours (not cancelled).
-struct Lease {
+pub(crate) struct Lease {
     id: i64,
     lost: std::sync::Arc<std::sync::atomic::AtomicBool>,
     stop: Option<std::sync::mpsc::Sender<()>>,
@@ -425,6 +463,10 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
                 "series {series} changed since job {id} was queued (a newer job covers it)"
             )));
         }
+        if job.kind == crate::brain::BRAIN_ATROPHY {
+            let prior = payload["prior"].as_str();
+            return crate::brain::run(&mut store, Some(&lease), &job.key, &series, prior, send_to);
+        }
         threshold_volume(&mut store, Some(&lease), &job.key, &series, threshold, send_to, None)
     })();
     let owner = runner_id();
@@ -434,6 +476,7 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
             lease.stage(&store, "finishing")?;
             let result = serde_json::json!({
                 "seg": outcome.seg_uid, "sr": outcome.sr_uid, "volume_mm3": outcome.volume_mm3,
+                "summary": outcome.summary,
             });
             if !store.job_done(id, owner, &result.to_string())? {
                 return Err(WorkflowError::Cancelled(id));
@@ -454,7 +497,7 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
     }
 }
 
-fn stage(lease: Option<&Lease>, store: &Store, name: &str) -> Result<(), WorkflowError> {
+pub(crate) fn stage(lease: Option<&Lease>, store: &Store, name: &str) -> Result<(), WorkflowError> {
     lease.map_or(Ok(()), |l| l.stage(store, name))
 }
 
@@ -476,18 +519,8 @@ fn threshold_volume(
 ) -> Result<PipelineOutcome, WorkflowError> {
     let signed_by = signoff.map(|(who, _)| who);
     let review = signoff.map_or(Review::Accept, |(_, review)| review);
-    let files = store.series_files(series_uid)?;
-    if files.is_empty() {
-        return Err(WorkflowError::UnknownSeries { uid: series_uid.to_owned(), folder: store.root().to_owned() });
-    }
-    let report = lightbox_dicom::scan_files(&files);
-    let series = report
-        .find_series(series_uid)
-        .ok_or_else(|| WorkflowError::UnknownSeries { uid: series_uid.to_owned(), folder: store.root().to_owned() })?;
-    let set = report.display_sets(series).first().ok_or_else(|| WorkflowError::NothingToExport {
-        path: store.root().to_owned(),
-        issues: format!("series {series_uid} has no image volume"),
-    })?;
+    let report = scan_series(store, series_uid)?;
+    let set = first_set(store, &report, series_uid)?;
     stage(lease, store, "loading")?;
     let volume = set.load(0)?;
     stage(lease, store, "segmenting")?;
@@ -500,11 +533,7 @@ fn threshold_volume(
     let labels = lightbox_core::Volume::new(volume.dims(), labels, volume.patient_from_voxel)
         .map_err(|e| WorkflowError::Analysis(e.to_string()))?;
     let name = format!("Lightbox {THRESHOLD_VOLUME}");
-    // Under incoming/, which is swept of hour-old leftovers: a run killed before its results
-    // were stored leaves nothing behind for long.
-    let incoming = store.root().join("incoming");
-    std::fs::create_dir_all(&incoming).map_err(|source| WorkflowError::Io { path: incoming.clone(), source })?;
-    let out = tempfile::tempdir_in(&incoming).map_err(|source| WorkflowError::Io { path: incoming.clone(), source })?;
+    let out = results_dir(store)?;
     stage(lease, store, "writing results")?;
     let seg_path = out.path().join("seg.dcm");
     let seg = lightbox_dicom::write_seg(
@@ -609,7 +638,47 @@ fn threshold_volume(
             queued += 1;
         }
     }
-    Ok(PipelineOutcome { job_id: 0, ran: true, seg_uid: seg.sop_uid, sr_uid, volume_mm3, queued })
+    Ok(PipelineOutcome {
+        job_id: 0,
+        ran: true,
+        seg_uid: seg.sop_uid,
+        sr_uid,
+        volume_mm3,
+        queued,
+        summary: String::new(),
+    })
+}
+
+/// The stored files of a series, scanned.
+pub(crate) fn scan_series(store: &Store, series_uid: &str) -> Result<lightbox_dicom::ScanReport, WorkflowError> {
+    let files = store.series_files(series_uid)?;
+    if files.is_empty() {
+        return Err(WorkflowError::UnknownSeries { uid: series_uid.to_owned(), folder: store.root().to_owned() });
+    }
+    Ok(lightbox_dicom::scan_files(&files))
+}
+
+/// A scanned series' first display set: the volume an analysis reads.
+pub(crate) fn first_set<'a>(
+    store: &Store,
+    report: &'a lightbox_dicom::ScanReport,
+    series_uid: &str,
+) -> Result<&'a lightbox_dicom::DisplaySet, WorkflowError> {
+    let series = report
+        .find_series(series_uid)
+        .ok_or_else(|| WorkflowError::UnknownSeries { uid: series_uid.to_owned(), folder: store.root().to_owned() })?;
+    report.display_sets(series).first().ok_or_else(|| WorkflowError::NothingToExport {
+        path: store.root().to_owned(),
+        issues: format!("series {series_uid} has no image volume"),
+    })
+}
+
+/// A fresh folder for a run's results, under incoming/, which is swept of hour-old leftovers:
+/// a run killed before its results were stored leaves nothing behind for long.
+pub(crate) fn results_dir(store: &Store) -> Result<tempfile::TempDir, WorkflowError> {
+    let incoming = store.root().join("incoming");
+    std::fs::create_dir_all(&incoming).map_err(|source| WorkflowError::Io { path: incoming.clone(), source })?;
+    tempfile::tempdir_in(&incoming).map_err(|source| WorkflowError::Io { path: incoming.clone(), source })
 }
 
 /// The radiologist's own measurements on the series, as groups marked with them as observer
@@ -840,6 +909,12 @@ pub fn sign(
             "job {job_id} predates keyed jobs; run the analysis again to sign it"
         )));
     }
+    if job.kind != THRESHOLD_VOLUME {
+        return Err(WorkflowError::Analysis(format!(
+            "job {job_id} ({}): signing its report here is not supported yet; a rule with auto_send sends it as AI output",
+            job.kind
+        )));
+    }
     let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
     let series = payload["series"].as_str().unwrap_or_default().to_owned();
     let threshold = payload["threshold"].as_f64().unwrap_or(1000.0);
@@ -930,7 +1005,7 @@ pub fn rerun(store_dir: &Path, job_id: i64) -> Result<PipelineOutcome, WorkflowE
 }
 
 /// A digest of the series' SOP Instance UIDs: which instances an analysis saw.
-fn instances_digest(store: &Store, series_uid: &str) -> Result<String, WorkflowError> {
+pub(crate) fn instances_digest(store: &Store, series_uid: &str) -> Result<String, WorkflowError> {
     let mut uids = store.series_sop_uids(series_uid)?;
     uids.sort();
     Ok(lightbox_dicom::uid_from(&uids.join("\\")))

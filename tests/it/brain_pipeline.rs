@@ -1,0 +1,179 @@
+//! Issue 9 end to end: two T1 studies of one patient, a year apart, are pushed by dcmtk
+//! `storescu` into `lightbox listen`. A dispatch rule runs `brain-atrophy` on each as it
+//! settles; the follow-up finds the baseline as its prior, and its SR (brain volumes, the brain
+//! volume change per year and how it compares with a healthy person of the patient's age) and
+//! tissue SEG reach a real Orthanc.
+//!
+//! The truth is known: the follow-up is the baseline (the MNI152 2009a T1) with 1.0 % of brain
+//! volume taken away by a smooth, brain-only shrinkage (`simulate_atrophy`), in another head
+//! position. The patient is 68 at the follow-up: the healthy mean there is −0.57 %/yr (Hedman
+//! 2012), healthy down to −0.87 %/yr, so −1.0 %/yr is beyond the healthy range and beyond the
+//! pathological cut-off (−0.37 %/yr).
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use lightbox_ai::{AiDevice, deepbet::Deepbet};
+use lightbox_imaging::RigidParams;
+use lightbox_imaging::atrophy::simulate_atrophy;
+use lightbox_tests::orthanc::{Orthanc, free_port};
+use lightbox_tests::{KillOnDrop, Lines, bin, data, run_ok, workspace_root};
+
+const RULES: &str = r#"
+[[rule]]
+name = "3-D T1 of the head"
+pipeline = "brain-atrophy"
+modality = "MR"
+description = "T1.*"
+acquisition = "3D"
+min_instances = 100
+auto_send = true
+"#;
+
+const MNI: &str = "nilearn_mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz";
+
+/// Writes the baseline and the follow-up (1 % brain loss) as DICOM studies of one patient.
+fn two_studies(dir: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    let scan = lightbox_nifti::read(&data(MNI)?)?.volume(0)?;
+    let deepbet = Deepbet::from_packages(&workspace_root().join("models"), AiDevice::cpu())?;
+    let mask = deepbet.extract(&scan, 0.5, &AtomicBool::new(false), &mut |_| {})?.mask_f32();
+    let [nx, ny, nz] = scan.dims();
+    let centre = scan.patient_from_voxel.transform_point([nx, ny, nz].map(|n| n as f64 / 2.0));
+    let motion = RigidParams { rotation_rad: [0.02, -0.015, 0.025], translation_mm: [1.3, -0.7, 0.9] };
+    let followup = simulate_atrophy(&scan, &mask, 0.01, &motion.to_affine(centre))?;
+    let patient = lightbox_core::PatientInfo { id: "LB-ATROPHY-1".into(), name: "Atrophy^Demo".into() };
+    let mut out = Vec::new();
+    for (name, volume, date) in [("baseline", &scan, "20240110"), ("followup", &followup, "20250110")] {
+        let folder = dir.join(name);
+        lightbox_dicom::write_mr_series(
+            volume,
+            &lightbox_dicom::NewSeries {
+                patient: patient.clone(),
+                study_uid: None,
+                study_date: date.into(),
+                patient_birth_date: "19561020".into(),
+                study_description: "MRI brain".into(),
+                series_description: "T1 MPRAGE sag".into(),
+                series_number: 3,
+                derivation: format!("{MNI}, synthetic {name} for the atrophy test"),
+            },
+            &folder,
+        )?;
+        out.push(folder);
+    }
+    let followup = out.pop().context("no follow-up")?;
+    Ok((out.pop().context("no baseline")?, followup))
+}
+
+/// The SRs now in Orthanc, read back by our own reader.
+fn reports_in(orthanc: &Orthanc, dir: &std::path::Path) -> anyhow::Result<Vec<lightbox_dicom::SrReading>> {
+    let mut reports = Vec::new();
+    for series in orthanc.get_json("/series?expand")?.as_array().context("no series list")? {
+        if series["MainDicomTags"]["Modality"].as_str() != Some("SR") {
+            continue;
+        }
+        for id in series["Instances"].as_array().context("no instances")?.iter().filter_map(|i| i.as_str()) {
+            let (status, bytes) = orthanc.request("GET", &format!("/instances/{id}/file"), None)?;
+            ensure!(status == 200, "GET instance {id}: {status}");
+            let path = dir.join(format!("{id}.dcm"));
+            std::fs::write(&path, bytes)?;
+            reports.push(lightbox_dicom::read_sr(&path)?);
+        }
+    }
+    Ok(reports)
+}
+
+#[test]
+fn two_t1s_pushed_give_brain_volume_change_against_the_healthy_norm_in_the_pacs() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (baseline, followup) = two_studies(dir.path())?;
+    let orthanc = Orthanc::start()?;
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, RULES)?;
+    let port = free_port()?;
+    let mut listener = KillOnDrop(
+        Command::new(bin("lightbox")?)
+            .args(["listen", "--bind", "127.0.0.1", "--port", &port.to_string(), "--rules"])
+            .arg(&rules)
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .env("LIGHTBOX_MODELS", workspace_root().join("models"))
+            .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+            .env("LIGHTBOX_PACS_USER", orthanc.user())
+            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
+            .env("LIGHTBOX_SETTLE_MS", "1000")
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
+    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
+    let push = |folder: &std::path::Path| {
+        run_ok(Command::new("storescu").args(["-aec", "LIGHTBOX", "+sd", "127.0.0.1", &port.to_string()]).arg(folder))
+    };
+
+    push(&baseline)?;
+    let first = lines.wait_for("pipeline brain-atrophy on", Duration::from_secs(300))?;
+    ensure!(first.contains("no prior T1 of this patient") && first.contains("2 queued"), "{first}");
+    lines.wait_for("outbox: sent 2", Duration::from_secs(60))?;
+
+    push(&followup)?;
+    let second = lines.wait_for("pipeline brain-atrophy on", Duration::from_secs(300))?;
+    eprintln!("{second}");
+    ensure!(second.contains("brain volume change") && second.contains("2 queued"), "{second}");
+    lines.wait_for("outbox: sent 2", Duration::from_secs(60))?;
+
+    // In the PACS: both studies' SEG and SR; the follow-up's SR holds the change and its verdict.
+    let modalities: Vec<String> = orthanc
+        .get_json("/series?expand")?
+        .as_array()
+        .context("no series list")?
+        .iter()
+        .filter_map(|s| s["MainDicomTags"]["Modality"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(modalities.iter().filter(|m| *m == "SEG").count() == 2, "{modalities:?}");
+    let reports = reports_in(&orthanc, dir.path())?;
+    ensure!(reports.len() == 2, "{} SRs", reports.len());
+    let change = reports
+        .iter()
+        .flat_map(|r| &r.groups)
+        .find(|g| g.tracking_id == "AI: brain volume change")
+        .context("no SR with the brain volume change")?;
+    let value = |name: &str| {
+        change.measurements.iter().find(|m| m.0 == name).map(|m| m.1).with_context(|| format!("no {name}"))
+    };
+    let (pbvc, rate, interval) = (
+        value("Percent brain volume change")?,
+        value("Annualized percent brain volume change")?,
+        value("Interval between the studies")?,
+    );
+    eprintln!("PBVC {pbvc:+.3} % (truth -1.00 %), {rate:+.3} %/yr over {interval:.3} years");
+    ensure!((pbvc + 1.0).abs() <= 0.15, "PBVC {pbvc} is not within 0.15 of the truth, -1.0 %");
+    ensure!((interval - 1.0).abs() < 0.01 && (rate - pbvc / interval).abs() < 1e-6, "{interval} {rate}");
+    let healthy = value("Healthy annualized brain volume change for age (Hedman 2012)")?;
+    ensure!((healthy - lightbox_analysis::brain::healthy_rate_percent_per_year(68.2)).abs() < 0.01, "{healthy}");
+    let verdicts: Vec<&str> = change.qualitative.iter().map(|(_, v)| v.as_str()).collect();
+    ensure!(verdicts == ["Beyond the healthy range", "Beyond the cut-off"], "{verdicts:?}");
+    ensure!(change.measurements.iter().all(|m| m.3.as_deref() == Some("Lightbox brain-atrophy")));
+
+    // Both reports carry the tissue volumes, each linked to its SEG segment.
+    for report in &reports {
+        let names: Vec<&str> = report.groups.iter().map(|g| g.tracking_id.as_str()).collect();
+        ensure!(
+            names.starts_with(&["AI: intracranial volume", "AI: cerebrospinal fluid", "AI: gray matter"]),
+            "{names:?}"
+        );
+        let grey = report.groups.iter().find(|g| g.tracking_id == "AI: gray matter").context("no grey matter")?;
+        ensure!(grey.segment.as_ref().is_some_and(|s| s.1 == 2), "{grey:?}");
+        let ml = |id: &str| {
+            let group = report.groups.iter().find(|g| g.tracking_id == id).with_context(|| format!("no {id}"))?;
+            group.measurements.first().map(|m| m.1).with_context(|| format!("{id} has no value"))
+        };
+        let icv = ml("AI: intracranial volume")?;
+        let tissues = ml("AI: cerebrospinal fluid")? + ml("AI: gray matter")? + ml("AI: white matter")?;
+        // The MNI152 head is larger than most (about 1.9 L inside the skull).
+        ensure!((1500.0..2300.0).contains(&icv) && (tissues - icv).abs() < 0.01 * icv, "ICV {icv}, tissues {tissues}");
+    }
+    Ok(())
+}
