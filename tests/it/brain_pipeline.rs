@@ -1,4 +1,8 @@
-//! Issue 9 end to end: two T1 studies of one patient, a year apart, are pushed by dcmtk
+//! Issue 9 end to end, as a site would run it: studies are pushed by dcmtk `storescu` into
+//! `lightbox listen`, dispatch rules start the brain pipelines, and their SEG and SR reach a real
+//! Orthanc.
+//!
+//! Atrophy: two T1 studies of one patient, a year apart, are pushed by dcmtk
 //! `storescu` into `lightbox listen`. A dispatch rule runs `brain-atrophy` on each as it
 //! settles; the follow-up finds the baseline as its prior, and its SR (brain volumes, the brain
 //! volume change per year and how it compares with a healthy person of the patient's age) and
@@ -9,6 +13,10 @@
 //! position. The patient is 68 at the follow-up: the healthy mean there is −0.57 %/yr (Hedman
 //! 2012), healthy down to −0.87 %/yr, so −1.0 %/yr is beyond the healthy range and beyond the
 //! pathological cut-off (−0.37 %/yr).
+//!
+//! Lesion change: the open MS data set's patient 1, both FLAIRs pushed as two studies; the
+//! follow-up's SR must hold the new and enlarging lesions that the (separately validated, see
+//! `lesions.rs`) subtraction baseline finds, with one SEG segment per lesion.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
@@ -29,6 +37,13 @@ modality = "MR"
 description = "T1.*"
 acquisition = "3D"
 min_instances = 100
+auto_send = true
+
+[[rule]]
+name = "FLAIR of the head"
+pipeline = "ms-lesion-change"
+modality = "MR"
+description = ".*FLAIR.*"
 auto_send = true
 "#;
 
@@ -67,30 +82,9 @@ fn two_studies(dir: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, std
     Ok((out.pop().context("no baseline")?, followup))
 }
 
-/// The SRs now in Orthanc, read back by our own reader.
-fn reports_in(orthanc: &Orthanc, dir: &std::path::Path) -> anyhow::Result<Vec<lightbox_dicom::SrReading>> {
-    let mut reports = Vec::new();
-    for series in orthanc.get_json("/series?expand")?.as_array().context("no series list")? {
-        if series["MainDicomTags"]["Modality"].as_str() != Some("SR") {
-            continue;
-        }
-        for id in series["Instances"].as_array().context("no instances")?.iter().filter_map(|i| i.as_str()) {
-            let (status, bytes) = orthanc.request("GET", &format!("/instances/{id}/file"), None)?;
-            ensure!(status == 200, "GET instance {id}: {status}");
-            let path = dir.join(format!("{id}.dcm"));
-            std::fs::write(&path, bytes)?;
-            reports.push(lightbox_dicom::read_sr(&path)?);
-        }
-    }
-    Ok(reports)
-}
-
-#[test]
-fn two_t1s_pushed_give_brain_volume_change_against_the_healthy_norm_in_the_pacs() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let (baseline, followup) = two_studies(dir.path())?;
-    let orthanc = Orthanc::start()?;
-    let rules = dir.path().join("rules.toml");
+/// `lightbox listen` with the rules above, sending to `orthanc`: the process, its output, its port.
+fn listen(orthanc: &Orthanc, dir: &std::path::Path) -> anyhow::Result<(KillOnDrop, Lines, u16)> {
+    let rules = dir.join("rules.toml");
     std::fs::write(&rules, RULES)?;
     let port = free_port()?;
     let mut listener = KillOnDrop(
@@ -98,7 +92,7 @@ fn two_t1s_pushed_give_brain_volume_change_against_the_healthy_norm_in_the_pacs(
             .args(["listen", "--bind", "127.0.0.1", "--port", &port.to_string(), "--rules"])
             .arg(&rules)
             .arg("--store")
-            .arg(dir.path().join("store"))
+            .arg(dir.join("store"))
             .env("LIGHTBOX_MODELS", workspace_root().join("models"))
             .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
             .env("LIGHTBOX_PACS_USER", orthanc.user())
@@ -109,9 +103,43 @@ fn two_t1s_pushed_give_brain_volume_change_against_the_healthy_norm_in_the_pacs(
     );
     let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
     lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
-    let push = |folder: &std::path::Path| {
-        run_ok(Command::new("storescu").args(["-aec", "LIGHTBOX", "+sd", "127.0.0.1", &port.to_string()]).arg(folder))
-    };
+    Ok((listener, lines, port))
+}
+
+fn push(port: u16, folder: &std::path::Path) -> anyhow::Result<String> {
+    run_ok(Command::new("storescu").args(["-aec", "LIGHTBOX", "+sd", "127.0.0.1", &port.to_string()]).arg(folder))
+}
+
+/// The instances of `modality` now in Orthanc, saved in `dir`.
+fn fetch(orthanc: &Orthanc, dir: &std::path::Path, modality: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut files = Vec::new();
+    for series in orthanc.get_json("/series?expand")?.as_array().context("no series list")? {
+        if series["MainDicomTags"]["Modality"].as_str() != Some(modality) {
+            continue;
+        }
+        for id in series["Instances"].as_array().context("no instances")?.iter().filter_map(|i| i.as_str()) {
+            let (status, bytes) = orthanc.request("GET", &format!("/instances/{id}/file"), None)?;
+            ensure!(status == 200, "GET instance {id}: {status}");
+            let path = dir.join(format!("{id}.dcm"));
+            std::fs::write(&path, bytes)?;
+            files.push(path);
+        }
+    }
+    Ok(files)
+}
+
+/// The SRs now in Orthanc, read back by our own reader.
+fn reports_in(orthanc: &Orthanc, dir: &std::path::Path) -> anyhow::Result<Vec<lightbox_dicom::SrReading>> {
+    fetch(orthanc, dir, "SR")?.iter().map(|p| Ok(lightbox_dicom::read_sr(p)?)).collect()
+}
+
+#[test]
+fn two_t1s_pushed_give_brain_volume_change_against_the_healthy_norm_in_the_pacs() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (baseline, followup) = two_studies(dir.path())?;
+    let orthanc = Orthanc::start()?;
+    let (_listener, mut lines, port) = listen(&orthanc, dir.path())?;
+    let push = |folder: &std::path::Path| push(port, folder);
 
     push(&baseline)?;
     let first = lines.wait_for("pipeline brain-atrophy on", Duration::from_secs(300))?;
@@ -174,6 +202,74 @@ fn two_t1s_pushed_give_brain_volume_change_against_the_healthy_norm_in_the_pacs(
         let tissues = ml("AI: cerebrospinal fluid")? + ml("AI: gray matter")? + ml("AI: white matter")?;
         // The MNI152 head is larger than most (about 1.9 L inside the skull).
         ensure!((1500.0..2300.0).contains(&icv) && (tissues - icv).abs() < 0.01 * icv, "ICV {icv}, tissues {tissues}");
+    }
+    Ok(())
+}
+
+#[test]
+fn two_flairs_pushed_give_new_and_enlarging_lesions_in_the_pacs() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let patient = lightbox_core::PatientInfo { id: "LB-OPENMS-01".into(), name: "OpenMS^Patient01".into() };
+    let mut folders = Vec::new();
+    for (study, date) in [("study1", "20150302"), ("study2", "20160307")] {
+        let folder = dir.path().join(study);
+        let nifti = data(&format!("open_ms_longitudinal/raw/patient01/{study}_FLAIR.nii.gz"))?;
+        lightbox_dicom::write_mr_series(
+            &lightbox_nifti::read(&nifti)?.volume(0)?,
+            &lightbox_dicom::NewSeries {
+                patient: patient.clone(),
+                study_uid: None,
+                study_date: date.into(),
+                patient_birth_date: String::new(),
+                study_description: "MRI brain MS follow-up".into(),
+                series_description: "AX T2 FLAIR".into(),
+                series_number: 4,
+                derivation: format!("open_ms_longitudinal patient01 {study}_FLAIR"),
+            },
+            &folder,
+        )?;
+        folders.push(folder);
+    }
+    let orthanc = Orthanc::start()?;
+    let (_listener, mut lines, port) = listen(&orthanc, dir.path())?;
+
+    push(port, &folders[0])?;
+    let first = lines.wait_for("pipeline ms-lesion-change on", Duration::from_secs(120))?;
+    ensure!(first.contains("no prior FLAIR") && first.contains("0 queued"), "{first}");
+    push(port, &folders[1])?;
+    let second = lines.wait_for("pipeline ms-lesion-change on", Duration::from_secs(300))?;
+    eprintln!("{second}");
+    ensure!(second.contains("new lesion(s)") && second.contains("2 queued"), "{second}");
+    lines.wait_for("outbox: sent 2", Duration::from_secs(60))?;
+
+    let reports = reports_in(&orthanc, dir.path())?;
+    ensure!(reports.len() == 1, "{} SRs: the first FLAIR has nothing to compare with", reports.len());
+    let groups = &reports[0].groups;
+    let summary = groups.iter().find(|g| g.tracking_id == "AI: lesion change").context("no summary group")?;
+    let value = |name: &str| {
+        summary.measurements.iter().find(|m| m.0 == name).map(|m| m.1).with_context(|| format!("no {name}"))
+    };
+    let (new, enlarging) = (value("Number of new lesions")?, value("Number of enlarging lesions")?);
+    let total_ml = value("Volume of new lesions")? + value("Volume of enlarging lesions")?;
+    let lesions: Vec<_> = groups.iter().filter(|g| g.tracking_id != "AI: lesion change").collect();
+    ensure!(lesions.len() as f64 == new + enlarging && !lesions.is_empty(), "{new} + {enlarging} vs {lesions:?}");
+    let listed_ml: f64 = lesions.iter().filter_map(|g| g.measurements.first()).map(|m| m.1).sum();
+    ensure!((listed_ml - total_ml).abs() < 1e-6, "{listed_ml} vs {total_ml}");
+    // The data set's lesion change is 3.5 mL; the baseline finds most of it (and some noise).
+    ensure!((1.5..7.0).contains(&total_ml), "{total_ml} mL of new and enlarging lesions");
+    // Largest first, each its own segment of the SEG that Orthanc holds.
+    let volumes: Vec<f64> = lesions.iter().filter_map(|g| g.measurements.first()).map(|m| m.1).collect();
+    ensure!(volumes.windows(2).all(|w| w[0] >= w[1]), "{volumes:?}");
+    let segs = fetch(&orthanc, dir.path(), "SEG")?;
+    ensure!(segs.len() == 1, "{} SEGs", segs.len());
+    let seg = lightbox_dicom::read_seg(&segs[0])?;
+    ensure!(seg.segments.len() == lesions.len(), "{} segments for {} lesions", seg.segments.len(), lesions.len());
+    for (number, group) in lesions.iter().enumerate() {
+        let (uid, segment) = group.segment.clone().context("a lesion without its segment")?;
+        ensure!(uid == seg.sop_uid && usize::from(segment) == number + 1, "{group:?}");
+        let label = &seg.segments[number].label;
+        ensure!(group.tracking_id.eq_ignore_ascii_case(&format!("AI: {label}")), "{label} vs {}", group.tracking_id);
+        ensure!(group.qualitative.iter().any(|(c, _)| c == "Change since the prior study"), "{group:?}");
     }
     Ok(())
 }

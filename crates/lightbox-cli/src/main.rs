@@ -68,7 +68,8 @@ enum Commands {
     /// parameters); the SEG and SR go into the store, and with --send-to into the outbox.
     Run {
         /// The pipeline: threshold-volume, or brain-atrophy (a T1; with the patient's prior T1 in
-        /// the store, also the brain volume change against the healthy norm).
+        /// the store, also the brain volume change against the healthy norm), or ms-lesion-change (a
+        /// FLAIR against the patient's prior FLAIR).
         pipeline: String,
         #[arg(long)]
         series: String,

@@ -8,7 +8,10 @@
 //!    difference exceeds `threshold_sd` of it and the follow-up is hyperintense (above
 //!    `min_hyperintensity` times the brain's median);
 //! 3. candidates are grouped into lesions (26-connected), and lesions smaller than
-//!    `min_volume_mm3` are dropped.
+//!    `min_volume_mm3` are dropped;
+//! 4. a lesion is *enlarging* when at least `existing_fraction` of it was already hyperintense
+//!    in the baseline (above `existing_hyperintensity` times the brain's median: a lesion was
+//!    there and grew), else *new*.
 
 use lightbox_core::Volume;
 
@@ -22,11 +25,24 @@ pub struct LesionChangeOptions {
     pub threshold_sd: f64,
     pub min_hyperintensity: f64,
     pub min_volume_mm3: f64,
+    pub existing_hyperintensity: f64,
+    pub existing_fraction: f64,
+    /// The outer rim of the brain mask left out of the search, mm (at least one voxel layer):
+    /// at the brain's surface a half-voxel misregistration looks like change.
+    pub edge_margin_mm: f64,
 }
 
 impl Default for LesionChangeOptions {
     fn default() -> Self {
-        Self { smoothing_mm: 1.0, threshold_sd: 5.0, min_hyperintensity: 1.1, min_volume_mm3: 15.0 }
+        Self {
+            smoothing_mm: 1.0,
+            threshold_sd: 5.0,
+            min_hyperintensity: 1.1,
+            min_volume_mm3: 15.0,
+            existing_hyperintensity: 1.3,
+            existing_fraction: 0.2,
+            edge_margin_mm: 3.0,
+        }
     }
 }
 
@@ -38,12 +54,16 @@ pub struct ChangedLesion {
     pub centre_mm: [f64; 3],
     /// The largest normalised increase inside it (follow-up − baseline, in brain medians).
     pub peak_increase: f32,
+    /// Part of it was a lesion in the baseline already (it grew); else it is new.
+    pub enlarging: bool,
 }
 
 #[derive(Clone, Debug)]
 pub struct LesionChange {
     /// On the scans' grid: true where a new or enlarging lesion is.
     pub mask: Vec<bool>,
+    /// On the scans' grid: 0, or `k` where lesion `lesions[k - 1]` is.
+    pub lesion_of: Vec<u32>,
     pub lesions: Vec<ChangedLesion>,
 }
 
@@ -60,6 +80,10 @@ pub fn subtraction_change(
         return Err(ImagingError::Mismatch { what: "the two scans and the brain mask must be on one grid" });
     }
     let inside: Vec<bool> = brain.voxels().iter().map(|&v| v > 0.5).collect();
+    let [nx, ny, nz] = dims;
+    let thickest = baseline.spacing_mm().into_iter().fold(0.0, f64::max);
+    let rim = (options.edge_margin_mm / thickest.max(1e-6)).round().max(1.0) as usize;
+    let searched = crate::morphology::erode(&inside, [nz, ny, nx], rim);
     let sigma = baseline.spacing_mm().map(|s| options.smoothing_mm / s);
     let normalised = |v: &Volume<f32>, what: &'static str| -> Result<Vec<f32>, ImagingError> {
         let median =
@@ -78,28 +102,38 @@ pub fn subtraction_change(
     }
     let candidate: Vec<bool> = (0..difference.len())
         .map(|i| {
-            inside[i]
+            searched[i]
                 && difference[i] - centre > options.threshold_sd as f32 * sd
                 && f64::from(after[i]) > options.min_hyperintensity
         })
         .collect();
-    let [nx, ny, nz] = dims;
     let (labels, sizes) = components(&candidate, [nz, ny, nx], 26);
     let voxel_mm3 = crate::voxel_volume_ml(&baseline.patient_from_voxel) * 1000.0;
     let keep: Vec<bool> = sizes.iter().map(|&n| n as f64 * voxel_mm3 >= options.min_volume_mm3).collect();
-    let mut sums = vec![([0.0f64; 3], 0.0f32); sizes.len()];
+    // Kept lesions numbered 1.. in the order found.
+    let number: Vec<u32> = keep
+        .iter()
+        .scan(0u32, |n, &k| {
+            *n += u32::from(k);
+            Some(if k { *n } else { 0 })
+        })
+        .collect();
+    let mut sums = vec![([0.0f64; 3], 0.0f32, 0usize); sizes.len()];
     let mut mask = vec![false; candidate.len()];
+    let mut lesion_of = vec![0u32; candidate.len()];
     for (at, &label) in labels.iter().enumerate() {
         if label == 0 || !keep[label as usize - 1] {
             continue;
         }
         mask[at] = true;
+        lesion_of[at] = number[label as usize - 1];
         let (i, j, k) = (at % nx, (at / nx) % ny, at / (nx * ny));
         let entry = &mut sums[label as usize - 1];
         for (c, v) in [i, j, k].into_iter().enumerate() {
             entry.0[c] += v as f64;
         }
         entry.1 = entry.1.max(difference[at] - centre);
+        entry.2 += usize::from(f64::from(before[at]) > options.existing_hyperintensity);
     }
     let lesions = sums
         .iter()
@@ -110,7 +144,8 @@ pub fn subtraction_change(
             volume_ml: n as f64 * voxel_mm3 / 1000.0,
             centre_mm: baseline.patient_from_voxel.transform_point(sum.0.map(|c| c / n as f64)),
             peak_increase: sum.1,
+            enlarging: sum.2 as f64 >= options.existing_fraction * n as f64,
         })
         .collect();
-    Ok(LesionChange { mask, lesions })
+    Ok(LesionChange { mask, lesion_of, lesions })
 }

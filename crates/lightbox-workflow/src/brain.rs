@@ -68,7 +68,7 @@ pub fn age_years(facts: &lightbox_dicom::SeriesFacts) -> Option<f64> {
     Some(n / per_year)
 }
 
-fn local(value: &str, meaning: &str) -> Code {
+pub(crate) fn local(value: &str, meaning: &str) -> Code {
     Code::new(value, SCHEME, meaning)
 }
 

@@ -10,6 +10,7 @@ use std::process::{Child, Command};
 pub mod ai;
 pub mod brain;
 pub mod engine;
+pub mod ms;
 pub mod pacs;
 pub mod pipeline;
 pub mod plugins;
@@ -56,7 +57,7 @@ pub enum WorkflowError {
     #[error("settings {path}: {detail}")]
     Settings { path: PathBuf, detail: String },
 
-    #[error("unknown pipeline {0:?} (known: threshold-volume, brain-atrophy)")]
+    #[error("unknown pipeline {0:?} (known: threshold-volume, brain-atrophy, ms-lesion-change)")]
     UnknownPipeline(String),
 
     #[error("analysis: {0}")]

@@ -7,6 +7,8 @@
 //!   segment, and its volume is measured (a demonstration, not a diagnostic model).
 //! - `brain-atrophy` (see [`crate::brain`]): a T1's tissue volumes and, when the patient has an
 //!   earlier T1 in the store, the brain volume change since then against the healthy norm.
+//! - `ms-lesion-change` (see [`crate::ms`]): new and enlarging lesions between a FLAIR and the
+//!   patient's earlier FLAIR.
 
 use std::path::Path;
 
@@ -184,7 +186,7 @@ const SEQUENCES: [&str; 6] = ["T1", "T2", "FLAIR", "PD", "DWI", "ADC"];
 const PLANES: [&str; 4] = ["axial", "sagittal", "coronal", "oblique"];
 
 /// The pipelines this build has: (name, version, device, what it does).
-pub const PIPELINES: [(&str, &str, &str, &str); 2] = [
+pub const PIPELINES: [(&str, &str, &str, &str); 3] = [
     (
         THRESHOLD_VOLUME,
         THRESHOLD_VOLUME_VERSION,
@@ -197,7 +199,17 @@ pub const PIPELINES: [(&str, &str, &str, &str); 2] = [
         "gpu",
         "Brain extraction (deepbet), grey/white matter and CSF volumes, and with a prior T1 of the patient the brain volume change per year against the healthy norm for the age: SEG + TID 1500 SR (AI output, not for clinical use)",
     ),
+    (
+        crate::ms::MS_LESION_CHANGE,
+        crate::ms::VERSION,
+        "gpu",
+        "New and enlarging lesions between a FLAIR and the patient's prior FLAIR (subtraction baseline inside deepbet's brain mask): SEG + TID 1500 SR with counts, volumes and a lesion table (AI output, not for clinical use)",
+    ),
 ];
+
+fn pipeline_version(pipeline: &str) -> &'static str {
+    PIPELINES.iter().find(|p| p.0 == pipeline).map_or("?", |p| p.1)
+}
 
 /// The pipelines' names, for messages.
 fn known_pipelines() -> String {
@@ -264,7 +276,7 @@ pub fn plan(
 ) -> Result<JobPlan, WorkflowError> {
     let device = pipeline_device(pipeline).ok_or_else(|| WorkflowError::UnknownPipeline(pipeline.to_owned()))?;
     let digest = instances_digest(store, series_uid)?;
-    if pipeline == crate::brain::BRAIN_ATROPHY {
+    if pipeline == crate::brain::BRAIN_ATROPHY || pipeline == crate::ms::MS_LESION_CHANGE {
         // The prior is part of the input: a prior arriving later is a new analysis.
         let prior = crate::find_prior(store.root(), series_uid)?;
         let prior_key = match &prior {
@@ -272,7 +284,7 @@ pub fn plan(
             None => "none".into(),
         };
         return Ok(JobPlan {
-            key: format!("{series_uid}/{pipeline}@{}/prior={prior_key}/{digest}", crate::brain::VERSION),
+            key: format!("{series_uid}/{pipeline}@{}/prior={prior_key}/{digest}", pipeline_version(pipeline)),
             pipeline: pipeline.to_owned(),
             device,
             payload: serde_json::json!({
@@ -463,9 +475,12 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
                 "series {series} changed since job {id} was queued (a newer job covers it)"
             )));
         }
+        let prior = payload["prior"].as_str();
         if job.kind == crate::brain::BRAIN_ATROPHY {
-            let prior = payload["prior"].as_str();
             return crate::brain::run(&mut store, Some(&lease), &job.key, &series, prior, send_to);
+        }
+        if job.kind == crate::ms::MS_LESION_CHANGE {
+            return crate::ms::run(&mut store, Some(&lease), &job.key, &series, prior, send_to);
         }
         threshold_volume(&mut store, Some(&lease), &job.key, &series, threshold, send_to, None)
     })();
