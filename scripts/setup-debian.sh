@@ -8,7 +8,7 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 packages=(
   # Rust crates that build C, and pkg-config for -sys crates
-  build-essential pkg-config curl wget file
+  build-essential pkg-config curl wget file unzip
   # Tauri 2 on Linux (WebKitGTK 4.1 and friends)
   libwebkit2gtk-4.1-dev libgtk-3-dev libxdo-dev libssl-dev libayatana-appindicator3-dev librsvg2-dev
   # JPEG-LS decoding: dicom-pixeldata's "charls" feature builds CharLS with cmake

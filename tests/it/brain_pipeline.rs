@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use lightbox_ai::{AiDevice, deepbet::Deepbet};
-use lightbox_imaging::RigidParams;
 use lightbox_imaging::atrophy::simulate_atrophy;
+use lightbox_imaging::{RigidParams, resample_into};
 use lightbox_tests::orthanc::{Orthanc, free_port};
 use lightbox_tests::{KillOnDrop, Lines, bin, data, run_ok, workspace_root};
 
@@ -56,11 +56,15 @@ fn two_studies(dir: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, std
     let mask = deepbet.extract(&scan, 0.5, &AtomicBool::new(false), &mut |_| {})?.mask_f32();
     let [nx, ny, nz] = scan.dims();
     let centre = scan.patient_from_voxel.transform_point([nx, ny, nz].map(|n| n as f64 / 2.0));
+    // Each time point in its own head position, so each is interpolated once, as a scanner's
+    // images of two sessions are alike in sharpness.
+    let baseline_motion = RigidParams { rotation_rad: [-0.01, 0.012, -0.008], translation_mm: [-0.6, 0.4, -0.5] };
+    let baseline = resample_into(&scan, scan.dims(), scan.patient_from_voxel, &baseline_motion.to_affine(centre), 0.0)?;
     let motion = RigidParams { rotation_rad: [0.02, -0.015, 0.025], translation_mm: [1.3, -0.7, 0.9] };
     let followup = simulate_atrophy(&scan, &mask, 0.01, &motion.to_affine(centre))?;
     let patient = lightbox_core::PatientInfo { id: "LB-ATROPHY-1".into(), name: "Atrophy^Demo".into() };
     let mut out = Vec::new();
-    for (name, volume, date) in [("baseline", &scan, "20240110"), ("followup", &followup, "20250110")] {
+    for (name, volume, date) in [("baseline", &baseline, "20240110"), ("followup", &followup, "20250110")] {
         let folder = dir.join(name);
         lightbox_dicom::write_mr_series(
             volume,
@@ -110,6 +114,35 @@ fn push(port: u16, folder: &std::path::Path) -> anyhow::Result<String> {
     run_ok(Command::new("storescu").args(["-aec", "LIGHTBOX", "+sd", "127.0.0.1", &port.to_string()]).arg(folder))
 }
 
+/// Runs the shipped pdf-summary exporter on job `job` of the store in `dir`; the PDF's path.
+fn export_pdf(dir: &std::path::Path, job: i64) -> anyhow::Result<std::path::PathBuf> {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins)?;
+    std::fs::copy(workspace_root().join("plugins/pdf-summary"), plugins.join("pdf-summary"))?;
+    let lightbox_dir = bin("lightbox")?.parent().context("no bin dir")?.to_owned();
+    let path = format!("{}:{}", lightbox_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let export = dir.join("exported");
+    let out = run_ok(
+        Command::new(bin("lightbox")?)
+            .args(["export-results", "--job", &job.to_string(), "--plugins"])
+            .arg(&plugins)
+            .arg("--store")
+            .arg(dir.join("store"))
+            .env("LIGHTBOX_EXPORT_DIR", &export)
+            .env("PATH", &path),
+    )?;
+    ensure!(out.contains("plugin pdf-summary: ok"), "{out}");
+    let mut pdfs = Vec::new();
+    for study in std::fs::read_dir(&export)? {
+        for job in std::fs::read_dir(study?.path())? {
+            for f in std::fs::read_dir(job?.path())? {
+                pdfs.push(f?.path());
+            }
+        }
+    }
+    pdfs.into_iter().find(|p| p.ends_with("summary.pdf")).context("no summary.pdf")
+}
+
 /// The instances of `modality` now in Orthanc, saved in `dir`.
 fn fetch(orthanc: &Orthanc, dir: &std::path::Path, modality: &str) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let mut files = Vec::new();
@@ -143,16 +176,17 @@ fn two_t1s_pushed_give_brain_volume_change_against_the_healthy_norm_in_the_pacs(
 
     push(&baseline)?;
     let first = lines.wait_for("pipeline brain-atrophy on", Duration::from_secs(300))?;
-    ensure!(first.contains("no prior T1 of this patient") && first.contains("2 queued"), "{first}");
-    lines.wait_for("outbox: sent 2", Duration::from_secs(60))?;
+    ensure!(first.contains("no prior T1 of this patient") && first.contains("3 queued"), "{first}");
+    lines.wait_for("outbox: sent 3", Duration::from_secs(60))?;
 
     push(&followup)?;
     let second = lines.wait_for("pipeline brain-atrophy on", Duration::from_secs(300))?;
     eprintln!("{second}");
-    ensure!(second.contains("brain volume change") && second.contains("2 queued"), "{second}");
-    lines.wait_for("outbox: sent 2", Duration::from_secs(60))?;
+    ensure!(second.contains("brain volume change") && second.contains("3 queued"), "{second}");
+    lines.wait_for("outbox: sent 3", Duration::from_secs(60))?;
 
-    // In the PACS: both studies' SEG and SR; the follow-up's SR holds the change and its verdict.
+    // In the PACS: both studies' SEGs (tissues, regions) and SR; the follow-up's SR holds the
+    // change and its verdict.
     let modalities: Vec<String> = orthanc
         .get_json("/series?expand")?
         .as_array()
@@ -160,7 +194,7 @@ fn two_t1s_pushed_give_brain_volume_change_against_the_healthy_norm_in_the_pacs(
         .iter()
         .filter_map(|s| s["MainDicomTags"]["Modality"].as_str().map(str::to_owned))
         .collect();
-    ensure!(modalities.iter().filter(|m| *m == "SEG").count() == 2, "{modalities:?}");
+    ensure!(modalities.iter().filter(|m| *m == "SEG").count() == 4, "{modalities:?}");
     let reports = reports_in(&orthanc, dir.path())?;
     ensure!(reports.len() == 2, "{} SRs", reports.len());
     let change = reports
@@ -184,6 +218,34 @@ fn two_t1s_pushed_give_brain_volume_change_against_the_healthy_norm_in_the_pacs(
     let verdicts: Vec<&str> = change.qualitative.iter().map(|(_, v)| v.as_str()).collect();
     ensure!(verdicts == ["Beyond the healthy range", "Beyond the cut-off"], "{verdicts:?}");
     ensure!(change.measurements.iter().all(|m| m.3.as_deref() == Some("Lightbox brain-atrophy")));
+
+    // Regions: each hippocampus then and now, and its yearly change; the loss was uniform, 1 %.
+    for side in ["left", "right"] {
+        let id = format!("AI: {side} hippocampus");
+        let group = reports.iter().flat_map(|r| &r.groups).find(|g| g.tracking_id == id && g.measurements.len() == 3);
+        let group = group.with_context(|| format!("no {id} with its change in the follow-up's SR"))?;
+        let rate = group.measurements.iter().find(|m| m.0 == "Annualized volume change").map_or(f64::NAN, |m| m.1);
+        eprintln!("{id}: {:?}", group.measurements);
+        ensure!((-4.0..2.0).contains(&rate), "{id}: {rate} %/yr where the whole brain lost 1 %");
+        ensure!(group.qualitative.iter().any(|(c, v)| c == "Laterality" && v.eq_ignore_ascii_case(side)), "{group:?}");
+    }
+
+    // The PDF summary of the follow-up: its findings and the plot against the healthy band.
+    let pdf = export_pdf(dir.path(), 2)?;
+    let text = run_ok(Command::new("pdftotext").args(["-layout"]).arg(&pdf).arg("-"))?;
+    for needle in [
+        "AI OUTPUT",
+        "Intracranial volume",
+        "Left hippocampus",
+        "Brain volume change per year against age",
+        &format!("Patient: {rate:+.2} %/yr at 68"),
+        "cut-off -0.37 %/yr",
+    ] {
+        ensure!(text.contains(needle), "{needle:?} missing from the PDF:\n{text}");
+    }
+    let png = crate::screenshot_dir()?.join("brain-atrophy-summary");
+    run_ok(Command::new("pdftoppm").args(["-png", "-r", "70", "-singlefile"]).arg(&pdf).arg(&png))?;
+    eprintln!("the PDF summary, as a picture: {}.png", png.display());
 
     // Both reports carry the tissue volumes, each linked to its SEG segment.
     for report in &reports {

@@ -16,6 +16,7 @@ mod pacs_cli;
 mod parity;
 mod pipeline;
 mod prostate;
+mod regions;
 mod render;
 mod seg;
 mod serve;

@@ -116,6 +116,8 @@ pub struct BrainVolumes {
     /// [`TISSUE_LABELS`]. (The volumes above come from partial-volume fractions, so they differ
     /// slightly from counting these labels.)
     pub labels: Volume<u8>,
+    /// Per voxel of the T1's grid, its fraction of CSF (0 outside the mask; partial volume).
+    pub csf_fraction: Vec<f32>,
 }
 
 /// The label values of [`BrainVolumes::labels`], in order: 1, 2, 3.
@@ -133,6 +135,7 @@ pub fn volumes(deepbet: &Deepbet, t1: &Volume<f32>) -> Result<BrainVolumes, Anal
     let [csf_ml, grey_ml, white_ml] = tissues.volumes_ml;
     let labels = Volume::new(t1.dims(), tissues.labels, t1.patient_from_voxel)
         .map_err(|e| AnalysisError::Input(format!("tissue labels: {e}")))?;
+    let [csf_fraction, _, _] = tissues.fractions;
     Ok(BrainVolumes {
         icv_ml: tissues.mask_ml,
         grey_ml,
@@ -141,6 +144,7 @@ pub fn volumes(deepbet: &Deepbet, t1: &Volume<f32>) -> Result<BrainVolumes, Anal
         bpf: (grey_ml + white_ml) / tissues.mask_ml.max(1e-9),
         seconds: started.elapsed().as_secs_f64(),
         labels,
+        csf_fraction,
     })
 }
 

@@ -8,6 +8,7 @@
 pub mod brain;
 pub mod breast;
 pub mod prostate;
+pub mod regions;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

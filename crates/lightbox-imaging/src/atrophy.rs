@@ -352,7 +352,7 @@ fn match_intensities(
 /// Separable Gaussian blur (σ in voxels per axis, truncated at 3σ, kernel summing to 1; beyond
 /// the grid counts as 0, so a caller that needs true values at the edges divides two blurred
 /// fields).
-pub(crate) fn gaussian_blur(values: &[f64], dims: [usize; 3], sigma: [f64; 3]) -> Vec<f64> {
+pub fn gaussian_blur(values: &[f64], dims: [usize; 3], sigma: [f64; 3]) -> Vec<f64> {
     let mut current = values.to_vec();
     let strides = [1, dims[0], dims[0] * dims[1]];
     for axis in 0..3 {

@@ -14,7 +14,9 @@ pub mod register;
 pub mod resample;
 pub mod tissue;
 
-pub use register::{Registration, RegistrationOptions, RigidParams, register_rigid};
+pub use register::{
+    AffineParams, AffineRegistration, Registration, RegistrationOptions, RigidParams, register_affine, register_rigid,
+};
 pub use resample::{downsample, resample_into, sample_trilinear};
 
 /// The median of `values` where `mask` is set (`None` when it is set nowhere).
@@ -29,7 +31,7 @@ pub(crate) fn median_inside(values: &[f32], mask: &[bool]) -> Option<f64> {
 }
 
 /// A voxel's volume in mL (the determinant of the voxel axes).
-pub(crate) fn voxel_volume_ml(patient_from_voxel: &lightbox_core::Affine3) -> f64 {
+pub fn voxel_volume_ml(patient_from_voxel: &lightbox_core::Affine3) -> f64 {
     let [x, y, z] = [patient_from_voxel.axis(0), patient_from_voxel.axis(1), patient_from_voxel.axis(2)];
     (x[0] * (y[1] * z[2] - y[2] * z[1]) - x[1] * (y[0] * z[2] - y[2] * z[0]) + x[2] * (y[0] * z[1] - y[1] * z[0])).abs()
         / 1000.0

@@ -33,7 +33,23 @@ struct Summary {
     institution: String,
     signed_by: Option<String>,
     findings: Vec<Finding>,
+    #[serde(default)]
+    atrophy_plot: Option<AtrophyPlot>,
 }
+
+/// The patient's yearly brain volume change against the healthy band (see the workflow's
+/// `AtrophyPlot`).
+#[derive(serde::Deserialize)]
+struct AtrophyPlot {
+    age_years: f64,
+    rate_percent_per_year: f64,
+    healthy_mean: Vec<[f64; 2]>,
+    healthy_band: f64,
+    cutoff_percent_per_year: f64,
+}
+
+/// The plot's height on the page, with its title and axis labels, in points.
+const PLOT_HEIGHT: f32 = 190.0;
 
 #[derive(serde::Deserialize)]
 struct Finding {
@@ -175,6 +191,99 @@ impl Page {
     }
 }
 
+/// Brain volume change per year (y, %/yr) against age (x, years): the healthy mean with its band
+/// shaded green, the pathological cut-off dashed red, and the patient's point; values off the
+/// chart are drawn at its edge.
+fn draw_atrophy_plot(page: &mut Page, p: &AtrophyPlot) {
+    page.row(BOLD, 10.0, &[(LEFT, "Brain volume change per year against age (AI output)")]);
+    let (x0, width, height) = (LEFT + 40.0, 330.0f32, 130.0f32);
+    let y0 = page.y - height - 4.0;
+    let (age_lo, age_hi, rate_lo, rate_hi) = (20.0, 90.0, -2.0, 0.5);
+    let x = |age: f64| x0 + (((age - age_lo) / (age_hi - age_lo)).clamp(0.0, 1.0) as f32) * width;
+    let y = |rate: f64| y0 + (((rate - rate_lo) / (rate_hi - rate_lo)).clamp(0.0, 1.0) as f32) * height;
+    let c = &mut page.content;
+    // The healthy band: mean ± two SDs.
+    c.set_fill_rgb(0.82, 0.93, 0.82);
+    if let Some(first) = p.healthy_mean.first() {
+        c.move_to(x(first[0]), y(first[1] + p.healthy_band));
+        for [age, mean] in &p.healthy_mean {
+            c.line_to(x(*age), y(mean + p.healthy_band));
+        }
+        for [age, mean] in p.healthy_mean.iter().rev() {
+            c.line_to(x(*age), y(mean - p.healthy_band));
+        }
+        c.close_path();
+        c.fill_nonzero();
+    }
+    c.set_stroke_rgb(0.1, 0.5, 0.1);
+    c.set_line_width(1.2);
+    for (i, [age, mean]) in p.healthy_mean.iter().enumerate() {
+        if i == 0 {
+            c.move_to(x(*age), y(*mean));
+        } else {
+            c.line_to(x(*age), y(*mean));
+        }
+    }
+    c.stroke();
+    // The pathological cut-off.
+    c.set_stroke_rgb(0.75, 0.1, 0.1);
+    c.set_line_width(0.8);
+    c.set_dash_pattern([4.0, 3.0], 0.0);
+    c.move_to(x(age_lo), y(p.cutoff_percent_per_year));
+    c.line_to(x(age_hi), y(p.cutoff_percent_per_year));
+    c.stroke();
+    c.set_dash_pattern([], 0.0);
+    // Axes, with ticks every 10 years and every 0.5 %/yr.
+    c.set_stroke_rgb(0.0, 0.0, 0.0);
+    c.set_line_width(0.6);
+    c.rect(x0, y0, width, height);
+    c.stroke();
+    for age in (2..=9).map(|k| 10.0 * f64::from(k)) {
+        c.move_to(x(age), y0);
+        c.line_to(x(age), y0 - 3.0);
+    }
+    for k in 0..=5 {
+        let rate = rate_lo + 0.5 * f64::from(k);
+        c.move_to(x0, y(rate));
+        c.line_to(x0 - 3.0, y(rate));
+    }
+    c.stroke();
+    // The patient.
+    let (px, py) = (x(p.age_years), y(p.rate_percent_per_year));
+    c.set_fill_rgb(0.6, 0.0, 0.0);
+    c.rect(px - 3.0, py - 3.0, 6.0, 6.0);
+    c.fill_nonzero();
+    c.set_fill_rgb(0.0, 0.0, 0.0);
+    let top = page.y;
+    for age in (2..=9).map(|k| 10.0 * f64::from(k)) {
+        page.y = y0 - 12.0;
+        page.line(REGULAR, 7.0, x(age) - 5.0, &format!("{age:.0}"));
+    }
+    for k in 0..=5 {
+        let rate = rate_lo + 0.5 * f64::from(k);
+        page.y = y(rate) - 2.5;
+        page.line(REGULAR, 7.0, x0 - 26.0, &format!("{rate:+.1}"));
+    }
+    page.y = y0 - 22.0;
+    page.line(REGULAR, 7.0, x0 + width / 2.0 - 20.0, "age, years");
+    page.y = top + 4.0;
+    page.line(REGULAR, 7.0, x0 - 30.0, "%/yr");
+    let legend_x = x0 + width + 12.0;
+    let legend = [
+        format!("Patient: {:+.2} %/yr at {:.0}", p.rate_percent_per_year, p.age_years),
+        "Green: healthy mean and its".to_owned(),
+        "range (2 SD; Hedman 2012,".to_owned(),
+        "De Stefano 2016)".to_owned(),
+        format!("Red dashed: cut-off {:+.2} %/yr", p.cutoff_percent_per_year),
+    ];
+    page.y = top - 14.0;
+    for text in &legend {
+        page.line(REGULAR, 7.0, legend_x, text);
+        page.y -= 10.0;
+    }
+    page.y = y0 - 30.0;
+}
+
 fn render(m: &Manifest) -> Vec<u8> {
     let s = &m.summary;
     let mut page = Page { content: Content::new(), y: 790.0 };
@@ -212,8 +321,9 @@ fn render(m: &Manifest) -> Vec<u8> {
     if s.findings.is_empty() {
         page.row(REGULAR, 9.0, &[(LEFT, "No findings.")]);
     }
+    let reserved = if s.atrophy_plot.is_some() { PLOT_HEIGHT } else { 0.0 };
     for f in &s.findings {
-        if page.y < 90.0 {
+        if page.y < 90.0 + reserved {
             page.row(REGULAR, 9.0, &[(LEFT, "(more findings in the DICOM SR)")]);
             break;
         }
@@ -223,6 +333,10 @@ fn render(m: &Manifest) -> Vec<u8> {
             format!("Radiologist: {}", person(&f.made_by))
         };
         page.row(REGULAR, 9.0, &[(LEFT, &f.label), (value_x, &number(f.value)), (unit_x, &f.unit), (by_x, &by)]);
+    }
+    if let Some(plot) = &s.atrophy_plot {
+        page.gap(10.0);
+        draw_atrophy_plot(&mut page, plot);
     }
     page.y = 70.0;
     page.rule();
@@ -291,8 +405,20 @@ mod tests {
                     source: "ai".into(),
                     made_by: "x".into(),
                 }],
+                atrophy_plot: None,
             },
         };
+        let pdf = render(&m);
+        assert!(pdf.starts_with(b"%PDF-"));
+        // With the atrophy plot: still one valid page.
+        let mut m = m;
+        m.summary.atrophy_plot = Some(AtrophyPlot {
+            age_years: 68.0,
+            rate_percent_per_year: -3.5,
+            healthy_mean: vec![[20.0, -0.2], [60.0, -0.5], [90.0, -0.65]],
+            healthy_band: 0.3,
+            cutoff_percent_per_year: -0.37,
+        });
         let pdf = render(&m);
         assert!(pdf.starts_with(b"%PDF-"));
         assert!(pdf.windows(5).any(|w| w == b"%%EOF"));

@@ -1,16 +1,21 @@
 //! The `brain-atrophy` pipeline: a new T1 of a patient becomes
 //! - a SEG of its tissues (CSF, grey and white matter inside deepbet's intracranial mask), and
-//! - a TID 1500 SR with the intracranial, grey, white matter and CSF volumes and the brain
-//!   parenchymal fraction; and, when the store holds an earlier T1 of the same patient (see
+//! - with the atlas installed (models/atlas-dk), a label-map SEG of the regions (hippocampi,
+//!   amygdalae, thalami, caudate, putamen, lateral ventricles);
+//! - a TID 1500 SR with the intracranial, grey, white matter and CSF volumes, the brain
+//!   parenchymal fraction and the regional volumes; and, when the store holds an earlier T1 of
+//!   the same patient (see
 //!   [`crate::find_prior`]), the percent brain volume change since then, its yearly rate from
 //!   the study dates, the healthy rate at the patient's age and whether the patient's loss is
-//!   within or beyond it, and whether it is beyond the pathological cut-off.
+//!   within or beyond it, whether it is beyond the pathological cut-off, and each region's
+//!   volume then and its yearly change.
 //!
 //! Everything is labelled AI output, research use only. Concepts with no standard code (PBVC,
 //! its rate, the comparisons) use the local coding scheme [`SCHEME`], as DICOM allows for
 //! "99"-prefixed schemes.
 
 use lightbox_analysis::brain::{AtrophyReport, BrainVolumes, Comparison};
+use lightbox_analysis::regions::{Atlas, Laterality, RegionVolumes, Scan, regional_change, regional_volumes};
 use lightbox_dicom::{
     Code, Measurement, MeasurementGroup, MeasurementReport, Observer, SegSeries, Segment, SegmentRef,
 };
@@ -92,6 +97,9 @@ fn tissue_segments(algorithm: &lightbox_dicom::SegmentAlgorithm) -> Vec<Segment>
 /// What the pipeline measured, before it becomes DICOM.
 struct Findings {
     volumes: BrainVolumes,
+    /// With the atlas installed: now, and at the prior with the years between.
+    regions: Option<RegionVolumes>,
+    prior_regions: Option<(RegionVolumes, f64)>,
     atrophy: Option<AtrophyReport>,
     /// Why there is no atrophy result although there is a prior, or what weakens one.
     notes: Vec<String>,
@@ -100,12 +108,42 @@ struct Findings {
 }
 
 impl Findings {
+    /// The numbers for summaries and exports (see [`PipelineOutcome::details`]).
+    fn details(&self) -> serde_json::Value {
+        let v = &self.volumes;
+        let mut rows = vec![
+            serde_json::json!(["Intracranial volume", v.icv_ml, "mL"]),
+            serde_json::json!(["Grey matter", v.grey_ml, "mL"]),
+            serde_json::json!(["White matter", v.white_ml, "mL"]),
+            serde_json::json!(["CSF", v.csf_ml, "mL"]),
+            serde_json::json!(["Brain parenchymal fraction", v.bpf, "{ratio}"]),
+        ];
+        for r in self.regions.iter().flat_map(|r| &r.regions) {
+            rows.push(serde_json::json!([r.name, r.volume_ml, "mL"]));
+        }
+        let mut details = serde_json::json!({});
+        if let Some(a) = &self.atrophy {
+            rows.push(serde_json::json!(["Brain volume change", a.pbvc_percent, "%"]));
+            rows.push(serde_json::json!(["Brain volume change per year", a.rate_percent_per_year, "%/a"]));
+            if let Some(age) = a.age_years {
+                details["atrophy_plot"] =
+                    serde_json::to_value(crate::plugins::AtrophyPlot::new(age, a.rate_percent_per_year))
+                        .unwrap_or_default();
+            }
+        }
+        details["findings"] = serde_json::Value::from(rows);
+        details
+    }
+
     fn summary(&self) -> String {
         let v = &self.volumes;
         let mut s = format!(
             "intracranial {:.0} mL, grey {:.0} mL, white {:.0} mL, CSF {:.0} mL, BPF {:.3}",
             v.icv_ml, v.grey_ml, v.white_ml, v.csf_ml, v.bpf
         );
+        if let Some(r) = &self.regions {
+            s += &format!("; {}", r.summary());
+        }
         match &self.atrophy {
             Some(a) => s += &format!("; {}", a.summary()),
             None if self.prior_uid.is_none() => s += "; no prior T1 of this patient to compare with",
@@ -116,6 +154,14 @@ impl Findings {
         }
         s
     }
+}
+
+/// The intracranial mask behind a tissue classification (labelled voxels).
+fn brain_mask(volumes: &BrainVolumes) -> Result<lightbox_core::Volume<u8>, WorkflowError> {
+    let labels = &volumes.labels;
+    let mask = labels.voxels().iter().map(|&l| u8::from(l > 0)).collect();
+    lightbox_core::Volume::new(labels.dims(), mask, labels.patient_from_voxel)
+        .map_err(|e| WorkflowError::Analysis(e.to_string()))
 }
 
 /// Measures the T1 `series_uid` (and its change since `prior_uid`), on the AI device.
@@ -137,7 +183,17 @@ fn measure(
     stage(lease, store, "brain volumes")?;
     let analysis = |e: lightbox_analysis::AnalysisError| WorkflowError::Analysis(format!("series {series_uid}: {e}"));
     let volumes = lightbox_analysis::brain::volumes(&net, &t1).map_err(analysis)?;
+    let atlas_dir = models.join("atlas-dk");
+    let atlas =
+        if atlas_dir.join("atlas.nii.gz").is_file() { Some(Atlas::load(&atlas_dir).map_err(analysis)?) } else { None };
     let mut notes = Vec::new();
+    if atlas.is_none() {
+        notes.push(format!("no regional volumes: the atlas is not installed in {}", atlas_dir.display()));
+    }
+    let mask = brain_mask(&volumes)?;
+    let scan = Scan { t1: &t1, brain: &mask, tissues: &volumes.labels, csf_fraction: &volumes.csf_fraction };
+    let mut regions = None;
+    let mut prior_regions = None;
     let mut atrophy = None;
     if let Some(prior_uid) = prior_uid {
         let facts = crate::pipeline::series_to_match(store.root(), series_uid)?.facts;
@@ -154,6 +210,20 @@ fn measure(
                 let found = lightbox_analysis::brain::atrophy(&net, &baseline, &t1, years, age).map_err(analysis)?;
                 notes.extend(found.warnings.iter().cloned());
                 atrophy = Some(found);
+                if let Some(atlas) = &atlas {
+                    stage(lease, store, "regions, then and now")?;
+                    let before = lightbox_analysis::brain::volumes(&net, &baseline).map_err(analysis)?;
+                    let before_mask = brain_mask(&before)?;
+                    let prior_scan = Scan {
+                        t1: &baseline,
+                        brain: &before_mask,
+                        tissues: &before.labels,
+                        csf_fraction: &before.csf_fraction,
+                    };
+                    let (then, now) = regional_change(prior_scan, scan, atlas).map_err(analysis)?;
+                    regions = Some(now);
+                    prior_regions = Some((then, years));
+                }
             }
             _ => notes.push(format!(
                 "no brain volume change: the study dates ({:?} before, {:?} now) give no positive interval",
@@ -161,7 +231,21 @@ fn measure(
             )),
         }
     }
-    Ok(Findings { volumes, atrophy, notes, prior_uid: prior_uid.map(str::to_owned), device: description })
+    if regions.is_none()
+        && let Some(atlas) = &atlas
+    {
+        stage(lease, store, "regions")?;
+        regions = Some(regional_volumes(scan, atlas).map_err(analysis)?);
+    }
+    Ok(Findings {
+        volumes,
+        regions,
+        prior_regions,
+        atrophy,
+        notes,
+        prior_uid: prior_uid.map(str::to_owned),
+        device: description,
+    })
 }
 
 /// Runs the pipeline on a stored T1 and stores its SEG and SR (and with `send_to` queues them).
@@ -206,7 +290,40 @@ pub(crate) fn run(
         },
         &seg_path,
     )?;
-    let groups = report_groups(&findings, &seg, key, &algorithm);
+    let regions_seg = match &findings.regions {
+        Some(regions) => {
+            let path = out.path().join("regions.dcm");
+            let segments = regions
+                .regions
+                .iter()
+                .map(|r| Segment {
+                    label: r.name.to_owned(),
+                    category: Code::new("91723000", "SCT", "Anatomical Structure"),
+                    property_type: Code::new(r.code.0, "SCT", r.code.1),
+                    algorithm: seg_algorithm.clone(),
+                })
+                .collect::<Vec<_>>();
+            let written = lightbox_dicom::write_seg_as(
+                set,
+                0,
+                lightbox_dicom::SegPixels::LabelMap(&regions.labels),
+                &segments,
+                &SegSeries {
+                    series_description: "AI: brain regions (research, not for clinical use)".into(),
+                    series_number: 9913,
+                    content_label: "LIGHTBOX_AI".into(),
+                    content_description: format!("AI output: regions of {}", lightbox_analysis::regions::ATLAS_NAME),
+                    creator: name.clone(),
+                    software_version: env!("CARGO_PKG_VERSION").into(),
+                    uid_seed: Some(format!("{key}/regions")),
+                },
+                &path,
+            )?;
+            Some((path, written))
+        }
+        None => None,
+    };
+    let groups = report_groups(&findings, &seg, regions_seg.as_ref().map(|r| &r.1), key, &algorithm);
     let sr_path = out.path().join("sr.dcm");
     let sr_uid = lightbox_dicom::write_sr(
         set,
@@ -228,7 +345,7 @@ pub(crate) fn run(
     )?;
     stage(lease, store, "storing results")?;
     let mut queued = 0;
-    for path in [&seg_path, &sr_path] {
+    for path in std::iter::once(&seg_path).chain(regions_seg.iter().map(|r| &r.0)).chain([&sr_path]) {
         store.import_file(path)?;
         if let Some(destination) = send_to
             && let lightbox_store::Enqueued::Queued(_) = store.outbox_enqueue(path, destination)?
@@ -245,6 +362,7 @@ pub(crate) fn run(
         volume_mm3: (v.grey_ml + v.white_ml) * 1000.0,
         queued,
         summary: findings.summary(),
+        details: findings.details(),
     })
 }
 
@@ -253,6 +371,7 @@ pub(crate) fn run(
 fn report_groups(
     findings: &Findings,
     seg: &lightbox_dicom::Written,
+    regions_seg: Option<&lightbox_dicom::Written>,
     key: &str,
     algorithm: &lightbox_dicom::Algorithm,
 ) -> Vec<MeasurementGroup> {
@@ -296,6 +415,41 @@ fn report_groups(
             Some(number as u16 + 1),
             vec![measurement(volume_ml(ml))],
         ));
+    }
+    if let (Some(regions), Some(regions_seg)) = (&findings.regions, regions_seg) {
+        let prior = findings.prior_regions.as_ref();
+        for (number, region) in regions.regions.iter().enumerate() {
+            let mut measurements = vec![measurement(volume_ml(region.volume_ml))];
+            if let Some((before, years)) = prior
+                && let Some(then) = before.get(region.name).filter(|v| *v > 0.0)
+            {
+                measurements.push(measurement((
+                    local("VOLUME-PRIOR", "Volume at the prior study"),
+                    then,
+                    Code::new("mL", "UCUM", "milliliter"),
+                )));
+                measurements.push(measurement((
+                    local("VOLUME-RATE", "Annualized volume change"),
+                    100.0 * (region.volume_ml - then) / then / years,
+                    Code::new("%/a", "UCUM", "percent per year"),
+                )));
+            }
+            let site = match region.laterality {
+                Laterality::Left => Some(Code::new("7771000", "SCT", "Left")),
+                Laterality::Right => Some(Code::new("24028007", "SCT", "Right")),
+                Laterality::Midline => None,
+            };
+            groups.push(MeasurementGroup {
+                tracking_id: format!("AI: {}", region.name.to_ascii_lowercase()),
+                tracking_uid: lightbox_dicom::uid_from(&format!("{key}/tracking/region/{}", region.name)),
+                finding: Some(Code::new(region.code.0, "SCT", region.code.1)),
+                observer: None,
+                finding_site: None,
+                segment: Some(SegmentRef { seg: regions_seg.clone(), number: number as u16 + 1 }),
+                measurements,
+                qualitative: site.map(|s| (Code::new("272741003", "SCT", "Laterality"), s)).into_iter().collect(),
+            });
+        }
     }
     if let Some(a) = &findings.atrophy {
         let percent = Code::new("%", "UCUM", "percent");

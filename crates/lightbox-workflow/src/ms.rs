@@ -80,6 +80,7 @@ pub(crate) fn run(
         volume_mm3: 0.0,
         queued: 0,
         summary: why.to_owned(),
+        details: serde_json::Value::Null,
     };
     let Some(prior_uid) = prior_uid else {
         return Ok(none("no prior FLAIR of this patient: lesion change needs two, nothing written"));
@@ -173,6 +174,12 @@ pub(crate) fn run(
         volume_mm3: 1000.0 * (change.volume_ml(false) + change.volume_ml(true)),
         queued,
         summary: change.summary(),
+        details: serde_json::json!({ "findings": [
+            ["New lesions", change.new_count(), "{lesions}"],
+            ["Volume of new lesions", change.volume_ml(false), "mL"],
+            ["Enlarging lesions", change.enlarging_count(), "{lesions}"],
+            ["Volume of enlarging lesions", change.volume_ml(true), "mL"],
+        ]}),
     })
 }
 

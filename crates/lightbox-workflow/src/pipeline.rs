@@ -235,6 +235,9 @@ pub struct PipelineOutcome {
     pub queued: usize,
     /// What the analysis found, in words (empty for threshold-volume, whose volume says it).
     pub summary: String,
+    /// For summaries and exports: `findings` ([label, value, UCUM unit] rows) and, for
+    /// brain-atrophy with a prior, `atrophy_plot` (see [`crate::plugins::AtrophyPlot`]).
+    pub details: serde_json::Value,
 }
 
 impl PipelineOutcome {
@@ -390,6 +393,7 @@ fn finished_outcome(store: &Store, id: i64) -> Result<PipelineOutcome, WorkflowE
         volume_mm3: result["volume_mm3"].as_f64().unwrap_or_default(),
         queued: 0,
         summary: result["summary"].as_str().unwrap_or_default().to_owned(),
+        details: result["details"].clone(),
     })
 }
 
@@ -491,7 +495,7 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
             lease.stage(&store, "finishing")?;
             let result = serde_json::json!({
                 "seg": outcome.seg_uid, "sr": outcome.sr_uid, "volume_mm3": outcome.volume_mm3,
-                "summary": outcome.summary,
+                "summary": outcome.summary, "details": outcome.details,
             });
             if !store.job_done(id, owner, &result.to_string())? {
                 return Err(WorkflowError::Cancelled(id));
@@ -661,6 +665,7 @@ fn threshold_volume(
         volume_mm3,
         queued,
         summary: String::new(),
+        details: serde_json::Value::Null,
     })
 }
 

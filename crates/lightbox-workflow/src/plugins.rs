@@ -42,6 +42,39 @@ pub struct Summary {
     /// The radiologist who signed it; `None` while it awaits review.
     pub signed_by: Option<String>,
     pub findings: Vec<Finding>,
+    /// brain-atrophy with a prior and the patient's age: the rate against the healthy band.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub atrophy_plot: Option<AtrophyPlot>,
+}
+
+/// What a plot of the patient's brain volume change against age needs: the patient's point, the
+/// healthy mean by age with its spread (Hedman 2012, De Stefano 2016) and the pathological
+/// cut-off, so a plugin draws it without knowing the norms.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AtrophyPlot {
+    pub age_years: f64,
+    pub rate_percent_per_year: f64,
+    /// (age, healthy mean rate %/yr), every 5 years from 20 to 90.
+    pub healthy_mean: Vec<[f64; 2]>,
+    /// "Healthy" is within this many %/yr of the mean (two SDs).
+    pub healthy_band: f64,
+    pub cutoff_percent_per_year: f64,
+}
+
+impl AtrophyPlot {
+    pub fn new(age_years: f64, rate_percent_per_year: f64) -> Self {
+        use lightbox_analysis::brain as b;
+        Self {
+            age_years,
+            rate_percent_per_year,
+            healthy_mean: (4..=18)
+                .map(|k| 5.0 * f64::from(k))
+                .map(|age| [age, b::healthy_rate_percent_per_year(age)])
+                .collect(),
+            healthy_band: 2.0 * b::HEALTHY_SD_PERCENT_PER_YEAR,
+            cutoff_percent_per_year: b::PATHOLOGICAL_CUTOFF_PERCENT_PER_YEAR,
+        }
+    }
 }
 
 /// One finding or measurement.
@@ -105,7 +138,24 @@ pub fn manifest(store_dir: &Path, job_id: i64) -> Result<Manifest, WorkflowError
     let record = source_files.first().and_then(|f| lightbox_dicom::read_instance(f).ok());
     let study_uid = record.as_ref().map(|r| r.study_uid.as_str().to_owned()).unwrap_or_default();
     let mut findings = Vec::new();
-    if let Some(volume) = row.volume_mm3 {
+    let result: serde_json::Value =
+        store.job(job_id)?.and_then(|j| j.result).and_then(|r| serde_json::from_str(&r).ok()).unwrap_or_default();
+    let details = &result["details"];
+    let made_by = format!("{} {}", row.pipeline, env!("CARGO_PKG_VERSION"));
+    if let Some(rows) = details["findings"].as_array() {
+        for r in rows {
+            let (Some(label), Some(value), Some(unit)) = (r[0].as_str(), r[1].as_f64(), r[2].as_str()) else {
+                continue;
+            };
+            findings.push(Finding {
+                label: label.to_owned(),
+                value,
+                unit: unit.to_owned(),
+                source: "ai".into(),
+                made_by: made_by.clone(),
+            });
+        }
+    } else if let Some(volume) = row.volume_mm3 {
         let payload = store.job(job_id)?.map(|j| j.payload).unwrap_or_default();
         let threshold = serde_json::from_str::<serde_json::Value>(&payload)
             .ok()
@@ -116,7 +166,7 @@ pub fn manifest(store_dir: &Path, job_id: i64) -> Result<Manifest, WorkflowError
             value: volume,
             unit: "mm3".into(),
             source: "ai".into(),
-            made_by: format!("{} {}", row.pipeline, env!("CARGO_PKG_VERSION")),
+            made_by,
         });
     }
     for m in store.measurements(&row.series_uid)? {
@@ -138,6 +188,7 @@ pub fn manifest(store_dir: &Path, job_id: i64) -> Result<Manifest, WorkflowError
         institution: crate::settings::institution(),
         signed_by: row.signed_by.clone(),
         findings,
+        atrophy_plot: serde_json::from_value(details["atrophy_plot"].clone()).ok(),
     };
     Ok(Manifest {
         job_id,
