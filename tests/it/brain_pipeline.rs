@@ -77,6 +77,8 @@ fn two_studies(dir: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, std
                 series_description: "T1 MPRAGE sag".into(),
                 series_number: 3,
                 derivation: format!("{MNI}, synthetic {name} for the atrophy test"),
+                uid_seed: None,
+                frame_of_reference_uid: None,
             },
             &folder,
         )?;
@@ -287,6 +289,8 @@ fn two_flairs_pushed_give_new_and_enlarging_lesions_in_the_pacs() -> anyhow::Res
                 series_description: "AX T2 FLAIR".into(),
                 series_number: 4,
                 derivation: format!("open_ms_longitudinal patient01 {study}_FLAIR"),
+                uid_seed: None,
+                frame_of_reference_uid: None,
             },
             &folder,
         )?;

@@ -6,6 +6,7 @@
 mod ai;
 mod atrophy;
 mod brain_pipeline;
+mod breast;
 mod cli;
 mod harness;
 mod imaging;

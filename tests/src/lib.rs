@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+pub mod dce;
 pub mod dcmtk;
 pub mod dicomfile;
 pub mod orthanc;

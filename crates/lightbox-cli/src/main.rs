@@ -69,7 +69,7 @@ enum Commands {
     Run {
         /// The pipeline: threshold-volume, or brain-atrophy (a T1; with the patient's prior T1 in
         /// the store, also the brain volume change against the healthy norm), or ms-lesion-change (a
-        /// FLAIR against the patient's prior FLAIR).
+        /// FLAIR against the patient's prior FLAIR), or breast-dce (a dynamic contrast-enhanced series).
         pipeline: String,
         #[arg(long)]
         series: String,
@@ -654,6 +654,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 series_description,
                 series_number,
                 derivation,
+                uid_seed: None,
+                frame_of_reference_uid: None,
             };
             let files = lightbox_workflow::nifti_to_dicom(&nifti, &out, &series)?;
             println!("{} files in {}", files.len(), out.display());

@@ -36,6 +36,9 @@ pub struct SeriesFacts {
     pub patient_birth_date: String,
     /// Patient's Age, DICOM AS such as `067Y` (often empty).
     pub patient_age: String,
+    pub frame_of_reference_uid: String,
+    /// Number of Temporal Positions: how many time points a dynamic series will have.
+    pub temporal_positions: Option<u32>,
 }
 
 /// Reads the facts of the series `path` belongs to.
@@ -77,6 +80,8 @@ pub fn series_facts(path: &Path) -> Result<SeriesFacts, DicomError> {
         study_date: text(obj, tags::STUDY_DATE).unwrap_or_default(),
         patient_birth_date: text(obj, tags::PATIENT_BIRTH_DATE).unwrap_or_default(),
         patient_age: text(obj, tags::PATIENT_AGE).unwrap_or_default(),
+        frame_of_reference_uid: text(obj, tags::FRAME_OF_REFERENCE_UID).unwrap_or_default(),
+        temporal_positions: text(obj, tags::NUMBER_OF_TEMPORAL_POSITIONS).and_then(|n| n.trim().parse().ok()),
         ..SeriesFacts::default()
     };
     let scanning = text(obj, tags::SCANNING_SEQUENCE).unwrap_or_default().to_ascii_uppercase();

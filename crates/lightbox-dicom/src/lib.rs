@@ -33,4 +33,4 @@ pub use seg::{
 };
 pub use sr::{Algorithm, Measurement, MeasurementGroup, MeasurementReport, Observer, SegmentRef, write_sr};
 pub use volume::{DisplaySet, LoadWarning, display_sets};
-pub use write::{NewSeries, new_uid, uid_from, write_mr_series};
+pub use write::{NewSeries, new_uid, uid_from, write_mr_phases, write_mr_series};

@@ -191,6 +191,25 @@ impl DisplaySet {
             })
     }
 
+    /// Each time point's time in seconds after the first: from Trigger Time where it tells the
+    /// time points apart (GE and Philips dynamic series), else Acquisition Time, else Content
+    /// Time of the time point's first slice. `None` when the headers say nothing usable.
+    pub fn phase_times_s(&self) -> Option<Vec<f64>> {
+        let firsts: Vec<&InstanceHeader> = (0..self.time_points)
+            .map(|t| self.time_point(t).ok().and_then(|f| f.first()).map(|f| &self.instances[f.instance]))
+            .collect::<Option<_>>()?;
+        let objects: Vec<_> = firsts.iter().map(|h| crate::header::open(&h.path, false).ok()).collect::<Option<_>>()?;
+        let read = |tag: dicom_core::Tag, parse: fn(&str) -> Option<f64>| -> Option<Vec<f64>> {
+            let values: Vec<f64> =
+                objects.iter().map(|o| crate::header::text(o, tag).and_then(|s| parse(&s))).collect::<Option<_>>()?;
+            let distinct = values.windows(2).all(|w| w[1] > w[0]);
+            (distinct || values.len() == 1).then(|| values.iter().map(|v| v - values[0]).collect())
+        };
+        read(dicom_dictionary_std::tags::TRIGGER_TIME, |s| s.trim().parse::<f64>().ok().map(|ms| ms / 1000.0))
+            .or_else(|| read(dicom_dictionary_std::tags::ACQUISITION_TIME, tm_seconds))
+            .or_else(|| read(dicom_dictionary_std::tags::CONTENT_TIME, tm_seconds))
+    }
+
     /// The instance (and frame, for multi-frame sources) behind each slice of time point `t`,
     /// with the slice's own Image Position (Patient) when the source gives one (not for mosaic
     /// tiles, whose positions come from the grid).
@@ -675,4 +694,34 @@ fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
 
 fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+/// Seconds since midnight of a DICOM TM (`HHMMSS.ffffff`, shorter forms, or the old `HH:MM:SS`).
+pub(crate) fn tm_seconds(tm: &str) -> Option<f64> {
+    let tm = tm.trim().replace(':', "");
+    let (whole, fraction) = tm.split_once('.').unwrap_or((&tm, ""));
+    if whole.len() < 2 || whole.len() > 6 || whole.len() % 2 == 1 || !whole.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let part = |i: usize| whole.get(2 * i..2 * i + 2).map_or(Some(0.0), |p| p.parse::<f64>().ok());
+    let (h, m, s) = (part(0)?, part(1)?, part(2)?);
+    let fraction: f64 = if fraction.is_empty() { 0.0 } else { format!("0.{fraction}").parse().ok()? };
+    (h < 24.0 && m < 60.0 && s < 61.0).then_some(h * 3600.0 + m * 60.0 + s + fraction)
+}
+
+#[cfg(test)]
+mod tm_tests {
+    use super::tm_seconds;
+
+    #[test]
+    fn times_of_day_parse_in_every_form_dicom_has_had() {
+        assert_eq!(tm_seconds("080000"), Some(28_800.0));
+        assert_eq!(tm_seconds("0801"), Some(28_860.0));
+        assert_eq!(tm_seconds("08"), Some(28_800.0));
+        assert_eq!(tm_seconds("08:01:30"), Some(28_890.0));
+        assert!(tm_seconds("080130.25").is_some_and(|s| (s - 28_890.25).abs() < 1e-9));
+        for bad in ["", "8", "2500", "08a0", "086100"] {
+            assert_eq!(tm_seconds(bad), None, "{bad}");
+        }
+    }
 }

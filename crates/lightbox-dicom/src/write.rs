@@ -29,6 +29,11 @@ pub struct NewSeries {
     pub series_number: i32,
     /// How the volume was made, e.g. "converted from NIfTI study1_T1W.nii.gz".
     pub derivation: String,
+    /// Derive the series', frame of reference's and instances' UIDs from this name (see
+    /// [`uid_from`]) instead of making new ones: a pipeline run again writes the same objects.
+    pub uid_seed: Option<String>,
+    /// Join this frame of reference (derived images on their source's grid), else a new one.
+    pub frame_of_reference_uid: Option<String>,
 }
 
 /// A new globally unique UID under the UUID-derived root `2.25`.
@@ -45,109 +50,157 @@ pub fn uid_from(name: &str) -> String {
 /// Writes `volume` as an MR image series into `folder` (created if needed), one file per slice
 /// named `IM<slice>.dcm`. Returns the files in slice order.
 pub fn write_mr_series(volume: &Volume<f32>, series: &NewSeries, folder: &Path) -> Result<Vec<PathBuf>, DicomError> {
+    write_mr_phases(&[(volume, None)], series, folder)
+}
+
+/// Writes volumes on one grid as the time points of one MR series (a dynamic series, e.g.
+/// DCE), each with its time after the series' start in seconds when given: Temporal Position
+/// Identifier, Number of Temporal Positions, Trigger Time (ms) and Acquisition and Content
+/// Times (from 08:00:00). Files are `IM<slice>.dcm` for one volume, `IM<phase>_<slice>.dcm` for
+/// more. Returns the files, phase by phase in slice order.
+pub fn write_mr_phases(
+    phases: &[(&Volume<f32>, Option<f64>)],
+    series: &NewSeries,
+    folder: &Path,
+) -> Result<Vec<PathBuf>, DicomError> {
     std::fs::create_dir_all(folder).map_err(|source| DicomError::Io { path: folder.to_owned(), source })?;
+    let Some((volume, _)) = phases.first() else {
+        return Err(DicomError::Unsupported { path: folder.to_owned(), what: "a series without images".into() });
+    };
+    if phases.iter().any(|(v, _)| v.dims() != volume.dims() || v.patient_from_voxel != volume.patient_from_voxel) {
+        return Err(DicomError::Unsupported { path: folder.to_owned(), what: "time points on different grids".into() });
+    }
     let [nx, ny, nz] = volume.dims();
     let (rows, columns) = (u16_dim(folder, ny)?, u16_dim(folder, nx)?);
-    let (slope, intercept) = rescale_for(volume.voxels());
+    let voxels: Vec<&[f32]> = phases.iter().map(|(v, _)| v.voxels()).collect();
+    let (slope, intercept) = rescale_over(&voxels);
     let study_uid = series.study_uid.as_ref().map_or_else(new_uid, |u| u.as_str().to_owned());
-    let series_uid = new_uid();
-    let frame_of_reference = new_uid();
+    let uid = |what: &str| series.uid_seed.as_ref().map_or_else(new_uid, |seed| uid_from(&format!("{seed}/{what}")));
+    let series_uid = uid("series");
+    let frame_of_reference = series.frame_of_reference_uid.clone().unwrap_or_else(|| uid("frame-of-reference"));
     let a = &volume.patient_from_voxel;
     let [sx, sy, sz] = volume.spacing_mm();
     let unit = |c: usize, s: f64| a.axis(c).map(|v| v / s.max(1e-12));
     let (row_dir, col_dir) = (unit(0, sx), unit(1, sy));
-    let (lo, hi) = volume.value_range().unwrap_or((0.0, 1.0));
+    let (lo, hi) = phases
+        .iter()
+        .filter_map(|(v, _)| v.value_range())
+        .fold((f32::MAX, f32::MIN), |(lo, hi), (a, b)| (lo.min(a), hi.max(b)));
+    let (lo, hi) = if lo <= hi { (lo, hi) } else { (0.0, 1.0) };
 
-    let mut files = Vec::with_capacity(nz);
-    for k in 0..nz {
-        let position = a.transform_point([0.0, 0.0, k as f64]);
-        let sop_uid = new_uid();
-        let mut obj = InMemDicomObject::new_empty();
-        let mut put_str = |tag: Tag, vr: VR, value: &str| {
-            obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
-        };
-        put_str(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
-        put_str(tags::SOP_CLASS_UID, VR::UI, uids::MR_IMAGE_STORAGE);
-        put_str(tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
-        put_str(tags::STUDY_INSTANCE_UID, VR::UI, &study_uid);
-        put_str(tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
-        put_str(tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame_of_reference);
-        put_str(tags::MODALITY, VR::CS, "MR");
-        put_str(tags::MANUFACTURER, VR::LO, "Lightbox");
-        put_str(tags::PATIENT_NAME, VR::PN, &series.patient.name);
-        put_str(tags::PATIENT_ID, VR::LO, &series.patient.id);
-        put_str(tags::PATIENT_BIRTH_DATE, VR::DA, &series.patient_birth_date);
-        put_str(tags::PATIENT_SEX, VR::CS, "");
-        put_str(tags::STUDY_DATE, VR::DA, &series.study_date);
-        put_str(tags::STUDY_TIME, VR::TM, "");
-        put_str(tags::STUDY_DESCRIPTION, VR::LO, &series.study_description);
-        put_str(tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
-        put_str(tags::STUDY_ID, VR::SH, "");
-        put_str(tags::ACCESSION_NUMBER, VR::SH, "");
-        put_str(tags::SERIES_NUMBER, VR::IS, &series.series_number.to_string());
-        put_str(tags::SERIES_DESCRIPTION, VR::LO, &series.series_description);
-        put_str(tags::INSTANCE_NUMBER, VR::IS, &(k + 1).to_string());
-        put_str(tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY");
-        put_str(tags::DERIVATION_DESCRIPTION, VR::ST, &series.derivation);
-        put_str(tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
-        put_str(tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
-        put_str(tags::SCANNING_SEQUENCE, VR::CS, "RM");
-        put_str(tags::SEQUENCE_VARIANT, VR::CS, "NONE");
-        put_str(tags::SCAN_OPTIONS, VR::CS, "");
-        put_str(tags::MR_ACQUISITION_TYPE, VR::CS, "3D");
-        put_str(tags::ECHO_TIME, VR::DS, "");
-        put_str(tags::REPETITION_TIME, VR::DS, "");
-        put_str(tags::ECHO_TRAIN_LENGTH, VR::IS, "");
-        put_str(tags::SLICE_THICKNESS, VR::DS, &ds(sz));
-        put_str(tags::SPACING_BETWEEN_SLICES, VR::DS, &ds(sz));
-        put_str(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
-        put_str(tags::RESCALE_INTERCEPT, VR::DS, &ds(intercept));
-        put_str(tags::RESCALE_SLOPE, VR::DS, &ds(slope));
-        put_str(tags::WINDOW_CENTER, VR::DS, &ds(f64::from(0.5 * (lo + hi))));
-        put_str(tags::WINDOW_WIDTH, VR::DS, &ds(f64::from((hi - lo).max(1.0))));
-        obj.put(DataElement::new(
-            tags::IMAGE_POSITION_PATIENT,
-            VR::DS,
-            dicom_value!(Strs, [ds(position[0]), ds(position[1]), ds(position[2])]),
-        ));
-        obj.put(DataElement::new(
-            tags::IMAGE_ORIENTATION_PATIENT,
-            VR::DS,
-            dicom_value!(
-                Strs,
-                [ds(row_dir[0]), ds(row_dir[1]), ds(row_dir[2]), ds(col_dir[0]), ds(col_dir[1]), ds(col_dir[2])]
-            ),
-        ));
-        // PixelSpacing is row spacing (between rows, along the column direction) first.
-        obj.put(DataElement::new(tags::PIXEL_SPACING, VR::DS, dicom_value!(Strs, [ds(sy), ds(sx)])));
-        for (tag, value) in [
-            (tags::SAMPLES_PER_PIXEL, 1),
-            (tags::ROWS, rows),
-            (tags::COLUMNS, columns),
-            (tags::BITS_ALLOCATED, 16),
-            (tags::BITS_STORED, 16),
-            (tags::HIGH_BIT, 15),
-            (tags::PIXEL_REPRESENTATION, 1),
-        ] {
-            obj.put(DataElement::new(tag, VR::US, dicom_value!(U16, [value])));
+    let mut files = Vec::with_capacity(nz * phases.len());
+    for (t, (volume, time_s)) in phases.iter().enumerate() {
+        for k in 0..nz {
+            let position = a.transform_point([0.0, 0.0, k as f64]);
+            let sop_uid = uid(&format!("instance/{t}/{k}"));
+            let mut obj = InMemDicomObject::new_empty();
+            let mut put_str = |tag: Tag, vr: VR, value: &str| {
+                obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+            };
+            put_str(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 192");
+            put_str(tags::SOP_CLASS_UID, VR::UI, uids::MR_IMAGE_STORAGE);
+            put_str(tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
+            put_str(tags::STUDY_INSTANCE_UID, VR::UI, &study_uid);
+            put_str(tags::SERIES_INSTANCE_UID, VR::UI, &series_uid);
+            put_str(tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame_of_reference);
+            put_str(tags::MODALITY, VR::CS, "MR");
+            put_str(tags::MANUFACTURER, VR::LO, "Lightbox");
+            put_str(tags::PATIENT_NAME, VR::PN, &series.patient.name);
+            put_str(tags::PATIENT_ID, VR::LO, &series.patient.id);
+            put_str(tags::PATIENT_BIRTH_DATE, VR::DA, &series.patient_birth_date);
+            put_str(tags::PATIENT_SEX, VR::CS, "");
+            put_str(tags::STUDY_DATE, VR::DA, &series.study_date);
+            put_str(tags::STUDY_TIME, VR::TM, "");
+            put_str(tags::STUDY_DESCRIPTION, VR::LO, &series.study_description);
+            put_str(tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
+            put_str(tags::STUDY_ID, VR::SH, "");
+            put_str(tags::ACCESSION_NUMBER, VR::SH, "");
+            put_str(tags::SERIES_NUMBER, VR::IS, &series.series_number.to_string());
+            put_str(tags::SERIES_DESCRIPTION, VR::LO, &series.series_description);
+            put_str(tags::INSTANCE_NUMBER, VR::IS, &(t * nz + k + 1).to_string());
+            if phases.len() > 1 {
+                put_str(tags::TEMPORAL_POSITION_IDENTIFIER, VR::IS, &(t + 1).to_string());
+                put_str(tags::NUMBER_OF_TEMPORAL_POSITIONS, VR::IS, &phases.len().to_string());
+            }
+            if let Some(s) = time_s {
+                put_str(tags::TRIGGER_TIME, VR::DS, &ds(s * 1000.0));
+                let clock = 8.0 * 3600.0 + s.max(0.0);
+                let tm = format!(
+                    "{:02}{:02}{:09.6}",
+                    (clock / 3600.0) as u32,
+                    ((clock % 3600.0) / 60.0) as u32,
+                    clock % 60.0
+                );
+                put_str(tags::ACQUISITION_TIME, VR::TM, &tm);
+                put_str(tags::CONTENT_TIME, VR::TM, &tm);
+            }
+            put_str(tags::IMAGE_TYPE, VR::CS, "DERIVED\\SECONDARY");
+            put_str(tags::DERIVATION_DESCRIPTION, VR::ST, &series.derivation);
+            put_str(tags::BURNED_IN_ANNOTATION, VR::CS, "NO");
+            put_str(tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
+            put_str(tags::SCANNING_SEQUENCE, VR::CS, "RM");
+            put_str(tags::SEQUENCE_VARIANT, VR::CS, "NONE");
+            put_str(tags::SCAN_OPTIONS, VR::CS, "");
+            put_str(tags::MR_ACQUISITION_TYPE, VR::CS, "3D");
+            put_str(tags::ECHO_TIME, VR::DS, "");
+            put_str(tags::REPETITION_TIME, VR::DS, "");
+            put_str(tags::ECHO_TRAIN_LENGTH, VR::IS, "");
+            put_str(tags::SLICE_THICKNESS, VR::DS, &ds(sz));
+            put_str(tags::SPACING_BETWEEN_SLICES, VR::DS, &ds(sz));
+            put_str(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
+            put_str(tags::RESCALE_INTERCEPT, VR::DS, &ds(intercept));
+            put_str(tags::RESCALE_SLOPE, VR::DS, &ds(slope));
+            put_str(tags::WINDOW_CENTER, VR::DS, &ds(f64::from(0.5 * (lo + hi))));
+            put_str(tags::WINDOW_WIDTH, VR::DS, &ds(f64::from((hi - lo).max(1.0))));
+            obj.put(DataElement::new(
+                tags::IMAGE_POSITION_PATIENT,
+                VR::DS,
+                dicom_value!(Strs, [ds(position[0]), ds(position[1]), ds(position[2])]),
+            ));
+            obj.put(DataElement::new(
+                tags::IMAGE_ORIENTATION_PATIENT,
+                VR::DS,
+                dicom_value!(
+                    Strs,
+                    [ds(row_dir[0]), ds(row_dir[1]), ds(row_dir[2]), ds(col_dir[0]), ds(col_dir[1]), ds(col_dir[2])]
+                ),
+            ));
+            // PixelSpacing is row spacing (between rows, along the column direction) first.
+            obj.put(DataElement::new(tags::PIXEL_SPACING, VR::DS, dicom_value!(Strs, [ds(sy), ds(sx)])));
+            for (tag, value) in [
+                (tags::SAMPLES_PER_PIXEL, 1),
+                (tags::ROWS, rows),
+                (tags::COLUMNS, columns),
+                (tags::BITS_ALLOCATED, 16),
+                (tags::BITS_STORED, 16),
+                (tags::HIGH_BIT, 15),
+                (tags::PIXEL_REPRESENTATION, 1),
+            ] {
+                obj.put(DataElement::new(tag, VR::US, dicom_value!(U16, [value])));
+            }
+            let slice = volume.slice(k).unwrap_or_default();
+            let stored: Vec<u8> = slice
+                .iter()
+                .flat_map(|&v| {
+                    let raw =
+                        ((f64::from(v) - intercept) / slope).round().clamp(f64::from(i16::MIN), f64::from(i16::MAX));
+                    (raw as i16).to_le_bytes()
+                })
+                .collect();
+            obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(stored)));
+
+            let path = if phases.len() > 1 {
+                folder.join(format!("IM{:02}_{:04}.dcm", t + 1, k + 1))
+            } else {
+                folder.join(format!("IM{:04}.dcm", k + 1))
+            };
+            let file = obj
+                .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+                .map_err(|source| DicomError::Write { path: path.clone(), source: Box::new(source) })?;
+            file.write_to_file(&path)
+                .map_err(|source| DicomError::Write { path: path.clone(), source: Box::new(source) })?;
+            files.push(path);
         }
-        let slice = volume.slice(k).unwrap_or_default();
-        let stored: Vec<u8> = slice
-            .iter()
-            .flat_map(|&v| {
-                let raw = ((f64::from(v) - intercept) / slope).round().clamp(f64::from(i16::MIN), f64::from(i16::MAX));
-                (raw as i16).to_le_bytes()
-            })
-            .collect();
-        obj.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(stored)));
-
-        let path = folder.join(format!("IM{:04}.dcm", k + 1));
-        let file = obj
-            .with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
-            .map_err(|source| DicomError::Write { path: path.clone(), source: Box::new(source) })?;
-        file.write_to_file(&path)
-            .map_err(|source| DicomError::Write { path: path.clone(), source: Box::new(source) })?;
-        files.push(path);
     }
     Ok(files)
 }
@@ -160,15 +213,21 @@ fn u16_dim(folder: &Path, n: usize) -> Result<u16, DicomError> {
 }
 
 /// Slope and intercept that map the value range onto i16: identity for integer volumes that fit.
+#[cfg(test)]
 fn rescale_for(values: &[f32]) -> (f64, f64) {
-    let (lo, hi) = values
-        .iter()
+    rescale_over(&[values])
+}
+
+/// [`rescale_for`] over several volumes' voxels at once (the time points of one series).
+fn rescale_over(volumes: &[&[f32]]) -> (f64, f64) {
+    let values = || volumes.iter().flat_map(|v| v.iter());
+    let (lo, hi) = values()
         .filter(|v| v.is_finite())
         .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(f64::from(v)), hi.max(f64::from(v))));
     if lo > hi {
         return (1.0, 0.0);
     }
-    let integers = values.iter().all(|v| !v.is_finite() || v.fract() == 0.0);
+    let integers = values().all(|v| !v.is_finite() || v.fract() == 0.0);
     if integers && lo >= f64::from(i16::MIN) && hi <= f64::from(i16::MAX) {
         return (1.0, 0.0);
     }
@@ -253,6 +312,8 @@ mod tests {
             series_description: "oblique".into(),
             series_number: 3,
             derivation: "synthetic".into(),
+            uid_seed: None,
+            frame_of_reference_uid: None,
         };
         let files = write_mr_series(&volume, &meta, dir.path())?;
         assert_eq!(files.len(), 3);

@@ -9,6 +9,7 @@ use std::process::{Child, Command};
 
 pub mod ai;
 pub mod brain;
+pub mod breast;
 pub mod engine;
 pub mod ms;
 pub mod pacs;
@@ -57,7 +58,7 @@ pub enum WorkflowError {
     #[error("settings {path}: {detail}")]
     Settings { path: PathBuf, detail: String },
 
-    #[error("unknown pipeline {0:?} (known: threshold-volume, brain-atrophy, ms-lesion-change)")]
+    #[error("unknown pipeline {0:?} (known: threshold-volume, brain-atrophy, ms-lesion-change, breast-dce)")]
     UnknownPipeline(String),
 
     #[error("analysis: {0}")]

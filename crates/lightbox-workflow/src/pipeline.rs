@@ -9,6 +9,8 @@
 //!   earlier T1 in the store, the brain volume change since then against the healthy norm.
 //! - `ms-lesion-change` (see [`crate::ms`]): new and enlarging lesions between a FLAIR and the
 //!   patient's earlier FLAIR.
+//! - `breast-dce` (see [`crate::breast`]): motion-corrected subtraction, its MIP, kinetics and
+//!   lesion candidates of a dynamic contrast-enhanced breast series.
 
 use std::path::Path;
 
@@ -186,7 +188,7 @@ const SEQUENCES: [&str; 6] = ["T1", "T2", "FLAIR", "PD", "DWI", "ADC"];
 const PLANES: [&str; 4] = ["axial", "sagittal", "coronal", "oblique"];
 
 /// The pipelines this build has: (name, version, device, what it does).
-pub const PIPELINES: [(&str, &str, &str, &str); 3] = [
+pub const PIPELINES: [(&str, &str, &str, &str); 4] = [
     (
         THRESHOLD_VOLUME,
         THRESHOLD_VOLUME_VERSION,
@@ -204,6 +206,12 @@ pub const PIPELINES: [(&str, &str, &str, &str); 3] = [
         crate::ms::VERSION,
         "gpu",
         "New and enlarging lesions between a FLAIR and the patient's prior FLAIR (subtraction baseline inside deepbet's brain mask): SEG + TID 1500 SR with counts, volumes and a lesion table (AI output, not for clinical use)",
+    ),
+    (
+        crate::breast::BREAST_DCE,
+        crate::breast::VERSION,
+        "cpu",
+        "Breast DCE-MRI: motion correction, subtraction and its MIP, voxel-wise kinetics (curve types I/II/III) and fast-enhancing lesion candidates: derived series, SEG + TID 1500 SR (automated, not for clinical use)",
     ),
 ];
 
@@ -485,6 +493,9 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
         }
         if job.kind == crate::ms::MS_LESION_CHANGE {
             return crate::ms::run(&mut store, Some(&lease), &job.key, &series, prior, send_to);
+        }
+        if job.kind == crate::breast::BREAST_DCE {
+            return crate::breast::run(&mut store, Some(&lease), &job.key, &series, send_to);
         }
         threshold_volume(&mut store, Some(&lease), &job.key, &series, threshold, send_to, None)
     })();
