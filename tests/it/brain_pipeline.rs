@@ -14,7 +14,8 @@
 //! 2012), healthy down to −0.87 %/yr, so −1.0 %/yr is beyond the healthy range and beyond the
 //! pathological cut-off (−0.37 %/yr).
 //!
-//! Lesion change: the open MS data set's patient 1, both FLAIRs pushed as two studies; the
+//! Lesion change: the open MS data set's patient 1, the first FLAIR on the PACS only and the
+//! second pushed to the workstation, which retrieves the first from the PACS as the prior; the
 //! follow-up's SR must hold the new and enlarging lesions that the (separately validated, see
 //! `lesions.rs`) subtraction baseline finds, with one SEG segment per lesion.
 
@@ -299,11 +300,14 @@ fn two_flairs_pushed_give_new_and_enlarging_lesions_in_the_pacs() -> anyhow::Res
     let orthanc = Orthanc::start()?;
     let (_listener, mut lines, port) = listen(&orthanc, dir.path())?;
 
-    push(port, &folders[0])?;
-    let first = lines.wait_for("pipeline ms-lesion-change on", Duration::from_secs(120))?;
-    ensure!(first.contains("no prior FLAIR") && first.contains("0 queued"), "{first}");
+    // The first FLAIR is on the PACS only: the listener finds it there as the prior.
+    for file in std::fs::read_dir(&folders[0])? {
+        orthanc.upload(&file?.path())?;
+    }
     push(port, &folders[1])?;
-    let second = lines.wait_for("pipeline ms-lesion-change on", Duration::from_secs(300))?;
+    let retrieved = lines.wait_for("retrieved from the PACS", Duration::from_secs(120))?;
+    eprintln!("{retrieved}");
+    let second = lines.wait_for("new lesion(s)", Duration::from_secs(300))?;
     eprintln!("{second}");
     ensure!(second.contains("new lesion(s)") && second.contains("2 queued"), "{second}");
     lines.wait_for("outbox: sent 2", Duration::from_secs(60))?;

@@ -73,6 +73,11 @@ pub enum EngineEvent {
     Unmatched {
         series_uid: String,
     },
+    /// The patient's prior was not in the store and was retrieved from the PACS.
+    PriorRetrieved {
+        series_uid: String,
+        prior_uid: String,
+    },
     /// The same input ran before; nothing is done again.
     AlreadyDone {
         job_id: i64,
@@ -112,6 +117,9 @@ impl std::fmt::Display for EngineEvent {
                 write!(f, "job {job_id} queued: rule {rule:?} -> {pipeline} on {series_uid}")
             }
             Self::Unmatched { series_uid } => write!(f, "series {series_uid}: no rule matches"),
+            Self::PriorRetrieved { series_uid, prior_uid } => {
+                write!(f, "series {series_uid}: prior {prior_uid} retrieved from the PACS")
+            }
             Self::AlreadyDone { job_id, pipeline, series_uid } => {
                 write!(f, "pipeline {pipeline} on {series_uid}: done before (job {job_id}), not run again")
             }
@@ -321,6 +329,20 @@ impl Dispatcher {
                 continue;
             }
             matched = true;
+            // Pipelines that compare with a prior look for it on the PACS too, before planning.
+            if pipeline::needs_prior(&rule.pipeline)
+                && let Some(pacs) = &self.pacs
+            {
+                match crate::pacs::fetch_prior_blocking(&self.store_dir, pacs, series_uid) {
+                    Ok(Some(prior)) => {
+                        self.emit(EngineEvent::PriorRetrieved { series_uid: series_uid.to_owned(), prior_uid: prior })
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.emit(EngineEvent::Error {
+                        detail: format!("looking for the prior of {series_uid} on the PACS: {e}"),
+                    }),
+                }
+            }
             let send_to = if rule.auto_send { self.pacs.as_ref().map(|p| p.name.as_str()) } else { None };
             let plan = pipeline::plan(&store, &rule.pipeline, series_uid, rule.threshold.unwrap_or(1000.0), send_to)?;
             let (job_id, state) =

@@ -106,7 +106,9 @@ pub async fn pacs_search_studies(
 
 /// QIDO-RS series of one study.
 pub async fn pacs_search_series(settings: &PacsSettings, study_uid: &str) -> Result<Vec<RemoteSeries>, WorkflowError> {
-    let found = settings.client()?.search_series(study_uid, &QidoQuery::new()).await?;
+    // Series Description is not in every PACS's default answer (Orthanc leaves it out).
+    let query = QidoQuery::new().include("SeriesDescription").include("NumberOfSeriesRelatedInstances");
+    let found = settings.client()?.search_series(study_uid, &query).await?;
     Ok(found
         .iter()
         .map(|d| RemoteSeries {
@@ -147,6 +149,62 @@ pub async fn pacs_retrieve_with(
     };
     store.audit(&actor(), "retrieve", series_uid.unwrap_or(study_uid), &detail)?;
     Ok(outcome?)
+}
+
+/// The patient's prior from the PACS: when the store has no earlier study of the patient with a
+/// series comparable to `series_uid` (see [`crate::find_prior`]), the PACS's studies of the
+/// patient before this one are searched, newest first, for a series of the same modality and
+/// description, and the first found is retrieved into the store. Returns its UID, or `None`
+/// when the store already has a prior or the PACS has none.
+pub async fn fetch_prior(
+    store_dir: &Path,
+    settings: &PacsSettings,
+    series_uid: &str,
+) -> Result<Option<String>, WorkflowError> {
+    if crate::find_prior(store_dir, series_uid)?.is_some() {
+        return Ok(None);
+    }
+    let files = Store::open(store_dir)?.series_files(series_uid)?;
+    let Some(first) = files.first() else { return Ok(None) };
+    let record = lightbox_dicom::read_instance(first)?;
+    let (patient, date) = (record.patient.id.trim().to_owned(), record.study_date.trim().to_owned());
+    if patient.is_empty() || date.len() != 8 {
+        return Ok(None);
+    }
+    let query = QidoQuery::new().matching("PatientID", &patient).matching("StudyDate", &format!("-{date}"));
+    let mut studies: Vec<RemoteStudy> = pacs_search_studies(settings, &query)
+        .await?
+        .into_iter()
+        .filter(|s| s.study_uid != record.study_uid.as_str() && s.date.as_str() < date.as_str())
+        .collect();
+    studies.sort_by(|a, b| b.date.cmp(&a.date));
+    let wanted = record.series_description.trim().to_ascii_lowercase();
+    for study in studies {
+        let series = pacs_search_series(settings, &study.study_uid).await?;
+        let Some(found) = series
+            .iter()
+            .find(|s| s.modality == record.modality && s.description.trim().to_ascii_lowercase() == wanted)
+        else {
+            continue;
+        };
+        tracing::info!(prior = %found.series_uid, study = %study.study_uid, date = %study.date, "retrieving the prior from the PACS");
+        pacs_retrieve(store_dir, settings, &study.study_uid, Some(&found.series_uid)).await?;
+        return Ok(Some(found.series_uid.clone()));
+    }
+    Ok(None)
+}
+
+/// [`fetch_prior`] from synchronous code (the engine's dispatcher): on its own small runtime.
+pub fn fetch_prior_blocking(
+    store_dir: &Path,
+    settings: &PacsSettings,
+    series_uid: &str,
+) -> Result<Option<String>, WorkflowError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| WorkflowError::Io { path: store_dir.to_owned(), source })?;
+    runtime.block_on(fetch_prior(store_dir, settings, series_uid))
 }
 
 /// The QIDO-RS study search for worklist filters (same wildcards; dates as a DA range).

@@ -215,6 +215,11 @@ pub const PIPELINES: [(&str, &str, &str, &str); 4] = [
     ),
 ];
 
+/// Whether a pipeline compares a series with the patient's prior (and so looks for one).
+pub fn needs_prior(pipeline: &str) -> bool {
+    pipeline == crate::brain::BRAIN_ATROPHY || pipeline == crate::ms::MS_LESION_CHANGE
+}
+
 fn pipeline_version(pipeline: &str) -> &'static str {
     PIPELINES.iter().find(|p| p.0 == pipeline).map_or("?", |p| p.1)
 }
@@ -287,7 +292,7 @@ pub fn plan(
 ) -> Result<JobPlan, WorkflowError> {
     let device = pipeline_device(pipeline).ok_or_else(|| WorkflowError::UnknownPipeline(pipeline.to_owned()))?;
     let digest = instances_digest(store, series_uid)?;
-    if pipeline == crate::brain::BRAIN_ATROPHY || pipeline == crate::ms::MS_LESION_CHANGE {
+    if needs_prior(pipeline) {
         // The prior is part of the input: a prior arriving later is a new analysis.
         let prior = crate::find_prior(store.root(), series_uid)?;
         let prior_key = match &prior {
