@@ -6,6 +6,10 @@
 //! - issue 9's longitudinal atrophy pipeline (brain extraction, registration, halfway space,
 //!   boundary shift integral) on the MNI152 T1 against a copy with 1 % simulated loss: goal
 //!   under 60 s on a GPU (brain extraction is the part the GPU runs);
+//! - issue 9's whole brain pipeline for one time point (brain extraction, tissue classes with
+//!   partial volumes, the atlas registered and regional volumes): goal under 30 s on a GPU and
+//!   under 5 min on 2 CPU cores; and the whole longitudinal one (both time points' volumes and
+//!   regions with one atlas placement, and the atrophy): goal under 60 s on a GPU;
 //! - the peak memory.
 //!
 //! Run with `cargo run -p lightbox-tests --bin bench-ai [-- cpu|gpu|auto]` after
@@ -138,5 +142,61 @@ fn main() -> anyhow::Result<()> {
         goal / report.seconds
     );
     println!("peak memory: {:.0} MB", peak_mb());
+
+    // Issue 9: the whole pipeline as `brain-atrophy` runs it, one time point, then two.
+    let atlas = lightbox_analysis::regions::Atlas::load(&root.join("models/atlas-dk"))?;
+    let started = Instant::now();
+    let (now, now_mask) = volumes_and_mask(&net, &volume)?;
+    let scan = lightbox_analysis::regions::Scan {
+        t1: &volume,
+        brain: &now_mask,
+        tissues: &now.labels,
+        csf_fraction: &now.csf_fraction,
+    };
+    let regions = lightbox_analysis::regions::regional_volumes(scan, &atlas)?;
+    let one = started.elapsed().as_secs_f64();
+    let goal = if gpu { 30.0 } else { 300.0 };
+    println!(
+        "brain pipeline, one time point (brain extraction on {where_}, tissues, atlas regions): {one:.1} s ({}); goal < {goal} s: {:.1}x under it",
+        regions.summary(),
+        goal / one
+    );
+    let started = Instant::now();
+    let (then, then_mask) = volumes_and_mask(&net, &followup)?;
+    let (_, now_mask2) = volumes_and_mask(&net, &volume)?;
+    let prior = lightbox_analysis::regions::Scan {
+        t1: &volume,
+        brain: &now_mask2,
+        tissues: &now.labels,
+        csf_fraction: &now.csf_fraction,
+    };
+    let follow = lightbox_analysis::regions::Scan {
+        t1: &followup,
+        brain: &then_mask,
+        tissues: &then.labels,
+        csf_fraction: &then.csf_fraction,
+    };
+    lightbox_analysis::regions::regional_change(prior, follow, &atlas)?;
+    lightbox_analysis::brain::atrophy(&net, &volume, &followup, 1.0, Some(60.0))?;
+    let two = started.elapsed().as_secs_f64();
+    let goal = if gpu { 60.0 } else { 600.0 };
+    println!(
+        "brain pipeline, two time points (both volumes, regions with one atlas placement, atrophy; brain extraction on {where_}): {two:.1} s; goal < {goal} s{}: {:.1}x under it",
+        if gpu { "" } else { " (no CPU goal is named: twice the one-time-point goal)" },
+        goal / two
+    );
+    println!("peak memory: {:.0} MB", peak_mb());
     Ok(())
+}
+
+/// Volumes of one T1 and its intracranial mask, as the brain-atrophy pipeline makes them.
+fn volumes_and_mask(
+    net: &Deepbet,
+    t1: &lightbox_core::Volume<f32>,
+) -> anyhow::Result<(lightbox_analysis::brain::BrainVolumes, lightbox_core::Volume<u8>)> {
+    let volumes = lightbox_analysis::brain::volumes(net, t1)?;
+    let labels = &volumes.labels;
+    let mask = labels.voxels().iter().map(|&l| u8::from(l > 0)).collect();
+    let mask = lightbox_core::Volume::new(labels.dims(), mask, labels.patient_from_voxel)?;
+    Ok((volumes, mask))
 }
