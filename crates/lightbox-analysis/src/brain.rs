@@ -124,14 +124,17 @@ pub struct BrainVolumes {
 pub const TISSUE_LABELS: [&str; 3] = lightbox_imaging::tissue::CLASSES;
 
 /// What made the volumes, for the report.
-pub const VOLUMES_METHOD: &str = "Lightbox volumes 1: deepbet 1.0.2 brain mask, three-class Gaussian mixture with a Potts MRF (ICM) and linear partial-volume mixing at tissue boundaries";
+pub const VOLUMES_METHOD: &str = "Lightbox volumes 2: deepbet 1.0.2 brain mask, N3-style bias-field correction inside it, three-class Gaussian mixture with a Potts MRF (ICM) and linear partial-volume mixing at tissue boundaries";
 
 /// Cross-sectional volumes of a T1: intracranial volume, grey and white matter, CSF and the
-/// brain parenchymal fraction (issue 9, item 2; atlas regions are not here yet).
+/// brain parenchymal fraction, after bias-field correction (issue 9, items 1 and 2; regions are
+/// [`crate::regions`]).
 pub fn volumes(deepbet: &Deepbet, t1: &Volume<f32>) -> Result<BrainVolumes, AnalysisError> {
     let started = std::time::Instant::now();
     let brain = deepbet.extract(t1, 0.5, &AtomicBool::new(false), &mut |_| {})?;
-    let tissues = classify(t1, &brain.mask_f32(), &TissueOptions::default())?;
+    let mask = brain.mask_f32();
+    let corrected = lightbox_imaging::bias::correct_bias(t1, &mask, &Default::default())?.corrected;
+    let tissues = classify(&corrected, &mask, &TissueOptions::default())?;
     let [csf_ml, grey_ml, white_ml] = tissues.volumes_ml;
     let labels = Volume::new(t1.dims(), tissues.labels, t1.patient_from_voxel)
         .map_err(|e| AnalysisError::Input(format!("tissue labels: {e}")))?;

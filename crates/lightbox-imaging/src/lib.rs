@@ -6,6 +6,7 @@
 //! one scan to the same anatomy in another, whatever their voxel grids.
 
 pub mod atrophy;
+pub mod bias;
 pub mod crop;
 pub mod itk;
 pub mod lesion_change;

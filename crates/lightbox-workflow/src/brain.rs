@@ -26,7 +26,7 @@ use crate::pipeline::{Lease, PipelineOutcome, first_set, results_dir, scan_serie
 
 pub const BRAIN_ATROPHY: &str = "brain-atrophy";
 /// Bumped whenever the results could change: a new version is a new analysis of old input.
-pub const VERSION: &str = "1";
+pub const VERSION: &str = "2";
 /// The local coding scheme of concepts without a standard code.
 pub const SCHEME: &str = "99LIGHTBOX";
 
