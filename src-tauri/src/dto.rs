@@ -276,6 +276,11 @@ pub struct ResultDto {
     signed_by: Option<String>,
     review: Option<String>,
     error: Option<String>,
+    /// What the analysis found, in words.
+    summary: Option<String>,
+    /// `findings` ([label, value, unit] rows), `atrophy_plot`, `lesions` (label, centre_mm,
+    /// volume_ml): see `lightbox_workflow::pipeline::PipelineOutcome::details`.
+    details: serde_json::Value,
 }
 
 impl From<lightbox_workflow::pipeline::ResultRow> for ResultDto {
@@ -291,6 +296,8 @@ impl From<lightbox_workflow::pipeline::ResultRow> for ResultDto {
             signed_by: r.signed_by,
             review: r.review,
             error: r.error,
+            summary: r.summary,
+            details: r.details,
         }
     }
 }

@@ -501,10 +501,15 @@ async fn remove_measurement(site: tauri::State<'_, Site>, id: i64) -> Result<boo
 
 /// Opens the viewer on a result: its series with the segmentation drawn over it.
 #[tauri::command]
-async fn open_result(site: tauri::State<'_, Site>, job_id: i64, radiologist: Option<String>) -> Result<(), ErrorDto> {
+async fn open_result(
+    site: tauri::State<'_, Site>,
+    job_id: i64,
+    radiologist: Option<String>,
+    at: Option<[f64; 3]>,
+) -> Result<(), ErrorDto> {
     let store = site.store.clone();
     off_ui(move |_| {
-        let mut child = lightbox_workflow::open_result_in_viewer(&store, job_id, radiologist.as_deref())?;
+        let mut child = lightbox_workflow::open_result_in_viewer(&store, job_id, radiologist.as_deref(), at)?;
         eprintln!("lightbox-workstation: viewer opened on job {job_id} (pid {})", child.id());
         std::thread::spawn(move || child.wait());
         Ok(())

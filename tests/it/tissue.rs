@@ -76,7 +76,7 @@ fn brain_volumes_command_reports_labelled_volumes() -> anyhow::Result<()> {
         "intracranial volume",
         "grey matter",
         "brain parenchymal fraction",
-        "method: Lightbox volumes 1",
+        "method: Lightbox volumes 2: deepbet 1.0.2 brain mask, N3-style bias-field correction",
     ] {
         assert!(printed.contains(expected), "{expected:?} missing from: {printed}");
     }

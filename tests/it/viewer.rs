@@ -4,6 +4,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use anyhow::Context;
+
 use lightbox_tests::{KillOnDrop, Lines, Rgb, Xvfb, bin, demo_study};
 
 use crate::screenshot_dir;
@@ -175,6 +177,23 @@ fn a_result_opens_in_the_viewer_with_its_segmentation() -> anyhow::Result<()> {
             .arg(store.path()),
     )?;
     assert!(listed.contains("Length 1 (viewer)") && listed.contains("Doe^Jane"), "{listed}");
+    drop(_child);
+
+    // At a point (a lesion a result lists): the viewer opens on the slice through it.
+    let volume = report.display_sets(report.find_series(&series).context("no series")?)[0].load(0)?;
+    let [nx, ny, _] = volume.dims();
+    let point = volume.patient_from_voxel.transform_point([nx as f64 / 2.0, ny as f64 / 2.0, 13.0]);
+    let mut child = x
+        .command(&bin("lightbox")?)
+        .args(["view", "--job", "1", "--at", &format!("{},{},{}", point[0], point[1], point[2]), "--store"])
+        .arg(store.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let _child = KillOnDrop(child);
+    let opened = stdout.wait_for("lightbox-viewer: opened at slice", Duration::from_secs(60))?;
+    assert!(opened.contains("opened at slice 13 "), "{opened}");
     Ok(())
 }
 

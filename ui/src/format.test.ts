@@ -70,3 +70,24 @@ describe("incoming pushes", () => {
     expect(pushLine({ ...e, kind: "failed", detail: "connection lost" })).toBe("A push from ORTHANC failed: connection lost");
   });
 });
+
+import { bandPath, chart, polyline } from "./format";
+
+describe("charts", () => {
+  const c = chart([20, 90], [-2, 0.5], { left: 40, top: 10, width: 280, height: 100 });
+  it("maps data onto the box, y upwards, clamped to it", () => {
+    expect(c.x(20)).toBe(40);
+    expect(c.x(90)).toBe(320);
+    expect(c.y(0.5)).toBe(10);
+    expect(c.y(-2)).toBe(110);
+    expect(c.y(-5)).toBe(110);
+    expect(c.x(55)).toBeCloseTo(180);
+  });
+  it("draws lines and closed bands", () => {
+    expect(polyline([[20, 0.5], [90, -2]], c)).toBe("M40.0 10.0 L320.0 110.0");
+    const band = bandPath([[20, -0.2], [90, -0.6]], 0.3, c);
+    expect(band.startsWith("M40.0")).toBe(true);
+    expect(band.endsWith("Z")).toBe(true);
+    expect(band.split("L").length).toBe(4);
+  });
+});

@@ -65,3 +65,33 @@ export function pushLine(e: { kind: string; callingAe: string; instances: number
       return `Echo from ${e.callingAe}`;
   }
 }
+
+/** A chart's mapping from data to SVG pixels: `x` and `y` ranges onto a box (y grows upwards). */
+export interface Chart {
+  x: (v: number) => number;
+  y: (v: number) => number;
+}
+
+export function chart(
+  [x0, x1]: [number, number],
+  [y0, y1]: [number, number],
+  box: { left: number; top: number; width: number; height: number },
+): Chart {
+  const clamp = (t: number) => Math.min(1, Math.max(0, t));
+  return {
+    x: (v) => box.left + clamp((v - x0) / (x1 - x0)) * box.width,
+    y: (v) => box.top + (1 - clamp((v - y0) / (y1 - y0))) * box.height,
+  };
+}
+
+/** An SVG path through points ("M x y L x y …"). */
+export function polyline(points: [number, number][], c: Chart): string {
+  return points.map(([a, b], i) => `${i === 0 ? "M" : "L"}${c.x(a).toFixed(1)} ${c.y(b).toFixed(1)}`).join(" ");
+}
+
+/** The healthy band as a closed SVG path: the mean + band forwards, the mean − band back. */
+export function bandPath(mean: [number, number][], band: number, c: Chart): string {
+  const upper = mean.map(([a, m]) => [a, m + band] as [number, number]);
+  const lower = [...mean].reverse().map(([a, m]) => [a, m - band] as [number, number]);
+  return `${polyline([...upper, ...lower], c)} Z`;
+}

@@ -263,7 +263,7 @@ test("results: AI values are marked, signing needs a name, then the report is qu
   await page.goto(base);
   await page.getByTestId("tab-results").click();
   const status = page.getByTestId("results-status");
-  await status.filter({ hasText: "2 analyses, 1 awaiting review" }).waitFor();
+  await status.filter({ hasText: "4 analyses, 3 awaiting review" }).waitFor();
   const rows = page.locator("[data-testid=results-table] tbody tr");
   assert.match(await rows.first().innerText(), /threshold-volume\s+AI[\s\S]*280\.0 mL[\s\S]*awaiting review/);
   assert.match(await rows.nth(1).locator("[data-testid=review]").innerText(), /failed: no voxel/);
@@ -282,7 +282,7 @@ test("results: the radiologist replaces the AI value with their own before signi
   await page.goto(base);
   await page.getByTestId("tab-results").click();
   const status = page.getByTestId("results-status");
-  await status.filter({ hasText: "1 awaiting review" }).waitFor();
+  await status.filter({ hasText: "3 awaiting review" }).waitFor();
   const row = page.locator("[data-testid=results-table] tbody tr").first();
   await page.getByTestId("signer").fill("Doe^Jane");
   await row.getByTestId("view-result").click();
@@ -309,6 +309,39 @@ test("results: the radiologist replaces the AI value with their own before signi
   assert.equal(await row.getByTestId("verdict").count(), 0, "a signed result cannot be reviewed again here");
   const out = fileURLToPath(new URL("../test-results/", import.meta.url));
   await page.screenshot({ path: join(out, "results-reviewed.png") });
+});
+
+test("results: an atrophy result's findings with its chart; a DCE lesion opens the viewer there", async () => {
+  const page = await browser.newPage({ viewport: { width: 1300, height: 1000 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(e.message));
+  await page.goto(base);
+  await page.getByTestId("tab-results").click();
+  const status = page.getByTestId("results-status");
+  await status.filter({ hasText: "4 analyses" }).waitFor();
+  const rows = page.locator("[data-testid=results-table] tbody tr");
+  await rows.filter({ hasText: "brain-atrophy" }).getByTestId("details-result").click();
+  const details = page.getByTestId("details");
+  await details.getByTestId("atrophy-chart").waitFor();
+  assert.match(await details.getByTestId("details-summary").innerText(), /brain volume change -0\.98 %/);
+  assert.match(await details.getByTestId("details-findings").innerText(), /Left hippocampus\s+5\.66\s+mL/);
+  // The patient's point where the chart's scale puts -0.97 %/yr at 68 (below the healthy band).
+  const point = details.getByTestId("patient-point");
+  const [cx, cy] = [Number(await point.getAttribute("cx")), Number(await point.getAttribute("cy"))];
+  assert.ok(Math.abs(cx - (48 + ((68.2 - 20) / 70) * 320)) < 0.5, `cx ${cx}`);
+  assert.ok(Math.abs(cy - (24 + (1 - 1.03 / 2.5) * 150)) < 0.5, `cy ${cy}`);
+  assert.match(await details.locator("figcaption").innerText(), /beyond the healthy range for the age\. Not a diagnosis/);
+  const out = fileURLToPath(new URL("../test-results/", import.meta.url));
+  await page.screenshot({ path: join(out, "results-atrophy.png") });
+
+  await rows.filter({ hasText: "breast-dce" }).getByTestId("details-result").click();
+  const lesions = details.getByTestId("lesions");
+  await lesions.waitFor();
+  assert.equal(await lesions.getByTestId("tic").count(), 2, "one time-intensity curve per lesion");
+  await lesions.getByTestId("show-lesion").first().click();
+  await status.filter({ hasText: "Viewer opened on job 3 at Lesion candidate 1 (Type III washout)" }).waitFor();
+  await page.screenshot({ path: join(out, "results-dce.png") });
+  assert.deepEqual(errors, []);
 });
 
 test("settings: a bad URL is refused with the reason; a good one is saved without the password", async () => {

@@ -145,6 +145,9 @@ enum Commands {
         /// Save the lengths you measure (M in the viewer) for the report you sign, as this name.
         #[arg(long = "as")]
         author: Option<String>,
+        /// Open at this point, patient (LPS) mm `X,Y,Z` (a lesion of the result).
+        #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+        at: Option<Vec<f64>>,
         #[arg(long)]
         store: Option<PathBuf>,
     },
@@ -891,9 +894,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let status = viewer.wait().context("waiting for the viewer")?;
             anyhow::ensure!(status.success(), "the viewer ended with {status}");
         }
-        Commands::View { job, author, store } => {
+        Commands::View { job, author, at, store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
-            let status = lightbox_workflow::open_result_in_viewer(&store, job, author.as_deref())?
+            let at = match at.as_deref() {
+                None => None,
+                Some(a) => Some(
+                    <[f64; 3]>::try_from(a)
+                        .map_err(|_| anyhow::anyhow!("--at takes three numbers, X,Y,Z in mm (got {})", a.len()))?,
+                ),
+            };
+            let status = lightbox_workflow::open_result_in_viewer(&store, job, author.as_deref(), at)?
                 .wait()
                 .context("waiting for the viewer")?;
             anyhow::ensure!(status.success(), "the viewer ended with {status}");

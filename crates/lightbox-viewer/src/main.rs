@@ -60,6 +60,10 @@ struct Args {
     /// bone, tissue) or a file of control points ("position red green blue [opacity]" a line).
     #[arg(long)]
     lut: Option<String>,
+    /// Open at this point, patient (LPS) millimetres `X,Y,Z`: the slice through it (and, with
+    /// --mpr, the crosshair on it), e.g. a lesion a result lists.
+    #[arg(long, value_delimiter = ',', allow_hyphen_values = true)]
+    at: Option<Vec<f64>>,
 }
 
 /// Printed on stdout once the first frame has been presented, so tests and the workstation can
@@ -169,6 +173,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     let mpr = args.mpr;
     let listen = args.protocol;
+    let at: Option<[f64; 3]> = match args.at.as_deref() {
+        None => None,
+        Some(a) => Some(a.try_into().map_err(|_| anyhow!("--at takes three numbers, X,Y,Z in mm (got {})", a.len()))?),
+    };
     let user_lut = match &args.lut {
         None => None,
         Some(name) => Some(match lightbox_render::Lut::preset(name) {
@@ -218,6 +226,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             if let Some((label, volume, window, difference)) = prior {
                 app.add_prior(cc, label, volume, window, difference, &current_date).map_err(|e| format!("{e:#}"))?;
+            }
+            if let Some(p) = at {
+                app.command(protocol::Command::Goto { slice: None, patient_mm: Some(p) }, &cc.egui_ctx);
+                println!(
+                    "lightbox-viewer: opened at slice {} (patient {:.1}, {:.1}, {:.1} mm)",
+                    app.params.slice, p[0], p[1], p[2]
+                );
             }
             Ok(Box::new(app))
         }),

@@ -188,6 +188,19 @@ pub(crate) fn run(
         }
     }
     let summary = summary(&dce);
+    let lesions: Vec<serde_json::Value> = dce
+        .lesions
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::json!({
+                "label": format!("Lesion candidate {} ({})", i + 1, curve_code(l.kinetics.curve_type).meaning),
+                "centre_mm": l.centre_mm,
+                "volume_ml": l.volume_ml,
+                "curve": dce.times_s.iter().zip(&l.curve).map(|(t, s)| [*t, *s]).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     let mut findings = Vec::new();
     for (i, l) in dce.lesions.iter().enumerate() {
         let label = format!("Candidate {} ({})", i + 1, curve_code(l.kinetics.curve_type).meaning);
@@ -206,7 +219,7 @@ pub(crate) fn run(
         volume_mm3: 1000.0 * dce.lesions.iter().map(|l| l.volume_ml).sum::<f64>(),
         queued,
         summary,
-        details: serde_json::json!({ "findings": findings }),
+        details: serde_json::json!({ "findings": findings, "lesions": lesions }),
     })
 }
 

@@ -313,7 +313,14 @@ pub fn open_viewer(folder: &Path, series: Option<&SeriesInstanceUid>) -> Result<
 /// over it (the viewer's `--seg`). The series' stored files are linked into a folder of their
 /// own under the store, so the viewer reads only them.
 /// With `author`, lengths measured in the viewer are saved for the report they sign.
-pub fn open_result_in_viewer(store_dir: &Path, job_id: i64, author: Option<&str>) -> Result<Child, WorkflowError> {
+/// Opens the viewer on a result's series with its segmentation; `at` (patient mm) opens it at
+/// that point, e.g. a lesion the result lists.
+pub fn open_result_in_viewer(
+    store_dir: &Path,
+    job_id: i64,
+    author: Option<&str>,
+    at: Option<[f64; 3]>,
+) -> Result<Child, WorkflowError> {
     let row = pipeline::results(store_dir)?
         .into_iter()
         .find(|r| r.job_id == job_id)
@@ -332,6 +339,9 @@ pub fn open_result_in_viewer(store_dir: &Path, job_id: i64, author: Option<&str>
     }
     if let Some(author) = author.map(str::trim).filter(|a| !a.is_empty()) {
         command.arg("--store").arg(store_dir).arg("--as").arg(author);
+    }
+    if let Some(p) = at.filter(|p| p.iter().all(|v| v.is_finite())) {
+        command.arg(format!("--at={},{},{}", p[0], p[1], p[2]));
     }
     tracing::info!(program = %program.display(), job_id, "opening viewer on a result");
     command.spawn().map_err(|source| WorkflowError::ViewerLaunch { program, source })

@@ -174,12 +174,19 @@ pub(crate) fn run(
         volume_mm3: 1000.0 * (change.volume_ml(false) + change.volume_ml(true)),
         queued,
         summary: change.summary(),
-        details: serde_json::json!({ "findings": [
-            ["New lesions", change.new_count(), "{lesions}"],
-            ["Volume of new lesions", change.volume_ml(false), "mL"],
-            ["Enlarging lesions", change.enlarging_count(), "{lesions}"],
-            ["Volume of enlarging lesions", change.volume_ml(true), "mL"],
-        ]}),
+        details: serde_json::json!({
+            "findings": [
+                ["New lesions", change.new_count(), "{lesions}"],
+                ["Volume of new lesions", change.volume_ml(false), "mL"],
+                ["Enlarging lesions", change.enlarging_count(), "{lesions}"],
+                ["Volume of enlarging lesions", change.volume_ml(true), "mL"],
+            ],
+            "lesions": order.iter().enumerate().map(|(rank, &i)| serde_json::json!({
+                "label": lesion_label(&change, rank, i),
+                "centre_mm": change.lesions[i].centre_mm,
+                "volume_ml": change.lesions[i].volume_ml,
+            })).collect::<Vec<_>>(),
+        }),
     })
 }
 

@@ -880,6 +880,10 @@ pub struct ResultRow {
     /// What they decided about the AI finding ("accepted", "rejected", "edited to … mL").
     pub review: Option<String>,
     pub error: Option<String>,
+    /// What the analysis found, in words (see [`PipelineOutcome::summary`]).
+    pub summary: Option<String>,
+    /// See [`PipelineOutcome::details`] (`null` when there are none).
+    pub details: serde_json::Value,
 }
 
 /// Every analysis result, newest first.
@@ -904,6 +908,8 @@ pub fn results(store_dir: &Path) -> Result<Vec<ResultRow>, WorkflowError> {
                 signed_by: text(&result["signed_by"]),
                 review: text(&result["review"]),
                 error: job.error,
+                summary: text(&result["summary"]).filter(|s| !s.is_empty()),
+                details: result["details"].clone(),
             }
         })
         .collect())

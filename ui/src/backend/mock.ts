@@ -168,10 +168,10 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       job.error = null;
       job.seconds = 0.3;
     },
-    openResult: async (jobId, _radiologist) => {
+    openResult: async (jobId, _radiologist, at) => {
       const r = results.find((x) => x.jobId === jobId);
       if (!r || r.state !== "done") throw { code: "analysis", message: `no finished analysis job ${jobId}` };
-      opened.push(`job ${jobId}`);
+      opened.push(at ? `job ${jobId} at ${at.join(",")}` : `job ${jobId}`);
     },
     compareWithPrior: async (seriesUid) => {
       const r = results.find((x) => x.seriesUid === seriesUid);
@@ -362,6 +362,8 @@ const demoResults: AnalysisResult[] = [
     signedBy: null,
     review: null,
     error: null,
+    summary: null,
+    details: null,
   },
   {
     jobId: 1,
@@ -374,5 +376,68 @@ const demoResults: AnalysisResult[] = [
     signedBy: null,
     review: null,
     error: "no voxel of series 1.2.3.4.6 is above 1500",
+    summary: null,
+    details: null,
+  },
+  {
+    jobId: 4,
+    pipeline: "brain-atrophy",
+    seriesUid: "1.2.3.4.8",
+    state: "done",
+    volumeMm3: 1_610_000,
+    segUid: "2.25.5",
+    srUid: "2.25.6",
+    signedBy: null,
+    review: null,
+    error: null,
+    summary:
+      "intracranial 1943 mL, grey 1110 mL, white 500 mL, CSF 333 mL, BPF 0.829; brain volume change -0.98 % over 1.00 years (-0.97 %/yr); beyond what a healthy person of 68 loses",
+    details: {
+      findings: [
+        ["Intracranial volume", 1943, "mL"],
+        ["Left hippocampus", 5.66, "mL"],
+        ["Brain volume change per year", -0.97, "%/a"],
+      ],
+      atrophy_plot: {
+        age_years: 68.2,
+        rate_percent_per_year: -0.97,
+        healthy_mean: [
+          [20, -0.2], [25, -0.2], [30, -0.2], [35, -0.2], [40, -0.26], [45, -0.32], [50, -0.38], [55, -0.44],
+          [60, -0.5], [65, -0.55], [70, -0.59], [75, -0.64], [80, -0.65], [85, -0.65], [90, -0.65],
+        ],
+        healthy_band: 0.3,
+        cutoff_percent_per_year: -0.37,
+      },
+    },
+  },
+  {
+    jobId: 3,
+    pipeline: "breast-dce",
+    seriesUid: "1.2.3.4.7",
+    state: "done",
+    volumeMm3: 1780,
+    segUid: "2.25.3",
+    srUid: "2.25.4",
+    signedBy: null,
+    review: null,
+    error: null,
+    summary: "2 lesion candidate(s): 0.89 mL type iii washout, 0.51 mL type ii plateau",
+    details: {
+      findings: [["Candidate 1 (Type III washout): volume", 0.89, "mL"]],
+      lesions: [
+        {
+          label: "Lesion candidate 1 (Type III washout)",
+          centre_mm: [-18, 30, -2],
+          volume_ml: 0.89,
+          curve: [[0, 600], [60, 1720], [120, 1890], [180, 1800], [240, 1700], [300, 1600], [360, 1510]],
+        },
+        {
+          label: "Lesion candidate 2 (Type II plateau)",
+          centre_mm: [16, 40, 6],
+          volume_ml: 0.51,
+          curve: [[0, 550], [60, 1130], [120, 1290], [180, 1290], [240, 1285], [300, 1280], [360, 1270]],
+        },
+      ],
+    },
   },
 ];

@@ -151,6 +151,36 @@ export interface AnalysisResult {
   /** What the radiologist decided about the AI finding: "accepted", "rejected", "edited to … mL". */
   review: string | null;
   error: string | null;
+  /** What the analysis found, in words (null for threshold-volume, whose volume says it). */
+  summary: string | null;
+  details: ResultDetails | null;
+}
+
+/** The patient's yearly brain volume change against the healthy band for the age. */
+export interface AtrophyPlot {
+  age_years: number;
+  rate_percent_per_year: number;
+  /** (age, healthy mean %/yr) every 5 years. */
+  healthy_mean: [number, number][];
+  /** "Healthy" is within this many %/yr of the mean. */
+  healthy_band: number;
+  cutoff_percent_per_year: number;
+}
+
+/** A lesion a result lists: where it is (patient LPS mm) and, for DCE, its time-intensity curve. */
+export interface LesionRef {
+  label: string;
+  centre_mm: [number, number, number];
+  volume_ml: number;
+  /** (seconds, mean signal) per phase. */
+  curve?: [number, number][];
+}
+
+export interface ResultDetails {
+  /** [label, value, UCUM unit] */
+  findings?: [string, number, string][];
+  atrophy_plot?: AtrophyPlot;
+  lesions?: LesionRef[];
 }
 
 /** A measurement the radiologist made on a series (it goes into the report they sign). */
@@ -240,7 +270,8 @@ export interface SiteBackend {
   pacsStatus(): Promise<PacsStatus>;
   /** Opens the viewer on a result: its series with the segmentation drawn over it; with
    * `radiologist`, lengths measured there are saved for the report they sign. */
-  openResult(jobId: number, radiologist: string | null): Promise<void>;
+  /** `at`: open at this point (patient mm), e.g. a lesion of the result. */
+  openResult(jobId: number, radiologist: string | null, at?: [number, number, number] | null): Promise<void>;
   /** Opens the viewer on a series beside the patient's prior; resolves to which prior and why. */
   compareWithPrior(seriesUid: string): Promise<string>;
   measurements(seriesUid: string): Promise<Measurement[]>;
