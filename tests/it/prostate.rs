@@ -28,3 +28,109 @@ fn dynamic_lesion_extraction_equals_the_picai_reference() -> anyhow::Result<()> 
     }
     Ok(())
 }
+
+/// Sequence identification on every real MR series in the shared data, as the bpMRI pipeline and
+/// the dispatch rules see it (from acquisition attributes, never the description alone; the
+/// attributes are tabled in `lightbox_analysis::bpmri`): the prostate ADC map is found as ADC
+/// (the only one in the data), and the fMRI EPI series are not mistaken for diffusion. Then the
+/// bpMRI choice takes the real ADC beside a T2W.
+#[test]
+fn sequences_of_the_real_data_are_identified_from_their_attributes() -> anyhow::Result<()> {
+    use lightbox_analysis::bpmri::{SeriesSummary, choose_bpmri};
+    let mut found = Vec::new();
+    for folder in ["dcmqi_data/prostate_adc_QIN-PROSTATE-01-0001", "dcm_qa_nih/In", "dcm_qa_enh/In/Siemens"] {
+        let report = lightbox_dicom::scan_path(&lightbox_tests::data(folder)?)?;
+        for (_, series) in report.series() {
+            let file = &report.display_sets(series)[0];
+            let path = file.source_paths(0)?.into_iter().next().ok_or_else(|| anyhow::anyhow!("no file"))?;
+            let facts = lightbox_dicom::series_facts(&path)?;
+            eprintln!("{folder}: {:?} → {:?} ({})", facts.description, facts.sequence, facts.sequence_reason);
+            found.push((folder, facts));
+        }
+    }
+    let adc: Vec<_> = found.iter().filter(|(_, f)| f.sequence == "ADC").collect();
+    assert_eq!(adc.len(), 1, "exactly the prostate ADC is an ADC map: {adc:?}");
+    // GE leaves ADC out of Image Type (DERIVED\SECONDARY\PROCESSED): echo-planar without a
+    // b-value, described as ADC, is what identifies it.
+    assert!(adc[0].0.starts_with("dcmqi_data") && adc[0].1.sequence_reason.starts_with("echo-planar"), "{adc:?}");
+    let nih: Vec<_> = found.iter().filter(|(f, _)| *f == "dcm_qa_nih/In").collect();
+    assert!(nih.len() >= 5 && nih.iter().all(|(_, f)| f.sequence != "DWI" && f.sequence != "ADC"), "{nih:?}");
+
+    let (_, real_adc) = adc[0];
+    let study = [
+        SeriesSummary {
+            series_uid: "t2".into(),
+            sequence: "T2".into(),
+            plane: "axial".into(),
+            slices: 20,
+            ..Default::default()
+        },
+        SeriesSummary {
+            series_uid: "adc".into(),
+            sequence: real_adc.sequence.clone(),
+            plane: real_adc.plane.clone(),
+            slices: 20,
+            description: real_adc.description.clone(),
+            ..Default::default()
+        },
+    ];
+    let choice = choose_bpmri(&study)?;
+    assert_eq!(choice.adc.series_uid, "adc");
+    assert!(choice.dwi.is_none() && choice.reasons.iter().any(|r| r.contains("no DWI")), "{:?}", choice.reasons);
+    Ok(())
+}
+
+/// Registration accuracy on a known misalignment (issue 10): the real prostate ADC moved by a
+/// known rigid motion (4°, 5 mm) is registered back by NMI to within 1 mm over the prostate's
+/// neighbourhood (±40 mm), as ADC and DWI are aligned to the T2W.
+#[test]
+fn a_known_misalignment_of_the_prostate_adc_is_recovered() -> anyhow::Result<()> {
+    use lightbox_imaging::{RegistrationOptions, RigidParams, register_rigid, resample_into};
+    let report = lightbox_dicom::scan_path(&lightbox_tests::demo_study())?;
+    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
+    let adc = report.display_sets(series)[0].load(0)?;
+    let [nx, ny, nz] = adc.dims();
+    let centre = adc.patient_from_voxel.transform_point([nx, ny, nz].map(|n| n as f64 / 2.0));
+    let truth = RigidParams { rotation_rad: [0.0, 0.03, 0.06], translation_mm: [3.0, -4.0, 1.5] }.to_affine(centre);
+    let fixed_from_moving = truth.inverse().ok_or_else(|| anyhow::anyhow!("singular"))?;
+    let moved = resample_into(&adc, adc.dims(), adc.patient_from_voxel, &fixed_from_moving, 0.0)?;
+    let options = RegistrationOptions { level_spacings_mm: vec![4.0, 2.0, 1.0], ..Default::default() };
+    let found = register_rigid(&adc, &moved, &options)?;
+    let mut worst: f64 = 0.0;
+    for corner in 0..8 {
+        let p = [0, 1, 2].map(|c| centre[c] + if corner >> c & 1 == 1 { 40.0 } else { -40.0 });
+        let (a, b) = (found.moving_from_fixed.transform_point(p), truth.transform_point(p));
+        worst = worst.max((0..3).map(|c| (a[c] - b[c]).powi(2)).sum::<f64>().sqrt());
+    }
+    eprintln!("known motion recovered to {worst:.2} mm (rotation found {:.2}°)", found.params.angle_deg());
+    assert!(worst < 1.0, "registration off by {worst:.2} mm");
+    Ok(())
+}
+
+/// PI-CAI's preprocessing on the real ADC (as every channel): 256 × 256 × 20 voxels of
+/// 0.5 × 0.5 × 3 mm centred on the T2W's field, each channel z-scored after clipping.
+#[test]
+fn picai_preprocessing_gives_the_baselines_grid_and_z_scores() -> anyhow::Result<()> {
+    let report = lightbox_dicom::scan_path(&lightbox_tests::demo_study())?;
+    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
+    let adc = report.display_sets(series)[0].load(0)?;
+    let high_b = lightbox_analysis::bpmri::synthesize_high_b(&adc, 0.0, &adc, 1400.0)?;
+    let out = lightbox_analysis::bpmri::picai_preprocess(&[adc.clone(), adc.clone(), high_b], [256, 256, 20])?;
+    assert_eq!(out.len(), 3);
+    for channel in &out {
+        assert_eq!(channel.dims(), [256, 256, 20]);
+        let spacing = channel.spacing_mm();
+        assert!((spacing[0] - 0.5).abs() < 1e-9 && (spacing[2] - 3.0).abs() < 1e-9, "{spacing:?}");
+        let n = channel.voxels().len() as f64;
+        let mean = channel.voxels().iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let sd = (channel.voxels().iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n).sqrt();
+        assert!(mean.abs() < 1e-3 && (sd - 1.0).abs() < 1e-3, "mean {mean}, sd {sd}");
+    }
+    // The grid is centred on the T2W's (here the ADC's) field of view.
+    let [nx, ny, nz] = adc.dims();
+    let middle =
+        adc.patient_from_voxel.transform_point([(nx - 1) as f64 / 2.0, (ny - 1) as f64 / 2.0, (nz - 1) as f64 / 2.0]);
+    let theirs = out[0].patient_from_voxel.transform_point([127.5, 127.5, 9.5]);
+    assert!((0..3).all(|c| (middle[c] - theirs[c]).abs() < 1e-6), "{middle:?} vs {theirs:?}");
+    Ok(())
+}

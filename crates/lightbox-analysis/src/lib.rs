@@ -5,6 +5,7 @@
 //! Everything here is an automated measurement for research: callers label it as such ("AI
 //! output, not for clinical use") wherever it reaches a person.
 
+pub mod bpmri;
 pub mod brain;
 pub mod breast;
 pub mod prostate;

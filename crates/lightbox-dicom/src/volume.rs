@@ -210,6 +210,18 @@ impl DisplaySet {
             .or_else(|| read(dicom_dictionary_std::tags::CONTENT_TIME, tm_seconds))
     }
 
+    /// The files behind time point `t`, slice by slice (a multi-frame file once).
+    pub fn source_paths(&self, t: u32) -> Result<Vec<std::path::PathBuf>, DicomError> {
+        let mut paths: Vec<std::path::PathBuf> = Vec::new();
+        for f in self.time_point(t)? {
+            let path = &self.instances[f.instance].path;
+            if paths.last() != Some(path) {
+                paths.push(path.clone());
+            }
+        }
+        Ok(paths)
+    }
+
     /// The instance (and frame, for multi-frame sources) behind each slice of time point `t`,
     /// with the slice's own Image Position (Patient) when the source gives one (not for mosaic
     /// tiles, whose positions come from the grid).
