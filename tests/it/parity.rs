@@ -155,5 +155,19 @@ fn nnunet_folder_saved_by_pytorch_converts_and_matches_pytorch() -> anyhow::Resu
     let labels = model.predict(&volumes, &std::sync::atomic::AtomicBool::new(false), &mut |_| {})?;
     anyhow::ensure!(labels.dims() == [w, h, d], "labels on {:?}, the input is {:?}", labels.dims(), [w, h, d]);
     anyhow::ensure!(labels.voxels().iter().all(|&l| l < 3), "a label outside the dataset's 0..=2");
+    // The class probabilities (what lesion extraction takes): they sum to one, and their argmax
+    // is the label map.
+    let probabilities =
+        model.predict_probabilities(&volumes, &std::sync::atomic::AtomicBool::new(false), &mut |_| {})?;
+    anyhow::ensure!(probabilities.len() == 3 && probabilities.iter().all(|p| p.dims() == [w, h, d]));
+    for (at, &label) in labels.voxels().iter().enumerate() {
+        let p: Vec<f32> = probabilities.iter().map(|v| v.voxels()[at]).collect();
+        anyhow::ensure!((p.iter().sum::<f32>() - 1.0).abs() < 1e-4, "voxel {at}: probabilities {p:?}");
+        let best = (0..3).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+        anyhow::ensure!(
+            best == usize::from(label) || (p[best] - p[usize::from(label)]).abs() < 1e-6,
+            "voxel {at}: {p:?} vs {label}"
+        );
+    }
     Ok(())
 }

@@ -638,6 +638,55 @@ impl NnUnet {
         cancel: &std::sync::atomic::AtomicBool,
         progress: &mut dyn FnMut(crate::Progress),
     ) -> Result<lightbox_core::Volume<u8>, AiError> {
+        let (back, layout) = self.logits(channels, cancel, progress)?;
+        let cropped: Vec<f32> =
+            back.argmax(1).float().into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))?;
+        let labels = layout.restore(&cropped);
+        let first = &channels[0];
+        let voxels = labels.iter().map(|&l| l as u8).collect();
+        lightbox_core::Volume::new(first.dims(), voxels, first.patient_from_voxel)
+            .map_err(|e| AiError::Input(e.to_string()))
+    }
+
+    /// Each class's probability (the softmax of the logits, as nnU-Net exports them) on the grid
+    /// of `channels`; outside nnU-Net's non-zero crop, background has probability 1.
+    pub fn predict_probabilities(
+        &self,
+        channels: &[lightbox_core::Volume<f32>],
+        cancel: &std::sync::atomic::AtomicBool,
+        progress: &mut dyn FnMut(crate::Progress),
+    ) -> Result<Vec<lightbox_core::Volume<f32>>, AiError> {
+        let (back, layout) = self.logits(channels, cancel, progress)?;
+        let classes = back.dims()[1];
+        let softmax = burn::tensor::activation::softmax(back, 1);
+        let first = &channels[0];
+        (0..classes)
+            .map(|c| {
+                let one: Vec<f32> = softmax
+                    .clone()
+                    .narrow(1, c, 1)
+                    .into_data()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| AiError::Input(format!("{e:?}")))?;
+                let mut full = layout.restore(&one);
+                if c == 0 {
+                    // Outside the crop is background for certain.
+                    layout.outside(&mut full, 1.0);
+                }
+                lightbox_core::Volume::new(first.dims(), full, first.patient_from_voxel)
+                    .map_err(|e| AiError::Input(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The logits, resampled back onto nnU-Net's non-zero crop of the input, and how to place
+    /// values of that crop back on the input's grid.
+    fn logits(
+        &self,
+        channels: &[lightbox_core::Volume<f32>],
+        cancel: &std::sync::atomic::AtomicBool,
+        progress: &mut dyn FnMut(crate::Progress),
+    ) -> Result<(Tensor<5>, CropLayout), AiError> {
         let first = channels.first().ok_or_else(|| AiError::Input("no input volume".into()))?;
         if channels.len() != self.schemes.len() {
             return Err(AiError::Input(format!(
@@ -701,21 +750,7 @@ impl NnUnet {
             dims,
             false,
         );
-        let cropped: Vec<f32> =
-            back.argmax(1).float().into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))?;
-        // Back into the full grid: background outside the box.
-        let mut labels = vec![0.0f32; full.iter().product()];
-        lightbox_imaging::crop::paste(&mut labels, full, bbox, &cropped);
-        let dims = full;
-        // Back to (z, y, x): the inverse permutation.
-        let mut inverse = [0; 3];
-        for (i, &p) in t.iter().enumerate() {
-            inverse[p] = i;
-        }
-        let (labels, _) = transpose3(&labels, dims, inverse);
-        let voxels = labels.iter().map(|&l| l as u8).collect();
-        lightbox_core::Volume::new(first.dims(), voxels, first.patient_from_voxel)
-            .map_err(|e| AiError::Input(e.to_string()))
+        Ok((back, CropLayout { full, bbox, transpose: t }))
     }
 
     /// nnU-Net's normalisation schemes: CT (clip to the dataset's 0.5–99.5 %, its mean and SD),
@@ -745,6 +780,36 @@ impl NnUnet {
                     .enumerate()
                     .filter(|(i, _)| selected(*i))
                     .for_each(|(_, x)| *x = ((f64::from(*x) - mean) / std) as f32);
+            }
+        }
+    }
+}
+
+/// Where nnU-Net's crop of the transposed input lies, to put values back on the input's grid.
+struct CropLayout {
+    full: [usize; 3],
+    bbox: lightbox_imaging::crop::Box3,
+    transpose: [usize; 3],
+}
+
+impl CropLayout {
+    /// Values of the crop (C order) on the input's grid (zero outside the crop).
+    fn restore(&self, cropped: &[f32]) -> Vec<f32> {
+        let mut full = vec![0.0f32; self.full.iter().product()];
+        lightbox_imaging::crop::paste(&mut full, self.full, self.bbox, cropped);
+        let mut inverse = [0; 3];
+        for (i, &p) in self.transpose.iter().enumerate() {
+            inverse[p] = i;
+        }
+        transpose3(&full, self.full, inverse).0
+    }
+
+    /// Sets the voxels outside the crop (on the input's grid) to `value`.
+    fn outside(&self, values: &mut [f32], value: f32) {
+        let inside = self.restore(&vec![1.0f32; (0..3).map(|a| self.bbox[a].1 - self.bbox[a].0).product()]);
+        for (v, i) in values.iter_mut().zip(inside) {
+            if i == 0.0 {
+                *v = value;
             }
         }
     }
