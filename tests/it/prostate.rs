@@ -134,3 +134,117 @@ fn picai_preprocessing_gives_the_baselines_grid_and_z_scores() -> anyhow::Result
     assert!((0..3).all(|c| (middle[c] - theirs[c]).abs() < 1e-6), "{middle:?} vs {theirs:?}");
     Ok(())
 }
+
+/// End to end (issue 10): a prostate study pushed by `storescu` into `lightbox listen` runs
+/// `prostate-bpmri` with an nnU-Net v2 model imported by `lightbox models import`, and its SEG
+/// and SR reach a real Orthanc.
+/// - The study: the real prostate ADC series (GE, QIN-PROSTATE-01-0001), and a T2W series made
+///   from the same images by dcmtk's `dcmodify` with T2W acquisition attributes (TR 4000 ms,
+///   TE 100 ms, spin echo): identification must find each from its attributes.
+/// - The model: the nnU-Net v2 result folder PyTorch wrote for the parity test (channels T2 and
+///   ADC; labels background, gland, lesion) — random weights, so its lesions mean nothing: this
+///   tests the path, not the model.
+#[test]
+fn a_pushed_bpmri_study_runs_an_imported_nnunet_model_and_reaches_the_pacs() -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use anyhow::{Context, ensure};
+    use lightbox_tests::orthanc::{Orthanc, free_port};
+    use lightbox_tests::{KillOnDrop, Lines, bin, demo_study, run_ok};
+
+    let dir = tempfile::tempdir()?;
+    let models = dir.path().join("models");
+    let imported = run_ok(
+        Command::new(bin("lightbox")?)
+            .args(["models", "import"])
+            .arg(workspace_root().join("tests/fixtures/parity/nnunet"))
+            .args(["--name", "bpmri-test", "--models"])
+            .arg(&models),
+    )?;
+    ensure!(imported.contains("bpmri-test"), "{imported}");
+    // The T2W: the ADC's images with a T2W's acquisition attributes, as a new series.
+    let t2w = dir.path().join("t2w");
+    std::fs::create_dir_all(&t2w)?;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(demo_study())? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "dcm")
+            || path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("IM"))
+        {
+            let copy = t2w.join(path.file_name().context("no name")?);
+            std::fs::copy(&path, &copy)?;
+            files.push(copy);
+        }
+    }
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let adc_files = report.series().count();
+    ensure!(adc_files == 1 && !files.is_empty(), "{} files copied", files.len());
+    let series_uid = lightbox_dicom::uid_from("prostate-e2e/t2w");
+    let mut modify = Command::new("dcmodify");
+    modify.args(["-nb", "-gin"]).args([
+        "-m",
+        &format!("(0020,000e)={series_uid}"),
+        "-m",
+        "(0008,103e)=T2 TSE ax",
+        "-m",
+        "(0008,0008)=ORIGINAL\\PRIMARY\\M\\ND",
+        "-m",
+        "(0018,0020)=SE",
+        "-m",
+        "(0018,0080)=4000",
+        "-m",
+        "(0018,0081)=100",
+        "-m",
+        "(0020,0011)=3",
+    ]);
+    run_ok(modify.args(&files))?;
+
+    let orthanc = Orthanc::start()?;
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"prostate bpMRI\"\npipeline = \"prostate-bpmri\"\nmodality = \"MR\"\nsequence = [\"T2\"]\nmodel = \"bpmri-test\"\nauto_send = true\n",
+    )?;
+    let port = free_port()?;
+    let mut listener = KillOnDrop(
+        Command::new(bin("lightbox")?)
+            .args(["listen", "--bind", "127.0.0.1", "--port", &port.to_string(), "--rules"])
+            .arg(&rules)
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .env("LIGHTBOX_MODELS", &models)
+            .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
+            .env("LIGHTBOX_PACS_USER", orthanc.user())
+            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
+            .env("LIGHTBOX_SETTLE_MS", "1500")
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
+    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
+    // The ADC first, then the T2W (the rule's trigger): the study is whole when it runs.
+    for folder in [demo_study(), t2w] {
+        run_ok(
+            Command::new("storescu").args(["-aec", "LIGHTBOX", "+sd", "127.0.0.1", &port.to_string()]).arg(&folder),
+        )?;
+    }
+    let done = lines.wait_for("pipeline prostate-bpmri on", Duration::from_secs(300))?;
+    eprintln!("{done}");
+    ensure!(done.contains("model bpmri-test") && done.contains(&format!("T2W {series_uid}")), "{done}");
+    let adc_uid = report.series().next().context("no series")?.1.uid.to_string();
+    ensure!(done.contains(&format!("ADC {adc_uid}")) && done.contains("no DWI"), "{done}");
+    let queued: usize =
+        done.split(", ").find_map(|p| p.strip_suffix(" queued for the PACS")?.parse().ok()).unwrap_or(0);
+    ensure!(queued >= 1, "{done}");
+    lines.wait_for(&format!("outbox: sent {queued}"), Duration::from_secs(60))?;
+    let modalities: Vec<String> = orthanc
+        .get_json("/series?expand")?
+        .as_array()
+        .context("no series")?
+        .iter()
+        .filter_map(|s| s["MainDicomTags"]["Modality"].as_str().map(str::to_owned))
+        .collect();
+    ensure!(modalities.contains(&"SR".to_owned()), "{modalities:?}");
+    Ok(())
+}

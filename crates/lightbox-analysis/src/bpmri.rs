@@ -123,6 +123,20 @@ pub fn synthesize_high_b(
     Volume::new(dwi.dims(), voxels, dwi.patient_from_voxel).map_err(|e| AnalysisError::Input(e.to_string()))
 }
 
+/// The ADC map (and a DWI on the ADC's grid, acquired with it) registered rigidly onto the T2W
+/// by NMI and resampled onto the T2W's grid.
+pub fn align_to_t2w(
+    t2w: &Volume<f32>,
+    adc: &Volume<f32>,
+    dwi: Option<&Volume<f32>>,
+) -> Result<(Volume<f32>, Option<Volume<f32>>), AnalysisError> {
+    let registration = lightbox_imaging::register_rigid(t2w, adc, &Default::default())?;
+    let onto = |v: &Volume<f32>| {
+        lightbox_imaging::resample_into(v, t2w.dims(), t2w.patient_from_voxel, &registration.moving_from_fixed, 0.0)
+    };
+    Ok((onto(adc)?, dwi.map(onto).transpose()?))
+}
+
 /// PI-CAI's preprocessing for its nnU-Net baseline: each channel resampled onto one grid of
 /// 0.5 × 0.5 × 3.0 mm spanning the T2W's field of view (its orientation, centred on it),
 /// `size` voxels (x, y, z; PI-CAI crops 256 × 256 × 20), then each channel clipped to its

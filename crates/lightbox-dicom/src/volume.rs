@@ -210,6 +210,12 @@ impl DisplaySet {
             .or_else(|| read(dicom_dictionary_std::tags::CONTENT_TIME, tm_seconds))
     }
 
+    /// The diffusion b-value of the display set (s/mm²), when its frames carry one.
+    pub fn b_value(&self) -> Option<f64> {
+        let f = self.frames.first()?;
+        self.instances[f.instance].frame_meta.get(f.frame as usize).and_then(|m| m.b_value)
+    }
+
     /// The files behind time point `t`, slice by slice (a multi-frame file once).
     pub fn source_paths(&self, t: u32) -> Result<Vec<std::path::PathBuf>, DicomError> {
         let mut paths: Vec<std::path::PathBuf> = Vec::new();

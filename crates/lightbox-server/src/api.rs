@@ -341,7 +341,10 @@ fn job_dto(j: lightbox_workflow::pipeline::JobRow) -> Job {
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
     /// A pipeline from `/models`.
-    #[schema(pattern = "^(threshold-volume|brain-atrophy|ms-lesion-change|breast-dce)$", example = "threshold-volume")]
+    #[schema(
+        pattern = "^(threshold-volume|brain-atrophy|ms-lesion-change|breast-dce|prostate-bpmri)$",
+        example = "threshold-volume"
+    )]
     pub pipeline: String,
     /// A Series Instance UID in the store (an unknown one is refused with 422).
     #[schema(pattern = "^[0-9]+(\\.[0-9]+)*$", max_length = 64)]

@@ -344,7 +344,14 @@ impl Dispatcher {
                 }
             }
             let send_to = if rule.auto_send { self.pacs.as_ref().map(|p| p.name.as_str()) } else { None };
-            let plan = pipeline::plan(&store, &rule.pipeline, series_uid, rule.threshold.unwrap_or(1000.0), send_to)?;
+            let plan = pipeline::plan(
+                &store,
+                &rule.pipeline,
+                series_uid,
+                rule.threshold.unwrap_or(1000.0),
+                send_to,
+                rule.model.as_deref(),
+            )?;
             let (job_id, state) =
                 store.job_enqueue(&plan.key, &plan.pipeline, plan.device, &plan.payload.to_string())?;
             match state.as_str() {

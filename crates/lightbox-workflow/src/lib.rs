@@ -15,6 +15,7 @@ pub mod ms;
 pub mod pacs;
 pub mod pipeline;
 pub mod plugins;
+pub mod prostate;
 pub mod settings;
 
 use lightbox_core::SeriesInstanceUid;
@@ -58,7 +59,9 @@ pub enum WorkflowError {
     #[error("settings {path}: {detail}")]
     Settings { path: PathBuf, detail: String },
 
-    #[error("unknown pipeline {0:?} (known: threshold-volume, brain-atrophy, ms-lesion-change, breast-dce)")]
+    #[error(
+        "unknown pipeline {0:?} (known: threshold-volume, brain-atrophy, ms-lesion-change, breast-dce, prostate-bpmri)"
+    )]
     UnknownPipeline(String),
 
     #[error("analysis: {0}")]

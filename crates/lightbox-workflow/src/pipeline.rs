@@ -55,6 +55,8 @@ pub struct Rule {
     pub min_instances: Option<u32>,
     /// `threshold-volume`: the threshold, in the series' real values.
     pub threshold: Option<f64>,
+    /// `prostate-bpmri`: the model package (a folder in the models folder) that detects lesions.
+    pub model: Option<String>,
     /// Put the results in the outbox without waiting for sign-off.
     #[serde(default)]
     pub auto_send: bool,
@@ -99,6 +101,9 @@ impl Rules {
         for rule in &rules.rules {
             if pipeline_device(&rule.pipeline).is_none() {
                 return Err(bad(rule, format!("unknown pipeline {:?} (known: {})", rule.pipeline, known_pipelines())));
+            }
+            if rule.pipeline == crate::prostate::PROSTATE_BPMRI && rule.model.as_deref().is_none_or(str::is_empty) {
+                return Err(bad(rule, "prostate-bpmri needs model = \"NAME\" (a package in the models folder)".into()));
             }
             if let Some(re) = &rule.description {
                 regex::RegexBuilder::new(re)
@@ -188,7 +193,7 @@ const SEQUENCES: [&str; 6] = ["T1", "T2", "FLAIR", "PD", "DWI", "ADC"];
 const PLANES: [&str; 4] = ["axial", "sagittal", "coronal", "oblique"];
 
 /// The pipelines this build has: (name, version, device, what it does).
-pub const PIPELINES: [(&str, &str, &str, &str); 4] = [
+pub const PIPELINES: [(&str, &str, &str, &str); 5] = [
     (
         THRESHOLD_VOLUME,
         THRESHOLD_VOLUME_VERSION,
@@ -212,6 +217,12 @@ pub const PIPELINES: [(&str, &str, &str, &str); 4] = [
         crate::breast::VERSION,
         "cpu",
         "Breast DCE-MRI: motion correction, subtraction and its MIP, voxel-wise kinetics (curve types I/II/III) and fast-enhancing lesion candidates: derived series, SEG + TID 1500 SR (automated, not for clinical use)",
+    ),
+    (
+        crate::prostate::PROSTATE_BPMRI,
+        crate::prostate::VERSION,
+        "gpu",
+        "Prostate bpMRI: T2W, ADC and DWI found from their attributes, registered, a site-installed nnU-Net lesion model, PI-CAI's dynamic lesion extraction: SEG + TID 1500 SR with each lesion's likelihood, volume, diameter and ADC (AI output, not for clinical use)",
     ),
 ];
 
@@ -289,9 +300,21 @@ pub fn plan(
     series_uid: &str,
     threshold: f64,
     send_to: Option<&str>,
+    model: Option<&str>,
 ) -> Result<JobPlan, WorkflowError> {
     let device = pipeline_device(pipeline).ok_or_else(|| WorkflowError::UnknownPipeline(pipeline.to_owned()))?;
     let digest = instances_digest(store, series_uid)?;
+    if pipeline == crate::prostate::PROSTATE_BPMRI {
+        let model = model.unwrap_or_default();
+        return Ok(JobPlan {
+            key: format!("{series_uid}/{pipeline}@{}/model={model}/{digest}", crate::prostate::VERSION),
+            pipeline: pipeline.to_owned(),
+            device,
+            payload: serde_json::json!({
+                "series": series_uid, "instances": digest, "send_to": send_to, "model": model,
+            }),
+        });
+    }
     if needs_prior(pipeline) {
         // The prior is part of the input: a prior arriving later is a new analysis.
         let prior = crate::find_prior(store.root(), series_uid)?;
@@ -341,7 +364,7 @@ pub fn enqueue(store_dir: &Path, pipeline: &str, series_uid: &str, threshold: f6
     if crate::engine::NOT_IMAGES.contains(&modality.as_str()) {
         return Err(WorkflowError::Analysis(format!("series {series_uid} is a {modality}, not images to analyse")));
     }
-    let plan = plan(&store, pipeline, series_uid, threshold, None)?;
+    let plan = plan(&store, pipeline, series_uid, threshold, None, None)?;
     let before = store.jobs()?.len();
     let (id, state) = store.job_enqueue(&plan.key, &plan.pipeline, plan.device, &plan.payload.to_string())?;
     Ok(if store.jobs()?.len() > before { Enqueued::Created(id) } else { Enqueued::Exists { id, state } })
@@ -382,7 +405,7 @@ pub fn run_pipeline(
     send_to: Option<&str>,
 ) -> Result<PipelineOutcome, WorkflowError> {
     let store = Store::open(store_dir)?;
-    let plan = plan(&store, pipeline, series_uid, threshold, send_to)?;
+    let plan = plan(&store, pipeline, series_uid, threshold, send_to, None)?;
     let (owner, lease) = (runner_id(), lease_secs());
     match store.job_claim(&plan.key, pipeline, plan.device, &plan.payload.to_string(), owner, lease)? {
         Claim::Done(id) => Ok(finished_outcome(&store, id)?),
@@ -501,6 +524,10 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
         }
         if job.kind == crate::breast::BREAST_DCE {
             return crate::breast::run(&mut store, Some(&lease), &job.key, &series, send_to);
+        }
+        if job.kind == crate::prostate::PROSTATE_BPMRI {
+            let model = payload["model"].as_str().unwrap_or_default();
+            return crate::prostate::run(&mut store, Some(&lease), &job.key, &series, model, send_to);
         }
         threshold_volume(&mut store, Some(&lease), &job.key, &series, threshold, send_to, None)
     })();

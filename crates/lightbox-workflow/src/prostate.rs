@@ -1,0 +1,372 @@
+//! The `prostate-bpmri` pipeline: a prostate bpMRI study (its axial T2W, ADC and DWI found from
+//! their attributes, see `lightbox_analysis::bpmri`) through a lesion-detection model package
+//! the site installed (`lightbox models import <nnU-Net v2 folder> --name NAME`, named by the
+//! rule's `model`):
+//! 1. ADC and DWI are registered rigidly onto the T2W (NMI) and resampled onto its grid; a high-b
+//!    image (b = 1400) is computed when the DWI's highest b is lower;
+//! 2. the model's channels are filled by their names in its `model.toml` (T2…, ADC, HBV/DWI/high
+//!    b) and it runs as nnU-Net does; its lesion class's probability goes through PI-CAI's
+//!    dynamic lesion extraction;
+//! 3. each lesion's likelihood, volume, longest diameter and mean ADC, and with a gland class
+//!    the gland's volume, become a SEG (gland, lesions) and a TID 1500 SR.
+//!
+//! The likelihoods are the model's; no PI-RADS category is given. AI output, research use only.
+
+use std::sync::atomic::AtomicBool;
+
+use lightbox_analysis::bpmri::{HIGH_B, SeriesSummary, choose_bpmri, synthesize_high_b};
+use lightbox_core::Volume;
+use lightbox_dicom::{
+    Code, Measurement, MeasurementGroup, MeasurementReport, Observer, SegSeries, Segment, SegmentRef,
+};
+use lightbox_store::Store;
+
+use crate::WorkflowError;
+use crate::brain::local;
+use crate::pipeline::{Lease, PipelineOutcome, results_dir, scan_series, stage};
+
+pub const PROSTATE_BPMRI: &str = "prostate-bpmri";
+/// Bumped whenever the results could change.
+pub const VERSION: &str = "1";
+
+/// Every MR display set of the study of `series_uid`, as the choice sees it.
+fn study_candidates(store: &Store, series_uid: &str) -> Result<Vec<SeriesSummary>, WorkflowError> {
+    let files = store.series_files(series_uid)?;
+    let first = files
+        .first()
+        .ok_or_else(|| WorkflowError::UnknownSeries { uid: series_uid.to_owned(), folder: store.root().to_owned() })?;
+    let record = lightbox_dicom::read_instance(first)?;
+    let rows = store.series_of_study(record.study_uid.as_str())?.unwrap_or_default();
+    let mut out = Vec::new();
+    for (uid, modality, description, _) in rows {
+        if modality != "MR" {
+            continue;
+        }
+        let report = scan_series(store, &uid)?;
+        let Some(series) = report.find_series(&uid) else { continue };
+        let files = store.series_files(&uid)?;
+        let Some(file) = files.first() else { continue };
+        let facts = lightbox_dicom::series_facts(file)?;
+        for (index, set) in report.display_sets(series).iter().enumerate() {
+            // A DWI series' display sets differ by b-value; another series' by other things.
+            let sequence =
+                if set.b_value().is_some_and(|b| b > 0.0) { "DWI".to_owned() } else { facts.sequence.clone() };
+            out.push(SeriesSummary {
+                series_uid: uid.clone(),
+                display_set: index,
+                sequence,
+                plane: facts.plane.clone(),
+                b_value: set.b_value(),
+                slices: set.slices as usize,
+                description: description.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn load(store: &Store, s: &SeriesSummary) -> Result<Volume<f32>, WorkflowError> {
+    let report = scan_series(store, &s.series_uid)?;
+    let series = report
+        .find_series(&s.series_uid)
+        .ok_or_else(|| WorkflowError::UnknownSeries { uid: s.series_uid.clone(), folder: store.root().to_owned() })?;
+    let set = report.display_sets(series).get(s.display_set).ok_or_else(|| {
+        WorkflowError::Analysis(format!("series {} has no display set {}", s.series_uid, s.display_set))
+    })?;
+    Ok(set.load(0)?)
+}
+
+/// Runs the pipeline on the study of `series_uid` with the model package `model`.
+pub(crate) fn run(
+    store: &mut Store,
+    lease: Option<&Lease>,
+    key: &str,
+    series_uid: &str,
+    model: &str,
+    send_to: Option<&str>,
+) -> Result<PipelineOutcome, WorkflowError> {
+    let bad = |what: String| WorkflowError::Analysis(format!("prostate bpMRI of series {series_uid}: {what}"));
+    if model.is_empty() {
+        return Err(bad("the rule names no model (model = \"NAME\", a package in the models folder)".into()));
+    }
+    let models = crate::ai::models_dir();
+    let package = lightbox_ai::ModelPackage::open(&models.join(model))?;
+    stage(lease, store, "choosing the series")?;
+    let choice = choose_bpmri(&study_candidates(store, series_uid)?).map_err(|e| bad(e.to_string()))?;
+    stage(lease, store, "loading and registering")?;
+    let t2w = load(store, &choice.t2w)?;
+    let adc = load(store, &choice.adc)?;
+    let dwi = choice.dwi.as_ref().map(|d| load(store, d)).transpose()?;
+    let high_b = match (&dwi, &choice.dwi) {
+        (Some(d), Some(s)) if choice.synthesize_high_b && d.dims() == adc.dims() => {
+            Some(synthesize_high_b(d, s.b_value.unwrap_or(0.0), &adc, HIGH_B).map_err(|e| bad(e.to_string()))?)
+        }
+        (Some(d), _) => Some(d.clone()),
+        _ => None,
+    };
+    let (adc_on_t2w, high_b_on_t2w) = lightbox_analysis::bpmri::align_to_t2w(&t2w, &adc, high_b.as_ref())
+        .map_err(|e| bad(format!("registering the ADC and DWI onto the T2W: {e}")))?;
+    // The model's channels by their names.
+    let mut channels = Vec::new();
+    for name in &package.manifest.input.sequences {
+        let n = name.to_ascii_uppercase();
+        let volume = if n.contains("ADC") {
+            adc_on_t2w.clone()
+        } else if n.starts_with("T2") {
+            t2w.clone()
+        } else if n.contains("HBV") || n.contains("DWI") || n.contains("HIGH") || n.starts_with('B') {
+            high_b_on_t2w.clone().ok_or_else(|| bad(format!("the model wants {name:?} and the study has no DWI")))?
+        } else {
+            return Err(bad(format!("the model's channel {name:?} is not one bpMRI gives (T2W, ADC, high b)")));
+        };
+        channels.push(volume);
+    }
+    stage(lease, store, "running the model")?;
+    let device = lightbox_ai::AiDevice::choose(lightbox_ai::DevicePreference::Auto)?;
+    let device_name = device.description.clone();
+    let net = lightbox_ai::nnunet::NnUnet::from_package(&models.join(model), device)?;
+    let probabilities = net.predict_probabilities(&channels, &AtomicBool::new(false), &mut |_| {})?;
+    let label_of = |wanted: &str| {
+        package
+            .manifest
+            .labels
+            .iter()
+            .find(|(_, n)| n.to_ascii_lowercase().contains(wanted))
+            .and_then(|(i, _)| i.parse::<usize>().ok())
+    };
+    let lesion_class = label_of("lesion")
+        .or_else(|| label_of("cancer"))
+        .or_else(|| label_of("tumo"))
+        .unwrap_or(probabilities.len().saturating_sub(1));
+    let gland_class = label_of("gland").or_else(|| label_of("prostate"));
+    let lesion_map = probabilities.get(lesion_class).ok_or_else(|| bad("no lesion class in the model".into()))?;
+    let [nx, ny, nz] = t2w.dims();
+    let (lesion_labels, found) = lightbox_analysis::prostate::extract_lesions(
+        lesion_map.voxels(),
+        [nz, ny, nx],
+        &lightbox_analysis::prostate::ExtractionOptions::default(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let voxel_ml = t2w.spacing_mm().iter().product::<f64>() / 1000.0;
+    // The gland: voxels whose most probable class is the gland or the lesion.
+    let gland_ml = gland_class.map(|g| {
+        (0..lesion_map.voxels().len())
+            .filter(|&at| {
+                let best = (0..probabilities.len())
+                    .max_by(|&a, &b| probabilities[a].voxels()[at].total_cmp(&probabilities[b].voxels()[at]))
+                    .unwrap_or(0);
+                best == g || best == lesion_class
+            })
+            .count() as f64
+            * voxel_ml
+    });
+    struct Lesion {
+        likelihood: f32,
+        volume_ml: f64,
+        diameter_mm: f64,
+        mean_adc: f64,
+        centre_mm: [f64; 3],
+    }
+    let lesions: Vec<Lesion> = found
+        .iter()
+        .map(|c| {
+            let at: Vec<usize> = (0..lesion_labels.len()).filter(|&i| lesion_labels[i] == c.index).collect();
+            let points: Vec<[f64; 3]> = at
+                .iter()
+                .map(|&i| {
+                    t2w.patient_from_voxel.transform_point([
+                        (i % nx) as f64,
+                        ((i / nx) % ny) as f64,
+                        (i / (nx * ny)) as f64,
+                    ])
+                })
+                .collect();
+            let n = points.len().max(1) as f64;
+            let centre_mm = [0, 1, 2].map(|k| points.iter().map(|p| p[k]).sum::<f64>() / n);
+            let step = (points.len() / 1500).max(1);
+            let sample: Vec<&[f64; 3]> = points.iter().step_by(step).collect();
+            let mut diameter_mm: f64 = 0.0;
+            for (i, a) in sample.iter().enumerate() {
+                for b in &sample[i + 1..] {
+                    diameter_mm = diameter_mm.max((0..3).map(|k| (a[k] - b[k]).powi(2)).sum::<f64>().sqrt());
+                }
+            }
+            let mean_adc = at.iter().map(|&i| f64::from(adc_on_t2w.voxels()[i])).sum::<f64>() / n;
+            Lesion { likelihood: c.likelihood, volume_ml: at.len() as f64 * voxel_ml, diameter_mm, mean_adc, centre_mm }
+        })
+        .collect();
+
+    let name = format!("Lightbox {PROSTATE_BPMRI}");
+    let report = scan_series(store, &choice.t2w.series_uid)?;
+    let t2_series = report.find_series(&choice.t2w.series_uid).ok_or_else(|| bad("the T2W left the store".into()))?;
+    let set =
+        report.display_sets(t2_series).get(choice.t2w.display_set).ok_or_else(|| bad("no T2W display set".into()))?;
+    let out = results_dir(store)?;
+    stage(lease, store, "writing results")?;
+    let seg_algorithm =
+        lightbox_dicom::SegmentAlgorithm::Automatic { name: format!("{name} ({model})"), version: VERSION.into() };
+    let mut segments = Vec::new();
+    let mut labels = vec![0u8; lesion_labels.len()];
+    if let Some(g) = gland_class {
+        segments.push(Segment {
+            label: "Prostate gland".into(),
+            category: Code::new("91723000", "SCT", "Anatomical Structure"),
+            property_type: Code::new("41216001", "SCT", "Prostate"),
+            algorithm: seg_algorithm.clone(),
+        });
+        for (at, l) in labels.iter_mut().enumerate() {
+            let best = (0..probabilities.len())
+                .max_by(|&a, &b| probabilities[a].voxels()[at].total_cmp(&probabilities[b].voxels()[at]))
+                .unwrap_or(0);
+            if best == g {
+                *l = 1;
+            }
+        }
+    }
+    let lesion_first = segments.len() as u8;
+    for (i, c) in found.iter().enumerate() {
+        segments.push(Segment {
+            label: format!("Lesion {} (likelihood {:.2})", i + 1, c.likelihood),
+            category: Code::new("49755003", "SCT", "Morphologically Abnormal Structure"),
+            property_type: Code::new("52988006", "SCT", "Lesion"),
+            algorithm: seg_algorithm.clone(),
+        });
+        for (at, l) in lesion_labels.iter().enumerate() {
+            if *l == c.index {
+                labels[at] = lesion_first + i as u8 + 1;
+            }
+        }
+    }
+    let seg = if segments.is_empty() || labels.iter().all(|&l| l == 0) {
+        None
+    } else {
+        let path = out.path().join("seg.dcm");
+        let labels = Volume::new(t2w.dims(), labels, t2w.patient_from_voxel).map_err(|e| bad(e.to_string()))?;
+        let written = lightbox_dicom::write_seg(
+            set,
+            0,
+            &labels,
+            &segments,
+            &SegSeries {
+                series_description: "AI: prostate gland and lesions (research, not for clinical use)".into(),
+                series_number: 9941,
+                content_label: "LIGHTBOX_AI".into(),
+                content_description: format!("AI output of model {model}"),
+                creator: name.clone(),
+                software_version: env!("CARGO_PKG_VERSION").into(),
+                uid_seed: Some(format!("{key}/seg")),
+            },
+            &path,
+        )?;
+        Some((path, written))
+    };
+    let algorithm = lightbox_dicom::Algorithm {
+        name: name.clone(),
+        version: VERSION.into(),
+        parameters: std::iter::once(format!("model {model} ({})", package.manifest.description))
+            .chain(choice.reasons.iter().cloned())
+            .chain([format!("device: {device_name}")])
+            .collect(),
+    };
+    let m = |concept: Code, value: f64, unit: Code| Measurement {
+        concept,
+        value,
+        unit,
+        algorithm: Some(algorithm.clone()),
+    };
+    let mut groups = Vec::new();
+    if let Some(ml) = gland_ml {
+        groups.push(MeasurementGroup {
+            tracking_id: "AI: prostate gland".into(),
+            tracking_uid: lightbox_dicom::uid_from(&format!("{key}/tracking/gland")),
+            finding: Some(Code::new("41216001", "SCT", "Prostate")),
+            observer: None,
+            finding_site: None,
+            segment: seg.as_ref().map(|s| SegmentRef { seg: s.1.clone(), number: 1 }),
+            measurements: vec![m(Code::new("118565006", "SCT", "Volume"), ml, Code::new("mL", "UCUM", "milliliter"))],
+            qualitative: vec![],
+        });
+    }
+    for (i, l) in lesions.iter().enumerate() {
+        groups.push(MeasurementGroup {
+            tracking_id: format!("AI: lesion {}", i + 1),
+            tracking_uid: lightbox_dicom::uid_from(&format!("{key}/tracking/lesion/{i}")),
+            finding: Some(Code::new("52988006", "SCT", "Lesion")),
+            observer: None,
+            finding_site: Some(Code::new("41216001", "SCT", "Prostate")),
+            segment: seg
+                .as_ref()
+                .map(|s| SegmentRef { seg: s.1.clone(), number: u16::from(lesion_first) + i as u16 + 1 }),
+            measurements: vec![
+                m(
+                    local("LIKELIHOOD", "Lesion likelihood (model output)"),
+                    f64::from(l.likelihood),
+                    Code::new("1", "UCUM", "no units"),
+                ),
+                m(Code::new("118565006", "SCT", "Volume"), l.volume_ml, Code::new("mL", "UCUM", "milliliter")),
+                m(Code::new("103339001", "SCT", "Long Axis"), l.diameter_mm, Code::new("mm", "UCUM", "millimeter")),
+                m(
+                    local("ADC-MEAN", "Mean apparent diffusion coefficient"),
+                    l.mean_adc,
+                    Code::new("um2/s", "UCUM", "square micrometer per second"),
+                ),
+            ],
+            qualitative: vec![],
+        });
+    }
+    let sr_path = out.path().join("sr.dcm");
+    let sr_uid = lightbox_dicom::write_sr(
+        set,
+        0,
+        &MeasurementReport {
+            observers: vec![Observer::Device {
+                name: name.clone(),
+                uid: lightbox_dicom::uid_from("lightbox/device/prostate-bpmri"),
+            }],
+            procedure: Code::new("46347-6", "LN", "MR Prostate"),
+            groups,
+            series_description: "AI: prostate bpMRI lesions (research, not for clinical use)".into(),
+            series_number: 9942,
+            verified_by: None,
+            verifying_organization: crate::settings::institution(),
+            uid_seed: Some(format!("{key}/sr")),
+        },
+        &sr_path,
+    )?;
+    stage(lease, store, "storing results")?;
+    let mut queued = 0;
+    for path in seg.iter().map(|s| &s.0).chain([&sr_path]) {
+        store.import_file(path)?;
+        if let Some(destination) = send_to
+            && let lightbox_store::Enqueued::Queued(_) = store.outbox_enqueue(path, destination)?
+        {
+            queued += 1;
+        }
+    }
+    let summary = format!(
+        "model {model}: {} lesion(s){}{}; T2W {}, ADC {}{}",
+        lesions.len(),
+        lesions.first().map_or_else(String::new, |l| format!(", the likeliest {:.2}", l.likelihood)),
+        gland_ml.map_or_else(String::new, |g| format!(", gland {g:.1} mL")),
+        choice.t2w.series_uid,
+        choice.adc.series_uid,
+        choice.dwi.as_ref().map_or_else(|| ", no DWI".into(), |d| format!(", DWI b = {:.0}", d.b_value.unwrap_or(0.0))),
+    );
+    Ok(PipelineOutcome {
+        job_id: 0,
+        ran: true,
+        seg_uid: seg.map(|s| s.1.sop_uid).unwrap_or_default(),
+        sr_uid,
+        volume_mm3: 1000.0 * lesions.iter().map(|l| l.volume_ml).sum::<f64>(),
+        queued,
+        summary,
+        details: serde_json::json!({
+            "findings": lesions.iter().enumerate().map(|(i, l)| serde_json::json!([format!("Lesion {} likelihood", i + 1), l.likelihood, "1"])).collect::<Vec<_>>(),
+            "lesions": lesions.iter().enumerate().map(|(i, l)| serde_json::json!({
+                "label": format!("Lesion {} (likelihood {:.2})", i + 1, l.likelihood),
+                "centre_mm": l.centre_mm,
+                "volume_ml": l.volume_ml,
+            })).collect::<Vec<_>>(),
+        }),
+    })
+}
