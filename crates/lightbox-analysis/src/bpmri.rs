@@ -107,13 +107,7 @@ pub fn synthesize_high_b(
     if target_b <= b || !target_b.is_finite() {
         return Err(AnalysisError::Input(format!("b = {target_b} is not above the acquired b = {b}")));
     }
-    let mut positive: Vec<f32> = adc.voxels().iter().copied().filter(|v| *v > 0.0).collect();
-    if positive.is_empty() {
-        return Err(AnalysisError::Input("the ADC map has no positive value".into()));
-    }
-    let mid = positive.len() / 2;
-    let median = *positive.select_nth_unstable_by(mid, f32::total_cmp).1;
-    let unit = if median > 20.0 { 1e-6 } else { 1e-3 };
+    let unit = adc_unit_mm2_s(adc)?;
     let voxels = dwi
         .voxels()
         .iter()
@@ -135,6 +129,18 @@ pub fn align_to_t2w(
         lightbox_imaging::resample_into(v, t2w.dims(), t2w.patient_from_voxel, &registration.moving_from_fixed, 0.0)
     };
     Ok((onto(adc)?, dwi.map(onto).transpose()?))
+}
+
+/// The unit of an ADC map's values in mm²/s, found from the values: maps stored in 10⁻⁶ mm²/s
+/// (µm²/s, most scanners) have tissue around 1000; in 10⁻³ mm²/s around 1.
+pub fn adc_unit_mm2_s(adc: &Volume<f32>) -> Result<f64, AnalysisError> {
+    let mut positive: Vec<f32> = adc.voxels().iter().copied().filter(|v| *v > 0.0).collect();
+    if positive.is_empty() {
+        return Err(AnalysisError::Input("the ADC map has no positive value".into()));
+    }
+    let mid = positive.len() / 2;
+    let median = *positive.select_nth_unstable_by(mid, f32::total_cmp).1;
+    Ok(if median > 20.0 { 1e-6 } else { 1e-3 })
 }
 
 /// PI-CAI's preprocessing for its nnU-Net baseline: each channel resampled onto one grid of

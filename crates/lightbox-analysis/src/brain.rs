@@ -199,7 +199,7 @@ pub fn atrophy(
 }
 
 /// What made the lesion change, for the report.
-pub const LESION_CHANGE_METHOD: &str = "Lightbox lesion change 1: deepbet 1.0.2 brain mask on the follow-up FLAIR, rigid NMI registration of the baseline onto it, subtraction and threshold (5 robust SD, 1.1 x the brain median, 15 mm3, 3 mm rim left out); enlarging when 20 % of the lesion was above 1.3 x the median before";
+pub const LESION_CHANGE_METHOD: &str = "Lightbox lesion change 1: deepbet 1.0.2 brain mask on the follow-up FLAIR, rigid NMI registration of the baseline onto it, subtraction and threshold (5 robust SD, 1.1 x the brain median, 15 mm3, a rim of about 3 mm through-plane left out); enlarging when 20 % of the lesion was above 1.3 x the median before";
 
 /// New and enlarging lesions between two FLAIRs of one patient, on the follow-up's grid.
 #[derive(Clone, Debug)]

@@ -57,7 +57,8 @@ pub fn extract_lesions(
     let mut candidates: Vec<Candidate> = Vec::new();
     while candidates.len() < options.max_lesions.min(usize::from(u8::MAX)) {
         let max = working.iter().copied().fold(0.0f32, f32::max);
-        if max < options.stop_below {
+        // An empty map ends the search whatever `stop_below` is.
+        if max < options.stop_below || max <= 0.0 {
             break;
         }
         let threshold = max / options.threshold_factor;

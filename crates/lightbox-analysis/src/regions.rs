@@ -173,7 +173,8 @@ pub struct RegionVolumes {
     pub regions: Vec<Region>,
     /// On the T1's grid: 0, or `k` where `regions[k - 1]` is.
     pub labels: Volume<u8>,
-    /// How much the atlas had to grow (> 1) or shrink to fit this brain (a volume ratio).
+    /// The determinant of the atlas-from-patient map: how many mL of atlas one mL of this brain
+    /// covers (above 1 when the brain is smaller than the atlas).
     pub atlas_scale: f64,
     /// NMI of the atlas's picture against the T1 after registration.
     pub nmi: f64,
@@ -323,15 +324,19 @@ fn measure(
             }
         }
     }
-    // Ventricles: the CSF within 3 voxels of the atlas's ventricle.
+    // Ventricles: the CSF within 3 voxels of the atlas's ventricle; a voxel near both sides'
+    // ventricles counts once, for the first.
+    let mut claimed = vec![false; out.len()];
     for (index, region) in REGIONS.iter().enumerate().filter(|(_, r)| r.counted == Ventricle) {
         let core: Vec<bool> = transferred.iter().map(|l| region.labels.contains(l)).collect();
         let near = lightbox_imaging::morphology::dilate(&core, [nz, ny, nx], 3);
         for at in 0..out.len() {
             if near[at]
+                && !claimed[at]
                 && brain.voxels()[at] > 0
                 && !REGIONS.iter().any(|r| r.counted == Tissue && r.labels.contains(&transferred[at]))
             {
+                claimed[at] = true;
                 sums[index] += f64::from(csf_fraction[at]);
                 if out[at] == 0 && tissue[at] == 1 {
                     out[at] = index as u8 + 1;

@@ -27,8 +27,9 @@ pub struct LesionChangeOptions {
     pub min_volume_mm3: f64,
     pub existing_hyperintensity: f64,
     pub existing_fraction: f64,
-    /// The outer rim of the brain mask left out of the search, mm (at least one voxel layer):
-    /// at the brain's surface a half-voxel misregistration looks like change.
+    /// The outer rim of the brain mask left out of the search, in mm of the thickest voxel
+    /// spacing (at least one voxel layer, the same number of layers along every axis): at the
+    /// brain's surface a half-voxel misregistration looks like change.
     pub edge_margin_mm: f64,
 }
 

@@ -344,15 +344,9 @@ pub(crate) fn run(
         &sr_path,
     )?;
     stage(lease, store, "storing results")?;
-    let mut queued = 0;
-    for path in std::iter::once(&seg_path).chain(regions_seg.iter().map(|r| &r.0)).chain([&sr_path]) {
-        store.import_file(path)?;
-        if let Some(destination) = send_to
-            && let lightbox_store::Enqueued::Queued(_) = store.outbox_enqueue(path, destination)?
-        {
-            queued += 1;
-        }
-    }
+    let paths: Vec<&std::path::PathBuf> =
+        std::iter::once(&seg_path).chain(regions_seg.iter().map(|r| &r.0)).chain([&sr_path]).collect();
+    let queued = crate::pipeline::store_results(store, &paths, send_to)?;
     let v = &findings.volumes;
     Ok(PipelineOutcome {
         job_id: 0,

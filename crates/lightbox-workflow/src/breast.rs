@@ -178,15 +178,8 @@ pub(crate) fn run(
         &sr_path,
     )?;
     stage(lease, store, "storing results")?;
-    let mut queued = 0;
-    for path in written.iter().chain(seg.iter().map(|s| &s.0)).chain([&sr_path]) {
-        store.import_file(path)?;
-        if let Some(destination) = send_to
-            && let lightbox_store::Enqueued::Queued(_) = store.outbox_enqueue(path, destination)?
-        {
-            queued += 1;
-        }
-    }
+    let paths: Vec<&std::path::PathBuf> = written.iter().chain(seg.iter().map(|s| &s.0)).chain([&sr_path]).collect();
+    let queued = crate::pipeline::store_results(store, &paths, send_to)?;
     let summary = summary(&dce);
     let lesions: Vec<serde_json::Value> = dce
         .lesions

@@ -203,6 +203,8 @@ impl Drop for Engine {
 }
 
 const WATERMARK: &str = "dispatched_until";
+/// Engine state key prefix: a series retrieved from the PACS as another series' prior.
+const RETRIEVED_PRIOR: &str = "retrieved-prior/";
 
 /// Modalities that are not images to analyse.
 pub(crate) const NOT_IMAGES: [&str; 7] = ["SEG", "SR", "PR", "KO", "RWV", "DOC", "REG"];
@@ -322,6 +324,11 @@ impl Dispatcher {
             return Ok(());
         }
         let store = Store::open(&self.store_dir)?;
+        // A prior retrieved for another series' comparison is not analysed itself (and so never
+        // fetches its own prior: no walk through the patient's history).
+        if store.engine_state(&format!("{RETRIEVED_PRIOR}{series_uid}"))?.is_some() {
+            return Ok(());
+        }
         let mut matched = false;
         let mut runnable = Vec::new();
         for (rule, hit, _) in self.rules.explain(&series) {
@@ -335,7 +342,8 @@ impl Dispatcher {
             {
                 match crate::pacs::fetch_prior_blocking(&self.store_dir, pacs, series_uid) {
                     Ok(Some(prior)) => {
-                        self.emit(EngineEvent::PriorRetrieved { series_uid: series_uid.to_owned(), prior_uid: prior })
+                        store.set_engine_state(&format!("{RETRIEVED_PRIOR}{prior}"), series_uid)?;
+                        self.emit(EngineEvent::PriorRetrieved { series_uid: series_uid.to_owned(), prior_uid: prior });
                     }
                     Ok(None) => {}
                     Err(e) => self.emit(EngineEvent::Error {

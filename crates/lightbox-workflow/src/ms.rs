@@ -27,7 +27,7 @@ const KINDS: [(&str, &str); 2] = [("NEW", "New lesion"), ("ENLARGING", "Enlargin
 /// counts and totals but the SEG keeps the largest.
 const MAX_SEGMENTS: usize = 255;
 
-/// The lesions, largest first (at most [`MAX_SEGMENTS`]).
+/// The lesions, largest first (all of them; the SEG keeps the first [`MAX_SEGMENTS`]).
 fn largest_first(change: &LesionChangeReport) -> Vec<usize> {
     let mut order: Vec<usize> = (0..change.lesions.len()).collect();
     order.sort_by(|a, b| change.lesions[*b].volume_ml.total_cmp(&change.lesions[*a].volume_ml));
@@ -157,15 +157,8 @@ pub(crate) fn run(
         &sr_path,
     )?;
     stage(lease, store, "storing results")?;
-    let mut queued = 0;
-    for path in seg.iter().map(|s| &s.0).chain(std::iter::once(&sr_path)) {
-        store.import_file(path)?;
-        if let Some(destination) = send_to
-            && let lightbox_store::Enqueued::Queued(_) = store.outbox_enqueue(path, destination)?
-        {
-            queued += 1;
-        }
-    }
+    let paths: Vec<&std::path::PathBuf> = seg.iter().map(|s| &s.0).chain(std::iter::once(&sr_path)).collect();
+    let queued = crate::pipeline::store_results(store, &paths, send_to)?;
     Ok(PipelineOutcome {
         job_id: 0,
         ran: true,

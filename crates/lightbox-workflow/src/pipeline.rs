@@ -2,7 +2,7 @@
 //! pipeline version, turned into DICOM SEG + SR in the store and, where the site allows it, the
 //! outbox.
 //!
-//! Two pipelines:
+//! The pipelines:
 //! - `threshold-volume`: voxels above a threshold in the series' largest volume become a
 //!   segment, and its volume is measured (a demonstration, not a diagnostic model).
 //! - `brain-atrophy` (see [`crate::brain`]): a T1's tissue volumes and, when the patient has an
@@ -11,6 +11,8 @@
 //!   patient's earlier FLAIR.
 //! - `breast-dce` (see [`crate::breast`]): motion-corrected subtraction, its MIP, kinetics and
 //!   lesion candidates of a dynamic contrast-enhanced breast series.
+//! - `prostate-bpmri` (see [`crate::prostate`]): a site-installed lesion model on a prostate
+//!   study's T2W, ADC and high-b DWI.
 
 use std::path::Path;
 
@@ -734,6 +736,25 @@ pub(crate) fn first_set<'a>(
         path: store.root().to_owned(),
         issues: format!("series {series_uid} has no image volume"),
     })
+}
+
+/// Puts a run's result files into the store and, with `send_to`, the outbox; how many were
+/// queued (a file sent before is not queued again).
+pub(crate) fn store_results(
+    store: &mut Store,
+    paths: &[&std::path::PathBuf],
+    send_to: Option<&str>,
+) -> Result<usize, WorkflowError> {
+    let mut queued = 0;
+    for path in paths {
+        store.import_file(path)?;
+        if let Some(destination) = send_to
+            && let lightbox_store::Enqueued::Queued(_) = store.outbox_enqueue(path, destination)?
+        {
+            queued += 1;
+        }
+    }
+    Ok(queued)
 }
 
 /// A fresh folder for a run's results, under incoming/, which is swept of hour-old leftovers:

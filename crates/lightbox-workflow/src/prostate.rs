@@ -97,15 +97,17 @@ pub(crate) fn run(
     let t2w = load(store, &choice.t2w)?;
     let adc = load(store, &choice.adc)?;
     let dwi = choice.dwi.as_ref().map(|d| load(store, d)).transpose()?;
-    let high_b = match (&dwi, &choice.dwi) {
-        (Some(d), Some(s)) if choice.synthesize_high_b && d.dims() == adc.dims() => {
-            Some(synthesize_high_b(d, s.b_value.unwrap_or(0.0), &adc, HIGH_B).map_err(|e| bad(e.to_string()))?)
-        }
-        (Some(d), _) => Some(d.clone()),
-        _ => None,
-    };
-    let (adc_on_t2w, high_b_on_t2w) = lightbox_analysis::bpmri::align_to_t2w(&t2w, &adc, high_b.as_ref())
+    // Both onto the T2W first (the DWI moves with the ADC it was acquired with), so that a
+    // computed high b combines the two voxel by voxel on one grid.
+    let (adc_on_t2w, dwi_on_t2w) = lightbox_analysis::bpmri::align_to_t2w(&t2w, &adc, dwi.as_ref())
         .map_err(|e| bad(format!("registering the ADC and DWI onto the T2W: {e}")))?;
+    let high_b_on_t2w = match (dwi_on_t2w, &choice.dwi) {
+        (Some(d), Some(s)) if choice.synthesize_high_b => {
+            Some(synthesize_high_b(&d, s.b_value.unwrap_or(0.0), &adc_on_t2w, HIGH_B).map_err(|e| bad(e.to_string()))?)
+        }
+        (d, _) => d,
+    };
+    let adc_unit = lightbox_analysis::bpmri::adc_unit_mm2_s(&adc).map_err(|e| bad(e.to_string()))?;
     // The model's channels by their names.
     let mut channels = Vec::new();
     for name in &package.manifest.input.sequences {
@@ -139,6 +141,16 @@ pub(crate) fn run(
         .or_else(|| label_of("tumo"))
         .unwrap_or(probabilities.len().saturating_sub(1));
     let gland_class = label_of("gland").or_else(|| label_of("prostate"));
+    // The likeliest class of each voxel, once, for the gland's volume and its segment.
+    let likeliest: Vec<usize> = (0..probabilities.first().map_or(0, |p| p.voxels().len()))
+        .map(|at| {
+            (0..probabilities.len())
+                .max_by(|&a, &b| probabilities[a].voxels()[at].total_cmp(&probabilities[b].voxels()[at]))
+                .unwrap_or(0)
+        })
+        .collect();
+    // The gland holds its lesions: gland or lesion is gland.
+    let in_gland = |at: usize| gland_class.is_some_and(|g| likeliest[at] == g || likeliest[at] == lesion_class);
     let lesion_map = probabilities.get(lesion_class).ok_or_else(|| bad("no lesion class in the model".into()))?;
     let [nx, ny, nz] = t2w.dims();
     let (lesion_labels, found) = lightbox_analysis::prostate::extract_lesions(
@@ -148,18 +160,7 @@ pub(crate) fn run(
     )
     .map_err(|e| bad(e.to_string()))?;
     let voxel_ml = t2w.spacing_mm().iter().product::<f64>() / 1000.0;
-    // The gland: voxels whose most probable class is the gland or the lesion.
-    let gland_ml = gland_class.map(|g| {
-        (0..lesion_map.voxels().len())
-            .filter(|&at| {
-                let best = (0..probabilities.len())
-                    .max_by(|&a, &b| probabilities[a].voxels()[at].total_cmp(&probabilities[b].voxels()[at]))
-                    .unwrap_or(0);
-                best == g || best == lesion_class
-            })
-            .count() as f64
-            * voxel_ml
-    });
+    let gland_ml = gland_class.map(|_| (0..likeliest.len()).filter(|&at| in_gland(at)).count() as f64 * voxel_ml);
     struct Lesion {
         likelihood: f32,
         volume_ml: f64,
@@ -191,7 +192,10 @@ pub(crate) fn run(
                     diameter_mm = diameter_mm.max((0..3).map(|k| (a[k] - b[k]).powi(2)).sum::<f64>().sqrt());
                 }
             }
-            let mean_adc = at.iter().map(|&i| f64::from(adc_on_t2w.voxels()[i])).sum::<f64>() / n;
+            // In µm²/s whatever the map's unit; voxels outside the ADC's field of view left out.
+            let adc_values: Vec<f64> =
+                at.iter().map(|&i| f64::from(adc_on_t2w.voxels()[i])).filter(|v| *v > 0.0).collect();
+            let mean_adc = adc_values.iter().sum::<f64>() / adc_values.len().max(1) as f64 * adc_unit / 1e-6;
             Lesion { likelihood: c.likelihood, volume_ml: at.len() as f64 * voxel_ml, diameter_mm, mean_adc, centre_mm }
         })
         .collect();
@@ -207,7 +211,7 @@ pub(crate) fn run(
         lightbox_dicom::SegmentAlgorithm::Automatic { name: format!("{name} ({model})"), version: VERSION.into() };
     let mut segments = Vec::new();
     let mut labels = vec![0u8; lesion_labels.len()];
-    if let Some(g) = gland_class {
+    if gland_class.is_some() {
         segments.push(Segment {
             label: "Prostate gland".into(),
             category: Code::new("91723000", "SCT", "Anatomical Structure"),
@@ -215,16 +219,14 @@ pub(crate) fn run(
             algorithm: seg_algorithm.clone(),
         });
         for (at, l) in labels.iter_mut().enumerate() {
-            let best = (0..probabilities.len())
-                .max_by(|&a, &b| probabilities[a].voxels()[at].total_cmp(&probabilities[b].voxels()[at]))
-                .unwrap_or(0);
-            if best == g {
+            if in_gland(at) {
                 *l = 1;
             }
         }
     }
     let lesion_first = segments.len() as u8;
-    for (i, c) in found.iter().enumerate() {
+    // 8-bit labels: at most 254 lesions as segments (extraction keeps 5 by default).
+    for (i, c) in found.iter().enumerate().take(usize::from(u8::MAX - lesion_first)) {
         segments.push(Segment {
             label: format!("Lesion {} (likelihood {:.2})", i + 1, c.likelihood),
             category: Code::new("49755003", "SCT", "Morphologically Abnormal Structure"),
@@ -334,15 +336,8 @@ pub(crate) fn run(
         &sr_path,
     )?;
     stage(lease, store, "storing results")?;
-    let mut queued = 0;
-    for path in seg.iter().map(|s| &s.0).chain([&sr_path]) {
-        store.import_file(path)?;
-        if let Some(destination) = send_to
-            && let lightbox_store::Enqueued::Queued(_) = store.outbox_enqueue(path, destination)?
-        {
-            queued += 1;
-        }
-    }
+    let paths: Vec<&std::path::PathBuf> = seg.iter().map(|s| &s.0).chain([&sr_path]).collect();
+    let queued = crate::pipeline::store_results(store, &paths, send_to)?;
     let summary = format!(
         "model {model}: {} lesion(s){}{}; T2W {}, ADC {}{}",
         lesions.len(),
