@@ -308,8 +308,23 @@ pub fn plan(
     let digest = instances_digest(store, series_uid)?;
     if pipeline == crate::prostate::PROSTATE_BPMRI {
         let model = model.unwrap_or_default();
+        // The whole study is the input: any of its series triggers the same job, and a series
+        // arriving later (a DWI) makes a new one.
+        let files = store.series_files(series_uid)?;
+        let study = match files.first() {
+            Some(f) => lightbox_dicom::read_instance(f)?.study_uid.as_str().to_owned(),
+            None => series_uid.to_owned(),
+        };
+        let mut inputs = Vec::new();
+        for (uid, modality, ..) in store.series_of_study(&study)?.unwrap_or_default() {
+            if modality == "MR" {
+                inputs.push(format!("{uid}:{}", instances_digest(store, &uid)?));
+            }
+        }
+        inputs.sort();
+        let study_digest = lightbox_dicom::uid_from(&inputs.join("\\"));
         return Ok(JobPlan {
-            key: format!("{series_uid}/{pipeline}@{}/model={model}/{digest}", crate::prostate::VERSION),
+            key: format!("{study}/{pipeline}@{}/model={model}/{study_digest}", crate::prostate::VERSION),
             pipeline: pipeline.to_owned(),
             device,
             payload: serde_json::json!({
