@@ -177,7 +177,13 @@ fn main() -> anyhow::Result<()> {
         csf_fraction: &then.csf_fraction,
     };
     lightbox_analysis::regions::regional_change(prior, follow, &atlas)?;
-    lightbox_analysis::brain::atrophy(&net, &volume, &followup, 1.0, Some(60.0))?;
+    // As brain-atrophy does it: the baseline's mask from its volumes serves the atrophy too.
+    let mask = lightbox_core::Volume::new(
+        now_mask2.dims(),
+        now_mask2.voxels().iter().map(|&m| f32::from(m)).collect(),
+        now_mask2.patient_from_voxel,
+    )?;
+    lightbox_analysis::brain::atrophy_in_mask(&volume, &followup, &mask, 1.0, Some(60.0))?;
     let two = started.elapsed().as_secs_f64();
     let goal = if gpu { 60.0 } else { 600.0 };
     println!(

@@ -177,7 +177,26 @@ pub fn atrophy(
     }
     let started = std::time::Instant::now();
     let brain = deepbet.extract(baseline, 0.5, &AtomicBool::new(false), &mut |_| {})?;
-    let found = percent_brain_volume_change(baseline, followup, &brain.mask_f32(), &AtrophyOptions::default())?;
+    let mut report = atrophy_in_mask(baseline, followup, &brain.mask_f32(), interval_years, age_years)?;
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// [`atrophy`] with the baseline's brain mask already made (deepbet's, non-zero = brain, on
+/// the baseline's grid): a pipeline that has it does not extract the brain again.
+pub fn atrophy_in_mask(
+    baseline: &Volume<f32>,
+    followup: &Volume<f32>,
+    brain: &Volume<f32>,
+    interval_years: f64,
+    age_years: Option<f64>,
+) -> Result<AtrophyReport, AnalysisError> {
+    check_interval(interval_years)?;
+    if let Some(age) = age_years.filter(|a| !(0.0..=130.0).contains(a)) {
+        return Err(AnalysisError::Input(format!("an age of {age} years is not plausible")));
+    }
+    let started = std::time::Instant::now();
+    let found = percent_brain_volume_change(baseline, followup, brain, &AtrophyOptions::default())?;
     let rate = found.pbvc_percent / interval_years;
     let healthy = age_years.map(healthy_rate_percent_per_year);
     let comparison = healthy.map(|h| {

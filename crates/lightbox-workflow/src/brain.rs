@@ -207,13 +207,21 @@ fn measure(
                 if age.is_none() {
                     notes.push("no birth date or age in the images: not compared with the healthy norm".into());
                 }
-                let found = lightbox_analysis::brain::atrophy(&net, &baseline, &t1, years, age).map_err(analysis)?;
-                notes.extend(found.warnings.iter().cloned());
-                atrophy = Some(found);
                 if let Some(atlas) = &atlas {
                     stage(lease, store, "regions, then and now")?;
+                    // One brain extraction of the baseline serves its volumes and the atrophy.
                     let before = lightbox_analysis::brain::volumes(&net, &baseline).map_err(analysis)?;
                     let before_mask = brain_mask(&before)?;
+                    let mask = lightbox_core::Volume::new(
+                        before_mask.dims(),
+                        before_mask.voxels().iter().map(|&m| f32::from(m)).collect(),
+                        before_mask.patient_from_voxel,
+                    )
+                    .map_err(|e| WorkflowError::Analysis(e.to_string()))?;
+                    let found = lightbox_analysis::brain::atrophy_in_mask(&baseline, &t1, &mask, years, age)
+                        .map_err(analysis)?;
+                    notes.extend(found.warnings.iter().cloned());
+                    atrophy = Some(found);
                     let prior_scan = Scan {
                         t1: &baseline,
                         brain: &before_mask,
@@ -223,6 +231,11 @@ fn measure(
                     let (then, now) = regional_change(prior_scan, scan, atlas).map_err(analysis)?;
                     regions = Some(now);
                     prior_regions = Some((then, years));
+                } else {
+                    let found =
+                        lightbox_analysis::brain::atrophy(&net, &baseline, &t1, years, age).map_err(analysis)?;
+                    notes.extend(found.warnings.iter().cloned());
+                    atrophy = Some(found);
                 }
             }
             _ => notes.push(format!(
