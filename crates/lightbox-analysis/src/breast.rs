@@ -9,6 +9,7 @@
 //!   washout (a fall of more than 10 %).
 
 use lightbox_core::Volume;
+use rayon::prelude::*;
 
 use crate::AnalysisError;
 
@@ -52,28 +53,52 @@ pub fn curve_kinetics(times_s: &[f64], signal: &[f64], contrast_s: f64) -> Resul
             signal.len()
         )));
     }
-    let pre: Vec<f64> = times_s.iter().zip(signal).filter(|(t, _)| **t <= contrast_s).map(|(_, s)| *s).collect();
-    let initial: Vec<f64> = times_s
-        .iter()
-        .zip(signal)
-        .filter(|(t, _)| **t > contrast_s && **t <= contrast_s + INITIAL_PHASE_S)
-        .map(|(_, s)| *s)
-        .collect();
-    let last = times_s.iter().zip(signal).rfind(|(t, _)| **t > contrast_s + INITIAL_PHASE_S).map(|(_, s)| *s);
-    let (Some(last), false, false) = (last, pre.is_empty(), initial.is_empty()) else {
-        return Err(AnalysisError::Input(
-            "the series needs a pre-contrast phase, a phase in the first two minutes after contrast and one later"
-                .into(),
-        ));
-    };
-    let baseline = pre.iter().sum::<f64>() / pre.len() as f64;
-    if baseline <= 0.0 {
-        return Err(AnalysisError::Input("the pre-contrast signal is not positive".into()));
+    let phases = Phases::of(times_s, contrast_s)?;
+    phases.kinetics(|t| signal[t]).ok_or_else(|| AnalysisError::Input("the pre-contrast signal is not positive".into()))
+}
+
+/// Which phases are pre-contrast, in the initial two minutes, and the last: found once for a
+/// series, then used for every curve of it.
+struct Phases {
+    pre: Vec<usize>,
+    initial: Vec<usize>,
+    last: usize,
+}
+
+impl Phases {
+    fn of(times_s: &[f64], contrast_s: f64) -> Result<Self, AnalysisError> {
+        let pre: Vec<usize> = (0..times_s.len()).filter(|&t| times_s[t] <= contrast_s).collect();
+        let initial: Vec<usize> = (0..times_s.len())
+            .filter(|&t| times_s[t] > contrast_s && times_s[t] <= contrast_s + INITIAL_PHASE_S)
+            .collect();
+        let last = (0..times_s.len()).rfind(|&t| times_s[t] > contrast_s + INITIAL_PHASE_S);
+        match (last, pre.is_empty(), initial.is_empty()) {
+            (Some(last), false, false) => Ok(Self { pre, initial, last }),
+            _ => Err(AnalysisError::Input(
+                "the series needs a pre-contrast phase, a phase in the first two minutes after contrast and one later"
+                    .into(),
+            )),
+        }
     }
-    let peak = initial.iter().copied().fold(f64::MIN, f64::max);
+
+    /// The kinetics of the curve `signal(phase)`; `None` when its pre-contrast signal is not
+    /// positive.
+    fn kinetics(&self, signal: impl Fn(usize) -> f64) -> Option<Kinetics> {
+        let baseline = self.pre.iter().map(|&t| signal(t)).sum::<f64>() / self.pre.len() as f64;
+        if baseline <= 0.0 {
+            return None;
+        }
+        let peak = self.initial.iter().map(|&t| signal(t)).fold(f64::MIN, f64::max);
+        Some(kinetics_of(baseline, peak, signal(self.last)))
+    }
+}
+
+/// Initial enhancement, its rate, the delayed change and the curve type from the pre-contrast
+/// signal, the initial peak and the last sample.
+fn kinetics_of(baseline: f64, peak: f64, last: f64) -> Kinetics {
     let initial_enhancement_percent = 100.0 * (peak - baseline) / baseline;
     let delayed_change_percent = 100.0 * (last - peak) / peak.max(f64::MIN_POSITIVE);
-    Ok(Kinetics {
+    Kinetics {
         initial_enhancement_percent,
         initial_rate: if initial_enhancement_percent < 50.0 {
             InitialRate::Slow
@@ -90,7 +115,7 @@ pub fn curve_kinetics(times_s: &[f64], signal: &[f64], contrast_s: f64) -> Resul
         } else {
             CurveType::Plateau
         },
-    })
+    }
 }
 
 /// What made the DCE analysis, for the report.
@@ -218,26 +243,33 @@ pub fn analyse_dce(
             "contrast at {contrast_s:.0} s leaves no pre- or post-contrast phase"
         )));
     }
-    // Voxel-wise kinetics.
+    // Voxel-wise kinetics, the phases sorted out once, the voxels in parallel.
     let n = first.voxels().len();
-    let signal = |at: usize| -> Vec<f64> { corrected.iter().map(|p| f64::from(p.voxels()[at])).collect() };
-    let mut types = vec![0u8; n];
-    let mut enhancement = vec![0.0f32; n];
-    for at in 0..n {
-        if !body[at] {
-            continue;
-        }
-        if let Ok(k) = curve_kinetics(times_s, &signal(at), contrast_s) {
-            enhancement[at] = k.initial_enhancement_percent as f32;
-            if k.initial_enhancement_percent >= ENHANCING_PERCENT {
-                types[at] = match k.curve_type {
-                    CurveType::Persistent => 1,
-                    CurveType::Plateau => 2,
-                    CurveType::Washout => 3,
-                };
+    let split = Phases::of(times_s, contrast_s)?;
+    let per_voxel: Vec<(f32, u8)> = (0..n)
+        .into_par_iter()
+        .map(|at| {
+            if !body[at] {
+                return (0.0, 0);
             }
-        }
-    }
+            match split.kinetics(|t| f64::from(corrected[t].voxels()[at])) {
+                Some(k) => {
+                    let kind = if k.initial_enhancement_percent < ENHANCING_PERCENT {
+                        0
+                    } else {
+                        match k.curve_type {
+                            CurveType::Persistent => 1,
+                            CurveType::Plateau => 2,
+                            CurveType::Washout => 3,
+                        }
+                    };
+                    (k.initial_enhancement_percent as f32, kind)
+                }
+                None => (0.0, 0),
+            }
+        })
+        .collect();
+    let (enhancement, types): (Vec<f32>, Vec<u8>) = per_voxel.into_iter().unzip();
     let mean_pre: Vec<f32> =
         (0..n).map(|at| pre.iter().map(|&t| corrected[t].voxels()[at]).sum::<f32>() / pre.len() as f32).collect();
     let subtraction: Vec<f32> = corrected[first_post].voxels().iter().zip(&mean_pre).map(|(a, b)| a - b).collect();
