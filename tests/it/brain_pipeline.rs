@@ -19,7 +19,7 @@
 //! follow-up's SR must hold the new and enlarging lesions that the (separately validated, see
 //! `lesions.rs`) subtraction baseline finds, with one SEG segment per lesion.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
@@ -27,8 +27,9 @@ use anyhow::{Context, ensure};
 use lightbox_ai::{AiDevice, deepbet::Deepbet};
 use lightbox_imaging::atrophy::simulate_atrophy;
 use lightbox_imaging::{RigidParams, resample_into};
-use lightbox_tests::orthanc::{Orthanc, free_port};
-use lightbox_tests::{KillOnDrop, Lines, bin, data, run_ok, workspace_root};
+use lightbox_tests::listener::Listener;
+use lightbox_tests::orthanc::Orthanc;
+use lightbox_tests::{bin, data, run_ok, workspace_root};
 
 const RULES: &str = r#"
 [[rule]]
@@ -89,32 +90,9 @@ fn two_studies(dir: &std::path::Path) -> anyhow::Result<(std::path::PathBuf, std
     Ok((out.pop().context("no baseline")?, followup))
 }
 
-/// `lightbox listen` with the rules above, sending to `orthanc`: the process, its output, its port.
-fn listen(orthanc: &Orthanc, dir: &std::path::Path) -> anyhow::Result<(KillOnDrop, Lines, u16)> {
-    let rules = dir.join("rules.toml");
-    std::fs::write(&rules, RULES)?;
-    let port = free_port()?;
-    let mut listener = KillOnDrop(
-        Command::new(bin("lightbox")?)
-            .args(["listen", "--bind", "127.0.0.1", "--port", &port.to_string(), "--rules"])
-            .arg(&rules)
-            .arg("--store")
-            .arg(dir.join("store"))
-            .env("LIGHTBOX_MODELS", workspace_root().join("models"))
-            .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
-            .env("LIGHTBOX_PACS_USER", orthanc.user())
-            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
-            .env("LIGHTBOX_SETTLE_MS", "1000")
-            .stdout(Stdio::piped())
-            .spawn()?,
-    );
-    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
-    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
-    Ok((listener, lines, port))
-}
-
-fn push(port: u16, folder: &std::path::Path) -> anyhow::Result<String> {
-    run_ok(Command::new("storescu").args(["-aec", "LIGHTBOX", "+sd", "127.0.0.1", &port.to_string()]).arg(folder))
+/// `lightbox listen` with the rules above and the project's models, sending to `orthanc`.
+fn listen(orthanc: &Orthanc, dir: &std::path::Path) -> anyhow::Result<Listener> {
+    Listener::start(dir, RULES, orthanc, &workspace_root().join("models"), 1000)
 }
 
 /// Runs the shipped pdf-summary exporter on job `job` of the store in `dir`; the PDF's path.
@@ -174,19 +152,18 @@ fn two_t1s_pushed_give_brain_volume_change_against_the_healthy_norm_in_the_pacs(
     let dir = tempfile::tempdir()?;
     let (baseline, followup) = two_studies(dir.path())?;
     let orthanc = Orthanc::start()?;
-    let (_listener, mut lines, port) = listen(&orthanc, dir.path())?;
-    let push = |folder: &std::path::Path| push(port, folder);
+    let mut listener = listen(&orthanc, dir.path())?;
 
-    push(&baseline)?;
-    let first = lines.wait_for("pipeline brain-atrophy on", Duration::from_secs(300))?;
+    listener.push(&baseline)?;
+    let first = listener.lines.wait_for("pipeline brain-atrophy on", Duration::from_secs(300))?;
     ensure!(first.contains("no prior T1 of this patient") && first.contains("3 queued"), "{first}");
-    lines.wait_for("outbox: sent 3", Duration::from_secs(60))?;
+    listener.lines.wait_for("outbox: sent 3", Duration::from_secs(60))?;
 
-    push(&followup)?;
-    let second = lines.wait_for("pipeline brain-atrophy on", Duration::from_secs(300))?;
+    listener.push(&followup)?;
+    let second = listener.lines.wait_for("pipeline brain-atrophy on", Duration::from_secs(300))?;
     eprintln!("{second}");
     ensure!(second.contains("brain volume change") && second.contains("3 queued"), "{second}");
-    lines.wait_for("outbox: sent 3", Duration::from_secs(60))?;
+    listener.lines.wait_for("outbox: sent 3", Duration::from_secs(60))?;
 
     // In the PACS: both studies' SEGs (tissues, regions) and SR; the follow-up's SR holds the
     // change and its verdict.
@@ -298,19 +275,19 @@ fn two_flairs_pushed_give_new_and_enlarging_lesions_in_the_pacs() -> anyhow::Res
         folders.push(folder);
     }
     let orthanc = Orthanc::start()?;
-    let (_listener, mut lines, port) = listen(&orthanc, dir.path())?;
+    let mut listener = listen(&orthanc, dir.path())?;
 
     // The first FLAIR is on the PACS only: the listener finds it there as the prior.
     for file in std::fs::read_dir(&folders[0])? {
         orthanc.upload(&file?.path())?;
     }
-    push(port, &folders[1])?;
-    let retrieved = lines.wait_for("retrieved from the PACS", Duration::from_secs(120))?;
+    listener.push(&folders[1])?;
+    let retrieved = listener.lines.wait_for("retrieved from the PACS", Duration::from_secs(120))?;
     eprintln!("{retrieved}");
-    let second = lines.wait_for("new lesion(s)", Duration::from_secs(300))?;
+    let second = listener.lines.wait_for("new lesion(s)", Duration::from_secs(300))?;
     eprintln!("{second}");
     ensure!(second.contains("new lesion(s)") && second.contains("2 queued"), "{second}");
-    lines.wait_for("outbox: sent 2", Duration::from_secs(60))?;
+    listener.lines.wait_for("outbox: sent 2", Duration::from_secs(60))?;
 
     let reports = reports_in(&orthanc, dir.path())?;
     ensure!(reports.len() == 1, "{} SRs: the first FLAIR has nothing to compare with", reports.len());

@@ -80,12 +80,11 @@ fn synthetic_dce_lesions_get_their_known_curve_types_after_motion_correction() -
 /// their kinetics reach a real Orthanc.
 #[test]
 fn a_pushed_dce_series_gives_subtraction_mip_candidates_and_kinetics_in_the_pacs() -> anyhow::Result<()> {
-    use std::process::{Command, Stdio};
     use std::time::Duration;
 
     use anyhow::{Context, ensure};
-    use lightbox_tests::orthanc::{Orthanc, free_port};
-    use lightbox_tests::{KillOnDrop, Lines, bin, run_ok};
+    use lightbox_tests::listener::Listener;
+    use lightbox_tests::orthanc::Orthanc;
 
     let dir = tempfile::tempdir()?;
     let dce = synthetic_dce(11);
@@ -108,33 +107,15 @@ fn a_pushed_dce_series_gives_subtraction_mip_candidates_and_kinetics_in_the_pacs
         &folder,
     )?;
     let orthanc = Orthanc::start()?;
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(
-        &rules,
-        "[[rule]]\nname = \"breast DCE\"\npipeline = \"breast-dce\"\nmodality = \"MR\"\ndescription = \"DCE.*\"\nauto_send = true\n",
-    )?;
-    let port = free_port()?;
-    let mut listener = KillOnDrop(
-        Command::new(bin("lightbox")?)
-            .args(["listen", "--bind", "127.0.0.1", "--port", &port.to_string(), "--rules"])
-            .arg(&rules)
-            .arg("--store")
-            .arg(dir.path().join("store"))
-            .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
-            .env("LIGHTBOX_PACS_USER", orthanc.user())
-            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
-            .env("LIGHTBOX_SETTLE_MS", "1000")
-            .stdout(Stdio::piped())
-            .spawn()?,
-    );
-    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
-    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
-    run_ok(Command::new("storescu").args(["-aec", "LIGHTBOX", "+sd", "127.0.0.1", &port.to_string()]).arg(&folder))?;
-    let done = lines.wait_for("pipeline breast-dce on", Duration::from_secs(300))?;
+    let rules = "[[rule]]\nname = \"breast DCE\"\npipeline = \"breast-dce\"\nmodality = \"MR\"\ndescription = \"DCE.*\"\nauto_send = true\n";
+    let mut listener =
+        Listener::start(dir.path(), rules, &orthanc, &lightbox_tests::workspace_root().join("models"), 1000)?;
+    listener.push(&folder)?;
+    let done = listener.lines.wait_for("pipeline breast-dce on", Duration::from_secs(300))?;
     eprintln!("{done}");
     // Subtraction (40 slices) + MIP (1) + SEG + SR.
     ensure!(done.contains("3 lesion candidate(s)") && done.contains("43 queued"), "{done}");
-    lines.wait_for("outbox: sent 43", Duration::from_secs(120))?;
+    listener.lines.wait_for("outbox: sent 43", Duration::from_secs(120))?;
 
     let series = orthanc.get_json("/series?expand")?;
     let described: Vec<(String, String)> = series

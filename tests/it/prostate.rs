@@ -146,12 +146,13 @@ fn picai_preprocessing_gives_the_baselines_grid_and_z_scores() -> anyhow::Result
 ///   tests the path, not the model.
 #[test]
 fn a_pushed_bpmri_study_runs_an_imported_nnunet_model_and_reaches_the_pacs() -> anyhow::Result<()> {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use std::time::Duration;
 
     use anyhow::{Context, ensure};
-    use lightbox_tests::orthanc::{Orthanc, free_port};
-    use lightbox_tests::{KillOnDrop, Lines, bin, demo_study, run_ok};
+    use lightbox_tests::listener::Listener;
+    use lightbox_tests::orthanc::Orthanc;
+    use lightbox_tests::{bin, demo_study, run_ok};
 
     let dir = tempfile::tempdir()?;
     let models = dir.path().join("models");
@@ -201,35 +202,13 @@ fn a_pushed_bpmri_study_runs_an_imported_nnunet_model_and_reaches_the_pacs() -> 
     run_ok(modify.args(&files))?;
 
     let orthanc = Orthanc::start()?;
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(
-        &rules,
-        "[[rule]]\nname = \"prostate bpMRI\"\npipeline = \"prostate-bpmri\"\nmodality = \"MR\"\nsequence = [\"T2\"]\nmodel = \"bpmri-test\"\nauto_send = true\n",
-    )?;
-    let port = free_port()?;
-    let mut listener = KillOnDrop(
-        Command::new(bin("lightbox")?)
-            .args(["listen", "--bind", "127.0.0.1", "--port", &port.to_string(), "--rules"])
-            .arg(&rules)
-            .arg("--store")
-            .arg(dir.path().join("store"))
-            .env("LIGHTBOX_MODELS", &models)
-            .env("LIGHTBOX_PACS_URL", orthanc.dicomweb_url())
-            .env("LIGHTBOX_PACS_USER", orthanc.user())
-            .env("LIGHTBOX_PACS_PASSWORD", orthanc.password())
-            .env("LIGHTBOX_SETTLE_MS", "1500")
-            .stdout(Stdio::piped())
-            .spawn()?,
-    );
-    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
-    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
+    let rules = "[[rule]]\nname = \"prostate bpMRI\"\npipeline = \"prostate-bpmri\"\nmodality = \"MR\"\nsequence = [\"T2\"]\nmodel = \"bpmri-test\"\nauto_send = true\n";
+    let mut listener = Listener::start(dir.path(), rules, &orthanc, &models, 1500)?;
     // The ADC first, then the T2W (the rule's trigger): the study is whole when it runs.
     for folder in [demo_study(), t2w] {
-        run_ok(
-            Command::new("storescu").args(["-aec", "LIGHTBOX", "+sd", "127.0.0.1", &port.to_string()]).arg(&folder),
-        )?;
+        listener.push(&folder)?;
     }
-    let done = lines.wait_for("pipeline prostate-bpmri on", Duration::from_secs(300))?;
+    let done = listener.lines.wait_for("pipeline prostate-bpmri on", Duration::from_secs(300))?;
     eprintln!("{done}");
     ensure!(done.contains("model bpmri-test") && done.contains(&format!("T2W {series_uid}")), "{done}");
     let adc_uid = report.series().next().context("no series")?.1.uid.to_string();
@@ -237,7 +216,7 @@ fn a_pushed_bpmri_study_runs_an_imported_nnunet_model_and_reaches_the_pacs() -> 
     let queued: usize =
         done.split(", ").find_map(|p| p.strip_suffix(" queued for the PACS")?.parse().ok()).unwrap_or(0);
     ensure!(queued >= 1, "{done}");
-    lines.wait_for(&format!("outbox: sent {queued}"), Duration::from_secs(60))?;
+    listener.lines.wait_for(&format!("outbox: sent {queued}"), Duration::from_secs(60))?;
     let modalities: Vec<String> = orthanc
         .get_json("/series?expand")?
         .as_array()

@@ -12,6 +12,7 @@ use anyhow::{Context, bail};
 pub mod dce;
 pub mod dcmtk;
 pub mod dicomfile;
+pub mod listener;
 pub mod orthanc;
 pub mod proxy;
 pub mod pypeer;
