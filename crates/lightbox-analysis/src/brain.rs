@@ -162,6 +162,15 @@ pub fn check_interval(interval_years: f64) -> Result<(), AnalysisError> {
     }
 }
 
+/// A positive interval and, when given, a plausible age (checked before any work is done).
+fn check_interval_and_age(interval_years: f64, age_years: Option<f64>) -> Result<(), AnalysisError> {
+    check_interval(interval_years)?;
+    match age_years.filter(|a| !(0.0..=130.0).contains(a)) {
+        Some(age) => Err(AnalysisError::Input(format!("an age of {age} years is not plausible"))),
+        None => Ok(()),
+    }
+}
+
 /// Measures the brain volume change from `baseline` to `followup` (T1s of one head,
 /// `interval_years` apart) and compares its yearly rate with the healthy norm at `age_years`.
 pub fn atrophy(
@@ -171,10 +180,7 @@ pub fn atrophy(
     interval_years: f64,
     age_years: Option<f64>,
 ) -> Result<AtrophyReport, AnalysisError> {
-    check_interval(interval_years)?;
-    if let Some(age) = age_years.filter(|a| !(0.0..=130.0).contains(a)) {
-        return Err(AnalysisError::Input(format!("an age of {age} years is not plausible")));
-    }
+    check_interval_and_age(interval_years, age_years)?;
     let started = std::time::Instant::now();
     let brain = deepbet.extract(baseline, 0.5, &AtomicBool::new(false), &mut |_| {})?;
     let mut report = atrophy_in_mask(baseline, followup, &brain.mask_f32(), interval_years, age_years)?;
@@ -191,10 +197,7 @@ pub fn atrophy_in_mask(
     interval_years: f64,
     age_years: Option<f64>,
 ) -> Result<AtrophyReport, AnalysisError> {
-    check_interval(interval_years)?;
-    if let Some(age) = age_years.filter(|a| !(0.0..=130.0).contains(a)) {
-        return Err(AnalysisError::Input(format!("an age of {age} years is not plausible")));
-    }
+    check_interval_and_age(interval_years, age_years)?;
     let started = std::time::Instant::now();
     let found = percent_brain_volume_change(baseline, followup, brain, &AtrophyOptions::default())?;
     let rate = found.pbvc_percent / interval_years;

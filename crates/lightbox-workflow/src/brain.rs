@@ -16,9 +16,7 @@
 
 use lightbox_analysis::brain::{AtrophyReport, BrainVolumes, Comparison};
 use lightbox_analysis::regions::{Atlas, Laterality, RegionVolumes, Scan, regional_change, regional_volumes};
-use lightbox_dicom::{
-    Code, Measurement, MeasurementGroup, MeasurementReport, Observer, SegSeries, Segment, SegmentRef,
-};
+use lightbox_dicom::{Code, Measurement, MeasurementGroup, Segment, SegmentRef};
 use lightbox_store::Store;
 
 use crate::WorkflowError;
@@ -292,15 +290,13 @@ pub(crate) fn run(
         0,
         &findings.volumes.labels,
         &tissue_segments(&seg_algorithm),
-        &SegSeries {
-            series_description: "AI: brain tissues (research, not for clinical use)".into(),
-            series_number: 9911,
-            content_label: "LIGHTBOX_AI".into(),
-            content_description: "AI output: CSF, grey and white matter".into(),
-            creator: name.clone(),
-            software_version: env!("CARGO_PKG_VERSION").into(),
-            uid_seed: Some(format!("{key}/seg")),
-        },
+        &crate::pipeline::ai_seg_series(
+            9911,
+            "AI: brain tissues (research, not for clinical use)",
+            "AI output: CSF, grey and white matter",
+            &name,
+            format!("{key}/seg"),
+        ),
         &seg_path,
     )?;
     let regions_seg = match &findings.regions {
@@ -321,15 +317,13 @@ pub(crate) fn run(
                 0,
                 lightbox_dicom::SegPixels::LabelMap(&regions.labels),
                 &segments,
-                &SegSeries {
-                    series_description: "AI: brain regions (research, not for clinical use)".into(),
-                    series_number: 9913,
-                    content_label: "LIGHTBOX_AI".into(),
-                    content_description: format!("AI output: regions of {}", lightbox_analysis::regions::ATLAS_NAME),
-                    creator: name.clone(),
-                    software_version: env!("CARGO_PKG_VERSION").into(),
-                    uid_seed: Some(format!("{key}/regions")),
-                },
+                &crate::pipeline::ai_seg_series(
+                    9913,
+                    "AI: brain regions (research, not for clinical use)",
+                    &format!("AI output: regions of {}", lightbox_analysis::regions::ATLAS_NAME),
+                    &name,
+                    format!("{key}/regions"),
+                ),
                 &path,
             )?;
             Some((path, written))
@@ -341,19 +335,15 @@ pub(crate) fn run(
     let sr_uid = lightbox_dicom::write_sr(
         set,
         0,
-        &MeasurementReport {
-            observers: vec![Observer::Device {
-                name: name.clone(),
-                uid: lightbox_dicom::uid_from("lightbox/device/brain-atrophy"),
-            }],
-            procedure: Code::new("24590-2", "LN", "MRI Brain"),
+        &crate::pipeline::ai_report(
+            &name,
+            "lightbox/device/brain-atrophy",
+            Code::new("24590-2", "LN", "MRI Brain"),
             groups,
-            series_description: "AI: brain volumes and atrophy (research, not for clinical use)".into(),
-            series_number: 9912,
-            verified_by: None,
-            verifying_organization: crate::settings::institution(),
-            uid_seed: Some(format!("{key}/sr")),
-        },
+            "AI: brain volumes and atrophy (research, not for clinical use)",
+            9912,
+            format!("{key}/sr"),
+        ),
         &sr_path,
     )?;
     stage(lease, store, "storing results")?;

@@ -12,9 +12,7 @@
 //! use only.
 
 use lightbox_analysis::breast::{CurveType, DceAnalysis, InitialRate};
-use lightbox_dicom::{
-    Code, Measurement, MeasurementGroup, MeasurementReport, Observer, SegSeries, Segment, SegmentRef,
-};
+use lightbox_dicom::{Code, Measurement, MeasurementGroup, Segment, SegmentRef};
 use lightbox_store::Store;
 
 use crate::WorkflowError;
@@ -137,15 +135,13 @@ pub(crate) fn run(
             0,
             &labels,
             &segments,
-            &SegSeries {
-                series_description: "Automated: breast DCE lesion candidates (research, not for clinical use)".into(),
-                series_number: 9933,
-                content_label: "LIGHTBOX_AI".into(),
-                content_description: "Automated output: fast-enhancing lesion candidates".into(),
-                creator: name.clone(),
-                software_version: env!("CARGO_PKG_VERSION").into(),
-                uid_seed: Some(format!("{key}/seg")),
-            },
+            &crate::pipeline::ai_seg_series(
+                9933,
+                "Automated: breast DCE lesion candidates (research, not for clinical use)",
+                "Automated output: fast-enhancing lesion candidates",
+                &name,
+                format!("{key}/seg"),
+            ),
             &path,
         )?;
         Some((path, w))
@@ -162,19 +158,15 @@ pub(crate) fn run(
     let sr_uid = lightbox_dicom::write_sr(
         set,
         0,
-        &MeasurementReport {
-            observers: vec![Observer::Device {
-                name: name.clone(),
-                uid: lightbox_dicom::uid_from("lightbox/device/breast-dce"),
-            }],
-            procedure: Code::new("30794-2", "LN", "MR Breast"),
-            groups: groups(&dce, seg.as_ref().map(|s| &s.1), key, &algorithm),
-            series_description: "Automated: breast DCE kinetics (research, not for clinical use)".into(),
-            series_number: 9934,
-            verified_by: None,
-            verifying_organization: crate::settings::institution(),
-            uid_seed: Some(format!("{key}/sr")),
-        },
+        &crate::pipeline::ai_report(
+            &name,
+            "lightbox/device/breast-dce",
+            Code::new("30794-2", "LN", "MR Breast"),
+            groups(&dce, seg.as_ref().map(|s| &s.1), key, &algorithm),
+            "Automated: breast DCE kinetics (research, not for clinical use)",
+            9934,
+            format!("{key}/sr"),
+        ),
         &sr_path,
     )?;
     stage(lease, store, "storing results")?;

@@ -8,9 +8,7 @@
 //! AI output (the brain mask is deepbet's), research use only.
 
 use lightbox_analysis::brain::LesionChangeReport;
-use lightbox_dicom::{
-    Code, Measurement, MeasurementGroup, MeasurementReport, Observer, SegSeries, Segment, SegmentRef,
-};
+use lightbox_dicom::{Code, Measurement, MeasurementGroup, Segment, SegmentRef};
 use lightbox_store::Store;
 
 use crate::WorkflowError;
@@ -124,15 +122,13 @@ pub(crate) fn run(
             0,
             &labels,
             &segments,
-            &SegSeries {
-                series_description: "AI: new and enlarging lesions (research, not for clinical use)".into(),
-                series_number: 9921,
-                content_label: "LIGHTBOX_AI".into(),
-                content_description: "AI output: FLAIR lesions new or enlarged since the prior".into(),
-                creator: name.clone(),
-                software_version: env!("CARGO_PKG_VERSION").into(),
-                uid_seed: Some(format!("{key}/seg")),
-            },
+            &crate::pipeline::ai_seg_series(
+                9921,
+                "AI: new and enlarging lesions (research, not for clinical use)",
+                "AI output: FLAIR lesions new or enlarged since the prior",
+                &name,
+                format!("{key}/seg"),
+            ),
             &path,
         )?;
         Some((path, written))
@@ -141,19 +137,15 @@ pub(crate) fn run(
     let sr_uid = lightbox_dicom::write_sr(
         set,
         0,
-        &MeasurementReport {
-            observers: vec![Observer::Device {
-                name: name.clone(),
-                uid: lightbox_dicom::uid_from("lightbox/device/ms-lesion-change"),
-            }],
-            procedure: Code::new("24590-2", "LN", "MRI Brain"),
-            groups: lesion_groups(&change, &order, seg.as_ref().map(|s| &s.1), key, &algorithm),
-            series_description: "AI: MS lesion change (research, not for clinical use)".into(),
-            series_number: 9922,
-            verified_by: None,
-            verifying_organization: crate::settings::institution(),
-            uid_seed: Some(format!("{key}/sr")),
-        },
+        &crate::pipeline::ai_report(
+            &name,
+            "lightbox/device/ms-lesion-change",
+            Code::new("24590-2", "LN", "MRI Brain"),
+            lesion_groups(&change, &order, seg.as_ref().map(|s| &s.1), key, &algorithm),
+            "AI: MS lesion change (research, not for clinical use)",
+            9922,
+            format!("{key}/sr"),
+        ),
         &sr_path,
     )?;
     stage(lease, store, "storing results")?;

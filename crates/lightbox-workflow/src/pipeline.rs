@@ -753,6 +753,49 @@ pub(crate) fn first_set<'a>(
     })
 }
 
+/// The SEG series of an AI pipeline's result: labelled AI in its content label, made by
+/// `creator`, its UIDs derived from `uid_seed` (a run again writes the same object).
+pub(crate) fn ai_seg_series(
+    series_number: i32,
+    series_description: &str,
+    content_description: &str,
+    creator: &str,
+    uid_seed: String,
+) -> SegSeries {
+    SegSeries {
+        series_description: series_description.to_owned(),
+        series_number,
+        content_label: "LIGHTBOX_AI".into(),
+        content_description: content_description.to_owned(),
+        creator: creator.to_owned(),
+        software_version: env!("CARGO_PKG_VERSION").into(),
+        uid_seed: Some(uid_seed),
+    }
+}
+
+/// The TID 1500 report of an AI pipeline's result: the device `name` (its UID from
+/// `device_seed`) as the observer, unverified, its UIDs derived from `uid_seed`.
+pub(crate) fn ai_report(
+    name: &str,
+    device_seed: &str,
+    procedure: Code,
+    groups: Vec<MeasurementGroup>,
+    series_description: &str,
+    series_number: i32,
+    uid_seed: String,
+) -> MeasurementReport {
+    MeasurementReport {
+        observers: vec![Observer::Device { name: name.to_owned(), uid: lightbox_dicom::uid_from(device_seed) }],
+        procedure,
+        groups,
+        series_description: series_description.to_owned(),
+        series_number,
+        verified_by: None,
+        verifying_organization: crate::settings::institution(),
+        uid_seed: Some(uid_seed),
+    }
+}
+
 /// Puts a run's result files into the store and, with `send_to`, the outbox; how many were
 /// queued (a file sent before is not queued again).
 pub(crate) fn store_results(

@@ -16,9 +16,7 @@ use std::sync::atomic::AtomicBool;
 
 use lightbox_analysis::bpmri::{HIGH_B, SeriesSummary, choose_bpmri, synthesize_high_b};
 use lightbox_core::Volume;
-use lightbox_dicom::{
-    Code, Measurement, MeasurementGroup, MeasurementReport, Observer, SegSeries, Segment, SegmentRef,
-};
+use lightbox_dicom::{Code, Measurement, MeasurementGroup, Segment, SegmentRef};
 use lightbox_store::Store;
 
 use crate::WorkflowError;
@@ -249,15 +247,13 @@ pub(crate) fn run(
             0,
             &labels,
             &segments,
-            &SegSeries {
-                series_description: "AI: prostate gland and lesions (research, not for clinical use)".into(),
-                series_number: 9941,
-                content_label: "LIGHTBOX_AI".into(),
-                content_description: format!("AI output of model {model}"),
-                creator: name.clone(),
-                software_version: env!("CARGO_PKG_VERSION").into(),
-                uid_seed: Some(format!("{key}/seg")),
-            },
+            &crate::pipeline::ai_seg_series(
+                9941,
+                "AI: prostate gland and lesions (research, not for clinical use)",
+                &format!("AI output of model {model}"),
+                &name,
+                format!("{key}/seg"),
+            ),
             &path,
         )?;
         Some((path, written))
@@ -320,19 +316,15 @@ pub(crate) fn run(
     let sr_uid = lightbox_dicom::write_sr(
         set,
         0,
-        &MeasurementReport {
-            observers: vec![Observer::Device {
-                name: name.clone(),
-                uid: lightbox_dicom::uid_from("lightbox/device/prostate-bpmri"),
-            }],
-            procedure: Code::new("46347-6", "LN", "MR Prostate"),
+        &crate::pipeline::ai_report(
+            &name,
+            "lightbox/device/prostate-bpmri",
+            Code::new("46347-6", "LN", "MR Prostate"),
             groups,
-            series_description: "AI: prostate bpMRI lesions (research, not for clinical use)".into(),
-            series_number: 9942,
-            verified_by: None,
-            verifying_organization: crate::settings::institution(),
-            uid_seed: Some(format!("{key}/sr")),
-        },
+            "AI: prostate bpMRI lesions (research, not for clinical use)",
+            9942,
+            format!("{key}/sr"),
+        ),
         &sr_path,
     )?;
     stage(lease, store, "storing results")?;
