@@ -13,6 +13,7 @@ pub mod ops;
 pub mod package;
 pub mod sliding;
 pub mod torch;
+pub mod train;
 
 pub use device::{AiDevice, DevicePreference};
 pub use job::InferenceJob;

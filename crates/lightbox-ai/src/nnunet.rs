@@ -147,12 +147,37 @@ impl PlainConvUNetConfig {
         }
         t
     }
+
+    /// Fresh weights to train from, as nnU-Net initialises them (`InitWeights_He(1e-2)`):
+    /// convolutions He-normal with LeakyReLU slope 0.01, biases 0, norms the identity.
+    /// Deterministic for a `seed`.
+    pub fn initial_tensors(&self, seed: u64) -> Vec<crate::torch::NamedTensor> {
+        let mut random = crate::train::Normal::new(seed);
+        self.expected_tensors()
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let values = if name.ends_with(".norm.weight") {
+                    vec![1.0; n]
+                } else if shape.len() == 1 {
+                    vec![0.0; n]
+                } else {
+                    // PyTorch's fan-in: dimension 1 times the kernel (for a transposed
+                    // convolution, its output channels).
+                    let fan_in = (shape[1] * shape[2..].iter().product::<usize>()).max(1) as f64;
+                    let std = (2.0 / (1.0 + 0.01f64.powi(2)) / fan_in).sqrt();
+                    (0..n).map(|_| (random.sample() * std) as f32).collect()
+                };
+                (name, shape, values)
+            })
+            .collect()
+    }
 }
 
 pub struct PlainConvUNet {
-    config: PlainConvUNetConfig,
-    tensors: BTreeMap<String, Tensor<5>>,
-    vectors: BTreeMap<String, Tensor<1>>,
+    pub(crate) config: PlainConvUNetConfig,
+    pub(crate) tensors: BTreeMap<String, Tensor<5>>,
+    pub(crate) vectors: BTreeMap<String, Tensor<1>>,
 }
 
 impl PlainConvUNet {
@@ -176,6 +201,19 @@ impl PlainConvUNet {
             }
         }
         Ok(Self { config, tensors: map5, vectors: map1 })
+    }
+
+    /// Every tensor with its shape and values (to save a trained network).
+    pub fn tensor_values(&self) -> Result<Vec<crate::torch::NamedTensor>, AiError> {
+        let values = |data: TensorData| data.try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")));
+        let mut out = Vec::new();
+        for (name, t) in &self.tensors {
+            out.push((name.clone(), t.dims().to_vec(), values(t.to_data())?));
+        }
+        for (name, t) in &self.vectors {
+            out.push((name.clone(), t.dims().to_vec(), values(t.to_data())?));
+        }
+        Ok(out)
     }
 
     fn t5(&self, name: &str) -> Tensor<5> {
@@ -388,67 +426,26 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
         .collect();
     // Refuse a checkpoint that does not fit its own plan before writing anything.
     PlainConvUNet::from_tensors(name, arch.clone(), &tensors, &Device::flex())?;
-    std::fs::create_dir_all(out).map_err(|e| err(out, e.to_string()))?;
-    let weights = out.join("model.safetensors");
-    crate::package::write_safetensors(&weights, &tensors).map_err(|e| err(&weights, e.to_string()))?;
-    let sha = crate::package::sha256_file(&weights).map_err(|e| err(&weights, e.to_string()))?;
     let channel = |i: usize| dataset.channel_names.get(&i.to_string()).cloned().unwrap_or_default();
-    let sequences: Vec<String> = (0..arch.input_channels).map(channel).collect();
-    let toml_err = |e: toml::ser::Error| err(out, e.to_string());
-    let mut parameters = match toml::Value::try_from(&arch).map_err(toml_err)? {
-        toml::Value::Table(t) => t,
-        _ => toml::Table::new(),
+    let spec = PackageSpec {
+        name: name.to_owned(),
+        version: format!("fold {fold}"),
+        description: format!("nnU-Net v2 {configuration}, imported from {}", folder.display()),
+        licence: "unknown: set by the site that installs it".into(),
+        source: folder.display().to_string(),
+        arch,
+        transpose_forward: plans.transpose_forward.clone(),
+        normalization_schemes: config.normalization_schemes.clone(),
+        intensity_properties: serde_json::to_string(&plans.foreground_intensity_properties_per_channel)
+            .unwrap_or_default(),
+        use_mask_for_norm: config.use_mask_for_norm.clone(),
+        mirror_axes: vec![0, 1, 2],
+        sequences: (0..dataset.channel_names.len()).map(channel).collect(),
+        spacing: config.spacing.clone(),
+        patch_size: config.patch_size.clone(),
+        labels,
     };
-    let ints = |v: &[usize]| toml::Value::Array(v.iter().map(|&x| toml::Value::Integer(x as i64)).collect());
-    parameters.insert("transpose_forward".into(), ints(&plans.transpose_forward));
-    parameters.insert(
-        "normalization_schemes".into(),
-        toml::Value::Array(config.normalization_schemes.iter().cloned().map(toml::Value::String).collect()),
-    );
-    parameters.insert(
-        "intensity_properties".into(),
-        toml::Value::String(
-            serde_json::to_string(&plans.foreground_intensity_properties_per_channel).unwrap_or_default(),
-        ),
-    );
-    parameters.insert("mirror_axes".into(), ints(&[0, 1, 2]));
-    parameters.insert(
-        "use_mask_for_norm".into(),
-        toml::Value::Array(config.use_mask_for_norm.iter().map(|&b| toml::Value::Boolean(b)).collect()),
-    );
-    let mut input = toml::Table::new();
-    input.insert("channels".into(), toml::Value::Integer(arch.input_channels as i64));
-    input.insert("sequences".into(), toml::Value::Array(sequences.into_iter().map(toml::Value::String).collect()));
-    input.insert(
-        "target_spacing_mm".into(),
-        toml::Value::Array(config.spacing.iter().map(|&v| toml::Value::Float(v)).collect()),
-    );
-    input.insert("normalisation".into(), toml::Value::String(config.normalization_schemes.join(",")));
-    input.insert("patch_size".into(), ints(&config.patch_size));
-    let mut label_table = toml::Table::new();
-    for (i, n) in &labels {
-        label_table.insert(i.to_string(), toml::Value::String(n.clone()));
-    }
-    let mut weights_table = toml::Table::new();
-    weights_table.insert("file".into(), toml::Value::String("model.safetensors".into()));
-    weights_table.insert("sha256".into(), toml::Value::String(sha));
-    let mut manifest = toml::Table::new();
-    let text = |s: String| toml::Value::String(s);
-    manifest.insert("name".into(), text(name.to_owned()));
-    manifest.insert("version".into(), text(format!("fold {fold}")));
-    manifest
-        .insert("description".into(), text(format!("nnU-Net v2 {configuration}, imported from {}", folder.display())));
-    let architecture = if residual { "nnunet-residual-encoder-unet" } else { "nnunet-plain-conv-unet" };
-    manifest.insert("architecture".into(), text(architecture.into()));
-    manifest.insert("licence".into(), text("unknown: set by the site that installs it".into()));
-    manifest.insert("source".into(), text(folder.display().to_string()));
-    manifest.insert("parameters".into(), toml::Value::Table(parameters));
-    manifest.insert("input".into(), toml::Value::Table(input));
-    manifest.insert("labels".into(), toml::Value::Table(label_table));
-    manifest.insert("weights".into(), toml::Value::Table(weights_table));
-    let manifest = toml::to_string(&manifest).map_err(toml_err)?;
-    let manifest_path = out.join("model.toml");
-    std::fs::write(&manifest_path, manifest).map_err(|e| err(&manifest_path, e.to_string()))?;
+    write_package(out, &spec, &tensors)?;
     let card = out.join("README.md");
     if !card.exists() {
         let text = format!(
@@ -462,10 +459,97 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
     Ok(())
 }
 
+/// What a package's `model.toml` says about an nnU-Net-style network: from an imported plan, or
+/// from a recipe that trains one (`crate::train`).
+#[derive(Clone, Debug)]
+pub struct PackageSpec {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    pub licence: String,
+    pub source: String,
+    pub arch: PlainConvUNetConfig,
+    pub transpose_forward: Vec<usize>,
+    pub normalization_schemes: Vec<String>,
+    /// nnU-Net's `foreground_intensity_properties_per_channel`, as JSON (CT normalisation).
+    pub intensity_properties: String,
+    pub use_mask_for_norm: Vec<bool>,
+    pub mirror_axes: Vec<usize>,
+    /// Per input channel, the sequence it takes (T2, ADC, HBV, …).
+    pub sequences: Vec<String>,
+    /// The plan's spacing, in its (transposed) axis order.
+    pub spacing: Vec<f64>,
+    pub patch_size: Vec<usize>,
+    /// (index, name), background first.
+    pub labels: Vec<(i64, String)>,
+}
+
+/// Writes a model package at `out`: `model.safetensors` from `tensors` and `model.toml` from
+/// `spec` with the weights' sha256. The model card (`README.md`) is the author's to write.
+pub fn write_package(
+    out: &Path,
+    spec: &PackageSpec,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<(), AiError> {
+    let err = |path: &Path, problem: String| AiError::Package { path: path.to_owned(), problem };
+    std::fs::create_dir_all(out).map_err(|e| err(out, e.to_string()))?;
+    let weights = out.join("model.safetensors");
+    crate::package::write_safetensors(&weights, tensors).map_err(|e| err(&weights, e.to_string()))?;
+    let sha = crate::package::sha256_file(&weights).map_err(|e| err(&weights, e.to_string()))?;
+    let arch = &spec.arch;
+    let toml_err = |e: toml::ser::Error| err(out, e.to_string());
+    let mut parameters = match toml::Value::try_from(arch).map_err(toml_err)? {
+        toml::Value::Table(t) => t,
+        _ => toml::Table::new(),
+    };
+    let ints = |v: &[usize]| toml::Value::Array(v.iter().map(|&x| toml::Value::Integer(x as i64)).collect());
+    let text = |s: &str| toml::Value::String(s.to_owned());
+    let texts = |v: &[String]| toml::Value::Array(v.iter().map(|s| text(s)).collect());
+    parameters.insert("transpose_forward".into(), ints(&spec.transpose_forward));
+    parameters.insert("normalization_schemes".into(), texts(&spec.normalization_schemes));
+    parameters.insert("intensity_properties".into(), text(&spec.intensity_properties));
+    parameters.insert("mirror_axes".into(), ints(&spec.mirror_axes));
+    parameters.insert(
+        "use_mask_for_norm".into(),
+        toml::Value::Array(spec.use_mask_for_norm.iter().map(|&b| toml::Value::Boolean(b)).collect()),
+    );
+    let mut input = toml::Table::new();
+    input.insert("channels".into(), toml::Value::Integer(arch.input_channels as i64));
+    input.insert("sequences".into(), texts(&spec.sequences));
+    input.insert(
+        "target_spacing_mm".into(),
+        toml::Value::Array(spec.spacing.iter().map(|&v| toml::Value::Float(v)).collect()),
+    );
+    input.insert("normalisation".into(), text(&spec.normalization_schemes.join(",")));
+    input.insert("patch_size".into(), ints(&spec.patch_size));
+    let mut label_table = toml::Table::new();
+    for (i, n) in &spec.labels {
+        label_table.insert(i.to_string(), text(n));
+    }
+    let mut weights_table = toml::Table::new();
+    weights_table.insert("file".into(), text("model.safetensors"));
+    weights_table.insert("sha256".into(), toml::Value::String(sha));
+    let mut manifest = toml::Table::new();
+    manifest.insert("name".into(), text(&spec.name));
+    manifest.insert("version".into(), text(&spec.version));
+    manifest.insert("description".into(), text(&spec.description));
+    let architecture = if arch.residual { "nnunet-residual-encoder-unet" } else { "nnunet-plain-conv-unet" };
+    manifest.insert("architecture".into(), text(architecture));
+    manifest.insert("licence".into(), text(&spec.licence));
+    manifest.insert("source".into(), text(&spec.source));
+    manifest.insert("parameters".into(), toml::Value::Table(parameters));
+    manifest.insert("input".into(), toml::Value::Table(input));
+    manifest.insert("labels".into(), toml::Value::Table(label_table));
+    manifest.insert("weights".into(), toml::Value::Table(weights_table));
+    let manifest = toml::to_string(&manifest).map_err(toml_err)?;
+    let manifest_path = out.join("model.toml");
+    std::fs::write(&manifest_path, manifest).map_err(|e| err(&manifest_path, e.to_string()))
+}
+
 /// An imported nnU-Net model, ready to predict.
 pub struct NnUnet {
     pub name: String,
-    net: PlainConvUNet,
+    pub(crate) net: PlainConvUNet,
     transpose_forward: [usize; 3],
     schemes: Vec<String>,
     /// Per channel: (mean, std, 0.5 %, 99.5 %) for the `CTNormalization` scheme.
@@ -687,6 +771,78 @@ impl NnUnet {
         cancel: &std::sync::atomic::AtomicBool,
         progress: &mut dyn FnMut(crate::Progress),
     ) -> Result<(Tensor<5>, CropLayout), AiError> {
+        let prepared = self.prepare(channels)?;
+        let channels_n = channels.len();
+        let target = prepared.target;
+        let device = &self.device.device;
+        let mut window = crate::SlidingWindow::new(self.patch);
+        window.mirror_axes = self.mirror_axes.clone();
+        let net = |x: Tensor<5>| self.net.forward(x);
+        let (logits, out) = window.predict(
+            device,
+            &prepared.data,
+            [channels_n, target[0], target[1], target[2]],
+            &net,
+            cancel,
+            progress,
+        )?;
+        let classes = out[0];
+        let back: Tensor<5> = crate::ops::resize_trilinear(
+            Tensor::from_data(TensorData::new(logits, [1, classes, target[0], target[1], target[2]]), device),
+            prepared.cropped,
+            false,
+        );
+        Ok((back, prepared.layout))
+    }
+
+    /// `labels` (on the grid of the channels `prepare` took) on the network's grid: transposed,
+    /// cropped and resampled (nearest) as the channels were.
+    pub(crate) fn prepare_labels(
+        &self,
+        labels: &lightbox_core::Volume<u8>,
+        prepared: &Prepared,
+    ) -> Result<Vec<u8>, AiError> {
+        let [nx, ny, nz] = labels.dims();
+        if labels.dims() != prepared.input_dims {
+            return Err(AiError::Input("the labels are not on the channels' grid".into()));
+        }
+        let values: Vec<f32> = labels.voxels().iter().map(|&l| f32::from(l)).collect();
+        let (transposed, full) = transpose3(&values, [nz, ny, nx], prepared.layout.transpose);
+        let cropped = lightbox_imaging::crop::crop(&transposed, full, prepared.layout.bbox);
+        let (d, t) = (prepared.cropped, prepared.target);
+        let mut out = Vec::with_capacity(t.iter().product());
+        let near = |i: usize, a: usize| (((i as f64 + 0.5) * d[a] as f64 / t[a] as f64) as usize).min(d[a] - 1);
+        for a in 0..t[0] {
+            for b in 0..t[1] {
+                for c in 0..t[2] {
+                    out.push(cropped[(near(a, 0) * d[1] + near(b, 1)) * d[2] + near(c, 2)] as u8);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Rewrites the package at `dir` with this network's (trained) weights: its
+    /// `model.safetensors` and the sha256 in its `model.toml`.
+    pub fn save_weights(&self, dir: &Path) -> Result<(), AiError> {
+        let err = |path: &Path, problem: String| AiError::Package { path: path.to_owned(), problem };
+        let weights = dir.join("model.safetensors");
+        crate::package::write_safetensors(&weights, &self.net.tensor_values()?)
+            .map_err(|e| err(&weights, e.to_string()))?;
+        let sha = crate::package::sha256_file(&weights).map_err(|e| err(&weights, e.to_string()))?;
+        let path = dir.join("model.toml");
+        let text = std::fs::read_to_string(&path).map_err(|e| err(&path, e.to_string()))?;
+        let mut manifest: toml::Table = text.parse().map_err(|e: toml::de::Error| err(&path, e.to_string()))?;
+        if let Some(toml::Value::Table(w)) = manifest.get_mut("weights") {
+            w.insert("sha256".into(), toml::Value::String(sha));
+        }
+        let text = toml::to_string(&manifest).map_err(|e| err(&path, e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| err(&path, e.to_string()))
+    }
+
+    /// nnU-Net's preprocessing of `channels` (all on one grid): transposed, cropped to the
+    /// non-zero box, normalised and resampled to the plan's spacing.
+    pub(crate) fn prepare(&self, channels: &[lightbox_core::Volume<f32>]) -> Result<Prepared, AiError> {
         let first = channels.first().ok_or_else(|| AiError::Input("no input volume".into()))?;
         if channels.len() != self.schemes.len() {
             return Err(AiError::Input(format!(
@@ -732,25 +888,31 @@ impl NnUnet {
         let channels_n = channels.len();
         let target: [usize; 3] =
             [0, 1, 2].map(|a| ((dims[a] as f64 * spacing[a] / self.spacing[a]).round() as usize).max(1));
-        let device = &self.device.device;
-        let resized: Tensor<5> = crate::ops::resize_trilinear(
-            Tensor::from_data(TensorData::new(data, [1, channels_n, dims[0], dims[1], dims[2]]), device),
+        let data = if target == dims {
+            data
+        } else {
+            let resized: Tensor<5> = crate::ops::resize_trilinear(
+                Tensor::from_data(
+                    TensorData::new(data, [1, channels_n, dims[0], dims[1], dims[2]]),
+                    &self.device.device,
+                ),
+                target,
+                false,
+            );
+            resized.into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))?
+        };
+        Ok(Prepared {
+            data,
             target,
-            false,
-        );
-        let resized = resized.into_data().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")))?;
-        let mut window = crate::SlidingWindow::new(self.patch);
-        window.mirror_axes = self.mirror_axes.clone();
-        let net = |x: Tensor<5>| self.net.forward(x);
-        let (logits, out) =
-            window.predict(device, &resized, [channels_n, target[0], target[1], target[2]], &net, cancel, progress)?;
-        let classes = out[0];
-        let back: Tensor<5> = crate::ops::resize_trilinear(
-            Tensor::from_data(TensorData::new(logits, [1, classes, target[0], target[1], target[2]]), device),
-            dims,
-            false,
-        );
-        Ok((back, CropLayout { full, bbox, transpose: t }))
+            cropped: dims,
+            input_dims: first.dims(),
+            layout: CropLayout { full, bbox, transpose: t },
+        })
+    }
+
+    /// The plan's patch (network axis order).
+    pub fn patch(&self) -> [usize; 3] {
+        self.patch
     }
 
     /// nnU-Net's normalisation schemes: CT (clip to the dataset's 0.5–99.5 %, its mean and SD),
@@ -783,6 +945,17 @@ impl NnUnet {
             }
         }
     }
+}
+
+/// An input as the network sees it.
+pub(crate) struct Prepared {
+    /// `[C, target…]`, C order.
+    pub(crate) data: Vec<f32>,
+    pub(crate) target: [usize; 3],
+    /// The crop's size before resampling.
+    cropped: [usize; 3],
+    input_dims: [usize; 3],
+    layout: CropLayout,
 }
 
 /// Where nnU-Net's crop of the transposed input lies, to put values back on the input's grid.
