@@ -11,7 +11,7 @@ DEMO := demo/prostate-adc
 # GPU=1 builds the AI with burn's wgpu backend (a GPU when there is one, else the CPU).
 FEATURES := $(if $(GPU),--features lightbox-ai/gpu,)
 
-.PHONY: run test setup ui lint layering build models rust-test ui-test
+.PHONY: run test setup ui lint layering build models synthetic-models rust-test ui-test
 
 run: setup ui models
 	cargo build --workspace --bins $(FEATURES)
@@ -41,7 +41,11 @@ build: ui
 models: build
 	LIGHTBOX_BIN=$(TARGET_DIR)/debug/lightbox bash scripts/install-models.sh
 
-rust-test: build models
+# The small lesion model the prostate tests run, trained here on synthetic lesions (cached).
+synthetic-models: build
+	LIGHTBOX_BIN=$(TARGET_DIR)/debug/lightbox bash scripts/train-synthetic-models.sh
+
+rust-test: build models synthetic-models
 	cargo test --workspace --locked
 
 ui-test: ui

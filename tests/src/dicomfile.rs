@@ -119,6 +119,17 @@ impl DicomFile {
         self.value(PIXEL_DATA).context("no Pixel Data")
     }
 
+    /// The whole file with its native Pixel Data replaced by `pixels` (the same length).
+    pub fn with_pixel_data(&self, pixels: &[u8]) -> anyhow::Result<Vec<u8>> {
+        let element = self.elements.iter().find(|e| e.tag == PIXEL_DATA).context("no Pixel Data")?;
+        if element.value.len() != pixels.len() {
+            bail!("{} bytes of pixels for a Pixel Data of {}", pixels.len(), element.value.len());
+        }
+        let mut bytes = self.bytes.clone();
+        bytes[element.value.clone()].copy_from_slice(pixels);
+        Ok(bytes)
+    }
+
     pub fn sop_instance_uid(&self) -> anyhow::Result<String> {
         self.string(SOP_INSTANCE_UID).context("no SOP Instance UID")
     }

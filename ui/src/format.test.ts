@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { formatDate, formatDims, formatName, formatBytes, pushLine, studyStatus } from "./format";
+import { formatDate, formatDims, formatName, formatBytes, psaDensity, pushLine, studyStatus } from "./format";
 import { wildcardMatch } from "./backend/mock";
 import type { Series } from "./backend";
 
@@ -89,5 +89,19 @@ describe("charts", () => {
     expect(band.startsWith("M40.0")).toBe(true);
     expect(band.endsWith("Z")).toBe(true);
     expect(band.split("L").length).toBe(4);
+  });
+});
+
+describe("psaDensity", () => {
+  it("divides the PSA by the gland volume", () => {
+    expect(psaDensity("6.5", 40)).toBeCloseTo(0.1625);
+    expect(psaDensity("6,5", 40)).toBeCloseTo(0.1625);
+  });
+  it("gives nothing without a usable PSA or gland", () => {
+    expect(psaDensity("", 40)).toBeNull();
+    expect(psaDensity("abc", 40)).toBeNull();
+    expect(psaDensity("-1", 40)).toBeNull();
+    expect(psaDensity("6.5", null)).toBeNull();
+    expect(psaDensity("6.5", 0)).toBeNull();
   });
 });

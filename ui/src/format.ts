@@ -1,5 +1,15 @@
 import type { Series } from "./backend";
 
+/**
+ * PSA density (ng/mL per mL of gland) from the PSA the radiologist enters and the gland volume;
+ * null when either is missing or not a positive number.
+ */
+export function psaDensity(psa: string, glandMl: number | null | undefined): number | null {
+  const value = Number(psa.trim().replace(",", "."));
+  if (!psa.trim() || !Number.isFinite(value) || value < 0 || !glandMl || !(glandMl > 0)) return null;
+  return value / glandMl;
+}
+
 /** "256×256×20", with "×10" time points for 4-D series. */
 export function formatDims(s: Series): string {
   const [c, r, z, t] = s.dims;

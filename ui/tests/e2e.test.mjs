@@ -263,7 +263,7 @@ test("results: AI values are marked, signing needs a name, then the report is qu
   await page.goto(base);
   await page.getByTestId("tab-results").click();
   const status = page.getByTestId("results-status");
-  await status.filter({ hasText: "4 analyses, 3 awaiting review" }).waitFor();
+  await status.filter({ hasText: "5 analyses, 4 awaiting review" }).waitFor();
   const rows = page.locator("[data-testid=results-table] tbody tr");
   assert.match(await rows.first().innerText(), /threshold-volume\s+AI[\s\S]*280\.0 mL[\s\S]*awaiting review/);
   assert.match(await rows.nth(1).locator("[data-testid=review]").innerText(), /failed: no voxel/);
@@ -282,7 +282,7 @@ test("results: the radiologist replaces the AI value with their own before signi
   await page.goto(base);
   await page.getByTestId("tab-results").click();
   const status = page.getByTestId("results-status");
-  await status.filter({ hasText: "3 awaiting review" }).waitFor();
+  await status.filter({ hasText: "4 awaiting review" }).waitFor();
   const row = page.locator("[data-testid=results-table] tbody tr").first();
   await page.getByTestId("signer").fill("Doe^Jane");
   await row.getByTestId("view-result").click();
@@ -318,7 +318,7 @@ test("results: an atrophy result's findings with its chart; a DCE lesion opens t
   await page.goto(base);
   await page.getByTestId("tab-results").click();
   const status = page.getByTestId("results-status");
-  await status.filter({ hasText: "4 analyses" }).waitFor();
+  await status.filter({ hasText: "5 analyses" }).waitFor();
   const rows = page.locator("[data-testid=results-table] tbody tr");
   await rows.filter({ hasText: "brain-atrophy" }).getByTestId("details-result").click();
   const details = page.getByTestId("details");
@@ -341,6 +341,19 @@ test("results: an atrophy result's findings with its chart; a DCE lesion opens t
   await lesions.getByTestId("show-lesion").first().click();
   await status.filter({ hasText: "Viewer opened on job 3 at Lesion candidate 1 (Type III washout)" }).waitFor();
   await page.screenshot({ path: join(out, "results-dce.png") });
+
+  // A prostate result with a gland: the PSA the radiologist types gives the density, recorded
+  // as theirs.
+  await rows.filter({ hasText: "prostate-bpmri" }).getByTestId("details-result").click();
+  const psa = details.getByTestId("psa");
+  await psa.waitFor();
+  assert.equal(await psa.getByTestId("psa-add").isDisabled(), true, "nothing to add before a PSA and a name");
+  await psa.getByTestId("psa-input").fill("6.3");
+  assert.match(await psa.getByTestId("psa-density").innerText(), /PSA density 0\.15 ng\/mL\/mL/);
+  await page.getByTestId("signer").fill("Doe^Jane");
+  await psa.getByTestId("psa-add").click();
+  await status.filter({ hasText: "PSA and PSA density 0.15 ng/mL/mL recorded" }).waitFor();
+  await page.screenshot({ path: join(out, "results-psa.png") });
   assert.deepEqual(errors, []);
 });
 

@@ -80,7 +80,8 @@ pub struct TrainOptions {
     pub steps: usize,
     pub batch_size: usize,
     pub learning_rate: f64,
-    /// The share of patches centred on a foreground voxel (nnU-Net: 1/3).
+    /// The share of each batch's patches centred on a foreground voxel (nnU-Net: 1/3; at least
+    /// one patch when it is above 0), as nnU-Net's `oversample_foreground_percent`.
     pub foreground_fraction: f64,
     pub seed: u64,
 }
@@ -118,19 +119,33 @@ pub fn train(
         let mut images = Vec::new();
         let mut onehot = Vec::new();
         let mut channels_n = 0;
-        for _ in 0..options.batch_size {
-            let case = next_case(case_index)?;
-            case_index += 1;
-            channels_n = case.channels.len();
-            let prepared = model.prepare(&case.channels)?;
-            let labels = model.prepare_labels(&case.labels, &prepared)?;
+        let forced = if options.foreground_fraction > 0.0 {
+            ((options.batch_size as f64 * options.foreground_fraction).round() as usize).clamp(1, options.batch_size)
+        } else {
+            0
+        };
+        for b in 0..options.batch_size {
+            let foreground = b >= options.batch_size - forced;
+            // A foreground patch needs a case with foreground: a few tries.
+            let mut tries = 0;
+            let (prepared, labels) = loop {
+                let case = next_case(case_index)?;
+                case_index += 1;
+                tries += 1;
+                if !foreground || tries >= 10 || case.labels.voxels().iter().any(|&l| l > 0) {
+                    let prepared = model.prepare(&case.channels)?;
+                    let labels = model.prepare_labels(&case.labels, &prepared)?;
+                    channels_n = case.channels.len();
+                    break (prepared, labels);
+                }
+            };
             let (image, label) = sample_patch(
                 &prepared.data,
                 &labels,
                 channels_n,
                 prepared.target,
                 patch,
-                options.foreground_fraction,
+                if foreground { 1.0 } else { 0.0 },
                 &mut random,
             );
             images.extend(image);
@@ -222,7 +237,7 @@ impl<const D: usize> Adam<D> {
 }
 
 /// A patch of `patch` voxels (zero-padded where the case is smaller) from `data` (`[C, dims]`)
-/// and `labels` (`dims`): centred on a random foreground voxel with probability
+/// and `labels` (`dims`): near a random foreground voxel with probability
 /// `foreground_fraction` (when there is one), anywhere otherwise; mirrored at random along each
 /// axis, its intensities scaled and shifted a little per channel.
 fn sample_patch(

@@ -10,6 +10,7 @@ pub mod brain;
 pub mod breast;
 pub mod prostate;
 pub mod regions;
+pub mod synthetic;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod prostate;
 pub mod settings;
+pub mod synthetic_model;
 
 use lightbox_core::SeriesInstanceUid;
 pub use lightbox_dicom::{

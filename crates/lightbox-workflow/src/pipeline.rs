@@ -855,18 +855,24 @@ fn radiologist_groups(
         .collect())
 }
 
-/// The measurement kinds a radiologist can record, with their SNOMED CT concepts.
-pub const MEASUREMENT_KINDS: [(&str, &str, &str); 6] = [
-    ("length", "410668003", "Length"),
-    ("diameter", "81827009", "Diameter"),
-    ("area", "42798000", "Area"),
-    ("volume", "118565006", "Volume"),
-    ("mean", "373098007", "Mean"),
-    ("sd", "386136009", "Standard Deviation"),
+/// The measurement kinds a radiologist can record, with their concepts (SNOMED CT; LOINC for
+/// the PSA the radiologist enters; Lightbox's own scheme for the PSA density, which has no
+/// standard code).
+pub const MEASUREMENT_KINDS: [(&str, &str, &str, &str); 8] = [
+    ("length", "SCT", "410668003", "Length"),
+    ("diameter", "SCT", "81827009", "Diameter"),
+    ("area", "SCT", "42798000", "Area"),
+    ("volume", "SCT", "118565006", "Volume"),
+    ("mean", "SCT", "373098007", "Mean"),
+    ("sd", "SCT", "386136009", "Standard Deviation"),
+    ("psa", "LN", "2857-1", "Prostate specific Ag [Mass/volume] in Serum or Plasma"),
+    ("psa-density", crate::brain::SCHEME, "PSA-DENSITY", "PSA density (serum PSA over prostate gland volume)"),
 ];
 
 /// The UCUM units a radiologist's measurement may have, with their meanings.
-const UCUM_UNITS: [(&str, &str); 11] = [
+const UCUM_UNITS: [(&str, &str); 13] = [
+    ("ng/mL", "nanogram per milliliter"),
+    ("ng/mL/mL", "nanogram per milliliter per milliliter"),
     ("mm", "millimeter"),
     ("cm", "centimeter"),
     ("mm2", "square millimeter"),
@@ -894,8 +900,9 @@ fn measurements_digest(store: &Store, series_uid: &str) -> Result<String, Workfl
 }
 
 fn measurement_concept(kind: &str) -> Code {
-    let (_, value, meaning) = MEASUREMENT_KINDS.iter().find(|(k, ..)| *k == kind).unwrap_or(&MEASUREMENT_KINDS[0]);
-    Code::new(value, "SCT", meaning)
+    let (_, scheme, value, meaning) =
+        MEASUREMENT_KINDS.iter().find(|(k, ..)| *k == kind).unwrap_or(&MEASUREMENT_KINDS[0]);
+    Code::new(value, scheme, meaning)
 }
 
 /// Records a radiologist's measurement on a stored series; it goes into the report they sign.

@@ -348,6 +348,7 @@ pub(crate) fn run(
         queued,
         summary,
         details: serde_json::json!({
+            "gland_ml": gland_ml,
             "findings": lesions.iter().enumerate().map(|(i, l)| serde_json::json!([format!("Lesion {} likelihood", i + 1), l.likelihood, "1"])).collect::<Vec<_>>(),
             "lesions": lesions.iter().enumerate().map(|(i, l)| serde_json::json!({
                 "label": format!("Lesion {} (likelihood {:.2})", i + 1, l.likelihood),

@@ -181,7 +181,7 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
     },
     measurements: async (seriesUid) => structuredClone(measurements.filter((m) => m.seriesUid === seriesUid)),
     addMeasurement: async (m) => {
-      const units = ["mm", "cm", "mm2", "cm2", "mm3", "cm3", "mL", "um2/s", "{ratio}"];
+      const units = ["mm", "cm", "mm2", "cm2", "mm3", "cm3", "mL", "um2/s", "{ratio}", "ng/mL", "ng/mL/mL"];
       if (!units.includes(m.unit)) throw { code: "analysis", message: `measurement: unit "${m.unit}"` };
       if (!Number.isFinite(m.value)) throw { code: "analysis", message: `measurement: value ${m.value} is not a number` };
       if (!m.label.trim() || !m.author.trim()) {
@@ -438,6 +438,24 @@ const demoResults: AnalysisResult[] = [
           curve: [[0, 550], [60, 1130], [120, 1290], [180, 1290], [240, 1285], [300, 1280], [360, 1270]],
         },
       ],
+    },
+  },
+  {
+    jobId: 5,
+    pipeline: "prostate-bpmri",
+    seriesUid: "1.2.3.4.9",
+    state: "done",
+    volumeMm3: 620,
+    segUid: "2.25.7",
+    srUid: "2.25.8",
+    signedBy: null,
+    review: null,
+    error: null,
+    summary: "model prostate-nnunet: 1 lesion(s), the likeliest 0.81, gland 42.0 mL; T2W 1.2.3.4.9, ADC 1.2.3.4.10, DWI b = 800",
+    details: {
+      gland_ml: 42.0,
+      findings: [["Lesion 1 likelihood", 0.81, "1"]],
+      lesions: [{ label: "Lesion 1 (likelihood 0.81)", centre_mm: [4, 20, -10], volume_ml: 0.62 }],
     },
   },
 ];

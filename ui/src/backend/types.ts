@@ -177,6 +177,8 @@ export interface LesionRef {
 }
 
 export interface ResultDetails {
+  /** The prostate gland's volume (mL) a prostate model measured, when it has a gland class. */
+  gland_ml?: number | null;
   /** [label, value, UCUM unit] */
   findings?: [string, number, string][];
   atrophy_plot?: AtrophyPlot;
@@ -187,10 +189,10 @@ export interface ResultDetails {
 export interface Measurement {
   id: number;
   seriesUid: string;
-  kind: "length" | "diameter" | "area" | "volume" | "mean" | "sd";
+  kind: "length" | "diameter" | "area" | "volume" | "mean" | "sd" | "psa" | "psa-density";
   label: string;
   value: number;
-  /** UCUM: mm, cm, mm2, cm2, mm3, cm3, mL, um2/s, {ratio}. */
+  /** UCUM: mm, cm, mm2, cm2, mm3, cm3, mL, um2/s, {ratio}, ng/mL, ng/mL/mL. */
   unit: string;
   author: string;
   createdAt: string;
