@@ -3,14 +3,14 @@
 # the prostate tests run, with `lightbox models train-synthetic` on the real prostate ADC series
 # in the test data (synthetic lesions inserted; see the model card). Not for clinical use.
 # Training is deterministic for a recipe; the result is cached by the hash of the recipe's
-# source files, so it runs once per recipe change (a few minutes on 2 CPU cores).
+# source files, so it runs once per recipe change (about 10 minutes on 2 CPU cores).
 #   LIGHTBOX_CACHE (default ~/.cache/lightbox), LIGHTBOX_BIN (default: cargo run),
-#   LIGHTBOX_TEST_DATA (default ../shared/data), LIGHTBOX_SYNTHETIC_STEPS (default 800).
+#   LIGHTBOX_TEST_DATA (default ../shared/data), LIGHTBOX_SYNTHETIC_STEPS (default 1500).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=${LIGHTBOX_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/lightbox}
 data=${LIGHTBOX_TEST_DATA:-../shared/data}
-steps=${LIGHTBOX_SYNTHETIC_STEPS:-800}
+steps=${LIGHTBOX_SYNTHETIC_STEPS:-1500}
 name=prostate-lesion-synthetic
 adc="$data/dcmqi_data/prostate_adc_QIN-PROSTATE-01-0001"
 if [ ! -d "$adc" ]; then

@@ -83,12 +83,15 @@ pub struct TrainOptions {
     /// The share of each batch's patches centred on a foreground voxel (nnU-Net: 1/3; at least
     /// one patch when it is above 0), as nnU-Net's `oversample_foreground_percent`.
     pub foreground_fraction: f64,
+    /// Patches drawn from one case before the next (nnU-Net: 1). More trade variety for
+    /// speed where making a case costs more than a step on it.
+    pub patches_per_case: usize,
     pub seed: u64,
 }
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        Self { steps: 250, batch_size: 2, learning_rate: 3e-3, foreground_fraction: 0.5, seed: 1 }
+        Self { steps: 250, batch_size: 2, learning_rate: 3e-3, foreground_fraction: 0.5, patches_per_case: 1, seed: 1 }
     }
 }
 
@@ -112,6 +115,14 @@ pub fn train(
     let mut adam5: BTreeMap<String, Adam<5>> = BTreeMap::new();
     let mut adam1: BTreeMap<String, Adam<1>> = BTreeMap::new();
     let mut case_index = 0u64;
+    struct Current {
+        prepared: crate::nnunet::Prepared,
+        labels: Vec<u8>,
+        has_foreground: bool,
+        channels: usize,
+        uses: usize,
+    }
+    let mut current: Option<Current> = None;
     for step in 0..options.steps {
         if cancel.load(Ordering::Relaxed) {
             return Err(AiError::Cancelled { done: step, total: options.steps });
@@ -125,23 +136,32 @@ pub fn train(
             0
         };
         for b in 0..options.batch_size {
-            let foreground = b >= options.batch_size - forced;
-            // A foreground patch needs a case with foreground: a few tries.
-            let mut tries = 0;
-            let (prepared, labels) = loop {
-                let case = next_case(case_index)?;
-                case_index += 1;
-                tries += 1;
-                if !foreground || tries >= 10 || case.labels.voxels().iter().any(|&l| l > 0) {
-                    let prepared = model.prepare(&case.channels)?;
-                    let labels = model.prepare_labels(&case.labels, &prepared)?;
-                    channels_n = case.channels.len();
-                    break (prepared, labels);
-                }
+            // The forced foreground patches spread evenly over the batch.
+            let foreground = (b * forced) / options.batch_size != ((b + 1) * forced) / options.batch_size;
+            let spent = current.as_ref().is_none_or(|c| c.uses >= options.patches_per_case.max(1));
+            if spent || (foreground && current.as_ref().is_some_and(|c| !c.has_foreground)) {
+                // A foreground patch needs a case with foreground: a few tries.
+                let mut tries = 0;
+                current = Some(loop {
+                    let case = next_case(case_index)?;
+                    case_index += 1;
+                    tries += 1;
+                    let has_foreground = case.labels.voxels().iter().any(|&l| l > 0);
+                    if !foreground || tries >= 10 || has_foreground {
+                        let prepared = model.prepare(&case.channels)?;
+                        let labels = model.prepare_labels(&case.labels, &prepared)?;
+                        break Current { prepared, labels, has_foreground, channels: case.channels.len(), uses: 0 };
+                    }
+                });
+            }
+            let Some(Current { prepared, labels, uses, channels, .. }) = current.as_mut() else {
+                unreachable!("a case was just made")
             };
+            *uses += 1;
+            channels_n = *channels;
             let (image, label) = sample_patch(
                 &prepared.data,
-                &labels,
+                labels,
                 channels_n,
                 prepared.target,
                 patch,
@@ -365,8 +385,14 @@ mod tests {
                 labels: Volume::new(dims, labels, grid).map_err(err)?,
             })
         };
-        let options =
-            TrainOptions { steps: 150, batch_size: 2, learning_rate: 1e-2, foreground_fraction: 0.5, seed: 2 };
+        let options = TrainOptions {
+            steps: 150,
+            batch_size: 2,
+            learning_rate: 1e-2,
+            foreground_fraction: 0.5,
+            patches_per_case: 1,
+            seed: 2,
+        };
         let mut losses = Vec::new();
         train(&mut model, &options, &mut |i| case(i), &AtomicBool::new(false), &mut |_, l| losses.push(l))?;
         let first = losses[..5].iter().sum::<f32>() / 5.0;

@@ -7,6 +7,9 @@
 //! peripheral zone). The change is multiplicative, so the tissue's own noise and texture stay,
 //! and its edge is a smooth ramp over the outer 30 % of the radius. Its label is the inner
 //! 85 % of the radius (where the ADC has dropped by more than half the lesion's contrast).
+//! Only soft tissue changes (ADC 0.7–2.4 × 10⁻³ mm²/s before): where the ellipsoid reaches fat,
+//! bone, air or fluid, nothing changes and nothing is labelled, as a tumour does not make fat
+//! darker (and a label there would teach a model that every dark edge is a lesion).
 //!
 //! Lesions go where the tissue's ADC is 0.9–2.2 × 10⁻³ mm²/s within the central half of the
 //! field of view (the prostate sits at the centre of a prostate protocol's field) and not in
@@ -51,10 +54,12 @@ pub fn insert_lesions(adc: &Volume<f32>, count: usize, seed: u64) -> Result<Synt
         let mm2 = f64::from(v) * unit;
         (0.9e-3..=2.2e-3).contains(&mm2)
     };
-    let central = |i: usize, n: usize| i >= n / 4 && i < n - n / 4;
+    let soft = |v: f32| {
+        let mm2 = f64::from(v) * unit;
+        (0.7e-3..=2.4e-3).contains(&mm2)
+    };
     let candidates: Vec<[usize; 3]> = (1..nz.saturating_sub(1))
-        .flat_map(|z| (0..ny).flat_map(move |y| (0..nx).map(move |x| [x, y, z])))
-        .filter(|&[x, y, _]| central(x, nx) && central(y, ny))
+        .flat_map(|z| (ny / 4..ny - ny / 4).flat_map(move |y| (nx / 4..nx - nx / 4).map(move |x| [x, y, z])))
         .filter(|&[x, y, z]| tissue(adc.voxels()[(z * ny + y) * nx + x]))
         .collect();
     let mut random = Random::new(seed);
@@ -83,8 +88,9 @@ pub fn insert_lesions(adc: &Volume<f32>, count: usize, seed: u64) -> Result<Synt
                         let (px, py, pz) = (dx as f64 * spacing[0], dy as f64 * spacing[1], dz as f64 * spacing[2]);
                         let (u, v) = (px * angle.cos() + py * angle.sin(), -px * angle.sin() + py * angle.cos());
                         let r = ((u / radii[0]).powi(2) + (v / radii[1]).powi(2) + (pz / radii[2]).powi(2)).sqrt();
-                        if r < 1.0 {
-                            inside.push(((z as usize * ny + y as usize) * nx + x as usize, r));
+                        let i = (z as usize * ny + y as usize) * nx + x as usize;
+                        if r < 1.0 && soft(adc.voxels()[i]) {
+                            inside.push((i, r));
                         }
                     }
                 }

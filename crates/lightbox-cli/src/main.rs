@@ -371,7 +371,8 @@ enum ModelsCommand {
         /// The ADC series (a DICOM folder or NIfTI).
         #[arg(long)]
         adc: PathBuf,
-        #[arg(long, default_value_t = 400)]
+        /// Training steps; 0 scores the installed package without training.
+        #[arg(long, default_value_t = synthetic_steps())]
         steps: usize,
         /// Held-out synthetic cases to score it on afterwards (0: none).
         #[arg(long, default_value_t = 20)]
@@ -379,6 +380,10 @@ enum ModelsCommand {
         #[command(flatten)]
         ai: AiArgs,
     },
+}
+
+const fn synthetic_steps() -> usize {
+    lightbox_workflow::synthetic_model::STEPS
 }
 
 /// Study filters shared by the local worklist and the PACS query.
@@ -695,6 +700,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             use lightbox_workflow::synthetic_model;
             let (models, preference) = ai.resolve()?;
             let mut recent = Vec::new();
+            let package = models.join(synthetic_model::PROSTATE_LESION_SYNTHETIC);
+            if steps == 0 {
+                let e = synthetic_model::evaluate(&package, &adc, evaluate, preference)?;
+                println!("{}", synthetic_model::describe(&e));
+                return Ok(());
+            }
             let report = synthetic_model::train(&adc, &models, steps, preference, &mut |step, loss| {
                 recent.push(loss);
                 if (step + 1) % 25 == 0 || step + 1 == steps {
@@ -715,18 +726,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             if evaluate > 0 {
                 let e = synthetic_model::evaluate(&report.package, &adc, evaluate, preference)?;
-                println!(
-                    "held-out synthetic cases: {} cases, {} lesions; sensitivity {:.2} ({} found), {:.2} false positives per case \
-                     (likelihood ≥ 0.5); case AUROC {:.3}; Dice {:.3}; {:.1} s per case",
-                    e.cases,
-                    e.lesions,
-                    e.sensitivity(),
-                    e.detected,
-                    e.false_positives_per_case(),
-                    e.auroc,
-                    e.dice,
-                    e.seconds_per_case
-                );
+                println!("{}", synthetic_model::describe(&e));
             }
         }
         Commands::Predict { model, inputs, out, ai } => {

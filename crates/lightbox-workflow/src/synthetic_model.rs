@@ -22,6 +22,8 @@ use crate::WorkflowError;
 pub const PROSTATE_LESION_SYNTHETIC: &str = "prostate-lesion-synthetic";
 /// Bumped whenever the recipe (network, data, training) changes.
 pub const RECIPE_VERSION: &str = "1";
+/// Training steps of the recipe.
+pub const STEPS: usize = 1500;
 /// Held-out cases are drawn from seeds at and above this; training never reaches it.
 const EVALUATION_SEEDS: u64 = 1 << 40;
 
@@ -52,9 +54,21 @@ pub struct Evaluation {
     /// Dice of the candidates (likelihood ≥ 0.5) against the lesions, over all cases.
     pub dice: f64,
     pub seconds_per_case: f64,
+    /// Every candidate: its likelihood and whether it hit a lesion.
+    pub candidates: Vec<(f32, bool)>,
+    /// Every lesion: the highest likelihood of a candidate that hit it (0 when none did).
+    pub lesion_likelihoods: Vec<f32>,
 }
 
 impl Evaluation {
+    /// Lesion-level sensitivity and false positives per case at a likelihood threshold (a point
+    /// of the FROC curve).
+    pub fn at(&self, threshold: f32) -> (f64, f64) {
+        let found = self.lesion_likelihoods.iter().filter(|&&l| l >= threshold && l > 0.0).count();
+        let false_positives = self.candidates.iter().filter(|(l, hit)| *l >= threshold && !hit).count();
+        (found as f64 / self.lesions.max(1) as f64, false_positives as f64 / self.cases.max(1) as f64)
+    }
+
     pub fn sensitivity(&self) -> f64 {
         self.detected as f64 / self.lesions.max(1) as f64
     }
@@ -81,8 +95,8 @@ fn spec(adc: &Volume<f32>) -> PackageSpec {
         arch: PlainConvUNetConfig {
             n_stages: 4,
             features_per_stage: vec![8, 16, 32, 64],
-            kernel_sizes: vec![[1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]],
-            strides: vec![[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]],
+            kernel_sizes: vec![[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3]],
+            strides: vec![[1, 1, 1], [1, 2, 2], [2, 2, 2], [1, 2, 2]],
             n_conv_per_stage: vec![2, 2, 2, 2],
             n_blocks_per_stage: Vec::new(),
             residual: false,
@@ -98,7 +112,7 @@ fn spec(adc: &Volume<f32>) -> PackageSpec {
         mirror_axes: Vec::new(),
         sequences: vec!["ADC".into()],
         spacing: vec![s[2], s[1], s[0]],
-        patch_size: vec![8, 64, 64],
+        patch_size: vec![4, 48, 48],
         labels: vec![(0, "background".into()), (1, "lesion".into())],
     }
 }
@@ -133,7 +147,14 @@ pub fn train(
     let device = AiDevice::choose(preference)?;
     let description = device.description.clone();
     let mut model = NnUnet::from_package(&out, device)?;
-    let options = TrainOptions { steps, batch_size: 2, learning_rate: 1e-2, foreground_fraction: 0.5, seed: 1 };
+    let options = TrainOptions {
+        steps,
+        batch_size: 8,
+        learning_rate: 3e-3,
+        foreground_fraction: 0.33,
+        patches_per_case: 4,
+        seed: 1,
+    };
     let mut losses = Vec::new();
     lightbox_ai::train::train(
         &mut model,
@@ -186,6 +207,26 @@ pub fn evaluate(
         // PI-CAI's hit: intersection over union above 0.1.
         let mut lesion_size = vec![0usize; count + 1];
         truth_lesions.iter().for_each(|&l| lesion_size[usize::from(l).min(count)] += 1);
+        let mut best = vec![0.0f32; count];
+        for c in &candidates {
+            let mut overlap = vec![0usize; count + 1];
+            let mut size = 0usize;
+            for (at, &f) in found.iter().enumerate() {
+                if f == c.index {
+                    size += 1;
+                    overlap[usize::from(truth_lesions[at]).min(count)] += 1;
+                }
+            }
+            let mut matched = false;
+            for l in 1..=count {
+                if overlap[l] as f64 > 0.1 * (size + lesion_size[l] - overlap[l]) as f64 {
+                    best[l - 1] = best[l - 1].max(c.likelihood);
+                    matched = true;
+                }
+            }
+            e.candidates.push((c.likelihood, matched));
+        }
+        e.lesion_likelihoods.extend(best);
         let mut hit = vec![false; count];
         for &index in &kept {
             let mut overlap = vec![0usize; count + 1];
@@ -222,6 +263,26 @@ pub fn evaluate(
     Ok(e)
 }
 
+/// The evaluation in words, with points of its FROC curve.
+pub fn describe(e: &Evaluation) -> String {
+    let froc: Vec<String> = [0.5f32, 0.9, 0.99, 0.999, 0.9999]
+        .iter()
+        .map(|&t| {
+            let (s, fp) = e.at(t);
+            format!("≥ {t}: sensitivity {s:.2}, {fp:.2} FP/case")
+        })
+        .collect();
+    format!(
+        "held-out synthetic cases: {} cases, {} lesions; case AUROC {:.3}; Dice {:.3} (≥ 0.5); {:.1} s per case\nFROC (lesion hit: IoU > 0.1): {}",
+        e.cases,
+        e.lesions,
+        e.auroc,
+        e.dice,
+        e.seconds_per_case,
+        froc.join("; ")
+    )
+}
+
 /// The area under the ROC curve of `scores` (score, positive): the chance that a random
 /// positive outscores a random negative, ties counting half.
 pub fn auroc(scores: &[(f32, bool)]) -> f64 {
@@ -248,6 +309,20 @@ pub fn auroc(scores: &[(f32, bool)]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn froc_points_count_lesions_found_and_false_candidates_above_the_threshold() {
+        let e = Evaluation {
+            cases: 2,
+            lesions: 3,
+            candidates: vec![(0.95, true), (0.6, false), (0.4, true), (0.99, false)],
+            lesion_likelihoods: vec![0.95, 0.4, 0.0],
+            ..Evaluation::default()
+        };
+        assert_eq!(e.at(0.5), (1.0 / 3.0, 1.0));
+        assert_eq!(e.at(0.3), (2.0 / 3.0, 1.0));
+        assert_eq!(e.at(0.97), (0.0, 0.5));
+    }
 
     #[test]
     fn auroc_counts_pairs() {
