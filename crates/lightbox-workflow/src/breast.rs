@@ -6,10 +6,14 @@
 //! - a TID 1500 SR with the candidates: volume, longest diameter, initial enhancement, delayed
 //!   change, curve type (I persistent, II plateau, III washout) and the time-intensity curve.
 //!
-//! The candidates come from enhancement thresholds, not from a trained detection model: a model
-//! package for breast lesion detection plugs in through `lightbox models import` and `predict`
-//! (the hook), and none with a licence that allows it is bundled. Automated output, research
-//! use only.
+//! The candidates come from enhancement thresholds. A detection model plugs in as the rule's
+//! `model = "NAME"` (a package `lightbox models import` made from an nnU-Net v2 folder): its
+//! channels are filled by their names (`SUB`: the motion-corrected subtraction; `PRE`: the first
+//! phase; `POST1`, `POST2`, …: the post-contrast phases as acquired), its lesion class goes
+//! through PI-CAI's lesion extraction, and its lesions, each with its likelihood, volume, curve
+//! type (the most common among its voxels) and time-intensity curve, become a second SEG and
+//! more groups of the SR. No breast model with a licence that allows it is bundled. Automated
+//! output, research use only.
 
 use lightbox_analysis::breast::{CurveType, DceAnalysis, InitialRate};
 use lightbox_dicom::{Code, Measurement, MeasurementGroup, Segment, SegmentRef};
@@ -21,7 +25,7 @@ use crate::pipeline::{Lease, PipelineOutcome, results_dir, scan_series, stage};
 
 pub const BREAST_DCE: &str = "breast-dce";
 /// Bumped whenever the results could change.
-pub const VERSION: &str = "1";
+pub const VERSION: &str = "2";
 
 fn curve_code(c: CurveType) -> Code {
     match c {
@@ -45,6 +49,7 @@ pub(crate) fn run(
     lease: Option<&Lease>,
     key: &str,
     series_uid: &str,
+    model: Option<&str>,
     send_to: Option<&str>,
 ) -> Result<PipelineOutcome, WorkflowError> {
     let report = scan_series(store, series_uid)?;
@@ -83,6 +88,13 @@ pub(crate) fn run(
     let phases = (0..set.time_points).map(|t| set.load(t)).collect::<Result<Vec<_>, _>>()?;
     stage(lease, store, "motion correction and kinetics")?;
     let dce = lightbox_analysis::breast::analyse_dce(&phases, &times, None).map_err(|e| bad(e.to_string()))?;
+    let detected = match model {
+        Some(name) => {
+            stage(lease, store, "running the model")?;
+            Some(detect(name, &phases, &dce).map_err(|e| bad(format!("model {name}: {e}")))?)
+        }
+        None => None,
+    };
     drop(phases);
 
     let name = format!("Lightbox {BREAST_DCE}");
@@ -146,14 +158,58 @@ pub(crate) fn run(
         )?;
         Some((path, w))
     };
-    let algorithm = lightbox_dicom::Algorithm {
-        name: name.clone(),
-        version: VERSION.into(),
-        parameters: vec![
-            lightbox_analysis::breast::DCE_METHOD.to_owned(),
-            format!("contrast at {:.0} s; phases at {:?} s", dce.contrast_s, dce.times_s),
-        ],
+    let model_seg = match &detected {
+        Some(d) if !d.lesions.is_empty() => {
+            let path = out.path().join("model-seg.dcm");
+            let grid = &dce.curve_types;
+            let labels = lightbox_core::Volume::new(grid.dims(), d.labels.clone(), grid.patient_from_voxel)
+                .map_err(|e| bad(e.to_string()))?;
+            let segments: Vec<Segment> = d
+                .lesions
+                .iter()
+                .take(255)
+                .enumerate()
+                .map(|(i, l)| Segment {
+                    label: format!("AI lesion {} (likelihood {:.2})", i + 1, l.likelihood),
+                    category: Code::new("49755003", "SCT", "Morphologically Abnormal Structure"),
+                    property_type: Code::new("52988006", "SCT", "Lesion"),
+                    algorithm: lightbox_dicom::SegmentAlgorithm::Automatic {
+                        name: format!("{name} ({})", d.model),
+                        version: VERSION.into(),
+                    },
+                })
+                .collect();
+            let w = lightbox_dicom::write_seg(
+                set,
+                0,
+                &labels,
+                &segments,
+                &crate::pipeline::ai_seg_series(
+                    9935,
+                    "AI: breast lesions of a detection model (research, not for clinical use)",
+                    &format!("AI output of model {}", d.model),
+                    &name,
+                    format!("{key}/model-seg"),
+                ),
+                &path,
+            )?;
+            Some((path, w))
+        }
+        _ => None,
     };
+    let mut parameters = vec![
+        lightbox_analysis::breast::DCE_METHOD.to_owned(),
+        format!("contrast at {:.0} s; phases at {:?} s", dce.contrast_s, dce.times_s),
+    ];
+    if let Some(d) = &detected {
+        parameters.push(format!("model {} ({})", d.model, d.description));
+        parameters.push(format!("device: {}", d.device));
+    }
+    let algorithm = lightbox_dicom::Algorithm { name: name.clone(), version: VERSION.into(), parameters };
+    let mut report_groups = groups(&dce, seg.as_ref().map(|s| &s.1), key, &algorithm);
+    if let Some(d) = &detected {
+        report_groups.extend(model_groups(d, model_seg.as_ref().map(|s| &s.1), key, &algorithm));
+    }
     let sr_path = out.path().join("sr.dcm");
     let sr_uid = lightbox_dicom::write_sr(
         set,
@@ -162,7 +218,7 @@ pub(crate) fn run(
             &name,
             "lightbox/device/breast-dce",
             Code::new("30794-2", "LN", "MR Breast"),
-            groups(&dce, seg.as_ref().map(|s| &s.1), key, &algorithm),
+            report_groups,
             "Automated: breast DCE kinetics (research, not for clinical use)",
             9934,
             format!("{key}/sr"),
@@ -170,10 +226,23 @@ pub(crate) fn run(
         &sr_path,
     )?;
     stage(lease, store, "storing results")?;
-    let paths: Vec<&std::path::PathBuf> = written.iter().chain(seg.iter().map(|s| &s.0)).chain([&sr_path]).collect();
+    let paths: Vec<&std::path::PathBuf> = written
+        .iter()
+        .chain(seg.iter().map(|s| &s.0))
+        .chain(model_seg.iter().map(|s| &s.0))
+        .chain([&sr_path])
+        .collect();
     let queued = crate::pipeline::store_results(store, &paths, send_to)?;
-    let summary = summary(&dce);
-    let lesions: Vec<serde_json::Value> = dce
+    let mut summary = summary(&dce);
+    if let Some(d) = &detected {
+        summary.push_str(&format!(
+            "; model {}: {} lesion(s){}",
+            d.model,
+            d.lesions.len(),
+            d.lesions.first().map_or_else(String::new, |l| format!(", the likeliest {:.2}", l.likelihood))
+        ));
+    }
+    let mut lesions: Vec<serde_json::Value> = dce
         .lesions
         .iter()
         .enumerate()
@@ -187,6 +256,16 @@ pub(crate) fn run(
         })
         .collect();
     let mut findings = Vec::new();
+    for (i, l) in detected.iter().flat_map(|d| d.lesions.iter()).enumerate() {
+        let label = format!("AI lesion {} (likelihood {:.2})", i + 1, l.likelihood);
+        findings.push(serde_json::json!([format!("AI lesion {} likelihood", i + 1), l.likelihood, "1"]));
+        lesions.push(serde_json::json!({
+            "label": label,
+            "centre_mm": l.centre_mm,
+            "volume_ml": l.volume_ml,
+            "curve": dce.times_s.iter().zip(&l.curve).map(|(t, s)| [*t, *s]).collect::<Vec<_>>(),
+        }));
+    }
     for (i, l) in dce.lesions.iter().enumerate() {
         let label = format!("Candidate {} ({})", i + 1, curve_code(l.kinetics.curve_type).meaning);
         findings.push(serde_json::json!([format!("{label}: volume"), l.volume_ml, "mL"]));
@@ -208,6 +287,113 @@ pub(crate) fn run(
     })
 }
 
+/// A lesion the detection model found.
+struct ModelLesion {
+    likelihood: f32,
+    volume_ml: f64,
+    centre_mm: [f64; 3],
+    /// The most common curve type among its enhancing voxels.
+    curve_type: Option<CurveType>,
+    /// Mean signal per phase (as acquired).
+    curve: Vec<f64>,
+}
+
+/// What the detection model found: its lesions, their label map (lesion k holds k) and the
+/// device it ran on.
+struct Detection {
+    model: String,
+    description: String,
+    device: String,
+    labels: Vec<u8>,
+    lesions: Vec<ModelLesion>,
+}
+
+/// Runs the model package `name` on the DCE series (the hook) and extracts its lesions.
+fn detect(name: &str, phases: &[lightbox_core::Volume<f32>], dce: &DceAnalysis) -> Result<Detection, WorkflowError> {
+    let dir = crate::ai::models_dir().join(name);
+    let package = lightbox_ai::ModelPackage::open(&dir)?;
+    let mut channels = Vec::new();
+    for sequence in &package.manifest.input.sequences {
+        let s = sequence.to_ascii_uppercase();
+        let volume = if s.contains("SUB") {
+            dce.subtraction.clone()
+        } else if s.starts_with("PRE") {
+            phases[0].clone()
+        } else if let Some(k) = s.strip_prefix("POST") {
+            let k: usize = if k.is_empty() { 1 } else { k.trim().parse().unwrap_or(0) };
+            phases.get(dce.pre_phases + k.max(1) - 1).filter(|_| k >= 1).cloned().ok_or_else(|| {
+                WorkflowError::Analysis(format!("the model wants {sequence:?}; the series has {} phases", phases.len()))
+            })?
+        } else {
+            return Err(WorkflowError::Analysis(format!(
+                "the model's channel {sequence:?} is not one a DCE series gives (SUB, PRE, POST1, POST2, …)"
+            )));
+        };
+        channels.push(volume);
+    }
+    let device = lightbox_ai::AiDevice::choose(lightbox_ai::DevicePreference::Auto)?;
+    let device_name = device.description.clone();
+    let net = lightbox_ai::nnunet::NnUnet::from_package(&dir, device)?;
+    let probabilities =
+        net.predict_probabilities(&channels, &std::sync::atomic::AtomicBool::new(false), &mut |_| {})?;
+    let class = package
+        .manifest
+        .labels
+        .iter()
+        .find(|(_, n)| ["lesion", "tumo", "cancer"].iter().any(|w| n.to_ascii_lowercase().contains(w)))
+        .and_then(|(i, _)| i.parse::<usize>().ok())
+        .unwrap_or(probabilities.len().saturating_sub(1));
+    let map =
+        probabilities.get(class).ok_or_else(|| WorkflowError::Analysis("the model has no lesion class".into()))?;
+    let [nx, ny, nz] = map.dims();
+    let (labels, found) = lightbox_analysis::prostate::extract_lesions(
+        map.voxels(),
+        [nz, ny, nx],
+        &lightbox_analysis::prostate::ExtractionOptions::default(),
+    )
+    .map_err(|e| WorkflowError::Analysis(e.to_string()))?;
+    let voxel_ml = map.spacing_mm().iter().product::<f64>() / 1000.0;
+    let lesions = found
+        .iter()
+        .map(|c| {
+            let at: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c.index).collect();
+            let n = at.len().max(1) as f64;
+            let mut centre_mm = [0.0; 3];
+            let mut votes = [0usize; 4];
+            for &i in &at {
+                let p = map.patient_from_voxel.transform_point([
+                    (i % nx) as f64,
+                    ((i / nx) % ny) as f64,
+                    (i / (nx * ny)) as f64,
+                ]);
+                (0..3).for_each(|k| centre_mm[k] += p[k] / n);
+                votes[usize::from(dce.curve_types.voxels()[i].min(3))] += 1;
+            }
+            let best = (1..4).max_by_key(|&t| votes[t]).filter(|&t| votes[t] > 0);
+            let curve_type = best.map(|t| match t {
+                1 => CurveType::Persistent,
+                2 => CurveType::Plateau,
+                _ => CurveType::Washout,
+            });
+            let curve = phases.iter().map(|p| at.iter().map(|&i| f64::from(p.voxels()[i])).sum::<f64>() / n).collect();
+            ModelLesion {
+                likelihood: c.likelihood,
+                volume_ml: at.len() as f64 * voxel_ml,
+                centre_mm,
+                curve_type,
+                curve,
+            }
+        })
+        .collect();
+    Ok(Detection {
+        model: name.to_owned(),
+        description: package.manifest.description.clone(),
+        device: device_name,
+        labels,
+        lesions,
+    })
+}
+
 fn summary(dce: &DceAnalysis) -> String {
     let types: Vec<String> = dce
         .lesions
@@ -222,6 +408,46 @@ fn summary(dce: &DceAnalysis) -> String {
         types.join(", "),
         dce.contrast_s
     )
+}
+
+/// The SR's groups for the detection model's lesions.
+fn model_groups(
+    d: &Detection,
+    seg: Option<&lightbox_dicom::Written>,
+    key: &str,
+    algorithm: &lightbox_dicom::Algorithm,
+) -> Vec<MeasurementGroup> {
+    let m = |concept: Code, value: f64, unit: Code| Measurement {
+        concept,
+        value,
+        unit,
+        algorithm: Some(algorithm.clone()),
+    };
+    d.lesions
+        .iter()
+        .enumerate()
+        .map(|(i, l)| MeasurementGroup {
+            tracking_id: format!("AI: model lesion {}", i + 1),
+            tracking_uid: lightbox_dicom::uid_from(&format!("{key}/tracking/model-lesion/{i}")),
+            finding: Some(Code::new("52988006", "SCT", "Lesion")),
+            observer: None,
+            finding_site: Some(Code::new("76752008", "SCT", "Breast")),
+            segment: seg.filter(|_| i < 255).map(|s| SegmentRef { seg: s.clone(), number: i as u16 + 1 }),
+            measurements: vec![
+                m(
+                    local("LIKELIHOOD", "Lesion likelihood (model output)"),
+                    f64::from(l.likelihood),
+                    Code::new("1", "UCUM", "no units"),
+                ),
+                m(Code::new("118565006", "SCT", "Volume"), l.volume_ml, Code::new("mL", "UCUM", "milliliter")),
+            ],
+            qualitative: l
+                .curve_type
+                .map(|c| (local("CURVE", "Kinetic curve type"), curve_code(c)))
+                .into_iter()
+                .collect(),
+        })
+        .collect()
 }
 
 fn groups(

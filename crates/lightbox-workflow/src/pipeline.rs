@@ -332,6 +332,18 @@ pub fn plan(
             }),
         });
     }
+    if pipeline == crate::breast::BREAST_DCE {
+        // The model (none: thresholds only) is part of what the results depend on.
+        let model = model.unwrap_or_default();
+        return Ok(JobPlan {
+            key: format!("{series_uid}/{pipeline}@{}/model={model}/{digest}", crate::breast::VERSION),
+            pipeline: pipeline.to_owned(),
+            device,
+            payload: serde_json::json!({
+                "series": series_uid, "instances": digest, "send_to": send_to, "model": model,
+            }),
+        });
+    }
     if needs_prior(pipeline) {
         // The prior is part of the input: a prior arriving later is a new analysis.
         let prior = crate::find_prior(store.root(), series_uid)?;
@@ -540,7 +552,8 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
             return crate::ms::run(&mut store, Some(&lease), &job.key, &series, prior, send_to);
         }
         if job.kind == crate::breast::BREAST_DCE {
-            return crate::breast::run(&mut store, Some(&lease), &job.key, &series, send_to);
+            let model = payload["model"].as_str().filter(|m| !m.is_empty());
+            return crate::breast::run(&mut store, Some(&lease), &job.key, &series, model, send_to);
         }
         if job.kind == crate::prostate::PROSTATE_BPMRI {
             let model = payload["model"].as_str().unwrap_or_default();
