@@ -143,7 +143,7 @@ fn picai_preprocessing_gives_the_baselines_grid_and_z_scores() -> anyhow::Result
 ///   TE 100 ms, spin echo): identification must find each from its attributes.
 /// - The model: the nnU-Net v2 result folder PyTorch wrote for the parity test (channels T2 and
 ///   ADC; labels background, gland, lesion) — random weights, so its lesions mean nothing: this
-///   tests the path, not the model.
+///   tests the path, not the model. The rule names it as the gland/zone model too.
 #[test]
 fn a_pushed_bpmri_study_runs_an_imported_nnunet_model_and_reaches_the_pacs() -> anyhow::Result<()> {
     use std::process::Command;
@@ -172,7 +172,7 @@ fn a_pushed_bpmri_study_runs_an_imported_nnunet_model_and_reaches_the_pacs() -> 
     ensure!(report.series().count() == 1, "the demo study is one ADC series");
 
     let orthanc = Orthanc::start()?;
-    let rules = "[[rule]]\nname = \"prostate bpMRI\"\npipeline = \"prostate-bpmri\"\nmodality = \"MR\"\nsequence = [\"T2\"]\nmodel = \"bpmri-test\"\nauto_send = true\n";
+    let rules = "[[rule]]\nname = \"prostate bpMRI\"\npipeline = \"prostate-bpmri\"\nmodality = \"MR\"\nsequence = [\"T2\"]\nmodel = \"bpmri-test\"\nzone_model = \"bpmri-test\"\nauto_send = true\n";
     let mut listener = Listener::start(dir.path(), rules, &orthanc, &models, 1500)?;
     // The ADC first, then the T2W (the rule's trigger): the study is whole when it runs.
     for folder in [demo_study(), t2w] {
@@ -181,6 +181,9 @@ fn a_pushed_bpmri_study_runs_an_imported_nnunet_model_and_reaches_the_pacs() -> 
     let done = listener.lines.wait_for("pipeline prostate-bpmri on", Duration::from_secs(300))?;
     eprintln!("{done}");
     ensure!(done.contains("model bpmri-test") && done.contains(&format!("T2W {series_uid}")), "{done}");
+    // The same package as the gland/zone model (its "gland" label): the gland and its volume
+    // come from it.
+    ensure!(done.contains("zones by bpmri-test") && done.contains(", gland "), "{done}");
     let adc_uid = report.series().next().context("no series")?.1.uid.to_string();
     ensure!(done.contains(&format!("ADC {adc_uid}")) && done.contains("no DWI"), "{done}");
     let queued: usize =

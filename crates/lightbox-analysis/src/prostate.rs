@@ -103,6 +103,126 @@ pub fn extract_lesions(
     Ok((labels, candidates))
 }
 
+/// A prostate zone, as a gland/zone model labels it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Zone {
+    Peripheral,
+    Transition,
+    Central,
+    AnteriorStroma,
+    /// The gland, without a zone.
+    Gland,
+}
+
+impl Zone {
+    /// The zone a model's label names (`peripheral zone`, `PZ`, `transition zone`, `TZ`,
+    /// `central zone`, `CZ`, `anterior fibromuscular stroma`, `AFS`, `gland`, `prostate`,
+    /// `whole gland`); none for anything else (background, lesion, …).
+    pub fn from_label(name: &str) -> Option<Self> {
+        let n = name.trim().to_ascii_lowercase();
+        let words: Vec<&str> = n.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).collect();
+        let has = |w: &str| words.contains(&w);
+        if has("pz") || n.contains("peripheral") {
+            Some(Self::Peripheral)
+        } else if has("tz") || n.contains("transition") {
+            Some(Self::Transition)
+        } else if has("cz") || n.contains("central") {
+            Some(Self::Central)
+        } else if has("afs") || n.contains("stroma") {
+            Some(Self::AnteriorStroma)
+        } else if has("gland") || has("prostate") || has("wg") {
+            Some(Self::Gland)
+        } else {
+            None
+        }
+    }
+
+    pub fn abbreviation(self) -> &'static str {
+        match self {
+            Self::Peripheral => "PZ",
+            Self::Transition => "TZ",
+            Self::Central => "CZ",
+            Self::AnteriorStroma => "AFS",
+            Self::Gland => "gland",
+        }
+    }
+
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::Peripheral => "Peripheral zone",
+            Self::Transition => "Transition zone",
+            Self::Central => "Central zone",
+            Self::AnteriorStroma => "Anterior fibromuscular stroma",
+            Self::Gland => "Prostate gland",
+        }
+    }
+}
+
+/// Where a lesion lies in the gland: its zone (the most common among its voxels that are in
+/// the gland), and a coarse sector in the spirit of PI-RADS's map: side (the patient's left or
+/// right of the gland's centre), level (base, mid or apex: thirds of the gland's
+/// superior–inferior extent) and anterior or posterior (of the gland's centre).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    pub zone: Option<Zone>,
+    pub side: &'static str,
+    pub level: &'static str,
+    pub half: &'static str,
+}
+
+impl Site {
+    /// E.g. "PZ, left mid posterior".
+    pub fn describe(&self) -> String {
+        let zone = self.zone.map_or("outside the gland", Zone::abbreviation);
+        format!("{zone}, {} {} {}", self.side, self.level, self.half)
+    }
+}
+
+/// The site of the lesion made of `lesion` (voxel indices) given each voxel's `zones` (`None`
+/// outside the gland) and each voxel's patient position (LPS mm: +x left, +y posterior, +z
+/// superior); none when no voxel is in the gland.
+pub fn lesion_site(lesion: &[usize], zones: &[Option<Zone>], position: &dyn Fn(usize) -> [f64; 3]) -> Option<Site> {
+    let gland: Vec<usize> = (0..zones.len()).filter(|&i| zones[i].is_some()).collect();
+    if gland.is_empty() || lesion.is_empty() {
+        return None;
+    }
+    let mean = |voxels: &[usize]| {
+        let n = voxels.len() as f64;
+        voxels.iter().fold([0.0; 3], |acc, &i| {
+            let p = position(i);
+            [acc[0] + p[0] / n, acc[1] + p[1] / n, acc[2] + p[2] / n]
+        })
+    };
+    let (gland_centre, centre) = (mean(&gland), mean(lesion));
+    let (mut low, mut high) = (f64::INFINITY, f64::NEG_INFINITY);
+    for &i in &gland {
+        let z = position(i)[2];
+        low = low.min(z);
+        high = high.max(z);
+    }
+    let mut counts: Vec<(Zone, usize)> = Vec::new();
+    for z in lesion.iter().filter_map(|&i| zones.get(i).copied().flatten()) {
+        match counts.iter_mut().find(|(k, _)| *k == z) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((z, 1)),
+        }
+    }
+    let zone = counts.iter().max_by_key(|(_, n)| *n).map(|(z, _)| *z);
+    let third = (high - low) / 3.0;
+    Some(Site {
+        zone,
+        side: if centre[0] >= gland_centre[0] { "left" } else { "right" },
+        level: if centre[2] >= high - third {
+            "base"
+        } else if centre[2] >= low + third {
+            "mid"
+        } else {
+            "apex"
+        },
+        half: if centre[1] >= gland_centre[1] { "posterior" } else { "anterior" },
+    })
+}
+
 /// Whether voxel `at` or one of its 26 neighbours holds a label.
 fn touches_label(labels: &[u8], [n0, n1, n2]: [usize; 3], at: usize) -> bool {
     let (i, j, k) = ((at / (n1 * n2)) as i64, ((at / n2) % n1) as i64, (at % n2) as i64);
@@ -120,4 +240,42 @@ fn touches_label(labels: &[u8], [n0, n1, n2]: [usize; 3], at: usize) -> bool {
         }
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zones_come_from_label_names() {
+        assert_eq!(Zone::from_label("peripheral zone"), Some(Zone::Peripheral));
+        assert_eq!(Zone::from_label("PZ"), Some(Zone::Peripheral));
+        assert_eq!(Zone::from_label("TZ"), Some(Zone::Transition));
+        assert_eq!(Zone::from_label("whole gland"), Some(Zone::Gland));
+        assert_eq!(Zone::from_label("lesion"), None);
+        assert_eq!(Zone::from_label("background"), None);
+        // "tz" inside a word is not the transition zone.
+        assert_eq!(Zone::from_label("blitz"), None);
+    }
+
+    #[test]
+    fn a_lesion_gets_its_zone_side_level_and_half() {
+        // A 10 × 10 × 9 gland of 1 mm voxels: PZ in the posterior half (y ≥ 5), TZ in front.
+        let (nx, ny, nz) = (10, 10, 9);
+        let position = |i: usize| [(i % nx) as f64, ((i / nx) % ny) as f64, (i / (nx * ny)) as f64];
+        let zones: Vec<Option<Zone>> = (0..nx * ny * nz)
+            .map(|i| Some(if position(i)[1] >= 5.0 { Zone::Peripheral } else { Zone::Transition }))
+            .collect();
+        let select = |keep: &dyn Fn([f64; 3]) -> bool| -> Vec<usize> {
+            (0..nx * ny * nz).filter(|&i| keep(position(i))).collect()
+        };
+        // Patient-left (x high), posterior (y high), in the top slices (base).
+        let lesion = select(&|p| p[0] >= 7.0 && p[1] >= 7.0 && p[2] >= 7.0);
+        let site = lesion_site(&lesion, &zones, &position).map(|s| s.describe());
+        assert_eq!(site.as_deref(), Some("PZ, left base posterior"));
+        let front = select(&|p| p[0] <= 2.0 && p[1] <= 2.0 && p[2] <= 1.0);
+        let site = lesion_site(&front, &zones, &position).map(|s| s.describe());
+        assert_eq!(site.as_deref(), Some("TZ, right apex anterior"));
+        assert_eq!(lesion_site(&lesion, &vec![None; zones.len()], &position), None);
+    }
 }

@@ -359,6 +359,7 @@ impl Dispatcher {
                 rule.threshold.unwrap_or(1000.0),
                 send_to,
                 rule.model.as_deref(),
+                rule.zone_model.as_deref(),
             )?;
             let (job_id, state) =
                 store.job_enqueue(&plan.key, &plan.pipeline, plan.device, &plan.payload.to_string())?;

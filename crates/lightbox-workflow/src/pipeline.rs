@@ -57,8 +57,13 @@ pub struct Rule {
     pub min_instances: Option<u32>,
     /// `threshold-volume`: the threshold, in the series' real values.
     pub threshold: Option<f64>,
-    /// `prostate-bpmri`: the model package (a folder in the models folder) that detects lesions.
+    /// `prostate-bpmri`: the model package (a folder in the models folder) that detects lesions;
+    /// `breast-dce`: an optional detection model.
     pub model: Option<String>,
+    /// `prostate-bpmri`: an optional gland/zone segmentation package (labels named by zone:
+    /// peripheral, transition, central, anterior stroma, or gland): the gland's volume and each
+    /// lesion's zone and sector.
+    pub zone_model: Option<String>,
     /// Put the results in the outbox without waiting for sign-off.
     #[serde(default)]
     pub auto_send: bool,
@@ -303,6 +308,7 @@ pub fn plan(
     threshold: f64,
     send_to: Option<&str>,
     model: Option<&str>,
+    zone_model: Option<&str>,
 ) -> Result<JobPlan, WorkflowError> {
     let device = pipeline_device(pipeline).ok_or_else(|| WorkflowError::UnknownPipeline(pipeline.to_owned()))?;
     let digest = instances_digest(store, series_uid)?;
@@ -323,12 +329,14 @@ pub fn plan(
         }
         inputs.sort();
         let study_digest = lightbox_dicom::uid_from(&inputs.join("\\"));
+        let zones = zone_model.unwrap_or_default();
         return Ok(JobPlan {
-            key: format!("{study}/{pipeline}@{}/model={model}/{study_digest}", crate::prostate::VERSION),
+            key: format!("{study}/{pipeline}@{}/model={model}/zones={zones}/{study_digest}", crate::prostate::VERSION),
             pipeline: pipeline.to_owned(),
             device,
             payload: serde_json::json!({
                 "series": series_uid, "instances": digest, "send_to": send_to, "model": model,
+                "zone_model": zones,
             }),
         });
     }
@@ -393,7 +401,7 @@ pub fn enqueue(store_dir: &Path, pipeline: &str, series_uid: &str, threshold: f6
     if crate::engine::NOT_IMAGES.contains(&modality.as_str()) {
         return Err(WorkflowError::Analysis(format!("series {series_uid} is a {modality}, not images to analyse")));
     }
-    let plan = plan(&store, pipeline, series_uid, threshold, None, None)?;
+    let plan = plan(&store, pipeline, series_uid, threshold, None, None, None)?;
     let before = store.jobs()?.len();
     let (id, state) = store.job_enqueue(&plan.key, &plan.pipeline, plan.device, &plan.payload.to_string())?;
     Ok(if store.jobs()?.len() > before { Enqueued::Created(id) } else { Enqueued::Exists { id, state } })
@@ -434,7 +442,7 @@ pub fn run_pipeline(
     send_to: Option<&str>,
 ) -> Result<PipelineOutcome, WorkflowError> {
     let store = Store::open(store_dir)?;
-    let plan = plan(&store, pipeline, series_uid, threshold, send_to, None)?;
+    let plan = plan(&store, pipeline, series_uid, threshold, send_to, None, None)?;
     let (owner, lease) = (runner_id(), lease_secs());
     match store.job_claim(&plan.key, pipeline, plan.device, &plan.payload.to_string(), owner, lease)? {
         Claim::Done(id) => Ok(finished_outcome(&store, id)?),
@@ -557,7 +565,8 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
         }
         if job.kind == crate::prostate::PROSTATE_BPMRI {
             let model = payload["model"].as_str().unwrap_or_default();
-            return crate::prostate::run(&mut store, Some(&lease), &job.key, &series, model, send_to);
+            let zones = payload["zone_model"].as_str().filter(|m| !m.is_empty());
+            return crate::prostate::run(&mut store, Some(&lease), &job.key, &series, model, zones, send_to);
         }
         threshold_volume(&mut store, Some(&lease), &job.key, &series, threshold, send_to, None)
     })();

@@ -8,13 +8,17 @@
 //!    b) and it runs as nnU-Net does; its lesion class's probability goes through PI-CAI's
 //!    dynamic lesion extraction;
 //! 3. each lesion's likelihood, volume, longest diameter and mean ADC, and with a gland class
-//!    the gland's volume, become a SEG (gland, lesions) and a TID 1500 SR.
+//!    the gland's volume, become a SEG (gland, lesions) and a TID 1500 SR;
+//! 4. with a gland/zone model (the rule's `zone_model`, a second package whose labels name
+//!    zones: `lightbox_analysis::prostate::Zone`), the gland and its zones come from it, and
+//!    each lesion gets its zone and a coarse sector (side, base/mid/apex, anterior/posterior).
 //!
 //! The likelihoods are the model's; no PI-RADS category is given. AI output, research use only.
 
 use std::sync::atomic::AtomicBool;
 
 use lightbox_analysis::bpmri::{HIGH_B, SeriesSummary, choose_bpmri, synthesize_high_b};
+use lightbox_analysis::prostate::Zone;
 use lightbox_core::Volume;
 use lightbox_dicom::{Code, Measurement, MeasurementGroup, Segment, SegmentRef};
 use lightbox_store::Store;
@@ -81,6 +85,7 @@ pub(crate) fn run(
     key: &str,
     series_uid: &str,
     model: &str,
+    zone_model: Option<&str>,
     send_to: Option<&str>,
 ) -> Result<PipelineOutcome, WorkflowError> {
     let bad = |what: String| WorkflowError::Analysis(format!("prostate bpMRI of series {series_uid}: {what}"));
@@ -106,26 +111,60 @@ pub(crate) fn run(
         (d, _) => d,
     };
     let adc_unit = lightbox_analysis::bpmri::adc_unit_mm2_s(&adc).map_err(|e| bad(e.to_string()))?;
-    // The model's channels by their names.
-    let mut channels = Vec::new();
-    for name in &package.manifest.input.sequences {
-        let n = name.to_ascii_uppercase();
-        let volume = if n.contains("ADC") {
-            adc_on_t2w.clone()
-        } else if n.starts_with("T2") {
-            t2w.clone()
-        } else if n.contains("HBV") || n.contains("DWI") || n.contains("HIGH") || n.starts_with('B') {
-            high_b_on_t2w.clone().ok_or_else(|| bad(format!("the model wants {name:?} and the study has no DWI")))?
-        } else {
-            return Err(bad(format!("the model's channel {name:?} is not one bpMRI gives (T2W, ADC, high b)")));
-        };
-        channels.push(volume);
-    }
+    // A model's channels by their names.
+    let channels_of = |package: &lightbox_ai::ModelPackage| -> Result<Vec<Volume<f32>>, WorkflowError> {
+        let mut channels = Vec::new();
+        for name in &package.manifest.input.sequences {
+            let n = name.to_ascii_uppercase();
+            let volume = if n.contains("ADC") {
+                adc_on_t2w.clone()
+            } else if n.starts_with("T2") {
+                t2w.clone()
+            } else if n.contains("HBV") || n.contains("DWI") || n.contains("HIGH") || n.starts_with('B') {
+                high_b_on_t2w.clone().ok_or_else(|| {
+                    bad(format!("model {} wants {name:?} and the study has no DWI", package.manifest.name))
+                })?
+            } else {
+                return Err(bad(format!(
+                    "model {}'s channel {name:?} is not one bpMRI gives (T2W, ADC, high b)",
+                    package.manifest.name
+                )));
+            };
+            channels.push(volume);
+        }
+        Ok(channels)
+    };
+    let channels = channels_of(&package)?;
     stage(lease, store, "running the model")?;
     let device = lightbox_ai::AiDevice::choose(lightbox_ai::DevicePreference::Auto)?;
     let device_name = device.description.clone();
-    let net = lightbox_ai::nnunet::NnUnet::from_package(&models.join(model), device)?;
+    let net = lightbox_ai::nnunet::NnUnet::from_package(&models.join(model), device.clone())?;
     let probabilities = net.predict_probabilities(&channels, &AtomicBool::new(false), &mut |_| {})?;
+    drop(net);
+    // The gland/zone model: each voxel's zone (none outside the gland).
+    let zones: Option<Vec<Option<Zone>>> = match zone_model {
+        Some(name) => {
+            stage(lease, store, "running the gland/zone model")?;
+            let zone_package = lightbox_ai::ModelPackage::open(&models.join(name))?;
+            let by_class: Vec<Option<Zone>> = {
+                let mut classes: Vec<(usize, Option<Zone>)> = zone_package
+                    .manifest
+                    .labels
+                    .iter()
+                    .filter_map(|(i, n)| i.parse::<usize>().ok().map(|i| (i, Zone::from_label(n))))
+                    .collect();
+                classes.sort_by_key(|c| c.0);
+                classes.into_iter().map(|c| c.1).collect()
+            };
+            if by_class.iter().all(Option::is_none) {
+                return Err(bad(format!("the gland/zone model {name} has no label that names a zone or the gland")));
+            }
+            let zone_net = lightbox_ai::nnunet::NnUnet::from_package(&models.join(name), device.clone())?;
+            let labels = zone_net.predict(&channels_of(&zone_package)?, &AtomicBool::new(false), &mut |_| {})?;
+            Some(labels.voxels().iter().map(|&l| by_class.get(usize::from(l)).copied().flatten()).collect())
+        }
+        None => None,
+    };
     let label_of = |wanted: &str| {
         package
             .manifest
@@ -147,8 +186,12 @@ pub(crate) fn run(
                 .unwrap_or(0)
         })
         .collect();
-    // The gland holds its lesions: gland or lesion is gland.
-    let in_gland = |at: usize| gland_class.is_some_and(|g| likeliest[at] == g || likeliest[at] == lesion_class);
+    // The gland holds its lesions: gland or lesion is gland. A zone model decides alone.
+    let in_gland = |at: usize| match &zones {
+        Some(z) => z[at].is_some(),
+        None => gland_class.is_some_and(|g| likeliest[at] == g || likeliest[at] == lesion_class),
+    };
+    let has_gland = zones.is_some() || gland_class.is_some();
     let lesion_map = probabilities.get(lesion_class).ok_or_else(|| bad("no lesion class in the model".into()))?;
     let [nx, ny, nz] = t2w.dims();
     let (lesion_labels, found) = lightbox_analysis::prostate::extract_lesions(
@@ -158,13 +201,17 @@ pub(crate) fn run(
     )
     .map_err(|e| bad(e.to_string()))?;
     let voxel_ml = t2w.spacing_mm().iter().product::<f64>() / 1000.0;
-    let gland_ml = gland_class.map(|_| (0..likeliest.len()).filter(|&at| in_gland(at)).count() as f64 * voxel_ml);
+    let gland_ml = has_gland.then(|| (0..likeliest.len()).filter(|&at| in_gland(at)).count() as f64 * voxel_ml);
+    let position = |i: usize| {
+        t2w.patient_from_voxel.transform_point([(i % nx) as f64, ((i / nx) % ny) as f64, (i / (nx * ny)) as f64])
+    };
     struct Lesion {
         likelihood: f32,
         volume_ml: f64,
         diameter_mm: f64,
         mean_adc: f64,
         centre_mm: [f64; 3],
+        site: Option<lightbox_analysis::prostate::Site>,
     }
     let lesions: Vec<Lesion> = found
         .iter()
@@ -194,7 +241,15 @@ pub(crate) fn run(
             let adc_values: Vec<f64> =
                 at.iter().map(|&i| f64::from(adc_on_t2w.voxels()[i])).filter(|v| *v > 0.0).collect();
             let mean_adc = adc_values.iter().sum::<f64>() / adc_values.len().max(1) as f64 * adc_unit / 1e-6;
-            Lesion { likelihood: c.likelihood, volume_ml: at.len() as f64 * voxel_ml, diameter_mm, mean_adc, centre_mm }
+            let site = zones.as_ref().and_then(|z| lightbox_analysis::prostate::lesion_site(&at, z, &position));
+            Lesion {
+                likelihood: c.likelihood,
+                volume_ml: at.len() as f64 * voxel_ml,
+                diameter_mm,
+                mean_adc,
+                centre_mm,
+                site,
+            }
         })
         .collect();
 
@@ -209,7 +264,29 @@ pub(crate) fn run(
         lightbox_dicom::SegmentAlgorithm::Automatic { name: format!("{name} ({model})"), version: VERSION.into() };
     let mut segments = Vec::new();
     let mut labels = vec![0u8; lesion_labels.len()];
-    if gland_class.is_some() {
+    if let Some(z) = &zones {
+        // One segment per zone the model found, in a fixed order.
+        for zone in [Zone::Peripheral, Zone::Transition, Zone::Central, Zone::AnteriorStroma, Zone::Gland] {
+            if !z.contains(&Some(zone)) {
+                continue;
+            }
+            segments.push(Segment {
+                label: zone.meaning().into(),
+                category: Code::new("91723000", "SCT", "Anatomical Structure"),
+                property_type: local(&format!("ZONE-{}", zone.abbreviation().to_ascii_uppercase()), zone.meaning()),
+                algorithm: lightbox_dicom::SegmentAlgorithm::Automatic {
+                    name: format!("{name} ({})", zone_model.unwrap_or_default()),
+                    version: VERSION.into(),
+                },
+            });
+            let number = segments.len() as u8;
+            for (at, l) in labels.iter_mut().enumerate() {
+                if z[at] == Some(zone) {
+                    *l = number;
+                }
+            }
+        }
+    } else if gland_class.is_some() {
         segments.push(Segment {
             label: "Prostate gland".into(),
             category: Code::new("91723000", "SCT", "Anatomical Structure"),
@@ -280,7 +357,8 @@ pub(crate) fn run(
             finding: Some(Code::new("41216001", "SCT", "Prostate")),
             observer: None,
             finding_site: None,
-            segment: seg.as_ref().map(|s| SegmentRef { seg: s.1.clone(), number: 1 }),
+            // With zones, the gland is several segments.
+            segment: seg.as_ref().filter(|_| zones.is_none()).map(|s| SegmentRef { seg: s.1.clone(), number: 1 }),
             measurements: vec![m(Code::new("118565006", "SCT", "Volume"), ml, Code::new("mL", "UCUM", "milliliter"))],
             qualitative: vec![],
         });
@@ -309,7 +387,24 @@ pub(crate) fn run(
                     Code::new("um2/s", "UCUM", "square micrometer per second"),
                 ),
             ],
-            qualitative: vec![],
+            qualitative: l
+                .site
+                .iter()
+                .flat_map(|s| {
+                    let zone = s.zone.map_or_else(
+                        || local("OUTSIDE-GLAND", "Outside the gland"),
+                        |z| local(&format!("ZONE-{}", z.abbreviation().to_ascii_uppercase()), z.meaning()),
+                    );
+                    let sector = format!("{} {} {}", s.side, s.level, s.half);
+                    [
+                        (local("ZONE", "Prostate zone"), zone),
+                        (
+                            local("SECTOR", "Prostate sector (side, level, anterior or posterior)"),
+                            local(&sector.to_ascii_uppercase().replace(' ', "-"), &sector),
+                        ),
+                    ]
+                })
+                .collect(),
         });
     }
     let sr_path = out.path().join("sr.dcm");
@@ -331,10 +426,14 @@ pub(crate) fn run(
     let paths: Vec<&std::path::PathBuf> = seg.iter().map(|s| &s.0).chain([&sr_path]).collect();
     let queued = crate::pipeline::store_results(store, &paths, send_to)?;
     let summary = format!(
-        "model {model}: {} lesion(s){}{}; T2W {}, ADC {}{}",
+        "model {model}: {} lesion(s){}{}{}; T2W {}, ADC {}{}",
         lesions.len(),
-        lesions.first().map_or_else(String::new, |l| format!(", the likeliest {:.2}", l.likelihood)),
+        lesions.first().map_or_else(String::new, |l| {
+            let site = l.site.as_ref().map_or_else(String::new, |s| format!(" ({})", s.describe()));
+            format!(", the likeliest {:.2}{site}", l.likelihood)
+        }),
         gland_ml.map_or_else(String::new, |g| format!(", gland {g:.1} mL")),
+        zone_model.map_or_else(String::new, |z| format!(", zones by {z}")),
         choice.t2w.series_uid,
         choice.adc.series_uid,
         choice.dwi.as_ref().map_or_else(|| ", no DWI".into(), |d| format!(", DWI b = {:.0}", d.b_value.unwrap_or(0.0))),
@@ -351,7 +450,10 @@ pub(crate) fn run(
             "gland_ml": gland_ml,
             "findings": lesions.iter().enumerate().map(|(i, l)| serde_json::json!([format!("Lesion {} likelihood", i + 1), l.likelihood, "1"])).collect::<Vec<_>>(),
             "lesions": lesions.iter().enumerate().map(|(i, l)| serde_json::json!({
-                "label": format!("Lesion {} (likelihood {:.2})", i + 1, l.likelihood),
+                "label": match &l.site {
+                    Some(s) => format!("Lesion {} (likelihood {:.2}, {})", i + 1, l.likelihood, s.describe()),
+                    None => format!("Lesion {} (likelihood {:.2})", i + 1, l.likelihood),
+                },
                 "centre_mm": l.centre_mm,
                 "volume_ml": l.volume_ml,
             })).collect::<Vec<_>>(),
