@@ -517,6 +517,10 @@ pub struct RuleDto {
     pub acquisition: Option<String>,
     pub min_instances: Option<u32>,
     pub threshold: Option<f64>,
+    /// The model package a `prostate-bpmri` or `breast-dce` rule runs.
+    pub model: Option<String>,
+    /// The gland/zone model package of a `prostate-bpmri` rule.
+    pub zone_model: Option<String>,
     pub auto_send: bool,
 }
 
@@ -538,6 +542,8 @@ async fn list_rules(State(state): State<Arc<AppState>>) -> Response {
             acquisition: r.acquisition.clone(),
             min_instances: r.min_instances,
             threshold: r.threshold,
+            model: r.model.clone(),
+            zone_model: r.zone_model.clone(),
             auto_send: r.auto_send,
         })
         .collect();
