@@ -28,7 +28,7 @@ if [ -f "$out/model.safetensors" ] && [ "$(cat "$out/.recipe" 2>/dev/null)" = "$
 fi
 cached="$cache/$name-$recipe"
 if [ ! -f "$cached/model.safetensors" ]; then
-  echo "models: training $name ($steps steps, recipe $recipe); a few minutes on a CPU"
+  echo "models: training $name ($steps steps, recipe $recipe); about 10 minutes on 2 CPU cores"
   rm -rf "$cached.partial"
   mkdir -p "$cached.partial"
   if [ -n "${LIGHTBOX_BIN:-}" ]; then

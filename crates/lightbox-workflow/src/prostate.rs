@@ -217,16 +217,7 @@ pub(crate) fn run(
         .iter()
         .map(|c| {
             let at: Vec<usize> = (0..lesion_labels.len()).filter(|&i| lesion_labels[i] == c.index).collect();
-            let points: Vec<[f64; 3]> = at
-                .iter()
-                .map(|&i| {
-                    t2w.patient_from_voxel.transform_point([
-                        (i % nx) as f64,
-                        ((i / nx) % ny) as f64,
-                        (i / (nx * ny)) as f64,
-                    ])
-                })
-                .collect();
+            let points: Vec<[f64; 3]> = at.iter().map(|&i| position(i)).collect();
             let n = points.len().max(1) as f64;
             let centre_mm = [0, 1, 2].map(|k| points.iter().map(|p| p[k]).sum::<f64>() / n);
             let step = (points.len() / 1500).max(1);

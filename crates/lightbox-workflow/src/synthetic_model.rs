@@ -44,17 +44,13 @@ pub struct TrainReport {
 pub struct Evaluation {
     pub cases: usize,
     pub lesions: usize,
-    /// Lesions hit by a candidate of likelihood ≥ 0.5 (PI-CAI's hit: intersection over union
-    /// above 0.1).
-    pub detected: usize,
-    /// Candidates of likelihood ≥ 0.5 that hit no lesion.
-    pub false_positives: usize,
     /// Case level: the case's score is its highest likelihood, positive when it has a lesion.
     pub auroc: f64,
     /// Dice of the candidates (likelihood ≥ 0.5) against the lesions, over all cases.
     pub dice: f64,
     pub seconds_per_case: f64,
-    /// Every candidate: its likelihood and whether it hit a lesion.
+    /// Every candidate: its likelihood and whether it hit a lesion (PI-CAI's hit: intersection
+    /// over union above 0.1).
     pub candidates: Vec<(f32, bool)>,
     /// Every lesion: the highest likelihood of a candidate that hit it (0 when none did).
     pub lesion_likelihoods: Vec<f32>,
@@ -69,12 +65,14 @@ impl Evaluation {
         (found as f64 / self.lesions.max(1) as f64, false_positives as f64 / self.cases.max(1) as f64)
     }
 
+    /// Lesions hit by a candidate of likelihood ≥ 0.5, over all lesions.
     pub fn sensitivity(&self) -> f64 {
-        self.detected as f64 / self.lesions.max(1) as f64
+        self.at(0.5).0
     }
 
+    /// Candidates of likelihood ≥ 0.5 that hit no lesion, per case.
     pub fn false_positives_per_case(&self) -> f64 {
-        self.false_positives as f64 / self.cases.max(1) as f64
+        self.at(0.5).1
     }
 }
 
@@ -203,7 +201,6 @@ pub fn evaluate(
             .map_err(|e| WorkflowError::Analysis(e.to_string()))?;
         let truth_lesions = numbered.voxels();
         let truth: Vec<bool> = truth_lesions.iter().map(|&l| l > 0).collect();
-        let kept: Vec<u8> = candidates.iter().filter(|c| c.likelihood >= 0.5).map(|c| c.index).collect();
         // PI-CAI's hit: intersection over union above 0.1.
         let mut lesion_size = vec![0usize; count + 1];
         truth_lesions.iter().for_each(|&l| lesion_size[usize::from(l).min(count)] += 1);
@@ -227,33 +224,13 @@ pub fn evaluate(
             e.candidates.push((c.likelihood, matched));
         }
         e.lesion_likelihoods.extend(best);
-        let mut hit = vec![false; count];
-        for &index in &kept {
-            let mut overlap = vec![0usize; count + 1];
-            let mut size = 0usize;
-            for (at, &f) in found.iter().enumerate() {
-                if f == index {
-                    size += 1;
-                    overlap[usize::from(truth_lesions[at]).min(count)] += 1;
-                }
-            }
-            let mut matched = false;
-            for l in 1..=count {
-                let union = size + lesion_size[l] - overlap[l];
-                if overlap[l] as f64 > 0.1 * union as f64 {
-                    hit[l - 1] = true;
-                    matched = true;
-                }
-            }
-            e.false_positives += usize::from(!matched);
-        }
+        let kept: Vec<u8> = candidates.iter().filter(|c| c.likelihood >= 0.5).map(|c| c.index).collect();
         for (at, &f) in found.iter().enumerate() {
             let predicted = f > 0 && kept.contains(&f);
             both += usize::from(predicted && truth[at]);
             either += usize::from(predicted) + usize::from(truth[at]);
         }
         e.lesions += count;
-        e.detected += hit.iter().filter(|h| **h).count();
         let score = candidates.iter().map(|c| c.likelihood).fold(0.0f32, f32::max);
         scores.push((score, count > 0));
     }
