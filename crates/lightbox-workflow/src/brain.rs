@@ -372,12 +372,8 @@ fn report_groups(
     key: &str,
     algorithm: &lightbox_dicom::Algorithm,
 ) -> Vec<MeasurementGroup> {
-    let measurement = |(concept, value, unit): (Code, f64, Code)| Measurement {
-        concept,
-        value,
-        unit,
-        algorithm: Some(algorithm.clone()),
-    };
+    let measured = crate::pipeline::measured_by(algorithm);
+    let measurement = |(concept, value, unit): (Code, f64, Code)| measured(concept, value, unit);
     let group = |id: &str, finding: Code, segment: Option<u16>, measurements: Vec<Measurement>| MeasurementGroup {
         tracking_id: format!("AI: {id}"),
         tracking_uid: lightbox_dicom::uid_from(&format!("{key}/tracking/{id}")),

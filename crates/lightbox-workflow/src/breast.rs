@@ -16,7 +16,7 @@
 //! output, research use only.
 
 use lightbox_analysis::breast::{CurveType, DceAnalysis, InitialRate};
-use lightbox_dicom::{Code, Measurement, MeasurementGroup, Segment, SegmentRef};
+use lightbox_dicom::{Code, MeasurementGroup, Segment, SegmentRef};
 use lightbox_store::Store;
 
 use crate::WorkflowError;
@@ -417,12 +417,7 @@ fn model_groups(
     key: &str,
     algorithm: &lightbox_dicom::Algorithm,
 ) -> Vec<MeasurementGroup> {
-    let m = |concept: Code, value: f64, unit: Code| Measurement {
-        concept,
-        value,
-        unit,
-        algorithm: Some(algorithm.clone()),
-    };
+    let m = crate::pipeline::measured_by(algorithm);
     d.lesions
         .iter()
         .enumerate()
@@ -456,12 +451,7 @@ fn groups(
     key: &str,
     algorithm: &lightbox_dicom::Algorithm,
 ) -> Vec<MeasurementGroup> {
-    let m = |concept: Code, value: f64, unit: Code| Measurement {
-        concept,
-        value,
-        unit,
-        algorithm: Some(algorithm.clone()),
-    };
+    let m = crate::pipeline::measured_by(algorithm);
     let percent = || Code::new("%", "UCUM", "percent");
     let breast = Code::new("76752008", "SCT", "Breast");
     let mut out = vec![MeasurementGroup {

@@ -8,7 +8,7 @@
 //! AI output (the brain mask is deepbet's), research use only.
 
 use lightbox_analysis::brain::LesionChangeReport;
-use lightbox_dicom::{Code, Measurement, MeasurementGroup, Segment, SegmentRef};
+use lightbox_dicom::{Code, MeasurementGroup, Segment, SegmentRef};
 use lightbox_store::Store;
 
 use crate::WorkflowError;
@@ -183,12 +183,7 @@ fn lesion_groups(
     key: &str,
     algorithm: &lightbox_dicom::Algorithm,
 ) -> Vec<MeasurementGroup> {
-    let measurement = |concept: Code, value: f64, unit: Code| Measurement {
-        concept,
-        value,
-        unit,
-        algorithm: Some(algorithm.clone()),
-    };
+    let measurement = crate::pipeline::measured_by(algorithm);
     let ml = || Code::new("mL", "UCUM", "milliliter");
     let count = || Code::new("{lesions}", "UCUM", "lesions");
     let volume = || Code::new("118565006", "SCT", "Volume");

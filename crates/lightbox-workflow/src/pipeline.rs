@@ -795,6 +795,13 @@ pub(crate) fn ai_seg_series(
     }
 }
 
+/// A measurement that `algorithm` made (the values of the AI pipelines' reports).
+pub(crate) fn measured_by(
+    algorithm: &lightbox_dicom::Algorithm,
+) -> impl Fn(lightbox_dicom::Code, f64, lightbox_dicom::Code) -> lightbox_dicom::Measurement + '_ {
+    move |concept, value, unit| lightbox_dicom::Measurement { concept, value, unit, algorithm: Some(algorithm.clone()) }
+}
+
 /// The TID 1500 report of an AI pipeline's result: the device `name` (its UID from
 /// `device_seed`) as the observer, unverified, its UIDs derived from `uid_seed`.
 pub(crate) fn ai_report(

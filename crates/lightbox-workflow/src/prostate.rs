@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicBool;
 use lightbox_analysis::bpmri::{HIGH_B, SeriesSummary, choose_bpmri, synthesize_high_b};
 use lightbox_analysis::prostate::Zone;
 use lightbox_core::Volume;
-use lightbox_dicom::{Code, Measurement, MeasurementGroup, Segment, SegmentRef};
+use lightbox_dicom::{Code, MeasurementGroup, Segment, SegmentRef};
 use lightbox_store::Store;
 
 use crate::WorkflowError;
@@ -334,12 +334,7 @@ pub(crate) fn run(
             .chain([format!("device: {device_name}")])
             .collect(),
     };
-    let m = |concept: Code, value: f64, unit: Code| Measurement {
-        concept,
-        value,
-        unit,
-        algorithm: Some(algorithm.clone()),
-    };
+    let m = crate::pipeline::measured_by(&algorithm);
     let mut groups = Vec::new();
     if let Some(ml) = gland_ml {
         groups.push(MeasurementGroup {
