@@ -86,9 +86,7 @@ fn sequences_of_the_real_data_are_identified_from_their_attributes() -> anyhow::
 #[test]
 fn a_known_misalignment_of_the_prostate_adc_is_recovered() -> anyhow::Result<()> {
     use lightbox_imaging::{RegistrationOptions, RigidParams, register_rigid, resample_into};
-    let report = lightbox_dicom::scan_path(&lightbox_tests::demo_study())?;
-    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
-    let adc = report.display_sets(series)[0].load(0)?;
+    let adc = demo_adc()?;
     let [nx, ny, nz] = adc.dims();
     let centre = adc.patient_from_voxel.transform_point([nx, ny, nz].map(|n| n as f64 / 2.0));
     let truth = RigidParams { rotation_rad: [0.0, 0.03, 0.06], translation_mm: [3.0, -4.0, 1.5] }.to_affine(centre);
@@ -111,9 +109,7 @@ fn a_known_misalignment_of_the_prostate_adc_is_recovered() -> anyhow::Result<()>
 /// 0.5 × 0.5 × 3 mm centred on the T2W's field, each channel z-scored after clipping.
 #[test]
 fn picai_preprocessing_gives_the_baselines_grid_and_z_scores() -> anyhow::Result<()> {
-    let report = lightbox_dicom::scan_path(&lightbox_tests::demo_study())?;
-    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
-    let adc = report.display_sets(series)[0].load(0)?;
+    let adc = demo_adc()?;
     let high_b = lightbox_analysis::bpmri::synthesize_high_b(&adc, 0.0, &adc, 1400.0)?;
     let out = lightbox_analysis::bpmri::picai_preprocess(&[adc.clone(), adc.clone(), high_b], [256, 256, 20])?;
     assert_eq!(out.len(), 3);
@@ -377,4 +373,11 @@ fn a_pushed_study_with_a_synthetic_lesion_has_it_found_and_sent() -> anyhow::Res
         .collect();
     ensure!(modalities.contains(&"SEG".to_owned()) && modalities.contains(&"SR".to_owned()), "{modalities:?}");
     Ok(())
+}
+
+/// The demo study's ADC map (the real QIN-PROSTATE-01-0001 series).
+fn demo_adc() -> anyhow::Result<lightbox_core::Volume<f32>> {
+    let report = lightbox_dicom::scan_path(&lightbox_tests::demo_study())?;
+    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
+    Ok(report.display_sets(series)[0].load(0)?)
 }

@@ -122,79 +122,72 @@ pub(crate) fn run(
         };
         written.extend(lightbox_dicom::write_mr_series(volume, &new, &folder)?);
     }
+    // A SEG of lesions on the kinetics' grid: one segment each (at most 255), named `labels`.
+    let lesion_seg = |file: &str,
+                      values: Vec<u8>,
+                      labels: Vec<String>,
+                      algorithm: String,
+                      series: lightbox_dicom::SegSeries|
+     -> Result<(std::path::PathBuf, lightbox_dicom::Written), WorkflowError> {
+        let path = out.path().join(file);
+        let grid = &dce.curve_types;
+        let values =
+            lightbox_core::Volume::new(grid.dims(), values, grid.patient_from_voxel).map_err(|e| bad(e.to_string()))?;
+        let segments: Vec<Segment> = labels
+            .into_iter()
+            .take(255)
+            .map(|label| Segment {
+                label,
+                category: Code::new("49755003", "SCT", "Morphologically Abnormal Structure"),
+                property_type: Code::new("52988006", "SCT", "Lesion"),
+                algorithm: lightbox_dicom::SegmentAlgorithm::Automatic {
+                    name: algorithm.clone(),
+                    version: VERSION.into(),
+                },
+            })
+            .collect();
+        let w = lightbox_dicom::write_seg(set, 0, &values, &segments, &series, &path)?;
+        Ok((path, w))
+    };
     let seg = if dce.lesions.is_empty() {
         None
     } else {
-        let path = out.path().join("seg.dcm");
-        let labels: Vec<u8> = dce.lesion_of.iter().map(|&k| u8::try_from(k).unwrap_or(0)).collect();
-        let grid = &dce.curve_types;
-        let labels =
-            lightbox_core::Volume::new(grid.dims(), labels, grid.patient_from_voxel).map_err(|e| bad(e.to_string()))?;
-        let segments: Vec<Segment> = dce
-            .lesions
-            .iter()
-            .take(255)
-            .enumerate()
-            .map(|(i, l)| Segment {
-                label: format!("Lesion candidate {} ({})", i + 1, curve_code(l.kinetics.curve_type).meaning),
-                category: Code::new("49755003", "SCT", "Morphologically Abnormal Structure"),
-                property_type: Code::new("52988006", "SCT", "Lesion"),
-                algorithm: lightbox_dicom::SegmentAlgorithm::Automatic { name: name.clone(), version: VERSION.into() },
-            })
-            .collect();
-        let w = lightbox_dicom::write_seg(
-            set,
-            0,
-            &labels,
-            &segments,
-            &crate::pipeline::ai_seg_series(
+        Some(lesion_seg(
+            "seg.dcm",
+            dce.lesion_of.iter().map(|&k| u8::try_from(k).unwrap_or(0)).collect(),
+            dce.lesions
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("Lesion candidate {} ({})", i + 1, curve_code(l.kinetics.curve_type).meaning))
+                .collect(),
+            name.clone(),
+            crate::pipeline::ai_seg_series(
                 9933,
                 "Automated: breast DCE lesion candidates (research, not for clinical use)",
                 "Automated output: fast-enhancing lesion candidates",
                 &name,
                 format!("{key}/seg"),
             ),
-            &path,
-        )?;
-        Some((path, w))
+        )?)
     };
     let model_seg = match &detected {
-        Some(d) if !d.lesions.is_empty() => {
-            let path = out.path().join("model-seg.dcm");
-            let grid = &dce.curve_types;
-            let labels = lightbox_core::Volume::new(grid.dims(), d.labels.clone(), grid.patient_from_voxel)
-                .map_err(|e| bad(e.to_string()))?;
-            let segments: Vec<Segment> = d
-                .lesions
+        Some(d) if !d.lesions.is_empty() => Some(lesion_seg(
+            "model-seg.dcm",
+            d.labels.clone(),
+            d.lesions
                 .iter()
-                .take(255)
                 .enumerate()
-                .map(|(i, l)| Segment {
-                    label: format!("AI lesion {} (likelihood {:.2})", i + 1, l.likelihood),
-                    category: Code::new("49755003", "SCT", "Morphologically Abnormal Structure"),
-                    property_type: Code::new("52988006", "SCT", "Lesion"),
-                    algorithm: lightbox_dicom::SegmentAlgorithm::Automatic {
-                        name: format!("{name} ({})", d.model),
-                        version: VERSION.into(),
-                    },
-                })
-                .collect();
-            let w = lightbox_dicom::write_seg(
-                set,
-                0,
-                &labels,
-                &segments,
-                &crate::pipeline::ai_seg_series(
-                    9935,
-                    "AI: breast lesions of a detection model (research, not for clinical use)",
-                    &format!("AI output of model {}", d.model),
-                    &name,
-                    format!("{key}/model-seg"),
-                ),
-                &path,
-            )?;
-            Some((path, w))
-        }
+                .map(|(i, l)| format!("AI lesion {} (likelihood {:.2})", i + 1, l.likelihood))
+                .collect(),
+            format!("{name} ({})", d.model),
+            crate::pipeline::ai_seg_series(
+                9935,
+                "AI: breast lesions of a detection model (research, not for clinical use)",
+                &format!("AI output of model {}", d.model),
+                &name,
+                format!("{key}/model-seg"),
+            ),
+        )?),
         _ => None,
     };
     let mut parameters = vec![
