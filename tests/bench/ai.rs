@@ -66,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         n_blocks_per_stage: vec![],
         residual: false,
         n_conv_per_stage_decoder: vec![2; 5],
+        decoder_kernel_sizes: Vec::new(),
         conv_bias: true,
         input_channels: 1,
         num_classes: 2,

@@ -171,3 +171,64 @@ fn nnunet_folder_saved_by_pytorch_converts_and_matches_pytorch() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// nnU-Net v1, as the PI-CAI baseline ships: a result folder written by nnU-Net v1's own code
+/// (`plans.pkl`, `fold_0/model_best.model` and `.pkl` from `nnUNetTrainerV2.save_checkpoint`,
+/// scripts/reference/nnunet_v1.py) imports without Python, its Generic_UNet matches PyTorch, and
+/// the whole prediction (CT normalisation of the ADC, z-scores, sliding window with Gaussian
+/// weights, mirroring, softmax averaged per window) matches nnU-Net v1's own.
+#[test]
+fn nnunet_v1_folder_imports_and_predicts_as_nnunet_v1_does() -> anyhow::Result<()> {
+    let meta = meta("nnunet_v1.json")?;
+    let dims = numbers::<3>(&meta["input"]["dims"])?;
+    let channels = meta["input"]["channels"].as_u64().context("input.channels")? as usize;
+    let seed = meta["input"]["seed"].as_u64().context("input.seed")? as u32;
+    let values = parity_input(dims, channels, seed);
+    let dir = tempfile::tempdir()?;
+    let package = dir.path().join("picai-v1");
+    let options = lightbox_ai::nnunet_v1::ImportOptions::default();
+    lightbox_ai::nnunet_v1::import(&fixtures().join("nnunet_v1"), &options, "picai-v1", &package)?;
+    let manifest = ModelPackage::open(&package)?.manifest;
+    // PI-CAI's "CT" channel is its ADC; v1 has no label names without the task's dataset.json.
+    anyhow::ensure!(manifest.input.sequences == ["T2W", "ADC", "HBV"], "{:?}", manifest.input.sequences);
+    anyhow::ensure!(manifest.labels.get("1").map(String::as_str) == Some("class 1"), "{:?}", manifest.labels);
+    anyhow::ensure!(manifest.version == "fold 0 model_best", "{}", manifest.version);
+    let model = NnUnet::from_package(&package, device()?)?;
+    eprintln!("nnU-Net v1 parity on {}", model.device.description);
+
+    // The network alone.
+    let [d, h, w] = dims;
+    let out = model.network().forward_values(&model.device, values.clone(), [1, channels, d, h, w])?;
+    let classes = out.len() / (d * h * w);
+    anyhow::ensure!(classes == 2, "{classes} classes, the plan has 2");
+    let start = numbers::<3>(&meta["crop"]["start"])?;
+    let size = numbers::<3>(&meta["crop"]["size"])?;
+    let ours = crop(&out, [classes, d, h, w], &[0, 1], start, size);
+    assert_parity("nnU-Net v1 Generic_UNet logits", &ours, &read_f32("nnunet_v1.f32")?)?;
+
+    // The whole prediction, on the study as nnU-Net v1 read it (its ADC in µm²/s).
+    let adc = meta["input"]["adc_channel"].as_u64().context("input.adc_channel")? as usize;
+    let scale = meta["input"]["adc_scale"].as_f64().context("input.adc_scale")? as f32;
+    let plane = d * h * w;
+    let mut study = values;
+    study[adc * plane..(adc + 1) * plane].iter_mut().for_each(|v| *v *= scale);
+    let sum: f64 = study.iter().map(|&v| f64::from(v)).sum();
+    let theirs = meta["input"]["sum"].as_f64().context("input.sum")?;
+    anyhow::ensure!((sum - theirs).abs() <= 1e-6 * theirs.abs(), "input sum {sum} here, {theirs} in Python");
+    let spacing: Vec<f64> = serde_json::from_value(meta["input"]["spacing_zyx"].clone())?;
+    let [sz, sy, sx]: [f64; 3] = spacing.try_into().map_err(|s| anyhow::anyhow!("spacing {s:?}"))?;
+    let affine = lightbox_core::Affine3::from_columns([sx, 0.0, 0.0], [0.0, sy, 0.0], [0.0, 0.0, sz], [0.0; 3]);
+    let volumes = (0..channels)
+        .map(|c| lightbox_core::Volume::new([w, h, d], study[c * plane..(c + 1) * plane].to_vec(), affine))
+        .collect::<Result<Vec<_>, _>>()?;
+    let probabilities =
+        model.predict_probabilities(&volumes, &std::sync::atomic::AtomicBool::new(false), &mut |_| {})?;
+    anyhow::ensure!(probabilities.len() == 2, "{} classes", probabilities.len());
+    let worst = assert_parity(
+        "nnU-Net v1 prediction (lesion probability)",
+        probabilities[1].voxels(),
+        &read_f32("nnunet_v1.softmax.f32")?,
+    )?;
+    eprintln!("nnU-Net v1 prediction: largest difference from nnU-Net v1's own {worst:.2e}");
+    Ok(())
+}

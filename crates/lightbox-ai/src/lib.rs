@@ -9,6 +9,7 @@ pub mod device;
 pub mod job;
 pub mod linknet;
 pub mod nnunet;
+pub mod nnunet_v1;
 pub mod ops;
 pub mod package;
 pub mod sliding;

@@ -42,6 +42,11 @@ pub struct PlainConvUNetConfig {
     #[serde(default)]
     pub residual: bool,
     pub n_conv_per_stage_decoder: Vec<usize>,
+    /// Per decoder stage (deepest first), its convolutions' kernel. Empty: the kernel of the
+    /// encoder stage it joins (nnU-Net v2); nnU-Net v1's Generic_UNet takes the kernel of the
+    /// stage below instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decoder_kernel_sizes: Vec<[usize; 3]>,
     #[serde(default = "yes")]
     pub conv_bias: bool,
     #[serde(default)]
@@ -64,19 +69,25 @@ impl PlainConvUNetConfig {
             || (!self.residual && self.n_conv_per_stage.len() != n)
             || (self.residual && self.n_blocks_per_stage.len() != n)
             || self.n_conv_per_stage_decoder.len() != n - 1
+            || !(self.decoder_kernel_sizes.is_empty() || self.decoder_kernel_sizes.len() == n - 1)
         {
             return Err(format!("arch_kwargs do not describe {n} stages consistently"));
         }
         if self.input_channels == 0 || self.num_classes == 0 {
             return Err("no input channels or no classes".into());
         }
-        if self.kernel_sizes.iter().flatten().any(|&k| k == 0 || k % 2 == 0) {
+        if self.kernel_sizes.iter().chain(&self.decoder_kernel_sizes).flatten().any(|&k| k == 0 || k % 2 == 0) {
             return Err(format!("kernel sizes {:?} must be odd", self.kernel_sizes));
         }
         if self.strides.iter().flatten().any(|&s| s == 0) || self.features_per_stage.contains(&0) {
             return Err("a stride or a stage's features is 0".into());
         }
         Ok(())
+    }
+
+    /// The kernel of decoder stage `s` (0 = the deepest).
+    pub fn decoder_kernel(&self, s: usize) -> [usize; 3] {
+        self.decoder_kernel_sizes.get(s).copied().unwrap_or(self.kernel_sizes[self.n_stages - 2 - s])
     }
 
     /// Every tensor the network reads, with its shape.
@@ -138,7 +149,7 @@ impl PlainConvUNetConfig {
                 t.push((format!("decoder.transpconvs.{s}.bias"), vec![skip]));
             }
             for i in 0..self.n_conv_per_stage_decoder[s] {
-                let k = self.kernel_sizes[self.n_stages - 2 - s];
+                let k = self.decoder_kernel(s);
                 conv(&mut t, format!("decoder.stages.{s}.convs.{i}"), skip, if i == 0 { 2 * skip } else { skip }, k);
             }
             // Every deep-supervision head is saved; only the last is used without it.
@@ -312,7 +323,7 @@ impl PlainConvUNet {
             let skip = skips.pop().unwrap_or_else(|| unreachable!("one skip per stage"));
             let mut y = Tensor::cat(vec![up, skip], 1);
             for i in 0..c.n_conv_per_stage_decoder[s] {
-                y = self.block(y, &format!("decoder.stages.{s}.convs.{i}"), [1; 3], c.kernel_sizes[c.n_stages - 2 - s]);
+                y = self.block(y, &format!("decoder.stages.{s}.convs.{i}"), [1; 3], c.decoder_kernel(s));
             }
             low = y;
         }
@@ -440,6 +451,7 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
             .unwrap_or_default(),
         use_mask_for_norm: config.use_mask_for_norm.clone(),
         mirror_axes: vec![0, 1, 2],
+        softmax_per_window: false,
         sequences: (0..dataset.channel_names.len()).map(channel).collect(),
         spacing: config.spacing.clone(),
         patch_size: config.patch_size.clone(),
@@ -475,6 +487,9 @@ pub struct PackageSpec {
     pub intensity_properties: String,
     pub use_mask_for_norm: Vec<bool>,
     pub mirror_axes: Vec<usize>,
+    /// nnU-Net v1 averages each window's softmax; v2 (false) averages the logits and takes the
+    /// softmax once, at the end.
+    pub softmax_per_window: bool,
     /// Per input channel, the sequence it takes (T2, ADC, HBV, …).
     pub sequences: Vec<String>,
     /// The plan's spacing, in its (transposed) axis order.
@@ -509,6 +524,9 @@ pub fn write_package(
     parameters.insert("normalization_schemes".into(), texts(&spec.normalization_schemes));
     parameters.insert("intensity_properties".into(), text(&spec.intensity_properties));
     parameters.insert("mirror_axes".into(), ints(&spec.mirror_axes));
+    if spec.softmax_per_window {
+        parameters.insert("aggregate".into(), text("probabilities"));
+    }
     parameters.insert(
         "use_mask_for_norm".into(),
         toml::Value::Array(spec.use_mask_for_norm.iter().map(|&b| toml::Value::Boolean(b)).collect()),
@@ -559,6 +577,8 @@ pub struct NnUnet {
     mirror_axes: Vec<usize>,
     /// Per channel: z-score over the non-zero region only (nnU-Net's `use_mask_for_norm`).
     use_mask_for_norm: Vec<bool>,
+    /// Windows are averaged as probabilities (nnU-Net v1), not as logits (v2).
+    softmax_per_window: bool,
     pub device: crate::AiDevice,
 }
 
@@ -573,6 +593,10 @@ struct ExtraParameters {
     mirror_axes: Vec<usize>,
     #[serde(default)]
     use_mask_for_norm: Vec<bool>,
+    /// What the sliding window averages: "logits" (nnU-Net v2, the default) or "probabilities"
+    /// (v1: each window's softmax).
+    #[serde(default)]
+    aggregate: Option<String>,
 }
 
 fn all_axes() -> Vec<usize> {
@@ -655,6 +679,11 @@ impl NnUnet {
             }
         }
         config.check().map_err(bad)?;
+        let softmax_per_window = match extra.aggregate.as_deref() {
+            None | Some("logits") => false,
+            Some("probabilities") => true,
+            Some(other) => return Err(bad(format!("aggregate {other:?} (logits or probabilities)"))),
+        };
         let mut sorted = extra.transpose_forward;
         sorted.sort_unstable();
         if sorted != [0, 1, 2] {
@@ -704,6 +733,7 @@ impl NnUnet {
             patch: m.input.patch_size,
             mirror_axes: extra.mirror_axes,
             use_mask_for_norm: extra.use_mask_for_norm,
+            softmax_per_window,
             device,
         })
     }
@@ -732,8 +762,9 @@ impl NnUnet {
             .map_err(|e| AiError::Input(e.to_string()))
     }
 
-    /// Each class's probability (the softmax of the logits, as nnU-Net exports them) on the grid
-    /// of `channels`; outside nnU-Net's non-zero crop, background has probability 1.
+    /// Each class's probability (the softmax of the logits, as nnU-Net exports them; for a v1
+    /// model the averaged softmax of the windows) on the grid of `channels`; outside nnU-Net's
+    /// non-zero crop, background has probability 1.
     pub fn predict_probabilities(
         &self,
         channels: &[lightbox_core::Volume<f32>],
@@ -742,7 +773,7 @@ impl NnUnet {
     ) -> Result<Vec<lightbox_core::Volume<f32>>, AiError> {
         let (back, layout) = self.logits(channels, cancel, progress)?;
         let classes = back.dims()[1];
-        let softmax = burn::tensor::activation::softmax(back, 1);
+        let softmax = if self.softmax_per_window { back } else { burn::tensor::activation::softmax(back, 1) };
         let first = &channels[0];
         (0..classes)
             .map(|c| {
@@ -763,8 +794,8 @@ impl NnUnet {
             .collect()
     }
 
-    /// The logits, resampled back onto nnU-Net's non-zero crop of the input, and how to place
-    /// values of that crop back on the input's grid.
+    /// The logits (for a v1 model, the probabilities), resampled back onto nnU-Net's non-zero crop
+    /// of the input, and how to place values of that crop back on the input's grid.
     fn logits(
         &self,
         channels: &[lightbox_core::Volume<f32>],
@@ -777,7 +808,10 @@ impl NnUnet {
         let device = &self.device.device;
         let mut window = crate::SlidingWindow::new(self.patch);
         window.mirror_axes = self.mirror_axes.clone();
-        let net = |x: Tensor<5>| self.net.forward(x);
+        let net = |x: Tensor<5>| {
+            let out = self.net.forward(x);
+            if self.softmax_per_window { burn::tensor::activation::softmax(out, 1) } else { out }
+        };
         let (logits, out) = window.predict(
             device,
             &prepared.data,
@@ -1028,6 +1062,7 @@ mod tests {
             n_blocks_per_stage: vec![],
             residual: false,
             n_conv_per_stage_decoder: vec![2, 2],
+            decoder_kernel_sizes: Vec::new(),
             conv_bias: true,
             input_channels: 2,
             num_classes: 3,
@@ -1054,6 +1089,7 @@ mod tests {
             n_blocks_per_stage: vec![1, 2, 2],
             residual: true,
             n_conv_per_stage_decoder: vec![1, 1],
+            decoder_kernel_sizes: Vec::new(),
             conv_bias: true,
             input_channels: 1,
             num_classes: 2,

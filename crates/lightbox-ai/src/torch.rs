@@ -5,6 +5,10 @@
 //! attributes and dictionary keys (`down1.block1.double_conv.0.weight`,
 //! `network_weights.encoder.stages.0…`). Only float32 storages are read; anything else is
 //! refused with the tensor's name.
+//!
+//! The same machine reads plain pickles of plain data (`read_pickle`), such as nnU-Net v1's
+//! `plans.pkl`: numbers, strings, lists, dictionaries, NumPy arrays and scalars become JSON.
+//! Nothing is ever called: a class or function the pickle names stays a name.
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -19,6 +23,7 @@ enum Value {
     Int(i64),
     Float(f64),
     Str(String),
+    Bytes(Vec<u8>),
     Tuple(Vec<Value>),
     List(Vec<Value>),
     Dict(Vec<(Value, Value)>),
@@ -37,6 +42,16 @@ enum Value {
         offset: usize,
         size: Vec<usize>,
         stride: Vec<usize>,
+    },
+    /// A NumPy dtype: byte order, kind and size (`<f8`, `|b1`).
+    Dtype(String),
+    /// A NumPy array: its dtype, shape and order, and its raw bytes (or, for object arrays, a
+    /// list of values).
+    Array {
+        dtype: String,
+        shape: Vec<usize>,
+        fortran: bool,
+        data: Box<Value>,
     },
     /// Something built by a call we do not model.
     Opaque(String),
@@ -57,13 +72,18 @@ fn depth(v: &Value) -> usize {
         Value::Tuple(items) | Value::List(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
         Value::Dict(items) => 1 + items.iter().map(|(k, v)| depth(k).max(depth(v))).max().unwrap_or(0),
         Value::Object { state, .. } => 1 + depth(state),
+        Value::Array { data, .. } => 1 + depth(data),
         _ => 1,
     }
 }
 
 /// The values in `v`, counted up to `limit`.
 fn count(v: &Value, limit: usize) -> usize {
-    let mut n = 1;
+    // Bytes weigh by their length: copying a large buffer is not free either.
+    let mut n = match v {
+        Value::Bytes(b) => 1 + b.len() / 256,
+        _ => 1,
+    };
     let add = |c: &Value, n: &mut usize| {
         if *n < limit {
             *n += count(c, limit - *n);
@@ -75,7 +95,7 @@ fn count(v: &Value, limit: usize) -> usize {
             add(k, &mut n);
             add(c, &mut n);
         }),
-        Value::Object { state, .. } => add(state, &mut n),
+        Value::Object { state, .. } | Value::Array { data: state, .. } => add(state, &mut n),
         _ => {}
     }
     n
@@ -186,9 +206,63 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
                 let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
                 stack.push(Value::Str(String::from_utf8_lossy(take(&mut pos, n)?).into_owned()));
             }
-            0x8c => {
+            0x8c | b'U' => {
+                // SHORT_BINUNICODE, SHORT_BINSTRING (a Python 2 str)
                 let n = usize::from(take(&mut pos, 1)?[0]);
                 stack.push(Value::Str(String::from_utf8_lossy(take(&mut pos, n)?).into_owned()));
+            }
+            b'T' => {
+                // BINSTRING
+                let b = take(&mut pos, 4)?;
+                let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                stack.push(Value::Str(String::from_utf8_lossy(take(&mut pos, n)?).into_owned()));
+            }
+            0x8d => {
+                // BINUNICODE8
+                let n = usize::try_from(u64::from_le_bytes(eight(take(&mut pos, 8)?))).map_err(|e| e.to_string())?;
+                stack.push(Value::Str(String::from_utf8_lossy(take(&mut pos, n)?).into_owned()));
+            }
+            b'C' => {
+                // SHORT_BINBYTES
+                let n = usize::from(take(&mut pos, 1)?[0]);
+                stack.push(Value::Bytes(take(&mut pos, n)?.to_vec()));
+            }
+            b'B' => {
+                // BINBYTES
+                let b = take(&mut pos, 4)?;
+                let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                stack.push(Value::Bytes(take(&mut pos, n)?.to_vec()));
+            }
+            0x8e => {
+                // BINBYTES8
+                let n = usize::try_from(u64::from_le_bytes(eight(take(&mut pos, 8)?))).map_err(|e| e.to_string())?;
+                stack.push(Value::Bytes(take(&mut pos, n)?.to_vec()));
+            }
+            0x8b => {
+                // LONG4: only as wide as an i64 holds.
+                let b = take(&mut pos, 4)?;
+                let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+                if n > 8 {
+                    return Err("an integer wider than 64 bits".into());
+                }
+                let b = take(&mut pos, n)?;
+                let mut a = [if b.last().is_some_and(|x| x & 0x80 != 0) { 0xff } else { 0 }; 8];
+                a[..n].copy_from_slice(b);
+                stack.push(Value::Int(i64::from_le_bytes(a)));
+            }
+            0x8f => stack.push(Value::List(Vec::new())), // EMPTY_SET: a set is read as a list
+            0x90 => {
+                // ADDITEMS
+                let items = pop_mark(&mut stack)?;
+                match stack.last_mut() {
+                    Some(Value::List(list)) => list.extend(items),
+                    _ => return Err("ADDITEMS onto something that is not a set".into()),
+                }
+            }
+            0x91 => {
+                // FROZENSET
+                let items = pop_mark(&mut stack)?;
+                stack.push(shallow_enough(Value::List(items))?);
             }
             b'c' => {
                 let module = line(&mut pos)?;
@@ -311,12 +385,18 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
                         Value::Tensor { key, dtype, offset, size, stride }
                     }
                     (Value::Global(g), _) if g == "collections.OrderedDict" => Value::Dict(Vec::new()),
+                    (Value::Global(g), Value::Tuple(a)) => {
+                        numpy_call(g, a)?.unwrap_or_else(|| Value::Opaque(g.clone()))
+                    }
                     (Value::Global(g), _) => Value::Opaque(g.clone()),
                     _ => Value::Opaque("a call".into()),
                 });
             }
-            0x81 => {
-                // NEWOBJ: cls.__new__(cls, *args)
+            0x81 | 0x92 => {
+                // NEWOBJ: cls.__new__(cls, *args); NEWOBJ_EX: also **kwargs
+                if op == 0x92 {
+                    pop(&mut stack)?;
+                }
                 let _args = pop(&mut stack)?;
                 let cls = pop(&mut stack)?;
                 let class = match cls {
@@ -332,6 +412,16 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
                 }
                 match stack.last_mut() {
                     Some(Value::Object { state: s, .. }) => **s = state,
+                    Some(array @ Value::Array { .. }) => *array = build_array(state)?,
+                    // A dtype's state: (version, byte order, …).
+                    Some(Value::Dtype(d)) => {
+                        if let Value::Tuple(s) = &state
+                            && let Some(Value::Str(order)) = s.get(1)
+                            && matches!(order.as_str(), "<" | ">" | "|" | "=")
+                        {
+                            d.replace_range(..1, order);
+                        }
+                    }
                     // BUILD on a dict (an OrderedDict's __setstate__) or anything else: keep the
                     // object; its state holds nothing we read.
                     Some(_) => {}
@@ -348,6 +438,204 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
             other => return Err(format!("pickle opcode 0x{other:02x} at byte {} is not supported", pos - 1)),
         }
     }
+}
+
+fn eight(b: &[u8]) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8.min(b.len())]);
+    a
+}
+
+/// The values NumPy and Python 3 pickle through a call: arrays (`_reconstruct`, then BUILD, or
+/// `_frombuffer`), dtypes, scalars, `bytes` in protocol 2 (`_codecs.encode`) and sets. `None`
+/// for anything else.
+fn numpy_call(function: &str, args: Vec<Value>) -> Result<Option<Value>, String> {
+    let name = function.rsplit('.').next().unwrap_or_default();
+    let numpy = function.starts_with("numpy.");
+    Ok(Some(match (name, args.as_slice()) {
+        ("_reconstruct", _) if numpy => {
+            Value::Array { dtype: String::new(), shape: Vec::new(), fortran: false, data: Box::new(Value::None) }
+        }
+        ("dtype", [Value::Str(code), ..]) if numpy => {
+            let order = if code.ends_with('1') || code.starts_with('O') { "|" } else { "<" };
+            Value::Dtype(format!("{order}{code}"))
+        }
+        ("scalar", [Value::Dtype(dtype), Value::Bytes(raw)]) if numpy => {
+            let mut values = decode(dtype, raw)?;
+            if values.len() != 1 {
+                return Err(format!("a NumPy {dtype} scalar of {} bytes", raw.len()));
+            }
+            values.remove(0)
+        }
+        ("_frombuffer", [data, Value::Dtype(dtype), shape, Value::Str(order), ..]) if numpy => {
+            build_array(Value::Tuple(vec![
+                Value::Int(1),
+                shape.clone(),
+                Value::Dtype(dtype.clone()),
+                Value::Bool(order == "F"),
+                data.clone(),
+            ]))?
+        }
+        ("encode", [Value::Str(text), Value::Str(codec)]) if function == "_codecs.encode" && codec == "latin1" => {
+            let bytes: Option<Vec<u8>> = text.chars().map(|c| u8::try_from(u32::from(c)).ok()).collect();
+            Value::Bytes(bytes.ok_or("_codecs.encode of a character above latin-1")?)
+        }
+        ("set" | "frozenset", [Value::List(items)])
+            if function.starts_with("builtins.") || function.starts_with("__builtin__.") =>
+        {
+            Value::List(items.clone())
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// A NumPy array from its BUILD state `(version, shape, dtype, is_fortran, raw data)`.
+fn build_array(state: Value) -> Result<Value, String> {
+    let Value::Tuple(mut s) = state else { return Err("a NumPy array without its state".into()) };
+    if s.len() == 4 {
+        // Version 0 has no version field.
+        s.insert(0, Value::Int(0));
+    }
+    let [_, shape, dtype, fortran, data]: [Value; 5] =
+        s.try_into().map_err(|_| "a NumPy array state of the wrong length".to_owned())?;
+    let shape = sizes(&shape)?;
+    let Value::Dtype(dtype) = dtype else { return Err(format!("a NumPy array whose dtype is {dtype:?}")) };
+    let fortran = matches!(fortran, Value::Bool(true) | Value::Int(1));
+    let n = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or("a NumPy array whose shape overflows")?;
+    match &data {
+        Value::Bytes(raw) => {
+            let width = dtype_width(&dtype)?;
+            if raw.len() != n.saturating_mul(width) {
+                return Err(format!("a NumPy {dtype} array of shape {shape:?} with {} bytes", raw.len()));
+            }
+        }
+        Value::List(items) if items.len() == n => {}
+        other => return Err(format!("a NumPy array of shape {shape:?} holding {other:?}")),
+    }
+    Ok(Value::Array { dtype, shape, fortran, data: Box::new(data) })
+}
+
+/// Bytes per element of a numeric NumPy dtype (`<f8` → 8).
+fn dtype_width(dtype: &str) -> Result<usize, String> {
+    let kind = dtype.get(1..2).unwrap_or_default();
+    let width: usize = dtype.get(2..).and_then(|w| w.parse().ok()).unwrap_or(0);
+    match (kind, width) {
+        ("f", 2 | 4 | 8) | ("i" | "u", 1 | 2 | 4 | 8) | ("b", 1) => Ok(width),
+        _ => Err(format!("NumPy dtype {dtype} is not read (numbers and booleans are)")),
+    }
+}
+
+/// The values of raw NumPy data of `dtype`.
+fn decode(dtype: &str, raw: &[u8]) -> Result<Vec<Value>, String> {
+    let width = dtype_width(dtype)?;
+    let big = dtype.starts_with('>');
+    let kind = &dtype[1..2];
+    Ok(raw
+        .chunks_exact(width)
+        .map(|c| {
+            let mut a = [0u8; 8];
+            if big {
+                a[8 - width..].copy_from_slice(c);
+                a.reverse();
+            } else {
+                a[..width].copy_from_slice(c);
+            }
+            let bits = u64::from_le_bytes(a);
+            let signed = |w: usize| {
+                let shift = 64 - 8 * w as u32;
+                ((bits << shift) as i64) >> shift
+            };
+            match (kind, width) {
+                ("f", 8) => Value::Float(f64::from_bits(bits)),
+                ("f", 4) => Value::Float(f64::from(f32::from_bits(bits as u32))),
+                ("f", _) => Value::Float(f64::from(half_to_f32(bits as u16))),
+                ("i", w) => Value::Int(signed(w)),
+                ("b", _) => Value::Bool(bits != 0),
+                // Unsigned values above i64's range keep their bits.
+                _ => Value::Int(bits as i64),
+            }
+        })
+        .collect())
+}
+
+fn half_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = i32::from((h >> 10) & 0x1f);
+    let frac = f32::from(h & 0x3ff);
+    sign * match exp {
+        0 => frac * 2f32.powi(-24),
+        31 if frac == 0.0 => f32::INFINITY,
+        31 => f32::NAN,
+        e => (1.0 + frac / 1024.0) * 2f32.powi(e - 15),
+    }
+}
+
+/// A value as JSON: dictionaries become objects (keys as text), tuples, lists and sets arrays,
+/// NumPy arrays nested arrays of their shape (C order), NumPy scalars numbers. A class or
+/// function stays its dotted name; what a call built that we do not model becomes `null`.
+fn to_json(value: &Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match value {
+        Value::None | Value::Mark | Value::Opaque(_) | Value::Storage { .. } | Value::Tensor { .. } => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        Value::Str(s) | Value::Global(s) | Value::Dtype(s) => J::String(s.clone()),
+        Value::Bytes(b) => J::Array(b.iter().map(|&x| J::from(x)).collect()),
+        Value::Tuple(items) | Value::List(items) => J::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
+        Value::Dict(items) => {
+            let mut map = serde_json::Map::new();
+            for (k, v) in items {
+                let key = match k {
+                    Value::Str(s) => s.clone(),
+                    Value::Int(i) => i.to_string(),
+                    Value::Float(f) => f.to_string(),
+                    Value::Bool(b) => if *b { "True" } else { "False" }.to_owned(),
+                    other => format!("{other:?}"),
+                };
+                map.insert(key, to_json(v)?);
+            }
+            J::Object(map)
+        }
+        Value::Object { state, .. } => to_json(state)?,
+        Value::Array { dtype, shape, fortran, data } => {
+            let flat: Vec<J> = match data.as_ref() {
+                Value::Bytes(raw) => decode(dtype, raw)?.iter().map(to_json).collect::<Result<_, _>>()?,
+                Value::List(items) => items.iter().map(to_json).collect::<Result<_, _>>()?,
+                _ => Vec::new(),
+            };
+            nest(&flat, shape, *fortran)
+        }
+    })
+}
+
+/// `flat` (C or Fortran order) as arrays nested by `shape`; a 0-d array is its value.
+fn nest(flat: &[serde_json::Value], shape: &[usize], fortran: bool) -> serde_json::Value {
+    fn build(flat: &[serde_json::Value], shape: &[usize], strides: &[usize], at: usize) -> serde_json::Value {
+        match shape.split_first() {
+            None => flat.get(at).cloned().unwrap_or(serde_json::Value::Null),
+            Some((&n, rest)) => serde_json::Value::Array(
+                (0..n).map(|i| build(flat, rest, &strides[1..], at + i * strides[0])).collect(),
+            ),
+        }
+    }
+    let mut strides = vec![1usize; shape.len()];
+    if fortran {
+        for d in 1..shape.len() {
+            strides[d] = strides[d - 1] * shape[d - 1];
+        }
+    } else {
+        for d in (0..shape.len().saturating_sub(1)).rev() {
+            strides[d] = strides[d + 1] * shape[d + 1];
+        }
+    }
+    build(flat, shape, &strides, 0)
+}
+
+/// A plain pickle of plain data (nnU-Net v1's `plans.pkl` and `model_best.model.pkl`) as JSON.
+/// Classes and functions are never looked up, let alone called: they stay names.
+pub fn read_pickle(bytes: &[u8]) -> Result<serde_json::Value, String> {
+    to_json(&unpickle(bytes)?)
 }
 
 /// Every tensor in the tree with its dotted path.
@@ -378,6 +666,12 @@ fn walk(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
 /// The float32 tensors of a PyTorch zip archive (TorchScript or `torch.save`), by path, in the
 /// order the pickle names them.
 pub fn read_zip(bytes: &[u8]) -> Result<Vec<NamedTensor>, String> {
+    read_zip_where(bytes, &|_| true)
+}
+
+/// Like `read_zip`, for the tensors whose path `keep` accepts: a checkpoint's training state
+/// (optimiser moments, of any type) is neither read nor checked.
+pub fn read_zip_where(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Vec<NamedTensor>, String> {
     let mut archive =
         zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
     let pkl = (0..archive.len())
@@ -401,6 +695,9 @@ pub fn read_zip(bytes: &[u8]) -> Result<Vec<NamedTensor>, String> {
     let mut tensors = Vec::new();
     for (name, t) in found {
         let Value::Tensor { key, dtype, offset, size, stride } = t else { continue };
+        if !keep(&name) {
+            continue;
+        }
         if dtype != "FloatStorage" {
             return Err(format!("{name}: {dtype} tensors are not supported (float32 only)"));
         }
@@ -535,6 +832,45 @@ mod tests {
             tensors.into_iter().map(|(n, s, v)| (format!("network_weights.{n}"), s, v)).collect();
         assert_eq!(back, expected);
         Ok(())
+    }
+
+    #[test]
+    fn numpy_pickles_of_both_protocols_read_as_json() -> Result<(), String> {
+        // Written by Python 3.11 and NumPy 2.4: an OrderedDict with an int key, a float64 matrix,
+        // a Fortran-ordered int32 array, a NumPy scalar, a bool array, a tuple, a big-endian
+        // float32 array and a set (tests/fixtures/pickle).
+        let expected = serde_json::json!({
+            "0": [[1.5, 2.0], [3.0, 4.0]],
+            "f": [[0, 1, 2], [3, 4, 5]],
+            "s": 0.25,
+            "b": [true, false],
+            "t": [1, "x", null],
+            "big": [1.0],
+            "set": [3],
+        });
+        for (name, bytes) in [
+            ("protocol 2", &include_bytes!("../../../tests/fixtures/pickle/numpy-protocol2.pkl")[..]),
+            ("protocol 4", &include_bytes!("../../../tests/fixtures/pickle/numpy-protocol4.pkl")[..]),
+        ] {
+            assert_eq!(read_pickle(bytes)?, expected, "{name}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn numpy_arrays_whose_bytes_do_not_fit_their_shape_are_refused() {
+        let p4 = include_bytes!("../../../tests/fixtures/pickle/numpy-protocol4.pkl");
+        // Every truncation is an error, never a panic.
+        for end in 0..p4.len() {
+            assert!(read_pickle(&p4[..end]).is_err(), "{end}");
+        }
+        // The matrix's 32 bytes (`C` 0x20) claimed as 31: its shape no longer fits.
+        let at = p4.windows(2).position(|w| w == [0x43, 0x20]).unwrap_or(0);
+        let mut bad = p4.to_vec();
+        bad[at + 1] = 0x1f;
+        bad.remove(at + 2);
+        let err = read_pickle(&bad).err().unwrap_or_default();
+        assert!(err.contains("array of shape [2, 2] with 31 bytes"), "{err}");
     }
 
     #[test]
