@@ -222,6 +222,112 @@ fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An nnU-Net v1 result folder in the PI-CAI baseline's layout (plans.pkl,
+/// fold_0/model_best.model and .model.pkl, written by nnU-Net v1's own code:
+/// scripts/reference/nnunet_v1.py) imported by the CLI and run by `lightbox predict` on a
+/// three-sequence study given as NIfTI files: the labels are nnU-Net v1's own prediction
+/// thresholded at ½. Bad options and damaged checkpoints are refused with the file and the
+/// problem, and nothing is written.
+#[test]
+fn an_nnunet_v1_folder_imports_and_predicts_as_nnunet_v1_does() -> anyhow::Result<()> {
+    let fixtures = workspace_root().join("tests/fixtures/parity");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("nnunet_v1.json"))?)?;
+    let dir = tempfile::tempdir()?;
+    let models = dir.path().join("models");
+    let import = |folder: &Path, name: &str, extra: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(bin("lightbox")?)
+            .args(["models", "import"])
+            .arg(folder)
+            .args(["--name", name, "--models"])
+            .arg(&models)
+            .args(extra)
+            .output()?)
+    };
+    let out = import(&fixtures.join("nnunet_v1"), "picai-v1", &[])?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success() && printed.contains("nnU-Net v1 fold 0 model_best"), "{printed}{err}");
+    let toml = std::fs::read_to_string(models.join("picai-v1/model.toml"))?;
+    anyhow::ensure!(toml.contains("aggregate = \"probabilities\"") && toml.contains("\"ADC\""), "{toml}");
+
+    // The study nnU-Net v1 predicted: three sequences on one 0.5 × 0.5 × 3 mm grid.
+    let [d, h, w] = [0, 1, 2].map(|i| meta["input"]["dims"][i].as_u64().unwrap_or(0) as usize);
+    let seed = meta["input"]["seed"].as_u64().unwrap_or(0) as u32;
+    let scale = meta["input"]["adc_scale"].as_f64().unwrap_or(1.0) as f32;
+    let values = lightbox_tests::parity_input([d, h, w], 3, seed);
+    let plane = d * h * w;
+    let affine = lightbox_core::Affine3::from_columns([0.5, 0.0, 0.0], [0.0, 0.5, 0.0], [0.0, 0.0, 3.0], [0.0; 3]);
+    let mut inputs = Vec::new();
+    for (c, name) in ["t2w", "adc", "hbv"].into_iter().enumerate() {
+        let mut v = values[c * plane..(c + 1) * plane].to_vec();
+        if name == "adc" {
+            v.iter_mut().for_each(|x| *x *= scale);
+        }
+        let path = dir.path().join(format!("{name}.nii.gz"));
+        lightbox_nifti::write(&path, &lightbox_core::Volume::new([w, h, d], v, affine)?)?;
+        inputs.push(path);
+    }
+    let labels_path = dir.path().join("labels.nii.gz");
+    let printed = run_ok(
+        Command::new(bin("lightbox")?)
+            .args(["predict", "--model", "picai-v1"])
+            .args(&inputs)
+            .arg("--out")
+            .arg(&labels_path)
+            .arg("--models")
+            .arg(&models)
+            .args(["--device", &std::env::var("LIGHTBOX_AI_DEVICE").unwrap_or_else(|_| "cpu".into())]),
+    )?;
+    anyhow::ensure!(printed.contains("AI output (picai-v1, not for clinical use)"), "{printed}");
+    let labels = lightbox_nifti::read(&labels_path)?.volume(0)?;
+    let bytes = std::fs::read(fixtures.join("nnunet_v1.softmax.f32"))?;
+    let theirs: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    anyhow::ensure!(
+        labels.voxels().len() == theirs.len(),
+        "{} labels, {} probabilities",
+        labels.voxels().len(),
+        theirs.len()
+    );
+    let lesion = theirs.iter().filter(|&&p| p > 0.5).count();
+    anyhow::ensure!(lesion > 0 && lesion < theirs.len(), "the reference labels {lesion} voxels: nothing to compare");
+    for (at, (&label, &p)) in labels.voxels().iter().zip(&theirs).enumerate() {
+        // Only a voxel within rounding of ½ may go either way.
+        anyhow::ensure!(
+            (p - 0.5).abs() < 1e-4 || label == f32::from(u8::from(p > 0.5)),
+            "voxel {at}: label {label}, v1's probability {p}"
+        );
+    }
+
+    // Refusals, each naming what is wrong, none writing a package.
+    let refused = |out: std::process::Output, wanted: &str| -> anyhow::Result<()> {
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::ensure!(!out.status.success() && err.contains(wanted), "wanted {wanted:?}: {err}");
+        Ok(())
+    };
+    refused(
+        import(&fixtures.join("nnunet_v1"), "a", &["--channels", "T2W,ADC"])?,
+        "2 channel names for a model of 3 channels",
+    )?;
+    refused(
+        import(&fixtures.join("nnunet_v1"), "b", &["--checkpoint", "model_final_checkpoint"])?,
+        "model_final_checkpoint.model",
+    )?;
+    refused(import(&fixtures.join("nnunet"), "c", &["--checkpoint", "model_best"])?, "are for nnU-Net v1 folders")?;
+    let damaged = dir.path().join("damaged");
+    std::fs::create_dir_all(damaged.join("fold_0"))?;
+    std::fs::copy(fixtures.join("nnunet_v1/plans.pkl"), damaged.join("plans.pkl"))?;
+    let checkpoint = std::fs::read(fixtures.join("nnunet_v1/fold_0/model_best.model"))?;
+    std::fs::write(damaged.join("fold_0/model_best.model"), &checkpoint[..checkpoint.len() / 2])?;
+    refused(import(&damaged, "d", &[])?, "damaged/fold_0/model_best.model: not a zip archive")?;
+    let plans = std::fs::read(fixtures.join("nnunet_v1/plans.pkl"))?;
+    std::fs::write(damaged.join("plans.pkl"), &plans[..plans.len() - 9])?;
+    refused(import(&damaged, "e", &[])?, "damaged/plans.pkl: ")?;
+    for name in ["a", "b", "c", "d", "e"] {
+        anyhow::ensure!(!models.join(name).exists(), "a refused import wrote {name}");
+    }
+    Ok(())
+}
+
 /// Writes an nnU-Net v2 result folder for `class` (its encoder's `blocks` keyword: per-stage
 /// convolutions or residual blocks): plans.json, dataset.json and fold_0/checkpoint_final.pth
 /// with small deterministic weights, the last head biased to label 1, plus nnU-Net's aliases.

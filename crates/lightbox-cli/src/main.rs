@@ -350,17 +350,27 @@ enum ModelsCommand {
         #[arg(long)]
         models: Option<PathBuf>,
     },
-    /// Import a trained nnU-Net v2 result folder (plans.json, dataset.json,
-    /// fold_<k>/checkpoint_final.pth) as a model package, with no Python.
+    /// Import a trained nnU-Net result folder as a model package, with no Python: nnU-Net v2
+    /// (plans.json, dataset.json, fold_<k>/checkpoint_final.pth) or v1, as the PI-CAI baseline
+    /// ships (plans.pkl, fold_<k>/model_best.model and .model.pkl).
     Import {
         folder: PathBuf,
         /// The package's name (its folder under the models folder).
         #[arg(long)]
         name: String,
+        /// The v2 configuration (a v1 folder is one configuration already).
         #[arg(long, default_value = "3d_fullres")]
         configuration: String,
         #[arg(long, default_value_t = 0)]
         fold: usize,
+        /// v1: the checkpoint (model_best, model_final_checkpoint, …); the first present of
+        /// model_final_checkpoint, model_best, model_latest by default.
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// v1: the sequence of each input channel, in order (e.g. T2W,ADC,HBV), when the
+        /// plan's modality names are not the sequences.
+        #[arg(long, value_delimiter = ',')]
+        channels: Option<Vec<String>>,
         #[arg(long)]
         models: Option<PathBuf>,
     },
@@ -688,12 +698,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             lightbox_workflow::ai::install_model(&name, &wheel, &models)?;
             println!("{name} installed in {} (weights checked against model.toml)", models.display());
         }
-        Commands::Models { command: ModelsCommand::Import { folder, name, configuration, fold, models } } => {
+        Commands::Models {
+            command: ModelsCommand::Import { folder, name, configuration, fold, checkpoint, channels, models },
+        } => {
             let models = models.unwrap_or_else(lightbox_workflow::ai::models_dir);
-            let dir = lightbox_workflow::ai::import_nnunet(&folder, &configuration, fold, &name, &models)?;
+            let options = lightbox_workflow::ai::NnUnetImport { configuration, fold, checkpoint, channels };
+            let imported = lightbox_workflow::ai::import_nnunet(&folder, &options, &name, &models)?;
             println!(
-                "{name}: nnU-Net {configuration} fold {fold} imported into {} (complete its README.md model card)",
-                dir.display()
+                "{name}: {} imported into {} (complete its README.md model card)",
+                imported.what,
+                imported.dir.display()
             );
         }
         Commands::Models { command: ModelsCommand::TrainSynthetic { adc, steps, evaluate, ai } } => {

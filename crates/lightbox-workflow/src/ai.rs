@@ -151,17 +151,61 @@ pub(crate) fn check_deepbet(models: &Path) -> Result<(), WorkflowError> {
     Ok(())
 }
 
-/// Imports a trained nnU-Net v2 result folder as the model package `models/<name>`.
+/// How `import_nnunet` reads a result folder.
+#[derive(Clone, Debug)]
+pub struct NnUnetImport {
+    /// v2: the plan's configuration (a v1 folder is one configuration already).
+    pub configuration: String,
+    pub fold: usize,
+    /// v1: the checkpoint's name (`model_best`, …); v2 reads `checkpoint_final.pth`.
+    pub checkpoint: Option<String>,
+    /// v1: each input channel's sequence, overriding the plan's modality names.
+    pub channels: Option<Vec<String>>,
+}
+
+impl Default for NnUnetImport {
+    fn default() -> Self {
+        Self { configuration: "3d_fullres".into(), fold: 0, checkpoint: None, channels: None }
+    }
+}
+
+/// What `import_nnunet` made.
+#[derive(Clone, Debug)]
+pub struct Imported {
+    pub dir: PathBuf,
+    /// "nnU-Net v1 fold 0 (model_best)", "nnU-Net v2 3d_fullres fold 0".
+    pub what: String,
+}
+
+/// Imports a trained nnU-Net result folder, v2 (`plans.json`) or v1 (`plans.pkl`, the PI-CAI
+/// baseline's layout), as the model package `models/<name>`.
 pub fn import_nnunet(
     folder: &Path,
-    configuration: &str,
-    fold: usize,
+    options: &NnUnetImport,
     name: &str,
     models: &Path,
-) -> Result<PathBuf, WorkflowError> {
+) -> Result<Imported, WorkflowError> {
     let out = models.join(name);
-    lightbox_ai::nnunet::import(folder, configuration, fold, name, &out)?;
-    Ok(out)
+    let fold = options.fold;
+    if lightbox_ai::nnunet_v1::is_v1_folder(folder) {
+        let v1 = lightbox_ai::nnunet_v1::ImportOptions {
+            fold,
+            checkpoint: options.checkpoint.clone(),
+            channels: options.channels.clone(),
+        };
+        lightbox_ai::nnunet_v1::import(folder, &v1, name, &out)?;
+        let manifest = lightbox_ai::ModelPackage::open(&out)?.manifest;
+        return Ok(Imported { dir: out, what: format!("nnU-Net v1 {}", manifest.version) });
+    }
+    if options.checkpoint.is_some() || options.channels.is_some() {
+        return Err(WorkflowError::Analysis(format!(
+            "{}: --checkpoint and --channels are for nnU-Net v1 folders (plans.pkl); a v2 folder gives \
+             checkpoint_final.pth and its dataset.json names the channels",
+            folder.display()
+        )));
+    }
+    lightbox_ai::nnunet::import(folder, &options.configuration, fold, name, &out)?;
+    Ok(Imported { dir: out, what: format!("nnU-Net v2 {} fold {fold}", options.configuration) })
 }
 
 /// What a segmentation model made.
