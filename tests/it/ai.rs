@@ -338,50 +338,27 @@ fn nnunet_folder(
     blocks: &serde_json::Value,
     use_mask_for_norm: bool,
 ) -> anyhow::Result<serde_json::Value> {
-    std::fs::create_dir_all(folder.join("fold_0"))?;
     let mut arch = serde_json::json!({
         "n_stages": 3,
         "features_per_stage": [4, 8, 16],
-        "conv_op": "torch.nn.modules.conv.Conv3d",
         "kernel_sizes": [[1, 3, 3], [3, 3, 3], [3, 3, 3]],
         "strides": [[1, 1, 1], [1, 2, 2], [2, 2, 2]],
         "n_conv_per_stage_decoder": [2, 2],
-        "conv_bias": true,
-        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
-        "norm_op_kwargs": {"eps": 1e-5, "affine": true},
-        "dropout_op": null,
-        "nonlin": "torch.nn.LeakyReLU",
-        "nonlin_kwargs": {"inplace": true}
+        "conv_bias": true
     });
     if let (Some(a), Some(b)) = (arch.as_object_mut(), blocks.as_object()) {
         a.extend(b.clone());
     }
-    let plans = serde_json::json!({
-        "dataset_name": "Dataset001_Test",
-        "plans_name": "nnUNetPlans",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
-        "configurations": {"3d_fullres": {
-            "patch_size": [8, 32, 32],
-            "spacing": [4.0, 1.5, 1.5],
-            "normalization_schemes": ["ZScoreNormalization"],
-            "use_mask_for_norm": [use_mask_for_norm],
-            "architecture": {
-                "network_class_name": format!("dynamic_network_architectures.architectures.{class}"),
-                "arch_kwargs": arch,
-                "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]
-            }
-        }},
-        "foreground_intensity_properties_per_channel": {"0": {"mean": 1000.0, "std": 300.0}}
-    });
-    std::fs::write(folder.join("plans.json"), serde_json::to_string_pretty(&plans)?)?;
-    let dataset = serde_json::json!({
-        "channel_names": {"0": "ADC"},
-        "labels": {"background": 0, "lesion": 1},
-        "numTraining": 1,
-        "file_ending": ".nii.gz"
-    });
-    std::fs::write(folder.join("dataset.json"), serde_json::to_string(&dataset)?)?;
+    let plan = lightbox_tests::nnunet::Plan {
+        class: class.into(),
+        arch_kwargs: arch.clone(),
+        patch_size: [8, 32, 32],
+        spacing: [4.0, 1.5, 1.5],
+        normalization: "ZScoreNormalization".into(),
+        use_mask_for_norm,
+        channels: vec!["ADC".into()],
+        labels: vec!["background".into(), "lesion".into()],
+    };
     let mut config: lightbox_ai::nnunet::PlainConvUNetConfig = serde_json::from_value(arch)?;
     config.residual = class.ends_with("ResidualEncoderUNet");
     config.input_channels = 1;
@@ -404,6 +381,5 @@ fn nnunet_folder(
         }
         tensors.push((name, shape, values));
     }
-    lightbox_ai::torch::write_zip(&folder.join("fold_0/checkpoint_final.pth"), "network_weights", &tensors)?;
-    Ok(plans)
+    lightbox_tests::nnunet::write_v2_folder(folder, &plan, &tensors)
 }

@@ -106,10 +106,19 @@ fn a_pushed_dce_series_gives_subtraction_mip_candidates_and_kinetics_in_the_pacs
         },
         &folder,
     )?;
-    // The model hook: a detection model the rule names (a tiny network trained here on another
-    // phantom's subtraction; it tests the hook, not a model).
+    // The model hook: a detection model the rule names, imported by `lightbox models import`
+    // from an nnU-Net v2 result folder (a tiny network trained here on another phantom's
+    // subtraction; it tests the hook, not a model).
     let models = dir.path().join("models");
-    train_breast_test_model(&models.join("breast-test"))?;
+    let folder_v2 = train_breast_test_model(dir.path())?;
+    let imported = lightbox_tests::run_ok(
+        std::process::Command::new(lightbox_tests::bin("lightbox")?)
+            .args(["models", "import"])
+            .arg(&folder_v2)
+            .args(["--name", "breast-test", "--models"])
+            .arg(&models),
+    )?;
+    ensure!(imported.contains("nnU-Net v2 3d_fullres fold 0"), "{imported}");
     let orthanc = Orthanc::start()?;
     let rules = "[[rule]]\nname = \"breast DCE\"\npipeline = \"breast-dce\"\nmodality = \"MR\"\ndescription = \"DCE.*\"\nmodel = \"breast-test\"\nauto_send = true\n";
     let mut listener = Listener::start(dir.path(), rules, &orthanc, &models, 1000)?;
@@ -184,10 +193,11 @@ fn a_pushed_dce_series_gives_subtraction_mip_candidates_and_kinetics_in_the_pacs
     Ok(())
 }
 
-/// A tiny detection model package for the breast hook (channel `SUB`, labels background and
-/// lesion), trained for a few seconds on the subtraction of the phantom with another noise seed,
-/// its three lesions as the labels.
-fn train_breast_test_model(package: &std::path::Path) -> anyhow::Result<()> {
+/// A tiny detection model for the breast hook (channel `SUB`, labels background and lesion),
+/// trained in `work` for a few seconds on the subtraction of the phantom with another noise
+/// seed, its three lesions as the labels, and written out as the nnU-Net v2 result folder a
+/// site would bring (returned).
+fn train_breast_test_model(work: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     use lightbox_ai::nnunet::{NnUnet, PackageSpec, PlainConvUNetConfig, write_package};
     use lightbox_ai::train::{TrainOptions, TrainingCase, train};
 
@@ -241,8 +251,9 @@ fn train_breast_test_model(package: &std::path::Path) -> anyhow::Result<()> {
         patch_size: vec![8, 32, 32],
         labels: vec![(0, "background".into()), (1, "lesion".into())],
     };
-    write_package(package, &spec, &arch.initial_tensors(3))?;
-    let mut model = NnUnet::from_package(package, lightbox_ai::AiDevice::cpu())?;
+    let package = work.join("breast-trained");
+    write_package(&package, &spec, &arch.initial_tensors(3))?;
+    let mut model = NnUnet::from_package(&package, lightbox_ai::AiDevice::cpu())?;
     let options = TrainOptions {
         steps: 120,
         batch_size: 4,
@@ -254,6 +265,12 @@ fn train_breast_test_model(package: &std::path::Path) -> anyhow::Result<()> {
     let case = TrainingCase { channels: vec![sub], labels };
     let mut next = |_| Ok(TrainingCase { channels: case.channels.clone(), labels: case.labels.clone() });
     train(&mut model, &options, &mut next, &std::sync::atomic::AtomicBool::new(false), &mut |_, _| {})?;
-    model.save_weights(package)?;
-    Ok(())
+    let mut plan = lightbox_tests::nnunet::Plan::plain(&arch)?;
+    plan.patch_size = [8, 32, 32];
+    plan.spacing = [s[2], s[1], s[0]];
+    plan.channels = vec!["SUB".into()];
+    plan.labels = vec!["background".into(), "lesion".into()];
+    let folder = work.join("Dataset777_BreastTest/nnUNetTrainer__nnUNetPlans__3d_fullres");
+    lightbox_tests::nnunet::write_v2_folder(&folder, &plan, &model.network().tensor_values()?)?;
+    Ok(folder)
 }

@@ -13,6 +13,7 @@ pub mod dce;
 pub mod dcmtk;
 pub mod dicomfile;
 pub mod listener;
+pub mod nnunet;
 pub mod orthanc;
 pub mod proxy;
 pub mod pypeer;
