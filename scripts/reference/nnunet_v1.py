@@ -9,13 +9,15 @@ writes into OUT_DIR (tests/fixtures/parity):
                                            pickled by nnU-Net's own save_pickle; PI-CAI's
                                            channels (T2W, "CT" = the ADC, HBV), CT normalisation
                                            of channel 1 as PI-CAI trains it
-  nnunet_v1/fold_0/model_best.model(.pkl)  nnUNetTrainerV2's save_checkpoint after one SGD step
-                                           (Generic_UNet with random weights, its optimiser state)
+  nnunet_v1/fold_{0,1}/model_best.model(.pkl)  nnUNetTrainerV2's save_checkpoint after one SGD
+                                           step (Generic_UNet with random weights, its optimiser
+                                           state), two folds
   nnunet_v1.json, nnunet_v1.f32            the network's logits on a fixed input, on a crop
   nnunet_v1.softmax.f32                    nnU-Net v1's own prediction of the same input as a
                                            study (preprocess_patient, then sliding window with
                                            Gaussian weighting and mirroring): the lesion
                                            probability on the input grid
+  nnunet_v1.ensemble.f32                   the same for the ensemble of folds 0 and 1
 
 The input is `lightbox_tests::parity_input` with channel 1 scaled by 3000 (an ADC in µm²/s, so
 that CT normalisation clips it). Made on the CPU: the figures are PyTorch CPU float32.
@@ -109,23 +111,21 @@ def plans():
     }
 
 
-def main():
-    torch.set_num_threads(2)
-    shutil.rmtree(FOLDER, ignore_errors=True)
-    fold = os.path.join(FOLDER, "fold_0")
-    os.makedirs(fold)
-    plans_file = os.path.join(FOLDER, "plans.pkl")
-    save_pickle(plans(), plans_file)
-    trainer = nnUNetTrainerV2(plans_file, 0, output_folder=FOLDER, dataset_directory=FOLDER, stage=0,
+def make_fold(plans_file, fold, torch_seed, weight_seed, x0):
+    """nnUNetTrainerV2 for `fold` with random weights, one SGD step on `x0`, saved by its own
+    save_checkpoint as fold_<fold>/model_best.model(.pkl). Returns the trainer."""
+    out = os.path.join(FOLDER, f"fold_{fold}")
+    os.makedirs(out, exist_ok=True)
+    trainer = nnUNetTrainerV2(plans_file, fold, output_folder=FOLDER, dataset_directory=FOLDER, stage=0,
                               deterministic=True, fp16=False)
     trainer.process_plans(load_pickle(plans_file))
     trainer.setup_DA_params()
-    torch.manual_seed(20261126)
+    torch.manual_seed(torch_seed)
     trainer.initialize_network()
     trainer.initialize_optimizer_and_scheduler()
     net = trainer.network
     # Random weights that exercise every tensor: norms not the identity, biases not zero.
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator().manual_seed(weight_seed)
     with torch.no_grad():
         for name, p in net.named_parameters():
             if p.ndim == 1 and "instnorm" in name and name.endswith("weight"):
@@ -135,31 +135,49 @@ def main():
             else:
                 fan_in = p.shape[1] * int(np.prod(p.shape[2:]))
                 p.copy_(torch.randn(p.shape, generator=g) * (2.0 / fan_in) ** 0.5)
-    x0 = parity_input(DIMS, 3, 11)
-    x = x0.copy()
-    x[1] *= ADC_SCALE
     # One training step with deep supervision, as a real checkpoint has it (SGD momentum).
     net.train()
-    xt = torch.from_numpy(x0[None])
-    sum(o.float().square().mean() for o in net(xt)).backward()
+    sum(o.float().square().mean() for o in net(torch.from_numpy(x0[None]))).backward()
     trainer.optimizer.step()
     trainer.optimizer.zero_grad()
     trainer.epoch = 1
-    trainer.save_checkpoint(os.path.join(fold, "model_best.model"))
-    for f in os.listdir(fold):
+    trainer.save_checkpoint(os.path.join(out, "model_best.model"))
+    for f in os.listdir(out):
         if f.startswith("training_log"):
-            os.remove(os.path.join(fold, f))
-
-    # The network alone, on the input as nnU-Net would normalise it.
+            os.remove(os.path.join(out, f))
     net.eval()
     net.do_ds = False
+    return trainer
+
+
+def predict(trainer, files):
+    """nnU-Net v1's own inference of a study (as predict_cases runs each fold)."""
+    d, _, _ = trainer.preprocess_patient(files)
+    return trainer.predict_preprocessed_data_return_seg_and_softmax(
+        d, do_mirroring=True, mirror_axes=trainer.data_aug_params["mirror_axes"], use_sliding_window=True,
+        step_size=0.5, use_gaussian=True, all_in_gpu=False, verbose=False, mixed_precision=False)[1]
+
+
+def main():
+    torch.set_num_threads(2)
+    shutil.rmtree(FOLDER, ignore_errors=True)
+    os.makedirs(FOLDER)
+    plans_file = os.path.join(FOLDER, "plans.pkl")
+    save_pickle(plans(), plans_file)
+    x0 = parity_input(DIMS, 3, 11)
+    x = x0.copy()
+    x[1] *= ADC_SCALE
+    folds = [make_fold(plans_file, 0, 20261126, 7, x0), make_fold(plans_file, 1, 20261127, 8, x0)]
+
+    # Fold 0's network alone, on the input as nnU-Net would normalise it.
     with torch.no_grad():
-        y = net(xt).numpy()
+        y = folds[0].network(torch.from_numpy(x0[None])).numpy()
     start, size = [2, 8, 8], [8, 24, 24]
     crop = y[0, :, 2:10, 8:32, 8:32]
     np.ascontiguousarray(crop, dtype=np.float32).tofile(os.path.join(OUT, "nnunet_v1.f32"))
 
-    # nnU-Net v1's own inference on the input as a study of three NIfTI files.
+    # nnU-Net v1's own inference on the input as a study of three NIfTI files: fold 0, and the
+    # ensemble of folds 0 and 1 as predict_cases makes it (the mean of the folds' softmax).
     tmp = os.path.join(OUT, "nnunet_v1_input.tmp")
     os.makedirs(tmp, exist_ok=True)
     files = []
@@ -169,28 +187,34 @@ def main():
         path = os.path.join(tmp, f"case_{c:04d}.nii.gz")
         sitk.WriteImage(image, path)
         files.append(path)
-    d, _, properties = trainer.preprocess_patient(files)
-    softmax = trainer.predict_preprocessed_data_return_seg_and_softmax(
-        d, do_mirroring=True, mirror_axes=trainer.data_aug_params["mirror_axes"], use_sliding_window=True,
-        step_size=0.5, use_gaussian=True, all_in_gpu=False, verbose=False, mixed_precision=False)[1]
+    softmaxes = [predict(t, files) for t in folds]
     shutil.rmtree(tmp)
+    softmax = softmaxes[0]
+    ensemble = np.vstack([s[None] for s in softmaxes]).mean(0)
     assert softmax.shape == (2,) + DIMS, softmax.shape
     np.ascontiguousarray(softmax[1], dtype=np.float32).tofile(os.path.join(OUT, "nnunet_v1.softmax.f32"))
+    np.ascontiguousarray(ensemble[1], dtype=np.float32).tofile(os.path.join(OUT, "nnunet_v1.ensemble.f32"))
+    trainer = folds[0]
     meta = {
         "network": "nnU-Net v1 (nnunet 1.7.1) Generic_UNet as nnUNetTrainerV2.initialize_network builds it from "
-                   "parity/nnunet_v1/plans.pkl, random weights, one SGD step; saved by its save_checkpoint",
+                   "parity/nnunet_v1/plans.pkl, random weights, one SGD step; saved by its save_checkpoint "
+                   "(folds 0 and 1, different weights)",
         "torch": torch.__version__,
         "nnunet": "1.7.1",
         "reference": "PyTorch CPU float32",
         "input": {"dims": list(DIMS), "channels": 3, "seed": 11, "adc_channel": 1, "adc_scale": float(ADC_SCALE),
                   "spacing_zyx": list(SPACING), "sum": float(x.astype(np.float64).sum())},
         "network_input": "parity_input itself (channel 1 not scaled)",
-        "output": "logits, both classes, on a crop",
+        "output": "fold 0's logits, both classes, on a crop",
         "crop": {"start": start, "size": size},
         "logits_abs_max": float(np.abs(y).max()),
         "softmax": "nnU-Net v1 predict_preprocessed_data_return_seg_and_softmax (step 0.5, Gaussian, mirroring "
-                   "(0, 1, 2)) after preprocess_patient; the lesion class's probability, all voxels",
+                   "(0, 1, 2)) after preprocess_patient; the lesion class's probability, all voxels: fold 0 in "
+                   "nnunet_v1.softmax.f32, the mean of folds 0 and 1 (as predict_cases ensembles) in "
+                   "nnunet_v1.ensemble.f32",
         "softmax_sum": float(softmax[1].astype(np.float64).sum()),
+        "ensemble_sum": float(ensemble[1].astype(np.float64).sum()),
+        "ensemble_vs_fold_0_max_abs": float(np.abs(ensemble[1] - softmax[1]).max()),
         "mirror_axes": list(trainer.data_aug_params["mirror_axes"]),
     }
     json.dump(meta, open(os.path.join(OUT, "nnunet_v1.json"), "w"), indent=1)

@@ -246,6 +246,7 @@ fn train_breast_test_model(work: &std::path::Path) -> anyhow::Result<std::path::
         use_mask_for_norm: vec![false],
         mirror_axes: Vec::new(),
         softmax_per_window: false,
+        folds: Vec::new(),
         sequences: vec!["SUB".into()],
         spacing: vec![s[2], s[1], s[0]],
         patch_size: vec![8, 32, 32],

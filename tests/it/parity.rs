@@ -131,7 +131,7 @@ fn nnunet_folder_saved_by_pytorch_converts_and_matches_pytorch() -> anyhow::Resu
     let dir = tempfile::tempdir()?;
     let package = dir.path().join("parity");
     // The folder as nnU-Net v2 left it: plans.json, dataset.json, fold_0/checkpoint_final.pth.
-    lightbox_ai::nnunet::import(&fixtures().join("nnunet"), "3d_fullres", 0, "parity", &package)?;
+    lightbox_ai::nnunet::import(&fixtures().join("nnunet"), "3d_fullres", &[0], "parity", &package)?;
     let model = NnUnet::from_package(&package, device()?)?;
     eprintln!("nnU-Net parity on {}", model.device.description);
     let [d, h, w] = dims;
@@ -230,5 +230,22 @@ fn nnunet_v1_folder_imports_and_predicts_as_nnunet_v1_does() -> anyhow::Result<(
         &read_f32("nnunet_v1.softmax.f32")?,
     )?;
     eprintln!("nnU-Net v1 prediction: largest difference from nnU-Net v1's own {worst:.2e}");
+
+    // Folds 0 and 1 as one ensemble, as nnU-Net v1's predict_cases averages them (the fixture
+    // records how far the ensemble lies from fold 0 alone: the comparison can tell them apart).
+    let apart = meta["ensemble_vs_fold_0_max_abs"].as_f64().context("ensemble_vs_fold_0_max_abs")?;
+    anyhow::ensure!(apart > 100.0 * TOLERANCE, "the two folds predict alike ({apart}): not a test of the ensemble");
+    let ensemble = dir.path().join("picai-v1-ensemble");
+    let options = lightbox_ai::nnunet_v1::ImportOptions { folds: vec![0, 1], ..Default::default() };
+    lightbox_ai::nnunet_v1::import(&fixtures().join("nnunet_v1"), &options, "picai-v1-ensemble", &ensemble)?;
+    let model = NnUnet::from_package(&ensemble, device()?)?;
+    anyhow::ensure!(model.folds() == 2, "{} folds", model.folds());
+    let probabilities =
+        model.predict_probabilities(&volumes, &std::sync::atomic::AtomicBool::new(false), &mut |_| {})?;
+    assert_parity(
+        "nnU-Net v1 ensemble of folds 0 and 1 (lesion probability)",
+        probabilities[1].voxels(),
+        &read_f32("nnunet_v1.ensemble.f32")?,
+    )?;
     Ok(())
 }

@@ -4,6 +4,12 @@
 //! normalisation scheme per channel, the sliding window (`crate::sliding`) with the plan's
 //! mirroring, and the logits back on the input grid, argmax to labels.
 //!
+//! A package may hold several folds of one plan (nnU-Net's ensemble of its cross-validation
+//! models, as `nnUNet_predict -f 0 1 2 3 4` runs them): the first fold's tensors under their
+//! own names, fold `k`'s (k ≥ 1 in the package's `folds` order) under `ensemble.{k}.`. Each
+//! window is predicted by every fold and averaged (v2: logits; v1: probabilities), which is the
+//! average of the folds' predictions, as nnU-Net ensembles them.
+//!
 //! The network is `PlainConvUNet` of dynamic_network_architectures 0.4.4, as `arch_kwargs`
 //! parameterises it: per stage `n_conv_per_stage` blocks of conv → InstanceNorm (affine) →
 //! LeakyReLU 0.01, the first with the stage's stride; a decoder of transposed convolutions
@@ -371,7 +377,7 @@ struct DatasetJson {
 /// package at `out`: `model.toml` from the plan and dataset, `model.safetensors` from
 /// `fold_<fold>/checkpoint_final.pth` (the network's own tensors only), and a model card stub
 /// that the site must complete.
-pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: &Path) -> Result<(), AiError> {
+pub fn import(folder: &Path, configuration: &str, folds: &[usize], name: &str, out: &Path) -> Result<(), AiError> {
     let err = |path: &Path, problem: String| AiError::Package { path: path.to_owned(), problem };
     let read_json = |file: &str| -> Result<serde_json::Value, AiError> {
         let path = folder.join(file);
@@ -426,21 +432,27 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
     arch.input_channels = dataset.channel_names.len();
     arch.num_classes = labels.len();
     arch.check().map_err(|p| err(&plans_path, p))?;
-    let checkpoint = folder.join(format!("fold_{fold}")).join("checkpoint_final.pth");
-    let bytes = std::fs::read(&checkpoint).map_err(|e| err(&checkpoint, e.to_string()))?;
-    let all = crate::torch::read_zip(&bytes).map_err(|e| err(&checkpoint, e))?;
     let expected = arch.expected_tensors();
-    let tensors: Vec<_> = all
-        .into_iter()
-        .filter_map(|(n, s, v)| n.strip_prefix("network_weights.").map(|n| (n.to_owned(), s, v)))
-        .filter(|(n, ..)| expected.iter().any(|(e, _)| e == n))
-        .collect();
-    // Refuse a checkpoint that does not fit its own plan before writing anything.
-    PlainConvUNet::from_tensors(name, arch.clone(), &tensors, &Device::flex())?;
+    let mut tensors = Vec::new();
+    for (k, fold) in folds.iter().enumerate() {
+        let checkpoint = folder.join(format!("fold_{fold}")).join("checkpoint_final.pth");
+        let bytes = std::fs::read(&checkpoint).map_err(|e| err(&checkpoint, e.to_string()))?;
+        let all = crate::torch::read_zip_where(&bytes, &|n| n.starts_with("network_weights."))
+            .map_err(|e| err(&checkpoint, e))?;
+        let one: Vec<_> = all
+            .into_iter()
+            .filter_map(|(n, s, v)| n.strip_prefix("network_weights.").map(|n| (n.to_owned(), s, v)))
+            .filter(|(n, ..)| expected.iter().any(|(e, _)| e == n))
+            .collect();
+        // Refuse a checkpoint that does not fit its own plan before writing anything.
+        PlainConvUNet::from_tensors(name, arch.clone(), &one, &Device::flex())
+            .map_err(|e| err(&checkpoint, e.to_string()))?;
+        tensors.extend(one.into_iter().map(|(n, s, v)| (ensemble_name(k, &n), s, v)));
+    }
     let channel = |i: usize| dataset.channel_names.get(&i.to_string()).cloned().unwrap_or_default();
     let spec = PackageSpec {
         name: name.to_owned(),
-        version: format!("fold {fold}"),
+        version: folds_text(folds),
         description: format!("nnU-Net v2 {configuration}, imported from {}", folder.display()),
         licence: "unknown: set by the site that installs it".into(),
         source: folder.display().to_string(),
@@ -452,6 +464,7 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
         use_mask_for_norm: config.use_mask_for_norm.clone(),
         mirror_axes: vec![0, 1, 2],
         softmax_per_window: false,
+        folds: folds.to_vec(),
         sequences: (0..dataset.channel_names.len()).map(channel).collect(),
         spacing: config.spacing.clone(),
         patch_size: config.patch_size.clone(),
@@ -462,13 +475,26 @@ pub fn import(folder: &Path, configuration: &str, fold: usize, name: &str, out: 
     if !card.exists() {
         let text = format!(
             "# {name} (model card: to be completed by the site)\n\n**AI output. Not for clinical use unless your site has validated it.**\n\n\
-             Imported by `lightbox models import` from the nnU-Net v2 folder `{}` (configuration {configuration}, fold {fold}).\n\n\
+             Imported by `lightbox models import` from the nnU-Net v2 folder `{}` (configuration {configuration}, {}).\n\n\
              State here: the training data, the measured accuracy, the licence of the weights and who validated them.\n",
-            folder.display()
+            folder.display(),
+            folds_text(folds)
         );
         std::fs::write(&card, text).map_err(|e| err(&card, e.to_string()))?;
     }
     Ok(())
+}
+
+/// A tensor's name in a package of several folds: the first fold's as it is, the others' under
+/// `ensemble.{k}.`.
+pub fn ensemble_name(k: usize, name: &str) -> String {
+    if k == 0 { name.to_owned() } else { format!("ensemble.{k}.{name}") }
+}
+
+/// "fold 0", "folds 0, 1, 2".
+pub fn folds_text(folds: &[usize]) -> String {
+    let list: Vec<String> = folds.iter().map(usize::to_string).collect();
+    format!("fold{} {}", if folds.len() > 1 { "s" } else { "" }, list.join(", "))
 }
 
 /// What a package's `model.toml` says about an nnU-Net-style network: from an imported plan, or
@@ -490,6 +516,9 @@ pub struct PackageSpec {
     /// nnU-Net v1 averages each window's softmax; v2 (false) averages the logits and takes the
     /// softmax once, at the end.
     pub softmax_per_window: bool,
+    /// The nnU-Net folds the weights hold, in order (their tensors named by `ensemble_name`);
+    /// empty or one for a single network.
+    pub folds: Vec<usize>,
     /// Per input channel, the sequence it takes (T2, ADC, HBV, …).
     pub sequences: Vec<String>,
     /// The plan's spacing, in its (transposed) axis order.
@@ -526,6 +555,9 @@ pub fn write_package(
     parameters.insert("mirror_axes".into(), ints(&spec.mirror_axes));
     if spec.softmax_per_window {
         parameters.insert("aggregate".into(), text("probabilities"));
+    }
+    if spec.folds.len() > 1 {
+        parameters.insert("folds".into(), ints(&spec.folds));
     }
     parameters.insert(
         "use_mask_for_norm".into(),
@@ -579,6 +611,8 @@ pub struct NnUnet {
     use_mask_for_norm: Vec<bool>,
     /// Windows are averaged as probabilities (nnU-Net v1), not as logits (v2).
     softmax_per_window: bool,
+    /// The other folds of an ensemble (`net` is the first).
+    ensemble: Vec<PlainConvUNet>,
     pub device: crate::AiDevice,
 }
 
@@ -597,6 +631,9 @@ struct ExtraParameters {
     /// (v1: each window's softmax).
     #[serde(default)]
     aggregate: Option<String>,
+    /// The folds of an ensemble (empty: one network).
+    #[serde(default)]
+    folds: Vec<usize>,
 }
 
 fn all_axes() -> Vec<usize> {
@@ -717,8 +754,24 @@ impl NnUnet {
                 )));
             }
         }
-        let tensors = package.named_tensors(&config.expected_tensors())?;
-        let net = PlainConvUNet::from_tensors(&m.name, config, &tensors, &device.device)?;
+        let members = extra.folds.len().max(1);
+        let one = config.expected_tensors();
+        let expected: Vec<(String, Vec<usize>)> =
+            (0..members).flat_map(|k| one.iter().map(move |(n, s)| (ensemble_name(k, n), s.clone()))).collect();
+        let mut tensors = package.named_tensors(&expected)?;
+        let mut nets = Vec::new();
+        for k in (0..members).rev() {
+            let prefix = ensemble_name(k, "");
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                tensors.into_iter().partition(|(n, ..)| k == 0 || n.starts_with(&prefix));
+            tensors = rest;
+            let mine: Vec<_> = mine.into_iter().map(|(n, s, v)| (n[prefix.len()..].to_owned(), s, v)).collect();
+            nets.push(PlainConvUNet::from_tensors(&m.name, config.clone(), &mine, &device.device)?);
+        }
+        nets.reverse();
+        let mut nets = nets.into_iter();
+        let net = nets.next().ok_or_else(|| bad("no network".into()))?;
+        let ensemble: Vec<PlainConvUNet> = nets.collect();
         let spacing = m.input.target_spacing_mm.ok_or_else(|| bad("no target_spacing_mm".into()))?;
         if spacing.iter().any(|s| s.is_nan() || *s <= 0.0 || !s.is_finite()) {
             return Err(bad(format!("target spacing {spacing:?}")));
@@ -734,13 +787,20 @@ impl NnUnet {
             mirror_axes: extra.mirror_axes,
             use_mask_for_norm: extra.use_mask_for_norm,
             softmax_per_window,
+            ensemble,
             device,
         })
     }
 
-    /// The network itself (its logits, without nnU-Net's pre- and postprocessing).
+    /// The network itself (its logits, without nnU-Net's pre- and postprocessing); of an
+    /// ensemble, the first fold's.
     pub fn network(&self) -> &PlainConvUNet {
         &self.net
+    }
+
+    /// The folds in this package (1 for a single network).
+    pub fn folds(&self) -> usize {
+        1 + self.ensemble.len()
     }
 
     /// Labels (the argmax of the logits) on the grid of `channels` (one volume per input
@@ -808,9 +868,19 @@ impl NnUnet {
         let device = &self.device.device;
         let mut window = crate::SlidingWindow::new(self.patch);
         window.mirror_axes = self.mirror_axes.clone();
-        let net = |x: Tensor<5>| {
-            let out = self.net.forward(x);
+        let one = |net: &PlainConvUNet, x: Tensor<5>| {
+            let out = net.forward(x);
             if self.softmax_per_window { burn::tensor::activation::softmax(out, 1) } else { out }
+        };
+        // Every fold on every window, averaged: the same as averaging the folds' predictions,
+        // since the rest (weights, mirroring, resampling) is linear.
+        let net = |x: Tensor<5>| {
+            let first = one(&self.net, x.clone());
+            if self.ensemble.is_empty() {
+                return first;
+            }
+            let sum = self.ensemble.iter().fold(first, |sum, n| sum + one(n, x.clone()));
+            sum / self.folds() as f32
         };
         let (logits, out) = window.predict(
             device,
@@ -860,6 +930,9 @@ impl NnUnet {
     /// `model.safetensors` and the sha256 in its `model.toml`.
     pub fn save_weights(&self, dir: &Path) -> Result<(), AiError> {
         let err = |path: &Path, problem: String| AiError::Package { path: path.to_owned(), problem };
+        if !self.ensemble.is_empty() {
+            return Err(err(dir, "an ensemble of folds is not trained or saved here, only a single network".into()));
+        }
         let weights = dir.join("model.safetensors");
         crate::package::write_safetensors(&weights, &self.net.tensor_values()?)
             .map_err(|e| err(&weights, e.to_string()))?;

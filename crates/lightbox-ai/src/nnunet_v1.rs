@@ -23,7 +23,7 @@ use burn::prelude::*;
 use serde_json::Value;
 
 use crate::AiError;
-use crate::nnunet::{PackageSpec, PlainConvUNet, PlainConvUNetConfig, write_package};
+use crate::nnunet::{PackageSpec, PlainConvUNet, PlainConvUNetConfig, ensemble_name, folds_text, write_package};
 
 /// `Generic_UNet.MAX_NUM_FILTERS_3D`.
 const MAX_FEATURES_3D: usize = 320;
@@ -39,7 +39,8 @@ pub fn is_v1_folder(folder: &Path) -> bool {
 /// What `import` takes besides the folder.
 #[derive(Clone, Debug, Default)]
 pub struct ImportOptions {
-    pub fold: usize,
+    /// The folds to import, as one ensemble (empty: fold 0). PI-CAI's algorithm runs 0–4.
+    pub folds: Vec<usize>,
     /// `model_best`, `model_final_checkpoint`, … (with or without `.model`); the first of
     /// `CHECKPOINTS` present when `None`.
     pub checkpoint: Option<String>,
@@ -65,7 +66,7 @@ fn triples(v: &Value) -> Option<Vec<[usize; 3]>> {
 }
 
 /// A per-channel dictionary of the plan (`{0: …, 1: …}`, keys as text) as a list.
-fn per_channel<'a>(v: &'a Value, channels: usize) -> Option<Vec<&'a Value>> {
+fn per_channel(v: &Value, channels: usize) -> Option<Vec<&Value>> {
     (0..channels).map(|c| v.get(c.to_string())).collect()
 }
 
@@ -142,7 +143,8 @@ pub fn import(folder: &Path, options: &ImportOptions, name: &str, out: &Path) ->
     let plans_path = folder.join("plans.pkl");
     let plans = read_pickle(&plans_path)?;
     let bad = |problem: String| err(&plans_path, problem);
-    let fold_dir = folder.join(format!("fold_{}", options.fold));
+    let folds = if options.folds.is_empty() { vec![0] } else { options.folds.clone() };
+    let fold_dir = folder.join(format!("fold_{}", folds[0]));
     let checkpoint_name = match &options.checkpoint {
         Some(c) => c.trim_end_matches(".model").to_owned(),
         None => CHECKPOINTS
@@ -151,7 +153,6 @@ pub fn import(folder: &Path, options: &ImportOptions, name: &str, out: &Path) ->
             .map(|c| (*c).to_owned())
             .ok_or_else(|| err(&fold_dir, format!("no checkpoint ({}.model)", CHECKPOINTS.join(".model, "))))?,
     };
-    let checkpoint = fold_dir.join(format!("{checkpoint_name}.model"));
     // The trainer's own record: its class (mirroring) and the stage it trained.
     let info_path = fold_dir.join(format!("{checkpoint_name}.model.pkl"));
     let info = if info_path.is_file() { Some(read_pickle(&info_path)?) } else { None };
@@ -249,21 +250,27 @@ pub fn import(folder: &Path, options: &ImportOptions, name: &str, out: &Path) ->
             (k, named.unwrap_or_else(|| if k == 0 { "background".into() } else { format!("class {k}") }))
         })
         .collect();
-    let bytes = std::fs::read(&checkpoint).map_err(|e| err(&checkpoint, e.to_string()))?;
-    if !bytes.starts_with(b"PK") {
-        return Err(err(&checkpoint, "not a zip archive: checkpoints saved before PyTorch 1.6 are not supported"));
+    let mut tensors = Vec::new();
+    for (k, fold) in folds.iter().enumerate() {
+        let checkpoint = folder.join(format!("fold_{fold}")).join(format!("{checkpoint_name}.model"));
+        let bytes = std::fs::read(&checkpoint).map_err(|e| err(&checkpoint, e.to_string()))?;
+        if !bytes.starts_with(b"PK") {
+            return Err(err(&checkpoint, "not a zip archive: checkpoints saved before PyTorch 1.6 are not supported"));
+        }
+        let state = crate::torch::read_zip_where(&bytes, &|n| n.starts_with("state_dict."))
+            .map_err(|e| err(&checkpoint, e))?
+            .into_iter()
+            .map(|(n, s, v)| (n.trim_start_matches("state_dict.").to_owned(), s, v))
+            .collect();
+        let one = rename(&arch, conv_per_stage, state).map_err(|e| err(&checkpoint, e))?;
+        // Refuse a checkpoint that does not fit its own plan before writing anything.
+        PlainConvUNet::from_tensors(name, arch.clone(), &one, &Device::flex())
+            .map_err(|e| err(&checkpoint, e.to_string()))?;
+        tensors.extend(one.into_iter().map(|(n, s, v)| (ensemble_name(k, &n), s, v)));
     }
-    let state = crate::torch::read_zip_where(&bytes, &|n| n.starts_with("state_dict."))
-        .map_err(|e| err(&checkpoint, e))?
-        .into_iter()
-        .map(|(n, s, v)| (n.trim_start_matches("state_dict.").to_owned(), s, v))
-        .collect();
-    let tensors = rename(&arch, conv_per_stage, state).map_err(|e| err(&checkpoint, e))?;
-    // Refuse a checkpoint that does not fit its own plan before writing anything.
-    PlainConvUNet::from_tensors(name, arch.clone(), &tensors, &Device::flex())?;
     let spec = PackageSpec {
         name: name.to_owned(),
-        version: format!("fold {} {checkpoint_name}", options.fold),
+        version: format!("{} {checkpoint_name}", folds_text(&folds)),
         description: format!("nnU-Net v1 ({trainer}, plans stage {stage_key}), imported from {}", folder.display()),
         licence: "unknown: set by the site that installs it".into(),
         source: folder.display().to_string(),
@@ -275,6 +282,7 @@ pub fn import(folder: &Path, options: &ImportOptions, name: &str, out: &Path) ->
         // nnUNetTrainerV2 mirrors all three axes at test time; its noMirroring variants none.
         mirror_axes: if trainer.contains("noMirroring") { Vec::new() } else { vec![0, 1, 2] },
         softmax_per_window: true,
+        folds: folds.clone(),
         sequences,
         spacing,
         patch_size: patch,
@@ -285,10 +293,10 @@ pub fn import(folder: &Path, options: &ImportOptions, name: &str, out: &Path) ->
     if !card.exists() {
         let text = format!(
             "# {name} (model card: to be completed by the site)\n\n**AI output. Not for clinical use unless your site has validated it.**\n\n\
-             Imported by `lightbox models import` from the nnU-Net v1 folder `{}` (fold {}, {checkpoint_name}, trainer {trainer}).\n\n\
+             Imported by `lightbox models import` from the nnU-Net v1 folder `{}` ({}, {checkpoint_name}, trainer {trainer}).\n\n\
              State here: the training data, the measured accuracy, the licence of the weights and who validated them.\n",
             folder.display(),
-            options.fold
+            folds_text(&folds)
         );
         std::fs::write(&card, text).map_err(|e| err(&card, e.to_string()))?;
     }

@@ -104,6 +104,13 @@ pub fn train(
     cancel: &AtomicBool,
     report: &mut dyn FnMut(usize, f32),
 ) -> Result<(), AiError> {
+    if model.folds() > 1 {
+        return Err(AiError::Input(format!(
+            "{} is an ensemble of {} folds: train one fold",
+            model.name,
+            model.folds()
+        )));
+    }
     let device = model.device.device.clone().autodiff();
     let patch = model.patch();
     let classes = model.net.config.num_classes;
@@ -356,6 +363,7 @@ mod tests {
             use_mask_for_norm: vec![false],
             mirror_axes: Vec::new(),
             softmax_per_window: false,
+            folds: Vec::new(),
             sequences: vec!["T1".into()],
             spacing: vec![1.0; 3],
             patch_size: vec![8, 16, 16],

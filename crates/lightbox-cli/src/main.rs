@@ -361,8 +361,10 @@ enum ModelsCommand {
         /// The v2 configuration (a v1 folder is one configuration already).
         #[arg(long, default_value = "3d_fullres")]
         configuration: String,
-        #[arg(long, default_value_t = 0)]
-        fold: usize,
+        /// The fold, or several (0,1,2,3,4) imported as one ensemble whose predictions are
+        /// averaged as nnU-Net averages its folds'.
+        #[arg(long = "fold", value_delimiter = ',', default_value = "0")]
+        folds: Vec<usize>,
         /// v1: the checkpoint (model_best, model_final_checkpoint, …); the first present of
         /// model_final_checkpoint, model_best, model_latest by default.
         #[arg(long)]
@@ -699,10 +701,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{name} installed in {} (weights checked against model.toml)", models.display());
         }
         Commands::Models {
-            command: ModelsCommand::Import { folder, name, configuration, fold, checkpoint, channels, models },
+            command: ModelsCommand::Import { folder, name, configuration, folds, checkpoint, channels, models },
         } => {
             let models = models.unwrap_or_else(lightbox_workflow::ai::models_dir);
-            let options = lightbox_workflow::ai::NnUnetImport { configuration, fold, checkpoint, channels };
+            let options = lightbox_workflow::ai::NnUnetImport { configuration, folds, checkpoint, channels };
             let imported = lightbox_workflow::ai::import_nnunet(&folder, &options, &name, &models)?;
             println!(
                 "{name}: {} imported into {} (complete its README.md model card)",

@@ -156,7 +156,8 @@ pub(crate) fn check_deepbet(models: &Path) -> Result<(), WorkflowError> {
 pub struct NnUnetImport {
     /// v2: the plan's configuration (a v1 folder is one configuration already).
     pub configuration: String,
-    pub fold: usize,
+    /// The folds, imported as one ensemble (nnU-Net's `-f 0 1 2 3 4`); empty: fold 0.
+    pub folds: Vec<usize>,
     /// v1: the checkpoint's name (`model_best`, …); v2 reads `checkpoint_final.pth`.
     pub checkpoint: Option<String>,
     /// v1: each input channel's sequence, overriding the plan's modality names.
@@ -165,7 +166,7 @@ pub struct NnUnetImport {
 
 impl Default for NnUnetImport {
     fn default() -> Self {
-        Self { configuration: "3d_fullres".into(), fold: 0, checkpoint: None, channels: None }
+        Self { configuration: "3d_fullres".into(), folds: vec![0], checkpoint: None, channels: None }
     }
 }
 
@@ -173,7 +174,7 @@ impl Default for NnUnetImport {
 #[derive(Clone, Debug)]
 pub struct Imported {
     pub dir: PathBuf,
-    /// "nnU-Net v1 fold 0 (model_best)", "nnU-Net v2 3d_fullres fold 0".
+    /// "nnU-Net v1 fold 0 model_best", "nnU-Net v2 3d_fullres folds 0, 1".
     pub what: String,
 }
 
@@ -186,10 +187,10 @@ pub fn import_nnunet(
     models: &Path,
 ) -> Result<Imported, WorkflowError> {
     let out = models.join(name);
-    let fold = options.fold;
+    let folds = if options.folds.is_empty() { vec![0] } else { options.folds.clone() };
     if lightbox_ai::nnunet_v1::is_v1_folder(folder) {
         let v1 = lightbox_ai::nnunet_v1::ImportOptions {
-            fold,
+            folds,
             checkpoint: options.checkpoint.clone(),
             channels: options.channels.clone(),
         };
@@ -204,8 +205,9 @@ pub fn import_nnunet(
             folder.display()
         )));
     }
-    lightbox_ai::nnunet::import(folder, &options.configuration, fold, name, &out)?;
-    Ok(Imported { dir: out, what: format!("nnU-Net v2 {} fold {fold}", options.configuration) })
+    lightbox_ai::nnunet::import(folder, &options.configuration, &folds, name, &out)?;
+    let what = format!("nnU-Net v2 {} {}", options.configuration, lightbox_ai::nnunet::folds_text(&folds));
+    Ok(Imported { dir: out, what })
 }
 
 /// What a segmentation model made.

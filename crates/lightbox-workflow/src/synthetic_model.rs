@@ -110,6 +110,7 @@ fn spec(adc: &Volume<f32>) -> PackageSpec {
         use_mask_for_norm: vec![false],
         mirror_axes: Vec::new(),
         softmax_per_window: false,
+        folds: Vec::new(),
         sequences: vec!["ADC".into()],
         spacing: vec![s[2], s[1], s[0]],
         patch_size: vec![4, 48, 48],
