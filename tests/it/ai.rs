@@ -298,6 +298,13 @@ fn an_nnunet_v1_folder_imports_and_predicts_as_nnunet_v1_does() -> anyhow::Resul
         );
     }
 
+    // Both folds as one ensemble.
+    let out = import(&fixtures.join("nnunet_v1"), "picai-v1-ensemble", &["--fold", "0,1"])?;
+    let printed = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(out.status.success() && printed.contains("nnU-Net v1 folds 0, 1 model_best"), "{printed}");
+    let toml = std::fs::read_to_string(models.join("picai-v1-ensemble/model.toml"))?;
+    anyhow::ensure!(toml.contains("folds = [0, 1]"), "{toml}");
+
     // Refusals, each naming what is wrong, none writing a package.
     let refused = |out: std::process::Output, wanted: &str| -> anyhow::Result<()> {
         let err = String::from_utf8_lossy(&out.stderr);
@@ -322,7 +329,8 @@ fn an_nnunet_v1_folder_imports_and_predicts_as_nnunet_v1_does() -> anyhow::Resul
     let plans = std::fs::read(fixtures.join("nnunet_v1/plans.pkl"))?;
     std::fs::write(damaged.join("plans.pkl"), &plans[..plans.len() - 9])?;
     refused(import(&damaged, "e", &[])?, "damaged/plans.pkl: ")?;
-    for name in ["a", "b", "c", "d", "e"] {
+    refused(import(&fixtures.join("nnunet_v1"), "f", &["--fold", "0,2"])?, "fold_2/model_best.model")?;
+    for name in ["a", "b", "c", "d", "e", "f"] {
         anyhow::ensure!(!models.join(name).exists(), "a refused import wrote {name}");
     }
     Ok(())

@@ -223,6 +223,84 @@ fn stored_16_bit_volume_renders_like_the_float_one() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The planes drawn on the CPU (as the viewer draws them on a software rasteriser), uploaded
+/// into the same target, equal the shader's drawing of the stored 16-bit volume: an oblique
+/// plane, a MIP slab, labels as outlines and a colour table, each within the one tolerance. The
+/// volume rendering stays with the shader, and renderers made by `sharing` draw on the CPU too.
+#[test]
+fn planes_drawn_on_the_cpu_equal_the_shaders() -> anyhow::Result<()> {
+    use lightbox_render::{LabelStyle, Lut, MprPlane, MprRenderer, PlaneSource, SlabMode};
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
+    let set = report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?;
+    let stored = set.load_stored(0)?;
+    let (a, dims) = (stored.patient_from_voxel, stored.dims());
+    let float = stored.to_f32();
+    let labels = lightbox_core::Volume::new(
+        dims,
+        float.voxels().iter().map(|&v| u8::from(v > 1800.0) + u8::from(v > 2400.0)).collect(),
+        a,
+    )?;
+    let centre = a.transform_point([128.0, 128.0, 9.0]);
+    let window = WindowLevel { center: 1300.0, width: 2400.0 };
+    let gpu = GpuContext::headless()?;
+    eprintln!("CPU planes on {} (software: {})", gpu.adapter_name, MprRenderer::is_software(&gpu.device));
+    let lut = Lut::preset("hot").ok_or_else(|| anyhow::anyhow!("no hot preset"))?;
+    let outline = Some(LabelStyle { opacity: 0.5, outline: true });
+    for (name, plane, style, with_lut) in [
+        ("oblique", MprPlane::oblique(&a, dims, centre, [0.3, 0.2, 0.93], [0.0, 0.97, -0.2], 1.0), None, false),
+        ("coronal MIP", MprPlane::coronal(&a, dims, centre, 1.0).with_slab(15.0, SlabMode::Max), None, false),
+        ("axial with outlines and a colour table", MprPlane::axial(&a, dims, centre, 1.0), outline, true),
+    ] {
+        let mut shader =
+            MprRenderer::new_stored(&gpu.device, &gpu.queue, &stored, Some(&labels), plane.width, plane.height)?;
+        let mut on_cpu =
+            MprRenderer::new_stored(&gpu.device, &gpu.queue, &stored, Some(&labels), plane.width, plane.height)?;
+        on_cpu.draw_planes_on_cpu(PlaneSource::Stored(&stored), Some(&labels), None)?;
+        if with_lut {
+            shader.set_lut(&gpu.queue, Some(&lut));
+            on_cpu.set_lut(&gpu.queue, Some(&lut));
+        }
+        shader.render(&gpu.device, &gpu.queue, &plane, window, style)?;
+        on_cpu.render(&gpu.device, &gpu.queue, &plane, window, style)?;
+        let drawn = on_cpu.read_target(&gpu.device, &gpu.queue)?;
+        assert_rgba_close(&gpu, &drawn, &shader.read_target(&gpu.device, &gpu.queue)?, name);
+        let greys: std::collections::HashSet<u8> = drawn.chunks(4).map(|p| p[0]).collect();
+        assert!(greys.len() > 30, "{name}: only {} levels", greys.len());
+        // A second pane sharing the renderer's volume draws on the CPU as well.
+        let pane = on_cpu.sharing(&gpu.device, plane.width, plane.height);
+        pane.render(&gpu.device, &gpu.queue, &plane, window, style)?;
+        let shared = pane.read_target(&gpu.device, &gpu.queue)?;
+        let expected = if with_lut {
+            cpu::mpr_rgba_stored(
+                &stored,
+                Some((&labels, LabelStyle { opacity: 0.5, outline: true })),
+                None,
+                &plane,
+                window,
+                None,
+            )?
+        } else {
+            drawn.clone()
+        };
+        assert!(shared == expected, "{name}: the sharing pane drew something else");
+    }
+    // The volume rendering is the shader's in both.
+    let view = MprPlane::view_3d(&a, dims, 0.6, 0.35, 1.5);
+    let shader = MprRenderer::new_stored(&gpu.device, &gpu.queue, &stored, None, view.width, view.height)?;
+    let mut on_cpu = MprRenderer::new_stored(&gpu.device, &gpu.queue, &stored, None, view.width, view.height)?;
+    on_cpu.draw_planes_on_cpu(PlaneSource::Stored(&stored), None, None)?;
+    let tf = WindowLevel { center: 1600.0, width: 1200.0 };
+    shader.render(&gpu.device, &gpu.queue, &view, tf, None)?;
+    on_cpu.render(&gpu.device, &gpu.queue, &view, tf, None)?;
+    assert!(on_cpu.read_target(&gpu.device, &gpu.queue)? == shader.read_target(&gpu.device, &gpu.queue)?);
+    // Overlays not on the volume's grid are refused.
+    let small = lightbox_core::Volume::new([2, 2, 2], vec![0u8; 8], a)?;
+    let mut other = MprRenderer::new_stored(&gpu.device, &gpu.queue, &stored, None, 8, 8)?;
+    assert!(other.draw_planes_on_cpu(PlaneSource::Stored(&stored), Some(&small), None).is_err());
+    Ok(())
+}
+
 /// Direct volume rendering (ray casting with the window as transfer-function ramp, gradient
 /// shading, early ray termination) on the GPU equals the CPU reference, from the front and from
 /// an oblique direction.

@@ -1,8 +1,7 @@
-//! CPU reference implementations of what the shaders compute, for golden tests.
+//! CPU implementations of what the shaders compute: the golden tests' reference, and the planes
+//! `MprRenderer` draws on the CPU where the only GPU is a software rasteriser.
 
-use lightbox_core::Volume;
-
-use lightbox_core::WindowLevel;
+use lightbox_core::{StoredVolume, Volume, WindowLevel};
 
 use crate::mpr::{LabelStyle, MprPlane, ScalarStyle, SlabMode, hot, label_colour};
 use crate::{RenderError, SliceParams};
@@ -66,13 +65,67 @@ fn mpr_rgba_full(
     window: WindowLevel,
     lut: Option<&crate::Lut>,
 ) -> Result<Vec<u8>, RenderError> {
+    let voxels = volume.voxels();
+    let grid = Grid { dims: volume.dims(), patient_from_voxel: volume.patient_from_voxel };
+    mpr_rgba_sampled(|i| voxels[i], grid, Overlays { labels, scalars, lut }, plane, window)
+}
+
+/// [`mpr_rgba`] of a volume in its stored type (8/16-bit integers or float, with its rescale),
+/// with its overlays: what `MprRenderer` draws on the CPU for a software rasteriser
+/// (`MprRenderer::draw_planes_on_cpu`). Rows are drawn in parallel.
+pub fn mpr_rgba_stored(
+    volume: &StoredVolume,
+    labels: Option<(&Volume<u8>, LabelStyle)>,
+    scalars: Option<(&Volume<f32>, ScalarStyle)>,
+    plane: &MprPlane,
+    window: WindowLevel,
+    lut: Option<&crate::Lut>,
+) -> Result<Vec<u8>, RenderError> {
+    use lightbox_core::StoredVoxels as V;
+    let grid = Grid { dims: volume.dims(), patient_from_voxel: volume.patient_from_voxel };
+    let overlays = Overlays { labels, scalars, lut };
+    // The shader's rescale, per voxel before interpolation, in f32 as the shader does it.
+    let (slope, intercept) = (volume.slope as f32, volume.intercept as f32);
+    match volume.voxels() {
+        V::U8(v) => mpr_rgba_sampled(|i| f32::from(v[i]) * slope + intercept, grid, overlays, plane, window),
+        V::U16(v) => mpr_rgba_sampled(|i| f32::from(v[i]) * slope + intercept, grid, overlays, plane, window),
+        V::I16(v) => mpr_rgba_sampled(|i| f32::from(v[i]) * slope + intercept, grid, overlays, plane, window),
+        V::F32(v) => mpr_rgba_sampled(|i| v[i] * slope + intercept, grid, overlays, plane, window),
+    }
+}
+
+/// A volume's grid: `[columns, rows, slices]` and its geometry.
+#[derive(Clone, Copy)]
+struct Grid {
+    dims: [usize; 3],
+    patient_from_voxel: lightbox_core::Affine3,
+}
+
+/// What is drawn over the grey (or through the colour table).
+#[derive(Clone, Copy)]
+struct Overlays<'a> {
+    labels: Option<(&'a Volume<u8>, LabelStyle)>,
+    scalars: Option<(&'a Volume<f32>, ScalarStyle)>,
+    lut: Option<&'a crate::Lut>,
+}
+
+/// The planes and the volume rendering as `mpr.wgsl` draws them, from `at` (the real value of
+/// voxel `x + nx * (y + ny * z)`); rows in parallel.
+fn mpr_rgba_sampled<F: Fn(usize) -> f32 + Sync>(
+    at: F,
+    Grid { dims, patient_from_voxel }: Grid,
+    Overlays { labels, scalars, lut }: Overlays<'_>,
+    plane: &MprPlane,
+    window: WindowLevel,
+) -> Result<Vec<u8>, RenderError> {
+    use rayon::prelude::*;
     let v = plane
-        .in_voxels(&volume.patient_from_voxel)
+        .in_voxels(&patient_from_voxel)
         .ok_or(RenderError::Device("the volume's geometry cannot be inverted".into()))?;
-    let [nx, ny, nz] = volume.dims();
+    let [nx, ny, nz] = dims;
     let hi = [nx, ny, nz].map(|n| n as f32 - 1.0);
     const EDGE: f32 = 0.001;
-    let at = |x: usize, y: usize, z: usize| volume.voxels()[x + nx * (y + ny * z)];
+    let at = |x: usize, y: usize, z: usize| at(x + nx * (y + ny * z));
     // The trilinear value at p and the gradient of the same cell (the interpolant's derivative,
     // which the volume rendering shades by: mpr.wgsl's `sample_graded`).
     let graded = |p: [f32; 3]| -> Option<(f32, [f32; 3])> {
@@ -101,121 +154,119 @@ fn mpr_rgba_full(
         Some((c0 + (c1 - c0) * f[2], [dx0 + (dx1 - dx0) * f[2], dy0 + (dy1 - dy0) * f[2], c1 - c0]))
     };
     let sample = |p: [f32; 3]| graded(p).map(|(value, _)| value);
-    let mut out = Vec::with_capacity(plane.width as usize * plane.height as usize * 4);
-    if plane.mode == SlabMode::Volume {
-        let width = window.width.max(1e-3);
-        let lo = window.center - 0.5 * width;
-        let len = (v.step_z.iter().map(|x| x * x).sum::<f32>()).sqrt().max(1e-12);
-        let dir = v.step_z.map(|x| x / len);
-        for j in 0..plane.height {
-            for i in 0..plane.width {
-                let (fi, fj) = (i as f32, j as f32);
-                let (mut colour, mut alpha) = ([0.0f32; 3], 0.0f32);
-                for k in 0..v.samples.max(1) {
-                    let p =
-                        [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + k as f32 * v.step_z[c]);
-                    let Some((s, g)) = graded(p) else { continue };
-                    let ramp = ((s - lo) / width).clamp(0.0, 1.0);
-                    if ramp <= 0.0 {
-                        continue;
-                    }
-                    let gl = (g[0] * g[0] + g[1] * g[1] + g[2] * g[2]).sqrt();
-                    let shade = if gl > 1e-6 {
-                        0.35 + 0.65 * ((g[0] * dir[0] + g[1] * dir[1] + g[2] * dir[2]) / gl).abs()
-                    } else {
-                        1.0
-                    };
-                    let (base, a) = match lut {
-                        Some(lut) => {
-                            let c = lut.at(ramp);
-                            ([c[0], c[1], c[2]], c[3] * 0.12)
-                        }
-                        None => (
-                            [0.75 + (1.0 - 0.75) * ramp, 0.3 + (0.95 - 0.3) * ramp, 0.2 + (0.85 - 0.2) * ramp],
-                            ramp * 0.12,
-                        ),
-                    };
-                    for c in 0..3 {
-                        colour[c] += (1.0 - alpha) * a * base[c] * shade;
-                    }
-                    alpha += (1.0 - alpha) * a;
-                    if alpha > 0.98 {
-                        break;
-                    }
-                }
-                let [r, g, b] = colour.map(to_unorm8);
-                out.extend_from_slice(&[r, g, b, 255]);
+    let point = |fi: f32, fj: f32, k: f32| {
+        [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + k * v.step_z[c])
+    };
+    // The volume rendering's pixel (i, j).
+    let width = window.width.max(1e-3);
+    let lo = window.center - 0.5 * width;
+    let len = (v.step_z.iter().map(|x| x * x).sum::<f32>()).sqrt().max(1e-12);
+    let dir = v.step_z.map(|x| x / len);
+    let rendered = |fi: f32, fj: f32| -> [f32; 3] {
+        let (mut colour, mut alpha) = ([0.0f32; 3], 0.0f32);
+        for k in 0..v.samples.max(1) {
+            let Some((s, g)) = graded(point(fi, fj, k as f32)) else { continue };
+            let ramp = ((s - lo) / width).clamp(0.0, 1.0);
+            if ramp <= 0.0 {
+                continue;
             }
-        }
-        return Ok(out);
-    }
-    for j in 0..plane.height {
-        for i in 0..plane.width {
-            let (fi, fj) = (i as f32, j as f32);
-            let mut acc: Option<(f32, f32)> = None;
-            for k in 0..v.samples.max(1) {
-                let p = [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + k as f32 * v.step_z[c]);
-                let Some(value) = sample(p) else { continue };
-                acc = Some(match (acc, plane.mode) {
-                    (None, _) => (value, 1.0),
-                    (Some((a, n)), SlabMode::Max) => (a.max(value), n + 1.0),
-                    (Some((a, n)), SlabMode::Min) => (a.min(value), n + 1.0),
-                    (Some((a, n)), _) => (a + value, n + 1.0),
-                });
-            }
-            let grey = match acc {
-                None => 0.0,
-                Some((a, n)) => {
-                    let value = if matches!(plane.mode, SlabMode::Mean | SlabMode::Single) { a / n } else { a };
-                    window.apply(value)
-                }
+            let gl = (g[0] * g[0] + g[1] * g[1] + g[2] * g[2]).sqrt();
+            let shade = if gl > 1e-6 {
+                0.35 + 0.65 * ((g[0] * dir[0] + g[1] * dir[1] + g[2] * dir[2]) / gl).abs()
+            } else {
+                1.0
             };
-            let mut rgb = match lut {
+            let (base, a) = match lut {
                 Some(lut) => {
-                    let c = lut.at(grey);
-                    [c[0], c[1], c[2]]
+                    let c = lut.at(ramp);
+                    ([c[0], c[1], c[2]], c[3] * 0.12)
                 }
-                None => [grey; 3],
+                None => {
+                    ([0.75 + (1.0 - 0.75) * ramp, 0.3 + (0.95 - 0.3) * ramp, 0.2 + (0.85 - 0.2) * ramp], ramp * 0.12)
+                }
             };
-            let mid = (v.samples.max(1) / 2) as f32;
-            let p = [0, 1, 2].map(|c| v.origin[c] + fi * v.step_x[c] + fj * v.step_y[c] + mid * v.step_z[c]);
-            if let Some((map, style)) = scalars {
-                let r = p.map(|x| (x + 0.5).floor());
-                if (0..3).all(|c| r[c] >= 0.0 && r[c] <= hi[c]) {
-                    let s = map.voxels()[r[0] as usize + nx * (r[1] as usize + ny * r[2] as usize)];
-                    if s >= style.lower {
-                        let t = ((s - style.lower) / (style.upper - style.lower).max(1e-6)).clamp(0.0, 1.0);
-                        let colour = hot(t);
-                        rgb = [0, 1, 2].map(|c| rgb[c] * (1.0 - style.opacity) + colour[c] * style.opacity);
-                    }
-                }
+            for c in 0..3 {
+                colour[c] += (1.0 - alpha) * a * base[c] * shade;
             }
-            if let Some((map, style)) = labels {
-                let label_at = |q: [f32; 3]| -> u8 {
-                    let r = q.map(|x| (x + 0.5).floor());
-                    if (0..3).any(|c| r[c] < 0.0 || r[c] > hi[c]) {
-                        return 0;
-                    }
-                    map.voxels()[r[0] as usize + nx * (r[1] as usize + ny * r[2] as usize)]
-                };
-                let shift = |q: [f32; 3], d: [f32; 3], s: f32| [0, 1, 2].map(|c| q[c] + s * d[c]);
-                let label = label_at(p);
-                let show = label != 0
-                    && (!style.outline
-                        || label_at(shift(p, v.step_x, 1.0)) != label
-                        || label_at(shift(p, v.step_x, -1.0)) != label
-                        || label_at(shift(p, v.step_y, 1.0)) != label
-                        || label_at(shift(p, v.step_y, -1.0)) != label);
-                if show {
-                    let a = if style.outline { 1.0 } else { style.opacity };
-                    let colour = label_colour(u32::from(label));
-                    rgb = [0, 1, 2].map(|c| rgb[c] * (1.0 - a) + colour[c] * a);
-                }
+            alpha += (1.0 - alpha) * a;
+            if alpha > 0.98 {
+                break;
             }
-            let [r, g, b] = rgb.map(to_unorm8);
-            out.extend_from_slice(&[r, g, b, 255]);
         }
-    }
+        colour
+    };
+    // A plane's (or slab's) pixel (i, j), with its overlays.
+    let planar = |fi: f32, fj: f32| -> [f32; 3] {
+        let mut acc: Option<(f32, f32)> = None;
+        for k in 0..v.samples.max(1) {
+            let Some(value) = sample(point(fi, fj, k as f32)) else { continue };
+            acc = Some(match (acc, plane.mode) {
+                (None, _) => (value, 1.0),
+                (Some((a, n)), SlabMode::Max) => (a.max(value), n + 1.0),
+                (Some((a, n)), SlabMode::Min) => (a.min(value), n + 1.0),
+                (Some((a, n)), _) => (a + value, n + 1.0),
+            });
+        }
+        let grey = match acc {
+            None => 0.0,
+            Some((a, n)) => {
+                let value = if matches!(plane.mode, SlabMode::Mean | SlabMode::Single) { a / n } else { a };
+                window.apply(value)
+            }
+        };
+        let mut rgb = match lut {
+            Some(lut) => {
+                let c = lut.at(grey);
+                [c[0], c[1], c[2]]
+            }
+            None => [grey; 3],
+        };
+        let p = point(fi, fj, (v.samples.max(1) / 2) as f32);
+        if let Some((map, style)) = scalars {
+            let r = p.map(|x| (x + 0.5).floor());
+            if (0..3).all(|c| r[c] >= 0.0 && r[c] <= hi[c]) {
+                let s = map.voxels()[r[0] as usize + nx * (r[1] as usize + ny * r[2] as usize)];
+                if s >= style.lower {
+                    let t = ((s - style.lower) / (style.upper - style.lower).max(1e-6)).clamp(0.0, 1.0);
+                    let colour = hot(t);
+                    rgb = [0, 1, 2].map(|c| rgb[c] * (1.0 - style.opacity) + colour[c] * style.opacity);
+                }
+            }
+        }
+        if let Some((map, style)) = labels {
+            let label_at = |q: [f32; 3]| -> u8 {
+                let r = q.map(|x| (x + 0.5).floor());
+                if (0..3).any(|c| r[c] < 0.0 || r[c] > hi[c]) {
+                    return 0;
+                }
+                map.voxels()[r[0] as usize + nx * (r[1] as usize + ny * r[2] as usize)]
+            };
+            let shift = |q: [f32; 3], d: [f32; 3], s: f32| [0, 1, 2].map(|c| q[c] + s * d[c]);
+            let label = label_at(p);
+            let show = label != 0
+                && (!style.outline
+                    || label_at(shift(p, v.step_x, 1.0)) != label
+                    || label_at(shift(p, v.step_x, -1.0)) != label
+                    || label_at(shift(p, v.step_y, 1.0)) != label
+                    || label_at(shift(p, v.step_y, -1.0)) != label);
+            if show {
+                let a = if style.outline { 1.0 } else { style.opacity };
+                let colour = label_colour(u32::from(label));
+                rgb = [0, 1, 2].map(|c| rgb[c] * (1.0 - a) + colour[c] * a);
+            }
+        }
+        rgb
+    };
+    let (w, h) = (plane.width as usize, plane.height as usize);
+    let mut out = vec![0u8; w * h * 4];
+    out.par_chunks_mut((w * 4).max(1)).enumerate().for_each(|(j, row)| {
+        for (i, pixel) in row.chunks_exact_mut(4).enumerate() {
+            let (fi, fj) = (i as f32, j as f32);
+            let rgb = if plane.mode == SlabMode::Volume { rendered(fi, fj) } else { planar(fi, fj) };
+            let [r, g, b] = rgb.map(to_unorm8);
+            pixel.copy_from_slice(&[r, g, b, 255]);
+        }
+    });
     Ok(out)
 }
 

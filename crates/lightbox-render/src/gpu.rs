@@ -409,7 +409,8 @@ fn target_texture(device: &wgpu::Device, width: u32, height: u32, label: &str) -
         format: SliceRenderer::TARGET_FORMAT,
         usage: wgpu::TextureUsages::RENDER_ATTACHMENT
             | wgpu::TextureUsages::TEXTURE_BINDING
-            | wgpu::TextureUsages::COPY_SRC,
+            | wgpu::TextureUsages::COPY_SRC
+            | wgpu::TextureUsages::COPY_DST,
         view_formats: &[],
     });
     let view = target.create_view(&wgpu::TextureViewDescriptor::default());
@@ -693,6 +694,24 @@ pub struct MprRenderer {
     /// The largest value per brick of 8³ voxels, for empty-space skipping in volume rendering.
     occupancy: wgpu::Texture,
     skipping: bool,
+    /// The volume and overlays on the CPU, when the planes are drawn there
+    /// (`draw_planes_on_cpu`); shared by renderers made with `sharing`.
+    cpu: Option<std::sync::Arc<CpuPlanes>>,
+    /// The colour table the CPU path draws through (the GPU's is in `lut_buffer`).
+    lut_cpu: Option<crate::Lut>,
+}
+
+/// A volume for the CPU path: in its stored type, or float.
+pub enum PlaneSource<'a> {
+    Stored(&'a lightbox_core::StoredVolume),
+    Float(&'a Volume<f32>),
+}
+
+/// What the CPU path draws the planes from.
+struct CpuPlanes {
+    volume: lightbox_core::StoredVolume,
+    labels: Option<Volume<u8>>,
+    scalars: Option<Volume<f32>>,
 }
 
 impl MprRenderer {
@@ -811,6 +830,8 @@ impl MprRenderer {
             lut_on: false,
             occupancy,
             skipping: false,
+            cpu: None,
+            lut_cpu: None,
         })
     }
 
@@ -848,7 +869,71 @@ impl MprRenderer {
             lut_on: false,
             occupancy: self.occupancy.clone(),
             skipping: false,
+            cpu: self.cpu.clone(),
+            lut_cpu: None,
         }
+    }
+
+    /// Whether `device` is a software rasteriser (Mesa's lavapipe: a workstation without a GPU).
+    /// There, [`draw_planes_on_cpu`](Self::draw_planes_on_cpu) draws the planes faster.
+    pub fn is_software(device: &wgpu::Device) -> bool {
+        device.adapter_info().device_type == wgpu::DeviceType::Cpu
+    }
+
+    /// Draws the planes and slabs (not the volume rendering) on the CPU from now on, into the same
+    /// target: the same sampling as the shader (`cpu::mpr_rgba_stored`), rows in parallel, the
+    /// result uploaded. On a software rasteriser this is several times faster than the shader,
+    /// whose every texel fetch goes through the rasteriser's generic texture path; on a GPU it
+    /// is slower. `volume`, `labels` and `scalars` must be what this renderer was made with; a
+    /// copy is kept (shared with renderers made by `sharing` afterwards).
+    pub fn draw_planes_on_cpu(
+        &mut self,
+        volume: PlaneSource<'_>,
+        labels: Option<&Volume<u8>>,
+        scalars: Option<&Volume<f32>>,
+    ) -> Result<(), RenderError> {
+        let volume = match volume {
+            PlaneSource::Stored(v) => v.clone(),
+            PlaneSource::Float(v) => lightbox_core::StoredVolume::new(
+                v.dims(),
+                lightbox_core::StoredVoxels::F32(v.voxels().to_vec()),
+                v.patient_from_voxel,
+                1.0,
+                0.0,
+            )
+            .map_err(|e| RenderError::Device(e.to_string()))?,
+        };
+        let dims = volume.dims();
+        if labels.is_some_and(|l| l.dims() != dims) || scalars.is_some_and(|s| s.dims() != dims) {
+            return Err(RenderError::Device("the overlays are not on the volume's grid".into()));
+        }
+        self.cpu = Some(std::sync::Arc::new(CpuPlanes { volume, labels: labels.cloned(), scalars: scalars.cloned() }));
+        Ok(())
+    }
+
+    /// Draws `plane` with the CPU path into the target.
+    fn draw_on_cpu(
+        &self,
+        queue: &wgpu::Queue,
+        cpu: &CpuPlanes,
+        (plane, window, style): (&crate::MprPlane, lightbox_core::WindowLevel, Option<crate::LabelStyle>),
+    ) -> Result<(), RenderError> {
+        let labels = cpu.labels.as_ref().zip(style);
+        let scalars = cpu.scalars.as_ref().zip(self.scalar_style);
+        let lut = self.lut_cpu.as_ref().filter(|_| self.lut_on);
+        let rgba = crate::cpu::mpr_rgba_stored(&cpu.volume, labels, scalars, plane, window, lut)?;
+        queue.write_texture(
+            wgpu::TexelCopyTextureInfo {
+                texture: &self.target,
+                mip_level: 0,
+                origin: wgpu::Origin3d::ZERO,
+                aspect: wgpu::TextureAspect::All,
+            },
+            &rgba,
+            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(4 * self.size[0]), rows_per_image: None },
+            wgpu::Extent3d { width: self.size[0], height: self.size[1], depth_or_array_layers: 1 },
+        );
+        Ok(())
     }
 
     /// Draws through a colour table from now on (the planes' colours, the volume rendering's
@@ -858,6 +943,7 @@ impl MprRenderer {
             queue.write_buffer(&self.lut_buffer, 0, bytemuck::cast_slice(&lut.entries));
         }
         self.lut_on = lut.is_some();
+        self.lut_cpu = lut.cloned();
     }
 
     /// Lets the volume rendering jump over bricks of 8³ voxels that hold nothing above the
@@ -945,6 +1031,10 @@ impl MprRenderer {
                 "a {}x{} plane on a {}x{} target",
                 plane.width, plane.height, self.size[0], self.size[1]
             )));
+        }
+        // The CPU path, where it is on; timed draws measure the shader.
+        if let Some(cpu) = self.cpu.as_deref().filter(|_| timer.is_none() && plane.mode != crate::SlabMode::Volume) {
+            return self.draw_on_cpu(queue, cpu, (plane, window, style.filter(|_| self.has_labels)));
         }
         let v = plane
             .in_voxels(&self.patient_from_voxel)

@@ -13,7 +13,7 @@ pub mod occupancy;
 pub mod packing;
 pub mod shaders;
 
-pub use gpu::{GpuContext, GpuTimer, MprRenderer, SliceRenderer};
+pub use gpu::{GpuContext, GpuTimer, MprRenderer, PlaneSource, SliceRenderer};
 use lightbox_core::WindowLevel;
 pub use lut::Lut;
 pub use mpr::{LabelStyle, MprPlane, ScalarStyle, SlabMode, hot, label_colour};

@@ -125,6 +125,19 @@ impl MprView {
                     MprRenderer::new(&state.device, &state.queue, volume, labels, plane.width, plane.height)?
                 }
             };
+            // Without a GPU (Mesa's lavapipe), the planes are drawn faster on the CPU; the 3-D
+            // view stays with the shader. The panes share the CPU copy.
+            if panes.is_empty() && MprRenderer::is_software(&state.device) {
+                let source = match stored {
+                    Some(stored) => lightbox_render::PlaneSource::Stored(stored),
+                    None => lightbox_render::PlaneSource::Float(volume),
+                };
+                renderer.draw_planes_on_cpu(source, labels, None)?;
+                println!(
+                    "lightbox-viewer: software rasteriser ({}): planes drawn on the CPU",
+                    state.adapter.get_info().name
+                );
+            }
             if name == "3D" {
                 // The rays jump over bricks with nothing above the transfer function's edge.
                 match stored {
