@@ -357,7 +357,9 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
                     Value::Tuple(items) if items.first() == Some(&Value::Str("storage".into())) && items.len() >= 3 => {
                         let dtype = match &items[1] {
                             Value::Global(g) => g.rsplit('.').next().unwrap_or_default().to_owned(),
-                            other => format!("{other:?}"),
+                            // Never a value's own text: fed back through the pickle, it would
+                            // grow with every round (a fuzzer found one that filled memory).
+                            _ => "an unknown storage type".to_owned(),
                         };
                         let key = match &items[2] {
                             Value::Str(s) => s.clone(),
@@ -365,7 +367,7 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
                         };
                         Value::Storage { key, dtype }
                     }
-                    other => Value::Opaque(format!("persistent id {other:?}")),
+                    _ => Value::Opaque("a persistent id".into()),
                 });
             }
             b'R' => {
@@ -401,7 +403,7 @@ fn unpickle(data: &[u8]) -> Result<Value, String> {
                 let cls = pop(&mut stack)?;
                 let class = match cls {
                     Value::Global(g) => g,
-                    other => format!("{other:?}"),
+                    _ => "an unknown class".to_owned(),
                 };
                 stack.push(Value::Object { class, state: Box::new(Value::None) });
             }
@@ -591,7 +593,7 @@ fn to_json(value: &Value) -> Result<serde_json::Value, String> {
                     Value::Int(i) => i.to_string(),
                     Value::Float(f) => f.to_string(),
                     Value::Bool(b) => if *b { "True" } else { "False" }.to_owned(),
-                    other => format!("{other:?}"),
+                    _ => "(a key that is neither text nor a number)".to_owned(),
                 };
                 map.insert(key, to_json(v)?);
             }
@@ -893,5 +895,16 @@ mod tests {
         let err = unpickle(&deep).err().unwrap_or_default();
         assert!(err.contains("nests deeper"), "{err}");
         assert!(read_zip(b"not a zip").is_err());
+        // Found by the model_files fuzz target: persistent ids whose text grew with every
+        // BINPERSID until memory ran out (tests/fixtures/fuzz).
+        let grown = include_bytes!("../../../tests/fixtures/fuzz/oom-86160847aea0f069b6f0c5cc275b6633f6f74d9a");
+        let _ = read_pickle(grown);
+        let _ = read_zip(grown);
+        let mut nested = b"\x80\x02X\x01\x00\x00\x00a".to_vec();
+        for _ in 0..200 {
+            nested.extend_from_slice(b")\x81Q");
+        }
+        nested.push(b'.');
+        assert!(read_pickle(&nested).is_ok());
     }
 }
