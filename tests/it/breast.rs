@@ -275,3 +275,96 @@ fn train_breast_test_model(work: &std::path::Path) -> anyhow::Result<std::path::
     lightbox_tests::nnunet::write_v2_folder(&folder, &plan, &model.network().tensor_values()?)?;
     Ok(folder)
 }
+
+/// Sign-off of an AI report (here breast-dce's): `lightbox sign` accepts its findings as a
+/// whole. The signed report is a new, VERIFIED instance naming the radiologist (as verifier and
+/// as a person observer) with the unsigned one as its predecessor and the same measurement
+/// groups, and it goes to the outbox with the SEG it references; nothing had left before. An
+/// edited value is refused (that is threshold-volume's), and a rejection sends nothing.
+#[test]
+fn an_ai_report_is_signed_as_a_whole_and_only_then_queued() -> anyhow::Result<()> {
+    use std::process::Command;
+
+    use anyhow::{Context, ensure};
+    use lightbox_tests::{bin, run_ok};
+
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    let dce = synthetic_dce(11);
+    let phases: Vec<_> = dce.phases.iter().zip(&dce.times_s).map(|(v, t)| (v, Some(*t))).collect();
+    let folder = dir.path().join("dce");
+    lightbox_dicom::write_mr_phases(
+        &phases,
+        &lightbox_dicom::NewSeries {
+            patient: lightbox_core::PatientInfo { id: "LB-DCE-2".into(), name: "Breast^Signed".into() },
+            study_uid: None,
+            study_date: "20260301".into(),
+            patient_birth_date: "19700101".into(),
+            study_description: "MR breast".into(),
+            series_description: "DCE dyn ax".into(),
+            series_number: 7,
+            derivation: "lightbox_tests::dce synthetic phantom".into(),
+            uid_seed: None,
+            frame_of_reference_uid: None,
+        },
+        &folder,
+    )?;
+    let lightbox = |args: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(Command::new(bin("lightbox")?)
+            .args(args)
+            .arg("--store")
+            .arg(&store)
+            .env("LIGHTBOX_INSTITUTION", "Lightbox Test Hospital")
+            .output()?)
+    };
+    run_ok(Command::new(bin("lightbox")?).arg("import").arg(&folder).arg("--store").arg(&store))?;
+    let series = lightbox_dicom::scan_path(&folder)?.series().next().context("no series")?.1.uid.to_string();
+    let ran = lightbox(&["run", "breast-dce", "--series", &series])?;
+    let printed = String::from_utf8_lossy(&ran.stdout);
+    ensure!(ran.status.success(), "{printed}{}", String::from_utf8_lossy(&ran.stderr));
+    let job = printed.split("job ").nth(1).and_then(|s| s.split_whitespace().next()).context("no job")?.to_owned();
+    let outbox = |store: &std::path::Path| -> anyhow::Result<usize> {
+        Ok(lightbox_store::Store::open(store)?.outbox(None)?.len())
+    };
+    ensure!(outbox(&store)? == 0, "an unsigned AI result reached the outbox");
+
+    let edited = lightbox(&["sign", "--job", &job, "--as", "Doe^Jane", "--volume-ml", "1.0"])?;
+    let err = String::from_utf8_lossy(&edited.stderr);
+    ensure!(!edited.status.success() && err.contains("accept or reject"), "{err}");
+    ensure!(outbox(&store)? == 0);
+
+    let signed = lightbox(&["sign", "--job", &job, "--as", "Doe^Jane"])?;
+    let printed = String::from_utf8_lossy(&signed.stdout);
+    ensure!(signed.status.success(), "{printed}{}", String::from_utf8_lossy(&signed.stderr));
+    ensure!(printed.contains("signed by Doe^Jane") && printed.contains("2 queued"), "{printed}");
+    let s = lightbox_store::Store::open(&store)?;
+    let result: serde_json::Value = serde_json::from_str(
+        s.jobs()?.into_iter().find(|j| j.id.to_string() == job).and_then(|j| j.result).as_deref().unwrap_or("{}"),
+    )?;
+    let unsigned = s.instance_file(result["sr"].as_str().context("no sr")?)?.context("unsigned SR not stored")?;
+    let signed_uid = result["signed_sr"].as_str().context("no signed SR")?;
+    let signed = s.instance_file(signed_uid)?.context("signed SR not stored")?;
+    let (before, after) = (lightbox_dicom::read_sr(&unsigned)?, lightbox_dicom::read_sr(&signed)?);
+    ensure!(
+        before.verification == "UNVERIFIED" && after.verification == "VERIFIED",
+        "{} → {}",
+        before.verification,
+        after.verification
+    );
+    ensure!(after.observers.first().map(String::as_str) == Some("Doe^Jane"), "{:?}", after.observers);
+    ensure!(after.groups == before.groups && !after.groups.is_empty(), "the signed report's findings differ");
+    ensure!(after.predecessors == [before.sop_uid.clone()], "{:?}", after.predecessors);
+    let queued: Vec<String> = s.outbox(None)?.into_iter().map(|i| i.sop_uid).collect();
+    ensure!(
+        queued.contains(&signed_uid.to_owned())
+            && queued.contains(&result["seg"].as_str().unwrap_or_default().to_owned()),
+        "{queued:?}"
+    );
+    ensure!(!queued.contains(&before.sop_uid), "the unsigned report was queued");
+    // Signed once: a later verdict is refused, and nothing more is queued.
+    let again = lightbox(&["sign", "--job", &job, "--as", "Roe^Richard", "--reject"])?;
+    let err = String::from_utf8_lossy(&again.stderr);
+    ensure!(!again.status.success() && err.contains("was signed by Doe^Jane already"), "{err}");
+    ensure!(outbox(&store)? == 2);
+    Ok(())
+}

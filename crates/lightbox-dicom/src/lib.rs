@@ -31,6 +31,8 @@ pub use seg::{
     Code, LABEL_MAP_SEGMENTATION_STORAGE, SegPixels, SegSeries, Segment, SegmentAlgorithm, Written, write_seg,
     write_seg_as,
 };
-pub use sr::{Algorithm, Measurement, MeasurementGroup, MeasurementReport, Observer, SegmentRef, write_sr};
+pub use sr::{
+    Algorithm, Measurement, MeasurementGroup, MeasurementReport, Observer, SegmentRef, SignedSr, sign_sr, write_sr,
+};
 pub use volume::{DisplaySet, LoadWarning, display_sets};
 pub use write::{NewSeries, new_uid, uid_from, write_mr_phases, write_mr_series};

@@ -256,6 +256,9 @@ pub struct SrReading {
     /// Concept meaning of the document title, e.g. "Imaging Measurement Report".
     pub title: String,
     pub verification: String,
+    /// The reports this one replaces (Predecessor Documents Sequence: a signed report names
+    /// the unsigned one it was made from).
+    pub predecessors: Vec<String>,
     pub observers: Vec<String>,
     pub groups: Vec<SrGroup>,
 }
@@ -290,6 +293,12 @@ pub fn read_sr(path: &Path) -> Result<SrReading, DicomError> {
         sop_uid: text(obj, tags::SOP_INSTANCE_UID).unwrap_or_default(),
         title: concept(obj).1,
         verification: text(obj, tags::VERIFICATION_FLAG).unwrap_or_default(),
+        predecessors: items(obj, tags::PREDECESSOR_DOCUMENTS_SEQUENCE)
+            .iter()
+            .flat_map(|study| items(study, tags::REFERENCED_SERIES_SEQUENCE))
+            .flat_map(|series| items(series, tags::REFERENCED_SOP_SEQUENCE))
+            .filter_map(|sop| text(sop, tags::REFERENCED_SOP_INSTANCE_UID))
+            .collect(),
         observers,
         groups,
     })

@@ -368,3 +368,109 @@ fn num(relationship: &str, m: &Measurement) -> InMemDicomObject {
     }
     i
 }
+
+/// A report signed by [`sign_sr`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SignedSr {
+    pub sop_uid: String,
+    /// The SEG instances its evidence references (what goes to the PACS with it).
+    pub seg_uids: Vec<String>,
+}
+
+/// Signs an unverified report (`unsigned`, as an AI pipeline wrote it): a new instance at
+/// `out`, the same content with `signer` as a person observer (TID 1002, before the devices),
+/// `VERIFIED` with the signer and `organization` in the Verifying Observer Sequence, and the
+/// unsigned report as its predecessor (Predecessor Documents Sequence). Its instance and
+/// series UIDs are derived from `uid_seed`. A report that is already verified, or not an SR,
+/// is refused.
+pub fn sign_sr(
+    unsigned: &Path,
+    signer: &str,
+    organization: &str,
+    uid_seed: &str,
+    out: &Path,
+) -> Result<SignedSr, DicomError> {
+    let bad = |what: String| DicomError::Unsupported { path: unsigned.to_owned(), what };
+    let file = crate::header::open(unsigned, true)?;
+    let mut obj: InMemDicomObject = (*file).clone();
+    let get = |tag: Tag| crate::header::text(&obj, tag).unwrap_or_default();
+    if get(tags::MODALITY) != "SR" {
+        return Err(bad("not a structured report".into()));
+    }
+    if get(tags::VERIFICATION_FLAG) == "VERIFIED" {
+        return Err(bad("the report is signed already".into()));
+    }
+    let (signer, organization) = (signer.trim(), organization.trim());
+    if signer.is_empty() || organization.is_empty() {
+        return Err(bad("a signature needs the signer's name and organization".into()));
+    }
+    let description = get(tags::SERIES_DESCRIPTION);
+    let (old_sop, old_series, study, sop_class) = (
+        get(tags::SOP_INSTANCE_UID),
+        get(tags::SERIES_INSTANCE_UID),
+        get(tags::STUDY_INSTANCE_UID),
+        get(tags::SOP_CLASS_UID),
+    );
+    let sop_uid = uid_from(&format!("{uid_seed}/sr"));
+    let text = |obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str| {
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+    };
+    text(&mut obj, tags::SOP_INSTANCE_UID, VR::UI, &sop_uid);
+    text(&mut obj, tags::SERIES_INSTANCE_UID, VR::UI, &uid_from(&format!("{uid_seed}/sr-series")));
+    text(&mut obj, tags::SERIES_DESCRIPTION, VR::LO, &lo(&format!("{description}, signed")));
+    let (date, time) = now_da_tm();
+    text(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
+    text(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
+    text(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "VERIFIED");
+    let mut verifier = InMemDicomObject::new_empty();
+    text(&mut verifier, tags::VERIFYING_OBSERVER_NAME, VR::PN, signer);
+    verifier.put(DataElement::new(
+        tags::VERIFYING_OBSERVER_IDENTIFICATION_CODE_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(Vec::<InMemDicomObject>::new()),
+    ));
+    text(&mut verifier, tags::VERIFYING_ORGANIZATION, VR::LO, &lo(organization));
+    text(&mut verifier, tags::VERIFICATION_DATE_TIME, VR::DT, &format!("{date}{time}"));
+    sequence(&mut obj, tags::VERIFYING_OBSERVER_SEQUENCE, vec![verifier]);
+    // The unsigned report it replaces.
+    let mut predecessor = InMemDicomObject::new_empty();
+    text(&mut predecessor, tags::STUDY_INSTANCE_UID, VR::UI, &study);
+    sequence(
+        &mut predecessor,
+        tags::REFERENCED_SERIES_SEQUENCE,
+        vec![series_ref(&old_series, vec![reference(&sop_class, &old_sop)])],
+    );
+    sequence(&mut obj, tags::PREDECESSOR_DOCUMENTS_SEQUENCE, vec![predecessor]);
+    // The signer as an observer, persons before devices (after the language of content).
+    let mut content: Vec<InMemDicomObject> =
+        obj.get(tags::CONTENT_SEQUENCE).and_then(|e| e.items()).map(<[_]>::to_vec).unwrap_or_default();
+    let at = content
+        .iter()
+        .position(|item| {
+            item.get(tags::RELATIONSHIP_TYPE)
+                .and_then(|e| e.to_str().ok())
+                .is_some_and(|r| r.trim() == "HAS OBS CONTEXT")
+        })
+        .unwrap_or(content.len().min(1));
+    for (k, item) in observer_context(&Observer::Person { name: signer.to_owned() }).into_iter().enumerate() {
+        content.insert(at + k, item);
+    }
+    sequence(&mut obj, tags::CONTENT_SEQUENCE, content);
+    // The SEG instances among the evidence.
+    let mut seg_uids = Vec::new();
+    let sequence_items = |obj: &InMemDicomObject, tag: Tag| -> Vec<InMemDicomObject> {
+        obj.get(tag).and_then(|e| e.items()).map(<[_]>::to_vec).unwrap_or_default()
+    };
+    for study in sequence_items(&obj, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE) {
+        for series in sequence_items(&study, tags::REFERENCED_SERIES_SEQUENCE) {
+            for instance in sequence_items(&series, tags::REFERENCED_SOP_SEQUENCE) {
+                let class = crate::header::text(&instance, tags::REFERENCED_SOP_CLASS_UID).unwrap_or_default();
+                if class == uids::SEGMENTATION_STORAGE || class == crate::seg::LABEL_MAP_SEGMENTATION_STORAGE {
+                    seg_uids.extend(crate::header::text(&instance, tags::REFERENCED_SOP_INSTANCE_UID));
+                }
+            }
+        }
+    }
+    write_file(obj, out)?;
+    Ok(SignedSr { sop_uid, seg_uids })
+}

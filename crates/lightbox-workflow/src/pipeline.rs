@@ -1094,10 +1094,7 @@ pub fn sign(
         )));
     }
     if job.kind != THRESHOLD_VOLUME {
-        return Err(WorkflowError::Analysis(format!(
-            "job {job_id} ({}): signing its report here is not supported yet; a rule with auto_send sends it as AI output",
-            job.kind
-        )));
+        return sign_ai_report(&mut store, &job, radiologist, send_to, review);
     }
     let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
     let series = payload["series"].as_str().unwrap_or_default().to_owned();
@@ -1122,6 +1119,108 @@ pub fn sign(
         "sign",
         &series,
         &format!("job {job_id}: SR {}, AI finding {}", outcome.sr_uid, review.describe()),
+    )?;
+    Ok(outcome)
+}
+
+/// Signs the report of an AI pipeline (all but threshold-volume, whose single finding the
+/// radiologist may also edit). Accepted: a VERIFIED copy of its SR naming the radiologist
+/// (`lightbox_dicom::sign_sr`: the same findings, the unsigned report as its predecessor, its
+/// UID derived from the job and the signer) goes to `send_to` with the SEGs it references.
+/// Rejected: nothing leaves, and the rejection is recorded on the job and in the audit log.
+fn sign_ai_report(
+    store: &mut Store,
+    job: &lightbox_store::Job,
+    radiologist: &str,
+    send_to: &str,
+    review: Review,
+) -> Result<PipelineOutcome, WorkflowError> {
+    let mut result: serde_json::Value =
+        job.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_else(|| serde_json::json!({}));
+    let sr_uid = result["sr"].as_str().map(str::to_owned).ok_or_else(|| {
+        WorkflowError::Analysis(format!("job {} ({}) has no report to sign; run it again", job.id, job.kind))
+    })?;
+    let text = |key: &str| result[key].as_str().unwrap_or_default().to_owned();
+    if let Some(who) = result["signed_by"].as_str() {
+        return Err(WorkflowError::Analysis(format!(
+            "job {} was signed by {who} already ({}); run the analysis again for a new report",
+            job.id,
+            text("review")
+        )));
+    }
+    let mut outcome = PipelineOutcome {
+        job_id: job.id,
+        ran: true,
+        seg_uid: text("seg"),
+        sr_uid: sr_uid.clone(),
+        volume_mm3: 0.0,
+        queued: 0,
+        summary: text("summary"),
+        details: result["details"].clone(),
+    };
+    let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
+    let series = payload["series"].as_str().unwrap_or_default().to_owned();
+    // What is signed must be what was reviewed: the analysis of the same instances.
+    if let Some(digest) = payload["instances"].as_str()
+        && digest != instances_digest(store, &series)?
+    {
+        return Err(WorkflowError::Analysis(format!(
+            "series {series} changed since job {} ran (instances arrived or left); run the analysis again and review it",
+            job.id
+        )));
+    }
+    match review {
+        Review::Edit { .. } => {
+            return Err(WorkflowError::Analysis(format!(
+                "job {} ({}): its findings are the AI's to accept or reject; an edited volume is for threshold-volume",
+                job.id, job.kind
+            )));
+        }
+        Review::Reject => {
+            result["signed_by"] = serde_json::Value::from(radiologist);
+            result["review"] = serde_json::Value::from(review.describe());
+            store.job_set_result(job.id, &result.to_string())?;
+            store.audit(
+                radiologist,
+                "sign",
+                &series,
+                &format!("job {}: {} rejected, nothing sent", job.id, job.kind),
+            )?;
+            return Ok(outcome);
+        }
+        Review::Accept => {}
+    }
+    let unsigned = store.instance_file(&sr_uid)?.ok_or_else(|| {
+        WorkflowError::Analysis(format!("job {}: its report {sr_uid} is no longer in the store; run it again", job.id))
+    })?;
+    let out = results_dir(store)?;
+    let path = out.path().join("signed-sr.dcm");
+    let seed = format!("{}/signed-by/{radiologist}", job.key);
+    let signed = lightbox_dicom::sign_sr(&unsigned, radiologist, &crate::settings::institution(), &seed, &path)?;
+    let mut files = vec![path];
+    for seg in &signed.seg_uids {
+        files.push(store.instance_file(seg)?.ok_or_else(|| {
+            WorkflowError::Analysis(format!("job {}: the SEG {seg} its report references is not in the store", job.id))
+        })?);
+    }
+    let paths: Vec<&std::path::PathBuf> = files.iter().collect();
+    outcome.queued = store_results(store, &paths, Some(send_to))?;
+    outcome.sr_uid = signed.sop_uid.clone();
+    result["signed_sr"] = serde_json::Value::from(signed.sop_uid.clone());
+    result["signed_by"] = serde_json::Value::from(radiologist);
+    result["review"] = serde_json::Value::from(review.describe());
+    store.job_set_result(job.id, &result.to_string())?;
+    store.audit(
+        radiologist,
+        "sign",
+        &series,
+        &format!(
+            "job {}: {} SR {} with {} SEG(s), AI findings accepted",
+            job.id,
+            job.kind,
+            signed.sop_uid,
+            signed.seg_uids.len()
+        ),
     )?;
     Ok(outcome)
 }
