@@ -221,7 +221,7 @@ pub fn atrophy_in_mask(
 }
 
 /// What made the lesion change, for the report.
-pub const LESION_CHANGE_METHOD: &str = "Lightbox lesion change 1: deepbet 1.0.2 brain mask on the follow-up FLAIR, rigid NMI registration of the baseline onto it, subtraction and threshold (5 robust SD, 1.1 x the brain median, 15 mm3, a rim of about 3 mm through-plane left out); enlarging when 20 % of the lesion was above 1.3 x the median before";
+pub const LESION_CHANGE_METHOD: &str = "Lightbox lesion change 2: deepbet 1.0.2 brain mask on the follow-up FLAIR, rigid NMI registration of the baseline onto it, through-plane resolution matched (the FLAIR with thinner slices blurred along them by the sigma that makes the two most alike), subtraction and threshold (5 robust SD, 1.1 x the brain median, 15 mm3, a rim of about 3 mm through-plane left out); enlarging when 20 % of the lesion was above 1.3 x the median before";
 
 /// New and enlarging lesions between two FLAIRs of one patient, on the follow-up's grid.
 #[derive(Clone, Debug)]
@@ -233,6 +233,8 @@ pub struct LesionChangeReport {
     pub lesion_of: Vec<u32>,
     /// How far the baseline had moved (rotation, degrees), from the registration.
     pub rotation_deg: f64,
+    /// How the two FLAIRs' slice thickness was matched.
+    pub matching: lightbox_imaging::lesion_change::Matching,
     pub seconds: f64,
 }
 
@@ -263,25 +265,24 @@ impl LesionChangeReport {
 }
 
 /// New and enlarging MS lesions from `baseline` to `followup` (FLAIRs of one head): the
-/// baseline is registered onto the follow-up, and the subtraction baseline of
-/// `lightbox_imaging::lesion_change` runs inside deepbet's brain mask of the follow-up.
+/// baseline is registered onto the follow-up, their through-plane resolution is matched, and
+/// the subtraction of `lightbox_imaging::lesion_change` runs inside deepbet's brain mask of the
+/// follow-up (`lightbox_imaging::lesion_change::matched_change`).
 pub fn lesion_change(
     deepbet: &Deepbet,
     baseline: &Volume<f32>,
     followup: &Volume<f32>,
 ) -> Result<LesionChangeReport, AnalysisError> {
-    use lightbox_imaging::lesion_change::{LesionChangeOptions, subtraction_change};
+    use lightbox_imaging::lesion_change::{LesionChangeOptions, Placed, matched_change};
     let started = std::time::Instant::now();
     let brain = deepbet.extract(followup, 0.5, &AtomicBool::new(false), &mut |_| {})?;
     let registration = lightbox_imaging::register_rigid(followup, baseline, &Default::default())?;
-    let before = lightbox_imaging::resample_into(
-        baseline,
-        followup.dims(),
-        followup.patient_from_voxel,
-        &registration.moving_from_fixed,
-        0.0,
+    let (change, matching) = matched_change(
+        Placed { volume: baseline, from_grid: registration.moving_from_fixed },
+        Placed { volume: followup, from_grid: lightbox_core::Affine3::IDENTITY },
+        &brain.mask_f32(),
+        &LesionChangeOptions::default(),
     )?;
-    let change = subtraction_change(&before, followup, &brain.mask_f32(), &LesionChangeOptions::default())?;
     let kinds: Vec<u8> = change
         .lesion_of
         .iter()
@@ -297,6 +298,7 @@ pub fn lesion_change(
         labels,
         lesion_of: change.lesion_of,
         rotation_deg: registration.params.angle_deg(),
+        matching,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -66,6 +66,9 @@ pub struct LesionChange {
     /// On the scans' grid: 0, or `k` where lesion `lesions[k - 1]` is.
     pub lesion_of: Vec<u32>,
     pub lesions: Vec<ChangedLesion>,
+    /// The robust spread (SD from the median absolute deviation) of the normalised difference
+    /// inside the brain: the noise the threshold is measured in.
+    pub difference_sd: f32,
 }
 
 /// New and enlarging lesions from `baseline` to `followup` (FLAIRs on one grid) inside `brain`
@@ -148,5 +151,81 @@ pub fn subtraction_change(
             enlarging: sum.2 as f64 >= options.existing_fraction * n as f64,
         })
         .collect();
-    Ok(LesionChange { mask, lesion_of, lesions })
+    Ok(LesionChange { mask, lesion_of, lesions, difference_sd: sd })
+}
+
+/// A scan and where it lies: `from_grid` maps patient positions of the common grid to this
+/// scan's patient positions (identity for the scan that defines the grid; a registration's
+/// `moving_from_fixed` for the other).
+#[derive(Clone, Copy)]
+pub struct Placed<'a> {
+    pub volume: &'a Volume<f32>,
+    pub from_grid: lightbox_core::Affine3,
+}
+
+/// How [`matched_change`] matched the two scans' through-plane resolution.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Matching {
+    /// Which scan was blurred (the one with thinner slices): the baseline (true) or the
+    /// follow-up; neither when `sigma_mm` is 0.
+    pub baseline_blurred: bool,
+    /// The Gaussian's σ along that scan's slice axis, mm.
+    pub sigma_mm: f64,
+    /// The difference's robust SD without matching and with it (brain medians).
+    pub spread_before: f32,
+    pub spread_after: f32,
+}
+
+/// σ tried along the slice axis, mm.
+const MATCHING_SIGMAS_MM: [f64; 9] = [0.0, 0.4, 0.8, 1.2, 1.6, 2.0, 2.4, 2.8, 3.2];
+
+/// [`subtraction_change`] of two scans with different slice thickness, after matching their
+/// through-plane resolution: a scan with thin slices shows the edges of the brain sharper than
+/// one with thick slices, and the subtraction sees those edges as change. The scan with the
+/// thinner slices (voxel axis 2) is blurred along them, in its own grid, by the σ of
+/// `MATCHING_SIGMAS_MM` that makes the two most alike: the smallest robust spread of their
+/// difference inside the brain. No lesion truth is used. Both scans are then resampled onto the
+/// grid (`dims`, `grid`) of `brain`.
+pub fn matched_change(
+    baseline: Placed<'_>,
+    followup: Placed<'_>,
+    brain: &Volume<f32>,
+    options: &LesionChangeOptions,
+) -> Result<(LesionChange, Matching), ImagingError> {
+    let (dims, grid) = (brain.dims(), brain.patient_from_voxel);
+    let place = |p: &Placed<'_>, v: &Volume<f32>| crate::resample_into(v, dims, grid, &p.from_grid, 0.0);
+    let slice = |v: &Volume<f32>| v.spacing_mm()[2];
+    let (tb, tf) = (slice(baseline.volume), slice(followup.volume));
+    // Slices within 10 % of each other: nothing to match.
+    let blur_baseline = tb < tf;
+    let matching = (tb - tf).abs() > 0.1 * tb.max(tf);
+    let (sharp, other) = if blur_baseline { (baseline, followup) } else { (followup, baseline) };
+    let other_placed = place(&other, other.volume)?;
+    let blurred = |sigma_mm: f64| -> Result<Volume<f32>, ImagingError> {
+        let v = sharp.volume;
+        let values: Vec<f64> = v.voxels().iter().map(|&x| f64::from(x)).collect();
+        let smooth = gaussian_blur(&values, v.dims(), [0.0, 0.0, sigma_mm / slice(v)]);
+        let volume = Volume::new(v.dims(), smooth.into_iter().map(|x| x as f32).collect(), v.patient_from_voxel)
+            .map_err(|_| ImagingError::Mismatch { what: "a blurred scan's voxels" })?;
+        place(&sharp, &volume)
+    };
+    let run = |sigma_mm: f64| -> Result<LesionChange, ImagingError> {
+        let sharp_placed = if sigma_mm > 0.0 { blurred(sigma_mm)? } else { place(&sharp, sharp.volume)? };
+        let (b, f) = if blur_baseline { (&sharp_placed, &other_placed) } else { (&other_placed, &sharp_placed) };
+        subtraction_change(b, f, brain, options)
+    };
+    let plain = run(0.0)?;
+    let spread_before = plain.difference_sd;
+    let mut best = (plain, 0.0);
+    if matching {
+        for &sigma in &MATCHING_SIGMAS_MM[1..] {
+            let change = run(sigma)?;
+            if change.difference_sd < best.0.difference_sd {
+                best = (change, sigma);
+            }
+        }
+    }
+    let (change, sigma_mm) = best;
+    let spread_after = change.difference_sd;
+    Ok((change, Matching { baseline_blurred: blur_baseline && sigma_mm > 0.0, sigma_mm, spread_before, spread_after }))
 }

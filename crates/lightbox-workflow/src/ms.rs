@@ -17,7 +17,7 @@ use crate::pipeline::{Lease, PipelineOutcome, first_set, results_dir, scan_serie
 
 pub const MS_LESION_CHANGE: &str = "ms-lesion-change";
 /// Bumped whenever the results could change.
-pub const VERSION: &str = "1";
+pub const VERSION: &str = "2";
 
 const KINDS: [(&str, &str); 2] = [("NEW", "New lesion"), ("ENLARGING", "Enlarging lesion")];
 
