@@ -279,7 +279,8 @@ fn train_breast_test_model(work: &std::path::Path) -> anyhow::Result<std::path::
 /// Sign-off of an AI report (here breast-dce's): `lightbox sign` accepts its findings as a
 /// whole. The signed report is a new, VERIFIED instance naming the radiologist (as verifier and
 /// as a person observer) with the unsigned one as its predecessor and the same measurement
-/// groups, and it goes to the outbox with the SEG it references; nothing had left before. An
+/// groups, and it goes to the outbox with the SEG it references and the derived subtraction and
+/// MIP series; nothing had left before. An
 /// edited value is refused (that is threshold-volume's), and a rejection sends nothing.
 #[test]
 fn an_ai_report_is_signed_as_a_whole_and_only_then_queued() -> anyhow::Result<()> {
@@ -336,7 +337,8 @@ fn an_ai_report_is_signed_as_a_whole_and_only_then_queued() -> anyhow::Result<()
     let signed = lightbox(&["sign", "--job", &job, "--as", "Doe^Jane"])?;
     let printed = String::from_utf8_lossy(&signed.stdout);
     ensure!(signed.status.success(), "{printed}{}", String::from_utf8_lossy(&signed.stderr));
-    ensure!(printed.contains("signed by Doe^Jane") && printed.contains("2 queued"), "{printed}");
+    // The report, its SEG and the derived series (40 subtraction slices and the MIP).
+    ensure!(printed.contains("signed by Doe^Jane") && printed.contains("43 queued"), "{printed}");
     let s = lightbox_store::Store::open(&store)?;
     let result: serde_json::Value = serde_json::from_str(
         s.jobs()?.into_iter().find(|j| j.id.to_string() == job).and_then(|j| j.result).as_deref().unwrap_or("{}"),
@@ -365,6 +367,6 @@ fn an_ai_report_is_signed_as_a_whole_and_only_then_queued() -> anyhow::Result<()
     let again = lightbox(&["sign", "--job", &job, "--as", "Roe^Richard", "--reject"])?;
     let err = String::from_utf8_lossy(&again.stderr);
     ensure!(!again.status.success() && err.contains("was signed by Doe^Jane already"), "{err}");
-    ensure!(outbox(&store)? == 2);
+    ensure!(outbox(&store)? == 43);
     Ok(())
 }

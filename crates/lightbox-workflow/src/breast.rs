@@ -102,6 +102,8 @@ pub(crate) fn run(
     let out = results_dir(store)?;
     stage(lease, store, "writing results")?;
     let mut written = Vec::new();
+    // The derived image series' UIDs: they go to the PACS with the report when it is signed.
+    let mut derived_series = Vec::new();
     for (number, what, volume) in [
         (9931, "Subtraction (first post-contrast minus pre-contrast), motion corrected", &dce.subtraction),
         (9932, "Subtraction MIP", &dce.mip),
@@ -120,7 +122,11 @@ pub(crate) fn run(
             frame_of_reference_uid: (!facts.frame_of_reference_uid.is_empty())
                 .then(|| facts.frame_of_reference_uid.clone()),
         };
-        written.extend(lightbox_dicom::write_mr_series(volume, &new, &folder)?);
+        let files = lightbox_dicom::write_mr_series(volume, &new, &folder)?;
+        if let Some(first) = files.first() {
+            derived_series.push(lightbox_dicom::read_instance(first)?.series_uid.to_string());
+        }
+        written.extend(files);
     }
     // A SEG of lesions on the kinetics' grid: one segment each (at most 255), named `labels`.
     let lesion_seg = |file: &str,
@@ -276,7 +282,7 @@ pub(crate) fn run(
         volume_mm3: 1000.0 * dce.lesions.iter().map(|l| l.volume_ml).sum::<f64>(),
         queued,
         summary,
-        details: serde_json::json!({ "findings": findings, "lesions": lesions }),
+        details: serde_json::json!({ "findings": findings, "lesions": lesions, "derived_series": derived_series }),
     })
 }
 

@@ -1126,7 +1126,8 @@ pub fn sign(
 /// Signs the report of an AI pipeline (all but threshold-volume, whose single finding the
 /// radiologist may also edit). Accepted: a VERIFIED copy of its SR naming the radiologist
 /// (`lightbox_dicom::sign_sr`: the same findings, the unsigned report as its predecessor, its
-/// UID derived from the job and the signer) goes to `send_to` with the SEGs it references.
+/// UID derived from the job and the signer) goes to `send_to` with the SEGs it references and
+/// the image series the pipeline derived.
 /// Rejected: nothing leaves, and the rejection is recorded on the job and in the audit log.
 fn sign_ai_report(
     store: &mut Store,
@@ -1202,6 +1203,10 @@ fn sign_ai_report(
         files.push(store.instance_file(seg)?.ok_or_else(|| {
             WorkflowError::Analysis(format!("job {}: the SEG {seg} its report references is not in the store", job.id))
         })?);
+    }
+    // Image series the pipeline derived (breast-dce's subtraction and its MIP) go with it.
+    for derived in result["details"]["derived_series"].as_array().into_iter().flatten().filter_map(|s| s.as_str()) {
+        files.extend(store.series_files(derived)?);
     }
     let paths: Vec<&std::path::PathBuf> = files.iter().collect();
     outcome.queued = store_results(store, &paths, Some(send_to))?;
