@@ -52,6 +52,9 @@ timeout 100 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model
 tar -cf "$OUT/parity.tar" -C "$REF" parity
 
 step "2. parity on burn wgpu"
+# nnU-Net v1's references are made on the CPU by nnU-Net v1 itself (scripts/reference/
+# nnunet_v1.sh): the GPU run compares against the same files.
+cp -r "$ROOT"/tests/fixtures/parity/nnunet_v1 "$ROOT"/tests/fixtures/parity/nnunet_v1.* "$REF/parity/"
 LIGHTBOX_AI_DEVICE=gpu LIGHTBOX_PARITY_FIXTURES=$REF/parity timeout 90 "$IT" parity:: --test-threads 1 --nocapture 2>&1 | tee "$OUT/parity.log"
 
 fi
