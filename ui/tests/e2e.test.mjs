@@ -311,6 +311,26 @@ test("results: the radiologist replaces the AI value with their own before signi
   await page.screenshot({ path: join(out, "results-reviewed.png") });
 });
 
+test("results: an AI pipeline's report is accepted or rejected as a whole, never edited", async () => {
+  const page = await browser.newPage({ viewport: { width: 1300, height: 500 } });
+  await page.goto(base);
+  await page.getByTestId("tab-results").click();
+  const status = page.getByTestId("results-status");
+  await status.filter({ hasText: "4 awaiting review" }).waitFor();
+  const rows = page.locator("[data-testid=results-table] tbody tr");
+  const dce = rows.filter({ hasText: "breast-dce" });
+  const options = await dce.getByTestId("verdict").locator("option").allInnerTexts();
+  assert.deepEqual(options, ["Accept AI findings", "Reject (nothing is sent)"]);
+  // threshold-volume keeps its third choice.
+  const volume = rows.filter({ hasText: "threshold-volume" }).first();
+  assert.equal(await volume.getByTestId("verdict").locator("option").count(), 3);
+  await page.getByTestId("signer").fill("Doe^Jane");
+  await dce.getByTestId("verdict").selectOption("reject");
+  await dce.getByRole("button", { name: "Sign and send" }).click();
+  await status.filter({ hasText: "Signed by Doe^Jane" }).waitFor();
+  assert.equal(await dce.locator("[data-testid=review]").innerText(), "signed by Doe^Jane (AI finding rejected)");
+});
+
 test("results: an atrophy result's findings with its chart; a DCE lesion opens the viewer there", async () => {
   const page = await browser.newPage({ viewport: { width: 1300, height: 1000 } });
   const errors = [];
