@@ -430,6 +430,24 @@ print(json.dumps(out))
     ensure!(m["name"] == "Volume" && m["unit"] == "mm3", "{m}");
     let value = m["value"].as_f64().context("no value")?;
     ensure!((value - volume_mm3).abs() <= volume_mm3 * 1e-6, "{value} vs {volume_mm3}");
+
+    // The same report signed (how an AI pipeline's report is signed off): still a valid
+    // Comprehensive 3D SR, VERIFIED, with the same groups, naming its predecessor.
+    let signed_path = dir.path().join("signed.dcm");
+    let signed =
+        lightbox_dicom::sign_sr(&sr_path, "Doe^Jane", "Lightbox Test Hospital", "seg-test/signed", &signed_path)?;
+    ensure!(signed.seg_uids == [seg.sop_uid.clone()], "{signed:?}");
+    dciodvfy_clean(&signed_path)?;
+    let printed = run_ok(Command::new(python()).args(["-c", script]).arg(&signed_path))?;
+    let again: serde_json::Value = serde_json::from_str(printed.trim())?;
+    ensure!(again["uid"] == signed.sop_uid.as_str() && again["verification"] == "VERIFIED", "{again}");
+    ensure!(again["groups"] == read["groups"], "{again} vs {read}");
+    let reading = lightbox_dicom::read_sr(&signed_path)?;
+    ensure!(reading.predecessors == [uid.clone()] && reading.observers.first().map(String::as_str) == Some("Doe^Jane"));
+    // Signing twice is refused.
+    let twice =
+        lightbox_dicom::sign_sr(&signed_path, "Doe^Jane", "Lightbox Test Hospital", "x", &dir.path().join("x.dcm"));
+    ensure!(twice.is_err_and(|e| e.to_string().contains("signed already")));
     Ok(())
 }
 
