@@ -298,6 +298,19 @@ fn an_nnunet_v1_folder_imports_and_predicts_as_nnunet_v1_does() -> anyhow::Resul
         );
     }
 
+    // The task's dataset.json beside plans.pkl names the labels (PI-CAI's: background, lesion).
+    let named = dir.path().join("named");
+    std::fs::create_dir_all(named.join("fold_0"))?;
+    for file in ["plans.pkl", "fold_0/model_best.model", "fold_0/model_best.model.pkl"] {
+        std::fs::copy(fixtures.join("nnunet_v1").join(file), named.join(file))?;
+    }
+    let dataset = r#"{"modality": {"0": "T2W", "1": "CT", "2": "HBV"}, "labels": {"0": "background", "1": "lesion"}}"#;
+    std::fs::write(named.join("dataset.json"), dataset)?;
+    anyhow::ensure!(import(&named, "picai-named", &[])?.status.success());
+    let manifest = lightbox_ai::ModelPackage::open(&models.join("picai-named"))?.manifest;
+    anyhow::ensure!(manifest.labels.get("1").map(String::as_str) == Some("lesion"), "{:?}", manifest.labels);
+    anyhow::ensure!(manifest.input.sequences == ["T2W", "ADC", "HBV"], "{:?}", manifest.input.sequences);
+
     // Both folds as one ensemble.
     let out = import(&fixtures.join("nnunet_v1"), "picai-v1-ensemble", &["--fold", "0,1"])?;
     let printed = String::from_utf8_lossy(&out.stdout);
