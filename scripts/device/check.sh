@@ -11,7 +11,8 @@
 #   2. the parity tests on burn wgpu against those fixtures;
 #   3. the renderer's golden and geometry tests on the NVIDIA GPU;
 #   4. bench-render (issue 5's figures);
-#   5. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures);
+#   5. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures, and issue
+#      9's: the whole brain pipeline for one and two time points);
 #   6. brain extraction's Dice test on the GPU.
 set -u
 OUT=${OUT:-/tmp/lightbox-device-out}
@@ -87,5 +88,5 @@ LIGHTBOX_AI_DEVICE=gpu timeout 60 "$IT" ai::brain_extraction_reaches_dice_095_on
 fi
 
 step summary
-grep -hE "test result|max abs error|FAILED|panicked|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|PlainConvUNet|PyTorch|peak" \
+grep -hE "test result|max abs error|FAILED|panicked|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|brain pipeline|atrophy pipeline|PlainConvUNet|PyTorch|peak" \
     "$OUT"/*.log | cut -c1-400
