@@ -65,7 +65,13 @@ step "3. renderer tests on the GPU"
 WGPU_BACKEND=vulkan timeout 45 "$IT" render:: --test-threads 2 2>&1 | tee "$OUT/render-tests.log"
 
 step "4. bench-render"
+# The SM clock while it runs: the DVR figure (98 ms against 4 ms) may be a GPU left at its idle
+# clock under Vulkan graphics work (issue 5's open question).
+nvidia-smi --query-gpu=clocks.sm,clocks.max.sm --format=csv,noheader,nounits -lms 100 > "$REF/gpu-clock.csv" &
+CLOCKS=$!
 WGPU_BACKEND=vulkan timeout 80 "$BIN/bench-render" 2>&1 | tee "$OUT/bench-render.log"
+kill $CLOCKS 2>/dev/null
+echo "SM clock during bench-render (MHz, nvidia-smi): lowest $(cut -d, -f1 "$REF/gpu-clock.csv" | sort -n | head -1), highest $(cut -d, -f1 "$REF/gpu-clock.csv" | sort -n | tail -1), the GPU's maximum $(cut -d, -f2 "$REF/gpu-clock.csv" | sort -n | tail -1)" | tee -a "$OUT/bench-render.log"
 
 fi
 
@@ -88,5 +94,5 @@ LIGHTBOX_AI_DEVICE=gpu timeout 60 "$IT" ai::brain_extraction_reaches_dice_095_on
 fi
 
 step summary
-grep -hE "test result|max abs error|FAILED|panicked|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|brain pipeline|atrophy pipeline|PlainConvUNet|PyTorch|peak" \
+grep -hE "test result|max abs error|FAILED|panicked|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|brain pipeline|atrophy pipeline|PlainConvUNet|PyTorch|peak|SM clock" \
     "$OUT"/*.log | cut -c1-400
