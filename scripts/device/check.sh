@@ -79,11 +79,13 @@ if want ai || want aibench; then
 step "5. PyTorch PlainConvUNet, then bench-ai on the GPU"
 timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"
 cat "$REF/torch_bench.json" >> "$OUT/torch.log"
-nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 > "$REF/gpu-memory.csv" &
+nvidia-smi --query-gpu=memory.used,clocks.sm --format=csv,noheader,nounits -lms 100 > "$REF/gpu-memory.csv" &
 SAMPLER=$!
 LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 120 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
 kill $SAMPLER 2>/dev/null
-echo "peak GPU memory in use during bench-ai (whole GPU, nvidia-smi): $(sort -n "$REF/gpu-memory.csv" | tail -1) MiB" | tee -a "$OUT/bench-ai.log"
+echo "peak GPU memory in use during bench-ai (whole GPU, nvidia-smi): $(cut -d, -f1 "$REF/gpu-memory.csv" | sort -n | tail -1) MiB" | tee -a "$OUT/bench-ai.log"
+# burn's wgpu kernels at 0.073x PyTorch (issue 7): a Vulkan compute load at an idle clock would explain much.
+echo "SM clock during bench-ai (MHz, nvidia-smi): lowest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | head -1), highest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | tail -1)" | tee -a "$OUT/bench-ai.log"
 fi
 
 if want ai; then
