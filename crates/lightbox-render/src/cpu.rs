@@ -72,7 +72,7 @@ fn mpr_rgba_full(
 
 /// [`mpr_rgba`] of a volume in its stored type (8/16-bit integers or float, with its rescale),
 /// with its overlays: what `MprRenderer` draws on the CPU for a software rasteriser
-/// (`MprRenderer::draw_planes_on_cpu`). Rows are drawn in parallel.
+/// (`MprRenderer::draw_on_cpu`). Rows are drawn in parallel.
 pub fn mpr_rgba_stored(
     volume: &StoredVolume,
     labels: Option<(&Volume<u8>, LabelStyle)>,

@@ -125,16 +125,16 @@ impl MprView {
                     MprRenderer::new(&state.device, &state.queue, volume, labels, plane.width, plane.height)?
                 }
             };
-            // Without a GPU (Mesa's lavapipe), the planes are drawn faster on the CPU; the 3-D
-            // view stays with the shader. The panes share the CPU copy.
+            // Without a GPU (Mesa's lavapipe), the panes are drawn faster on the CPU, the 3-D
+            // view too. The panes share the CPU copy.
             if panes.is_empty() && MprRenderer::is_software(&state.device) {
                 let source = match stored {
                     Some(stored) => lightbox_render::PlaneSource::Stored(stored),
                     None => lightbox_render::PlaneSource::Float(volume),
                 };
-                renderer.draw_planes_on_cpu(source, labels, None)?;
+                renderer.draw_on_cpu(source, labels, None)?;
                 println!(
-                    "lightbox-viewer: software rasteriser ({}): planes drawn on the CPU",
+                    "lightbox-viewer: software rasteriser ({}): panes drawn on the CPU",
                     state.adapter.get_info().name
                 );
             }
