@@ -206,6 +206,17 @@ fn main() -> anyhow::Result<()> {
         plain_ms / dvr_wall_ms,
         gpu_time_note(dvr_gpu_ms)
     );
+    // The same rays launched by a compute pass (8 × 8 tiles) instead of the full-target triangle.
+    dvr.set_volume_by_compute(true);
+    let compute_wall_ms = 1000.0 / fps(&gpu, &dvr, window, frames, dvr_at)?;
+    let compute_gpu_ms = if real_gpu { gpu_ms(&gpu, &dvr, window, 60, dvr_at)? } else { None };
+    dvr.set_volume_by_compute(false);
+    let compute_ms = compute_gpu_ms.unwrap_or(compute_wall_ms);
+    println!(
+        "DVR {w}x{h} by a compute pass: {compute_ms:.2} ms a frame{}, {:.2}x the fragment path's {dvr_ms:.2} ms",
+        gpu_time_note(compute_gpu_ms),
+        dvr_ms / compute_ms
+    );
     if !real_gpu {
         // The CPU's volume rendering of the same view, as the viewer draws it where the only
         // GPU is a software rasteriser (`draw_on_cpu`; no empty-space skipping).

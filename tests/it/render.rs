@@ -327,6 +327,12 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
         let skipped = renderer.read_target(&gpu.device, &gpu.queue)?;
         assert!(skipped == image, "{name}: empty-space skipping changed the image");
+        // The same rays launched by a compute pass: the same image.
+        renderer.set_volume_by_compute(true);
+        renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
+        let computed = renderer.read_target(&gpu.device, &gpu.queue)?;
+        assert_rgba_close(&gpu, &computed, &image, &format!("volume rendering by a compute pass, {name}"));
+        renderer.set_volume_by_compute(false);
     }
     Ok(())
 }

@@ -90,6 +90,14 @@ impl GpuTimer {
         }
     }
 
+    fn compute_writes(&self) -> wgpu::ComputePassTimestampWrites<'_> {
+        wgpu::ComputePassTimestampWrites {
+            query_set: &self.queries,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        }
+    }
+
     fn resolve(&self, encoder: &mut wgpu::CommandEncoder) {
         encoder.resolve_query_set(&self.queries, 0..2, &self.resolved, 0);
         encoder.copy_buffer_to_buffer(&self.resolved, 0, &self.readback, 0, 16);
@@ -410,7 +418,8 @@ fn target_texture(device: &wgpu::Device, width: u32, height: u32, label: &str) -
         usage: wgpu::TextureUsages::RENDER_ATTACHMENT
             | wgpu::TextureUsages::TEXTURE_BINDING
             | wgpu::TextureUsages::COPY_SRC
-            | wgpu::TextureUsages::COPY_DST,
+            | wgpu::TextureUsages::COPY_DST
+            | wgpu::TextureUsages::STORAGE_BINDING,
         view_formats: &[],
     });
     let view = target.create_view(&wgpu::TextureViewDescriptor::default());
@@ -489,11 +498,11 @@ fn pipeline_for(
     })
 }
 
-/// A 3-D texture read by the fragment shader.
+/// A 3-D texture read by the fragment shader (or the volume rendering's compute pass).
 fn texture_entry(binding: u32, sample_type: wgpu::TextureSampleType) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
-        visibility: wgpu::ShaderStages::FRAGMENT,
+        visibility: wgpu::ShaderStages::FRAGMENT.union(wgpu::ShaderStages::COMPUTE),
         ty: wgpu::BindingType::Texture {
             sample_type,
             view_dimension: wgpu::TextureViewDimension::D3,
@@ -503,11 +512,11 @@ fn texture_entry(binding: u32, sample_type: wgpu::TextureSampleType) -> wgpu::Bi
     }
 }
 
-/// A uniform buffer read by the fragment shader.
+/// A uniform buffer read by the fragment shader (or the volume rendering's compute pass).
 fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
-        visibility: wgpu::ShaderStages::FRAGMENT,
+        visibility: wgpu::ShaderStages::FRAGMENT.union(wgpu::ShaderStages::COMPUTE),
         ty: wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Uniform,
             has_dynamic_offset: false,
@@ -669,6 +678,12 @@ pub struct MprRenderer {
     /// by renderers made with `sharing`.
     volume_pipeline: std::sync::Arc<std::sync::OnceLock<wgpu::RenderPipeline>>,
     volume_shader: std::sync::Arc<String>,
+    /// The volume rendering as a compute pass (`shaders::volume_compute_for`), made on first use:
+    /// its pipeline and the layout of its output binding.
+    compute_pipeline: std::sync::Arc<std::sync::OnceLock<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
+    compute_shader: std::sync::Arc<String>,
+    /// Volume rendering by the compute pass instead of the full-target triangle.
+    volume_by_compute: bool,
     layout: wgpu::BindGroupLayout,
     /// The uploaded volume and overlays, shared by renderers made with `sharing`.
     views: Views,
@@ -803,6 +818,7 @@ impl MprRenderer {
         let (pipeline, layout) =
             fullscreen_pipeline(device, &shaders::mpr_for(texel, packing.pieces > 1), "mpr", sample);
         let volume_shader = std::sync::Arc::new(shaders::volume_for(texel, packing.pieces > 1));
+        let compute_shader = std::sync::Arc::new(shaders::volume_compute_for(texel, packing.pieces > 1));
         let views =
             Views { volume: volume_view, labels: labels_view, scalars: scalars_view, occupancy: occupancy_view };
         let (bind_group, uniforms, lut_buffer) =
@@ -811,6 +827,9 @@ impl MprRenderer {
             pipeline,
             volume_pipeline: Default::default(),
             volume_shader,
+            compute_pipeline: Default::default(),
+            compute_shader,
+            volume_by_compute: false,
             layout,
             views,
             bind_group,
@@ -850,6 +869,9 @@ impl MprRenderer {
             pipeline: self.pipeline.clone(),
             volume_pipeline: self.volume_pipeline.clone(),
             volume_shader: self.volume_shader.clone(),
+            compute_pipeline: self.compute_pipeline.clone(),
+            compute_shader: self.compute_shader.clone(),
+            volume_by_compute: self.volume_by_compute,
             layout: self.layout.clone(),
             views: self.views.clone(),
             bind_group,
@@ -872,6 +894,13 @@ impl MprRenderer {
             cpu: self.cpu.clone(),
             lut_cpu: None,
         }
+    }
+
+    /// Renders the volume by a compute pass (one invocation a pixel, 8 × 8 tiles) instead of
+    /// the full-target triangle: the same rays and pixels, launched the other way (for GPUs
+    /// where one is faster; bench-render times both).
+    pub fn set_volume_by_compute(&mut self, on: bool) {
+        self.volume_by_compute = on;
     }
 
     /// Whether `device` is a software rasteriser (Mesa's lavapipe: a workstation without a GPU).
@@ -1065,6 +1094,10 @@ impl MprRenderer {
             packing: self.packing.uniform(),
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
+        if plane.mode == crate::SlabMode::Volume && self.volume_by_compute {
+            self.dispatch_volume(device, queue, timer);
+            return Ok(());
+        }
         let pipeline = if plane.mode == crate::SlabMode::Volume {
             self.volume_pipeline.get_or_init(|| pipeline_for(device, &self.volume_shader, "mpr volume", &self.layout))
         } else {
@@ -1076,5 +1109,65 @@ impl MprRenderer {
 
     pub fn read_target(&self, device: &wgpu::Device, queue: &wgpu::Queue) -> Result<Vec<u8>, RenderError> {
         read_texture(device, queue, &self.target, self.size[0], self.size[1])
+    }
+
+    /// The volume rendering as a compute pass into the target.
+    fn dispatch_volume(&self, device: &wgpu::Device, queue: &wgpu::Queue, timer: Option<&GpuTimer>) {
+        let (pipeline, output_layout) = self.compute_pipeline.get_or_init(|| {
+            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("mpr volume compute"),
+                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(&self.compute_shader)),
+            });
+            let output_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some("mpr volume compute output"),
+                entries: &[wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::StorageTexture {
+                        access: wgpu::StorageTextureAccess::WriteOnly,
+                        format: SliceRenderer::TARGET_FORMAT,
+                        view_dimension: wgpu::TextureViewDimension::D2,
+                    },
+                    count: None,
+                }],
+            });
+            let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some("mpr volume compute"),
+                bind_group_layouts: &[Some(&self.layout), Some(&output_layout)],
+                immediate_size: 0,
+            });
+            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("mpr volume compute"),
+                layout: Some(&layout),
+                module: &module,
+                entry_point: Some("cs_main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+            (pipeline, output_layout)
+        });
+        let output = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("mpr volume compute output"),
+            layout: output_layout,
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::TextureView(&self.target_view),
+            }],
+        });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("volume") });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("volume"),
+                timestamp_writes: timer.map(GpuTimer::compute_writes),
+            });
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, &self.bind_group, &[]);
+            pass.set_bind_group(1, &output, &[]);
+            pass.dispatch_workgroups(self.size[0].div_ceil(8), self.size[1].div_ceil(8), 1);
+        }
+        if let Some(timer) = timer {
+            timer.resolve(&mut encoder);
+        }
+        queue.submit(Some(encoder.finish()));
     }
 }

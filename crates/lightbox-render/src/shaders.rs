@@ -25,13 +25,30 @@ pub fn volume_for(texel: &str, folded: bool) -> String {
     mpr_for(texel, folded).replacen("    if (u.slab.y == 4u) {", "    if (true) {", 1)
 }
 
+/// The volume rendering as a compute pass: `mpr.wgsl` with `volume_compute.wgsl`'s entry point.
+pub const VOLUME_COMPUTE: &str = concat!(
+    include_str!("../../../shaders/fullscreen.wgsl"),
+    include_str!("../../../shaders/mpr.wgsl"),
+    include_str!("../../../shaders/volume_compute.wgsl")
+);
+
+/// [`VOLUME_COMPUTE`] for a volume kept in its stored type (see [`mpr_for`]).
+pub fn volume_compute_for(texel: &str, folded: bool) -> String {
+    mpr_for(texel, folded) + include_str!("../../../shaders/volume_compute.wgsl")
+}
+
 /// `slice.wgsl` for a volume kept in its stored type (see [`mpr_for`]).
 pub fn slice_for(texel: &str) -> String {
     SLICE.replacen("var volume: texture_3d<f32>;", &format!("var volume: texture_3d<{texel}>;"), 1)
 }
 
 /// Every shader, by file name, for validation.
-pub const ALL: &[(&str, &str)] = &[("fullscreen.wgsl", FULLSCREEN), ("slice.wgsl", SLICE), ("mpr.wgsl", MPR)];
+pub const ALL: &[(&str, &str)] = &[
+    ("fullscreen.wgsl", FULLSCREEN),
+    ("slice.wgsl", SLICE),
+    ("mpr.wgsl", MPR),
+    ("volume_compute.wgsl", VOLUME_COMPUTE),
+];
 
 #[cfg(test)]
 mod tests {
@@ -57,6 +74,7 @@ mod tests {
                     [
                         (format!("mpr.wgsl<{t}, folded {folded}>"), super::mpr_for(t, folded)),
                         (format!("mpr.wgsl volume<{t}, folded {folded}>"), super::volume_for(t, folded)),
+                        (format!("volume_compute.wgsl<{t}, folded {folded}>"), super::volume_compute_for(t, folded)),
                     ]
                 })
             })
