@@ -33,31 +33,13 @@ import SimpleITK as sitk
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_pickle, save_pickle
 from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
+from parity_input import parity_input
 
 OUT = sys.argv[1]
 FOLDER = os.path.join(OUT, "nnunet_v1")
 ADC_SCALE = np.float32(3000.0)
 DIMS = (12, 48, 48)
 SPACING = (3.0, 0.5, 0.5)
-
-
-def parity_input(dims, channels, seed):
-    """As scripts/device/pytorch_reference.py and lightbox_tests::parity_input make it."""
-    d, h, w = dims
-    r = min(dims) * 3 // 10
-    z, y, x = np.meshgrid(np.arange(d), np.arange(h), np.arange(w), indexing="ij")
-    ball = ((z - d // 2) ** 2 + (y - h // 2) ** 2 + (x - w // 2) ** 2) < r * r
-    i = np.arange(d * h * w, dtype=np.uint64)
-    out = []
-    for c in range(channels):
-        s = np.uint64(((seed + c) * 40503) & 0xFFFFFFFF)
-        k = (i * np.uint64(2654435761) + s) & np.uint64(0xFFFFFFFF)
-        k ^= k >> np.uint64(15)
-        k = (k * np.uint64(2246822519)) & np.uint64(0xFFFFFFFF)
-        k ^= k >> np.uint64(13)
-        noise = (k >> np.uint64(9)).astype(np.float32) / np.float32(8388608.0) * np.float32(0.5)
-        out.append(noise.reshape(dims) + np.where(ball, np.float32(0.5), np.float32(0.0)))
-    return np.stack(out).astype(np.float32)
 
 
 def plans():

@@ -88,24 +88,8 @@ fn a_pushed_dce_series_gives_subtraction_mip_candidates_and_kinetics_in_the_pacs
 
     let dir = tempfile::tempdir()?;
     let dce = synthetic_dce(11);
-    let phases: Vec<_> = dce.phases.iter().zip(&dce.times_s).map(|(v, t)| (v, Some(*t))).collect();
     let folder = dir.path().join("dce");
-    lightbox_dicom::write_mr_phases(
-        &phases,
-        &lightbox_dicom::NewSeries {
-            patient: lightbox_core::PatientInfo { id: "LB-DCE-1".into(), name: "Breast^Synthetic".into() },
-            study_uid: None,
-            study_date: "20260301".into(),
-            patient_birth_date: "19700101".into(),
-            study_description: "MR breast".into(),
-            series_description: "DCE dyn ax".into(),
-            series_number: 7,
-            derivation: "lightbox_tests::dce synthetic phantom".into(),
-            uid_seed: None,
-            frame_of_reference_uid: None,
-        },
-        &folder,
-    )?;
+    write_dce_series(&dce, ("LB-DCE-1", "Breast^Synthetic"), &folder)?;
     // The model hook: a detection model the rule names, imported by `lightbox models import`
     // from an nnU-Net v2 result folder (a tiny network trained here on another phantom's
     // subtraction; it tests the hook, not a model).
@@ -190,6 +174,32 @@ fn a_pushed_dce_series_gives_subtraction_mip_candidates_and_kinetics_in_the_pacs
     let typed = group.qualitative.iter().find(|(c, _)| c == "Kinetic curve type").map(|(_, v)| v.to_lowercase());
     ensure!(typed.as_deref().is_some_and(|t| t.contains(nearest.1)), "{typed:?} for a {} lesion", nearest.1);
     ensure!(described.iter().filter(|(m, _)| m == "SEG").count() == 2, "{described:?}");
+    Ok(())
+}
+
+/// `dce` as one dynamic MR series of patient (id, name) in `folder`, each phase with its time.
+fn write_dce_series(
+    dce: &lightbox_tests::dce::SyntheticDce,
+    (id, name): (&str, &str),
+    folder: &std::path::Path,
+) -> anyhow::Result<()> {
+    let phases: Vec<_> = dce.phases.iter().zip(&dce.times_s).map(|(v, t)| (v, Some(*t))).collect();
+    lightbox_dicom::write_mr_phases(
+        &phases,
+        &lightbox_dicom::NewSeries {
+            patient: lightbox_core::PatientInfo { id: id.into(), name: name.into() },
+            study_uid: None,
+            study_date: "20260301".into(),
+            patient_birth_date: "19700101".into(),
+            study_description: "MR breast".into(),
+            series_description: "DCE dyn ax".into(),
+            series_number: 7,
+            derivation: "lightbox_tests::dce synthetic phantom".into(),
+            uid_seed: None,
+            frame_of_reference_uid: None,
+        },
+        folder,
+    )?;
     Ok(())
 }
 
@@ -292,24 +302,8 @@ fn an_ai_report_is_signed_as_a_whole_and_only_then_queued() -> anyhow::Result<()
     let dir = tempfile::tempdir()?;
     let store = dir.path().join("store");
     let dce = synthetic_dce(11);
-    let phases: Vec<_> = dce.phases.iter().zip(&dce.times_s).map(|(v, t)| (v, Some(*t))).collect();
     let folder = dir.path().join("dce");
-    lightbox_dicom::write_mr_phases(
-        &phases,
-        &lightbox_dicom::NewSeries {
-            patient: lightbox_core::PatientInfo { id: "LB-DCE-2".into(), name: "Breast^Signed".into() },
-            study_uid: None,
-            study_date: "20260301".into(),
-            patient_birth_date: "19700101".into(),
-            study_description: "MR breast".into(),
-            series_description: "DCE dyn ax".into(),
-            series_number: 7,
-            derivation: "lightbox_tests::dce synthetic phantom".into(),
-            uid_seed: None,
-            frame_of_reference_uid: None,
-        },
-        &folder,
-    )?;
+    write_dce_series(&dce, ("LB-DCE-2", "Breast^Signed"), &folder)?;
     let lightbox = |args: &[&str]| -> anyhow::Result<std::process::Output> {
         Ok(Command::new(bin("lightbox")?)
             .args(args)

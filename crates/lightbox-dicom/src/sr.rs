@@ -133,21 +133,11 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
     text(&mut obj, tags::COMPLETION_FLAG, VR::CS, "COMPLETE");
     match &report.verified_by {
         Some(name) => {
-            text(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "VERIFIED");
-            let mut verifier = InMemDicomObject::new_empty();
-            text(&mut verifier, tags::VERIFYING_OBSERVER_NAME, VR::PN, name);
-            verifier.put(DataElement::new(
-                tags::VERIFYING_OBSERVER_IDENTIFICATION_CODE_SEQUENCE,
-                VR::SQ,
-                DataSetSequence::from(Vec::<InMemDicomObject>::new()),
-            ));
             let organization = report.verifying_organization.trim();
             if organization.is_empty() {
                 return Err(bad("a signed report without the signer's organization".into()));
             }
-            text(&mut verifier, tags::VERIFYING_ORGANIZATION, VR::LO, &lo(organization));
-            text(&mut verifier, tags::VERIFICATION_DATE_TIME, VR::DT, &format!("{date}{time}"));
-            sequence(&mut obj, tags::VERIFYING_OBSERVER_SEQUENCE, vec![verifier]);
+            put_verified(&mut obj, name, organization, &format!("{date}{time}"));
         }
         None => text(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "UNVERIFIED"),
     }
@@ -255,6 +245,25 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
 
     write_file(obj, path)?;
     Ok(sop_uid)
+}
+
+/// VERIFIED by `name` of `organization` at `datetime` (DT): the flag and the Verifying Observer
+/// Sequence.
+fn put_verified(obj: &mut InMemDicomObject, name: &str, organization: &str, datetime: &str) {
+    let text = |obj: &mut InMemDicomObject, tag: Tag, vr: VR, value: &str| {
+        obj.put(DataElement::new(tag, vr, PrimitiveValue::from(value)));
+    };
+    text(obj, tags::VERIFICATION_FLAG, VR::CS, "VERIFIED");
+    let mut verifier = InMemDicomObject::new_empty();
+    text(&mut verifier, tags::VERIFYING_OBSERVER_NAME, VR::PN, name);
+    verifier.put(DataElement::new(
+        tags::VERIFYING_OBSERVER_IDENTIFICATION_CODE_SEQUENCE,
+        VR::SQ,
+        DataSetSequence::from(Vec::<InMemDicomObject>::new()),
+    ));
+    text(&mut verifier, tags::VERIFYING_ORGANIZATION, VR::LO, &lo(organization));
+    text(&mut verifier, tags::VERIFICATION_DATE_TIME, VR::DT, datetime);
+    sequence(obj, tags::VERIFYING_OBSERVER_SEQUENCE, vec![verifier]);
 }
 
 /// TID 1002 Observer Context: a person (TID 1003) or a device (TID 1004).
@@ -421,17 +430,7 @@ pub fn sign_sr(
     let (date, time) = now_da_tm();
     text(&mut obj, tags::CONTENT_DATE, VR::DA, &date);
     text(&mut obj, tags::CONTENT_TIME, VR::TM, &time);
-    text(&mut obj, tags::VERIFICATION_FLAG, VR::CS, "VERIFIED");
-    let mut verifier = InMemDicomObject::new_empty();
-    text(&mut verifier, tags::VERIFYING_OBSERVER_NAME, VR::PN, signer);
-    verifier.put(DataElement::new(
-        tags::VERIFYING_OBSERVER_IDENTIFICATION_CODE_SEQUENCE,
-        VR::SQ,
-        DataSetSequence::from(Vec::<InMemDicomObject>::new()),
-    ));
-    text(&mut verifier, tags::VERIFYING_ORGANIZATION, VR::LO, &lo(organization));
-    text(&mut verifier, tags::VERIFICATION_DATE_TIME, VR::DT, &format!("{date}{time}"));
-    sequence(&mut obj, tags::VERIFYING_OBSERVER_SEQUENCE, vec![verifier]);
+    put_verified(&mut obj, signer, organization, &format!("{date}{time}"));
     // The unsigned report it replaces.
     let mut predecessor = InMemDicomObject::new_empty();
     text(&mut predecessor, tags::STUDY_INSTANCE_UID, VR::UI, &study);

@@ -1170,6 +1170,14 @@ fn sign_ai_report(
             job.id
         )));
     }
+    // The verdict, on the job and in the audit log.
+    let record = |store: &Store, result: &mut serde_json::Value, detail: String| -> Result<(), WorkflowError> {
+        result["signed_by"] = serde_json::Value::from(radiologist);
+        result["review"] = serde_json::Value::from(review.describe());
+        store.job_set_result(job.id, &result.to_string())?;
+        store.audit(radiologist, "sign", &series, &format!("job {}: {} {detail}", job.id, job.kind))?;
+        Ok(())
+    };
     match review {
         Review::Edit { .. } => {
             return Err(WorkflowError::Analysis(format!(
@@ -1178,15 +1186,7 @@ fn sign_ai_report(
             )));
         }
         Review::Reject => {
-            result["signed_by"] = serde_json::Value::from(radiologist);
-            result["review"] = serde_json::Value::from(review.describe());
-            store.job_set_result(job.id, &result.to_string())?;
-            store.audit(
-                radiologist,
-                "sign",
-                &series,
-                &format!("job {}: {} rejected, nothing sent", job.id, job.kind),
-            )?;
+            record(store, &mut result, "rejected, nothing sent".into())?;
             return Ok(outcome);
         }
         Review::Accept => {}
@@ -1212,20 +1212,10 @@ fn sign_ai_report(
     outcome.queued = store_results(store, &paths, Some(send_to))?;
     outcome.sr_uid = signed.sop_uid.clone();
     result["signed_sr"] = serde_json::Value::from(signed.sop_uid.clone());
-    result["signed_by"] = serde_json::Value::from(radiologist);
-    result["review"] = serde_json::Value::from(review.describe());
-    store.job_set_result(job.id, &result.to_string())?;
-    store.audit(
-        radiologist,
-        "sign",
-        &series,
-        &format!(
-            "job {}: {} SR {} with {} SEG(s), AI findings accepted",
-            job.id,
-            job.kind,
-            signed.sop_uid,
-            signed.seg_uids.len()
-        ),
+    record(
+        store,
+        &mut result,
+        format!("SR {} with {} SEG(s), AI findings accepted", signed.sop_uid, signed.seg_uids.len()),
     )?;
     Ok(outcome)
 }
