@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reference"))
-from parity_input import parity_input  # noqa: E402
+from parity import parity_input, randomise_weights  # noqa: E402
 
 OUT = sys.argv[1]
 DEEPBET_PT = sys.argv[2]
@@ -195,16 +195,7 @@ def nnunet():
     json.dump(dataset, open(os.path.join(folder, "dataset.json"), "w"), indent=4)
     torch.manual_seed(20261126)
     net = network_from_plans(plans, "3d_fullres", 2, 3)
-    g = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if p.ndim == 1 and "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            elif p.ndim == 1:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                fan_in = p.shape[1] * int(np.prod(p.shape[2:]))
-                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+    randomise_weights(net, 7)
     dims = (16, 40, 48)
     x = torch.from_numpy(parity_input(dims, 2, 7)[None])
     # One training step, as a real checkpoint has it: SGD's momentum buffers in optimizer_state.

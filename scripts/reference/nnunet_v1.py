@@ -33,7 +33,7 @@ import SimpleITK as sitk
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_pickle, save_pickle
 from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
-from parity_input import parity_input
+from parity import parity_input, randomise_weights
 
 OUT = sys.argv[1]
 FOLDER = os.path.join(OUT, "nnunet_v1")
@@ -106,17 +106,7 @@ def make_fold(plans_file, fold, torch_seed, weight_seed, x0):
     trainer.initialize_network()
     trainer.initialize_optimizer_and_scheduler()
     net = trainer.network
-    # Random weights that exercise every tensor: norms not the identity, biases not zero.
-    g = torch.Generator().manual_seed(weight_seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if p.ndim == 1 and "instnorm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
-            elif p.ndim == 1:
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-            else:
-                fan_in = p.shape[1] * int(np.prod(p.shape[2:]))
-                p.copy_(torch.randn(p.shape, generator=g) * (2.0 / fan_in) ** 0.5)
+    randomise_weights(net, weight_seed)
     # One training step with deep supervision, as a real checkpoint has it (SGD momentum).
     net.train()
     sum(o.float().square().mean() for o in net(torch.from_numpy(x0[None]))).backward()
