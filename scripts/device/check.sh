@@ -81,8 +81,19 @@ timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.
 cat "$REF/torch_bench.json" >> "$OUT/torch.log"
 nvidia-smi --query-gpu=memory.used,clocks.sm --format=csv,noheader,nounits -lms 100 > "$REF/gpu-memory.csv" &
 SAMPLER=$!
-LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 120 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
+# Which convolution kernels autotune picked, and what each candidate took: burn's implicit GEMM
+# on cooperative matrices (tensor cores) needs the SPIR-V compiler and f16 inputs, and declines
+# otherwise; the log tells which ran (issue 7).
+printf '[autotune.logger]\nlevel = "full"\nfile = "%s"\nappend = false\n' "$OUT/autotune.log" > "$ROOT/cubecl.toml"
+LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 180 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
+rm -f "$ROOT/cubecl.toml"
 kill $SAMPLER 2>/dev/null
+if [ -x "$BIN/bench-ai-spirv" ]; then
+    step "5b. bench-ai with burn's SPIR-V compiler (cooperative matrices)"
+    printf '[autotune.logger]\nlevel = "full"\nfile = "%s"\nappend = false\n' "$OUT/autotune-spirv.log" > "$ROOT/cubecl.toml"
+    LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 150 "$BIN/bench-ai-spirv" gpu 2>&1 | tee "$OUT/bench-ai-spirv.log"
+    rm -f "$ROOT/cubecl.toml"
+fi
 echo "peak GPU memory in use during bench-ai (whole GPU, nvidia-smi): $(cut -d, -f1 "$REF/gpu-memory.csv" | sort -n | tail -1) MiB" | tee -a "$OUT/bench-ai.log"
 # burn's wgpu kernels at 0.073x PyTorch (issue 7): a Vulkan compute load at an idle clock would explain much.
 echo "SM clock during bench-ai (MHz, nvidia-smi): lowest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | head -1), highest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | tail -1)" | tee -a "$OUT/bench-ai.log"

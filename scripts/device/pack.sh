@@ -26,6 +26,11 @@ trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE/target/debug/deps" "$STAGE/deepbet"
 cp "$IT" "$STAGE/target/debug/deps/it"
 for b in bench-ai bench-render; do cp "$TARGET/debug/$b" "$STAGE/target/debug/"; done
+# bench-ai again with burn's SPIR-V compiler (feature gpu-spirv: cooperative matrices), so one
+# device call compares the two ways burn reaches the GPU (issue 7).
+cargo build -p lightbox-tests --features lightbox-ai/gpu-spirv --bin bench-ai
+cp "$TARGET/debug/bench-ai" "$STAGE/target/debug/bench-ai-spirv"
+cargo build "${FEATURES[@]}" --bin bench-ai
 strip "$STAGE/target/debug/deps/it" "$STAGE"/target/debug/bench-*
 for m in deepbet deepbet-bbox; do
     mkdir -p "$STAGE/models/$m"

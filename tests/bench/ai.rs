@@ -18,7 +18,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use lightbox_ai::{AiDevice, DevicePreference, deepbet::Deepbet};
+use lightbox_ai::{AiDevice, DevicePreference, Precision, deepbet::Deepbet};
 
 /// Peak resident memory of this process (VmHWM), MB.
 fn peak_mb() -> f64 {
@@ -35,10 +35,15 @@ fn main() -> anyhow::Result<()> {
     let t1 = lightbox_tests::data("nilearn_mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")?;
     let volume = lightbox_nifti::read(&t1)?.volume(0)?;
     let device = AiDevice::choose(preference)?;
+    // LIGHTBOX_BENCH_UNET_ONLY: the PlainConvUNet figures alone (a second build of this bench,
+    // with another kernel compiler, in the same device call).
+    if std::env::var_os("LIGHTBOX_BENCH_UNET_ONLY").is_some() {
+        return unet(&device);
+    }
     println!("bench-ai: deepbet on {} ({:?} voxels, 1 mm)", device.description, volume.dims());
     let gpu = device.gpu;
     let started = Instant::now();
-    let net = Deepbet::from_packages(&root.join("models"), device)?;
+    let net = Deepbet::from_packages(&root.join("models"), device.clone())?;
     let load_s = started.elapsed().as_secs_f64();
     let mut runs = Vec::new();
     for _ in 0..3 {
@@ -55,7 +60,14 @@ fn main() -> anyhow::Result<()> {
         goal / median
     );
     println!("peak memory after brain extraction: {:.0} MB", peak_mb());
+    unet(&device)?;
+    println!("peak memory: {:.0} MB", peak_mb());
+    pipelines(preference, volume)
+}
 
+/// nnU-Net's PlainConvUNet forward, in f32 and (on a GPU) f16, against PyTorch.
+fn unet(device: &AiDevice) -> anyhow::Result<()> {
+    let gpu = device.gpu;
     // nnU-Net 3d_fullres's usual network, random weights (speed does not depend on them).
     let config = lightbox_ai::nnunet::PlainConvUNetConfig {
         n_stages: 6,
@@ -79,52 +91,80 @@ fn main() -> anyhow::Result<()> {
             (name, shape, (0..n).map(|i| ((i % 97) as f32 / 97.0 - 0.5) * 0.05).collect::<Vec<f32>>())
         })
         .collect();
-    let device = AiDevice::choose(preference)?;
-    let unet = lightbox_ai::nnunet::PlainConvUNet::from_tensors("bench", config, &tensors, &device.device)?;
-    let side = if gpu {
-        128
-    } else {
-        std::env::var("LIGHTBOX_BENCH_UNET_SIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(128)
-    };
+    let side = std::env::var("LIGHTBOX_BENCH_UNET_SIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
     let shape = [1, 1, side, side, side];
     // Never time on constants: a fixed pseudo-random head-like input.
     let input = lightbox_tests::parity_input([side; 3], 1, 3);
-    let forward = || unet.forward_values(&device, input.clone(), shape);
-    forward()?;
-    let runs = if gpu { 20 } else { 2 };
-    let mut times = Vec::new();
-    for _ in 0..runs {
-        let started = Instant::now();
-        forward()?;
-        times.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    times.sort_by(f64::total_cmp);
-    let ms = times[times.len() / 2];
-    println!(
-        "PlainConvUNet 32…320, 6 stages, 1×1×{side}³ fp32 on {} (upload and readback included): median {ms:.1} ms of {runs}; PyTorch 2.11 on an H100: 38.5 ms → {:.3}x PyTorch's speed{}",
-        device.description,
-        38.5 / ms,
-        if gpu { "" } else { " (CPU against GPU: not comparable, shown for scale)" }
-    );
     // PyTorch on this same machine, timed just before by scripts/device/pytorch_reference.py.
-    if let Some(path) = std::env::var_os("LIGHTBOX_TORCH_BENCH") {
-        let torch: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
-        for mode in ["fp32", "tf32", "fp16"] {
-            if let Some(theirs) = torch[format!("{mode}_ms")].as_f64() {
+    let torch: Option<serde_json::Value> = match std::env::var_os("LIGHTBOX_TORCH_BENCH") {
+        Some(path) => Some(serde_json::from_str(&std::fs::read_to_string(&path)?)?),
+        None => None,
+    };
+    // Half precision (nnU-Net's autocast) is timed on a GPU, where it reaches the tensor cores;
+    // on the CPU only when LIGHTBOX_AI_PRECISION asks for it.
+    let precisions = if gpu { vec![Precision::F32, Precision::F16] } else { vec![device.precision] };
+    let mut outputs = Vec::new();
+    for precision in precisions {
+        let device = device.clone().with_precision(precision)?;
+        let unet = lightbox_ai::nnunet::PlainConvUNet::from_tensors("bench", config.clone(), &tensors, &device.device)?
+            .with_precision(precision);
+        let forward = || unet.forward_values(&device, input.clone(), shape);
+        outputs.push(forward()?);
+        let runs = if gpu { 20 } else { 2 };
+        let mut times = Vec::new();
+        for _ in 0..runs {
+            let started = Instant::now();
+            forward()?;
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let ms = times[times.len() / 2];
+        let (ours, h100) = match precision {
+            Precision::F32 => ("fp32", 38.5),
+            Precision::F16 => ("fp16", 14.7),
+        };
+        println!(
+            "PlainConvUNet 32…320, 6 stages, 1×1×{side}³ {ours} on {} (upload and readback included): median {ms:.1} ms of {runs}; PyTorch 2.11 {ours} on an H100: {h100} ms → {:.3}x PyTorch's speed{}",
+            device.description,
+            h100 / ms,
+            if gpu { "" } else { " (CPU against GPU: not comparable, shown for scale)" }
+        );
+        // The same precision first (the goal), then TF32 for fp32: PyTorch's fp32 default on
+        // NVIDIA, which Vulkan does not offer burn.
+        let modes: &[&str] = if precision == Precision::F32 { &["fp32", "tf32"] } else { &["fp16"] };
+        for mode in modes {
+            if let Some(theirs) = torch.as_ref().and_then(|t| t[format!("{mode}_ms")].as_f64()) {
+                let t = torch.as_ref().map_or(&serde_json::Value::Null, |t| t);
                 println!(
-                    "  PyTorch {} {mode} on {}: {theirs:.2} ms → burn fp32 at {:.3}x PyTorch {mode}'s speed (goal ≥ 1.0 at the same precision{})",
-                    torch["torch"].as_str().unwrap_or("?"),
-                    torch["gpu"].as_str().unwrap_or("?"),
+                    "  PyTorch {} {mode} on {}: {theirs:.2} ms → burn {ours} at {:.3}x PyTorch {mode}'s speed (goal ≥ 1.0 at the same precision)",
+                    t["torch"].as_str().unwrap_or("?"),
+                    t["gpu"].as_str().unwrap_or("?"),
                     theirs / ms,
-                    if mode == "fp32" { "" } else { "; burn runs fp32 only" }
                 );
             }
         }
     }
-    println!("peak memory: {:.0} MB", peak_mb());
+    // Half precision must still compute the same network: its logits against the f32 ones.
+    if let [f32s, f16s] = outputs.as_slice() {
+        let scale = f32s.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = f32s.iter().zip(f16s).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+        let flipped = f32s.len() / 2;
+        let half = f32s.len() / 2;
+        let changed = (0..half).filter(|&i| (f32s[i] > f32s[i + half]) != (f16s[i] > f16s[i + half])).count();
+        println!(
+            "  f16 against f32 logits: max abs difference {worst:.3e} ({:.2} % of the largest |logit|, {scale:.2}); argmax changed in {changed} of {flipped} voxels",
+            100.0 * worst / scale
+        );
+    }
+    Ok(())
+}
 
+/// Issue 9's pipelines: longitudinal atrophy and the whole brain pipeline.
+fn pipelines(preference: DevicePreference, volume: lightbox_core::Volume<f32>) -> anyhow::Result<()> {
+    let root = lightbox_tests::workspace_root();
     // Issue 9: the longitudinal pipeline, end to end, on a known 1 % loss.
     let device = AiDevice::choose(preference)?;
+    let gpu = device.gpu;
     let where_ = device.description.clone();
     let net = Deepbet::from_packages(&root.join("models"), device)?;
     let brain = net.extract(&volume, 0.5, &AtomicBool::new(false), &mut |_| {})?;

@@ -14,11 +14,15 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use lightbox_ai::{AiDevice, DevicePreference, ModelPackage, linknet::LinkNet3d, nnunet::NnUnet};
+use lightbox_ai::{AiDevice, DevicePreference, ModelPackage, Precision, linknet::LinkNet3d, nnunet::NnUnet};
 use lightbox_tests::{parity_input, workspace_root};
 
 /// The largest difference from PyTorch's output allowed (issue 7).
 const TOLERANCE: f64 = 1e-4;
+
+/// In half precision, relative to the largest logit: f16 keeps 11 significant bits (a relative
+/// rounding of 4.9e-4 per value), and the error grows through the network's layers.
+const HALF_TOLERANCE: f64 = 1e-2;
 
 fn fixtures() -> PathBuf {
     std::env::var_os("LIGHTBOX_PARITY_FIXTURES")
@@ -169,6 +173,46 @@ fn nnunet_folder_saved_by_pytorch_converts_and_matches_pytorch() -> anyhow::Resu
             "voxel {at}: {p:?} vs {label}"
         );
     }
+    Ok(())
+}
+
+/// Half precision (`LIGHTBOX_AI_PRECISION=f16`, nnU-Net's autocast on a GPU): the same network
+/// on the same input, its convolutions on f16 inputs with f32 accumulation, stays within f16's
+/// rounding of PyTorch's fp32 logits, and is really computed in half precision (it differs from
+/// the f32 run).
+#[test]
+fn nnunet_in_half_precision_stays_within_rounding_of_pytorch() -> anyhow::Result<()> {
+    let meta = meta("nnunet.json")?;
+    let (dims, channels, values) = input(&meta)?;
+    let dir = tempfile::tempdir()?;
+    let package = dir.path().join("parity");
+    lightbox_ai::nnunet::import(&fixtures().join("nnunet"), "3d_fullres", &[0], "parity", &package)?;
+    let [d, h, w] = dims;
+    let start = numbers::<3>(&meta["crop"]["start"])?;
+    let size = numbers::<3>(&meta["crop"]["size"])?;
+    let mut logits = Vec::new();
+    for precision in [Precision::F32, Precision::F16] {
+        let model = NnUnet::from_package(&package, device()?.with_precision(precision)?)?;
+        let out = model.network().forward_values(&model.device, values.clone(), [1, channels, d, h, w])?;
+        logits.push((model.device.description.clone(), crop(&out, [3, d, h, w], &[0, 1, 2], start, size)));
+    }
+    let torch = read_f32("nnunet.f32")?;
+    let (described, half) = &logits[1];
+    anyhow::ensure!(described.contains("f16"), "the half-precision run says {described}");
+    let worst = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+    let scale = torch.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let from_torch = worst(half, &torch);
+    let from_f32 = worst(half, &logits[0].1);
+    eprintln!(
+        "nnU-Net PlainConvUNet logits in f16 on {described}: max abs error {from_torch:.2e} against PyTorch fp32 \
+         (largest |logit| {scale:.2}), {from_f32:.2e} against our f32"
+    );
+    anyhow::ensure!(half.iter().all(|v| v.is_finite()), "a non-finite logit in f16");
+    anyhow::ensure!(from_f32 > 0.0, "the f16 run gave exactly the f32 logits: it did not run in half precision");
+    anyhow::ensure!(
+        f64::from(from_torch) <= HALF_TOLERANCE * f64::from(scale),
+        "f16 logits differ from PyTorch's by {from_torch:.3e}, over {HALF_TOLERANCE} of the largest |logit| {scale:.3}"
+    );
     Ok(())
 }
 

@@ -2,10 +2,51 @@
 //! (feature `gpu`) and one is present, otherwise burn's `flex` backend on every CPU core.
 //! `LIGHTBOX_AI_DEVICE` (auto, cpu, gpu) or the caller overrides; the choice is logged and
 //! described for the user beside each result.
+//!
+//! `auto` takes a GPU only when it is a real one: a software Vulkan device (Mesa's lavapipe) is
+//! slower than burn's own CPU backend, so it serves only when asked for by name (`gpu`).
+//!
+//! Precision (`LIGHTBOX_AI_PRECISION`: f32, the default, or f16): f16 runs nnU-Net networks the
+//! way nnU-Net itself runs them on a CUDA GPU (PyTorch's autocast): convolutions and matrix
+//! products on half-precision inputs, accumulated in f32; normalisation, softmax and
+//! everything after in f32. On a GPU whose Vulkan driver offers cooperative matrices that is
+//! what reaches its tensor cores.
 
 use burn::prelude::Device;
 
 use crate::AiError;
+
+/// The arithmetic nnU-Net networks run in (see the module's documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Precision {
+    #[default]
+    F32,
+    /// Half-precision convolution inputs, f32 accumulation and normalisation.
+    F16,
+}
+
+impl Precision {
+    pub fn parse(value: &str) -> Result<Self, AiError> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "" | "f32" | "fp32" => Ok(Self::F32),
+            "f16" | "fp16" | "half" => Ok(Self::F16),
+            _ => Err(AiError::Precision { value: value.to_owned() }),
+        }
+    }
+
+    /// From `LIGHTBOX_AI_PRECISION`, f32 when unset.
+    pub fn from_env() -> Result<Self, AiError> {
+        std::env::var("LIGHTBOX_AI_PRECISION").map_or(Ok(Self::F32), |v| Self::parse(&v))
+    }
+
+    /// burn's type for the convolutions' inputs and weights.
+    pub fn dtype(self) -> burn::tensor::FloatDType {
+        match self {
+            Self::F32 => burn::tensor::FloatDType::F32,
+            Self::F16 => burn::tensor::FloatDType::F16,
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DevicePreference {
@@ -37,50 +78,117 @@ impl DevicePreference {
 pub struct AiDevice {
     pub device: Device,
     pub gpu: bool,
-    /// E.g. "CPU (burn flex, 2 threads)" or "GPU (burn wgpu: NVIDIA H100)".
+    /// What nnU-Net networks compute in.
+    pub precision: Precision,
+    /// E.g. "CPU (burn flex, 2 threads)" or "GPU (burn wgpu: NVIDIA H100, f16)".
     pub description: String,
 }
 
 impl AiDevice {
+    /// The device `preference` asks for, in the precision `LIGHTBOX_AI_PRECISION` asks for.
     pub fn choose(preference: DevicePreference) -> Result<Self, AiError> {
         let chosen = match preference {
             DevicePreference::Cpu => Self::cpu(),
-            DevicePreference::Gpu => gpu().map_err(AiError::NoGpu)?,
-            DevicePreference::Auto => gpu().unwrap_or_else(|why| {
+            DevicePreference::Gpu => gpu(true).map_err(AiError::NoGpu)?,
+            DevicePreference::Auto => gpu(false).unwrap_or_else(|why| {
                 tracing::info!("inference on the CPU: {why}");
                 Self::cpu()
             }),
         };
+        let chosen = chosen.with_precision(Precision::from_env()?)?;
         tracing::info!(device = %chosen.description, "inference device");
         Ok(chosen)
     }
 
+    /// [`choose`](Self::choose) with the preference from `LIGHTBOX_AI_DEVICE`.
+    pub fn from_env() -> Result<Self, AiError> {
+        Self::choose(DevicePreference::from_env()?)
+    }
+
     pub fn cpu() -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self { device: Device::flex(), gpu: false, description: format!("CPU (burn flex, {threads} threads)") }
+        Self {
+            device: Device::flex(),
+            gpu: false,
+            precision: Precision::F32,
+            description: format!("CPU (burn flex, {threads} threads)"),
+        }
+    }
+
+    /// The same device computing in `precision`; an error when it cannot (a GPU without
+    /// half-precision shaders).
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self, AiError> {
+        if precision == self.precision {
+            return Ok(self);
+        }
+        if precision == Precision::F16 {
+            half_precision_works(&self.device)
+                .map_err(|why| AiError::NoHalfPrecision { device: self.description.clone(), why })?;
+            let base = self.description.strip_suffix(')').unwrap_or(&self.description);
+            self.description = format!("{base}, f16)");
+        } else {
+            self.description = self.description.replace(", f16)", ")");
+        }
+        self.precision = precision;
+        Ok(self)
     }
 }
 
-#[cfg(feature = "gpu")]
-fn gpu() -> Result<AiDevice, String> {
+/// A half-precision convolution accumulated as f32 gives the exact answer on small integers;
+/// a device without half-precision shaders panics inside burn, kept here.
+fn half_precision_works(device: &Device) -> Result<(), String> {
     use burn::prelude::Tensor;
-    // burn panics when no adapter opens; probe with a tiny computation and keep the panic here.
-    let probe = std::panic::catch_unwind(|| {
-        let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
-        let sum: f32 = Tensor::<1>::ones([4], &device).sum().into_scalar();
-        (device, sum)
+    use burn::tensor::{FloatDType, module::conv3d, ops::ConvOptions};
+    let device = device.clone();
+    let probe = std::panic::catch_unwind(move || {
+        let x = Tensor::<5>::ones([1, 2, 3, 3, 3], &device).cast(FloatDType::F16);
+        let w = Tensor::<5>::ones([1, 2, 3, 3, 3], &device).cast(FloatDType::F16);
+        let y = conv3d(x, w, None, ConvOptions::new([1; 3], [1; 3], [1; 3], 1));
+        y.cast(FloatDType::F32).into_data().try_to_vec::<f32>().ok()
     });
     match probe {
-        Ok((device, sum)) if (sum - 4.0).abs() < 1e-6 => {
-            Ok(AiDevice { device, gpu: true, description: "GPU (burn wgpu)".to_owned() })
-        }
-        Ok(_) => Err("the GPU computed a wrong result".to_owned()),
-        Err(_) => Err("no GPU adapter could be opened".to_owned()),
+        // The centre sees all 27 neighbours of both channels, a corner 8.
+        Ok(Some(v)) if v.len() == 27 && v[13] == 54.0 && v[0] == 16.0 => Ok(()),
+        Ok(_) => Err("the device computed a wrong result in half precision".to_owned()),
+        Err(_) => Err("the device has no half-precision shaders".to_owned()),
     }
+}
+
+/// A GPU through burn's wgpu backend (kernels as WGSL; with `gpu-spirv`, as SPIR-V on Vulkan).
+/// `software_too`: accept a software rasteriser (only when the user names the GPU).
+#[cfg(feature = "gpu")]
+fn gpu(software_too: bool) -> Result<AiDevice, String> {
+    use burn::prelude::Tensor;
+    // burn panics when no adapter opens; keep the panic here. Who the device is comes first, so
+    // that a software rasteriser runs no kernel unless asked for.
+    let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+    let opened = device.clone();
+    let identity =
+        std::panic::catch_unwind(move || opened.identity()).map_err(|_| "no GPU adapter could be opened".to_owned())?;
+    let (name, card) = identity.map_or((String::new(), true), |i| (i.name, i.physical.is_some()));
+    if !card && !software_too {
+        return Err(format!(
+            "the only GPU is a software rasteriser ({name}), slower than the CPU backend; \
+             LIGHTBOX_AI_DEVICE=gpu uses it anyway"
+        ));
+    }
+    let probe = device.clone();
+    let sum: f32 = std::panic::catch_unwind(move || Tensor::<1>::ones([4], &probe).sum().into_scalar())
+        .map_err(|_| format!("the GPU ({name}) failed a first computation"))?;
+    if (sum - 4.0).abs() > 1e-6 {
+        return Err(format!("the GPU ({name}) computed a wrong result"));
+    }
+    let compiler = if cfg!(feature = "gpu-spirv") { ", SPIR-V" } else { "" };
+    let description = if name.is_empty() {
+        format!("GPU (burn wgpu{compiler})")
+    } else {
+        format!("GPU (burn wgpu{compiler}: {name})")
+    };
+    Ok(AiDevice { device, gpu: true, precision: Precision::F32, description })
 }
 
 #[cfg(not(feature = "gpu"))]
-fn gpu() -> Result<AiDevice, String> {
+fn gpu(_software_too: bool) -> Result<AiDevice, String> {
     Err("this build has no GPU backend (build lightbox-ai with the `gpu` feature)".to_owned())
 }
 
@@ -95,6 +203,25 @@ mod tests {
         assert_eq!(DevicePreference::parse("").ok(), Some(DevicePreference::Auto));
         let err = DevicePreference::parse("tpu").err().map(|e| e.to_string()).unwrap_or_default();
         assert_eq!(err, "LIGHTBOX_AI_DEVICE=tpu: expected auto, cpu or gpu");
+    }
+
+    #[test]
+    fn precisions_parse_and_show_in_the_description() -> Result<(), AiError> {
+        assert_eq!(Precision::parse(" FP16").ok(), Some(Precision::F16));
+        assert_eq!(Precision::parse("").ok(), Some(Precision::F32));
+        let err = Precision::parse("int8").err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(err, "LIGHTBOX_AI_PRECISION=int8: expected f32 or f16");
+        // burn flex computes in f16 too: the probe passes and the description says so.
+        let half = AiDevice::cpu().with_precision(Precision::F16)?;
+        assert_eq!(half.precision, Precision::F16);
+        assert!(
+            half.description.starts_with("CPU (burn flex") && half.description.ends_with(", f16)"),
+            "{}",
+            half.description
+        );
+        let back = half.with_precision(Precision::F32)?;
+        assert_eq!(back.description, AiDevice::cpu().description);
+        Ok(())
     }
 
     #[test]

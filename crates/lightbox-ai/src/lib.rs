@@ -16,7 +16,7 @@ pub mod sliding;
 pub mod torch;
 pub mod train;
 
-pub use device::{AiDevice, DevicePreference};
+pub use device::{AiDevice, DevicePreference, Precision};
 pub use job::InferenceJob;
 pub use package::{ModelPackage, TensorInfo};
 pub use sliding::{Progress, SlidingWindow};
@@ -32,6 +32,12 @@ pub enum AiError {
 
     #[error("LIGHTBOX_AI_DEVICE={value}: expected auto, cpu or gpu")]
     DevicePreference { value: String },
+
+    #[error("LIGHTBOX_AI_PRECISION={value}: expected f32 or f16")]
+    Precision { value: String },
+
+    #[error("half precision (f16) does not work on {device}: {why}")]
+    NoHalfPrecision { device: String, why: String },
 
     #[error("no GPU for inference: {0}")]
     NoGpu(String),

@@ -17,15 +17,19 @@
 //! last 1×1 segmentation layer. Its tensors keep nnU-Net's names
 //! (`encoder.stages.{s}.0.convs.{i}.conv.weight`, `decoder.transpconvs.{s}.weight`, …); the
 //! checkpoint's aliases (`all_modules`, `decoder.encoder`) and training state are dropped.
+//!
+//! In [`Precision::F16`](crate::Precision) (nnU-Net's own autocast on a GPU) the convolutions
+//! and transposed convolutions hold half-precision weights and take half-precision inputs;
+//! their results, the instance normalisation and all that follows are f32.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::prelude::*;
-use burn::tensor::TensorData;
 use burn::tensor::activation::leaky_relu;
 use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::{FloatDType, TensorData};
 use serde::Deserialize;
 
 use crate::AiError;
@@ -191,6 +195,12 @@ impl PlainConvUNetConfig {
     }
 }
 
+/// A convolution in the weights' precision, its result in f32.
+fn conv(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: ConvOptions<3>) -> Tensor<5> {
+    let dtype = FloatDType::from(weight.dtype());
+    conv3d(x.cast(dtype), weight, bias, options).cast(FloatDType::F32)
+}
+
 pub struct PlainConvUNet {
     pub(crate) config: PlainConvUNetConfig,
     pub(crate) tensors: BTreeMap<String, Tensor<5>>,
@@ -220,9 +230,25 @@ impl PlainConvUNet {
         Ok(Self { config, tensors: map5, vectors: map1 })
     }
 
+    /// The same network computing in `precision`: the convolutions' weights and biases cast
+    /// (normalisation parameters stay f32).
+    pub fn with_precision(mut self, precision: crate::Precision) -> Self {
+        let dtype = precision.dtype();
+        for t in self.tensors.values_mut() {
+            *t = t.clone().cast(dtype);
+        }
+        for (name, t) in self.vectors.iter_mut() {
+            if !name.contains(".norm.") {
+                *t = t.clone().cast(dtype);
+            }
+        }
+        self
+    }
+
     /// Every tensor with its shape and values (to save a trained network).
     pub fn tensor_values(&self) -> Result<Vec<crate::torch::NamedTensor>, AiError> {
-        let values = |data: TensorData| data.try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")));
+        let values =
+            |data: TensorData| data.convert::<f32>().try_to_vec::<f32>().map_err(|e| AiError::Input(format!("{e:?}")));
         let mut out = Vec::new();
         for (name, t) in &self.tensors {
             out.push((name.clone(), t.dims().to_vec(), values(t.to_data())?));
@@ -249,7 +275,7 @@ impl PlainConvUNet {
     /// conv → InstanceNorm (affine), no nonlinearity.
     fn conv_norm(&self, x: Tensor<5>, prefix: &str, stride: [usize; 3], k: [usize; 3]) -> Tensor<5> {
         let padding = k.map(|k| (k - 1) / 2);
-        let y = conv3d(
+        let y = conv(
             x,
             self.t5(&format!("{prefix}.conv.weight")),
             self.t1(&format!("{prefix}.conv.bias")),
@@ -334,7 +360,7 @@ impl PlainConvUNet {
             low = y;
         }
         let last = c.n_stages - 2;
-        conv3d(
+        conv(
             low,
             self.t5(&format!("decoder.seg_layers.{last}.weight")),
             self.t1(&format!("decoder.seg_layers.{last}.bias")),
@@ -766,7 +792,8 @@ impl NnUnet {
                 tensors.into_iter().partition(|(n, ..)| k == 0 || n.starts_with(&prefix));
             tensors = rest;
             let mine: Vec<_> = mine.into_iter().map(|(n, s, v)| (n[prefix.len()..].to_owned(), s, v)).collect();
-            nets.push(PlainConvUNet::from_tensors(&m.name, config.clone(), &mine, &device.device)?);
+            let net = PlainConvUNet::from_tensors(&m.name, config.clone(), &mine, &device.device)?;
+            nets.push(net.with_precision(device.precision));
         }
         nets.reverse();
         let mut nets = nets.into_iter();
@@ -1183,9 +1210,27 @@ mod tests {
             })
             .collect();
         let device = Device::flex();
-        let net = PlainConvUNet::from_tensors("resenc", config, &tensors, &device)?;
-        let out = net.forward(Tensor::ones([1, 1, 8, 16, 16], &device));
+        let net = PlainConvUNet::from_tensors("resenc", config.clone(), &tensors, &device)?;
+        let input = || Tensor::random([1, 1, 8, 16, 16], burn::tensor::Distribution::Default, &device);
+        let x = input();
+        let out = net.forward(x.clone());
         assert_eq!(out.dims(), [1, 2, 8, 16, 16]);
+        // In half precision (pooled shortcuts, projections and all) the logits stay within f16's
+        // rounding of the f32 ones, and come back as f32.
+        let half =
+            PlainConvUNet::from_tensors("resenc", config, &tensors, &device)?.with_precision(crate::Precision::F16);
+        let out16 = half.forward(x);
+        assert_eq!(out16.dtype(), burn::tensor::DType::F32);
+        let (a, b) = (
+            out.into_data().try_to_vec::<f32>().unwrap_or_default(),
+            out16.into_data().try_to_vec::<f32>().unwrap_or_default(),
+        );
+        let scale = a.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        assert!(
+            a.len() == b.len() && worst > 0.0 && worst <= 1e-2 * scale,
+            "f16 differs by {worst} (largest |logit| {scale})"
+        );
         Ok(())
     }
 }

@@ -175,7 +175,7 @@ fn measure(
     let set = first_set(store, &report, series_uid)?;
     stage(lease, store, "loading")?;
     let t1 = set.load(0)?;
-    let device = lightbox_ai::AiDevice::choose(lightbox_ai::DevicePreference::Auto)?;
+    let device = lightbox_ai::AiDevice::from_env()?;
     let description = device.description.clone();
     let net = lightbox_ai::deepbet::Deepbet::from_packages(&models, device)?;
     stage(lease, store, "brain volumes")?;

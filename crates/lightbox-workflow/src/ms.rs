@@ -91,7 +91,7 @@ pub(crate) fn run(
     stage(lease, store, "loading")?;
     let followup = set.load(0)?;
     let baseline = first_set(store, &prior_report, prior_uid)?.load(0)?;
-    let device = lightbox_ai::AiDevice::choose(lightbox_ai::DevicePreference::Auto)?;
+    let device = lightbox_ai::AiDevice::from_env()?;
     let description = device.description.clone();
     let net = lightbox_ai::deepbet::Deepbet::from_packages(&models, device)?;
     stage(lease, store, "lesion change")?;
