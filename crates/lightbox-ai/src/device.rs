@@ -8,9 +8,11 @@
 //!
 //! Precision (`LIGHTBOX_AI_PRECISION`: f32, the default, or f16): f16 runs nnU-Net networks the
 //! way nnU-Net itself runs them on a CUDA GPU (PyTorch's autocast): convolutions and matrix
-//! products on half-precision inputs, accumulated in f32; normalisation, softmax and
-//! everything after in f32. On a GPU whose Vulkan driver offers cooperative matrices that is
-//! what reaches its tensor cores.
+//! products on half-precision inputs and weights; normalisation, softmax and everything after
+//! in f32. How a convolution accumulates is burn's kernel's choice: its implicit GEMM on
+//! cooperative matrices (tensor cores; feature `gpu-spirv`) accumulates in f32, its direct
+//! convolution in f16. On the parity fixture the f16 logits differ from PyTorch's fp32 by
+//! 0.27 % of the largest logit on burn flex and 0.89 % on lavapipe's direct kernels.
 
 use burn::prelude::Device;
 
