@@ -190,6 +190,32 @@ fn label_colour(label: u32) -> vec3<f32> {
     return rgb + vec3<f32>(1.0 - c);
 }
 
+// The steps k (first, past-last) of the ray start + k * step, k < samples, whose samples can lie
+// inside the volume's voxel centres; generous by a hundredth of a voxel and a step at each end
+// so that rounding never drops one inside (`cpu::ray_span` is the same).
+fn ray_span(start: vec3<f32>, step: vec3<f32>, samples: u32) -> vec2<u32> {
+    let margin = 0.011;
+    let lo = vec3<f32>(-margin);
+    let up = vec3<f32>(u.dims.xyz) - vec3<f32>(1.0) + vec3<f32>(margin);
+    let parallel = abs(step) < vec3<f32>(1e-6);
+    if (any(parallel & ((start < lo) | (start > up)))) {
+        return vec2<u32>(0u);
+    }
+    let safe = select(step, vec3<f32>(1.0), parallel);
+    let ta = (lo - start) / safe;
+    let tb = (up - start) / safe;
+    let t_in = select(min(ta, tb), vec3<f32>(-1e30), parallel);
+    let t_out = select(max(ta, tb), vec3<f32>(1e30), parallel);
+    let enter = max(max(max(t_in.x, t_in.y), t_in.z), 0.0);
+    let leave = min(min(min(t_out.x, t_out.y), t_out.z), f32(samples));
+    if (leave < enter) {
+        return vec2<u32>(0u);
+    }
+    let first = u32(clamp(floor(enter) - 1.0, 0.0, f32(samples)));
+    let last = u32(clamp(ceil(leave) + 2.0, 0.0, f32(samples)));
+    return vec2<u32>(first, last);
+}
+
 // Direct volume rendering along the slab, front (k = 0) to back: the window is the transfer
 // function's ramp (opacity and colour rise from its lower to its upper edge), each sample is
 // shaded by its gradient against a headlight, and the ray stops once nearly opaque. Samples
@@ -202,14 +228,15 @@ fn volume_colour(position: vec2<f32>) -> vec3<f32> {
     let dir = normalize(u.step_z.xyz);
     var colour = vec3<f32>(0.0);
     var alpha = 0.0;
-    let samples = max(u.slab.x, 1u);
-    var k = 0u;
-    var next = 0u;
+    // Only the steps that can be inside the volume: no stepping through the space around it.
+    let span = ray_span(u.origin.xyz + i * u.step_x.xyz + j * u.step_y.xyz, u.step_z.xyz, max(u.slab.x, 1u));
+    var k = span.x;
+    var next = span.x;
     // The last brick found to hold something: its steps need no look-up.
     var full = vec3<i32>(-1);
     loop {
         k = next;
-        if (k >= samples) {
+        if (k >= span.y) {
             break;
         }
         next = k + 1u;
