@@ -11,15 +11,19 @@
 #   2. the parity tests on burn wgpu against those fixtures;
 #   3. the renderer's golden and geometry tests on the NVIDIA GPU;
 #   4. bench-render (issue 5's figures);
-#   5. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures, and issue
-#      9's: the whole brain pipeline for one and two time points);
+#   5. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures in f32 and
+#      f16, and issue 9's: the whole brain pipeline for one and two time points), with burn's
+#      autotune choices logged; 5b. the PlainConvUNet again from a build with burn's SPIR-V
+#      compiler (feature gpu-spirv: cooperative matrices, i.e. tensor cores);
 #   6. brain extraction's Dice test on the GPU.
 set -u
 OUT=${OUT:-/tmp/lightbox-device-out}
 mkdir -p "$OUT"
 ROOT=$PWD
 X=$ROOT/.device/x
-# STEPS (default all): which of ai (1, 2, 5, 6), aibench (5) and render (3, 4) to run.
+# STEPS (default all): which of ai (1, 2, 5, 6), aibench (5) and render (3, 4) to run. The time
+# limits of all steps add up past one call's 600 s: STEPS=aibench,render (about 500 s at most)
+# answers the open speed questions in one call; STEPS=ai the parity and Dice ones.
 STEPS=${STEPS:-ai,render}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 step() { echo; echo "=== $* ($(date +%T))"; }
