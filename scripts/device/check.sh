@@ -88,16 +88,23 @@ SAMPLER=$!
 # Which convolution kernels autotune picked, and what each candidate took: burn's implicit GEMM
 # on cooperative matrices (tensor cores) needs the SPIR-V compiler and f16 inputs, and declines
 # otherwise; the log tells which ran (issue 7).
-printf '[autotune.logger]\nlevel = "full"\nfile = "%s"\nappend = false\n' "$OUT/autotune.log" > "$ROOT/cubecl.toml"
+# (No cache: a warm machine would log cache hits instead of the candidates' times.)
+autotune_log() {
+    printf '[autotune]\ndisable_cache = true\n[autotune.logger]\nlevel = "full"\nfile = "%s"\nappend = false\n' "$1" > "$ROOT/cubecl.toml"
+}
+trap 'rm -f "$ROOT/cubecl.toml"' EXIT
+autotune_log "$REF/autotune.log"
 LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 180 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
 rm -f "$ROOT/cubecl.toml"
 kill $SAMPLER 2>/dev/null
 if [ -x "$BIN/bench-ai-spirv" ]; then
     step "5b. bench-ai with burn's SPIR-V compiler (cooperative matrices)"
-    printf '[autotune.logger]\nlevel = "full"\nfile = "%s"\nappend = false\n' "$OUT/autotune-spirv.log" > "$ROOT/cubecl.toml"
-    LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 150 "$BIN/bench-ai-spirv" gpu 2>&1 | tee "$OUT/bench-ai-spirv.log"
+    autotune_log "$REF/autotune-spirv.log"
+    # Into bench-ai.log: the device tool brings back at most 8 files.
+    LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 150 "$BIN/bench-ai-spirv" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
     rm -f "$ROOT/cubecl.toml"
 fi
+tar -cf "$OUT/autotune.tar" -C "$REF" $(cd "$REF" && ls autotune*.log 2>/dev/null)
 echo "peak GPU memory in use during bench-ai (whole GPU, nvidia-smi): $(cut -d, -f1 "$REF/gpu-memory.csv" | sort -n | tail -1) MiB" | tee -a "$OUT/bench-ai.log"
 # burn's wgpu kernels at 0.073x PyTorch (issue 7): a Vulkan compute load at an idle clock would explain much.
 echo "SM clock during bench-ai (MHz, nvidia-smi): lowest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | head -1), highest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | tail -1)" | tee -a "$OUT/bench-ai.log"

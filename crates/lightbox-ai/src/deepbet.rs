@@ -168,7 +168,7 @@ impl Deepbet {
         brain: &[(String, Vec<usize>, Vec<f32>)],
         device: AiDevice,
     ) -> Result<Self, AiError> {
-        // deepbet's own runs are f32 (its Dice was measured so); the description says so.
+        // deepbet runs in f32 (its Dice was measured so), whatever device it is handed.
         let device = device.with_precision(crate::Precision::F32)?;
         Ok(Self {
             bbox: LinkNet3d::from_tensors("deepbet-bbox", bbox, &device.device)?,

@@ -23,7 +23,8 @@ use crate::AiError;
 pub enum Precision {
     #[default]
     F32,
-    /// Half-precision convolution inputs, f32 accumulation and normalisation.
+    /// Half-precision convolution inputs and weights; results, normalisation and all after
+    /// in f32.
     F16,
 }
 
@@ -87,7 +88,8 @@ pub struct AiDevice {
 }
 
 impl AiDevice {
-    /// The device `preference` asks for, in the precision `LIGHTBOX_AI_PRECISION` asks for.
+    /// The device `preference` asks for, computing in f32 (see
+    /// [`with_env_precision`](Self::with_env_precision) for nnU-Net inference).
     pub fn choose(preference: DevicePreference) -> Result<Self, AiError> {
         let chosen = match preference {
             DevicePreference::Cpu => Self::cpu(),
@@ -97,9 +99,23 @@ impl AiDevice {
                 Self::cpu()
             }),
         };
-        let chosen = chosen.with_precision(Precision::from_env()?)?;
         tracing::info!(device = %chosen.description, "inference device");
         Ok(chosen)
+    }
+
+    /// For nnU-Net inference: the precision `LIGHTBOX_AI_PRECISION` asks for (an unknown value
+    /// is an error). A device that cannot compute in f16 stays in f32, with a warning: a site's
+    /// setting must not stop its pipelines. Brain extraction (deepbet) and training stay f32.
+    pub fn with_env_precision(self) -> Result<Self, AiError> {
+        let wanted = Precision::from_env()?;
+        let fallback = self.clone();
+        match self.with_precision(wanted) {
+            Ok(device) => Ok(device),
+            Err(why) => {
+                tracing::warn!("{why}; nnU-Net runs in f32");
+                Ok(fallback)
+            }
+        }
     }
 
     /// [`choose`](Self::choose) with the preference from `LIGHTBOX_AI_DEVICE`.
@@ -136,8 +152,9 @@ impl AiDevice {
     }
 }
 
-/// A half-precision convolution accumulated as f32 gives the exact answer on small integers;
-/// a device without half-precision shaders panics inside burn, kept here.
+/// A half-precision convolution of small integers has an exact answer in f16 (this checks that
+/// f16 works, not how it accumulates); a device without half-precision shaders panics inside
+/// burn, kept here.
 fn half_precision_works(device: &Device) -> Result<(), String> {
     use burn::prelude::Tensor;
     use burn::tensor::{FloatDType, module::conv3d, ops::ConvOptions};
@@ -180,7 +197,8 @@ fn gpu(software_too: bool) -> Result<AiDevice, String> {
     if (sum - 4.0).abs() > 1e-6 {
         return Err(format!("the GPU ({name}) computed a wrong result"));
     }
-    let compiler = if cfg!(feature = "gpu-spirv") { ", SPIR-V" } else { "" };
+    // What this build compiles kernels to on Vulkan (the GPU's API on Linux).
+    let compiler = if cfg!(feature = "gpu-spirv") { ", SPIR-V build" } else { "" };
     let description = if name.is_empty() {
         format!("GPU (burn wgpu{compiler})")
     } else {

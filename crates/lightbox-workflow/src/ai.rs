@@ -232,7 +232,7 @@ pub fn predict(
 ) -> Result<Prediction, WorkflowError> {
     let started = std::time::Instant::now();
     let channels = inputs.iter().map(|p| read_volume(p)).collect::<Result<Vec<_>, _>>()?;
-    let device = AiDevice::choose(preference)?;
+    let device = AiDevice::choose(preference)?.with_env_precision()?;
     let description = device.description.clone();
     let model = lightbox_ai::nnunet::NnUnet::from_package(&models.join(name), device)?;
     let mut windows = 0;

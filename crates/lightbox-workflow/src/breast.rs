@@ -330,7 +330,7 @@ fn detect(name: &str, phases: &[lightbox_core::Volume<f32>], dce: &DceAnalysis) 
         };
         channels.push(volume);
     }
-    let device = lightbox_ai::AiDevice::from_env()?;
+    let device = lightbox_ai::AiDevice::from_env()?.with_env_precision()?;
     let device_name = device.description.clone();
     let net = lightbox_ai::nnunet::NnUnet::from_package(&dir, device)?;
     let probabilities =

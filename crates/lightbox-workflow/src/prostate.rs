@@ -136,7 +136,7 @@ pub(crate) fn run(
     };
     let channels = channels_of(&package)?;
     stage(lease, store, "running the model")?;
-    let device = lightbox_ai::AiDevice::from_env()?;
+    let device = lightbox_ai::AiDevice::from_env()?.with_env_precision()?;
     let device_name = device.description.clone();
     let net = lightbox_ai::nnunet::NnUnet::from_package(&models.join(model), device.clone())?;
     let probabilities = net.predict_probabilities(&channels, &AtomicBool::new(false), &mut |_| {})?;
