@@ -911,9 +911,12 @@ impl MprRenderer {
 
     /// Draws on the CPU from now on (planes, slabs and the volume rendering), into the same
     /// target: the same sampling as the shader (`cpu::mpr_rgba_stored`), rows in parallel, the
-    /// result uploaded. On a software rasteriser this is faster than the shader, whose every
-    /// texel fetch goes through the rasteriser's generic texture path (10× for oblique planes,
-    /// 2× for the volume rendering on lavapipe with 2 cores); on a GPU it is slower. `volume`, `labels` and `scalars` must be what this renderer was made with; a
+    /// result uploaded. On a software rasteriser this is faster than the shader for planes,
+    /// whose every texel fetch goes through the rasteriser's generic texture path (4–13× for
+    /// oblique planes on lavapipe with 2 cores); on a GPU it is slower. A volume rendering
+    /// with empty-space skipping is the exception: the shader skips empty bricks and the CPU
+    /// path does not, and the shader draws it about 2× faster there (see
+    /// [`draw_on_gpu`](Self::draw_on_gpu)). `volume`, `labels` and `scalars` must be what this renderer was made with; a
     /// copy is kept (shared with renderers made by `sharing` afterwards).
     pub fn draw_on_cpu(
         &mut self,
@@ -938,6 +941,12 @@ impl MprRenderer {
         }
         self.cpu = Some(std::sync::Arc::new(CpuPlanes { volume, labels: labels.cloned(), scalars: scalars.cloned() }));
         Ok(())
+    }
+
+    /// Draws with the shader again (after [`draw_on_cpu`](Self::draw_on_cpu), or in a pane made
+    /// by `sharing` from a renderer that draws on the CPU).
+    pub fn draw_on_gpu(&mut self) {
+        self.cpu = None;
     }
 
     /// Draws `plane` with the CPU path into the target.
