@@ -20,7 +20,8 @@
 //!
 //! In [`Precision::F16`](crate::Precision) (nnU-Net's own autocast on a GPU) the convolutions
 //! and transposed convolutions hold half-precision weights and take half-precision inputs;
-//! their results, the instance normalisation and all that follows are f32.
+//! their results are cast to f32, and the instance normalisation and all that follows run in
+//! f32.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -497,18 +498,26 @@ pub fn import(folder: &Path, configuration: &str, folds: &[usize], name: &str, o
         labels,
     };
     write_package(out, &spec, &tensors)?;
+    write_card_stub(
+        out,
+        name,
+        &format!("the nnU-Net v2 folder `{}` (configuration {configuration}, {})", folder.display(), folds_text(folds)),
+    )
+}
+
+/// The model card an imported package starts with, unless it has one: AI output, not for
+/// clinical use, where it came from (`source`), and what the site must state.
+pub(crate) fn write_card_stub(out: &Path, name: &str, source: &str) -> Result<(), AiError> {
     let card = out.join("README.md");
-    if !card.exists() {
-        let text = format!(
-            "# {name} (model card: to be completed by the site)\n\n**AI output. Not for clinical use unless your site has validated it.**\n\n\
-             Imported by `lightbox models import` from the nnU-Net v2 folder `{}` (configuration {configuration}, {}).\n\n\
-             State here: the training data, the measured accuracy, the licence of the weights and who validated them.\n",
-            folder.display(),
-            folds_text(folds)
-        );
-        std::fs::write(&card, text).map_err(|e| err(&card, e.to_string()))?;
+    if card.exists() {
+        return Ok(());
     }
-    Ok(())
+    let text = format!(
+        "# {name} (model card: to be completed by the site)\n\n**AI output. Not for clinical use unless your site has validated it.**\n\n\
+         Imported by `lightbox models import` from {source}.\n\n\
+         State here: the training data, the measured accuracy, the licence of the weights and who validated them.\n"
+    );
+    std::fs::write(&card, text).map_err(|e| AiError::Package { path: card.clone(), problem: e.to_string() })
 }
 
 /// A tensor's name in a package of several folds: the first fold's as it is, the others' under

@@ -289,16 +289,13 @@ pub fn import(folder: &Path, options: &ImportOptions, name: &str, out: &Path) ->
         labels,
     };
     write_package(out, &spec, &tensors)?;
-    let card = out.join("README.md");
-    if !card.exists() {
-        let text = format!(
-            "# {name} (model card: to be completed by the site)\n\n**AI output. Not for clinical use unless your site has validated it.**\n\n\
-             Imported by `lightbox models import` from the nnU-Net v1 folder `{}` ({}, {checkpoint_name}, trainer {trainer}).\n\n\
-             State here: the training data, the measured accuracy, the licence of the weights and who validated them.\n",
+    crate::nnunet::write_card_stub(
+        out,
+        name,
+        &format!(
+            "the nnU-Net v1 folder `{}` ({}, {checkpoint_name}, trainer {trainer})",
             folder.display(),
             folds_text(&folds)
-        );
-        std::fs::write(&card, text).map_err(|e| err(&card, e.to_string()))?;
-    }
-    Ok(())
+        ),
+    )
 }

@@ -111,6 +111,12 @@ pub fn train(
             model.folds()
         )));
     }
+    if model.device.precision != crate::Precision::F32 {
+        return Err(AiError::Input(format!(
+            "{} was loaded for half-precision inference ({}): training runs in f32",
+            model.name, model.device.description
+        )));
+    }
     let device = model.device.device.clone().autodiff();
     let patch = model.patch();
     let classes = model.net.config.num_classes;
