@@ -125,8 +125,8 @@ impl MprView {
                     MprRenderer::new(&state.device, &state.queue, volume, labels, plane.width, plane.height)?
                 }
             };
-            // Without a GPU (Mesa's lavapipe), the panes are drawn faster on the CPU, the 3-D
-            // view too. The panes share the CPU copy.
+            // Without a GPU (Mesa's lavapipe), the planes are drawn faster on the CPU (the 3-D
+            // view is not: below). The panes share the CPU copy.
             if panes.is_empty() && MprRenderer::is_software(&state.device) {
                 let source = match stored {
                     Some(stored) => lightbox_render::PlaneSource::Stored(stored),
@@ -134,7 +134,7 @@ impl MprView {
                 };
                 renderer.draw_on_cpu(source, labels, None)?;
                 println!(
-                    "lightbox-viewer: software rasteriser ({}): panes drawn on the CPU",
+                    "lightbox-viewer: software rasteriser ({}): planes drawn on the CPU, the 3-D view by the shader",
                     state.adapter.get_info().name
                 );
             }
