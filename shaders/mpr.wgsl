@@ -66,31 +66,28 @@ fn packed_folded(c: vec3<i32>) -> vec3<i32> {
 // skipping in the volume rendering when u.window.w is 1.
 @group(0) @binding(5) var occupancy: texture_3d<f32>;
 
-// The brick of 8³ voxels holding p, or (-1, -1, -1) when empty-space skipping is off or p is
-// outside the bricks.
-fn brick_of(p: vec3<f32>) -> vec3<i32> {
+// The brick of 8³ voxels holding p (`bricks`: how many there are along each axis), or
+// (-1, -1, -1) when empty-space skipping is off or p is outside the bricks.
+fn brick_of(p: vec3<f32>, bricks: vec3<i32>) -> vec3<i32> {
     let b = vec3<i32>(floor(p / 8.0));
-    if (u.window.w < 0.5 || any(p < vec3<f32>(0.0)) || any(b >= vec3<i32>(textureDimensions(occupancy)))) {
+    if (u.window.w < 0.5 || any(p < vec3<f32>(0.0)) || any(b >= bricks)) {
         return vec3<i32>(-1);
     }
     return b;
 }
 
 // Steps along the ray (step_z per step) from p to where it leaves brick b, which holds nothing
-// above the transfer function's lower edge.
+// above the transfer function's lower edge. Per axis at once (no indexing of vectors by a
+// variable, which GPUs may do through memory).
 fn steps_out_of(p: vec3<f32>, b: vec3<i32>) -> f32 {
     let d = u.step_z.xyz;
     let near = vec3<f32>(b) * 8.0;
     let far = near + vec3<f32>(8.0);
-    var t = 1e30;
-    for (var a = 0; a < 3; a = a + 1) {
-        if (d[a] > 1e-9) {
-            t = min(t, (far[a] - p[a]) / d[a]);
-        } else if (d[a] < -1e-9) {
-            t = min(t, (near[a] - p[a]) / d[a]);
-        }
-    }
-    return t;
+    let ahead = d > vec3<f32>(1e-9);
+    let behind = d < vec3<f32>(-1e-9);
+    let safe = select(vec3<f32>(1.0), d, ahead | behind);
+    let t = select(vec3<f32>(1e30), (select(near, far, ahead) - p) / safe, ahead | behind);
+    return min(min(t.x, t.y), t.z);
 }
 
 // The table at t (0..1 over the window), linear between its entries.
@@ -234,6 +231,7 @@ fn volume_colour(position: vec2<f32>) -> vec3<f32> {
     var next = span.x;
     // The last brick found to hold something: its steps need no look-up.
     var full = vec3<i32>(-1);
+    let bricks = vec3<i32>(textureDimensions(occupancy));
     loop {
         k = next;
         if (k >= span.y) {
@@ -242,7 +240,7 @@ fn volume_colour(position: vec2<f32>) -> vec3<f32> {
         next = k + 1u;
         let p = u.origin.xyz + i * u.step_x.xyz + j * u.step_y.xyz + f32(k) * u.step_z.xyz;
         // Samples strictly inside an empty brick add nothing: jump past them.
-        let b = brick_of(p);
+        let b = brick_of(p, bricks);
         if (b.x >= 0 && any(b != full)) {
             if (textureLoad(occupancy, b, 0).r > lo) {
                 full = b;
