@@ -816,7 +816,7 @@ impl MprRenderer {
         let bricks = dims.map(|d| (d as usize).div_ceil(crate::occupancy::BRICK).max(1) as u32);
         let (occupancy, occupancy_view) = occupancy_texture(device, bricks);
         let (pipeline, layout) =
-            fullscreen_pipeline(device, &shaders::mpr_for(texel, packing.pieces > 1), "mpr", sample);
+            fullscreen_pipeline(device, &shaders::planes_for(texel, packing.pieces > 1), "mpr", sample);
         let volume_shader = std::sync::Arc::new(shaders::volume_for(texel, packing.pieces > 1));
         let compute_shader = std::sync::Arc::new(shaders::volume_compute_for(texel, packing.pieces > 1));
         let views =

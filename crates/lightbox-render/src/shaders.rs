@@ -19,6 +19,13 @@ pub fn mpr_for(texel: &str, folded: bool) -> String {
     if folded { source } else { source.replacen("    return packed_folded(c);", "    return c;", 1) }
 }
 
+/// [`mpr_for`] for the planes and slabs alone: the fragment stage never takes the
+/// volume-rendering branch (volume renderings have [`volume_for`]), so the GPU's compiler drops
+/// the ray caster's code and the registers it would hold for every plane.
+pub fn planes_for(texel: &str, folded: bool) -> String {
+    mpr_for(texel, folded).replacen("    if (u.slab.y == 4u) {", "    if (false) {", 1)
+}
+
 /// [`mpr_for`] for volume rendering alone: the fragment stage takes the volume-rendering branch
 /// unconditionally, so the GPU's compiler drops the planes' code (and its registers).
 pub fn volume_for(texel: &str, folded: bool) -> String {
@@ -74,12 +81,14 @@ mod tests {
                     [
                         (format!("mpr.wgsl<{t}, folded {folded}>"), super::mpr_for(t, folded)),
                         (format!("mpr.wgsl volume<{t}, folded {folded}>"), super::volume_for(t, folded)),
+                        (format!("mpr.wgsl planes<{t}, folded {folded}>"), super::planes_for(t, folded)),
                         (format!("volume_compute.wgsl<{t}, folded {folded}>"), super::volume_compute_for(t, folded)),
                     ]
                 })
             })
             .collect();
         assert!(super::volume_for("u32", false) != super::mpr_for("u32", false), "the volume variant must differ");
+        assert!(super::planes_for("u32", false) != super::mpr_for("u32", false), "the planes variant must differ");
         assert!(
             variants.iter().any(|(_, s)| !s.contains("return packed_folded(c);")),
             "the unfolded variant must differ"
