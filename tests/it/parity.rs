@@ -81,6 +81,18 @@ fn crop(full: &[f32], [c, d, h, w]: [usize; 4], channels: &[usize], start: [usiz
     out
 }
 
+/// [`crop`] to the box the fixture's `crop` names (where PyTorch's values were kept).
+fn fixture_crop(
+    meta: &serde_json::Value,
+    full: &[f32],
+    shape: [usize; 4],
+    channels: &[usize],
+) -> anyhow::Result<Vec<f32>> {
+    let start = numbers::<3>(&meta["crop"]["start"])?;
+    let size = numbers::<3>(&meta["crop"]["size"])?;
+    Ok(crop(full, shape, channels, start, size))
+}
+
 /// The largest absolute difference, which must be within [`TOLERANCE`].
 fn assert_parity(what: &str, ours: &[f32], torch: &[f32]) -> anyhow::Result<f64> {
     anyhow::ensure!(ours.len() == torch.len(), "{what}: {} values here, {} from PyTorch", ours.len(), torch.len());
@@ -113,9 +125,7 @@ fn deepbet_brain_network_matches_pytorch() -> anyhow::Result<()> {
         LinkNet3d::from_tensors("deepbet", &package.named_tensors(&LinkNet3d::expected_tensors())?, &device.device)?;
     let [d, h, w] = dims;
     let out = net.forward_values(&device, values, [1, 1, d, h, w])?;
-    let start = numbers::<3>(&meta["crop"]["start"])?;
-    let size = numbers::<3>(&meta["crop"]["size"])?;
-    let ours = crop(&out, [2, d, h, w], &[1], start, size);
+    let ours = fixture_crop(&meta, &out, [2, d, h, w], &[1])?;
     let torch = read_f32("deepbet.f32")?;
     // The crop must exercise the network: voxels neither near 0 nor near 1.
     let informative = torch.iter().filter(|&&p| p > 0.05 && p < 0.95).count();
@@ -142,9 +152,7 @@ fn nnunet_folder_saved_by_pytorch_converts_and_matches_pytorch() -> anyhow::Resu
     let out = model.network().forward_values(&model.device, values.clone(), [1, channels, d, h, w])?;
     let classes = out.len() / (d * h * w);
     anyhow::ensure!(classes == 3, "{classes} classes, the dataset has 3 labels");
-    let start = numbers::<3>(&meta["crop"]["start"])?;
-    let size = numbers::<3>(&meta["crop"]["size"])?;
-    let ours = crop(&out, [classes, d, h, w], &[0, 1, 2], start, size);
+    let ours = fixture_crop(&meta, &out, [classes, d, h, w], &[0, 1, 2])?;
     assert_parity("nnU-Net PlainConvUNet logits", &ours, &read_f32("nnunet.f32")?)?;
     let abs_max = out.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
     let theirs = meta["logits_abs_max"].as_f64().context("logits_abs_max")?;
@@ -189,13 +197,11 @@ fn nnunet_in_half_precision_stays_within_rounding_of_pytorch() -> anyhow::Result
     let package = dir.path().join("parity");
     lightbox_ai::nnunet::import(&fixtures().join("nnunet"), "3d_fullres", &[0], "parity", &package)?;
     let [d, h, w] = dims;
-    let start = numbers::<3>(&meta["crop"]["start"])?;
-    let size = numbers::<3>(&meta["crop"]["size"])?;
     let mut logits = Vec::new();
     for precision in [Precision::F32, Precision::F16] {
         let model = NnUnet::from_package(&package, device()?.with_precision(precision)?)?;
         let out = model.network().forward_values(&model.device, values.clone(), [1, channels, d, h, w])?;
-        logits.push((model.device.description.clone(), crop(&out, [3, d, h, w], &[0, 1, 2], start, size)));
+        logits.push((model.device.description.clone(), fixture_crop(&meta, &out, [3, d, h, w], &[0, 1, 2])?));
     }
     let torch = read_f32("nnunet.f32")?;
     let (described, half) = &logits[1];
@@ -246,9 +252,7 @@ fn nnunet_v1_folder_imports_and_predicts_as_nnunet_v1_does() -> anyhow::Result<(
     let out = model.network().forward_values(&model.device, values.clone(), [1, channels, d, h, w])?;
     let classes = out.len() / (d * h * w);
     anyhow::ensure!(classes == 2, "{classes} classes, the plan has 2");
-    let start = numbers::<3>(&meta["crop"]["start"])?;
-    let size = numbers::<3>(&meta["crop"]["size"])?;
-    let ours = crop(&out, [classes, d, h, w], &[0, 1], start, size);
+    let ours = fixture_crop(&meta, &out, [classes, d, h, w], &[0, 1])?;
     assert_parity("nnU-Net v1 Generic_UNet logits", &ours, &read_f32("nnunet_v1.f32")?)?;
 
     // The whole prediction, on the study as nnU-Net v1 read it (its ADC in µm²/s).
