@@ -316,10 +316,20 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
     for (name, azimuth, elevation) in [("front", 0.0f64, 0.0f64), ("oblique", 0.6, 0.35)] {
         let plane = MprPlane::view_3d(&a, dims, azimuth, elevation, 1.5);
         let mut renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, None, plane.width, plane.height)?;
+        // The quick look through the texture filter, wherever the GPU filters float32.
+        let filters = gpu.device.features().contains(lightbox_render::wgpu::Features::FLOAT32_FILTERABLE);
+        assert_eq!(renderer.quick_look(), filters, "{name}: quick look on {}", gpu.adapter_name);
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba(&volume, &plane, tf)?;
         assert_rgba_close(&gpu, &image, &reference, &format!("volume rendering, {name}"));
+        // Every sample exact (no quick look): the same image within the one tolerance.
+        renderer.set_quick_look(false);
+        assert!(!renderer.quick_look());
+        renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
+        let exact = renderer.read_target(&gpu.device, &gpu.queue)?;
+        assert_rgba_close(&gpu, &exact, &reference, &format!("volume rendering without the quick look, {name}"));
+        renderer.set_quick_look(true);
         let lit = reference.chunks(4).filter(|p| p[0] > 20).count();
         assert!(lit > 500, "{name}: only {lit} lit pixels");
         // Empty-space skipping jumps over bricks below the ramp: exactly the same image.
@@ -333,6 +343,62 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
         let computed = renderer.read_target(&gpu.device, &gpu.queue)?;
         assert_rgba_close(&gpu, &computed, &image, &format!("volume rendering by a compute pass, {name}"));
         renderer.set_volume_by_compute(false);
+    }
+    Ok(())
+}
+
+/// Every stored type the GPU keeps a volume in renders like the CPU reference: 8-bit (in a
+/// normalised texture), 16-bit unsigned (normalised where the GPU has 16-bit normalised
+/// textures), 16-bit signed (normalised, or integer when −32768 occurs, which r16snorm cannot
+/// hold) and float; planes, a MIP slab and the volume rendering, with the quick look through the
+/// texture filter exactly where the texture allows it.
+#[test]
+fn every_stored_type_renders_like_the_cpu_reference() -> anyhow::Result<()> {
+    use lightbox_core::{StoredVolume, StoredVoxels};
+    use lightbox_render::{MprPlane, MprRenderer, SlabMode};
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
+    let set = report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?;
+    let demo = set.load_stored(0)?;
+    let (a, dims) = (demo.patient_from_voxel, demo.dims());
+    let real = demo.to_f32();
+    let values = real.voxels();
+    let gpu = GpuContext::headless()?;
+    let norm16 = gpu.device.features().contains(lightbox_render::wgpu::Features::TEXTURE_FORMAT_16BIT_NORM);
+    let filters_f32 = gpu.device.features().contains(lightbox_render::wgpu::Features::FLOAT32_FILTERABLE);
+    let mut signed: Vec<i16> = values.iter().map(|&v| (v - 2000.0).round().clamp(-32000.0, 32000.0) as i16).collect();
+    let unsigned: Vec<u16> = values.iter().map(|&v| v.round().clamp(0.0, 65535.0) as u16).collect();
+    let bytes: Vec<u8> = values.iter().map(|&v| (v / 16.0).round().clamp(0.0, 255.0) as u8).collect();
+    let mut kinds = vec![
+        ("8-bit", StoredVolume::new(dims, StoredVoxels::U8(bytes), a, 16.0, 0.0)?, true),
+        ("16-bit unsigned", StoredVolume::new(dims, StoredVoxels::U16(unsigned), a, 1.0, 0.0)?, norm16),
+        ("16-bit signed", StoredVolume::new(dims, StoredVoxels::I16(signed.clone()), a, 1.0, 2000.0)?, norm16),
+        ("float", StoredVolume::new(dims, StoredVoxels::F32(values.to_vec()), a, 1.0, 0.0)?, filters_f32),
+    ];
+    signed[0] = i16::MIN;
+    kinds.push((
+        "16-bit signed holding -32768",
+        StoredVolume::new(dims, StoredVoxels::I16(signed), a, 1.0, 2000.0)?,
+        false,
+    ));
+    let centre = a.transform_point([128.0, 128.0, 9.0]);
+    let window = WindowLevel { center: 1300.0, width: 2400.0 };
+    let tf = WindowLevel { center: 1600.0, width: 1200.0 };
+    for (kind, stored, quick) in &kinds {
+        for (name, plane, window) in [
+            ("oblique", MprPlane::oblique(&a, dims, centre, [0.3, 0.2, 0.93], [0.0, 0.97, -0.2], 1.0), window),
+            ("coronal MIP", MprPlane::coronal(&a, dims, centre, 1.0).with_slab(15.0, SlabMode::Max), window),
+            ("volume rendering", MprPlane::view_3d(&a, dims, 0.6, 0.35, 1.5), tf),
+        ] {
+            let renderer = MprRenderer::new_stored(&gpu.device, &gpu.queue, stored, None, plane.width, plane.height)?;
+            assert_eq!(renderer.quick_look(), *quick, "{kind}: quick look on {}", gpu.adapter_name);
+            renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
+            let image = renderer.read_target(&gpu.device, &gpu.queue)?;
+            let reference = cpu::mpr_rgba_stored(stored, None, None, &plane, window, None)?;
+            assert_rgba_close(&gpu, &image, &reference, &format!("{kind}, {name}"));
+            let lit = image.chunks(4).filter(|p| p[0] > 20).count();
+            assert!(lit > 500, "{kind}, {name}: only {lit} lit pixels");
+        }
     }
     Ok(())
 }

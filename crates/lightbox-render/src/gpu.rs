@@ -3,7 +3,15 @@ use std::borrow::Cow;
 use lightbox_core::Volume;
 
 use crate::packing::{self, Packing};
+use crate::shaders::Texels;
 use crate::{RenderError, SliceParams, shaders};
+
+/// The optional GPU features the renderer uses where the adapter has them: 16-bit normalised
+/// textures and filtered float32 textures, so that the texture unit can filter the volume for
+/// the volume rendering's quick look at each sample (`shaders::Texels`). Devices opened for the
+/// renderer (the viewer's too) should ask for these; without them it reads integer textures.
+pub const VOLUME_FEATURES: wgpu::Features =
+    wgpu::Features::TEXTURE_FORMAT_16BIT_NORM.union(wgpu::Features::FLOAT32_FILTERABLE);
 
 /// A device and queue. The viewer passes egui's; headless callers (tests, CLI) open their own.
 pub struct GpuContext {
@@ -29,7 +37,8 @@ impl GpuContext {
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("lightbox-render headless"),
             // Timestamps, where the GPU has them, let benchmarks read GPU time (GpuTimer).
-            required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
+            // Filterable volume textures (VOLUME_FEATURES) where it has them.
+            required_features: adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | VOLUME_FEATURES),
             required_limits: adapter.limits(),
             ..Default::default()
         }))
@@ -156,8 +165,8 @@ impl SliceRenderer {
 
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, volume: &Volume<f32>) -> Result<Self, RenderError> {
         let limit = texture_limit(device);
-        let (view, dims, packing) = upload_volume(device, queue, volume, limit)?;
-        Self::build(device, queue, (view, dims, packing, FLOAT, "f32"), [1.0, 0.0], limit)
+        let uploaded = upload_volume(device, queue, volume, limit)?;
+        Self::build(device, queue, uploaded, [1.0, 0.0], limit)
     }
 
     /// Like [`new`](Self::new) for a volume in its stored type: 8- and 16-bit voxels stay 1 or 2
@@ -168,14 +177,15 @@ impl SliceRenderer {
         volume: &lightbox_core::StoredVolume,
     ) -> Result<Self, RenderError> {
         let limit = texture_limit(device);
-        let uploaded = upload_stored(device, queue, volume, limit)?;
+        // Integer textures: the slice shader reads voxels as they are, never filtered.
+        let uploaded = upload_stored(device, queue, volume, limit, false)?;
         Self::build(device, queue, uploaded, [volume.slope as f32, volume.intercept as f32], limit)
     }
 
     fn build(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
-        (volume, dims, packing, sample, texel): Uploaded,
+        Uploaded { view: volume, dims, packing, texels, .. }: Uploaded,
         rescale: [f32; 2],
         limit: u32,
     ) -> Result<Self, RenderError> {
@@ -187,7 +197,8 @@ impl SliceRenderer {
         let labels = upload_labels(device, queue, None, dims, packing)?;
         let scalars = upload_scalars(device, queue, None, dims, packing)?;
         let (_, occupancy) = occupancy_texture(device, [1, 1, 1]);
-        let (pipeline, layout) = fullscreen_pipeline(device, &shaders::slice_for(texel), "slice", sample);
+        let (pipeline, layout) =
+            fullscreen_pipeline(device, &shaders::slice_for(texels.wgsl), "slice", sample_type(texels));
         let views = Views { volume, labels, scalars, occupancy };
         let (bind_group, uniforms, _) =
             bind_resources(device, &layout, "slice", &views, std::mem::size_of::<SliceUniforms>() as u64);
@@ -229,6 +240,15 @@ impl SliceRenderer {
 }
 
 const FLOAT: wgpu::TextureSampleType = wgpu::TextureSampleType::Float { filterable: false };
+
+/// How the shaders read a volume texture holding `texels`.
+fn sample_type(texels: Texels) -> wgpu::TextureSampleType {
+    match texels.wgsl {
+        "u32" => wgpu::TextureSampleType::Uint,
+        "i32" => wgpu::TextureSampleType::Sint,
+        _ => wgpu::TextureSampleType::Float { filterable: texels.filterable },
+    }
+}
 
 /// The largest 3-D texture side to use: the device's, or less with `LIGHTBOX_MAX_TEXTURE_3D`
 /// (for drivers that report more than they can hold).
@@ -294,42 +314,70 @@ fn upload_packed(
     texture.create_view(&wgpu::TextureViewDescriptor::default())
 }
 
-/// A volume as uploaded: its view, `[columns, rows, slices]`, layout, how the shader reads it
-/// and the WGSL texel type.
-type Uploaded = (wgpu::TextureView, [u32; 3], Packing, wgpu::TextureSampleType, &'static str);
+/// A volume as uploaded.
+struct Uploaded {
+    view: wgpu::TextureView,
+    /// `[columns, rows, slices]`.
+    dims: [u32; 3],
+    packing: Packing,
+    /// How the shaders read it.
+    texels: Texels,
+    /// A normalised texel reads as stored value / `scale` (1 for other textures).
+    scale: f32,
+}
 
-/// Uploads a volume in its stored type (8/16-bit integers stay 1 or 2 bytes a voxel).
+/// Uploads a volume in its stored type (8/16-bit integers stay 1 or 2 bytes a voxel). With
+/// `filterable`, 8/16-bit voxels go into normalised textures where the device has them (r8unorm;
+/// r16unorm and r16snorm with `TEXTURE_FORMAT_16BIT_NORM`), which read back exactly and which
+/// the texture unit can filter; signed volumes holding −32768 stay integer (r16snorm cannot
+/// tell it from −32767).
 fn upload_stored(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     volume: &lightbox_core::StoredVolume,
     limit: u32,
+    filterable: bool,
 ) -> Result<Uploaded, RenderError> {
     use lightbox_core::StoredVoxels as V;
+    use wgpu::TextureFormat as F;
     let (dims, packing) = plan(volume.dims(), limit)?;
-    let uint = wgpu::TextureSampleType::Uint;
-    let (format, bytes, sample, texel): (_, &[u8], _, _) = match volume.voxels() {
-        V::U8(v) => (wgpu::TextureFormat::R8Uint, v.as_slice(), uint, "u32"),
-        V::U16(v) => (wgpu::TextureFormat::R16Uint, bytemuck::cast_slice(v), uint, "u32"),
-        V::I16(v) => (wgpu::TextureFormat::R16Sint, bytemuck::cast_slice(v), wgpu::TextureSampleType::Sint, "i32"),
-        V::F32(v) => (wgpu::TextureFormat::R32Float, bytemuck::cast_slice(v), FLOAT, "f32"),
+    let norm16 = filterable && device.features().contains(wgpu::Features::TEXTURE_FORMAT_16BIT_NORM);
+    let (format, bytes, texels, scale): (_, &[u8], _, _) = match volume.voxels() {
+        V::U8(v) if filterable => (F::R8Unorm, v.as_slice(), Texels::NORMALISED, 255.0),
+        V::U8(v) => (F::R8Uint, v.as_slice(), Texels::UINT, 1.0),
+        V::U16(v) if norm16 => (F::R16Unorm, bytemuck::cast_slice(v), Texels::NORMALISED, 65535.0),
+        V::U16(v) => (F::R16Uint, bytemuck::cast_slice(v), Texels::UINT, 1.0),
+        V::I16(v) if norm16 && !v.contains(&i16::MIN) => {
+            (F::R16Snorm, bytemuck::cast_slice(v), Texels::NORMALISED, 32767.0)
+        }
+        V::I16(v) => (F::R16Sint, bytemuck::cast_slice(v), Texels::SINT, 1.0),
+        V::F32(v) => (F::R32Float, bytemuck::cast_slice(v), float_texels(device, filterable), 1.0),
     };
     let per_voxel = volume.voxels().bytes_per_voxel() as u32;
     let view = upload_packed(device, queue, bytes, per_voxel, dims, packing, format, "stored volume");
-    Ok((view, dims, packing, sample, texel))
+    Ok(Uploaded { view, dims, packing, texels, scale })
 }
 
-/// Uploads a volume as a 3-D `r32float` texture.
+/// An r32float volume texture: filtered where wanted and the device filters float32.
+fn float_texels(device: &wgpu::Device, filterable: bool) -> Texels {
+    if filterable && device.features().contains(wgpu::Features::FLOAT32_FILTERABLE) {
+        Texels::FLOAT_FILTERED
+    } else {
+        Texels::FLOAT
+    }
+}
+
+/// Uploads a volume as a 3-D `r32float` texture (filterable where the device filters float32).
 fn upload_volume(
     device: &wgpu::Device,
     queue: &wgpu::Queue,
     volume: &Volume<f32>,
     limit: u32,
-) -> Result<(wgpu::TextureView, [u32; 3], Packing), RenderError> {
+) -> Result<Uploaded, RenderError> {
     let (dims, packing) = plan(volume.dims(), limit)?;
     let bytes = bytemuck::cast_slice(volume.voxels());
     let view = upload_packed(device, queue, bytes, 4, dims, packing, wgpu::TextureFormat::R32Float, "volume");
-    Ok((view, dims, packing))
+    Ok(Uploaded { view, dims, packing, texels: float_texels(device, true), scale: 1.0 })
 }
 
 /// Uploads a label map (segment numbers) as a 3-D `r8uint` texture on the volume's grid and
@@ -440,7 +488,8 @@ fn fullscreen_pipeline(
 }
 
 /// The bind group layout every pass shares: the volume (binding 0, `volume_sample`), uniforms,
-/// labels, scalars, the colour table and the brick maxima.
+/// labels, scalars, the colour table, the brick maxima and a trilinear sampler (binding 6, for
+/// the volume rendering's quick look where the volume's texture can be filtered).
 fn bind_layout(device: &wgpu::Device, label: &str, volume_sample: wgpu::TextureSampleType) -> wgpu::BindGroupLayout {
     device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(label),
@@ -451,6 +500,12 @@ fn bind_layout(device: &wgpu::Device, label: &str, volume_sample: wgpu::TextureS
             texture_entry(3, FLOAT),
             uniform_entry(4),
             texture_entry(5, FLOAT),
+            wgpu::BindGroupLayoutEntry {
+                binding: 6,
+                visibility: wgpu::ShaderStages::FRAGMENT.union(wgpu::ShaderStages::COMPUTE),
+                ty: wgpu::BindingType::Sampler(wgpu::SamplerBindingType::Filtering),
+                count: None,
+            },
         ],
     })
 }
@@ -555,6 +610,12 @@ fn bind_resources(
         usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         mapped_at_creation: false,
     });
+    let trilinear = device.create_sampler(&wgpu::SamplerDescriptor {
+        label: Some("trilinear"),
+        mag_filter: wgpu::FilterMode::Linear,
+        min_filter: wgpu::FilterMode::Linear,
+        ..Default::default()
+    });
     let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
         label: Some(label),
         layout,
@@ -565,6 +626,7 @@ fn bind_resources(
             wgpu::BindGroupEntry { binding: 3, resource: wgpu::BindingResource::TextureView(&views.scalars) },
             wgpu::BindGroupEntry { binding: 4, resource: lut.as_entire_binding() },
             wgpu::BindGroupEntry { binding: 5, resource: wgpu::BindingResource::TextureView(&views.occupancy) },
+            wgpu::BindGroupEntry { binding: 6, resource: wgpu::BindingResource::Sampler(&trilinear) },
         ],
     });
     (bind_group, uniforms, lut)
@@ -697,6 +759,11 @@ pub struct MprRenderer {
     has_labels: bool,
     /// Stored value -> real value (identity for float volumes).
     rescale: [f32; 2],
+    /// How the volume's texture holds it, and the stored value of a normalised texel at 1.
+    texels: Texels,
+    texel_scale: f32,
+    /// The volume rendering takes a quick look at each sample through the filter.
+    quick: bool,
     /// Bytes the volume takes on the GPU.
     pub volume_bytes: u64,
     has_scalars: bool,
@@ -764,9 +831,8 @@ impl MprRenderer {
         overlays: (Option<&Volume<u8>>, Option<&Volume<f32>>),
         size: (u32, u32),
     ) -> Result<Self, RenderError> {
-        let (volume_view, dims, packing) = upload_volume(device, queue, volume, texture_limit(device))?;
+        let uploaded = upload_volume(device, queue, volume, texture_limit(device))?;
         let bytes = volume.voxels().len() as u64 * 4;
-        let uploaded = (volume_view, dims, packing, FLOAT, "f32");
         Self::build(device, queue, uploaded, overlays, size, volume.patient_from_voxel, [1.0, 0.0], bytes)
     }
 
@@ -793,7 +859,7 @@ impl MprRenderer {
         (width, height): (u32, u32),
         limit: u32,
     ) -> Result<Self, RenderError> {
-        let uploaded = upload_stored(device, queue, volume, limit.min(texture_limit(device)))?;
+        let uploaded = upload_stored(device, queue, volume, limit.min(texture_limit(device)), true)?;
         let bytes = volume.voxels().len() as u64 * volume.voxels().bytes_per_voxel() as u64;
         let rescale = [volume.slope as f32, volume.intercept as f32];
         Self::build(device, queue, uploaded, (labels, None), (width, height), volume.patient_from_voxel, rescale, bytes)
@@ -803,7 +869,7 @@ impl MprRenderer {
     fn build(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
-        (volume_view, dims, packing, sample, texel): Uploaded,
+        Uploaded { view: volume_view, dims, packing, texels, scale }: Uploaded,
         (labels, scalars): (Option<&Volume<u8>>, Option<&Volume<f32>>),
         (width, height): (u32, u32),
         patient_from_voxel: lightbox_core::Affine3,
@@ -815,10 +881,11 @@ impl MprRenderer {
         let (target, target_view) = target_texture(device, width.max(1), height.max(1), "mpr target");
         let bricks = dims.map(|d| (d as usize).div_ceil(crate::occupancy::BRICK).max(1) as u32);
         let (occupancy, occupancy_view) = occupancy_texture(device, bricks);
+        let folded = packing.pieces > 1;
         let (pipeline, layout) =
-            fullscreen_pipeline(device, &shaders::planes_for(texel, packing.pieces > 1), "mpr", sample);
-        let volume_shader = std::sync::Arc::new(shaders::volume_for(texel, packing.pieces > 1));
-        let compute_shader = std::sync::Arc::new(shaders::volume_compute_for(texel, packing.pieces > 1));
+            fullscreen_pipeline(device, &shaders::planes_for(texels, folded), "mpr", sample_type(texels));
+        let volume_shader = std::sync::Arc::new(shaders::volume_for(texels, folded));
+        let compute_shader = std::sync::Arc::new(shaders::volume_compute_for(texels, folded));
         let views =
             Views { volume: volume_view, labels: labels_view, scalars: scalars_view, occupancy: occupancy_view };
         let (bind_group, uniforms, lut_buffer) =
@@ -841,6 +908,9 @@ impl MprRenderer {
             patient_from_voxel,
             has_labels: labels.is_some(),
             rescale,
+            texels,
+            texel_scale: scale,
+            quick: texels.filterable && !folded,
             volume_bytes,
             has_scalars: scalars.is_some(),
             scalar_style: None,
@@ -883,6 +953,9 @@ impl MprRenderer {
             patient_from_voxel: self.patient_from_voxel,
             has_labels: self.has_labels,
             rescale: self.rescale,
+            texels: self.texels,
+            texel_scale: self.texel_scale,
+            quick: self.quick,
             volume_bytes: self.volume_bytes,
             has_scalars: self.has_scalars,
             scalar_style: self.scalar_style,
@@ -901,6 +974,26 @@ impl MprRenderer {
     /// where one is faster; bench-render times both).
     pub fn set_volume_by_compute(&mut self, on: bool) {
         self.volume_by_compute = on;
+    }
+
+    /// Whether the volume rendering takes a quick look at each sample through the texture unit's
+    /// trilinear filter (one fetch) before sampling it exactly (eight): where the volume's
+    /// texture can be filtered and is not folded.
+    pub fn quick_look(&self) -> bool {
+        self.quick
+    }
+
+    /// Turns the volume rendering's quick look off (every sample read exactly with eight
+    /// fetches), or on again where the texture allows it; for comparisons (bench-render, tests).
+    /// The image hardly changes: only samples clearly below the transfer function are skipped.
+    pub fn set_quick_look(&mut self, on: bool) {
+        let texels = Texels { filterable: on && self.texels.filterable, ..self.texels };
+        let folded = self.packing.pieces > 1;
+        self.quick = texels.filterable && !folded;
+        self.volume_shader = std::sync::Arc::new(shaders::volume_for(texels, folded));
+        self.compute_shader = std::sync::Arc::new(shaders::volume_compute_for(texels, folded));
+        self.volume_pipeline = Default::default();
+        self.compute_pipeline = Default::default();
     }
 
     /// Whether `device` is a software rasteriser (Mesa's lavapipe: a workstation without a GPU).
@@ -1095,7 +1188,7 @@ impl MprRenderer {
                 Some(s) => [s.opacity, if s.outline { 1.0 } else { 0.0 }, 1.0, 0.0],
                 None => [0.0; 4],
             },
-            rescale: [self.rescale[0], self.rescale[1], 0.0, 0.0],
+            rescale: [self.rescale[0], self.rescale[1], self.texel_scale, 0.0],
             scalar: match self.scalar_style.filter(|_| self.has_scalars) {
                 Some(s) => [s.lower, s.upper, s.opacity, 1.0],
                 None => [0.0; 4],

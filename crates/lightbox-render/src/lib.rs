@@ -13,10 +13,13 @@ pub mod occupancy;
 pub mod packing;
 pub mod shaders;
 
-pub use gpu::{GpuContext, GpuTimer, MprRenderer, PlaneSource, SliceRenderer};
+pub use gpu::{GpuContext, GpuTimer, MprRenderer, PlaneSource, SliceRenderer, VOLUME_FEATURES};
 use lightbox_core::WindowLevel;
 pub use lut::Lut;
 pub use mpr::{LabelStyle, MprPlane, ScalarStyle, SlabMode, hot, label_colour};
+/// The wgpu this renderer draws with (for callers that open their own device or check its
+/// features).
+pub use wgpu;
 
 /// What to draw of a volume.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -196,6 +196,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let options = eframe::NativeOptions {
         viewport: egui::ViewportBuilder::default().with_title(&title).with_inner_size([900.0, 800.0]),
         renderer: eframe::Renderer::Wgpu,
+        wgpu_options: wgpu_options(),
         ..Default::default()
     };
     eframe::run_native(
@@ -1053,4 +1054,17 @@ impl eframe::App for ViewerApp {
             ui.ctx().request_repaint();
         }
     }
+}
+
+/// egui's wgpu setup, asking the GPU also for the features the renderer uses where the adapter
+/// has them (`lightbox_render::VOLUME_FEATURES`: volume textures the texture unit can filter).
+fn wgpu_options() -> egui_wgpu::WgpuConfiguration {
+    let mut setup = egui_wgpu::WgpuSetupCreateNew::without_display_handle();
+    let egui_descriptor = setup.device_descriptor.clone();
+    setup.device_descriptor = std::sync::Arc::new(move |adapter| {
+        let mut descriptor = egui_descriptor(adapter);
+        descriptor.required_features |= adapter.features() & lightbox_render::VOLUME_FEATURES;
+        descriptor
+    });
+    egui_wgpu::WgpuConfiguration { wgpu_setup: setup.into(), ..Default::default() }
 }

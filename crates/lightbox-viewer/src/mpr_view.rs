@@ -154,11 +154,16 @@ impl MprView {
                 wgpu::FilterMode::Linear,
             );
             println!(
-                "lightbox-viewer: MPR {name} {}x{} at {pixel_mm:.2} mm, volume {:.1} MB on the GPU{}",
+                "lightbox-viewer: MPR {name} {}x{} at {pixel_mm:.2} mm, volume {:.1} MB on the GPU{}{}",
                 plane.width,
                 plane.height,
                 renderer.volume_bytes as f64 / 1e6,
-                if panes.is_empty() { "" } else { " (shared)" }
+                if panes.is_empty() { "" } else { " (shared)" },
+                match name {
+                    "3D" if renderer.quick_look() => ", samples looked at through the texture filter",
+                    "3D" => ", every sample exact (the GPU cannot filter this volume's texture)",
+                    _ => "",
+                }
             );
             panes.push(Pane { name, make, renderer, texture, plane, rendered: None, lut_applied: 0 });
         }
