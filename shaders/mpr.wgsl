@@ -70,14 +70,17 @@ fn packed_folded(c: vec3<i32>) -> vec3<i32> {
 // A colour table over the window (`lightbox_render::Lut`), used when u.window.z is 1: the planes'
 // colours instead of grey, and the volume rendering's colour and opacity.
 @group(0) @binding(4) var<uniform> lut: array<vec4<f32>, 256>;
-// The largest value in each brick of 8³ voxels (`lightbox_render::occupancy`), for empty-space
+// The largest value in each brick of BRICK³ voxels (`lightbox_render::occupancy`), for empty-space
 // skipping in the volume rendering when u.window.w is 1.
 @group(0) @binding(5) var occupancy: texture_3d<f32>;
 
-// The brick of 8³ voxels holding p (`bricks`: how many there are along each axis), or
+// Voxels along a brick's side (`lightbox_render::occupancy::BRICK`).
+const BRICK: f32 = 16.0;
+
+// The brick of BRICK³ voxels holding p (`bricks`: how many there are along each axis), or
 // (-1, -1, -1) when empty-space skipping is off or p is outside the bricks.
 fn brick_of(p: vec3<f32>, bricks: vec3<i32>) -> vec3<i32> {
-    let b = vec3<i32>(floor(p / 8.0));
+    let b = vec3<i32>(floor(p / BRICK));
     if (u.window.w < 0.5 || any(p < vec3<f32>(0.0)) || any(b >= bricks)) {
         return vec3<i32>(-1);
     }
@@ -89,8 +92,8 @@ fn brick_of(p: vec3<f32>, bricks: vec3<i32>) -> vec3<i32> {
 // variable, which GPUs may do through memory).
 fn steps_out_of(p: vec3<f32>, b: vec3<i32>) -> f32 {
     let d = u.step_z.xyz;
-    let near = vec3<f32>(b) * 8.0;
-    let far = near + vec3<f32>(8.0);
+    let near = vec3<f32>(b) * BRICK;
+    let far = near + vec3<f32>(BRICK);
     let ahead = d > vec3<f32>(1e-9);
     let behind = d < vec3<f32>(-1e-9);
     let safe = select(vec3<f32>(1.0), d, ahead | behind);

@@ -773,7 +773,7 @@ pub struct MprRenderer {
     pub packing: Packing,
     lut_buffer: wgpu::Buffer,
     lut_on: bool,
-    /// The largest value per brick of 8³ voxels, for empty-space skipping in volume rendering.
+    /// The largest value per brick of 16³ voxels, for empty-space skipping in volume rendering.
     occupancy: wgpu::Texture,
     skipping: bool,
     /// The volume and overlays on the CPU, when the planes are drawn there
@@ -1077,7 +1077,7 @@ impl MprRenderer {
         self.lut_cpu = lut.cloned();
     }
 
-    /// Lets the volume rendering jump over bricks of 8³ voxels that hold nothing above the
+    /// Lets the volume rendering jump over bricks of 16³ voxels that hold nothing above the
     /// transfer function's lower edge (the same image, fewer samples). `volume` must be the
     /// one this renderer draws.
     pub fn skip_empty_space(&mut self, queue: &wgpu::Queue, volume: &Volume<f32>) {

@@ -1,10 +1,13 @@
-//! Empty-space skipping for the volume rendering: the largest value in each brick of 8³ voxels
+//! Empty-space skipping for the volume rendering: the largest value in each brick of 16³ voxels
 //! (and the voxels one past its far faces, which trilinear samples inside it also read). A ray
 //! in a brick whose largest value is below the transfer function's lower edge would add
 //! nothing there, so it jumps to the brick's far side: the same image, fewer samples.
 
-/// Voxels along each side of a brick.
-pub const BRICK: usize = 8;
+/// Voxels along each side of a brick (the shader's `BRICK` in `mpr.wgsl`). 16 rather than 8:
+/// rays step 1–2.3 voxels, so an 8³ brick is crossed in 3–8 steps and a jump saves little (on
+/// an NVIDIA H200 skipping with 8³ bricks gained nothing); with 16³ bricks lavapipe draws
+/// bench-render's volume rendering 1.25× faster than with 8³ (32³: no better).
+pub const BRICK: usize = 16;
 
 /// The bricks' grid size and, per brick (x fastest), the largest of `value(voxel index)` over
 /// the voxels a sample inside it can read; NaN voxels are ignored.
@@ -41,17 +44,26 @@ mod tests {
 
     #[test]
     fn a_brick_sees_its_voxels_and_the_ones_past_its_far_faces() {
-        let dims = [17, 9, 8];
-        let mut voxels = vec![0.0f32; 17 * 9 * 8];
-        // Voxel x = 8 belongs to brick 1 and is read by samples at the end of brick 0.
-        voxels[8 + 17 * (2 + 9 * 3)] = 5.0;
-        // Voxel x = 16 is only in the last brick (and past brick 1's far face).
-        voxels[16] = 7.0;
+        let b = BRICK;
+        let (nx, ny, nz) = (2 * b + 1, b + 1, b);
+        let dims = [nx, ny, nz];
+        let mut voxels = vec![0.0f32; nx * ny * nz];
+        // Voxel x = BRICK belongs to brick 1 and is read by samples at the end of brick 0.
+        voxels[b + nx * (2 + ny * 3)] = 5.0;
+        // Voxel x = 2 BRICK is only in the last brick (and past brick 1's far face).
+        voxels[2 * b] = 7.0;
         let (bricks, max) = brick_max(dims, |i| voxels[i]);
         assert_eq!(bricks, [3, 2, 1]);
         assert_eq!(max[0], 5.0);
         assert_eq!(max[1], 7.0);
         assert_eq!(max[2], 7.0);
-        assert_eq!(max[3], 0.0, "brick (0, 1) sees y 8..9 only");
+        assert_eq!(max[3], 0.0, "brick (0, 1) sees y BRICK..BRICK + 1 only");
+    }
+
+    /// The shader's brick size is this one.
+    #[test]
+    fn the_shader_bricks_are_these() {
+        let line = format!("const BRICK: f32 = {BRICK}.0;");
+        assert!(crate::shaders::MPR.contains(&line), "mpr.wgsl lacks `{line}`");
     }
 }
