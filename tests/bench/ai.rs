@@ -18,7 +18,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use lightbox_ai::{AiDevice, DevicePreference, Precision, deepbet::Deepbet};
+use lightbox_ai::{AiDevice, Convolution, DevicePreference, Precision, deepbet::Deepbet};
 
 /// Peak resident memory of this process (VmHWM), MB.
 fn peak_mb() -> f64 {
@@ -65,7 +65,8 @@ fn main() -> anyhow::Result<()> {
     pipelines(preference, volume)
 }
 
-/// nnU-Net's PlainConvUNet forward, in f32 and (on a GPU) f16, against PyTorch.
+/// nnU-Net's PlainConvUNet forward, in f32 and (on a GPU) f16, by burn's convolution kernels
+/// and as matrix products (`LIGHTBOX_AI_CONV=gemm`), against PyTorch.
 fn unet(device: &AiDevice) -> anyhow::Result<()> {
     let gpu = device.gpu;
     // nnU-Net 3d_fullres's usual network, random weights (speed does not depend on them).
@@ -104,8 +105,16 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
     // on the CPU only when LIGHTBOX_AI_PRECISION asks for it.
     let precisions = if gpu { vec![Precision::F32, Precision::F16] } else { vec![device.precision] };
     let mut outputs = Vec::new();
-    for precision in precisions {
-        let device = match device.clone().with_precision(precision) {
+    // GEMM convolutions in slabs of at most 96 MiB of columns (the default), and on a GPU also
+    // of 1 GiB: fewer, larger matrix products where the GPU binds them.
+    let convolutions: &[Convolution] = if gpu {
+        &[Convolution::Burn, Convolution::GEMM, Convolution::Gemm { column_mib: 1024 }]
+    } else {
+        &[Convolution::Burn, Convolution::GEMM]
+    };
+    let variants = precisions.iter().flat_map(|&p| convolutions.iter().map(move |&c| (p, c)));
+    for (precision, convolution) in variants {
+        let device = match device.clone().with_convolution(convolution).with_precision(precision) {
             Ok(device) => device,
             Err(why) => {
                 println!("PlainConvUNet in {precision:?}: not timed ({why})");
@@ -113,9 +122,10 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             }
         };
         let unet = lightbox_ai::nnunet::PlainConvUNet::from_tensors("bench", config.clone(), &tensors, &device.device)?
-            .with_precision(precision);
+            .with_precision(precision)
+            .with_convolution(convolution);
         let forward = || unet.forward_values(&device, input.clone(), shape);
-        outputs.push(forward()?);
+        outputs.push(((precision, convolution), forward()?));
         let runs = if gpu { 20 } else { 2 };
         let mut times = Vec::new();
         for _ in 0..runs {
@@ -130,8 +140,12 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             Precision::F16 => ("fp16", 14.7),
         };
         println!(
-            "PlainConvUNet 32…320, 6 stages, 1×1×{side}³ {ours} on {} (upload and readback included): median {ms:.1} ms of {runs}; PyTorch 2.11 {ours} on an H100: {h100} ms → {:.3}x PyTorch's speed{}",
+            "PlainConvUNet 32…320, 6 stages, 1×1×{side}³ {ours} on {}{} (upload and readback included): median {ms:.1} ms of {runs}; PyTorch 2.11 {ours} on an H100: {h100} ms → {:.3}x PyTorch's speed{}",
             device.description,
+            match convolution {
+                Convolution::Gemm { column_mib } => format!(" in slabs of ≤ {column_mib} MiB"),
+                Convolution::Burn => String::new(),
+            },
             h100 / ms,
             if gpu { "" } else { " (CPU against GPU: not comparable, shown for scale)" }
         );
@@ -150,17 +164,21 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             }
         }
     }
-    // Half precision must still compute the same network: its logits against the f32 ones.
-    if let [f32s, f16s] = outputs.as_slice() {
+    // Every other run must still compute the same network: its logits against f32 by burn's
+    // kernels.
+    if let Some(((_, _), f32s)) = outputs.first() {
         let scale = f32s.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let worst = f32s.iter().zip(f16s).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         // Two classes (the configuration above): class 0's logits, then class 1's.
         let voxels = f32s.len() / 2;
-        let changed = (0..voxels).filter(|&i| (f32s[i] > f32s[i + voxels]) != (f16s[i] > f16s[i + voxels])).count();
-        println!(
-            "  f16 against f32 logits: max abs difference {worst:.3e} ({:.2} % of the largest |logit|, {scale:.2}); argmax changed in {changed} of {voxels} voxels",
-            100.0 * worst / scale
-        );
+        for ((precision, convolution), other) in &outputs[1..] {
+            let worst = f32s.iter().zip(other).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let changed =
+                (0..voxels).filter(|&i| (f32s[i] > f32s[i + voxels]) != (other[i] > other[i + voxels])).count();
+            println!(
+                "  {precision:?} with {convolution:?} convolutions against F32 with burn's: max abs difference {worst:.3e} ({:.2} % of the largest |logit|, {scale:.2}); argmax changed in {changed} of {voxels} voxels",
+                100.0 * worst / scale
+            );
+        }
     }
     Ok(())
 }

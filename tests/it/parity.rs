@@ -14,7 +14,9 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use lightbox_ai::{AiDevice, DevicePreference, ModelPackage, Precision, linknet::LinkNet3d, nnunet::NnUnet};
+use lightbox_ai::{
+    AiDevice, Convolution, DevicePreference, ModelPackage, Precision, linknet::LinkNet3d, nnunet::NnUnet,
+};
 use lightbox_tests::{parity_input, workspace_root};
 
 /// The largest difference from PyTorch's output allowed (issue 7).
@@ -220,6 +222,36 @@ fn nnunet_in_half_precision_stays_within_rounding_of_pytorch() -> anyhow::Result
         f64::from(from_torch) <= HALF_TOLERANCE * f64::from(scale),
         "f16 logits differ from PyTorch's by {from_torch:.3e}, over {HALF_TOLERANCE} of the largest |logit| {scale:.3}"
     );
+    Ok(())
+}
+
+/// Convolutions as matrix products (`LIGHTBOX_AI_CONV=gemm`, `ops::conv3d_gemm`): the same
+/// network matches PyTorch to 1e-4 in f32, and stays within f16's rounding in f16.
+#[test]
+fn nnunet_with_gemm_convolutions_matches_pytorch() -> anyhow::Result<()> {
+    let meta = meta("nnunet.json")?;
+    let (dims, channels, values) = input(&meta)?;
+    let dir = tempfile::tempdir()?;
+    let package = dir.path().join("parity");
+    lightbox_ai::nnunet::import(&fixtures().join("nnunet"), "3d_fullres", &[0], "parity", &package)?;
+    let [d, h, w] = dims;
+    let torch = read_f32("nnunet.f32")?;
+    let scale = torch.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
+    for precision in [Precision::F32, Precision::F16] {
+        let device = device()?.with_convolution(Convolution::GEMM).with_precision(precision)?;
+        let model = NnUnet::from_package(&package, device)?;
+        let described = &model.device.description;
+        anyhow::ensure!(described.contains("GEMM"), "the run says {described}");
+        let out = model.network().forward_values(&model.device, values.clone(), [1, channels, d, h, w])?;
+        let ours = fixture_crop(&meta, &out, [3, d, h, w], &[0, 1, 2])?;
+        if precision == Precision::F32 {
+            assert_parity(&format!("nnU-Net logits, GEMM convolutions on {described}"), &ours, &torch)?;
+        } else {
+            let worst = ours.iter().zip(&torch).map(|(a, b)| f64::from((a - b).abs())).fold(0.0, f64::max);
+            eprintln!("nnU-Net logits, GEMM convolutions on {described}: max abs error {worst:.2e}");
+            anyhow::ensure!(worst <= HALF_TOLERANCE * scale, "f16 GEMM logits off by {worst:.3e} (largest {scale:.3})");
+        }
+    }
     Ok(())
 }
 

@@ -13,6 +13,12 @@
 //! cooperative matrices (tensor cores; feature `gpu-spirv`) accumulates in f32, its direct
 //! convolution in f16. On the parity fixture the f16 logits differ from PyTorch's fp32 by
 //! 0.27 % of the largest logit on burn flex and 0.89 % on lavapipe's direct kernels.
+//!
+//! Convolution (`LIGHTBOX_AI_CONV`: burn, the default, or gemm): how nnU-Net networks convolve.
+//! `burn` takes burn's own kernels (autotuned; through WGSL only its direct convolution runs);
+//! `gemm` computes each convolution as matrix products over im2col columns
+//! (`ops::conv3d_gemm`), which reach burn's register-tiled matrix kernels instead. The same
+//! sums in another order; which is faster on a GPU is bench-ai's to say.
 
 use burn::prelude::Device;
 
@@ -51,6 +57,44 @@ impl Precision {
     }
 }
 
+/// How nnU-Net networks convolve (see the module's documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Convolution {
+    /// burn's own convolution kernels.
+    #[default]
+    Burn,
+    /// Matrix products over im2col columns (`ops::conv3d_gemm`), built in slabs of output
+    /// depth of at most `column_mib` MiB.
+    Gemm { column_mib: usize },
+}
+
+impl Convolution {
+    /// GEMM convolutions in slabs of at most 96 MiB of columns: under the largest buffer a
+    /// shader may bind by wgpu's default limits (128 MiB; lavapipe refuses a 216 MiB one). A GPU
+    /// that binds more may do better with larger slabs (`gemm:1024`; bench-ai times both).
+    pub const GEMM: Self = Self::Gemm { column_mib: 96 };
+
+    /// `burn`, `gemm` or `gemm:MiB`.
+    pub fn parse(value: &str) -> Result<Self, AiError> {
+        let value = value.trim().to_ascii_lowercase();
+        let bad = || AiError::Convolution { value: value.clone() };
+        match value.split_once(':') {
+            None if ["", "burn", "direct"].contains(&value.as_str()) => Ok(Self::Burn),
+            None if value == "gemm" => Ok(Self::GEMM),
+            Some(("gemm", mib)) => match mib.trim().parse::<usize>() {
+                Ok(column_mib) if column_mib > 0 => Ok(Self::Gemm { column_mib }),
+                _ => Err(bad()),
+            },
+            _ => Err(bad()),
+        }
+    }
+
+    /// From `LIGHTBOX_AI_CONV`, burn's kernels when unset.
+    pub fn from_env() -> Result<Self, AiError> {
+        std::env::var("LIGHTBOX_AI_CONV").map_or(Ok(Self::Burn), |v| Self::parse(&v))
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DevicePreference {
     /// A GPU when there is one, else the CPU.
@@ -83,6 +127,8 @@ pub struct AiDevice {
     pub gpu: bool,
     /// What nnU-Net networks compute in.
     pub precision: Precision,
+    /// How nnU-Net networks convolve.
+    pub convolution: Convolution,
     /// E.g. "CPU (burn flex, 2 threads)" or "GPU (burn wgpu: NVIDIA H100, f16)".
     pub description: String,
 }
@@ -103,13 +149,16 @@ impl AiDevice {
         Ok(chosen)
     }
 
-    /// For nnU-Net inference: the precision `LIGHTBOX_AI_PRECISION` asks for (an unknown value
-    /// is an error). A device that cannot compute in f16 stays in f32, with a warning: a site's
-    /// setting must not stop its pipelines. Brain extraction (deepbet) and training stay f32.
+    /// For nnU-Net inference: the precision `LIGHTBOX_AI_PRECISION` asks for and the
+    /// convolution `LIGHTBOX_AI_CONV` asks for (an unknown value is an error). A device that
+    /// cannot compute in f16 stays in f32, with a warning: a site's setting must not stop its
+    /// pipelines. Brain extraction (deepbet) and training stay f32 and on burn's kernels.
     pub fn with_env_precision(self) -> Result<Self, AiError> {
+        let convolution = Convolution::from_env()?;
         let wanted = Precision::from_env()?;
-        let fallback = self.clone();
-        match self.with_precision(wanted) {
+        let this = self.with_convolution(convolution);
+        let fallback = this.clone();
+        match this.with_precision(wanted) {
             Ok(device) => Ok(device),
             Err(why) => {
                 tracing::warn!("{why}; nnU-Net runs in f32");
@@ -129,8 +178,16 @@ impl AiDevice {
             device: Device::flex(),
             gpu: false,
             precision: Precision::F32,
+            convolution: Convolution::Burn,
             description: format!("CPU (burn flex, {threads} threads)"),
         }
+    }
+
+    /// The same device convolving nnU-Net networks as `convolution` says.
+    pub fn with_convolution(mut self, convolution: Convolution) -> Self {
+        self.convolution = convolution;
+        self.relabel();
+        self
     }
 
     /// The same device computing in `precision`; an error when it cannot (a GPU without
@@ -142,13 +199,23 @@ impl AiDevice {
         if precision == Precision::F16 {
             half_precision_works(&self.device)
                 .map_err(|why| AiError::NoHalfPrecision { device: self.description.clone(), why })?;
-            let base = self.description.strip_suffix(')').unwrap_or(&self.description);
-            self.description = format!("{base}, f16)");
-        } else {
-            self.description = self.description.replace(", f16)", ")");
         }
         self.precision = precision;
+        self.relabel();
         Ok(self)
+    }
+
+    /// The description with what differs from the defaults at its end: e.g. "GPU (burn wgpu:
+    /// NVIDIA H100, f16, GEMM convolutions)".
+    fn relabel(&mut self) {
+        const MARKS: [&str; 2] = [", f16", ", GEMM convolutions"];
+        let mut base = self.description.strip_suffix(')').unwrap_or(&self.description).to_owned();
+        while let Some(mark) = MARKS.iter().find(|m| base.ends_with(*m)) {
+            base.truncate(base.len() - mark.len());
+        }
+        let f16 = if self.precision == Precision::F16 { MARKS[0] } else { "" };
+        let gemm = if matches!(self.convolution, Convolution::Gemm { .. }) { MARKS[1] } else { "" };
+        self.description = format!("{base}{f16}{gemm})");
     }
 }
 
@@ -204,7 +271,7 @@ fn gpu(software_too: bool) -> Result<AiDevice, String> {
     } else {
         format!("GPU (burn wgpu{compiler}: {name})")
     };
-    Ok(AiDevice { device, gpu: true, precision: Precision::F32, description })
+    Ok(AiDevice { device, gpu: true, precision: Precision::F32, convolution: Convolution::Burn, description })
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -241,6 +308,26 @@ mod tests {
         );
         let back = half.with_precision(Precision::F32)?;
         assert_eq!(back.description, AiDevice::cpu().description);
+        Ok(())
+    }
+
+    #[test]
+    fn convolutions_parse_and_show_in_the_description_beside_the_precision() -> Result<(), AiError> {
+        assert_eq!(Convolution::parse(" GEMM").ok(), Some(Convolution::GEMM));
+        assert_eq!(Convolution::parse("gemm:1024").ok(), Some(Convolution::Gemm { column_mib: 1024 }));
+        assert_eq!(Convolution::parse("").ok(), Some(Convolution::Burn));
+        for bad in ["winograd", "gemm:0", "gemm:lots", "burn:5"] {
+            let err = Convolution::parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert_eq!(err, format!("LIGHTBOX_AI_CONV={bad}: expected burn, gemm or gemm:MiB"));
+        }
+        let both = AiDevice::cpu().with_convolution(Convolution::GEMM).with_precision(Precision::F16)?;
+        assert!(both.description.ends_with(", f16, GEMM convolutions)"), "{}", both.description);
+        // Either setting undone in any order leaves the other.
+        let gemm = both.clone().with_precision(Precision::F32)?;
+        assert!(gemm.description.ends_with(" threads, GEMM convolutions)"), "{}", gemm.description);
+        let half = both.with_convolution(Convolution::Burn);
+        assert!(half.description.ends_with(" threads, f16)"), "{}", half.description);
+        assert_eq!(half.with_precision(Precision::F32)?.description, AiDevice::cpu().description);
         Ok(())
     }
 

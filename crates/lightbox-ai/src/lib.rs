@@ -16,7 +16,7 @@ pub mod sliding;
 pub mod torch;
 pub mod train;
 
-pub use device::{AiDevice, DevicePreference, Precision};
+pub use device::{AiDevice, Convolution, DevicePreference, Precision};
 pub use job::InferenceJob;
 pub use package::{ModelPackage, TensorInfo};
 pub use sliding::{Progress, SlidingWindow};
@@ -35,6 +35,9 @@ pub enum AiError {
 
     #[error("LIGHTBOX_AI_PRECISION={value}: expected f32 or f16")]
     Precision { value: String },
+
+    #[error("LIGHTBOX_AI_CONV={value}: expected burn, gemm or gemm:MiB")]
+    Convolution { value: String },
 
     #[error("half precision (f16) does not work on {device}: {why}")]
     NoHalfPrecision { device: String, why: String },

@@ -196,16 +196,29 @@ impl PlainConvUNetConfig {
     }
 }
 
-/// A convolution in the weights' precision, its result in f32.
-fn conv(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: ConvOptions<3>) -> Tensor<5> {
-    let dtype = FloatDType::from(weight.dtype());
-    conv3d(x.cast(dtype), weight, bias, options).cast(FloatDType::F32)
+/// A convolution in the weights' precision, its result in f32; by burn's kernels or as matrix
+/// products (`ops::conv3d_gemm`).
+fn conv(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<3>,
+    how: crate::Convolution,
+) -> Tensor<5> {
+    let x = x.cast(FloatDType::from(weight.dtype()));
+    let y = match how {
+        crate::Convolution::Burn => conv3d(x, weight, bias, options),
+        crate::Convolution::Gemm { column_mib } => crate::ops::conv3d_gemm(x, weight, bias, &options, column_mib << 20),
+    };
+    y.cast(FloatDType::F32)
 }
 
 pub struct PlainConvUNet {
     pub(crate) config: PlainConvUNetConfig,
     pub(crate) tensors: BTreeMap<String, Tensor<5>>,
     pub(crate) vectors: BTreeMap<String, Tensor<1>>,
+    /// How it convolves (burn's kernels unless set).
+    pub(crate) convolution: crate::Convolution,
 }
 
 impl PlainConvUNet {
@@ -228,7 +241,13 @@ impl PlainConvUNet {
                 map1.insert(name.clone(), Tensor::from_data(TensorData::new(values.clone(), [values.len()]), device));
             }
         }
-        Ok(Self { config, tensors: map5, vectors: map1 })
+        Ok(Self { config, tensors: map5, vectors: map1, convolution: crate::Convolution::Burn })
+    }
+
+    /// The same network convolving as `convolution` says.
+    pub fn with_convolution(mut self, convolution: crate::Convolution) -> Self {
+        self.convolution = convolution;
+        self
     }
 
     /// The same network computing in `precision`: the convolutions' weights and biases cast
@@ -281,6 +300,7 @@ impl PlainConvUNet {
             self.t5(&format!("{prefix}.conv.weight")),
             self.t1(&format!("{prefix}.conv.bias")),
             ConvOptions::new(stride, padding, [1; 3], 1),
+            self.convolution,
         );
         let c = y.dims()[1];
         let y = crate::linknet::instance_norm(y);
@@ -366,6 +386,7 @@ impl PlainConvUNet {
             self.t5(&format!("decoder.seg_layers.{last}.weight")),
             self.t1(&format!("decoder.seg_layers.{last}.bias")),
             ConvOptions::new([1; 3], [0; 3], [1; 3], 1),
+            self.convolution,
         )
     }
 }
@@ -802,7 +823,7 @@ impl NnUnet {
             tensors = rest;
             let mine: Vec<_> = mine.into_iter().map(|(n, s, v)| (n[prefix.len()..].to_owned(), s, v)).collect();
             let net = PlainConvUNet::from_tensors(&m.name, config.clone(), &mine, &device.device)?;
-            nets.push(net.with_precision(device.precision));
+            nets.push(net.with_precision(device.precision).with_convolution(device.convolution));
         }
         nets.reverse();
         let mut nets = nets.into_iter();

@@ -4,7 +4,11 @@
 //!   over D on a view whose second axis keeps its size (the identity there);
 //! - transposed convolution with kernel = stride (nnU-Net's upsampling), which burn's GPU
 //!   backends run slowly (burn #5792): it writes disjoint blocks, so it is one matrix product
-//!   followed by a voxel shuffle.
+//!   followed by a voxel shuffle;
+//! - 3-D convolution as matrix products (im2col, `conv3d_gemm`): where burn's GPU kernels
+//!   compile to WGSL, which has no cooperative matrices, its implicit-GEMM convolutions decline
+//!   and only its direct convolution runs (issue 7: 0.073× PyTorch on an H200), while its matrix
+//!   product has register-tiled kernels that need none.
 
 use burn::prelude::*;
 use burn::tensor::module::{interpolate, max_pool2d};
@@ -53,6 +57,61 @@ pub fn conv_transpose3d_stride(x: Tensor<5>, weight: Tensor<5>, bias: Option<Ten
     match bias {
         Some(b) => out + b.cast(burn::tensor::FloatDType::F32).reshape([1, o, 1, 1, 1]),
         None => out,
+    }
+}
+
+/// A 3-D convolution (`groups` 1, no dilation) as matrix products: for each slab of output
+/// depth, the kernel's windows over the zero-padded input (`unfold`, a view) are copied once
+/// into columns `[N, C·taps, voxels]` (channel-major, as the weight `[O, C, kd, kh, kw]` is laid
+/// out), and the weight as `[O, C·taps]` multiplies them. The same sums as a direct convolution
+/// in another order. Computes in the weight's dtype.
+///
+/// At most `budget` bytes of columns are built at once (at least one slice of output depth), so
+/// that a full-resolution layer (e.g. 32 channels × 27 taps × 128³ voxels, 7 GB at once) stays
+/// within a GPU's memory and under the largest buffer a shader may bind
+/// ([`Convolution::GEMM`](crate::Convolution::GEMM)'s 96 MiB).
+pub fn conv3d_gemm(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &burn::tensor::ops::ConvOptions<3>,
+    budget: usize,
+) -> Tensor<5> {
+    use burn::tensor::Slice;
+    let [n, c, d, h, w] = x.dims();
+    let [o, _, kd, kh, kw] = weight.dims();
+    let (stride, padding) = (options.stride, options.padding);
+    let x = if padding == [(0, 0); 3] { x } else { x.pad(padding, burn::tensor::ops::PadMode::Constant(0.0)) };
+    let out = |len: usize, k: usize, a: usize| (len + padding[a].0 + padding[a].1).saturating_sub(k) / stride[a] + 1;
+    let (od, oh, ow) = (out(d, kd, 0), out(h, kh, 1), out(w, kw, 2));
+    let taps = kd * kh * kw;
+    let plane = oh * ow;
+    let bytes = weight.dtype().size();
+    let slab = (budget / (n * c * taps * plane * bytes).max(1)).clamp(1, od);
+    let weight = weight.reshape([1, o, c * taps]).expand([n, o, c * taps]);
+    let mut slabs = Vec::with_capacity(od.div_ceil(slab));
+    for z0 in (0..od).step_by(slab) {
+        let depth = slab.min(od - z0);
+        // The input slices this slab's windows read.
+        let first = z0 * stride[0];
+        let rows = x.clone().slice([
+            Slice::from(..),
+            Slice::from(..),
+            Slice::from(first..first + stride[0] * (depth - 1) + kd),
+            Slice::from(..),
+            Slice::from(..),
+        ]);
+        // [N, C, depth, oh, ow, kd, kh, kw], then channel and taps first.
+        let windows: Tensor<8> =
+            rows.unfold::<6, _>(2, kd, stride[0]).unfold::<7, _>(3, kh, stride[1]).unfold::<8, _>(4, kw, stride[2]);
+        let columns = windows.permute([0, 1, 5, 6, 7, 2, 3, 4]).reshape([n, c * taps, depth * plane]);
+        slabs.push(weight.clone().matmul(columns).reshape([n, o, depth, oh, ow]));
+    }
+    let y = Tensor::cat(slabs, 2);
+    let dtype = burn::tensor::FloatDType::from(y.dtype());
+    match bias {
+        Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
+        None => y,
     }
 }
 
@@ -175,6 +234,43 @@ mod tests {
             let reference = conv_transpose3d(x, weight, Some(bias), options);
             assert_eq!(ours.dims(), [2, 4, 4 * s[0], 3 * s[1], 5 * s[2]]);
             assert!(close(&values(ours), &values(reference), 1e-5));
+        }
+    }
+
+    /// The convolution as matrix products equals burn's own, for nnU-Net's shapes: 3³ kernels
+    /// padded by 1, strided by 2 (its downsampling), anisotropic (thick slices), 1×1×1, two
+    /// images at once, and in slabs of output depth (forced by a small budget).
+    #[test]
+    fn convolution_as_matrix_products_equals_burns_own() {
+        use burn::tensor::module::conv3d;
+        use burn::tensor::ops::ConvOptions;
+        let cases = [
+            ([1, 3, 6, 5, 7], 4, [3, 3, 3], [1, 1, 1], [1, 1, 1]),
+            ([2, 2, 7, 6, 5], 3, [3, 3, 3], [2, 2, 2], [1, 1, 1]),
+            ([1, 3, 4, 6, 6], 2, [1, 3, 3], [1, 2, 2], [0, 1, 1]),
+            ([1, 5, 3, 4, 5], 6, [1, 1, 1], [1, 1, 1], [0, 0, 0]),
+            ([1, 2, 5, 4, 4], 3, [3, 3, 3], [1, 1, 1], [0, 0, 0]),
+        ];
+        for (shape, out, k, stride, padding) in cases {
+            let x = random(shape);
+            let weight = random([out, shape[1], k[0], k[1], k[2]]);
+            let bias: Tensor<1> = Tensor::random([out], Distribution::Uniform(-1.0, 1.0), &device());
+            let options = ConvOptions::new(stride, padding, [1, 1, 1], 1);
+            let ours = conv3d_gemm(x.clone(), weight.clone(), Some(bias.clone()), &options, 96 << 20);
+            let reference = conv3d(x, weight, Some(bias), options);
+            assert_eq!(ours.dims(), reference.dims(), "{shape:?} k {k:?} stride {stride:?}");
+            assert!(close(&values(ours), &values(reference), 1e-5), "{shape:?} k {k:?} stride {stride:?}");
+        }
+        // Slabs of output depth: 3 slices (one left over at the end), 1 slice, strided.
+        let x = random([1, 4, 10, 6, 5]);
+        let weight = random([3, 4, 3, 3, 3]);
+        let slice_bytes = 4 * 27 * 6 * 5 * 4;
+        for (stride, budget) in [([1, 1, 1], 3 * slice_bytes), ([1, 1, 1], 1), ([2, 2, 2], 2 * slice_bytes)] {
+            let options = ConvOptions::new(stride, [1, 1, 1], [1, 1, 1], 1);
+            let ours = conv3d_gemm(x.clone(), weight.clone(), None, &options, budget);
+            let reference = conv3d(x.clone(), weight.clone(), None, options);
+            assert_eq!(ours.dims(), reference.dims());
+            assert!(close(&values(ours), &values(reference), 1e-5), "stride {stride:?}, budget {budget}");
         }
     }
 

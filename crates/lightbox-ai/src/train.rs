@@ -190,8 +190,12 @@ pub fn train(
         let shape = [n, channels_n, patch[0], patch[1], patch[2]];
         let x = Tensor::<5>::from_data(TensorData::new(images, shape), &device);
         let y = Tensor::<5>::from_data(TensorData::new(onehot, [n, classes, patch[0], patch[1], patch[2]]), &device);
-        let net =
-            PlainConvUNet { config: model.net.config.clone(), tensors: params5.clone(), vectors: params1.clone() };
+        let net = PlainConvUNet {
+            config: model.net.config.clone(),
+            tensors: params5.clone(),
+            vectors: params1.clone(),
+            convolution: crate::Convolution::Burn,
+        };
         let loss = dice_ce_loss(net.forward(x), y);
         let value = loss.clone().inner().into_scalar::<f32>();
         if !value.is_finite() {
