@@ -12,7 +12,9 @@
 #   3. the renderer's golden and geometry tests on the NVIDIA GPU;
 #   4. bench-render (issue 5's figures);
 #   5. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures in f32 and
-#      f16, and issue 9's: the whole brain pipeline for one and two time points), with burn's
+#      f16, by burn's convolution kernels and as matrix products (LIGHTBOX_AI_CONV=gemm, in
+#      96 MiB and 1 GiB slabs), and issue 9's: the whole brain pipeline for one and two time
+#      points; bench-render's volume rendering with and without the quick look), with burn's
 #      autotune choices logged; 5b. the PlainConvUNet again from a build with burn's SPIR-V
 #      compiler (feature gpu-spirv: cooperative matrices, i.e. tensor cores);
 #   6. brain extraction's Dice test on the GPU.
@@ -22,7 +24,7 @@ mkdir -p "$OUT"
 ROOT=$PWD
 X=$ROOT/.device/x
 # STEPS (default all): which of ai (1, 2, 5, 6), aibench (5) and render (3, 4) to run. The time
-# limits of all steps add up past one call's 600 s: STEPS=aibench,render (about 500 s at most)
+# limits of all steps add up past one call's 600 s: STEPS=aibench,render (about 530 s at most)
 # answers the open speed questions in one call; STEPS=ai the parity and Dice ones.
 STEPS=${STEPS:-ai,render}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -73,7 +75,7 @@ step "4. bench-render"
 # clock under Vulkan graphics work (issue 5's open question).
 nvidia-smi --query-gpu=clocks.sm,clocks.max.sm --format=csv,noheader,nounits -lms 100 > "$REF/gpu-clock.csv" &
 CLOCKS=$!
-WGPU_BACKEND=vulkan timeout 80 "$BIN/bench-render" 2>&1 | tee "$OUT/bench-render.log"
+WGPU_BACKEND=vulkan timeout 90 "$BIN/bench-render" 2>&1 | tee "$OUT/bench-render.log"
 kill $CLOCKS 2>/dev/null
 echo "SM clock during bench-render (MHz, nvidia-smi): lowest $(cut -d, -f1 "$REF/gpu-clock.csv" | sort -n | head -1), highest $(cut -d, -f1 "$REF/gpu-clock.csv" | sort -n | tail -1), the GPU's maximum $(cut -d, -f2 "$REF/gpu-clock.csv" | sort -n | tail -1)" | tee -a "$OUT/bench-render.log"
 
@@ -94,14 +96,14 @@ autotune_log() {
 }
 trap 'rm -f "$ROOT/cubecl.toml"' EXIT
 autotune_log "$REF/autotune.log"
-LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 180 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
+LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 200 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
 rm -f "$ROOT/cubecl.toml"
 kill $SAMPLER 2>/dev/null
 if [ -x "$BIN/bench-ai-spirv" ]; then
     step "5b. bench-ai with burn's SPIR-V compiler (cooperative matrices)"
     autotune_log "$REF/autotune-spirv.log"
     # Into bench-ai.log: the device tool brings back at most 8 files.
-    LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 150 "$BIN/bench-ai-spirv" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
+    LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 120 "$BIN/bench-ai-spirv" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
     rm -f "$ROOT/cubecl.toml"
 fi
 tar -cf "$OUT/autotune.tar" -C "$REF" $(cd "$REF" && ls autotune*.log 2>/dev/null)

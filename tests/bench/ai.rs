@@ -126,7 +126,8 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             .with_convolution(convolution);
         let forward = || unet.forward_values(&device, input.clone(), shape);
         outputs.push(((precision, convolution), forward()?));
-        let runs = if gpu { 20 } else { 2 };
+        // Six variants on a GPU (precision × convolution) in one device call: ten runs each.
+        let runs = if gpu { 10 } else { 2 };
         let mut times = Vec::new();
         for _ in 0..runs {
             let started = Instant::now();
