@@ -10,11 +10,12 @@
 #      an nnU-Net v2 folder saved by torch.save;
 #   2. the parity tests on burn wgpu against those fixtures;
 #   3. the renderer's golden and geometry tests on the NVIDIA GPU;
-#   4. bench-render (issue 5's figures);
+#   4. bench-render (issue 5's figures; the volume rendering with and without its quick look
+#      through the texture filter, GPU time);
 #   5. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures in f32 and
 #      f16, by burn's convolution kernels and as matrix products (LIGHTBOX_AI_CONV=gemm, in
 #      96 MiB and 1 GiB slabs), and issue 9's: the whole brain pipeline for one and two time
-#      points; bench-render's volume rendering with and without the quick look), with burn's
+#      points), with burn's
 #      autotune choices logged; 5b. the PlainConvUNet again from a build with burn's SPIR-V
 #      compiler (feature gpu-spirv: cooperative matrices, i.e. tensor cores);
 #   6. brain extraction's Dice test on the GPU.
