@@ -42,6 +42,7 @@ if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
 fi
 mkdir -p "$X"
 python3 -c "import tarfile; tarfile.open('.device/payload.tar.xz').extractall('$X')" || exit 1
+echo "payload built from: $(cat "$X/commit" 2>/dev/null || echo 'an unrecorded commit')"
 for m in deepbet deepbet-bbox; do cp "$X/models/$m/model.safetensors" "models/$m/"; done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .device/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 RUST_BACKTRACE=1

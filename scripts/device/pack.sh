@@ -44,6 +44,8 @@ for f in nilearn_mni152/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz
     cp "$DATA/$f" "$STAGE/data/$f"
 done
 mkdir -p .device
+# Which commit the binaries are built from (check.sh prints it), and whether the tree differed.
+{ git rev-parse HEAD; git status --porcelain --untracked-files=no | sed 's/^/changed: /'; } > "$STAGE/commit"
 # One stream with xz's 64 MiB dictionary: the three test binaries share most of their code, and
 # the device tool carries 64 MiB in all (61 MB packed this way, 68 MB at -6 in two threads).
 XZ_OPT="-9 -T1" tar -cJf .device/payload.tar.xz -C "$STAGE" .
