@@ -122,5 +122,6 @@ LIGHTBOX_AI_DEVICE=gpu timeout 60 "$IT" ai::brain_extraction_reaches_dice_095_on
 fi
 
 step summary
-grep -hE "payload built|test result|max abs|FAILED|panicked|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|brain pipeline|atrophy pipeline|PlainConvUNet|PyTorch|peak|SM clock" \
+echo "payload built from: $(head -1 "$X/commit" 2>/dev/null)"
+grep -hE "test result|max abs|FAILED|panicked|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|brain pipeline|atrophy pipeline|PlainConvUNet|PyTorch|peak|SM clock" \
     "$OUT"/*.log | cut -c1-400
