@@ -276,9 +276,17 @@ fn main() -> anyhow::Result<()> {
         let sampled = gpu_ms(&gpu, &no_skip, transparent, 30, dvr_at)?;
         let skipped = gpu_ms(&gpu, &dvr, transparent, 30, dvr_at)?;
         let shaded = gpu_ms(&gpu, &no_skip, window, 30, dvr_at)?;
-        if let (Some(sampled), Some(skipped), Some(shaded)) = (sampled, skipped, shaded) {
+        // The view moved a metre sideways: every ray misses the volume and takes no step, which
+        // leaves what a frame costs apart from stepping (set-up per pixel, the pass itself).
+        let away = |f: usize| {
+            let mut p = dvr_at(f);
+            p.corner = [0, 1, 2].map(|c| p.corner[c] + 1000.0 * p.right[c]);
+            p
+        };
+        let missed = gpu_ms(&gpu, &dvr, window, 30, away)?;
+        if let (Some(sampled), Some(skipped), Some(shaded), Some(missed)) = (sampled, skipped, shaded, missed) {
             println!(
-                "DVR diagnostics (GPU time, no skipping unless said): every step sampled, nothing composited {sampled:.2} ms; the same with empty bricks skipped {skipped:.2} ms; the real transfer function {shaded:.2} ms"
+                "DVR diagnostics (GPU time, no skipping unless said): every step sampled, nothing composited {sampled:.2} ms; the same with empty bricks skipped {skipped:.2} ms; the real transfer function {shaded:.2} ms; every ray missing the volume (no steps) {missed:.3} ms"
             );
         }
     }
