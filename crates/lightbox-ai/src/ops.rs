@@ -89,6 +89,17 @@ pub fn conv3d_gemm(
     let bytes = weight.dtype().size();
     let slab = (budget / (n * c * taps * plane * bytes).max(1)).clamp(1, od);
     let weight = weight.reshape([1, o, c * taps]).expand([n, o, c * taps]);
+    let add_bias = |y: Tensor<5>| match bias.clone() {
+        Some(b) => {
+            let dtype = burn::tensor::FloatDType::from(y.dtype());
+            y + b.cast(dtype).reshape([1, o, 1, 1, 1])
+        }
+        None => y,
+    };
+    if taps == 1 && stride == [1; 3] {
+        // A 1×1×1 convolution (nnU-Net's segmentation head): the input already is the columns.
+        return add_bias(weight.matmul(x.reshape([n, c, od * plane])).reshape([n, o, od, oh, ow]));
+    }
     let mut slabs = Vec::with_capacity(od.div_ceil(slab));
     for z0 in (0..od).step_by(slab) {
         let depth = slab.min(od - z0);
@@ -107,12 +118,7 @@ pub fn conv3d_gemm(
         let columns = windows.permute([0, 1, 5, 6, 7, 2, 3, 4]).reshape([n, c * taps, depth * plane]);
         slabs.push(weight.clone().matmul(columns).reshape([n, o, depth, oh, ow]));
     }
-    let y = Tensor::cat(slabs, 2);
-    let dtype = burn::tensor::FloatDType::from(y.dtype());
-    match bias {
-        Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
-        None => y,
-    }
+    add_bias(Tensor::cat(slabs, 2))
 }
 
 /// Runs `network` on plain values (`shape` = `[N, C, D, H, W]`, C order) and waits for the
