@@ -24,9 +24,10 @@ OUT=${OUT:-/tmp/lightbox-device-out}
 mkdir -p "$OUT"
 ROOT=$PWD
 X=$ROOT/.device/x
-# STEPS (default all): which of ai (1, 2, 5, 6), aibench (5) and render (3, 4) to run. The time
-# limits of all steps add up past one call's 600 s: STEPS=aibench,render (about 530 s at most)
-# answers the open speed questions in one call; STEPS=ai the parity and Dice ones.
+# STEPS (default all): which of ai (1, 2, 5, 6), aibench (5), parity (1, 2, 6) and render (3, 4)
+# to run. The time limits of all steps add up past one call's 600 s: STEPS=aibench,render (about
+# 530 s at most) answers the open speed questions in one call; STEPS=parity (about 250 s at most)
+# the parity and Dice ones in a second.
 STEPS=${STEPS:-ai,render}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 step() { echo; echo "=== $* ($(date +%T))"; }
@@ -55,7 +56,7 @@ IT=$BIN/deps/it
 REF=/tmp/lightbox-reference
 mkdir -p "$REF"
 
-if want ai; then
+if want ai || want parity; then
 step "1. PyTorch references"
 timeout 100 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" deepbet,nnunet 2>&1 | tee "$OUT/torch.log"
 tar -cf "$OUT/parity.tar" -C "$REF" parity
@@ -114,7 +115,7 @@ echo "peak GPU memory in use during bench-ai (whole GPU, nvidia-smi): $(cut -d, 
 echo "SM clock during bench-ai (MHz, nvidia-smi): lowest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | head -1), highest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | tail -1)" | tee -a "$OUT/bench-ai.log"
 fi
 
-if want ai; then
+if want ai || want parity; then
 
 step "6. brain extraction Dice on the GPU"
 LIGHTBOX_AI_DEVICE=gpu timeout 60 "$IT" ai::brain_extraction_reaches_dice_095_on_real_brains --nocapture 2>&1 | tee "$OUT/dice.log"
