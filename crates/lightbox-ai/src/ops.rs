@@ -60,7 +60,8 @@ pub fn conv_transpose3d_stride(x: Tensor<5>, weight: Tensor<5>, bias: Option<Ten
     }
 }
 
-/// A 3-D convolution (`groups` 1, no dilation) as matrix products: for each slab of output
+/// A 3-D convolution as matrix products (grouped or dilated ones, which nnU-Net does not use,
+/// go to burn's own kernels): for each slab of output
 /// depth, the kernel's windows over the zero-padded input (`unfold`, a view) are copied once
 /// into columns `[N, C·taps, voxels]` (channel-major, as the weight `[O, C, kd, kh, kw]` is laid
 /// out), and the weight as `[O, C·taps]` multiplies them. The same sums as a direct convolution
@@ -78,6 +79,9 @@ pub fn conv3d_gemm(
     budget: usize,
 ) -> Tensor<5> {
     use burn::tensor::Slice;
+    if options.groups != 1 || options.dilation != [1; 3] {
+        return burn::tensor::module::conv3d(x, weight, bias, options.clone());
+    }
     let [n, c, d, h, w] = x.dims();
     let [o, _, kd, kh, kw] = weight.dims();
     let (stride, padding) = (options.stride, options.padding);
@@ -266,6 +270,16 @@ mod tests {
             let reference = conv3d(x, weight, Some(bias), options);
             assert_eq!(ours.dims(), reference.dims(), "{shape:?} k {k:?} stride {stride:?}");
             assert!(close(&values(ours), &values(reference), 1e-5), "{shape:?} k {k:?} stride {stride:?}");
+        }
+        // Grouped and dilated convolutions (burn's own kernels) give burn's answer too.
+        let x = random([1, 4, 6, 6, 6]);
+        for (weight, options) in [
+            (random([4, 2, 3, 3, 3]), ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 2)),
+            (random([3, 4, 3, 3, 3]), ConvOptions::new([1, 1, 1], [2, 2, 2], [2, 2, 2], 1)),
+        ] {
+            let ours = conv3d_gemm(x.clone(), weight.clone(), None, &options, 96 << 20);
+            let reference = conv3d(x.clone(), weight, None, options);
+            assert!(close(&values(ours), &values(reference), 1e-5));
         }
         // Slabs of output depth: 3 slices (one left over at the end), 1 slice, strided.
         let x = random([1, 4, 10, 6, 5]);
