@@ -4,8 +4,10 @@
 //
 // The plane arrives already mapped to voxel space (by `lightbox_render::mpr`): the voxel position
 // of output pixel (i, j) at slab step k is origin + i * step_x + j * step_y + k * step_z, voxel
-// centres at integer coordinates. The volume is r32float (not filterable), so the eight
-// neighbours are read with textureLoad and blended here. `cpu::mpr_rgba` computes the same.
+// centres at integer coordinates. The eight neighbours are read with textureLoad and blended
+// here in f32, whatever the texture (integer textures cannot be filtered, and a texture unit's
+// filter weights are coarser than f32), so that `cpu::mpr_rgba` computes exactly the same; only
+// the volume rendering's quick look goes through the filter (trilinear.wgsl).
 //
 // A label map (segment numbers, r8uint) can be drawn over the image: each label its own colour
 // (golden-angle hues), filled with some opacity or as outlines; labels are read at the nearest
