@@ -140,21 +140,48 @@ fn deepbet_brain_network_matches_pytorch() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The nnU-Net parity fixture: its folder imported as a package, and the input PyTorch ran on.
+struct NnunetFixture {
+    meta: serde_json::Value,
+    dims: [usize; 3],
+    channels: usize,
+    values: Vec<f32>,
+    package: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NnunetFixture {
+    fn load() -> anyhow::Result<Self> {
+        let meta = meta("nnunet.json")?;
+        let (dims, channels, values) = input(&meta)?;
+        let dir = tempfile::tempdir()?;
+        let package = dir.path().join("parity");
+        // The folder as nnU-Net v2 left it: plans.json, dataset.json, fold_0/checkpoint_final.pth.
+        lightbox_ai::nnunet::import(&fixtures().join("nnunet"), "3d_fullres", &[0], "parity", &package)?;
+        Ok(Self { meta, dims, channels, values, package, _dir: dir })
+    }
+
+    /// The PlainConvUNet's logits on the fixture's crop as `device` computes them, and the
+    /// device's description.
+    fn logits(&self, device: AiDevice) -> anyhow::Result<(String, Vec<f32>)> {
+        let model = NnUnet::from_package(&self.package, device)?;
+        let [d, h, w] = self.dims;
+        let out = model.network().forward_values(&model.device, self.values.clone(), [1, self.channels, d, h, w])?;
+        Ok((model.device.description.clone(), fixture_crop(&self.meta, &out, [3, d, h, w], &[0, 1, 2])?))
+    }
+}
+
 #[test]
 fn nnunet_folder_saved_by_pytorch_converts_and_matches_pytorch() -> anyhow::Result<()> {
-    let meta = meta("nnunet.json")?;
-    let (dims, channels, values) = input(&meta)?;
-    let dir = tempfile::tempdir()?;
-    let package = dir.path().join("parity");
-    // The folder as nnU-Net v2 left it: plans.json, dataset.json, fold_0/checkpoint_final.pth.
-    lightbox_ai::nnunet::import(&fixtures().join("nnunet"), "3d_fullres", &[0], "parity", &package)?;
-    let model = NnUnet::from_package(&package, device()?)?;
+    let fixture = NnunetFixture::load()?;
+    let (meta, dims, channels, values) = (&fixture.meta, fixture.dims, fixture.channels, &fixture.values);
+    let model = NnUnet::from_package(&fixture.package, device()?)?;
     eprintln!("nnU-Net parity on {}", model.device.description);
     let [d, h, w] = dims;
     let out = model.network().forward_values(&model.device, values.clone(), [1, channels, d, h, w])?;
     let classes = out.len() / (d * h * w);
     anyhow::ensure!(classes == 3, "{classes} classes, the dataset has 3 labels");
-    let ours = fixture_crop(&meta, &out, [classes, d, h, w], &[0, 1, 2])?;
+    let ours = fixture_crop(meta, &out, [classes, d, h, w], &[0, 1, 2])?;
     assert_parity("nnU-Net PlainConvUNet logits", &ours, &read_f32("nnunet.f32")?)?;
     let abs_max = out.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
     let theirs = meta["logits_abs_max"].as_f64().context("logits_abs_max")?;
@@ -193,17 +220,10 @@ fn nnunet_folder_saved_by_pytorch_converts_and_matches_pytorch() -> anyhow::Resu
 /// from the f32 run).
 #[test]
 fn nnunet_in_half_precision_stays_within_rounding_of_pytorch() -> anyhow::Result<()> {
-    let meta = meta("nnunet.json")?;
-    let (dims, channels, values) = input(&meta)?;
-    let dir = tempfile::tempdir()?;
-    let package = dir.path().join("parity");
-    lightbox_ai::nnunet::import(&fixtures().join("nnunet"), "3d_fullres", &[0], "parity", &package)?;
-    let [d, h, w] = dims;
+    let fixture = NnunetFixture::load()?;
     let mut logits = Vec::new();
     for precision in [Precision::F32, Precision::F16] {
-        let model = NnUnet::from_package(&package, device()?.with_precision(precision)?)?;
-        let out = model.network().forward_values(&model.device, values.clone(), [1, channels, d, h, w])?;
-        logits.push((model.device.description.clone(), fixture_crop(&meta, &out, [3, d, h, w], &[0, 1, 2])?));
+        logits.push(fixture.logits(device()?.with_precision(precision)?)?);
     }
     let torch = read_f32("nnunet.f32")?;
     let (described, half) = &logits[1];
@@ -229,21 +249,13 @@ fn nnunet_in_half_precision_stays_within_rounding_of_pytorch() -> anyhow::Result
 /// network matches PyTorch to 1e-4 in f32, and stays within f16's rounding in f16.
 #[test]
 fn nnunet_with_gemm_convolutions_matches_pytorch() -> anyhow::Result<()> {
-    let meta = meta("nnunet.json")?;
-    let (dims, channels, values) = input(&meta)?;
-    let dir = tempfile::tempdir()?;
-    let package = dir.path().join("parity");
-    lightbox_ai::nnunet::import(&fixtures().join("nnunet"), "3d_fullres", &[0], "parity", &package)?;
-    let [d, h, w] = dims;
+    let fixture = NnunetFixture::load()?;
     let torch = read_f32("nnunet.f32")?;
     let scale = torch.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
     for precision in [Precision::F32, Precision::F16] {
-        let device = device()?.with_convolution(Convolution::GEMM).with_precision(precision)?;
-        let model = NnUnet::from_package(&package, device)?;
-        let described = &model.device.description;
+        let (described, ours) =
+            fixture.logits(device()?.with_convolution(Convolution::GEMM).with_precision(precision)?)?;
         anyhow::ensure!(described.contains("GEMM"), "the run says {described}");
-        let out = model.network().forward_values(&model.device, values.clone(), [1, channels, d, h, w])?;
-        let ours = fixture_crop(&meta, &out, [3, d, h, w], &[0, 1, 2])?;
         if precision == Precision::F32 {
             assert_parity(&format!("nnU-Net logits, GEMM convolutions on {described}"), &ours, &torch)?;
         } else {

@@ -68,6 +68,13 @@ fn demo_volume() -> anyhow::Result<lightbox_core::Volume<f32>> {
     Ok(report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?.load(0)?)
 }
 
+/// The demo study's volume in its stored type (16-bit).
+fn demo_stored() -> anyhow::Result<lightbox_core::StoredVolume> {
+    let report = lightbox_dicom::scan_path(&demo_study())?;
+    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("demo study has no series"))?;
+    Ok(report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?.load_stored(0)?)
+}
+
 /// MPR on the GPU (lavapipe in CI) against the CPU reference: the three standard planes, an
 /// oblique one, and thick slabs (MIP, MinIP, average), on the demo study, whose slices are
 /// tilted about 10° from axial.
@@ -230,10 +237,7 @@ fn stored_16_bit_volume_renders_like_the_float_one() -> anyhow::Result<()> {
 #[test]
 fn panes_drawn_on_the_cpu_equal_the_shaders() -> anyhow::Result<()> {
     use lightbox_render::{LabelStyle, Lut, MprPlane, MprRenderer, PlaneSource, SlabMode};
-    let report = lightbox_dicom::scan_path(&demo_study())?;
-    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
-    let set = report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?;
-    let stored = set.load_stored(0)?;
+    let stored = demo_stored()?;
     let (a, dims) = (stored.patient_from_voxel, stored.dims());
     let float = stored.to_f32();
     let labels = lightbox_core::Volume::new(
@@ -356,10 +360,7 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
 fn every_stored_type_renders_like_the_cpu_reference() -> anyhow::Result<()> {
     use lightbox_core::{StoredVolume, StoredVoxels};
     use lightbox_render::{MprPlane, MprRenderer, SlabMode};
-    let report = lightbox_dicom::scan_path(&demo_study())?;
-    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
-    let set = report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?;
-    let demo = set.load_stored(0)?;
+    let demo = demo_stored()?;
     let (a, dims) = (demo.patient_from_voxel, demo.dims());
     let real = demo.to_f32();
     let values = real.voxels();
@@ -443,10 +444,7 @@ fn gpu_scalar_overlay_matches_cpu_reference() -> anyhow::Result<()> {
 fn a_volume_beyond_the_texture_limit_renders_folded_exactly_like_unfolded() -> anyhow::Result<()> {
     use lightbox_core::{StoredVolume, StoredVoxels, Volume};
     use lightbox_render::{LabelStyle, MprPlane, MprRenderer, SlabMode};
-    let report = lightbox_dicom::scan_path(&demo_study())?;
-    let (_, series) = report.series().next().ok_or_else(|| anyhow::anyhow!("no series"))?;
-    let set = report.display_sets(series).first().ok_or_else(|| anyhow::anyhow!("no display set"))?;
-    let demo = set.load_stored(0)?;
+    let demo = demo_stored()?;
     let [nx, ny, nz] = demo.dims();
     anyhow::ensure!(nx > 130 && ny > 180 && nz < 65, "demo dims {:?}", demo.dims());
     // Rows 60..180 of every slice (the prostate): only the columns exceed the limit. The same
