@@ -312,12 +312,18 @@ fn volume_colour(position: vec2<f32>) -> vec3<f32> {
 
 @fragment
 fn fs_main(in: VertexOutput) -> @location(0) vec4<f32> {
+    return pixel_colour(in.position.xy);
+}
+
+// The colour of the pixel centred at `position` (in pixels from the target's top left corner):
+// what the fragment stage draws, and the compute pass too (compute.wgsl).
+fn pixel_colour(position: vec2<f32>) -> vec4<f32> {
     if (u.slab.y == 4u) {
-        return vec4<f32>(volume_colour(in.position.xy), 1.0);
+        return vec4<f32>(volume_colour(position), 1.0);
     }
-    let grey = grey_at(in.position.xy);
-    let i = floor(in.position.x);
-    let j = floor(in.position.y);
+    let grey = grey_at(position);
+    let i = floor(position.x);
+    let j = floor(position.y);
     let mid = f32(max(u.slab.x, 1u) / 2u);
     let p = u.origin.xyz + i * u.step_x.xyz + j * u.step_y.xyz + mid * u.step_z.xyz;
     var base = vec3<f32>(grey);

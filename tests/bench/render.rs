@@ -7,7 +7,17 @@
 use std::time::{Duration, Instant};
 
 use lightbox_core::{Affine3, StoredVolume, StoredVoxels, WindowLevel};
-use lightbox_render::{GpuContext, GpuTimer, MprPlane, MprRenderer, PlaneSource, SliceParams, SliceRenderer, cpu};
+use lightbox_render::{
+    GpuContext, GpuTimer, Launch, MprPlane, MprRenderer, PlaneSource, SliceParams, SliceRenderer, cpu,
+};
+
+/// The launch that `launch` is not.
+fn other(launch: Launch) -> Launch {
+    match launch {
+        Launch::Fragment => Launch::Compute,
+        Launch::Compute => Launch::Fragment,
+    }
+}
 
 /// A head-sized phantom: a ball of tissue-like 16-bit values with a fine texture (so that no
 /// cache or compression flatters the sampling), air around it. 1 mm voxels.
@@ -90,6 +100,8 @@ fn main() -> anyhow::Result<()> {
         if real_gpu { "GPU" } else { "software" }
     );
     let budget = (Duration::from_secs(3), 3);
+    let launch = Launch::for_device(&gpu.device);
+    println!("pixels launched by {launch:?} on this adapter (the other launch is timed beside it below)");
     let window = WindowLevel { center: 1000.0, width: 1600.0 };
 
     let made = Instant::now();
@@ -164,18 +176,30 @@ fn main() -> anyhow::Result<()> {
     // MPR at 1024² (0.5 mm pixels): the H100 goal is ≤ 0.5 ms a frame.
     let fine = |f: usize| MprPlane::axial(&a, dims, [0.0, 0.0, (f % 64) as f64 - 32.0], 0.5);
     let fine_plane = fine(0);
-    let mpr_fine =
+    let mut mpr_fine =
         MprRenderer::new_stored(&gpu.device, &gpu.queue, &volume, None, fine_plane.width, fine_plane.height)?;
     let fine_wall_ms = 1000.0 / fps(&gpu, &mpr_fine, window, budget, fine)?;
     let fine_gpu_ms = if real_gpu { gpu_ms(&gpu, &mpr_fine, window, 200, fine)? } else { None };
     let fine_ms = fine_gpu_ms.unwrap_or(fine_wall_ms);
     println!(
-        "MPR {}x{}: {fine_wall_ms:.3} ms a frame (throughput){}; H100 goal ≤ 0.5 ms: {:.2}x of goal{}",
+        "MPR {}x{} ({launch:?}): {fine_wall_ms:.3} ms a frame (throughput){}; H100 goal ≤ 0.5 ms: {:.2}x of goal{}",
         fine_plane.width,
         fine_plane.height,
         gpu_time_note(fine_gpu_ms),
         0.5 / fine_ms,
         if real_gpu { "" } else { " (software: not comparable)" }
+    );
+    mpr_fine.set_launch(other(launch));
+    let other_wall_ms = 1000.0 / fps(&gpu, &mpr_fine, window, budget, fine)?;
+    let other_gpu_ms = if real_gpu { gpu_ms(&gpu, &mpr_fine, window, 200, fine)? } else { None };
+    let other_ms = other_gpu_ms.unwrap_or(other_wall_ms);
+    println!(
+        "MPR {}x{} by the other launch ({:?}): {other_ms:.3} ms a frame{}; {:.2}x the time of {launch:?}",
+        fine_plane.width,
+        fine_plane.height,
+        other(launch),
+        if real_gpu { " (GPU time)" } else { " (throughput)" },
+        other_ms / fine_ms
     );
 
     // Direct volume rendering at 1920×1080 through the whole volume (on software Vulkan, where a
@@ -234,16 +258,18 @@ fn main() -> anyhow::Result<()> {
             "DVR quick look through the texture filter: not available (the volume's texture cannot be filtered here)"
         );
     }
-    // The same rays launched by a compute pass (8 × 8 tiles) instead of the full-target triangle.
-    dvr.set_volume_by_compute(true);
-    let compute_wall_ms = 1000.0 / fps(&gpu, &dvr, window, frames, dvr_at)?;
-    let compute_gpu_ms = if real_gpu { gpu_ms(&gpu, &dvr, window, 60, dvr_at)? } else { None };
-    dvr.set_volume_by_compute(false);
-    let compute_ms = compute_gpu_ms.unwrap_or(compute_wall_ms);
+    // The same rays launched the other way (a compute pass in 8 × 8 tiles, or one triangle over
+    // the target).
+    dvr.set_launch(other(launch));
+    let other_wall_ms = 1000.0 / fps(&gpu, &dvr, window, frames, dvr_at)?;
+    let other_gpu_ms = if real_gpu { gpu_ms(&gpu, &dvr, window, 60, dvr_at)? } else { None };
+    dvr.set_launch(launch);
+    let other_ms = other_gpu_ms.unwrap_or(other_wall_ms);
     println!(
-        "DVR {w}x{h} by a compute pass: {compute_ms:.2} ms a frame{}, {:.2}x the fragment path's {dvr_ms:.2} ms",
-        gpu_time_note(compute_gpu_ms),
-        dvr_ms / compute_ms
+        "DVR {w}x{h} by the other launch ({:?}): {other_ms:.2} ms a frame{}, {:.2}x the time of {launch:?} ({dvr_ms:.2} ms)",
+        other(launch),
+        gpu_time_note(other_gpu_ms),
+        other_ms / dvr_ms
     );
     if !real_gpu {
         // The CPU's volume rendering of the same view, as the viewer draws it where the only
@@ -261,7 +287,7 @@ fn main() -> anyhow::Result<()> {
     }
     let gbps = mpr.volume_bytes as f64 / (dvr_ms / 1000.0) / 1e9;
     println!(
-        "DVR {w}x{h} of {n}³: {dvr_ms:.2} ms a frame ({:.1} fps), {gbps:.2} GB/s of volume read; H100 goal (1920x1080) ≤ 4 ms: {:.3}x of goal{}",
+        "DVR {w}x{h} of {n}³ ({launch:?}): {dvr_ms:.2} ms a frame ({:.1} fps), {gbps:.2} GB/s of volume read; H100 goal (1920x1080) ≤ 4 ms: {:.3}x of goal{}",
         1000.0 / dvr_ms,
         4.0 / dvr_ms,
         if real_gpu { "" } else { " (software: not comparable)" }

@@ -25,6 +25,27 @@ fn assert_rgba_close(gpu: &GpuContext, image: &[u8], reference: &[u8], what: &st
     );
 }
 
+/// `plane` drawn by `renderer` with each launch (the fragment stage and the compute pass), with
+/// its name; the renderer keeps the launch it had.
+fn each_launch(
+    gpu: &GpuContext,
+    renderer: &mut lightbox_render::MprRenderer,
+    plane: &lightbox_render::MprPlane,
+    window: WindowLevel,
+    style: Option<lightbox_render::LabelStyle>,
+) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    use lightbox_render::Launch;
+    let had = renderer.launch();
+    let mut images = Vec::new();
+    for launch in [Launch::Fragment, Launch::Compute] {
+        renderer.set_launch(launch);
+        renderer.render(&gpu.device, &gpu.queue, plane, window, style)?;
+        images.push((format!("{launch:?}"), renderer.read_target(&gpu.device, &gpu.queue)?));
+    }
+    renderer.set_launch(had);
+    Ok(images)
+}
+
 #[test]
 fn gpu_slice_matches_cpu_reference_on_demo_study() -> anyhow::Result<()> {
     let report = lightbox_dicom::scan_path(&demo_study())?;
@@ -98,11 +119,11 @@ fn gpu_mpr_matches_cpu_reference_on_demo_study() -> anyhow::Result<()> {
     ];
     let gpu = GpuContext::headless()?;
     for (name, plane) in planes {
-        let renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, None, plane.width, plane.height)?;
-        renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
-        let image = renderer.read_target(&gpu.device, &gpu.queue)?;
+        let mut renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, None, plane.width, plane.height)?;
         let reference = cpu::mpr_rgba(&volume, &plane, window)?;
-        assert_rgba_close(&gpu, &image, &reference, name);
+        for (launch, image) in each_launch(&gpu, &mut renderer, &plane, window, None)? {
+            assert_rgba_close(&gpu, &image, &reference, &format!("{name} ({launch})"));
+        }
         let greys: std::collections::HashSet<u8> = reference.chunks(4).map(|p| p[0]).collect();
         assert!(greys.len() > 40, "{name}: only {} grey levels", greys.len());
     }
@@ -189,11 +210,12 @@ fn gpu_label_overlay_matches_cpu_reference() -> anyhow::Result<()> {
             LabelStyle { opacity: 0.6, outline: false },
         ),
     ] {
-        let renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, Some(&labels), plane.width, plane.height)?;
-        renderer.render(&gpu.device, &gpu.queue, &plane, window, Some(style))?;
-        let image = renderer.read_target(&gpu.device, &gpu.queue)?;
+        let mut renderer =
+            MprRenderer::new(&gpu.device, &gpu.queue, &volume, Some(&labels), plane.width, plane.height)?;
         let reference = cpu::mpr_rgba_with_labels(&volume, Some((&labels, style)), &plane, window)?;
-        assert_rgba_close(&gpu, &image, &reference, name);
+        for (launch, image) in each_launch(&gpu, &mut renderer, &plane, window, Some(style))? {
+            assert_rgba_close(&gpu, &image, &reference, &format!("{name} ({launch})"));
+        }
         let coloured = reference.chunks(4).filter(|p| p[0] != p[1] || p[1] != p[2]).count();
         assert!(coloured > 100, "{name}: only {coloured} coloured pixels");
     }
@@ -220,12 +242,12 @@ fn stored_16_bit_volume_renders_like_the_float_one() -> anyhow::Result<()> {
         ("axial", MprPlane::axial(&a, dims, centre, 1.0)),
         ("coronal MIP", MprPlane::coronal(&a, dims, centre, 1.0).with_slab(15.0, SlabMode::Max)),
     ] {
-        let renderer = MprRenderer::new_stored(&gpu.device, &gpu.queue, &stored, None, plane.width, plane.height)?;
+        let mut renderer = MprRenderer::new_stored(&gpu.device, &gpu.queue, &stored, None, plane.width, plane.height)?;
         assert_eq!(renderer.volume_bytes, (float.voxels().len() * 2) as u64);
-        renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
-        let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba(&float, &plane, window)?;
-        assert_rgba_close(&gpu, &image, &reference, name);
+        for (launch, image) in each_launch(&gpu, &mut renderer, &plane, window, None)? {
+            assert_rgba_close(&gpu, &image, &reference, &format!("{name} ({launch})"));
+        }
     }
     Ok(())
 }
@@ -312,7 +334,7 @@ fn panes_drawn_on_the_cpu_equal_the_shaders() -> anyhow::Result<()> {
 /// an oblique direction.
 #[test]
 fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
-    use lightbox_render::{MprPlane, MprRenderer};
+    use lightbox_render::{Launch, MprPlane, MprRenderer};
     let volume = demo_volume()?;
     let (a, dims) = (volume.patient_from_voxel, volume.dims());
     let tf = WindowLevel { center: 1600.0, width: 1200.0 };
@@ -323,6 +345,10 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
         // The quick look through the texture filter, wherever the GPU filters float32.
         let filters = gpu.device.features().contains(lightbox_render::wgpu::Features::FLOAT32_FILTERABLE);
         assert_eq!(renderer.quick_look(), filters, "{name}: quick look on {}", gpu.adapter_name);
+        // Pixels launched by the fragment stage on a software rasteriser, by compute on a GPU.
+        let software = gpu.adapter_name.to_lowercase().contains("llvmpipe");
+        let launch = if software { Launch::Fragment } else { Launch::Compute };
+        assert_eq!(renderer.launch(), launch, "{name}: launch on {}", gpu.adapter_name);
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba(&volume, &plane, tf)?;
@@ -341,12 +367,10 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
         let skipped = renderer.read_target(&gpu.device, &gpu.queue)?;
         assert!(skipped == image, "{name}: empty-space skipping changed the image");
-        // The same rays launched by a compute pass: the same image.
-        renderer.set_volume_by_compute(true);
-        renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
-        let computed = renderer.read_target(&gpu.device, &gpu.queue)?;
-        assert_rgba_close(&gpu, &computed, &image, &format!("volume rendering by a compute pass, {name}"));
-        renderer.set_volume_by_compute(false);
+        // Both launches, with the quick look and skipping: the CPU reference's image.
+        for (launch, image) in each_launch(&gpu, &mut renderer, &plane, tf, None)? {
+            assert_rgba_close(&gpu, &image, &reference, &format!("volume rendering, {name} ({launch})"));
+        }
     }
     Ok(())
 }
@@ -391,13 +415,14 @@ fn every_stored_type_renders_like_the_cpu_reference() -> anyhow::Result<()> {
             ("coronal MIP", MprPlane::coronal(&a, dims, centre, 1.0).with_slab(15.0, SlabMode::Max), window),
             ("volume rendering", MprPlane::view_3d(&a, dims, 0.6, 0.35, 1.5), tf),
         ] {
-            let renderer = MprRenderer::new_stored(&gpu.device, &gpu.queue, stored, None, plane.width, plane.height)?;
+            let mut renderer =
+                MprRenderer::new_stored(&gpu.device, &gpu.queue, stored, None, plane.width, plane.height)?;
             assert_eq!(renderer.quick_look(), *quick, "{kind}: quick look on {}", gpu.adapter_name);
-            renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
-            let image = renderer.read_target(&gpu.device, &gpu.queue)?;
             let reference = cpu::mpr_rgba_stored(stored, None, None, &plane, window, None)?;
-            assert_rgba_close(&gpu, &image, &reference, &format!("{kind}, {name}"));
-            let lit = image.chunks(4).filter(|p| p[0] > 20).count();
+            for (launch, image) in each_launch(&gpu, &mut renderer, &plane, window, None)? {
+                assert_rgba_close(&gpu, &image, &reference, &format!("{kind}, {name} ({launch})"));
+            }
+            let lit = reference.chunks(4).filter(|p| p[0] > 20).count();
             assert!(lit > 500, "{kind}, {name}: only {lit} lit pixels");
         }
     }
@@ -425,10 +450,10 @@ fn gpu_scalar_overlay_matches_cpu_reference() -> anyhow::Result<()> {
         let mut renderer =
             MprRenderer::with_scalars(&gpu.device, &gpu.queue, &volume, &map, plane.width, plane.height)?;
         renderer.scalar_style = Some(style);
-        renderer.render(&gpu.device, &gpu.queue, &plane, window, None)?;
-        let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba_with_scalars(&volume, &map, style, &plane, window)?;
-        assert_rgba_close(&gpu, &image, &reference, name);
+        for (launch, image) in each_launch(&gpu, &mut renderer, &plane, window, None)? {
+            assert_rgba_close(&gpu, &image, &reference, &format!("{name} ({launch})"));
+        }
         let coloured = reference.chunks(4).filter(|p| p[0] != p[2]).count();
         assert!(coloured > 100, "{name}: only {coloured} coloured pixels");
     }
@@ -498,18 +523,19 @@ fn a_volume_beyond_the_texture_limit_renders_folded_exactly_like_unfolded() -> a
             ("volume rendering", MprPlane::view_3d(&a, dims, 0.7, 0.3, 1.5), None),
         ] {
             let size = (plane.width, plane.height);
-            let whole = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, volume, Some(&labels), size, 4096)?;
-            let folded = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, volume, Some(&labels), size, 130)?;
+            let mut whole = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, volume, Some(&labels), size, 4096)?;
+            let mut folded = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, volume, Some(&labels), size, 130)?;
             assert_eq!(whole.packing.pieces, 1, "{what}");
             assert_eq!((folded.packing.pieces, folded.packing.along), (2, 2), "{what}: {:?}", folded.packing);
-            let mut images = Vec::new();
-            for renderer in [&whole, &folded] {
-                renderer.render(&gpu.device, &gpu.queue, &plane, window, style)?;
-                images.push(renderer.read_target(&gpu.device, &gpu.queue)?);
+            // Each launch draws the folded volume as the unfolded one.
+            let unfolded = each_launch(&gpu, &mut whole, &plane, window, style)?;
+            for ((launch, a), (_, b)) in unfolded.iter().zip(each_launch(&gpu, &mut folded, &plane, window, style)?) {
+                assert!(*a == b, "{what}, {name}: the folded volume renders differently ({launch})");
             }
+            folded.render(&gpu.device, &gpu.queue, &plane, window, style)?;
+            let images = [unfolded[0].1.clone(), folded.read_target(&gpu.device, &gpu.queue)?];
             let lit = images[0].chunks(4).filter(|p| p[0] > 20).count();
             assert!(lit > 500, "{what}, {name}: only {lit} lit pixels");
-            assert!(images[0] == images[1], "{what}, {name}: the folded volume renders differently");
             // A second renderer sharing the folded upload draws the same.
             let shared = folded.sharing(&gpu.device, plane.width, plane.height);
             shared.render(&gpu.device, &gpu.queue, &plane, window, style)?;
@@ -551,10 +577,10 @@ fn colour_tables_match_the_cpu_reference() -> anyhow::Result<()> {
     ] {
         let mut renderer = MprRenderer::new(&gpu.device, &gpu.queue, &volume, None, plane.width, plane.height)?;
         renderer.set_lut(&gpu.queue, Some(lut));
-        renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
-        let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba_lut(&volume, &plane, tf, lut)?;
-        assert_rgba_close(&gpu, &image, &reference, name);
+        for (launch, image) in each_launch(&gpu, &mut renderer, &plane, tf, None)? {
+            assert_rgba_close(&gpu, &image, &reference, &format!("{name} ({launch})"));
+        }
         let coloured = reference.chunks(4).filter(|p| p[0].abs_diff(p[2]) > 30).count();
         assert!(coloured > 500, "{name}: only {coloured} coloured pixels");
         // Without the table the same renderer draws as before.

@@ -553,7 +553,7 @@ fn pipeline_for(
     })
 }
 
-/// A 3-D texture read by the fragment shader (or the volume rendering's compute pass).
+/// A 3-D texture read by the shaders (fragment stage or compute pass).
 fn texture_entry(binding: u32, sample_type: wgpu::TextureSampleType) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
@@ -567,7 +567,7 @@ fn texture_entry(binding: u32, sample_type: wgpu::TextureSampleType) -> wgpu::Bi
     }
 }
 
-/// A uniform buffer read by the fragment shader (or the volume rendering's compute pass).
+/// A uniform buffer read by the shaders (fragment stage or compute pass).
 fn uniform_entry(binding: u32) -> wgpu::BindGroupLayoutEntry {
     wgpu::BindGroupLayoutEntry {
         binding,
@@ -732,6 +732,81 @@ struct MprUniforms {
     packing: [u32; 4],
 }
 
+/// How a renderer's pixels are launched on the GPU: the same shader code and the same pixels
+/// either way (golden tests compare both with the CPU reference).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Launch {
+    /// One triangle over the target, a fragment a pixel: fastest on software rasterisers
+    /// (Mesa's lavapipe).
+    Fragment,
+    /// A compute pass, one invocation a pixel in 8 × 8 tiles (`shaders/compute.wgsl`). A
+    /// data-centre GPU runs fragments on a few of its multiprocessors only (an H100 has graphics
+    /// units in 2 of its 66 texture-processing clusters) and compute on all; desktop GPUs run
+    /// both alike.
+    Compute,
+}
+
+impl Launch {
+    /// What the renderer uses on `device` unless told otherwise: the fragment stage on a
+    /// software rasteriser, compute on every hardware GPU.
+    pub fn for_device(device: &wgpu::Device) -> Self {
+        if MprRenderer::is_software(device) { Self::Fragment } else { Self::Compute }
+    }
+}
+
+/// A compute pipeline drawing into an RGBA8 target (group 1), reading `layout`'s resources
+/// (group 0); the layout of its output binding is `output`.
+fn compute_pipeline_for(
+    device: &wgpu::Device,
+    shader: &str,
+    label: &str,
+    (layout, output): (&wgpu::BindGroupLayout, &wgpu::BindGroupLayout),
+) -> wgpu::ComputePipeline {
+    let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+        label: Some(label),
+        source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(shader)),
+    });
+    let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: Some(label),
+        bind_group_layouts: &[Some(layout), Some(output)],
+        immediate_size: 0,
+    });
+    device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some(label),
+        layout: Some(&pipeline_layout),
+        module: &module,
+        entry_point: Some("cs_main"),
+        compilation_options: Default::default(),
+        cache: None,
+    })
+}
+
+/// The layout of a compute pass's output: the RGBA8 target as a write-only storage texture.
+fn compute_output_layout(device: &wgpu::Device) -> wgpu::BindGroupLayout {
+    device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: Some("mpr compute output"),
+        entries: &[wgpu::BindGroupLayoutEntry {
+            binding: 0,
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::StorageTexture {
+                access: wgpu::StorageTextureAccess::WriteOnly,
+                format: SliceRenderer::TARGET_FORMAT,
+                view_dimension: wgpu::TextureViewDimension::D2,
+            },
+            count: None,
+        }],
+    })
+}
+
+/// The compute passes' pipelines (`shaders::planes_compute_for`, `volume_compute_for`), each made
+/// on first use, and the layout of their output; shared by renderers made with `sharing`.
+#[derive(Default)]
+struct ComputePipelines {
+    output: std::sync::OnceLock<wgpu::BindGroupLayout>,
+    planes: std::sync::OnceLock<wgpu::ComputePipeline>,
+    volume: std::sync::OnceLock<wgpu::ComputePipeline>,
+}
+
 /// Multiplanar reformation of one volume: planes of any orientation (and thick-slab MIP, MinIP
 /// or average) drawn into an RGBA8 texture of a fixed size.
 pub struct MprRenderer {
@@ -740,12 +815,13 @@ pub struct MprRenderer {
     /// by renderers made with `sharing`.
     volume_pipeline: std::sync::Arc<std::sync::OnceLock<wgpu::RenderPipeline>>,
     volume_shader: std::sync::Arc<String>,
-    /// The volume rendering as a compute pass (`shaders::volume_compute_for`), made on first use:
-    /// its pipeline and the layout of its output binding.
-    compute_pipeline: std::sync::Arc<std::sync::OnceLock<(wgpu::ComputePipeline, wgpu::BindGroupLayout)>>,
-    compute_shader: std::sync::Arc<String>,
-    /// Volume rendering by the compute pass instead of the full-target triangle.
-    volume_by_compute: bool,
+    /// The same planes and volume rendering as compute passes.
+    compute: std::sync::Arc<ComputePipelines>,
+    planes_compute_shader: std::sync::Arc<String>,
+    volume_compute_shader: std::sync::Arc<String>,
+    /// This renderer's target as the compute passes' output, made on first use.
+    compute_output: std::sync::OnceLock<wgpu::BindGroup>,
+    launch: Launch,
     layout: wgpu::BindGroupLayout,
     /// The uploaded volume and overlays, shared by renderers made with `sharing`.
     views: Views,
@@ -885,7 +961,8 @@ impl MprRenderer {
         let (pipeline, layout) =
             fullscreen_pipeline(device, &shaders::planes_for(texels, folded), "mpr", sample_type(texels));
         let volume_shader = std::sync::Arc::new(shaders::volume_for(texels, folded));
-        let compute_shader = std::sync::Arc::new(shaders::volume_compute_for(texels, folded));
+        let planes_compute_shader = std::sync::Arc::new(shaders::planes_compute_for(texels, folded));
+        let volume_compute_shader = std::sync::Arc::new(shaders::volume_compute_for(texels, folded));
         let views =
             Views { volume: volume_view, labels: labels_view, scalars: scalars_view, occupancy: occupancy_view };
         let (bind_group, uniforms, lut_buffer) =
@@ -894,9 +971,11 @@ impl MprRenderer {
             pipeline,
             volume_pipeline: Default::default(),
             volume_shader,
-            compute_pipeline: Default::default(),
-            compute_shader,
-            volume_by_compute: false,
+            compute: Default::default(),
+            planes_compute_shader,
+            volume_compute_shader,
+            compute_output: Default::default(),
+            launch: Launch::for_device(device),
             layout,
             views,
             bind_group,
@@ -939,9 +1018,11 @@ impl MprRenderer {
             pipeline: self.pipeline.clone(),
             volume_pipeline: self.volume_pipeline.clone(),
             volume_shader: self.volume_shader.clone(),
-            compute_pipeline: self.compute_pipeline.clone(),
-            compute_shader: self.compute_shader.clone(),
-            volume_by_compute: self.volume_by_compute,
+            compute: self.compute.clone(),
+            planes_compute_shader: self.planes_compute_shader.clone(),
+            volume_compute_shader: self.volume_compute_shader.clone(),
+            compute_output: Default::default(),
+            launch: self.launch,
             layout: self.layout.clone(),
             views: self.views.clone(),
             bind_group,
@@ -969,11 +1050,15 @@ impl MprRenderer {
         }
     }
 
-    /// Renders the volume by a compute pass (one invocation a pixel, 8 × 8 tiles) instead of
-    /// the full-target triangle: the same rays and pixels, launched the other way (for GPUs
-    /// where one is faster; bench-render times both).
-    pub fn set_volume_by_compute(&mut self, on: bool) {
-        self.volume_by_compute = on;
+    /// How this renderer launches its pixels ([`Launch::for_device`] unless set).
+    pub fn launch(&self) -> Launch {
+        self.launch
+    }
+
+    /// Launches the pixels the other way from now on: the same pixels (for comparisons:
+    /// bench-render times both, the golden tests check both).
+    pub fn set_launch(&mut self, launch: Launch) {
+        self.launch = launch;
     }
 
     /// Whether the volume rendering takes a quick look at each sample through the texture unit's
@@ -991,9 +1076,15 @@ impl MprRenderer {
         let folded = self.packing.pieces > 1;
         self.quick = texels.filterable && !folded;
         self.volume_shader = std::sync::Arc::new(shaders::volume_for(texels, folded));
-        self.compute_shader = std::sync::Arc::new(shaders::volume_compute_for(texels, folded));
+        self.volume_compute_shader = std::sync::Arc::new(shaders::volume_compute_for(texels, folded));
         self.volume_pipeline = Default::default();
-        self.compute_pipeline = Default::default();
+        // The planes' compute pipeline is kept; the volume rendering's is made again.
+        let planes = self.compute.planes.get().cloned();
+        self.compute = std::sync::Arc::new(ComputePipelines {
+            output: self.compute.output.clone(),
+            planes: planes.map(std::sync::OnceLock::from).unwrap_or_default(),
+            volume: Default::default(),
+        });
     }
 
     /// Whether `device` is a software rasteriser (Mesa's lavapipe: a workstation without a GPU).
@@ -1196,8 +1287,8 @@ impl MprRenderer {
             packing: self.packing.uniform(),
         };
         queue.write_buffer(&self.uniforms, 0, bytemuck::bytes_of(&uniforms));
-        if plane.mode == crate::SlabMode::Volume && self.volume_by_compute {
-            self.dispatch_volume(device, queue, timer);
+        if self.launch == Launch::Compute {
+            self.dispatch(device, queue, plane.mode == crate::SlabMode::Volume, timer);
             return Ok(());
         }
         let pipeline = if plane.mode == crate::SlabMode::Volume {
@@ -1213,58 +1304,34 @@ impl MprRenderer {
         read_texture(device, queue, &self.target, self.size[0], self.size[1])
     }
 
-    /// The volume rendering as a compute pass into the target.
-    fn dispatch_volume(&self, device: &wgpu::Device, queue: &wgpu::Queue, timer: Option<&GpuTimer>) {
-        let (pipeline, output_layout) = self.compute_pipeline.get_or_init(|| {
-            let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("mpr volume compute"),
-                source: wgpu::ShaderSource::Wgsl(Cow::Borrowed(&self.compute_shader)),
-            });
-            let output_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some("mpr volume compute output"),
-                entries: &[wgpu::BindGroupLayoutEntry {
+    /// The plane (or the volume rendering, when `volume`) as a compute pass into the target.
+    fn dispatch(&self, device: &wgpu::Device, queue: &wgpu::Queue, volume: bool, timer: Option<&GpuTimer>) {
+        let output_layout = self.compute.output.get_or_init(|| compute_output_layout(device));
+        let (lock, shader, label) = if volume {
+            (&self.compute.volume, &self.volume_compute_shader, "mpr volume compute")
+        } else {
+            (&self.compute.planes, &self.planes_compute_shader, "mpr planes compute")
+        };
+        let pipeline = lock.get_or_init(|| compute_pipeline_for(device, shader, label, (&self.layout, output_layout)));
+        let output = self.compute_output.get_or_init(|| {
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("mpr compute output"),
+                layout: output_layout,
+                entries: &[wgpu::BindGroupEntry {
                     binding: 0,
-                    visibility: wgpu::ShaderStages::COMPUTE,
-                    ty: wgpu::BindingType::StorageTexture {
-                        access: wgpu::StorageTextureAccess::WriteOnly,
-                        format: SliceRenderer::TARGET_FORMAT,
-                        view_dimension: wgpu::TextureViewDimension::D2,
-                    },
-                    count: None,
+                    resource: wgpu::BindingResource::TextureView(&self.target_view),
                 }],
-            });
-            let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some("mpr volume compute"),
-                bind_group_layouts: &[Some(&self.layout), Some(&output_layout)],
-                immediate_size: 0,
-            });
-            let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("mpr volume compute"),
-                layout: Some(&layout),
-                module: &module,
-                entry_point: Some("cs_main"),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-            (pipeline, output_layout)
+            })
         });
-        let output = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("mpr volume compute output"),
-            layout: output_layout,
-            entries: &[wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::TextureView(&self.target_view),
-            }],
-        });
-        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("volume") });
+        let mut encoder = device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) });
         {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("volume"),
+                label: Some(label),
                 timestamp_writes: timer.map(GpuTimer::compute_writes),
             });
             pass.set_pipeline(pipeline);
             pass.set_bind_group(0, &self.bind_group, &[]);
-            pass.set_bind_group(1, &output, &[]);
+            pass.set_bind_group(1, output, &[]);
             pass.dispatch_workgroups(self.size[0].div_ceil(8), self.size[1].div_ceil(8), 1);
         }
         if let Some(timer) = timer {

@@ -13,7 +13,7 @@ pub mod occupancy;
 pub mod packing;
 pub mod shaders;
 
-pub use gpu::{GpuContext, GpuTimer, MprRenderer, PlaneSource, SliceRenderer, VOLUME_FEATURES};
+pub use gpu::{GpuContext, GpuTimer, Launch, MprRenderer, PlaneSource, SliceRenderer, VOLUME_FEATURES};
 use lightbox_core::WindowLevel;
 pub use lut::Lut;
 pub use mpr::{LabelStyle, MprPlane, ScalarStyle, SlabMode, hot, label_colour};

@@ -86,16 +86,25 @@ fn quick_look(source: String, texels: Texels, folded: bool) -> String {
     ) + TRILINEAR
 }
 
-/// The volume rendering as a compute pass: `mpr.wgsl` with `volume_compute.wgsl`'s entry point.
-pub const VOLUME_COMPUTE: &str = concat!(
+/// The compute pass's entry point (`cs_main`), appended to a variant of `mpr.wgsl`.
+pub const COMPUTE: &str = include_str!("../../../shaders/compute.wgsl");
+
+/// Planes, slabs and volume rendering as a compute pass: `mpr.wgsl` with `compute.wgsl`'s entry
+/// point.
+pub const MPR_COMPUTE: &str = concat!(
     include_str!("../../../shaders/fullscreen.wgsl"),
     include_str!("../../../shaders/mpr.wgsl"),
-    include_str!("../../../shaders/volume_compute.wgsl")
+    include_str!("../../../shaders/compute.wgsl")
 );
 
-/// [`VOLUME_COMPUTE`] for a volume kept in its stored type (see [`mpr_for`] and [`volume_for`]).
+/// [`planes_for`] as a compute pass.
+pub fn planes_compute_for(texels: Texels, folded: bool) -> String {
+    planes_for(texels, folded) + COMPUTE
+}
+
+/// [`volume_for`] as a compute pass.
 pub fn volume_compute_for(texels: Texels, folded: bool) -> String {
-    quick_look(mpr_for(texels, folded), texels, folded) + include_str!("../../../shaders/volume_compute.wgsl")
+    volume_for(texels, folded) + COMPUTE
 }
 
 /// `slice.wgsl` for a volume kept in its stored type (see [`mpr_for`]).
@@ -108,7 +117,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("fullscreen.wgsl", FULLSCREEN),
     ("slice.wgsl", SLICE),
     ("mpr.wgsl", MPR),
-    ("volume_compute.wgsl", VOLUME_COMPUTE),
+    ("compute.wgsl", MPR_COMPUTE),
     // A fragment of the volume rendering's variants, validated within them.
     ("trilinear.wgsl", TRILINEAR),
 ];
@@ -140,7 +149,8 @@ mod tests {
                         (format!("mpr.wgsl<{t:?}, folded {folded}>"), super::mpr_for(t, folded)),
                         (format!("mpr.wgsl volume<{t:?}, folded {folded}>"), super::volume_for(t, folded)),
                         (format!("mpr.wgsl planes<{t:?}, folded {folded}>"), super::planes_for(t, folded)),
-                        (format!("volume_compute.wgsl<{t:?}, folded {folded}>"), super::volume_compute_for(t, folded)),
+                        (format!("compute.wgsl planes<{t:?}, folded {folded}>"), super::planes_compute_for(t, folded)),
+                        (format!("compute.wgsl volume<{t:?}, folded {folded}>"), super::volume_compute_for(t, folded)),
                     ]
                 })
             })
@@ -157,6 +167,10 @@ mod tests {
         let quick = |s: &str| s.contains("textureSampleLevel") && s.contains("const QUICK_LOOK: bool = true;");
         assert!(quick(&super::volume_for(Texels::NORMALISED, false)));
         assert!(quick(&super::volume_compute_for(Texels::FLOAT_FILTERED, false)));
+        assert!(!quick(&super::planes_compute_for(Texels::FLOAT_FILTERED, false)), "planes are sampled exactly");
+        // Each compute variant is its fragment variant with the compute entry point.
+        assert!(super::planes_compute_for(Texels::UINT, false).starts_with(&super::planes_for(Texels::UINT, false)));
+        assert!(super::volume_compute_for(Texels::UINT, true).starts_with(&super::volume_for(Texels::UINT, true)));
         assert!(!quick(&super::volume_for(Texels::NORMALISED, true)), "a folded volume cannot be filtered");
         assert!(!quick(&super::volume_for(Texels::UINT, false)));
         assert!(!quick(&super::planes_for(Texels::NORMALISED, false)), "planes are sampled exactly");
