@@ -104,6 +104,31 @@ fn main() -> anyhow::Result<()> {
     println!("pixels launched by {launch:?} on this adapter (the other launch is timed beside it below)");
     let window = WindowLevel { center: 1000.0, width: 1600.0 };
 
+    // Open → first pixels for a 300-slice series already in memory: upload, draw, read back. The
+    // first thing this process draws, as the first series a user opens (pipelines compiled
+    // then), before the figures below fill the GPU's memory with their volumes.
+    let series = phantom(512, 300);
+    let started = Instant::now();
+    let plane = MprPlane::axial(&series.patient_from_voxel, series.dims(), [0.0; 3], 1.0);
+    let first = MprRenderer::new_stored(&gpu.device, &gpu.queue, &series, None, plane.width, plane.height)?;
+    gpu.wait_idle()?;
+    let uploaded_ms = started.elapsed().as_secs_f64() * 1000.0;
+    first.render(&gpu.device, &gpu.queue, &plane, window, None)?;
+    let pixels = first.read_target(&gpu.device, &gpu.queue)?;
+    let mpr_first_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // The slice view as the viewer opens it: the volume in its stored 16-bit type.
+    let started = Instant::now();
+    let slices = SliceRenderer::new_stored(&gpu.device, &gpu.queue, &series)?;
+    gpu.wait_idle()?;
+    let slice_upload_ms = started.elapsed().as_secs_f64() * 1000.0;
+    slices.render(&gpu.device, &gpu.queue, SliceParams { slice: 150, window })?;
+    let slice_pixels = slices.read_target(&gpu.device, &gpu.queue)?;
+    let slice_first_ms = started.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(pixels.iter().any(|&p| p > 0) && slice_pixels.iter().any(|&p| p > 0), "nothing was drawn");
+    println!(
+        "open → first pixels, 300 slices of 512²: MPR (16-bit) {mpr_first_ms:.0} ms ({uploaded_ms:.0} ms of it upload and pipeline), slice view (16-bit) {slice_first_ms:.0} ms ({slice_upload_ms:.0} ms upload and pipeline); goal < 300 ms: {:.2}x of goal",
+        300.0 / mpr_first_ms.max(slice_first_ms)
+    );
     let made = Instant::now();
     let volume = phantom(n, n);
     println!("phantom made in {:.1} s ({:.0} MB)", made.elapsed().as_secs_f64(), (n * n * n * 2) as f64 / 1e6);
@@ -317,28 +342,5 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
-    // Open → first pixels for a 300-slice series already in memory: upload, draw, read back.
-    let series = phantom(512, 300);
-    let started = Instant::now();
-    let plane = MprPlane::axial(&series.patient_from_voxel, series.dims(), [0.0; 3], 1.0);
-    let first = MprRenderer::new_stored(&gpu.device, &gpu.queue, &series, None, plane.width, plane.height)?;
-    gpu.wait_idle()?;
-    let uploaded_ms = started.elapsed().as_secs_f64() * 1000.0;
-    first.render(&gpu.device, &gpu.queue, &plane, window, None)?;
-    let pixels = first.read_target(&gpu.device, &gpu.queue)?;
-    let mpr_first_ms = started.elapsed().as_secs_f64() * 1000.0;
-    // The slice view as the viewer opens it: the volume in its stored 16-bit type.
-    let started = Instant::now();
-    let slices = SliceRenderer::new_stored(&gpu.device, &gpu.queue, &series)?;
-    gpu.wait_idle()?;
-    let slice_upload_ms = started.elapsed().as_secs_f64() * 1000.0;
-    slices.render(&gpu.device, &gpu.queue, SliceParams { slice: 150, window })?;
-    let slice_pixels = slices.read_target(&gpu.device, &gpu.queue)?;
-    let slice_first_ms = started.elapsed().as_secs_f64() * 1000.0;
-    anyhow::ensure!(pixels.iter().any(|&p| p > 0) && slice_pixels.iter().any(|&p| p > 0), "nothing was drawn");
-    println!(
-        "open → first pixels, 300 slices of 512²: MPR (16-bit) {mpr_first_ms:.0} ms ({uploaded_ms:.0} ms of it upload and pipeline), slice view (16-bit) {slice_first_ms:.0} ms ({slice_upload_ms:.0} ms upload and pipeline); goal < 300 ms: {:.2}x of goal",
-        300.0 / mpr_first_ms.max(slice_first_ms)
-    );
     Ok(())
 }
