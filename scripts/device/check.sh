@@ -9,9 +9,12 @@
 #   1. PyTorch references (scripts/device/pytorch_reference.py): parity fixtures for deepbet and
 #      an nnU-Net v2 folder saved by torch.save;
 #   2. the parity tests on burn wgpu against those fixtures;
-#   3. the renderer's golden and geometry tests on the NVIDIA GPU;
-#   4. bench-render (issue 5's figures; the volume rendering with and without its quick look
-#      through the texture filter, GPU time);
+#   3. the renderer's golden and geometry tests on the NVIDIA GPU, each pixel launched both
+#      ways (compute pass and fragment stage);
+#   4. bench-render (issue 5's figures, GPU time; pixels launched by compute, the renderer's
+#      choice on a GPU, and by the fragment stage beside it: a data-centre GPU runs fragments on
+#      a few of its multiprocessors only; the volume rendering with and without its quick look
+#      through the texture filter);
 #   5. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures in f32 and
 #      f16, by burn's convolution kernels and as matrix products (LIGHTBOX_AI_CONV=gemm, in
 #      96 MiB and 1 GiB slabs), and issue 9's: the whole brain pipeline for one and two time
