@@ -313,6 +313,9 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
         .spawn()?;
     let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
     let _child = KillOnDrop(child);
+    // Pixels launched by the fragment stage on a software rasteriser (compute on a GPU).
+    let launch = stdout.wait_for("launches its pixels by", Duration::from_secs(60))?;
+    assert!(launch.contains("by Fragment on llvmpipe"), "{launch}");
     for plane in ["MPR Axial", "MPR Coronal", "MPR Sagittal", "MPR 3D"] {
         let line = stdout.wait_for(plane, Duration::from_secs(60))?;
         // One copy of the volume on the GPU: the first pane uploads it, the others share it.

@@ -127,6 +127,13 @@ impl MprView {
             };
             // Without a GPU (Mesa's lavapipe), the planes are drawn faster on the CPU (the 3-D
             // view is not: below). The panes share the CPU copy.
+            if panes.is_empty() {
+                println!(
+                    "lightbox-viewer: the renderer launches its pixels by {:?} on {}",
+                    renderer.launch(),
+                    state.adapter.get_info().name
+                );
+            }
             if panes.is_empty() && MprRenderer::is_software(&state.device) {
                 let source = match stored {
                     Some(stored) => lightbox_render::PlaneSource::Stored(stored),
