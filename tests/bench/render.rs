@@ -178,20 +178,21 @@ fn main() -> anyhow::Result<()> {
         let mut p = oblique_at(f);
         let skip = f64::from(p.height.saturating_sub(512) / 2) * p.pixel_mm;
         p.corner = [0, 1, 2].map(|c| p.corner[c] + skip * p.down[c]);
-        (p.width, p.height) = (512.min(p.width), 512);
+        (p.width, p.height) = (512.min(p.width), 512.min(p.height));
         p
     };
+    let (w512, h512) = (oblique_512(0).width, oblique_512(0).height);
     let on_cpu = |p: &MprPlane| -> anyhow::Result<MprRenderer> {
         let mut r = MprRenderer::new_stored(&gpu.device, &gpu.queue, &volume, None, p.width, p.height)?;
         r.draw_on_cpu(PlaneSource::Stored(&volume), None, None)?;
         Ok(r)
     };
-    let shader_512 = MprRenderer::new_stored(&gpu.device, &gpu.queue, &volume, None, 512, 512)?;
+    let shader_512 = MprRenderer::new_stored(&gpu.device, &gpu.queue, &volume, None, w512, h512)?;
     let shader_oblique_512 = fps(&gpu, &shader_512, window, budget, oblique_512)?;
     let cpu_path_axial = fps(&gpu, &on_cpu(&axial(0))?, window, budget, axial)?;
     let cpu_path_oblique = fps(&gpu, &on_cpu(&oblique_512(0))?, window, budget, oblique_512)?;
     println!(
-        "MPR 512x512, planes drawn on the CPU ({} threads) and uploaded, as the viewer draws them on a software rasteriser: axial {cpu_path_axial:.1} fps, oblique {cpu_path_oblique:.1} fps (the shader on this adapter: oblique {shader_oblique_512:.1} fps, {:.2}x); goal ≥ 30 fps without a GPU: {:.2}x (axial), {:.2}x (oblique) of goal",
+        "MPR {w512}x{h512}, planes drawn on the CPU ({} threads) and uploaded, as the viewer draws them on a software rasteriser: axial {cpu_path_axial:.1} fps, oblique {cpu_path_oblique:.1} fps (the shader on this adapter: oblique {shader_oblique_512:.1} fps, {:.2}x); goal ≥ 30 fps without a GPU: {:.2}x (axial), {:.2}x (oblique) of goal",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         cpu_path_oblique / shader_oblique_512,
         cpu_path_axial / 30.0,
