@@ -503,6 +503,7 @@ fn a_volume_beyond_the_texture_limit_renders_folded_exactly_like_unfolded() -> a
         ("long rows", StoredVolume::new([rows, nx, nz], cropped(true)?, swapped, demo.slope, demo.intercept)?),
     ];
     let gpu = GpuContext::headless()?;
+    let within = |texture_3d| lightbox_render::GpuLimits { texture_3d, ..lightbox_render::GpuLimits::of(&gpu.device) };
     let window = WindowLevel { center: 1300.0, width: 2400.0 };
     for (what, volume) in &volumes {
         let (a, dims) = (volume.patient_from_voxel, volume.dims());
@@ -523,8 +524,10 @@ fn a_volume_beyond_the_texture_limit_renders_folded_exactly_like_unfolded() -> a
             ("volume rendering", MprPlane::view_3d(&a, dims, 0.7, 0.3, 1.5), None),
         ] {
             let size = (plane.width, plane.height);
-            let mut whole = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, volume, Some(&labels), size, 4096)?;
-            let mut folded = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, volume, Some(&labels), size, 130)?;
+            let mut whole =
+                MprRenderer::new_stored_within(&gpu.device, &gpu.queue, volume, Some(&labels), size, within(4096))?;
+            let mut folded =
+                MprRenderer::new_stored_within(&gpu.device, &gpu.queue, volume, Some(&labels), size, within(130))?;
             assert_eq!(whole.packing.pieces, 1, "{what}");
             assert_eq!((folded.packing.pieces, folded.packing.along), (2, 2), "{what}: {:?}", folded.packing);
             // Each launch draws the folded volume as the unfolded one.
@@ -546,9 +549,62 @@ fn a_volume_beyond_the_texture_limit_renders_folded_exactly_like_unfolded() -> a
         }
     }
     // Beyond what one fold can hold, the error names the volume and the limit.
-    let refused = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &volumes[0].1, None, (8, 8), 100);
+    let refused = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &volumes[0].1, None, (8, 8), within(100));
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
     assert!(message.contains("exceeds this GPU's 3-D texture limit of 100"), "{message}");
+    Ok(())
+}
+
+/// A volume over the GPU memory the renderer may use is drawn at half (or a quarter of) its
+/// resolution rather than not at all: the demo study with a label map, under a budget of a third
+/// of their bytes, draws exactly what the CPU reference draws from the halved volume (voxels
+/// averaged, labels by their highest, each new voxel at the centre of its block): planes with
+/// labels, a MIP and the volume rendering with empty-space skipping, by both launches. Under a
+/// thirtieth it draws at a quarter; a budget that nothing fits is refused with the sizes.
+#[test]
+fn a_volume_over_the_gpu_memory_budget_renders_at_lower_resolution() -> anyhow::Result<()> {
+    use lightbox_render::{GpuLimits, LabelStyle, MprPlane, MprRenderer, SlabMode, halving};
+    let demo = demo_stored()?;
+    let (a, dims) = (demo.patient_from_voxel, demo.dims());
+    let labels: Vec<u8> = demo.to_f32().voxels().iter().map(|&v| u8::from(v > 1500.0) + u8::from(v > 2200.0)).collect();
+    let labels = lightbox_core::Volume::new(dims, labels, a)?;
+    // 2 bytes a voxel of volume, 1 of labels.
+    let bytes = 3 * dims.iter().product::<usize>() as u64;
+    let gpu = GpuContext::headless()?;
+    let budget = |volume_bytes| GpuLimits { volume_bytes, ..GpuLimits::of(&gpu.device) };
+    let (half, half_labels) = (halving::halve_stored(&demo)?, halving::halve_labels(&labels)?);
+    let centre = a.transform_point([128.0, 128.0, 9.0]);
+    let window = WindowLevel { center: 1300.0, width: 2400.0 };
+    let tf = WindowLevel { center: 1600.0, width: 1200.0 };
+    let style = LabelStyle { opacity: 0.5, outline: false };
+    for (name, plane, window, style) in [
+        ("axial with labels", MprPlane::axial(&a, dims, centre, 1.0), window, Some(style)),
+        ("oblique", MprPlane::oblique(&a, dims, centre, [0.3, 0.2, 0.93], [0.0, 0.97, -0.2], 1.0), window, None),
+        ("coronal MIP", MprPlane::coronal(&a, dims, centre, 1.0).with_slab(15.0, SlabMode::Max), window, None),
+        ("volume rendering", MprPlane::view_3d(&a, dims, 0.6, 0.35, 1.5), tf, None),
+    ] {
+        let size = (plane.width, plane.height);
+        let mut renderer =
+            MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &demo, Some(&labels), size, budget(bytes / 3))?;
+        assert_eq!(renderer.resolution(), 2, "{name}");
+        assert_eq!(renderer.volume_bytes, (half.voxels().len() * 2) as u64, "{name}");
+        renderer.skip_empty_space_stored(&gpu.queue, &demo);
+        let reference = cpu::mpr_rgba_stored(&half, style.map(|s| (&half_labels, s)), None, &plane, window, None)?;
+        for (launch, image) in each_launch(&gpu, &mut renderer, &plane, window, style)? {
+            assert_rgba_close(&gpu, &image, &reference, &format!("{name} at half resolution ({launch})"));
+        }
+        let lit = reference.chunks(4).filter(|p| p[0] > 20).count();
+        assert!(lit > 500, "{name}: only {lit} lit pixels");
+    }
+    let plane = MprPlane::axial(&a, dims, centre, 1.0);
+    let size = (plane.width, plane.height);
+    let quarter = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &demo, None, size, budget(bytes / 30))?;
+    assert_eq!(quarter.resolution(), 4);
+    let whole = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &demo, Some(&labels), size, budget(bytes))?;
+    assert_eq!(whole.resolution(), 1);
+    let refused = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &demo, None, size, budget(1000));
+    let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("even at a quarter of its resolution, over the 0.0 MB allowed"), "{message}");
     Ok(())
 }
 

@@ -408,6 +408,40 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A volume over the GPU memory allowed (`LIGHTBOX_GPU_VOLUME_MB`) still opens in the MPR
+/// layout: the GPU holds it at half resolution and the 3-D pane, drawn from it, says so in its
+/// title and on stdout; the planes, drawn on the CPU at full resolution on lavapipe, do not.
+#[test]
+fn mpr_layout_draws_a_volume_over_the_gpu_memory_at_half_resolution() -> anyhow::Result<()> {
+    let x = Xvfb::start()?;
+    let mut child = x
+        .command(&bin("lightbox-viewer")?)
+        .arg(demo_study())
+        .arg("--mpr")
+        // The demo's 2.6 MB of voxels over 1 MB.
+        .env("LIGHTBOX_GPU_VOLUME_MB", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let _child = KillOnDrop(child);
+    for plane in ["MPR Axial", "MPR Coronal", "MPR Sagittal", "MPR 3D"] {
+        let line = stdout.wait_for(plane, Duration::from_secs(60))?;
+        assert_eq!(line.contains("drawn at 1/2 of its resolution"), plane == "MPR 3D", "{line}");
+        if plane == "MPR Axial" {
+            assert!(line.contains("volume 0.3 MB on the GPU"), "{line}");
+        }
+    }
+    stdout.wait_for("first frame presented", Duration::from_secs(120))?;
+    std::thread::sleep(Duration::from_millis(800));
+    let shot = screenshot_dir()?.join("viewer-mpr-half-resolution.png");
+    x.screenshot(&shot)?;
+    let pane = Rgb::load(&shot)?.crop(540, 520, 220, 200);
+    let lit = pane.pixels.iter().filter(|p| p[0] > 40).count();
+    assert!(lit > 1000, "the volume rendering at half resolution is empty ({lit} lit pixels)");
+    Ok(())
+}
+
 /// The segmentation in the MPR layout is drawn by the GPU in every plane; `O` hides it.
 #[test]
 fn mpr_layout_draws_the_segmentation_on_the_gpu() -> anyhow::Result<()> {

@@ -2,6 +2,7 @@ use std::borrow::Cow;
 
 use lightbox_core::Volume;
 
+use crate::halving;
 use crate::packing::{self, Packing};
 use crate::shaders::Texels;
 use crate::{RenderError, SliceParams, shaders};
@@ -279,8 +280,11 @@ fn upload_packed(
     packing: Packing,
     format: wgpu::TextureFormat,
     label: &str,
-) -> wgpu::TextureView {
+) -> Result<wgpu::TextureView, RenderError> {
     let [tx, ty, tz] = packing.texture_dims(dims);
+    // A GPU without the memory reports it here, not by the uncaptured-error handler (which
+    // panics): the renderer then tries the volume at half resolution, or says so.
+    let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let texture = device.create_texture(&wgpu::TextureDescriptor {
         label: Some(label),
         size: wgpu::Extent3d { width: tx, height: ty, depth_or_array_layers: tz },
@@ -311,7 +315,12 @@ fn upload_packed(
             wgpu::Extent3d { width: extent[0], height: extent[1], depth_or_array_layers: extent[2] },
         );
     }
-    texture.create_view(&wgpu::TextureViewDescriptor::default())
+    if let Some(error) = pollster::block_on(scope.pop()) {
+        tracing::warn!("GPU out of memory for the {label}: {error}");
+        let bytes = u64::from(tx) * u64::from(ty) * u64::from(tz) * u64::from(bytes_per_voxel);
+        return Err(RenderError::OutOfMemory { what: label.to_owned(), bytes });
+    }
+    Ok(texture.create_view(&wgpu::TextureViewDescriptor::default()))
 }
 
 /// A volume as uploaded.
@@ -354,7 +363,7 @@ fn upload_stored(
         V::F32(v) => (F::R32Float, bytemuck::cast_slice(v), float_texels(device, filterable), 1.0),
     };
     let per_voxel = volume.voxels().bytes_per_voxel() as u32;
-    let view = upload_packed(device, queue, bytes, per_voxel, dims, packing, format, "stored volume");
+    let view = upload_packed(device, queue, bytes, per_voxel, dims, packing, format, "volume")?;
     Ok(Uploaded { view, dims, packing, texels, scale })
 }
 
@@ -376,7 +385,7 @@ fn upload_volume(
 ) -> Result<Uploaded, RenderError> {
     let (dims, packing) = plan(volume.dims(), limit)?;
     let bytes = bytemuck::cast_slice(volume.voxels());
-    let view = upload_packed(device, queue, bytes, 4, dims, packing, wgpu::TextureFormat::R32Float, "volume");
+    let view = upload_packed(device, queue, bytes, 4, dims, packing, wgpu::TextureFormat::R32Float, "volume")?;
     Ok(Uploaded { view, dims, packing, texels: float_texels(device, true), scale: 1.0 })
 }
 
@@ -394,8 +403,8 @@ fn upload_labels(
         Some(l) if l.dims() != dims.map(|d| d as usize) => {
             Err(RenderError::Device(format!("a {:?} label map on a {dims:?} volume", l.dims())))
         }
-        Some(l) => Ok(upload_packed(device, queue, l.voxels(), 1, dims, packing, format, "labels")),
-        None => Ok(upload_packed(
+        Some(l) => upload_packed(device, queue, l.voxels(), 1, dims, packing, format, "labels"),
+        None => upload_packed(
             device,
             queue,
             &[0],
@@ -404,7 +413,7 @@ fn upload_labels(
             Packing::plan([1, 1, 1], 1).unwrap_or(packing),
             format,
             "labels",
-        )),
+        ),
     }
 }
 
@@ -422,10 +431,8 @@ fn upload_scalars(
         Some(v) if v.dims() != dims.map(|d| d as usize) => {
             Err(RenderError::Device(format!("a {:?} scalar map on a {dims:?} volume", v.dims())))
         }
-        Some(v) => {
-            Ok(upload_packed(device, queue, bytemuck::cast_slice(v.voxels()), 4, dims, packing, format, "scalars"))
-        }
-        None => Ok(upload_packed(
+        Some(v) => upload_packed(device, queue, bytemuck::cast_slice(v.voxels()), 4, dims, packing, format, "scalars"),
+        None => upload_packed(
             device,
             queue,
             &[0; 4],
@@ -434,7 +441,7 @@ fn upload_scalars(
             Packing::plan([1, 1, 1], 1).unwrap_or(packing),
             format,
             "scalars",
-        )),
+        ),
     }
 }
 
@@ -857,9 +864,66 @@ pub struct MprRenderer {
     cpu: Option<std::sync::Arc<CpuPlanes>>,
     /// The colour table the CPU path draws through (the GPU's is in `lut_buffer`).
     lut_cpu: Option<crate::Lut>,
+    /// 1, or 2 or 4 where the GPU holds the volume halved (`halving`) once or twice.
+    resolution: u32,
+}
+
+/// A volume and its overlays at half resolution (`halving`).
+type Halved = (lightbox_core::StoredVolume, Option<Volume<u8>>, Option<Volume<f32>>);
+
+/// The most a volume is halved to fit the GPU: to a quarter of its resolution along each axis.
+const MOST_HALVED: u32 = 4;
+
+impl PlaneSource<'_> {
+    fn dims(&self) -> [usize; 3] {
+        match self {
+            Self::Stored(v) => v.dims(),
+            Self::Float(v) => v.dims(),
+        }
+    }
+
+    /// Bytes a voxel takes on the GPU.
+    fn bytes_per_voxel(&self) -> u64 {
+        match self {
+            Self::Stored(v) => v.voxels().bytes_per_voxel() as u64,
+            Self::Float(_) => 4,
+        }
+    }
+}
+
+/// What the renderer may use of a GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuLimits {
+    /// The longest side of a 3-D texture: the device's `max_texture_dimension_3d`, or less with
+    /// `LIGHTBOX_MAX_TEXTURE_3D` (for drivers that report more than they hold). A longer volume
+    /// is folded into one texture (`packing`).
+    pub texture_3d: u32,
+    /// The most bytes a volume and its overlays may take on the GPU: no limit but the GPU's own
+    /// memory, unless `LIGHTBOX_GPU_VOLUME_MB` sets one (a GPU shared with other work). A volume
+    /// over it, or one the GPU has no memory for, is drawn at half or a quarter of its
+    /// resolution ([`MprRenderer::resolution`]).
+    pub volume_bytes: u64,
+}
+
+impl GpuLimits {
+    /// The limits for `device`, with the environment's overrides.
+    pub fn of(device: &wgpu::Device) -> Self {
+        let volume_bytes = match std::env::var("LIGHTBOX_GPU_VOLUME_MB") {
+            Ok(mb) => match mb.trim().parse::<u64>() {
+                Ok(mb) => mb.saturating_mul(1_000_000),
+                Err(_) => {
+                    tracing::warn!("LIGHTBOX_GPU_VOLUME_MB={mb:?} is not a number of megabytes: ignored");
+                    u64::MAX
+                }
+            },
+            Err(_) => u64::MAX,
+        };
+        Self { texture_3d: texture_limit(device), volume_bytes }
+    }
 }
 
 /// A volume for the CPU path: in its stored type, or float.
+#[derive(Clone, Copy)]
 pub enum PlaneSource<'a> {
     Stored(&'a lightbox_core::StoredVolume),
     Float(&'a Volume<f32>),
@@ -907,9 +971,7 @@ impl MprRenderer {
         overlays: (Option<&Volume<u8>>, Option<&Volume<f32>>),
         size: (u32, u32),
     ) -> Result<Self, RenderError> {
-        let uploaded = upload_volume(device, queue, volume, texture_limit(device))?;
-        let bytes = volume.voxels().len() as u64 * 4;
-        Self::build(device, queue, uploaded, overlays, size, volume.patient_from_voxel, [1.0, 0.0], bytes)
+        Self::fitted(device, queue, PlaneSource::Float(volume), overlays, size, GpuLimits::of(device))
     }
 
     /// Like [`new`](Self::new) for a volume in its stored type: 8- and 16-bit voxels stay 1 or
@@ -922,23 +984,99 @@ impl MprRenderer {
         width: u32,
         height: u32,
     ) -> Result<Self, RenderError> {
-        Self::new_stored_within(device, queue, volume, labels, (width, height), texture_limit(device))
+        Self::new_stored_within(device, queue, volume, labels, (width, height), GpuLimits::of(device))
     }
 
-    /// [`new_stored`](Self::new_stored) as if the GPU's 3-D texture limit were `limit` (tests
-    /// use it to fold small volumes).
+    /// [`new_stored`](Self::new_stored) within `limits` (tests use them to fold or halve small
+    /// volumes; the device's own limits still apply).
     pub fn new_stored_within(
         device: &wgpu::Device,
         queue: &wgpu::Queue,
         volume: &lightbox_core::StoredVolume,
         labels: Option<&Volume<u8>>,
-        (width, height): (u32, u32),
+        size: (u32, u32),
+        limits: GpuLimits,
+    ) -> Result<Self, RenderError> {
+        let limits = GpuLimits { texture_3d: limits.texture_3d.min(texture_limit(device)), ..limits };
+        Self::fitted(device, queue, PlaneSource::Stored(volume), (labels, None), size, limits)
+    }
+
+    /// Uploads the volume and its overlays at full resolution where they fit `limits` and the
+    /// GPU's memory, else at half (then a quarter of) it: a volume too large for the GPU is still
+    /// drawn, coarser, and says so ([`resolution`](Self::resolution)).
+    fn fitted(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        volume: PlaneSource<'_>,
+        (labels, scalars): (Option<&Volume<u8>>, Option<&Volume<f32>>),
+        size: (u32, u32),
+        limits: GpuLimits,
+    ) -> Result<Self, RenderError> {
+        let full_dims = volume.dims();
+        let mut halved: Option<Halved> = None;
+        let mut resolution = 1;
+        loop {
+            let (source, labels, scalars) = match &halved {
+                Some((v, l, s)) => (PlaneSource::Stored(v), l.as_ref(), s.as_ref()),
+                None => (volume, labels, scalars),
+            };
+            let voxels = source.dims().iter().product::<usize>() as u64;
+            let bytes =
+                voxels * source.bytes_per_voxel() + labels.map_or(0, |_| voxels) + scalars.map_or(0, |_| 4 * voxels);
+            let why = if bytes > limits.volume_bytes {
+                if resolution >= MOST_HALVED {
+                    return Err(RenderError::OverBudget { dims: full_dims, bytes, budget: limits.volume_bytes });
+                }
+                format!("{:.1} MB is over the {:.1} MB allowed", bytes as f64 / 1e6, limits.volume_bytes as f64 / 1e6)
+            } else {
+                match Self::upload(device, queue, source, (labels, scalars), size, limits.texture_3d) {
+                    Ok(mut renderer) => {
+                        renderer.resolution = resolution;
+                        return Ok(renderer);
+                    }
+                    Err(e @ RenderError::OutOfMemory { .. }) if resolution < MOST_HALVED => e.to_string(),
+                    Err(e) => return Err(e),
+                }
+            };
+            resolution *= 2;
+            tracing::warn!("volume {full_dims:?} drawn at 1/{resolution} of its resolution: {why}");
+            halved = Some((
+                halving::halve_source(source)?,
+                labels.map(halving::halve_labels).transpose()?,
+                scalars.map(halving::halve_scalars).transpose()?,
+            ));
+        }
+    }
+
+    /// Uploads the volume and overlays as they are.
+    fn upload(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        volume: PlaneSource<'_>,
+        overlays: (Option<&Volume<u8>>, Option<&Volume<f32>>),
+        size: (u32, u32),
         limit: u32,
     ) -> Result<Self, RenderError> {
-        let uploaded = upload_stored(device, queue, volume, limit.min(texture_limit(device)), true)?;
-        let bytes = volume.voxels().len() as u64 * volume.voxels().bytes_per_voxel() as u64;
-        let rescale = [volume.slope as f32, volume.intercept as f32];
-        Self::build(device, queue, uploaded, (labels, None), (width, height), volume.patient_from_voxel, rescale, bytes)
+        let voxels = volume.dims().iter().product::<usize>() as u64;
+        match volume {
+            PlaneSource::Float(v) => {
+                let uploaded = upload_volume(device, queue, v, limit)?;
+                Self::build(device, queue, uploaded, overlays, size, v.patient_from_voxel, [1.0, 0.0], voxels * 4)
+            }
+            PlaneSource::Stored(v) => {
+                let uploaded = upload_stored(device, queue, v, limit, true)?;
+                let rescale = [v.slope as f32, v.intercept as f32];
+                let bytes = voxels * volume.bytes_per_voxel();
+                Self::build(device, queue, uploaded, overlays, size, v.patient_from_voxel, rescale, bytes)
+            }
+        }
+    }
+
+    /// 1 where the GPU holds the volume at full resolution; 2 or 4 where it holds it at half or
+    /// a quarter of it along each axis (a volume over [`GpuLimits::volume_bytes`] or the GPU's
+    /// memory).
+    pub fn resolution(&self) -> u32 {
+        self.resolution
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1000,6 +1138,7 @@ impl MprRenderer {
             skipping: false,
             cpu: None,
             lut_cpu: None,
+            resolution: 1,
         })
     }
 
@@ -1047,6 +1186,7 @@ impl MprRenderer {
             skipping: false,
             cpu: self.cpu.clone(),
             lut_cpu: None,
+            resolution: self.resolution,
         }
     }
 
@@ -1127,6 +1267,12 @@ impl MprRenderer {
         Ok(())
     }
 
+    /// Whether the planes are drawn on the CPU ([`draw_on_cpu`](Self::draw_on_cpu)), at the
+    /// volume's full resolution whatever the GPU holds.
+    pub fn draws_on_cpu(&self) -> bool {
+        self.cpu.is_some()
+    }
+
     /// Draws with the shader again (after [`draw_on_cpu`](Self::draw_on_cpu), or in a pane made
     /// by `sharing` from a renderer that draws on the CPU).
     pub fn draw_on_gpu(&mut self) {
@@ -1172,14 +1318,39 @@ impl MprRenderer {
     /// transfer function's lower edge (the same image, fewer samples). `volume` must be the
     /// one this renderer draws.
     pub fn skip_empty_space(&mut self, queue: &wgpu::Queue, volume: &Volume<f32>) {
-        let voxels = volume.voxels();
-        self.write_occupancy(queue, volume.dims(), |i| voxels[i]);
+        self.skip_empty_space_of(queue, PlaneSource::Float(volume));
     }
 
     /// [`skip_empty_space`](Self::skip_empty_space) for a volume in its stored type (the bricks
     /// hold real values, after the rescale).
     pub fn skip_empty_space_stored(&mut self, queue: &wgpu::Queue, volume: &lightbox_core::StoredVolume) {
+        self.skip_empty_space_of(queue, PlaneSource::Stored(volume));
+    }
+
+    /// The bricks of the volume as the GPU holds it (halved as often as it was).
+    fn skip_empty_space_of(&mut self, queue: &wgpu::Queue, volume: PlaneSource<'_>) {
         use lightbox_core::StoredVoxels as V;
+        let mut halved = None;
+        let mut resolution = 1;
+        while resolution < self.resolution {
+            let source = halved.as_ref().map_or(volume, PlaneSource::Stored);
+            match halving::halve_source(source) {
+                Ok(v) => halved = Some(v),
+                Err(e) => {
+                    tracing::error!("empty-space skipping: {e}");
+                    return;
+                }
+            }
+            resolution *= 2;
+        }
+        let volume = match halved.as_ref().map_or(volume, PlaneSource::Stored) {
+            PlaneSource::Float(v) => {
+                let voxels = v.voxels();
+                self.write_occupancy(queue, v.dims(), |i| voxels[i]);
+                return;
+            }
+            PlaneSource::Stored(v) => v,
+        };
         let (slope, intercept) = (volume.slope as f32, volume.intercept as f32);
         let dims = volume.dims();
         match volume.voxels() {

@@ -7,13 +7,14 @@
 
 pub mod cpu;
 mod gpu;
+pub mod halving;
 pub mod lut;
 pub mod mpr;
 pub mod occupancy;
 pub mod packing;
 pub mod shaders;
 
-pub use gpu::{GpuContext, GpuTimer, Launch, MprRenderer, PlaneSource, SliceRenderer, VOLUME_FEATURES};
+pub use gpu::{GpuContext, GpuLimits, GpuTimer, Launch, MprRenderer, PlaneSource, SliceRenderer, VOLUME_FEATURES};
 use lightbox_core::WindowLevel;
 pub use lut::Lut;
 pub use mpr::{LabelStyle, MprPlane, ScalarStyle, SlabMode, hot, label_colour};
@@ -40,6 +41,15 @@ pub enum RenderError {
 
     #[error("volume {dims:?} exceeds this GPU's 3-D texture limit of {limit} per axis")]
     VolumeTooLarge { dims: [usize; 3], limit: u32 },
+
+    #[error("the GPU has no memory left for the {what} ({:.1} MB)", *.bytes as f64 / 1e6)]
+    OutOfMemory { what: String, bytes: u64 },
+
+    #[error(
+        "volume {dims:?} needs {:.1} MB on the GPU even at a quarter of its resolution, over the {:.1} MB allowed (LIGHTBOX_GPU_VOLUME_MB)",
+        *.bytes as f64 / 1e6, *.budget as f64 / 1e6
+    )]
+    OverBudget { dims: [usize; 3], bytes: u64, budget: u64 },
 
     #[error("slice {slice} is outside the volume's {depth} slices")]
     SliceOutOfRange { slice: u32, depth: u32 },

@@ -84,6 +84,12 @@ pub struct MprView {
     lut_generation: u64,
 }
 
+/// How much coarser than the volume a pane draws: `Some(2)` or `Some(4)` where the GPU holds the
+/// volume halved for lack of memory and the pane is drawn from it (not on the CPU).
+fn reduced(renderer: &MprRenderer) -> Option<u32> {
+    (renderer.resolution() > 1 && !renderer.draws_on_cpu()).then(|| renderer.resolution())
+}
+
 /// The 3-D pane's plane (its "make" ignores the crosshair; the angles come from the view).
 fn view_3d_front(a: &lightbox_core::Affine3, dims: [usize; 3], _at: [f64; 3], pixel_mm: f64) -> MprPlane {
     MprPlane::view_3d(a, dims, 0.0, 0.0, pixel_mm)
@@ -161,11 +167,15 @@ impl MprView {
                 wgpu::FilterMode::Linear,
             );
             println!(
-                "lightbox-viewer: MPR {name} {}x{} at {pixel_mm:.2} mm, volume {:.1} MB on the GPU{}{}",
+                "lightbox-viewer: MPR {name} {}x{} at {pixel_mm:.2} mm, volume {:.1} MB on the GPU{}{}{}",
                 plane.width,
                 plane.height,
                 renderer.volume_bytes as f64 / 1e6,
                 if panes.is_empty() { "" } else { " (shared)" },
+                match reduced(&renderer) {
+                    Some(r) => format!(", drawn at 1/{r} of its resolution (the GPU's memory)"),
+                    None => String::new(),
+                },
                 match name {
                     "3D" if renderer.quick_look() => ", samples looked at through the texture filter",
                     "3D" => ", every sample exact (the GPU cannot filter this volume's texture)",
@@ -240,11 +250,15 @@ impl MprView {
                         } else {
                             self.crosshair[0]
                         };
-                        let title = if is_3d {
+                        let mut title = if is_3d {
                             "3D (volume rendering; drag turns it)".to_owned()
                         } else {
                             format!("{} · {position:.1} mm", pane.name)
                         };
+                        // A coarser image must say so.
+                        if let Some(r) = reduced(&pane.renderer) {
+                            title.push_str(&format!(" · 1/{r} resolution (GPU memory)"));
+                        }
                         ui.label(egui::RichText::new(title).strong());
                         let aspect = pane.plane.width as f32 / pane.plane.height.max(1) as f32;
                         let (response, rect) = crate::widgets::letterboxed_image(ui, pane.texture, aspect);
