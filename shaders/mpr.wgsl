@@ -25,7 +25,8 @@ struct MprUniforms {
     window: vec4<f32>,
     // opacity, outline (1) or fill (0), labels present (1), _
     overlay: vec4<f32>,
-    // stored value -> real value: slope, intercept (the volume is kept in its stored type)
+    // stored value -> real value: slope, intercept (the volume is kept in its stored type); the
+    // stored value of a normalised texel at 1; the volume rendering's step, mm
     rescale: vec4<f32>,
     // scalar overlay (e.g. a probability map): lower and upper end of the colour map, opacity,
     // present (1)
@@ -301,6 +302,8 @@ fn volume_colour(position: vec2<f32>) -> vec3<f32> {
             base = c.rgb;
             a = c.a * 0.12;
         }
+        // Opacity per mm of ray: one step of u.rescale.w mm lets through (1 - a) to that power.
+        a = 1.0 - pow(1.0 - a, u.rescale.w);
         colour = colour + (1.0 - alpha) * a * base * shade;
         alpha = alpha + (1.0 - alpha) * a;
         if (alpha > 0.98) {

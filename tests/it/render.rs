@@ -548,10 +548,14 @@ fn a_volume_beyond_the_texture_limit_renders_folded_exactly_like_unfolded() -> a
             );
         }
     }
-    // Beyond what one fold can hold, the error names the volume and the limit.
-    let refused = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &volumes[0].1, None, (8, 8), within(100));
+    // Beyond what one fold can hold, the volume is held at half resolution (which fits 100 in
+    // two pieces: 128 × 60 × 10); beyond what a quarter of it can, the error names the volume
+    // and the limit.
+    let halved = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &volumes[0].1, None, (8, 8), within(100))?;
+    assert_eq!((halved.resolution(), halved.packing.pieces), (2, 2));
+    let refused = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &volumes[0].1, None, (8, 8), within(20));
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(message.contains("exceeds this GPU's 3-D texture limit of 100"), "{message}");
+    assert!(message.contains("exceeds this GPU's 3-D texture limit of 20"), "{message}");
     Ok(())
 }
 
@@ -560,7 +564,7 @@ fn a_volume_beyond_the_texture_limit_renders_folded_exactly_like_unfolded() -> a
 /// of their bytes, draws exactly what the CPU reference draws from the halved volume (voxels
 /// averaged, labels by their highest, each new voxel at the centre of its block): planes with
 /// labels, a MIP and the volume rendering with empty-space skipping, by both launches. Under a
-/// thirtieth it draws at a quarter; a budget that nothing fits is refused with the sizes.
+/// fifteenth it draws at a quarter; a budget that nothing fits is refused with the sizes.
 #[test]
 fn a_volume_over_the_gpu_memory_budget_renders_at_lower_resolution() -> anyhow::Result<()> {
     use lightbox_render::{GpuLimits, LabelStyle, MprPlane, MprRenderer, SlabMode, halving};
@@ -589,6 +593,7 @@ fn a_volume_over_the_gpu_memory_budget_renders_at_lower_resolution() -> anyhow::
         assert_eq!(renderer.resolution(), 2, "{name}");
         assert_eq!(renderer.volume_bytes, (half.voxels().len() * 2) as u64, "{name}");
         renderer.skip_empty_space_stored(&gpu.queue, &demo);
+        assert!(renderer.skips_empty_space(), "{name}: the bricks must be those of the halved volume");
         let reference = cpu::mpr_rgba_stored(&half, style.map(|s| (&half_labels, s)), None, &plane, window, None)?;
         for (launch, image) in each_launch(&gpu, &mut renderer, &plane, window, style)? {
             assert_rgba_close(&gpu, &image, &reference, &format!("{name} at half resolution ({launch})"));
@@ -598,7 +603,7 @@ fn a_volume_over_the_gpu_memory_budget_renders_at_lower_resolution() -> anyhow::
     }
     let plane = MprPlane::axial(&a, dims, centre, 1.0);
     let size = (plane.width, plane.height);
-    let quarter = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &demo, None, size, budget(bytes / 30))?;
+    let quarter = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &demo, None, size, budget(bytes / 15))?;
     assert_eq!(quarter.resolution(), 4);
     let whole = MprRenderer::new_stored_within(&gpu.device, &gpu.queue, &demo, Some(&labels), size, budget(bytes))?;
     assert_eq!(whole.resolution(), 1);

@@ -425,11 +425,16 @@ fn mpr_layout_draws_a_volume_over_the_gpu_memory_at_half_resolution() -> anyhow:
         .spawn()?;
     let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
     let _child = KillOnDrop(child);
+    // On a GPU every pane is drawn from the GPU's copy; on lavapipe the planes are drawn on the
+    // CPU from the full volume.
+    let launch = stdout.wait_for("launches its pixels by", Duration::from_secs(60))?;
+    let software = launch.contains("llvmpipe");
     for plane in ["MPR Axial", "MPR Coronal", "MPR Sagittal", "MPR 3D"] {
         let line = stdout.wait_for(plane, Duration::from_secs(60))?;
-        assert_eq!(line.contains("drawn at 1/2 of its resolution"), plane == "MPR 3D", "{line}");
+        assert_eq!(line.contains("drawn at 1/2 of its resolution"), plane == "MPR 3D" || !software, "{line}");
         if plane == "MPR Axial" {
-            assert!(line.contains("volume 0.3 MB on the GPU"), "{line}");
+            // 128 × 128 × 20 at 2 bytes: the 3 mm slices are not halved.
+            assert!(line.contains("volume 0.7 MB on the GPU"), "{line}");
         }
     }
     stdout.wait_for("first frame presented", Duration::from_secs(120))?;

@@ -177,7 +177,7 @@ fn mpr_rgba_sampled<F: Fn(usize) -> f32 + Sync>(
             } else {
                 1.0
             };
-            let (base, a) = match lut {
+            let (base, a_per_mm) = match lut {
                 Some(lut) => {
                     let c = lut.at(ramp);
                     ([c[0], c[1], c[2]], c[3] * 0.12)
@@ -186,6 +186,8 @@ fn mpr_rgba_sampled<F: Fn(usize) -> f32 + Sync>(
                     ([0.75 + (1.0 - 0.75) * ramp, 0.3 + (0.95 - 0.3) * ramp, 0.2 + (0.85 - 0.2) * ramp], ramp * 0.12)
                 }
             };
+            // The opacity of one step of `step_mm` (the shader's `pow`).
+            let a = 1.0 - (1.0 - a_per_mm).powf(v.step_mm);
             for c in 0..3 {
                 colour[c] += (1.0 - alpha) * a * base[c] * shade;
             }

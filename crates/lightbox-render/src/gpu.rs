@@ -14,6 +14,12 @@ use crate::{RenderError, SliceParams, shaders};
 pub const VOLUME_FEATURES: wgpu::Features =
     wgpu::Features::TEXTURE_FORMAT_16BIT_NORM.union(wgpu::Features::FLOAT32_FILTERABLE);
 
+/// Resource creation fails (out of memory, which the renderer answers by halving the volume)
+/// once the GPU's memory is this full, by the budget its driver reports, rather than going on
+/// until the device is lost. Instances opened for the renderer (the viewer's too) should set it.
+pub const MEMORY_BUDGET: wgpu::MemoryBudgetThresholds =
+    wgpu::MemoryBudgetThresholds { for_resource_creation: Some(90), for_device_loss: None };
+
 /// A device and queue. The viewer passes egui's; headless callers (tests, CLI) open their own.
 pub struct GpuContext {
     pub adapter_name: String,
@@ -28,6 +34,7 @@ impl GpuContext {
         let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
         desc.backends = backends;
+        desc.memory_budget_thresholds = MEMORY_BUDGET;
         let instance = wgpu::Instance::new(desc);
         let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
             power_preference: wgpu::PowerPreference::HighPerformance,
@@ -282,8 +289,9 @@ fn upload_packed(
     label: &str,
 ) -> Result<wgpu::TextureView, RenderError> {
     let [tx, ty, tz] = packing.texture_dims(dims);
-    // A GPU without the memory reports it here, not by the uncaptured-error handler (which
-    // panics): the renderer then tries the volume at half resolution, or says so.
+    // A GPU without the memory (or, with `MEMORY_BUDGET`, nearly without) reports it here, not
+    // by the uncaptured-error handler (which panics): the renderer then tries the volume at half
+    // resolution, or says so. Nothing is written into a texture that could not be made.
     let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
     let texture = device.create_texture(&wgpu::TextureDescriptor {
         label: Some(label),
@@ -295,6 +303,11 @@ fn upload_packed(
         usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
         view_formats: &[],
     });
+    if let Some(error) = pollster::block_on(scope.pop()) {
+        tracing::warn!("GPU out of memory for the {label}: {error}");
+        let bytes = u64::from(tx) * u64::from(ty) * u64::from(tz) * u64::from(bytes_per_voxel);
+        return Err(RenderError::OutOfMemory { what: label.to_owned(), bytes });
+    }
     for (start, len, origin) in packing.pieces(dims) {
         let data = packing::piece_bytes(bytes, dims, bytes_per_voxel as usize, (packing.cut, start, len));
         let mut extent = dims;
@@ -314,11 +327,6 @@ fn upload_packed(
             },
             wgpu::Extent3d { width: extent[0], height: extent[1], depth_or_array_layers: extent[2] },
         );
-    }
-    if let Some(error) = pollster::block_on(scope.pop()) {
-        tracing::warn!("GPU out of memory for the {label}: {error}");
-        let bytes = u64::from(tx) * u64::from(ty) * u64::from(tz) * u64::from(bytes_per_voxel);
-        return Err(RenderError::OutOfMemory { what: label.to_owned(), bytes });
     }
     Ok(texture.create_view(&wgpu::TextureViewDescriptor::default()))
 }
@@ -463,6 +471,12 @@ fn occupancy_texture(device: &wgpu::Device, bricks: [u32; 3]) -> (wgpu::Texture,
 
 /// An RGBA8 render target that egui can show and tests can read back.
 fn target_texture(device: &wgpu::Device, width: u32, height: u32, label: &str) -> (wgpu::Texture, wgpu::TextureView) {
+    // The compute pass writes the target as a storage texture, where the device has them.
+    let storage = if Launch::compute_available(device) {
+        wgpu::TextureUsages::STORAGE_BINDING
+    } else {
+        wgpu::TextureUsages::empty()
+    };
     let target = device.create_texture(&wgpu::TextureDescriptor {
         label: Some(label),
         size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
@@ -474,7 +488,7 @@ fn target_texture(device: &wgpu::Device, width: u32, height: u32, label: &str) -
             | wgpu::TextureUsages::TEXTURE_BINDING
             | wgpu::TextureUsages::COPY_SRC
             | wgpu::TextureUsages::COPY_DST
-            | wgpu::TextureUsages::STORAGE_BINDING,
+            | storage,
         view_formats: &[],
     });
     let view = target.create_view(&wgpu::TextureViewDescriptor::default());
@@ -755,9 +769,25 @@ pub enum Launch {
 
 impl Launch {
     /// What the renderer uses on `device` unless told otherwise: the fragment stage on a
-    /// software rasteriser, compute on every hardware GPU.
+    /// software rasteriser or a device without compute shaders and storage textures (OpenGL
+    /// ES / WebGL2-class), compute on every other GPU.
     pub fn for_device(device: &wgpu::Device) -> Self {
-        if MprRenderer::is_software(device) { Self::Fragment } else { Self::Compute }
+        if MprRenderer::is_software(device) || !Self::compute_available(device) {
+            Self::Fragment
+        } else {
+            Self::Compute
+        }
+    }
+
+    /// Whether `device` can run the compute pass: compute shaders in 8 × 8 workgroups writing a
+    /// storage texture.
+    pub fn compute_available(device: &wgpu::Device) -> bool {
+        let l = device.limits();
+        l.max_storage_textures_per_shader_stage >= 1
+            && l.max_compute_invocations_per_workgroup >= 64
+            && l.max_compute_workgroup_size_x >= 8
+            && l.max_compute_workgroup_size_y >= 8
+            && l.max_compute_workgroups_per_dimension >= 1
     }
 }
 
@@ -829,6 +859,8 @@ pub struct MprRenderer {
     /// This renderer's target as the compute passes' output, made on first use.
     compute_output: std::sync::OnceLock<wgpu::BindGroup>,
     launch: Launch,
+    /// The device can run the compute pass (its target then carries `STORAGE_BINDING`).
+    compute_available: bool,
     layout: wgpu::BindGroupLayout,
     /// The uploaded volume and overlays, shared by renderers made with `sharing`.
     views: Views,
@@ -1034,7 +1066,14 @@ impl MprRenderer {
                         renderer.resolution = resolution;
                         return Ok(renderer);
                     }
-                    Err(e @ RenderError::OutOfMemory { .. }) if resolution < MOST_HALVED => e.to_string(),
+                    Err(e @ RenderError::OutOfMemory { .. }) if resolution < MOST_HALVED => {
+                        // Let go of what was made and written so far before the next try.
+                        queue.submit(None);
+                        let _ = device.poll(wgpu::PollType::wait_indefinitely());
+                        e.to_string()
+                    }
+                    // Longer than one fold of the texture limit holds.
+                    Err(e @ RenderError::VolumeTooLarge { .. }) if resolution < MOST_HALVED => e.to_string(),
                     Err(e) => return Err(e),
                 }
             };
@@ -1114,6 +1153,7 @@ impl MprRenderer {
             volume_compute_shader,
             compute_output: Default::default(),
             launch: Launch::for_device(device),
+            compute_available: Launch::compute_available(device),
             layout,
             views,
             bind_group,
@@ -1162,6 +1202,7 @@ impl MprRenderer {
             volume_compute_shader: self.volume_compute_shader.clone(),
             compute_output: Default::default(),
             launch: self.launch,
+            compute_available: self.compute_available,
             layout: self.layout.clone(),
             views: self.views.clone(),
             bind_group,
@@ -1196,9 +1237,16 @@ impl MprRenderer {
     }
 
     /// Launches the pixels the other way from now on: the same pixels (for comparisons:
-    /// bench-render times both, the golden tests check both).
+    /// bench-render times both, the golden tests check both). A device without compute
+    /// ([`Launch::compute_available`]) stays with the fragment stage.
     pub fn set_launch(&mut self, launch: Launch) {
-        self.launch = launch;
+        self.launch = if self.compute_available { launch } else { Launch::Fragment };
+    }
+
+    /// Whether the volume rendering skips empty space (after
+    /// [`skip_empty_space`](Self::skip_empty_space) on this renderer's volume).
+    pub fn skips_empty_space(&self) -> bool {
+        self.skipping
     }
 
     /// Whether the volume rendering takes a quick look at each sample through the texture unit's
@@ -1450,7 +1498,7 @@ impl MprRenderer {
                 Some(s) => [s.opacity, if s.outline { 1.0 } else { 0.0 }, 1.0, 0.0],
                 None => [0.0; 4],
             },
-            rescale: [self.rescale[0], self.rescale[1], self.texel_scale, 0.0],
+            rescale: [self.rescale[0], self.rescale[1], self.texel_scale, v.step_mm],
             scalar: match self.scalar_style.filter(|_| self.has_scalars) {
                 Some(s) => [s.lower, s.upper, s.opacity, 1.0],
                 None => [0.0; 4],

@@ -14,7 +14,9 @@ pub mod occupancy;
 pub mod packing;
 pub mod shaders;
 
-pub use gpu::{GpuContext, GpuLimits, GpuTimer, Launch, MprRenderer, PlaneSource, SliceRenderer, VOLUME_FEATURES};
+pub use gpu::{
+    GpuContext, GpuLimits, GpuTimer, Launch, MEMORY_BUDGET, MprRenderer, PlaneSource, SliceRenderer, VOLUME_FEATURES,
+};
 use lightbox_core::WindowLevel;
 pub use lut::Lut;
 pub use mpr::{LabelStyle, MprPlane, ScalarStyle, SlabMode, hot, label_colour};

@@ -103,6 +103,10 @@ pub struct VoxelPlane {
     pub step_y: [f32; 3],
     pub step_z: [f32; 3],
     pub samples: u32,
+    /// The length of `step_z` in the patient, mm: the volume rendering's opacities are per mm
+    /// of ray, so that a coarser step (a larger volume, or one held at half resolution) draws
+    /// the same picture.
+    pub step_mm: f32,
 }
 
 fn add(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
@@ -292,6 +296,7 @@ impl MprPlane {
             step_y: direction(scale(self.down, self.pixel_mm)),
             step_z: direction(scale(n, step)),
             samples,
+            step_mm: step as f32,
         })
     }
 }

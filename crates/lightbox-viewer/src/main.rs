@@ -1060,6 +1060,8 @@ impl eframe::App for ViewerApp {
 /// has them (`lightbox_render::VOLUME_FEATURES`: volume textures the texture unit can filter).
 fn wgpu_options() -> egui_wgpu::WgpuConfiguration {
     let mut setup = egui_wgpu::WgpuSetupCreateNew::without_display_handle();
+    // Out of memory before the device is lost: the renderer then halves a volume too large.
+    setup.instance_descriptor.memory_budget_thresholds = lightbox_render::MEMORY_BUDGET;
     let egui_descriptor = setup.device_descriptor.clone();
     setup.device_descriptor = std::sync::Arc::new(move |adapter| {
         let mut descriptor = egui_descriptor(adapter);
