@@ -80,6 +80,33 @@ fn gpu_slice_matches_cpu_reference_on_demo_study() -> anyhow::Result<()> {
     let err =
         renderer.render(&gpu.device, &gpu.queue, SliceParams { slice: 20, window: windows[0] }).expect_err("must fail");
     assert_eq!(err.to_string(), "slice 20 is outside the volume's 20 slices");
+    assert!(!renderer.draws_on_cpu() && !stored.draws_on_cpu());
+
+    // Where the GPU cannot hold the volume (over the memory allowed, or longer than one fold of
+    // the texture limit holds), each slice is drawn on the CPU at full resolution: the same
+    // pixels as the shader.
+    let demo = set.load_stored(0)?;
+    let limits = lightbox_render::GpuLimits::of(&gpu.device);
+    for (why, limits) in [
+        ("over the memory allowed", lightbox_render::GpuLimits { volume_bytes: 1000, ..limits }),
+        ("beyond the texture limit", lightbox_render::GpuLimits { texture_3d: 100, ..limits }),
+    ] {
+        let on_cpu = SliceRenderer::new_stored_within(&gpu.device, &gpu.queue, &demo, limits)?;
+        assert!(on_cpu.draws_on_cpu(), "{why}");
+        assert_eq!(on_cpu.dims(), stored.dims(), "{why}");
+        for (slice, window) in [(0, windows[0]), (19, windows[1])] {
+            let params = SliceParams { slice, window };
+            on_cpu.render(&gpu.device, &gpu.queue, params)?;
+            stored.render(&gpu.device, &gpu.queue, params)?;
+            assert_rgba_close(
+                &gpu,
+                &on_cpu.read_target(&gpu.device, &gpu.queue)?,
+                &stored.read_target(&gpu.device, &gpu.queue)?,
+                &format!("slice {slice} drawn on the CPU, {why}"),
+            );
+        }
+        assert!(on_cpu.render(&gpu.device, &gpu.queue, SliceParams { slice: 20, window: windows[0] }).is_err());
+    }
     Ok(())
 }
 

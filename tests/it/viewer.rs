@@ -100,6 +100,39 @@ fn coloured_pixels(x: &Xvfb, name: &str) -> anyhow::Result<usize> {
         .count())
 }
 
+/// A volume the GPU cannot hold (here over `LIGHTBOX_GPU_VOLUME_MB`) still opens in the slice
+/// view at full resolution: each slice is drawn on the CPU, and the wheel still pages through
+/// them.
+#[test]
+fn viewer_draws_slices_on_the_cpu_when_the_gpu_cannot_hold_the_volume() -> anyhow::Result<()> {
+    let x = Xvfb::start()?;
+    let mut child = x
+        .command(&bin("lightbox-viewer")?)
+        .arg(demo_study())
+        .env("LIGHTBOX_GPU_VOLUME_MB", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    let mut child = KillOnDrop(child);
+    stdout.wait_for("slices drawn on the CPU", Duration::from_secs(60))?;
+    stdout.wait_for("first frame presented", Duration::from_secs(120))?;
+    std::thread::sleep(Duration::from_millis(300));
+    let first = image_area(&x, "viewer-slices-on-cpu.png")?;
+    let greys = first.distinct_greys();
+    assert!(greys > 100, "only {greys} grey levels in the image area");
+    x.xdotool(&["mousemove", "450", "400"])?;
+    for _ in 0..3 {
+        x.xdotool(&["click", "5"])?;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let scrolled = image_area(&x, "viewer-slices-on-cpu-scrolled.png")?;
+    assert!(first.mean_abs_diff(&scrolled) > 5.0, "the wheel did not change the slice");
+    assert!(child.0.try_wait()?.is_none(), "viewer exited");
+    Ok(())
+}
+
 /// Someone else's SEG (dcmqi's liver, SEMIAUTOMATIC from Slicer) over its three CT slices: the
 /// viewer finds the source series from the SEG, draws the segment in colour, and `O` hides it.
 #[test]

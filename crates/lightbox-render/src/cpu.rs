@@ -19,6 +19,27 @@ pub fn slice_rgba(volume: &Volume<f32>, params: SliceParams) -> Result<Vec<u8>, 
     Ok(out)
 }
 
+/// [`slice_rgba`] of a volume in its stored type, rescaled per voxel in f32 as `slice.wgsl`
+/// does it: what `SliceRenderer` draws where the GPU cannot hold the volume.
+pub fn slice_rgba_stored(volume: &StoredVolume, params: SliceParams) -> Result<Vec<u8>, RenderError> {
+    use lightbox_core::StoredVoxels as V;
+    let [nx, ny, nz] = volume.dims();
+    let slice = params.slice as usize;
+    if slice >= nz {
+        return Err(RenderError::SliceOutOfRange { slice: params.slice, depth: u32::try_from(nz).unwrap_or(u32::MAX) });
+    }
+    let (slope, intercept) = (volume.slope as f32, volume.intercept as f32);
+    let range = slice * nx * ny..(slice + 1) * nx * ny;
+    let grey = |value: f32| to_unorm8(params.window.apply(value * slope + intercept));
+    let greys: Vec<u8> = match volume.voxels() {
+        V::U8(v) => v[range].iter().map(|&x| grey(f32::from(x))).collect(),
+        V::U16(v) => v[range].iter().map(|&x| grey(f32::from(x))).collect(),
+        V::I16(v) => v[range].iter().map(|&x| grey(f32::from(x))).collect(),
+        V::F32(v) => v[range].iter().map(|&x| grey(x)).collect(),
+    };
+    Ok(greys.into_iter().flat_map(|g| [g, g, g, 255]).collect())
+}
+
 /// RGBA8 pixels of a reformatted plane (or slab), exactly as `mpr.wgsl` draws them: trilinear
 /// samples in voxel space, projected along the normal by the plane's mode, window/levelled.
 pub fn mpr_rgba(volume: &Volume<f32>, plane: &MprPlane, window: WindowLevel) -> Result<Vec<u8>, RenderError> {

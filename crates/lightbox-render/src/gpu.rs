@@ -165,6 +165,9 @@ pub struct SliceRenderer {
     dims: [u32; 3],
     /// Stored value -> real value (identity for float volumes).
     rescale: [f32; 2],
+    /// The volume on the CPU, where the GPU cannot hold it (its memory, or a length one texture
+    /// cannot hold): each slice is drawn on the CPU and uploaded, at full resolution.
+    cpu: Option<lightbox_core::StoredVolume>,
 }
 
 impl SliceRenderer {
@@ -172,9 +175,72 @@ impl SliceRenderer {
     pub const TARGET_FORMAT: wgpu::TextureFormat = wgpu::TextureFormat::Rgba8Unorm;
 
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue, volume: &Volume<f32>) -> Result<Self, RenderError> {
-        let limit = texture_limit(device);
-        let uploaded = upload_volume(device, queue, volume, limit)?;
-        Self::build(device, queue, uploaded, [1.0, 0.0], limit)
+        let limits = GpuLimits::of(device);
+        let bytes = volume.voxels().len() as u64 * 4;
+        let on_gpu = if bytes > limits.volume_bytes {
+            Err(RenderError::OverBudget { dims: volume.dims(), bytes, budget: limits.volume_bytes })
+        } else {
+            upload_volume(device, queue, volume, limits.texture_3d)
+                .and_then(|uploaded| Self::build(device, queue, uploaded, [1.0, 0.0], limits.texture_3d))
+        };
+        Self::or_on_cpu(device, queue, on_gpu, || {
+            lightbox_core::StoredVolume::new(
+                volume.dims(),
+                lightbox_core::StoredVoxels::F32(volume.voxels().to_vec()),
+                volume.patient_from_voxel,
+                1.0,
+                0.0,
+            )
+            .map_err(|e| RenderError::Device(e.to_string()))
+        })
+    }
+
+    /// The renderer `on_gpu`, or, where the GPU could not hold the volume, one that draws each
+    /// slice of `volume()` on the CPU.
+    fn or_on_cpu(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        on_gpu: Result<Self, RenderError>,
+        volume: impl FnOnce() -> Result<lightbox_core::StoredVolume, RenderError>,
+    ) -> Result<Self, RenderError> {
+        match on_gpu {
+            Err(
+                why @ (RenderError::OutOfMemory { .. }
+                | RenderError::OverBudget { .. }
+                | RenderError::VolumeTooLarge { .. }),
+            ) => {
+                tracing::warn!("slices drawn on the CPU: {why}");
+                // Let go of what the failed upload made before making the target.
+                queue.submit(None);
+                let _ = device.poll(wgpu::PollType::wait_indefinitely());
+                let volume = volume()?;
+                let tiny = lightbox_core::StoredVolume::new(
+                    [1, 1, 1],
+                    lightbox_core::StoredVoxels::U16(vec![0]),
+                    volume.patient_from_voxel,
+                    1.0,
+                    0.0,
+                )
+                .map_err(|e| RenderError::Device(e.to_string()))?;
+                let placeholder = upload_stored(device, queue, &tiny, 1, false)?;
+                let mut renderer = Self::build(device, queue, placeholder, [1.0, 0.0], 1)?;
+                let [nx, ny, nz] = volume.dims();
+                let side = |n: usize| {
+                    u32::try_from(n).map_err(|_| RenderError::VolumeTooLarge { dims: volume.dims(), limit: u32::MAX })
+                };
+                renderer.dims = [side(nx)?, side(ny)?, side(nz)?];
+                (renderer.target, renderer.target_view) =
+                    target_texture(device, renderer.dims[0], renderer.dims[1], "slice target");
+                renderer.cpu = Some(volume);
+                Ok(renderer)
+            }
+            other => other,
+        }
+    }
+
+    /// Whether each slice is drawn on the CPU (the GPU could not hold the volume).
+    pub fn draws_on_cpu(&self) -> bool {
+        self.cpu.is_some()
     }
 
     /// Like [`new`](Self::new) for a volume in its stored type: 8- and 16-bit voxels stay 1 or 2
@@ -184,10 +250,29 @@ impl SliceRenderer {
         queue: &wgpu::Queue,
         volume: &lightbox_core::StoredVolume,
     ) -> Result<Self, RenderError> {
-        let limit = texture_limit(device);
-        // Integer textures: the slice shader reads voxels as they are, never filtered.
-        let uploaded = upload_stored(device, queue, volume, limit, false)?;
-        Self::build(device, queue, uploaded, [volume.slope as f32, volume.intercept as f32], limit)
+        Self::new_stored_within(device, queue, volume, GpuLimits::of(device))
+    }
+
+    /// [`new_stored`](Self::new_stored) within `limits`: a volume over them (or over the GPU's
+    /// memory) is drawn slice by slice on the CPU, at full resolution.
+    pub fn new_stored_within(
+        device: &wgpu::Device,
+        queue: &wgpu::Queue,
+        volume: &lightbox_core::StoredVolume,
+        limits: GpuLimits,
+    ) -> Result<Self, RenderError> {
+        let limits = GpuLimits { texture_3d: limits.texture_3d.min(texture_limit(device)), ..limits };
+        let bytes = volume.voxels().len() as u64 * volume.voxels().bytes_per_voxel() as u64;
+        let on_gpu = if bytes > limits.volume_bytes {
+            Err(RenderError::OverBudget { dims: volume.dims(), bytes, budget: limits.volume_bytes })
+        } else {
+            // Integer textures: the slice shader reads voxels as they are, never filtered.
+            upload_stored(device, queue, volume, limits.texture_3d, false).and_then(|uploaded| {
+                let rescale = [volume.slope as f32, volume.intercept as f32];
+                Self::build(device, queue, uploaded, rescale, limits.texture_3d)
+            })
+        };
+        Self::or_on_cpu(device, queue, on_gpu, || Ok(volume.clone()))
     }
 
     fn build(
@@ -210,7 +295,7 @@ impl SliceRenderer {
         let views = Views { volume, labels, scalars, occupancy };
         let (bind_group, uniforms, _) =
             bind_resources(device, &layout, "slice", &views, std::mem::size_of::<SliceUniforms>() as u64);
-        Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims, rescale })
+        Ok(Self { pipeline, bind_group, uniforms, target, target_view, dims, rescale, cpu: None })
     }
 
     /// `[columns, rows, slices]` of the uploaded volume.
@@ -227,6 +312,21 @@ impl SliceRenderer {
     pub fn render(&self, device: &wgpu::Device, queue: &wgpu::Queue, params: SliceParams) -> Result<(), RenderError> {
         if params.slice >= self.dims[2] {
             return Err(RenderError::SliceOutOfRange { slice: params.slice, depth: self.dims[2] });
+        }
+        if let Some(volume) = &self.cpu {
+            let rgba = crate::cpu::slice_rgba_stored(volume, params)?;
+            queue.write_texture(
+                wgpu::TexelCopyTextureInfo {
+                    texture: &self.target,
+                    mip_level: 0,
+                    origin: wgpu::Origin3d::ZERO,
+                    aspect: wgpu::TextureAspect::All,
+                },
+                &rgba,
+                wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(4 * self.dims[0]), rows_per_image: None },
+                wgpu::Extent3d { width: self.dims[0], height: self.dims[1], depth_or_array_layers: 1 },
+            );
+            return Ok(());
         }
         let uniforms = SliceUniforms {
             slice: params.slice,

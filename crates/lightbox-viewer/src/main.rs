@@ -509,6 +509,10 @@ impl ViewerApp {
             Some(stored) => SliceRenderer::new_stored(&state.device, &state.queue, stored)?,
             None => SliceRenderer::new(&state.device, &state.queue, &volume)?,
         };
+        if renderer.draws_on_cpu() {
+            // Full resolution still: each slice is drawn on the CPU and uploaded.
+            println!("lightbox-viewer: slices drawn on the CPU: the GPU cannot hold this volume");
+        }
         let texture = state.renderer.write().register_native_texture(
             &state.device,
             renderer.target_view(),
