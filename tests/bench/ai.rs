@@ -165,6 +165,33 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             }
         }
     }
+    // One full-resolution layer: burn's kernels, the GEMM path, and the GEMM path's matrix
+    // products alone, so that a GPU run tells its copies from its arithmetic.
+    if gpu || std::env::var_os("LIGHTBOX_BENCH_LAYER").is_some() {
+        for &precision in &precisions {
+            let Ok(device) = device.clone().with_precision(precision) else { continue };
+            let runs = if gpu { 5 } else { 1 };
+            let t = lightbox_ai::profile::convolution_layer(&device, 32, side, (96, runs))?;
+            // 10⁹ operations a millisecond are 10¹² a second.
+            let copies_ms = t.gemm_ms - t.matmul_ms;
+            let copies = if copies_ms > 0.05 * t.gemm_ms {
+                format!("about {copies_ms:.2} ms ({:.0} GB/s written)", t.column_gb * 1000.0 / copies_ms)
+            } else {
+                "too little to tell from the products".to_owned()
+            };
+            println!(
+                "one full-resolution layer (32 → 32 channels, 3³, {side}³, {precision:?}) on {}: burn's kernels {:.2} ms ({:.3} TFLOPS); as matrix products in slabs of ≤ 96 MiB {:.2} ms ({:.3} TFLOPS), of which the products alone {:.2} ms ({:.3} TFLOPS) and the copies into {:.2} GB of columns {copies}",
+                device.description,
+                t.burn_ms,
+                t.gflop / t.burn_ms,
+                t.gemm_ms,
+                t.gflop / t.gemm_ms,
+                t.matmul_ms,
+                t.gflop / t.matmul_ms,
+                t.column_gb,
+            );
+        }
+    }
     // Every other run must still compute the same network: its logits against f32 by burn's
     // kernels.
     if let Some(((_, _), f32s)) = outputs.first() {

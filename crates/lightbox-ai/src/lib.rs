@@ -12,6 +12,7 @@ pub mod nnunet;
 pub mod nnunet_v1;
 pub mod ops;
 pub mod package;
+pub mod profile;
 pub mod sliding;
 pub mod torch;
 pub mod train;

@@ -1,0 +1,97 @@
+//! Where a network's time goes, for bench-ai (issue 7): one of nnU-Net's full-resolution
+//! convolutions (C → C channels, 3³, padding 1, on a cube of `side` voxels) timed by burn's
+//! kernels, as matrix products over im2col columns (`ops::conv3d_gemm`), and as those matrix
+//! products alone over columns made beforehand. The last two differ by the copies into columns,
+//! so one GPU run tells whether the GEMM path is bound by its arithmetic or by its copies.
+
+use burn::prelude::*;
+use burn::tensor::{Distribution, FloatDType, ops::ConvOptions};
+
+use crate::{AiDevice, AiError, Precision};
+
+/// Median times of one layer, ms, and its arithmetic.
+#[derive(Clone, Copy, Debug)]
+pub struct LayerTimes {
+    /// burn's `conv3d` (its autotuned kernels).
+    pub burn_ms: f64,
+    /// `ops::conv3d_gemm` in slabs of `column_mib` MiB of columns.
+    pub gemm_ms: f64,
+    /// The same matrix products over columns made beforehand (no copies).
+    pub matmul_ms: f64,
+    /// Multiply-adds × 2 of the layer, in 10⁹.
+    pub gflop: f64,
+    /// Bytes of columns the GEMM path writes (and the matrix products read), in 10⁹.
+    pub column_gb: f64,
+}
+
+/// Times one C → C 3³ convolution on `side`³ voxels (median of `runs`, after one warm-up), in
+/// the device's precision. Each run waits for its result by reading one number back.
+pub fn convolution_layer(
+    device: &AiDevice,
+    channels: usize,
+    side: usize,
+    (column_mib, runs): (usize, usize),
+) -> Result<LayerTimes, AiError> {
+    if channels == 0 || side < 3 || runs == 0 {
+        return Err(AiError::Input(format!("a layer of {channels} channels on {side}³ voxels, {runs} runs")));
+    }
+    let dtype = match device.precision {
+        Precision::F32 => FloatDType::F32,
+        Precision::F16 => FloatDType::F16,
+    };
+    let random =
+        |shape: [usize; 5]| Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device.device).cast(dtype);
+    let x = random([1, channels, side, side, side]);
+    let weight = random([channels, channels, 3, 3, 3]);
+    let options = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
+    // The GEMM path's slabs: as many output slices as `column_mib` of columns hold.
+    let taps = 27 * channels;
+    let bytes = x.dtype().size();
+    let slab = ((column_mib << 20) / (taps * side * side * bytes).max(1)).clamp(1, side);
+    let slabs = side.div_ceil(slab);
+    let columns = Tensor::<3>::random([1, taps, slab * side * side], Distribution::Uniform(-1.0, 1.0), &device.device)
+        .cast(dtype);
+    let weights = weight.clone().reshape([1, channels, taps]);
+    let time = |run: &dyn Fn() -> f32| -> f64 {
+        let _ = run();
+        let mut times: Vec<f64> = (0..runs)
+            .map(|_| {
+                let started = std::time::Instant::now();
+                std::hint::black_box(run());
+                started.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let done = |y: Tensor<5>| y.slice([0..1, 0..1, 0..1, 0..1, 0..1]).cast(FloatDType::F32).into_scalar::<f32>();
+    let burn_ms = time(&|| done(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone())));
+    let gemm_ms = time(&|| done(crate::ops::conv3d_gemm(x.clone(), weight.clone(), None, &options, column_mib << 20)));
+    let matmul_ms = time(&|| {
+        let products: Vec<Tensor<3>> = (0..slabs).map(|_| weights.clone().matmul(columns.clone())).collect();
+        let first = Tensor::cat(products, 2);
+        first.slice([0..1, 0..1, 0..1]).cast(FloatDType::F32).into_scalar::<f32>()
+    });
+    let voxels = (side * side * side) as f64;
+    Ok(LayerTimes {
+        burn_ms,
+        gemm_ms,
+        matmul_ms,
+        gflop: 2.0 * voxels * (channels * taps) as f64 / 1e9,
+        column_gb: voxels * (taps * bytes) as f64 / 1e9,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The timings come out positive, and the arithmetic is that of the layer.
+    #[test]
+    fn a_small_layer_is_timed() -> anyhow::Result<()> {
+        let device = crate::AiDevice::cpu();
+        let t = super::convolution_layer(&device, 4, 8, (1, 2))?;
+        assert!(t.burn_ms > 0.0 && t.gemm_ms > 0.0 && t.matmul_ms > 0.0, "{t:?}");
+        assert!((t.gflop - 2.0 * 512.0 * 4.0 * 108.0 / 1e9).abs() < 1e-12, "{t:?}");
+        assert!(super::convolution_layer(&device, 4, 2, (1, 2)).is_err());
+        Ok(())
+    }
+}
