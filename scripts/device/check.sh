@@ -18,8 +18,9 @@
 #   5. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures in f32 and
 #      f16, by burn's convolution kernels and as matrix products (LIGHTBOX_AI_CONV=gemm, in
 #      96 MiB and 1 GiB slabs), and issue 9's: the whole brain pipeline for one and two time
-#      points), with burn's
-#      autotune choices logged; 5b. the PlainConvUNet again from a build with burn's SPIR-V
+#      points; one full-resolution layer by burn's kernels, the GEMM path and its matrix
+#      products alone), with burn's autotune choices logged;
+#      5b. the PlainConvUNet again from a build with burn's SPIR-V
 #      compiler (feature gpu-spirv: cooperative matrices, i.e. tensor cores);
 #   6. brain extraction's Dice test on the GPU.
 set -u
@@ -127,5 +128,5 @@ fi
 
 step summary
 echo "payload built from: $(head -1 "$X/commit" 2>/dev/null)"
-grep -hE "test result|max abs|FAILED|panicked|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|brain pipeline|atrophy pipeline|PlainConvUNet|PyTorch|peak|SM clock" \
+grep -hE "test result|max abs|FAILED|panicked|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|brain pipeline|atrophy pipeline|PlainConvUNet|PyTorch|full-resolution layer|launch|peak|SM clock" \
     "$OUT"/*.log | cut -c1-400
