@@ -2,8 +2,12 @@
 # The GPU machine's checks for issues 5 (renderer) and 7 (AI runtime), in one call of the
 # workplace's device tool, from the repository root:
 #
-#   scripts/device/pack.sh                      # here: builds and packs .device/payload.tar.xz
-#   device run: bash scripts/device/check.sh    # carry .gl and .device
+#   scripts/device/pack.sh       # here: builds and packs .device/{speed,parity}/payload.tar.xz
+#   device run: STEPS=aibench,render bash scripts/device/check.sh
+#               # carry .gl, .device/whl and .device/speed (benches; no test binary)
+#   device run: STEPS=parity,render bash scripts/device/check.sh
+#               # carry .gl, .device/whl and .device/parity (tests, bench-render again)
+# (the tool carries 64 MiB a call: one payload each)
 #
 # It runs, each step capped in time and logged under $OUT:
 #   1. PyTorch references (scripts/device/pytorch_reference.py): parity fixtures for deepbet and
@@ -30,8 +34,9 @@ ROOT=$PWD
 X=$ROOT/.device/x
 # STEPS (default all): which of ai (1, 2, 5, 6), aibench (5), parity (1, 2, 6) and render (3, 4)
 # to run. The time limits of all steps add up past one call's 600 s: STEPS=aibench,render (about
-# 530 s at most) answers the open speed questions in one call; STEPS=parity (about 250 s at most)
-# the parity and Dice ones in a second.
+# 490 s at most, with .device/speed) answers the open speed questions in one call;
+# STEPS=parity,render (about 390 s at most, with .device/parity) the parity, Dice and renderer
+# test ones in a second, and bench-render again.
 STEPS=${STEPS:-ai,render}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 step() { echo; echo "=== $* ($(date +%T))"; }
@@ -46,7 +51,12 @@ if [ -f /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json ]; then
     export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 fi
 mkdir -p "$X"
-python3 -c "import tarfile; tarfile.open('.device/payload.tar.xz').extractall('$X')" || exit 1
+payloads=$(ls .device/*/payload.tar.xz .device/payload.tar.xz 2>/dev/null)
+[ -n "$payloads" ] || { echo "no payload: carry .device/speed or .device/parity (scripts/device/pack.sh)"; exit 1; }
+for p in $payloads; do
+    echo "payload: $p"
+    python3 -c "import tarfile, sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$p" "$X" || exit 1
+done
 echo "payload built from: $(cat "$X/commit" 2>/dev/null || echo 'an unrecorded commit')"
 for m in deepbet deepbet-bbox; do cp "$X/models/$m/model.safetensors" "models/$m/"; done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .device/whl/*.whl || exit 1
@@ -61,6 +71,7 @@ REF=/tmp/lightbox-reference
 mkdir -p "$REF"
 
 if want ai || want parity; then
+[ -f "$X/deepbet/model.pt" ] || echo "no deepbet/model.pt: the parity steps need .device/parity carried"
 step "1. PyTorch references"
 timeout 100 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" deepbet,nnunet 2>&1 | tee "$OUT/torch.log"
 tar -cf "$OUT/parity.tar" -C "$REF" parity
@@ -75,7 +86,11 @@ fi
 
 if want render; then
 step "3. renderer tests on the GPU"
-WGPU_BACKEND=vulkan timeout 45 "$IT" render:: --test-threads 2 2>&1 | tee "$OUT/render-tests.log"
+if [ -x "$IT" ]; then
+    WGPU_BACKEND=vulkan timeout 45 "$IT" render:: --test-threads 2 2>&1 | tee "$OUT/render-tests.log"
+else
+    echo "no test binary here: the renderer's tests run in the call that carries .device/parity"
+fi
 
 step "4. bench-render"
 # The SM clock while it runs: the DVR figure (98 ms against 4 ms) may be a GPU left at its idle

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Builds what the GPU machine runs (burn's wgpu backend on) and packs it, with the model weights,
 # deepbet's TorchScript network (the PyTorch reference) and the test data those runs read, into
-# .device/payload.tar.xz for scripts/device/check.sh. The device tool carries .device and .gl
-# (the Vulkan loader's Debian packages); both stay out of git (.git/info/exclude).
+# two payloads for scripts/device/check.sh, one a device call:
+#   .device/speed/payload.tar.xz   STEPS=aibench,render: the three benches;
+#   .device/parity/payload.tar.xz  STEPS=parity,render: the test binary (parity, Dice and the
+#                                  renderer's tests), the PyTorch reference and bench-render.
+# The device tool carries at most 64 MiB a call, the checkout's tracked files (9 MB) included,
+# which one payload of everything (61 MB) exceeded. A call carries .gl (the Vulkan loader's
+# Debian packages), .device/whl and one payload's folder; all stay out of git
+# (.git/info/exclude).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
@@ -43,10 +49,18 @@ for f in nilearn_mni152/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz
     mkdir -p "$STAGE/data/$(dirname "$f")"
     cp "$DATA/$f" "$STAGE/data/$f"
 done
-mkdir -p .device
 # Which commit the binaries are built from (check.sh prints it), and whether the tree differed.
 { git rev-parse HEAD; git status --porcelain --untracked-files=no | sed 's/^/changed: /'; } > "$STAGE/commit"
-# One stream with xz's 64 MiB dictionary: the three test binaries share most of their code, and
-# the device tool carries 64 MiB in all (61 MB packed this way, 68 MB at -6 in two threads).
-XZ_OPT="-9 -T1" tar -cJf .device/payload.tar.xz -C "$STAGE" .
-ls -la .device/payload.tar.xz
+rm -f .device/payload.tar.xz
+mkdir -p .device/speed .device/parity
+# One stream each with xz's 64 MiB dictionary: the test binaries share most of their code.
+XZ_OPT="-9 -T1" tar -cJf .device/speed/payload.tar.xz -C "$STAGE" --exclude=./deepbet --exclude=./target/debug/deps .
+XZ_OPT="-9 -T1" tar -cJf .device/parity/payload.tar.xz -C "$STAGE" \
+    --exclude=./target/debug/bench-ai --exclude=./target/debug/bench-ai-spirv .
+# What each call carries, against the tool's 64 MiB.
+tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+for p in speed parity; do
+    total=$((tracked + $(du -sb .gl .device/whl ".device/$p" | awk '{ s += $1 } END { print s }')))
+    echo "a call carrying .device/$p: $((total / 1000000)) MB of 67 MB (64 MiB)"
+    [ "$total" -le $((64 * 1024 * 1024)) ] || { echo "over the device tool's 64 MiB" >&2; exit 1; }
+done
