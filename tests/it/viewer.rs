@@ -20,6 +20,17 @@ fn image_area(x: &Xvfb, name: &str) -> anyhow::Result<Rgb> {
     Ok(Rgb::load(&shot)?.crop(bx, by, bw, bh))
 }
 
+/// Three wheel notches down over the image (three slices back), then the image area.
+fn three_slices_back(x: &Xvfb, name: &str) -> anyhow::Result<Rgb> {
+    x.xdotool(&["mousemove", "450", "400"])?;
+    for _ in 0..3 {
+        x.xdotool(&["click", "5"])?;
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    image_area(x, name)
+}
+
 #[test]
 fn viewer_shows_demo_study_and_follows_wheel_and_drag() -> anyhow::Result<()> {
     let x = Xvfb::start()?;
@@ -43,13 +54,7 @@ fn viewer_shows_demo_study_and_follows_wheel_and_drag() -> anyhow::Result<()> {
     assert!(greys > 100, "only {greys} grey levels in the image area");
 
     // Three wheel notches down: three slices back, a different image.
-    x.xdotool(&["mousemove", "450", "400"])?;
-    for _ in 0..3 {
-        x.xdotool(&["click", "5"])?;
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let scrolled = image_area(&x, "viewer-demo-scrolled.png")?;
+    let scrolled = three_slices_back(&x, "viewer-demo-scrolled.png")?;
     let slice_change = first.mean_abs_diff(&scrolled);
     assert!(slice_change > 5.0, "wheel did not change the slice (diff {slice_change:.2})");
 
@@ -121,13 +126,7 @@ fn viewer_draws_slices_on_the_cpu_when_the_gpu_cannot_hold_the_volume() -> anyho
     let first = image_area(&x, "viewer-slices-on-cpu.png")?;
     let greys = first.distinct_greys();
     assert!(greys > 100, "only {greys} grey levels in the image area");
-    x.xdotool(&["mousemove", "450", "400"])?;
-    for _ in 0..3 {
-        x.xdotool(&["click", "5"])?;
-        std::thread::sleep(Duration::from_millis(150));
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    let scrolled = image_area(&x, "viewer-slices-on-cpu-scrolled.png")?;
+    let scrolled = three_slices_back(&x, "viewer-slices-on-cpu-scrolled.png")?;
     assert!(first.mean_abs_diff(&scrolled) > 5.0, "the wheel did not change the slice");
     assert!(child.0.try_wait()?.is_none(), "viewer exited");
     Ok(())

@@ -315,17 +315,7 @@ impl SliceRenderer {
         }
         if let Some(volume) = &self.cpu {
             let rgba = crate::cpu::slice_rgba_stored(volume, params)?;
-            queue.write_texture(
-                wgpu::TexelCopyTextureInfo {
-                    texture: &self.target,
-                    mip_level: 0,
-                    origin: wgpu::Origin3d::ZERO,
-                    aspect: wgpu::TextureAspect::All,
-                },
-                &rgba,
-                wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(4 * self.dims[0]), rows_per_image: None },
-                wgpu::Extent3d { width: self.dims[0], height: self.dims[1], depth_or_array_layers: 1 },
-            );
+            write_target(queue, &self.target, &rgba, [self.dims[0], self.dims[1]]);
             return Ok(());
         }
         let uniforms = SliceUniforms {
@@ -783,6 +773,21 @@ fn draw(
         timer.resolve(&mut encoder);
     }
     queue.submit(Some(encoder.finish()));
+}
+
+/// Writes RGBA8 pixels drawn on the CPU (tightly packed rows of `width`) into a target.
+fn write_target(queue: &wgpu::Queue, target: &wgpu::Texture, rgba: &[u8], [width, height]: [u32; 2]) {
+    queue.write_texture(
+        wgpu::TexelCopyTextureInfo {
+            texture: target,
+            mip_level: 0,
+            origin: wgpu::Origin3d::ZERO,
+            aspect: wgpu::TextureAspect::All,
+        },
+        rgba,
+        wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(4 * width), rows_per_image: None },
+        wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+    );
 }
 
 /// Copies an RGBA8 texture back to the CPU as tightly packed rows.
@@ -1438,17 +1443,7 @@ impl MprRenderer {
         let scalars = cpu.scalars.as_ref().zip(self.scalar_style);
         let lut = self.lut_cpu.as_ref().filter(|_| self.lut_on);
         let rgba = crate::cpu::mpr_rgba_stored(&cpu.volume, labels, scalars, plane, window, lut)?;
-        queue.write_texture(
-            wgpu::TexelCopyTextureInfo {
-                texture: &self.target,
-                mip_level: 0,
-                origin: wgpu::Origin3d::ZERO,
-                aspect: wgpu::TextureAspect::All,
-            },
-            &rgba,
-            wgpu::TexelCopyBufferLayout { offset: 0, bytes_per_row: Some(4 * self.size[0]), rows_per_image: None },
-            wgpu::Extent3d { width: self.size[0], height: self.size[1], depth_or_array_layers: 1 },
-        );
+        write_target(queue, &self.target, &rgba, self.size);
         Ok(())
     }
 
