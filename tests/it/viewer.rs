@@ -20,6 +20,21 @@ fn image_area(x: &Xvfb, name: &str) -> anyhow::Result<Rgb> {
     Ok(Rgb::load(&shot)?.crop(bx, by, bw, bh))
 }
 
+/// The viewer on the demo study with `args` and `env`, its stdout read by lines (stderr
+/// dropped); killed when the second value drops.
+fn viewer_on_demo(x: &Xvfb, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(Lines, KillOnDrop)> {
+    let mut child = x
+        .command(&bin("lightbox-viewer")?)
+        .arg(demo_study())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
+    Ok((stdout, KillOnDrop(child)))
+}
+
 /// Three wheel notches down over the image (three slices back), then the image area.
 fn three_slices_back(x: &Xvfb, name: &str) -> anyhow::Result<Rgb> {
     x.xdotool(&["mousemove", "450", "400"])?;
@@ -111,15 +126,7 @@ fn coloured_pixels(x: &Xvfb, name: &str) -> anyhow::Result<usize> {
 #[test]
 fn viewer_draws_slices_on_the_cpu_when_the_gpu_cannot_hold_the_volume() -> anyhow::Result<()> {
     let x = Xvfb::start()?;
-    let mut child = x
-        .command(&bin("lightbox-viewer")?)
-        .arg(demo_study())
-        .env("LIGHTBOX_GPU_VOLUME_MB", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
-    let mut child = KillOnDrop(child);
+    let (mut stdout, mut child) = viewer_on_demo(&x, &[], &[("LIGHTBOX_GPU_VOLUME_MB", "1")])?;
     stdout.wait_for("slices drawn on the CPU", Duration::from_secs(60))?;
     stdout.wait_for("first frame presented", Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_millis(300));
@@ -336,15 +343,7 @@ fn compare_with_prior_shows_both_time_points_with_linked_slices() -> anyhow::Res
 #[test]
 fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
     let x = Xvfb::start()?;
-    let mut child = x
-        .command(&bin("lightbox-viewer")?)
-        .arg(demo_study())
-        .arg("--mpr")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
-    let _child = KillOnDrop(child);
+    let (mut stdout, _child) = viewer_on_demo(&x, &["--mpr"], &[])?;
     // Pixels launched by the fragment stage on a software rasteriser (compute on a GPU).
     let launch = stdout.wait_for("launches its pixels by", Duration::from_secs(60))?;
     assert!(launch.contains("by Fragment on llvmpipe"), "{launch}");
@@ -446,17 +445,8 @@ fn mpr_layout_links_three_planes_by_a_crosshair() -> anyhow::Result<()> {
 #[test]
 fn mpr_layout_draws_a_volume_over_the_gpu_memory_at_half_resolution() -> anyhow::Result<()> {
     let x = Xvfb::start()?;
-    let mut child = x
-        .command(&bin("lightbox-viewer")?)
-        .arg(demo_study())
-        .arg("--mpr")
-        // The demo's 2.6 MB of voxels over 1 MB.
-        .env("LIGHTBOX_GPU_VOLUME_MB", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
-    let _child = KillOnDrop(child);
+    // The demo's 2.6 MB of voxels over 1 MB.
+    let (mut stdout, _child) = viewer_on_demo(&x, &["--mpr"], &[("LIGHTBOX_GPU_VOLUME_MB", "1")])?;
     // On a GPU every pane is drawn from the GPU's copy; on lavapipe the planes are drawn on the
     // CPU from the full volume.
     let launch = stdout.wait_for("launches its pixels by", Duration::from_secs(60))?;
@@ -515,10 +505,7 @@ fn mpr_layout_draws_the_segmentation_on_the_gpu() -> anyhow::Result<()> {
 #[test]
 fn lengths_presets_and_cine() -> anyhow::Result<()> {
     let x = Xvfb::start()?;
-    let mut child =
-        x.command(&bin("lightbox-viewer")?).arg(demo_study()).stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?;
-    let mut stdout = Lines::new(child.stdout.take().ok_or_else(|| anyhow::anyhow!("no stdout"))?);
-    let _child = KillOnDrop(child);
+    let (mut stdout, _child) = viewer_on_demo(&x, &[], &[])?;
     stdout.wait_for("first frame presented", Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_millis(400));
     x.xdotool(&["search", "--name", "Lightbox viewer", "windowfocus", "--sync"])?;
