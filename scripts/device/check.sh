@@ -1,42 +1,41 @@
 #!/usr/bin/env bash
-# The GPU machine's checks for issues 5 (renderer) and 7 (AI runtime), in one call of the
-# workplace's device tool, from the repository root:
+# The GPU machine's checks for issues 5 (renderer), 7 (AI runtime) and 9 (brain pipeline timing),
+# in one call of the workplace's device tool, from the repository root:
 #
-#   scripts/device/pack.sh       # here: builds and packs .device/{speed,parity}/payload.tar.xz
-#   device run: STEPS=aibench,render bash scripts/device/check.sh
-#               # carry .gl, .device/whl and .device/speed (benches; no test binary)
-#   device run: STEPS=parity,render bash scripts/device/check.sh
-#               # carry .gl, .device/whl and .device/parity (tests, bench-render again)
-# (the tool carries 64 MiB a call: one payload each)
+#   scripts/device/pack.sh       # here: builds and packs .device/{all,speed,parity}/payload.tar.xz
+#   device run: bash scripts/device/check.sh
+#               # carry .gl, .device/whl and .device/all (everything but the SPIR-V bench-ai)
+# or, in two calls (the tool carries 64 MiB a call, the checkout's tracked files included):
+#   device run: STEPS=render,aibench ...   # carry .gl, .device/whl and .device/speed
+#   device run: STEPS=render,parity ...    # carry .gl, .device/whl and .device/parity
 #
-# It runs, each step capped in time and logged under $OUT:
-#   1. PyTorch references (scripts/device/pytorch_reference.py): parity fixtures for deepbet and
-#      an nnU-Net v2 folder saved by torch.save;
-#   2. the parity tests on burn wgpu against those fixtures;
-#   3. the renderer's golden and geometry tests on the NVIDIA GPU, each pixel launched both
+# It runs, each step capped in time and logged under $OUT, the issues' open figures first, so a
+# call cut short still answers them:
+#   1. the renderer's golden and geometry tests on the NVIDIA GPU, each pixel launched both
 #      ways (compute pass and fragment stage);
-#   4. bench-render (issue 5's figures, GPU time; pixels launched by compute, the renderer's
+#   2. bench-render (issue 5's figures, GPU time; pixels launched by compute, the renderer's
 #      choice on a GPU, and by the fragment stage beside it: a data-centre GPU runs fragments on
 #      a few of its multiprocessors only; the volume rendering with and without its quick look
 #      through the texture filter);
-#   5. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures in f32 and
+#   3. PyTorch's PlainConvUNet timings, then bench-ai on the GPU (issue 7's figures in f32 and
 #      f16, by burn's convolution kernels and as matrix products (LIGHTBOX_AI_CONV=gemm, in
 #      96 MiB and 1 GiB slabs), and issue 9's: the whole brain pipeline for one and two time
 #      points; one full-resolution layer by burn's kernels, the GEMM path and its matrix
 #      products alone), with burn's autotune choices logged;
-#      5b. the PlainConvUNet again from a build with burn's SPIR-V
-#      compiler (feature gpu-spirv: cooperative matrices, i.e. tensor cores);
-#   6. brain extraction's Dice test on the GPU.
+#   4. the PlainConvUNet again from a build with burn's SPIR-V compiler (feature gpu-spirv:
+#      cooperative matrices, i.e. tensor cores), where the payload holds it;
+#   5. PyTorch references (scripts/device/pytorch_reference.py): parity fixtures for deepbet and
+#      an nnU-Net v2 folder saved by torch.save;
+#   6. the parity tests on burn wgpu against those fixtures;
+#   7. brain extraction's Dice test on the GPU.
 set -u
 OUT=${OUT:-/tmp/lightbox-device-out}
 mkdir -p "$OUT"
 ROOT=$PWD
 X=$ROOT/.device/x
-# STEPS (default all): which of ai (1, 2, 5, 6), aibench (5), parity (1, 2, 6) and render (3, 4)
-# to run. The time limits of all steps add up past one call's 600 s: STEPS=aibench,render (about
-# 490 s at most, with .device/speed) answers the open speed questions in one call;
-# STEPS=parity,render (about 390 s at most, with .device/parity) the parity, Dice and renderer
-# test ones in a second, and bench-render again.
+# STEPS (default all): which of render (1, 2), aibench (3, 4), parity (5, 6, 7) and ai (3, 4, 5,
+# 6, 7) to run. Their time limits add up to about 640 s, past one call's 600 s; they usually end
+# well inside them, and what a cut-short call logged under $OUT still comes back.
 STEPS=${STEPS:-ai,render}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 step() { echo; echo "=== $* ($(date +%T))"; }
@@ -70,29 +69,15 @@ IT=$BIN/deps/it
 REF=/tmp/lightbox-reference
 mkdir -p "$REF"
 
-if want ai || want parity; then
-[ -f "$X/deepbet/model.pt" ] || echo "no deepbet/model.pt: the parity steps need .device/parity carried"
-step "1. PyTorch references"
-timeout 100 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" deepbet,nnunet 2>&1 | tee "$OUT/torch.log"
-tar -cf "$OUT/parity.tar" -C "$REF" parity
-
-step "2. parity on burn wgpu"
-# nnU-Net v1's references are made on the CPU by nnU-Net v1 itself (scripts/reference/
-# nnunet_v1.sh): the GPU run compares against the same files.
-cp -r "$ROOT"/tests/fixtures/parity/nnunet_v1 "$ROOT"/tests/fixtures/parity/nnunet_v1.* "$REF/parity/"
-LIGHTBOX_AI_DEVICE=gpu LIGHTBOX_PARITY_FIXTURES=$REF/parity timeout 90 "$IT" parity:: --test-threads 1 --nocapture 2>&1 | tee "$OUT/parity.log"
-
-fi
-
 if want render; then
-step "3. renderer tests on the GPU"
+step "1. renderer tests on the GPU"
 if [ -x "$IT" ]; then
     WGPU_BACKEND=vulkan timeout 45 "$IT" render:: --test-threads 2 2>&1 | tee "$OUT/render-tests.log"
 else
     echo "no test binary here: the renderer's tests run in the call that carries .device/parity"
 fi
 
-step "4. bench-render"
+step "2. bench-render"
 # The SM clock while it runs: the DVR figure (98 ms against 4 ms) may be a GPU left at its idle
 # clock under Vulkan graphics work (issue 5's open question).
 nvidia-smi --query-gpu=clocks.sm,clocks.max.sm --format=csv,noheader,nounits -lms 100 > "$REF/gpu-clock.csv" &
@@ -104,7 +89,7 @@ echo "SM clock during bench-render (MHz, nvidia-smi): lowest $(cut -d, -f1 "$REF
 fi
 
 if want ai || want aibench; then
-step "5. PyTorch PlainConvUNet, then bench-ai on the GPU"
+step "3. PyTorch PlainConvUNet, then bench-ai on the GPU"
 timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"
 cat "$REF/torch_bench.json" >> "$OUT/torch.log"
 nvidia-smi --query-gpu=memory.used,clocks.sm --format=csv,noheader,nounits -lms 100 > "$REF/gpu-memory.csv" &
@@ -122,7 +107,7 @@ LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 200 "$BIN/bench-ai" gpu 2>&1 
 rm -f "$ROOT/cubecl.toml"
 kill $SAMPLER 2>/dev/null
 if [ -x "$BIN/bench-ai-spirv" ]; then
-    step "5b. bench-ai with burn's SPIR-V compiler (cooperative matrices)"
+    step "4. bench-ai with burn's SPIR-V compiler (cooperative matrices)"
     autotune_log "$REF/autotune-spirv.log"
     # Into bench-ai.log: the device tool brings back at most 8 files.
     LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 120 "$BIN/bench-ai-spirv" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
@@ -135,8 +120,22 @@ echo "SM clock during bench-ai (MHz, nvidia-smi): lowest $(cut -d, -f2 "$REF/gpu
 fi
 
 if want ai || want parity; then
+[ -f "$X/deepbet/model.pt" ] || echo "no deepbet/model.pt: the parity steps need .device/parity carried"
+step "5. PyTorch references"
+timeout 100 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" deepbet,nnunet 2>&1 | tee "$OUT/torch.log"
+tar -cf "$OUT/parity.tar" -C "$REF" parity
 
-step "6. brain extraction Dice on the GPU"
+step "6. parity on burn wgpu"
+# nnU-Net v1's references are made on the CPU by nnU-Net v1 itself (scripts/reference/
+# nnunet_v1.sh): the GPU run compares against the same files.
+cp -r "$ROOT"/tests/fixtures/parity/nnunet_v1 "$ROOT"/tests/fixtures/parity/nnunet_v1.* "$REF/parity/"
+LIGHTBOX_AI_DEVICE=gpu LIGHTBOX_PARITY_FIXTURES=$REF/parity timeout 90 "$IT" parity:: --test-threads 1 --nocapture 2>&1 | tee "$OUT/parity.log"
+
+fi
+
+if want ai || want parity; then
+
+step "7. brain extraction Dice on the GPU"
 LIGHTBOX_AI_DEVICE=gpu timeout 60 "$IT" ai::brain_extraction_reaches_dice_095_on_real_brains --nocapture 2>&1 | tee "$OUT/dice.log"
 
 fi
