@@ -5,18 +5,58 @@ use lightbox_core::WindowLevel;
 use lightbox_render::{GpuContext, SliceParams, SliceRenderer, cpu};
 use lightbox_tests::demo_study;
 
-/// The one place that owns the tolerance between GPU and CPU images: 8-bit values may differ by
-/// one step, and nothing more. How many may: on Mesa's lavapipe (CI) at most 0.1 % of the bytes;
-/// on a real GPU at most 3 %, since its texture units filter in fixed point and its shaders fuse
-/// multiply-adds, so values near a rounding edge fall either way (an NVIDIA H200 put up to 1.3 %
-/// of the bytes one step off, and none further).
+/// What an image shows, for the tolerance: planes (slices, slabs, projections) or a volume
+/// rendering's rays.
+#[derive(Clone, Copy, PartialEq)]
+enum Shows {
+    Planes,
+    Rays,
+}
+
+impl Shows {
+    fn of(plane: &lightbox_render::MprPlane) -> Self {
+        if plane.mode == lightbox_render::SlabMode::Volume { Shows::Rays } else { Shows::Planes }
+    }
+}
+
+/// The one place that owns the tolerance between GPU and CPU images.
+/// - 8-bit values may differ by one step. How many may: on Mesa's lavapipe (CI) at most 0.1 % of
+///   the bytes; on a real GPU at most 3 %, since its texture units filter in fixed point and its
+///   shaders fuse multiply-adds, so values near a rounding edge fall either way (an NVIDIA H200
+///   put up to 1.3 % of the bytes one step off, and none further).
+/// - Nothing may differ by more, with one exception: a volume rendering on a real GPU may differ
+///   by up to 6 steps in at most 0.1 % of its bytes. Its rays stop once 98 % opaque, so a ray
+///   whose opacity comes within rounding of that edge stops one sample earlier or later on the
+///   GPU than on the CPU, leaving out or adding that sample's share of the last 2 % (5 steps of
+///   255, one more for rounding). An NVIDIA H100 drew the demo's halved volume so.
 fn assert_rgba_close(gpu: &GpuContext, image: &[u8], reference: &[u8], what: &str) {
+    assert_shows_close(gpu, Shows::Planes, image, reference, what);
+}
+
+fn assert_shows_close(gpu: &GpuContext, shows: Shows, image: &[u8], reference: &[u8], what: &str) {
     assert_eq!(image.len(), reference.len(), "{what}: image sizes differ");
-    let worst = image.iter().zip(reference).map(|(a, b)| a.abs_diff(*b)).max().unwrap_or(0);
-    let off_by_one = image.iter().zip(reference).filter(|(a, b)| a != b).count();
+    let differences = || image.iter().zip(reference).map(|(a, b)| a.abs_diff(*b));
+    let worst = differences().max().unwrap_or(0);
+    let off_by_one = differences().filter(|&d| d > 0).count();
+    let jumps = differences().filter(|&d| d > 1).count();
     let software = gpu.adapter_name.to_lowercase().contains("llvmpipe");
     let per_mille = if software { 1 } else { 30 };
-    assert!(worst <= 1, "{what}: GPU and CPU differ by up to {worst} grey levels on {}", gpu.adapter_name);
+    let (most, jumps_per_mille) = if shows == Shows::Rays && !software { (6, 1) } else { (1, 0) };
+    if jumps > 0 {
+        let first = differences().position(|d| d > 1).unwrap_or(0) / 4;
+        eprintln!(
+            "{what}: {jumps} of {} bytes differ by more than one step (up to {worst}; the first at pixel {first}) on {}",
+            image.len(),
+            gpu.adapter_name
+        );
+    }
+    assert!(worst <= most, "{what}: GPU and CPU differ by up to {worst} grey levels on {}", gpu.adapter_name);
+    assert!(
+        jumps * 1000 <= image.len() * jumps_per_mille,
+        "{what}: {jumps} of {} bytes differ by more than one step on {} (at most {jumps_per_mille}‰ may)",
+        image.len(),
+        gpu.adapter_name
+    );
     assert!(
         off_by_one * 1000 <= image.len() * per_mille,
         "{what}: {off_by_one} of {} bytes differ by one on {} (at most {per_mille}‰ may)",
@@ -347,7 +387,7 @@ fn panes_drawn_on_the_cpu_equal_the_shaders() -> anyhow::Result<()> {
     shader.render(&gpu.device, &gpu.queue, &view, tf, None)?;
     on_cpu.render(&gpu.device, &gpu.queue, &view, tf, None)?;
     let drawn = on_cpu.read_target(&gpu.device, &gpu.queue)?;
-    assert_rgba_close(&gpu, &drawn, &shader.read_target(&gpu.device, &gpu.queue)?, "volume rendering");
+    assert_shows_close(&gpu, Shows::Rays, &drawn, &shader.read_target(&gpu.device, &gpu.queue)?, "volume rendering");
     assert!(drawn.chunks(4).filter(|p| p[0] > 20).count() > 500, "the volume rendering is empty");
     // Overlays not on the volume's grid are refused.
     let small = lightbox_core::Volume::new([2, 2, 2], vec![0u8; 8], a)?;
@@ -379,13 +419,19 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
         let image = renderer.read_target(&gpu.device, &gpu.queue)?;
         let reference = cpu::mpr_rgba(&volume, &plane, tf)?;
-        assert_rgba_close(&gpu, &image, &reference, &format!("volume rendering, {name}"));
+        assert_shows_close(&gpu, Shows::Rays, &image, &reference, &format!("volume rendering, {name}"));
         // Every sample exact (no quick look): the same image within the one tolerance.
         renderer.set_quick_look(false);
         assert!(!renderer.quick_look());
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
         let exact = renderer.read_target(&gpu.device, &gpu.queue)?;
-        assert_rgba_close(&gpu, &exact, &reference, &format!("volume rendering without the quick look, {name}"));
+        assert_shows_close(
+            &gpu,
+            Shows::Rays,
+            &exact,
+            &reference,
+            &format!("volume rendering without the quick look, {name}"),
+        );
         renderer.set_quick_look(true);
         let lit = reference.chunks(4).filter(|p| p[0] > 20).count();
         assert!(lit > 500, "{name}: only {lit} lit pixels");
@@ -396,7 +442,7 @@ fn gpu_volume_rendering_matches_cpu_reference() -> anyhow::Result<()> {
         assert!(skipped == image, "{name}: empty-space skipping changed the image");
         // Both launches, with the quick look and skipping: the CPU reference's image.
         for (launch, image) in each_launch(&gpu, &mut renderer, &plane, tf, None)? {
-            assert_rgba_close(&gpu, &image, &reference, &format!("volume rendering, {name} ({launch})"));
+            assert_shows_close(&gpu, Shows::Rays, &image, &reference, &format!("volume rendering, {name} ({launch})"));
         }
     }
     Ok(())
@@ -447,7 +493,7 @@ fn every_stored_type_renders_like_the_cpu_reference() -> anyhow::Result<()> {
             assert_eq!(renderer.quick_look(), *quick, "{kind}: quick look on {}", gpu.adapter_name);
             let reference = cpu::mpr_rgba_stored(stored, None, None, &plane, window, None)?;
             for (launch, image) in each_launch(&gpu, &mut renderer, &plane, window, None)? {
-                assert_rgba_close(&gpu, &image, &reference, &format!("{kind}, {name} ({launch})"));
+                assert_shows_close(&gpu, Shows::of(&plane), &image, &reference, &format!("{kind}, {name} ({launch})"));
             }
             let lit = reference.chunks(4).filter(|p| p[0] > 20).count();
             assert!(lit > 500, "{kind}, {name}: only {lit} lit pixels");
@@ -623,7 +669,13 @@ fn a_volume_over_the_gpu_memory_budget_renders_at_lower_resolution() -> anyhow::
         assert!(renderer.skips_empty_space(), "{name}: the bricks must be those of the halved volume");
         let reference = cpu::mpr_rgba_stored(&half, style.map(|s| (&half_labels, s)), None, &plane, window, None)?;
         for (launch, image) in each_launch(&gpu, &mut renderer, &plane, window, style)? {
-            assert_rgba_close(&gpu, &image, &reference, &format!("{name} at half resolution ({launch})"));
+            assert_shows_close(
+                &gpu,
+                Shows::of(&plane),
+                &image,
+                &reference,
+                &format!("{name} at half resolution ({launch})"),
+            );
         }
         let lit = reference.chunks(4).filter(|p| p[0] > 20).count();
         assert!(lit > 500, "{name}: only {lit} lit pixels");
@@ -667,15 +719,16 @@ fn colour_tables_match_the_cpu_reference() -> anyhow::Result<()> {
         renderer.set_lut(&gpu.queue, Some(lut));
         let reference = cpu::mpr_rgba_lut(&volume, &plane, tf, lut)?;
         for (launch, image) in each_launch(&gpu, &mut renderer, &plane, tf, None)? {
-            assert_rgba_close(&gpu, &image, &reference, &format!("{name} ({launch})"));
+            assert_shows_close(&gpu, Shows::of(&plane), &image, &reference, &format!("{name} ({launch})"));
         }
         let coloured = reference.chunks(4).filter(|p| p[0].abs_diff(p[2]) > 30).count();
         assert!(coloured > 500, "{name}: only {coloured} coloured pixels");
         // Without the table the same renderer draws as before.
         renderer.set_lut(&gpu.queue, None);
         renderer.render(&gpu.device, &gpu.queue, &plane, tf, None)?;
-        assert_rgba_close(
+        assert_shows_close(
             &gpu,
+            Shows::of(&plane),
             &renderer.read_target(&gpu.device, &gpu.queue)?,
             &cpu::mpr_rgba(&volume, &plane, tf)?,
             name,
