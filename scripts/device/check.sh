@@ -58,6 +58,7 @@ for p in $payloads; do
 done
 echo "payload built from: $(cat "$X/commit" 2>/dev/null || echo 'an unrecorded commit')"
 for m in deepbet deepbet-bbox; do cp "$X/models/$m/model.safetensors" "models/$m/"; done
+cp "$X"/models/atlas-dk/* models/atlas-dk/ || echo "no atlas in the payload: bench-ai's brain pipeline needs it"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .device/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
 export CARGO_MANIFEST_DIR=$ROOT/tests LIGHTBOX_TEST_DATA=$X/data

@@ -44,6 +44,9 @@ for m in deepbet deepbet-bbox; do
     mkdir -p "$STAGE/models/$m"
     cp "models/$m/model.safetensors" "$STAGE/models/$m/"
 done
+# The brain atlas, for issue 9's pipelines in bench-ai.
+mkdir -p "$STAGE/models/atlas-dk"
+cp models/atlas-dk/atlas.nii.gz models/atlas-dk/labels.csv "$STAGE/models/atlas-dk/"
 unzip -p "$WHEEL" data/models/model.pt > "$STAGE/deepbet/model.pt"
 for f in nilearn_mni152/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_converted.nii.gz \
     open_ms_longitudinal/coregistered/patient01/brainmask.nii.gz \

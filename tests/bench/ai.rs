@@ -40,6 +40,9 @@ fn main() -> anyhow::Result<()> {
     if std::env::var_os("LIGHTBOX_BENCH_UNET_ONLY").is_some() {
         return unet(&device);
     }
+    // The atlas first: a missing one fails the run here, not after the minutes before issue 9's
+    // pipelines.
+    let atlas = lightbox_analysis::regions::Atlas::load(&root.join("models/atlas-dk"))?;
     println!("bench-ai: deepbet on {} ({:?} voxels, 1 mm)", device.description, volume.dims());
     let gpu = device.gpu;
     let started = Instant::now();
@@ -60,9 +63,13 @@ fn main() -> anyhow::Result<()> {
         goal / median
     );
     println!("peak memory after brain extraction: {:.0} MB", peak_mb());
-    unet(&device)?;
-    println!("peak memory: {:.0} MB", peak_mb());
-    pipelines(preference, volume)
+    // LIGHTBOX_BENCH_PIPELINES_ONLY: brain extraction and issue 9's pipelines, without the
+    // PlainConvUNet's minutes.
+    if std::env::var_os("LIGHTBOX_BENCH_PIPELINES_ONLY").is_none() {
+        unet(&device)?;
+        println!("peak memory: {:.0} MB", peak_mb());
+    }
+    pipelines(preference, volume, &atlas)
 }
 
 /// nnU-Net's PlainConvUNet forward, in f32 and (on a GPU) f16, by burn's convolution kernels
@@ -212,7 +219,11 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
 }
 
 /// Issue 9's pipelines: longitudinal atrophy and the whole brain pipeline.
-fn pipelines(preference: DevicePreference, volume: lightbox_core::Volume<f32>) -> anyhow::Result<()> {
+fn pipelines(
+    preference: DevicePreference,
+    volume: lightbox_core::Volume<f32>,
+    atlas: &lightbox_analysis::regions::Atlas,
+) -> anyhow::Result<()> {
     let root = lightbox_tests::workspace_root();
     // Issue 9: the longitudinal pipeline, end to end, on a known 1 % loss.
     let device = AiDevice::choose(preference)?;
@@ -237,7 +248,6 @@ fn pipelines(preference: DevicePreference, volume: lightbox_core::Volume<f32>) -
     println!("peak memory: {:.0} MB", peak_mb());
 
     // Issue 9: the whole pipeline as `brain-atrophy` runs it, one time point, then two.
-    let atlas = lightbox_analysis::regions::Atlas::load(&root.join("models/atlas-dk"))?;
     let started = Instant::now();
     let (now, now_mask) = volumes_and_mask(&net, &volume)?;
     let scan = lightbox_analysis::regions::Scan {
@@ -246,7 +256,7 @@ fn pipelines(preference: DevicePreference, volume: lightbox_core::Volume<f32>) -
         tissues: &now.labels,
         csf_fraction: &now.csf_fraction,
     };
-    let regions = lightbox_analysis::regions::regional_volumes(scan, &atlas)?;
+    let regions = lightbox_analysis::regions::regional_volumes(scan, atlas)?;
     let one = started.elapsed().as_secs_f64();
     let goal = if gpu { 30.0 } else { 300.0 };
     println!(
@@ -269,7 +279,7 @@ fn pipelines(preference: DevicePreference, volume: lightbox_core::Volume<f32>) -
         tissues: &then.labels,
         csf_fraction: &then.csf_fraction,
     };
-    lightbox_analysis::regions::regional_change(prior, follow, &atlas)?;
+    lightbox_analysis::regions::regional_change(prior, follow, atlas)?;
     // As brain-atrophy does it: the baseline's mask from its volumes serves the atrophy too.
     let mask = lightbox_core::Volume::new(
         now_mask2.dims(),
