@@ -2,12 +2,14 @@
 # The GPU machine's checks for issues 5 (renderer), 7 (AI runtime) and 9 (brain pipeline timing),
 # in one call of the workplace's device tool, from the repository root:
 #
-#   scripts/device/pack.sh       # here: builds and packs .device/{all,speed,parity}/payload.tar.xz
+#   scripts/device/pack.sh       # here: builds and packs .device/{all,speed,parity,tuned}/payload.tar.xz
 #   device run: bash scripts/device/check.sh
 #               # carry .gl, .device/whl and .device/all (everything but the SPIR-V bench-ai)
 # or, in two calls (the tool carries 64 MiB a call, the checkout's tracked files included):
 #   device run: STEPS=render,aibench ...   # carry .gl, .device/whl and .device/speed
 #   device run: STEPS=render,parity ...    # carry .gl, .device/whl and .device/parity
+# and PlainConvUNet's convolutions tuned per layer, both builds (issue 7):
+#   device run: STEPS=tuned ...            # carry .gl, .device/whl and .device/tuned
 #
 # It runs, each step capped in time and logged under $OUT, the issues' open figures first, so a
 # call cut short still answers them:
@@ -33,8 +35,8 @@ OUT=${OUT:-/tmp/lightbox-device-out}
 mkdir -p "$OUT"
 ROOT=$PWD
 X=$ROOT/.device/x
-# STEPS (default all): which of render (1, 2), aibench (3, 4), parity (5, 6, 7) and ai (3, 4, 5,
-# 6, 7) to run. Their time limits add up to about 640 s, past one call's 600 s; they usually end
+# STEPS (default all): which of render (1, 2), aibench (3, 4), parity (5, 6, 7), ai (3, 4, 5,
+# 6, 7) and tuned (3t: convolutions tuned per layer, not in the default) to run. Their time limits add up to about 640 s, past one call's 600 s; they usually end
 # well inside them, and what a cut-short call logged under $OUT still comes back.
 STEPS=${STEPS:-ai,render}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -69,6 +71,14 @@ IT=$BIN/deps/it
 # as one tar, the PyTorch timings in their log.
 REF=/tmp/lightbox-reference
 mkdir -p "$REF"
+# Which convolution kernels autotune picked, and what each candidate took: burn's implicit GEMM
+# on cooperative matrices (tensor cores) needs the SPIR-V compiler and f16 inputs, and declines
+# otherwise; the log tells which ran (issue 7).
+# (No cache: a warm machine would log cache hits instead of the candidates' times.)
+autotune_log() {
+    printf '[autotune]\ndisable_cache = true\n[autotune.logger]\nlevel = "full"\nfile = "%s"\nappend = false\n' "$1" > "$ROOT/cubecl.toml"
+}
+trap 'rm -f "$ROOT/cubecl.toml"' EXIT
 
 if want render; then
 step "1. renderer tests on the GPU"
@@ -96,16 +106,9 @@ timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.
 cat "$REF/torch_bench.json" >> "$OUT/torch.log"
 nvidia-smi --query-gpu=memory.used,clocks.sm --format=csv,noheader,nounits -lms 100 > "$REF/gpu-memory.csv" &
 SAMPLER=$!
-# Which convolution kernels autotune picked, and what each candidate took: burn's implicit GEMM
-# on cooperative matrices (tensor cores) needs the SPIR-V compiler and f16 inputs, and declines
-# otherwise; the log tells which ran (issue 7).
-# (No cache: a warm machine would log cache hits instead of the candidates' times.)
-autotune_log() {
-    printf '[autotune]\ndisable_cache = true\n[autotune.logger]\nlevel = "full"\nfile = "%s"\nappend = false\n' "$1" > "$ROOT/cubecl.toml"
-}
-trap 'rm -f "$ROOT/cubecl.toml"' EXIT
 autotune_log "$REF/autotune.log"
-LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 200 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
+# UNET_ONLY=1: the PlainConvUNet figures alone (no brain extraction, no pipelines).
+env ${UNET_ONLY:+LIGHTBOX_BENCH_UNET_ONLY=1} LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 200 "$BIN/bench-ai" gpu 2>&1 | tee "$OUT/bench-ai.log"
 rm -f "$ROOT/cubecl.toml"
 kill $SAMPLER 2>/dev/null
 if [ -x "$BIN/bench-ai-spirv" ]; then
@@ -119,6 +122,22 @@ tar -cf "$OUT/autotune.tar" -C "$REF" $(cd "$REF" && ls autotune*.log 2>/dev/nul
 echo "peak GPU memory in use during bench-ai (whole GPU, nvidia-smi): $(cut -d, -f1 "$REF/gpu-memory.csv" | sort -n | tail -1) MiB" | tee -a "$OUT/bench-ai.log"
 # burn's wgpu kernels at 0.073x PyTorch (issue 7): a Vulkan compute load at an idle clock would explain much.
 echo "SM clock during bench-ai (MHz, nvidia-smi): lowest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | head -1), highest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | tail -1)" | tee -a "$OUT/bench-ai.log"
+fi
+
+if want tuned; then
+# The convolutions tuned per layer (LIGHTBOX_AI_CONV=tuned), SPIR-V build first, then the WGSL
+# one; TUNED_VARIANTS picks what each build times (bench-ai's LIGHTBOX_BENCH_VARIANTS).
+step "3t. PyTorch PlainConvUNet, then bench-ai's tuned convolutions (SPIR-V, then WGSL)"
+timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"
+cat "$REF/torch_bench.json" >> "$OUT/torch.log"
+for build in bench-ai-spirv bench-ai; do
+    [ -x "$BIN/$build" ] || continue
+    autotune_log "$REF/autotune-$build.log"
+    LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS=${TUNED_VARIANTS:-f32:tuned:1024,f16:burn,f16:gemm:1024,f16:tuned:1024} \
+        LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout 240 "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
+    rm -f "$ROOT/cubecl.toml"
+done
+tar -cf "$OUT/autotune.tar" -C "$REF" $(cd "$REF" && ls autotune*.log 2>/dev/null)
 fi
 
 if want ai || want parity; then

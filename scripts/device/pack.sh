@@ -6,7 +6,9 @@
 #                                  session has 15 minutes: one machine start, one call);
 #   .device/speed/payload.tar.xz   STEPS=render,aibench: the three benches, the SPIR-V one too;
 #   .device/parity/payload.tar.xz  STEPS=render,parity: the test binary (parity, Dice and the
-#                                  renderer's tests), the PyTorch reference and bench-render.
+#                                  renderer's tests), the PyTorch reference and bench-render;
+#   .device/tuned/payload.tar.xz   STEPS=tuned: both bench-ai builds and the T1 they read, for
+#                                  the PlainConvUNet figures alone (26 MB).
 # The device tool carries at most 64 MiB a call, the checkout's tracked files (9 MB) included,
 # which one payload of everything (61 MB) exceeded. A call carries .gl (the Vulkan loader's
 # Debian packages), .device/whl (dynamic_network_architectures' wheel) and one payload's folder;
@@ -57,15 +59,17 @@ done
 # Which commit the binaries are built from (check.sh prints it), and whether the tree differed.
 { git rev-parse HEAD; git status --porcelain --untracked-files=no | sed 's/^/changed: /'; } > "$STAGE/commit"
 rm -f .device/payload.tar.xz
-mkdir -p .device/all .device/speed .device/parity
+mkdir -p .device/all .device/speed .device/parity .device/tuned
 # One stream each with xz's 64 MiB dictionary: the test binaries share most of their code.
 XZ_OPT="-9 -T1" tar -cJf .device/all/payload.tar.xz -C "$STAGE" --exclude=./target/debug/bench-ai-spirv .
 XZ_OPT="-9 -T1" tar -cJf .device/speed/payload.tar.xz -C "$STAGE" --exclude=./deepbet --exclude=./target/debug/deps .
 XZ_OPT="-9 -T1" tar -cJf .device/parity/payload.tar.xz -C "$STAGE" \
     --exclude=./target/debug/bench-ai --exclude=./target/debug/bench-ai-spirv .
+XZ_OPT="-9 -T1" tar -cJf .device/tuned/payload.tar.xz -C "$STAGE" ./commit ./target/debug/bench-ai \
+    ./target/debug/bench-ai-spirv ./data/nilearn_mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz
 # What each call carries, against the tool's 64 MiB.
 tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
-for p in all speed parity; do
+for p in all speed parity tuned; do
     total=$((tracked + $(du -sb .gl .device/whl ".device/$p" | awk '{ s += $1 } END { print s }')))
     echo "a call carrying .device/$p: $((total / 1000000)) MB of 67 MB (64 MiB)"
     if [ "$total" -gt $((64 * 1024 * 1024)) ]; then

@@ -119,7 +119,19 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
     } else {
         &[Convolution::Burn, Convolution::GEMM]
     };
-    let variants = precisions.iter().flat_map(|&p| convolutions.iter().map(move |&c| (p, c)));
+    let mut variants: Vec<(Precision, Convolution)> =
+        precisions.iter().flat_map(|&p| convolutions.iter().map(move |&c| (p, c))).collect();
+    // LIGHTBOX_BENCH_VARIANTS, e.g. "f32:tuned:1024,f16:burn": these alone, in this order (the
+    // first is what the others' logits are compared with).
+    if let Ok(list) = std::env::var("LIGHTBOX_BENCH_VARIANTS") {
+        variants = list
+            .split(',')
+            .map(|v| {
+                let (precision, convolution) = v.split_once(':').unwrap_or((v, ""));
+                Ok((Precision::parse(precision)?, Convolution::parse(convolution)?))
+            })
+            .collect::<Result<_, lightbox_ai::AiError>>()?;
+    }
     for (precision, convolution) in variants {
         let device = match device.clone().with_convolution(convolution).with_precision(precision) {
             Ok(device) => device,
@@ -151,7 +163,8 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             "PlainConvUNet 32…320, 6 stages, 1×1×{side}³ {ours} on {}{} (upload and readback included): median {ms:.1} ms of {runs}; PyTorch 2.11 {ours} on an H100: {h100} ms → {:.3}x PyTorch's speed{}",
             device.description,
             match convolution {
-                Convolution::Gemm { column_mib } => format!(" in slabs of ≤ {column_mib} MiB"),
+                Convolution::Gemm { column_mib } | Convolution::Tuned { column_mib } =>
+                    format!(" in slabs of ≤ {column_mib} MiB"),
                 Convolution::Burn => String::new(),
             },
             h100 / ms,
@@ -171,6 +184,18 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    // What the tuned convolutions chose, layer shape by layer shape.
+    let mut layers = lightbox_ai::ops::tuned_layers();
+    layers.sort_by(|a, b| (b.burn_ms.min(b.gemm_ms)).total_cmp(&a.burn_ms.min(a.gemm_ms)));
+    for l in &layers {
+        println!(
+            "  tuned convolution {}: burn's kernels {:.3} ms, matrix products {:.3} ms → {}",
+            l.shape,
+            l.burn_ms,
+            l.gemm_ms,
+            if l.gemm { "matrix products" } else { "burn's kernels" }
+        );
     }
     // One full-resolution layer: burn's kernels, the GEMM path, and the GEMM path's matrix
     // products alone, so that a GPU run tells its copies from its arithmetic.
@@ -201,7 +226,7 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
     }
     // Every other run must still compute the same network: its logits against f32 by burn's
     // kernels.
-    if let Some(((_, _), f32s)) = outputs.first() {
+    if let Some(((first_precision, first_convolution), f32s)) = outputs.first() {
         let scale = f32s.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         // Two classes (the configuration above): class 0's logits, then class 1's.
         let voxels = f32s.len() / 2;
@@ -210,7 +235,7 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             let changed =
                 (0..voxels).filter(|&i| (f32s[i] > f32s[i + voxels]) != (other[i] > other[i + voxels])).count();
             println!(
-                "  {precision:?} with {convolution:?} convolutions against F32 with burn's: max abs difference {worst:.3e} ({:.2} % of the largest |logit|, {scale:.2}); argmax changed in {changed} of {voxels} voxels",
+                "  {precision:?} with {convolution:?} convolutions against {first_precision:?} with {first_convolution:?}: max abs difference {worst:.3e} ({:.2} % of the largest |logit|, {scale:.2}); argmax changed in {changed} of {voxels} voxels",
                 100.0 * worst / scale
             );
         }

@@ -245,23 +245,30 @@ fn nnunet_in_half_precision_stays_within_rounding_of_pytorch() -> anyhow::Result
     Ok(())
 }
 
-/// Convolutions as matrix products (`LIGHTBOX_AI_CONV=gemm`, `ops::conv3d_gemm`): the same
-/// network matches PyTorch to 1e-4 in f32, and stays within f16's rounding in f16.
+/// Convolutions as matrix products (`LIGHTBOX_AI_CONV=gemm`, `ops::conv3d_gemm`) and tuned
+/// per layer (`tuned`, `ops::conv3d_tuned`: burn's kernels or matrix products, whichever was
+/// faster here): the same network matches PyTorch to 1e-4 in f32, and stays within f16's
+/// rounding in f16.
 #[test]
-fn nnunet_with_gemm_convolutions_matches_pytorch() -> anyhow::Result<()> {
+fn nnunet_with_gemm_and_tuned_convolutions_matches_pytorch() -> anyhow::Result<()> {
     let fixture = NnunetFixture::load()?;
     let torch = read_f32("nnunet.f32")?;
     let scale = torch.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
-    for precision in [Precision::F32, Precision::F16] {
-        let (described, ours) =
-            fixture.logits(device()?.with_convolution(Convolution::GEMM).with_precision(precision)?)?;
-        anyhow::ensure!(described.contains("GEMM"), "the run says {described}");
-        if precision == Precision::F32 {
-            assert_parity(&format!("nnU-Net logits, GEMM convolutions on {described}"), &ours, &torch)?;
-        } else {
-            let worst = ours.iter().zip(&torch).map(|(a, b)| f64::from((a - b).abs())).fold(0.0, f64::max);
-            eprintln!("nnU-Net logits, GEMM convolutions on {described}: max abs error {worst:.2e}");
-            anyhow::ensure!(worst <= HALF_TOLERANCE * scale, "f16 GEMM logits off by {worst:.3e} (largest {scale:.3})");
+    for (convolution, says) in [(Convolution::GEMM, "GEMM"), (Convolution::TUNED, "tuned per layer")] {
+        for precision in [Precision::F32, Precision::F16] {
+            let (described, ours) =
+                fixture.logits(device()?.with_convolution(convolution).with_precision(precision)?)?;
+            anyhow::ensure!(described.contains(says), "the run says {described}");
+            if precision == Precision::F32 {
+                assert_parity(&format!("nnU-Net logits, {says} convolutions on {described}"), &ours, &torch)?;
+            } else {
+                let worst = ours.iter().zip(&torch).map(|(a, b)| f64::from((a - b).abs())).fold(0.0, f64::max);
+                eprintln!("nnU-Net logits, {says} convolutions on {described}: max abs error {worst:.2e}");
+                anyhow::ensure!(
+                    worst <= HALF_TOLERANCE * scale,
+                    "f16 {says} logits off by {worst:.3e} (largest {scale:.3})"
+                );
+            }
         }
     }
     Ok(())

@@ -14,15 +14,22 @@
 //! convolution in f16. On the parity fixture the f16 logits differ from PyTorch's fp32 by
 //! 0.27 % of the largest logit on burn flex and 0.89 % on lavapipe's direct kernels.
 //!
-//! Convolution (`LIGHTBOX_AI_CONV`: burn, gemm or gemm:MiB): how nnU-Net networks convolve.
-//! `burn` takes burn's own kernels (autotuned; through WGSL only its direct convolution runs);
-//! `gemm` computes each convolution as matrix products over im2col columns
-//! (`ops::conv3d_gemm`), which reach burn's register-tiled matrix kernels instead. The same
-//! sums in another order (PlainConvUNet's logits within 1.2e-7 of each other in f32 on an H100).
-//! Unset, a GPU card takes `gemm` and the CPU (and a software rasteriser) `burn`, each the
-//! faster there: on an NVIDIA H100, PlainConvUNet 32…320 on 128³ took 314 ms by GEMM in 96 MiB
-//! slabs against 523 ms by burn's kernels (208 ms in 1 GiB slabs, `gemm:1024`, for a GPU that
-//! binds buffers that large); on 2 CPU cores with flex, GEMM took 1.4–1.5× burn's time.
+//! Convolution (`LIGHTBOX_AI_CONV`: burn, gemm, gemm:MiB, tuned or tuned:MiB): how nnU-Net
+//! networks convolve. `burn` takes burn's own kernels (autotuned; through WGSL only its direct
+//! convolution runs); `gemm` computes each convolution as matrix products over im2col columns
+//! (`ops::conv3d_gemm`), which reach burn's register-tiled matrix kernels instead; `tuned` times
+//! both the first time a layer of each shape runs and keeps the faster (`ops::conv3d_tuned`,
+//! as PyTorch's `cudnn.benchmark`). The same sums in another order (PlainConvUNet's logits
+//! within 1.2e-7 of each other in f32 on an H100).
+//!
+//! Which is faster depends on the layer and the GPU: on an NVIDIA H100, PlainConvUNet 32…320 on
+//! 128³ took 314 ms by GEMM in 96 MiB slabs against 523 ms by burn's kernels in f32 (WGSL), but
+//! with burn's SPIR-V compiler in f16 a full-resolution layer took 3.8 ms by burn's implicit
+//! GEMM on tensor cores against 12.4 ms by matrix products, while its layers of 128 channels
+//! and more fell back to its slow direct kernel. On lavapipe, tuned per layer beat both (2.38 s
+//! against 2.58 s and 3.00 s on 32³). So unset, a GPU card takes `tuned`; the CPU (and a
+//! software rasteriser) take `burn`, where GEMM was 1.4–1.5× slower on 2 cores with flex and
+//! timing both ways would cost the first window more than it saves.
 
 use burn::prelude::Device;
 
@@ -70,6 +77,10 @@ pub enum Convolution {
     /// Matrix products over im2col columns (`ops::conv3d_gemm`), built in slabs of output
     /// depth of at most `column_mib` MiB.
     Gemm { column_mib: usize },
+    /// Per layer, whichever of the two is faster on this device: both are timed the first
+    /// time a convolution of that shape runs, and the faster one kept for the process
+    /// (`ops::conv3d_tuned`; PyTorch's `cudnn.benchmark` does the same).
+    Tuned { column_mib: usize },
 }
 
 impl Convolution {
@@ -78,15 +89,20 @@ impl Convolution {
     /// that binds more may do better with larger slabs (`gemm:1024`; bench-ai times both).
     pub const GEMM: Self = Self::Gemm { column_mib: 96 };
 
-    /// `burn`, `gemm` or `gemm:MiB`.
+    /// Per layer, the faster of burn's kernels and GEMM in 96 MiB slabs.
+    pub const TUNED: Self = Self::Tuned { column_mib: 96 };
+
+    /// `burn`, `gemm`, `gemm:MiB`, `tuned` or `tuned:MiB`.
     pub fn parse(value: &str) -> Result<Self, AiError> {
         let value = value.trim().to_ascii_lowercase();
         let bad = || AiError::Convolution { value: value.clone() };
         match value.split_once(':') {
             None if ["", "burn", "direct"].contains(&value.as_str()) => Ok(Self::Burn),
             None if value == "gemm" => Ok(Self::GEMM),
-            Some(("gemm", mib)) => match mib.trim().parse::<usize>() {
-                Ok(column_mib) if column_mib > 0 => Ok(Self::Gemm { column_mib }),
+            None if value == "tuned" => Ok(Self::TUNED),
+            Some((how @ ("gemm" | "tuned"), mib)) => match mib.trim().parse::<usize>() {
+                Ok(column_mib) if column_mib > 0 && how == "gemm" => Ok(Self::Gemm { column_mib }),
+                Ok(column_mib) if column_mib > 0 => Ok(Self::Tuned { column_mib }),
                 _ => Err(bad()),
             },
             _ => Err(bad()),
@@ -98,10 +114,10 @@ impl Convolution {
         std::env::var("LIGHTBOX_AI_CONV").ok().map(|v| Self::parse(&v)).transpose()
     }
 
-    /// What runs when `LIGHTBOX_AI_CONV` is unset: matrix products on a GPU card, burn's kernels
-    /// elsewhere (see the module's documentation for the figures).
+    /// What runs when `LIGHTBOX_AI_CONV` is unset: on a GPU card each layer's faster way, timed
+    /// there; burn's kernels elsewhere (see the module's documentation for why).
     pub fn default_for(card: bool) -> Self {
-        if card { Self::GEMM } else { Self::Burn }
+        if card { Self::TUNED } else { Self::Burn }
     }
 }
 
@@ -162,8 +178,8 @@ impl AiDevice {
     }
 
     /// For nnU-Net inference: the precision `LIGHTBOX_AI_PRECISION` asks for and the
-    /// convolution `LIGHTBOX_AI_CONV` asks for (an unknown value is an error; unset, matrix
-    /// products on a GPU card and burn's kernels elsewhere). A device that
+    /// convolution `LIGHTBOX_AI_CONV` asks for (an unknown value is an error; unset, tuned per
+    /// layer on a GPU card and burn's kernels elsewhere). A device that
     /// cannot compute in f16 stays in f32, with a warning: a site's setting must not stop its
     /// pipelines. Brain extraction (deepbet) and training stay f32 and on burn's kernels.
     pub fn with_env_precision(self) -> Result<Self, AiError> {
@@ -222,13 +238,17 @@ impl AiDevice {
     /// The description with what differs from the defaults at its end: e.g. "GPU (burn wgpu:
     /// NVIDIA H100, f16, GEMM convolutions)".
     fn relabel(&mut self) {
-        const MARKS: [&str; 2] = [", f16", ", GEMM convolutions"];
+        const MARKS: [&str; 3] = [", f16", ", GEMM convolutions", ", convolutions tuned per layer"];
         let mut base = self.description.strip_suffix(')').unwrap_or(&self.description).to_owned();
         while let Some(mark) = MARKS.iter().find(|m| base.ends_with(*m)) {
             base.truncate(base.len() - mark.len());
         }
         let f16 = if self.precision == Precision::F16 { MARKS[0] } else { "" };
-        let gemm = if matches!(self.convolution, Convolution::Gemm { .. }) { MARKS[1] } else { "" };
+        let gemm = match self.convolution {
+            Convolution::Burn => "",
+            Convolution::Gemm { .. } => MARKS[1],
+            Convolution::Tuned { .. } => MARKS[2],
+        };
         self.description = format!("{base}{f16}{gemm})");
     }
 }
@@ -329,11 +349,18 @@ mod tests {
     fn convolutions_parse_and_show_in_the_description_beside_the_precision() -> Result<(), AiError> {
         assert_eq!(Convolution::parse(" GEMM").ok(), Some(Convolution::GEMM));
         assert_eq!(Convolution::parse("gemm:1024").ok(), Some(Convolution::Gemm { column_mib: 1024 }));
+        assert_eq!(Convolution::parse("Tuned").ok(), Some(Convolution::TUNED));
+        assert_eq!(Convolution::parse("tuned:1024").ok(), Some(Convolution::Tuned { column_mib: 1024 }));
         assert_eq!(Convolution::parse("").ok(), Some(Convolution::Burn));
-        for bad in ["winograd", "gemm:0", "gemm:lots", "burn:5"] {
+        for bad in ["winograd", "gemm:0", "gemm:lots", "burn:5", "tuned:0"] {
             let err = Convolution::parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
-            assert_eq!(err, format!("LIGHTBOX_AI_CONV={bad}: expected burn, gemm or gemm:MiB"));
+            assert_eq!(err, format!("LIGHTBOX_AI_CONV={bad}: expected burn, gemm, gemm:MiB, tuned or tuned:MiB"));
         }
+        let tuned = AiDevice::cpu().with_convolution(Convolution::TUNED).with_precision(Precision::F16)?;
+        assert!(tuned.description.ends_with(", f16, convolutions tuned per layer)"), "{}", tuned.description);
+        assert_eq!(tuned.with_convolution(Convolution::GEMM).with_precision(Precision::F32)?.description, {
+            AiDevice::cpu().with_convolution(Convolution::GEMM).description
+        });
         let both = AiDevice::cpu().with_convolution(Convolution::GEMM).with_precision(Precision::F16)?;
         assert!(both.description.ends_with(", f16, GEMM convolutions)"), "{}", both.description);
         // Either setting undone in any order leaves the other.
@@ -346,8 +373,8 @@ mod tests {
     }
 
     #[test]
-    fn unset_a_gpu_card_convolves_by_matrix_products_and_the_cpu_by_burns_kernels() -> Result<(), AiError> {
-        assert_eq!(Convolution::default_for(true), Convolution::GEMM);
+    fn unset_a_gpu_card_tunes_its_convolutions_and_the_cpu_takes_burns_kernels() -> Result<(), AiError> {
+        assert_eq!(Convolution::default_for(true), Convolution::TUNED);
         assert_eq!(Convolution::default_for(false), Convolution::Burn);
         let cpu = AiDevice::cpu();
         assert!(!cpu.card);

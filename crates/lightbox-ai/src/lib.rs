@@ -37,7 +37,7 @@ pub enum AiError {
     #[error("LIGHTBOX_AI_PRECISION={value}: expected f32 or f16")]
     Precision { value: String },
 
-    #[error("LIGHTBOX_AI_CONV={value}: expected burn, gemm or gemm:MiB")]
+    #[error("LIGHTBOX_AI_CONV={value}: expected burn, gemm, gemm:MiB, tuned or tuned:MiB")]
     Convolution { value: String },
 
     #[error("half precision (f16) does not work on {device}: {why}")]

@@ -209,6 +209,9 @@ fn conv(
     let y = match how {
         crate::Convolution::Burn => conv3d(x, weight, bias, options),
         crate::Convolution::Gemm { column_mib } => crate::ops::conv3d_gemm(x, weight, bias, &options, column_mib << 20),
+        crate::Convolution::Tuned { column_mib } => {
+            crate::ops::conv3d_tuned(x, weight, bias, &options, column_mib << 20)
+        }
     };
     y.cast(FloatDType::F32)
 }
