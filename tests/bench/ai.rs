@@ -187,15 +187,11 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
     }
     // What the tuned convolutions chose, layer shape by layer shape.
     let mut layers = lightbox_ai::ops::tuned_layers();
-    layers.sort_by(|a, b| (b.burn_ms.min(b.gemm_ms)).total_cmp(&a.burn_ms.min(a.gemm_ms)));
+    let best = |l: &lightbox_ai::ops::TunedLayer| l.ms.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
+    layers.sort_by(|a, b| best(b).total_cmp(&best(a)));
     for l in &layers {
-        println!(
-            "  tuned convolution {}: burn's kernels {:.3} ms, matrix products {:.3} ms → {}",
-            l.shape,
-            l.burn_ms,
-            l.gemm_ms,
-            if l.gemm { "matrix products" } else { "burn's kernels" }
-        );
+        let times: Vec<String> = l.ms.iter().map(|(way, ms)| format!("{} {ms:.3} ms", way.describe())).collect();
+        println!("  tuned convolution {}: {} → {}", l.shape, times.join(", "), l.way.describe());
     }
     // One full-resolution layer: burn's kernels, the GEMM path, and the GEMM path's matrix
     // products alone, so that a GPU run tells its copies from its arithmetic.
@@ -212,12 +208,13 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
                 "too little to tell from the products".to_owned()
             };
             println!(
-                "one full-resolution layer (32 → 32 channels, 3³, {side}³, {precision:?}) on {}: burn's kernels {:.2} ms ({:.3} TFLOPS); as matrix products in slabs of ≤ 96 MiB {:.2} ms ({:.3} TFLOPS), of which the products alone {:.2} ms ({:.3} TFLOPS) and the copies into {:.2} GB of columns {copies}",
+                "one full-resolution layer (32 → 32 channels, 3³, {side}³, {precision:?}) on {}: burn's kernels {:.2} ms ({:.3} TFLOPS); as matrix products in slabs of ≤ 96 MiB {:.2} ms ({:.3} TFLOPS) (transposed: {:.2} ms), of which the products alone {:.2} ms ({:.3} TFLOPS) and the copies into {:.2} GB of columns {copies}",
                 device.description,
                 t.burn_ms,
                 t.gflop / t.burn_ms,
                 t.gemm_ms,
                 t.gflop / t.gemm_ms,
+                t.gemm_transposed_ms,
                 t.matmul_ms,
                 t.gflop / t.matmul_ms,
                 t.column_gb,

@@ -18,18 +18,20 @@
 //! networks convolve. `burn` takes burn's own kernels (autotuned; through WGSL only its direct
 //! convolution runs); `gemm` computes each convolution as matrix products over im2col columns
 //! (`ops::conv3d_gemm`), which reach burn's register-tiled matrix kernels instead; `tuned` times
-//! both the first time a layer of each shape runs and keeps the faster (`ops::conv3d_tuned`,
-//! as PyTorch's `cudnn.benchmark`). The same sums in another order (PlainConvUNet's logits
+//! those, and the matrix products the other way round (`ops::conv3d_gemm_transposed`), the
+//! first time a layer of each shape runs and keeps the fastest (`ops::conv3d_tuned`, as
+//! PyTorch's `cudnn.benchmark`). The same sums in another order (PlainConvUNet's logits
 //! within 1.2e-7 of each other in f32 on an H100).
 //!
 //! Which is faster depends on the layer and the GPU: on an NVIDIA H100, PlainConvUNet 32…320 on
 //! 128³ took 314 ms by GEMM in 96 MiB slabs against 523 ms by burn's kernels in f32 (WGSL), but
 //! with burn's SPIR-V compiler in f16 a full-resolution layer took 3.8 ms by burn's implicit
 //! GEMM on tensor cores against 12.4 ms by matrix products, while its layers of 128 channels
-//! and more fell back to its slow direct kernel. On lavapipe, tuned per layer beat both (2.38 s
-//! against 2.58 s and 3.00 s on 32³). So unset, a GPU card takes `tuned`; the CPU (and a
-//! software rasteriser) take `burn`, where GEMM was 1.4–1.5× slower on 2 cores with flex and
-//! timing both ways would cost the first window more than it saves.
+//! and more fell back to its slow direct kernel. On lavapipe, tuned per layer beat every fixed
+//! way (PlainConvUNet on 32³: 2.07 s against 2.65 s by burn's kernels and 3.00 s by GEMM). So
+//! unset, a GPU card takes `tuned`; the CPU (and a software rasteriser) take `burn`: tuned won
+//! there too (315 ms against 382 ms on 2 cores with flex), but timing three ways costs the
+//! first window about ten convolutions per layer, more than a few windows save.
 
 use burn::prelude::Device;
 

@@ -82,6 +82,32 @@ pub fn conv3d_gemm(
     options: &burn::tensor::ops::ConvOptions<3>,
     budget: usize,
 ) -> Tensor<5> {
+    gemm(x, weight, bias, options, budget, false)
+}
+
+/// [`conv3d_gemm`] with each product the other way round: columnsᵀ · weightᵀ, `[voxels, O]`
+/// (both transposes are views), then the result transposed back by one copy of the output.
+/// The same sums; a matrix kernel tiles a product of many rows and few columns differently
+/// from one of few rows (a layer's 32 output channels) and many columns, so which is faster
+/// is the GPU's to say ([`conv3d_tuned`] times both).
+pub fn conv3d_gemm_transposed(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &burn::tensor::ops::ConvOptions<3>,
+    budget: usize,
+) -> Tensor<5> {
+    gemm(x, weight, bias, options, budget, true)
+}
+
+fn gemm(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &burn::tensor::ops::ConvOptions<3>,
+    budget: usize,
+    transposed: bool,
+) -> Tensor<5> {
     use burn::tensor::Slice;
     if options.groups != 1 || options.dilation != [1; 3] {
         return burn::tensor::module::conv3d(x, weight, bias, options.clone());
@@ -97,6 +123,14 @@ pub fn conv3d_gemm(
     let bytes = weight.dtype().size();
     let slab = (budget / (n * c * taps * plane * bytes).max(1)).clamp(1, od);
     let weight = weight.reshape([1, o, c * taps]).expand([n, o, c * taps]);
+    // [N, O, K] · [N, K, V], or ([N, K, V]ᵀ · [N, O, K]ᵀ)ᵀ.
+    let product = |columns: Tensor<3>| {
+        if transposed {
+            columns.swap_dims(1, 2).matmul(weight.clone().swap_dims(1, 2)).swap_dims(1, 2)
+        } else {
+            weight.clone().matmul(columns)
+        }
+    };
     let add_bias = |y: Tensor<5>| match bias.clone() {
         Some(b) => {
             let dtype = burn::tensor::FloatDType::from(y.dtype());
@@ -106,7 +140,7 @@ pub fn conv3d_gemm(
     };
     if taps == 1 && stride == [1; 3] {
         // A 1×1×1 convolution (nnU-Net's segmentation head): the input already is the columns.
-        return add_bias(weight.matmul(x.reshape([n, c, od * plane])).reshape([n, o, od, oh, ow]));
+        return add_bias(product(x.reshape([n, c, od * plane])).reshape([n, o, od, oh, ow]));
     }
     let mut slabs = Vec::with_capacity(od.div_ceil(slab));
     for z0 in (0..od).step_by(slab) {
@@ -124,9 +158,47 @@ pub fn conv3d_gemm(
         let windows: Tensor<8> =
             rows.unfold::<6, _>(2, kd, stride[0]).unfold::<7, _>(3, kh, stride[1]).unfold::<8, _>(4, kw, stride[2]);
         let columns = windows.permute([0, 1, 5, 6, 7, 2, 3, 4]).reshape([n, c * taps, depth * plane]);
-        slabs.push(weight.clone().matmul(columns).reshape([n, o, depth, oh, ow]));
+        slabs.push(product(columns).reshape([n, o, depth, oh, ow]));
     }
     add_bias(Tensor::cat(slabs, 2))
+}
+
+/// The ways [`conv3d_tuned`] chooses between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvWay {
+    /// burn's own kernels (autotuned by burn among its own).
+    Burn,
+    /// [`conv3d_gemm`].
+    Gemm,
+    /// [`conv3d_gemm_transposed`].
+    GemmTransposed,
+}
+
+impl ConvWay {
+    const ALL: [Self; 3] = [Self::Burn, Self::Gemm, Self::GemmTransposed];
+
+    fn run(
+        self,
+        x: Tensor<5>,
+        weight: Tensor<5>,
+        bias: Option<Tensor<1>>,
+        options: &burn::tensor::ops::ConvOptions<3>,
+        budget: usize,
+    ) -> Tensor<5> {
+        match self {
+            Self::Burn => burn::tensor::module::conv3d(x, weight, bias, options.clone()),
+            Self::Gemm => conv3d_gemm(x, weight, bias, options, budget),
+            Self::GemmTransposed => conv3d_gemm_transposed(x, weight, bias, options, budget),
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Burn => "burn's kernels",
+            Self::Gemm => "matrix products",
+            Self::GemmTransposed => "transposed matrix products",
+        }
+    }
 }
 
 /// One convolution shape [`conv3d_tuned`] has timed, and what it chose.
@@ -134,10 +206,11 @@ pub fn conv3d_gemm(
 pub struct TunedLayer {
     /// Input `[N, C, D, H, W]`, weight `[O, C, kd, kh, kw]`, stride, and the dtype.
     pub shape: String,
-    /// Median ms of burn's kernels (after their own autotuning) and of the GEMM path.
-    pub burn_ms: f64,
-    pub gemm_ms: f64,
-    pub gemm: bool,
+    /// Median ms of each way, in [`ConvWay`]'s order (burn's kernels after their own
+    /// autotuning).
+    pub ms: Vec<(ConvWay, f64)>,
+    /// The fastest.
+    pub way: ConvWay,
 }
 
 type TuneKey = (String, [usize; 5], [usize; 5], [usize; 3], [(usize, usize); 3], String, usize);
@@ -155,12 +228,11 @@ pub fn tuned_layers() -> Vec<TunedLayer> {
     tuned().values().cloned().collect()
 }
 
-/// A 3-D convolution by whichever of burn's kernels ([`burn::tensor::module::conv3d`]) and
-/// [`conv3d_gemm`] is faster for its shape on its device. The first convolution of each shape
-/// (device, input and weight dims, stride, padding, dtype, slab budget) runs both ways, one
-/// warm-up (burn's own autotune runs there) and three timed runs each, waiting for the result by
-/// reading one value back; later ones take the faster at once. Both compute the same sums, in
-/// another order.
+/// A 3-D convolution by whichever of burn's kernels ([`burn::tensor::module::conv3d`]),
+/// [`conv3d_gemm`] and [`conv3d_gemm_transposed`] is fastest for its shape on its device. The
+/// first convolution of each shape (device, input and weight dims, stride, padding, dtype, slab
+/// budget) runs every way, one warm-up (burn's own autotune runs there) and three timed runs
+/// each; later ones take the fastest at once. All compute the same sums, in other orders.
 pub fn conv3d_tuned(
     x: Tensor<5>,
     weight: Tensor<5>,
@@ -177,32 +249,23 @@ pub fn conv3d_tuned(
         format!("{:?}", weight.dtype()),
         budget,
     );
-    let known = tuned().get(&key).map(|t| t.gemm);
-    let gemm = known.unwrap_or_else(|| {
-        let burn = || burn::tensor::module::conv3d(x.clone(), weight.clone(), bias.clone(), options.clone());
-        let gemm = || conv3d_gemm(x.clone(), weight.clone(), bias.clone(), options, budget);
+    let known = tuned().get(&key).map(|t| t.way);
+    let way = known.unwrap_or_else(|| {
         let device = x.device();
-        let (burn_ms, gemm_ms) = (median_ms(&device, burn), median_ms(&device, gemm));
-        let layer = TunedLayer {
-            shape: format!("{:?} * {:?}, stride {:?}, {}", key.1, key.2, key.3, key.5),
-            burn_ms,
-            gemm_ms,
-            gemm: gemm_ms < burn_ms,
-        };
-        tracing::info!(
-            "convolution {}: burn's kernels {burn_ms:.3} ms, matrix products {gemm_ms:.3} ms; {} kept",
-            layer.shape,
-            if layer.gemm { "matrix products" } else { "burn's kernels" }
-        );
-        let gemm = layer.gemm;
+        let ms: Vec<(ConvWay, f64)> = ConvWay::ALL
+            .iter()
+            .map(|&way| {
+                let run = || way.run(x.clone(), weight.clone(), bias.clone(), options, budget);
+                (way, median_ms(&device, run))
+            })
+            .collect();
+        let way = ms.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(ConvWay::Burn, |m| m.0);
+        let layer = TunedLayer { shape: format!("{:?} * {:?}, stride {:?}, {}", key.1, key.2, key.3, key.5), ms, way };
+        tracing::info!("convolution {}: {:?}; {} kept", layer.shape, layer.ms, way.describe());
         tuned().insert(key, layer);
-        gemm
+        way
     });
-    if gemm {
-        conv3d_gemm(x, weight, bias, options, budget)
-    } else {
-        burn::tensor::module::conv3d(x, weight, bias, options.clone())
-    }
+    way.run(x, weight, bias, options, budget)
 }
 
 /// The median wall time of three runs of `run` after one warm-up, each from an idle device to
@@ -357,6 +420,15 @@ mod tests {
     /// images at once, and in slabs of output depth (forced by a small budget).
     #[test]
     fn convolution_as_matrix_products_equals_burns_own() {
+        type Gemm = fn(Tensor<5>, Tensor<5>, Option<Tensor<1>>, &burn::tensor::ops::ConvOptions<3>, usize) -> Tensor<5>;
+        for gemm in [conv3d_gemm as Gemm, conv3d_gemm_transposed] {
+            matrix_products_equal_burns_own(gemm);
+        }
+    }
+
+    fn matrix_products_equal_burns_own(
+        gemm: fn(Tensor<5>, Tensor<5>, Option<Tensor<1>>, &burn::tensor::ops::ConvOptions<3>, usize) -> Tensor<5>,
+    ) {
         use burn::tensor::module::conv3d;
         use burn::tensor::ops::ConvOptions;
         let cases = [
@@ -371,7 +443,7 @@ mod tests {
             let weight = random([out, shape[1], k[0], k[1], k[2]]);
             let bias: Tensor<1> = Tensor::random([out], Distribution::Uniform(-1.0, 1.0), &device());
             let options = ConvOptions::new(stride, padding, [1, 1, 1], 1);
-            let ours = conv3d_gemm(x.clone(), weight.clone(), Some(bias.clone()), &options, 96 << 20);
+            let ours = gemm(x.clone(), weight.clone(), Some(bias.clone()), &options, 96 << 20);
             let reference = conv3d(x, weight, Some(bias), options);
             assert_eq!(ours.dims(), reference.dims(), "{shape:?} k {k:?} stride {stride:?}");
             assert!(close(&values(ours), &values(reference), 1e-5), "{shape:?} k {k:?} stride {stride:?}");
@@ -382,7 +454,7 @@ mod tests {
             (random([4, 2, 3, 3, 3]), ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 2)),
             (random([3, 4, 3, 3, 3]), ConvOptions::new([1, 1, 1], [2, 2, 2], [2, 2, 2], 1)),
         ] {
-            let ours = conv3d_gemm(x.clone(), weight.clone(), None, &options, 96 << 20);
+            let ours = gemm(x.clone(), weight.clone(), None, &options, 96 << 20);
             let reference = conv3d(x.clone(), weight, None, options);
             assert!(close(&values(ours), &values(reference), 1e-5));
         }
@@ -392,7 +464,7 @@ mod tests {
         let slice_bytes = 4 * 27 * 6 * 5 * 4;
         for (stride, budget) in [([1, 1, 1], 3 * slice_bytes), ([1, 1, 1], 1), ([2, 2, 2], 2 * slice_bytes)] {
             let options = ConvOptions::new(stride, [1, 1, 1], [1, 1, 1], 1);
-            let ours = conv3d_gemm(x.clone(), weight.clone(), None, &options, budget);
+            let ours = gemm(x.clone(), weight.clone(), None, &options, budget);
             let reference = conv3d(x.clone(), weight.clone(), None, options);
             assert_eq!(ours.dims(), reference.dims());
             assert!(close(&values(ours), &values(reference), 1e-5), "stride {stride:?}, budget {budget}");
@@ -421,8 +493,11 @@ mod tests {
         let layers = tuned_layers();
         assert_eq!(layers.len(), before + 1, "{layers:?}");
         let layer = layers.iter().find(|l| shape(l)).cloned();
-        assert!(layer.as_ref().is_some_and(|l| l.burn_ms > 0.0 && l.gemm_ms > 0.0), "{layer:?}");
-        assert!(layer.as_ref().is_some_and(|l| l.gemm == (l.gemm_ms < l.burn_ms)), "{layer:?}");
+        let times = layer.as_ref().map(|l| l.ms.clone()).unwrap_or_default();
+        assert_eq!(times.iter().map(|t| t.0).collect::<Vec<_>>(), ConvWay::ALL, "{layer:?}");
+        assert!(times.iter().all(|t| t.1 > 0.0), "{layer:?}");
+        let fastest = times.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
+        assert!(layer.as_ref().is_some_and(|l| times.contains(&(l.way, fastest))), "{layer:?}");
         assert!(close(&ours(x.clone()), &reference, 1e-5));
         assert_eq!(tuned_layers().len(), before + 1);
         let wider = random([1, 3, 9, 7, 10]);

@@ -16,6 +16,8 @@ pub struct LayerTimes {
     pub burn_ms: f64,
     /// `ops::conv3d_gemm` in slabs of `column_mib` MiB of columns.
     pub gemm_ms: f64,
+    /// `ops::conv3d_gemm_transposed`, the same slabs.
+    pub gemm_transposed_ms: f64,
     /// The same matrix products over columns made beforehand (no copies).
     pub matmul_ms: f64,
     /// Multiply-adds × 2 of the layer, in 10⁹.
@@ -25,7 +27,7 @@ pub struct LayerTimes {
 }
 
 /// Times one C → C 3³ convolution on `side`³ voxels (median of `runs`, after one warm-up), in
-/// the device's precision. Each run waits for its result by reading one number back.
+/// the device's precision. Each run waits until the device is idle.
 pub fn convolution_layer(
     device: &AiDevice,
     channels: usize,
@@ -52,30 +54,37 @@ pub fn convolution_layer(
     let columns = Tensor::<3>::random([1, taps, slab * side * side], Distribution::Uniform(-1.0, 1.0), &device.device)
         .cast(dtype);
     let weights = weight.clone().reshape([1, channels, taps]);
-    let time = |run: &dyn Fn() -> f32| -> f64 {
-        let _ = run();
-        let mut times: Vec<f64> = (0..runs)
-            .map(|_| {
-                let started = std::time::Instant::now();
-                std::hint::black_box(run());
-                started.elapsed().as_secs_f64() * 1000.0
-            })
-            .collect();
+    // Each run from an idle device until the device is idle again, its result held meanwhile
+    // (reading back a part of it would let burn's lazy backends compute that part alone).
+    let settle = || device.device.sync().map_err(|e| AiError::Input(format!("the device failed: {e:?}")));
+    let time = |run: &dyn Fn() -> Vec<Tensor<3>>| -> Result<f64, AiError> {
+        let mut times = Vec::with_capacity(runs);
+        for i in 0..=runs {
+            settle()?;
+            let started = std::time::Instant::now();
+            let held = run();
+            settle()?;
+            // The first run warms up (burn's autotune, kernel compilation).
+            if i > 0 {
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            drop(held);
+        }
         times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
+        Ok(times[times.len() / 2])
     };
-    let done = |y: Tensor<5>| y.slice([0..1, 0..1, 0..1, 0..1, 0..1]).cast(FloatDType::F32).into_scalar::<f32>();
-    let burn_ms = time(&|| done(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone())));
-    let gemm_ms = time(&|| done(crate::ops::conv3d_gemm(x.clone(), weight.clone(), None, &options, column_mib << 20)));
-    let matmul_ms = time(&|| {
-        let products: Vec<Tensor<3>> = (0..slabs).map(|_| weights.clone().matmul(columns.clone())).collect();
-        let first = Tensor::cat(products, 2);
-        first.slice([0..1, 0..1, 0..1]).cast(FloatDType::F32).into_scalar::<f32>()
-    });
+    let flat = |y: Tensor<5>| vec![y.flatten::<3>(2, 4)];
+    let burn_ms = time(&|| flat(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone())))?;
+    let gemm_ms = time(&|| flat(crate::ops::conv3d_gemm(x.clone(), weight.clone(), None, &options, column_mib << 20)))?;
+    let gemm_transposed_ms = time(&|| {
+        flat(crate::ops::conv3d_gemm_transposed(x.clone(), weight.clone(), None, &options, column_mib << 20))
+    })?;
+    let matmul_ms = time(&|| (0..slabs).map(|_| weights.clone().matmul(columns.clone())).collect())?;
     let voxels = (side * side * side) as f64;
     Ok(LayerTimes {
         burn_ms,
         gemm_ms,
+        gemm_transposed_ms,
         matmul_ms,
         gflop: 2.0 * voxels * (channels * taps) as f64 / 1e9,
         column_gb: voxels * (taps * bytes) as f64 / 1e9,
@@ -89,7 +98,7 @@ mod tests {
     fn a_small_layer_is_timed() -> anyhow::Result<()> {
         let device = crate::AiDevice::cpu();
         let t = super::convolution_layer(&device, 4, 8, (1, 2))?;
-        assert!(t.burn_ms > 0.0 && t.gemm_ms > 0.0 && t.matmul_ms > 0.0, "{t:?}");
+        assert!(t.burn_ms > 0.0 && t.gemm_ms > 0.0 && t.gemm_transposed_ms > 0.0 && t.matmul_ms > 0.0, "{t:?}");
         assert!((t.gflop - 2.0 * 512.0 * 4.0 * 108.0 / 1e9).abs() < 1e-12, "{t:?}");
         assert!(super::convolution_layer(&device, 4, 2, (1, 2)).is_err());
         Ok(())
