@@ -252,13 +252,12 @@ pub fn conv3d_tuned(
     let known = tuned().get(&key).map(|t| t.way);
     let way = known.unwrap_or_else(|| {
         let device = x.device();
-        let ms: Vec<(ConvWay, f64)> = ConvWay::ALL
-            .iter()
-            .map(|&way| {
-                let run = || way.run(x.clone(), weight.clone(), bias.clone(), options, budget);
-                (way, median_ms(&device, run))
-            })
-            .collect();
+        let mut ms: Vec<(ConvWay, f64)> = Vec::with_capacity(ConvWay::ALL.len());
+        for way in ConvWay::ALL {
+            let best = ms.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
+            let run = || way.run(x.clone(), weight.clone(), bias.clone(), options, budget);
+            ms.push((way, median_ms(&device, run, 2.0 * best)));
+        }
         let way = ms.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(ConvWay::Burn, |m| m.0);
         let layer = TunedLayer { shape: format!("{:?} * {:?}, stride {:?}, {}", key.1, key.2, key.3, key.5), ms, way };
         tracing::info!("convolution {}: {:?}; {} kept", layer.shape, layer.ms, way.describe());
@@ -269,10 +268,11 @@ pub fn conv3d_tuned(
 }
 
 /// The median wall time of three runs of `run` after one warm-up, each from an idle device to
-/// its end. The result is held until the device is idle: reading back a part of it (one voxel)
-/// would let burn's lazy backends compute that part alone (it timed a 310 ms convolution on
-/// lavapipe at 0.11 ms).
-fn median_ms(device: &Device, run: impl Fn() -> Tensor<5>) -> f64 {
+/// its end; only the first when it took over `give_up_ms` (a way twice as slow as the best so
+/// far will not win: the first window's tuning stays short). The result is held until the
+/// device is idle: reading back a part of it (one voxel) would let burn's lazy backends compute
+/// that part alone (it timed a 310 ms convolution on lavapipe at 0.11 ms).
+fn median_ms(device: &Device, run: impl Fn() -> Tensor<5>, give_up_ms: f64) -> f64 {
     let settle = || {
         if let Err(e) = device.sync() {
             tracing::warn!("timing a convolution: the device failed ({e:?})");
@@ -288,7 +288,11 @@ fn median_ms(device: &Device, run: impl Fn() -> Tensor<5>) -> f64 {
         ms
     };
     once();
-    let mut times: Vec<f64> = (0..3).map(|_| once()).collect();
+    let first = once();
+    if first > give_up_ms {
+        return first;
+    }
+    let mut times = [first, once(), once()];
     times.sort_by(f64::total_cmp);
     times[1]
 }
