@@ -85,21 +85,6 @@ pub fn conv3d_gemm(
     gemm(x, weight, bias, options, budget, false)
 }
 
-/// [`conv3d_gemm`] with each product the other way round: columnsᵀ · weightᵀ, `[voxels, O]`
-/// (both transposes are views), then the result transposed back by one copy of the output.
-/// The same sums; a matrix kernel tiles a product of many rows and few columns differently
-/// from one of few rows (a layer's 32 output channels) and many columns, so which is faster
-/// is the GPU's to say ([`conv3d_tuned`] times both).
-pub fn conv3d_gemm_transposed(
-    x: Tensor<5>,
-    weight: Tensor<5>,
-    bias: Option<Tensor<1>>,
-    options: &burn::tensor::ops::ConvOptions<3>,
-    budget: usize,
-) -> Tensor<5> {
-    gemm(x, weight, bias, options, budget, true)
-}
-
 fn gemm(
     x: Tensor<5>,
     weight: Tensor<5>,
@@ -170,14 +155,19 @@ pub enum ConvWay {
     Burn,
     /// [`conv3d_gemm`].
     Gemm,
-    /// [`conv3d_gemm_transposed`].
+    /// [`conv3d_gemm`] with each product the other way round: columnsᵀ · weightᵀ, `[voxels, O]`
+    /// (both transposes are views), then the result transposed back by one copy of the output.
+    /// The same sums; a matrix kernel tiles a product of many rows and few columns differently
+    /// from one of few rows (a layer's 32 output channels) and many columns, so which is
+    /// faster is the GPU's to say.
     GemmTransposed,
 }
 
 impl ConvWay {
     const ALL: [Self; 3] = [Self::Burn, Self::Gemm, Self::GemmTransposed];
 
-    fn run(
+    /// The convolution this way (`budget`: bytes of im2col columns at once).
+    pub fn run(
         self,
         x: Tensor<5>,
         weight: Tensor<5>,
@@ -188,7 +178,7 @@ impl ConvWay {
         match self {
             Self::Burn => burn::tensor::module::conv3d(x, weight, bias, options.clone()),
             Self::Gemm => conv3d_gemm(x, weight, bias, options, budget),
-            Self::GemmTransposed => conv3d_gemm_transposed(x, weight, bias, options, budget),
+            Self::GemmTransposed => gemm(x, weight, bias, options, budget, true),
         }
     }
 
@@ -229,7 +219,7 @@ pub fn tuned_layers() -> Vec<TunedLayer> {
 }
 
 /// A 3-D convolution by whichever of burn's kernels ([`burn::tensor::module::conv3d`]),
-/// [`conv3d_gemm`] and [`conv3d_gemm_transposed`] is fastest for its shape on its device. The
+/// [`conv3d_gemm`] and its products the other way round ([`ConvWay::GemmTransposed`]) is fastest for its shape on its device. The
 /// first convolution of each shape (device, input and weight dims, stride, padding, dtype, slab
 /// budget) runs every way, one warm-up (burn's own autotune runs there) and three timed runs
 /// each; later ones take the fastest at once. All compute the same sums, in other orders.
@@ -424,15 +414,13 @@ mod tests {
     /// images at once, and in slabs of output depth (forced by a small budget).
     #[test]
     fn convolution_as_matrix_products_equals_burns_own() {
-        type Gemm = fn(Tensor<5>, Tensor<5>, Option<Tensor<1>>, &burn::tensor::ops::ConvOptions<3>, usize) -> Tensor<5>;
-        for gemm in [conv3d_gemm as Gemm, conv3d_gemm_transposed] {
-            matrix_products_equal_burns_own(gemm);
+        for way in [ConvWay::Gemm, ConvWay::GemmTransposed] {
+            matrix_products_equal_burns_own(way);
         }
     }
 
-    fn matrix_products_equal_burns_own(
-        gemm: fn(Tensor<5>, Tensor<5>, Option<Tensor<1>>, &burn::tensor::ops::ConvOptions<3>, usize) -> Tensor<5>,
-    ) {
+    fn matrix_products_equal_burns_own(way: ConvWay) {
+        let gemm = |x, w, b, options: &_, budget| way.run(x, w, b, options, budget);
         use burn::tensor::module::conv3d;
         use burn::tensor::ops::ConvOptions;
         let cases = [

@@ -16,7 +16,7 @@ pub struct LayerTimes {
     pub burn_ms: f64,
     /// `ops::conv3d_gemm` in slabs of `column_mib` MiB of columns.
     pub gemm_ms: f64,
-    /// `ops::conv3d_gemm_transposed`, the same slabs.
+    /// `ops::ConvWay::GemmTransposed`, the same slabs.
     pub gemm_transposed_ms: f64,
     /// The same matrix products over columns made beforehand (no copies).
     pub matmul_ms: f64,
@@ -77,7 +77,7 @@ pub fn convolution_layer(
     let burn_ms = time(&|| flat(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone())))?;
     let gemm_ms = time(&|| flat(crate::ops::conv3d_gemm(x.clone(), weight.clone(), None, &options, column_mib << 20)))?;
     let gemm_transposed_ms = time(&|| {
-        flat(crate::ops::conv3d_gemm_transposed(x.clone(), weight.clone(), None, &options, column_mib << 20))
+        flat(crate::ops::ConvWay::GemmTransposed.run(x.clone(), weight.clone(), None, &options, column_mib << 20))
     })?;
     let matmul_ms = time(&|| (0..slabs).map(|_| weights.clone().matmul(columns.clone())).collect())?;
     let voxels = (side * side * side) as f64;
