@@ -79,9 +79,10 @@ pub enum Convolution {
     /// Matrix products over im2col columns (`ops::conv3d_gemm`), built in slabs of output
     /// depth of at most `column_mib` MiB.
     Gemm { column_mib: usize },
-    /// Per layer, whichever of the two is faster on this device: both are timed the first
-    /// time a convolution of that shape runs, and the faster one kept for the process
-    /// (`ops::conv3d_tuned`; PyTorch's `cudnn.benchmark` does the same).
+    /// Per layer, whichever is fastest on this device of burn's kernels and the matrix products
+    /// either way round: all are timed the first time a convolution of that shape runs, and
+    /// the fastest kept for the process (`ops::conv3d_tuned`; PyTorch's `cudnn.benchmark` does
+    /// the same).
     Tuned { column_mib: usize },
 }
 
@@ -91,7 +92,7 @@ impl Convolution {
     /// that binds more may do better with larger slabs (`gemm:1024`; bench-ai times both).
     pub const GEMM: Self = Self::Gemm { column_mib: 96 };
 
-    /// Per layer, the faster of burn's kernels and GEMM in 96 MiB slabs.
+    /// Per layer, the fastest way, GEMM in 96 MiB slabs.
     pub const TUNED: Self = Self::Tuned { column_mib: 96 };
 
     /// `burn`, `gemm`, `gemm:MiB`, `tuned` or `tuned:MiB`.
@@ -116,7 +117,7 @@ impl Convolution {
         std::env::var("LIGHTBOX_AI_CONV").ok().map(|v| Self::parse(&v)).transpose()
     }
 
-    /// What runs when `LIGHTBOX_AI_CONV` is unset: on a GPU card each layer's faster way, timed
+    /// What runs when `LIGHTBOX_AI_CONV` is unset: on a GPU card each layer's fastest way, timed
     /// there; burn's kernels elsewhere (see the module's documentation for why).
     pub fn default_for(card: bool) -> Self {
         if card { Self::TUNED } else { Self::Burn }

@@ -9,10 +9,11 @@
 //!   compile to WGSL, which has no cooperative matrices, its implicit-GEMM convolutions decline
 //!   and only its direct convolution runs (issue 7: 0.073× PyTorch on an H200), while its matrix
 //!   product has register-tiled kernels that need none;
-//! - per layer, the faster of the two (`conv3d_tuned`): with SPIR-V on an H100, burn's
-//!   implicit GEMM on tensor cores ran a 32 → 32 channel f16 layer on 128³ in 3.2 ms (its
-//!   direct kernel 28.8 ms) but declined layers of 128 channels (a tile over the 48 KiB of
-//!   shared memory Vulkan grants), where its direct kernel took 14 ms.
+//! - per layer, the fastest of burn's kernels and the matrix products either way round
+//!   (`conv3d_tuned`, [`ConvWay`]): with SPIR-V on an H100, burn's implicit GEMM on tensor
+//!   cores ran a 32 → 32 channel f16 layer on 128³ in 3.2 ms (its direct kernel 28.8 ms) but
+//!   declined layers of 128 channels (a tile over the 48 KiB of shared memory Vulkan grants),
+//!   where its direct kernel took 14 ms.
 
 use burn::prelude::*;
 use burn::tensor::module::{interpolate, max_pool2d};
@@ -219,10 +220,11 @@ pub fn tuned_layers() -> Vec<TunedLayer> {
 }
 
 /// A 3-D convolution by whichever of burn's kernels ([`burn::tensor::module::conv3d`]),
-/// [`conv3d_gemm`] and its products the other way round ([`ConvWay::GemmTransposed`]) is fastest for its shape on its device. The
-/// first convolution of each shape (device, input and weight dims, stride, padding, dtype, slab
-/// budget) runs every way, one warm-up (burn's own autotune runs there) and three timed runs
-/// each; later ones take the fastest at once. All compute the same sums, in other orders.
+/// [`conv3d_gemm`] and its products the other way round ([`ConvWay::GemmTransposed`]) is
+/// fastest for its shape on its device. The first convolution of each shape (device, input and
+/// weight dims, stride, padding, dtype, slab budget) runs every way, one warm-up (burn's own
+/// autotune runs there) and up to three timed runs each; later ones take the fastest at once.
+/// All compute the same sums, in other orders.
 pub fn conv3d_tuned(
     x: Tensor<5>,
     weight: Tensor<5>,
