@@ -10,6 +10,7 @@
 #   device run: STEPS=render,parity ...    # carry .gl, .device/whl and .device/parity
 # and PlainConvUNet's convolutions tuned per layer, both builds (issue 7):
 #   device run: STEPS=tuned ...            # carry .gl, .device/whl and .device/tuned
+#   device run: STEPS=remember ...         # the same carry: tuning kept for a second process
 #
 # It runs, each step capped in time and logged under $OUT, the issues' open figures first, so a
 # call cut short still answers them:
@@ -36,7 +37,8 @@ mkdir -p "$OUT"
 ROOT=$PWD
 X=$ROOT/.device/x
 # STEPS (default all): which of render (1, 2), aibench (3, 4), parity (5, 6, 7), ai (3, 4, 5,
-# 6, 7) and tuned (3t: convolutions tuned per layer, not in the default) to run. Their time limits add up to about 640 s, past one call's 600 s; they usually end
+# 6, 7), tuned (3t: convolutions tuned per layer) and remember (3r: the tuner's choices kept
+# for a second process; neither in the default) to run. Their time limits add up to about 640 s, past one call's 600 s; they usually end
 # well inside them, and what a cut-short call logged under $OUT still comes back.
 STEPS=${STEPS:-ai,render}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -140,6 +142,24 @@ done
 tar -cf "$OUT/autotune.tar" -C "$REF" $(cd "$REF" && ls autotune*.log 2>/dev/null)
 fi
 
+if want remember; then
+# The tuner's choices kept on disk (lightbox_ai::tuning): two processes of the SPIR-V build, as a
+# user's first and second run on this GPU. The first times each layer shape (and keeps each as
+# it goes: cut short, it still leaves the shapes it finished), the second starts with them.
+# burn's own autotune cache stays on, as for a user. REMEMBER_VARIANTS: what both time.
+step "3r. PyTorch PlainConvUNet, then the SPIR-V build's tuned convolutions, first and second process"
+timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"
+cat "$REF/torch_bench.json" >> "$OUT/torch.log"
+build=bench-ai-spirv
+[ -x "$BIN/$build" ] || build=bench-ai
+for limit in ${REMEMBER_LIMITS:-190 90}; do
+    echo "--- $build, a process of at most $limit s, tuning kept in $REF/tuning"
+    LIGHTBOX_AI_TUNING_DIR=$REF/tuning LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS=${REMEMBER_VARIANTS:-f16:tuned:1024} \
+        LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout "$limit" "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
+done
+cp "$REF"/tuning/*.json "$OUT/" 2>/dev/null || echo "no tuning file was written"
+fi
+
 if want ai || want parity; then
 [ -f "$X/deepbet/model.pt" ] || echo "no deepbet/model.pt: the parity steps need .device/parity carried"
 step "5. PyTorch references"
@@ -163,5 +183,5 @@ fi
 
 step summary
 echo "payload built from: $(head -1 "$X/commit" 2>/dev/null)"
-grep -hE "test result|max abs|FAILED|panicked|more than one step|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|brain pipeline|atrophy pipeline|PlainConvUNet|PyTorch|full-resolution layer|launch|peak|SM clock" \
+grep -hE "test result|max abs|FAILED|panicked|more than one step|Dice|fps|ms a frame|GB/s|first pixels|brain extraction:|brain pipeline|atrophy pipeline|PlainConvUNet|PyTorch|full-resolution layer|launch|peak|SM clock|first run|---" \
     "$OUT"/*.log | cut -c1-400

@@ -144,7 +144,11 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             .with_precision(precision)
             .with_convolution(convolution);
         let forward = || unet.forward_values(&device, input.clone(), shape);
+        // The first run pays for burn's autotune and, with tuned convolutions, for timing each
+        // layer shape this process meets for the first time and no earlier one kept.
+        let started = Instant::now();
         outputs.push(((precision, convolution), forward()?));
+        let first_ms = started.elapsed().as_secs_f64() * 1000.0;
         // Six variants on a GPU (precision × convolution) in one device call: ten runs each.
         let runs = if gpu { 10 } else { 2 };
         let mut times = Vec::new();
@@ -170,6 +174,7 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             h100 / ms,
             if gpu { "" } else { " (CPU against GPU: not comparable, shown for scale)" }
         );
+        println!("  first run of this variant in this process: {first_ms:.0} ms");
         // The same precision first (the goal), then TF32 for fp32: PyTorch's fp32 default on
         // NVIDIA, which Vulkan does not offer burn.
         let modes: &[&str] = if precision == Precision::F32 { &["fp32", "tf32"] } else { &["fp16"] };
@@ -191,7 +196,8 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
     layers.sort_by(|a, b| best(b).total_cmp(&best(a)));
     for l in &layers {
         let times: Vec<String> = l.ms.iter().map(|(way, ms)| format!("{} {ms:.3} ms", way.describe())).collect();
-        println!("  tuned convolution {}: {} → {}", l.shape, times.join(", "), l.way.describe());
+        let whence = if l.remembered { " (remembered from an earlier run)" } else { "" };
+        println!("  tuned convolution {}: {} → {}{whence}", l.shape, times.join(", "), l.way.describe());
     }
     // One full-resolution layer: burn's kernels, the GEMM path, and the GEMM path's matrix
     // products alone, so that a GPU run tells its copies from its arithmetic.

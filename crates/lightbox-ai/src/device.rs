@@ -32,6 +32,11 @@
 //! unset, a GPU card takes `tuned`; the CPU (and a software rasteriser) take `burn`: tuned won
 //! there too (315 ms against 382 ms on 2 cores with flex), but timing three ways costs the
 //! first window about ten convolutions per layer, more than a few windows save.
+//!
+//! A GPU's choices are kept on disk (`tuning::TuningStore`: per GPU model and build, in
+//! `LIGHTBOX_AI_TUNING_DIR` or the user's cache; `off` keeps them in memory), so only the first
+//! process on a machine pays for timing a shape; later runs, the daemon after a restart and the
+//! CLI start with them.
 
 use burn::prelude::Device;
 
@@ -288,7 +293,8 @@ fn gpu(software_too: bool) -> Result<AiDevice, String> {
     let opened = device.clone();
     let identity =
         std::panic::catch_unwind(move || opened.identity()).map_err(|_| "no GPU adapter could be opened".to_owned())?;
-    let (name, card) = identity.map_or((String::new(), true), |i| (i.name, i.physical.is_some()));
+    let (name, fingerprint, card) =
+        identity.map_or((String::new(), String::new(), true), |i| (i.name, i.fingerprint, i.physical.is_some()));
     if !card && !software_too {
         return Err(format!(
             "the only GPU is a software rasteriser ({name}), slower than the CPU backend; \
@@ -308,6 +314,12 @@ fn gpu(software_too: bool) -> Result<AiDevice, String> {
     } else {
         format!("GPU (burn wgpu{compiler}: {name})")
     };
+    // The convolution tuner's choices from earlier runs on this GPU model and build.
+    if let Some(dir) = crate::tuning::TuningStore::default_dir() {
+        let kind = if cfg!(feature = "gpu-spirv") { "SPIR-V" } else { "WGSL" };
+        let store = crate::tuning::TuningStore::new(&dir, &name, &format!("{fingerprint} ({kind})"));
+        crate::ops::remember_tuning(&device, store);
+    }
     Ok(AiDevice { device, gpu: true, precision: Precision::F32, convolution: Convolution::Burn, card, description })
 }
 

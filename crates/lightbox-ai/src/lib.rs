@@ -16,6 +16,7 @@ pub mod profile;
 pub mod sliding;
 pub mod torch;
 pub mod train;
+pub mod tuning;
 
 pub use device::{AiDevice, Convolution, DevicePreference, Precision};
 pub use job::InferenceJob;

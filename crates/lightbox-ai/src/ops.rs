@@ -17,6 +17,8 @@
 
 use burn::prelude::*;
 use burn::tensor::module::{interpolate, max_pool2d};
+
+use crate::tuning::{Entry, TuningStore};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
 
 /// 3-D max pooling of `[N, C, D, H, W]` with a cubic `kernel`, `stride` and `padding` (as
@@ -150,7 +152,7 @@ fn gemm(
 }
 
 /// The ways [`conv3d_tuned`] chooses between.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConvWay {
     /// burn's own kernels (autotuned by burn among its own).
     Burn,
@@ -202,21 +204,83 @@ pub struct TunedLayer {
     pub ms: Vec<(ConvWay, f64)>,
     /// The fastest.
     pub way: ConvWay,
+    /// Timed by an earlier process and read from its [`TuningStore`] file, not timed here.
+    pub remembered: bool,
 }
 
-type TuneKey = (String, [usize; 5], [usize; 5], [usize; 3], [(usize, usize); 3], String, usize);
+/// What the tuner tells convolutions apart by (besides the device): input and weight dims,
+/// stride, padding, dtype and the slab budget in bytes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct ConvShape {
+    input: [usize; 5],
+    weight: [usize; 5],
+    stride: [usize; 3],
+    padding: [(usize, usize); 3],
+    dtype: String,
+    budget: usize,
+}
 
-static TUNED: std::sync::OnceLock<std::sync::Mutex<std::collections::BTreeMap<TuneKey, TunedLayer>>> =
-    std::sync::OnceLock::new();
+impl ConvShape {
+    pub(crate) fn new(
+        input: [usize; 5],
+        weight: [usize; 5],
+        stride: [usize; 3],
+        padding: [(usize, usize); 3],
+        dtype: &str,
+        budget: usize,
+    ) -> Self {
+        Self { input, weight, stride, padding, dtype: dtype.to_owned(), budget }
+    }
 
-fn tuned() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<TuneKey, TunedLayer>> {
+    fn describe(&self) -> String {
+        format!("{:?} * {:?}, stride {:?}, {}", self.input, self.weight, self.stride, self.dtype)
+    }
+}
+
+/// The device (its `Debug`) and the shape.
+type TuneKey = (String, ConvShape);
+
+#[derive(Default)]
+struct Tuner {
+    layers: std::collections::BTreeMap<TuneKey, TunedLayer>,
+    /// Where each device's choices are kept, for devices [`remember_tuning`] was given.
+    stores: std::collections::BTreeMap<String, TuningStore>,
+}
+
+static TUNER: std::sync::OnceLock<std::sync::Mutex<Tuner>> = std::sync::OnceLock::new();
+
+fn tuner() -> std::sync::MutexGuard<'static, Tuner> {
     // A panic elsewhere while the map was held leaves it whole (inserts are single calls).
-    TUNED.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    TUNER.get_or_init(Default::default).lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Every shape timed so far in this process, in no particular order.
+/// Every shape timed so far in this process or read from a [`TuningStore`], in no particular
+/// order.
 pub fn tuned_layers() -> Vec<TunedLayer> {
-    tuned().values().cloned().collect()
+    tuner().layers.values().cloned().collect()
+}
+
+/// From now on, [`conv3d_tuned`] on `device` starts with the choices `store` holds (shapes it
+/// already knows in this process keep theirs) and adds each shape it times to it. An
+/// unreadable file is logged with its path and the problem, and rewritten at the next shape.
+pub fn remember_tuning(device: &Device, store: TuningStore) {
+    let device = format!("{device:?}");
+    let entries = store.load().unwrap_or_else(|why| {
+        tracing::warn!("convolution tuning starts afresh: {why}");
+        Vec::new()
+    });
+    tracing::info!("convolution tuning: {} layer shapes remembered in {}", entries.len(), store.path().display());
+    let mut tuner = tuner();
+    for e in entries {
+        let layer = TunedLayer { shape: e.shape.describe(), ms: e.ms, way: e.way, remembered: true };
+        tuner.layers.entry((device.clone(), e.shape)).or_insert(layer);
+    }
+    tuner.stores.insert(device, store);
+}
+
+#[cfg(test)]
+fn forget_tuning(device: &Device) {
+    tuner().stores.remove(&format!("{device:?}"));
 }
 
 /// A 3-D convolution by whichever of burn's kernels ([`burn::tensor::module::conv3d`]),
@@ -224,7 +288,9 @@ pub fn tuned_layers() -> Vec<TunedLayer> {
 /// fastest for its shape on its device. The first convolution of each shape (device, input and
 /// weight dims, stride, padding, dtype, slab budget) runs every way, one warm-up (burn's own
 /// autotune runs there) and up to three timed runs each; later ones take the fastest at once.
-/// All compute the same sums, in other orders.
+/// All compute the same sums, in other orders. A device given a [`TuningStore`]
+/// ([`remember_tuning`]: every GPU, see [`crate::device`]) starts with the shapes earlier
+/// processes timed, and keeps each new one there.
 pub fn conv3d_tuned(
     x: Tensor<5>,
     weight: Tensor<5>,
@@ -232,16 +298,16 @@ pub fn conv3d_tuned(
     options: &burn::tensor::ops::ConvOptions<3>,
     budget: usize,
 ) -> Tensor<5> {
-    let key: TuneKey = (
-        format!("{:?}", x.device()),
+    let shape = ConvShape::new(
         x.dims(),
         weight.dims(),
         options.stride,
         options.padding,
-        format!("{:?}", weight.dtype()),
+        &format!("{:?}", weight.dtype()),
         budget,
     );
-    let known = tuned().get(&key).map(|t| t.way);
+    let key: TuneKey = (format!("{:?}", x.device()), shape);
+    let known = tuner().layers.get(&key).map(|t| t.way);
     let way = known.unwrap_or_else(|| {
         let device = x.device();
         let mut ms: Vec<(ConvWay, f64)> = Vec::with_capacity(ConvWay::ALL.len());
@@ -251,9 +317,21 @@ pub fn conv3d_tuned(
             ms.push((way, median_ms(&device, run, 2.0 * best)));
         }
         let way = ms.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(ConvWay::Burn, |m| m.0);
-        let layer = TunedLayer { shape: format!("{:?} * {:?}, stride {:?}, {}", key.1, key.2, key.3, key.5), ms, way };
+        let layer = TunedLayer { shape: key.1.describe(), ms, way, remembered: false };
         tracing::info!("convolution {}: {:?}; {} kept", layer.shape, layer.ms, way.describe());
-        tuned().insert(key, layer);
+        let mut tuner = tuner();
+        tuner.layers.insert(key.clone(), layer);
+        if let Some(store) = tuner.stores.get(&key.0) {
+            let entries: Vec<Entry> = tuner
+                .layers
+                .iter()
+                .filter(|(k, _)| k.0 == key.0)
+                .map(|(k, l)| Entry { shape: k.1.clone(), ms: l.ms.clone(), way: l.way })
+                .collect();
+            if let Err(why) = store.save(&entries) {
+                tracing::warn!("convolution tuning not kept for the next run: {why}");
+            }
+        }
         way
     });
     way.run(x, weight, bias, options, budget)
@@ -482,10 +560,13 @@ mod tests {
         let reference = values(burn::tensor::module::conv3d(x.clone(), w.clone(), Some(bias.clone()), options.clone()));
         let ours = |x: Tensor<5>| values(conv3d_tuned(x, w.clone(), Some(bias.clone()), &options, 1 << 12));
         let shape = |l: &TunedLayer| l.shape.starts_with("[1, 3, 9, 7, 8] * [5, 3, 3, 3, 3], stride [2, 1, 1]");
-        let before = tuned_layers().len();
+        let wide = |l: &TunedLayer| l.shape.starts_with("[1, 3, 9, 7, 10] * [5, 3, 3, 3, 3], stride [2, 1, 1]");
+        // Other tests tune (and remember) shapes of their own meanwhile: count these alone.
+        let count = |which: &dyn Fn(&TunedLayer) -> bool| tuned_layers().iter().filter(|l| which(l)).count();
+        assert_eq!(count(&shape), 0);
         assert!(close(&ours(x.clone()), &reference, 1e-5));
         let layers = tuned_layers();
-        assert_eq!(layers.len(), before + 1, "{layers:?}");
+        assert_eq!(count(&shape), 1, "{layers:?}");
         let layer = layers.iter().find(|l| shape(l)).cloned();
         let times = layer.as_ref().map(|l| l.ms.clone()).unwrap_or_default();
         assert_eq!(times.iter().map(|t| t.0).collect::<Vec<_>>(), ConvWay::ALL, "{layer:?}");
@@ -493,11 +574,48 @@ mod tests {
         let fastest = times.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
         assert!(layer.as_ref().is_some_and(|l| times.contains(&(l.way, fastest))), "{layer:?}");
         assert!(close(&ours(x.clone()), &reference, 1e-5));
-        assert_eq!(tuned_layers().len(), before + 1);
+        assert_eq!((count(&shape), count(&wide)), (1, 0));
         let wider = random([1, 3, 9, 7, 10]);
         let expected =
             values(burn::tensor::module::conv3d(wider.clone(), w.clone(), Some(bias.clone()), options.clone()));
         assert!(close(&ours(wider), &expected, 1e-5));
-        assert_eq!(tuned_layers().len(), before + 2);
+        assert_eq!((count(&shape), count(&wide)), (1, 1));
+        assert!(tuned_layers().iter().filter(|l| shape(l) || wide(l)).all(|l| !l.remembered));
+    }
+
+    /// A device given a tuning store starts with the choices an earlier process kept there
+    /// (timings no run here could produce show that nothing was timed again), still computes
+    /// burn's sums, and adds the shapes it times to the file for the next process.
+    #[test]
+    fn a_remembered_choice_is_taken_without_timing_and_new_ones_are_kept() -> anyhow::Result<()> {
+        use burn::tensor::ops::ConvOptions;
+        let dir = tempfile::tempdir()?;
+        let store = TuningStore::new(dir.path(), "test GPU", "remembered");
+        let options = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
+        let budget = 1 << 13;
+        let earlier = ConvShape::new([1, 2, 5, 6, 7], [3, 2, 3, 3, 3], [1; 3], [(1, 1); 3], "F32", budget);
+        let fake = vec![(ConvWay::Burn, 900.0), (ConvWay::Gemm, 800.0), (ConvWay::GemmTransposed, 0.125)];
+        let entry = Entry { shape: earlier.clone(), ms: fake.clone(), way: ConvWay::GemmTransposed };
+        store.save(&[entry]).map_err(anyhow::Error::msg)?;
+        remember_tuning(&device(), store.clone());
+
+        let (x, w) = (random([1, 2, 5, 6, 7]), random([3, 2, 3, 3, 3]));
+        let reference = values(burn::tensor::module::conv3d(x.clone(), w.clone(), None, options.clone()));
+        assert!(close(&values(conv3d_tuned(x, w, None, &options, budget)), &reference, 1e-5));
+        let layer = tuned_layers().into_iter().find(|l| l.shape == earlier.describe());
+        assert_eq!(layer.as_ref().map(|l| (&l.ms, l.way, l.remembered)), Some((&fake, ConvWay::GemmTransposed, true)));
+
+        // A shape no process has timed: timed here, and on disk for the next one.
+        let (x, w) = (random([1, 2, 5, 6, 9]), random([3, 2, 3, 3, 3]));
+        let reference = values(burn::tensor::module::conv3d(x.clone(), w.clone(), None, options.clone()));
+        assert!(close(&values(conv3d_tuned(x, w, None, &options, budget)), &reference, 1e-5));
+        let new = ConvShape::new([1, 2, 5, 6, 9], [3, 2, 3, 3, 3], [1; 3], [(1, 1); 3], "F32", budget);
+        let kept = store.load().map_err(anyhow::Error::msg)?;
+        assert!(kept.iter().any(|e| e.shape == earlier && e.ms == fake), "{kept:?}");
+        let timed = kept.iter().find(|e| e.shape == new);
+        assert!(timed.is_some_and(|e| e.ms.len() == 3 && e.ms.iter().all(|m| m.1 > 0.0 && m.1 < 800.0)), "{kept:?}");
+        // Other tests' shapes are not written into a directory about to be deleted.
+        forget_tuning(&device());
+        Ok(())
     }
 }
