@@ -87,7 +87,7 @@ pub enum Convolution {
     /// Per layer, whichever is fastest on this device of burn's kernels and the matrix products
     /// either way round: all are timed the first time a convolution of that shape runs, and
     /// the fastest kept for the process (`ops::conv3d_tuned`; PyTorch's `cudnn.benchmark` does
-    /// the same).
+    /// the same) and, on a GPU, on disk for the next (`tuning::TuningStore`).
     Tuned { column_mib: usize },
 }
 
