@@ -149,6 +149,13 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
         let started = Instant::now();
         outputs.push(((precision, convolution), forward()?));
         let first_ms = started.elapsed().as_secs_f64() * 1000.0;
+        // At once, so that a call cut short still says it (the medians come after ten runs).
+        let layers = lightbox_ai::ops::tuned_layers();
+        let remembered = layers.iter().filter(|l| l.remembered).count();
+        println!(
+            "PlainConvUNet 1×1×{side}³ {precision:?}, {convolution:?}: first run in this process {first_ms:.0} ms (tuned layer shapes so far: {} timed in this process, {remembered} remembered from an earlier one)",
+            layers.len() - remembered
+        );
         // Six variants on a GPU (precision × convolution) in one device call: ten runs each.
         let runs = if gpu { 10 } else { 2 };
         let mut times = Vec::new();
@@ -174,7 +181,6 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             h100 / ms,
             if gpu { "" } else { " (CPU against GPU: not comparable, shown for scale)" }
         );
-        println!("  first run of this variant in this process: {first_ms:.0} ms");
         // The same precision first (the goal), then TF32 for fp32: PyTorch's fp32 default on
         // NVIDIA, which Vulkan does not offer burn.
         let modes: &[&str] = if precision == Precision::F32 { &["fp32", "tf32"] } else { &["fp16"] };
