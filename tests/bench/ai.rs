@@ -231,6 +231,9 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
                 t.gflop / t.matmul_ms,
                 t.column_gb,
             );
+            if let Some(ms) = t.direct_ms {
+                println!("  the same layer by Lightbox's direct kernel: {ms:.2} ms ({:.3} TFLOPS)", t.gflop / ms);
+            }
         }
     }
     // Every other run must still compute the same network: its logits against f32 by burn's

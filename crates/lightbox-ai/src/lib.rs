@@ -7,6 +7,8 @@
 pub mod deepbet;
 pub mod device;
 pub mod job;
+#[cfg(feature = "gpu")]
+pub mod kernels;
 pub mod linknet;
 pub mod nnunet;
 pub mod nnunet_v1;

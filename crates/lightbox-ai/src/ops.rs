@@ -151,6 +151,11 @@ fn gemm(
     add_bias(Tensor::cat(slabs, 2))
 }
 
+/// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
+/// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
+/// timed again.
+pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, direct 3x3x3 (8 channels x 4 voxels a thread) r1";
+
 /// The ways [`conv3d_tuned`] chooses between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ConvWay {
@@ -164,10 +169,26 @@ pub enum ConvWay {
     /// from one of few rows (a layer's 32 output channels) and many columns, so which is
     /// faster is the GPU's to say.
     GemmTransposed,
+    /// Lightbox's own direct kernel ([`crate::kernels::conv3d_k3`]; builds with the `gpu`
+    /// feature, on the GPU, for the 3×3×3 convolutions it covers).
+    Direct,
 }
 
 impl ConvWay {
-    const ALL: [Self; 3] = [Self::Burn, Self::Gemm, Self::GemmTransposed];
+    const ALL: [Self; 4] = [Self::Burn, Self::Gemm, Self::GemmTransposed, Self::Direct];
+
+    /// Whether this way can compute the convolution of `weight` (dims) on `device`.
+    pub(crate) fn applies(
+        self,
+        device: &Device,
+        weight: [usize; 5],
+        options: &burn::tensor::ops::ConvOptions<3>,
+    ) -> bool {
+        match self {
+            Self::Direct => direct_applies(device, weight, options),
+            _ => true,
+        }
+    }
 
     /// The convolution this way (`budget`: bytes of im2col columns at once).
     pub fn run(
@@ -182,6 +203,7 @@ impl ConvWay {
             Self::Burn => burn::tensor::module::conv3d(x, weight, bias, options.clone()),
             Self::Gemm => conv3d_gemm(x, weight, bias, options, budget),
             Self::GemmTransposed => gemm(x, weight, bias, options, budget, true),
+            Self::Direct => direct(x, weight, bias, options),
         }
     }
 
@@ -190,8 +212,35 @@ impl ConvWay {
             Self::Burn => "burn's kernels",
             Self::Gemm => "matrix products",
             Self::GemmTransposed => "transposed matrix products",
+            Self::Direct => "Lightbox's direct kernel",
         }
     }
+}
+
+#[cfg(feature = "gpu")]
+fn direct_applies(device: &Device, weight: [usize; 5], options: &burn::tensor::ops::ConvOptions<3>) -> bool {
+    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+        && crate::kernels::conv3d_k3_fits(weight, options)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn direct_applies(_: &Device, _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>) -> bool {
+    false
+}
+
+/// [`crate::kernels::conv3d_k3`] where it applies, burn's kernels elsewhere (a choice read from
+/// a build with the kernel, by one without it).
+fn direct(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &burn::tensor::ops::ConvOptions<3>,
+) -> Tensor<5> {
+    if direct_applies(&x.device(), weight.dims(), options) {
+        #[cfg(feature = "gpu")]
+        return crate::kernels::conv3d_k3(x, weight, bias, options.stride[0]);
+    }
+    burn::tensor::module::conv3d(x, weight, bias, options.clone())
 }
 
 /// One convolution shape [`conv3d_tuned`] has timed, and what it chose.
@@ -311,7 +360,7 @@ pub fn conv3d_tuned(
     let way = known.unwrap_or_else(|| {
         let device = x.device();
         let mut ms: Vec<(ConvWay, f64)> = Vec::with_capacity(ConvWay::ALL.len());
-        for way in ConvWay::ALL {
+        for way in ConvWay::ALL.into_iter().filter(|w| w.applies(&device, weight.dims(), options)) {
             let best = ms.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
             let run = || way.run(x.clone(), weight.clone(), bias.clone(), options, budget);
             ms.push((way, median_ms(&device, run, 2.0 * best)));
@@ -569,7 +618,9 @@ mod tests {
         assert_eq!(count(&shape), 1, "{layers:?}");
         let layer = layers.iter().find(|l| shape(l)).cloned();
         let times = layer.as_ref().map(|l| l.ms.clone()).unwrap_or_default();
-        assert_eq!(times.iter().map(|t| t.0).collect::<Vec<_>>(), ConvWay::ALL, "{layer:?}");
+        // On the CPU, Lightbox's direct kernel (GPU only) is not among them.
+        let ways = [ConvWay::Burn, ConvWay::Gemm, ConvWay::GemmTransposed];
+        assert_eq!(times.iter().map(|t| t.0).collect::<Vec<_>>(), ways, "{layer:?}");
         assert!(times.iter().all(|t| t.1 > 0.0), "{layer:?}");
         let fastest = times.iter().map(|t| t.1).fold(f64::INFINITY, f64::min);
         assert!(layer.as_ref().is_some_and(|l| times.contains(&(l.way, fastest))), "{layer:?}");

@@ -7,8 +7,8 @@
 //! `LIGHTBOX_AI_TUNING_DIR` (`off`: keep choices in memory only), else
 //! `$XDG_CACHE_HOME/lightbox/tuning`, else `~/.cache/lightbox/tuning`. The hash is of what
 //! decides which way is fastest and nothing else: the GPU as it names itself, what cubecl
-//! compiles for on it (vendor, device id, WGSL or SPIR-V) and this crate's version (burn's kernels
-//! come with it). A choice only decides speed: every way computes the same sums, so a stale
+//! compiles for on it (vendor, device id, WGSL or SPIR-V), this crate's version (burn's kernels
+//! come with it) and the ways it times, with their revisions (`ops::TUNED_WAYS`). A choice only decides speed: every way computes the same sums, so a stale
 //! or hand-edited file costs time, never a result. Delete the file to tune again (after a
 //! driver update, say). A file that cannot be read is named in a warning and rewritten.
 
@@ -29,6 +29,9 @@ pub struct TuningStore {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Header {
     lightbox_ai: String,
+    /// The ways this build times, and their revisions ([`crate::ops::TUNED_WAYS`]): a build
+    /// with another way, or a way's kernel changed, tunes afresh.
+    ways: String,
     gpu: String,
     fingerprint: String,
 }
@@ -54,10 +57,14 @@ impl TuningStore {
     pub fn new(dir: &Path, gpu: &str, fingerprint: &str) -> Self {
         let header = Header {
             lightbox_ai: env!("CARGO_PKG_VERSION").to_owned(),
+            ways: crate::ops::TUNED_WAYS.to_owned(),
             gpu: gpu.to_owned(),
             fingerprint: fingerprint.to_owned(),
         };
-        let hash = sha2::Sha256::digest(format!("{}\n{}\n{}", header.lightbox_ai, header.gpu, header.fingerprint));
+        let hash = sha2::Sha256::digest(format!(
+            "{}\n{}\n{}\n{}",
+            header.lightbox_ai, header.ways, header.gpu, header.fingerprint
+        ));
         let hex: String = hash.iter().take(8).map(|b| format!("{b:02x}")).collect();
         Self { path: dir.join(format!("conv-tuning-{hex}.json")), header }
     }
