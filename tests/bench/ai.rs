@@ -231,8 +231,8 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
                 t.gflop / t.matmul_ms,
                 t.column_gb,
             );
-            if let Some(ms) = t.direct_ms {
-                println!("  the same layer by Lightbox's direct kernel: {ms:.2} ms ({:.3} TFLOPS)", t.gflop / ms);
+            for (way, ms) in &t.direct_ms {
+                println!("  the same layer by {}: {ms:.2} ms ({:.3} TFLOPS)", way.describe(), t.gflop / ms);
             }
         }
     }

@@ -4,9 +4,9 @@
 //!
 //! One so far: [`conv3d_k3`], a direct 3×3×3 convolution (padding 1, stride 1 or 2) for the
 //! few-channel layers at full resolution, where burn's direct kernel ran at 2 TFLOPS on an H200
-//! and matrix products at 4.4 (issue 7). Each thread keeps a block of output channels
-//! ([`CHANNELS`]) for a run of voxels along x ([`VOXELS`]) in registers, so one input value
-//! feeds [`CHANNELS`] multiply-adds and one weight [`VOXELS`]; weights are laid out
+//! and matrix products at 4.4 (issue 7). Each thread keeps a block of output channels (8 or 16,
+//! the caller's choice: [`CHANNEL_BLOCKS`]) for a run of voxels along x ([`VOXELS`]) in
+//! registers, so one input value feeds a block's multiply-adds and one weight [`VOXELS`]; weights are laid out
 //! `[C·27, O]` so that a block of output channels is contiguous, and every thread of a
 //! workgroup reads the same weights (the voxels vary fastest). Sums are in f32 whatever the
 //! input precision. The convolution tuner ([`crate::ops::ConvWay::Direct`]) times it beside the
@@ -21,8 +21,9 @@ use burn::prelude::Tensor;
 use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
 
-/// Output channels a thread accumulates (a layer's channel count must be a multiple).
-pub const CHANNELS: usize = 8;
+/// Output channels a thread may accumulate (a layer's channel count must be a multiple of the
+/// one chosen).
+pub const CHANNEL_BLOCKS: [usize; 2] = [8, 16];
 /// Consecutive output voxels along x a thread computes.
 pub const VOXELS: usize = 4;
 
@@ -30,8 +31,9 @@ pub const VOXELS: usize = 4;
 pub trait LightboxKernels: Backend {
     /// `x` `[N, C, D, H, W]`, `weight` `[C·27, O]` (the `[O, C, 3, 3, 3]` weight with its
     /// output channels last), padding 1 → `[N, O, D', H', W']`, no bias.
+    /// `channels`: output channels a thread sums, one of [`CHANNEL_BLOCKS`].
     #[fusion(dtype = x, shape = conv3d_k3_shape(x, weight, stride))]
-    fn conv3d_k3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize) -> FloatTensor<Self>;
+    fn conv3d_k3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize, channels: usize) -> FloatTensor<Self>;
 }
 
 fn conv3d_k3_shape(x: &Shape, weight: &Shape, stride: &usize) -> Shape {
@@ -40,20 +42,28 @@ fn conv3d_k3_shape(x: &Shape, weight: &Shape, stride: &usize) -> Shape {
 }
 
 /// Whether [`conv3d_k3`] computes this convolution: 3×3×3, padding 1, the same stride 1 or 2 on
-/// every axis, no dilation or groups, and output channels a multiple of [`CHANNELS`].
-pub fn conv3d_k3_fits(weight: [usize; 5], options: &burn::tensor::ops::ConvOptions<3>) -> bool {
+/// every axis, no dilation or groups, and output channels a multiple of `channels` (one of
+/// [`CHANNEL_BLOCKS`]).
+pub fn conv3d_k3_fits(weight: [usize; 5], options: &burn::tensor::ops::ConvOptions<3>, channels: usize) -> bool {
     let [o, _, kd, kh, kw] = weight;
     [kd, kh, kw] == [3; 3]
         && options.padding == [(1, 1); 3]
         && (options.stride == [1; 3] || options.stride == [2; 3])
         && options.dilation == [1; 3]
         && options.groups == 1
-        && o % CHANNELS == 0
+        && CHANNEL_BLOCKS.contains(&channels)
+        && o % channels == 0
 }
 
 /// A 3×3×3 convolution by [`LightboxKernels::conv3d_k3`] (see [`conv3d_k3_fits`]), in the
 /// weight's dtype; the bias is added after.
-pub fn conv3d_k3(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, stride: usize) -> Tensor<5> {
+pub fn conv3d_k3(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    stride: usize,
+    channels: usize,
+) -> Tensor<5> {
     let [o, c, _, _, _] = weight.dims();
     let dtype = burn::tensor::FloatDType::from(weight.dtype());
     let x = x.cast(dtype);
@@ -63,6 +73,7 @@ pub fn conv3d_k3(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, strid
         x.into_dispatch(),
         weight.into_dispatch(),
         stride,
+        channels,
     ));
     match bias {
         Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
@@ -71,7 +82,12 @@ pub fn conv3d_k3(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, strid
 }
 
 impl LightboxKernels for Flex {
-    fn conv3d_k3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize) -> FloatTensor<Self> {
+    fn conv3d_k3(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        _channels: usize,
+    ) -> FloatTensor<Self> {
         let [c27, o] = weight.shape().dims::<2>();
         let weight = Self::float_reshape(Self::float_swap_dims(weight, 0, 1), Shape::new([o, c27 / 27, 3, 3, 3]));
         let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
@@ -80,8 +96,8 @@ impl LightboxKernels for Flex {
 }
 
 impl LightboxKernels for CubeBackend {
-    fn conv3d_k3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize) -> FloatTensor<Self> {
-        gpu::conv3d_k3(x, weight, stride)
+    fn conv3d_k3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize, channels: usize) -> FloatTensor<Self> {
+        gpu::conv3d_k3(x, weight, stride, channels)
     }
 }
 
@@ -91,9 +107,9 @@ mod gpu {
     use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
     use cubecl::prelude::*;
 
-    use super::{CHANNELS, VOXELS};
+    use super::VOXELS;
 
-    /// One thread: output channels `[block·CHANNELS, +CHANNELS)` of voxels
+    /// One thread: output channels `[block·channels, +channels)` of voxels
     /// `[x0, x0 + VOXELS)` of one output row; threads run over (n, z, y, x-run) fastest, then
     /// the channel block.
     #[cube(launch, address_type = "dynamic")]
@@ -174,14 +190,14 @@ mod gpu {
         }
     }
 
-    pub(super) fn conv3d_k3(x: CubeTensor, weight: CubeTensor, stride: usize) -> CubeTensor {
+    pub(super) fn conv3d_k3(x: CubeTensor, weight: CubeTensor, stride: usize, channels: usize) -> CubeTensor {
         // The kernel indexes both as contiguous row-major tensors.
         let x = into_contiguous(x);
         let weight = into_contiguous(weight);
         let shape = super::conv3d_k3_shape(&x.shape(), &weight.shape(), &stride);
         let [n, o, d, h, w] = shape.dims::<5>();
         let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
-        let threads = n * d * h * w.div_ceil(VOXELS) * (o / CHANNELS);
+        let threads = n * d * h * w.div_ceil(VOXELS) * (o / channels);
         if threads == 0 {
             return output;
         }
@@ -199,7 +215,7 @@ mod gpu {
             weight.into_tensor_arg(),
             output.clone().into_tensor_arg(),
             stride,
-            CHANNELS,
+            channels,
             VOXELS,
             dtype,
         );
@@ -220,9 +236,9 @@ mod tests {
 
     /// Largest |ours − burn's in f32 on the same values| / (1 + |burn's|) over the cases nnU-Net meets: strides 1 and 2, widths that are
     /// not a multiple of the voxel run, two images, two channel blocks, with and without bias.
-    fn worst_difference(device: &Device, dtype: FloatDType) -> f32 {
+    fn worst_difference(device: &Device, dtype: FloatDType, channels: usize) -> f32 {
         let cases =
-            [([2, 3, 5, 6, 7], 16, 1), ([1, 5, 7, 6, 9], 8, 2), ([1, 8, 4, 4, 4], 8, 1), ([1, 2, 6, 5, 10], 24, 2)];
+            [([2, 3, 5, 6, 7], 32, 1), ([1, 5, 7, 6, 9], 16, 2), ([1, 8, 4, 4, 4], 16, 1), ([1, 2, 6, 5, 10], 48, 2)];
         let mut worst = 0.0f32;
         for (i, (shape, out, stride)) in cases.into_iter().enumerate() {
             let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
@@ -231,7 +247,7 @@ mod tests {
             let bias =
                 (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device).cast(dtype));
             let options = Options::new([stride; 3], [1; 3], [1; 3], 1);
-            assert!(conv3d_k3_fits(weight.dims(), &options));
+            assert!(conv3d_k3_fits(weight.dims(), &options, channels));
             // The reference sums the same (rounded) values in f32.
             let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
             let reference = burn::tensor::module::conv3d(
@@ -240,7 +256,7 @@ mod tests {
                 bias.clone().map(|b| b.cast(FloatDType::F32)),
                 options,
             );
-            let ours = conv3d_k3(x, weight, bias, stride);
+            let ours = conv3d_k3(x, weight, bias, stride, channels);
             assert_eq!(ours.dims(), reference.dims(), "{shape:?} → {out}, stride {stride}");
             let (ours, reference) = (values(ours), values(reference));
             worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(worst, f32::max);
@@ -251,18 +267,21 @@ mod tests {
     #[test]
     fn fits_only_what_it_computes() {
         let options = |stride: [usize; 3], padding| Options::new(stride, padding, [1; 3], 1);
-        assert!(conv3d_k3_fits([32, 64, 3, 3, 3], &options([1; 3], [1; 3])));
-        assert!(conv3d_k3_fits([64, 32, 3, 3, 3], &options([2; 3], [1; 3])));
-        assert!(!conv3d_k3_fits([2, 32, 1, 1, 1], &options([1; 3], [0; 3])), "nnU-Net's head");
-        assert!(!conv3d_k3_fits([30, 32, 3, 3, 3], &options([1; 3], [1; 3])), "channels in blocks of 8");
-        assert!(!conv3d_k3_fits([32, 32, 3, 3, 3], &options([1, 2, 2], [1; 3])), "anisotropic stride");
-        assert!(!conv3d_k3_fits([32, 32, 1, 3, 3], &options([1; 3], [0, 1, 1])), "thick-slice kernel");
+        let fits = |weight, options, channels| conv3d_k3_fits(weight, &options, channels);
+        assert!(fits([32, 64, 3, 3, 3], options([1; 3], [1; 3]), 16));
+        assert!(fits([64, 32, 3, 3, 3], options([2; 3], [1; 3]), 8));
+        assert!(fits([320, 320, 3, 3, 3], options([1; 3], [1; 3]), 16));
+        assert!(!fits([2, 32, 1, 1, 1], options([1; 3], [0; 3]), 8), "nnU-Net's head");
+        assert!(!fits([24, 32, 3, 3, 3], options([1; 3], [1; 3]), 16), "channels in blocks of 16");
+        assert!(!fits([32, 32, 3, 3, 3], options([1; 3], [1; 3]), 4), "blocks of 8 or 16 only");
+        assert!(!fits([32, 32, 3, 3, 3], options([1, 2, 2], [1; 3]), 8), "anisotropic stride");
+        assert!(!fits([32, 32, 1, 3, 3], options([1; 3], [0, 1, 1]), 8), "thick-slice kernel");
     }
 
     /// On the CPU the extension is burn's own convolution (flex has no CubeCL kernels).
     #[test]
     fn on_flex_it_is_burns_convolution() {
-        assert!(worst_difference(&Device::flex(), FloatDType::F32) < 1e-5);
+        assert!(worst_difference(&Device::flex(), FloatDType::F32, 8) < 1e-5);
     }
 
     /// The CubeCL kernel itself, on whatever GPU adapter opens (lavapipe where there is none):
@@ -270,12 +289,16 @@ mod tests {
     #[test]
     fn on_a_gpu_the_kernel_computes_burns_sums() {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
-        let f32_worst = worst_difference(&device, FloatDType::F32);
-        assert!(f32_worst < 1e-5, "f32: {f32_worst}");
-        // f16 values summed in f32: only two roundings to f16 are left (the sum, then the sum
-        // plus the bias), 2⁻¹¹ each.
-        let f16_worst = worst_difference(&device, FloatDType::F16);
-        assert!(f16_worst < 2e-3, "f16: {f16_worst}");
-        eprintln!("worst differences from burn: f32 {f32_worst:e}, f16 {f16_worst:e}");
+        for channels in CHANNEL_BLOCKS {
+            let f32_worst = worst_difference(&device, FloatDType::F32, channels);
+            assert!(f32_worst < 1e-5, "f32, {channels} channels a thread: {f32_worst}");
+            // f16 values summed in f32: only two roundings to f16 are left (the sum, then the
+            // sum plus the bias), 2⁻¹¹ each.
+            let f16_worst = worst_difference(&device, FloatDType::F16, channels);
+            assert!(f16_worst < 2e-3, "f16, {channels} channels a thread: {f16_worst}");
+            eprintln!(
+                "{channels} channels a thread, worst differences from burn: f32 {f32_worst:e}, f16 {f16_worst:e}"
+            );
+        }
     }
 }

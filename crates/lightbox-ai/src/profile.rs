@@ -10,7 +10,7 @@ use burn::tensor::{Distribution, FloatDType, ops::ConvOptions};
 use crate::{AiDevice, AiError, Precision};
 
 /// Median times of one layer, ms, and its arithmetic.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct LayerTimes {
     /// burn's `conv3d` (its autotuned kernels).
     pub burn_ms: f64,
@@ -18,8 +18,9 @@ pub struct LayerTimes {
     pub gemm_ms: f64,
     /// `ops::ConvWay::GemmTransposed`, the same slabs.
     pub gemm_transposed_ms: f64,
-    /// `ops::ConvWay::Direct` (Lightbox's own kernel), where it runs (a GPU, `gpu` builds).
-    pub direct_ms: Option<f64>,
+    /// `ops::ConvWay::Direct` and `DirectWide` (Lightbox's own kernel), where they run (a GPU,
+    /// `gpu` builds).
+    pub direct_ms: Vec<(crate::ops::ConvWay, f64)>,
     /// The same matrix products over columns made beforehand (no copies).
     pub matmul_ms: f64,
     /// Multiply-adds × 2 of the layer, in 10⁹.
@@ -81,12 +82,13 @@ pub fn convolution_layer(
     let gemm_transposed_ms = time(&|| {
         flat(crate::ops::ConvWay::GemmTransposed.run(x.clone(), weight.clone(), None, &options, column_mib << 20))
     })?;
-    let direct = crate::ops::ConvWay::Direct;
-    let direct_ms = if direct.applies(&device.device, weight.dims(), &options) {
-        Some(time(&|| flat(direct.run(x.clone(), weight.clone(), None, &options, column_mib << 20)))?)
-    } else {
-        None
-    };
+    let mut direct_ms = Vec::new();
+    for way in [crate::ops::ConvWay::Direct, crate::ops::ConvWay::DirectWide] {
+        if way.applies(&device.device, weight.dims(), &options) {
+            direct_ms
+                .push((way, time(&|| flat(way.run(x.clone(), weight.clone(), None, &options, column_mib << 20)))?));
+        }
+    }
     let matmul_ms = time(&|| (0..slabs).map(|_| weights.clone().matmul(columns.clone())).collect())?;
     let voxels = (side * side * side) as f64;
     Ok(LayerTimes {
@@ -108,7 +110,7 @@ mod tests {
         let device = crate::AiDevice::cpu();
         let t = super::convolution_layer(&device, 4, 8, (1, 2))?;
         assert!(t.burn_ms > 0.0 && t.gemm_ms > 0.0 && t.gemm_transposed_ms > 0.0 && t.matmul_ms > 0.0, "{t:?}");
-        assert_eq!(t.direct_ms, None, "Lightbox's direct kernel is the GPU's");
+        assert!(t.direct_ms.is_empty(), "Lightbox's direct kernel is the GPU's");
         assert!((t.gflop - 2.0 * 512.0 * 4.0 * 108.0 / 1e9).abs() < 1e-12, "{t:?}");
         assert!(super::convolution_layer(&device, 4, 2, (1, 2)).is_err());
         Ok(())
