@@ -18,8 +18,8 @@
 //! networks convolve. `burn` takes burn's own kernels (autotuned; through WGSL only its direct
 //! convolution runs); `gemm` computes each convolution as matrix products over im2col columns
 //! (`ops::conv3d_gemm`), which reach burn's register-tiled matrix kernels instead; `tuned` times
-//! those, and the matrix products the other way round (`ops::ConvWay::GemmTransposed`), the
-//! first time a layer of each shape runs and keeps the fastest (`ops::conv3d_tuned`, as
+//! those, the matrix products the other way round (`ops::ConvWay::GemmTransposed`) and, on a
+//! GPU, Lightbox's own direct kernel (`kernels`), the first time a layer of each shape runs and keeps the fastest (`ops::conv3d_tuned`, as
 //! PyTorch's `cudnn.benchmark`). The same sums in another order (PlainConvUNet's logits
 //! within 1.2e-7 of each other in f32 on an H100).
 //!
