@@ -11,7 +11,7 @@ DEMO := demo/prostate-adc
 # GPU=1 builds the AI with burn's wgpu backend (a GPU when there is one, else the CPU).
 FEATURES := $(if $(GPU),--features lightbox-ai/gpu,)
 
-.PHONY: run test setup ui lint layering build models synthetic-models rust-test ui-test
+.PHONY: run test setup ui lint layering build models synthetic-models rust-test gpu-kernel-test ui-test
 
 run: setup ui models
 	cargo build --workspace --bins $(FEATURES)
@@ -47,6 +47,12 @@ synthetic-models: build
 
 rust-test: build models synthetic-models
 	cargo test --workspace --locked
+	$(MAKE) gpu-kernel-test
+
+# Lightbox's own GPU kernels (lightbox-ai's `gpu` feature) against burn's, on whatever Vulkan
+# device opens: Mesa's lavapipe on a machine without a GPU (scripts/setup-debian.sh installs it).
+gpu-kernel-test:
+	cargo test -p lightbox-ai --lib --locked --features gpu -- kernels::
 
 ui-test: ui
 	cd ui && npm test --silent
