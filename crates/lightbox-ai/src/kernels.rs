@@ -55,8 +55,9 @@ pub fn conv3d_k3_fits(weight: [usize; 5], options: &burn::tensor::ops::ConvOptio
         && o % channels == 0
 }
 
-/// A 3×3×3 convolution by [`LightboxKernels::conv3d_k3`] (see [`conv3d_k3_fits`]), in the
-/// weight's dtype; the bias is added after.
+/// A 3×3×3 convolution by [`LightboxKernels::conv3d_k3`], padding 1, in the weight's dtype;
+/// the bias is added after. What the kernel does not cover ([`conv3d_k3_fits`]) goes to burn's
+/// convolution, with the same stride and padding.
 pub fn conv3d_k3(
     x: Tensor<5>,
     weight: Tensor<5>,
@@ -64,6 +65,10 @@ pub fn conv3d_k3(
     stride: usize,
     channels: usize,
 ) -> Tensor<5> {
+    let options = burn::tensor::ops::ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
+    if !conv3d_k3_fits(weight.dims(), &options, channels) {
+        return burn::tensor::module::conv3d(x, weight, bias, options);
+    }
     let [o, c, _, _, _] = weight.dims();
     let dtype = burn::tensor::FloatDType::from(weight.dtype());
     let x = x.cast(dtype);
@@ -276,6 +281,18 @@ mod tests {
         assert!(!fits([32, 32, 3, 3, 3], options([1; 3], [1; 3]), 4), "blocks of 8 or 16 only");
         assert!(!fits([32, 32, 3, 3, 3], options([1, 2, 2], [1; 3]), 8), "anisotropic stride");
         assert!(!fits([32, 32, 1, 3, 3], options([1; 3], [0, 1, 1]), 8), "thick-slice kernel");
+    }
+
+    /// What the kernel does not cover (a channel count not a multiple of the block) is burn's.
+    #[test]
+    fn what_does_not_fit_is_burns_convolution() {
+        for device in [Device::flex(), Device::wgpu(DeviceKind::DefaultDevice)] {
+            let x = Tensor::<5>::random([1, 3, 5, 4, 6], Distribution::Uniform(-1.0, 1.0), &device);
+            let weight = Tensor::<5>::random([12, 3, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
+            let options = Options::new([1; 3], [1; 3], [1; 3], 1);
+            let reference = values(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options));
+            assert_eq!(values(conv3d_k3(x, weight, None, 1, 8)), reference);
+        }
     }
 
     /// On the CPU the extension is burn's own convolution (flex has no CubeCL kernels).

@@ -18,9 +18,9 @@
 
 use burn::prelude::*;
 use burn::tensor::module::{interpolate, max_pool2d};
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
 
 use crate::tuning::{Entry, TuningStore};
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions, MaxPoolOptions};
 
 /// 3-D max pooling of `[N, C, D, H, W]` with a cubic `kernel`, `stride` and `padding` (as
 /// PyTorch's `MaxPool3d`, floor mode).
