@@ -14,7 +14,7 @@
 
 use burn::backend::{
     Backend, Dispatch, Flex, TensorMetadata, backend_extension,
-    ops::{ConvOptions, FloatTensorOps, ModuleOps},
+    ops::ConvOptions,
     tensor::FloatTensor,
 };
 use burn::prelude::Tensor;
@@ -34,7 +34,65 @@ pub trait LightboxKernels: Backend {
     /// `channels`: output channels a thread sums, one of [`CHANNEL_BLOCKS`].
     #[fusion(dtype = x, shape = conv3d_k3_shape(x, weight, stride))]
     fn conv3d_k3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize, channels: usize) -> FloatTensor<Self>;
+
+    /// The same convolution at stride 1, by output tiles staged in workgroup memory
+    /// ([`TILINGS`]`[tiling]`).
+    #[fusion(dtype = x, shape = conv3d_k3_tiled_shape(x, weight, tiling))]
+    fn conv3d_k3_tiled(x: FloatTensor<Self>, weight: FloatTensor<Self>, tiling: usize) -> FloatTensor<Self>;
 }
+
+fn conv3d_k3_tiled_shape(x: &Shape, weight: &Shape, _tiling: &usize) -> Shape {
+    conv3d_k3_shape(x, weight, &1)
+}
+
+/// Output voxels along x of one tile of [`conv3d_k3_tiled`]: one thread each, a warp's width
+/// on NVIDIA (so a warp reads consecutive values of workgroup memory).
+pub const TILE_WIDTH: usize = 32;
+
+/// How [`conv3d_k3_tiled`] splits the work. A workgroup computes `block()` output channels of a
+/// [`TILE_WIDTH`] × `tile_rows()` tile of one output plane: it stages the tile's input (with its
+/// one-voxel border, three planes deep) and the block's weights for `chunk` input channels at a
+/// time in workgroup memory, and each thread sums `channels` output channels of `rows`
+/// consecutive rows at its x, in f32 registers. Each value read from workgroup memory feeds
+/// `channels` (an input) or `rows` (a weight) multiply-adds, and all the threads of a warp read
+/// the same weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tiling {
+    pub rows: usize,
+    pub channels: usize,
+    pub row_groups: usize,
+    pub channel_groups: usize,
+    pub chunk: usize,
+}
+
+impl Tiling {
+    pub const fn tile_rows(&self) -> usize {
+        self.rows * self.row_groups
+    }
+
+    pub const fn block(&self) -> usize {
+        self.channels * self.channel_groups
+    }
+
+    pub const fn threads(&self) -> usize {
+        TILE_WIDTH * self.row_groups * self.channel_groups
+    }
+
+    /// Elements of workgroup memory: the input tile, then the weights.
+    pub const fn staged(&self) -> (usize, usize) {
+        (self.chunk * 3 * (self.tile_rows() + 2) * (TILE_WIDTH + 2), self.chunk * 27 * self.block())
+    }
+}
+
+/// The tilings the convolution tuner times (`ConvWay::Tiled*`): 32×16 voxels × 32 channels in
+/// 256 threads of 8 rows × 8 channels; the same for 64 channels in 512 threads; and 32×8 × 32
+/// in 256 threads of 4 × 8 (fewer registers, more workgroups at once). Workgroup memory in f32:
+/// 21.6, 28.5 and 15.1 KiB.
+pub const TILINGS: [Tiling; 3] = [
+    Tiling { rows: 8, channels: 8, row_groups: 2, channel_groups: 4, chunk: 2 },
+    Tiling { rows: 8, channels: 8, row_groups: 2, channel_groups: 8, chunk: 2 },
+    Tiling { rows: 4, channels: 8, row_groups: 2, channel_groups: 4, chunk: 2 },
+];
 
 fn conv3d_k3_shape(x: &Shape, weight: &Shape, stride: &usize) -> Shape {
     let out = |len: usize| (len - 1) / *stride + 1;
@@ -55,6 +113,49 @@ pub fn conv3d_k3_fits(weight: [usize; 5], options: &burn::tensor::ops::ConvOptio
         && o % channels == 0
 }
 
+/// Whether [`conv3d_k3_tiled`] computes this convolution: 3×3×3, padding 1, stride 1, no
+/// dilation or groups, output channels a multiple of the tiling's block.
+pub fn conv3d_k3_tiled_fits(weight: [usize; 5], options: &burn::tensor::ops::ConvOptions<3>, tiling: usize) -> bool {
+    options.stride == [1; 3]
+        && conv3d_k3_fits(weight, options, CHANNEL_BLOCKS[0])
+        && TILINGS.get(tiling).is_some_and(|t| weight[0] % t.block() == 0)
+}
+
+/// A 3×3×3 convolution at stride 1 by [`LightboxKernels::conv3d_k3_tiled`], padding 1, in the
+/// weight's dtype; the bias is added after. What the kernel does not cover
+/// ([`conv3d_k3_tiled_fits`], or a GPU without the workgroup memory or threads the tiling
+/// needs) is burn's convolution.
+pub fn conv3d_k3_tiled(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, tiling: usize) -> Tensor<5> {
+    let options = burn::tensor::ops::ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
+    if !conv3d_k3_tiled_fits(weight.dims(), &options, tiling) {
+        return burn::tensor::module::conv3d(x, weight, bias, options);
+    }
+    let (x, weight, o, dtype) = channels_last_weight(x, weight);
+    let y = Tensor::from_dispatch(<Dispatch as LightboxKernels>::conv3d_k3_tiled(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        tiling,
+    ));
+    match bias {
+        Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
+        None => y,
+    }
+}
+
+/// `x` in the weight's dtype, and the weight `[O, C, 3, 3, 3]` as `[C·27, O]` (one small copy).
+fn channels_last_weight(x: Tensor<5>, weight: Tensor<5>) -> (Tensor<5>, Tensor<2>, usize, burn::tensor::FloatDType) {
+    let [o, c, _, _, _] = weight.dims();
+    let dtype = burn::tensor::FloatDType::from(weight.dtype());
+    (x.cast(dtype), weight.reshape([o, c * 27]).swap_dims(0, 1), o, dtype)
+}
+
+/// burn's convolution of `x` by a `[C·27, O]` weight (padding 1), on any backend.
+fn burns_conv3d_k3<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, stride: usize) -> FloatTensor<B> {
+    let [c27, o] = weight.shape().dims::<2>();
+    let weight = B::float_reshape(B::float_swap_dims(weight, 0, 1), Shape::new([o, c27 / 27, 3, 3, 3]));
+    B::conv3d(x, weight, None, ConvOptions::new([stride; 3], [1; 3], [1; 3], 1))
+}
+
 /// A 3×3×3 convolution by [`LightboxKernels::conv3d_k3`], padding 1, in the weight's dtype;
 /// the bias is added after. What the kernel does not cover ([`conv3d_k3_fits`]) goes to burn's
 /// convolution, with the same stride and padding.
@@ -69,11 +170,7 @@ pub fn conv3d_k3(
     if !conv3d_k3_fits(weight.dims(), &options, channels) {
         return burn::tensor::module::conv3d(x, weight, bias, options);
     }
-    let [o, c, _, _, _] = weight.dims();
-    let dtype = burn::tensor::FloatDType::from(weight.dtype());
-    let x = x.cast(dtype);
-    // [O, C, 27] → [C, 27, O] → [C·27, O], one small copy.
-    let weight = weight.reshape([o, c * 27]).swap_dims(0, 1);
+    let (x, weight, o, dtype) = channels_last_weight(x, weight);
     let y = Tensor::from_dispatch(<Dispatch as LightboxKernels>::conv3d_k3(
         x.into_dispatch(),
         weight.into_dispatch(),
@@ -93,16 +190,28 @@ impl LightboxKernels for Flex {
         stride: usize,
         _channels: usize,
     ) -> FloatTensor<Self> {
-        let [c27, o] = weight.shape().dims::<2>();
-        let weight = Self::float_reshape(Self::float_swap_dims(weight, 0, 1), Shape::new([o, c27 / 27, 3, 3, 3]));
-        let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
-        <Self as ModuleOps<Self>>::conv3d(x, weight, None, options)
+        burns_conv3d_k3::<Self>(x, weight, stride)
+    }
+
+    fn conv3d_k3_tiled(x: FloatTensor<Self>, weight: FloatTensor<Self>, _tiling: usize) -> FloatTensor<Self> {
+        burns_conv3d_k3::<Self>(x, weight, 1)
     }
 }
 
 impl LightboxKernels for CubeBackend {
     fn conv3d_k3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize, channels: usize) -> FloatTensor<Self> {
         gpu::conv3d_k3(x, weight, stride, channels)
+    }
+
+    fn conv3d_k3_tiled(x: FloatTensor<Self>, weight: FloatTensor<Self>, tiling: usize) -> FloatTensor<Self> {
+        let t = TILINGS[tiling];
+        let hardware = &x.client.properties().hardware;
+        let (input, weights) = t.staged();
+        let bytes = (input + weights) * x.dtype.size();
+        if bytes > hardware.max_shared_memory_size || t.threads() > hardware.max_units_per_cube as usize {
+            return burns_conv3d_k3::<Self>(x, weight, 1);
+        }
+        gpu::conv3d_k3_tiled(x, weight, t)
     }
 }
 
@@ -112,7 +221,175 @@ mod gpu {
     use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
     use cubecl::prelude::*;
 
-    use super::VOXELS;
+    use super::{TILE_WIDTH, Tiling, VOXELS};
+
+    /// One workgroup: output channels `[block·B, +B)` (B = `channels · channel_groups`) of the
+    /// [`TILE_WIDTH`] × `rows · row_groups` tile `(tx, ty)` of output plane `oz` of image `n`,
+    /// stride 1, padding 1 (see [`Tiling`]). Workgroups run over the channel blocks fastest (they
+    /// read the same input tile, still in L2), then x, y, z and n.
+    #[cube(launch, address_type = "dynamic")]
+    fn conv3d_k3_tiled_kernel<F: Float>(
+        input: &Tensor<F>,
+        weight: &Tensor<F>,
+        output: &mut Tensor<F>,
+        #[comptime] rows: usize,
+        #[comptime] channels: usize,
+        #[comptime] row_groups: usize,
+        #[comptime] channel_groups: usize,
+        #[comptime] chunk: usize,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let tile_rows = rows * row_groups;
+        let block = channels * channel_groups;
+        let threads = TILE_WIDTH * row_groups * channel_groups;
+        let halo_w = TILE_WIDTH + 2;
+        let halo_h = tile_rows + 2;
+        let in_len = chunk * 3 * halo_h * halo_w;
+        let w_len = chunk * 27 * block;
+
+        let in_c = input.shape(1);
+        let (in_d, in_h, in_w) = (input.shape(2), input.shape(3), input.shape(4));
+        let out_c = output.shape(1);
+        let tiles_x = in_w.div_ceil(TILE_WIDTH);
+        let tiles_y = in_h.div_ceil(tile_rows);
+        let blocks = out_c / block;
+        let mut cube = CUBE_POS;
+        if cube >= output.shape(0) * in_d * tiles_y * tiles_x * blocks {
+            terminate!();
+        }
+        let ob = cube % blocks;
+        cube /= blocks;
+        let x0 = (cube % tiles_x) * TILE_WIDTH;
+        cube /= tiles_x;
+        let y0 = (cube % tiles_y) * tile_rows;
+        cube /= tiles_y;
+        let oz = cube % in_d;
+        let n = cube / in_d;
+
+        let unit = UNIT_POS as usize;
+        let lx = unit % TILE_WIDTH;
+        let group = unit / TILE_WIDTH;
+        let gy = group % row_groups;
+        let gc = group / row_groups;
+
+        let mut tile_in = Shared::<[F]>::new_slice(in_len);
+        let mut tile_w = Shared::<[F]>::new_slice(w_len);
+        let mut acc = Array::<f32>::new(rows * channels);
+        #[unroll]
+        for i in 0..rows * channels {
+            acc[i] = 0.0f32;
+        }
+        let plane = in_h * in_w;
+        let mut c0 = 0usize;
+        while c0 < in_c {
+            // Stage `chunk` input channels: three planes of the tile and its border (zeros
+            // outside the image and past the last channel), then their weights for the block.
+            let mut i = unit;
+            while i < in_len {
+                let xx = i % halo_w;
+                let mut r = i / halo_w;
+                let yy = r % halo_h;
+                r /= halo_h;
+                let kz = r % 3;
+                let c = c0 + r / 3;
+                // Padded coordinates: p reads input p − 1, inside when 1 ≤ p ≤ len.
+                let (pz, py, px) = (oz + kz, y0 + yy, x0 + xx);
+                let mut v = F::new(0.0);
+                if c < in_c && pz >= 1 && pz <= in_d && py >= 1 && py <= in_h && px >= 1 && px <= in_w {
+                    v = input[((n * in_c + c) * in_d + pz - 1) * plane + (py - 1) * in_w + px - 1];
+                }
+                tile_in[i] = v;
+                i += threads;
+            }
+            let mut i = unit;
+            while i < w_len {
+                let tap = i / block;
+                let mut v = F::new(0.0);
+                if c0 + tap / 27 < in_c {
+                    v = weight[(c0 * 27 + tap) * out_c + ob * block + i % block];
+                }
+                tile_w[i] = v;
+                i += threads;
+            }
+            sync_cube();
+            for c in 0..chunk {
+                #[unroll]
+                for kz in 0..3usize {
+                    #[unroll]
+                    for kx in 0..3usize {
+                        // The rows+2 input values at this x that the thread's rows reach.
+                        let mut column = Array::<f32>::new(rows + 2);
+                        let base = ((c * 3 + kz) * halo_h + gy * rows) * halo_w + lx + kx;
+                        #[unroll]
+                        for r in 0..rows + 2 {
+                            column[r] = f32::cast_from(tile_in[base + r * halo_w]);
+                        }
+                        #[unroll]
+                        for ky in 0..3usize {
+                            let w0 = (c * 27 + (kz * 3 + ky) * 3 + kx) * block + gc * channels;
+                            #[unroll]
+                            for j in 0..channels {
+                                let w = f32::cast_from(tile_w[w0 + j]);
+                                #[unroll]
+                                for r in 0..rows {
+                                    acc[r * channels + j] += w * column[r + ky];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            sync_cube();
+            c0 += chunk;
+        }
+        let x = x0 + lx;
+        if x < in_w {
+            #[unroll]
+            for j in 0..channels {
+                let oc = ob * block + gc * channels + j;
+                #[unroll]
+                for r in 0..rows {
+                    let y = y0 + gy * rows + r;
+                    if y < in_h {
+                        output[((n * out_c + oc) * in_d + oz) * plane + y * in_w + x] = F::cast_from(acc[r * channels + j]);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn conv3d_k3_tiled(x: CubeTensor, weight: CubeTensor, t: Tiling) -> CubeTensor {
+        let x = into_contiguous(x);
+        let weight = into_contiguous(weight);
+        let shape = super::conv3d_k3_shape(&x.shape(), &weight.shape(), &1);
+        let [n, o, d, h, w] = shape.dims::<5>();
+        let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+        let cubes = n * d * h.div_ceil(t.tile_rows()) * w.div_ceil(TILE_WIDTH) * (o / t.block());
+        if cubes == 0 {
+            return output;
+        }
+        let client = x.client.clone();
+        let cube_dim = CubeDim::new_1d(t.threads() as u32);
+        let cube_count = cubecl::calculate_cube_count_elemwise(&client, cubes * t.threads(), cube_dim);
+        let address = x.required_address_type().max(weight.required_address_type()).max(output.required_address_type());
+        let dtype = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
+        conv3d_k3_tiled_kernel::launch(
+            &client,
+            cube_count,
+            cube_dim,
+            address,
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            t.rows,
+            t.channels,
+            t.row_groups,
+            t.channel_groups,
+            t.chunk,
+            dtype,
+        );
+        output
+    }
 
     /// One thread: output channels `[block·channels, +channels)` of voxels
     /// `[x0, x0 + VOXELS)` of one output row; threads run over (n, z, y, x-run) fastest, then
@@ -267,6 +544,69 @@ mod tests {
             worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(worst, f32::max);
         }
         worst
+    }
+
+    /// Largest difference of [`conv3d_k3_tiled`] from burn's convolution in f32 on the same
+    /// values (as [`worst_difference`]): tiles cut by the image's edge on x and y, several tiles
+    /// and planes, one input channel, channel counts that are not a multiple of the staged
+    /// chunk, two images, with and without bias.
+    fn worst_tiled_difference(device: &Device, dtype: FloatDType, tiling: usize) -> f32 {
+        let block = TILINGS[tiling].block();
+        let cases = [([2, 3, 3, 6, 7], block), ([1, 5, 4, 19, 37], 2 * block), ([1, 1, 2, 17, 33], block)];
+        let mut worst = 0.0f32;
+        for (i, (shape, out)) in cases.into_iter().enumerate() {
+            let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
+            let weight =
+                Tensor::<5>::random([out, shape[1], 3, 3, 3], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
+            let bias =
+                (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device).cast(dtype));
+            let options = Options::new([1; 3], [1; 3], [1; 3], 1);
+            assert!(conv3d_k3_tiled_fits(weight.dims(), &options, tiling));
+            let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
+            let reference = burn::tensor::module::conv3d(
+                f32(x.clone()),
+                f32(weight.clone()),
+                bias.clone().map(|b| b.cast(FloatDType::F32)),
+                options,
+            );
+            let ours = conv3d_k3_tiled(x, weight, bias, tiling);
+            assert_eq!(ours.dims(), reference.dims(), "{shape:?} → {out}");
+            let (ours, reference) = (values(ours), values(reference));
+            worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(worst, f32::max);
+        }
+        worst
+    }
+
+    #[test]
+    fn tiled_fits_only_what_it_computes() {
+        let options = |stride: [usize; 3]| Options::new(stride, [1; 3], [1; 3], 1);
+        assert!(conv3d_k3_tiled_fits([32, 64, 3, 3, 3], &options([1; 3]), 0));
+        assert!(conv3d_k3_tiled_fits([64, 1, 3, 3, 3], &options([1; 3]), 1));
+        assert!(!conv3d_k3_tiled_fits([32, 64, 3, 3, 3], &options([1; 3]), 1), "a block of 64 channels");
+        assert!(!conv3d_k3_tiled_fits([64, 32, 3, 3, 3], &options([2; 3]), 0), "stride 2");
+        assert!(!conv3d_k3_tiled_fits([32, 32, 3, 3, 3], &options([1; 3]), TILINGS.len()), "no such tiling");
+        for t in TILINGS {
+            let (input, weights) = t.staged();
+            assert!((input + weights) * 4 <= 32 * 1024, "{t:?} fits lavapipe's 32 KiB of workgroup memory");
+        }
+    }
+
+    #[test]
+    fn on_flex_tiled_is_burns_convolution() {
+        assert!(worst_tiled_difference(&Device::flex(), FloatDType::F32, 0) < 1e-5);
+    }
+
+    /// The tiled kernel on whatever GPU adapter opens (lavapipe where there is none).
+    #[test]
+    fn on_a_gpu_the_tiled_kernel_computes_burns_sums() {
+        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        for tiling in 0..TILINGS.len() {
+            let f32_worst = worst_tiled_difference(&device, FloatDType::F32, tiling);
+            assert!(f32_worst < 1e-5, "f32, tiling {tiling}: {f32_worst}");
+            let f16_worst = worst_tiled_difference(&device, FloatDType::F16, tiling);
+            assert!(f16_worst < 2e-3, "f16, tiling {tiling}: {f16_worst}");
+            eprintln!("tiling {tiling}, worst differences from burn: f32 {f32_worst:e}, f16 {f16_worst:e}");
+        }
     }
 
     #[test]

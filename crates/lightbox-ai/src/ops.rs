@@ -155,7 +155,8 @@ fn gemm(
 /// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
 /// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
 /// timed again.
-pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, direct 3x3x3 (8 or 16 channels x 4 voxels a thread) r1";
+pub const TUNED_WAYS: &str =
+    "burn, gemm, gemm transposed, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings) r2";
 
 /// The ways [`conv3d_tuned`] chooses between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -175,10 +176,40 @@ pub enum ConvWay {
     Direct,
     /// The same, 16 output channels a thread (more sums per value read, more registers).
     DirectWide,
+    /// Lightbox's tiled kernel ([`crate::kernels::conv3d_k3_tiled`], stride 1): input and
+    /// weights staged in workgroup memory, 32×16 voxels × 32 channels a workgroup.
+    Tiled,
+    /// The same, 64 channels a workgroup (each input tile staged once for twice the sums).
+    TiledWide,
+    /// The same, 32×8 voxels × 32 channels (half the registers a thread).
+    TiledShort,
 }
 
 impl ConvWay {
-    const ALL: [Self; 5] = [Self::Burn, Self::Gemm, Self::GemmTransposed, Self::Direct, Self::DirectWide];
+    const ALL: [Self; 8] = [
+        Self::Burn,
+        Self::Gemm,
+        Self::GemmTransposed,
+        Self::Direct,
+        Self::DirectWide,
+        Self::Tiled,
+        Self::TiledWide,
+        Self::TiledShort,
+    ];
+
+    /// Lightbox's own kernels, which run on a GPU only (what [`crate::profile`] times besides
+    /// burn's ways).
+    pub const OWN: [Self; 5] = [Self::Direct, Self::DirectWide, Self::Tiled, Self::TiledWide, Self::TiledShort];
+
+    /// The index into [`crate::kernels::TILINGS`] of a tiled way.
+    fn tiling(self) -> Option<usize> {
+        match self {
+            Self::Tiled => Some(0),
+            Self::TiledWide => Some(1),
+            Self::TiledShort => Some(2),
+            _ => None,
+        }
+    }
 
     /// Whether this way can compute the convolution of `weight` (dims) on `device`.
     pub(crate) fn applies(
@@ -190,6 +221,9 @@ impl ConvWay {
         match self {
             Self::Direct => direct_applies(device, weight, options, 8),
             Self::DirectWide => direct_applies(device, weight, options, 16),
+            Self::Tiled | Self::TiledWide | Self::TiledShort => {
+                tiled_applies(device, weight, options, self.tiling().unwrap_or_default())
+            }
             _ => true,
         }
     }
@@ -209,6 +243,9 @@ impl ConvWay {
             Self::GemmTransposed => gemm(x, weight, bias, options, budget, true),
             Self::Direct => direct(x, weight, bias, options, 8),
             Self::DirectWide => direct(x, weight, bias, options, 16),
+            Self::Tiled | Self::TiledWide | Self::TiledShort => {
+                tiled(x, weight, bias, options, self.tiling().unwrap_or_default())
+            }
         }
     }
 
@@ -219,6 +256,9 @@ impl ConvWay {
             Self::GemmTransposed => "transposed matrix products",
             Self::Direct => "Lightbox's direct kernel",
             Self::DirectWide => "Lightbox's direct kernel, 16 channels a thread",
+            Self::Tiled => "Lightbox's tiled kernel, 32x16 voxels x 32 channels",
+            Self::TiledWide => "Lightbox's tiled kernel, 32x16 voxels x 64 channels",
+            Self::TiledShort => "Lightbox's tiled kernel, 32x8 voxels x 32 channels",
         }
     }
 }
@@ -237,6 +277,37 @@ fn direct_applies(
 #[cfg(not(feature = "gpu"))]
 fn direct_applies(_: &Device, _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>, _: usize) -> bool {
     false
+}
+
+#[cfg(feature = "gpu")]
+fn tiled_applies(
+    device: &Device,
+    weight: [usize; 5],
+    options: &burn::tensor::ops::ConvOptions<3>,
+    tiling: usize,
+) -> bool {
+    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+        && crate::kernels::conv3d_k3_tiled_fits(weight, options, tiling)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn tiled_applies(_: &Device, _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>, _: usize) -> bool {
+    false
+}
+
+/// [`crate::kernels::conv3d_k3_tiled`] where it applies, burn's kernels elsewhere.
+fn tiled(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &burn::tensor::ops::ConvOptions<3>,
+    tiling: usize,
+) -> Tensor<5> {
+    if tiled_applies(&x.device(), weight.dims(), options, tiling) {
+        #[cfg(feature = "gpu")]
+        return crate::kernels::conv3d_k3_tiled(x, weight, bias, tiling);
+    }
+    burn::tensor::module::conv3d(x, weight, bias, options.clone())
 }
 
 /// [`crate::kernels::conv3d_k3`] where it applies, burn's kernels elsewhere (a choice read from

@@ -18,7 +18,7 @@ pub struct LayerTimes {
     pub gemm_ms: f64,
     /// `ops::ConvWay::GemmTransposed`, the same slabs.
     pub gemm_transposed_ms: f64,
-    /// `ops::ConvWay::Direct` and `DirectWide` (Lightbox's own kernel), where they run (a GPU,
+    /// `ops::ConvWay::OWN` (Lightbox's own kernels: direct and tiled), where they run (a GPU,
     /// `gpu` builds).
     pub direct_ms: Vec<(crate::ops::ConvWay, f64)>,
     /// The same matrix products over columns made beforehand (no copies).
@@ -83,7 +83,7 @@ pub fn convolution_layer(
         flat(crate::ops::ConvWay::GemmTransposed.run(x.clone(), weight.clone(), None, &options, column_mib << 20))
     })?;
     let mut direct_ms = Vec::new();
-    for way in [crate::ops::ConvWay::Direct, crate::ops::ConvWay::DirectWide] {
+    for way in crate::ops::ConvWay::OWN {
         if way.applies(&device.device, weight.dims(), &options) {
             direct_ms
                 .push((way, time(&|| flat(way.run(x.clone(), weight.clone(), None, &options, column_mib << 20)))?));
