@@ -13,9 +13,7 @@
 //! other ways and keeps it only where it is the fastest.
 
 use burn::backend::{
-    Backend, Dispatch, Flex, TensorMetadata, backend_extension,
-    ops::ConvOptions,
-    tensor::FloatTensor,
+    Backend, Dispatch, Flex, TensorMetadata, backend_extension, ops::ConvOptions, tensor::FloatTensor,
 };
 use burn::prelude::Tensor;
 use burn::tensor::Shape;
@@ -118,7 +116,7 @@ pub fn conv3d_k3_fits(weight: [usize; 5], options: &burn::tensor::ops::ConvOptio
 pub fn conv3d_k3_tiled_fits(weight: [usize; 5], options: &burn::tensor::ops::ConvOptions<3>, tiling: usize) -> bool {
     options.stride == [1; 3]
         && conv3d_k3_fits(weight, options, CHANNEL_BLOCKS[0])
-        && TILINGS.get(tiling).is_some_and(|t| weight[0] % t.block() == 0)
+        && TILINGS.get(tiling).is_some_and(|t| weight[0].is_multiple_of(t.block()))
 }
 
 /// A 3×3×3 convolution at stride 1 by [`LightboxKernels::conv3d_k3_tiled`], padding 1, in the
@@ -351,7 +349,8 @@ mod gpu {
                 for r in 0..rows {
                     let y = y0 + gy * rows + r;
                     if y < in_h {
-                        output[((n * out_c + oc) * in_d + oz) * plane + y * in_w + x] = F::cast_from(acc[r * channels + j]);
+                        output[((n * out_c + oc) * in_d + oz) * plane + y * in_w + x] =
+                            F::cast_from(acc[r * channels + j]);
                     }
                 }
             }
@@ -607,6 +606,25 @@ mod tests {
             assert!(f16_worst < 2e-3, "f16, tiling {tiling}: {f16_worst}");
             eprintln!("tiling {tiling}, worst differences from burn: f32 {f32_worst:e}, f16 {f16_worst:e}");
         }
+    }
+
+    /// On a GPU the tuner times Lightbox's kernels beside burn's ways: each passes its check
+    /// against burn's result (none is left out), and whichever it keeps computes burn's sums.
+    #[test]
+    fn on_a_gpu_the_tuner_times_lightboxs_kernels() {
+        use crate::ops::ConvWay;
+        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        let shape = [1, 4, 3, 10, 34];
+        let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);
+        let weight = Tensor::<5>::random([64, 4, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
+        let options = Options::new([1; 3], [1; 3], [1; 3], 1);
+        let reference = values(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone()));
+        let ours = values(crate::ops::conv3d_tuned(x, weight, None, &options, 1 << 20));
+        let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "{worst}");
+        let layer = crate::ops::tuned_layers().into_iter().find(|l| l.shape.starts_with(&format!("{shape:?}")));
+        let timed: Vec<ConvWay> = layer.iter().flat_map(|l| l.ms.iter().map(|m| m.0)).collect();
+        assert!(ConvWay::OWN.iter().all(|w| timed.contains(w)), "{layer:?}");
     }
 
     #[test]

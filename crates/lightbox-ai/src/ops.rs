@@ -443,7 +443,20 @@ pub fn conv3d_tuned(
     let way = known.unwrap_or_else(|| {
         let device = x.device();
         let mut ms: Vec<(ConvWay, f64)> = Vec::with_capacity(ConvWay::ALL.len());
+        // burn's result (the first way), which every other way must reproduce before it is
+        // timed: a kernel a driver miscompiles is never kept, however fast.
+        let mut reference: Option<Tensor<5>> = None;
         for way in ConvWay::ALL.into_iter().filter(|w| w.applies(&device, weight.dims(), options)) {
+            let y = way.run(x.clone(), weight.clone(), bias.clone(), options, budget);
+            match &reference {
+                None => reference = Some(y),
+                Some(r) => {
+                    if let Some(why) = disagreement(r, y) {
+                        tracing::warn!("convolution {}: {} left out: {why}", key.1.describe(), way.describe());
+                        continue;
+                    }
+                }
+            }
             let best = ms.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
             let run = || way.run(x.clone(), weight.clone(), bias.clone(), options, budget);
             ms.push((way, median_ms(&device, run, 2.0 * best)));
@@ -467,6 +480,28 @@ pub fn conv3d_tuned(
         way
     });
     way.run(x, weight, bias, options, budget)
+}
+
+/// Why `other` is not the same convolution as `reference` (burn's), if it is not: a value that
+/// is not finite, or one further from burn's than the sums' order can explain (relative to the
+/// largest |value|: 10⁻³ in f32; 2·10⁻² in half precision, where burn's own kernels may
+/// accumulate in f16).
+fn disagreement(reference: &Tensor<5>, other: Tensor<5>) -> Option<String> {
+    let tolerance =
+        if matches!(reference.dtype(), burn::tensor::DType::F32 | burn::tensor::DType::F64) { 1e-3 } else { 2e-2 };
+    let f32 = |t: Tensor<5>| t.cast(burn::tensor::FloatDType::F32);
+    let reference = f32(reference.clone());
+    let other = f32(other);
+    let scale: f32 = reference.clone().abs().max().into_scalar();
+    let total: f32 = other.clone().sum().into_scalar();
+    let worst: f32 = (other - reference).abs().max().into_scalar();
+    if !total.is_finite() {
+        return Some(format!("a value that is not finite (sum {total})"));
+    }
+    // A NaN in burn's result compares as neither: refused too.
+    let within =
+        matches!(worst.partial_cmp(&(tolerance * scale)), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal));
+    (!within).then(|| format!("differs from burn's by up to {worst:e}, largest |value| {scale:e}"))
 }
 
 /// The median wall time of three runs of `run` after one warm-up, each from an idle device to
@@ -683,6 +718,24 @@ mod tests {
 
     /// The tuned convolution computes what burn's does, whichever way it keeps, and times each
     /// shape once: a second call of the same shape adds no entry, a new shape adds one.
+    /// The tuner's check of a way against burn's result: the same sums in another order pass; a
+    /// kernel off by 1 % in f32 or 10 % in f16, or one that writes a NaN, does not.
+    #[test]
+    fn a_way_that_computes_something_else_is_refused() {
+        let x = random([1, 3, 6, 5, 4]);
+        let weight = random([8, 3, 3, 3, 3]);
+        let options = burn::tensor::ops::ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
+        let burn = burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone());
+        let gemm = ConvWay::Gemm.run(x, weight, None, &options, 1 << 20);
+        assert_eq!(disagreement(&burn, gemm.clone()), None);
+        assert!(disagreement(&burn, gemm.clone() * 1.01).is_some());
+        let half = |t: Tensor<5>| t.cast(burn::tensor::FloatDType::F16);
+        assert_eq!(disagreement(&half(burn.clone()), half(gemm.clone())), None);
+        assert!(disagreement(&half(burn.clone()), half(gemm.clone() * 1.1)).is_some());
+        let nan = gemm.clone().mask_fill(gemm.clone().greater_elem(0.5), f32::NAN);
+        assert!(disagreement(&burn, nan).is_some_and(|why| why.contains("not finite")));
+    }
+
     #[test]
     fn a_tuned_convolution_equals_burns_and_tunes_each_shape_once() {
         use burn::tensor::ops::ConvOptions;
