@@ -86,7 +86,19 @@ pub fn conv3d_gemm(
     options: &burn::tensor::ops::ConvOptions<3>,
     budget: usize,
 ) -> Tensor<5> {
-    gemm(x, weight, bias, options, budget, false)
+    gemm(x, weight, bias, options, budget, Product::Plain)
+}
+
+/// How [`gemm`] multiplies the weight `[O, K]` by the columns `[K, V]` (K = C·taps).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Product {
+    /// `[O, K] · [K, V]`.
+    Plain,
+    /// `([K, V]ᵀ · [O, K]ᵀ)ᵀ`: [`ConvWay::GemmTransposed`].
+    Transposed,
+    /// K cut into this many parts by input channel, one product each in a batch, the parts'
+    /// sums added after (in f32): [`ConvWay::GemmSplit`].
+    Split(usize),
 }
 
 fn gemm(
@@ -95,7 +107,7 @@ fn gemm(
     bias: Option<Tensor<1>>,
     options: &burn::tensor::ops::ConvOptions<3>,
     budget: usize,
-    transposed: bool,
+    way: Product,
 ) -> Tensor<5> {
     use burn::tensor::Slice;
     if options.groups != 1 || options.dilation != [1; 3] {
@@ -112,13 +124,25 @@ fn gemm(
     let bytes = weight.dtype().size();
     let slab = (budget / (n * c * taps * plane * bytes).max(1)).clamp(1, od);
     let weight = weight.reshape([1, o, c * taps]).expand([n, o, c * taps]);
-    // [N, O, K] · [N, K, V], or ([N, K, V]ᵀ · [N, O, K]ᵀ)ᵀ.
-    let product = |columns: Tensor<3>| {
-        if transposed {
-            columns.swap_dims(1, 2).matmul(weight.clone().swap_dims(1, 2)).swap_dims(1, 2)
-        } else {
-            weight.clone().matmul(columns)
+    // The same parts of K for the weight and the columns (channel-major both): [N·S, O, K/S].
+    let split = match way {
+        Product::Split(parts) if parts > 1 && c.is_multiple_of(parts) => parts,
+        _ => 1,
+    };
+    let k = c * taps / split;
+    let split_weight =
+        (split > 1).then(|| weight.clone().reshape([n, o, split, k]).swap_dims(1, 2).reshape([n * split, o, k]));
+    // [N, O, K] · [N, K, V], or ([N, K, V]ᵀ · [N, O, K]ᵀ)ᵀ, or Σₛ [N·S, O, K/S] · [N·S, K/S, V].
+    let product = |columns: Tensor<3>| match (&split_weight, way) {
+        (Some(parts), _) => {
+            let v = columns.dims()[2];
+            let sums = parts.clone().matmul(columns.reshape([n * split, k, v]));
+            let dtype = burn::tensor::FloatDType::from(sums.dtype());
+            let sums = sums.cast(burn::tensor::FloatDType::F32).reshape([n, split, o, v]);
+            sums.sum_dim(1).reshape([n, o, v]).cast(dtype)
         }
+        (None, Product::Transposed) => columns.swap_dims(1, 2).matmul(weight.clone().swap_dims(1, 2)).swap_dims(1, 2),
+        (None, _) => weight.clone().matmul(columns),
     };
     let add_bias = |y: Tensor<5>| match bias.clone() {
         Some(b) => {
@@ -155,8 +179,10 @@ fn gemm(
 /// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
 /// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
 /// timed again.
-pub const TUNED_WAYS: &str =
-    "burn, gemm, gemm transposed, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings) r2";
+pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split 8, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings) r2";
+
+/// Parts [`ConvWay::GemmSplit`] cuts a product's sum into.
+pub const SPLIT: usize = 8;
 
 /// The ways [`conv3d_tuned`] chooses between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -171,6 +197,11 @@ pub enum ConvWay {
     /// from one of few rows (a layer's 32 output channels) and many columns, so which is
     /// faster is the GPU's to say.
     GemmTransposed,
+    /// [`conv3d_gemm`] with each product cut into [`SPLIT`] by input channel: a batch of
+    /// [`SPLIT`] products of an eighth of the sum each, then added. For the deep layers
+    /// (8³ voxels × 320 channels: one product of few tiles each summing 8 640 terms leaves most
+    /// of a GPU idle). Layers of at least 128 input channels, a multiple of [`SPLIT`].
+    GemmSplit,
     /// Lightbox's own direct kernel ([`crate::kernels::conv3d_k3`]; builds with the `gpu`
     /// feature, on the GPU, for the 3×3×3 convolutions it covers), 8 output channels a thread.
     Direct,
@@ -186,10 +217,11 @@ pub enum ConvWay {
 }
 
 impl ConvWay {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Burn,
         Self::Gemm,
         Self::GemmTransposed,
+        Self::GemmSplit,
         Self::Direct,
         Self::DirectWide,
         Self::Tiled,
@@ -224,6 +256,7 @@ impl ConvWay {
             Self::Tiled | Self::TiledWide | Self::TiledShort => {
                 tiled_applies(device, weight, options, self.tiling().unwrap_or_default())
             }
+            Self::GemmSplit => weight[1] >= 128 && weight[1].is_multiple_of(SPLIT),
             _ => true,
         }
     }
@@ -240,7 +273,8 @@ impl ConvWay {
         match self {
             Self::Burn => burn::tensor::module::conv3d(x, weight, bias, options.clone()),
             Self::Gemm => conv3d_gemm(x, weight, bias, options, budget),
-            Self::GemmTransposed => gemm(x, weight, bias, options, budget, true),
+            Self::GemmTransposed => gemm(x, weight, bias, options, budget, Product::Transposed),
+            Self::GemmSplit => gemm(x, weight, bias, options, budget, Product::Split(SPLIT)),
             Self::Direct => direct(x, weight, bias, options, 8),
             Self::DirectWide => direct(x, weight, bias, options, 16),
             Self::Tiled | Self::TiledWide | Self::TiledShort => {
@@ -254,6 +288,7 @@ impl ConvWay {
             Self::Burn => "burn's kernels",
             Self::Gemm => "matrix products",
             Self::GemmTransposed => "transposed matrix products",
+            Self::GemmSplit => "matrix products split 8 ways by input channel",
             Self::Direct => "Lightbox's direct kernel",
             Self::DirectWide => "Lightbox's direct kernel, 16 channels a thread",
             Self::Tiled => "Lightbox's tiled kernel, 32x16 voxels x 32 channels",
@@ -664,6 +699,36 @@ mod tests {
         for way in [ConvWay::Gemm, ConvWay::GemmTransposed] {
             matrix_products_equal_burns_own(way);
         }
+    }
+
+    /// Products split by input channel (the sum of the parts' sums) give burn's convolution:
+    /// two images, stride 2, slabs of one output slice, eight parts of two channels.
+    #[test]
+    fn split_products_equal_burns_own() {
+        use burn::tensor::ops::ConvOptions;
+        for (shape, parts, stride, budget) in [
+            ([2, 8, 5, 4, 6], 4, [1; 3], 96 << 20),
+            ([1, 6, 6, 5, 4], 2, [2; 3], 96 << 20),
+            ([1, 16, 4, 3, 5], 8, [1; 3], 96 << 20),
+            ([1, 16, 4, 3, 5], 2, [1; 3], 1),
+            ([1, 16, 4, 3, 5], 8, [1; 3], 1),
+        ] {
+            let x = random(shape);
+            let weight = random([5, shape[1], 3, 3, 3]);
+            let bias: Tensor<1> = Tensor::random([5], Distribution::Uniform(-1.0, 1.0), &device());
+            let options = ConvOptions::new(stride, [1; 3], [1; 3], 1);
+            let ours = gemm(x.clone(), weight.clone(), Some(bias.clone()), &options, budget, Product::Split(parts));
+            let reference = burn::tensor::module::conv3d(x, weight, Some(bias), options);
+            assert_eq!(ours.dims(), reference.dims(), "{shape:?} in {parts}");
+            let (a, b) = (values(ours), values(reference));
+            // Sums of 432 terms of ±1 reach ±20: relative to the value, rounding in another order.
+            let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f32::max);
+            assert!(a.len() == b.len() && worst < 1e-5, "{shape:?} in {parts}: {worst}");
+        }
+        let options = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
+        let applies = |weight| ConvWay::GemmSplit.applies(&device(), weight, &options);
+        assert!(applies([320, 640, 3, 3, 3]) && applies([256, 128, 3, 3, 3]));
+        assert!(!applies([32, 64, 3, 3, 3]) && !applies([64, 132, 3, 3, 3]), "few or indivisible channels");
     }
 
     fn matrix_products_equal_burns_own(way: ConvWay) {
