@@ -617,23 +617,26 @@ mod tests {
         }
     }
 
-    /// On a GPU the tuner times Lightbox's kernels beside burn's ways: each passes its check
-    /// against burn's result (none is left out), and whichever it keeps computes burn's sums.
+    /// On a GPU the tuner times Lightbox's kernels (and, for a deep layer, the split products)
+    /// beside burn's ways: each passes its check against burn's result (none is left out), and
+    /// whichever it keeps computes burn's sums.
     #[test]
     fn on_a_gpu_the_tuner_times_lightboxs_kernels() {
         use crate::ops::ConvWay;
         let device = Device::wgpu(DeviceKind::DefaultDevice);
-        let shape = [1, 4, 3, 10, 34];
-        let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);
-        let weight = Tensor::<5>::random([64, 4, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
-        let options = Options::new([1; 3], [1; 3], [1; 3], 1);
-        let reference = values(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone()));
-        let ours = values(crate::ops::conv3d_tuned(x, weight, None, &options, 1 << 20));
-        let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f32::max);
-        assert!(worst < 1e-5, "{worst}");
-        let layer = crate::ops::tuned_layers().into_iter().find(|l| l.shape.starts_with(&format!("{shape:?}")));
-        let timed: Vec<ConvWay> = layer.iter().flat_map(|l| l.ms.iter().map(|m| m.0)).collect();
-        assert!(ConvWay::OWN.iter().all(|w| timed.contains(w)), "{layer:?}");
+        let split = [ConvWay::GemmSplit];
+        for (shape, out, expected) in [([1, 4, 3, 10, 34], 64, &[][..]), ([1, 128, 2, 3, 5], 128, &split[..])] {
+            let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);
+            let weight = Tensor::<5>::random([out, shape[1], 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
+            let options = Options::new([1; 3], [1; 3], [1; 3], 1);
+            let reference = values(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone()));
+            let ours = values(crate::ops::conv3d_tuned(x, weight, None, &options, 1 << 20));
+            let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f32::max);
+            assert!(worst < 1e-5, "{shape:?}: {worst}");
+            let layer = crate::ops::tuned_layers().into_iter().find(|l| l.shape.starts_with(&format!("{shape:?}")));
+            let timed: Vec<ConvWay> = layer.iter().flat_map(|l| l.ms.iter().map(|m| m.0)).collect();
+            assert!(ConvWay::OWN.iter().chain(expected).all(|w| timed.contains(w)), "{layer:?}");
+        }
     }
 
     #[test]
