@@ -33,14 +33,18 @@ pub trait LightboxKernels: Backend {
     #[fusion(dtype = x, shape = conv3d_k3_shape(x, weight, stride))]
     fn conv3d_k3(x: FloatTensor<Self>, weight: FloatTensor<Self>, stride: usize, channels: usize) -> FloatTensor<Self>;
 
-    /// The same convolution at stride 1, by output tiles staged in workgroup memory
-    /// ([`TILINGS`]`[tiling]`).
-    #[fusion(dtype = x, shape = conv3d_k3_tiled_shape(x, weight, tiling))]
-    fn conv3d_k3_tiled(x: FloatTensor<Self>, weight: FloatTensor<Self>, tiling: usize) -> FloatTensor<Self>;
+    /// The same convolution by output tiles staged in workgroup memory ([`TILINGS`]`[tiling]`).
+    #[fusion(dtype = x, shape = conv3d_k3_tiled_shape(x, weight, stride, tiling))]
+    fn conv3d_k3_tiled(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        tiling: usize,
+    ) -> FloatTensor<Self>;
 }
 
-fn conv3d_k3_tiled_shape(x: &Shape, weight: &Shape, _tiling: &usize) -> Shape {
-    conv3d_k3_shape(x, weight, &1)
+fn conv3d_k3_tiled_shape(x: &Shape, weight: &Shape, stride: &usize, _tiling: &usize) -> Shape {
+    conv3d_k3_shape(x, weight, stride)
 }
 
 /// Output voxels along x of one tile of [`conv3d_k3_tiled`]: one thread each, a warp's width
@@ -76,10 +80,17 @@ impl Tiling {
         TILE_WIDTH * self.row_groups * self.channel_groups
     }
 
-    /// Bytes of workgroup memory for input values of `elem` bytes: the input tile in the
-    /// input's dtype, the weights in f32.
-    pub const fn workgroup_bytes(&self, elem: usize) -> usize {
-        self.chunk * 3 * (self.tile_rows() + 2) * (TILE_WIDTH + 2) * elem + self.chunk * 27 * self.block() * 4
+    /// Input channels staged at once: `chunk` at stride 1, one at stride 2 (whose input tile is
+    /// four times the size).
+    pub const fn chunk(&self, stride: usize) -> usize {
+        if stride == 1 { self.chunk } else { 1 }
+    }
+
+    /// Bytes of workgroup memory at `stride` for input values of `elem` bytes: the input tile
+    /// in the input's dtype, the weights in f32.
+    pub const fn workgroup_bytes(&self, stride: usize, elem: usize) -> usize {
+        let input = 3 * ((self.tile_rows() - 1) * stride + 3) * ((TILE_WIDTH - 1) * stride + 3);
+        self.chunk(stride) * (input * elem + 27 * self.block() * 4)
     }
 }
 
@@ -112,20 +123,31 @@ pub fn conv3d_k3_fits(weight: [usize; 5], options: &burn::tensor::ops::ConvOptio
         && o % channels == 0
 }
 
-/// Whether [`conv3d_k3_tiled`] computes this convolution: 3×3×3, padding 1, stride 1, no
-/// dilation or groups, output channels a multiple of the tiling's block.
+/// Whether [`conv3d_k3_tiled`] computes this convolution: 3×3×3, padding 1, the same stride 1
+/// or 2 on every axis, no dilation or groups, output channels a multiple of the tiling's block,
+/// and the tiling's workgroup memory at that stride within [`TILED_WORKGROUP_BYTES`].
 pub fn conv3d_k3_tiled_fits(weight: [usize; 5], options: &burn::tensor::ops::ConvOptions<3>, tiling: usize) -> bool {
-    options.stride == [1; 3]
-        && conv3d_k3_fits(weight, options, CHANNEL_BLOCKS[0])
-        && TILINGS.get(tiling).is_some_and(|t| weight[0].is_multiple_of(t.block()))
+    conv3d_k3_fits(weight, options, CHANNEL_BLOCKS[0])
+        && TILINGS.get(tiling).is_some_and(|t| {
+            weight[0].is_multiple_of(t.block()) && t.workgroup_bytes(options.stride[0], 4) <= TILED_WORKGROUP_BYTES
+        })
 }
 
-/// A 3×3×3 convolution at stride 1 by [`LightboxKernels::conv3d_k3_tiled`], padding 1, in the
-/// weight's dtype; the bias is added after. What the kernel does not cover
-/// ([`conv3d_k3_tiled_fits`], or a GPU without the workgroup memory or threads the tiling
-/// needs) is burn's convolution.
-pub fn conv3d_k3_tiled(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, tiling: usize) -> Tensor<5> {
-    let options = burn::tensor::ops::ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
+/// The most workgroup memory a tiling may take in f32: lavapipe's 32 KiB, so that every tiling
+/// the tuner may choose is tested on the CPU (an NVIDIA GPU has 48 KiB).
+pub const TILED_WORKGROUP_BYTES: usize = 32 * 1024;
+
+/// A 3×3×3 convolution by [`LightboxKernels::conv3d_k3_tiled`], padding 1, in the weight's
+/// dtype; the bias is added after. What the kernel does not cover ([`conv3d_k3_tiled_fits`], or
+/// a GPU without the workgroup memory or threads the tiling needs) is burn's convolution.
+pub fn conv3d_k3_tiled(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    stride: usize,
+    tiling: usize,
+) -> Tensor<5> {
+    let options = burn::tensor::ops::ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
     if !conv3d_k3_tiled_fits(weight.dims(), &options, tiling) {
         return burn::tensor::module::conv3d(x, weight, bias, options);
     }
@@ -133,6 +155,7 @@ pub fn conv3d_k3_tiled(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>,
     let y = Tensor::from_dispatch(<Dispatch as LightboxKernels>::conv3d_k3_tiled(
         x.into_dispatch(),
         weight.into_dispatch(),
+        stride,
         tiling,
     ));
     match bias {
@@ -192,8 +215,13 @@ impl LightboxKernels for Flex {
         burns_conv3d_k3::<Self>(x, weight, stride)
     }
 
-    fn conv3d_k3_tiled(x: FloatTensor<Self>, weight: FloatTensor<Self>, _tiling: usize) -> FloatTensor<Self> {
-        burns_conv3d_k3::<Self>(x, weight, 1)
+    fn conv3d_k3_tiled(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        _tiling: usize,
+    ) -> FloatTensor<Self> {
+        burns_conv3d_k3::<Self>(x, weight, stride)
     }
 }
 
@@ -202,15 +230,20 @@ impl LightboxKernels for CubeBackend {
         gpu::conv3d_k3(x, weight, stride, channels)
     }
 
-    fn conv3d_k3_tiled(x: FloatTensor<Self>, weight: FloatTensor<Self>, tiling: usize) -> FloatTensor<Self> {
+    fn conv3d_k3_tiled(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        stride: usize,
+        tiling: usize,
+    ) -> FloatTensor<Self> {
         let t = TILINGS[tiling];
         let hardware = &x.client.properties().hardware;
-        if t.workgroup_bytes(x.dtype.size()) > hardware.max_shared_memory_size
+        if t.workgroup_bytes(stride, x.dtype.size()) > hardware.max_shared_memory_size
             || t.threads() > hardware.max_units_per_cube as usize
         {
-            return burns_conv3d_k3::<Self>(x, weight, 1);
+            return burns_conv3d_k3::<Self>(x, weight, stride);
         }
-        gpu::conv3d_k3_tiled(x, weight, t)
+        gpu::conv3d_k3_tiled(x, weight, t, stride)
     }
 }
 
@@ -224,8 +257,8 @@ mod gpu {
 
     /// One workgroup: output channels `[block·B, +B)` (B = `channels · channel_groups`) of the
     /// [`TILE_WIDTH`] × `rows · row_groups` tile `(tx, ty)` of output plane `oz` of image `n`,
-    /// stride 1, padding 1 (see [`Tiling`]). Workgroups run over the channel blocks fastest (they
-    /// read the same input tile, still in L2), then x, y, z and n.
+    /// stride 1 or 2, padding 1 (see [`Tiling`]). Workgroups run over the channel blocks fastest
+    /// (they read the same input tile, still in L2), then x, y, z and n.
     #[cube(launch, address_type = "dynamic")]
     fn conv3d_k3_tiled_kernel<F: Float>(
         input: &Tensor<F>,
@@ -236,13 +269,17 @@ mod gpu {
         #[comptime] row_groups: usize,
         #[comptime] channel_groups: usize,
         #[comptime] chunk: usize,
+        #[comptime] stride: usize,
         #[define(F)] _dtype: ElemType,
     ) {
         let tile_rows = rows * row_groups;
         let block = channels * channel_groups;
         let threads = TILE_WIDTH * row_groups * channel_groups;
-        let halo_w = TILE_WIDTH + 2;
-        let halo_h = tile_rows + 2;
+        // The input a tile reads: its voxels `stride` apart, and the kernel's reach.
+        let halo_w = (TILE_WIDTH - 1) * stride + 3;
+        let halo_h = (tile_rows - 1) * stride + 3;
+        // The input values one thread's rows reach at one x.
+        let reach = (rows - 1) * stride + 3;
         let in_len = chunk * 3 * halo_h * halo_w;
         // Weights in f32, four output channels a vector (one load for four).
         let w_len = chunk * 27 * block / 4;
@@ -250,11 +287,12 @@ mod gpu {
         let in_c = input.shape(1);
         let (in_d, in_h, in_w) = (input.shape(2), input.shape(3), input.shape(4));
         let out_c = output.shape(1);
-        let tiles_x = in_w.div_ceil(TILE_WIDTH);
-        let tiles_y = in_h.div_ceil(tile_rows);
+        let (out_d, out_h, out_w) = (output.shape(2), output.shape(3), output.shape(4));
+        let tiles_x = out_w.div_ceil(TILE_WIDTH);
+        let tiles_y = out_h.div_ceil(tile_rows);
         let blocks = out_c / block;
         let mut cube = CUBE_POS;
-        if cube >= output.shape(0) * in_d * tiles_y * tiles_x * blocks {
+        if cube >= output.shape(0) * out_d * tiles_y * tiles_x * blocks {
             terminate!();
         }
         let ob = cube % blocks;
@@ -263,8 +301,8 @@ mod gpu {
         cube /= tiles_x;
         let y0 = (cube % tiles_y) * tile_rows;
         cube /= tiles_y;
-        let oz = cube % in_d;
-        let n = cube / in_d;
+        let oz = cube % out_d;
+        let n = cube / out_d;
 
         let unit = UNIT_POS as usize;
         let lx = unit % TILE_WIDTH;
@@ -293,7 +331,7 @@ mod gpu {
                 let kz = r % 3;
                 let c = c0 + r / 3;
                 // Padded coordinates: p reads input p − 1, inside when 1 ≤ p ≤ len.
-                let (pz, py, px) = (oz + kz, y0 + yy, x0 + xx);
+                let (pz, py, px) = (oz * stride + kz, y0 * stride + yy, x0 * stride + xx);
                 let mut v = F::new(0.0);
                 if c < in_c && pz >= 1 && pz <= in_d && py >= 1 && py <= in_h && px >= 1 && px <= in_w {
                     v = input[((n * in_c + c) * in_d + pz - 1) * plane + (py - 1) * in_w + px - 1];
@@ -321,11 +359,11 @@ mod gpu {
                 for kz in 0..3usize {
                     #[unroll]
                     for kx in 0..3usize {
-                        // The rows+2 input values at this x that the thread's rows reach.
-                        let mut column = Array::<f32>::new(rows + 2);
-                        let base = ((c * 3 + kz) * halo_h + gy * rows) * halo_w + lx + kx;
+                        // The input values at this x that the thread's rows reach.
+                        let mut column = Array::<f32>::new(reach);
+                        let base = ((c * 3 + kz) * halo_h + gy * rows * stride) * halo_w + lx * stride + kx;
                         #[unroll]
-                        for r in 0..rows + 2 {
+                        for r in 0..reach {
                             column[r] = f32::cast_from(tile_in[base + r * halo_w]);
                         }
                         #[unroll]
@@ -339,7 +377,7 @@ mod gpu {
                                     let w = w4.extract(e);
                                     #[unroll]
                                     for r in 0..rows {
-                                        acc[r * channels + q * 4 + e] += w * column[r + ky];
+                                        acc[r * channels + q * 4 + e] += w * column[r * stride + ky];
                                     }
                                 }
                             }
@@ -351,15 +389,15 @@ mod gpu {
             c0 += chunk;
         }
         let x = x0 + lx;
-        if x < in_w {
+        if x < out_w {
             #[unroll]
             for j in 0..channels {
                 let oc = ob * block + gc * channels + j;
                 #[unroll]
                 for r in 0..rows {
                     let y = y0 + gy * rows + r;
-                    if y < in_h {
-                        output[((n * out_c + oc) * in_d + oz) * plane + y * in_w + x] =
+                    if y < out_h {
+                        output[((n * out_c + oc) * out_d + oz) * out_h * out_w + y * out_w + x] =
                             F::cast_from(acc[r * channels + j]);
                     }
                 }
@@ -367,10 +405,10 @@ mod gpu {
         }
     }
 
-    pub(super) fn conv3d_k3_tiled(x: CubeTensor, weight: CubeTensor, t: Tiling) -> CubeTensor {
+    pub(super) fn conv3d_k3_tiled(x: CubeTensor, weight: CubeTensor, t: Tiling, stride: usize) -> CubeTensor {
         let x = into_contiguous(x);
         let weight = into_contiguous(weight);
-        let shape = super::conv3d_k3_shape(&x.shape(), &weight.shape(), &1);
+        let shape = super::conv3d_k3_shape(&x.shape(), &weight.shape(), &stride);
         let [n, o, d, h, w] = shape.dims::<5>();
         let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
         let cubes = n * d * h.div_ceil(t.tile_rows()) * w.div_ceil(TILE_WIDTH) * (o / t.block());
@@ -394,7 +432,8 @@ mod gpu {
             t.channels,
             t.row_groups,
             t.channel_groups,
-            t.chunk,
+            t.chunk(stride),
+            stride,
             dtype,
         );
         output
@@ -561,15 +600,21 @@ mod tests {
     /// chunk, two images, with and without bias.
     fn worst_tiled_difference(device: &Device, dtype: FloatDType, tiling: usize) -> f32 {
         let block = TILINGS[tiling].block();
-        let cases = [([2, 3, 3, 6, 7], block), ([1, 5, 4, 19, 37], 2 * block), ([1, 1, 2, 17, 33], block)];
+        let cases = [
+            ([2, 3, 3, 6, 7], block, 1),
+            ([1, 5, 4, 19, 37], 2 * block, 1),
+            ([1, 1, 2, 17, 33], block, 1),
+            ([1, 3, 5, 35, 67], block, 2),
+            ([2, 2, 4, 6, 8], block, 2),
+        ];
         let mut worst = 0.0f32;
-        for (i, (shape, out)) in cases.into_iter().enumerate() {
+        for (i, (shape, out, stride)) in cases.into_iter().enumerate() {
             let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
             let weight =
                 Tensor::<5>::random([out, shape[1], 3, 3, 3], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
             let bias =
                 (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device).cast(dtype));
-            let options = Options::new([1; 3], [1; 3], [1; 3], 1);
+            let options = Options::new([stride; 3], [1; 3], [1; 3], 1);
             assert!(conv3d_k3_tiled_fits(weight.dims(), &options, tiling));
             let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
             let reference = burn::tensor::module::conv3d(
@@ -578,8 +623,8 @@ mod tests {
                 bias.clone().map(|b| b.cast(FloatDType::F32)),
                 options,
             );
-            let ours = conv3d_k3_tiled(x, weight, bias, tiling);
-            assert_eq!(ours.dims(), reference.dims(), "{shape:?} → {out}");
+            let ours = conv3d_k3_tiled(x, weight, bias, stride, tiling);
+            assert_eq!(ours.dims(), reference.dims(), "{shape:?} → {out}, stride {stride}");
             let (ours, reference) = (values(ours), values(reference));
             worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(worst, f32::max);
         }
@@ -592,11 +637,15 @@ mod tests {
         assert!(conv3d_k3_tiled_fits([32, 64, 3, 3, 3], &options([1; 3]), 0));
         assert!(conv3d_k3_tiled_fits([64, 1, 3, 3, 3], &options([1; 3]), 1));
         assert!(!conv3d_k3_tiled_fits([32, 64, 3, 3, 3], &options([1; 3]), 1), "a block of 64 channels");
-        assert!(!conv3d_k3_tiled_fits([64, 32, 3, 3, 3], &options([2; 3]), 0), "stride 2");
+        assert!(conv3d_k3_tiled_fits([64, 32, 3, 3, 3], &options([2; 3]), 0));
+        assert!(!conv3d_k3_tiled_fits([64, 32, 3, 3, 3], &options([1, 2, 2]), 0), "anisotropic stride");
         assert!(!conv3d_k3_tiled_fits([32, 32, 3, 3, 3], &options([1; 3]), TILINGS.len()), "no such tiling");
-        for t in TILINGS {
-            assert!(t.workgroup_bytes(4) <= 32 * 1024, "{t:?} fits lavapipe's 32 KiB of workgroup memory");
+        for (t, stride) in TILINGS.iter().flat_map(|t| [(t, 1), (t, 2)]) {
+            let options = options([stride; 3]);
+            assert!(conv3d_k3_tiled_fits([t.block(), 8, 3, 3, 3], &options, 0), "{t:?} at stride {stride}");
         }
+        let big = Tiling { rows: 8, channels: 8, row_groups: 4, channel_groups: 4, chunk: 2 };
+        assert!(big.workgroup_bytes(2, 4) > TILED_WORKGROUP_BYTES, "a tiling past 32 KiB would be refused");
     }
 
     #[test]
@@ -632,7 +681,8 @@ mod tests {
             let reference = values(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone()));
             let ours = values(crate::ops::conv3d_tuned(x, weight, None, &options, 1 << 20));
             let worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f32::max);
-            assert!(worst < 1e-5, "{shape:?}: {worst}");
+            // Sums of C·27 terms in another order: 108 or 3 456 of them.
+            assert!(worst < 1e-4, "{shape:?}: {worst}");
             let layer = crate::ops::tuned_layers().into_iter().find(|l| l.shape.starts_with(&format!("{shape:?}")));
             let timed: Vec<ConvWay> = layer.iter().flat_map(|l| l.ms.iter().map(|m| m.0)).collect();
             assert!(ConvWay::OWN.iter().chain(expected).all(|w| timed.contains(w)), "{layer:?}");

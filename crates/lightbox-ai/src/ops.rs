@@ -179,7 +179,7 @@ fn gemm(
 /// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
 /// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
 /// timed again.
-pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split 8, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings) r2";
+pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split 8, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2) r3";
 
 /// Parts [`ConvWay::GemmSplit`] cuts a product's sum into.
 pub const SPLIT: usize = 8;
@@ -207,7 +207,7 @@ pub enum ConvWay {
     Direct,
     /// The same, 16 output channels a thread (more sums per value read, more registers).
     DirectWide,
-    /// Lightbox's tiled kernel ([`crate::kernels::conv3d_k3_tiled`], stride 1): input and
+    /// Lightbox's tiled kernel ([`crate::kernels::conv3d_k3_tiled`], stride 1 or 2): input and
     /// weights staged in workgroup memory, 32×16 voxels × 32 channels a workgroup.
     Tiled,
     /// The same, 64 channels a workgroup (each input tile staged once for twice the sums).
@@ -340,7 +340,7 @@ fn tiled(
 ) -> Tensor<5> {
     if tiled_applies(&x.device(), weight.dims(), options, tiling) {
         #[cfg(feature = "gpu")]
-        return crate::kernels::conv3d_k3_tiled(x, weight, bias, tiling);
+        return crate::kernels::conv3d_k3_tiled(x, weight, bias, options.stride[0], tiling);
     }
     burn::tensor::module::conv3d(x, weight, bias, options.clone())
 }
