@@ -179,10 +179,27 @@ fn gemm(
 /// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
 /// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
 /// timed again.
-pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split 8, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2) r3";
+pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2) r3";
 
-/// Parts [`ConvWay::GemmSplit`] cuts a product's sum into.
-pub const SPLIT: usize = 8;
+/// Parts [`ConvWay::GemmSplit`] cuts the sum of a convolution of `input` by `weight` into, by
+/// input channel: enough that the parts' products have about 32 768 output columns (voxels)
+/// between them, as many as a full-resolution layer's slabs give one product, but at most 64,
+/// a power of two dividing the channels, and at least 16 channels a part; 1 where it would not
+/// split (a layer of 32³ voxels or more, or of few channels).
+pub fn split_parts(input: [usize; 5], weight: [usize; 5], options: &burn::tensor::ops::ConvOptions<3>) -> usize {
+    let c = weight[1];
+    let voxels: usize = (0..3)
+        .map(|a| {
+            let (padding, k) = (options.padding[a], weight[2 + a]);
+            (input[2 + a] + padding.0 + padding.1).saturating_sub(k) / options.stride[a] + 1
+        })
+        .product();
+    let mut parts = (32768 / voxels.max(1)).next_power_of_two().min(64);
+    while parts > 1 && (!c.is_multiple_of(parts) || c / parts < 16) {
+        parts /= 2;
+    }
+    parts
+}
 
 /// The ways [`conv3d_tuned`] chooses between.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -197,10 +214,9 @@ pub enum ConvWay {
     /// from one of few rows (a layer's 32 output channels) and many columns, so which is
     /// faster is the GPU's to say.
     GemmTransposed,
-    /// [`conv3d_gemm`] with each product cut into [`SPLIT`] by input channel: a batch of
-    /// [`SPLIT`] products of an eighth of the sum each, then added. For the deep layers
-    /// (8³ voxels × 320 channels: one product of few tiles each summing 8 640 terms leaves most
-    /// of a GPU idle). Layers of at least 128 input channels, a multiple of [`SPLIT`].
+    /// [`conv3d_gemm`] with each product cut into [`split_parts`] by input channel: a batch of
+    /// products of a part of the sum each, then added. For the deep layers (8³ voxels × 320
+    /// channels: one product of few tiles, each summing 8 640 terms, leaves most of a GPU idle).
     GemmSplit,
     /// Lightbox's own direct kernel ([`crate::kernels::conv3d_k3`]; builds with the `gpu`
     /// feature, on the GPU, for the 3×3×3 convolutions it covers), 8 output channels a thread.
@@ -244,9 +260,12 @@ impl ConvWay {
     }
 
     /// Whether this way can compute the convolution of `weight` (dims) on `device`.
+    /// Whether this way can compute the convolution of an `input` by a `weight` (dims) on
+    /// `device` (and differs from the others there).
     pub(crate) fn applies(
         self,
         device: &Device,
+        input: [usize; 5],
         weight: [usize; 5],
         options: &burn::tensor::ops::ConvOptions<3>,
     ) -> bool {
@@ -256,7 +275,7 @@ impl ConvWay {
             Self::Tiled | Self::TiledWide | Self::TiledShort => {
                 tiled_applies(device, weight, options, self.tiling().unwrap_or_default())
             }
-            Self::GemmSplit => weight[1] >= 128 && weight[1].is_multiple_of(SPLIT),
+            Self::GemmSplit => split_parts(input, weight, options) > 1,
             _ => true,
         }
     }
@@ -274,7 +293,10 @@ impl ConvWay {
             Self::Burn => burn::tensor::module::conv3d(x, weight, bias, options.clone()),
             Self::Gemm => conv3d_gemm(x, weight, bias, options, budget),
             Self::GemmTransposed => gemm(x, weight, bias, options, budget, Product::Transposed),
-            Self::GemmSplit => gemm(x, weight, bias, options, budget, Product::Split(SPLIT)),
+            Self::GemmSplit => {
+                let parts = split_parts(x.dims(), weight.dims(), options);
+                gemm(x, weight, bias, options, budget, Product::Split(parts))
+            }
             Self::Direct => direct(x, weight, bias, options, 8),
             Self::DirectWide => direct(x, weight, bias, options, 16),
             Self::Tiled | Self::TiledWide | Self::TiledShort => {
@@ -288,7 +310,7 @@ impl ConvWay {
             Self::Burn => "burn's kernels",
             Self::Gemm => "matrix products",
             Self::GemmTransposed => "transposed matrix products",
-            Self::GemmSplit => "matrix products split 8 ways by input channel",
+            Self::GemmSplit => "matrix products split by input channel",
             Self::Direct => "Lightbox's direct kernel",
             Self::DirectWide => "Lightbox's direct kernel, 16 channels a thread",
             Self::Tiled => "Lightbox's tiled kernel, 32x16 voxels x 32 channels",
@@ -481,7 +503,7 @@ pub fn conv3d_tuned(
         // burn's result (the first way), which every other way must reproduce before it is
         // timed: a kernel a driver miscompiles is never kept, however fast.
         let mut reference: Option<Tensor<5>> = None;
-        for way in ConvWay::ALL.into_iter().filter(|w| w.applies(&device, weight.dims(), options)) {
+        for way in ConvWay::ALL.into_iter().filter(|w| w.applies(&device, x.dims(), weight.dims(), options)) {
             let y = way.run(x.clone(), weight.clone(), bias.clone(), options, budget);
             match &reference {
                 None => reference = Some(y),
@@ -725,10 +747,23 @@ mod tests {
             let worst = a.iter().zip(&b).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(0.0, f32::max);
             assert!(a.len() == b.len() && worst < 1e-5, "{shape:?} in {parts}: {worst}");
         }
-        let options = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
-        let applies = |weight| ConvWay::GemmSplit.applies(&device(), weight, &options);
-        assert!(applies([320, 640, 3, 3, 3]) && applies([256, 128, 3, 3, 3]));
-        assert!(!applies([32, 64, 3, 3, 3]) && !applies([64, 132, 3, 3, 3]), "few or indivisible channels");
+        let parts = |side: usize, weight: [usize; 5], stride| {
+            let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
+            let input = [1, weight[1], side, side, side];
+            let parts = split_parts(input, weight, &options);
+            assert_eq!(ConvWay::GemmSplit.applies(&device(), input, weight, &options), parts > 1);
+            parts
+        };
+        // PlainConvUNet's deep layers: 16³, 8³ (and its stride-2 way in), 4³.
+        assert_eq!(parts(16, [256, 512, 3, 3, 3], 1), 8);
+        assert_eq!(parts(16, [320, 256, 3, 3, 3], 2), 16);
+        assert_eq!(parts(8, [320, 640, 3, 3, 3], 1), 32);
+        assert_eq!(parts(8, [320, 320, 3, 3, 3], 1), 16);
+        assert_eq!(parts(4, [320, 320, 3, 3, 3], 1), 16);
+        // Not split: a layer of 32³ voxels, few channels, channels no power of two divides.
+        assert_eq!(parts(32, [128, 128, 3, 3, 3], 1), 1);
+        assert_eq!(parts(8, [32, 16, 3, 3, 3], 1), 1);
+        assert_eq!(parts(8, [32, 33, 3, 3, 3], 1), 1);
     }
 
     fn matrix_products_equal_burns_own(way: ConvWay) {

@@ -84,7 +84,7 @@ pub fn convolution_layer(
     })?;
     let mut direct_ms = Vec::new();
     for way in crate::ops::ConvWay::OWN {
-        if way.applies(&device.device, weight.dims(), &options) {
+        if way.applies(&device.device, x.dims(), weight.dims(), &options) {
             direct_ms
                 .push((way, time(&|| flat(way.run(x.clone(), weight.clone(), None, &options, column_mib << 20)))?));
         }
