@@ -179,7 +179,7 @@ fn gemm(
 /// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
 /// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
 /// timed again.
-pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2) r3";
+pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1 r4";
 
 /// Parts [`ConvWay::GemmSplit`] cuts the sum of a convolution of `input` by `weight` into, by
 /// input channel: enough that the parts' products have about 32 768 output columns (voxels)
@@ -230,10 +230,13 @@ pub enum ConvWay {
     TiledWide,
     /// The same, 32×8 voxels × 32 channels (half the registers a thread).
     TiledShort,
+    /// Lightbox's 1×1×1 kernel ([`crate::kernels::conv3d_k1`]): nnU-Net's segmentation head,
+    /// one thread a voxel.
+    Pointwise,
 }
 
 impl ConvWay {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Burn,
         Self::Gemm,
         Self::GemmTransposed,
@@ -243,11 +246,13 @@ impl ConvWay {
         Self::Tiled,
         Self::TiledWide,
         Self::TiledShort,
+        Self::Pointwise,
     ];
 
     /// Lightbox's own kernels, which run on a GPU only (what [`crate::profile`] times besides
     /// burn's ways).
-    pub const OWN: [Self; 5] = [Self::Direct, Self::DirectWide, Self::Tiled, Self::TiledWide, Self::TiledShort];
+    pub const OWN: [Self; 6] =
+        [Self::Direct, Self::DirectWide, Self::Tiled, Self::TiledWide, Self::TiledShort, Self::Pointwise];
 
     /// The index into [`crate::kernels::TILINGS`] of a tiled way.
     fn tiling(self) -> Option<usize> {
@@ -276,6 +281,7 @@ impl ConvWay {
                 tiled_applies(device, weight, options, self.tiling().unwrap_or_default())
             }
             Self::GemmSplit => split_parts(input, weight, options) > 1,
+            Self::Pointwise => pointwise_applies(device, weight, options),
             _ => true,
         }
     }
@@ -302,6 +308,13 @@ impl ConvWay {
             Self::Tiled | Self::TiledWide | Self::TiledShort => {
                 tiled(x, weight, bias, options, self.tiling().unwrap_or_default())
             }
+            Self::Pointwise => {
+                if pointwise_applies(&x.device(), weight.dims(), options) {
+                    #[cfg(feature = "gpu")]
+                    return crate::kernels::conv3d_k1(x, weight, bias, options);
+                }
+                burn::tensor::module::conv3d(x, weight, bias, options.clone())
+            }
         }
     }
 
@@ -313,6 +326,7 @@ impl ConvWay {
             Self::GemmSplit => "matrix products split by input channel",
             Self::Direct => "Lightbox's direct kernel",
             Self::DirectWide => "Lightbox's direct kernel, 16 channels a thread",
+            Self::Pointwise => "Lightbox's 1x1x1 kernel",
             Self::Tiled => "Lightbox's tiled kernel, 32x16 voxels x 32 channels",
             Self::TiledWide => "Lightbox's tiled kernel, 32x16 voxels x 64 channels",
             Self::TiledShort => "Lightbox's tiled kernel, 32x8 voxels x 32 channels",
@@ -349,6 +363,17 @@ fn tiled_applies(
 
 #[cfg(not(feature = "gpu"))]
 fn tiled_applies(_: &Device, _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>, _: usize) -> bool {
+    false
+}
+
+#[cfg(feature = "gpu")]
+fn pointwise_applies(device: &Device, weight: [usize; 5], options: &burn::tensor::ops::ConvOptions<3>) -> bool {
+    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+        && crate::kernels::conv3d_k1_fits(weight, options)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn pointwise_applies(_: &Device, _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>) -> bool {
     false
 }
 
