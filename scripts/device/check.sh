@@ -127,14 +127,15 @@ echo "SM clock during bench-ai (MHz, nvidia-smi): lowest $(cut -d, -f2 "$REF/gpu
 fi
 
 if want tuned; then
-# The convolutions tuned per layer (LIGHTBOX_AI_CONV=tuned), SPIR-V build first, then the WGSL
-# one; TUNED_VARIANTS picks what each build times (bench-ai's LIGHTBOX_BENCH_VARIANTS).
-step "3t. PyTorch PlainConvUNet, then bench-ai's tuned convolutions (SPIR-V, then WGSL)"
+# The convolutions tuned per layer (LIGHTBOX_AI_CONV=tuned), WGSL build first (where Lightbox's
+# own kernels meet f32 without tensor cores), then the SPIR-V one; TUNED_VARIANTS picks what each
+# build times (bench-ai's LIGHTBOX_BENCH_VARIANTS).
+step "3t. PyTorch PlainConvUNet, then bench-ai's tuned convolutions (WGSL, then SPIR-V)"
 timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"
 cat "$REF/torch_bench.json" >> "$OUT/torch.log"
 # TUNED_BUILDS (both by default), TUNED_LIMIT (s, each): the SPIR-V build's first tuning of
 # every shape took over 165 s for one variant on an H200.
-for build in ${TUNED_BUILDS:-bench-ai-spirv bench-ai}; do
+for build in ${TUNED_BUILDS:-bench-ai bench-ai-spirv}; do
     [ -x "$BIN/$build" ] || continue
     autotune_log "$REF/autotune-$build.log"
     # Each build's choices in its own tuning file (the name says the build), brought back.

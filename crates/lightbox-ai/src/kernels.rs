@@ -142,13 +142,14 @@ impl Tiling {
 }
 
 /// The tilings the convolution tuner times (`ConvWay::Tiled*`): 32×16 voxels × 32 channels in
-/// 256 threads of 8 rows × 8 channels; the same for 64 channels in 512 threads; and 32×8 × 32
-/// in 256 threads of 4 × 8 (fewer registers, more workgroups at once). Workgroup memory in f32:
-/// 21.6, 28.5 and 15.1 KiB.
+/// 256 threads of 8 rows × 8 channels, 2 input channels staged at a time; the same for 64
+/// channels in 512 threads; and 32×8 × 32 in 256 threads of 4 × 8 (fewer registers, more
+/// workgroups at once), 4 input channels staged at a time (half the barriers). Workgroup memory
+/// in f32 at stride 1: 21.1, 27.8 and 29.4 KiB.
 pub const TILINGS: [Tiling; 3] = [
     Tiling { rows: 8, channels: 8, row_groups: 2, channel_groups: 4, chunk: 2 },
     Tiling { rows: 8, channels: 8, row_groups: 2, channel_groups: 8, chunk: 2 },
-    Tiling { rows: 4, channels: 8, row_groups: 2, channel_groups: 4, chunk: 2 },
+    Tiling { rows: 4, channels: 8, row_groups: 2, channel_groups: 4, chunk: 4 },
 ];
 
 fn conv3d_k3_shape(x: &Shape, weight: &Shape, stride: &usize) -> Shape {

@@ -179,7 +179,7 @@ fn gemm(
 /// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
 /// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
 /// timed again.
-pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1 r4";
+pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1 r5";
 
 /// Parts [`ConvWay::GemmSplit`] cuts the sum of a convolution of `input` by `weight` into, by
 /// input channel: enough that the parts' products have about 32 768 output columns (voxels)
