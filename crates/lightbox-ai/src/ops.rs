@@ -525,24 +525,27 @@ pub fn conv3d_tuned(
     let way = known.unwrap_or_else(|| {
         let device = x.device();
         let mut ms: Vec<(ConvWay, f64)> = Vec::with_capacity(ConvWay::ALL.len());
-        // burn's result (the first way), which every other way must reproduce before it is
-        // timed: a kernel a driver miscompiles is never kept, however fast.
-        let mut reference: Option<Tensor<5>> = None;
+        // burn's convolution of the same values in f32, which every way must reproduce before
+        // it is timed: a kernel a driver miscompiles is never kept, however fast (and none
+        // kept leaves burn's).
+        let f32 = |t: Tensor<5>| t.cast(burn::tensor::FloatDType::F32);
+        let reference = burn::tensor::module::conv3d(
+            f32(x.clone()),
+            f32(weight.clone()),
+            bias.clone().map(|b| b.cast(burn::tensor::FloatDType::F32)),
+            options.clone(),
+        );
         for way in ConvWay::ALL.into_iter().filter(|w| w.applies(&device, x.dims(), weight.dims(), options)) {
             let y = way.run(x.clone(), weight.clone(), bias.clone(), options, budget);
-            match &reference {
-                None => reference = Some(y),
-                Some(r) => {
-                    if let Some(why) = disagreement(r, y) {
-                        tracing::warn!("convolution {}: {} left out: {why}", key.1.describe(), way.describe());
-                        continue;
-                    }
-                }
+            if let Some(why) = disagreement(&reference, y) {
+                tracing::warn!("convolution {}: {} left out: {why}", key.1.describe(), way.describe());
+                continue;
             }
             let best = ms.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
             let run = || way.run(x.clone(), weight.clone(), bias.clone(), options, budget);
             ms.push((way, median_ms(&device, run, 2.0 * best)));
         }
+        drop(reference);
         let way = ms.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map_or(ConvWay::Burn, |m| m.0);
         let layer = TunedLayer { shape: key.1.describe(), ms, way, remembered: false };
         tracing::info!("convolution {}: {:?}; {} kept", layer.shape, layer.ms, way.describe());
@@ -564,13 +567,15 @@ pub fn conv3d_tuned(
     way.run(x, weight, bias, options, budget)
 }
 
-/// Why `other` is not the same convolution as `reference` (burn's), if it is not: a value that
-/// is not finite, or one further from burn's than the sums' order can explain (relative to the
-/// largest |value|: 10⁻³ in f32; 2·10⁻² in half precision, where burn's own kernels may
-/// accumulate in f16).
+/// Why `other` is not the same convolution as `reference` (burn's, in f32), if it is not: a
+/// value that is not finite, or one further from the reference than the sums' order and
+/// `other`'s dtype can explain (relative to the largest |value|: 10⁻³ for an f32 result; 4·10⁻³,
+/// eight roundings to f16, for a half-precision one: nnU-Net's autocast sums f16 values in f32,
+/// and a kernel that sums in f16 (burn's direct one on WGSL: 0.5 % of the largest value on
+/// lavapipe for 216 terms) is left out where it strays further).
 fn disagreement(reference: &Tensor<5>, other: Tensor<5>) -> Option<String> {
     let tolerance =
-        if matches!(reference.dtype(), burn::tensor::DType::F32 | burn::tensor::DType::F64) { 1e-3 } else { 2e-2 };
+        if matches!(other.dtype(), burn::tensor::DType::F32 | burn::tensor::DType::F64) { 1e-3 } else { 4e-3 };
     let f32 = |t: Tensor<5>| t.cast(burn::tensor::FloatDType::F32);
     let reference = f32(reference.clone());
     let other = f32(other);
@@ -854,9 +859,10 @@ mod tests {
         let gemm = ConvWay::Gemm.run(x, weight, None, &options, 1 << 20);
         assert_eq!(disagreement(&burn, gemm.clone()), None);
         assert!(disagreement(&burn, gemm.clone() * 1.01).is_some());
+        // A half-precision result against burn's in f32: its rounding passes, 10 % off does not.
         let half = |t: Tensor<5>| t.cast(burn::tensor::FloatDType::F16);
-        assert_eq!(disagreement(&half(burn.clone()), half(gemm.clone())), None);
-        assert!(disagreement(&half(burn.clone()), half(gemm.clone() * 1.1)).is_some());
+        assert_eq!(disagreement(&burn, half(gemm.clone())), None);
+        assert!(disagreement(&burn, half(gemm.clone() * 1.1)).is_some());
         let nan = gemm.clone().mask_fill(gemm.clone().greater_elem(0.5), f32::NAN);
         assert!(disagreement(&burn, nan).is_some_and(|why| why.contains("not finite")));
     }
