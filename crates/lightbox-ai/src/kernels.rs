@@ -863,11 +863,15 @@ mod tests {
         let deep = [&k3[..], &[ConvWay::GemmSplit]].concat();
         // In half precision the ways that sum f16 values in f32 pass the check too.
         let half = [&k3[..], &[ConvWay::Gemm, ConvWay::GemmTransposed]].concat();
-        for (shape, out, k, dtype, expected) in [
-            ([1, 4, 3, 10, 34], 64, 3, FloatDType::F32, &k3[..]),
-            ([1, 128, 2, 3, 5], 128, 3, FloatDType::F32, &deep[..]),
-            ([1, 32, 3, 5, 7], 2, 1, FloatDType::F32, &[ConvWay::Pointwise][..]),
-            ([1, 8, 3, 9, 33], 64, 3, FloatDType::F16, &half[..]),
+        let tiled = [ConvWay::Tiled, ConvWay::TiledWide, ConvWay::TiledShort];
+        // (input, output channels, kernel side, dtype, ways timed, ways not timed)
+        for (shape, out, k, dtype, expected, absent) in [
+            ([1, 4, 3, 10, 34], 64, 3, FloatDType::F32, &k3[..], &[][..]),
+            ([1, 128, 2, 3, 16], 128, 3, FloatDType::F32, &deep[..], &[][..]),
+            // A layer under 16 voxels wide: no tiles (most of their threads would idle).
+            ([1, 64, 2, 3, 5], 64, 3, FloatDType::F32, &k3[..2], &tiled[..]),
+            ([1, 32, 3, 5, 7], 2, 1, FloatDType::F32, &[ConvWay::Pointwise][..], &k3[..]),
+            ([1, 8, 3, 9, 33], 64, 3, FloatDType::F16, &half[..], &[][..]),
         ] {
             let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device).cast(dtype);
             let weight =
@@ -889,6 +893,7 @@ mod tests {
             let layer = crate::ops::tuned_layers().into_iter().find(|l| l.shape.starts_with(&format!("{shape:?}")));
             let timed: Vec<ConvWay> = layer.iter().flat_map(|l| l.ms.iter().map(|m| m.0)).collect();
             assert!(expected.iter().all(|w| timed.contains(w)), "{layer:?}");
+            assert!(!absent.iter().any(|w| timed.contains(w)), "{layer:?}");
         }
     }
 

@@ -278,7 +278,7 @@ impl ConvWay {
             Self::Direct => direct_applies(device, weight, options, 8),
             Self::DirectWide => direct_applies(device, weight, options, 16),
             Self::Tiled | Self::TiledWide | Self::TiledShort => {
-                tiled_applies(device, weight, options, self.tiling().unwrap_or_default())
+                tiled_applies(device, input, weight, options, self.tiling().unwrap_or_default())
             }
             Self::GemmSplit => split_parts(input, weight, options) > 1,
             Self::Pointwise => pointwise_applies(device, weight, options),
@@ -353,16 +353,21 @@ fn direct_applies(_: &Device, _: [usize; 5], _: &burn::tensor::ops::ConvOptions<
 #[cfg(feature = "gpu")]
 fn tiled_applies(
     device: &Device,
+    input: [usize; 5],
     weight: [usize; 5],
     options: &burn::tensor::ops::ConvOptions<3>,
     tiling: usize,
 ) -> bool {
+    // Not where most of a tile's threads along x would idle (outputs under 16 voxels wide:
+    // PlainConvUNet's layers of 8³ and less, where it ran 10 to 100 times slower on lavapipe).
+    let width = input[4].saturating_sub(1) / options.stride[2].max(1) + 1;
     matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+        && width >= crate::kernels::TILE_WIDTH / 2
         && crate::kernels::conv3d_k3_tiled_fits(weight, options, tiling)
 }
 
 #[cfg(not(feature = "gpu"))]
-fn tiled_applies(_: &Device, _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>, _: usize) -> bool {
+fn tiled_applies(_: &Device, _: [usize; 5], _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>, _: usize) -> bool {
     false
 }
 
@@ -385,7 +390,7 @@ fn tiled(
     options: &burn::tensor::ops::ConvOptions<3>,
     tiling: usize,
 ) -> Tensor<5> {
-    if tiled_applies(&x.device(), weight.dims(), options, tiling) {
+    if tiled_applies(&x.device(), x.dims(), weight.dims(), options, tiling) {
         #[cfg(feature = "gpu")]
         return crate::kernels::conv3d_k3_tiled(x, weight, bias, options.stride[0], tiling);
     }
@@ -591,8 +596,9 @@ fn disagreement(reference: &Tensor<5>, other: Tensor<5>) -> Option<String> {
     (!within).then(|| format!("differs from burn's by up to {worst:e}, largest |value| {scale:e}"))
 }
 
-/// The median wall time of three runs of `run` after one warm-up, each from an idle device to
-/// its end; only the first when it took over `give_up_ms` (a way twice as slow as the best so
+/// The median wall time of three runs of `run` (the caller has run it once already: its
+/// compilation and burn's autotuning are done), each from an idle device to its end; only the
+/// first when it took over `give_up_ms` (a way twice as slow as the best so
 /// far will not win: the first window's tuning stays short). The result is held until the
 /// device is idle: reading back a part of it (one voxel) would let burn's lazy backends compute
 /// that part alone (it timed a 310 ms convolution on lavapipe at 0.11 ms).
@@ -611,7 +617,6 @@ fn median_ms(device: &Device, run: impl Fn() -> Tensor<5>, give_up_ms: f64) -> f
         drop(y);
         ms
     };
-    once();
     let first = once();
     if first > give_up_ms {
         return first;
