@@ -502,12 +502,13 @@ fn forget_tuning(device: &Device) {
     tuner().stores.remove(&format!("{device:?}"));
 }
 
-/// A 3-D convolution by whichever of burn's kernels ([`burn::tensor::module::conv3d`]),
-/// [`conv3d_gemm`] and its products the other way round ([`ConvWay::GemmTransposed`]) is
-/// fastest for its shape on its device. The first convolution of each shape (device, input and
-/// weight dims, stride, padding, dtype, slab budget) runs every way, one warm-up (burn's own
-/// autotune runs there) and up to three timed runs each; later ones take the fastest at once.
-/// All compute the same sums, in other orders. A device given a [`TuningStore`]
+/// A 3-D convolution by whichever of the [`ConvWay`]s that apply is fastest for its shape on its
+/// device: burn's kernels ([`burn::tensor::module::conv3d`]), [`conv3d_gemm`] and its variants,
+/// and on a GPU Lightbox's own kernels ([`crate::kernels`]). The first convolution of each shape
+/// (device, input and weight dims, stride, padding, dtype, slab budget) runs every way once,
+/// checked against burn's convolution in f32 (burn's own autotune and each kernel's compilation
+/// run there; a way that fails the check is left out), then up to three timed runs each; later
+/// ones take the fastest at once. All compute the same sums, in other orders. A device given a [`TuningStore`]
 /// ([`remember_tuning`]: every GPU, see [`crate::device`]) starts with the shapes earlier
 /// processes timed, and keeps each new one there.
 pub fn conv3d_tuned(
