@@ -696,87 +696,23 @@ mod tests {
         t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap_or_default()
     }
 
-    /// Largest |ours − burn's in f32 on the same values| / (1 + |burn's|) over the cases nnU-Net meets: strides 1 and 2, widths that are
-    /// not a multiple of the voxel run, two images, two channel blocks, with and without bias.
-    fn worst_difference(device: &Device, dtype: FloatDType, channels: usize) -> f32 {
-        let cases =
-            [([2, 3, 5, 6, 7], 32, 1), ([1, 5, 7, 6, 9], 16, 2), ([1, 8, 4, 4, 4], 16, 1), ([1, 2, 6, 5, 10], 48, 2)];
+    /// Largest |ours − burn's in f32 on the same values| / (1 + |burn's|) over `cases` (input,
+    /// output channels, kernel side, stride; padding half the side), with a bias on every other
+    /// case. The reference sums the same (rounded) values in f32.
+    fn worst_against_burn(
+        device: &Device,
+        dtype: FloatDType,
+        cases: &[([usize; 5], usize, usize, usize)],
+        ours: impl Fn(Tensor<5>, Tensor<5>, Option<Tensor<1>>, &Options<3>) -> Tensor<5>,
+    ) -> f32 {
         let mut worst = 0.0f32;
-        for (i, (shape, out, stride)) in cases.into_iter().enumerate() {
+        for (i, &(shape, out, k, stride)) in cases.iter().enumerate() {
             let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
             let weight =
-                Tensor::<5>::random([out, shape[1], 3, 3, 3], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
+                Tensor::<5>::random([out, shape[1], k, k, k], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
             let bias =
                 (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device).cast(dtype));
-            let options = Options::new([stride; 3], [1; 3], [1; 3], 1);
-            assert!(conv3d_k3_fits(weight.dims(), &options, channels));
-            // The reference sums the same (rounded) values in f32.
-            let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
-            let reference = burn::tensor::module::conv3d(
-                f32(x.clone()),
-                f32(weight.clone()),
-                bias.clone().map(|b| b.cast(FloatDType::F32)),
-                options,
-            );
-            let ours = conv3d_k3(x, weight, bias, stride, channels);
-            assert_eq!(ours.dims(), reference.dims(), "{shape:?} → {out}, stride {stride}");
-            let (ours, reference) = (values(ours), values(reference));
-            worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(worst, f32::max);
-        }
-        worst
-    }
-
-    /// Largest difference of [`conv3d_k3_tiled`] from burn's convolution in f32 on the same
-    /// values (as [`worst_difference`]): tiles cut by the image's edge on x and y, several tiles
-    /// and planes, one input channel, channel counts that are not a multiple of the staged
-    /// chunk, two images, with and without bias.
-    fn worst_tiled_difference(device: &Device, dtype: FloatDType, tiling: usize) -> f32 {
-        let block = TILINGS[tiling].block();
-        let cases = [
-            ([2, 3, 3, 6, 7], block, 1),
-            ([1, 5, 4, 19, 37], 2 * block, 1),
-            ([1, 1, 2, 17, 33], block, 1),
-            ([1, 3, 5, 35, 67], block, 2),
-            ([2, 2, 4, 6, 8], block, 2),
-        ];
-        let mut worst = 0.0f32;
-        for (i, (shape, out, stride)) in cases.into_iter().enumerate() {
-            let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
-            let weight =
-                Tensor::<5>::random([out, shape[1], 3, 3, 3], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
-            let bias =
-                (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device).cast(dtype));
-            let options = Options::new([stride; 3], [1; 3], [1; 3], 1);
-            assert!(conv3d_k3_tiled_fits(weight.dims(), &options, tiling));
-            let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
-            let reference = burn::tensor::module::conv3d(
-                f32(x.clone()),
-                f32(weight.clone()),
-                bias.clone().map(|b| b.cast(FloatDType::F32)),
-                options,
-            );
-            let ours = conv3d_k3_tiled(x, weight, bias, stride, tiling);
-            assert_eq!(ours.dims(), reference.dims(), "{shape:?} → {out}, stride {stride}");
-            let (ours, reference) = (values(ours), values(reference));
-            worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(worst, f32::max);
-        }
-        worst
-    }
-
-    /// Largest difference of [`conv3d_k1`] from burn's 1×1×1 convolution in f32 on the same
-    /// values: the segmentation head's two classes, blocks of 8 and 4 channels a thread, one
-    /// and two images, with and without bias.
-    fn worst_pointwise_difference(device: &Device, dtype: FloatDType) -> f32 {
-        let options = Options::new([1; 3], [0; 3], [1; 3], 1);
-        let mut worst = 0.0f32;
-        for (i, (shape, out)) in
-            [([1, 32, 3, 5, 7], 2), ([2, 5, 4, 3, 4], 24), ([1, 3, 2, 3, 4], 20)].into_iter().enumerate()
-        {
-            let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
-            let weight =
-                Tensor::<5>::random([out, shape[1], 1, 1, 1], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
-            let bias =
-                (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device).cast(dtype));
+            let options = Options::new([stride; 3], [k / 2; 3], [1; 3], 1);
             let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
             let reference = burn::tensor::module::conv3d(
                 f32(x.clone()),
@@ -784,12 +720,55 @@ mod tests {
                 bias.clone().map(|b| b.cast(FloatDType::F32)),
                 options.clone(),
             );
-            let ours = conv3d_k1(x, weight, bias, &options);
-            assert_eq!(ours.dims(), reference.dims(), "{shape:?} → {out}");
+            let ours = ours(x, weight, bias, &options);
+            assert_eq!(ours.dims(), reference.dims(), "{shape:?} → {out}, stride {stride}");
             let (ours, reference) = (values(ours), values(reference));
             worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(worst, f32::max);
         }
         worst
+    }
+
+    /// [`conv3d_k3`] over the cases nnU-Net meets: strides 1 and 2, widths that are not a
+    /// multiple of the voxel run, two images, two channel blocks, with and without bias.
+    fn worst_difference(device: &Device, dtype: FloatDType, channels: usize) -> f32 {
+        let cases = [
+            ([2, 3, 5, 6, 7], 32, 3, 1),
+            ([1, 5, 7, 6, 9], 16, 3, 2),
+            ([1, 8, 4, 4, 4], 16, 3, 1),
+            ([1, 2, 6, 5, 10], 48, 3, 2),
+        ];
+        worst_against_burn(device, dtype, &cases, |x, weight, bias, options| {
+            assert!(conv3d_k3_fits(weight.dims(), options, channels));
+            conv3d_k3(x, weight, bias, options.stride[0], channels)
+        })
+    }
+
+    /// [`conv3d_k3_tiled`]: tiles cut by the image's edge on x and y, several tiles and planes,
+    /// one input channel, channel counts that are not a multiple of the staged chunk, strides 1
+    /// and 2, two images, with and without bias.
+    fn worst_tiled_difference(device: &Device, dtype: FloatDType, tiling: usize) -> f32 {
+        let block = TILINGS[tiling].block();
+        let cases = [
+            ([2, 3, 3, 6, 7], block, 3, 1),
+            ([1, 5, 4, 19, 37], 2 * block, 3, 1),
+            ([1, 1, 2, 17, 33], block, 3, 1),
+            ([1, 3, 5, 35, 67], block, 3, 2),
+            ([2, 2, 4, 6, 8], block, 3, 2),
+        ];
+        worst_against_burn(device, dtype, &cases, |x, weight, bias, options| {
+            assert!(conv3d_k3_tiled_fits(weight.dims(), options, tiling));
+            conv3d_k3_tiled(x, weight, bias, options.stride[0], tiling)
+        })
+    }
+
+    /// [`conv3d_k1`]: the segmentation head's two classes, blocks of 8 and 4 channels a thread,
+    /// one and two images, with and without bias.
+    fn worst_pointwise_difference(device: &Device, dtype: FloatDType) -> f32 {
+        let cases = [([1, 32, 3, 5, 7], 2, 1, 1), ([2, 5, 4, 3, 4], 24, 1, 1), ([1, 3, 2, 3, 4], 20, 1, 1)];
+        worst_against_burn(device, dtype, &cases, |x, weight, bias, options| {
+            assert!(conv3d_k1_fits(weight.dims(), options));
+            conv3d_k1(x, weight, bias, options)
+        })
     }
 
     #[test]
