@@ -2,15 +2,20 @@
 //! (`#[backend_extension]`: burn's fusion stream, then a kernel on the cubecl backend's tensors;
 //! on flex, burn's own operation). Built with the `gpu` feature only.
 //!
-//! One so far: [`conv3d_k3`], a direct 3×3×3 convolution (padding 1, stride 1 or 2) for the
-//! few-channel layers at full resolution, where burn's direct kernel ran at 2 TFLOPS on an H200
-//! and matrix products at 4.4 (issue 7). Each thread keeps a block of output channels (8 or 16,
-//! the caller's choice: [`CHANNEL_BLOCKS`]) for a run of voxels along x ([`VOXELS`]) in
-//! registers, so one input value feeds a block's multiply-adds and one weight [`VOXELS`]; weights are laid out
-//! `[C·27, O]` so that a block of output channels is contiguous, and every thread of a
-//! workgroup reads the same weights (the voxels vary fastest). Sums are in f32 whatever the
-//! input precision. The convolution tuner ([`crate::ops::ConvWay::Direct`]) times it beside the
-//! other ways and keeps it only where it is the fastest.
+//! Three convolutions, for the layers where burn's kernels and matrix products were slowest on
+//! an H200 (issue 7: the few-channel layers at full resolution ran at 2 TFLOPS by burn's direct
+//! kernel and 4.4 by matrix products; the 1×1×1 head took 3.3 ms for 0.3 GFLOP):
+//! - [`conv3d_k3`], a direct 3×3×3 convolution (padding 1, stride 1 or 2). Each thread keeps a
+//!   block of output channels (8 or 16: [`CHANNEL_BLOCKS`]) for a run of voxels along x
+//!   ([`VOXELS`]) in registers; weights are laid out `[C·27, O]` so that a block of output
+//!   channels is contiguous, and every thread of a workgroup reads the same weights.
+//! - [`conv3d_k3_tiled`], the same convolution by output tiles whose input and weights a
+//!   workgroup stages in workgroup memory ([`Tiling`], [`TILINGS`]).
+//! - [`conv3d_k1`], a 1×1×1 convolution, one thread a voxel.
+//!
+//! Sums are in f32 whatever the input precision. The convolution tuner
+//! ([`crate::ops::conv3d_tuned`]) times each beside burn's ways, after checking its result
+//! against burn's, and keeps it only where it is the fastest.
 
 use burn::backend::{
     Backend, Dispatch, Flex, TensorMetadata, backend_extension, ops::ConvOptions, tensor::FloatTensor,
