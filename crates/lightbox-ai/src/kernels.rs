@@ -81,18 +81,8 @@ pub fn conv3d_k1(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, optio
     if !conv3d_k1_fits(weight.dims(), options) {
         return burn::tensor::module::conv3d(x, weight, bias, options.clone());
     }
-    let [o, c, _, _, _] = weight.dims();
-    let dtype = burn::tensor::FloatDType::from(weight.dtype());
-    let weight = weight.reshape([o, c]).swap_dims(0, 1);
-    let y = Tensor::from_dispatch(<Dispatch as LightboxKernels>::conv3d_k1(
-        x.cast(dtype).into_dispatch(),
-        weight.into_dispatch(),
-        pointwise_channels(o),
-    ));
-    match bias {
-        Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
-        None => y,
-    }
+    let channels = pointwise_channels(weight.dims()[0]);
+    channels_last(x, weight, bias, |x, weight| <Dispatch as LightboxKernels>::conv3d_k1(x, weight, channels))
 }
 
 fn conv3d_k3_tiled_shape(x: &Shape, weight: &Shape, stride: &usize, _tiling: &usize) -> Shape {
@@ -204,24 +194,27 @@ pub fn conv3d_k3_tiled(
     if !conv3d_k3_tiled_fits(weight.dims(), &options, tiling) {
         return burn::tensor::module::conv3d(x, weight, bias, options);
     }
-    let (x, weight, o, dtype) = channels_last_weight(x, weight);
-    let y = Tensor::from_dispatch(<Dispatch as LightboxKernels>::conv3d_k3_tiled(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-        stride,
-        tiling,
-    ));
+    channels_last(x, weight, bias, |x, weight| {
+        <Dispatch as LightboxKernels>::conv3d_k3_tiled(x, weight, stride, tiling)
+    })
+}
+
+/// `kernel` on `x` in the weight's dtype and on the weight `[O, C, kd, kh, kw]` as
+/// `[C·kd·kh·kw, O]` (one small copy), then the bias added.
+fn channels_last(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    kernel: impl FnOnce(FloatTensor<Dispatch>, FloatTensor<Dispatch>) -> FloatTensor<Dispatch>,
+) -> Tensor<5> {
+    let [o, c, kd, kh, kw] = weight.dims();
+    let dtype = burn::tensor::FloatDType::from(weight.dtype());
+    let weight = weight.reshape([o, c * kd * kh * kw]).swap_dims(0, 1);
+    let y = Tensor::from_dispatch(kernel(x.cast(dtype).into_dispatch(), weight.into_dispatch()));
     match bias {
         Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
         None => y,
     }
-}
-
-/// `x` in the weight's dtype, and the weight `[O, C, 3, 3, 3]` as `[C·27, O]` (one small copy).
-fn channels_last_weight(x: Tensor<5>, weight: Tensor<5>) -> (Tensor<5>, Tensor<2>, usize, burn::tensor::FloatDType) {
-    let [o, c, _, _, _] = weight.dims();
-    let dtype = burn::tensor::FloatDType::from(weight.dtype());
-    (x.cast(dtype), weight.reshape([o, c * 27]).swap_dims(0, 1), o, dtype)
 }
 
 /// burn's convolution of `x` by a `[C·27, O]` weight (padding 1), on any backend.
@@ -252,17 +245,7 @@ pub fn conv3d_k3(
     if !conv3d_k3_fits(weight.dims(), &options, channels) {
         return burn::tensor::module::conv3d(x, weight, bias, options);
     }
-    let (x, weight, o, dtype) = channels_last_weight(x, weight);
-    let y = Tensor::from_dispatch(<Dispatch as LightboxKernels>::conv3d_k3(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-        stride,
-        channels,
-    ));
-    match bias {
-        Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
-        None => y,
-    }
+    channels_last(x, weight, bias, |x, weight| <Dispatch as LightboxKernels>::conv3d_k3(x, weight, stride, channels))
 }
 
 impl LightboxKernels for Flex {
