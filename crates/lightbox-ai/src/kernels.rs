@@ -304,7 +304,31 @@ mod gpu {
     use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
     use cubecl::prelude::*;
 
-    use super::{TILE_WIDTH, Tiling, VOXELS};
+    use super::{Shape, TILE_WIDTH, Tiling, VOXELS};
+
+    /// A kernel's tensors: the input and weight made contiguous (the kernels index them
+    /// row-major), an output in the input's dtype, the address width all three need and the
+    /// input's element type.
+    struct Launch {
+        x: CubeTensor,
+        weight: CubeTensor,
+        output: CubeTensor,
+        address: AddressType,
+        dtype: ElemType,
+    }
+
+    impl Launch {
+        fn new(x: CubeTensor, weight: CubeTensor, shape: impl FnOnce(&Shape, &Shape) -> Shape) -> Self {
+            let x = into_contiguous(x);
+            let weight = into_contiguous(weight);
+            let output =
+                empty_device_dtype(x.client.clone(), x.device.clone(), shape(&x.shape(), &weight.shape()), x.dtype);
+            let address =
+                x.required_address_type().max(weight.required_address_type()).max(output.required_address_type());
+            let dtype = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
+            Self { x, weight, output, address, dtype }
+        }
+    }
 
     /// One workgroup: output channels `[block·B, +B)` (B = `channels · channel_groups`) of the
     /// [`TILE_WIDTH`] × `rows · row_groups` tile `(tx, ty)` of output plane `oz` of image `n`,
@@ -497,11 +521,9 @@ mod gpu {
     }
 
     pub(super) fn conv3d_k1(x: CubeTensor, weight: CubeTensor, channels: usize) -> CubeTensor {
-        let x = into_contiguous(x);
-        let weight = into_contiguous(weight);
-        let shape = super::conv3d_k1_shape(&x.shape(), &weight.shape(), &channels);
-        let [n, o, d, h, w] = shape.dims::<5>();
-        let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+        let Launch { x, weight, output, address, dtype } =
+            Launch::new(x, weight, |x, w| super::conv3d_k1_shape(x, w, &channels));
+        let [n, o, d, h, w] = output.shape().dims::<5>();
         let threads = n * d * h * w * (o / channels);
         if threads == 0 {
             return output;
@@ -509,8 +531,6 @@ mod gpu {
         let client = x.client.clone();
         let cube_dim = CubeDim::new(&client, threads);
         let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
-        let address = x.required_address_type().max(weight.required_address_type()).max(output.required_address_type());
-        let dtype = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
         conv3d_k1_kernel::launch(
             &client,
             cube_count,
@@ -526,11 +546,9 @@ mod gpu {
     }
 
     pub(super) fn conv3d_k3_tiled(x: CubeTensor, weight: CubeTensor, t: Tiling, stride: usize) -> CubeTensor {
-        let x = into_contiguous(x);
-        let weight = into_contiguous(weight);
-        let shape = super::conv3d_k3_shape(&x.shape(), &weight.shape(), &stride);
-        let [n, o, d, h, w] = shape.dims::<5>();
-        let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+        let Launch { x, weight, output, address, dtype } =
+            Launch::new(x, weight, |x, w| super::conv3d_k3_shape(x, w, &stride));
+        let [n, o, d, h, w] = output.shape().dims::<5>();
         let cubes = n * d * h.div_ceil(t.tile_rows()) * w.div_ceil(TILE_WIDTH) * (o / t.block());
         if cubes == 0 {
             return output;
@@ -538,8 +556,6 @@ mod gpu {
         let client = x.client.clone();
         let cube_dim = CubeDim::new_1d(t.threads() as u32);
         let cube_count = cubecl::calculate_cube_count_elemwise(&client, cubes * t.threads(), cube_dim);
-        let address = x.required_address_type().max(weight.required_address_type()).max(output.required_address_type());
-        let dtype = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
         conv3d_k3_tiled_kernel::launch(
             &client,
             cube_count,
@@ -642,11 +658,9 @@ mod gpu {
 
     pub(super) fn conv3d_k3(x: CubeTensor, weight: CubeTensor, stride: usize, channels: usize) -> CubeTensor {
         // The kernel indexes both as contiguous row-major tensors.
-        let x = into_contiguous(x);
-        let weight = into_contiguous(weight);
-        let shape = super::conv3d_k3_shape(&x.shape(), &weight.shape(), &stride);
-        let [n, o, d, h, w] = shape.dims::<5>();
-        let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+        let Launch { x, weight, output, address, dtype } =
+            Launch::new(x, weight, |x, w| super::conv3d_k3_shape(x, w, &stride));
+        let [n, o, d, h, w] = output.shape().dims::<5>();
         let threads = n * d * h * w.div_ceil(VOXELS) * (o / channels);
         if threads == 0 {
             return output;
@@ -654,8 +668,6 @@ mod gpu {
         let client = x.client.clone();
         let cube_dim = CubeDim::new(&client, threads);
         let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
-        let address = x.required_address_type().max(weight.required_address_type()).max(output.required_address_type());
-        let dtype = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
         conv3d_k3_kernel::launch(
             &client,
             cube_count,
