@@ -51,6 +51,95 @@ pub trait LightboxKernels: Backend {
     /// bias. `channels`: output channels a thread sums ([`pointwise_channels`]).
     #[fusion(dtype = x, shape = conv3d_k1_shape(x, weight, channels))]
     fn conv3d_k1(x: FloatTensor<Self>, weight: FloatTensor<Self>, channels: usize) -> FloatTensor<Self>;
+
+    /// `x` `[N, C, D, H, W]`, padding 1: Winograd's F(2×2×2, 3×3×3) input transform (Bᵀ·d·B
+    /// along each axis) of the 4³-voxel tiles `z0 .. z0 + deep` deep (all of them across) →
+    /// `[64, C, N·deep·⌈H/2⌉·⌈W/2⌉]`, tiles in (n, z, y, x) order.
+    #[fusion(dtype = x, shape = winograd_f2_input_shape(x, z0, deep))]
+    fn winograd_f2_input(x: FloatTensor<Self>, z0: usize, deep: usize) -> FloatTensor<Self>;
+
+    /// `products` `[64, O, P]` (any strides) of the tiles [`winograd_f2_input`] made: the
+    /// output transform (Aᵀ·M·A) → `[images, O, depth, height, width]`, cut to that size.
+    #[fusion(dtype = products, shape = winograd_f2_output_shape(products, images, depth, height, width))]
+    fn winograd_f2_output(
+        products: FloatTensor<Self>,
+        images: usize,
+        depth: usize,
+        height: usize,
+        width: usize,
+    ) -> FloatTensor<Self>;
+}
+
+fn winograd_f2_input_shape(x: &Shape, _z0: &usize, deep: &usize) -> Shape {
+    Shape::new([64, x[1], x[0] * deep * x[3].div_ceil(2) * x[4].div_ceil(2)])
+}
+
+fn winograd_f2_output_shape(products: &Shape, images: &usize, depth: &usize, height: &usize, width: &usize) -> Shape {
+    Shape::new([*images, products[1], *depth, *height, *width])
+}
+
+/// Whether [`conv3d_winograd_f2`] computes this convolution by its kernels: 3×3×3, stride 1,
+/// padding 1 (nnU-Net's), not dilated or grouped.
+pub fn winograd_f2_fits(input: [usize; 5], weight: [usize; 5], options: &ConvOptions<3>) -> bool {
+    crate::winograd::applies(input, weight, options) && options.padding == [(1, 1); 3]
+}
+
+/// A 3×3×3 convolution (padding 1, stride 1) by Winograd's F(2×2×2, 3×3×3), its transforms by
+/// [`LightboxKernels::winograd_f2_input`] and [`LightboxKernels::winograd_f2_output`] (one pass
+/// each), the 64 products `[O, C] · [C, tiles]` by burn's matrix kernel; `transposed`: each as
+/// `([tiles, C] · [C, O])ᵀ` (views both ways), which a matrix kernel tiles differently. In
+/// slabs of output depth of at most `budget` bytes of transformed input; in the weight's dtype,
+/// the bias added after. What the kernels do not cover ([`winograd_f2_fits`]) is
+/// [`crate::winograd::conv3d_winograd`].
+pub fn conv3d_winograd_f2(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &ConvOptions<3>,
+    budget: usize,
+    transposed: bool,
+) -> Tensor<5> {
+    if !winograd_f2_fits(x.dims(), weight.dims(), options) {
+        return crate::winograd::conv3d_winograd(x, weight, bias, options, budget, &crate::winograd::F2);
+    }
+    let bytes = weight.dtype().size();
+    let dtype = burn::tensor::FloatDType::from(weight.dtype());
+    let x = x.cast(dtype);
+    let [n, c, d, h, w] = x.dims();
+    let o = weight.dims()[0];
+    let tiles = [d.div_ceil(2), h.div_ceil(2), w.div_ceil(2)];
+    // [64, C, O]
+    let filter = crate::winograd::transformed_filter(weight, &crate::winograd::F2).cast(dtype);
+    let filter_t = filter.clone().swap_dims(1, 2);
+    let per_tile_deep = 64 * n * tiles[1] * tiles[2] * c.max(o) * bytes;
+    let slab = (budget / per_tile_deep.max(1)).clamp(1, tiles[0]);
+    let mut slabs = Vec::with_capacity(tiles[0].div_ceil(slab));
+    for z0 in (0..tiles[0]).step_by(slab) {
+        let deep = slab.min(tiles[0] - z0);
+        let u: Tensor<3> = Tensor::from_dispatch(<Dispatch as LightboxKernels>::winograd_f2_input(
+            x.clone().into_dispatch(),
+            z0,
+            deep,
+        ));
+        let products = if transposed {
+            u.swap_dims(1, 2).matmul(filter.clone()).swap_dims(1, 2)
+        } else {
+            filter_t.clone().matmul(u)
+        };
+        let depth = (2 * deep).min(d - 2 * z0);
+        slabs.push(Tensor::<5>::from_dispatch(<Dispatch as LightboxKernels>::winograd_f2_output(
+            products.into_dispatch(),
+            n,
+            depth,
+            h,
+            w,
+        )));
+    }
+    let y = Tensor::cat(slabs, 2);
+    match bias {
+        Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
+        None => y,
+    }
 }
 
 fn conv3d_k1_shape(x: &Shape, weight: &Shape, _channels: &usize) -> Shape {
@@ -270,6 +359,83 @@ impl LightboxKernels for Flex {
     fn conv3d_k1(x: FloatTensor<Self>, weight: FloatTensor<Self>, _channels: usize) -> FloatTensor<Self> {
         burns_conv3d_k1::<Self>(x, weight)
     }
+
+    fn winograd_f2_input(x: FloatTensor<Self>, z0: usize, deep: usize) -> FloatTensor<Self> {
+        let (shape, dtype) = (winograd_f2_input_shape(&x.shape(), &z0, &deep), x.dtype());
+        let [n, c, d, h, w] = x.shape().dims::<5>();
+        let values = x.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+        let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+        let tiles = n * deep * th * tw;
+        let mut out = vec![0.0f32; 64 * c * tiles];
+        for ci in 0..c {
+            for p in 0..tiles {
+                let (tx, ty, tz, ni) = (p % tw, p / tw % th, p / (tw * th) % deep, p / (tw * th * deep));
+                // Padded coordinate q = 2·t + j reads the input at q − 1.
+                let at = |q: usize, len: usize| (1..=len).contains(&q).then(|| q - 1);
+                let mut tile = [0.0f32; 64];
+                for (i, v) in tile.iter_mut().enumerate() {
+                    let (jz, jy, jx) = (i / 16, i / 4 % 4, i % 4);
+                    if let (Some(z), Some(y), Some(x)) =
+                        (at(2 * (z0 + tz) + jz, d), at(2 * ty + jy, h), at(2 * tx + jx, w))
+                    {
+                        *v = values[(((ni * c + ci) * d + z) * h + y) * w + x];
+                    }
+                }
+                for step in [1, 4, 16] {
+                    for first in (0..64).filter(|i| (i / step) % 4 == 0) {
+                        let a = [0, 1, 2, 3].map(|k| tile[first + k * step]);
+                        let b = [a[0] - a[2], a[1] + a[2], a[2] - a[1], a[1] - a[3]];
+                        (0..4).for_each(|k| tile[first + k * step] = b[k]);
+                    }
+                }
+                (0..64).for_each(|k| out[(k * c + ci) * tiles + p] = tile[k]);
+            }
+        }
+        <Self as burn::backend::ops::FloatTensorOps<Self>>::float_from_data(
+            burn::tensor::TensorData::new(out, shape).convert_dtype(dtype),
+            &Default::default(),
+        )
+    }
+
+    fn winograd_f2_output(
+        products: FloatTensor<Self>,
+        images: usize,
+        depth: usize,
+        height: usize,
+        width: usize,
+    ) -> FloatTensor<Self> {
+        let (shape, dtype) =
+            (winograd_f2_output_shape(&products.shape(), &images, &depth, &height, &width), products.dtype());
+        let [_, o, tiles] = products.shape().dims::<3>();
+        // Its values in [64, O, P] order whatever its strides.
+        let values = products.into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default();
+        let (th, tw) = (height.div_ceil(2), width.div_ceil(2));
+        let deep = tiles / (images * th * tw).max(1);
+        let mut out = vec![0.0f32; images * o * depth * height * width];
+        for oi in 0..o {
+            for p in 0..tiles {
+                let (tx, ty, tz, ni) = (p % tw, p / tw % th, p / (tw * th) % deep, p / (tw * th * deep));
+                let mut m: [f32; 64] = std::array::from_fn(|k| values[(k * o + oi) * tiles + p]);
+                for step in [1, 4, 16] {
+                    for first in (0..64).filter(|i| (i / step) % 4 == 0) {
+                        let a = [0, 1, 2, 3].map(|k| m[first + k * step]);
+                        m[first] = a[0] + a[1] + a[2];
+                        m[first + step] = a[1] - a[2] - a[3];
+                    }
+                }
+                for (dz, dy, dx) in (0..8).map(|i| (i / 4, i / 2 % 2, i % 2)) {
+                    let (z, y, x) = (2 * tz + dz, 2 * ty + dy, 2 * tx + dx);
+                    if z < depth && y < height && x < width {
+                        out[(((ni * o + oi) * depth + z) * height + y) * width + x] = m[dz * 16 + dy * 4 + dx];
+                    }
+                }
+            }
+        }
+        <Self as burn::backend::ops::FloatTensorOps<Self>>::float_from_data(
+            burn::tensor::TensorData::new(out, shape).convert_dtype(dtype),
+            &Default::default(),
+        )
+    }
 }
 
 impl LightboxKernels for CubeBackend {
@@ -295,6 +461,20 @@ impl LightboxKernels for CubeBackend {
 
     fn conv3d_k1(x: FloatTensor<Self>, weight: FloatTensor<Self>, channels: usize) -> FloatTensor<Self> {
         gpu::conv3d_k1(x, weight, channels)
+    }
+
+    fn winograd_f2_input(x: FloatTensor<Self>, z0: usize, deep: usize) -> FloatTensor<Self> {
+        gpu::winograd_f2_input(x, z0, deep)
+    }
+
+    fn winograd_f2_output(
+        products: FloatTensor<Self>,
+        images: usize,
+        depth: usize,
+        height: usize,
+        width: usize,
+    ) -> FloatTensor<Self> {
+        gpu::winograd_f2_output(products, images, depth, height, width)
     }
 }
 
@@ -656,6 +836,228 @@ mod gpu {
         }
     }
 
+    /// Bᵀ of F(2, 3) on `d[first + k·step]`, k = 0..4, in place.
+    #[cube]
+    fn f2_input_axis(d: &mut Array<f32>, first: usize, step: usize) {
+        let a0 = d[first];
+        let a1 = d[first + step];
+        let a2 = d[first + 2 * step];
+        let a3 = d[first + 3 * step];
+        d[first] = a0 - a2;
+        d[first + step] = a1 + a2;
+        d[first + 2 * step] = a2 - a1;
+        d[first + 3 * step] = a1 - a3;
+    }
+
+    /// Aᵀ of F(2, 3) on `m[first + k·step]`, k = 0..4, into k = 0, 1.
+    #[cube]
+    fn f2_output_axis(m: &mut Array<f32>, first: usize, step: usize) {
+        let a0 = m[first];
+        let a1 = m[first + step];
+        let a2 = m[first + 2 * step];
+        let a3 = m[first + 3 * step];
+        m[first] = a0 + a1 + a2;
+        m[first + step] = a1 - a2 - a3;
+    }
+
+    /// One thread: the 4³ input tile `p` (from tile depth `z0` on) of channel `c`, padding 1,
+    /// transformed along x, y and z in f32 registers, to `output[k, c, p]`. Threads run over
+    /// the tiles fastest, so a warp writes consecutive values.
+    #[cube(launch, address_type = "dynamic")]
+    fn winograd_f2_input_kernel<F: Float>(
+        input: &Tensor<F>,
+        output: &mut Tensor<F>,
+        z0: usize,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let (images, in_c) = (input.shape(0), input.shape(1));
+        let (in_d, in_h, in_w) = (input.shape(2), input.shape(3), input.shape(4));
+        let tiles = output.shape(2);
+        if ABSOLUTE_POS >= in_c * tiles {
+            terminate!();
+        }
+        let c = ABSOLUTE_POS / tiles;
+        let p = ABSOLUTE_POS % tiles;
+        let (th, tw) = (in_h.div_ceil(2), in_w.div_ceil(2));
+        let deep = tiles / (images * th * tw);
+        let tx = p % tw;
+        let ty = (p / tw) % th;
+        let tz = (p / (tw * th)) % deep;
+        let n = p / (tw * th * deep);
+        let base = (n * in_c + c) * in_d * in_h * in_w;
+        let mut d = Array::<f32>::new(64usize);
+        #[unroll]
+        for jz in 0..4usize {
+            // Padded coordinates: q = 2·t + j reads input q − 1, inside when 1 ≤ q ≤ len.
+            let pz = 2 * (z0 + tz) + jz;
+            #[unroll]
+            for jy in 0..4usize {
+                let py = 2 * ty + jy;
+                let row_inside = pz >= 1 && pz <= in_d && py >= 1 && py <= in_h;
+                #[unroll]
+                for jx in 0..4usize {
+                    let px = 2 * tx + jx;
+                    let i = (jz * 4 + jy) * 4 + jx;
+                    d[i] = 0.0f32;
+                    if row_inside && px >= 1 && px <= in_w {
+                        d[i] = f32::cast_from(input[base + ((pz - 1) * in_h + py - 1) * in_w + px - 1]);
+                    }
+                }
+            }
+        }
+        #[unroll]
+        for a in 0..4usize {
+            #[unroll]
+            for b in 0..4usize {
+                f2_input_axis(&mut d, (a * 4 + b) * 4, 1);
+            }
+        }
+        #[unroll]
+        for a in 0..4usize {
+            #[unroll]
+            for b in 0..4usize {
+                f2_input_axis(&mut d, a * 16 + b, 4);
+            }
+        }
+        #[unroll]
+        for a in 0..4usize {
+            #[unroll]
+            for b in 0..4usize {
+                f2_input_axis(&mut d, a * 4 + b, 16);
+            }
+        }
+        #[unroll]
+        for k in 0..64usize {
+            output[(k * in_c + c) * tiles + p] = F::cast_from(d[k]);
+        }
+    }
+
+    /// One thread: the 64 products of tile `p` for output channel `o` (read by `products`'
+    /// strides), transformed back to its 2³ outputs, those inside `output` written.
+    #[cube(launch, address_type = "dynamic")]
+    fn winograd_f2_output_kernel<F: Float>(
+        products: &Tensor<F>,
+        output: &mut Tensor<F>,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let (images, out_c) = (output.shape(0), output.shape(1));
+        let (out_d, out_h, out_w) = (output.shape(2), output.shape(3), output.shape(4));
+        let tiles = products.shape(2);
+        if ABSOLUTE_POS >= out_c * tiles {
+            terminate!();
+        }
+        let o = ABSOLUTE_POS / tiles;
+        let p = ABSOLUTE_POS % tiles;
+        let (th, tw) = (out_h.div_ceil(2), out_w.div_ceil(2));
+        let deep = tiles / (images * th * tw);
+        let tx = p % tw;
+        let ty = (p / tw) % th;
+        let tz = (p / (tw * th)) % deep;
+        let n = p / (tw * th * deep);
+        let at = o * products.stride(1) + p * products.stride(2);
+        let step = products.stride(0);
+        let mut m = Array::<f32>::new(64usize);
+        #[unroll]
+        for k in 0..64usize {
+            m[k] = f32::cast_from(products[at + k * step]);
+        }
+        #[unroll]
+        for a in 0..4usize {
+            #[unroll]
+            for b in 0..4usize {
+                f2_output_axis(&mut m, (a * 4 + b) * 4, 1);
+            }
+        }
+        #[unroll]
+        for a in 0..4usize {
+            #[unroll]
+            for b in 0..2usize {
+                f2_output_axis(&mut m, a * 16 + b, 4);
+            }
+        }
+        #[unroll]
+        for a in 0..2usize {
+            #[unroll]
+            for b in 0..2usize {
+                f2_output_axis(&mut m, a * 4 + b, 16);
+            }
+        }
+        let plane = out_h * out_w;
+        let base = (n * out_c + o) * out_d * plane;
+        #[unroll]
+        for dz in 0..2usize {
+            #[unroll]
+            for dy in 0..2usize {
+                #[unroll]
+                for dx in 0..2usize {
+                    let (z, y, x) = (2 * tz + dz, 2 * ty + dy, 2 * tx + dx);
+                    if z < out_d && y < out_h && x < out_w {
+                        output[base + z * plane + y * out_w + x] = F::cast_from(m[dz * 16 + dy * 4 + dx]);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn winograd_f2_input(x: CubeTensor, z0: usize, deep: usize) -> CubeTensor {
+        let x = into_contiguous(x);
+        let shape = super::winograd_f2_input_shape(&x.shape(), &z0, &deep);
+        let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+        let address = x.required_address_type().max(output.required_address_type());
+        let dtype = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
+        let [_, c, tiles] = output.shape().dims::<3>();
+        let threads = c * tiles;
+        if threads == 0 {
+            return output;
+        }
+        let client = x.client.clone();
+        let cube_dim = CubeDim::new(&client, threads);
+        let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
+        winograd_f2_input_kernel::launch(
+            &client,
+            cube_count,
+            cube_dim,
+            address,
+            x.into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            z0,
+            dtype,
+        );
+        output
+    }
+
+    pub(super) fn winograd_f2_output(
+        products: CubeTensor,
+        images: usize,
+        depth: usize,
+        height: usize,
+        width: usize,
+    ) -> CubeTensor {
+        // Read by its strides: the transposed products need no copy.
+        let shape = super::winograd_f2_output_shape(&products.shape(), &images, &depth, &height, &width);
+        let output = empty_device_dtype(products.client.clone(), products.device.clone(), shape, products.dtype);
+        let address = products.required_address_type().max(output.required_address_type());
+        let dtype = burn::backend::cubecl::dtype_to_storage_type(products.dtype);
+        let [_, o, tiles] = products.shape().dims::<3>();
+        let threads = o * tiles;
+        if threads == 0 {
+            return output;
+        }
+        let client = products.client.clone();
+        let cube_dim = CubeDim::new(&client, threads);
+        let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
+        winograd_f2_output_kernel::launch(
+            &client,
+            cube_count,
+            cube_dim,
+            address,
+            products.into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            dtype,
+        );
+        output
+    }
+
     pub(super) fn conv3d_k3(x: CubeTensor, weight: CubeTensor, stride: usize, channels: usize) -> CubeTensor {
         // The kernel indexes both as contiguous row-major tensors.
         let Launch { x, weight, output, address, dtype } =
@@ -771,6 +1173,44 @@ mod tests {
         })
     }
 
+    /// [`conv3d_winograd_f2`], either way round: grids that are not whole tiles (odd sizes on
+    /// every axis), one and two images, one input channel, several slabs (a budget of one
+    /// tile deep) and one, with and without bias.
+    fn worst_winograd_difference(device: &Device, dtype: FloatDType, transposed: bool) -> f32 {
+        let cases = [([2, 3, 5, 6, 7], 8, 3, 1), ([1, 1, 7, 9, 4], 5, 3, 1), ([1, 16, 6, 6, 6], 16, 3, 1)];
+        let mut worst = 0.0f32;
+        for budget in [1, 1 << 30] {
+            worst = worst.max(worst_against_burn(device, dtype, &cases, |x, weight, bias, options| {
+                assert!(winograd_f2_fits(x.dims(), weight.dims(), options));
+                conv3d_winograd_f2(x, weight, bias, options, budget, transposed)
+            }));
+        }
+        worst
+    }
+
+    /// On flex the transforms are host loops that follow the kernels' arithmetic.
+    #[test]
+    fn on_flex_winograd_is_burns_convolution() {
+        for transposed in [false, true] {
+            let worst = worst_winograd_difference(&Device::flex(), FloatDType::F32, transposed);
+            assert!(worst < 1e-5, "transposed {transposed}: {worst:e}");
+        }
+    }
+
+    #[test]
+    fn on_a_gpu_the_winograd_kernels_compute_burns_sums() {
+        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        for transposed in [false, true] {
+            let f32_worst = worst_winograd_difference(&device, FloatDType::F32, transposed);
+            assert!(f32_worst < 1e-5, "f32, transposed {transposed}: {f32_worst}");
+            let f16_worst = worst_winograd_difference(&device, FloatDType::F16, transposed);
+            assert!(f16_worst < 3e-2, "f16, transposed {transposed}: {f16_worst}");
+            eprintln!(
+                "Winograd F(2,3), transposed {transposed}: worst differences from burn: f32 {f32_worst:e}, f16 {f16_worst:e}"
+            );
+        }
+    }
+
     #[test]
     fn pointwise_fits_only_what_it_computes() {
         let options = |stride, padding| Options::new([stride; 3], [padding; 3], [1; 3], 1);
@@ -831,7 +1271,8 @@ mod tests {
         }
     }
 
-    /// On a GPU the tuner times Lightbox's kernels (and, for a deep layer, the split products)
+    /// On a GPU the tuner times Lightbox's kernels and Winograd's algorithms (and, for a deep
+    /// layer, the split products)
     /// beside burn's ways: each passes its check against burn's result (none is left out), and
     /// whichever it keeps computes burn's sums.
     #[test]
@@ -839,13 +1280,16 @@ mod tests {
         use crate::ops::ConvWay;
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         let k3 = [ConvWay::Direct, ConvWay::DirectWide, ConvWay::Tiled, ConvWay::TiledWide, ConvWay::TiledShort];
-        let deep = [&k3[..], &[ConvWay::GemmSplit]].concat();
+        // Winograd's algorithms, by Lightbox's transform kernels and by burn operations, in f32.
+        let winograd = [ConvWay::WinogradF2, ConvWay::WinogradF2Transposed, ConvWay::WinogradF4];
+        let full = [&k3[..], &winograd[..]].concat();
+        let deep = [&full[..], &[ConvWay::GemmSplit]].concat();
         // In half precision the ways that sum f16 values in f32 pass the check too.
         let half = [&k3[..], &[ConvWay::Gemm, ConvWay::GemmTransposed]].concat();
         let tiled = [ConvWay::Tiled, ConvWay::TiledWide, ConvWay::TiledShort];
         // (input, output channels, kernel side, dtype, ways timed, ways not timed)
         for (shape, out, k, dtype, expected, absent) in [
-            ([1, 4, 3, 10, 34], 64, 3, FloatDType::F32, &k3[..], &[][..]),
+            ([1, 4, 3, 10, 34], 64, 3, FloatDType::F32, &full[..], &[][..]),
             ([1, 128, 2, 3, 16], 128, 3, FloatDType::F32, &deep[..], &[][..]),
             // A layer under 16 voxels wide: no tiles (most of their threads would idle).
             ([1, 64, 2, 3, 5], 64, 3, FloatDType::F32, &k3[..2], &tiled[..]),

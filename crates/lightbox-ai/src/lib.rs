@@ -19,6 +19,7 @@ pub mod sliding;
 pub mod torch;
 pub mod train;
 pub mod tuning;
+pub mod winograd;
 
 pub use device::{AiDevice, Convolution, DevicePreference, Precision};
 pub use job::InferenceJob;

@@ -179,7 +179,7 @@ fn gemm(
 /// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
 /// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
 /// timed again.
-pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1 r5";
+pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1, winograd F(2,3) and F(4,3) r6";
 
 /// Parts [`ConvWay::GemmSplit`] cuts the sum of a convolution of `input` by `weight` into, by
 /// input channel: enough that the parts' products have about 32 768 output columns (voxels)
@@ -233,10 +233,18 @@ pub enum ConvWay {
     /// Lightbox's 1×1×1 kernel ([`crate::kernels::conv3d_k1`]): nnU-Net's segmentation head,
     /// one thread a voxel.
     Pointwise,
+    /// Winograd's F(2×2×2, 3×3×3) ([`crate::winograd`], stride 1, every backend): 3.4 times
+    /// fewer multiplications, in one batch of 64 matrix products. On a GPU its transforms are
+    /// Lightbox's kernels ([`crate::kernels::conv3d_winograd_f2`]), one pass each.
+    WinogradF2,
+    /// The same on a GPU, each product the other way round (as [`Self::GemmTransposed`]).
+    WinogradF2Transposed,
+    /// Winograd's F(4×4×4, 3×3×3): 8 times fewer, in 216 products, a few bits less accurate.
+    WinogradF4,
 }
 
 impl ConvWay {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 13] = [
         Self::Burn,
         Self::Gemm,
         Self::GemmTransposed,
@@ -247,12 +255,25 @@ impl ConvWay {
         Self::TiledWide,
         Self::TiledShort,
         Self::Pointwise,
+        Self::WinogradF2,
+        Self::WinogradF2Transposed,
+        Self::WinogradF4,
     ];
 
-    /// Lightbox's own kernels, which run on a GPU only (what [`crate::profile`] times besides
-    /// burn's ways).
-    pub const OWN: [Self; 6] =
-        [Self::Direct, Self::DirectWide, Self::Tiled, Self::TiledWide, Self::TiledShort, Self::Pointwise];
+    /// Lightbox's own ways (what [`crate::profile`] times besides burn's and the matrix
+    /// products): its kernels, which run on a GPU only, and Winograd's algorithms, which run
+    /// everywhere.
+    pub const OWN: [Self; 9] = [
+        Self::Direct,
+        Self::DirectWide,
+        Self::Tiled,
+        Self::TiledWide,
+        Self::TiledShort,
+        Self::Pointwise,
+        Self::WinogradF2,
+        Self::WinogradF2Transposed,
+        Self::WinogradF4,
+    ];
 
     /// The index into [`crate::kernels::TILINGS`] of a tiled way.
     fn tiling(self) -> Option<usize> {
@@ -264,7 +285,6 @@ impl ConvWay {
         }
     }
 
-    /// Whether this way can compute the convolution of `weight` (dims) on `device`.
     /// Whether this way can compute the convolution of an `input` by a `weight` (dims) on
     /// `device` (and differs from the others there).
     pub(crate) fn applies(
@@ -282,6 +302,8 @@ impl ConvWay {
             }
             Self::GemmSplit => split_parts(input, weight, options) > 1,
             Self::Pointwise => pointwise_applies(device, weight, options),
+            Self::WinogradF2 | Self::WinogradF4 => crate::winograd::applies(input, weight, options),
+            Self::WinogradF2Transposed => winograd_kernels_apply(device, input, weight, options),
             _ => true,
         }
     }
@@ -315,6 +337,11 @@ impl ConvWay {
                 }
                 burn::tensor::module::conv3d(x, weight, bias, options.clone())
             }
+            Self::WinogradF2 => winograd_f2(x, weight, bias, options, budget, false),
+            Self::WinogradF2Transposed => winograd_f2(x, weight, bias, options, budget, true),
+            Self::WinogradF4 => {
+                crate::winograd::conv3d_winograd(x, weight, bias, options, budget, &crate::winograd::F4)
+            }
         }
     }
 
@@ -330,6 +357,9 @@ impl ConvWay {
             Self::Tiled => "Lightbox's tiled kernel, 32x16 voxels x 32 channels",
             Self::TiledWide => "Lightbox's tiled kernel, 32x16 voxels x 64 channels",
             Self::TiledShort => "Lightbox's tiled kernel, 32x8 voxels x 32 channels",
+            Self::WinogradF2 => "Winograd F(2x2x2, 3x3x3)",
+            Self::WinogradF2Transposed => "Winograd F(2x2x2, 3x3x3), transposed products",
+            Self::WinogradF4 => "Winograd F(4x4x4, 3x3x3)",
         }
     }
 }
@@ -380,6 +410,40 @@ fn pointwise_applies(device: &Device, weight: [usize; 5], options: &burn::tensor
 #[cfg(not(feature = "gpu"))]
 fn pointwise_applies(_: &Device, _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>) -> bool {
     false
+}
+
+#[cfg(feature = "gpu")]
+fn winograd_kernels_apply(
+    device: &Device,
+    input: [usize; 5],
+    weight: [usize; 5],
+    options: &burn::tensor::ops::ConvOptions<3>,
+) -> bool {
+    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+        && crate::kernels::winograd_f2_fits(input, weight, options)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn winograd_kernels_apply(_: &Device, _: [usize; 5], _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>) -> bool {
+    false
+}
+
+/// Winograd's F(2×2×2, 3×3×3): by Lightbox's transform kernels on a GPU, where they apply
+/// (`transposed`: each product the other way round), by burn tensor operations elsewhere.
+fn winograd_f2(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &burn::tensor::ops::ConvOptions<3>,
+    budget: usize,
+    transposed: bool,
+) -> Tensor<5> {
+    if winograd_kernels_apply(&x.device(), x.dims(), weight.dims(), options) {
+        #[cfg(feature = "gpu")]
+        return crate::kernels::conv3d_winograd_f2(x, weight, bias, options, budget, transposed);
+    }
+    let _ = transposed;
+    crate::winograd::conv3d_winograd(x, weight, bias, options, budget, &crate::winograd::F2)
 }
 
 /// [`crate::kernels::conv3d_k3_tiled`] where it applies, burn's kernels elsewhere.
@@ -937,7 +1001,8 @@ mod tests {
         let kept = store.load().map_err(anyhow::Error::msg)?;
         assert!(kept.iter().any(|e| e.shape == earlier && e.ms == fake), "{kept:?}");
         let timed = kept.iter().find(|e| e.shape == new);
-        assert!(timed.is_some_and(|e| e.ms.len() == 3 && e.ms.iter().all(|m| m.1 > 0.0 && m.1 < 800.0)), "{kept:?}");
+        // burn's kernels, the two matrix products and Winograd's two algorithms (the CPU's ways).
+        assert!(timed.is_some_and(|e| e.ms.len() == 5 && e.ms.iter().all(|m| m.1 > 0.0 && m.1 < 800.0)), "{kept:?}");
         // Other tests' shapes are not written into a directory about to be deleted.
         forget_tuning(&device());
         Ok(())

@@ -18,8 +18,8 @@ pub struct LayerTimes {
     pub gemm_ms: f64,
     /// `ops::ConvWay::GemmTransposed`, the same slabs.
     pub gemm_transposed_ms: f64,
-    /// `ops::ConvWay::OWN` (Lightbox's own kernels: direct and tiled), where they run (a GPU,
-    /// `gpu` builds).
+    /// `ops::ConvWay::OWN` (Lightbox's own ways: its direct, tiled and 1×1×1 kernels where they
+    /// run, a GPU in `gpu` builds; Winograd's algorithms everywhere).
     pub direct_ms: Vec<(crate::ops::ConvWay, f64)>,
     /// The same matrix products over columns made beforehand (no copies).
     pub matmul_ms: f64,
@@ -110,7 +110,9 @@ mod tests {
         let device = crate::AiDevice::cpu();
         let t = super::convolution_layer(&device, 4, 8, (1, 2))?;
         assert!(t.burn_ms > 0.0 && t.gemm_ms > 0.0 && t.gemm_transposed_ms > 0.0 && t.matmul_ms > 0.0, "{t:?}");
-        assert!(t.direct_ms.is_empty(), "Lightbox's direct kernel is the GPU's");
+        let own: Vec<_> = t.direct_ms.iter().map(|w| w.0).collect();
+        // Lightbox's kernels are the GPU's; Winograd's algorithms run on the CPU too.
+        assert_eq!(own, [crate::ops::ConvWay::WinogradF2, crate::ops::ConvWay::WinogradF4], "{t:?}");
         assert!((t.gflop - 2.0 * 512.0 * 4.0 * 108.0 / 1e9).abs() < 1e-12, "{t:?}");
         assert!(super::convolution_layer(&device, 4, 2, (1, 2)).is_err());
         Ok(())
