@@ -174,7 +174,7 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             "PlainConvUNet 32…320, 6 stages, 1×1×{side}³ {ours} on {}{} (upload and readback included): median {ms:.1} ms of {runs}; PyTorch 2.11 {ours} on an H100: {h100} ms → {:.3}x PyTorch's speed{}",
             device.description,
             match convolution {
-                Convolution::Gemm { column_mib } | Convolution::Tuned { column_mib } =>
+                Convolution::Gemm { column_mib } | Convolution::Tuned { column_mib, .. } =>
                     format!(" in slabs of ≤ {column_mib} MiB"),
                 Convolution::Burn => String::new(),
             },

@@ -84,11 +84,14 @@ pub enum Convolution {
     /// Matrix products over im2col columns (`ops::conv3d_gemm`), built in slabs of output
     /// depth of at most `column_mib` MiB.
     Gemm { column_mib: usize },
-    /// Per layer, whichever is fastest on this device of burn's kernels and the matrix products
-    /// either way round: all are timed the first time a convolution of that shape runs, and
-    /// the fastest kept for the process (`ops::conv3d_tuned`; PyTorch's `cudnn.benchmark` does
-    /// the same) and, on a GPU, on disk for the next (`tuning::TuningStore`).
-    Tuned { column_mib: usize },
+    /// Per layer, whichever is fastest on this device of burn's kernels, the matrix products
+    /// and, on a GPU, Lightbox's own ways (`ops::ConvWay`): all are timed the first time a
+    /// convolution of that shape runs, and the fastest kept for the process
+    /// (`ops::conv3d_tuned`; PyTorch's `cudnn.benchmark` does the same) and, on a GPU, on disk
+    /// for the next (`tuning::TuningStore`). `tf32`: also ways as accurate as TF32 and no more
+    /// (Winograd's F(4, 3), about 10⁻⁴ of each value in f32), as PyTorch's default on NVIDIA
+    /// (`torch.backends.cudnn.allow_tf32`); otherwise each way keeps f32's accuracy.
+    Tuned { column_mib: usize, tf32: bool },
 }
 
 impl Convolution {
@@ -98,19 +101,23 @@ impl Convolution {
     pub const GEMM: Self = Self::Gemm { column_mib: 96 };
 
     /// Per layer, the fastest way, GEMM in 96 MiB slabs.
-    pub const TUNED: Self = Self::Tuned { column_mib: 96 };
+    pub const TUNED: Self = Self::Tuned { column_mib: 96, tf32: false };
 
-    /// `burn`, `gemm`, `gemm:MiB`, `tuned` or `tuned:MiB`.
+    /// `burn`, `gemm`, `gemm:MiB`, `tuned`, `tuned:MiB`, `tuned-tf32` or `tuned-tf32:MiB`.
     pub fn parse(value: &str) -> Result<Self, AiError> {
         let value = value.trim().to_ascii_lowercase();
         let bad = || AiError::Convolution { value: value.clone() };
-        match value.split_once(':') {
-            None if ["", "burn", "direct"].contains(&value.as_str()) => Ok(Self::Burn),
-            None if value == "gemm" => Ok(Self::GEMM),
-            None if value == "tuned" => Ok(Self::TUNED),
+        let (how, tf32) = match value.strip_prefix("tuned-tf32") {
+            Some(rest) => (format!("tuned{rest}"), true),
+            None => (value.clone(), false),
+        };
+        match how.split_once(':') {
+            None if ["", "burn", "direct"].contains(&how.as_str()) => Ok(Self::Burn),
+            None if how == "gemm" => Ok(Self::GEMM),
+            None if how == "tuned" => Ok(Self::Tuned { column_mib: 96, tf32 }),
             Some((how @ ("gemm" | "tuned"), mib)) => match mib.trim().parse::<usize>() {
                 Ok(column_mib) if column_mib > 0 && how == "gemm" => Ok(Self::Gemm { column_mib }),
-                Ok(column_mib) if column_mib > 0 => Ok(Self::Tuned { column_mib }),
+                Ok(column_mib) if column_mib > 0 => Ok(Self::Tuned { column_mib, tf32 }),
                 _ => Err(bad()),
             },
             _ => Err(bad()),
@@ -246,7 +253,12 @@ impl AiDevice {
     /// The description with what differs from the defaults at its end: e.g. "GPU (burn wgpu:
     /// NVIDIA H100, f16, GEMM convolutions)".
     fn relabel(&mut self) {
-        const MARKS: [&str; 3] = [", f16", ", GEMM convolutions", ", convolutions tuned per layer"];
+        const MARKS: [&str; 4] = [
+            ", f16",
+            ", GEMM convolutions",
+            ", convolutions tuned per layer",
+            ", convolutions tuned per layer to TF32 accuracy",
+        ];
         let mut base = self.description.strip_suffix(')').unwrap_or(&self.description).to_owned();
         while let Some(mark) = MARKS.iter().find(|m| base.ends_with(*m)) {
             base.truncate(base.len() - mark.len());
@@ -255,7 +267,8 @@ impl AiDevice {
         let gemm = match self.convolution {
             Convolution::Burn => "",
             Convolution::Gemm { .. } => MARKS[1],
-            Convolution::Tuned { .. } => MARKS[2],
+            Convolution::Tuned { tf32: false, .. } => MARKS[2],
+            Convolution::Tuned { tf32: true, .. } => MARKS[3],
         };
         self.description = format!("{base}{f16}{gemm})");
     }
@@ -365,12 +378,24 @@ mod tests {
         assert_eq!(Convolution::parse(" GEMM").ok(), Some(Convolution::GEMM));
         assert_eq!(Convolution::parse("gemm:1024").ok(), Some(Convolution::Gemm { column_mib: 1024 }));
         assert_eq!(Convolution::parse("Tuned").ok(), Some(Convolution::TUNED));
-        assert_eq!(Convolution::parse("tuned:1024").ok(), Some(Convolution::Tuned { column_mib: 1024 }));
+        assert_eq!(Convolution::parse("tuned:1024").ok(), Some(Convolution::Tuned { column_mib: 1024, tf32: false }));
+        assert_eq!(Convolution::parse("tuned-TF32").ok(), Some(Convolution::Tuned { column_mib: 96, tf32: true }));
+        assert_eq!(Convolution::parse("tuned-tf32:64").ok(), Some(Convolution::Tuned { column_mib: 64, tf32: true }));
         assert_eq!(Convolution::parse("").ok(), Some(Convolution::Burn));
-        for bad in ["winograd", "gemm:0", "gemm:lots", "burn:5", "tuned:0"] {
+        for bad in ["winograd", "gemm:0", "gemm:lots", "burn:5", "tuned:0", "tuned-tf32:0", "tuned-tf16"] {
             let err = Convolution::parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
-            assert_eq!(err, format!("LIGHTBOX_AI_CONV={bad}: expected burn, gemm, gemm:MiB, tuned or tuned:MiB"));
+            assert_eq!(
+                err,
+                format!(
+                    "LIGHTBOX_AI_CONV={bad}: expected burn, gemm, gemm:MiB, tuned, tuned:MiB, tuned-tf32 or tuned-tf32:MiB"
+                )
+            );
         }
+        let tf32 = AiDevice::cpu().with_convolution(Convolution::parse("tuned-tf32")?);
+        assert!(tf32.description.ends_with(", convolutions tuned per layer to TF32 accuracy)"), "{}", tf32.description);
+        let back = tf32.with_convolution(Convolution::TUNED);
+        let plain = back.description.ends_with(", convolutions tuned per layer)") && !back.description.contains("TF32");
+        assert!(plain, "{}", back.description);
         let tuned = AiDevice::cpu().with_convolution(Convolution::TUNED).with_precision(Precision::F16)?;
         assert!(tuned.description.ends_with(", f16, convolutions tuned per layer)"), "{}", tuned.description);
         assert_eq!(tuned.with_convolution(Convolution::GEMM).with_precision(Precision::F32)?.description, {

@@ -41,7 +41,7 @@ pub enum AiError {
     #[error("LIGHTBOX_AI_PRECISION={value}: expected f32 or f16")]
     Precision { value: String },
 
-    #[error("LIGHTBOX_AI_CONV={value}: expected burn, gemm, gemm:MiB, tuned or tuned:MiB")]
+    #[error("LIGHTBOX_AI_CONV={value}: expected burn, gemm, gemm:MiB, tuned, tuned:MiB, tuned-tf32 or tuned-tf32:MiB")]
     Convolution { value: String },
 
     #[error("half precision (f16) does not work on {device}: {why}")]

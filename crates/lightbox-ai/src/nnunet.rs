@@ -209,8 +209,8 @@ fn conv(
     let y = match how {
         crate::Convolution::Burn => conv3d(x, weight, bias, options),
         crate::Convolution::Gemm { column_mib } => crate::ops::conv3d_gemm(x, weight, bias, &options, column_mib << 20),
-        crate::Convolution::Tuned { column_mib } => {
-            crate::ops::conv3d_tuned(x, weight, bias, &options, column_mib << 20)
+        crate::Convolution::Tuned { column_mib, tf32 } => {
+            crate::ops::conv3d_tuned(x, weight, bias, &options, column_mib << 20, tf32)
         }
     };
     y.cast(FloatDType::F32)

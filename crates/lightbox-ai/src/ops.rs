@@ -179,7 +179,7 @@ fn gemm(
 /// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
 /// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
 /// timed again.
-pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1, winograd F(2,3) and F(4,3) r6";
+pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1, winograd F(2,3) and F(4,3) (F(4,3) with tf32 only) r7";
 
 /// Parts [`ConvWay::GemmSplit`] cuts the sum of a convolution of `input` by `weight` into, by
 /// input channel: enough that the parts' products have about 32 768 output columns (voxels)
@@ -233,18 +233,20 @@ pub enum ConvWay {
     /// Lightbox's 1×1×1 kernel ([`crate::kernels::conv3d_k1`]): nnU-Net's segmentation head,
     /// one thread a voxel.
     Pointwise,
-    /// Winograd's F(2×2×2, 3×3×3) ([`crate::winograd`], stride 1, every backend): 3.4 times
-    /// fewer multiplications, in one batch of 64 matrix products. On a GPU its transforms are
-    /// Lightbox's kernels ([`crate::kernels::conv3d_winograd_f2`]), one pass each.
+    /// Winograd's F(2×2×2, 3×3×3) ([`crate::winograd`], stride 1, from 16³ outputs): 3.4 times
+    /// fewer multiplications, in one batch of 64 matrix products, its transforms Lightbox's
+    /// kernels ([`crate::kernels::conv3d_winograd`]), one pass each (tried on a GPU only).
     WinogradF2,
     /// The same on a GPU, each product the other way round (as [`Self::GemmTransposed`]).
     WinogradF2Transposed,
     /// Winograd's F(4×4×4, 3×3×3): 8 times fewer, in 216 products, a few bits less accurate.
     WinogradF4,
+    /// The same on a GPU, each product the other way round.
+    WinogradF4Transposed,
 }
 
 impl ConvWay {
-    const ALL: [Self; 13] = [
+    const ALL: [Self; 14] = [
         Self::Burn,
         Self::Gemm,
         Self::GemmTransposed,
@@ -258,12 +260,12 @@ impl ConvWay {
         Self::WinogradF2,
         Self::WinogradF2Transposed,
         Self::WinogradF4,
+        Self::WinogradF4Transposed,
     ];
 
     /// Lightbox's own ways (what [`crate::profile`] times besides burn's and the matrix
-    /// products): its kernels, which run on a GPU only, and Winograd's algorithms, which run
-    /// everywhere.
-    pub const OWN: [Self; 9] = [
+    /// products): its kernels and Winograd's algorithms, which the tuner tries on a GPU only.
+    pub const OWN: [Self; 10] = [
         Self::Direct,
         Self::DirectWide,
         Self::Tiled,
@@ -273,7 +275,14 @@ impl ConvWay {
         Self::WinogradF2,
         Self::WinogradF2Transposed,
         Self::WinogradF4,
+        Self::WinogradF4Transposed,
     ];
+
+    /// Whether this way is only as accurate as TF32 ([`crate::Convolution::Tuned`]'s `tf32`):
+    /// Winograd's F(4, 3), whose transforms multiply by up to 125 going in and 512 coming out.
+    pub fn approximate(self) -> bool {
+        matches!(self, Self::WinogradF4 | Self::WinogradF4Transposed)
+    }
 
     /// The index into [`crate::kernels::TILINGS`] of a tiled way.
     fn tiling(self) -> Option<usize> {
@@ -286,14 +295,17 @@ impl ConvWay {
     }
 
     /// Whether this way can compute the convolution of an `input` by a `weight` (dims) on
-    /// `device` (and differs from the others there).
+    /// `device` in `dtype` (and differs from the others there; Winograd's F(4, 3) in f32 only:
+    /// its transforms' constants leave f16 nothing of the result).
     pub(crate) fn applies(
         self,
         device: &Device,
         input: [usize; 5],
         weight: [usize; 5],
         options: &burn::tensor::ops::ConvOptions<3>,
+        dtype: burn::tensor::DType,
     ) -> bool {
+        let f32 = matches!(dtype, burn::tensor::DType::F32 | burn::tensor::DType::F64);
         match self {
             Self::Direct => direct_applies(device, weight, options, 8),
             Self::DirectWide => direct_applies(device, weight, options, 16),
@@ -302,8 +314,17 @@ impl ConvWay {
             }
             Self::GemmSplit => split_parts(input, weight, options) > 1,
             Self::Pointwise => pointwise_applies(device, weight, options),
-            Self::WinogradF2 | Self::WinogradF4 => crate::winograd::applies(input, weight, options),
-            Self::WinogradF2Transposed => winograd_kernels_apply(device, input, weight, options),
+            // On a GPU, where Lightbox's transform kernels run: by burn operations (elsewhere)
+            // each transform is a dozen passes, 4 to 5 times slower than burn's convolution on
+            // the CPU.
+            Self::WinogradF2 | Self::WinogradF2Transposed => {
+                winograd_kernels_apply(device, input, weight, options)
+                    && crate::winograd::applies(input, weight, options, &crate::winograd::F2)
+            }
+            Self::WinogradF4 | Self::WinogradF4Transposed => {
+                f32 && winograd_kernels_apply(device, input, weight, options)
+                    && crate::winograd::applies(input, weight, options, &crate::winograd::F4)
+            }
             _ => true,
         }
     }
@@ -337,11 +358,10 @@ impl ConvWay {
                 }
                 burn::tensor::module::conv3d(x, weight, bias, options.clone())
             }
-            Self::WinogradF2 => winograd_f2(x, weight, bias, options, budget, false),
-            Self::WinogradF2Transposed => winograd_f2(x, weight, bias, options, budget, true),
-            Self::WinogradF4 => {
-                crate::winograd::conv3d_winograd(x, weight, bias, options, budget, &crate::winograd::F4)
-            }
+            Self::WinogradF2 => winograd(x, weight, bias, options, budget, &crate::winograd::F2, false),
+            Self::WinogradF2Transposed => winograd(x, weight, bias, options, budget, &crate::winograd::F2, true),
+            Self::WinogradF4 => winograd(x, weight, bias, options, budget, &crate::winograd::F4, false),
+            Self::WinogradF4Transposed => winograd(x, weight, bias, options, budget, &crate::winograd::F4, true),
         }
     }
 
@@ -360,6 +380,7 @@ impl ConvWay {
             Self::WinogradF2 => "Winograd F(2x2x2, 3x3x3)",
             Self::WinogradF2Transposed => "Winograd F(2x2x2, 3x3x3), transposed products",
             Self::WinogradF4 => "Winograd F(4x4x4, 3x3x3)",
+            Self::WinogradF4Transposed => "Winograd F(4x4x4, 3x3x3), transposed products",
         }
     }
 }
@@ -420,7 +441,7 @@ fn winograd_kernels_apply(
     options: &burn::tensor::ops::ConvOptions<3>,
 ) -> bool {
     matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
-        && crate::kernels::winograd_f2_fits(input, weight, options)
+        && crate::kernels::winograd_fits(input, weight, options)
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -428,22 +449,23 @@ fn winograd_kernels_apply(_: &Device, _: [usize; 5], _: [usize; 5], _: &burn::te
     false
 }
 
-/// Winograd's F(2×2×2, 3×3×3): by Lightbox's transform kernels on a GPU, where they apply
+/// Winograd's `transform`: by Lightbox's transform kernels on a GPU, where they apply
 /// (`transposed`: each product the other way round), by burn tensor operations elsewhere.
-fn winograd_f2(
+fn winograd(
     x: Tensor<5>,
     weight: Tensor<5>,
     bias: Option<Tensor<1>>,
     options: &burn::tensor::ops::ConvOptions<3>,
     budget: usize,
+    transform: &crate::winograd::Transform,
     transposed: bool,
 ) -> Tensor<5> {
     if winograd_kernels_apply(&x.device(), x.dims(), weight.dims(), options) {
         #[cfg(feature = "gpu")]
-        return crate::kernels::conv3d_winograd_f2(x, weight, bias, options, budget, transposed);
+        return crate::kernels::conv3d_winograd(x, weight, bias, options, budget, transform, transposed);
     }
     let _ = transposed;
-    crate::winograd::conv3d_winograd(x, weight, bias, options, budget, &crate::winograd::F2)
+    crate::winograd::conv3d_winograd(x, weight, bias, options, budget, transform)
 }
 
 /// [`crate::kernels::conv3d_k3_tiled`] where it applies, burn's kernels elsewhere.
@@ -501,6 +523,9 @@ pub struct ConvShape {
     padding: [(usize, usize); 3],
     dtype: String,
     budget: usize,
+    /// Ways as accurate as TF32 allowed ([`crate::Convolution::Tuned`]'s `tf32`).
+    #[serde(default)]
+    tf32: bool,
 }
 
 impl ConvShape {
@@ -512,11 +537,17 @@ impl ConvShape {
         dtype: &str,
         budget: usize,
     ) -> Self {
-        Self { input, weight, stride, padding, dtype: dtype.to_owned(), budget }
+        Self { input, weight, stride, padding, dtype: dtype.to_owned(), budget, tf32: false }
+    }
+
+    /// The same shape, tuned with ways as accurate as TF32 allowed.
+    pub(crate) fn with_tf32(self, tf32: bool) -> Self {
+        Self { tf32, ..self }
     }
 
     fn describe(&self) -> String {
-        format!("{:?} * {:?}, stride {:?}, {}", self.input, self.weight, self.stride, self.dtype)
+        let tf32 = if self.tf32 { ", TF32 accuracy allowed" } else { "" };
+        format!("{:?} * {:?}, stride {:?}, {}{tf32}", self.input, self.weight, self.stride, self.dtype)
     }
 }
 
@@ -581,6 +612,7 @@ pub fn conv3d_tuned(
     bias: Option<Tensor<1>>,
     options: &burn::tensor::ops::ConvOptions<3>,
     budget: usize,
+    tf32: bool,
 ) -> Tensor<5> {
     let shape = ConvShape::new(
         x.dims(),
@@ -589,7 +621,8 @@ pub fn conv3d_tuned(
         options.padding,
         &format!("{:?}", weight.dtype()),
         budget,
-    );
+    )
+    .with_tf32(tf32);
     let key: TuneKey = (format!("{:?}", x.device()), shape);
     let known = tuner().layers.get(&key).map(|t| t.way);
     let way = known.unwrap_or_else(|| {
@@ -605,7 +638,10 @@ pub fn conv3d_tuned(
             bias.clone().map(|b| b.cast(burn::tensor::FloatDType::F32)),
             options.clone(),
         );
-        for way in ConvWay::ALL.into_iter().filter(|w| w.applies(&device, x.dims(), weight.dims(), options)) {
+        let applies = |w: &ConvWay| {
+            (tf32 || !w.approximate()) && w.applies(&device, x.dims(), weight.dims(), options, weight.dtype())
+        };
+        for way in ConvWay::ALL.into_iter().filter(applies) {
             let y = way.run(x.clone(), weight.clone(), bias.clone(), options, budget);
             if let Some(why) = disagreement(&reference, y) {
                 tracing::warn!("convolution {}: {} left out: {why}", key.1.describe(), way.describe());
@@ -642,16 +678,22 @@ pub fn conv3d_tuned(
 /// `other`'s dtype can explain (relative to the largest |value|: 10⁻³ for an f32 result; 4·10⁻³,
 /// eight roundings to f16, for a half-precision one: nnU-Net's autocast sums f16 values in f32,
 /// and a kernel that sums in f16 (burn's direct one on WGSL: 0.5 % of the largest value on
-/// lavapipe for 216 terms) is left out where it strays further).
+/// lavapipe for 216 terms) is left out where it strays further); or the device's error, where
+/// computing it failed (a buffer over what the device allocates, say).
 fn disagreement(reference: &Tensor<5>, other: Tensor<5>) -> Option<String> {
     let tolerance =
         if matches!(other.dtype(), burn::tensor::DType::F32 | burn::tensor::DType::F64) { 1e-3 } else { 4e-3 };
     let f32 = |t: Tensor<5>| t.cast(burn::tensor::FloatDType::F32);
     let reference = f32(reference.clone());
     let other = f32(other);
-    let scale: f32 = reference.clone().abs().max().into_scalar();
-    let total: f32 = other.clone().sum().into_scalar();
-    let worst: f32 = (other - reference).abs().max().into_scalar();
+    let read = |t: Tensor<1>| t.try_into_scalar::<f32>().map_err(|e| format!("the device failed: {e:?}"));
+    let read = || -> Result<[f32; 3], String> {
+        Ok([read(reference.clone().abs().max())?, read(other.clone().sum())?, read((other - reference).abs().max())?])
+    };
+    let [scale, total, worst] = match read() {
+        Ok(values) => values,
+        Err(why) => return Some(why),
+    };
     if !total.is_finite() {
         return Some(format!("a value that is not finite (sum {total})"));
     }
@@ -851,7 +893,8 @@ mod tests {
             let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
             let input = [1, weight[1], side, side, side];
             let parts = split_parts(input, weight, &options);
-            assert_eq!(ConvWay::GemmSplit.applies(&device(), input, weight, &options), parts > 1);
+            let dtype = burn::tensor::DType::F32;
+            assert_eq!(ConvWay::GemmSplit.applies(&device(), input, weight, &options, dtype), parts > 1);
             parts
         };
         // PlainConvUNet's deep layers: 16³, 8³ (and its stride-2 way in), 4³.
@@ -944,7 +987,7 @@ mod tests {
         let (x, w) = (random([1, 3, 9, 7, 8]), random([5, 3, 3, 3, 3]));
         let bias = Tensor::<1>::random([5], Distribution::Uniform(-1.0, 1.0), &device());
         let reference = values(burn::tensor::module::conv3d(x.clone(), w.clone(), Some(bias.clone()), options.clone()));
-        let ours = |x: Tensor<5>| values(conv3d_tuned(x, w.clone(), Some(bias.clone()), &options, 1 << 12));
+        let ours = |x: Tensor<5>| values(conv3d_tuned(x, w.clone(), Some(bias.clone()), &options, 1 << 12, false));
         let shape = |l: &TunedLayer| l.shape.starts_with("[1, 3, 9, 7, 8] * [5, 3, 3, 3, 3], stride [2, 1, 1]");
         let wide = |l: &TunedLayer| l.shape.starts_with("[1, 3, 9, 7, 10] * [5, 3, 3, 3, 3], stride [2, 1, 1]");
         // Other tests tune (and remember) shapes of their own meanwhile: count these alone.
@@ -989,20 +1032,20 @@ mod tests {
 
         let (x, w) = (random([1, 2, 5, 6, 7]), random([3, 2, 3, 3, 3]));
         let reference = values(burn::tensor::module::conv3d(x.clone(), w.clone(), None, options.clone()));
-        assert!(close(&values(conv3d_tuned(x, w, None, &options, budget)), &reference, 1e-5));
+        assert!(close(&values(conv3d_tuned(x, w, None, &options, budget, false)), &reference, 1e-5));
         let layer = tuned_layers().into_iter().find(|l| l.shape == earlier.describe());
         assert_eq!(layer.as_ref().map(|l| (&l.ms, l.way, l.remembered)), Some((&fake, ConvWay::GemmTransposed, true)));
 
         // A shape no process has timed: timed here, and on disk for the next one.
         let (x, w) = (random([1, 2, 5, 6, 9]), random([3, 2, 3, 3, 3]));
         let reference = values(burn::tensor::module::conv3d(x.clone(), w.clone(), None, options.clone()));
-        assert!(close(&values(conv3d_tuned(x, w, None, &options, budget)), &reference, 1e-5));
+        assert!(close(&values(conv3d_tuned(x, w, None, &options, budget, false)), &reference, 1e-5));
         let new = ConvShape::new([1, 2, 5, 6, 9], [3, 2, 3, 3, 3], [1; 3], [(1, 1); 3], "F32", budget);
         let kept = store.load().map_err(anyhow::Error::msg)?;
         assert!(kept.iter().any(|e| e.shape == earlier && e.ms == fake), "{kept:?}");
         let timed = kept.iter().find(|e| e.shape == new);
-        // burn's kernels, the two matrix products and Winograd's two algorithms (the CPU's ways).
-        assert!(timed.is_some_and(|e| e.ms.len() == 5 && e.ms.iter().all(|m| m.1 > 0.0 && m.1 < 800.0)), "{kept:?}");
+        // burn's kernels and the two matrix products (Winograd's algorithms start at 16³).
+        assert!(timed.is_some_and(|e| e.ms.len() == 3 && e.ms.iter().all(|m| m.1 > 0.0 && m.1 < 800.0)), "{kept:?}");
         // Other tests' shapes are not written into a directory about to be deleted.
         forget_tuning(&device());
         Ok(())

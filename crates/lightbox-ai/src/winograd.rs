@@ -71,11 +71,47 @@ impl Transform {
     pub fn alpha(&self) -> usize {
         self.m + 2
     }
+
+    /// [`F2`] for 2, [`F4`] otherwise.
+    pub fn of(m: usize) -> Self {
+        if m == 2 { F2 } else { F4 }
+    }
+
+    /// Bᵀ's rows.
+    pub fn input_rows(&self) -> &'static [&'static [f32]] {
+        self.input
+    }
+
+    /// Aᵀ's rows.
+    pub fn output_rows(&self) -> &'static [&'static [f32]] {
+        self.output
+    }
+}
+
+/// Output voxels under which the tuner does not try Winograd's algorithms: PlainConvUNet's
+/// layers of 8³ and less, where a convolution is bound by its weights (whose transform is
+/// (m + 2)³/27 times their size) and by its launches, not by its multiplications.
+pub const LEAST_VOXELS: usize = 16 * 16 * 16;
+
+/// The largest transformed weight, in f32, that [`applies`] takes on: half of what a shader may
+/// bind by wgpu's default limits (128 MiB; lavapipe failed to allocate the 169 MiB of F(4, 3)'s
+/// for a 640 → 320 layer).
+pub const MOST_FILTER_BYTES: usize = 64 << 20;
+
+/// Whether the tuner tries [`conv3d_winograd`] by `transform` on an `input` by a `weight`
+/// (dims): [`covers`] it, with at least [`LEAST_VOXELS`] outputs and a transformed weight of at
+/// most [`MOST_FILTER_BYTES`].
+pub fn applies(input: [usize; 5], weight: [usize; 5], options: &ConvOptions<3>, transform: &Transform) -> bool {
+    let voxels: usize =
+        (0..3).map(|a| (input[2 + a] + options.padding[a].0 + options.padding[a].1).saturating_sub(2)).product();
+    covers(input, weight, options)
+        && voxels >= LEAST_VOXELS
+        && transform.alpha().pow(3) * weight[0] * weight[1] * 4 <= MOST_FILTER_BYTES
 }
 
 /// Whether [`conv3d_winograd`] computes the convolution of an `input` by a `weight` (dims):
 /// 3×3×3, stride 1, not dilated or grouped.
-pub fn applies(input: [usize; 5], weight: [usize; 5], options: &ConvOptions<3>) -> bool {
+pub fn covers(input: [usize; 5], weight: [usize; 5], options: &ConvOptions<3>) -> bool {
     options.groups == 1
         && options.dilation == [1; 3]
         && options.stride == [1; 3]
@@ -88,7 +124,7 @@ pub fn applies(input: [usize; 5], weight: [usize; 5], options: &ConvOptions<3>) 
 /// Winograd's `transform`, computed in the weight's dtype. Tiles are transformed in slabs of
 /// output depth of at most `budget` bytes of transformed input (at least one tile deep), as
 /// [`crate::ops::conv3d_gemm`] bounds its columns. Convolutions it does not cover
-/// ([`applies`]) go to burn's kernels.
+/// ([`covers`]) go to burn's kernels.
 pub fn conv3d_winograd(
     x: Tensor<5>,
     weight: Tensor<5>,
@@ -97,7 +133,7 @@ pub fn conv3d_winograd(
     budget: usize,
     transform: &Transform,
 ) -> Tensor<5> {
-    if !applies(x.dims(), weight.dims(), options) {
+    if !covers(x.dims(), weight.dims(), options) {
         return burn::tensor::module::conv3d(x, weight, bias, options.clone());
     }
     let bytes = weight.dtype().size();
@@ -258,7 +294,7 @@ mod tests {
         let weight = Tensor::<5>::random([out_channels, input[1], 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
         let bias = Tensor::<1>::random([out_channels], Distribution::Uniform(-1.0, 1.0), &device);
         let options = ConvOptions::new([1; 3], [padding; 3], [1; 3], 1);
-        anyhow::ensure!(super::applies(input, weight.dims(), &options));
+        anyhow::ensure!(super::covers(input, weight.dims(), &options));
         let reference = burn::tensor::module::conv3d(x.clone(), weight.clone(), Some(bias.clone()), options.clone());
         let y = super::conv3d_winograd(x.cast(dtype), weight.cast(dtype), Some(bias.cast(dtype)), &options, budget, t);
         anyhow::ensure!(y.dims() == reference.dims(), "{:?} against {:?}", y.dims(), reference.dims());
@@ -297,11 +333,23 @@ mod tests {
     #[test]
     fn declines_what_it_does_not_cover() {
         let plain = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
-        assert!(super::applies([1, 4, 8, 8, 8], [4, 4, 3, 3, 3], &plain));
-        assert!(!super::applies([1, 4, 8, 8, 8], [4, 4, 3, 3, 3], &ConvOptions::new([2; 3], [1; 3], [1; 3], 1)));
-        assert!(!super::applies([1, 4, 8, 8, 8], [4, 4, 3, 3, 3], &ConvOptions::new([1; 3], [1; 3], [2; 3], 1)));
-        assert!(!super::applies([1, 4, 8, 8, 8], [4, 2, 3, 3, 3], &ConvOptions::new([1; 3], [1; 3], [1; 3], 2)));
-        assert!(!super::applies([1, 4, 8, 8, 8], [4, 4, 1, 1, 1], &plain));
-        assert!(!super::applies([1, 4, 1, 8, 8], [4, 4, 3, 3, 3], &ConvOptions::new([1; 3], [0; 3], [1; 3], 1)));
+        assert!(super::covers([1, 4, 8, 8, 8], [4, 4, 3, 3, 3], &plain));
+        assert!(!super::covers([1, 4, 8, 8, 8], [4, 4, 3, 3, 3], &ConvOptions::new([2; 3], [1; 3], [1; 3], 1)));
+        assert!(!super::covers([1, 4, 8, 8, 8], [4, 4, 3, 3, 3], &ConvOptions::new([1; 3], [1; 3], [2; 3], 1)));
+        assert!(!super::covers([1, 4, 8, 8, 8], [4, 2, 3, 3, 3], &ConvOptions::new([1; 3], [1; 3], [1; 3], 2)));
+        assert!(!super::covers([1, 4, 8, 8, 8], [4, 4, 1, 1, 1], &plain));
+        assert!(!super::covers([1, 4, 1, 8, 8], [4, 4, 3, 3, 3], &ConvOptions::new([1; 3], [0; 3], [1; 3], 1)));
+    }
+
+    /// The tuner tries them from 16³ outputs on, while the transformed weight stays under
+    /// 64 MiB: PlainConvUNet's 512 → 256 layer at 16³ by F(2, 3) (34 MB) but not F(4, 3)
+    /// (113 MB), and nothing at 8³.
+    #[test]
+    fn the_tuner_tries_them_where_they_may_pay() {
+        let plain = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
+        assert!(super::applies([1, 32, 128, 128, 128], [32, 32, 3, 3, 3], &plain, &F4));
+        assert!(super::applies([1, 512, 16, 16, 16], [256, 512, 3, 3, 3], &plain, &F2));
+        assert!(!super::applies([1, 512, 16, 16, 16], [256, 512, 3, 3, 3], &plain, &F4));
+        assert!(!super::applies([1, 320, 8, 8, 8], [320, 320, 3, 3, 3], &plain, &F2));
     }
 }
