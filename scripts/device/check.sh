@@ -140,7 +140,7 @@ for build in ${TUNED_BUILDS:-bench-ai bench-ai-spirv}; do
     autotune_log "$REF/autotune-$build.log"
     # Each build's choices in its own tuning file (the name says the build), brought back.
     LIGHTBOX_AI_TUNING_DIR=$REF/tuning LIGHTBOX_BENCH_UNET_ONLY=1 \
-        LIGHTBOX_BENCH_VARIANTS=${TUNED_VARIANTS:-f32:tuned:1024,f16:tuned:1024} \
+        LIGHTBOX_BENCH_VARIANTS=${TUNED_VARIANTS:-f32:tuned:1024,f32:tuned-tf32:1024,f16:tuned:1024} \
         LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout "${TUNED_LIMIT:-240}" "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
     rm -f "$ROOT/cubecl.toml"
 done

@@ -12,6 +12,10 @@
 //! - [`conv3d_k3_tiled`], the same convolution by output tiles whose input and weights a
 //!   workgroup stages in workgroup memory ([`Tiling`], [`TILINGS`]).
 //! - [`conv3d_k1`], a 1×1×1 convolution, one thread a voxel.
+//! - [`conv3d_winograd`]: Winograd's F(2, 3) or F(4, 3) along each axis
+//!   ([`crate::winograd`]), its input and output transforms one kernel pass each (a thread a
+//!   tile and channel, the tile in f32 registers), the (m + 2)³ products between them burn's
+//!   batched matrix product.
 //!
 //! Sums are in f32 whatever the input precision. The convolution tuner
 //! ([`crate::ops::conv3d_tuned`]) times each beside burn's ways, after checking its result

@@ -10,8 +10,8 @@
 //!   and only its direct convolution runs (issue 7: 0.073× PyTorch on an H200), while its matrix
 //!   product has register-tiled kernels that need none;
 //! - per layer, the fastest of burn's kernels, the matrix products either way round and, on a
-//!   GPU, Lightbox's own direct kernel (`crate::kernels`, feature `gpu`) (`conv3d_tuned`,
-//!   [`ConvWay`]): with SPIR-V on an H100, burn's implicit GEMM on tensor
+//!   GPU, Lightbox's own kernels and Winograd's algorithms (`crate::kernels`, feature `gpu`;
+//!   `crate::winograd`) (`conv3d_tuned`, [`ConvWay`]): with SPIR-V on an H100, burn's implicit GEMM on tensor
 //!   cores ran a 32 → 32 channel f16 layer on 128³ in 3.2 ms (its direct kernel 28.8 ms) but
 //!   declined layers of 128 channels (a tile over the 48 KiB of shared memory Vulkan grants),
 //!   where its direct kernel took 14 ms.
