@@ -965,6 +965,7 @@ mod gpu {
     fn winograd_f2_output_kernel<F: Float>(
         products: &Tensor<F>,
         output: &mut Tensor<F>,
+        #[comptime] channels_fastest: bool,
         #[define(F)] _dtype: ElemType,
     ) {
         let (images, out_c) = (output.shape(0), output.shape(1));
@@ -973,8 +974,14 @@ mod gpu {
         if ABSOLUTE_POS >= out_c * tiles {
             terminate!();
         }
-        let o = ABSOLUTE_POS / tiles;
-        let p = ABSOLUTE_POS % tiles;
+        // Threads run over the tiles fastest where the products lie that way (a warp reads
+        // consecutive values), over the channels where they were transposed.
+        let mut o = ABSOLUTE_POS / tiles;
+        let mut p = ABSOLUTE_POS % tiles;
+        if channels_fastest {
+            o = ABSOLUTE_POS % out_c;
+            p = ABSOLUTE_POS / out_c;
+        }
         let (th, tw) = (out_h.div_ceil(2), out_w.div_ceil(2));
         let deep = tiles / (images * th * tw);
         let tx = p % tw;
@@ -1220,6 +1227,7 @@ mod gpu {
     fn winograd_f4_output_kernel<F: Float>(
         products: &Tensor<F>,
         output: &mut Tensor<F>,
+        #[comptime] channels_fastest: bool,
         #[define(F)] _dtype: ElemType,
     ) {
         let (images, out_c) = (output.shape(0), output.shape(1));
@@ -1228,8 +1236,14 @@ mod gpu {
         if ABSOLUTE_POS >= out_c * tiles {
             terminate!();
         }
-        let o = ABSOLUTE_POS / tiles;
-        let p = ABSOLUTE_POS % tiles;
+        // Threads run over the tiles fastest where the products lie that way (a warp reads
+        // consecutive values), over the channels where they were transposed.
+        let mut o = ABSOLUTE_POS / tiles;
+        let mut p = ABSOLUTE_POS % tiles;
+        if channels_fastest {
+            o = ABSOLUTE_POS % out_c;
+            p = ABSOLUTE_POS / out_c;
+        }
         let (th, tw) = (out_h.div_ceil(4), out_w.div_ceil(4));
         let deep = tiles / (images * th * tw);
         let tx = p % tw;
@@ -1331,11 +1345,31 @@ mod gpu {
         let client = products.client.clone();
         let cube_dim = CubeDim::new(&client, threads);
         let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
+        let strides = products.meta.strides().clone();
+        let channels_fastest = strides[1] == 1 && strides[2] != 1;
         let (products, out) = (products.into_tensor_arg(), output.clone().into_tensor_arg());
         if m == 2 {
-            winograd_f2_output_kernel::launch(&client, cube_count, cube_dim, address, products, out, dtype);
+            winograd_f2_output_kernel::launch(
+                &client,
+                cube_count,
+                cube_dim,
+                address,
+                products,
+                out,
+                channels_fastest,
+                dtype,
+            );
         } else {
-            winograd_f4_output_kernel::launch(&client, cube_count, cube_dim, address, products, out, dtype);
+            winograd_f4_output_kernel::launch(
+                &client,
+                cube_count,
+                cube_dim,
+                address,
+                products,
+                out,
+                channels_fastest,
+                dtype,
+            );
         }
         output
     }
