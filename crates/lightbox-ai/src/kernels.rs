@@ -1624,12 +1624,21 @@ mod tests {
         let full = [&k3[..], &winograd[..]].concat();
         let tf32 = [&full[..], &f4[..]].concat();
         let deep = [&k3[..], &[ConvWay::GemmSplit]].concat();
-        // In half precision the ways that sum f16 values in f32 pass the check too.
-        let half = [&k3[..], &[ConvWay::Gemm, ConvWay::GemmTransposed]].concat();
+        // In half precision the ways that sum f16 values in f32 pass the check too, Winograd's
+        // F(2, 3) computed in f32 among them.
+        let half = [&k3[..], &[ConvWay::Gemm, ConvWay::GemmTransposed, ConvWay::WinogradF2F32]].concat();
         let tiled = [ConvWay::Tiled, ConvWay::TiledWide, ConvWay::TiledShort];
         // (input, output channels, kernel side, dtype, TF32 allowed, ways timed, ways not timed)
         for (shape, out, k, dtype, allowed, expected, absent) in [
-            ([1, 4, 4, 32, 34], 64, 3, FloatDType::F32, false, &full[..], &f4[..]),
+            (
+                [1, 4, 4, 32, 34],
+                64,
+                3,
+                FloatDType::F32,
+                false,
+                &full[..],
+                &[&f4[..], &[ConvWay::WinogradF2F32]].concat()[..],
+            ),
             ([1, 4, 4, 32, 36], 64, 3, FloatDType::F32, true, &tf32[..], &[][..]),
             // Deep layers of few voxels: products split by channel, no Winograd.
             ([1, 128, 2, 3, 16], 128, 3, FloatDType::F32, true, &deep[..], &all_winograd[..]),

@@ -179,7 +179,7 @@ fn gemm(
 /// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
 /// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
 /// timed again.
-pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1, winograd F(2,3) and F(4,3) (F(4,3) with tf32 only) r7";
+pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1, winograd F(2,3) (and in f32 for f16 layers) and F(4,3) (with tf32 only) r7";
 
 /// Parts [`ConvWay::GemmSplit`] cuts the sum of a convolution of `input` by `weight` into, by
 /// input channel: enough that the parts' products have about 32 768 output columns (voxels)
@@ -239,6 +239,10 @@ pub enum ConvWay {
     WinogradF2,
     /// The same on a GPU, each product the other way round (as [`Self::GemmTransposed`]).
     WinogradF2Transposed,
+    /// For a half-precision layer, F(2, 3) with its transforms and products in f32, the result
+    /// rounded to f16 once (nnU-Net's autocast sums f16 values in f32; in f16 throughout,
+    /// F(2, 3) rounds the transformed inputs and products too, 1.5 % off on lavapipe).
+    WinogradF2F32,
     /// Winograd's F(4×4×4, 3×3×3): 8 times fewer, in 216 products, a few bits less accurate.
     WinogradF4,
     /// The same on a GPU, each product the other way round.
@@ -246,7 +250,7 @@ pub enum ConvWay {
 }
 
 impl ConvWay {
-    const ALL: [Self; 14] = [
+    const ALL: [Self; 15] = [
         Self::Burn,
         Self::Gemm,
         Self::GemmTransposed,
@@ -259,13 +263,14 @@ impl ConvWay {
         Self::Pointwise,
         Self::WinogradF2,
         Self::WinogradF2Transposed,
+        Self::WinogradF2F32,
         Self::WinogradF4,
         Self::WinogradF4Transposed,
     ];
 
     /// Lightbox's own ways (what [`crate::profile`] times besides burn's and the matrix
     /// products): its kernels and Winograd's algorithms, which the tuner tries on a GPU only.
-    pub const OWN: [Self; 10] = [
+    pub const OWN: [Self; 11] = [
         Self::Direct,
         Self::DirectWide,
         Self::Tiled,
@@ -274,6 +279,7 @@ impl ConvWay {
         Self::Pointwise,
         Self::WinogradF2,
         Self::WinogradF2Transposed,
+        Self::WinogradF2F32,
         Self::WinogradF4,
         Self::WinogradF4Transposed,
     ];
@@ -321,6 +327,10 @@ impl ConvWay {
                 winograd_kernels_apply(device, input, weight, options)
                     && crate::winograd::applies(input, weight, options, &crate::winograd::F2)
             }
+            Self::WinogradF2F32 => {
+                !f32 && winograd_kernels_apply(device, input, weight, options)
+                    && crate::winograd::applies(input, weight, options, &crate::winograd::F2)
+            }
             Self::WinogradF4 | Self::WinogradF4Transposed => {
                 f32 && winograd_kernels_apply(device, input, weight, options)
                     && crate::winograd::applies(input, weight, options, &crate::winograd::F4)
@@ -360,6 +370,12 @@ impl ConvWay {
             }
             Self::WinogradF2 => winograd(x, weight, bias, options, budget, &crate::winograd::F2, false),
             Self::WinogradF2Transposed => winograd(x, weight, bias, options, budget, &crate::winograd::F2, true),
+            Self::WinogradF2F32 => {
+                let dtype = burn::tensor::FloatDType::from(weight.dtype());
+                let f32 = |t: Tensor<5>| t.cast(burn::tensor::FloatDType::F32);
+                let bias = bias.map(|b| b.cast(burn::tensor::FloatDType::F32));
+                winograd(f32(x), f32(weight), bias, options, budget, &crate::winograd::F2, false).cast(dtype)
+            }
             Self::WinogradF4 => winograd(x, weight, bias, options, budget, &crate::winograd::F4, false),
             Self::WinogradF4Transposed => winograd(x, weight, bias, options, budget, &crate::winograd::F4, true),
         }
@@ -379,6 +395,7 @@ impl ConvWay {
             Self::TiledShort => "Lightbox's tiled kernel, 32x8 voxels x 32 channels",
             Self::WinogradF2 => "Winograd F(2x2x2, 3x3x3)",
             Self::WinogradF2Transposed => "Winograd F(2x2x2, 3x3x3), transposed products",
+            Self::WinogradF2F32 => "Winograd F(2x2x2, 3x3x3) in f32",
             Self::WinogradF4 => "Winograd F(4x4x4, 3x3x3)",
             Self::WinogradF4Transposed => "Winograd F(4x4x4, 3x3x3), transposed products",
         }
