@@ -1,8 +1,9 @@
 //! Lightbox's own GPU kernels, written in CubeCL and reached through burn's backend extensions
 //! (`#[backend_extension]`: burn's fusion stream, then a kernel on the cubecl backend's tensors;
-//! on flex, burn's own operation). Built with the `gpu` feature only.
+//! on flex, burn's own operation, or host loops written like the kernel). Built with the `gpu`
+//! feature only.
 //!
-//! Three convolutions, for the layers where burn's kernels and matrix products were slowest on
+//! Four convolutions, for the layers where burn's kernels and matrix products were slowest on
 //! an H200 (issue 7: the few-channel layers at full resolution ran at 2 TFLOPS by burn's direct
 //! kernel and 4.4 by matrix products; the 1×1×1 head took 3.3 ms for 0.3 GFLOP):
 //! - [`conv3d_k3`], a direct 3×3×3 convolution (padding 1, stride 1 or 2). Each thread keeps a
@@ -14,10 +15,10 @@
 //! - [`conv3d_k1`], a 1×1×1 convolution, one thread a voxel.
 //! - [`conv3d_winograd`]: Winograd's F(2, 3) or F(4, 3) along each axis
 //!   ([`crate::winograd`]), its input and output transforms one kernel pass each (a thread a
-//!   tile and channel, the tile in f32 registers), the (m + 2)³ products between them burn's
-//!   batched matrix product.
+//!   tile and channel, the tile, or for F(4, 3) a plane of it at a time, in f32 registers), the
+//!   (m + 2)³ products between them burn's batched matrix product, in the layer's dtype.
 //!
-//! Sums are in f32 whatever the input precision. The convolution tuner
+//! Sums within a kernel are in f32 whatever the input precision. The convolution tuner
 //! ([`crate::ops::conv3d_tuned`]) times each beside burn's ways, after checking its result
 //! against burn's, and keeps it only where it is the fastest.
 
