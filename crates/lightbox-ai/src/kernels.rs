@@ -118,48 +118,33 @@ pub fn conv3d_winograd(
     if !winograd_fits(x.dims(), weight.dims(), options) {
         return crate::winograd::conv3d_winograd(x, weight, bias, options, budget, transform);
     }
-    let bytes = weight.dtype().size();
-    let dtype = burn::tensor::FloatDType::from(weight.dtype());
-    let x = x.cast(dtype);
-    let [n, c, d, h, w] = x.dims();
-    let o = weight.dims()[0];
     let m = transform.m;
-    let products_per_tile = transform.alpha().pow(3);
-    let tiles = [d.div_ceil(m), h.div_ceil(m), w.div_ceil(m)];
-    // [(m + 2)³, C, O]
-    let filter = crate::winograd::transformed_filter(weight, transform).cast(dtype);
-    let filter_t = filter.clone().swap_dims(1, 2);
-    let per_tile_deep = products_per_tile * n * tiles[1] * tiles[2] * c.max(o) * bytes;
-    let slab = (budget / per_tile_deep.max(1)).clamp(1, tiles[0]);
-    let mut slabs = Vec::with_capacity(tiles[0].div_ceil(slab));
-    for z0 in (0..tiles[0]).step_by(slab) {
-        let deep = slab.min(tiles[0] - z0);
-        let u: Tensor<3> = Tensor::from_dispatch(<Dispatch as LightboxKernels>::winograd_input(
-            x.clone().into_dispatch(),
-            m,
-            z0,
-            deep,
-        ));
-        let products = if transposed {
-            u.swap_dims(1, 2).matmul(filter.clone()).swap_dims(1, 2)
-        } else {
-            filter_t.clone().matmul(u)
-        };
-        let depth = (m * deep).min(d - m * z0);
-        slabs.push(Tensor::<5>::from_dispatch(<Dispatch as LightboxKernels>::winograd_output(
-            products.into_dispatch(),
-            m,
-            n,
-            depth,
-            h,
-            w,
-        )));
-    }
-    let y = Tensor::cat(slabs, 2);
-    match bias {
-        Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
-        None => y,
-    }
+    crate::winograd::by_slabs(x, weight, bias, options, budget, transform, |x, out, _| {
+        let n = x.dims()[0];
+        move |filter: &Tensor<3>, z0: usize, deep: usize| {
+            let u: Tensor<3> = Tensor::from_dispatch(<Dispatch as LightboxKernels>::winograd_input(
+                x.clone().into_dispatch(),
+                m,
+                z0,
+                deep,
+            ));
+            let products = if transposed {
+                u.swap_dims(1, 2).matmul(filter.clone()).swap_dims(1, 2)
+            } else {
+                filter.clone().swap_dims(1, 2).matmul(u)
+            };
+            // The output kernel cuts to the grid (padding 1: the input's size).
+            let depth = (m * deep).min(out[0] - m * z0);
+            Tensor::from_dispatch(<Dispatch as LightboxKernels>::winograd_output(
+                products.into_dispatch(),
+                m,
+                n,
+                depth,
+                out[1],
+                out[2],
+            ))
+        }
+    })
 }
 
 fn conv3d_k1_shape(x: &Shape, weight: &Shape, _channels: &usize) -> Shape {

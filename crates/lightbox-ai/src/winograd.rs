@@ -136,34 +136,63 @@ pub fn conv3d_winograd(
     if !covers(x.dims(), weight.dims(), options) {
         return burn::tensor::module::conv3d(x, weight, bias, options.clone());
     }
+    let m = transform.m;
+    by_slabs(x, weight, bias, options, budget, transform, |x, out, tiles| {
+        // Zeros around, up to m·(tiles + 1) along each axis: the last tile reads m + 2 inputs
+        // from m·(tiles − 1) on, and every tile's m + 2 inputs are two blocks of m.
+        let size = [x.dims()[2], x.dims()[3], x.dims()[4]];
+        let padding: [(usize, usize); 3] =
+            std::array::from_fn(|a| (options.padding[a].0, m * (tiles[a] + 1) - size[a] - options.padding[a].0));
+        let x = x.pad(padding, PadMode::Constant(0.0));
+        let n = x.dims()[0];
+        move |filter: &Tensor<3>, z0: usize, deep: usize| {
+            let rows = x.clone().narrow(2, m * z0, m * (deep + 1));
+            let slab_tiles = [deep, tiles[1], tiles[2]];
+            let products = transformed_input(rows, transform, slab_tiles).matmul(filter.clone());
+            let y = outputs(products, transform, n, slab_tiles);
+            // Whole tiles: cut to the grid.
+            let [_, o, depth, height, width] = y.dims();
+            let depth = depth.min(out[0] - m * z0);
+            if [depth, height, width] == [m * deep, out[1], out[2]] {
+                y
+            } else {
+                y.slice([0..n, 0..o, 0..depth, 0..out[1].min(height), 0..out[2].min(width)])
+            }
+        }
+    })
+}
+
+/// What both implementations of Winograd's convolution share ([`conv3d_winograd`] here, and
+/// [`crate::kernels::conv3d_winograd`]'s transform kernels): the layer in the weight's dtype,
+/// its transformed weight `[(m + 2)³, C, O]`, and slabs of tile depth of at most `budget`
+/// bytes of transformed input (or products), concatenated, the bias added. `prepare` takes
+/// the input (in that dtype), the output's size and the tiles along each axis, and gives what
+/// computes one slab — from the transformed weight, the first tile deep and the tiles deep —
+/// as `[N, O, depth, H', W']`, cut to the output's grid.
+pub(crate) fn by_slabs<S: Fn(&Tensor<3>, usize, usize) -> Tensor<5>>(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &ConvOptions<3>,
+    budget: usize,
+    transform: &Transform,
+    prepare: impl FnOnce(Tensor<5>, [usize; 3], [usize; 3]) -> S,
+) -> Tensor<5> {
     let bytes = weight.dtype().size();
     let dtype = FloatDType::from(weight.dtype());
     let x = x.cast(dtype);
     let [n, c, d, h, w] = x.dims();
     let o = weight.dims()[0];
-    let (m, alpha) = (transform.m, transform.alpha());
     let size = [d, h, w];
     let out: [usize; 3] = std::array::from_fn(|a| size[a] + options.padding[a].0 + options.padding[a].1 - 2);
-    let tiles: [usize; 3] = std::array::from_fn(|a| out[a].div_ceil(m));
-    // Zeros around, up to m·(tiles + 1) along each axis: the last tile reads m + 2 inputs from
-    // m·(tiles − 1) on, and every tile's m + 2 inputs are two blocks of m.
-    let padding: [(usize, usize); 3] =
-        std::array::from_fn(|a| (options.padding[a].0, m * (tiles[a] + 1) - size[a] - options.padding[a].0));
-    let x = x.pad(padding, PadMode::Constant(0.0));
+    let tiles: [usize; 3] = std::array::from_fn(|a| out[a].div_ceil(transform.m));
     let filter = transformed_filter(weight, transform).cast(dtype);
-    let per_tile_deep = alpha.pow(3) * n * tiles[1] * tiles[2] * c.max(o) * bytes;
+    let per_tile_deep = transform.alpha().pow(3) * n * tiles[1] * tiles[2] * c.max(o) * bytes;
     let slab = (budget / per_tile_deep.max(1)).clamp(1, tiles[0]);
-    let mut slabs = Vec::with_capacity(tiles[0].div_ceil(slab));
-    for z0 in (0..tiles[0]).step_by(slab) {
-        let deep = slab.min(tiles[0] - z0);
-        let rows = x.clone().narrow(2, m * z0, m * (deep + 1));
-        let slab_tiles = [deep, tiles[1], tiles[2]];
-        let products = transformed_input(rows, transform, slab_tiles).matmul(filter.clone());
-        slabs.push(outputs(products, transform, n, slab_tiles));
-    }
+    let one = prepare(x, out, tiles);
+    let slabs: Vec<Tensor<5>> =
+        (0..tiles[0]).step_by(slab).map(|z0| one(&filter, z0, slab.min(tiles[0] - z0))).collect();
     let y = Tensor::cat(slabs, 2);
-    let y =
-        if (0..3).all(|a| out[a] == m * tiles[a]) { y } else { y.slice([0..n, 0..o, 0..out[0], 0..out[1], 0..out[2]]) };
     match bias {
         Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
         None => y,
