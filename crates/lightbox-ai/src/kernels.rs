@@ -873,14 +873,18 @@ mod gpu {
         m[first + step] = a1 - a2 - a3;
     }
 
-    /// One thread: the 4³ input tile `p` (from tile depth `z0` on) of channel `c`, padding 1,
-    /// transformed along x, y and z in f32 registers, to `output[k, c, p]`. Threads run over
-    /// the tiles fastest, so a warp writes consecutive values.
+    /// One thread: the (m + 2)³ input tile `p` (from tile depth `z0` on) of channel `c`, padding
+    /// 1, transformed along x, y and z in f32 registers, to `output[k, c, p]`; `tile` = m, 2 or 4.
+    /// Threads run over the tiles fastest, so a warp writes consecutive values. F(2, 3) keeps
+    /// its 64 values in registers; F(4, 3) goes plane by plane of the output's z (36 values and
+    /// 36 sums), each the sum of the input planes its row of Bᵀ names, transformed along x and
+    /// y (re-read from cache, not kept: 216 values would not fit a thread's registers).
     #[cube(launch, address_type = "dynamic")]
-    fn winograd_f2_input_kernel<F: Float>(
+    fn winograd_input_kernel<F: Float>(
         input: &Tensor<F>,
         output: &mut Tensor<F>,
         z0: usize,
+        #[comptime] tile: usize,
         #[define(F)] _dtype: ElemType,
     ) {
         let (images, in_c) = (input.shape(0), input.shape(1));
@@ -891,67 +895,121 @@ mod gpu {
         }
         let c = ABSOLUTE_POS / tiles;
         let p = ABSOLUTE_POS % tiles;
-        let (th, tw) = (in_h.div_ceil(2), in_w.div_ceil(2));
+        let (th, tw) = (in_h.div_ceil(tile), in_w.div_ceil(tile));
         let deep = tiles / (images * th * tw);
         let tx = p % tw;
         let ty = (p / tw) % th;
         let tz = (p / (tw * th)) % deep;
         let n = p / (tw * th * deep);
-        let base = (n * in_c + c) * in_d * in_h * in_w;
-        let mut d = Array::<f32>::new(64usize);
-        #[unroll]
-        for jz in 0..4usize {
-            // Padded coordinates: q = 2·t + j reads input q − 1, inside when 1 ≤ q ≤ len.
-            let pz = 2 * (z0 + tz) + jz;
+        if tile == 2 {
+            let base = (n * in_c + c) * in_d * in_h * in_w;
+            let mut d = Array::<f32>::new(64usize);
             #[unroll]
-            for jy in 0..4usize {
-                let py = 2 * ty + jy;
-                let row_inside = pz >= 1 && pz <= in_d && py >= 1 && py <= in_h;
+            for jz in 0..4usize {
+                // Padded coordinates: q = 2·t + j reads input q − 1, inside when 1 ≤ q ≤ len.
+                let pz = 2 * (z0 + tz) + jz;
                 #[unroll]
-                for jx in 0..4usize {
-                    let px = 2 * tx + jx;
-                    let i = (jz * 4 + jy) * 4 + jx;
-                    d[i] = 0.0f32;
-                    if row_inside && px >= 1 && px <= in_w {
-                        d[i] = f32::cast_from(input[base + ((pz - 1) * in_h + py - 1) * in_w + px - 1]);
+                for jy in 0..4usize {
+                    let py = 2 * ty + jy;
+                    let row_inside = pz >= 1 && pz <= in_d && py >= 1 && py <= in_h;
+                    #[unroll]
+                    for jx in 0..4usize {
+                        let px = 2 * tx + jx;
+                        let i = (jz * 4 + jy) * 4 + jx;
+                        d[i] = 0.0f32;
+                        if row_inside && px >= 1 && px <= in_w {
+                            d[i] = f32::cast_from(input[base + ((pz - 1) * in_h + py - 1) * in_w + px - 1]);
+                        }
                     }
                 }
             }
-        }
-        #[unroll]
-        for a in 0..4usize {
             #[unroll]
-            for b in 0..4usize {
-                f2_input_axis(&mut d, (a * 4 + b) * 4, 1);
+            for a in 0..4usize {
+                #[unroll]
+                for b in 0..4usize {
+                    f2_input_axis(&mut d, (a * 4 + b) * 4, 1);
+                }
             }
-        }
-        #[unroll]
-        for a in 0..4usize {
             #[unroll]
-            for b in 0..4usize {
-                f2_input_axis(&mut d, a * 16 + b, 4);
+            for a in 0..4usize {
+                #[unroll]
+                for b in 0..4usize {
+                    f2_input_axis(&mut d, a * 16 + b, 4);
+                }
             }
-        }
-        #[unroll]
-        for a in 0..4usize {
             #[unroll]
-            for b in 0..4usize {
-                f2_input_axis(&mut d, a * 4 + b, 16);
+            for a in 0..4usize {
+                #[unroll]
+                for b in 0..4usize {
+                    f2_input_axis(&mut d, a * 4 + b, 16);
+                }
             }
-        }
-        #[unroll]
-        for k in 0..64usize {
-            output[(k * in_c + c) * tiles + p] = F::cast_from(d[k]);
+            #[unroll]
+            for k in 0..64usize {
+                output[(k * in_c + c) * tiles + p] = F::cast_from(d[k]);
+            }
+        } else {
+            let base = (n * in_c + c) * in_d * in_h * in_w;
+            let mut plane = Array::<f32>::new(36usize);
+            let mut sums = Array::<f32>::new(36usize);
+            #[unroll]
+            for kz in 0..6usize {
+                #[unroll]
+                for i in 0..36usize {
+                    sums[i] = 0.0f32;
+                }
+                #[unroll]
+                for jz in 0..6usize {
+                    let coefficient = f4_bt(kz, jz);
+                    if coefficient != 0.0f32 {
+                        // Padded coordinates: q = 4·t + j reads input q − 1, inside when 1 ≤ q ≤ len.
+                        let pz = 4 * (z0 + tz) + jz;
+                        #[unroll]
+                        for jy in 0..6usize {
+                            let py = 4 * ty + jy;
+                            let row_inside = pz >= 1 && pz <= in_d && py >= 1 && py <= in_h;
+                            #[unroll]
+                            for jx in 0..6usize {
+                                let px = 4 * tx + jx;
+                                plane[jy * 6 + jx] = 0.0f32;
+                                if row_inside && px >= 1 && px <= in_w {
+                                    plane[jy * 6 + jx] =
+                                        f32::cast_from(input[base + ((pz - 1) * in_h + py - 1) * in_w + px - 1]);
+                                }
+                            }
+                        }
+                        #[unroll]
+                        for r in 0..6usize {
+                            f4_input_axis(&mut plane, r * 6, 1);
+                        }
+                        #[unroll]
+                        for r in 0..6usize {
+                            f4_input_axis(&mut plane, r, 6);
+                        }
+                        #[unroll]
+                        for i in 0..36usize {
+                            sums[i] += coefficient * plane[i];
+                        }
+                    }
+                }
+                #[unroll]
+                for i in 0..36usize {
+                    output[((kz * 36 + i) * in_c + c) * tiles + p] = F::cast_from(sums[i]);
+                }
+            }
         }
     }
 
-    /// One thread: the 64 products of tile `p` for output channel `o` (read by `products`'
-    /// strides), transformed back to its 2³ outputs, those inside `output` written.
+    /// One thread: the (m + 2)³ products of tile `p` for output channel `o` (read by
+    /// `products`' strides), transformed back to its m³ outputs, those inside `output` written;
+    /// `tile` = m, 2 or 4 (F(4, 3) plane by plane of z, each the sum of the product planes its
+    /// row of Aᵀ names).
     #[cube(launch, address_type = "dynamic")]
-    fn winograd_f2_output_kernel<F: Float>(
+    fn winograd_output_kernel<F: Float>(
         products: &Tensor<F>,
         output: &mut Tensor<F>,
         #[comptime] channels_fastest: bool,
+        #[comptime] tile: usize,
         #[define(F)] _dtype: ElemType,
     ) {
         let (images, out_c) = (output.shape(0), output.shape(1));
@@ -968,51 +1026,103 @@ mod gpu {
             o = ABSOLUTE_POS % out_c;
             p = ABSOLUTE_POS / out_c;
         }
-        let (th, tw) = (out_h.div_ceil(2), out_w.div_ceil(2));
+        let (th, tw) = (out_h.div_ceil(tile), out_w.div_ceil(tile));
         let deep = tiles / (images * th * tw);
         let tx = p % tw;
         let ty = (p / tw) % th;
         let tz = (p / (tw * th)) % deep;
         let n = p / (tw * th * deep);
-        let at = o * products.stride(1) + p * products.stride(2);
-        let step = products.stride(0);
-        let mut m = Array::<f32>::new(64usize);
-        #[unroll]
-        for k in 0..64usize {
-            m[k] = f32::cast_from(products[at + k * step]);
-        }
-        #[unroll]
-        for a in 0..4usize {
+        if tile == 2 {
+            let at = o * products.stride(1) + p * products.stride(2);
+            let step = products.stride(0);
+            let mut m = Array::<f32>::new(64usize);
             #[unroll]
-            for b in 0..4usize {
-                f2_output_axis(&mut m, (a * 4 + b) * 4, 1);
+            for k in 0..64usize {
+                m[k] = f32::cast_from(products[at + k * step]);
             }
-        }
-        #[unroll]
-        for a in 0..4usize {
             #[unroll]
-            for b in 0..2usize {
-                f2_output_axis(&mut m, a * 16 + b, 4);
-            }
-        }
-        #[unroll]
-        for a in 0..2usize {
-            #[unroll]
-            for b in 0..2usize {
-                f2_output_axis(&mut m, a * 4 + b, 16);
-            }
-        }
-        let plane = out_h * out_w;
-        let base = (n * out_c + o) * out_d * plane;
-        #[unroll]
-        for dz in 0..2usize {
-            #[unroll]
-            for dy in 0..2usize {
+            for a in 0..4usize {
                 #[unroll]
-                for dx in 0..2usize {
-                    let (z, y, x) = (2 * tz + dz, 2 * ty + dy, 2 * tx + dx);
-                    if z < out_d && y < out_h && x < out_w {
-                        output[base + z * plane + y * out_w + x] = F::cast_from(m[dz * 16 + dy * 4 + dx]);
+                for b in 0..4usize {
+                    f2_output_axis(&mut m, (a * 4 + b) * 4, 1);
+                }
+            }
+            #[unroll]
+            for a in 0..4usize {
+                #[unroll]
+                for b in 0..2usize {
+                    f2_output_axis(&mut m, a * 16 + b, 4);
+                }
+            }
+            #[unroll]
+            for a in 0..2usize {
+                #[unroll]
+                for b in 0..2usize {
+                    f2_output_axis(&mut m, a * 4 + b, 16);
+                }
+            }
+            let plane = out_h * out_w;
+            let base = (n * out_c + o) * out_d * plane;
+            #[unroll]
+            for dz in 0..2usize {
+                #[unroll]
+                for dy in 0..2usize {
+                    #[unroll]
+                    for dx in 0..2usize {
+                        let (z, y, x) = (2 * tz + dz, 2 * ty + dy, 2 * tx + dx);
+                        if z < out_d && y < out_h && x < out_w {
+                            output[base + z * plane + y * out_w + x] = F::cast_from(m[dz * 16 + dy * 4 + dx]);
+                        }
+                    }
+                }
+            }
+        } else {
+            let at = o * products.stride(1) + p * products.stride(2);
+            let step = products.stride(0);
+            let plane_size = out_h * out_w;
+            let base = (n * out_c + o) * out_d * plane_size;
+            let mut plane = Array::<f32>::new(36usize);
+            let mut sums = Array::<f32>::new(16usize);
+            #[unroll]
+            for dz in 0..4usize {
+                #[unroll]
+                for i in 0..16usize {
+                    sums[i] = 0.0f32;
+                }
+                #[unroll]
+                for kz in 0..6usize {
+                    let coefficient = f4_at(dz, kz);
+                    if coefficient != 0.0f32 {
+                        #[unroll]
+                        for i in 0..36usize {
+                            plane[i] = f32::cast_from(products[at + (kz * 36 + i) * step]);
+                        }
+                        #[unroll]
+                        for r in 0..6usize {
+                            f4_output_axis(&mut plane, r * 6, 1);
+                        }
+                        #[unroll]
+                        for r in 0..4usize {
+                            f4_output_axis(&mut plane, r, 6);
+                        }
+                        #[unroll]
+                        for dy in 0..4usize {
+                            #[unroll]
+                            for dx in 0..4usize {
+                                sums[dy * 4 + dx] += coefficient * plane[dy * 6 + dx];
+                            }
+                        }
+                    }
+                }
+                let z = 4 * tz + dz;
+                #[unroll]
+                for dy in 0..4usize {
+                    #[unroll]
+                    for dx in 0..4usize {
+                        let (y, x) = (4 * ty + dy, 4 * tx + dx);
+                        if z < out_d && y < out_h && x < out_w {
+                            output[base + z * plane_size + y * out_w + x] = F::cast_from(sums[dy * 4 + dx]);
+                        }
                     }
                 }
             }
@@ -1130,163 +1240,6 @@ mod gpu {
         c
     }
 
-    /// One thread: the 6³ input tile `p` (from tile depth `z0` on) of channel `c`, padding 1,
-    /// transformed by F(4, 3) along each axis, to `output[k, c, p]`: plane by plane of the
-    /// output's z (36 values and 36 sums in registers), each the sum of the input planes its
-    /// row of Bᵀ names, transformed along x and y (re-read from cache, not kept: 216 values
-    /// would not fit a thread's registers).
-    #[cube(launch, address_type = "dynamic")]
-    fn winograd_f4_input_kernel<F: Float>(
-        input: &Tensor<F>,
-        output: &mut Tensor<F>,
-        z0: usize,
-        #[define(F)] _dtype: ElemType,
-    ) {
-        let (images, in_c) = (input.shape(0), input.shape(1));
-        let (in_d, in_h, in_w) = (input.shape(2), input.shape(3), input.shape(4));
-        let tiles = output.shape(2);
-        if ABSOLUTE_POS >= in_c * tiles {
-            terminate!();
-        }
-        let c = ABSOLUTE_POS / tiles;
-        let p = ABSOLUTE_POS % tiles;
-        let (th, tw) = (in_h.div_ceil(4), in_w.div_ceil(4));
-        let deep = tiles / (images * th * tw);
-        let tx = p % tw;
-        let ty = (p / tw) % th;
-        let tz = (p / (tw * th)) % deep;
-        let n = p / (tw * th * deep);
-        let base = (n * in_c + c) * in_d * in_h * in_w;
-        let mut plane = Array::<f32>::new(36usize);
-        let mut sums = Array::<f32>::new(36usize);
-        #[unroll]
-        for kz in 0..6usize {
-            #[unroll]
-            for i in 0..36usize {
-                sums[i] = 0.0f32;
-            }
-            #[unroll]
-            for jz in 0..6usize {
-                let coefficient = f4_bt(kz, jz);
-                if coefficient != 0.0f32 {
-                    // Padded coordinates: q = 4·t + j reads input q − 1, inside when 1 ≤ q ≤ len.
-                    let pz = 4 * (z0 + tz) + jz;
-                    #[unroll]
-                    for jy in 0..6usize {
-                        let py = 4 * ty + jy;
-                        let row_inside = pz >= 1 && pz <= in_d && py >= 1 && py <= in_h;
-                        #[unroll]
-                        for jx in 0..6usize {
-                            let px = 4 * tx + jx;
-                            plane[jy * 6 + jx] = 0.0f32;
-                            if row_inside && px >= 1 && px <= in_w {
-                                plane[jy * 6 + jx] =
-                                    f32::cast_from(input[base + ((pz - 1) * in_h + py - 1) * in_w + px - 1]);
-                            }
-                        }
-                    }
-                    #[unroll]
-                    for r in 0..6usize {
-                        f4_input_axis(&mut plane, r * 6, 1);
-                    }
-                    #[unroll]
-                    for r in 0..6usize {
-                        f4_input_axis(&mut plane, r, 6);
-                    }
-                    #[unroll]
-                    for i in 0..36usize {
-                        sums[i] += coefficient * plane[i];
-                    }
-                }
-            }
-            #[unroll]
-            for i in 0..36usize {
-                output[((kz * 36 + i) * in_c + c) * tiles + p] = F::cast_from(sums[i]);
-            }
-        }
-    }
-
-    /// One thread: the 216 products of tile `p` for output channel `o` (read by `products`'
-    /// strides), transformed back to its 4³ outputs plane by plane of z (each the sum of the
-    /// product planes its row of Aᵀ names), those inside `output` written.
-    #[cube(launch, address_type = "dynamic")]
-    fn winograd_f4_output_kernel<F: Float>(
-        products: &Tensor<F>,
-        output: &mut Tensor<F>,
-        #[comptime] channels_fastest: bool,
-        #[define(F)] _dtype: ElemType,
-    ) {
-        let (images, out_c) = (output.shape(0), output.shape(1));
-        let (out_d, out_h, out_w) = (output.shape(2), output.shape(3), output.shape(4));
-        let tiles = products.shape(2);
-        if ABSOLUTE_POS >= out_c * tiles {
-            terminate!();
-        }
-        // Threads run over the tiles fastest where the products lie that way (a warp reads
-        // consecutive values), over the channels where they were transposed.
-        let mut o = ABSOLUTE_POS / tiles;
-        let mut p = ABSOLUTE_POS % tiles;
-        if channels_fastest {
-            o = ABSOLUTE_POS % out_c;
-            p = ABSOLUTE_POS / out_c;
-        }
-        let (th, tw) = (out_h.div_ceil(4), out_w.div_ceil(4));
-        let deep = tiles / (images * th * tw);
-        let tx = p % tw;
-        let ty = (p / tw) % th;
-        let tz = (p / (tw * th)) % deep;
-        let n = p / (tw * th * deep);
-        let at = o * products.stride(1) + p * products.stride(2);
-        let step = products.stride(0);
-        let plane_size = out_h * out_w;
-        let base = (n * out_c + o) * out_d * plane_size;
-        let mut plane = Array::<f32>::new(36usize);
-        let mut sums = Array::<f32>::new(16usize);
-        #[unroll]
-        for dz in 0..4usize {
-            #[unroll]
-            for i in 0..16usize {
-                sums[i] = 0.0f32;
-            }
-            #[unroll]
-            for kz in 0..6usize {
-                let coefficient = f4_at(dz, kz);
-                if coefficient != 0.0f32 {
-                    #[unroll]
-                    for i in 0..36usize {
-                        plane[i] = f32::cast_from(products[at + (kz * 36 + i) * step]);
-                    }
-                    #[unroll]
-                    for r in 0..6usize {
-                        f4_output_axis(&mut plane, r * 6, 1);
-                    }
-                    #[unroll]
-                    for r in 0..4usize {
-                        f4_output_axis(&mut plane, r, 6);
-                    }
-                    #[unroll]
-                    for dy in 0..4usize {
-                        #[unroll]
-                        for dx in 0..4usize {
-                            sums[dy * 4 + dx] += coefficient * plane[dy * 6 + dx];
-                        }
-                    }
-                }
-            }
-            let z = 4 * tz + dz;
-            #[unroll]
-            for dy in 0..4usize {
-                #[unroll]
-                for dx in 0..4usize {
-                    let (y, x) = (4 * ty + dy, 4 * tx + dx);
-                    if z < out_d && y < out_h && x < out_w {
-                        output[base + z * plane_size + y * out_w + x] = F::cast_from(sums[dy * 4 + dx]);
-                    }
-                }
-            }
-        }
-    }
-
     pub(super) fn winograd_input(x: CubeTensor, m: usize, z0: usize, deep: usize) -> CubeTensor {
         let x = into_contiguous(x);
         let shape = super::winograd_input_shape(&x.shape(), &m, &z0, &deep);
@@ -1302,11 +1255,7 @@ mod gpu {
         let cube_dim = CubeDim::new(&client, threads);
         let cube_count = cubecl::calculate_cube_count_elemwise(&client, threads, cube_dim);
         let (x, out) = (x.into_tensor_arg(), output.clone().into_tensor_arg());
-        if m == 2 {
-            winograd_f2_input_kernel::launch(&client, cube_count, cube_dim, address, x, out, z0, dtype);
-        } else {
-            winograd_f4_input_kernel::launch(&client, cube_count, cube_dim, address, x, out, z0, dtype);
-        }
+        winograd_input_kernel::launch(&client, cube_count, cube_dim, address, x, out, z0, m, dtype);
         output
     }
 
@@ -1334,29 +1283,17 @@ mod gpu {
         let strides = products.meta.strides().clone();
         let channels_fastest = strides[1] == 1 && strides[2] != 1;
         let (products, out) = (products.into_tensor_arg(), output.clone().into_tensor_arg());
-        if m == 2 {
-            winograd_f2_output_kernel::launch(
-                &client,
-                cube_count,
-                cube_dim,
-                address,
-                products,
-                out,
-                channels_fastest,
-                dtype,
-            );
-        } else {
-            winograd_f4_output_kernel::launch(
-                &client,
-                cube_count,
-                cube_dim,
-                address,
-                products,
-                out,
-                channels_fastest,
-                dtype,
-            );
-        }
+        winograd_output_kernel::launch(
+            &client,
+            cube_count,
+            cube_dim,
+            address,
+            products,
+            out,
+            channels_fastest,
+            m,
+            dtype,
+        );
         output
     }
 
