@@ -3,7 +3,7 @@
 //! on flex, burn's own operation, or host loops written like the kernel). Built with the `gpu`
 //! feature only.
 //!
-//! Four convolutions, for the layers where burn's kernels and matrix products were slowest on
+//! Five convolutions, for the layers where burn's kernels and matrix products were slowest on
 //! an H200 (issue 7: the few-channel layers at full resolution ran at 2 TFLOPS by burn's direct
 //! kernel and 4.4 by matrix products; the 1×1×1 head took 3.3 ms for 0.3 GFLOP):
 //! - [`conv3d_k3`], a direct 3×3×3 convolution (padding 1, stride 1 or 2). Each thread keeps a
@@ -17,6 +17,10 @@
 //!   ([`crate::winograd`]), its input and output transforms one kernel pass each (a thread a
 //!   tile and channel, the tile, or for F(4, 3) a plane of it at a time, in f32 registers), the
 //!   (m + 2)³ products between them burn's batched matrix product, in the layer's dtype.
+//! - [`conv3d_winograd_fused`]: F(2, 3) in one kernel, nothing between its steps in device
+//!   memory: a workgroup stages a few input channels' transformed tiles and weights in
+//!   workgroup memory and sums the 64 products of 16 tiles × 16 output channels in registers
+//!   over all input channels, then transforms them back.
 //!
 //! Sums within a kernel are in f32 whatever the input precision. The convolution tuner
 //! ([`crate::ops::conv3d_tuned`]) times each beside burn's ways, after checking its result
@@ -75,6 +79,12 @@ pub trait LightboxKernels: Backend {
         height: usize,
         width: usize,
     ) -> FloatTensor<Self>;
+
+    /// `x` `[N, C, D, H, W]` by `filter` `[64, C, O]` (F(2, 3)'s transformed weight,
+    /// [`crate::winograd::transformed_filter`], in f32 whatever `x`'s dtype), padding 1, stride 1: the whole convolution by
+    /// Winograd's F(2, 3) in one pass ([`conv3d_winograd_fused`]) → `[N, O, D, H, W]`, no bias.
+    #[fusion(dtype = x, shape = conv3d_winograd_fused_shape(x, filter))]
+    fn conv3d_winograd_fused(x: FloatTensor<Self>, filter: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 fn winograd_input_shape(x: &Shape, m: &usize, _z0: &usize, deep: &usize) -> Shape {
@@ -145,6 +155,81 @@ pub fn conv3d_winograd(
             ))
         }
     })
+}
+
+fn conv3d_winograd_fused_shape(x: &Shape, filter: &Shape) -> Shape {
+    Shape::new([x[0], filter[2], x[2], x[3], x[4]])
+}
+
+/// F(2, 3) tiles a workgroup of [`conv3d_winograd_fused`] computes.
+pub const FUSED_TILES: usize = 16;
+/// Output channels it computes (a layer's count must be a multiple).
+pub const FUSED_CHANNELS: usize = 16;
+/// Input channels it stages in workgroup memory at a time.
+pub const FUSED_CHUNK: usize = 4;
+/// Its threads: one per product (64) and quarter of its tiles × channels.
+pub const FUSED_THREADS: usize = 256;
+/// Its workgroup memory: a chunk's transformed input and weights in f32, 32 KiB (lavapipe's
+/// limit, so that the CPU tests run what an NVIDIA GPU runs).
+pub const FUSED_WORKGROUP_BYTES: usize = 2 * 64 * FUSED_CHUNK * FUSED_TILES * 4;
+// The kernel's thread layout: a thread per product and quarter of the 16 × 16 (tile, channel)
+// pairs; for staging, a thread per tile, staged channel and row of Bᵀ along z.
+const _: () = assert!(
+    FUSED_WORKGROUP_BYTES <= TILED_WORKGROUP_BYTES
+        && FUSED_TILES == 16
+        && FUSED_CHANNELS == 16
+        && FUSED_THREADS == 64 * 4
+        && FUSED_THREADS == FUSED_TILES * FUSED_CHUNK * 4
+);
+
+/// Whether [`conv3d_winograd_fused`] computes this convolution by its kernel: what
+/// [`winograd_fits`], with output channels a multiple of [`FUSED_CHANNELS`].
+pub fn winograd_fused_fits(input: [usize; 5], weight: [usize; 5], options: &ConvOptions<3>) -> bool {
+    winograd_fits(input, weight, options) && weight[0].is_multiple_of(FUSED_CHANNELS)
+}
+
+/// A 3×3×3 convolution (padding 1, stride 1) by Winograd's F(2, 3) in one kernel
+/// ([`LightboxKernels::conv3d_winograd_fused`]): a workgroup stages a few input channels'
+/// transformed input tiles and weights in workgroup memory, sums the 64 products of
+/// [`FUSED_TILES`] tiles × [`FUSED_CHANNELS`] output channels in registers over all input
+/// channels, and transforms them back to the output. Unlike [`conv3d_winograd`], nothing of
+/// its transforms or products goes through device memory (there, 8 times the input and the
+/// output each way for F(2, 3)), so it needs no slabs. The weight transformed and the sums in
+/// f32 (the transformed weight rounded to f16 left an f16 layer 0.6 % off on lavapipe), the
+/// output in the layer's dtype, the bias added after. What the kernel does not
+/// cover ([`winograd_fused_fits`]) is [`crate::winograd::conv3d_winograd`] (a GPU without the
+/// workgroup memory: [`conv3d_winograd`]'s three steps).
+pub fn conv3d_winograd_fused(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &ConvOptions<3>,
+) -> Tensor<5> {
+    let transform = &crate::winograd::F2;
+    if !winograd_fused_fits(x.dims(), weight.dims(), options) {
+        return crate::winograd::conv3d_winograd(x, weight, bias, options, usize::MAX, transform);
+    }
+    let dtype = burn::tensor::FloatDType::from(weight.dtype());
+    let o = weight.dims()[0];
+    let filter = crate::winograd::transformed_filter(weight, transform);
+    let y: Tensor<5> = Tensor::from_dispatch(<Dispatch as LightboxKernels>::conv3d_winograd_fused(
+        x.cast(dtype).into_dispatch(),
+        filter.into_dispatch(),
+    ));
+    match bias {
+        Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
+        None => y,
+    }
+}
+
+/// [`LightboxKernels::conv3d_winograd_fused`] in [`conv3d_winograd`]'s three steps: the input
+/// transform, one batch of products, the output transform.
+fn winograd_in_three_steps<B: LightboxKernels>(x: FloatTensor<B>, filter: FloatTensor<B>) -> FloatTensor<B> {
+    let [n, _, d, h, w] = x.shape().dims::<5>();
+    let dtype = x.dtype().into();
+    let u = B::winograd_input(x, 2, 0, d.div_ceil(2));
+    let products = B::float_matmul(B::float_swap_dims(B::float_cast(filter, dtype), 1, 2), u);
+    B::winograd_output(products, 2, n, d, h, w)
 }
 
 fn conv3d_k1_shape(x: &Shape, weight: &Shape, _channels: &usize) -> Shape {
@@ -435,6 +520,10 @@ impl LightboxKernels for Flex {
             &Default::default(),
         )
     }
+
+    fn conv3d_winograd_fused(x: FloatTensor<Self>, filter: FloatTensor<Self>) -> FloatTensor<Self> {
+        winograd_in_three_steps::<Self>(x, filter)
+    }
 }
 
 /// Each row of `rows` (a transform's matrix, α columns) applied along x, then y, then z of an
@@ -489,6 +578,16 @@ impl LightboxKernels for CubeBackend {
     ) -> FloatTensor<Self> {
         gpu::winograd_output(products, m, images, depth, height, width)
     }
+
+    fn conv3d_winograd_fused(x: FloatTensor<Self>, filter: FloatTensor<Self>) -> FloatTensor<Self> {
+        let hardware = &x.client.properties().hardware;
+        if FUSED_WORKGROUP_BYTES > hardware.max_shared_memory_size
+            || FUSED_THREADS > hardware.max_units_per_cube as usize
+        {
+            return winograd_in_three_steps::<Self>(x, filter);
+        }
+        gpu::conv3d_winograd_fused(x, filter)
+    }
 }
 
 mod gpu {
@@ -497,7 +596,7 @@ mod gpu {
     use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
     use cubecl::prelude::*;
 
-    use super::{Shape, TILE_WIDTH, Tiling, VOXELS};
+    use super::{FUSED_CHANNELS, FUSED_CHUNK, FUSED_THREADS, FUSED_TILES, Shape, TILE_WIDTH, Tiling, VOXELS};
 
     /// A kernel's tensors: the input and weight made contiguous (the kernels index them
     /// row-major), an output in the input's dtype, the address width all three need and the
@@ -1129,6 +1228,226 @@ mod gpu {
         }
     }
 
+    /// One workgroup of [`FUSED_THREADS`]: Winograd's F(2, 3) for [`FUSED_TILES`] consecutive
+    /// tiles `p0 ..` (in (n, z, y, x) order) and output channels `[block·16, +16)`, the whole
+    /// convolution (padding 1, stride 1) with nothing between its steps in device memory. For
+    /// each [`FUSED_CHUNK`] input channels the workgroup stages their transformed input tiles
+    /// `V[α][c][tile]` (a thread per tile, channel and row of Bᵀ along z: the sum of two input
+    /// planes, transformed along x and y) and transformed weights `U[α][c][o]` in workgroup
+    /// memory; then each thread, one product α of 64 and half the tiles and half the channels,
+    /// adds `V[α][c][t]·U[α][c][o]` for its 8 × 8 (tile, channel) pairs in f32 registers. At the
+    /// end the 64 products of each (tile, channel) pass through workgroup memory, 8 channels at a
+    /// time, to the thread that transforms them back (Aᵀ·M·A) to the tile's 2³ outputs. Rows of
+    /// workgroup memory are rotated by α, so the threads of a warp (8 α) read 16 distinct banks.
+    #[cube(launch, address_type = "dynamic")]
+    fn winograd_fused_kernel<F: Float, W: Float>(
+        input: &Tensor<F>,
+        filter: &Tensor<W>,
+        output: &mut Tensor<F>,
+        #[define(F, W)] _dtypes: [ElemType; 2],
+    ) {
+        let (images, in_c) = (input.shape(0), input.shape(1));
+        let (in_d, in_h, in_w) = (input.shape(2), input.shape(3), input.shape(4));
+        let out_c = output.shape(1);
+        let (td, th, tw) = (in_d.div_ceil(2), in_h.div_ceil(2), in_w.div_ceil(2));
+        let tiles = images * td * th * tw;
+        let blocks = out_c / FUSED_CHANNELS;
+        let cube = CUBE_POS;
+        if cube >= tiles.div_ceil(FUSED_TILES) * blocks {
+            terminate!();
+        }
+        // Channel blocks fastest: consecutive workgroups stage the same input (still in L2).
+        let ob = cube % blocks;
+        let p0 = (cube / blocks) * FUSED_TILES;
+        let unit = UNIT_POS as usize;
+        // V at 0, U after it; at the end, the products.
+        let chunk_len = 64 * FUSED_CHUNK * FUSED_TILES;
+        let mut shared = Shared::<[f32]>::new_slice(2 * chunk_len);
+
+        // This thread's sums: product `alpha`, tiles `[half_t·8, +8)`, channels `[half_o·8, +8)`.
+        let alpha = unit / 4;
+        let half_t = (unit / 2) % 2;
+        let half_o = unit % 2;
+        let mut acc = Array::<f32>::new(64usize);
+        #[unroll]
+        for i in 0..64usize {
+            acc[i] = 0.0f32;
+        }
+
+        // Its part of staging V: tile `st`, channel `sc` of the chunk, row `sz` of Bᵀ along z
+        // (rows 0 to 3: d0 − d2, d1 + d2, d2 − d1, d1 − d3).
+        let st = unit % FUSED_TILES;
+        let sc = (unit / FUSED_TILES) % FUSED_CHUNK;
+        let sz = unit / (FUSED_TILES * FUSED_CHUNK);
+        let sp = p0 + st;
+        let tx = sp % tw;
+        let ty = (sp / tw) % th;
+        let tz = (sp / (tw * th)) % td;
+        let n = sp / (tw * th * td);
+        let mut za = 0usize;
+        let mut zb = 2usize;
+        let mut sign = f32::new(-1.0);
+        if sz == 1 {
+            za = 1;
+            zb = 2;
+            sign = f32::new(1.0);
+        } else if sz == 2 {
+            za = 2;
+            zb = 1;
+        } else if sz == 3 {
+            za = 1;
+            zb = 3;
+        }
+        // Padded coordinates: q = 2·t + j reads input q − 1, inside when 1 ≤ q ≤ len.
+        let (pza, pzb) = (2 * tz + za, 2 * tz + zb);
+        let inside_a = sp < tiles && pza >= 1 && pza <= in_d;
+        let inside_b = sp < tiles && pzb >= 1 && pzb <= in_d;
+        let plane_len = in_h * in_w;
+
+        let mut c0 = 0usize;
+        while c0 < in_c {
+            let c = c0 + sc;
+            let mut plane = Array::<f32>::new(16usize);
+            let base = (n * in_c + c) * in_d * plane_len;
+            #[unroll]
+            for jy in 0..4usize {
+                let py = 2 * ty + jy;
+                let row_inside = c < in_c && py >= 1 && py <= in_h;
+                #[unroll]
+                for jx in 0..4usize {
+                    let px = 2 * tx + jx;
+                    let at = base + (py - 1) * in_w + px - 1;
+                    let inside = row_inside && px >= 1 && px <= in_w;
+                    let mut v = f32::new(0.0);
+                    if inside && inside_a {
+                        v = f32::cast_from(input[at + (pza - 1) * plane_len]);
+                    }
+                    if inside && inside_b {
+                        v += sign * f32::cast_from(input[at + (pzb - 1) * plane_len]);
+                    }
+                    plane[jy * 4 + jx] = v;
+                }
+            }
+            #[unroll]
+            for r in 0..4usize {
+                f2_input_axis(&mut plane, r * 4, 1);
+            }
+            #[unroll]
+            for r in 0..4usize {
+                f2_input_axis(&mut plane, r, 4);
+            }
+            #[unroll]
+            for i in 0..16usize {
+                let a = sz * 16 + i;
+                shared[(a * FUSED_CHUNK + sc) * FUSED_TILES + (st + a) % FUSED_TILES] = plane[i];
+            }
+            // U: thread `unit` stages channel `uo`, input channel `uc` of the chunk, for α =
+            // unit / 64 + 4·k.
+            let uo = unit % FUSED_CHANNELS;
+            let uc = (unit / FUSED_CHANNELS) % FUSED_CHUNK;
+            #[unroll]
+            for k in 0..16usize {
+                let a = unit / (FUSED_CHANNELS * FUSED_CHUNK) + 4 * k;
+                let mut w = f32::new(0.0);
+                if c0 + uc < in_c {
+                    w = f32::cast_from(filter[(a * in_c + c0 + uc) * out_c + ob * FUSED_CHANNELS + uo]);
+                }
+                shared[chunk_len + (a * FUSED_CHUNK + uc) * FUSED_CHANNELS + (uo + a) % FUSED_CHANNELS] = w;
+            }
+            sync_cube();
+            #[unroll]
+            for cc in 0..FUSED_CHUNK {
+                let row = (alpha * FUSED_CHUNK + cc) * FUSED_TILES;
+                let mut v = Array::<f32>::new(8usize);
+                let mut u = Array::<f32>::new(8usize);
+                #[unroll]
+                for j in 0..8usize {
+                    v[j] = shared[row + (half_t * 8 + j + alpha) % FUSED_TILES];
+                    u[j] = shared[chunk_len + row + (half_o * 8 + j + alpha) % FUSED_CHANNELS];
+                }
+                #[unroll]
+                for j in 0..8usize {
+                    #[unroll]
+                    for k in 0..8usize {
+                        acc[j * 8 + k] += v[j] * u[k];
+                    }
+                }
+            }
+            sync_cube();
+            c0 += FUSED_CHUNK;
+        }
+
+        // The products, 8 channels at a time: `shared[(α·8 + k)·16 + t]`.
+        let plane_out = in_h * in_w;
+        #[unroll]
+        for round in 0..2usize {
+            if half_o == round {
+                #[unroll]
+                for j in 0..8usize {
+                    #[unroll]
+                    for k in 0..8usize {
+                        shared[(alpha * 8 + k) * FUSED_TILES + half_t * 8 + j] = acc[j * 8 + k];
+                    }
+                }
+            }
+            sync_cube();
+            if unit < 8 * FUSED_TILES {
+                let t = unit % FUSED_TILES;
+                let k = unit / FUSED_TILES;
+                let mut m = Array::<f32>::new(64usize);
+                #[unroll]
+                for a in 0..64usize {
+                    m[a] = shared[(a * 8 + k) * FUSED_TILES + t];
+                }
+                #[unroll]
+                for a in 0..4usize {
+                    #[unroll]
+                    for b in 0..4usize {
+                        f2_output_axis(&mut m, (a * 4 + b) * 4, 1);
+                    }
+                }
+                #[unroll]
+                for a in 0..4usize {
+                    #[unroll]
+                    for b in 0..2usize {
+                        f2_output_axis(&mut m, a * 16 + b, 4);
+                    }
+                }
+                #[unroll]
+                for a in 0..2usize {
+                    #[unroll]
+                    for b in 0..2usize {
+                        f2_output_axis(&mut m, a * 4 + b, 16);
+                    }
+                }
+                let p = p0 + t;
+                if p < tiles {
+                    let ox = p % tw;
+                    let oy = (p / tw) % th;
+                    let oz = (p / (tw * th)) % td;
+                    let on = p / (tw * th * td);
+                    let o = ob * FUSED_CHANNELS + round * 8 + k;
+                    let base = (on * out_c + o) * in_d * plane_out;
+                    #[unroll]
+                    for dz in 0..2usize {
+                        #[unroll]
+                        for dy in 0..2usize {
+                            #[unroll]
+                            for dx in 0..2usize {
+                                let (z, y, x) = (2 * oz + dz, 2 * oy + dy, 2 * ox + dx);
+                                if z < in_d && y < in_h && x < in_w {
+                                    output[base + z * plane_out + y * in_w + x] =
+                                        F::cast_from(m[dz * 16 + dy * 4 + dx]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            sync_cube();
+        }
+    }
+
     /// Bᵀ of F(4, 3) on `d[first + k·step]`, k = 0..6, in place.
     #[cube]
     fn f4_input_axis(d: &mut Array<f32>, first: usize, step: usize) {
@@ -1294,6 +1613,24 @@ mod gpu {
             m,
             dtype,
         );
+        output
+    }
+
+    pub(super) fn conv3d_winograd_fused(x: CubeTensor, filter: CubeTensor) -> CubeTensor {
+        let Launch { x, weight: filter, output, address, dtype } =
+            Launch::new(x, filter, super::conv3d_winograd_fused_shape);
+        let [n, o, d, h, w] = output.shape().dims::<5>();
+        let tiles = n * d.div_ceil(2) * h.div_ceil(2) * w.div_ceil(2);
+        let cubes = tiles.div_ceil(FUSED_TILES) * (o / FUSED_CHANNELS);
+        if cubes == 0 {
+            return output;
+        }
+        let client = x.client.clone();
+        let cube_dim = CubeDim::new_1d(FUSED_THREADS as u32);
+        let cube_count = cubecl::calculate_cube_count_elemwise(&client, cubes * FUSED_THREADS, cube_dim);
+        let dtypes = [dtype, burn::backend::cubecl::dtype_to_storage_type(filter.dtype)];
+        let (x, filter, out) = (x.into_tensor_arg(), filter.into_tensor_arg(), output.clone().into_tensor_arg());
+        winograd_fused_kernel::launch(&client, cube_count, cube_dim, address, x, filter, out, dtypes);
         output
     }
 
@@ -1472,6 +1809,61 @@ mod tests {
         }
     }
 
+    /// [`conv3d_winograd_fused`]: grids that are not whole tiles, tile counts that are not a
+    /// multiple of a workgroup's, one and two images, one input channel and counts that are not
+    /// a multiple of the staged chunk, one and two channel blocks, with and without bias.
+    fn worst_fused_difference(device: &Device, dtype: FloatDType) -> f32 {
+        let cases = [
+            ([2, 3, 5, 6, 7], 16, 3, 1),
+            ([1, 1, 9, 10, 5], 32, 3, 1),
+            ([1, 16, 6, 6, 6], 16, 3, 1),
+            ([1, 6, 3, 17, 9], 48, 3, 1),
+        ];
+        worst_against_burn(device, dtype, &cases, |x, weight, bias, options| {
+            assert!(winograd_fused_fits(x.dims(), weight.dims(), options));
+            conv3d_winograd_fused(x, weight, bias, options)
+        })
+    }
+
+    #[test]
+    fn fused_fits_only_what_it_computes() {
+        let options = |stride, padding| Options::new([stride; 3], [padding; 3], [1; 3], 1);
+        assert!(winograd_fused_fits([1, 3, 8, 8, 8], [32, 3, 3, 3, 3], &options(1, 1)));
+        assert!(!winograd_fused_fits([1, 3, 8, 8, 8], [24, 3, 3, 3, 3], &options(1, 1)), "24 channels");
+        assert!(!winograd_fused_fits([1, 3, 8, 8, 8], [32, 3, 3, 3, 3], &options(2, 1)), "strided");
+        assert!(!winograd_fused_fits([1, 3, 8, 8, 8], [32, 3, 3, 3, 3], &options(1, 0)), "unpadded");
+    }
+
+    /// On flex, the three steps of [`conv3d_winograd`] (host loops and a matrix product); a
+    /// layer it does not fit is [`crate::winograd::conv3d_winograd`].
+    #[test]
+    fn on_flex_fused_winograd_is_burns_convolution() {
+        let worst = worst_fused_difference(&Device::flex(), FloatDType::F32);
+        assert!(worst < 1e-5, "{worst:e}");
+        let device = Device::flex();
+        let x = Tensor::<5>::random([1, 2, 4, 5, 6], Distribution::Uniform(-1.0, 1.0), &device);
+        let weight = Tensor::<5>::random([8, 2, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
+        let options = Options::new([1; 3], [1; 3], [1; 3], 1);
+        let reference = burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone());
+        let ours = conv3d_winograd_fused(x, weight, None, &options);
+        let worst = values(ours).iter().zip(values(reference)).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(worst < 1e-5, "8 output channels, not the kernel's: {worst:e}");
+    }
+
+    /// In f32, F(2, 3) in one kernel gives burn's sums to rounding (6.5·10⁻⁶ of 1 + |value| on
+    /// lavapipe); in f16 within the output's rounding to f16 (8.6·10⁻⁴; its transformed weight
+    /// and sums are in f32; with the weight rounded to f16 it was 5.9·10⁻³), unlike F(2, 3) in
+    /// f16 in three steps (1.5 %).
+    #[test]
+    fn on_a_gpu_the_fused_winograd_kernel_computes_burns_sums() {
+        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        let (f32_worst, f16_worst) =
+            (worst_fused_difference(&device, FloatDType::F32), worst_fused_difference(&device, FloatDType::F16));
+        eprintln!("Winograd F(2, 3) in one kernel: worst differences from burn: f32 {f32_worst:e}, f16 {f16_worst:e}");
+        assert!(f32_worst < 1e-5, "f32: {f32_worst:e}");
+        assert!(f16_worst < 2e-3, "f16: {f16_worst:e}");
+    }
+
     #[test]
     fn pointwise_fits_only_what_it_computes() {
         let options = |stride, padding| Options::new([stride; 3], [padding; 3], [1; 3], 1);
@@ -1541,15 +1933,17 @@ mod tests {
         use crate::ops::ConvWay;
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         let k3 = [ConvWay::Direct, ConvWay::DirectWide, ConvWay::Tiled, ConvWay::TiledWide, ConvWay::TiledShort];
-        let winograd = [ConvWay::WinogradF2, ConvWay::WinogradF2Transposed];
+        let winograd = [ConvWay::WinogradF2, ConvWay::WinogradF2Transposed, ConvWay::WinogradF2Fused];
         let f4 = [ConvWay::WinogradF4, ConvWay::WinogradF4Transposed];
         let all_winograd = [&winograd[..], &f4[..]].concat();
         let full = [&k3[..], &winograd[..]].concat();
         let tf32 = [&full[..], &f4[..]].concat();
         let deep = [&k3[..], &[ConvWay::GemmSplit]].concat();
         // In half precision the ways that sum f16 values in f32 pass the check too, Winograd's
-        // F(2, 3) computed in f32 among them.
-        let half = [&k3[..], &[ConvWay::Gemm, ConvWay::GemmTransposed, ConvWay::WinogradF2F32]].concat();
+        // F(2, 3) computed in f32 (in three steps and in one kernel) among them.
+        let half =
+            [&k3[..], &[ConvWay::Gemm, ConvWay::GemmTransposed, ConvWay::WinogradF2F32, ConvWay::WinogradF2Fused]]
+                .concat();
         let tiled = [ConvWay::Tiled, ConvWay::TiledWide, ConvWay::TiledShort];
         // (input, output channels, kernel side, dtype, TF32 allowed, ways timed, ways not timed)
         for (shape, out, k, dtype, allowed, expected, absent) in [

@@ -179,7 +179,7 @@ fn gemm(
 /// The ways [`conv3d_tuned`] times, with a revision to bump when one's speed may change (a new
 /// way or kernel): part of what names a [`TuningStore`] file, so choices made before are
 /// timed again.
-pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1, winograd F(2,3) (and in f32 for f16 layers) and F(4,3) (with tf32 only) r7";
+pub const TUNED_WAYS: &str = "burn, gemm, gemm transposed, gemm split by channel, direct 3x3x3 (8 or 16 channels x 4 voxels a thread), tiled 3x3x3 (3 tilings, stride 1 or 2), pointwise 1x1x1, winograd F(2,3) (and in f32 for f16 layers, and in one kernel) and F(4,3) (with tf32 only) r8";
 
 /// Parts [`ConvWay::GemmSplit`] cuts the sum of a convolution of `input` by `weight` into, by
 /// input channel: enough that the parts' products have about 32 768 output columns (voxels)
@@ -247,10 +247,15 @@ pub enum ConvWay {
     WinogradF4,
     /// The same on a GPU, each product the other way round.
     WinogradF4Transposed,
+    /// F(2, 3) in one kernel of Lightbox's ([`crate::kernels::conv3d_winograd_fused`]): the
+    /// transforms and the products' sums in workgroup memory and registers, none in device
+    /// memory (where [`Self::WinogradF2`] moves 8 times the input and the output each way), in
+    /// f32 whatever the layer's dtype. On a GPU, for output channels a multiple of 16.
+    WinogradF2Fused,
 }
 
 impl ConvWay {
-    const ALL: [Self; 15] = [
+    const ALL: [Self; 16] = [
         Self::Burn,
         Self::Gemm,
         Self::GemmTransposed,
@@ -266,11 +271,12 @@ impl ConvWay {
         Self::WinogradF2F32,
         Self::WinogradF4,
         Self::WinogradF4Transposed,
+        Self::WinogradF2Fused,
     ];
 
     /// Lightbox's own ways (what [`crate::profile`] times besides burn's and the matrix
     /// products): its kernels and Winograd's algorithms, which the tuner tries on a GPU only.
-    pub const OWN: [Self; 11] = [
+    pub const OWN: [Self; 12] = [
         Self::Direct,
         Self::DirectWide,
         Self::Tiled,
@@ -282,6 +288,7 @@ impl ConvWay {
         Self::WinogradF2F32,
         Self::WinogradF4,
         Self::WinogradF4Transposed,
+        Self::WinogradF2Fused,
     ];
 
     /// Whether this way is only as accurate as TF32 ([`crate::Convolution::Tuned`]'s `tf32`):
@@ -335,6 +342,10 @@ impl ConvWay {
                 f32 && winograd_kernels_apply(device, input, weight, options)
                     && crate::winograd::applies(input, weight, options, &crate::winograd::F4)
             }
+            Self::WinogradF2Fused => {
+                fused_applies(device, input, weight, options)
+                    && crate::winograd::applies(input, weight, options, &crate::winograd::F2)
+            }
             _ => true,
         }
     }
@@ -378,6 +389,13 @@ impl ConvWay {
             }
             Self::WinogradF4 => winograd(x, weight, bias, options, budget, &crate::winograd::F4, false),
             Self::WinogradF4Transposed => winograd(x, weight, bias, options, budget, &crate::winograd::F4, true),
+            Self::WinogradF2Fused => {
+                if fused_applies(&x.device(), x.dims(), weight.dims(), options) {
+                    #[cfg(feature = "gpu")]
+                    return crate::kernels::conv3d_winograd_fused(x, weight, bias, options);
+                }
+                winograd(x, weight, bias, options, budget, &crate::winograd::F2, false)
+            }
         }
     }
 
@@ -398,6 +416,7 @@ impl ConvWay {
             Self::WinogradF2F32 => "Winograd F(2x2x2, 3x3x3) in f32",
             Self::WinogradF4 => "Winograd F(4x4x4, 3x3x3)",
             Self::WinogradF4Transposed => "Winograd F(4x4x4, 3x3x3), transposed products",
+            Self::WinogradF2Fused => "Winograd F(2x2x2, 3x3x3) in one kernel",
         }
     }
 }
@@ -463,6 +482,22 @@ fn winograd_kernels_apply(
 
 #[cfg(not(feature = "gpu"))]
 fn winograd_kernels_apply(_: &Device, _: [usize; 5], _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>) -> bool {
+    false
+}
+
+#[cfg(feature = "gpu")]
+fn fused_applies(
+    device: &Device,
+    input: [usize; 5],
+    weight: [usize; 5],
+    options: &burn::tensor::ops::ConvOptions<3>,
+) -> bool {
+    matches!(device.as_dispatch(), burn::backend::DispatchDevice::Cube(_))
+        && crate::kernels::winograd_fused_fits(input, weight, options)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn fused_applies(_: &Device, _: [usize; 5], _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>) -> bool {
     false
 }
 
@@ -720,34 +755,54 @@ fn disagreement(reference: &Tensor<5>, other: Tensor<5>) -> Option<String> {
     (!within).then(|| format!("differs from burn's by up to {worst:e}, largest |value| {scale:e}"))
 }
 
-/// The median wall time of three runs of `run` (the caller has run it once already: its
-/// compilation and burn's autotuning are done), each from an idle device to its end; only the
-/// first when it took over `give_up_ms` (a way twice as slow as the best so
-/// far will not win: the first window's tuning stays short). The result is held until the
-/// device is idle: reading back a part of it (one voxel) would let burn's lazy backends compute
-/// that part alone (it timed a 310 ms convolution on lavapipe at 0.11 ms).
+/// A batch of runs [`median_ms`] times together lasts about this long (ms), at most
+/// [`MOST_BATCHED`] runs.
+const BATCH_MS: f64 = 10.0;
+/// At most this many runs in one batch.
+const MOST_BATCHED: usize = 16;
+/// At most this many bytes of results held by one batch.
+const MOST_BATCH_BYTES: usize = 256 << 20;
+
+/// The median wall time per run of `run` (the caller has run it once already: its compilation
+/// and burn's autotuning are done) over three timings from an idle device until it is idle
+/// again; only the first when it took over `give_up_ms` (a way twice as slow as the best so far
+/// will not win: the first window's tuning stays short). A run shorter than [`BATCH_MS`] is
+/// timed in batches of runs back to back, one wait for the device each, as a network runs its
+/// layers: the wait's own latency (about 1 ms on an H200, whatever the layer) would otherwise
+/// be in every small layer's time and hide which way's kernels are faster there. Results are
+/// held until the device is idle: reading back a part of one (a voxel) would let burn's lazy
+/// backends compute that part alone (it timed a 310 ms convolution on lavapipe at 0.11 ms).
 fn median_ms(device: &Device, run: impl Fn() -> Tensor<5>, give_up_ms: f64) -> f64 {
     let settle = || {
         if let Err(e) = device.sync() {
             tracing::warn!("timing a convolution: the device failed ({e:?})");
         }
     };
-    let once = || {
+    // ms per run of `runs` back to back, and the bytes of one result.
+    let batch = |runs: usize| {
         settle();
         let started = std::time::Instant::now();
-        let y = run();
+        let held: Vec<Tensor<5>> = (0..runs).map(|_| run()).collect();
         settle();
-        let ms = started.elapsed().as_secs_f64() * 1000.0;
-        drop(y);
-        ms
+        let ms = started.elapsed().as_secs_f64() * 1000.0 / runs as f64;
+        let bytes = held.first().map_or(0, |y| y.shape().num_elements() * y.dtype().size());
+        (ms, bytes)
     };
-    let first = once();
+    let (first, bytes) = batch(1);
     if first > give_up_ms {
         return first;
     }
-    let mut times = [first, once(), once()];
+    let runs = batch_runs(first, bytes);
+    let mut times = if runs == 1 { [first, batch(1).0, batch(1).0] } else { [0.0; 3].map(|_| batch(runs).0) };
     times.sort_by(f64::total_cmp);
     times[1]
+}
+
+/// How many runs [`median_ms`] times together after a first run of `first_ms` whose result
+/// took `bytes`.
+fn batch_runs(first_ms: f64, bytes: usize) -> usize {
+    let by_time = if first_ms > 0.0 { (BATCH_MS / first_ms).ceil() as usize } else { MOST_BATCHED };
+    by_time.clamp(1, MOST_BATCHED).min((MOST_BATCH_BYTES / bytes.max(1)).max(1))
 }
 
 /// Runs `network` on plain values (`shape` = `[N, C, D, H, W]`, C order) and waits for the
@@ -995,6 +1050,17 @@ mod tests {
         assert!(disagreement(&burn, half(gemm.clone() * 1.1)).is_some());
         let nan = gemm.clone().mask_fill(gemm.clone().greater_elem(0.5), f32::NAN);
         assert!(disagreement(&burn, nan).is_some_and(|why| why.contains("not finite")));
+    }
+
+    #[test]
+    fn short_runs_are_timed_in_batches_within_their_memory() {
+        assert_eq!(batch_runs(20.0, 1 << 20), 1, "a long run alone");
+        assert_eq!(batch_runs(10.0, 1 << 20), 1);
+        assert_eq!(batch_runs(2.0, 1 << 20), 5, "about 10 ms a batch");
+        assert_eq!(batch_runs(0.3, 1 << 20), MOST_BATCHED);
+        assert_eq!(batch_runs(0.0, 1 << 20), MOST_BATCHED, "a run too short to time");
+        assert_eq!(batch_runs(0.3, 100 << 20), 2, "no more than 256 MiB of results held");
+        assert_eq!(batch_runs(0.3, 1 << 30), 1, "one result over that alone");
     }
 
     #[test]
