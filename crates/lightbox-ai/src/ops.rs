@@ -766,7 +766,8 @@ const MOST_BATCH_BYTES: usize = 256 << 20;
 /// The median wall time per run of `run` (the caller has run it once already: its compilation
 /// and burn's autotuning are done) over three timings from an idle device until it is idle
 /// again; only the first when it took over `give_up_ms` (a way twice as slow as the best so far
-/// will not win: the first window's tuning stays short). A run shorter than [`BATCH_MS`] is
+/// will not win: the first window's tuning stays short) and is timed alone. A run shorter than
+/// [`BATCH_MS`] (never given up on: its first time holds the wait's latency, the best's not) is
 /// timed in batches of runs back to back, one wait for the device each, as a network runs its
 /// layers: the wait's own latency (about 1 ms on an H200, whatever the layer) would otherwise
 /// be in every small layer's time and hide which way's kernels are faster there. Results are
@@ -789,10 +790,10 @@ fn median_ms(device: &Device, run: impl Fn() -> Tensor<5>, give_up_ms: f64) -> f
         (ms, bytes)
     };
     let (first, bytes) = batch(1);
-    if first > give_up_ms {
+    let runs = batch_runs(first, bytes);
+    if runs == 1 && first > give_up_ms {
         return first;
     }
-    let runs = batch_runs(first, bytes);
     let mut times = if runs == 1 { [first, batch(1).0, batch(1).0] } else { [0.0; 3].map(|_| batch(runs).0) };
     times.sort_by(f64::total_cmp);
     times[1]
@@ -1050,6 +1051,25 @@ mod tests {
         assert!(disagreement(&burn, half(gemm.clone() * 1.1)).is_some());
         let nan = gemm.clone().mask_fill(gemm.clone().greater_elem(0.5), f32::NAN);
         assert!(disagreement(&burn, nan).is_some_and(|why| why.contains("not finite")));
+    }
+
+    /// A short run is timed in batches even when a faster way was timed before (its first, lone
+    /// time holds the device's latency); a long one slower than the best is timed once.
+    #[test]
+    fn only_long_runs_are_given_up_on() {
+        let device = device();
+        let calls = std::cell::Cell::new(0usize);
+        let run = |sleep_ms: u64| {
+            calls.set(calls.get() + 1);
+            std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
+            Tensor::<5>::zeros([1, 1, 2, 2, 2], &device)
+        };
+        median_ms(&device, || run(0), 0.0);
+        assert!(calls.get() > 3, "a short run timed in batches: {} runs", calls.get());
+        calls.set(0);
+        let ms = median_ms(&device, || run(15), 5.0);
+        assert_eq!(calls.get(), 1, "a long, slow run timed once");
+        assert!(ms >= 15.0, "{ms} ms");
     }
 
     #[test]
