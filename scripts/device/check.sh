@@ -128,19 +128,27 @@ fi
 
 if want tuned; then
 # The convolutions tuned per layer (LIGHTBOX_AI_CONV=tuned), WGSL build first (where Lightbox's
-# own kernels meet f32 without tensor cores), then the SPIR-V one; TUNED_VARIANTS picks what each
-# build times (bench-ai's LIGHTBOX_BENCH_VARIANTS).
+# own kernels meet f32 without tensor cores: strict f32, then TF32's accuracy), then the SPIR-V
+# one (f16 on tensor cores first, then f32); TUNED_VARIANTS, where set, picks what both builds
+# time (bench-ai's LIGHTBOX_BENCH_VARIANTS). Each variant tunes every layer shape afresh, so
+# the one the issue's goal needs most comes first in each build.
 step "3t. PyTorch PlainConvUNet, then bench-ai's tuned convolutions (WGSL, then SPIR-V)"
 timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"
 cat "$REF/torch_bench.json" >> "$OUT/torch.log"
 # TUNED_BUILDS (both by default), TUNED_LIMIT (s, each): the SPIR-V build's first tuning of
 # every shape took over 165 s for one variant on an H200.
+variants_of() {
+    case $1 in
+        bench-ai) echo f32:tuned:1024,f32:tuned-tf32:1024 ;;
+        *) echo f16:tuned:1024,f32:tuned:1024 ;;
+    esac
+}
 for build in ${TUNED_BUILDS:-bench-ai bench-ai-spirv}; do
     [ -x "$BIN/$build" ] || continue
     autotune_log "$REF/autotune-$build.log"
     # Each build's choices in its own tuning file (the name says the build), brought back.
     LIGHTBOX_AI_TUNING_DIR=$REF/tuning LIGHTBOX_BENCH_UNET_ONLY=1 \
-        LIGHTBOX_BENCH_VARIANTS=${TUNED_VARIANTS:-f32:tuned:1024,f32:tuned-tf32:1024,f16:tuned:1024} \
+        LIGHTBOX_BENCH_VARIANTS=${TUNED_VARIANTS:-$(variants_of "$build")} \
         LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout "${TUNED_LIMIT:-240}" "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
     rm -f "$ROOT/cubecl.toml"
 done
