@@ -132,6 +132,7 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             })
             .collect::<Result<_, lightbox_ai::AiError>>()?;
     }
+    let mut printed = std::collections::HashSet::new();
     for (precision, convolution) in variants {
         let device = match device.clone().with_convolution(convolution).with_precision(precision) {
             Ok(device) => device,
@@ -156,6 +157,8 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             "PlainConvUNet 1×1×{side}³ {precision:?}, {convolution:?}: first run in this process {first_ms:.0} ms (tuned layer shapes so far: {} timed in this process, {remembered} remembered from an earlier one)",
             layers.len() - remembered
         );
+        // What the tuned convolutions chose for the shapes this variant met first, at once too.
+        print_new_tuned_layers(&mut printed);
         // Six variants on a GPU (precision × convolution) in one device call: ten runs each.
         let runs = if gpu { 10 } else { 2 };
         let mut times = Vec::new();
@@ -202,15 +205,6 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
                 );
             }
         }
-    }
-    // What the tuned convolutions chose, layer shape by layer shape.
-    let mut layers = lightbox_ai::ops::tuned_layers();
-    let best = |l: &lightbox_ai::ops::TunedLayer| l.ms.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
-    layers.sort_by(|a, b| best(b).total_cmp(&best(a)));
-    for l in &layers {
-        let times: Vec<String> = l.ms.iter().map(|(way, ms)| format!("{} {ms:.3} ms", way.describe())).collect();
-        let whence = if l.remembered { " (remembered from an earlier run)" } else { "" };
-        println!("  tuned convolution {}: {} → {}{whence}", l.shape, times.join(", "), l.way.describe());
     }
     // One full-resolution layer: burn's kernels, the GEMM path, and the GEMM path's matrix
     // products alone, so that a GPU run tells its copies from its arithmetic.
@@ -260,6 +254,21 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the tuned convolutions chose for each layer shape not in `printed` yet (slowest first),
+/// each way's median time beside it; the shapes are added to `printed`.
+fn print_new_tuned_layers(printed: &mut std::collections::HashSet<String>) {
+    let mut layers: Vec<_> =
+        lightbox_ai::ops::tuned_layers().into_iter().filter(|l| !printed.contains(&l.shape)).collect();
+    let best = |l: &lightbox_ai::ops::TunedLayer| l.ms.iter().map(|m| m.1).fold(f64::INFINITY, f64::min);
+    layers.sort_by(|a, b| best(b).total_cmp(&best(a)));
+    for l in layers {
+        let times: Vec<String> = l.ms.iter().map(|(way, ms)| format!("{} {ms:.3} ms", way.describe())).collect();
+        let whence = if l.remembered { " (remembered from an earlier run)" } else { "" };
+        println!("  tuned convolution {}: {} → {}{whence}", l.shape, times.join(", "), l.way.describe());
+        printed.insert(l.shape);
+    }
 }
 
 /// Issue 9's pipelines: longitudinal atrophy and the whole brain pipeline.
