@@ -81,10 +81,15 @@ pub trait LightboxKernels: Backend {
     ) -> FloatTensor<Self>;
 
     /// `x` `[N, C, D, H, W]` by `filter` `[64, C, O]` (F(2, 3)'s transformed weight,
-    /// [`crate::winograd::transformed_filter`], in f32 whatever `x`'s dtype), padding 1, stride 1: the whole convolution by
-    /// Winograd's F(2, 3) in one pass ([`conv3d_winograd_fused`]) → `[N, O, D, H, W]`, no bias.
-    #[fusion(dtype = x, shape = conv3d_winograd_fused_shape(x, filter))]
-    fn conv3d_winograd_fused(x: FloatTensor<Self>, filter: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// [`crate::winograd::transformed_filter`]) plus `bias` `[O]`, both in f32 whatever `x`'s
+    /// dtype, padding 1, stride 1: the whole convolution by Winograd's F(2, 3) in one pass
+    /// ([`conv3d_winograd_fused`]) → `[N, O, D, H, W]`.
+    #[fusion(dtype = x, shape = conv3d_winograd_fused_shape(x, filter, bias))]
+    fn conv3d_winograd_fused(
+        x: FloatTensor<Self>,
+        filter: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self>;
 }
 
 fn winograd_input_shape(x: &Shape, m: &usize, _z0: &usize, deep: &usize) -> Shape {
@@ -157,7 +162,7 @@ pub fn conv3d_winograd(
     })
 }
 
-fn conv3d_winograd_fused_shape(x: &Shape, filter: &Shape) -> Shape {
+fn conv3d_winograd_fused_shape(x: &Shape, filter: &Shape, _bias: &Shape) -> Shape {
     Shape::new([x[0], filter[2], x[2], x[3], x[4]])
 }
 
@@ -196,7 +201,8 @@ pub fn winograd_fused_fits(input: [usize; 5], weight: [usize; 5], options: &Conv
 /// its transforms or products goes through device memory (there, 8 times the input and the
 /// output each way for F(2, 3)), so it needs no slabs. The weight transformed and the sums in
 /// f32 (the transformed weight rounded to f16 left an f16 layer 0.6 % off on lavapipe), the
-/// output in the layer's dtype, the bias added after. What the kernel does not
+/// bias added to them as the outputs are written (no pass of its own), the output in the
+/// layer's dtype. What the kernel does not
 /// cover ([`winograd_fused_fits`]) is [`crate::winograd::conv3d_winograd`] (a GPU without the
 /// workgroup memory: [`conv3d_winograd`]'s three steps).
 pub fn conv3d_winograd_fused(
@@ -211,25 +217,32 @@ pub fn conv3d_winograd_fused(
     }
     let dtype = burn::tensor::FloatDType::from(weight.dtype());
     let o = weight.dims()[0];
+    let f32 = burn::tensor::FloatDType::F32;
+    let bias = bias.map_or_else(|| Tensor::<1>::zeros([o], &weight.device()).cast(f32), |b| b.cast(f32));
     let filter = crate::winograd::transformed_filter(weight, transform);
-    let y: Tensor<5> = Tensor::from_dispatch(<Dispatch as LightboxKernels>::conv3d_winograd_fused(
+    Tensor::from_dispatch(<Dispatch as LightboxKernels>::conv3d_winograd_fused(
         x.cast(dtype).into_dispatch(),
         filter.into_dispatch(),
-    ));
-    match bias {
-        Some(b) => y + b.cast(dtype).reshape([1, o, 1, 1, 1]),
-        None => y,
-    }
+        bias.into_dispatch(),
+    ))
 }
 
 /// [`LightboxKernels::conv3d_winograd_fused`] in [`conv3d_winograd`]'s three steps: the input
-/// transform, one batch of products, the output transform.
-fn winograd_in_three_steps<B: LightboxKernels>(x: FloatTensor<B>, filter: FloatTensor<B>) -> FloatTensor<B> {
+/// transform, one batch of products, the output transform; then the bias added.
+fn winograd_in_three_steps<B: LightboxKernels>(
+    x: FloatTensor<B>,
+    filter: FloatTensor<B>,
+    bias: FloatTensor<B>,
+) -> FloatTensor<B> {
     let [n, _, d, h, w] = x.shape().dims::<5>();
     let dtype = x.dtype().into();
     let u = B::winograd_input(x, 2, 0, d.div_ceil(2));
     let products = B::float_matmul(B::float_swap_dims(B::float_cast(filter, dtype), 1, 2), u);
-    B::winograd_output(products, 2, n, d, h, w)
+    let y = B::winograd_output(products, 2, n, d, h, w);
+    let o = y.shape()[1];
+    let bias = B::float_reshape(B::float_cast(bias, dtype), Shape::new([1, o, 1, 1, 1]));
+    let shape = y.shape();
+    B::float_add(y, B::float_expand(bias, shape))
 }
 
 fn conv3d_k1_shape(x: &Shape, weight: &Shape, _channels: &usize) -> Shape {
@@ -521,8 +534,12 @@ impl LightboxKernels for Flex {
         )
     }
 
-    fn conv3d_winograd_fused(x: FloatTensor<Self>, filter: FloatTensor<Self>) -> FloatTensor<Self> {
-        winograd_in_three_steps::<Self>(x, filter)
+    fn conv3d_winograd_fused(
+        x: FloatTensor<Self>,
+        filter: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        winograd_in_three_steps::<Self>(x, filter, bias)
     }
 }
 
@@ -579,14 +596,18 @@ impl LightboxKernels for CubeBackend {
         gpu::winograd_output(products, m, images, depth, height, width)
     }
 
-    fn conv3d_winograd_fused(x: FloatTensor<Self>, filter: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn conv3d_winograd_fused(
+        x: FloatTensor<Self>,
+        filter: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let hardware = &x.client.properties().hardware;
         if FUSED_WORKGROUP_BYTES > hardware.max_shared_memory_size
             || FUSED_THREADS > hardware.max_units_per_cube as usize
         {
-            return winograd_in_three_steps::<Self>(x, filter);
+            return winograd_in_three_steps::<Self>(x, filter, bias);
         }
-        gpu::conv3d_winograd_fused(x, filter)
+        gpu::conv3d_winograd_fused(x, filter, bias)
     }
 }
 
@@ -1237,12 +1258,14 @@ mod gpu {
     /// memory; then each thread, one product α of 64 and half the tiles and half the channels,
     /// adds `V[α][c][t]·U[α][c][o]` for its 8 × 8 (tile, channel) pairs in f32 registers. At the
     /// end the 64 products of each (tile, channel) pass through workgroup memory, 8 channels at a
-    /// time, to the thread that transforms them back (Aᵀ·M·A) to the tile's 2³ outputs. Rows of
+    /// time, to the thread that transforms them back (Aᵀ·M·A) to the tile's 2³ outputs and adds
+    /// the bias. Rows of
     /// workgroup memory are rotated by α, so the threads of a warp (8 α) read 16 distinct banks.
     #[cube(launch, address_type = "dynamic")]
     fn winograd_fused_kernel<F: Float, W: Float>(
         input: &Tensor<F>,
         filter: &Tensor<W>,
+        bias: &Tensor<W>,
         output: &mut Tensor<F>,
         #[define(F, W)] _dtypes: [ElemType; 2],
     ) {
@@ -1427,6 +1450,7 @@ mod gpu {
                     let oz = (p / (tw * th)) % td;
                     let on = p / (tw * th * td);
                     let o = ob * FUSED_CHANNELS + round * 8 + k;
+                    let b = f32::cast_from(bias[o]);
                     let base = (on * out_c + o) * in_d * plane_out;
                     #[unroll]
                     for dz in 0..2usize {
@@ -1437,7 +1461,7 @@ mod gpu {
                                 let (z, y, x) = (2 * oz + dz, 2 * oy + dy, 2 * ox + dx);
                                 if z < in_d && y < in_h && x < in_w {
                                     output[base + z * plane_out + y * in_w + x] =
-                                        F::cast_from(m[dz * 16 + dy * 4 + dx]);
+                                        F::cast_from(m[dz * 16 + dy * 4 + dx] + b);
                                 }
                             }
                         }
@@ -1616,9 +1640,10 @@ mod gpu {
         output
     }
 
-    pub(super) fn conv3d_winograd_fused(x: CubeTensor, filter: CubeTensor) -> CubeTensor {
+    pub(super) fn conv3d_winograd_fused(x: CubeTensor, filter: CubeTensor, bias: CubeTensor) -> CubeTensor {
+        let bias = into_contiguous(bias);
         let Launch { x, weight: filter, output, address, dtype } =
-            Launch::new(x, filter, super::conv3d_winograd_fused_shape);
+            Launch::new(x, filter, |x, f| super::conv3d_winograd_fused_shape(x, f, &bias.shape()));
         let [n, o, d, h, w] = output.shape().dims::<5>();
         let tiles = n * d.div_ceil(2) * h.div_ceil(2) * w.div_ceil(2);
         let cubes = tiles.div_ceil(FUSED_TILES) * (o / FUSED_CHANNELS);
@@ -1630,7 +1655,8 @@ mod gpu {
         let cube_count = cubecl::calculate_cube_count_elemwise(&client, cubes * FUSED_THREADS, cube_dim);
         let dtypes = [dtype, burn::backend::cubecl::dtype_to_storage_type(filter.dtype)];
         let (x, filter, out) = (x.into_tensor_arg(), filter.into_tensor_arg(), output.clone().into_tensor_arg());
-        winograd_fused_kernel::launch(&client, cube_count, cube_dim, address, x, filter, out, dtypes);
+        let bias = bias.into_tensor_arg();
+        winograd_fused_kernel::launch(&client, cube_count, cube_dim, address, x, filter, bias, out, dtypes);
         output
     }
 
@@ -1850,10 +1876,10 @@ mod tests {
         assert!(worst < 1e-5, "8 output channels, not the kernel's: {worst:e}");
     }
 
-    /// In f32, F(2, 3) in one kernel gives burn's sums to rounding (6.5·10⁻⁶ of 1 + |value| on
-    /// lavapipe); in f16 within the output's rounding to f16 (8.6·10⁻⁴; its transformed weight
-    /// and sums are in f32; with the weight rounded to f16 it was 5.9·10⁻³), unlike F(2, 3) in
-    /// f16 in three steps (1.5 %).
+    /// In f32, F(2, 3) in one kernel gives burn's sums to rounding (5.9·10⁻⁶ of 1 + |value| on
+    /// lavapipe); in f16 within the output's rounding to f16 (4.2·10⁻⁴; its transformed weight,
+    /// sums and bias are in f32; with the weight rounded to f16 it was 5.9·10⁻³), unlike F(2, 3)
+    /// in f16 in three steps (1.5 %).
     #[test]
     fn on_a_gpu_the_fused_winograd_kernel_computes_burns_sums() {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
