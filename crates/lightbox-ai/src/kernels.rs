@@ -993,6 +993,32 @@ mod gpu {
         m[first + step] = a1 - a2 - a3;
     }
 
+    /// Aᵀ of F(2, 3) along x, y and z of the 4³ tile `m`: its 2³ outputs at `m[dz·16 + dy·4 + dx]`.
+    #[cube]
+    fn f2_output_tile(m: &mut Array<f32>) {
+        #[unroll]
+        for a in 0..4usize {
+            #[unroll]
+            for b in 0..4usize {
+                f2_output_axis(m, (a * 4 + b) * 4, 1);
+            }
+        }
+        #[unroll]
+        for a in 0..4usize {
+            #[unroll]
+            for b in 0..2usize {
+                f2_output_axis(m, a * 16 + b, 4);
+            }
+        }
+        #[unroll]
+        for a in 0..2usize {
+            #[unroll]
+            for b in 0..2usize {
+                f2_output_axis(m, a * 4 + b, 16);
+            }
+        }
+    }
+
     /// One thread: the (m + 2)³ input tile `p` (from tile depth `z0` on) of channel `c`, padding
     /// 1, transformed along x, y and z in f32 registers, to `output[k, c, p]`; `tile` = m, 2 or 4.
     /// Threads run over the tiles fastest, so a warp writes consecutive values. F(2, 3) keeps
@@ -1160,27 +1186,7 @@ mod gpu {
             for k in 0..64usize {
                 m[k] = f32::cast_from(products[at + k * step]);
             }
-            #[unroll]
-            for a in 0..4usize {
-                #[unroll]
-                for b in 0..4usize {
-                    f2_output_axis(&mut m, (a * 4 + b) * 4, 1);
-                }
-            }
-            #[unroll]
-            for a in 0..4usize {
-                #[unroll]
-                for b in 0..2usize {
-                    f2_output_axis(&mut m, a * 16 + b, 4);
-                }
-            }
-            #[unroll]
-            for a in 0..2usize {
-                #[unroll]
-                for b in 0..2usize {
-                    f2_output_axis(&mut m, a * 4 + b, 16);
-                }
-            }
+            f2_output_tile(&mut m);
             let plane = out_h * out_w;
             let base = (n * out_c + o) * out_d * plane;
             #[unroll]
@@ -1422,27 +1428,7 @@ mod gpu {
                 for a in 0..64usize {
                     m[a] = shared[(a * 8 + k) * FUSED_TILES + t];
                 }
-                #[unroll]
-                for a in 0..4usize {
-                    #[unroll]
-                    for b in 0..4usize {
-                        f2_output_axis(&mut m, (a * 4 + b) * 4, 1);
-                    }
-                }
-                #[unroll]
-                for a in 0..4usize {
-                    #[unroll]
-                    for b in 0..2usize {
-                        f2_output_axis(&mut m, a * 16 + b, 4);
-                    }
-                }
-                #[unroll]
-                for a in 0..2usize {
-                    #[unroll]
-                    for b in 0..2usize {
-                        f2_output_axis(&mut m, a * 4 + b, 16);
-                    }
-                }
+                f2_output_tile(&mut m);
                 let p = p0 + t;
                 if p < tiles {
                     let ox = p % tw;
