@@ -161,14 +161,17 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
         print_new_tuned_layers(&mut printed);
         // Six variants on a GPU (precision × convolution) in one device call: ten runs each.
         let runs = if gpu { 10 } else { 2 };
-        let mut times = Vec::new();
-        for _ in 0..runs {
-            let started = Instant::now();
-            forward()?;
-            times.push(started.elapsed().as_secs_f64() * 1000.0);
-        }
-        times.sort_by(f64::total_cmp);
-        let ms = times[times.len() / 2];
+        let median_ms = |forward: &dyn Fn() -> Result<Vec<f32>, lightbox_ai::AiError>| {
+            let mut times = Vec::new();
+            for _ in 0..runs {
+                let started = Instant::now();
+                forward()?;
+                times.push(started.elapsed().as_secs_f64() * 1000.0);
+            }
+            times.sort_by(f64::total_cmp);
+            Ok::<f64, lightbox_ai::AiError>(times[times.len() / 2])
+        };
+        let ms = median_ms(&forward)?;
         // PyTorch 2.11 on an H100 (issue 7): fp32, TF32 (what `tuned-tf32` compares with), fp16.
         let (ours, h100) = match (precision, convolution) {
             (Precision::F32, Convolution::Tuned { tf32: true, .. }) => ("tf32", 17.7),
@@ -186,6 +189,21 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             h100 / ms,
             if gpu { "" } else { " (CPU against GPU: not comparable, shown for scale)" }
         );
+        // On a GPU, the same network with its instance norms by burn's operations (in f32) instead
+        // of Lightbox's kernels (crate lightbox_ai::norm), so that each run says what they save.
+        if gpu {
+            let by_ops =
+                lightbox_ai::nnunet::PlainConvUNet::from_tensors("bench", config.clone(), &tensors, &device.device)?
+                    .with_precision(precision)
+                    .with_convolution(convolution)
+                    .with_norm_kernels(false);
+            by_ops.forward_values(&device, input.clone(), shape)?;
+            let ops_ms = median_ms(&|| by_ops.forward_values(&device, input.clone(), shape))?;
+            println!(
+                "  the same with its instance norms by burn's operations: median {ops_ms:.1} ms; by Lightbox's norm kernels {ms:.1} ms ({:.2}x faster)",
+                ops_ms / ms
+            );
+        }
         // The same precision first (the goal), then TF32 for fp32: PyTorch's fp32 default on
         // NVIDIA, which Vulkan does not offer burn. Convolutions tuned to TF32's accuracy
         // (`tuned-tf32`: Winograd's F(4, 3) allowed) are compared with TF32 alone.
@@ -235,6 +253,23 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             for (way, ms) in &t.direct_ms {
                 println!("  the same layer by {}: {ms:.2} ms ({:.3} TFLOPS)", way.describe(), t.gflop / ms);
             }
+            // Read once for the statistics' two passes and once to normalise, written once.
+            let bytes = match precision {
+                Precision::F32 => 4,
+                Precision::F16 => 2,
+            };
+            let gb = 4.0 * (32 * side * side * side * bytes) as f64 / 1e9;
+            let kernels = t.norm_kernels_ms.map_or_else(
+                || "Lightbox's norm kernels: not here (a GPU's)".to_owned(),
+                |ms| {
+                    format!(
+                        "by Lightbox's norm kernels {ms:.3} ms ({:.0} GB/s moved; {:.2}x burn's)",
+                        gb / ms * 1000.0,
+                        t.norm_ops_ms / ms
+                    )
+                },
+            );
+            println!("  its instance norm and LeakyReLU: by burn's operations {:.3} ms, {kernels}", t.norm_ops_ms);
         }
     }
     // Every other run must still compute the same network: its logits against f32 by burn's

@@ -33,6 +33,8 @@ use burn::prelude::Tensor;
 use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
 
+pub mod norm;
+
 /// Output channels a thread may accumulate (a layer's channel count must be a multiple of the
 /// one chosen).
 pub const CHANNEL_BLOCKS: [usize; 2] = [8, 16];

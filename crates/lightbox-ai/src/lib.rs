@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod linknet;
 pub mod nnunet;
 pub mod nnunet_v1;
+pub mod norm;
 pub mod ops;
 pub mod package;
 pub mod profile;

@@ -19,9 +19,11 @@
 //! checkpoint's aliases (`all_modules`, `decoder.encoder`) and training state are dropped.
 //!
 //! In [`Precision::F16`](crate::Precision) (nnU-Net's own autocast on a GPU) the convolutions
-//! and transposed convolutions hold half-precision weights and take half-precision inputs;
-//! their results are cast to f32, and the instance normalisation and all that follows run in
-//! f32.
+//! and transposed convolutions hold half-precision weights and take half-precision inputs.
+//! The instance norms compute their statistics and arithmetic in f32: on a GPU by Lightbox's
+//! kernels ([`crate::norm`]), which hand the next layer f16 values as autocast does; elsewhere
+//! by burn's operations, which hand it f32 (cast to f16 by the next convolution). The logits
+//! are f32.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,6 +36,7 @@ use burn::tensor::{FloatDType, TensorData};
 use serde::Deserialize;
 
 use crate::AiError;
+use crate::norm::Activation;
 use crate::ops::conv_transpose3d_stride;
 
 /// The architecture, from a plan's `arch_kwargs`.
@@ -205,15 +208,25 @@ fn conv(
     options: ConvOptions<3>,
     how: crate::Convolution,
 ) -> Tensor<5> {
+    conv_in_its_dtype(x, weight, bias, options, how).cast(FloatDType::F32)
+}
+
+/// [`conv`], its result in the weight's dtype.
+fn conv_in_its_dtype(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: ConvOptions<3>,
+    how: crate::Convolution,
+) -> Tensor<5> {
     let x = x.cast(FloatDType::from(weight.dtype()));
-    let y = match how {
+    match how {
         crate::Convolution::Burn => conv3d(x, weight, bias, options),
         crate::Convolution::Gemm { column_mib } => crate::ops::conv3d_gemm(x, weight, bias, &options, column_mib << 20),
         crate::Convolution::Tuned { column_mib, tf32 } => {
             crate::ops::conv3d_tuned(x, weight, bias, &options, column_mib << 20, tf32)
         }
-    };
-    y.cast(FloatDType::F32)
+    }
 }
 
 pub struct PlainConvUNet {
@@ -222,6 +235,9 @@ pub struct PlainConvUNet {
     pub(crate) vectors: BTreeMap<String, Tensor<1>>,
     /// How it convolves (burn's kernels unless set).
     pub(crate) convolution: crate::Convolution,
+    /// Whether its instance norms run on Lightbox's kernels where it runs on a GPU
+    /// ([`crate::norm::instance_norm`]; the default).
+    pub(crate) norm_kernels: bool,
 }
 
 impl PlainConvUNet {
@@ -244,12 +260,19 @@ impl PlainConvUNet {
                 map1.insert(name.clone(), Tensor::from_data(TensorData::new(values.clone(), [values.len()]), device));
             }
         }
-        Ok(Self { config, tensors: map5, vectors: map1, convolution: crate::Convolution::Burn })
+        Ok(Self { config, tensors: map5, vectors: map1, convolution: crate::Convolution::Burn, norm_kernels: true })
     }
 
     /// The same network convolving as `convolution` says.
     pub fn with_convolution(mut self, convolution: crate::Convolution) -> Self {
         self.convolution = convolution;
+        self
+    }
+
+    /// The same network with its instance norms by Lightbox's kernels on a GPU (`true`, the
+    /// default) or by burn's tensor operations (to compare them).
+    pub fn with_norm_kernels(mut self, kernels: bool) -> Self {
+        self.norm_kernels = kernels;
         self
     }
 
@@ -292,27 +315,31 @@ impl PlainConvUNet {
 
     /// conv → InstanceNorm (affine) → LeakyReLU 0.01.
     fn block(&self, x: Tensor<5>, prefix: &str, stride: [usize; 3], k: [usize; 3]) -> Tensor<5> {
-        leaky_relu(self.conv_norm(x, prefix, stride, k), 0.01)
+        self.conv_norm(x, prefix, stride, k, Activation::LeakyRelu(0.01))
     }
 
-    /// conv → InstanceNorm (affine), no nonlinearity.
-    fn conv_norm(&self, x: Tensor<5>, prefix: &str, stride: [usize; 3], k: [usize; 3]) -> Tensor<5> {
+    /// conv → InstanceNorm (affine) → `activation`. In f16 the result is f16 where the norm
+    /// runs on Lightbox's kernels, f32 otherwise. (The norm cancels the convolution's bias; left
+    /// out, the f16 logits' largest error on lavapipe moved by up to 20 % either way, as any
+    /// change of rounding does, so it stays, as PyTorch computes it.)
+    fn conv_norm(
+        &self,
+        x: Tensor<5>,
+        prefix: &str,
+        stride: [usize; 3],
+        k: [usize; 3],
+        activation: Activation,
+    ) -> Tensor<5> {
         let padding = k.map(|k| (k - 1) / 2);
-        let y = conv(
+        let y = conv_in_its_dtype(
             x,
             self.t5(&format!("{prefix}.conv.weight")),
             self.t1(&format!("{prefix}.conv.bias")),
             ConvOptions::new(stride, padding, [1; 3], 1),
             self.convolution,
         );
-        let c = y.dims()[1];
-        let y = crate::linknet::instance_norm(y);
-        let gamma = self.t1(&format!("{prefix}.norm.weight")).map(|g| g.reshape([1, c, 1, 1, 1]));
-        let beta = self.t1(&format!("{prefix}.norm.bias")).map(|b| b.reshape([1, c, 1, 1, 1]));
-        match (gamma, beta) {
-            (Some(g), Some(b)) => y * g + b,
-            _ => y,
-        }
+        let affine = self.t1(&format!("{prefix}.norm.weight")).zip(self.t1(&format!("{prefix}.norm.bias")));
+        crate::norm::instance_norm(y, affine, activation, self.norm_kernels)
     }
 
     /// ResidualEncoderUNet's BasicBlockD: `lrelu(conv2(conv1(x)) + shortcut(x))`, the shortcut
@@ -329,11 +356,12 @@ impl PlainConvUNet {
         }
         let projection = format!("{prefix}.skip.{}", usize::from(strided));
         if self.tensors.contains_key(&format!("{projection}.conv.weight")) {
-            shortcut = self.conv_norm(shortcut, &projection, [1; 3], [1; 3]);
+            shortcut = self.conv_norm(shortcut, &projection, [1; 3], [1; 3], Activation::None);
         }
         let y = self.block(x, &format!("{prefix}.conv1"), stride, k);
-        let y = self.conv_norm(y, &format!("{prefix}.conv2"), [1; 3], k);
-        leaky_relu(y + shortcut, 0.01)
+        let y = self.conv_norm(y, &format!("{prefix}.conv2"), [1; 3], k, Activation::None);
+        let dtype = FloatDType::from(y.dtype());
+        leaky_relu(y + shortcut.cast(dtype), 0.01)
     }
 
     /// [`forward`](Self::forward) on plain values (`shape` = `[N, C, D, H, W]`, C order), for
@@ -377,7 +405,7 @@ impl PlainConvUNet {
                 st,
             );
             let skip = skips.pop().unwrap_or_else(|| unreachable!("one skip per stage"));
-            let mut y = Tensor::cat(vec![up, skip], 1);
+            let mut y = Tensor::cat(vec![up.cast(FloatDType::from(skip.dtype())), skip], 1);
             for i in 0..c.n_conv_per_stage_decoder[s] {
                 y = self.block(y, &format!("decoder.stages.{s}.convs.{i}"), [1; 3], c.decoder_kernel(s));
             }

@@ -27,6 +27,10 @@ pub struct LayerTimes {
     pub gflop: f64,
     /// Bytes of columns the GEMM path writes (and the matrix products read), in 10⁹.
     pub column_gb: f64,
+    /// The instance norm (affine) and LeakyReLU after the layer, on its output: by burn's
+    /// operations, and by Lightbox's kernels where they run (a GPU, `gpu` builds).
+    pub norm_ops_ms: f64,
+    pub norm_kernels_ms: Option<f64>,
 }
 
 /// Times one C → C 3³ convolution on `side`³ voxels (median of `runs`, after one warm-up), in
@@ -90,6 +94,15 @@ pub fn convolution_layer(
         }
     }
     let matmul_ms = time(&|| (0..slabs).map(|_| weights.clone().matmul(columns.clone())).collect())?;
+    let affine = Some((
+        Tensor::<1>::random([channels], Distribution::Uniform(0.5, 2.0), &device.device),
+        Tensor::<1>::random([channels], Distribution::Uniform(-1.0, 1.0), &device.device),
+    ));
+    let activation = crate::norm::Activation::LeakyRelu(0.01);
+    let norm =
+        |kernels: bool| time(&|| flat(crate::norm::instance_norm(x.clone(), affine.clone(), activation, kernels)));
+    let norm_ops_ms = norm(false)?;
+    let norm_kernels_ms = if crate::norm::kernels_apply(&device.device) { Some(norm(true)?) } else { None };
     let voxels = (side * side * side) as f64;
     Ok(LayerTimes {
         burn_ms,
@@ -99,6 +112,8 @@ pub fn convolution_layer(
         matmul_ms,
         gflop: 2.0 * voxels * (channels * taps) as f64 / 1e9,
         column_gb: voxels * (taps * bytes) as f64 / 1e9,
+        norm_ops_ms,
+        norm_kernels_ms,
     })
 }
 
@@ -112,6 +127,7 @@ mod tests {
         let t = super::convolution_layer(&device, 4, 16, (1, 2))?;
         assert!(t.burn_ms > 0.0 && t.gemm_ms > 0.0 && t.gemm_transposed_ms > 0.0 && t.matmul_ms > 0.0, "{t:?}");
         assert!(t.direct_ms.is_empty(), "Lightbox's own ways are the GPU's: {t:?}");
+        assert!(t.norm_ops_ms > 0.0 && t.norm_kernels_ms.is_none(), "{t:?}");
         assert!((t.gflop - 2.0 * 4096.0 * 4.0 * 108.0 / 1e9).abs() < 1e-12, "{t:?}");
         assert!(super::convolution_layer(&device, 4, 2, (1, 2)).is_err());
         Ok(())

@@ -195,6 +195,9 @@ pub fn train(
             tensors: params5.clone(),
             vectors: params1.clone(),
             convolution: crate::Convolution::Burn,
+            // burn's operations, which its autodiff differentiates (Lightbox's kernels have
+            // no backward pass).
+            norm_kernels: false,
         };
         let loss = dice_ce_loss(net.forward(x), y);
         let value = loss.clone().inner().into_scalar::<f32>();
