@@ -189,6 +189,16 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             h100 / ms,
             if gpu { "" } else { " (CPU against GPU: not comparable, shown for scale)" }
         );
+        // Where a run's time goes, by kind of operation, each timed from an idle device to an
+        // idle device (the waits included, so the sum exceeds the median).
+        let (profiled, found) = lightbox_ai::profile::sections(forward);
+        profiled?;
+        let covered: f64 = found.iter().map(|s| s.ms).sum();
+        println!(
+            "  one run by kind of operation, each alone: {}",
+            found.iter().map(|s| format!("{} {:.1} ms ({})", s.what, s.ms, s.count)).collect::<Vec<_>>().join(", ")
+        );
+        println!("  ({covered:.1} ms in all, against the median {ms:.1} ms unprofiled)");
         // On a GPU, the same network with its instance norms by burn's operations (in f32) instead
         // of Lightbox's kernels (crate lightbox_ai::norm), so that each run says what they save.
         if gpu {

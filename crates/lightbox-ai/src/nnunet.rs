@@ -38,6 +38,7 @@ use serde::Deserialize;
 use crate::AiError;
 use crate::norm::Activation;
 use crate::ops::conv_transpose3d_stride;
+use crate::profile::section;
 
 /// The architecture, from a plan's `arch_kwargs`.
 #[derive(Clone, Debug, PartialEq, Deserialize, serde::Serialize)]
@@ -331,15 +332,18 @@ impl PlainConvUNet {
         activation: Activation,
     ) -> Tensor<5> {
         let padding = k.map(|k| (k - 1) / 2);
-        let y = conv_in_its_dtype(
-            x,
-            self.t5(&format!("{prefix}.conv.weight")),
-            self.t1(&format!("{prefix}.conv.bias")),
-            ConvOptions::new(stride, padding, [1; 3], 1),
-            self.convolution,
-        );
+        let device = x.device();
+        let y = section("convolutions", &device, || {
+            conv_in_its_dtype(
+                x,
+                self.t5(&format!("{prefix}.conv.weight")),
+                self.t1(&format!("{prefix}.conv.bias")),
+                ConvOptions::new(stride, padding, [1; 3], 1),
+                self.convolution,
+            )
+        });
         let affine = self.t1(&format!("{prefix}.norm.weight")).zip(self.t1(&format!("{prefix}.norm.bias")));
-        crate::norm::instance_norm(y, affine, activation, self.norm_kernels)
+        section("instance norms", &device, || crate::norm::instance_norm(y, affine, activation, self.norm_kernels))
     }
 
     /// ResidualEncoderUNet's BasicBlockD: `lrelu(conv2(conv1(x)) + shortcut(x))`, the shortcut
@@ -396,29 +400,36 @@ impl PlainConvUNet {
             skips.push(h.clone());
         }
         let mut low = skips.pop().unwrap_or_else(|| unreachable!("at least two stages"));
+        let device = low.device();
         for s in 0..c.n_stages - 1 {
             let st = c.strides[c.n_stages - 1 - s];
-            let up = conv_transpose3d_stride(
-                low,
-                self.t5(&format!("decoder.transpconvs.{s}.weight")),
-                self.t1(&format!("decoder.transpconvs.{s}.bias")),
-                st,
-            );
+            let up = section("transposed convolutions", &device, || {
+                conv_transpose3d_stride(
+                    low,
+                    self.t5(&format!("decoder.transpconvs.{s}.weight")),
+                    self.t1(&format!("decoder.transpconvs.{s}.bias")),
+                    st,
+                )
+            });
             let skip = skips.pop().unwrap_or_else(|| unreachable!("one skip per stage"));
-            let mut y = Tensor::cat(vec![up.cast(FloatDType::from(skip.dtype())), skip], 1);
+            let mut y = section("concatenations", &device, || {
+                Tensor::cat(vec![up.cast(FloatDType::from(skip.dtype())), skip], 1)
+            });
             for i in 0..c.n_conv_per_stage_decoder[s] {
                 y = self.block(y, &format!("decoder.stages.{s}.convs.{i}"), [1; 3], c.decoder_kernel(s));
             }
             low = y;
         }
         let last = c.n_stages - 2;
-        conv(
-            low,
-            self.t5(&format!("decoder.seg_layers.{last}.weight")),
-            self.t1(&format!("decoder.seg_layers.{last}.bias")),
-            ConvOptions::new([1; 3], [0; 3], [1; 3], 1),
-            self.convolution,
-        )
+        section("convolutions", &device, || {
+            conv(
+                low,
+                self.t5(&format!("decoder.seg_layers.{last}.weight")),
+                self.t1(&format!("decoder.seg_layers.{last}.bias")),
+                ConvOptions::new([1; 3], [0; 3], [1; 3], 1),
+                self.convolution,
+            )
+        })
     }
 }
 
@@ -1276,6 +1287,13 @@ mod tests {
         let x = input();
         let out = net.forward(x.clone());
         assert_eq!(out.dims(), [1, 2, 8, 16, 16]);
+        // Profiled by kind: the stem, 2 + 3 + 2 + 3 + 2 convolutions in the blocks (the two
+        // strided, wider ones with a projection), one per decoder stage and the head; a norm after
+        // each but the head.
+        let (_, found) = crate::profile::sections(|| net.forward(x.clone()));
+        let count = |what| found.iter().find(|s| s.what == what).map_or(0, |s| s.count);
+        let counts = ["convolutions", "instance norms", "transposed convolutions", "concatenations"].map(count);
+        assert_eq!(counts, [16, 15, 2, 2], "{found:?}");
         // In half precision (pooled shortcuts, projections and all) the logits stay within f16's
         // rounding of the f32 ones, and come back as f32.
         let half =

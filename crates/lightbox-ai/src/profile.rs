@@ -117,6 +117,55 @@ pub fn convolution_layer(
     })
 }
 
+/// One kind of operation's share of a forward pass ([`sections`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Section {
+    pub what: &'static str,
+    /// Its operations' times added, ms.
+    pub ms: f64,
+    /// How many ran.
+    pub count: usize,
+}
+
+thread_local! {
+    static SECTIONS: std::cell::RefCell<Option<Vec<Section>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `f`, and while [`sections`] collects on this thread, its time added to `what`'s: from an
+/// idle `device` until the device is idle again (burn's backends are lazy: the waits are what
+/// make an operation's time its own).
+pub(crate) fn section<T>(what: &'static str, device: &Device, f: impl FnOnce() -> T) -> T {
+    if !SECTIONS.with(|s| s.borrow().is_some()) {
+        return f();
+    }
+    // A device that fails shows in the result; the time is only a figure.
+    let _ = device.sync();
+    let started = std::time::Instant::now();
+    let out = f();
+    let _ = device.sync();
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    SECTIONS.with(|s| {
+        if let Some(sections) = s.borrow_mut().as_mut() {
+            match sections.iter_mut().find(|s| s.what == what) {
+                Some(s) => {
+                    s.ms += ms;
+                    s.count += 1;
+                }
+                None => sections.push(Section { what, ms, count: 1 }),
+            }
+        }
+    });
+    out
+}
+
+/// `f` (a forward pass, say) with each [`section`] it runs timed alone → its result and the
+/// sections in the order first met. What no section covers is the rest of `f`'s time.
+pub fn sections<T>(f: impl FnOnce() -> T) -> (T, Vec<Section>) {
+    SECTIONS.with(|s| *s.borrow_mut() = Some(Vec::new()));
+    let out = f();
+    (out, SECTIONS.with(|s| s.borrow_mut().take()).unwrap_or_default())
+}
+
 #[cfg(test)]
 mod tests {
     /// The timings come out positive, and the arithmetic is that of the layer.
@@ -131,5 +180,29 @@ mod tests {
         assert!((t.gflop - 2.0 * 4096.0 * 4.0 * 108.0 / 1e9).abs() < 1e-12, "{t:?}");
         assert!(super::convolution_layer(&device, 4, 2, (1, 2)).is_err());
         Ok(())
+    }
+
+    /// Each kind's operations counted and timed within the pass; nothing collected outside.
+    #[test]
+    fn sections_time_each_kind_of_operation_within_a_pass() {
+        let device = burn::prelude::Device::flex();
+        let pass = || {
+            let a = super::section("first", &device, || 2);
+            let b = super::section("second", &device, || {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                4
+            });
+            let c = super::section("first", &device, || 3);
+            a + b + c
+        };
+        let (sum, found) = super::sections(pass);
+        assert_eq!(sum, 9);
+        let kinds: Vec<_> = found.iter().map(|s| (s.what, s.count)).collect();
+        assert_eq!(kinds, [("first", 2), ("second", 1)]);
+        assert!(found[1].ms >= 20.0 && found[0].ms < found[1].ms, "{found:?}");
+        let (_, outside) = super::sections(|| ());
+        assert!(outside.is_empty());
+        assert_eq!(super::section("after", &device, || 7), 7);
+        assert!(super::sections(|| ()).1.is_empty(), "a section outside a pass is not kept");
     }
 }
