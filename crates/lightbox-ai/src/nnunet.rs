@@ -379,6 +379,19 @@ impl PlainConvUNet {
         crate::ops::forward_values(device, input, shape, |x| self.forward(x))
     }
 
+    /// [`forward`](Self::forward) timed as PyTorch's benchmarks time it
+    /// ([`crate::profile::resident_median_ms`]: the input on the device beforehand, the logits
+    /// left there), median of `runs`, ms.
+    pub fn resident_median_ms(
+        &self,
+        device: &crate::AiDevice,
+        input: Vec<f32>,
+        shape: [usize; 5],
+        runs: usize,
+    ) -> Result<f64, AiError> {
+        crate::profile::resident_median_ms(device, input, shape, runs, |x| self.forward(x))
+    }
+
     /// Logits `[N, classes, D, H, W]` (no softmax, as nnU-Net accumulates them).
     pub fn forward(&self, x: Tensor<5>) -> Tensor<5> {
         let c = &self.config;

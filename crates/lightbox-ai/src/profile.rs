@@ -117,6 +117,38 @@ pub fn convolution_layer(
     })
 }
 
+/// The median of `runs` runs of `network` (after one to warm up) on `input` (`shape`, C order)
+/// uploaded once beforehand, each run until the device is idle, its result left on the device:
+/// a forward pass as PyTorch's benchmarks time one (CUDA events around `net(x)`), without the
+/// upload and the readback.
+pub fn resident_median_ms(
+    device: &crate::AiDevice,
+    input: Vec<f32>,
+    shape: [usize; 5],
+    runs: usize,
+    network: impl Fn(Tensor<5>) -> Tensor<5>,
+) -> Result<f64, AiError> {
+    if input.len() != shape.iter().product::<usize>() || runs == 0 {
+        return Err(AiError::Input(format!("{} values for shape {shape:?}, {runs} runs", input.len())));
+    }
+    let x: Tensor<5> = Tensor::from_data(burn::tensor::TensorData::new(input, shape), &device.device);
+    let settle = || device.device.sync().map_err(|e| AiError::Input(format!("the device failed: {e:?}")));
+    settle()?;
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..=runs {
+        let started = std::time::Instant::now();
+        // Held until the device is idle, so that a lazy backend computes all of it.
+        let held = network(x.clone());
+        settle()?;
+        if i > 0 {
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        drop(held);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
 /// One kind of operation's share of a forward pass ([`sections`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Section {
@@ -179,6 +211,21 @@ mod tests {
         assert!(t.norm_ops_ms > 0.0 && t.norm_kernels_ms.is_none(), "{t:?}");
         assert!((t.gflop - 2.0 * 4096.0 * 4.0 * 108.0 / 1e9).abs() < 1e-12, "{t:?}");
         assert!(super::convolution_layer(&device, 4, 2, (1, 2)).is_err());
+        Ok(())
+    }
+
+    /// A resident pass is timed; bad input is an error.
+    #[test]
+    fn a_resident_pass_is_timed() -> anyhow::Result<()> {
+        let device = crate::AiDevice::cpu();
+        let slow = |x: burn::prelude::Tensor<5>| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            x * 2.0
+        };
+        let ms = super::resident_median_ms(&device, vec![1.0; 8], [1, 1, 2, 2, 2], 3, slow)?;
+        assert!(ms >= 5.0, "{ms}");
+        assert!(super::resident_median_ms(&device, vec![1.0; 7], [1, 1, 2, 2, 2], 3, slow).is_err());
+        assert!(super::resident_median_ms(&device, vec![1.0; 8], [1, 1, 2, 2, 2], 0, slow).is_err());
         Ok(())
     }
 
