@@ -61,25 +61,7 @@ pub fn convolution_layer(
     let columns = Tensor::<3>::random([1, taps, slab * side * side], Distribution::Uniform(-1.0, 1.0), &device.device)
         .cast(dtype);
     let weights = weight.clone().reshape([1, channels, taps]);
-    // Each run from an idle device until the device is idle again, its result held meanwhile
-    // (reading back a part of it would let burn's lazy backends compute that part alone).
-    let settle = || device.device.sync().map_err(|e| AiError::Input(format!("the device failed: {e:?}")));
-    let time = |run: &dyn Fn() -> Vec<Tensor<3>>| -> Result<f64, AiError> {
-        let mut times = Vec::with_capacity(runs);
-        for i in 0..=runs {
-            settle()?;
-            let started = std::time::Instant::now();
-            let held = run();
-            settle()?;
-            // The first run warms up (burn's autotune, kernel compilation).
-            if i > 0 {
-                times.push(started.elapsed().as_secs_f64() * 1000.0);
-            }
-            drop(held);
-        }
-        times.sort_by(f64::total_cmp);
-        Ok(times[times.len() / 2])
-    };
+    let time = |run: &dyn Fn() -> Vec<Tensor<3>>| idle_to_idle_median_ms(&device.device, runs, run);
     let flat = |y: Tensor<5>| vec![y.flatten::<3>(2, 4)];
     let burn_ms = time(&|| flat(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone())))?;
     let gemm_ms = time(&|| flat(crate::ops::conv3d_gemm(x.clone(), weight.clone(), None, &options, column_mib << 20)))?;
@@ -132,13 +114,19 @@ pub fn resident_median_ms(
         return Err(AiError::Input(format!("{} values for shape {shape:?}, {runs} runs", input.len())));
     }
     let x: Tensor<5> = Tensor::from_data(burn::tensor::TensorData::new(input, shape), &device.device);
-    let settle = || device.device.sync().map_err(|e| AiError::Input(format!("the device failed: {e:?}")));
-    settle()?;
+    idle_to_idle_median_ms(&device.device, runs, || network(x.clone()))
+}
+
+/// The median of `runs` runs of `run` after one to warm up (burn's autotune, kernel
+/// compilation), each from an idle `device` until the device is idle again, its result held
+/// meanwhile (reading back a part of it would let burn's lazy backends compute that part alone).
+fn idle_to_idle_median_ms<T>(device: &Device, runs: usize, run: impl Fn() -> T) -> Result<f64, AiError> {
+    let settle = || device.sync().map_err(|e| AiError::Input(format!("the device failed: {e:?}")));
     let mut times = Vec::with_capacity(runs);
     for i in 0..=runs {
+        settle()?;
         let started = std::time::Instant::now();
-        // Held until the device is idle, so that a lazy backend computes all of it.
-        let held = network(x.clone());
+        let held = run();
         settle()?;
         if i > 0 {
             times.push(started.elapsed().as_secs_f64() * 1000.0);
@@ -146,7 +134,7 @@ pub fn resident_median_ms(
         drop(held);
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(times.get(times.len() / 2).copied().unwrap_or(0.0))
 }
 
 /// One kind of operation's share of a forward pass ([`sections`]).
