@@ -1,10 +1,9 @@
 //! [`crate::norm::instance_norm`] on a GPU in three kernels and two small ones:
-//! 1. [`CHUNKS`]-many workgroups per `(n, c)` each add a chunk of its values (f32, whatever the
+//! 1. [`chunks`]-many workgroups per `(n, c)` each add a chunk of its values (f32, whatever the
 //!    input's dtype) → per-chunk sums; a thread per `(n, c)` adds those → its mean.
 //! 2. The same over the values less their mean: Σd and Σd² → the variance (Σd²/n − (Σd/n)²,
-//!    whose second term corrects the mean's rounding), and from it, γ and β, one scale and one
-//!    shift per `(n, c)`.
-//! 3. A thread per value: `x · scale + shift`, activated, written in the input's dtype.
+//!    whose second term corrects the mean's rounding) → per `(n, c)` the mean μ and γ/σ.
+//! 3. A thread per value: `(x − μ) · γ/σ + β`, activated, written in the input's dtype.
 //!
 //! Two reads of the input for the statistics and one read and one write for the result, against
 //! burn's operations' pass per step; each channel's sums spread over many workgroups, so a
@@ -180,35 +179,17 @@ mod gpu {
         }
     }
 
-    /// One thread a row `r`: its chunks' first sums added → `out[r·2]`, the row's mean.
-    #[cube(launch, address_type = "dynamic")]
-    fn row_mean_kernel<F: Float>(
-        input: &Tensor<F>,
-        partial: &Tensor<f32>,
-        out: &mut Tensor<f32>,
-        #[define(F)] _dtype: ElemType,
-    ) {
-        let row = ABSOLUTE_POS;
-        if row >= input.shape(0) * input.shape(1) {
-            terminate!();
-        }
-        let chunks = partial.shape(1);
-        let mut s = f32::new(0.0);
-        for k in 0..chunks {
-            s += partial[(row * chunks + k) * 2];
-        }
-        out[row * 2] = s / f32::cast_from(input.shape(2) * input.shape(3) * input.shape(4));
-    }
-
-    /// One thread a row `r`: its chunks' Σd and Σd² (d = x − `mean[r·2]`) added → the variance;
+    /// One thread a row `r`: its chunks' sums added. Not `centred` (the sums of x): `out[r·2]` =
+    /// the row's mean. `centred` (Σd and Σd², d = x − `mean[r·2]`): the variance from them;
     /// `out[r·2]` = μ (the mean corrected by Σd/n), `out[r·2 + 1]` = γ/σ.
     #[cube(launch, address_type = "dynamic")]
-    fn row_scale_kernel<F: Float>(
+    fn row_finish_kernel<F: Float>(
         input: &Tensor<F>,
         partial: &Tensor<f32>,
         mean: &Tensor<f32>,
         gamma: &Tensor<f32>,
         out: &mut Tensor<f32>,
+        #[comptime] centred: bool,
         #[define(F)] _dtype: ElemType,
     ) {
         let row = ABSOLUTE_POS;
@@ -224,11 +205,14 @@ mod gpu {
             q += partial[(row * chunks + k) * 2 + 1];
         }
         let dm = s / n;
-        let var = f32::max(q / n - dm * dm, f32::new(0.0));
-        let c = row % gamma.shape(0);
-        let scale = gamma[c] / f32::sqrt(var + 1e-5f32);
-        out[row * 2] = mean[row * 2] + dm;
-        out[row * 2 + 1] = scale;
+        if centred {
+            let var = f32::max(q / n - dm * dm, f32::new(0.0));
+            let c = row % gamma.shape(0);
+            out[row * 2] = mean[row * 2] + dm;
+            out[row * 2 + 1] = gamma[c] / f32::sqrt(var + 1e-5f32);
+        } else {
+            out[row * 2] = dm;
+        }
     }
 
     /// One thread a value: `(x − params[r·2]) · params[r·2 + 1] + beta[c]` (x − μ first: exact
@@ -297,31 +281,26 @@ mod gpu {
                 dtype,
             )
         };
+        let finish = |centred: bool, mean: &CubeTensor, into: &CubeTensor| {
+            row_finish_kernel::launch(
+                &client,
+                row_count.clone(),
+                row_dim,
+                address,
+                x.clone().into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                mean.clone().into_tensor_arg(),
+                gamma.clone().into_tensor_arg(),
+                into.clone().into_tensor_arg(),
+                centred,
+                dtype,
+            )
+        };
+        // The first finish reads no mean (γ stands in: a buffer may not be bound twice).
         sums(false);
-        let (input, sums_arg) = (x.clone().into_tensor_arg(), partial.clone().into_tensor_arg());
-        row_mean_kernel::launch(
-            &client,
-            row_count.clone(),
-            row_dim,
-            address,
-            input,
-            sums_arg,
-            means.clone().into_tensor_arg(),
-            dtype,
-        );
+        finish(false, &gamma, &means);
         sums(true);
-        row_scale_kernel::launch(
-            &client,
-            row_count,
-            row_dim,
-            address,
-            x.clone().into_tensor_arg(),
-            partial.into_tensor_arg(),
-            means.into_tensor_arg(),
-            gamma.into_tensor_arg(),
-            params.clone().into_tensor_arg(),
-            dtype,
-        );
+        finish(true, &means, &params);
         let threads = rows * len;
         let apply_dim = CubeDim::new(&client, threads);
         let apply_count = cubecl::calculate_cube_count_elemwise(&client, threads, apply_dim);
