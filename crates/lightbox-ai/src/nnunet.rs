@@ -19,7 +19,9 @@
 //! checkpoint's aliases (`all_modules`, `decoder.encoder`) and training state are dropped.
 //!
 //! In [`Precision::F16`](crate::Precision) (nnU-Net's own autocast on a GPU) the convolutions
-//! and transposed convolutions hold half-precision weights and take half-precision inputs.
+//! and transposed convolutions hold half-precision weights and take half-precision inputs;
+//! the transposed convolutions' results stay f16 (their bias added in f16, as cuDNN's single
+//! rounding of the exact sum).
 //! The instance norms compute their statistics and arithmetic in f32: on a GPU by Lightbox's
 //! kernels ([`crate::norm`]), which hand the next layer f16 values as autocast does; elsewhere
 //! by burn's operations, which hand it f32 (cast to f16 by the next convolution). The logits

@@ -50,10 +50,12 @@ pub fn resize_trilinear(x: Tensor<5>, size: [usize; 3], align_corners: bool) -> 
 
 /// `ConvTranspose3d` with kernel = stride = `s` (per axis) and no padding: `x`
 /// `[N, I, D, H, W]`, `weight` `[I, O, s₀, s₁, s₂]` (PyTorch's layout), optional `bias` `[O]` →
-/// `[N, O, D·s₀, H·s₁, W·s₂]`. The product runs in the weight's precision (f16 inputs where the
-/// network runs in half precision); the result is f32.
+/// `[N, O, D·s₀, H·s₁, W·s₂]`, in the weight's precision (f16 where the network runs in half
+/// precision, as PyTorch's autocast hands the next layer f16; the bias, f16 too there, is added
+/// in that precision: one rounding of the exact sum either way).
 pub fn conv_transpose3d_stride(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, s: [usize; 3]) -> Tensor<5> {
-    let x = x.cast(burn::tensor::FloatDType::from(weight.dtype()));
+    let weight_dtype = weight.dtype();
+    let x = x.cast(burn::tensor::FloatDType::from(weight_dtype));
     let [n, i, d, h, w] = x.dims();
     let [_, o, _, _, _] = weight.dims();
     let block = s[0] * s[1] * s[2];
@@ -61,9 +63,9 @@ pub fn conv_transpose3d_stride(x: Tensor<5>, weight: Tensor<5>, bias: Option<Ten
     let columns = weight.reshape([i, o * block]).transpose().unsqueeze::<3>().expand([n, o * block, i]);
     let blocks = columns.matmul(x.reshape([n, i, d * h * w]));
     let shuffled: Tensor<8> = blocks.reshape([n, o, s[0], s[1], s[2], d, h, w]).permute([0, 1, 5, 2, 6, 3, 7, 4]);
-    let out = shuffled.reshape([n, o, d * s[0], h * s[1], w * s[2]]).cast(burn::tensor::FloatDType::F32);
+    let out = shuffled.reshape([n, o, d * s[0], h * s[1], w * s[2]]);
     match bias {
-        Some(b) => out + b.cast(burn::tensor::FloatDType::F32).reshape([1, o, 1, 1, 1]),
+        Some(b) => out + b.cast(burn::tensor::FloatDType::from(weight_dtype)).reshape([1, o, 1, 1, 1]),
         None => out,
     }
 }
