@@ -33,6 +33,7 @@ use burn::prelude::Tensor;
 use burn::tensor::Shape;
 use burn_cubecl::CubeBackend;
 
+pub mod mma;
 pub mod norm;
 
 /// Output channels a thread may accumulate (a layer's channel count must be a multiple of the

@@ -1,0 +1,545 @@
+//! A 3×3×3 convolution (padding 1, stride 1) in f16 on a GPU's matrix units (NVIDIA's tensor
+//! cores, reached through Vulkan's cooperative matrices and CubeCL's `cmma`), sums in f32: an
+//! implicit GEMM with no im2col columns anywhere.
+//!
+//! A workgroup computes [`TILE_O`] output channels of a [`TILE_X`] × [`TILE_Y`] × [`TILE_Z`]
+//! block of output voxels, one warp per output row (two 16-voxel runs × two 16-channel
+//! fragments, four f32 accumulators). For each [`CHUNK`] of 16 input channels it stages the
+//! input block with its one-voxel border once in workgroup memory, **channels innermost**. Then,
+//! for each of the 27 taps, the A operand of a run (16 voxels × 16 channels) is a plain
+//! row-major window of that memory, 16 values a row, starting at the tap's offset (a whole
+//! number of rows, so every load stays 32-byte aligned as cooperative matrices require), and
+//! the B operand (16 channels × 16 output channels) a window of the weight `[C·27, O]` read
+//! straight from device memory (the same few KiB for every workgroup: cache hits). So every
+//! input value is read from device memory once per chunk and workgroup, and fed to the matrix
+//! units 27 times from workgroup memory. After the last chunk the accumulators are staged as
+//! f16 where the input was, and written out with the bias.
+//!
+//! Where a GPU offers no cooperative matrices (lavapipe, WGSL), the same kernel runs `emulated`:
+//! each fragment operation done by the warp's 32 threads from the same memory, at the same
+//! addresses and strides. That is what the tests check on the CPU: the staging, the tiles'
+//! arithmetic and every fragment's address. What they cannot check is a driver's matrix
+//! instructions themselves, which the convolution tuner ([`crate::ops::conv3d_tuned`]) compares
+//! with burn's convolution on the GPU before it ever keeps this way.
+
+use burn::backend::{
+    Backend, Dispatch, Flex, TensorMetadata, backend_extension, ops::ConvOptions, tensor::FloatTensor,
+};
+use burn::prelude::{Device, Tensor};
+use burn::tensor::{DType, FloatDType, Shape};
+use burn_cubecl::CubeBackend;
+
+/// Output voxels along x a workgroup computes: two fragments' runs of 16.
+pub const TILE_X: usize = 32;
+/// Output rows (y) a workgroup computes.
+pub const TILE_Y: usize = 4;
+/// Output planes (z) a workgroup computes (the border's two planes shared by both).
+pub const TILE_Z: usize = 2;
+/// Output channels a workgroup computes: two fragments of 16.
+pub const TILE_O: usize = 32;
+/// Input channels staged at a time: a fragment's k.
+pub const CHUNK: usize = 16;
+/// One warp of 32 threads per output row of the block.
+pub const THREADS: usize = 32 * TILE_Y * TILE_Z;
+const HALO_X: usize = TILE_X + 2;
+const HALO_Y: usize = TILE_Y + 2;
+const HALO_Z: usize = TILE_Z + 2;
+/// Values of workgroup memory (f16): the input block and its border, a chunk's channels
+/// innermost; the output block is staged in the same memory after the last chunk.
+pub const HALO_LEN: usize = HALO_Z * HALO_Y * HALO_X * CHUNK;
+const STAGED_LEN: usize = TILE_O * TILE_Z * TILE_Y * TILE_X;
+// 25.5 KiB: within lavapipe's 32 KiB, so the CPU tests run the kernel an NVIDIA GPU runs.
+const _: () = assert!(STAGED_LEN <= HALO_LEN && HALO_LEN * 2 <= super::TILED_WORKGROUP_BYTES && THREADS == 256);
+
+#[backend_extension(Cube, Flex, Fusion)]
+pub trait MmaKernels: Backend {
+    /// `x` `[N, C, D, H, W]` in f16 (C a multiple of [`CHUNK`]), `weight` `[C·27, O]` (the
+    /// `[O, C, 3, 3, 3]` weight with its output channels last, O a multiple of [`TILE_O`]),
+    /// `bias` `[O]` in f32: the convolution, padding 1, stride 1, plus the bias →
+    /// `[N, O, D, H, W]` in f16. On matrix units where the GPU has them, else `emulated` (the
+    /// tests) or burn's convolution.
+    #[fusion(dtype = x, shape = mma_shape(x, weight))]
+    fn conv3d_k3_mma(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        emulated: bool,
+    ) -> FloatTensor<Self>;
+}
+
+fn mma_shape(x: &Shape, weight: &Shape) -> Shape {
+    Shape::new([x[0], weight[1], x[2], x[3], x[4]])
+}
+
+/// Whether [`conv3d_k3_mma`] computes this convolution by its kernel: f16, 3×3×3, padding 1,
+/// stride 1, no dilation or groups, input channels a multiple of [`CHUNK`] and output channels
+/// of [`TILE_O`] (every 3³ layer of PlainConvUNet 32…320 but its first and the strided ones).
+pub fn conv3d_k3_mma_fits(input: [usize; 5], weight: [usize; 5], options: &ConvOptions<3>, dtype: DType) -> bool {
+    let [o, c, kd, kh, kw] = weight;
+    dtype == DType::F16
+        && input[1] == c
+        && c > 0
+        && c.is_multiple_of(CHUNK)
+        && o > 0
+        && o.is_multiple_of(TILE_O)
+        && [kd, kh, kw] == [3; 3]
+        && options.padding == [(1, 1); 3]
+        && options.stride == [1; 3]
+        && options.dilation == [1; 3]
+        && options.groups == 1
+}
+
+/// Whether `device` runs the kernel on matrix units: a GPU whose driver offers 16×16×16
+/// cooperative matrices of f16 with f32 sums, 32-thread warps and the workgroup it needs.
+pub fn available(device: &Device) -> bool {
+    match device.as_dispatch() {
+        burn::backend::DispatchDevice::Cube(cube) => gpu::supported(&cube.client()),
+        _ => false,
+    }
+}
+
+/// The convolution by [`MmaKernels::conv3d_k3_mma`], where [`conv3d_k3_mma_fits`] and the
+/// device has matrix units ([`available`]); burn's convolution elsewhere.
+pub fn conv3d_k3_mma(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: &ConvOptions<3>) -> Tensor<5> {
+    run(x, weight, bias, options, false)
+}
+
+fn run(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &ConvOptions<3>,
+    emulated: bool,
+) -> Tensor<5> {
+    let x = x.cast(FloatDType::from(weight.dtype()));
+    if !conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype()) {
+        return burn::tensor::module::conv3d(x, weight, bias, options.clone());
+    }
+    let [o, c, _, _, _] = weight.dims();
+    let f32 = FloatDType::F32;
+    let bias = bias.map_or_else(|| Tensor::<1>::zeros([o], &weight.device()).cast(f32), |b| b.cast(f32));
+    let weight = weight.reshape([o, c * 27]).swap_dims(0, 1);
+    Tensor::from_dispatch(<Dispatch as MmaKernels>::conv3d_k3_mma(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        emulated,
+    ))
+}
+
+/// burn's convolution of `x` by a `[C·27, O]` weight (padding 1, stride 1) plus `bias`.
+fn by_burn<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
+    let dtype = x.dtype().into();
+    let y = super::burns_conv3d_k3::<B>(x, weight, 1);
+    let o = y.shape()[1];
+    let bias = B::float_reshape(B::float_cast(bias, dtype), Shape::new([1, o, 1, 1, 1]));
+    let shape = y.shape();
+    B::float_add(y, B::float_expand(bias, shape))
+}
+
+impl MmaKernels for Flex {
+    fn conv3d_k3_mma(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        _emulated: bool,
+    ) -> FloatTensor<Self> {
+        by_burn::<Self>(x, weight, bias)
+    }
+}
+
+impl MmaKernels for CubeBackend {
+    fn conv3d_k3_mma(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        emulated: bool,
+    ) -> FloatTensor<Self> {
+        let hardware = &x.client.properties().hardware;
+        let fits = x.dtype == DType::F16
+            && weight.dtype == DType::F16
+            && HALO_LEN * 2 <= hardware.max_shared_memory_size
+            && THREADS <= hardware.max_units_per_cube as usize;
+        match (fits, gpu::supported(&x.client)) {
+            (true, true) => gpu::conv3d_k3_mma(x, weight, bias, true),
+            (true, false) if emulated => gpu::conv3d_k3_mma(x, weight, bias, false),
+            _ => by_burn::<Self>(x, weight, bias),
+        }
+    }
+}
+
+mod gpu {
+    use burn::backend::TensorMetadata;
+    use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
+    use cubecl::client::Client;
+    use cubecl::ir::{ElemType, FloatKind, features::MmaConfig};
+    use cubecl::prelude::*;
+
+    use super::{CHUNK, HALO_LEN, HALO_X, HALO_Y, HALO_Z, STAGED_LEN, THREADS, TILE_O, TILE_X, TILE_Y, TILE_Z};
+
+    /// Cooperative matrices of 16×16×16 f16 with f32 sums, on 32-thread warps.
+    pub(super) fn supported(client: &Client) -> bool {
+        let f16 = ElemType::Float(FloatKind::F16);
+        let config =
+            MmaConfig { a_type: f16, b_type: f16, cd_type: ElemType::Float(FloatKind::F32), m: 16, k: 16, n: 16 };
+        let hardware = &client.properties().hardware;
+        client.features().matmul.cmma.contains(&config)
+            && hardware.plane_size_min == 32
+            && hardware.plane_size_max == 32
+    }
+
+    /// Stages input channels `[c0, c0 + CHUNK)` of the block whose first output voxel is
+    /// `(oz, y0, x0)` of image `n`, with its border: value `(pz, py, px, c)` at
+    /// `((pz·HALO_Y + py)·HALO_X + px)·CHUNK + c`, input voxel `(oz + pz − 1, …)`, zero outside.
+    #[cube]
+    fn stage_input<F: Float>(
+        input: &Tensor<F>,
+        halo: &mut Shared<[F]>,
+        n: usize,
+        c0: usize,
+        oz: usize,
+        y0: usize,
+        x0: usize,
+    ) {
+        let in_c = input.shape(1);
+        let (d, h, w) = (input.shape(2), input.shape(3), input.shape(4));
+        let mut i = UNIT_POS as usize;
+        while i < HALO_LEN {
+            // x fastest: a warp reads a run of one input row.
+            let px = i % HALO_X;
+            let mut r = i / HALO_X;
+            let py = r % HALO_Y;
+            r /= HALO_Y;
+            let pz = r % HALO_Z;
+            let c = r / HALO_Z;
+            // Padded coordinates: p reads input p − 1, inside when 1 ≤ p ≤ len.
+            let (z, y, x) = (oz + pz, y0 + py, x0 + px);
+            let mut v = F::new(0.0);
+            if z >= 1 && z <= d && y >= 1 && y <= h && x >= 1 && x <= w {
+                v = input[(((n * in_c + c0 + c) * d + z - 1) * h + y - 1) * w + x - 1];
+            }
+            halo[((pz * HALO_Y + py) * HALO_X + px) * CHUNK + c] = v;
+            i += THREADS;
+        }
+    }
+
+    /// One workgroup: output channels `[ob·TILE_O, +TILE_O)` of the block at `(oz, y0, x0)` of
+    /// image `n`; warp `w` computes output row `(oz + w / TILE_Y, y0 + w % TILE_Y)`, its two
+    /// runs of 16 voxels by two fragments of 16 channels. `mma`: by cooperative matrices; else
+    /// each fragment operation by the warp's threads, reading the same addresses.
+    #[cube(launch, address_type = "dynamic")]
+    fn conv3d_k3_mma_kernel<F: Float>(
+        input: &Tensor<F>,
+        weight: &Tensor<F>,
+        bias: &Tensor<f32>,
+        output: &mut Tensor<F>,
+        #[comptime] mma: bool,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let in_c = input.shape(1);
+        let out_c = output.shape(1);
+        let (d, h, w) = (output.shape(2), output.shape(3), output.shape(4));
+        let tiles_x = w.div_ceil(TILE_X);
+        let tiles_y = h.div_ceil(TILE_Y);
+        let tiles_z = d.div_ceil(TILE_Z);
+        let blocks = out_c / TILE_O;
+        let mut cube = CUBE_POS;
+        if cube >= output.shape(0) * tiles_z * tiles_y * tiles_x * blocks {
+            terminate!();
+        }
+        // Channel blocks fastest: neighbouring workgroups read the same input block.
+        let ob = cube % blocks;
+        cube /= blocks;
+        let x0 = (cube % tiles_x) * TILE_X;
+        cube /= tiles_x;
+        let y0 = (cube % tiles_y) * TILE_Y;
+        cube /= tiles_y;
+        let oz = (cube % tiles_z) * TILE_Z;
+        let n = cube / tiles_z;
+
+        let unit = UNIT_POS as usize;
+        let warp = unit / 32;
+        let lane = unit % 32;
+        // The warp's row of the block: plane `wz`, row `wy`.
+        let (wz, wy) = (warp / TILE_Y, warp % TILE_Y);
+        // Rows of the weight between consecutive input channels.
+        let k_stride = 27 * out_c;
+        let mut halo = Shared::<[F]>::new_slice(HALO_LEN);
+
+        if mma {
+            let acc00 = cmma::Matrix::<f32>::from_value(
+                cmma::MatrixIdent::Accumulator,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::Undefined,
+                0.0,
+            );
+            let acc01 = cmma::Matrix::<f32>::from_value(
+                cmma::MatrixIdent::Accumulator,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::Undefined,
+                0.0,
+            );
+            let acc10 = cmma::Matrix::<f32>::from_value(
+                cmma::MatrixIdent::Accumulator,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::Undefined,
+                0.0,
+            );
+            let acc11 = cmma::Matrix::<f32>::from_value(
+                cmma::MatrixIdent::Accumulator,
+                16usize,
+                16usize,
+                16usize,
+                cmma::MatrixLayout::Undefined,
+                0.0,
+            );
+            let mut c0 = 0usize;
+            while c0 < in_c {
+                sync_cube();
+                stage_input::<F>(input, &mut halo, n, c0, oz, y0, x0);
+                sync_cube();
+                #[unroll]
+                for tap in 0..27usize {
+                    let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
+                    // Run r's first voxel at padded (wz + kz, wy + ky, 16·r + kx).
+                    let a_at = (((wz + kz) * HALO_Y + wy + ky) * HALO_X + kx) * CHUNK;
+                    let a0 = cmma::Matrix::<F>::from_slice(
+                        cmma::MatrixIdent::A,
+                        16usize,
+                        16usize,
+                        16usize,
+                        cmma::MatrixLayout::RowMajor,
+                        halo.slice(a_at, a_at + 16 * CHUNK),
+                        CHUNK as u32,
+                    );
+                    let a1 = cmma::Matrix::<F>::from_slice(
+                        cmma::MatrixIdent::A,
+                        16usize,
+                        16usize,
+                        16usize,
+                        cmma::MatrixLayout::RowMajor,
+                        halo.slice(a_at + 16 * CHUNK, a_at + 32 * CHUNK),
+                        CHUNK as u32,
+                    );
+                    let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
+                    let b_end = b_at + 15 * k_stride + 32;
+                    let b0 = cmma::Matrix::<F>::from_slice(
+                        cmma::MatrixIdent::B,
+                        16usize,
+                        16usize,
+                        16usize,
+                        cmma::MatrixLayout::RowMajor,
+                        weight.slice(b_at, b_end),
+                        k_stride as u32,
+                    );
+                    let b1 = cmma::Matrix::<F>::from_slice(
+                        cmma::MatrixIdent::B,
+                        16usize,
+                        16usize,
+                        16usize,
+                        cmma::MatrixLayout::RowMajor,
+                        weight.slice(b_at + 16, b_end),
+                        k_stride as u32,
+                    );
+                    cmma::execute::<F, F, f32, f32, cmma::Plane>(&a0, &b0, &acc00, &acc00);
+                    cmma::execute::<F, F, f32, f32, cmma::Plane>(&a0, &b1, &acc01, &acc01);
+                    cmma::execute::<F, F, f32, f32, cmma::Plane>(&a1, &b0, &acc10, &acc10);
+                    cmma::execute::<F, F, f32, f32, cmma::Plane>(&a1, &b1, &acc11, &acc11);
+                }
+                c0 += CHUNK;
+            }
+            sync_cube();
+            // Staged as [channel][voxel of the block]: fragment (r, f) column-major from
+            // channel 16·f, voxel 32·warp + 16·r.
+            let v0 = warp * TILE_X;
+            let blk = TILE_Z * TILE_Y * TILE_X;
+            let stride = blk as u32;
+            let layout = cmma::MatrixLayout::ColMajor;
+            let f00 = cmma::cast::<f32, F, cmma::Plane>(&acc00);
+            let f01 = cmma::cast::<f32, F, cmma::Plane>(&acc01);
+            let f10 = cmma::cast::<f32, F, cmma::Plane>(&acc10);
+            let f11 = cmma::cast::<f32, F, cmma::Plane>(&acc11);
+            cmma::store(halo.slice_mut(v0, STAGED_LEN), &f00, stride, layout);
+            cmma::store(halo.slice_mut(16 * blk + v0, STAGED_LEN), &f01, stride, layout);
+            cmma::store(halo.slice_mut(v0 + 16, STAGED_LEN), &f10, stride, layout);
+            cmma::store(halo.slice_mut(16 * blk + v0 + 16, STAGED_LEN), &f11, stride, layout);
+        } else {
+            // Lane l holds elements (i, j) = ((8·l + e) / 16, (8·l + e) % 16), e < 8, of each
+            // of the warp's four fragments (run r, channel fragment f) at 8·(2·r + f) + e.
+            let mut acc = Array::<f32>::new(32usize);
+            #[unroll]
+            for e in 0..32usize {
+                acc[e] = 0.0f32;
+            }
+            let mut c0 = 0usize;
+            while c0 < in_c {
+                sync_cube();
+                stage_input::<F>(input, &mut halo, n, c0, oz, y0, x0);
+                sync_cube();
+                for tap in 0..27usize {
+                    let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
+                    let a_at = (((wz + kz) * HALO_Y + wy + ky) * HALO_X + kx) * CHUNK;
+                    let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
+                    #[unroll]
+                    for s in 0..32usize {
+                        let (r, f, e) = (s / 16, s / 8 % 2, s % 8);
+                        let q = 8 * lane + e;
+                        let (i, j) = (q / 16, q % 16);
+                        let mut sum = acc[s];
+                        for k in 0..16usize {
+                            // A (row-major, stride CHUNK) from 16·CHUNK·r; B (row-major, stride
+                            // k_stride) from 16·f.
+                            let a = f32::cast_from(halo[a_at + 16 * CHUNK * r + i * CHUNK + k]);
+                            let b = f32::cast_from(weight[b_at + 16 * f + k * k_stride + j]);
+                            sum += a * b;
+                        }
+                        acc[s] = sum;
+                    }
+                }
+                c0 += CHUNK;
+            }
+            sync_cube();
+            let blk = TILE_Z * TILE_Y * TILE_X;
+            #[unroll]
+            for s in 0..32usize {
+                let (r, f, e) = (s / 16, s / 8 % 2, s % 8);
+                let q = 8 * lane + e;
+                let (i, j) = (q / 16, q % 16);
+                // Column-major from (16·f)·blk + 32·warp + 16·r, stride blk.
+                halo[(16 * f + j) * blk + warp * TILE_X + 16 * r + i] = F::cast_from(acc[s]);
+            }
+        }
+        sync_cube();
+        // The block out, x fastest, with the bias (in f32, rounded once more to f16).
+        let blk = TILE_Z * TILE_Y * TILE_X;
+        let plane = h * w;
+        let mut i = unit;
+        while i < STAGED_LEN {
+            let oc = i / blk;
+            let v = i % blk;
+            let x = x0 + v % TILE_X;
+            let y = y0 + v / TILE_X % TILE_Y;
+            let z = oz + v / (TILE_X * TILE_Y);
+            if x < w && y < h && z < d {
+                let channel = ob * TILE_O + oc;
+                output[((n * out_c + channel) * d + z) * plane + y * w + x] =
+                    F::cast_from(f32::cast_from(halo[i]) + bias[channel]);
+            }
+            i += THREADS;
+        }
+    }
+
+    /// [`conv3d_k3_mma_kernel`] over the whole output (`mma`: on cooperative matrices).
+    pub(super) fn conv3d_k3_mma(x: CubeTensor, weight: CubeTensor, bias: CubeTensor, mma: bool) -> CubeTensor {
+        let x = into_contiguous(x);
+        let weight = into_contiguous(weight);
+        let bias = into_contiguous(bias);
+        let shape = super::mma_shape(&x.shape(), &weight.shape());
+        let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+        let [n, o, d, h, w] = output.shape().dims::<5>();
+        let cubes = n * d.div_ceil(TILE_Z) * h.div_ceil(TILE_Y) * w.div_ceil(TILE_X) * (o / TILE_O);
+        if cubes == 0 {
+            return output;
+        }
+        let address = x.required_address_type().max(weight.required_address_type()).max(output.required_address_type());
+        let dtype = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
+        let client = x.client.clone();
+        let cube_dim = CubeDim::new_1d(THREADS as u32);
+        let cube_count = cubecl::calculate_cube_count_elemwise(&client, cubes * THREADS, cube_dim);
+        conv3d_k3_mma_kernel::launch(
+            &client,
+            cube_count,
+            cube_dim,
+            address,
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            output.clone().into_tensor_arg(),
+            mma,
+            dtype,
+        );
+        output
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{DeviceKind, Distribution};
+
+    /// Largest |ours − burn's on the same f16 values| / (1 + |burn's|), over blocks cut by the
+    /// grid's edge on every axis, several channel chunks and channel blocks, one and two images,
+    /// with and without bias. burn's convolution in f32, or where `reference` is f16 in f16.
+    fn worst_difference(device: &Device, emulated: bool, reference: FloatDType) -> f32 {
+        let cases = [([1, 16, 3, 5, 7], 32), ([2, 32, 4, 6, 35], 64), ([1, 48, 5, 4, 16], 32)];
+        let mut worst = 0.0f32;
+        for (i, (shape, out)) in cases.into_iter().enumerate() {
+            let random = |dims: [usize; 5]| Tensor::<5>::random(dims, Distribution::Uniform(-1.0, 1.0), device);
+            let x = random(shape).cast(FloatDType::F16);
+            let weight = random([out, shape[1], 3, 3, 3]).cast(FloatDType::F16);
+            let bias = (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device));
+            let options = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
+            assert!(conv3d_k3_mma_fits(x.dims(), weight.dims(), &options, x.dtype()));
+            let cast = |t: Tensor<5>| t.cast(reference);
+            let reference = burn::tensor::module::conv3d(
+                cast(x.clone()),
+                cast(weight.clone()),
+                bias.clone().map(|b| b.cast(reference)),
+                options.clone(),
+            );
+            let ours = run(x, weight, bias, &options, emulated);
+            assert_eq!(ours.dims(), reference.dims());
+            assert_eq!(ours.dtype(), DType::F16, "the layer's dtype");
+            let floats = |t: Tensor<5>| t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap_or_default();
+            let (ours, reference) = (floats(ours), floats(reference));
+            assert_eq!(ours.len(), reference.len());
+            worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(worst, f32::max);
+        }
+        worst
+    }
+
+    #[test]
+    fn fits_only_what_it_computes() {
+        let options = |stride: usize, padding: usize| ConvOptions::new([stride; 3], [padding; 3], [1; 3], 1);
+        let f16 = DType::F16;
+        assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), f16));
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), DType::F32), "f32");
+        assert!(!conv3d_k3_mma_fits([1, 1, 8, 8, 8], [32, 1, 3, 3, 3], &options(1, 1), f16), "one channel");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [48, 32, 3, 3, 3], &options(1, 1), f16), "48 outputs");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f16), "stride 2");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 0), f16), "no padding");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 1, 1, 1], &options(1, 0), f16), "1×1×1");
+    }
+
+    /// On flex, burn's convolution in f16 (which sums in f16 there: 5·10⁻³ from its sums in
+    /// f32), the bias added after (one more rounding).
+    #[test]
+    fn on_flex_it_is_burns_convolution() {
+        let device = Device::flex();
+        assert!(!available(&device));
+        let worst = worst_difference(&device, true, FloatDType::F16);
+        assert!(worst < 1e-3, "{worst:e}");
+    }
+
+    /// The kernel emulated on whatever GPU adapter opens (lavapipe where there is none): burn's
+    /// sums of the same f16 values to the output's rounding to f16 (twice: the sums, then with
+    /// the bias; 2⁻¹¹ of 1 + |value| each).
+    #[test]
+    fn on_a_gpu_the_kernel_computes_burns_sums() {
+        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        let worst = worst_difference(&device, true, FloatDType::F32);
+        eprintln!("convolution on matrix units, emulated: worst {worst:e} of 1 + |value|");
+        assert!(worst < 1.5e-3, "{worst:e}");
+        if available(&device) {
+            let worst = worst_difference(&device, false, FloatDType::F32);
+            eprintln!("convolution on matrix units: worst {worst:e} of 1 + |value|");
+            assert!(worst < 1.5e-3, "{worst:e}");
+        }
+    }
+}
