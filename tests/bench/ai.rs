@@ -269,6 +269,9 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             for (way, ms) in &t.direct_ms {
                 println!("  the same layer by {}: {ms:.2} ms ({:.3} TFLOPS)", way.describe(), t.gflop / ms);
             }
+            for (way, why) in &t.left_out {
+                println!("  the same layer by {}: left out, {why}", way.describe());
+            }
             // Read once for the statistics' two passes and once to normalise, written once.
             let bytes = match precision {
                 Precision::F32 => 4,

@@ -254,10 +254,15 @@ pub enum ConvWay {
     /// memory (where [`Self::WinogradF2`] moves 8 times the input and the output each way), in
     /// f32 whatever the layer's dtype. On a GPU, for output channels a multiple of 16.
     WinogradF2Fused,
+    /// Lightbox's kernel on the GPU's matrix units ([`crate::kernels::mma::conv3d_k3_mma`]: an
+    /// implicit GEMM of f16 values with f32 sums on cooperative matrices, i.e. tensor cores),
+    /// for the f16 3×3×3 layers of stride 1 it covers, on a GPU whose driver offers them
+    /// (Vulkan through burn's SPIR-V compiler on NVIDIA).
+    MatrixUnits,
 }
 
 impl ConvWay {
-    const ALL: [Self; 16] = [
+    const ALL: [Self; 17] = [
         Self::Burn,
         Self::Gemm,
         Self::GemmTransposed,
@@ -274,11 +279,12 @@ impl ConvWay {
         Self::WinogradF4,
         Self::WinogradF4Transposed,
         Self::WinogradF2Fused,
+        Self::MatrixUnits,
     ];
 
     /// Lightbox's own ways (what [`crate::profile`] times besides burn's and the matrix
     /// products): its kernels and Winograd's algorithms, which the tuner tries on a GPU only.
-    pub const OWN: [Self; 12] = [
+    pub const OWN: [Self; 13] = [
         Self::Direct,
         Self::DirectWide,
         Self::Tiled,
@@ -291,6 +297,7 @@ impl ConvWay {
         Self::WinogradF4,
         Self::WinogradF4Transposed,
         Self::WinogradF2Fused,
+        Self::MatrixUnits,
     ];
 
     /// Whether this way is only as accurate as TF32 ([`crate::Convolution::Tuned`]'s `tf32`):
@@ -348,6 +355,7 @@ impl ConvWay {
                 fused_applies(device, input, weight, options)
                     && crate::winograd::applies(input, weight, options, &crate::winograd::F2)
             }
+            Self::MatrixUnits => matrix_units_apply(device, input, weight, options, dtype),
             _ => true,
         }
     }
@@ -398,6 +406,12 @@ impl ConvWay {
                 }
                 winograd(x, weight, bias, options, budget, &crate::winograd::F2, false)
             }
+            Self::MatrixUnits => {
+                #[cfg(feature = "gpu")]
+                return crate::kernels::mma::conv3d_k3_mma(x, weight, bias, options);
+                #[cfg(not(feature = "gpu"))]
+                burn::tensor::module::conv3d(x, weight, bias, options.clone())
+            }
         }
     }
 
@@ -419,6 +433,7 @@ impl ConvWay {
             Self::WinogradF4 => "Winograd F(4x4x4, 3x3x3)",
             Self::WinogradF4Transposed => "Winograd F(4x4x4, 3x3x3), transposed products",
             Self::WinogradF2Fused => "Winograd F(2x2x2, 3x3x3) in one kernel",
+            Self::MatrixUnits => "Lightbox's kernel on matrix units (tensor cores)",
         }
     }
 }
@@ -484,6 +499,28 @@ fn winograd_kernels_apply(
 
 #[cfg(not(feature = "gpu"))]
 fn winograd_kernels_apply(_: &Device, _: [usize; 5], _: [usize; 5], _: &burn::tensor::ops::ConvOptions<3>) -> bool {
+    false
+}
+
+#[cfg(feature = "gpu")]
+fn matrix_units_apply(
+    device: &Device,
+    input: [usize; 5],
+    weight: [usize; 5],
+    options: &burn::tensor::ops::ConvOptions<3>,
+    dtype: burn::tensor::DType,
+) -> bool {
+    crate::kernels::mma::conv3d_k3_mma_fits(input, weight, options, dtype) && crate::kernels::mma::available(device)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn matrix_units_apply(
+    _: &Device,
+    _: [usize; 5],
+    _: [usize; 5],
+    _: &burn::tensor::ops::ConvOptions<3>,
+    _: burn::tensor::DType,
+) -> bool {
     false
 }
 
@@ -734,7 +771,7 @@ pub fn conv3d_tuned(
 /// and a kernel that sums in f16 (burn's direct one on WGSL: 0.5 % of the largest value on
 /// lavapipe for 216 terms) is left out where it strays further); or the device's error, where
 /// computing it failed (a buffer over what the device allocates, say).
-fn disagreement(reference: &Tensor<5>, other: Tensor<5>) -> Option<String> {
+pub(crate) fn disagreement(reference: &Tensor<5>, other: Tensor<5>) -> Option<String> {
     let tolerance =
         if matches!(other.dtype(), burn::tensor::DType::F32 | burn::tensor::DType::F64) { 1e-3 } else { 4e-3 };
     let f32 = |t: Tensor<5>| t.cast(burn::tensor::FloatDType::F32);

@@ -21,6 +21,9 @@ pub struct LayerTimes {
     /// `ops::ConvWay::OWN` (Lightbox's own ways: its direct, tiled and 1×1×1 kernels and
     /// Winograd's algorithms), where they run (a GPU, `gpu` builds).
     pub direct_ms: Vec<(crate::ops::ConvWay, f64)>,
+    /// Those of them that apply but did not compute burn's convolution (or failed on the
+    /// device), and why: left untimed, as the tuner leaves them out.
+    pub left_out: Vec<(crate::ops::ConvWay, String)>,
     /// The same matrix products over columns made beforehand (no copies).
     pub matmul_ms: f64,
     /// Multiply-adds × 2 of the layer, in 10⁹.
@@ -69,12 +72,20 @@ pub fn convolution_layer(
         flat(crate::ops::ConvWay::GemmTransposed.run(x.clone(), weight.clone(), None, &options, column_mib << 20))
     })?;
     let mut direct_ms = Vec::new();
+    let mut left_out = Vec::new();
+    let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
+    let reference = burn::tensor::module::conv3d(f32(x.clone()), f32(weight.clone()), None, options.clone());
     for way in crate::ops::ConvWay::OWN {
         if way.applies(&device.device, x.dims(), weight.dims(), &options, weight.dtype()) {
-            direct_ms
-                .push((way, time(&|| flat(way.run(x.clone(), weight.clone(), None, &options, column_mib << 20)))?));
+            let run = || way.run(x.clone(), weight.clone(), None, &options, column_mib << 20);
+            // A kernel the driver refused times nothing: checked first, as the tuner does.
+            match crate::ops::disagreement(&reference, run()) {
+                Some(why) => left_out.push((way, why)),
+                None => direct_ms.push((way, time(&|| flat(run()))?)),
+            }
         }
     }
+    drop(reference);
     let matmul_ms = time(&|| (0..slabs).map(|_| weights.clone().matmul(columns.clone())).collect())?;
     let affine = Some((
         Tensor::<1>::random([channels], Distribution::Uniform(0.5, 2.0), &device.device),
@@ -91,6 +102,7 @@ pub fn convolution_layer(
         gemm_ms,
         gemm_transposed_ms,
         direct_ms,
+        left_out,
         matmul_ms,
         gflop: 2.0 * voxels * (channels * taps) as f64 / 1e9,
         column_gb: voxels * (taps * bytes) as f64 / 1e9,
