@@ -51,19 +51,28 @@ const STAGED_LEN: usize = TILE_O * TILE_Z * TILE_Y * TILE_X;
 // 25.5 KiB: within lavapipe's 32 KiB, so the CPU tests run the kernel an NVIDIA GPU runs.
 const _: () = assert!(STAGED_LEN <= HALO_LEN && HALO_LEN * 2 <= super::TILED_WORKGROUP_BYTES && THREADS == 256);
 
+/// [`MmaKernels::conv3d_k3_mma`]'s `mode`: on matrix units where the GPU offers them, burn's
+/// convolution elsewhere.
+pub const UNITS: usize = 0;
+/// On matrix units where the GPU offers them, the kernel emulated elsewhere (the tests).
+pub const EMULATED: usize = 1;
+/// On matrix units even where the driver does not offer them (the tests: such a GPU refuses
+/// the kernel, which must come back as an error, not a crash).
+pub const FORCED: usize = 2;
+
 #[backend_extension(Cube, Flex, Fusion)]
 pub trait MmaKernels: Backend {
     /// `x` `[N, C, D, H, W]` in f16 (C a multiple of [`CHUNK`]), `weight` `[C·27, O]` (the
     /// `[O, C, 3, 3, 3]` weight with its output channels last, O a multiple of [`TILE_O`]),
     /// `bias` `[O]` in f32: the convolution, padding 1, stride 1, plus the bias →
-    /// `[N, O, D, H, W]` in f16. On matrix units where the GPU has them, else `emulated` (the
-    /// tests) or burn's convolution.
+    /// `[N, O, D, H, W]` in f16, as `mode` says ([`UNITS`], [`EMULATED`] or [`FORCED`]).
+    /// Elsewhere than on a GPU, burn's convolution.
     #[fusion(dtype = x, shape = mma_shape(x, weight))]
     fn conv3d_k3_mma(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        emulated: bool,
+        mode: usize,
     ) -> FloatTensor<Self>;
 }
 
@@ -101,16 +110,10 @@ pub fn available(device: &Device) -> bool {
 /// The convolution by [`MmaKernels::conv3d_k3_mma`], where [`conv3d_k3_mma_fits`] and the
 /// device has matrix units ([`available`]); burn's convolution elsewhere.
 pub fn conv3d_k3_mma(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: &ConvOptions<3>) -> Tensor<5> {
-    run(x, weight, bias, options, false)
+    run(x, weight, bias, options, UNITS)
 }
 
-fn run(
-    x: Tensor<5>,
-    weight: Tensor<5>,
-    bias: Option<Tensor<1>>,
-    options: &ConvOptions<3>,
-    emulated: bool,
-) -> Tensor<5> {
+fn run(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: &ConvOptions<3>, mode: usize) -> Tensor<5> {
     let x = x.cast(FloatDType::from(weight.dtype()));
     if !conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype()) {
         return burn::tensor::module::conv3d(x, weight, bias, options.clone());
@@ -123,7 +126,7 @@ fn run(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
-        emulated,
+        mode,
     ))
 }
 
@@ -142,7 +145,7 @@ impl MmaKernels for Flex {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        _emulated: bool,
+        _mode: usize,
     ) -> FloatTensor<Self> {
         by_burn::<Self>(x, weight, bias)
     }
@@ -153,16 +156,18 @@ impl MmaKernels for CubeBackend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
-        emulated: bool,
+        mode: usize,
     ) -> FloatTensor<Self> {
         let hardware = &x.client.properties().hardware;
         let fits = x.dtype == DType::F16
             && weight.dtype == DType::F16
             && HALO_LEN * 2 <= hardware.max_shared_memory_size
             && THREADS <= hardware.max_units_per_cube as usize;
-        match (fits, gpu::supported(&x.client)) {
-            (true, true) => gpu::conv3d_k3_mma(x, weight, bias, true),
-            (true, false) if emulated => gpu::conv3d_k3_mma(x, weight, bias, false),
+        let units = gpu::supported(&x.client);
+        match (fits, mode) {
+            (true, _) if units => gpu::conv3d_k3_mma(x, weight, bias, true),
+            (true, FORCED) => gpu::conv3d_k3_mma(x, weight, bias, true),
+            (true, EMULATED) => gpu::conv3d_k3_mma(x, weight, bias, false),
             _ => by_burn::<Self>(x, weight, bias),
         }
     }
@@ -476,7 +481,7 @@ mod tests {
     /// Largest |ours − burn's on the same f16 values| / (1 + |burn's|), over blocks cut by the
     /// grid's edge on every axis, several channel chunks and channel blocks, one and two images,
     /// with and without bias. burn's convolution in f32, or where `reference` is f16 in f16.
-    fn worst_difference(device: &Device, emulated: bool, reference: FloatDType) -> f32 {
+    fn worst_difference(device: &Device, mode: usize, reference: FloatDType) -> f32 {
         let cases = [([1, 16, 3, 5, 7], 32), ([2, 32, 4, 6, 35], 64), ([1, 48, 5, 4, 16], 32)];
         let mut worst = 0.0f32;
         for (i, (shape, out)) in cases.into_iter().enumerate() {
@@ -493,7 +498,7 @@ mod tests {
                 bias.clone().map(|b| b.cast(reference)),
                 options.clone(),
             );
-            let ours = run(x, weight, bias, &options, emulated);
+            let ours = run(x, weight, bias, &options, mode);
             assert_eq!(ours.dims(), reference.dims());
             assert_eq!(ours.dtype(), DType::F16, "the layer's dtype");
             let floats = |t: Tensor<5>| t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap_or_default();
@@ -523,7 +528,7 @@ mod tests {
     fn on_flex_it_is_burns_convolution() {
         let device = Device::flex();
         assert!(!available(&device));
-        let worst = worst_difference(&device, true, FloatDType::F16);
+        let worst = worst_difference(&device, EMULATED, FloatDType::F16);
         assert!(worst < 1e-3, "{worst:e}");
     }
 
@@ -533,13 +538,30 @@ mod tests {
     #[test]
     fn on_a_gpu_the_kernel_computes_burns_sums() {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
-        let worst = worst_difference(&device, true, FloatDType::F32);
+        let worst = worst_difference(&device, EMULATED, FloatDType::F32);
         eprintln!("convolution on matrix units, emulated: worst {worst:e} of 1 + |value|");
         assert!(worst < 1.5e-3, "{worst:e}");
         if available(&device) {
-            let worst = worst_difference(&device, false, FloatDType::F32);
+            let worst = worst_difference(&device, UNITS, FloatDType::F32);
             eprintln!("convolution on matrix units: worst {worst:e} of 1 + |value|");
             assert!(worst < 1.5e-3, "{worst:e}");
         }
+    }
+
+    /// burn's SPIR-V compiler turns the kernel's cooperative-matrix operations into SPIR-V, and
+    /// a GPU whose driver does not offer them (lavapipe) refuses it: an error the tuner reads
+    /// as a way to leave out, not a crash. (WGSL has no cooperative matrices at all.)
+    #[cfg(feature = "gpu-spirv")]
+    #[test]
+    fn a_gpu_without_matrix_units_refuses_the_kernel_as_an_error() {
+        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        let x = Tensor::<5>::random([1, 16, 2, 4, 32], Distribution::Uniform(-1.0, 1.0), &device);
+        let weight = Tensor::<5>::random([32, 16, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
+        let options = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
+        let f16 = FloatDType::F16;
+        // Read back as it is (burn's reductions crash lavapipe in SPIR-V builds).
+        let ours = run(x.cast(f16), weight.cast(f16), None, &options, FORCED).try_into_data();
+        eprintln!("forced onto matrix units: {:?}", ours.as_ref().map(|d| d.num_elements()));
+        assert_eq!(ours.is_ok(), available(&device), "{ours:?}");
     }
 }
