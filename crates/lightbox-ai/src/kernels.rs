@@ -1981,7 +1981,15 @@ mod tests {
             // A layer under 16 voxels wide: no tiles (most of their threads would idle).
             ([1, 64, 2, 3, 5], 64, 3, FloatDType::F32, false, &k3[..2], &tiled[..]),
             ([1, 32, 3, 5, 7], 2, 1, FloatDType::F32, false, &[ConvWay::Pointwise][..], &k3[..]),
-            ([1, 8, 4, 32, 33], 64, 3, FloatDType::F16, true, &half[..], &[&f4[..], &units[..]].concat()[..]),
+            (
+                [1, 8, 4, 32, 33],
+                64,
+                3,
+                FloatDType::F16,
+                true,
+                &[&half[..], with_units].concat()[..],
+                &[&f4[..], without_units].concat()[..],
+            ),
             ([1, 16, 3, 8, 32], 32, 3, FloatDType::F16, false, with_units, without_units),
         ] {
             let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device).cast(dtype);

@@ -62,8 +62,9 @@ pub const FORCED: usize = 2;
 
 #[backend_extension(Cube, Flex, Fusion)]
 pub trait MmaKernels: Backend {
-    /// `x` `[N, C, D, H, W]` in f16 (C a multiple of [`CHUNK`]), `weight` `[C·27, O]` (the
-    /// `[O, C, 3, 3, 3]` weight with its output channels last, O a multiple of [`TILE_O`]),
+    /// `x` `[N, C, D, H, W]` in f16, `weight` `[C'·27, O]` (the `[O, C, 3, 3, 3]` weight padded
+    /// with zeros to C' input channels, C rounded up to a multiple of [`CHUNK`], its output
+    /// channels last, O a multiple of [`TILE_O`]),
     /// `bias` `[O]` in f32: the convolution, padding 1, stride 1, plus the bias →
     /// `[N, O, D, H, W]` in f16, as `mode` says ([`UNITS`], [`EMULATED`] or [`FORCED`]).
     /// Elsewhere than on a GPU, burn's convolution.
@@ -81,14 +82,14 @@ fn mma_shape(x: &Shape, weight: &Shape) -> Shape {
 }
 
 /// Whether [`conv3d_k3_mma`] computes this convolution by its kernel: f16, 3×3×3, padding 1,
-/// stride 1, no dilation or groups, input channels a multiple of [`CHUNK`] and output channels
-/// of [`TILE_O`] (every 3³ layer of PlainConvUNet 32…320 but its first and the strided ones).
+/// stride 1, no dilation or groups, output channels a multiple of [`TILE_O`] (every 3³ layer
+/// of PlainConvUNet 32…320 but the strided ones). Input channels that are not a multiple of
+/// [`CHUNK`] are padded with zero weights (the first layer's one channel computes as 16).
 pub fn conv3d_k3_mma_fits(input: [usize; 5], weight: [usize; 5], options: &ConvOptions<3>, dtype: DType) -> bool {
     let [o, c, kd, kh, kw] = weight;
     dtype == DType::F16
         && input[1] == c
         && c > 0
-        && c.is_multiple_of(CHUNK)
         && o > 0
         && o.is_multiple_of(TILE_O)
         && [kd, kh, kw] == [3; 3]
@@ -121,7 +122,16 @@ fn run(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: &ConvO
     let [o, c, _, _, _] = weight.dims();
     let f32 = FloatDType::F32;
     let bias = bias.map_or_else(|| Tensor::<1>::zeros([o], &weight.device()).cast(f32), |b| b.cast(f32));
-    let weight = weight.reshape([o, c * 27]).swap_dims(0, 1);
+    // Whole chunks of input channels: the kernel reads every weight row of a chunk.
+    let padded = c.next_multiple_of(CHUNK);
+    let weight = if padded > c {
+        let zeros =
+            Tensor::<5>::zeros([o, padded - c, 3, 3, 3], &weight.device()).cast(FloatDType::from(weight.dtype()));
+        Tensor::cat(vec![weight, zeros], 1)
+    } else {
+        weight
+    };
+    let weight = weight.reshape([o, padded * 27]).swap_dims(0, 1);
     Tensor::from_dispatch(<Dispatch as MmaKernels>::conv3d_k3_mma(
         x.into_dispatch(),
         weight.into_dispatch(),
@@ -130,9 +140,12 @@ fn run(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: &ConvO
     ))
 }
 
-/// burn's convolution of `x` by a `[C·27, O]` weight (padding 1, stride 1) plus `bias`.
+/// burn's convolution of `x` by a `[C'·27, O]` weight (its first C·27 rows; padding 1, stride 1)
+/// plus `bias`.
 fn by_burn<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
     let dtype = x.dtype().into();
+    let rows = 27 * x.shape()[1];
+    let weight = B::float_slice(weight, &[burn::tensor::Slice::from(0..rows), burn::tensor::Slice::from(..)]);
     let y = super::burns_conv3d_k3::<B>(x, weight, 1);
     let o = y.shape()[1];
     let bias = B::float_reshape(B::float_cast(bias, dtype), Shape::new([1, o, 1, 1, 1]));
@@ -220,7 +233,7 @@ mod gpu {
             // Padded coordinates: p reads input p − 1, inside when 1 ≤ p ≤ len.
             let (z, y, x) = (oz + pz, y0 + py, x0 + px);
             let mut v = F::new(0.0);
-            if z >= 1 && z <= d && y >= 1 && y <= h && x >= 1 && x <= w {
+            if c0 + c < in_c && z >= 1 && z <= d && y >= 1 && y <= h && x >= 1 && x <= w {
                 v = input[(((n * in_c + c0 + c) * d + z - 1) * h + y - 1) * w + x - 1];
             }
             halo[((pz * HALO_Y + py) * HALO_X + px) * CHUNK + c] = v;
@@ -241,7 +254,8 @@ mod gpu {
         #[comptime] mma: bool,
         #[define(F)] _dtype: ElemType,
     ) {
-        let in_c = input.shape(1);
+        // The weight's input channels: the input's, padded with zero weights to whole chunks.
+        let in_c = weight.shape(0) / 27;
         let out_c = output.shape(1);
         let (d, h, w) = (output.shape(2), output.shape(3), output.shape(4));
         let tiles_x = w.div_ceil(TILE_X);
@@ -482,7 +496,14 @@ mod tests {
     /// grid's edge on every axis, several channel chunks and channel blocks, one and two images,
     /// with and without bias. burn's convolution in f32, or where `reference` is f16 in f16.
     fn worst_difference(device: &Device, mode: usize, reference: FloatDType) -> f32 {
-        let cases = [([1, 16, 3, 5, 7], 32), ([2, 32, 4, 6, 35], 64), ([1, 48, 5, 4, 16], 32)];
+        // Input channels in one chunk, two, three; one channel and 24 (padded to whole chunks).
+        let cases = [
+            ([1, 16, 3, 5, 7], 32),
+            ([2, 32, 4, 6, 35], 64),
+            ([1, 48, 5, 4, 16], 32),
+            ([1, 1, 4, 9, 33], 32),
+            ([2, 24, 3, 4, 20], 32),
+        ];
         let mut worst = 0.0f32;
         for (i, (shape, out)) in cases.into_iter().enumerate() {
             let random = |dims: [usize; 5]| Tensor::<5>::random(dims, Distribution::Uniform(-1.0, 1.0), device);
@@ -515,7 +536,7 @@ mod tests {
         let f16 = DType::F16;
         assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), f16));
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), DType::F32), "f32");
-        assert!(!conv3d_k3_mma_fits([1, 1, 8, 8, 8], [32, 1, 3, 3, 3], &options(1, 1), f16), "one channel");
+        assert!(conv3d_k3_mma_fits([1, 1, 8, 8, 8], [32, 1, 3, 3, 3], &options(1, 1), f16), "one channel");
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [48, 32, 3, 3, 3], &options(1, 1), f16), "48 outputs");
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f16), "stride 2");
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 0), f16), "no padding");
