@@ -1,21 +1,21 @@
-//! A 3×3×3 convolution (padding 1, stride 1) in f16 on a GPU's matrix units (NVIDIA's tensor
-//! cores, reached through Vulkan's cooperative matrices and CubeCL's `cmma`), sums in f32: an
-//! implicit GEMM with no im2col columns anywhere.
+//! A 3×3×3 convolution (padding 1, stride 1 or 2) in f16 on a GPU's matrix units (NVIDIA's
+//! tensor cores, reached through Vulkan's cooperative matrices and CubeCL's `cmma`), sums in
+//! f32: an implicit GEMM with no im2col columns anywhere.
 //!
-//! A workgroup computes [`TILE_O`] output channels of a [`TILE_X`] × [`TILE_Y`] × [`TILE_Z`]
-//! block of output voxels, one warp per output row (two 16-voxel runs × two 16-channel
-//! fragments, four f32 accumulators). For each [`CHUNK`] of 16 input channels it stages the
-//! input block with its one-voxel border once in workgroup memory, **channels innermost**. Then,
-//! for each of the 27 taps, the A operand of a run (16 voxels × 16 channels) is a plain
-//! row-major window of that memory, 16 values a row, starting at the tap's offset (a whole
-//! number of rows, so every load stays 32-byte aligned as cooperative matrices require), and
-//! the B operand (16 channels × 16 output channels) a window of the weight `[C·27, O]` read
+//! A workgroup computes [`TILE_O`] output channels of a block of output voxels ([`Tile`]):
+//! runs of 16 voxels along x, `runs` a row, `rows` rows, `planes` planes; each warp two runs by
+//! two 16-channel fragments (four f32 accumulators). For each [`CHUNK`] of 16 input channels it
+//! stages the block's input with its border once in workgroup memory, **channels innermost**.
+//! Then, for each of the 27 taps, the A operand of a run (16 voxels × 16 channels) is a plain
+//! row-major window of that memory, `stride · 16` values a row, starting at the tap's offset (a
+//! whole number of rows, so every load stays 32-byte aligned as cooperative matrices require),
+//! and the B operand (16 channels × 16 output channels) a window of the weight `[C·27, O]` read
 //! straight from device memory (the same few KiB for every workgroup: cache hits). So every
 //! input value is read from device memory once per chunk and workgroup, and fed to the matrix
-//! units 27 times from workgroup memory. After the last chunk the accumulators are staged as
-//! f16 where the input was, and written out with the bias.
+//! units from workgroup memory for every tap that reaches it. After the last chunk the
+//! accumulators are staged as f16 where the input was, and written out with the bias.
 //!
-//! Where a GPU offers no cooperative matrices (lavapipe, WGSL), the same kernel runs `emulated`:
+//! Where a GPU offers no cooperative matrices (lavapipe, WGSL), the same kernel runs emulated:
 //! each fragment operation done by the warp's 32 threads from the same memory, at the same
 //! addresses and strides. That is what the tests check on the CPU: the staging, the tiles'
 //! arithmetic and every fragment's address. What they cannot check is a driver's matrix
@@ -29,27 +29,79 @@ use burn::prelude::{Device, Tensor};
 use burn::tensor::{DType, FloatDType, Shape};
 use burn_cubecl::CubeBackend;
 
-/// Output voxels along x a workgroup computes: two fragments' runs of 16.
-pub const TILE_X: usize = 32;
-/// Output rows (y) a workgroup computes.
-pub const TILE_Y: usize = 4;
-/// Output planes (z) a workgroup computes (the border's two planes shared by both).
-pub const TILE_Z: usize = 2;
 /// Output channels a workgroup computes: two fragments of 16.
 pub const TILE_O: usize = 32;
 /// Input channels staged at a time: a fragment's k.
 pub const CHUNK: usize = 16;
-/// One warp of 32 threads per output row of the block.
-pub const THREADS: usize = 32 * TILE_Y * TILE_Z;
-const HALO_X: usize = TILE_X + 2;
-const HALO_Y: usize = TILE_Y + 2;
-const HALO_Z: usize = TILE_Z + 2;
-/// Values of workgroup memory (f16): the input block and its border, a chunk's channels
-/// innermost; the output block is staged in the same memory after the last chunk.
-pub const HALO_LEN: usize = HALO_Z * HALO_Y * HALO_X * CHUNK;
-const STAGED_LEN: usize = TILE_O * TILE_Z * TILE_Y * TILE_X;
-// 25.5 KiB: within lavapipe's 32 KiB, so the CPU tests run the kernel an NVIDIA GPU runs.
-const _: () = assert!(STAGED_LEN <= HALO_LEN && HALO_LEN * 2 <= super::TILED_WORKGROUP_BYTES && THREADS == 256);
+/// Voxels of a run along x: a fragment's m.
+pub const RUN: usize = 16;
+
+/// The block of output voxels a workgroup computes: `runs` runs of [`RUN`] voxels along x a
+/// row, `rows` rows, `planes` planes, at `stride`; one warp per two runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    pub stride: usize,
+    pub runs: usize,
+    pub rows: usize,
+    pub planes: usize,
+}
+
+impl Tile {
+    pub const fn width(&self) -> usize {
+        RUN * self.runs
+    }
+
+    pub const fn voxels(&self) -> usize {
+        self.width() * self.rows * self.planes
+    }
+
+    pub const fn threads(&self) -> usize {
+        32 * self.runs * self.rows * self.planes / 2
+    }
+
+    /// The input the block reads, `[z][y][x]`: its voxels `stride` apart and the kernel's reach.
+    pub const fn halo(&self) -> [usize; 3] {
+        let s = self.stride;
+        [(self.planes - 1) * s + 3, (self.rows - 1) * s + 3, (self.width() - 1) * s + 3]
+    }
+
+    /// Values of workgroup memory (f16): the halo, a chunk's channels innermost.
+    pub const fn halo_len(&self) -> usize {
+        let [z, y, x] = self.halo();
+        z * y * x * CHUNK
+    }
+
+    /// Output values staged in the same memory after the last chunk.
+    pub const fn staged_len(&self) -> usize {
+        TILE_O * self.voxels()
+    }
+
+    const fn holds(&self) -> bool {
+        (self.runs * self.rows * self.planes).is_multiple_of(2)
+            && self.staged_len() <= self.halo_len()
+            // Within lavapipe's 32 KiB, so the CPU tests run the kernels an NVIDIA GPU runs.
+            && self.halo_len() * 2 <= super::TILED_WORKGROUP_BYTES
+    }
+}
+
+/// The blocks: stride 1 on grids wider than 16 (32 × 4 × 2 voxels: 25.5 KiB, 8 warps), on
+/// narrower ones (16 × 4 × 4, 20.3 KiB, 8 warps: nnU-Net's 16³ and 8³ stages), and stride 2
+/// (16 × 4 × 1, whose input is 33 × 9 × 3: 27.8 KiB, 2 warps).
+pub const TILES: [Tile; 3] = [
+    Tile { stride: 1, runs: 2, rows: 4, planes: 2 },
+    Tile { stride: 1, runs: 1, rows: 4, planes: 4 },
+    Tile { stride: 2, runs: 1, rows: 4, planes: 1 },
+];
+const _: () = assert!(TILES[0].holds() && TILES[1].holds() && TILES[2].holds());
+
+/// The block for an output `width` voxels wide at `stride`.
+pub fn tile_for(stride: usize, width: usize) -> Tile {
+    match (stride, width > RUN) {
+        (2, _) => TILES[2],
+        (_, true) => TILES[0],
+        _ => TILES[1],
+    }
+}
 
 /// [`MmaKernels::conv3d_k3_mma`]'s `mode`: on matrix units where the GPU offers them, burn's
 /// convolution elsewhere.
@@ -64,27 +116,28 @@ pub const FORCED: usize = 2;
 pub trait MmaKernels: Backend {
     /// `x` `[N, C, D, H, W]` in f16, `weight` `[C'·27, O]` (the `[O, C, 3, 3, 3]` weight padded
     /// with zeros to C' input channels, C rounded up to a multiple of [`CHUNK`], its output
-    /// channels last, O a multiple of [`TILE_O`]),
-    /// `bias` `[O]` in f32: the convolution, padding 1, stride 1, plus the bias →
-    /// `[N, O, D, H, W]` in f16, as `mode` says ([`UNITS`], [`EMULATED`] or [`FORCED`]).
-    /// Elsewhere than on a GPU, burn's convolution.
-    #[fusion(dtype = x, shape = mma_shape(x, weight))]
+    /// channels last, O a multiple of [`TILE_O`]), `bias` `[O]` in f32: the convolution, padding
+    /// 1, `stride` 1 or 2, plus the bias → `[N, O, D', H', W']` in f16, as `mode` says
+    /// ([`UNITS`], [`EMULATED`] or [`FORCED`]). Elsewhere than on a GPU, burn's convolution.
+    #[fusion(dtype = x, shape = mma_shape(x, weight, stride))]
     fn conv3d_k3_mma(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        stride: usize,
         mode: usize,
     ) -> FloatTensor<Self>;
 }
 
-fn mma_shape(x: &Shape, weight: &Shape) -> Shape {
-    Shape::new([x[0], weight[1], x[2], x[3], x[4]])
+fn mma_shape(x: &Shape, weight: &Shape, stride: &usize) -> Shape {
+    let out = |len: usize| (len - 1) / *stride + 1;
+    Shape::new([x[0], weight[1], out(x[2]), out(x[3]), out(x[4])])
 }
 
 /// Whether [`conv3d_k3_mma`] computes this convolution by its kernel: f16, 3×3×3, padding 1,
-/// stride 1, no dilation or groups, output channels a multiple of [`TILE_O`] (every 3³ layer
-/// of PlainConvUNet 32…320 but the strided ones). Input channels that are not a multiple of
-/// [`CHUNK`] are padded with zero weights (the first layer's one channel computes as 16).
+/// the same stride 1 or 2 on every axis, no dilation or groups, output channels a multiple of
+/// [`TILE_O`] (every 3³ layer of PlainConvUNet 32…320). Input channels that are not a multiple
+/// of [`CHUNK`] are padded with zero weights (the first layer's one channel computes as 16).
 pub fn conv3d_k3_mma_fits(input: [usize; 5], weight: [usize; 5], options: &ConvOptions<3>, dtype: DType) -> bool {
     let [o, c, kd, kh, kw] = weight;
     dtype == DType::F16
@@ -94,13 +147,13 @@ pub fn conv3d_k3_mma_fits(input: [usize; 5], weight: [usize; 5], options: &ConvO
         && o.is_multiple_of(TILE_O)
         && [kd, kh, kw] == [3; 3]
         && options.padding == [(1, 1); 3]
-        && options.stride == [1; 3]
+        && (options.stride == [1; 3] || options.stride == [2; 3])
         && options.dilation == [1; 3]
         && options.groups == 1
 }
 
 /// Whether `device` runs the kernel on matrix units: a GPU whose driver offers 16×16×16
-/// cooperative matrices of f16 with f32 sums, 32-thread warps and the workgroup it needs.
+/// cooperative matrices of f16 with f32 sums, on 32-thread warps.
 pub fn available(device: &Device) -> bool {
     match device.as_dispatch() {
         burn::backend::DispatchDevice::Cube(cube) => gpu::supported(&cube.client()),
@@ -136,17 +189,23 @@ fn run(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: &ConvO
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
+        options.stride[0],
         mode,
     ))
 }
 
-/// burn's convolution of `x` by a `[C'·27, O]` weight (its first C·27 rows; padding 1, stride 1)
-/// plus `bias`.
-fn by_burn<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, bias: FloatTensor<B>) -> FloatTensor<B> {
+/// burn's convolution of `x` by a `[C'·27, O]` weight (its first C·27 rows; padding 1) plus
+/// `bias`.
+fn by_burn<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    stride: usize,
+) -> FloatTensor<B> {
     let dtype = x.dtype().into();
     let rows = 27 * x.shape()[1];
     let weight = B::float_slice(weight, &[burn::tensor::Slice::from(0..rows), burn::tensor::Slice::from(..)]);
-    let y = super::burns_conv3d_k3::<B>(x, weight, 1);
+    let y = super::burns_conv3d_k3::<B>(x, weight, stride);
     let o = y.shape()[1];
     let bias = B::float_reshape(B::float_cast(bias, dtype), Shape::new([1, o, 1, 1, 1]));
     let shape = y.shape();
@@ -158,9 +217,10 @@ impl MmaKernels for Flex {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        stride: usize,
         _mode: usize,
     ) -> FloatTensor<Self> {
-        by_burn::<Self>(x, weight, bias)
+        by_burn::<Self>(x, weight, bias, stride)
     }
 }
 
@@ -169,19 +229,22 @@ impl MmaKernels for CubeBackend {
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
+        stride: usize,
         mode: usize,
     ) -> FloatTensor<Self> {
+        let width = mma_shape(&x.shape(), &weight.shape(), &stride)[4];
+        let tile = tile_for(stride, width);
         let hardware = &x.client.properties().hardware;
         let fits = x.dtype == DType::F16
             && weight.dtype == DType::F16
-            && HALO_LEN * 2 <= hardware.max_shared_memory_size
-            && THREADS <= hardware.max_units_per_cube as usize;
+            && tile.halo_len() * 2 <= hardware.max_shared_memory_size
+            && tile.threads() <= hardware.max_units_per_cube as usize;
         let units = gpu::supported(&x.client);
         match (fits, mode) {
-            (true, _) if units => gpu::conv3d_k3_mma(x, weight, bias, true),
-            (true, FORCED) => gpu::conv3d_k3_mma(x, weight, bias, true),
-            (true, EMULATED) => gpu::conv3d_k3_mma(x, weight, bias, false),
-            _ => by_burn::<Self>(x, weight, bias),
+            (true, _) if units => gpu::conv3d_k3_mma(x, weight, bias, tile, true),
+            (true, FORCED) => gpu::conv3d_k3_mma(x, weight, bias, tile, true),
+            (true, EMULATED) => gpu::conv3d_k3_mma(x, weight, bias, tile, false),
+            _ => by_burn::<Self>(x, weight, bias, stride),
         }
     }
 }
@@ -193,7 +256,7 @@ mod gpu {
     use cubecl::ir::{ElemType, FloatKind, features::MmaConfig};
     use cubecl::prelude::*;
 
-    use super::{CHUNK, HALO_LEN, HALO_X, HALO_Y, HALO_Z, STAGED_LEN, THREADS, TILE_O, TILE_X, TILE_Y, TILE_Z};
+    use super::{CHUNK, RUN, TILE_O, Tile};
 
     /// Cooperative matrices of 16×16×16 f16 with f32 sums, on 32-thread warps.
     pub(super) fn supported(client: &Client) -> bool {
@@ -207,9 +270,11 @@ mod gpu {
     }
 
     /// Stages input channels `[c0, c0 + CHUNK)` of the block whose first output voxel is
-    /// `(oz, y0, x0)` of image `n`, with its border: value `(pz, py, px, c)` at
-    /// `((pz·HALO_Y + py)·HALO_X + px)·CHUNK + c`, input voxel `(oz + pz − 1, …)`, zero outside.
+    /// `(oz, y0, x0)` of image `n`, with its border, `halo` `[hz, hy, hx]` voxels at `stride`:
+    /// value `(pz, py, px, c)` at `((pz·hy + py)·hx + px)·CHUNK + c`, input voxel
+    /// `(oz·stride + pz − 1, …)`, zero outside the image and past its channels.
     #[cube]
+    #[allow(clippy::too_many_arguments)]
     fn stage_input<F: Float>(
         input: &Tensor<F>,
         halo: &mut Shared<[F]>,
@@ -218,49 +283,72 @@ mod gpu {
         oz: usize,
         y0: usize,
         x0: usize,
+        #[comptime] hz: usize,
+        #[comptime] hy: usize,
+        #[comptime] hx: usize,
+        #[comptime] stride: usize,
+        #[comptime] threads: usize,
     ) {
         let in_c = input.shape(1);
         let (d, h, w) = (input.shape(2), input.shape(3), input.shape(4));
+        let len = hz * hy * hx * CHUNK;
         let mut i = UNIT_POS as usize;
-        while i < HALO_LEN {
+        while i < len {
             // x fastest: a warp reads a run of one input row.
-            let px = i % HALO_X;
-            let mut r = i / HALO_X;
-            let py = r % HALO_Y;
-            r /= HALO_Y;
-            let pz = r % HALO_Z;
-            let c = r / HALO_Z;
+            let px = i % hx;
+            let mut r = i / hx;
+            let py = r % hy;
+            r /= hy;
+            let pz = r % hz;
+            let c = r / hz;
             // Padded coordinates: p reads input p − 1, inside when 1 ≤ p ≤ len.
-            let (z, y, x) = (oz + pz, y0 + py, x0 + px);
+            let (z, y, x) = (oz * stride + pz, y0 * stride + py, x0 * stride + px);
             let mut v = F::new(0.0);
             if c0 + c < in_c && z >= 1 && z <= d && y >= 1 && y <= h && x >= 1 && x <= w {
                 v = input[(((n * in_c + c0 + c) * d + z - 1) * h + y - 1) * w + x - 1];
             }
-            halo[((pz * HALO_Y + py) * HALO_X + px) * CHUNK + c] = v;
-            i += THREADS;
+            halo[((pz * hy + py) * hx + px) * CHUNK + c] = v;
+            i += threads;
         }
     }
 
     /// One workgroup: output channels `[ob·TILE_O, +TILE_O)` of the block at `(oz, y0, x0)` of
-    /// image `n`; warp `w` computes output row `(oz + w / TILE_Y, y0 + w % TILE_Y)`, its two
-    /// runs of 16 voxels by two fragments of 16 channels. `mma`: by cooperative matrices; else
-    /// each fragment operation by the warp's threads, reading the same addresses.
+    /// image `n` (`runs`, `rows`, `planes`: [`Tile`]). Warp `w` computes runs `2w` and `2w + 1`
+    /// of the block (run `q`: row `q / runs`, the `q % runs`-th along x; rows plane by plane),
+    /// each by two fragments of 16 channels. `mma`: by cooperative matrices; else each fragment
+    /// operation by the warp's threads, reading the same addresses.
     #[cube(launch, address_type = "dynamic")]
+    #[allow(clippy::too_many_arguments)]
     fn conv3d_k3_mma_kernel<F: Float>(
         input: &Tensor<F>,
         weight: &Tensor<F>,
         bias: &Tensor<f32>,
         output: &mut Tensor<F>,
+        #[comptime] stride: usize,
+        #[comptime] runs: usize,
+        #[comptime] rows: usize,
+        #[comptime] planes: usize,
         #[comptime] mma: bool,
         #[define(F)] _dtype: ElemType,
     ) {
+        let width = RUN * runs;
+        let blk = width * rows * planes;
+        let threads = 16 * runs * rows * planes;
+        let hz = (planes - 1) * stride + 3;
+        let hy = (rows - 1) * stride + 3;
+        let hx = (width - 1) * stride + 3;
+        let halo_len = hz * hy * hx * CHUNK;
+        let staged_len = TILE_O * blk;
+        // A run's consecutive voxels, `stride` apart in the halo.
+        let a_stride = stride * CHUNK;
+
         // The weight's input channels: the input's, padded with zero weights to whole chunks.
         let in_c = weight.shape(0) / 27;
         let out_c = output.shape(1);
         let (d, h, w) = (output.shape(2), output.shape(3), output.shape(4));
-        let tiles_x = w.div_ceil(TILE_X);
-        let tiles_y = h.div_ceil(TILE_Y);
-        let tiles_z = d.div_ceil(TILE_Z);
+        let tiles_x = w.div_ceil(width);
+        let tiles_y = h.div_ceil(rows);
+        let tiles_z = d.div_ceil(planes);
         let blocks = out_c / TILE_O;
         let mut cube = CUBE_POS;
         if cube >= output.shape(0) * tiles_z * tiles_y * tiles_x * blocks {
@@ -269,21 +357,28 @@ mod gpu {
         // Channel blocks fastest: neighbouring workgroups read the same input block.
         let ob = cube % blocks;
         cube /= blocks;
-        let x0 = (cube % tiles_x) * TILE_X;
+        let x0 = (cube % tiles_x) * width;
         cube /= tiles_x;
-        let y0 = (cube % tiles_y) * TILE_Y;
+        let y0 = (cube % tiles_y) * rows;
         cube /= tiles_y;
-        let oz = (cube % tiles_z) * TILE_Z;
+        let oz = (cube % tiles_z) * planes;
         let n = cube / tiles_z;
 
         let unit = UNIT_POS as usize;
         let warp = unit / 32;
         let lane = unit % 32;
-        // The warp's row of the block: plane `wz`, row `wy`.
-        let (wz, wy) = (warp / TILE_Y, warp % TILE_Y);
+        // The warp's two runs: row (plane-major) and first voxel along x, in the block.
+        let (q0, q1) = (2 * warp, 2 * warp + 1);
+        let (row0, row1) = (q0 / runs, q1 / runs);
+        let (xr0, xr1) = (q0 % runs * RUN, q1 % runs * RUN);
+        // Their first voxels' halo offsets (tap 0) and staged offsets.
+        let a_base0 = (((row0 / rows) * stride * hy + (row0 % rows) * stride) * hx + xr0 * stride) * CHUNK;
+        let a_base1 = (((row1 / rows) * stride * hy + (row1 % rows) * stride) * hx + xr1 * stride) * CHUNK;
+        let v0 = row0 * width + xr0;
+        let v1 = row1 * width + xr1;
         // Rows of the weight between consecutive input channels.
         let k_stride = 27 * out_c;
-        let mut halo = Shared::<[F]>::new_slice(HALO_LEN);
+        let mut halo = Shared::<[F]>::new_slice(halo_len);
 
         if mma {
             let acc00 = cmma::Matrix::<f32>::from_value(
@@ -321,21 +416,21 @@ mod gpu {
             let mut c0 = 0usize;
             while c0 < in_c {
                 sync_cube();
-                stage_input::<F>(input, &mut halo, n, c0, oz, y0, x0);
+                stage_input::<F>(input, &mut halo, n, c0, oz, y0, x0, hz, hy, hx, stride, threads);
                 sync_cube();
                 #[unroll]
                 for tap in 0..27usize {
                     let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
-                    // Run r's first voxel at padded (wz + kz, wy + ky, 16·r + kx).
-                    let a_at = (((wz + kz) * HALO_Y + wy + ky) * HALO_X + kx) * CHUNK;
+                    let offset = ((kz * hy + ky) * hx + kx) * CHUNK;
+                    let (at0, at1) = (a_base0 + offset, a_base1 + offset);
                     let a0 = cmma::Matrix::<F>::from_slice(
                         cmma::MatrixIdent::A,
                         16usize,
                         16usize,
                         16usize,
                         cmma::MatrixLayout::RowMajor,
-                        halo.slice(a_at, a_at + 16 * CHUNK),
-                        CHUNK as u32,
+                        halo.slice(at0, at0 + 15 * a_stride + CHUNK),
+                        a_stride as u32,
                     );
                     let a1 = cmma::Matrix::<F>::from_slice(
                         cmma::MatrixIdent::A,
@@ -343,11 +438,11 @@ mod gpu {
                         16usize,
                         16usize,
                         cmma::MatrixLayout::RowMajor,
-                        halo.slice(a_at + 16 * CHUNK, a_at + 32 * CHUNK),
-                        CHUNK as u32,
+                        halo.slice(at1, at1 + 15 * a_stride + CHUNK),
+                        a_stride as u32,
                     );
                     let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
-                    let b_end = b_at + 15 * k_stride + 32;
+                    let b_end = b_at + 15 * k_stride + TILE_O;
                     let b0 = cmma::Matrix::<F>::from_slice(
                         cmma::MatrixIdent::B,
                         16usize,
@@ -374,23 +469,21 @@ mod gpu {
                 c0 += CHUNK;
             }
             sync_cube();
-            // Staged as [channel][voxel of the block]: fragment (r, f) column-major from
-            // channel 16·f, voxel 32·warp + 16·r.
-            let v0 = warp * TILE_X;
-            let blk = TILE_Z * TILE_Y * TILE_X;
-            let stride = blk as u32;
+            // Staged as [channel][voxel of the block]: fragment (run p, channels f) column-major
+            // from channel 16·f, voxel v_p, stride blk.
+            let stride_out = blk as u32;
             let layout = cmma::MatrixLayout::ColMajor;
             let f00 = cmma::cast::<f32, F, cmma::Plane>(&acc00);
             let f01 = cmma::cast::<f32, F, cmma::Plane>(&acc01);
             let f10 = cmma::cast::<f32, F, cmma::Plane>(&acc10);
             let f11 = cmma::cast::<f32, F, cmma::Plane>(&acc11);
-            cmma::store(halo.slice_mut(v0, STAGED_LEN), &f00, stride, layout);
-            cmma::store(halo.slice_mut(16 * blk + v0, STAGED_LEN), &f01, stride, layout);
-            cmma::store(halo.slice_mut(v0 + 16, STAGED_LEN), &f10, stride, layout);
-            cmma::store(halo.slice_mut(16 * blk + v0 + 16, STAGED_LEN), &f11, stride, layout);
+            cmma::store(halo.slice_mut(v0, staged_len), &f00, stride_out, layout);
+            cmma::store(halo.slice_mut(16 * blk + v0, staged_len), &f01, stride_out, layout);
+            cmma::store(halo.slice_mut(v1, staged_len), &f10, stride_out, layout);
+            cmma::store(halo.slice_mut(16 * blk + v1, staged_len), &f11, stride_out, layout);
         } else {
             // Lane l holds elements (i, j) = ((8·l + e) / 16, (8·l + e) % 16), e < 8, of each
-            // of the warp's four fragments (run r, channel fragment f) at 8·(2·r + f) + e.
+            // of the warp's four fragments (run p, channel fragment f) at 8·(2·p + f) + e.
             let mut acc = Array::<f32>::new(32usize);
             #[unroll]
             for e in 0..32usize {
@@ -399,22 +492,23 @@ mod gpu {
             let mut c0 = 0usize;
             while c0 < in_c {
                 sync_cube();
-                stage_input::<F>(input, &mut halo, n, c0, oz, y0, x0);
+                stage_input::<F>(input, &mut halo, n, c0, oz, y0, x0, hz, hy, hx, stride, threads);
                 sync_cube();
                 for tap in 0..27usize {
                     let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
-                    let a_at = (((wz + kz) * HALO_Y + wy + ky) * HALO_X + kx) * CHUNK;
+                    let offset = ((kz * hy + ky) * hx + kx) * CHUNK;
                     let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
                     #[unroll]
                     for s in 0..32usize {
-                        let (r, f, e) = (s / 16, s / 8 % 2, s % 8);
+                        let (p, f, e) = (s / 16, s / 8 % 2, s % 8);
                         let q = 8 * lane + e;
                         let (i, j) = (q / 16, q % 16);
+                        let a_at = if p == 0 { a_base0 } else { a_base1 } + offset;
                         let mut sum = acc[s];
                         for k in 0..16usize {
-                            // A (row-major, stride CHUNK) from 16·CHUNK·r; B (row-major, stride
-                            // k_stride) from 16·f.
-                            let a = f32::cast_from(halo[a_at + 16 * CHUNK * r + i * CHUNK + k]);
+                            // A (row-major, stride a_stride) from the run's offset; B (row-major,
+                            // stride k_stride) from 16·f.
+                            let a = f32::cast_from(halo[a_at + i * a_stride + k]);
                             let b = f32::cast_from(weight[b_at + 16 * f + k * k_stride + j]);
                             sum += a * b;
                         }
@@ -424,53 +518,59 @@ mod gpu {
                 c0 += CHUNK;
             }
             sync_cube();
-            let blk = TILE_Z * TILE_Y * TILE_X;
             #[unroll]
             for s in 0..32usize {
-                let (r, f, e) = (s / 16, s / 8 % 2, s % 8);
+                let (p, f, e) = (s / 16, s / 8 % 2, s % 8);
                 let q = 8 * lane + e;
                 let (i, j) = (q / 16, q % 16);
-                // Column-major from (16·f)·blk + 32·warp + 16·r, stride blk.
-                halo[(16 * f + j) * blk + warp * TILE_X + 16 * r + i] = F::cast_from(acc[s]);
+                let v = if p == 0 { v0 } else { v1 };
+                // Column-major from (16·f)·blk + v_p, stride blk.
+                halo[(16 * f + j) * blk + v + i] = F::cast_from(acc[s]);
             }
         }
         sync_cube();
         // The block out, x fastest, with the bias (in f32, rounded once more to f16).
-        let blk = TILE_Z * TILE_Y * TILE_X;
         let plane = h * w;
         let mut i = unit;
-        while i < STAGED_LEN {
+        while i < staged_len {
             let oc = i / blk;
             let v = i % blk;
-            let x = x0 + v % TILE_X;
-            let y = y0 + v / TILE_X % TILE_Y;
-            let z = oz + v / (TILE_X * TILE_Y);
+            let x = x0 + v % width;
+            let y = y0 + v / width % rows;
+            let z = oz + v / (width * rows);
             if x < w && y < h && z < d {
                 let channel = ob * TILE_O + oc;
                 output[((n * out_c + channel) * d + z) * plane + y * w + x] =
                     F::cast_from(f32::cast_from(halo[i]) + bias[channel]);
             }
-            i += THREADS;
+            i += threads;
         }
     }
 
-    /// [`conv3d_k3_mma_kernel`] over the whole output (`mma`: on cooperative matrices).
-    pub(super) fn conv3d_k3_mma(x: CubeTensor, weight: CubeTensor, bias: CubeTensor, mma: bool) -> CubeTensor {
+    /// [`conv3d_k3_mma_kernel`] over the whole output by blocks of `tile` (`mma`: on
+    /// cooperative matrices).
+    pub(super) fn conv3d_k3_mma(
+        x: CubeTensor,
+        weight: CubeTensor,
+        bias: CubeTensor,
+        tile: Tile,
+        mma: bool,
+    ) -> CubeTensor {
         let x = into_contiguous(x);
         let weight = into_contiguous(weight);
         let bias = into_contiguous(bias);
-        let shape = super::mma_shape(&x.shape(), &weight.shape());
+        let shape = super::mma_shape(&x.shape(), &weight.shape(), &tile.stride);
         let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
         let [n, o, d, h, w] = output.shape().dims::<5>();
-        let cubes = n * d.div_ceil(TILE_Z) * h.div_ceil(TILE_Y) * w.div_ceil(TILE_X) * (o / TILE_O);
+        let cubes = n * d.div_ceil(tile.planes) * h.div_ceil(tile.rows) * w.div_ceil(tile.width()) * (o / TILE_O);
         if cubes == 0 {
             return output;
         }
         let address = x.required_address_type().max(weight.required_address_type()).max(output.required_address_type());
         let dtype = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
         let client = x.client.clone();
-        let cube_dim = CubeDim::new_1d(THREADS as u32);
-        let cube_count = cubecl::calculate_cube_count_elemwise(&client, cubes * THREADS, cube_dim);
+        let cube_dim = CubeDim::new_1d(tile.threads() as u32);
+        let cube_count = cubecl::calculate_cube_count_elemwise(&client, cubes * tile.threads(), cube_dim);
         conv3d_k3_mma_kernel::launch(
             &client,
             cube_count,
@@ -480,6 +580,10 @@ mod gpu {
             weight.into_tensor_arg(),
             bias.into_tensor_arg(),
             output.clone().into_tensor_arg(),
+            tile.stride,
+            tile.runs,
+            tile.rows,
+            tile.planes,
             mma,
             dtype,
         );
@@ -492,25 +596,35 @@ mod tests {
     use super::*;
     use burn::tensor::{DeviceKind, Distribution};
 
-    /// Largest |ours − burn's on the same f16 values| / (1 + |burn's|), over blocks cut by the
-    /// grid's edge on every axis, several channel chunks and channel blocks, one and two images,
-    /// with and without bias. burn's convolution in f32, or where `reference` is f16 in f16.
+    /// Largest |ours − burn's on the same f16 values| / (1 + |burn's|), over each block of
+    /// [`TILES`] cut by the grid's edge on every axis, several channel chunks and channel
+    /// blocks, one and two images, with and without bias. burn's convolution in f32, or where
+    /// `reference` is f16 in f16.
     fn worst_difference(device: &Device, mode: usize, reference: FloatDType) -> f32 {
-        // Input channels in one chunk, two, three; one channel and 24 (padded to whole chunks).
+        // (input, output channels, stride). Input channels in one chunk, two, three; one
+        // channel and 24 (padded to whole chunks). Outputs wider than 16 (the wide block), of
+        // 16 and fewer (the narrow one), and stride 2 (odd and even sizes).
         let cases = [
-            ([1, 16, 3, 5, 7], 32),
-            ([2, 32, 4, 6, 35], 64),
-            ([1, 48, 5, 4, 16], 32),
-            ([1, 1, 4, 9, 33], 32),
-            ([2, 24, 3, 4, 20], 32),
+            ([1, 16, 3, 5, 17], 32, 1),
+            ([2, 32, 4, 6, 35], 64, 1),
+            ([1, 48, 5, 4, 16], 32, 1),
+            ([1, 1, 4, 9, 33], 32, 1),
+            ([2, 24, 3, 4, 20], 32, 1),
+            ([1, 16, 6, 5, 7], 64, 1),
+            ([1, 32, 9, 6, 16], 32, 1),
+            ([1, 16, 5, 9, 33], 32, 2),
+            ([2, 24, 4, 6, 8], 64, 2),
         ];
+        let tiles: Vec<Tile> =
+            cases.iter().map(|&(shape, _, stride)| tile_for(stride, (shape[4] - 1) / stride + 1)).collect();
+        assert!(TILES.iter().all(|t| tiles.contains(t)), "every block tested");
         let mut worst = 0.0f32;
-        for (i, (shape, out)) in cases.into_iter().enumerate() {
+        for (i, (shape, out, stride)) in cases.into_iter().enumerate() {
             let random = |dims: [usize; 5]| Tensor::<5>::random(dims, Distribution::Uniform(-1.0, 1.0), device);
             let x = random(shape).cast(FloatDType::F16);
             let weight = random([out, shape[1], 3, 3, 3]).cast(FloatDType::F16);
             let bias = (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device));
-            let options = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
+            let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
             assert!(conv3d_k3_mma_fits(x.dims(), weight.dims(), &options, x.dtype()));
             let cast = |t: Tensor<5>| t.cast(reference);
             let reference = burn::tensor::module::conv3d(
@@ -538,7 +652,8 @@ mod tests {
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), DType::F32), "f32");
         assert!(conv3d_k3_mma_fits([1, 1, 8, 8, 8], [32, 1, 3, 3, 3], &options(1, 1), f16), "one channel");
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [48, 32, 3, 3, 3], &options(1, 1), f16), "48 outputs");
-        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f16), "stride 2");
+        assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f16), "stride 2");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(3, 1), f16), "stride 3");
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 0), f16), "no padding");
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 1, 1, 1], &options(1, 0), f16), "1×1×1");
     }
