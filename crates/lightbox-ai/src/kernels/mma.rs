@@ -691,13 +691,17 @@ mod tests {
     #[test]
     fn a_gpu_without_matrix_units_refuses_the_kernel_as_an_error() {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
-        let x = Tensor::<5>::random([1, 16, 2, 4, 32], Distribution::Uniform(-1.0, 1.0), &device);
-        let weight = Tensor::<5>::random([32, 16, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
-        let options = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
-        let f16 = FloatDType::F16;
-        // Read back as it is (burn's reductions crash lavapipe in SPIR-V builds).
-        let ours = run(x.cast(f16), weight.cast(f16), None, &options, FORCED).try_into_data();
-        eprintln!("forced onto matrix units: {:?}", ours.as_ref().map(|d| d.num_elements()));
-        assert_eq!(ours.is_ok(), available(&device), "{ours:?}");
+        // Each block of TILES: its cooperative-matrix code is built (expanded) before the
+        // device refuses it.
+        for (shape, stride) in [([1, 16, 2, 4, 32], 1), ([1, 16, 2, 4, 16], 1), ([1, 16, 2, 4, 32], 2)] {
+            let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);
+            let weight = Tensor::<5>::random([32, 16, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
+            let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
+            let f16 = FloatDType::F16;
+            // Read back as it is (burn's reductions crash lavapipe in SPIR-V builds).
+            let ours = run(x.cast(f16), weight.cast(f16), None, &options, FORCED).try_into_data();
+            eprintln!("forced onto matrix units: {:?}", ours.as_ref().map(|d| d.num_elements()));
+            assert_eq!(ours.is_ok(), available(&device), "{ours:?}");
+        }
     }
 }
