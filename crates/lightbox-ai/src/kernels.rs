@@ -3,7 +3,7 @@
 //! on flex, burn's own operation, or host loops written like the kernel). Built with the `gpu`
 //! feature only.
 //!
-//! Five convolutions, for the layers where burn's kernels and matrix products were slowest on
+//! Six convolutions, for the layers where burn's kernels and matrix products were slowest on
 //! an H200 (issue 7: the few-channel layers at full resolution ran at 2 TFLOPS by burn's direct
 //! kernel and 4.4 by matrix products; the 1×1×1 head took 3.3 ms for 0.3 GFLOP):
 //! - [`conv3d_k3`], a direct 3×3×3 convolution (padding 1, stride 1 or 2). Each thread keeps a
@@ -21,6 +21,10 @@
 //!   memory: a workgroup stages a few input channels' transformed tiles and weights in
 //!   workgroup memory and sums the 64 products of 16 tiles × 16 output channels in registers
 //!   over all input channels, then transforms them back.
+//!
+//! - [`mma::conv3d_k3_mma`]: a 3×3×3 convolution in f16 on the GPU's matrix units (tensor
+//!   cores, through cooperative matrices), an implicit GEMM from a channels-innermost input
+//!   block in workgroup memory.
 //!
 //! Sums within a kernel are in f32 whatever the input precision. The convolution tuner
 //! ([`crate::ops::conv3d_tuned`]) times each beside burn's ways, after checking its result
