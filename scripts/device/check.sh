@@ -11,6 +11,8 @@
 # and PlainConvUNet's convolutions tuned per layer, both builds (issue 7):
 #   device run: STEPS=tuned ...            # carry .gl, .device/whl and .device/tuned
 #   device run: STEPS=remember ...         # the same carry: tuning kept for a second process
+#   device run: STEPS=mma,tuned TUNED_BUILDS=bench-ai-spirv TUNED_VARIANTS=f16:tuned:1024 ...
+#               # the same carry: the tensor-core kernel on one layer, then the f16 network
 #
 # It runs, each step capped in time and logged under $OUT, the issues' open figures first, so a
 # call cut short still answers them:
@@ -37,8 +39,9 @@ mkdir -p "$OUT"
 ROOT=$PWD
 X=$ROOT/.device/x
 # STEPS (default all): which of render (1, 2), aibench (3, 4), parity (5, 6, 7), ai (3, 4, 5,
-# 6, 7), tuned (3t: convolutions tuned per layer) and remember (3r: the tuner's choices kept
-# for a second process; neither in the default) to run. Their time limits add up to about 640 s, past one call's 600 s; they usually end
+# 6, 7), mma (3m: the full-resolution layer in f16 by every way, Lightbox's tensor-core kernel
+# among them, SPIR-V build), tuned (3t: convolutions tuned per layer) and remember (3r: the
+# tuner's choices kept for a second process; none of the last three in the default) to run. Their time limits add up to about 640 s, past one call's 600 s; they usually end
 # well inside them, and what a cut-short call logged under $OUT still comes back.
 STEPS=${STEPS:-ai,render}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -124,6 +127,18 @@ tar -cf "$OUT/autotune.tar" -C "$REF" $(cd "$REF" && ls autotune*.log 2>/dev/nul
 echo "peak GPU memory in use during bench-ai (whole GPU, nvidia-smi): $(cut -d, -f1 "$REF/gpu-memory.csv" | sort -n | tail -1) MiB" | tee -a "$OUT/bench-ai.log"
 # burn's wgpu kernels at 0.073x PyTorch (issue 7): a Vulkan compute load at an idle clock would explain much.
 echo "SM clock during bench-ai (MHz, nvidia-smi): lowest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | head -1), highest $(cut -d, -f2 "$REF/gpu-memory.csv" | sort -n | tail -1)" | tee -a "$OUT/bench-ai.log"
+fi
+
+if want mma; then
+# One full-resolution layer (32 → 32 channels, 3³, 128³) in f16 by burn's kernels, the GEMM
+# path and each of Lightbox's ways, its tensor-core kernel (lightbox_ai::kernels::mma) among
+# them: whether the driver takes that kernel (else "left out" and why) and how fast it is,
+# before the tuned network (issue 7). MMA_LIMIT (s).
+step "3m. one full-resolution layer in f16 by every way (SPIR-V build)"
+build=bench-ai-spirv
+[ -x "$BIN/$build" ] || build=bench-ai
+LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS= LIGHTBOX_BENCH_LAYER_PRECISION=f16 \
+    timeout "${MMA_LIMIT:-150}" "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
 fi
 
 if want tuned; then

@@ -122,10 +122,11 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
     let mut variants: Vec<(Precision, Convolution)> =
         precisions.iter().flat_map(|&p| convolutions.iter().map(move |&c| (p, c))).collect();
     // LIGHTBOX_BENCH_VARIANTS, e.g. "f32:tuned:1024,f16:burn": these alone, in this order (the
-    // first is what the others' logits are compared with).
+    // first is what the others' logits are compared with); empty: none (the layer alone).
     if let Ok(list) = std::env::var("LIGHTBOX_BENCH_VARIANTS") {
         variants = list
             .split(',')
+            .filter(|v| !v.trim().is_empty())
             .map(|v| {
                 let (precision, convolution) = v.split_once(':').unwrap_or((v, ""));
                 Ok((Precision::parse(precision)?, Convolution::parse(convolution)?))
@@ -242,8 +243,13 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
     }
     // One full-resolution layer: burn's kernels, the GEMM path, and the GEMM path's matrix
     // products alone, so that a GPU run tells its copies from its arithmetic.
+    // LIGHTBOX_BENCH_LAYER_PRECISION (f32 or f16): that precision alone.
+    let layer_precisions = match std::env::var("LIGHTBOX_BENCH_LAYER_PRECISION") {
+        Ok(p) => vec![Precision::parse(&p)?],
+        Err(_) => precisions.clone(),
+    };
     if gpu || std::env::var_os("LIGHTBOX_BENCH_LAYER").is_some() {
-        for &precision in &precisions {
+        for &precision in &layer_precisions {
             let Ok(device) = device.clone().with_precision(precision) else { continue };
             let runs = if gpu { 5 } else { 1 };
             let t = lightbox_ai::profile::convolution_layer(&device, 32, side, (96, runs))?;
