@@ -269,6 +269,26 @@ mod gpu {
             && hardware.plane_size_max == 32
     }
 
+    /// A 16×16 accumulator of f32, zero.
+    #[cube]
+    fn zero_accumulator() -> cmma::Matrix<f32> {
+        cmma::Matrix::<f32>::from_value(
+            cmma::MatrixIdent::Accumulator,
+            16usize,
+            16usize,
+            16usize,
+            cmma::MatrixLayout::Undefined,
+            0.0,
+        )
+    }
+
+    /// A 16×16 operand (`ident` A: 16 voxels × 16 channels; B: 16 channels × 16 output
+    /// channels) read row-major from `values`, rows `stride` values apart.
+    #[cube]
+    fn operand<F: Float>(#[comptime] ident: cmma::MatrixIdent, values: &[F], stride: u32) -> cmma::Matrix<F> {
+        cmma::Matrix::<F>::from_slice(ident, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, values, stride)
+    }
+
     /// Stages input channels `[c0, c0 + CHUNK)` of the block whose first output voxel is
     /// `(oz, y0, x0)` of image `n`, with its border, `halo` `[hz, hy, hx]` voxels at `stride`:
     /// value `(pz, py, px, c)` at `((pz·hy + py)·hx + px)·CHUNK + c`, input voxel
@@ -381,38 +401,10 @@ mod gpu {
         let mut halo = Shared::<[F]>::new_slice(halo_len);
 
         if mma {
-            let acc00 = cmma::Matrix::<f32>::from_value(
-                cmma::MatrixIdent::Accumulator,
-                16usize,
-                16usize,
-                16usize,
-                cmma::MatrixLayout::Undefined,
-                0.0,
-            );
-            let acc01 = cmma::Matrix::<f32>::from_value(
-                cmma::MatrixIdent::Accumulator,
-                16usize,
-                16usize,
-                16usize,
-                cmma::MatrixLayout::Undefined,
-                0.0,
-            );
-            let acc10 = cmma::Matrix::<f32>::from_value(
-                cmma::MatrixIdent::Accumulator,
-                16usize,
-                16usize,
-                16usize,
-                cmma::MatrixLayout::Undefined,
-                0.0,
-            );
-            let acc11 = cmma::Matrix::<f32>::from_value(
-                cmma::MatrixIdent::Accumulator,
-                16usize,
-                16usize,
-                16usize,
-                cmma::MatrixLayout::Undefined,
-                0.0,
-            );
+            let acc00 = zero_accumulator();
+            let acc01 = zero_accumulator();
+            let acc10 = zero_accumulator();
+            let acc11 = zero_accumulator();
             let mut c0 = 0usize;
             while c0 < in_c {
                 sync_cube();
@@ -423,44 +415,20 @@ mod gpu {
                     let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
                     let offset = ((kz * hy + ky) * hx + kx) * CHUNK;
                     let (at0, at1) = (a_base0 + offset, a_base1 + offset);
-                    let a0 = cmma::Matrix::<F>::from_slice(
+                    let a0 = operand::<F>(
                         cmma::MatrixIdent::A,
-                        16usize,
-                        16usize,
-                        16usize,
-                        cmma::MatrixLayout::RowMajor,
                         halo.slice(at0, at0 + 15 * a_stride + CHUNK),
                         a_stride as u32,
                     );
-                    let a1 = cmma::Matrix::<F>::from_slice(
+                    let a1 = operand::<F>(
                         cmma::MatrixIdent::A,
-                        16usize,
-                        16usize,
-                        16usize,
-                        cmma::MatrixLayout::RowMajor,
                         halo.slice(at1, at1 + 15 * a_stride + CHUNK),
                         a_stride as u32,
                     );
                     let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
                     let b_end = b_at + 15 * k_stride + TILE_O;
-                    let b0 = cmma::Matrix::<F>::from_slice(
-                        cmma::MatrixIdent::B,
-                        16usize,
-                        16usize,
-                        16usize,
-                        cmma::MatrixLayout::RowMajor,
-                        weight.slice(b_at, b_end),
-                        k_stride as u32,
-                    );
-                    let b1 = cmma::Matrix::<F>::from_slice(
-                        cmma::MatrixIdent::B,
-                        16usize,
-                        16usize,
-                        16usize,
-                        cmma::MatrixLayout::RowMajor,
-                        weight.slice(b_at + 16, b_end),
-                        k_stride as u32,
-                    );
+                    let b0 = operand::<F>(cmma::MatrixIdent::B, weight.slice(b_at, b_end), k_stride as u32);
+                    let b1 = operand::<F>(cmma::MatrixIdent::B, weight.slice(b_at + 16, b_end), k_stride as u32);
                     cmma::execute::<F, F, f32, f32, cmma::Plane>(&a0, &b0, &acc00, &acc00);
                     cmma::execute::<F, F, f32, f32, cmma::Plane>(&a0, &b1, &acc01, &acc01);
                     cmma::execute::<F, F, f32, f32, cmma::Plane>(&a1, &b0, &acc10, &acc10);
