@@ -78,6 +78,8 @@ impl Tile {
 
     const fn holds(&self) -> bool {
         (self.runs * self.rows * self.planes).is_multiple_of(2)
+            // A thread a voxel of the block when it is written out.
+            && self.threads() == self.voxels()
             && self.staged_len() <= self.halo_len()
             // Within lavapipe's 32 KiB, so the CPU tests run the kernels an NVIDIA GPU runs.
             && self.halo_len() * 2 <= super::TILED_WORKGROUP_BYTES
@@ -293,6 +295,17 @@ mod gpu {
     /// `(oz, y0, x0)` of image `n`, with its border, `halo` `[hz, hy, hx]` voxels at `stride`:
     /// value `(pz, py, px, c)` at `((pz·hy + py)·hx + px)·CHUNK + c`, input voxel
     /// `(oz·stride + pz − 1, …)`, zero outside the image and past its channels.
+    ///
+    /// A row of the halo (`pz`, `py`) is `hx · CHUNK` values in a row of workgroup memory, and
+    /// every thread takes the same places (x, channel), its *slots*, in every row: their
+    /// addresses, and whether they are inside the image along x and among its channels, are
+    /// worked out once a chunk, and whether a row is inside the image once a row (the same for
+    /// every thread), so each value costs a test, a load, an address and a store. A plane's
+    /// rows and slots are unrolled (the block's size is known when the kernel is built), so a
+    /// thread's loads of a plane are independent of each other and in flight at once. Within a row, two channels, then
+    /// x, fastest: a warp reads 16 voxels of an input row in each of two channels (two whole
+    /// 32-byte sectors), and its pairs of threads write adjacent values, which halves the bank
+    /// conflicts of writes 16 values apart.
     #[cube]
     #[allow(clippy::too_many_arguments)]
     fn stage_input<F: Float>(
@@ -311,29 +324,54 @@ mod gpu {
     ) {
         let in_c = input.shape(1);
         let (d, h, w) = (input.shape(2), input.shape(3), input.shape(4));
-        let len = hz * hy * hx * CHUNK;
-        let mut i = UNIT_POS as usize;
-        while i < len {
-            // Two channels, then x, fastest: a warp reads 16 voxels of an input row in each of
-            // two channels (two whole 32-byte sectors, as many as 32 voxels of one), and its
-            // pairs of threads write adjacent values, which halves the bank conflicts of
-            // writes 16 values apart.
-            let low = i % 2;
-            let mut r = i / 2;
-            let px = r % hx;
-            r /= hx;
-            let py = r % hy;
-            r /= hy;
-            let pz = r % hz;
-            let c = r / hz * 2 + low;
-            // Padded coordinates: p reads input p − 1, inside when 1 ≤ p ≤ len.
-            let (z, y, x) = (oz * stride + pz, y0 * stride + py, x0 * stride + px);
-            let mut v = F::new(0.0);
-            if c0 + c < in_c && z >= 1 && z <= d && y >= 1 && y <= h && x >= 1 && x <= w {
-                v = input[(((n * in_c + c0 + c) * d + z - 1) * h + y - 1) * w + x - 1];
+        let volume = d * h * w;
+        let row_len = hx * CHUNK;
+        let slots = row_len.div_ceil(threads);
+        let unit = UNIT_POS as usize;
+        // Slot s: place j = unit + s·threads of each row (the last slot's past the row's end
+        // for some threads). `from`: its channel's first value, plus its x (1 more than the
+        // input's, so never less than 1 where it is read); `to`: its place in a row.
+        let mut from = Array::<usize>::new(slots);
+        let mut to = Array::<usize>::new(slots);
+        let mut reads = Array::<u32>::new(slots);
+        let mut owns = Array::<u32>::new(slots);
+        #[unroll]
+        for s in 0..slots {
+            let j = unit + s * threads;
+            let px = j / 2 % hx;
+            let c = j / (2 * hx) * 2 + j % 2;
+            // Padded coordinate: x reads input x − 1, inside when 1 ≤ x ≤ w.
+            let x = x0 * stride + px;
+            from[s] = (n * in_c + c0 + c) * volume + x;
+            to[s] = px * CHUNK + c;
+            owns[s] = u32::cast_from(j < row_len);
+            reads[s] = u32::cast_from(j < row_len && c0 + c < in_c && x >= 1 && x <= w);
+        }
+        // Plane by plane, each plane's rows and slots unrolled: as many loads in flight as a
+        // plane has, for a fraction of the code of the whole block unrolled.
+        for pz in 0..hz {
+            let z = oz * stride + pz;
+            #[unroll]
+            for py in 0..hy {
+                let y = y0 * stride + py;
+                let inside = z >= 1 && z <= d && y >= 1 && y <= h;
+                // The row's first input voxel less one (x ≥ 1 where read): zero outside.
+                let mut row = 0usize;
+                if inside {
+                    row = ((z - 1) * h + y - 1) * w;
+                }
+                let at = (pz * hy + py) * row_len;
+                #[unroll]
+                for s in 0..slots {
+                    if owns[s] == 1 {
+                        let mut v = F::new(0.0);
+                        if inside && reads[s] == 1 {
+                            v = input[from[s] + row - 1];
+                        }
+                        halo[at + to[s]] = v;
+                    }
+                }
             }
-            halo[((pz * hy + py) * hx + px) * CHUNK + c] = v;
-            i += threads;
         }
     }
 
@@ -502,21 +540,20 @@ mod gpu {
             }
         }
         sync_cube();
-        // The block out, x fastest, with the bias (in f32, rounded once more to f16).
-        let plane = h * w;
-        let mut i = unit;
-        while i < staged_len {
-            let oc = i / blk;
-            let v = i % blk;
-            let x = x0 + v % width;
-            let y = y0 + v / width % rows;
-            let z = oz + v / (width * rows);
-            if x < w && y < h && z < d {
-                let channel = ob * TILE_O + oc;
-                output[((n * out_c + channel) * d + z) * plane + y * w + x] =
-                    F::cast_from(f32::cast_from(halo[i]) + bias[channel]);
+        // The block out with the bias (in f32, rounded once more to f16). A block has as many
+        // voxels as the workgroup threads: each thread writes its voxel's 32 channels, x
+        // fastest across threads, its place worked out once.
+        let volume = d * h * w;
+        let x = x0 + unit % width;
+        let y = y0 + unit / width % rows;
+        let z = oz + unit / (width * rows);
+        if x < w && y < h && z < d {
+            let first = ob * TILE_O;
+            let at = (n * out_c + first) * volume + (z * h + y) * w + x;
+            #[unroll]
+            for oc in 0..TILE_O {
+                output[at + oc * volume] = F::cast_from(f32::cast_from(halo[oc * blk + unit]) + bias[first + oc]);
             }
-            i += threads;
         }
     }
 
