@@ -38,11 +38,16 @@ pub struct LayerTimes {
 
 /// Times one C → C 3³ convolution on `side`³ voxels (median of `runs`, after one warm-up), in
 /// the device's precision. Each run waits until the device is idle.
+///
+/// Lightbox's own ways come first, its kernel on matrix units first of all, and `each` hears of
+/// each of them as soon as it is timed or left out: a run cut short (a device call's time
+/// limit; burn's ways autotune and compile their candidates first) still tells what it timed.
 pub fn convolution_layer(
     device: &AiDevice,
     channels: usize,
     side: usize,
     (column_mib, runs): (usize, usize),
+    mut each: impl FnMut(crate::ops::ConvWay, Result<f64, &str>),
 ) -> Result<LayerTimes, AiError> {
     if channels == 0 || side < 3 || runs == 0 {
         return Err(AiError::Input(format!("a layer of {channels} channels on {side}³ voxels, {runs} runs")));
@@ -66,26 +71,35 @@ pub fn convolution_layer(
     let weights = weight.clone().reshape([1, channels, taps]);
     let time = |run: &dyn Fn() -> Vec<Tensor<3>>| idle_to_idle_median_ms(&device.device, runs, run);
     let flat = |y: Tensor<5>| vec![y.flatten::<3>(2, 4)];
+    let mut direct_ms = Vec::new();
+    let mut left_out = Vec::new();
+    let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
+    let reference = burn::tensor::module::conv3d(f32(x.clone()), f32(weight.clone()), None, options.clone());
+    let mut own = crate::ops::ConvWay::OWN;
+    own.sort_by_key(|way| *way != crate::ops::ConvWay::MatrixUnits);
+    for way in own {
+        if way.applies(&device.device, x.dims(), weight.dims(), &options, weight.dtype()) {
+            let run = || way.run(x.clone(), weight.clone(), None, &options, column_mib << 20);
+            // A kernel the driver refused times nothing: checked first, as the tuner does.
+            match crate::ops::disagreement(&reference, run()) {
+                Some(why) => {
+                    each(way, Err(&why));
+                    left_out.push((way, why));
+                }
+                None => {
+                    let ms = time(&|| flat(run()))?;
+                    each(way, Ok(ms));
+                    direct_ms.push((way, ms));
+                }
+            }
+        }
+    }
+    drop(reference);
     let burn_ms = time(&|| flat(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone())))?;
     let gemm_ms = time(&|| flat(crate::ops::conv3d_gemm(x.clone(), weight.clone(), None, &options, column_mib << 20)))?;
     let gemm_transposed_ms = time(&|| {
         flat(crate::ops::ConvWay::GemmTransposed.run(x.clone(), weight.clone(), None, &options, column_mib << 20))
     })?;
-    let mut direct_ms = Vec::new();
-    let mut left_out = Vec::new();
-    let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
-    let reference = burn::tensor::module::conv3d(f32(x.clone()), f32(weight.clone()), None, options.clone());
-    for way in crate::ops::ConvWay::OWN {
-        if way.applies(&device.device, x.dims(), weight.dims(), &options, weight.dtype()) {
-            let run = || way.run(x.clone(), weight.clone(), None, &options, column_mib << 20);
-            // A kernel the driver refused times nothing: checked first, as the tuner does.
-            match crate::ops::disagreement(&reference, run()) {
-                Some(why) => left_out.push((way, why)),
-                None => direct_ms.push((way, time(&|| flat(run()))?)),
-            }
-        }
-    }
-    drop(reference);
     let matmul_ms = time(&|| (0..slabs).map(|_| weights.clone().matmul(columns.clone())).collect())?;
     let affine = Some((
         Tensor::<1>::random([channels], Distribution::Uniform(0.5, 2.0), &device.device),
@@ -205,12 +219,14 @@ mod tests {
     fn a_small_layer_is_timed() -> anyhow::Result<()> {
         let device = crate::AiDevice::cpu();
         // 16³: the least Winograd's algorithms are tried on.
-        let t = super::convolution_layer(&device, 4, 16, (1, 2))?;
+        let mut heard = 0;
+        let t = super::convolution_layer(&device, 4, 16, (1, 2), |_, _| heard += 1)?;
+        assert_eq!(heard, 0, "no own way on the CPU");
         assert!(t.burn_ms > 0.0 && t.gemm_ms > 0.0 && t.gemm_transposed_ms > 0.0 && t.matmul_ms > 0.0, "{t:?}");
         assert!(t.direct_ms.is_empty(), "Lightbox's own ways are the GPU's: {t:?}");
         assert!(t.norm_ops_ms > 0.0 && t.norm_kernels_ms.is_none(), "{t:?}");
         assert!((t.gflop - 2.0 * 4096.0 * 4.0 * 108.0 / 1e9).abs() < 1e-12, "{t:?}");
-        assert!(super::convolution_layer(&device, 4, 2, (1, 2)).is_err());
+        assert!(super::convolution_layer(&device, 4, 2, (1, 2), |_, _| ()).is_err());
         Ok(())
     }
 
