@@ -11,8 +11,10 @@
 # and PlainConvUNet's convolutions tuned per layer, both builds (issue 7):
 #   device run: STEPS=tuned ...            # carry .gl, .device/whl and .device/tuned
 #   device run: STEPS=remember ...         # the same carry: tuning kept for a second process
-#   device run: STEPS=mma,tuned TUNED_BUILDS=bench-ai-spirv TUNED_VARIANTS=f16:tuned:1024 ...
-#               # the same carry: the tensor-core kernel on one layer, then the f16 network
+#   device run: STEPS=mma ...              # the same carry: the tensor-core kernel on one
+#               # layer, then in the f16 network (LIGHTBOX_AI_CONV=units, nothing tuned)
+#   device run: STEPS=tuned TUNED_BUILDS=bench-ai-spirv TUNED_VARIANTS=f16:tuned:1024 ...
+#               # the same carry: the f16 network tuned per layer, the new kernel among the ways
 #
 # It runs, each step capped in time and logged under $OUT, the issues' open figures first, so a
 # call cut short still answers them:
@@ -40,7 +42,7 @@ ROOT=$PWD
 X=$ROOT/.device/x
 # STEPS (default all): which of render (1, 2), aibench (3, 4), parity (5, 6, 7), ai (3, 4, 5,
 # 6, 7), mma (3m: the full-resolution layer in f16 by every way, Lightbox's tensor-core kernel
-# among them, SPIR-V build), tuned (3t: convolutions tuned per layer) and remember (3r: the
+# among them, then the f16 network with that kernel, SPIR-V build), tuned (3t: convolutions tuned per layer) and remember (3r: the
 # tuner's choices kept for a second process; none of the last three in the default) to run. Their time limits add up to about 640 s, past one call's 600 s; they usually end
 # well inside them, and what a cut-short call logged under $OUT still comes back.
 STEPS=${STEPS:-ai,render}
@@ -133,12 +135,18 @@ if want mma; then
 # One full-resolution layer (32 → 32 channels, 3³, 128³) in f16 by burn's kernels, the GEMM
 # path and each of Lightbox's ways, its tensor-core kernel (lightbox_ai::kernels::mma) among
 # them: whether the driver takes that kernel (else "left out" and why) and how fast it is,
-# before the tuned network (issue 7). MMA_LIMIT (s).
-step "3m. one full-resolution layer in f16 by every way (SPIR-V build)"
+# then PlainConvUNet in f16 with that kernel for every 3³ layer (LIGHTBOX_AI_CONV=units:
+# nothing tuned first) against PyTorch fp16 in the same call, before the tuned network
+# (issue 7). MMA_LIMIT, MMA_NET_LIMIT (s); MMA_VARIANTS (bench-ai's variants, f16:units).
+step "3m. one full-resolution layer in f16 by every way, then the f16 network on matrix units (SPIR-V build)"
 build=bench-ai-spirv
 [ -x "$BIN/$build" ] || build=bench-ai
 LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS= LIGHTBOX_BENCH_LAYER_PRECISION=f16 \
     timeout "${MMA_LIMIT:-150}" "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
+[ -f "$REF/torch_bench.json" ] || timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"
+cat "$REF/torch_bench.json" >> "$OUT/torch.log"
+LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS=${MMA_VARIANTS:-f16:units} LIGHTBOX_BENCH_LAYER_PRECISION=none \
+    LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout "${MMA_NET_LIMIT:-150}" "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
 fi
 
 if want tuned; then

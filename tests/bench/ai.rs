@@ -190,7 +190,7 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
             match convolution {
                 Convolution::Gemm { column_mib } | Convolution::Tuned { column_mib, .. } =>
                     format!(" in slabs of ≤ {column_mib} MiB"),
-                Convolution::Burn => String::new(),
+                Convolution::Burn | Convolution::Units => String::new(),
             },
             h100 / ms,
             if gpu { "" } else { " (CPU against GPU: not comparable, shown for scale)" }
@@ -243,8 +243,9 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
     }
     // One full-resolution layer: burn's kernels, the GEMM path, and the GEMM path's matrix
     // products alone, so that a GPU run tells its copies from its arithmetic.
-    // LIGHTBOX_BENCH_LAYER_PRECISION (f32 or f16): that precision alone.
+    // LIGHTBOX_BENCH_LAYER_PRECISION (f32 or f16): that precision alone; none: no layer.
     let layer_precisions = match std::env::var("LIGHTBOX_BENCH_LAYER_PRECISION") {
+        Ok(p) if p.trim() == "none" => Vec::new(),
         Ok(p) => vec![Precision::parse(&p)?],
         Err(_) => precisions.clone(),
     };

@@ -245,16 +245,19 @@ fn nnunet_in_half_precision_stays_within_rounding_of_pytorch() -> anyhow::Result
     Ok(())
 }
 
-/// Convolutions as matrix products (`LIGHTBOX_AI_CONV=gemm`, `ops::conv3d_gemm`) and tuned
-/// per layer (`tuned`, `ops::conv3d_tuned`: burn's kernels or matrix products, whichever was
-/// faster here): the same network matches PyTorch to 1e-4 in f32, and stays within f16's
-/// rounding in f16.
+/// Convolutions as matrix products (`LIGHTBOX_AI_CONV=gemm`, `ops::conv3d_gemm`), tuned per
+/// layer (`tuned`, `ops::conv3d_tuned`: burn's kernels or matrix products, whichever was faster
+/// here) and on matrix units (`units`: Lightbox's tensor-core kernel for the f16 layers on a GPU
+/// that offers them, burn's kernels elsewhere): the same network matches PyTorch to 1e-4 in f32,
+/// and stays within f16's rounding in f16.
 #[test]
-fn nnunet_with_gemm_and_tuned_convolutions_matches_pytorch() -> anyhow::Result<()> {
+fn nnunet_with_gemm_tuned_and_matrix_unit_convolutions_matches_pytorch() -> anyhow::Result<()> {
     let fixture = NnunetFixture::load()?;
     let torch = read_f32("nnunet.f32")?;
     let scale = torch.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())));
-    for (convolution, says) in [(Convolution::GEMM, "GEMM"), (Convolution::TUNED, "tuned per layer")] {
+    let ways =
+        [(Convolution::GEMM, "GEMM"), (Convolution::TUNED, "tuned per layer"), (Convolution::Units, "matrix units")];
+    for (convolution, says) in ways {
         for precision in [Precision::F32, Precision::F16] {
             let (described, ours) =
                 fixture.logits(device()?.with_convolution(convolution).with_precision(precision)?)?;

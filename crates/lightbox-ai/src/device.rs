@@ -92,6 +92,12 @@ pub enum Convolution {
     /// (Winograd's F(4, 3), about 10⁻⁴ of each value in f32), as PyTorch's default on NVIDIA
     /// (`torch.backends.cudnn.allow_tf32`); otherwise each way keeps f32's accuracy.
     Tuned { column_mib: usize, tf32: bool },
+    /// Lightbox's convolution on the GPU's matrix units (tensor cores:
+    /// [`crate::kernels::mma`]) for every layer it computes (f16, 3×3×3) where the GPU offers
+    /// them (a SPIR-V build, `gpu-spirv`), burn's kernels for the rest: one way, nothing timed
+    /// first, so a device run measures that kernel in the whole network without the tuner's
+    /// first window (which compiles and times every way for every layer shape).
+    Units,
 }
 
 impl Convolution {
@@ -103,7 +109,8 @@ impl Convolution {
     /// Per layer, the fastest way, GEMM in 96 MiB slabs.
     pub const TUNED: Self = Self::Tuned { column_mib: 96, tf32: false };
 
-    /// `burn`, `gemm`, `gemm:MiB`, `tuned`, `tuned:MiB`, `tuned-tf32` or `tuned-tf32:MiB`.
+    /// `burn`, `gemm`, `gemm:MiB`, `tuned`, `tuned:MiB`, `tuned-tf32`, `tuned-tf32:MiB` or
+    /// `units`.
     pub fn parse(value: &str) -> Result<Self, AiError> {
         let value = value.trim().to_ascii_lowercase();
         let bad = || AiError::Convolution { value: value.clone() };
@@ -115,6 +122,7 @@ impl Convolution {
             None if ["", "burn", "direct"].contains(&how.as_str()) => Ok(Self::Burn),
             None if how == "gemm" => Ok(Self::GEMM),
             None if how == "tuned" => Ok(Self::Tuned { column_mib: 96, tf32 }),
+            None if how == "units" && !tf32 => Ok(Self::Units),
             Some((how @ ("gemm" | "tuned"), mib)) => match mib.trim().parse::<usize>() {
                 Ok(column_mib) if column_mib > 0 && how == "gemm" => Ok(Self::Gemm { column_mib }),
                 Ok(column_mib) if column_mib > 0 => Ok(Self::Tuned { column_mib, tf32 }),
@@ -253,11 +261,12 @@ impl AiDevice {
     /// The description with what differs from the defaults at its end: e.g. "GPU (burn wgpu:
     /// NVIDIA H100, f16, GEMM convolutions)".
     fn relabel(&mut self) {
-        const MARKS: [&str; 4] = [
+        const MARKS: [&str; 5] = [
             ", f16",
             ", GEMM convolutions",
             ", convolutions tuned per layer",
             ", convolutions tuned per layer to TF32 accuracy",
+            ", convolutions on matrix units where they fit",
         ];
         let mut base = self.description.strip_suffix(')').unwrap_or(&self.description).to_owned();
         while let Some(mark) = MARKS.iter().find(|m| base.ends_with(*m)) {
@@ -269,6 +278,7 @@ impl AiDevice {
             Convolution::Gemm { .. } => MARKS[1],
             Convolution::Tuned { tf32: false, .. } => MARKS[2],
             Convolution::Tuned { tf32: true, .. } => MARKS[3],
+            Convolution::Units => MARKS[4],
         };
         self.description = format!("{base}{f16}{gemm})");
     }
@@ -381,6 +391,8 @@ mod tests {
         assert_eq!(Convolution::parse("tuned:1024").ok(), Some(Convolution::Tuned { column_mib: 1024, tf32: false }));
         assert_eq!(Convolution::parse("tuned-TF32").ok(), Some(Convolution::Tuned { column_mib: 96, tf32: true }));
         assert_eq!(Convolution::parse("tuned-tf32:64").ok(), Some(Convolution::Tuned { column_mib: 64, tf32: true }));
+        assert_eq!(Convolution::parse(" Units").ok(), Some(Convolution::Units));
+        assert!(Convolution::parse("units:64").is_err() && Convolution::parse("tuned-tf32-units").is_err());
         assert_eq!(Convolution::parse("").ok(), Some(Convolution::Burn));
         for bad in ["winograd", "gemm:0", "gemm:lots", "burn:5", "tuned:0", "tuned-tf32:0", "tuned-tf16"] {
             let err = Convolution::parse(bad).err().map(|e| e.to_string()).unwrap_or_default();

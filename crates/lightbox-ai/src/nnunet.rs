@@ -229,6 +229,7 @@ fn conv_in_its_dtype(
         crate::Convolution::Tuned { column_mib, tf32 } => {
             crate::ops::conv3d_tuned(x, weight, bias, &options, column_mib << 20, tf32)
         }
+        crate::Convolution::Units => crate::ops::conv3d_units(x, weight, bias, &options),
     }
 }
 

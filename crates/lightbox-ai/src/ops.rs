@@ -688,6 +688,23 @@ fn forget_tuning(device: &Device) {
     tuner().stores.remove(&format!("{device:?}"));
 }
 
+/// A 3-D convolution by Lightbox's kernel on the GPU's matrix units
+/// ([`ConvWay::MatrixUnits`]) where it applies (f16, 3×3×3, a GPU offering cooperative
+/// matrices), by burn's kernels elsewhere ([`crate::Convolution::Units`]).
+pub fn conv3d_units(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &burn::tensor::ops::ConvOptions<3>,
+) -> Tensor<5> {
+    let way = ConvWay::MatrixUnits;
+    if way.applies(&x.device(), x.dims(), weight.dims(), options, weight.dtype()) {
+        way.run(x, weight, bias, options, 0)
+    } else {
+        burn::tensor::module::conv3d(x, weight, bias, options.clone())
+    }
+}
+
 /// A 3-D convolution by whichever of the [`ConvWay`]s that apply is fastest for its shape on its
 /// device: burn's kernels ([`burn::tensor::module::conv3d`]), [`conv3d_gemm`] and its variants,
 /// and on a GPU Lightbox's own kernels ([`crate::kernels`]). The first convolution of each shape
