@@ -261,12 +261,13 @@ impl AiDevice {
     /// The description with what differs from the defaults at its end: e.g. "GPU (burn wgpu:
     /// NVIDIA H100, f16, GEMM convolutions)".
     fn relabel(&mut self) {
-        const MARKS: [&str; 5] = [
+        const MARKS: [&str; 6] = [
             ", f16",
             ", GEMM convolutions",
             ", convolutions tuned per layer",
             ", convolutions tuned per layer to TF32 accuracy",
             ", convolutions on matrix units where they fit",
+            ", no matrix units here: burn's convolutions",
         ];
         let mut base = self.description.strip_suffix(')').unwrap_or(&self.description).to_owned();
         while let Some(mark) = MARKS.iter().find(|m| base.ends_with(*m)) {
@@ -278,9 +279,21 @@ impl AiDevice {
             Convolution::Gemm { .. } => MARKS[1],
             Convolution::Tuned { tf32: false, .. } => MARKS[2],
             Convolution::Tuned { tf32: true, .. } => MARKS[3],
-            Convolution::Units => MARKS[4],
+            Convolution::Units if matrix_units(&self.device) => MARKS[4],
+            Convolution::Units => MARKS[5],
         };
         self.description = format!("{base}{f16}{gemm})");
+    }
+}
+
+/// Whether Lightbox's convolution on matrix units runs on `device` ([`Convolution::Units`]).
+fn matrix_units(device: &Device) -> bool {
+    #[cfg(feature = "gpu")]
+    return crate::kernels::mma::available(device);
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = device;
+        false
     }
 }
 
@@ -399,7 +412,7 @@ mod tests {
             assert_eq!(
                 err,
                 format!(
-                    "LIGHTBOX_AI_CONV={bad}: expected burn, gemm, gemm:MiB, tuned, tuned:MiB, tuned-tf32 or tuned-tf32:MiB"
+                    "LIGHTBOX_AI_CONV={bad}: expected burn, gemm, gemm:MiB, tuned, tuned:MiB, tuned-tf32, tuned-tf32:MiB or units"
                 )
             );
         }
@@ -421,6 +434,13 @@ mod tests {
         let half = both.with_convolution(Convolution::Burn);
         assert!(half.description.ends_with(" threads, f16)"), "{}", half.description);
         assert_eq!(half.with_precision(Precision::F32)?.description, AiDevice::cpu().description);
+        // Matrix units asked for where there are none: the label says what ran instead.
+        let units = AiDevice::cpu().with_convolution(Convolution::Units).with_precision(Precision::F16)?;
+        let says = units.description.ends_with(", f16, no matrix units here: burn's convolutions)");
+        assert!(says, "{}", units.description);
+        assert_eq!(units.with_convolution(Convolution::Burn).with_precision(Precision::F32)?.description, {
+            AiDevice::cpu().description
+        });
         Ok(())
     }
 

@@ -42,7 +42,9 @@ pub enum AiError {
     #[error("LIGHTBOX_AI_PRECISION={value}: expected f32 or f16")]
     Precision { value: String },
 
-    #[error("LIGHTBOX_AI_CONV={value}: expected burn, gemm, gemm:MiB, tuned, tuned:MiB, tuned-tf32 or tuned-tf32:MiB")]
+    #[error(
+        "LIGHTBOX_AI_CONV={value}: expected burn, gemm, gemm:MiB, tuned, tuned:MiB, tuned-tf32, tuned-tf32:MiB or units"
+    )]
     Convolution { value: String },
 
     #[error("half precision (f16) does not work on {device}: {why}")]
