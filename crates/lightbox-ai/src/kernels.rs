@@ -618,13 +618,20 @@ impl LightboxKernels for CubeBackend {
     }
 }
 
-mod gpu {
+pub(crate) mod gpu {
 
     use burn::backend::TensorMetadata;
     use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
     use cubecl::prelude::*;
 
     use super::{FUSED_CHANNELS, FUSED_CHUNK, FUSED_THREADS, FUSED_TILES, Shape, TILE_WIDTH, Tiling, VOXELS};
+
+    /// Whether a padded coordinate `p` (padding 1: it reads input `p − 1`) is inside an axis of
+    /// `len` input voxels: 1 ≤ p ≤ len.
+    #[cube]
+    pub(crate) fn within(p: usize, len: usize) -> bool {
+        p >= 1 && p <= len
+    }
 
     /// A kernel's tensors: the input and weight made contiguous (the kernels index them
     /// row-major), an output in the input's dtype, the address width all three need and the
@@ -728,7 +735,7 @@ mod gpu {
                 // Padded coordinates: p reads input p − 1, inside when 1 ≤ p ≤ len.
                 let (pz, py, px) = (oz * stride + kz, y0 * stride + yy, x0 * stride + xx);
                 let mut v = F::new(0.0);
-                if c < in_c && pz >= 1 && pz <= in_d && py >= 1 && py <= in_h && px >= 1 && px <= in_w {
+                if c < in_c && within(pz, in_d) && within(py, in_h) && within(px, in_w) {
                     v = input[((n * in_c + c) * in_d + pz - 1) * plane + (py - 1) * in_w + px - 1];
                 }
                 tile_in[i] = v;
@@ -938,7 +945,7 @@ mod gpu {
                 #[unroll]
                 for ky in 0..3usize {
                     let py = oy * stride + ky;
-                    let row_inside = pz >= 1 && pz <= in_d && py >= 1 && py <= in_h;
+                    let row_inside = within(pz, in_d) && within(py, in_h);
                     #[unroll]
                     for kx in 0..3usize {
                         let tap = (kz * 3 + ky) * 3 + kx;
@@ -948,7 +955,7 @@ mod gpu {
                         for v in 0..voxels {
                             let px = (x0 + v) * stride + kx;
                             values[v] = 0.0f32;
-                            if row_inside && px >= 1 && px <= in_w {
+                            if row_inside && within(px, in_w) {
                                 values[v] = f32::cast_from(input[base + ((pz - 1) * in_h + py - 1) * in_w + px - 1]);
                             }
                         }
@@ -1064,13 +1071,13 @@ mod gpu {
                 #[unroll]
                 for jy in 0..4usize {
                     let py = 2 * ty + jy;
-                    let row_inside = pz >= 1 && pz <= in_d && py >= 1 && py <= in_h;
+                    let row_inside = within(pz, in_d) && within(py, in_h);
                     #[unroll]
                     for jx in 0..4usize {
                         let px = 2 * tx + jx;
                         let i = (jz * 4 + jy) * 4 + jx;
                         d[i] = 0.0f32;
-                        if row_inside && px >= 1 && px <= in_w {
+                        if row_inside && within(px, in_w) {
                             d[i] = f32::cast_from(input[base + ((pz - 1) * in_h + py - 1) * in_w + px - 1]);
                         }
                     }
@@ -1120,12 +1127,12 @@ mod gpu {
                         #[unroll]
                         for jy in 0..6usize {
                             let py = 4 * ty + jy;
-                            let row_inside = pz >= 1 && pz <= in_d && py >= 1 && py <= in_h;
+                            let row_inside = within(pz, in_d) && within(py, in_h);
                             #[unroll]
                             for jx in 0..6usize {
                                 let px = 4 * tx + jx;
                                 plane[jy * 6 + jx] = 0.0f32;
-                                if row_inside && px >= 1 && px <= in_w {
+                                if row_inside && within(px, in_w) {
                                     plane[jy * 6 + jx] =
                                         f32::cast_from(input[base + ((pz - 1) * in_h + py - 1) * in_w + px - 1]);
                                 }
@@ -1336,8 +1343,8 @@ mod gpu {
         }
         // Padded coordinates: q = 2·t + j reads input q − 1, inside when 1 ≤ q ≤ len.
         let (pza, pzb) = (2 * tz + za, 2 * tz + zb);
-        let inside_a = sp < tiles && pza >= 1 && pza <= in_d;
-        let inside_b = sp < tiles && pzb >= 1 && pzb <= in_d;
+        let inside_a = sp < tiles && within(pza, in_d);
+        let inside_b = sp < tiles && within(pzb, in_d);
         let plane_len = in_h * in_w;
 
         let mut c0 = 0usize;
@@ -1348,12 +1355,12 @@ mod gpu {
             #[unroll]
             for jy in 0..4usize {
                 let py = 2 * ty + jy;
-                let row_inside = c < in_c && py >= 1 && py <= in_h;
+                let row_inside = c < in_c && within(py, in_h);
                 #[unroll]
                 for jx in 0..4usize {
                     let px = 2 * tx + jx;
                     let at = base + (py - 1) * in_w + px - 1;
-                    let inside = row_inside && px >= 1 && px <= in_w;
+                    let inside = row_inside && within(px, in_w);
                     let mut v = f32::new(0.0);
                     if inside && inside_a {
                         v = f32::cast_from(input[at + (pza - 1) * plane_len]);

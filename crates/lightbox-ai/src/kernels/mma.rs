@@ -258,6 +258,7 @@ mod gpu {
     use cubecl::ir::{ElemType, FloatKind, features::MmaConfig};
     use cubecl::prelude::*;
 
+    use super::super::gpu::within;
     use super::{CHUNK, RUN, TILE_O, Tile};
 
     /// Cooperative matrices of 16×16×16 f16 with f32 sums, on 32-thread warps.
@@ -345,7 +346,7 @@ mod gpu {
             from[s] = (n * in_c + c0 + c) * volume + x;
             to[s] = px * CHUNK + c;
             owns[s] = u32::cast_from(j < row_len);
-            reads[s] = u32::cast_from(j < row_len && c0 + c < in_c && x >= 1 && x <= w);
+            reads[s] = u32::cast_from(j < row_len && c0 + c < in_c && within(x, w));
         }
         // Plane by plane, each plane's rows and slots unrolled: as many loads in flight as a
         // plane has, for a fraction of the code of the whole block unrolled.
@@ -354,7 +355,7 @@ mod gpu {
             #[unroll]
             for py in 0..hy {
                 let y = y0 * stride + py;
-                let inside = z >= 1 && z <= d && y >= 1 && y <= h;
+                let inside = within(z, d) && within(y, h);
                 // The row's first input voxel less one (x ≥ 1 where read): zero outside.
                 let mut row = 0usize;
                 if inside {
