@@ -50,9 +50,10 @@ rust-test: build models synthetic-models
 	$(MAKE) gpu-kernel-test
 
 # Lightbox's own GPU kernels (lightbox-ai's `gpu` feature) against burn's, on whatever Vulkan
-# device opens: Mesa's lavapipe on a machine without a GPU (scripts/setup-debian.sh installs it).
+# device opens: Mesa's lavapipe on a machine without a GPU (scripts/setup-debian.sh installs it);
+# and a PlainConvUNet with every 3x3x3 layer on the matrix-unit kernel (emulated there).
 gpu-kernel-test:
-	cargo test -p lightbox-ai --lib --locked --features gpu -- kernels::
+	cargo test -p lightbox-ai --lib --locked --features gpu -- kernels:: nnunet::tests::on_matrix_units
 
 ui-test: ui
 	cd ui && npm test --silent

@@ -1266,6 +1266,63 @@ mod tests {
         assert_eq!(names.len(), 24 + 4 + 16 + 4);
     }
 
+    /// PlainConvUNet 32, 64, 96 in f16 with every 3×3×3 layer on Lightbox's matrix-unit kernel
+    /// (`LIGHTBOX_AI_CONV=units`; emulated by the warp's threads where the GPU has no matrix
+    /// units, as on lavapipe): its first layer's one channel, strided layers, the deepest
+    /// stage's odd grid (3 × 5 × 9), the decoder's concatenations and both of the kernel's
+    /// stride-1 blocks (grids wider than 16 and not). Its logits stay within 1 % of the largest
+    /// one of the f32 network's (on lavapipe about 0.35 %; burn's f16 convolutions, which sum in
+    /// f16 there, about 4 %). A wrong bias would not show here (each instance norm takes it
+    /// out again): the kernel's own tests check it.
+    #[cfg(feature = "gpu")]
+    #[test]
+    fn on_matrix_units_the_network_keeps_f16_accuracy() -> Result<(), AiError> {
+        let config = PlainConvUNetConfig {
+            n_stages: 3,
+            features_per_stage: vec![32, 64, 96],
+            kernel_sizes: vec![[3, 3, 3]; 3],
+            strides: vec![[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+            n_conv_per_stage: vec![2, 2, 2],
+            n_blocks_per_stage: vec![],
+            residual: false,
+            n_conv_per_stage_decoder: vec![2, 2],
+            decoder_kernel_sizes: Vec::new(),
+            conv_bias: true,
+            input_channels: 1,
+            num_classes: 2,
+        };
+        let tensors: Vec<_> = config
+            .expected_tensors()
+            .into_iter()
+            .map(|(n, shape)| {
+                let count: usize = shape.iter().product();
+                // Weights of about 1 / √fan-in, so that every layer's sums stay of order one.
+                let scale = 1.5 / ((count / shape[0]) as f32).sqrt();
+                let values = (0..count).map(|i| (((i * 7919) % 101) as f32 / 50.0 - 1.0) * scale).collect();
+                (n, shape, values)
+            })
+            .collect();
+        let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
+        let x = Tensor::<5>::random([1, 1, 12, 20, 36], burn::tensor::Distribution::Default, &device);
+        let net = || PlainConvUNet::from_tensors("units", config.clone(), &tensors, &device);
+        let logits = |t: Tensor<5>| t.into_data().try_to_vec::<f32>().unwrap_or_default();
+        let f32 = logits(net()?.forward(x.clone()));
+        let burn16 = logits(net()?.with_precision(crate::Precision::F16).forward(x.clone()));
+        crate::ops::EMULATED_UNITS.set(Some(0));
+        let units = net()?.with_precision(crate::Precision::F16).with_convolution(crate::Convolution::Units);
+        let ours = logits(units.forward(x));
+        let layers = crate::ops::EMULATED_UNITS.replace(None);
+        // 2 × 3 in the encoder, 2 × 2 in the decoder.
+        assert_eq!(layers, Some(10), "every 3×3×3 layer on the kernel");
+        let scale = f32.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let worst = |b: &[f32]| f32.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let (by_burn, by_units) = (worst(&burn16), worst(&ours));
+        eprintln!("f16 logits against f32 (largest |logit| {scale}): burn's {by_burn:e}, on matrix units {by_units:e}");
+        assert!(ours.len() == f32.len() && by_units > 0.0, "{by_units}");
+        assert!(by_units <= 1e-2 * scale, "{by_units} (largest |logit| {scale}; burn's f16 convolutions {by_burn})");
+        Ok(())
+    }
+
     #[test]
     fn the_residual_encoder_names_its_blocks_and_runs() -> Result<(), AiError> {
         let config = PlainConvUNetConfig {

@@ -688,6 +688,13 @@ fn forget_tuning(device: &Device) {
     tuner().stores.remove(&format!("{device:?}"));
 }
 
+#[cfg(all(test, feature = "gpu"))]
+thread_local! {
+    /// For tests on a GPU without matrix units: where set, [`conv3d_units`] runs the kernel
+    /// emulated on this thread ([`crate::kernels::mma::EMULATED`]) and counts the layers.
+    pub(crate) static EMULATED_UNITS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
 /// A 3-D convolution by Lightbox's kernel on the GPU's matrix units
 /// ([`ConvWay::MatrixUnits`]) where it applies (f16, 3×3×3, a GPU offering cooperative
 /// matrices), by burn's kernels elsewhere ([`crate::Convolution::Units`]).
@@ -697,6 +704,13 @@ pub fn conv3d_units(
     bias: Option<Tensor<1>>,
     options: &burn::tensor::ops::ConvOptions<3>,
 ) -> Tensor<5> {
+    #[cfg(all(test, feature = "gpu"))]
+    if let Some(layers) = EMULATED_UNITS.get()
+        && crate::kernels::mma::conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype())
+    {
+        EMULATED_UNITS.set(Some(layers + 1));
+        return crate::kernels::mma::conv3d_k3_mma_emulated(x, weight, bias, options);
+    }
     let way = ConvWay::MatrixUnits;
     if way.applies(&x.device(), x.dims(), weight.dims(), options, weight.dtype()) {
         way.run(x, weight, bias, options, 0)

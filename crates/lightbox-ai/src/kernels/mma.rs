@@ -169,6 +169,17 @@ pub fn conv3d_k3_mma(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, o
     run(x, weight, bias, options, UNITS)
 }
 
+/// The same, the kernel emulated on a GPU without matrix units (tests).
+#[cfg(test)]
+pub(crate) fn conv3d_k3_mma_emulated(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &ConvOptions<3>,
+) -> Tensor<5> {
+    run(x, weight, bias, options, EMULATED)
+}
+
 fn run(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: &ConvOptions<3>, mode: usize) -> Tensor<5> {
     let x = x.cast(FloatDType::from(weight.dtype()));
     if !conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype()) {
