@@ -1972,7 +1972,7 @@ mod tests {
                 .concat();
         let tiled = [ConvWay::Tiled, ConvWay::TiledWide, ConvWay::TiledShort];
         // The matrix units' kernel only where the GPU has them (never on lavapipe).
-        let units = [ConvWay::MatrixUnits];
+        let units = [ConvWay::MatrixUnits, ConvWay::MatrixUnitsFour];
         let (with_units, without_units): (&[ConvWay], &[ConvWay]) =
             if mma::available(&device) { (&units, &[]) } else { (&[], &units) };
         // (input, output channels, kernel side, dtype, TF32 allowed, ways timed, ways not timed)

@@ -256,13 +256,16 @@ pub enum ConvWay {
     WinogradF2Fused,
     /// Lightbox's kernel on the GPU's matrix units ([`crate::kernels::mma::conv3d_k3_mma`]: an
     /// implicit GEMM of f16 values with f32 sums on cooperative matrices, i.e. tensor cores),
-    /// for the f16 3×3×3 layers of stride 1 it covers, on a GPU whose driver offers them
-    /// (Vulkan through burn's SPIR-V compiler on NVIDIA).
+    /// two runs of 16 voxels a warp, for the f16 3×3×3 layers it covers (stride 1 or 2), on a
+    /// GPU whose driver offers them (Vulkan through burn's SPIR-V compiler on NVIDIA).
     MatrixUnits,
+    /// The same, four runs a warp (stride 1): each weight fragment serves twice the products,
+    /// for twice the accumulators a thread.
+    MatrixUnitsFour,
 }
 
 impl ConvWay {
-    const ALL: [Self; 17] = [
+    const ALL: [Self; 18] = [
         Self::Burn,
         Self::Gemm,
         Self::GemmTransposed,
@@ -280,11 +283,12 @@ impl ConvWay {
         Self::WinogradF4Transposed,
         Self::WinogradF2Fused,
         Self::MatrixUnits,
+        Self::MatrixUnitsFour,
     ];
 
     /// Lightbox's own ways (what [`crate::profile`] times besides burn's and the matrix
     /// products): its kernels and Winograd's algorithms, which the tuner tries on a GPU only.
-    pub const OWN: [Self; 13] = [
+    pub const OWN: [Self; 14] = [
         Self::Direct,
         Self::DirectWide,
         Self::Tiled,
@@ -298,12 +302,19 @@ impl ConvWay {
         Self::WinogradF4Transposed,
         Self::WinogradF2Fused,
         Self::MatrixUnits,
+        Self::MatrixUnitsFour,
     ];
 
     /// Whether this way is only as accurate as TF32 ([`crate::Convolution::Tuned`]'s `tf32`):
     /// Winograd's F(4, 3), whose transforms multiply by up to 125 going in and 512 coming out.
     pub fn approximate(self) -> bool {
         matches!(self, Self::WinogradF4 | Self::WinogradF4Transposed)
+    }
+
+    /// Runs of 16 voxels a warp of the matrix units' kernel computes.
+    #[cfg(feature = "gpu")]
+    fn runs_a_warp(self) -> usize {
+        if self == Self::MatrixUnitsFour { 4 } else { 2 }
     }
 
     /// The index into [`crate::kernels::TILINGS`] of a tiled way.
@@ -355,7 +366,8 @@ impl ConvWay {
                 fused_applies(device, input, weight, options)
                     && crate::winograd::applies(input, weight, options, &crate::winograd::F2)
             }
-            Self::MatrixUnits => matrix_units_apply(device, input, weight, options, dtype),
+            Self::MatrixUnits => matrix_units_apply(device, input, weight, options, dtype, 2),
+            Self::MatrixUnitsFour => matrix_units_apply(device, input, weight, options, dtype, 4),
             _ => true,
         }
     }
@@ -406,9 +418,9 @@ impl ConvWay {
                 }
                 winograd(x, weight, bias, options, budget, &crate::winograd::F2, false)
             }
-            Self::MatrixUnits => {
+            Self::MatrixUnits | Self::MatrixUnitsFour => {
                 #[cfg(feature = "gpu")]
-                return crate::kernels::mma::conv3d_k3_mma(x, weight, bias, options);
+                return crate::kernels::mma::conv3d_k3_mma(x, weight, bias, options, self.runs_a_warp());
                 #[cfg(not(feature = "gpu"))]
                 burn::tensor::module::conv3d(x, weight, bias, options.clone())
             }
@@ -434,6 +446,7 @@ impl ConvWay {
             Self::WinogradF4Transposed => "Winograd F(4x4x4, 3x3x3), transposed products",
             Self::WinogradF2Fused => "Winograd F(2x2x2, 3x3x3) in one kernel",
             Self::MatrixUnits => "Lightbox's kernel on matrix units (tensor cores)",
+            Self::MatrixUnitsFour => "Lightbox's kernel on matrix units (tensor cores), four runs a warp",
         }
     }
 }
@@ -509,8 +522,10 @@ fn matrix_units_apply(
     weight: [usize; 5],
     options: &burn::tensor::ops::ConvOptions<3>,
     dtype: burn::tensor::DType,
+    per_warp: usize,
 ) -> bool {
-    crate::kernels::mma::conv3d_k3_mma_fits(input, weight, options, dtype) && crate::kernels::mma::available(device)
+    crate::kernels::mma::conv3d_k3_mma_fits(input, weight, options, dtype, per_warp)
+        && crate::kernels::mma::available(device)
 }
 
 #[cfg(not(feature = "gpu"))]
@@ -520,6 +535,7 @@ fn matrix_units_apply(
     _: [usize; 5],
     _: &burn::tensor::ops::ConvOptions<3>,
     _: burn::tensor::DType,
+    _: usize,
 ) -> bool {
     false
 }
@@ -706,7 +722,7 @@ pub fn conv3d_units(
 ) -> Tensor<5> {
     #[cfg(all(test, feature = "gpu"))]
     if let Some(layers) = EMULATED_UNITS.get()
-        && crate::kernels::mma::conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype())
+        && crate::kernels::mma::conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype(), 2)
     {
         EMULATED_UNITS.set(Some(layers + 1));
         return crate::kernels::mma::conv3d_k3_mma_emulated(x, weight, bias, options);

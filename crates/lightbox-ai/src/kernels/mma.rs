@@ -4,7 +4,8 @@
 //!
 //! A workgroup computes [`TILE_O`] output channels of a block of output voxels ([`Tile`]):
 //! runs of 16 voxels along x, `runs` a row, `rows` rows, `planes` planes; each warp two runs by
-//! two 16-channel fragments (four f32 accumulators). For each [`CHUNK`] of 16 input channels it
+//! two 16-channel fragments (four f32 accumulators), or at stride 1 four runs (eight: each
+//! weight fragment then serves four products, not two; the tuner times both). For each [`CHUNK`] of 16 input channels it
 //! stages the block's input with its border once in workgroup memory, **channels innermost**.
 //! Then, for each of the 27 taps, the A operand of a run (16 voxels × 16 channels) is a plain
 //! row-major window of that memory, `stride · 16` values a row, starting at the tap's offset (a
@@ -37,14 +38,21 @@ pub const CHUNK: usize = 16;
 pub const RUN: usize = 16;
 
 /// The block of output voxels a workgroup computes: `runs` runs of [`RUN`] voxels along x a
-/// row, `rows` rows, `planes` planes, at `stride`; one warp per two runs.
+/// row, `rows` rows, `planes` planes, at `stride`; one warp per `per_warp` runs (2 or 4, one
+/// of [`PER_WARP`]: each weight fragment a warp reads serves that many runs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {
     pub stride: usize,
     pub runs: usize,
     pub rows: usize,
     pub planes: usize,
+    pub per_warp: usize,
 }
+
+/// Runs a warp may compute: two (four accumulators, the GPU's registers for more warps), or
+/// four (eight accumulators: each weight fragment read from device memory serves four runs,
+/// a quarter fewer operand reads per product; stride 1 only).
+pub const PER_WARP: [usize; 2] = [2, 4];
 
 impl Tile {
     pub const fn width(&self) -> usize {
@@ -56,7 +64,7 @@ impl Tile {
     }
 
     pub const fn threads(&self) -> usize {
-        32 * self.runs * self.rows * self.planes / 2
+        32 * self.runs * self.rows * self.planes / self.per_warp
     }
 
     /// The input the block reads, `[z][y][x]`: its voxels `stride` apart and the kernel's reach.
@@ -77,31 +85,44 @@ impl Tile {
     }
 
     const fn holds(&self) -> bool {
-        (self.runs * self.rows * self.planes).is_multiple_of(2)
-            // A thread a voxel of the block when it is written out.
-            && self.threads() == self.voxels()
+        (self.per_warp == PER_WARP[0] || self.per_warp == PER_WARP[1])
+            && (self.runs * self.rows * self.planes).is_multiple_of(self.per_warp)
+            // One or two voxels of the block a thread when it is written out.
+            && self.voxels().is_multiple_of(self.threads())
             && self.staged_len() <= self.halo_len()
             // Within lavapipe's 32 KiB, so the CPU tests run the kernels an NVIDIA GPU runs.
             && self.halo_len() * 2 <= super::TILED_WORKGROUP_BYTES
     }
 }
 
-/// The blocks: stride 1 on grids wider than 16 (32 × 4 × 2 voxels: 25.5 KiB, 8 warps), on
-/// narrower ones (16 × 4 × 4, 20.3 KiB, 8 warps: nnU-Net's 16³ and 8³ stages), and stride 2
-/// (16 × 4 × 1, whose input is 33 × 9 × 3: 27.8 KiB, 2 warps).
-pub const TILES: [Tile; 3] = [
-    Tile { stride: 1, runs: 2, rows: 4, planes: 2 },
-    Tile { stride: 1, runs: 1, rows: 4, planes: 4 },
-    Tile { stride: 2, runs: 1, rows: 4, planes: 1 },
+/// The blocks, two runs a warp: stride 1 on grids wider than 16 (32 × 4 × 2 voxels: 25.5 KiB,
+/// 8 warps), on narrower ones (16 × 4 × 4, 20.3 KiB, 8 warps: nnU-Net's 16³ and 8³ stages),
+/// and stride 2 (16 × 4 × 1, whose input is 33 × 9 × 3: 27.8 KiB, 2 warps); then the two
+/// stride-1 blocks with four runs a warp (4 warps each).
+pub const TILES: [Tile; 5] = [
+    Tile { stride: 1, runs: 2, rows: 4, planes: 2, per_warp: 2 },
+    Tile { stride: 1, runs: 1, rows: 4, planes: 4, per_warp: 2 },
+    Tile { stride: 2, runs: 1, rows: 4, planes: 1, per_warp: 2 },
+    Tile { stride: 1, runs: 2, rows: 4, planes: 2, per_warp: 4 },
+    Tile { stride: 1, runs: 1, rows: 4, planes: 4, per_warp: 4 },
 ];
-const _: () = assert!(TILES[0].holds() && TILES[1].holds() && TILES[2].holds() && CHUNK.is_multiple_of(2));
+const _: () = {
+    let mut i = 0;
+    while i < TILES.len() {
+        assert!(TILES[i].holds());
+        i += 1;
+    }
+    assert!(CHUNK.is_multiple_of(2));
+};
 
-/// The block for an output `width` voxels wide at `stride`.
-pub fn tile_for(stride: usize, width: usize) -> Tile {
+/// The block for an output `width` voxels wide at `stride`, `per_warp` runs a warp (four at
+/// stride 1 only: [`conv3d_k3_mma_fits`]).
+pub fn tile_for(stride: usize, width: usize, per_warp: usize) -> Tile {
+    let four = per_warp == PER_WARP[1];
     match (stride, width > RUN) {
         (2, _) => TILES[2],
-        (_, true) => TILES[0],
-        _ => TILES[1],
+        (_, true) => TILES[if four { 3 } else { 0 }],
+        _ => TILES[if four { 4 } else { 1 }],
     }
 }
 
@@ -119,14 +140,16 @@ pub trait MmaKernels: Backend {
     /// `x` `[N, C, D, H, W]` in f16, `weight` `[C'·27, O]` (the `[O, C, 3, 3, 3]` weight padded
     /// with zeros to C' input channels, C rounded up to a multiple of [`CHUNK`], its output
     /// channels last, O a multiple of [`TILE_O`]), `bias` `[O]` in f32: the convolution, padding
-    /// 1, `stride` 1 or 2, plus the bias → `[N, O, D', H', W']` in f16, as `mode` says
-    /// ([`UNITS`], [`EMULATED`] or [`FORCED`]). Elsewhere than on a GPU, burn's convolution.
+    /// 1, `stride` 1 or 2, plus the bias → `[N, O, D', H', W']` in f16, `per_warp` runs a warp
+    /// (one of [`PER_WARP`]; four at stride 1 only), as `mode` says ([`UNITS`], [`EMULATED`]
+    /// or [`FORCED`]). Elsewhere than on a GPU, burn's convolution.
     #[fusion(dtype = x, shape = mma_shape(x, weight, stride))]
     fn conv3d_k3_mma(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         stride: usize,
+        per_warp: usize,
         mode: usize,
     ) -> FloatTensor<Self>;
 }
@@ -138,18 +161,30 @@ fn mma_shape(x: &Shape, weight: &Shape, stride: &usize) -> Shape {
 
 /// Whether [`conv3d_k3_mma`] computes this convolution by its kernel: f16, 3×3×3, padding 1,
 /// the same stride 1 or 2 on every axis, no dilation or groups, output channels a multiple of
-/// [`TILE_O`] (every 3³ layer of PlainConvUNet 32…320). Input channels that are not a multiple
-/// of [`CHUNK`] are padded with zero weights (the first layer's one channel computes as 16).
-pub fn conv3d_k3_mma_fits(input: [usize; 5], weight: [usize; 5], options: &ConvOptions<3>, dtype: DType) -> bool {
+/// [`TILE_O`] (every 3³ layer of PlainConvUNet 32…320), `per_warp` runs a warp (one of
+/// [`PER_WARP`]; four at stride 1 only). Input channels that are not a multiple of [`CHUNK`]
+/// are padded with zero weights (the first layer's one channel computes as 16).
+pub fn conv3d_k3_mma_fits(
+    input: [usize; 5],
+    weight: [usize; 5],
+    options: &ConvOptions<3>,
+    dtype: DType,
+    per_warp: usize,
+) -> bool {
     let [o, c, kd, kh, kw] = weight;
+    let stride_ok = match per_warp {
+        2 => options.stride == [1; 3] || options.stride == [2; 3],
+        4 => options.stride == [1; 3],
+        _ => false,
+    };
     dtype == DType::F16
+        && stride_ok
         && input[1] == c
         && c > 0
         && o > 0
         && o.is_multiple_of(TILE_O)
         && [kd, kh, kw] == [3; 3]
         && options.padding == [(1, 1); 3]
-        && (options.stride == [1; 3] || options.stride == [2; 3])
         && options.dilation == [1; 3]
         && options.groups == 1
 }
@@ -163,10 +198,17 @@ pub fn available(device: &Device) -> bool {
     }
 }
 
-/// The convolution by [`MmaKernels::conv3d_k3_mma`], where [`conv3d_k3_mma_fits`] and the
-/// device has matrix units ([`available`]); burn's convolution elsewhere.
-pub fn conv3d_k3_mma(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: &ConvOptions<3>) -> Tensor<5> {
-    run(x, weight, bias, options, UNITS)
+/// The convolution by [`MmaKernels::conv3d_k3_mma`], `per_warp` runs a warp, where
+/// [`conv3d_k3_mma_fits`] and the device has matrix units ([`available`]); burn's convolution
+/// elsewhere.
+pub fn conv3d_k3_mma(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &ConvOptions<3>,
+    per_warp: usize,
+) -> Tensor<5> {
+    run(x, weight, bias, options, per_warp, UNITS)
 }
 
 /// The same, the kernel emulated on a GPU without matrix units (tests).
@@ -177,12 +219,19 @@ pub(crate) fn conv3d_k3_mma_emulated(
     bias: Option<Tensor<1>>,
     options: &ConvOptions<3>,
 ) -> Tensor<5> {
-    run(x, weight, bias, options, EMULATED)
+    run(x, weight, bias, options, PER_WARP[0], EMULATED)
 }
 
-fn run(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: &ConvOptions<3>, mode: usize) -> Tensor<5> {
+fn run(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &ConvOptions<3>,
+    per_warp: usize,
+    mode: usize,
+) -> Tensor<5> {
     let x = x.cast(FloatDType::from(weight.dtype()));
-    if !conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype()) {
+    if !conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype(), per_warp) {
         return burn::tensor::module::conv3d(x, weight, bias, options.clone());
     }
     let [o, c, _, _, _] = weight.dims();
@@ -203,6 +252,7 @@ fn run(x: Tensor<5>, weight: Tensor<5>, bias: Option<Tensor<1>>, options: &ConvO
         weight.into_dispatch(),
         bias.into_dispatch(),
         options.stride[0],
+        per_warp,
         mode,
     ))
 }
@@ -231,6 +281,7 @@ impl MmaKernels for Flex {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         stride: usize,
+        _per_warp: usize,
         _mode: usize,
     ) -> FloatTensor<Self> {
         by_burn::<Self>(x, weight, bias, stride)
@@ -243,10 +294,11 @@ impl MmaKernels for CubeBackend {
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         stride: usize,
+        per_warp: usize,
         mode: usize,
     ) -> FloatTensor<Self> {
         let width = mma_shape(&x.shape(), &weight.shape(), &stride)[4];
-        let tile = tile_for(stride, width);
+        let tile = tile_for(stride, width, per_warp);
         let hardware = &x.client.properties().hardware;
         let fits = x.dtype == DType::F16
             && weight.dtype == DType::F16
@@ -388,9 +440,9 @@ mod gpu {
     }
 
     /// One workgroup: output channels `[ob·TILE_O, +TILE_O)` of the block at `(oz, y0, x0)` of
-    /// image `n` (`runs`, `rows`, `planes`: [`Tile`]). Warp `w` computes runs `2w` and `2w + 1`
-    /// of the block (run `q`: row `q / runs`, the `q % runs`-th along x; rows plane by plane),
-    /// each by two fragments of 16 channels. `mma`: by cooperative matrices; else each fragment
+    /// image `n` (`runs`, `rows`, `planes`, `per_warp`: [`Tile`]). Warp `w` computes runs
+    /// `per_warp·w` to `per_warp·w + per_warp − 1` of the block (run `q`: row `q / runs`, the
+    /// `q % runs`-th along x; rows plane by plane), each by two fragments of 16 channels. `mma`: by cooperative matrices; else each fragment
     /// operation by the warp's threads, reading the same addresses.
     #[cube(launch, address_type = "dynamic")]
     #[allow(clippy::too_many_arguments)]
@@ -403,12 +455,13 @@ mod gpu {
         #[comptime] runs: usize,
         #[comptime] rows: usize,
         #[comptime] planes: usize,
+        #[comptime] per_warp: usize,
         #[comptime] mma: bool,
         #[define(F)] _dtype: ElemType,
     ) {
         let width = RUN * runs;
         let blk = width * rows * planes;
-        let threads = 16 * runs * rows * planes;
+        let threads = 32 * runs * rows * planes / per_warp;
         let hz = (planes - 1) * stride + 3;
         let hy = (rows - 1) * stride + 3;
         let hx = (width - 1) * stride + 3;
@@ -442,24 +495,28 @@ mod gpu {
         let unit = UNIT_POS as usize;
         let warp = unit / 32;
         let lane = unit % 32;
-        // The warp's two runs: row (plane-major) and first voxel along x, in the block.
-        let (q0, q1) = (2 * warp, 2 * warp + 1);
-        let (row0, row1) = (q0 / runs, q1 / runs);
-        let (xr0, xr1) = (q0 % runs * RUN, q1 % runs * RUN);
-        // Their first voxels' halo offsets (tap 0) and staged offsets.
-        let a_base0 = (((row0 / rows) * stride * hy + (row0 % rows) * stride) * hx + xr0 * stride) * CHUNK;
-        let a_base1 = (((row1 / rows) * stride * hy + (row1 % rows) * stride) * hx + xr1 * stride) * CHUNK;
-        let v0 = row0 * width + xr0;
-        let v1 = row1 * width + xr1;
+        // The warp's runs q = per_warp·warp + p: row (plane-major) and first voxel along x in
+        // the block; their first voxels' halo offsets (tap 0) and staged offsets.
+        let mut a_base = Array::<usize>::new(per_warp);
+        let mut v_base = Array::<usize>::new(per_warp);
+        #[unroll]
+        for p in 0..per_warp {
+            let q = per_warp * warp + p;
+            let (row, xr) = (q / runs, q % runs * RUN);
+            a_base[p] = (((row / rows) * stride * hy + (row % rows) * stride) * hx + xr * stride) * CHUNK;
+            v_base[p] = row * width + xr;
+        }
         // Rows of the weight between consecutive input channels.
         let k_stride = 27 * out_c;
         let mut halo = Shared::<[F]>::new_slice(halo_len);
 
         if mma {
-            let acc00 = zero_accumulator();
-            let acc01 = zero_accumulator();
-            let acc10 = zero_accumulator();
-            let acc11 = zero_accumulator();
+            // Accumulator 2·p + f: run p, channels 16·f…
+            let mut acc = Sequence::<cmma::Matrix<f32>>::new();
+            #[unroll]
+            for _ in 0..2 * per_warp {
+                acc.push(zero_accumulator());
+            }
             let mut c0 = 0usize;
             while c0 < in_c {
                 sync_cube();
@@ -469,47 +526,44 @@ mod gpu {
                 for tap in 0..27usize {
                     let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
                     let offset = ((kz * hy + ky) * hx + kx) * CHUNK;
-                    let (at0, at1) = (a_base0 + offset, a_base1 + offset);
-                    let a0 = operand::<F>(
-                        cmma::MatrixIdent::A,
-                        halo.slice(at0, at0 + 15 * a_stride + CHUNK),
-                        a_stride as u32,
-                    );
-                    let a1 = operand::<F>(
-                        cmma::MatrixIdent::A,
-                        halo.slice(at1, at1 + 15 * a_stride + CHUNK),
-                        a_stride as u32,
-                    );
                     let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
                     let b_end = b_at + 15 * k_stride + TILE_O;
                     let b0 = operand::<F>(cmma::MatrixIdent::B, weight.slice(b_at, b_end), k_stride as u32);
                     let b1 = operand::<F>(cmma::MatrixIdent::B, weight.slice(b_at + 16, b_end), k_stride as u32);
-                    cmma::execute::<F, F, f32, f32, cmma::Plane>(&a0, &b0, &acc00, &acc00);
-                    cmma::execute::<F, F, f32, f32, cmma::Plane>(&a0, &b1, &acc01, &acc01);
-                    cmma::execute::<F, F, f32, f32, cmma::Plane>(&a1, &b0, &acc10, &acc10);
-                    cmma::execute::<F, F, f32, f32, cmma::Plane>(&a1, &b1, &acc11, &acc11);
+                    #[unroll]
+                    for p in 0..per_warp {
+                        let at = a_base[p] + offset;
+                        let a = operand::<F>(
+                            cmma::MatrixIdent::A,
+                            halo.slice(at, at + 15 * a_stride + CHUNK),
+                            a_stride as u32,
+                        );
+                        let (c_0, c_1) = (acc.index(2 * p), acc.index(2 * p + 1));
+                        cmma::execute::<F, F, f32, f32, cmma::Plane>(&a, &b0, c_0, c_0);
+                        cmma::execute::<F, F, f32, f32, cmma::Plane>(&a, &b1, c_1, c_1);
+                    }
                 }
                 c0 += CHUNK;
             }
             sync_cube();
             // Staged as [channel][voxel of the block]: fragment (run p, channels f) column-major
             // from channel 16·f, voxel v_p, stride blk.
-            let stride_out = blk as u32;
-            let layout = cmma::MatrixLayout::ColMajor;
-            let f00 = cmma::cast::<f32, F, cmma::Plane>(&acc00);
-            let f01 = cmma::cast::<f32, F, cmma::Plane>(&acc01);
-            let f10 = cmma::cast::<f32, F, cmma::Plane>(&acc10);
-            let f11 = cmma::cast::<f32, F, cmma::Plane>(&acc11);
-            cmma::store(halo.slice_mut(v0, staged_len), &f00, stride_out, layout);
-            cmma::store(halo.slice_mut(16 * blk + v0, staged_len), &f01, stride_out, layout);
-            cmma::store(halo.slice_mut(v1, staged_len), &f10, stride_out, layout);
-            cmma::store(halo.slice_mut(16 * blk + v1, staged_len), &f11, stride_out, layout);
+            #[unroll]
+            for p in 0..per_warp {
+                #[unroll]
+                for f in 0..2usize {
+                    let staged = cmma::cast::<f32, F, cmma::Plane>(acc.index(2 * p + f));
+                    let at = 16 * f * blk + v_base[p];
+                    cmma::store(halo.slice_mut(at, staged_len), &staged, blk as u32, cmma::MatrixLayout::ColMajor);
+                }
+            }
         } else {
             // Lane l holds elements (i, j) = ((8·l + e) / 16, (8·l + e) % 16), e < 8, of each
-            // of the warp's four fragments (run p, channel fragment f) at 8·(2·p + f) + e.
-            let mut acc = Array::<f32>::new(32usize);
+            // of the warp's fragments (run p, channel fragment f) at 8·(2·p + f) + e.
+            let held = 16 * per_warp;
+            let mut acc = Array::<f32>::new(held);
             #[unroll]
-            for e in 0..32usize {
+            for e in 0..held {
                 acc[e] = 0.0f32;
             }
             let mut c0 = 0usize;
@@ -521,12 +575,13 @@ mod gpu {
                     let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
                     let offset = ((kz * hy + ky) * hx + kx) * CHUNK;
                     let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
-                    #[unroll]
-                    for s in 0..32usize {
+                    // Not unrolled: the emulation's speed does not matter, its shader's size
+                    // (lavapipe compiles it) does.
+                    for s in 0..held {
                         let (p, f, e) = (s / 16, s / 8 % 2, s % 8);
                         let q = 8 * lane + e;
                         let (i, j) = (q / 16, q % 16);
-                        let a_at = if p == 0 { a_base0 } else { a_base1 } + offset;
+                        let a_at = a_base[p] + offset;
                         let mut sum = acc[s];
                         for k in 0..16usize {
                             // A (row-major, stride a_stride) from the run's offset; B (row-major,
@@ -541,30 +596,32 @@ mod gpu {
                 c0 += CHUNK;
             }
             sync_cube();
-            #[unroll]
-            for s in 0..32usize {
+            for s in 0..held {
                 let (p, f, e) = (s / 16, s / 8 % 2, s % 8);
                 let q = 8 * lane + e;
                 let (i, j) = (q / 16, q % 16);
-                let v = if p == 0 { v0 } else { v1 };
                 // Column-major from (16·f)·blk + v_p, stride blk.
-                halo[(16 * f + j) * blk + v + i] = F::cast_from(acc[s]);
+                halo[(16 * f + j) * blk + v_base[p] + i] = F::cast_from(acc[s]);
             }
         }
         sync_cube();
-        // The block out with the bias (in f32, rounded once more to f16). A block has as many
-        // voxels as the workgroup threads: each thread writes its voxel's 32 channels, x
-        // fastest across threads, its place worked out once.
+        // The block out with the bias (in f32, rounded once more to f16). A block has one or
+        // two voxels a thread: each thread writes its voxels' 32 channels, x fastest across
+        // threads, each voxel's place worked out once.
         let volume = d * h * w;
-        let x = x0 + unit % width;
-        let y = y0 + unit / width % rows;
-        let z = oz + unit / (width * rows);
-        if x < w && y < h && z < d {
-            let first = ob * TILE_O;
-            let at = (n * out_c + first) * volume + (z * h + y) * w + x;
-            #[unroll]
-            for oc in 0..TILE_O {
-                output[at + oc * volume] = F::cast_from(f32::cast_from(halo[oc * blk + unit]) + bias[first + oc]);
+        let first = ob * TILE_O;
+        #[unroll]
+        for k in 0..blk / threads {
+            let v = unit + k * threads;
+            let x = x0 + v % width;
+            let y = y0 + v / width % rows;
+            let z = oz + v / (width * rows);
+            if x < w && y < h && z < d {
+                let at = (n * out_c + first) * volume + (z * h + y) * w + x;
+                #[unroll]
+                for oc in 0..TILE_O {
+                    output[at + oc * volume] = F::cast_from(f32::cast_from(halo[oc * blk + v]) + bias[first + oc]);
+                }
             }
         }
     }
@@ -606,6 +663,7 @@ mod gpu {
             tile.runs,
             tile.rows,
             tile.planes,
+            tile.per_warp,
             mma,
             dtype,
         );
@@ -619,7 +677,7 @@ mod tests {
     use burn::tensor::{DeviceKind, Distribution};
 
     /// Largest |ours − burn's on the same f16 values| / (1 + |burn's|), over each block of
-    /// [`TILES`] cut by the grid's edge on every axis, several channel chunks and channel
+    /// [`TILES`] (two and four runs a warp) cut by the grid's edge on every axis, several channel chunks and channel
     /// blocks, one and two images, with and without bias. burn's convolution in f32, or where
     /// `reference` is f16 in f16.
     fn worst_difference(device: &Device, mode: usize, reference: FloatDType) -> f32 {
@@ -637,17 +695,21 @@ mod tests {
             ([1, 16, 5, 9, 33], 32, 2),
             ([2, 24, 4, 6, 8], 64, 2),
         ];
+        // Four runs a warp at stride 1 only.
+        let runs = cases.into_iter().enumerate().flat_map(|(i, case)| {
+            PER_WARP.into_iter().filter(move |&p| p == PER_WARP[0] || case.2 == 1).map(move |p| (i, case, p))
+        });
         let tiles: Vec<Tile> =
-            cases.iter().map(|&(shape, _, stride)| tile_for(stride, (shape[4] - 1) / stride + 1)).collect();
+            runs.clone().map(|(_, (shape, _, stride), p)| tile_for(stride, (shape[4] - 1) / stride + 1, p)).collect();
         assert!(TILES.iter().all(|t| tiles.contains(t)), "every block tested");
         let mut worst = 0.0f32;
-        for (i, (shape, out, stride)) in cases.into_iter().enumerate() {
+        for (i, (shape, out, stride), per_warp) in runs {
             let random = |dims: [usize; 5]| Tensor::<5>::random(dims, Distribution::Uniform(-1.0, 1.0), device);
             let x = random(shape).cast(FloatDType::F16);
             let weight = random([out, shape[1], 3, 3, 3]).cast(FloatDType::F16);
             let bias = (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device));
             let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
-            assert!(conv3d_k3_mma_fits(x.dims(), weight.dims(), &options, x.dtype()));
+            assert!(conv3d_k3_mma_fits(x.dims(), weight.dims(), &options, x.dtype(), per_warp));
             let cast = |t: Tensor<5>| t.cast(reference);
             let reference = burn::tensor::module::conv3d(
                 cast(x.clone()),
@@ -655,7 +717,7 @@ mod tests {
                 bias.clone().map(|b| b.cast(reference)),
                 options.clone(),
             );
-            let ours = run(x, weight, bias, &options, mode);
+            let ours = run(x, weight, bias, &options, per_warp, mode);
             assert_eq!(ours.dims(), reference.dims());
             assert_eq!(ours.dtype(), DType::F16, "the layer's dtype");
             let floats = |t: Tensor<5>| t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap_or_default();
@@ -670,14 +732,17 @@ mod tests {
     fn fits_only_what_it_computes() {
         let options = |stride: usize, padding: usize| ConvOptions::new([stride; 3], [padding; 3], [1; 3], 1);
         let f16 = DType::F16;
-        assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), f16));
-        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), DType::F32), "f32");
-        assert!(conv3d_k3_mma_fits([1, 1, 8, 8, 8], [32, 1, 3, 3, 3], &options(1, 1), f16), "one channel");
-        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [48, 32, 3, 3, 3], &options(1, 1), f16), "48 outputs");
-        assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f16), "stride 2");
-        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(3, 1), f16), "stride 3");
-        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 0), f16), "no padding");
-        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 1, 1, 1], &options(1, 0), f16), "1×1×1");
+        assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), f16, 2));
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), DType::F32, 2), "f32");
+        assert!(conv3d_k3_mma_fits([1, 1, 8, 8, 8], [32, 1, 3, 3, 3], &options(1, 1), f16, 2), "one channel");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [48, 32, 3, 3, 3], &options(1, 1), f16, 2), "48 outputs");
+        assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f16, 2), "stride 2");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(3, 1), f16, 2), "stride 3");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 0), f16, 2), "no padding");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 1, 1, 1], &options(1, 0), f16, 2), "1×1×1");
+        assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), f16, 4), "four runs a warp");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f16, 4), "four at stride 2");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), f16, 3), "three runs a warp");
     }
 
     /// On flex, burn's convolution in f16 (which sums in f16 there: 5·10⁻³ from its sums in
@@ -715,13 +780,15 @@ mod tests {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         // Each block of TILES: its cooperative-matrix code is built (expanded) before the
         // device refuses it.
-        for (shape, stride) in [([1, 16, 2, 4, 32], 1), ([1, 16, 2, 4, 16], 1), ([1, 16, 2, 4, 32], 2)] {
+        let blocks = [([1, 16, 2, 4, 32], 1, 2), ([1, 16, 2, 4, 16], 1, 2), ([1, 16, 2, 4, 32], 2, 2)];
+        let four = [([1, 16, 2, 4, 32], 1, 4), ([1, 16, 2, 4, 16], 1, 4)];
+        for (shape, stride, per_warp) in blocks.into_iter().chain(four) {
             let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);
             let weight = Tensor::<5>::random([32, 16, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
             let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
             let f16 = FloatDType::F16;
             // Read back as it is (burn's reductions crash lavapipe in SPIR-V builds).
-            let ours = run(x.cast(f16), weight.cast(f16), None, &options, FORCED).try_into_data();
+            let ours = run(x.cast(f16), weight.cast(f16), None, &options, per_warp, FORCED).try_into_data();
             eprintln!("forced onto matrix units: {:?}", ours.as_ref().map(|d| d.num_elements()));
             assert_eq!(ours.is_ok(), available(&device), "{ours:?}");
         }
