@@ -163,14 +163,21 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
         outputs.push(((precision, convolution), forward()?));
         let first_ms = started.elapsed().as_secs_f64() * 1000.0;
         // At once, so that a call cut short still says it (the medians come after ten runs).
+        let tuned = matches!(convolution, Convolution::Tuned { .. });
         let layers = lightbox_ai::ops::tuned_layers();
         let remembered = layers.iter().filter(|l| l.remembered).count();
-        println!(
-            "PlainConvUNet 1×1×{side}³ {precision:?}, {convolution:?}: first run in this process {first_ms:.0} ms (tuned layer shapes so far: {} timed in this process, {remembered} remembered from an earlier one)",
+        let shapes = format!(
+            " (tuned layer shapes so far: {} timed in this process, {remembered} remembered from an earlier one)",
             layers.len() - remembered
         );
+        println!(
+            "PlainConvUNet 1×1×{side}³ {precision:?}, {convolution:?}: first run in this process {first_ms:.0} ms{}",
+            if tuned { shapes.as_str() } else { "" }
+        );
         // What the tuned convolutions chose for the shapes this variant met first, at once too.
-        print_new_tuned_layers(&mut printed);
+        if tuned {
+            print_new_tuned_layers(&mut printed);
+        }
         // Six variants on a GPU (precision × convolution) in one device call: ten runs each.
         let runs = if gpu { 10 } else { 2 };
         let median_ms = |forward: &dyn Fn() -> Result<Vec<f32>, lightbox_ai::AiError>| {
