@@ -24,7 +24,7 @@
 //!
 //! - [`mma::conv3d_k3_mma`]: a 3×3×3 convolution in f16 on the GPU's matrix units (tensor
 //!   cores, through cooperative matrices), an implicit GEMM from a channels-innermost input
-//!   block in workgroup memory.
+//!   block in workgroup memory, two or (at stride 1) four runs of 16 voxels a warp.
 //!
 //! Sums within a kernel are in f32 whatever the input precision. The convolution tuner
 //! ([`crate::ops::conv3d_tuned`]) times each beside burn's ways, after checking its result
