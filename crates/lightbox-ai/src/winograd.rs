@@ -338,7 +338,10 @@ mod tests {
     /// (nnU-Net's) and none.
     #[test]
     fn matches_burns_convolution() -> anyhow::Result<()> {
-        for (t, tolerance) in [(F2, 2e-6), (F4, 2e-5)] {
+        // F(4, 3): TF32's accuracy, about 10⁻⁴ (its transforms multiply by up to 125 going in
+        // and 512 coming out); on random values its worst case went past 2·10⁻⁵ once in CI
+        // (2.07·10⁻⁵), so the bound is TF32's. A wrong transform is off by order one.
+        for (t, tolerance) in [(F2, 2e-6), (F4, 1e-4)] {
             for (input, padding, budget) in
                 [([2, 3, 7, 6, 9], 1, 1), ([1, 5, 10, 11, 8], 1, 1 << 30), ([1, 4, 9, 5, 7], 0, 1)]
             {
