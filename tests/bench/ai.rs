@@ -77,20 +77,8 @@ fn main() -> anyhow::Result<()> {
 fn unet(device: &AiDevice) -> anyhow::Result<()> {
     let gpu = device.gpu;
     // nnU-Net 3d_fullres's usual network, random weights (speed does not depend on them).
-    let config = lightbox_ai::nnunet::PlainConvUNetConfig {
-        n_stages: 6,
-        features_per_stage: vec![32, 64, 128, 256, 320, 320],
-        kernel_sizes: vec![[3, 3, 3]; 6],
-        strides: vec![[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
-        n_conv_per_stage: vec![2; 6],
-        n_blocks_per_stage: vec![],
-        residual: false,
-        n_conv_per_stage_decoder: vec![2; 5],
-        decoder_kernel_sizes: Vec::new(),
-        conv_bias: true,
-        input_channels: 1,
-        num_classes: 2,
-    };
+    let strides = vec![[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2], [2, 2, 2]];
+    let config = lightbox_ai::nnunet::PlainConvUNetConfig::plain(vec![32, 64, 128, 256, 320, 320], strides, 1, 2);
     let tensors: Vec<_> = config
         .expected_tensors()
         .into_iter()

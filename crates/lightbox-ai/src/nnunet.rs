@@ -77,6 +77,33 @@ fn yes() -> bool {
 }
 
 impl PlainConvUNetConfig {
+    /// A PlainConvUNet as nnU-Net's 3d_fullres plans shape one for isotropic data: a stage per
+    /// entry of `features_per_stage`, each downsampling by its `strides` entry (the first's
+    /// usually 1), 3×3×3 kernels, two convolutions with bias a stage in the encoder and the
+    /// decoder.
+    pub fn plain(
+        features_per_stage: Vec<usize>,
+        strides: Vec<[usize; 3]>,
+        input_channels: usize,
+        num_classes: usize,
+    ) -> Self {
+        let n = features_per_stage.len();
+        Self {
+            n_stages: n,
+            features_per_stage,
+            kernel_sizes: vec![[3, 3, 3]; n],
+            strides,
+            n_conv_per_stage: vec![2; n],
+            n_blocks_per_stage: vec![],
+            residual: false,
+            n_conv_per_stage_decoder: vec![2; n.saturating_sub(1)],
+            decoder_kernel_sizes: Vec::new(),
+            conv_bias: true,
+            input_channels,
+            num_classes,
+        }
+    }
+
     fn check(&self) -> Result<(), String> {
         let n = self.n_stages;
         if n < 2
@@ -1264,6 +1291,14 @@ mod tests {
         assert_eq!(names["decoder.seg_layers.1.weight"], vec![3, 4, 1, 1, 1]);
         // 3 stages × 2 convs × 4 + 2 transpconvs × 2 + 2 stages × 2 × 4 + 2 heads × 2.
         assert_eq!(names.len(), 24 + 4 + 16 + 4);
+        // The same stages isotropic, as `plain` builds them: 3×3×3 everywhere.
+        let plain = PlainConvUNetConfig::plain(vec![4, 8, 16], vec![[1, 1, 1], [1, 2, 2], [2, 2, 2]], 2, 3);
+        assert_eq!(plain.check(), Ok(()));
+        let names: BTreeMap<String, Vec<usize>> = plain.expected_tensors().into_iter().collect();
+        assert_eq!(names["encoder.stages.0.0.convs.0.conv.weight"], vec![4, 2, 3, 3, 3]);
+        assert_eq!(names["decoder.stages.1.convs.1.conv.weight"], vec![4, 4, 3, 3, 3]);
+        assert_eq!(names.len(), 24 + 4 + 16 + 4);
+        assert!(PlainConvUNetConfig::plain(vec![4], vec![[1, 1, 1]], 1, 2).check().is_err(), "one stage");
     }
 
     /// PlainConvUNet 32, 64, 96 in f16 with every 3×3×3 layer on Lightbox's matrix-unit kernel
@@ -1277,20 +1312,7 @@ mod tests {
     #[cfg(feature = "gpu")]
     #[test]
     fn on_matrix_units_the_network_keeps_f16_accuracy() -> Result<(), AiError> {
-        let config = PlainConvUNetConfig {
-            n_stages: 3,
-            features_per_stage: vec![32, 64, 96],
-            kernel_sizes: vec![[3, 3, 3]; 3],
-            strides: vec![[1, 1, 1], [2, 2, 2], [2, 2, 2]],
-            n_conv_per_stage: vec![2, 2, 2],
-            n_blocks_per_stage: vec![],
-            residual: false,
-            n_conv_per_stage_decoder: vec![2, 2],
-            decoder_kernel_sizes: Vec::new(),
-            conv_bias: true,
-            input_channels: 1,
-            num_classes: 2,
-        };
+        let config = PlainConvUNetConfig::plain(vec![32, 64, 96], vec![[1, 1, 1], [2, 2, 2], [2, 2, 2]], 1, 2);
         let tensors: Vec<_> = config
             .expected_tensors()
             .into_iter()
@@ -1303,7 +1325,11 @@ mod tests {
             })
             .collect();
         let device = Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
-        let x = Tensor::<5>::random([1, 1, 12, 20, 36], burn::tensor::Distribution::Default, &device);
+        // A fixed input (a test that cannot pass or fail by chance).
+        let shape = [1, 1, 12, 20, 36];
+        let values: Vec<f32> =
+            (0..shape.iter().product()).map(|i: usize| ((i * 7907) % 211) as f32 / 105.0 - 1.0).collect();
+        let x = Tensor::<5>::from_data(burn::tensor::TensorData::new(values, shape), &device);
         let net = || PlainConvUNet::from_tensors("units", config.clone(), &tensors, &device);
         let logits = |t: Tensor<5>| t.into_data().try_to_vec::<f32>().unwrap_or_default();
         let f32 = logits(net()?.forward(x.clone()));
