@@ -1307,7 +1307,7 @@ mod tests {
     /// stage's odd grid (3 × 5 × 9), the decoder's concatenations and both of the kernel's
     /// stride-1 blocks (grids wider than 16 and not). Its logits stay within 1 % of the largest
     /// one of the f32 network's (on lavapipe about 0.35 %; burn's f16 convolutions, which sum in
-    /// f16 there, about 4 %). A wrong bias would not show here (each instance norm takes it
+    /// f16 there, about 5 %). A wrong bias would not show here (each instance norm takes it
     /// out again): the kernel's own tests check it.
     #[cfg(feature = "gpu")]
     #[test]
