@@ -1301,17 +1301,18 @@ mod tests {
         assert!(PlainConvUNetConfig::plain(vec![4], vec![[1, 1, 1]], 1, 2).check().is_err(), "one stage");
     }
 
-    /// PlainConvUNet 32, 64, 96 in f16 with every 3×3×3 layer on Lightbox's matrix-unit kernel
+    /// PlainConvUNet 32, 64, 96 in f16, then in f32, with every 3×3×3 layer on Lightbox's matrix-unit kernel
     /// (`LIGHTBOX_AI_CONV=units`; emulated by the warp's threads where the GPU has no matrix
     /// units, as on lavapipe): its first layer's one channel, strided layers, the deepest
     /// stage's odd grid (3 × 5 × 9), the decoder's concatenations and both of the kernel's
     /// stride-1 blocks (grids wider than 16 and not). Its logits stay within 1 % of the largest
     /// one of the f32 network's (on lavapipe about 0.35 %; burn's f16 convolutions, which sum in
     /// f16 there, about 5 %). A wrong bias would not show here (each instance norm takes it
-    /// out again): the kernel's own tests check it.
+    /// out again): the kernel's own tests check it. In f32 (three products of f16 halves) its
+    /// logits are burn's f32 ones to 2·10⁻⁵ of the largest (on lavapipe 6·10⁻⁶; f16's 0.35 %).
     #[cfg(feature = "gpu")]
     #[test]
-    fn on_matrix_units_the_network_keeps_f16_accuracy() -> Result<(), AiError> {
+    fn on_matrix_units_the_network_keeps_its_accuracy() -> Result<(), AiError> {
         let config = PlainConvUNetConfig::plain(vec![32, 64, 96], vec![[1, 1, 1], [2, 2, 2], [2, 2, 2]], 1, 2);
         let tensors: Vec<_> = config
             .expected_tensors()
@@ -1336,7 +1337,7 @@ mod tests {
         let burn16 = logits(net()?.with_precision(crate::Precision::F16).forward(x.clone()));
         crate::ops::EMULATED_UNITS.set(Some(0));
         let units = net()?.with_precision(crate::Precision::F16).with_convolution(crate::Convolution::Units);
-        let ours = logits(units.forward(x));
+        let ours = logits(units.forward(x.clone()));
         let layers = crate::ops::EMULATED_UNITS.replace(None);
         // 2 × 3 in the encoder, 2 × 2 in the decoder.
         assert_eq!(layers, Some(10), "every 3×3×3 layer on the kernel");
@@ -1346,6 +1347,14 @@ mod tests {
         eprintln!("f16 logits against f32 (largest |logit| {scale}): burn's {by_burn:e}, on matrix units {by_units:e}");
         assert!(ours.len() == f32.len() && by_units > 0.0, "{by_units}");
         assert!(by_units <= 1e-2 * scale, "{by_units} (largest |logit| {scale}; burn's f16 convolutions {by_burn})");
+        // In f32, each product as three of f16 halves: as accurate as burn's f32 convolutions.
+        crate::ops::EMULATED_UNITS.set(Some(0));
+        let ours = logits(net()?.with_convolution(crate::Convolution::Units).forward(x));
+        let layers = crate::ops::EMULATED_UNITS.replace(None);
+        assert_eq!(layers, Some(10), "every 3×3×3 layer on the kernel, in f32");
+        let by_units = worst(&ours);
+        eprintln!("f32 logits on matrix units against burn's: {by_units:e}");
+        assert!(ours.len() == f32.len() && by_units <= 2e-5 * scale, "{by_units} (largest |logit| {scale})");
         Ok(())
     }
 

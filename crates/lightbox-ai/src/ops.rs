@@ -256,11 +256,12 @@ pub enum ConvWay {
     WinogradF2Fused,
     /// Lightbox's kernel on the GPU's matrix units ([`crate::kernels::mma::conv3d_k3_mma`]: an
     /// implicit GEMM of f16 values with f32 sums on cooperative matrices, i.e. tensor cores),
-    /// two runs of 16 voxels a warp, for the f16 3×3×3 layers it covers (stride 1 or 2), on a
-    /// GPU whose driver offers them (Vulkan through burn's SPIR-V compiler on NVIDIA).
+    /// two runs of 16 voxels a warp, for the 3×3×3 layers it covers (f16 at stride 1 or 2; f32,
+    /// each product as three of f16 halves, at stride 2), on a GPU whose driver offers them
+    /// (Vulkan through burn's SPIR-V compiler on NVIDIA).
     MatrixUnits,
-    /// The same, four runs a warp (stride 1): each weight fragment serves twice the products,
-    /// for twice the accumulators a thread.
+    /// The same, four runs a warp (stride 1, f16 or f32): each weight fragment serves twice
+    /// the products, for twice the accumulators a thread.
     MatrixUnitsFour,
 }
 
@@ -711,9 +712,10 @@ thread_local! {
     pub(crate) static EMULATED_UNITS: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
 }
 
-/// A 3-D convolution by Lightbox's kernel on the GPU's matrix units
-/// ([`ConvWay::MatrixUnits`]) where it applies (f16, 3×3×3, a GPU offering cooperative
-/// matrices), by burn's kernels elsewhere ([`crate::Convolution::Units`]).
+/// A 3-D convolution by Lightbox's kernel on the GPU's matrix units where it applies (f16 or
+/// f32, 3×3×3, a GPU offering cooperative matrices): two runs a warp ([`ConvWay::MatrixUnits`])
+/// where that block computes the layer, else four ([`ConvWay::MatrixUnitsFour`]: f32 at stride
+/// 1); burn's kernels elsewhere ([`crate::Convolution::Units`]).
 pub fn conv3d_units(
     x: Tensor<5>,
     weight: Tensor<5>,
@@ -722,16 +724,18 @@ pub fn conv3d_units(
 ) -> Tensor<5> {
     #[cfg(all(test, feature = "gpu"))]
     if let Some(layers) = EMULATED_UNITS.get()
-        && crate::kernels::mma::conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype(), 2)
+        && let Some(per_warp) = crate::kernels::mma::PER_WARP
+            .into_iter()
+            .find(|&p| crate::kernels::mma::conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype(), p))
     {
         EMULATED_UNITS.set(Some(layers + 1));
-        return crate::kernels::mma::conv3d_k3_mma_emulated(x, weight, bias, options);
+        return crate::kernels::mma::conv3d_k3_mma_emulated(x, weight, bias, options, per_warp);
     }
-    let way = ConvWay::MatrixUnits;
-    if way.applies(&x.device(), x.dims(), weight.dims(), options, weight.dtype()) {
-        way.run(x, weight, bias, options, 0)
-    } else {
-        burn::tensor::module::conv3d(x, weight, bias, options.clone())
+    let device = x.device();
+    let applies = |way: &ConvWay| way.applies(&device, x.dims(), weight.dims(), options, weight.dtype());
+    match [ConvWay::MatrixUnits, ConvWay::MatrixUnitsFour].into_iter().find(applies) {
+        Some(way) => way.run(x, weight, bias, options, 0),
+        None => burn::tensor::module::conv3d(x, weight, bias, options.clone()),
     }
 }
 

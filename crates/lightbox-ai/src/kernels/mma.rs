@@ -16,6 +16,17 @@
 //! units from workgroup memory for every tap that reaches it. After the last chunk the
 //! accumulators are staged as f16 where the input was, and written out with the bias.
 //!
+//! **In f32** the same kernel computes each product as three of f16 values: every value `v`,
+//! scaled so that its tensor's largest |value| is 2¹³ (nothing overflows f16, little reaches
+//! its subnormals), is split into `hi = f16(v)` and
+//! `lo = f16(v − hi)`, which together hold 22 of its 24 bits; then `x·w ≈ xhi·whi + xhi·wlo +
+//! xlo·whi` (the term left out, `xlo·wlo`, is 2⁻²² of the product), summed in f32 on the matrix
+//! units, and the sums scaled back. The weights are split once a call; the input is staged twice
+//! a chunk, its `hi` halves then its `lo` halves, in the same workgroup memory. The accumulators
+//! go out through a small f32 scratch a warp, not the f16 staging. That is about as accurate as
+//! f32 sums of f32 products (10⁻⁶ of the largest value, where TF32 is 10⁻³), for three times the
+//! f16 products: NVIDIA's tensor cores do f16 products at many times the rate of f32 ones.
+//!
 //! Where a GPU offers no cooperative matrices (lavapipe, WGSL), the same kernel runs emulated:
 //! each fragment operation done by the warp's 32 threads from the same memory, at the same
 //! addresses and strides. That is what the tests check on the CPU: the staging, the tiles'
@@ -84,6 +95,22 @@ impl Tile {
         TILE_O * self.voxels()
     }
 
+    pub const fn warps(&self) -> usize {
+        self.threads() / 32
+    }
+
+    /// Whether the block computes f32 layers: four runs a warp at stride 1, two at stride 2
+    /// (the blocks whose f32 scratch fits beside the halo).
+    pub const fn splits(&self) -> bool {
+        (self.stride == 1 && self.per_warp == PER_WARP[1]) || (self.stride == 2 && self.per_warp == PER_WARP[0])
+    }
+
+    /// Workgroup memory in bytes: the f16 halo, and for an f32 layer ([`Self::splits`]) one
+    /// f32 fragment (16 × 16) a warp, through which its sums go out.
+    pub const fn bytes(&self, split: bool) -> usize {
+        self.halo_len() * 2 + if split { self.warps() * 256 * 4 } else { 0 }
+    }
+
     const fn holds(&self) -> bool {
         (self.per_warp == PER_WARP[0] || self.per_warp == PER_WARP[1])
             && (self.runs * self.rows * self.planes).is_multiple_of(self.per_warp)
@@ -91,7 +118,7 @@ impl Tile {
             && self.voxels().is_multiple_of(self.threads())
             && self.staged_len() <= self.halo_len()
             // Within lavapipe's 32 KiB, so the CPU tests run the kernels an NVIDIA GPU runs.
-            && self.halo_len() * 2 <= super::TILED_WORKGROUP_BYTES
+            && self.bytes(self.splits()) <= super::TILED_WORKGROUP_BYTES
     }
 }
 
@@ -116,7 +143,7 @@ const _: () = {
 };
 
 /// The block for an output `width` voxels wide at `stride`, `per_warp` runs a warp (four at
-/// stride 1 only: [`conv3d_k3_mma_fits`]).
+/// stride 1 only; in f32 four at stride 1 and two at stride 2: [`conv3d_k3_mma_fits`]).
 pub fn tile_for(stride: usize, width: usize, per_warp: usize) -> Tile {
     let four = per_warp == PER_WARP[1];
     match (stride, width > RUN) {
@@ -137,12 +164,13 @@ pub const FORCED: usize = 2;
 
 #[backend_extension(Cube, Flex, Fusion)]
 pub trait MmaKernels: Backend {
-    /// `x` `[N, C, D, H, W]` in f16, `weight` `[C'·27, O]` (the `[O, C, 3, 3, 3]` weight padded
+    /// `x` `[N, C, D, H, W]` and `weight` `[C'·27, O]` (the `[O, C, 3, 3, 3]` weight padded
     /// with zeros to C' input channels, C rounded up to a multiple of [`CHUNK`], its output
-    /// channels last, O a multiple of [`TILE_O`]), `bias` `[O]` in f32: the convolution, padding
-    /// 1, `stride` 1 or 2, plus the bias → `[N, O, D', H', W']` in f16, `per_warp` runs a warp
-    /// (one of [`PER_WARP`]; four at stride 1 only), as `mode` says ([`UNITS`], [`EMULATED`]
-    /// or [`FORCED`]). Elsewhere than on a GPU, burn's convolution.
+    /// channels last, O a multiple of [`TILE_O`]), both in f16 or both in f32, `bias` `[O]` in
+    /// f32: the convolution, padding 1, `stride` 1 or 2, plus the bias → `[N, O, D', H', W']` in
+    /// `x`'s dtype, `per_warp` runs a warp (one of [`PER_WARP`]; four at stride 1 only, and in
+    /// f32 [`Tile::splits`]), as `mode` says ([`UNITS`], [`EMULATED`] or [`FORCED`]).
+    /// Elsewhere than on a GPU, burn's convolution.
     #[fusion(dtype = x, shape = mma_shape(x, weight, stride))]
     fn conv3d_k3_mma(
         x: FloatTensor<Self>,
@@ -159,11 +187,12 @@ fn mma_shape(x: &Shape, weight: &Shape, stride: &usize) -> Shape {
     Shape::new([x[0], weight[1], out(x[2]), out(x[3]), out(x[4])])
 }
 
-/// Whether [`conv3d_k3_mma`] computes this convolution by its kernel: f16, 3×3×3, padding 1,
-/// the same stride 1 or 2 on every axis, no dilation or groups, output channels a multiple of
-/// [`TILE_O`] (every 3³ layer of PlainConvUNet 32…320), `per_warp` runs a warp (one of
-/// [`PER_WARP`]; four at stride 1 only). Input channels that are not a multiple of [`CHUNK`]
-/// are padded with zero weights (the first layer's one channel computes as 16).
+/// Whether [`conv3d_k3_mma`] computes this convolution by its kernel: f16 or f32, 3×3×3,
+/// padding 1, the same stride 1 or 2 on every axis, no dilation or groups, output channels a
+/// multiple of [`TILE_O`] (every 3³ layer of PlainConvUNet 32…320), `per_warp` runs a warp
+/// (one of [`PER_WARP`]; in f16 four at stride 1 only, in f32 four at stride 1 and two at
+/// stride 2: [`Tile::splits`]). Input channels that are not a multiple of [`CHUNK`] are padded
+/// with zero weights (the first layer's one channel computes as 16).
 pub fn conv3d_k3_mma_fits(
     input: [usize; 5],
     weight: [usize; 5],
@@ -172,13 +201,14 @@ pub fn conv3d_k3_mma_fits(
     per_warp: usize,
 ) -> bool {
     let [o, c, kd, kh, kw] = weight;
-    let stride_ok = match per_warp {
-        2 => options.stride == [1; 3] || options.stride == [2; 3],
-        4 => options.stride == [1; 3],
+    let (one, two) = (options.stride == [1; 3], options.stride == [2; 3]);
+    let stride_ok = match (dtype, per_warp) {
+        (DType::F16, 2) => one || two,
+        (DType::F16, 4) | (DType::F32, 4) => one,
+        (DType::F32, 2) => two,
         _ => false,
     };
-    dtype == DType::F16
-        && stride_ok
+    stride_ok
         && input[1] == c
         && c > 0
         && o > 0
@@ -218,9 +248,14 @@ pub(crate) fn conv3d_k3_mma_emulated(
     weight: Tensor<5>,
     bias: Option<Tensor<1>>,
     options: &ConvOptions<3>,
+    per_warp: usize,
 ) -> Tensor<5> {
-    run(x, weight, bias, options, PER_WARP[0], EMULATED)
+    run(x, weight, bias, options, per_warp, EMULATED)
 }
+
+/// The largest |value| of a tensor scaled to this before it is split into f16 halves: far from
+/// f16's largest (65 504), and 2⁻²⁷ of it at f16's smallest normal value.
+const SPLIT_TOP: f32 = 8192.0;
 
 fn run(
     x: Tensor<5>,
@@ -230,18 +265,24 @@ fn run(
     per_warp: usize,
     mode: usize,
 ) -> Tensor<5> {
-    let x = x.cast(FloatDType::from(weight.dtype()));
-    if !conv3d_k3_mma_fits(x.dims(), weight.dims(), options, weight.dtype(), per_warp) {
+    let dtype = weight.dtype();
+    let x = x.cast(FloatDType::from(dtype));
+    let stride = options.stride[0];
+    let fits = conv3d_k3_mma_fits(x.dims(), weight.dims(), options, dtype, per_warp);
+    let width = x.dims()[4].saturating_sub(1) / stride + 1;
+    let split = dtype == DType::F32;
+    if !fits || !kernel_runs(&x.device(), tile_for(stride, width, per_warp), split, mode) {
+        let bias = bias.map(|b| b.cast(FloatDType::from(dtype)));
         return burn::tensor::module::conv3d(x, weight, bias, options.clone());
     }
     let [o, c, _, _, _] = weight.dims();
     let f32 = FloatDType::F32;
-    let bias = bias.map_or_else(|| Tensor::<1>::zeros([o], &weight.device()).cast(f32), |b| b.cast(f32));
+    let device = weight.device();
+    let bias = bias.map_or_else(|| Tensor::<1>::zeros([o], &device).cast(f32), |b| b.cast(f32));
     // Whole chunks of input channels: the kernel reads every weight row of a chunk.
     let padded = c.next_multiple_of(CHUNK);
     let weight = if padded > c {
-        let zeros =
-            Tensor::<5>::zeros([o, padded - c, 3, 3, 3], &weight.device()).cast(FloatDType::from(weight.dtype()));
+        let zeros = Tensor::<5>::zeros([o, padded - c, 3, 3, 3], &device).cast(FloatDType::from(dtype));
         Tensor::cat(vec![weight, zeros], 1)
     } else {
         weight
@@ -251,10 +292,25 @@ fn run(
         x.into_dispatch(),
         weight.into_dispatch(),
         bias.into_dispatch(),
-        options.stride[0],
+        stride,
         per_warp,
         mode,
     ))
+}
+
+/// Whether `device` computes a convolution by [`MmaKernels::conv3d_k3_mma`]'s kernel in
+/// `mode` with the block `tile` (`split`: of f32 values): a GPU whose workgroups hold the block,
+/// with matrix units, or in [`EMULATED`] or [`FORCED`] mode any.
+fn kernel_runs(device: &Device, tile: Tile, split: bool, mode: usize) -> bool {
+    let burn::backend::DispatchDevice::Cube(cube) = device.as_dispatch() else {
+        return false;
+    };
+    let client = cube.client();
+    let hardware = &client.properties().hardware;
+    let holds = (!split || tile.splits())
+        && tile.bytes(split) <= hardware.max_shared_memory_size
+        && tile.threads() <= hardware.max_units_per_cube as usize;
+    holds && (mode != UNITS || gpu::supported(&client))
 }
 
 /// burn's convolution of `x` by a `[C'·27, O]` weight (its first C·27 rows; padding 1) plus
@@ -299,30 +355,38 @@ impl MmaKernels for CubeBackend {
     ) -> FloatTensor<Self> {
         let width = mma_shape(&x.shape(), &weight.shape(), &stride)[4];
         let tile = tile_for(stride, width, per_warp);
-        let hardware = &x.client.properties().hardware;
-        let fits = x.dtype == DType::F16
-            && weight.dtype == DType::F16
-            && tile.halo_len() * 2 <= hardware.max_shared_memory_size
-            && tile.threads() <= hardware.max_units_per_cube as usize;
-        let units = gpu::supported(&x.client);
-        match (fits, mode) {
-            (true, _) if units => gpu::conv3d_k3_mma(x, weight, bias, tile, true),
-            (true, FORCED) => gpu::conv3d_k3_mma(x, weight, bias, tile, true),
-            (true, EMULATED) => gpu::conv3d_k3_mma(x, weight, bias, tile, false),
-            _ => by_burn::<Self>(x, weight, bias, stride),
+        let split = x.dtype == DType::F32;
+        let fits = (x.dtype == DType::F16 || split) && weight.dtype == x.dtype && (!split || tile.splits());
+        let units = mode == FORCED || gpu::supported(&x.client);
+        if !fits || (mode == UNITS && !units) {
+            return by_burn::<Self>(x, weight, bias, stride);
         }
+        gpu::conv3d_k3_mma(x, weight, bias, tile, units)
     }
 }
 
 mod gpu {
     use burn::backend::TensorMetadata;
-    use burn_cubecl::{kernel::into_contiguous, ops::numeric::empty_device_dtype, tensor::CubeTensor};
+    use burn_cubecl::{kernel::into_contiguous, tensor::CubeTensor};
     use cubecl::client::Client;
     use cubecl::ir::{ElemType, FloatKind, features::MmaConfig};
     use cubecl::prelude::*;
 
     use super::super::gpu::within;
-    use super::{CHUNK, RUN, TILE_O, Tile};
+    use super::{CHUNK, RUN, SPLIT_TOP, TILE_O, Tile};
+
+    /// Threads of a workgroup of [`abs_max_kernel`], values a thread reads at least, and the
+    /// most workgroups (65 536 threads, enough to keep the GPU's memory busy).
+    const MAX_THREADS: usize = 256;
+    const MAX_EACH: usize = 16;
+    const MOST_CUBES: usize = 256;
+
+    /// [`stage_input`]'s `part`: the values as they are (f16 layers).
+    const PLAIN: u32 = 0;
+    /// The f16 `hi` halves of the scaled values (f32 layers).
+    const HI: u32 = 1;
+    /// Their `lo` halves.
+    const LO: u32 = 2;
 
     /// Cooperative matrices of 16×16×16 f16 with f32 sums, on 32-thread warps.
     pub(super) fn supported(client: &Client) -> bool {
@@ -355,10 +419,76 @@ mod gpu {
         cmma::Matrix::<F>::from_slice(ident, 16usize, 16usize, 16usize, cmma::MatrixLayout::RowMajor, values, stride)
     }
 
+    /// The scale that brings a largest |value| (its f32 bits, as [`abs_max_kernel`] leaves
+    /// them) to [`SPLIT_TOP`]; any finite one for zero.
+    #[cube]
+    fn scale_of(bits: u32) -> f32 {
+        SPLIT_TOP / f32::max(f32::reinterpret(bits), 1e-30f32)
+    }
+
+    /// `maxima[slot]` = the largest of itself and every |value| of `values`, as f32 bits
+    /// (which order non-negative floats as their values): each thread's values, then one
+    /// atomic maximum a thread.
+    #[cube(launch, address_type = "dynamic")]
+    fn abs_max_kernel<I: Float>(
+        values: &Tensor<I>,
+        maxima: &mut Tensor<Atomic<u32>>,
+        #[comptime] slot: usize,
+        #[define(I)] _dtype: ElemType,
+    ) {
+        let unit = UNIT_POS as usize;
+        let step = CUBE_COUNT * MAX_THREADS;
+        let mut m = 0.0f32;
+        let mut i = CUBE_POS * MAX_THREADS + unit;
+        while i < values.len() {
+            m = f32::max(m, f32::abs(f32::cast_from(values[i])));
+            i += step;
+        }
+        // One atomic maximum a thread, in device memory: a workgroup's maximum first, in
+        // workgroup memory, crashes lavapipe's SPIR-V compiler (by a tree of halves or by an
+        // atomic there, 2026-11), and there are few threads (at most [`MOST_CUBES`] workgroups).
+        maxima[slot].fetch_max(u32::reinterpret(m));
+    }
+
+    /// One thread a value of the weight: its f16 halves scaled ([`scale_of`]`(maxima[1])`).
+    #[cube(launch, address_type = "dynamic")]
+    fn halves_kernel<F: Float>(
+        values: &Tensor<f32>,
+        maxima: &Tensor<u32>,
+        hi: &mut Tensor<F>,
+        lo: &mut Tensor<F>,
+        #[define(F)] _dtype: ElemType,
+    ) {
+        let i = ABSOLUTE_POS;
+        if i >= values.len() {
+            terminate!();
+        }
+        let scaled = values[i] * scale_of(maxima[1]);
+        let high = F::cast_from(scaled);
+        hi[i] = high;
+        lo[i] = F::cast_from(scaled - f32::cast_from(high));
+    }
+
+    /// What workgroup memory holds of input value `x` ([`PLAIN`], [`HI`] or [`LO`]; `scale`:
+    /// the input's, for the halves).
+    #[cube]
+    fn part_of<I: Float, F: Float>(x: I, scale: f32, #[comptime] part: u32) -> F {
+        let mut v = F::cast_from(x);
+        if part != PLAIN {
+            let scaled = f32::cast_from(x) * scale;
+            v = F::cast_from(scaled);
+            if part == LO {
+                v = F::cast_from(scaled - f32::cast_from(v));
+            }
+        }
+        v
+    }
+
     /// Stages input channels `[c0, c0 + CHUNK)` of the block whose first output voxel is
     /// `(oz, y0, x0)` of image `n`, with its border, `halo` `[hz, hy, hx]` voxels at `stride`:
     /// value `(pz, py, px, c)` at `((pz·hy + py)·hx + px)·CHUNK + c`, input voxel
-    /// `(oz·stride + pz − 1, …)`, zero outside the image and past its channels.
+    /// `(oz·stride + pz − 1, …)` as `part` says ([`part_of`]), zero outside the image and past
+    /// its channels.
     ///
     /// A row of the halo (`pz`, `py`) is `hx · CHUNK` values in a row of workgroup memory, and
     /// every thread takes the same places (x, channel), its *slots*, in every row: their
@@ -366,25 +496,27 @@ mod gpu {
     /// worked out once a chunk, and whether a row is inside the image once a row (the same for
     /// every thread), so each value costs a test, a load, an address and a store. A plane's
     /// rows and slots are unrolled (the block's size is known when the kernel is built), so a
-    /// thread's loads of a plane are independent of each other and in flight at once. Within a row, two channels, then
-    /// x, fastest: a warp reads 16 voxels of an input row in each of two channels (two whole
-    /// 32-byte sectors), and its pairs of threads write adjacent values, which halves the bank
-    /// conflicts of writes 16 values apart.
+    /// thread's loads of a plane are independent of each other and in flight at once. Within a
+    /// row, two channels, then x, fastest: a warp reads 16 voxels of an input row in each of two
+    /// channels (two whole 32-byte sectors), and its pairs of threads write adjacent values,
+    /// which halves the bank conflicts of writes 16 values apart.
     #[cube]
     #[allow(clippy::too_many_arguments)]
-    fn stage_input<F: Float>(
-        input: &Tensor<F>,
+    fn stage_input<I: Float, F: Float>(
+        input: &Tensor<I>,
         halo: &mut Shared<[F]>,
         n: usize,
         c0: usize,
         oz: usize,
         y0: usize,
         x0: usize,
+        scale: f32,
         #[comptime] hz: usize,
         #[comptime] hy: usize,
         #[comptime] hx: usize,
         #[comptime] stride: usize,
         #[comptime] threads: usize,
+        #[comptime] part: u32,
     ) {
         let in_c = input.shape(1);
         let (d, h, w) = (input.shape(2), input.shape(3), input.shape(4));
@@ -430,7 +562,7 @@ mod gpu {
                     if owns[s] == 1 {
                         let mut v = F::new(0.0);
                         if inside && reads[s] == 1 {
-                            v = input[from[s] + row - 1];
+                            v = part_of::<I, F>(input[from[s] + row - 1], scale, part);
                         }
                         halo[at + to[s]] = v;
                     }
@@ -439,25 +571,179 @@ mod gpu {
         }
     }
 
+    /// The products of one staged chunk (from input channel `c0`) on cooperative matrices:
+    /// for each of the 27 taps, each of the warp's runs (`a_base`) by the weight's two
+    /// fragments of output channels from `ob·TILE_O`, into `acc` (accumulator `2·p + f`: run
+    /// `p`, fragment `f`); with `lo`, by `weight_lo`'s too.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn products<F: Float>(
+        acc: &Sequence<cmma::Matrix<f32>>,
+        halo: &Shared<[F]>,
+        weight: &Tensor<F>,
+        weight_lo: &Tensor<F>,
+        a_base: &Array<usize>,
+        c0: usize,
+        ob: usize,
+        out_c: usize,
+        #[comptime] hy: usize,
+        #[comptime] hx: usize,
+        #[comptime] stride: usize,
+        #[comptime] per_warp: usize,
+        #[comptime] lo: bool,
+    ) {
+        let a_stride = stride * CHUNK;
+        let k_stride = 27 * out_c;
+        #[unroll]
+        for tap in 0..27usize {
+            let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
+            let offset = ((kz * hy + ky) * hx + kx) * CHUNK;
+            let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
+            let b_end = b_at + 15 * k_stride + TILE_O;
+            let b0 = operand::<F>(cmma::MatrixIdent::B, weight.slice(b_at, b_end), k_stride as u32);
+            let b1 = operand::<F>(cmma::MatrixIdent::B, weight.slice(b_at + 16, b_end), k_stride as u32);
+            #[unroll]
+            for p in 0..per_warp {
+                let at = a_base[p] + offset;
+                let a = operand::<F>(cmma::MatrixIdent::A, halo.slice(at, at + 15 * a_stride + CHUNK), a_stride as u32);
+                let (c_0, c_1) = (acc.index(2 * p), acc.index(2 * p + 1));
+                cmma::execute::<F, F, f32, f32, cmma::Plane>(&a, &b0, c_0, c_0);
+                cmma::execute::<F, F, f32, f32, cmma::Plane>(&a, &b1, c_1, c_1);
+            }
+            if lo {
+                let l0 = operand::<F>(cmma::MatrixIdent::B, weight_lo.slice(b_at, b_end), k_stride as u32);
+                let l1 = operand::<F>(cmma::MatrixIdent::B, weight_lo.slice(b_at + 16, b_end), k_stride as u32);
+                #[unroll]
+                for p in 0..per_warp {
+                    let at = a_base[p] + offset;
+                    let a =
+                        operand::<F>(cmma::MatrixIdent::A, halo.slice(at, at + 15 * a_stride + CHUNK), a_stride as u32);
+                    let (c_0, c_1) = (acc.index(2 * p), acc.index(2 * p + 1));
+                    cmma::execute::<F, F, f32, f32, cmma::Plane>(&a, &l0, c_0, c_0);
+                    cmma::execute::<F, F, f32, f32, cmma::Plane>(&a, &l1, c_1, c_1);
+                }
+            }
+        }
+    }
+
+    /// The same products emulated by the warp's threads, at the same addresses: lane `lane`
+    /// holds elements (i, j) = ((8·l + e) / 16, (8·l + e) % 16), e < 8, of each of the warp's
+    /// fragments (run p, channel fragment f) at `acc[8·(2·p + f) + e]`.
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn products_emulated<F: Float>(
+        acc: &mut Array<f32>,
+        halo: &Shared<[F]>,
+        weight: &Tensor<F>,
+        weight_lo: &Tensor<F>,
+        a_base: &Array<usize>,
+        lane: usize,
+        c0: usize,
+        ob: usize,
+        out_c: usize,
+        #[comptime] hy: usize,
+        #[comptime] hx: usize,
+        #[comptime] stride: usize,
+        #[comptime] per_warp: usize,
+        #[comptime] lo: bool,
+    ) {
+        let a_stride = stride * CHUNK;
+        let k_stride = 27 * out_c;
+        for tap in 0..27usize {
+            let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
+            let offset = ((kz * hy + ky) * hx + kx) * CHUNK;
+            let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
+            // Not unrolled: the emulation's speed does not matter, its shader's size
+            // (lavapipe compiles it) does.
+            for s in 0..16 * per_warp {
+                let (p, f, e) = (s / 16, s / 8 % 2, s % 8);
+                let q = 8 * lane + e;
+                let (i, j) = (q / 16, q % 16);
+                let a_at = a_base[p] + offset;
+                let mut sum = acc[s];
+                for k in 0..16usize {
+                    // A (row-major, stride a_stride) from the run's offset; B (row-major,
+                    // stride k_stride) from 16·f.
+                    let a = f32::cast_from(halo[a_at + i * a_stride + k]);
+                    let b_of = b_at + 16 * f + k * k_stride + j;
+                    sum += a * f32::cast_from(weight[b_of]);
+                    if lo {
+                        sum += a * f32::cast_from(weight_lo[b_of]);
+                    }
+                }
+                acc[s] = sum;
+            }
+        }
+    }
+
+    /// Writes one fragment of sums, which warp `warp` has left in its place of `scratch`
+    /// (column-major: voxel i, channel j at `256·warp + i + 16·j`), scaled by `inverse` and
+    /// plus the bias: voxels from `v` of the block at `(oz, y0, x0)` (`width`, `rows`), output
+    /// channels from `first`. Each lane writes one voxel's value of 8 channels (two channels'
+    /// 16 voxels a step for the warp: two 64-byte rows).
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    fn write_fragment<I: Float>(
+        scratch: &Shared<[f32]>,
+        output: &mut Tensor<I>,
+        bias: &Tensor<f32>,
+        inverse: f32,
+        warp: usize,
+        lane: usize,
+        n: usize,
+        v: usize,
+        first: usize,
+        oz: usize,
+        y0: usize,
+        x0: usize,
+        #[comptime] width: usize,
+        #[comptime] rows: usize,
+    ) {
+        let out_c = output.shape(1);
+        let (d, h, w) = (output.shape(2), output.shape(3), output.shape(4));
+        let volume = d * h * w;
+        let v = v + lane % 16;
+        let x = x0 + v % width;
+        let y = y0 + v / width % rows;
+        let z = oz + v / (width * rows);
+        if x < w && y < h && z < d {
+            let at = n * out_c * volume + (z * h + y) * w + x;
+            #[unroll]
+            for e in 0..8usize {
+                let k = lane + 32 * e;
+                let channel = first + k / 16;
+                output[at + channel * volume] = I::cast_from(scratch[256 * warp + k] * inverse + bias[channel]);
+            }
+        }
+    }
+
     /// One workgroup: output channels `[ob·TILE_O, +TILE_O)` of the block at `(oz, y0, x0)` of
     /// image `n` (`runs`, `rows`, `planes`, `per_warp`: [`Tile`]). Warp `w` computes runs
     /// `per_warp·w` to `per_warp·w + per_warp − 1` of the block (run `q`: row `q / runs`, the
-    /// `q % runs`-th along x; rows plane by plane), each by two fragments of 16 channels. `mma`: by cooperative matrices; else each fragment
-    /// operation by the warp's threads, reading the same addresses.
+    /// `q % runs`-th along x; rows plane by plane), each by two fragments of 16 channels.
+    /// `mma`: by cooperative matrices; else each fragment operation by the warp's threads,
+    /// reading the same addresses. `split`: `input` and `output` in f32, each product as three
+    /// of f16 halves (the module's documentation; `weight` and `weight_lo` the weight's, scaled;
+    /// `maxima` the largest |value| of the input and of the weight: [`abs_max_kernel`]; else
+    /// neither `weight_lo` nor `maxima` is read).
     #[cube(launch, address_type = "dynamic")]
     #[allow(clippy::too_many_arguments)]
-    fn conv3d_k3_mma_kernel<F: Float>(
-        input: &Tensor<F>,
+    fn conv3d_k3_mma_kernel<F: Float, I: Float>(
+        input: &Tensor<I>,
         weight: &Tensor<F>,
+        weight_lo: &Tensor<F>,
         bias: &Tensor<f32>,
-        output: &mut Tensor<F>,
+        maxima: &Tensor<u32>,
+        output: &mut Tensor<I>,
         #[comptime] stride: usize,
         #[comptime] runs: usize,
         #[comptime] rows: usize,
         #[comptime] planes: usize,
         #[comptime] per_warp: usize,
         #[comptime] mma: bool,
-        #[define(F)] _dtype: ElemType,
+        #[comptime] split: bool,
+        #[define(F)] _operands: ElemType,
+        #[define(I)] _values: ElemType,
     ) {
         let width = RUN * runs;
         let blk = width * rows * planes;
@@ -467,8 +753,6 @@ mod gpu {
         let hx = (width - 1) * stride + 3;
         let halo_len = hz * hy * hx * CHUNK;
         let staged_len = TILE_O * blk;
-        // A run's consecutive voxels, `stride` apart in the halo.
-        let a_stride = stride * CHUNK;
 
         // The weight's input channels: the input's, padded with zero weights to whole chunks.
         let in_c = weight.shape(0) / 27;
@@ -506,9 +790,16 @@ mod gpu {
             a_base[p] = (((row / rows) * stride * hy + (row % rows) * stride) * hx + xr * stride) * CHUNK;
             v_base[p] = row * width + xr;
         }
-        // Rows of the weight between consecutive input channels.
-        let k_stride = 27 * out_c;
         let mut halo = Shared::<[F]>::new_slice(halo_len);
+        // In f32: the input's scale, and the sums' (1 / both scales, as a product of two
+        // numbers of order one at most: neither overflows).
+        let mut scale = 1.0f32;
+        let mut inverse = 1.0f32;
+        if split {
+            scale = scale_of(maxima[0]);
+            inverse = (1.0f32 / scale) * (1.0f32 / scale_of(maxima[1]));
+        }
+        let first = ob * TILE_O;
 
         if mma {
             // Accumulator 2·p + f: run p, channels 16·f…
@@ -520,46 +811,69 @@ mod gpu {
             let mut c0 = 0usize;
             while c0 < in_c {
                 sync_cube();
-                stage_input::<F>(input, &mut halo, n, c0, oz, y0, x0, hz, hy, hx, stride, threads);
-                sync_cube();
-                #[unroll]
-                for tap in 0..27usize {
-                    let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
-                    let offset = ((kz * hy + ky) * hx + kx) * CHUNK;
-                    let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
-                    let b_end = b_at + 15 * k_stride + TILE_O;
-                    let b0 = operand::<F>(cmma::MatrixIdent::B, weight.slice(b_at, b_end), k_stride as u32);
-                    let b1 = operand::<F>(cmma::MatrixIdent::B, weight.slice(b_at + 16, b_end), k_stride as u32);
-                    #[unroll]
-                    for p in 0..per_warp {
-                        let at = a_base[p] + offset;
-                        let a = operand::<F>(
-                            cmma::MatrixIdent::A,
-                            halo.slice(at, at + 15 * a_stride + CHUNK),
-                            a_stride as u32,
-                        );
-                        let (c_0, c_1) = (acc.index(2 * p), acc.index(2 * p + 1));
-                        cmma::execute::<F, F, f32, f32, cmma::Plane>(&a, &b0, c_0, c_0);
-                        cmma::execute::<F, F, f32, f32, cmma::Plane>(&a, &b1, c_1, c_1);
-                    }
+                if split {
+                    stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, HI);
+                    sync_cube();
+                    products::<F>(
+                        &acc, &halo, weight, weight_lo, &a_base, c0, ob, out_c, hy, hx, stride, per_warp, true,
+                    );
+                    sync_cube();
+                    stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, LO);
+                } else {
+                    stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, PLAIN);
                 }
+                sync_cube();
+                products::<F>(&acc, &halo, weight, weight_lo, &a_base, c0, ob, out_c, hy, hx, stride, per_warp, false);
                 c0 += CHUNK;
             }
             sync_cube();
-            // Staged as [channel][voxel of the block]: fragment (run p, channels f) column-major
-            // from channel 16·f, voxel v_p, stride blk.
-            #[unroll]
-            for p in 0..per_warp {
+            if split {
+                // Each fragment through the warp's f32 scratch, column-major, stride 16.
+                let mut scratch = Shared::<[f32]>::new_slice(threads / 32 * 256);
                 #[unroll]
-                for f in 0..2usize {
-                    let staged = cmma::cast::<f32, F, cmma::Plane>(acc.index(2 * p + f));
-                    let at = 16 * f * blk + v_base[p];
-                    cmma::store(halo.slice_mut(at, staged_len), &staged, blk as u32, cmma::MatrixLayout::ColMajor);
+                for p in 0..per_warp {
+                    #[unroll]
+                    for f in 0..2usize {
+                        cmma::store(
+                            scratch.slice_mut(256 * warp, 256 * warp + 256),
+                            acc.index(2 * p + f),
+                            16,
+                            cmma::MatrixLayout::ColMajor,
+                        );
+                        sync_cube();
+                        write_fragment::<I>(
+                            &scratch,
+                            output,
+                            bias,
+                            inverse,
+                            warp,
+                            lane,
+                            n,
+                            v_base[p],
+                            first + 16 * f,
+                            oz,
+                            y0,
+                            x0,
+                            width,
+                            rows,
+                        );
+                        sync_cube();
+                    }
+                }
+            } else {
+                // Staged as [channel][voxel of the block]: fragment (run p, channels f)
+                // column-major from channel 16·f, voxel v_p, stride blk.
+                #[unroll]
+                for p in 0..per_warp {
+                    #[unroll]
+                    for f in 0..2usize {
+                        let staged = cmma::cast::<f32, F, cmma::Plane>(acc.index(2 * p + f));
+                        let at = 16 * f * blk + v_base[p];
+                        cmma::store(halo.slice_mut(at, staged_len), &staged, blk as u32, cmma::MatrixLayout::ColMajor);
+                    }
                 }
             }
         } else {
-            // Lane l holds elements (i, j) = ((8·l + e) / 16, (8·l + e) % 16), e < 8, of each
-            // of the warp's fragments (run p, channel fragment f) at 8·(2·p + f) + e.
             let held = 16 * per_warp;
             let mut acc = Array::<f32>::new(held);
             #[unroll]
@@ -569,65 +883,111 @@ mod gpu {
             let mut c0 = 0usize;
             while c0 < in_c {
                 sync_cube();
-                stage_input::<F>(input, &mut halo, n, c0, oz, y0, x0, hz, hy, hx, stride, threads);
-                sync_cube();
-                for tap in 0..27usize {
-                    let (kz, ky, kx) = (tap / 9, tap / 3 % 3, tap % 3);
-                    let offset = ((kz * hy + ky) * hx + kx) * CHUNK;
-                    let b_at = (c0 * 27 + tap) * out_c + ob * TILE_O;
-                    // Not unrolled: the emulation's speed does not matter, its shader's size
-                    // (lavapipe compiles it) does.
-                    for s in 0..held {
-                        let (p, f, e) = (s / 16, s / 8 % 2, s % 8);
-                        let q = 8 * lane + e;
-                        let (i, j) = (q / 16, q % 16);
-                        let a_at = a_base[p] + offset;
-                        let mut sum = acc[s];
-                        for k in 0..16usize {
-                            // A (row-major, stride a_stride) from the run's offset; B (row-major,
-                            // stride k_stride) from 16·f.
-                            let a = f32::cast_from(halo[a_at + i * a_stride + k]);
-                            let b = f32::cast_from(weight[b_at + 16 * f + k * k_stride + j]);
-                            sum += a * b;
-                        }
-                        acc[s] = sum;
-                    }
+                if split {
+                    stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, HI);
+                    sync_cube();
+                    products_emulated::<F>(
+                        &mut acc, &halo, weight, weight_lo, &a_base, lane, c0, ob, out_c, hy, hx, stride, per_warp,
+                        true,
+                    );
+                    sync_cube();
+                    stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, LO);
+                } else {
+                    stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, PLAIN);
                 }
+                sync_cube();
+                products_emulated::<F>(
+                    &mut acc, &halo, weight, weight_lo, &a_base, lane, c0, ob, out_c, hy, hx, stride, per_warp, false,
+                );
                 c0 += CHUNK;
             }
             sync_cube();
-            for s in 0..held {
-                let (p, f, e) = (s / 16, s / 8 % 2, s % 8);
-                let q = 8 * lane + e;
-                let (i, j) = (q / 16, q % 16);
-                // Column-major from (16·f)·blk + v_p, stride blk.
-                halo[(16 * f + j) * blk + v_base[p] + i] = F::cast_from(acc[s]);
+            if split {
+                let mut scratch = Shared::<[f32]>::new_slice(threads / 32 * 256);
+                for p in 0..per_warp {
+                    for f in 0..2usize {
+                        for e in 0..8usize {
+                            let q = 8 * lane + e;
+                            // Column-major: voxel q / 16, channel q % 16.
+                            scratch[256 * warp + q / 16 + 16 * (q % 16)] = acc[16 * p + 8 * f + e];
+                        }
+                        sync_cube();
+                        write_fragment::<I>(
+                            &scratch,
+                            output,
+                            bias,
+                            inverse,
+                            warp,
+                            lane,
+                            n,
+                            v_base[p],
+                            first + 16 * f,
+                            oz,
+                            y0,
+                            x0,
+                            width,
+                            rows,
+                        );
+                        sync_cube();
+                    }
+                }
+            } else {
+                for s in 0..held {
+                    let (p, f, e) = (s / 16, s / 8 % 2, s % 8);
+                    let q = 8 * lane + e;
+                    let (i, j) = (q / 16, q % 16);
+                    // Column-major from (16·f)·blk + v_p, stride blk.
+                    halo[(16 * f + j) * blk + v_base[p] + i] = F::cast_from(acc[s]);
+                }
             }
         }
-        sync_cube();
-        // The block out with the bias (in f32, rounded once more to f16). A block has one or
-        // two voxels a thread: each thread writes its voxels' 32 channels, x fastest across
-        // threads, each voxel's place worked out once.
-        let volume = d * h * w;
-        let first = ob * TILE_O;
-        #[unroll]
-        for k in 0..blk / threads {
-            let v = unit + k * threads;
-            let x = x0 + v % width;
-            let y = y0 + v / width % rows;
-            let z = oz + v / (width * rows);
-            if x < w && y < h && z < d {
-                let at = (n * out_c + first) * volume + (z * h + y) * w + x;
-                #[unroll]
-                for oc in 0..TILE_O {
-                    output[at + oc * volume] = F::cast_from(f32::cast_from(halo[oc * blk + v]) + bias[first + oc]);
+        if !split {
+            sync_cube();
+            // The block out with the bias (in f32, rounded once more to f16). A block has one
+            // or two voxels a thread: each thread writes its voxels' 32 channels, x fastest
+            // across threads, each voxel's place worked out once.
+            let volume = d * h * w;
+            #[unroll]
+            for k in 0..blk / threads {
+                let v = unit + k * threads;
+                let x = x0 + v % width;
+                let y = y0 + v / width % rows;
+                let z = oz + v / (width * rows);
+                if x < w && y < h && z < d {
+                    let at = (n * out_c + first) * volume + (z * h + y) * w + x;
+                    #[unroll]
+                    for oc in 0..TILE_O {
+                        output[at + oc * volume] = I::cast_from(f32::cast_from(halo[oc * blk + v]) + bias[first + oc]);
+                    }
                 }
             }
         }
     }
 
+    /// `maxima[slot]` (u32, zero before) = the largest |value| of `values`, as its f32 bits.
+    fn abs_max(values: &CubeTensor, maxima: &CubeTensor, slot: usize) {
+        let len = values.shape().num_elements();
+        if len == 0 {
+            return;
+        }
+        let client = &values.client;
+        let cubes = len.div_ceil(MAX_THREADS * MAX_EACH).min(MOST_CUBES);
+        let dtype = burn::backend::cubecl::dtype_to_storage_type(values.dtype);
+        abs_max_kernel::launch(
+            client,
+            CubeCount::Static(cubes as u32, 1, 1),
+            CubeDim::new_1d(MAX_THREADS as u32),
+            values.required_address_type(),
+            values.clone().into_tensor_arg(),
+            maxima.clone().into_tensor_arg(),
+            slot,
+            dtype,
+        );
+    }
+
     /// [`conv3d_k3_mma_kernel`] over the whole output by blocks of `tile` (`mma`: on
-    /// cooperative matrices).
+    /// cooperative matrices), in `x`'s dtype: f16, or f32 in f16 halves (the weight split here,
+    /// once a call, after the largest |value| of each).
     pub(super) fn conv3d_k3_mma(
         x: CubeTensor,
         weight: CubeTensor,
@@ -635,19 +995,47 @@ mod gpu {
         tile: Tile,
         mma: bool,
     ) -> CubeTensor {
+        use burn::tensor::{DType, Shape};
+        use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
         let x = into_contiguous(x);
         let weight = into_contiguous(weight);
         let bias = into_contiguous(bias);
         let shape = super::mma_shape(&x.shape(), &weight.shape(), &tile.stride);
-        let output = empty_device_dtype(x.client.clone(), x.device.clone(), shape, x.dtype);
+        let client = x.client.clone();
+        let empty = |shape: Shape, dtype: DType| empty_device_dtype(client.clone(), x.device.clone(), shape, dtype);
+        let output = empty(shape, x.dtype);
         let [n, o, d, h, w] = output.shape().dims::<5>();
         let cubes = n * d.div_ceil(tile.planes) * h.div_ceil(tile.rows) * w.div_ceil(tile.width()) * (o / TILE_O);
         if cubes == 0 {
             return output;
         }
+        let split = x.dtype == DType::F32;
+        let (weight, weight_lo, maxima) = if split {
+            let maxima = zeros_client(client.clone(), x.device.clone(), Shape::new([2]), DType::U32);
+            abs_max(&x, &maxima, 0);
+            abs_max(&weight, &maxima, 1);
+            let (hi, lo) = (empty(weight.shape(), DType::F16), empty(weight.shape(), DType::F16));
+            let len = weight.shape().num_elements();
+            let cube_dim = CubeDim::new_1d(256);
+            halves_kernel::launch(
+                &client,
+                cubecl::calculate_cube_count_elemwise(&client, len, cube_dim),
+                cube_dim,
+                weight.required_address_type(),
+                weight.into_tensor_arg(),
+                maxima.clone().into_tensor_arg(),
+                hi.clone().into_tensor_arg(),
+                lo.clone().into_tensor_arg(),
+                burn::backend::cubecl::dtype_to_storage_type(DType::F16),
+            );
+            (hi, lo, maxima)
+        } else {
+            // Not read in f16.
+            (weight.clone(), weight, empty(Shape::new([2]), DType::U32))
+        };
         let address = x.required_address_type().max(weight.required_address_type()).max(output.required_address_type());
-        let dtype = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
-        let client = x.client.clone();
+        let operands = burn::backend::cubecl::dtype_to_storage_type(weight.dtype);
+        let values = burn::backend::cubecl::dtype_to_storage_type(x.dtype);
         let cube_dim = CubeDim::new_1d(tile.threads() as u32);
         let cube_count = cubecl::calculate_cube_count_elemwise(&client, cubes * tile.threads(), cube_dim);
         conv3d_k3_mma_kernel::launch(
@@ -657,7 +1045,9 @@ mod gpu {
             address,
             x.into_tensor_arg(),
             weight.into_tensor_arg(),
+            weight_lo.into_tensor_arg(),
             bias.into_tensor_arg(),
+            maxima.into_tensor_arg(),
             output.clone().into_tensor_arg(),
             tile.stride,
             tile.runs,
@@ -665,7 +1055,9 @@ mod gpu {
             tile.planes,
             tile.per_warp,
             mma,
-            dtype,
+            split,
+            operands,
+            values,
         );
         output
     }
@@ -676,11 +1068,13 @@ mod tests {
     use super::*;
     use burn::tensor::{DeviceKind, Distribution};
 
-    /// Largest |ours − burn's on the same f16 values| / (1 + |burn's|), over each block of
-    /// [`TILES`] (two and four runs a warp) cut by the grid's edge on every axis, several channel chunks and channel
-    /// blocks, one and two images, with and without bias. burn's convolution in f32, or where
-    /// `reference` is f16 in f16.
-    fn worst_difference(device: &Device, mode: usize, reference: FloatDType) -> f32 {
+    /// Largest |ours − burn's on the same values| over each block of [`TILES`] that computes
+    /// layers in `layer`'s dtype (two and four runs a warp) cut by the grid's edge on every
+    /// axis, several channel chunks and channel blocks, one and two images, with and without
+    /// bias: in f16 / (1 + |burn's|), in f32 / burn's largest |value| of the case (whose input
+    /// is of order 1, 10⁵, past f16's largest value, or 10⁻⁴). burn's convolution in f32, or
+    /// where `reference` is f16 in f16.
+    fn worst_difference(device: &Device, mode: usize, layer: FloatDType, reference: FloatDType) -> f32 {
         // (input, output channels, stride). Input channels in one chunk, two, three; one
         // channel and 24 (padded to whole chunks). Outputs wider than 16 (the wide block), of
         // 16 and fewer (the narrow one), and stride 2 (odd and even sizes).
@@ -695,21 +1089,26 @@ mod tests {
             ([1, 16, 5, 9, 33], 32, 2),
             ([2, 24, 4, 6, 8], 64, 2),
         ];
-        // Four runs a warp at stride 1 only.
+        let split = layer == FloatDType::F32;
+        let options = |stride: usize| ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
+        let dtype = DType::from(layer);
+        // Every number of runs a warp that computes the case.
         let runs = cases.into_iter().enumerate().flat_map(|(i, case)| {
-            PER_WARP.into_iter().filter(move |&p| p == PER_WARP[0] || case.2 == 1).map(move |p| (i, case, p))
+            let fits =
+                move |&p: &usize| conv3d_k3_mma_fits(case.0, [case.1, case.0[1], 3, 3, 3], &options(case.2), dtype, p);
+            PER_WARP.into_iter().filter(fits).map(move |p| (i, case, p))
         });
         let tiles: Vec<Tile> =
             runs.clone().map(|(_, (shape, _, stride), p)| tile_for(stride, (shape[4] - 1) / stride + 1, p)).collect();
-        assert!(TILES.iter().all(|t| tiles.contains(t)), "every block tested");
+        assert!(TILES.iter().filter(|t| !split || t.splits()).all(|t| tiles.contains(t)), "every block tested");
         let mut worst = 0.0f32;
         for (i, (shape, out, stride), per_warp) in runs {
             let random = |dims: [usize; 5]| Tensor::<5>::random(dims, Distribution::Uniform(-1.0, 1.0), device);
-            let x = random(shape).cast(FloatDType::F16);
-            let weight = random([out, shape[1], 3, 3, 3]).cast(FloatDType::F16);
+            let magnitude = if split { [1.0, 1e5, 1e-4][i % 3] } else { 1.0 };
+            let x = (random(shape) * magnitude).cast(layer);
+            let weight = random([out, shape[1], 3, 3, 3]).cast(layer);
             let bias = (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device));
-            let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
-            assert!(conv3d_k3_mma_fits(x.dims(), weight.dims(), &options, x.dtype(), per_warp));
+            let options = options(stride);
             let cast = |t: Tensor<5>| t.cast(reference);
             let reference = burn::tensor::module::conv3d(
                 cast(x.clone()),
@@ -719,11 +1118,13 @@ mod tests {
             );
             let ours = run(x, weight, bias, &options, per_warp, mode);
             assert_eq!(ours.dims(), reference.dims());
-            assert_eq!(ours.dtype(), DType::F16, "the layer's dtype");
+            assert_eq!(ours.dtype(), dtype, "the layer's dtype");
             let floats = |t: Tensor<5>| t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap_or_default();
             let (ours, reference) = (floats(ours), floats(reference));
             assert_eq!(ours.len(), reference.len());
-            worst = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs() / (1.0 + b.abs())).fold(worst, f32::max);
+            let largest = reference.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let error = |(a, b): (&f32, &f32)| (a - b).abs() / if split { largest } else { 1.0 + b.abs() };
+            worst = ours.iter().zip(&reference).map(error).fold(worst, f32::max);
         }
         worst
     }
@@ -743,6 +1144,15 @@ mod tests {
         assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), f16, 4), "four runs a warp");
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f16, 4), "four at stride 2");
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), f16, 3), "three runs a warp");
+        // In f32, the blocks with room for their scratch.
+        let f32 = DType::F32;
+        assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), f32, 4), "f32, four");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), f32, 2), "f32, two at 1");
+        assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f32, 2), "f32, stride 2");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f32, 4), "f32, four at 2");
+        assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), DType::F64, 4), "f64");
+        let splitting: Vec<Tile> = TILES.into_iter().filter(Tile::splits).collect();
+        assert_eq!(splitting, [TILES[2], TILES[3], TILES[4]]);
     }
 
     /// On flex, burn's convolution in f16 (which sums in f16 there: 5·10⁻³ from its sums in
@@ -751,7 +1161,7 @@ mod tests {
     fn on_flex_it_is_burns_convolution() {
         let device = Device::flex();
         assert!(!available(&device));
-        let worst = worst_difference(&device, EMULATED, FloatDType::F16);
+        let worst = worst_difference(&device, EMULATED, FloatDType::F16, FloatDType::F16);
         assert!(worst < 1e-3, "{worst:e}");
     }
 
@@ -761,15 +1171,37 @@ mod tests {
     #[test]
     fn on_a_gpu_the_kernel_computes_burns_sums() {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
-        let worst = worst_difference(&device, EMULATED, FloatDType::F32);
+        let (f16, f32) = (FloatDType::F16, FloatDType::F32);
+        let worst = worst_difference(&device, EMULATED, f16, f32);
         eprintln!("convolution on matrix units, emulated: worst {worst:e} of 1 + |value|");
         assert!(worst < 1.5e-3, "{worst:e}");
         if available(&device) {
-            let worst = worst_difference(&device, UNITS, FloatDType::F32);
+            let worst = worst_difference(&device, UNITS, f16, f32);
             eprintln!("convolution on matrix units: worst {worst:e} of 1 + |value|");
             assert!(worst < 1.5e-3, "{worst:e}");
         }
     }
+
+    /// In f32, as three products of f16 halves: burn's f32 sums of the same values to f32's
+    /// accuracy (about 10⁻⁶ of the largest |value|, where f16 values or TF32 are 10⁻³), inputs
+    /// past f16's largest value and near its smallest included.
+    #[test]
+    fn on_a_gpu_the_kernel_computes_f32_sums_in_f16_halves() {
+        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        let f32 = FloatDType::F32;
+        let worst = worst_difference(&device, EMULATED, f32, f32);
+        eprintln!("f32 convolution on matrix units, emulated: worst {worst:e} of the largest |value|");
+        assert!(worst < F32_BOUND, "{worst:e}");
+        if available(&device) {
+            let worst = worst_difference(&device, UNITS, f32, f32);
+            eprintln!("f32 convolution on matrix units: worst {worst:e} of the largest |value|");
+            assert!(worst < F32_BOUND, "{worst:e}");
+        }
+    }
+
+    /// What the f32 layers' three products may differ from burn's f32 sums, relative to the
+    /// largest |value|.
+    const F32_BOUND: f32 = 1e-5;
 
     /// burn's SPIR-V compiler turns the kernel's cooperative-matrix operations into SPIR-V, and
     /// a GPU whose driver does not offer them (lavapipe) refuses it: an error the tuner reads
@@ -782,13 +1214,16 @@ mod tests {
         // device refuses it.
         let blocks = [([1, 16, 2, 4, 32], 1, 2), ([1, 16, 2, 4, 16], 1, 2), ([1, 16, 2, 4, 32], 2, 2)];
         let four = [([1, 16, 2, 4, 32], 1, 4), ([1, 16, 2, 4, 16], 1, 4)];
-        for (shape, stride, per_warp) in blocks.into_iter().chain(four) {
+        let f16 = FloatDType::F16;
+        let layers = blocks.into_iter().chain(four).map(|b| (b, f16));
+        // And the f32 layers' blocks, with their scratch and three products.
+        let f32 = four.into_iter().chain([blocks[2]]).map(|b| (b, FloatDType::F32));
+        for ((shape, stride, per_warp), dtype) in layers.chain(f32) {
             let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);
             let weight = Tensor::<5>::random([32, 16, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
             let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
-            let f16 = FloatDType::F16;
             // Read back as it is (burn's reductions crash lavapipe in SPIR-V builds).
-            let ours = run(x.cast(f16), weight.cast(f16), None, &options, per_warp, FORCED).try_into_data();
+            let ours = run(x.cast(dtype), weight.cast(dtype), None, &options, per_warp, FORCED).try_into_data();
             eprintln!("forced onto matrix units: {:?}", ours.as_ref().map(|d| d.num_elements()));
             assert_eq!(ours.is_ok(), available(&device), "{ours:?}");
         }
