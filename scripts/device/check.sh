@@ -12,7 +12,7 @@
 #   device run: STEPS=tuned ...            # carry .gl, .device/whl and .device/tuned
 #   device run: STEPS=remember ...         # the same carry: tuning kept for a second process
 #   device run: STEPS=mma ...              # the same carry: the tensor-core kernel on one
-#               # layer, then in the f16 network (LIGHTBOX_AI_CONV=units, nothing tuned)
+#               # layer in f16 and f32, then in the network (LIGHTBOX_AI_CONV=units, nothing tuned)
 #   device run: STEPS=tuned TUNED_BUILDS=bench-ai-spirv TUNED_VARIANTS=f16:tuned:1024 ...
 #               # the same carry: the f16 network tuned per layer, the new kernel among the ways
 #
@@ -132,19 +132,22 @@ echo "SM clock during bench-ai (MHz, nvidia-smi): lowest $(cut -d, -f2 "$REF/gpu
 fi
 
 if want mma; then
-# One full-resolution layer (32 → 32 channels, 3³, 128³) in f16 by burn's kernels, the GEMM
-# path and each of Lightbox's ways, its tensor-core kernel (lightbox_ai::kernels::mma) among
-# them: whether the driver takes that kernel (else "left out" and why) and how fast it is,
-# then PlainConvUNet in f16 with that kernel for every 3³ layer (LIGHTBOX_AI_CONV=units:
-# nothing tuned first) against PyTorch fp16 in the same call, before the tuned network
-# (issue 7). MMA_LIMIT, MMA_NET_LIMIT (s); MMA_VARIANTS (bench-ai's variants, f16:units).
-step "3m. one full-resolution layer in f16 by every way, then the f16 network on matrix units (SPIR-V build)"
+# One full-resolution layer (32 → 32 channels, 3³, 128³) in f16, then in f32, by burn's
+# kernels, the GEMM path and each of Lightbox's ways, its tensor-core kernel
+# (lightbox_ai::kernels::mma; in f32 three products of f16 halves) among them: whether the
+# driver takes that kernel (else "left out" and why) and how fast it is, then PlainConvUNet
+# with that kernel for every 3³ layer (LIGHTBOX_AI_CONV=units: nothing tuned first) against
+# PyTorch in the same call, before the tuned network (issue 7). MMA_LAYERS (f16 f32), MMA_LIMIT
+# (s, each), MMA_NET_LIMIT (s); MMA_VARIANTS (bench-ai's variants, f16:units,f32:units).
+step "3m. one full-resolution layer by every way, then the network on matrix units (SPIR-V build)"
 build=bench-ai-spirv
 [ -x "$BIN/$build" ] || build=bench-ai
-LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS= LIGHTBOX_BENCH_LAYER_PRECISION=f16 \
+for layer in ${MMA_LAYERS:-f16 f32}; do
+LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS= LIGHTBOX_BENCH_LAYER_PRECISION=$layer \
     timeout "${MMA_LIMIT:-150}" "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
+done
 [ -f "$REF/torch_bench.json" ] || { timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"; cat "$REF/torch_bench.json" >> "$OUT/torch.log"; }
-LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS=${MMA_VARIANTS:-f16:units} LIGHTBOX_BENCH_LAYER_PRECISION=none \
+LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS=${MMA_VARIANTS:-f16:units,f32:units} LIGHTBOX_BENCH_LAYER_PRECISION=none \
     LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout "${MMA_NET_LIMIT:-150}" "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
 fi
 
