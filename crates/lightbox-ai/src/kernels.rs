@@ -1972,9 +1972,10 @@ mod tests {
                 .concat();
         let tiled = [ConvWay::Tiled, ConvWay::TiledWide, ConvWay::TiledShort];
         // The matrix units' kernel only where the GPU has them (never on lavapipe).
-        let units = [ConvWay::MatrixUnits, ConvWay::MatrixUnitsFour];
+        // (In f16: its one-product f32 way does not apply there.)
+        let units = [ConvWay::MatrixUnits, ConvWay::MatrixUnitsFour, ConvWay::MatrixUnitsTf32];
         let (with_units, without_units): (&[ConvWay], &[ConvWay]) =
-            if mma::available(&device) { (&units, &[]) } else { (&[], &units) };
+            if mma::available(&device) { (&units[..2], &units[2..]) } else { (&[], &units) };
         // (input, output channels, kernel side, dtype, TF32 allowed, ways timed, ways not timed)
         for (shape, out, k, dtype, allowed, expected, absent) in [
             (

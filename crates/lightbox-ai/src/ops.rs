@@ -263,10 +263,14 @@ pub enum ConvWay {
     /// The same, four runs a warp (stride 1, f16 or f32): each weight fragment serves twice
     /// the products, for twice the accumulators a thread.
     MatrixUnitsFour,
+    /// For an f32 layer, the same kernel with one product of f16 halves instead of three
+    /// ([`crate::kernels::mma::conv3d_k3_mma_tf32`]): the inputs' 11 leading bits, as TF32
+    /// keeps, so only with TF32's accuracy allowed.
+    MatrixUnitsTf32,
 }
 
 impl ConvWay {
-    const ALL: [Self; 18] = [
+    const ALL: [Self; 19] = [
         Self::Burn,
         Self::Gemm,
         Self::GemmTransposed,
@@ -285,11 +289,12 @@ impl ConvWay {
         Self::WinogradF2Fused,
         Self::MatrixUnits,
         Self::MatrixUnitsFour,
+        Self::MatrixUnitsTf32,
     ];
 
     /// Lightbox's own ways (what [`crate::profile`] times besides burn's and the matrix
     /// products): its kernels and Winograd's algorithms, which the tuner tries on a GPU only.
-    pub const OWN: [Self; 14] = [
+    pub const OWN: [Self; 15] = [
         Self::Direct,
         Self::DirectWide,
         Self::Tiled,
@@ -304,12 +309,19 @@ impl ConvWay {
         Self::WinogradF2Fused,
         Self::MatrixUnits,
         Self::MatrixUnitsFour,
+        Self::MatrixUnitsTf32,
     ];
 
     /// Whether this way is only as accurate as TF32 ([`crate::Convolution::Tuned`]'s `tf32`):
-    /// Winograd's F(4, 3), whose transforms multiply by up to 125 going in and 512 coming out.
+    /// Winograd's F(4, 3), whose transforms multiply by up to 125 going in and 512 coming out,
+    /// and the matrix units' one product of f16 halves.
     pub fn approximate(self) -> bool {
-        matches!(self, Self::WinogradF4 | Self::WinogradF4Transposed)
+        matches!(self, Self::WinogradF4 | Self::WinogradF4Transposed | Self::MatrixUnitsTf32)
+    }
+
+    /// Whether this is one of the ways of Lightbox's kernel on matrix units.
+    pub fn on_matrix_units(self) -> bool {
+        matches!(self, Self::MatrixUnits | Self::MatrixUnitsFour | Self::MatrixUnitsTf32)
     }
 
     /// Runs of 16 voxels a warp of the matrix units' kernel computes.
@@ -369,6 +381,7 @@ impl ConvWay {
             }
             Self::MatrixUnits => matrix_units_apply(device, input, weight, options, dtype, 2),
             Self::MatrixUnitsFour => matrix_units_apply(device, input, weight, options, dtype, 4),
+            Self::MatrixUnitsTf32 => matrix_units_tf32_apply(device, input, weight, options, dtype),
             _ => true,
         }
     }
@@ -425,6 +438,12 @@ impl ConvWay {
                 #[cfg(not(feature = "gpu"))]
                 burn::tensor::module::conv3d(x, weight, bias, options.clone())
             }
+            Self::MatrixUnitsTf32 => {
+                #[cfg(feature = "gpu")]
+                return crate::kernels::mma::conv3d_k3_mma_tf32(x, weight, bias, options);
+                #[cfg(not(feature = "gpu"))]
+                burn::tensor::module::conv3d(x, weight, bias, options.clone())
+            }
         }
     }
 
@@ -448,6 +467,7 @@ impl ConvWay {
             Self::WinogradF2Fused => "Winograd F(2x2x2, 3x3x3) in one kernel",
             Self::MatrixUnits => "Lightbox's kernel on matrix units (tensor cores)",
             Self::MatrixUnitsFour => "Lightbox's kernel on matrix units (tensor cores), four runs a warp",
+            Self::MatrixUnitsTf32 => "Lightbox's kernel on matrix units (tensor cores), f32 as one f16 product (TF32)",
         }
     }
 }
@@ -527,6 +547,29 @@ fn matrix_units_apply(
 ) -> bool {
     crate::kernels::mma::conv3d_k3_mma_fits(input, weight, options, dtype, per_warp)
         && crate::kernels::mma::available(device)
+}
+
+#[cfg(feature = "gpu")]
+fn matrix_units_tf32_apply(
+    device: &Device,
+    input: [usize; 5],
+    weight: [usize; 5],
+    options: &burn::tensor::ops::ConvOptions<3>,
+    dtype: burn::tensor::DType,
+) -> bool {
+    crate::kernels::mma::tf32_runs_a_warp(input, weight, options, dtype).is_some()
+        && crate::kernels::mma::available(device)
+}
+
+#[cfg(not(feature = "gpu"))]
+fn matrix_units_tf32_apply(
+    _: &Device,
+    _: [usize; 5],
+    _: [usize; 5],
+    _: &burn::tensor::ops::ConvOptions<3>,
+    _: burn::tensor::DType,
+) -> bool {
+    false
 }
 
 #[cfg(not(feature = "gpu"))]

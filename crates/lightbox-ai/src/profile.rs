@@ -76,7 +76,7 @@ pub fn convolution_layer(
     let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
     let reference = burn::tensor::module::conv3d(f32(x.clone()), f32(weight.clone()), None, options.clone());
     let mut own = crate::ops::ConvWay::OWN;
-    own.sort_by_key(|way| !matches!(way, crate::ops::ConvWay::MatrixUnits | crate::ops::ConvWay::MatrixUnitsFour));
+    own.sort_by_key(|way| !way.on_matrix_units());
     for way in own {
         if way.applies(&device.device, x.dims(), weight.dims(), &options, weight.dtype()) {
             let run = || way.run(x.clone(), weight.clone(), None, &options, column_mib << 20);

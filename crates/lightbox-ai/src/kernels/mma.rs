@@ -25,7 +25,8 @@
 //! a chunk, its `hi` halves then its `lo` halves, in the same workgroup memory. The accumulators
 //! go out through a small f32 scratch a warp, not the f16 staging. That is about as accurate as
 //! f32 sums of f32 products (10⁻⁶ of the largest value, where TF32 is 10⁻³), for three times the
-//! f16 products: NVIDIA's tensor cores do f16 products at many times the rate of f32 ones.
+//! f16 products: NVIDIA's tensor cores do f16 products at many times the rate of f32 ones. With
+//! one product, of the `hi` halves alone, it is as accurate as TF32 ([`conv3d_k3_mma_tf32`]).
 //!
 //! Where a GPU offers no cooperative matrices (lavapipe, WGSL), the same kernel runs emulated:
 //! each fragment operation done by the warp's 32 threads from the same memory, at the same
@@ -169,8 +170,9 @@ pub trait MmaKernels: Backend {
     /// channels last, O a multiple of [`TILE_O`]), both in f16 or both in f32, `bias` `[O]` in
     /// f32: the convolution, padding 1, `stride` 1 or 2, plus the bias → `[N, O, D', H', W']` in
     /// `x`'s dtype, `per_warp` runs a warp (one of [`PER_WARP`]; four at stride 1 only, and in
-    /// f32 [`Tile::splits`]), as `mode` says ([`UNITS`], [`EMULATED`] or [`FORCED`]).
-    /// Elsewhere than on a GPU, burn's convolution.
+    /// f32 [`Tile::splits`]), as `mode` says ([`UNITS`], [`EMULATED`] or [`FORCED`]); in f32
+    /// with `tf32` one product of the `hi` halves (TF32's accuracy) instead of three. Elsewhere
+    /// than on a GPU, burn's convolution.
     #[fusion(dtype = x, shape = mma_shape(x, weight, stride))]
     fn conv3d_k3_mma(
         x: FloatTensor<Self>,
@@ -179,6 +181,7 @@ pub trait MmaKernels: Backend {
         stride: usize,
         per_warp: usize,
         mode: usize,
+        tf32: bool,
     ) -> FloatTensor<Self>;
 }
 
@@ -238,7 +241,33 @@ pub fn conv3d_k3_mma(
     options: &ConvOptions<3>,
     per_warp: usize,
 ) -> Tensor<5> {
-    run(x, weight, bias, options, per_warp, UNITS)
+    run(x, weight, bias, options, per_warp, UNITS, false)
+}
+
+/// The same for an f32 layer to TF32's accuracy: each product one of the `hi` halves (11 of the
+/// values' 24 bits, as TF32 keeps, summed in f32), a third of the products and the input staged
+/// once; four runs a warp at stride 1, two at stride 2. burn's convolution where it does not
+/// apply.
+pub fn conv3d_k3_mma_tf32(
+    x: Tensor<5>,
+    weight: Tensor<5>,
+    bias: Option<Tensor<1>>,
+    options: &ConvOptions<3>,
+) -> Tensor<5> {
+    match tf32_runs_a_warp(x.dims(), weight.dims(), options, weight.dtype()) {
+        Some(per_warp) => run(x, weight, bias, options, per_warp, UNITS, true),
+        None => burn::tensor::module::conv3d(x, weight, bias, options.clone()),
+    }
+}
+
+/// The runs a warp of [`conv3d_k3_mma_tf32`]'s block for this f32 layer, if it computes it.
+pub fn tf32_runs_a_warp(
+    input: [usize; 5],
+    weight: [usize; 5],
+    options: &ConvOptions<3>,
+    dtype: DType,
+) -> Option<usize> {
+    PER_WARP.into_iter().find(|&p| dtype == DType::F32 && conv3d_k3_mma_fits(input, weight, options, dtype, p))
 }
 
 /// The same, the kernel emulated on a GPU without matrix units (tests).
@@ -250,7 +279,7 @@ pub(crate) fn conv3d_k3_mma_emulated(
     options: &ConvOptions<3>,
     per_warp: usize,
 ) -> Tensor<5> {
-    run(x, weight, bias, options, per_warp, EMULATED)
+    run(x, weight, bias, options, per_warp, EMULATED, false)
 }
 
 /// The largest |value| of a tensor scaled to this before it is split into f16 halves: far from
@@ -264,6 +293,7 @@ fn run(
     options: &ConvOptions<3>,
     per_warp: usize,
     mode: usize,
+    tf32: bool,
 ) -> Tensor<5> {
     let dtype = weight.dtype();
     let x = x.cast(FloatDType::from(dtype));
@@ -295,6 +325,7 @@ fn run(
         stride,
         per_warp,
         mode,
+        tf32,
     ))
 }
 
@@ -339,6 +370,7 @@ impl MmaKernels for Flex {
         stride: usize,
         _per_warp: usize,
         _mode: usize,
+        _tf32: bool,
     ) -> FloatTensor<Self> {
         by_burn::<Self>(x, weight, bias, stride)
     }
@@ -352,6 +384,7 @@ impl MmaKernels for CubeBackend {
         stride: usize,
         per_warp: usize,
         mode: usize,
+        tf32: bool,
     ) -> FloatTensor<Self> {
         let width = mma_shape(&x.shape(), &weight.shape(), &stride)[4];
         let tile = tile_for(stride, width, per_warp);
@@ -361,7 +394,7 @@ impl MmaKernels for CubeBackend {
         if !fits || (mode == UNITS && !units) {
             return by_burn::<Self>(x, weight, bias, stride);
         }
-        gpu::conv3d_k3_mma(x, weight, bias, tile, units)
+        gpu::conv3d_k3_mma(x, weight, bias, tile, units, !tf32)
     }
 }
 
@@ -723,7 +756,7 @@ mod gpu {
     /// `q % runs`-th along x; rows plane by plane), each by two fragments of 16 channels.
     /// `mma`: by cooperative matrices; else each fragment operation by the warp's threads,
     /// reading the same addresses. `split`: `input` and `output` in f32, each product as three
-    /// of f16 halves (the module's documentation; `weight` and `weight_lo` the weight's, scaled;
+    /// of f16 halves where `three`, else one of the `hi` halves (the module's documentation; `weight` and `weight_lo` the weight's, scaled;
     /// `maxima` the largest |value| of the input and of the weight: [`abs_max_kernel`]; else
     /// neither `weight_lo` nor `maxima` is read).
     #[cube(launch, address_type = "dynamic")]
@@ -742,6 +775,7 @@ mod gpu {
         #[comptime] per_warp: usize,
         #[comptime] mma: bool,
         #[comptime] split: bool,
+        #[comptime] three: bool,
         #[define(F)] _operands: ElemType,
         #[define(I)] _values: ElemType,
     ) {
@@ -811,7 +845,7 @@ mod gpu {
             let mut c0 = 0usize;
             while c0 < in_c {
                 sync_cube();
-                if split {
+                if three {
                     stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, HI);
                     sync_cube();
                     products::<F>(
@@ -819,6 +853,9 @@ mod gpu {
                     );
                     sync_cube();
                     stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, LO);
+                } else if split {
+                    // One product, of the `hi` halves.
+                    stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, HI);
                 } else {
                     stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, PLAIN);
                 }
@@ -883,7 +920,7 @@ mod gpu {
             let mut c0 = 0usize;
             while c0 < in_c {
                 sync_cube();
-                if split {
+                if three {
                     stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, HI);
                     sync_cube();
                     products_emulated::<F>(
@@ -892,6 +929,9 @@ mod gpu {
                     );
                     sync_cube();
                     stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, LO);
+                } else if split {
+                    // One product, of the `hi` halves.
+                    stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, HI);
                 } else {
                     stage_input::<I, F>(input, &mut halo, n, c0, oz, y0, x0, scale, hz, hy, hx, stride, threads, PLAIN);
                 }
@@ -987,13 +1027,14 @@ mod gpu {
 
     /// [`conv3d_k3_mma_kernel`] over the whole output by blocks of `tile` (`mma`: on
     /// cooperative matrices), in `x`'s dtype: f16, or f32 in f16 halves (the weight split here,
-    /// once a call, after the largest |value| of each).
+    /// once a call, after the largest |value| of each; `three` products of them, else one).
     pub(super) fn conv3d_k3_mma(
         x: CubeTensor,
         weight: CubeTensor,
         bias: CubeTensor,
         tile: Tile,
         mma: bool,
+        three: bool,
     ) -> CubeTensor {
         use burn::tensor::{DType, Shape};
         use burn_cubecl::ops::numeric::{empty_device_dtype, zeros_client};
@@ -1056,6 +1097,7 @@ mod gpu {
             tile.per_warp,
             mma,
             split,
+            split && three,
             operands,
             values,
         );
@@ -1073,8 +1115,8 @@ mod tests {
     /// axis, several channel chunks and channel blocks, one and two images, with and without
     /// bias: in f16 / (1 + |burn's|), in f32 / burn's largest |value| of the case (whose input
     /// is of order 1, 10⁵, past f16's largest value, or 10⁻⁴). burn's convolution in f32, or
-    /// where `reference` is f16 in f16.
-    fn worst_difference(device: &Device, mode: usize, layer: FloatDType, reference: FloatDType) -> f32 {
+    /// where `reference` is f16 in f16. `tf32`: f32 layers by one product of halves.
+    fn worst_difference(device: &Device, mode: usize, layer: FloatDType, reference: FloatDType, tf32: bool) -> f32 {
         // (input, output channels, stride). Input channels in one chunk, two, three; one
         // channel and 24 (padded to whole chunks). Outputs wider than 16 (the wide block), of
         // 16 and fewer (the narrow one), and stride 2 (odd and even sizes).
@@ -1116,7 +1158,7 @@ mod tests {
                 bias.clone().map(|b| b.cast(reference)),
                 options.clone(),
             );
-            let ours = run(x, weight, bias, &options, per_warp, mode);
+            let ours = run(x, weight, bias, &options, per_warp, mode, tf32);
             assert_eq!(ours.dims(), reference.dims());
             assert_eq!(ours.dtype(), dtype, "the layer's dtype");
             let floats = |t: Tensor<5>| t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap_or_default();
@@ -1161,7 +1203,7 @@ mod tests {
     fn on_flex_it_is_burns_convolution() {
         let device = Device::flex();
         assert!(!available(&device));
-        let worst = worst_difference(&device, EMULATED, FloatDType::F16, FloatDType::F16);
+        let worst = worst_difference(&device, EMULATED, FloatDType::F16, FloatDType::F16, false);
         assert!(worst < 1e-3, "{worst:e}");
     }
 
@@ -1172,11 +1214,11 @@ mod tests {
     fn on_a_gpu_the_kernel_computes_burns_sums() {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         let (f16, f32) = (FloatDType::F16, FloatDType::F32);
-        let worst = worst_difference(&device, EMULATED, f16, f32);
+        let worst = worst_difference(&device, EMULATED, f16, f32, false);
         eprintln!("convolution on matrix units, emulated: worst {worst:e} of 1 + |value|");
         assert!(worst < 1.5e-3, "{worst:e}");
         if available(&device) {
-            let worst = worst_difference(&device, UNITS, f16, f32);
+            let worst = worst_difference(&device, UNITS, f16, f32, false);
             eprintln!("convolution on matrix units: worst {worst:e} of 1 + |value|");
             assert!(worst < 1.5e-3, "{worst:e}");
         }
@@ -1189,13 +1231,30 @@ mod tests {
     fn on_a_gpu_the_kernel_computes_f32_sums_in_f16_halves() {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         let f32 = FloatDType::F32;
-        let worst = worst_difference(&device, EMULATED, f32, f32);
+        let worst = worst_difference(&device, EMULATED, f32, f32, false);
         eprintln!("f32 convolution on matrix units, emulated: worst {worst:e} of the largest |value|");
         assert!(worst < F32_BOUND, "{worst:e}");
         if available(&device) {
-            let worst = worst_difference(&device, UNITS, f32, f32);
+            let worst = worst_difference(&device, UNITS, f32, f32, false);
             eprintln!("f32 convolution on matrix units: worst {worst:e} of the largest |value|");
             assert!(worst < F32_BOUND, "{worst:e}");
+        }
+    }
+
+    /// In f32 to TF32's accuracy, one product of the `hi` halves: within the tuner's bound for
+    /// TF32 (10⁻³ of the largest |value|), and further from f32's sums than three products are
+    /// (so one product is what ran).
+    #[test]
+    fn on_a_gpu_the_kernel_computes_f32_sums_to_tf32_accuracy() {
+        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        let f32 = FloatDType::F32;
+        let modes = if available(&device) { vec![EMULATED, UNITS] } else { vec![EMULATED] };
+        for mode in modes {
+            let worst = worst_difference(&device, mode, f32, f32, true);
+            eprintln!(
+                "f32 convolution on matrix units, one product (mode {mode}): worst {worst:e} of the largest |value|"
+            );
+            assert!(worst < 1e-3 && worst > 4.0 * F32_BOUND, "{worst:e}");
         }
     }
 
@@ -1215,15 +1274,17 @@ mod tests {
         let blocks = [([1, 16, 2, 4, 32], 1, 2), ([1, 16, 2, 4, 16], 1, 2), ([1, 16, 2, 4, 32], 2, 2)];
         let four = [([1, 16, 2, 4, 32], 1, 4), ([1, 16, 2, 4, 16], 1, 4)];
         let f16 = FloatDType::F16;
-        let layers = blocks.into_iter().chain(four).map(|b| (b, f16));
-        // And the f32 layers' blocks, with their scratch and three products.
-        let f32 = four.into_iter().chain([blocks[2]]).map(|b| (b, FloatDType::F32));
-        for ((shape, stride, per_warp), dtype) in layers.chain(f32) {
+        let layers = blocks.into_iter().chain(four).map(|b| (b, f16, false));
+        // And the f32 layers' blocks, with their scratch and three products, and one block with
+        // one product.
+        let f32 = FloatDType::F32;
+        let split = four.into_iter().chain([blocks[2]]).map(|b| (b, f32, false)).chain([(blocks[2], f32, true)]);
+        for ((shape, stride, per_warp), dtype, tf32) in layers.chain(split) {
             let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);
             let weight = Tensor::<5>::random([32, 16, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
             let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
             // Read back as it is (burn's reductions crash lavapipe in SPIR-V builds).
-            let ours = run(x.cast(dtype), weight.cast(dtype), None, &options, per_warp, FORCED).try_into_data();
+            let ours = run(x.cast(dtype), weight.cast(dtype), None, &options, per_warp, FORCED, tf32).try_into_data();
             eprintln!("forced onto matrix units: {:?}", ours.as_ref().map(|d| d.num_elements()));
             assert_eq!(ours.is_ok(), available(&device), "{ours:?}");
         }
