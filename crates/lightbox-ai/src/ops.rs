@@ -381,7 +381,10 @@ impl ConvWay {
             }
             Self::MatrixUnits => matrix_units_apply(device, input, weight, options, dtype, 2),
             Self::MatrixUnitsFour => matrix_units_apply(device, input, weight, options, dtype, 4),
-            Self::MatrixUnitsTf32 => matrix_units_tf32_apply(device, input, weight, options, dtype),
+            // In f32, by either block that computes the layer.
+            Self::MatrixUnitsTf32 => {
+                f32 && [2, 4].iter().any(|&p| matrix_units_apply(device, input, weight, options, dtype, p))
+            }
             _ => true,
         }
     }
@@ -547,29 +550,6 @@ fn matrix_units_apply(
 ) -> bool {
     crate::kernels::mma::conv3d_k3_mma_fits(input, weight, options, dtype, per_warp)
         && crate::kernels::mma::available(device)
-}
-
-#[cfg(feature = "gpu")]
-fn matrix_units_tf32_apply(
-    device: &Device,
-    input: [usize; 5],
-    weight: [usize; 5],
-    options: &burn::tensor::ops::ConvOptions<3>,
-    dtype: burn::tensor::DType,
-) -> bool {
-    crate::kernels::mma::tf32_runs_a_warp(input, weight, options, dtype).is_some()
-        && crate::kernels::mma::available(device)
-}
-
-#[cfg(not(feature = "gpu"))]
-fn matrix_units_tf32_apply(
-    _: &Device,
-    _: [usize; 5],
-    _: [usize; 5],
-    _: &burn::tensor::ops::ConvOptions<3>,
-    _: burn::tensor::DType,
-) -> bool {
-    false
 }
 
 #[cfg(not(feature = "gpu"))]

@@ -1193,6 +1193,9 @@ mod tests {
         assert!(conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f32, 2), "f32, stride 2");
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(2, 1), f32, 4), "f32, four at 2");
         assert!(!conv3d_k3_mma_fits([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(1, 1), DType::F64, 4), "f64");
+        // One product of halves: the same blocks, f32 only.
+        let tf32 = |stride, dtype| tf32_runs_a_warp([1, 32, 8, 8, 8], [64, 32, 3, 3, 3], &options(stride, 1), dtype);
+        assert_eq!([tf32(1, f32), tf32(2, f32), tf32(1, f16), tf32(3, f32)], [Some(4), Some(2), None, None]);
         let splitting: Vec<Tile> = TILES.into_iter().filter(Tile::splits).collect();
         assert_eq!(splitting, [TILES[2], TILES[3], TILES[4]]);
     }
