@@ -1796,11 +1796,13 @@ mod tests {
         worst
     }
 
-    /// On flex the transforms are host loops that follow the kernels' arithmetic.
+    /// On flex the transforms are host loops that follow the kernels' arithmetic. F(2, 3) to
+    /// f32's rounding, 2·10⁻⁵ of 1 + |value| (random values: 24 runs here at most 7.7·10⁻⁶,
+    /// once 1.006·10⁻⁵ in CI against the 10⁻⁵ this was); F(4, 3) to TF32's accuracy.
     #[test]
     fn on_flex_winograd_is_burns_convolution() {
         use crate::winograd::{F2, F4};
-        for (transform, tolerance) in [(F2, 1e-5), (F4, 1e-3)] {
+        for (transform, tolerance) in [(F2, 2e-5), (F4, 1e-3)] {
             for transposed in [false, true] {
                 let worst =
                     worst_winograd_difference(&Device::flex(), FloatDType::F32, &transform, transposed, &[1, 1 << 30]);
