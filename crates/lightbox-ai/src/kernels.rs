@@ -75,7 +75,7 @@ pub trait LightboxKernels: Backend {
     #[fusion(dtype = x, shape = winograd_input_shape(x, m, z0, deep))]
     fn winograd_input(x: FloatTensor<Self>, m: usize, z0: usize, deep: usize) -> FloatTensor<Self>;
 
-    /// `products` `[(m + 2)³, O, P]` (any strides) of the tiles [`winograd_input`] made: the
+    /// `products` `[(m + 2)³, O, P]` (any strides) of the tiles [`LightboxKernels::winograd_input`] made: the
     /// output transform (Aᵀ·M·A) → `[images, O, depth, height, width]`, cut to that size.
     #[fusion(dtype = products, shape = winograd_output_shape(products, m, images, depth, height, width))]
     fn winograd_output(
@@ -88,7 +88,7 @@ pub trait LightboxKernels: Backend {
     ) -> FloatTensor<Self>;
 
     /// `x` `[N, C, D, H, W]` by `filter` `[64, C, O]` (F(2, 3)'s transformed weight,
-    /// [`crate::winograd::transformed_filter`]) plus `bias` `[O]`, both in f32 whatever `x`'s
+    /// `winograd::transformed_filter`) plus `bias` `[O]`, both in f32 whatever `x`'s
     /// dtype, padding 1, stride 1: the whole convolution by Winograd's F(2, 3) in one pass
     /// ([`conv3d_winograd_fused`]) → `[N, O, D, H, W]`.
     #[fusion(dtype = x, shape = conv3d_winograd_fused_shape(x, filter, bias))]
@@ -1694,7 +1694,7 @@ mod tests {
     use super::*;
     use burn::prelude::Device;
     use burn::tensor::ops::ConvOptions as Options;
-    use burn::tensor::{DeviceKind, Distribution, FloatDType};
+    use burn::tensor::{DeviceKind, FloatDType};
 
     fn values(t: Tensor<5>) -> Vec<f32> {
         t.cast(FloatDType::F32).into_data().try_to_vec::<f32>().unwrap_or_default()
@@ -1709,13 +1709,12 @@ mod tests {
         cases: &[([usize; 5], usize, usize, usize)],
         ours: impl Fn(Tensor<5>, Tensor<5>, Option<Tensor<1>>, &Options<3>) -> Tensor<5>,
     ) -> f32 {
+        let mut draw = crate::testing::Values::new(4);
         let mut worst = 0.0f32;
         for (i, &(shape, out, k, stride)) in cases.iter().enumerate() {
-            let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
-            let weight =
-                Tensor::<5>::random([out, shape[1], k, k, k], Distribution::Uniform(-1.0, 1.0), device).cast(dtype);
-            let bias =
-                (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device).cast(dtype));
+            let x = draw.signed(shape, device).cast(dtype);
+            let weight = draw.signed([out, shape[1], k, k, k], device).cast(dtype);
+            let bias = (i % 2 == 0).then(|| draw.signed([out], device).cast(dtype));
             let options = Options::new([stride; 3], [k / 2; 3], [1; 3], 1);
             let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
             let reference = burn::tensor::module::conv3d(
@@ -1866,11 +1865,12 @@ mod tests {
     /// layer it does not fit is [`crate::winograd::conv3d_winograd`].
     #[test]
     fn on_flex_fused_winograd_is_burns_convolution() {
+        let mut draw = crate::testing::Values::new(1);
         let worst = worst_fused_difference(&Device::flex(), FloatDType::F32);
         assert!(worst < 1e-5, "{worst:e}");
         let device = Device::flex();
-        let x = Tensor::<5>::random([1, 2, 4, 5, 6], Distribution::Uniform(-1.0, 1.0), &device);
-        let weight = Tensor::<5>::random([8, 2, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
+        let x = draw.signed([1, 2, 4, 5, 6], &device);
+        let weight = draw.signed([8, 2, 3, 3, 3], &device);
         let options = Options::new([1; 3], [1; 3], [1; 3], 1);
         let reference = burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone());
         let ours = conv3d_winograd_fused(x, weight, None, &options);
@@ -1958,6 +1958,7 @@ mod tests {
     /// whichever it keeps computes burn's sums.
     #[test]
     fn on_a_gpu_the_tuner_times_lightboxs_kernels() {
+        let mut draw = crate::testing::Values::new(2);
         use crate::ops::ConvWay;
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         let k3 = [ConvWay::Direct, ConvWay::DirectWide, ConvWay::Tiled, ConvWay::TiledWide, ConvWay::TiledShort];
@@ -2006,9 +2007,8 @@ mod tests {
             ),
             ([1, 16, 3, 8, 32], 32, 3, FloatDType::F16, false, with_units, without_units),
         ] {
-            let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device).cast(dtype);
-            let weight =
-                Tensor::<5>::random([out, shape[1], k, k, k], Distribution::Uniform(-1.0, 1.0), &device).cast(dtype);
+            let x = draw.signed(shape, &device).cast(dtype);
+            let weight = draw.signed([out, shape[1], k, k, k], &device).cast(dtype);
             let options = Options::new([1; 3], [k / 2; 3], [1; 3], 1);
             let f32 = |t: Tensor<5>| t.cast(FloatDType::F32);
             let reference =
@@ -2052,9 +2052,10 @@ mod tests {
     /// What the kernel does not cover (a channel count not a multiple of the block) is burn's.
     #[test]
     fn what_does_not_fit_is_burns_convolution() {
+        let mut draw = crate::testing::Values::new(3);
         for device in [Device::flex(), Device::wgpu(DeviceKind::DefaultDevice)] {
-            let x = Tensor::<5>::random([1, 3, 5, 4, 6], Distribution::Uniform(-1.0, 1.0), &device);
-            let weight = Tensor::<5>::random([12, 3, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
+            let x = draw.signed([1, 3, 5, 4, 6], &device);
+            let weight = draw.signed([12, 3, 3, 3, 3], &device);
             let options = Options::new([1; 3], [1; 3], [1; 3], 1);
             let reference = values(burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options));
             assert_eq!(values(conv3d_k3(x, weight, None, 1, 8)), reference);

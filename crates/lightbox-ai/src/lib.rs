@@ -17,6 +17,8 @@ pub mod ops;
 pub mod package;
 pub mod profile;
 pub mod sliding;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod torch;
 pub mod train;
 pub mod tuning;

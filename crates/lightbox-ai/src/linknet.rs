@@ -179,10 +179,10 @@ fn norm_relu(x: Tensor<5>) -> Tensor<5> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::Distribution;
 
     #[test]
     fn the_network_maps_a_volume_to_two_probabilities_per_voxel() -> Result<(), AiError> {
+        let mut draw = crate::testing::Values::new(1);
         let device = Device::flex();
         // Random weights of the right shapes.
         let tensors: Vec<_> = LinkNet3d::expected_tensors()
@@ -197,7 +197,7 @@ mod tests {
             .collect();
         assert_eq!(tensors.iter().map(|(_, _, v)| v.len()).sum::<usize>(), 2_126_258, "deepbet's parameter count");
         let net = LinkNet3d::from_tensors("test", &tensors, &device)?;
-        let x: Tensor<5> = Tensor::random([1, 1, 32, 32, 32], Distribution::Uniform(0.0, 1.0), &device);
+        let x: Tensor<5> = draw.uniform([1, 1, 32, 32, 32], 0.0, 1.0, &device);
         let y = net.forward(x);
         assert_eq!(y.dims(), [1, 2, 32, 32, 32]);
         let sums: Vec<f32> = y.sum_dim(1).into_data().try_to_vec().unwrap_or_default();

@@ -937,7 +937,7 @@ pub(crate) fn forward_values(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{Distribution, TensorData};
+    use burn::tensor::TensorData;
 
     fn device() -> Device {
         Device::flex()
@@ -947,17 +947,14 @@ mod tests {
         t.into_data().try_to_vec::<f32>().unwrap_or_default()
     }
 
-    fn random(shape: [usize; 5]) -> Tensor<5> {
-        Tensor::random(shape, Distribution::Uniform(-1.0, 1.0), &device())
-    }
-
     fn close(a: &[f32], b: &[f32], tolerance: f32) -> bool {
         a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tolerance)
     }
 
     #[test]
     fn max_pool3d_equals_a_direct_box_maximum() {
-        let x = random([1, 2, 7, 6, 9]);
+        let mut draw = crate::testing::Values::new(1);
+        let x = draw.signed([1, 2, 7, 6, 9], &device());
         let data = values(x.clone());
         let (k, s, p) = (3, 2, 1);
         let out = max_pool3d(x, k, s, p);
@@ -1018,7 +1015,8 @@ mod tests {
 
     #[test]
     fn trilinear_resize_equals_the_direct_formula() {
-        let x = random([1, 1, 4, 5, 6]);
+        let mut draw = crate::testing::Values::new(2);
+        let x = draw.signed([1, 1, 4, 5, 6], &device());
         let data = values(x.clone());
         let out = resize_trilinear(x, [7, 9, 11], true);
         assert!(close(&values(out), &trilinear_reference(&data, [4, 5, 6], [7, 9, 11]), 1e-5));
@@ -1026,13 +1024,14 @@ mod tests {
 
     #[test]
     fn transposed_convolution_with_kernel_equal_stride_equals_burns_own() {
+        let mut draw = crate::testing::Values::new(3);
         use burn::tensor::module::conv_transpose3d;
         use burn::tensor::ops::ConvTransposeOptions;
         // Anisotropic, as nnU-Net plans for thick slices: [1, 2, 2].
         for s in [[2, 2, 2], [1, 2, 2]] {
-            let x = random([2, 3, 4, 3, 5]);
-            let weight = random([3, 4, s[0], s[1], s[2]]);
-            let bias: Tensor<1> = Tensor::random([4], Distribution::Uniform(-1.0, 1.0), &device());
+            let x = draw.signed([2, 3, 4, 3, 5], &device());
+            let weight = draw.signed([3, 4, s[0], s[1], s[2]], &device());
+            let bias: Tensor<1> = draw.signed([4], &device());
             let ours = conv_transpose3d_stride(x.clone(), weight.clone(), Some(bias.clone()), s);
             let options = ConvTransposeOptions::new(s, [0, 0, 0], [0, 0, 0], [1, 1, 1], 1);
             let reference = conv_transpose3d(x, weight, Some(bias), options);
@@ -1055,6 +1054,7 @@ mod tests {
     /// two images, stride 2, slabs of one output slice, eight parts of two channels.
     #[test]
     fn split_products_equal_burns_own() {
+        let mut draw = crate::testing::Values::new(4);
         use burn::tensor::ops::ConvOptions;
         for (shape, parts, stride, budget) in [
             ([2, 8, 5, 4, 6], 4, [1; 3], 96 << 20),
@@ -1063,9 +1063,9 @@ mod tests {
             ([1, 16, 4, 3, 5], 2, [1; 3], 1),
             ([1, 16, 4, 3, 5], 8, [1; 3], 1),
         ] {
-            let x = random(shape);
-            let weight = random([5, shape[1], 3, 3, 3]);
-            let bias: Tensor<1> = Tensor::random([5], Distribution::Uniform(-1.0, 1.0), &device());
+            let x = draw.signed(shape, &device());
+            let weight = draw.signed([5, shape[1], 3, 3, 3], &device());
+            let bias: Tensor<1> = draw.signed([5], &device());
             let options = ConvOptions::new(stride, [1; 3], [1; 3], 1);
             let ours = gemm(x.clone(), weight.clone(), Some(bias.clone()), &options, budget, Product::Split(parts));
             let reference = burn::tensor::module::conv3d(x, weight, Some(bias), options);
@@ -1096,6 +1096,7 @@ mod tests {
     }
 
     fn matrix_products_equal_burns_own(way: ConvWay) {
+        let mut draw = crate::testing::Values::new(5);
         let gemm = |x, w, b, options: &_, budget| way.run(x, w, b, options, budget);
         use burn::tensor::module::conv3d;
         use burn::tensor::ops::ConvOptions;
@@ -1107,9 +1108,9 @@ mod tests {
             ([1, 2, 5, 4, 4], 3, [3, 3, 3], [1, 1, 1], [0, 0, 0]),
         ];
         for (shape, out, k, stride, padding) in cases {
-            let x = random(shape);
-            let weight = random([out, shape[1], k[0], k[1], k[2]]);
-            let bias: Tensor<1> = Tensor::random([out], Distribution::Uniform(-1.0, 1.0), &device());
+            let x = draw.signed(shape, &device());
+            let weight = draw.signed([out, shape[1], k[0], k[1], k[2]], &device());
+            let bias: Tensor<1> = draw.signed([out], &device());
             let options = ConvOptions::new(stride, padding, [1, 1, 1], 1);
             let ours = gemm(x.clone(), weight.clone(), Some(bias.clone()), &options, 96 << 20);
             let reference = conv3d(x, weight, Some(bias), options);
@@ -1117,18 +1118,18 @@ mod tests {
             assert!(close(&values(ours), &values(reference), 1e-5), "{shape:?} k {k:?} stride {stride:?}");
         }
         // Grouped and dilated convolutions (burn's own kernels) give burn's answer too.
-        let x = random([1, 4, 6, 6, 6]);
+        let x = draw.signed([1, 4, 6, 6, 6], &device());
         for (weight, options) in [
-            (random([4, 2, 3, 3, 3]), ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 2)),
-            (random([3, 4, 3, 3, 3]), ConvOptions::new([1, 1, 1], [2, 2, 2], [2, 2, 2], 1)),
+            (draw.signed([4, 2, 3, 3, 3], &device()), ConvOptions::new([1, 1, 1], [1, 1, 1], [1, 1, 1], 2)),
+            (draw.signed([3, 4, 3, 3, 3], &device()), ConvOptions::new([1, 1, 1], [2, 2, 2], [2, 2, 2], 1)),
         ] {
             let ours = gemm(x.clone(), weight.clone(), None, &options, 96 << 20);
             let reference = conv3d(x.clone(), weight, None, options);
             assert!(close(&values(ours), &values(reference), 1e-5));
         }
         // Slabs of output depth: 3 slices (one left over at the end), 1 slice, strided.
-        let x = random([1, 4, 10, 6, 5]);
-        let weight = random([3, 4, 3, 3, 3]);
+        let x = draw.signed([1, 4, 10, 6, 5], &device());
+        let weight = draw.signed([3, 4, 3, 3, 3], &device());
         let slice_bytes = 4 * 27 * 6 * 5 * 4;
         for (stride, budget) in [([1, 1, 1], 3 * slice_bytes), ([1, 1, 1], 1), ([2, 2, 2], 2 * slice_bytes)] {
             let options = ConvOptions::new(stride, [1, 1, 1], [1, 1, 1], 1);
@@ -1151,8 +1152,9 @@ mod tests {
     /// kernel off by 1 % in f32 or 10 % in f16, or one that writes a NaN, does not.
     #[test]
     fn a_way_that_computes_something_else_is_refused() {
-        let x = random([1, 3, 6, 5, 4]);
-        let weight = random([8, 3, 3, 3, 3]);
+        let mut draw = crate::testing::Values::new(6);
+        let x = draw.signed([1, 3, 6, 5, 4], &device());
+        let weight = draw.signed([8, 3, 3, 3, 3], &device());
         let options = burn::tensor::ops::ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
         let burn = burn::tensor::module::conv3d(x.clone(), weight.clone(), None, options.clone());
         let gemm = ConvWay::Gemm.run(x, weight, None, &options, 1 << 20);
@@ -1198,10 +1200,11 @@ mod tests {
 
     #[test]
     fn a_tuned_convolution_equals_burns_and_tunes_each_shape_once() {
+        let mut draw = crate::testing::Values::new(7);
         use burn::tensor::ops::ConvOptions;
         let options = ConvOptions::new([2, 1, 1], [1; 3], [1; 3], 1);
-        let (x, w) = (random([1, 3, 9, 7, 8]), random([5, 3, 3, 3, 3]));
-        let bias = Tensor::<1>::random([5], Distribution::Uniform(-1.0, 1.0), &device());
+        let (x, w) = (draw.signed([1, 3, 9, 7, 8], &device()), draw.signed([5, 3, 3, 3, 3], &device()));
+        let bias = draw.signed([5], &device());
         let reference = values(burn::tensor::module::conv3d(x.clone(), w.clone(), Some(bias.clone()), options.clone()));
         let ours = |x: Tensor<5>| values(conv3d_tuned(x, w.clone(), Some(bias.clone()), &options, 1 << 12, false));
         let shape = |l: &TunedLayer| l.shape.starts_with("[1, 3, 9, 7, 8] * [5, 3, 3, 3, 3], stride [2, 1, 1]");
@@ -1222,7 +1225,7 @@ mod tests {
         assert!(layer.as_ref().is_some_and(|l| times.contains(&(l.way, fastest))), "{layer:?}");
         assert!(close(&ours(x.clone()), &reference, 1e-5));
         assert_eq!((count(&shape), count(&wide)), (1, 0));
-        let wider = random([1, 3, 9, 7, 10]);
+        let wider = draw.signed([1, 3, 9, 7, 10], &device());
         let expected =
             values(burn::tensor::module::conv3d(wider.clone(), w.clone(), Some(bias.clone()), options.clone()));
         assert!(close(&ours(wider), &expected, 1e-5));
@@ -1235,6 +1238,7 @@ mod tests {
     /// burn's sums, and adds the shapes it times to the file for the next process.
     #[test]
     fn a_remembered_choice_is_taken_without_timing_and_new_ones_are_kept() -> anyhow::Result<()> {
+        let mut draw = crate::testing::Values::new(8);
         use burn::tensor::ops::ConvOptions;
         let dir = tempfile::tempdir()?;
         let store = TuningStore::new(dir.path(), "test GPU", "remembered");
@@ -1246,14 +1250,14 @@ mod tests {
         store.save(&[entry]).map_err(anyhow::Error::msg)?;
         remember_tuning(&device(), store.clone());
 
-        let (x, w) = (random([1, 2, 5, 6, 7]), random([3, 2, 3, 3, 3]));
+        let (x, w) = (draw.signed([1, 2, 5, 6, 7], &device()), draw.signed([3, 2, 3, 3, 3], &device()));
         let reference = values(burn::tensor::module::conv3d(x.clone(), w.clone(), None, options.clone()));
         assert!(close(&values(conv3d_tuned(x, w, None, &options, budget, false)), &reference, 1e-5));
         let layer = tuned_layers().into_iter().find(|l| l.shape == earlier.describe());
         assert_eq!(layer.as_ref().map(|l| (&l.ms, l.way, l.remembered)), Some((&fake, ConvWay::GemmTransposed, true)));
 
         // A shape no process has timed: timed here, and on disk for the next one.
-        let (x, w) = (random([1, 2, 5, 6, 9]), random([3, 2, 3, 3, 3]));
+        let (x, w) = (draw.signed([1, 2, 5, 6, 9], &device()), draw.signed([3, 2, 3, 3, 3], &device()));
         let reference = values(burn::tensor::module::conv3d(x.clone(), w.clone(), None, options.clone()));
         assert!(close(&values(conv3d_tuned(x, w, None, &options, budget, false)), &reference, 1e-5));
         let new = ConvShape::new([1, 2, 5, 6, 9], [3, 2, 3, 3, 3], [1; 3], [(1, 1); 3], "F32", budget);

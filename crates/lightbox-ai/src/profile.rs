@@ -204,7 +204,7 @@ pub(crate) fn section<T>(what: &'static str, device: &Device, f: impl FnOnce() -
     out
 }
 
-/// `f` (a forward pass, say) with each [`section`] it runs timed alone → its result and the
+/// `f` (a forward pass, say) with each section it runs (Lightbox's operations mark theirs) timed alone → its result and the
 /// sections in the order first met. What no section covers is the rest of `f`'s time.
 pub fn sections<T>(f: impl FnOnce() -> T) -> (T, Vec<Section>) {
     SECTIONS.with(|s| *s.borrow_mut() = Some(Vec::new()));

@@ -288,8 +288,7 @@ fn combination(row: &[f32], term: &dyn Fn(usize) -> Tensor<8>) -> Tensor<8> {
 
 #[cfg(test)]
 mod tests {
-    use burn::prelude::*;
-    use burn::tensor::{Distribution, FloatDType, ops::ConvOptions};
+    use burn::tensor::{FloatDType, ops::ConvOptions};
 
     use super::{F2, F4, Transform};
 
@@ -319,9 +318,10 @@ mod tests {
         dtype: FloatDType,
     ) -> anyhow::Result<f32> {
         let device = crate::AiDevice::cpu().device;
-        let x = Tensor::<5>::random(input, Distribution::Uniform(-1.0, 1.0), &device);
-        let weight = Tensor::<5>::random([out_channels, input[1], 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
-        let bias = Tensor::<1>::random([out_channels], Distribution::Uniform(-1.0, 1.0), &device);
+        let mut draw = crate::testing::Values::new(1);
+        let x = draw.signed(input, &device);
+        let weight = draw.signed([out_channels, input[1], 3, 3, 3], &device);
+        let bias = draw.signed([out_channels], &device);
         let options = ConvOptions::new([1; 3], [padding; 3], [1; 3], 1);
         anyhow::ensure!(super::covers(input, weight.dims(), &options));
         let reference = burn::tensor::module::conv3d(x.clone(), weight.clone(), Some(bias.clone()), options.clone());

@@ -1108,7 +1108,7 @@ mod gpu {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::tensor::{DeviceKind, Distribution};
+    use burn::tensor::DeviceKind;
 
     /// Largest |ours − burn's on the same values| over each block of [`TILES`] that computes
     /// layers in `layer`'s dtype (two and four runs a warp) cut by the grid's edge on every
@@ -1117,6 +1117,7 @@ mod tests {
     /// is of order 1, 10⁵, past f16's largest value, or 10⁻⁴). burn's convolution in f32, or
     /// where `reference` is f16 in f16. `tf32`: f32 layers by one product of halves.
     fn worst_difference(device: &Device, mode: usize, layer: FloatDType, reference: FloatDType, tf32: bool) -> f32 {
+        let mut draw = crate::testing::Values::new(1);
         // (input, output channels, stride). Input channels in one chunk, two, three; one
         // channel and 24 (padded to whole chunks). Outputs wider than 16 (the wide block), of
         // 16 and fewer (the narrow one), and stride 2 (odd and even sizes).
@@ -1145,11 +1146,10 @@ mod tests {
         assert!(TILES.iter().filter(|t| !split || t.splits()).all(|t| tiles.contains(t)), "every block tested");
         let mut worst = 0.0f32;
         for (i, (shape, out, stride), per_warp) in runs {
-            let random = |dims: [usize; 5]| Tensor::<5>::random(dims, Distribution::Uniform(-1.0, 1.0), device);
             let magnitude = if split { [1.0, 1e5, 1e-4][i % 3] } else { 1.0 };
-            let x = (random(shape) * magnitude).cast(layer);
-            let weight = random([out, shape[1], 3, 3, 3]).cast(layer);
-            let bias = (i % 2 == 0).then(|| Tensor::<1>::random([out], Distribution::Uniform(-1.0, 1.0), device));
+            let x = (draw.signed(shape, device) * magnitude).cast(layer);
+            let weight = draw.signed([out, shape[1], 3, 3, 3], device).cast(layer);
+            let bias = (i % 2 == 0).then(|| draw.signed([out], device));
             let options = options(stride);
             let cast = |t: Tensor<5>| t.cast(reference);
             let reference = burn::tensor::module::conv3d(
@@ -1271,6 +1271,7 @@ mod tests {
     #[cfg(feature = "gpu-spirv")]
     #[test]
     fn a_gpu_without_matrix_units_refuses_the_kernel_as_an_error() {
+        let mut draw = crate::testing::Values::new(2);
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         // Each block of TILES: its cooperative-matrix code is built (expanded) before the
         // device refuses it.
@@ -1283,8 +1284,8 @@ mod tests {
         let f32 = FloatDType::F32;
         let split = four.into_iter().chain([blocks[2]]).map(|b| (b, f32, false)).chain([(blocks[2], f32, true)]);
         for ((shape, stride, per_warp), dtype, tf32) in layers.chain(split) {
-            let x = Tensor::<5>::random(shape, Distribution::Uniform(-1.0, 1.0), &device);
-            let weight = Tensor::<5>::random([32, 16, 3, 3, 3], Distribution::Uniform(-1.0, 1.0), &device);
+            let x = draw.signed(shape, &device);
+            let weight = draw.signed([32, 16, 3, 3, 3], &device);
             let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
             // Read back as it is (burn's reductions crash lavapipe in SPIR-V builds).
             let ours = run(x.cast(dtype), weight.cast(dtype), None, &options, per_warp, FORCED, tf32).try_into_data();
