@@ -4,6 +4,9 @@
 //! operations burn lacks (max pooling, trilinear resizing, transposed convolution with kernel =
 //! stride) as composites of the ones it has.
 
+// Without `gpu` there is no `kernels` module, which the docs of the ways that use it link to.
+#![cfg_attr(not(feature = "gpu"), allow(rustdoc::broken_intra_doc_links))]
+
 pub mod deepbet;
 pub mod device;
 pub mod job;

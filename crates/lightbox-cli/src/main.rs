@@ -1,5 +1,9 @@
 //! `lightbox`: the headless Lightbox commands.
 
+// Doc comments on the arguments are clap's `--help` text, written for a terminal (`<k>`, bare
+// URLs), not for rustdoc.
+#![allow(rustdoc::invalid_html_tags, rustdoc::bare_urls)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -6,6 +6,9 @@
 //! draws a DICOM SEG (ours or anyone's) over its source series, one colour per segment; `O`
 //! shows or hides it.
 
+// Doc comments on the arguments are clap's `--help` text ("[opacity]": optional), not rustdoc.
+#![allow(rustdoc::broken_intra_doc_links)]
+
 mod compare;
 mod measure;
 mod mpr_view;

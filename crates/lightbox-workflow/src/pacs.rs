@@ -326,7 +326,7 @@ pub async fn worklist_with_pacs(
     Ok((entries, warning))
 }
 
-/// What [`pacs_send`] queued.
+/// What [`outbox_enqueue`] queued.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Queued {
     pub queued: usize,
