@@ -477,9 +477,11 @@ mod gpu {
             m = f32::max(m, f32::abs(f32::cast_from(values[i])));
             i += step;
         }
-        // One atomic maximum a thread, in device memory: a workgroup's maximum first, in
-        // workgroup memory, crashes lavapipe's SPIR-V compiler (by a tree of halves or by an
-        // atomic there, 2026-11), and there are few threads (at most [`MOST_CUBES`] workgroups).
+        // One atomic maximum a thread, in device memory, and no workgroup memory: in SPIR-V
+        // builds on a driver without VK_KHR_workgroup_memory_explicit_layout (Mesa 22.3's
+        // lavapipe, CI's), cubecl-spirv 0.11.3 declares any workgroup array as a variable that
+        // holds a pointer to it, and the driver's compiler crashes. There are few threads (at
+        // most [`MOST_CUBES`] workgroups).
         maxima[slot].fetch_max(u32::reinterpret(m));
     }
 
@@ -1287,7 +1289,8 @@ mod tests {
             let x = draw.signed(shape, &device);
             let weight = draw.signed([32, 16, 3, 3, 3], &device);
             let options = ConvOptions::new([stride; 3], [1; 3], [1; 3], 1);
-            // Read back as it is (burn's reductions crash lavapipe in SPIR-V builds).
+            // Read back as it is (burn's reductions keep sums in workgroup memory, which crashes
+            // lavapipe in SPIR-V builds: see `abs_max_kernel`).
             let ours = run(x.cast(dtype), weight.cast(dtype), None, &options, per_warp, FORCED, tf32).try_into_data();
             eprintln!("forced onto matrix units: {:?}", ours.as_ref().map(|d| d.num_elements()));
             assert_eq!(ours.is_ok(), available(&device), "{ours:?}");
