@@ -142,10 +142,23 @@ if want mma; then
 step "3m. one full-resolution layer by every way, then the network on matrix units (SPIR-V build)"
 build=bench-ai-spirv
 [ -x "$BIN/$build" ] || build=bench-ai
+crashed=
 for layer in ${MMA_LAYERS:-f16 f32}; do
 LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS= LIGHTBOX_BENCH_LAYER_PRECISION=$layer \
     timeout "${MMA_LIMIT:-150}" "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
+rc=${PIPESTATUS[0]}
+# A signal other than the time limit's (124, or 137 once killed): the driver crashed.
+if [ "$rc" -gt 128 ] && [ "$rc" -ne 137 ]; then crashed=$rc; echo "bench-ai ($layer layer) died: exit status $rc"; fi
 done
+# Where the driver crashed, refused the tensor-core kernel, or the kernel computed something
+# else ("left out"): its SPIR-V as cubecl compiled it, to read here. The layer profile times
+# that kernel first, so a short run logs it (then burn's candidates, until the time limit).
+if [ -n "$crashed" ] || grep -q "on matrix units (tensor cores).*: left out" "$OUT/bench-ai.log"; then
+    echo "the tensor-core kernel failed: its SPIR-V into mma-kernels.log.gz"
+    LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS= LIGHTBOX_BENCH_LAYER_PRECISION=f16 \
+        CUBECL_DEBUG_LOG=$REF/mma-kernels.log CUBECL_DEBUG_OPTION=debug timeout 40 "$BIN/$build" gpu > /dev/null 2>&1
+    gzip -c "$REF/mma-kernels.log" > "$OUT/mma-kernels.log.gz" || echo "no kernel log was written"
+fi
 [ -f "$REF/torch_bench.json" ] || { timeout 50 python3 scripts/device/pytorch_reference.py "$REF" "$X/deepbet/model.pt" bench 2>&1 | tee -a "$OUT/torch.log"; cat "$REF/torch_bench.json" >> "$OUT/torch.log"; }
 LIGHTBOX_BENCH_UNET_ONLY=1 LIGHTBOX_BENCH_VARIANTS=${MMA_VARIANTS:-f16:units,f32:units} LIGHTBOX_BENCH_LAYER_PRECISION=none \
     LIGHTBOX_TORCH_BENCH=$REF/torch_bench.json timeout "${MMA_NET_LIMIT:-150}" "$BIN/$build" gpu 2>&1 | tee -a "$OUT/bench-ai.log"
