@@ -1958,8 +1958,8 @@ mod tests {
     /// whichever it keeps computes burn's sums.
     #[test]
     fn on_a_gpu_the_tuner_times_lightboxs_kernels() {
-        let mut draw = crate::testing::Values::new(2);
         use crate::ops::ConvWay;
+        let mut draw = crate::testing::Values::new(2);
         let device = Device::wgpu(DeviceKind::DefaultDevice);
         let k3 = [ConvWay::Direct, ConvWay::DirectWide, ConvWay::Tiled, ConvWay::TiledWide, ConvWay::TiledShort];
         let winograd = [ConvWay::WinogradF2, ConvWay::WinogradF2Transposed, ConvWay::WinogradF2Fused];

@@ -1024,9 +1024,9 @@ mod tests {
 
     #[test]
     fn transposed_convolution_with_kernel_equal_stride_equals_burns_own() {
-        let mut draw = crate::testing::Values::new(3);
         use burn::tensor::module::conv_transpose3d;
         use burn::tensor::ops::ConvTransposeOptions;
+        let mut draw = crate::testing::Values::new(3);
         // Anisotropic, as nnU-Net plans for thick slices: [1, 2, 2].
         for s in [[2, 2, 2], [1, 2, 2]] {
             let x = draw.signed([2, 3, 4, 3, 5], &device());
@@ -1054,8 +1054,8 @@ mod tests {
     /// two images, stride 2, slabs of one output slice, eight parts of two channels.
     #[test]
     fn split_products_equal_burns_own() {
-        let mut draw = crate::testing::Values::new(4);
         use burn::tensor::ops::ConvOptions;
+        let mut draw = crate::testing::Values::new(4);
         for (shape, parts, stride, budget) in [
             ([2, 8, 5, 4, 6], 4, [1; 3], 96 << 20),
             ([1, 6, 6, 5, 4], 2, [2; 3], 96 << 20),
@@ -1200,8 +1200,8 @@ mod tests {
 
     #[test]
     fn a_tuned_convolution_equals_burns_and_tunes_each_shape_once() {
-        let mut draw = crate::testing::Values::new(7);
         use burn::tensor::ops::ConvOptions;
+        let mut draw = crate::testing::Values::new(7);
         let options = ConvOptions::new([2, 1, 1], [1; 3], [1; 3], 1);
         let (x, w) = (draw.signed([1, 3, 9, 7, 8], &device()), draw.signed([5, 3, 3, 3, 3], &device()));
         let bias = draw.signed([5], &device());
@@ -1238,8 +1238,8 @@ mod tests {
     /// burn's sums, and adds the shapes it times to the file for the next process.
     #[test]
     fn a_remembered_choice_is_taken_without_timing_and_new_ones_are_kept() -> anyhow::Result<()> {
-        let mut draw = crate::testing::Values::new(8);
         use burn::tensor::ops::ConvOptions;
+        let mut draw = crate::testing::Values::new(8);
         let dir = tempfile::tempdir()?;
         let store = TuningStore::new(dir.path(), "test GPU", "remembered");
         let options = ConvOptions::new([1; 3], [1; 3], [1; 3], 1);
