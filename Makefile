@@ -51,9 +51,11 @@ rust-test: build models synthetic-models
 
 # Lightbox's own GPU kernels (lightbox-ai's `gpu` feature) against burn's, on whatever Vulkan
 # device opens: Mesa's lavapipe on a machine without a GPU (scripts/setup-debian.sh installs it);
-# and a PlainConvUNet with every 3x3x3 layer on the matrix-unit kernel (emulated there).
+# and a PlainConvUNet with every 3x3x3 layer on the matrix-unit kernel (emulated there). With
+# burn's SPIR-V compiler (spirv-compile-test), which builds the matrix-unit kernel as NVIDIA's
+# driver would get it, though nothing here runs it.
 gpu-kernel-test:
-	cargo test -p lightbox-ai --lib --locked --features gpu -- kernels:: nnunet::tests::on_matrix_units
+	cargo test -p lightbox-ai --lib --locked --features spirv-compile-test -- kernels:: nnunet::tests::on_matrix_units
 
 ui-test: ui
 	cd ui && npm test --silent

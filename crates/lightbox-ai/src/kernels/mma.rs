@@ -761,7 +761,7 @@ mod gpu {
     /// of f16 halves where `three`, else one of the `hi` halves (the module's documentation; `weight` and `weight_lo` the weight's, scaled;
     /// `maxima` the largest |value| of the input and of the weight: [`abs_max_kernel`]; else
     /// neither `weight_lo` nor `maxima` is read).
-    #[cube(launch, address_type = "dynamic")]
+    #[cube(launch, address_type = "dynamic", create_dummy_kernel)]
     #[allow(clippy::too_many_arguments)]
     fn conv3d_k3_mma_kernel<F: Float, I: Float>(
         input: &Tensor<I>,
@@ -1027,6 +1027,85 @@ mod gpu {
         );
     }
 
+    /// What burn's SPIR-V compiler makes of [`conv3d_k3_mma_kernel`] on cooperative matrices
+    /// (`tile`; `split`: f32 layers, `three` products of halves or one) for a GPU like NVIDIA's,
+    /// disassembled; or why it refused the kernel. Built, never run: the properties of `device`
+    /// (any GPU, lavapipe in CI) with NVIDIA's matrix units added (16×16×16 f16 with f16 or f32
+    /// sums, 32-thread warps), compiled for a Vulkan driver like NVIDIA's (SPIR-V 1.6,
+    /// `VK_KHR_workgroup_memory_explicit_layout`, 64-bit integers, float controls 2, integer dot
+    /// products, 256 bytes of push constants), which takes another path through the compiler
+    /// than lavapipe's. What that driver then does with it is left to the device check.
+    #[cfg(all(test, feature = "spirv-compile-test"))]
+    pub(super) fn spirv_for_matrix_units(
+        device: &super::Device,
+        tile: Tile,
+        split: bool,
+        three: bool,
+    ) -> Result<String, String> {
+        use burn::tensor::{DType, Shape};
+        use burn_cubecl::ops::numeric::empty_device_dtype;
+        use cubecl::{Compiler, VulkanCompilationOptions, WgpuCompilationOptions};
+        let burn::backend::DispatchDevice::Cube(cube) = device.as_dispatch() else {
+            return Err(format!("{device:?} is not a GPU"));
+        };
+        let client = cube.client();
+        let mut properties = client.properties().clone();
+        let (f16, f32) = (ElemType::Float(FloatKind::F16), ElemType::Float(FloatKind::F32));
+        for cd_type in [f16, f32] {
+            let config = MmaConfig { a_type: f16, b_type: f16, cd_type, m: 16, k: 16, n: 16 };
+            properties.features.matmul.cmma.insert(config);
+        }
+        properties.hardware.plane_size_min = 32;
+        properties.hardware.plane_size_max = 32;
+        let (values, operands) = if split { (DType::F32, DType::F16) } else { (DType::F16, DType::F16) };
+        let tensor = |shape: Vec<usize>, dtype: DType| {
+            empty_device_dtype(client.clone(), cube.clone(), Shape::from(shape), dtype).into_tensor_arg()
+        };
+        let storage = burn::backend::cubecl::dtype_to_storage_type;
+        let kernel = conv3d_k3_mma_kernel::create_dummy_kernel(
+            std::sync::Arc::new(properties),
+            client.target_properties_shared(),
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(tile.threads() as u32),
+            AddressType::U32,
+            tensor(vec![1, CHUNK, 8, 8, 32], values),
+            tensor(vec![CHUNK * 27, TILE_O], operands),
+            tensor(vec![CHUNK * 27, TILE_O], operands),
+            tensor(vec![TILE_O], DType::F32),
+            tensor(vec![2], DType::U32),
+            tensor(vec![1, TILE_O, 8, 8, 32], values),
+            tile.stride,
+            tile.runs,
+            tile.rows,
+            tile.planes,
+            tile.per_warp,
+            true,
+            split,
+            split && three,
+            storage(operands),
+            storage(values),
+        );
+        let options = WgpuCompilationOptions {
+            supports_u64: true,
+            supports_vulkan_compiler: true,
+            supports_msl_compiler: false,
+            vulkan: VulkanCompilationOptions {
+                supports_fp_fast_math: true,
+                supports_explicit_smem: true,
+                supports_uniform_standard_layout: true,
+                supports_dp4a: true,
+                max_spirv_version: (1, 6),
+                max_vector_size: 4,
+                push_constant_size: 256,
+                ..VulkanCompilationOptions::default()
+            },
+        };
+        cubecl_spirv::SpirvCompiler
+            .compile(kernel.define(), &options)
+            .map(|spirv| spirv.to_string())
+            .map_err(|e| format!("{e}"))
+    }
+
     /// [`conv3d_k3_mma_kernel`] over the whole output by blocks of `tile` (`mma`: on
     /// cooperative matrices), in `x`'s dtype: f16, or f32 in f16 halves (the weight split here,
     /// once a call, after the largest |value| of each; `three` products of them, else one).
@@ -1266,6 +1345,65 @@ mod tests {
     /// What the f32 layers' three products may differ from burn's f32 sums, relative to the
     /// largest |value|.
     const F32_BOUND: f32 = 1e-5;
+
+    /// The tensor-core kernel as burn's SPIR-V compiler builds it for NVIDIA's driver, with no
+    /// such GPU here ([`gpu::spirv_for_matrix_units`]), for every block and kind of layer (f16;
+    /// f32 by three products of halves, and by one): it compiles, on the path with workgroup
+    /// memory laid out explicitly (NVIDIA's, not lavapipe's); its cooperative-matrix
+    /// instructions are SPV_KHR_cooperative_matrix's alone (no NVIDIA extension, which a
+    /// driver may lack); and it holds one multiply-add for each product the kernel's source
+    /// asks for (27 taps × 2 fragments × the warp's runs, three times for three products) and
+    /// one store for each accumulator. `LIGHTBOX_SPIRV_DIR` keeps each disassembly there.
+    #[cfg(feature = "spirv-compile-test")]
+    #[test]
+    fn burns_spirv_compiler_builds_the_kernel_for_tensor_cores() -> anyhow::Result<()> {
+        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        let f16 = TILES.into_iter().map(|t| (t, false, false));
+        let f32 = TILES.into_iter().filter(Tile::splits).flat_map(|t| [(t, true, true), (t, true, false)]);
+        let keep = std::env::var_os("LIGHTBOX_SPIRV_DIR").map(std::path::PathBuf::from);
+        for (tile, split, three) in f16.chain(f32) {
+            let layer = format!(
+                "stride{}-{}x{}x{}-{}runs-{}",
+                tile.stride,
+                tile.width(),
+                tile.rows,
+                tile.planes,
+                tile.per_warp,
+                match (split, three) {
+                    (false, _) => "f16",
+                    (true, true) => "f32",
+                    (true, false) => "tf32",
+                }
+            );
+            let text = gpu::spirv_for_matrix_units(&device, tile, split, three)
+                .map_err(|why| anyhow::anyhow!("{layer}: burn's SPIR-V compiler refused it: {why}"))?;
+            if let Some(dir) = &keep {
+                std::fs::create_dir_all(dir)?;
+                std::fs::write(dir.join(format!("conv3d_k3_mma-{layer}.spvasm")), &text)?;
+            }
+            let count = |op: &str| text.lines().filter(|l| l.split_whitespace().any(|w| w == op)).count();
+            let declared = |what: &str| -> Vec<&str> {
+                text.lines().filter_map(|l| l.trim().strip_prefix(what)).map(|l| l.trim().trim_matches('"')).collect()
+            };
+            let (capabilities, extensions) = (declared("OpCapability "), declared("OpExtension "));
+            let products = 27 * 2 * tile.per_warp * if three { 3 } else { 1 };
+            eprintln!(
+                "{layer}: {} instructions, {} multiply-adds, {} matrix loads; capabilities {capabilities:?}, \
+                 extensions {extensions:?}",
+                text.lines().count(),
+                count("OpCooperativeMatrixMulAddKHR"),
+                count("OpCooperativeMatrixLoadKHR"),
+            );
+            assert_eq!(count("OpCooperativeMatrixMulAddKHR"), products, "{layer}: one multiply-add a product");
+            assert_eq!(count("OpCooperativeMatrixStoreKHR"), 2 * tile.per_warp, "{layer}: one store an accumulator");
+            for needed in ["CooperativeMatrixKHR", "WorkgroupMemoryExplicitLayoutKHR"] {
+                assert!(capabilities.contains(&needed), "{layer}: no {needed} in {capabilities:?}");
+            }
+            let nvidia = |d: &&str| d.ends_with("NV") || d.starts_with("SPV_NV");
+            assert!(!capabilities.iter().chain(&extensions).any(nvidia), "{layer}: {capabilities:?} {extensions:?}");
+        }
+        Ok(())
+    }
 
     /// burn's SPIR-V compiler turns the kernel's cooperative-matrix operations into SPIR-V, and
     /// a GPU whose driver does not offer them (lavapipe) refuses it: an error the tuner reads
