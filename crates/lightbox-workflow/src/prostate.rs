@@ -11,7 +11,9 @@
 //!    the gland's volume, become a SEG (gland, lesions) and a TID 1500 SR;
 //! 4. with a gland/zone model (the rule's `zone_model`, a second package whose labels name
 //!    zones: `lightbox_analysis::prostate::Zone`), the gland and its zones come from it, and
-//!    each lesion gets its zone and a coarse sector (side, base/mid/apex, anterior/posterior).
+//!    each lesion gets its zone and a coarse sector (side, base/mid/apex, anterior/posterior);
+//!    when the rule names the lesion model as its zone model too, it runs once and the argmax of
+//!    its probabilities gives the zones.
 //!
 //! The likelihoods are the model's; no PI-RADS category is given. AI output, research use only.
 
@@ -78,6 +80,18 @@ fn load(store: &Store, s: &SeriesSummary) -> Result<Volume<f32>, WorkflowError> 
     Ok(set.load(0)?)
 }
 
+/// The likeliest class of each voxel; the first of equals, as `argmax` takes it (so that a
+/// model's labels and its zones agree with what `NnUnet::predict` would give).
+fn likeliest_classes(probabilities: &[Volume<f32>]) -> Vec<usize> {
+    (0..probabilities.first().map_or(0, |p| p.voxels().len()))
+        .map(|at| {
+            probabilities.iter().enumerate().skip(1).fold(0, |best, (class, p)| {
+                if p.voxels()[at] > probabilities[best].voxels()[at] { class } else { best }
+            })
+        })
+        .collect()
+}
+
 /// Runs the pipeline on the study of `series_uid` with the model package `model`.
 pub(crate) fn run(
     store: &mut Store,
@@ -141,11 +155,13 @@ pub(crate) fn run(
     let net = lightbox_ai::nnunet::NnUnet::from_package(&models.join(model), device.clone())?;
     let probabilities = net.predict_probabilities(&channels, &AtomicBool::new(false), &mut |_| {})?;
     drop(net);
+    // The likeliest class of each voxel, once, for the gland's volume and its segment.
+    let likeliest = likeliest_classes(&probabilities);
     // The gland/zone model: each voxel's zone (none outside the gland).
     let zones: Option<Vec<Option<Zone>>> = match zone_model {
         Some(name) => {
-            stage(lease, store, "running the gland/zone model")?;
-            let zone_package = lightbox_ai::ModelPackage::open(&models.join(name))?;
+            let zone_package =
+                if name == model { package.clone() } else { lightbox_ai::ModelPackage::open(&models.join(name))? };
             let by_class: Vec<Option<Zone>> = {
                 let mut classes: Vec<(usize, Option<Zone>)> = zone_package
                     .manifest
@@ -159,9 +175,17 @@ pub(crate) fn run(
             if by_class.iter().all(Option::is_none) {
                 return Err(bad(format!("the gland/zone model {name} has no label that names a zone or the gland")));
             }
-            let zone_net = lightbox_ai::nnunet::NnUnet::from_package(&models.join(name), device.clone())?;
-            let labels = zone_net.predict(&channels_of(&zone_package)?, &AtomicBool::new(false), &mut |_| {})?;
-            Some(labels.voxels().iter().map(|&l| by_class.get(usize::from(l)).copied().flatten()).collect())
+            let zone_of = |class: usize| by_class.get(class).copied().flatten();
+            if name == model {
+                // The lesion model names the zones too: its labels are the argmax of the
+                // probabilities it just gave (as `NnUnet::predict` takes it), so it runs once.
+                Some(likeliest.iter().map(|&c| zone_of(c)).collect())
+            } else {
+                stage(lease, store, "running the gland/zone model")?;
+                let zone_net = lightbox_ai::nnunet::NnUnet::from_package(&models.join(name), device.clone())?;
+                let labels = zone_net.predict(&channels_of(&zone_package)?, &AtomicBool::new(false), &mut |_| {})?;
+                Some(labels.voxels().iter().map(|&l| zone_of(usize::from(l))).collect())
+            }
         }
         None => None,
     };
@@ -178,14 +202,6 @@ pub(crate) fn run(
         .or_else(|| label_of("tumo"))
         .unwrap_or(probabilities.len().saturating_sub(1));
     let gland_class = label_of("gland").or_else(|| label_of("prostate"));
-    // The likeliest class of each voxel, once, for the gland's volume and its segment.
-    let likeliest: Vec<usize> = (0..probabilities.first().map_or(0, |p| p.voxels().len()))
-        .map(|at| {
-            (0..probabilities.len())
-                .max_by(|&a, &b| probabilities[a].voxels()[at].total_cmp(&probabilities[b].voxels()[at]))
-                .unwrap_or(0)
-        })
-        .collect();
     // The gland holds its lesions: gland or lesion is gland. A zone model decides alone.
     let in_gland = |at: usize| match &zones {
         Some(z) => z[at].is_some(),
@@ -445,4 +461,22 @@ pub(crate) fn run(
             })).collect::<Vec<_>>(),
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_likeliest_class_is_the_first_of_equals_as_argmax_takes_it() -> anyhow::Result<()> {
+        let grid = lightbox_core::Affine3::IDENTITY;
+        let class = |values: [f32; 4]| Volume::new([4, 1, 1], values.to_vec(), grid);
+        let probabilities =
+            [class([0.5, 0.2, 0.4, 0.0])?, class([0.3, 0.2, 0.4, f32::NAN])?, class([0.2, 0.6, 0.2, 1.0])?];
+        // A tie (the third voxel) goes to the lower class, as `argmax` (PyTorch's and burn's)
+        // gives it; a NaN never wins.
+        assert_eq!(likeliest_classes(&probabilities), [0, 2, 0, 2]);
+        assert!(likeliest_classes(&[]).is_empty());
+        Ok(())
+    }
 }
