@@ -88,6 +88,14 @@ fn unet(device: &AiDevice) -> anyhow::Result<()> {
         })
         .collect();
     let side = std::env::var("LIGHTBOX_BENCH_UNET_SIDE").ok().and_then(|v| v.parse().ok()).unwrap_or(128);
+    if gpu {
+        // Said first: where the tensor-core kernel does not apply, its ways are never listed.
+        println!(
+            "matrix units for Lightbox's tensor-core convolution on {}: {}",
+            device.description,
+            device.matrix_units()
+        );
+    }
     let shape = [1, 1, side, side, side];
     // Never time on constants: a fixed pseudo-random head-like input.
     let input = lightbox_tests::parity_input([side; 3], 1, 3);

@@ -224,6 +224,15 @@ impl AiDevice {
         Self::choose(DevicePreference::from_env()?)
     }
 
+    /// Whether Lightbox's tensor-core convolution (`kernels::mma`) runs on this device, why, and
+    /// what matrix units its driver offers: for a GPU run's log.
+    pub fn matrix_units(&self) -> String {
+        #[cfg(feature = "gpu")]
+        return crate::kernels::mma::matrix_units(&self.device);
+        #[cfg(not(feature = "gpu"))]
+        "not used: this build has no GPU backend".to_owned()
+    }
+
     pub fn cpu() -> Self {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {

@@ -231,6 +231,15 @@ pub fn available(device: &Device) -> bool {
     }
 }
 
+/// What [`available`] found, in words, for a device run's log: the matrix units the driver
+/// offers and its warp widths, and whether the kernel can use them.
+pub fn matrix_units(device: &Device) -> String {
+    match device.as_dispatch() {
+        burn::backend::DispatchDevice::Cube(cube) => gpu::describe(&cube.client()),
+        _ => "not a CubeCL device: no matrix units".to_owned(),
+    }
+}
+
 /// The convolution by [`MmaKernels::conv3d_k3_mma`], `per_warp` runs a warp, where
 /// [`conv3d_k3_mma_fits`] and the device has matrix units ([`available`]); burn's convolution
 /// elsewhere.
@@ -420,6 +429,29 @@ mod gpu {
     const HI: u32 = 1;
     /// Their `lo` halves.
     const LO: u32 = 2;
+
+    /// [`super::matrix_units`]: yes or no, why, and every matrix-unit shape the driver offers.
+    pub(super) fn describe(client: &Client) -> String {
+        let hardware = &client.properties().hardware;
+        let offered: Vec<String> = client
+            .features()
+            .matmul
+            .cmma
+            .iter()
+            .map(|c| format!("{}x{}x{} {}·{}→{}", c.m, c.n, c.k, c.a_type, c.b_type, c.cd_type))
+            .collect();
+        let offered = if offered.is_empty() { "none".to_owned() } else { offered.join(", ") };
+        let warps = match (hardware.plane_size_min, hardware.plane_size_max) {
+            (min, max) if min == max => format!("warps of {min} threads"),
+            (min, max) => format!("warps of {min}–{max} threads"),
+        };
+        let verdict = if supported(client) {
+            "used (16x16x16 f16·f16→f32 on 32-thread warps)"
+        } else {
+            "not used: the kernel needs 16x16x16 f16·f16→f32 on 32-thread warps"
+        };
+        format!("{verdict}; the driver offers {offered}; {warps}")
+    }
 
     /// Cooperative matrices of 16×16×16 f16 with f32 sums, on 32-thread warps.
     pub(super) fn supported(client: &Client) -> bool {
@@ -1287,6 +1319,7 @@ mod tests {
     fn on_flex_it_is_burns_convolution() {
         let device = Device::flex();
         assert!(!available(&device));
+        assert_eq!(matrix_units(&device), "not a CubeCL device: no matrix units");
         let worst = worst_difference(&device, EMULATED, FloatDType::F16, FloatDType::F16, false);
         assert!(worst < 1e-3, "{worst:e}");
     }
@@ -1297,6 +1330,12 @@ mod tests {
     #[test]
     fn on_a_gpu_the_kernel_computes_burns_sums() {
         let device = Device::wgpu(DeviceKind::DefaultDevice);
+        // What a device run logs first: used or not, as `available` says, and the driver's
+        // offer (lavapipe: no matrix units, warps of its SIMD width).
+        let units = matrix_units(&device);
+        eprintln!("matrix units: {units}");
+        assert_eq!(units.starts_with("used"), available(&device), "{units}");
+        assert!(units.contains("; the driver offers ") && units.contains(" threads"), "{units}");
         let (f16, f32) = (FloatDType::F16, FloatDType::F32);
         let worst = worst_difference(&device, EMULATED, f16, f32, false);
         eprintln!("convolution on matrix units, emulated: worst {worst:e} of 1 + |value|");
