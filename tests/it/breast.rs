@@ -177,14 +177,70 @@ fn a_pushed_dce_series_gives_subtraction_mip_candidates_and_kinetics_in_the_pacs
     Ok(())
 }
 
+/// A DCE series that arrives in parts (the first 4 of its 7 phases, then the rest) is not
+/// analysed half-way: its job waits, says what is missing, and is not a failure; the whole
+/// series runs as a new job, which supersedes the waiting one.
+#[test]
+fn a_dce_series_arriving_in_parts_waits_for_the_rest_then_runs_once_whole() -> anyhow::Result<()> {
+    use std::process::Command;
+
+    use anyhow::{Context, ensure};
+    use lightbox_tests::{bin, run_ok};
+
+    let dir = tempfile::tempdir()?;
+    let dce = synthetic_dce(11);
+    let folder = dir.path().join("dce");
+    let files = write_dce_series(&dce, ("LB-DCE-2", "Breast^Parts"), &folder)?;
+    let series = lightbox_dicom::read_instance(files.first().context("no files")?)?.series_uid.to_string();
+    let per_phase = files.len() / dce.phases.len();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    for (at, file) in files.iter().enumerate() {
+        let to = if at < 4 * per_phase { &first } else { &second };
+        std::fs::create_dir_all(to)?;
+        std::fs::copy(file, to.join(file.file_name().context("no name")?))?;
+    }
+    let store = dir.path().join("store");
+    let lightbox = |args: &[&str]| -> anyhow::Result<Command> {
+        let mut c = Command::new(bin("lightbox")?);
+        c.args(args).arg("--store").arg(&store);
+        Ok(c)
+    };
+    run_ok(&mut lightbox(&["import", &first.to_string_lossy()])?)?;
+    let early = lightbox(&["run", "breast-dce", "--series", &series])?.output()?;
+    let said = String::from_utf8_lossy(&early.stderr);
+    ensure!(!early.status.success(), "half a series was analysed: {said}");
+    ensure!(said.contains("is incomplete: 4 of its 7 phases have arrived"), "{said}");
+    let jobs = run_ok(&mut lightbox(&["jobs"])?)?;
+    let waiting = jobs.lines().find(|l| l.trim_start().starts_with("1 ")).context("no job 1")?;
+    ensure!(
+        waiting.contains("waiting") && waiting.contains("4 of its 7 phases have arrived") && !waiting.contains("error"),
+        "{jobs}"
+    );
+
+    run_ok(&mut lightbox(&["import", &second.to_string_lossy()])?)?;
+    let whole = run_ok(&mut lightbox(&["run", "breast-dce", "--series", &series])?)?;
+    ensure!(whole.contains("job 2") && whole.contains("3 lesion candidate(s)"), "{whole}");
+    let jobs = run_ok(&mut lightbox(&["jobs"])?)?;
+    eprintln!("{said}{jobs}");
+    let line = |id: &str| jobs.lines().find(|l| l.trim_start().starts_with(id)).unwrap_or_default();
+    ensure!(line("1 ").contains("superseded") && line("1 ").contains("superseded by job 2"), "{jobs}");
+    ensure!(line("2 ").contains(" done "), "{jobs}");
+    ensure!(!jobs.contains("failed"), "{jobs}");
+    // A superseded job is not run again.
+    let again = lightbox(&["jobs", "rerun", "1"])?.output()?;
+    let why = String::from_utf8_lossy(&again.stderr);
+    ensure!(!again.status.success() && why.contains("job 1 was superseded by job 2"), "{why}");
+    Ok(())
+}
+
 /// `dce` as one dynamic MR series of patient (id, name) in `folder`, each phase with its time.
 fn write_dce_series(
     dce: &lightbox_tests::dce::SyntheticDce,
     (id, name): (&str, &str),
     folder: &std::path::Path,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<std::path::PathBuf>> {
     let phases: Vec<_> = dce.phases.iter().zip(&dce.times_s).map(|(v, t)| (v, Some(*t))).collect();
-    lightbox_dicom::write_mr_phases(
+    Ok(lightbox_dicom::write_mr_phases(
         &phases,
         &lightbox_dicom::NewSeries {
             patient: lightbox_core::PatientInfo { id: id.into(), name: name.into() },
@@ -199,8 +255,7 @@ fn write_dce_series(
             frame_of_reference_uid: None,
         },
         folder,
-    )?;
-    Ok(())
+    )?)
 }
 
 /// A tiny detection model for the breast hook (channel `SUB`, labels background and lesion),

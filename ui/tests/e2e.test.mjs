@@ -183,16 +183,24 @@ test("outbox: a pending row can be taken out and put back", async () => {
   assert.match(await row.innerText(), /pending/);
 });
 
-test("jobs: device, stage and errors shown; cancel a running job, re-run a failed one", async () => {
+test("jobs: device, stage and errors shown; a waiting job is not a failure; cancel a running job, re-run a failed one", async () => {
   const page = await browser.newPage({ viewport: { width: 1400, height: 500 } });
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   await page.goto(base);
   await page.getByTestId("tab-jobs").click();
   const status = page.getByTestId("jobs-status");
-  await status.filter({ hasText: "3 analyses: 1 queued or running, 1 failed" }).waitFor();
+  await status
+    .filter({ hasText: "4 analyses: 1 queued or running, 1 waiting for the rest of a series, 1 failed" })
+    .waitFor();
   const running = page.locator("tr[data-job='3']");
   const failedRow = page.locator("tr[data-job='2']");
+  // A DCE series whose later phases have not arrived: waiting, with what is missing, no error.
+  const waitingRow = page.locator("tr[data-job='4']");
+  assert.match(await waitingRow.innerText(), /waiting[\s\S]*breast-dce[\s\S]*4 of its 7 phases have arrived/);
+  assert.equal(await waitingRow.locator(".error-text").innerText(), "");
+  assert.equal(await waitingRow.getByTestId("cancel-job").count(), 1);
+  assert.equal(await waitingRow.getByTestId("rerun-job").count(), 0);
   assert.match(await running.innerText(), /running[\s\S]*CPU[\s\S]*segmenting/);
   assert.match(await failedRow.innerText(), /no voxel of series/);
   await running.getByTestId("cancel-job").click();

@@ -203,7 +203,8 @@ enum Commands {
         #[arg(long)]
         store: Option<PathBuf>,
     },
-    /// Analyses queued, running, done, failed or cancelled, newest first; cancel or re-run one.
+    /// Analyses queued, running, done, failed, cancelled, waiting (for the rest of their series)
+    /// or superseded, newest first; cancel or re-run one.
     Jobs {
         #[command(subcommand)]
         command: Option<JobsCommand>,
@@ -606,9 +607,9 @@ enum MeasureCommand {
 
 #[derive(Subcommand)]
 enum JobsCommand {
-    /// Cancel a queued or running job (a running one stops at its next stage).
+    /// Cancel a queued, running or waiting job (a running one stops at its next stage).
     Cancel { id: i64 },
-    /// Run a failed or cancelled job again, now, in this process.
+    /// Run a failed, cancelled or waiting job again, now, in this process.
     Rerun { id: i64 },
 }
 
@@ -879,7 +880,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     match (&r.signed_by, &r.error) {
                         (Some(who), _) => format!("signed by {who}"),
                         (None, Some(e)) => format!("failed: {e}"),
-                        (None, None) => "awaiting review".into(),
+                        (None, None) if r.state == "done" => "awaiting review".into(),
+                        (None, None) => "-".into(),
                     }
                 );
             }
@@ -1054,7 +1056,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => {
                     for job in lightbox_workflow::jobs(&store)? {
                         println!(
-                            "{:>5} {:<9} {:<18} {:<3} {:<16} {:>7}  runs {}  {}{}",
+                            "{:>5} {:<10} {:<18} {:<3} {:<16} {:>7}  runs {}  {}{}",
                             job.id,
                             job.state,
                             job.kind,
@@ -1070,7 +1072,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(JobsCommand::Cancel { id }) => {
                     anyhow::ensure!(
                         lightbox_workflow::pipeline::cancel(&store, id)?,
-                        "job {id} is not queued or running"
+                        "job {id} is not queued, running or waiting"
                     );
                     println!("job {id} cancelled");
                 }

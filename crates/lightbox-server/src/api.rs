@@ -32,9 +32,10 @@ pub(crate) fn error(status: StatusCode, code: &str, message: impl Into<String>) 
 /// A workflow error as an HTTP answer: the caller's mistakes are 4xx, ours 500.
 fn workflow_error(e: WorkflowError) -> Response {
     let status = match &e {
-        WorkflowError::UnknownSeries { .. } | WorkflowError::UnknownPipeline(_) | WorkflowError::Analysis(_) => {
-            StatusCode::UNPROCESSABLE_ENTITY
-        }
+        WorkflowError::UnknownSeries { .. }
+        | WorkflowError::UnknownPipeline(_)
+        | WorkflowError::Analysis(_)
+        | WorkflowError::Incomplete { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         WorkflowError::Busy(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -226,7 +227,8 @@ async fn list_series(State(state): State<Arc<AppState>>, Path(study_uid): Path<S
 pub struct AnalysisResult {
     pub job_id: i64,
     pub pipeline: String,
-    /// `done`, `failed`, `running`, `queued` or `cancelled`.
+    /// `done`, `failed`, `running`, `queued`, `cancelled`, `waiting` (its input is incomplete:
+    /// the rest of a dynamic series has not arrived) or `superseded` (a newer input took over).
     pub state: String,
     /// AI-measured volume, mm³.
     pub volume_mm3: Option<f64>,
@@ -309,7 +311,9 @@ async fn series_results(
 pub struct Job {
     pub id: i64,
     pub pipeline: String,
-    /// `queued`, `running`, `done`, `failed` or `cancelled`.
+    /// `queued`, `running`, `done`, `failed`, `cancelled`, `waiting` (its input is incomplete:
+    /// the rest of a dynamic series has not arrived; `stage` says what is missing) or
+    /// `superseded` (the rest arrived: a newer job of the same series took over).
     pub state: String,
     /// `cpu` or `gpu`.
     pub device: String,
@@ -358,7 +362,7 @@ pub struct NewJob {
 #[serde(deny_unknown_fields)]
 pub struct JobQuery {
     /// Only jobs in this state.
-    #[param(pattern = "^(queued|running|done|failed|cancelled)$")]
+    #[param(pattern = "^(queued|running|done|failed|cancelled|waiting|superseded)$")]
     pub state: Option<String>,
     /// At most this many, newest first (default 100).
     #[param(minimum = 1, maximum = 500)]
@@ -379,7 +383,7 @@ async fn list_jobs(
     if !(1..=500).contains(&limit) {
         return error(StatusCode::UNPROCESSABLE_ENTITY, "bad_limit", "limit is 1 to 500");
     }
-    const STATES: [&str; 5] = ["queued", "running", "done", "failed", "cancelled"];
+    const STATES: [&str; 7] = ["queued", "running", "done", "failed", "cancelled", "waiting", "superseded"];
     if let Some(wanted) = &q.state
         && !STATES.contains(&wanted.as_str())
     {
@@ -475,7 +479,7 @@ async fn get_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathR
 #[utoipa::path(delete, path = "/jobs/{id}", tag = "jobs", params(("id" = i64, Path, description = "Job id")),
     responses((status = 202, description = "Cancelled; a running job stops at its next stage", body = Job),
               (status = 404, description = "No such job", body = ErrorBody),
-              (status = 409, description = "It has finished or failed already", body = ErrorBody),
+              (status = 409, description = "It has ended already (done, failed or superseded)", body = ErrorBody),
               (status = 410, description = "Cancelled already", body = ErrorBody)))]
 async fn cancel_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathRejection>) -> Response {
     let Ok(Path(id)) = id else {

@@ -1,6 +1,9 @@
 //! Jobs: one row per (input, pipeline, version), so a pipeline never runs twice on the same
 //! input. A job is `queued`, then `running` under a lease held by the process that runs it, then
-//! `done`, `failed` or `cancelled`. The runner renews its lease while it works; a job whose lease
+//! `done`, `failed`, `cancelled` or `waiting`. A job that found its input incomplete (a dynamic
+//! series whose later phases have not arrived) is `waiting`, not failed: the rest arriving makes
+//! a new input, and that input's job, once taken, marks the waiting ones of the same series
+//! `superseded`. The runner renews its lease while it works; a job whose lease
 //! lapsed (its process crashed or was killed) is claimed again by the next runner, and only the
 //! lease holder can finish it, so a job completes once. Pipelines write deterministic UIDs, so a
 //! re-run duplicates nothing.
@@ -19,7 +22,8 @@ pub struct Job {
     pub key: String,
     /// The pipeline.
     pub kind: String,
-    /// `queued`, `running`, `done`, `failed` or `cancelled`.
+    /// `queued`, `running`, `done`, `failed`, `cancelled`, `waiting` (its input is incomplete:
+    /// `stage` says what is missing) or `superseded` (a newer input of its series took over).
     pub state: String,
     /// The pipeline's input and parameters (JSON).
     pub payload: String,
@@ -76,7 +80,8 @@ fn job_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
 
 impl Store {
     /// Adds the job `key` as `queued` unless it exists; returns its id and state. A job that
-    /// exists keeps its state (a failed or cancelled one runs again only by [`Store::job_requeue`]).
+    /// exists keeps its state (a failed, cancelled or waiting one runs again only by
+    /// [`Store::job_requeue`]).
     pub fn job_enqueue(&self, key: &str, kind: &str, device: &str, payload: &str) -> Result<(i64, String), StoreError> {
         self.db
             .execute(
@@ -109,8 +114,8 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Enqueues and takes the job `key` in one go (what `lightbox run` does). A failed job
-    /// is queued again first.
+    /// Enqueues and takes the job `key` in one go (what `lightbox run` does). A failed,
+    /// cancelled or waiting job is queued again first.
     pub fn job_claim(
         &self,
         key: &str,
@@ -123,7 +128,7 @@ impl Store {
         let (id, state) = self.job_enqueue(key, kind, device, payload)?;
         match state.as_str() {
             "done" => return Ok(Claim::Done(id)),
-            "failed" | "cancelled" => {
+            "failed" | "cancelled" | "waiting" => {
                 self.job_requeue(id)?;
             }
             _ => {}
@@ -162,6 +167,38 @@ impl Store {
         self.job_finish(id, owner, "failed", None, Some(error))
     }
 
+    /// Ends `owner`'s run as `waiting`: its input is incomplete (`missing` says what is missing;
+    /// it becomes the stage). Not a failure: the rest arriving is a new input, a new job.
+    pub fn job_waiting(&self, id: i64, owner: &str, missing: &str) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .execute(
+                &format!(
+                    "UPDATE jobs SET state = 'waiting', result = NULL, error = NULL, lease_owner = NULL, \
+                     lease_until = NULL, stage = ?3, finished_at = {STAMP}, updated_at = {STAMP} \
+                     WHERE id = ?1 AND state = 'running' AND lease_owner = ?2"
+                ),
+                params![id, owner, missing],
+            )
+            .map_err(self.sql())?;
+        Ok(n == 1)
+    }
+
+    /// Marks the `waiting` jobs of pipeline `kind` on series `series` (the payload's `series`)
+    /// `superseded` by job `by`, which has that series' newer input. Returns their ids.
+    pub fn jobs_supersede_waiting(&self, kind: &str, series: &str, by: i64) -> Result<Vec<i64>, StoreError> {
+        let mut s = self
+            .db
+            .prepare(&format!(
+                "UPDATE jobs SET state = 'superseded', stage = 'superseded by job ' || ?3, updated_at = {STAMP} \
+                 WHERE kind = ?1 AND state = 'waiting' AND id != ?3 AND json_valid(payload) \
+                 AND json_extract(payload, '$.series') = ?2 RETURNING id"
+            ))
+            .map_err(self.sql())?;
+        let ids = s.query_map(params![kind, series, by], |r| r.get(0)).map_err(self.sql())?;
+        ids.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
     fn job_finish(
         &self,
         id: i64,
@@ -195,15 +232,16 @@ impl Store {
         Ok(())
     }
 
-    /// Cancels a queued or running job. A running one stops at its next heartbeat and cannot
-    /// finish. False when it had ended already.
+    /// Cancels a queued, running or waiting job (a person decides the rest of a waiting one's
+    /// series will not come). A running one stops at its next heartbeat and cannot finish.
+    /// False when it had ended already.
     pub fn job_cancel(&self, id: i64) -> Result<bool, StoreError> {
         let n = self
             .db
             .execute(
                 &format!(
                     "UPDATE jobs SET state = 'cancelled', stage = 'cancelled', lease_owner = NULL, lease_until = NULL, \
-                     finished_at = {STAMP}, updated_at = {STAMP} WHERE id = ?1 AND state IN ('queued', 'running')"
+                     finished_at = {STAMP}, updated_at = {STAMP} WHERE id = ?1 AND state IN ('queued', 'running', 'waiting')"
                 ),
                 [id],
             )
@@ -211,15 +249,15 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Queues a failed or cancelled job again (a re-run). False when it is queued, running or
-    /// done.
+    /// Queues a failed, cancelled or waiting job again (a re-run). False when it is queued,
+    /// running, done or superseded.
     pub fn job_requeue(&self, id: i64) -> Result<bool, StoreError> {
         let n = self
             .db
             .execute(
                 &format!(
                     "UPDATE jobs SET state = 'queued', stage = 'queued', error = NULL, updated_at = {STAMP} \
-                     WHERE id = ?1 AND state IN ('failed', 'cancelled')"
+                     WHERE id = ?1 AND state IN ('failed', 'cancelled', 'waiting')"
                 ),
                 [id],
             )
@@ -350,6 +388,46 @@ mod tests {
             (job.state.as_str(), job.error.as_deref(), job.device.as_str()),
             ("failed", Some("out of memory"), "gpu")
         );
+        Ok(())
+    }
+
+    #[test]
+    fn an_incomplete_input_waits_until_a_newer_one_of_its_series_supersedes_it() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::open(dir.path())?;
+        let payload = |series: &str| format!("{{\"series\":\"{series}\"}}");
+        let (first, _) = store.job_enqueue("s1/dce/4-phases", "breast-dce", "cpu", &payload("s1"))?;
+        let (other, _) = store.job_enqueue("s2/dce/3-phases", "breast-dce", "cpu", &payload("s2"))?;
+        let (threshold, _) = store.job_enqueue("s1/threshold", "threshold-volume", "cpu", &payload("s1"))?;
+        for id in [first, other, threshold] {
+            assert!(store.job_take(id, "a", 30.0)?);
+            assert!(!store.job_waiting(id, "b", "not theirs")?, "only the lease holder ends a run");
+            assert!(store.job_waiting(id, "a", "4 of its 7 phases have arrived")?);
+        }
+        let job = store.job(first)?.ok_or_else(|| anyhow::anyhow!("gone"))?;
+        assert_eq!(
+            (job.state.as_str(), job.stage.as_str(), job.error.as_deref()),
+            ("waiting", "4 of its 7 phases have arrived", None)
+        );
+        assert!(store.jobs_runnable()?.is_empty(), "a waiting job is not run again by itself");
+        // The rest arrives: a new input of series s1, a new job. Taking it supersedes the
+        // waiting job of the same pipeline and series, and no other.
+        let (newer, _) = store.job_enqueue("s1/dce/7-phases", "breast-dce", "cpu", &payload("s1"))?;
+        assert_eq!(store.jobs_supersede_waiting("breast-dce", "s1", newer)?, vec![first]);
+        let states = |id| -> anyhow::Result<(String, String)> {
+            let j = store.job(id)?.ok_or_else(|| anyhow::anyhow!("gone"))?;
+            Ok((j.state, j.stage))
+        };
+        assert_eq!(states(first)?, ("superseded".into(), format!("superseded by job {newer}")));
+        assert_eq!(states(other)?.0, "waiting");
+        assert_eq!(states(threshold)?.0, "waiting");
+        assert_eq!(states(newer)?.0, "queued");
+        assert!(!store.job_requeue(first)?, "a superseded job is not run again");
+        assert!(!store.job_cancel(first)?);
+        // A waiting job may be re-run by hand, or cancelled when the rest will not come.
+        assert!(store.job_requeue(other)?);
+        assert!(store.job_cancel(threshold)?);
+        assert_eq!(states(threshold)?.0, "cancelled");
         Ok(())
     }
 }

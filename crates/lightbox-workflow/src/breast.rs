@@ -63,21 +63,22 @@ pub(crate) fn run(
         }
     })?;
     let bad = |what: String| WorkflowError::Analysis(format!("series {series_uid}: {what}"));
-    if set.time_points < 3 {
-        return Err(bad(format!(
-            "{} time point(s): a DCE series needs a pre-contrast phase and two after",
-            set.time_points
-        )));
-    }
     let files = store.series_files(series_uid)?;
     let first = files.first().ok_or_else(|| bad("no files".into()))?;
     let facts = lightbox_dicom::series_facts(first)?;
     // A dynamic series arrives phase by phase: analysing part of it would misread the curves.
+    // The job waits for the rest (the rest arriving is a new input, a new job).
     if let Some(declared) = facts.temporal_positions
         && set.time_points < declared
     {
+        return Err(WorkflowError::Incomplete {
+            series: series_uid.to_owned(),
+            missing: format!("{} of its {declared} phases have arrived", set.time_points),
+        });
+    }
+    if set.time_points < 3 {
         return Err(bad(format!(
-            "incomplete: {} of its {declared} phases have arrived (it is analysed again when the rest arrives)",
+            "{} time point(s): a DCE series needs a pre-contrast phase and two after",
             set.time_points
         )));
     }

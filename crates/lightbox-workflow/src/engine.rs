@@ -98,6 +98,11 @@ pub enum EngineEvent {
         job_id: i64,
         error: String,
     },
+    /// The job's input is incomplete (see [`WorkflowError::Incomplete`]): not a failure.
+    Waiting {
+        job_id: i64,
+        detail: String,
+    },
     /// The outbox was drained after results were queued: sent, failed.
     Sent {
         sent: usize,
@@ -128,6 +133,7 @@ impl std::fmt::Display for EngineEvent {
                 f.write_str(&outcome.describe(pipeline, series_uid))
             }
             Self::Failed { job_id, error } => write!(f, "job {job_id} failed: {error}"),
+            Self::Waiting { job_id, detail } => write!(f, "job {job_id} waiting: {detail}"),
             Self::Sent { sent, failed, detail } => write!(f, "outbox: sent {sent}, refused {failed} ({detail})"),
             Self::Error { detail } => write!(f, "error: {detail}"),
         }
@@ -378,7 +384,8 @@ impl Dispatcher {
                     pipeline: plan.pipeline.clone(),
                     series_uid: series_uid.to_owned(),
                 }),
-                _ => {} // running elsewhere, or failed/cancelled (a re-run is the user's call)
+                // Running elsewhere, or failed, cancelled or waiting (a re-run is the user's call).
+                _ => {}
             }
         }
         if !matched && !quiet {
@@ -429,6 +436,9 @@ impl Dispatcher {
                         if auto_send && let Some(pacs) = &pacs {
                             let _ = events.send(drain(&store_dir, pacs));
                         }
+                    }
+                    Err(e @ WorkflowError::Incomplete { .. }) => {
+                        let _ = events.send(EngineEvent::Waiting { job_id: id, detail: e.to_string() });
                     }
                     Err(e) => {
                         let _ = events.send(EngineEvent::Failed { job_id: id, error: e.to_string() });

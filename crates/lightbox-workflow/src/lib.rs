@@ -68,6 +68,11 @@ pub enum WorkflowError {
     #[error("analysis: {0}")]
     Analysis(String),
 
+    /// The input is not whole yet (a dynamic series whose later phases have not arrived): the
+    /// job waits, it has not failed.
+    #[error("series {series} is incomplete: {missing}; it is analysed when the rest arrives")]
+    Incomplete { series: String, missing: String },
+
     #[error(transparent)]
     Ai(#[from] lightbox_ai::AiError),
 
@@ -108,6 +113,7 @@ impl WorkflowError {
             Self::UnknownPipeline(_) => "unknown_pipeline",
             Self::Settings { .. } => "settings",
             Self::Analysis(_) => "analysis",
+            Self::Incomplete { .. } => "incomplete",
             Self::Ai(_) => "ai",
             Self::Cancelled(_) => "cancelled",
             Self::Busy(_) => "busy",

@@ -532,7 +532,9 @@ fn fault_pause(stage: &str) {
 }
 
 /// Runs job `id`, which this process has taken (see [`Store::job_take`]), to its end: done,
-/// failed, or stopped because it was cancelled.
+/// failed, waiting for the rest of its input, or stopped because it was cancelled. Once its
+/// input is checked, it supersedes the waiting jobs of the same pipeline and series (theirs was
+/// the same series with fewer instances).
 pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowError> {
     let mut store = Store::open(store_dir)?;
     let job = store.job(id)?.ok_or_else(|| WorkflowError::Analysis(format!("no job {id}")))?;
@@ -551,6 +553,9 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
             return Err(WorkflowError::Analysis(format!(
                 "series {series} changed since job {id} was queued (a newer job covers it)"
             )));
+        }
+        for older in store.jobs_supersede_waiting(&job.kind, &series, id)? {
+            tracing::info!(job = older, by = id, "a waiting job is superseded: the rest of its series arrived");
         }
         let prior = payload["prior"].as_str();
         if job.kind == crate::brain::BRAIN_ATROPHY {
@@ -591,6 +596,10 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
             Ok(outcome)
         }
         Err(WorkflowError::Cancelled(id)) => Err(WorkflowError::Cancelled(id)),
+        Err(WorkflowError::Incomplete { series, missing }) => {
+            store.job_waiting(id, owner, &format!("{missing}; it runs when the rest arrives"))?;
+            Err(WorkflowError::Incomplete { series, missing })
+        }
         Err(e) => {
             store.job_failed(id, owner, &e.to_string())?;
             Err(e)
@@ -1273,6 +1282,12 @@ pub fn rerun(store_dir: &Path, job_id: i64) -> Result<PipelineOutcome, WorkflowE
     let job = store.job(job_id)?.ok_or_else(|| WorkflowError::Analysis(format!("no job {job_id}")))?;
     if job.state == "done" {
         return finished_outcome(&store, job_id);
+    }
+    if job.state == "superseded" {
+        return Err(WorkflowError::Analysis(format!(
+            "job {job_id} was {}: the rest of its series arrived, and that job analyses it",
+            job.stage
+        )));
     }
     store.job_requeue(job_id)?;
     if !store.job_take(job_id, runner_id(), lease_secs())? {

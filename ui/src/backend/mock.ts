@@ -150,7 +150,7 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
     jobs: async () => structuredClone(jobs),
     cancelJob: async (id) => {
       const job = jobs.find((j) => j.id === id);
-      if (!job || (job.state !== "queued" && job.state !== "running")) return false;
+      if (!job || (job.state !== "queued" && job.state !== "running" && job.state !== "waiting")) return false;
       job.state = "cancelled";
       job.stage = "cancelled";
       return true;
@@ -229,6 +229,18 @@ function extraStudies(n: number): WorklistRow[] {
 }
 
 const demoJobs: Job[] = [
+  {
+    id: 4,
+    pipeline: "breast-dce",
+    state: "waiting",
+    device: "cpu",
+    stage: "4 of its 7 phases have arrived; it runs when the rest arrives",
+    seriesUid: "1.2.826.0.1.3680043.2.1125.1.4",
+    seconds: 0.4,
+    runs: 1,
+    error: null,
+    createdAt: "2026-11-25T12:04:00Z",
+  },
   {
     id: 3,
     pipeline: "threshold-volume",

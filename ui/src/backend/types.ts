@@ -143,7 +143,7 @@ export interface AnalysisResult {
   jobId: number;
   pipeline: string;
   seriesUid: string;
-  state: "done" | "failed" | "running" | "queued";
+  state: "done" | "failed" | "running" | "queued" | "cancelled" | "waiting" | "superseded";
   volumeMm3: number | null;
   segUid: string | null;
   srUid: string | null;
@@ -205,7 +205,12 @@ export type Review = { kind: "accept" } | { kind: "reject" } | { kind: "edit"; v
 export interface Job {
   id: number;
   pipeline: string;
-  state: "queued" | "running" | "done" | "failed" | "cancelled";
+  /**
+   * `waiting`: its input is incomplete (a dynamic series whose later phases have not arrived;
+   * `stage` says what is missing). Not a failure: the rest arriving is a new job, which marks
+   * this one `superseded`.
+   */
+  state: "queued" | "running" | "done" | "failed" | "cancelled" | "waiting" | "superseded";
   device: "cpu" | "gpu" | string;
   /** What it is doing now, or did last. */
   stage: string;
