@@ -170,7 +170,10 @@ impl Lines {
         Self { rx, seen: Vec::new() }
     }
 
-    /// Waits until a line contains `needle`; fails with everything seen so far.
+    /// Waits until a line contains `needle`; fails with everything seen so far. A job's failure
+    /// (the engine's "job N failed: …") ends the wait at once, unless `needle` is a failure: a
+    /// pipeline that failed never prints what the test waits for. (A series still arriving is
+    /// "job N waiting: …", not a failure.)
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> anyhow::Result<String> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
@@ -181,11 +184,23 @@ impl Lines {
                     if line.contains(needle) {
                         return Ok(line);
                     }
+                    if !needle.contains("failed") && is_job_failure(&line) {
+                        bail!("{line}\nwhile waiting for a line containing {needle:?}; saw:\n{}", self.seen.join("\n"));
+                    }
                 }
                 Err(_) => bail!("no line containing {needle:?} within {timeout:?}; saw:\n{}", self.seen.join("\n")),
             }
         }
     }
+}
+
+/// Whether `line` is the engine's "job N failed: …".
+fn is_job_failure(line: &str) -> bool {
+    line.match_indices("job ").any(|(at, _)| {
+        let rest = &line[at + 4..];
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        digits > 0 && rest[digits..].starts_with(" failed: ")
+    })
 }
 
 /// Kills a child on drop, so a failing test leaves no window behind.
@@ -286,4 +301,25 @@ pub fn parity_input([d, h, w]: [usize; 3], channels: usize, seed: u32) -> Vec<f3
         }
     }
     values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_ends_at_a_jobs_failure_but_not_at_a_waiting_job() -> anyhow::Result<()> {
+        assert!(is_job_failure("job 12 failed: analysis: no voxel is above 1000"));
+        assert!(is_job_failure("engine: job 3 failed: deepbet is not installed"));
+        assert!(!is_job_failure("job 1 waiting: series 1.2 is incomplete: 4 of its 7 phases have arrived"));
+        assert!(!is_job_failure("outbox: sent 3, refused 0 (failed: 0)"));
+        assert!(!is_job_failure("job failed: no number"));
+        let lines = |text: &'static str| Lines::new(std::io::Cursor::new(text));
+        let mut l = lines("job 1 queued\njob 1 waiting: incomplete\njob 2 failed: broken\npipeline x on 1.2\n");
+        let e = l.wait_for("pipeline x on", Duration::from_secs(5)).err().context("a failed job ends the wait")?;
+        assert!(e.to_string().starts_with("job 2 failed: broken"), "{e}");
+        let mut l = lines("job 2 failed: broken\n");
+        assert_eq!(l.wait_for("failed", Duration::from_secs(5))?, "job 2 failed: broken");
+        Ok(())
+    }
 }
