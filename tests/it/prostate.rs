@@ -288,7 +288,9 @@ const FALSE_POSITIVES_GOAL: f64 = 4.5;
 
 /// A prostate study whose ADC carries one synthetic lesion, pushed to `lightbox listen` with a
 /// rule for the trained model: the pipeline finds the lesion where it was put, and its SEG and
-/// SR reach a real Orthanc.
+/// SR reach a real Orthanc. The T2W is pushed first, alone, as a PACS may send a study series
+/// by series: its job waits for the ADC map (not a failure), and the ADC's arrival starts the
+/// study's job again, which supersedes the waiting one.
 #[test]
 fn a_pushed_study_with_a_synthetic_lesion_has_it_found_and_sent() -> anyhow::Result<()> {
     use std::time::Duration;
@@ -337,13 +339,19 @@ fn a_pushed_study_with_a_synthetic_lesion_has_it_found_and_sent() -> anyhow::Res
     let models = package.parent().context("no models folder")?;
     let rules = "[[rule]]\nname = \"prostate bpMRI\"\npipeline = \"prostate-bpmri\"\nmodality = \"MR\"\nsequence = [\"T2\"]\nmodel = \"prostate-lesion-synthetic\"\nauto_send = true\n";
     let mut listener = Listener::start(dir.path(), rules, &orthanc, models, 1500)?;
-    for folder in [adc_dir, t2w] {
-        listener.push(&folder)?;
-    }
+    listener.push(&t2w)?;
+    let waiting = listener.lines.wait_for("job 1 waiting", Duration::from_secs(120))?;
+    ensure!(waiting.contains("is incomplete: no ADC map"), "{waiting}");
+    listener.push(&adc_dir)?;
     let done = listener.lines.wait_for("pipeline prostate-bpmri on", Duration::from_secs(300))?;
-    eprintln!("{done}");
-    ensure!(done.contains("model prostate-lesion-synthetic"), "{done}");
-    let results = lightbox_workflow::pipeline::results(&dir.path().join("store"))?;
+    eprintln!("{waiting}\n{done}");
+    ensure!(done.contains("model prostate-lesion-synthetic") && done.contains("job 2"), "{done}");
+    let store = dir.path().join("store");
+    let jobs = lightbox_workflow::pipeline::job_rows(&store)?;
+    let state = |id: i64| jobs.iter().find(|j| j.id == id).map(|j| (j.state.as_str(), j.stage.as_str()));
+    ensure!(state(1) == Some(("superseded", "superseded by job 2")), "{:?}", state(1));
+    ensure!(jobs.len() == 2 && state(2).is_some_and(|s| s.0 == "done"), "{:?}", state(2));
+    let results = lightbox_workflow::pipeline::results(&store)?;
     let result = results.iter().find(|r| r.pipeline == "prostate-bpmri").context("no prostate result")?;
     let found = result.details["lesions"].as_array().context("no lesion list")?;
     let truth = adc.patient_from_voxel.transform_point(lesion.centre);

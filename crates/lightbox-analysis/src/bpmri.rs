@@ -62,7 +62,7 @@ pub fn choose_bpmri(series: &[SeriesSummary]) -> Result<BpmriChoice, AnalysisErr
             .max_by_key(|s| (s.plane == "axial", s.slices, s.b_value.map(|b| b as i64).unwrap_or(0)))
     };
     let t2w = best("T2").ok_or_else(|| {
-        AnalysisError::Input("no T2-weighted series (long TR and TE, no inversion) in the study".into())
+        AnalysisError::Missing("no T2-weighted series (long TR and TE, no inversion) in the study".into())
     })?;
     if t2w.plane != "axial" {
         reasons.push(format!(
@@ -72,7 +72,7 @@ pub fn choose_bpmri(series: &[SeriesSummary]) -> Result<BpmriChoice, AnalysisErr
     }
     reasons
         .push(format!("T2W: series {} ({:?}), {} slices, {}", t2w.series_uid, t2w.description, t2w.slices, t2w.plane));
-    let adc = best("ADC").ok_or_else(|| AnalysisError::Input("no ADC map (Image Type ADC) in the study".into()))?;
+    let adc = best("ADC").ok_or_else(|| AnalysisError::Missing("no ADC map (Image Type ADC) in the study".into()))?;
     reasons.push(format!("ADC: series {} ({:?})", adc.series_uid, adc.description));
     let dwi = series
         .iter()
@@ -212,8 +212,12 @@ mod tests {
         assert!(choice.synthesize_high_b, "{:?}", choice.reasons);
         let with_1500 = [&study[..], &[s("dwi2", "DWI", "axial", Some(1500.0), 20)]].concat();
         assert!(!choose_bpmri(&with_1500)?.synthesize_high_b);
+        // What is missing may still arrive: told apart from bad input.
         let err = choose_bpmri(&study[2..]).expect_err("no T2");
-        assert!(err.to_string().contains("no T2-weighted series"), "{err}");
+        assert!(matches!(&err, AnalysisError::Missing(m) if m.contains("no T2-weighted series")), "{err}");
+        let no_adc: Vec<_> = study.iter().filter(|s| s.sequence != "ADC").cloned().collect();
+        let err = choose_bpmri(&no_adc).expect_err("no ADC");
+        assert!(matches!(&err, AnalysisError::Missing(m) if m.contains("no ADC map")), "{err}");
         Ok(())
     }
 

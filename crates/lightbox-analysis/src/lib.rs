@@ -23,4 +23,9 @@ pub enum AnalysisError {
 
     #[error("{0}")]
     Input(String),
+
+    /// A part of the input is not there (yet): a study whose ADC map has not arrived. A caller
+    /// that receives studies series by series waits for it rather than failing.
+    #[error("{0}")]
+    Missing(String),
 }

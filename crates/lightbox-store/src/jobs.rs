@@ -184,18 +184,19 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Marks the `waiting` jobs of pipeline `kind` on series `series` (the payload's `series`)
-    /// `superseded` by job `by`, which has that series' newer input. Returns their ids.
-    pub fn jobs_supersede_waiting(&self, kind: &str, series: &str, by: i64) -> Result<Vec<i64>, StoreError> {
+    /// Marks the `waiting` jobs of pipeline `kind` whose payload holds `uid` at the JSON path
+    /// `scope` (`$.series`, or `$.study` for a study-wide pipeline) `superseded` by job `by`,
+    /// which has the newer input. Returns their ids.
+    pub fn jobs_supersede_waiting(&self, kind: &str, scope: &str, uid: &str, by: i64) -> Result<Vec<i64>, StoreError> {
         let mut s = self
             .db
             .prepare(&format!(
-                "UPDATE jobs SET state = 'superseded', stage = 'superseded by job ' || ?3, updated_at = {STAMP} \
-                 WHERE kind = ?1 AND state = 'waiting' AND id != ?3 AND json_valid(payload) \
-                 AND json_extract(payload, '$.series') = ?2 RETURNING id"
+                "UPDATE jobs SET state = 'superseded', stage = 'superseded by job ' || ?4, updated_at = {STAMP} \
+                 WHERE kind = ?1 AND state = 'waiting' AND id != ?4 AND json_valid(payload) \
+                 AND json_extract(payload, ?2) = ?3 RETURNING id"
             ))
             .map_err(self.sql())?;
-        let ids = s.query_map(params![kind, series, by], |r| r.get(0)).map_err(self.sql())?;
+        let ids = s.query_map(params![kind, scope, uid, by], |r| r.get(0)).map_err(self.sql())?;
         ids.collect::<Result<_, _>>().map_err(self.sql())
     }
 
@@ -277,6 +278,14 @@ impl Store {
             .query_row(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"), [id], job_row)
             .optional()
             .map_err(self.sql())
+    }
+
+    /// The jobs in `state`, oldest first.
+    pub fn jobs_in_state(&self, state: &str) -> Result<Vec<Job>, StoreError> {
+        let mut s =
+            self.db.prepare(&format!("SELECT {COLUMNS} FROM jobs WHERE state = ?1 ORDER BY id")).map_err(self.sql())?;
+        let rows = s.query_map([state], job_row).map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
     /// Every job, newest first.
@@ -413,7 +422,7 @@ mod tests {
         // The rest arrives: a new input of series s1, a new job. Taking it supersedes the
         // waiting job of the same pipeline and series, and no other.
         let (newer, _) = store.job_enqueue("s1/dce/7-phases", "breast-dce", "cpu", &payload("s1"))?;
-        assert_eq!(store.jobs_supersede_waiting("breast-dce", "s1", newer)?, vec![first]);
+        assert_eq!(store.jobs_supersede_waiting("breast-dce", "$.series", "s1", newer)?, vec![first]);
         let states = |id| -> anyhow::Result<(String, String)> {
             let j = store.job(id)?.ok_or_else(|| anyhow::anyhow!("gone"))?;
             Ok((j.state, j.stage))
@@ -428,6 +437,15 @@ mod tests {
         assert!(store.job_requeue(other)?);
         assert!(store.job_cancel(threshold)?);
         assert_eq!(states(threshold)?.0, "cancelled");
+        assert!(store.jobs_in_state("waiting")?.is_empty());
+        // A study-wide pipeline: the job another series of the study started supersedes it.
+        let (t2, _) = store.job_enqueue("st/bpmri/t2", "prostate-bpmri", "gpu", r#"{"series":"t2","study":"st"}"#)?;
+        assert!(store.job_take(t2, "a", 30.0)? && store.job_waiting(t2, "a", "no ADC map in the study")?);
+        assert_eq!(store.jobs_in_state("waiting")?.iter().map(|j| j.id).collect::<Vec<_>>(), vec![t2]);
+        let (all, _) =
+            store.job_enqueue("st/bpmri/all", "prostate-bpmri", "gpu", r#"{"series":"adc","study":"st"}"#)?;
+        assert!(store.jobs_supersede_waiting("prostate-bpmri", "$.series", "adc", all)?.is_empty());
+        assert_eq!(store.jobs_supersede_waiting("prostate-bpmri", "$.study", "st", all)?, vec![t2]);
         Ok(())
     }
 }

@@ -72,7 +72,7 @@ pub(crate) fn run(
         && set.time_points < declared
     {
         return Err(WorkflowError::Incomplete {
-            series: series_uid.to_owned(),
+            input: format!("series {series_uid}"),
             missing: format!("{} of its {declared} phases have arrived", set.time_points),
         });
     }

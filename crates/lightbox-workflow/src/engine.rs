@@ -322,8 +322,34 @@ impl Dispatcher {
         }
     }
 
-    /// Matches a settled series against the rules and queues a job per matching rule.
+    /// Dispatches a settled series, then plans again the study-wide jobs of its study that wait
+    /// for a series (a prostate study whose T2W came first: its ADC has arrived now).
     fn dispatch(&mut self, series_uid: &str, quiet: bool) -> Result<(), WorkflowError> {
+        self.dispatch_series(series_uid, quiet)?;
+        let store = Store::open(&self.store_dir)?;
+        let waiting = store.jobs_in_state("waiting")?;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let study = pipeline::study_of(&store, series_uid)?;
+        let mut again = BTreeSet::new();
+        for job in waiting {
+            let payload: serde_json::Value = serde_json::from_str(&job.payload).unwrap_or_default();
+            if payload["study"].as_str() == Some(study.as_str())
+                && let Some(series) = payload["series"].as_str()
+                && series != series_uid
+            {
+                again.insert(series.to_owned());
+            }
+        }
+        for series in again {
+            self.dispatch_series(&series, true)?;
+        }
+        Ok(())
+    }
+
+    /// Matches a settled series against the rules and queues a job per matching rule.
+    fn dispatch_series(&mut self, series_uid: &str, quiet: bool) -> Result<(), WorkflowError> {
         let series = pipeline::series_to_match(&self.store_dir, series_uid)?;
         // Results and documents are not analysed (ours would otherwise come back as input).
         if NOT_IMAGES.contains(&series.facts.modality.as_str()) {

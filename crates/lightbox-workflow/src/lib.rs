@@ -68,10 +68,11 @@ pub enum WorkflowError {
     #[error("analysis: {0}")]
     Analysis(String),
 
-    /// The input is not whole yet (a dynamic series whose later phases have not arrived): the
-    /// job waits, it has not failed.
-    #[error("series {series} is incomplete: {missing}; it is analysed when the rest arrives")]
-    Incomplete { series: String, missing: String },
+    /// The input is not whole yet (a dynamic series whose later phases have not arrived, a
+    /// study without its ADC map yet): the job waits, it has not failed. `input` names it
+    /// ("series 1.2…", "study 1.2…").
+    #[error("{input} is incomplete: {missing}; it is analysed when the rest arrives")]
+    Incomplete { input: String, missing: String },
 
     #[error(transparent)]
     Ai(#[from] lightbox_ai::AiError),

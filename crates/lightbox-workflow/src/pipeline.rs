@@ -316,11 +316,7 @@ pub fn plan(
         let model = model.unwrap_or_default();
         // The whole study is the input: any of its series triggers the same job, and a series
         // arriving later (a DWI) makes a new one.
-        let files = store.series_files(series_uid)?;
-        let study = match files.first() {
-            Some(f) => lightbox_dicom::read_instance(f)?.study_uid.as_str().to_owned(),
-            None => series_uid.to_owned(),
-        };
+        let study = study_of(store, series_uid)?;
         let mut inputs = Vec::new();
         for (uid, modality, ..) in store.series_of_study(&study)?.unwrap_or_default() {
             if modality == "MR" {
@@ -335,7 +331,7 @@ pub fn plan(
             pipeline: pipeline.to_owned(),
             device,
             payload: serde_json::json!({
-                "series": series_uid, "instances": digest, "send_to": send_to, "model": model,
+                "series": series_uid, "study": study, "instances": digest, "send_to": send_to, "model": model,
                 "zone_model": zones,
             }),
         });
@@ -376,6 +372,14 @@ pub fn plan(
         payload: serde_json::json!({
             "series": series_uid, "threshold": threshold, "instances": digest, "send_to": send_to,
         }),
+    })
+}
+
+/// The Study Instance UID of a stored series (its own UID when it has no file).
+pub(crate) fn study_of(store: &Store, series_uid: &str) -> Result<String, WorkflowError> {
+    Ok(match store.series_files(series_uid)?.first() {
+        Some(f) => lightbox_dicom::read_instance(f)?.study_uid.as_str().to_owned(),
+        None => series_uid.to_owned(),
     })
 }
 
@@ -554,7 +558,13 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
                 "series {series} changed since job {id} was queued (a newer job covers it)"
             )));
         }
-        for older in store.jobs_supersede_waiting(&job.kind, &series, id)? {
+        // A study-wide job (prostate bpMRI) supersedes the study's waiting jobs, another its
+        // series'.
+        let (scope, uid) = match payload["study"].as_str() {
+            Some(study) => ("$.study", study),
+            None => ("$.series", series.as_str()),
+        };
+        for older in store.jobs_supersede_waiting(&job.kind, scope, uid, id)? {
             tracing::info!(job = older, by = id, "a waiting job is superseded: the rest of its series arrived");
         }
         let prior = payload["prior"].as_str();
@@ -596,9 +606,9 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
             Ok(outcome)
         }
         Err(WorkflowError::Cancelled(id)) => Err(WorkflowError::Cancelled(id)),
-        Err(WorkflowError::Incomplete { series, missing }) => {
+        Err(WorkflowError::Incomplete { input, missing }) => {
             store.job_waiting(id, owner, &format!("{missing}; it runs when the rest arrives"))?;
-            Err(WorkflowError::Incomplete { series, missing })
+            Err(WorkflowError::Incomplete { input, missing })
         }
         Err(e) => {
             store.job_failed(id, owner, &e.to_string())?;

@@ -109,7 +109,13 @@ pub(crate) fn run(
     let models = crate::ai::models_dir();
     let package = lightbox_ai::ModelPackage::open(&models.join(model))?;
     stage(lease, store, "choosing the series")?;
-    let choice = choose_bpmri(&study_candidates(store, series_uid)?).map_err(|e| bad(e.to_string()))?;
+    // A study arrives series by series: one that is not here yet is waited for, not a failure.
+    let study = crate::pipeline::study_of(store, series_uid)?;
+    let not_yet = |missing: String| WorkflowError::Incomplete { input: format!("study {study}"), missing };
+    let choice = choose_bpmri(&study_candidates(store, series_uid)?).map_err(|e| match e {
+        lightbox_analysis::AnalysisError::Missing(missing) => not_yet(missing),
+        e => bad(e.to_string()),
+    })?;
     stage(lease, store, "loading and registering")?;
     let t2w = load(store, &choice.t2w)?;
     let adc = load(store, &choice.adc)?;
@@ -136,7 +142,7 @@ pub(crate) fn run(
                 t2w.clone()
             } else if n.contains("HBV") || n.contains("DWI") || n.contains("HIGH") || n.starts_with('B') {
                 high_b_on_t2w.clone().ok_or_else(|| {
-                    bad(format!("model {} wants {name:?} and the study has no DWI", package.manifest.name))
+                    not_yet(format!("no DWI in the study (model {} wants {name:?})", package.manifest.name))
                 })?
             } else {
                 return Err(bad(format!(
