@@ -226,6 +226,8 @@ fn a_dce_series_arriving_in_parts_waits_for_the_rest_then_runs_once_whole() -> a
     ensure!(line("1 ").contains("superseded") && line("1 ").contains("superseded by job 2"), "{jobs}");
     ensure!(line("2 ").contains(" done "), "{jobs}");
     ensure!(!jobs.contains("failed"), "{jobs}");
+    let audit = lightbox_store::Store::open(&store)?.audit_log()?;
+    ensure!(audit.iter().any(|(_, action, job)| action == "supersede" && job == "1"), "{audit:?}");
     // A superseded job is not run again.
     let again = lightbox(&["jobs", "rerun", "1"])?.output()?;
     let why = String::from_utf8_lossy(&again.stderr);

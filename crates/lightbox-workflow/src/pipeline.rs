@@ -565,7 +565,13 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
             None => ("$.series", series.as_str()),
         };
         for older in store.jobs_supersede_waiting(&job.kind, scope, uid, id)? {
-            tracing::info!(job = older, by = id, "a waiting job is superseded: the rest of its series arrived");
+            tracing::info!(job = older, by = id, "a waiting job is superseded: the rest of its input arrived");
+            store.audit(
+                "lightbox",
+                "supersede",
+                &older.to_string(),
+                &format!("{}: job {older} superseded by job {id} (the rest of its input arrived)", job.kind),
+            )?;
         }
         let prior = payload["prior"].as_str();
         if job.kind == crate::brain::BRAIN_ATROPHY {
