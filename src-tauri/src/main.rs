@@ -438,7 +438,8 @@ async fn cancel_job(site: tauri::State<'_, Site>, id: i64) -> Result<bool, Error
     off_ui(move |_| Ok(lightbox_workflow::pipeline::cancel(&store, id)?)).await
 }
 
-/// Runs a failed or cancelled job again, off the UI thread; resolves when it has finished.
+/// Runs a failed, cancelled or waiting job again, off the UI thread; resolves when it has
+/// finished (a waiting one whose input is still incomplete rejects with code `incomplete`).
 #[tauri::command]
 async fn rerun_job(site: tauri::State<'_, Site>, id: i64) -> Result<(), ErrorDto> {
     let store = site.store.clone();

@@ -235,6 +235,59 @@ fn a_dce_series_arriving_in_parts_waits_for_the_rest_then_runs_once_whole() -> a
     Ok(())
 }
 
+/// The engine (`lightbox listen`) with a rule for DCE series: half a series imported makes a
+/// waiting job; when the rest never comes, it fails after the wait limit, saying what is
+/// missing; when the rest comes after all, the whole series is analysed.
+#[test]
+fn a_dce_series_whose_rest_does_not_come_fails_after_the_wait_limit_saying_what_is_missing() -> anyhow::Result<()> {
+    use std::process::{Command, Stdio};
+    use std::time::Duration;
+
+    use anyhow::{Context, ensure};
+    use lightbox_tests::orthanc::free_port;
+    use lightbox_tests::{KillOnDrop, Lines, bin, run_ok};
+
+    let dir = tempfile::tempdir()?;
+    let dce = synthetic_dce(5);
+    let files = write_dce_series(&dce, ("LB-DCE-3", "Breast^Never"), &dir.path().join("dce"))?;
+    let per_phase = files.len() / dce.phases.len();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    for (at, file) in files.iter().enumerate() {
+        let to = if at < 3 * per_phase { &first } else { &second };
+        std::fs::create_dir_all(to)?;
+        std::fs::copy(file, to.join(file.file_name().context("no name")?))?;
+    }
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(&rules, "[[rule]]\nname = \"DCE\"\npipeline = \"breast-dce\"\nmodality = \"MR\"\n")?;
+    let store = dir.path().join("store");
+    let mut listener = KillOnDrop(
+        Command::new(bin("lightbox")?)
+            .args(["listen", "--bind", "127.0.0.1", "--port", &free_port()?.to_string(), "--rules"])
+            .arg(&rules)
+            .arg("--store")
+            .arg(&store)
+            .env("LIGHTBOX_SETTLE_MS", "300")
+            .env("LIGHTBOX_ENGINE_POLL_MS", "300")
+            .env("LIGHTBOX_WAIT_LIMIT_S", "2")
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
+    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
+    let import = |folder: &std::path::Path| {
+        run_ok(Command::new(bin("lightbox")?).arg("import").arg(folder).arg("--store").arg(&store))
+    };
+    import(&first)?;
+    let waiting = lines.wait_for("job 1 waiting", Duration::from_secs(60))?;
+    ensure!(waiting.contains("is incomplete: 3 of its 7 phases have arrived"), "{waiting}");
+    let failed = lines.wait_for("job 1 failed", Duration::from_secs(30))?;
+    ensure!(failed.ends_with("still incomplete after 2 s: 3 of its 7 phases have arrived"), "{failed}");
+    import(&second)?;
+    let done = lines.wait_for("pipeline breast-dce on", Duration::from_secs(120))?;
+    ensure!(done.contains("job 2 done") && done.contains("3 lesion candidate(s)"), "{done}");
+    Ok(())
+}
+
 /// `dce` as one dynamic MR series of patient (id, name) in `folder`, each phase with its time.
 fn write_dce_series(
     dce: &lightbox_tests::dce::SyntheticDce,

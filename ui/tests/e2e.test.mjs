@@ -200,7 +200,12 @@ test("jobs: device, stage and errors shown; a waiting job is not a failure; canc
   assert.match(await waitingRow.innerText(), /waiting[\s\S]*breast-dce[\s\S]*4 of its 7 phases have arrived/);
   assert.equal(await waitingRow.locator(".error-text").innerText(), "");
   assert.equal(await waitingRow.getByTestId("cancel-job").count(), 1);
-  assert.equal(await waitingRow.getByTestId("rerun-job").count(), 0);
+  // Re-run: still incomplete, said as such; the job still waits.
+  await waitingRow.getByTestId("rerun-job").click();
+  await status.filter({ hasText: "Job 4 still waits: series" }).waitFor();
+  assert.equal(await status.getAttribute("class").then((c) => c.includes("error")), false);
+  assert.match(await status.innerText(), /is incomplete: 4 of its 7 phases have arrived/);
+  assert.match(await waitingRow.innerText(), /waiting/);
   assert.match(await running.innerText(), /running[\s\S]*CPU[\s\S]*segmenting/);
   assert.match(await failedRow.innerText(), /no voxel of series/);
   await running.getByTestId("cancel-job").click();

@@ -36,7 +36,7 @@ fn workflow_error(e: WorkflowError) -> Response {
         | WorkflowError::UnknownPipeline(_)
         | WorkflowError::Analysis(_)
         | WorkflowError::Incomplete { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        WorkflowError::Busy(_) => StatusCode::CONFLICT,
+        WorkflowError::Busy(_) | WorkflowError::InputChanged { .. } => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     if status == StatusCode::INTERNAL_SERVER_ERROR {

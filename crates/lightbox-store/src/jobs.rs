@@ -168,7 +168,9 @@ impl Store {
     }
 
     /// Ends `owner`'s run as `waiting`: its input is incomplete (`missing` says what is missing;
-    /// it becomes the stage). Not a failure: the rest arriving is a new input, a new job.
+    /// it becomes the stage). Not a failure: the rest arriving is a new input, a new job. When
+    /// that job was queued while this one ran, this one is `superseded` by it at once (nothing
+    /// would supersede it later). False when the job was not theirs any more.
     pub fn job_waiting(&self, id: i64, owner: &str, missing: &str) -> Result<bool, StoreError> {
         let n = self
             .db
@@ -181,23 +183,96 @@ impl Store {
                 params![id, owner, missing],
             )
             .map_err(self.sql())?;
+        if n == 1
+            && let Some(newer) = self.job_newer(id)?
+        {
+            self.jobs_supersede_waiting(newer)?;
+        }
         Ok(n == 1)
     }
 
-    /// Marks the `waiting` jobs of pipeline `kind` whose payload holds `uid` at the JSON path
-    /// `scope` (`$.series`, or `$.study` for a study-wide pipeline) `superseded` by job `by`,
-    /// which has the newer input. Returns their ids.
-    pub fn jobs_supersede_waiting(&self, kind: &str, scope: &str, uid: &str, by: i64) -> Result<Vec<i64>, StoreError> {
+    /// Ends `owner`'s run as `superseded`, `why` as its stage: its input changed after it was
+    /// queued (the newer input is another job's). False when the job was not theirs any more.
+    pub fn job_superseded(&self, id: i64, owner: &str, why: &str) -> Result<bool, StoreError> {
+        let n = self
+            .db
+            .execute(
+                &format!(
+                    "UPDATE jobs SET state = 'superseded', result = NULL, error = NULL, lease_owner = NULL, \
+                     lease_until = NULL, stage = ?3, finished_at = {STAMP}, updated_at = {STAMP} \
+                     WHERE id = ?1 AND state = 'running' AND lease_owner = ?2"
+                ),
+                params![id, owner, why],
+            )
+            .map_err(self.sql())?;
+        Ok(n == 1)
+    }
+
+    /// The jobs of the same pipeline, input and parameters as job `id`, whatever instances
+    /// they saw: a key is `<input>/<pipeline and parameters…>/<digest of the instances>`, and
+    /// these share all of it but the last part. The SQL condition, with its two parameters.
+    fn same_input(&self, id: i64) -> Result<Option<(String, String, i64)>, StoreError> {
+        let found: Option<(String, String)> = self
+            .db
+            .query_row("SELECT kind, coalesce(key, '') FROM jobs WHERE id = ?1", [id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(self.sql())?;
+        Ok(found.and_then(|(kind, key)| {
+            let (input, _) = key.rsplit_once('/')?;
+            let prefix = format!("{input}/");
+            let chars = i64::try_from(prefix.chars().count()).ok()?;
+            Some((kind, prefix, chars))
+        }))
+    }
+
+    /// The newest job after `id` of the same pipeline, input and parameters (see
+    /// [`Store::jobs_supersede_waiting`]).
+    pub fn job_newer(&self, id: i64) -> Result<Option<i64>, StoreError> {
+        let Some((kind, prefix, chars)) = self.same_input(id)? else { return Ok(None) };
+        self.db
+            .query_row(
+                "SELECT max(id) FROM jobs WHERE id > ?1 AND kind = ?2 AND substr(key, 1, ?4) = ?3 \
+                 AND instr(substr(key, ?4 + 1), '/') = 0",
+                params![id, kind, prefix, chars],
+                |r| r.get(0),
+            )
+            .map_err(self.sql())
+    }
+
+    /// Marks `superseded` by job `by` the `waiting` jobs before it of the same pipeline, input
+    /// (series; for a study-wide pipeline, study) and parameters (model…): `by` has the newer
+    /// input, the same series or study with more instances. Returns their ids.
+    pub fn jobs_supersede_waiting(&self, by: i64) -> Result<Vec<i64>, StoreError> {
+        let Some((kind, prefix, chars)) = self.same_input(by)? else { return Ok(Vec::new()) };
         let mut s = self
             .db
             .prepare(&format!(
-                "UPDATE jobs SET state = 'superseded', stage = 'superseded by job ' || ?4, updated_at = {STAMP} \
-                 WHERE kind = ?1 AND state = 'waiting' AND id != ?4 AND json_valid(payload) \
-                 AND json_extract(payload, ?2) = ?3 RETURNING id"
+                "UPDATE jobs SET state = 'superseded', stage = 'superseded by job ' || ?1, updated_at = {STAMP} \
+                 WHERE state = 'waiting' AND id < ?1 AND kind = ?2 AND substr(key, 1, ?4) = ?3 \
+                 AND instr(substr(key, ?4 + 1), '/') = 0 RETURNING id"
             ))
             .map_err(self.sql())?;
-        let ids = s.query_map(params![kind, scope, uid, by], |r| r.get(0)).map_err(self.sql())?;
+        let ids = s.query_map(params![by, kind, prefix, chars], |r| r.get(0)).map_err(self.sql())?;
         ids.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
+    /// Fails the jobs that have waited more than `limit_secs` for the rest of their input (it
+    /// was not sent, or what is there was not recognised): `failed`, the error naming what is
+    /// still missing, so that the failure is seen. Returns (id, error).
+    pub fn jobs_expire_waiting(&self, limit_secs: f64) -> Result<Vec<(i64, String)>, StoreError> {
+        let after =
+            if limit_secs >= 3600.0 { format!("{:.1} h", limit_secs / 3600.0) } else { format!("{limit_secs:.0} s") };
+        let mut s = self
+            .db
+            .prepare(&format!(
+                "UPDATE jobs SET state = 'failed', error = 'still incomplete after ' || ?2 || ': ' || stage, \
+                 stage = 'failed', updated_at = {STAMP} \
+                 WHERE state = 'waiting' AND julianday(finished_at) < julianday('now') - ?1 / 86400.0 \
+                 RETURNING id, error"
+            ))
+            .map_err(self.sql())?;
+        let rows = s.query_map(params![limit_secs, after], |r| Ok((r.get(0)?, r.get(1)?))).map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
     fn job_finish(
@@ -404,11 +479,12 @@ mod tests {
     fn an_incomplete_input_waits_until_a_newer_one_of_its_series_supersedes_it() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store = Store::open(dir.path())?;
-        let payload = |series: &str| format!("{{\"series\":\"{series}\"}}");
-        let (first, _) = store.job_enqueue("s1/dce/4-phases", "breast-dce", "cpu", &payload("s1"))?;
-        let (other, _) = store.job_enqueue("s2/dce/3-phases", "breast-dce", "cpu", &payload("s2"))?;
-        let (threshold, _) = store.job_enqueue("s1/threshold", "threshold-volume", "cpu", &payload("s1"))?;
-        for id in [first, other, threshold] {
+        // Keys: input / pipeline and parameters / digest of the instances seen.
+        let (first, _) = store.job_enqueue("s1/dce@2/model=/four-phases", "breast-dce", "cpu", "{}")?;
+        let (other, _) = store.job_enqueue("s2/dce@2/model=/three-phases", "breast-dce", "cpu", "{}")?;
+        let (model, _) = store.job_enqueue("s1/dce@2/model=m/four-phases", "breast-dce", "cpu", "{}")?;
+        let (threshold, _) = store.job_enqueue("s1/threshold@1/four-phases", "threshold-volume", "cpu", "{}")?;
+        for id in [first, other, model, threshold] {
             assert!(store.job_take(id, "a", 30.0)?);
             assert!(!store.job_waiting(id, "b", "not theirs")?, "only the lease holder ends a run");
             assert!(store.job_waiting(id, "a", "4 of its 7 phases have arrived")?);
@@ -419,17 +495,21 @@ mod tests {
             ("waiting", "4 of its 7 phases have arrived", None)
         );
         assert!(store.jobs_runnable()?.is_empty(), "a waiting job is not run again by itself");
-        // The rest arrives: a new input of series s1, a new job. Taking it supersedes the
-        // waiting job of the same pipeline and series, and no other.
-        let (newer, _) = store.job_enqueue("s1/dce/7-phases", "breast-dce", "cpu", &payload("s1"))?;
-        assert_eq!(store.jobs_supersede_waiting("breast-dce", "$.series", "s1", newer)?, vec![first]);
+        // The rest arrives: a new input of series s1, a new job. It supersedes the waiting job
+        // of the same pipeline, series and parameters, and no other (not the one with another
+        // model, not another series', not another pipeline's).
+        let (newer, _) = store.job_enqueue("s1/dce@2/model=/seven-phases", "breast-dce", "cpu", "{}")?;
+        assert_eq!(store.job_newer(first)?, Some(newer));
+        assert_eq!(store.job_newer(newer)?, None);
+        assert_eq!(store.jobs_supersede_waiting(newer)?, vec![first]);
         let states = |id| -> anyhow::Result<(String, String)> {
             let j = store.job(id)?.ok_or_else(|| anyhow::anyhow!("gone"))?;
             Ok((j.state, j.stage))
         };
         assert_eq!(states(first)?, ("superseded".into(), format!("superseded by job {newer}")));
-        assert_eq!(states(other)?.0, "waiting");
-        assert_eq!(states(threshold)?.0, "waiting");
+        for id in [other, model, threshold] {
+            assert_eq!(states(id)?.0, "waiting");
+        }
         assert_eq!(states(newer)?.0, "queued");
         assert!(!store.job_requeue(first)?, "a superseded job is not run again");
         assert!(!store.job_cancel(first)?);
@@ -437,15 +517,26 @@ mod tests {
         assert!(store.job_requeue(other)?);
         assert!(store.job_cancel(threshold)?);
         assert_eq!(states(threshold)?.0, "cancelled");
-        assert!(store.jobs_in_state("waiting")?.is_empty());
-        // A study-wide pipeline: the job another series of the study started supersedes it.
-        let (t2, _) = store.job_enqueue("st/bpmri/t2", "prostate-bpmri", "gpu", r#"{"series":"t2","study":"st"}"#)?;
-        assert!(store.job_take(t2, "a", 30.0)? && store.job_waiting(t2, "a", "no ADC map in the study")?);
-        assert_eq!(store.jobs_in_state("waiting")?.iter().map(|j| j.id).collect::<Vec<_>>(), vec![t2]);
-        let (all, _) =
-            store.job_enqueue("st/bpmri/all", "prostate-bpmri", "gpu", r#"{"series":"adc","study":"st"}"#)?;
-        assert!(store.jobs_supersede_waiting("prostate-bpmri", "$.series", "adc", all)?.is_empty());
-        assert_eq!(store.jobs_supersede_waiting("prostate-bpmri", "$.study", "st", all)?, vec![t2]);
+        assert_eq!(store.jobs_in_state("waiting")?.iter().map(|j| j.id).collect::<Vec<_>>(), vec![model]);
+
+        // A newer job queued while this one ran: it does not stay waiting, nothing would
+        // supersede it later.
+        let (early, _) = store.job_enqueue("st/bpmri@1/model=p/t2-only", "prostate-bpmri", "gpu", "{}")?;
+        assert!(store.job_take(early, "a", 30.0)?);
+        let (whole, _) = store.job_enqueue("st/bpmri@1/model=p/t2-and-adc", "prostate-bpmri", "gpu", "{}")?;
+        assert!(store.job_waiting(early, "a", "no ADC map in the study")?);
+        assert_eq!(states(early)?, ("superseded".into(), format!("superseded by job {whole}")));
+        // Its input changed while it was queued: superseded, not failed.
+        assert!(store.job_take(whole, "a", 30.0)?);
+        assert!(store.job_superseded(whole, "a", "its study changed after it was queued")?);
+        assert_eq!(states(whole)?, ("superseded".into(), "its study changed after it was queued".into()));
+
+        // Waiting too long (the rest was never sent, or not recognised): failed, saying why.
+        assert!(store.jobs_expire_waiting(3600.0)?.is_empty());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let expired = store.jobs_expire_waiting(0.01)?;
+        assert_eq!(expired, vec![(model, "still incomplete after 0 s: 4 of its 7 phases have arrived".to_owned())]);
+        assert_eq!(states(model)?.0, "failed");
         Ok(())
     }
 }

@@ -28,6 +28,9 @@ pub struct EngineConfig {
     /// How often the store is looked at for series that arrived by other routes (retrieval,
     /// import), and for jobs queued by others or orphaned by a crash.
     pub poll: Duration,
+    /// How long a job may wait for the rest of its input (a series never sent, or sent and not
+    /// recognised) before it is failed, saying what is missing.
+    pub wait_limit: Duration,
 }
 
 impl Default for EngineConfig {
@@ -38,12 +41,14 @@ impl Default for EngineConfig {
             cpu_jobs: (cores / 2).max(1),
             gpu_jobs: 1,
             poll: Duration::from_secs(10),
+            wait_limit: Duration::from_secs(12 * 3600),
         }
     }
 }
 
 impl EngineConfig {
-    /// The defaults, overridden by `LIGHTBOX_SETTLE_MS`, `LIGHTBOX_CPU_JOBS`.
+    /// The defaults, overridden by `LIGHTBOX_SETTLE_MS`, `LIGHTBOX_ENGINE_POLL_MS`,
+    /// `LIGHTBOX_CPU_JOBS`, `LIGHTBOX_WAIT_LIMIT_S`.
     pub fn from_env() -> Self {
         let mut config = Self::default();
         let var = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
@@ -55,6 +60,9 @@ impl EngineConfig {
         }
         if let Some(n) = var("LIGHTBOX_CPU_JOBS") {
             config.cpu_jobs = (n as usize).max(1);
+        }
+        if let Some(s) = var("LIGHTBOX_WAIT_LIMIT_S") {
+            config.wait_limit = Duration::from_secs(s);
         }
         config
     }
@@ -103,6 +111,11 @@ pub enum EngineEvent {
         job_id: i64,
         detail: String,
     },
+    /// The job's input changed after it was queued (see [`WorkflowError::InputChanged`]).
+    Superseded {
+        job_id: i64,
+        detail: String,
+    },
     /// The outbox was drained after results were queued: sent, failed.
     Sent {
         sent: usize,
@@ -134,6 +147,7 @@ impl std::fmt::Display for EngineEvent {
             }
             Self::Failed { job_id, error } => write!(f, "job {job_id} failed: {error}"),
             Self::Waiting { job_id, detail } => write!(f, "job {job_id} waiting: {detail}"),
+            Self::Superseded { job_id, detail } => write!(f, "job {job_id} superseded: {detail}"),
             Self::Sent { sent, failed, detail } => write!(f, "outbox: sent {sent}, refused {failed} ({detail})"),
             Self::Error { detail } => write!(f, "error: {detail}"),
         }
@@ -276,6 +290,7 @@ impl Dispatcher {
             }
             if last_poll.elapsed() >= self.config.poll {
                 last_poll = Instant::now();
+                self.expire_waiting();
                 self.pick_up_runnable();
                 self.find_arrivals();
             }
@@ -343,7 +358,11 @@ impl Dispatcher {
             }
         }
         for series in again {
-            self.dispatch_series(&series, true)?;
+            if let Err(e) = self.dispatch_series(&series, true) {
+                self.emit(EngineEvent::Error {
+                    detail: format!("planning again series {series}, which waits for the rest of its study: {e}"),
+                });
+            }
         }
         Ok(())
     }
@@ -423,6 +442,18 @@ impl Dispatcher {
         Ok(())
     }
 
+    /// Jobs that waited too long for the rest of their input fail, saying what is missing.
+    fn expire_waiting(&self) {
+        match Store::open(&self.store_dir).and_then(|s| s.jobs_expire_waiting(self.config.wait_limit.as_secs_f64())) {
+            Ok(expired) => {
+                for (job_id, error) in expired {
+                    self.emit(EngineEvent::Failed { job_id, error });
+                }
+            }
+            Err(e) => self.emit(EngineEvent::Error { detail: format!("looking for jobs that waited too long: {e}") }),
+        }
+    }
+
     /// Jobs queued by others or left by a crashed runner.
     fn pick_up_runnable(&mut self) {
         match Store::open(&self.store_dir).and_then(|s| s.jobs_runnable()) {
@@ -465,6 +496,12 @@ impl Dispatcher {
                     }
                     Err(e @ WorkflowError::Incomplete { .. }) => {
                         let _ = events.send(EngineEvent::Waiting { job_id: id, detail: e.to_string() });
+                        // What it waits for may have arrived while it ran (nothing was waiting
+                        // then to plan again): its series is dispatched once more.
+                        let _ = tx.send(Message::Found(vec![series_uid]));
+                    }
+                    Err(e @ WorkflowError::InputChanged { .. }) => {
+                        let _ = events.send(EngineEvent::Superseded { job_id: id, detail: e.to_string() });
                     }
                     Err(e) => {
                         let _ = events.send(EngineEvent::Failed { job_id: id, error: e.to_string() });

@@ -71,8 +71,16 @@ pub enum WorkflowError {
     /// The input is not whole yet (a dynamic series whose later phases have not arrived, a
     /// study without its ADC map yet): the job waits, it has not failed. `input` names it
     /// ("series 1.2…", "study 1.2…").
-    #[error("{input} is incomplete: {missing}; it is analysed when the rest arrives")]
+    #[error(
+        "{input} is incomplete: {missing}; waiting for the rest (a dispatch rule analyses it when it arrives; \
+         without one, run the job again then)"
+    )]
     Incomplete { input: String, missing: String },
+
+    /// Instances of the job's series (or study) arrived or left after it was queued: the newer
+    /// input is another job's, this one is superseded.
+    #[error("{input} changed since job {job} was queued (instances arrived or left); its newer input is another job")]
+    InputChanged { job: i64, input: String },
 
     #[error(transparent)]
     Ai(#[from] lightbox_ai::AiError),
@@ -115,6 +123,7 @@ impl WorkflowError {
             Self::Settings { .. } => "settings",
             Self::Analysis(_) => "analysis",
             Self::Incomplete { .. } => "incomplete",
+            Self::InputChanged { .. } => "input_changed",
             Self::Ai(_) => "ai",
             Self::Cancelled(_) => "cancelled",
             Self::Busy(_) => "busy",

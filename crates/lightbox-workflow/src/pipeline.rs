@@ -554,17 +554,10 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
         let send_to = payload["send_to"].as_str();
         lease.stage(&store, "checking input")?;
         if payload["instances"].as_str() != Some(instances_digest(&store, &series)?.as_str()) {
-            return Err(WorkflowError::Analysis(format!(
-                "series {series} changed since job {id} was queued (a newer job covers it)"
-            )));
+            return Err(WorkflowError::InputChanged { job: id, input: format!("series {series}") });
         }
-        // A study-wide job (prostate bpMRI) supersedes the study's waiting jobs, another its
-        // series'.
-        let (scope, uid) = match payload["study"].as_str() {
-            Some(study) => ("$.study", study),
-            None => ("$.series", series.as_str()),
-        };
-        for older in store.jobs_supersede_waiting(&job.kind, scope, uid, id)? {
+        // The jobs that waited for this input's rest (same series or study, same parameters).
+        for older in store.jobs_supersede_waiting(id)? {
             tracing::info!(job = older, by = id, "a waiting job is superseded: the rest of its input arrived");
             store.audit(
                 "lightbox",
@@ -613,8 +606,16 @@ pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowErr
         }
         Err(WorkflowError::Cancelled(id)) => Err(WorkflowError::Cancelled(id)),
         Err(WorkflowError::Incomplete { input, missing }) => {
-            store.job_waiting(id, owner, &format!("{missing}; it runs when the rest arrives"))?;
+            if !store.job_waiting(id, owner, &missing)? {
+                return Err(WorkflowError::Cancelled(id));
+            }
             Err(WorkflowError::Incomplete { input, missing })
+        }
+        Err(WorkflowError::InputChanged { job, input }) => {
+            if !store.job_superseded(id, owner, &format!("superseded: its {input} changed after it was queued"))? {
+                return Err(WorkflowError::Cancelled(id));
+            }
+            Err(WorkflowError::InputChanged { job, input })
         }
         Err(e) => {
             store.job_failed(id, owner, &e.to_string())?;
@@ -1037,7 +1038,7 @@ pub struct ResultRow {
     pub job_id: i64,
     pub pipeline: String,
     pub series_uid: String,
-    /// `done`, `failed` or `running`.
+    /// The job's state (see [`JobRow::state`]).
     pub state: String,
     pub volume_mm3: Option<f64>,
     pub seg_uid: Option<String>,
@@ -1250,7 +1251,8 @@ fn sign_ai_report(
 pub struct JobRow {
     pub id: i64,
     pub pipeline: String,
-    /// `queued`, `running`, `done`, `failed` or `cancelled`.
+    /// `queued`, `running`, `done`, `failed`, `cancelled`, `waiting` (for the rest of its
+    /// series or study; `stage` says what is missing) or `superseded` (by a newer input's job).
     pub state: String,
     /// `cpu` or `gpu`.
     pub device: String,

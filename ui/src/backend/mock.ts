@@ -158,6 +158,10 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
     rerunJob: async (id) => {
       const job = jobs.find((j) => j.id === id);
       if (!job) throw { code: "analysis", message: `no job ${id}` };
+      if (job.state === "waiting") {
+        // The mock's waiting series never gets the rest of its phases.
+        throw { code: "incomplete", message: `series ${job.seriesUid} is incomplete: ${job.stage}; waiting for the rest` };
+      }
       if (job.state !== "failed" && job.state !== "cancelled") return;
       job.state = "running";
       job.stage = "segmenting";
