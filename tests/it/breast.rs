@@ -192,13 +192,7 @@ fn a_dce_series_arriving_in_parts_waits_for_the_rest_then_runs_once_whole() -> a
     let folder = dir.path().join("dce");
     let files = write_dce_series(&dce, ("LB-DCE-2", "Breast^Parts"), &folder)?;
     let series = lightbox_dicom::read_instance(files.first().context("no files")?)?.series_uid.to_string();
-    let per_phase = files.len() / dce.phases.len();
-    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
-    for (at, file) in files.iter().enumerate() {
-        let to = if at < 4 * per_phase { &first } else { &second };
-        std::fs::create_dir_all(to)?;
-        std::fs::copy(file, to.join(file.file_name().context("no name")?))?;
-    }
+    let (first, second) = split_phases(&files, dce.phases.len(), 4, dir.path())?;
     let store = dir.path().join("store");
     let lightbox = |args: &[&str]| -> anyhow::Result<Command> {
         let mut c = Command::new(bin("lightbox")?);
@@ -240,40 +234,20 @@ fn a_dce_series_arriving_in_parts_waits_for_the_rest_then_runs_once_whole() -> a
 /// missing; when the rest comes after all, the whole series is analysed.
 #[test]
 fn a_dce_series_whose_rest_does_not_come_fails_after_the_wait_limit_saying_what_is_missing() -> anyhow::Result<()> {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     use std::time::Duration;
 
-    use anyhow::{Context, ensure};
-    use lightbox_tests::orthanc::free_port;
-    use lightbox_tests::{KillOnDrop, Lines, bin, run_ok};
+    use anyhow::ensure;
+    use lightbox_tests::{bin, run_ok};
 
     let dir = tempfile::tempdir()?;
     let dce = synthetic_dce(5);
     let files = write_dce_series(&dce, ("LB-DCE-3", "Breast^Never"), &dir.path().join("dce"))?;
-    let per_phase = files.len() / dce.phases.len();
-    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
-    for (at, file) in files.iter().enumerate() {
-        let to = if at < 3 * per_phase { &first } else { &second };
-        std::fs::create_dir_all(to)?;
-        std::fs::copy(file, to.join(file.file_name().context("no name")?))?;
-    }
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, "[[rule]]\nname = \"DCE\"\npipeline = \"breast-dce\"\nmodality = \"MR\"\n")?;
+    let (first, second) = split_phases(&files, dce.phases.len(), 3, dir.path())?;
+    let rules = "[[rule]]\nname = \"DCE\"\npipeline = \"breast-dce\"\nmodality = \"MR\"\n";
     let store = dir.path().join("store");
-    let mut listener = KillOnDrop(
-        Command::new(bin("lightbox")?)
-            .args(["listen", "--bind", "127.0.0.1", "--port", &free_port()?.to_string(), "--rules"])
-            .arg(&rules)
-            .arg("--store")
-            .arg(&store)
-            .env("LIGHTBOX_SETTLE_MS", "300")
-            .env("LIGHTBOX_ENGINE_POLL_MS", "300")
-            .env("LIGHTBOX_WAIT_LIMIT_S", "2")
-            .stdout(Stdio::piped())
-            .spawn()?,
-    );
-    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
-    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
+    let env = [("LIGHTBOX_SETTLE_MS", "300"), ("LIGHTBOX_ENGINE_POLL_MS", "300"), ("LIGHTBOX_WAIT_LIMIT_S", "2")];
+    let (_listener, mut lines) = lightbox_tests::listen_local(rules, &store, &env)?;
     let import = |folder: &std::path::Path| {
         run_ok(Command::new(bin("lightbox")?).arg("import").arg(folder).arg("--store").arg(&store))
     };
@@ -286,6 +260,25 @@ fn a_dce_series_whose_rest_does_not_come_fails_after_the_wait_limit_saying_what_
     let done = lines.wait_for("pipeline breast-dce on", Duration::from_secs(120))?;
     ensure!(done.contains("job 2 done") && done.contains("3 lesion candidate(s)"), "{done}");
     Ok(())
+}
+
+/// A dynamic series' `files` (phase by phase, `phases` of them) in two folders under `dir`: its
+/// first `sent` phases in `first`, the rest in `second`.
+fn split_phases(
+    files: &[std::path::PathBuf],
+    phases: usize,
+    sent: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    use anyhow::Context;
+    let per_phase = files.len() / phases;
+    let (first, second) = (dir.join("first"), dir.join("second"));
+    for (at, file) in files.iter().enumerate() {
+        let to = if at < sent * per_phase { &first } else { &second };
+        std::fs::create_dir_all(to)?;
+        std::fs::copy(file, to.join(file.file_name().context("no name")?))?;
+    }
+    Ok((first, second))
 }
 
 /// `dce` as one dynamic MR series of patient (id, name) in `folder`, each phase with its time.

@@ -494,22 +494,9 @@ print(json.dumps(out))
 #[test]
 fn a_series_imported_while_the_engine_runs_is_analysed_once() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let rules = dir.path().join("rules.toml");
-    std::fs::write(&rules, RULES)?;
     let store = dir.path().join("store");
-    let mut listener = KillOnDrop(
-        Command::new(bin("lightbox")?)
-            .args(["listen", "--bind", "127.0.0.1", "--port", &free_port()?.to_string(), "--rules"])
-            .arg(&rules)
-            .arg("--store")
-            .arg(&store)
-            .env("LIGHTBOX_SETTLE_MS", "500")
-            .env("LIGHTBOX_ENGINE_POLL_MS", "300")
-            .stdout(Stdio::piped())
-            .spawn()?,
-    );
-    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
-    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
+    let env = [("LIGHTBOX_SETTLE_MS", "500"), ("LIGHTBOX_ENGINE_POLL_MS", "300")];
+    let (_listener, mut lines) = lightbox_tests::listen_local(RULES, &store, &env)?;
     run_ok(Command::new(bin("lightbox")?).arg("import").arg(demo_study()).arg("--store").arg(&store))?;
     let done = lines.wait_for("pipeline threshold-volume on", Duration::from_secs(60))?;
     ensure!(done.contains("job 1 done"), "{done}");

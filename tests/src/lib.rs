@@ -194,6 +194,27 @@ impl Lines {
     }
 }
 
+/// `lightbox listen` on a free loopback port with the dispatch rules `rules` (TOML text) and
+/// the store `store` (the rules' file goes beside it), with `env` added to its environment;
+/// returned once it listens, with its output lines.
+pub fn listen_local(rules: &str, store: &Path, env: &[(&str, &str)]) -> anyhow::Result<(KillOnDrop, Lines)> {
+    let rules_path = store.with_extension("rules.toml");
+    std::fs::write(&rules_path, rules)?;
+    let mut listener = KillOnDrop(
+        Command::new(bin("lightbox")?)
+            .args(["listen", "--bind", "127.0.0.1", "--port", &orthanc::free_port()?.to_string(), "--rules"])
+            .arg(&rules_path)
+            .arg("--store")
+            .arg(store)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut lines = Lines::new(listener.0.stdout.take().context("no stdout")?);
+    lines.wait_for("listening as LIGHTBOX", Duration::from_secs(10))?;
+    Ok((listener, lines))
+}
+
 /// Whether `line` is the engine's "job N failed: …".
 fn is_job_failure(line: &str) -> bool {
     line.match_indices("job ").any(|(at, _)| {

@@ -160,11 +160,11 @@ impl Store {
 
     /// Finishes `owner`'s run. False when the job was not theirs any more (nothing changed).
     pub fn job_done(&self, id: i64, owner: &str, result: &str) -> Result<bool, StoreError> {
-        self.job_finish(id, owner, "done", Some(result), None)
+        self.job_finish(id, owner, "done", None, Some(result), None)
     }
 
     pub fn job_failed(&self, id: i64, owner: &str, error: &str) -> Result<bool, StoreError> {
-        self.job_finish(id, owner, "failed", None, Some(error))
+        self.job_finish(id, owner, "failed", None, None, Some(error))
     }
 
     /// Ends `owner`'s run as `waiting`: its input is incomplete (`missing` says what is missing;
@@ -172,40 +172,17 @@ impl Store {
     /// that job was queued while this one ran, this one is `superseded` by it at once (nothing
     /// would supersede it later). False when the job was not theirs any more.
     pub fn job_waiting(&self, id: i64, owner: &str, missing: &str) -> Result<bool, StoreError> {
-        let n = self
-            .db
-            .execute(
-                &format!(
-                    "UPDATE jobs SET state = 'waiting', result = NULL, error = NULL, lease_owner = NULL, \
-                     lease_until = NULL, stage = ?3, finished_at = {STAMP}, updated_at = {STAMP} \
-                     WHERE id = ?1 AND state = 'running' AND lease_owner = ?2"
-                ),
-                params![id, owner, missing],
-            )
-            .map_err(self.sql())?;
-        if n == 1
-            && let Some(newer) = self.job_newer(id)?
-        {
+        let theirs = self.job_finish(id, owner, "waiting", Some(missing), None, None)?;
+        if theirs && let Some(newer) = self.job_newer(id)? {
             self.jobs_supersede_waiting(newer)?;
         }
-        Ok(n == 1)
+        Ok(theirs)
     }
 
     /// Ends `owner`'s run as `superseded`, `why` as its stage: its input changed after it was
     /// queued (the newer input is another job's). False when the job was not theirs any more.
     pub fn job_superseded(&self, id: i64, owner: &str, why: &str) -> Result<bool, StoreError> {
-        let n = self
-            .db
-            .execute(
-                &format!(
-                    "UPDATE jobs SET state = 'superseded', result = NULL, error = NULL, lease_owner = NULL, \
-                     lease_until = NULL, stage = ?3, finished_at = {STAMP}, updated_at = {STAMP} \
-                     WHERE id = ?1 AND state = 'running' AND lease_owner = ?2"
-                ),
-                params![id, owner, why],
-            )
-            .map_err(self.sql())?;
-        Ok(n == 1)
+        self.job_finish(id, owner, "superseded", Some(why), None, None)
     }
 
     /// The jobs of the same pipeline, input and parameters as job `id`, whatever instances
@@ -275,11 +252,13 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
+    /// Ends `owner`'s run in `state`; its stage says `stage`, or else the state.
     fn job_finish(
         &self,
         id: i64,
         owner: &str,
         state: &str,
+        stage: Option<&str>,
         result: Option<&str>,
         error: Option<&str>,
     ) -> Result<bool, StoreError> {
@@ -287,11 +266,11 @@ impl Store {
             .db
             .execute(
                 &format!(
-                    "UPDATE jobs SET state = ?3, result = ?4, error = ?5, lease_owner = NULL, lease_until = NULL, \
-                     stage = ?3, finished_at = {STAMP}, updated_at = {STAMP} \
+                    "UPDATE jobs SET state = ?3, result = ?5, error = ?6, lease_owner = NULL, lease_until = NULL, \
+                     stage = coalesce(?4, ?3), finished_at = {STAMP}, updated_at = {STAMP} \
                      WHERE id = ?1 AND state = 'running' AND lease_owner = ?2"
                 ),
-                params![id, owner, state, result, error],
+                params![id, owner, state, stage, result, error],
             )
             .map_err(self.sql())?;
         Ok(n == 1)
