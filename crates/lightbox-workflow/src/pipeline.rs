@@ -536,9 +536,9 @@ fn fault_pause(stage: &str) {
 }
 
 /// Runs job `id`, which this process has taken (see [`Store::job_take`]), to its end: done,
-/// failed, waiting for the rest of its input, or stopped because it was cancelled. Once its
-/// input is checked, it supersedes the waiting jobs of the same pipeline and series (theirs was
-/// the same series with fewer instances).
+/// failed, waiting for the rest of its input, superseded (its input changed while it was
+/// queued), or stopped because it was cancelled. Once its input is checked, it supersedes the
+/// waiting jobs of the same pipeline, input and parameters (theirs had fewer instances).
 pub fn execute(store_dir: &Path, id: i64) -> Result<PipelineOutcome, WorkflowError> {
     let mut store = Store::open(store_dir)?;
     let job = store.job(id)?.ok_or_else(|| WorkflowError::Analysis(format!("no job {id}")))?;
@@ -1303,7 +1303,8 @@ pub fn rerun(store_dir: &Path, job_id: i64) -> Result<PipelineOutcome, WorkflowE
     }
     if job.state == "superseded" {
         return Err(WorkflowError::Analysis(format!(
-            "job {job_id} was {}: the rest of its series arrived, and that job analyses it",
+            "job {job_id} was {}; it is not run again (a newer job has its series or study as it is now; \
+             without one, `lightbox run` the pipeline on it)",
             job.stage
         )));
     }

@@ -238,7 +238,7 @@ const demoJobs: Job[] = [
     pipeline: "breast-dce",
     state: "waiting",
     device: "cpu",
-    stage: "4 of its 7 phases have arrived; it runs when the rest arrives",
+    stage: "4 of its 7 phases have arrived",
     seriesUid: "1.2.826.0.1.3680043.2.1125.1.4",
     seconds: 0.4,
     runs: 1,
