@@ -54,6 +54,41 @@ fn importing_twice_stores_each_instance_once() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The files of a series imported together appear in the index all at once: another reader
+/// (the engine, deciding whether a series has settled) sees none of them while they are copied,
+/// then all. A file among them that is not DICOM is refused by name, a second copy of a file is
+/// stored once, and neither stops the rest.
+#[test]
+fn a_series_imported_together_is_indexed_whole_or_not_at_all() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let root = dir.path().join("store");
+    let mut store = Store::open(&root)?;
+    let mut files = walk(&demo_study())?;
+    let instances = files.len();
+    let junk = dir.path().join("IM0005.dcm");
+    std::fs::write(&junk, "not an image")?;
+    files.insert(5, junk.clone());
+    files.push(files[0].clone());
+    let reader = Store::open(&root)?;
+    let mut seen_while_copying = Vec::new();
+    let outcomes = store.import_files(&files, |_| seen_while_copying.push(reader.instance_count().ok()));
+    assert_eq!(seen_while_copying, vec![Some(0); files.len()]);
+    assert_eq!(reader.instance_count()?, instances as u64);
+    let imported = outcomes.iter().filter(|o| matches!(o, Ok(ImportOutcome::Imported))).count();
+    assert_eq!(imported, instances);
+    assert!(matches!(outcomes.last(), Some(Ok(ImportOutcome::AlreadyStored))), "{:?}", outcomes.last());
+    match &outcomes[5] {
+        Err(e) => assert!(e.to_string().starts_with(&format!("{}: not a DICOM file", junk.display())), "{e}"),
+        Ok(o) => anyhow::bail!("junk imported: {o:?}"),
+    }
+    // Again: nothing new, and the index agrees with the objects.
+    let again = store.import_files(&files, |_| {});
+    assert_eq!(again.iter().filter(|o| matches!(o, Ok(ImportOutcome::AlreadyStored))).count(), instances + 1);
+    let report = store.verify()?;
+    assert!(report.is_consistent() && report.instances as usize == instances, "{report:?}");
+    Ok(())
+}
+
 #[test]
 fn a_file_that_is_not_dicom_is_refused_by_name() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;

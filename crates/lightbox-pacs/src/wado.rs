@@ -348,13 +348,16 @@ impl DicomWebClient {
             let summary = self.series_to_dir(study, &series, temp.path(), control, &progress).await?;
             progress.instances += summary.files.len();
             progress.bytes += summary.bytes;
-            for file in &summary.files {
-                match store.import_file(file)? {
+            // One transaction for the series: an engine watching the store sees it whole.
+            let outcomes = store.import_files(&summary.files, |_| {
+                progress.imported += 1;
+                control.report(&progress);
+            });
+            for outcome in outcomes {
+                match outcome? {
                     ImportOutcome::Imported => total.imported += 1,
                     ImportOutcome::AlreadyStored => total.already_stored += 1,
                 }
-                progress.imported += 1;
-                control.report(&progress);
             }
             total.bytes += summary.bytes;
             total.resumed_instances += summary.resumed_instances;

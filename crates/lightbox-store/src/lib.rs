@@ -159,6 +159,62 @@ impl Store {
     /// before the index row commits, so a crash leaves at worst an unindexed object, never an
     /// index row without its file.
     pub fn import_file(&mut self, path: &Path) -> Result<ImportOutcome, StoreError> {
+        match self.copy_in(path)? {
+            None => Ok(ImportOutcome::AlreadyStored),
+            Some((record, object, size)) => self.index_one(&record, &object, size),
+        }
+    }
+
+    /// Imports files that belong together (the files of one series) so that whoever reads the
+    /// index sees all of them or none: each file is copied into the store (atomically, as
+    /// [`Store::import_file`] does), then all index rows commit in one transaction. The engine
+    /// therefore never dispatches half of a series that an import is still copying, however
+    /// slow the disc. One outcome per file, in order; `copied` is called after each file is
+    /// copied (or refused), for progress.
+    ///
+    /// A file that cannot be read or indexed is refused on its own (a savepoint each); should
+    /// the transaction itself fail, the files are indexed one by one instead.
+    pub fn import_files(
+        &mut self,
+        paths: &[PathBuf],
+        mut copied: impl FnMut(&Path),
+    ) -> Vec<Result<ImportOutcome, StoreError>> {
+        let mut outcomes: Vec<Option<Result<ImportOutcome, StoreError>>> = paths.iter().map(|_| None).collect();
+        // (index in paths, record, object, size) of the files copied and not yet indexed.
+        let mut staged = Vec::new();
+        let mut first_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        let mut again = Vec::new(); // a second file with a SOP Instance UID of this batch
+        for (at, path) in paths.iter().enumerate() {
+            match self.copy_in(path) {
+                Ok(None) => outcomes[at] = Some(Ok(ImportOutcome::AlreadyStored)),
+                Ok(Some((record, object, size))) => {
+                    if first_of.contains_key(&record.sop_instance_uid) {
+                        again.push(at);
+                    } else {
+                        first_of.insert(record.sop_instance_uid.clone(), at);
+                        staged.push((at, record, object, size));
+                    }
+                }
+                Err(e) => outcomes[at] = Some(Err(e)),
+            }
+            copied(path);
+        }
+        if let Err(e) = self.index_staged(&staged, &mut outcomes) {
+            tracing::warn!("indexing {} files in one transaction failed ({e}); indexing them one by one", staged.len());
+            for (at, record, object, size) in &staged {
+                outcomes[*at] = Some(self.index_one(record, object, *size));
+            }
+        }
+        for at in again {
+            // Stored by its first copy, unless that one was refused: then it stands on its own.
+            outcomes[at] = Some(self.import_file(&paths[at]));
+        }
+        outcomes.into_iter().map(|o| o.unwrap_or(Ok(ImportOutcome::AlreadyStored))).collect()
+    }
+
+    /// Reads `path` and copies it into the objects: its record, object name and size, or
+    /// `None` when its SOP Instance UID is stored already.
+    fn copy_in(&self, path: &Path) -> Result<Option<(InstanceRecord, String, u64)>, StoreError> {
         let record = lightbox_dicom::read_instance(path)?;
         let stored: Option<String> = self
             .db
@@ -166,16 +222,47 @@ impl Store {
             .optional()
             .map_err(self.sql())?;
         if stored.is_some() {
-            return Ok(ImportOutcome::AlreadyStored);
+            return Ok(None);
         }
         let bytes = std::fs::read(path).map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
         let object = hex(&Sha256::digest(&bytes));
         self.write_object(&object, &bytes)?;
+        Ok(Some((record, object, bytes.len() as u64)))
+    }
+
+    /// Indexes `staged` files in one transaction, a savepoint each, filling their outcomes.
+    fn index_staged(
+        &mut self,
+        staged: &[(usize, InstanceRecord, String, u64)],
+        outcomes: &mut [Option<Result<ImportOutcome, StoreError>>],
+    ) -> rusqlite::Result<()> {
+        let db_path = self.db_path.clone();
+        let mut tx = self.db.transaction()?;
+        let mut results = Vec::with_capacity(staged.len());
+        for (at, record, object, size) in staged {
+            let indexed = tx.savepoint().and_then(|sp| {
+                insert(&sp, record, object, *size)?;
+                sp.commit()
+            });
+            results.push((*at, indexed));
+        }
+        tx.commit()?;
+        for (at, indexed) in results {
+            outcomes[at] = Some(
+                indexed
+                    .map(|()| ImportOutcome::Imported)
+                    .map_err(|source| StoreError::Sql { path: db_path.clone(), source }),
+            );
+        }
+        Ok(())
+    }
+
+    fn index_one(&mut self, record: &InstanceRecord, object: &str, size: u64) -> Result<ImportOutcome, StoreError> {
         let tx = self.db.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
-        insert(&tx, &record, &object, bytes.len() as u64)
+        insert(&tx, record, object, size)
             .and_then(|()| tx.commit())
-            .map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
-        Ok(ImportOutcome::Imported)
+            .map(|()| ImportOutcome::Imported)
+            .map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })
     }
 
     /// The stored file of an instance.
@@ -437,7 +524,7 @@ impl Store {
     }
 }
 
-fn insert(tx: &rusqlite::Transaction<'_>, r: &InstanceRecord, object: &str, size: u64) -> rusqlite::Result<()> {
+fn insert(tx: &Connection, r: &InstanceRecord, object: &str, size: u64) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO patients (patient_id, name, name_upper) VALUES (?1, ?2, upper(?2)) ON CONFLICT (patient_id, name) DO NOTHING",
         params![r.patient.id, r.patient.name],

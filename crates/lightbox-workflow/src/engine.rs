@@ -173,6 +173,10 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the engine on a store: it first resumes jobs left queued or orphaned.
+    ///
+    /// Where the engine starts looking for arrivals is fixed before this returns, so a series
+    /// imported the moment after (by another process, while the engine thread is still
+    /// starting) is found, not skipped as "before the engine started".
     pub fn start(
         store_dir: &Path,
         rules: Rules,
@@ -191,7 +195,8 @@ impl Engine {
             tx: tx.clone(),
             pending: BTreeMap::new(),
             in_flight: BTreeSet::new(),
-            watermark: None,
+            // If the store cannot be read now, the thread tries again on its first look.
+            watermark: Store::open(store_dir).and_then(|s| starting_point(&s)).ok(),
         };
         let thread = std::thread::Builder::new().name("lightbox-engine".into()).spawn(move || dispatcher.run(rx)).ok();
         Self { tx, thread }
@@ -223,6 +228,18 @@ impl Drop for Engine {
 }
 
 const WATERMARK: &str = "dispatched_until";
+
+/// Where an engine starting on `store` looks for arrivals from: where the last run finished
+/// dispatching, or (the first run on a store) now, saved, so an archive the engine is switched
+/// on for is not analysed wholesale.
+fn starting_point(store: &Store) -> Result<String, lightbox_store::StoreError> {
+    if let Some(saved) = store.engine_state(WATERMARK)? {
+        return Ok(saved);
+    }
+    let now = store.now_stamp()?;
+    store.set_engine_state(WATERMARK, &now)?;
+    Ok(now)
+}
 /// Engine state key prefix: a series retrieved from the PACS as another series' prior.
 const RETRIEVED_PRIOR: &str = "retrieved-prior/";
 
@@ -306,14 +323,9 @@ impl Dispatcher {
     /// the last one finished dispatching, so nothing that arrived while it was down is missed.
     fn find_arrivals(&mut self) {
         let found = Store::open(&self.store_dir).and_then(|store| {
-            let since = match (&self.watermark, store.engine_state(WATERMARK)?) {
-                (Some(w), _) => w.clone(),
-                (None, Some(saved)) => saved,
-                (None, None) => {
-                    let now = store.now_stamp()?;
-                    store.set_engine_state(WATERMARK, &now)?;
-                    now
-                }
+            let since = match &self.watermark {
+                Some(w) => w.clone(),
+                None => starting_point(&store)?,
             };
             let series = store.series_imported_after(&since)?;
             self.watermark = Some(series.last().map_or(since, |(_, at)| at.clone()));
@@ -594,6 +606,26 @@ mod tests {
             let _ = t.join();
         }
         most.load(Ordering::SeqCst)
+    }
+
+    /// Another process may import the moment the engine is started (the CLI prints "listening"
+    /// as soon as `start` returns): where the engine looks from must already be fixed then, or
+    /// the thread, starting later, would take "now" after that import and never see it.
+    #[test]
+    fn where_arrivals_are_looked_for_from_is_fixed_before_start_returns() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let before = Store::open(dir.path())?.now_stamp()?;
+        let (events, _seen) = std::sync::mpsc::channel();
+        let engine = Engine::start(dir.path(), Rules::default(), None, EngineConfig::default(), events);
+        let from = Store::open(dir.path())?.engine_state(WATERMARK)?;
+        drop(engine);
+        anyhow::ensure!(from.as_ref().is_some_and(|from| *from >= before), "{from:?} (before start: {before})");
+        // A restart keeps it: what arrived while the engine was down is looked at.
+        let (events, _seen) = std::sync::mpsc::channel();
+        let again = Engine::start(dir.path(), Rules::default(), None, EngineConfig::default(), events);
+        anyhow::ensure!(Store::open(dir.path())?.engine_state(WATERMARK)? == from);
+        drop(again);
+        Ok(())
     }
 
     #[test]

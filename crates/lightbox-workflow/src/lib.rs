@@ -265,7 +265,9 @@ pub struct ImportProgress {
     pub failed: usize,
 }
 
-/// [`import`], reporting progress after each file on `progress`.
+/// [`import`], reporting progress after each file on `progress`. Each series is indexed in one
+/// transaction ([`lightbox_store::Store::import_files`]), so an engine watching the store sees
+/// a series whole, never the part copied so far.
 pub fn import_with_progress(
     store_dir: &Path,
     path: &Path,
@@ -274,21 +276,28 @@ pub fn import_with_progress(
     let report = scan(path)?;
     let mut store = lightbox_store::Store::open(store_dir)?;
     let mut summary = ImportSummary { failed: report.issues.clone(), ..Default::default() };
-    let files: Vec<&PathBuf> = report.series().flat_map(|(_, series)| series.files.iter()).collect();
-    let mut state = ImportProgress { files_total: files.len(), failed: report.issues.len(), ..Default::default() };
-    for file in files {
-        match store.import_file(file) {
-            Ok(lightbox_store::ImportOutcome::Imported) => summary.imported += 1,
-            Ok(lightbox_store::ImportOutcome::AlreadyStored) => summary.already_stored += 1,
-            Err(e) => {
-                summary.failed.push(lightbox_core::FileIssue { path: file.clone(), reason: e.to_string() });
-                state.failed += 1;
+    let files_total = report.series().map(|(_, series)| series.files.len()).sum();
+    let mut state = ImportProgress { files_total, failed: report.issues.len(), ..Default::default() };
+    for (_, series) in report.series() {
+        let outcomes = store.import_files(&series.files, |file| {
+            state.files_done += 1;
+            state.bytes += std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+            if let Some(progress) = progress {
+                let _ = progress.send(state.clone());
+            }
+        });
+        for (file, outcome) in series.files.iter().zip(outcomes) {
+            match outcome {
+                Ok(lightbox_store::ImportOutcome::Imported) => summary.imported += 1,
+                Ok(lightbox_store::ImportOutcome::AlreadyStored) => summary.already_stored += 1,
+                Err(e) => {
+                    summary.failed.push(lightbox_core::FileIssue { path: file.clone(), reason: e.to_string() });
+                    state.failed += 1;
+                }
             }
         }
-        state.files_done += 1;
-        state.bytes += std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
-        if let Some(progress) = progress {
-            let _ = progress.send(state.clone());
+        if let Some(progress) = progress.filter(|_| state.failed > 0) {
+            let _ = progress.send(state.clone()); // the series' refusals counted
         }
     }
     store.audit("local-user", "import", &path.display().to_string(), &format!("{} instances", summary.imported))?;
