@@ -1115,7 +1115,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let pacs = lightbox_workflow::pacs::PacsSettings::from_env();
             let (events, received) = std::sync::mpsc::channel();
             let handle = lightbox_workflow::pacs::listen(&store, &aet, &allow, (bind, port).into(), Some(events))?;
-            println!("listening as {aet} on {} (store {})", handle.local_addr(), store.display());
             let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
             let say = |out: &std::sync::Mutex<std::io::Stdout>, line: &str| -> anyhow::Result<()> {
                 let mut out = out.lock().map_err(|_| anyhow::anyhow!("stdout lock poisoned"))?;
@@ -1144,6 +1143,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
+            // Only now: a script that waits for this line may import at once, and the engine
+            // must already know where to look from.
+            say(&out, &format!("listening as {aet} on {} (store {})", handle.local_addr(), store.display()))?;
             let mut stored: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
             for event in received {
                 use lightbox_workflow::pacs::ScpEvent;
