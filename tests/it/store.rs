@@ -84,6 +84,11 @@ fn a_series_imported_together_is_indexed_whole_or_not_at_all() -> anyhow::Result
     // Again: nothing new, and the index agrees with the objects.
     let again = store.import_files(&files, |_| {});
     assert_eq!(again.iter().filter(|o| matches!(o, Ok(ImportOutcome::AlreadyStored))).count(), instances + 1);
+    // Arrivals are numbered 1…n; what the engine would look for after the last is nothing.
+    let series = lightbox_dicom::read_instance(&files[0])?.series_uid.to_string();
+    assert_eq!(reader.last_arrival()?, instances as i64);
+    assert_eq!(reader.series_arrived_after(0)?, [(series, instances as i64)]);
+    assert_eq!(reader.series_arrived_after(instances as i64)?, []);
     let report = store.verify()?;
     assert!(report.is_consistent() && report.instances as usize == instances, "{report:?}");
     Ok(())

@@ -373,22 +373,24 @@ impl Store {
         Ok(())
     }
 
-    /// The store's clock now, in the form `imported_at` uses.
-    pub fn now_stamp(&self) -> Result<String, StoreError> {
-        self.db.query_row(&format!("SELECT {STAMP}"), [], |r| r.get(0)).map_err(self.sql())
+    /// The arrival number of the newest instance (0 for an empty store). Instances are
+    /// numbered 1, 2, … as their index rows are written; writers take turns, so an instance
+    /// committed later always has a higher number than any a reader could see before. Unlike a
+    /// clock, this cannot step back or repeat.
+    pub fn last_arrival(&self) -> Result<i64, StoreError> {
+        self.db.query_row("SELECT coalesce(max(arrival), 0) FROM instances", [], |r| r.get(0)).map_err(self.sql())
     }
 
-    /// Series that received instances after `stamp` (by any route: push, retrieval, import),
-    /// with the newest arrival of each.
-    pub fn series_imported_after(&self, stamp: &str) -> Result<Vec<(String, String)>, StoreError> {
+    /// Series that received instances after arrival number `after` (by any route: push,
+    /// retrieval, import), with the newest arrival of each, oldest first.
+    pub fn series_arrived_after(&self, after: i64) -> Result<Vec<(String, i64)>, StoreError> {
         let mut s = self
             .db
-            .prepare(
-                "SELECT series_uid, max(imported_at) FROM instances WHERE imported_at > ?1 GROUP BY series_uid \
-                 ORDER BY 2",
+            .prepare_cached(
+                "SELECT series_uid, max(arrival) FROM instances WHERE arrival > ?1 GROUP BY series_uid ORDER BY 2",
             )
             .map_err(self.sql())?;
-        let rows = s.query_map([stamp], |r| Ok((r.get(0)?, r.get(1)?))).map_err(self.sql())?;
+        let rows = s.query_map([after], |r| Ok((r.get(0)?, r.get(1)?))).map_err(self.sql())?;
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 }

@@ -545,8 +545,9 @@ fn insert(tx: &Connection, r: &InstanceRecord, object: &str, size: u64) -> rusql
         params![r.series_uid.as_str(), r.study_uid.as_str(), r.series_number, r.modality, r.series_description],
     )?;
     tx.execute(
-        "INSERT INTO instances (sop_uid, series_uid, sop_class, number, transfer_syntax, object, bytes, imported_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, strftime('%Y-%m-%dT%H:%M:%fZ','now'))",
+        "INSERT INTO instances (sop_uid, series_uid, sop_class, number, transfer_syntax, object, bytes, imported_at, arrival) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, strftime('%Y-%m-%dT%H:%M:%fZ','now'), \
+                 (SELECT coalesce(max(arrival), 0) + 1 FROM instances))",
         params![
             r.sop_instance_uid,
             r.series_uid.as_str(),

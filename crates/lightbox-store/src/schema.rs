@@ -124,6 +124,21 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX measurements_series ON measurements (series_uid);
     CREATE TABLE engine_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     CREATE INDEX instances_imported ON instances (imported_at);",
+    // 6: instances are numbered in the order their rows were written, and the engine looks for
+    // arrivals by that number, not by the clock (two writes in one millisecond, or a clock set
+    // back, could hide an arrival from it). Stored instances are numbered by their import time;
+    // the engine's saved point becomes the number of the last instance imported by then.
+    "ALTER TABLE instances ADD COLUMN arrival INTEGER;
+    UPDATE instances SET arrival = o.n
+        FROM (SELECT sop_uid, row_number() OVER (ORDER BY imported_at, sop_uid) AS n FROM instances) AS o
+        WHERE o.sop_uid = instances.sop_uid;
+    CREATE UNIQUE INDEX instances_arrival ON instances (arrival);
+    DROP INDEX instances_imported;
+    INSERT INTO engine_state (key, value)
+        SELECT 'dispatched_through',
+               CAST(coalesce((SELECT max(arrival) FROM instances WHERE imported_at <= e.value), 0) AS TEXT)
+        FROM engine_state e WHERE e.key = 'dispatched_until';
+    DELETE FROM engine_state WHERE key = 'dispatched_until';",
 ];
 
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -140,4 +155,51 @@ pub(crate) fn migrate(db: &Connection, path: &Path) -> Result<(), StoreError> {
         tracing::info!(version, "store index migrated");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store from before arrival numbers: its instances are numbered in the order they were
+    /// imported, and the engine's saved point (a time) becomes the number of the last instance
+    /// imported by then, so it neither skips nor repeats anything after the upgrade.
+    #[test]
+    fn stored_instances_are_numbered_by_import_time_and_the_engine_keeps_its_place() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("index.sqlite");
+        let db = Connection::open(&path)?;
+        for (i, migration) in MIGRATIONS[..5].iter().enumerate() {
+            db.execute_batch(&format!("BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+        }
+        db.execute_batch(
+            "INSERT INTO patients (id, patient_id, name, name_upper) VALUES (1, 'P1', 'Doe^J', 'DOE^J');
+             INSERT INTO studies (uid, patient, date, description, accession, instances)
+                 VALUES ('1.2.3', 1, '20260101', '', '', 3);
+             INSERT INTO series (uid, study_uid, number, modality, description) VALUES ('1.2.3.4', '1.2.3', 1, 'MR', '');
+             INSERT INTO engine_state (key, value) VALUES ('dispatched_until', '2026-01-01T10:00:02.000Z');",
+        )?;
+        for (sop, at) in [
+            ("1.5", "2026-01-01T10:00:02.000Z"),
+            ("1.6", "2026-01-01T10:00:03.000Z"),
+            ("1.7", "2026-01-01T10:00:01.000Z"),
+        ] {
+            db.execute(
+                "INSERT INTO instances (sop_uid, series_uid, sop_class, number, transfer_syntax, object, bytes, imported_at) \
+                 VALUES (?1, '1.2.3.4', '1.2.840.10008.5.1.4.1.1.4', 1, '1.2.840.10008.1.2.1', ?1, 1, ?2)",
+                [sop, at],
+            )?;
+        }
+        migrate(&db, &path)?;
+        let mut s = db.prepare("SELECT sop_uid, arrival FROM instances ORDER BY arrival")?;
+        let order =
+            s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?.collect::<Result<Vec<_>, _>>()?;
+        assert_eq!(order, [("1.7".to_owned(), 1), ("1.5".to_owned(), 2), ("1.6".to_owned(), 3)]);
+        let mut s = db.prepare("SELECT key, value FROM engine_state")?;
+        let saved = s
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        assert_eq!(saved, [("dispatched_through".to_owned(), "2".to_owned())]);
+        Ok(())
+    }
 }

@@ -227,19 +227,24 @@ impl Drop for Engine {
     }
 }
 
-const WATERMARK: &str = "dispatched_until";
+/// Engine state key: the arrival number (see [`Store::last_arrival`]) up to which series have
+/// been dispatched.
+const WATERMARK: &str = "dispatched_through";
 
 /// Where an engine starting on `store` looks for arrivals from: where the last run finished
-/// dispatching, or (the first run on a store) now, saved, so an archive the engine is switched
-/// on for is not analysed wholesale.
-fn starting_point(store: &Store) -> Result<String, lightbox_store::StoreError> {
-    if let Some(saved) = store.engine_state(WATERMARK)? {
-        return Ok(saved);
+/// dispatching, or (the first run on a store) the newest arrival now, saved, so an archive the
+/// engine is switched on for is not analysed wholesale.
+fn starting_point(store: &Store) -> Result<i64, lightbox_store::StoreError> {
+    match store.engine_state(WATERMARK)?.map(|saved| saved.parse::<i64>()) {
+        Some(Ok(saved)) => return Ok(saved),
+        Some(Err(e)) => tracing::warn!("the saved dispatch point is not a number ({e}); starting from now"),
+        None => {}
     }
-    let now = store.now_stamp()?;
-    store.set_engine_state(WATERMARK, &now)?;
+    let now = store.last_arrival()?;
+    store.set_engine_state(WATERMARK, &now.to_string())?;
     Ok(now)
 }
+
 /// Engine state key prefix: a series retrieved from the PACS as another series' prior.
 const RETRIEVED_PRIOR: &str = "retrieved-prior/";
 
@@ -256,8 +261,8 @@ struct Dispatcher {
     tx: Sender<Message>,
     /// Series waiting to settle: when their last instance arrived, and whether quietly.
     pending: BTreeMap<String, (Instant, bool)>,
-    /// Instances imported up to this store time have been seen.
-    watermark: Option<String>,
+    /// Instances up to this arrival number have been seen.
+    watermark: Option<i64>,
     /// Jobs this process has handed to a worker.
     in_flight: BTreeSet<i64>,
 }
@@ -323,12 +328,12 @@ impl Dispatcher {
     /// the last one finished dispatching, so nothing that arrived while it was down is missed.
     fn find_arrivals(&mut self) {
         let found = Store::open(&self.store_dir).and_then(|store| {
-            let since = match &self.watermark {
-                Some(w) => w.clone(),
+            let since = match self.watermark {
+                Some(w) => w,
                 None => starting_point(&store)?,
             };
-            let series = store.series_imported_after(&since)?;
-            self.watermark = Some(series.last().map_or(since, |(_, at)| at.clone()));
+            let series = store.series_arrived_after(since)?;
+            self.watermark = Some(series.last().map_or(since, |(_, at)| *at));
             Ok(series.into_iter().map(|(uid, _)| uid).collect::<Vec<_>>())
         });
         match found {
@@ -342,8 +347,8 @@ impl Dispatcher {
 
     /// Records how far dispatching got (only when nothing is waiting to settle).
     fn save_watermark(&self) {
-        if let Some(w) = &self.watermark
-            && let Err(e) = Store::open(&self.store_dir).and_then(|s| s.set_engine_state(WATERMARK, w))
+        if let Some(w) = self.watermark
+            && let Err(e) = Store::open(&self.store_dir).and_then(|s| s.set_engine_state(WATERMARK, &w.to_string()))
         {
             self.emit(EngineEvent::Error { detail: format!("saving the dispatch watermark: {e}") });
         }
@@ -614,12 +619,12 @@ mod tests {
     #[test]
     fn where_arrivals_are_looked_for_from_is_fixed_before_start_returns() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let before = Store::open(dir.path())?.now_stamp()?;
+        let before = Store::open(dir.path())?.last_arrival()?;
         let (events, _seen) = std::sync::mpsc::channel();
         let engine = Engine::start(dir.path(), Rules::default(), None, EngineConfig::default(), events);
         let from = Store::open(dir.path())?.engine_state(WATERMARK)?;
         drop(engine);
-        anyhow::ensure!(from.as_ref().is_some_and(|from| *from >= before), "{from:?} (before start: {before})");
+        anyhow::ensure!(from == Some(before.to_string()), "{from:?} (before start: {before})");
         // A restart keeps it: what arrived while the engine was down is looked at.
         let (events, _seen) = std::sync::mpsc::channel();
         let again = Engine::start(dir.path(), Rules::default(), None, EngineConfig::default(), events);
