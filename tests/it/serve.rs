@@ -138,7 +138,9 @@ fn a_push_becomes_results_in_the_pacs_through_the_api() -> anyhow::Result<()> {
         ],
     )?;
     let (status, _, body) = http(addr, "GET", "/health", &[], None)?;
-    ensure!(status == 200 && json(&body)?["status"] == "ok", "{status} {body}");
+    let health = json(&body)?;
+    ensure!(status == 200 && health["status"] == "ok", "{status} {body}");
+    ensure!([&health["queued"], &health["running"], &health["waiting"]] == [0, 0, 0], "{body}");
     run_ok(
         Command::new("storescu")
             .args(["-aec", "LIGHTBOX", "127.0.0.1", &scp_port.to_string(), "+sd"])

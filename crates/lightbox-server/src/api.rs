@@ -63,22 +63,27 @@ pub struct Health {
     /// Jobs queued and running now.
     pub queued: usize,
     pub running: usize,
+    /// Jobs waiting for the rest of their input (a series or study still arriving); each fails
+    /// after the wait limit, naming what is missing.
+    pub waiting: usize,
 }
 
 #[utoipa::path(get, path = "/health", tag = "service",
     responses((status = 200, description = "Up", body = Health), (status = 503, description = "Draining", body = Health)))]
 async fn health(State(state): State<Arc<AppState>>) -> Response {
     let store = state.config.store.clone();
-    let jobs = match blocking(move || lightbox_workflow::jobs(&store)).await {
+    let jobs = match blocking(move || lightbox_workflow::job_counts(&store)).await {
         Ok(jobs) => jobs,
         Err(r) => return r,
     };
+    let count = |state: &str| jobs.get(state).copied().unwrap_or(0);
     let draining = state.draining.load(Ordering::SeqCst);
     let body = Health {
         status: if draining { "draining" } else { "ok" }.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        queued: jobs.iter().filter(|j| j.state == "queued").count(),
-        running: jobs.iter().filter(|j| j.state == "running").count(),
+        queued: count("queued"),
+        running: count("running"),
+        waiting: count("waiting"),
     };
     let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
     (status, Json(body)).into_response()

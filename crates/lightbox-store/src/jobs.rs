@@ -342,6 +342,13 @@ impl Store {
         rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
+    /// How many jobs are in each state (states with none are absent).
+    pub fn job_counts(&self) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
+        let mut s = self.db.prepare_cached("SELECT state, count(*) FROM jobs GROUP BY state").map_err(self.sql())?;
+        let rows = s.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as usize))).map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
+    }
+
     /// Every job, newest first.
     pub fn jobs(&self) -> Result<Vec<Job>, StoreError> {
         self.jobs_where("1 ORDER BY id DESC")
@@ -499,6 +506,9 @@ mod tests {
         assert!(store.job_cancel(threshold)?);
         assert_eq!(states(threshold)?.0, "cancelled");
         assert_eq!(store.jobs_in_state("waiting")?.iter().map(|j| j.id).collect::<Vec<_>>(), vec![model]);
+        let counts = store.job_counts()?;
+        assert_eq!((counts.get("waiting"), counts.get("cancelled"), counts.get("running")), (Some(&1), Some(&1), None));
+        assert_eq!(counts.values().sum::<usize>(), store.jobs()?.len());
 
         // A newer job queued while this one ran: it does not stay waiting, nothing would
         // supersede it later.

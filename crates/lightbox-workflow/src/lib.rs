@@ -222,6 +222,11 @@ pub fn import(store_dir: &Path, path: &Path) -> Result<ImportSummary, WorkflowEr
     import_with_progress(store_dir, path, None)
 }
 
+/// How many jobs are in each state (`queued`, `running`, `waiting`, `done`, …; absent: none).
+pub fn job_counts(store_dir: &Path) -> Result<std::collections::BTreeMap<String, usize>, WorkflowError> {
+    Ok(lightbox_store::Store::open(store_dir)?.job_counts()?)
+}
+
 /// Analyses that ran or failed, newest first.
 pub fn jobs(store_dir: &Path) -> Result<Vec<lightbox_store::Job>, WorkflowError> {
     Ok(lightbox_store::Store::open(store_dir)?.jobs()?)
