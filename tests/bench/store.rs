@@ -28,8 +28,8 @@ fn main() -> anyhow::Result<()> {
                 "INSERT INTO series (uid, study_uid, number, modality, description) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let mut instance = tx.prepare(
-                "INSERT INTO instances (sop_uid, series_uid, sop_class, number, transfer_syntax, object, bytes, imported_at) \
-                 VALUES (?1, ?2, '1.2.840.10008.5.1.4.1.1.4', ?3, 'Explicit VR Little Endian', ?4, 500000, '2026-11-25T00:00:00Z')",
+                "INSERT INTO instances (sop_uid, series_uid, sop_class, number, transfer_syntax, object, bytes, imported_at, arrival) \
+                 VALUES (?1, ?2, '1.2.840.10008.5.1.4.1.1.4', ?3, 'Explicit VR Little Endian', ?4, 500000, '2026-11-25T00:00:00Z', ?5)",
             )?;
             for p in 0..STUDIES / 2 {
                 patient.execute(rusqlite::params![format!("P{p:06}"), format!("PATIENT^{p:06}")])?;
@@ -54,7 +54,8 @@ fn main() -> anyhow::Result<()> {
                             format!("{series_uid}.{i}"),
                             series_uid,
                             i as i64,
-                            format!("{:064x}", (s * 1000 + r * 100 + i) as u128)
+                            format!("{:064x}", (s * 1000 + r * 100 + i) as u128),
+                            ((s * SERIES_PER_STUDY + r) * INSTANCES_PER_SERIES + i + 1) as i64
                         ])?;
                     }
                 }
@@ -103,5 +104,16 @@ fn main() -> anyhow::Result<()> {
         let median: Duration = times[RUNS / 2];
         println!("{name:<34} {:>8.2} {rows:>6}", median.as_secs_f64() * 1e3);
     }
+    // The engine's poll for what other processes stored: here the last two series arrived.
+    let after = store.last_arrival()? - 2 * INSTANCES_PER_SERIES as i64;
+    let mut times = Vec::with_capacity(RUNS);
+    let mut rows = 0;
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        rows = store.series_arrived_after(after)?.len();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!("{:<34} {:>8.2} {rows:>6}", "engine poll: series arrived after", times[RUNS / 2].as_secs_f64() * 1e3);
     Ok(())
 }

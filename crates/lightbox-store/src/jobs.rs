@@ -394,7 +394,8 @@ impl Store {
         let mut s = self
             .db
             .prepare_cached(
-                "SELECT series_uid, max(arrival) FROM instances WHERE arrival > ?1 GROUP BY series_uid ORDER BY 2",
+                // `+series_uid`: look the new rows up by their number, not every row by series.
+                "SELECT series_uid, max(arrival) FROM instances WHERE arrival > ?1 GROUP BY +series_uid ORDER BY 2",
             )
             .map_err(self.sql())?;
         let rows = s.query_map([after], |r| Ok((r.get(0)?, r.get(1)?))).map_err(self.sql())?;
