@@ -133,12 +133,12 @@ const MIGRATIONS: &[&str] = &[
         FROM (SELECT sop_uid, row_number() OVER (ORDER BY imported_at, sop_uid) AS n FROM instances) AS o
         WHERE o.sop_uid = instances.sop_uid;
     CREATE UNIQUE INDEX instances_arrival ON instances (arrival);
-    DROP INDEX instances_imported;
     INSERT INTO engine_state (key, value)
         SELECT 'dispatched_through',
                CAST(coalesce((SELECT max(arrival) FROM instances WHERE imported_at <= e.value), 0) AS TEXT)
         FROM engine_state e WHERE e.key = 'dispatched_until';
-    DELETE FROM engine_state WHERE key = 'dispatched_until';",
+    DELETE FROM engine_state WHERE key = 'dispatched_until';
+    DROP INDEX instances_imported;",
 ];
 
 pub(crate) const VERSION: i64 = MIGRATIONS.len() as i64;
