@@ -159,7 +159,7 @@ impl Store {
     /// before the index row commits, so a crash leaves at worst an unindexed object, never an
     /// index row without its file.
     pub fn import_file(&mut self, path: &Path) -> Result<ImportOutcome, StoreError> {
-        match self.copy_in(path)? {
+        match self.copy_in(path, None)? {
             None => Ok(ImportOutcome::AlreadyStored),
             Some((record, object, size)) => self.index_one(&record, &object, size),
         }
@@ -184,8 +184,9 @@ impl Store {
         let mut staged = Vec::new();
         let mut first_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         let mut again = Vec::new(); // a second file with a SOP Instance UID of this batch
+        let mut renamed_in = std::collections::BTreeSet::new(); // folders to fsync once each
         for (at, path) in paths.iter().enumerate() {
-            match self.copy_in(path) {
+            match self.copy_in(path, Some(&mut renamed_in)) {
                 Ok(None) => outcomes[at] = Some(Ok(ImportOutcome::AlreadyStored)),
                 Ok(Some((record, object, size))) => {
                     if first_of.contains_key(&record.sop_instance_uid) {
@@ -198,6 +199,20 @@ impl Store {
                 Err(e) => outcomes[at] = Some(Err(e)),
             }
             copied(path);
+        }
+        // The renames are durable before any index row names them.
+        for dir in renamed_in {
+            if let Err(source) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) {
+                let objects = self.root.join("objects");
+                staged.retain(|(at, _, object, _)| {
+                    let here = objects.join(&object[..2]) == dir;
+                    if here {
+                        let error = std::io::Error::new(source.kind(), source.to_string());
+                        outcomes[*at] = Some(Err(StoreError::Io { path: dir.clone(), source: error }));
+                    }
+                    !here
+                });
+            }
         }
         if let Err(e) = self.index_staged(&staged, &mut outcomes) {
             tracing::warn!("indexing {} files in one transaction failed ({e}); indexing them one by one", staged.len());
@@ -213,8 +228,13 @@ impl Store {
     }
 
     /// Reads `path` and copies it into the objects: its record, object name and size, or
-    /// `None` when its SOP Instance UID is stored already.
-    fn copy_in(&self, path: &Path) -> Result<Option<(InstanceRecord, String, u64)>, StoreError> {
+    /// `None` when its SOP Instance UID is stored already. With `renamed_in`, the object's
+    /// folder is added there for the caller to fsync, instead of being fsynced now.
+    fn copy_in(
+        &self,
+        path: &Path,
+        renamed_in: Option<&mut std::collections::BTreeSet<PathBuf>>,
+    ) -> Result<Option<(InstanceRecord, String, u64)>, StoreError> {
         let record = lightbox_dicom::read_instance(path)?;
         let stored: Option<String> = self
             .db
@@ -226,7 +246,14 @@ impl Store {
         }
         let bytes = std::fs::read(path).map_err(|source| StoreError::Io { path: path.to_owned(), source })?;
         let object = hex(&Sha256::digest(&bytes));
-        self.write_object(&object, &bytes)?;
+        match renamed_in {
+            None => self.write_object(&object, &bytes)?,
+            Some(dirs) => {
+                if let Some(dir) = self.write_object_unsynced(&object, &bytes)? {
+                    dirs.insert(dir);
+                }
+            }
+        }
         Ok(Some((record, object, bytes.len() as u64)))
     }
 
@@ -281,9 +308,20 @@ impl Store {
 
     /// temp file + fsync + rename + fsync(dir): the object is either whole or absent.
     pub(crate) fn write_object(&self, object: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        if let Some(dir) = self.write_object_unsynced(object, bytes)? {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| StoreError::Io { path: dir, source })?;
+        }
+        Ok(())
+    }
+
+    /// [`Store::write_object`] but for the fsync of the folder, left to the caller: the folder
+    /// renamed in (`None` when the same content was stored already).
+    fn write_object_unsynced(&self, object: &str, bytes: &[u8]) -> Result<Option<PathBuf>, StoreError> {
         let target = self.object_path(object);
         if target.is_file() {
-            return Ok(()); // same content stored already
+            return Ok(None); // same content stored already
         }
         let dir = target.parent().unwrap_or(&self.root).to_owned();
         let io = |source| StoreError::Io { path: target.clone(), source };
@@ -292,8 +330,7 @@ impl Store {
         let mut file = std::fs::File::create(&temp).map_err(io)?;
         file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
         std::fs::rename(&temp, &target).map_err(io)?;
-        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io)?;
-        Ok(())
+        Ok(Some(dir))
     }
 
     /// Studies matching `query`, sorted and paged.
