@@ -49,6 +49,18 @@ enum Commands {
         #[arg(long)]
         store: Option<PathBuf>,
     },
+    /// Check the local store: every indexed instance has its file, unchanged. Exits non-zero
+    /// when one is missing or damaged. With --repair, first indexes the files interrupted
+    /// imports left (whole DICOM files, never deleted) and removes their leftovers.
+    Verify {
+        #[arg(long)]
+        repair: bool,
+        /// With --repair: leave alone files younger than this (an import may be writing them).
+        #[arg(long, default_value_t = 3600)]
+        min_age_s: u64,
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
     /// List studies in the local store. Text filters take * and ? wildcards.
     Worklist {
         #[arg(long)]
@@ -818,6 +830,51 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 summary.imported,
                 summary.already_stored,
                 summary.failed.len(),
+                store.display()
+            );
+        }
+        Commands::Verify { repair, min_age_s, store } => {
+            let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
+            if repair {
+                let done = lightbox_workflow::repair_store(&store, std::time::Duration::from_secs(min_age_s))?;
+                for issue in &done.refused {
+                    println!("left in place: {}: {}", issue.path.display(), issue.reason);
+                }
+                println!(
+                    "repaired: indexed {} file(s) left by interrupted imports, removed {} duplicate cop(ies) and {} temporary file(s)",
+                    done.indexed, done.duplicates_removed, done.temporary_removed
+                );
+            }
+            let report = lightbox_workflow::verify_store(&store)?;
+            for uid in &report.missing {
+                println!("missing: instance {uid} (its file is gone)");
+            }
+            for uid in &report.corrupt {
+                println!("damaged: instance {uid} (its file no longer matches its hash)");
+            }
+            println!(
+                "store {}: {} instance(s) checked, {} missing, {} damaged",
+                store.display(),
+                report.instances,
+                report.missing.len(),
+                report.corrupt.len()
+            );
+            if !report.unindexed_objects.is_empty() || !report.temporary_files.is_empty() {
+                println!(
+                    "left by interrupted imports: {} unindexed file(s), {} temporary file(s){}",
+                    report.unindexed_objects.len(),
+                    report.temporary_files.len(),
+                    if repair {
+                        " (younger than --min-age-s, or refused)"
+                    } else {
+                        "; `lightbox verify --repair` brings them back"
+                    }
+                );
+            }
+            anyhow::ensure!(
+                report.is_consistent(),
+                "{} stored instance(s) missing or damaged in {}: retrieve their series again from the PACS",
+                report.missing.len() + report.corrupt.len(),
                 store.display()
             );
         }

@@ -117,9 +117,22 @@ pub struct VerifyReport {
     /// SOP Instance UIDs whose file no longer matches its hash.
     pub corrupt: Vec<String>,
     /// Stored files no index row points to (left by a crash before the row committed).
-    pub unindexed_objects: usize,
-    /// Leftover temporary files (a crash while writing one).
-    pub temporary_files: usize,
+    pub unindexed_objects: Vec<PathBuf>,
+    /// Leftover temporary files (a crash while writing one, or a write going on now).
+    pub temporary_files: Vec<PathBuf>,
+}
+
+/// What [`Store::repair`] did.
+#[derive(Debug, Default)]
+pub struct RepairReport {
+    /// Objects left unindexed by an interrupted import, indexed now.
+    pub indexed: usize,
+    /// Unindexed copies of instances that are stored (a push that was sent again): removed.
+    pub duplicates_removed: usize,
+    /// Temporary files older than the limit: removed.
+    pub temporary_removed: usize,
+    /// Objects that could not be indexed, and why (left in place).
+    pub refused: Vec<lightbox_core::FileIssue>,
 }
 
 impl VerifyReport {
@@ -268,18 +281,15 @@ impl Store {
         let mut results = Vec::with_capacity(staged.len());
         for (at, record, object, size) in staged {
             let indexed = tx.savepoint().and_then(|sp| {
-                insert(&sp, record, object, *size)?;
-                sp.commit()
+                let added = insert(&sp, record, object, *size)?;
+                sp.commit().map(|()| added)
             });
             results.push((*at, indexed));
         }
         tx.commit()?;
         for (at, indexed) in results {
-            outcomes[at] = Some(
-                indexed
-                    .map(|()| ImportOutcome::Imported)
-                    .map_err(|source| StoreError::Sql { path: db_path.clone(), source }),
-            );
+            outcomes[at] =
+                Some(indexed.map(outcome).map_err(|source| StoreError::Sql { path: db_path.clone(), source }));
         }
         Ok(())
     }
@@ -287,8 +297,7 @@ impl Store {
     fn index_one(&mut self, record: &InstanceRecord, object: &str, size: u64) -> Result<ImportOutcome, StoreError> {
         let tx = self.db.transaction().map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })?;
         insert(&tx, record, object, size)
-            .and_then(|()| tx.commit())
-            .map(|()| ImportOutcome::Imported)
+            .and_then(|added| tx.commit().map(|()| outcome(added)))
             .map_err(|source| StoreError::Sql { path: self.db_path.clone(), source })
     }
 
@@ -442,10 +451,43 @@ impl Store {
             let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
             let prefix = entry.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or_default();
             match name.strip_suffix(".dcm") {
-                Some(rest) if !indexed.contains(&format!("{prefix}{rest}")) => report.unindexed_objects += 1,
+                Some(rest) if !indexed.contains(&format!("{prefix}{rest}")) => report.unindexed_objects.push(entry),
                 Some(_) => {}
-                None => report.temporary_files += 1,
+                None => report.temporary_files.push(entry),
             }
+        }
+        Ok(report)
+    }
+
+    /// Brings back what interrupted imports left: every object no index row points to is a
+    /// whole, fsynced DICOM file (objects are renamed into place only once written), so it is
+    /// indexed, not deleted; one whose SOP Instance UID is stored already (a push sent again
+    /// after the first attempt broke off) is a redundant copy and is removed. Leftover
+    /// temporary files are removed. Files younger than `min_age` are left alone: they may
+    /// belong to an import going on now. Missing or damaged instances are not repaired here
+    /// (see [`Store::verify`]).
+    pub fn repair(&mut self, min_age: std::time::Duration) -> Result<RepairReport, StoreError> {
+        let found = self.verify()?;
+        let old_enough = |file: &PathBuf| {
+            let age = std::fs::metadata(file).and_then(|m| m.modified()).map(|t| t.elapsed().unwrap_or_default());
+            age.is_ok_and(|age| age >= min_age)
+        };
+        let orphans: Vec<PathBuf> = found.unindexed_objects.into_iter().filter(old_enough).collect();
+        let mut report = RepairReport::default();
+        let outcomes = self.import_files(&orphans, |_| {});
+        for (object, outcome) in orphans.iter().zip(outcomes) {
+            match outcome {
+                Ok(ImportOutcome::Imported) => report.indexed += 1,
+                Ok(ImportOutcome::AlreadyStored) => {
+                    std::fs::remove_file(object).map_err(|source| StoreError::Io { path: object.clone(), source })?;
+                    report.duplicates_removed += 1;
+                }
+                Err(e) => report.refused.push(lightbox_core::FileIssue { path: object.clone(), reason: e.to_string() }),
+            }
+        }
+        for temp in found.temporary_files.iter().filter(|t| old_enough(t)) {
+            std::fs::remove_file(temp).map_err(|source| StoreError::Io { path: temp.clone(), source })?;
+            report.temporary_removed += 1;
         }
         Ok(report)
     }
@@ -561,7 +603,13 @@ impl Store {
     }
 }
 
-fn insert(tx: &Connection, r: &InstanceRecord, object: &str, size: u64) -> rusqlite::Result<()> {
+fn outcome(added: bool) -> ImportOutcome {
+    if added { ImportOutcome::Imported } else { ImportOutcome::AlreadyStored }
+}
+
+/// Indexes one instance; `false` when its SOP Instance UID was indexed meanwhile (by another
+/// process importing the same files, or a repair), so nothing was written.
+fn insert(tx: &Connection, r: &InstanceRecord, object: &str, size: u64) -> rusqlite::Result<bool> {
     tx.execute(
         "INSERT INTO patients (patient_id, name, name_upper) VALUES (?1, ?2, upper(?2)) ON CONFLICT (patient_id, name) DO NOTHING",
         params![r.patient.id, r.patient.name],
@@ -581,10 +629,11 @@ fn insert(tx: &Connection, r: &InstanceRecord, object: &str, size: u64) -> rusql
          ON CONFLICT (uid) DO NOTHING",
         params![r.series_uid.as_str(), r.study_uid.as_str(), r.series_number, r.modality, r.series_description],
     )?;
-    tx.execute(
+    let added = tx.execute(
         "INSERT INTO instances (sop_uid, series_uid, sop_class, number, transfer_syntax, object, bytes, imported_at, arrival) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, strftime('%Y-%m-%dT%H:%M:%fZ','now'), \
-                 (SELECT coalesce(max(arrival), 0) + 1 FROM instances))",
+                 (SELECT coalesce(max(arrival), 0) + 1 FROM instances)) \
+         ON CONFLICT (sop_uid) DO NOTHING",
         params![
             r.sop_instance_uid,
             r.series_uid.as_str(),
@@ -595,8 +644,11 @@ fn insert(tx: &Connection, r: &InstanceRecord, object: &str, size: u64) -> rusql
             size as i64
         ],
     )?;
+    if added == 0 {
+        return Ok(false);
+    }
     tx.execute("UPDATE studies SET instances = instances + 1 WHERE uid = ?1", [r.study_uid.as_str()])?;
-    Ok(())
+    Ok(true)
 }
 
 /// DICOM wildcards (`*`, `?`) to an SQLite GLOB pattern, with GLOB's own specials escaped.

@@ -222,6 +222,31 @@ pub fn import(store_dir: &Path, path: &Path) -> Result<ImportSummary, WorkflowEr
     import_with_progress(store_dir, path, None)
 }
 
+/// Checks the store: every indexed instance has its file, unchanged; what interrupted imports
+/// left is listed apart.
+pub fn verify_store(store_dir: &Path) -> Result<lightbox_store::VerifyReport, WorkflowError> {
+    Ok(lightbox_store::Store::open(store_dir)?.verify()?)
+}
+
+/// Indexes what interrupted imports left in the store and removes their leftovers, leaving
+/// alone files younger than `min_age` (see [`lightbox_store::Store::repair`]); audited.
+pub fn repair_store(
+    store_dir: &Path,
+    min_age: std::time::Duration,
+) -> Result<lightbox_store::RepairReport, WorkflowError> {
+    let mut store = lightbox_store::Store::open(store_dir)?;
+    let report = store.repair(min_age)?;
+    let what = format!(
+        "indexed {}, duplicate copies removed {}, temporary files removed {}, refused {}",
+        report.indexed,
+        report.duplicates_removed,
+        report.temporary_removed,
+        report.refused.len()
+    );
+    store.audit("local-user", "repair", &store_dir.display().to_string(), &what)?;
+    Ok(report)
+}
+
 /// How many jobs are in each state (`queued`, `running`, `waiting`, `done`, …; absent: none).
 pub fn job_counts(store_dir: &Path) -> Result<std::collections::BTreeMap<String, usize>, WorkflowError> {
     Ok(lightbox_store::Store::open(store_dir)?.job_counts()?)
