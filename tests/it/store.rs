@@ -307,6 +307,15 @@ fn import_killed_midway_leaves_a_consistent_store() -> anyhow::Result<()> {
         assert!(report.is_consistent(), "after kill at {delay_ms} ms: {report:?}");
     }
     assert!(interrupted > 0, "every import finished before the kill; the test proved nothing");
+    // What the kills left unindexed is whole: a repair indexes it, none is refused.
+    let mut store = Store::open(dir.path())?;
+    let (before, left) = (store.instance_count()?, store.verify()?.unindexed_objects.len());
+    let repaired = store.repair(std::time::Duration::ZERO)?;
+    assert!(repaired.refused.is_empty() && repaired.indexed + repaired.duplicates_removed == left, "{repaired:?}");
+    assert_eq!(store.instance_count()?, before + repaired.indexed as u64);
+    let report = store.verify()?;
+    assert!(report.is_consistent() && report.unindexed_objects.is_empty() && report.temporary_files.is_empty());
+    drop(store);
     let done = lightbox_tests::run_ok(
         std::process::Command::new(&lightbox).arg("import").arg(&source).arg("--store").arg(dir.path()),
     )?;
