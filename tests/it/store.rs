@@ -95,8 +95,8 @@ fn a_series_imported_together_is_indexed_whole_or_not_at_all() -> anyhow::Result
 }
 
 /// What an import cut short leaves (files copied whose index rows never committed, a redundant
-/// copy of a stored instance, a half-written temporary file) is found by `lightbox verify` and
-/// brought back by `--repair`, never deleted, except the copy and the temporary file. A
+/// copy of a stored instance, a half-written temporary file) is found by `lightbox verify`;
+/// `--repair` indexes the files, keeps the copy and removes only the temporary file. A
 /// damaged instance makes `verify` fail, naming it.
 #[test]
 fn verify_finds_what_an_interrupted_import_left_and_repair_brings_it_back() -> anyhow::Result<()> {
@@ -136,15 +136,13 @@ fn verify_finds_what_an_interrupted_import_left_and_repair_brings_it_back() -> a
     let out = lightbox_tests::run_ok(&mut verify(&["--repair", "--min-age-s", "0"])?)?;
     ensure!(
         out.contains(
-            "indexed 3 file(s) left by interrupted imports, removed 1 duplicate cop(ies) and 1 temporary file(s)"
+            "indexed 3 file(s) left by interrupted imports, removed 1 temporary file(s); kept 1 copy(ies) of stored instances"
         ),
         "{out}"
     );
-    ensure!(
-        out.contains("20 instance(s) checked, 0 missing, 0 damaged") && !out.contains("left by interrupted imports:"),
-        "{out}"
-    );
-    ensure!(!copy.exists() && store.instance_count()? == 20);
+    ensure!(out.contains("20 instance(s) checked, 0 missing, 0 damaged"), "{out}");
+    ensure!(out.contains("left by interrupted imports: 1 unindexed file(s), 0 temporary file(s) (copies"), "{out}");
+    ensure!(copy.exists() && store.instance_count()? == 20);
     ensure!(store.worklist(&WorklistQuery::default())?.first().map(|s| s.instances) == Some(20));
     // A damaged file: verify fails and names the instance.
     let victim = store.instance_file(&uids[1])?.context("not stored")?;
@@ -311,7 +309,7 @@ fn import_killed_midway_leaves_a_consistent_store() -> anyhow::Result<()> {
     let mut store = Store::open(dir.path())?;
     let (before, left) = (store.instance_count()?, store.verify()?.unindexed_objects.len());
     let repaired = store.repair(std::time::Duration::ZERO)?;
-    assert!(repaired.refused.is_empty() && repaired.indexed + repaired.duplicates_removed == left, "{repaired:?}");
+    assert!(repaired.refused.is_empty() && repaired.indexed + repaired.copies_kept == left, "{repaired:?}");
     assert_eq!(store.instance_count()?, before + repaired.indexed as u64);
     let report = store.verify()?;
     assert!(report.is_consistent() && report.unindexed_objects.is_empty() && report.temporary_files.is_empty());

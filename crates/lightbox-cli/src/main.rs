@@ -841,8 +841,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("left in place: {}: {}", issue.path.display(), issue.reason);
                 }
                 println!(
-                    "repaired: indexed {} file(s) left by interrupted imports, removed {} duplicate cop(ies) and {} temporary file(s)",
-                    done.indexed, done.duplicates_removed, done.temporary_removed
+                    "repaired: indexed {} file(s) left by interrupted imports, removed {} temporary file(s); kept {} copy(ies) of stored instances",
+                    done.indexed, done.temporary_removed, done.copies_kept
                 );
             }
             let report = lightbox_workflow::verify_store(&store)?;
@@ -865,7 +865,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     report.unindexed_objects.len(),
                     report.temporary_files.len(),
                     if repair {
-                        " (younger than --min-age-s, or refused)"
+                        " (copies of stored instances, younger than --min-age-s, or refused)"
                     } else {
                         "; `lightbox verify --repair` brings them back"
                     }

@@ -127,8 +127,11 @@ pub struct VerifyReport {
 pub struct RepairReport {
     /// Objects left unindexed by an interrupted import, indexed now.
     pub indexed: usize,
-    /// Unindexed copies of instances that are stored (a push that was sent again): removed.
-    pub duplicates_removed: usize,
+    /// Unindexed copies of instances that are stored (a push sent again, perhaps in another
+    /// transfer syntax): kept where they are. They are harmless, and one may be the only intact
+    /// copy should the indexed one be damaged; deleting them safely would mean holding off
+    /// every import meanwhile.
+    pub copies_kept: usize,
     /// Temporary files older than the limit: removed.
     pub temporary_removed: usize,
     /// Objects that could not be indexed, and why (left in place).
@@ -237,7 +240,16 @@ impl Store {
             // Stored by its first copy, unless that one was refused: then it stands on its own.
             outcomes[at] = Some(self.import_file(&paths[at]));
         }
-        outcomes.into_iter().map(|o| o.unwrap_or(Ok(ImportOutcome::AlreadyStored))).collect()
+        outcomes
+            .into_iter()
+            .zip(paths)
+            .map(|(o, path)| {
+                o.unwrap_or_else(|| {
+                    let source = std::io::Error::other("not indexed (an internal error in the import)");
+                    Err(StoreError::Io { path: path.clone(), source })
+                })
+            })
+            .collect()
     }
 
     /// Reads `path` and copies it into the objects: its record, object name and size, or
@@ -284,6 +296,15 @@ impl Store {
                 let added = insert(&sp, record, object, *size)?;
                 sp.commit().map(|()| added)
             });
+            if let Err(e) = indexed {
+                if tx.is_autocommit() {
+                    // SQLite rolled the whole transaction back (disk full, I/O error): a
+                    // further savepoint would start a transaction of its own. Stop here.
+                    return Err(e);
+                }
+                results.push((*at, Err(e)));
+                continue;
+            }
             results.push((*at, indexed));
         }
         tx.commit()?;
@@ -335,7 +356,10 @@ impl Store {
         let dir = target.parent().unwrap_or(&self.root).to_owned();
         let io = |source| StoreError::Io { path: target.clone(), source };
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let temp = dir.join(format!(".{}.{}.tmp", &object[2..], std::process::id()));
+        // Unique within this process too: two threads may store the same content at once.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp = dir.join(format!(".{}.{}.{n}.tmp", &object[2..], std::process::id()));
         let mut file = std::fs::File::create(&temp).map_err(io)?;
         file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io)?;
         std::fs::rename(&temp, &target).map_err(io)?;
@@ -462,8 +486,8 @@ impl Store {
     /// Brings back what interrupted imports left: every object no index row points to is a
     /// whole, fsynced DICOM file (objects are renamed into place only once written), so it is
     /// indexed, not deleted; one whose SOP Instance UID is stored already (a push sent again
-    /// after the first attempt broke off) is a redundant copy and is removed. Leftover
-    /// temporary files are removed. Files younger than `min_age` are left alone: they may
+    /// after the first attempt broke off) is kept and counted. Leftover temporary files, which
+    /// no index row ever names, are removed. Files younger than `min_age` are left alone: they may
     /// belong to an import going on now. Missing or damaged instances are not repaired here
     /// (see [`Store::verify`]).
     pub fn repair(&mut self, min_age: std::time::Duration) -> Result<RepairReport, StoreError> {
@@ -478,10 +502,7 @@ impl Store {
         for (object, outcome) in orphans.iter().zip(outcomes) {
             match outcome {
                 Ok(ImportOutcome::Imported) => report.indexed += 1,
-                Ok(ImportOutcome::AlreadyStored) => {
-                    std::fs::remove_file(object).map_err(|source| StoreError::Io { path: object.clone(), source })?;
-                    report.duplicates_removed += 1;
-                }
+                Ok(ImportOutcome::AlreadyStored) => report.copies_kept += 1,
                 Err(e) => report.refused.push(lightbox_core::FileIssue { path: object.clone(), reason: e.to_string() }),
             }
         }

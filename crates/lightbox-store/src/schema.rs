@@ -133,6 +133,12 @@ const MIGRATIONS: &[&str] = &[
         FROM (SELECT sop_uid, row_number() OVER (ORDER BY imported_at, sop_uid) AS n FROM instances) AS o
         WHERE o.sop_uid = instances.sop_uid;
     CREATE UNIQUE INDEX instances_arrival ON instances (arrival);
+    -- A Lightbox from before this version, still running beside a newer one, writes no number.
+    CREATE TRIGGER instances_numbered AFTER INSERT ON instances WHEN NEW.arrival IS NULL
+    BEGIN
+        UPDATE instances SET arrival = (SELECT coalesce(max(arrival), 0) + 1 FROM instances)
+        WHERE sop_uid = NEW.sop_uid;
+    END;
     INSERT INTO engine_state (key, value)
         SELECT 'dispatched_through',
                CAST(coalesce((SELECT max(arrival) FROM instances WHERE imported_at <= e.value), 0) AS TEXT)
@@ -151,8 +157,27 @@ pub(crate) fn migrate(db: &Connection, path: &Path) -> Result<(), StoreError> {
     }
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         let version = i as i64 + 1;
-        db.execute_batch(&format!("BEGIN; {migration}; PRAGMA user_version = {version}; COMMIT;")).map_err(sql)?;
-        tracing::info!(version, "store index migrated");
+        // Another process may open the store at the same moment: take the write lock first,
+        // then look again whether this step is still to be done.
+        db.execute_batch("BEGIN IMMEDIATE").map_err(sql)?;
+        let step = db.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).and_then(|now| {
+            if now >= version {
+                return Ok(false);
+            }
+            db.execute_batch(&format!("{migration}; PRAGMA user_version = {version};")).map(|()| true)
+        });
+        match step {
+            Ok(ran) => {
+                db.execute_batch("COMMIT").map_err(sql)?;
+                if ran {
+                    tracing::info!(version, "store index migrated");
+                }
+            }
+            Err(e) => {
+                let _ = db.execute_batch("ROLLBACK");
+                return Err(sql(e));
+            }
+        }
     }
     Ok(())
 }
@@ -200,6 +225,53 @@ mod tests {
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
             .collect::<Result<Vec<_>, _>>()?;
         assert_eq!(saved, [("dispatched_through".to_owned(), "2".to_owned())]);
+        // A Lightbox of before, still running, writes no number: the store gives it the next.
+        db.execute(
+            "INSERT INTO instances (sop_uid, series_uid, sop_class, number, transfer_syntax, object, bytes, imported_at) \
+             VALUES ('1.8', '1.2.3.4', '1.2.840.10008.5.1.4.1.1.4', 1, '1.2.840.10008.1.2.1', '1.8', 1, 'x')",
+            [],
+        )?;
+        let numbered: i64 = db.query_row("SELECT arrival FROM instances WHERE sop_uid = '1.8'", [], |r| r.get(0))?;
+        assert_eq!(numbered, 4);
+        Ok(())
+    }
+
+    /// Several processes opening a store of an older version at once: one migrates, the
+    /// others find it done, none fails.
+    #[test]
+    fn a_store_opened_by_several_processes_at_once_is_migrated_once() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let db = Connection::open(dir.path().join("index.sqlite"))?;
+        for (i, migration) in MIGRATIONS[..5].iter().enumerate() {
+            db.execute_batch(&format!("BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+        }
+        // Enough instances that numbering them takes a while: the openers overlap.
+        db.execute_batch(
+            "INSERT INTO patients (id, patient_id, name, name_upper) VALUES (1, 'P1', 'Doe^J', 'DOE^J');
+             INSERT INTO studies (uid, patient, date, description, accession, instances)
+                 VALUES ('1.2.3', 1, '20260101', '', '', 0);
+             INSERT INTO series (uid, study_uid, number, modality, description) VALUES ('1.2.3.4', '1.2.3', 1, 'MR', '');
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000)
+             INSERT INTO instances (sop_uid, series_uid, sop_class, number, transfer_syntax, object, bytes, imported_at)
+                 SELECT '1.9.' || i, '1.2.3.4', '1.2', i, '1.2', printf('%064x', i), 1, printf('2026-01-01T%08d', i) FROM n;",
+        )?;
+        drop(db);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+        let openers: Vec<_> = (0..4)
+            .map(|_| {
+                let (root, barrier) = (dir.path().to_owned(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    crate::Store::open(&root).map(|_| ()).map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        for opener in openers {
+            let opened = opener.join().map_err(|_| anyhow::anyhow!("an opener panicked"))?;
+            assert_eq!(opened, Ok(()));
+        }
+        let db = Connection::open(dir.path().join("index.sqlite"))?;
+        assert_eq!(db.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))?, VERSION);
         Ok(())
     }
 }

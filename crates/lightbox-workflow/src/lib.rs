@@ -237,10 +237,10 @@ pub fn repair_store(
     let mut store = lightbox_store::Store::open(store_dir)?;
     let report = store.repair(min_age)?;
     let what = format!(
-        "indexed {}, duplicate copies removed {}, temporary files removed {}, refused {}",
+        "indexed {}, temporary files removed {}, copies of stored instances kept {}, refused {}",
         report.indexed,
-        report.duplicates_removed,
         report.temporary_removed,
+        report.copies_kept,
         report.refused.len()
     );
     store.audit("local-user", "repair", &store_dir.display().to_string(), &what)?;
