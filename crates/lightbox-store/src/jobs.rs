@@ -383,7 +383,9 @@ impl Store {
     /// The arrival number of the newest instance (0 for an empty store). Instances are
     /// numbered 1, 2, … as their index rows are written; writers take turns, so an instance
     /// committed later always has a higher number than any a reader could see before. Unlike a
-    /// clock, this cannot step back or repeat.
+    /// clock, this cannot step back or repeat, as long as no index row is ever deleted (none
+    /// is today; should that change, the numbers must come from a counter that never goes
+    /// down, or a deleted newest row's number would be handed out again).
     pub fn last_arrival(&self) -> Result<i64, StoreError> {
         self.db.query_row("SELECT coalesce(max(arrival), 0) FROM instances", [], |r| r.get(0)).map_err(self.sql())
     }
