@@ -186,6 +186,22 @@ pub(crate) fn migrate(db: &Connection, path: &Path) -> Result<(), StoreError> {
 mod tests {
     use super::*;
 
+    /// An index at schema version 5 (before arrival numbers) holding one patient, study
+    /// (`1.2.3`) and series (`1.2.3.4`), no instances.
+    fn store_of_version_5(path: &Path) -> anyhow::Result<Connection> {
+        let db = Connection::open(path)?;
+        for (i, migration) in MIGRATIONS[..5].iter().enumerate() {
+            db.execute_batch(&format!("BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+        }
+        db.execute_batch(
+            "INSERT INTO patients (id, patient_id, name, name_upper) VALUES (1, 'P1', 'Doe^J', 'DOE^J');
+             INSERT INTO studies (uid, patient, date, description, accession, instances)
+                 VALUES ('1.2.3', 1, '20260101', '', '', 0);
+             INSERT INTO series (uid, study_uid, number, modality, description) VALUES ('1.2.3.4', '1.2.3', 1, 'MR', '');",
+        )?;
+        Ok(db)
+    }
+
     /// A store from before arrival numbers: its instances are numbered in the order they were
     /// imported, and the engine's saved point (a time) becomes the number of the last instance
     /// imported by then, so it neither skips nor repeats anything after the upgrade.
@@ -193,16 +209,10 @@ mod tests {
     fn stored_instances_are_numbered_by_import_time_and_the_engine_keeps_its_place() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("index.sqlite");
-        let db = Connection::open(&path)?;
-        for (i, migration) in MIGRATIONS[..5].iter().enumerate() {
-            db.execute_batch(&format!("BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
-        }
-        db.execute_batch(
-            "INSERT INTO patients (id, patient_id, name, name_upper) VALUES (1, 'P1', 'Doe^J', 'DOE^J');
-             INSERT INTO studies (uid, patient, date, description, accession, instances)
-                 VALUES ('1.2.3', 1, '20260101', '', '', 3);
-             INSERT INTO series (uid, study_uid, number, modality, description) VALUES ('1.2.3.4', '1.2.3', 1, 'MR', '');
-             INSERT INTO engine_state (key, value) VALUES ('dispatched_until', '2026-01-01T10:00:02.000Z');",
+        let db = store_of_version_5(&path)?;
+        db.execute(
+            "INSERT INTO engine_state (key, value) VALUES ('dispatched_until', '2026-01-01T10:00:02.000Z')",
+            [],
         )?;
         for (sop, at) in [
             ("1.5", "2026-01-01T10:00:02.000Z"),
@@ -241,17 +251,10 @@ mod tests {
     #[test]
     fn a_store_opened_by_several_processes_at_once_is_migrated_once() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
-        let db = Connection::open(dir.path().join("index.sqlite"))?;
-        for (i, migration) in MIGRATIONS[..5].iter().enumerate() {
-            db.execute_batch(&format!("BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
-        }
+        let db = store_of_version_5(&dir.path().join("index.sqlite"))?;
         // Enough instances that numbering them takes a while: the openers overlap.
         db.execute_batch(
-            "INSERT INTO patients (id, patient_id, name, name_upper) VALUES (1, 'P1', 'Doe^J', 'DOE^J');
-             INSERT INTO studies (uid, patient, date, description, accession, instances)
-                 VALUES ('1.2.3', 1, '20260101', '', '', 0);
-             INSERT INTO series (uid, study_uid, number, modality, description) VALUES ('1.2.3.4', '1.2.3', 1, 'MR', '');
-             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000)
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 50000)
              INSERT INTO instances (sop_uid, series_uid, sop_class, number, transfer_syntax, object, bytes, imported_at)
                  SELECT '1.9.' || i, '1.2.3.4', '1.2', i, '1.2', printf('%064x', i), 1, printf('2026-01-01T%08d', i) FROM n;",
         )?;
