@@ -296,14 +296,10 @@ impl Store {
                 let added = insert(&sp, record, object, *size)?;
                 sp.commit().map(|()| added)
             });
-            if let Err(e) = indexed {
-                if tx.is_autocommit() {
-                    // SQLite rolled the whole transaction back (disk full, I/O error): a
-                    // further savepoint would start a transaction of its own. Stop here.
-                    return Err(e);
-                }
-                results.push((*at, Err(e)));
-                continue;
+            if indexed.is_err() && tx.is_autocommit() {
+                // SQLite rolled the whole transaction back (disk full, I/O error): a further
+                // savepoint would start a transaction of its own. Stop here.
+                return indexed.map(|_| ());
             }
             results.push((*at, indexed));
         }
