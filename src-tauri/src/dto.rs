@@ -55,6 +55,13 @@ impl From<&FileIssue> for FileIssueDto {
     }
 }
 
+/// What a PACS retrieval could not bring: `path` names the series (there is no file).
+impl From<&lightbox_workflow::pacs::RetrieveFailure> for FileIssueDto {
+    fn from(f: &lightbox_workflow::pacs::RetrieveFailure) -> Self {
+        Self { path: format!("series {}", f.series), reason: f.reason.clone() }
+    }
+}
+
 #[derive(Serialize)]
 pub struct SeriesListDto {
     folder: String,

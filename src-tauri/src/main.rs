@@ -228,12 +228,17 @@ async fn retrieve_study(
     let uid = study_uid.clone();
     let outcome = off_ui(move |rt| {
         let s = rt.block_on(lightbox_workflow::pacs::pacs_retrieve_with(&store, &pacs, &uid, None, &control))?;
-        eprintln!("lightbox-workstation: retrieved {} instances ({} new)", s.imported + s.already_stored, s.imported);
+        eprintln!(
+            "lightbox-workstation: retrieved {} instances ({} new, {} failures)",
+            s.imported + s.already_stored,
+            s.imported,
+            s.failed.len()
+        );
         Ok(TransferSummaryDto {
             imported: s.imported,
             already_stored: s.already_stored,
             bytes: s.bytes,
-            failed: vec![],
+            failed: s.failed.iter().map(FileIssueDto::from).collect(),
         })
     })
     .await;

@@ -1233,6 +1233,62 @@ async fn study_retrieval_reports_progress_and_can_be_cancelled() -> anyhow::Resu
     Ok(())
 }
 
+/// A study one of whose series the PACS will not send (404: gone since it was listed): the
+/// other series is retrieved and imported, and the summary names the missing one with its
+/// instance count. When it is the only series asked for, or the PACS is down, the retrieval
+/// fails; an unknown study fails saying the PACS has no series of it.
+#[tokio::test]
+async fn a_series_the_pacs_refuses_does_not_stop_the_rest_of_the_study() -> anyhow::Result<()> {
+    let orthanc = Orthanc::start()?;
+    let work = tempfile::tempdir()?;
+    let first = Series::of(first_files(GE_SERIES, 6)?)?;
+    let refused = lightbox_tests::dcmtk::new_uid();
+    let second_files = copy_with_new_uids(
+        &first_files(GE_SERIES_2, 4)?,
+        &work.path().join("b"),
+        &Uids::Series { study: first.study.clone(), series: refused.clone() },
+        &[],
+    )?;
+    client(&orthanc)?.store_files(None, &first.files).await?;
+    client(&orthanc)?.store_files(None, &second_files).await?;
+    let proxy = proxy_for(&orthanc)?;
+    let client = DicomWebClient::new(proxied_config(&orthanc, &proxy))?;
+    proxy.set_fault(Fault::StatusFor { target_contains: format!("/series/{refused}"), code: 404 });
+
+    let mut store = Store::open(&work.path().join("store"))?;
+    let summary = client.retrieve_into(&mut store, &first.study, None).await?;
+    ensure!(summary.imported == 6 && summary.already_stored == 0, "{summary:?}");
+    ensure!(store.instance_count()? == 6);
+    let [failure] = summary.failed.as_slice() else { bail!("{summary:?}") };
+    ensure!(failure.series == refused && failure.instances == Some(4), "{failure:?}");
+    ensure!(failure.reason.contains("404") && failure.reason.contains(&refused), "{}", failure.reason);
+
+    // The refused series alone: an error, as before.
+    let error = client.retrieve_into(&mut store, &first.study, Some(&refused)).await.err().context("retrieved")?;
+    ensure!(matches!(error, PacsError::Status { status: 404, .. }), "{error:?}");
+
+    // Once the PACS sends it, the same call brings the rest.
+    proxy.set_fault(Fault::None);
+    let again = client.retrieve_into(&mut store, &first.study, None).await?;
+    ensure!(again.imported == 4 && again.already_stored == 6 && again.failed.is_empty(), "{again:?}");
+
+    // Every series refused: the retrieval fails with the PACS's answer.
+    let mut other = Store::open(&work.path().join("other"))?;
+    proxy.set_fault(Fault::StatusFor { target_contains: "/series/".into(), code: 404 });
+    let error = client.retrieve_into(&mut other, &first.study, None).await.err().context("retrieved")?;
+    ensure!(matches!(error, PacsError::Status { status: 404, .. }), "{error:?}");
+    // A PACS that fails with 5xx is not skipped over: the next series would fail the same way.
+    proxy.set_fault(Fault::StatusFor { target_contains: format!("/series/{}", first.series), code: 503 });
+    let error = client.retrieve_into(&mut other, &first.study, None).await.err().context("retrieved")?;
+    ensure!(error.is_transient(), "{error:?}");
+
+    proxy.set_fault(Fault::None);
+    let error = client.retrieve_into(&mut other, "1.2.3.4.5.404", None).await.err().context("retrieved")?;
+    ensure!(error.code() == "pacs-not-found" && error.to_string().contains("1.2.3.4.5.404"), "{error}");
+    ensure!(other.instance_count()? == 0);
+    Ok(())
+}
+
 /// The workstation's worklist: local studies and the PACS's, merged by study; with the PACS
 /// down, the local ones and a reason (never an error).
 #[tokio::test]

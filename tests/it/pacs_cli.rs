@@ -105,6 +105,51 @@ fn wrong_password_and_unreachable_pacs_are_clear_errors() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// `lightbox pacs retrieve` of a study one of whose series the PACS refuses: the other series
+/// lands in the store, the refused one is named on stderr with its instance count, and the
+/// command exits non-zero so a script notices. Run again once the PACS sends it, it completes.
+#[test]
+fn a_study_retrieved_in_part_is_named_and_exits_non_zero() -> anyhow::Result<()> {
+    let orthanc = Orthanc::start()?;
+    let work = tempfile::tempdir()?;
+    let demo: Vec<_> = std::fs::read_dir(demo_study())?.map(|e| Ok(e?.path())).collect::<anyhow::Result<_>>()?;
+    let study = lightbox_dicom::read_instance(&demo[0])?.study_uid.to_string();
+    let refused = lightbox_tests::dcmtk::new_uid();
+    let uids = lightbox_tests::dcmtk::Uids::Series { study: study.clone(), series: refused.clone() };
+    let copies = lightbox_tests::dcmtk::copy_with_new_uids(&demo[..5], &work.path().join("copies"), &uids, &[])?;
+    let url = orthanc.dicomweb_url();
+    for path in [demo_study(), work.path().join("copies")] {
+        run_ok(lightbox(&url, &orthanc)?.args(["pacs", "send"]).arg(path).arg("--store").arg(work.path().join("out")))?;
+    }
+    assert_eq!(orthanc.instance_count()?, 20 + copies.len() as u64);
+
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", orthanc.http_port()).parse()?)?;
+    proxy.set_fault(Fault::StatusFor { target_contains: format!("/series/{refused}"), code: 404 });
+    let proxied = format!("{}/dicom-web", proxy.url());
+    let store = work.path().join("store");
+    let retrieve = |url: &str| -> anyhow::Result<std::process::Output> {
+        Ok(lightbox(url, &orthanc)?
+            .args(["pacs", "retrieve", "--study", &study])
+            .arg("--store")
+            .arg(&store)
+            .output()?)
+    };
+    let output = retrieve(&proxied)?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stdout.contains("retrieved 20 instances") && stdout.contains("imported 20"), "{stdout}");
+    assert!(stderr.contains(&format!("not retrieved: series {refused}, 5 instances:")), "{stderr}");
+    assert!(stderr.contains("HTTP 404") && stderr.contains("retrieved in part"), "{stderr}");
+    assert_eq!(Store::open(&store)?.instance_count()?, 20);
+    let audit = Store::open(&store)?.audit_log()?;
+    assert!(audit.iter().any(|(_, action, object)| action == "retrieve" && *object == study), "{audit:?}");
+
+    let again =
+        run_ok(lightbox(&url, &orthanc)?.args(["pacs", "retrieve", "--study", &study]).arg("--store").arg(&store))?;
+    assert!(again.contains("imported 5, already stored 20"), "{again}");
+    Ok(())
+}
+
 /// The outbox is drained through a slow link and `lightbox` is killed (-9) twice midway. After
 /// a final drain, Orthanc holds each result exactly once and every row is marked sent.
 #[test]

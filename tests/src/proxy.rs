@@ -35,6 +35,10 @@ pub enum Fault {
     /// For the next `times` requests, close both sides once `bytes` bytes of the request (head,
     /// as rewritten, plus body) have been forwarded upstream.
     CutRequestAfter { bytes: u64, times: u32 },
+    /// Answer every request whose target (the path and query of its request line) contains
+    /// `target_contains` with this status, as [`Fault::Status`] does; pass the others through.
+    /// Lasts until the fault is changed.
+    StatusFor { target_contains: String, code: u16 },
 }
 
 /// What one connection does, decided when its request head has arrived.
@@ -64,12 +68,16 @@ impl Shared {
         }
     }
 
-    /// Takes the action for one request, counting down a fault's `times`.
-    fn next_action(&self) -> Action {
+    /// Takes the action for one request (`target`: its request line's path and query), counting
+    /// down a fault's `times`.
+    fn next_action(&self, target: &str) -> Action {
         let mut fault = self.fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let pass = Action::Forward { delay: None, cut_request: None, cut_response: None };
         let (action, times) = match &mut *fault {
             Fault::None => return pass,
+            Fault::StatusFor { target_contains, code } => {
+                return if target.contains(target_contains.as_str()) { Action::Status(*code) } else { pass };
+            }
             Fault::Delay(d) => return Action::Forward { delay: Some(*d), cut_request: None, cut_response: None },
             Fault::Status { code, times } => (Action::Status(*code), times),
             Fault::CutResponseAfter { bytes, times } => {
@@ -188,7 +196,9 @@ fn handle(shared: &Shared, id: u64, mut client: TcpStream) -> std::io::Result<()
         return Ok(());
     }
     shared.requests.fetch_add(1, Ordering::SeqCst);
-    let (delay, cut_request, cut_response) = match shared.next_action() {
+    let target = String::from_utf8_lossy(&head);
+    let target = target.split_whitespace().nth(1).unwrap_or_default();
+    let (delay, cut_request, cut_response) = match shared.next_action(target) {
         Action::Status(code) => return answer_status(client, code),
         Action::Forward { delay, cut_request, cut_response } => (delay, cut_request, cut_response),
     };

@@ -105,3 +105,23 @@ describe("psaDensity", () => {
     expect(psaDensity("6.5", 0)).toBeNull();
   });
 });
+
+import { retrievedLine } from "./format";
+
+describe("PACS retrievals", () => {
+  const whole = { imported: 12, alreadyStored: 3, bytes: 2_000_000, failed: [] };
+  it("count what arrived", () => {
+    expect(retrievedLine(whole)).toBe("Retrieved: 12 new, 3 already here (2.0 MB)");
+  });
+  it("say when a study came in part, counting series once", () => {
+    const failed = [
+      { path: "series 1.2.3", reason: "HTTP 404" },
+      { path: "series 1.2.4", reason: "not DICOM" },
+      { path: "series 1.2.4", reason: "not DICOM" },
+    ];
+    expect(retrievedLine({ ...whole, failed })).toBe(
+      "Retrieved: 12 new, 3 already here (2.0 MB); incomplete: 3 failures in 2 series, listed below",
+    );
+    expect(retrievedLine({ ...whole, failed: failed.slice(0, 1) })).toMatch(/incomplete: 1 failure in 1 series/);
+  });
+});

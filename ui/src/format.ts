@@ -39,6 +39,14 @@ export function formatBytes(bytes: number): string {
   return `${(bytes / 1e9).toFixed(2)} GB`;
 }
 
+/** What a PACS retrieval brought, in words; a partial one says what is missing. */
+export function retrievedLine(s: { imported: number; alreadyStored: number; bytes: number; failed: { path: string }[] }): string {
+  const line = `Retrieved: ${s.imported} new, ${s.alreadyStored} already here (${formatBytes(s.bytes)})`;
+  if (s.failed.length === 0) return line;
+  const series = new Set(s.failed.map((f) => f.path)).size;
+  return `${line}; incomplete: ${s.failed.length === 1 ? "1 failure" : `${s.failed.length} failures`} in ${series === 1 ? "1 series" : `${series} series`}, listed below`;
+}
+
 /** A study's place in words: where its images are, and what waits to be sent. */
 export function studyStatus(row: {
   localInstances: number;

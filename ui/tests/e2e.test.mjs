@@ -119,6 +119,15 @@ test("worklist: search, retrieve with progress, cancel, keyboard only", async ()
   await rows.first().getByRole("button", { name: "Cancel" }).click();
   await status.filter({ hasText: "Retrieval cancelled" }).waitFor();
   assert.equal(await rows.first().locator("[data-testid=where]").innerText(), "on PACS");
+
+  // A series the PACS refuses: the rest arrives, and the status says what is missing.
+  await page.evaluate(() => (window.lightboxMockMissingSeries = "1.2.826.0.1.99"));
+  await rows.first().getByRole("button", { name: "Retrieve" }).click();
+  await status.filter({ hasText: "Retrieved: 32 new" }).waitFor();
+  assert.match(await status.innerText(), /incomplete: 1 failure in 1 series, listed below/);
+  assert.match(await status.getAttribute("class"), /error/);
+  assert.match(await page.getByTestId("retrieve-failed").innerText(), /series 1\.2\.826\.0\.1\.99: .*HTTP 404/);
+  await page.screenshot({ path: join(out, "worklist-partial.png") });
   assert.deepEqual(errors, []);
 });
 

@@ -1298,6 +1298,20 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
                     String::new()
                 }
             );
+            if !summary.failed.is_empty() {
+                for failure in &summary.failed {
+                    let lost = match failure.instances {
+                        Some(1) => "1 instance".to_owned(),
+                        Some(n) => format!("{n} instances"),
+                        None => "its instances".to_owned(),
+                    };
+                    eprintln!("not retrieved: series {}, {lost}: {}", failure.series, failure.reason);
+                }
+                anyhow::bail!(
+                    "study {study} retrieved in part: {} failure(s) above; run the same command again once the PACS has them",
+                    summary.failed.len()
+                );
+            }
         }
         PacsCommand::Send { path, store, queue_only } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);

@@ -24,6 +24,8 @@ pub enum PacsError {
     },
     #[error("{url}: cancelled")]
     Cancelled { url: String },
+    #[error("{url}: the PACS has no {what}")]
+    NotFound { url: String, what: String },
     #[error("{url}: transfer broken: {detail}")]
     Transfer { url: String, detail: String },
     #[error("{url}: malformed response: {detail}")]
@@ -70,6 +72,7 @@ impl PacsError {
             Self::Status { .. } => "pacs-http-error",
             Self::Transfer { .. } => "pacs-transfer-broken",
             Self::Cancelled { .. } => "cancelled",
+            Self::NotFound { .. } => "pacs-not-found",
             Self::Malformed { .. } => "pacs-malformed-response",
             Self::Tls { .. } => "pacs-tls-config",
             Self::Config(_) => "pacs-config",

@@ -27,4 +27,4 @@ pub use multipart::{MultipartWriter, PartSink, RelatedParts, boundary_of};
 pub use qido::{QidoLevel, QidoQuery};
 pub use stow::{StowFailure, StowResult};
 pub use tls::TlsOptions;
-pub use wado::{Frame, FrameSyntax, RetrieveSummary, TransferControl, TransferProgress};
+pub use wado::{Frame, FrameSyntax, RetrieveFailure, RetrieveSummary, TransferControl, TransferProgress};

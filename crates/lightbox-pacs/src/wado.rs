@@ -28,6 +28,21 @@ pub struct RetrieveSummary {
     /// Of `files`, imported into the store now / stored already (only for `*_into` calls).
     pub imported: usize,
     pub already_stored: usize,
+    /// What did not arrive, and why: a series the PACS would not send, or an instance the store
+    /// refused (only for `*_into` calls). The rest of the study was retrieved regardless.
+    pub failed: Vec<RetrieveFailure>,
+}
+
+/// A part of a study that a retrieval could not bring into the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetrieveFailure {
+    /// The series it belongs to.
+    pub series: String,
+    /// Instances lost: the whole series' count when the PACS would not send it (`None`
+    /// if unknown), or `Some(1)` for one instance the store refused.
+    pub instances: Option<usize>,
+    /// The error, for people.
+    pub reason: String,
 }
 
 /// The encoding asked for frames.
@@ -319,6 +334,12 @@ impl DicomWebClient {
     /// [`Self::retrieve_into`] with progress and cancellation. A study is fetched series by
     /// series (each resumable); each series is imported as soon as it is whole, so a cancelled
     /// or failed retrieval keeps the series that completed.
+    ///
+    /// One series the PACS refuses (gone since it was listed, say) or one instance the store
+    /// refuses does not stop the others: it is named in [`RetrieveSummary::failed`]. The
+    /// retrieval fails as a whole when it is cancelled, when the PACS stops answering (the
+    /// next series would fail the same way), when a study lists no series, or when no series
+    /// of it could be retrieved.
     pub async fn retrieve_into_with(
         &self,
         store: &mut Store,
@@ -329,23 +350,54 @@ impl DicomWebClient {
         let root = store.root().join("incoming");
         std::fs::create_dir_all(&root).map_err(|source| PacsError::Io { path: root.clone(), source })?;
         sweep_incoming(&root);
-        let series_uids: Vec<String> = match series {
-            Some(series) => vec![series.to_owned()],
-            None => self
-                .search_all(&crate::QidoLevel::Series { study: Some(study.to_owned()) }, &QidoQuery::new())
-                .await?
-                .iter()
-                .filter_map(|s| s.string(crate::json::tags::SERIES_INSTANCE_UID))
-                .collect(),
+        // Each series with its instance count, when the PACS says it.
+        let listed: Vec<(String, Option<usize>)> = match series {
+            Some(series) => vec![(series.to_owned(), None)],
+            None => {
+                let level = crate::QidoLevel::Series { study: Some(study.to_owned()) };
+                let query = QidoQuery::new().include("NumberOfSeriesRelatedInstances");
+                let found: Vec<(String, Option<usize>)> = self
+                    .search_all(&level, &query)
+                    .await?
+                    .iter()
+                    .filter_map(|s| {
+                        let count = s.int(crate::json::tags::NUMBER_OF_SERIES_RELATED_INSTANCES);
+                        Some((s.string(crate::json::tags::SERIES_INSTANCE_UID)?, count.and_then(|n| n.try_into().ok())))
+                    })
+                    .collect();
+                if found.is_empty() {
+                    return Err(PacsError::NotFound {
+                        url: self.url(&format!("/studies/{study}/series")),
+                        what: format!("series of study {study}"),
+                    });
+                }
+                found
+            }
         };
         let mut total = RetrieveSummary::default();
         let mut progress = TransferProgress::default();
-        for series in series_uids {
+        let mut first_refusal = None;
+        for (series, count) in listed {
             if control.is_cancelled() {
                 return Err(PacsError::Cancelled { url: self.url(&format!("/studies/{study}")) });
             }
             let temp = tempfile::tempdir_in(&root).map_err(|source| PacsError::Io { path: root.clone(), source })?;
-            let summary = self.series_to_dir(study, &series, temp.path(), control, &progress).await?;
+            let summary = match self.series_to_dir(study, &series, temp.path(), control, &progress).await {
+                Ok(summary) => summary,
+                // A refusal of this series alone: go on with the others. A PACS that stopped
+                // answering, a cancel or a local failure stops the retrieval.
+                Err(e) if is_refusal(&e) => {
+                    tracing::warn!(%series, "series not retrieved: {e}");
+                    total.failed.push(RetrieveFailure {
+                        series: series.clone(),
+                        instances: count,
+                        reason: e.to_string(),
+                    });
+                    first_refusal.get_or_insert(e);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             progress.instances += summary.files.len();
             progress.bytes += summary.bytes;
             // One transaction for the series: an engine watching the store sees it whole.
@@ -354,15 +406,29 @@ impl DicomWebClient {
                 control.report(&progress);
             });
             for outcome in outcomes {
-                match outcome? {
-                    ImportOutcome::Imported => total.imported += 1,
-                    ImportOutcome::AlreadyStored => total.already_stored += 1,
+                match outcome {
+                    Ok(ImportOutcome::Imported) => total.imported += 1,
+                    Ok(ImportOutcome::AlreadyStored) => total.already_stored += 1,
+                    // A file that is not the DICOM it should be; the store's own failures (disk
+                    // full, say) would meet every file again.
+                    Err(e @ lightbox_store::StoreError::Dicom(_)) => {
+                        tracing::warn!(%series, "instance refused by the store: {e}");
+                        total.failed.push(RetrieveFailure {
+                            series: series.clone(),
+                            instances: Some(1),
+                            reason: e.to_string(),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
             total.bytes += summary.bytes;
             total.resumed_instances += summary.resumed_instances;
         }
-        Ok(total)
+        match first_refusal {
+            Some(e) if total.imported + total.already_stored == 0 => Err(e),
+            _ => Ok(total),
+        }
     }
 
     /// Study- or series-level metadata (DICOM JSON, bulk data as URIs).
@@ -432,6 +498,16 @@ impl DicomWebClient {
         }
         Ok(parts.remove(0).1)
     }
+}
+
+/// The PACS refused one series in a way that says nothing of the next: a 4xx other than an
+/// authentication failure, a series it no longer has, or an answer that does not parse.
+fn is_refusal(e: &PacsError) -> bool {
+    !e.is_transient()
+        && matches!(
+            e,
+            PacsError::Status { .. } | PacsError::NotFound { .. } | PacsError::Malformed { .. } | PacsError::Dicom(_)
+        )
 }
 
 /// Scheme, host and port of two URLs are the same.

@@ -7,8 +7,8 @@ pub use lightbox_pacs::dimse::{DimsePeer, ScpConfig, ScpEvent, ScpHandle};
 pub use lightbox_pacs::outbox::DrainReport;
 use lightbox_pacs::tags;
 pub use lightbox_pacs::{
-    Auth, DicomWebClient, DicomWebConfig, PacsError, QidoQuery, RetrieveSummary, RetryPolicy, TlsOptions,
-    TransferControl, TransferProgress,
+    Auth, DicomWebClient, DicomWebConfig, PacsError, QidoQuery, RetrieveFailure, RetrieveSummary, RetryPolicy,
+    TlsOptions, TransferControl, TransferProgress,
 };
 use lightbox_store::Store;
 pub use lightbox_store::{Enqueued, OutboxItem, OutboxState};
@@ -144,7 +144,17 @@ pub async fn pacs_retrieve_with(
     let mut store = Store::open(store_dir)?;
     let outcome = client.retrieve_into_with(&mut store, study_uid, series_uid, control).await;
     let detail = match &outcome {
-        Ok(s) => format!("{}: {} instances", settings.name, s.imported + s.already_stored),
+        Ok(s) if s.failed.is_empty() => format!("{}: {} instances", settings.name, s.imported + s.already_stored),
+        Ok(s) => {
+            let series: std::collections::BTreeSet<&str> = s.failed.iter().map(|f| f.series.as_str()).collect();
+            format!(
+                "{}: {} instances; not retrieved from {} series: {}",
+                settings.name,
+                s.imported + s.already_stored,
+                series.len(),
+                series.into_iter().collect::<Vec<_>>().join(", ")
+            )
+        }
         Err(e) => format!("{}: {}", settings.name, e.code()),
     };
     store.audit(&actor(), "retrieve", series_uid.unwrap_or(study_uid), &detail)?;

@@ -58,8 +58,12 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
         if (cancelled.has(studyUid)) throw { code: "cancelled", message: "cancelled" };
         onProgress({ done, total, bytes: done * bytesEach, failed: 0 } satisfies Progress);
       }
-      row.localInstances = total;
-      return { imported: total, alreadyStored: 0, bytes: total * bytesEach, failed: [] };
+      // Tests make the PACS refuse one series (8 instances) with `window.lightboxMockMissingSeries = UID`.
+      const missing = (globalThis as { lightboxMockMissingSeries?: string }).lightboxMockMissingSeries;
+      const got = missing ? total - 8 : total;
+      row.localInstances = got;
+      const failed = missing ? [{ path: `series ${missing}`, reason: `GET /studies/${studyUid}/series/${missing}: HTTP 404: Not Found` }] : [];
+      return { imported: got, alreadyStored: 0, bytes: got * bytesEach, failed };
     },
     cancelRetrieve: async (studyUid) => {
       cancelled.add(studyUid);
