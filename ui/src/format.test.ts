@@ -106,7 +106,22 @@ describe("psaDensity", () => {
   });
 });
 
-import { retrievedLine } from "./format";
+import { jobsBadge, retrievedLine } from "./format";
+
+describe("the Jobs tab's badge", () => {
+  const jobs = [
+    { id: 1, state: "done" },
+    { id: 2, state: "failed" },
+    { id: 3, state: "waiting" },
+    { id: 4, state: "failed" },
+  ];
+  it("counts failures not yet seen, and waits", () => {
+    expect(jobsBadge(jobs, new Set())).toBe("2 failed · 1 waiting");
+    expect(jobsBadge(jobs, new Set([2]))).toBe("1 failed · 1 waiting");
+    expect(jobsBadge(jobs, new Set([2, 4]))).toBe("1 waiting");
+    expect(jobsBadge([{ id: 1, state: "done" }], new Set())).toBe("");
+  });
+});
 
 describe("PACS retrievals", () => {
   const whole = { imported: 12, alreadyStored: 3, bytes: 2_000_000, failed: [] };

@@ -39,6 +39,19 @@ export function formatBytes(bytes: number): string {
   return `${(bytes / 1e9).toFixed(2)} GB`;
 }
 
+/**
+ * The Jobs tab's badge: analyses waiting for the rest of their input, and failures the reader
+ * has not seen yet (not listed in `seen`). Empty when there is nothing to say.
+ */
+export function jobsBadge(jobs: { id: number; state: string }[], seen: Set<number>): string {
+  const waiting = jobs.filter((j) => j.state === "waiting").length;
+  const failed = jobs.filter((j) => j.state === "failed" && !seen.has(j.id)).length;
+  const parts: string[] = [];
+  if (failed > 0) parts.push(`${failed} failed`);
+  if (waiting > 0) parts.push(`${waiting} waiting`);
+  return parts.join(" · ");
+}
+
 /** What a PACS retrieval brought, in words; a partial one says what is missing. */
 export function retrievedLine(s: { imported: number; alreadyStored: number; bytes: number; failed: { path: string }[] }): string {
   const line = `Retrieved: ${s.imported} new, ${s.alreadyStored} already here (${formatBytes(s.bytes)})`;

@@ -197,8 +197,15 @@ test("jobs: device, stage and errors shown; a waiting job is not a failure; canc
   const errors = [];
   page.on("pageerror", (e) => errors.push(e.message));
   await page.goto(base);
+  // From another tab, the Jobs tab tells of the failure not yet seen and the job that waits.
+  const badge = page.getByTestId("jobs-badge");
+  await badge.filter({ hasText: "1 failed · 1 waiting" }).waitFor();
+  assert.match(await badge.getAttribute("class"), /alarm/);
   await page.getByTestId("tab-jobs").click();
   const status = page.getByTestId("jobs-status");
+  // Seen: the failure leaves the badge; the wait stays until it ends.
+  await badge.filter({ hasText: /^1 waiting$/ }).waitFor();
+  assert.doesNotMatch(await badge.getAttribute("class"), /alarm/);
   await status
     .filter({ hasText: "4 analyses: 1 queued or running, 1 waiting for the rest of a series, 1 failed" })
     .waitFor();
