@@ -55,10 +55,16 @@ impl From<&FileIssue> for FileIssueDto {
     }
 }
 
-/// What a PACS retrieval could not bring: `path` names the series (there is no file).
+/// What a PACS retrieval could not bring: `path` names the series and how many of its
+/// instances are missing (there is no file).
 impl From<&lightbox_workflow::pacs::RetrieveFailure> for FileIssueDto {
     fn from(f: &lightbox_workflow::pacs::RetrieveFailure) -> Self {
-        Self { path: format!("series {}", f.series), reason: f.reason.clone() }
+        let lost = match f.instances {
+            Some(1) => " (1 instance)".to_owned(),
+            Some(n) => format!(" ({n} instances)"),
+            None => String::new(),
+        };
+        Self { path: format!("series {}{lost}", f.series), reason: f.reason.clone() }
     }
 }
 

@@ -228,11 +228,11 @@ async fn retrieve_study(
     let uid = study_uid.clone();
     let outcome = off_ui(move |rt| {
         let s = rt.block_on(lightbox_workflow::pacs::pacs_retrieve_with(&store, &pacs, &uid, None, &control))?;
+        let failures = if s.failed.is_empty() { String::new() } else { format!("; {} failures", s.failed.len()) };
         eprintln!(
-            "lightbox-workstation: retrieved {} instances ({} new, {} failures)",
+            "lightbox-workstation: retrieved {} instances ({} new){failures}",
             s.imported + s.already_stored,
-            s.imported,
-            s.failed.len()
+            s.imported
         );
         Ok(TransferSummaryDto {
             imported: s.imported,

@@ -1235,8 +1235,10 @@ async fn study_retrieval_reports_progress_and_can_be_cancelled() -> anyhow::Resu
 
 /// A study one of whose series the PACS will not send (404: gone since it was listed): the
 /// other series is retrieved and imported, and the summary names the missing one with its
-/// instance count. When it is the only series asked for, or the PACS is down, the retrieval
-/// fails; an unknown study fails saying the PACS has no series of it.
+/// instance count. Retrieved again, only what the store lacks is fetched, one instance the PACS
+/// refuses is named alone, and a last run completes the study. When the refused series is the
+/// only one asked for, or the PACS is down, the retrieval fails; an unknown study fails saying
+/// the PACS has no series of it.
 #[tokio::test]
 async fn a_series_the_pacs_refuses_does_not_stop_the_rest_of_the_study() -> anyhow::Result<()> {
     let orthanc = Orthanc::start()?;
@@ -1267,17 +1269,36 @@ async fn a_series_the_pacs_refuses_does_not_stop_the_rest_of_the_study() -> anyh
     let error = client.retrieve_into(&mut store, &first.study, Some(&refused)).await.err().context("retrieved")?;
     ensure!(matches!(error, PacsError::Status { status: 404, .. }), "{error:?}");
 
-    // Once the PACS sends it, the same call brings the rest.
-    proxy.set_fault(Fault::None);
+    // The store has one instance of that series from elsewhere; the PACS now sends the series
+    // but refuses one instance of it. Only the two others are fetched.
+    store.import_file(&second_files[0])?;
+    let refused_sop = lightbox_dicom::read_instance(&second_files[1])?.sop_instance_uid;
+    proxy.set_fault(Fault::StatusFor { target_contains: format!("/instances/{refused_sop}"), code: 404 });
     let again = client.retrieve_into(&mut store, &first.study, None).await?;
-    ensure!(again.imported == 4 && again.already_stored == 6 && again.failed.is_empty(), "{again:?}");
+    ensure!(again.imported == 2 && again.already_stored == 7 && again.resumed_instances == 0, "{again:?}");
+    let fetched: u64 = [&second_files[2], &second_files[3]]
+        .iter()
+        .map(|f| std::fs::metadata(f).map(|m| m.len()))
+        .sum::<Result<_, _>>()?;
+    ensure!(again.bytes == fetched, "{} bytes fetched, {fetched} missing", again.bytes);
+    let [failure] = again.failed.as_slice() else { bail!("{again:?}") };
+    ensure!(failure.series == refused && failure.instances == Some(1), "{failure:?}");
+    ensure!(failure.reason.contains(&refused_sop) && failure.reason.contains("404"), "{}", failure.reason);
+
+    // Once the PACS sends it, the same call brings the last one.
+    proxy.set_fault(Fault::None);
+    let last = client.retrieve_into(&mut store, &first.study, None).await?;
+    ensure!(last.imported == 1 && last.already_stored == 9 && last.failed.is_empty(), "{last:?}");
+    ensure!(store.instance_count()? == 10);
 
     // Every series refused: the retrieval fails with the PACS's answer.
     let mut other = Store::open(&work.path().join("other"))?;
     proxy.set_fault(Fault::StatusFor { target_contains: "/series/".into(), code: 404 });
     let error = client.retrieve_into(&mut other, &first.study, None).await.err().context("retrieved")?;
     ensure!(matches!(error, PacsError::Status { status: 404, .. }), "{error:?}");
-    // A PACS that fails with 5xx is not skipped over: the next series would fail the same way.
+    ensure!(other.instance_count()? == 0);
+    // A series failing with 5xx is not skipped over (the next would fail the same way): the
+    // retrieval fails, whichever series the PACS lists first.
     proxy.set_fault(Fault::StatusFor { target_contains: format!("/series/{}", first.series), code: 503 });
     let error = client.retrieve_into(&mut other, &first.study, None).await.err().context("retrieved")?;
     ensure!(error.is_transient(), "{error:?}");
@@ -1285,7 +1306,6 @@ async fn a_series_the_pacs_refuses_does_not_stop_the_rest_of_the_study() -> anyh
     proxy.set_fault(Fault::None);
     let error = client.retrieve_into(&mut other, "1.2.3.4.5.404", None).await.err().context("retrieved")?;
     ensure!(error.code() == "pacs-not-found" && error.to_string().contains("1.2.3.4.5.404"), "{error}");
-    ensure!(other.instance_count()? == 0);
     Ok(())
 }
 

@@ -110,16 +110,19 @@ import { jobsBadge, retrievedLine } from "./format";
 
 describe("the Jobs tab's badge", () => {
   const jobs = [
-    { id: 1, state: "done" },
-    { id: 2, state: "failed" },
-    { id: 3, state: "waiting" },
-    { id: 4, state: "failed" },
+    { id: 1, runs: 1, state: "done" },
+    { id: 2, runs: 1, state: "failed" },
+    { id: 3, runs: 1, state: "waiting" },
+    { id: 4, runs: 2, state: "failed" },
   ];
   it("counts failures not yet seen, and waits", () => {
     expect(jobsBadge(jobs, new Set())).toBe("2 failed · 1 waiting");
-    expect(jobsBadge(jobs, new Set([2]))).toBe("1 failed · 1 waiting");
-    expect(jobsBadge(jobs, new Set([2, 4]))).toBe("1 waiting");
-    expect(jobsBadge([{ id: 1, state: "done" }], new Set())).toBe("");
+    expect(jobsBadge(jobs, new Set(["2:1"]))).toBe("1 failed · 1 waiting");
+    expect(jobsBadge(jobs, new Set(["2:1", "4:2"]))).toBe("1 waiting");
+    expect(jobsBadge([{ id: 1, runs: 1, state: "done" }], new Set())).toBe("");
+  });
+  it("shows a job that failed again after a re-run", () => {
+    expect(jobsBadge(jobs, new Set(["2:1", "4:1"]))).toBe("1 failed · 1 waiting");
   });
 });
 
@@ -131,8 +134,8 @@ describe("PACS retrievals", () => {
   it("say when a study came in part, counting series once", () => {
     const failed = [
       { path: "series 1.2.3", reason: "HTTP 404" },
-      { path: "series 1.2.4", reason: "not DICOM" },
-      { path: "series 1.2.4", reason: "not DICOM" },
+      { path: "series 1.2.4 (1 instance)", reason: "not DICOM" },
+      { path: "series 1.2.4 (1 instance)", reason: "not DICOM" },
     ];
     expect(retrievedLine({ ...whole, failed })).toBe(
       "Retrieved: 12 new, 3 already here (2.0 MB); incomplete: 3 failures in 2 series, listed below",

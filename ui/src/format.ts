@@ -41,11 +41,12 @@ export function formatBytes(bytes: number): string {
 
 /**
  * The Jobs tab's badge: analyses waiting for the rest of their input, and failures the reader
- * has not seen yet (not listed in `seen`). Empty when there is nothing to say.
+ * has not seen yet (not listed in `seen` as "id:runs": a job run again and failed again is
+ * news again). Empty when there is nothing to say.
  */
-export function jobsBadge(jobs: { id: number; state: string }[], seen: Set<number>): string {
+export function jobsBadge(jobs: { id: number; runs: number; state: string }[], seen: Set<string>): string {
   const waiting = jobs.filter((j) => j.state === "waiting").length;
-  const failed = jobs.filter((j) => j.state === "failed" && !seen.has(j.id)).length;
+  const failed = jobs.filter((j) => j.state === "failed" && !seen.has(`${j.id}:${j.runs}`)).length;
   const parts: string[] = [];
   if (failed > 0) parts.push(`${failed} failed`);
   if (waiting > 0) parts.push(`${waiting} waiting`);
@@ -56,7 +57,8 @@ export function jobsBadge(jobs: { id: number; state: string }[], seen: Set<numbe
 export function retrievedLine(s: { imported: number; alreadyStored: number; bytes: number; failed: { path: string }[] }): string {
   const line = `Retrieved: ${s.imported} new, ${s.alreadyStored} already here (${formatBytes(s.bytes)})`;
   if (s.failed.length === 0) return line;
-  const series = new Set(s.failed.map((f) => f.path)).size;
+  // "series UID (n instances)": one series may fail by instance, several times.
+  const series = new Set(s.failed.map((f) => f.path.split(" (")[0])).size;
   return `${line}; incomplete: ${s.failed.length === 1 ? "1 failure" : `${s.failed.length} failures`} in ${series === 1 ? "1 series" : `${series} series`}, listed below`;
 }
 

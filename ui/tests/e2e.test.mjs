@@ -126,7 +126,9 @@ test("worklist: search, retrieve with progress, cancel, keyboard only", async ()
   await status.filter({ hasText: "Retrieved: 32 new" }).waitFor();
   assert.match(await status.innerText(), /incomplete: 1 failure in 1 series, listed below/);
   assert.match(await status.getAttribute("class"), /error/);
-  assert.match(await page.getByTestId("retrieve-failed").innerText(), /series 1\.2\.826\.0\.1\.99: .*HTTP 404/);
+  const missing = await page.getByTestId("retrieve-failed").innerText();
+  assert.match(missing, /Not retrieved from Roe, Richard, .*run Retrieve again to fetch only what is missing/);
+  assert.match(missing, /series 1\.2\.826\.0\.1\.99 \(8 instances\): .*HTTP 404/);
   await page.screenshot({ path: join(out, "worklist-partial.png") });
   assert.deepEqual(errors, []);
 });

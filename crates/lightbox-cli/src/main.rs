@@ -1308,7 +1308,7 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
                     eprintln!("not retrieved: series {}, {lost}: {}", failure.series, failure.reason);
                 }
                 anyhow::bail!(
-                    "study {study} retrieved in part: {} failure(s) above; run the same command again once the PACS has them",
+                    "study {study} retrieved in part: {} failure(s) above; the same command run again fetches only what is missing",
                     summary.failed.len()
                 );
             }

@@ -26,6 +26,9 @@ pub enum PacsError {
     Cancelled { url: String },
     #[error("{url}: the PACS has no {what}")]
     NotFound { url: String, what: String },
+    /// A retrieval that brought only part of what it was asked for, where part is not enough.
+    #[error("{what} retrieved in part: {detail}")]
+    Incomplete { what: String, detail: String },
     #[error("{url}: transfer broken: {detail}")]
     Transfer { url: String, detail: String },
     #[error("{url}: malformed response: {detail}")]
@@ -73,6 +76,7 @@ impl PacsError {
             Self::Transfer { .. } => "pacs-transfer-broken",
             Self::Cancelled { .. } => "cancelled",
             Self::NotFound { .. } => "pacs-not-found",
+            Self::Incomplete { .. } => "pacs-incomplete",
             Self::Malformed { .. } => "pacs-malformed-response",
             Self::Tls { .. } => "pacs-tls-config",
             Self::Config(_) => "pacs-config",

@@ -28,8 +28,8 @@ pub struct RetrieveSummary {
     /// Of `files`, imported into the store now / stored already (only for `*_into` calls).
     pub imported: usize,
     pub already_stored: usize,
-    /// What did not arrive, and why: a series the PACS would not send, or an instance the store
-    /// refused (only for `*_into` calls). The rest of the study was retrieved regardless.
+    /// What did not arrive, and why: a series or an instance the PACS would not send, or (only
+    /// for `*_into` calls) an instance the store refused. The rest was retrieved regardless.
     pub failed: Vec<RetrieveFailure>,
 }
 
@@ -38,8 +38,8 @@ pub struct RetrieveSummary {
 pub struct RetrieveFailure {
     /// The series it belongs to.
     pub series: String,
-    /// Instances lost: the whole series' count when the PACS would not send it (`None`
-    /// if unknown), or `Some(1)` for one instance the store refused.
+    /// Instances lost: those of the series the store lacked when the PACS would not send it
+    /// (`None` if the PACS did not say how many it has), or `Some(1)` for one instance.
     pub instances: Option<usize>,
     /// The error, for people.
     pub reason: String,
@@ -275,35 +275,53 @@ impl DicomWebClient {
         series: &str,
         dir: &Path,
     ) -> Result<RetrieveSummary, PacsError> {
-        self.series_to_dir(study, series, dir, &TransferControl::default(), &TransferProgress::default()).await
+        let none = HashSet::new();
+        self.series_to_dir(study, series, dir, &none, &TransferControl::default(), &TransferProgress::default()).await
     }
 
+    /// One series into `dir`. With none of it stored (`stored` empty), in one request, then as
+    /// [`Self::retrieve_series_to_dir`] says if that breaks; with some of it stored, only the
+    /// instances the store lacks, one request each (those it has count as `already_stored`).
+    /// An instance the PACS refuses on its own is named in `failed`; the others still come.
     async fn series_to_dir(
         &self,
         study: &str,
         series: &str,
         dir: &Path,
+        stored: &HashSet<String>,
         control: &TransferControl,
         progress: &TransferProgress,
     ) -> Result<RetrieveSummary, PacsError> {
-        let mut sink = DirSink::new(dir, &format!("s{}", fastrand::u32(..)), control, progress);
-        let first = self.stream_instances(&format!("/studies/{study}/series/{series}"), dir, &mut sink).await;
-        let mut summary =
-            RetrieveSummary { files: std::mem::take(&mut sink.files), bytes: sink.bytes, ..Default::default() };
-        match first {
-            Ok(()) => return Ok(summary),
-            Err(e) if !e.is_transient() => return Err(e),
-            Err(e) => tracing::warn!("series transfer broke after {} instances ({e}); resuming", summary.files.len()),
-        }
+        let mut summary = RetrieveSummary::default();
         let mut have = HashSet::new();
-        for file in &summary.files {
-            have.insert(lightbox_dicom::read_instance(file)?.sop_instance_uid);
+        if stored.is_empty() {
+            let mut sink = DirSink::new(dir, &format!("s{}", fastrand::u32(..)), control, progress);
+            let first = self.stream_instances(&format!("/studies/{study}/series/{series}"), dir, &mut sink).await;
+            summary.files = std::mem::take(&mut sink.files);
+            summary.bytes = sink.bytes;
+            match first {
+                Ok(()) => return Ok(summary),
+                // A broken connection, or a multipart body that stopped making sense midway: the
+                // instances can still come one by one.
+                Err(e) if e.is_transient() || matches!(e, PacsError::Malformed { .. }) => {
+                    tracing::warn!("series transfer broke after {} instances ({e}); resuming", summary.files.len());
+                }
+                Err(e) => return Err(e),
+            }
+            // A whole part that is not DICOM is fetched again by itself; the store refuses it.
+            have.extend(
+                summary.files.iter().filter_map(|f| lightbox_dicom::read_instance(f).ok()).map(|r| r.sop_instance_uid),
+            );
         }
         let level = crate::QidoLevel::Instances { study: Some(study.to_owned()), series: Some(series.to_owned()) };
         let listed = self.search_all(&level, &QidoQuery::new()).await?;
         for instance in listed {
             let Some(sop) = instance.string(crate::json::tags::SOP_INSTANCE_UID) else { continue };
-            if have.contains(&sop) {
+            if stored.contains(&sop) {
+                summary.already_stored += 1;
+                continue;
+            }
+            if !have.insert(sop.clone()) {
                 continue;
             }
             let so_far = TransferProgress {
@@ -311,11 +329,24 @@ impl DicomWebClient {
                 bytes: progress.bytes + summary.bytes,
                 imported: progress.imported,
             };
-            let file = self.instance_to_dir(study, series, &sop, dir, control, &so_far).await?;
-            summary.bytes += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
-            summary.files.push(file);
-            summary.resumed_instances += 1;
-            have.insert(sop);
+            match self.instance_to_dir(study, series, &sop, dir, control, &so_far).await {
+                Ok(file) => {
+                    summary.bytes += std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+                    summary.files.push(file);
+                    if stored.is_empty() {
+                        summary.resumed_instances += 1;
+                    }
+                }
+                Err(e) if is_refusal(&e) => {
+                    tracing::warn!(%series, %sop, "instance not retrieved: {e}");
+                    summary.failed.push(RetrieveFailure {
+                        series: series.to_owned(),
+                        instances: Some(1),
+                        reason: e.to_string(),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(summary)
     }
@@ -333,13 +364,16 @@ impl DicomWebClient {
 
     /// [`Self::retrieve_into`] with progress and cancellation. A study is fetched series by
     /// series (each resumable); each series is imported as soon as it is whole, so a cancelled
-    /// or failed retrieval keeps the series that completed.
+    /// or failed retrieval keeps the series that completed. Of a series the store already has
+    /// in part, only the instances it lacks are fetched, so running a retrieval again after a
+    /// failure fetches only what is still missing.
     ///
-    /// One series the PACS refuses (gone since it was listed, say) or one instance the store
-    /// refuses does not stop the others: it is named in [`RetrieveSummary::failed`]. The
-    /// retrieval fails as a whole when it is cancelled, when the PACS stops answering (the
-    /// next series would fail the same way), when a study lists no series, or when no series
-    /// of it could be retrieved.
+    /// One series or instance the PACS refuses (gone since it was listed, say) or one instance
+    /// the store refuses (not DICOM) does not stop the others: it is named in
+    /// [`RetrieveSummary::failed`]. The retrieval fails as a whole when it is cancelled, when
+    /// the PACS stops answering or refuses the credentials (the next series would fail the same
+    /// way), when the store fails, when a study lists no series, or when nothing at all of what
+    /// was asked could be retrieved (the first refusal, the others logged).
     pub async fn retrieve_into_with(
         &self,
         store: &mut Store,
@@ -376,30 +410,35 @@ impl DicomWebClient {
         };
         let mut total = RetrieveSummary::default();
         let mut progress = TransferProgress::default();
-        let mut first_refusal = None;
+        let mut first_error = None;
         for (series, count) in listed {
             if control.is_cancelled() {
                 return Err(PacsError::Cancelled { url: self.url(&format!("/studies/{study}")) });
             }
+            let stored: HashSet<String> = store.series_sop_uids(&series)?.into_iter().collect();
             let temp = tempfile::tempdir_in(&root).map_err(|source| PacsError::Io { path: root.clone(), source })?;
-            let summary = match self.series_to_dir(study, &series, temp.path(), control, &progress).await {
+            let summary = match self.series_to_dir(study, &series, temp.path(), &stored, control, &progress).await {
                 Ok(summary) => summary,
                 // A refusal of this series alone: go on with the others. A PACS that stopped
                 // answering, a cancel or a local failure stops the retrieval.
                 Err(e) if is_refusal(&e) => {
                     tracing::warn!(%series, "series not retrieved: {e}");
+                    let lost = count.map(|n| n.saturating_sub(stored.len()));
                     total.failed.push(RetrieveFailure {
                         series: series.clone(),
-                        instances: count,
+                        instances: lost,
                         reason: e.to_string(),
                     });
-                    first_refusal.get_or_insert(e);
+                    first_error.get_or_insert(e);
                     continue;
                 }
                 Err(e) => return Err(e),
             };
-            progress.instances += summary.files.len();
+            progress.instances += summary.files.len() + summary.already_stored;
             progress.bytes += summary.bytes;
+            progress.imported += summary.already_stored;
+            total.already_stored += summary.already_stored;
+            total.failed.extend(summary.failed);
             // One transaction for the series: an engine watching the store sees it whole.
             let outcomes = store.import_files(&summary.files, |_| {
                 progress.imported += 1;
@@ -409,24 +448,33 @@ impl DicomWebClient {
                 match outcome {
                     Ok(ImportOutcome::Imported) => total.imported += 1,
                     Ok(ImportOutcome::AlreadyStored) => total.already_stored += 1,
-                    // A file that is not the DICOM it should be; the store's own failures (disk
-                    // full, say) would meet every file again.
-                    Err(e @ lightbox_store::StoreError::Dicom(_)) => {
+                    // A file that is not the DICOM it should be. The store's own failures (disk
+                    // full, say), and a file it cannot read back, would meet every file again.
+                    Err(lightbox_store::StoreError::Dicom(e)) if is_not_dicom(&e) => {
                         tracing::warn!(%series, "instance refused by the store: {e}");
                         total.failed.push(RetrieveFailure {
                             series: series.clone(),
                             instances: Some(1),
                             reason: e.to_string(),
                         });
+                        first_error.get_or_insert(PacsError::Dicom(e));
                     }
                     Err(e) => return Err(e.into()),
                 }
             }
+            if summary.files.is_empty() {
+                control.report(&progress);
+            }
             total.bytes += summary.bytes;
             total.resumed_instances += summary.resumed_instances;
         }
-        match first_refusal {
-            Some(e) if total.imported + total.already_stored == 0 => Err(e),
+        match first_error {
+            Some(e) if total.imported + total.already_stored == 0 => {
+                for other in total.failed.iter().skip(1) {
+                    tracing::warn!(series = %other.series, "also not retrieved: {}", other.reason);
+                }
+                Err(e)
+            }
             _ => Ok(total),
         }
     }
@@ -500,14 +548,17 @@ impl DicomWebClient {
     }
 }
 
-/// The PACS refused one series in a way that says nothing of the next: a 4xx other than an
-/// authentication failure, a series it no longer has, or an answer that does not parse.
+/// The PACS refused one series or instance in a way that says nothing of the next: a 4xx other
+/// than an authentication failure, a series it no longer has, or an answer that does not parse.
 fn is_refusal(e: &PacsError) -> bool {
     !e.is_transient()
-        && matches!(
-            e,
-            PacsError::Status { .. } | PacsError::NotFound { .. } | PacsError::Malformed { .. } | PacsError::Dicom(_)
-        )
+        && matches!(e, PacsError::Status { .. } | PacsError::NotFound { .. } | PacsError::Malformed { .. })
+}
+
+/// The file is not the DICOM it should be (as against a file that could not be read).
+fn is_not_dicom(e: &lightbox_dicom::DicomError) -> bool {
+    use lightbox_dicom::DicomError as E;
+    matches!(e, E::NotDicom { .. } | E::Parse { .. } | E::MissingAttribute { .. } | E::Unsupported { .. })
 }
 
 /// Scheme, host and port of two URLs are the same.

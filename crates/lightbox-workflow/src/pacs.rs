@@ -198,7 +198,15 @@ pub async fn fetch_prior(
             continue;
         };
         tracing::info!(prior = %found.series_uid, study = %study.study_uid, date = %study.date, "retrieving the prior from the PACS");
-        pacs_retrieve(store_dir, settings, &study.study_uid, Some(&found.series_uid)).await?;
+        let summary = pacs_retrieve(store_dir, settings, &study.study_uid, Some(&found.series_uid)).await?;
+        // A prior with instances missing would be compared as if whole.
+        if let Some(first) = summary.failed.first() {
+            return Err(PacsError::Incomplete {
+                what: format!("prior series {}", found.series_uid),
+                detail: format!("{} failure(s), the first: {}", summary.failed.len(), first.reason),
+            }
+            .into());
+        }
         return Ok(Some(found.series_uid.clone()));
     }
     Ok(None)

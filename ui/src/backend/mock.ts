@@ -62,7 +62,7 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       const missing = (globalThis as { lightboxMockMissingSeries?: string }).lightboxMockMissingSeries;
       const got = missing ? total - 8 : total;
       row.localInstances = got;
-      const failed = missing ? [{ path: `series ${missing}`, reason: `GET /studies/${studyUid}/series/${missing}: HTTP 404: Not Found` }] : [];
+      const failed = missing ? [{ path: `series ${missing} (8 instances)`, reason: `GET /studies/${studyUid}/series/${missing}: HTTP 404: Not Found` }] : [];
       return { imported: got, alreadyStored: 0, bytes: got * bytesEach, failed };
     },
     cancelRetrieve: async (studyUid) => {
