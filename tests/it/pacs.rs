@@ -1309,6 +1309,49 @@ async fn a_series_the_pacs_refuses_does_not_stop_the_rest_of_the_study() -> anyh
     Ok(())
 }
 
+/// Objects the PACS sends damaged (their "DICM" marker overwritten on the way) are refused by
+/// the store one by one and named with their series; the study's other series is imported.
+/// When nothing of what was asked is whole, the retrieval fails with the store's reason.
+#[tokio::test]
+async fn damaged_objects_from_the_pacs_are_named_and_the_rest_imported() -> anyhow::Result<()> {
+    let orthanc = Orthanc::start()?;
+    let work = tempfile::tempdir()?;
+    let first = Series::of(first_files(GE_SERIES, 3)?)?;
+    let damaged = lightbox_tests::dcmtk::new_uid();
+    let second_files = copy_with_new_uids(
+        &first_files(GE_SERIES_2, 2)?,
+        &work.path().join("b"),
+        &Uids::Series { study: first.study.clone(), series: damaged.clone() },
+        &[],
+    )?;
+    client(&orthanc)?.store_files(None, &first.files).await?;
+    client(&orthanc)?.store_files(None, &second_files).await?;
+    let proxy = proxy_for(&orthanc)?;
+    let client = DicomWebClient::new(proxied_config(&orthanc, &proxy))?;
+    proxy.set_fault(Fault::RewriteFor {
+        target_contains: format!("/series/{damaged}"),
+        find: b"DICM".to_vec(),
+        replace: b"DICX".to_vec(),
+    });
+
+    let store_dir = work.path().join("store");
+    let mut store = Store::open(&store_dir)?;
+    let summary = client.retrieve_into(&mut store, &first.study, None).await?;
+    ensure!(summary.imported == 3 && store.instance_count()? == 3, "{summary:?}");
+    ensure!(summary.failed.len() == 2, "{summary:?}");
+    for failure in &summary.failed {
+        ensure!(failure.series == damaged && failure.instances == Some(1), "{failure:?}");
+        ensure!(failure.reason.contains("DICOM"), "{}", failure.reason);
+    }
+
+    let mut other = Store::open(&work.path().join("other"))?;
+    let error = client.retrieve_into(&mut other, &first.study, Some(&damaged)).await.err().context("retrieved")?;
+    ensure!(error.code() == "dicom" && error.to_string().contains("DICOM"), "{error}");
+    ensure!(other.instance_count()? == 0);
+    ensure!(partial_files(&store_dir.join("incoming"))?.is_empty());
+    Ok(())
+}
+
 /// The workstation's worklist: local studies and the PACS's, merged by study; with the PACS
 /// down, the local ones and a reason (never an error).
 #[tokio::test]

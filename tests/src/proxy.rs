@@ -39,13 +39,19 @@ pub enum Fault {
     /// `target_contains` with this status, as [`Fault::Status`] does; pass the others through.
     /// Lasts until the fault is changed.
     StatusFor { target_contains: String, code: u16 },
+    /// In the response to every request whose target contains `target_contains`, replace each
+    /// run of bytes `find` after the head with `replace` (of the same length, so a
+    /// `Content-Length` or chunk sizes stay true): a PACS that sends damaged objects. The
+    /// response is read whole before it is passed on. Lasts until the fault is changed.
+    RewriteFor { target_contains: String, find: Vec<u8>, replace: Vec<u8> },
 }
 
 /// What one connection does, decided when its request head has arrived.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum Action {
     Forward { delay: Option<Duration>, cut_request: Option<u64>, cut_response: Option<u64> },
     Status(u16),
+    Rewrite { find: Vec<u8>, replace: Vec<u8> },
 }
 
 struct Shared {
@@ -77,6 +83,13 @@ impl Shared {
             Fault::None => return pass,
             Fault::StatusFor { target_contains, code } => {
                 return if target.contains(target_contains.as_str()) { Action::Status(*code) } else { pass };
+            }
+            Fault::RewriteFor { target_contains, find, replace } => {
+                return if target.contains(target_contains.as_str()) {
+                    Action::Rewrite { find: find.clone(), replace: replace.clone() }
+                } else {
+                    pass
+                };
             }
             Fault::Delay(d) => return Action::Forward { delay: Some(*d), cut_request: None, cut_response: None },
             Fault::Status { code, times } => (Action::Status(*code), times),
@@ -198,9 +211,10 @@ fn handle(shared: &Shared, id: u64, mut client: TcpStream) -> std::io::Result<()
     shared.requests.fetch_add(1, Ordering::SeqCst);
     let target = String::from_utf8_lossy(&head);
     let target = target.split_whitespace().nth(1).unwrap_or_default();
-    let (delay, cut_request, cut_response) = match shared.next_action(target) {
+    let (delay, cut_request, cut_response, rewrite) = match shared.next_action(target) {
         Action::Status(code) => return answer_status(client, code),
-        Action::Forward { delay, cut_request, cut_response } => (delay, cut_request, cut_response),
+        Action::Forward { delay, cut_request, cut_response } => (delay, cut_request, cut_response, None),
+        Action::Rewrite { find, replace } => (None, None, None, Some((find, replace))),
     };
     if let Some(delay) = delay {
         std::thread::sleep(delay);
@@ -246,14 +260,19 @@ fn handle(shared: &Shared, id: u64, mut client: TcpStream) -> std::io::Result<()
 
     // Upstream -> client: informational heads as they are, the final head with
     // `Connection: close`, then bytes until upstream closes.
-    let result = relay_response(upstream.try_clone()?, &mut client, cut_response);
+    let result = relay_response(upstream.try_clone()?, &mut client, cut_response, rewrite);
     let _ = client.shutdown(Shutdown::Both);
     let _ = upstream.shutdown(Shutdown::Both);
     let _ = uploader.join();
     result
 }
 
-fn relay_response(mut upstream: TcpStream, client: &mut TcpStream, cut: Option<u64>) -> std::io::Result<()> {
+fn relay_response(
+    mut upstream: TcpStream,
+    client: &mut TcpStream,
+    cut: Option<u64>,
+    rewrite: Option<(Vec<u8>, Vec<u8>)>,
+) -> std::io::Result<()> {
     let mut budget = cut.unwrap_or(u64::MAX);
     // Sends up to the budget; true when the cut point is reached.
     let mut send = |client: &mut TcpStream, bytes: &[u8]| -> std::io::Result<bool> {
@@ -276,6 +295,14 @@ fn relay_response(mut upstream: TcpStream, client: &mut TcpStream, cut: Option<u
             pending = rest;
             continue;
         }
+        if let Some((find, replace)) = &rewrite {
+            // The whole body (upstream closes after it: `Connection: close`), rewritten.
+            let mut body = rest;
+            upstream.read_to_end(&mut body)?;
+            send(client, &rewrite_head(&head))?;
+            send(client, &replace_all(&body, find, replace))?;
+            return Ok(());
+        }
         if send(client, &rewrite_head(&head))? || send(client, &rest)? {
             return Ok(());
         }
@@ -288,6 +315,25 @@ fn relay_response(mut upstream: TcpStream, client: &mut TcpStream, cut: Option<u
             return Ok(());
         }
     }
+}
+
+/// `bytes` with each run of `find` replaced by `replace`.
+fn replace_all(bytes: &[u8], find: &[u8], replace: &[u8]) -> Vec<u8> {
+    if find.is_empty() {
+        return bytes.to_vec();
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        if bytes[at..].starts_with(find) {
+            out.extend_from_slice(replace);
+            at += find.len();
+        } else {
+            out.push(bytes[at]);
+            at += 1;
+        }
+    }
+    out
 }
 
 /// Answers with a bare status, then drains what the client still sends (so closing does not
