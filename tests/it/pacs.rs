@@ -1233,6 +1233,39 @@ async fn study_retrieval_reports_progress_and_can_be_cancelled() -> anyhow::Resu
     Ok(())
 }
 
+/// A study of two series on a real Orthanc, and a client that reaches it through a proxy.
+struct TwoSeriesStudy {
+    /// Holds the second series' files and room for stores.
+    work: tempfile::TempDir,
+    /// `n` instances of a GE series.
+    first: Series,
+    /// The UID of the second series: `m` instances of another GE series, in `first`'s study.
+    second: String,
+    second_files: Vec<PathBuf>,
+    proxy: FaultProxy,
+    client: DicomWebClient,
+    /// Bind it (`_orthanc`, not `_` or `..`) to keep Orthanc running.
+    _orthanc: Orthanc,
+}
+
+async fn two_series_study(n: usize, m: usize) -> anyhow::Result<TwoSeriesStudy> {
+    let orthanc = Orthanc::start()?;
+    let work = tempfile::tempdir()?;
+    let first = Series::of(first_files(GE_SERIES, n)?)?;
+    let second = lightbox_tests::dcmtk::new_uid();
+    let second_files = copy_with_new_uids(
+        &first_files(GE_SERIES_2, m)?,
+        &work.path().join("b"),
+        &Uids::Series { study: first.study.clone(), series: second.clone() },
+        &[],
+    )?;
+    client(&orthanc)?.store_files(None, &first.files).await?;
+    client(&orthanc)?.store_files(None, &second_files).await?;
+    let proxy = proxy_for(&orthanc)?;
+    let client = DicomWebClient::new(proxied_config(&orthanc, &proxy))?;
+    Ok(TwoSeriesStudy { work, first, second, second_files, proxy, client, _orthanc: orthanc })
+}
+
 /// A study one of whose series the PACS will not send (404: gone since it was listed): the
 /// other series is retrieved and imported, and the summary names the missing one with its
 /// instance count. Retrieved again, only what the store lacks is fetched, one instance the PACS
@@ -1241,20 +1274,8 @@ async fn study_retrieval_reports_progress_and_can_be_cancelled() -> anyhow::Resu
 /// the PACS has no series of it.
 #[tokio::test]
 async fn a_series_the_pacs_refuses_does_not_stop_the_rest_of_the_study() -> anyhow::Result<()> {
-    let orthanc = Orthanc::start()?;
-    let work = tempfile::tempdir()?;
-    let first = Series::of(first_files(GE_SERIES, 6)?)?;
-    let refused = lightbox_tests::dcmtk::new_uid();
-    let second_files = copy_with_new_uids(
-        &first_files(GE_SERIES_2, 4)?,
-        &work.path().join("b"),
-        &Uids::Series { study: first.study.clone(), series: refused.clone() },
-        &[],
-    )?;
-    client(&orthanc)?.store_files(None, &first.files).await?;
-    client(&orthanc)?.store_files(None, &second_files).await?;
-    let proxy = proxy_for(&orthanc)?;
-    let client = DicomWebClient::new(proxied_config(&orthanc, &proxy))?;
+    let TwoSeriesStudy { work, first, second: refused, second_files, proxy, client, _orthanc } =
+        two_series_study(6, 4).await?;
     proxy.set_fault(Fault::StatusFor { target_contains: format!("/series/{refused}"), code: 404 });
 
     let mut store = Store::open(&work.path().join("store"))?;
@@ -1314,20 +1335,7 @@ async fn a_series_the_pacs_refuses_does_not_stop_the_rest_of_the_study() -> anyh
 /// When nothing of what was asked is whole, the retrieval fails with the store's reason.
 #[tokio::test]
 async fn damaged_objects_from_the_pacs_are_named_and_the_rest_imported() -> anyhow::Result<()> {
-    let orthanc = Orthanc::start()?;
-    let work = tempfile::tempdir()?;
-    let first = Series::of(first_files(GE_SERIES, 3)?)?;
-    let damaged = lightbox_tests::dcmtk::new_uid();
-    let second_files = copy_with_new_uids(
-        &first_files(GE_SERIES_2, 2)?,
-        &work.path().join("b"),
-        &Uids::Series { study: first.study.clone(), series: damaged.clone() },
-        &[],
-    )?;
-    client(&orthanc)?.store_files(None, &first.files).await?;
-    client(&orthanc)?.store_files(None, &second_files).await?;
-    let proxy = proxy_for(&orthanc)?;
-    let client = DicomWebClient::new(proxied_config(&orthanc, &proxy))?;
+    let TwoSeriesStudy { work, first, second: damaged, proxy, client, _orthanc, .. } = two_series_study(3, 2).await?;
     proxy.set_fault(Fault::RewriteFor {
         target_contains: format!("/series/{damaged}"),
         find: b"DICM".to_vec(),
