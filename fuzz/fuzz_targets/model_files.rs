@@ -8,4 +8,5 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let _ = lightbox_ai::torch::read_pickle(data);
     let _ = lightbox_ai::torch::read_zip(data);
+    let _ = lightbox_ai::torch::read_zip_entry(data, "inference_allowed_mirroring_axes");
 });

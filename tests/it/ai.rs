@@ -141,7 +141,7 @@ fn brain_extraction_refuses_missing_or_tampered_models_and_warns_on_a_non_head()
 /// study with no Python, for both architectures nnU-Net v2 plans (PlainConvUNet and the
 /// residual-encoder presets): the labels come back on the input's grid. The segmentation head is
 /// biased towards label 1, so the whole chain (transpose, resample, normalise, windows,
-/// mirroring, resample back, argmax) must carry it through.
+/// resample back, argmax) must carry it through.
 #[test]
 fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -218,6 +218,60 @@ fn an_nnunet_v2_folder_imports_and_runs_end_to_end() -> anyhow::Result<()> {
         let err = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success() && err.contains("UNETR is not supported yet"), "{err}");
         assert!(!models.join("other").exists());
+    }
+    Ok(())
+}
+
+/// nnU-Net v2 mirrors at inference only the axes its checkpoint allows
+/// (`inference_allowed_mirroring_axes`, what its trainer mirrored in training): none for a
+/// trainer without mirroring (`None`), whose labels may have sides, and none when the key is
+/// absent, as nnU-Net's predictor reads it. The import carries them into the package; a value
+/// that is not a tuple of axes is refused with the checkpoint's name.
+#[test]
+fn an_nnunet_v2_import_mirrors_only_the_axes_its_checkpoint_allows() -> anyhow::Result<()> {
+    use lightbox_ai::torch::PlainValue;
+    let dir = tempfile::tempdir()?;
+    let folder = dir.path().join("Dataset001/nnUNetTrainer__nnUNetPlans__3d_fullres");
+    nnunet_folder(&folder, "unet.PlainConvUNet", &serde_json::json!({"n_conv_per_stage": [2, 2, 2]}), false)?;
+    let checkpoint = folder.join("fold_0/checkpoint_final.pth");
+    let tensors: Vec<_> = lightbox_ai::torch::read_zip(&std::fs::read(&checkpoint)?)
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|(n, s, v)| (n.trim_start_matches("network_weights.").to_owned(), s, v))
+        .collect();
+    let key = "inference_allowed_mirroring_axes";
+    for (name, value, expected) in [
+        ("all", Some(PlainValue::Ints(&[0, 1, 2])), Some(vec![0, 1, 2])),
+        ("in-plane", Some(PlainValue::Ints(&[1, 2])), Some(vec![1, 2])),
+        ("none", Some(PlainValue::None), Some(vec![])),
+        ("absent", None, Some(vec![])),
+        ("bad", Some(PlainValue::Ints(&[0, 3])), None),
+    ] {
+        let extra: Vec<(&str, PlainValue<'_>)> = value.into_iter().map(|v| (key, v)).collect();
+        lightbox_ai::torch::write_zip_with(&checkpoint, "network_weights", &tensors, &extra)?;
+        let out = dir.path().join(name);
+        let imported = lightbox_ai::nnunet::import(&folder, "3d_fullres", &[0], name, &out);
+        match expected {
+            Some(axes) => {
+                imported?;
+                let manifest = lightbox_ai::ModelPackage::open(&out)?.manifest;
+                let found: Vec<i64> = manifest.parameters["mirror_axes"]
+                    .as_array()
+                    .ok_or_else(|| anyhow::anyhow!("{name}: no mirror_axes"))?
+                    .iter()
+                    .filter_map(|v| v.as_integer())
+                    .collect();
+                assert_eq!(found, axes, "{name}");
+            }
+            None => {
+                let error = imported.err().ok_or_else(|| anyhow::anyhow!("{name}: imported"))?.to_string();
+                assert!(
+                    error.contains("checkpoint_final.pth") && error.contains(&format!("{key} is [0,3]")),
+                    "{error}"
+                );
+                assert!(!out.exists(), "{name}: a package was written");
+            }
+        }
     }
     Ok(())
 }

@@ -582,6 +582,7 @@ pub fn import(folder: &Path, configuration: &str, folds: &[usize], name: &str, o
             .map_err(|e| err(&checkpoint, e.to_string()))?;
         tensors.extend(one.into_iter().map(|(n, s, v)| (ensemble_name(k, &n), s, v)));
     }
+    let mirror_axes = mirroring_of(&folder.join(format!("fold_{}", folds[0])).join("checkpoint_final.pth"))?;
     let channel = |i: usize| dataset.channel_names.get(&i.to_string()).cloned().unwrap_or_default();
     let spec = PackageSpec {
         name: name.to_owned(),
@@ -595,7 +596,7 @@ pub fn import(folder: &Path, configuration: &str, folds: &[usize], name: &str, o
         intensity_properties: serde_json::to_string(&plans.foreground_intensity_properties_per_channel)
             .unwrap_or_default(),
         use_mask_for_norm: config.use_mask_for_norm.clone(),
-        mirror_axes: vec![0, 1, 2],
+        mirror_axes,
         softmax_per_window: false,
         folds: folds.to_vec(),
         sequences: (0..dataset.channel_names.len()).map(channel).collect(),
@@ -609,6 +610,26 @@ pub fn import(folder: &Path, configuration: &str, folds: &[usize], name: &str, o
         name,
         &format!("the nnU-Net v2 folder `{}` (configuration {configuration}, {})", folder.display(), folds_text(folds)),
     )
+}
+
+/// The axes nnU-Net v2 mirrors at inference, as its predictor reads them: the checkpoint's
+/// `inference_allowed_mirroring_axes`, none when it is `None` (trainers without mirroring, whose
+/// labels may have sides) or absent.
+fn mirroring_of(checkpoint: &Path) -> Result<Vec<usize>, AiError> {
+    let err = |problem: String| AiError::Package { path: checkpoint.to_owned(), problem };
+    let bytes = std::fs::read(checkpoint).map_err(|e| err(e.to_string()))?;
+    let value = crate::torch::read_zip_entry(&bytes, "inference_allowed_mirroring_axes").map_err(err)?;
+    let axes = match &value {
+        None | Some(serde_json::Value::Null) => Some(Vec::new()),
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().map(|a| a.as_u64().filter(|&a| a <= 2).map(|a| a as usize)).collect()
+        }
+        Some(_) => None,
+    };
+    axes.ok_or_else(|| {
+        let found = value.map_or_else(String::new, |v| v.to_string());
+        err(format!("inference_allowed_mirroring_axes is {found}: expected a tuple of the axes 0, 1, 2, or None"))
+    })
 }
 
 /// The model card an imported package starts with, unless it has one: AI output, not for

@@ -676,20 +676,9 @@ pub fn read_zip(bytes: &[u8]) -> Result<Vec<NamedTensor>, String> {
 pub fn read_zip_where(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Vec<NamedTensor>, String> {
     let mut archive =
         zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
-    let pkl = (0..archive.len())
-        .filter_map(|i| archive.name_for_index(i).and_then(|n| n.ok()).map(|n| n.into_owned()))
-        .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
-        .ok_or("no <archive>/data.pkl: not a PyTorch archive")?;
+    let pkl = pickle_name(&archive)?;
     let root = pkl.trim_end_matches("data.pkl").to_owned();
-    let mut read = |name: &str| -> Result<Vec<u8>, String> {
-        let entry = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
-        // An entry holds at most what it declares, and a model's entries are not more than a
-        // thousand times their archive: a crafted archive cannot inflate without bound.
-        let limit = entry.size().min((bytes.len() as u64).saturating_mul(1000));
-        let mut buf = Vec::new();
-        entry.take(limit).read_to_end(&mut buf).map_err(|e| format!("{name}: {e}"))?;
-        Ok(buf)
-    };
+    let mut read = |name: &str| read_entry(&mut archive, bytes.len(), name);
     let tree = unpickle(&read(&pkl)?)?;
     let mut found = Vec::new();
     walk(&tree, "", &mut found);
@@ -731,10 +720,72 @@ pub fn read_zip_where(bytes: &[u8], keep: &dyn Fn(&str) -> bool) -> Result<Vec<N
     Ok(tensors)
 }
 
+/// The name of a PyTorch archive's pickle, `<archive>/data.pkl`.
+fn pickle_name(archive: &zip::ZipArchive<std::io::Cursor<&[u8]>>) -> Result<String, String> {
+    (0..archive.len())
+        .filter_map(|i| archive.name_for_index(i).and_then(|n| n.ok()).map(|n| n.into_owned()))
+        .find(|n| n.ends_with("/data.pkl") && n.matches('/').count() == 1)
+        .ok_or_else(|| "no <archive>/data.pkl: not a PyTorch archive".to_owned())
+}
+
+/// One entry of an archive of `archive_len` bytes, read whole.
+fn read_entry(
+    archive: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>,
+    archive_len: usize,
+    name: &str,
+) -> Result<Vec<u8>, String> {
+    let entry = archive.by_name(name).map_err(|e| format!("{name}: {e}"))?;
+    // An entry holds at most what it declares, and a model's entries are not more than a
+    // thousand times their archive: a crafted archive cannot inflate without bound.
+    let limit = entry.size().min((archive_len as u64).saturating_mul(1000));
+    let mut buf = Vec::new();
+    entry.take(limit).read_to_end(&mut buf).map_err(|e| format!("{name}: {e}"))?;
+    Ok(buf)
+}
+
+/// The plain value under `key` in the dict a PyTorch archive holds (a checkpoint's
+/// `inference_allowed_mirroring_axes`, say) as JSON: Python's `None` is `null`, tuples are
+/// arrays, tensors `null`. `None` when the dict has no such key.
+pub fn read_zip_entry(bytes: &[u8], key: &str) -> Result<Option<serde_json::Value>, String> {
+    let mut archive =
+        zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| format!("not a zip archive: {e}"))?;
+    let pkl = pickle_name(&archive)?;
+    let tree = unpickle(&read_entry(&mut archive, bytes.len(), &pkl)?)?;
+    let items = match &tree {
+        Value::Dict(items) => items,
+        Value::Object { state, .. } => match state.as_ref() {
+            Value::Dict(items) => items,
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    items.iter().find(|(k, _)| matches!(k, Value::Str(s) if s == key)).map(|(_, v)| to_json(v)).transpose()
+}
+
+/// A plain value written beside a checkpoint's tensors by [`write_zip_with`].
+#[derive(Clone, Copy, Debug)]
+pub enum PlainValue<'a> {
+    /// Python's `None`.
+    None,
+    /// A tuple of integers.
+    Ints(&'a [usize]),
+}
+
 /// Writes `tensors` as `torch.save({key: OrderedDict(...)}, path)` would (zip archive, pickle
 /// protocol 2, one float32 storage per tensor): nnU-Net checkpoints are this shape. Lightbox
 /// uses it to make test checkpoints; `read_zip` reads it back.
 pub fn write_zip(path: &std::path::Path, key: &str, tensors: &[NamedTensor]) -> std::io::Result<()> {
+    write_zip_with(path, key, tensors, &[])
+}
+
+/// [`write_zip`] with plain values beside the tensors in the saved dict, as nnU-Net v2 saves
+/// `inference_allowed_mirroring_axes` beside `network_weights`.
+pub fn write_zip_with(
+    path: &std::path::Path,
+    key: &str,
+    tensors: &[NamedTensor],
+    extra: &[(&str, PlainValue<'_>)],
+) -> std::io::Result<()> {
     use std::io::Write;
     fn text(p: &mut Vec<u8>, s: &str) {
         p.push(b'X');
@@ -773,7 +824,16 @@ pub fn write_zip(path: &std::path::Path, key: &str, tensors: &[NamedTensor]) -> 
         ints(&mut p, &stride);
         p.extend_from_slice(b"\x89ccollections\nOrderedDict\n)RtR");
     }
-    p.extend_from_slice(b"uu.");
+    // The OrderedDict's items end; the outer dict's other entries follow.
+    p.push(b'u');
+    for (name, value) in extra {
+        text(&mut p, name);
+        match value {
+            PlainValue::None => p.push(b'N'),
+            PlainValue::Ints(values) => ints(&mut p, values),
+        }
+    }
+    p.extend_from_slice(b"u.");
     let file = std::fs::File::create(path)?;
     let mut zip = zip::ZipWriter::new(file);
     let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
@@ -833,6 +893,22 @@ mod tests {
         let expected: Vec<NamedTensor> =
             tensors.into_iter().map(|(n, s, v)| (format!("network_weights.{n}"), s, v)).collect();
         assert_eq!(back, expected);
+        Ok(())
+    }
+
+    #[test]
+    fn plain_values_beside_the_tensors_read_back_by_key() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("checkpoint_final.pth");
+        let tensors = vec![("w".to_owned(), vec![2], vec![1.0, 2.0])];
+        let extra = [("inference_allowed_mirroring_axes", PlainValue::Ints(&[0, 2])), ("trainer", PlainValue::None)];
+        write_zip_with(&path, "network_weights", &tensors, &extra).map_err(|e| e.to_string())?;
+        let bytes = std::fs::read(&path).map_err(|e| e.to_string())?;
+        assert_eq!(read_zip_entry(&bytes, "inference_allowed_mirroring_axes")?, Some(serde_json::json!([0, 2])));
+        assert_eq!(read_zip_entry(&bytes, "trainer")?, Some(serde_json::Value::Null));
+        assert_eq!(read_zip_entry(&bytes, "current_epoch")?, None);
+        // The tensors are as they were.
+        assert_eq!(read_zip(&bytes)?, vec![("network_weights.w".to_owned(), vec![2], vec![1.0, 2.0])]);
         Ok(())
     }
 
