@@ -391,15 +391,15 @@ fn train_breast_test_model(work: &std::path::Path) -> anyhow::Result<std::path::
 
 /// Sign-off of an AI report (here breast-dce's): `lightbox sign` accepts its findings as a
 /// whole. The signed report is a new, VERIFIED instance naming the radiologist (as verifier and
-/// as a person observer) with the unsigned one as its predecessor and the same measurement
-/// groups, and it goes to the outbox with the SEG it references and the derived subtraction and
+/// as a person observer) with the unsigned one as its predecessor, the same measurement groups
+/// and after them a colleague's own measurement of the series, and it goes to the outbox with the SEG it references and the derived subtraction and
 /// MIP series; nothing had left before. An
 /// edited value is refused (that is threshold-volume's), and a rejection sends nothing.
 #[test]
 fn an_ai_report_is_signed_as_a_whole_and_only_then_queued() -> anyhow::Result<()> {
     use std::process::Command;
 
-    use anyhow::{Context, ensure};
+    use anyhow::{Context, bail, ensure};
     use lightbox_tests::{bin, run_ok};
 
     let dir = tempfile::tempdir()?;
@@ -431,6 +431,25 @@ fn an_ai_report_is_signed_as_a_whole_and_only_then_queued() -> anyhow::Result<()
     ensure!(!edited.status.success() && err.contains("accept or reject"), "{err}");
     ensure!(outbox(&store)? == 0);
 
+    // A colleague's own measurement on the series goes into the report beside the AI's findings.
+    let measured = lightbox(&[
+        "measure",
+        "add",
+        "--series",
+        &series,
+        "--kind",
+        "diameter",
+        "--label",
+        "Mass long axis",
+        "--value",
+        "12.5",
+        "--unit",
+        "mm",
+        "--as",
+        "Roe^Richard",
+    ])?;
+    ensure!(measured.status.success(), "{}", String::from_utf8_lossy(&measured.stderr));
+
     let signed = lightbox(&["sign", "--job", &job, "--as", "Doe^Jane"])?;
     let printed = String::from_utf8_lossy(&signed.stdout);
     ensure!(signed.status.success(), "{printed}{}", String::from_utf8_lossy(&signed.stderr));
@@ -451,7 +470,11 @@ fn an_ai_report_is_signed_as_a_whole_and_only_then_queued() -> anyhow::Result<()
         after.verification
     );
     ensure!(after.observers.first().map(String::as_str) == Some("Doe^Jane"), "{:?}", after.observers);
-    ensure!(after.groups == before.groups && !after.groups.is_empty(), "the signed report's findings differ");
+    let (ai, own) = after.groups.split_at(before.groups.len().min(after.groups.len()));
+    ensure!(ai == before.groups && !ai.is_empty(), "the signed report's AI findings differ");
+    let [own] = own else { bail!("not one own measurement: {own:?}") };
+    ensure!(own.person.as_deref() == Some("Roe^Richard") && own.tracking_id.contains("Mass long axis"), "{own:?}");
+    ensure!(own.measurements.len() == 1 && own.measurements[0].1 == 12.5 && own.measurements[0].2 == "mm", "{own:?}");
     ensure!(after.predecessors == [before.sop_uid.clone()], "{:?}", after.predecessors);
     let queued: Vec<String> = s.outbox(None)?.into_iter().map(|i| i.sop_uid).collect();
     ensure!(

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use anyhow::{Context, ensure};
+use anyhow::{Context, bail, ensure};
 use lightbox_core::Volume;
 use lightbox_dicom::{Code, SegSeries, Segment, SegmentAlgorithm, write_seg};
 use lightbox_tests::{demo_study, run_ok};
@@ -416,6 +416,11 @@ for g in groups:
         "measurements": [{"name": m.name.meaning, "value": float(m.value), "unit": m.unit.value} for m in g.get_measurements()],
         "segment": [seg[0].referenced_sop_instance_uid, int(seg[0].referenced_segment_numbers[0])] if seg is not None else None,
     })
+out["image_groups"] = [
+    {"tracking_id": g.tracking_identifier,
+     "measurements": [{"name": m.name.meaning, "value": float(m.value), "unit": m.unit.value} for m in g.get_measurements()]}
+    for g in sr.content.get_image_measurement_groups()
+]
 print(json.dumps(out))
 "#;
     let printed = run_ok(Command::new(python()).args(["-c", script]).arg(&sr_path))?;
@@ -431,22 +436,61 @@ print(json.dumps(out))
     let value = m["value"].as_f64().context("no value")?;
     ensure!((value - volume_mm3).abs() <= volume_mm3 * 1e-6, "{value} vs {volume_mm3}");
 
-    // The same report signed (how an AI pipeline's report is signed off): still a valid
-    // Comprehensive 3D SR, VERIFIED, with the same groups, naming its predecessor.
+    ensure!(read["image_groups"] == serde_json::json!([]), "{read}");
+
+    // The same report signed (how an AI pipeline's report is signed off), with a radiologist's
+    // own measurement added: still a valid Comprehensive 3D SR, VERIFIED, with the AI's groups
+    // as they were and the radiologist's after them, naming its predecessor.
+    let psa = MeasurementGroup {
+        tracking_id: "Radiologist: Serum PSA".into(),
+        tracking_uid: lightbox_dicom::new_uid(),
+        finding: None,
+        observer: Some(Observer::Person { name: "Roe^Richard".into() }),
+        finding_site: None,
+        segment: None,
+        measurements: vec![Measurement {
+            concept: Code::new("2857-1", "LN", "Prostate specific Ag [Mass/volume] in Serum or Plasma"),
+            value: 6.2,
+            unit: Code::new("ng/mL", "UCUM", "nanogram per milliliter"),
+            algorithm: None,
+        }],
+        qualitative: vec![],
+    };
     let signed_path = dir.path().join("signed.dcm");
-    let signed =
-        lightbox_dicom::sign_sr(&sr_path, "Doe^Jane", "Lightbox Test Hospital", "seg-test/signed", &signed_path)?;
+    let signed = lightbox_dicom::sign_sr(
+        &sr_path,
+        "Doe^Jane",
+        "Lightbox Test Hospital",
+        std::slice::from_ref(&psa),
+        "seg-test/signed",
+        &signed_path,
+    )?;
     ensure!(signed.seg_uids == [seg.sop_uid.clone()], "{signed:?}");
     dciodvfy_clean(&signed_path)?;
     let printed = run_ok(Command::new(python()).args(["-c", script]).arg(&signed_path))?;
     let again: serde_json::Value = serde_json::from_str(printed.trim())?;
     ensure!(again["uid"] == signed.sop_uid.as_str() && again["verification"] == "VERIFIED", "{again}");
     ensure!(again["groups"] == read["groups"], "{again} vs {read}");
+    let expected = serde_json::json!([{"tracking_id": "Radiologist: Serum PSA", "measurements": [
+        {"name": "Prostate specific Ag [Mass/volume] in Serum or Plasma", "value": 6.2, "unit": "ng/mL"}]}]);
+    ensure!(again["image_groups"] == expected, "{again}");
     let reading = lightbox_dicom::read_sr(&signed_path)?;
     ensure!(reading.predecessors == [uid.clone()] && reading.observers.first().map(String::as_str) == Some("Doe^Jane"));
+    let [_, own] = reading.groups.as_slice() else { bail!("{:?}", reading.groups) };
+    ensure!(own.person.as_deref() == Some("Roe^Richard") && own.segment.is_none(), "{own:?}");
+    // A measurement that claims a segment is not the radiologist's to add at signing.
+    let claims = MeasurementGroup { segment: Some(SegmentRef { seg: seg.clone(), number: 1 }), ..psa };
+    let refused = lightbox_dicom::sign_sr(&sr_path, "Doe^Jane", "H", &[claims], "y", &dir.path().join("y.dcm"));
+    ensure!(refused.is_err_and(|e| e.to_string().contains("refers to a segment")));
     // Signing twice is refused.
-    let twice =
-        lightbox_dicom::sign_sr(&signed_path, "Doe^Jane", "Lightbox Test Hospital", "x", &dir.path().join("x.dcm"));
+    let twice = lightbox_dicom::sign_sr(
+        &signed_path,
+        "Doe^Jane",
+        "Lightbox Test Hospital",
+        &[],
+        "x",
+        &dir.path().join("x.dcm"),
+    );
     ensure!(twice.is_err_and(|e| e.to_string().contains("signed already")));
     Ok(())
 }

@@ -199,44 +199,7 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
     let group = container("CONTAINS", &dcm("126200", "Image Library Group"), library_images);
     content.push(container("CONTAINS", &dcm("111028", "Image Library"), vec![group]));
 
-    let groups: Vec<InMemDicomObject> = report
-        .groups
-        .iter()
-        .map(|g| {
-            let mut items = g.observer.as_ref().map(observer_context).unwrap_or_default();
-            items.push(text_item("HAS OBS CONTEXT", &dcm("112039", "Tracking Identifier"), &g.tracking_id));
-            items.push(uidref("HAS OBS CONTEXT", &dcm("112040", "Tracking Unique Identifier"), &g.tracking_uid));
-            if let Some(finding) = &g.finding {
-                items.push(code("CONTAINS", &dcm("121071", "Finding"), finding));
-            }
-            if let Some(site) = &g.finding_site {
-                items.push(code("HAS CONCEPT MOD", &Code::new("363698007", "SCT", "Finding Site"), site));
-            }
-            if let Some(segment) = &g.segment {
-                items.push(image_item(
-                    "CONTAINS",
-                    Some(&dcm("121191", "Referenced Segment")),
-                    uids::SEGMENTATION_STORAGE,
-                    &segment.seg.sop_uid,
-                    Some(segment.number),
-                ));
-                items.push(uidref("CONTAINS", &dcm("121232", "Source series for segmentation"), r.series_uid.as_str()));
-            }
-            for m in &g.measurements {
-                items.push(num("CONTAINS", m));
-            }
-            for (concept, value) in &g.qualitative {
-                items.push(code("CONTAINS", concept, value));
-            }
-            let mut group = container("CONTAINS", &dcm("125007", "Measurement Group"), items);
-            let mut template = InMemDicomObject::new_empty();
-            text(&mut template, tags::MAPPING_RESOURCE, VR::CS, "DCMR");
-            let id = if g.segment.is_some() { "1411" } else { "1501" };
-            text(&mut template, tags::TEMPLATE_IDENTIFIER, VR::CS, id);
-            sequence(&mut group, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template]);
-            group
-        })
-        .collect();
+    let groups: Vec<InMemDicomObject> = report.groups.iter().map(|g| group_item(g, r.series_uid.as_str())).collect();
     // TID 1500 has no empty "Imaging Measurements" container: leave it out when there is nothing.
     if !groups.is_empty() {
         content.push(container("CONTAINS", &dcm("126010", "Imaging Measurements"), groups));
@@ -245,6 +208,43 @@ pub fn write_sr(set: &DisplaySet, t: u32, report: &MeasurementReport, path: &Pat
 
     write_file(obj, path)?;
     Ok(sop_uid)
+}
+
+/// One measurement group (TID 1411 when it measures a segment of a SEG made from
+/// `source_series`, TID 1501 otherwise) as a content item.
+fn group_item(g: &MeasurementGroup, source_series: &str) -> InMemDicomObject {
+    let mut items = g.observer.as_ref().map(observer_context).unwrap_or_default();
+    items.push(text_item("HAS OBS CONTEXT", &dcm("112039", "Tracking Identifier"), &g.tracking_id));
+    items.push(uidref("HAS OBS CONTEXT", &dcm("112040", "Tracking Unique Identifier"), &g.tracking_uid));
+    if let Some(finding) = &g.finding {
+        items.push(code("CONTAINS", &dcm("121071", "Finding"), finding));
+    }
+    if let Some(site) = &g.finding_site {
+        items.push(code("HAS CONCEPT MOD", &Code::new("363698007", "SCT", "Finding Site"), site));
+    }
+    if let Some(segment) = &g.segment {
+        items.push(image_item(
+            "CONTAINS",
+            Some(&dcm("121191", "Referenced Segment")),
+            uids::SEGMENTATION_STORAGE,
+            &segment.seg.sop_uid,
+            Some(segment.number),
+        ));
+        items.push(uidref("CONTAINS", &dcm("121232", "Source series for segmentation"), source_series));
+    }
+    for m in &g.measurements {
+        items.push(num("CONTAINS", m));
+    }
+    for (concept, value) in &g.qualitative {
+        items.push(code("CONTAINS", concept, value));
+    }
+    let mut group = container("CONTAINS", &dcm("125007", "Measurement Group"), items);
+    let mut template = InMemDicomObject::new_empty();
+    template.put(DataElement::new(tags::MAPPING_RESOURCE, VR::CS, PrimitiveValue::from("DCMR")));
+    let id = if g.segment.is_some() { "1411" } else { "1501" };
+    template.put(DataElement::new(tags::TEMPLATE_IDENTIFIER, VR::CS, PrimitiveValue::from(id)));
+    sequence(&mut group, tags::CONTENT_TEMPLATE_SEQUENCE, vec![template]);
+    group
 }
 
 /// VERIFIED by `name` of `organization` at `datetime` (DT): the flag and the Verifying Observer
@@ -388,14 +388,16 @@ pub struct SignedSr {
 
 /// Signs an unverified report (`unsigned`, as an AI pipeline wrote it): a new instance at
 /// `out`, the same content with `signer` as a person observer (TID 1002, before the devices),
-/// `VERIFIED` with the signer and `organization` in the Verifying Observer Sequence, and the
-/// unsigned report as its predecessor (Predecessor Documents Sequence). Its instance and
-/// series UIDs are derived from `uid_seed`. A report that is already verified, or not an SR,
-/// is refused.
+/// the radiologists' own measurement groups `added` after the AI's (each naming its person
+/// observer; they measure no segment), `VERIFIED` with the signer and `organization` in the
+/// Verifying Observer Sequence, and the unsigned report as its predecessor (Predecessor
+/// Documents Sequence). Its instance and series UIDs are derived from `uid_seed`. A report
+/// that is already verified, or not an SR, is refused.
 pub fn sign_sr(
     unsigned: &Path,
     signer: &str,
     organization: &str,
+    added: &[MeasurementGroup],
     uid_seed: &str,
     out: &Path,
 ) -> Result<SignedSr, DicomError> {
@@ -412,6 +414,9 @@ pub fn sign_sr(
     let (signer, organization) = (signer.trim(), organization.trim());
     if signer.is_empty() || organization.is_empty() {
         return Err(bad("a signature needs the signer's name and organization".into()));
+    }
+    if added.iter().any(|g| g.segment.is_some()) {
+        return Err(bad("a radiologist's measurement added at signing that refers to a segment".into()));
     }
     let description = get(tags::SERIES_DESCRIPTION);
     let (old_sop, old_series, study, sop_class) = (
@@ -453,6 +458,30 @@ pub fn sign_sr(
         .unwrap_or(content.len().min(1));
     for (k, item) in observer_context(&Observer::Person { name: signer.to_owned() }).into_iter().enumerate() {
         content.insert(at + k, item);
+    }
+    // The radiologists' own measurements, after the AI's in "Imaging Measurements" (added
+    // when the AI's report has none).
+    if !added.is_empty() {
+        let is_measurements = |item: &InMemDicomObject| {
+            item.get(tags::CONCEPT_NAME_CODE_SEQUENCE)
+                .and_then(|e| e.items())
+                .and_then(|codes| codes.first())
+                .and_then(|c| crate::header::text(c, tags::CODE_VALUE))
+                .is_some_and(|v| v == "126010")
+        };
+        let groups = added.iter().map(|g| group_item(g, ""));
+        match content.iter_mut().find(|item| is_measurements(item)) {
+            Some(measurements) => {
+                let mut children: Vec<InMemDicomObject> = measurements
+                    .get(tags::CONTENT_SEQUENCE)
+                    .and_then(|e| e.items())
+                    .map(<[_]>::to_vec)
+                    .unwrap_or_default();
+                children.extend(groups);
+                sequence(measurements, tags::CONTENT_SEQUENCE, children);
+            }
+            None => content.push(container("CONTAINS", &dcm("126010", "Imaging Measurements"), groups.collect())),
+        }
     }
     sequence(&mut obj, tags::CONTENT_SEQUENCE, content);
     // The SEG instances among the evidence.

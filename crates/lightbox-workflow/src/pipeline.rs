@@ -1223,7 +1223,11 @@ fn sign_ai_report(
     let out = results_dir(store)?;
     let path = out.path().join("signed-sr.dcm");
     let seed = format!("{}/signed-by/{radiologist}", job.key);
-    let signed = lightbox_dicom::sign_sr(&unsigned, radiologist, &crate::settings::institution(), &seed, &path)?;
+    // The radiologists' own measurements on the series (the PSA and PSA density a prostate
+    // report takes, lengths drawn in the viewer) go in beside the AI's findings, as theirs.
+    let own = radiologist_groups(store, &series, &job.key, Some(radiologist))?;
+    let institution = crate::settings::institution();
+    let signed = lightbox_dicom::sign_sr(&unsigned, radiologist, &institution, &own, &seed, &path)?;
     let mut files = vec![path];
     for seg in &signed.seg_uids {
         files.push(store.instance_file(seg)?.ok_or_else(|| {
@@ -1241,7 +1245,12 @@ fn sign_ai_report(
     record(
         store,
         &mut result,
-        format!("SR {} with {} SEG(s), AI findings accepted", signed.sop_uid, signed.seg_uids.len()),
+        format!(
+            "SR {} with {} SEG(s), AI findings accepted, {} own measurement(s)",
+            signed.sop_uid,
+            signed.seg_uids.len(),
+            own.len()
+        ),
     )?;
     Ok(outcome)
 }
