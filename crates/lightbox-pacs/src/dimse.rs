@@ -226,8 +226,21 @@ struct Incoming {
     sop_class: String,
     sop_uid: String,
     path: PathBuf,
+    /// Closed before `_part` deletes the file (fields drop in order).
     file: BufWriter<std::fs::File>,
     bytes: u64,
+    _part: PartFile,
+}
+
+/// Deletes a partial file when dropped: whichever way the association ends (a write that fails
+/// on a full disk, a lost peer, a command set that does not parse), no `.part` file stays
+/// behind to keep the disk full.
+struct PartFile(PathBuf);
+
+impl Drop for PartFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 fn serve_association(
@@ -414,7 +427,9 @@ fn begin_file(
         .build()
         .map_err(std::io::Error::other)?;
     let path = dir.join(format!("scp-{}-{}.part", std::process::id(), fastrand::u64(..)));
-    let mut file = BufWriter::with_capacity(256 * 1024, std::fs::File::create(&path)?);
+    let created = std::fs::File::create(&path)?;
+    let part = PartFile(path.clone());
+    let mut file = BufWriter::with_capacity(256 * 1024, created);
     file.write_all(&[0u8; 128])?;
     file.write_all(b"DICM")?;
     meta.write(&mut file).map_err(std::io::Error::other)?;
@@ -426,14 +441,13 @@ fn begin_file(
         path,
         file,
         bytes: 0,
+        _part: part,
     })
 }
 
+/// Ends a C-STORE the peer did not finish: its partial file goes.
 fn drop_incoming(incoming: Option<Incoming>) {
-    if let Some(incoming) = incoming {
-        drop(incoming.file);
-        let _ = std::fs::remove_file(&incoming.path);
-    }
+    drop(incoming);
 }
 
 /// Closes the file and imports it; the status to answer and the event to report.
@@ -701,5 +715,23 @@ fn read_response_status(association: &mut dicom_ul::association::ClientAssociati
             Pdu::AbortRQ { source } => return Err(format!("the peer aborted: {source:?}")),
             other => return Err(format!("unexpected PDU {other:?}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The `.part` file of a C-STORE goes when its `Incoming` is dropped without being
+    /// finished: what every early return of an association (`?`) does.
+    #[test]
+    fn a_partial_file_is_deleted_however_its_c_store_ends() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mr = "1.2.840.10008.5.1.4.1.1.4";
+        let incoming = super::begin_file(dir.path(), mr, "1.2.3.4", "1.2.840.10008.1.2.1", 7, 1)?;
+        let path = incoming.path.clone();
+        assert!(path.exists());
+        drop(incoming);
+        assert!(!path.exists(), "{} left behind", path.display());
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
+        Ok(())
     }
 }
