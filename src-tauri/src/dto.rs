@@ -151,19 +151,17 @@ pub struct WorklistDto {
     rows: Vec<WorklistRowDto>,
     /// Why the PACS part is missing (unreachable), if it is.
     warning: Option<String>,
+    /// More studies match than were listed (200 from each side): narrow the search.
+    more: bool,
     /// Name of the configured PACS, if any.
     pacs: Option<String>,
     store: String,
 }
 
 impl WorklistDto {
-    pub fn new(
-        entries: Vec<lightbox_workflow::pacs::WorklistEntry>,
-        warning: Option<String>,
-        pacs: Option<String>,
-        store: &std::path::Path,
-    ) -> Self {
-        let rows = entries
+    pub fn new(merged: lightbox_workflow::pacs::MergedWorklist, pacs: Option<String>, store: &std::path::Path) -> Self {
+        let rows = merged
+            .entries
             .into_iter()
             .map(|e| WorklistRowDto {
                 study_uid: e.study_uid,
@@ -181,7 +179,7 @@ impl WorklistDto {
                 sent: e.sent,
             })
             .collect();
-        Self { rows, warning, pacs, store: store.display().to_string() }
+        Self { rows, warning: merged.warning, more: merged.more, pacs, store: store.display().to_string() }
     }
 }
 

@@ -190,15 +190,16 @@ async fn off_ui<T: Send + 'static>(
 async fn worklist(site: tauri::State<'_, Site>, query: WorklistQueryDto) -> Result<WorklistDto, ErrorDto> {
     let (store, pacs) = (site.store.clone(), site.pacs());
     off_ui(move |rt| {
-        let (rows, warning) =
+        let merged =
             rt.block_on(lightbox_workflow::pacs::worklist_with_pacs(&store, pacs.as_ref(), &query.to_query()))?;
-        let on_pacs = rows.iter().filter(|r| r.pacs_instances.is_some()).count();
+        let on_pacs = merged.entries.iter().filter(|r| r.pacs_instances.is_some()).count();
         eprintln!(
-            "lightbox-workstation: worklist: {} rows, {on_pacs} on the PACS{}",
-            rows.len(),
-            if warning.is_some() { " (PACS unreachable)" } else { "" }
+            "lightbox-workstation: worklist: {} rows, {on_pacs} on the PACS{}{}",
+            merged.entries.len(),
+            if merged.warning.is_some() { " (PACS unreachable)" } else { "" },
+            if merged.more { " (more match)" } else { "" }
         );
-        Ok(WorklistDto::new(rows, warning, pacs.map(|p| p.name), &store))
+        Ok(WorklistDto::new(merged, pacs.map(|p| p.name), &store))
     })
     .await
 }

@@ -447,6 +447,11 @@ async fn qido_wildcards_at_signs_dates_paging_and_spaces() -> anyhow::Result<()>
     // space matches nothing this way. '?' (any one character) finds it.
     ensure!(find("PatientName", "DOE JOHN*").await?.is_empty(), "Orthanc now decodes %20: update this test");
     ensure!(ids(&find("PatientName", "DOE?JOHN*").await?) == set(&["12343@x", "P-4"]));
+    // The worklist's search (workstation and `lightbox pacs query --name`) does that for the user.
+    let typed =
+        lightbox_store::WorklistQuery { patient_name: Some(" DOE JOHN* ".into()), limit: 50, ..Default::default() };
+    let found = client.search_studies(&lightbox_workflow::pacs::qido_for(&typed)).await?;
+    ensure!(ids(&found) == set(&["12343@x", "P-4"]), "{found:?}");
     Ok(())
 }
 
@@ -1382,20 +1387,28 @@ async fn worklist_merges_local_and_pacs_studies_and_survives_an_offline_pacs() -
     let settings =
         PacsSettings { name: "orthanc".into(), web: config_for(&orthanc.dicomweb_url(), &orthanc), dimse: None };
     let query = lightbox_store::WorklistQuery { limit: 50, ..Default::default() };
-    let (rows, warning) = worklist_with_pacs(&store_dir, Some(&settings), &query).await?;
-    ensure!(warning.is_none(), "{warning:?}");
+    let merged = worklist_with_pacs(&store_dir, Some(&settings), &query).await?;
+    let rows = &merged.entries;
+    ensure!(merged.warning.is_none() && !merged.more, "{merged:?}");
     ensure!(rows.len() == 2, "{rows:?}");
     let local = rows.iter().find(|r| r.study_uid == both.study).context("local study missing")?;
     ensure!(local.local_instances == 5 && local.pacs_instances == Some(5), "{local:?}");
     let remote = rows.iter().find(|r| r.study_uid == remote_only.study).context("PACS study missing")?;
     ensure!(remote.local_instances == 0 && remote.pacs_instances == Some(3), "{remote:?}");
+    // At a limit of one study per side, the PACS has one more than it lists: said, not hidden.
+    let one = lightbox_store::WorklistQuery { limit: 1, ..Default::default() };
+    let merged = worklist_with_pacs(&store_dir, Some(&settings), &one).await?;
+    ensure!(merged.more && merged.entries.len() <= 2, "{merged:?}");
+    let one_local = worklist_with_pacs(&store_dir, None, &one).await?;
+    ensure!(!one_local.more && one_local.entries.len() == 1, "the store has one study: {one_local:?}");
 
     orthanc.kill()?;
     let mut offline = settings.clone();
     offline.web.retry = RetryPolicy { attempts: 1, ..quick_retry() };
-    let (rows, warning) = worklist_with_pacs(&store_dir, Some(&offline), &query).await?;
+    let merged = worklist_with_pacs(&store_dir, Some(&offline), &query).await?;
+    let rows = &merged.entries;
     ensure!(rows.len() == 1 && rows[0].study_uid == both.study, "{rows:?}");
-    let warning = warning.context("no warning while the PACS is down")?;
+    let warning = merged.warning.context("no warning while the PACS is down")?;
     ensure!(warning.contains("not reachable, showing local studies only"), "{warning}");
     Ok(())
 }

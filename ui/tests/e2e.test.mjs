@@ -174,6 +174,17 @@ test("worklist: sort by any column and page through many studies", async () => {
   const descending = await rows.locator("td:nth-child(2)").allInnerTexts();
   assert.deepEqual(descending, [...descending].sort((a, b) => b.localeCompare(a)));
   assert.equal(await page.getByTestId("sort-id").locator("xpath=..").getAttribute("aria-sort"), "descending");
+
+  // More than are listed: the status says so, and a narrower search lists them all.
+  await page.evaluate(() => (window.lightboxMockStudies = 250));
+  await page.getByTestId("q-name").focus();
+  await page.keyboard.press("Enter");
+  await status.filter({ hasText: "200 studies" }).waitFor();
+  assert.match(await status.innerText(), /more match than are listed: narrow the search/);
+  assert.match(await status.getAttribute("class"), /error/);
+  await page.getByTestId("q-from").fill("20260101");
+  await page.keyboard.press("Enter");
+  await status.filter({ hasText: /^\d+ studies in the local store and PACS mock-pacs$/ }).waitFor();
 });
 
 test("outbox: a pending row can be taken out and put back", async () => {

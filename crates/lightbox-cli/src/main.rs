@@ -1259,11 +1259,17 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
                 }
                 return Ok(());
             }
-            let mut query = pacs::qido_for(&filter.worklist_query());
+            // One more than the limit tells whether there are more.
+            let mut wanted = filter.worklist_query();
+            let (limit, offset) = (wanted.limit.max(1), wanted.offset);
+            wanted.limit = limit.saturating_add(1);
+            let mut query = pacs::qido_for(&wanted);
             if fuzzy {
                 query = query.fuzzy();
             }
-            for s in runtime.block_on(pacs::pacs_search_studies(&settings, &query))? {
+            let found = runtime.block_on(pacs::pacs_search_studies(&settings, &query))?;
+            let more = found.len() > limit as usize;
+            for s in found.into_iter().take(limit as usize) {
                 let count = |n: Option<i64>| n.map_or_else(|| "?".into(), |n| n.to_string());
                 let (series, instances) = (count(s.series), count(s.instances));
                 println!(
@@ -1278,6 +1284,12 @@ fn pacs_command(args: &PacsArgs, command: PacsCommand) -> anyhow::Result<()> {
                         &s.description,
                         &s.study_uid
                     )
+                );
+            }
+            if more {
+                eprintln!(
+                    "more studies match: narrow the search, or list the next ones with --offset {}",
+                    offset.saturating_add(limit)
                 );
             }
         }

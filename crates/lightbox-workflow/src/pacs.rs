@@ -225,7 +225,9 @@ pub fn fetch_prior_blocking(
     runtime.block_on(fetch_prior(store_dir, settings, series_uid))
 }
 
-/// The QIDO-RS study search for worklist filters (same wildcards; dates as a DA range).
+/// The QIDO-RS study search for worklist filters (same wildcards; dates as a DA range). A space
+/// inside a value is sent as `?` (any one character): a URL carries it as `%20`, which Orthanc
+/// does not decode, so "VAN DER BERG*" would find nobody there; every PACS takes `?`.
 pub fn qido_for(query: &lightbox_store::WorklistQuery) -> QidoQuery {
     let mut qido = QidoQuery::new().limit(query.limit.max(1)).offset(query.offset);
     for (key, value) in [
@@ -234,8 +236,8 @@ pub fn qido_for(query: &lightbox_store::WorklistQuery) -> QidoQuery {
         ("AccessionNumber", &query.accession_number),
         ("ModalitiesInStudy", &query.modality),
     ] {
-        if let Some(value) = value.as_deref().filter(|v| !v.is_empty()) {
-            qido = qido.matching(key, value);
+        if let Some(value) = value.as_deref().map(str::trim).filter(|v| !v.is_empty()) {
+            qido = qido.matching(key, &value.replace(' ', "?"));
         }
     }
     if query.date_from.is_some() || query.date_to.is_some() {
@@ -269,14 +271,31 @@ pub struct WorklistEntry {
     pub sent: usize,
 }
 
+/// The merged worklist: local and PACS studies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MergedWorklist {
+    pub entries: Vec<WorklistEntry>,
+    /// Why the PACS's studies are missing (it is unreachable), if they are.
+    pub warning: Option<String>,
+    /// More studies match than the query's limit, in the store or on the PACS: the list is not
+    /// all of them, and the search should be narrowed.
+    pub more: bool,
+}
+
 /// The local store's studies and, when a PACS is configured and reachable, its matching
-/// studies, merged by Study Instance UID, newest first. An unreachable PACS is not an error:
-/// the local list comes back with the reason (offline first).
+/// studies, merged by Study Instance UID, newest first. Each side gives at most the query's
+/// limit, and says when it has more. An unreachable PACS is not an error: the local list
+/// comes back with the reason (offline first).
 pub async fn worklist_with_pacs(
     store_dir: &Path,
     settings: Option<&PacsSettings>,
     query: &lightbox_store::WorklistQuery,
-) -> Result<(Vec<WorklistEntry>, Option<String>), WorkflowError> {
+) -> Result<MergedWorklist, WorkflowError> {
+    // One more than the limit tells whether there are more.
+    let limit = query.limit.max(1);
+    let wider = lightbox_store::WorklistQuery { limit: limit.saturating_add(1), ..query.clone() };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let mut more = false;
     let store = Store::open(store_dir)?;
     let pending_uids: Vec<String> = store
         .outbox(None)?
@@ -294,8 +313,10 @@ pub async fn worklist_with_pacs(
             counts.1 += usize::from(row.signed_by.is_some());
         }
     }
-    let mut entries: Vec<WorklistEntry> = store
-        .worklist(query)?
+    let mut local = store.worklist(&wider)?;
+    more |= local.len() > limit;
+    local.truncate(limit);
+    let mut entries: Vec<WorklistEntry> = local
         .into_iter()
         .map(|s| WorklistEntry {
             outbox_pending: pending_uids.iter().filter(|u| **u == s.study_uid).count(),
@@ -316,9 +337,11 @@ pub async fn worklist_with_pacs(
     drop(store);
     let mut warning = None;
     if let Some(settings) = settings {
-        let qido = qido_for(query);
+        let qido = qido_for(&wider);
         match pacs_search_studies(settings, &qido).await {
-            Ok(remote) => {
+            Ok(mut remote) => {
+                more |= remote.len() > limit;
+                remote.truncate(limit);
                 for r in remote {
                     match entries.iter_mut().find(|e| e.study_uid == r.study_uid) {
                         Some(e) => e.pacs_instances = r.instances,
@@ -341,7 +364,7 @@ pub async fn worklist_with_pacs(
         }
     }
     entries.sort_by(|a, b| b.date.cmp(&a.date).then_with(|| a.study_uid.cmp(&b.study_uid)));
-    Ok((entries, warning))
+    Ok(MergedWorklist { entries, warning, more })
 }
 
 /// What [`outbox_enqueue`] queued.

@@ -41,13 +41,12 @@ export function mockBackend(list: SeriesList = demoList): Backend & { opened: st
       opened.push(uid);
     },
     uiReady: async () => {},
-    worklist: async (query) => ({
-      // Tests add studies with `window.lightboxMockStudies = N`.
-      rows: filterWorklist([...rows, ...extraStudies((globalThis as { lightboxMockStudies?: number }).lightboxMockStudies ?? 0)], query),
-      warning: null,
-      pacs: "mock-pacs",
-      store: "/mock/store",
-    }),
+    worklist: async (query) => {
+      // Tests add studies with `window.lightboxMockStudies = N`. At most 200 are listed, as
+      // the workstation lists at most 200 from each side.
+      const all = filterWorklist([...rows, ...extraStudies((globalThis as { lightboxMockStudies?: number }).lightboxMockStudies ?? 0)], query);
+      return { rows: all.slice(0, 200), warning: null, more: all.length > 200, pacs: "mock-pacs", store: "/mock/store" };
+    },
     retrieveStudy: async (studyUid, total, onProgress) => {
       const row = rows.find((r) => r.studyUid === studyUid);
       if (!row || row.pacsInstances === null) throw { code: "pacs-http-error", message: `study ${studyUid} not on the PACS` };

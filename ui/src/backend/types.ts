@@ -75,6 +75,8 @@ export interface Worklist {
   rows: WorklistRow[];
   /** Why PACS studies are missing (e.g. unreachable), if they are. */
   warning: string | null;
+  /** More studies match than were listed (200 from the store, 200 from the PACS). */
+  more: boolean;
   /** Name of the configured PACS, if any. */
   pacs: string | null;
   store: string;
