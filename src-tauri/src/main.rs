@@ -428,7 +428,11 @@ async fn cancel_outbox(site: tauri::State<'_, Site>, id: i64) -> Result<bool, Er
 #[tauri::command]
 async fn retry_outbox(site: tauri::State<'_, Site>, id: i64) -> Result<(), ErrorDto> {
     let store = site.store.clone();
-    off_ui(move |_| Ok(lightbox_workflow::pacs::outbox_retry(&store, id)?)).await
+    off_ui(move |_| match lightbox_workflow::pacs::outbox_retry(&store, id)? {
+        true => Ok(()),
+        false => Err(ErrorDto::new("outbox_state", format!("outbox item {id} was not refused or cancelled"))),
+    })
+    .await
 }
 
 #[tauri::command]

@@ -914,7 +914,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             OutboxCommand::Retry { id, store } => {
                 let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
-                lightbox_workflow::pacs::outbox_retry(&store, id)?;
+                anyhow::ensure!(
+                    lightbox_workflow::pacs::outbox_retry(&store, id)?,
+                    "outbox item {id} was not refused or cancelled: nothing to retry (see `lightbox outbox list`)"
+                );
                 println!("outbox item {id} queued again");
             }
         },

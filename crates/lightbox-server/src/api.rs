@@ -9,7 +9,7 @@ use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use lightbox_workflow::WorkflowError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -514,6 +514,37 @@ async fn cancel_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, Pa
     }
 }
 
+#[utoipa::path(post, path = "/jobs/{id}/retry", tag = "jobs", params(("id" = i64, Path, description = "Job id")),
+    responses((status = 202, description = "Queued again; the engine runs it", body = Job),
+              (status = 404, description = "No such job", body = ErrorBody),
+              (status = 409, description = "Not failed, cancelled or waiting (queued, running, done or superseded)", body = ErrorBody)))]
+async fn retry_job(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathRejection>) -> Response {
+    let Ok(Path(id)) = id else {
+        return error(StatusCode::NOT_FOUND, "unknown_job", "no such job (ids are integers)");
+    };
+    let store = state.config.store.clone();
+    let done = blocking(move || {
+        let requeued = lightbox_workflow::pipeline::requeue(&store, id, "api")?;
+        Ok((requeued, lightbox_workflow::pipeline::job_row(&store, id)?))
+    })
+    .await;
+    match done {
+        Ok((true, Some(row))) => {
+            if let Some(engine) = &state.engine {
+                engine.wake();
+            }
+            (StatusCode::ACCEPTED, Json(job_dto(row))).into_response()
+        }
+        Ok((false, Some(row))) => error(
+            StatusCode::CONFLICT,
+            "job_not_retryable",
+            format!("job {id} is {}: only a failed, cancelled or waiting job is run again", row.state),
+        ),
+        Ok((_, None)) => error(StatusCode::NOT_FOUND, "unknown_job", format!("no job {id}")),
+        Err(r) => r,
+    }
+}
+
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct RuleDto {
     pub name: String,
@@ -577,25 +608,94 @@ pub struct OutboxItem {
 async fn list_outbox(State(state): State<Arc<AppState>>) -> Response {
     let store = state.config.store.clone();
     match blocking(move || lightbox_workflow::pacs::outbox_list(&store)).await {
-        Ok(items) => Json(
-            items
-                .into_iter()
-                .map(|i| OutboxItem {
-                    id: i.id,
-                    sop_uid: i.sop_uid,
-                    study_uid: i.study_uid,
-                    destination: i.destination,
-                    state: i.state.as_str().to_owned(),
-                    attempts: i.attempts,
-                    last_error: i.last_error,
-                    created_at: i.created_at,
-                    sent_at: i.sent_at,
-                })
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
+        Ok(items) => Json(items.into_iter().map(outbox_dto).collect::<Vec<_>>()).into_response(),
         Err(r) => r,
     }
+}
+
+fn outbox_dto(i: lightbox_workflow::pacs::OutboxItem) -> OutboxItem {
+    OutboxItem {
+        id: i.id,
+        sop_uid: i.sop_uid,
+        study_uid: i.study_uid,
+        destination: i.destination,
+        state: i.state.as_str().to_owned(),
+        attempts: i.attempts,
+        last_error: i.last_error,
+        created_at: i.created_at,
+        sent_at: i.sent_at,
+    }
+}
+
+/// Changes one outbox row by `change` (true when it applied) and answers with the row: 202,
+/// 404 when there is no such row, 409 with `refusal` when the change did not apply.
+async fn change_outbox_row(
+    state: &AppState,
+    id: Result<Path<i64>, PathRejection>,
+    change: fn(&std::path::Path, i64) -> Result<bool, WorkflowError>,
+    refusal: &'static str,
+) -> Response {
+    let Ok(Path(id)) = id else {
+        return error(StatusCode::NOT_FOUND, "unknown_outbox_item", "no such outbox item (ids are integers)");
+    };
+    let store = state.config.store.clone();
+    let done = blocking(move || {
+        let Some(_) = lightbox_workflow::pacs::outbox_list(&store)?.into_iter().find(|i| i.id == id) else {
+            return Ok(None);
+        };
+        let changed = change(&store, id)?;
+        Ok(lightbox_workflow::pacs::outbox_list(&store)?.into_iter().find(|i| i.id == id).map(|i| (changed, i)))
+    })
+    .await;
+    match done {
+        Ok(Some((true, item))) => (StatusCode::ACCEPTED, Json(outbox_dto(item))).into_response(),
+        Ok(Some((false, item))) => error(
+            StatusCode::CONFLICT,
+            "outbox_state",
+            format!("outbox item {id} is {}: {refusal}", item.state.as_str()),
+        ),
+        Ok(None) => error(StatusCode::NOT_FOUND, "unknown_outbox_item", format!("no outbox item {id}")),
+        Err(r) => r,
+    }
+}
+
+#[utoipa::path(post, path = "/outbox/{id}/retry", tag = "service", params(("id" = i64, Path, description = "Outbox item id")),
+    responses((status = 202, description = "Queued again (pending); sent now when a PACS is configured", body = OutboxItem),
+              (status = 404, description = "No such item", body = ErrorBody),
+              (status = 409, description = "Not failed or cancelled", body = ErrorBody)))]
+async fn retry_outbox_item(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathRejection>) -> Response {
+    let answer = change_outbox_row(
+        &state,
+        id,
+        lightbox_workflow::pacs::outbox_retry,
+        "only a refused (failed) or cancelled item is queued again",
+    )
+    .await;
+    // Send it now, as the workstation's "Send now" does, rather than at the next job's results.
+    if answer.status() == StatusCode::ACCEPTED
+        && let Some(pacs) = state.config.pacs.clone()
+    {
+        let store = state.config.store.clone();
+        tokio::task::spawn_blocking(move || match lightbox_workflow::pacs::outbox_drain_blocking(&store, &pacs) {
+            Ok(report) => tracing::info!(target: "lightbox::outbox", "retry: {report:?}"),
+            Err(e) => tracing::warn!(target: "lightbox::outbox", "retry: sending failed: {e}"),
+        });
+    }
+    answer
+}
+
+#[utoipa::path(delete, path = "/outbox/{id}", tag = "service", params(("id" = i64, Path, description = "Outbox item id")),
+    responses((status = 202, description = "Taken out of the outbox (cancelled); `retry` puts it back", body = OutboxItem),
+              (status = 404, description = "No such item", body = ErrorBody),
+              (status = 409, description = "Being sent, sent, or cancelled already", body = ErrorBody)))]
+async fn cancel_outbox_item(State(state): State<Arc<AppState>>, id: Result<Path<i64>, PathRejection>) -> Response {
+    change_outbox_row(
+        &state,
+        id,
+        lightbox_workflow::pacs::outbox_cancel,
+        "only a pending or refused (failed) item can be taken out",
+    )
+    .await
 }
 
 #[derive(Serialize, Deserialize, ToSchema)]
@@ -635,7 +735,8 @@ async fn not_found() -> Response {
 #[openapi(
     info(title = "Lightbox", description = "The Lightbox workflow engine: studies, analysis jobs and their results, the outbox. \
 Research use only; AI output is not a diagnosis."),
-    paths(health, list_studies, list_series, series_results, list_jobs, create_job, get_job, cancel_job, list_rules, list_outbox, list_models),
+    paths(health, list_studies, list_series, series_results, list_jobs, create_job, get_job, cancel_job, retry_job, list_rules,
+          list_outbox, retry_outbox_item, cancel_outbox_item, list_models),
     components(schemas(ErrorBody, Health, Study, StudyPage, Series, AnalysisResult, Job, NewJob, RuleDto, OutboxItem, Model)),
     tags((name = "studies"), (name = "jobs"), (name = "service"))
 )]
@@ -658,8 +759,11 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
         .route("/studies/{study_uid}/series/{series_uid}/results", get(series_results))
         .route("/jobs", get(list_jobs).post(create_job))
         .route("/jobs/{id}", get(get_job).delete(cancel_job))
+        .route("/jobs/{id}/retry", post(retry_job))
         .route("/rules", get(list_rules))
         .route("/outbox", get(list_outbox))
+        .route("/outbox/{id}", delete(cancel_outbox_item))
+        .route("/outbox/{id}/retry", post(retry_outbox_item))
         .route("/models", get(list_models))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::guard::guard))
         .fallback(not_found)

@@ -164,22 +164,22 @@ impl Store {
         self.set_state(id, "UPDATE outbox SET state = 'failed', last_error = ?2 WHERE id = ?1", Some(error))
     }
 
-    /// Puts a `failed` or `cancelled` row back in the queue.
-    pub fn outbox_requeue(&self, id: i64) -> Result<(), StoreError> {
-        self.set_state(
-            id,
-            "UPDATE outbox SET state = 'pending' WHERE id = ?1 AND state IN ('failed', 'cancelled')",
-            None,
-        )
+    /// Puts a `failed` or `cancelled` row back in the queue. False when the row was in another
+    /// state (pending, being sent or sent: nothing to do).
+    pub fn outbox_requeue(&self, id: i64) -> Result<bool, StoreError> {
+        self.move_row(id, "UPDATE outbox SET state = 'pending' WHERE id = ?1 AND state IN ('failed', 'cancelled')")
     }
 
     /// Takes a `pending` or `failed` row out of the queue (one being sent right now cannot be).
     /// False when the row was in another state.
     pub fn outbox_cancel(&self, id: i64) -> Result<bool, StoreError> {
-        let changed = self
-            .db
-            .execute("UPDATE outbox SET state = 'cancelled' WHERE id = ?1 AND state IN ('pending', 'failed')", [id])
-            .map_err(self.sql())?;
+        self.move_row(id, "UPDATE outbox SET state = 'cancelled' WHERE id = ?1 AND state IN ('pending', 'failed')")
+    }
+
+    /// Runs `sql`, a guarded state change of row `id`: whether it applied; an error when there
+    /// is no such row.
+    fn move_row(&self, id: i64, sql: &str) -> Result<bool, StoreError> {
+        let changed = self.db.execute(sql, [id]).map_err(self.sql())?;
         if changed == 0 && self.outbox(None)?.iter().all(|i| i.id != id) {
             return Err(StoreError::NoSuchOutboxItem(id));
         }
@@ -221,10 +221,13 @@ mod tests {
         assert!(store.outbox_due()?.is_empty());
         assert!(!store.outbox_cancel(id)?, "cancelled already");
         assert!(store.outbox_cancel(id + 100).is_err());
-        store.outbox_requeue(id)?;
+        assert!(store.outbox_requeue(id)?);
+        assert!(!store.outbox_requeue(id)?, "pending already");
         assert_eq!(store.outbox_due()?.len(), 1);
         store.outbox_mark_sent(id)?;
         assert!(!store.outbox_cancel(id)?, "a sent row stays sent");
+        assert!(!store.outbox_requeue(id)?, "a sent row is not sent again");
+        assert!(store.outbox_requeue(id + 100).is_err());
         Ok(())
     }
 

@@ -409,9 +409,14 @@ pub fn outbox_list(store_dir: &Path) -> Result<Vec<OutboxItem>, WorkflowError> {
     Ok(Store::open(store_dir)?.outbox(None)?)
 }
 
-/// Puts a refused row back in the queue.
-pub fn outbox_retry(store_dir: &Path, id: i64) -> Result<(), WorkflowError> {
-    Ok(Store::open(store_dir)?.outbox_requeue(id)?)
+/// Puts a refused (or cancelled) row back in the queue; false when it was in another state.
+pub fn outbox_retry(store_dir: &Path, id: i64) -> Result<bool, WorkflowError> {
+    let store = Store::open(store_dir)?;
+    let requeued = store.outbox_requeue(id)?;
+    if requeued {
+        store.audit("lightbox", "outbox-retry", &id.to_string(), "queued again")?;
+    }
+    Ok(requeued)
 }
 
 /// [`outbox_drain`] from synchronous code (a worker thread): on its own small runtime.

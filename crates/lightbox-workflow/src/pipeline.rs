@@ -1303,6 +1303,17 @@ pub fn cancel(store_dir: &Path, job_id: i64) -> Result<bool, WorkflowError> {
     Ok(cancelled)
 }
 
+/// Puts a failed, cancelled or waiting job back in the queue, for an engine to run (the
+/// service's `POST /jobs/{id}/retry`); false when it is in another state.
+pub fn requeue(store_dir: &Path, job_id: i64, actor: &str) -> Result<bool, WorkflowError> {
+    let store = Store::open(store_dir)?;
+    let requeued = store.job_requeue(job_id)?;
+    if requeued {
+        store.audit(actor, "retry", &job_id.to_string(), "job queued again")?;
+    }
+    Ok(requeued)
+}
+
 /// Runs a failed or cancelled job again, now, in this process.
 pub fn rerun(store_dir: &Path, job_id: i64) -> Result<PipelineOutcome, WorkflowError> {
     let store = Store::open(store_dir)?;
