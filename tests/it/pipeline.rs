@@ -285,6 +285,10 @@ fn results_wait_for_sign_off_then_a_verified_report_reaches_the_pacs() -> anyhow
     ensure!(orthanc.instance_count()? == 0, "an unsigned result left");
     let results = lightbox(&["results"])?;
     ensure!(results.contains("awaiting review") && results.contains("AI volume"), "{results}");
+    // Whose images, when, what: the demo's patient, study date and series description.
+    let demo = lightbox_dicom::read_instance(&std::fs::read_dir(demo_study())?.next().context("empty demo")??.path())?;
+    let whose = format!("{} ({}, {}) {}", demo.patient.name, demo.patient.id, demo.study_date, demo.series_description);
+    ensure!(results.contains(&whose), "{whose:?} not in {results}");
 
     // A result is only signed for the instances it was computed on.
     let extra = tempfile::tempdir()?;

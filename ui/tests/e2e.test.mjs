@@ -308,6 +308,10 @@ test("results: AI values are marked, signing needs a name, then the report is qu
   await status.filter({ hasText: "5 analyses, 4 awaiting review" }).waitFor();
   const rows = page.locator("[data-testid=results-table] tbody tr");
   assert.match(await rows.first().innerText(), /threshold-volume\s+AI[\s\S]*280\.0 mL[\s\S]*awaiting review/);
+  // Whose images: the patient, ID and date, and the series by its description (UID on hover).
+  assert.equal(await rows.first().getByTestId("result-patient").innerText(), "QIN-PROSTATE-01-0001 QIN-PROSTATE-01-0001 · 1971-07-14");
+  assert.match(await rows.first().innerText(), /ADC map/);
+  assert.equal(await rows.first().locator("td[title='1.2.3.4.5']").count(), 1);
   assert.match(await rows.nth(1).locator("[data-testid=review]").innerText(), /failed: no voxel/);
   const signButton = rows.first().getByRole("button", { name: "Sign and send" });
   assert.equal(await signButton.isDisabled(), true, "signing without a name must not be possible");

@@ -930,8 +930,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Results { store } => {
             let store = store.unwrap_or_else(lightbox_workflow::default_store_dir);
             for r in lightbox_workflow::pipeline::results(&store)? {
+                // Whose images, when and what, before the series UID.
+                let whose = if r.series.patient_name.is_empty() && r.series.patient_id.is_empty() {
+                    "(not in the store)".to_owned()
+                } else {
+                    format!(
+                        "{} ({}, {}) {}",
+                        r.series.patient_name, r.series.patient_id, r.series.study_date, r.series.description
+                    )
+                };
                 println!(
-                    "job {:>4}  {:<8} {:<18} {}  AI volume {}  {}",
+                    "job {:>4}  {:<8} {:<18} {whose}  {}  AI volume {}  {}",
                     r.job_id,
                     r.state,
                     r.pipeline,

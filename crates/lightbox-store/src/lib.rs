@@ -19,6 +19,18 @@ pub use jobs::{Claim, Job};
 /// A stored series as lists show it: (Series Instance UID, modality, description, instances).
 pub type SeriesRow = (String, String, String, u32);
 
+/// Who and what a stored series is, for people: what a result list shows beside it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SeriesLabel {
+    /// DICOM PN, as stored.
+    pub patient_name: String,
+    pub patient_id: String,
+    /// DICOM DA.
+    pub study_date: String,
+    pub modality: String,
+    pub description: String,
+}
+
 /// A series of an earlier study of the same patient.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EarlierSeries {
@@ -552,6 +564,27 @@ impl Store {
         let rows =
             s.query_map([study_uid], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).map_err(self.sql())?;
         Ok(Some(rows.collect::<Result<_, _>>().map_err(self.sql())?))
+    }
+
+    /// The patient, study date and description of a stored series; `None` when it is not stored.
+    pub fn series_label(&self, series_uid: &str) -> Result<Option<SeriesLabel>, StoreError> {
+        self.db
+            .query_row(
+                "SELECT p.name, p.patient_id, st.date, se.modality, se.description FROM series se \
+                 JOIN studies st ON st.uid = se.study_uid JOIN patients p ON p.id = st.patient WHERE se.uid = ?1",
+                [series_uid],
+                |r| {
+                    Ok(SeriesLabel {
+                        patient_name: r.get(0)?,
+                        patient_id: r.get(1)?,
+                        study_date: r.get(2)?,
+                        modality: r.get(3)?,
+                        description: r.get(4)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.sql())
     }
 
     /// The study a stored series belongs to.

@@ -1038,6 +1038,9 @@ pub struct ResultRow {
     pub job_id: i64,
     pub pipeline: String,
     pub series_uid: String,
+    /// Whose series it is and what (empty when the series has left the store): what a
+    /// radiologist checks before signing.
+    pub series: lightbox_store::SeriesLabel,
     /// The job's state (see [`JobRow::state`]).
     pub state: String,
     pub volume_mm3: Option<f64>,
@@ -1065,10 +1068,12 @@ pub fn results(store_dir: &Path) -> Result<Vec<ResultRow>, WorkflowError> {
             let result: serde_json::Value =
                 job.result.as_deref().and_then(|r| serde_json::from_str(r).ok()).unwrap_or_default();
             let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
-            ResultRow {
+            let series_uid = text(&payload["series"]).unwrap_or_default();
+            Ok(ResultRow {
                 job_id: job.id,
                 pipeline: job.kind,
-                series_uid: text(&payload["series"]).unwrap_or_default(),
+                series: store.series_label(&series_uid)?.unwrap_or_default(),
+                series_uid,
                 state: job.state,
                 volume_mm3: result["volume_mm3"].as_f64(),
                 seg_uid: text(&result["seg"]),
@@ -1078,9 +1083,9 @@ pub fn results(store_dir: &Path) -> Result<Vec<ResultRow>, WorkflowError> {
                 error: job.error,
                 summary: text(&result["summary"]).filter(|s| !s.is_empty()),
                 details: result["details"].clone(),
-            }
+            })
         })
-        .collect())
+        .collect::<Result<_, WorkflowError>>()?)
 }
 
 /// A radiologist signs a result: a VERIFIED SR naming them (a new instance, its UID derived

@@ -145,6 +145,11 @@ export interface AnalysisResult {
   jobId: number;
   pipeline: string;
   seriesUid: string;
+  /** Whose series, when and what (empty when the series has left the store). */
+  patientName: string;
+  patientId: string;
+  studyDate: string;
+  seriesDescription: string;
   state: "done" | "failed" | "running" | "queued" | "cancelled" | "waiting" | "superseded";
   volumeMm3: number | null;
   segUid: string | null;
