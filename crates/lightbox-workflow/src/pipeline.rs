@@ -1060,7 +1060,7 @@ pub struct ResultRow {
 /// Every analysis result, newest first.
 pub fn results(store_dir: &Path) -> Result<Vec<ResultRow>, WorkflowError> {
     let store = Store::open(store_dir)?;
-    Ok(store
+    store
         .jobs()?
         .into_iter()
         .map(|job| {
@@ -1085,7 +1085,7 @@ pub fn results(store_dir: &Path) -> Result<Vec<ResultRow>, WorkflowError> {
                 details: result["details"].clone(),
             })
         })
-        .collect::<Result<_, WorkflowError>>()?)
+        .collect()
 }
 
 /// A radiologist signs a result: a VERIFIED SR naming them (a new instance, its UID derived
